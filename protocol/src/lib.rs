@@ -1,0 +1,34 @@
+//! The LoRaWAN core shared by the join server, the network server, the simulator and the QR tool.
+//!
+//! Pure and synchronous: no sockets, clocks or async runtime. Conventions (byte order, key roles,
+//! which specification version each rule follows) are in `docs/protocol.md`.
+//!
+//! - [`ids`]: DevEUI, JoinEUI, gateway EUI, DevAddr, NetID, DevNonce, JoinNonce.
+//! - [`keys`]: one type per key role, redacted and zeroized.
+//! - [`version`]: MAC versions and their differing rules.
+//! - [`phy`]: the MHDR.
+//! - [`join`]: Join-request, Join-accept, Rejoin-request.
+//! - [`derive`]: session-key derivation for 1.0.x and 1.1.
+//! - [`keywrap`]: RFC 3394 key wrap and TS002 KeyEnvelopes.
+//! - [`data`]: data frames, FRMPayload and FOpts encryption, MICs.
+//! - [`fcnt`]: frame-counter inference and checks.
+//! - [`mac`]: MAC commands.
+//! - [`region`]: EU868 data rates, channels and receive windows.
+//! - [`ts002`]: Backend Interfaces JoinReq / JoinAns messages.
+//! - [`gwmp`]: the Semtech UDP packet forwarder protocol.
+#![warn(missing_docs)]
+
+mod crypto;
+pub mod data;
+pub mod derive;
+pub mod fcnt;
+pub mod gwmp;
+pub mod ids;
+pub mod join;
+pub mod keys;
+pub mod keywrap;
+pub mod mac;
+pub mod phy;
+pub mod region;
+pub mod ts002;
+pub mod version;
