@@ -10,6 +10,7 @@
 //! - [`join`]: Join-request, Join-accept, Rejoin-request.
 //! - [`derive`]: session-key derivation for 1.0.x and 1.1.
 //! - [`keywrap`]: RFC 3394 key wrap and TS002 KeyEnvelopes.
+//! - [`hexser`]: hex strings in TS002 JSON.
 //! - [`data`]: data frames, FRMPayload and FOpts encryption, MICs.
 //! - [`fcnt`]: frame-counter inference and checks.
 //! - [`mac`]: MAC commands.
@@ -23,6 +24,7 @@ pub mod data;
 pub mod derive;
 pub mod fcnt;
 pub mod gwmp;
+pub mod hexser;
 pub mod ids;
 pub mod join;
 pub mod keys;

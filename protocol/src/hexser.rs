@@ -1,0 +1,76 @@
+//! Hex strings in JSON, as TS002 uses them: written lowercase, read case-insensitively with an
+//! optional `0x` prefix (TTS writes uppercase, brocaar and ChirpStack lowercase).
+
+use serde::{Deserialize, Deserializer, Serializer};
+
+/// The text is not an even-length hex string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HexError {
+    /// Odd number of hex digits.
+    #[error("odd number of hex digits ({0})")]
+    OddLength(usize),
+    /// A character that is not a hex digit.
+    #[error("invalid hex digit {found:?} at position {position}")]
+    Digit {
+        /// 0-based position after an optional `0x`.
+        position: usize,
+        /// The character found.
+        found: char,
+    },
+}
+
+/// Decodes hex case-insensitively, accepting an optional `0x`/`0X` prefix.
+pub fn decode(s: &str) -> Result<Vec<u8>, HexError> {
+    let body = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    let bytes = body.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return Err(HexError::OddLength(bytes.len()));
+    }
+    let digit = |position: usize| -> Result<u8, HexError> {
+        let c = bytes[position] as char;
+        c.to_digit(16)
+            .map(|d| d as u8)
+            .ok_or(HexError::Digit { position, found: c })
+    };
+    (0..bytes.len() / 2)
+        .map(|i| Ok((digit(2 * i)? << 4) | digit(2 * i + 1)?))
+        .collect()
+}
+
+/// Serde `with` module for `Vec<u8>` fields carried as hex strings.
+pub mod bytes {
+    use super::*;
+
+    /// Writes lowercase hex.
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(v))
+    }
+
+    /// Reads hex case-insensitively, with an optional `0x`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        decode(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_both_cases_and_prefix() {
+        assert_eq!(decode("0xA0b1").unwrap(), vec![0xA0, 0xB1]);
+        assert_eq!(decode("").unwrap(), Vec::<u8>::new());
+        assert_eq!(decode("abc"), Err(HexError::OddLength(3)));
+        assert_eq!(
+            decode("0g"),
+            Err(HexError::Digit {
+                position: 1,
+                found: 'g'
+            })
+        );
+    }
+}
