@@ -146,6 +146,11 @@ key_type!(
     /// A key-encryption key (RFC 3394) for TS002 KeyEnvelopes.
     Kek
 );
+key_type!(
+    /// The per-peer key that authenticates datagrams on the join server ↔ network server link
+    /// (AES-CMAC tag, see [`crate::link`]). Read from `secrets/link.key`.
+    LinkKey
+);
 
 /// A 4-byte message integrity code. Equality is constant-time.
 #[derive(Clone, Copy)]
