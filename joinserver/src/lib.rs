@@ -6,7 +6,8 @@
 //! keys, builds and encrypts the Join-accept, and answers with a TS002 `JoinAns` whose session
 //! keys are wrapped under the network server's and the application server's KEKs.
 //!
-//! - [`core`]: the sans-IO join pipeline and the nonce rules.
+//! - [`core`]: the sans-IO join pipeline; [`nonces`]: the DevNonce/JoinNonce rules;
+//!   [`cache`]: the (sender, TransactionID) answer cache.
 //! - [`store`]: the storage trait, the SQLite (WAL) store and the group-commit writer.
 //! - [`link`]: the UDP shell around the core.
 //! - [`devices`]: manifest import (CSV / JSON lines).
@@ -15,7 +16,10 @@
 #![warn(missing_docs)]
 
 pub mod atrest;
+pub mod cache;
 pub mod config;
 pub mod devices;
+pub mod metrics;
+pub mod nonces;
 pub mod secrets;
 pub mod store;
