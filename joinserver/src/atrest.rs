@@ -4,8 +4,8 @@
 //! row fails instead of yielding a wrong key. [`check_value`] (the wrap of a zero block) lets
 //! the store detect a master key that differs from the one it was created with.
 
-use protocol::keys::{AppKey, NwkKey};
-use zeroize::Zeroizing;
+use protocol::keys::{AppKey, Kek, NwkKey};
+use protocol::keywrap;
 
 use crate::secrets::MasterKey;
 
@@ -14,58 +14,34 @@ use crate::secrets::MasterKey;
 #[error("root key does not unwrap under the master key (wrong master.key or corrupt store)")]
 pub struct UnwrapError;
 
-fn kek(master: &MasterKey) -> aes_kw::KekAes128 {
-    aes_kw::KekAes128::from(*master.0.expose())
-}
-
-fn wrap(master: &MasterKey, key: &[u8; 16]) -> Vec<u8> {
-    let mut out = vec![0u8; 24];
-    kek(master)
-        .wrap(key, &mut out)
-        .expect("a 16-byte key always wraps into 24 bytes");
-    out
-}
-
-fn unwrap(master: &MasterKey, wrapped: &[u8]) -> Result<Zeroizing<[u8; 16]>, UnwrapError> {
-    if wrapped.len() != 24 {
-        return Err(UnwrapError);
-    }
-    let mut out = Zeroizing::new([0u8; 16]);
-    kek(master)
-        .unwrap(wrapped, &mut out[..])
-        .map_err(|_| UnwrapError)?;
-    Ok(out)
-}
-
 /// Wraps an AppKey for storage.
 pub fn seal_app_key(master: &MasterKey, key: &AppKey) -> Vec<u8> {
-    wrap(master, key.expose())
+    keywrap::wrap_key(&master.0, key).to_vec()
 }
 
 /// Wraps a NwkKey for storage.
 pub fn seal_nwk_key(master: &MasterKey, key: &NwkKey) -> Vec<u8> {
-    wrap(master, key.expose())
+    keywrap::wrap_key(&master.0, key).to_vec()
 }
 
 /// Unwraps a stored AppKey.
 pub fn open_app_key(master: &MasterKey, wrapped: &[u8]) -> Result<AppKey, UnwrapError> {
-    unwrap(master, wrapped).map(|k| AppKey::new(*k))
+    keywrap::unwrap_key(&master.0, wrapped).map_err(|_| UnwrapError)
 }
 
 /// Unwraps a stored NwkKey.
 pub fn open_nwk_key(master: &MasterKey, wrapped: &[u8]) -> Result<NwkKey, UnwrapError> {
-    unwrap(master, wrapped).map(|k| NwkKey::new(*k))
+    keywrap::unwrap_key(&master.0, wrapped).map_err(|_| UnwrapError)
 }
 
 /// The wrap of an all-zero block: identifies the master key without revealing it.
 pub fn check_value(master: &MasterKey) -> Vec<u8> {
-    wrap(master, &[0u8; 16])
+    keywrap::wrap_key(&master.0, &Kek::new([0u8; 16])).to_vec()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::keys::Kek;
 
     #[test]
     fn rfc3394_vector_and_round_trip() {

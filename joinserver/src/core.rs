@@ -342,8 +342,8 @@ fn accept(
         cf_list,
     } = radio;
     // The join server is authoritative for the version: OptNeg is set exactly for 1.1 devices.
-    let dl = DlSettings::new(version.is_1_1(), ns.rx1_dr_offset(), ns.rx2_data_rate())
-        .unwrap_or(ns);
+    let dl =
+        DlSettings::new(version.is_1_1(), ns.rx1_dr_offset(), ns.rx2_data_rate()).unwrap_or(ns);
     let payload = JoinAcceptPayload {
         join_nonce,
         net_id: req.sender,
@@ -425,5 +425,300 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
         result: accept(ctx, req, &jr, version, &keys, radio, join_nonce),
         update: Some(update),
         dev_eui,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::join::{EncryptedJoinAccept, JOIN_REQUEST_LEN};
+    use protocol::keys::{Kek, NwkSKey};
+
+    const APP: [u8; 16] = *b"\x2b\x7e\x15\x16\x28\xae\xd2\xa6\xab\xf7\x15\x88\x09\xcf\x4f\x3c";
+    const NWK: [u8; 16] = [0x11; 16];
+    const JOIN_EUI: JoinEui = JoinEui::new(0x70B3_D57E_D000_0001);
+
+    fn net(n: u32) -> NetId {
+        NetId::new(n).unwrap()
+    }
+
+    fn ctx() -> JoinContext {
+        JoinContext {
+            ns_kek: LabeledKek {
+                label: "ns-test".into(),
+                key: Kek::new([0xA1; 16]),
+            },
+            as_kek: LabeledKek {
+                label: "as-test".into(),
+                key: Kek::new([0xB2; 16]),
+            },
+            dev_nonce_history: 64,
+            session_lifetime_s: 3600,
+            js_id: 1,
+        }
+    }
+
+    fn add(map: &DeviceMap, dev: u64, v: MacVersion, home: Option<NetId>) {
+        let dev_eui = DevEui::new(dev);
+        let nwk = v.is_1_1().then(|| NwkKey::new(NWK));
+        map.insert(
+            dev_eui,
+            Device {
+                join_eui: JOIN_EUI,
+                mac_version: v,
+                home_net_id: home,
+                keys: Arc::new(DeviceKeys::new(dev_eui, &AppKey::new(APP), nwk.as_ref())),
+                nonces: NonceState::default(),
+            },
+        );
+    }
+
+    /// A Join-request built device-side with `protocol`.
+    fn join_request(dev: u64, v: MacVersion, dn: u16, key: [u8; 16]) -> Vec<u8> {
+        let phy = if v.is_1_1() {
+            let k = KeyCipher::new(&NwkKey::new(key));
+            JoinRequest::build(
+                JOIN_EUI,
+                DevEui::new(dev),
+                DevNonce(dn),
+                JoinRootKey::NwkKey(&k),
+            )
+        } else {
+            let k = KeyCipher::new(&AppKey::new(key));
+            JoinRequest::build(
+                JOIN_EUI,
+                DevEui::new(dev),
+                DevNonce(dn),
+                JoinRootKey::AppKey(&k),
+            )
+        };
+        phy.to_bytes().to_vec()
+    }
+
+    fn fields(dev: u64, phy: Vec<u8>, sender: u32) -> JoinReqFields {
+        JoinReqFields {
+            sender: net(sender),
+            phy_payload: phy,
+            dev_eui: DevEui::new(dev),
+            dev_addr: DevAddr::new(0x2601_1BDA),
+            dl_settings: 0x12,
+            rx_delay: 1,
+            cf_list: None,
+        }
+    }
+
+    fn err_of(o: &Outcome) -> Option<&JoinError> {
+        o.result.as_ref().err()
+    }
+
+    #[test]
+    fn join_accepts_decrypt_and_verify_device_side_for_each_version() {
+        let c = ctx();
+        for (i, v) in [MacVersion::V1_0_3, MacVersion::V1_0_4, MacVersion::V1_1]
+            .into_iter()
+            .enumerate()
+        {
+            let map = DeviceMap::default();
+            let dev = 0x0004_A30B_001C_0530 + i as u64;
+            add(&map, dev, v, None);
+            let dn = 7;
+            let o = process(
+                &c,
+                &map,
+                &fields(
+                    dev,
+                    join_request(dev, v, dn, if v.is_1_1() { NWK } else { APP }),
+                    0x13,
+                ),
+            );
+            assert_eq!(o.kind(), "success", "{v}: {:?}", o.result);
+            let a = o.result.unwrap();
+            assert_eq!(a.mac_version, v);
+            assert_eq!(a.join_nonce.as_u32(), 1);
+            let up = o.update.unwrap();
+            assert_eq!(up.state.last_dev_nonce, Some(dn));
+            assert_eq!(up.state.last_join_nonce, 1);
+
+            // Device side: decrypt the Join-accept and check its MIC with protocol.
+            let enc = EncryptedJoinAccept::from_bytes(&a.phy_payload).unwrap();
+            let app = KeyCipher::new(&AppKey::new(APP));
+            let payload = if v.is_1_1() {
+                let nwk = KeyCipher::new(&NwkKey::new(NWK));
+                let js_int = KeyCipher::new(&derive::js_keys(&nwk, DevEui::new(dev)).js_int_key);
+                enc.open(
+                    JoinAcceptEncKey::NwkKey(&nwk),
+                    JoinAcceptMicKey::OptNeg {
+                        js_int_key: &js_int,
+                        join_eui: JOIN_EUI,
+                        answered: AnsweredRequest::JoinRequest(DevNonce(dn)),
+                    },
+                )
+                .unwrap()
+            } else {
+                enc.open(
+                    JoinAcceptEncKey::AppKey(&app),
+                    JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+                )
+                .unwrap()
+            };
+            assert_eq!(payload.join_nonce.as_u32(), 1);
+            assert_eq!(payload.net_id, net(0x13));
+            assert_eq!(payload.dev_addr, DevAddr::new(0x2601_1BDA));
+            assert_eq!(payload.dl_settings.opt_neg(), v.is_1_1(), "{v}: OptNeg");
+            assert_eq!(payload.dl_settings.rx1_dr_offset(), 1);
+            assert_eq!(payload.dl_settings.rx2_data_rate(), 2);
+            assert_eq!(a.dl_settings, payload.dl_settings.0);
+
+            // The wrapped session keys are the ones the device derives.
+            let ns = &c.ns_kek;
+            match (&a.network, v.is_1_1()) {
+                (NetworkEnvelopes::V1_0 { nwk_s_key }, false) => {
+                    let dk =
+                        derive::session_keys_1_0(&app, payload.join_nonce, net(0x13), DevNonce(dn));
+                    assert_eq!(nwk_s_key.kek_label, "ns-test");
+                    let k: NwkSKey = nwk_s_key.open(Some(&ns.key)).unwrap();
+                    assert_eq!(k, dk.nwk_s_key);
+                    let ak: protocol::keys::AppSKey =
+                        a.app_s_key.open(Some(&c.as_kek.key)).unwrap();
+                    assert_eq!(ak, dk.app_s_key);
+                }
+                (
+                    NetworkEnvelopes::V1_1 {
+                        f_nwk_s_int_key,
+                        s_nwk_s_int_key,
+                        nwk_s_enc_key,
+                    },
+                    true,
+                ) => {
+                    let nwk = KeyCipher::new(&NwkKey::new(NWK));
+                    let dk = derive::session_keys_1_1(
+                        &nwk,
+                        &app,
+                        payload.join_nonce,
+                        JOIN_EUI,
+                        AnsweredRequest::JoinRequest(DevNonce(dn)),
+                    );
+                    assert_eq!(
+                        f_nwk_s_int_key
+                            .open::<protocol::keys::FNwkSIntKey>(Some(&ns.key))
+                            .unwrap(),
+                        dk.f_nwk_s_int_key
+                    );
+                    assert_eq!(
+                        s_nwk_s_int_key
+                            .open::<protocol::keys::SNwkSIntKey>(Some(&ns.key))
+                            .unwrap(),
+                        dk.s_nwk_s_int_key
+                    );
+                    assert_eq!(
+                        nwk_s_enc_key
+                            .open::<protocol::keys::NwkSEncKey>(Some(&ns.key))
+                            .unwrap(),
+                        dk.nwk_s_enc_key
+                    );
+                    assert_eq!(
+                        a.app_s_key
+                            .open::<protocol::keys::AppSKey>(Some(&c.as_kek.key))
+                            .unwrap(),
+                        dk.app_s_key
+                    );
+                    // The AS KEK, not the NS KEK, wraps the AppSKey.
+                    assert!(a
+                        .app_s_key
+                        .open::<protocol::keys::AppSKey>(Some(&ns.key))
+                        .is_err());
+                }
+                (n, _) => panic!("{v}: wrong key set {n:?}"),
+            }
+            assert_eq!(a.lifetime, 3600);
+        }
+    }
+
+    #[test]
+    fn refusals_map_to_result_codes_and_change_nothing() {
+        let c = ctx();
+        let map = DeviceMap::default();
+        add(&map, 1, MacVersion::V1_0_4, Some(net(0x13)));
+        add(&map, 2, MacVersion::V1_0_3, None);
+        let cases: Vec<(JoinReqFields, &str, &str)> = vec![
+            (
+                fields(1, join_request(1, MacVersion::V1_0_4, 5, [9; 16]), 0x13),
+                "MICFailed",
+                "mic_failed",
+            ),
+            (
+                fields(3, join_request(3, MacVersion::V1_0_4, 5, APP), 0x13),
+                "UnknownDevEUI",
+                "unknown_dev_eui",
+            ),
+            (
+                fields(1, join_request(1, MacVersion::V1_0_4, 5, APP), 0x14),
+                "ActivationDisallowed",
+                "activation_disallowed",
+            ),
+            (
+                fields(1, vec![0; JOIN_REQUEST_LEN - 1], 0x13),
+                "MalformedRequest",
+                "malformed",
+            ),
+            (
+                fields(2, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13),
+                "MalformedRequest",
+                "malformed",
+            ),
+            (
+                JoinReqFields {
+                    rx_delay: 16,
+                    ..fields(1, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13)
+                },
+                "MalformedRequest",
+                "malformed",
+            ),
+            (
+                JoinReqFields {
+                    cf_list: Some(vec![0; 15]),
+                    ..fields(1, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13)
+                },
+                "MalformedRequest",
+                "malformed",
+            ),
+        ];
+        for (f, code, kind) in cases {
+            let o = process(&c, &map, &f);
+            let e = err_of(&o).unwrap_or_else(|| panic!("{kind}: accepted"));
+            assert_eq!((e.result_code(), e.kind()), (code, kind));
+            assert!(o.update.is_none());
+        }
+        assert_eq!(
+            map.get(&DevEui::new(1)).unwrap().nonces,
+            NonceState::default(),
+            "refusals consume no DevNonce"
+        );
+        // Any NetID may activate a device without a home NetID.
+        let o = process(
+            &c,
+            &map,
+            &fields(2, join_request(2, MacVersion::V1_0_3, 5, APP), 0x77),
+        );
+        assert_eq!(o.kind(), "success");
+    }
+
+    #[test]
+    fn dev_nonce_rules_through_the_pipeline() {
+        let c = ctx();
+        let map = DeviceMap::default();
+        add(&map, 1, MacVersion::V1_0_4, None);
+        add(&map, 2, MacVersion::V1_0_2, None);
+        let run = |dev: u64, v: MacVersion, dn: u16| {
+            let o = process(&c, &map, &fields(dev, join_request(dev, v, dn, APP), 0x13));
+            (o.kind(), o.result.map(|a| a.join_nonce.as_u32()).ok())
+        };
+        assert_eq!(run(1, MacVersion::V1_0_4, 0), ("success", Some(1)));
+        assert_eq!(run(1, MacVersion::V1_0_4, 0), ("dev_nonce_too_small", None));
+        assert_eq!(run(1, MacVersion::V1_0_4, 3), ("success", Some(2)));
+        assert_eq!(run(1, MacVersion::V1_0_4, 2), ("dev_nonce_too_small", None));
+        assert_eq!(run(2, MacVersion::V1_0_2, 9), ("success", Some(1)));
+        assert_eq!(run(2, MacVersion::V1_0_2, 3), ("success", Some(2)));
+        assert_eq!(run(2, MacVersion::V1_0_2, 9), ("dev_nonce_replayed", None));
     }
 }

@@ -18,6 +18,7 @@
 pub mod atrest;
 pub mod cache;
 pub mod config;
+pub mod core;
 pub mod devices;
 pub mod metrics;
 pub mod nonces;

@@ -17,7 +17,8 @@ use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 
 use crate::cache::{self, AnswerCache, Lookup};
-use crate::core::{self, DeviceMap, JoinContext, Parsed};
+use crate::core::{self, DeviceMap, JoinContext};
+use crate::wire::{self, Parsed};
 use crate::metrics::Metrics;
 use crate::store::{GroupCommit, Released};
 
@@ -181,7 +182,7 @@ impl Link {
             result,
             cache_key,
         };
-        match core::parse_body(body, sender_net_id) {
+        match wire::parse_body(body, sender_net_id) {
             Err(e) => {
                 self.drop_datagram(&e, addr);
                 Ok(())
@@ -195,9 +196,10 @@ impl Link {
                 writer.submit(None, out(answer.into(), Some("malformed"), None))
             }
             Ok(Parsed::Request(req)) => {
-                span.record("tid", req.transaction_id);
+                let tid = req.header.transaction_id;
+                span.record("tid", tid);
                 span.record("dev_eui", tracing::field::display(req.dev_eui));
-                let ck = (header.sender.0, req.transaction_id);
+                let ck = (header.sender.0, tid);
                 let lookup = self.cache.lock().map_or(Lookup::Miss, |mut c| {
                     c.lookup(now_ms, ck, &req.phy_payload)
                 });
@@ -209,20 +211,22 @@ impl Link {
                     }
                     Lookup::Conflict => {
                         span.record("result", "malformed");
-                        let answer = core::malformed_answer(
+                        let answer = wire::conflict_answer(
                             &req,
                             "TransactionID already used for a different JoinReq",
                         );
                         writer.submit(None, out(answer.into(), Some("malformed"), None))
                     }
                     Lookup::Miss => {
-                        let p = core::process(&self.ctx, &self.devices, sender_net_id, &req);
-                        span.record("result", p.result);
-                        let answer: Arc<[u8]> = p.answer.into();
+                        let fields = wire::fields(&req, sender_net_id);
+                        let outcome = core::process(&self.ctx, &self.devices, &fields);
+                        let result = outcome.kind();
+                        span.record("result", result);
+                        let answer: Arc<[u8]> = wire::answer_json(&req, &outcome).into();
                         if let Ok(mut c) = self.cache.lock() {
                             c.insert(now_ms, ck, &req.phy_payload, answer.clone());
                         }
-                        writer.submit(p.update, out(answer, Some(p.result), Some(ck)))
+                        writer.submit(outcome.update, out(answer, Some(result), Some(ck)))
                     }
                 }
             }

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use joinserver::atrest;
 use joinserver::config::{self, Config};
 use joinserver::devices::{self, Format, ImportError};
 use joinserver::secrets::{self, Created, Secrets};
 use joinserver::server::Server;
 use joinserver::store::{SqliteStore, Store, StoredDevice};
-use joinserver::atrest;
 use protocol::ids::DevEui;
 
 #[derive(Parser)]
@@ -156,7 +156,10 @@ fn init(data_dir: &Path) -> Result<ExitCode> {
     let s = secrets::dir(data_dir);
     println!();
     println!("The network server needs (copy them with mode 0600):");
-    println!("  {}  link key (authenticates the JS<->NS link)", s.join(secrets::LINK_KEY).display());
+    println!(
+        "  {}  link key (authenticates the JS<->NS link)",
+        s.join(secrets::LINK_KEY).display()
+    );
     println!(
         "  {}  network KEK, label {:?} (unwraps NwkSKey / FNwkSIntKey, SNwkSIntKey, NwkSEncKey)",
         s.join(secrets::NS_KEK).display(),
@@ -168,7 +171,10 @@ fn init(data_dir: &Path) -> Result<ExitCode> {
         s.join(secrets::AS_KEK).display(),
         secrets.as_kek.label
     );
-    println!("{} stays here: it encrypts the root keys at rest.", s.join(secrets::MASTER_KEY).display());
+    println!(
+        "{} stays here: it encrypts the root keys at rest.",
+        s.join(secrets::MASTER_KEY).display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -187,7 +193,8 @@ fn import(data_dir: &Path, format: Option<Format>, file: &Path) -> Result<ExitCo
     let secrets = Secrets::load(data_dir)?;
     let mut store = open_store(data_dir)?;
     store.check_master(&atrest::check_value(&secrets.master))?;
-    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let format = format.unwrap_or_else(|| Format::sniff(&text));
     let started = std::time::Instant::now();
     match devices::import(&mut store, &secrets.master, &text, format) {
