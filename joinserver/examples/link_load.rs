@@ -77,7 +77,11 @@ fn provision(dir: &std::path::Path, n: u64) -> Secrets {
     secrets::init(dir).unwrap();
     let s = Secrets::load(dir).unwrap();
     let mut store = SqliteStore::open(dir).unwrap();
-    if joinserver::store::Store::load_devices(&mut store).unwrap().len() as u64 >= n {
+    if joinserver::store::Store::load_devices(&mut store)
+        .unwrap()
+        .len() as u64
+        >= n
+    {
         return s;
     }
     let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key\n");
@@ -184,12 +188,16 @@ fn closed_loop(
 fn main() {
     let args = parse_args();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_owned());
     let s = provision(&dir, args.devices);
 
     // Phase 1: raw UDP request/response on this machine.
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
-    echo.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    echo.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let echo_addr = echo.local_addr().unwrap();
     let stop_echo = Arc::new(AtomicBool::new(false));
     let se = stop_echo.clone();
@@ -202,7 +210,13 @@ fn main() {
         }
     });
     let payload = vec![0x42u8; 350];
-    let (raw_rate, _) = closed_loop(echo_addr, args.raw_seconds, 64, |_| payload.clone(), |_| true);
+    let (raw_rate, _) = closed_loop(
+        echo_addr,
+        args.raw_seconds,
+        64,
+        |_| payload.clone(),
+        |_| true,
+    );
     stop_echo.store(true, Ordering::Relaxed);
     echo_thread.join().unwrap();
     println!("raw UDP request/response (350-byte datagrams, window 64): {raw_rate:.0} pairs/s");
@@ -218,9 +232,7 @@ fn main() {
         .collect();
     let key = s.link.clone();
     let success = |d: &[u8]| -> bool {
-        link::open(&key, d).is_ok_and(|(_, body)| {
-            body.windows(9).any(|w| w == b"\"Success\"")
-        })
+        link::open(&key, d).is_ok_and(|(_, body)| body.windows(9).any(|w| w == b"\"Success\""))
     };
 
     // Phase 2: open loop at --rate for --seconds.
@@ -228,7 +240,8 @@ fn main() {
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(8 << 20);
-    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let rsock = sock.try_clone().unwrap();
     let origin = Instant::now();
     let sa = sent_at.clone();
@@ -305,7 +318,13 @@ fn main() {
 
     // Phase 3: closed loop, the ceiling. DevNonces continue after phase 2.
     let base = total;
-    let (join_rate, bad) = closed_loop(addr, args.raw_seconds, 64, |i| g.datagram(base + i).to_vec(), success);
+    let (join_rate, bad) = closed_loop(
+        addr,
+        args.raw_seconds,
+        64,
+        |i| g.datagram(base + i).to_vec(),
+        success,
+    );
     println!("joins closed loop (window 64): {join_rate:.0} joins/s ({bad} non-success)");
     let m = server.metrics.clone();
     println!(

@@ -13,6 +13,7 @@
 //! - [`devices`]: manifest import (CSV / JSON lines).
 //! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
 //! - [`config`], [`metrics`]: configuration and observability.
+//! - [`wire`]: TS002 JSON ↔ the pipeline; [`server`]: start-up and shutdown.
 #![warn(missing_docs)]
 
 pub mod atrest;
@@ -20,7 +21,10 @@ pub mod cache;
 pub mod config;
 pub mod core;
 pub mod devices;
+pub mod link;
 pub mod metrics;
 pub mod nonces;
 pub mod secrets;
+pub mod server;
 pub mod store;
+pub mod wire;

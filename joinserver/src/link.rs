@@ -18,9 +18,9 @@ use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 
 use crate::cache::{self, AnswerCache, Lookup};
 use crate::core::{self, DeviceMap, JoinContext};
-use crate::wire::{self, Parsed};
 use crate::metrics::Metrics;
 use crate::store::{GroupCommit, Released};
+use crate::wire::{self, Parsed};
 
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn now_ms() -> u64 {
@@ -106,7 +106,9 @@ pub fn bind(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<UdpSo
     s.bind(&addr.into())?;
     let sock: UdpSocket = s.into();
     sock.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let granted = socket2::SockRef::from(&sock).recv_buffer_size().unwrap_or(0);
+    let granted = socket2::SockRef::from(&sock)
+        .recv_buffer_size()
+        .unwrap_or(0);
     if granted < recv_buffer_bytes {
         tracing::warn!(
             requested = recv_buffer_bytes,
@@ -119,10 +121,7 @@ pub fn bind(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<UdpSo
 
 impl Link {
     fn drop_datagram(&self, e: &LinkError, addr: SocketAddr) {
-        self.metrics
-            .link_drops
-            .with_label_values(&[e.kind()])
-            .inc();
+        self.metrics.link_drops.with_label_values(&[e.kind()]).inc();
         tracing::debug!(peer = %addr, reason = e.kind(), error = %e, "link datagram dropped");
     }
 
@@ -200,9 +199,10 @@ impl Link {
                 span.record("tid", tid);
                 span.record("dev_eui", tracing::field::display(req.dev_eui));
                 let ck = (header.sender.0, tid);
-                let lookup = self.cache.lock().map_or(Lookup::Miss, |mut c| {
-                    c.lookup(now_ms, ck, &req.phy_payload)
-                });
+                let lookup = self
+                    .cache
+                    .lock()
+                    .map_or(Lookup::Miss, |mut c| c.lookup(now_ms, ck, &req.phy_payload));
                 match lookup {
                     Lookup::Hit(answer) => {
                         self.metrics.answers_replayed.inc();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use protocol::ids::NetId;
 use protocol::link::PeerId;
 
+use crate::atrest;
 use crate::cache::AnswerCache;
 use crate::config::Config;
 use crate::core::{self, DeviceMap, JoinContext};
@@ -17,7 +18,6 @@ use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
 use crate::secrets::{self, Secrets};
 use crate::store::{GroupCommit, SqliteStore, Store, StoreError};
-use crate::atrest;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +71,8 @@ fn load_devices(
     let all = store.load_devices()?;
     let n = all.len();
     for d in all {
-        let dev = core::Device::from_stored(master, &d).map_err(|e| StartError::Device(d.dev_eui, e))?;
+        let dev =
+            core::Device::from_stored(master, &d).map_err(|e| StartError::Device(d.dev_eui, e))?;
         map.insert(d.dev_eui, dev);
     }
     Ok(n)
@@ -137,13 +138,14 @@ impl Server {
         metrics.devices.set(n as i64);
         tracing::info!(devices = n, "devices loaded");
 
-        let socket = link::bind(config.link.listen, config.link.recv_buffer_bytes).map_err(|source| {
-            StartError::Bind {
-                what: "link",
-                addr: config.link.listen.to_string(),
-                source,
-            }
-        })?;
+        let socket =
+            link::bind(config.link.listen, config.link.recv_buffer_bytes).map_err(|source| {
+                StartError::Bind {
+                    what: "link",
+                    addr: config.link.listen.to_string(),
+                    source,
+                }
+            })?;
         let link_addr = socket.local_addr().map_err(|source| StartError::Bind {
             what: "link",
             addr: config.link.listen.to_string(),
@@ -237,11 +239,12 @@ impl Server {
                 .listen
                 .parse()
                 .map_err(|e| StartError::Config(format!("metrics.listen: {e}")))?;
-            let std_listener = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
-                what: "metrics",
-                addr: addr.to_string(),
-                source,
-            })?;
+            let std_listener =
+                std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                    what: "metrics",
+                    addr: addr.to_string(),
+                    source,
+                })?;
             let bound = std_listener.local_addr().ok();
             std_listener
                 .set_nonblocking(true)
@@ -352,4 +355,3 @@ impl Drop for Server {
         self.stop_all();
     }
 }
-

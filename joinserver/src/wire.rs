@@ -9,9 +9,7 @@
 
 use protocol::ids::NetId;
 use protocol::link::LinkError;
-use protocol::ts002::{
-    AnsResult, JoinAns, JoinReq, MessageType, NetworkKeys, ResultCode, Header,
-};
+use protocol::ts002::{AnsResult, Header, JoinAns, JoinReq, MessageType, NetworkKeys, ResultCode};
 
 use crate::core::{JoinReqFields, NetworkEnvelopes, Outcome};
 
@@ -53,7 +51,10 @@ pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
                     transaction_id: req.header.transaction_id,
                     answer: malformed(
                         &req.header,
-                        format!("SenderID {:?} is not the link sender {sender}", req.header.sender_id),
+                        format!(
+                            "SenderID {:?} is not the link sender {sender}",
+                            req.header.sender_id
+                        ),
                     ),
                 });
             }

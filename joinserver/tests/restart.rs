@@ -45,9 +45,18 @@ fn dev_nonces_survive_sigkill() {
 
     let mut first = spawn(tmp.path());
     let c = Client::new(first.link, s.link.clone());
-    assert_eq!(c.join_ans(1, 2, &phy(2, 10)).result.result_code, ResultCode::Success);
-    assert_eq!(c.join_ans(2, 1, &phy(1, 500)).result.result_code, ResultCode::Success);
-    assert_eq!(c.join_ans(3, 3, &phy(3, 7)).result.result_code, ResultCode::Success);
+    assert_eq!(
+        c.join_ans(1, 2, &phy(2, 10)).result.result_code,
+        ResultCode::Success
+    );
+    assert_eq!(
+        c.join_ans(2, 1, &phy(1, 500)).result.result_code,
+        ResultCode::Success
+    );
+    assert_eq!(
+        c.join_ans(3, 3, &phy(3, 7)).result.result_code,
+        ResultCode::Success
+    );
     // Killed, not shut down: no signal handler runs, no checkpoint, no flush.
     first.child.kill().unwrap();
     first.child.wait().unwrap();
@@ -55,11 +64,23 @@ fn dev_nonces_survive_sigkill() {
     let mut second = spawn(tmp.path());
     let c = Client::new(second.link, s.link.clone());
     // 1.0.4 and 1.1 counters: the same and smaller DevNonces are refused, larger ones accepted.
-    assert_eq!(c.join_ans(10, 2, &phy(2, 10)).result.result_code, ResultCode::JoinReqFailed);
-    assert_eq!(c.join_ans(11, 2, &phy(2, 9)).result.result_code, ResultCode::JoinReqFailed);
-    assert_eq!(c.join_ans(12, 3, &phy(3, 7)).result.result_code, ResultCode::JoinReqFailed);
+    assert_eq!(
+        c.join_ans(10, 2, &phy(2, 10)).result.result_code,
+        ResultCode::JoinReqFailed
+    );
+    assert_eq!(
+        c.join_ans(11, 2, &phy(2, 9)).result.result_code,
+        ResultCode::JoinReqFailed
+    );
+    assert_eq!(
+        c.join_ans(12, 3, &phy(3, 7)).result.result_code,
+        ResultCode::JoinReqFailed
+    );
     // 1.0.3 history: the used DevNonce is refused.
-    assert_eq!(c.join_ans(13, 1, &phy(1, 500)).result.result_code, ResultCode::JoinReqFailed);
+    assert_eq!(
+        c.join_ans(13, 1, &phy(1, 500)).result.result_code,
+        ResultCode::JoinReqFailed
+    );
     let ok = c.join_ans(14, 2, &phy(2, 11));
     assert_eq!(ok.result.result_code, ResultCode::Success);
     second.child.kill().unwrap();

@@ -41,10 +41,20 @@ pub fn provision(dir: &Path) -> Secrets {
 pub fn phy(dev: u64, dev_nonce: u16) -> Vec<u8> {
     let jr = if dev == 3 {
         let k = KeyCipher::new(&NWK_KEY.parse::<NwkKey>().unwrap());
-        JoinRequest::build(JoinEui::new(JOIN_EUI), DevEui::new(dev), DevNonce(dev_nonce), JoinRootKey::NwkKey(&k))
+        JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(dev),
+            DevNonce(dev_nonce),
+            JoinRootKey::NwkKey(&k),
+        )
     } else {
         let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
-        JoinRequest::build(JoinEui::new(JOIN_EUI), DevEui::new(dev), DevNonce(dev_nonce), JoinRootKey::AppKey(&k))
+        JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(dev),
+            DevNonce(dev_nonce),
+            JoinRootKey::AppKey(&k),
+        )
     };
     jr.to_bytes().to_vec()
 }
@@ -115,8 +125,16 @@ impl Client {
 
     /// Sends a JoinReq; returns the authenticated answer's header and JoinAns JSON body.
     pub fn join(&self, tid: u32, dev: u64, phy: &[u8], nonce: u64) -> (Header, Vec<u8>) {
-        let d = datagram(&self.key, NET_ID, now_ms(), nonce, &join_req_json(tid, NET_ID, dev, phy));
-        let raw = self.exchange_raw(&d, Duration::from_secs(5)).expect("an answer");
+        let d = datagram(
+            &self.key,
+            NET_ID,
+            now_ms(),
+            nonce,
+            &join_req_json(tid, NET_ID, dev, phy),
+        );
+        let raw = self
+            .exchange_raw(&d, Duration::from_secs(5))
+            .expect("an answer");
         let (h, body) = link::open(&self.key, &raw).expect("authenticated answer");
         assert_eq!(h.msg_type, MessageType::JoinAns);
         assert_eq!(h.nonce, nonce, "the answer echoes the request nonce");
@@ -145,6 +163,9 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The value of one sample line in a Prometheus text exposition, 0 if absent.
 pub fn metric(text: &str, sample: &str) -> u64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|r| r.trim().parse::<f64>().ok()))
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|r| r.trim().parse::<f64>().ok())
+        })
         .map_or(0, |v| v as u64)
 }
