@@ -64,6 +64,22 @@ pub struct Device {
     pub keys: Arc<DeviceKeys>,
     /// DevNonce/JoinNonce state, ahead of or equal to the store's.
     pub nonces: NonceState,
+    /// What the device was provisioned with (wrapped keys and static fields), so a device
+    /// re-imported with other keys or settings is noticed while the server runs.
+    pub provisioned: Vec<u8>,
+}
+
+/// A fingerprint of a stored device's provisioning (not of its nonce state). Root keys enter it
+/// only as their wraps under the master key.
+pub fn provisioning_fingerprint(d: &StoredDevice) -> Vec<u8> {
+    let mut f = Vec::with_capacity(80);
+    f.extend_from_slice(&d.join_eui.to_le_bytes());
+    f.extend_from_slice(d.mac_version.as_str().as_bytes());
+    f.push(0);
+    f.extend_from_slice(&d.home_net_id.map_or(u32::MAX, NetId::as_u32).to_le_bytes());
+    f.extend_from_slice(&d.app_key_wrapped);
+    f.extend_from_slice(d.nwk_key_wrapped.as_deref().unwrap_or_default());
+    f
 }
 
 impl Device {
@@ -84,6 +100,7 @@ impl Device {
             home_net_id: d.home_net_id,
             keys: Arc::new(DeviceKeys::new(d.dev_eui, &app, nwk.as_ref())),
             nonces: d.nonces.clone(),
+            provisioned: provisioning_fingerprint(d),
         })
     }
 }
@@ -469,6 +486,7 @@ mod tests {
                 home_net_id: home,
                 keys: Arc::new(DeviceKeys::new(dev_eui, &AppKey::new(APP), nwk.as_ref())),
                 nonces: NonceState::default(),
+                provisioned: Vec::new(),
             },
         );
     }

@@ -78,9 +78,10 @@ fn load_devices(
     Ok(n)
 }
 
-/// Picks up devices imported or removed by another process while running. Devices already in
-/// memory keep their in-memory nonce state, which is never behind the store's.
-fn sync_devices(
+/// Picks up devices imported, re-imported or removed by another process while running. A device
+/// whose provisioning is unchanged keeps its in-memory nonce state, which is never behind the
+/// store's; a device re-imported with other keys or settings is replaced by the stored one.
+pub fn sync_devices(
     store: &mut SqliteStore,
     master: &secrets::MasterKey,
     map: &DeviceMap,
@@ -89,7 +90,11 @@ fn sync_devices(
     let mut present = std::collections::HashSet::with_capacity(all.len());
     for d in all {
         present.insert(d.dev_eui);
-        if map.contains_key(&d.dev_eui) {
+        let fingerprint = core::provisioning_fingerprint(&d);
+        if map
+            .get(&d.dev_eui)
+            .is_some_and(|m| m.provisioned == fingerprint)
+        {
             continue;
         }
         match core::Device::from_stored(master, &d) {

@@ -280,3 +280,43 @@ fn garbage_datagrams_leave_it_serving() {
     assert_eq!(http_get(server.metrics_addr().unwrap(), "/health").0, 200);
     server.shutdown();
 }
+
+/// Provisioning by another process (the CLI) reaches a running server.
+#[test]
+fn devices_imported_or_removed_while_running_are_picked_up() {
+    use joinserver::devices::{self, Format};
+    use joinserver::store::{SqliteStore, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    let server = start(tmp.path());
+    let c = Client::new(server.link_addr(), s.link.clone());
+    assert_eq!(c.join_ans(1, 9, &phy(9, 1)).result.result_code, ResultCode::UnknownDevEui);
+    let mut store = SqliteStore::open(tmp.path()).unwrap();
+    let csv = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key\n0000000000000009,{JOIN_EUI:016X},1.0.4,{APP_KEY},\n"
+    );
+    devices::import(&mut store, &s.master, &csv, Format::Csv).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut tid = 2;
+    loop {
+        let code = c.join_ans(tid, 9, &phy(9, tid as u16)).result.result_code;
+        if code == ResultCode::Success {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "import not picked up: {code:?}");
+        tid += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(store.remove_device(protocol::ids::DevEui::new(9)).unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        tid += 1;
+        let code = c.join_ans(tid, 9, &phy(9, tid as u16)).result.result_code;
+        if code == ResultCode::UnknownDevEui {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "removal not picked up: {code:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.shutdown();
+}

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use common::*;
+use protocol::join::{EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRootKey};
+use protocol::keys::{AppKey, KeyCipher};
 use protocol::ts002::ResultCode;
 
 struct Running {
@@ -83,6 +85,32 @@ fn dev_nonces_survive_sigkill() {
     );
     let ok = c.join_ans(14, 2, &phy(2, 11));
     assert_eq!(ok.result.result_code, ResultCode::Success);
+    // The JoinNonce counter survived too: this is the device's second Join-accept.
+    let app = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+    let accept = EncryptedJoinAccept::from_bytes(ok.phy_payload.as_ref().unwrap())
+        .unwrap()
+        .open(
+            JoinAcceptEncKey::AppKey(&app),
+            JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+        )
+        .unwrap();
+    assert_eq!(accept.join_nonce.as_u32(), 2);
     second.child.kill().unwrap();
     second.child.wait().unwrap();
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    let mut r = spawn(tmp.path());
+    let c = Client::new(r.link, s.link.clone());
+    assert_eq!(c.join_ans(1, 2, &phy(2, 1)).result.result_code, ResultCode::Success);
+    let st = Command::new("kill")
+        .args(["-TERM", &r.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let status = r.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
