@@ -562,10 +562,7 @@ impl JoinAcceptPayload {
         let mic = Self::mic_over(&buf[..n - 4], mic_key);
         buf[n - 4..n].copy_from_slice(&mic.0);
         enc_key.schedule().decrypt_blocks(&mut buf[1..n]);
-        EncryptedJoinAccept {
-            buf,
-            len: n as u8,
-        }
+        EncryptedJoinAccept { buf, len: n as u8 }
     }
 }
 
@@ -715,9 +712,9 @@ impl RejoinBody {
     /// The DevEUI.
     pub const fn dev_eui(&self) -> DevEui {
         match self {
-            Self::Type0 { dev_eui, .. } | Self::Type1 { dev_eui, .. } | Self::Type2 { dev_eui, .. } => {
-                *dev_eui
-            }
+            Self::Type0 { dev_eui, .. }
+            | Self::Type1 { dev_eui, .. }
+            | Self::Type2 { dev_eui, .. } => *dev_eui,
         }
     }
     /// The request a Join-accept to this Rejoin-request answers.
@@ -952,12 +949,16 @@ mod tests {
         ];
         for &(b, opt_neg, off, dr) in table {
             let d = DlSettings(b);
-            assert_eq!((d.opt_neg(), d.rx1_dr_offset(), d.rx2_data_rate()), (opt_neg, off, dr));
+            assert_eq!(
+                (d.opt_neg(), d.rx1_dr_offset(), d.rx2_data_rate()),
+                (opt_neg, off, dr)
+            );
             assert_eq!(DlSettings::new(opt_neg, off, dr), Some(d));
         }
         assert_eq!(DlSettings::new(false, 8, 0), None);
         assert_eq!(DlSettings::new(false, 0, 16), None);
-        let delays: &[(u8, u8, u8)] = &[(0, 0, 1), (1, 1, 1), (2, 2, 2), (15, 15, 15), (0xf3, 3, 3)];
+        let delays: &[(u8, u8, u8)] =
+            &[(0, 0, 1), (1, 1, 1), (2, 2, 2), (15, 15, 15), (0xf3, 3, 3)];
         for &(b, del, s) in delays {
             assert_eq!((RxDelay(b).del(), RxDelay(b).seconds()), (del, s));
         }
@@ -967,13 +968,21 @@ mod tests {
 
     #[test]
     fn cf_list_type_0_frequencies() {
-        let eu = [867_100_000, 867_300_000, 867_500_000, 867_700_000, 867_900_000];
+        let eu = [
+            867_100_000,
+            867_300_000,
+            867_500_000,
+            867_700_000,
+            867_900_000,
+        ];
         let cf = CfList::from_frequencies_hz(eu).unwrap();
         assert_eq!(hex::encode(cf.0), "184f84e85684b85e84886684586e8400");
         assert_eq!(cf.frequencies_hz(), Some(eu));
         assert_eq!(cf.cf_list_type(), 0);
         assert!(CfList::from_frequencies_hz([867_100_050, 0, 0, 0, 0]).is_none());
-        assert!(CfList::from_frequencies_hz([CfList::MAX_FREQUENCY_HZ + 100, 0, 0, 0, 0]).is_none());
+        assert!(
+            CfList::from_frequencies_hz([CfList::MAX_FREQUENCY_HZ + 100, 0, 0, 0, 0]).is_none()
+        );
         let mut mask = [0u8; 16];
         mask[15] = 1;
         assert_eq!(CfList(mask).frequencies_hz(), None);
@@ -1004,7 +1013,9 @@ mod tests {
         assert_eq!(enc.as_bytes().len(), 17);
         assert_eq!(enc.open(JoinAcceptEncKey::AppKey(&app), legacy), Ok(p));
         assert_eq!(
-            enc.open(JoinAcceptEncKey::AppKey(&app), opt_neg).unwrap_err().kind(),
+            enc.open(JoinAcceptEncKey::AppKey(&app), opt_neg)
+                .unwrap_err()
+                .kind(),
             "mic"
         );
         let b = enc.as_bytes();
@@ -1014,7 +1025,10 @@ mod tests {
             (&[&[0x00], &b[1..]].concat()[..], "mtype"),
             (&[&[0x22], &b[1..]].concat()[..], "major"),
         ] {
-            assert_eq!(EncryptedJoinAccept::from_bytes(bytes).unwrap_err().kind(), kind);
+            assert_eq!(
+                EncryptedJoinAccept::from_bytes(bytes).unwrap_err().kind(),
+                kind
+            );
         }
         assert_eq!(EncryptedJoinAccept::from_bytes(b).unwrap(), enc);
     }

@@ -246,7 +246,10 @@ mod tests {
         };
         let e = short.open::<AppSKey>(None).unwrap_err();
         assert_eq!(e.kind(), "key_length");
-        assert_eq!(e.to_string(), "AppSKey: envelope holds 15 bytes, expected 16");
+        assert_eq!(
+            e.to_string(),
+            "AppSKey: envelope holds 15 bytes, expected 16"
+        );
         let long = KeyEnvelope {
             kek_label: "x".into(),
             aes_key: vec![0; 32],
