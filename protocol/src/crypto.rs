@@ -4,7 +4,7 @@
 //! module works with role-typed keys. The `aes` crate detects AES-NI at run time.
 
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
-use aes::Aes128;
+use aes::{Aes128, Aes128Dec, Aes128Enc};
 use cmac::{Cmac, Mac};
 use zeroize::Zeroize;
 
@@ -57,11 +57,13 @@ pub(crate) fn aes128_cmac(key: &[u8; 16], parts: &[&[u8]]) -> [u8; 16] {
 /// take the cipher by value (a clone of the round keys per MAC) and recomputes the subkeys on
 /// every MAC. It is checked against the `cmac` crate and RFC 4493's examples in the tests below.
 ///
-/// The round keys are zeroized on drop (the `aes` crate's `zeroize` feature), the subkeys by
-/// this type's `Drop`.
+/// The round keys (and the decryption round keys derived for a Join-accept) are zeroized on drop
+/// (the `aes` crate's `zeroize` feature), the subkeys by this type's `Drop`.
 #[derive(Clone)]
 pub(crate) struct KeySchedule {
-    aes: Aes128,
+    /// Encryption round keys only: CMAC, derivation and the device side need nothing else, and
+    /// the decryption round keys cost as much again to compute (see [`Self::decrypt_blocks`]).
+    aes: Aes128Enc,
     /// CMAC subkey K1 (RFC 4493 §2.3).
     k1: [u8; 16],
     /// CMAC subkey K2.
@@ -87,7 +89,7 @@ fn xor_into(acc: &mut [u8; 16], x: &[u8; 16]) {
 impl KeySchedule {
     /// Expands `key` and derives the CMAC subkeys.
     pub(crate) fn new(key: &[u8; 16]) -> Self {
-        let aes = Aes128::new(key.into());
+        let aes = Aes128Enc::new(key.into());
         let mut l = [0u8; 16].into();
         aes.encrypt_block(&mut l);
         let mut l: [u8; 16] = l.into();
@@ -112,10 +114,14 @@ impl KeySchedule {
 
     /// Decrypts each 16-byte block of `data` in place (ECB); a trailing partial block is left
     /// untouched, so callers pass whole blocks.
+    ///
+    /// The decryption round keys are derived from the encryption ones here, on use: only the
+    /// join server's Join-accept encryption needs them, once per join.
     pub(crate) fn decrypt_blocks(&self, data: &mut [u8]) {
         debug_assert_eq!(data.len() % 16, 0);
+        let dec = Aes128Dec::from(&self.aes);
         for chunk in data.chunks_exact_mut(16) {
-            self.aes.decrypt_block(chunk.into());
+            dec.decrypt_block(chunk.into());
         }
     }
 

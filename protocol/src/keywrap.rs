@@ -2,7 +2,11 @@
 
 use std::fmt;
 
+use aes_kw::{KekAes128, KekAes192, KekAes256};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::keys::{Kek, Key128};
 
 /// A TS002 `KeyEnvelope {KEKLabel, AESKey}`.
 ///
@@ -27,11 +31,6 @@ impl fmt::Debug for KeyEnvelope {
             .finish()
     }
 }
-
-use aes_kw::{KekAes128, KekAes192, KekAes256};
-use zeroize::Zeroizing;
-
-use crate::keys::{Kek, Key128};
 
 /// Length of an RFC 3394 wrapped 128-bit key.
 pub const WRAPPED_KEY_LEN: usize = 24;
