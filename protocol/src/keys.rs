@@ -175,6 +175,11 @@ key_type!(
     /// A key-encryption key (RFC 3394) for TS002 KeyEnvelopes.
     Kek
 );
+key_type!(
+    /// The per-peer key that authenticates datagrams on the join server ↔ network server link
+    /// (AES-CMAC tag, see [`crate::link`]). Read from `secrets/link.key`.
+    LinkKey
+);
 
 /// A key of role `K` with its AES-128 key schedule expanded once, for every AES/CMAC operation
 /// done with that key.
