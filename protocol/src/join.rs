@@ -472,6 +472,24 @@ impl JoinAcceptEncKey<'_> {
     }
 }
 
+impl<'a> From<&'a KeyCipher<AppKey>> for JoinAcceptEncKey<'a> {
+    fn from(k: &'a KeyCipher<AppKey>) -> Self {
+        Self::AppKey(k)
+    }
+}
+
+impl<'a> From<&'a KeyCipher<NwkKey>> for JoinAcceptEncKey<'a> {
+    fn from(k: &'a KeyCipher<NwkKey>) -> Self {
+        Self::NwkKey(k)
+    }
+}
+
+impl<'a> From<&'a KeyCipher<JsEncKey>> for JoinAcceptEncKey<'a> {
+    fn from(k: &'a KeyCipher<JsEncKey>) -> Self {
+        Self::JsEncKey(k)
+    }
+}
+
 impl<'a> From<JoinRootKey<'a>> for JoinAcceptEncKey<'a> {
     fn from(k: JoinRootKey<'a>) -> Self {
         match k {
@@ -736,6 +754,18 @@ pub enum RejoinMicKey<'a> {
     SNwkSIntKey(&'a KeyCipher<SNwkSIntKey>),
     /// For type 1.
     JsIntKey(&'a KeyCipher<JsIntKey>),
+}
+
+impl<'a> From<&'a KeyCipher<SNwkSIntKey>> for RejoinMicKey<'a> {
+    fn from(k: &'a KeyCipher<SNwkSIntKey>) -> Self {
+        Self::SNwkSIntKey(k)
+    }
+}
+
+impl<'a> From<&'a KeyCipher<JsIntKey>> for RejoinMicKey<'a> {
+    fn from(k: &'a KeyCipher<JsIntKey>) -> Self {
+        Self::JsIntKey(k)
+    }
 }
 
 /// A LoRaWAN 1.1 Rejoin-request (MHDR 0xC0, never encrypted): 19 bytes for types 0 and 2,
