@@ -350,10 +350,12 @@ impl CfList {
         if self.cf_list_type() != 0 {
             return None;
         }
+        // The 3-byte LE × 100 Hz encoding is lorawan's (`maccommands::Frequency`), shared with
+        // NewChannelReq and the other 1.0.x MAC commands.
         let mut out = [0u32; 5];
         for (i, f) in out.iter_mut().enumerate() {
-            let c = &self.0[3 * i..3 * i + 3];
-            *f = u32::from_le_bytes([c[0], c[1], c[2], 0]) * 100;
+            let c: [u8; 3] = array(&self.0, 3 * i);
+            *f = lorawan::maccommands::Frequency::from(&c).value();
         }
         Some(out)
     }
