@@ -41,9 +41,11 @@ use crate::ids::DevAddr;
 use crate::keys::{AppSKey, FNwkSIntKey, Mic, NwkSEncKey, NwkSKey, SNwkSIntKey};
 use crate::phy::{MType, Mhdr};
 
-/// The largest PHYPayload a LoRa radio carries (255 bytes). Larger input is refused, which also
-/// keeps the one-byte `len(msg)` of the B0/B1 blocks exact.
-pub const MAX_PHY_PAYLOAD_LEN: usize = 255;
+/// The largest data frame accepted: `len(msg)` (the frame without its MIC) must fit the one-byte
+/// length field of the B0/B1 blocks, so 255 + 4 bytes. Radios carry at most 255 bytes, and the
+/// regional maximum payload sizes are lower still, but the frame format itself allows this much
+/// (the public rust-lorawan vector `data-rust-lorawan-long-up` is a 256-byte frame).
+pub const MAX_PHY_PAYLOAD_LEN: usize = 255 + MIC_LEN;
 /// The largest FOpts field (FOptsLen is 4 bits).
 pub const MAX_FOPTS_LEN: usize = 15;
 /// MHDR(1) + FHDR without FOpts(7) + MIC(4): the shortest data frame.
@@ -327,7 +329,8 @@ fn conf_fcnt_used(ack: bool, conf_fcnt: u32) -> u16 {
 /// - 1.0: `cmac(NwkSKey, B0 | msg)[0..3]`.
 /// - 1.1: `cmac(SNwkSIntKey, B1 | msg)[0..1] | cmac(FNwkSIntKey, B0 | msg)[0..1]`.
 ///
-/// `msg` longer than 255 bytes would get a truncated length byte; frames never are that long.
+/// `msg` longer than 255 bytes would get a truncated length byte; parsed and built frames never
+/// are that long ([`MAX_PHY_PAYLOAD_LEN`]).
 pub fn uplink_mic(
     nwk: &NetworkSessionCrypto,
     dev_addr: DevAddr,
@@ -567,7 +570,7 @@ pub enum ParseError {
     #[error("data frame too short: {0} bytes, at least 12 needed")]
     TooShort(usize),
     /// More than 255 bytes.
-    #[error("data frame too long: {0} bytes, at most 255")]
+    #[error("data frame too long: {0} bytes, at most 259")]
     TooLong(usize),
     /// MHDR Major is not LoRaWAN R1.
     #[error("unsupported LoRaWAN major version {0} in MHDR")]
@@ -638,8 +641,8 @@ pub enum BuildError {
     /// An application payload on FPort 0.
     #[error("application payload on FPort 0")]
     ApplicationOnFPort0,
-    /// The frame would exceed 255 bytes.
-    #[error("frame of {0} bytes, at most 255")]
+    /// The frame would exceed [`MAX_PHY_PAYLOAD_LEN`] bytes.
+    #[error("frame of {0} bytes, at most 259")]
     TooLong(usize),
     /// A plaintext application payload but no AppSKey in the session.
     #[error("no AppSKey to encrypt the application payload")]
@@ -1229,11 +1232,11 @@ mod tests {
         );
         let big = FramePayload::Application {
             f_port: 1,
-            payload: FrmPayload(vec![0; 243]),
+            payload: FrmPayload(vec![0; 247]),
         };
         assert_eq!(
             uplink(big, vec![]).build(&s, &p),
-            Err(BuildError::TooLong(256))
+            Err(BuildError::TooLong(260))
         );
         let no_app = SessionCrypto {
             app: None,
@@ -1253,7 +1256,7 @@ mod tests {
     fn parse_refuses_malformed_frames() {
         assert_eq!(DataFrame::parse(&[0x40; 11]), Err(ParseError::TooShort(11)));
         assert_eq!(
-            DataFrame::parse(&[0x40; 256]).unwrap_err().kind(),
+            DataFrame::parse(&[0x40; 260]).unwrap_err().kind(),
             "too_long"
         );
         let mut f = hex::decode("400403020180010001a694642615d6c3b582").unwrap();
