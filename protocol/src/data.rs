@@ -228,6 +228,15 @@ pub enum FOptsCounter {
     AFCntDown,
 }
 
+impl FOptsCounter {
+    const fn x(self) -> u8 {
+        match self {
+            Self::NetworkOrUp => 0x01,
+            Self::AFCntDown => 0x02,
+        }
+    }
+}
+
 fn a_block(x: u8, dir: Direction, dev_addr: DevAddr, fcnt: u32) -> [u8; 16] {
     let mut a = [0u8; 16];
     a[0] = 0x01;
@@ -236,6 +245,50 @@ fn a_block(x: u8, dir: Direction, dev_addr: DevAddr, fcnt: u32) -> [u8; 16] {
     a[6..10].copy_from_slice(&dev_addr.to_le_bytes());
     a[10..14].copy_from_slice(&fcnt.to_le_bytes());
     a
+}
+
+/// The FRMPayload block `A_i = 0x01 | 0x00×4 | Dir | DevAddr | FCnt32 | 0x00 | i`.
+pub fn frm_payload_a_block(dir: Direction, dev_addr: DevAddr, fcnt: u32, i: u8) -> [u8; 16] {
+    let mut a = a_block(0x00, dir, dev_addr, fcnt);
+    a[15] = i;
+    a
+}
+
+/// The 1.1 FOpts block (errata) `A = 0x01 | 0x00×3 | X | Dir | DevAddr | FCnt | 0x00 | 0x01`.
+pub fn fopts_a_block(
+    counter: FOptsCounter,
+    dir: Direction,
+    dev_addr: DevAddr,
+    fcnt: u32,
+) -> [u8; 16] {
+    let mut a = a_block(counter.x(), dir, dev_addr, fcnt);
+    a[15] = 0x01;
+    a
+}
+
+/// The B0 block of an uplink MIC (1.0, and cmacF in 1.1):
+/// `0x49 | 0x00×4 | 0x00 | DevAddr | FCntUp | 0x00 | len(msg)`.
+pub fn uplink_b0(dev_addr: DevAddr, fcnt: u32, msg_len: u8) -> [u8; 16] {
+    b_block(0, 0, 0, Direction::Uplink, dev_addr, fcnt, msg_len.into())
+}
+
+/// The 1.1 B1 block (cmacS): `0x49 | ConfFCnt | TxDr | TxCh | 0x00 | DevAddr | FCntUp | 0x00 |
+/// len(msg)`, with ConfFCnt as it is used (0 unless ACK).
+pub fn uplink_b1(
+    conf_fcnt: u16,
+    tx_dr: u8,
+    tx_ch: u8,
+    dev_addr: DevAddr,
+    fcnt: u32,
+    msg_len: u8,
+) -> [u8; 16] {
+    b_block(conf_fcnt, tx_dr, tx_ch, Direction::Uplink, dev_addr, fcnt, msg_len.into())
+}
+
+/// The B0 block of a downlink MIC: `0x49 | ConfFCnt | 0x0000 | 0x01 | DevAddr | FCntDown | 0x00
+/// | len(msg)`; ConfFCnt as it is used (always 0 in 1.0; in 1.1, 0 unless ACK).
+pub fn downlink_b0(conf_fcnt: u16, dev_addr: DevAddr, fcnt: u32, msg_len: u8) -> [u8; 16] {
+    b_block(conf_fcnt, 0, 0, Direction::Downlink, dev_addr, fcnt, msg_len.into())
 }
 
 /// XORs `data` with `S_i = aes(K, A_i)`, `A_i[15] = i` for `i = 1, 2, …`.
@@ -274,11 +327,7 @@ pub fn encrypt_fopts(
     fcnt: u32,
     data: &mut [u8],
 ) {
-    let x = match counter {
-        FOptsCounter::NetworkOrUp => 0x01,
-        FOptsCounter::AFCntDown => 0x02,
-    };
-    xor_keystream(cipher, a_block(x, dir, dev_addr, fcnt), data);
+    xor_keystream(cipher, a_block(counter.x(), dir, dev_addr, fcnt), data);
 }
 
 /// The uplink MIC parameters that only LoRaWAN 1.1 uses (block B1). Ignored by 1.0 sessions.

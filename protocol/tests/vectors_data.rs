@@ -5,9 +5,10 @@
 //! explicitly, each where it applies.
 
 use protocol::data::{
-    downlink_mic, encrypt_fopts, encrypt_frm_payload, uplink_mic, DataFrame, Direction,
-    FOptsCounter, FramePayload, NetworkSessionCrypto, NetworkSessionKeys, OpenError,
-    PayloadCipher, SessionCrypto, UplinkMicParams,
+    downlink_b0, downlink_mic, encrypt_fopts, encrypt_frm_payload, fopts_a_block,
+    frm_payload_a_block, uplink_b0, uplink_b1, uplink_mic, DataFrame, Direction, FOptsCounter,
+    FramePayload, NetworkSessionCrypto, NetworkSessionKeys, OpenError, PayloadCipher,
+    SessionCrypto, UplinkMicParams,
 };
 use protocol::fcnt::infer_fcnt;
 use protocol::ids::DevAddr;
@@ -138,6 +139,51 @@ fn check_full_frame(e: &Value) {
     assert_eq!(f.msg(), hex(&e["msg_hex"]), "{id}: msg");
     assert_eq!(f.mic(), mic_of(&e["mic_hex"]), "{id}: MIC on air");
 
+    // MIC blocks.
+    let msg_len = u8::try_from(f.msg().len()).expect("msg fits B0");
+    let ack = f.fctrl().ack();
+    let p = e.get("mic_params");
+    let conf_used = p.map(|p| u32_of(&p["conf_fcnt_used"]) as u16).unwrap_or(0);
+    assert_eq!(conf_used != 0, ack && conf_fcnt_passed(e) != 0, "{id}: ConfFCnt used iff ACK");
+    let b0 = if uplink {
+        uplink_b0(f.dev_addr(), fcnt, msg_len)
+    } else {
+        downlink_b0(conf_used, f.dev_addr(), fcnt, msg_len)
+    };
+    assert_eq!(b0.to_vec(), hex(&e["mic_blocks"]["b0_hex"]), "{id}: B0");
+    if let Some(b1) = e["mic_blocks"].get("b1_hex") {
+        let p = p.expect("mic_params with B1");
+        let b = uplink_b1(
+            conf_used,
+            u8::try_from(p["tx_dr"].as_u64().expect("tx_dr")).expect("u8"),
+            u8::try_from(p["tx_ch"].as_u64().expect("tx_ch")).expect("u8"),
+            f.dev_addr(),
+            fcnt,
+            msg_len,
+        );
+        assert_eq!(b.to_vec(), hex(b1), "{id}: B1");
+    }
+    if let Some(a) = e.get("fopts_a_block_hex") {
+        let counter = match f.f_port() {
+            Some(p) if p > 0 && !uplink => FOptsCounter::AFCntDown,
+            _ => FOptsCounter::NetworkOrUp,
+        };
+        let dir = f.direction();
+        assert_eq!(
+            fopts_a_block(counter, dir, f.dev_addr(), fcnt).to_vec(),
+            hex(a),
+            "{id}: FOpts A block"
+        );
+    }
+    if let Some(blocks) = e.get("a_blocks_hex").and_then(Value::as_array) {
+        assert_eq!(blocks.len(), f.frm_payload().as_bytes().len().div_ceil(16), "{id}");
+        for (i, a) in blocks.iter().enumerate() {
+            let i = u8::try_from(i + 1).expect("block index");
+            let want = frm_payload_a_block(f.direction(), f.dev_addr(), fcnt, i);
+            assert_eq!(want.to_vec(), hex(a), "{id}: A_{i}");
+        }
+    }
+
     // MIC.
     let session = session_of(e);
     let params = uplink_params(e);
@@ -231,10 +277,6 @@ fn check_full_frame(e: &Value) {
             }
             other => panic!("{id}: unknown frm_payload_key_role {other:?}"),
         }
-        // The A blocks: S_1 = aes(K, A_1) is what the first bytes were XORed with, so check
-        // the listed A blocks' counter bytes match the payload length.
-        let blocks = e["a_blocks_hex"].as_array().expect("a_blocks_hex");
-        assert_eq!(blocks.len(), f.frm_payload().as_bytes().len().div_ceil(16), "{id}");
     } else {
         // No plaintext in the source: the payload key was not given, or there is none.
         assert!(
