@@ -140,6 +140,8 @@ impl MicKey {
     }
 }
 
+// Not boxed: a session holds exactly one, and a box would add an indirection to every MIC.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum NetworkCiphers {
     V1_0 {
@@ -282,13 +284,29 @@ pub fn uplink_b1(
     fcnt: u32,
     msg_len: u8,
 ) -> [u8; 16] {
-    b_block(conf_fcnt, tx_dr, tx_ch, Direction::Uplink, dev_addr, fcnt, msg_len.into())
+    b_block(
+        conf_fcnt,
+        tx_dr,
+        tx_ch,
+        Direction::Uplink,
+        dev_addr,
+        fcnt,
+        msg_len.into(),
+    )
 }
 
 /// The B0 block of a downlink MIC: `0x49 | ConfFCnt | 0x0000 | 0x01 | DevAddr | FCntDown | 0x00
 /// | len(msg)`; ConfFCnt as it is used (always 0 in 1.0; in 1.1, 0 unless ACK).
 pub fn downlink_b0(conf_fcnt: u16, dev_addr: DevAddr, fcnt: u32, msg_len: u8) -> [u8; 16] {
-    b_block(conf_fcnt, 0, 0, Direction::Downlink, dev_addr, fcnt, msg_len.into())
+    b_block(
+        conf_fcnt,
+        0,
+        0,
+        Direction::Downlink,
+        dev_addr,
+        fcnt,
+        msg_len.into(),
+    )
 }
 
 /// XORs `data` with `S_i = aes(K, A_i)`, `A_i[15] = i` for `i = 1, 2, …`.
@@ -850,7 +868,14 @@ impl<'a> DataFrame<'a> {
         fcnt: u32,
         params: &UplinkMicParams,
     ) -> Mic {
-        uplink_mic(nwk, self.dev_addr, fcnt, self.fctrl_ack(), params, self.msg())
+        uplink_mic(
+            nwk,
+            self.dev_addr,
+            fcnt,
+            self.fctrl_ack(),
+            params,
+            self.msg(),
+        )
     }
 
     /// The downlink MIC this frame should carry under `nwk` with full counter `fcnt`.

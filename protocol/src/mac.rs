@@ -403,9 +403,7 @@ impl MacCommand {
                 data_rate_range_ok: bit(p[0], 1),
                 channel_frequency_ok: bit(p[0], 0),
             },
-            (false, 0x08) => RXTimingSetupReq {
-                delay: p[0] & 0x0f,
-            },
+            (false, 0x08) => RXTimingSetupReq { delay: p[0] & 0x0f },
             (true, 0x08) => RXTimingSetupAns,
             (false, 0x09) => TxParamSetupReq {
                 downlink_dwell_time: bit(p[0], 5),
@@ -512,9 +510,7 @@ impl MacCommand {
                 data_rate_ack,
                 channel_mask_ack,
             } => out.push(flags(&[power_ack, data_rate_ack, channel_mask_ack])),
-            DutyCycleReq { max_duty_cycle } => {
-                out.push(fits(max_duty_cycle, 4, "max_duty_cycle")?)
-            }
+            DutyCycleReq { max_duty_cycle } => out.push(fits(max_duty_cycle, 4, "max_duty_cycle")?),
             RXParamSetupReq {
                 rx1_dr_offset,
                 rx2_data_rate,
@@ -616,13 +612,14 @@ pub fn parse(dir: Direction, bytes: &[u8]) -> Result<Vec<MacCommand>, MacParseEr
     let mut offset = 0;
     while let Some(&cid) = bytes.get(offset) {
         let needed = payload_len(dir, cid).ok_or(MacParseError::UnknownCid { cid, offset })?;
-        let payload = bytes
-            .get(offset + 1..offset + 1 + needed)
-            .ok_or(MacParseError::Truncated {
-                cid,
-                offset,
-                needed,
-            })?;
+        let payload =
+            bytes
+                .get(offset + 1..offset + 1 + needed)
+                .ok_or(MacParseError::Truncated {
+                    cid,
+                    offset,
+                    needed,
+                })?;
         let cmd = MacCommand::decode(dir, cid, payload)
             .ok_or(MacParseError::UnknownCid { cid, offset })?;
         out.push(cmd);
@@ -742,12 +739,11 @@ mod tests {
             parse(Downlink, &[0x03, 0x51]).unwrap_err().kind(),
             "truncated"
         );
+        assert_eq!(parse(Uplink, &[0x80]).unwrap_err().kind(), "unknown_cid");
         assert_eq!(
-            parse(Uplink, &[0x80]).unwrap_err().kind(),
-            "unknown_cid"
-        );
-        assert_eq!(
-            encode(Uplink, &[MacCommand::DevStatusReq]).unwrap_err().kind(),
+            encode(Uplink, &[MacCommand::DevStatusReq])
+                .unwrap_err()
+                .kind(),
             "wrong_direction"
         );
         let bad = MacCommand::RXTimingSetupReq { delay: 16 };

@@ -92,7 +92,11 @@ fn check_full_frame(e: &Value) {
     assert_eq!(f.mhdr().0, hex(&e["mhdr_hex"])[0], "{id}: MHDR");
     assert_eq!(format!("{:?}", f.mhdr().mtype()), e["mtype"], "{id}: MType");
     let uplink = e["uplink"].as_bool().expect("uplink");
-    assert_eq!(f.direction() == Direction::Uplink, uplink, "{id}: direction");
+    assert_eq!(
+        f.direction() == Direction::Uplink,
+        uplink,
+        "{id}: direction"
+    );
     assert_eq!(f.dev_addr(), dev_addr_wire(e), "{id}: DevAddr");
     assert_eq!(
         f.dev_addr().to_string().to_lowercase(),
@@ -107,7 +111,11 @@ fn check_full_frame(e: &Value) {
             assert_eq!(Some(c.adr_ack_req), d["adr_ack_req"].as_bool(), "{id}");
             assert_eq!(Some(c.ack), d["ack"].as_bool(), "{id}: ACK");
             assert_eq!(Some(c.class_b), d["class_b"].as_bool(), "{id}: ClassB");
-            assert_eq!(Some(u64::from(c.f_opts_len)), d["fopts_len"].as_u64(), "{id}");
+            assert_eq!(
+                Some(u64::from(c.f_opts_len)),
+                d["fopts_len"].as_u64(),
+                "{id}"
+            );
         }
         protocol::data::FCtrl::Downlink(c) => {
             assert_eq!(Some(c.adr), d["adr"].as_bool(), "{id}: ADR");
@@ -115,7 +123,11 @@ fn check_full_frame(e: &Value) {
             assert_eq!(Some(c.f_pending), d["fpending"].as_bool(), "{id}: FPending");
             let rfu = f.fctrl_byte() & 0x40 != 0;
             assert_eq!(Some(rfu), d["rfu"].as_bool(), "{id}: RFU");
-            assert_eq!(Some(u64::from(c.f_opts_len)), d["fopts_len"].as_u64(), "{id}");
+            assert_eq!(
+                Some(u64::from(c.f_opts_len)),
+                d["fopts_len"].as_u64(),
+                "{id}"
+            );
         }
     }
     assert_eq!(
@@ -144,7 +156,11 @@ fn check_full_frame(e: &Value) {
     let ack = f.fctrl().ack();
     let p = e.get("mic_params");
     let conf_used = p.map(|p| u32_of(&p["conf_fcnt_used"]) as u16).unwrap_or(0);
-    assert_eq!(conf_used != 0, ack && conf_fcnt_passed(e) != 0, "{id}: ConfFCnt used iff ACK");
+    assert_eq!(
+        conf_used != 0,
+        ack && conf_fcnt_passed(e) != 0,
+        "{id}: ConfFCnt used iff ACK"
+    );
     let b0 = if uplink {
         uplink_b0(f.dev_addr(), fcnt, msg_len)
     } else {
@@ -176,7 +192,11 @@ fn check_full_frame(e: &Value) {
         );
     }
     if let Some(blocks) = e.get("a_blocks_hex").and_then(Value::as_array) {
-        assert_eq!(blocks.len(), f.frm_payload().as_bytes().len().div_ceil(16), "{id}");
+        assert_eq!(
+            blocks.len(),
+            f.frm_payload().as_bytes().len().div_ceil(16),
+            "{id}"
+        );
         for (i, a) in blocks.iter().enumerate() {
             let i = u8::try_from(i + 1).expect("block index");
             let want = frm_payload_a_block(f.direction(), f.dev_addr(), fcnt, i);
@@ -194,12 +214,18 @@ fn check_full_frame(e: &Value) {
         f.expected_downlink_mic(&session.network, fcnt, conf)
     };
     let opened = if uplink {
-        f.open_uplink(&session, fcnt, &params).map(|u| (u.fopts, u.payload))
+        f.open_uplink(&session, fcnt, &params)
+            .map(|u| (u.fopts, u.payload))
     } else {
-        f.open_downlink(&session, fcnt, conf).map(|d| (d.fopts, d.payload))
+        f.open_downlink(&session, fcnt, conf)
+            .map(|d| (d.fopts, d.payload))
     };
     if e["expected_mic_valid"] == Value::Bool(false) {
-        assert_eq!(expected, mic_of(&e["computed_mic_hex"]), "{id}: computed MIC");
+        assert_eq!(
+            expected,
+            mic_of(&e["computed_mic_hex"]),
+            "{id}: computed MIC"
+        );
         assert_eq!(opened, Err(OpenError::MicMismatch), "{id}: must be refused");
         assert_eq!(OpenError::MicMismatch.kind(), "mic_mismatch");
         return;
@@ -235,7 +261,11 @@ fn check_full_frame(e: &Value) {
     // FOpts.
     match e.get("fopts_encrypted").and_then(Value::as_bool) {
         Some(true) => {
-            assert_eq!(fopts, hex(&e["fopts_plaintext_hex"]), "{id}: FOpts plaintext");
+            assert_eq!(
+                fopts,
+                hex(&e["fopts_plaintext_hex"]),
+                "{id}: FOpts plaintext"
+            );
         }
         Some(false) if e["lorawan_version"] == "1.1" => {
             // E.12: brocaar's "AFCntDown encryption flag" vector leaves FOpts unencrypted on
@@ -356,7 +386,14 @@ fn check_raw_encryption(e: &Value) {
                 Direction::Downlink
             };
             let c = PayloadCipher::from_nwk_s_enc_key(&NwkSEncKey::new(key));
-            encrypt_fopts(&c, FOptsCounter::NetworkOrUp, dir, dev_addr, fcnt, &mut data);
+            encrypt_fopts(
+                &c,
+                FOptsCounter::NetworkOrUp,
+                dir,
+                dev_addr,
+                fcnt,
+                &mut data,
+            );
         }
         other => panic!("unknown raw encryption entry {other}"),
     }
@@ -418,5 +455,8 @@ fn every_data_frames_entry() {
         inference.len()
     );
     assert_eq!(checked, total);
-    assert_eq!(total, 39, "the file has 30 frame entries and 9 inference vectors");
+    assert_eq!(
+        total, 39,
+        "the file has 30 frame entries and 9 inference vectors"
+    );
 }
