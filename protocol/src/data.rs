@@ -30,10 +30,19 @@
 //!   with Dir = 1. The 1.0 B0 is the same block as the 1.1 uplink B0, so one hand-written path
 //!   serves both. `lorawan`'s public 1.0 API is the oracle for ours in
 //!   `tests/prop_data.rs` (MIC, decryption and `DataPayloadCreator` frames agree byte for
-//!   byte), and `benches/uplink.rs` measures it next to ours.
+//!   byte), and `benches/uplink.rs` measures it next to ours (about twice our time per frame).
+//! - AES-CMAC is computed with per-session key schedules and subkeys (see `MicKey`), not with
+//!   `cmac::Cmac`, which recomputes its subkeys on every message.
+//!
+//! The network server's uplink pipeline: [`DataFrame::parse`] → look up sessions by
+//! [`DataFrame::dev_addr`] → [`crate::fcnt::check_fcnt`] with [`DataFrame::fcnt16`] →
+//! [`DataFrame::open_uplink`] with the verdict's full counter → act on the verdict (deliver and
+//! store a new counter, or drop a retransmission) → [`crate::mac::parse`] the FOpts / FPort 0
+//! commands.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128Enc;
+use zeroize::Zeroize;
 
 use crate::crypto::mic_of;
 use crate::ids::DevAddr;
@@ -97,7 +106,7 @@ pub enum NetworkSessionKeys {
 
 /// An AES-128 key schedule for the FRMPayload / FOpts keystream, expanded once.
 ///
-/// Build one per session, not per frame. `Debug` is redacted.
+/// Build one per session, not per frame. `Debug` is redacted; the round keys are wiped on drop.
 #[derive(Clone)]
 pub struct PayloadCipher(Aes128Enc);
 
@@ -134,6 +143,14 @@ struct MicKey {
     cipher: Aes128Enc,
     k1: [u8; 16],
     k2: [u8; 16],
+}
+
+impl Drop for MicKey {
+    fn drop(&mut self) {
+        // The round keys are wiped by `aes` (feature "zeroize"); the subkeys here.
+        self.k1.zeroize();
+        self.k2.zeroize();
+    }
 }
 
 /// Doubling in GF(2^128) as RFC 4493 generates subkeys.
