@@ -213,9 +213,15 @@ proptest! {
     }
 
     /// No parser panics on arbitrary input, and what parses can be opened without panicking.
+    /// Half the inputs start with a data-frame MHDR so the deeper paths are reached.
     #[test]
     fn no_panic_on_arbitrary_bytes(
-        bytes in prop::collection::vec(any::<u8>(), 0..300),
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            (prop::sample::select(vec![0x40u8, 0x60, 0x80, 0xA0]),
+             prop::collection::vec(any::<u8>(), 0..270))
+                .prop_map(|(m, rest)| [vec![m], rest].concat()),
+        ],
         fcnt in any::<u32>(),
         last in proptest::option::of(any::<u32>()),
         fcnt16 in any::<u16>(),

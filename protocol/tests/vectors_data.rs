@@ -13,6 +13,7 @@ use protocol::data::{
 use protocol::fcnt::infer_fcnt;
 use protocol::ids::DevAddr;
 use protocol::keys::{AppSKey, FNwkSIntKey, Mic, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use protocol::mac;
 use serde_json::Value;
 
 fn load() -> Value {
@@ -275,6 +276,13 @@ fn check_full_frame(e: &Value) {
         _ => assert_eq!(fopts, f.fopts_on_air(), "{id}: 1.0 FOpts are plain"),
     }
 
+    // MAC commands in plaintext FOpts parse (every one here is a known command).
+    if id != "data-brocaar-11-down-fport1-plain-fopts" && !fopts.is_empty() {
+        let cmds = mac::parse(f.direction(), &fopts)
+            .unwrap_or_else(|err| panic!("{id}: FOpts MAC commands: {err}"));
+        assert!(!cmds.is_empty(), "{id}");
+    }
+
     // FRMPayload.
     if let Some(plain) = e.get("frm_payload_plaintext_hex") {
         let plain = hex(plain);
@@ -287,11 +295,15 @@ fn check_full_frame(e: &Value) {
                 },
                 "{id}: application payload"
             ),
-            Some("NwkSKey") => assert_eq!(
-                payload,
-                FramePayload::MacCommands(protocol::data::FrmPayload(plain)),
-                "{id}: FPort 0 payload"
-            ),
+            Some("NwkSKey") => {
+                mac::parse(f.direction(), &plain)
+                    .unwrap_or_else(|err| panic!("{id}: FPort 0 MAC commands: {err}"));
+                assert_eq!(
+                    payload,
+                    FramePayload::MacCommands(protocol::data::FrmPayload(plain)),
+                    "{id}: FPort 0 payload"
+                )
+            }
             Some("override (see note)") => {
                 // E.12: brocaar decrypts this 1.1 FPort-0 payload with the AppSKey value.
                 let k = AppSKey::new(key16(&e["keys"]["frm_key_override"]));
