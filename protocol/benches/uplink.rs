@@ -33,7 +33,9 @@ const PAYLOAD: &[u8; 12] = b"meter:012345";
 
 fn frame() -> Vec<u8> {
     let s = SessionCrypto::new(
-        &NetworkSessionKeys::V1_0(NwkSKey::new(NWK_S_KEY)),
+        &NetworkSessionKeys::V1_0 {
+            nwk_s_key: NwkSKey::new(NWK_S_KEY),
+        },
         Some(&AppSKey::new(APP_S_KEY)),
     );
     Uplink {
@@ -102,7 +104,9 @@ fn lrwn_uplink(phy: &[u8]) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let phy = frame();
     let session = SessionCrypto::new(
-        &NetworkSessionKeys::V1_0(NwkSKey::new(NWK_S_KEY)),
+        &NetworkSessionKeys::V1_0 {
+            nwk_s_key: NwkSKey::new(NWK_S_KEY),
+        },
         Some(&AppSKey::new(APP_S_KEY)),
     );
     // All four do the same work and get the same plaintext.
@@ -117,7 +121,9 @@ fn bench(c: &mut Criterion) {
     g.bench_function("ours_keys_per_frame", |b| {
         b.iter(|| {
             let s = SessionCrypto::new(
-                &NetworkSessionKeys::V1_0(NwkSKey::new(black_box(NWK_S_KEY))),
+                &NetworkSessionKeys::V1_0 {
+                    nwk_s_key: NwkSKey::new(black_box(NWK_S_KEY)),
+                },
                 Some(&AppSKey::new(black_box(APP_S_KEY))),
             );
             ours(&s, black_box(&phy))

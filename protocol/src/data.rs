@@ -46,7 +46,7 @@ use zeroize::Zeroize;
 
 use crate::crypto::mic_of;
 use crate::ids::DevAddr;
-use crate::keys::{AppSKey, FNwkSIntKey, Mic, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use crate::keys::{AppSKey, Mic, NwkSEncKey, NwkSKey};
 use crate::phy::{MType, Mhdr};
 
 /// The largest data frame accepted: `len(msg)` (the frame without its MIC) must fit the one-byte
@@ -85,24 +85,11 @@ impl Direction {
 // ------------------------------------------------------------------------------------------------
 // Keys and prepared ciphers
 
-/// The network session keys of a device, as the join server hands them over.
-///
-/// A LoRaWAN 1.1 device that joined with OptNeg = 0 (a 1.0 network) uses [`V1_0`](Self::V1_0)
-/// with its FNwkSIntKey value as the NwkSKey (protocol-notes A.5).
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum NetworkSessionKeys {
-    /// LoRaWAN 1.0.x: one key for the MIC and for FPort 0 payloads.
-    V1_0(NwkSKey),
-    /// LoRaWAN 1.1: three network session keys.
-    V1_1 {
-        /// Uplink MIC, cmacF half.
-        f_nwk_s_int_key: FNwkSIntKey,
-        /// Uplink MIC, cmacS half, and the downlink MIC.
-        s_nwk_s_int_key: SNwkSIntKey,
-        /// FOpts and FPort 0 FRMPayload encryption.
-        nwk_s_enc_key: NwkSEncKey,
-    },
-}
+/// The network session keys of a device (defined with the key derivation, in
+/// [`crate::derive`]): `V1_0 { nwk_s_key }` for 1.0.x, `V1_1 { f_nwk_s_int_key, s_nwk_s_int_key,
+/// nwk_s_enc_key }` for 1.1. A 1.1 device joined with OptNeg = 0 (a 1.0 network) uses the 1.0
+/// MIC formulas: give it `V1_0` with its FNwkSIntKey value as the NwkSKey (protocol-notes A.5).
+pub use crate::derive::NetworkSessionKeys;
 
 /// An AES-128 key schedule for the FRMPayload / FOpts keystream, expanded once.
 ///
@@ -238,9 +225,9 @@ impl NetworkSessionCrypto {
     /// Expands the key schedules of `keys`.
     pub fn new(keys: &NetworkSessionKeys) -> Self {
         Self(match keys {
-            NetworkSessionKeys::V1_0(k) => NetworkCiphers::V1_0 {
-                mic: MicKey::new(k.expose()),
-                enc: PayloadCipher::from_nwk_s_key(k),
+            NetworkSessionKeys::V1_0 { nwk_s_key } => NetworkCiphers::V1_0 {
+                mic: MicKey::new(nwk_s_key.expose()),
+                enc: PayloadCipher::from_nwk_s_key(nwk_s_key),
             },
             NetworkSessionKeys::V1_1 {
                 f_nwk_s_int_key,
@@ -1280,10 +1267,13 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{FNwkSIntKey, SNwkSIntKey};
 
     fn keys_1_0() -> SessionCrypto {
         SessionCrypto::new(
-            &NetworkSessionKeys::V1_0(NwkSKey::new([2; 16])),
+            &NetworkSessionKeys::V1_0 {
+                nwk_s_key: NwkSKey::new([2; 16]),
+            },
             Some(&AppSKey::new([1; 16])),
         )
     }

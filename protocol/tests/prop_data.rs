@@ -24,7 +24,9 @@ fn session(v1_1: bool, keys: [[u8; 16]; 4], with_app: bool) -> SessionCrypto {
             nwk_s_enc_key: NwkSEncKey::new(keys[2]),
         }
     } else {
-        NetworkSessionKeys::V1_0(NwkSKey::new(keys[0]))
+        NetworkSessionKeys::V1_0 {
+            nwk_s_key: NwkSKey::new(keys[0]),
+        }
     };
     let app = AppSKey::new(keys[3]);
     SessionCrypto::new(&nwk, with_app.then_some(&app))

@@ -55,7 +55,9 @@ fn session_of(e: &Value) -> SessionCrypto {
     let keys = &e["keys"];
     let app = keys.get("app_s_key").map(|k| AppSKey::new(key16(k)));
     let network = match e["lorawan_version"].as_str() {
-        Some("1.0") => NetworkSessionKeys::V1_0(NwkSKey::new(key16(&keys["nwk_s_key"]))),
+        Some("1.0") => NetworkSessionKeys::V1_0 {
+            nwk_s_key: NwkSKey::new(key16(&keys["nwk_s_key"])),
+        },
         Some("1.1") => NetworkSessionKeys::V1_1 {
             f_nwk_s_int_key: FNwkSIntKey::new(key_or_filler(keys, "f_nwk_s_int_key")),
             s_nwk_s_int_key: SNwkSIntKey::new(key16(&keys["s_nwk_s_int_key"])),
@@ -251,7 +253,7 @@ fn check_full_frame(e: &Value) {
     if let Some(m) = e["mic_blocks"].get("mic_if_connected_to_1_0_ns_hex") {
         // A 1.1 device on a 1.0 network: MIC = cmacF[0..3].
         let f_key = NwkSKey::new(key16(&e["keys"]["f_nwk_s_int_key"]));
-        let nwk10 = NetworkSessionCrypto::new(&NetworkSessionKeys::V1_0(f_key));
+        let nwk10 = NetworkSessionCrypto::new(&NetworkSessionKeys::V1_0 { nwk_s_key: f_key });
         assert_eq!(
             f.expected_uplink_mic(&nwk10, fcnt, &params),
             mic_of(m),
@@ -347,7 +349,9 @@ fn check_raw_mic(e: &Value) {
     let id = e["id"].as_str().expect("id");
     let key = key16(&e["key_hex"]);
     let nwk = NetworkSessionCrypto::new(&match e["lorawan_version"].as_str() {
-        Some("1.0") => NetworkSessionKeys::V1_0(NwkSKey::new(key)),
+        Some("1.0") => NetworkSessionKeys::V1_0 {
+            nwk_s_key: NwkSKey::new(key),
+        },
         // "For 1.1 uplink S=F=same key, ConfFCnt=0, TxDr=0, TxCh=0."
         Some("1.1") => NetworkSessionKeys::V1_1 {
             f_nwk_s_int_key: FNwkSIntKey::new(key),
