@@ -38,7 +38,10 @@ fn init_import_list_show_remove() {
     let o = js(&["init"], &dir);
     assert!(o.status.success());
     assert!(text(&o).0.contains("kept"), "second init keeps the files");
-    assert_eq!(std::fs::read(dir.join("secrets/link.key")).unwrap(), link_key);
+    assert_eq!(
+        std::fs::read(dir.join("secrets/link.key")).unwrap(),
+        link_key
+    );
 
     let good = tmp.path().join("good.csv");
     std::fs::write(
@@ -62,7 +65,10 @@ fn init_import_list_show_remove() {
     let o = js(&["devices", "import", bad.to_str().unwrap()], &dir);
     let (_, err) = text(&o);
     assert!(!o.status.success());
-    assert!(err.contains("line 2, column mac_version: unsupported MAC version \"2.0\""), "{err}");
+    assert!(
+        err.contains("line 2, column mac_version: unsupported MAC version \"2.0\""),
+        "{err}"
+    );
     assert!(err.contains("nothing imported"), "{err}");
 
     let o = js(&["devices", "import", good.to_str().unwrap()], &dir);
@@ -71,8 +77,14 @@ fn init_import_list_show_remove() {
 
     let o = js(&["devices", "list"], &dir);
     let (out, _) = text(&o);
-    assert!(out.contains("0000000000000001") && out.contains("0000000000000002"), "{out}");
-    assert!(!out.contains("0000000000000003"), "the failed import left nothing");
+    assert!(
+        out.contains("0000000000000001") && out.contains("0000000000000002"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("0000000000000003"),
+        "the failed import left nothing"
+    );
     let o = js(&["devices", "show", "0000000000000002"], &dir);
     let (out, _) = text(&o);
     assert!(out.contains("\"mac_version\": \"1.1\""), "{out}");
@@ -80,9 +92,15 @@ fn init_import_list_show_remove() {
     for o in [&out, &text(&js(&["devices", "list", "--json"], &dir)).0] {
         assert!(!o.to_uppercase().contains(KEY), "a key was printed");
     }
-    assert!(js(&["devices", "remove", "0000000000000001"], &dir).status.success());
-    assert!(!js(&["devices", "remove", "0000000000000001"], &dir).status.success());
-    assert!(!js(&["devices", "show", "0000000000000001"], &dir).status.success());
+    assert!(js(&["devices", "remove", "0000000000000001"], &dir)
+        .status
+        .success());
+    assert!(!js(&["devices", "remove", "0000000000000001"], &dir)
+        .status
+        .success());
+    assert!(!js(&["devices", "show", "0000000000000001"], &dir)
+        .status
+        .success());
 }
 
 #[test]

@@ -290,7 +290,10 @@ fn devices_imported_or_removed_while_running_are_picked_up() {
     let s = provision(tmp.path());
     let server = start(tmp.path());
     let c = Client::new(server.link_addr(), s.link.clone());
-    assert_eq!(c.join_ans(1, 9, &phy(9, 1)).result.result_code, ResultCode::UnknownDevEui);
+    assert_eq!(
+        c.join_ans(1, 9, &phy(9, 1)).result.result_code,
+        ResultCode::UnknownDevEui
+    );
     let mut store = SqliteStore::open(tmp.path()).unwrap();
     let csv = format!(
         "dev_eui,join_eui,mac_version,app_key,nwk_key\n0000000000000009,{JOIN_EUI:016X},1.0.4,{APP_KEY},\n"
@@ -303,7 +306,10 @@ fn devices_imported_or_removed_while_running_are_picked_up() {
         if code == ResultCode::Success {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "import not picked up: {code:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "import not picked up: {code:?}"
+        );
         tid += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -315,7 +321,10 @@ fn devices_imported_or_removed_while_running_are_picked_up() {
         if code == ResultCode::UnknownDevEui {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "removal not picked up: {code:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removal not picked up: {code:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     server.shutdown();

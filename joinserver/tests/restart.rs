@@ -105,7 +105,10 @@ fn sigterm_drains_and_exits_zero() {
     let s = provision(tmp.path());
     let mut r = spawn(tmp.path());
     let c = Client::new(r.link, s.link.clone());
-    assert_eq!(c.join_ans(1, 2, &phy(2, 1)).result.result_code, ResultCode::Success);
+    assert_eq!(
+        c.join_ans(1, 2, &phy(2, 1)).result.result_code,
+        ResultCode::Success
+    );
     let st = Command::new("kill")
         .args(["-TERM", &r.child.id().to_string()])
         .status()
