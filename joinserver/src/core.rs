@@ -155,6 +155,10 @@ pub enum JoinError {
     /// The sender is not the device's home network.
     #[error("activation through this network is not allowed")]
     ActivationDisallowed,
+    /// The device has no home network yet: nobody has claimed it (onboarding), so it may not
+    /// join anywhere.
+    #[error("device is not claimed")]
+    Unclaimed,
     /// The Join-request MIC does not verify under the device's root key.
     #[error("MIC mismatch")]
     MicFailed,
@@ -170,6 +174,7 @@ impl JoinError {
             Self::Malformed(_) => "malformed",
             Self::UnknownDevEui => "unknown_dev_eui",
             Self::ActivationDisallowed => "activation_disallowed",
+            Self::Unclaimed => "unclaimed",
             Self::MicFailed => "mic_failed",
             Self::Nonce(e) => e.kind(),
         }
@@ -180,7 +185,7 @@ impl JoinError {
         match self {
             Self::Malformed(_) => "MalformedRequest",
             Self::UnknownDevEui => "UnknownDevEUI",
-            Self::ActivationDisallowed => "ActivationDisallowed",
+            Self::ActivationDisallowed | Self::Unclaimed => "ActivationDisallowed",
             Self::MicFailed => "MICFailed",
             Self::Nonce(_) => "JoinReqFailed",
         }
@@ -290,11 +295,13 @@ fn check_mic(jr: &JoinRequest, keys: &DeviceKeys) -> Result<(), JoinError> {
     jr.verify_mic(root).map_err(|_| JoinError::MicFailed)
 }
 
-/// Step 5: the home-network rule.
+/// Step 5: the home-network rule. A device without a home NetID is unclaimed and joins nowhere;
+/// a claimed one joins only through its home network.
 fn check_home(home: Option<NetId>, sender: NetId) -> Result<(), JoinError> {
     match home {
+        None => Err(JoinError::Unclaimed),
         Some(h) if h != sender => Err(JoinError::ActivationDisallowed),
-        _ => Ok(()),
+        Some(_) => Ok(()),
     }
 }
 
@@ -538,7 +545,7 @@ mod tests {
         {
             let map = DeviceMap::default();
             let dev = 0x0004_A30B_001C_0530 + i as u64;
-            add(&map, dev, v, None);
+            add(&map, dev, v, Some(net(0x13)));
             let dn = 7;
             let o = process(
                 &c,
@@ -658,6 +665,7 @@ mod tests {
         let map = DeviceMap::default();
         add(&map, 1, MacVersion::V1_0_4, Some(net(0x13)));
         add(&map, 2, MacVersion::V1_0_3, None);
+        add(&map, 4, MacVersion::V1_0_4, Some(net(0x13)));
         let cases: Vec<(JoinReqFields, &str, &str)> = vec![
             (
                 fields(1, join_request(1, MacVersion::V1_0_4, 5, [9; 16]), 0x13),
@@ -678,6 +686,16 @@ mod tests {
                 fields(1, vec![0; JOIN_REQUEST_LEN - 1], 0x13),
                 "MalformedRequest",
                 "malformed",
+            ),
+            (
+                fields(2, join_request(2, MacVersion::V1_0_3, 5, APP), 0x13),
+                "ActivationDisallowed",
+                "unclaimed",
+            ),
+            (
+                fields(2, join_request(2, MacVersion::V1_0_3, 5, APP), 0x77),
+                "ActivationDisallowed",
+                "unclaimed",
             ),
             (
                 fields(2, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13),
@@ -707,26 +725,35 @@ mod tests {
             assert_eq!((e.result_code(), e.kind()), (code, kind));
             assert!(o.update.is_none());
         }
-        assert_eq!(
-            map.get(&DevEui::new(1)).unwrap().nonces,
-            NonceState::default(),
-            "refusals consume no DevNonce"
-        );
-        // Any NetID may activate a device without a home NetID.
+        for dev in [1, 2] {
+            assert_eq!(
+                map.get(&DevEui::new(dev)).unwrap().nonces,
+                NonceState::default(),
+                "refusals consume no DevNonce"
+            );
+        }
+        // The home network activates a claimed device; an unclaimed device with a bad MIC is
+        // still MICFailed (the MIC is checked first).
         let o = process(
             &c,
             &map,
-            &fields(2, join_request(2, MacVersion::V1_0_3, 5, APP), 0x77),
+            &fields(4, join_request(4, MacVersion::V1_0_4, 5, APP), 0x13),
         );
         assert_eq!(o.kind(), "success");
+        let o = process(
+            &c,
+            &map,
+            &fields(2, join_request(2, MacVersion::V1_0_3, 5, [9; 16]), 0x13),
+        );
+        assert_eq!(o.kind(), "mic_failed");
     }
 
     #[test]
     fn dev_nonce_rules_through_the_pipeline() {
         let c = ctx();
         let map = DeviceMap::default();
-        add(&map, 1, MacVersion::V1_0_4, None);
-        add(&map, 2, MacVersion::V1_0_2, None);
+        add(&map, 1, MacVersion::V1_0_4, Some(net(0x13)));
+        add(&map, 2, MacVersion::V1_0_2, Some(net(0x13)));
         let run = |dev: u64, v: MacVersion, dn: u16| {
             let o = process(&c, &map, &fields(dev, join_request(dev, v, dn, APP), 0x13));
             (o.kind(), o.result.map(|a| a.join_nonce.as_u32()).ok())

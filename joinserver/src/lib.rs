@@ -13,6 +13,8 @@
 //! - [`devices`]: manifest import (CSV / JSON lines).
 //! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
 //! - [`config`], [`metrics`]: configuration and observability.
+//! - [`onboarding`], [`api`]: owner tokens, claims, signed manifests, the audit log and the
+//!   HTTP management API.
 //! - [`wire`]: TS002 JSON ↔ the pipeline; [`server`]: start-up and shutdown.
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod devices;
 pub mod link;
 pub mod metrics;
 pub mod nonces;
+pub mod onboarding;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -1,0 +1,718 @@
+//! The onboarding tables, in the join server's SQLite file next to the devices:
+//!
+//! - `api_keys`: management API keys, by SHA-256 hash only, with a role and a name (the tenant);
+//! - `ownership`: per device, the owner token's hash, the manufacturer that provisioned it, the
+//!   owner (tenant) that claimed it, and a lock flag; the home NetID stays in `devices`;
+//! - `audit`: the append-only audit log (triggers refuse UPDATE and DELETE).
+//!
+//! Each method is one transaction. Root keys only ever arrive wrapped under the master key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use protocol::ids::{DevEui, NetId};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{NonceState, SqliteStore, Store, StoreError, StoredDevice, DB_FILE};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS api_keys (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    key_hash   BLOB NOT NULL UNIQUE,      -- SHA-256 of the key; the key itself is never stored
+    created_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS ownership (
+    dev_eui      INTEGER PRIMARY KEY,
+    token_hash   BLOB,                    -- SHA-256 (domain, DevEUI, owner token)
+    manufacturer TEXT,                    -- tenant that provisioned it (NULL: CLI / admin)
+    owner        TEXT,                    -- tenant that claimed it (NULL: unclaimed)
+    claimed_ms   INTEGER,
+    locked       INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS ownership_owner ON ownership (owner);
+CREATE INDEX IF NOT EXISTS ownership_manufacturer ON ownership (manufacturer);
+CREATE TABLE IF NOT EXISTS audit (
+    seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms   INTEGER NOT NULL,
+    actor   TEXT NOT NULL,
+    tenant  TEXT,
+    action  TEXT NOT NULL,
+    dev_eui TEXT,
+    outcome TEXT NOT NULL,
+    detail  TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS audit_dev_eui ON audit (dev_eui);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+/// An API key's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Provisions devices; never sees owners.
+    Manufacturer,
+    /// A tenant: sees and acts on its own devices only.
+    Owner,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manufacturer => "manufacturer",
+            Self::Owner => "owner",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "manufacturer" => Some(Self::Manufacturer),
+            "owner" => Some(Self::Owner),
+            "admin" => Some(Self::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// An API key as stored (without the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    /// Public id (16 hex digits).
+    pub id: String,
+    /// The tenant name: owner keys with the same name act for the same tenant.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Who did something, for the audit log and authorisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// `key:<id>` for an API key, `cli` for the command line.
+    pub id: String,
+    /// The tenant name (the API key's name), if any.
+    pub tenant: Option<String>,
+    /// The role (`Admin` for the command line).
+    pub role: Role,
+}
+
+impl Actor {
+    /// The local operator on the command line.
+    pub fn cli() -> Self {
+        Self {
+            id: "cli".into(),
+            tenant: None,
+            role: Role::Admin,
+        }
+    }
+
+    /// An API key's actor.
+    pub fn from_key(k: &ApiKeyRecord) -> Self {
+        Self {
+            id: format!("key:{}", k.id),
+            tenant: Some(k.name.clone()),
+            role: k.role,
+        }
+    }
+}
+
+/// A device's onboarding state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ownership {
+    /// Hash of the current owner token, if the device has one.
+    pub token_hash: Option<Vec<u8>>,
+    /// The manufacturer tenant that provisioned it.
+    pub manufacturer: Option<String>,
+    /// The owner tenant that claimed it.
+    pub owner: Option<String>,
+    /// When it was claimed (Unix ms).
+    pub claimed_ms: Option<i64>,
+    /// Locked devices cannot be claimed.
+    pub locked: bool,
+}
+
+/// One audit record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Sequence number (increasing).
+    pub seq: i64,
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Who: `key:<id>` or `cli`.
+    pub actor: String,
+    /// The actor's tenant.
+    pub tenant: Option<String>,
+    /// What: `provision`, `claim`, `release`, `dev_nonce_reset`, `root_key_rotation`,
+    /// `deprovision`, `lock`, `unlock`, `import`, `api_key_create`.
+    pub action: String,
+    /// The device, if one.
+    pub dev_eui: Option<String>,
+    /// `ok` or `refused:<reason>`.
+    pub outcome: String,
+    /// Details; never a key or a token.
+    pub detail: String,
+}
+
+/// A new audit record.
+#[derive(Debug, Clone)]
+pub struct AuditEntry<'a> {
+    /// Who.
+    pub actor: &'a Actor,
+    /// What.
+    pub action: &'a str,
+    /// Which device.
+    pub dev_eui: Option<DevEui>,
+    /// `ok` or `refused:<reason>`.
+    pub outcome: &'a str,
+    /// Details (no secrets).
+    pub detail: &'a str,
+}
+
+/// Filters for [`OnboardStore::audit`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFilter {
+    /// Only this device.
+    pub dev_eui: Option<String>,
+    /// Only this action.
+    pub action: Option<String>,
+    /// Only this actor (`key:<id>` or `cli`).
+    pub actor: Option<String>,
+    /// Only outcomes starting with this (`ok`, `refused`).
+    pub outcome: Option<String>,
+    /// Only records at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only records before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// Only records after this sequence number (paging).
+    pub after_seq: Option<i64>,
+    /// At most this many (default 100, at most 10,000).
+    pub limit: Option<u32>,
+}
+
+/// Which tenant column scopes a device listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnershipColumn {
+    /// The provisioning manufacturer.
+    Manufacturer,
+    /// The claiming owner.
+    Owner,
+}
+
+impl OwnershipColumn {
+    fn as_sql(self) -> &'static str {
+        match self {
+            Self::Manufacturer => "manufacturer",
+            Self::Owner => "owner",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn eui_sql(d: DevEui) -> i64 {
+    d.as_u64() as i64
+}
+
+/// The onboarding store: its own connection to `DATA_DIR/joinserver.db`, plus the device store.
+pub struct OnboardStore {
+    conn: Connection,
+    devices: SqliteStore,
+}
+
+impl std::fmt::Debug for OnboardStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnboardStore")
+            .field("devices", &self.devices)
+            .finish()
+    }
+}
+
+fn append(tx: &Transaction<'_>, at_ms: i64, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        at_ms,
+        e.actor.id,
+        e.actor.tenant,
+        e.action,
+        e.dev_eui.map(|d| d.to_string()),
+        e.outcome,
+        e.detail
+    ])?;
+    Ok(())
+}
+
+fn bump_generation(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
+        [],
+    )?;
+    Ok(())
+}
+
+impl OnboardStore {
+    /// Opens (creating the tables if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let devices = SqliteStore::open(data_dir)?;
+        let conn = Connection::open(data_dir.join(DB_FILE))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn, devices })
+    }
+
+    /// The device store on the same file.
+    pub fn devices(&mut self) -> &mut SqliteStore {
+        &mut self.devices
+    }
+
+    /// Appends one audit record on its own.
+    pub fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        append(&tx, now_ms(), e)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores a new API key's hash; returns its public id. Audited.
+    pub fn create_api_key(
+        &mut self,
+        actor: &Actor,
+        name: &str,
+        role: Role,
+        key_hash: &[u8; 32],
+    ) -> Result<ApiKeyRecord, StoreError> {
+        let id = hex::encode(&key_hash[..8]);
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, name, role.as_str(), &key_hash[..], now_ms()],
+        )?;
+        append(
+            &tx,
+            now_ms(),
+            &AuditEntry {
+                actor,
+                action: "api_key_create",
+                dev_eui: None,
+                outcome: "ok",
+                detail: &format!("key {id}, role {}, name {name:?}", role.as_str()),
+            },
+        )?;
+        tx.commit()?;
+        Ok(ApiKeyRecord {
+            id,
+            name: name.to_owned(),
+            role,
+        })
+    }
+
+    /// The API key with this hash. The hash is looked up by index; the caller compares nothing
+    /// else, and the hash of a key reveals nothing about other keys.
+    pub fn find_api_key(&mut self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row: Option<(String, String, String, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT id, name, role, key_hash FROM api_keys WHERE key_hash = ?1")?
+            .query_row([&key_hash[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        Ok(row.and_then(|(id, name, role, h)| {
+            (super::secret::ct_eq(&h, key_hash))
+                .then_some(())
+                .and_then(|()| Role::parse(&role))
+                .map(|role| ApiKeyRecord { id, name, role })
+        }))
+    }
+
+    /// The DevEUIs already provisioned.
+    pub fn existing_dev_euis(&mut self) -> Result<std::collections::HashSet<DevEui>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT dev_eui FROM devices")?;
+        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+        let mut out = std::collections::HashSet::new();
+        for r in rows {
+            out.insert(DevEui::new(r? as u64));
+        }
+        Ok(out)
+    }
+
+    /// Inserts devices, their ownership rows and one `provision` audit record each, all in one
+    /// transaction, plus an `import` summary record. A device that exists fails the whole batch.
+    pub fn provision(
+        &mut self,
+        actor: &Actor,
+        devices: &[StoredDevice],
+        token_hashes: &[[u8; 32]],
+        summary: &str,
+    ) -> Result<(), StoreError> {
+        let at = now_ms();
+        let tx = self.conn.transaction()?;
+        {
+            // The same columns as `SqliteStore::insert_devices`; the owner token is never stored
+            // in `devices` (only its hash, in `ownership`).
+            let mut ins = tx.prepare(
+                "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
+                 home_net_id, owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, x'', 0)",
+            )?;
+            let mut own = tx.prepare(
+                "INSERT OR REPLACE INTO ownership (dev_eui, token_hash, manufacturer, owner, \
+                 claimed_ms, locked) VALUES (?1, ?2, ?3, NULL, NULL, 0)",
+            )?;
+            let manufacturer = (actor.role == Role::Manufacturer)
+                .then_some(actor.tenant.as_deref())
+                .flatten();
+            for (d, h) in devices.iter().zip(token_hashes) {
+                let r = ins.execute(params![
+                    eui_sql(d.dev_eui),
+                    d.join_eui.as_u64() as i64,
+                    d.mac_version.as_str(),
+                    d.app_key_wrapped,
+                    d.nwk_key_wrapped,
+                    d.home_net_id.map(|n| i64::from(n.as_u32())),
+                ]);
+                match r {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        return Err(StoreError::Duplicate(d.dev_eui));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                own.execute(params![eui_sql(d.dev_eui), &h[..], manufacturer])?;
+                let detail = match d.home_net_id {
+                    Some(n) => format!("{}, home_net_id {n}", d.mac_version.as_str()),
+                    None => d.mac_version.as_str().to_owned(),
+                };
+                append(
+                    &tx,
+                    at,
+                    &AuditEntry {
+                        actor,
+                        action: "provision",
+                        dev_eui: Some(d.dev_eui),
+                        outcome: "ok",
+                        detail: &detail,
+                    },
+                )?;
+            }
+        }
+        append(
+            &tx,
+            at,
+            &AuditEntry {
+                actor,
+                action: "import",
+                dev_eui: None,
+                outcome: "ok",
+                detail: summary,
+            },
+        )?;
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A device and its ownership.
+    pub fn device(&mut self, dev_eui: DevEui) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
+        let Some(d) = self.devices.get_device(dev_eui)? else {
+            return Ok(None);
+        };
+        let o = self.ownership(dev_eui)?;
+        Ok(Some((d, o)))
+    }
+
+    fn ownership(&mut self, dev_eui: DevEui) -> Result<Ownership, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT token_hash, manufacturer, owner, claimed_ms, locked FROM ownership \
+                 WHERE dev_eui = ?1",
+            )?
+            .query_row([eui_sql(dev_eui)], |r| {
+                Ok(Ownership {
+                    token_hash: r.get(0)?,
+                    manufacturer: r.get(1)?,
+                    owner: r.get(2)?,
+                    claimed_ms: r.get(3)?,
+                    locked: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// DevEUIs visible to a scope, in unsigned order, after `after`, at most `limit`: all
+    /// (`scope` `None`), or those whose ownership `column` (`manufacturer` or `owner`) is the
+    /// tenant.
+    pub fn visible(
+        &mut self,
+        scope: Option<(OwnershipColumn, &str)>,
+        after: Option<DevEui>,
+        limit: u32,
+    ) -> Result<Vec<DevEui>, StoreError> {
+        let map = |r: &rusqlite::Row<'_>| r.get::<_, i64>(0);
+        let rows: Vec<i64> = match scope {
+            None => self
+                .conn
+                .prepare_cached("SELECT dev_eui FROM devices")?
+                .query_map([], map)?
+                .collect::<Result<_, _>>()?,
+            Some((column, tenant)) => self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT d.dev_eui FROM devices d JOIN ownership o ON o.dev_eui = d.dev_eui \
+                     WHERE o.{} = ?1",
+                    column.as_sql()
+                ))?
+                .query_map([tenant], map)?
+                .collect::<Result<_, _>>()?,
+        };
+        let mut out: Vec<DevEui> = rows.into_iter().map(|v| DevEui::new(v as u64)).collect();
+        out.sort_unstable_by_key(|d| d.as_u64());
+        let start = after.map_or(0, |a| out.partition_point(|d| d.as_u64() <= a.as_u64()));
+        Ok(out.into_iter().skip(start).take(limit as usize).collect())
+    }
+
+    /// Binds an unclaimed device to an owner and a home network. Audited.
+    pub fn claim(
+        &mut self,
+        actor: &Actor,
+        dev_eui: DevEui,
+        tenant: &str,
+        home: NetId,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let at = now_ms();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO ownership (dev_eui, owner, claimed_ms) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (dev_eui) DO UPDATE SET owner = ?2, claimed_ms = ?3",
+            params![eui_sql(dev_eui), tenant, at],
+        )?;
+        tx.execute(
+            "UPDATE devices SET home_net_id = ?2 WHERE dev_eui = ?1",
+            params![eui_sql(dev_eui), i64::from(home.as_u32())],
+        )?;
+        append(
+            &tx,
+            at,
+            &AuditEntry {
+                actor,
+                action: "claim",
+                dev_eui: Some(dev_eui),
+                outcome: "ok",
+                detail,
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Releases a device: no owner, no home network; a new owner token hash if given. Audited.
+    pub fn release(
+        &mut self,
+        actor: &Actor,
+        dev_eui: DevEui,
+        new_token_hash: Option<&[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let at = now_ms();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE ownership SET owner = NULL, claimed_ms = NULL, \
+             token_hash = COALESCE(?2, token_hash) WHERE dev_eui = ?1",
+            params![eui_sql(dev_eui), new_token_hash.map(|h| h.to_vec())],
+        )?;
+        tx.execute(
+            "UPDATE devices SET home_net_id = NULL WHERE dev_eui = ?1",
+            [eui_sql(dev_eui)],
+        )?;
+        append(
+            &tx,
+            at,
+            &AuditEntry {
+                actor,
+                action: "release",
+                dev_eui: Some(dev_eui),
+                outcome: "ok",
+                detail: if new_token_hash.is_some() {
+                    "home network unbound; new owner token issued"
+                } else {
+                    "home network unbound; owner token kept"
+                },
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Sets or clears the lock. Audited.
+    pub fn set_locked(&mut self, actor: &Actor, dev_eui: DevEui, locked: bool) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO ownership (dev_eui, locked) VALUES (?1, ?2) \
+             ON CONFLICT (dev_eui) DO UPDATE SET locked = ?2",
+            params![eui_sql(dev_eui), i64::from(locked)],
+        )?;
+        append(
+            &tx,
+            now_ms(),
+            &AuditEntry {
+                actor,
+                action: if locked { "lock" } else { "unlock" },
+                dev_eui: Some(dev_eui),
+                outcome: "ok",
+                detail: "",
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a device's nonce state and, for a key rotation, its new wrapped root keys. Audited
+    /// under `action`.
+    pub fn set_nonces_and_keys(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        dev_eui: DevEui,
+        nonces: &NonceState,
+        keys: Option<(&[u8], Option<&[u8]>)>,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let blob: Vec<u8> = nonces
+            .used_dev_nonces
+            .iter()
+            .flat_map(|n| n.to_le_bytes())
+            .collect();
+        tx.execute(
+            "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4 \
+             WHERE dev_eui = ?1",
+            params![
+                eui_sql(dev_eui),
+                nonces.last_dev_nonce.map(i64::from),
+                blob,
+                i64::from(nonces.last_join_nonce)
+            ],
+        )?;
+        if let Some((app, nwk)) = keys {
+            tx.execute(
+                "UPDATE devices SET app_key = ?2, nwk_key = ?3 WHERE dev_eui = ?1",
+                params![eui_sql(dev_eui), app, nwk],
+            )?;
+        }
+        append(
+            &tx,
+            now_ms(),
+            &AuditEntry {
+                actor,
+                action,
+                dev_eui: Some(dev_eui),
+                outcome: "ok",
+                detail,
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes a device and its ownership. Audited. `false` if it did not exist.
+    pub fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute("DELETE FROM devices WHERE dev_eui = ?1", [eui_sql(dev_eui)])?;
+        tx.execute("DELETE FROM ownership WHERE dev_eui = ?1", [eui_sql(dev_eui)])?;
+        if n > 0 {
+            append(
+                &tx,
+                now_ms(),
+                &AuditEntry {
+                    actor,
+                    action: "deprovision",
+                    dev_eui: Some(dev_eui),
+                    outcome: "ok",
+                    detail: "",
+                },
+            )?;
+            bump_generation(&tx)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Audit records matching `f`, oldest first; with `tenant`, only that tenant's own records.
+    pub fn audit(
+        &mut self,
+        f: &AuditFilter,
+        tenant: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut sql = String::from(
+            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit WHERE 1",
+        );
+        use rusqlite::types::Value;
+        let mut args: Vec<Value> = Vec::new();
+        // Each condition names its argument `?`, numbered here.
+        let mut push = |cond: &str, v: Value| {
+            args.push(v);
+            sql.push_str(" AND ");
+            sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
+        };
+        if let Some(t) = tenant {
+            push("tenant = ?", Value::Text(t.to_owned()));
+        }
+        if let Some(d) = &f.dev_eui {
+            push("dev_eui = ?", Value::Text(d.to_uppercase()));
+        }
+        if let Some(a) = &f.action {
+            push("action = ?", Value::Text(a.clone()));
+        }
+        if let Some(a) = &f.actor {
+            push("actor = ?", Value::Text(a.clone()));
+        }
+        if let Some(o) = &f.outcome {
+            // A prefix match, without LIKE wildcards from the caller.
+            push("instr(outcome, ?) = 1", Value::Text(o.clone()));
+        }
+        if let Some(s) = f.since_ms {
+            push("at_ms >= ?", Value::Integer(s));
+        }
+        if let Some(u) = f.until_ms {
+            push("at_ms < ?", Value::Integer(u));
+        }
+        if let Some(a) = f.after_seq {
+            push("seq > ?", Value::Integer(a));
+        }
+        let limit = f.limit.unwrap_or(100).min(10_000);
+        sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            Ok(AuditRecord {
+                seq: r.get(0)?,
+                at_ms: r.get(1)?,
+                actor: r.get(2)?,
+                tenant: r.get(3)?,
+                action: r.get(4)?,
+                dev_eui: r.get(5)?,
+                outcome: r.get(6)?,
+                detail: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

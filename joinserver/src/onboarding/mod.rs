@@ -1,0 +1,16 @@
+//! Zero-touch onboarding: devices are provisioned with identity and root keys only, and join
+//! nowhere until whoever holds the owner token (printed in the device's TR005 QR code) claims
+//! them for a home network. Ownership can be released and passed on; every step is audited.
+//!
+//! - [`db`]: the API-key, ownership and audit tables.
+//! - [`service`]: the operations, with per-device authorisation.
+//! - [`manifest_sig`]: Ed25519 detached signatures over manifests.
+//! - [`secret`]: API keys and owner tokens (random, stored as hashes, compared in constant time).
+//! - [`ratelimit`]: failed-claim limits; [`tr005`]: the QR text fields a claim needs.
+
+pub mod db;
+pub mod manifest_sig;
+pub mod ratelimit;
+pub mod secret;
+pub mod service;
+pub mod tr005;

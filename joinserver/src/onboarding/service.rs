@@ -1,0 +1,650 @@
+//! Onboarding operations, independent of HTTP: provisioning (signed manifests, owner tokens),
+//! claim and release, lifecycle operations, audit queries. Each operation authorises the actor
+//! per device, writes the store and the audit log in one transaction, and updates the running
+//! join server's device map so a claim or release takes effect on the next JoinReq.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use protocol::ids::{DevEui, NetId};
+use protocol::keys::{AppKey, NwkKey};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::db::{
+    Actor, AuditEntry, AuditFilter, AuditRecord, OnboardStore, Ownership, OwnershipColumn, Role,
+};
+use super::manifest_sig::{SignatureError, TrustedKeys};
+use super::ratelimit::FailureLimiter;
+use super::secret::{self, ApiKeySecret};
+use super::tr005;
+use crate::atrest;
+use crate::core::{self, DeviceMap};
+use crate::devices::{self, Format, RowError};
+use crate::secrets::MasterKey;
+use crate::store::{NonceState, Store, StoreError, StoredDevice};
+
+/// Why an onboarding operation was refused. Messages never contain a key or a token.
+#[derive(Debug, thiserror::Error)]
+pub enum OnbError {
+    /// No valid API key.
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    /// The role may not do this.
+    #[error("the {0} role may not do this")]
+    Forbidden(&'static str),
+    /// No such device, or not one the actor may see.
+    #[error("no such device")]
+    NotFound,
+    /// The request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The manifest has bad rows; nothing was imported.
+    #[error("{} bad row(s) in the manifest; nothing imported", .0.len())]
+    Manifest(Vec<RowError>),
+    /// The manifest signature was refused; nothing was imported.
+    #[error("{0}; nothing imported")]
+    Signature(SignatureError),
+    /// The owner token does not match.
+    #[error("wrong owner token")]
+    WrongToken,
+    /// The device is already claimed (or bound to a home network at provisioning).
+    #[error("the device is already claimed")]
+    AlreadyClaimed,
+    /// The device is not claimed.
+    #[error("the device is not claimed")]
+    NotClaimed,
+    /// The device is locked by an administrator.
+    #[error("the device is locked")]
+    Locked,
+    /// Too many failed claim attempts; retry after the duration.
+    #[error("too many failed claim attempts; retry in {} s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl OnbError {
+    /// A short stable name: the API's `error` field and the audit outcome's reason.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound => "not_found",
+            Self::BadRequest(_) => "bad_request",
+            Self::Manifest(_) => "bad_manifest",
+            Self::Signature(e) => e.kind(),
+            Self::WrongToken => "wrong_token",
+            Self::AlreadyClaimed => "already_claimed",
+            Self::NotClaimed => "not_claimed",
+            Self::Locked => "locked",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Store(StoreError::Duplicate(_)) => "already_provisioned",
+            Self::Store(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Unauthorized => 401,
+            Self::Forbidden(_) | Self::WrongToken => 403,
+            Self::NotFound => 404,
+            Self::BadRequest(_) | Self::Manifest(_) => 400,
+            Self::Signature(SignatureError::Missing | SignatureError::Malformed) => 400,
+            Self::Signature(_) => 422,
+            Self::AlreadyClaimed | Self::NotClaimed => 409,
+            Self::Store(StoreError::Duplicate(_)) => 409,
+            Self::Locked => 423,
+            Self::RateLimited(_) => 429,
+            Self::Store(_) => 500,
+        }
+    }
+}
+
+/// A device as the API shows it (never keys or tokens). Fields a role may not see are absent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeviceView {
+    /// DevEUI.
+    pub dev_eui: String,
+    /// JoinEUI.
+    pub join_eui: String,
+    /// LoRaWAN MAC version.
+    pub mac_version: String,
+    /// Whether the device has a home network (claimed or bound at import).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed: Option<bool>,
+    /// Home NetID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub home_net_id: Option<String>,
+    /// Owner tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Provisioning manufacturer tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manufacturer: Option<String>,
+    /// Locked against claims.
+    pub locked: bool,
+    /// Whether the device has an owner token to claim with.
+    pub has_owner_token: bool,
+    /// Last accepted DevNonce.
+    pub last_dev_nonce: Option<u16>,
+    /// Last JoinNonce sent.
+    pub last_join_nonce: u32,
+}
+
+/// A generated owner token, returned once.
+#[derive(Clone, Serialize, PartialEq, Eq)]
+pub struct IssuedToken {
+    /// The device.
+    pub dev_eui: String,
+    /// The token: print it on the device's label; it is not shown again.
+    pub owner_token: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IssuedToken({}, <redacted>)", self.dev_eui)
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportResult {
+    /// Devices imported.
+    pub imported: usize,
+    /// The fingerprint of the trusted key that signed the manifest, if signed.
+    pub signed_by: Option<String>,
+    /// Owner tokens generated for devices whose manifest row had none.
+    pub generated_owner_tokens: Vec<IssuedToken>,
+}
+
+/// Limits on failed claims.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// Failures per DevEUI per window.
+    pub per_device: u32,
+    /// Failures per API key per window.
+    pub per_key: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for ClaimLimits {
+    fn default() -> Self {
+        Self {
+            per_device: 5,
+            per_key: 20,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// The onboarding service: the store, the running server's devices, trusted keys, limits.
+#[derive(Debug)]
+pub struct Onboarding {
+    db: Mutex<OnboardStore>,
+    devices: Option<Arc<DeviceMap>>,
+    master: MasterKey,
+    trusted: TrustedKeys,
+    per_device: FailureLimiter<DevEui>,
+    per_key: FailureLimiter<String>,
+}
+
+fn dev_detail(home: NetId, via: &str) -> String {
+    format!("home_net_id {home}, via {via}")
+}
+
+impl Onboarding {
+    /// A service over `db`. `devices` is the running server's map (absent on the command line).
+    pub fn new(
+        db: OnboardStore,
+        devices: Option<Arc<DeviceMap>>,
+        master: MasterKey,
+        trusted: TrustedKeys,
+        limits: ClaimLimits,
+    ) -> Self {
+        Self {
+            db: Mutex::new(db),
+            devices,
+            master,
+            trusted,
+            per_device: FailureLimiter::new(limits.per_device, limits.window),
+            per_key: FailureLimiter::new(limits.per_key, limits.window),
+        }
+    }
+
+    fn db(&self) -> MutexGuard<'_, OnboardStore> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn refuse(&self, actor: &Actor, action: &str, dev: Option<DevEui>, e: OnbError, detail: &str) -> OnbError {
+        let outcome = format!("refused:{}", e.kind());
+        let r = self.db().audit_append(&AuditEntry {
+            actor,
+            action,
+            dev_eui: dev,
+            outcome: &outcome,
+            detail,
+        });
+        if let Err(err) = r {
+            tracing::error!(error = %err, "audit append failed");
+        }
+        e
+    }
+
+    /// The actor of an API key, or `Unauthorized`.
+    pub fn authenticate(&self, key: &str) -> Result<Actor, OnbError> {
+        let k = ApiKeySecret::from_text(key);
+        if !k.expose().starts_with(secret::API_KEY_PREFIX) {
+            return Err(OnbError::Unauthorized);
+        }
+        self.db()
+            .find_api_key(&k.hash())?
+            .map(|r| Actor::from_key(&r))
+            .ok_or(OnbError::Unauthorized)
+    }
+
+    /// Creates an API key; returns it (shown once) and its public id.
+    pub fn create_api_key(&self, actor: &Actor, role: Role, name: &str) -> Result<(ApiKeySecret, String), OnbError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(OnbError::BadRequest("the name must be 1 to 128 printable characters".into()));
+        }
+        let key = ApiKeySecret::generate();
+        let rec = self.db().create_api_key(actor, name, role, &key.hash())?;
+        Ok((key, rec.id))
+    }
+
+    /// Imports a manifest (CSV or JSON lines). With `require_signature`, or when a signature is
+    /// given, the signature must verify under a trusted key. All or nothing; refusals are
+    /// audited.
+    pub fn import(
+        &self,
+        actor: &Actor,
+        manifest: &[u8],
+        format: Option<Format>,
+        signature: Option<&[u8]>,
+        require_signature: bool,
+    ) -> Result<ImportResult, OnbError> {
+        if !matches!(actor.role, Role::Manufacturer | Role::Admin) {
+            return Err(self.refuse(actor, "import", None, OnbError::Forbidden(actor.role.as_str()), ""));
+        }
+        let digest = hex::encode(&Sha256::digest(manifest)[..8]);
+        let what = format!("manifest sha256 {digest}…, {} bytes", manifest.len());
+        let signed_by = if require_signature || signature.is_some() {
+            match self.trusted.verify(manifest, signature) {
+                Ok(fp) => Some(fp),
+                Err(e) => return Err(self.refuse(actor, "import", None, OnbError::Signature(e), &what)),
+            }
+        } else {
+            None
+        };
+        let Ok(text) = std::str::from_utf8(manifest) else {
+            return Err(self.refuse(
+                actor,
+                "import",
+                None,
+                OnbError::BadRequest("the manifest is not UTF-8".into()),
+                &what,
+            ));
+        };
+        let format = format.unwrap_or_else(|| Format::sniff(text));
+        let rows = match devices::parse(text, format) {
+            Ok(r) => r,
+            Err(errors) => {
+                let d = format!("{what}; {} bad row(s)", errors.len());
+                return Err(self.refuse(actor, "import", None, OnbError::Manifest(errors), &d));
+            }
+        };
+        let mut db = self.db();
+        let existing = db.existing_dev_euis()?;
+        let dup: Vec<RowError> = rows
+            .iter()
+            .filter(|d| existing.contains(&d.dev_eui))
+            .map(|d| RowError {
+                line: d.line,
+                column: match format {
+                    Format::Csv => "1 (dev_eui)".into(),
+                    Format::Jsonl => "dev_eui".into(),
+                },
+                message: format!("DevEUI {} is already provisioned (remove it first)", d.dev_eui),
+            })
+            .collect();
+        drop(db);
+        if !dup.is_empty() {
+            let d = format!("{what}; {} device(s) already provisioned", dup.len());
+            return Err(self.refuse(actor, "import", None, OnbError::Manifest(dup), &d));
+        }
+        let mut generated = Vec::new();
+        let mut hashes = Vec::with_capacity(rows.len());
+        let stored: Vec<StoredDevice> = rows
+            .iter()
+            .map(|d| {
+                let token = match &d.owner_token {
+                    Some(t) => t.clone(),
+                    None => {
+                        let t = secret::generate_owner_token();
+                        generated.push(IssuedToken {
+                            dev_eui: d.dev_eui.to_string(),
+                            owner_token: t.clone(),
+                        });
+                        t
+                    }
+                };
+                hashes.push(secret::owner_token_hash(d.dev_eui, &token));
+                StoredDevice {
+                    dev_eui: d.dev_eui,
+                    join_eui: d.join_eui,
+                    mac_version: d.mac_version,
+                    app_key_wrapped: atrest::seal_app_key(&self.master, &d.app_key),
+                    nwk_key_wrapped: d.nwk_key.as_ref().map(|k| atrest::seal_nwk_key(&self.master, k)),
+                    home_net_id: d.home_net_id,
+                    owner_token: None,
+                    nonces: NonceState::default(),
+                }
+            })
+            .collect();
+        let summary = format!(
+            "{what}; {} device(s); {}",
+            stored.len(),
+            signed_by.as_deref().map_or_else(|| "unsigned (operator)".to_owned(), |k| format!("signed by key {k}"))
+        );
+        if let Err(e) = self.db().provision(actor, &stored, &hashes, &summary) {
+            return Err(self.refuse(actor, "import", None, e.into(), &what));
+        }
+        if let Some(map) = &self.devices {
+            for d in &stored {
+                match core::Device::from_stored(&self.master, d) {
+                    Ok(dev) => {
+                        map.insert(d.dev_eui, dev);
+                    }
+                    Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
+                }
+            }
+        }
+        Ok(ImportResult {
+            imported: stored.len(),
+            signed_by,
+            generated_owner_tokens: generated,
+        })
+    }
+
+    fn may_see(actor: &Actor, own: &Ownership) -> bool {
+        match actor.role {
+            Role::Admin => true,
+            Role::Owner => own.owner.is_some() && own.owner == actor.tenant,
+            Role::Manufacturer => own.manufacturer.is_some() && own.manufacturer == actor.tenant,
+        }
+    }
+
+    fn view(actor: &Actor, d: &StoredDevice, own: &Ownership) -> DeviceView {
+        let sees_owner = actor.role != Role::Manufacturer;
+        DeviceView {
+            dev_eui: d.dev_eui.to_string(),
+            join_eui: d.join_eui.to_string(),
+            mac_version: d.mac_version.as_str().to_owned(),
+            claimed: sees_owner.then_some(d.home_net_id.is_some()),
+            home_net_id: if sees_owner { d.home_net_id.map(|n| n.to_string()) } else { None },
+            owner: if sees_owner { own.owner.clone() } else { None },
+            manufacturer: own.manufacturer.clone(),
+            locked: own.locked,
+            has_owner_token: own.token_hash.is_some(),
+            last_dev_nonce: d.nonces.last_dev_nonce,
+            last_join_nonce: d.nonces.last_join_nonce,
+        }
+    }
+
+    /// A device the actor may see (404 otherwise).
+    fn visible_device(&self, actor: &Actor, dev: DevEui) -> Result<(StoredDevice, Ownership), OnbError> {
+        match self.db().device(dev)? {
+            Some((d, o)) if Self::may_see(actor, &o) => Ok((d, o)),
+            _ => Err(OnbError::NotFound),
+        }
+    }
+
+    /// One device.
+    pub fn get(&self, actor: &Actor, dev: DevEui) -> Result<DeviceView, OnbError> {
+        let (d, o) = self.visible_device(actor, dev)?;
+        Ok(Self::view(actor, &d, &o))
+    }
+
+    /// The devices the actor may see, in DevEUI order, after `after`, at most `limit`.
+    pub fn list(&self, actor: &Actor, after: Option<DevEui>, limit: u32) -> Result<Vec<DeviceView>, OnbError> {
+        let tenant = actor.tenant.as_deref().unwrap_or("");
+        let scope = match actor.role {
+            Role::Admin => None,
+            Role::Owner => Some((OwnershipColumn::Owner, tenant)),
+            Role::Manufacturer => Some((OwnershipColumn::Manufacturer, tenant)),
+        };
+        let mut db = self.db();
+        let ids = db.visible(scope, after, limit.clamp(1, 1000))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some((d, o)) = db.device(id)? {
+                out.push(Self::view(actor, &d, &o));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Brings the running server's copy of a device in line with the store after a change of
+    /// its home network (its nonce state, never behind the store's, is kept).
+    fn refresh_home(&self, dev: DevEui) -> Result<(), OnbError> {
+        let Some(map) = &self.devices else { return Ok(()) };
+        let stored = self.db().devices().get_device(dev)?;
+        if let (Some(s), Some(mut m)) = (stored, map.get_mut(&dev)) {
+            m.home_net_id = s.home_net_id;
+            m.provisioned = core::provisioning_fingerprint(&s);
+        }
+        Ok(())
+    }
+
+    /// Claims a device with its owner token for the actor's tenant and `home`. Failed attempts
+    /// count against the DevEUI and the API key; refusals are audited.
+    pub fn claim(&self, actor: &Actor, dev: DevEui, token: &str, home: NetId, via: &str) -> Result<DeviceView, OnbError> {
+        let detail = dev_detail(home, via);
+        let refuse = |e: OnbError| self.refuse(actor, "claim", Some(dev), e, &detail);
+        let Some(tenant) = actor.tenant.clone().filter(|_| actor.role == Role::Owner) else {
+            return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
+        };
+        let now = Instant::now();
+        if let Err(wait) = self.per_key.check(&actor.id, now).and(self.per_device.check(&dev, now)) {
+            return Err(refuse(OnbError::RateLimited(wait)));
+        }
+        let fail = |e: OnbError| {
+            self.per_key.fail(&actor.id, now);
+            self.per_device.fail(&dev, now);
+            refuse(e)
+        };
+        let Some((d, own)) = self.db().device(dev)? else {
+            return Err(fail(OnbError::NotFound));
+        };
+        let presented = secret::owner_token_hash(dev, token);
+        // Constant time over the hash; a device without a token is compared against a hash
+        // nothing produces, so both paths do the same work.
+        let stored = own.token_hash.clone().unwrap_or_else(|| vec![0; 32]);
+        if !secret::ct_eq(&presented, &stored) || own.token_hash.is_none() {
+            return Err(fail(OnbError::WrongToken));
+        }
+        if own.locked {
+            return Err(refuse(OnbError::Locked));
+        }
+        if d.home_net_id.is_some() || own.owner.is_some() {
+            return Err(refuse(OnbError::AlreadyClaimed));
+        }
+        self.db().claim(actor, dev, &tenant, home, &detail)?;
+        self.refresh_home(dev)?;
+        self.get(actor, dev)
+    }
+
+    /// Claims from a TR005 QR code's text (its DevEUI and OwnerToken).
+    pub fn claim_qr(&self, actor: &Actor, qr: &str, home: NetId) -> Result<DeviceView, OnbError> {
+        match tr005::parse_claim(qr) {
+            Ok(c) => self.claim(actor, c.dev_eui, &c.owner_token, home, "qr"),
+            Err(e) => Err(self.refuse(
+                actor,
+                "claim",
+                None,
+                OnbError::BadRequest(format!("QR code: {e}")),
+                "via qr",
+            )),
+        }
+    }
+
+    /// Releases a claimed device: it leaves its home network and can no longer join until it is
+    /// claimed again. With `rotate`, a fresh owner token replaces the old one and is returned
+    /// (once) for the releasing owner to pass on.
+    pub fn release(&self, actor: &Actor, dev: DevEui, rotate: bool) -> Result<Option<String>, OnbError> {
+        let refuse = |e: OnbError| self.refuse(actor, "release", Some(dev), e, "");
+        if actor.role == Role::Manufacturer {
+            return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
+        }
+        let (d, own) = self.visible_device(actor, dev).map_err(&refuse)?;
+        if d.home_net_id.is_none() && own.owner.is_none() {
+            return Err(refuse(OnbError::NotClaimed));
+        }
+        let token = rotate.then(secret::generate_owner_token);
+        let hash = token.as_deref().map(|t| secret::owner_token_hash(dev, t));
+        self.db().release(actor, dev, hash.as_ref())?;
+        self.refresh_home(dev)?;
+        Ok(token)
+    }
+
+    /// Locks or unlocks a device against claims (admin).
+    pub fn set_locked(&self, actor: &Actor, dev: DevEui, locked: bool) -> Result<DeviceView, OnbError> {
+        let action = if locked { "lock" } else { "unlock" };
+        if actor.role != Role::Admin {
+            return Err(self.refuse(actor, action, Some(dev), OnbError::Forbidden(actor.role.as_str()), ""));
+        }
+        self.visible_device(actor, dev)
+            .map_err(|e| self.refuse(actor, action, Some(dev), e, ""))?;
+        self.db().set_locked(actor, dev, locked)?;
+        self.get(actor, dev)
+    }
+
+    fn lifecycle_allowed(&self, actor: &Actor, action: &str, dev: DevEui) -> Result<StoredDevice, OnbError> {
+        let refuse = |e: OnbError| self.refuse(actor, action, Some(dev), e, "");
+        if actor.role == Role::Manufacturer {
+            return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
+        }
+        let (d, _) = self.visible_device(actor, dev).map_err(&refuse)?;
+        Ok(d)
+    }
+
+    /// Resets a device's DevNonce state after a factory reset, so its DevNonce counter may start
+    /// again. The JoinNonce keeps counting up (a 1.1 device requires it).
+    pub fn reset_dev_nonce(&self, actor: &Actor, dev: DevEui) -> Result<DeviceView, OnbError> {
+        let d = self.lifecycle_allowed(actor, "dev_nonce_reset", dev)?;
+        self.write_nonces_and_keys(actor, "dev_nonce_reset", &d, None, "DevNonce state cleared")?;
+        self.get(actor, dev)
+    }
+
+    /// Replaces a device's root keys (re-provisioned in the field) and resets its DevNonce
+    /// state. Keys arrive as 32 hex digits and are stored wrapped under the master key.
+    pub fn rotate_root_keys(
+        &self,
+        actor: &Actor,
+        dev: DevEui,
+        app_key: &str,
+        nwk_key: Option<&str>,
+    ) -> Result<DeviceView, OnbError> {
+        let d = self.lifecycle_allowed(actor, "root_key_rotation", dev)?;
+        let bad = |m: String| self.refuse(actor, "root_key_rotation", Some(dev), OnbError::BadRequest(m), "");
+        let app: AppKey = app_key.trim().parse().map_err(|_| bad("app_key: expected 32 hex digits".into()))?;
+        let nwk: Option<NwkKey> = match (nwk_key.map(str::trim).filter(|k| !k.is_empty()), d.mac_version.is_1_1()) {
+            (Some(k), true) => Some(k.parse().map_err(|_| bad("nwk_key: expected 32 hex digits".into()))?),
+            (None, true) => return Err(bad("nwk_key is required for LoRaWAN 1.1".into())),
+            (Some(_), false) => {
+                return Err(bad(format!("nwk_key must be absent for LoRaWAN {}", d.mac_version.as_str())))
+            }
+            (None, false) => None,
+        };
+        let app_w = atrest::seal_app_key(&self.master, &app);
+        let nwk_w = nwk.as_ref().map(|k| atrest::seal_nwk_key(&self.master, k));
+        self.write_nonces_and_keys(
+            actor,
+            "root_key_rotation",
+            &d,
+            Some((app_w, nwk_w)),
+            "root keys replaced; DevNonce state cleared",
+        )?;
+        self.get(actor, dev)
+    }
+
+    /// Writes a cleared DevNonce state (and new keys) to the store and the running server. The
+    /// device's map entry is held across the store write, so no join of this device runs in
+    /// between.
+    fn write_nonces_and_keys(
+        &self,
+        actor: &Actor,
+        action: &str,
+        d: &StoredDevice,
+        keys: Option<(Vec<u8>, Option<Vec<u8>>)>,
+        detail: &str,
+    ) -> Result<(), OnbError> {
+        let mut guard = self.devices.as_ref().and_then(|m| m.get_mut(&d.dev_eui));
+        let join_nonce = guard
+            .as_ref()
+            .map_or(0, |g| g.nonces.last_join_nonce)
+            .max(d.nonces.last_join_nonce);
+        let cleared = NonceState {
+            last_dev_nonce: None,
+            used_dev_nonces: Vec::new(),
+            last_join_nonce: join_nonce,
+        };
+        self.db().set_nonces_and_keys(
+            actor,
+            action,
+            d.dev_eui,
+            &cleared,
+            keys.as_ref().map(|(a, n)| (a.as_slice(), n.as_deref())),
+            detail,
+        )?;
+        if let Some(g) = guard.as_mut() {
+            g.nonces = cleared.clone();
+            if let Some((app_w, nwk_w)) = keys {
+                let updated = StoredDevice {
+                    app_key_wrapped: app_w,
+                    nwk_key_wrapped: nwk_w,
+                    nonces: cleared,
+                    ..d.clone()
+                };
+                match core::Device::from_stored(&self.master, &updated) {
+                    Ok(dev) => **g = dev,
+                    Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "rotated keys not loaded"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a device: an admin, or its manufacturer while it is unclaimed.
+    pub fn deprovision(&self, actor: &Actor, dev: DevEui) -> Result<(), OnbError> {
+        let refuse = |e: OnbError| self.refuse(actor, "deprovision", Some(dev), e, "");
+        if actor.role == Role::Owner {
+            return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
+        }
+        let (d, own) = self.visible_device(actor, dev).map_err(&refuse)?;
+        if actor.role == Role::Manufacturer && (d.home_net_id.is_some() || own.owner.is_some()) {
+            return Err(refuse(OnbError::AlreadyClaimed));
+        }
+        if !self.db().deprovision(actor, dev)? {
+            return Err(OnbError::NotFound);
+        }
+        if let Some(map) = &self.devices {
+            map.remove(&dev);
+        }
+        Ok(())
+    }
+
+    /// Audit records: all for an admin, the tenant's own for others.
+    pub fn audit(&self, actor: &Actor, filter: &AuditFilter) -> Result<Vec<AuditRecord>, OnbError> {
+        let tenant = match actor.role {
+            Role::Admin => None,
+            _ => Some(actor.tenant.as_deref().unwrap_or("")),
+        };
+        Ok(self.db().audit(filter, tenant)?)
+    }
+}
