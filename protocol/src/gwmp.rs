@@ -55,6 +55,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::GatewayEui;
 
+mod scan;
+
 /// The protocol version byte this codec reads and writes.
 pub const PROTOCOL_VERSION: u8 = 2;
 
@@ -97,9 +99,23 @@ pub enum GwmpError {
         /// Bytes received.
         len: usize,
     },
-    /// The JSON body is not valid UTF-8 JSON of the expected shape.
+    /// The JSON body is not UTF-8 (checked over the whole body, ignored fields included).
+    #[error("JSON body is not UTF-8: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
+    /// The JSON body is not valid JSON of the expected shape.
     #[error("invalid JSON body: {0}")]
     Json(#[from] serde_json::Error),
+    /// The JSON body is not valid JSON, or a value has the wrong type (PUSH_DATA reader).
+    #[error("invalid JSON body at byte {offset}: {reason}")]
+    Malformed {
+        /// Byte offset in the JSON body.
+        offset: usize,
+        /// What was expected.
+        reason: &'static str,
+    },
+    /// A mandatory rxpk field is absent.
+    #[error("missing field {0}")]
+    MissingField(&'static str),
     /// A `data` field is not valid base64.
     #[error("invalid base64 in data: {0}")]
     Base64(#[from] base64::DecodeError),
@@ -133,7 +149,9 @@ impl GwmpError {
             Self::Version(_) => "version",
             Self::Identifier(_) => "identifier",
             Self::TrailingBytes { .. } => "trailing_bytes",
-            Self::Json(_) => "json",
+            Self::Utf8(_) => "utf8",
+            Self::Json(_) | Self::Malformed { .. } => "json",
+            Self::MissingField(_) => "missing_field",
             Self::Base64(_) => "base64",
             Self::SizeMismatch { .. } => "size_mismatch",
             Self::InvalidField { .. } => "invalid_field",
@@ -672,45 +690,25 @@ pub struct TxPk {
 // ---------------------------------------------------------------------------------------------
 // Wire structs
 
-#[derive(Deserialize)]
-struct PushDataIn<'a> {
-    #[serde(borrow, default)]
-    rxpk: Vec<RxPkIn<'a>>,
-    #[serde(default)]
-    stat: Option<Stat>,
-}
-
-#[derive(Deserialize)]
+/// An rxpk as read by [`scan`], before validation.
 struct RxPkIn<'a> {
     tmst: u32,
-    #[serde(default)]
     time: Option<String>,
-    #[serde(default)]
     tmms: Option<u64>,
-    #[serde(default)]
     chan: Option<u8>,
-    #[serde(default)]
     rfch: Option<u8>,
     freq: f64,
     stat: i8,
     modu: Modulation,
     datr: DataRate,
-    #[serde(default)]
     codr: Option<CodingRate>,
-    #[serde(default)]
     rssi: Option<i32>,
-    #[serde(default)]
     lsnr: Option<f64>,
-    #[serde(default)]
     jver: Option<u8>,
-    #[serde(default)]
     rsig: Option<Vec<RSig>>,
-    #[serde(default)]
     brd: Option<u32>,
-    #[serde(default)]
     aesk: Option<u32>,
     size: u64,
-    #[serde(borrow)]
     data: Cow<'a, str>,
 }
 
@@ -906,10 +904,11 @@ fn check_size(size: u64, data: &[u8]) -> Result<(), GwmpError> {
     }
 }
 
-/// The body after the header, without the trailing NUL bytes some forwarders append.
-fn body(rest: &[u8]) -> &[u8] {
+/// The body after the header, without the trailing NUL bytes some forwarders append, checked
+/// to be UTF-8 as a whole (serde_json does not check the strings of ignored fields).
+fn body(rest: &[u8]) -> Result<&str, GwmpError> {
     let end = rest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-    &rest[..end]
+    Ok(std::str::from_utf8(&rest[..end])?)
 }
 
 fn gateway_at(buf: &[u8]) -> Result<GatewayEui, GwmpError> {
@@ -1049,22 +1048,17 @@ impl Packet {
             }
             Identifier::PushData => {
                 let gateway = gateway_at(buf)?;
-                let wire: PushDataIn<'_> =
-                    serde_json::from_slice(body(&buf[HEADER_WITH_EUI_LEN..]))?;
-                let rxpk = wire
-                    .rxpk
-                    .into_iter()
-                    .map(rxpk_from_wire)
-                    .collect::<Result<Vec<_>, _>>()?;
+                let (rxpk, stat) =
+                    scan::push_data(body(&buf[HEADER_WITH_EUI_LEN..])?, rxpk_from_wire)?;
                 Ok(Self::PushData(PushData {
                     token,
                     gateway,
                     rxpk,
-                    stat: wire.stat,
+                    stat,
                 }))
             }
             Identifier::PullResp => {
-                let wire: PullRespIn<'_> = serde_json::from_slice(body(&buf[HEADER_LEN..]))?;
+                let wire: PullRespIn<'_> = serde_json::from_str(body(&buf[HEADER_LEN..])?)?;
                 Ok(Self::PullResp(PullResp {
                     token,
                     txpk: txpk_from_wire(wire.txpk)?,
@@ -1072,11 +1066,11 @@ impl Packet {
             }
             Identifier::TxAck => {
                 let gateway = gateway_at(buf)?;
-                let json = body(&buf[HEADER_WITH_EUI_LEN..]);
+                let json = body(&buf[HEADER_WITH_EUI_LEN..])?;
                 let ack = if json.is_empty() {
                     None
                 } else {
-                    serde_json::from_slice::<TxAckIn<'_>>(json)?.txpk_ack
+                    serde_json::from_str::<TxAckIn<'_>>(json)?.txpk_ack
                 };
                 let (error, warning) = match ack {
                     None => (None, None),

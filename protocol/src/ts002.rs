@@ -28,6 +28,9 @@ use crate::version::MacVersion;
 /// [`Ts002Error::result_code`] is the code to answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum Ts002Error {
+    /// Not UTF-8 (checked over the whole message, ignored fields included).
+    #[error("TS002 message is not UTF-8: {0}")]
+    Utf8(#[from] std::str::Utf8Error),
     /// Not valid JSON of the message's shape (missing mandatory field, bad hex, wrong type…).
     #[error("invalid TS002 JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -59,6 +62,7 @@ impl Ts002Error {
     /// A short, stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::Utf8(_) => "utf8",
             Self::Json(_) => "json",
             Self::MessageType { .. } => "message_type",
             Self::MissingField(_) => "missing_field",
@@ -308,7 +312,7 @@ fn expect_type(found: MessageType, expected: MessageType) -> Result<(), Ts002Err
 impl JoinReq {
     /// Parses a `JoinReq`, checking `MessageType`, `RxDelay` (0..=15) and `CFList` (16 bytes).
     pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
-        let m: Self = serde_json::from_slice(json)?;
+        let m: Self = serde_json::from_str(std::str::from_utf8(json)?)?;
         expect_type(m.header.message_type, MessageType::JoinReq)?;
         check_mac_fields(m.rx_delay, m.cf_list.as_ref())?;
         Ok(m)
@@ -318,7 +322,7 @@ impl JoinReq {
 impl RejoinReq {
     /// Parses a `RejoinReq`, checking `MessageType`, `RxDelay` and `CFList`.
     pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
-        let m: Self = serde_json::from_slice(json)?;
+        let m: Self = serde_json::from_str(std::str::from_utf8(json)?)?;
         expect_type(m.header.message_type, MessageType::RejoinReq)?;
         check_mac_fields(m.rx_delay, m.cf_list.as_ref())?;
         Ok(m)
@@ -658,7 +662,7 @@ impl From<JoinAns> for JoinAnsWire {
 impl JoinAns {
     /// Parses a `JoinAns` with typed errors, checking `MessageType` and the key invariants.
     pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
-        let w: JoinAnsWire = serde_json::from_slice(json)?;
+        let w: JoinAnsWire = serde_json::from_str(std::str::from_utf8(json)?)?;
         expect_type(w.header.message_type, MessageType::JoinAns)?;
         Self::try_from(w)
     }
@@ -685,8 +689,8 @@ impl JoinAns {
 pub enum Message {
     /// `JoinReq`.
     JoinReq(JoinReq),
-    /// `JoinAns`.
-    JoinAns(JoinAns),
+    /// `JoinAns` (boxed: it is much larger than the requests).
+    JoinAns(Box<JoinAns>),
     /// `RejoinReq`.
     RejoinReq(RejoinReq),
 }
@@ -700,10 +704,10 @@ impl Message {
             #[serde(rename = "MessageType")]
             message_type: MessageType,
         }
-        let peek: Peek = serde_json::from_slice(json)?;
+        let peek: Peek = serde_json::from_str(std::str::from_utf8(json)?)?;
         match peek.message_type {
             MessageType::JoinReq => JoinReq::parse(json).map(Self::JoinReq),
-            MessageType::JoinAns => JoinAns::parse(json).map(Self::JoinAns),
+            MessageType::JoinAns => JoinAns::parse(json).map(|a| Self::JoinAns(Box::new(a))),
             MessageType::RejoinReq => RejoinReq::parse(json).map(Self::RejoinReq),
             found => Err(Ts002Error::MessageType {
                 expected: MessageType::JoinReq,
