@@ -570,6 +570,16 @@ mod tests {
     }
 
     #[test]
+    fn numbers_beyond_f64_are_json_but_not_values() {
+        // RFC 8259 grammar allows any exponent: fine in an ignored field (fuzz finding)...
+        let ok = r#"{"stat":{"lati(":48.3209e711184871452711}}"#;
+        assert!(push_data(ok, |_| Ok(())).is_ok());
+        // ...but not as a value the codec reads.
+        let mut r = Reader::new("1e999");
+        assert_eq!(r.float().unwrap_err().kind(), "json");
+    }
+
+    #[test]
     fn duplicate_fields_are_refused() {
         let body = r#"{"rxpk":[],"rxpk":[]}"#;
         assert_eq!(push_data(body, |_| Ok(())).unwrap_err().kind(), "json");
