@@ -77,6 +77,12 @@ impl<'a> Reader<'a> {
         let start = self.i;
         let mut escaped = false;
         loop {
+            // Fast scan to the next byte that needs a decision.
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            self.i += rest
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(rest.len());
             match self.b.get(self.i) {
                 None => return Err(self.err("unterminated string")),
                 Some(b'"') => break,
