@@ -8,7 +8,7 @@
 //! - [`version`]: MAC versions and their differing rules.
 //! - [`phy`]: the MHDR.
 //! - [`join`]: Join-request, Join-accept, Rejoin-request.
-//! - [`derive`]: session-key derivation for 1.0.x and 1.1.
+//! - [`derive`](mod@derive): session-key derivation for 1.0.x and 1.1.
 //! - [`keywrap`]: RFC 3394 key wrap and TS002 KeyEnvelopes.
 //! - [`hexser`]: hex strings in TS002 JSON.
 //! - [`data`]: data frames, FRMPayload and FOpts encryption, MICs.
@@ -17,6 +17,7 @@
 //! - [`region`]: EU868 data rates, channels and receive windows.
 //! - [`ts002`]: Backend Interfaces JoinReq / JoinAns messages.
 //! - [`gwmp`]: the Semtech UDP packet forwarder protocol.
+//! - [`link`]: the authenticated UDP datagram format between join server and network server.
 #![warn(missing_docs)]
 
 mod crypto;
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod join;
 pub mod keys;
 pub mod keywrap;
+pub mod link;
 pub mod mac;
 pub mod phy;
 pub mod region;
