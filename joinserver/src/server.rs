@@ -184,11 +184,12 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let healthy = Arc::new(AtomicBool::new(true));
         let release_link = link.clone();
+        let batch_sender = crate::mmsg::BatchSender::new(64);
         let (writer, writer_handle) = GroupCommit::<Outgoing>::spawn(
             store,
             config.store.max_batch,
             config.store.queue_depth,
-            move |released| release_link.release(&send_socket, released),
+            move |released| release_link.release(&send_socket, &batch_sender, released),
         );
         let recv_link = link.clone();
         let recv_stop = stop.clone();

@@ -174,6 +174,17 @@ impl SqliteStore {
 
     /// Opens (creating if needed) a database file.
     pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        // The database holds wrapped root keys and owner tokens: owner-only, like the secrets.
+        // SQLite gives its -wal and -shm files the database file's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
