@@ -196,6 +196,22 @@ impl SqliteStore {
         })
     }
 
+    /// Turns SQLite's automatic WAL checkpoints off for this connection, so commits on it never
+    /// pay for a checkpoint. Whoever does this must call [`Self::checkpoint`] regularly (the
+    /// server does so from another thread and connection).
+    pub fn disable_autocheckpoint(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies committed WAL content into the database without blocking writers
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn row_to_device(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         Ok(RawRow {
             dev_eui: row.get(0)?,
