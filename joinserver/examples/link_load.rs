@@ -249,22 +249,24 @@ fn main() {
     let receiver = std::thread::spawn(move || {
         let mut lat: Vec<u32> = Vec::with_capacity(total as usize);
         let (mut ok, mut failed) = (0u64, 0u64);
-        let mut buf = [0u8; 2048];
+        let mut rx = joinserver::mmsg::BatchReceiver::new(32, 2048);
         let mut last = Instant::now();
         loop {
-            match rsock.recv_from(&mut buf) {
-                Ok((n, _)) => {
+            match rx.recv(&rsock) {
+                Ok(k) => {
                     let now = origin.elapsed().as_nanos() as u64;
                     last = Instant::now();
-                    match link::open(&rkey, &buf[..n]) {
-                        Ok((h, body)) if body.windows(9).any(|w| w == b"\"Success\"") => {
-                            ok += 1;
-                            if let Some(t) = sa.get(h.nonce as usize) {
-                                let t0 = t.load(Ordering::Relaxed);
-                                lat.push(((now.saturating_sub(t0)) / 1000) as u32);
+                    for i in 0..k {
+                        match link::open(&rkey, rx.get(i).0) {
+                            Ok((h, body)) if body.windows(9).any(|w| w == b"\"Success\"") => {
+                                ok += 1;
+                                if let Some(t) = sa.get(h.nonce as usize) {
+                                    let t0 = t.load(Ordering::Relaxed);
+                                    lat.push(((now.saturating_sub(t0)) / 1000) as u32);
+                                }
                             }
+                            _ => failed += 1,
                         }
-                        _ => failed += 1,
                     }
                     if ok + failed == total {
                         break;
@@ -282,18 +284,21 @@ fn main() {
         ciphers,
         buf: Vec::new(),
     };
+    let batch = joinserver::mmsg::BatchSender::new(64);
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < total {
         // Send everything due by now (1 ms granularity pacing).
         let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
+        let mut burst: Vec<Vec<u8>> = Vec::new();
         while seq < due {
             let t = origin.elapsed().as_nanos() as u64;
             sent_at[seq as usize].store(t, Ordering::Relaxed);
-            let d = g.datagram(seq);
-            let _ = sock.send_to(d, addr);
+            burst.push(g.datagram(seq).to_vec());
             seq += 1;
         }
+        let msgs: Vec<(&[u8], SocketAddr)> = burst.iter().map(|d| (d.as_slice(), addr)).collect();
+        batch.send(&sock, &msgs);
         std::thread::sleep(Duration::from_micros(500));
     }
     let send_secs = start.elapsed().as_secs_f64();

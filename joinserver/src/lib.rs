@@ -25,6 +25,7 @@ pub mod core;
 pub mod devices;
 pub mod link;
 pub mod metrics;
+pub mod mmsg;
 pub mod nonces;
 pub mod onboarding;
 pub mod secrets;

@@ -19,6 +19,7 @@ use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use crate::cache::{self, AnswerCache, Lookup};
 use crate::core::{self, DeviceMap, JoinContext};
 use crate::metrics::Metrics;
+use crate::mmsg::{BatchReceiver, BatchSender};
 use crate::store::{GroupCommit, Released};
 use crate::wire::{self, Parsed};
 
@@ -233,10 +234,15 @@ impl Link {
         }
     }
 
-    /// The writer's release step: after a batch committed, seal and send its answers; if the
-    /// commit failed, send none of them and forget their cached answers.
-    pub fn release(&self, socket: &UdpSocket, (result, n, items): Released<Outgoing>) {
-        let mut buf = Vec::with_capacity(link::MAX_DATAGRAM);
+    /// The writer's release step: after a batch committed, seal and send its answers (one
+    /// `sendmmsg` per up to 64); if the commit failed, send none of them and forget their
+    /// cached answers.
+    pub fn release(
+        &self,
+        socket: &UdpSocket,
+        sender: &BatchSender,
+        (result, n, items): Released<Outgoing>,
+    ) {
         if n > 0 {
             self.metrics.store_commits.inc();
             self.metrics.store_batch.observe(n as f64);
@@ -254,21 +260,27 @@ impl Link {
             return;
         }
         let now = now_ms();
-        for o in items {
+        let mut sealed: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(items.len());
+        for o in &items {
             let header = Header {
                 msg_type: MessageType::JoinAns,
                 sender: self.js_id,
                 timestamp_ms: now,
                 nonce: o.nonce,
             };
-            if let Err(e) = link::seal(&o.key, &header, &o.body, &mut buf) {
-                tracing::error!(error = %e, "JoinAns does not fit in a datagram");
-                continue;
+            let mut buf = Vec::with_capacity(o.body.len() + link::MIN_DATAGRAM);
+            match link::seal(&o.key, &header, &o.body, &mut buf) {
+                Ok(()) => sealed.push((buf, o.addr)),
+                Err(e) => tracing::error!(error = %e, "JoinAns does not fit in a datagram"),
             }
-            if let Err(e) = socket.send_to(&buf, o.addr) {
-                tracing::warn!(peer = %o.addr, error = %e, "sending JoinAns failed");
-                continue;
-            }
+        }
+        let msgs: Vec<(&[u8], SocketAddr)> =
+            sealed.iter().map(|(d, a)| (d.as_slice(), *a)).collect();
+        let sent = sender.send(socket, &msgs);
+        if sent < msgs.len() {
+            tracing::warn!(lost = msgs.len() - sent, "some JoinAns could not be sent");
+        }
+        for o in items {
             if let Some(r) = o.result {
                 self.metrics.joins.with_label_values(&[r]).inc();
             }
@@ -280,17 +292,19 @@ impl Link {
 
     /// The receiving loop: runs until `stop` is set. Returns when the writer stops too.
     pub fn run(&self, socket: &UdpSocket, writer: &GroupCommit<Outgoing>, stop: &AtomicBool) {
-        let mut buf = vec![0u8; link::MAX_DATAGRAM + 1];
+        let mut rx = BatchReceiver::new(32, link::MAX_DATAGRAM + 1);
         while !stop.load(Ordering::Relaxed) {
-            match socket.recv_from(&mut buf) {
-                Ok((n, addr)) => {
+            match rx.recv(socket) {
+                Ok(n) => {
                     let received = Instant::now();
-                    if self
-                        .on_datagram(&buf[..n], addr, received, now_ms(), writer)
-                        .is_err()
-                    {
-                        tracing::error!("store writer stopped; link stops");
-                        return;
+                    let now = now_ms();
+                    for i in 0..n {
+                        let (d, addr) = rx.get(i);
+                        let Some(addr) = addr else { continue };
+                        if self.on_datagram(d, addr, received, now, writer).is_err() {
+                            tracing::error!("store writer stopped; link stops");
+                            return;
+                        }
                     }
                 }
                 Err(e)
@@ -302,7 +316,7 @@ impl Link {
                     ) => {}
                 Err(e) => {
                     // ICMP port unreachable from a peer that went away shows up here on Linux.
-                    tracing::debug!(error = %e, "recv_from");
+                    tracing::debug!(error = %e, "recvmmsg");
                 }
             }
         }

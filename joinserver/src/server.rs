@@ -137,6 +137,8 @@ impl Server {
 
         let mut store = SqliteStore::open(data_dir)?;
         store.check_master(&atrest::check_value(&secrets.master))?;
+        // Checkpoints run on the reload thread's connection, off the commit path.
+        store.disable_autocheckpoint()?;
         let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
         let n = load_devices(&mut store, &secrets.master, &devices)?;
         let metrics = Metrics::new();
@@ -184,11 +186,12 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let healthy = Arc::new(AtomicBool::new(true));
         let release_link = link.clone();
+        let batch_sender = crate::mmsg::BatchSender::new(64);
         let (writer, writer_handle) = GroupCommit::<Outgoing>::spawn(
             store,
             config.store.max_batch,
             config.store.queue_depth,
-            move |released| release_link.release(&send_socket, released),
+            move |released| release_link.release(&send_socket, &batch_sender, released),
         );
         let recv_link = link.clone();
         let recv_stop = stop.clone();
@@ -206,7 +209,8 @@ impl Server {
                 source,
             })?;
 
-        // Provisioning by other processes (`joinserver devices import/remove`).
+        // Provisioning by other processes (`joinserver devices import/remove`), and WAL
+        // checkpoints.
         let mut reload_store = SqliteStore::open(data_dir)?;
         let reload_stop = stop.clone();
         let reload_metrics = metrics.clone();
@@ -217,6 +221,9 @@ impl Server {
                 let mut seen = reload_store.generation().ok();
                 while !reload_stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(500));
+                    if let Err(e) = reload_store.checkpoint() {
+                        tracing::warn!(error = %e, "WAL checkpoint");
+                    }
                     let g = reload_store.generation().ok();
                     if g.is_some() && g != seen {
                         match sync_devices(&mut reload_store, &master, &devices) {

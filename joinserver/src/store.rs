@@ -174,6 +174,17 @@ impl SqliteStore {
 
     /// Opens (creating if needed) a database file.
     pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        // The database holds wrapped root keys and owner tokens: owner-only, like the secrets.
+        // SQLite gives its -wal and -shm files the database file's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
         let conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -183,6 +194,22 @@ impl SqliteStore {
             conn,
             path: path.to_owned(),
         })
+    }
+
+    /// Turns SQLite's automatic WAL checkpoints off for this connection, so commits on it never
+    /// pay for a checkpoint. Whoever does this must call [`Self::checkpoint`] regularly (the
+    /// server does so from another thread and connection).
+    pub fn disable_autocheckpoint(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies committed WAL content into the database without blocking writers
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     fn row_to_device(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
