@@ -21,6 +21,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The Prometheus `/metrics` and `/health` listener.
     pub metrics: MetricsConfig,
+    /// The HTTP management API and onboarding ([`crate::api`]).
+    pub api: crate::api::ApiConfig,
 }
 
 /// The JS↔NS link (docs/wire-format.md).
@@ -165,6 +167,12 @@ queue_depth = 65536
 listen = "127.0.0.1:9100"
 "#;
 
+/// The whole default configuration file: [`DEFAULT_TOML`] and the `[api]` section
+/// ([`crate::api::DEFAULT_TOML`]). `joinserver config` prints it.
+pub fn default_toml() -> String {
+    format!("{DEFAULT_TOML}{}", crate::api::DEFAULT_TOML)
+}
+
 impl Config {
     /// Parses a configuration file's text.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
@@ -192,6 +200,10 @@ mod tests {
     #[test]
     fn default_toml_is_the_default_config() {
         assert_eq!(Config::from_toml(DEFAULT_TOML).unwrap(), Config::default());
+        assert_eq!(
+            Config::from_toml(&default_toml()).unwrap(),
+            Config::default()
+        );
         assert_eq!(Config::from_toml("").unwrap(), Config::default());
     }
 

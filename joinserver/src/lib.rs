@@ -18,6 +18,7 @@
 //! - [`wire`]: TS002 JSON ↔ the pipeline; [`server`]: start-up and shutdown.
 #![warn(missing_docs)]
 
+pub mod api;
 pub mod atrest;
 pub mod cache;
 pub mod config;

@@ -8,7 +8,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use joinserver::atrest;
 use joinserver::config::{self, Config};
-use joinserver::devices::{self, Format, ImportError};
+use joinserver::devices::Format;
+use joinserver::onboarding::db::{Actor, OnboardStore, Role};
+use joinserver::onboarding::manifest_sig::TrustedKeys;
+use joinserver::onboarding::service::{OnbError, Onboarding};
 use joinserver::secrets::{self, Created, Secrets};
 use joinserver::server::Server;
 use joinserver::store::{SqliteStore, Store, StoredDevice};
@@ -53,9 +56,32 @@ enum Command {
         /// TCP address for /metrics and /health (overrides metrics.listen; "" disables).
         #[arg(long)]
         metrics: Option<String>,
+        /// TCP address for the HTTP management API (overrides api.listen; "" disables).
+        #[arg(long)]
+        api_listen: Option<String>,
+    },
+    /// Management API keys.
+    ApiKeys {
+        #[command(subcommand)]
+        command: ApiKeysCommand,
     },
     /// Prints the default configuration file.
     Config,
+}
+
+#[derive(Subcommand)]
+enum ApiKeysCommand {
+    /// Creates an API key and prints it, and nothing else, on stdout. Only its hash is stored.
+    Create {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The key's role.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// The key's name: its tenant (owner keys with the same name act for the same tenant).
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -67,6 +93,17 @@ enum DevicesCommand {
         /// Input format (default: guessed from the content).
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Detached Ed25519 signature of the manifest (hex, base64 or raw); it must verify under
+        /// one of the configuration's `api.trusted_manifest_keys`.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// Configuration file (default: DATA_DIR/joinserver.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Writes the owner tokens generated for rows without one to this new file (CSV,
+        /// 0600) instead of stdout.
+        #[arg(long)]
+        owner_tokens: Option<PathBuf>,
         /// The manifest file.
         file: PathBuf,
     },
@@ -109,7 +146,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Init { dir } => init(&dir.data_dir),
         Command::Config => {
-            print!("{}", config::DEFAULT_TOML);
+            print!("{}", config::default_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve {
@@ -117,9 +154,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             listen,
             metrics,
-        } => serve(&dir.data_dir, config, listen, metrics),
+            api_listen,
+        } => serve(&dir.data_dir, config, listen, metrics, api_listen),
+        Command::ApiKeys {
+            command: ApiKeysCommand::Create { dir, role, name },
+        } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let (key, _id) = svc.create_api_key(&Actor::cli(), role, &name)?;
+            println!("{}", key.expose());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Devices { command } => match command {
-            DevicesCommand::Import { dir, format, file } => import(&dir.data_dir, format, &file),
+            DevicesCommand::Import {
+                dir,
+                format,
+                signature,
+                config,
+                owner_tokens,
+                file,
+            } => import(
+                &dir.data_dir,
+                format,
+                &file,
+                signature.as_deref(),
+                config,
+                owner_tokens.as_deref(),
+            ),
             DevicesCommand::List { dir, json } => list(&dir.data_dir, json),
             DevicesCommand::Show { dir, dev_eui } => show(&dir.data_dir, dev_eui),
             DevicesCommand::Remove { dir, dev_eui } => {
@@ -189,24 +249,93 @@ fn open_store(data_dir: &Path) -> Result<SqliteStore> {
     Ok(SqliteStore::open(data_dir)?)
 }
 
-fn import(data_dir: &Path, format: Option<Format>, file: &Path) -> Result<ExitCode> {
+fn load_config(data_dir: &Path, config_file: Option<PathBuf>) -> Result<Config> {
+    let path = config_file.or_else(|| {
+        let p = data_dir.join("joinserver.toml");
+        p.exists().then_some(p)
+    });
+    Ok(match &path {
+        Some(p) => Config::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None => Config::default(),
+    })
+}
+
+/// The onboarding service on the command line (no running server to update: a running server
+/// picks up imports through the store's generation counter).
+fn onboarding_cli(data_dir: &Path, config: Option<&Config>) -> Result<Onboarding> {
     let secrets = Secrets::load(data_dir)?;
     let mut store = open_store(data_dir)?;
     store.check_master(&atrest::check_value(&secrets.master))?;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let format = format.unwrap_or_else(|| Format::sniff(&text));
+    let default = Config::default();
+    let config = config.unwrap_or(&default);
+    let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
+        .map_err(|e| anyhow::anyhow!("api.{e}"))?;
+    Ok(Onboarding::new(
+        OnboardStore::open(data_dir)?,
+        None,
+        secrets.master,
+        trusted,
+        config.api.claim_limits(),
+    ))
+}
+
+fn import(
+    data_dir: &Path,
+    format: Option<Format>,
+    file: &Path,
+    signature: Option<&Path>,
+    config_file: Option<PathBuf>,
+    owner_tokens: Option<&Path>,
+) -> Result<ExitCode> {
+    let config = load_config(data_dir, config_file)?;
+    let svc = onboarding_cli(data_dir, Some(&config))?;
+    let manifest = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let sig = signature
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let require = config.api.require_signed_cli_imports;
     let started = std::time::Instant::now();
-    match devices::import(&mut store, &secrets.master, &text, format) {
-        Ok(s) => {
+    match svc.import(&Actor::cli(), &manifest, format, sig.as_deref(), require) {
+        Ok(r) => {
             println!(
-                "imported {} devices in {:.2} s",
-                s.imported,
-                started.elapsed().as_secs_f64()
+                "imported {} devices in {:.2} s{}",
+                r.imported,
+                started.elapsed().as_secs_f64(),
+                r.signed_by
+                    .as_deref()
+                    .map_or_else(String::new, |k| format!(" (signed by trusted key {k})"))
             );
+            if !r.generated_owner_tokens.is_empty() {
+                let mut csv = String::from("dev_eui,owner_token\n");
+                for t in &r.generated_owner_tokens {
+                    csv.push_str(&format!("{},{}\n", t.dev_eui, t.owner_token));
+                }
+                match owner_tokens {
+                    Some(p) => {
+                        use std::io::Write;
+                        use std::os::unix::fs::OpenOptionsExt;
+                        let mut f = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(p)
+                            .with_context(|| format!("creating {}", p.display()))?;
+                        f.write_all(csv.as_bytes())?;
+                        eprintln!(
+                            "{} generated owner token(s) written to {}",
+                            r.generated_owner_tokens.len(),
+                            p.display()
+                        );
+                    }
+                    None => print!("{csv}"),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Err(ImportError::Rows(errors)) => {
+        Err(OnbError::Manifest(errors)) => {
             for e in &errors {
                 eprintln!("{}: {e}", file.display());
             }
@@ -217,7 +346,11 @@ fn import(data_dir: &Path, format: Option<Format>, file: &Path) -> Result<ExitCo
             );
             Ok(ExitCode::FAILURE)
         }
-        Err(ImportError::Store(e)) => Err(e.into()),
+        Err(e @ OnbError::Signature(_)) => {
+            eprintln!("joinserver: {}: {e}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -284,6 +417,7 @@ fn serve(
     config_file: Option<PathBuf>,
     listen: Option<SocketAddr>,
     metrics: Option<String>,
+    api_listen: Option<String>,
 ) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -309,13 +443,19 @@ fn serve(
     if let Some(m) = metrics {
         config.metrics.listen = m;
     }
+    if let Some(a) = api_listen {
+        config.api.listen = a;
+    }
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(
-        "joinserver listening link={} metrics={}",
+        "joinserver listening link={} metrics={} api={}",
         server.link_addr(),
         server
             .metrics_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        server
+            .api_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string())
     );
     tracing::info!(link = %server.link_addr(), metrics = ?server.metrics_addr(), "serving");

@@ -58,6 +58,8 @@ pub struct Server {
     reloader: Option<JoinHandle<()>>,
     metrics_thread: Option<JoinHandle<()>>,
     metrics_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    // Onboarding: the management API, if enabled (see `start_api`).
+    api: Option<crate::api::ApiHandle>,
     /// Metrics, for in-process tests and embedding.
     pub metrics: Metrics,
 }
@@ -144,6 +146,7 @@ impl Server {
         let metrics = Metrics::new();
         metrics.devices.set(n as i64);
         tracing::info!(devices = n, "devices loaded");
+        let api = start_api(data_dir, config, &devices, &secrets.master)?;
 
         let socket =
             link::bind(config.link.listen, config.link.recv_buffer_bytes).map_err(|source| {
@@ -317,8 +320,14 @@ impl Server {
             reloader: Some(reloader),
             metrics_thread,
             metrics_stop,
+            api,
             metrics,
         })
+    }
+
+    /// The bound management API address, if enabled.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(crate::api::ApiHandle::addr)
     }
 
     /// The bound link address.
@@ -343,6 +352,9 @@ impl Server {
     }
 
     fn stop_all(&mut self) {
+        if let Some(mut a) = self.api.take() {
+            a.shutdown();
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.receiver.take() {
             let _ = h.join();
@@ -360,6 +372,42 @@ impl Server {
             let _ = h.join();
         }
     }
+}
+
+/// Onboarding: starts the management API on `config.api.listen` (if not empty), acting on the
+/// running server's device map.
+fn start_api(
+    data_dir: &Path,
+    config: &Config,
+    devices: &Arc<DeviceMap>,
+    master: &secrets::MasterKey,
+) -> Result<Option<crate::api::ApiHandle>, StartError> {
+    use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
+    if config.api.listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = config
+        .api
+        .listen
+        .parse()
+        .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
+    let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
+        .map_err(|e| StartError::Config(format!("api.{e}")))?;
+    let svc = Onboarding::new(
+        OnboardStore::open(data_dir)?,
+        Some(devices.clone()),
+        master.clone(),
+        trusted,
+        config.api.claim_limits(),
+    );
+    let api = crate::api::start(addr, Arc::new(svc), config.api.max_manifest_bytes).map_err(
+        |source| StartError::Bind {
+            what: "api",
+            addr: addr.to_string(),
+            source,
+        },
+    )?;
+    Ok(Some(api))
 }
 
 impl Drop for Server {

@@ -108,7 +108,8 @@ mod tests {
         assert_eq!(c.join_eui, JoinEui::new(0x1122_3344_5566_7788));
         assert_eq!(c.dev_eui, DevEui::new(0xAABB_CCDD_EEFF_0011));
         assert_eq!(c.owner_token, "AABBCCDDEEFF");
-        assert!(!format!("{c:?}").contains("AABBCCDDEEFF"));
+        let shown = format!("{c:?}");
+        assert!(shown.contains("<redacted>") && !shown.contains("\"AABBCCDDEEFF\""), "{shown}");
         assert_eq!(
             parse_claim(&SPEC.replace("CAF2C", "CAF2D")),
             Err(Tr005Error::Checksum)

@@ -1,0 +1,488 @@
+//! The HTTP management API (JSON, versioned under `/api/v1`), on its own listen address.
+//!
+//! Every request but `GET /api/v1/openapi.json` carries an API key (`Authorization: Bearer KEY`
+//! or `X-API-Key: KEY`). Roles: `manufacturer` provisions devices and never sees owners; `owner`
+//! is a tenant that sees and acts on its own devices only; `admin` sees everything. Every request
+//! is authorised per device: a device the key may not see answers 404.
+//!
+//! The document describing it is [`OPENAPI_JSON`] (also `docs/openapi.json`). The handlers are
+//! thin: they authenticate, parse, and run one [`Onboarding`] operation on the blocking pool.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use protocol::ids::{DevEui, NetId};
+use serde::{Deserialize, Serialize};
+
+use crate::devices::Format;
+use crate::onboarding::db::{Actor, AuditFilter};
+use crate::onboarding::service::{OnbError, Onboarding};
+
+/// The OpenAPI 3.0 document of this API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// The `[api]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address of the management API; empty disables it (overridden by `--api-listen`).
+    pub listen: String,
+    /// Ed25519 public keys (64 hex digits each) whose manifest signatures are trusted.
+    pub trusted_manifest_keys: Vec<String>,
+    /// Whether `joinserver devices import` also requires `--signature` (the API always does).
+    pub require_signed_cli_imports: bool,
+    /// The largest manifest accepted in one request, in bytes.
+    pub max_manifest_bytes: usize,
+    /// Failed claims allowed per DevEUI per window.
+    pub claim_failures_per_device: u32,
+    /// Failed claims allowed per API key per window.
+    pub claim_failures_per_key: u32,
+    /// The failed-claim window, in seconds.
+    pub claim_failure_window_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            trusted_manifest_keys: Vec::new(),
+            require_signed_cli_imports: false,
+            max_manifest_bytes: 64 << 20,
+            claim_failures_per_device: 5,
+            claim_failures_per_key: 20,
+            claim_failure_window_s: 600,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The claim limits.
+    pub fn claim_limits(&self) -> crate::onboarding::service::ClaimLimits {
+        crate::onboarding::service::ClaimLimits {
+            per_device: self.claim_failures_per_device,
+            per_key: self.claim_failures_per_key,
+            window: std::time::Duration::from_secs(self.claim_failure_window_s.max(1)),
+        }
+    }
+}
+
+/// The `[api]` section of the default configuration file.
+pub const DEFAULT_TOML: &str = r#"
+[api]
+# TCP address of the HTTP management API (/api/v1); "" disables it (overridden by --api-listen).
+listen = ""
+# Ed25519 public keys (64 hex digits) of manufacturers whose signed manifests are accepted.
+trusted_manifest_keys = []
+# Whether `joinserver devices import` requires --signature too (API imports always do).
+require_signed_cli_imports = false
+# Largest manifest accepted in one API request (bytes).
+max_manifest_bytes = 67108864
+# Failed claims (wrong owner token) allowed per DevEUI and per API key in each window.
+claim_failures_per_device = 5
+claim_failures_per_key = 20
+claim_failure_window_s = 600
+"#;
+
+struct ApiError(OnbError);
+
+impl From<OnbError> for ApiError {
+    fn from(e: OnbError) -> Self {
+        Self(e)
+    }
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError(OnbError::BadRequest(m.into()))
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %e, "api request failed");
+        }
+        let message = if status.is_server_error() {
+            "internal error".to_owned()
+        } else {
+            e.to_string()
+        };
+        let mut body = serde_json::json!({ "error": e.kind(), "message": message });
+        if let OnbError::Manifest(rows) = &e {
+            body["rows"] = rows
+                .iter()
+                .take(1000)
+                .map(|r| serde_json::json!({"line": r.line, "column": r.column, "message": r.message}))
+                .collect();
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
+        match &e {
+            OnbError::RateLimited(d) => {
+                if let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            OnbError::Unauthorized => {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+#[derive(Clone)]
+struct AppState {
+    svc: Arc<Onboarding>,
+}
+
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+            return Some(v[7..].trim().to_owned());
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+}
+
+/// Authenticates, then runs `f` on the blocking pool (the store is synchronous).
+async fn run<T, F>(st: &AppState, headers: &HeaderMap, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Onboarding, &Actor) -> Result<T, OnbError> + Send + 'static,
+{
+    let key = api_key(headers).ok_or(ApiError(OnbError::Unauthorized))?;
+    let svc = st.svc.clone();
+    tokio::task::spawn_blocking(move || {
+        let actor = svc.authenticate(&key)?;
+        f(&svc, &actor)
+    })
+    .await
+    .map_err(|_| ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
+        dev_eui: DevEui::new(0),
+        what: "worker panicked".into(),
+    })))?
+    .map_err(ApiError)
+}
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+fn dev_eui(s: &str) -> Result<DevEui, ApiError> {
+    s.parse().map_err(|e| bad(format!("dev_eui: {e}")))
+}
+
+fn net_id(s: &str) -> Result<NetId, ApiError> {
+    s.parse().map_err(|e| bad(format!("home_net_id: {e}")))
+}
+
+fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let m = e.to_string();
+        // serde_json may quote a value; keep only the structural part of the message.
+        let m = m.split(" at line ").next().unwrap_or(&m);
+        let m = if m.starts_with("unknown field") || m.starts_with("missing field") {
+            m.to_owned()
+        } else {
+            "malformed JSON body".to_owned()
+        };
+        bad(m)
+    })
+}
+
+fn query<T: Default>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|_| bad("invalid query parameters"))
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    format: Option<String>,
+}
+
+async fn import(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> ApiResult {
+    let q = query(q)?;
+    let format = match q.format.as_deref() {
+        None => None,
+        Some("csv") => Some(Format::Csv),
+        Some("jsonl") => Some(Format::Jsonl),
+        Some(_) => return Err(bad("format must be csv or jsonl")),
+    };
+    let sig = headers
+        .get("x-manifest-signature")
+        .map(|v| v.as_bytes().to_vec());
+    let r = run(&st, &headers, move |svc, actor| {
+        svc.import(actor, &body, format, sig.as_deref(), true)
+    })
+    .await?;
+    Ok(json(StatusCode::CREATED, &r))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let after = q.after.as_deref().map(|a| a.parse::<DevEui>()).transpose().map_err(|e| bad(format!("after: {e}")))?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit must be 1 to 1000"));
+    }
+    let devices = run(&st, &headers, move |svc, actor| svc.list(actor, after, limit)).await?;
+    let next_after = (devices.len() == limit as usize)
+        .then(|| devices.last().map(|d| d.dev_eui.clone()))
+        .flatten();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "devices": devices, "next_after": next_after }),
+    ))
+}
+
+async fn get_device(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let v = run(&st, &headers, move |svc, actor| svc.get(actor, d)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn delete_device(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+    let d = dev_eui(&d)?;
+    run(&st, &headers, move |svc, actor| svc.deprovision(actor, d)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClaimBody {
+    owner_token: String,
+    home_net_id: String,
+}
+
+async fn claim(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>, body: Bytes) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let b: ClaimBody = body_json(&body)?;
+    let home = net_id(&b.home_net_id)?;
+    let v = run(&st, &headers, move |svc, actor| svc.claim(actor, d, &b.owner_token, home, "api")).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReleaseQuery {
+    rotate_token: Option<bool>,
+}
+
+async fn release(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+    q: Result<Query<ReleaseQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let rotate = query(q)?.rotate_token.unwrap_or(true);
+    let token = run(&st, &headers, move |svc, actor| svc.release(actor, d, rotate)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "dev_eui": d.to_string(), "owner_token": token }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QrClaimBody {
+    qr_code: String,
+    home_net_id: String,
+}
+
+async fn claim_qr(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    let b: QrClaimBody = body_json(&body)?;
+    let home = net_id(&b.home_net_id)?;
+    let v = run(&st, &headers, move |svc, actor| svc.claim_qr(actor, &b.qr_code, home)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn dev_nonce_reset(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let v = run(&st, &headers, move |svc, actor| svc.reset_dev_nonce(actor, d)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootKeysBody {
+    app_key: String,
+    nwk_key: Option<String>,
+}
+
+impl std::fmt::Debug for RootKeysBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKeysBody(<redacted>)")
+    }
+}
+
+async fn root_keys(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>, body: Bytes) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let b: RootKeysBody = body_json(&body)?;
+    let v = run(&st, &headers, move |svc, actor| {
+        svc.rotate_root_keys(actor, d, &b.app_key, b.nwk_key.as_deref())
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn lock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let v = run(&st, &headers, move |svc, actor| svc.set_locked(actor, d, true)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn unlock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+    let d = dev_eui(&d)?;
+    let v = run(&st, &headers, move |svc, actor| svc.set_locked(actor, d, false)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn audit(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let f = query(q)?;
+    if let Some(d) = &f.dev_eui {
+        dev_eui(d)?;
+    }
+    if f.limit.is_some_and(|l| !(1..=10_000).contains(&l)) {
+        return Err(bad("limit must be 1 to 10000"));
+    }
+    let records = run(&st, &headers, move |svc, actor| svc.audit(actor, &f)).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "records": records })))
+}
+
+async fn not_found() -> ApiResult {
+    Err(ApiError(OnbError::NotFound))
+}
+
+/// The API's routes.
+pub fn router(svc: Arc<Onboarding>, max_body: usize) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/devices", get(list))
+        .route("/api/v1/devices/import", post(import))
+        .route("/api/v1/devices/{dev_eui}", get(get_device).delete(delete_device))
+        .route("/api/v1/devices/{dev_eui}/claim", put(claim).delete(release))
+        .route("/api/v1/devices/{dev_eui}/dev-nonce-reset", post(dev_nonce_reset))
+        .route("/api/v1/devices/{dev_eui}/root-keys", put(root_keys))
+        .route("/api/v1/devices/{dev_eui}/lock", put(lock).delete(unlock))
+        .route("/api/v1/claims", post(claim_qr))
+        .route("/api/v1/audit", get(audit))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(AppState { svc })
+}
+
+/// A running API listener.
+#[derive(Debug)]
+pub struct ApiHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ApiHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, finishes in-flight requests, and waits.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ApiHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Binds `addr` and serves the API on its own thread (a current-thread runtime; store work runs
+/// on the blocking pool).
+pub fn start(addr: SocketAddr, svc: Arc<Onboarding>, max_body: usize) -> std::io::Result<ApiHandle> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    std_listener.set_nonblocking(true)?;
+    let bound = std_listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(svc, max_body);
+    let thread = std::thread::Builder::new()
+        .name("js-api".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "api listener");
+                        return;
+                    }
+                };
+                let r = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "api server");
+                }
+            });
+        })?;
+    Ok(ApiHandle {
+        addr: bound,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}
