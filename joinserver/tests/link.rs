@@ -108,6 +108,23 @@ fn result_codes_over_udp() {
     assert_eq!(code(3, 2, &bad_mic), ResultCode::MicFailed);
     assert_eq!(code(4, 5, &phy(5, 1)), ResultCode::ActivationDisallowed);
     assert_eq!(
+        code(9, 6, &phy(6, 1)),
+        ResultCode::ActivationDisallowed,
+        "an unclaimed device joins nowhere"
+    );
+    let (_, text) = http_get(server.metrics_addr().unwrap(), "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "joinserver_joins_total{result=\"activation_disallowed\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&text, "joinserver_joins_total{result=\"unclaimed\"}"),
+        1
+    );
+    assert_eq!(
         code(5, 4, &phy(4, 1)),
         ResultCode::Success,
         "home NetID matches"
@@ -296,7 +313,7 @@ fn devices_imported_or_removed_while_running_are_picked_up() {
     );
     let mut store = SqliteStore::open(tmp.path()).unwrap();
     let csv = format!(
-        "dev_eui,join_eui,mac_version,app_key,nwk_key\n0000000000000009,{JOIN_EUI:016X},1.0.4,{APP_KEY},\n"
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n0000000000000009,{JOIN_EUI:016X},1.0.4,{APP_KEY},,000013\n"
     );
     devices::import(&mut store, &s.master, &csv, Format::Csv).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

@@ -147,7 +147,10 @@ struct AppState {
 }
 
 fn api_key(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
             return Some(v[7..].trim().to_owned());
@@ -172,10 +175,12 @@ where
         f(&svc, &actor)
     })
     .await
-    .map_err(|_| ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
-        dev_eui: DevEui::new(0),
-        what: "worker panicked".into(),
-    })))?
+    .map_err(|_| {
+        ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
+            dev_eui: DevEui::new(0),
+            what: "worker panicked".into(),
+        }))
+    })?
     .map_err(ApiError)
 }
 
@@ -205,14 +210,19 @@ fn body_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-fn query<T: Default>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+fn query<T: Default>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
     q.map(|Query(v)| v)
         .map_err(|_| bad("invalid query parameters"))
 }
 
 async fn openapi() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         OPENAPI_JSON,
     )
         .into_response()
@@ -260,12 +270,20 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
-    let after = q.after.as_deref().map(|a| a.parse::<DevEui>()).transpose().map_err(|e| bad(format!("after: {e}")))?;
+    let after = q
+        .after
+        .as_deref()
+        .map(|a| a.parse::<DevEui>())
+        .transpose()
+        .map_err(|e| bad(format!("after: {e}")))?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(bad("limit must be 1 to 1000"));
     }
-    let devices = run(&st, &headers, move |svc, actor| svc.list(actor, after, limit)).await?;
+    let devices = run(&st, &headers, move |svc, actor| {
+        svc.list(actor, after, limit)
+    })
+    .await?;
     let next_after = (devices.len() == limit as usize)
         .then(|| devices.last().map(|d| d.dev_eui.clone()))
         .flatten();
@@ -275,13 +293,21 @@ async fn list(
     ))
 }
 
-async fn get_device(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+async fn get_device(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> ApiResult {
     let d = dev_eui(&d)?;
     let v = run(&st, &headers, move |svc, actor| svc.get(actor, d)).await?;
     Ok(json(StatusCode::OK, &v))
 }
 
-async fn delete_device(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+async fn delete_device(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> ApiResult {
     let d = dev_eui(&d)?;
     run(&st, &headers, move |svc, actor| svc.deprovision(actor, d)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -294,11 +320,19 @@ struct ClaimBody {
     home_net_id: String,
 }
 
-async fn claim(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>, body: Bytes) -> ApiResult {
+async fn claim(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let d = dev_eui(&d)?;
     let b: ClaimBody = body_json(&body)?;
     let home = net_id(&b.home_net_id)?;
-    let v = run(&st, &headers, move |svc, actor| svc.claim(actor, d, &b.owner_token, home, "api")).await?;
+    let v = run(&st, &headers, move |svc, actor| {
+        svc.claim(actor, d, &b.owner_token, home, "api")
+    })
+    .await?;
     Ok(json(StatusCode::OK, &v))
 }
 
@@ -316,7 +350,10 @@ async fn release(
 ) -> ApiResult {
     let d = dev_eui(&d)?;
     let rotate = query(q)?.rotate_token.unwrap_or(true);
-    let token = run(&st, &headers, move |svc, actor| svc.release(actor, d, rotate)).await?;
+    let token = run(&st, &headers, move |svc, actor| {
+        svc.release(actor, d, rotate)
+    })
+    .await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "dev_eui": d.to_string(), "owner_token": token }),
@@ -333,13 +370,23 @@ struct QrClaimBody {
 async fn claim_qr(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
     let b: QrClaimBody = body_json(&body)?;
     let home = net_id(&b.home_net_id)?;
-    let v = run(&st, &headers, move |svc, actor| svc.claim_qr(actor, &b.qr_code, home)).await?;
+    let v = run(&st, &headers, move |svc, actor| {
+        svc.claim_qr(actor, &b.qr_code, home)
+    })
+    .await?;
     Ok(json(StatusCode::OK, &v))
 }
 
-async fn dev_nonce_reset(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+async fn dev_nonce_reset(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> ApiResult {
     let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| svc.reset_dev_nonce(actor, d)).await?;
+    let v = run(&st, &headers, move |svc, actor| {
+        svc.reset_dev_nonce(actor, d)
+    })
+    .await?;
     Ok(json(StatusCode::OK, &v))
 }
 
@@ -356,7 +403,12 @@ impl std::fmt::Debug for RootKeysBody {
     }
 }
 
-async fn root_keys(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>, body: Bytes) -> ApiResult {
+async fn root_keys(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     let d = dev_eui(&d)?;
     let b: RootKeysBody = body_json(&body)?;
     let v = run(&st, &headers, move |svc, actor| {
@@ -368,13 +420,23 @@ async fn root_keys(State(st): State<AppState>, headers: HeaderMap, Path(d): Path
 
 async fn lock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
     let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| svc.set_locked(actor, d, true)).await?;
+    let v = run(&st, &headers, move |svc, actor| {
+        svc.set_locked(actor, d, true)
+    })
+    .await?;
     Ok(json(StatusCode::OK, &v))
 }
 
-async fn unlock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
+async fn unlock(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(d): Path<String>,
+) -> ApiResult {
     let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| svc.set_locked(actor, d, false)).await?;
+    let v = run(&st, &headers, move |svc, actor| {
+        svc.set_locked(actor, d, false)
+    })
+    .await?;
     Ok(json(StatusCode::OK, &v))
 }
 
@@ -391,7 +453,10 @@ async fn audit(
         return Err(bad("limit must be 1 to 10000"));
     }
     let records = run(&st, &headers, move |svc, actor| svc.audit(actor, &f)).await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "records": records })))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "records": records }),
+    ))
 }
 
 async fn not_found() -> ApiResult {
@@ -404,9 +469,18 @@ pub fn router(svc: Arc<Onboarding>, max_body: usize) -> Router {
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/devices", get(list))
         .route("/api/v1/devices/import", post(import))
-        .route("/api/v1/devices/{dev_eui}", get(get_device).delete(delete_device))
-        .route("/api/v1/devices/{dev_eui}/claim", put(claim).delete(release))
-        .route("/api/v1/devices/{dev_eui}/dev-nonce-reset", post(dev_nonce_reset))
+        .route(
+            "/api/v1/devices/{dev_eui}",
+            get(get_device).delete(delete_device),
+        )
+        .route(
+            "/api/v1/devices/{dev_eui}/claim",
+            put(claim).delete(release),
+        )
+        .route(
+            "/api/v1/devices/{dev_eui}/dev-nonce-reset",
+            post(dev_nonce_reset),
+        )
         .route("/api/v1/devices/{dev_eui}/root-keys", put(root_keys))
         .route("/api/v1/devices/{dev_eui}/lock", put(lock).delete(unlock))
         .route("/api/v1/claims", post(claim_qr))
@@ -449,7 +523,11 @@ impl Drop for ApiHandle {
 
 /// Binds `addr` and serves the API on its own thread (a current-thread runtime; store work runs
 /// on the blocking pool).
-pub fn start(addr: SocketAddr, svc: Arc<Onboarding>, max_body: usize) -> std::io::Result<ApiHandle> {
+pub fn start(
+    addr: SocketAddr,
+    svc: Arc<Onboarding>,
+    max_body: usize,
+) -> std::io::Result<ApiHandle> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;

@@ -326,11 +326,16 @@ impl OnboardStore {
 
     /// The API key with this hash. The hash is looked up by index; the caller compares nothing
     /// else, and the hash of a key reveals nothing about other keys.
-    pub fn find_api_key(&mut self, key_hash: &[u8; 32]) -> Result<Option<ApiKeyRecord>, StoreError> {
+    pub fn find_api_key(
+        &mut self,
+        key_hash: &[u8; 32],
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row: Option<(String, String, String, Vec<u8>)> = self
             .conn
             .prepare_cached("SELECT id, name, role, key_hash FROM api_keys WHERE key_hash = ?1")?
-            .query_row([&key_hash[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row([&key_hash[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
         Ok(row.and_then(|(id, name, role, h)| {
             (super::secret::ct_eq(&h, key_hash))
@@ -430,7 +435,10 @@ impl OnboardStore {
     }
 
     /// A device and its ownership.
-    pub fn device(&mut self, dev_eui: DevEui) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
+    pub fn device(
+        &mut self,
+        dev_eui: DevEui,
+    ) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
         let Some(d) = self.devices.get_device(dev_eui)? else {
             return Ok(None);
         };
@@ -563,7 +571,12 @@ impl OnboardStore {
     }
 
     /// Sets or clears the lock. Audited.
-    pub fn set_locked(&mut self, actor: &Actor, dev_eui: DevEui, locked: bool) -> Result<(), StoreError> {
+    pub fn set_locked(
+        &mut self,
+        actor: &Actor,
+        dev_eui: DevEui,
+        locked: bool,
+    ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "INSERT INTO ownership (dev_eui, locked) VALUES (?1, ?2) \
@@ -637,7 +650,10 @@ impl OnboardStore {
     pub fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let n = tx.execute("DELETE FROM devices WHERE dev_eui = ?1", [eui_sql(dev_eui)])?;
-        tx.execute("DELETE FROM ownership WHERE dev_eui = ?1", [eui_sql(dev_eui)])?;
+        tx.execute(
+            "DELETE FROM ownership WHERE dev_eui = ?1",
+            [eui_sql(dev_eui)],
+        )?;
         if n > 0 {
             append(
                 &tx,

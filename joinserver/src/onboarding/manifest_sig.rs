@@ -79,7 +79,9 @@ impl TrustedKeys {
     pub fn parse(keys: &[String]) -> Result<Self, String> {
         keys.iter()
             .enumerate()
-            .map(|(i, k)| parse_public_key(k).map_err(|e| format!("trusted_manifest_keys[{i}]: {e}")))
+            .map(|(i, k)| {
+                parse_public_key(k).map_err(|e| format!("trusted_manifest_keys[{i}]: {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
     }
@@ -91,7 +93,11 @@ impl TrustedKeys {
 
     /// Verifies a detached signature over `manifest`. Returns the fingerprint of the key that
     /// verified it (the first 16 hex digits of the public key), for the audit log.
-    pub fn verify(&self, manifest: &[u8], signature: Option<&[u8]>) -> Result<String, SignatureError> {
+    pub fn verify(
+        &self,
+        manifest: &[u8],
+        signature: Option<&[u8]>,
+    ) -> Result<String, SignatureError> {
         let sig = parse_signature(signature.ok_or(SignatureError::Missing)?)?;
         if self.0.is_empty() {
             return Err(SignatureError::NoTrustedKeys);
@@ -113,22 +119,34 @@ mod tests {
     fn only_trusted_untampered_manifests_verify() {
         let sk = SigningKey::from_bytes(&[7; 32]);
         let other = SigningKey::from_bytes(&[8; 32]);
-        let trusted =
-            TrustedKeys::parse(&[hex::encode(sk.verifying_key().as_bytes())]).unwrap();
+        let trusted = TrustedKeys::parse(&[hex::encode(sk.verifying_key().as_bytes())]).unwrap();
         let m = b"dev_eui,join_eui,mac_version,app_key,nwk_key\n".to_vec();
         let sig = sk.sign(&m).to_bytes();
-        let fp = trusted.verify(&m, Some(hex::encode(sig).as_bytes())).unwrap();
+        let fp = trusted
+            .verify(&m, Some(hex::encode(sig).as_bytes()))
+            .unwrap();
         assert_eq!(fp, hex::encode(&sk.verifying_key().as_bytes()[..8]));
         let b64 = base64::engine::general_purpose::STANDARD.encode(sig);
-        assert!(trusted.verify(&m, Some(format!("{b64}\n").as_bytes())).is_ok());
+        assert!(trusted
+            .verify(&m, Some(format!("{b64}\n").as_bytes()))
+            .is_ok());
         assert!(trusted.verify(&m, Some(&sig)).is_ok());
         let mut tampered = m.clone();
         tampered[0] ^= 1;
-        assert_eq!(trusted.verify(&tampered, Some(&sig)), Err(SignatureError::Invalid));
+        assert_eq!(
+            trusted.verify(&tampered, Some(&sig)),
+            Err(SignatureError::Invalid)
+        );
         let by_other = other.sign(&m).to_bytes();
-        assert_eq!(trusted.verify(&m, Some(&by_other)), Err(SignatureError::Invalid));
+        assert_eq!(
+            trusted.verify(&m, Some(&by_other)),
+            Err(SignatureError::Invalid)
+        );
         assert_eq!(trusted.verify(&m, None), Err(SignatureError::Missing));
-        assert_eq!(trusted.verify(&m, Some(b"abc")), Err(SignatureError::Malformed));
+        assert_eq!(
+            trusted.verify(&m, Some(b"abc")),
+            Err(SignatureError::Malformed)
+        );
         assert_eq!(
             TrustedKeys::default().verify(&m, Some(&sig)),
             Err(SignatureError::NoTrustedKeys)

@@ -66,10 +66,19 @@ mod tests {
             assert!(l.check(&1, t).is_ok());
             l.fail(&1, t);
         }
-        assert_eq!(l.check(&1, t + Duration::from_secs(10)), Err(Duration::from_secs(50)));
+        assert_eq!(
+            l.check(&1, t + Duration::from_secs(10)),
+            Err(Duration::from_secs(50))
+        );
         assert!(l.check(&2, t).is_ok(), "other keys are not affected");
-        assert!(l.check(&1, t + Duration::from_secs(60)).is_ok(), "the window ends");
+        assert!(
+            l.check(&1, t + Duration::from_secs(60)).is_ok(),
+            "the window ends"
+        );
         l.fail(&1, t + Duration::from_secs(61));
-        assert!(l.check(&1, t + Duration::from_secs(61)).is_ok(), "a new window");
+        assert!(
+            l.check(&1, t + Duration::from_secs(61)).is_ok(),
+            "a new window"
+        );
     }
 }

@@ -78,7 +78,10 @@ mod tests {
         assert!(a.expose().starts_with(API_KEY_PREFIX));
         assert_eq!(a.expose().len(), API_KEY_PREFIX.len() + 64);
         assert!(!format!("{a:?}").contains(&a.expose()[4..]));
-        assert_eq!(ApiKeySecret::from_text(&format!(" {} \n", a.expose())).hash(), a.hash());
+        assert_eq!(
+            ApiKeySecret::from_text(&format!(" {} \n", a.expose())).hash(),
+            a.hash()
+        );
         let t = generate_owner_token();
         assert_eq!(t.len(), 32);
         assert_ne!(t, generate_owner_token());

@@ -219,7 +219,14 @@ impl Onboarding {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn refuse(&self, actor: &Actor, action: &str, dev: Option<DevEui>, e: OnbError, detail: &str) -> OnbError {
+    fn refuse(
+        &self,
+        actor: &Actor,
+        action: &str,
+        dev: Option<DevEui>,
+        e: OnbError,
+        detail: &str,
+    ) -> OnbError {
         let outcome = format!("refused:{}", e.kind());
         let r = self.db().audit_append(&AuditEntry {
             actor,
@@ -247,10 +254,17 @@ impl Onboarding {
     }
 
     /// Creates an API key; returns it (shown once) and its public id.
-    pub fn create_api_key(&self, actor: &Actor, role: Role, name: &str) -> Result<(ApiKeySecret, String), OnbError> {
+    pub fn create_api_key(
+        &self,
+        actor: &Actor,
+        role: Role,
+        name: &str,
+    ) -> Result<(ApiKeySecret, String), OnbError> {
         let name = name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
-            return Err(OnbError::BadRequest("the name must be 1 to 128 printable characters".into()));
+            return Err(OnbError::BadRequest(
+                "the name must be 1 to 128 printable characters".into(),
+            ));
         }
         let key = ApiKeySecret::generate();
         let rec = self.db().create_api_key(actor, name, role, &key.hash())?;
@@ -269,14 +283,22 @@ impl Onboarding {
         require_signature: bool,
     ) -> Result<ImportResult, OnbError> {
         if !matches!(actor.role, Role::Manufacturer | Role::Admin) {
-            return Err(self.refuse(actor, "import", None, OnbError::Forbidden(actor.role.as_str()), ""));
+            return Err(self.refuse(
+                actor,
+                "import",
+                None,
+                OnbError::Forbidden(actor.role.as_str()),
+                "",
+            ));
         }
         let digest = hex::encode(&Sha256::digest(manifest)[..8]);
         let what = format!("manifest sha256 {digest}…, {} bytes", manifest.len());
         let signed_by = if require_signature || signature.is_some() {
             match self.trusted.verify(manifest, signature) {
                 Ok(fp) => Some(fp),
-                Err(e) => return Err(self.refuse(actor, "import", None, OnbError::Signature(e), &what)),
+                Err(e) => {
+                    return Err(self.refuse(actor, "import", None, OnbError::Signature(e), &what))
+                }
             }
         } else {
             None
@@ -309,7 +331,10 @@ impl Onboarding {
                     Format::Csv => "1 (dev_eui)".into(),
                     Format::Jsonl => "dev_eui".into(),
                 },
-                message: format!("DevEUI {} is already provisioned (remove it first)", d.dev_eui),
+                message: format!(
+                    "DevEUI {} is already provisioned (remove it first)",
+                    d.dev_eui
+                ),
             })
             .collect();
         drop(db);
@@ -339,7 +364,10 @@ impl Onboarding {
                     join_eui: d.join_eui,
                     mac_version: d.mac_version,
                     app_key_wrapped: atrest::seal_app_key(&self.master, &d.app_key),
-                    nwk_key_wrapped: d.nwk_key.as_ref().map(|k| atrest::seal_nwk_key(&self.master, k)),
+                    nwk_key_wrapped: d
+                        .nwk_key
+                        .as_ref()
+                        .map(|k| atrest::seal_nwk_key(&self.master, k)),
                     home_net_id: d.home_net_id,
                     owner_token: None,
                     nonces: NonceState::default(),
@@ -349,7 +377,10 @@ impl Onboarding {
         let summary = format!(
             "{what}; {} device(s); {}",
             stored.len(),
-            signed_by.as_deref().map_or_else(|| "unsigned (operator)".to_owned(), |k| format!("signed by key {k}"))
+            signed_by.as_deref().map_or_else(
+                || "unsigned (operator)".to_owned(),
+                |k| format!("signed by key {k}")
+            )
         );
         if let Err(e) = self.db().provision(actor, &stored, &hashes, &summary) {
             return Err(self.refuse(actor, "import", None, e.into(), &what));
@@ -360,7 +391,9 @@ impl Onboarding {
                     Ok(dev) => {
                         map.insert(d.dev_eui, dev);
                     }
-                    Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
+                    Err(e) => {
+                        tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded")
+                    }
                 }
             }
         }
@@ -386,7 +419,11 @@ impl Onboarding {
             join_eui: d.join_eui.to_string(),
             mac_version: d.mac_version.as_str().to_owned(),
             claimed: sees_owner.then_some(d.home_net_id.is_some()),
-            home_net_id: if sees_owner { d.home_net_id.map(|n| n.to_string()) } else { None },
+            home_net_id: if sees_owner {
+                d.home_net_id.map(|n| n.to_string())
+            } else {
+                None
+            },
             owner: if sees_owner { own.owner.clone() } else { None },
             manufacturer: own.manufacturer.clone(),
             locked: own.locked,
@@ -397,7 +434,11 @@ impl Onboarding {
     }
 
     /// A device the actor may see (404 otherwise).
-    fn visible_device(&self, actor: &Actor, dev: DevEui) -> Result<(StoredDevice, Ownership), OnbError> {
+    fn visible_device(
+        &self,
+        actor: &Actor,
+        dev: DevEui,
+    ) -> Result<(StoredDevice, Ownership), OnbError> {
         match self.db().device(dev)? {
             Some((d, o)) if Self::may_see(actor, &o) => Ok((d, o)),
             _ => Err(OnbError::NotFound),
@@ -411,7 +452,12 @@ impl Onboarding {
     }
 
     /// The devices the actor may see, in DevEUI order, after `after`, at most `limit`.
-    pub fn list(&self, actor: &Actor, after: Option<DevEui>, limit: u32) -> Result<Vec<DeviceView>, OnbError> {
+    pub fn list(
+        &self,
+        actor: &Actor,
+        after: Option<DevEui>,
+        limit: u32,
+    ) -> Result<Vec<DeviceView>, OnbError> {
         let tenant = actor.tenant.as_deref().unwrap_or("");
         let scope = match actor.role {
             Role::Admin => None,
@@ -432,7 +478,9 @@ impl Onboarding {
     /// Brings the running server's copy of a device in line with the store after a change of
     /// its home network (its nonce state, never behind the store's, is kept).
     fn refresh_home(&self, dev: DevEui) -> Result<(), OnbError> {
-        let Some(map) = &self.devices else { return Ok(()) };
+        let Some(map) = &self.devices else {
+            return Ok(());
+        };
         let stored = self.db().devices().get_device(dev)?;
         if let (Some(s), Some(mut m)) = (stored, map.get_mut(&dev)) {
             m.home_net_id = s.home_net_id;
@@ -443,14 +491,25 @@ impl Onboarding {
 
     /// Claims a device with its owner token for the actor's tenant and `home`. Failed attempts
     /// count against the DevEUI and the API key; refusals are audited.
-    pub fn claim(&self, actor: &Actor, dev: DevEui, token: &str, home: NetId, via: &str) -> Result<DeviceView, OnbError> {
+    pub fn claim(
+        &self,
+        actor: &Actor,
+        dev: DevEui,
+        token: &str,
+        home: NetId,
+        via: &str,
+    ) -> Result<DeviceView, OnbError> {
         let detail = dev_detail(home, via);
         let refuse = |e: OnbError| self.refuse(actor, "claim", Some(dev), e, &detail);
         let Some(tenant) = actor.tenant.clone().filter(|_| actor.role == Role::Owner) else {
             return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
         };
         let now = Instant::now();
-        if let Err(wait) = self.per_key.check(&actor.id, now).and(self.per_device.check(&dev, now)) {
+        if let Err(wait) = self
+            .per_key
+            .check(&actor.id, now)
+            .and(self.per_device.check(&dev, now))
+        {
             return Err(refuse(OnbError::RateLimited(wait)));
         }
         let fail = |e: OnbError| {
@@ -496,7 +555,12 @@ impl Onboarding {
     /// Releases a claimed device: it leaves its home network and can no longer join until it is
     /// claimed again. With `rotate`, a fresh owner token replaces the old one and is returned
     /// (once) for the releasing owner to pass on.
-    pub fn release(&self, actor: &Actor, dev: DevEui, rotate: bool) -> Result<Option<String>, OnbError> {
+    pub fn release(
+        &self,
+        actor: &Actor,
+        dev: DevEui,
+        rotate: bool,
+    ) -> Result<Option<String>, OnbError> {
         let refuse = |e: OnbError| self.refuse(actor, "release", Some(dev), e, "");
         if actor.role == Role::Manufacturer {
             return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
@@ -513,10 +577,21 @@ impl Onboarding {
     }
 
     /// Locks or unlocks a device against claims (admin).
-    pub fn set_locked(&self, actor: &Actor, dev: DevEui, locked: bool) -> Result<DeviceView, OnbError> {
+    pub fn set_locked(
+        &self,
+        actor: &Actor,
+        dev: DevEui,
+        locked: bool,
+    ) -> Result<DeviceView, OnbError> {
         let action = if locked { "lock" } else { "unlock" };
         if actor.role != Role::Admin {
-            return Err(self.refuse(actor, action, Some(dev), OnbError::Forbidden(actor.role.as_str()), ""));
+            return Err(self.refuse(
+                actor,
+                action,
+                Some(dev),
+                OnbError::Forbidden(actor.role.as_str()),
+                "",
+            ));
         }
         self.visible_device(actor, dev)
             .map_err(|e| self.refuse(actor, action, Some(dev), e, ""))?;
@@ -524,7 +599,12 @@ impl Onboarding {
         self.get(actor, dev)
     }
 
-    fn lifecycle_allowed(&self, actor: &Actor, action: &str, dev: DevEui) -> Result<StoredDevice, OnbError> {
+    fn lifecycle_allowed(
+        &self,
+        actor: &Actor,
+        action: &str,
+        dev: DevEui,
+    ) -> Result<StoredDevice, OnbError> {
         let refuse = |e: OnbError| self.refuse(actor, action, Some(dev), e, "");
         if actor.role == Role::Manufacturer {
             return Err(refuse(OnbError::Forbidden(actor.role.as_str())));
@@ -551,13 +631,33 @@ impl Onboarding {
         nwk_key: Option<&str>,
     ) -> Result<DeviceView, OnbError> {
         let d = self.lifecycle_allowed(actor, "root_key_rotation", dev)?;
-        let bad = |m: String| self.refuse(actor, "root_key_rotation", Some(dev), OnbError::BadRequest(m), "");
-        let app: AppKey = app_key.trim().parse().map_err(|_| bad("app_key: expected 32 hex digits".into()))?;
-        let nwk: Option<NwkKey> = match (nwk_key.map(str::trim).filter(|k| !k.is_empty()), d.mac_version.is_1_1()) {
-            (Some(k), true) => Some(k.parse().map_err(|_| bad("nwk_key: expected 32 hex digits".into()))?),
+        let bad = |m: String| {
+            self.refuse(
+                actor,
+                "root_key_rotation",
+                Some(dev),
+                OnbError::BadRequest(m),
+                "",
+            )
+        };
+        let app: AppKey = app_key
+            .trim()
+            .parse()
+            .map_err(|_| bad("app_key: expected 32 hex digits".into()))?;
+        let nwk: Option<NwkKey> = match (
+            nwk_key.map(str::trim).filter(|k| !k.is_empty()),
+            d.mac_version.is_1_1(),
+        ) {
+            (Some(k), true) => Some(
+                k.parse()
+                    .map_err(|_| bad("nwk_key: expected 32 hex digits".into()))?,
+            ),
             (None, true) => return Err(bad("nwk_key is required for LoRaWAN 1.1".into())),
             (Some(_), false) => {
-                return Err(bad(format!("nwk_key must be absent for LoRaWAN {}", d.mac_version.as_str())))
+                return Err(bad(format!(
+                    "nwk_key must be absent for LoRaWAN {}",
+                    d.mac_version.as_str()
+                )))
             }
             (None, false) => None,
         };
@@ -613,7 +713,9 @@ impl Onboarding {
                 };
                 match core::Device::from_stored(&self.master, &updated) {
                     Ok(dev) => **g = dev,
-                    Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "rotated keys not loaded"),
+                    Err(e) => {
+                        tracing::error!(dev_eui = %d.dev_eui, error = %e, "rotated keys not loaded")
+                    }
                 }
             }
         }

@@ -46,7 +46,11 @@ pub fn crc16_modbus(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xA001 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
         }
     }
     crc
@@ -75,7 +79,9 @@ pub fn parse_claim(text: &str) -> Result<ClaimCode, Tr005Error> {
     let eui = |s: Option<&str>| {
         s.filter(|s| s.len() == 16)
             .and_then(|s| u64::from_str_radix(s, 16).ok())
-            .ok_or(Tr005Error::Format("JoinEUI and DevEUI must be 16 hex digits"))
+            .ok_or(Tr005Error::Format(
+                "JoinEUI and DevEUI must be 16 hex digits",
+            ))
     };
     let join_eui = JoinEui::new(eui(f.next())?);
     let dev_eui = DevEui::new(eui(f.next())?);
@@ -109,7 +115,10 @@ mod tests {
         assert_eq!(c.dev_eui, DevEui::new(0xAABB_CCDD_EEFF_0011));
         assert_eq!(c.owner_token, "AABBCCDDEEFF");
         let shown = format!("{c:?}");
-        assert!(shown.contains("<redacted>") && !shown.contains("\"AABBCCDDEEFF\""), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("\"AABBCCDDEEFF\""),
+            "{shown}"
+        );
         assert_eq!(
             parse_claim(&SPEC.replace("CAF2C", "CAF2D")),
             Err(Tr005Error::Checksum)
