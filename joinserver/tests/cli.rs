@@ -116,3 +116,107 @@ fn config_prints_the_default_file() {
         joinserver::config::Config::default()
     );
 }
+
+/// Onboarding on the command line: `api-keys create` prints the key and nothing else and stores
+/// only its hash; `devices import --signature` accepts a manifest only under a trusted key and
+/// audits a refused one.
+#[test]
+fn api_keys_and_signed_imports() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use joinserver::onboarding::db::{AuditFilter, OnboardStore};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    assert!(js(&["init"], &dir).status.success());
+
+    let o = js(
+        &["api-keys", "create", "--role", "owner", "--name", "alice"],
+        &dir,
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let key = out.strip_suffix('\n').unwrap();
+    assert!(
+        key.starts_with("jsk_") && key.len() == 68 && !key.contains('\n'),
+        "{out:?}"
+    );
+    let db = std::fs::read(dir.join("joinserver.db")).unwrap();
+    let wal = std::fs::read(dir.join("joinserver.db-wal")).unwrap_or_default();
+    for bytes in [db, wal] {
+        assert!(
+            !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+            "the key is stored in clear"
+        );
+    }
+    let o = js(
+        &["api-keys", "create", "--role", "root", "--name", "x"],
+        &dir,
+    );
+    assert!(!o.status.success(), "unknown role");
+
+    let signer = SigningKey::from_bytes(&[9; 32]);
+    std::fs::write(
+        dir.join("joinserver.toml"),
+        format!(
+            "[api]\ntrusted_manifest_keys = [\"{}\"]\n",
+            hex::encode(signer.verifying_key().as_bytes())
+        ),
+    )
+    .unwrap();
+    let manifest = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key\n\
+         0000000000000011,70B3D57ED0000001,1.0.4,{KEY},\n"
+    );
+    let m = tmp.path().join("m.csv");
+    let sig = tmp.path().join("m.sig");
+    let tokens = tmp.path().join("tokens.csv");
+    std::fs::write(&m, manifest.replace("0011", "0012")).unwrap();
+    std::fs::write(
+        &sig,
+        hex::encode(signer.sign(manifest.as_bytes()).to_bytes()),
+    )
+    .unwrap();
+    let import = |extra: &[&str]| {
+        let mut a = vec!["devices", "import", m.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        js(&a, &dir)
+    };
+    let o = import(&["--signature", sig.to_str().unwrap()]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(err.contains("does not verify"), "{err}");
+    std::fs::write(&m, &manifest).unwrap();
+    let o = import(&[
+        "--signature",
+        sig.to_str().unwrap(),
+        "--owner-tokens",
+        tokens.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("imported 1 devices") && out.contains("signed by trusted key"));
+    let t = std::fs::read_to_string(&tokens).unwrap();
+    assert!(
+        t.starts_with("dev_eui,owner_token\n0000000000000011,"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::metadata(&tokens).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let mut store = OnboardStore::open(&dir).unwrap();
+    let all = store.audit(&AuditFilter::default(), None).unwrap();
+    let seen: Vec<(&str, &str)> = all
+        .iter()
+        .map(|r| (r.action.as_str(), r.outcome.as_str()))
+        .collect();
+    for want in [
+        ("api_key_create", "ok"),
+        ("import", "refused:signature_invalid"),
+        ("provision", "ok"),
+        ("import", "ok"),
+    ] {
+        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+    }
+    assert!(all.iter().all(|r| r.actor == "cli"));
+}

@@ -37,6 +37,9 @@ const TOKEN_A: &str = "A1B2C3D4E5F60718";
 const TOKEN_C: &str = "CCCC0000CCCC0000";
 const TOKEN_D: &str = "DDDD0000DDDD0000";
 
+/// A request body and its headers.
+type Body<'a> = Option<(&'a [u8], &'a [(&'a str, &'a str)])>;
+
 struct Http {
     agent: ureq::Agent,
     base: String,
@@ -55,13 +58,7 @@ impl Http {
         }
     }
 
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<(&[u8], &[(&str, &str)])>,
-    ) -> (u16, Value) {
+    fn call(&self, method: &str, path: &str, key: Option<&str>, body: Body<'_>) -> (u16, Value) {
         let url = format!("{}{path}", self.base);
         let auth = key.map(|k| format!("Bearer {k}"));
         let mut resp = match method {
@@ -113,17 +110,14 @@ impl Http {
     }
 }
 
-/// A network server of NetID `net` on the link.
-fn join(
-    link_addr: SocketAddr,
-    key: &LinkKey,
-    net: u32,
-    tid: u32,
-    dev: u64,
-    dn: u16,
-    root: &str,
-    v11: bool,
-) -> ResultCode {
+/// The join server's link, as network servers see it.
+struct Link<'a> {
+    addr: SocketAddr,
+    key: &'a LinkKey,
+}
+
+/// A JoinReq from a network server of NetID `net`.
+fn join(l: &Link<'_>, net: u32, tid: u32, dev: u64, dn: u16, root: &str, v11: bool) -> ResultCode {
     let jr = if v11 {
         let k = KeyCipher::new(&root.parse::<NwkKey>().unwrap());
         JoinRequest::build(
@@ -143,6 +137,7 @@ fn join(
     };
     let body = common::join_req_json(tid, net, dev, &jr.to_bytes());
     let nonce = u64::from(tid) * 13 + u64::from(net);
+    let (link_addr, key) = (l.addr, l.key);
     let d = datagram(key, net, now_ms(), nonce, &body);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -211,8 +206,10 @@ fn onboarding_over_http_and_udp() {
 
     let server = Server::start(dir, &config).unwrap();
     let api = Http::new(server.api_addr().unwrap());
-    let la = server.link_addr();
-    let lk = &s.link;
+    let la = &Link {
+        addr: server.link_addr(),
+        key: &s.link,
+    };
 
     // The document is served.
     let (st, doc) = api.call("GET", "/api/v1/openapi.json", None, None);
@@ -270,7 +267,7 @@ fn onboarding_over_http_and_udp() {
 
     // Unclaimed devices join nowhere.
     assert_eq!(
-        join(la, lk, NET_X, 1, A, 1, KEY_A, false),
+        join(la, NET_X, 1, A, 1, KEY_A, false),
         ResultCode::ActivationDisallowed
     );
 
@@ -322,12 +319,9 @@ fn onboarding_over_http_and_udp() {
     assert_eq!((st, e["error"].as_str()), (409, Some("already_claimed")));
 
     // 4. It joins through X; 5. not through Y.
+    assert_eq!(join(la, NET_X, 2, A, 1, KEY_A, false), ResultCode::Success);
     assert_eq!(
-        join(la, lk, NET_X, 2, A, 1, KEY_A, false),
-        ResultCode::Success
-    );
-    assert_eq!(
-        join(la, lk, NET_Y, 3, A, 2, KEY_A, false),
+        join(la, NET_Y, 3, A, 2, KEY_A, false),
         ResultCode::ActivationDisallowed
     );
 
@@ -337,7 +331,7 @@ fn onboarding_over_http_and_udp() {
     let new_token = r["owner_token"].as_str().unwrap().to_owned();
     assert_ne!(new_token, TOKEN_A);
     assert_eq!(
-        join(la, lk, NET_X, 4, A, 3, KEY_A, false),
+        join(la, NET_X, 4, A, 3, KEY_A, false),
         ResultCode::ActivationDisallowed,
         "released: unclaimed"
     );
@@ -348,12 +342,9 @@ fn onboarding_over_http_and_udp() {
     );
     let (st, v) = claim(A, &new_token, NET_Y, &bob);
     assert_eq!((st, v["owner"].as_str()), (200, Some("bob")));
+    assert_eq!(join(la, NET_Y, 5, A, 4, KEY_A, false), ResultCode::Success);
     assert_eq!(
-        join(la, lk, NET_Y, 5, A, 4, KEY_A, false),
-        ResultCode::Success
-    );
-    assert_eq!(
-        join(la, lk, NET_X, 6, A, 5, KEY_A, false),
+        join(la, NET_X, 6, A, 5, KEY_A, false),
         ResultCode::ActivationDisallowed
     );
 
@@ -371,7 +362,7 @@ fn onboarding_over_http_and_udp() {
 
     // DevNonce reset: the factory-reset 1.0.4 device counts from 0 again.
     assert_eq!(
-        join(la, lk, NET_Y, 7, A, 0, KEY_A, false),
+        join(la, NET_Y, 7, A, 0, KEY_A, false),
         ResultCode::JoinReqFailed
     );
     let (st, v) = api.call(
@@ -381,10 +372,7 @@ fn onboarding_over_http_and_udp() {
         None,
     );
     assert_eq!((st, v["last_dev_nonce"].clone()), (200, Value::Null), "{v}");
-    assert_eq!(
-        join(la, lk, NET_Y, 8, A, 0, KEY_A, false),
-        ResultCode::Success
-    );
+    assert_eq!(join(la, NET_Y, 8, A, 0, KEY_A, false), ResultCode::Success);
 
     // Claim from the raw QR text; then a root-key rotation of that 1.1 device.
     let (st, v) = api.json(
@@ -405,10 +393,7 @@ fn onboarding_over_http_and_udp() {
         &json!({"qr_code": qr_text(C, TOKEN_C).replace(":C", ":CF"), "home_net_id": "000013"}),
     );
     assert_eq!((st, e["error"].as_str()), (400, Some("bad_request")));
-    assert_eq!(
-        join(la, lk, NET_X, 9, C, 0, KEY_B, true),
-        ResultCode::Success
-    );
+    assert_eq!(join(la, NET_X, 9, C, 0, KEY_B, true), ResultCode::Success);
     let path_c = format!("/api/v1/devices/{C:016X}");
     let (st, _) = api.json(
         "PUT",
@@ -425,12 +410,12 @@ fn onboarding_over_http_and_udp() {
     );
     assert_eq!(st, 200, "{v}");
     assert_eq!(
-        join(la, lk, NET_X, 10, C, 0, KEY_B, true),
+        join(la, NET_X, 10, C, 0, KEY_B, true),
         ResultCode::MicFailed,
         "old keys are gone"
     );
     assert_eq!(
-        join(la, lk, NET_X, 11, C, 0, NEW_KEY, true),
+        join(la, NET_X, 11, C, 0, NEW_KEY, true),
         ResultCode::Success,
         "DevNonce reset with the rotation"
     );
@@ -476,7 +461,7 @@ fn onboarding_over_http_and_udp() {
     );
     assert_eq!(api.call("DELETE", &path_b, Some(&acme), None).0, 204);
     assert_eq!(
-        join(la, lk, NET_X, 12, B, 1, KEY_A, false),
+        join(la, NET_X, 12, B, 1, KEY_A, false),
         ResultCode::UnknownDevEui
     );
 
