@@ -59,14 +59,14 @@ pub enum LabelError {
         found: usize,
     },
     /// A field of a row is invalid.
-    #[error("manifest line {line}, column {column}: {source}")]
+    #[error("manifest line {line}, column {column}: {reason}")]
     Field {
         /// 1-based line number.
         line: usize,
         /// The column name.
         column: &'static str,
-        /// What is wrong with it.
-        source: QrError,
+        /// What is wrong with it (shown in full in the message, so not an error `source`).
+        reason: QrError,
     },
     /// Two rows have the same DevEUI (their labels would overwrite each other).
     #[error("manifest line {line}: DevEUI {dev_eui} repeated, expected each device once (first on line {first})")]
@@ -79,12 +79,12 @@ pub enum LabelError {
         dev_eui: DevEui,
     },
     /// A label could not be drawn.
-    #[error("DevEUI {dev_eui}: {source}")]
+    #[error("DevEUI {dev_eui}: {reason}")]
     Render {
         /// The device.
         dev_eui: DevEui,
-        /// The reason.
-        source: RenderError,
+        /// The reason (shown in full in the message).
+        reason: RenderError,
     },
 }
 
@@ -158,10 +158,10 @@ fn hex_field<T>(
     text: &str,
     make: fn(u64) -> T,
 ) -> Result<T, LabelError> {
-    let err = |source| LabelError::Field {
+    let err = |reason| LabelError::Field {
         line,
         column,
-        source,
+        reason,
     };
     let mut v = 0u64;
     for (i, c) in text.chars().enumerate() {
@@ -235,10 +235,10 @@ pub fn read_manifest(text: &str) -> Result<Vec<ManifestDevice>, LabelError> {
         )?;
         let owner_token = match owner_col.and_then(|c| fields.get(c)) {
             Some(t) if !t.is_empty() => Some(ExtensionValue::new(Field::OwnerToken, t).map_err(
-                |source| LabelError::Field {
+                |reason| LabelError::Field {
                     line,
                     column: "owner_token",
-                    source,
+                    reason,
                 },
             )?),
             _ => None,
@@ -383,9 +383,9 @@ fn write_one(
     format: LabelFormat,
 ) -> Result<(), LabelError> {
     let code = d.code(profile_id);
-    let render_err = |source| LabelError::Render {
+    let render_err = |reason| LabelError::Render {
         dev_eui: d.dev_eui,
-        source,
+        reason,
     };
     let bytes = match format {
         LabelFormat::Svg => label_svg(&code).map_err(render_err)?.into_bytes(),
