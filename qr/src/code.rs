@@ -416,7 +416,8 @@ fn parse_ids(
     let (o, t) = dev.ok_or_else(|| missing(Field::DevEui, "16 hex digits"))?;
     let dev_eui = DevEui::new(parse_hex(Field::DevEui, t, char_pos(input, o), 16)?);
     let (o, t) = profile.ok_or_else(|| missing(Field::ProfileId, "8 hex digits"))?;
-    let profile_id = ProfileId::from_u32(parse_hex(Field::ProfileId, t, char_pos(input, o), 8)? as u32);
+    let profile_id =
+        ProfileId::from_u32(parse_hex(Field::ProfileId, t, char_pos(input, o), 8)? as u32);
     Ok((join_eui, dev_eui, profile_id))
 }
 

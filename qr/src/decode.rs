@@ -102,21 +102,25 @@ pub fn decode_image(img: &DynamicImage) -> Decoded {
         gray = scale(&gray, MAX_SIDE as f32 / longest as f32);
     }
     let longest = gray.width().max(gray.height());
-    let mut passes: Vec<Box<dyn Fn(&GrayImage) -> GrayImage>> = vec![Box::new(|g| g.clone())];
+    let mut passes = vec![Pass::AsIs];
     if longest >= 200 {
-        passes.push(Box::new(|g| scale(g, 0.5)));
+        passes.push(Pass::Scale(0.5));
     }
     if longest <= 800 {
-        passes.push(Box::new(|g| scale(g, 2.0)));
+        passes.push(Pass::Scale(2.0));
     }
-    passes.push(Box::new(|g| {
-        let mut inv = g.clone();
-        imageops::invert(&mut inv);
-        inv
-    }));
+    passes.push(Pass::Invert);
     let mut best = Decoded::default();
     for pass in passes {
-        let result = decode_once(&pass(&gray));
+        let result = match pass {
+            Pass::AsIs => decode_once(&gray),
+            Pass::Scale(f) => decode_once(&scale(&gray, f)),
+            Pass::Invert => {
+                let mut inv = gray.clone();
+                imageops::invert(&mut inv);
+                decode_once(&inv)
+            }
+        };
         for t in result.texts {
             if !best.texts.contains(&t) {
                 best.texts.push(t);
@@ -138,6 +142,14 @@ pub fn decode_image(img: &DynamicImage) -> Decoded {
         best.first_failure = None;
     }
     best
+}
+
+/// One detection attempt on a transformed image.
+#[derive(Clone, Copy)]
+enum Pass {
+    AsIs,
+    Scale(f32),
+    Invert,
 }
 
 fn scale(g: &GrayImage, factor: f32) -> GrayImage {

@@ -102,7 +102,9 @@ pub enum QrError {
         expected: &'static str,
     },
     /// A character of a hex field is not a hex digit.
-    #[error("bad {field} at position {position}: expected a hex digit (0-9, A-F), found {found:?}")]
+    #[error(
+        "bad {field} at position {position}: expected a hex digit (0-9, A-F), found {found:?}"
+    )]
     HexDigit {
         /// The field.
         field: Field,

@@ -104,9 +104,14 @@ mod tests {
 
     #[test]
     fn glyphs_fit_in_five_columns_and_are_distinct() {
-        let chars: Vec<char> = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZev:-.".chars().collect();
+        let chars: Vec<char> = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZev:-."
+            .chars()
+            .collect();
         for (i, a) in chars.iter().enumerate() {
-            assert!(glyph(*a).iter().all(|r| r & !0x1F == 0), "{a} is wider than 5");
+            assert!(
+                glyph(*a).iter().all(|r| r & !0x1F == 0),
+                "{a} is wider than 5"
+            );
             for b in &chars[i + 1..] {
                 assert_ne!(glyph(*a), glyph(*b), "{a} and {b} look alike");
             }
@@ -120,7 +125,8 @@ mod tests {
         let mut img = GrayImage::from_pixel(w + 4, 7 * 2 + 4, Luma([255]));
         draw_text(&mut img, "DevEUI 0A", 2, 2, 2);
         // Nothing is drawn in the margins, something is drawn inside.
-        assert!((0..img.height()).all(|y| img.get_pixel(0, y)[0] == 255 && img.get_pixel(w + 3, y)[0] == 255));
+        assert!((0..img.height())
+            .all(|y| img.get_pixel(0, y)[0] == 255 && img.get_pixel(w + 3, y)[0] == 255));
         assert!(img.pixels().any(|p| p[0] == 0));
     }
 }

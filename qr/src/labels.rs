@@ -234,13 +234,15 @@ pub fn read_manifest(text: &str) -> Result<Vec<ManifestDevice>, LabelError> {
             JoinEui::new,
         )?;
         let owner_token = match owner_col.and_then(|c| fields.get(c)) {
-            Some(t) if !t.is_empty() => Some(ExtensionValue::new(Field::OwnerToken, t).map_err(
-                |reason| LabelError::Field {
-                    line,
-                    column: "owner_token",
-                    reason,
-                },
-            )?),
+            Some(t) if !t.is_empty() => {
+                Some(ExtensionValue::new(Field::OwnerToken, t).map_err(|reason| {
+                    LabelError::Field {
+                        line,
+                        column: "owner_token",
+                        reason,
+                    }
+                })?)
+            }
             _ => None,
         };
         if let Some(&first) = seen.get(&dev_eui) {
@@ -422,8 +424,7 @@ pub fn write_labels(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect::<Result<(), LabelError>>()
+            .try_for_each(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     })?;
     let index = dir.join("index.html");
     write_file(&index, index_html(devices, format).as_bytes())?;

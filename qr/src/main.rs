@@ -325,7 +325,9 @@ fn parsed_human(p: &Parsed) -> String {
     }
     match p.checksum {
         Some(v) => s.push_str(&format!("  CheckSum         {v:04X} (valid)\n")),
-        None => s.push_str("  CheckSum         none (the code cannot prove it was read correctly)\n"),
+        None => {
+            s.push_str("  CheckSum         none (the code cannot prove it was read correctly)\n")
+        }
     }
     for u in c.unknown_extensions() {
         s.push_str(&format!(

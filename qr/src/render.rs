@@ -17,7 +17,9 @@ pub const DEFAULT_MODULE_PX: u32 = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     /// The text does not fit in a QR code at error-correction level M.
-    #[error("cannot encode {length} characters in a QR code at error-correction level M: {reason}")]
+    #[error(
+        "cannot encode {length} characters in a QR code at error-correction level M: {reason}"
+    )]
     Encode {
         /// Length of the text in bytes.
         length: usize,
@@ -51,12 +53,13 @@ impl Matrix {
     ///
     /// An uppercase TR005 code uses the QR alphanumeric mode and fits in version 3 or 4.
     pub fn encode(text: &str) -> Result<Matrix, RenderError> {
-        let code = QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M).map_err(|e| {
-            RenderError::Encode {
-                length: text.len(),
-                reason: e.to_string(),
-            }
-        })?;
+        let code =
+            QrCode::with_error_correction_level(text.as_bytes(), EcLevel::M).map_err(|e| {
+                RenderError::Encode {
+                    length: text.len(),
+                    reason: e.to_string(),
+                }
+            })?;
         Ok(Matrix {
             width: code.width(),
             dark: code

@@ -66,7 +66,11 @@ fn parse_json_fields() {
 
 #[test]
 fn parse_json_without_checksum_and_with_unknown_tag() {
-    let o = qr(&["parse", "--json", "LW:D0:1111111111111111:2222222222222222:00000000:XABC"]);
+    let o = qr(&[
+        "parse",
+        "--json",
+        "LW:D0:1111111111111111:2222222222222222:00000000:XABC",
+    ]);
     assert!(o.status.success());
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["checksum"], Value::Null);
@@ -85,7 +89,10 @@ fn parse_human_output() {
     assert!(out.contains("  DevEUI           AABBCCDDEEFF0011\n"));
     assert!(out.contains("  ProfileID        AABB1122 (VendorID AABB, VendorProfileID 1122)\n"));
     assert!(out.contains("  CheckSum         AF2C (valid)\n"));
-    let o = qr(&["parse", "LW:D0:1111111111111111:2222222222222222:00000000:XABC"]);
+    let o = qr(&[
+        "parse",
+        "LW:D0:1111111111111111:2222222222222222:00000000:XABC",
+    ]);
     let out = stdout(&o);
     assert!(out.contains("  CheckSum         none (the code cannot prove it was read correctly)\n"));
     assert!(out.contains("  warning: unknown extension X = ABC (kept)\n"));
@@ -93,7 +100,11 @@ fn parse_human_output() {
 
 #[test]
 fn parse_draft_is_converted() {
-    let o = qr(&["parse", "--json", "URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF_42FFFF42_V0102"]);
+    let o = qr(&[
+        "parse",
+        "--json",
+        "URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF_42FFFF42_V0102",
+    ]);
     assert!(o.status.success());
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["schema"], "draft3");
@@ -102,7 +113,10 @@ fn parse_draft_is_converted() {
         .as_str()
         .unwrap()
         .starts_with("LW:D0:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42:O0102:C"));
-    let o = qr(&["parse", "URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF_42FFFF42"]);
+    let o = qr(&[
+        "parse",
+        "URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF_42FFFF42",
+    ]);
     assert!(stdout(&o).starts_with("valid code (deprecated TR005 draft3, converted to D0)\n"));
 }
 
@@ -123,7 +137,11 @@ fn parse_invalid_exits_non_zero_with_the_error_and_a_caret() {
 
 #[test]
 fn parse_invalid_json() {
-    let o = qr(&["parse", "--json", "LW:D0:11223344556677GG:AABBCCDDEEFF0011:AABB1122"]);
+    let o = qr(&[
+        "parse",
+        "--json",
+        "LW:D0:11223344556677GG:AABBCCDDEEFF0011:AABB1122",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
     assert_eq!(v["valid"], false);
@@ -145,10 +163,14 @@ fn parse_from_stdin() {
     // Only one trailing newline is removed: anything else is part of the code.
     let o = qr_stdin(&["parse", "-"], format!("{SPEC} \n").as_bytes());
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("bad CheckSum (C) at position 84: expected 4 hex digits, found \"AF2C \""));
+    assert!(stderr(&o)
+        .contains("bad CheckSum (C) at position 84: expected 4 hex digits, found \"AF2C \""));
     let o = qr_stdin(&["parse", "-"], b"LW:\xff\n");
     assert_eq!(o.status.code(), Some(1));
-    assert_eq!(stderr(&o), "error: not text: invalid UTF-8 byte at position 3\n");
+    assert_eq!(
+        stderr(&o),
+        "error: not text: invalid UTF-8 byte at position 3\n"
+    );
     let o = qr_stdin(&["parse", "-"], b"\n");
     assert_eq!(
         stderr(&o),
@@ -185,7 +207,10 @@ fn encode_canonical_with_and_without_checksum() {
         "42FFFF42",
         "--no-checksum",
     ]);
-    assert_eq!(stdout(&o), "LW:D0:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42\n");
+    assert_eq!(
+        stdout(&o),
+        "LW:D0:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42\n"
+    );
 }
 
 #[test]
@@ -225,17 +250,34 @@ fn encode_errors() {
     args[2] = "11223344";
     let o = qr(&args);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("invalid value '11223344' for '--join-eui <JOIN_EUI>'"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid value '11223344' for '--join-eui <JOIN_EUI>'"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
 fn render_formats_then_decode() {
     let dir = tempfile::tempdir().unwrap();
     let png = dir.path().join("code.png");
-    let o = qr(&["render", SPEC, "--format", "png", "--out", png.to_str().unwrap(), "--size", "400"]);
+    let o = qr(&[
+        "render",
+        SPEC,
+        "--format",
+        "png",
+        "--out",
+        png.to_str().unwrap(),
+        "--size",
+        "400",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let img = image::open(&png).unwrap();
-    assert_eq!(img.width(), 41 * 9, "largest whole module size within 400 px");
+    assert_eq!(
+        img.width(),
+        41 * 9,
+        "largest whole module size within 400 px"
+    );
     let o = qr(&["decode", "--json", png.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -262,7 +304,14 @@ fn render_refuses_an_invalid_code() {
 
 #[test]
 fn render_write_error() {
-    let o = qr(&["render", SPEC, "--format", "svg", "--out", "/nonexistent-dir/x.svg"]);
+    let o = qr(&[
+        "render",
+        SPEC,
+        "--format",
+        "svg",
+        "--out",
+        "/nonexistent-dir/x.svg",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).starts_with("error: cannot write /nonexistent-dir/x.svg: "),
@@ -281,8 +330,12 @@ fn decode_fixtures() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.contains(&format!("plain.png code 1 of 1: {SPEC}\nvalid code (TR005 D0)\n")));
-    assert!(out.contains("photo.jpg code 1 of 1: LW:D0:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42:CE4DE\n"));
+    assert!(out.contains(&format!(
+        "plain.png code 1 of 1: {SPEC}\nvalid code (TR005 D0)\n"
+    )));
+    assert!(out.contains(
+        "photo.jpg code 1 of 1: LW:D0:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42:CE4DE\n"
+    ));
     assert!(out.contains("multi.png code 3 of 3: "));
     assert_eq!(out.matches("valid code (TR005 D0)").count(), 5);
 }
@@ -296,7 +349,9 @@ fn decode_json_lines() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(rows.len(), 3);
-    assert!(rows.iter().all(|r| r["valid"] == true && r["file"].as_str().unwrap().ends_with("multi.png")));
+    assert!(rows
+        .iter()
+        .all(|r| r["valid"] == true && r["file"].as_str().unwrap().ends_with("multi.png")));
 }
 
 #[test]
@@ -310,7 +365,13 @@ fn decode_no_code_and_invalid_code() {
         "error: no QR code found in {}: expected at least one QR code with its three finder patterns and a light border\n",
         nocode.display()
     )), "{err}");
-    assert!(err.contains(&format!("{}: code 1 of 1:\nerror: invalid code: wrong CheckSum (C) at position 84", bad.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: code 1 of 1:\nerror: invalid code: wrong CheckSum (C) at position 84",
+            bad.display()
+        )),
+        "{err}"
+    );
     // The decoded text is still shown, so the installer sees what was read.
     assert!(stdout(&o).contains(&format!("code 1 of 1: {BAD_CRC}\n")));
 
@@ -344,14 +405,30 @@ fn labels_svg_and_png_from_a_manifest() {
     )
     .unwrap();
     let out = dir.path().join("labels");
-    let o = qr(&["labels", manifest.to_str().unwrap(), "--out", out.to_str().unwrap(), "--format", "png", "--profile-id", "AABB1122"]);
+    let o = qr(&[
+        "labels",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "png",
+        "--profile-id",
+        "AABB1122",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stderr(&o),
-        format!("wrote 2 png labels and {}\n", out.join("index.html").display())
+        format!(
+            "wrote 2 png labels and {}\n",
+            out.join("index.html").display()
+        )
     );
     // The label's code reads back, validated, with the manifest's owner token.
-    let o = qr(&["decode", "--json", out.join("0004A30B001C0530.png").to_str().unwrap()]);
+    let o = qr(&[
+        "decode",
+        "--json",
+        out.join("0004A30B001C0530.png").to_str().unwrap(),
+    ]);
     let v: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["dev_eui"], "0004A30B001C0530");
     assert_eq!(v["join_eui"], "70B3D57ED0000001");
@@ -359,7 +436,12 @@ fn labels_svg_and_png_from_a_manifest() {
     assert_eq!(v["owner_token"], "OWNER1");
     assert_eq!(v["checksum_valid"], true);
 
-    let o = qr(&["labels", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = qr(&[
+        "labels",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     let svg = std::fs::read_to_string(out.join("0004A30B001C0531.svg")).unwrap();
     assert!(svg.contains(">0004A30B001C0531</text>"));
@@ -372,9 +454,18 @@ fn labels_svg_and_png_from_a_manifest() {
 fn labels_errors() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("devices.csv");
-    std::fs::write(&manifest, "dev_eui,join_eui\n0004A30B001C0530,70B3D57ED000000\n").unwrap();
+    std::fs::write(
+        &manifest,
+        "dev_eui,join_eui\n0004A30B001C0530,70B3D57ED000000\n",
+    )
+    .unwrap();
     let out = dir.path().join("labels");
-    let o = qr(&["labels", manifest.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = qr(&[
+        "labels",
+        manifest.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),

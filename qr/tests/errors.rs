@@ -1,6 +1,8 @@
 //! Every error the library can report, with its exact message, kind, field and position.
 
-use qr::{parse, parse_bytes, DevEui, DeviceCode, ExtensionValue, Field, JoinEui, ProfileId, QrError};
+use qr::{
+    parse, parse_bytes, DevEui, DeviceCode, ExtensionValue, Field, JoinEui, ProfileId, QrError,
+};
 
 const BASE: &str = "LW:D0:1122334455667788:AABBCCDDEEFF0011:AABB1122";
 
@@ -21,12 +23,24 @@ fn check(e: &QrError, kind: &str, field: Option<Field>, position: Option<usize>,
 #[test]
 fn not_utf8() {
     let e = parse_bytes(b"LW:D0:\xff").unwrap_err();
-    check(&e, "not_utf8", None, Some(6), "not text: invalid UTF-8 byte at position 6");
+    check(
+        &e,
+        "not_utf8",
+        None,
+        Some(6),
+        "not text: invalid UTF-8 byte at position 6",
+    );
 }
 
 #[test]
 fn empty() {
-    check(&err(""), "empty", None, None, "empty code: expected \"LW:D0:...\", found nothing");
+    check(
+        &err(""),
+        "empty",
+        None,
+        None,
+        "empty code: expected \"LW:D0:...\", found nothing",
+    );
 }
 
 #[test]
@@ -43,7 +57,11 @@ fn bad_preface() {
     assert_eq!(e.kind(), "bad_preface");
     assert!(e.to_string().ends_with("found \"https\""), "{e}");
     let e = err("0123456789012345678901234567890");
-    assert!(e.to_string().ends_with("found \"012345678901234567890123…\""), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("found \"012345678901234567890123…\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -132,8 +150,20 @@ fn bad_length() {
 #[test]
 fn empty_extension() {
     let message = "empty extension at position 49: expected a tag letter and a value, found nothing (doubled or trailing separator)";
-    check(&err(&format!("{BASE}:")), "empty_extension", None, Some(49), message);
-    check(&err(&format!("{BASE}::O12")), "empty_extension", None, Some(49), message);
+    check(
+        &err(&format!("{BASE}:")),
+        "empty_extension",
+        None,
+        Some(49),
+        message,
+    );
+    check(
+        &err(&format!("{BASE}::O12")),
+        "empty_extension",
+        None,
+        Some(49),
+        message,
+    );
 }
 
 #[test]
@@ -280,13 +310,25 @@ fn draft_errors() {
         "bad Proprietary (P) at position 55: expected 0-9 or A-Z, found '#'",
     );
     let e = err("URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF");
-    assert_eq!((e.kind(), e.field()), ("missing_field", Some(Field::ProfileId)));
+    assert_eq!(
+        (e.kind(), e.field()),
+        ("missing_field", Some(Field::ProfileId))
+    );
     let e = err("URN:DEV:LW:42FFFFFFFF_4242FFFFFFFFFFFF_42FFFF42");
-    assert_eq!((e.kind(), e.field(), e.position()), ("bad_length", Some(Field::JoinEui), Some(11)));
+    assert_eq!(
+        (e.kind(), e.field(), e.position()),
+        ("bad_length", Some(Field::JoinEui), Some(11))
+    );
     let e = err("URN:LW:DP:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42AABB");
-    assert_eq!((e.kind(), e.field()), ("bad_length", Some(Field::ProfileId)));
+    assert_eq!(
+        (e.kind(), e.field()),
+        ("bad_length", Some(Field::ProfileId))
+    );
     let e = err("URN:LW:DP:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42:%V1%V2");
-    assert_eq!((e.kind(), e.field()), ("duplicate_tag", Some(Field::ValidationCode)));
+    assert_eq!(
+        (e.kind(), e.field()),
+        ("duplicate_tag", Some(Field::ValidationCode))
+    );
     assert_eq!(
         e.to_string(),
         "repeated validation code (V) at position 57: expected each tag at most once, already at position 54"

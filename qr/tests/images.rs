@@ -84,7 +84,10 @@ fn png_and_svg_output() {
     let m = Matrix::encode(SPEC).unwrap();
     // Version 4 (33 modules) at level M for this 87-character alphanumeric text.
     assert_eq!(m.width(), 33);
-    assert_eq!(img.width(), (33 + 2 * QUIET_ZONE as u32) * render::DEFAULT_MODULE_PX);
+    assert_eq!(
+        img.width(),
+        (33 + 2 * QUIET_ZONE as u32) * render::DEFAULT_MODULE_PX
+    );
     // The quiet zone is light all round.
     let q = QUIET_ZONE as u32 * render::DEFAULT_MODULE_PX;
     for i in 0..img.width() {
@@ -93,14 +96,20 @@ fn png_and_svg_output() {
             assert_eq!(img.get_pixel(j, i)[0], 255);
         }
     }
-    assert_eq!(decode_image(&image::DynamicImage::ImageLuma8(img)).texts, vec![SPEC]);
+    assert_eq!(
+        decode_image(&image::DynamicImage::ImageLuma8(img)).texts,
+        vec![SPEC]
+    );
     // --size picks the largest whole module size that fits.
     let small = image::load_from_memory(&render::png(SPEC, Some(300)).unwrap()).unwrap();
     assert_eq!(small.width(), 41 * 7);
     let svg = render::svg(SPEC, Some(300)).unwrap();
     assert!(svg.contains("width=\"300\" height=\"300\" viewBox=\"0 0 41 41\""));
     assert!(svg.contains(&format!("<title>{SPEC}</title>")));
-    assert!(svg.contains("<path fill=\"#000\" d=\"M4,4h7v1h-7z"), "finder pattern first");
+    assert!(
+        svg.contains("<path fill=\"#000\" d=\"M4,4h7v1h-7z"),
+        "finder pattern first"
+    );
 }
 
 #[test]
@@ -116,8 +125,14 @@ fn ansi_output_draws_two_modules_per_cell() {
 
 #[test]
 fn fixture_plain_png_and_jpeg() {
-    assert_eq!(decode_file(&fixture("plain.png")).unwrap().texts, vec![SPEC]);
-    assert_eq!(decode_file(&fixture("plain.jpg")).unwrap().texts, vec![SPEC]);
+    assert_eq!(
+        decode_file(&fixture("plain.png")).unwrap().texts,
+        vec![SPEC]
+    );
+    assert_eq!(
+        decode_file(&fixture("plain.jpg")).unwrap().texts,
+        vec![SPEC]
+    );
 }
 
 #[test]
@@ -132,7 +147,10 @@ fn fixture_rotated() {
 fn fixture_photo_needs_grayscale_and_scaling() {
     let img = image::open(fixture("photo.jpg")).unwrap();
     assert!(img.color().has_color(), "a colour photo");
-    assert!(img.width() > qr::decode::MAX_SIDE, "larger than the working size");
+    assert!(
+        img.width() > qr::decode::MAX_SIDE,
+        "larger than the working size"
+    );
     let d = decode_file(&fixture("photo.jpg")).unwrap();
     assert_eq!(
         d.texts,
@@ -179,7 +197,10 @@ fn fixture_without_code_is_an_error() {
 fn inverted_code_is_read() {
     let mut img = Matrix::encode(SPEC).unwrap().to_image(4);
     image::imageops::invert(&mut img);
-    assert_eq!(decode_image(&image::DynamicImage::ImageLuma8(img)).texts, vec![SPEC]);
+    assert_eq!(
+        decode_image(&image::DynamicImage::ImageLuma8(img)).texts,
+        vec![SPEC]
+    );
 }
 
 #[test]
@@ -189,7 +210,8 @@ fn decode_error_read() {
     let e = decode_file(&missing).unwrap_err();
     assert_eq!(e.kind(), "read");
     assert!(
-        e.to_string().starts_with(&format!("cannot read {}: ", missing.display())),
+        e.to_string()
+            .starts_with(&format!("cannot read {}: ", missing.display())),
         "{e}"
     );
 }
@@ -202,7 +224,10 @@ fn decode_error_image() {
     let e = decode_file(&path).unwrap_err();
     assert_eq!(e.kind(), "image");
     let msg = e.to_string();
-    assert!(msg.starts_with(&format!("cannot decode image {}: ", path.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("cannot decode image {}: ", path.display())),
+        "{msg}"
+    );
     assert!(msg.ends_with("(expected a PNG or JPEG file)"), "{msg}");
 }
 
@@ -216,7 +241,11 @@ fn decode_error_unreadable() {
     let q = QUIET_ZONE as u32 * px;
     for y in 10 * px..24 * px {
         for x in 10 * px..30 * px {
-            img.put_pixel(q + x, q + y, Luma([if (x / px + y / px) % 2 == 0 { 0 } else { 255 }]));
+            img.put_pixel(
+                q + x,
+                q + y,
+                Luma([if (x / px + y / px) % 2 == 0 { 0 } else { 255 }]),
+            );
         }
     }
     let dir = tempfile::tempdir().unwrap();

@@ -63,7 +63,10 @@ fn png_label_decodes_to_the_code_and_shows_the_dev_eui() {
         .flat_map(|y| (0..img.width()).map(move |x| (x, y)))
         .filter(|&(x, y)| img.get_pixel(x, y)[0] == 0)
         .count();
-    assert!(below > 100, "DevEUI text under the code ({below} dark pixels)");
+    assert!(
+        below > 100,
+        "DevEUI text under the code ({below} dark pixels)"
+    );
 }
 
 #[test]
@@ -94,7 +97,12 @@ fn writes_labels_and_an_a4_index() {
         }
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), devices.len() + 1);
     }
-    assert_eq!(index_html(&devices, LabelFormat::Svg).matches("<figure").count(), 3);
+    assert_eq!(
+        index_html(&devices, LabelFormat::Svg)
+            .matches("<figure")
+            .count(),
+        3
+    );
 }
 
 fn label_err(text: &str) -> LabelError {
@@ -123,7 +131,9 @@ fn error_missing_column() {
 
 #[test]
 fn error_field_count() {
-    let e = label_err(&manifest(&["0000000000000001,0000000000000002,1.0.3,a,b,c,d,e"]));
+    let e = label_err(&manifest(&[
+        "0000000000000001,0000000000000002,1.0.3,a,b,c,d,e",
+    ]));
     assert_eq!(e.kind(), "field_count");
     assert_eq!(
         e.to_string(),
@@ -186,7 +196,11 @@ fn error_render() {
     let dir = tempfile::tempdir().unwrap();
     let e = write_labels(&d, ProfileId::NONE, LabelFormat::Svg, dir.path(), 1).unwrap_err();
     assert_eq!(e.kind(), "render");
-    assert!(e.to_string().starts_with("DevEUI 0000000000000001: cannot encode 4"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("DevEUI 0000000000000001: cannot encode 4"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -198,7 +212,8 @@ fn error_io() {
     let e = write_labels(&d, ProfileId::NONE, LabelFormat::Svg, &file, 1).unwrap_err();
     assert_eq!(e.kind(), "io");
     assert!(
-        e.to_string().starts_with(&format!("cannot create {}: ", file.display())),
+        e.to_string()
+            .starts_with(&format!("cannot create {}: ", file.display())),
         "{e}"
     );
     // A label that cannot be written (its name is taken by a directory).

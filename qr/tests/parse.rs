@@ -81,10 +81,9 @@ fn values_may_hold_any_printable_ascii_but_colon() {
 
 #[test]
 fn draft2_is_converted() {
-    let p = parse(
-        "URN:LW:DP:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42:%V0102%SSERIAL%PPROPRIETARY",
-    )
-    .unwrap();
+    let p =
+        parse("URN:LW:DP:42FFFFFFFFFFFFFF:4242FFFFFFFFFFFF:42FFFF42:%V0102%SSERIAL%PPROPRIETARY")
+            .unwrap();
     assert_eq!(p.schema, Schema::Draft2);
     assert_eq!(p.checksum, None);
     assert_eq!(p.code.profile_id, ProfileId::new(0x42FF, 0xFF42));
@@ -107,8 +106,9 @@ fn draft2_is_converted() {
 
 #[test]
 fn draft3_is_converted() {
-    let p = parse("URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF_42FFFF42_V0102_SSERIAL_PPROPRIETARY")
-        .unwrap();
+    let p =
+        parse("URN:DEV:LW:42FFFFFFFFFFFFFF_4242FFFFFFFFFFFF_42FFFF42_V0102_SSERIAL_PPROPRIETARY")
+            .unwrap();
     assert_eq!(p.schema, Schema::Draft3);
     assert_eq!(
         p.code.encode(ChecksumMode::Omit),

@@ -20,9 +20,7 @@ fn expected_rejection(id: &str) -> Option<(&'static str, Option<Field>, usize)> 
         "qr-tr005-spec-example-bad-crc" => ("checksum_mismatch", Some(Field::CheckSum), 84),
         // TTS accepts this one; we reject it (docs/qr.md, "Where we differ from TTS"): the
         // CheckSum must be the last extension (and be 4 hex digits).
-        "qr-tts-extensions-nonnumeric-checksum" => {
-            ("checksum_not_last", Some(Field::CheckSum), 49)
-        }
+        "qr-tts-extensions-nonnumeric-checksum" => ("checksum_not_last", Some(Field::CheckSum), 49),
         "qr-tts-invalid-parts" => ("missing_field", Some(Field::ProfileId), 39),
         "qr-tts-invalid-eui" => ("bad_length", Some(Field::JoinEui), 6),
         "qr-tts-invalid-prodid" => ("bad_length", Some(Field::ProfileId), 40),
@@ -57,8 +55,16 @@ fn opt_str(v: &Value) -> Option<&str> {
 
 fn check_expected(id: &str, p: &Parsed, e: &Value) {
     let c = &p.code;
-    assert_eq!(c.join_eui.to_string(), e["join_eui"].as_str().unwrap(), "{id}");
-    assert_eq!(c.dev_eui.to_string(), e["dev_eui"].as_str().unwrap(), "{id}");
+    assert_eq!(
+        c.join_eui.to_string(),
+        e["join_eui"].as_str().unwrap(),
+        "{id}"
+    );
+    assert_eq!(
+        c.dev_eui.to_string(),
+        e["dev_eui"].as_str().unwrap(),
+        "{id}"
+    );
     assert_eq!(
         format!("{:04X}", c.profile_id.vendor_id),
         e["vendor_id"].as_str().unwrap(),
@@ -119,10 +125,7 @@ fn every_vector() {
         let result = parse_vector(vector);
         if vector["valid"].as_bool().expect("valid flag") {
             let p = result.unwrap_or_else(|e| panic!("{id}: rejected valid code: {e}"));
-            assert!(
-                expected_rejection(id).is_none(),
-                "{id}: listed as rejected"
-            );
+            assert!(expected_rejection(id).is_none(), "{id}: listed as rejected");
             if !vector["expected"].is_null() {
                 check_expected(id, &p, &vector["expected"]);
             }
