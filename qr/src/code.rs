@@ -374,12 +374,7 @@ fn parse_hex(field: Field, text: &str, pos: usize, digits: usize) -> Result<u64,
         }
     }
     if text.len() != digits {
-        return Err(QrError::HexLength {
-            field,
-            position: pos,
-            expected: digits,
-            found: shorten(text),
-        });
+        return Err(QrError::hex_length(field, pos, digits, text));
     }
     Ok(value)
 }

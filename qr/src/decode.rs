@@ -1,8 +1,8 @@
 //! Finding and reading QR codes in images (PNG, JPEG) with `rqrr`.
 //!
 //! Photos are handled by converting to grayscale, bringing large images down to a size the
-//! detector handles well, and retrying at other scales and inverted (light on dark) when a
-//! pass reads nothing. The detector itself follows the finder patterns, so rotated and
+//! detector handles well, and retrying at other scales, inverted (light on dark) and at full
+//! resolution when a pass reads nothing or leaves a symbol unread. The detector itself follows the finder patterns, so rotated and
 //! slightly skewed codes read as they are. Several codes in one image are all returned.
 
 use std::path::Path;
@@ -96,11 +96,14 @@ pub fn decode_once(gray: &GrayImage) -> Decoded {
 /// Finds and reads every QR code in `img`, retrying at other scales and inverted when a pass
 /// leaves symbols unread or finds none.
 pub fn decode_image(img: &DynamicImage) -> Decoded {
-    let mut gray = img.to_luma8();
-    let longest = gray.width().max(gray.height());
-    if longest > MAX_SIDE {
-        gray = scale(&gray, MAX_SIDE as f32 / longest as f32);
-    }
+    let full = img.to_luma8();
+    let longest = full.width().max(full.height());
+    let downscaled = longest > MAX_SIDE;
+    let gray = if downscaled {
+        scale(&full, MAX_SIDE as f32 / longest as f32)
+    } else {
+        full.clone()
+    };
     let longest = gray.width().max(gray.height());
     let mut passes = vec![Pass::AsIs];
     if longest >= 200 {
@@ -110,11 +113,16 @@ pub fn decode_image(img: &DynamicImage) -> Decoded {
         passes.push(Pass::Scale(2.0));
     }
     passes.push(Pass::Invert);
+    if downscaled {
+        // A small code in a large photo may only be readable at full resolution.
+        passes.push(Pass::Full);
+    }
     let mut best = Decoded::default();
     for pass in passes {
         let result = match pass {
             Pass::AsIs => decode_once(&gray),
             Pass::Scale(f) => decode_once(&scale(&gray, f)),
+            Pass::Full => decode_once(&full),
             Pass::Invert => {
                 let mut inv = gray.clone();
                 imageops::invert(&mut inv);
@@ -150,6 +158,7 @@ enum Pass {
     AsIs,
     Scale(f32),
     Invert,
+    Full,
 }
 
 fn scale(g: &GrayImage, factor: f32) -> GrayImage {

@@ -114,7 +114,7 @@ pub enum QrError {
         found: char,
     },
     /// A hex field has the wrong number of digits.
-    #[error("bad {field} at position {position}: expected {expected} hex digits, found {} ({found:?})", found.chars().count())]
+    #[error("bad {field} at position {position}: expected {expected} hex digits, found {length} ({found:?})")]
     HexLength {
         /// The field.
         field: Field,
@@ -122,7 +122,9 @@ pub enum QrError {
         position: usize,
         /// Number of hex digits required.
         expected: usize,
-        /// The field's text.
+        /// Number of characters found.
+        length: usize,
+        /// The field's text, shortened to 24 characters.
         found: String,
     },
     /// Two separators follow each other, or the text ends with one.
@@ -202,6 +204,17 @@ pub enum QrError {
 }
 
 impl QrError {
+    /// A [`QrError::HexLength`] for the field text `text`.
+    pub(crate) fn hex_length(field: Field, position: usize, expected: usize, text: &str) -> Self {
+        QrError::HexLength {
+            field,
+            position,
+            expected,
+            length: text.chars().count(),
+            found: shorten(text),
+        }
+    }
+
     /// A short, stable identifier of the error kind, for metrics, JSON output and tests.
     pub fn kind(&self) -> &'static str {
         match self {

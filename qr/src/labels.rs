@@ -178,12 +178,7 @@ fn hex_field<T>(
         }
     }
     if text.len() != 16 {
-        return Err(err(QrError::HexLength {
-            field,
-            position: 0,
-            expected: 16,
-            found: text.to_owned(),
-        }));
+        return Err(err(QrError::hex_length(field, 0, 16, text)));
     }
     Ok(make(v))
 }

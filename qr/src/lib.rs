@@ -11,6 +11,18 @@
 //! * [`render`] draws a code (PNG, SVG, terminal), [`decode`] finds and reads codes in images,
 //!   [`labels`] prints one label per device of a join-server manifest.
 //!
+//! ```
+//! let text = "LW:D0:1122334455667788:AABBCCDDEEFF0011:AABB1122:OAABBCCDDEEFF:SYYWWNNNNNN:PFOOBAR:CAF2C";
+//! let parsed = qr::parse(text).unwrap();
+//! assert_eq!(parsed.code.dev_eui.to_string(), "AABBCCDDEEFF0011");
+//! assert_eq!(parsed.code.profile_id.vendor_id, 0xAABB);
+//! assert_eq!(parsed.checksum_valid(), Some(true));
+//! assert_eq!(parsed.code.to_string(), text); // canonical form, CheckSum recomputed
+//!
+//! let misread = text.replace("AABBCCDDEEFF0011", "AABBCCDDEEFF0017");
+//! assert_eq!(qr::parse(&misread).unwrap_err().kind(), "checksum_mismatch");
+//! ```
+//!
 //! The format, the strictness decisions and the CLI are described in `docs/qr.md`.
 #![warn(missing_docs)]
 

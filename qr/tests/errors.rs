@@ -145,6 +145,14 @@ fn bad_length() {
         Some(6),
         "bad JoinEUI at position 6: expected 16 hex digits, found 0 (\"\")",
     );
+    // A long field is counted in full and quoted shortened.
+    check(
+        &err("LW:D0:112233445566778899AABBCCDDEEFF:AABBCCDDEEFF0011:AABB1122"),
+        "bad_length",
+        Some(Field::JoinEui),
+        Some(6),
+        "bad JoinEUI at position 6: expected 16 hex digits, found 30 (\"112233445566778899AABBCC…\")",
+    );
 }
 
 #[test]

@@ -283,3 +283,14 @@ fn render_error_png() {
     assert!(matches!(e, RenderError::Png(_)));
     assert!(e.to_string().starts_with("cannot write PNG: "), "{e}");
 }
+
+#[test]
+fn small_code_in_a_large_image_is_read_at_full_resolution() {
+    // 2 px per module in a 3000 px image: scaled down to 1600 px it is about 1 px per module,
+    // too small; the full-resolution retry reads it.
+    let code = Matrix::encode(SPEC).unwrap().to_image(2);
+    let mut big = GrayImage::from_pixel(3000, 2000, Luma([255]));
+    image::imageops::overlay(&mut big, &code, 2100, 1300);
+    let d = decode_image(&image::DynamicImage::ImageLuma8(big));
+    assert_eq!(d.texts, vec![SPEC]);
+}
