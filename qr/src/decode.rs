@@ -3,7 +3,9 @@
 //! Photos are handled by converting to grayscale, bringing large images down to a size the
 //! detector handles well, and retrying at other scales, inverted (light on dark) and at full
 //! resolution when a pass reads nothing or leaves a symbol unread. The detector itself follows the finder patterns, so rotated and
-//! slightly skewed codes read as they are. Several codes in one image are all returned.
+//! slightly skewed codes read as they are. Several codes in one image are all returned: each
+//! code read is erased and the image searched again, so codes side by side on a label sheet
+//! do not hide each other.
 
 use std::path::Path;
 
@@ -73,24 +75,91 @@ pub struct Decoded {
     pub first_failure: Option<String>,
 }
 
-/// One detection pass over a prepared grayscale image.
+/// At most this many detection rounds in one pass (each round erases what it read).
+const MAX_ROUNDS: usize = 24;
+
+/// One detection pass over a grayscale image.
+///
+/// The detector groups finder patterns three by three; when codes stand side by side (a sheet
+/// of labels) it can group patterns of neighbouring codes and miss them. So every code read
+/// is erased (painted white) and the image searched again, until a round reads nothing new.
 pub fn decode_once(gray: &GrayImage) -> Decoded {
-    let mut prepared = rqrr::PreparedImage::prepare(gray.clone());
+    let mut work: Option<GrayImage> = None;
     let mut out = Decoded::default();
-    for grid in prepared.detect_grids() {
-        match grid.decode() {
-            Ok((_, text)) => {
-                if !out.texts.contains(&text) {
-                    out.texts.push(text);
+    for _ in 0..MAX_ROUNDS {
+        let image = work.as_ref().unwrap_or(gray);
+        let mut prepared = rqrr::PreparedImage::prepare(image.clone());
+        let mut read = Vec::new();
+        let mut unreadable = 0;
+        let mut failure = None;
+        for grid in prepared.detect_grids() {
+            match grid.decode() {
+                Ok((_, text)) => read.push((text, grid.bounds)),
+                Err(e) => {
+                    unreadable += 1;
+                    failure.get_or_insert_with(|| format!("{e:?}"));
                 }
             }
-            Err(e) => {
-                out.unreadable += 1;
-                out.first_failure.get_or_insert_with(|| format!("{e:?}"));
+        }
+        out.unreadable = unreadable;
+        out.first_failure = failure;
+        let mut new = false;
+        let canvas = work.get_or_insert_with(|| gray.clone());
+        for (text, bounds) in read {
+            erase(canvas, &bounds);
+            if !out.texts.contains(&text) {
+                out.texts.push(text);
+                new = true;
             }
+        }
+        if !new {
+            break;
         }
     }
     out
+}
+
+/// Paints white the quadrilateral `q` (corners in order), grown by a tenth around its centre
+/// to take the quiet zone's edge along.
+fn erase(img: &mut GrayImage, q: &[rqrr::Point; 4]) {
+    let cx = q.iter().map(|p| p.x as f64).sum::<f64>() / 4.0;
+    let cy = q.iter().map(|p| p.y as f64).sum::<f64>() / 4.0;
+    let grown: Vec<(f64, f64)> = q
+        .iter()
+        .map(|p| (cx + (p.x as f64 - cx) * 1.1, cy + (p.y as f64 - cy) * 1.1))
+        .collect();
+    let clamp = |v: f64, max: u32| v.clamp(0.0, max.saturating_sub(1) as f64) as u32;
+    let x0 = clamp(
+        grown.iter().map(|p| p.0).fold(f64::MAX, f64::min),
+        img.width(),
+    );
+    let x1 = clamp(
+        grown.iter().map(|p| p.0).fold(f64::MIN, f64::max),
+        img.width(),
+    );
+    let y0 = clamp(
+        grown.iter().map(|p| p.1).fold(f64::MAX, f64::min),
+        img.height(),
+    );
+    let y1 = clamp(
+        grown.iter().map(|p| p.1).fold(f64::MIN, f64::max),
+        img.height(),
+    );
+    // Inside a convex polygon: on the same side of every edge.
+    let side = |i: usize, x: f64, y: f64| {
+        let (ax, ay) = grown[i];
+        let (bx, by) = grown[(i + 1) % 4];
+        (bx - ax) * (y - ay) - (by - ay) * (x - ax)
+    };
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            let (fx, fy) = (x as f64 + 0.5, y as f64 + 0.5);
+            let s: Vec<f64> = (0..4).map(|i| side(i, fx, fy)).collect();
+            if s.iter().all(|v| *v >= 0.0) || s.iter().all(|v| *v <= 0.0) {
+                img.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+    }
 }
 
 /// Finds and reads every QR code in `img`, retrying at other scales and inverted when a pass

@@ -294,3 +294,33 @@ fn small_code_in_a_large_image_is_read_at_full_resolution() {
     let d = decode_image(&image::DynamicImage::ImageLuma8(big));
     assert_eq!(d.texts, vec![SPEC]);
 }
+
+#[test]
+fn a_sheet_of_sixteen_labels_is_read_whole() {
+    // Codes in a regular grid, as on a printed label sheet: their finder patterns line up
+    // with their neighbours', which is where a single detection pass loses most of them.
+    let mut sheet = GrayImage::from_pixel(4 * 200, 4 * 200, Luma([255]));
+    let mut expected = Vec::new();
+    for k in 0..16u64 {
+        let code = DeviceCode::new(
+            JoinEui::new(0x70B3D57ED0000001),
+            DevEui::new(0x0004A30B00000000 + k),
+            ProfileId::NONE,
+        );
+        let img = Matrix::encode(&code.to_string()).unwrap().to_image(4);
+        image::imageops::overlay(
+            &mut sheet,
+            &img,
+            (k % 4) as i64 * 200 + 10,
+            (k / 4) as i64 * 200 + 10,
+        );
+        expected.push(code.to_string());
+    }
+    expected.sort();
+    let mut texts = decode_once(&sheet).texts;
+    texts.sort();
+    assert_eq!(texts, expected);
+    let mut texts = decode_image(&image::DynamicImage::ImageLuma8(sheet)).texts;
+    texts.sort();
+    assert_eq!(texts, expected);
+}
