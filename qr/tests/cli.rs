@@ -474,3 +474,20 @@ fn labels_errors() {
     let o = qr(&["labels", "/nonexistent.csv", "--out", out.to_str().unwrap()]);
     assert!(stderr(&o).starts_with("error: cannot read manifest /nonexistent.csv: "));
 }
+
+#[test]
+fn render_refuses_png_on_a_terminal() {
+    // util-linux `script` gives the command a pseudo-terminal as standard output.
+    let cmd = format!("{} render {SPEC} --format png", env!("CARGO_BIN_EXE_qr"));
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("script (util-linux) runs");
+    assert_eq!(o.status.code(), Some(1));
+    let shown = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(
+        shown,
+        "error: refusing to write PNG to a terminal: use --out FILE or redirect standard output\n"
+    );
+}

@@ -119,8 +119,40 @@ fn ansi_output_draws_two_modules_per_cell() {
     assert_eq!(lines.len(), 41_usize.div_ceil(2));
     assert!(lines.iter().all(|l| l.ends_with("\x1b[0m")));
     assert_eq!(lines[0].matches('▀').count(), 41);
-    // Row 4-5 holds the top of the finder pattern: black upper halves exist.
-    assert!(lines[2].contains("\x1b[30;"));
+    // Read the drawing back: each cell is "ESC[<fg>;<bg>m▀", fg = upper module, bg = lower.
+    let m = Matrix::encode(SPEC).unwrap();
+    let n = m.width_with_quiet_zone();
+    let dark = |x: usize, y: usize| {
+        x >= QUIET_ZONE && y >= QUIET_ZONE && m.is_dark(x - QUIET_ZONE, y - QUIET_ZONE)
+    };
+    for (row, line) in lines.iter().enumerate() {
+        let cells: Vec<&str> = line
+            .trim_end_matches("\x1b[0m")
+            .split('▀')
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(cells.len(), n);
+        for (x, cell) in cells.iter().enumerate() {
+            let codes = cell.trim_start_matches("\x1b[").trim_end_matches('m');
+            let (fg, bg) = codes.split_once(';').unwrap();
+            assert_eq!(
+                fg == "30",
+                dark(x, 2 * row),
+                "upper module ({x}, {})",
+                2 * row
+            );
+            assert_eq!(
+                bg == "40",
+                dark(x, 2 * row + 1),
+                "lower module ({x}, {})",
+                2 * row + 1
+            );
+            assert!(
+                matches!(fg, "30" | "97") && matches!(bg, "40" | "107"),
+                "{cell:?}"
+            );
+        }
+    }
 }
 
 #[test]
