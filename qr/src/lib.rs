@@ -26,6 +26,7 @@
 //! The format, the strictness decisions and the CLI are described in `docs/qr.md`.
 #![warn(missing_docs)]
 
+pub mod claim;
 mod code;
 pub mod decode;
 mod error;

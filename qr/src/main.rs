@@ -96,6 +96,21 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Claim a device on a join server from its code: decode (image) or take the text, validate,
+    /// claim for a home NetID, and print what happened.
+    Claim {
+        /// A PNG/JPEG image of the code, or the code's text.
+        input: String,
+        /// The join server's management API, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        join_server: String,
+        /// File holding the owner's API key (from `joinserver api-keys create --role owner`).
+        #[arg(long)]
+        api_key_file: PathBuf,
+        /// The home network's NetID (6 hex digits): only its network server may activate the device.
+        #[arg(long)]
+        home_net_id: protocol::ids::NetId,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -190,6 +205,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Decode { images, json } => Ok(decode_cmd(&images, json)),
+        Command::Claim {
+            input,
+            join_server,
+            api_key_file,
+            home_net_id,
+        } => Ok(claim_cmd(&input, &join_server, &api_key_file, home_net_id)),
         Command::Labels {
             manifest,
             out,
@@ -411,5 +432,34 @@ fn decode_cmd(images: &[PathBuf], json: bool) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `qr claim`: each failure names its step and reason; exit status 1.
+fn claim_cmd(
+    input: &str,
+    join_server: &str,
+    api_key_file: &std::path::Path,
+    home: protocol::ids::NetId,
+) -> ExitCode {
+    use qr::claim::{self, ClaimError};
+    let result = claim::read_api_key(api_key_file)
+        .and_then(|key| claim::claim(input, join_server, &key, home));
+    match result {
+        Ok(c) => {
+            println!(
+                "claimed {} (JoinEUI {}, from {}) for owner {:?}, home NetID {}",
+                c.dev_eui, c.join_eui, c.source, c.owner, c.home_net_id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let step = match &e {
+                ClaimError::ApiKeyFile { .. } => "reading the API key",
+                _ => e.step().describe(),
+            };
+            eprintln!("qr claim: {step} failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
