@@ -2,11 +2,11 @@
 //! JS↔NS link), the `qr` binary for labels and claims, and network servers of two NetIDs played
 //! by a link client built on `protocol::link` (the netserver binary is not in this branch).
 //!
-//! 1. A manufacturer imports a signed manifest. 2. `qr labels` prints codes for the devices.
-//! 3. `qr claim` on one label claims a device for owner A with home NetID X. 4. The device joins
-//! through X. 5. Through Y it is refused. 6. A releases it; B claims it with the new token and it
-//! joins through B's network Y. 7. A can no longer see it. Also: each `qr claim` failure names
-//! its step and reason.
+//! The steps: a manufacturer imports a signed manifest; `qr labels` prints codes for the
+//! devices; `qr claim` on one label claims a device for owner A with home NetID X; the device
+//! joins through X, and through Y it is refused; A releases it, B claims it with the new token and
+//! it joins through B's network Y; A can no longer see it. Also: each `qr claim` failure names its
+//! step and reason.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
