@@ -34,6 +34,9 @@ use protocol::link::{self, Header, MessageType, PeerId};
 
 const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 const NET_ID: u32 = 0x13;
+/// A prime larger than any device count used, so `i * PERMUTE mod n` permutes `0..n` when
+/// `n` is not a multiple of it.
+const PERMUTE: u64 = 1_000_003;
 
 struct Args {
     devices: u64,
@@ -42,6 +45,7 @@ struct Args {
     raw_seconds: u64,
     data_dir: Option<std::path::PathBuf>,
     synchronous: joinserver::config::Synchronous,
+    random_order: bool,
 }
 
 fn parse_args() -> Args {
@@ -52,9 +56,14 @@ fn parse_args() -> Args {
         raw_seconds: 5,
         data_dir: None,
         synchronous: joinserver::config::Synchronous::Full,
+        random_order: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--random-order" {
+            a.random_order = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--devices" => a.devices = v.parse().expect("--devices N"),
@@ -108,6 +117,7 @@ fn provision(dir: &std::path::Path, n: u64) -> Secrets {
 
 /// Builds the datagram of join number `seq`: device `seq % n + 1`, DevNonce `seq / n + 1`.
 struct Gen {
+    random_order: bool,
     key: LinkKey,
     n: u64,
     ciphers: Vec<KeyCipher<AppKey>>,
@@ -116,7 +126,13 @@ struct Gen {
 
 impl Gen {
     fn datagram(&mut self, seq: u64) -> &[u8] {
-        let i = seq % self.n;
+        // Sequential device order, or a fixed pseudo-random permutation of the devices in every
+        // round (so each device still joins once per round, with DevNonce = round + 1).
+        let i = if self.random_order {
+            (seq % self.n).wrapping_mul(PERMUTE) % self.n
+        } else {
+            seq % self.n
+        };
         let dn = (seq / self.n + 1) as u16;
         let dev = i + 1;
         let jr = JoinRequest::build(
@@ -312,6 +328,7 @@ fn main() {
         (lat, ok, failed)
     });
     let mut g = Gen {
+        random_order: args.random_order,
         key: s.link.clone(),
         n: args.devices,
         ciphers,
