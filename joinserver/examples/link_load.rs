@@ -34,6 +34,9 @@ use protocol::link::{self, Header, MessageType, PeerId};
 
 const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 const NET_ID: u32 = 0x13;
+/// A prime larger than any device count used, so `i * PERMUTE mod n` permutes `0..n` when
+/// `n` is not a multiple of it.
+const PERMUTE: u64 = 1_000_003;
 
 struct Args {
     devices: u64,
@@ -41,6 +44,8 @@ struct Args {
     seconds: u64,
     raw_seconds: u64,
     data_dir: Option<std::path::PathBuf>,
+    synchronous: joinserver::config::Synchronous,
+    random_order: bool,
 }
 
 fn parse_args() -> Args {
@@ -50,9 +55,15 @@ fn parse_args() -> Args {
         seconds: 60,
         raw_seconds: 5,
         data_dir: None,
+        synchronous: joinserver::config::Synchronous::Full,
+        random_order: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--random-order" {
+            a.random_order = true;
+            continue;
+        }
         let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
         match k.as_str() {
             "--devices" => a.devices = v.parse().expect("--devices N"),
@@ -60,6 +71,13 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = v.parse().expect("--seconds N"),
             "--raw-seconds" => a.raw_seconds = v.parse().expect("--raw-seconds N"),
             "--data-dir" => a.data_dir = Some(v.into()),
+            "--synchronous" => {
+                a.synchronous = match v.as_str() {
+                    "full" => joinserver::config::Synchronous::Full,
+                    "normal" => joinserver::config::Synchronous::Normal,
+                    _ => panic!("--synchronous full|normal"),
+                }
+            }
             _ => panic!("unknown argument {k}"),
         }
     }
@@ -99,6 +117,7 @@ fn provision(dir: &std::path::Path, n: u64) -> Secrets {
 
 /// Builds the datagram of join number `seq`: device `seq % n + 1`, DevNonce `seq / n + 1`.
 struct Gen {
+    random_order: bool,
     key: LinkKey,
     n: u64,
     ciphers: Vec<KeyCipher<AppKey>>,
@@ -107,7 +126,13 @@ struct Gen {
 
 impl Gen {
     fn datagram(&mut self, seq: u64) -> &[u8] {
-        let i = seq % self.n;
+        // Sequential device order, or a fixed pseudo-random permutation of the devices in every
+        // round (so each device still joins once per round, with DevNonce = round + 1).
+        let i = if self.random_order {
+            (seq % self.n).wrapping_mul(PERMUTE) % self.n
+        } else {
+            seq % self.n
+        };
         let dn = (seq / self.n + 1) as u16;
         let dev = i + 1;
         let jr = JoinRequest::build(
@@ -135,6 +160,29 @@ impl Gen {
         .unwrap();
         &self.buf
     }
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) of this process's threads named `js-*`:
+/// the join server's own threads.
+fn server_cpu_ticks() -> u64 {
+    let mut total = 0;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for t in dir.flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("js-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" that ends the command name: utime and stime are 14 and 15.
+        if let Some(rest) = stat.rsplit(')').next() {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    total
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -225,6 +273,7 @@ fn main() {
     let mut config = Config::default();
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = String::new();
+    config.store.synchronous = args.synchronous;
     let server = Server::start(&dir, &config).unwrap();
     let addr = server.link_addr();
     let ciphers: Vec<KeyCipher<AppKey>> = (1..=args.devices)
@@ -279,12 +328,14 @@ fn main() {
         (lat, ok, failed)
     });
     let mut g = Gen {
+        random_order: args.random_order,
         key: s.link.clone(),
         n: args.devices,
         ciphers,
         buf: Vec::new(),
     };
     let batch = joinserver::mmsg::BatchSender::new(64);
+    let cpu_before = server_cpu_ticks();
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < total {
@@ -304,6 +355,7 @@ fn main() {
     let send_secs = start.elapsed().as_secs_f64();
     let (mut lat, ok, failed) = receiver.join().unwrap();
     let recv_secs = start.elapsed().as_secs_f64();
+    let cpu_secs = (server_cpu_ticks() - cpu_before) as f64 / 100.0;
     lat.sort_unstable();
     println!(
         "joins open loop: offered {} joins/s for {:.1} s; {ok} successes, {failed} other answers, {} unanswered; achieved {:.0} joins/s",
@@ -319,6 +371,12 @@ fn main() {
         percentile(&lat, 0.99),
         percentile(&lat, 0.999),
         percentile(&lat, 1.0)
+    );
+
+    println!(
+        "  join server CPU (its link and writer threads, user+system): {cpu_secs:.1} s = {:.1} µs per join = {:.0} joins per CPU-second",
+        cpu_secs * 1e6 / ok.max(1) as f64,
+        ok as f64 / cpu_secs.max(0.01)
     );
 
     // Phase 3: closed loop, the ceiling. DevNonces continue after phase 2.

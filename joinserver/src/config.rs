@@ -77,6 +77,20 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Pending answers allowed to wait for the writer before the link stops reading.
     pub queue_depth: usize,
+    /// When a nonce commit counts as done: `full` (default) waits for the disk (fsync of the
+    /// WAL), so an answered join survives power loss; `normal` waits only for the OS, so it
+    /// survives a crash or kill of the join server but not of the machine.
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting for the nonce commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every (group) commit: survives power loss.
+    Full,
+    /// No fsync on commit in WAL mode: survives a process crash, not an OS crash or power loss.
+    Normal,
 }
 
 /// Observability endpoints.
@@ -115,6 +129,7 @@ impl Default for StoreConfig {
         Self {
             max_batch: 4096,
             queue_depth: 65_536,
+            synchronous: Synchronous::Full,
         }
     }
 }
@@ -161,6 +176,9 @@ session_lifetime_s = 0
 max_batch = 4096
 # Answers allowed to wait for the writer before the link stops reading datagrams.
 queue_depth = 65536
+# When a commit is done: "full" fsyncs the WAL (an answered join survives power loss);
+# "normal" does not (it survives a crash or SIGKILL of the join server, not of the machine).
+synchronous = "full"
 
 [metrics]
 # TCP address for /metrics (Prometheus) and /health; "" disables (overridden by --metrics).

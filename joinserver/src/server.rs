@@ -141,6 +141,10 @@ impl Server {
         store.check_master(&atrest::check_value(&secrets.master))?;
         // Checkpoints run on the reload thread's connection, off the commit path.
         store.disable_autocheckpoint()?;
+        store.set_synchronous(config.store.synchronous)?;
+        if config.store.synchronous != crate::config::Synchronous::Full {
+            tracing::warn!("store.synchronous = \"normal\": answered joins survive a crash of the join server but not a power loss");
+        }
         let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
         let n = load_devices(&mut store, &secrets.master, &devices)?;
         let metrics = Metrics::new();

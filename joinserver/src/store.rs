@@ -196,6 +196,16 @@ impl SqliteStore {
         })
     }
 
+    /// Sets SQLite's `synchronous` for this connection (`FULL` by default).
+    pub fn set_synchronous(&self, s: crate::config::Synchronous) -> Result<(), StoreError> {
+        let v = match s {
+            crate::config::Synchronous::Full => "FULL",
+            crate::config::Synchronous::Normal => "NORMAL",
+        };
+        self.conn.pragma_update(None, "synchronous", v)?;
+        Ok(())
+    }
+
     /// Turns SQLite's automatic WAL checkpoints off for this connection, so commits on it never
     /// pay for a checkpoint. Whoever does this must call [`Self::checkpoint`] regularly (the
     /// server does so from another thread and connection).
