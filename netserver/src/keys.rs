@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use protocol::keys::{FNwkSIntKey, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use protocol::keys::{FNwkSIntKey, Kek, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use serde::Deserialize;
 
 /// The network session keys of a live session, in clear (memory only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,54 @@ pub fn read_secret<T, E: std::fmt::Display>(
     })
 }
 
+/// A key-encryption key and the `KEKLabel` that names it in TS002 KeyEnvelopes.
+pub struct LabeledKek {
+    /// The label.
+    pub label: String,
+    /// The key.
+    pub key: Kek,
+}
+
+impl std::fmt::Debug for LabeledKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabeledKek")
+            .field("label", &self.label)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KekFile {
+    label: String,
+    key: String,
+}
+
+/// Reads a KEK file as `joinserver init` writes `ns.kek` and `as.kek`: TOML with
+/// `label = "…"` (the KEKLabel) and `key = "<32 hex digits>"`.
+pub fn read_labeled_kek(path: &Path) -> Result<LabeledKek, SecretFileError> {
+    read_secret(path, |text| {
+        let f: KekFile = toml::from_str(text).map_err(|e| {
+            format!(
+                "expected `label = \"…\"` and `key = \"<32 hex>\"`: {}",
+                e.message()
+            )
+        })?;
+        if f.label.trim().is_empty() {
+            return Err("the label is empty".to_owned());
+        }
+        let key_text = zeroize::Zeroizing::new(f.key);
+        let key: Kek = key_text
+            .parse()
+            .map_err(|e: protocol::keys::KeyParseError| e.to_string())?;
+        Ok(LabeledKek {
+            label: f.label,
+            key,
+        })
+    })
+}
+
 #[cfg(unix)]
 fn check_permissions(path: &Path) -> Result<(), SecretFileError> {
     use std::os::unix::fs::PermissionsExt;
@@ -100,6 +149,16 @@ mod tests {
     use super::*;
     use protocol::keys::Kek;
 
+    fn write600(p: &Path, text: &str) -> std::io::Result<()> {
+        std::fs::write(p, text)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+
     #[test]
     fn reads_hex_key_files_and_checks_modes() {
         let dir = tempfile::tempdir().unwrap();
@@ -121,5 +180,35 @@ mod tests {
         assert!(e.contains("ns.kek") && !e.contains("0a0b"), "{e}");
         let e = read_secret(&dir.path().join("missing"), str::parse::<Kek>).unwrap_err();
         assert!(matches!(e, SecretFileError::Read { .. }));
+    }
+
+    #[test]
+    fn reads_labeled_kek_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ns.kek");
+        write600(
+            &p,
+            "# comment\nlabel = \"ns-0a0b0c0d\"\nkey = \"000102030405060708090a0b0c0d0e0f\"\n",
+        )
+        .unwrap();
+        let k = read_labeled_kek(&p).unwrap();
+        assert_eq!(k.label, "ns-0a0b0c0d");
+        assert_eq!(k.key.expose()[1], 1);
+        assert!(!format!("{k:?}").contains("0e0f"));
+        write600(
+            &p,
+            "label = \"\"\nkey = \"000102030405060708090a0b0c0d0e0f\"\n",
+        )
+        .unwrap();
+        assert!(read_labeled_kek(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("label is empty"));
+        write600(&p, "label = \"x\"\nkey = \"0001020304050607\"\n").unwrap();
+        let e = read_labeled_kek(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("32 hex digits") && !e.contains("0001020304050607"),
+            "{e}"
+        );
     }
 }

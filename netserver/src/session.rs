@@ -21,7 +21,6 @@ use std::thread::JoinHandle;
 use dashmap::DashMap;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keywrap::KeyEnvelope;
-use protocol::version::MacVersion;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,12 +44,11 @@ pub struct StoredSession {
     pub join_eui: JoinEui,
     /// Its address in this session.
     pub dev_addr: DevAddr,
-    /// Its MAC version.
-    pub mac_version: MacVersion,
     /// The DevNonce of the Join-request that created the session.
     pub dev_nonce: DevNonce,
     /// Network session keys: `NwkSKey` (1.0.x) or `FNwkSIntKey`, `SNwkSIntKey`, `NwkSEncKey`
-    /// (1.1), each wrapped under the NS KEK.
+    /// (1.1), each wrapped under the NS KEK. Which variant it is tells the session's LoRaWAN
+    /// generation: the join server answers with the keys of the device's version.
     pub network_keys: StoredNetworkKeys,
     /// The AppSKey envelope as the join server sent it.
     pub app_s_key: KeyEnvelope,
@@ -427,7 +425,6 @@ pub(crate) mod tests {
             dev_eui: DevEui::new(dev_eui),
             join_eui: JoinEui::new(0x0102030405060708),
             dev_addr: DevAddr::new(dev_addr),
-            mac_version: MacVersion::V1_0_3,
             dev_nonce: DevNonce(7),
             network_keys: StoredNetworkKeys::V1_0 { nwk_s_key: env(1) },
             app_s_key: KeyEnvelope {
@@ -465,7 +462,6 @@ pub(crate) mod tests {
                 p.await.unwrap().unwrap();
             }
             let mut replaced = stored(3, 0x2600_0FFF);
-            replaced.mac_version = MacVersion::V1_1;
             replaced.network_keys = StoredNetworkKeys::V1_1 {
                 f_nwk_s_int_key: replaced.app_s_key.clone(),
                 s_nwk_s_int_key: replaced.app_s_key.clone(),
@@ -486,7 +482,6 @@ pub(crate) mod tests {
         assert_eq!(loaded.len(), 49);
         let three = loaded.iter().find(|s| s.dev_eui == DevEui::new(3)).unwrap();
         assert_eq!(three.dev_addr, DevAddr::new(0x2600_0FFF));
-        assert_eq!(three.mac_version, MacVersion::V1_1);
         assert!(matches!(three.network_keys, StoredNetworkKeys::V1_1 { .. }));
         assert_eq!(loaded[0], stored(0, 0x2600_0000));
         assert!(!loaded.iter().any(|s| s.dev_eui == DevEui::new(4)));
