@@ -6,8 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use protocol::keys::{FNwkSIntKey, Kek, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use protocol::keys::{FNwkSIntKey, Kek, Key128, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use protocol::keywrap::{KeyEnvelope, KeyWrapError};
 use serde::Deserialize;
+
+use crate::session::StoredNetworkKeys;
 
 /// The network session keys of a live session, in clear (memory only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +26,102 @@ pub enum NetworkKeys {
         /// Network session encryption key.
         nwk_s_enc_key: NwkSEncKey,
     },
+}
+
+/// A network key envelope could not be opened. Never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    /// The envelope is wrapped under a KEK this server does not have.
+    #[error("{role} is wrapped under KEK {label:?}, not this server's KEK")]
+    UnknownKek {
+        /// The key role.
+        role: &'static str,
+        /// The envelope's KEKLabel.
+        label: String,
+    },
+    /// Unwrapping failed (wrong KEK, altered data, wrong length).
+    #[error("{role}: {source}")]
+    Unwrap {
+        /// The key role.
+        role: &'static str,
+        /// The cause.
+        source: KeyWrapError,
+    },
+}
+
+impl EnvelopeError {
+    /// Stable metric label.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownKek { .. } => "unknown_kek",
+            Self::Unwrap { .. } => "unwrap_failed",
+        }
+    }
+}
+
+/// Opens an envelope addressed to this network server: in clear when `KEKLabel` is empty,
+/// unwrapped with `ns_kek` when the label is its label, refused otherwise.
+pub fn open_envelope<K: Key128>(
+    env: &KeyEnvelope,
+    ns_kek: &LabeledKek,
+) -> Result<K, EnvelopeError> {
+    let kek = if env.kek_label.is_empty() {
+        None
+    } else if env.kek_label == ns_kek.label {
+        Some(&ns_kek.key)
+    } else {
+        return Err(EnvelopeError::UnknownKek {
+            role: K::ROLE,
+            label: env.kek_label.clone(),
+        });
+    };
+    env.open(kek).map_err(|source| EnvelopeError::Unwrap {
+        role: K::ROLE,
+        source,
+    })
+}
+
+impl NetworkKeys {
+    /// Opens stored or received network key envelopes.
+    pub fn open(stored: &StoredNetworkKeys, ns_kek: &LabeledKek) -> Result<Self, EnvelopeError> {
+        Ok(match stored {
+            StoredNetworkKeys::V1_0 { nwk_s_key } => Self::V1_0(open_envelope(nwk_s_key, ns_kek)?),
+            StoredNetworkKeys::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
+            } => Self::V1_1 {
+                f_nwk_s_int_key: open_envelope(f_nwk_s_int_key, ns_kek)?,
+                s_nwk_s_int_key: open_envelope(s_nwk_s_int_key, ns_kek)?,
+                nwk_s_enc_key: open_envelope(nwk_s_enc_key, ns_kek)?,
+            },
+        })
+    }
+
+    /// The form kept on disk: every key wrapped under the NS KEK (a key the join server sent
+    /// in clear is wrapped here, so the store never holds one in clear).
+    pub fn seal(&self, ns_kek: &LabeledKek) -> StoredNetworkKeys {
+        fn env<K: Key128>(k: &K, kek: &LabeledKek) -> KeyEnvelope {
+            KeyEnvelope {
+                kek_label: kek.label.clone(),
+                aes_key: protocol::keywrap::wrap_key(&kek.key, k).to_vec(),
+            }
+        }
+        match self {
+            Self::V1_0(k) => StoredNetworkKeys::V1_0 {
+                nwk_s_key: env(k, ns_kek),
+            },
+            Self::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
+            } => StoredNetworkKeys::V1_1 {
+                f_nwk_s_int_key: env(f_nwk_s_int_key, ns_kek),
+                s_nwk_s_int_key: env(s_nwk_s_int_key, ns_kek),
+                nwk_s_enc_key: env(nwk_s_enc_key, ns_kek),
+            },
+        }
+    }
 }
 
 /// A secret file could not be used. Never contains the secret.
@@ -180,6 +279,48 @@ mod tests {
         assert!(e.contains("ns.kek") && !e.contains("0a0b"), "{e}");
         let e = read_secret(&dir.path().join("missing"), str::parse::<Kek>).unwrap_err();
         assert!(matches!(e, SecretFileError::Read { .. }));
+    }
+
+    fn kek(label: &str, b: u8) -> LabeledKek {
+        LabeledKek {
+            label: label.into(),
+            key: Kek::new([b; 16]),
+        }
+    }
+
+    #[test]
+    fn network_keys_open_and_seal() {
+        let ns = kek("ns-1", 7);
+        let k = NwkSKey::new([0x42; 16]);
+        // Wrapped under our KEK, in clear, under someone else's KEK, altered.
+        let wrapped = KeyEnvelope::seal("ns-1", Some(&ns.key), &k).unwrap();
+        let clear = KeyEnvelope::seal("", None, &k).unwrap();
+        let other = KeyEnvelope::seal("ns-2", Some(&Kek::new([8; 16])), &k).unwrap();
+        let mut altered = wrapped.clone();
+        altered.aes_key[3] ^= 1;
+        let open = |e: &KeyEnvelope| {
+            NetworkKeys::open(
+                &StoredNetworkKeys::V1_0 {
+                    nwk_s_key: e.clone(),
+                },
+                &ns,
+            )
+        };
+        assert_eq!(open(&wrapped).unwrap(), NetworkKeys::V1_0(k.clone()));
+        assert_eq!(open(&clear).unwrap(), NetworkKeys::V1_0(k.clone()));
+        assert_eq!(open(&other).unwrap_err().kind(), "unknown_kek");
+        assert_eq!(open(&altered).unwrap_err().kind(), "unwrap_failed");
+        // Sealing wraps even what came in clear, and round-trips; the RFC 3394 wrap is
+        // deterministic, so it equals the join server's envelope.
+        let sealed = NetworkKeys::V1_0(k.clone()).seal(&ns);
+        assert_eq!(sealed, StoredNetworkKeys::V1_0 { nwk_s_key: wrapped });
+        let v11 = NetworkKeys::V1_1 {
+            f_nwk_s_int_key: FNwkSIntKey::new([1; 16]),
+            s_nwk_s_int_key: SNwkSIntKey::new([2; 16]),
+            nwk_s_enc_key: NwkSEncKey::new([3; 16]),
+        };
+        assert_eq!(NetworkKeys::open(&v11.seal(&ns), &ns).unwrap(), v11);
+        assert!(!format!("{v11:?}").contains("0101"));
     }
 
     #[test]

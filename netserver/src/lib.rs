@@ -12,6 +12,9 @@
 pub mod config;
 pub mod core;
 pub mod gateway;
+pub mod http;
+pub mod js_client;
 pub mod keys;
 pub mod metrics;
 pub mod session;
+pub mod state;

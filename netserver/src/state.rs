@@ -113,7 +113,8 @@ impl State {
     /// Refreshes the gauges (called at scrape time).
     pub fn refresh_gauges(&self, now: Instant) {
         let m = &self.metrics;
-        m.sessions.set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
+        m.sessions
+            .set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
         m.gateways
             .set(i64::try_from(self.gateways.len()).unwrap_or(i64::MAX));
         m.gateways_online
