@@ -59,11 +59,11 @@ scheduling_margin_ms = 100
 rx1_dr_offset = 0
 rx2_data_rate = 0
 rx_delay_s = 1
-# RX2 frequency in Hz (EU868: 869.525 MHz).
-rx2_frequency_hz = 869525000
 # Transmit power (dBm EIRP) of Join-accepts in RX1 (g1 sub-band) and RX2 (869.525 MHz, g3 sub-band).
 rx1_tx_power_dbm = 14
 rx2_tx_power_dbm = 27
+# RF chain that transmits (txpk rfch): the chain with TX enabled in the gateway, 0 on common ones.
+tx_rf_chain = 0
 
 [storage]
 # Most session writes committed in one transaction (group commit).
@@ -197,12 +197,12 @@ pub struct JoinConfig {
     pub rx2_data_rate: u8,
     /// RX1 delay (s) given to joined devices.
     pub rx_delay_s: u8,
-    /// RX2 frequency, Hz.
-    pub rx2_frequency_hz: u32,
     /// RX1 transmit power, dBm.
     pub rx1_tx_power_dbm: i8,
     /// RX2 transmit power, dBm.
     pub rx2_tx_power_dbm: i8,
+    /// RF chain for transmission.
+    pub tx_rf_chain: u8,
 }
 
 impl Default for JoinConfig {
@@ -214,9 +214,9 @@ impl Default for JoinConfig {
             rx1_dr_offset: 0,
             rx2_data_rate: 0,
             rx_delay_s: 1,
-            rx2_frequency_hz: 869_525_000,
             rx1_tx_power_dbm: 14,
             rx2_tx_power_dbm: 27,
+            tx_rf_chain: 0,
         }
     }
 }

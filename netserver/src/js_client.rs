@@ -204,3 +204,142 @@ impl Drop for Transaction {
         self.client.pending.remove(&self.nonce);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use protocol::ids::NetId;
+
+    use super::*;
+
+    fn key() -> LinkKey {
+        LinkKey::new([7; 16])
+    }
+
+    /// A peer on a real socket that records requests and answers from a script.
+    fn peer(
+        answers: Vec<Option<&'static [u8]>>,
+        answer_key: LinkKey,
+    ) -> (SocketAddr, std::thread::JoinHandle<Vec<(Header, Vec<u8>)>>) {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let addr = s.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 2048];
+            for answer in answers {
+                let Ok((n, from)) = s.recv_from(&mut buf) else {
+                    break;
+                };
+                let (h, body) = link::open(&key(), &buf[..n]).expect("authentic request");
+                seen.push((h, body.to_vec()));
+                if let Some(a) = answer {
+                    let mut out = Vec::new();
+                    let header = Header {
+                        msg_type: MessageType::JoinAns,
+                        sender: PeerId(0),
+                        timestamp_ms: unix_ms(),
+                        nonce: h.nonce,
+                    };
+                    link::seal(&answer_key, &header, a, &mut out).unwrap();
+                    s.send_to(&out, from).unwrap();
+                }
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    async fn client(peer: SocketAddr, m: &Metrics) -> Arc<LinkClient> {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let rx = tokio::net::UdpSocket::from_std({
+            let c = sock.try_clone().unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .unwrap();
+        let sender = PeerId::from_net_id(NetId::new(0x13).unwrap());
+        let c = Arc::new(LinkClient::new(sock, peer, key(), sender, m.clone()).unwrap());
+        let (_tx, stop) = watch::channel(false);
+        tokio::spawn(Arc::clone(&c).receive_loop(rx, stop));
+        std::mem::forget(_tx);
+        c
+    }
+
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(300)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn retries_reuse_body_and_nonce_and_get_the_answer() {
+        let m = Metrics::new();
+        // The first transmission is lost (no answer), the retry is answered.
+        let (addr, peer) = peer(vec![None, Some(b"{\"answer\":1}")], key());
+        let c = client(addr, &m).await;
+        let mut t = c.begin(b"{\"TransactionID\":7}".to_vec());
+        t.send().unwrap();
+        assert_eq!(t.answer_until(soon()).await, None);
+        t.send().unwrap();
+        assert_eq!(
+            t.answer_until(soon()).await.as_deref(),
+            Some(&b"{\"answer\":1}"[..])
+        );
+        let seen = peer.join().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0.nonce, seen[1].0.nonce, "a retry keeps its nonce");
+        assert_eq!(seen[0].1, seen[1].1, "a retry keeps its body");
+        assert_eq!(seen[0].0.sender, PeerId(0x13));
+        assert_eq!(m.link_requests.with_label_values(&["retry"]).get(), 1);
+        assert_eq!(m.link_answers.with_label_values(&["matched"]).get(), 1);
+        drop(t);
+        assert!(c.pending.is_empty(), "finished transactions leave no slot");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn answers_under_another_key_are_dropped() {
+        let m = Metrics::new();
+        let (addr, peer) = peer(vec![Some(b"{}")], LinkKey::new([8; 16]));
+        let c = client(addr, &m).await;
+        let mut t = c.begin(b"{}".to_vec());
+        t.send().unwrap();
+        assert_eq!(t.answer_until(soon()).await, None);
+        peer.join().unwrap();
+        assert_eq!(m.link_answers.with_label_values(&["bad_tag"]).get(), 1);
+    }
+
+    #[test]
+    fn stale_and_unmatched_answers_are_counted() {
+        let m = Metrics::new();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = LinkClient::new(
+            sock,
+            "127.0.0.1:9".parse().unwrap(),
+            key(),
+            PeerId(0x13),
+            m.clone(),
+        )
+        .unwrap();
+        let seal = |ts: u64, ty: MessageType| {
+            let mut out = Vec::new();
+            let h = Header {
+                msg_type: ty,
+                sender: PeerId(0),
+                timestamp_ms: ts,
+                nonce: 42,
+            };
+            link::seal(&key(), &h, b"{}", &mut out).unwrap();
+            out
+        };
+        let now = unix_ms();
+        c.on_datagram(&seal(now, MessageType::JoinAns), now);
+        c.on_datagram(&seal(now - 60_000, MessageType::JoinAns), now);
+        c.on_datagram(&seal(now, MessageType::JoinReq), now);
+        c.on_datagram(b"garbage", now);
+        let get = |l: &str| m.link_answers.with_label_values(&[l]).get();
+        assert_eq!(get("unmatched"), 1);
+        assert_eq!(get("stale"), 1);
+        assert_eq!(get("unexpected_type"), 1);
+        assert_eq!(get("too_short"), 1);
+    }
+}

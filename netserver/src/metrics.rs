@@ -133,8 +133,8 @@ impl Metrics {
             joins: counter_vec(
                 &r,
                 "netserver_joins_total",
-                "Join-requests handled, by result: accepted, or why no Join-accept was sent.",
-                &["result"],
+                "Join-requests handled, by result (accepted, rejected by the join server, dropped) and reason (window, ResultCode, or drop reason).",
+                &["result", "reason"],
             ),
             join_accepts: counter_vec(
                 &r,
@@ -190,8 +190,13 @@ impl Metrics {
         for result in ["ok", "crc_dropped", "invalid"] {
             m.rxpk.with_label_values(&[result]);
         }
-        for result in ["accepted", "too_late", "timeout"] {
-            m.joins.with_label_values(&[result]);
+        for (result, reason) in [
+            ("accepted", "rx1"),
+            ("accepted", "rx2"),
+            ("dropped", "too_late"),
+            ("dropped", "timeout"),
+        ] {
+            m.joins.with_label_values(&[result, reason]);
         }
         for w in ["rx1", "rx2"] {
             m.join_accepts.with_label_values(&[w]);
@@ -258,11 +263,11 @@ mod tests {
     #[test]
     fn renders_named_metrics() {
         let m = Metrics::new();
-        m.joins.with_label_values(&["accepted"]).inc();
+        m.joins.with_label_values(&["accepted", "rx1"]).inc();
         Metrics::observe(&m.join_latency, Duration::from_millis(7));
         let text = m.render();
         assert!(
-            text.contains("netserver_joins_total{result=\"accepted\"} 1"),
+            text.contains("netserver_joins_total{reason=\"rx1\",result=\"accepted\"} 1"),
             "{text}"
         );
         assert!(text.contains("netserver_join_latency_seconds_bucket{le=\"0.01\"} 1"));

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use dashmap::DashMap;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keywrap::KeyEnvelope;
+use protocol::version::MacVersion;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,14 +45,19 @@ pub struct StoredSession {
     pub join_eui: JoinEui,
     /// Its address in this session.
     pub dev_addr: DevAddr,
+    /// Its LoRaWAN version, as the join server reported it (absent if it did not).
+    pub mac_version: Option<MacVersion>,
     /// The DevNonce of the Join-request that created the session.
     pub dev_nonce: DevNonce,
     /// Network session keys: `NwkSKey` (1.0.x) or `FNwkSIntKey`, `SNwkSIntKey`, `NwkSEncKey`
     /// (1.1), each wrapped under the NS KEK. Which variant it is tells the session's LoRaWAN
     /// generation: the join server answers with the keys of the device's version.
     pub network_keys: StoredNetworkKeys,
-    /// The AppSKey envelope as the join server sent it.
-    pub app_s_key: KeyEnvelope,
+    /// The AppSKey envelope as the join server sent it (absent when it sent a SessionKeyID).
+    pub app_s_key: Option<KeyEnvelope>,
+    /// The SessionKeyID, when the application server fetches the AppSKey itself.
+    #[serde(default, with = "opt_hex")]
+    pub session_key_id: Option<Vec<u8>>,
     /// Radio parameters given in the Join-accept.
     pub rx: RxParams,
     /// Frame counters.
@@ -60,6 +66,23 @@ pub struct StoredSession {
     pub created_at_ms: u64,
     /// Session lifetime from the JoinAns, s (0 or absent: unlimited).
     pub lifetime_s: Option<u32>,
+}
+
+mod opt_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// Wrapped network session keys, by MAC version.
@@ -425,12 +448,14 @@ pub(crate) mod tests {
             dev_eui: DevEui::new(dev_eui),
             join_eui: JoinEui::new(0x0102030405060708),
             dev_addr: DevAddr::new(dev_addr),
+            mac_version: Some(MacVersion::V1_0_3),
             dev_nonce: DevNonce(7),
             network_keys: StoredNetworkKeys::V1_0 { nwk_s_key: env(1) },
-            app_s_key: KeyEnvelope {
+            app_s_key: Some(KeyEnvelope {
                 kek_label: "as".into(),
                 aes_key: vec![2; 24],
-            },
+            }),
+            session_key_id: None,
             rx: RxParams {
                 rx1_dr_offset: 0,
                 rx2_data_rate: 0,
@@ -462,10 +487,13 @@ pub(crate) mod tests {
                 p.await.unwrap().unwrap();
             }
             let mut replaced = stored(3, 0x2600_0FFF);
+            let env = replaced.app_s_key.clone().unwrap();
+            replaced.mac_version = Some(MacVersion::V1_1);
+            replaced.session_key_id = Some(vec![1, 2, 3]);
             replaced.network_keys = StoredNetworkKeys::V1_1 {
-                f_nwk_s_int_key: replaced.app_s_key.clone(),
-                s_nwk_s_int_key: replaced.app_s_key.clone(),
-                nwk_s_enc_key: replaced.app_s_key.clone(),
+                f_nwk_s_int_key: env.clone(),
+                s_nwk_s_int_key: env.clone(),
+                nwk_s_enc_key: env,
             };
             store.put(replaced).await.unwrap();
             store.delete(DevEui::new(4)).await.unwrap();
@@ -483,6 +511,8 @@ pub(crate) mod tests {
         let three = loaded.iter().find(|s| s.dev_eui == DevEui::new(3)).unwrap();
         assert_eq!(three.dev_addr, DevAddr::new(0x2600_0FFF));
         assert!(matches!(three.network_keys, StoredNetworkKeys::V1_1 { .. }));
+        assert_eq!(three.mac_version, Some(MacVersion::V1_1));
+        assert_eq!(three.session_key_id.as_deref(), Some(&[1u8, 2, 3][..]));
         assert_eq!(loaded[0], stored(0, 0x2600_0000));
         assert!(!loaded.iter().any(|s| s.dev_eui == DevEui::new(4)));
     }
