@@ -217,11 +217,10 @@ mod tests {
         LinkKey::new([7; 16])
     }
 
+    type Seen = std::thread::JoinHandle<Vec<(Header, Vec<u8>)>>;
+
     /// A peer on a real socket that records requests and answers from a script.
-    fn peer(
-        answers: Vec<Option<&'static [u8]>>,
-        answer_key: LinkKey,
-    ) -> (SocketAddr, std::thread::JoinHandle<Vec<(Header, Vec<u8>)>>) {
+    fn peer(answers: Vec<Option<&'static [u8]>>, answer_key: LinkKey) -> (SocketAddr, Seen) {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let addr = s.local_addr().unwrap();

@@ -1,7 +1,7 @@
 //! The one shared state of a running network server, passed explicitly as `Arc<State>` to every
 //! socket loop and task. No globals: several servers can run in one process (tests do).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{AddrBlock, Config};
@@ -50,6 +50,7 @@ pub struct State {
     /// Local port of the GWMP sockets (for kernel drop counts).
     pub gwmp_port: u16,
     shutting_down: AtomicBool,
+    next_transaction_id: AtomicU32,
 }
 
 impl State {
@@ -79,6 +80,11 @@ impl State {
             secrets,
             gwmp_port,
             shutting_down: AtomicBool::new(false),
+            // A random start, then a counter: unique among the 2^32 most recent JoinReqs, so
+            // the join server's (sender, TransactionID) cache never mistakes one for a retry
+            // of another, even after a restart (random draws would collide by the birthday
+            // bound at a few thousand joins per cache lifetime).
+            next_transaction_id: AtomicU32::new(rand::random()),
         }
     }
 
@@ -98,6 +104,11 @@ impl State {
             timeout: self.config.request_timeout(),
             tries: self.config.join_server.tries,
         }
+    }
+
+    /// A fresh TS002 TransactionID.
+    pub fn next_transaction_id(&self) -> u32 {
+        self.next_transaction_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Marks the server as stopping (`/health` turns 503).

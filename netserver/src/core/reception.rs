@@ -40,10 +40,10 @@ impl Reception {
 
 /// The best reception (SNR, then RSSI) among those `usable` accepts, e.g. gateways whose
 /// PULL_DATA address is known. Ties keep the earliest.
-pub fn best<'a>(
-    receptions: &'a [Reception],
+pub fn best(
+    receptions: &[Reception],
     mut usable: impl FnMut(&Reception) -> bool,
-) -> Option<&'a Reception> {
+) -> Option<&Reception> {
     receptions
         .iter()
         .filter(|r| usable(r))
