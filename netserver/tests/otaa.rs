@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use protocol::derive;
 use protocol::gwmp::{
-    CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxPk, TxTiming,
+    CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode, TxPk,
+    TxTiming,
 };
 use protocol::ids::{DevEui, DevNonce, GatewayEui, JoinEui, NetId};
 use protocol::join::{
@@ -91,7 +92,10 @@ struct Proc {
 
 impl Proc {
     fn spawn(mut cmd: Command, prefix: &str) -> Self {
+        // Warnings and errors only: the garbage phase makes info logs very long.
         let mut child = cmd
+            .env("NETSERVER_LOG", "warn,netserver::otaa=error")
+            .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -290,11 +294,11 @@ impl Gateway {
         })
     }
 
-    fn tx_ack(&self, token: Token) {
+    fn tx_ack(&self, token: Token, error: Option<TxAckCode>) {
         self.send(&Packet::TxAck(TxAck {
             token,
             gateway: self.eui,
-            error: None,
+            error,
             warning: None,
         }));
     }
@@ -533,7 +537,7 @@ fn otaa_end_to_end() {
             "DevAddr reused"
         );
         joined.push((dev, payload.dev_addr, nonce, payload.join_nonce));
-        gw_b.tx_ack(token);
+        gw_b.tx_ack(token, None);
         assert!(
             gw_a.pull_resp(Duration::from_millis(50)).is_none(),
             "the worse gateway got it"
@@ -574,11 +578,14 @@ fn otaa_end_to_end() {
     s.relay.drop_next_answer.store(true, Ordering::SeqCst);
     tmst = tmst.wrapping_add(50_000_000);
     gw_b.push(&join_request(2, 2), tmst, 9.0, -105, CrcStatus::Ok);
-    let (_, tx) = gw_b
+    let (token, tx) = gw_b
         .pull_resp(Duration::from_secs(4))
         .expect("Join-accept after a retry");
     check_rx1_txpk(&tx, tmst);
     open_accept(2, 2, &tx.data);
+    // TX_ACKs are counted by error code.
+    gw_b.tx_ack(token, Some(TxAckCode::TooLate));
+    wait_metric(m, "netserver_tx_ack_total{error=\"too_late\"}", 1.0);
     assert!(metric(m, "netserver_link_requests_total{type=\"retry\"}") >= 1.0);
     let answers = s.relay.answers.lock().unwrap()[answers_before..].to_vec();
     assert_eq!(answers.len(), 2, "one dropped answer and one relayed");
@@ -602,9 +609,21 @@ fn otaa_end_to_end() {
         metric(m, "netserver_gwmp_dropped_total{reason=\"version\"}") >= 1.0
             || metric(m, "netserver_gwmp_dropped_total{reason=\"truncated\"}") >= 1.0
     );
+    // Per-gateway statistics.
     let (code, gws) = http_get(m, "/gateways");
     assert_eq!(code, 200);
-    assert!(gws.contains("AA555A000000000B"), "{gws}");
+    let gws: serde_json::Value = serde_json::from_str(&gws).unwrap();
+    let b = gws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["gateway_eui"] == "AA555A000000000B")
+        .expect("gateway B listed");
+    assert_eq!(b["stats"]["rxpk_crc_dropped"], 1, "{b}");
+    assert_eq!(b["stats"]["pull_resp"], 5, "{b}");
+    assert_eq!(b["stats"]["tx_ack"]["too_late"], 1, "{b}");
+    assert_eq!(b["stats"]["tx_ack"]["none"], 3, "{b}");
+    assert_eq!(b["online"], true);
 
     // Graceful stop, then the sessions are restored at start.
     let mut s = s;
