@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use netserver::keys::{read_labeled_kek, NetworkKeys};
+use netserver::session::{RedbBackend, SessionStore, StoredNetworkKeys};
 use protocol::derive;
 use protocol::gwmp::{
     CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode, TxPk,
@@ -634,7 +636,59 @@ fn otaa_end_to_end() {
     assert_eq!(code, 200);
     let health: serde_json::Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["sessions"], 3, "{health}");
+
+    // A session is durable before its Join-accept leaves: join again, then SIGKILL.
+    let gw = Gateway::new(0xAA55_5A00_0000_000C, ns.addr("gwmp"));
+    gw.pull_data();
+    tmst = tmst.wrapping_add(50_000_000);
+    gw.push(&join_request(1, 0x5555), tmst, 5.0, -90, CrcStatus::Ok);
+    let (_, tx) = gw
+        .pull_resp(Duration::from_secs(4))
+        .expect("Join-accept after restart");
+    let accept = open_accept(1, 0x5555, &tx.data);
+    let mut ns = ns;
+    ns.child.kill().unwrap();
+    ns.child.wait().unwrap();
     drop(ns);
+
+    // The store holds the new session, with the network key the device derived, wrapped.
+    let (store, loaded, thread) = SessionStore::start(
+        RedbBackend::open(&s.ns_dir).unwrap(),
+        8,
+        netserver::metrics::Metrics::new(),
+    )
+    .unwrap();
+    drop(store);
+    thread.join();
+    assert_eq!(loaded.len(), 3);
+    let one = loaded.iter().find(|x| x.dev_eui == DevEui::new(1)).unwrap();
+    assert_eq!(one.dev_addr, accept.dev_addr);
+    assert_eq!(one.dev_nonce, DevNonce(0x5555));
+    let ns_kek = read_labeled_kek(&s.js_dir.join("secrets/ns.kek")).unwrap();
+    let StoredNetworkKeys::V1_0 { nwk_s_key } = &one.network_keys else {
+        panic!("a 1.0.3 device has a 1.0 session");
+    };
+    assert_eq!(
+        nwk_s_key.kek_label, ns_kek.label,
+        "stored wrapped under ns.kek"
+    );
+    let device = derive::session_keys_1_0(
+        &app_key(),
+        accept.join_nonce,
+        NetId::new(NET_ID).unwrap(),
+        DevNonce(0x5555),
+    );
+    assert_eq!(
+        NetworkKeys::open(&one.network_keys, &ns_kek).unwrap(),
+        NetworkKeys::V1_0(device.nwk_s_key)
+    );
+    assert!(one
+        .app_s_key
+        .as_ref()
+        .is_some_and(|e| !e.kek_label.is_empty()));
+    let three = loaded.iter().find(|x| x.dev_eui == DevEui::new(3)).unwrap();
+    assert!(matches!(three.network_keys, StoredNetworkKeys::V1_1 { .. }));
+    assert_eq!(three.mac_version, Some(protocol::version::MacVersion::V1_1));
 }
 
 /// A deterministic fuzz corpus: random datagrams, truncations and bit flips of valid GWMP and
