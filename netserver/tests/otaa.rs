@@ -416,6 +416,7 @@ struct System {
     config: PathBuf,
     js: Proc,
     relay: Relay,
+    link_target: SocketAddr,
     ns: Option<Proc>,
 }
 
@@ -428,7 +429,7 @@ fn start_netserver(s: &System) -> Proc {
         .arg("--data-dir")
         .arg(&s.ns_dir)
         .arg("--join-server")
-        .arg(s.relay.addr.to_string())
+        .arg(s.link_target.to_string())
         .arg("--link-key")
         .arg(secrets.join("link.key"))
         .arg("--ns-kek")
@@ -439,6 +440,19 @@ fn start_netserver(s: &System) -> Proc {
 }
 
 fn start() -> System {
+    // A short de-duplication retention, so that a replayed Join-request reaches the join
+    // server (and its DevNonce check) instead of being absorbed as a duplicate.
+    start_with(
+        MANIFEST,
+        "[gwmp]\nworkers = 2\ndedup_retention_ms = 300\n",
+        true,
+    )
+}
+
+/// Provisions `manifest`, starts the join server, the relay and the network server with the
+/// TOML `config`; the network server talks to the relay or, with `via_relay` false, directly to
+/// the join server.
+fn start_with(manifest_csv: &str, ns_config: &str, via_relay: bool) -> System {
     let dir = tempfile::tempdir().unwrap();
     let js_dir = dir.path().join("js");
     let ns_dir = dir.path().join("ns");
@@ -450,7 +464,7 @@ fn start() -> System {
             .arg(&js_dir),
     );
     let manifest = dir.path().join("devices.csv");
-    std::fs::write(&manifest, MANIFEST).unwrap();
+    std::fs::write(&manifest, manifest_csv).unwrap();
     run_ok(
         Command::new(&js_bin)
             .args(["devices", "import", "--data-dir"])
@@ -466,10 +480,13 @@ fn start() -> System {
     ]);
     let js = Proc::spawn(cmd, "joinserver listening");
     let relay = relay(js.addr("link"));
-    // A short de-duplication retention, so that a replayed Join-request reaches the join
-    // server (and its DevNonce check) instead of being absorbed as a duplicate.
+    let link_target = if via_relay {
+        relay.addr
+    } else {
+        js.addr("link")
+    };
     let config = dir.path().join("netserver.toml");
-    std::fs::write(&config, "[gwmp]\nworkers = 2\ndedup_retention_ms = 300\n").unwrap();
+    std::fs::write(&config, ns_config).unwrap();
     let mut s = System {
         _dir: dir,
         js_dir,
@@ -477,6 +494,7 @@ fn start() -> System {
         config,
         js,
         relay,
+        link_target,
         ns: None,
     };
     s.ns = Some(start_netserver(&s));
@@ -765,4 +783,108 @@ fn garbage(targets: &[SocketAddr]) {
             let _ = sock.send_to(d, t);
         }
     }
+}
+
+/// A join storm through both real servers, for measurement (no timing assertion):
+///
+/// ```sh
+/// cargo test --release -p netserver --test otaa -- --ignored --nocapture join_storm
+/// ```
+///
+/// `NETSERVER_STORM_DEVICES` (default 2000) LoRaWAN 1.0.3 devices each send one Join-request,
+/// heard by one gateway, as fast as the gateway socket sends; the test waits for every
+/// Join-accept and prints the throughput and the network server's latency histogram.
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn join_storm() {
+    let n: u64 = std::env::var("NETSERVER_STORM_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key\n");
+    for d in 0..n {
+        csv.push_str(&format!(
+            "{:016X},{JOIN_EUI:016X},1.0.3,{APP_KEY},\n",
+            0x1000 + d
+        ));
+    }
+    let s = start_with(&csv, "[gwmp]\nworkers = 2\n", false);
+    let ns = s.ns.as_ref().unwrap();
+    let m = ns.addr("metrics");
+    let gw = Gateway::new(0xAA55_5A00_0000_5707, ns.addr("gwmp"));
+    gw.pull_data();
+    let frames: Vec<Vec<u8>> = (0..n).map(|d| join_request(0x1000 + d, 7)).collect();
+
+    // The gateway's own socket must hold the burst of PULL_RESPs (and PUSH_ACKs).
+    socket2::SockRef::from(&gw.sock)
+        .set_recv_buffer_size(16 << 20)
+        .unwrap();
+    let rx = gw.sock.try_clone().unwrap();
+    let counter = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut accepts = 0u64;
+        let mut last = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while accepts < n && Instant::now() < deadline {
+            if let Ok(len) = rx.recv(&mut buf) {
+                if let Ok(Packet::PullResp(_)) = Packet::parse(&buf[..len]) {
+                    accepts += 1;
+                    last = Instant::now();
+                }
+            }
+        }
+        (accepts, last)
+    });
+    let started = Instant::now();
+    for (i, phy) in frames.iter().enumerate() {
+        let p = Packet::PushData(PushData {
+            token: Token([(i >> 8) as u8, i as u8]),
+            gateway: gw.eui,
+            rxpk: vec![RxPk {
+                tmst: (i as u32).wrapping_mul(1000),
+                time: None,
+                tmms: None,
+                chan: Some(0),
+                rfch: Some(0),
+                freq_hz: 868_100_000,
+                stat: CrcStatus::Ok,
+                datr: DataRate::lora(7, 125).unwrap(),
+                codr: Some(CodingRate::Cr4_5),
+                rssi: Some(-90),
+                lsnr: Some(7.0),
+                jver: None,
+                rsig: Vec::new(),
+                brd: None,
+                aesk: None,
+                data: phy.clone(),
+            }],
+            stat: None,
+        });
+        gw.send(&p);
+    }
+    let sent = started.elapsed();
+    let (accepts, done) = counter.join().unwrap();
+    let took = done - started;
+    let (_, text) = http_get(m, "/metrics");
+    let interesting: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && (l.starts_with("netserver_join_latency_seconds")
+                    || l.starts_with("netserver_joins_total")
+                    || l.starts_with("netserver_link_requests_total")
+                    || l.starts_with("netserver_gwmp_socket_drops")
+                    || l.starts_with("netserver_store_commits_total"))
+        })
+        .collect();
+    println!(
+        "join storm: {n} Join-requests sent in {:.3} s; {accepts} Join-accepts in {:.3} s = {:.0} joins/s",
+        sent.as_secs_f64(),
+        took.as_secs_f64(),
+        accepts as f64 / took.as_secs_f64()
+    );
+    for l in interesting {
+        println!("  {l}");
+    }
+    assert_eq!(accepts, n, "every device got its Join-accept");
 }
