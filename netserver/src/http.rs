@@ -3,9 +3,8 @@
 //! JSON). HTTP/1.1 only, served by hyper on the control runtime.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -13,7 +12,7 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -39,7 +38,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch
                 let state = Arc::clone(&state);
                 async move { Ok::<_, Infallible>(respond(&state, &req)) }
             });
+            // A client that does not send its request headers in time is dropped.
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
                 .max_buf_size(16 * 1024)
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
@@ -99,9 +101,4 @@ fn json<T: serde::Serialize + ?Sized>(code: StatusCode, v: &T) -> Response<Full<
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
-}
-
-/// Binds the endpoint's listener.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

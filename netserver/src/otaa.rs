@@ -351,7 +351,12 @@ async fn run(
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
     };
     state.store.put(stored.clone()).await?;
-    state.allocator.confirm(addr, req.dev_eui);
+    if !state.allocator.confirm(addr, req.dev_eui) {
+        // Only if the store took longer than the reservation (RX2 + 1 s) and another join
+        // took the address meanwhile: claim it for the stored session regardless, and say so.
+        tracing::error!("DevAddr reservation expired during the store commit; address reclaimed");
+        state.allocator.restore(addr, req.dev_eui);
+    }
     reservation.armed = false;
     if let Some(old) = state.sessions.insert(Session { stored, keys }) {
         if old.stored.dev_addr != addr {
