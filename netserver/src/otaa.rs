@@ -192,8 +192,9 @@ async fn run(
     let req = JoinRequest::parse(phy)?;
     span.record("dev_eui", tracing::field::display(req.dev_eui));
 
-    // 2. Reserve a DevAddr until RX2 has certainly passed.
-    let until = t0 + timing.rx2_delay + Duration::from_secs(1);
+    // 2. Reserve a DevAddr until the flow has certainly ended.
+    let mut flow = JoinFlow::new(t0, state.retry_policy(), timing);
+    let until = flow.give_up_at() + Duration::from_secs(1);
     let addr =
         state
             .allocator
@@ -235,7 +236,6 @@ async fn run(
     };
     let body = serde_json::to_vec(&join_req).map_err(|e| JoinError::Encode(e.into()))?;
     let mut txn = link.begin(body);
-    let mut flow = JoinFlow::new(t0, state.retry_policy(), timing);
     let sent_at = Instant::now();
     let mut step = flow.start(sent_at);
     let answer = loop {

@@ -164,6 +164,7 @@ fn run_ok(cmd: &mut Command) {
 struct Relay {
     addr: SocketAddr,
     drop_next_answer: Arc<AtomicBool>,
+    delay_answers: Arc<Mutex<Duration>>,
     answers: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
@@ -171,8 +172,13 @@ fn relay(js: SocketAddr) -> Relay {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = sock.local_addr().unwrap();
     let drop_next_answer = Arc::new(AtomicBool::new(false));
+    let delay_answers = Arc::new(Mutex::new(Duration::ZERO));
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let (d, a) = (Arc::clone(&drop_next_answer), Arc::clone(&answers));
+    let (d, a, delay) = (
+        Arc::clone(&drop_next_answer),
+        Arc::clone(&answers),
+        Arc::clone(&delay_answers),
+    );
     std::thread::spawn(move || {
         let mut ns: Option<SocketAddr> = None;
         let mut buf = [0u8; 2048];
@@ -185,6 +191,8 @@ fn relay(js: SocketAddr) -> Relay {
                 if d.swap(false, Ordering::SeqCst) {
                     continue;
                 }
+                let wait = *delay.lock().unwrap();
+                std::thread::sleep(wait);
                 if let Some(ns) = ns {
                     let _ = sock.send_to(&buf[..n], ns);
                 }
@@ -197,6 +205,7 @@ fn relay(js: SocketAddr) -> Relay {
     Relay {
         addr,
         drop_next_answer,
+        delay_answers,
         answers,
     }
 }
@@ -707,6 +716,53 @@ fn otaa_end_to_end() {
     let three = loaded.iter().find(|x| x.dev_eui == DevEui::new(3)).unwrap();
     assert!(matches!(three.network_keys, StoredNetworkKeys::V1_1 { .. }));
     assert_eq!(three.mac_version, Some(protocol::version::MacVersion::V1_1));
+}
+
+/// A JoinAns too late for RX1 goes out in RX2 (869.525 MHz, DR0, `tmst` + RX2 delay); one too
+/// late for both windows is dropped and counted. The network server runs with 1 s / 2 s join
+/// delays here so that the test waits seconds, not minutes; the decision is the same as with
+/// the 5 s / 6 s defaults.
+#[test]
+fn late_answers_use_rx2_or_are_dropped() {
+    let s = start_with(
+        MANIFEST,
+        "[join]\njoin_accept_delay1_s = 1\njoin_accept_delay2_s = 2\nscheduling_margin_ms = 100\n\
+         [join_server]\nrequest_timeout_ms = 3000\n",
+        true,
+    );
+    let ns = s.ns.as_ref().unwrap();
+    let m = ns.addr("metrics");
+    let gw = Gateway::new(0xAA55_5A00_0000_0D0D, ns.addr("gwmp"));
+    gw.pull_data();
+
+    // Answer after 1.2 s: RX1 (opening at 1 s) is gone, RX2 (2 s) is still ahead.
+    *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1200);
+    gw.push(&join_request(1, 0x0A01), 7_000_000, 5.0, -90, CrcStatus::Ok);
+    let (_, tx) = gw
+        .pull_resp(Duration::from_secs(4))
+        .expect("an RX2 Join-accept");
+    assert_eq!(
+        tx.timing,
+        TxTiming::Tmst(9_000_000),
+        "RX2 = tmst + 2 s here"
+    );
+    assert_eq!(tx.freq_hz, 869_525_000);
+    assert_eq!(tx.datr, DataRate::lora(12, 125).unwrap(), "RX2 is DR0");
+    assert_eq!(
+        (tx.ipol, tx.codr, tx.powe),
+        (Some(true), Some(CodingRate::Cr4_5), Some(27))
+    );
+    open_accept(1, 0x0A01, &tx.data);
+    wait_metric(m, &joins("accepted", "rx2"), 1.0);
+
+    // Answer after 1.95 s: less than the 100 ms margin before RX2.
+    *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1950);
+    gw.push(&join_request(1, 0x0A02), 8_000_000, 5.0, -90, CrcStatus::Ok);
+    wait_metric(m, &joins("dropped", "too_late"), 1.0);
+    assert!(
+        gw.pull_resp(Duration::from_millis(200)).is_none(),
+        "a too-late Join-accept was sent"
+    );
 }
 
 /// A deterministic fuzz corpus: random datagrams, truncations and bit flips of valid GWMP and

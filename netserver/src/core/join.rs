@@ -6,7 +6,9 @@
 //! [`JoinFlow::on_timeout`] or [`JoinFlow::on_answer`]. Every retry reuses the same
 //! TransactionID, so the join server answers it from its cache (the DevNonce is not checked
 //! twice). After the last try the flow keeps waiting for a late answer while RX2 can still be
-//! met; a JoinAns that comes later than that is dropped as `too_late`.
+//! met, and then for one more request timeout (the grace period): a JoinAns arriving in the
+//! grace period is recognised and dropped as `too_late`; with none by its end the join failed
+//! with `timeout`.
 
 use std::time::{Duration, Instant};
 
@@ -119,6 +121,12 @@ impl JoinFlow {
             .unwrap_or(self.received_at)
     }
 
+    /// When the flow stops waiting: the last useful instant plus one request timeout, so that
+    /// an answer just too late is still recognised (and counted) as such.
+    pub fn give_up_at(&self) -> Instant {
+        self.last_useful() + self.retry.timeout
+    }
+
     /// Sends the first JoinReq.
     pub fn start(&mut self, now: Instant) -> Step {
         debug_assert_eq!(self.state, JoinState::Received);
@@ -138,15 +146,15 @@ impl JoinFlow {
         let JoinState::JoinReqSent { tries } = self.state else {
             return Step::Fail(JoinFailure::Unexpected);
         };
-        if now >= self.last_useful() {
+        if now >= self.give_up_at() {
             self.state = JoinState::Failed(JoinFailure::Timeout);
             return Step::Fail(JoinFailure::Timeout);
         }
-        if tries < self.retry.tries {
+        if tries < self.retry.tries && now < self.last_useful() {
             return self.send(now, tries + 1);
         }
         Step::Wait {
-            wait_until: self.last_useful(),
+            wait_until: self.give_up_at(),
         }
     }
 
@@ -237,11 +245,11 @@ mod tests {
         assert_eq!(
             f.on_timeout(t0 + 900 * MS),
             Step::Wait {
-                wait_until: t0 + 5900 * MS
+                wait_until: t0 + 6200 * MS
             }
         );
         assert_eq!(
-            f.on_timeout(t0 + 5900 * MS),
+            f.on_timeout(t0 + 6200 * MS),
             Step::Fail(JoinFailure::Timeout)
         );
         assert_eq!(f.state(), JoinState::Failed(JoinFailure::Timeout));
@@ -310,9 +318,30 @@ mod tests {
                 wait_until: t0 + 5900 * MS
             }
         );
+        // No retry after the last useful instant; the grace period, then the end.
         assert_eq!(
             f.on_timeout(t0 + 5900 * MS),
+            Step::Wait {
+                wait_until: t0 + 6200 * MS
+            }
+        );
+        assert_eq!(
+            f.on_timeout(t0 + 6200 * MS),
             Step::Fail(JoinFailure::Timeout)
+        );
+    }
+
+    #[test]
+    fn an_answer_in_the_grace_period_is_too_late() {
+        let t0 = Instant::now();
+        let mut f = flow(t0);
+        f.start(t0);
+        f.on_timeout(t0 + 300 * MS);
+        f.on_timeout(t0 + 600 * MS);
+        assert!(matches!(f.on_timeout(t0 + 900 * MS), Step::Wait { .. }));
+        assert_eq!(
+            f.on_answer(t0 + 6000 * MS, &[rx(1, 1.0, -90, t0)], |_| true),
+            Err(JoinFailure::TooLate)
         );
     }
 }
