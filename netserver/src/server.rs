@@ -128,6 +128,20 @@ pub fn run(
         l.set_nonblocking(true)?;
     }
 
+    // The control runtime, created before the socket loops so that everything fallible is
+    // done before any thread starts; signal handlers are installed before `ready`.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (link_rx, metrics_listener, signals) = {
+        let _in_runtime = rt.enter();
+        let link_rx = UdpSocket::from_std(link_socket)?;
+        let metrics_listener = metrics_listener
+            .map(tokio::net::TcpListener::from_std)
+            .transpose()?;
+        (link_rx, metrics_listener, Signals::install()?)
+    };
+
     let state = Arc::new(State::new(
         config,
         block,
@@ -154,8 +168,10 @@ pub fn run(
                         .enable_all()
                         .build()?;
                     rt.block_on(async move {
-                        let socket = Arc::new(UdpSocket::from_std(sock)?);
-                        gwmp_loop(state, link, socket, shutdown).await;
+                        let socket = UdpSocket::from_std(sock).inspect_err(|e| {
+                            tracing::error!(error = %e, worker = i, "GWMP socket loop cannot start");
+                        })?;
+                        gwmp_loop(state, link, Arc::new(socket), shutdown).await;
                         Ok(())
                     })
                 })?,
@@ -171,15 +187,10 @@ pub fn run(
     ready(&addrs);
 
     // Control runtime.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let link_rx = UdpSocket::from_std(link_socket)?;
+    let result = rt.block_on(async {
         let mut control = JoinSet::new();
         control.spawn(Arc::clone(&link).receive_loop(link_rx, shutdown_rx.clone()));
         if let Some(l) = metrics_listener {
-            let l = tokio::net::TcpListener::from_std(l)?;
             control.spawn(crate::http::serve(
                 l,
                 Arc::clone(&state),
@@ -188,7 +199,7 @@ pub fn run(
         }
         control.spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
 
-        wait_for_stop(stop).await;
+        signals.wait(stop).await;
         tracing::info!("shutting down");
         state.begin_shutdown();
         let _ = shutdown_tx.send(true);
@@ -206,50 +217,67 @@ pub fn run(
         control.shutdown().await;
         store.flush().await?;
         anyhow::Ok(())
-    })?;
+    });
+    // Dropping the runtime cancels what is left on it (idle keep-alive connections of the
+    // metrics endpoint), releasing their handles on the state and so on the store.
+    drop(rt);
     drop(state);
     drop(store);
     drop(link);
     store_thread.join();
+    result?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_stop(stop: Option<watch::Receiver<bool>>) {
-    let external = async move {
-        match stop {
-            Some(mut s) => {
-                while !*s.borrow_and_update() {
-                    if s.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            }
-            None => std::future::pending().await,
-        }
-    };
+/// SIGINT and SIGTERM handlers, installed before the server reports ready.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let sigterm = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside the control runtime's context).
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// Resolves on SIGINT, SIGTERM, or `stop` turning true.
+    async fn wait(mut self, stop: Option<watch::Receiver<bool>>) {
+        let external = async move {
+            match stop {
+                Some(mut s) => {
+                    while !*s.borrow_and_update() {
+                        if s.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 }
                 None => std::future::pending().await,
             }
         };
+        #[cfg(unix)]
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = sigterm => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
             _ = external => {}
         }
-    }
-    #[cfg(not(unix))]
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = external => {}
+        #[cfg(not(unix))]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = external => {}
+        }
     }
 }
 
