@@ -35,6 +35,11 @@ workers = 0
 recv_buffer_bytes = 8388608
 # How long a PHYPayload is remembered to recognise copies of it heard by other gateways, in ms.
 dedup_retention_ms = 10000
+# Most PHYPayloads remembered at once; beyond it (a flood) frames are processed unremembered.
+dedup_max_entries = 1000000
+# Most gateways tracked; datagrams from further unknown gateway EUIs are dropped (a flood of
+# made-up EUIs: GWMP is not authenticated, so filter gateways by address at the firewall too).
+max_gateways = 100000
 # A gateway not heard from (PULL_DATA or PUSH_DATA) for this long is reported offline, in s.
 gateway_offline_after_s = 60
 
@@ -140,6 +145,10 @@ pub struct GwmpConfig {
     pub recv_buffer_bytes: usize,
     /// De-duplication retention, ms.
     pub dedup_retention_ms: u64,
+    /// De-duplication table capacity.
+    pub dedup_max_entries: usize,
+    /// Gateway registry capacity.
+    pub max_gateways: usize,
     /// Gateway offline threshold, s.
     pub gateway_offline_after_s: u64,
 }
@@ -151,6 +160,8 @@ impl Default for GwmpConfig {
             workers: 0,
             recv_buffer_bytes: 8 << 20,
             dedup_retention_ms: 10_000,
+            dedup_max_entries: 1_000_000,
+            max_gateways: 100_000,
             gateway_offline_after_s: 60,
         }
     }

@@ -83,15 +83,24 @@ pub struct GatewaySnapshot {
 pub struct GatewayRegistry {
     map: DashMap<GatewayEui, Gateway, KeyedHasher>,
     offline_after: Duration,
+    max_gateways: usize,
 }
 
 impl GatewayRegistry {
-    /// An empty registry; a gateway silent for `offline_after` is reported offline.
-    pub fn new(offline_after: Duration) -> Self {
+    /// An empty registry for at most `max_gateways` gateways; a gateway silent for
+    /// `offline_after` is reported offline.
+    pub fn new(offline_after: Duration, max_gateways: usize) -> Self {
         Self {
             map: DashMap::with_hasher(KeyedHasher::new()),
             offline_after,
+            max_gateways,
         }
+    }
+
+    /// Whether datagrams of `eui` are accepted: a known gateway, or room for a new one.
+    /// (Socket loops check concurrently, so the registry may exceed the limit by a few.)
+    pub fn admits(&self, eui: GatewayEui) -> bool {
+        self.map.contains_key(&eui) || self.map.len() < self.max_gateways
     }
 
     fn update(&self, eui: GatewayEui, now: Instant, f: impl FnOnce(&mut Gateway)) {
@@ -223,7 +232,7 @@ mod tests {
     #[test]
     fn downlink_address_follows_the_latest_pull_data() {
         let t0 = Instant::now();
-        let r = GatewayRegistry::new(Duration::from_secs(60));
+        let r = GatewayRegistry::new(Duration::from_secs(60), 100);
         let gw = GatewayEui::new(0xAA555A0102030405);
         assert_eq!(r.downlink_addr(gw), None);
         r.on_push_data(gw, t0);
@@ -239,7 +248,7 @@ mod tests {
     #[test]
     fn stats_and_snapshot() {
         let t0 = Instant::now();
-        let r = GatewayRegistry::new(Duration::from_secs(60));
+        let r = GatewayRegistry::new(Duration::from_secs(60), 100);
         let g1 = GatewayEui::new(1);
         let g2 = GatewayEui::new(2);
         r.on_push_data(g2, t0);
@@ -286,5 +295,17 @@ mod tests {
         assert_eq!(json[1]["gateway_eui"], "0000000000000002");
         assert_eq!(r.forget_idle(later, Duration::from_secs(30)), 1);
         assert_eq!(r.len(), 1);
+    }
+
+    #[test]
+    fn admits_known_gateways_and_new_ones_up_to_the_limit() {
+        let t0 = Instant::now();
+        let r = GatewayRegistry::new(Duration::from_secs(60), 2);
+        for eui in [1, 2] {
+            assert!(r.admits(GatewayEui::new(eui)));
+            r.on_push_data(GatewayEui::new(eui), t0);
+        }
+        assert!(r.admits(GatewayEui::new(1)));
+        assert!(!r.admits(GatewayEui::new(3)));
     }
 }

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub uplink_dropped: IntCounterVec,
     /// Copies of an already-seen PHYPayload (other gateways, repeats).
     pub dedup_duplicates: IntCounter,
+    /// Frames processed without being remembered because the de-duplication table was full.
+    pub dedup_full: IntCounter,
     /// Join-requests handled, by `result` (accepted, or the reason none was sent).
     pub joins: IntCounterVec,
     /// Join-accepts scheduled, by `window` (rx1, rx2).
@@ -129,6 +131,11 @@ impl Metrics {
                 &r,
                 "netserver_dedup_duplicates_total",
                 "Receptions of a PHYPayload already being processed.",
+            ),
+            dedup_full: counter(
+                &r,
+                "netserver_dedup_full_total",
+                "Frames processed unremembered because the de-duplication table was full.",
             ),
             joins: counter_vec(
                 &r,

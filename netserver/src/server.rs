@@ -388,6 +388,12 @@ pub(crate) async fn handle_datagram(
             return;
         }
     };
+    if let Some(gw) = packet.gateway() {
+        if !state.gateways.admits(gw) {
+            m.gwmp_dropped.with_label_values(&["gateway_limit"]).inc();
+            return;
+        }
+    }
     // PUSH_ACK / PULL_ACK first, before any processing.
     if let Some(ack) = packet.ack() {
         if let Err(e) = socket.send_to(&ack, from).await {
@@ -480,9 +486,13 @@ fn handle_rxpk(
             return;
         }
     };
-    match state.dedup.observe(now, &rxpk.data, reception.clone()) {
+    let seen = state.dedup.observe(now, &rxpk.data, reception.clone());
+    if seen == Seen::Unrecorded {
+        m.dedup_full.inc();
+    }
+    match seen {
         Seen::Duplicate => m.dedup_duplicates.inc(),
-        Seen::First => match kind {
+        Seen::First | Seen::Unrecorded => match kind {
             UplinkKind::JoinRequest => {
                 joins.spawn(crate::otaa::handle_join_request(
                     Arc::clone(state),

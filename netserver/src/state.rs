@@ -67,10 +67,14 @@ impl State {
         gwmp_port: u16,
     ) -> Self {
         Self {
-            gateways: GatewayRegistry::new(Duration::from_secs(
-                config.gwmp.gateway_offline_after_s,
-            )),
-            dedup: Dedup::new(Duration::from_millis(config.gwmp.dedup_retention_ms)),
+            gateways: GatewayRegistry::new(
+                Duration::from_secs(config.gwmp.gateway_offline_after_s),
+                config.gwmp.max_gateways,
+            ),
+            dedup: Dedup::new(
+                Duration::from_millis(config.gwmp.dedup_retention_ms),
+                config.gwmp.dedup_max_entries,
+            ),
             config,
             block,
             metrics,

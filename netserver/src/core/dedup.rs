@@ -30,6 +30,9 @@ pub enum Seen {
     First,
     /// A copy of a payload already being processed: its metadata was recorded.
     Duplicate,
+    /// The table is full (a flood of distinct payloads): process the frame, but it is not
+    /// remembered, so its copies will be processed too. Counted; never silent.
+    Unrecorded,
 }
 
 #[derive(Debug)]
@@ -43,14 +46,17 @@ struct Entry {
 pub struct Dedup {
     map: DashMap<Box<[u8]>, Entry, KeyedHasher>,
     retention: Duration,
+    max_entries: usize,
 }
 
 impl Dedup {
-    /// An empty table that remembers payloads for `retention`.
-    pub fn new(retention: Duration) -> Self {
+    /// An empty table that remembers payloads for `retention`, at most `max_entries` at once
+    /// (bounding the memory a flood of distinct payloads can take).
+    pub fn new(retention: Duration, max_entries: usize) -> Self {
         Self {
             map: DashMap::with_hasher(KeyedHasher::new()),
             retention,
+            max_entries,
         }
     }
 
@@ -69,6 +75,9 @@ impl Dedup {
             e.receptions.clear();
             e.receptions.push(rx);
             return Seen::First;
+        }
+        if self.map.len() >= self.max_entries {
+            return Seen::Unrecorded;
         }
         match self.map.entry(phy.into()) {
             dashmap::Entry::Occupied(mut o) => {
@@ -142,7 +151,7 @@ mod tests {
     #[test]
     fn first_then_duplicates_keep_all_gateways() {
         let t0 = Instant::now();
-        let d = Dedup::new(10_000 * MS);
+        let d = Dedup::new(10_000 * MS, 1000);
         let phy = [0u8, 1, 2, 3];
         assert_eq!(d.observe(t0, &phy, rx(1, 1.0, -100, t0)), Seen::First);
         assert_eq!(
@@ -167,7 +176,7 @@ mod tests {
     #[test]
     fn same_gateway_twice_keeps_the_better_copy() {
         let t0 = Instant::now();
-        let d = Dedup::new(10_000 * MS);
+        let d = Dedup::new(10_000 * MS, 1000);
         d.observe(t0, b"x", rx(1, 1.0, -100, t0));
         d.observe(t0, b"x", rx(1, 4.0, -100, t0));
         d.observe(t0, b"x", rx(1, 2.0, -100, t0));
@@ -179,7 +188,7 @@ mod tests {
     #[test]
     fn receptions_are_bounded_and_keep_the_best() {
         let t0 = Instant::now();
-        let d = Dedup::new(10_000 * MS);
+        let d = Dedup::new(10_000 * MS, 1000);
         for gw in 0..(MAX_RECEPTIONS as u64 + 10) {
             d.observe(t0, b"p", rx(gw, gw as f32, -100, t0));
         }
@@ -192,9 +201,22 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_processes_without_remembering() {
+        let t0 = Instant::now();
+        let d = Dedup::new(10_000 * MS, 2);
+        assert_eq!(d.observe(t0, b"a", rx(1, 1.0, -100, t0)), Seen::First);
+        assert_eq!(d.observe(t0, b"b", rx(1, 1.0, -100, t0)), Seen::First);
+        assert_eq!(d.observe(t0, b"c", rx(1, 1.0, -100, t0)), Seen::Unrecorded);
+        assert_eq!(d.observe(t0, b"c", rx(2, 1.0, -100, t0)), Seen::Unrecorded);
+        // Known payloads still de-duplicate.
+        assert_eq!(d.observe(t0, b"a", rx(2, 1.0, -100, t0)), Seen::Duplicate);
+        assert_eq!(d.len(), 2);
+    }
+
+    #[test]
     fn retention_expires_entries() {
         let t0 = Instant::now();
-        let d = Dedup::new(1000 * MS);
+        let d = Dedup::new(1000 * MS, 1000);
         d.observe(t0, b"a", rx(1, 1.0, -100, t0));
         d.observe(t0 + 500 * MS, b"b", rx(1, 1.0, -100, t0));
         // Past retention, a copy counts as a new frame even before the sweep.
