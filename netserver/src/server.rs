@@ -102,8 +102,16 @@ pub fn run(
         );
     }
     let js_addr = resolve(&config.join_server.address)?;
-    let link_socket = std::net::UdpSocket::bind(config.join_server.bind)
-        .with_context(|| format!("binding the link socket on {}", config.join_server.bind))?;
+    // The default bind address follows the join server's address family.
+    let mut link_bind = config.join_server.bind;
+    if link_bind.ip().is_unspecified() && link_bind.is_ipv4() != js_addr.is_ipv4() {
+        link_bind.set_ip(match js_addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        });
+    }
+    let link_socket = std::net::UdpSocket::bind(link_bind)
+        .with_context(|| format!("binding the link socket on {link_bind}"))?;
     let link_addr = link_socket.local_addr()?;
     let link = Arc::new(LinkClient::new(
         link_socket.try_clone()?,
