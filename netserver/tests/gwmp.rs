@@ -232,3 +232,53 @@ fn gwmp_acks_counts_drops_and_a_join_that_times_out() {
     stop_tx.send(true).unwrap();
     server.join().unwrap().unwrap();
 }
+
+#[test]
+fn cli_prints_the_default_config_and_refuses_exposed_secrets() {
+    let bin = env!("CARGO_BIN_EXE_netserver");
+    let out = std::process::Command::new(bin)
+        .arg("config")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed: Config = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(printed, Config::default());
+
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link.key");
+    let kek = dir.path().join("ns.kek");
+    std::fs::write(&link, "000102030405060708090a0b0c0d0e0f\n").unwrap();
+    std::fs::write(
+        &kek,
+        "label = \"ns-1\"\nkey = \"000102030405060708090a0b0c0d0e0f\"\n",
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&link, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = std::process::Command::new(bin)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--join-server", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
+        .arg("--link-key")
+        .arg(&link)
+        .arg("--ns-kek")
+        .arg(&kek)
+        .env("NETSERVER_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("link.key") && err.contains("readable by other users"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("0a0b0c"),
+        "the key leaked into the error: {err}"
+    );
+}
