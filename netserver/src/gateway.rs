@@ -31,7 +31,7 @@ pub struct GatewayStats {
     pub stat_reports: u64,
     /// PULL_RESP datagrams sent.
     pub pull_resp: u64,
-    /// TX_ACKs received, by error code (`NONE` for success).
+    /// TX_ACKs received, by error label (`none` for success, else `too_late`, `collision_packet`, …).
     pub tx_ack: BTreeMap<&'static str, u64>,
 }
 
@@ -154,7 +154,7 @@ impl GatewayRegistry {
         }
     }
 
-    /// A TX_ACK with error code `code` (a bounded label, `NONE` on success).
+    /// A TX_ACK with error code `code` (a bounded label: `none` on success).
     pub fn on_tx_ack(&self, eui: GatewayEui, now: Instant, code: &'static str) {
         self.update(eui, now, |g| *g.stats.tx_ack.entry(code).or_default() += 1);
     }
@@ -256,9 +256,9 @@ mod tests {
         r.on_rxpk(g2, t0, RxpkOutcome::CrcDropped);
         r.on_rxpk(g2, t0, RxpkOutcome::CrcDropped);
         r.on_rxpk(g2, t0, RxpkOutcome::Invalid);
-        r.on_tx_ack(g2, t0, "NONE");
-        r.on_tx_ack(g2, t0, "TOO_LATE");
-        r.on_tx_ack(g2, t0, "NONE");
+        r.on_tx_ack(g2, t0, "none");
+        r.on_tx_ack(g2, t0, "too_late");
+        r.on_tx_ack(g2, t0, "none");
         r.on_pull_resp(g2, t0);
         r.on_status(
             g2,
@@ -287,8 +287,8 @@ mod tests {
             ),
             (1, 1, 2, 1, 1)
         );
-        assert_eq!(st.tx_ack.get("NONE"), Some(&2));
-        assert_eq!(st.tx_ack.get("TOO_LATE"), Some(&1));
+        assert_eq!(st.tx_ack.get("none"), Some(&2));
+        assert_eq!(st.tx_ack.get("too_late"), Some(&1));
         assert_eq!(s[1].status.as_ref().unwrap().rxnb, Some(4));
         assert_eq!(r.online(later), 1);
         let json = serde_json::to_value(&s).unwrap();

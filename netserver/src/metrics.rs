@@ -20,7 +20,7 @@ pub struct Metrics {
     pub gwmp_dropped: IntCounterVec,
     /// `rxpk` entries, by `result` (ok, crc_dropped, invalid).
     pub rxpk: IntCounterVec,
-    /// TX_ACKs, by `error` code (`NONE` on success).
+    /// TX_ACKs, by `error` label (`none` on success).
     pub tx_ack: IntCounterVec,
     /// PULL_RESP datagrams sent.
     pub pull_resp: IntCounter,
@@ -113,7 +113,7 @@ impl Metrics {
             tx_ack: counter_vec(
                 &r,
                 "netserver_tx_ack_total",
-                "TX_ACK datagrams received, by error code (NONE on success).",
+                "TX_ACK datagrams received, by error (none on success).",
                 &["error"],
             ),
             pull_resp: counter(
