@@ -78,7 +78,10 @@ fn joinserver_bin() -> PathBuf {
         // Same target directory as this build (the binary's directory's parent).
         cmd.env("CARGO_TARGET_DIR", dir.parent().expect("target directory"));
         let status = cmd.status().expect("running cargo build -p joinserver");
-        assert!(status.success(), "cargo build -p joinserver failed");
+        assert!(
+            status.success(),
+            "cargo build -p joinserver failed (the end-to-end tests need the joinserver crate in this workspace)"
+        );
         let bin = dir.join(format!("joinserver{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.exists(), "{} missing after the build", bin.display());
         bin
