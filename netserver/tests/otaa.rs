@@ -769,7 +769,7 @@ fn late_answers_use_rx2_or_are_dropped() {
 }
 
 /// A deterministic fuzz corpus: random datagrams, truncations and bit flips of valid GWMP and
-/// link datagrams, valid headers with broken JSON. Includes `fuzz/corpus/*/*` when present.
+/// link datagrams, valid headers with broken JSON, plus the fuzz crate's seeds and corpus files.
 fn garbage(targets: &[SocketAddr]) {
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -826,7 +826,11 @@ fn garbage(targets: &[SocketAddr]) {
         let len = (next() % 1300) as usize;
         corpus.push((0..len).map(|_| next() as u8).collect());
     }
-    if let Ok(dirs) = std::fs::read_dir(workspace_root().join("fuzz/corpus")) {
+    // The fuzz crate's committed seeds and any local corpus (`fuzz/corpus/` is git-ignored).
+    for base in ["fuzz/seeds", "fuzz/corpus"] {
+        let Ok(dirs) = std::fs::read_dir(workspace_root().join(base)) else {
+            continue;
+        };
         for d in dirs.flatten() {
             for f in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
                 if let Ok(b) = std::fs::read(f.path()) {
