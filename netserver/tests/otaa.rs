@@ -39,11 +39,12 @@ const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
 const NWK_KEY: &str = "000102030405060708090A0B0C0D0E0F";
 const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 const NET_ID: u32 = 0x000013;
-/// Devices: 1 is 1.0.3, 2 is 1.0.4, 3 is 1.1, 5 is 1.0.4 homed in NetID 000042; 9 is unknown.
+/// Devices: 1 is 1.0.3, 2 is 1.0.4, 3 is 1.1, all homed in this network's NetID 000013 (the
+/// join server refuses unclaimed devices); 5 is 1.0.4 homed in NetID 000042; 9 is unknown.
 const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
-0000000000000001,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,,\n\
+0000000000000001,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,000013,\n\
 0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,000013,\n\
-0000000000000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,,\n\
+0000000000000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,000013,\n\
 0000000000000005,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,000042,\n";
 
 // ------------------------------------------------------------------------------------------
@@ -864,10 +865,10 @@ fn join_storm() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key\n");
+    let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n");
     for d in 0..n {
         csv.push_str(&format!(
-            "{:016X},{JOIN_EUI:016X},1.0.3,{APP_KEY},\n",
+            "{:016X},{JOIN_EUI:016X},1.0.3,{APP_KEY},,{NET_ID:06X}\n",
             0x1000 + d
         ));
     }
