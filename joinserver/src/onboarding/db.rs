@@ -732,3 +732,47 @@ impl OnboardStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_is_append_only_and_keys_are_found_by_hash_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = OnboardStore::open(tmp.path()).unwrap();
+        let cli = Actor::cli();
+        let rec = s
+            .create_api_key(&cli, "alice", Role::Owner, &[7; 32])
+            .unwrap();
+        assert_eq!(s.find_api_key(&[7; 32]).unwrap(), Some(rec.clone()));
+        assert_eq!(s.find_api_key(&[8; 32]).unwrap(), None);
+        let dup = s.create_api_key(&cli, "bob", Role::Admin, &[7; 32]);
+        assert!(dup.is_err(), "a key hash is unique");
+        s.audit_append(&AuditEntry {
+            actor: &Actor::from_key(&rec),
+            action: "claim",
+            dev_eui: Some(DevEui::new(0xAB)),
+            outcome: "refused:wrong_token",
+            detail: "",
+        })
+        .unwrap();
+        for sql in ["UPDATE audit SET outcome = 'ok'", "DELETE FROM audit"] {
+            let e = s.conn.execute(sql, []).unwrap_err();
+            assert!(e.to_string().contains("append-only"), "{sql}: {e}");
+        }
+        let f = AuditFilter {
+            dev_eui: Some("00000000000000ab".into()),
+            outcome: Some("refused".into()),
+            ..AuditFilter::default()
+        };
+        let r = s.audit(&f, None).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].actor, format!("key:{}", rec.id));
+        assert_eq!(r[0].tenant.as_deref(), Some("alice"));
+        assert!(s.audit(&f, Some("bob")).unwrap().is_empty(), "tenant scope");
+        let all = s.audit(&AuditFilter::default(), None).unwrap();
+        assert_eq!(all.len(), 2, "the key creation and the refusal");
+        assert!(all[0].seq < all[1].seq);
+    }
+}
