@@ -1,0 +1,454 @@
+//! Onboarding end to end with every real binary: `joinserver` (management API over HTTP and the
+//! JS↔NS link over UDP), two `netserver`s (NetID X = 000013 and Y = 000042) and `qr`, with
+//! virtual gateways speaking GWMP.
+//!
+//! A manufacturer imports a signed manifest; `qr labels` prints codes for the devices; `qr claim`
+//! on one label claims a device for owner A with home NetID X; the device joins through X's
+//! network server and is refused through Y's; A releases it and passes the new token to B, who
+//! claims it for Y with `qr claim`; it now joins through Y and not through X; A can no longer see
+//! it.
+//!
+//! The other crates' binaries are built with a nested `cargo build` (same profile and target
+//! directory), as `otaa.rs` does for the join server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signer, SigningKey};
+use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxPk};
+use protocol::ids::{DevEui, DevNonce, GatewayEui, JoinEui, NetId};
+use protocol::join::{
+    EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest, JoinRootKey,
+};
+use protocol::keys::{AppKey, KeyCipher};
+
+const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
+const DEV: u64 = 0x0004_A30B_0000_0E2E;
+const DEV2: u64 = 0x0004_A30B_0000_0E2F;
+const TOKEN: &str = "E2E0E2E0E2E0E2E0";
+const NET_X: u32 = 0x000013;
+const NET_Y: u32 = 0x000042;
+
+/// Builds (if needed) another crate's binary next to this crate's.
+fn bin(package: &str) -> PathBuf {
+    let ours = PathBuf::from(env!("CARGO_BIN_EXE_netserver"));
+    let dir = ours.parent().expect("binary directory");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root)
+        .args(["build", "-j2", "-p", package, "--bin", package]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    cmd.env("CARGO_TARGET_DIR", dir.parent().unwrap());
+    assert!(cmd.status().unwrap().success(), "cargo build -p {package}");
+    dir.join(package)
+}
+
+/// A child process killed on drop, with the addresses of its `… listening k=v …` line.
+struct Proc {
+    child: Child,
+    line: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, prefix: &str) -> Self {
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .env("NETSERVER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = prefix.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with(&prefix) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("listening line");
+        Self { child, line }
+    }
+
+    fn addr(&self, key: &str) -> SocketAddr {
+        self.line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key}= in {:?}", self.line))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// One HTTP/1.1 request; the status and the body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (code, body)
+}
+
+struct Gateway {
+    sock: UdpSocket,
+    eui: GatewayEui,
+    ns: SocketAddr,
+}
+
+impl Gateway {
+    fn new(eui: u64, ns: SocketAddr) -> Self {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let g = Self {
+            sock,
+            eui: GatewayEui::new(eui),
+            ns,
+        };
+        g.send(&Packet::PullData {
+            token: Token([1, 2]),
+            gateway: g.eui,
+        });
+        assert!(g
+            .recv_until(Duration::from_secs(5), |p| matches!(
+                p,
+                Packet::PullAck { .. }
+            )
+            .then_some(()))
+            .is_some());
+        g
+    }
+
+    fn send(&self, p: &Packet) {
+        self.sock.send_to(&p.to_bytes().unwrap(), self.ns).unwrap();
+    }
+
+    fn recv_until<T>(
+        &self,
+        timeout: Duration,
+        mut want: impl FnMut(Packet) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                if let Some(t) = Packet::parse(&buf[..n]).ok().and_then(&mut want) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// The device sends a Join-request with `dev_nonce`; the Join-accept, if one comes.
+    fn join(&self, dev_nonce: u16, tmst: u32) -> Option<TxPk> {
+        let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+        let phy = JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(DEV),
+            DevNonce(dev_nonce),
+            JoinRootKey::AppKey(&k),
+        );
+        self.send(&Packet::PushData(PushData {
+            token: Token([0x77, dev_nonce as u8]),
+            gateway: self.eui,
+            rxpk: vec![RxPk {
+                tmst,
+                time: None,
+                tmms: None,
+                chan: Some(0),
+                rfch: Some(0),
+                freq_hz: 868_100_000,
+                stat: CrcStatus::Ok,
+                datr: DataRate::lora(7, 125).unwrap(),
+                codr: Some(CodingRate::Cr4_5),
+                rssi: Some(-100),
+                lsnr: Some(7.0),
+                jver: None,
+                rsig: Vec::new(),
+                brd: None,
+                aesk: None,
+                data: phy.to_bytes().to_vec(),
+            }],
+            stat: None,
+        }));
+        self.recv_until(Duration::from_secs(3), |p| match p {
+            Packet::PullResp(r) => Some(r.txpk),
+            _ => None,
+        })
+    }
+}
+
+/// Device side: the Join-accept decrypts and verifies under the device's AppKey; its NetID.
+fn accepted_net_id(tx: &TxPk) -> NetId {
+    let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+    EncryptedJoinAccept::from_bytes(&tx.data)
+        .unwrap()
+        .open(
+            JoinAcceptEncKey::AppKey(&k),
+            JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&k)),
+        )
+        .expect("Join-accept MIC")
+        .net_id
+}
+
+#[test]
+fn manufacturer_owner_next_owner_through_real_network_servers() {
+    let (js_bin, qr_bin, ns_bin) = (
+        bin("joinserver"),
+        bin("qr"),
+        PathBuf::from(env!("CARGO_BIN_EXE_netserver")),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let js_dir = tmp.path().join("js");
+    run(Command::new(&js_bin)
+        .arg("init")
+        .arg("--data-dir")
+        .arg(&js_dir));
+    let key = |role: &str, name: &str| {
+        let o = run(Command::new(&js_bin)
+            .args(["api-keys", "create", "--role", role, "--name", name])
+            .arg("--data-dir")
+            .arg(&js_dir));
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    };
+    let (acme, alice, bob) = (
+        key("manufacturer", "acme"),
+        key("owner", "alice"),
+        key("owner", "bob"),
+    );
+    let (alice_file, bob_file) = (tmp.path().join("alice.key"), tmp.path().join("bob.key"));
+    std::fs::write(&alice_file, &alice).unwrap();
+    std::fs::write(&bob_file, &bob).unwrap();
+    let signer = SigningKey::from_bytes(&[0x5E; 32]);
+    std::fs::write(
+        js_dir.join("joinserver.toml"),
+        format!(
+            "[api]\ntrusted_manifest_keys = [\"{}\"]\n",
+            hex::encode(signer.verifying_key().as_bytes())
+        ),
+    )
+    .unwrap();
+    let js = Proc::spawn(
+        {
+            let mut c = Command::new(&js_bin);
+            c.arg("serve").arg("--data-dir").arg(&js_dir).args([
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "",
+                "--api-listen",
+                "127.0.0.1:0",
+            ]);
+            c
+        },
+        "joinserver listening",
+    );
+    let (api, link) = (js.addr("api"), js.addr("link"));
+    let secrets = js_dir.join("secrets");
+    let netserver = |net: u32| {
+        let dir = tmp.path().join(format!("ns-{net:06X}"));
+        let config = tmp.path().join(format!("ns-{net:06X}.toml"));
+        std::fs::write(&config, "[gwmp]\nworkers = 1\n").unwrap();
+        let mut c = Command::new(&ns_bin);
+        c.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--join-server")
+            .arg(link.to_string())
+            .arg("--link-key")
+            .arg(secrets.join("link.key"))
+            .arg("--ns-kek")
+            .arg(secrets.join("ns.kek"))
+            .args([
+                "--net-id",
+                &format!("{net:06X}"),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+            ]);
+        Proc::spawn(c, "netserver listening")
+    };
+    let (ns_x, ns_y) = (netserver(NET_X), netserver(NET_Y));
+    let gw_x = Gateway::new(0xAA55_5A00_0000_0E2A, ns_x.addr("gwmp"));
+    let gw_y = Gateway::new(0xAA55_5A00_0000_0E2B, ns_y.addr("gwmp"));
+
+    // 1. The manufacturer imports a signed manifest over the API.
+    let manifest = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
+         {DEV:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,,{TOKEN}\n\
+         {DEV2:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,,0E2F0E2F0E2F0E2F\n"
+    );
+    let sig = hex::encode(signer.sign(manifest.as_bytes()).to_bytes());
+    let auth = |k: &str| format!("Bearer {k}");
+    let (st, body) = http(
+        api,
+        "POST",
+        "/api/v1/devices/import",
+        &[
+            ("Authorization", &auth(&acme)),
+            ("X-Manifest-Signature", &sig),
+            ("Content-Type", "text/csv"),
+        ],
+        manifest.as_bytes(),
+    );
+    assert_eq!(st, 201, "{body}");
+
+    // 2. `qr labels` prints the codes.
+    let manifest_file = tmp.path().join("devices.csv");
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    let labels = tmp.path().join("labels");
+    run(Command::new(&qr_bin)
+        .arg("labels")
+        .arg(&manifest_file)
+        .arg("--out")
+        .arg(&labels)
+        .args(["--format", "png"]));
+    let label = labels.join(format!("{DEV:016X}.png"));
+    assert!(label.is_file() && labels.join(format!("{DEV2:016X}.png")).is_file());
+
+    // Unclaimed: no network activates it.
+    let mut tmst = 1_000_000u32;
+    let mut next = || {
+        tmst = tmst.wrapping_add(50_000_000);
+        tmst
+    };
+    assert!(gw_x.join(1, next()).is_none(), "an unclaimed device joined");
+
+    // 3. `qr claim` on the label: owner A, home NetID X.
+    let claim = |input: &str, key: &Path, net: u32| {
+        Command::new(&qr_bin)
+            .args(["claim", input, "--join-server", &format!("http://{api}")])
+            .arg("--api-key-file")
+            .arg(key)
+            .args(["--home-net-id", &format!("{net:06X}")])
+            .output()
+            .unwrap()
+    };
+    let o = claim(label.to_str().unwrap(), &alice_file, NET_X);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("claimed {DEV:016X}")));
+
+    // 4. It joins through X's network server; 5. Y's is refused.
+    let tx = gw_x.join(2, next()).expect("a Join-accept through NetID X");
+    assert_eq!(accepted_net_id(&tx), NetId::new(NET_X).unwrap());
+    assert!(
+        gw_y.join(3, next()).is_none(),
+        "joined through a foreign network"
+    );
+
+    // 6. A releases it and passes on the fresh token; B claims it for Y with `qr claim`.
+    let dev_path = format!("/api/v1/devices/{DEV:016X}");
+    let (st, body) = http(
+        api,
+        "DELETE",
+        &format!("{dev_path}/claim"),
+        &[("Authorization", &auth(&alice))],
+        b"",
+    );
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new_token = v["owner_token"].as_str().unwrap();
+    let o = run(Command::new(&qr_bin).args([
+        "encode",
+        "--join-eui",
+        &format!("{JOIN_EUI:016X}"),
+        "--dev-eui",
+        &format!("{DEV:016X}"),
+        "--profile-id",
+        "00000000",
+        "--owner-token",
+        new_token,
+    ]));
+    let code = String::from_utf8(o.stdout).unwrap().trim().to_owned();
+    let o = claim(&code, &bob_file, NET_Y);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let tx = gw_y.join(4, next()).expect("a Join-accept through NetID Y");
+    assert_eq!(accepted_net_id(&tx), NetId::new(NET_Y).unwrap());
+    assert!(
+        gw_x.join(5, next()).is_none(),
+        "joined through the previous owner's network"
+    );
+
+    // 7. A can no longer see the device; B can.
+    assert_eq!(
+        http(
+            api,
+            "GET",
+            &dev_path,
+            &[("Authorization", &auth(&alice))],
+            b""
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        http(
+            api,
+            "GET",
+            &dev_path,
+            &[("Authorization", &auth(&bob))],
+            b""
+        )
+        .0,
+        200
+    );
+
+    // The network servers counted the refusals.
+    let (_, m) = http(ns_y.addr("metrics"), "GET", "/metrics", &[], b"");
+    assert!(m.contains("ActivationDisallowed"), "{m}");
+}
