@@ -300,14 +300,17 @@ fn import(
     let started = std::time::Instant::now();
     match svc.import(&Actor::cli(), &manifest, format, sig.as_deref(), require) {
         Ok(r) => {
-            println!(
+            use std::io::Write;
+            writeln!(
+                std::io::stdout(),
                 "imported {} devices in {:.2} s{}",
                 r.imported,
                 started.elapsed().as_secs_f64(),
                 r.signed_by
                     .as_deref()
                     .map_or_else(String::new, |k| format!(" (signed by trusted key {k})"))
-            );
+            )
+            .context("writing to stdout")?;
             if !r.generated_owner_tokens.is_empty() {
                 let mut csv = String::from("dev_eui,owner_token\n");
                 for t in &r.generated_owner_tokens {
@@ -330,7 +333,12 @@ fn import(
                             p.display()
                         );
                     }
-                    None => print!("{csv}"),
+                    None => {
+                        let mut out = std::io::stdout().lock();
+                        out.write_all(csv.as_bytes())
+                            .and_then(|()| out.flush())
+                            .context("writing the generated owner tokens to stdout")?;
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
