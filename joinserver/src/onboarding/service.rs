@@ -750,3 +750,76 @@ impl Onboarding {
         Ok(self.db().audit(filter, tenant)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::keys::Kek;
+
+    fn service(dir: &std::path::Path, limits: ClaimLimits) -> Onboarding {
+        Onboarding::new(
+            OnboardStore::open(dir).unwrap(),
+            Some(Arc::new(DeviceMap::default())),
+            MasterKey(Kek::new([3; 16])),
+            TrustedKeys::default(),
+            limits,
+        )
+    }
+
+    fn actor(s: &Onboarding, role: Role, name: &str) -> Actor {
+        let (k, _) = s.create_api_key(&Actor::cli(), role, name).unwrap();
+        s.authenticate(k.expose()).unwrap()
+    }
+
+    #[test]
+    fn failed_claims_are_limited_per_api_key_across_devices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = service(
+            tmp.path(),
+            ClaimLimits {
+                per_device: 100,
+                per_key: 2,
+                window: Duration::from_secs(60),
+            },
+        );
+        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
+             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
+             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
+        let r = s
+            .import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+            .unwrap();
+        assert_eq!((r.imported, r.generated_owner_tokens.len()), (3, 0));
+        // In memory too: the running server sees the devices at once, unclaimed.
+        let map = s.devices.as_ref().unwrap();
+        assert_eq!(map.len(), 3);
+        assert!(map.get(&DevEui::new(1)).unwrap().home_net_id.is_none());
+        let (mallory, alice) = (
+            actor(&s, Role::Owner, "mallory"),
+            actor(&s, Role::Owner, "alice"),
+        );
+        let home = NetId::new(0x13).unwrap();
+        for dev in [1, 2] {
+            let e = s.claim(&mallory, DevEui::new(dev), "guess", home, "test");
+            assert!(matches!(e, Err(OnbError::WrongToken)), "{e:?}");
+        }
+        let e = s.claim(&mallory, DevEui::new(3), "T3", home, "test");
+        assert!(
+            matches!(e, Err(OnbError::RateLimited(_))),
+            "the key is limited on every device: {e:?}"
+        );
+        // Another key is not limited, and the claim binds the running server's copy.
+        let v = s.claim(&alice, DevEui::new(3), "T3", home, "test").unwrap();
+        assert_eq!(v.home_net_id.as_deref(), Some("000013"));
+        assert_eq!(map.get(&DevEui::new(3)).unwrap().home_net_id, Some(home));
+        // Release unbinds it at once and returns a new token that claims it.
+        let t = s.release(&alice, DevEui::new(3), true).unwrap().unwrap();
+        assert!(map.get(&DevEui::new(3)).unwrap().home_net_id.is_none());
+        let e = s.release(&alice, DevEui::new(3), true);
+        assert!(
+            matches!(e, Err(OnbError::NotFound)),
+            "no longer hers: {e:?}"
+        );
+        assert!(s.claim(&alice, DevEui::new(3), &t, home, "test").is_ok());
+    }
+}
