@@ -378,8 +378,8 @@ impl Server {
     }
 }
 
-/// Onboarding: starts the management API on `config.api.listen` (if not empty), acting on the
-/// running server's device map.
+/// Onboarding: opens the onboarding tables and starts the management API on `config.api.listen`
+/// (if not empty), acting on the running server's device map.
 fn start_api(
     data_dir: &Path,
     config: &Config,
@@ -387,6 +387,8 @@ fn start_api(
     master: &secrets::MasterKey,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
+    // Opening the onboarding store also moves any owner token stored in clear to a hash.
+    let db = OnboardStore::open(data_dir)?;
     if config.api.listen.is_empty() {
         return Ok(None);
     }
@@ -398,7 +400,7 @@ fn start_api(
     let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
         .map_err(|e| StartError::Config(format!("api.{e}")))?;
     let svc = Onboarding::new(
-        OnboardStore::open(data_dir)?,
+        db,
         Some(devices.clone()),
         master.clone(),
         trusted,

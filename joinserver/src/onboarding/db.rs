@@ -275,7 +275,34 @@ impl OnboardStore {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn, devices })
+        let mut s = Self { conn, devices };
+        s.hash_clear_owner_tokens()?;
+        Ok(s)
+    }
+
+    /// Owner tokens stored in clear in `devices.owner_token` (by an import that bypassed the
+    /// onboarding path, e.g. [`crate::devices::import`]) are moved to `ownership` as hashes, and
+    /// the clear column is emptied. Returns how many were moved.
+    pub fn hash_clear_owner_tokens(&mut self) -> Result<usize, StoreError> {
+        let tx = self.conn.transaction()?;
+        let clear: Vec<(i64, String)> = tx
+            .prepare("SELECT dev_eui, owner_token FROM devices WHERE owner_token IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (dev, token) in &clear {
+            let h = super::secret::owner_token_hash(DevEui::new(*dev as u64), token);
+            tx.execute(
+                "INSERT INTO ownership (dev_eui, token_hash) VALUES (?1, ?2) \
+                 ON CONFLICT (dev_eui) DO UPDATE SET token_hash = ?2",
+                params![dev, &h[..]],
+            )?;
+            tx.execute(
+                "UPDATE devices SET owner_token = NULL WHERE dev_eui = ?1",
+                [dev],
+            )?;
+        }
+        tx.commit()?;
+        Ok(clear.len())
     }
 
     /// The device store on the same file.
@@ -774,5 +801,29 @@ mod tests {
         let all = s.audit(&AuditFilter::default(), None).unwrap();
         assert_eq!(all.len(), 2, "the key creation and the refusal");
         assert!(all[0].seq < all[1].seq);
+    }
+
+    #[test]
+    fn clear_owner_tokens_are_hashed_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut devices = SqliteStore::open(tmp.path()).unwrap();
+        let d = StoredDevice {
+            dev_eui: DevEui::new(5),
+            join_eui: protocol::ids::JoinEui::new(1),
+            mac_version: protocol::version::MacVersion::V1_0_4,
+            app_key_wrapped: vec![0; 24],
+            nwk_key_wrapped: None,
+            home_net_id: None,
+            owner_token: Some("CLEARTOKEN".into()),
+            nonces: NonceState::default(),
+        };
+        devices.insert_devices(&[d]).unwrap();
+        drop(devices);
+        let mut s = OnboardStore::open(tmp.path()).unwrap();
+        let (stored, own) = s.device(DevEui::new(5)).unwrap().unwrap();
+        assert_eq!(stored.owner_token, None, "no token in clear");
+        let want = super::super::secret::owner_token_hash(DevEui::new(5), "CLEARTOKEN");
+        assert_eq!(own.token_hash.as_deref(), Some(&want[..]));
+        assert_eq!(s.hash_clear_owner_tokens().unwrap(), 0, "idempotent");
     }
 }
