@@ -821,5 +821,16 @@ mod tests {
             "no longer hers: {e:?}"
         );
         assert!(s.claim(&alice, DevEui::new(3), &t, home, "test").is_ok());
+
+        // Listing pages in DevEUI order and is scoped to what the key may see.
+        let admin = actor(&s, Role::Admin, "ops");
+        let page = s.list(&admin, None, 2).unwrap();
+        let ids: Vec<&str> = page.iter().map(|d| d.dev_eui.as_str()).collect();
+        assert_eq!(ids, ["0000000000000001", "0000000000000002"]);
+        let rest = s.list(&admin, Some(DevEui::new(2)), 2).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].dev_eui, "0000000000000003");
+        assert_eq!(s.list(&alice, None, 10).unwrap().len(), 1);
+        assert!(s.list(&mallory, None, 10).unwrap().is_empty());
     }
 }
