@@ -59,8 +59,11 @@ pub fn crc16_modbus(data: &[u8]) -> u16 {
 /// Parses a D0 code for a claim.
 pub fn parse_claim(text: &str) -> Result<ClaimCode, Tr005Error> {
     let text = text.trim();
-    let (body, checksum) = match text.rfind(":C") {
-        Some(i) if !text[i + 2..].contains(':') && i >= 5 => (&text[..i], Some(&text[i + 2..])),
+    // The CheckSum is an extension: the last field, after the five fixed ones.
+    let (body, checksum) = match text.rsplit_once(':') {
+        Some((body, last)) if last.starts_with('C') && body.split(':').count() >= 5 => {
+            (body, Some(&last[1..]))
+        }
         _ => (text, None),
     };
     if let Some(c) = checksum {
@@ -132,6 +135,13 @@ mod tests {
             Err(Tr005Error::NoOwnerToken)
         );
         assert!(matches!(parse_claim("LW:D1:x"), Err(Tr005Error::Format(_))));
+        // A ProfileID starting with C is not a CheckSum.
+        assert_eq!(
+            parse_claim("LW:D0:1122334455667788:AABBCCDDEEFF0011:CAFE0000"),
+            Err(Tr005Error::NoOwnerToken)
+        );
+        let c = parse_claim("LW:D0:1122334455667788:AABBCCDDEEFF0011:CAFE0000:OTOK").unwrap();
+        assert_eq!(c.owner_token, "TOK");
         assert!(matches!(
             parse_claim("LW:D0:11223344556677:AABBCCDDEEFF0011:AABB1122:OX"),
             Err(Tr005Error::Format(_))
