@@ -215,8 +215,26 @@ fn onboarding_over_http_and_udp() {
     let (st, doc) = api.call("GET", "/api/v1/openapi.json", None, None);
     assert_eq!(st, 200);
     assert_eq!(doc["openapi"], "3.0.3");
-    let in_docs: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
-    assert_eq!(doc, in_docs, "docs/openapi.json is the served document");
+    // Every operation of the router is in the document (and so reachable by schemathesis).
+    for (path, method) in [
+        ("/api/v1/devices", "get"),
+        ("/api/v1/devices/import", "post"),
+        ("/api/v1/devices/{dev_eui}", "get"),
+        ("/api/v1/devices/{dev_eui}", "delete"),
+        ("/api/v1/devices/{dev_eui}/claim", "put"),
+        ("/api/v1/devices/{dev_eui}/claim", "delete"),
+        ("/api/v1/devices/{dev_eui}/dev-nonce-reset", "post"),
+        ("/api/v1/devices/{dev_eui}/root-keys", "put"),
+        ("/api/v1/devices/{dev_eui}/lock", "put"),
+        ("/api/v1/devices/{dev_eui}/lock", "delete"),
+        ("/api/v1/claims", "post"),
+        ("/api/v1/audit", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} undocumented"
+        );
+    }
 
     // 1. A manufacturer imports a signed manifest; a tampered or unsigned one is refused whole.
     let manifest = format!(

@@ -5,8 +5,9 @@
 //! is a tenant that sees and acts on its own devices only; `admin` sees everything. Every request
 //! is authorised per device: a device the key may not see answers 404.
 //!
-//! The document describing it is [`OPENAPI_JSON`] (also `docs/openapi.json`). The handlers are
-//! thin: they authenticate, parse, and run one [`Onboarding`] operation on the blocking pool.
+//! The document describing it is [`OPENAPI_JSON`] (`docs/openapi.json`, served as is). The
+//! handlers are thin: they authenticate, parse, and run one [`Onboarding`] operation on the
+//! blocking pool.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,8 +26,8 @@ use crate::devices::Format;
 use crate::onboarding::db::{Actor, AuditFilter};
 use crate::onboarding::service::{OnbError, Onboarding};
 
-/// The OpenAPI 3.0 document of this API.
-pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+/// The OpenAPI 3.0 document of this API: `docs/openapi.json`, compiled in.
+pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
 /// The `[api]` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
