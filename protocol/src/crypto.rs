@@ -10,32 +10,6 @@ use zeroize::Zeroize;
 
 use crate::keys::Mic;
 
-/// `aes128_encrypt(key, block)`: one AES-128-ECB block encryption.
-pub(crate) fn aes128_encrypt(key: &[u8; 16], block: &[u8; 16]) -> [u8; 16] {
-    let cipher = Aes128::new(key.into());
-    let mut b = (*block).into();
-    cipher.encrypt_block(&mut b);
-    b.into()
-}
-
-/// Encrypts each 16-byte block of `data` in place (ECB). `data.len()` must be a multiple of 16.
-pub(crate) fn aes128_encrypt_blocks(key: &[u8; 16], data: &mut [u8]) {
-    debug_assert_eq!(data.len() % 16, 0);
-    let cipher = Aes128::new(key.into());
-    for chunk in data.chunks_exact_mut(16) {
-        cipher.encrypt_block(chunk.into());
-    }
-}
-
-/// Decrypts each 16-byte block of `data` in place (ECB). `data.len()` must be a multiple of 16.
-pub(crate) fn aes128_decrypt_blocks(key: &[u8; 16], data: &mut [u8]) {
-    debug_assert_eq!(data.len() % 16, 0);
-    let cipher = Aes128::new(key.into());
-    for chunk in data.chunks_exact_mut(16) {
-        cipher.decrypt_block(chunk.into());
-    }
-}
-
 /// `aes128_cmac(key, parts[0] | parts[1] | …)`: RFC 4493 over the concatenation of `parts`.
 pub(crate) fn aes128_cmac(key: &[u8; 16], parts: &[&[u8]]) -> [u8; 16] {
     let mut mac = <Cmac<Aes128> as KeyInit>::new(key.into());
@@ -186,14 +160,12 @@ mod tests {
             .unwrap()
             .try_into()
             .unwrap();
-        assert_eq!(
-            hex::encode(aes128_encrypt(&key, &pt)),
-            "69c4e0d86a7b0430d8cdb78070b4c55a"
-        );
-        let mut blocks = [pt, pt].concat();
-        aes128_encrypt_blocks(&key, &mut blocks);
-        aes128_decrypt_blocks(&key, &mut blocks);
-        assert_eq!(blocks, [pt, pt].concat());
+        let fips = KeySchedule::new(&key);
+        let mut ct = pt;
+        fips.encrypt_blocks(&mut ct);
+        assert_eq!(hex::encode(ct), "69c4e0d86a7b0430d8cdb78070b4c55a");
+        fips.decrypt_blocks(&mut ct);
+        assert_eq!(ct, pt);
 
         let k: [u8; 16] = hex::decode("2b7e151628aed2a6abf7158809cf4f3c")
             .unwrap()
@@ -213,9 +185,6 @@ mod tests {
         // The expanded schedule gives the same answers as the one-shot functions.
         let ks = KeySchedule::new(&k);
         assert_eq!(ks.cmac(&[a, b]), aes128_cmac(&k, &[&msg]));
-        let mut one = pt;
-        ks.encrypt_blocks(&mut one);
-        assert_eq!(one, aes128_encrypt(&k, &pt));
         let mut blocks = [pt, pt].concat();
         ks.decrypt_blocks(&mut blocks);
         ks.encrypt_blocks(&mut blocks);
