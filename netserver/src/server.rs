@@ -30,12 +30,14 @@ use crate::core::dedup::Seen;
 use crate::core::devaddr::AddrAllocator;
 use crate::core::reception::Reception;
 use crate::core::uplink::{classify, UplinkKind};
+use crate::data_path::DataPlane;
 use crate::gateway::{GatewayStatus, RxpkOutcome};
 use crate::js_client::LinkClient;
 use crate::keys::NetworkKeys;
 use crate::metrics::Metrics;
 use crate::session::{RedbBackend, Session, SessionStore, Sessions};
 use crate::state::{Secrets, State};
+use crate::uplink_log::{restore_counters, CounterLog, Emitter, EventSink};
 use protocol::region;
 
 /// The addresses a started server listens on.
@@ -70,7 +72,12 @@ pub fn run(
         SessionStore::start(backend, config.storage.max_batch, metrics.clone())?;
     let sessions = Sessions::new();
     let allocator = AddrAllocator::new(block);
-    for stored in loaded {
+    // Data path: the write-ahead frame counters, applied over the stored sessions.
+    let counter_log = CounterLog::open(&config.data_dir)
+        .with_context(|| format!("opening the counter log in {}", config.data_dir.display()))?;
+    let counter_records = counter_log.load()?;
+    for mut stored in loaded {
+        let rekey_confirmed = restore_counters(&counter_records, &mut stored);
         let keys = NetworkKeys::open(&stored.network_keys, &secrets.ns_kek).with_context(|| {
             format!(
                 "session of {} cannot be opened with the configured ns.kek",
@@ -78,8 +85,11 @@ pub fn run(
             )
         })?;
         allocator.restore(stored.dev_addr, stored.dev_eui);
-        sessions.insert(Session { stored, keys });
+        let session = Session::new(stored, keys);
+        session.live.lock().rekey_confirmed = rekey_confirmed;
+        sessions.insert(session);
     }
+    drop(counter_records);
     tracing::info!(sessions = sessions.len(), "sessions restored");
 
     // Sockets.
@@ -94,6 +104,8 @@ pub fn run(
     )
     .with_context(|| format!("binding GWMP on {}", config.gwmp.listen))?;
     let gwmp_addr = first.local_addr()?;
+    let downlink_socket = first.try_clone()?;
+    downlink_socket.set_nonblocking(false)?;
     let mut gwmp_sockets = vec![first];
     for _ in 1..workers {
         gwmp_sockets.push(
@@ -150,6 +162,23 @@ pub fn run(
         (link_rx, metrics_listener, Signals::install()?)
     };
 
+    let data_config = config.data.clone();
+    let sink = EventSink::open(&data_config.events)
+        .with_context(|| format!("opening the event sink {:?}", data_config.events))?;
+    let downlink_input = match data_config.downlink_listen.trim() {
+        "" => None,
+        a => Some(
+            std::net::UdpSocket::bind(a)
+                .with_context(|| format!("binding the downlink input on {a}"))?,
+        ),
+    };
+    let (emitter, emitter_thread) = Emitter::start(
+        counter_log,
+        sink,
+        downlink_socket,
+        data_config.max_batch,
+        metrics.clone(),
+    )?;
     let state = Arc::new(State::new(
         config,
         block,
@@ -160,6 +189,7 @@ pub fn run(
         secrets,
         gwmp_addr.port(),
     ));
+    let _ = state.data.set(DataPlane::new(data_config, emitter));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Socket loops.
@@ -206,6 +236,19 @@ pub fn run(
             ));
         }
         control.spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
+        control.spawn(crate::data_path::collector(
+            Arc::clone(&state),
+            shutdown_rx.clone(),
+        ));
+        if let Some(s) = downlink_input {
+            s.set_nonblocking(true)?;
+            let s = UdpSocket::from_std(s)?;
+            control.spawn(crate::integration::downlink_input(
+                Arc::clone(&state),
+                s,
+                shutdown_rx.clone(),
+            ));
+        }
 
         signals.wait(stop).await;
         tracing::info!("shutting down");
@@ -233,6 +276,7 @@ pub fn run(
     drop(store);
     drop(link);
     store_thread.join();
+    emitter_thread.join();
     result?;
     tracing::info!("stopped");
     Ok(())
@@ -494,7 +538,16 @@ fn handle_rxpk(
             return;
         }
     };
-    let seen = state.dedup.observe(now, &rxpk.data, reception.clone());
+    let seen = match (kind, state.data.get()) {
+        // Data: a copy long after the first is the device sending the frame again.
+        (UplinkKind::Data { .. }, Some(plane)) => state.dedup.observe_within(
+            now,
+            &rxpk.data,
+            reception.clone(),
+            Duration::from_millis(plane.config.retransmission_after_ms),
+        ),
+        _ => state.dedup.observe(now, &rxpk.data, reception.clone()),
+    };
     if seen == Seen::Unrecorded {
         m.dedup_full.inc();
     }
@@ -511,11 +564,7 @@ fn handle_rxpk(
                 ));
             }
             UplinkKind::Data { .. } => {
-                // The data path (uplink authentication, FCnt, MAC commands) is the next
-                // issue; until then data uplinks are counted and dropped, never half-handled.
-                m.uplink_dropped
-                    .with_label_values(&["data_path_not_enabled"])
-                    .inc();
+                crate::data_path::on_first_copy(state, rxpk.data, reception, now);
             }
         },
     }
