@@ -9,10 +9,14 @@
 //!   flush per batch, not per join. `put(...).await` resolves once the write is durable.
 //! - [`Sessions`] is the in-memory table, keyed by DevEUI with a DevAddr index for the data path.
 //!
-//! On disk the network session keys stay wrapped under the network server's KEK (the
-//! KeyEnvelopes as received from the join server) and the AppSKey envelope is kept as received
-//! (wrapped under the application's KEK): the store never holds a key in clear. In memory the
-//! network keys are unwrapped (see [`crate::keys`]).
+//! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
+//! byte for byte the join server's envelopes when it wrapped them under that KEK, since the wrap
+//! is deterministic; a key it sent in clear is wrapped before it is written — and the AppSKey
+//! envelope is kept as received (wrapped under the application's KEK): the store never holds a
+//! key in clear. In memory the network keys are unwrapped (see [`crate::keys`]).
+//!
+//! The data path (a later issue) updates frame counters through the same store: a session
+//! record is replaced whole, so a counter update is one `put` sharing a group commit.
 
 use std::path::Path;
 use std::sync::Arc;
