@@ -14,6 +14,7 @@
 //! flight finish (bounded by the RX2 delay), the store flushes, and the process exits 0.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,9 @@ use crate::keys::NetworkKeys;
 use crate::metrics::Metrics;
 use crate::session::{RedbBackend, Session, SessionStore, Sessions};
 use crate::state::{Secrets, State};
-use crate::uplink_log::{restore_counters, CounterLog, Emitter, EventSink};
+use crate::uplink_log::{
+    apply_delivered, recover_delivered, restore_counters, CounterLog, Emitter, EventSink,
+};
 use protocol::region;
 
 /// The addresses a started server listens on.
@@ -76,8 +79,17 @@ pub fn run(
     let counter_log = CounterLog::open(&config.data_dir)
         .with_context(|| format!("opening the counter log in {}", config.data_dir.display()))?;
     let counter_records = counter_log.load()?;
+    let delivered = match EventSink::open(&config.data.events)? {
+        EventSink::File(_) => recover_delivered(
+            Path::new(config.data.events.trim()),
+            (config.data.max_batch as u64).max(64) * 8 * 1024,
+        )
+        .with_context(|| format!("reading the event file {}", config.data.events))?,
+        _ => Default::default(),
+    };
     for mut stored in loaded {
         let rekey_confirmed = restore_counters(&counter_records, &mut stored);
+        apply_delivered(&delivered, &mut stored);
         let keys = NetworkKeys::open(&stored.network_keys, &secrets.ns_kek).with_context(|| {
             format!(
                 "session of {} cannot be opened with the configured ns.kek",
@@ -104,8 +116,9 @@ pub fn run(
     )
     .with_context(|| format!("binding GWMP on {}", config.gwmp.listen))?;
     let gwmp_addr = first.local_addr()?;
+    // Data downlinks leave from the GWMP port (forwarders accept PULL_RESP only from it). The
+    // clone shares the non-blocking file description with the socket loop's socket.
     let downlink_socket = first.try_clone()?;
-    downlink_socket.set_nonblocking(false)?;
     let mut gwmp_sockets = vec![first];
     for _ in 1..workers {
         gwmp_sockets.push(

@@ -4,17 +4,24 @@
 //! The data path never awaits storage. For each accepted uplink (or downlink) it hands an
 //! [`Emit`] to the [`Emitter`] while it still holds the session's lock, so the emits of one
 //! session are queued in counter order. The emitter thread takes what is queued (up to a
-//! batch), and then, in this order:
-//! 1. commits the new counters of the batch in **one** redb transaction (group commit) to
-//!    `uplinks.redb` in the data directory, durable when `commit` returns;
-//! 2. writes the batch's application events to the sink (one `write` for the batch, then a
-//!    flush) — an event is never written before its uplink's counter is durable;
-//! 3. sends the batch's downlinks (PULL_RESP) — a downlink never leaves before its FCntDown is
-//!    durable;
-//! 4. records the PUSH_DATA-to-event latency of each uplink.
+//! batch), and then:
 //!
-//! If the commit fails, nothing of the batch is emitted (the in-memory counters stay advanced,
-//! so the frames are not accepted again): the failure loses events, never duplicates them.
+//! **Events to a file** (the event file is itself a durable record of what was delivered):
+//! 1. writes the batch's events (one `write`) and `fdatasync`s the file;
+//! 2. commits the batch's new counters in **one** redb transaction (group commit) to
+//!    `uplinks.redb` in the data directory;
+//! 3. sends the batch's downlinks — a downlink never leaves before its FCntDown is durable.
+//!
+//! At start, [`recover_delivered`] reads the file's tail and advances every counter past the
+//! last uplink it delivered, so a crash between 1 and 2 neither loses nor repeats an event;
+//! a partial last line (a crash inside the write) is cut off. Window: none.
+//!
+//! **Events to stdout or UDP** (which cannot be read back): the commit comes first, then the
+//! events, then the downlinks. A crash between the commit and the write loses that batch's
+//! events (at most one group commit) but never repeats one.
+//!
+//! If a commit fails, the batch's downlinks are dropped (and, for stdout/UDP, its events);
+//! the in-memory counters stay advanced, so no frame is accepted twice.
 //!
 //! The counters live beside the session store, not in it: a session record is written once at
 //! the join, its counters at every uplink. Each counter record carries the identity of the
@@ -217,6 +224,12 @@ pub enum EventSink {
 }
 
 impl EventSink {
+    /// Whether the events can be read back at start (a file): they are then written before
+    /// the counter commit.
+    pub fn is_file(&self) -> bool {
+        matches!(self, Self::File(_))
+    }
+
     /// From the `data.events` setting: empty = discard, `-` = stdout, `udp://HOST:PORT`, or a
     /// file path (appended to, created if missing).
     pub fn open(spec: &str) -> std::io::Result<Self> {
@@ -263,7 +276,10 @@ impl EventSink {
                     buf.push(b'\n');
                 }
                 match self {
-                    Self::File(f) => f.write_all(buf),
+                    Self::File(f) => {
+                        f.write_all(buf)?;
+                        f.sync_data()
+                    }
                     _ => {
                         let mut out = std::io::stdout().lock();
                         out.write_all(buf)?;
@@ -341,6 +357,14 @@ fn emit_loop(
         }
         records.clear();
         records.extend(batch.iter().filter_map(|e| e.record));
+        let lines: Vec<&[u8]> = batch
+            .iter()
+            .flat_map(|e| e.events.iter().map(Vec::as_slice))
+            .collect();
+        let events_first = sink.is_file();
+        if events_first {
+            write_events(&mut sink, &lines, &mut buf, m);
+        }
         let committed = records.is_empty()
             || {
                 match log.commit(&records) {
@@ -350,30 +374,19 @@ fn emit_loop(
                     }
                     Err(e) => {
                         m.counter_commits.with_label_values(&["error"]).inc();
-                        tracing::error!(error = %e, writes = records.len(), "counter commit failed; the batch's events and downlinks are dropped");
+                        tracing::error!(error = %e, writes = records.len(), "counter commit failed; the batch's downlinks are dropped");
                         false
                     }
                 }
             };
+        if committed && !events_first {
+            write_events(&mut sink, &lines, &mut buf, m);
+        }
         if committed {
-            let lines: Vec<&[u8]> = batch
-                .iter()
-                .flat_map(|e| e.events.iter().map(Vec::as_slice))
-                .collect();
-            if let Err(e) = sink.write_batch(&lines, &mut buf) {
-                m.events
-                    .with_label_values(&["write_failed"])
-                    .inc_by(lines.len() as u64);
-                tracing::error!(error = %e, "writing application events failed");
-            } else {
-                m.events
-                    .with_label_values(&["written"])
-                    .inc_by(lines.len() as u64);
-            }
             let now = Instant::now();
             for e in &batch {
                 if let Some(d) = &e.downlink {
-                    let label = match downlinks.send_to(&d.datagram, d.to) {
+                    let label = match send_nonblocking(&downlinks, &d.datagram, d.to) {
                         Ok(_) => "sent",
                         Err(_) => "send_failed",
                     };
@@ -394,7 +407,121 @@ fn emit_loop(
                 }
             }
         }
+        drop(lines);
         batch.clear();
+    }
+}
+
+fn write_events(
+    sink: &mut EventSink,
+    lines: &[&[u8]],
+    buf: &mut Vec<u8>,
+    m: &crate::data_path::DataMetrics,
+) {
+    if lines.is_empty() {
+        return;
+    }
+    if let Err(e) = sink.write_batch(lines, buf) {
+        m.events
+            .with_label_values(&["write_failed"])
+            .inc_by(lines.len() as u64);
+        tracing::error!(error = %e, "writing application events failed");
+    } else {
+        m.events
+            .with_label_values(&["written"])
+            .inc_by(lines.len() as u64);
+    }
+}
+
+/// The uplinks delivered per device according to the tail of the event file (the last
+/// `tail_bytes`): the DevAddr and highest FCnt after the device's last join event. A partial
+/// last line (a crash inside a write) is cut off the file.
+pub fn recover_delivered(
+    path: &Path,
+    tail_bytes: u64,
+) -> std::io::Result<HashMap<DevEui, (DevAddr, u32)>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = HashMap::new();
+    let mut f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(tail_bytes);
+    f.seek(SeekFrom::Start(start))?;
+    let mut text = Vec::with_capacity((len - start) as usize);
+    f.read_to_end(&mut text)?;
+    let complete = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if complete < text.len() {
+        tracing::warn!(
+            bytes = text.len() - complete,
+            "cutting a partial last line off the event file"
+        );
+        f.set_len(start + complete as u64)?;
+        f.sync_data()?;
+    }
+    #[derive(serde::Deserialize)]
+    struct Line {
+        #[serde(rename = "type")]
+        kind: String,
+        dev_eui: DevEui,
+        dev_addr: Option<DevAddr>,
+        f_cnt: Option<u32>,
+    }
+    // The first line of a tail may be cut in the middle: skip it unless the tail is the file.
+    let mut lines = text[..complete].split(|&b| b == b'\n');
+    if start > 0 {
+        lines.next();
+    }
+    for l in lines.filter(|l| !l.is_empty()) {
+        let Ok(line) = serde_json::from_slice::<Line>(l) else {
+            continue;
+        };
+        match (line.kind.as_str(), line.dev_addr, line.f_cnt) {
+            ("join", _, _) => {
+                out.remove(&line.dev_eui);
+            }
+            ("uplink", Some(addr), Some(fcnt)) => {
+                let e = out.entry(line.dev_eui).or_insert((addr, fcnt));
+                if e.0 != addr || fcnt > e.1 {
+                    *e = (addr, fcnt);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Advances a stored session's FCntUp past the last uplink the event file shows delivered
+/// for it (same DevAddr).
+pub fn apply_delivered(
+    delivered: &HashMap<DevEui, (DevAddr, u32)>,
+    stored: &mut crate::session::StoredSession,
+) {
+    if let Some(&(addr, fcnt)) = delivered.get(&stored.dev_eui) {
+        if addr == stored.dev_addr && fcnt.wrapping_add(1) > stored.counters.f_cnt_up {
+            stored.counters.f_cnt_up = fcnt.wrapping_add(1);
+        }
+    }
+}
+
+/// Sends on a non-blocking socket (shared with a socket loop), waiting out a full send buffer
+/// for up to 50 ms.
+fn send_nonblocking(s: &UdpSocket, d: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    let deadline = Instant::now() + std::time::Duration::from_millis(50);
+    loop {
+        match s.send_to(d, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            r => return r,
+        }
     }
 }
 
@@ -430,6 +557,44 @@ mod tests {
         fresh.dev_nonce.0 += 1;
         assert!(!restore_counters(&records, &mut fresh));
         assert_eq!(fresh.counters, FrameCounters::default());
+    }
+
+    #[test]
+    fn delivered_uplinks_are_recovered_from_the_event_file_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("events.jsonl");
+        let up = |d: &str, a: &str, f: u32| {
+            format!(
+                "{{\"type\":\"uplink\",\"dev_eui\":\"{d}\",\"dev_addr\":\"{a}\",\"f_cnt\":{f}}}\n"
+            )
+        };
+        let mut text = String::new();
+        text += &up("0000000000000001", "26000001", 7);
+        text += &up("0000000000000001", "26000001", 8);
+        text += &up("0000000000000002", "26000002", 3);
+        text += "{\"type\":\"join\",\"dev_eui\":\"0000000000000002\",\"dev_addr\":\"26000009\"}\n";
+        text += &up("0000000000000003", "26000003", 1);
+        text += "{\"type\":\"uplink\",\"dev_eui\":\"00000000000000";
+        std::fs::write(&p, &text).unwrap();
+        let d = recover_delivered(&p, 1 << 20).unwrap();
+        assert_eq!(d[&DevEui::new(1)], (DevAddr::new(0x2600_0001), 8));
+        assert!(!d.contains_key(&DevEui::new(2)), "joined again since");
+        assert_eq!(d[&DevEui::new(3)].1, 1);
+        assert!(
+            std::fs::read_to_string(&p)
+                .unwrap()
+                .ends_with("\"f_cnt\":1}\n"),
+            "partial line cut"
+        );
+        let mut s = stored(1, 0x2600_0001);
+        apply_delivered(&d, &mut s);
+        assert_eq!(s.counters.f_cnt_up, 9);
+        let mut other = stored(1, 0x2600_0777);
+        apply_delivered(&d, &mut other);
+        assert_eq!(other.counters.f_cnt_up, 0, "another session's address");
+        assert!(recover_delivered(&dir.path().join("none"), 100)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
