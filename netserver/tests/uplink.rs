@@ -653,7 +653,7 @@ fn sigkill_mid_stream_delivers_nothing_twice() {
     for (i, f) in frames.iter().enumerate() {
         gw.push(f, 10_000_000 + 1_000 * i as u32, 5.0, -90);
     }
-    let all = wait_events(&events_path, frames.len());
+    wait_events(&events_path, frames.len());
     std::thread::sleep(Duration::from_millis(300));
     let all = events(&events_path);
     eprintln!(
