@@ -447,10 +447,6 @@ fn accepted(
         Err(r) => return count(state, r),
     };
     st.counters.f_cnt_up = fcnt.wrapping_add(1);
-    if state.sessions.is_current(session) {
-        // The first uplink under the new session: the replaced one is no longer needed.
-        state.sessions.drop_previous(dev_eui);
-    }
     let mut events = Vec::with_capacity(2);
     if uplink.ack {
         if let Some(p) = st.pending_confirmed.take() {
@@ -475,6 +471,11 @@ fn accepted(
     let mut answers = outcome.answers;
     if outcome.rekey_ind {
         st.rekey_confirmed = true;
+    }
+    // The replaced session is no longer needed once the new one is in use: at its first uplink
+    // (1.0), at its RekeyInd (1.1, which confirms the new security context).
+    if state.sessions.is_current(session) && (!radio.is_1_1 || st.rekey_confirmed) {
+        state.sessions.drop_previous(dev_eui);
     }
     if let Some((power, dr, mask)) = outcome.link_adr_ans {
         if let (true, true, true, Some(req)) = (power, dr, mask, st.adr_requested) {

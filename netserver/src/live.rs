@@ -144,3 +144,72 @@ pub fn network_session_keys(k: &NetworkKeys) -> NetworkSessionKeys {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use protocol::ids::DevEui;
+    use protocol::keys::NwkSKey;
+
+    use super::*;
+    use crate::session::tests::stored;
+    use crate::session::{Session, Sessions};
+
+    fn session(dev_eui: u64, dev_addr: u32, nonce: u16) -> Session {
+        let mut s = stored(dev_eui, dev_addr);
+        s.dev_nonce.0 = nonce;
+        Session::new(s, NetworkKeys::V1_0(NwkSKey::new([nonce as u8; 16])))
+    }
+
+    #[test]
+    fn a_replaced_session_stays_a_candidate_until_dropped() {
+        let t = Sessions::new();
+        t.insert(session(1, 0x2600_0001, 1));
+        let old = t
+            .by_dev_addr(protocol::ids::DevAddr::new(0x2600_0001))
+            .unwrap();
+        // A new join gives the device another address; its old address is reused by device 2.
+        t.insert(session(1, 0x2600_0002, 2));
+        t.insert(session(2, 0x2600_0001, 1));
+        let at_old = t.candidates(protocol::ids::DevAddr::new(0x2600_0001));
+        assert_eq!(
+            at_old.len(),
+            2,
+            "device 2's session and device 1's replaced one"
+        );
+        assert_eq!(at_old[0].stored.dev_eui, DevEui::new(2));
+        assert!(Arc::ptr_eq(&at_old[1], &old));
+        assert!(!t.is_current(&old));
+        let new = t.candidates(protocol::ids::DevAddr::new(0x2600_0002));
+        assert_eq!(new.len(), 1);
+        assert!(t.is_current(&new[0]));
+        t.drop_previous(DevEui::new(1));
+        assert_eq!(
+            t.candidates(protocol::ids::DevAddr::new(0x2600_0001)).len(),
+            1
+        );
+        // A second join before any uplink keeps only the latest replaced session.
+        t.insert(session(1, 0x2600_0003, 3));
+        t.insert(session(1, 0x2600_0004, 4));
+        assert_eq!(
+            t.candidates(protocol::ids::DevAddr::new(0x2600_0002)).len(),
+            0
+        );
+        assert_eq!(
+            t.candidates(protocol::ids::DevAddr::new(0x2600_0003)).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn counters_and_last_accepted() {
+        let live = Live::new(FrameCounters::default());
+        assert_eq!(live.lock().last_accepted(), None);
+        live.lock().counters.f_cnt_up = 8;
+        assert_eq!(live.lock().last_accepted(), Some(7));
+        let copy = live.clone();
+        assert_eq!(copy.lock().counters.f_cnt_up, 8);
+        assert!(!format!("{live:?}").contains("Aes"));
+    }
+}
