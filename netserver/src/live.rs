@@ -71,7 +71,9 @@ impl DataState {
 /// The live part of a [`crate::session::Session`].
 pub struct Live {
     state: Mutex<DataState>,
-    crypto: OnceLock<SessionCrypto>,
+    // Boxed: a SessionCrypto is about 2.9 KB (the `aes` crate keeps AES-NI and software key
+    // schedules side by side); sessions that have not sent since the start do not pay it.
+    crypto: OnceLock<Box<SessionCrypto>>,
 }
 
 impl Live {
@@ -104,7 +106,7 @@ impl Live {
                 (Some(env), None) if env.kek_label.is_empty() => env.open(None).ok(),
                 _ => None,
             };
-            SessionCrypto::new(&network_session_keys(keys), app.as_ref())
+            Box::new(SessionCrypto::new(&network_session_keys(keys), app.as_ref()))
         })
     }
 }
@@ -211,5 +213,21 @@ mod tests {
         let copy = live.clone();
         assert_eq!(copy.lock().counters.f_cnt_up, 8);
         assert!(!format!("{live:?}").contains("Aes"));
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn print_sizes() {
+        eprintln!(
+            "Session {} StoredSession {} Live {} DataState {} SessionCrypto {} NetworkKeys {}",
+            std::mem::size_of::<crate::session::Session>(),
+            std::mem::size_of::<crate::session::StoredSession>(),
+            std::mem::size_of::<super::Live>(),
+            std::mem::size_of::<super::DataState>(),
+            std::mem::size_of::<protocol::data::SessionCrypto>(),
+            std::mem::size_of::<crate::keys::NetworkKeys>(),
+        );
     }
 }
