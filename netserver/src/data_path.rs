@@ -601,14 +601,15 @@ fn downlink(
         rx2_delay: rx1 + Duration::from_secs(1),
         margin: Duration::from_millis(state.config.join.scheduling_margin_ms),
     };
-    let Some(gw) = reception::best(ctx.receptions, |r| {
+    let route = reception::best(ctx.receptions, |r| {
         state.gateways.downlink_addr(r.gateway).is_some()
-    }) else {
+    })
+    .and_then(|gw| Some((gw, state.gateways.downlink_addr(gw.gateway)?)));
+    let Some((gw, to)) = route else {
         m.downlinks.with_label_values(&["no_gateway"]).inc();
         put_back(app);
         return None;
     };
-    let to = state.gateways.downlink_addr(gw.gateway)?;
     let Some(at) = choose_window(ctx.now, gw.tmst, gw.received_at, &timing) else {
         m.downlinks.with_label_values(&["too_late"]).inc();
         put_back(app);
