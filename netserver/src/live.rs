@@ -230,6 +230,10 @@ mod size {
     #[test]
     fn session_inline_size_is_bounded() {
         assert!(size_of::<Session>() <= 512, "{}", size_of::<Session>());
-        assert!(size_of::<super::Live>() <= 128, "{}", size_of::<super::Live>());
+        assert!(
+            size_of::<super::Live>() <= 128,
+            "{}",
+            size_of::<super::Live>()
+        );
     }
 }

@@ -293,6 +293,34 @@ fn wait_events(path: &Path, n: usize) -> Vec<Value> {
     }
 }
 
+/// A PUSH_DATA with one `rxpk` (868.3 MHz, DR5), as `Gateway::push` sends it.
+fn push_data(gateway: protocol::ids::GatewayEui, phy: &[u8], tmst: u32) -> protocol::gwmp::Packet {
+    use protocol::gwmp::{CodingRate, CrcStatus, Packet, PushData, RxPk, Token};
+    Packet::PushData(PushData {
+        token: Token([(tmst >> 8) as u8, tmst as u8]),
+        gateway,
+        rxpk: vec![RxPk {
+            tmst,
+            time: None,
+            tmms: None,
+            chan: Some(1),
+            rfch: Some(0),
+            freq_hz: 868_300_000,
+            stat: CrcStatus::Ok,
+            datr: DataRate::lora(7, 125).unwrap(),
+            codr: Some(CodingRate::Cr4_5),
+            rssi: Some(-90),
+            lsnr: Some(5.0),
+            jver: None,
+            rsig: Vec::new(),
+            brd: None,
+            aesk: None,
+            data: phy.to_vec(),
+        }],
+        stat: None,
+    })
+}
+
 fn b64(s: &Value) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s.as_str().expect("a base64 string"))
@@ -629,18 +657,34 @@ fn sigkill_mid_stream_delivers_nothing_twice() {
         .map(|f| a.uplink(f, false, None, vec![], app(1, &f.to_le_bytes())))
         .collect();
     let ns = start(&net);
-    let gw = Gateway::new(0xBB01, ns.addr("gwmp"));
     let events_path = net.events.clone();
-    let mut sent = 0;
-    // Stream until 100 events are written, then SIGKILL while frames are in flight.
-    for (i, f) in frames.iter().enumerate() {
-        gw.push(f, 1_000 * i as u32, 5.0, -90);
-        sent = i + 1;
-        if i % 5 == 0 && events(&events_path).len() >= 100 {
-            break;
-        }
+    // A sender thread streams the frames (about one per millisecond, without waiting for the
+    // PUSH_ACKs); once 100 events are written, the server is killed while it keeps streaming.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (stop, frames, to) = (stop.clone(), frames.clone(), ns.addr("gwmp"));
+        std::thread::spawn(move || {
+            let gw = Gateway::new(0xBB01, to);
+            let mut sent = 0;
+            for (i, f) in frames.iter().enumerate() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                gw.send(&push_data(gw.eui, f, 1_000 * i as u32));
+                sent = i + 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            sent
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while events(&events_path).len() < 100 {
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
     }
     ns.kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sent = sender.join().unwrap();
     let before = events(&events_path).len();
     assert!(
         before >= 100 && sent < frames.len(),
