@@ -4,8 +4,9 @@
 //!
 //! Sessions are provisioned the way the join path leaves them (network keys wrapped under
 //! `ns.kek` in `sessions.redb`, the AppSKey envelope as a join server sends it, counters at 0)
-//! by writing them with the library's own `SessionStore` before the server starts; the OTAA
-//! join itself is covered by `otaa.rs`, which needs the `joinserver` crate.
+//! by writing them with the library's own `SessionStore` before the server starts, so that the
+//! keys, versions and KEK labels are chosen by the test. `join_uplink.rs` runs the same path
+//! after a real OTAA join through the `joinserver` binary.
 
 mod common;
 

@@ -225,3 +225,48 @@ pub fn write600(p: &std::path::Path, text: &str) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
 }
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("netserver sits in the workspace")
+        .to_owned()
+}
+
+/// Builds (if needed) and locates the real joinserver binary, next to this crate's binary
+/// (as `otaa.rs` does).
+pub fn joinserver_bin() -> std::path::PathBuf {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let ours = std::path::PathBuf::from(env!("CARGO_BIN_EXE_netserver"));
+        let dir = ours.parent().expect("binary directory");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "-j2",
+            "-p",
+            "joinserver",
+            "--bin",
+            "joinserver",
+        ]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        cmd.env("CARGO_TARGET_DIR", dir.parent().expect("target directory"));
+        let status = cmd.status().expect("running cargo build -p joinserver");
+        assert!(status.success(), "cargo build -p joinserver failed");
+        let bin = dir.join(format!("joinserver{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.exists(), "{} missing after the build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("running a command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
