@@ -149,6 +149,30 @@ impl Device {
         .unwrap()
     }
 
+    /// An unconfirmed uplink with the ADR bit, and ADRACKReq if asked.
+    fn adr_uplink(&self, fcnt: u32, adr_ack_req: bool) -> Vec<u8> {
+        Uplink {
+            confirmed: false,
+            dev_addr: DevAddr::new(self.dev_addr),
+            fcnt,
+            adr: true,
+            adr_ack_req,
+            ack: false,
+            class_b: false,
+            fopts: Vec::new(),
+            payload: app(1, b"adr"),
+        }
+        .build(
+            &self.crypto(),
+            &UplinkMicParams {
+                conf_fcnt: 0,
+                tx_dr: 5,
+                tx_ch: 1,
+            },
+        )
+        .unwrap()
+    }
+
     /// A 1.0 frame with LinkCheckReq both in FOpts and on FPort 0 (which no builder makes):
     /// the FPort 0 frame with one FOpts byte inserted and the MIC computed again.
     fn mixed_mac_frame(&self, fcnt: u32) -> Vec<u8> {
@@ -354,7 +378,8 @@ fn uplinks_downlinks_and_mac_commands() {
     // Its AppSKey is wrapped for another application server: forwarded encrypted.
     let mut c = Device::v10(0xC1, 0x2600_00C1, MacVersion::V1_0_4, 0x0C);
     c.app_kek = ("as-other", OTHER_AS_KEK);
-    let net = provision(&[&a, &b, &c], CONFIG);
+    let e_adr = Device::v10(0xE1, 0x2600_00E1, MacVersion::V1_0_4, 0x0E);
+    let net = provision(&[&a, &b, &c, &e_adr], CONFIG);
     let ns = start(&net);
     let m = ns.addr("metrics");
     let gws: Vec<Gateway> = [(0xAA01u64), 0xAA02, 0xAA03]
@@ -636,10 +661,48 @@ fn uplinks_downlinks_and_mac_commands() {
     );
     assert_eq!(bytes, b"end to end");
 
+    // ADR: an ADRACKReq gets a downlink at once (empty: no decision before 20 uplinks); after
+    // 20 uplinks at SNR 9 dB on DR5 (margin 9 + 7.5 − 10 = 6.5 dB: two 3 dB steps, DR5 is the
+    // ADR maximum, so two power steps) the device gets LinkADRReq(DR5, TXPower 2).
+    gws[1].push(&e_adr.adr_uplink(0, true), 110_000_000, 9.0, -80);
+    let (_, tx) = gws[1]
+        .pull_resp(Duration::from_secs(3))
+        .expect("answer to ADRACKReq");
+    let d = e_adr.open(&tx, 0, 0);
+    assert!(d.fopts.is_empty() && !d.ack);
+    for f in 1..19u32 {
+        gws[1].push(
+            &e_adr.adr_uplink(f, false),
+            110_000_000 + f * 100_000,
+            9.0,
+            -80,
+        );
+    }
+    assert!(
+        gws[1].pull_resp(Duration::from_millis(300)).is_none(),
+        "no decision before 20 uplinks"
+    );
+    gws[1].push(&e_adr.adr_uplink(19, false), 120_000_000, 9.0, -80);
+    let (_, tx) = gws[1]
+        .pull_resp(Duration::from_secs(3))
+        .expect("LinkADRReq");
+    let d = e_adr.open(&tx, 1, 0);
+    assert_eq!(
+        mac::parse(protocol::data::Direction::Downlink, &d.fopts).unwrap(),
+        vec![MacCommand::LinkADRReq {
+            data_rate: 5,
+            tx_power: 2,
+            ch_mask: 0x0007,
+            ch_mask_cntl: 0,
+            nb_trans: 1
+        }]
+    );
+
     // Metrics: results and latency.
-    assert_eq!(metric(m, "netserver_uplinks_total{result=\"ok\"}"), 9.0);
+    wait_metric(m, "netserver_uplinks_total{result=\"ok\"}", 29.0);
+    assert_eq!(metric(m, "netserver_uplinks_total{result=\"ok\"}"), 29.0);
     assert!(metric(m, "netserver_uplink_latency_seconds_count") >= 9.0);
-    assert_eq!(metric(m, "netserver_downlinks_total{result=\"sent\"}"), 7.0);
+    assert_eq!(metric(m, "netserver_downlinks_total{result=\"sent\"}"), 9.0);
     let status = ns.terminate();
     assert!(status.success(), "{status}");
 }
