@@ -291,6 +291,7 @@ fn serve(
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let path = config_file.or_else(|| {
         let p = data_dir.join("joinserver.toml");
