@@ -81,6 +81,22 @@ impl Default for DataConfig {
     }
 }
 
+impl DataConfig {
+    /// Checks the settings that depend on each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.collect_window_ms >= self.retransmission_after_ms {
+            return Err(format!(
+                "data.collect_window_ms ({}) must be below data.retransmission_after_ms ({}): a copy inside the window is another gateway's",
+                self.collect_window_ms, self.retransmission_after_ms
+            ));
+        }
+        if self.max_batch == 0 || self.queue_per_device == 0 {
+            return Err("data.max_batch and data.queue_per_device must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Metrics of the data path (registered with the others).
 #[derive(Debug, Clone)]
 pub struct DataMetrics {
@@ -704,4 +720,24 @@ fn downlink(
     .ok()?;
     state.gateways.on_pull_resp(gw.gateway, ctx.now);
     Some(OutgoingDownlink { datagram, to })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_are_valid_and_inconsistent_windows_are_refused() {
+        assert_eq!(DataConfig::default().validate(), Ok(()));
+        let c = DataConfig {
+            collect_window_ms: 1000,
+            ..DataConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("collect_window_ms"));
+        let c = DataConfig {
+            max_batch: 0,
+            ..DataConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
 }

@@ -66,6 +66,7 @@ pub fn run(
     ready: impl FnOnce(&Addresses),
 ) -> anyhow::Result<()> {
     let block = config.validate()?;
+    config.data.validate().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
 
     // Sessions: load, open the network keys, index.
