@@ -86,6 +86,9 @@ events = ""
 # UDP address of the downlink input (one JSON request per datagram, one JSON answer). "": off.
 # Flag: --downlink-listen.
 downlink_listen = ""
+# HTTP address of the downlink input (POST /downlink, the same JSON). "": off.
+# Flag: --downlink-http.
+downlink_http = ""
 # How long after a frame's first copy other gateways' copies are awaited before it is handled, ms.
 collect_window_ms = 200
 # A copy arriving this long after the first copy is a new transmission (a confirmed frame sent

@@ -48,6 +48,8 @@ pub struct DataConfig {
     pub events: String,
     /// UDP address of the downlink input (JSON requests); empty: disabled.
     pub downlink_listen: String,
+    /// HTTP address of the downlink input (`POST /downlink`); empty: disabled.
+    pub downlink_http: String,
     /// How long after a frame's first copy the other gateways' copies are awaited, ms.
     pub collect_window_ms: u64,
     /// A copy of a frame arriving this long after its first copy is a new transmission (a
@@ -70,6 +72,7 @@ impl Default for DataConfig {
         Self {
             events: String::new(),
             downlink_listen: String::new(),
+            downlink_http: String::new(),
             collect_window_ms: 200,
             retransmission_after_ms: 1000,
             adr: true,

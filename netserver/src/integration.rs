@@ -1,5 +1,5 @@
 //! The application integration: events out (JSON lines, see `docs/integration.md`) and
-//! downlinks in (JSON datagrams on UDP, one answer datagram each).
+//! downlinks in (JSON datagrams on UDP, one answer datagram each, or `POST /downlink` on HTTP).
 //!
 //! Events: `uplink` (one per delivered uplink), `join` (a new session), `ack` (the device
 //! acknowledged a confirmed downlink). Identifiers are MSB-first hex, payloads base64, times
@@ -279,6 +279,90 @@ pub async fn downlink_input(
         if let Ok(bytes) = serde_json::to_vec(&answer) {
             let _ = socket.send_to(&bytes, from).await;
         }
+    }
+}
+
+/// Serves the HTTP downlink input: `POST /downlink` with the same JSON as the UDP input;
+/// `202 Accepted` with the answer when queued, `400 Bad Request` with the answer's error
+/// otherwise. Bodies are limited to 4 KiB.
+pub async fn serve_http_downlinks(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper::body::Bytes;
+    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    use hyper::{Method, Response, StatusCode};
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let state = Arc::clone(&state);
+                    async move {
+                        let reply = |code: StatusCode, a: &DownlinkAnswer| {
+                            let mut r = Response::new(Full::new(Bytes::from(
+                                serde_json::to_vec(a).unwrap_or_default(),
+                            )));
+                            *r.status_mut() = code;
+                            r.headers_mut()
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            r
+                        };
+                        if req.uri().path() != "/downlink" {
+                            return Ok::<_, std::convert::Infallible>(reply(
+                                StatusCode::NOT_FOUND,
+                                &DownlinkAnswer::err("not found: POST /downlink"),
+                            ));
+                        }
+                        if req.method() != Method::POST {
+                            return Ok(reply(
+                                StatusCode::METHOD_NOT_ALLOWED,
+                                &DownlinkAnswer::err("method not allowed: POST /downlink"),
+                            ));
+                        }
+                        let body = match Limited::new(req.into_body(), 4096).collect().await {
+                            Ok(b) => b.to_bytes(),
+                            Err(_) => {
+                                return Ok(reply(
+                                    StatusCode::BAD_REQUEST,
+                                    &DownlinkAnswer::err(
+                                        "request body unreadable or over 4096 bytes",
+                                    ),
+                                ))
+                            }
+                        };
+                        let answer = handle_downlink_request(&state, &body);
+                        let label = if answer.ok { "queued" } else { "refused" };
+                        state
+                            .metrics
+                            .data
+                            .downlink_requests
+                            .with_label_values(&[label])
+                            .inc();
+                        let code = if answer.ok {
+                            StatusCode::ACCEPTED
+                        } else {
+                            StatusCode::BAD_REQUEST
+                        };
+                        Ok(reply(code, &answer))
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
     }
 }
 

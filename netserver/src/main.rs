@@ -66,6 +66,9 @@ struct Serve {
     /// UDP address of the application downlink input (JSON requests).
     #[arg(long)]
     downlink_listen: Option<String>,
+    /// HTTP address of the application downlink input (POST /downlink).
+    #[arg(long)]
+    downlink_http: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -123,6 +126,9 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     }
     if let Some(d) = args.downlink_listen {
         config.data.downlink_listen = d;
+    }
+    if let Some(d) = args.downlink_http {
+        config.data.downlink_http = d;
     }
     let secrets = Secrets {
         link_key: read_secret(&args.link_key, str::parse::<LinkKey>)?,

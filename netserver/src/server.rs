@@ -186,6 +186,13 @@ pub fn run(
                 .with_context(|| format!("binding the downlink input on {a}"))?,
         ),
     };
+    let downlink_http = match data_config.downlink_http.trim() {
+        "" => None,
+        a => Some(
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("binding the HTTP downlink input on {a}"))?,
+        ),
+    };
     let (emitter, emitter_thread) = Emitter::start(
         counter_log,
         sink,
@@ -254,6 +261,14 @@ pub fn run(
             Arc::clone(&state),
             shutdown_rx.clone(),
         ));
+        if let Some(l) = downlink_http {
+            l.set_nonblocking(true)?;
+            control.spawn(crate::integration::serve_http_downlinks(
+                tokio::net::TcpListener::from_std(l)?,
+                Arc::clone(&state),
+                shutdown_rx.clone(),
+            ));
+        }
         if let Some(s) = downlink_input {
             s.set_nonblocking(true)?;
             let s = UdpSocket::from_std(s)?;

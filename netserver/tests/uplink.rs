@@ -221,6 +221,7 @@ struct Net {
     secrets: PathBuf,
     events: PathBuf,
     downlink_input: SocketAddr,
+    downlink_http: SocketAddr,
 }
 
 fn provision(devices: &[&Device], config: &str) -> Net {
@@ -259,7 +260,12 @@ fn provision(devices: &[&Device], config: &str) -> Net {
         let s = UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap()
     };
+    let downlink_http = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
     Net {
+        downlink_http,
         events: dir.path().join("events.jsonl"),
         _dir: dir,
         data_dir,
@@ -289,7 +295,9 @@ fn start(net: &Net) -> Proc {
         .arg("--events")
         .arg(&net.events)
         .arg("--downlink-listen")
-        .arg(net.downlink_input.to_string());
+        .arg(net.downlink_input.to_string())
+        .arg("--downlink-http")
+        .arg(net.downlink_http.to_string());
     Proc::spawn(cmd, "netserver listening")
 }
 
@@ -357,6 +365,24 @@ fn uplink_events(all: &[Value], dev_eui: &str) -> Vec<Value> {
         .filter(|e| e["type"] == "uplink" && e["dev_eui"] == dev_eui)
         .cloned()
         .collect()
+}
+
+/// An HTTP/1.1 request; the status code and the JSON answer.
+fn http(to: SocketAddr, method: &str, path: &str, body: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (code, serde_json::from_str(json).unwrap_or(Value::Null))
 }
 
 fn request(to: SocketAddr, body: &str) -> Value {
@@ -698,11 +724,47 @@ fn uplinks_downlinks_and_mac_commands() {
         }]
     );
 
+    // The HTTP downlink input: queued (202), refused with the reason (400, 404, 405); the
+    // payload goes out after the device's next uplink, on FCntDown 3.
+    let (code, ans) = http(
+        net.downlink_http,
+        "POST",
+        "/downlink",
+        r#"{"dev_eui":"00000000000000A1","f_port":5,"data":"qrs="}"#,
+    );
+    assert_eq!((code, &ans["ok"]), (202, &Value::from(true)), "{ans}");
+    let (code, ans) = http(
+        net.downlink_http,
+        "POST",
+        "/downlink",
+        r#"{"dev_eui":"00000000000000A1"}"#,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        ans["error"].as_str().unwrap().contains("invalid request"),
+        "{ans}"
+    );
+    assert_eq!(http(net.downlink_http, "GET", "/downlink", "").0, 405);
+    assert_eq!(http(net.downlink_http, "POST", "/other", "{}").0, 404);
+    hear_all(
+        &a.uplink(3, false, None, vec![], app(7, b"poll")),
+        130_000_000,
+    );
+    let (_, tx) = gws[1]
+        .pull_resp(Duration::from_secs(3))
+        .expect("HTTP-queued downlink");
+    let d = a.open(&tx, 3, 0);
+    assert_eq!(d.payload, app(5, &[0xAA, 0xBB]));
+
     // Metrics: results and latency.
-    wait_metric(m, "netserver_uplinks_total{result=\"ok\"}", 29.0);
-    assert_eq!(metric(m, "netserver_uplinks_total{result=\"ok\"}"), 29.0);
+    wait_metric(m, "netserver_uplinks_total{result=\"ok\"}", 30.0);
+    assert_eq!(metric(m, "netserver_uplinks_total{result=\"ok\"}"), 30.0);
     assert!(metric(m, "netserver_uplink_latency_seconds_count") >= 9.0);
-    assert_eq!(metric(m, "netserver_downlinks_total{result=\"sent\"}"), 9.0);
+    wait_metric(m, "netserver_downlinks_total{result=\"sent\"}", 10.0);
+    assert_eq!(
+        metric(m, "netserver_downlinks_total{result=\"sent\"}"),
+        10.0
+    );
     let status = ns.terminate();
     assert!(status.success(), "{status}");
 }
