@@ -7,7 +7,8 @@
 //!    successor is used);
 //! 3. per candidate, under its lock: authenticate (FCnt inference, MIC 1.0/1.1, replay, gap);
 //! 4. a repeat of the last frame is not delivered again; a confirmed one is ACKed again;
-//! 5. MAC commands (FOpts or FPort 0, never both) → answers, ADR, DevStatusReq;
+//! 5. MAC commands (FOpts or FPort 0, never both) → answers, ADR, DevStatusReq; a 1.1 session
+//!    takes no frame without RekeyInd until a RekeyInd confirmed it;
 //! 6. the downlink (ACK, MAC answers, a queued application payload, FPending), its counter
 //!    taken, its window chosen (RX1 at `tmst` + RxDelay, else RX2);
 //! 7. the new counters, the event and the downlink go to the emitter **while the session lock
@@ -465,6 +466,9 @@ fn accepted(
         Ok(c) => c,
         Err(r) => return count(state, r),
     };
+    if let Err(r) = steps::rekey_gate(session.mac_version().is_1_1(), st.rekey_confirmed, &cmds) {
+        return count(state, r);
+    }
     st.counters.f_cnt_up = fcnt.wrapping_add(1);
     let mut events = Vec::with_capacity(2);
     if uplink.ack {

@@ -105,6 +105,17 @@ fn join(gw: &Gateway, dev: u64, tmst: u32) -> (DevAddr, SessionCrypto) {
 }
 
 fn uplink(c: &SessionCrypto, addr: DevAddr, fcnt: u32, confirmed: bool, data: &[u8]) -> Vec<u8> {
+    uplink_with(c, addr, fcnt, confirmed, Vec::new(), data)
+}
+
+fn uplink_with(
+    c: &SessionCrypto,
+    addr: DevAddr,
+    fcnt: u32,
+    confirmed: bool,
+    fopts: Vec<u8>,
+    data: &[u8],
+) -> Vec<u8> {
     Uplink {
         confirmed,
         dev_addr: addr,
@@ -113,7 +124,7 @@ fn uplink(c: &SessionCrypto, addr: DevAddr, fcnt: u32, confirmed: bool, data: &[
         adr_ack_req: false,
         ack: false,
         class_b: false,
-        fopts: Vec::new(),
+        fopts,
         payload: FramePayload::Application {
             f_port: 2,
             payload: FrmPayload(data.to_vec()),
@@ -195,23 +206,59 @@ fn uplinks_after_a_real_join() {
             .unwrap()
     };
     let mut tmst = 100_000_000u32;
+    let mut firsts = Vec::new();
     for (dev, addr, c) in [
         ("0000000000000001", a10, &c10),
         ("0000000000000003", a11, &c11),
     ] {
+        let is_1_1 = dev.ends_with('3');
         // Unconfirmed, then confirmed with FCnt 3: both delivered in clear, the second ACKed.
-        gw.push(&uplink(c, addr, 0, false, b"reading 17.5"), tmst, 8.0, -90);
+        let first = if is_1_1 {
+            // 1.1: a frame without RekeyInd before the session is confirmed is discarded; the
+            // next one carries RekeyInd (FOpts) and gets RekeyConf.
+            gw.push(&uplink(c, addr, 0, false, b"too early"), tmst, 8.0, -90);
+            tmst += 10_000_000;
+            common::wait_metric(
+                ns.addr("metrics"),
+                "netserver_uplinks_total{result=\"session_unconfirmed\"}",
+                1.0,
+            );
+            let rekey_ind = vec![0x0B, 0x01];
+            gw.push(
+                &uplink_with(c, addr, 1, false, rekey_ind, b"reading 17.5"),
+                tmst,
+                8.0,
+                -90,
+            );
+            let (_, tx) = gw.pull_resp(Duration::from_secs(3)).expect("RekeyConf");
+            let d = DataFrame::parse(&tx.data)
+                .unwrap()
+                .open_downlink(c, 0, 0)
+                .unwrap();
+            assert_eq!(
+                d.fopts,
+                vec![0x0B, 0x01],
+                "RekeyConf, serv minor 1 (decrypted)"
+            );
+            1
+        } else {
+            gw.push(&uplink(c, addr, 0, false, b"reading 17.5"), tmst, 8.0, -90);
+            0
+        };
+        firsts.push(first);
         tmst += 10_000_000;
         gw.push(&uplink(c, addr, 3, true, b"alarm"), tmst, 8.0, -90);
         let (_, tx) = gw.pull_resp(Duration::from_secs(3)).expect("an ACK");
         assert_eq!(tx.timing, TxTiming::Tmst(tmst + 1_000_000), "RX1 delay 1 s");
         let f = DataFrame::parse(&tx.data).unwrap();
-        // FCntDown 0; 1.1 uses ConfFCnt = 3 in the MIC (0 fails), 1.0 has none.
-        if dev.ends_with('3') {
-            assert!(f.open_downlink(c, 0, 0).is_err(), "ConfFCnt ignored");
+        // 1.0: FCntDown 0. 1.1: NFCntDown 1 (after the RekeyConf), with ConfFCnt = 3 in the
+        // MIC (0 fails).
+        let down = u32::from(is_1_1);
+        if is_1_1 {
+            assert!(f.open_downlink(c, down, 0).is_err(), "ConfFCnt ignored");
         }
         let d = f
-            .open_downlink(c, 0, 3)
+            .open_downlink(c, down, 3)
             .expect("ACK MIC valid under the device's keys");
         assert!(d.ack);
         tmst += 10_000_000;
@@ -220,7 +267,10 @@ fn uplinks_after_a_real_join() {
     let joins: Vec<&Value> = all.iter().filter(|e| e["type"] == "join").collect();
     assert_eq!(joins.len(), 2, "join events");
     assert_eq!(joins[1]["mac_version"], "1.1");
-    for dev in ["0000000000000001", "0000000000000003"] {
+    for (dev, first) in ["0000000000000001", "0000000000000003"]
+        .into_iter()
+        .zip(firsts)
+    {
         let ups: Vec<&Value> = all
             .iter()
             .filter(|e| e["type"] == "uplink" && e["dev_eui"] == dev)
@@ -228,7 +278,7 @@ fn uplinks_after_a_real_join() {
         assert_eq!(ups.len(), 2, "{dev}");
         assert_eq!(
             (ups[0]["f_cnt"].as_u64(), ups[1]["f_cnt"].as_u64()),
-            (Some(0), Some(3))
+            (Some(first), Some(3))
         );
         assert_eq!(b64(&ups[0]["data"]), b"reading 17.5");
         assert_eq!(b64(&ups[1]["data"]), b"alarm");

@@ -37,11 +37,13 @@ pub enum UplinkResult {
     FcntGap,
     /// Not a well-formed data frame (or MAC commands in FOpts and FPort 0 at once).
     Malformed,
+    /// LoRaWAN 1.1: a frame under a new session before the RekeyInd that confirms it.
+    SessionUnconfirmed,
 }
 
 impl UplinkResult {
     /// Every result, for pre-creating metric labels.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Ok,
         Self::MicFailed,
         Self::Replay,
@@ -49,6 +51,7 @@ impl UplinkResult {
         Self::Duplicate,
         Self::FcntGap,
         Self::Malformed,
+        Self::SessionUnconfirmed,
     ];
 
     /// Stable metric label.
@@ -61,6 +64,7 @@ impl UplinkResult {
             Self::Duplicate => "duplicate",
             Self::FcntGap => "fcnt_gap",
             Self::Malformed => "malformed",
+            Self::SessionUnconfirmed => "session_unconfirmed",
         }
     }
 }
@@ -209,6 +213,19 @@ fn parse_prefix(bytes: &[u8]) -> Vec<MacCommand> {
             mac::parse(dir, &bytes[..end.min(bytes.len())]).unwrap_or_default()
         }
     }
+}
+
+/// Step 4b (LoRaWAN 1.1): a new session is confirmed by the device's RekeyInd, which it sends in
+/// every uplink until it gets RekeyConf. Until then, frames under the new session without a
+/// RekeyInd are discarded (LoRaWAN 1.1 §6.2.4), and do not advance the counter.
+pub fn rekey_gate(is_1_1: bool, confirmed: bool, cmds: &[MacCommand]) -> Result<(), UplinkResult> {
+    let rekey_ind = cmds
+        .iter()
+        .any(|c| matches!(c, MacCommand::RekeyInd { .. }));
+    if is_1_1 && !confirmed && !rekey_ind {
+        return Err(UplinkResult::SessionUnconfirmed);
+    }
+    Ok(())
 }
 
 /// Step 5: whether the device gets a downlink in this uplink's windows: it asked for an ACK
@@ -441,6 +458,20 @@ mod tests {
         // A readable prefix before an unknown CID is kept.
         let u = up(1, false, vec![0x02, 0x7F, 0x02], app(b"a"));
         assert_eq!(mac_commands(&u).unwrap(), vec![MacCommand::LinkCheckReq]);
+    }
+
+    #[test]
+    fn a_1_1_session_needs_its_rekey_ind() {
+        let ind = [MacCommand::RekeyInd {
+            dev_lorawan_minor: 1,
+        }];
+        assert_eq!(
+            rekey_gate(true, false, &[MacCommand::LinkCheckReq]),
+            Err(UplinkResult::SessionUnconfirmed)
+        );
+        assert_eq!(rekey_gate(true, false, &ind), Ok(()));
+        assert_eq!(rekey_gate(true, true, &[]), Ok(()));
+        assert_eq!(rekey_gate(false, false, &[]), Ok(()), "1.0 has no RekeyInd");
     }
 
     #[test]
