@@ -46,9 +46,10 @@ pub enum ClaimError {
     /// The image holds several codes: which one to claim is ambiguous.
     #[error("{0} QR codes found in the image; crop it to the one device to claim")]
     SeveralCodes(usize),
-    /// The argument is neither an existing image file nor TR005 text.
-    #[error("{0:?} is neither an image file nor a TR005 code (LW:D0:…)")]
-    NotCodeOrFile(String),
+    /// The argument is neither an existing image file nor TR005 text. (Not echoed: it may be a
+    /// code holding an owner token.)
+    #[error("the argument is neither an existing image file nor a TR005 code (LW:D0:…)")]
+    NotCodeOrFile,
     /// The code is not a valid TR005 code (bad checksum, bad field, …).
     #[error("invalid code: {0}")]
     Invalid(#[from] QrError),
@@ -103,7 +104,7 @@ impl ClaimError {
     /// The step that failed.
     pub fn step(&self) -> Step {
         match self {
-            ClaimError::Decode(_) | ClaimError::SeveralCodes(_) | ClaimError::NotCodeOrFile(_) => {
+            ClaimError::Decode(_) | ClaimError::SeveralCodes(_) | ClaimError::NotCodeOrFile => {
                 Step::Decode
             }
             ClaimError::Invalid(_) | ClaimError::NoOwnerToken => Step::Validate,
@@ -117,7 +118,7 @@ impl ClaimError {
             ClaimError::Decode(DecodeError::NoCode { .. }) => "no_qr_found",
             ClaimError::Decode(e) => e.kind(),
             ClaimError::SeveralCodes(_) => "several_codes",
-            ClaimError::NotCodeOrFile(_) => "not_code_or_file",
+            ClaimError::NotCodeOrFile => "not_code_or_file",
             ClaimError::Invalid(QrError::ChecksumMismatch { .. }) => "bad_checksum",
             ClaimError::Invalid(e) => e.kind(),
             ClaimError::NoOwnerToken => "no_owner_token",
@@ -166,7 +167,7 @@ pub fn code_text(input: &str) -> Result<(String, String), ClaimError> {
     if input.starts_with("LW:") || input.starts_with("URN:") {
         return Ok((input.to_owned(), "text".into()));
     }
-    Err(ClaimError::NotCodeOrFile(input.chars().take(40).collect()))
+    Err(ClaimError::NotCodeOrFile)
 }
 
 /// Reads an API key file (the key on its first line).
