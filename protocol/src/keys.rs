@@ -10,6 +10,7 @@
 //! Keys are plain 16-byte strings and are never byte-reversed (protocol-notes A.0).
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::str::FromStr;
 
 use subtle::ConstantTimeEq;
@@ -57,6 +58,18 @@ macro_rules! key_type {
             }
         }
 
+        impl private::Sealed for $name {}
+
+        impl Key128 for $name {
+            const ROLE: &'static str = stringify!($name);
+            fn new(bytes: [u8; 16]) -> Self {
+                Self(bytes)
+            }
+            fn expose(&self) -> &[u8; 16] {
+                &self.0
+            }
+        }
+
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(concat!(stringify!($name), "(<redacted>)"))
@@ -80,6 +93,22 @@ macro_rules! key_type {
             }
         }
     };
+}
+
+mod private {
+    /// Only the key types of this module implement [`super::Key128`].
+    pub trait Sealed {}
+}
+
+/// A 128-bit key of one role: what generic code (key wrap, prepared ciphers) needs to know
+/// about every key type of this module. Sealed: only this module's key types implement it.
+pub trait Key128: private::Sealed + Sized {
+    /// The key role's name, e.g. `AppSKey`.
+    const ROLE: &'static str;
+    /// Wraps 16 key bytes.
+    fn new(bytes: [u8; 16]) -> Self;
+    /// The key bytes.
+    fn expose(&self) -> &[u8; 16];
 }
 
 fn parse_key_hex(role: &'static str, s: &str) -> Result<[u8; 16], KeyParseError> {
@@ -146,6 +175,49 @@ key_type!(
     /// A key-encryption key (RFC 3394) for TS002 KeyEnvelopes.
     Kek
 );
+key_type!(
+    /// The per-peer key that authenticates datagrams on the join server ↔ network server link
+    /// (AES-CMAC tag, see [`crate::link`]). Read from `secrets/link.key`.
+    LinkKey
+);
+
+/// A key of role `K` with its AES-128 key schedule expanded once, for every AES/CMAC operation
+/// done with that key.
+///
+/// A join uses its root key up to five times (Join-request MIC, two or four derivations,
+/// Join-accept MIC, Join-accept encryption): prepare the key once per join with
+/// [`KeyCipher::new`] and pass it to each step. The role stays in the type, so a
+/// `KeyCipher<NwkKey>` cannot be used where a `KeyCipher<AppKey>` is expected. The round keys are
+/// zeroized on drop and never shown by `Debug`.
+pub struct KeyCipher<K> {
+    pub(crate) schedule: crate::crypto::KeySchedule,
+    role: PhantomData<fn() -> K>,
+}
+
+impl<K: Key128> KeyCipher<K> {
+    /// Expands `key`.
+    pub fn new(key: &K) -> Self {
+        Self {
+            schedule: crate::crypto::KeySchedule::new(key.expose()),
+            role: PhantomData,
+        }
+    }
+}
+
+impl<K> Clone for KeyCipher<K> {
+    fn clone(&self) -> Self {
+        Self {
+            schedule: self.schedule.clone(),
+            role: PhantomData,
+        }
+    }
+}
+
+impl<K: Key128> fmt::Debug for KeyCipher<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyCipher<{}>(<redacted>)", K::ROLE)
+    }
+}
 
 /// A 4-byte message integrity code. Equality is constant-time.
 #[derive(Clone, Copy)]
@@ -197,6 +269,18 @@ mod tests {
             "00".parse::<Kek>().unwrap_err().to_string(),
             "Kek: expected 32 hex digits, found 2 characters"
         );
+    }
+
+    #[test]
+    fn key_cipher_debug_is_redacted_and_generic_role() {
+        fn role<K: Key128>(_: &K) -> &'static str {
+            K::ROLE
+        }
+        let k = JsIntKey::new([0x2b; 16]);
+        assert_eq!(role(&k), "JsIntKey");
+        assert_eq!(<AppSKey as Key128>::new([7; 16]).expose(), &[7; 16]);
+        let c = KeyCipher::new(&k);
+        assert_eq!(format!("{c:?}"), "KeyCipher<JsIntKey>(<redacted>)");
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`region`]: EU868 data rates, channels and receive windows.
 //! - [`ts002`]: Backend Interfaces JoinReq / JoinAns messages.
 //! - [`gwmp`]: the Semtech UDP packet forwarder protocol.
+//! - [`link`]: the authenticated UDP datagram format between join server and network server.
 #![warn(missing_docs)]
 
 mod crypto;
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod join;
 pub mod keys;
 pub mod keywrap;
+pub mod link;
 pub mod mac;
 pub mod phy;
 pub mod region;
