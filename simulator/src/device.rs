@@ -191,7 +191,6 @@ pub struct Session {
     /// DevAddr.
     pub dev_addr: DevAddr,
     keys: Keys,
-    opt_neg: bool,
     /// Next FCntUp.
     pub fcnt_up: u32,
     last_nfcnt_down: Option<u32>,
@@ -646,7 +645,6 @@ impl Device {
                 self.session = Some(Box::new(Session {
                     dev_addr: a.dev_addr,
                     keys: a.keys,
-                    opt_neg: a.opt_neg,
                     fcnt_up: 0,
                     last_nfcnt_down: None,
                     last_afcnt_down: None,
@@ -794,9 +792,11 @@ mod tests {
 
     #[test]
     fn airtime_matches_known_values() {
-        // 23-byte Join-request: SF7/125 ≈ 61.7 ms, SF12/125 ≈ 1482.8 ms (LoRa calculator).
-        assert_eq!(airtime_us(7, 125, 23) / 100, 617);
-        assert_eq!(airtime_us(12, 125, 23) / 1000, 1482);
+        // 23-byte Join-request: SF7/125 61.696 ms, SF12/125 1482.752 ms (Semtech LoRa calculator).
+        assert_eq!(airtime_us(7, 125, 23), 61_696);
+        assert_eq!(airtime_us(12, 125, 23), 1_482_752);
+        // 12-byte payload data uplink (25-byte PHYPayload) at SF7: 61.696 ms too (same symbols).
+        assert_eq!(airtime_us(7, 125, 25), 61_696);
     }
 
     #[test]
@@ -804,5 +804,197 @@ mod tests {
         assert_eq!(join_duty_cycle(0), 0.01);
         assert_eq!(join_duty_cycle(3_600_000_000), 0.001);
         assert_eq!(join_duty_cycle(11 * 3_600_000_000), 0.0001);
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+    use protocol::derive::js_keys;
+    use protocol::ids::{DevEui, JoinEui, JoinNonce, NetId};
+    use protocol::join::{
+        AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload, JoinRequest,
+        JoinRootKey, RxDelay,
+    };
+    use protocol::keys::{AppKey, KeyCipher, NwkKey};
+    use protocol::version::MacVersion;
+
+    const B: Behaviour = Behaviour {
+        uplinks: true,
+        uplink_interval_us: 60_000_000,
+        confirmed_ratio: 0.0,
+        payload_size: 12,
+        data_rate: 5,
+    };
+
+    fn device(version: MacVersion) -> Device {
+        Device::new(
+            Identity {
+                dev_eui: DevEui::new(0x0004_A30B_001C_0530),
+                join_eui: JoinEui::new(0x70B3_D5FF_FE00_0001),
+                version,
+                app_key: AppKey::new([0x2B; 16]),
+                nwk_key: version.is_1_1().then(|| NwkKey::new([0x3C; 16])),
+            },
+            NonceState::default(),
+        )
+    }
+
+    /// What a join server answers, built with the `protocol` crate's join-server side.
+    fn accept(d: &Device, dev_nonce: u16, join_nonce: u32, opt_neg: bool) -> Vec<u8> {
+        let p = JoinAcceptPayload {
+            join_nonce: JoinNonce::new(join_nonce).unwrap(),
+            net_id: NetId::new(0x13).unwrap(),
+            dev_addr: DevAddr::new(0x2601_0001),
+            dl_settings: DlSettings::new(opt_neg, 0, 0).unwrap(),
+            rx_delay: RxDelay::new(1).unwrap(),
+            cf_list: None,
+        };
+        let app = KeyCipher::new(&d.id.app_key);
+        match &d.id.nwk_key {
+            Some(nwk_key) => {
+                let nwk = KeyCipher::new(nwk_key);
+                let js = js_keys(&nwk, d.id.dev_eui);
+                let js_int = KeyCipher::new(&js.js_int_key);
+                let mic = if opt_neg {
+                    JoinAcceptMicKey::OptNeg {
+                        js_int_key: &js_int,
+                        join_eui: d.id.join_eui,
+                        answered: AnsweredRequest::JoinRequest(DevNonce(dev_nonce)),
+                    }
+                } else {
+                    JoinAcceptMicKey::Legacy(JoinRootKey::NwkKey(&nwk))
+                };
+                p.encrypt(mic, JoinAcceptEncKey::NwkKey(&nwk)).as_bytes().to_vec()
+            }
+            None => p
+                .encrypt(JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)), JoinAcceptEncKey::AppKey(&app))
+                .as_bytes()
+                .to_vec(),
+        }
+    }
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(1)
+    }
+
+    /// Powers on and fires the first Join timer; returns the Join-request.
+    fn first_join(d: &mut Device, fx: &mut Vec<Effect>) -> JoinRequest {
+        d.power_on(0, 100, fx);
+        assert_eq!(fx.drain(..).collect::<Vec<_>>(), vec![Effect::Arm(100, TimerKind::Join)]);
+        d.on_timer(TimerKind::Join, 100, &B, &mut rng(), fx);
+        let Effect::Tx(tx) = &fx[0] else { panic!("{fx:?}") };
+        let jr = JoinRequest::parse(&tx.phy).unwrap();
+        assert_eq!(fx[1], Effect::Arm(100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US, TimerKind::RxClosed));
+        fx.clear();
+        jr
+    }
+
+    #[test]
+    fn counter_dev_nonce_join_and_keys_on_device() {
+        for (v, opt_neg) in [(MacVersion::V1_0_4, false), (MacVersion::V1_1, true), (MacVersion::V1_1, false)] {
+            let mut d = device(v);
+            d.nonces.dev_nonce = 41;
+            let mut fx = Vec::new();
+            let jr = first_join(&mut d, &mut fx);
+            assert_eq!(jr.dev_nonce, DevNonce(41), "{v}");
+            assert_eq!(d.nonces.dev_nonce, 42, "the counter advances when the request is sent");
+            match &d.id.nwk_key {
+                Some(k) => jr.verify_mic(JoinRootKey::NwkKey(&KeyCipher::new(k))).unwrap(),
+                None => jr.verify_mic(JoinRootKey::AppKey(&KeyCipher::new(&d.id.app_key))).unwrap(),
+            }
+            let phy = accept(&d, 41, 7, opt_neg);
+            assert!(d.join_accept_is_mine(&phy));
+            d.on_downlink(&phy, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+            assert!(matches!(fx[0], Effect::Note(Note::Joined { window: Window::Rx1, request_sent_at: 100, .. })), "{fx:?}");
+            let Effect::Arm(t, TimerKind::Uplink) = fx[1] else { panic!("{fx:?}") };
+            assert!((5_000_100..5_000_100 + B.uplink_interval_us).contains(&t));
+            assert_eq!(d.phase(), Phase::Joined);
+            assert_eq!(d.nonces.join_nonce, Some(7));
+            assert_eq!(d.session().unwrap().dev_addr, DevAddr::new(0x2601_0001));
+            assert_eq!(d.session().unwrap().rekey_pending(), opt_neg, "RekeyInd only for 1.1 with OptNeg");
+        }
+    }
+
+    #[test]
+    fn random_dev_nonce_for_1_0_3() {
+        let mut d = device(MacVersion::V1_0_3);
+        let mut fx = Vec::new();
+        let jr = first_join(&mut d, &mut fx);
+        assert_eq!(jr.dev_nonce.0, random_dev_nonce(d.id.dev_eui.as_u64(), 0));
+        assert_eq!(d.nonces.dev_nonce, 1);
+        let phy = accept(&d, jr.dev_nonce.0, 1, false);
+        d.on_downlink(&phy, Window::Rx2, 6_000_100, &B, &mut rng(), &mut fx);
+        assert!(matches!(fx[0], Effect::Note(Note::Joined { window: Window::Rx2, .. })));
+    }
+
+    #[test]
+    fn refuses_bad_mic_wrong_nonce_and_replayed_join_nonce() {
+        let mut d = device(MacVersion::V1_1);
+        d.nonces.join_nonce = Some(7);
+        let mut fx = Vec::new();
+        let jr = first_join(&mut d, &mut fx);
+        // An accept computed for another DevNonce fails the OptNeg MIC.
+        let wrong = accept(&d, jr.dev_nonce.0.wrapping_add(1), 8, true);
+        assert!(!d.join_accept_is_mine(&wrong));
+        // JoinNonce 7 again: MIC fine, but not greater than the last one accepted.
+        let replay = accept(&d, jr.dev_nonce.0, 7, true);
+        assert!(d.join_accept_is_mine(&replay));
+        d.on_downlink(&replay, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+        assert_eq!(fx, vec![Effect::Note(Note::JoinRejected("join_nonce"))]);
+        assert_eq!(d.phase(), Phase::Joining);
+        fx.clear();
+        // The windows close: the attempt ends (not as a timeout) and a retry is armed.
+        d.on_timer(TimerKind::RxClosed, 100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US, &B, &mut rng(), &mut fx);
+        assert_eq!(fx[0], Effect::Note(Note::JoinAttemptOver { sent_at: 100, timed_out: false }));
+        assert!(matches!(fx[1], Effect::Arm(_, TimerKind::Join)));
+    }
+
+    #[test]
+    fn timeout_backs_off_within_the_join_duty_cycle() {
+        let mut d = device(MacVersion::V1_0_4);
+        d.id.version = MacVersion::V1_0_4;
+        let slow = Behaviour { data_rate: 0, ..B };
+        let mut fx = Vec::new();
+        d.power_on(0, 0, &mut fx);
+        fx.clear();
+        let mut sent = Vec::new();
+        let mut t = 0;
+        for _ in 0..5 {
+            d.on_timer(TimerKind::Join, t, &slow, &mut rng(), &mut fx);
+            assert!(matches!(fx[0], Effect::Tx(_)), "{fx:?}");
+            sent.push(t);
+            let close = t + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
+            fx.clear();
+            d.on_timer(TimerKind::RxClosed, close, &slow, &mut rng(), &mut fx);
+            assert_eq!(fx[0], Effect::Note(Note::JoinAttemptOver { sent_at: t, timed_out: true }));
+            let Effect::Arm(next, TimerKind::Join) = fx[1] else { panic!("{fx:?}") };
+            fx.clear();
+            t = next;
+        }
+        // SF12 Join-requests take 1.48 s on air: at 1 % the next may start 148 s later at the earliest.
+        let air = airtime_us(12, 125, 23);
+        for w in sent.windows(2) {
+            assert!(w[1] - w[0] >= air * 100, "{sent:?}");
+            assert!(w[1] - w[0] < air * 100 + 1_000_000, "dither is at most a second: {sent:?}");
+        }
+        assert_eq!(d.nonces.dev_nonce, 5, "each retry uses a new DevNonce");
+    }
+
+    #[test]
+    fn stale_timers_and_power_cycles() {
+        let mut d = device(MacVersion::V1_0_4);
+        let mut fx = Vec::new();
+        first_join(&mut d, &mut fx);
+        d.power_off();
+        d.on_timer(TimerKind::RxClosed, 100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US, &B, &mut rng(), &mut fx);
+        assert!(fx.is_empty(), "a powered-off device ignores its old timers");
+        d.power_on(10_000_000, 5, &mut fx);
+        fx.clear();
+        d.on_timer(TimerKind::Join, 10_000_004, &B, &mut rng(), &mut fx);
+        assert!(fx.is_empty(), "a timer that is not the armed one is stale");
+        d.on_timer(TimerKind::Join, 10_000_005, &B, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else { panic!() };
+        assert_eq!(JoinRequest::parse(&tx.phy).unwrap().dev_nonce, DevNonce(1), "the counter survived the power cycle");
     }
 }

@@ -20,7 +20,7 @@ use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::device::{Behaviour, Device, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US};
+use crate::device::{Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US};
 use crate::fleet::Fleet;
 use crate::gateway::{self, Downstream, Gateway, Rxpk};
 use crate::report::{Stats, TimeSeries};

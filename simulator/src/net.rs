@@ -1,0 +1,270 @@
+//! The socket shell around [`Engine`]: one current-thread tokio runtime, one UDP socket per virtual
+//! gateway (each "connected" to the network server, as a packet forwarder is), an optional UDP
+//! socket for the network server's application events, and one timer task. No task or socket per
+//! device and no task per datagram: each gateway's task drains its socket into the engine, and
+//! whoever ran the engine sends what it queued.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use protocol::ids::DevEui;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+
+use crate::engine::{Engine, Stage};
+use crate::report;
+use crate::sched::Micros;
+
+/// Socket settings of a run.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The network server's GWMP address.
+    pub netserver: SocketAddr,
+    /// Local address the gateway sockets bind to (port 0 each).
+    pub bind: IpAddr,
+    /// Where to listen for the network server's application events (JSON, one per datagram).
+    pub event_listen: Option<SocketAddr>,
+    /// Print a progress line every second.
+    pub progress: bool,
+    /// After the run, wait up to this long for the event sink to catch up.
+    pub sink_grace: Duration,
+}
+
+/// Socket buffer size asked of the kernel for every socket.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<UdpSocket> {
+    let domain = if bind.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&bind.into()).with_context(|| format!("binding {bind}"))?;
+    if let Some(c) = connect {
+        s.connect(&c.into()).with_context(|| format!("connecting to {c}"))?;
+    }
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+struct Shared {
+    engine: RefCell<Engine>,
+    sockets: Vec<UdpSocket>,
+    start: Instant,
+    wake: Notify,
+}
+
+impl Shared {
+    fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
+    /// Sends everything the engine queued. Never holds the engine across an await.
+    async fn flush(&self) {
+        loop {
+            let out = self.engine.borrow_mut().take_outgoing();
+            if out.is_empty() {
+                return;
+            }
+            let (mut sent, mut errors) = (0u64, 0u64);
+            for o in &out {
+                let s = &self.sockets[usize::from(o.gateway)];
+                let r = match s.try_send(&o.bytes) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.send(&o.bytes).await,
+                    r => r,
+                };
+                match r {
+                    Ok(_) => sent += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+            let now = self.now();
+            self.engine.borrow_mut().count_sent(now, sent, errors);
+        }
+    }
+}
+
+/// Parses one application event from the network server: a JSON object for an uplink with the
+/// device's EUI and frame counter. Accepts `dev_eui`/`devEui`/`DevEUI` and
+/// `f_cnt`/`fcnt`/`fCnt`/`FCnt`; when the object has a `type`/`event` field it must name an uplink
+/// (`up`, `uplink`). Several events may share a datagram, one per line.
+pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
+    let text = String::from_utf8_lossy(datagram);
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let get = |names: &[&str]| names.iter().find_map(|n| v.get(*n));
+        if let Some(t) = get(&["type", "event"]).and_then(|t| t.as_str()) {
+            if !matches!(t, "up" | "uplink") {
+                continue;
+            }
+        }
+        let dev = get(&["dev_eui", "devEui", "DevEUI"]).and_then(|d| d.as_str()?.parse::<DevEui>().ok());
+        let fcnt = get(&["f_cnt", "fcnt", "fCnt", "FCnt"]).and_then(|f| f.as_u64());
+        if let (Some(d), Some(f)) = (dev, fcnt) {
+            out.push((d, f as u32));
+        }
+    }
+    out
+}
+
+/// Runs the engine against the network server until its scenario is done (or Ctrl-C). Returns
+/// the engine and the wall-clock length of the run in seconds.
+pub fn run(engine: Engine, cfg: &NetConfig) -> anyhow::Result<(Engine, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run_async(engine, cfg.clone()))
+}
+
+async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f64)> {
+    let n = engine.gateways().len();
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(udp_socket(SocketAddr::new(cfg.bind, 0), Some(cfg.netserver))?);
+    }
+    let sink = match cfg.event_listen {
+        Some(a) => Some(udp_socket(a, None)?),
+        None => None,
+    };
+    let shared = Rc::new(Shared {
+        engine: RefCell::new(engine),
+        sockets,
+        start: Instant::now(),
+        wake: Notify::new(),
+    });
+    let mut tasks = Vec::new();
+    for g in 0..n {
+        let sh = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut buf = vec![0u8; 65536];
+            loop {
+                if sh.sockets[g].readable().await.is_err() {
+                    return;
+                }
+                // Drain what is there, then let the engine's output go out.
+                for _ in 0..256 {
+                    match sh.sockets[g].try_recv(&mut buf) {
+                        Ok(len) => {
+                            let now = sh.now();
+                            sh.engine.borrow_mut().on_datagram(g as u16, now, &buf[..len]);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP port unreachable from a connected socket: the server is not (yet) up.
+                        Err(_) => break,
+                    }
+                }
+                sh.flush().await;
+                sh.wake.notify_one();
+            }
+        }));
+    }
+    if let Some(sink) = sink {
+        let sh = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(len) = sink.recv(&mut buf).await {
+                let events = parse_app_events(&buf[..len]);
+                let mut e = sh.engine.borrow_mut();
+                for (dev, fcnt) in events {
+                    e.on_app_event(dev, fcnt);
+                }
+            }
+        }));
+    }
+
+    shared.engine.borrow_mut().start(0);
+    shared.flush().await;
+    let mut next_progress = 1_000_000u64;
+    let mut last_uplinks = 0u64;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let wake = shared.engine.borrow().next_wakeup().min(next_progress);
+        let at = shared.start + Duration::from_micros(wake);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = shared.wake.notified() => {}
+            _ = &mut interrupted => {
+                eprintln!("interrupted: stopping the run");
+                break;
+            }
+        }
+        let now = shared.now();
+        shared.engine.borrow_mut().poll(now);
+        shared.flush().await;
+        if now >= next_progress {
+            let e = shared.engine.borrow();
+            let sent = e.stats.uplinks_sent;
+            if cfg.progress {
+                report::print_progress(&report::progress_line(
+                    now as f64 / 1e6,
+                    e.joined(),
+                    e.fleet.len() as u64,
+                    sent - last_uplinks,
+                    &e.stats,
+                ));
+            }
+            last_uplinks = sent;
+            next_progress = (now / 1_000_000 + 1) * 1_000_000;
+        }
+        if shared.engine.borrow().stage() == Stage::Done {
+            break;
+        }
+    }
+    let elapsed = shared.start.elapsed().as_secs_f64();
+    // Let the event sink catch up with what the network server is still delivering.
+    if shared.engine.borrow().has_event_sink() {
+        let until = Instant::now() + cfg.sink_grace;
+        while Instant::now() < until {
+            {
+                let e = shared.engine.borrow();
+                if e.stats.uplinks_delivered >= e.stats.uplinks_sent {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    drop(tasks);
+    for _ in 0..100 {
+        if Rc::strong_count(&shared) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let shared = Rc::try_unwrap(shared)
+        .map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
+    let mut engine = shared.engine.into_inner();
+    engine.finish();
+    Ok((engine, elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_events() {
+        let d = br#"{"type":"up","dev_eui":"0102030405060708","f_cnt":7,"data":"AQ=="}
+{"type":"join","dev_eui":"0102030405060708"}
+{"devEui":"0A0B0C0D0E0F1011","fCnt":9}
+not json"#;
+        let ev = parse_app_events(d);
+        assert_eq!(
+            ev,
+            vec![
+                (DevEui::new(0x0102_0304_0506_0708), 7),
+                (DevEui::new(0x0A0B_0C0D_0E0F_1011), 9)
+            ]
+        );
+    }
+}
