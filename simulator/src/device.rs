@@ -407,7 +407,8 @@ impl Device {
         self.rx_closes_at = Micros::MAX;
     }
 
-    /// A timer this device armed has fired. Stale timers (re-armed or cancelled since) are ignored.
+    /// A timer this device armed has fired, on time. Stale timers (re-armed or cancelled since)
+    /// are ignored.
     pub fn on_timer(
         &mut self,
         kind: TimerKind,
@@ -416,16 +417,31 @@ impl Device {
         rng: &mut impl RngCore,
         fx: &mut Vec<Effect>,
     ) {
+        self.on_timer_at(kind, due, due, b, rng, fx);
+    }
+
+    /// A timer due at `due` is handled at `now` (≥ `due` when the simulator runs behind): what
+    /// the device sends carries `now`, the time it really goes out.
+    pub fn on_timer_at(
+        &mut self,
+        kind: TimerKind,
+        due: Micros,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let now = now.max(due);
         match kind {
             TimerKind::Join if due == self.wake_at && self.phase == Phase::Joining => {
-                self.send_join(due, b, rng, fx);
+                self.send_join(now, b, rng, fx);
             }
             TimerKind::Uplink if due == self.wake_at && self.phase == Phase::Joined => {
-                self.send_uplink(due, b, rng, fx);
+                self.send_uplink(now, b, rng, fx);
             }
             TimerKind::RxClosed if due == self.rx_closes_at => {
                 self.rx_closes_at = Micros::MAX;
-                self.rx_closed(due, b, rng, fx);
+                self.rx_closed(now, b, rng, fx);
             }
             _ => {}
         }

@@ -14,11 +14,12 @@
 //! in wall time from the Join-request (or confirmed uplink) sent to the PULL_RESP received, so a
 //! storm does not wait five seconds per device.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use rand::{Rng, RngCore, SeedableRng};
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
 use crate::device::{Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US};
 use crate::fleet::Fleet;
@@ -38,6 +39,96 @@ const FIRST_JOIN_GRACE_US: Micros = 60_000_000;
 const OUTAGE_US: Micros = 1_000_000;
 /// Devices boot within this long after power returns.
 const RESTORE_SPREAD_US: Micros = 1_000_000;
+
+/// A fast hasher for the engine's internal maps, whose keys (times, device indices) never come
+/// from the network.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7CC1_B727_220A_95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// Devices waiting for a Join-accept, by the time their Join-request went out.
+#[derive(Debug, Default)]
+struct PendingJoins {
+    one: FastMap<Micros, u32>,
+    more: FastMap<Micros, Vec<u32>>,
+}
+
+impl PendingJoins {
+    fn insert(&mut self, t: Micros, dev: u32) {
+        if let Some(&first) = self.one.get(&t) {
+            if first != dev {
+                self.more.entry(t).or_default().push(dev);
+            }
+        } else {
+            self.one.insert(t, dev);
+        }
+    }
+    fn remove(&mut self, t: Micros, dev: u32) {
+        if self.one.get(&t) == Some(&dev) {
+            match self.more.get_mut(&t).and_then(|v| v.pop()) {
+                Some(next) => {
+                    self.one.insert(t, next);
+                }
+                None => {
+                    self.one.remove(&t);
+                }
+            }
+        } else if let Some(v) = self.more.get_mut(&t) {
+            if let Some(i) = v.iter().position(|&d| d == dev) {
+                v.swap_remove(i);
+            }
+        }
+        if self.more.get(&t).is_some_and(|v| v.is_empty()) {
+            self.more.remove(&t);
+        }
+    }
+    fn at(&self, t: Micros) -> Vec<u32> {
+        let mut v: Vec<u32> = self.one.get(&t).copied().into_iter().collect();
+        if let Some(m) = self.more.get(&t) {
+            v.extend_from_slice(m);
+        }
+        v.sort_unstable();
+        v
+    }
+    /// Every pending device whose request went out in `from..=to`, in (time, device) order.
+    fn between(&self, from: Micros, to: Micros) -> Vec<u32> {
+        let mut v: Vec<(Micros, u32)> = self
+            .one
+            .iter()
+            .filter(|(t, _)| (from..=to).contains(*t))
+            .map(|(&t, &d)| (t, d))
+            .collect();
+        for (&t, m) in &self.more {
+            if (from..=to).contains(&t) {
+                v.extend(m.iter().map(|&d| (t, d)));
+            }
+        }
+        v.sort_unstable();
+        v.into_iter().map(|(_, d)| d).collect()
+    }
+    fn clear(&mut self) {
+        self.one.clear();
+        self.more.clear();
+    }
+}
 
 /// Where the run is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +171,7 @@ pub struct Engine {
     pub fleet: Fleet,
     gateways: Vec<Gateway>,
     sched: Scheduler,
-    pending_joins: BTreeSet<(Micros, u32)>,
+    pending_joins: PendingJoins,
     by_addr: HashMap<DevAddr, u32>,
     by_eui: HashMap<DevEui, u32>,
     delivered: HashSet<(u32, u32)>,
@@ -95,6 +186,7 @@ pub struct Engine {
     joined: u64,
     frames_in_flight: u64,
     next_keepalive: Micros,
+    last_stamp: Micros,
     run_deadline: Micros,
     stage_started: Micros,
 }
@@ -148,7 +240,7 @@ impl Engine {
             sched: Scheduler::with_capacity(fleet.len() * 2),
             fleet,
             gateways,
-            pending_joins: BTreeSet::new(),
+            pending_joins: PendingJoins::default(),
             by_addr: HashMap::new(),
             by_eui,
             delivered: HashSet::new(),
@@ -161,6 +253,7 @@ impl Engine {
             joined: 0,
             frames_in_flight: 0,
             next_keepalive: 0,
+            last_stamp: 0,
             run_deadline,
             stage_started: 0,
         }
@@ -195,7 +288,7 @@ impl Engine {
             let mut rng = d.rng(&self.seed_bytes, i as u32);
             let boot = rng.gen_range(0..window);
             d.power_on(now, boot, &mut self.fx);
-            self.apply(i as u32, now);
+            self.apply(i as u32, now, &mut rng);
         }
         self.keepalive(now);
     }
@@ -213,12 +306,17 @@ impl Engine {
         }
     }
 
-    /// Fires every timer due at `now`, sends keepalives, and advances the scenario.
-    pub fn poll(&mut self, now: Micros) {
+    /// Fires the timers due at `now` (at most `budget` of them, so that the output queue stays
+    /// small when the simulator runs behind), sends keepalives, and advances the scenario.
+    /// Returns whether due timers remain.
+    pub fn poll_budget(&mut self, now: Micros, budget: usize) -> bool {
         if now >= self.next_keepalive {
             self.keepalive(now);
         }
-        while let Some(t) = self.sched.pop_due(now) {
+        let mut fired = 0;
+        while fired < budget {
+            let Some(t) = self.sched.pop_due(now) else { break };
+            fired += 1;
             if self.stage == Stage::Done {
                 break;
             }
@@ -227,12 +325,22 @@ impl Engine {
             if draining && t.kind != TimerKind::RxClosed {
                 continue;
             }
+            // Every event gets its own µs: no two transmissions share a `tmst`, as no two frames
+            // end in the same µs at one gateway, so a PULL_RESP's `tmst` names one device.
+            let at = now.max(t.due).max(self.last_stamp + 1);
+            self.last_stamp = at;
             let d = &mut self.fleet.devices[i];
             let mut rng = d.rng(&self.seed_bytes, t.device);
-            d.on_timer(t.kind, t.due, &self.behaviour, &mut rng, &mut self.fx);
-            self.apply(t.device, t.due);
+            d.on_timer_at(t.kind, t.due, at, &self.behaviour, &mut rng, &mut self.fx);
+            self.apply(t.device, at, &mut rng);
         }
         self.advance_stage(now);
+        self.sched.next_due().is_some_and(|d| d <= now) && self.stage != Stage::Done
+    }
+
+    /// Fires every timer due at `now`, sends keepalives, and advances the scenario.
+    pub fn poll(&mut self, now: Micros) {
+        while self.poll_budget(now, usize::MAX) {}
     }
 
     fn advance_stage(&mut self, now: Micros) {
@@ -275,7 +383,7 @@ impl Engine {
                         let mut rng = d.rng(&self.seed_bytes, i as u32);
                         let boot = rng.gen_range(0..RESTORE_SPREAD_US);
                         d.power_on(now, boot, &mut self.fx);
-                        self.apply(i as u32, now);
+                        self.apply(i as u32, now, &mut rng);
                     }
                 }
             }
@@ -313,29 +421,33 @@ impl Engine {
     pub fn count_sent(&mut self, now: Micros, n: u64, errors: u64) {
         self.series.at(now / 1_000_000).datagrams_out += n;
         self.stats.send_errors += errors;
+        if n > 0 {
+            self.stats.first_send_us.get_or_insert(now);
+            self.stats.last_send_us = now;
+        }
     }
 
     /// Applies the effects a device produced.
-    fn apply(&mut self, dev: u32, now: Micros) {
+    fn apply(&mut self, dev: u32, now: Micros, rng: &mut ChaCha8Rng) {
         let mut fx = std::mem::take(&mut self.fx);
         for e in fx.drain(..) {
             match e {
                 Effect::Arm(t, kind) => self.sched.push(t, dev, kind),
-                Effect::Tx(tx) => self.transmit(dev, now, tx),
+                Effect::Tx(tx) => self.transmit(dev, now, tx, rng),
                 Effect::Note(n) => self.note(dev, now, n),
             }
         }
         self.fx = fx;
     }
 
-    fn transmit(&mut self, dev: u32, now: Micros, tx: crate::device::Tx) {
+    fn transmit(&mut self, dev: u32, now: Micros, tx: crate::device::Tx, rng: &mut ChaCha8Rng) {
         let sec = now / 1_000_000;
         let i = dev as usize;
         match tx.kind {
             TxKind::Join { .. } => {
                 self.stats.joins_attempted += 1;
                 self.series.at(sec).joins_sent += 1;
-                self.pending_joins.insert((now, dev));
+                self.pending_joins.insert(now, dev);
             }
             TxKind::Data { transmission, confirmed, .. } => {
                 self.stats.uplink_transmissions += 1;
@@ -351,7 +463,6 @@ impl Engine {
             }
         }
         // The radio: lost with probability `loss`, else heard by 1..=K gateways.
-        let mut rng = self.fleet.devices[i].rng(&self.seed_bytes, dev);
         let g = self.gateways.len() as u16;
         let k = self.traffic.heard_by.clamp(1, g);
         let n = if rng.gen_bool(self.traffic.loss.clamp(0.0, 1.0)) {
@@ -404,13 +515,13 @@ impl Engine {
                 }
                 self.stats.join_latency.record_us(now.saturating_sub(request_sent_at));
                 self.series.at(sec).joins_accepted += 1;
-                self.pending_joins.remove(&(request_sent_at, dev));
+                self.pending_joins.remove(request_sent_at, dev);
                 self.by_addr.insert(dev_addr, dev);
                 self.joined += 1;
             }
             Note::JoinRejected(_) => self.stats.joins_failed += 1,
             Note::JoinAttemptOver { sent_at, timed_out } => {
-                self.pending_joins.remove(&(sent_at, dev));
+                self.pending_joins.remove(sent_at, dev);
                 if timed_out {
                     self.stats.joins_timed_out += 1;
                 }
@@ -489,11 +600,7 @@ impl Engine {
         // Devices whose RX1 or RX2 opens exactly at t, and which this gateway heard.
         for (delay, window) in [(JOIN_ACCEPT_DELAY1_US, Window::Rx1), (JOIN_ACCEPT_DELAY2_US, Window::Rx2)] {
             let Some(t_up) = t.checked_sub(delay) else { continue };
-            let candidates: Vec<u32> = self
-                .pending_joins
-                .range((t_up, 0)..=(t_up, u32::MAX))
-                .map(|&(_, d)| d)
-                .collect();
+            let candidates = self.pending_joins.at(t_up);
             for dev in candidates {
                 if !self.heard_by(dev, g) || !self.fleet.devices[dev as usize].join_accept_is_mine(phy) {
                     continue;
@@ -505,7 +612,7 @@ impl Engine {
                 let d = &mut self.fleet.devices[dev as usize];
                 let mut rng = d.rng(&self.seed_bytes, dev);
                 d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
-                self.apply(dev, now);
+                self.apply(dev, now, &mut rng);
                 return;
             }
         }
@@ -520,8 +627,8 @@ impl Engine {
     fn owner_of_accept(&self, phy: &[u8], from: Micros, to: Micros) -> Option<u32> {
         let to = to.max(from);
         self.pending_joins
-            .range((from, 0)..=(to, u32::MAX))
-            .map(|&(_, d)| d)
+            .between(from, to)
+            .into_iter()
             .find(|&d| self.fleet.devices[d as usize].join_accept_is_mine(phy))
     }
 
@@ -553,7 +660,7 @@ impl Engine {
         let d = &mut self.fleet.devices[dev as usize];
         let mut rng = d.rng(&self.seed_bytes, dev);
         d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
-        self.apply(dev, now);
+        self.apply(dev, now, &mut rng);
     }
 
     /// An application event from the network server's event sink: counts distinct

@@ -9,11 +9,13 @@
 //! - [`gateway`]: virtual gateways (GWMP datagrams, `tmst` clocks).
 //! - [`engine`]: the simulation core; [`scenario`]: storm, steady, power-restore.
 //! - [`net`]: the socket loop; [`run`]: `simulator run`.
+//! - [`bench`]: `simulator bench`, the simulator alone against a counting sink.
 //! - [`report`]: counters, percentiles, JSON report, table, time series, progress line.
 //!
 //! The model (what is simulated, how time and windows are judged) is in `docs/simulator.md`.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod device;
 pub mod engine;
 pub mod fleet;

@@ -23,6 +23,26 @@ enum Cmd {
     Manifest(ManifestArgs),
     /// Run a scenario against a network server.
     Run(Box<RunArgs>),
+    /// Measure the simulator alone: fleet memory and datagrams generated per second, sent to a
+    /// local sink that only counts (no servers; no device joins).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Fleet size.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: u32,
+    /// Every device sends one Join-request within this window; shorter than the simulator can
+    /// keep up with means it generates flat out.
+    #[arg(long, default_value = "1s")]
+    window: Dur,
+    /// Virtual gateways.
+    #[arg(long, default_value_t = 1)]
+    gateways: u16,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -180,6 +200,10 @@ fn main() -> anyhow::Result<()> {
                 print_table: true,
             };
             run::run(&opts)?;
+        }
+        Cmd::Bench(a) => {
+            let r = simulator::bench::run(a.devices, a.window.0, a.gateways.max(1), a.seed)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
         }
     }
     Ok(())

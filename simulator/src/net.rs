@@ -54,6 +54,53 @@ fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<U
     Ok(UdpSocket::from_std(s.into())?)
 }
 
+/// Most datagrams handed to one `sendmmsg`.
+const BATCH: usize = 256;
+
+/// Sends `batch` on a connected socket; returns (sent, failed).
+async fn send_batch(sock: &UdpSocket, batch: &[crate::engine::Outgoing]) -> (u64, u64) {
+    use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut done = 0;
+    let (mut sent, mut failed) = (0u64, 0u64);
+    while done < batch.len() {
+        let rest = &batch[done..];
+        let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|o| [IoSlice::new(&o.bytes)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = vec![None; rest.len()];
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(rest.len(), None);
+        let cmsgs: [ControlMessage<'_>; 0] = [];
+        // try_io clears tokio's cached readiness on EAGAIN, so `writable()` really waits.
+        let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmmsg(fd, &mut headers, &iovs, &addrs, cmsgs, MsgFlags::MSG_DONTWAIT)
+                .map(|res| res.count())
+                .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(0) => {
+                tokio::task::yield_now().await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sock.writable().await.is_err() {
+                    failed += rest.len() as u64;
+                    break;
+                }
+            }
+            Ok(n) => {
+                sent += n as u64;
+                done += n;
+            }
+            Err(_) => {
+                // ECONNREFUSED (ICMP port unreachable) and the like hit one datagram: skip it.
+                failed += 1;
+                done += 1;
+            }
+        }
+    }
+    (sent, failed)
+}
+
 struct Shared {
     engine: RefCell<Engine>,
     sockets: Vec<UdpSocket>,
@@ -66,7 +113,9 @@ impl Shared {
         self.start.elapsed().as_micros() as Micros
     }
 
-    /// Sends everything the engine queued. Never holds the engine across an await.
+    /// Sends everything the engine queued, each gateway's datagrams in order, batched with
+    /// `sendmmsg` (one system call for up to [`BATCH`] datagrams). Never holds the engine across
+    /// an await.
     async fn flush(&self) {
         loop {
             let out = self.engine.borrow_mut().take_outgoing();
@@ -74,16 +123,17 @@ impl Shared {
                 return;
             }
             let (mut sent, mut errors) = (0u64, 0u64);
-            for o in &out {
-                let s = &self.sockets[usize::from(o.gateway)];
-                let r = match s.try_send(&o.bytes) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => s.send(&o.bytes).await,
-                    r => r,
-                };
-                match r {
-                    Ok(_) => sent += 1,
-                    Err(_) => errors += 1,
+            let mut i = 0;
+            while i < out.len() {
+                let g = out[i].gateway;
+                let mut j = i + 1;
+                while j < out.len() && j - i < BATCH && out[j].gateway == g {
+                    j += 1;
                 }
+                let (s, e) = send_batch(&self.sockets[usize::from(g)], &out[i..j]).await;
+                sent += s;
+                errors += e;
+                i = j;
             }
             let now = self.now();
             self.engine.borrow_mut().count_sent(now, sent, errors);
@@ -196,8 +246,15 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
             }
         }
         let now = shared.now();
-        shared.engine.borrow_mut().poll(now);
-        shared.flush().await;
+        // Behind schedule, work in slices so datagrams go out (and answers come in) steadily.
+        loop {
+            let more = shared.engine.borrow_mut().poll_budget(now, 512);
+            shared.flush().await;
+            if !more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         if now >= next_progress {
             let e = shared.engine.borrow();
             let sent = e.stats.uplinks_sent;

@@ -107,6 +107,18 @@ pub struct Stats {
     pub bad_datagrams: u64,
     /// Datagrams the kernel refused to send (buffer full).
     pub send_errors: u64,
+    /// When the first datagram went out (µs of the run).
+    pub first_send_us: Option<u64>,
+    /// When the last datagram went out.
+    pub last_send_us: u64,
+}
+
+impl Stats {
+    /// Seconds between the first and the last datagram sent.
+    pub fn generate_span_s(&self) -> f64 {
+        self.first_send_us
+            .map_or(0.0, |f| self.last_send_us.saturating_sub(f) as f64 / 1e6)
+    }
 }
 
 /// One row of the per-second time series.
