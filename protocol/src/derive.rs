@@ -146,7 +146,11 @@ fn block_1_1(key_type: u8, join_nonce: JoinNonce, join_eui: JoinEui, nonce: [u8;
 }
 
 /// Encrypts two derivation blocks with one prepared key in a single ECB call.
-fn derive_pair(root: &crate::crypto::KeySchedule, a: [u8; 16], b: [u8; 16]) -> ([u8; 16], [u8; 16]) {
+fn derive_pair(
+    root: &crate::crypto::KeySchedule,
+    a: [u8; 16],
+    b: [u8; 16],
+) -> ([u8; 16], [u8; 16]) {
     let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(&a);
     buf[16..].copy_from_slice(&b);

@@ -56,6 +56,27 @@ pub mod bytes {
     }
 }
 
+/// Serde `with` module for optional `Vec<u8>` fields carried as hex strings. Pair it with
+/// `#[serde(default, skip_serializing_if = "Option::is_none")]`; a JSON `null` reads as `None`.
+pub mod opt_bytes {
+    use super::*;
+
+    /// Writes lowercase hex (`None` as `null`, normally skipped by the field attribute).
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(&hex::encode(v)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Reads hex case-insensitively, with an optional `0x`; `null` is `None`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        s.map(|s| decode(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

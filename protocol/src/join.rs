@@ -228,8 +228,10 @@ impl JoinRequest {
     /// By hand rather than `lorawan`'s `JoinRequestPayload::validate_mic`, which takes the key
     /// only as its own copyable, non-zeroized `AES128` (a copy of the root key), expands the AES
     /// key schedule again on every call, and compares the MIC in variable time; its MIC helper
-    /// that could take a prepared CMAC state is private. Here the CMAC state is cloned from the
-    /// key schedule prepared once per join (`benches/join.rs` measures both).
+    /// that could take a prepared CMAC state is private. Here the MIC runs on the key schedule
+    /// prepared once per join and reused for derivation and the Join-accept; even alone, parse +
+    /// verify is faster this way (`benches/join.rs`: `a_parse_verify` vs
+    /// `a_lorawan_parse_verify`).
     pub fn compute_mic(&self, key: JoinRootKey<'_>) -> Mic {
         let b = self.to_bytes();
         mic_of(&key.schedule().cmac(&[&b[..JOIN_REQUEST_LEN - 4]]))
@@ -348,10 +350,12 @@ impl CfList {
         if self.cf_list_type() != 0 {
             return None;
         }
+        // The 3-byte LE × 100 Hz encoding is lorawan's (`maccommands::Frequency`), shared with
+        // NewChannelReq and the other 1.0.x MAC commands.
         let mut out = [0u32; 5];
         for (i, f) in out.iter_mut().enumerate() {
-            let c = &self.0[3 * i..3 * i + 3];
-            *f = u32::from_le_bytes([c[0], c[1], c[2], 0]) * 100;
+            let c: [u8; 3] = array(&self.0, 3 * i);
+            *f = lorawan::maccommands::Frequency::from(&c).value();
         }
         Some(out)
     }
@@ -470,6 +474,24 @@ impl JoinAcceptEncKey<'_> {
     }
 }
 
+impl<'a> From<&'a KeyCipher<AppKey>> for JoinAcceptEncKey<'a> {
+    fn from(k: &'a KeyCipher<AppKey>) -> Self {
+        Self::AppKey(k)
+    }
+}
+
+impl<'a> From<&'a KeyCipher<NwkKey>> for JoinAcceptEncKey<'a> {
+    fn from(k: &'a KeyCipher<NwkKey>) -> Self {
+        Self::NwkKey(k)
+    }
+}
+
+impl<'a> From<&'a KeyCipher<JsEncKey>> for JoinAcceptEncKey<'a> {
+    fn from(k: &'a KeyCipher<JsEncKey>) -> Self {
+        Self::JsEncKey(k)
+    }
+}
+
 impl<'a> From<JoinRootKey<'a>> for JoinAcceptEncKey<'a> {
     fn from(k: JoinRootKey<'a>) -> Self {
         match k {
@@ -562,10 +584,7 @@ impl JoinAcceptPayload {
         let mic = Self::mic_over(&buf[..n - 4], mic_key);
         buf[n - 4..n].copy_from_slice(&mic.0);
         enc_key.schedule().decrypt_blocks(&mut buf[1..n]);
-        EncryptedJoinAccept {
-            buf,
-            len: n as u8,
-        }
+        EncryptedJoinAccept { buf, len: n as u8 }
     }
 }
 
@@ -715,9 +734,9 @@ impl RejoinBody {
     /// The DevEUI.
     pub const fn dev_eui(&self) -> DevEui {
         match self {
-            Self::Type0 { dev_eui, .. } | Self::Type1 { dev_eui, .. } | Self::Type2 { dev_eui, .. } => {
-                *dev_eui
-            }
+            Self::Type0 { dev_eui, .. }
+            | Self::Type1 { dev_eui, .. }
+            | Self::Type2 { dev_eui, .. } => *dev_eui,
         }
     }
     /// The request a Join-accept to this Rejoin-request answers.
@@ -737,6 +756,18 @@ pub enum RejoinMicKey<'a> {
     SNwkSIntKey(&'a KeyCipher<SNwkSIntKey>),
     /// For type 1.
     JsIntKey(&'a KeyCipher<JsIntKey>),
+}
+
+impl<'a> From<&'a KeyCipher<SNwkSIntKey>> for RejoinMicKey<'a> {
+    fn from(k: &'a KeyCipher<SNwkSIntKey>) -> Self {
+        Self::SNwkSIntKey(k)
+    }
+}
+
+impl<'a> From<&'a KeyCipher<JsIntKey>> for RejoinMicKey<'a> {
+    fn from(k: &'a KeyCipher<JsIntKey>) -> Self {
+        Self::JsIntKey(k)
+    }
 }
 
 /// A LoRaWAN 1.1 Rejoin-request (MHDR 0xC0, never encrypted): 19 bytes for types 0 and 2,
@@ -952,12 +983,16 @@ mod tests {
         ];
         for &(b, opt_neg, off, dr) in table {
             let d = DlSettings(b);
-            assert_eq!((d.opt_neg(), d.rx1_dr_offset(), d.rx2_data_rate()), (opt_neg, off, dr));
+            assert_eq!(
+                (d.opt_neg(), d.rx1_dr_offset(), d.rx2_data_rate()),
+                (opt_neg, off, dr)
+            );
             assert_eq!(DlSettings::new(opt_neg, off, dr), Some(d));
         }
         assert_eq!(DlSettings::new(false, 8, 0), None);
         assert_eq!(DlSettings::new(false, 0, 16), None);
-        let delays: &[(u8, u8, u8)] = &[(0, 0, 1), (1, 1, 1), (2, 2, 2), (15, 15, 15), (0xf3, 3, 3)];
+        let delays: &[(u8, u8, u8)] =
+            &[(0, 0, 1), (1, 1, 1), (2, 2, 2), (15, 15, 15), (0xf3, 3, 3)];
         for &(b, del, s) in delays {
             assert_eq!((RxDelay(b).del(), RxDelay(b).seconds()), (del, s));
         }
@@ -967,13 +1002,21 @@ mod tests {
 
     #[test]
     fn cf_list_type_0_frequencies() {
-        let eu = [867_100_000, 867_300_000, 867_500_000, 867_700_000, 867_900_000];
+        let eu = [
+            867_100_000,
+            867_300_000,
+            867_500_000,
+            867_700_000,
+            867_900_000,
+        ];
         let cf = CfList::from_frequencies_hz(eu).unwrap();
         assert_eq!(hex::encode(cf.0), "184f84e85684b85e84886684586e8400");
         assert_eq!(cf.frequencies_hz(), Some(eu));
         assert_eq!(cf.cf_list_type(), 0);
         assert!(CfList::from_frequencies_hz([867_100_050, 0, 0, 0, 0]).is_none());
-        assert!(CfList::from_frequencies_hz([CfList::MAX_FREQUENCY_HZ + 100, 0, 0, 0, 0]).is_none());
+        assert!(
+            CfList::from_frequencies_hz([CfList::MAX_FREQUENCY_HZ + 100, 0, 0, 0, 0]).is_none()
+        );
         let mut mask = [0u8; 16];
         mask[15] = 1;
         assert_eq!(CfList(mask).frequencies_hz(), None);
@@ -1004,7 +1047,9 @@ mod tests {
         assert_eq!(enc.as_bytes().len(), 17);
         assert_eq!(enc.open(JoinAcceptEncKey::AppKey(&app), legacy), Ok(p));
         assert_eq!(
-            enc.open(JoinAcceptEncKey::AppKey(&app), opt_neg).unwrap_err().kind(),
+            enc.open(JoinAcceptEncKey::AppKey(&app), opt_neg)
+                .unwrap_err()
+                .kind(),
             "mic"
         );
         let b = enc.as_bytes();
@@ -1014,7 +1059,10 @@ mod tests {
             (&[&[0x00], &b[1..]].concat()[..], "mtype"),
             (&[&[0x22], &b[1..]].concat()[..], "major"),
         ] {
-            assert_eq!(EncryptedJoinAccept::from_bytes(bytes).unwrap_err().kind(), kind);
+            assert_eq!(
+                EncryptedJoinAccept::from_bytes(bytes).unwrap_err().kind(),
+                kind
+            );
         }
         assert_eq!(EncryptedJoinAccept::from_bytes(b).unwrap(), enc);
     }

@@ -2,7 +2,11 @@
 
 use std::fmt;
 
+use aes_kw::{KekAes128, KekAes192, KekAes256};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::keys::{Kek, Key128};
 
 /// A TS002 `KeyEnvelope {KEKLabel, AESKey}`.
 ///
@@ -27,11 +31,6 @@ impl fmt::Debug for KeyEnvelope {
             .finish()
     }
 }
-
-use aes_kw::{KekAes128, KekAes192, KekAes256};
-use zeroize::Zeroizing;
-
-use crate::keys::{Kek, Key128};
 
 /// Length of an RFC 3394 wrapped 128-bit key.
 pub const WRAPPED_KEY_LEN: usize = 24;
@@ -246,7 +245,10 @@ mod tests {
         };
         let e = short.open::<AppSKey>(None).unwrap_err();
         assert_eq!(e.kind(), "key_length");
-        assert_eq!(e.to_string(), "AppSKey: envelope holds 15 bytes, expected 16");
+        assert_eq!(
+            e.to_string(),
+            "AppSKey: envelope holds 15 bytes, expected 16"
+        );
         let long = KeyEnvelope {
             kek_label: "x".into(),
             aes_key: vec![0; 32],

@@ -8,7 +8,7 @@
 //! - [`version`]: MAC versions and their differing rules.
 //! - [`phy`]: the MHDR.
 //! - [`join`]: Join-request, Join-accept, Rejoin-request.
-//! - [`derive`]: session-key derivation for 1.0.x and 1.1.
+//! - [`derive`](mod@derive): session-key derivation for 1.0.x and 1.1.
 //! - [`keywrap`]: RFC 3394 key wrap and TS002 KeyEnvelopes.
 //! - [`hexser`]: hex strings in TS002 JSON.
 //! - [`data`]: data frames, FRMPayload and FOpts encryption, MICs.

@@ -1,4 +1,5 @@
-//! Property tests: `parse(build(x)) == x` for every join frame, and no panic on arbitrary bytes.
+//! Property tests: `parse(build(x)) == x` for every join frame and for key wrap / KeyEnvelope, and
+//! no panic on arbitrary bytes for every parser.
 
 use proptest::prelude::*;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, JoinNonce, NetId};
@@ -6,7 +7,10 @@ use protocol::join::{
     AnsweredRequest, CfList, DlSettings, EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey,
     JoinAcceptPayload, JoinRequest, JoinRootKey, RejoinBody, RejoinMicKey, RejoinRequest, RxDelay,
 };
-use protocol::keys::{AppKey, JsEncKey, JsIntKey, KeyCipher, Mic, NwkKey, SNwkSIntKey};
+use protocol::keys::{
+    AppKey, AppSKey, JsEncKey, JsIntKey, Kek, KeyCipher, Mic, NwkKey, SNwkSIntKey,
+};
+use protocol::keywrap::{unwrap, unwrap_key, wrap, wrap_key, KeyEnvelope};
 use protocol::phy::Mhdr;
 
 fn net_id() -> impl Strategy<Value = NetId> {
@@ -199,5 +203,35 @@ proptest! {
         let _ = JoinRequest::parse(&b);
         let _ = RejoinRequest::parse(&b);
         let _ = EncryptedJoinAccept::from_bytes(&b);
+    }
+
+    #[test]
+    fn key_wrap_round_trips(kek in any::<[u8; 16]>(), key in any::<[u8; 16]>(), label in "[a-z0-9-]{1,12}") {
+        let kek = Kek::new(kek);
+        let key = AppSKey::new(key);
+        let wrapped = wrap_key(&kek, &key);
+        prop_assert_eq!(unwrap_key::<AppSKey>(&kek, &wrapped), Ok(key.clone()));
+        prop_assert_eq!(wrap(kek.expose(), key.expose()).unwrap(), wrapped.to_vec());
+        let env = KeyEnvelope::seal(&label, Some(&kek), &key).unwrap();
+        let json = serde_json::to_string(&env).unwrap();
+        let back: KeyEnvelope = serde_json::from_str(&json).unwrap();
+        prop_assert_eq!(back.open::<AppSKey>(Some(&kek)), Ok(key.clone()));
+        let clear = KeyEnvelope::seal("", None, &key).unwrap();
+        prop_assert_eq!(clear.open::<AppSKey>(None), Ok(key));
+    }
+
+    #[test]
+    fn key_unwrap_never_panics(
+        kek in proptest::collection::vec(any::<u8>(), 0..40),
+        data in proptest::collection::vec(any::<u8>(), 0..48),
+        label in proptest::option::of("[a-z]{0,4}"),
+    ) {
+        let _ = unwrap(&kek, &data);
+        let _ = wrap(&kek, &data);
+        let k = Kek::new([7; 16]);
+        let _ = unwrap_key::<AppSKey>(&k, &data);
+        let env = KeyEnvelope { kek_label: label.unwrap_or_default(), aes_key: data };
+        let _ = env.open::<AppSKey>(None);
+        let _ = env.open::<AppSKey>(Some(&k));
     }
 }

@@ -52,12 +52,32 @@ fn check_join_request(v: &Value) {
     let phy = bytes(v, "phy_payload_hex");
     let req = JoinRequest::parse(&phy).unwrap_or_else(|e| panic!("{id}: {e}"));
     // Fields in both forms: MSB-first display and on-air little-endian.
-    assert_eq!(req.join_eui, s(v, "join_eui").parse::<JoinEui>().unwrap(), "{id}");
-    assert_eq!(req.join_eui.to_le_bytes(), arr(v, "join_eui_wire_hex"), "{id}");
-    assert_eq!(req.dev_eui, s(v, "dev_eui").parse::<DevEui>().unwrap(), "{id}");
-    assert_eq!(req.dev_eui.to_le_bytes(), arr(v, "dev_eui_wire_hex"), "{id}");
+    assert_eq!(
+        req.join_eui,
+        s(v, "join_eui").parse::<JoinEui>().unwrap(),
+        "{id}"
+    );
+    assert_eq!(
+        req.join_eui.to_le_bytes(),
+        arr(v, "join_eui_wire_hex"),
+        "{id}"
+    );
+    assert_eq!(
+        req.dev_eui,
+        s(v, "dev_eui").parse::<DevEui>().unwrap(),
+        "{id}"
+    );
+    assert_eq!(
+        req.dev_eui.to_le_bytes(),
+        arr(v, "dev_eui_wire_hex"),
+        "{id}"
+    );
     assert_eq!(req.dev_nonce, DevNonce(int(v, "dev_nonce") as u16), "{id}");
-    assert_eq!(req.dev_nonce.to_le_bytes(), arr(v, "dev_nonce_wire_hex"), "{id}");
+    assert_eq!(
+        req.dev_nonce.to_le_bytes(),
+        arr(v, "dev_nonce_wire_hex"),
+        "{id}"
+    );
     assert_eq!(req.mhdr.0, arr::<1>(v, "mhdr_hex")[0], "{id}");
     assert_eq!(req.mic, Mic(arr(v, "mic_hex")), "{id}");
     assert_eq!(req.to_bytes()[..19], bytes(v, "mic_input_hex")[..], "{id}");
@@ -96,7 +116,11 @@ fn check_rejoin_request(v: &Value) {
     let phy = bytes(v, "phy_payload_hex");
     let req = RejoinRequest::parse(&phy).unwrap_or_else(|e| panic!("{id}: {e}"));
     let dev_eui: DevEui = s(v, "dev_eui").parse().unwrap();
-    assert_eq!(req.body.dev_eui().to_le_bytes(), arr(v, "dev_eui_wire_hex"), "{id}");
+    assert_eq!(
+        req.body.dev_eui().to_le_bytes(),
+        arr(v, "dev_eui_wire_hex"),
+        "{id}"
+    );
     let rejoin_type = int(v, "rejoin_type") as u8;
     assert_eq!(req.body.rejoin_type(), rejoin_type, "{id}");
     let expected = match rejoin_type {
@@ -145,7 +169,11 @@ fn check_rejoin_request(v: &Value) {
         r => panic!("{id}: unknown key role {r}"),
     };
     assert_eq!(req.verify_mic(right), Ok(()), "{id}");
-    assert_eq!(req.verify_mic(wrong).unwrap_err().kind(), "key_role", "{id}");
+    assert_eq!(
+        req.verify_mic(wrong).unwrap_err().kind(),
+        "key_role",
+        "{id}"
+    );
     let built = RejoinRequest::build(expected, right).unwrap_or_else(|e| panic!("{id}: {e}"));
     assert_eq!(built.to_bytes(), phy, "{id}: build");
     // A corrupted MIC fails.
@@ -176,7 +204,10 @@ fn check_join_accept(v: &Value) {
     let cf_list = v.get("cf_list_hex").map(|_| CfList(arr(v, "cf_list_hex")));
     if let Some(cf) = &cf_list {
         let d = &v["cf_list_decoded"];
-        assert_eq!(u64::from(cf.cf_list_type()), d["cflist_type"].as_u64().unwrap());
+        assert_eq!(
+            u64::from(cf.cf_list_type()),
+            d["cflist_type"].as_u64().unwrap()
+        );
         let want: Vec<u32> = d["frequencies_hz"]
             .as_array()
             .unwrap()
@@ -195,7 +226,10 @@ fn check_join_accept(v: &Value) {
         rx_delay: RxDelay(int(v, "rx_delay") as u8),
         cf_list,
     };
-    assert_eq!(payload.join_nonce.to_le_bytes(), arr(v, "join_nonce_wire_hex"));
+    assert_eq!(
+        payload.join_nonce.to_le_bytes(),
+        arr(v, "join_nonce_wire_hex")
+    );
     assert_eq!(payload.net_id.to_le_bytes(), arr(v, "net_id_wire_hex"));
     assert_eq!(payload.dev_addr.to_le_bytes(), arr(v, "dev_addr_wire_hex"));
     assert_eq!(
@@ -240,10 +274,15 @@ fn check_join_accept(v: &Value) {
     // Join server: MIC then encrypt, to the byte.
     let encrypted = bytes(v, "encrypted_phy_payload_hex");
     let built = payload.encrypt(mic_key, enc_key);
-    assert_eq!(built.as_bytes(), &encrypted[..], "{id}: encrypted PHYPayload");
+    assert_eq!(
+        built.as_bytes(),
+        &encrypted[..],
+        "{id}: encrypted PHYPayload"
+    );
 
     // Device: parse, decrypt, check the MIC.
-    let parsed = EncryptedJoinAccept::from_bytes(&encrypted).unwrap_or_else(|e| panic!("{id}: {e}"));
+    let parsed =
+        EncryptedJoinAccept::from_bytes(&encrypted).unwrap_or_else(|e| panic!("{id}: {e}"));
     let decrypted = parsed.decrypt(enc_key);
     assert_eq!(decrypted.payload, payload, "{id}");
     assert_eq!(decrypted.mic, mic, "{id}");
@@ -255,7 +294,10 @@ fn check_join_accept(v: &Value) {
 
     // The MIC input the entry documents: `[JoinReqType | JoinEUI | DevNonce |] MHDR | payload`.
     let mic_input = bytes(v, "mic_input_hex");
-    assert!(mic_input.ends_with(&plain[..plain.len() - 4]), "{id}: MIC input");
+    assert!(
+        mic_input.ends_with(&plain[..plain.len() - 4]),
+        "{id}: MIC input"
+    );
 
     // The other formula, and a tampered frame, fail as MIC errors (protocol-notes E.3: the
     // formula is the caller's, whatever DLSettings says).
@@ -269,7 +311,11 @@ fn check_join_accept(v: &Value) {
         #[allow(unreachable_patterns)]
         _ => unreachable!(),
     };
-    assert_eq!(decrypted.verify_mic(other).unwrap_err().kind(), "mic", "{id}");
+    assert_eq!(
+        decrypted.verify_mic(other).unwrap_err().kind(),
+        "mic",
+        "{id}"
+    );
     let mut tampered = encrypted.clone();
     tampered[1] ^= 0x80;
     let tampered = EncryptedJoinAccept::from_bytes(&tampered).unwrap();

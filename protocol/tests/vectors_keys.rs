@@ -48,11 +48,19 @@ fn check_session_keys(v: &Value) -> usize {
     let scheme = s(v, "scheme");
     if scheme.starts_with("LoRaWAN 1.0.x") {
         let join_nonce = JoinNonce::new(int(v, "join_nonce") as u32).unwrap();
-        assert_eq!(join_nonce.to_le_bytes(), arr(v, "join_nonce_wire_hex"), "{id}");
+        assert_eq!(
+            join_nonce.to_le_bytes(),
+            arr(v, "join_nonce_wire_hex"),
+            "{id}"
+        );
         let net_id: NetId = s(v, "net_id").parse().unwrap();
         assert_eq!(net_id.to_le_bytes(), arr(v, "net_id_wire_hex"), "{id}");
         let dev_nonce = DevNonce(int(v, "dev_nonce") as u16);
-        assert_eq!(dev_nonce.to_le_bytes(), arr(v, "dev_nonce_wire_hex"), "{id}");
+        assert_eq!(
+            dev_nonce.to_le_bytes(),
+            arr(v, "dev_nonce_wire_hex"),
+            "{id}"
+        );
         let root: [u8; 16] = arr(v, "root_key_hex");
         // The documented input blocks, which the derivation encrypts under the root key.
         let block = |t: u8| {
@@ -91,15 +99,27 @@ fn check_session_keys(v: &Value) -> usize {
         assert_eq!(hex_of(&k11.app_s_key), s(v, "app_s_key_hex"), "{id}");
         // What the network server holds is the same key whatever the version.
         let (net, _) = SessionKeys::V1_1(k11).into_parts();
-        assert_eq!(hex_of(&net.f_nwk_s_int_key()), s(v, "nwk_s_key_hex"), "{id}");
+        assert_eq!(
+            hex_of(&net.f_nwk_s_int_key()),
+            s(v, "nwk_s_key_hex"),
+            "{id}"
+        );
         6
     } else if scheme.starts_with("LoRaWAN 1.1 (OptNeg=1)") {
         let join_nonce = JoinNonce::new(int(v, "join_nonce") as u32).unwrap();
-        assert_eq!(join_nonce.to_le_bytes(), arr(v, "join_nonce_wire_hex"), "{id}");
+        assert_eq!(
+            join_nonce.to_le_bytes(),
+            arr(v, "join_nonce_wire_hex"),
+            "{id}"
+        );
         let join_eui: JoinEui = s(v, "join_eui").parse().unwrap();
         assert_eq!(join_eui.to_le_bytes(), arr(v, "join_eui_wire_hex"), "{id}");
         let dev_nonce = DevNonce(int(v, "dev_nonce") as u16);
-        assert_eq!(dev_nonce.to_le_bytes(), arr(v, "dev_nonce_wire_hex"), "{id}");
+        assert_eq!(
+            dev_nonce.to_le_bytes(),
+            arr(v, "dev_nonce_wire_hex"),
+            "{id}"
+        );
         let k = session_keys_1_1(
             &KeyCipher::new(&NwkKey::new(arr(v, "nwk_key_hex"))),
             &KeyCipher::new(&AppKey::new(arr(v, "app_key_hex"))),
@@ -107,8 +127,16 @@ fn check_session_keys(v: &Value) -> usize {
             join_eui,
             AnsweredRequest::JoinRequest(dev_nonce),
         );
-        assert_eq!(hex_of(&k.f_nwk_s_int_key), s(v, "f_nwk_s_int_key_hex"), "{id}");
-        assert_eq!(hex_of(&k.s_nwk_s_int_key), s(v, "s_nwk_s_int_key_hex"), "{id}");
+        assert_eq!(
+            hex_of(&k.f_nwk_s_int_key),
+            s(v, "f_nwk_s_int_key_hex"),
+            "{id}"
+        );
+        assert_eq!(
+            hex_of(&k.s_nwk_s_int_key),
+            s(v, "s_nwk_s_int_key_hex"),
+            "{id}"
+        );
         assert_eq!(hex_of(&k.nwk_s_enc_key), s(v, "nwk_s_enc_key_hex"), "{id}");
         assert_eq!(hex_of(&k.app_s_key), s(v, "app_s_key_hex"), "{id}");
         // RJcount takes the place of DevNonce when answering a Rejoin: same bytes, same keys.
@@ -134,9 +162,20 @@ fn check_session_keys(v: &Value) -> usize {
         };
         assert_eq!(block(6), s(v, "js_int_key_input_block_hex"), "{id}");
         assert_eq!(block(5), s(v, "js_enc_key_input_block_hex"), "{id}");
-        let k = js_keys(&KeyCipher::new(&NwkKey::new(arr(v, "nwk_key_hex"))), dev_eui);
-        assert_eq!(hex_of(&k.js_int_key), s(v, "js_int_key_hex"), "{id}: JSIntKey");
-        assert_eq!(hex_of(&k.js_enc_key), s(v, "js_enc_key_hex"), "{id}: JSEncKey");
+        let k = js_keys(
+            &KeyCipher::new(&NwkKey::new(arr(v, "nwk_key_hex"))),
+            dev_eui,
+        );
+        assert_eq!(
+            hex_of(&k.js_int_key),
+            s(v, "js_int_key_hex"),
+            "{id}: JSIntKey"
+        );
+        assert_eq!(
+            hex_of(&k.js_enc_key),
+            s(v, "js_enc_key_hex"),
+            "{id}: JSEncKey"
+        );
         2
     } else {
         panic!("{id}: unknown scheme {scheme}");
@@ -149,7 +188,11 @@ fn check_wrap(v: &Value) {
     let data = bytes(v, "key_data_hex");
     let ct = bytes(v, "ciphertext_hex");
     assert_eq!(wrap(&kek, &data), Ok(ct.clone()), "{id}: wrap");
-    assert_eq!(unwrap(&kek, &ct).map(|z| z.to_vec()), Ok(data.clone()), "{id}: unwrap");
+    assert_eq!(
+        unwrap(&kek, &ct).map(|z| z.to_vec()),
+        Ok(data.clone()),
+        "{id}: unwrap"
+    );
 
     if kek.len() == 16 && data.len() == 16 {
         // The typed path for LoRaWAN keys.
@@ -189,7 +232,11 @@ fn check_wrap(v: &Value) {
             let absent: KeyEnvelope =
                 serde_json::from_value(serde_json::json!({"AESKey": s(v, "key_data_hex")}))
                     .unwrap();
-            assert_eq!(absent.open::<AppSKey>(None), Ok(key), "{id}: absent KEKLabel");
+            assert_eq!(
+                absent.open::<AppSKey>(None),
+                Ok(key),
+                "{id}: absent KEKLabel"
+            );
         }
     }
 }
@@ -236,12 +283,18 @@ fn check_negative(v: &Value) -> usize {
         );
         // And through the typed path and a KeyEnvelope.
         let kek = Kek::new(arr(v, "kek_hex"));
-        assert_eq!(unwrap_key::<AppSKey>(&kek, &ct), Err(KeyWrapError::Integrity));
+        assert_eq!(
+            unwrap_key::<AppSKey>(&kek, &ct),
+            Err(KeyWrapError::Integrity)
+        );
         let env = KeyEnvelope {
             kek_label: "kek".into(),
             aes_key: ct,
         };
-        assert_eq!(env.open::<AppSKey>(Some(&kek)), Err(KeyWrapError::Integrity));
+        assert_eq!(
+            env.open::<AppSKey>(Some(&kek)),
+            Err(KeyWrapError::Integrity)
+        );
         1
     }
 }

@@ -22,7 +22,10 @@
 //!   mandatory answers to DevStatusReq, RXParamSetupReq, RXTimingSetupReq, DutyCycleReq,
 //!   NewChannelReq, DlChannelReq, TxParamSetupReq, ADRParamSetupReq and RejoinParamSetupReq.
 
+use protocol::data::Direction;
 use protocol::ids::{DevAddr, DevNonce};
+use protocol::mac::MacCommand;
+use protocol::region::{lora_time_on_air, LoraFrame};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -262,15 +265,11 @@ pub fn random_dev_nonce(dev_eui: u64, index: u16) -> u16 {
     (u16::from(l) << 8) | u16::from(r)
 }
 
-/// Time on air of a LoRa frame in µs (Semtech AN1200.13; CR 4/5, 8-symbol preamble, explicit
-/// header, CRC on, low-data-rate optimisation for SF11/SF12 at 125 kHz).
+/// Time on air of a LoRaWAN uplink in µs (the `protocol` crate's Semtech AN1200.13 formula:
+/// CR 4/5, 8-symbol preamble, explicit header, CRC on, LDRO for SF11/SF12 at 125 kHz).
 pub fn airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
-    let sf_f = f64::from(sf);
-    let t_sym = (1u64 << sf) as f64 / f64::from(bw_khz) * 1000.0; // µs
-    let de = if sf >= 11 && bw_khz == 125 { 1.0 } else { 0.0 };
-    let payload_bits = 8.0 * len as f64 - 4.0 * sf_f + 28.0 + 16.0;
-    let n = 8.0 + ((payload_bits / (4.0 * (sf_f - 2.0 * de))).ceil() * 5.0).max(0.0);
-    ((8.0 + 4.25) * t_sym + n * t_sym).round() as Micros
+    lora_time_on_air(&LoraFrame::uplink(sf, u32::from(bw_khz) * 1000, len))
+        .map_or(0, |d| d.as_micros() as Micros)
 }
 
 /// The aggregated join duty cycle allowed `since_power_on` µs after power-up.
@@ -283,28 +282,6 @@ pub fn join_duty_cycle(since_power_on: Micros) -> f64 {
     } else {
         0.0001
     }
-}
-
-/// Payload length of each downlink MAC command (CID → bytes after the CID), LoRaWAN 1.1 §5.
-fn downlink_mac_len(cid: u8) -> Option<usize> {
-    Some(match cid {
-        0x01 => 1, // ResetConf
-        0x02 => 2, // LinkCheckAns
-        0x03 => 4, // LinkADRReq
-        0x04 => 1, // DutyCycleReq
-        0x05 => 4, // RXParamSetupReq
-        0x06 => 0, // DevStatusReq
-        0x07 => 5, // NewChannelReq
-        0x08 => 1, // RXTimingSetupReq
-        0x09 => 1, // TxParamSetupReq
-        0x0A => 4, // DlChannelReq
-        0x0B => 1, // RekeyConf
-        0x0C => 1, // ADRParamSetupReq
-        0x0D => 5, // DeviceTimeAns
-        0x0E => 2, // ForceRejoinReq
-        0x0F => 1, // RejoinParamSetupReq
-        _ => return None,
-    })
 }
 
 impl Device {
@@ -508,10 +485,10 @@ impl Device {
                 let mut fopts = std::mem::take(&mut s.answers);
                 fopts.truncate(15);
                 if s.rekey_pending && fopts.len() + 2 <= 15 {
-                    fopts.extend_from_slice(&[0x0B, 0x01]); // RekeyInd, LoRaWAN 1.1
+                    let _ = MacCommand::RekeyInd { dev_lorawan_minor: 1 }.encode_into(&mut fopts);
                 }
                 if s.device_time_tries > 0 && fopts.len() < 15 {
-                    fopts.push(0x0D); // DeviceTimeReq
+                    let _ = MacCommand::DeviceTimeReq.encode_into(&mut fopts);
                     s.device_time_tries -= 1;
                 }
                 Box::new(Frame {
@@ -733,58 +710,68 @@ impl Device {
                 }));
             }
         }
-        let n = answer_mac(s, &r.mac);
-        if n > 0 {
-            fx.push(Effect::Note(Note::MacAnswered(n)));
+        match answer_mac(s, &r.mac) {
+            Some(0) => {}
+            Some(n) => fx.push(Effect::Note(Note::MacAnswered(n))),
+            None => fx.push(Effect::Note(Note::DownlinkRejected("mac_commands"))),
         }
     }
 }
 
-/// Processes downlink MAC commands, queueing answers for the next uplink's FOpts. Returns how many
-/// commands were answered or taken. Parsing stops at an unknown CID (its length is unknown).
-fn answer_mac(s: &mut Session, mac: &[u8]) -> u8 {
-    let mut i = 0;
-    let mut n = 0u8;
-    while i < mac.len() {
-        let cid = mac[i];
-        let Some(len) = downlink_mac_len(cid) else { break };
-        if i + 1 + len > mac.len() {
-            break;
-        }
-        let p = &mac[i + 1..i + 1 + len];
-        i += 1 + len;
-        n = n.saturating_add(1);
-        match cid {
-            0x03 => {
-                // LinkADRReq: DataRate_TXPower, ChMask(2), Redundancy(ChMaskCntl, NbTrans).
-                let dr = p[0] >> 4;
-                if dr != 0x0F && dr <= 5 {
-                    s.dr = dr;
+/// Processes downlink MAC commands (parsed by the `protocol` crate), queueing answers for the next
+/// uplink's FOpts. Returns how many commands were answered or taken, or `None` if the bytes do not
+/// parse (an unknown CID: the rest cannot be delimited, so nothing is applied).
+fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
+    use protocol::mac::MacCommand as M;
+    let cmds = protocol::mac::parse(Direction::Downlink, mac).ok()?;
+    let mut answers = Vec::new();
+    for c in &cmds {
+        match *c {
+            M::LinkADRReq { data_rate, nb_trans, .. } => {
+                if data_rate != 0x0F && data_rate <= 5 {
+                    s.dr = data_rate;
                 }
-                let nb = p[3] & 0x0F;
-                if nb != 0 {
-                    s.nb_trans = nb;
+                if nb_trans != 0 {
+                    s.nb_trans = nb_trans;
                 }
-                s.answers.extend_from_slice(&[0x03, 0x07]); // power, DR and channel mask ACK
+                answers.push(M::LinkADRAns {
+                    power_ack: true,
+                    data_rate_ack: true,
+                    channel_mask_ack: true,
+                });
             }
-            0x04 => s.answers.push(0x04),                          // DutyCycleAns
-            0x05 => s.answers.extend_from_slice(&[0x05, 0x07]),    // RXParamSetupAns
-            0x06 => s.answers.extend_from_slice(&[0x06, 255, 20]), // DevStatusAns: external power, +20 dB
-            0x07 => s.answers.extend_from_slice(&[0x07, 0x03]),    // NewChannelAns
-            0x08 => {
-                s.rx1_delay_us = u64::from((p[0] & 0x0F).max(1)) * 1_000_000;
-                s.answers.push(0x08); // RXTimingSetupAns
+            M::DutyCycleReq { .. } => answers.push(M::DutyCycleAns),
+            M::RXParamSetupReq { .. } => answers.push(M::RXParamSetupAns {
+                rx1_dr_offset_ack: true,
+                rx2_data_rate_ack: true,
+                channel_ack: true,
+            }),
+            M::DevStatusReq => answers.push(M::DevStatusAns { battery: 255, margin: 20 }),
+            M::NewChannelReq { .. } => answers.push(M::NewChannelAns {
+                data_rate_range_ok: true,
+                channel_frequency_ok: true,
+            }),
+            M::RXTimingSetupReq { delay } => {
+                s.rx1_delay_us = u64::from(delay.max(1)) * 1_000_000;
+                answers.push(M::RXTimingSetupAns);
             }
-            0x09 => s.answers.push(0x09),                       // TxParamSetupAns
-            0x0A => s.answers.extend_from_slice(&[0x0A, 0x03]), // DlChannelAns
-            0x0B => s.rekey_pending = false,                    // RekeyConf
-            0x0C => s.answers.push(0x0C),                       // ADRParamSetupAns
-            0x0D => s.device_time_tries = 0,                    // DeviceTimeAns
-            0x0F => s.answers.extend_from_slice(&[0x0F, 0x01]), // RejoinParamSetupAns
+            M::TxParamSetupReq { .. } => answers.push(M::TxParamSetupAns),
+            M::DlChannelReq { .. } => answers.push(M::DlChannelAns {
+                uplink_frequency_exists: true,
+                channel_frequency_ok: true,
+            }),
+            M::RekeyConf { .. } => s.rekey_pending = false,
+            M::ADRParamSetupReq { .. } => answers.push(M::ADRParamSetupAns),
+            M::DeviceTimeAns { .. } => s.device_time_tries = 0,
+            M::RejoinParamSetupReq { .. } => answers.push(M::RejoinParamSetupAns { time_ok: true }),
             _ => {}
         }
     }
-    n
+    for a in &answers {
+        // Answers are built from valid fields; one that would not encode is left out.
+        let _ = a.encode_into(&mut s.answers);
+    }
+    Some(cmds.len().min(255) as u8)
 }
 
 #[cfg(test)]

@@ -23,7 +23,8 @@ use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
 use crate::device::{Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US};
 use crate::fleet::Fleet;
-use crate::gateway::{self, Downstream, Gateway, Rxpk};
+use crate::gateway::{self, Gateway, Reception};
+use protocol::gwmp::{Packet, TxAckCode, TxTiming};
 use crate::report::{Stats, TimeSeries};
 use crate::scenario::{Scenario, Traffic};
 use crate::sched::{Micros, Scheduler, TimerKind};
@@ -477,19 +478,17 @@ impl Engine {
             self.stats.receptions += 1;
         }
         let (base, rssi0) = (link.base, link.rssi);
-        let (sf, bw) = gateway::eu868_dr(tx.dr);
         for j in 0..n {
             let gi = (base + j) % g;
             let rssi = i16::from(rssi0) - 4 * j as i16 + rng.gen_range(-3..=3);
             // SNR falls with RSSI: about +10 dB at -90 dBm, down to -15 dB near the SF7..12 floor.
             let lsnr = ((rssi + 100) * 10).clamp(-200, 135) as i16 + rng.gen_range(-10..=10);
             let gw = &mut self.gateways[gi as usize];
-            let rx = Rxpk {
+            let rx = Reception {
                 tmst: gw.tmst_at(now),
                 freq_hz: CHANNELS_HZ[usize::from(tx.chan) % 3],
                 chan: tx.chan,
-                sf,
-                bw_khz: bw,
+                dr: tx.dr,
                 rssi,
                 lsnr_tenths: lsnr,
                 data: &tx.phy,
@@ -552,24 +551,26 @@ impl Engine {
     pub fn on_datagram(&mut self, g: u16, now: Micros, data: &[u8]) {
         self.series.at(now / 1_000_000).datagrams_in += 1;
         let Some(gw) = self.gateways.get(usize::from(g)) else { return };
-        match gateway::parse_downstream(data) {
-            Err(_) => self.stats.bad_datagrams += 1,
-            Ok(Downstream::PushAck { .. }) => self.stats.push_ack += 1,
-            Ok(Downstream::PullAck { .. }) => self.stats.pull_ack += 1,
-            Ok(Downstream::PullResp { token, txpk }) => {
+        match Packet::parse(data) {
+            Ok(Packet::PushAck { .. }) => self.stats.push_ack += 1,
+            Ok(Packet::PullAck { .. }) => self.stats.pull_ack += 1,
+            Ok(Packet::PullResp(r)) => {
                 self.stats.pull_resp += 1;
-                let target = match (txpk.imme, txpk.tmst) {
-                    (false, Some(t)) => gw.run_time_of(t, now),
-                    _ => None,
+                let (token, txpk) = (r.token, r.txpk);
+                let target = match txpk.timing {
+                    TxTiming::Tmst(t) => gw.run_time_of(t, now),
+                    TxTiming::Immediate | TxTiming::Tmms(_) => None,
                 };
+                // A concentrator cannot send in the past: TOO_LATE, as lora_pkt_fwd answers.
                 let too_late = target.is_none_or(|t| t <= now);
-                let ack = gw.tx_ack(token, too_late.then_some("TOO_LATE"));
+                let ack = gw.tx_ack(token, too_late.then_some(TxAckCode::TooLate));
                 if too_late {
                     self.stats.tx_ack_errors += 1;
                 }
                 self.out.push(Outgoing { gateway: g, bytes: ack });
                 self.deliver(g, now, target, too_late, &txpk.data);
             }
+            Ok(_) | Err(_) => self.stats.bad_datagrams += 1,
         }
     }
 
