@@ -68,15 +68,29 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 512]]) -> Option<usize> {
     use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
-    let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
+    let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(&mut b[..])])
+        .collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
-    recvmmsg(sock.as_raw_fd(), &mut headers, slices.iter_mut(), MsgFlags::MSG_WAITFORONE, None)
-        .ok()
-        .map(|r| r.count())
+    recvmmsg(
+        sock.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    )
+    .ok()
+    .map(|r| r.count())
 }
 
 /// Runs the benchmark: `devices` devices all sending a Join-request within `window`.
-pub fn run(devices: u32, window: Duration, gateways: u16, seed: u64) -> anyhow::Result<BenchReport> {
+pub fn run(
+    devices: u32,
+    window: Duration,
+    gateways: u16,
+    seed: u64,
+) -> anyhow::Result<BenchReport> {
     let t0 = Instant::now();
     let entries = manifest::generate(&Params {
         devices,
@@ -85,7 +99,12 @@ pub fn run(devices: u32, window: Duration, gateways: u16, seed: u64) -> anyhow::
         join_eui: manifest::DEFAULT_JOIN_EUI,
         home_net_id: NetId::new(0).expect("NetID 0"),
     });
-    let fleet = Fleet::new(entries, &vec![NonceState::default(); devices as usize], seed, gateways);
+    let fleet = Fleet::new(
+        entries,
+        &vec![NonceState::default(); devices as usize],
+        seed,
+        gateways,
+    );
     let build_s = t0.elapsed().as_secs_f64();
     let rss_fleet_mib = proc_status_mib("VmRSS:");
 
@@ -153,9 +172,17 @@ pub fn run(devices: u32, window: Duration, gateways: u16, seed: u64) -> anyhow::
         device_bytes,
         datagrams,
         generate_s,
-        datagrams_per_s: if generate_s > 0.0 { datagrams as f64 / generate_s } else { 0.0 },
+        datagrams_per_s: if generate_s > 0.0 {
+            datagrams as f64 / generate_s
+        } else {
+            0.0
+        },
         cpu_s,
-        datagrams_per_cpu_s: if cpu_s > 0.0 { datagrams as f64 / cpu_s } else { 0.0 },
+        datagrams_per_cpu_s: if cpu_s > 0.0 {
+            datagrams as f64 / cpu_s
+        } else {
+            0.0
+        },
         sink_received: received.load(Ordering::Relaxed),
     })
 }

@@ -258,7 +258,9 @@ pub fn random_dev_nonce(dev_eui: u64, index: u16) -> u16 {
     let keys: [u32; 4] = rng.gen();
     let (mut l, mut r) = ((index >> 8) as u8, index as u8);
     for k in keys {
-        let f = (u32::from(r).wrapping_mul(0x9E37_79B1) ^ k).rotate_left(13).wrapping_mul(0x85EB_CA6B);
+        let f = (u32::from(r).wrapping_mul(0x9E37_79B1) ^ k)
+            .rotate_left(13)
+            .wrapping_mul(0x85EB_CA6B);
         let f = (f ^ (f >> 16)) as u8;
         (l, r) = (r, l ^ f);
     }
@@ -323,12 +325,10 @@ impl Device {
     /// device's root key and its MIC verifies. Changes nothing.
     pub fn join_accept_is_mine(&self, phy: &[u8]) -> bool {
         match (self.phase, self.join) {
-            (Phase::Joining, Some(j)) => {
-                !matches!(
-                    frames::open_join_accept(&self.id, phy, j.dev_nonce, None),
-                    Err(frames::AcceptError::Mic | frames::AcceptError::Malformed)
-                )
-            }
+            (Phase::Joining, Some(j)) => !matches!(
+                frames::open_join_accept(&self.id, phy, j.dev_nonce, None),
+                Err(frames::AcceptError::Mic | frames::AcceptError::Malformed)
+            ),
             _ => false,
         }
     }
@@ -424,7 +424,13 @@ impl Device {
         }
     }
 
-    fn send_join(&mut self, now: Micros, b: &Behaviour, rng: &mut impl RngCore, fx: &mut Vec<Effect>) {
+    fn send_join(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
         let dev_nonce = if self.id.version.dev_nonce_is_counter() {
             if self.nonces.dev_nonce > u32::from(u16::MAX) {
                 fx.push(Effect::Note(Note::DevNonceExhausted));
@@ -466,8 +472,16 @@ impl Device {
         fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
     }
 
-    fn send_uplink(&mut self, now: Micros, b: &Behaviour, rng: &mut impl RngCore, fx: &mut Vec<Effect>) {
-        let Some(s) = self.session.as_deref_mut() else { return };
+    fn send_uplink(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(s) = self.session.as_deref_mut() else {
+            return;
+        };
         let frame = match self.frame.take() {
             Some(mut f) => {
                 f.transmissions += 1;
@@ -485,7 +499,10 @@ impl Device {
                 let mut fopts = std::mem::take(&mut s.answers);
                 fopts.truncate(15);
                 if s.rekey_pending && fopts.len() + 2 <= 15 {
-                    let _ = MacCommand::RekeyInd { dev_lorawan_minor: 1 }.encode_into(&mut fopts);
+                    let _ = MacCommand::RekeyInd {
+                        dev_lorawan_minor: 1,
+                    }
+                    .encode_into(&mut fopts);
                 }
                 if s.device_time_tries > 0 && fopts.len() < 15 {
                     let _ = MacCommand::DeviceTimeReq.encode_into(&mut fopts);
@@ -549,7 +566,13 @@ impl Device {
         fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
     }
 
-    fn rx_closed(&mut self, now: Micros, b: &Behaviour, rng: &mut impl RngCore, fx: &mut Vec<Effect>) {
+    fn rx_closed(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
         match self.phase {
             Phase::Joining => {
                 if let Some(j) = self.join.take() {
@@ -564,10 +587,18 @@ impl Device {
                 fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
             }
             Phase::Joined => {
-                let Some(s) = self.session.as_deref() else { return };
-                let Some(f) = self.frame.as_deref() else { return };
+                let Some(s) = self.session.as_deref() else {
+                    return;
+                };
+                let Some(f) = self.frame.as_deref() else {
+                    return;
+                };
                 let more = f.transmissions < s.nb_trans.max(1)
-                    && if f.confirmed { !f.acked } else { !f.got_downlink };
+                    && if f.confirmed {
+                        !f.acked
+                    } else {
+                        !f.got_downlink
+                    };
                 if more {
                     // Retransmit the same FCnt after ACK_TIMEOUT (1..3 s) or, unconfirmed, soon.
                     let wait = if f.confirmed {
@@ -670,7 +701,9 @@ impl Device {
     }
 
     fn on_data_downlink(&mut self, phy: &[u8], fx: &mut Vec<Effect>) {
-        let Some(s) = self.session.as_deref_mut() else { return };
+        let Some(s) = self.session.as_deref_mut() else {
+            return;
+        };
         let conf_fcnt = self.frame.as_ref().map_or(0, |f| f.fcnt);
         let r = match frames::open_downlink(
             &s.keys,
@@ -727,7 +760,11 @@ fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
     let mut answers = Vec::new();
     for c in &cmds {
         match *c {
-            M::LinkADRReq { data_rate, nb_trans, .. } => {
+            M::LinkADRReq {
+                data_rate,
+                nb_trans,
+                ..
+            } => {
                 if data_rate != 0x0F && data_rate <= 5 {
                     s.dr = data_rate;
                 }
@@ -746,7 +783,10 @@ fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
                 rx2_data_rate_ack: true,
                 channel_ack: true,
             }),
-            M::DevStatusReq => answers.push(M::DevStatusAns { battery: 255, margin: 20 }),
+            M::DevStatusReq => answers.push(M::DevStatusAns {
+                battery: 255,
+                margin: 20,
+            }),
             M::NewChannelReq { .. } => answers.push(M::NewChannelAns {
                 data_rate_range_ok: true,
                 channel_frequency_ok: true,
@@ -816,8 +856,8 @@ mod join_tests {
     use protocol::derive::js_keys;
     use protocol::ids::{DevEui, JoinEui, JoinNonce, NetId};
     use protocol::join::{
-        AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload, JoinRequest,
-        JoinRootKey, RxDelay,
+        AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+        JoinRequest, JoinRootKey, RxDelay,
     };
     use protocol::keys::{AppKey, KeyCipher, NwkKey};
     use protocol::version::MacVersion;
@@ -868,10 +908,15 @@ mod join_tests {
                 } else {
                     JoinAcceptMicKey::Legacy(JoinRootKey::NwkKey(&nwk))
                 };
-                p.encrypt(mic, JoinAcceptEncKey::NwkKey(&nwk)).as_bytes().to_vec()
+                p.encrypt(mic, JoinAcceptEncKey::NwkKey(&nwk))
+                    .as_bytes()
+                    .to_vec()
             }
             None => p
-                .encrypt(JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)), JoinAcceptEncKey::AppKey(&app))
+                .encrypt(
+                    JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+                    JoinAcceptEncKey::AppKey(&app),
+                )
                 .as_bytes()
                 .to_vec(),
         }
@@ -884,38 +929,76 @@ mod join_tests {
     /// Powers on and fires the first Join timer; returns the Join-request.
     fn first_join(d: &mut Device, fx: &mut Vec<Effect>) -> JoinRequest {
         d.power_on(0, 100, fx);
-        assert_eq!(fx.drain(..).collect::<Vec<_>>(), vec![Effect::Arm(100, TimerKind::Join)]);
+        assert_eq!(
+            std::mem::take(fx),
+            vec![Effect::Arm(100, TimerKind::Join)]
+        );
         d.on_timer(TimerKind::Join, 100, &B, &mut rng(), fx);
-        let Effect::Tx(tx) = &fx[0] else { panic!("{fx:?}") };
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
         let jr = JoinRequest::parse(&tx.phy).unwrap();
-        assert_eq!(fx[1], Effect::Arm(100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US, TimerKind::RxClosed));
+        assert_eq!(
+            fx[1],
+            Effect::Arm(
+                100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
+                TimerKind::RxClosed
+            )
+        );
         fx.clear();
         jr
     }
 
     #[test]
     fn counter_dev_nonce_join_and_keys_on_device() {
-        for (v, opt_neg) in [(MacVersion::V1_0_4, false), (MacVersion::V1_1, true), (MacVersion::V1_1, false)] {
+        for (v, opt_neg) in [
+            (MacVersion::V1_0_4, false),
+            (MacVersion::V1_1, true),
+            (MacVersion::V1_1, false),
+        ] {
             let mut d = device(v);
             d.nonces.dev_nonce = 41;
             let mut fx = Vec::new();
             let jr = first_join(&mut d, &mut fx);
             assert_eq!(jr.dev_nonce, DevNonce(41), "{v}");
-            assert_eq!(d.nonces.dev_nonce, 42, "the counter advances when the request is sent");
+            assert_eq!(
+                d.nonces.dev_nonce, 42,
+                "the counter advances when the request is sent"
+            );
             match &d.id.nwk_key {
-                Some(k) => jr.verify_mic(JoinRootKey::NwkKey(&KeyCipher::new(k))).unwrap(),
-                None => jr.verify_mic(JoinRootKey::AppKey(&KeyCipher::new(&d.id.app_key))).unwrap(),
+                Some(k) => jr
+                    .verify_mic(JoinRootKey::NwkKey(&KeyCipher::new(k)))
+                    .unwrap(),
+                None => jr
+                    .verify_mic(JoinRootKey::AppKey(&KeyCipher::new(&d.id.app_key)))
+                    .unwrap(),
             }
             let phy = accept(&d, 41, 7, opt_neg);
             assert!(d.join_accept_is_mine(&phy));
             d.on_downlink(&phy, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
-            assert!(matches!(fx[0], Effect::Note(Note::Joined { window: Window::Rx1, request_sent_at: 100, .. })), "{fx:?}");
-            let Effect::Arm(t, TimerKind::Uplink) = fx[1] else { panic!("{fx:?}") };
+            assert!(
+                matches!(
+                    fx[0],
+                    Effect::Note(Note::Joined {
+                        window: Window::Rx1,
+                        request_sent_at: 100,
+                        ..
+                    })
+                ),
+                "{fx:?}"
+            );
+            let Effect::Arm(t, TimerKind::Uplink) = fx[1] else {
+                panic!("{fx:?}")
+            };
             assert!((5_000_100..5_000_100 + B.uplink_interval_us).contains(&t));
             assert_eq!(d.phase(), Phase::Joined);
             assert_eq!(d.nonces.join_nonce, Some(7));
             assert_eq!(d.session().unwrap().dev_addr, DevAddr::new(0x2601_0001));
-            assert_eq!(d.session().unwrap().rekey_pending(), opt_neg, "RekeyInd only for 1.1 with OptNeg");
+            assert_eq!(
+                d.session().unwrap().rekey_pending(),
+                opt_neg,
+                "RekeyInd only for 1.1 with OptNeg"
+            );
         }
     }
 
@@ -928,7 +1011,13 @@ mod join_tests {
         assert_eq!(d.nonces.dev_nonce, 1);
         let phy = accept(&d, jr.dev_nonce.0, 1, false);
         d.on_downlink(&phy, Window::Rx2, 6_000_100, &B, &mut rng(), &mut fx);
-        assert!(matches!(fx[0], Effect::Note(Note::Joined { window: Window::Rx2, .. })));
+        assert!(matches!(
+            fx[0],
+            Effect::Note(Note::Joined {
+                window: Window::Rx2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -948,8 +1037,20 @@ mod join_tests {
         assert_eq!(d.phase(), Phase::Joining);
         fx.clear();
         // The windows close: the attempt ends (not as a timeout) and a retry is armed.
-        d.on_timer(TimerKind::RxClosed, 100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US, &B, &mut rng(), &mut fx);
-        assert_eq!(fx[0], Effect::Note(Note::JoinAttemptOver { sent_at: 100, timed_out: false }));
+        d.on_timer(
+            TimerKind::RxClosed,
+            100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
+            &B,
+            &mut rng(),
+            &mut fx,
+        );
+        assert_eq!(
+            fx[0],
+            Effect::Note(Note::JoinAttemptOver {
+                sent_at: 100,
+                timed_out: false
+            })
+        );
         assert!(matches!(fx[1], Effect::Arm(_, TimerKind::Join)));
     }
 
@@ -970,8 +1071,16 @@ mod join_tests {
             let close = t + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
             fx.clear();
             d.on_timer(TimerKind::RxClosed, close, &slow, &mut rng(), &mut fx);
-            assert_eq!(fx[0], Effect::Note(Note::JoinAttemptOver { sent_at: t, timed_out: true }));
-            let Effect::Arm(next, TimerKind::Join) = fx[1] else { panic!("{fx:?}") };
+            assert_eq!(
+                fx[0],
+                Effect::Note(Note::JoinAttemptOver {
+                    sent_at: t,
+                    timed_out: true
+                })
+            );
+            let Effect::Arm(next, TimerKind::Join) = fx[1] else {
+                panic!("{fx:?}")
+            };
             fx.clear();
             t = next;
         }
@@ -979,7 +1088,10 @@ mod join_tests {
         let air = airtime_us(12, 125, 23);
         for w in sent.windows(2) {
             assert!(w[1] - w[0] >= air * 100, "{sent:?}");
-            assert!(w[1] - w[0] < air * 100 + 1_000_000, "dither is at most a second: {sent:?}");
+            assert!(
+                w[1] - w[0] < air * 100 + 1_000_000,
+                "dither is at most a second: {sent:?}"
+            );
         }
         assert_eq!(d.nonces.dev_nonce, 5, "each retry uses a new DevNonce");
     }
@@ -990,7 +1102,13 @@ mod join_tests {
         let mut fx = Vec::new();
         first_join(&mut d, &mut fx);
         d.power_off();
-        d.on_timer(TimerKind::RxClosed, 100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US, &B, &mut rng(), &mut fx);
+        d.on_timer(
+            TimerKind::RxClosed,
+            100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
+            &B,
+            &mut rng(),
+            &mut fx,
+        );
         assert!(fx.is_empty(), "a powered-off device ignores its old timers");
         d.power_on(10_000_000, 5, &mut fx);
         fx.clear();
@@ -998,6 +1116,10 @@ mod join_tests {
         assert!(fx.is_empty(), "a timer that is not the armed one is stale");
         d.on_timer(TimerKind::Join, 10_000_005, &B, &mut rng(), &mut fx);
         let Effect::Tx(tx) = &fx[0] else { panic!() };
-        assert_eq!(JoinRequest::parse(&tx.phy).unwrap().dev_nonce, DevNonce(1), "the counter survived the power cycle");
+        assert_eq!(
+            JoinRequest::parse(&tx.phy).unwrap().dev_nonce,
+            DevNonce(1),
+            "the counter survived the power cycle"
+        );
     }
 }

@@ -21,13 +21,15 @@ use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
-use crate::device::{Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US};
+use crate::device::{
+    Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US,
+};
 use crate::fleet::Fleet;
 use crate::gateway::{self, Gateway, Reception};
-use protocol::gwmp::{Packet, TxAckCode, TxTiming};
 use crate::report::{Stats, TimeSeries};
 use crate::scenario::{Scenario, Traffic};
 use crate::sched::{Micros, Scheduler, TimerKind};
+use protocol::gwmp::{Packet, TxAckCode, TxTiming};
 
 /// EU868 default channels, Hz.
 pub const CHANNELS_HZ: [u32; 3] = [868_100_000, 868_300_000, 868_500_000];
@@ -56,7 +58,7 @@ impl Hasher for FastHasher {
         }
     }
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7CC1_B727_220A_95);
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517C_C1B7_2722_0A95);
     }
     fn write_u32(&mut self, v: u32) {
         self.write_u64(u64::from(v));
@@ -215,7 +217,9 @@ impl Engine {
         let mut grng = ChaCha20Rng::seed_from_u64(cfg.seed ^ 0x6A7E_3A75_0000_0001);
         let gateways = (0..cfg.gateways.max(1))
             .map(|i| {
-                let eui = GatewayEui::new(0x5349_4D00_0000_0000 | (u64::from(grng.gen::<u16>()) << 16) | u64::from(i));
+                let eui = GatewayEui::new(
+                    0x5349_4D00_0000_0000 | (u64::from(grng.gen::<u16>()) << 16) | u64::from(i),
+                );
                 Gateway::new(eui, grng.gen(), grng.gen())
             })
             .collect();
@@ -232,7 +236,12 @@ impl Engine {
         } else {
             Micros::MAX
         };
-        let by_eui = fleet.devices.iter().enumerate().map(|(i, d)| (d.id.dev_eui, i as u32)).collect();
+        let by_eui = fleet
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.dev_eui, i as u32))
+            .collect();
         Self {
             seed: cfg.seed,
             seed_bytes,
@@ -316,7 +325,9 @@ impl Engine {
         }
         let mut fired = 0;
         while fired < budget {
-            let Some(t) = self.sched.pop_due(now) else { break };
+            let Some(t) = self.sched.pop_due(now) else {
+                break;
+            };
             fired += 1;
             if self.stage == Stage::Done {
                 break;
@@ -355,7 +366,9 @@ impl Engine {
                 }
                 Scenario::Steady => {
                     if now >= self.run_deadline {
-                        self.stage = Stage::Draining { until: now + DRAIN_US };
+                        self.stage = Stage::Draining {
+                            until: now + DRAIN_US,
+                        };
                     }
                 }
                 Scenario::PowerRestore => {
@@ -371,7 +384,9 @@ impl Engine {
                         }
                         self.pending_joins.clear();
                         self.joined = 0;
-                        self.stage = Stage::Outage { until: now + OUTAGE_US };
+                        self.stage = Stage::Outage {
+                            until: now + OUTAGE_US,
+                        };
                     }
                 }
             },
@@ -450,7 +465,11 @@ impl Engine {
                 self.series.at(sec).joins_sent += 1;
                 self.pending_joins.insert(now, dev);
             }
-            TxKind::Data { transmission, confirmed, .. } => {
+            TxKind::Data {
+                transmission,
+                confirmed,
+                ..
+            } => {
                 self.stats.uplink_transmissions += 1;
                 if transmission == 1 {
                     self.stats.uplinks_sent += 1;
@@ -482,7 +501,7 @@ impl Engine {
             let gi = (base + j) % g;
             let rssi = i16::from(rssi0) - 4 * j as i16 + rng.gen_range(-3..=3);
             // SNR falls with RSSI: about +10 dB at -90 dBm, down to -15 dB near the SF7..12 floor.
-            let lsnr = ((rssi + 100) * 10).clamp(-200, 135) as i16 + rng.gen_range(-10..=10);
+            let lsnr = ((rssi + 100) * 10).clamp(-200, 135) + rng.gen_range(-10..=10);
             let gw = &mut self.gateways[gi as usize];
             let rx = Reception {
                 tmst: gw.tmst_at(now),
@@ -512,7 +531,9 @@ impl Engine {
                     Window::Rx1 => self.stats.joins_rx1 += 1,
                     Window::Rx2 => self.stats.joins_rx2 += 1,
                 }
-                self.stats.join_latency.record_us(now.saturating_sub(request_sent_at));
+                self.stats
+                    .join_latency
+                    .record_us(now.saturating_sub(request_sent_at));
                 self.series.at(sec).joins_accepted += 1;
                 self.pending_joins.remove(request_sent_at, dev);
                 self.by_addr.insert(dev_addr, dev);
@@ -528,10 +549,14 @@ impl Engine {
             Note::DevNonceExhausted => self.stats.joins_failed += 1,
             Note::Acked { sent_at, .. } => {
                 self.stats.uplinks_acked += 1;
-                self.stats.ack_latency.record_us(now.saturating_sub(sent_at));
+                self.stats
+                    .ack_latency
+                    .record_us(now.saturating_sub(sent_at));
                 self.series.at(sec).uplinks_acked += 1;
             }
-            Note::FrameDone { confirmed, acked, .. } => {
+            Note::FrameDone {
+                confirmed, acked, ..
+            } => {
                 self.frames_in_flight = self.frames_in_flight.saturating_sub(1);
                 let heard = self.fleet.links[dev as usize].frame_heard;
                 if (confirmed && !acked) || !heard {
@@ -550,7 +575,9 @@ impl Engine {
     /// A datagram arrived on gateway `g`'s socket at `now`.
     pub fn on_datagram(&mut self, g: u16, now: Micros, data: &[u8]) {
         self.series.at(now / 1_000_000).datagrams_in += 1;
-        let Some(gw) = self.gateways.get(usize::from(g)) else { return };
+        let Some(gw) = self.gateways.get(usize::from(g)) else {
+            return;
+        };
         match Packet::parse(data) {
             Ok(Packet::PushAck { .. }) => self.stats.push_ack += 1,
             Ok(Packet::PullAck { .. }) => self.stats.pull_ack += 1,
@@ -567,7 +594,10 @@ impl Engine {
                 if too_late {
                     self.stats.tx_ack_errors += 1;
                 }
-                self.out.push(Outgoing { gateway: g, bytes: ack });
+                self.out.push(Outgoing {
+                    gateway: g,
+                    bytes: ack,
+                });
                 self.deliver(g, now, target, too_late, &txpk.data);
             }
             Ok(_) | Err(_) => self.stats.bad_datagrams += 1,
@@ -588,7 +618,14 @@ impl Engine {
         }
     }
 
-    fn deliver_join_accept(&mut self, g: u16, now: Micros, target: Option<Micros>, too_late: bool, phy: &[u8]) {
+    fn deliver_join_accept(
+        &mut self,
+        g: u16,
+        now: Micros,
+        target: Option<Micros>,
+        too_late: bool,
+        phy: &[u8],
+    ) {
         let Some(t) = target else {
             // Immediate or GPS-timed downlinks never hit a Class A window: find the owner to count it.
             if self.owner_of_accept(phy, 0, now).is_some() {
@@ -599,11 +636,18 @@ impl Engine {
             return;
         };
         // Devices whose RX1 or RX2 opens exactly at t, and which this gateway heard.
-        for (delay, window) in [(JOIN_ACCEPT_DELAY1_US, Window::Rx1), (JOIN_ACCEPT_DELAY2_US, Window::Rx2)] {
-            let Some(t_up) = t.checked_sub(delay) else { continue };
+        for (delay, window) in [
+            (JOIN_ACCEPT_DELAY1_US, Window::Rx1),
+            (JOIN_ACCEPT_DELAY2_US, Window::Rx2),
+        ] {
+            let Some(t_up) = t.checked_sub(delay) else {
+                continue;
+            };
             let candidates = self.pending_joins.at(t_up);
             for dev in candidates {
-                if !self.heard_by(dev, g) || !self.fleet.devices[dev as usize].join_accept_is_mine(phy) {
+                if !self.heard_by(dev, g)
+                    || !self.fleet.devices[dev as usize].join_accept_is_mine(phy)
+                {
                     continue;
                 }
                 if too_late {
@@ -618,7 +662,10 @@ impl Engine {
             }
         }
         // Nobody's window: whose accept was it?
-        if self.owner_of_accept(phy, t.saturating_sub(JOIN_ACCEPT_DELAY2_US + 2_000_000), t).is_some() {
+        if self
+            .owner_of_accept(phy, t.saturating_sub(JOIN_ACCEPT_DELAY2_US + 2_000_000), t)
+            .is_some()
+        {
             self.stats.joins_missed_window += 1;
         } else {
             self.stats.downlinks_unmatched += 1;
@@ -633,7 +680,14 @@ impl Engine {
             .find(|&d| self.fleet.devices[d as usize].join_accept_is_mine(phy))
     }
 
-    fn deliver_data(&mut self, g: u16, now: Micros, target: Option<Micros>, too_late: bool, phy: &[u8]) {
+    fn deliver_data(
+        &mut self,
+        g: u16,
+        now: Micros,
+        target: Option<Micros>,
+        too_late: bool,
+        phy: &[u8],
+    ) {
         let dev = crate::frames::peek_dev_addr(phy).and_then(|a| self.by_addr.get(&a).copied());
         let Some(dev) = dev else {
             self.stats.downlinks_unmatched += 1;
@@ -641,7 +695,12 @@ impl Engine {
         };
         let d = &self.fleet.devices[dev as usize];
         let window = match target {
-            Some(t) if d.phase() == Phase::Joined && d.awaiting_downlink() && self.heard_by(dev, g) && !too_late => {
+            Some(t)
+                if d.phase() == Phase::Joined
+                    && d.awaiting_downlink()
+                    && self.heard_by(dev, g)
+                    && !too_late =>
+            {
                 let (rx1, rx2) = d.rx_delays();
                 let delay = t.checked_sub(d.last_tx_at());
                 if delay == Some(rx1) {
@@ -667,7 +726,9 @@ impl Engine {
     /// An application event from the network server's event sink: counts distinct
     /// (device, FCnt) uplinks delivered and repeats. Returns whether it was an uplink event.
     pub fn on_app_event(&mut self, dev_eui: DevEui, fcnt: u32) -> bool {
-        let Some(&dev) = self.by_eui.get(&dev_eui) else { return false };
+        let Some(&dev) = self.by_eui.get(&dev_eui) else {
+            return false;
+        };
         if self.delivered.insert((dev, fcnt)) {
             self.stats.uplinks_delivered += 1;
         } else {
@@ -680,7 +741,10 @@ impl Engine {
     /// the sink received it.
     pub fn finish(&mut self) {
         if self.event_sink {
-            self.stats.uplinks_lost = self.stats.uplinks_sent.saturating_sub(self.stats.uplinks_delivered);
+            self.stats.uplinks_lost = self
+                .stats
+                .uplinks_sent
+                .saturating_sub(self.stats.uplinks_delivered);
         }
     }
 

@@ -15,7 +15,9 @@ use protocol::join::{
     AnsweredRequest, EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest,
     JoinRootKey,
 };
-use protocol::keys::{AppKey, AppSKey, FNwkSIntKey, KeyCipher, NwkKey, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use protocol::keys::{
+    AppKey, AppSKey, FNwkSIntKey, KeyCipher, NwkKey, NwkSEncKey, NwkSKey, SNwkSIntKey,
+};
 use protocol::phy::{MType, Mhdr};
 use protocol::version::MacVersion;
 
@@ -60,9 +62,15 @@ pub enum Keys {
 impl Keys {
     fn crypto(&self) -> SessionCrypto {
         match self {
-            Keys::V1_0 { nwk_s_key, app_s_key } => {
-                SessionCrypto::new(&NetworkSessionKeys::V1_0 { nwk_s_key: nwk_s_key.clone() }, Some(app_s_key))
-            }
+            Keys::V1_0 {
+                nwk_s_key,
+                app_s_key,
+            } => SessionCrypto::new(
+                &NetworkSessionKeys::V1_0 {
+                    nwk_s_key: nwk_s_key.clone(),
+                },
+                Some(app_s_key),
+            ),
             Keys::V1_1 { f, s, e, app_s_key } => SessionCrypto::new(
                 &NetworkSessionKeys::V1_1 {
                     f_nwk_s_int_key: f.clone(),
@@ -80,11 +88,13 @@ pub fn join_request(id: &Identity, dev_nonce: DevNonce) -> [u8; 23] {
     match (&id.nwk_key, id.version.is_1_1()) {
         (Some(nwk), true) => {
             let k = KeyCipher::new(nwk);
-            JoinRequest::build(id.join_eui, id.dev_eui, dev_nonce, JoinRootKey::NwkKey(&k)).to_bytes()
+            JoinRequest::build(id.join_eui, id.dev_eui, dev_nonce, JoinRootKey::NwkKey(&k))
+                .to_bytes()
         }
         _ => {
             let k = KeyCipher::new(&id.app_key);
-            JoinRequest::build(id.join_eui, id.dev_eui, dev_nonce, JoinRootKey::AppKey(&k)).to_bytes()
+            JoinRequest::build(id.join_eui, id.dev_eui, dev_nonce, JoinRootKey::AppKey(&k))
+                .to_bytes()
         }
     }
 }
@@ -165,7 +175,13 @@ pub fn open_join_accept(
                     answered: AnsweredRequest::JoinRequest(dev_nonce),
                 })
                 .map_err(|_| AcceptError::Mic)?;
-                let k = session_keys_1_1(&nwk, &app, p.join_nonce, id.join_eui, AnsweredRequest::JoinRequest(dev_nonce));
+                let k = session_keys_1_1(
+                    &nwk,
+                    &app,
+                    p.join_nonce,
+                    id.join_eui,
+                    AnsweredRequest::JoinRequest(dev_nonce),
+                );
                 (
                     p,
                     Keys::V1_1 {
@@ -362,7 +378,8 @@ pub fn open_downlink(
 
 /// Whether a PHYPayload is a Join-accept (by its MHDR).
 pub fn is_join_accept(phy: &[u8]) -> bool {
-    phy.first().is_some_and(|&b| Mhdr(b).mtype() == MType::JoinAccept)
+    phy.first()
+        .is_some_and(|&b| Mhdr(b).mtype() == MType::JoinAccept)
 }
 
 /// The DevAddr of a data frame, read from its FHDR without any check.

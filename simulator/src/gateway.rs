@@ -4,7 +4,9 @@
 //! Datagrams are encoded and parsed by the `protocol` crate's GWMP codec. The socket loop in
 //! [`crate::net`] gives each gateway its own UDP socket.
 
-use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode};
+use protocol::gwmp::{
+    CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode,
+};
 use protocol::ids::GatewayEui;
 
 use crate::sched::Micros;
@@ -75,7 +77,8 @@ impl Gateway {
     fn encode(p: &Packet) -> Vec<u8> {
         let mut v = Vec::with_capacity(320);
         // Our packets are always well-formed; an encoding error would be a bug in this module.
-        p.write_to(&mut v).expect("simulator builds valid GWMP packets");
+        p.write_to(&mut v)
+            .expect("simulator builds valid GWMP packets");
         v
     }
 

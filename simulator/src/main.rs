@@ -11,7 +11,11 @@ use simulator::run::{self, RunOptions};
 use simulator::scenario::{Dur, Scenario, Traffic};
 
 #[derive(Parser, Debug)]
-#[command(name = "simulator", version, about = "Virtual LoRaWAN meters and gateways for load-testing the join server and network server")]
+#[command(
+    name = "simulator",
+    version,
+    about = "Virtual LoRaWAN meters and gateways for load-testing the join server and network server"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -162,14 +166,21 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--gateways must be at least 1");
             }
             if a.heard_by == 0 || a.heard_by > a.gateways {
-                anyhow::bail!("--heard-by must be between 1 and --gateways ({})", a.gateways);
+                anyhow::bail!(
+                    "--heard-by must be between 1 and --gateways ({})",
+                    a.gateways
+                );
             }
             if a.data_rate > 5 {
                 anyhow::bail!("--data-rate must be 0..=5 (EU868 LoRa 125 kHz)");
             }
             let max_payload = [51, 51, 51, 115, 222, 222][usize::from(a.data_rate)];
             if a.payload_size > max_payload {
-                anyhow::bail!("--payload-size {} exceeds DR{}'s maximum of {max_payload} bytes", a.payload_size, a.data_rate);
+                anyhow::bail!(
+                    "--payload-size {} exceeds DR{}'s maximum of {max_payload} bytes",
+                    a.payload_size,
+                    a.data_rate
+                );
             }
             let default_duration = match a.scenario {
                 Scenario::Steady => "60s".parse::<Dur>().context("default duration")?,

@@ -60,10 +60,15 @@ impl std::str::FromStr for VersionMix {
             return Ok(Self::Mix);
         }
         match s.parse::<MacVersion>() {
-            Ok(v @ (MacVersion::V1_0_2 | MacVersion::V1_0_3 | MacVersion::V1_0_4 | MacVersion::V1_1)) => {
-                Ok(Self::One(v))
-            }
-            Ok(v) => Err(format!("MAC version {v} is not simulated (use 1.0.2, 1.0.3, 1.0.4, 1.1 or mix)")),
+            Ok(
+                v @ (MacVersion::V1_0_2
+                | MacVersion::V1_0_3
+                | MacVersion::V1_0_4
+                | MacVersion::V1_1),
+            ) => Ok(Self::One(v)),
+            Ok(v) => Err(format!(
+                "MAC version {v} is not simulated (use 1.0.2, 1.0.3, 1.0.4, 1.1 or mix)"
+            )),
             Err(e) => Err(format!("{e}, or mix")),
         }
     }
@@ -94,7 +99,9 @@ pub fn generate(p: &Params) -> Vec<Entry> {
         let dev_eui = DevEui::new(rng.gen());
         let mac_version = match p.versions {
             VersionMix::One(v) => v,
-            VersionMix::Mix => [MacVersion::V1_0_3, MacVersion::V1_0_4, MacVersion::V1_1][rng.gen_range(0..3)],
+            VersionMix::Mix => {
+                [MacVersion::V1_0_3, MacVersion::V1_0_4, MacVersion::V1_1][rng.gen_range(0..3)]
+            }
         };
         let app_key = AppKey::new(rng.gen());
         let nwk_key = rng.gen::<[u8; 16]>();
@@ -129,7 +136,10 @@ pub fn write(path: &Path, entries: &[Entry]) -> anyhow::Result<()> {
                 e.join_eui,
                 e.mac_version,
                 hex::encode_upper(e.app_key.expose()),
-                e.nwk_key.as_ref().map(|k| hex::encode_upper(k.expose())).unwrap_or_default(),
+                e.nwk_key
+                    .as_ref()
+                    .map(|k| hex::encode_upper(k.expose()))
+                    .unwrap_or_default(),
                 e.home_net_id,
                 e.owner_token
             );
@@ -170,7 +180,11 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Entry>> {
         let lineno = n + 2;
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() != cols.len() {
-            bail!("manifest line {lineno}: {} fields, header has {}", f.len(), cols.len());
+            bail!(
+                "manifest line {lineno}: {} fields, header has {}",
+                f.len(),
+                cols.len()
+            );
         }
         let ctx = || format!("manifest line {lineno}");
         let mac_version: MacVersion = f[i_ver].parse().with_context(ctx)?;
@@ -231,12 +245,18 @@ pub fn read_state(path: &Path, entries: &[Entry]) -> anyhow::Result<Vec<NonceSta
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e).with_context(|| format!("opening fleet state {}", path.display())),
     };
-    let index: std::collections::HashMap<DevEui, usize> =
-        entries.iter().enumerate().map(|(i, e)| (e.dev_eui, i)).collect();
+    let index: std::collections::HashMap<DevEui, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.dev_eui, i))
+        .collect();
     let mut lines = BufReader::new(f).lines();
     let header = lines.next().transpose()?.unwrap_or_default();
     if header.trim() != STATE_HEADER {
-        bail!("{}: not a fleet state file (header {header:?})", path.display());
+        bail!(
+            "{}: not a fleet state file (header {header:?})",
+            path.display()
+        );
     }
     for (n, line) in lines.enumerate() {
         let line = line?;
@@ -249,7 +269,11 @@ pub fn read_state(path: &Path, entries: &[Entry]) -> anyhow::Result<Vec<NonceSta
         let Some(&i) = index.get(&dev) else { continue };
         out[i] = NonceState {
             dev_nonce: f[1].parse().with_context(ctx)?,
-            join_nonce: if f[2].is_empty() { None } else { Some(f[2].parse().with_context(ctx)?) },
+            join_nonce: if f[2].is_empty() {
+                None
+            } else {
+                Some(f[2].parse().with_context(ctx)?)
+            },
         };
     }
     Ok(out)
@@ -273,7 +297,10 @@ fn write_atomic(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<fs::File>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, tmp.reopen()?);
@@ -281,7 +308,8 @@ fn write_atomic(
     w.flush()?;
     w.get_ref().sync_all()?;
     drop(w);
-    tmp.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("renaming into {}", path.display()))?;
     Ok(())
 }
 
@@ -341,7 +369,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.csv");
         let key = "000102030405060708090A0B0C0D0E0F";
-        fs::write(&p, format!("{HEADER}\n0000000000000001,0000000000000002,1.1,{key},,000000,\n")).unwrap();
+        fs::write(
+            &p,
+            format!("{HEADER}\n0000000000000001,0000000000000002,1.1,{key},,000000,\n"),
+        )
+        .unwrap();
         assert!(read(&p).unwrap_err().to_string().contains("nwk_key"));
         fs::write(
             &p,
@@ -360,7 +392,10 @@ mod tests {
         let a = generate(&params(5, 3, VersionMix::Mix));
         assert_eq!(read_state(&sp, &a).unwrap(), vec![NonceState::default(); 5]);
         let st: Vec<_> = (0..5)
-            .map(|i| NonceState { dev_nonce: i * 3, join_nonce: (i % 2 == 0).then_some(i + 1) })
+            .map(|i| NonceState {
+                dev_nonce: i * 3,
+                join_nonce: (i % 2 == 0).then_some(i + 1),
+            })
             .collect();
         write_state(&sp, &a, &st).unwrap();
         assert_eq!(read_state(&sp, &a).unwrap(), st);
@@ -369,7 +404,10 @@ mod tests {
     #[test]
     fn version_mix_parsing() {
         assert_eq!("mix".parse::<VersionMix>().unwrap(), VersionMix::Mix);
-        assert_eq!("1.0.4".parse::<VersionMix>().unwrap(), VersionMix::One(MacVersion::V1_0_4));
+        assert_eq!(
+            "1.0.4".parse::<VersionMix>().unwrap(),
+            VersionMix::One(MacVersion::V1_0_4)
+        );
         assert!("1.0.1".parse::<VersionMix>().is_err());
         assert!("2".parse::<VersionMix>().is_err());
     }

@@ -47,9 +47,11 @@ fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<U
     let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
     let _ = s.set_send_buffer_size(SOCKET_BUFFER);
     s.set_nonblocking(true)?;
-    s.bind(&bind.into()).with_context(|| format!("binding {bind}"))?;
+    s.bind(&bind.into())
+        .with_context(|| format!("binding {bind}"))?;
     if let Some(c) = connect {
-        s.connect(&c.into()).with_context(|| format!("connecting to {c}"))?;
+        s.connect(&c.into())
+            .with_context(|| format!("connecting to {c}"))?;
     }
     Ok(UdpSocket::from_std(s.into())?)
 }
@@ -73,9 +75,16 @@ async fn send_batch(sock: &UdpSocket, batch: &[crate::engine::Outgoing]) -> (u64
         let cmsgs: [ControlMessage<'_>; 0] = [];
         // try_io clears tokio's cached readiness on EAGAIN, so `writable()` really waits.
         let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
-            sendmmsg(fd, &mut headers, &iovs, &addrs, cmsgs, MsgFlags::MSG_DONTWAIT)
-                .map(|res| res.count())
-                .map_err(std::io::Error::from)
+            sendmmsg(
+                fd,
+                &mut headers,
+                &iovs,
+                &addrs,
+                cmsgs,
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map(|res| res.count())
+            .map_err(std::io::Error::from)
         });
         match r {
             Ok(0) => {
@@ -149,14 +158,17 @@ pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
     let text = String::from_utf8_lossy(datagram);
     let mut out = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         let get = |names: &[&str]| names.iter().find_map(|n| v.get(*n));
         if let Some(t) = get(&["type", "event"]).and_then(|t| t.as_str()) {
             if !matches!(t, "up" | "uplink") {
                 continue;
             }
         }
-        let dev = get(&["dev_eui", "devEui", "DevEUI"]).and_then(|d| d.as_str()?.parse::<DevEui>().ok());
+        let dev =
+            get(&["dev_eui", "devEui", "DevEUI"]).and_then(|d| d.as_str()?.parse::<DevEui>().ok());
         let fcnt = get(&["f_cnt", "fcnt", "fCnt", "FCnt"]).and_then(|f| f.as_u64());
         if let (Some(d), Some(f)) = (dev, fcnt) {
             out.push((d, f as u32));
@@ -168,7 +180,9 @@ pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
 /// Runs the engine against the network server until its scenario is done (or Ctrl-C). Returns
 /// the engine and the wall-clock length of the run in seconds.
 pub fn run(engine: Engine, cfg: &NetConfig) -> anyhow::Result<(Engine, f64)> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, run_async(engine, cfg.clone()))
 }
@@ -177,7 +191,10 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     let n = engine.gateways().len();
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
-        sockets.push(udp_socket(SocketAddr::new(cfg.bind, 0), Some(cfg.netserver))?);
+        sockets.push(udp_socket(
+            SocketAddr::new(cfg.bind, 0),
+            Some(cfg.netserver),
+        )?);
     }
     let sink = match cfg.event_listen {
         Some(a) => Some(udp_socket(a, None)?),
@@ -203,7 +220,9 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
                     match sh.sockets[g].try_recv(&mut buf) {
                         Ok(len) => {
                             let now = sh.now();
-                            sh.engine.borrow_mut().on_datagram(g as u16, now, &buf[..len]);
+                            sh.engine
+                                .borrow_mut()
+                                .on_datagram(g as u16, now, &buf[..len]);
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // ICMP port unreachable from a connected socket: the server is not (yet) up.
@@ -298,8 +317,8 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
         }
         tokio::task::yield_now().await;
     }
-    let shared = Rc::try_unwrap(shared)
-        .map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
+    let shared =
+        Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
     let mut engine = shared.engine.into_inner();
     engine.finish();
     Ok((engine, elapsed))

@@ -166,7 +166,13 @@ impl TimeSeries {
             let _ = writeln!(
                 out,
                 "{i},{},{},{},{},{},{},{}",
-                r.joins_sent, r.joins_accepted, r.uplinks_sent, r.uplinks_acked, r.downlinks, r.datagrams_out, r.datagrams_in
+                r.joins_sent,
+                r.joins_accepted,
+                r.uplinks_sent,
+                r.uplinks_acked,
+                r.downlinks,
+                r.datagrams_out,
+                r.datagrams_in
             );
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
@@ -384,7 +390,11 @@ impl Report {
         };
         let _ = writeln!(t, "joins");
         row(&mut t, "attempted", j.attempted.to_string());
-        row(&mut t, "accepted (RX1 / RX2)", format!("{} ({} / {})", j.accepted, j.accepted_rx1, j.accepted_rx2));
+        row(
+            &mut t,
+            "accepted (RX1 / RX2)",
+            format!("{} ({} / {})", j.accepted, j.accepted_rx1, j.accepted_rx2),
+        );
         row(&mut t, "failed", j.failed.to_string());
         row(&mut t, "timed out", j.timed_out.to_string());
         row(&mut t, "missed window", j.missed_window.to_string());
@@ -392,11 +402,18 @@ impl Report {
         row(
             &mut t,
             "latency ms p50/p90/p99/p99.9/max",
-            format!("{:.1}/{:.1}/{:.1}/{:.1}/{:.1}", l.p50, l.p90, l.p99, l.p999, l.max),
+            format!(
+                "{:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            ),
         );
         let u = &self.uplinks;
         let _ = writeln!(t, "uplinks");
-        row(&mut t, "sent (confirmed)", format!("{} ({})", u.sent, u.confirmed));
+        row(
+            &mut t,
+            "sent (confirmed)",
+            format!("{} ({})", u.sent, u.confirmed),
+        );
         row(&mut t, "transmissions", u.transmissions.to_string());
         row(&mut t, "acked", u.acked.to_string());
         row(&mut t, "lost", u.lost.to_string());
@@ -406,26 +423,60 @@ impl Report {
         }
         row(&mut t, "per second", u.per_second.to_string());
         let a = &self.ack_latency_ms;
-        row(&mut t, "ack latency ms p50/p99/max", format!("{:.1}/{:.1}/{:.1}", a.p50, a.p99, a.max));
+        row(
+            &mut t,
+            "ack latency ms p50/p99/max",
+            format!("{:.1}/{:.1}/{:.1}", a.p50, a.p99, a.max),
+        );
         let d = &self.downlinks;
         let _ = writeln!(t, "downlinks");
         row(&mut t, "received in a window", d.received.to_string());
         row(&mut t, "missed window", d.missed_window.to_string());
         row(&mut t, "unmatched", d.unmatched.to_string());
-        row(&mut t, "MAC commands answered", d.mac_commands_answered.to_string());
+        row(
+            &mut t,
+            "MAC commands answered",
+            d.mac_commands_answered.to_string(),
+        );
         let g = &self.gwmp;
         let _ = writeln!(t, "gwmp");
-        row(&mut t, "PUSH_DATA / PUSH_ACK", format!("{} / {}", g.push_data, g.push_ack));
-        row(&mut t, "PULL_DATA / PULL_ACK", format!("{} / {}", g.pull_data, g.pull_ack));
-        row(&mut t, "PULL_RESP / TX_ACK errors", format!("{} / {}", g.pull_resp, g.tx_ack_errors));
-        row(&mut t, "bad datagrams / send errors", format!("{} / {}", g.bad_datagrams, g.send_errors));
-        row(&mut t, "devices joined at the end", self.devices_joined_at_end.to_string());
+        row(
+            &mut t,
+            "PUSH_DATA / PUSH_ACK",
+            format!("{} / {}", g.push_data, g.push_ack),
+        );
+        row(
+            &mut t,
+            "PULL_DATA / PULL_ACK",
+            format!("{} / {}", g.pull_data, g.pull_ack),
+        );
+        row(
+            &mut t,
+            "PULL_RESP / TX_ACK errors",
+            format!("{} / {}", g.pull_resp, g.tx_ack_errors),
+        );
+        row(
+            &mut t,
+            "bad datagrams / send errors",
+            format!("{} / {}", g.bad_datagrams, g.send_errors),
+        );
+        row(
+            &mut t,
+            "devices joined at the end",
+            self.devices_joined_at_end.to_string(),
+        );
         t
     }
 }
 
 /// The once-a-second progress line on stderr.
-pub fn progress_line(elapsed_s: f64, joined: u64, devices: u64, uplinks_per_s: u64, s: &Stats) -> String {
+pub fn progress_line(
+    elapsed_s: f64,
+    joined: u64,
+    devices: u64,
+    uplinks_per_s: u64,
+    s: &Stats,
+) -> String {
     format!(
         "[{elapsed_s:6.1}s] joined {joined}/{devices}  joins {}/{} (timeout {}, missed {})  uplinks/s {uplinks_per_s}  join p99 {:.1} ms  ack p99 {:.1} ms",
         s.joins_accepted,
@@ -466,7 +517,11 @@ mod tests {
             joined_at_end: 1000,
         };
         let r = Report::new(&info, &s);
-        assert!((r.join_latency_ms.p50 - 500.0).abs() < 1.0, "{}", r.join_latency_ms.p50);
+        assert!(
+            (r.join_latency_ms.p50 - 500.0).abs() < 1.0,
+            "{}",
+            r.join_latency_ms.p50
+        );
         assert!((r.join_latency_ms.p99 - 990.0).abs() < 1.0);
         assert!((r.join_latency_ms.max - 1000.0).abs() < 1.0);
         assert!((r.ack_latency_ms.p50 - 2.5).abs() < 0.01);

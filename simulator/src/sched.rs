@@ -178,7 +178,8 @@ impl Scheduler {
             }
             if self.cursor > now_slot {
                 // The earliest timers are in a later slot (or far away).
-                if self.in_wheel == 0 && self.far.peek().is_some_and(|Reverse(k)| due_of(*k) <= now) {
+                if self.in_wheel == 0 && self.far.peek().is_some_and(|Reverse(k)| due_of(*k) <= now)
+                {
                     self.advance();
                     continue;
                 }
@@ -247,7 +248,8 @@ mod tests {
                 2 => now + rng.gen_range(0..70_000_000),
                 _ => now + rng.gen_range(0..10_000_000_000),
             };
-            let kind = [TimerKind::Join, TimerKind::Uplink, TimerKind::RxClosed][rng.gen_range(0..3)];
+            let kind =
+                [TimerKind::Join, TimerKind::Uplink, TimerKind::RxClosed][rng.gen_range(0..3)];
             s.push(due, step, kind);
             reference.push(Reverse(key(due, step, kind)));
             assert_eq!(s.next_due(), reference.peek().map(|Reverse(k)| due_of(*k)));
