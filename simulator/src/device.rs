@@ -929,10 +929,7 @@ mod join_tests {
     /// Powers on and fires the first Join timer; returns the Join-request.
     fn first_join(d: &mut Device, fx: &mut Vec<Effect>) -> JoinRequest {
         d.power_on(0, 100, fx);
-        assert_eq!(
-            std::mem::take(fx),
-            vec![Effect::Arm(100, TimerKind::Join)]
-        );
+        assert_eq!(std::mem::take(fx), vec![Effect::Arm(100, TimerKind::Join)]);
         d.on_timer(TimerKind::Join, 100, &B, &mut rng(), fx);
         let Effect::Tx(tx) = &fx[0] else {
             panic!("{fx:?}")
