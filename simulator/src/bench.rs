@@ -30,6 +30,11 @@ pub struct BenchReport {
     pub rss_peak_mib: f64,
     /// Bytes of one device's state machine (without its boxed session).
     pub device_bytes: usize,
+    /// Bytes of one session (boxed; allocated while a device is joined).
+    pub session_bytes: usize,
+    /// Estimated resident memory of the fleet with every device joined, MiB: the measured fleet
+    /// plus one session allocation (rounded up to 16 bytes, plus 16 of allocator overhead) each.
+    pub rss_fleet_joined_estimate_mib: f64,
     /// Datagrams generated.
     pub datagrams: u64,
     /// Seconds from the first to the last datagram.
@@ -40,6 +45,12 @@ pub struct BenchReport {
     pub cpu_s: f64,
     /// Datagrams per CPU second of the simulator's one thread: the rate on one dedicated core.
     pub datagrams_per_cpu_s: f64,
+    /// Of `cpu_s`, the part spent sending (`sendmmsg`, where loopback also charges the receiving
+    /// side's kernel work to the sender).
+    pub send_cpu_s: f64,
+    /// Datagrams per CPU second outside the send calls: what the simulation itself (device state
+    /// machines, crypto, GWMP encoding, scheduling) generates.
+    pub generated_per_engine_cpu_s: f64,
     /// Datagrams the sink received (the kernel may drop some when the sink falls behind).
     pub sink_received: u64,
 }
@@ -57,11 +68,7 @@ fn proc_status_mib(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// CPU time of the calling thread, seconds.
-fn thread_cpu_s() -> f64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
-}
+use crate::net::thread_cpu_s;
 
 /// Receives up to `bufs.len()` datagrams with one `recvmmsg` (waiting for the first only).
 fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 512]]) -> Option<usize> {
@@ -84,7 +91,8 @@ fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 512]]) -> Option<usize> {
     .map(|r| r.count())
 }
 
-/// Runs the benchmark: `devices` devices all sending a Join-request within `window`.
+/// Runs the benchmark: `devices` devices all sending a Join-request within `window`; the run
+/// stops 6 s after the window (retries of the earliest devices may start before that).
 pub fn run(
     devices: u32,
     window: Duration,
@@ -132,7 +140,7 @@ pub fn run(
             traffic: Traffic {
                 scenario: Scenario::Storm,
                 join_window_us: window_us,
-                duration_us: window_us + 1_000_000,
+                duration_us: window_us + 6_000_000,
                 uplink_interval_us: 60_000_000,
                 confirmed_ratio: 0.0,
                 payload_size: 12,
@@ -147,6 +155,10 @@ pub fn run(
         fleet,
     );
     let device_bytes = size_of::<crate::device::Device>();
+    let session_bytes = size_of::<crate::device::Session>();
+    let per_session = session_bytes.div_ceil(16) * 16 + 16;
+    let rss_fleet_joined_estimate_mib =
+        rss_fleet_mib + (per_session as f64 * f64::from(devices)) / (1024.0 * 1024.0);
     let cpu0 = thread_cpu_s();
     let (engine, _) = net::run(
         engine,
@@ -170,6 +182,8 @@ pub fn run(
         rss_fleet_mib,
         rss_peak_mib: proc_status_mib("VmHWM:"),
         device_bytes,
+        session_bytes,
+        rss_fleet_joined_estimate_mib,
         datagrams,
         generate_s,
         datagrams_per_s: if generate_s > 0.0 {
@@ -180,6 +194,12 @@ pub fn run(
         cpu_s,
         datagrams_per_cpu_s: if cpu_s > 0.0 {
             datagrams as f64 / cpu_s
+        } else {
+            0.0
+        },
+        send_cpu_s: engine.stats.send_cpu_s,
+        generated_per_engine_cpu_s: if cpu_s > engine.stats.send_cpu_s {
+            datagrams as f64 / (cpu_s - engine.stats.send_cpu_s)
         } else {
             0.0
         },

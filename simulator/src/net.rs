@@ -110,8 +110,16 @@ async fn send_batch(sock: &UdpSocket, batch: &[crate::engine::Outgoing]) -> (u64
     (sent, failed)
 }
 
+/// CPU time of the calling thread, seconds.
+pub fn thread_cpu_s() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
 struct Shared {
     engine: RefCell<Engine>,
+    /// CPU seconds spent in `sendmmsg`.
+    send_cpu: std::cell::Cell<f64>,
     sockets: Vec<UdpSocket>,
     start: Instant,
     wake: Notify,
@@ -139,7 +147,10 @@ impl Shared {
                 while j < out.len() && j - i < BATCH && out[j].gateway == g {
                     j += 1;
                 }
+                let c0 = thread_cpu_s();
                 let (s, e) = send_batch(&self.sockets[usize::from(g)], &out[i..j]).await;
+                self.send_cpu
+                    .set(self.send_cpu.get() + (thread_cpu_s() - c0));
                 sent += s;
                 errors += e;
                 i = j;
@@ -202,6 +213,7 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     };
     let shared = Rc::new(Shared {
         engine: RefCell::new(engine),
+        send_cpu: std::cell::Cell::new(0.0),
         sockets,
         start: Instant::now(),
         wake: Notify::new(),
@@ -319,7 +331,9 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     }
     let shared =
         Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
+    let send_cpu = shared.send_cpu.get();
     let mut engine = shared.engine.into_inner();
+    engine.stats.send_cpu_s = send_cpu;
     engine.finish();
     Ok((engine, elapsed))
 }

@@ -107,6 +107,8 @@ pub struct Stats {
     pub bad_datagrams: u64,
     /// Datagrams the kernel refused to send (buffer full).
     pub send_errors: u64,
+    /// CPU seconds the socket loop spent in `sendmmsg` (kernel included).
+    pub send_cpu_s: f64,
     /// When the first datagram went out (µs of the run).
     pub first_send_us: Option<u64>,
     /// When the last datagram went out.
