@@ -47,6 +47,10 @@
 //! frequency that is not a positive number of MHz, and a PULL_RESP whose txpk lacks what
 //! `lora_pkt_fwd` requires (timing, `codr` for LoRa, `fdev` for FSK). In a txpk the base64
 //! padding is optional, as PROTOCOL.TXT allows.
+//!
+//! Known limit: an rxpk whose `modu`/`datr` is outside LoRa SF5–12 at 125/250/500 kHz and FSK
+//! (e.g. SX1302 `"LR-FHSS"`, or LoRa at narrower bandwidths) makes the whole PUSH_DATA fail with
+//! kind `json`; EU868 LoRaWAN gateways do not send those.
 
 use std::borrow::Cow;
 use std::fmt;

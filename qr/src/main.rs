@@ -1,0 +1,415 @@
+//! `qr`: TR005 device-identification QR codes for installers.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use qr::labels::{self, LabelFormat};
+use qr::{ChecksumMode, DevEui, DeviceCode, JoinEui, Parsed, ProfileId, QrError};
+
+#[derive(Parser)]
+#[command(
+    name = "qr",
+    version,
+    about = "LoRa Alliance TR005 device-identification QR codes: parse, encode, render, decode, labels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a scanned code and show its fields (exit status 1 if invalid).
+    Parse {
+        /// The code's text, or `-` to read it from standard input (one trailing newline removed).
+        text: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the canonical code for a device (with a CheckSum unless --no-checksum).
+    Encode {
+        /// JoinEUI, 16 hex digits.
+        #[arg(long)]
+        join_eui: JoinEui,
+        /// DevEUI, 16 hex digits.
+        #[arg(long)]
+        dev_eui: DevEui,
+        /// ProfileID, 8 hex digits (VendorID + VendorProfileID).
+        #[arg(long, value_parser = parse_profile_id)]
+        profile_id: ProfileId,
+        /// OwnerToken (O).
+        #[arg(long)]
+        owner_token: Option<String>,
+        /// Serial number (S).
+        #[arg(long)]
+        serial: Option<String>,
+        /// Proprietary field (P).
+        #[arg(long)]
+        proprietary: Option<String>,
+        /// Leave out the CheckSum.
+        #[arg(long)]
+        no_checksum: bool,
+    },
+    /// Draw a code (validated first) as PNG, SVG or in the terminal.
+    Render {
+        /// The code's text, or `-` to read it from standard input.
+        text: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = RenderFormat::Ansi)]
+        format: RenderFormat,
+        /// Output file (required for PNG unless standard output is not a terminal).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Image size in pixels (PNG: largest whole module size that fits; SVG: width and height).
+        #[arg(long)]
+        size: Option<u32>,
+    },
+    /// Find, read and validate the QR codes in PNG or JPEG images.
+    Decode {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Print one JSON object per code (JSON Lines) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make one label per device of a join-server manifest, and an A4 index.html sheet.
+    Labels {
+        /// Manifest CSV (as for `joinserver devices import`).
+        manifest: PathBuf,
+        /// Output directory (created if needed).
+        #[arg(long)]
+        out: PathBuf,
+        /// Label format.
+        #[arg(long, value_enum, default_value_t = LabelFormatArg::Svg)]
+        format: LabelFormatArg,
+        /// ProfileID put in every code.
+        #[arg(long, value_parser = parse_profile_id, default_value = "00000000")]
+        profile_id: ProfileId,
+        /// Worker threads (default: the number of CPUs).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RenderFormat {
+    Png,
+    Svg,
+    Ansi,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LabelFormatArg {
+    Svg,
+    Png,
+}
+
+fn parse_profile_id(s: &str) -> Result<ProfileId, String> {
+    s.parse::<ProfileId>().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Parse { text, json } => {
+            let text = read_text(&text)?;
+            Ok(parse_cmd(&text, json))
+        }
+        Command::Encode {
+            join_eui,
+            dev_eui,
+            profile_id,
+            owner_token,
+            serial,
+            proprietary,
+            no_checksum,
+        } => {
+            let mut code = DeviceCode::new(join_eui, dev_eui, profile_id);
+            if let Some(t) = owner_token {
+                code = code.with_owner_token(&t)?;
+            }
+            if let Some(s) = serial {
+                code = code.with_serial_number(&s)?;
+            }
+            if let Some(p) = proprietary {
+                code = code.with_proprietary(&p)?;
+            }
+            let mode = if no_checksum {
+                ChecksumMode::Omit
+            } else {
+                ChecksumMode::Include
+            };
+            println!("{}", code.encode(mode));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render {
+            text,
+            format,
+            out,
+            size,
+        } => {
+            let text = read_text(&text)?;
+            if let Err(e) = qr::parse(&text) {
+                report_error(&text, &e);
+                return Ok(ExitCode::FAILURE);
+            }
+            let bytes = match format {
+                RenderFormat::Png => {
+                    if out.is_none() && std::io::stdout().is_terminal() {
+                        bail!("refusing to write PNG to a terminal: use --out FILE or redirect standard output");
+                    }
+                    qr::render::png(&text, size)?
+                }
+                RenderFormat::Svg => qr::render::svg(&text, size)?.into_bytes(),
+                RenderFormat::Ansi => qr::render::ansi(&text)?.into_bytes(),
+            };
+            match out {
+                Some(path) => std::fs::write(&path, &bytes)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => std::io::stdout()
+                    .write_all(&bytes)
+                    .context("cannot write to standard output")?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decode { images, json } => Ok(decode_cmd(&images, json)),
+        Command::Labels {
+            manifest,
+            out,
+            format,
+            profile_id,
+            threads,
+        } => {
+            let text = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read manifest {}", manifest.display()))?;
+            let devices = labels::read_manifest(&text)?;
+            let format = match format {
+                LabelFormatArg::Svg => LabelFormat::Svg,
+                LabelFormatArg::Png => LabelFormat::Png,
+            };
+            let threads = threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let index = labels::write_labels(&devices, profile_id, format, &out, threads)?;
+            eprintln!(
+                "wrote {} {} labels and {}",
+                devices.len(),
+                format.extension(),
+                index.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The argument itself, or standard input for `-` (one trailing newline removed).
+fn read_text(arg: &str) -> Result<String> {
+    if arg != "-" {
+        return Ok(arg.to_owned());
+    }
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut buf)
+        .context("cannot read standard input")?;
+    if buf.ends_with(b"\n") {
+        buf.pop();
+        if buf.ends_with(b"\r") {
+            buf.pop();
+        }
+    }
+    match String::from_utf8(buf) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let position = e.utf8_error().valid_up_to();
+            Err(QrError::NotUtf8 { position }.into())
+        }
+    }
+}
+
+fn parse_cmd(text: &str, json: bool) -> ExitCode {
+    match qr::parse(text) {
+        Ok(p) => {
+            if json {
+                println!("{}", parsed_json(&p));
+            } else {
+                print!("{}", parsed_human(&p));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!("{}", error_json(&e));
+            }
+            report_error(text, &e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn opt(v: &Option<qr::ExtensionValue>) -> Value {
+    v.as_ref().map_or(Value::Null, |v| Value::from(v.as_str()))
+}
+
+fn parsed_json(p: &Parsed) -> Value {
+    let c = &p.code;
+    json!({
+        "valid": true,
+        "schema": p.schema.as_str(),
+        "join_eui": c.join_eui.to_string(),
+        "dev_eui": c.dev_eui.to_string(),
+        "profile_id": c.profile_id.to_string(),
+        "vendor_id": format!("{:04X}", c.profile_id.vendor_id),
+        "vendor_profile_id": format!("{:04X}", c.profile_id.vendor_profile_id),
+        "owner_token": opt(&c.owner_token),
+        "serial_number": opt(&c.serial_number),
+        "proprietary": opt(&c.proprietary),
+        "checksum": p.checksum.map(|v| format!("{v:04X}")),
+        "checksum_valid": p.checksum_valid(),
+        "unknown_extensions": c.unknown_extensions().iter().map(|u| json!({
+            "tag": u.tag.to_string(),
+            "value": u.value.as_str(),
+        })).collect::<Vec<_>>(),
+        "canonical": c.to_string(),
+    })
+}
+
+fn error_json(e: &QrError) -> Value {
+    json!({
+        "valid": false,
+        "error": e.to_string(),
+        "kind": e.kind(),
+        "field": e.field().map(|f| f.to_string()),
+        "position": e.position(),
+    })
+}
+
+fn parsed_human(p: &Parsed) -> String {
+    let c = &p.code;
+    let mut s = String::new();
+    let schema = match p.schema {
+        qr::Schema::D0 => "TR005 D0".to_owned(),
+        other => format!("deprecated TR005 {other}, converted to D0"),
+    };
+    s.push_str(&format!("valid code ({schema})\n"));
+    s.push_str(&format!("  JoinEUI          {}\n", c.join_eui));
+    s.push_str(&format!("  DevEUI           {}\n", c.dev_eui));
+    s.push_str(&format!(
+        "  ProfileID        {} (VendorID {:04X}, VendorProfileID {:04X})\n",
+        c.profile_id, c.profile_id.vendor_id, c.profile_id.vendor_profile_id
+    ));
+    for (name, v) in [
+        ("OwnerToken", &c.owner_token),
+        ("SerNum", &c.serial_number),
+        ("Proprietary", &c.proprietary),
+    ] {
+        if let Some(v) = v {
+            s.push_str(&format!("  {name:<16} {v}\n"));
+        }
+    }
+    match p.checksum {
+        Some(v) => s.push_str(&format!("  CheckSum         {v:04X} (valid)\n")),
+        None => {
+            s.push_str("  CheckSum         none (the code cannot prove it was read correctly)\n")
+        }
+    }
+    for u in c.unknown_extensions() {
+        s.push_str(&format!(
+            "  warning: unknown extension {} = {} (kept)\n",
+            u.tag, u.value
+        ));
+    }
+    s.push_str(&format!("  canonical        {c}\n"));
+    s
+}
+
+/// Prints the error, the text and a caret under the position, on standard error.
+fn report_error(text: &str, e: &QrError) {
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "error: invalid code: {e}");
+    if matches!(e, QrError::NotUtf8 { .. } | QrError::Empty) {
+        return;
+    }
+    if let Some(pos) = e.position() {
+        let shown: String = text
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        let _ = writeln!(err, "  {shown}");
+        let _ = writeln!(err, "  {}^", " ".repeat(pos));
+    }
+}
+
+fn decode_cmd(images: &[PathBuf], json: bool) -> ExitCode {
+    let mut ok = true;
+    for path in images {
+        let decoded = match qr::decode::decode_file(path) {
+            Ok(d) => d,
+            Err(e) => {
+                ok = false;
+                if json {
+                    println!(
+                        "{}",
+                        json!({"file": path.display().to_string(), "valid": false, "error": e.to_string(), "kind": e.kind()})
+                    );
+                }
+                eprintln!("error: {e}");
+                continue;
+            }
+        };
+        if decoded.unreadable > 0 {
+            ok = false;
+            eprintln!(
+                "error: {}: {} more QR code(s) found but unreadable ({}): the image may be blurred, cut or damaged",
+                path.display(),
+                decoded.unreadable,
+                decoded.first_failure.as_deref().unwrap_or("unknown reason")
+            );
+        }
+        let texts = decoded.texts;
+        let n = texts.len();
+        for (i, text) in texts.iter().enumerate() {
+            let parsed = qr::parse(text);
+            if json {
+                let mut v = match &parsed {
+                    Ok(p) => parsed_json(p),
+                    Err(e) => error_json(e),
+                };
+                v["file"] = Value::from(path.display().to_string());
+                v["text"] = Value::from(text.as_str());
+                println!("{v}");
+            } else {
+                println!("{} code {} of {}: {}", path.display(), i + 1, n, text);
+                if let Ok(p) = &parsed {
+                    print!("{}", parsed_human(p));
+                }
+            }
+            if let Err(e) = &parsed {
+                ok = false;
+                eprintln!("{}: code {} of {}:", path.display(), i + 1, n);
+                report_error(text, e);
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
