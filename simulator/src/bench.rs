@@ -124,14 +124,16 @@ pub fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let counter = {
         let (received, stop) = (received.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut bufs = vec![[0u8; 512]; 256];
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(n) = recv_batch(&sink, &mut bufs) {
-                    received.fetch_add(n as u64, Ordering::Relaxed);
+        std::thread::Builder::new()
+            .name("bench-sink".into())
+            .spawn(move || {
+                let mut bufs = vec![[0u8; 512]; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(n) = recv_batch(&sink, &mut bufs) {
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                 }
-            }
-        })
+            })?
     };
     let window_us = window.as_micros() as u64;
     let engine = Engine::new(
