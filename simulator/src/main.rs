@@ -27,9 +27,44 @@ enum Cmd {
     Manifest(ManifestArgs),
     /// Run a scenario against a network server.
     Run(Box<RunArgs>),
+    /// Run the whole system in one process: a join server and a network server on loopback with
+    /// temporary data directories and fresh secrets, the fleet provisioned, a join storm, then
+    /// steady uplinks; prints the report.
+    Demo(DemoArgs),
     /// Measure the simulator alone: fleet memory and datagrams generated per second, sent to a
     /// local sink that only counts (no servers; no device joins).
     Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Fleet size.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u32,
+    /// Seed of the fleet and the traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The join storm: every device joins within this window.
+    #[arg(long, default_value = "10s")]
+    join_window: Dur,
+    /// Steady reporting after the join window.
+    #[arg(long, default_value = "20s")]
+    steady: Dur,
+    /// Mean interval between two uplinks of a device.
+    #[arg(long, default_value = "10s")]
+    uplink_interval: Dur,
+    /// Virtual gateways.
+    #[arg(long, default_value_t = 2)]
+    gateways: u16,
+    /// Each transmission is heard by 1..=K gateways.
+    #[arg(long, default_value_t = 2)]
+    heard_by: u16,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -211,6 +246,22 @@ fn main() -> anyhow::Result<()> {
                 print_table: true,
             };
             run::run(&opts)?;
+        }
+        Cmd::Demo(a) => {
+            if a.gateways == 0 || a.heard_by == 0 || a.heard_by > a.gateways {
+                anyhow::bail!("--heard-by must be between 1 and --gateways");
+            }
+            simulator::demo::run(&simulator::demo::DemoOptions {
+                devices: a.devices,
+                seed: a.seed,
+                join_window: a.join_window.0,
+                steady: a.steady.0,
+                uplink_interval: a.uplink_interval.0,
+                gateways: a.gateways,
+                heard_by: a.heard_by,
+                report_json: a.report_json,
+                progress: !a.quiet,
+            })?;
         }
         Cmd::Bench(a) => {
             let r = simulator::bench::run(a.devices, a.window.0, a.gateways.max(1), a.seed)?;

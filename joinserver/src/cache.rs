@@ -1,0 +1,150 @@
+//! The (sender, TransactionID) answer cache that makes retries and replays idempotent.
+//!
+//! A network server retries an unanswered JoinReq with the same TransactionID; an attacker may
+//! replay a captured datagram inside the freshness window. Both must get the *identical* JoinAns
+//! and must not consume a DevNonce twice, so every answer is kept here for a while, keyed by the
+//! authenticated sender and the TransactionID, along with the request's PHYPayload: a request
+//! reusing a TransactionID for a different PHYPayload is not a retry.
+//!
+//! Pure: time is an input. Entries leave after `ttl_ms` or, when `max_entries` is reached,
+//! oldest first. An entry that left early is harmless: the replayed JoinReq then meets the
+//! DevNonce rule and is refused.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Cache key: the sender id and the TransactionID.
+pub type Key = (u64, u32);
+
+struct Entry {
+    created_ms: u64,
+    request: Box<[u8]>,
+    answer: Arc<[u8]>,
+}
+
+/// The result of a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// A retry or replay: send this answer again.
+    Hit(Arc<[u8]>),
+    /// The TransactionID was used for a different request.
+    Conflict,
+    /// Not seen (or expired): process the request.
+    Miss,
+}
+
+/// Bounded, time-limited answer cache.
+pub struct AnswerCache {
+    map: HashMap<Key, Entry, foldhash::fast::RandomState>,
+    order: VecDeque<(u64, Key)>,
+    ttl_ms: u64,
+    max_entries: usize,
+}
+
+impl std::fmt::Debug for AnswerCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerCache")
+            .field("len", &self.map.len())
+            .field("ttl_ms", &self.ttl_ms)
+            .field("max_entries", &self.max_entries)
+            .finish()
+    }
+}
+
+impl AnswerCache {
+    /// An empty cache.
+    pub fn new(ttl_ms: u64, max_entries: usize) -> Self {
+        Self {
+            map: HashMap::default(),
+            order: VecDeque::new(),
+            ttl_ms,
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Number of cached answers.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    fn evict(&mut self, now_ms: u64, room_for: usize) {
+        while let Some(&(created, key)) = self.order.front() {
+            let expired = now_ms.saturating_sub(created) > self.ttl_ms;
+            let full = self.map.len() + room_for > self.max_entries;
+            if !expired && !full {
+                break;
+            }
+            self.order.pop_front();
+            if self.map.get(&key).is_some_and(|e| e.created_ms == created) {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    /// Looks up `key` for a request whose PHYPayload is `request`.
+    pub fn lookup(&mut self, now_ms: u64, key: Key, request: &[u8]) -> Lookup {
+        self.evict(now_ms, 0);
+        match self.map.get(&key) {
+            None => Lookup::Miss,
+            Some(e) if *e.request == *request => Lookup::Hit(e.answer.clone()),
+            Some(_) => Lookup::Conflict,
+        }
+    }
+
+    /// Remembers the answer to a request.
+    pub fn insert(&mut self, now_ms: u64, key: Key, request: &[u8], answer: Arc<[u8]>) {
+        self.evict(now_ms, 1);
+        self.order.push_back((now_ms, key));
+        self.map.insert(
+            key,
+            Entry {
+                created_ms: now_ms,
+                request: request.into(),
+                answer,
+            },
+        );
+    }
+
+    /// Forgets an answer (its commit failed, so it must not be served).
+    pub fn remove(&mut self, key: Key) {
+        self.map.remove(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Arc<[u8]> {
+        Arc::from(s.as_bytes())
+    }
+
+    #[test]
+    fn hit_conflict_expiry_and_capacity() {
+        let mut c = AnswerCache::new(1000, 2);
+        assert_eq!(c.lookup(0, (1, 7), b"req"), Lookup::Miss);
+        c.insert(0, (1, 7), b"req", a("ans"));
+        assert_eq!(c.lookup(500, (1, 7), b"req"), Lookup::Hit(a("ans")));
+        assert_eq!(c.lookup(500, (1, 7), b"other"), Lookup::Conflict);
+        assert_eq!(c.lookup(500, (2, 7), b"req"), Lookup::Miss, "per sender");
+        assert_eq!(c.lookup(1000, (1, 7), b"req"), Lookup::Hit(a("ans")));
+        assert_eq!(c.lookup(1001, (1, 7), b"req"), Lookup::Miss, "expired");
+        c.insert(2000, (1, 1), b"r1", a("1"));
+        c.insert(2001, (1, 2), b"r2", a("2"));
+        c.insert(2002, (1, 3), b"r3", a("3"));
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c.lookup(2003, (1, 1), b"r1"),
+            Lookup::Miss,
+            "oldest evicted"
+        );
+        assert_eq!(c.lookup(2003, (1, 3), b"r3"), Lookup::Hit(a("3")));
+        c.remove((1, 3));
+        assert_eq!(c.lookup(2003, (1, 3), b"r3"), Lookup::Miss);
+    }
+}

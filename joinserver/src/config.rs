@@ -1,0 +1,231 @@
+//! The join server's configuration file (TOML).
+//!
+//! Every field has a default, so an empty file (or none) is a valid configuration; unknown fields
+//! are refused so that typos fail loudly. Secrets never live here: they are files under
+//! `DATA_DIR/secrets/` (see [`crate::secrets`]). `joinserver config` prints [`DEFAULT_TOML`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The JS↔NS link listener.
+    pub link: LinkConfig,
+    /// Join processing rules.
+    pub join: JoinConfig,
+    /// The embedded store.
+    pub store: StoreConfig,
+    /// The Prometheus `/metrics` and `/health` listener.
+    pub metrics: MetricsConfig,
+}
+
+/// The JS↔NS link (docs/wire-format.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkConfig {
+    /// UDP address the join server listens on for JoinReq datagrams.
+    pub listen: SocketAddr,
+    /// This join server's 64-bit id (16 hex digits), the sender id of its JoinAns datagrams.
+    pub js_id: String,
+    /// A datagram whose timestamp is further than this from the local clock is dropped.
+    pub window_ms: u64,
+    /// Kernel receive buffer (SO_RCVBUF) requested for the link socket, in bytes. A join storm
+    /// overflows the default ~212 KB within a few hundred datagrams.
+    pub recv_buffer_bytes: usize,
+    /// How long an answer stays in the (sender, TransactionID) cache that makes retries and
+    /// replays idempotent.
+    pub answer_cache_ttl_ms: u64,
+    /// Upper bound on cached answers (about 1 KB each); the oldest go first.
+    pub answer_cache_max_entries: usize,
+    /// Network servers allowed on the link, each with its own key file. When empty, any sender
+    /// that authenticates with `secrets/link.key` is accepted, under the NetID it claims.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// One network server allowed on the link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The network server's NetID (6 hex digits): its sender id on the link.
+    pub net_id: String,
+    /// Its link key file (32 hex digits), relative to the data directory unless absolute.
+    pub key_file: PathBuf,
+}
+
+/// Join processing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinConfig {
+    /// LoRaWAN 1.0.2/1.0.3: how many used DevNonces are remembered per device; a JoinRequest
+    /// reusing one of them is refused.
+    pub dev_nonce_history: usize,
+    /// The session `Lifetime` (seconds) sent with the AppSKey; 0 means no expiry.
+    pub session_lifetime_s: u32,
+}
+
+/// The embedded SQLite store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The most nonce updates committed in one transaction (group commit).
+    pub max_batch: usize,
+    /// Pending answers allowed to wait for the writer before the link stops reading.
+    pub queue_depth: usize,
+    /// When a nonce commit counts as done: `full` (default) waits for the disk (fsync of the
+    /// WAL), so an answered join survives power loss; `normal` waits only for the OS, so it
+    /// survives a crash or kill of the join server but not of the machine.
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's `synchronous` setting for the nonce commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every (group) commit: survives power loss.
+    Full,
+    /// No fsync on commit in WAL mode: survives a process crash, not an OS crash or power loss.
+    Normal,
+}
+
+/// Observability endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// TCP address serving `/metrics` and `/health`; empty to disable.
+    pub listen: String,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4100)),
+            js_id: "0000000000000000".into(),
+            window_ms: protocol::link::DEFAULT_WINDOW_MS,
+            recv_buffer_bytes: 8 << 20,
+            answer_cache_ttl_ms: 30_000,
+            answer_cache_max_entries: 200_000,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        Self {
+            dev_nonce_history: 64,
+            session_lifetime_s: 0,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 4096,
+            queue_depth: 65_536,
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9100".into(),
+        }
+    }
+}
+
+/// The default configuration file, with every field documented. `joinserver config` prints it.
+pub const DEFAULT_TOML: &str = r#"# joinserver configuration. Every field is optional; these are the defaults.
+# Secrets are never in this file: they are DATA_DIR/secrets/{master.key,link.key,ns.kek,as.kek}.
+
+[link]
+# UDP address for JoinReq datagrams from network servers (overridden by --listen).
+listen = "127.0.0.1:4100"
+# This join server's id (16 hex digits): the sender id of its JoinAns datagrams.
+js_id = "0000000000000000"
+# Datagrams whose timestamp is further than this from our clock are dropped (milliseconds).
+window_ms = 30000
+# SO_RCVBUF requested for the link socket (bytes). The kernel caps it at net.core.rmem_max.
+recv_buffer_bytes = 8388608
+# Answers are cached per (sender, TransactionID) so that a retry or a replay gets the identical
+# JoinAns and never consumes a DevNonce twice. Lifetime (ms) and capacity (about 1 KB each):
+answer_cache_ttl_ms = 30000
+answer_cache_max_entries = 200000
+# Network servers allowed on the link, each with its own key file. With none listed, any sender
+# authenticating with secrets/link.key is accepted under the NetID it claims.
+# [[link.peers]]
+# net_id = "000013"
+# key_file = "secrets/link-000013.key"
+
+[join]
+# LoRaWAN 1.0.2/1.0.3 devices: how many used DevNonces are remembered (reuse is refused).
+dev_nonce_history = 64
+# Session Lifetime in seconds sent with the AppSKey; 0 = no expiry.
+session_lifetime_s = 0
+
+[store]
+# Most nonce updates committed in one SQLite transaction (group commit).
+max_batch = 4096
+# Answers allowed to wait for the writer before the link stops reading datagrams.
+queue_depth = 65536
+# When a commit is done: "full" fsyncs the WAL (an answered join survives power loss);
+# "normal" does not (it survives a crash or SIGKILL of the join server, not of the machine).
+synchronous = "full"
+
+[metrics]
+# TCP address for /metrics (Prometheus) and /health; "" disables (overridden by --metrics).
+listen = "127.0.0.1:9100"
+"#;
+
+impl Config {
+    /// Parses a configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The JS id as a number.
+    pub fn js_id(&self) -> Result<u64, String> {
+        let s = self.link.js_id.trim();
+        let s = s.strip_prefix("0x").unwrap_or(s);
+        if s.len() != 16 {
+            return Err(format!(
+                "link.js_id: expected 16 hex digits, found {}",
+                s.len()
+            ));
+        }
+        u64::from_str_radix(s, 16).map_err(|e| format!("link.js_id: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_is_the_default_config() {
+        assert_eq!(Config::from_toml(DEFAULT_TOML).unwrap(), Config::default());
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = Config::from_toml("[link]\nlisten_addr = \"1.2.3.4:5\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn peers_parse() {
+        let c = Config::from_toml(
+            "[[link.peers]]\nnet_id = \"000013\"\nkey_file = \"secrets/a.key\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.link.peers.len(), 1);
+        assert_eq!(c.js_id().unwrap(), 0);
+    }
+}

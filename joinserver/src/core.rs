@@ -1,0 +1,742 @@
+//! The join pipeline, sans IO: a JoinReq and the device state in, a JoinAns and a nonce update
+//! out. No sockets, clocks or storage; the [`link`](crate::link) shell does those.
+//!
+//! The steps, each a small function: parse the Join-request, find the device, check the home
+//! network, check the MIC, check and record DevNonce/JoinNonce (inside one map entry), derive the
+//! session keys, build and encrypt the Join-accept, wrap the session keys under the KEKs.
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use protocol::derive;
+use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, JoinNonce, NetId};
+use protocol::join::{
+    AnsweredRequest, CfList, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+    JoinRequest, JoinRootKey, RxDelay,
+};
+use protocol::keys::{AppKey, JsIntKey, KeyCipher, NwkKey};
+use protocol::keywrap::KeyEnvelope;
+use protocol::version::MacVersion;
+
+use crate::atrest;
+use crate::nonces::{self, NonceError};
+use crate::secrets::{LabeledKek, MasterKey};
+use crate::store::{NonceState, NonceUpdate, StoredDevice};
+
+/// A device's root keys, prepared for AES (key schedules expanded once, at load).
+pub struct DeviceKeys {
+    app: KeyCipher<AppKey>,
+    nwk: Option<KeyCipher<NwkKey>>,
+    js_int: Option<KeyCipher<JsIntKey>>,
+}
+
+impl std::fmt::Debug for DeviceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceKeys(<redacted>)")
+    }
+}
+
+impl DeviceKeys {
+    /// Prepares a device's root keys. `nwk_key` is given for LoRaWAN 1.1 devices.
+    pub fn new(dev_eui: DevEui, app_key: &AppKey, nwk_key: Option<&NwkKey>) -> Self {
+        let nwk = nwk_key.map(KeyCipher::new);
+        let js_int = nwk
+            .as_ref()
+            .map(|n| KeyCipher::new(&derive::js_keys(n, dev_eui).js_int_key));
+        Self {
+            app: KeyCipher::new(app_key),
+            nwk,
+            js_int,
+        }
+    }
+}
+
+/// A provisioned device, in memory.
+#[derive(Debug)]
+pub struct Device {
+    /// Its JoinEUI.
+    pub join_eui: JoinEui,
+    /// Its LoRaWAN version: the join server is authoritative for it.
+    pub mac_version: MacVersion,
+    /// The only NetID allowed to activate it, if any.
+    pub home_net_id: Option<NetId>,
+    /// Root keys.
+    pub keys: Arc<DeviceKeys>,
+    /// DevNonce/JoinNonce state, ahead of or equal to the store's.
+    pub nonces: NonceState,
+    /// What the device was provisioned with (wrapped keys and static fields), so a device
+    /// re-imported with other keys or settings is noticed while the server runs.
+    pub provisioned: Vec<u8>,
+}
+
+/// A fingerprint of a stored device's provisioning (not of its nonce state). Root keys enter it
+/// only as their wraps under the master key.
+pub fn provisioning_fingerprint(d: &StoredDevice) -> Vec<u8> {
+    let mut f = Vec::with_capacity(80);
+    f.extend_from_slice(&d.join_eui.to_le_bytes());
+    f.extend_from_slice(d.mac_version.as_str().as_bytes());
+    f.push(0);
+    f.extend_from_slice(&d.home_net_id.map_or(u32::MAX, NetId::as_u32).to_le_bytes());
+    f.extend_from_slice(&d.app_key_wrapped);
+    f.extend_from_slice(d.nwk_key_wrapped.as_deref().unwrap_or_default());
+    f
+}
+
+impl Device {
+    /// Loads a stored device, unwrapping its root keys under the master key.
+    pub fn from_stored(master: &MasterKey, d: &StoredDevice) -> Result<Self, atrest::UnwrapError> {
+        let app = atrest::open_app_key(master, &d.app_key_wrapped)?;
+        let nwk = d
+            .nwk_key_wrapped
+            .as_deref()
+            .map(|w| atrest::open_nwk_key(master, w))
+            .transpose()?;
+        if d.mac_version.is_1_1() != nwk.is_some() {
+            return Err(atrest::UnwrapError);
+        }
+        Ok(Self {
+            join_eui: d.join_eui,
+            mac_version: d.mac_version,
+            home_net_id: d.home_net_id,
+            keys: Arc::new(DeviceKeys::new(d.dev_eui, &app, nwk.as_ref())),
+            nonces: d.nonces.clone(),
+            provisioned: provisioning_fingerprint(d),
+        })
+    }
+}
+
+/// Devices by DevEUI. DevEUIs come from the network, so the hasher is keyed (foldhash, seeded
+/// per map), never an unkeyed one like FxHash.
+pub type DeviceMap = DashMap<DevEui, Device, foldhash::fast::RandomState>;
+
+/// What join processing needs besides the devices.
+#[derive(Debug, Clone)]
+pub struct JoinContext {
+    /// Wraps network session keys.
+    pub ns_kek: LabeledKek,
+    /// Wraps the AppSKey.
+    pub as_kek: LabeledKek,
+    /// DevNonce history length for LoRaWAN 1.0.2/1.0.3.
+    pub dev_nonce_history: usize,
+    /// Session `Lifetime` in seconds (0 = none).
+    pub session_lifetime_s: u32,
+    /// The join server's id on the link.
+    pub js_id: u64,
+}
+
+/// The parts of a TS002 JoinReq that the pipeline uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinReqFields {
+    /// The network server's NetID, as authenticated by the link.
+    pub sender: NetId,
+    /// The whole Join-request PHYPayload.
+    pub phy_payload: Vec<u8>,
+    /// DevEUI as the network server states it (must match the PHYPayload).
+    pub dev_eui: DevEui,
+    /// DevAddr assigned by the network server.
+    pub dev_addr: DevAddr,
+    /// The network server's DLSettings (its OptNeg bit is ignored: the JS decides).
+    pub dl_settings: u8,
+    /// RxDelay requested by the network server.
+    pub rx_delay: u8,
+    /// CFList, if the network server sends one.
+    pub cf_list: Option<Vec<u8>>,
+}
+
+/// Why a JoinReq was refused. Each maps to a TS002 ResultCode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// The request or its PHYPayload cannot be decoded, or its fields disagree.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// No such device (or not under this JoinEUI).
+    #[error("unknown device")]
+    UnknownDevEui,
+    /// The sender is not the device's home network.
+    #[error("activation through this network is not allowed")]
+    ActivationDisallowed,
+    /// The Join-request MIC does not verify under the device's root key.
+    #[error("MIC mismatch")]
+    MicFailed,
+    /// DevNonce replayed or too small, or JoinNonce exhausted.
+    #[error("{0}")]
+    Nonce(NonceError),
+}
+
+impl JoinError {
+    /// A short stable name: the `result` label of `joinserver_joins_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed",
+            Self::UnknownDevEui => "unknown_dev_eui",
+            Self::ActivationDisallowed => "activation_disallowed",
+            Self::MicFailed => "mic_failed",
+            Self::Nonce(e) => e.kind(),
+        }
+    }
+
+    /// The TS002 ResultCode.
+    pub fn result_code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "MalformedRequest",
+            Self::UnknownDevEui => "UnknownDevEUI",
+            Self::ActivationDisallowed => "ActivationDisallowed",
+            Self::MicFailed => "MICFailed",
+            Self::Nonce(_) => "JoinReqFailed",
+        }
+    }
+}
+
+/// The network session keys, wrapped for the network server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetworkEnvelopes {
+    /// LoRaWAN 1.0.x: NwkSKey.
+    V1_0 {
+        /// NwkSKey.
+        nwk_s_key: KeyEnvelope,
+    },
+    /// LoRaWAN 1.1: the three network session keys.
+    V1_1 {
+        /// FNwkSIntKey.
+        f_nwk_s_int_key: KeyEnvelope,
+        /// SNwkSIntKey.
+        s_nwk_s_int_key: KeyEnvelope,
+        /// NwkSEncKey.
+        nwk_s_enc_key: KeyEnvelope,
+    },
+}
+
+/// A successful join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The encrypted Join-accept PHYPayload.
+    pub phy_payload: Vec<u8>,
+    /// The device's LoRaWAN version (authoritative).
+    pub mac_version: MacVersion,
+    /// The DLSettings sent in the Join-accept.
+    pub dl_settings: u8,
+    /// The RxDelay sent in the Join-accept.
+    pub rx_delay: u8,
+    /// Session lifetime in seconds.
+    pub lifetime: u32,
+    /// Network session keys under the NS KEK.
+    pub network: NetworkEnvelopes,
+    /// AppSKey under the AS KEK.
+    pub app_s_key: KeyEnvelope,
+    /// The JoinNonce used.
+    pub join_nonce: JoinNonce,
+}
+
+/// The pipeline's result: the answer and, on success, the nonce state to commit first.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Success or the refusal.
+    pub result: Result<Accepted, JoinError>,
+    /// The nonce state to commit before the answer leaves.
+    pub update: Option<NonceUpdate>,
+    /// The DevEUI from the PHYPayload, once parsed.
+    pub dev_eui: Option<DevEui>,
+}
+
+impl Outcome {
+    /// The `result` label: `success` or the error's kind.
+    pub fn kind(&self) -> &'static str {
+        match &self.result {
+            Ok(_) => "success",
+            Err(e) => e.kind(),
+        }
+    }
+
+    fn refused(e: JoinError, dev_eui: Option<DevEui>) -> Self {
+        Self {
+            result: Err(e),
+            update: None,
+            dev_eui,
+        }
+    }
+}
+
+/// Step 1: parse the Join-request and check it against the request's DevEUI.
+fn parse_join_request(req: &JoinReqFields) -> Result<JoinRequest, JoinError> {
+    let jr =
+        JoinRequest::parse(&req.phy_payload).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    if jr.dev_eui != req.dev_eui {
+        return Err(JoinError::Malformed(format!(
+            "DevEUI {} differs from the PHYPayload's {}",
+            req.dev_eui, jr.dev_eui
+        )));
+    }
+    Ok(jr)
+}
+
+/// Step 3: the device's static facts (JoinEUI must match).
+fn find_device(
+    devices: &DeviceMap,
+    jr: &JoinRequest,
+) -> Result<(MacVersion, Option<NetId>, Arc<DeviceKeys>), JoinError> {
+    let d = devices.get(&jr.dev_eui).ok_or(JoinError::UnknownDevEui)?;
+    if d.join_eui != jr.join_eui {
+        return Err(JoinError::UnknownDevEui);
+    }
+    Ok((d.mac_version, d.home_net_id, d.keys.clone()))
+}
+
+/// Step 4: the Join-request MIC, under AppKey (1.0.x) or NwkKey (1.1).
+fn check_mic(jr: &JoinRequest, keys: &DeviceKeys) -> Result<(), JoinError> {
+    let root = match &keys.nwk {
+        Some(nwk) => JoinRootKey::NwkKey(nwk),
+        None => JoinRootKey::AppKey(&keys.app),
+    };
+    jr.verify_mic(root).map_err(|_| JoinError::MicFailed)
+}
+
+/// Step 5: the home-network rule.
+fn check_home(home: Option<NetId>, sender: NetId) -> Result<(), JoinError> {
+    match home {
+        Some(h) if h != sender => Err(JoinError::ActivationDisallowed),
+        _ => Ok(()),
+    }
+}
+
+/// Step 6: check and record DevNonce, take the next JoinNonce, inside one map entry.
+fn take_nonces(
+    devices: &DeviceMap,
+    dev_eui: DevEui,
+    dev_nonce: DevNonce,
+    history: usize,
+) -> Result<(JoinNonce, NonceUpdate), JoinError> {
+    let mut d = devices.get_mut(&dev_eui).ok_or(JoinError::UnknownDevEui)?;
+    let (next, jn) =
+        nonces::accept(d.mac_version, &d.nonces, dev_nonce, history).map_err(JoinError::Nonce)?;
+    d.nonces = next.clone();
+    Ok((
+        jn,
+        NonceUpdate {
+            dev_eui,
+            state: next,
+        },
+    ))
+}
+
+/// The network server's radio parameters for the Join-accept.
+#[derive(Clone, Copy)]
+struct RadioParams {
+    dl_settings: DlSettings,
+    rx_delay: RxDelay,
+    cf_list: Option<CfList>,
+}
+
+/// Step 2: the radio parameters must be encodable (before any state changes).
+fn radio_params(req: &JoinReqFields) -> Result<RadioParams, JoinError> {
+    let rx_delay = RxDelay::new(req.rx_delay)
+        .ok_or_else(|| JoinError::Malformed(format!("RxDelay {} is above 15", req.rx_delay)))?;
+    let cf_list = match &req.cf_list {
+        None => None,
+        Some(b) => Some(CfList(b.as_slice().try_into().map_err(|_| {
+            JoinError::Malformed(format!("CFList of {} bytes (expected 16)", b.len()))
+        })?)),
+    };
+    Ok(RadioParams {
+        dl_settings: DlSettings(req.dl_settings),
+        rx_delay,
+        cf_list,
+    })
+}
+
+/// Step 7: derive, build and encrypt the Join-accept, wrap the session keys.
+fn accept(
+    ctx: &JoinContext,
+    req: &JoinReqFields,
+    jr: &JoinRequest,
+    version: MacVersion,
+    keys: &DeviceKeys,
+    radio: RadioParams,
+    join_nonce: JoinNonce,
+) -> Result<Accepted, JoinError> {
+    let RadioParams {
+        dl_settings: ns,
+        rx_delay,
+        cf_list,
+    } = radio;
+    // The join server is authoritative for the version: OptNeg is set exactly for 1.1 devices.
+    let dl =
+        DlSettings::new(version.is_1_1(), ns.rx1_dr_offset(), ns.rx2_data_rate()).unwrap_or(ns);
+    let payload = JoinAcceptPayload {
+        join_nonce,
+        net_id: req.sender,
+        dev_addr: req.dev_addr,
+        dl_settings: dl,
+        rx_delay,
+        cf_list,
+    };
+    let answered = AnsweredRequest::JoinRequest(jr.dev_nonce);
+    let (phy, network, app_s_key) = match (&keys.nwk, &keys.js_int) {
+        (Some(nwk), Some(js_int)) => {
+            let sk = derive::session_keys_1_1(nwk, &keys.app, join_nonce, jr.join_eui, answered);
+            let phy = payload.encrypt(
+                JoinAcceptMicKey::OptNeg {
+                    js_int_key: js_int,
+                    join_eui: jr.join_eui,
+                    answered,
+                },
+                JoinAcceptEncKey::NwkKey(nwk),
+            );
+            let net = NetworkEnvelopes::V1_1 {
+                f_nwk_s_int_key: seal(&ctx.ns_kek, &sk.f_nwk_s_int_key)?,
+                s_nwk_s_int_key: seal(&ctx.ns_kek, &sk.s_nwk_s_int_key)?,
+                nwk_s_enc_key: seal(&ctx.ns_kek, &sk.nwk_s_enc_key)?,
+            };
+            (phy, net, seal(&ctx.as_kek, &sk.app_s_key)?)
+        }
+        _ => {
+            let sk = derive::session_keys_1_0(&keys.app, join_nonce, req.sender, jr.dev_nonce);
+            let phy = payload.encrypt(
+                JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&keys.app)),
+                JoinAcceptEncKey::AppKey(&keys.app),
+            );
+            let net = NetworkEnvelopes::V1_0 {
+                nwk_s_key: seal(&ctx.ns_kek, &sk.nwk_s_key)?,
+            };
+            (phy, net, seal(&ctx.as_kek, &sk.app_s_key)?)
+        }
+    };
+    Ok(Accepted {
+        phy_payload: phy.as_bytes().to_vec(),
+        mac_version: version,
+        dl_settings: dl.0,
+        rx_delay: rx_delay.0,
+        lifetime: ctx.session_lifetime_s,
+        network,
+        app_s_key,
+        join_nonce,
+    })
+}
+
+fn seal<K: protocol::keys::Key128>(kek: &LabeledKek, key: &K) -> Result<KeyEnvelope, JoinError> {
+    KeyEnvelope::seal(&kek.label, Some(&kek.key), key)
+        .map_err(|e| JoinError::Malformed(format!("key wrap: {e}")))
+}
+
+/// Runs the whole pipeline for one JoinReq.
+pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> Outcome {
+    let (jr, radio) = match parse_join_request(req).and_then(|jr| Ok((jr, radio_params(req)?))) {
+        Ok(v) => v,
+        Err(e) => return Outcome::refused(e, None),
+    };
+    let dev_eui = Some(jr.dev_eui);
+    let checked = find_device(devices, &jr).and_then(|(version, home, keys)| {
+        check_mic(&jr, &keys)?;
+        check_home(home, req.sender)?;
+        Ok((version, keys))
+    });
+    let (version, keys) = match checked {
+        Ok(v) => v,
+        Err(e) => return Outcome::refused(e, dev_eui),
+    };
+    let (join_nonce, update) =
+        match take_nonces(devices, jr.dev_eui, jr.dev_nonce, ctx.dev_nonce_history) {
+            Ok(v) => v,
+            Err(e) => return Outcome::refused(e, dev_eui),
+        };
+    Outcome {
+        result: accept(ctx, req, &jr, version, &keys, radio, join_nonce),
+        update: Some(update),
+        dev_eui,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::join::{EncryptedJoinAccept, JOIN_REQUEST_LEN};
+    use protocol::keys::{Kek, NwkSKey};
+
+    const APP: [u8; 16] = *b"\x2b\x7e\x15\x16\x28\xae\xd2\xa6\xab\xf7\x15\x88\x09\xcf\x4f\x3c";
+    const NWK: [u8; 16] = [0x11; 16];
+    const JOIN_EUI: JoinEui = JoinEui::new(0x70B3_D57E_D000_0001);
+
+    fn net(n: u32) -> NetId {
+        NetId::new(n).unwrap()
+    }
+
+    fn ctx() -> JoinContext {
+        JoinContext {
+            ns_kek: LabeledKek {
+                label: "ns-test".into(),
+                key: Kek::new([0xA1; 16]),
+            },
+            as_kek: LabeledKek {
+                label: "as-test".into(),
+                key: Kek::new([0xB2; 16]),
+            },
+            dev_nonce_history: 64,
+            session_lifetime_s: 3600,
+            js_id: 1,
+        }
+    }
+
+    fn add(map: &DeviceMap, dev: u64, v: MacVersion, home: Option<NetId>) {
+        let dev_eui = DevEui::new(dev);
+        let nwk = v.is_1_1().then(|| NwkKey::new(NWK));
+        map.insert(
+            dev_eui,
+            Device {
+                join_eui: JOIN_EUI,
+                mac_version: v,
+                home_net_id: home,
+                keys: Arc::new(DeviceKeys::new(dev_eui, &AppKey::new(APP), nwk.as_ref())),
+                nonces: NonceState::default(),
+                provisioned: Vec::new(),
+            },
+        );
+    }
+
+    /// A Join-request built device-side with `protocol`.
+    fn join_request(dev: u64, v: MacVersion, dn: u16, key: [u8; 16]) -> Vec<u8> {
+        let phy = if v.is_1_1() {
+            let k = KeyCipher::new(&NwkKey::new(key));
+            JoinRequest::build(
+                JOIN_EUI,
+                DevEui::new(dev),
+                DevNonce(dn),
+                JoinRootKey::NwkKey(&k),
+            )
+        } else {
+            let k = KeyCipher::new(&AppKey::new(key));
+            JoinRequest::build(
+                JOIN_EUI,
+                DevEui::new(dev),
+                DevNonce(dn),
+                JoinRootKey::AppKey(&k),
+            )
+        };
+        phy.to_bytes().to_vec()
+    }
+
+    fn fields(dev: u64, phy: Vec<u8>, sender: u32) -> JoinReqFields {
+        JoinReqFields {
+            sender: net(sender),
+            phy_payload: phy,
+            dev_eui: DevEui::new(dev),
+            dev_addr: DevAddr::new(0x2601_1BDA),
+            dl_settings: 0x12,
+            rx_delay: 1,
+            cf_list: None,
+        }
+    }
+
+    fn err_of(o: &Outcome) -> Option<&JoinError> {
+        o.result.as_ref().err()
+    }
+
+    #[test]
+    fn join_accepts_decrypt_and_verify_device_side_for_each_version() {
+        let c = ctx();
+        for (i, v) in [MacVersion::V1_0_3, MacVersion::V1_0_4, MacVersion::V1_1]
+            .into_iter()
+            .enumerate()
+        {
+            let map = DeviceMap::default();
+            let dev = 0x0004_A30B_001C_0530 + i as u64;
+            add(&map, dev, v, None);
+            let dn = 7;
+            let o = process(
+                &c,
+                &map,
+                &fields(
+                    dev,
+                    join_request(dev, v, dn, if v.is_1_1() { NWK } else { APP }),
+                    0x13,
+                ),
+            );
+            assert_eq!(o.kind(), "success", "{v}: {:?}", o.result);
+            let a = o.result.unwrap();
+            assert_eq!(a.mac_version, v);
+            assert_eq!(a.join_nonce.as_u32(), 1);
+            let up = o.update.unwrap();
+            assert_eq!(up.state.last_dev_nonce, Some(dn));
+            assert_eq!(up.state.last_join_nonce, 1);
+
+            // Device side: decrypt the Join-accept and check its MIC with protocol.
+            let enc = EncryptedJoinAccept::from_bytes(&a.phy_payload).unwrap();
+            let app = KeyCipher::new(&AppKey::new(APP));
+            let payload = if v.is_1_1() {
+                let nwk = KeyCipher::new(&NwkKey::new(NWK));
+                let js_int = KeyCipher::new(&derive::js_keys(&nwk, DevEui::new(dev)).js_int_key);
+                enc.open(
+                    JoinAcceptEncKey::NwkKey(&nwk),
+                    JoinAcceptMicKey::OptNeg {
+                        js_int_key: &js_int,
+                        join_eui: JOIN_EUI,
+                        answered: AnsweredRequest::JoinRequest(DevNonce(dn)),
+                    },
+                )
+                .unwrap()
+            } else {
+                enc.open(
+                    JoinAcceptEncKey::AppKey(&app),
+                    JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+                )
+                .unwrap()
+            };
+            assert_eq!(payload.join_nonce.as_u32(), 1);
+            assert_eq!(payload.net_id, net(0x13));
+            assert_eq!(payload.dev_addr, DevAddr::new(0x2601_1BDA));
+            assert_eq!(payload.dl_settings.opt_neg(), v.is_1_1(), "{v}: OptNeg");
+            assert_eq!(payload.dl_settings.rx1_dr_offset(), 1);
+            assert_eq!(payload.dl_settings.rx2_data_rate(), 2);
+            assert_eq!(a.dl_settings, payload.dl_settings.0);
+
+            // The wrapped session keys are the ones the device derives.
+            let ns = &c.ns_kek;
+            match (&a.network, v.is_1_1()) {
+                (NetworkEnvelopes::V1_0 { nwk_s_key }, false) => {
+                    let dk =
+                        derive::session_keys_1_0(&app, payload.join_nonce, net(0x13), DevNonce(dn));
+                    assert_eq!(nwk_s_key.kek_label, "ns-test");
+                    let k: NwkSKey = nwk_s_key.open(Some(&ns.key)).unwrap();
+                    assert_eq!(k, dk.nwk_s_key);
+                    let ak: protocol::keys::AppSKey =
+                        a.app_s_key.open(Some(&c.as_kek.key)).unwrap();
+                    assert_eq!(ak, dk.app_s_key);
+                }
+                (
+                    NetworkEnvelopes::V1_1 {
+                        f_nwk_s_int_key,
+                        s_nwk_s_int_key,
+                        nwk_s_enc_key,
+                    },
+                    true,
+                ) => {
+                    let nwk = KeyCipher::new(&NwkKey::new(NWK));
+                    let dk = derive::session_keys_1_1(
+                        &nwk,
+                        &app,
+                        payload.join_nonce,
+                        JOIN_EUI,
+                        AnsweredRequest::JoinRequest(DevNonce(dn)),
+                    );
+                    assert_eq!(
+                        f_nwk_s_int_key
+                            .open::<protocol::keys::FNwkSIntKey>(Some(&ns.key))
+                            .unwrap(),
+                        dk.f_nwk_s_int_key
+                    );
+                    assert_eq!(
+                        s_nwk_s_int_key
+                            .open::<protocol::keys::SNwkSIntKey>(Some(&ns.key))
+                            .unwrap(),
+                        dk.s_nwk_s_int_key
+                    );
+                    assert_eq!(
+                        nwk_s_enc_key
+                            .open::<protocol::keys::NwkSEncKey>(Some(&ns.key))
+                            .unwrap(),
+                        dk.nwk_s_enc_key
+                    );
+                    assert_eq!(
+                        a.app_s_key
+                            .open::<protocol::keys::AppSKey>(Some(&c.as_kek.key))
+                            .unwrap(),
+                        dk.app_s_key
+                    );
+                    // The AS KEK, not the NS KEK, wraps the AppSKey.
+                    assert!(a
+                        .app_s_key
+                        .open::<protocol::keys::AppSKey>(Some(&ns.key))
+                        .is_err());
+                }
+                (n, _) => panic!("{v}: wrong key set {n:?}"),
+            }
+            assert_eq!(a.lifetime, 3600);
+        }
+    }
+
+    #[test]
+    fn refusals_map_to_result_codes_and_change_nothing() {
+        let c = ctx();
+        let map = DeviceMap::default();
+        add(&map, 1, MacVersion::V1_0_4, Some(net(0x13)));
+        add(&map, 2, MacVersion::V1_0_3, None);
+        let cases: Vec<(JoinReqFields, &str, &str)> = vec![
+            (
+                fields(1, join_request(1, MacVersion::V1_0_4, 5, [9; 16]), 0x13),
+                "MICFailed",
+                "mic_failed",
+            ),
+            (
+                fields(3, join_request(3, MacVersion::V1_0_4, 5, APP), 0x13),
+                "UnknownDevEUI",
+                "unknown_dev_eui",
+            ),
+            (
+                fields(1, join_request(1, MacVersion::V1_0_4, 5, APP), 0x14),
+                "ActivationDisallowed",
+                "activation_disallowed",
+            ),
+            (
+                fields(1, vec![0; JOIN_REQUEST_LEN - 1], 0x13),
+                "MalformedRequest",
+                "malformed",
+            ),
+            (
+                fields(2, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13),
+                "MalformedRequest",
+                "malformed",
+            ),
+            (
+                JoinReqFields {
+                    rx_delay: 16,
+                    ..fields(1, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13)
+                },
+                "MalformedRequest",
+                "malformed",
+            ),
+            (
+                JoinReqFields {
+                    cf_list: Some(vec![0; 15]),
+                    ..fields(1, join_request(1, MacVersion::V1_0_4, 5, APP), 0x13)
+                },
+                "MalformedRequest",
+                "malformed",
+            ),
+        ];
+        for (f, code, kind) in cases {
+            let o = process(&c, &map, &f);
+            let e = err_of(&o).unwrap_or_else(|| panic!("{kind}: accepted"));
+            assert_eq!((e.result_code(), e.kind()), (code, kind));
+            assert!(o.update.is_none());
+        }
+        assert_eq!(
+            map.get(&DevEui::new(1)).unwrap().nonces,
+            NonceState::default(),
+            "refusals consume no DevNonce"
+        );
+        // Any NetID may activate a device without a home NetID.
+        let o = process(
+            &c,
+            &map,
+            &fields(2, join_request(2, MacVersion::V1_0_3, 5, APP), 0x77),
+        );
+        assert_eq!(o.kind(), "success");
+    }
+
+    #[test]
+    fn dev_nonce_rules_through_the_pipeline() {
+        let c = ctx();
+        let map = DeviceMap::default();
+        add(&map, 1, MacVersion::V1_0_4, None);
+        add(&map, 2, MacVersion::V1_0_2, None);
+        let run = |dev: u64, v: MacVersion, dn: u16| {
+            let o = process(&c, &map, &fields(dev, join_request(dev, v, dn, APP), 0x13));
+            (o.kind(), o.result.map(|a| a.join_nonce.as_u32()).ok())
+        };
+        assert_eq!(run(1, MacVersion::V1_0_4, 0), ("success", Some(1)));
+        assert_eq!(run(1, MacVersion::V1_0_4, 0), ("dev_nonce_too_small", None));
+        assert_eq!(run(1, MacVersion::V1_0_4, 3), ("success", Some(2)));
+        assert_eq!(run(1, MacVersion::V1_0_4, 2), ("dev_nonce_too_small", None));
+        assert_eq!(run(2, MacVersion::V1_0_2, 9), ("success", Some(1)));
+        assert_eq!(run(2, MacVersion::V1_0_2, 3), ("success", Some(2)));
+        assert_eq!(run(2, MacVersion::V1_0_2, 9), ("dev_nonce_replayed", None));
+    }
+}

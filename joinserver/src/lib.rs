@@ -1,0 +1,31 @@
+//! The LoRaWAN join server: the only holder of root keys.
+//!
+//! It receives TS002 `JoinReq` messages from network servers over an authenticated UDP link
+//! ([`protocol::link`]), applies the DevNonce rule of each device's LoRaWAN version, durably
+//! records DevNonce and JoinNonce before answering (group commit, [`store`]), derives the session
+//! keys, builds and encrypts the Join-accept, and answers with a TS002 `JoinAns` whose session
+//! keys are wrapped under the network server's and the application server's KEKs.
+//!
+//! - [`core`]: the sans-IO join pipeline; [`nonces`]: the DevNonce/JoinNonce rules;
+//!   [`cache`]: the (sender, TransactionID) answer cache.
+//! - [`store`]: the storage trait, the SQLite (WAL) store and the group-commit writer.
+//! - [`link`]: the UDP shell around the core.
+//! - [`devices`]: manifest import (CSV / JSON lines).
+//! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
+//! - [`config`], [`metrics`]: configuration and observability.
+//! - [`wire`]: TS002 JSON ↔ the pipeline; [`server`]: start-up and shutdown.
+#![warn(missing_docs)]
+
+pub mod atrest;
+pub mod cache;
+pub mod config;
+pub mod core;
+pub mod devices;
+pub mod link;
+pub mod metrics;
+pub mod mmsg;
+pub mod nonces;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,338 @@
+//! `joinserver`: the LoRaWAN join server's command line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use joinserver::atrest;
+use joinserver::config::{self, Config};
+use joinserver::devices::{self, Format, ImportError};
+use joinserver::secrets::{self, Created, Secrets};
+use joinserver::server::Server;
+use joinserver::store::{SqliteStore, Store, StoredDevice};
+use protocol::ids::DevEui;
+
+#[derive(Parser)]
+#[command(name = "joinserver", version, about = "LoRaWAN join server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct DataDir {
+    /// The data directory: the store and secrets/.
+    #[arg(long, env = "JOINSERVER_DATA_DIR")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Creates the store and the secrets (0600) if they do not exist; never overwrites.
+    Init {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Provisioned devices.
+    Devices {
+        #[command(subcommand)]
+        command: DevicesCommand,
+    },
+    /// Runs the join server until SIGINT or SIGTERM.
+    Serve {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Configuration file (default: DATA_DIR/joinserver.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// UDP address for the JS↔NS link (overrides link.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// TCP address for /metrics and /health (overrides metrics.listen; "" disables).
+        #[arg(long)]
+        metrics: Option<String>,
+    },
+    /// Prints the default configuration file.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum DevicesCommand {
+    /// Imports devices from CSV or JSON lines, all or nothing.
+    Import {
+        #[command(flatten)]
+        dir: DataDir,
+        /// Input format (default: guessed from the content).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// The manifest file.
+        file: PathBuf,
+    },
+    /// Lists devices (never their keys).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows one device (never its keys).
+    Show {
+        #[command(flatten)]
+        dir: DataDir,
+        /// DevEUI (16 hex digits).
+        dev_eui: DevEui,
+    },
+    /// Removes a device.
+    Remove {
+        #[command(flatten)]
+        dir: DataDir,
+        /// DevEUI (16 hex digits).
+        dev_eui: DevEui,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("joinserver: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init { dir } => init(&dir.data_dir),
+        Command::Config => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            dir,
+            config,
+            listen,
+            metrics,
+        } => serve(&dir.data_dir, config, listen, metrics),
+        Command::Devices { command } => match command {
+            DevicesCommand::Import { dir, format, file } => import(&dir.data_dir, format, &file),
+            DevicesCommand::List { dir, json } => list(&dir.data_dir, json),
+            DevicesCommand::Show { dir, dev_eui } => show(&dir.data_dir, dev_eui),
+            DevicesCommand::Remove { dir, dev_eui } => {
+                let mut store = open_store(&dir.data_dir)?;
+                if store.remove_device(dev_eui)? {
+                    println!("removed {dev_eui}");
+                    Ok(ExitCode::SUCCESS)
+                } else {
+                    eprintln!("joinserver: no device {dev_eui}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        },
+    }
+}
+
+fn init(data_dir: &Path) -> Result<ExitCode> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let created = secrets::init(data_dir)?;
+    let secrets = Secrets::load(data_dir)?;
+    let mut store = SqliteStore::open(data_dir)?;
+    store.check_master(&atrest::check_value(&secrets.master))?;
+    for c in &created {
+        match c {
+            Created::New(p) => println!("created {}", p.display()),
+            Created::Kept(p) => println!("kept    {} (exists)", p.display()),
+        }
+    }
+    println!(
+        "store   {}",
+        data_dir.join(joinserver::store::DB_FILE).display()
+    );
+    let s = secrets::dir(data_dir);
+    println!();
+    println!("The network server needs (copy them with mode 0600):");
+    println!(
+        "  {}  link key (authenticates the JS<->NS link)",
+        s.join(secrets::LINK_KEY).display()
+    );
+    println!(
+        "  {}  network KEK, label {:?} (unwraps NwkSKey / FNwkSIntKey, SNwkSIntKey, NwkSEncKey)",
+        s.join(secrets::NS_KEK).display(),
+        secrets.ns_kek.label
+    );
+    println!("The application server needs:");
+    println!(
+        "  {}  application KEK, label {:?} (unwraps the AppSKey)",
+        s.join(secrets::AS_KEK).display(),
+        secrets.as_kek.label
+    );
+    println!(
+        "{} stays here: it encrypts the root keys at rest.",
+        s.join(secrets::MASTER_KEY).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_store(data_dir: &Path) -> Result<SqliteStore> {
+    if !data_dir.join(joinserver::store::DB_FILE).exists() {
+        bail!(
+            "no store in {} (run `joinserver init --data-dir {}` first)",
+            data_dir.display(),
+            data_dir.display()
+        );
+    }
+    Ok(SqliteStore::open(data_dir)?)
+}
+
+fn import(data_dir: &Path, format: Option<Format>, file: &Path) -> Result<ExitCode> {
+    let secrets = Secrets::load(data_dir)?;
+    let mut store = open_store(data_dir)?;
+    store.check_master(&atrest::check_value(&secrets.master))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let format = format.unwrap_or_else(|| Format::sniff(&text));
+    let started = std::time::Instant::now();
+    match devices::import(&mut store, &secrets.master, &text, format) {
+        Ok(s) => {
+            println!(
+                "imported {} devices in {:.2} s",
+                s.imported,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ImportError::Rows(errors)) => {
+            for e in &errors {
+                eprintln!("{}: {e}", file.display());
+            }
+            eprintln!(
+                "joinserver: {} bad row(s) in {}; nothing imported",
+                errors.len(),
+                file.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        Err(ImportError::Store(e)) => Err(e.into()),
+    }
+}
+
+fn device_json(d: &StoredDevice) -> serde_json::Value {
+    serde_json::json!({
+        "dev_eui": d.dev_eui.to_string(),
+        "join_eui": d.join_eui.to_string(),
+        "mac_version": d.mac_version.as_str(),
+        "has_nwk_key": d.nwk_key_wrapped.is_some(),
+        "home_net_id": d.home_net_id.map(|n| n.to_string()),
+        "owner_token": d.owner_token,
+        "last_dev_nonce": d.nonces.last_dev_nonce,
+        "last_join_nonce": d.nonces.last_join_nonce,
+        "used_dev_nonces": d.nonces.used_dev_nonces.len(),
+    })
+}
+
+fn list(data_dir: &Path, json: bool) -> Result<ExitCode> {
+    let mut store = open_store(data_dir)?;
+    let all = store.load_devices()?;
+    if json {
+        for d in &all {
+            println!("{}", device_json(d));
+        }
+    } else {
+        println!(
+            "{:<16}  {:<16}  {:<7}  {:<6}  {:<14}  {:>6}",
+            "DEV_EUI", "JOIN_EUI", "VERSION", "HOME", "LAST_DEVNONCE", "JOINNONCE"
+        );
+        for d in &all {
+            println!(
+                "{:<16}  {:<16}  {:<7}  {:<6}  {:<14}  {:>6}",
+                d.dev_eui.to_string(),
+                d.join_eui.to_string(),
+                d.mac_version.as_str(),
+                d.home_net_id.map_or("-".into(), |n| n.to_string()),
+                d.nonces
+                    .last_dev_nonce
+                    .map_or("-".into(), |n| n.to_string()),
+                d.nonces.last_join_nonce
+            );
+        }
+        eprintln!("{} device(s)", all.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn show(data_dir: &Path, dev_eui: DevEui) -> Result<ExitCode> {
+    let mut store = open_store(data_dir)?;
+    match store.get_device(dev_eui)? {
+        Some(d) => {
+            println!("{}", serde_json::to_string_pretty(&device_json(&d))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("joinserver: no device {dev_eui}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn serve(
+    data_dir: &Path,
+    config_file: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    metrics: Option<String>,
+) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let path = config_file.or_else(|| {
+        let p = data_dir.join("joinserver.toml");
+        p.exists().then_some(p)
+    });
+    let mut config = match &path {
+        Some(p) => Config::from_toml(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("parsing {}", p.display()))?,
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        config.link.listen = l;
+    }
+    if let Some(m) = metrics {
+        config.metrics.listen = m;
+    }
+    let server = Server::start(data_dir, &config)?;
+    // One line on stdout that scripts and tests can read.
+    println!(
+        "joinserver listening link={} metrics={}",
+        server.link_addr(),
+        server
+            .metrics_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+    );
+    tracing::info!(link = %server.link_addr(), metrics = ?server.metrics_addr(), "serving");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down: draining and flushing");
+    server.shutdown();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}

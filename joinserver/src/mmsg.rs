@@ -1,0 +1,144 @@
+//! Batched UDP system calls: `recvmmsg` (with `MSG_WAITFORONE`: block for the first datagram,
+//! then take whatever else is queued) and `sendmmsg`. On this machine a datagram in and out
+//! costs about 4.5 µs of system-call overhead; batching amortises it under load and costs
+//! nothing when idle. The safe wrappers are nix's (the workspace forbids `unsafe`).
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::from(*v4));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+}
+
+fn io_error(e: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e as i32)
+}
+
+/// Receives up to `batch` datagrams per system call.
+pub struct BatchReceiver {
+    bufs: Vec<Vec<u8>>,
+    headers: MultiHeaders<SockaddrStorage>,
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl std::fmt::Debug for BatchReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchReceiver")
+            .field("batch", &self.bufs.len())
+            .finish()
+    }
+}
+
+impl BatchReceiver {
+    /// `batch` buffers of `size` bytes each.
+    pub fn new(batch: usize, size: usize) -> Self {
+        let batch = batch.max(1);
+        Self {
+            bufs: vec![vec![0u8; size]; batch],
+            headers: MultiHeaders::preallocate(batch, None),
+            got: Vec::with_capacity(batch),
+        }
+    }
+
+    /// Blocks (up to the socket's read timeout) for at least one datagram and returns how many
+    /// were received; read them with [`Self::get`].
+    pub fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+        self.got.clear();
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
+            .bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let res = recvmmsg(
+            sock.as_raw_fd(),
+            &mut self.headers,
+            iovs.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        )
+        .map_err(io_error)?;
+        for r in res {
+            self.got
+                .push((r.bytes, r.address.as_ref().and_then(to_std)));
+        }
+        Ok(self.got.len())
+    }
+
+    /// Datagram `i` of the last [`Self::recv`] and its source, if it has one.
+    pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        let (n, addr) = self.got[i];
+        (&self.bufs[i][..n], addr)
+    }
+}
+
+/// Sends many datagrams per system call. (nix's header array is not `Send`, so it is built per
+/// call; that is one small allocation per batch.)
+pub struct BatchSender {
+    batch: usize,
+}
+
+impl std::fmt::Debug for BatchSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchSender")
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+impl BatchSender {
+    /// Up to `batch` datagrams per call.
+    pub fn new(batch: usize) -> Self {
+        let batch = batch.max(1);
+        Self { batch }
+    }
+
+    /// Sends every `(datagram, destination)`; returns how many the kernel accepted. A datagram
+    /// the kernel refuses is skipped (UDP is lossy; the peer retries).
+    pub fn send(&self, sock: &UdpSocket, msgs: &[(&[u8], SocketAddr)]) -> usize {
+        let mut headers =
+            MultiHeaders::<SockaddrStorage>::preallocate(self.batch.min(msgs.len()).max(1), None);
+        let mut sent = 0;
+        let mut start = 0;
+        while start < msgs.len() {
+            let end = (start + self.batch).min(msgs.len());
+            let chunk = &msgs[start..end];
+            let slices: Vec<[IoSlice<'_>; 1]> =
+                chunk.iter().map(|(d, _)| [IoSlice::new(d)]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = chunk
+                .iter()
+                .map(|(_, a)| Some(SockaddrStorage::from(*a)))
+                .collect();
+            let cmsgs: [ControlMessage<'_>; 0] = [];
+            match sendmmsg(
+                sock.as_raw_fd(),
+                &mut headers,
+                slices.iter(),
+                &addrs,
+                cmsgs,
+                MsgFlags::empty(),
+            ) {
+                Ok(r) => {
+                    let n = r.count();
+                    sent += n;
+                    // Skip the datagram that stopped the batch (if any) and go on.
+                    start += n.max(1);
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, to = %chunk[0].1, "sendmmsg");
+                    start += 1;
+                }
+            }
+        }
+        sent
+    }
+}

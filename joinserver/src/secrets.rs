@@ -1,0 +1,275 @@
+//! The secret files under `DATA_DIR/secrets/`, each created with mode 0600 and never overwritten.
+//!
+//! | file | content | who needs it |
+//! |---|---|---|
+//! | `master.key` | 32 hex digits: encrypts the devices' root keys at rest | join server only |
+//! | `link.key` | 32 hex digits: authenticates the JS↔NS link | join server and network server |
+//! | `ns.kek` | TOML `label = "…"`, `key = "<32 hex>"`: wraps network session keys | join server and network server |
+//! | `as.kek` | same format: wraps the AppSKey | join server and application server |
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use protocol::keys::{Kek, LinkKey};
+use rand::RngCore;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+/// The master key file name.
+pub const MASTER_KEY: &str = "master.key";
+/// The link key file name.
+pub const LINK_KEY: &str = "link.key";
+/// The network server KEK file name.
+pub const NS_KEK: &str = "ns.kek";
+/// The application server KEK file name.
+pub const AS_KEK: &str = "as.kek";
+
+/// Why a secret could not be created or read. Never contains key material.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// The file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file's content is not in the expected format.
+    #[error("{path}: {what}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (without the content).
+        what: String,
+    },
+}
+
+/// A key-encryption key and the label that names it in TS002 KeyEnvelopes.
+#[derive(Clone)]
+pub struct LabeledKek {
+    /// The `KEKLabel`.
+    pub label: String,
+    /// The key.
+    pub key: Kek,
+}
+
+impl std::fmt::Debug for LabeledKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabeledKek")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The master key that encrypts root keys at rest (RFC 3394 key wrap).
+#[derive(Clone)]
+pub struct MasterKey(pub Kek);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// All the join server's secrets, loaded.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    /// Encrypts root keys at rest.
+    pub master: MasterKey,
+    /// The default link key (`link.key`).
+    pub link: LinkKey,
+    /// Wraps network session keys for the network server.
+    pub ns_kek: LabeledKek,
+    /// Wraps the AppSKey for the application server.
+    pub as_kek: LabeledKek,
+}
+
+/// The secrets directory of a data directory.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("secrets")
+}
+
+/// What `init` did with one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The file was created.
+    New(PathBuf),
+    /// The file existed and was left alone.
+    Kept(PathBuf),
+}
+
+fn random_key() -> Zeroizing<[u8; 16]> {
+    let mut k = Zeroizing::new([0u8; 16]);
+    rand::rngs::OsRng.fill_bytes(&mut k[..]);
+    k
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SecretError + '_ {
+    move |source| SecretError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates `path` with mode 0600 and `content`, unless it exists. Never overwrites.
+fn create_secret(path: &Path, content: &[u8]) -> Result<Created, SecretError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut f) => {
+            f.write_all(content)
+                .and_then(|()| f.sync_all())
+                .map_err(io_err(path))?;
+            Ok(Created::New(path.to_owned()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Created::Kept(path.to_owned())),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Creates the secrets directory (0700) and the four secret files that do not exist yet.
+pub fn init(data_dir: &Path) -> Result<Vec<Created>, SecretError> {
+    let d = dir(data_dir);
+    fs::create_dir_all(&d).map_err(io_err(&d))?;
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(io_err(&d))?;
+    let mut out = Vec::new();
+    for name in [MASTER_KEY, LINK_KEY] {
+        let k = random_key();
+        let text = Zeroizing::new(format!("{}\n", hex::encode(&k[..])));
+        out.push(create_secret(&d.join(name), text.as_bytes())?);
+    }
+    for (name, prefix) in [(NS_KEK, "ns"), (AS_KEK, "as")] {
+        let k = random_key();
+        let mut id = [0u8; 4];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let text = Zeroizing::new(format!(
+            "# KEKLabel and key (RFC 3394 KEK) for TS002 KeyEnvelopes.\nlabel = \"{prefix}-{}\"\nkey = \"{}\"\n",
+            hex::encode(id),
+            hex::encode(&k[..])
+        ));
+        out.push(create_secret(&d.join(name), text.as_bytes())?);
+    }
+    // Make sure the directory entries themselves are durable.
+    fs::File::open(&d)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(&d))?;
+    Ok(out)
+}
+
+fn read_secret(path: &Path) -> Result<Zeroizing<String>, SecretError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "secret file is readable by group or others; chmod 600 it");
+    }
+    fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(io_err(path))
+}
+
+/// Reads a 32-hex-digit key file (`master.key`, `link.key`, or a peer's link key).
+pub fn read_hex_key<K: std::str::FromStr<Err = protocol::keys::KeyParseError>>(
+    path: &Path,
+) -> Result<K, SecretError> {
+    let text = read_secret(path)?;
+    text.parse()
+        .map_err(|e: protocol::keys::KeyParseError| SecretError::Format {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KekFile {
+    label: String,
+    key: String,
+}
+
+/// Reads a labelled KEK file (`ns.kek`, `as.kek`).
+pub fn read_kek(path: &Path) -> Result<LabeledKek, SecretError> {
+    let text = read_secret(path)?;
+    let f: KekFile = toml::from_str(&text).map_err(|e| SecretError::Format {
+        path: path.to_owned(),
+        what: format!(
+            "expected `label = \"…\"` and `key = \"<32 hex>\"`: {}",
+            e.message()
+        ),
+    })?;
+    if f.label.is_empty() {
+        return Err(SecretError::Format {
+            path: path.to_owned(),
+            what: "label is empty".into(),
+        });
+    }
+    let key_text = Zeroizing::new(f.key);
+    let key = key_text
+        .parse()
+        .map_err(|e: protocol::keys::KeyParseError| SecretError::Format {
+            path: path.to_owned(),
+            what: e.to_string(),
+        })?;
+    Ok(LabeledKek {
+        label: f.label,
+        key,
+    })
+}
+
+impl Secrets {
+    /// Loads the four secrets of a data directory.
+    pub fn load(data_dir: &Path) -> Result<Self, SecretError> {
+        let d = dir(data_dir);
+        Ok(Self {
+            master: MasterKey(read_hex_key(&d.join(MASTER_KEY))?),
+            link: read_hex_key(&d.join(LINK_KEY))?,
+            ns_kek: read_kek(&d.join(NS_KEK))?,
+            as_kek: read_kek(&d.join(AS_KEK))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_creates_0600_files_once_and_never_overwrites() {
+        let tmp = tempfile::tempdir().unwrap();
+        let first = init(tmp.path()).unwrap();
+        assert!(first.iter().all(|c| matches!(c, Created::New(_))));
+        for name in [MASTER_KEY, LINK_KEY, NS_KEK, AS_KEK] {
+            let m = fs::metadata(dir(tmp.path()).join(name)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "{name}");
+        }
+        let before = fs::read(dir(tmp.path()).join(LINK_KEY)).unwrap();
+        let s1 = Secrets::load(tmp.path()).unwrap();
+        let second = init(tmp.path()).unwrap();
+        assert!(second.iter().all(|c| matches!(c, Created::Kept(_))));
+        assert_eq!(fs::read(dir(tmp.path()).join(LINK_KEY)).unwrap(), before);
+        let s2 = Secrets::load(tmp.path()).unwrap();
+        assert_eq!(s1.link, s2.link);
+        assert_eq!(s1.ns_kek.label, s2.ns_kek.label);
+        assert!(s1.ns_kek.label.starts_with("ns-"));
+        assert_ne!(s1.ns_kek.key, s1.as_kek.key);
+        assert!(!format!("{s1:?}").contains(&hex::encode(s1.link.expose())));
+    }
+
+    #[test]
+    fn format_errors_do_not_leak() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("bad.kek");
+        fs::write(
+            &p,
+            "label = \"x\"\nkey = \"00112233445566778899aabbccddeeZZ\"\n",
+        )
+        .unwrap();
+        let e = read_kek(&p).unwrap_err().to_string();
+        assert!(e.contains("invalid hex digit at position 30"), "{e}");
+        assert!(!e.contains("0011"), "{e}");
+    }
+}

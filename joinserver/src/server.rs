@@ -1,0 +1,373 @@
+//! Starting and stopping a join server: secrets, store, devices, link threads, metrics.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use protocol::ids::NetId;
+use protocol::link::PeerId;
+
+use crate::atrest;
+use crate::cache::AnswerCache;
+use crate::config::Config;
+use crate::core::{self, DeviceMap, JoinContext};
+use crate::link::{self, Link, Outgoing, Peers};
+use crate::metrics::{self, Metrics};
+use crate::secrets::{self, Secrets};
+use crate::store::{GroupCommit, SqliteStore, Store, StoreError};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A secret file is missing or malformed.
+    #[error("secrets: {0} (run `joinserver init --data-dir DIR` first)")]
+    Secrets(#[from] secrets::SecretError),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A device's root key does not unwrap.
+    #[error("device {0}: {1}")]
+    Device(protocol::ids::DevEui, atrest::UnwrapError),
+    /// The configuration is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// A socket could not be bound.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A running join server.
+#[derive(Debug)]
+pub struct Server {
+    link_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    healthy: Arc<AtomicBool>,
+    receiver: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<SqliteStore>>,
+    reloader: Option<JoinHandle<()>>,
+    metrics_thread: Option<JoinHandle<()>>,
+    metrics_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Metrics, for in-process tests and embedding.
+    pub metrics: Metrics,
+}
+
+/// Loads every stored device into memory, unwrapping root keys under the master key.
+fn load_devices(
+    store: &mut SqliteStore,
+    master: &secrets::MasterKey,
+    map: &DeviceMap,
+) -> Result<usize, StartError> {
+    let all = store.load_devices()?;
+    let n = all.len();
+    for d in all {
+        let dev =
+            core::Device::from_stored(master, &d).map_err(|e| StartError::Device(d.dev_eui, e))?;
+        map.insert(d.dev_eui, dev);
+    }
+    Ok(n)
+}
+
+/// Picks up devices imported, re-imported or removed by another process while running. A device
+/// whose provisioning is unchanged keeps its in-memory nonce state, which is never behind the
+/// store's; a device re-imported with other keys or settings is replaced by the stored one.
+pub fn sync_devices(
+    store: &mut SqliteStore,
+    master: &secrets::MasterKey,
+    map: &DeviceMap,
+) -> Result<(), StoreError> {
+    let all = store.load_devices()?;
+    let mut present = std::collections::HashSet::with_capacity(all.len());
+    for d in all {
+        present.insert(d.dev_eui);
+        let fingerprint = core::provisioning_fingerprint(&d);
+        if map
+            .get(&d.dev_eui)
+            .is_some_and(|m| m.provisioned == fingerprint)
+        {
+            continue;
+        }
+        match core::Device::from_stored(master, &d) {
+            Ok(dev) => {
+                map.insert(d.dev_eui, dev);
+            }
+            Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
+        }
+    }
+    map.retain(|k, _| present.contains(k));
+    Ok(())
+}
+
+fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        data_dir.join(p)
+    }
+}
+
+impl Server {
+    /// Starts a join server on `data_dir` with `config`. Returns once the sockets are bound and
+    /// the devices are loaded.
+    pub fn start(data_dir: &Path, config: &Config) -> Result<Self, StartError> {
+        let secrets = Secrets::load(data_dir)?;
+        let js_id = PeerId(config.js_id().map_err(StartError::Config)?);
+        let mut peers = Peers::default();
+        if config.link.peers.is_empty() {
+            peers.default = Some(secrets.link.clone());
+        }
+        for p in &config.link.peers {
+            let net_id: NetId = p
+                .net_id
+                .parse()
+                .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
+            let key = secrets::read_hex_key(&resolve(data_dir, &p.key_file))?;
+            peers.by_id.insert(PeerId::from_net_id(net_id).0, key);
+        }
+
+        let mut store = SqliteStore::open(data_dir)?;
+        store.check_master(&atrest::check_value(&secrets.master))?;
+        // Checkpoints run on the reload thread's connection, off the commit path.
+        store.disable_autocheckpoint()?;
+        store.set_synchronous(config.store.synchronous)?;
+        if config.store.synchronous != crate::config::Synchronous::Full {
+            tracing::warn!("store.synchronous = \"normal\": answered joins survive a crash of the join server but not a power loss");
+        }
+        let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
+        let n = load_devices(&mut store, &secrets.master, &devices)?;
+        let metrics = Metrics::new();
+        metrics.devices.set(n as i64);
+        tracing::info!(devices = n, "devices loaded");
+
+        let socket =
+            link::bind(config.link.listen, config.link.recv_buffer_bytes).map_err(|source| {
+                StartError::Bind {
+                    what: "link",
+                    addr: config.link.listen.to_string(),
+                    source,
+                }
+            })?;
+        let link_addr = socket.local_addr().map_err(|source| StartError::Bind {
+            what: "link",
+            addr: config.link.listen.to_string(),
+            source,
+        })?;
+        let send_socket = socket.try_clone().map_err(|source| StartError::Bind {
+            what: "link",
+            addr: link_addr.to_string(),
+            source,
+        })?;
+
+        let link = Arc::new(Link {
+            ctx: JoinContext {
+                ns_kek: secrets.ns_kek.clone(),
+                as_kek: secrets.as_kek.clone(),
+                dev_nonce_history: config.join.dev_nonce_history,
+                session_lifetime_s: config.join.session_lifetime_s,
+                js_id: js_id.0,
+            },
+            devices: devices.clone(),
+            peers,
+            js_id,
+            window_ms: config.link.window_ms,
+            cache: Mutex::new(AnswerCache::new(
+                config.link.answer_cache_ttl_ms,
+                config.link.answer_cache_max_entries,
+            )),
+            metrics: metrics.clone(),
+        });
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let release_link = link.clone();
+        let batch_sender = crate::mmsg::BatchSender::new(64);
+        let (writer, writer_handle) = GroupCommit::<Outgoing>::spawn(
+            store,
+            config.store.max_batch,
+            config.store.queue_depth,
+            move |released| release_link.release(&send_socket, &batch_sender, released),
+        );
+        let recv_link = link.clone();
+        let recv_stop = stop.clone();
+        let recv_healthy = healthy.clone();
+        let receiver = std::thread::Builder::new()
+            .name("js-link".into())
+            .spawn(move || {
+                recv_link.run(&socket, &writer, &recv_stop);
+                recv_healthy.store(false, Ordering::Relaxed);
+                drop(writer);
+            })
+            .map_err(|source| StartError::Bind {
+                what: "link thread",
+                addr: link_addr.to_string(),
+                source,
+            })?;
+
+        // Provisioning by other processes (`joinserver devices import/remove`), and WAL
+        // checkpoints.
+        let mut reload_store = SqliteStore::open(data_dir)?;
+        let reload_stop = stop.clone();
+        let reload_metrics = metrics.clone();
+        let master = secrets.master.clone();
+        let reloader = std::thread::Builder::new()
+            .name("js-reload".into())
+            .spawn(move || {
+                let mut seen = reload_store.generation().ok();
+                while !reload_stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    if let Err(e) = reload_store.checkpoint() {
+                        tracing::warn!(error = %e, "WAL checkpoint");
+                    }
+                    let g = reload_store.generation().ok();
+                    if g.is_some() && g != seen {
+                        match sync_devices(&mut reload_store, &master, &devices) {
+                            Ok(()) => {
+                                seen = g;
+                                reload_metrics.devices.set(devices.len() as i64);
+                                tracing::info!(devices = devices.len(), "devices reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %e, "device reload failed"),
+                        }
+                    }
+                }
+            })
+            .map_err(|source| StartError::Bind {
+                what: "reload thread",
+                addr: String::new(),
+                source,
+            })?;
+
+        let (metrics_addr, metrics_thread, metrics_stop) = if config.metrics.listen.is_empty() {
+            (None, None, None)
+        } else {
+            let addr: SocketAddr = config
+                .metrics
+                .listen
+                .parse()
+                .map_err(|e| StartError::Config(format!("metrics.listen: {e}")))?;
+            let std_listener =
+                std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+                    what: "metrics",
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let bound = std_listener.local_addr().ok();
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|source| StartError::Bind {
+                    what: "metrics",
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let m = metrics.clone();
+            let h = healthy.clone();
+            let port = link_addr.port();
+            let km = metrics.clone();
+            let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                if let Some(d) = metrics::kernel_udp_drops(port) {
+                    km.kernel_drops.set(d as i64);
+                }
+            });
+            let t = std::thread::Builder::new()
+                .name("js-metrics".into())
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(error = %e, "metrics runtime");
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                            tracing::error!("metrics listener");
+                            return;
+                        };
+                        tokio::select! {
+                            () = metrics::serve(listener, m, h, scrape) => {}
+                            _ = rx => {}
+                        }
+                    });
+                })
+                .map_err(|source| StartError::Bind {
+                    what: "metrics thread",
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            (bound, Some(t), Some(tx))
+        };
+
+        Ok(Self {
+            link_addr,
+            metrics_addr,
+            stop,
+            healthy,
+            receiver: Some(receiver),
+            writer: Some(writer_handle),
+            reloader: Some(reloader),
+            metrics_thread,
+            metrics_stop,
+            metrics,
+        })
+    }
+
+    /// The bound link address.
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link_addr
+    }
+
+    /// The bound metrics address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Whether the link and writer threads are running.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting datagrams, lets the writer commit and send what is queued, and waits for
+    /// every thread.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.receiver.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.reloader.take() {
+            let _ = h.join();
+        }
+        if let Some(tx) = self.metrics_stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.metrics_thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}

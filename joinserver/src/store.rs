@@ -1,0 +1,639 @@
+//! Durable state: devices (root keys encrypted at rest) and their DevNonce/JoinNonce state.
+//!
+//! [`Store`] is the small trait a backend implements; [`SqliteStore`] is the embedded default,
+//! one SQLite file (`DATA_DIR/joinserver.db`) in WAL mode with `synchronous=FULL`, so a committed
+//! transaction survives a crash or power loss. The store never sees a root key in clear: callers
+//! pass and receive RFC 3394 wraps under the master key ([`crate::atrest`]).
+//!
+//! Durability without one flush per join: [`GroupCommit`] runs a writer thread that takes every
+//! nonce update queued while the previous transaction was being flushed, commits them all in one
+//! transaction, and only then releases the answers that depend on them.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use protocol::ids::{DevEui, JoinEui, NetId};
+use protocol::version::MacVersion;
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "joinserver.db";
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A device to insert already exists.
+    #[error("device {0} already exists")]
+    Duplicate(DevEui),
+    /// A stored row is not valid (corruption or a newer schema).
+    #[error("corrupt row for device {dev_eui}: {what}")]
+    Corrupt {
+        /// The device.
+        dev_eui: DevEui,
+        /// What is wrong.
+        what: String,
+    },
+    /// The database was written with a different master key.
+    #[error("the store was created with a different master key (secrets/master.key)")]
+    MasterKeyMismatch,
+}
+
+/// A device's nonce state: everything the DevNonce and JoinNonce rules need.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NonceState {
+    /// The last accepted DevNonce; `None` before the first join.
+    pub last_dev_nonce: Option<u16>,
+    /// LoRaWAN 1.0.2/1.0.3: the most recent accepted DevNonces, oldest first (bounded).
+    pub used_dev_nonces: Vec<u16>,
+    /// The last JoinNonce sent; 0 before the first join (the first JoinNonce is 1).
+    pub last_join_nonce: u32,
+}
+
+impl NonceState {
+    fn history_blob(&self) -> Vec<u8> {
+        self.used_dev_nonces
+            .iter()
+            .flat_map(|n| n.to_le_bytes())
+            .collect()
+    }
+    fn history_from_blob(b: &[u8]) -> Option<Vec<u16>> {
+        if b.len() % 2 != 0 {
+            return None;
+        }
+        Some(
+            b.chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        )
+    }
+}
+
+/// A device as stored: root keys wrapped under the master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDevice {
+    /// The device.
+    pub dev_eui: DevEui,
+    /// Its JoinEUI.
+    pub join_eui: JoinEui,
+    /// Its LoRaWAN MAC version.
+    pub mac_version: MacVersion,
+    /// AppKey, RFC 3394-wrapped under the master key (24 bytes).
+    pub app_key_wrapped: Vec<u8>,
+    /// NwkKey (1.1 only), wrapped likewise.
+    pub nwk_key_wrapped: Option<Vec<u8>>,
+    /// The only NetID allowed to activate it, if any.
+    pub home_net_id: Option<NetId>,
+    /// The owner token (TR005), if any.
+    pub owner_token: Option<String>,
+    /// Nonce state.
+    pub nonces: NonceState,
+}
+
+/// One device's new nonce state, to be committed before its JoinAns leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonceUpdate {
+    /// The device.
+    pub dev_eui: DevEui,
+    /// Its state after the join.
+    pub state: NonceState,
+}
+
+/// The durable state of a join server. Implemented by [`SqliteStore`]; shaped so a networked
+/// backend (PostgreSQL) can implement it too: every method is one transaction.
+pub trait Store: Send + 'static {
+    /// Every device, with its nonce state.
+    fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError>;
+    /// One device.
+    fn get_device(&mut self, dev_eui: DevEui) -> Result<Option<StoredDevice>, StoreError>;
+    /// Inserts all devices or none. A device that already exists fails the whole batch.
+    fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError>;
+    /// Removes a device; `false` if it did not exist.
+    fn remove_device(&mut self, dev_eui: DevEui) -> Result<bool, StoreError>;
+    /// Durably records the nonce states of a batch, in one transaction. Updates to removed
+    /// devices are ignored.
+    fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError>;
+    /// A number that changes whenever devices are inserted or removed, so a running server can
+    /// notice provisioning done by another process.
+    fn generation(&mut self) -> Result<u64, StoreError>;
+    /// Checks (or, on a fresh store, records) the master key check value.
+    fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError>;
+}
+
+/// The embedded SQLite store.
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value ANY NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS devices (
+    dev_eui         INTEGER PRIMARY KEY,   -- u64 bits as i64
+    join_eui        INTEGER NOT NULL,
+    mac_version     TEXT NOT NULL,
+    app_key         BLOB NOT NULL,         -- RFC 3394 wrap under master.key
+    nwk_key         BLOB,                  -- likewise; 1.1 only
+    home_net_id     INTEGER,
+    owner_token     TEXT,
+    last_dev_nonce  INTEGER,               -- NULL before the first join
+    used_dev_nonces BLOB NOT NULL,         -- u16 LE, oldest first (1.0.2/1.0.3)
+    last_join_nonce INTEGER NOT NULL
+) STRICT;
+INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', 1), ('generation', 0);
+";
+
+fn eui_to_sql(v: u64) -> i64 {
+    v as i64
+}
+
+fn eui_from_sql(v: i64) -> u64 {
+    v as u64
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `DATA_DIR/joinserver.db`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_file(&data_dir.join(DB_FILE))
+    }
+
+    /// Opens (creating if needed) a database file.
+    pub fn open_file(path: &Path) -> Result<Self, StoreError> {
+        // The database holds wrapped root keys and owner tokens: owner-only, like the secrets.
+        // SQLite gives its -wal and -shm files the database file's permissions.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path);
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Sets SQLite's `synchronous` for this connection (`FULL` by default).
+    pub fn set_synchronous(&self, s: crate::config::Synchronous) -> Result<(), StoreError> {
+        let v = match s {
+            crate::config::Synchronous::Full => "FULL",
+            crate::config::Synchronous::Normal => "NORMAL",
+        };
+        self.conn.pragma_update(None, "synchronous", v)?;
+        Ok(())
+    }
+
+    /// Turns SQLite's automatic WAL checkpoints off for this connection, so commits on it never
+    /// pay for a checkpoint. Whoever does this must call [`Self::checkpoint`] regularly (the
+    /// server does so from another thread and connection).
+    pub fn disable_autocheckpoint(&self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies committed WAL content into the database without blocking writers
+    /// (`PRAGMA wal_checkpoint(PASSIVE)`).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn row_to_device(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            dev_eui: row.get(0)?,
+            join_eui: row.get(1)?,
+            mac_version: row.get(2)?,
+            app_key: row.get(3)?,
+            nwk_key: row.get(4)?,
+            home_net_id: row.get(5)?,
+            owner_token: row.get(6)?,
+            last_dev_nonce: row.get(7)?,
+            used: row.get(8)?,
+            last_join_nonce: row.get(9)?,
+        })
+    }
+
+    fn bump_generation(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        tx.execute(
+            "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
+            [],
+        )?;
+        Ok(())
+    }
+}
+
+struct RawRow {
+    dev_eui: i64,
+    join_eui: i64,
+    mac_version: String,
+    app_key: Vec<u8>,
+    nwk_key: Option<Vec<u8>>,
+    home_net_id: Option<i64>,
+    owner_token: Option<String>,
+    last_dev_nonce: Option<i64>,
+    used: Vec<u8>,
+    last_join_nonce: i64,
+}
+
+impl RawRow {
+    fn into_device(self) -> Result<StoredDevice, StoreError> {
+        let dev_eui = DevEui::new(eui_from_sql(self.dev_eui));
+        let corrupt = |what: &str| StoreError::Corrupt {
+            dev_eui,
+            what: what.to_owned(),
+        };
+        Ok(StoredDevice {
+            dev_eui,
+            join_eui: JoinEui::new(eui_from_sql(self.join_eui)),
+            mac_version: self
+                .mac_version
+                .parse()
+                .map_err(|_| corrupt("mac_version"))?,
+            app_key_wrapped: self.app_key,
+            nwk_key_wrapped: self.nwk_key,
+            home_net_id: match self.home_net_id {
+                None => None,
+                Some(v) => Some(
+                    u32::try_from(v)
+                        .ok()
+                        .and_then(NetId::new)
+                        .ok_or_else(|| corrupt("home_net_id"))?,
+                ),
+            },
+            owner_token: self.owner_token,
+            nonces: NonceState {
+                last_dev_nonce: match self.last_dev_nonce {
+                    None => None,
+                    Some(v) => Some(u16::try_from(v).map_err(|_| corrupt("last_dev_nonce"))?),
+                },
+                used_dev_nonces: NonceState::history_from_blob(&self.used)
+                    .ok_or_else(|| corrupt("used_dev_nonces"))?,
+                last_join_nonce: u32::try_from(self.last_join_nonce)
+                    .map_err(|_| corrupt("last_join_nonce"))?,
+            },
+        })
+    }
+}
+
+const SELECT: &str = "SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, home_net_id, \
+     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce FROM devices";
+
+impl Store for SqliteStore {
+    fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!("{SELECT} ORDER BY dev_eui"))?;
+        let rows = stmt.query_map([], Self::row_to_device)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?.into_device()?);
+        }
+        Ok(out)
+    }
+
+    fn get_device(&mut self, dev_eui: DevEui) -> Result<Option<StoredDevice>, StoreError> {
+        let raw = self
+            .conn
+            .query_row(
+                &format!("{SELECT} WHERE dev_eui = ?1"),
+                [eui_to_sql(dev_eui.as_u64())],
+                Self::row_to_device,
+            )
+            .optional()?;
+        raw.map(RawRow::into_device).transpose()
+    }
+
+    fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
+                 home_net_id, owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for d in devices {
+                let r = stmt.execute(params![
+                    eui_to_sql(d.dev_eui.as_u64()),
+                    eui_to_sql(d.join_eui.as_u64()),
+                    d.mac_version.as_str(),
+                    d.app_key_wrapped,
+                    d.nwk_key_wrapped,
+                    d.home_net_id.map(|n| i64::from(n.as_u32())),
+                    d.owner_token,
+                    d.nonces.last_dev_nonce.map(i64::from),
+                    d.nonces.history_blob(),
+                    i64::from(d.nonces.last_join_nonce),
+                ]);
+                match r {
+                    Ok(_) => {}
+                    Err(rusqlite::Error::SqliteFailure(e, _))
+                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        return Err(StoreError::Duplicate(d.dev_eui));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Self::bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn remove_device(&mut self, dev_eui: DevEui) -> Result<bool, StoreError> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            "DELETE FROM devices WHERE dev_eui = ?1",
+            [eui_to_sql(dev_eui.as_u64())],
+        )?;
+        if n > 0 {
+            Self::bump_generation(&tx)?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, \
+                 last_join_nonce = ?4 WHERE dev_eui = ?1",
+            )?;
+            for u in batch {
+                stmt.execute(params![
+                    eui_to_sql(u.dev_eui.as_u64()),
+                    u.state.last_dev_nonce.map(i64::from),
+                    u.state.history_blob(),
+                    i64::from(u.state.last_join_nonce),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn generation(&mut self) -> Result<u64, StoreError> {
+        let g: i64 = self.conn.query_row(
+            "SELECT value FROM meta WHERE name = 'generation'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(g as u64)
+    }
+
+    fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'master_check'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match stored {
+            Some(v) if v == check_value => {}
+            Some(_) => return Err(StoreError::MasterKeyMismatch),
+            None => {
+                tx.execute(
+                    "INSERT INTO meta (name, value) VALUES ('master_check', ?1)",
+                    [check_value],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// The writer queue is gone (the writer thread stopped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the store writer has stopped")]
+pub struct WriterStopped;
+
+/// Group commit: a writer thread that commits queued nonce updates in batches and releases each
+/// batch's items (the answers waiting on them) only after the batch's transaction committed.
+///
+/// Items without an update (refusals, cached answers) travel through the same queue, so they are
+/// released in order: a cached answer is never sent before the commit of the join that made it.
+pub struct GroupCommit<T> {
+    tx: SyncSender<(Option<NonceUpdate>, T)>,
+}
+
+impl<T> Clone for GroupCommit<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for GroupCommit<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupCommit")
+    }
+}
+
+/// What the writer reports after each batch: the commit's result (`Ok` also when there was
+/// nothing to write), the number of updates, and the released items.
+pub type Released<T> = (Result<(), StoreError>, usize, Vec<T>);
+
+impl<T: Send + 'static> GroupCommit<T> {
+    /// Starts the writer thread. `release` is called on the writer thread after each batch.
+    /// The thread ends, returning the store, once every `GroupCommit` handle is dropped and the
+    /// queue is drained.
+    pub fn spawn<S, F>(
+        mut store: S,
+        max_batch: usize,
+        queue_depth: usize,
+        mut release: F,
+    ) -> (Self, JoinHandle<S>)
+    where
+        S: Store,
+        F: FnMut(Released<T>) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::sync_channel(queue_depth.max(1));
+        let max_batch = max_batch.max(1);
+        let handle = std::thread::Builder::new()
+            .name("js-store-writer".into())
+            .spawn(move || {
+                writer_loop(&mut store, &rx, max_batch, &mut release);
+                store
+            })
+            .expect("spawning the store writer thread");
+        (Self { tx }, handle)
+    }
+
+    /// Queues an item, blocking while the queue is full (back-pressure on the link).
+    pub fn submit(&self, update: Option<NonceUpdate>, item: T) -> Result<(), WriterStopped> {
+        match self.tx.try_send((update, item)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(v)) => self.tx.send(v).map_err(|_| WriterStopped),
+            Err(TrySendError::Disconnected(_)) => Err(WriterStopped),
+        }
+    }
+}
+
+fn writer_loop<S: Store, T, F: FnMut(Released<T>)>(
+    store: &mut S,
+    rx: &Receiver<(Option<NonceUpdate>, T)>,
+    max_batch: usize,
+    release: &mut F,
+) {
+    let mut updates = Vec::with_capacity(max_batch);
+    let mut items = Vec::with_capacity(max_batch);
+    loop {
+        // Block for the first item, then take whatever queued up meanwhile.
+        let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(v) => v,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut next = Some(first);
+        while let Some((u, t)) = next.take() {
+            if let Some(u) = u {
+                updates.push(u);
+            }
+            items.push(t);
+            if items.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = if updates.is_empty() {
+            Ok(())
+        } else {
+            store.commit_nonces(&updates)
+        };
+        let n = updates.len();
+        updates.clear();
+        release((result, n, std::mem::take(&mut items)));
+        items.reserve(max_batch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(n: u64) -> StoredDevice {
+        StoredDevice {
+            dev_eui: DevEui::new(n),
+            join_eui: JoinEui::new(0x70B3_D57E_D000_0000),
+            mac_version: MacVersion::V1_0_3,
+            app_key_wrapped: vec![n as u8; 24],
+            nwk_key_wrapped: None,
+            home_net_id: NetId::new(0x13),
+            owner_token: Some("AABB".into()),
+            nonces: NonceState::default(),
+        }
+    }
+
+    #[test]
+    fn insert_is_all_or_nothing_and_eui_bits_survive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        let g0 = s.generation().unwrap();
+        s.insert_devices(&[device(1), device(u64::MAX)]).unwrap();
+        assert_eq!(s.generation().unwrap(), g0 + 1);
+        let e = s.insert_devices(&[device(2), device(1)]).unwrap_err();
+        assert!(matches!(e, StoreError::Duplicate(d) if d == DevEui::new(1)));
+        let all = s.load_devices().unwrap();
+        assert_eq!(all.len(), 2, "device 2 must not be inserted");
+        assert_eq!(all[1], device(1));
+        assert_eq!(all[0], device(u64::MAX), "u64::MAX sorts as -1");
+        assert!(s.remove_device(DevEui::new(1)).unwrap());
+        assert!(!s.remove_device(DevEui::new(1)).unwrap());
+        assert!(s.get_device(DevEui::new(1)).unwrap().is_none());
+    }
+
+    #[test]
+    fn nonces_survive_reopen_without_clean_shutdown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = NonceState {
+            last_dev_nonce: Some(7),
+            used_dev_nonces: vec![3, 9, 7],
+            last_join_nonce: 5,
+        };
+        {
+            let mut s = SqliteStore::open(tmp.path()).unwrap();
+            s.insert_devices(&[device(1)]).unwrap();
+            s.commit_nonces(&[NonceUpdate {
+                dev_eui: DevEui::new(1),
+                state: state.clone(),
+            }])
+            .unwrap();
+            // Leak the connection: no close, no checkpoint, as if the process were killed.
+            std::mem::forget(s);
+        }
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        assert_eq!(s.get_device(DevEui::new(1)).unwrap().unwrap().nonces, state);
+    }
+
+    #[test]
+    fn master_check_detects_a_different_master_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        s.check_master(&[1; 24]).unwrap();
+        s.check_master(&[1; 24]).unwrap();
+        assert!(matches!(
+            s.check_master(&[2; 24]),
+            Err(StoreError::MasterKeyMismatch)
+        ));
+    }
+
+    #[test]
+    fn group_commit_releases_after_commit_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        s.insert_devices(&(0..10).map(device).collect::<Vec<_>>())
+            .unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let (gc, handle) = GroupCommit::<u32>::spawn(s, 4, 100, move |(r, _n, items)| {
+            r.unwrap();
+            for i in items {
+                done_tx.send(i).unwrap();
+            }
+        });
+        for i in 0..10u32 {
+            let update = (i % 2 == 0).then(|| NonceUpdate {
+                dev_eui: DevEui::new(u64::from(i)),
+                state: NonceState {
+                    last_dev_nonce: Some(i as u16),
+                    used_dev_nonces: vec![],
+                    last_join_nonce: 1,
+                },
+            });
+            gc.submit(update, i).unwrap();
+        }
+        drop(gc);
+        let mut store = handle.join().unwrap();
+        let released: Vec<u32> = done_rx.iter().collect();
+        assert_eq!(released, (0..10).collect::<Vec<_>>());
+        let d4 = store.get_device(DevEui::new(4)).unwrap().unwrap();
+        assert_eq!(d4.nonces.last_dev_nonce, Some(4));
+        let d5 = store.get_device(DevEui::new(5)).unwrap().unwrap();
+        assert_eq!(d5.nonces.last_dev_nonce, None);
+    }
+}

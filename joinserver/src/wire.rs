@@ -1,0 +1,141 @@
+//! TS002 JSON ↔ the join pipeline: reading a `JoinReq` body and writing the `JoinAns`.
+//!
+//! The answer follows TS002: `Result`, `PHYPayload`, `Lifetime`, `NwkSKey` (1.0.x) or
+//! `FNwkSIntKey`/`SNwkSIntKey`/`NwkSEncKey` (1.1), `AppSKey`. The join server is authoritative
+//! for what the network server must apply, which TS002's JoinAns has no fields for, so a
+//! successful answer also carries them in the header's `VSExtension`:
+//! `{"MACVersion": "1.1", "DLSettings": "82", "RxDelay": 1}` (the device's LoRaWAN version, and
+//! the DLSettings and RxDelay sent in the Join-accept, DLSettings as 2 hex digits like TS002's).
+
+use protocol::ids::NetId;
+use protocol::link::LinkError;
+use protocol::ts002::{AnsResult, Header, JoinAns, JoinReq, MessageType, NetworkKeys, ResultCode};
+
+use crate::core::{JoinReqFields, NetworkEnvelopes, Outcome};
+
+/// A decoded request body.
+#[derive(Debug)]
+pub enum Parsed {
+    /// A well-formed JoinReq.
+    Request(Box<JoinReq>),
+    /// The header is readable but the message is not a valid JoinReq: answer MalformedRequest.
+    Malformed {
+        /// Its TransactionID.
+        transaction_id: u32,
+        /// The JoinAns JSON.
+        answer: Vec<u8>,
+    },
+}
+
+fn to_json(ans: &JoinAns) -> Vec<u8> {
+    // Serialising these plain structs into a Vec cannot fail.
+    serde_json::to_vec(ans).unwrap_or_default()
+}
+
+fn malformed(header: &Header, description: String) -> Vec<u8> {
+    to_json(&JoinAns::failure(
+        header,
+        ResultCode::malformed(header.protocol_version),
+        Some(description),
+    ))
+}
+
+/// Decodes an authenticated body from the network server `sender`. A body without even a
+/// readable TS002 header cannot be answered (there is no TransactionID): it is an error, and
+/// the datagram is dropped.
+pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
+    match JoinReq::parse(body) {
+        Ok(req) => {
+            if req.header.sender_id.parse::<NetId>().ok() != Some(sender) {
+                return Ok(Parsed::Malformed {
+                    transaction_id: req.header.transaction_id,
+                    answer: malformed(
+                        &req.header,
+                        format!(
+                            "SenderID {:?} is not the link sender {sender}",
+                            req.header.sender_id
+                        ),
+                    ),
+                });
+            }
+            Ok(Parsed::Request(Box::new(req)))
+        }
+        Err(e) => match serde_json::from_slice::<Header>(body) {
+            Ok(header) if header.message_type == MessageType::JoinReq => Ok(Parsed::Malformed {
+                transaction_id: header.transaction_id,
+                answer: malformed(&header, e.to_string()),
+            }),
+            Ok(header) => Err(LinkError::Body(format!(
+                "unsupported MessageType {}",
+                header.message_type
+            ))),
+            Err(_) => Err(LinkError::Body(e.to_string())),
+        },
+    }
+}
+
+/// The pipeline's input from a JoinReq.
+pub fn fields(req: &JoinReq, sender: NetId) -> JoinReqFields {
+    JoinReqFields {
+        sender,
+        phy_payload: req.phy_payload.clone(),
+        dev_eui: req.dev_eui,
+        dev_addr: req.dev_addr,
+        dl_settings: req.dl_settings,
+        rx_delay: req.rx_delay,
+        cf_list: req.cf_list.clone(),
+    }
+}
+
+/// The JoinAns JSON for a refused request that reused a TransactionID.
+pub fn conflict_answer(req: &JoinReq, description: &str) -> Vec<u8> {
+    malformed(&req.header, description.to_owned())
+}
+
+/// The JoinAns JSON for the pipeline's outcome.
+pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
+    match &outcome.result {
+        Err(e) => {
+            let code = if e.result_code() == "MalformedRequest" {
+                ResultCode::malformed(req.header.protocol_version)
+            } else {
+                ResultCode::from_wire(e.result_code())
+            };
+            to_json(&JoinAns::failure(&req.header, code, Some(e.to_string())))
+        }
+        Ok(a) => {
+            let mut header = req.header.answer(MessageType::JoinAns);
+            header.vs_extension = Some(serde_json::json!({
+                "MACVersion": a.mac_version.as_str(),
+                "DLSettings": format!("{:02x}", a.dl_settings),
+                "RxDelay": a.rx_delay,
+            }));
+            let network_keys = match &a.network {
+                NetworkEnvelopes::V1_0 { nwk_s_key } => NetworkKeys::V1_0 {
+                    nwk_s_key: nwk_s_key.clone(),
+                },
+                NetworkEnvelopes::V1_1 {
+                    f_nwk_s_int_key,
+                    s_nwk_s_int_key,
+                    nwk_s_enc_key,
+                } => NetworkKeys::V1_1 {
+                    f_nwk_s_int_key: f_nwk_s_int_key.clone(),
+                    s_nwk_s_int_key: s_nwk_s_int_key.clone(),
+                    nwk_s_enc_key: nwk_s_enc_key.clone(),
+                },
+            };
+            to_json(&JoinAns {
+                header,
+                result: AnsResult {
+                    result_code: ResultCode::Success,
+                    description: None,
+                },
+                phy_payload: Some(a.phy_payload.clone()),
+                lifetime: Some(a.lifetime),
+                network_keys: Some(network_keys),
+                app_s_key: Some(a.app_s_key.clone()),
+                session_key_id: None,
+            })
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! Configuration: a TOML file whose every field has a default, overridden by the command-line
+//! flags of `netserver serve`. Secrets (the link key and the KEKs) are never in the TOML: they are
+//! read from files (hex, mode 0600 as `joinserver init` writes them).
+//!
+//! `netserver config` prints [`DEFAULT_TOML`], the documented default file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use protocol::ids::{DevAddr, NetId};
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration file, printed by `netserver config`.
+pub const DEFAULT_TOML: &str = r#"# netserver configuration. Every field is optional; the values shown are the defaults.
+# Flags of `netserver serve` override the file. Secrets come from files, never from here.
+
+# Directory holding the session store (sessions.redb). Flag: --data-dir.
+data_dir = "netserver-data"
+
+[network]
+# This network's NetID (6 hex digits). DevAddrs are allocated from its address space. Flag: --net-id.
+net_id = "000000"
+# Optional narrower DevAddr block inside the NetID's space, as "ADDR/BITS" (e.g. "26010000/16").
+# Empty: the whole NwkAddr space of net_id.
+dev_addr_prefix = ""
+
+[gwmp]
+# UDP address the Semtech packet forwarders send to. Flag: --listen.
+listen = "0.0.0.0:1700"
+# Socket loops (one UDP socket each, SO_REUSEPORT, one thread each). 0 = one per CPU core.
+workers = 0
+# SO_RCVBUF requested for each GWMP socket, in bytes. The kernel caps it at net.core.rmem_max
+# (raise that sysctl too); the effective value is logged at start.
+recv_buffer_bytes = 8388608
+# How long a PHYPayload is remembered to recognise copies of it heard by other gateways, in ms.
+dedup_retention_ms = 10000
+# Most PHYPayloads remembered at once; beyond it (a flood) frames are processed unremembered.
+dedup_max_entries = 1000000
+# Most gateways tracked; datagrams from further unknown gateway EUIs are dropped (a flood of
+# made-up EUIs: GWMP is not authenticated, so filter gateways by address at the firewall too).
+max_gateways = 100000
+# A gateway not heard from (PULL_DATA or PUSH_DATA) for this long is reported offline, in s.
+gateway_offline_after_s = 60
+
+[join_server]
+# The join server's link address (host:port). Flag: --join-server. Required.
+address = ""
+# Time to wait for a JoinAns before sending the same JoinReq again, in ms.
+request_timeout_ms = 300
+# JoinReq transmissions in all (the first one plus retries).
+tries = 3
+# Local address the link socket binds to.
+bind = "0.0.0.0:0"
+
+[join]
+# Delay from the end of the Join-request to RX1 / RX2, in s (EU868 JOIN_ACCEPT_DELAY1/2).
+join_accept_delay1_s = 5
+join_accept_delay2_s = 6
+# A window is used only if the PULL_RESP can be sent at least this long before the window opens,
+# in ms. It covers the backhaul to the gateway and the packet forwarder's just-in-time queue.
+scheduling_margin_ms = 100
+# Session radio parameters sent in the JoinReq DLSettings/RxDelay (EU868 defaults).
+rx1_dr_offset = 0
+rx2_data_rate = 0
+rx_delay_s = 1
+# Transmit power (dBm EIRP) of Join-accepts in RX1 (g1 sub-band) and RX2 (869.525 MHz, g3 sub-band).
+rx1_tx_power_dbm = 14
+rx2_tx_power_dbm = 27
+# RF chain that transmits (txpk rfch): the chain with TX enabled in the gateway, 0 on common ones.
+tx_rf_chain = 0
+
+[storage]
+# Most session writes committed in one transaction (group commit).
+max_batch = 512
+
+[metrics]
+# Address of the Prometheus /metrics, /health and /gateways HTTP endpoint. Empty: disabled.
+# Flag: --metrics.
+listen = ""
+"#;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Directory holding the session store.
+    pub data_dir: PathBuf,
+    /// Network identity and address space.
+    pub network: NetworkConfig,
+    /// Gateway-facing GWMP server.
+    pub gwmp: GwmpConfig,
+    /// The join server link client.
+    pub join_server: JoinServerConfig,
+    /// Join handling and Join-accept scheduling.
+    pub join: JoinConfig,
+    /// The session store.
+    pub storage: StorageConfig,
+    /// The metrics endpoint.
+    pub metrics: MetricsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("netserver-data"),
+            network: NetworkConfig::default(),
+            gwmp: GwmpConfig::default(),
+            join_server: JoinServerConfig::default(),
+            join: JoinConfig::default(),
+            storage: StorageConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// This network's NetID.
+    pub net_id: NetId,
+    /// Optional DevAddr block `ADDR/BITS` inside the NetID's space; empty for the whole space.
+    pub dev_addr_prefix: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            net_id: NetId::new(0).expect("0 is a valid NetID"),
+            dev_addr_prefix: String::new(),
+        }
+    }
+}
+
+/// `[gwmp]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GwmpConfig {
+    /// UDP listen address.
+    pub listen: SocketAddr,
+    /// Socket loops; 0 = one per core.
+    pub workers: usize,
+    /// Requested SO_RCVBUF, bytes.
+    pub recv_buffer_bytes: usize,
+    /// De-duplication retention, ms.
+    pub dedup_retention_ms: u64,
+    /// De-duplication table capacity.
+    pub dedup_max_entries: usize,
+    /// Gateway registry capacity.
+    pub max_gateways: usize,
+    /// Gateway offline threshold, s.
+    pub gateway_offline_after_s: u64,
+}
+
+impl Default for GwmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1700)),
+            workers: 0,
+            recv_buffer_bytes: 8 << 20,
+            dedup_retention_ms: 10_000,
+            dedup_max_entries: 1_000_000,
+            max_gateways: 100_000,
+            gateway_offline_after_s: 60,
+        }
+    }
+}
+
+/// `[join_server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinServerConfig {
+    /// Join server link address, `host:port`.
+    pub address: String,
+    /// Per-try timeout, ms.
+    pub request_timeout_ms: u64,
+    /// Transmissions in all.
+    pub tries: u32,
+    /// Local bind address of the link socket.
+    pub bind: SocketAddr,
+}
+
+impl Default for JoinServerConfig {
+    fn default() -> Self {
+        Self {
+            address: String::new(),
+            request_timeout_ms: 300,
+            tries: 3,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+/// `[join]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinConfig {
+    /// JOIN_ACCEPT_DELAY1, s.
+    pub join_accept_delay1_s: u32,
+    /// JOIN_ACCEPT_DELAY2, s.
+    pub join_accept_delay2_s: u32,
+    /// Scheduling margin, ms.
+    pub scheduling_margin_ms: u64,
+    /// RX1DROffset given to joined devices.
+    pub rx1_dr_offset: u8,
+    /// RX2 data rate given to joined devices.
+    pub rx2_data_rate: u8,
+    /// RX1 delay (s) given to joined devices.
+    pub rx_delay_s: u8,
+    /// RX1 transmit power, dBm.
+    pub rx1_tx_power_dbm: i8,
+    /// RX2 transmit power, dBm.
+    pub rx2_tx_power_dbm: i8,
+    /// RF chain for transmission.
+    pub tx_rf_chain: u8,
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        Self {
+            join_accept_delay1_s: 5,
+            join_accept_delay2_s: 6,
+            scheduling_margin_ms: 100,
+            rx1_dr_offset: 0,
+            rx2_data_rate: 0,
+            rx_delay_s: 1,
+            rx1_tx_power_dbm: 14,
+            rx2_tx_power_dbm: 27,
+            tx_rf_chain: 0,
+        }
+    }
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Most writes per group commit.
+    pub max_batch: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { max_batch: 512 }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address, empty = disabled.
+    pub listen: String,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown fields.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML error.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks ranges and consistency; returns the resolved DevAddr block.
+    pub fn validate(&self) -> Result<AddrBlock, ConfigError> {
+        let j = &self.join;
+        if j.join_accept_delay1_s == 0 || j.join_accept_delay2_s <= j.join_accept_delay1_s {
+            return Err(ConfigError::Invalid(
+                "join.join_accept_delay2_s must be greater than join_accept_delay1_s > 0".into(),
+            ));
+        }
+        if j.rx1_dr_offset > 5 {
+            return Err(ConfigError::Invalid(
+                "join.rx1_dr_offset must be 0..=5 (EU868)".into(),
+            ));
+        }
+        if j.rx2_data_rate > 7 {
+            return Err(ConfigError::Invalid(
+                "join.rx2_data_rate must be 0..=7 (EU868)".into(),
+            ));
+        }
+        if j.rx_delay_s > 15 {
+            return Err(ConfigError::Invalid(
+                "join.rx_delay_s must be 0..=15".into(),
+            ));
+        }
+        if self.join_server.tries == 0 {
+            return Err(ConfigError::Invalid(
+                "join_server.tries must be at least 1".into(),
+            ));
+        }
+        if self.join_server.request_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "join_server.request_timeout_ms must be positive".into(),
+            ));
+        }
+        if self.storage.max_batch == 0 {
+            return Err(ConfigError::Invalid(
+                "storage.max_batch must be at least 1".into(),
+            ));
+        }
+        AddrBlock::resolve(self.network.net_id, &self.network.dev_addr_prefix)
+    }
+
+    /// Per-try JoinReq timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_server.request_timeout_ms)
+    }
+}
+
+/// The block of DevAddrs this server allocates from: `addr & mask == prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrBlock {
+    /// The NetID the block belongs to.
+    pub net_id: NetId,
+    /// Fixed high bits.
+    pub prefix: u32,
+    /// Which bits are fixed.
+    pub mask: u32,
+}
+
+impl AddrBlock {
+    /// The block from a NetID and an optional `ADDR/BITS` narrowing (empty: the NetID's space).
+    pub fn resolve(net_id: NetId, narrowing: &str) -> Result<Self, ConfigError> {
+        let (net_prefix, net_mask) = net_id.dev_addr_prefix();
+        let narrowing = narrowing.trim();
+        if narrowing.is_empty() {
+            return Ok(Self {
+                net_id,
+                prefix: net_prefix,
+                mask: net_mask,
+            });
+        }
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "network.dev_addr_prefix {narrowing:?} is not ADDR/BITS (e.g. 26010000/16)"
+            ))
+        };
+        let (addr, bits) = narrowing.split_once('/').ok_or_else(bad)?;
+        let addr: DevAddr = addr.parse().map_err(|_| bad())?;
+        let bits: u32 = bits.parse().map_err(|_| bad())?;
+        if !(1..=31).contains(&bits) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - bits);
+        let prefix = addr.as_u32() & mask;
+        if mask & net_mask != net_mask || prefix & net_mask != net_prefix {
+            return Err(ConfigError::Invalid(format!(
+                "network.dev_addr_prefix {narrowing} is not inside the DevAddr space of NetID {net_id}"
+            )));
+        }
+        Ok(Self {
+            net_id,
+            prefix,
+            mask,
+        })
+    }
+
+    /// Whether `a` is in the block.
+    pub fn contains(&self, a: DevAddr) -> bool {
+        a.as_u32() & self.mask == self.prefix
+    }
+
+    /// Number of addresses in the block.
+    pub fn size(&self) -> u64 {
+        u64::from(!self.mask) + 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_to_default() {
+        let c: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = toml::from_str::<Config>("[gwmp]\nlisten_addr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+    }
+
+    #[test]
+    fn addr_block_narrowing() {
+        let ttn = NetId::new(0x13).unwrap();
+        let whole = AddrBlock::resolve(ttn, "").unwrap();
+        assert_eq!((whole.prefix, whole.mask), (0x2600_0000, 0xFE00_0000));
+        let b = AddrBlock::resolve(ttn, "26010000/16").unwrap();
+        assert_eq!((b.prefix, b.mask), (0x2601_0000, 0xFFFF_0000));
+        assert_eq!(b.size(), 65536);
+        assert!(b.contains(DevAddr::new(0x2601_ABCD)));
+        assert!(!b.contains(DevAddr::new(0x2602_0000)));
+        // Outside the NetID's space, wider than it, or malformed.
+        assert!(AddrBlock::resolve(ttn, "28000000/16").is_err());
+        assert!(AddrBlock::resolve(ttn, "26000000/4").is_err());
+        assert!(AddrBlock::resolve(ttn, "26000000").is_err());
+        assert!(AddrBlock::resolve(ttn, "26000000/32").is_err());
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let mut c = Config::default();
+        c.join.join_accept_delay2_s = 5;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.join_server.tries = 0;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.join.rx1_dr_offset = 6;
+        assert!(c.validate().is_err());
+    }
+}

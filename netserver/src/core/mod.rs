@@ -1,0 +1,16 @@
+//! The sans-IO core: pure decisions on explicit inputs (`now`, the datagram's content, the state,
+//! an RNG). Sockets, clocks and storage live in the shell ([`crate::server`]), which feeds these
+//! functions and carries out what they return. Everything here is tested in memory with a fake
+//! clock (`Instant` values built by adding durations to one base instant).
+
+pub mod dedup;
+pub mod devaddr;
+pub mod join;
+pub mod reception;
+pub mod timing;
+pub mod uplink;
+
+/// A keyed, fast hasher for maps keyed by attacker-chosen values (PHYPayloads, DevAddrs, EUIs,
+/// transaction ids): aHash with per-process random keys. SipHash is several times slower and
+/// FxHash is unkeyed (DESIGN.md, performance).
+pub type KeyedHasher = ahash::RandomState;

@@ -1,0 +1,129 @@
+//! `netserver`: the LoRaWAN network server binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use netserver::config::{Config, DEFAULT_TOML};
+use netserver::keys::{read_labeled_kek, read_secret};
+use netserver::state::Secrets;
+use protocol::ids::NetId;
+use protocol::keys::LinkKey;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "netserver",
+    version,
+    about = "LoRaWAN network server (GWMP, OTAA joins via the join server link)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve gateways until SIGINT/SIGTERM.
+    Serve(Box<Serve>),
+    /// Print the default configuration file (every field documented).
+    Config,
+}
+
+#[derive(clap::Args, Debug)]
+struct Serve {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long, env = "NETSERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the session store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The join server's link address, HOST:PORT.
+    #[arg(long)]
+    join_server: Option<String>,
+    /// The link key file (32 hex digits; the join server's secrets/link.key).
+    #[arg(long)]
+    link_key: PathBuf,
+    /// The network server KEK file (the join server's secrets/ns.kek).
+    #[arg(long)]
+    ns_kek: PathBuf,
+    /// The application server KEK file, if this server may open AppSKey envelopes.
+    #[arg(long)]
+    as_kek: Option<PathBuf>,
+    /// This network's NetID (6 hex digits; default 000000).
+    #[arg(long)]
+    net_id: Option<NetId>,
+    /// GWMP listen address (default 0.0.0.0:1700).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Metrics/health HTTP listen address (disabled by default).
+    #[arg(long)]
+    metrics: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            init_tracing();
+            match serve(*args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("netserver: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NETSERVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(args: Serve) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = args.join_server {
+        config.join_server.address = a;
+    }
+    if let Some(n) = args.net_id {
+        config.network.net_id = n;
+    }
+    if let Some(l) = args.listen {
+        config.gwmp.listen = l;
+    }
+    if let Some(m) = args.metrics {
+        config.metrics.listen = m;
+    }
+    let secrets = Secrets {
+        link_key: read_secret(&args.link_key, str::parse::<LinkKey>)?,
+        ns_kek: read_labeled_kek(&args.ns_kek)?,
+        as_kek: args.as_kek.as_deref().map(read_labeled_kek).transpose()?,
+    };
+    netserver::server::run(config, secrets, None, |a| {
+        // One machine-readable line on stdout, for supervisors and tests.
+        let metrics = a.metrics.map_or_else(|| "-".to_owned(), |m| m.to_string());
+        println!(
+            "netserver listening gwmp={} link={} metrics={}",
+            a.gwmp, a.link, metrics
+        );
+    })
+    .context("netserver stopped with an error")
+}

@@ -1,0 +1,294 @@
+//! Prometheus metrics: `netserver_<event>_total` counters with bounded labels (`result`,
+//! `reason`, `type`, `window`, `error`; never a DevEUI, DevAddr or gateway EUI), latency
+//! histograms, and gauges refreshed at scrape time.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric of the network server, registered in its own [`Registry`] (no global default
+/// registry, so tests run servers side by side).
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// GWMP datagrams received, by `type` (push_data, pull_data, tx_ack, other).
+    pub gwmp_datagrams: IntCounterVec,
+    /// GWMP datagrams dropped before processing, by `reason`.
+    pub gwmp_dropped: IntCounterVec,
+    /// `rxpk` entries, by `result` (ok, crc_dropped, invalid).
+    pub rxpk: IntCounterVec,
+    /// TX_ACKs, by `error` label (`none` on success).
+    pub tx_ack: IntCounterVec,
+    /// PULL_RESP datagrams sent.
+    pub pull_resp: IntCounter,
+    /// Uplinks dropped at classification or parse, by `reason`.
+    pub uplink_dropped: IntCounterVec,
+    /// Copies of an already-seen PHYPayload (other gateways, repeats).
+    pub dedup_duplicates: IntCounter,
+    /// Frames processed without being remembered because the de-duplication table was full.
+    pub dedup_full: IntCounter,
+    /// Join-requests handled, by `result` (accepted, or the reason none was sent).
+    pub joins: IntCounterVec,
+    /// Join-accepts scheduled, by `window` (rx1, rx2).
+    pub join_accepts: IntCounterVec,
+    /// JoinReq transmissions on the link, by `type` (first, retry).
+    pub link_requests: IntCounterVec,
+    /// Datagrams received on the link, by `result` (matched, unmatched, invalid).
+    pub link_answers: IntCounterVec,
+    /// Time from the Join-request's arrival to its PULL_RESP leaving, seconds.
+    pub join_latency: Histogram,
+    /// Time from sending the first JoinReq to the JoinAns, seconds.
+    pub link_rtt: Histogram,
+    /// Session writes committed, and group commits done.
+    pub store_commits: IntCounterVec,
+    /// Active sessions.
+    pub sessions: IntGauge,
+    /// Gateways known / online.
+    pub gateways: IntGauge,
+    /// Gateways heard within the offline threshold.
+    pub gateways_online: IntGauge,
+    /// Datagrams the kernel dropped on the GWMP sockets because a receive buffer was full
+    /// (from `/proc/self/net/udp*`, refreshed at scrape).
+    pub gwmp_socket_drops: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric definition");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    /// All metrics, registered in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let latency_buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 5.0, 6.0,
+        ];
+        let m = Self {
+            gwmp_datagrams: counter_vec(
+                &r,
+                "netserver_gwmp_datagrams_total",
+                "GWMP datagrams received, by type.",
+                &["type"],
+            ),
+            gwmp_dropped: counter_vec(
+                &r,
+                "netserver_gwmp_dropped_total",
+                "GWMP datagrams dropped before processing, by reason.",
+                &["reason"],
+            ),
+            rxpk: counter_vec(
+                &r,
+                "netserver_rxpk_total",
+                "rxpk entries received, by result (ok, crc_dropped for stat != 1, invalid).",
+                &["result"],
+            ),
+            tx_ack: counter_vec(
+                &r,
+                "netserver_tx_ack_total",
+                "TX_ACK datagrams received, by error (none on success).",
+                &["error"],
+            ),
+            pull_resp: counter(
+                &r,
+                "netserver_pull_resp_total",
+                "PULL_RESP datagrams sent to gateways.",
+            ),
+            uplink_dropped: counter_vec(
+                &r,
+                "netserver_uplink_dropped_total",
+                "Uplinks dropped at classification or parsing, by reason.",
+                &["reason"],
+            ),
+            dedup_duplicates: counter(
+                &r,
+                "netserver_dedup_duplicates_total",
+                "Receptions of a PHYPayload already being processed.",
+            ),
+            dedup_full: counter(
+                &r,
+                "netserver_dedup_full_total",
+                "Frames processed unremembered because the de-duplication table was full.",
+            ),
+            joins: counter_vec(
+                &r,
+                "netserver_joins_total",
+                "Join-requests handled, by result (accepted, rejected by the join server, dropped) and reason (window, ResultCode, or drop reason).",
+                &["result", "reason"],
+            ),
+            join_accepts: counter_vec(
+                &r,
+                "netserver_join_accepts_total",
+                "Join-accepts sent, by receive window.",
+                &["window"],
+            ),
+            link_requests: counter_vec(
+                &r,
+                "netserver_link_requests_total",
+                "JoinReq datagrams sent to the join server, by type (first, retry).",
+                &["type"],
+            ),
+            link_answers: counter_vec(
+                &r,
+                "netserver_link_answers_total",
+                "Datagrams received from the join server, by result (matched, unmatched, invalid).",
+                &["result"],
+            ),
+            join_latency: histogram(
+                &r,
+                "netserver_join_latency_seconds",
+                "Time from a Join-request's arrival to its PULL_RESP being sent.",
+                latency_buckets.clone(),
+            ),
+            link_rtt: histogram(
+                &r,
+                "netserver_link_rtt_seconds",
+                "Time from the first JoinReq transmission to its JoinAns.",
+                latency_buckets,
+            ),
+            store_commits: counter_vec(
+                &r,
+                "netserver_store_commits_total",
+                "Session store group commits, by result (ok, error).",
+                &["result"],
+            ),
+            sessions: gauge(&r, "netserver_sessions", "Active sessions."),
+            gateways: gauge(&r, "netserver_gateways", "Gateways known."),
+            gateways_online: gauge(
+                &r,
+                "netserver_gateways_online",
+                "Gateways heard within the offline threshold.",
+            ),
+            gwmp_socket_drops: gauge(
+                &r,
+                "netserver_gwmp_socket_drops",
+                "Datagrams dropped by the kernel on the GWMP sockets (receive buffer full).",
+            ),
+            registry: r,
+        };
+        // Pre-create the label values operators alert on, so they read 0 rather than absent.
+        for result in ["ok", "crc_dropped", "invalid"] {
+            m.rxpk.with_label_values(&[result]);
+        }
+        for (result, reason) in [
+            ("accepted", "rx1"),
+            ("accepted", "rx2"),
+            ("dropped", "too_late"),
+            ("dropped", "timeout"),
+        ] {
+            m.joins.with_label_values(&[result, reason]);
+        }
+        for w in ["rx1", "rx2"] {
+            m.join_accepts.with_label_values(&[w]);
+        }
+        m
+    }
+
+    /// Observes a duration into a histogram.
+    pub fn observe(h: &Histogram, d: Duration) {
+        h.observe(d.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sums the kernel's per-socket `drops` column of `/proc/self/net/udp` and `udp6` for sockets
+/// bound to `port`. `None` where the files are unavailable (not Linux).
+pub fn kernel_udp_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for file in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        let sum = parse_udp_drops(&text, port);
+        total = Some(total.unwrap_or(0) + sum);
+    }
+    total
+}
+
+fn parse_udp_drops(text: &str, port: u16) -> u64 {
+    let want = format!("{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local = cols.get(1)?;
+            let (_, p) = local.rsplit_once(':')?;
+            if p != want {
+                return None;
+            }
+            cols.last()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_named_metrics() {
+        let m = Metrics::new();
+        m.joins.with_label_values(&["accepted", "rx1"]).inc();
+        Metrics::observe(&m.join_latency, Duration::from_millis(7));
+        let text = m.render();
+        assert!(
+            text.contains("netserver_joins_total{reason=\"rx1\",result=\"accepted\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("netserver_join_latency_seconds_bucket{le=\"0.01\"} 1"));
+        assert!(text.contains("netserver_rxpk_total{result=\"crc_dropped\"} 0"));
+    }
+
+    #[test]
+    fn parses_proc_net_udp_drops() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+ 1234: 0100007F:06A4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 17\n\
+ 1235: 00000000:06A4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 3\n\
+ 1236: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 99\n";
+        assert_eq!(parse_udp_drops(text, 1700), 20);
+        assert_eq!(parse_udp_drops(text, 53), 99);
+        assert_eq!(parse_udp_drops(text, 1), 0);
+    }
+}

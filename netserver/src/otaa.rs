@@ -1,0 +1,459 @@
+//! The OTAA join pipeline: the named steps from a Join-request's first copy to its PULL_RESP,
+//! around the sans-IO [`JoinFlow`].
+//!
+//! 1. parse the Join-request;
+//! 2. reserve a DevAddr;
+//! 3. send the TS002 JoinReq over the link, retrying per the flow (same TransactionID);
+//! 4. read the JoinAns: refused → done; success → open the network key envelopes;
+//! 5. choose the window and the best gateway from the receptions seen by now;
+//! 6. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
+//!    received), then install it and free the device's previous address;
+//! 7. send the PULL_RESP and record the latency.
+//!
+//! Each Join-request runs as one task on the socket loop that received it: it waits on the
+//! link for up to a few seconds, which must not stall the loop. Data uplinks (a later issue)
+//! are handled inline, without a task.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use protocol::gwmp::{GwmpError, Packet, PullResp, Token};
+use protocol::ids::{DevAddr, DevEui, GatewayEui};
+use protocol::join::{DlSettings, EncryptedJoinAccept, JoinFrameError, JoinRequest};
+use protocol::ts002::{self, JoinAns, JoinReq, ResultCode, Ts002Error};
+use protocol::version::MacVersion;
+use tokio::net::UdpSocket;
+use tracing::Instrument;
+
+use crate::core::devaddr::Exhausted;
+use crate::core::join::{JoinFailure, JoinFlow, Step};
+use crate::core::reception::Reception;
+use crate::core::timing::Window;
+use crate::downlink::{build_txpk, DownlinkError, DownlinkRadio};
+use crate::js_client::{LinkClient, LinkSendError};
+use crate::keys::{EnvelopeError, NetworkKeys};
+use crate::metrics::Metrics;
+use crate::session::{
+    FrameCounters, RxParams, Session, StoreError, StoredNetworkKeys, StoredSession,
+    STORED_SESSION_VERSION,
+};
+use crate::state::State;
+use protocol::region;
+
+/// Why a join ended without a Join-accept.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The Join-request is malformed.
+    #[error("malformed join-request: {0}")]
+    Parse(#[from] JoinFrameError),
+    /// No DevAddr is free.
+    #[error(transparent)]
+    Exhausted(#[from] Exhausted),
+    /// The JoinReq could not be encoded or sent.
+    #[error(transparent)]
+    Link(#[from] LinkSendError),
+    /// The JoinReq could not be encoded.
+    #[error("cannot encode the JoinReq: {0}")]
+    Encode(Ts002Error),
+    /// The flow ended (timeout, too late, no gateway).
+    #[error(transparent)]
+    Flow(#[from] JoinFailure),
+    /// The JoinAns is malformed or does not answer this JoinReq.
+    #[error("malformed join answer: {0}")]
+    Answer(String),
+    /// The join server refused the request.
+    #[error("join server refused: {code}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
+    Rejected {
+        /// Its ResultCode.
+        code: ResultCode,
+        /// Its description.
+        description: Option<String>,
+    },
+    /// A network key could not be opened.
+    #[error(transparent)]
+    Keys(#[from] EnvelopeError),
+    /// The session could not be stored.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The downlink could not be built.
+    #[error(transparent)]
+    Downlink(#[from] DownlinkError),
+    /// The PULL_RESP could not be encoded.
+    #[error("cannot encode the PULL_RESP: {0}")]
+    Gwmp(#[from] GwmpError),
+    /// The PULL_RESP could not be sent.
+    #[error("cannot send the PULL_RESP: {0}")]
+    Send(std::io::Error),
+}
+
+impl JoinError {
+    /// `(result, reason)` labels of `netserver_joins_total`: `rejected` with the ResultCode
+    /// for the join server's refusals, `dropped` with a stable reason otherwise.
+    pub fn labels(&self) -> (&'static str, Cow<'static, str>) {
+        let dropped = |r: &'static str| ("dropped", Cow::Borrowed(r));
+        match self {
+            Self::Rejected { code, .. } => {
+                let known = ResultCode::known().any(|k| &k == code);
+                let reason = if known {
+                    Cow::Owned(code.as_str().to_owned())
+                } else {
+                    Cow::Borrowed("Other")
+                };
+                ("rejected", reason)
+            }
+            Self::Parse(_) => dropped("malformed"),
+            Self::Exhausted(_) => dropped("devaddr_exhausted"),
+            Self::Link(_) => dropped("link_send"),
+            Self::Encode(_) => dropped("encode"),
+            Self::Flow(f) => dropped(f.kind()),
+            Self::Answer(_) => dropped("malformed_answer"),
+            Self::Keys(e) => dropped(e.kind()),
+            Self::Store(_) => dropped("store_failed"),
+            Self::Downlink(_) => dropped("downlink"),
+            Self::Gwmp(_) => dropped("encode"),
+            Self::Send(_) => dropped("gwmp_send"),
+        }
+    }
+}
+
+/// Releases a reserved DevAddr unless the join completed.
+struct Reservation<'a> {
+    state: &'a State,
+    addr: DevAddr,
+    dev_eui: DevEui,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.allocator.release(self.addr, self.dev_eui);
+        }
+    }
+}
+
+/// Runs one join from the first copy of its Join-request, and counts the outcome.
+pub async fn handle_join_request(
+    state: Arc<State>,
+    link: Arc<LinkClient>,
+    gwmp: Arc<UdpSocket>,
+    phy: Vec<u8>,
+    first: Reception,
+) {
+    let span = tracing::info_span!(
+        "join",
+        first_gateway = %first.gateway,
+        dev_eui = tracing::field::Empty,
+        dev_addr = tracing::field::Empty
+    );
+    let outcome = run(&state, &link, &gwmp, &phy, &first)
+        .instrument(span.clone())
+        .await;
+    let _enter = span.enter();
+    match outcome {
+        Ok((window, via)) => {
+            state
+                .metrics
+                .joins
+                .with_label_values(&["accepted", window.label()])
+                .inc();
+            tracing::info!(window = window.label(), %via, "join-accept sent");
+        }
+        Err(e) => {
+            let (result, reason) = e.labels();
+            state
+                .metrics
+                .joins
+                .with_label_values(&[result, &reason])
+                .inc();
+            match &e {
+                JoinError::Rejected { .. } | JoinError::Flow(JoinFailure::TooLate) => {
+                    tracing::info!(error = %e, "no join-accept")
+                }
+                _ => tracing::warn!(error = %e, "no join-accept"),
+            }
+        }
+    }
+}
+
+async fn run(
+    state: &State,
+    link: &Arc<LinkClient>,
+    gwmp: &UdpSocket,
+    phy: &[u8],
+    first: &Reception,
+) -> Result<(Window, GatewayEui), JoinError> {
+    let span = tracing::Span::current();
+    let t0 = first.received_at;
+    let timing = state.join_timing();
+
+    // 1. Parse.
+    let req = JoinRequest::parse(phy)?;
+    span.record("dev_eui", tracing::field::display(req.dev_eui));
+
+    // 2. Reserve a DevAddr until the flow has certainly ended.
+    let mut flow = JoinFlow::new(t0, state.retry_policy(), timing);
+    let until = flow.give_up_at() + Duration::from_secs(1);
+    let addr =
+        state
+            .allocator
+            .allocate(Instant::now(), req.dev_eui, until, &mut rand::thread_rng())?;
+    let mut reservation = Reservation {
+        state,
+        addr,
+        dev_eui: req.dev_eui,
+        armed: true,
+    };
+    span.record("dev_addr", tracing::field::display(addr));
+
+    // 3. JoinReq with retries.
+    let j = &state.config.join;
+    let requested_dl =
+        DlSettings::new(true, j.rx1_dr_offset, j.rx2_data_rate).unwrap_or(DlSettings(0x80));
+    let transaction_id = state.next_transaction_id();
+    let join_req = JoinReq {
+        header: ts002::Header {
+            protocol_version: ts002::ProtocolVersion::V1_1,
+            sender_id: state.block.net_id.to_string(),
+            receiver_id: req.join_eui.to_string(),
+            transaction_id,
+            message_type: ts002::MessageType::JoinReq,
+            sender_token: None,
+            receiver_token: None,
+            sender_ns_id: None,
+            receiver_ns_id: None,
+            vs_extension: None,
+        },
+        // The network supports 1.1; the join server answers with the device's own version.
+        mac_version: MacVersion::V1_1,
+        phy_payload: phy.to_vec(),
+        dev_eui: req.dev_eui,
+        dev_addr: addr,
+        dl_settings: requested_dl.0,
+        rx_delay: j.rx_delay_s,
+        cf_list: None,
+    };
+    let body = serde_json::to_vec(&join_req).map_err(|e| JoinError::Encode(e.into()))?;
+    let mut txn = link.begin(body);
+    let sent_at = Instant::now();
+    let mut step = flow.start(sent_at);
+    let answer = loop {
+        let wait_until = match step {
+            Step::SendJoinReq {
+                try_no, wait_until, ..
+            } => {
+                if let Err(e) = txn.send() {
+                    // A full send buffer is transient: the next try covers it.
+                    tracing::warn!(error = %e, try_no, "JoinReq send failed");
+                    if matches!(e, LinkSendError::Seal(_)) {
+                        return Err(e.into());
+                    }
+                }
+                wait_until
+            }
+            Step::Wait { wait_until } => wait_until,
+            Step::Fail(f) => return Err(f.into()),
+        };
+        match txn.answer_until(wait_until.into()).await {
+            Some(body) => break body,
+            None => step = flow.on_timeout(Instant::now()),
+        }
+    };
+    Metrics::observe(&state.metrics.link_rtt, sent_at.elapsed());
+
+    // 4. Read the answer.
+    let ans = JoinAns::parse(&answer).map_err(|e| JoinError::Answer(e.to_string()))?;
+    if ans.header.transaction_id != transaction_id {
+        return Err(JoinError::Answer(format!(
+            "TransactionID {} answers another request",
+            ans.header.transaction_id
+        )));
+    }
+    if !ans.result.result_code.is_success() {
+        return Err(JoinError::Rejected {
+            code: ans.result.result_code,
+            description: ans.result.description,
+        });
+    }
+    let accept = ans
+        .phy_payload
+        .as_deref()
+        .ok_or_else(|| JoinError::Answer("success without PHYPayload".into()))?;
+    let accept =
+        EncryptedJoinAccept::from_bytes(accept).map_err(|e| JoinError::Answer(e.to_string()))?;
+    let received = match ans.network_keys {
+        Some(ts002::NetworkKeys::V1_0 { nwk_s_key }) => StoredNetworkKeys::V1_0 { nwk_s_key },
+        Some(ts002::NetworkKeys::V1_1 {
+            f_nwk_s_int_key,
+            s_nwk_s_int_key,
+            nwk_s_enc_key,
+        }) => StoredNetworkKeys::V1_1 {
+            f_nwk_s_int_key,
+            s_nwk_s_int_key,
+            nwk_s_enc_key,
+        },
+        None => return Err(JoinError::Answer("success without network keys".into())),
+    };
+    let keys = NetworkKeys::open(&received, &state.secrets.ns_kek)?;
+    let applied =
+        AppliedSettings::from_answer(ans.header.vs_extension.as_ref(), requested_dl, j.rx_delay_s);
+
+    // 5. Window and gateway, from the receptions gathered by now.
+    let receptions = state.dedup.receptions(phy);
+    let receptions = if receptions.is_empty() {
+        vec![first.clone()]
+    } else {
+        receptions
+    };
+    let (gw, at) = flow.on_answer(Instant::now(), &receptions, |r| {
+        state.gateways.downlink_addr(r.gateway).is_some()
+    })?;
+    let gw_addr = state
+        .gateways
+        .downlink_addr(gw.gateway)
+        .ok_or(JoinFailure::NoGateway)?;
+    let radio = DownlinkRadio {
+        rf_chain: j.tx_rf_chain,
+        rx1_power_dbm: j.rx1_tx_power_dbm,
+        rx2_power_dbm: j.rx2_tx_power_dbm,
+    };
+    // The Join-accept itself is received with the device's defaults (RX1DROffset 0).
+    let txpk = build_txpk(&gw, &at, 0, &radio, accept.as_bytes().to_vec())?;
+    let pull_resp = Packet::PullResp(PullResp {
+        token: Token(rand::random()),
+        txpk,
+    })
+    .to_bytes()?;
+
+    // 6. Store durably, then install.
+    let stored = StoredSession {
+        version: STORED_SESSION_VERSION,
+        dev_eui: req.dev_eui,
+        join_eui: req.join_eui,
+        dev_addr: addr,
+        mac_version: applied.mac_version,
+        dev_nonce: req.dev_nonce,
+        network_keys: keys.seal(&state.secrets.ns_kek),
+        app_s_key: ans.app_s_key,
+        session_key_id: ans.session_key_id,
+        rx: RxParams {
+            rx1_dr_offset: applied.dl_settings.rx1_dr_offset(),
+            rx2_data_rate: applied.dl_settings.rx2_data_rate(),
+            rx2_frequency_hz: region::RX2_FREQ_HZ,
+            rx_delay_s: applied.rx_delay,
+        },
+        counters: FrameCounters::default(),
+        created_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0),
+        lifetime_s: ans.lifetime.filter(|&l| l > 0),
+    };
+    state.store.put(stored.clone()).await?;
+    if !state.allocator.confirm(addr, req.dev_eui) {
+        // Only if the store took longer than the reservation (RX2 + 1 s) and another join
+        // took the address meanwhile: claim it for the stored session regardless, and say so.
+        tracing::error!("DevAddr reservation expired during the store commit; address reclaimed");
+        state.allocator.restore(addr, req.dev_eui);
+    }
+    reservation.armed = false;
+    if let Some(old) = state.sessions.insert(Session { stored, keys }) {
+        if old.stored.dev_addr != addr {
+            state.allocator.release(old.stored.dev_addr, req.dev_eui);
+        }
+    }
+
+    // 7. Send.
+    gwmp.send_to(&pull_resp, gw_addr)
+        .await
+        .map_err(JoinError::Send)?;
+    let now = Instant::now();
+    state.gateways.on_pull_resp(gw.gateway, now);
+    state.metrics.pull_resp.inc();
+    state
+        .metrics
+        .join_accepts
+        .with_label_values(&[at.window.label()])
+        .inc();
+    Metrics::observe(
+        &state.metrics.join_latency,
+        now.saturating_duration_since(t0),
+    );
+    Ok((at.window, gw.gateway))
+}
+
+/// What the device applies after the Join-accept: the join server is authoritative and reports
+/// it in the JoinAns `VSExtension` (`MACVersion`, `DLSettings` as hex, `RxDelay`); without it
+/// the values requested in the JoinReq are assumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AppliedSettings {
+    mac_version: Option<MacVersion>,
+    dl_settings: DlSettings,
+    rx_delay: u8,
+}
+
+impl AppliedSettings {
+    fn from_answer(vs: Option<&serde_json::Value>, requested: DlSettings, rx_delay: u8) -> Self {
+        let get = |k: &str| vs.and_then(|v| v.get(k));
+        Self {
+            mac_version: get("MACVersion")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok()),
+            dl_settings: get("DLSettings")
+                .and_then(|v| v.as_str())
+                .and_then(|s| u8::from_str_radix(s, 16).ok())
+                .map(DlSettings)
+                .unwrap_or(requested),
+            rx_delay: get("RxDelay")
+                .and_then(|v| v.as_u64())
+                .and_then(|d| u8::try_from(d).ok())
+                .filter(|&d| d <= 15)
+                .unwrap_or(rx_delay),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applied_settings_come_from_the_vs_extension() {
+        let vs = serde_json::json!({"MACVersion": "1.0.3", "DLSettings": "12", "RxDelay": 3});
+        let a = AppliedSettings::from_answer(Some(&vs), DlSettings(0x80), 1);
+        assert_eq!(a.mac_version, Some(MacVersion::V1_0_3));
+        assert_eq!(a.dl_settings.rx1_dr_offset(), 1);
+        assert_eq!(a.dl_settings.rx2_data_rate(), 2);
+        assert_eq!(a.rx_delay, 3);
+        let a = AppliedSettings::from_answer(None, DlSettings(0x80), 1);
+        assert_eq!(
+            (a.mac_version, a.dl_settings, a.rx_delay),
+            (None, DlSettings(0x80), 1)
+        );
+        let bad = serde_json::json!({"MACVersion": 11, "DLSettings": "zz", "RxDelay": 99});
+        let a = AppliedSettings::from_answer(Some(&bad), DlSettings(0x80), 1);
+        assert_eq!(
+            (a.mac_version, a.dl_settings, a.rx_delay),
+            (None, DlSettings(0x80), 1)
+        );
+    }
+
+    #[test]
+    fn rejection_labels_are_bounded() {
+        let e = JoinError::Rejected {
+            code: ResultCode::MicFailed,
+            description: None,
+        };
+        assert_eq!(e.labels(), ("rejected", Cow::Borrowed("MICFailed")));
+        let e = JoinError::Rejected {
+            code: ResultCode::from_wire("SomethingNew"),
+            description: None,
+        };
+        assert_eq!(e.labels().1, "Other");
+        assert_eq!(
+            JoinError::Flow(JoinFailure::TooLate).labels(),
+            ("dropped", Cow::Borrowed("too_late"))
+        );
+    }
+}

@@ -1,0 +1,559 @@
+//! Sessions: the in-memory table the uplink path reads, and the durable store behind a trait.
+//!
+//! - [`SessionBackend`] is the storage trait: load everything at start, commit a batch of
+//!   writes atomically and durably. [`RedbBackend`] is the embedded default (one file,
+//!   `sessions.redb`, in the data directory, no setup). A networked backend (PostgreSQL, for
+//!   several instances) implements the same two methods with one transaction per batch.
+//! - [`SessionStore`] runs a backend on its own thread with **group commit**: writes queued while
+//!   a commit is in progress go into the next transaction together, so durability costs one
+//!   flush per batch, not per join. `put(...).await` resolves once the write is durable.
+//! - [`Sessions`] is the in-memory table, keyed by DevEUI with a DevAddr index for the data path.
+//!
+//! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
+//! byte for byte the join server's envelopes when it wrapped them under that KEK, since the wrap
+//! is deterministic; a key it sent in clear is wrapped before it is written — and the AppSKey
+//! envelope is kept as received (wrapped under the application's KEK): the store never holds a
+//! key in clear. In memory the network keys are unwrapped (see [`crate::keys`]).
+//!
+//! The data path (a later issue) updates frame counters through the same store: a session
+//! record is replaced whole, so a counter update is one `put` sharing a group commit.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use dashmap::DashMap;
+use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
+use protocol::keywrap::KeyEnvelope;
+use protocol::version::MacVersion;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::KeyedHasher;
+use crate::keys::NetworkKeys;
+use crate::metrics::Metrics;
+
+/// Current format version of [`StoredSession`].
+pub const STORED_SESSION_VERSION: u32 = 1;
+
+/// A session as persisted. Keys are envelopes: network keys wrapped under the NS KEK, the
+/// AppSKey as received from the join server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredSession {
+    /// Format version ([`STORED_SESSION_VERSION`]).
+    pub version: u32,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// Its join server.
+    pub join_eui: JoinEui,
+    /// Its address in this session.
+    pub dev_addr: DevAddr,
+    /// Its LoRaWAN version, as the join server reported it (absent if it did not).
+    pub mac_version: Option<MacVersion>,
+    /// The DevNonce of the Join-request that created the session.
+    pub dev_nonce: DevNonce,
+    /// Network session keys: `NwkSKey` (1.0.x) or `FNwkSIntKey`, `SNwkSIntKey`, `NwkSEncKey`
+    /// (1.1), each wrapped under the NS KEK. Which variant it is tells the session's LoRaWAN
+    /// generation: the join server answers with the keys of the device's version.
+    pub network_keys: StoredNetworkKeys,
+    /// The AppSKey envelope as the join server sent it (absent when it sent a SessionKeyID).
+    pub app_s_key: Option<KeyEnvelope>,
+    /// The SessionKeyID, when the application server fetches the AppSKey itself.
+    #[serde(default, with = "opt_hex")]
+    pub session_key_id: Option<Vec<u8>>,
+    /// Radio parameters given in the Join-accept.
+    pub rx: RxParams,
+    /// Frame counters.
+    pub counters: FrameCounters,
+    /// When the session was created, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Session lifetime from the JoinAns, s (0 or absent: unlimited).
+    pub lifetime_s: Option<u32>,
+}
+
+mod opt_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Wrapped network session keys, by MAC version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum StoredNetworkKeys {
+    /// LoRaWAN 1.0.x.
+    V1_0 {
+        /// NwkSKey.
+        nwk_s_key: KeyEnvelope,
+    },
+    /// LoRaWAN 1.1.
+    V1_1 {
+        /// FNwkSIntKey.
+        f_nwk_s_int_key: KeyEnvelope,
+        /// SNwkSIntKey.
+        s_nwk_s_int_key: KeyEnvelope,
+        /// NwkSEncKey.
+        nwk_s_enc_key: KeyEnvelope,
+    },
+}
+
+/// Class-A radio parameters of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RxParams {
+    /// RX1DROffset.
+    pub rx1_dr_offset: u8,
+    /// RX2 data rate.
+    pub rx2_data_rate: u8,
+    /// RX2 frequency, Hz.
+    pub rx2_frequency_hz: u32,
+    /// RX1 delay, s (0 means 1).
+    pub rx_delay_s: u8,
+}
+
+/// Frame counters of a session (all 0 after a join).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameCounters {
+    /// Next expected FCntUp (32-bit).
+    pub f_cnt_up: u32,
+    /// Next NFCntDown (1.1) / FCntDown (1.0).
+    pub n_f_cnt_down: u32,
+    /// Next AFCntDown (1.1).
+    pub a_f_cnt_down: u32,
+}
+
+/// A live session: the stored form plus the unwrapped network keys.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The persisted form.
+    pub stored: StoredSession,
+    /// The network session keys in clear.
+    pub keys: NetworkKeys,
+}
+
+/// The storage failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend reported an error.
+    #[error("session store: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("session store: corrupt record for {dev_eui}: {reason}")]
+    Corrupt {
+        /// The record's key.
+        dev_eui: DevEui,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store thread has stopped.
+    #[error("session store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Stable metric label.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Self::Backend(_) => "backend",
+            Self::Corrupt { .. } => "corrupt",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert or replace the device's session.
+    Put(Box<StoredSession>),
+    /// Remove the device's session.
+    Delete(DevEui),
+}
+
+/// A durable session storage. Implementations must make [`commit`](Self::commit) atomic (all
+/// of the batch or none) and durable when it returns `Ok`.
+pub trait SessionBackend: Send + 'static {
+    /// Every stored session.
+    fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError>;
+    /// Applies a batch in one transaction.
+    fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError>;
+}
+
+const SESSIONS: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("sessions");
+
+/// The embedded default backend: a redb file. Values are the JSON of [`StoredSession`], keys
+/// the DevEUI.
+pub struct RedbBackend {
+    db: redb::Database,
+}
+
+impl std::fmt::Debug for RedbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbBackend")
+    }
+}
+
+fn backend_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl RedbBackend {
+    /// File name inside the data directory.
+    pub const FILE: &'static str = "sessions.redb";
+
+    /// Opens (creating if needed) `dir/sessions.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(backend_err)?;
+        let db = redb::Database::create(dir.join(Self::FILE)).map_err(backend_err)?;
+        // Create the table so that a fresh store loads as empty.
+        let tx = db.begin_write().map_err(backend_err)?;
+        tx.open_table(SESSIONS).map_err(backend_err)?;
+        tx.commit().map_err(backend_err)?;
+        Ok(Self { db })
+    }
+}
+
+impl SessionBackend for RedbBackend {
+    fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let tx = self.db.begin_read().map_err(backend_err)?;
+        let table = tx.open_table(SESSIONS).map_err(backend_err)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(backend_err)? {
+            let (k, v) = row.map_err(backend_err)?;
+            let dev_eui = DevEui::new(k.value());
+            let s: StoredSession =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    dev_eui,
+                    reason: e.to_string(),
+                })?;
+            if s.dev_eui != dev_eui || s.version != STORED_SESSION_VERSION {
+                return Err(StoreError::Corrupt {
+                    dev_eui,
+                    reason: format!("record is for {} (format version {})", s.dev_eui, s.version),
+                });
+            }
+            out.push(s);
+        }
+        Ok(out)
+    }
+
+    fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend_err)?;
+        {
+            let mut table = tx.open_table(SESSIONS).map_err(backend_err)?;
+            for op in batch {
+                match op {
+                    WriteOp::Put(s) => {
+                        let bytes = serde_json::to_vec(s).map_err(backend_err)?;
+                        table
+                            .insert(s.dev_eui.as_u64(), bytes.as_slice())
+                            .map_err(backend_err)?;
+                    }
+                    WriteOp::Delete(d) => {
+                        table.remove(d.as_u64()).map_err(backend_err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(backend_err)
+    }
+}
+
+type Ack = oneshot::Sender<Result<(), Arc<StoreError>>>;
+
+enum Job {
+    Write(WriteOp, Ack),
+    /// Resolves once everything queued before it is committed.
+    Flush(Ack),
+}
+
+/// The group-committing handle on a backend running on its own thread. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SessionStore {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Owns the store thread; [`StoreThread::join`] waits for it after every handle is dropped.
+#[derive(Debug)]
+pub struct StoreThread(JoinHandle<()>);
+
+impl StoreThread {
+    /// Waits for the store thread to commit what is queued and exit (after every
+    /// [`SessionStore`] handle is dropped).
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl SessionStore {
+    /// Loads every session from `backend`, then starts the commit thread. `max_batch` bounds a
+    /// group commit.
+    pub fn start<B: SessionBackend>(
+        mut backend: B,
+        max_batch: usize,
+        metrics: Metrics,
+    ) -> Result<(Self, Vec<StoredSession>, StoreThread), StoreError> {
+        let loaded = backend.load_all()?;
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        let handle = std::thread::Builder::new()
+            .name("netserver-store".into())
+            .spawn(move || commit_loop(backend, rx, max_batch.max(1), metrics))
+            .map_err(backend_err)?;
+        Ok((Self { tx }, loaded, StoreThread(handle)))
+    }
+
+    async fn submit(&self, make: impl FnOnce(Ack) -> Job) -> Result<(), StoreError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(make(ack))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Backend(e.to_string())),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Stores a session; resolves once it is durable.
+    pub async fn put(&self, s: StoredSession) -> Result<(), StoreError> {
+        self.submit(|ack| Job::Write(WriteOp::Put(Box::new(s)), ack))
+            .await
+    }
+
+    /// Deletes a device's session; resolves once durable.
+    pub async fn delete(&self, dev_eui: DevEui) -> Result<(), StoreError> {
+        self.submit(|ack| Job::Write(WriteOp::Delete(dev_eui), ack))
+            .await
+    }
+
+    /// Resolves once every write queued before it is durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.submit(Job::Flush).await
+    }
+}
+
+fn commit_loop<B: SessionBackend>(
+    mut backend: B,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: Metrics,
+) {
+    let mut ops = Vec::with_capacity(max_batch);
+    let mut acks = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write(op, ack) => {
+                    ops.push(op);
+                    acks.push(ack);
+                }
+                Job::Flush(ack) => acks.push(ack),
+            }
+            if ops.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = if ops.is_empty() {
+            Ok(())
+        } else {
+            backend.commit(&ops).map_err(Arc::new)
+        };
+        let label = if result.is_ok() { "ok" } else { "error" };
+        if !ops.is_empty() {
+            metrics.store_commits.with_label_values(&[label]).inc();
+        }
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = ops.len(), "session store commit failed");
+        }
+        for ack in acks.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+        ops.clear();
+    }
+}
+
+/// The in-memory session table: by DevEUI, with the DevAddr index the data path looks up.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    by_dev_eui: DashMap<DevEui, Arc<Session>, KeyedHasher>,
+    by_dev_addr: DashMap<DevAddr, DevEui, KeyedHasher>,
+}
+
+impl Sessions {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Installs `s`, replacing the device's previous session; returns the replaced one.
+    pub fn insert(&self, s: Session) -> Option<Arc<Session>> {
+        let dev_eui = s.stored.dev_eui;
+        let dev_addr = s.stored.dev_addr;
+        let old = self.by_dev_eui.insert(dev_eui, Arc::new(s));
+        if let Some(old) = &old {
+            let old_addr = old.stored.dev_addr;
+            if old_addr != dev_addr {
+                self.by_dev_addr.remove_if(&old_addr, |_, d| *d == dev_eui);
+            }
+        }
+        self.by_dev_addr.insert(dev_addr, dev_eui);
+        old
+    }
+
+    /// The device's session.
+    pub fn get(&self, dev_eui: DevEui) -> Option<Arc<Session>> {
+        self.by_dev_eui.get(&dev_eui).map(|s| Arc::clone(&s))
+    }
+
+    /// The session holding `dev_addr`.
+    pub fn by_dev_addr(&self, dev_addr: DevAddr) -> Option<Arc<Session>> {
+        let dev_eui = *self.by_dev_addr.get(&dev_addr)?;
+        self.get(dev_eui)
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.by_dev_eui.len()
+    }
+
+    /// Whether there is no session.
+    pub fn is_empty(&self) -> bool {
+        self.by_dev_eui.is_empty()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn stored(dev_eui: u64, dev_addr: u32) -> StoredSession {
+        let env = |b: u8| KeyEnvelope {
+            kek_label: "ns".into(),
+            aes_key: vec![b; 24],
+        };
+        StoredSession {
+            version: STORED_SESSION_VERSION,
+            dev_eui: DevEui::new(dev_eui),
+            join_eui: JoinEui::new(0x0102030405060708),
+            dev_addr: DevAddr::new(dev_addr),
+            mac_version: Some(MacVersion::V1_0_3),
+            dev_nonce: DevNonce(7),
+            network_keys: StoredNetworkKeys::V1_0 { nwk_s_key: env(1) },
+            app_s_key: Some(KeyEnvelope {
+                kek_label: "as".into(),
+                aes_key: vec![2; 24],
+            }),
+            session_key_id: None,
+            rx: RxParams {
+                rx1_dr_offset: 0,
+                rx2_data_rate: 0,
+                rx2_frequency_hz: 869_525_000,
+                rx_delay_s: 1,
+            },
+            counters: FrameCounters::default(),
+            created_at_ms: 1_700_000_000_000,
+            lifetime_s: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn redb_store_persists_and_restores() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        {
+            let (store, loaded, thread) =
+                SessionStore::start(RedbBackend::open(dir.path()).unwrap(), 64, m.clone()).unwrap();
+            assert!(loaded.is_empty());
+            // Concurrent puts share group commits.
+            let puts: Vec<_> = (0..50u64)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.put(stored(i, 0x2600_0000 + i as u32)).await })
+                })
+                .collect();
+            for p in puts {
+                p.await.unwrap().unwrap();
+            }
+            let mut replaced = stored(3, 0x2600_0FFF);
+            let env = replaced.app_s_key.clone().unwrap();
+            replaced.mac_version = Some(MacVersion::V1_1);
+            replaced.session_key_id = Some(vec![1, 2, 3]);
+            replaced.network_keys = StoredNetworkKeys::V1_1 {
+                f_nwk_s_int_key: env.clone(),
+                s_nwk_s_int_key: env.clone(),
+                nwk_s_enc_key: env,
+            };
+            store.put(replaced).await.unwrap();
+            store.delete(DevEui::new(4)).await.unwrap();
+            store.flush().await.unwrap();
+            drop(store);
+            thread.join();
+        }
+        let commits = m.store_commits.with_label_values(&["ok"]).get();
+        assert!((1..=52).contains(&commits), "{commits} commits");
+        let (_store, mut loaded, _t) =
+            SessionStore::start(RedbBackend::open(dir.path()).unwrap(), 64, Metrics::new())
+                .unwrap();
+        loaded.sort_by_key(|s| s.dev_eui);
+        assert_eq!(loaded.len(), 49);
+        let three = loaded.iter().find(|s| s.dev_eui == DevEui::new(3)).unwrap();
+        assert_eq!(three.dev_addr, DevAddr::new(0x2600_0FFF));
+        assert!(matches!(three.network_keys, StoredNetworkKeys::V1_1 { .. }));
+        assert_eq!(three.mac_version, Some(MacVersion::V1_1));
+        assert_eq!(three.session_key_id.as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(loaded[0], stored(0, 0x2600_0000));
+        assert!(!loaded.iter().any(|s| s.dev_eui == DevEui::new(4)));
+    }
+
+    struct Failing;
+    impl SessionBackend for Failing {
+        fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn commit(&mut self, _: &[WriteOp]) -> Result<(), StoreError> {
+            Err(StoreError::Backend("disk full".into()))
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn commit_failures_reach_every_writer() {
+        let m = Metrics::new();
+        let (store, _, _t) = SessionStore::start(Failing, 8, m.clone()).unwrap();
+        let e = store.put(stored(1, 1)).await.unwrap_err();
+        assert!(e.to_string().contains("disk full"), "{e}");
+        assert_eq!(m.store_commits.with_label_values(&["error"]).get(), 1);
+    }
+
+    #[test]
+    fn corrupt_records_are_reported_not_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = RedbBackend::open(dir.path()).unwrap();
+        {
+            let tx = b.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(SESSIONS).unwrap();
+                t.insert(9u64, b"{not json".as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let e = b.load_all().unwrap_err();
+        assert_eq!(e.kind(), "corrupt");
+        assert!(e.to_string().contains("0000000000000009"), "{e}");
+    }
+}

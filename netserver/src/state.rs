@@ -1,0 +1,142 @@
+//! The one shared state of a running network server, passed explicitly as `Arc<State>` to every
+//! socket loop and task. No globals: several servers can run in one process (tests do).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::{AddrBlock, Config};
+use crate::core::dedup::Dedup;
+use crate::core::devaddr::AddrAllocator;
+use crate::core::join::RetryPolicy;
+use crate::core::timing::WindowTiming;
+use crate::gateway::GatewayRegistry;
+use crate::keys::LabeledKek;
+use crate::metrics::Metrics;
+use crate::session::{SessionStore, Sessions};
+
+/// Secrets loaded from files at start.
+#[derive(Debug)]
+pub struct Secrets {
+    /// Authenticates the join server link.
+    pub link_key: protocol::keys::LinkKey,
+    /// Unwraps the network session keys of JoinAns.
+    pub ns_kek: LabeledKek,
+    /// The application server's KEK, when this server is given it: the data path uses it to
+    /// open the AppSKey envelope for decrypted application payloads. Joins never need it.
+    pub as_kek: Option<LabeledKek>,
+}
+
+/// Shared state.
+#[derive(Debug)]
+pub struct State {
+    /// The configuration in force.
+    pub config: Config,
+    /// The DevAddr block.
+    pub block: AddrBlock,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Gateways.
+    pub gateways: GatewayRegistry,
+    /// De-duplication.
+    pub dedup: Dedup,
+    /// DevAddr allocation.
+    pub allocator: AddrAllocator,
+    /// Live sessions.
+    pub sessions: Sessions,
+    /// Durable session store.
+    pub store: SessionStore,
+    /// Secrets.
+    pub secrets: Secrets,
+    /// Local port of the GWMP sockets (for kernel drop counts).
+    pub gwmp_port: u16,
+    shutting_down: AtomicBool,
+    next_transaction_id: AtomicU32,
+}
+
+impl State {
+    /// Assembles the state.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Config,
+        block: AddrBlock,
+        metrics: Metrics,
+        sessions: Sessions,
+        allocator: AddrAllocator,
+        store: SessionStore,
+        secrets: Secrets,
+        gwmp_port: u16,
+    ) -> Self {
+        Self {
+            gateways: GatewayRegistry::new(
+                Duration::from_secs(config.gwmp.gateway_offline_after_s),
+                config.gwmp.max_gateways,
+            ),
+            dedup: Dedup::new(
+                Duration::from_millis(config.gwmp.dedup_retention_ms),
+                config.gwmp.dedup_max_entries,
+            ),
+            config,
+            block,
+            metrics,
+            allocator,
+            sessions,
+            store,
+            secrets,
+            gwmp_port,
+            shutting_down: AtomicBool::new(false),
+            // A random start, then a counter: unique among the 2^32 most recent JoinReqs, so
+            // the join server's (sender, TransactionID) cache never mistakes one for a retry
+            // of another, even after a restart (random draws would collide by the birthday
+            // bound at a few thousand joins per cache lifetime).
+            next_transaction_id: AtomicU32::new(rand::random()),
+        }
+    }
+
+    /// Join-accept window timing.
+    pub fn join_timing(&self) -> WindowTiming {
+        let j = &self.config.join;
+        WindowTiming {
+            rx1_delay: Duration::from_secs(u64::from(j.join_accept_delay1_s)),
+            rx2_delay: Duration::from_secs(u64::from(j.join_accept_delay2_s)),
+            margin: Duration::from_millis(j.scheduling_margin_ms),
+        }
+    }
+
+    /// JoinReq retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            timeout: self.config.request_timeout(),
+            tries: self.config.join_server.tries,
+        }
+    }
+
+    /// A fresh TS002 TransactionID.
+    pub fn next_transaction_id(&self) -> u32 {
+        self.next_transaction_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks the server as stopping (`/health` turns 503).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the server is stopping.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Refreshes the gauges (called at scrape time).
+    pub fn refresh_gauges(&self, now: Instant) {
+        let m = &self.metrics;
+        m.sessions
+            .set(i64::try_from(self.sessions.len()).unwrap_or(i64::MAX));
+        m.gateways
+            .set(i64::try_from(self.gateways.len()).unwrap_or(i64::MAX));
+        m.gateways_online
+            .set(i64::try_from(self.gateways.online(now)).unwrap_or(i64::MAX));
+        if let Some(d) = crate::metrics::kernel_udp_drops(self.gwmp_port) {
+            m.gwmp_socket_drops
+                .set(i64::try_from(d).unwrap_or(i64::MAX));
+        }
+    }
+}
