@@ -420,8 +420,13 @@ impl Report {
         row(&mut t, "acked", u.acked.to_string());
         row(&mut t, "lost", u.lost.to_string());
         row(&mut t, "duplicates", u.duplicates.to_string());
-        if let Some(d) = u.delivered {
-            row(&mut t, "delivered to the event sink", d.to_string());
+        match u.delivered {
+            Some(d) => row(&mut t, "delivered to the event sink", d.to_string()),
+            None => row(
+                &mut t,
+                "delivered (needs --event-listen)",
+                "not measured".into(),
+            ),
         }
         row(&mut t, "per second", u.per_second.to_string());
         let a = &self.ack_latency_ms;
