@@ -271,6 +271,12 @@ impl Gateway {
     }
 
     fn push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) {
+        let token = self.send_push(phy, tmst, snr, rssi, stat);
+        self.wait_push_ack(token);
+    }
+
+    /// Sends a PUSH_DATA without waiting for its PUSH_ACK.
+    fn send_push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) -> Token {
         let token = Token([0x77, (tmst & 0xff) as u8]);
         self.send(&Packet::PushData(PushData {
             token,
@@ -295,6 +301,10 @@ impl Gateway {
             }],
             stat: None,
         }));
+        token
+    }
+
+    fn wait_push_ack(&self, token: Token) {
         let acked = self.recv_until(Duration::from_secs(5), |p| {
             matches!(p, Packet::PushAck { token: t } if t == token).then_some(())
         });
@@ -552,8 +562,12 @@ fn otaa_end_to_end() {
     for (dev, nonce) in [(1u64, 0x1234u16), (2, 1), (3, 1)] {
         tmst = tmst.wrapping_add(50_000_000);
         let phy = join_request(dev, nonce);
-        gw_a.push(&phy, tmst.wrapping_add(17), 2.5, -100, CrcStatus::Ok);
-        gw_b.push(&phy, tmst, 9.0, -105, CrcStatus::Ok);
+        // Both copies leave together (as from two gateways in the field); the first to arrive
+        // starts the join, the better one must carry the Join-accept.
+        let ta = gw_a.send_push(&phy, tmst.wrapping_add(17), 2.5, -100, CrcStatus::Ok);
+        let tb = gw_b.send_push(&phy, tmst, 9.0, -105, CrcStatus::Ok);
+        gw_a.wait_push_ack(ta);
+        gw_b.wait_push_ack(tb);
         let (token, tx) = gw_b
             .pull_resp(Duration::from_secs(4))
             .unwrap_or_else(|| panic!("no Join-accept for device {dev}"));
@@ -620,13 +634,13 @@ fn otaa_end_to_end() {
     wait_metric(m, "netserver_tx_ack_total{error=\"too_late\"}", 1.0);
     assert!(metric(m, "netserver_link_requests_total{type=\"retry\"}") >= 1.0);
     let answers = s.relay.answers.lock().unwrap()[answers_before..].to_vec();
-    assert_eq!(answers.len(), 2, "one dropped answer and one relayed");
+    // One dropped answer and at least one relayed (more if the join server was slower than a
+    // request timeout): every answer to the retries is the identical JoinAns.
+    assert!(answers.len() >= 2, "{} answers", answers.len());
     let body = |d: &[u8]| d[link::HEADER_LEN..d.len() - link::TAG_LEN].to_vec();
-    assert_eq!(
-        body(&answers[0]),
-        body(&answers[1]),
-        "the retry's JoinAns differs"
-    );
+    for a in &answers[1..] {
+        assert_eq!(body(&answers[0]), body(a), "a retry's JoinAns differs");
+    }
 
     // Garbage on every port leaves both servers serving.
     garbage(&[gwmp, s.js.addr("link"), ns.addr("link")]);
