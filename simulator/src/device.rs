@@ -37,10 +37,12 @@ use crate::sched::{Micros, TimerKind};
 pub const JOIN_ACCEPT_DELAY1_US: Micros = 5_000_000;
 /// JOIN_ACCEPT_DELAY2.
 pub const JOIN_ACCEPT_DELAY2_US: Micros = 6_000_000;
-/// How long after the start of a receive window a device keeps listening for the downlink's
-/// arrival before it considers the window empty. The simulator's windows are judged on `tmst`;
-/// this only bounds how long a device waits for a late PULL_RESP before declaring a timeout.
-pub const RX_GRACE_US: Micros = 500_000;
+/// How long after the start of its RX2 window a device waits before it considers both windows
+/// empty. A PULL_RESP that reaches the gateway after its `tmst` is too late anyway (TX_ACK
+/// `TOO_LATE`), so this only covers one that arrived just before RX2 and is still being read; it
+/// is about the length of an RX2 preamble search at SF12 (8 symbols of 32.8 ms would be 262 ms;
+/// at the DR of a typical RX2 downlink, tens of ms). A Class A device sends nothing in between.
+pub const RX_GRACE_US: Micros = 20_000;
 /// FPort of the meter readings.
 pub const APP_PORT: u8 = 1;
 

@@ -56,6 +56,35 @@ fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<U
     Ok(UdpSocket::from_std(s.into())?)
 }
 
+/// Datagrams read by one `recvmmsg`.
+const RECV_BATCH: usize = 64;
+/// Receive buffer per datagram: a PULL_RESP for the largest LoRaWAN frame is about 600 bytes.
+const RECV_BUF: usize = 4096;
+
+/// Reads up to `bufs.len()` datagrams with one non-blocking `recvmmsg`; returns their lengths.
+fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; RECV_BUF]]) -> std::io::Result<Vec<usize>> {
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    sock.try_io(tokio::io::Interest::READABLE, || {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+        let r = recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(r.map(|m| m.bytes).collect())
+    })
+}
+
 /// Most datagrams handed to one `sendmmsg`.
 const BATCH: usize = 256;
 
@@ -222,22 +251,24 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     for g in 0..n {
         let sh = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            let mut buf = vec![0u8; 65536];
+            let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
             loop {
                 if sh.sockets[g].readable().await.is_err() {
                     return;
                 }
-                // Drain what is there, then let the engine's output go out.
-                for _ in 0..256 {
-                    match sh.sockets[g].try_recv(&mut buf) {
-                        Ok(len) => {
+                // Drain what is there (recvmmsg batches), then let the engine's output go out.
+                for _ in 0..8 {
+                    match recv_batch(&sh.sockets[g], &mut bufs) {
+                        Ok(lens) if !lens.is_empty() => {
                             let now = sh.now();
-                            sh.engine
-                                .borrow_mut()
-                                .on_datagram(g as u16, now, &buf[..len]);
+                            let mut e = sh.engine.borrow_mut();
+                            for (buf, &len) in bufs.iter().zip(&lens) {
+                                e.on_datagram(g as u16, now, &buf[..len.min(RECV_BUF)]);
+                            }
                         }
+                        Ok(_) => break,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        // ICMP port unreachable from a connected socket: the server is not (yet) up.
+                        // ICMP port unreachable on a connected socket: the server is not (yet) up.
                         Err(_) => break,
                     }
                 }
