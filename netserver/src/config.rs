@@ -78,6 +78,31 @@ max_batch = 512
 # Address of the Prometheus /metrics, /health and /gateways HTTP endpoint. Empty: disabled.
 # Flag: --metrics.
 listen = ""
+
+[data]
+# Where application events (JSON lines, docs/integration.md) go: "" nowhere, "-" stdout,
+# "udp://HOST:PORT" one datagram per event, or a file path (appended). Flag: --events.
+events = ""
+# UDP address of the downlink input (one JSON request per datagram, one JSON answer). "": off.
+# Flag: --downlink-listen.
+downlink_listen = ""
+# HTTP address of the downlink input (POST /downlink, the same JSON). "": off.
+# Flag: --downlink-http.
+downlink_http = ""
+# How long after a frame's first copy other gateways' copies are awaited before it is handled, ms.
+collect_window_ms = 200
+# A copy arriving this long after the first copy is a new transmission (a confirmed frame sent
+# again), not another gateway's copy, ms.
+retransmission_after_ms = 1000
+# ADR: LinkADRReq from the SNR margin of the last 20 uplinks, for devices that set the ADR bit.
+adr = true
+adr_installation_margin_db = 10.0
+# A DevStatusReq every this many uplinks of a device (0: never).
+dev_status_interval = 100
+# Most application downlinks waiting per device.
+queue_per_device = 16
+# Most counter writes (with their events and downlinks) per group commit.
+max_batch = 4096
 "#;
 
 /// The whole configuration file.
@@ -98,6 +123,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// The data path and the application integration.
+    pub data: crate::data_path::DataConfig,
 }
 
 impl Default for Config {
@@ -110,6 +137,7 @@ impl Default for Config {
             join: JoinConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            data: crate::data_path::DataConfig::default(),
         }
     }
 }

@@ -11,17 +11,26 @@
 //! - [`config`], [`metrics`], [`http`]: configuration, Prometheus metrics, `/metrics`,
 //!   `/health` and `/gateways`.
 //! - [`state`]: the one shared `Arc<State>`.
+//! - Data uplinks: [`data_path`] (the pipeline's shell over [`core::data`],
+//!   [`core::mac_handler`], [`core::adr`]), [`live`] (per-session counters and crypto),
+//!   [`uplink_log`] (write-ahead counters, then events and downlinks), [`integration`] (events
+//!   and the downlink input), [`downlink_queue`].
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod core;
+pub mod data_path;
 pub mod downlink;
+pub mod downlink_queue;
 pub mod gateway;
 pub mod http;
+pub mod integration;
 pub mod js_client;
 pub mod keys;
+pub mod live;
 pub mod metrics;
 pub mod otaa;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod uplink_log;

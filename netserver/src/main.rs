@@ -60,6 +60,15 @@ struct Serve {
     /// Metrics/health HTTP listen address (disabled by default).
     #[arg(long)]
     metrics: Option<String>,
+    /// Application events: a file (JSON lines, appended), `-` for stdout, or udp://HOST:PORT.
+    #[arg(long)]
+    events: Option<String>,
+    /// UDP address of the application downlink input (JSON requests).
+    #[arg(long)]
+    downlink_listen: Option<String>,
+    /// HTTP address of the application downlink input (POST /downlink).
+    #[arg(long)]
+    downlink_http: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -111,6 +120,15 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     }
     if let Some(m) = args.metrics {
         config.metrics.listen = m;
+    }
+    if let Some(e) = args.events {
+        config.data.events = e;
+    }
+    if let Some(d) = args.downlink_listen {
+        config.data.downlink_listen = d;
+    }
+    if let Some(d) = args.downlink_http {
+        config.data.downlink_http = d;
     }
     let secrets = Secrets {
         link_key: read_secret(&args.link_key, str::parse::<LinkKey>)?,

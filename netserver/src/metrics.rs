@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Datagrams the kernel dropped on the GWMP sockets because a receive buffer was full
     /// (from `/proc/self/net/udp*`, refreshed at scrape).
     pub gwmp_socket_drops: IntGauge,
+    /// The data path's metrics (uplinks, latency, downlinks, events).
+    pub data: crate::data_path::DataMetrics,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -191,6 +193,7 @@ impl Metrics {
                 "netserver_gwmp_socket_drops",
                 "Datagrams dropped by the kernel on the GWMP sockets (receive buffer full).",
             ),
+            data: crate::data_path::DataMetrics::register(&r),
             registry: r,
         };
         // Pre-create the label values operators alert on, so they read 0 rather than absent.

@@ -358,7 +358,9 @@ async fn run(
         state.allocator.restore(addr, req.dev_eui);
     }
     reservation.armed = false;
-    if let Some(old) = state.sessions.insert(Session { stored, keys }) {
+    let session = Session::new(stored, keys);
+    crate::data_path::on_join(state, &session);
+    if let Some(old) = state.sessions.insert(session) {
         if old.stored.dev_addr != addr {
             state.allocator.release(old.stored.dev_addr, req.dev_eui);
         }

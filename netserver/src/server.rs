@@ -14,6 +14,7 @@
 //! flight finish (bounded by the RX2 delay), the store flushes, and the process exits 0.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,12 +31,16 @@ use crate::core::dedup::Seen;
 use crate::core::devaddr::AddrAllocator;
 use crate::core::reception::Reception;
 use crate::core::uplink::{classify, UplinkKind};
+use crate::data_path::DataPlane;
 use crate::gateway::{GatewayStatus, RxpkOutcome};
 use crate::js_client::LinkClient;
 use crate::keys::NetworkKeys;
 use crate::metrics::Metrics;
 use crate::session::{RedbBackend, Session, SessionStore, Sessions};
 use crate::state::{Secrets, State};
+use crate::uplink_log::{
+    apply_delivered, recover_delivered, restore_counters, CounterLog, Emitter, EventSink,
+};
 use protocol::region;
 
 /// The addresses a started server listens on.
@@ -61,6 +66,7 @@ pub fn run(
     ready: impl FnOnce(&Addresses),
 ) -> anyhow::Result<()> {
     let block = config.validate()?;
+    config.data.validate().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
 
     // Sessions: load, open the network keys, index.
@@ -70,7 +76,21 @@ pub fn run(
         SessionStore::start(backend, config.storage.max_batch, metrics.clone())?;
     let sessions = Sessions::new();
     let allocator = AddrAllocator::new(block);
-    for stored in loaded {
+    // Data path: the write-ahead frame counters, applied over the stored sessions.
+    let counter_log = CounterLog::open(&config.data_dir)
+        .with_context(|| format!("opening the counter log in {}", config.data_dir.display()))?;
+    let counter_records = counter_log.load()?;
+    let delivered = match EventSink::open(&config.data.events)? {
+        EventSink::File(_) => recover_delivered(
+            Path::new(config.data.events.trim()),
+            (config.data.max_batch as u64).max(64) * 8 * 1024,
+        )
+        .with_context(|| format!("reading the event file {}", config.data.events))?,
+        _ => Default::default(),
+    };
+    for mut stored in loaded {
+        let rekey_confirmed = restore_counters(&counter_records, &mut stored);
+        apply_delivered(&delivered, &mut stored);
         let keys = NetworkKeys::open(&stored.network_keys, &secrets.ns_kek).with_context(|| {
             format!(
                 "session of {} cannot be opened with the configured ns.kek",
@@ -78,8 +98,11 @@ pub fn run(
             )
         })?;
         allocator.restore(stored.dev_addr, stored.dev_eui);
-        sessions.insert(Session { stored, keys });
+        let session = Session::new(stored, keys);
+        session.live.lock().rekey_confirmed = rekey_confirmed;
+        sessions.insert(session);
     }
+    drop(counter_records);
     tracing::info!(sessions = sessions.len(), "sessions restored");
 
     // Sockets.
@@ -94,6 +117,9 @@ pub fn run(
     )
     .with_context(|| format!("binding GWMP on {}", config.gwmp.listen))?;
     let gwmp_addr = first.local_addr()?;
+    // Data downlinks leave from the GWMP port (forwarders accept PULL_RESP only from it). The
+    // clone shares the non-blocking file description with the socket loop's socket.
+    let downlink_socket = first.try_clone()?;
     let mut gwmp_sockets = vec![first];
     for _ in 1..workers {
         gwmp_sockets.push(
@@ -150,6 +176,30 @@ pub fn run(
         (link_rx, metrics_listener, Signals::install()?)
     };
 
+    let data_config = config.data.clone();
+    let sink = EventSink::open(&data_config.events)
+        .with_context(|| format!("opening the event sink {:?}", data_config.events))?;
+    let downlink_input = match data_config.downlink_listen.trim() {
+        "" => None,
+        a => Some(
+            std::net::UdpSocket::bind(a)
+                .with_context(|| format!("binding the downlink input on {a}"))?,
+        ),
+    };
+    let downlink_http = match data_config.downlink_http.trim() {
+        "" => None,
+        a => Some(
+            std::net::TcpListener::bind(a)
+                .with_context(|| format!("binding the HTTP downlink input on {a}"))?,
+        ),
+    };
+    let (emitter, emitter_thread) = Emitter::start(
+        counter_log,
+        sink,
+        downlink_socket,
+        data_config.max_batch,
+        metrics.clone(),
+    )?;
     let state = Arc::new(State::new(
         config,
         block,
@@ -160,6 +210,7 @@ pub fn run(
         secrets,
         gwmp_addr.port(),
     ));
+    let _ = state.data.set(DataPlane::new(data_config, emitter));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Socket loops.
@@ -206,6 +257,27 @@ pub fn run(
             ));
         }
         control.spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
+        control.spawn(crate::data_path::collector(
+            Arc::clone(&state),
+            shutdown_rx.clone(),
+        ));
+        if let Some(l) = downlink_http {
+            l.set_nonblocking(true)?;
+            control.spawn(crate::integration::serve_http_downlinks(
+                tokio::net::TcpListener::from_std(l)?,
+                Arc::clone(&state),
+                shutdown_rx.clone(),
+            ));
+        }
+        if let Some(s) = downlink_input {
+            s.set_nonblocking(true)?;
+            let s = UdpSocket::from_std(s)?;
+            control.spawn(crate::integration::downlink_input(
+                Arc::clone(&state),
+                s,
+                shutdown_rx.clone(),
+            ));
+        }
 
         signals.wait(stop).await;
         tracing::info!("shutting down");
@@ -233,6 +305,7 @@ pub fn run(
     drop(store);
     drop(link);
     store_thread.join();
+    emitter_thread.join();
     result?;
     tracing::info!("stopped");
     Ok(())
@@ -494,7 +567,16 @@ fn handle_rxpk(
             return;
         }
     };
-    let seen = state.dedup.observe(now, &rxpk.data, reception.clone());
+    let seen = match (kind, state.data.get()) {
+        // Data: a copy long after the first is the device sending the frame again.
+        (UplinkKind::Data { .. }, Some(plane)) => state.dedup.observe_within(
+            now,
+            &rxpk.data,
+            reception.clone(),
+            Duration::from_millis(plane.config.retransmission_after_ms),
+        ),
+        _ => state.dedup.observe(now, &rxpk.data, reception.clone()),
+    };
     if seen == Seen::Unrecorded {
         m.dedup_full.inc();
     }
@@ -511,11 +593,7 @@ fn handle_rxpk(
                 ));
             }
             UplinkKind::Data { .. } => {
-                // The data path (uplink authentication, FCnt, MAC commands) is the next
-                // issue; until then data uplinks are counted and dropped, never half-handled.
-                m.uplink_dropped
-                    .with_label_values(&["data_path_not_enabled"])
-                    .inc();
+                crate::data_path::on_first_copy(state, rxpk.data, reception, now);
             }
         },
     }

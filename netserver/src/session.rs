@@ -142,6 +142,25 @@ pub struct Session {
     pub stored: StoredSession,
     /// The network session keys in clear.
     pub keys: NetworkKeys,
+    /// The data path's mutable state (counters, ADR, crypto), see [`crate::live`].
+    pub live: crate::live::Live,
+}
+
+impl Session {
+    /// A session with its data state starting from the stored counters.
+    pub fn new(stored: StoredSession, keys: NetworkKeys) -> Self {
+        let live = crate::live::Live::new(stored.counters);
+        Self { stored, keys, live }
+    }
+
+    /// The LoRaWAN version the data path applies: the reported one, else what the key set
+    /// implies (1.1 keys: 1.1; 1.0 keys: 1.0.3, the most common 1.0 device).
+    pub fn mac_version(&self) -> MacVersion {
+        self.stored.mac_version.unwrap_or(match self.keys {
+            NetworkKeys::V1_1 { .. } => MacVersion::V1_1,
+            NetworkKeys::V1_0(_) => MacVersion::V1_0_3,
+        })
+    }
 }
 
 /// The storage failed.
@@ -393,6 +412,10 @@ fn commit_loop<B: SessionBackend>(
 pub struct Sessions {
     by_dev_eui: DashMap<DevEui, Arc<Session>, KeyedHasher>,
     by_dev_addr: DashMap<DevAddr, DevEui, KeyedHasher>,
+    // Data path: a replaced session is kept until the first uplink under its successor
+    // (the device may not have received the Join-accept); indexed by its DevAddr.
+    previous: DashMap<DevEui, Arc<Session>, KeyedHasher>,
+    previous_by_addr: DashMap<DevAddr, Vec<DevEui>, KeyedHasher>,
 }
 
 impl Sessions {
@@ -413,7 +436,66 @@ impl Sessions {
             }
         }
         self.by_dev_addr.insert(dev_addr, dev_eui);
+        if let Some(old) = &old {
+            self.keep_previous(Arc::clone(old));
+        }
         old
+    }
+
+    fn keep_previous(&self, old: Arc<Session>) {
+        let dev_eui = old.stored.dev_eui;
+        let addr = old.stored.dev_addr;
+        if let Some(before) = self.previous.insert(dev_eui, old) {
+            self.unindex_previous(before.stored.dev_addr, dev_eui);
+        }
+        let mut list = self.previous_by_addr.entry(addr).or_default();
+        if !list.contains(&dev_eui) {
+            list.push(dev_eui);
+        }
+    }
+
+    fn unindex_previous(&self, addr: DevAddr, dev_eui: DevEui) {
+        if let dashmap::Entry::Occupied(mut e) = self.previous_by_addr.entry(addr) {
+            e.get_mut().retain(|d| *d != dev_eui);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+    }
+
+    /// Every session an uplink from `dev_addr` may belong to: the current one holding the
+    /// address, and replaced sessions at that address not yet superseded by an uplink.
+    pub fn candidates(&self, dev_addr: DevAddr) -> Vec<Arc<Session>> {
+        let mut out: Vec<Arc<Session>> = self.by_dev_addr(dev_addr).into_iter().collect();
+        if let Some(list) = self.previous_by_addr.get(&dev_addr) {
+            out.extend(
+                list.iter()
+                    .filter_map(|d| self.previous.get(d).map(|s| Arc::clone(&s))),
+            );
+        }
+        out
+    }
+
+    /// Whether `s` is the device's current session.
+    pub fn is_current(&self, s: &Arc<Session>) -> bool {
+        self.by_dev_eui
+            .get(&s.stored.dev_eui)
+            .is_some_and(|c| Arc::ptr_eq(&c, s))
+    }
+
+    /// Forgets the device's replaced session (its successor has been used).
+    pub fn drop_previous(&self, dev_eui: DevEui) {
+        if let Some((_, old)) = self.previous.remove(&dev_eui) {
+            self.unindex_previous(old.stored.dev_addr, dev_eui);
+        }
+    }
+
+    /// Every current session (for a snapshot).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.by_dev_eui
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect()
     }
 
     /// The device's session.

@@ -51,6 +51,8 @@ pub struct State {
     pub gwmp_port: u16,
     shutting_down: AtomicBool,
     next_transaction_id: AtomicU32,
+    /// The data path (set once at start, after the state is built).
+    pub data: std::sync::OnceLock<crate::data_path::DataPlane>,
 }
 
 impl State {
@@ -89,6 +91,7 @@ impl State {
             // of another, even after a restart (random draws would collide by the birthday
             // bound at a few thousand joins per cache lifetime).
             next_transaction_id: AtomicU32::new(rand::random()),
+            data: std::sync::OnceLock::new(),
         }
     }
 

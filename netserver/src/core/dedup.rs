@@ -65,9 +65,24 @@ impl Dedup {
     /// A gateway that reports the same payload twice keeps one reception (the better one). An
     /// entry older than the retention counts as new, even if the sweeper has not removed it.
     pub fn observe(&self, now: Instant, phy: &[u8], rx: Reception) -> Seen {
+        self.observe_within(now, phy, rx, self.retention)
+    }
+
+    /// [`observe`](Self::observe) where a copy arriving `fresh_for` or more after the first
+    /// one starts a new entry ([`Seen::First`]): the data path's rule, for which a copy that
+    /// late is the device transmitting the same frame again (a confirmed frame that got no
+    /// ACK), not another gateway's copy.
+    pub fn observe_within(
+        &self,
+        now: Instant,
+        phy: &[u8],
+        rx: Reception,
+        fresh_for: Duration,
+    ) -> Seen {
+        let fresh_for = fresh_for.min(self.retention);
         // Look up by slice first so that duplicates do not allocate a key.
         if let Some(mut e) = self.map.get_mut(phy) {
-            if now.saturating_duration_since(e.first_seen) < self.retention {
+            if now.saturating_duration_since(e.first_seen) < fresh_for {
                 add_reception(&mut e.receptions, rx);
                 return Seen::Duplicate;
             }

@@ -3,9 +3,12 @@
 //! functions and carries out what they return. Everything here is tested in memory with a fake
 //! clock (`Instant` values built by adding durations to one base instant).
 
+pub mod adr;
+pub mod data;
 pub mod dedup;
 pub mod devaddr;
 pub mod join;
+pub mod mac_handler;
 pub mod reception;
 pub mod timing;
 pub mod uplink;

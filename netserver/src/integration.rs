@@ -1,0 +1,382 @@
+//! The application integration: events out (JSON lines, see `docs/integration.md`) and
+//! downlinks in (JSON datagrams on UDP, one answer datagram each, or `POST /downlink` on HTTP).
+//!
+//! Events: `uplink` (one per delivered uplink), `join` (a new session), `ack` (the device
+//! acknowledged a confirmed downlink). Identifiers are MSB-first hex, payloads base64, times
+//! RFC 3339 UTC with milliseconds.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use protocol::ids::{DevAddr, DevEui, GatewayEui, JoinEui};
+use protocol::keywrap::KeyEnvelope;
+use serde::{Deserialize, Serialize};
+
+use crate::core::reception::Reception;
+use crate::downlink_queue::QueuedDownlink;
+use crate::state::State;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T12:00:00.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// One gateway's reception, as reported in an uplink event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RxInfo {
+    /// Gateway EUI.
+    pub gateway: GatewayEui,
+    /// RSSI, dBm.
+    pub rssi: i32,
+    /// SNR, dB.
+    pub snr: f32,
+    /// Frequency, Hz.
+    pub frequency: u32,
+    /// EU868 data rate index.
+    pub data_rate: u8,
+    /// The gateway's `tmst`, µs.
+    pub tmst: u32,
+}
+
+impl From<&Reception> for RxInfo {
+    fn from(r: &Reception) -> Self {
+        Self {
+            gateway: r.gateway,
+            rssi: r.rssi,
+            snr: r.snr,
+            frequency: r.frequency_hz,
+            data_rate: r.data_rate,
+            tmst: r.tmst,
+        }
+    }
+}
+
+/// `{"type":"uplink",…}`: a delivered uplink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UplinkEvent {
+    /// Always `uplink`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// Its address.
+    pub dev_addr: DevAddr,
+    /// The full 32-bit FCntUp.
+    pub f_cnt: u32,
+    /// FPort (absent without payload).
+    pub f_port: Option<u8>,
+    /// Confirmed data up.
+    pub confirmed: bool,
+    /// ADR bit.
+    pub adr: bool,
+    /// The application payload in clear, base64 (when this server holds the AppSKey).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data: Option<String>,
+    /// The FRMPayload as received, still encrypted under the AppSKey, base64 (when this
+    /// server does not hold the AppSKey).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub data_encrypted: Option<String>,
+    /// The AppSKey envelope (wrapped under the application server's KEK), with
+    /// `data_encrypted`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub app_s_key: Option<KeyEnvelope>,
+    /// Every gateway that heard the frame, best first.
+    pub rx: Vec<RxInfo>,
+    /// Arrival of the first copy.
+    pub received_at: String,
+}
+
+/// `{"type":"join",…}`: a device joined and has a new session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JoinEvent {
+    /// Always `join`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// Its JoinEUI.
+    pub join_eui: JoinEui,
+    /// Its new address.
+    pub dev_addr: DevAddr,
+    /// LoRaWAN version, if reported.
+    pub mac_version: Option<String>,
+    /// When the session was stored.
+    pub received_at: String,
+}
+
+/// `{"type":"ack",…}`: the device acknowledged a confirmed downlink.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AckEvent {
+    /// Always `ack`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// The id the downlink was queued with.
+    pub id: u64,
+    /// The downlink's FCntDown (1.1: AFCntDown).
+    pub f_cnt_down: u32,
+    /// The acknowledging uplink's arrival.
+    pub received_at: String,
+}
+
+/// Base64 of bytes.
+pub fn b64(b: &[u8]) -> String {
+    B64.encode(b)
+}
+
+/// A downlink request, as received.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DownlinkRequest {
+    /// The device.
+    pub dev_eui: DevEui,
+    /// FPort 1..=223.
+    pub f_port: u8,
+    /// Payload, base64.
+    pub data: String,
+    /// Confirmed data down.
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+/// The answer to a downlink request.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DownlinkAnswer {
+    /// Queued.
+    pub ok: bool,
+    /// The id given to the downlink (echoed in its ACK event).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub id: Option<u64>,
+    /// Items now waiting for the device.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub queued: Option<usize>,
+    /// Why the request was refused.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+impl DownlinkAnswer {
+    fn err(e: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            id: None,
+            queued: None,
+            error: Some(e.into()),
+        }
+    }
+}
+
+/// The largest FRMPayload accepted (EU868 DR4–7 without repeater: 242 bytes, minus nothing:
+/// FOpts answers are dropped before the payload is).
+pub const MAX_DOWNLINK_PAYLOAD: usize = 242;
+
+/// Validates and queues one request; the answer says why it was refused.
+pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
+    let Some(plane) = state.data.get() else {
+        return DownlinkAnswer::err("the data path is not running");
+    };
+    let req: DownlinkRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return DownlinkAnswer::err(format!(
+                "invalid request: {e}; expected {{\"dev_eui\":\"16 hex\",\"f_port\":1..223,\"data\":\"base64\",\"confirmed\":false}}"
+            ))
+        }
+    };
+    if !(1..=223).contains(&req.f_port) {
+        return DownlinkAnswer::err(format!("f_port {} is not 1..=223", req.f_port));
+    }
+    let payload = match B64.decode(req.data.trim()) {
+        Ok(p) => p,
+        Err(e) => return DownlinkAnswer::err(format!("data is not base64: {e}")),
+    };
+    if payload.len() > MAX_DOWNLINK_PAYLOAD {
+        return DownlinkAnswer::err(format!(
+            "payload of {} bytes exceeds {MAX_DOWNLINK_PAYLOAD}",
+            payload.len()
+        ));
+    }
+    let Some(session) = state.sessions.get(req.dev_eui) else {
+        return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
+    };
+    let crypto = session.live.crypto(
+        &session.keys,
+        session.stored.app_s_key.as_ref(),
+        state.secrets.as_kek.as_ref(),
+    );
+    if crypto.app.is_none() {
+        return DownlinkAnswer::err(
+            "this network server does not hold the device's AppSKey (no --as-kek), so it cannot encrypt the payload",
+        );
+    }
+    let id = plane.next_id.fetch_add(1, Ordering::Relaxed);
+    match plane.queue.push(
+        req.dev_eui,
+        QueuedDownlink {
+            id,
+            f_port: req.f_port,
+            payload,
+            confirmed: req.confirmed,
+        },
+    ) {
+        Ok(n) => DownlinkAnswer {
+            ok: true,
+            id: Some(id),
+            queued: Some(n),
+            error: None,
+        },
+        Err(e) => DownlinkAnswer::err(e.to_string()),
+    }
+}
+
+/// Serves the UDP downlink input: one JSON request per datagram, one JSON answer back.
+pub async fn downlink_input(
+    state: Arc<State>,
+    socket: tokio::net::UdpSocket,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(_) => continue,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let answer = handle_downlink_request(&state, &buf[..n]);
+        let label = if answer.ok { "queued" } else { "refused" };
+        state
+            .metrics
+            .data
+            .downlink_requests
+            .with_label_values(&[label])
+            .inc();
+        if let Ok(bytes) = serde_json::to_vec(&answer) {
+            let _ = socket.send_to(&bytes, from).await;
+        }
+    }
+}
+
+/// Serves the HTTP downlink input: `POST /downlink` with the same JSON as the UDP input;
+/// `202 Accepted` with the answer when queued, `400 Bad Request` with the answer's error
+/// otherwise. Bodies are limited to 4 KiB.
+pub async fn serve_http_downlinks(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper::body::Bytes;
+    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    use hyper::{Method, Response, StatusCode};
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let state = Arc::clone(&state);
+                    async move {
+                        let reply = |code: StatusCode, a: &DownlinkAnswer| {
+                            let mut r = Response::new(Full::new(Bytes::from(
+                                serde_json::to_vec(a).unwrap_or_default(),
+                            )));
+                            *r.status_mut() = code;
+                            r.headers_mut()
+                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                            r
+                        };
+                        if req.uri().path() != "/downlink" {
+                            return Ok::<_, std::convert::Infallible>(reply(
+                                StatusCode::NOT_FOUND,
+                                &DownlinkAnswer::err("not found: POST /downlink"),
+                            ));
+                        }
+                        if req.method() != Method::POST {
+                            return Ok(reply(
+                                StatusCode::METHOD_NOT_ALLOWED,
+                                &DownlinkAnswer::err("method not allowed: POST /downlink"),
+                            ));
+                        }
+                        let body = match Limited::new(req.into_body(), 4096).collect().await {
+                            Ok(b) => b.to_bytes(),
+                            Err(_) => {
+                                return Ok(reply(
+                                    StatusCode::BAD_REQUEST,
+                                    &DownlinkAnswer::err(
+                                        "request body unreadable or over 4096 bytes",
+                                    ),
+                                ))
+                            }
+                        };
+                        let answer = handle_downlink_request(&state, &body);
+                        let label = if answer.ok { "queued" } else { "refused" };
+                        state
+                            .metrics
+                            .data
+                            .downlink_requests
+                            .with_label_values(&[label])
+                            .inc();
+                        let code = if answer.ok {
+                            StatusCode::ACCEPTED
+                        } else {
+                            StatusCode::BAD_REQUEST
+                        };
+                        Ok(reply(code, &answer))
+                    }
+                });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .max_buf_size(16 * 1024)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            let _ = conn.await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = |ms: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(ms));
+        assert_eq!(t(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(t(1_767_225_600_500), "2026-01-01T00:00:00.500Z");
+        assert_eq!(t(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(t(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+    }
+}

@@ -1,0 +1,287 @@
+//! After a real OTAA join (the real `joinserver` and `netserver` binaries), a LoRaWAN 1.0.3 and
+//! a 1.1 device send unconfirmed and confirmed uplinks with the session keys they derived
+//! themselves from the Join-accept: the events carry the right plaintext (the network server
+//! opens the AppSKey envelope with the join server's `as.kek`), the confirmed ones are ACKed
+//! with a MIC valid under the device's keys (1.1: with ConfFCnt), and the join events are there.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::{joinserver_bin, run_ok, Gateway, Proc};
+use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
+use protocol::derive;
+use protocol::gwmp::TxTiming;
+use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, NetId};
+use protocol::join::{
+    AnsweredRequest, EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest,
+    JoinRootKey,
+};
+use protocol::keys::{AppKey, KeyCipher, NwkKey};
+use serde_json::Value;
+
+const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+const NWK_KEY: &str = "000102030405060708090A0B0C0D0E0F";
+const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
+const NET_ID: u32 = 0x000013;
+const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
+0000000000000001,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,,\n\
+0000000000000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,,\n";
+
+fn events(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON event"))
+        .collect()
+}
+
+fn wait_events(path: &Path, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = events(path);
+        if e.len() >= n {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} events, expected {n}",
+            e.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Joins `dev` and returns its DevAddr and session crypto, derived on the device side.
+fn join(gw: &Gateway, dev: u64, tmst: u32) -> (DevAddr, SessionCrypto) {
+    let app = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+    let nwk = KeyCipher::new(&NWK_KEY.parse::<NwkKey>().unwrap());
+    let nonce = DevNonce(7);
+    let root = if dev == 3 {
+        JoinRootKey::NwkKey(&nwk)
+    } else {
+        JoinRootKey::AppKey(&app)
+    };
+    let req = JoinRequest::build(JoinEui::new(JOIN_EUI), DevEui::new(dev), nonce, root)
+        .to_bytes()
+        .to_vec();
+    gw.push(&req, tmst, 8.0, -90);
+    let (_, tx) = gw
+        .pull_resp(Duration::from_secs(8))
+        .unwrap_or_else(|| panic!("no Join-accept for {dev}"));
+    let accept = EncryptedJoinAccept::from_bytes(&tx.data).unwrap();
+    if dev == 3 {
+        let js = derive::js_keys(&nwk, DevEui::new(dev));
+        let d = accept.decrypt(JoinAcceptEncKey::NwkKey(&nwk));
+        d.verify_mic(JoinAcceptMicKey::OptNeg {
+            js_int_key: &KeyCipher::new(&js.js_int_key),
+            join_eui: JoinEui::new(JOIN_EUI),
+            answered: AnsweredRequest::JoinRequest(nonce),
+        })
+        .unwrap();
+        let k = derive::session_keys_1_1(
+            &nwk,
+            &app,
+            d.payload.join_nonce,
+            JoinEui::new(JOIN_EUI),
+            AnsweredRequest::JoinRequest(nonce),
+        );
+        let (net, app_s) = derive::SessionKeys::V1_1(k).into_parts();
+        (d.payload.dev_addr, SessionCrypto::new(&net, Some(&app_s)))
+    } else {
+        let p = accept
+            .open(
+                JoinAcceptEncKey::AppKey(&app),
+                JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+            )
+            .unwrap();
+        let k = derive::session_keys_1_0(&app, p.join_nonce, NetId::new(NET_ID).unwrap(), nonce);
+        let (net, app_s) = derive::SessionKeys::V1_0(k).into_parts();
+        (p.dev_addr, SessionCrypto::new(&net, Some(&app_s)))
+    }
+}
+
+fn uplink(c: &SessionCrypto, addr: DevAddr, fcnt: u32, confirmed: bool, data: &[u8]) -> Vec<u8> {
+    uplink_with(c, addr, fcnt, confirmed, Vec::new(), data)
+}
+
+fn uplink_with(
+    c: &SessionCrypto,
+    addr: DevAddr,
+    fcnt: u32,
+    confirmed: bool,
+    fopts: Vec<u8>,
+    data: &[u8],
+) -> Vec<u8> {
+    Uplink {
+        confirmed,
+        dev_addr: addr,
+        fcnt,
+        adr: false,
+        adr_ack_req: false,
+        ack: false,
+        class_b: false,
+        fopts,
+        payload: FramePayload::Application {
+            f_port: 2,
+            payload: FrmPayload(data.to_vec()),
+        },
+    }
+    .build(
+        c,
+        &UplinkMicParams {
+            conf_fcnt: 0,
+            tx_dr: 5,
+            tx_ch: 1,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn uplinks_after_a_real_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let js_dir = dir.path().join("js");
+    let js_bin = joinserver_bin();
+    run_ok(
+        Command::new(&js_bin)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&js_dir),
+    );
+    let manifest = dir.path().join("devices.csv");
+    std::fs::write(&manifest, MANIFEST).unwrap();
+    run_ok(
+        Command::new(&js_bin)
+            .args(["devices", "import", "--data-dir"])
+            .arg(&js_dir)
+            .arg(&manifest),
+    );
+    let mut cmd = Command::new(&js_bin);
+    cmd.arg("serve").arg("--data-dir").arg(&js_dir).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "",
+    ]);
+    let js = Proc::spawn(cmd, "joinserver listening");
+    let secrets = js_dir.join("secrets");
+    let config = dir.path().join("ns.toml");
+    std::fs::write(
+        &config,
+        "[gwmp]\nworkers = 2\n[data]\ncollect_window_ms = 100\n",
+    )
+    .unwrap();
+    let events_path = dir.path().join("events.jsonl");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("ns"))
+        .arg("--join-server")
+        .arg(js.addr("link").to_string())
+        .arg("--link-key")
+        .arg(secrets.join("link.key"))
+        .arg("--ns-kek")
+        .arg(secrets.join("ns.kek"))
+        .arg("--as-kek")
+        .arg(secrets.join("as.kek"))
+        .args(["--net-id", &format!("{NET_ID:06X}")])
+        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .arg("--events")
+        .arg(&events_path);
+    let ns = Proc::spawn(cmd, "netserver listening");
+    let gw = Gateway::new(0xAA55_0000_0000_0001, ns.addr("gwmp"));
+    gw.pull_data();
+
+    let (a10, c10) = join(&gw, 1, 1_000_000);
+    let (a11, c11) = join(&gw, 3, 50_000_000);
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().expect("decrypted data"))
+            .unwrap()
+    };
+    let mut tmst = 100_000_000u32;
+    let mut firsts = Vec::new();
+    for (dev, addr, c) in [
+        ("0000000000000001", a10, &c10),
+        ("0000000000000003", a11, &c11),
+    ] {
+        let is_1_1 = dev.ends_with('3');
+        // Unconfirmed, then confirmed with FCnt 3: both delivered in clear, the second ACKed.
+        let first = if is_1_1 {
+            // 1.1: a frame without RekeyInd before the session is confirmed is discarded; the
+            // next one carries RekeyInd (FOpts) and gets RekeyConf.
+            gw.push(&uplink(c, addr, 0, false, b"too early"), tmst, 8.0, -90);
+            tmst += 10_000_000;
+            common::wait_metric(
+                ns.addr("metrics"),
+                "netserver_uplinks_total{result=\"session_unconfirmed\"}",
+                1.0,
+            );
+            let rekey_ind = vec![0x0B, 0x01];
+            gw.push(
+                &uplink_with(c, addr, 1, false, rekey_ind, b"reading 17.5"),
+                tmst,
+                8.0,
+                -90,
+            );
+            let (_, tx) = gw.pull_resp(Duration::from_secs(3)).expect("RekeyConf");
+            let d = DataFrame::parse(&tx.data)
+                .unwrap()
+                .open_downlink(c, 0, 0)
+                .unwrap();
+            assert_eq!(
+                d.fopts,
+                vec![0x0B, 0x01],
+                "RekeyConf, serv minor 1 (decrypted)"
+            );
+            1
+        } else {
+            gw.push(&uplink(c, addr, 0, false, b"reading 17.5"), tmst, 8.0, -90);
+            0
+        };
+        firsts.push(first);
+        tmst += 10_000_000;
+        gw.push(&uplink(c, addr, 3, true, b"alarm"), tmst, 8.0, -90);
+        let (_, tx) = gw.pull_resp(Duration::from_secs(3)).expect("an ACK");
+        assert_eq!(tx.timing, TxTiming::Tmst(tmst + 1_000_000), "RX1 delay 1 s");
+        let f = DataFrame::parse(&tx.data).unwrap();
+        // 1.0: FCntDown 0. 1.1: NFCntDown 1 (after the RekeyConf), with ConfFCnt = 3 in the
+        // MIC (0 fails).
+        let down = u32::from(is_1_1);
+        if is_1_1 {
+            assert!(f.open_downlink(c, down, 0).is_err(), "ConfFCnt ignored");
+        }
+        let d = f
+            .open_downlink(c, down, 3)
+            .expect("ACK MIC valid under the device's keys");
+        assert!(d.ack);
+        tmst += 10_000_000;
+    }
+    let all = wait_events(&events_path, 6);
+    let joins: Vec<&Value> = all.iter().filter(|e| e["type"] == "join").collect();
+    assert_eq!(joins.len(), 2, "join events");
+    assert_eq!(joins[1]["mac_version"], "1.1");
+    for (dev, first) in ["0000000000000001", "0000000000000003"]
+        .into_iter()
+        .zip(firsts)
+    {
+        let ups: Vec<&Value> = all
+            .iter()
+            .filter(|e| e["type"] == "uplink" && e["dev_eui"] == dev)
+            .collect();
+        assert_eq!(ups.len(), 2, "{dev}");
+        assert_eq!(
+            (ups[0]["f_cnt"].as_u64(), ups[1]["f_cnt"].as_u64()),
+            (Some(first), Some(3))
+        );
+        assert_eq!(b64(&ups[0]["data"]), b"reading 17.5");
+        assert_eq!(b64(&ups[1]["data"]), b"alarm");
+        assert_eq!(ups[1]["confirmed"], true);
+    }
+}
