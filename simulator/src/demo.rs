@@ -7,8 +7,9 @@
 //! 3. Starts the network server (`netserver::server::run`) on 127.0.0.1, ephemeral ports, with the
 //!    link key and network KEK read from the join server's secret files, as an operator copies
 //!    them.
-//! 4. Runs a join storm followed by steady uplinks against it over real UDP sockets, and prints
-//!    the report. The temporary directories are removed afterwards.
+//! 4. Runs a join storm followed by steady uplinks against it over real UDP sockets, with the
+//!    network server's application events sent to the simulator, and prints the report. The
+//!    temporary directories are removed afterwards.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -66,8 +67,13 @@ impl std::fmt::Debug for Servers {
 
 impl Servers {
     /// Creates fresh secrets, imports `manifest` into a new join server, starts it, and starts a
-    /// network server of NetID `net_id` linked to it.
-    pub fn start(manifest: &Path, net_id: NetId) -> anyhow::Result<Self> {
+    /// network server of NetID `net_id` linked to it, sending its application events as UDP
+    /// datagrams to `events` if given.
+    pub fn start(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let dirs = tempfile::Builder::new()
             .prefix("lorawan-servers-")
             .tempdir()?;
@@ -130,6 +136,10 @@ impl Servers {
             },
             metrics: netserver::config::MetricsConfig {
                 listen: String::new(),
+            },
+            data: netserver::data_path::DataConfig {
+                events: events.map_or_else(String::new, |a| format!("udp://{a}")),
+                ..defaults.data
             },
             ..defaults
         };
@@ -199,6 +209,12 @@ impl Drop for Servers {
     }
 }
 
+/// A UDP port on 127.0.0.1 free right now (bound, read, released).
+pub fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?)
+}
+
 /// Runs the demo; returns the report (also printed).
 pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
     let tmp = tempfile::Builder::new().prefix("lorawan-demo-").tempdir()?;
@@ -220,8 +236,10 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
         manifest_path.display()
     );
 
-    // 2, 3. The servers, the fleet provisioned.
-    let servers = Servers::start(&manifest_path, net_id)?;
+    // 2, 3. The servers, the fleet provisioned; the network server's application events come to
+    // the simulator, which counts what was delivered.
+    let events = free_udp_port()?;
+    let servers = Servers::start(&manifest_path, net_id, Some(events))?;
     eprintln!(
         "demo: join server link on {}, network server GWMP on {}",
         servers
@@ -250,7 +268,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
         },
         duration_given: true,
         seed: o.seed,
-        event_listen: None,
+        event_listen: Some(events),
         report_json: o.report_json.clone(),
         timeseries_csv: None,
         progress: o.progress,

@@ -76,7 +76,7 @@ fn storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest() {
         );
     }
     manifest::write(&manifest_path, &entries).unwrap();
-    let servers = Servers::start(&manifest_path, net_id).unwrap();
+    let servers = Servers::start(&manifest_path, net_id, None).unwrap();
 
     // First storm: every join accepted, every Join-accept in RX1.
     let json = dir.path().join("first.json");
@@ -123,7 +123,7 @@ fn a_replayed_dev_nonce_is_refused_and_the_retry_joins() {
         home_net_id: net_id,
     });
     manifest::write(&manifest_path, &entries).unwrap();
-    let servers = Servers::start(&manifest_path, net_id).unwrap();
+    let servers = Servers::start(&manifest_path, net_id, None).unwrap();
     let first = storm(&manifest_path, &servers, 1, &dir.path().join("a.json"));
     assert_eq!(first.joins.accepted, 30);
     // Roll the fleet state back, as if it had never been saved.
@@ -178,7 +178,7 @@ fn power_restore_rejoins_the_whole_fleet() {
         home_net_id: net_id,
     });
     manifest::write(&manifest_path, &entries).unwrap();
-    let servers = Servers::start(&manifest_path, net_id).unwrap();
+    let servers = Servers::start(&manifest_path, net_id, None).unwrap();
     let r = run::run(&RunOptions {
         manifest: manifest_path.clone(),
         netserver: servers.gwmp(),
@@ -214,4 +214,57 @@ fn power_restore_rejoins_the_whole_fleet() {
         "the counters survived the outage"
     );
     servers.stop().unwrap();
+}
+
+#[test]
+fn steady_uplinks_are_all_delivered_and_the_report_counts_the_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("fleet.csv");
+    let net_id = NetId::new(0).unwrap();
+    let entries = manifest::generate(&Params {
+        devices: 300,
+        seed: 13,
+        versions: VersionMix::Mix,
+        join_eui: manifest::DEFAULT_JOIN_EUI,
+        home_net_id: net_id,
+    });
+    manifest::write(&manifest_path, &entries).unwrap();
+    let events = simulator::demo::free_udp_port().unwrap();
+    let servers = Servers::start(&manifest_path, net_id, Some(events)).unwrap();
+    let r = run::run(&RunOptions {
+        manifest: manifest_path.clone(),
+        netserver: servers.gwmp(),
+        bind: "127.0.0.1".parse().unwrap(),
+        gateways: 3,
+        traffic: Traffic {
+            scenario: Scenario::Steady,
+            join_window_us: 1_000_000,
+            duration_us: 12_000_000,
+            uplink_interval_us: 2_000_000,
+            confirmed_ratio: 0.2,
+            payload_size: 12,
+            loss: 0.0,
+            heard_by: 3,
+            data_rate: 5,
+        },
+        duration_given: true,
+        seed: 3,
+        event_listen: Some(events),
+        report_json: None,
+        timeseries_csv: None,
+        progress: false,
+        print_table: false,
+    })
+    .unwrap();
+    servers.stop().unwrap();
+    assert_eq!(r.joins.accepted, 300, "{r:#?}");
+    let u = &r.uplinks;
+    assert!(u.sent > 600, "{r:#?}");
+    // Every uplink reached the event sink exactly once, though up to three gateways heard it.
+    assert_eq!(u.delivered, Some(u.sent), "{r:#?}");
+    assert_eq!((u.lost, u.duplicates), (0, 0), "{r:#?}");
+    // Confirmed uplinks were acknowledged in their windows.
+    assert!(u.confirmed > 0);
+    assert_eq!(u.acked, u.confirmed, "{r:#?}");
+    assert_eq!(r.downlinks.missed_window, 0, "{r:#?}");
 }
