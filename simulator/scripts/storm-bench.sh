@@ -21,8 +21,10 @@ for _ in $(seq 100); do
   LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
   [ -n "$LINK" ] && break; sleep 0.1
 done
+# The network server's application events go to the simulator, which counts what was delivered.
+EVENTS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$BIN/netserver" serve --data-dir "$D/ns" --join-server "$LINK" --link-key "$D/js/secrets/link.key" \
-  --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 >"$D/ns.out" 2>"$D/ns.err" &
+  --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 --events "udp://$EVENTS" >"$D/ns.out" 2>"$D/ns.err" &
 NS=$!
 GWMP=
 for _ in $(seq 100); do
@@ -31,13 +33,15 @@ for _ in $(seq 100); do
 done
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
-  --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" $EXTRA >"$D/table.txt"
+  --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \
+  --event-listen "$EVENTS" $EXTRA >"$D/table.txt"
 python3 - "$D/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); j = r["joins"]; l = r["join_latency_ms"]
 print(f"devices {r['devices']} accepted {j['accepted']} attempted {j['attempted']} rx1 {j['accepted_rx1']} "
       f"rx2 {j['accepted_rx2']} timed_out {j['timed_out']} missed_window {j['missed_window']} failed {j['failed']} "
       f"duration_s {r['duration_s']} latency_ms p50 {l['p50']} p99 {l['p99']} max {l['max']} "
-      f"uplinks_sent {r['uplinks']['sent']} push_data {r['gwmp']['push_data']} push_ack {r['gwmp']['push_ack']}")
+      f"uplinks_sent {r['uplinks']['sent']} delivered {r['uplinks']['delivered']} lost {r['uplinks']['lost']} "
+      f"duplicates {r['uplinks']['duplicates']} push_data {r['gwmp']['push_data']} push_ack {r['gwmp']['push_ack']}")
 PY
 echo "$D"
