@@ -195,22 +195,28 @@ impl Shared {
 /// `f_cnt`/`fcnt`/`fCnt`/`FCnt`; when the object has a `type`/`event` field it must name an uplink
 /// (`up`, `uplink`). Several events may share a datagram, one per line.
 pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
-    let text = String::from_utf8_lossy(datagram);
+    /// The fields the simulator reads; everything else is skipped without being built.
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(rename = "type", alias = "event", borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(alias = "devEui", alias = "DevEUI", borrow, default)]
+        dev_eui: Option<std::borrow::Cow<'a, str>>,
+        #[serde(alias = "fcnt", alias = "fCnt", alias = "FCnt", default)]
+        f_cnt: Option<u64>,
+    }
     let mut out = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+    for line in datagram.split(|&b| b == b'\n') {
+        let Ok(e) = serde_json::from_slice::<Event<'_>>(line) else {
             continue;
         };
-        let get = |names: &[&str]| names.iter().find_map(|n| v.get(*n));
-        if let Some(t) = get(&["type", "event"]).and_then(|t| t.as_str()) {
-            if !matches!(t, "up" | "uplink") {
-                continue;
-            }
+        if e.kind
+            .as_deref()
+            .is_some_and(|k| !matches!(k, "up" | "uplink"))
+        {
+            continue;
         }
-        let dev =
-            get(&["dev_eui", "devEui", "DevEUI"]).and_then(|d| d.as_str()?.parse::<DevEui>().ok());
-        let fcnt = get(&["f_cnt", "fcnt", "fCnt", "FCnt"]).and_then(|f| f.as_u64());
-        if let (Some(d), Some(f)) = (dev, fcnt) {
+        if let (Some(d), Some(f)) = (e.dev_eui.and_then(|d| d.parse::<DevEui>().ok()), e.f_cnt) {
             out.push((d, f as u32));
         }
     }
@@ -280,17 +286,28 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     if let Some(sink) = sink {
         let sh = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            let mut buf = vec![0u8; 65536];
-            while let Ok(len) = sink.recv(&mut buf).await {
-                let events = parse_app_events(&buf[..len]);
-                let mut e = sh.engine.borrow_mut();
-                for (dev, fcnt) in events {
-                    e.on_app_event(dev, fcnt);
+            let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+            loop {
+                if sink.readable().await.is_err() {
+                    return;
                 }
+                for _ in 0..8 {
+                    match recv_batch(&sink, &mut bufs) {
+                        Ok(lens) if !lens.is_empty() => {
+                            let mut e = sh.engine.borrow_mut();
+                            for (buf, &len) in bufs.iter().zip(&lens) {
+                                for (dev, fcnt) in parse_app_events(&buf[..len.min(RECV_BUF)]) {
+                                    e.on_app_event(dev, fcnt);
+                                }
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                tokio::task::yield_now().await;
             }
         }));
     }
-
     shared.engine.borrow_mut().start(0);
     shared.flush().await;
     let mut next_progress = 1_000_000u64;
