@@ -1,0 +1,47 @@
+#!/bin/bash
+# Join-storm benchmark against the real binaries on 127.0.0.1 (see docs/benchmarks.md).
+#   N devices (default 100000, mixed 1.0.3/1.0.4/1.1) join within W (default 10s), through
+#   G virtual gateways (default 4), each join heard by 1..K of them (default 2).
+#   SCENARIO (default storm) and EXTRA (more `simulator run` options) select other runs, e.g.
+#   SCENARIO=steady EXTRA="--uplink-interval 2s --duration 40s" for steady uplinks.
+# Build first: cargo build --release -p joinserver -p netserver -p simulator
+# Prints one summary line from the JSON report and the run directory (report.json, ts.csv, logs).
+set -euo pipefail
+N=${N:-100000}; W=${W:-10s}; G=${G:-4}; K=${K:-2}; SEED=${SEED:-1}; SCENARIO=${SCENARIO:-storm}; EXTRA=${EXTRA:-}
+BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
+D=$(mktemp -d "${TMPDIR:-/tmp}/storm-bench.XXXX")
+"$BIN/simulator" manifest --devices "$N" --seed "$SEED" --mac-version mix --out "$D/fleet.csv" 2>/dev/null
+"$BIN/joinserver" init --data-dir "$D/js" >/dev/null
+"$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null
+"$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics "" >"$D/js.out" 2>"$D/js.err" &
+JS=$!
+trap 'kill $JS ${NS:-} 2>/dev/null || true' EXIT
+LINK=
+for _ in $(seq 100); do
+  LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
+  [ -n "$LINK" ] && break; sleep 0.1
+done
+# The network server's application events go to the simulator, which counts what was delivered.
+EVENTS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$BIN/netserver" serve --data-dir "$D/ns" --join-server "$LINK" --link-key "$D/js/secrets/link.key" \
+  --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 --events "udp://$EVENTS" >"$D/ns.out" 2>"$D/ns.err" &
+NS=$!
+GWMP=
+for _ in $(seq 100); do
+  GWMP=$(grep -oE "gwmp=[0-9.:]+" "$D/ns.out" | head -1 | cut -d= -f2 || true)
+  [ -n "$GWMP" ] && break; sleep 0.1
+done
+# shellcheck disable=SC2086
+"$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
+  --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \
+  --event-listen "$EVENTS" $EXTRA >"$D/table.txt"
+python3 - "$D/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); j = r["joins"]; l = r["join_latency_ms"]
+print(f"devices {r['devices']} accepted {j['accepted']} attempted {j['attempted']} rx1 {j['accepted_rx1']} "
+      f"rx2 {j['accepted_rx2']} timed_out {j['timed_out']} missed_window {j['missed_window']} failed {j['failed']} "
+      f"duration_s {r['duration_s']} latency_ms p50 {l['p50']} p99 {l['p99']} max {l['max']} "
+      f"uplinks_sent {r['uplinks']['sent']} delivered {r['uplinks']['delivered']} lost {r['uplinks']['lost']} "
+      f"duplicates {r['uplinks']['duplicates']} push_data {r['gwmp']['push_data']} push_ack {r['gwmp']['push_ack']}")
+PY
+echo "$D"

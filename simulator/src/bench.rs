@@ -1,0 +1,210 @@
+//! `simulator bench`: the simulator alone, without servers. Builds a fleet in memory (no
+//! manifest file), reports its memory, then runs a join storm against a local UDP sink that only
+//! counts, to measure how many GWMP datagrams the simulator generates per second on its one
+//! thread. Nothing answers, so no device joins: this measures the generating side only.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use protocol::ids::NetId;
+use serde::Serialize;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::fleet::Fleet;
+use crate::manifest::{self, NonceState, Params, VersionMix};
+use crate::net::{self, NetConfig};
+use crate::scenario::{Scenario, Traffic};
+
+/// What `simulator bench` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Devices in the fleet.
+    pub devices: u64,
+    /// Seconds to generate the fleet (keys, EUIs) and build the state machines.
+    pub build_s: f64,
+    /// Resident memory after building the fleet, MiB.
+    pub rss_fleet_mib: f64,
+    /// Peak resident memory of the process, MiB.
+    pub rss_peak_mib: f64,
+    /// Bytes of one device's state machine (without its boxed session).
+    pub device_bytes: usize,
+    /// Bytes of one session (boxed; allocated while a device is joined).
+    pub session_bytes: usize,
+    /// Estimated resident memory of the fleet with every device joined, MiB: the measured fleet
+    /// plus one session allocation (rounded up to 16 bytes, plus 16 of allocator overhead) each.
+    pub rss_fleet_joined_estimate_mib: f64,
+    /// Datagrams generated.
+    pub datagrams: u64,
+    /// Seconds from the first to the last datagram.
+    pub generate_s: f64,
+    /// Datagrams per second of wall time.
+    pub datagrams_per_s: f64,
+    /// CPU seconds the simulator's thread used while generating (user + system).
+    pub cpu_s: f64,
+    /// Datagrams per CPU second of the simulator's one thread: the rate on one dedicated core.
+    pub datagrams_per_cpu_s: f64,
+    /// Of `cpu_s`, the part spent sending (`sendmmsg`, where loopback also charges the receiving
+    /// side's kernel work to the sender).
+    pub send_cpu_s: f64,
+    /// Datagrams per CPU second outside the send calls: what the simulation itself (device state
+    /// machines, crypto, GWMP encoding, scheduling) generates.
+    pub generated_per_engine_cpu_s: f64,
+    /// Datagrams the sink received (the kernel may drop some when the sink falls behind).
+    pub sink_received: u64,
+}
+
+/// Reads a `/proc/self/status` field in kB, as MiB.
+fn proc_status_mib(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+use crate::net::thread_cpu_s;
+
+/// Receives up to `bufs.len()` datagrams with one `recvmmsg` (waiting for the first only).
+fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; 512]]) -> Option<usize> {
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
+        .iter_mut()
+        .map(|b| [IoSliceMut::new(&mut b[..])])
+        .collect();
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+    recvmmsg(
+        sock.as_raw_fd(),
+        &mut headers,
+        slices.iter_mut(),
+        MsgFlags::MSG_WAITFORONE,
+        None,
+    )
+    .ok()
+    .map(|r| r.count())
+}
+
+/// Runs the benchmark: `devices` devices all sending a Join-request within `window`; the run
+/// stops 6 s after the window (retries of the earliest devices may start before that).
+pub fn run(
+    devices: u32,
+    window: Duration,
+    gateways: u16,
+    seed: u64,
+) -> anyhow::Result<BenchReport> {
+    let t0 = Instant::now();
+    let entries = manifest::generate(&Params {
+        devices,
+        seed,
+        versions: VersionMix::Mix,
+        join_eui: manifest::DEFAULT_JOIN_EUI,
+        home_net_id: NetId::new(0).expect("NetID 0"),
+    });
+    let fleet = Fleet::new(
+        entries,
+        &vec![NonceState::default(); devices as usize],
+        seed,
+        gateways,
+    );
+    let build_s = t0.elapsed().as_secs_f64();
+    let rss_fleet_mib = proc_status_mib("VmRSS:");
+
+    let sink = UdpSocket::bind("127.0.0.1:0")?;
+    let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(8 << 20);
+    sink.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let sink_addr: SocketAddr = sink.local_addr()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = {
+        let (received, stop) = (received.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("bench-sink".into())
+            .spawn(move || {
+                let mut bufs = vec![[0u8; 512]; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(n) = recv_batch(&sink, &mut bufs) {
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+            })?
+    };
+    let window_us = window.as_micros() as u64;
+    let engine = Engine::new(
+        EngineConfig {
+            seed,
+            traffic: Traffic {
+                scenario: Scenario::Storm,
+                join_window_us: window_us,
+                duration_us: window_us + 6_000_000,
+                uplink_interval_us: 60_000_000,
+                confirmed_ratio: 0.0,
+                payload_size: 12,
+                loss: 0.0,
+                heard_by: 1,
+                data_rate: 5,
+            },
+            gateways,
+            event_sink: false,
+            duration_given: true,
+        },
+        fleet,
+    );
+    let device_bytes = size_of::<crate::device::Device>();
+    let session_bytes = size_of::<crate::device::Session>();
+    let per_session = session_bytes.div_ceil(16) * 16 + 16;
+    let rss_fleet_joined_estimate_mib =
+        rss_fleet_mib + (per_session as f64 * f64::from(devices)) / (1024.0 * 1024.0);
+    let cpu0 = thread_cpu_s();
+    let (engine, _) = net::run(
+        engine,
+        &NetConfig {
+            netserver: sink_addr,
+            bind: "127.0.0.1".parse()?,
+            event_listen: None,
+            progress: false,
+            sink_grace: Duration::ZERO,
+        },
+    )?;
+    let cpu_s = thread_cpu_s() - cpu0;
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let _ = counter.join();
+    let datagrams = engine.stats.push_data + engine.stats.pull_data;
+    let generate_s = engine.stats.generate_span_s();
+    Ok(BenchReport {
+        devices: u64::from(devices),
+        build_s,
+        rss_fleet_mib,
+        rss_peak_mib: proc_status_mib("VmHWM:"),
+        device_bytes,
+        session_bytes,
+        rss_fleet_joined_estimate_mib,
+        datagrams,
+        generate_s,
+        datagrams_per_s: if generate_s > 0.0 {
+            datagrams as f64 / generate_s
+        } else {
+            0.0
+        },
+        cpu_s,
+        datagrams_per_cpu_s: if cpu_s > 0.0 {
+            datagrams as f64 / cpu_s
+        } else {
+            0.0
+        },
+        send_cpu_s: engine.stats.send_cpu_s,
+        generated_per_engine_cpu_s: if cpu_s > engine.stats.send_cpu_s {
+            datagrams as f64 / (cpu_s - engine.stats.send_cpu_s)
+        } else {
+            0.0
+        },
+        sink_received: received.load(Ordering::Relaxed),
+    })
+}

@@ -1,0 +1,281 @@
+//! `simulator demo`: the whole system in one process, with nothing to set up.
+//!
+//! 1. Generates a fleet (mixed 1.0.3 / 1.0.4 / 1.1) and its manifest in a temporary directory.
+//! 2. Creates a join server data directory with fresh secrets (`joinserver::secrets::init`),
+//!    imports the manifest, and starts the join server (`joinserver::server::Server`) on
+//!    127.0.0.1 with an ephemeral port.
+//! 3. Starts the network server (`netserver::server::run`) on 127.0.0.1, ephemeral ports, with the
+//!    link key and network KEK read from the join server's secret files, as an operator copies
+//!    them.
+//! 4. Runs a join storm followed by steady uplinks against it over real UDP sockets, with the
+//!    network server's application events sent to the simulator, and prints the report. The
+//!    temporary directories are removed afterwards.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use protocol::ids::NetId;
+
+use crate::manifest::{self, Params, VersionMix};
+use crate::report::Report;
+use crate::run::{self, RunOptions};
+use crate::scenario::{Scenario, Traffic};
+
+/// What `simulator demo` takes.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Fleet size.
+    pub devices: u32,
+    /// Seed of the fleet and of the traffic.
+    pub seed: u64,
+    /// The join storm's window.
+    pub join_window: Duration,
+    /// How long devices report after the join window.
+    pub steady: Duration,
+    /// Mean interval between two uplinks of a device.
+    pub uplink_interval: Duration,
+    /// Virtual gateways.
+    pub gateways: u16,
+    /// Each transmission is heard by 1..=K gateways.
+    pub heard_by: u16,
+    /// JSON report path.
+    pub report_json: Option<PathBuf>,
+    /// Progress lines.
+    pub progress: bool,
+}
+
+/// A join server and a network server running in this process on 127.0.0.1, with their data
+/// directories under a temporary directory that is removed when this is dropped.
+pub struct Servers {
+    js: Option<joinserver::server::Server>,
+    ns: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    gwmp: SocketAddr,
+    _dirs: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Servers")
+            .field("gwmp", &self.gwmp)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Servers {
+    /// Creates fresh secrets, imports `manifest` into a new join server, starts it, and starts a
+    /// network server of NetID `net_id` linked to it, sending its application events as UDP
+    /// datagrams to `events` if given.
+    pub fn start(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let dirs = tempfile::Builder::new()
+            .prefix("lorawan-servers-")
+            .tempdir()?;
+        let js_dir = dirs.path().join("joinserver");
+        let ns_dir = dirs.path().join("netserver");
+        std::fs::create_dir_all(&js_dir)?;
+        std::fs::create_dir_all(&ns_dir)?;
+
+        // The join server: fresh secrets, the fleet imported, listening on loopback.
+        joinserver::secrets::init(&js_dir).context("creating the join server's secrets")?;
+        let js_secrets = joinserver::secrets::Secrets::load(&js_dir)?;
+        {
+            use joinserver::store::Store as _;
+            let mut store = joinserver::store::SqliteStore::open(&js_dir)?;
+            store.check_master(&joinserver::atrest::check_value(&js_secrets.master))?;
+            let text = std::fs::read_to_string(manifest)
+                .with_context(|| format!("reading {}", manifest.display()))?;
+            joinserver::devices::import(
+                &mut store,
+                &js_secrets.master,
+                &text,
+                joinserver::devices::Format::Csv,
+            )
+            .map_err(|e| anyhow!("importing the manifest into the join server: {e:?}"))?;
+        }
+        let mut js_config = joinserver::config::Config::default();
+        js_config.link.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        js_config.metrics.listen = String::new();
+        let js = joinserver::server::Server::start(&js_dir, &js_config)
+            .context("starting the join server")?;
+
+        // The network server, with the link key and network KEK read from the join server's
+        // secret files, as an operator copies them.
+        let secrets_dir = joinserver::secrets::dir(&js_dir);
+        let ns_secrets = netserver::state::Secrets {
+            link_key: netserver::keys::read_secret(
+                &secrets_dir.join(joinserver::secrets::LINK_KEY),
+                str::parse::<protocol::keys::LinkKey>,
+            )?,
+            ns_kek: netserver::keys::read_labeled_kek(
+                &secrets_dir.join(joinserver::secrets::NS_KEK),
+            )?,
+            as_kek: None,
+        };
+        let defaults = netserver::config::Config::default();
+        let ns_config = netserver::config::Config {
+            data_dir: ns_dir,
+            network: netserver::config::NetworkConfig {
+                net_id,
+                ..defaults.network
+            },
+            gwmp: netserver::config::GwmpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..defaults.gwmp
+            },
+            join_server: netserver::config::JoinServerConfig {
+                address: js.link_addr().to_string(),
+                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..defaults.join_server
+            },
+            metrics: netserver::config::MetricsConfig {
+                listen: String::new(),
+            },
+            data: netserver::data_path::DataConfig {
+                events: events.map_or_else(String::new, |a| format!("udp://{a}")),
+                ..defaults.data
+            },
+            ..defaults
+        };
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let ns = std::thread::Builder::new()
+            .name("netserver".into())
+            .spawn(move || {
+                netserver::server::run(ns_config, ns_secrets, Some(stop_rx), |a| {
+                    let _ = addr_tx.send(a.gwmp);
+                })
+            })?;
+        let gwmp = match addr_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                js.shutdown();
+                let r = ns
+                    .join()
+                    .map_err(|_| anyhow!("the network server panicked"))?;
+                r.context("the network server did not start")?;
+                return Err(anyhow!("the network server did not start within 60 s"));
+            }
+        };
+        Ok(Self {
+            js: Some(js),
+            ns: Some(ns),
+            stop,
+            gwmp,
+            _dirs: dirs,
+        })
+    }
+
+    /// The network server's GWMP address.
+    pub fn gwmp(&self) -> SocketAddr {
+        self.gwmp
+    }
+
+    /// The join server's link address.
+    pub fn join_server_link(&self) -> Option<SocketAddr> {
+        self.js.as_ref().map(|j| j.link_addr())
+    }
+
+    /// Stops both servers (network server first) and reports how the network server ended.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let r = match self.ns.take() {
+            Some(ns) => ns
+                .join()
+                .map_err(|_| anyhow!("the network server panicked"))
+                .and_then(|r| r.context("the network server stopped with an error")),
+            None => Ok(()),
+        };
+        if let Some(js) = self.js.take() {
+            js.shutdown();
+        }
+        r
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// A UDP port on 127.0.0.1 free right now (bound, read, released).
+pub fn free_udp_port() -> anyhow::Result<SocketAddr> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(s.local_addr()?)
+}
+
+/// Runs the demo; returns the report (also printed).
+pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
+    let tmp = tempfile::Builder::new().prefix("lorawan-demo-").tempdir()?;
+    let net_id = NetId::new(0).expect("NetID 000000");
+
+    // 1. The fleet.
+    let manifest_path = tmp.path().join("fleet.csv");
+    let entries = manifest::generate(&Params {
+        devices: o.devices,
+        seed: o.seed,
+        versions: VersionMix::Mix,
+        join_eui: manifest::DEFAULT_JOIN_EUI,
+        home_net_id: net_id,
+    });
+    manifest::write(&manifest_path, &entries)?;
+    eprintln!(
+        "demo: {} devices (1.0.3, 1.0.4 and 1.1) in {}",
+        entries.len(),
+        manifest_path.display()
+    );
+
+    // 2, 3. The servers, the fleet provisioned; the network server's application events come to
+    // the simulator, which counts what was delivered.
+    let events = free_udp_port()?;
+    let servers = Servers::start(&manifest_path, net_id, Some(events))?;
+    eprintln!(
+        "demo: join server link on {}, network server GWMP on {}",
+        servers
+            .join_server_link()
+            .map_or_else(|| "-".into(), |a| a.to_string()),
+        servers.gwmp()
+    );
+
+    // 4. Join storm, then steady uplinks.
+    let join_window_us = o.join_window.as_micros() as u64;
+    let result = run::run(&RunOptions {
+        manifest: manifest_path,
+        netserver: servers.gwmp(),
+        bind: "127.0.0.1".parse()?,
+        gateways: o.gateways,
+        traffic: Traffic {
+            scenario: Scenario::Steady,
+            join_window_us,
+            duration_us: join_window_us + o.steady.as_micros() as u64,
+            uplink_interval_us: o.uplink_interval.as_micros() as u64,
+            confirmed_ratio: 0.0,
+            payload_size: 12,
+            loss: 0.0,
+            heard_by: o.heard_by,
+            data_rate: 5,
+        },
+        duration_given: true,
+        seed: o.seed,
+        event_listen: Some(events),
+        report_json: o.report_json.clone(),
+        timeseries_csv: None,
+        progress: o.progress,
+        print_table: true,
+    });
+    let stopped = servers.stop();
+    let report = result?;
+    stopped?;
+    Ok(report)
+}

@@ -1,0 +1,1129 @@
+//! The sans-IO end-device: a LoRaWAN Class A state machine driven by timers and received frames.
+//!
+//! A [`Device`] never touches a socket or a clock. The engine calls [`Device::on_timer`] when a
+//! timer the device armed fires and [`Device::on_downlink`] when a frame lands in one of its
+//! receive windows; the device answers with [`Effect`]s: transmit this frame, arm this timer,
+//! count this event. Randomness comes from the caller's RNG, which the engine derives from the run
+//! seed and the device, so a device's traffic does not depend on what other devices do.
+//!
+//! What it implements:
+//! - OTAA per version: DevNonce is a persisted counter for 1.0.4 and 1.1 and random for 1.0.2 and
+//!   1.0.3 (drawn without repetition, see [`random_dev_nonce`]). The Join-accept is decrypted, its
+//!   MIC checked (1.1 OptNeg formula under JSIntKey when OptNeg is set), JoinNonce checked (1.1:
+//!   strictly greater than the last one accepted), and the session keys derived on the device.
+//! - Join retries back off to respect the join duty-cycle limits (LoRaWAN 1.0.4 §7 / RP002): at
+//!   most 1 % transmit time in the first hour after power-up, 0.1 % in the next ten hours, 0.01 %
+//!   after that, each retry dithered by up to one second.
+//! - Periodic uplinks with ±10 % jitter; confirmed uplinks wait for an ACK in RX1/RX2 and are
+//!   retransmitted up to NbTrans times (ACK_TIMEOUT 1..3 s), unconfirmed ones repeated NbTrans
+//!   times unless a downlink arrives.
+//! - MAC commands: LinkADRReq (→ LinkADRAns, applies DR and NbTrans), DeviceTimeReq sent after a
+//!   join and DeviceTimeAns taken, RekeyInd sent by 1.1 devices (OptNeg) until RekeyConf, and the
+//!   mandatory answers to DevStatusReq, RXParamSetupReq, RXTimingSetupReq, DutyCycleReq,
+//!   NewChannelReq, DlChannelReq, TxParamSetupReq, ADRParamSetupReq and RejoinParamSetupReq.
+
+use protocol::data::Direction;
+use protocol::ids::{DevAddr, DevNonce};
+use protocol::mac::MacCommand;
+use protocol::region::{lora_time_on_air, LoraFrame};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::frames::{self, Identity, Keys};
+use crate::manifest::NonceState;
+use crate::sched::{Micros, TimerKind};
+
+/// JOIN_ACCEPT_DELAY1.
+pub const JOIN_ACCEPT_DELAY1_US: Micros = 5_000_000;
+/// JOIN_ACCEPT_DELAY2.
+pub const JOIN_ACCEPT_DELAY2_US: Micros = 6_000_000;
+/// How long after the start of its RX2 window a device waits before it considers both windows
+/// empty. A PULL_RESP that reaches the gateway after its `tmst` is too late anyway (TX_ACK
+/// `TOO_LATE`), so this only covers one that arrived just before RX2 and is still being read; it
+/// is about the length of an RX2 preamble search at SF12 (8 symbols of 32.8 ms would be 262 ms;
+/// at the DR of a typical RX2 downlink, tens of ms). A Class A device sends nothing in between.
+pub const RX_GRACE_US: Micros = 20_000;
+/// FPort of the meter readings.
+pub const APP_PORT: u8 = 1;
+
+/// Which receive window a downlink landed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// RX1.
+    Rx1,
+    /// RX2.
+    Rx2,
+}
+
+/// What a device is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// No power.
+    Off,
+    /// Powered, trying to join.
+    Joining,
+    /// Holding a session.
+    Joined,
+}
+
+/// Traffic settings a device needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Behaviour {
+    /// Whether joined devices send data uplinks.
+    pub uplinks: bool,
+    /// Mean interval between uplinks.
+    pub uplink_interval_us: Micros,
+    /// Fraction of confirmed uplinks.
+    pub confirmed_ratio: f64,
+    /// Application payload size.
+    pub payload_size: usize,
+    /// EU868 data rate of joins and (until LinkADRReq changes it) uplinks.
+    pub data_rate: u8,
+}
+
+/// A frame to put on air.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tx {
+    /// The PHYPayload.
+    pub phy: Vec<u8>,
+    /// EU868 data rate.
+    pub dr: u8,
+    /// Channel index (0..=2: 868.1, 868.3, 868.5 MHz).
+    pub chan: u8,
+    /// What the frame is.
+    pub kind: TxKind,
+}
+
+/// What a transmitted frame is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxKind {
+    /// A Join-request.
+    Join {
+        /// Its DevNonce.
+        dev_nonce: u16,
+    },
+    /// A data uplink.
+    Data {
+        /// Full FCntUp.
+        fcnt: u32,
+        /// Confirmed.
+        confirmed: bool,
+        /// 1 for the first transmission, 2.. for repeats of the same FCnt.
+        transmission: u8,
+    },
+}
+
+/// Something worth counting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// A Join-accept was accepted.
+    Joined {
+        /// Window it came in.
+        window: Window,
+        /// When the Join-request was sent.
+        request_sent_at: Micros,
+        /// Assigned address.
+        dev_addr: DevAddr,
+    },
+    /// A Join-accept arrived in a window but was refused.
+    JoinRejected(&'static str),
+    /// The receive windows of a Join-request closed without a Join-accept being accepted.
+    JoinAttemptOver {
+        /// When that Join-request was sent.
+        sent_at: Micros,
+        /// Nothing usable arrived (counted as a timeout); `false` if an accept was refused.
+        timed_out: bool,
+    },
+    /// The device cannot join any more (DevNonce space exhausted).
+    DevNonceExhausted,
+    /// A confirmed uplink was acknowledged.
+    Acked {
+        /// FCnt.
+        fcnt: u32,
+        /// When the acknowledged transmission was sent.
+        sent_at: Micros,
+    },
+    /// A data frame is finished (acknowledged, or out of transmissions).
+    FrameDone {
+        /// FCnt.
+        fcnt: u32,
+        /// Confirmed.
+        confirmed: bool,
+        /// For confirmed frames: whether an ACK came.
+        acked: bool,
+    },
+    /// A data downlink was received and authenticated.
+    Downlink,
+    /// A data downlink in a window was dropped.
+    DownlinkRejected(&'static str),
+    /// MAC commands answered.
+    MacAnswered(u8),
+}
+
+/// What the device asks of its environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Transmit.
+    Tx(Tx),
+    /// Wake me at this time.
+    Arm(Micros, TimerKind),
+    /// Count this.
+    Note(Note),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct JoinAttempt {
+    dev_nonce: DevNonce,
+    sent_at: Micros,
+    rejected: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Frame {
+    fcnt: u32,
+    confirmed: bool,
+    transmissions: u8,
+    sent_at: Micros,
+    acked: bool,
+    got_downlink: bool,
+    payload: Vec<u8>,
+    fopts: Vec<u8>,
+}
+
+/// A session: what a Join-accept gives a device.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// DevAddr.
+    pub dev_addr: DevAddr,
+    keys: Keys,
+    /// Next FCntUp.
+    pub fcnt_up: u32,
+    last_nfcnt_down: Option<u32>,
+    last_afcnt_down: Option<u32>,
+    rx1_delay_us: Micros,
+    nb_trans: u8,
+    dr: u8,
+    rekey_pending: bool,
+    device_time_tries: u8,
+    answers: Vec<u8>,
+    ack_next: Option<u32>,
+}
+
+impl Session {
+    /// RX1 delay.
+    pub fn rx1_delay_us(&self) -> Micros {
+        self.rx1_delay_us
+    }
+    /// NbTrans.
+    pub fn nb_trans(&self) -> u8 {
+        self.nb_trans
+    }
+    /// Current data rate.
+    pub fn dr(&self) -> u8 {
+        self.dr
+    }
+    /// Whether a 1.1 RekeyInd is still unconfirmed.
+    pub fn rekey_pending(&self) -> bool {
+        self.rekey_pending
+    }
+}
+
+/// One simulated end-device.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// Provisioning.
+    pub id: Identity,
+    /// Non-volatile nonce state.
+    pub nonces: NonceState,
+    phase: Phase,
+    join: Option<JoinAttempt>,
+    session: Option<Box<Session>>,
+    frame: Option<Box<Frame>>,
+    /// Due time of the armed Join/Uplink timer (others are stale).
+    wake_at: Micros,
+    /// Due time of the armed RxClosed timer.
+    rx_closes_at: Micros,
+    /// The uplink the current receive windows belong to: when it was sent.
+    last_tx_at: Micros,
+    next_periodic: Micros,
+    powered_at: Micros,
+    next_join_allowed: Micros,
+    rng_blocks: u32,
+}
+
+/// The `index`-th random DevNonce of a 1.0.x device: a keyed 16-bit permutation (a four-round
+/// Feistel network, round keys drawn from ChaCha8 seeded with the DevEUI), so the values look
+/// random yet never repeat until all 65,536 have been used. This keeps "random DevNonce" (1.0.2,
+/// 1.0.3) while letting the fleet state file hold a single counter per device.
+pub fn random_dev_nonce(dev_eui: u64, index: u16) -> u16 {
+    let mut rng = ChaCha8Rng::seed_from_u64(dev_eui ^ 0x5EED_DE71_C0DE_0001);
+    let keys: [u32; 4] = rng.gen();
+    let (mut l, mut r) = ((index >> 8) as u8, index as u8);
+    for k in keys {
+        let f = (u32::from(r).wrapping_mul(0x9E37_79B1) ^ k)
+            .rotate_left(13)
+            .wrapping_mul(0x85EB_CA6B);
+        let f = (f ^ (f >> 16)) as u8;
+        (l, r) = (r, l ^ f);
+    }
+    (u16::from(l) << 8) | u16::from(r)
+}
+
+/// Time on air of a LoRaWAN uplink in µs (the `protocol` crate's Semtech AN1200.13 formula:
+/// CR 4/5, 8-symbol preamble, explicit header, CRC on, LDRO for SF11/SF12 at 125 kHz).
+pub fn airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
+    lora_time_on_air(&LoraFrame::uplink(sf, u32::from(bw_khz) * 1000, len))
+        .map_or(0, |d| d.as_micros() as Micros)
+}
+
+/// The aggregated join duty cycle allowed `since_power_on` µs after power-up.
+pub fn join_duty_cycle(since_power_on: Micros) -> f64 {
+    const HOUR: Micros = 3_600_000_000;
+    if since_power_on < HOUR {
+        0.01
+    } else if since_power_on < 11 * HOUR {
+        0.001
+    } else {
+        0.0001
+    }
+}
+
+impl Device {
+    /// A powered-off device.
+    pub fn new(id: Identity, nonces: NonceState) -> Self {
+        Self {
+            id,
+            nonces,
+            phase: Phase::Off,
+            join: None,
+            session: None,
+            frame: None,
+            wake_at: Micros::MAX,
+            rx_closes_at: Micros::MAX,
+            last_tx_at: 0,
+            next_periodic: 0,
+            powered_at: 0,
+            next_join_allowed: 0,
+            rng_blocks: 0,
+        }
+    }
+
+    /// The phase.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The session, if joined.
+    pub fn session(&self) -> Option<&Session> {
+        self.session.as_deref()
+    }
+
+    /// When the frame the current receive windows belong to was sent.
+    pub fn last_tx_at(&self) -> Micros {
+        self.last_tx_at
+    }
+
+    /// Whether `phy` is a Join-accept for this device's pending Join-request: it decrypts under the
+    /// device's root key and its MIC verifies. Changes nothing.
+    pub fn join_accept_is_mine(&self, phy: &[u8]) -> bool {
+        match (self.phase, self.join) {
+            (Phase::Joining, Some(j)) => !matches!(
+                frames::open_join_accept(&self.id, phy, j.dev_nonce, None),
+                Err(frames::AcceptError::Mic | frames::AcceptError::Malformed)
+            ),
+            _ => false,
+        }
+    }
+
+    /// Whether the device is waiting for a Join-accept.
+    pub fn awaiting_join_accept(&self) -> bool {
+        self.phase == Phase::Joining && self.join.is_some_and(|j| !j.rejected)
+    }
+
+    /// Whether the device's receive windows for its last data uplink are still pending.
+    pub fn awaiting_downlink(&self) -> bool {
+        self.phase == Phase::Joined && self.rx_closes_at != Micros::MAX
+    }
+
+    /// The RX1 and RX2 delays of the pending receive windows.
+    pub fn rx_delays(&self) -> (Micros, Micros) {
+        match (&self.phase, &self.session) {
+            (Phase::Joined, Some(s)) => (s.rx1_delay_us, s.rx1_delay_us + 1_000_000),
+            _ => (JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US),
+        }
+    }
+
+    /// The per-event RNG: ChaCha8 keyed by the run's 256-bit seed with the device index and the
+    /// device's event number mixed into the key's last 12 bytes, so each event of each device has
+    /// its own stream (one key setup, no seek: cheaper than stream + word-position seeking).
+    pub fn rng(&mut self, seed: &[u8; 32], index: u32) -> ChaCha8Rng {
+        let mut key = *seed;
+        for (k, b) in key[20..24].iter_mut().zip(index.to_le_bytes()) {
+            *k ^= b;
+        }
+        for (k, b) in key[24..28].iter_mut().zip(self.rng_blocks.to_le_bytes()) {
+            *k ^= b;
+        }
+        self.rng_blocks = self.rng_blocks.wrapping_add(1);
+        ChaCha8Rng::from_seed(key)
+    }
+
+    /// Power on at `now`; the first Join-request goes out after `boot_delay`.
+    pub fn power_on(&mut self, now: Micros, boot_delay: Micros, fx: &mut Vec<Effect>) {
+        self.phase = Phase::Joining;
+        self.session = None;
+        self.frame = None;
+        self.join = None;
+        self.powered_at = now;
+        self.next_join_allowed = now;
+        self.rx_closes_at = Micros::MAX;
+        self.wake_at = now + boot_delay;
+        fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
+    }
+
+    /// Power off: the session and everything volatile are lost; the nonce state is kept.
+    pub fn power_off(&mut self) {
+        self.phase = Phase::Off;
+        self.session = None;
+        self.frame = None;
+        self.join = None;
+        self.wake_at = Micros::MAX;
+        self.rx_closes_at = Micros::MAX;
+    }
+
+    /// A timer this device armed has fired, on time. Stale timers (re-armed or cancelled since)
+    /// are ignored.
+    pub fn on_timer(
+        &mut self,
+        kind: TimerKind,
+        due: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        self.on_timer_at(kind, due, due, b, rng, fx);
+    }
+
+    /// A timer due at `due` is handled at `now` (≥ `due` when the simulator runs behind): what
+    /// the device sends carries `now`, the time it really goes out.
+    pub fn on_timer_at(
+        &mut self,
+        kind: TimerKind,
+        due: Micros,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let now = now.max(due);
+        match kind {
+            TimerKind::Join if due == self.wake_at && self.phase == Phase::Joining => {
+                self.send_join(now, b, rng, fx);
+            }
+            TimerKind::Uplink if due == self.wake_at && self.phase == Phase::Joined => {
+                self.send_uplink(now, b, rng, fx);
+            }
+            TimerKind::RxClosed if due == self.rx_closes_at => {
+                self.rx_closes_at = Micros::MAX;
+                self.rx_closed(now, b, rng, fx);
+            }
+            _ => {}
+        }
+    }
+
+    fn send_join(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let dev_nonce = if self.id.version.dev_nonce_is_counter() {
+            if self.nonces.dev_nonce > u32::from(u16::MAX) {
+                fx.push(Effect::Note(Note::DevNonceExhausted));
+                self.wake_at = Micros::MAX;
+                return;
+            }
+            self.nonces.dev_nonce as u16
+        } else {
+            if self.nonces.dev_nonce > u32::from(u16::MAX) {
+                fx.push(Effect::Note(Note::DevNonceExhausted));
+                self.wake_at = Micros::MAX;
+                return;
+            }
+            random_dev_nonce(self.id.dev_eui.as_u64(), self.nonces.dev_nonce as u16)
+        };
+        self.nonces.dev_nonce += 1;
+        let dev_nonce = DevNonce(dev_nonce);
+        let phy = frames::join_request(&self.id, dev_nonce);
+        let (sf, bw) = crate::gateway::eu868_dr(b.data_rate);
+        let air = airtime_us(sf, bw, phy.len());
+        let dc = join_duty_cycle(now.saturating_sub(self.powered_at));
+        self.next_join_allowed = now + (air as f64 / dc) as Micros;
+        self.join = Some(JoinAttempt {
+            dev_nonce,
+            sent_at: now,
+            rejected: false,
+        });
+        self.last_tx_at = now;
+        self.wake_at = Micros::MAX;
+        self.rx_closes_at = now + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
+        fx.push(Effect::Tx(Tx {
+            phy: phy.to_vec(),
+            dr: b.data_rate,
+            chan: rng.gen_range(0..3),
+            kind: TxKind::Join {
+                dev_nonce: dev_nonce.0,
+            },
+        }));
+        fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
+    }
+
+    fn send_uplink(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(s) = self.session.as_deref_mut() else {
+            return;
+        };
+        let frame = match self.frame.take() {
+            Some(mut f) => {
+                f.transmissions += 1;
+                f
+            }
+            None => {
+                let fcnt = s.fcnt_up;
+                s.fcnt_up = s.fcnt_up.wrapping_add(1);
+                let confirmed = rng.gen_bool(b.confirmed_ratio.clamp(0.0, 1.0));
+                let mut payload = vec![0u8; b.payload_size];
+                rng.fill_bytes(&mut payload);
+                let jitter = rng.gen_range(0.9..1.1);
+                self.next_periodic = now + (b.uplink_interval_us as f64 * jitter) as Micros;
+                // FOpts: pending MAC answers, then the device's own requests, within 15 bytes.
+                let mut fopts = std::mem::take(&mut s.answers);
+                fopts.truncate(15);
+                if s.rekey_pending && fopts.len() + 2 <= 15 {
+                    let _ = MacCommand::RekeyInd {
+                        dev_lorawan_minor: 1,
+                    }
+                    .encode_into(&mut fopts);
+                }
+                if s.device_time_tries > 0 && fopts.len() < 15 {
+                    let _ = MacCommand::DeviceTimeReq.encode_into(&mut fopts);
+                    s.device_time_tries -= 1;
+                }
+                Box::new(Frame {
+                    fcnt,
+                    confirmed,
+                    transmissions: 1,
+                    sent_at: now,
+                    acked: false,
+                    got_downlink: false,
+                    payload,
+                    fopts,
+                })
+            }
+        };
+        let chan = rng.gen_range(0..3u8);
+        let ack = s.ack_next.take();
+        let phy = frames::build_uplink(
+            &s.keys,
+            &frames::UplinkSpec {
+                dev_addr: s.dev_addr,
+                fcnt: frame.fcnt,
+                confirmed: frame.confirmed,
+                ack,
+                fopts: &frame.fopts,
+                f_port: APP_PORT,
+                payload: &frame.payload,
+                tx_dr: s.dr,
+                tx_ch: chan,
+            },
+        );
+        let phy = match phy {
+            Ok(p) => p,
+            Err(_) => {
+                // Cannot happen with FOpts ≤ 15 bytes and FPort 1; drop the frame rather than panic.
+                self.wake_at = self.next_periodic.max(now + 1);
+                fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
+                return;
+            }
+        };
+        let mut frame = frame;
+        frame.sent_at = now;
+        let transmission = frame.transmissions;
+        let (fcnt, confirmed) = (frame.fcnt, frame.confirmed);
+        self.frame = Some(frame);
+        self.last_tx_at = now;
+        self.wake_at = Micros::MAX;
+        self.rx_closes_at = now + s.rx1_delay_us + 1_000_000 + RX_GRACE_US;
+        fx.push(Effect::Tx(Tx {
+            phy,
+            dr: s.dr,
+            chan,
+            kind: TxKind::Data {
+                fcnt,
+                confirmed,
+                transmission,
+            },
+        }));
+        fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
+    }
+
+    fn rx_closed(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        match self.phase {
+            Phase::Joining => {
+                if let Some(j) = self.join.take() {
+                    fx.push(Effect::Note(Note::JoinAttemptOver {
+                        sent_at: j.sent_at,
+                        timed_out: !j.rejected,
+                    }));
+                }
+                // Retry once the duty cycle allows, dithered by up to a second.
+                let dither = rng.gen_range(0..1_000_000);
+                self.wake_at = self.next_join_allowed.max(now) + dither;
+                fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
+            }
+            Phase::Joined => {
+                let Some(s) = self.session.as_deref() else {
+                    return;
+                };
+                let Some(f) = self.frame.as_deref() else {
+                    return;
+                };
+                let more = f.transmissions < s.nb_trans.max(1)
+                    && if f.confirmed {
+                        !f.acked
+                    } else {
+                        !f.got_downlink
+                    };
+                if more {
+                    // Retransmit the same FCnt after ACK_TIMEOUT (1..3 s) or, unconfirmed, soon.
+                    let wait = if f.confirmed {
+                        rng.gen_range(1_000_000..3_000_000)
+                    } else {
+                        rng.gen_range(0..100_000)
+                    };
+                    self.wake_at = now + wait;
+                } else {
+                    fx.push(Effect::Note(Note::FrameDone {
+                        fcnt: f.fcnt,
+                        confirmed: f.confirmed,
+                        acked: f.acked,
+                    }));
+                    self.frame = None;
+                    if !b.uplinks {
+                        return;
+                    }
+                    self.wake_at = self.next_periodic.max(now);
+                }
+                fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
+            }
+            Phase::Off => {}
+        }
+    }
+
+    /// A downlink landed in receive window `window` of the device's last uplink. `now` is when it
+    /// reached the simulator (wall clock); `rx_at` is the window time on the device's clock.
+    pub fn on_downlink(
+        &mut self,
+        phy: &[u8],
+        window: Window,
+        rx_at: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        match self.phase {
+            Phase::Joining => self.on_join_accept(phy, window, rx_at, b, rng, fx),
+            Phase::Joined => self.on_data_downlink(phy, fx),
+            Phase::Off => {}
+        }
+    }
+
+    fn on_join_accept(
+        &mut self,
+        phy: &[u8],
+        window: Window,
+        rx_at: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(j) = self.join.as_mut() else { return };
+        if j.rejected {
+            return;
+        }
+        match frames::open_join_accept(&self.id, phy, j.dev_nonce, self.nonces.join_nonce) {
+            Err(e) => {
+                j.rejected = true;
+                fx.push(Effect::Note(Note::JoinRejected(e.kind())));
+            }
+            Ok(a) => {
+                let sent_at = j.sent_at;
+                self.join = None;
+                self.nonces.join_nonce = Some(a.join_nonce.as_u32());
+                let v11 = self.id.version.is_1_1() && a.opt_neg;
+                self.session = Some(Box::new(Session {
+                    dev_addr: a.dev_addr,
+                    keys: a.keys,
+                    fcnt_up: 0,
+                    last_nfcnt_down: None,
+                    last_afcnt_down: None,
+                    rx1_delay_us: u64::from(a.rx1_delay_s.max(1)) * 1_000_000,
+                    nb_trans: 1,
+                    dr: b.data_rate,
+                    rekey_pending: v11,
+                    device_time_tries: 3,
+                    answers: Vec::new(),
+                    ack_next: None,
+                }));
+                self.phase = Phase::Joined;
+                self.rx_closes_at = Micros::MAX;
+                fx.push(Effect::Note(Note::Joined {
+                    window,
+                    request_sent_at: sent_at,
+                    dev_addr: a.dev_addr,
+                }));
+                if b.uplinks {
+                    // The device has the Join-accept at rx_at; it reports from then on.
+                    let first = rng.gen_range(0..b.uplink_interval_us.max(1));
+                    self.next_periodic = rx_at + first;
+                    self.wake_at = self.next_periodic;
+                    fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
+                } else {
+                    self.wake_at = Micros::MAX;
+                }
+            }
+        }
+    }
+
+    fn on_data_downlink(&mut self, phy: &[u8], fx: &mut Vec<Effect>) {
+        let Some(s) = self.session.as_deref_mut() else {
+            return;
+        };
+        let conf_fcnt = self.frame.as_ref().map_or(0, |f| f.fcnt);
+        let r = match frames::open_downlink(
+            &s.keys,
+            s.dev_addr,
+            phy,
+            s.last_nfcnt_down,
+            s.last_afcnt_down,
+            conf_fcnt,
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                fx.push(Effect::Note(Note::DownlinkRejected(match e {
+                    frames::DownlinkError::Malformed => "malformed",
+                    frames::DownlinkError::OtherDevice => "dev_addr",
+                    frames::DownlinkError::Mic => "mic",
+                    frames::DownlinkError::Replay => "replay",
+                })));
+                return;
+            }
+        };
+        if r.app_counter {
+            s.last_afcnt_down = Some(r.fcnt);
+        } else {
+            s.last_nfcnt_down = Some(r.fcnt);
+        }
+        if r.confirmed {
+            s.ack_next = Some(r.fcnt);
+        }
+        fx.push(Effect::Note(Note::Downlink));
+        if let Some(f) = self.frame.as_deref_mut() {
+            f.got_downlink = true;
+            if r.ack && f.confirmed && !f.acked {
+                f.acked = true;
+                fx.push(Effect::Note(Note::Acked {
+                    fcnt: f.fcnt,
+                    sent_at: f.sent_at,
+                }));
+            }
+        }
+        match answer_mac(s, &r.mac) {
+            Some(0) => {}
+            Some(n) => fx.push(Effect::Note(Note::MacAnswered(n))),
+            None => fx.push(Effect::Note(Note::DownlinkRejected("mac_commands"))),
+        }
+    }
+}
+
+/// Processes downlink MAC commands (parsed by the `protocol` crate), queueing answers for the next
+/// uplink's FOpts. Returns how many commands were answered or taken, or `None` if the bytes do not
+/// parse (an unknown CID: the rest cannot be delimited, so nothing is applied).
+fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
+    use protocol::mac::MacCommand as M;
+    let cmds = protocol::mac::parse(Direction::Downlink, mac).ok()?;
+    let mut answers = Vec::new();
+    for c in &cmds {
+        match *c {
+            M::LinkADRReq {
+                data_rate,
+                nb_trans,
+                ..
+            } => {
+                if data_rate != 0x0F && data_rate <= 5 {
+                    s.dr = data_rate;
+                }
+                if nb_trans != 0 {
+                    s.nb_trans = nb_trans;
+                }
+                answers.push(M::LinkADRAns {
+                    power_ack: true,
+                    data_rate_ack: true,
+                    channel_mask_ack: true,
+                });
+            }
+            M::DutyCycleReq { .. } => answers.push(M::DutyCycleAns),
+            M::RXParamSetupReq { .. } => answers.push(M::RXParamSetupAns {
+                rx1_dr_offset_ack: true,
+                rx2_data_rate_ack: true,
+                channel_ack: true,
+            }),
+            M::DevStatusReq => answers.push(M::DevStatusAns {
+                battery: 255,
+                margin: 20,
+            }),
+            M::NewChannelReq { .. } => answers.push(M::NewChannelAns {
+                data_rate_range_ok: true,
+                channel_frequency_ok: true,
+            }),
+            M::RXTimingSetupReq { delay } => {
+                s.rx1_delay_us = u64::from(delay.max(1)) * 1_000_000;
+                answers.push(M::RXTimingSetupAns);
+            }
+            M::TxParamSetupReq { .. } => answers.push(M::TxParamSetupAns),
+            M::DlChannelReq { .. } => answers.push(M::DlChannelAns {
+                uplink_frequency_exists: true,
+                channel_frequency_ok: true,
+            }),
+            M::RekeyConf { .. } => s.rekey_pending = false,
+            M::ADRParamSetupReq { .. } => answers.push(M::ADRParamSetupAns),
+            M::DeviceTimeAns { .. } => s.device_time_tries = 0,
+            M::RejoinParamSetupReq { .. } => answers.push(M::RejoinParamSetupAns { time_ok: true }),
+            _ => {}
+        }
+    }
+    for a in &answers {
+        // Answers are built from valid fields; one that would not encode is left out.
+        let _ = a.encode_into(&mut s.answers);
+    }
+    Some(cmds.len().min(255) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_dev_nonces_never_repeat() {
+        let mut seen = vec![false; 65536];
+        for i in 0..=u16::MAX {
+            let n = random_dev_nonce(0x0102_0304_0506_0708, i);
+            assert!(!seen[n as usize], "DevNonce {n} repeated at index {i}");
+            seen[n as usize] = true;
+        }
+        // Different devices get different sequences, and they do not look like a counter.
+        let a: Vec<u16> = (0..8).map(|i| random_dev_nonce(1, i)).collect();
+        let b: Vec<u16> = (0..8).map(|i| random_dev_nonce(2, i)).collect();
+        assert_ne!(a, b);
+        assert_ne!(a, (0..8).collect::<Vec<u16>>());
+    }
+
+    #[test]
+    fn airtime_matches_known_values() {
+        // 23-byte Join-request: SF7/125 61.696 ms, SF12/125 1482.752 ms (Semtech LoRa calculator).
+        assert_eq!(airtime_us(7, 125, 23), 61_696);
+        assert_eq!(airtime_us(12, 125, 23), 1_482_752);
+        // 12-byte payload data uplink (25-byte PHYPayload) at SF7: 61.696 ms too (same symbols).
+        assert_eq!(airtime_us(7, 125, 25), 61_696);
+    }
+
+    #[test]
+    fn join_duty_cycle_steps() {
+        assert_eq!(join_duty_cycle(0), 0.01);
+        assert_eq!(join_duty_cycle(3_600_000_000), 0.001);
+        assert_eq!(join_duty_cycle(11 * 3_600_000_000), 0.0001);
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+    use protocol::derive::js_keys;
+    use protocol::ids::{DevEui, JoinEui, JoinNonce, NetId};
+    use protocol::join::{
+        AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+        JoinRequest, JoinRootKey, RxDelay,
+    };
+    use protocol::keys::{AppKey, KeyCipher, NwkKey};
+    use protocol::version::MacVersion;
+
+    const B: Behaviour = Behaviour {
+        uplinks: true,
+        uplink_interval_us: 60_000_000,
+        confirmed_ratio: 0.0,
+        payload_size: 12,
+        data_rate: 5,
+    };
+
+    fn device(version: MacVersion) -> Device {
+        Device::new(
+            Identity {
+                dev_eui: DevEui::new(0x0004_A30B_001C_0530),
+                join_eui: JoinEui::new(0x70B3_D5FF_FE00_0001),
+                version,
+                app_key: AppKey::new([0x2B; 16]),
+                nwk_key: version.is_1_1().then(|| NwkKey::new([0x3C; 16])),
+            },
+            NonceState::default(),
+        )
+    }
+
+    /// What a join server answers, built with the `protocol` crate's join-server side.
+    fn accept(d: &Device, dev_nonce: u16, join_nonce: u32, opt_neg: bool) -> Vec<u8> {
+        let p = JoinAcceptPayload {
+            join_nonce: JoinNonce::new(join_nonce).unwrap(),
+            net_id: NetId::new(0x13).unwrap(),
+            dev_addr: DevAddr::new(0x2601_0001),
+            dl_settings: DlSettings::new(opt_neg, 0, 0).unwrap(),
+            rx_delay: RxDelay::new(1).unwrap(),
+            cf_list: None,
+        };
+        let app = KeyCipher::new(&d.id.app_key);
+        match &d.id.nwk_key {
+            Some(nwk_key) => {
+                let nwk = KeyCipher::new(nwk_key);
+                let js = js_keys(&nwk, d.id.dev_eui);
+                let js_int = KeyCipher::new(&js.js_int_key);
+                let mic = if opt_neg {
+                    JoinAcceptMicKey::OptNeg {
+                        js_int_key: &js_int,
+                        join_eui: d.id.join_eui,
+                        answered: AnsweredRequest::JoinRequest(DevNonce(dev_nonce)),
+                    }
+                } else {
+                    JoinAcceptMicKey::Legacy(JoinRootKey::NwkKey(&nwk))
+                };
+                p.encrypt(mic, JoinAcceptEncKey::NwkKey(&nwk))
+                    .as_bytes()
+                    .to_vec()
+            }
+            None => p
+                .encrypt(
+                    JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+                    JoinAcceptEncKey::AppKey(&app),
+                )
+                .as_bytes()
+                .to_vec(),
+        }
+    }
+
+    fn rng() -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(1)
+    }
+
+    /// Powers on and fires the first Join timer; returns the Join-request.
+    fn first_join(d: &mut Device, fx: &mut Vec<Effect>) -> JoinRequest {
+        d.power_on(0, 100, fx);
+        assert_eq!(std::mem::take(fx), vec![Effect::Arm(100, TimerKind::Join)]);
+        d.on_timer(TimerKind::Join, 100, &B, &mut rng(), fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        let jr = JoinRequest::parse(&tx.phy).unwrap();
+        assert_eq!(
+            fx[1],
+            Effect::Arm(
+                100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
+                TimerKind::RxClosed
+            )
+        );
+        fx.clear();
+        jr
+    }
+
+    #[test]
+    fn counter_dev_nonce_join_and_keys_on_device() {
+        for (v, opt_neg) in [
+            (MacVersion::V1_0_4, false),
+            (MacVersion::V1_1, true),
+            (MacVersion::V1_1, false),
+        ] {
+            let mut d = device(v);
+            d.nonces.dev_nonce = 41;
+            let mut fx = Vec::new();
+            let jr = first_join(&mut d, &mut fx);
+            assert_eq!(jr.dev_nonce, DevNonce(41), "{v}");
+            assert_eq!(
+                d.nonces.dev_nonce, 42,
+                "the counter advances when the request is sent"
+            );
+            match &d.id.nwk_key {
+                Some(k) => jr
+                    .verify_mic(JoinRootKey::NwkKey(&KeyCipher::new(k)))
+                    .unwrap(),
+                None => jr
+                    .verify_mic(JoinRootKey::AppKey(&KeyCipher::new(&d.id.app_key)))
+                    .unwrap(),
+            }
+            let phy = accept(&d, 41, 7, opt_neg);
+            assert!(d.join_accept_is_mine(&phy));
+            d.on_downlink(&phy, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+            assert!(
+                matches!(
+                    fx[0],
+                    Effect::Note(Note::Joined {
+                        window: Window::Rx1,
+                        request_sent_at: 100,
+                        ..
+                    })
+                ),
+                "{fx:?}"
+            );
+            let Effect::Arm(t, TimerKind::Uplink) = fx[1] else {
+                panic!("{fx:?}")
+            };
+            assert!((5_000_100..5_000_100 + B.uplink_interval_us).contains(&t));
+            assert_eq!(d.phase(), Phase::Joined);
+            assert_eq!(d.nonces.join_nonce, Some(7));
+            assert_eq!(d.session().unwrap().dev_addr, DevAddr::new(0x2601_0001));
+            assert_eq!(
+                d.session().unwrap().rekey_pending(),
+                opt_neg,
+                "RekeyInd only for 1.1 with OptNeg"
+            );
+        }
+    }
+
+    #[test]
+    fn random_dev_nonce_for_1_0_3() {
+        let mut d = device(MacVersion::V1_0_3);
+        let mut fx = Vec::new();
+        let jr = first_join(&mut d, &mut fx);
+        assert_eq!(jr.dev_nonce.0, random_dev_nonce(d.id.dev_eui.as_u64(), 0));
+        assert_eq!(d.nonces.dev_nonce, 1);
+        let phy = accept(&d, jr.dev_nonce.0, 1, false);
+        d.on_downlink(&phy, Window::Rx2, 6_000_100, &B, &mut rng(), &mut fx);
+        assert!(matches!(
+            fx[0],
+            Effect::Note(Note::Joined {
+                window: Window::Rx2,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_mic_wrong_nonce_and_replayed_join_nonce() {
+        let mut d = device(MacVersion::V1_1);
+        d.nonces.join_nonce = Some(7);
+        let mut fx = Vec::new();
+        let jr = first_join(&mut d, &mut fx);
+        // An accept computed for another DevNonce fails the OptNeg MIC.
+        let wrong = accept(&d, jr.dev_nonce.0.wrapping_add(1), 8, true);
+        assert!(!d.join_accept_is_mine(&wrong));
+        // JoinNonce 7 again: MIC fine, but not greater than the last one accepted.
+        let replay = accept(&d, jr.dev_nonce.0, 7, true);
+        assert!(d.join_accept_is_mine(&replay));
+        d.on_downlink(&replay, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+        assert_eq!(fx, vec![Effect::Note(Note::JoinRejected("join_nonce"))]);
+        assert_eq!(d.phase(), Phase::Joining);
+        fx.clear();
+        // The windows close: the attempt ends (not as a timeout) and a retry is armed.
+        d.on_timer(
+            TimerKind::RxClosed,
+            100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
+            &B,
+            &mut rng(),
+            &mut fx,
+        );
+        assert_eq!(
+            fx[0],
+            Effect::Note(Note::JoinAttemptOver {
+                sent_at: 100,
+                timed_out: false
+            })
+        );
+        assert!(matches!(fx[1], Effect::Arm(_, TimerKind::Join)));
+    }
+
+    #[test]
+    fn timeout_backs_off_within_the_join_duty_cycle() {
+        let mut d = device(MacVersion::V1_0_4);
+        d.id.version = MacVersion::V1_0_4;
+        let slow = Behaviour { data_rate: 0, ..B };
+        let mut fx = Vec::new();
+        d.power_on(0, 0, &mut fx);
+        fx.clear();
+        let mut sent = Vec::new();
+        let mut t = 0;
+        for _ in 0..5 {
+            d.on_timer(TimerKind::Join, t, &slow, &mut rng(), &mut fx);
+            assert!(matches!(fx[0], Effect::Tx(_)), "{fx:?}");
+            sent.push(t);
+            let close = t + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
+            fx.clear();
+            d.on_timer(TimerKind::RxClosed, close, &slow, &mut rng(), &mut fx);
+            assert_eq!(
+                fx[0],
+                Effect::Note(Note::JoinAttemptOver {
+                    sent_at: t,
+                    timed_out: true
+                })
+            );
+            let Effect::Arm(next, TimerKind::Join) = fx[1] else {
+                panic!("{fx:?}")
+            };
+            fx.clear();
+            t = next;
+        }
+        // SF12 Join-requests take 1.48 s on air: at 1 % the next may start 148 s later at the earliest.
+        let air = airtime_us(12, 125, 23);
+        for w in sent.windows(2) {
+            assert!(w[1] - w[0] >= air * 100, "{sent:?}");
+            assert!(
+                w[1] - w[0] < air * 100 + 1_000_000,
+                "dither is at most a second: {sent:?}"
+            );
+        }
+        assert_eq!(d.nonces.dev_nonce, 5, "each retry uses a new DevNonce");
+    }
+
+    #[test]
+    fn stale_timers_and_power_cycles() {
+        let mut d = device(MacVersion::V1_0_4);
+        let mut fx = Vec::new();
+        first_join(&mut d, &mut fx);
+        d.power_off();
+        d.on_timer(
+            TimerKind::RxClosed,
+            100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
+            &B,
+            &mut rng(),
+            &mut fx,
+        );
+        assert!(fx.is_empty(), "a powered-off device ignores its old timers");
+        d.power_on(10_000_000, 5, &mut fx);
+        fx.clear();
+        d.on_timer(TimerKind::Join, 10_000_004, &B, &mut rng(), &mut fx);
+        assert!(fx.is_empty(), "a timer that is not the armed one is stale");
+        d.on_timer(TimerKind::Join, 10_000_005, &B, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else { panic!() };
+        assert_eq!(
+            JoinRequest::parse(&tx.phy).unwrap().dev_nonce,
+            DevNonce(1),
+            "the counter survived the power cycle"
+        );
+    }
+}

@@ -1,0 +1,755 @@
+//! The simulation core, without sockets or clocks: the fleet, the timer heap, the virtual
+//! gateways' GWMP logic and the scenario driver. The socket loop ([`crate::net`]) feeds it the
+//! time, the datagrams that arrive on each gateway's socket and the network server's application
+//! events, and sends what it queues in [`Engine::take_outgoing`].
+//!
+//! # Time model
+//! Run time is µs since the start, read from a monotonic clock. A device "transmits" when its
+//! timer fires: the PUSH_DATA goes out at once, with `tmst` = the gateway's counter at that moment
+//! (end of reception). The network server answers a Join-request with a PULL_RESP whose `tmst` is
+//! `uplink tmst + 5 s` (RX1) or `+ 6 s` (RX2), and usually sends it well before that moment. The
+//! gateway accepts it if it arrives before its `tmst` (else TX_ACK `TOO_LATE`), and the device
+//! receives it if that `tmst` is exactly its RX1 or RX2 time; the device then behaves as if it had
+//! received the frame at that window (its next uplink is scheduled from then). Latency is measured
+//! in wall time from the Join-request (or confirmed uplink) sent to the PULL_RESP received, so a
+//! storm does not wait five seconds per device.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+use protocol::ids::{DevAddr, DevEui, GatewayEui};
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
+
+use crate::device::{
+    Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US,
+};
+use crate::fleet::Fleet;
+use crate::gateway::{self, Gateway, Reception};
+use crate::report::{Stats, TimeSeries};
+use crate::scenario::{Scenario, Traffic};
+use crate::sched::{Micros, Scheduler, TimerKind};
+use protocol::gwmp::{Packet, TxAckCode, TxTiming};
+
+/// EU868 default channels, Hz.
+pub const CHANNELS_HZ: [u32; 3] = [868_100_000, 868_300_000, 868_500_000];
+
+/// How long a steady run waits after `--duration` for frames in flight to finish.
+const DRAIN_US: Micros = 10_000_000;
+/// How long a power-restore run waits for the first join phase before cutting the power anyway.
+const FIRST_JOIN_GRACE_US: Micros = 60_000_000;
+/// Outage length in power-restore.
+const OUTAGE_US: Micros = 1_000_000;
+/// Devices boot within this long after power returns.
+const RESTORE_SPREAD_US: Micros = 1_000_000;
+
+/// A fast hasher for the engine's internal maps, whose keys (times, device indices) never come
+/// from the network.
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x517C_C1B7_2722_0A95);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// Devices waiting for a Join-accept, by the time their Join-request went out.
+#[derive(Debug, Default)]
+struct PendingJoins {
+    one: FastMap<Micros, u32>,
+    more: FastMap<Micros, Vec<u32>>,
+}
+
+impl PendingJoins {
+    fn insert(&mut self, t: Micros, dev: u32) {
+        if let Some(&first) = self.one.get(&t) {
+            if first != dev {
+                self.more.entry(t).or_default().push(dev);
+            }
+        } else {
+            self.one.insert(t, dev);
+        }
+    }
+    fn remove(&mut self, t: Micros, dev: u32) {
+        if self.one.get(&t) == Some(&dev) {
+            match self.more.get_mut(&t).and_then(|v| v.pop()) {
+                Some(next) => {
+                    self.one.insert(t, next);
+                }
+                None => {
+                    self.one.remove(&t);
+                }
+            }
+        } else if let Some(v) = self.more.get_mut(&t) {
+            if let Some(i) = v.iter().position(|&d| d == dev) {
+                v.swap_remove(i);
+            }
+        }
+        if self.more.get(&t).is_some_and(|v| v.is_empty()) {
+            self.more.remove(&t);
+        }
+    }
+    fn at(&self, t: Micros) -> Vec<u32> {
+        let mut v: Vec<u32> = self.one.get(&t).copied().into_iter().collect();
+        if let Some(m) = self.more.get(&t) {
+            v.extend_from_slice(m);
+        }
+        v.sort_unstable();
+        v
+    }
+    /// Every pending device whose request went out in `from..=to`, in (time, device) order.
+    fn between(&self, from: Micros, to: Micros) -> Vec<u32> {
+        let mut v: Vec<(Micros, u32)> = self
+            .one
+            .iter()
+            .filter(|(t, _)| (from..=to).contains(*t))
+            .map(|(&t, &d)| (t, d))
+            .collect();
+        for (&t, m) in &self.more {
+            if (from..=to).contains(&t) {
+                v.extend(m.iter().map(|&d| (t, d)));
+            }
+        }
+        v.sort_unstable();
+        v.into_iter().map(|(_, d)| d).collect()
+    }
+    fn clear(&mut self) {
+        self.one.clear();
+        self.more.clear();
+    }
+}
+
+/// Where the run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Joining (and, in steady, reporting).
+    Running,
+    /// power-restore: the fleet is off.
+    Outage {
+        /// When power returns.
+        until: Micros,
+    },
+    /// power-restore: rejoining after the outage.
+    Restoring,
+    /// steady: past `--duration`, waiting for frames in flight.
+    Draining {
+        /// Give up waiting at.
+        until: Micros,
+    },
+    /// Finished.
+    Done,
+}
+
+/// A datagram to send from one gateway's socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Gateway index.
+    pub gateway: u16,
+    /// Bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// The simulation core.
+#[derive(Debug)]
+pub struct Engine {
+    seed: u64,
+    seed_bytes: [u8; 32],
+    traffic: Traffic,
+    behaviour: Behaviour,
+    /// The fleet.
+    pub fleet: Fleet,
+    gateways: Vec<Gateway>,
+    sched: Scheduler,
+    pending_joins: PendingJoins,
+    by_addr: HashMap<DevAddr, u32>,
+    by_eui: HashMap<DevEui, u32>,
+    delivered: HashSet<(u32, u32)>,
+    event_sink: bool,
+    /// Counters.
+    pub stats: Stats,
+    /// Per-second counters.
+    pub series: TimeSeries,
+    out: Vec<Outgoing>,
+    fx: Vec<Effect>,
+    stage: Stage,
+    joined: u64,
+    frames_in_flight: u64,
+    next_keepalive: Micros,
+    last_stamp: Micros,
+    run_deadline: Micros,
+    stage_started: Micros,
+}
+
+/// Run settings the engine needs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Traffic seed.
+    pub seed: u64,
+    /// Scenario and traffic shape.
+    pub traffic: Traffic,
+    /// Number of virtual gateways.
+    pub gateways: u16,
+    /// Whether an event sink counts deliveries.
+    pub event_sink: bool,
+    /// Whether `--duration` was given (storm and power-restore otherwise run until done).
+    pub duration_given: bool,
+}
+
+impl Engine {
+    /// Builds the engine; nothing happens until [`Engine::start`].
+    pub fn new(cfg: EngineConfig, fleet: Fleet) -> Self {
+        let mut seed_bytes = [0u8; 32];
+        ChaCha20Rng::seed_from_u64(cfg.seed).fill_bytes(&mut seed_bytes);
+        let mut grng = ChaCha20Rng::seed_from_u64(cfg.seed ^ 0x6A7E_3A75_0000_0001);
+        let gateways = (0..cfg.gateways.max(1))
+            .map(|i| {
+                let eui = GatewayEui::new(
+                    0x5349_4D00_0000_0000 | (u64::from(grng.gen::<u16>()) << 16) | u64::from(i),
+                );
+                Gateway::new(eui, grng.gen(), grng.gen())
+            })
+            .collect();
+        let t = &cfg.traffic;
+        let behaviour = Behaviour {
+            uplinks: t.scenario == Scenario::Steady,
+            uplink_interval_us: t.uplink_interval_us,
+            confirmed_ratio: t.confirmed_ratio,
+            payload_size: t.payload_size,
+            data_rate: t.data_rate,
+        };
+        let run_deadline = if cfg.duration_given || t.scenario == Scenario::Steady {
+            t.duration_us
+        } else {
+            Micros::MAX
+        };
+        let by_eui = fleet
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.dev_eui, i as u32))
+            .collect();
+        Self {
+            seed: cfg.seed,
+            seed_bytes,
+            traffic: cfg.traffic,
+            behaviour,
+            sched: Scheduler::with_capacity(fleet.len() * 2),
+            fleet,
+            gateways,
+            pending_joins: PendingJoins::default(),
+            by_addr: HashMap::new(),
+            by_eui,
+            delivered: HashSet::new(),
+            event_sink: cfg.event_sink,
+            stats: Stats::default(),
+            series: TimeSeries::default(),
+            out: Vec::new(),
+            fx: Vec::new(),
+            stage: Stage::Running,
+            joined: 0,
+            frames_in_flight: 0,
+            next_keepalive: 0,
+            last_stamp: 0,
+            run_deadline,
+            stage_started: 0,
+        }
+    }
+
+    /// The gateways (EUI and clock).
+    pub fn gateways(&self) -> &[Gateway] {
+        &self.gateways
+    }
+
+    /// The run's stage.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+
+    /// Devices holding a session.
+    pub fn joined(&self) -> u64 {
+        self.joined
+    }
+
+    /// The traffic seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Powers the fleet on at `now`: every device boots at a random moment in the join window.
+    pub fn start(&mut self, now: Micros) {
+        self.stage_started = now;
+        let window = self.traffic.join_window_us.max(1);
+        for i in 0..self.fleet.len() {
+            let d = &mut self.fleet.devices[i];
+            let mut rng = d.rng(&self.seed_bytes, i as u32);
+            let boot = rng.gen_range(0..window);
+            d.power_on(now, boot, &mut self.fx);
+            self.apply(i as u32, now, &mut rng);
+        }
+        self.keepalive(now);
+    }
+
+    /// When the engine next needs [`Engine::poll`] (a timer, a keepalive or a stage change).
+    pub fn next_wakeup(&self) -> Micros {
+        let mut t = self.next_keepalive;
+        if let Some(d) = self.sched.next_due() {
+            t = t.min(d);
+        }
+        match self.stage {
+            Stage::Outage { until } => t.min(until),
+            Stage::Draining { until } => t.min(until),
+            _ => t.min(self.run_deadline),
+        }
+    }
+
+    /// Fires the timers due at `now` (at most `budget` of them, so that the output queue stays
+    /// small when the simulator runs behind), sends keepalives, and advances the scenario.
+    /// Returns whether due timers remain.
+    pub fn poll_budget(&mut self, now: Micros, budget: usize) -> bool {
+        if now >= self.next_keepalive {
+            self.keepalive(now);
+        }
+        let mut fired = 0;
+        while fired < budget {
+            let Some(t) = self.sched.pop_due(now) else {
+                break;
+            };
+            fired += 1;
+            if self.stage == Stage::Done {
+                break;
+            }
+            let i = t.device as usize;
+            let draining = matches!(self.stage, Stage::Draining { .. });
+            if draining && t.kind != TimerKind::RxClosed {
+                continue;
+            }
+            // Every event gets its own µs: no two transmissions share a `tmst`, as no two frames
+            // end in the same µs at one gateway, so a PULL_RESP's `tmst` names one device.
+            let at = now.max(t.due).max(self.last_stamp + 1);
+            self.last_stamp = at;
+            let d = &mut self.fleet.devices[i];
+            let mut rng = d.rng(&self.seed_bytes, t.device);
+            d.on_timer_at(t.kind, t.due, at, &self.behaviour, &mut rng, &mut self.fx);
+            self.apply(t.device, at, &mut rng);
+        }
+        self.advance_stage(now);
+        self.sched.next_due().is_some_and(|d| d <= now) && self.stage != Stage::Done
+    }
+
+    /// Fires every timer due at `now`, sends keepalives, and advances the scenario.
+    pub fn poll(&mut self, now: Micros) {
+        while self.poll_budget(now, usize::MAX) {}
+    }
+
+    fn advance_stage(&mut self, now: Micros) {
+        let all = self.fleet.len() as u64;
+        match self.stage {
+            Stage::Running => match self.traffic.scenario {
+                Scenario::Storm => {
+                    if self.joined == all || now >= self.run_deadline {
+                        self.stage = Stage::Done;
+                    }
+                }
+                Scenario::Steady => {
+                    if now >= self.run_deadline {
+                        self.stage = Stage::Draining {
+                            until: now + DRAIN_US,
+                        };
+                    }
+                }
+                Scenario::PowerRestore => {
+                    let first_deadline = self.traffic.join_window_us + FIRST_JOIN_GRACE_US;
+                    if now >= self.run_deadline {
+                        self.stage = Stage::Done;
+                    } else if self.joined == all || now >= first_deadline {
+                        for d in &mut self.fleet.devices {
+                            if let Some(s) = d.session() {
+                                self.by_addr.remove(&s.dev_addr);
+                            }
+                            d.power_off();
+                        }
+                        self.pending_joins.clear();
+                        self.joined = 0;
+                        self.stage = Stage::Outage {
+                            until: now + OUTAGE_US,
+                        };
+                    }
+                }
+            },
+            Stage::Outage { until } => {
+                if now >= until {
+                    self.stage = Stage::Restoring;
+                    self.stage_started = now;
+                    for i in 0..self.fleet.len() {
+                        let d = &mut self.fleet.devices[i];
+                        let mut rng = d.rng(&self.seed_bytes, i as u32);
+                        let boot = rng.gen_range(0..RESTORE_SPREAD_US);
+                        d.power_on(now, boot, &mut self.fx);
+                        self.apply(i as u32, now, &mut rng);
+                    }
+                }
+            }
+            Stage::Restoring => {
+                if self.joined == all || now >= self.run_deadline {
+                    self.stage = Stage::Done;
+                }
+            }
+            Stage::Draining { until } => {
+                if self.frames_in_flight == 0 || now >= until {
+                    self.stage = Stage::Done;
+                }
+            }
+            Stage::Done => {}
+        }
+    }
+
+    fn keepalive(&mut self, now: Micros) {
+        for (g, gw) in self.gateways.iter_mut().enumerate() {
+            self.out.push(Outgoing {
+                gateway: g as u16,
+                bytes: gw.pull_data(),
+            });
+            self.stats.pull_data += 1;
+        }
+        self.next_keepalive = now + gateway::KEEPALIVE_US;
+    }
+
+    /// Datagrams to send, in order.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Counts datagrams actually sent (for the time series) at `now`.
+    pub fn count_sent(&mut self, now: Micros, n: u64, errors: u64) {
+        self.series.at(now / 1_000_000).datagrams_out += n;
+        self.stats.send_errors += errors;
+        if n > 0 {
+            self.stats.first_send_us.get_or_insert(now);
+            self.stats.last_send_us = now;
+        }
+    }
+
+    /// Applies the effects a device produced.
+    fn apply(&mut self, dev: u32, now: Micros, rng: &mut ChaCha8Rng) {
+        let mut fx = std::mem::take(&mut self.fx);
+        for e in fx.drain(..) {
+            match e {
+                Effect::Arm(t, kind) => self.sched.push(t, dev, kind),
+                Effect::Tx(tx) => self.transmit(dev, now, tx, rng),
+                Effect::Note(n) => self.note(dev, now, n),
+            }
+        }
+        self.fx = fx;
+    }
+
+    fn transmit(&mut self, dev: u32, now: Micros, tx: crate::device::Tx, rng: &mut ChaCha8Rng) {
+        let sec = now / 1_000_000;
+        let i = dev as usize;
+        match tx.kind {
+            TxKind::Join { .. } => {
+                self.stats.joins_attempted += 1;
+                self.series.at(sec).joins_sent += 1;
+                self.pending_joins.insert(now, dev);
+            }
+            TxKind::Data {
+                transmission,
+                confirmed,
+                ..
+            } => {
+                self.stats.uplink_transmissions += 1;
+                if transmission == 1 {
+                    self.stats.uplinks_sent += 1;
+                    self.series.at(sec).uplinks_sent += 1;
+                    self.frames_in_flight += 1;
+                    self.fleet.links[i].frame_heard = false;
+                    if confirmed {
+                        self.stats.uplinks_confirmed += 1;
+                    }
+                }
+            }
+        }
+        // The radio: lost with probability `loss`, else heard by 1..=K gateways.
+        let g = self.gateways.len() as u16;
+        let k = self.traffic.heard_by.clamp(1, g);
+        let n = if rng.gen_bool(self.traffic.loss.clamp(0.0, 1.0)) {
+            0
+        } else {
+            rng.gen_range(1..=k)
+        };
+        let link = &mut self.fleet.links[i];
+        link.last_heard = n as u8;
+        if n > 0 {
+            link.frame_heard = true;
+            self.stats.receptions += 1;
+        }
+        let (base, rssi0) = (link.base, link.rssi);
+        for j in 0..n {
+            let gi = (base + j) % g;
+            let rssi = i16::from(rssi0) - 4 * j as i16 + rng.gen_range(-3..=3);
+            // SNR falls with RSSI: about +10 dB at -90 dBm, down to -15 dB near the SF7..12 floor.
+            let lsnr = ((rssi + 100) * 10).clamp(-200, 135) + rng.gen_range(-10..=10);
+            let gw = &mut self.gateways[gi as usize];
+            let rx = Reception {
+                tmst: gw.tmst_at(now),
+                freq_hz: CHANNELS_HZ[usize::from(tx.chan) % 3],
+                chan: tx.chan,
+                dr: tx.dr,
+                rssi,
+                lsnr_tenths: lsnr,
+                data: &tx.phy,
+            };
+            let bytes = gw.push_data(&rx);
+            self.stats.push_data += 1;
+            self.out.push(Outgoing { gateway: gi, bytes });
+        }
+    }
+
+    fn note(&mut self, dev: u32, now: Micros, n: Note) {
+        let sec = now / 1_000_000;
+        match n {
+            Note::Joined {
+                window,
+                request_sent_at,
+                dev_addr,
+            } => {
+                self.stats.joins_accepted += 1;
+                match window {
+                    Window::Rx1 => self.stats.joins_rx1 += 1,
+                    Window::Rx2 => self.stats.joins_rx2 += 1,
+                }
+                self.stats
+                    .join_latency
+                    .record_us(now.saturating_sub(request_sent_at));
+                self.series.at(sec).joins_accepted += 1;
+                self.pending_joins.remove(request_sent_at, dev);
+                self.by_addr.insert(dev_addr, dev);
+                self.joined += 1;
+            }
+            Note::JoinRejected(_) => self.stats.joins_failed += 1,
+            Note::JoinAttemptOver { sent_at, timed_out } => {
+                self.pending_joins.remove(sent_at, dev);
+                if timed_out {
+                    self.stats.joins_timed_out += 1;
+                }
+            }
+            Note::DevNonceExhausted => self.stats.joins_failed += 1,
+            Note::Acked { sent_at, .. } => {
+                self.stats.uplinks_acked += 1;
+                self.stats
+                    .ack_latency
+                    .record_us(now.saturating_sub(sent_at));
+                self.series.at(sec).uplinks_acked += 1;
+            }
+            Note::FrameDone {
+                confirmed, acked, ..
+            } => {
+                self.frames_in_flight = self.frames_in_flight.saturating_sub(1);
+                let heard = self.fleet.links[dev as usize].frame_heard;
+                if (confirmed && !acked) || !heard {
+                    self.stats.uplinks_lost += 1;
+                }
+            }
+            Note::Downlink => {
+                self.stats.downlinks_received += 1;
+                self.series.at(sec).downlinks += 1;
+            }
+            Note::DownlinkRejected(_) => self.stats.downlinks_unmatched += 1,
+            Note::MacAnswered(k) => self.stats.mac_commands_answered += u64::from(k),
+        }
+    }
+
+    /// A datagram arrived on gateway `g`'s socket at `now`.
+    pub fn on_datagram(&mut self, g: u16, now: Micros, data: &[u8]) {
+        self.series.at(now / 1_000_000).datagrams_in += 1;
+        let Some(gw) = self.gateways.get(usize::from(g)) else {
+            return;
+        };
+        match Packet::parse(data) {
+            Ok(Packet::PushAck { .. }) => self.stats.push_ack += 1,
+            Ok(Packet::PullAck { .. }) => self.stats.pull_ack += 1,
+            Ok(Packet::PullResp(r)) => {
+                self.stats.pull_resp += 1;
+                let (token, txpk) = (r.token, r.txpk);
+                let target = match txpk.timing {
+                    TxTiming::Tmst(t) => gw.run_time_of(t, now),
+                    TxTiming::Immediate | TxTiming::Tmms(_) => None,
+                };
+                // A concentrator cannot send in the past: TOO_LATE, as lora_pkt_fwd answers.
+                let too_late = target.is_none_or(|t| t <= now);
+                let ack = gw.tx_ack(token, too_late.then_some(TxAckCode::TooLate));
+                if too_late {
+                    self.stats.tx_ack_errors += 1;
+                }
+                self.out.push(Outgoing {
+                    gateway: g,
+                    bytes: ack,
+                });
+                self.deliver(g, now, target, too_late, &txpk.data);
+            }
+            Ok(_) | Err(_) => self.stats.bad_datagrams += 1,
+        }
+    }
+
+    fn heard_by(&self, dev: u32, g: u16) -> bool {
+        let l = &self.fleet.links[dev as usize];
+        let n = self.gateways.len() as u16;
+        (g + n - l.base) % n < u16::from(l.last_heard)
+    }
+
+    fn deliver(&mut self, g: u16, now: Micros, target: Option<Micros>, too_late: bool, phy: &[u8]) {
+        if crate::frames::is_join_accept(phy) {
+            self.deliver_join_accept(g, now, target, too_late, phy);
+        } else {
+            self.deliver_data(g, now, target, too_late, phy);
+        }
+    }
+
+    fn deliver_join_accept(
+        &mut self,
+        g: u16,
+        now: Micros,
+        target: Option<Micros>,
+        too_late: bool,
+        phy: &[u8],
+    ) {
+        let Some(t) = target else {
+            // Immediate or GPS-timed downlinks never hit a Class A window: find the owner to count it.
+            if self.owner_of_accept(phy, 0, now).is_some() {
+                self.stats.joins_missed_window += 1;
+            } else {
+                self.stats.downlinks_unmatched += 1;
+            }
+            return;
+        };
+        // Devices whose RX1 or RX2 opens exactly at t, and which this gateway heard.
+        for (delay, window) in [
+            (JOIN_ACCEPT_DELAY1_US, Window::Rx1),
+            (JOIN_ACCEPT_DELAY2_US, Window::Rx2),
+        ] {
+            let Some(t_up) = t.checked_sub(delay) else {
+                continue;
+            };
+            let candidates = self.pending_joins.at(t_up);
+            for dev in candidates {
+                if !self.heard_by(dev, g)
+                    || !self.fleet.devices[dev as usize].join_accept_is_mine(phy)
+                {
+                    continue;
+                }
+                if too_late {
+                    self.stats.joins_missed_window += 1;
+                    return;
+                }
+                let d = &mut self.fleet.devices[dev as usize];
+                let mut rng = d.rng(&self.seed_bytes, dev);
+                d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
+                self.apply(dev, now, &mut rng);
+                return;
+            }
+        }
+        // Nobody's window: whose accept was it?
+        if self
+            .owner_of_accept(phy, t.saturating_sub(JOIN_ACCEPT_DELAY2_US + 2_000_000), t)
+            .is_some()
+        {
+            self.stats.joins_missed_window += 1;
+        } else {
+            self.stats.downlinks_unmatched += 1;
+        }
+    }
+
+    fn owner_of_accept(&self, phy: &[u8], from: Micros, to: Micros) -> Option<u32> {
+        let to = to.max(from);
+        self.pending_joins
+            .between(from, to)
+            .into_iter()
+            .find(|&d| self.fleet.devices[d as usize].join_accept_is_mine(phy))
+    }
+
+    fn deliver_data(
+        &mut self,
+        g: u16,
+        now: Micros,
+        target: Option<Micros>,
+        too_late: bool,
+        phy: &[u8],
+    ) {
+        let dev = crate::frames::peek_dev_addr(phy).and_then(|a| self.by_addr.get(&a).copied());
+        let Some(dev) = dev else {
+            self.stats.downlinks_unmatched += 1;
+            return;
+        };
+        let d = &self.fleet.devices[dev as usize];
+        let window = match target {
+            Some(t)
+                if d.phase() == Phase::Joined
+                    && d.awaiting_downlink()
+                    && self.heard_by(dev, g)
+                    && !too_late =>
+            {
+                let (rx1, rx2) = d.rx_delays();
+                let delay = t.checked_sub(d.last_tx_at());
+                if delay == Some(rx1) {
+                    Some((Window::Rx1, t))
+                } else if delay == Some(rx2) {
+                    Some((Window::Rx2, t))
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        let Some((window, t)) = window else {
+            self.stats.downlinks_missed_window += 1;
+            return;
+        };
+        let d = &mut self.fleet.devices[dev as usize];
+        let mut rng = d.rng(&self.seed_bytes, dev);
+        d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
+        self.apply(dev, now, &mut rng);
+    }
+
+    /// An application event from the network server's event sink: counts distinct
+    /// (device, FCnt) uplinks delivered and repeats. Returns whether it was an uplink event.
+    pub fn on_app_event(&mut self, dev_eui: DevEui, fcnt: u32) -> bool {
+        let Some(&dev) = self.by_eui.get(&dev_eui) else {
+            return false;
+        };
+        if self.delivered.insert((dev, fcnt)) {
+            self.stats.uplinks_delivered += 1;
+        } else {
+            self.stats.uplinks_duplicates += 1;
+        }
+        true
+    }
+
+    /// Finalises counters at the end of the run: with an event sink, an uplink is lost unless
+    /// the sink received it.
+    pub fn finish(&mut self) {
+        if self.event_sink {
+            self.stats.uplinks_lost = self
+                .stats
+                .uplinks_sent
+                .saturating_sub(self.stats.uplinks_delivered);
+        }
+    }
+
+    /// Whether an event sink is counting deliveries.
+    pub fn has_event_sink(&self) -> bool {
+        self.event_sink
+    }
+}

@@ -1,0 +1,31 @@
+//! A fleet of virtual LoRaWAN meters behind virtual GWMP gateways, for load-testing the join
+//! server and network server: device manifests, join storms, steady reporting, power-restore
+//! storms, and reports of throughput, latency percentiles, losses and duplicates.
+//!
+//! - [`manifest`]: manifest generation from a seed, and the fleet state file (DevNonce counters).
+//! - [`device`]: the sans-IO end-device state machine; [`frames`]: its LoRaWAN frames (all crypto
+//!   through the `protocol` crate).
+//! - [`fleet`]: compact storage of every device; [`sched`]: the timer heap that drives them.
+//! - [`gateway`]: virtual gateways (GWMP datagrams, `tmst` clocks).
+//! - [`engine`]: the simulation core; [`scenario`]: storm, steady, power-restore.
+//! - [`net`]: the socket loop; [`run`]: `simulator run`; [`demo`]: `simulator demo`, the
+//!   join server, network server and simulator in one process.
+//! - [`bench`]: `simulator bench`, the simulator alone against a counting sink.
+//! - [`report`]: counters, percentiles, JSON report, table, time series, progress line.
+//!
+//! The model (what is simulated, how time and windows are judged) is in `docs/simulator.md`.
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod demo;
+pub mod device;
+pub mod engine;
+pub mod fleet;
+pub mod frames;
+pub mod gateway;
+pub mod manifest;
+pub mod net;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod sched;

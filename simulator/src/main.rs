@@ -1,0 +1,272 @@
+//! `simulator`: manifests, load runs and the all-in-one demo. See `docs/simulator.md`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use protocol::ids::{JoinEui, NetId};
+use simulator::manifest::{self, Params, VersionMix};
+use simulator::run::{self, RunOptions};
+use simulator::scenario::{Dur, Scenario, Traffic};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "simulator",
+    version,
+    about = "Virtual LoRaWAN meters and gateways for load-testing the join server and network server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Write a device manifest (the CSV `joinserver devices import` reads) and its fleet state file.
+    Manifest(ManifestArgs),
+    /// Run a scenario against a network server.
+    Run(Box<RunArgs>),
+    /// Run the whole system in one process: a join server and a network server on loopback with
+    /// temporary data directories and fresh secrets, the fleet provisioned, a join storm, then
+    /// steady uplinks; prints the report.
+    Demo(DemoArgs),
+    /// Measure the simulator alone: fleet memory and datagrams generated per second, sent to a
+    /// local sink that only counts (no servers; no device joins).
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DemoArgs {
+    /// Fleet size.
+    #[arg(long, default_value_t = 10_000)]
+    devices: u32,
+    /// Seed of the fleet and the traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The join storm: every device joins within this window.
+    #[arg(long, default_value = "10s")]
+    join_window: Dur,
+    /// Steady reporting after the join window.
+    #[arg(long, default_value = "20s")]
+    steady: Dur,
+    /// Mean interval between two uplinks of a device.
+    #[arg(long, default_value = "10s")]
+    uplink_interval: Dur,
+    /// Virtual gateways.
+    #[arg(long, default_value_t = 2)]
+    gateways: u16,
+    /// Each transmission is heard by 1..=K gateways.
+    #[arg(long, default_value_t = 2)]
+    heard_by: u16,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct BenchArgs {
+    /// Fleet size.
+    #[arg(long, default_value_t = 1_000_000)]
+    devices: u32,
+    /// Every device sends one Join-request within this window; shorter than the simulator can
+    /// keep up with means it generates flat out.
+    #[arg(long, default_value = "1s")]
+    window: Dur,
+    /// Virtual gateways.
+    #[arg(long, default_value_t = 1)]
+    gateways: u16,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(clap::Args, Debug)]
+struct ManifestArgs {
+    /// Number of devices.
+    #[arg(long)]
+    devices: u32,
+    /// Seed for DevEUIs, root keys and owner tokens.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// MAC version of every device, or `mix` (1.0.3, 1.0.4 and 1.1 in equal parts).
+    #[arg(long, default_value = "1.0.4")]
+    mac_version: VersionMix,
+    /// JoinEUI of every device (16 hex digits).
+    #[arg(long, default_value_t = manifest::DEFAULT_JOIN_EUI)]
+    join_eui: JoinEui,
+    /// NetID of the home network server, written as `home_net_id`.
+    #[arg(long, default_value = "000000")]
+    home_net_id: NetId,
+    /// Output CSV; the fleet state goes to `<out>.state`.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// The manifest written by `simulator manifest` (its `<manifest>.state` is read and updated).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// The network server's GWMP (UDP) address.
+    #[arg(long)]
+    netserver: SocketAddr,
+    /// Number of virtual gateways, each with its own UDP socket.
+    #[arg(long, default_value_t = 1)]
+    gateways: u16,
+    /// Each transmission is heard by 1..=K gateways.
+    #[arg(long, default_value_t = 1)]
+    heard_by: u16,
+    /// What the fleet does.
+    #[arg(long, value_enum, default_value_t = Scenario::Storm)]
+    scenario: Scenario,
+    /// Devices without a session join at random moments within this window.
+    #[arg(long, default_value = "10s")]
+    join_window: Dur,
+    /// Run length. steady: reporting stops then (default 60s). storm, power-restore: an upper
+    /// bound (default: until every device has joined).
+    #[arg(long)]
+    duration: Option<Dur>,
+    /// Mean time between two uplinks of a device (±10 % jitter).
+    #[arg(long, default_value = "60s")]
+    uplink_interval: Dur,
+    /// Fraction of uplinks sent confirmed (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    confirmed_ratio: f64,
+    /// Application payload bytes per uplink.
+    #[arg(long, default_value_t = 12)]
+    payload_size: usize,
+    /// Probability that a transmission is heard by no gateway (0..=1).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// EU868 data rate of joins and uplinks (0..=5).
+    #[arg(long, default_value_t = 5)]
+    data_rate: u8,
+    /// Traffic seed: same seed, same traffic in the same order.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write per-second rates here.
+    #[arg(long)]
+    timeseries_csv: Option<PathBuf>,
+    /// Listen here for the network server's application events (JSON over UDP) and count what it
+    /// delivered.
+    #[arg(long)]
+    event_listen: Option<SocketAddr>,
+    /// Local address of the gateway sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn check_ratio(name: &str, v: f64) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&v) {
+        anyhow::bail!("{name} must be between 0 and 1, got {v}");
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Manifest(a) => {
+            let entries = manifest::generate(&Params {
+                devices: a.devices,
+                seed: a.seed,
+                versions: a.mac_version,
+                join_eui: a.join_eui,
+                home_net_id: a.home_net_id,
+            });
+            manifest::write(&a.out, &entries)?;
+            let state = manifest::state_path(&a.out);
+            manifest::write_state(&state, &entries, &vec![Default::default(); entries.len()])?;
+            eprintln!(
+                "wrote {} devices to {} and their fleet state to {}",
+                entries.len(),
+                a.out.display(),
+                state.display()
+            );
+        }
+        Cmd::Run(a) => {
+            check_ratio("--confirmed-ratio", a.confirmed_ratio)?;
+            check_ratio("--loss", a.loss)?;
+            if a.gateways == 0 {
+                anyhow::bail!("--gateways must be at least 1");
+            }
+            if a.heard_by == 0 || a.heard_by > a.gateways {
+                anyhow::bail!(
+                    "--heard-by must be between 1 and --gateways ({})",
+                    a.gateways
+                );
+            }
+            if a.data_rate > 5 {
+                anyhow::bail!("--data-rate must be 0..=5 (EU868 LoRa 125 kHz)");
+            }
+            let max_payload = [51, 51, 51, 115, 222, 222][usize::from(a.data_rate)];
+            if a.payload_size > max_payload {
+                anyhow::bail!(
+                    "--payload-size {} exceeds DR{}'s maximum of {max_payload} bytes",
+                    a.payload_size,
+                    a.data_rate
+                );
+            }
+            let default_duration = match a.scenario {
+                Scenario::Steady => "60s".parse::<Dur>().context("default duration")?,
+                _ => Dur(std::time::Duration::from_secs(3600)),
+            };
+            let opts = RunOptions {
+                manifest: a.manifest,
+                netserver: a.netserver,
+                bind: a.bind,
+                gateways: a.gateways,
+                traffic: Traffic {
+                    scenario: a.scenario,
+                    join_window_us: a.join_window.as_micros(),
+                    duration_us: a.duration.unwrap_or(default_duration).as_micros(),
+                    uplink_interval_us: a.uplink_interval.as_micros().max(1),
+                    confirmed_ratio: a.confirmed_ratio,
+                    payload_size: a.payload_size,
+                    loss: a.loss,
+                    heard_by: a.heard_by,
+                    data_rate: a.data_rate,
+                },
+                duration_given: a.duration.is_some(),
+                seed: a.seed,
+                event_listen: a.event_listen,
+                report_json: a.report_json,
+                timeseries_csv: a.timeseries_csv,
+                progress: !a.quiet,
+                print_table: true,
+            };
+            run::run(&opts)?;
+        }
+        Cmd::Demo(a) => {
+            if a.gateways == 0 || a.heard_by == 0 || a.heard_by > a.gateways {
+                anyhow::bail!("--heard-by must be between 1 and --gateways");
+            }
+            simulator::demo::run(&simulator::demo::DemoOptions {
+                devices: a.devices,
+                seed: a.seed,
+                join_window: a.join_window.0,
+                steady: a.steady.0,
+                uplink_interval: a.uplink_interval.0,
+                gateways: a.gateways,
+                heard_by: a.heard_by,
+                report_json: a.report_json,
+                progress: !a.quiet,
+            })?;
+        }
+        Cmd::Bench(a) => {
+            let r = simulator::bench::run(a.devices, a.window.0, a.gateways.max(1), a.seed)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! The socket shell around [`Engine`]: one current-thread tokio runtime, one UDP socket per virtual
+//! gateway (each "connected" to the network server, as a packet forwarder is), an optional UDP
+//! socket for the network server's application events, and one timer task. No task or socket per
+//! device and no task per datagram: each gateway's task drains its socket into the engine, and
+//! whoever ran the engine sends what it queued.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use protocol::ids::DevEui;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+
+use crate::engine::{Engine, Stage};
+use crate::report;
+use crate::sched::Micros;
+
+/// Socket settings of a run.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// The network server's GWMP address.
+    pub netserver: SocketAddr,
+    /// Local address the gateway sockets bind to (port 0 each).
+    pub bind: IpAddr,
+    /// Where to listen for the network server's application events (JSON, one per datagram).
+    pub event_listen: Option<SocketAddr>,
+    /// Print a progress line every second.
+    pub progress: bool,
+    /// After the run, wait up to this long for the event sink to catch up.
+    pub sink_grace: Duration,
+}
+
+/// Socket buffer size asked of the kernel for every socket.
+const SOCKET_BUFFER: usize = 8 << 20;
+
+fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<UdpSocket> {
+    let domain = if bind.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&bind.into())
+        .with_context(|| format!("binding {bind}"))?;
+    if let Some(c) = connect {
+        s.connect(&c.into())
+            .with_context(|| format!("connecting to {c}"))?;
+    }
+    Ok(UdpSocket::from_std(s.into())?)
+}
+
+/// Datagrams read by one `recvmmsg`.
+const RECV_BATCH: usize = 64;
+/// Receive buffer per datagram: a PULL_RESP for the largest LoRaWAN frame is about 600 bytes.
+const RECV_BUF: usize = 4096;
+
+/// Reads up to `bufs.len()` datagrams with one non-blocking `recvmmsg`; returns their lengths.
+fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; RECV_BUF]]) -> std::io::Result<Vec<usize>> {
+    use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    sock.try_io(tokio::io::Interest::READABLE, || {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs
+            .iter_mut()
+            .map(|b| [IoSliceMut::new(&mut b[..])])
+            .collect();
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+        let r = recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        Ok(r.map(|m| m.bytes).collect())
+    })
+}
+
+/// Most datagrams handed to one `sendmmsg`.
+const BATCH: usize = 256;
+
+/// Sends `batch` on a connected socket; returns (sent, failed).
+async fn send_batch(sock: &UdpSocket, batch: &[crate::engine::Outgoing]) -> (u64, u64) {
+    use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut done = 0;
+    let (mut sent, mut failed) = (0u64, 0u64);
+    while done < batch.len() {
+        let rest = &batch[done..];
+        let iovs: Vec<[IoSlice<'_>; 1]> = rest.iter().map(|o| [IoSlice::new(&o.bytes)]).collect();
+        let addrs: Vec<Option<SockaddrStorage>> = vec![None; rest.len()];
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(rest.len(), None);
+        let cmsgs: [ControlMessage<'_>; 0] = [];
+        // try_io clears tokio's cached readiness on EAGAIN, so `writable()` really waits.
+        let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmmsg(
+                fd,
+                &mut headers,
+                &iovs,
+                &addrs,
+                cmsgs,
+                MsgFlags::MSG_DONTWAIT,
+            )
+            .map(|res| res.count())
+            .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(0) => {
+                tokio::task::yield_now().await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if sock.writable().await.is_err() {
+                    failed += rest.len() as u64;
+                    break;
+                }
+            }
+            Ok(n) => {
+                sent += n as u64;
+                done += n;
+            }
+            Err(_) => {
+                // ECONNREFUSED (ICMP port unreachable) and the like hit one datagram: skip it.
+                failed += 1;
+                done += 1;
+            }
+        }
+    }
+    (sent, failed)
+}
+
+/// CPU time of the calling thread, seconds.
+pub fn thread_cpu_s() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
+}
+
+struct Shared {
+    engine: RefCell<Engine>,
+    /// CPU seconds spent in `sendmmsg`.
+    send_cpu: std::cell::Cell<f64>,
+    sockets: Vec<UdpSocket>,
+    start: Instant,
+    wake: Notify,
+}
+
+impl Shared {
+    fn now(&self) -> Micros {
+        self.start.elapsed().as_micros() as Micros
+    }
+
+    /// Sends everything the engine queued, each gateway's datagrams in order, batched with
+    /// `sendmmsg` (one system call for up to [`BATCH`] datagrams). Never holds the engine across
+    /// an await.
+    async fn flush(&self) {
+        loop {
+            let out = self.engine.borrow_mut().take_outgoing();
+            if out.is_empty() {
+                return;
+            }
+            let (mut sent, mut errors) = (0u64, 0u64);
+            let mut i = 0;
+            while i < out.len() {
+                let g = out[i].gateway;
+                let mut j = i + 1;
+                while j < out.len() && j - i < BATCH && out[j].gateway == g {
+                    j += 1;
+                }
+                let c0 = thread_cpu_s();
+                let (s, e) = send_batch(&self.sockets[usize::from(g)], &out[i..j]).await;
+                self.send_cpu
+                    .set(self.send_cpu.get() + (thread_cpu_s() - c0));
+                sent += s;
+                errors += e;
+                i = j;
+            }
+            let now = self.now();
+            self.engine.borrow_mut().count_sent(now, sent, errors);
+        }
+    }
+}
+
+/// Parses one application event from the network server: a JSON object for an uplink with the
+/// device's EUI and frame counter. Accepts `dev_eui`/`devEui`/`DevEUI` and
+/// `f_cnt`/`fcnt`/`fCnt`/`FCnt`; when the object has a `type`/`event` field it must name an uplink
+/// (`up`, `uplink`). Several events may share a datagram, one per line.
+pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
+    /// The fields the simulator reads; everything else is skipped without being built.
+    #[derive(serde::Deserialize)]
+    struct Event<'a> {
+        #[serde(rename = "type", alias = "event", borrow, default)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+        #[serde(alias = "devEui", alias = "DevEUI", borrow, default)]
+        dev_eui: Option<std::borrow::Cow<'a, str>>,
+        #[serde(alias = "fcnt", alias = "fCnt", alias = "FCnt", default)]
+        f_cnt: Option<u64>,
+    }
+    let mut out = Vec::new();
+    for line in datagram.split(|&b| b == b'\n') {
+        let Ok(e) = serde_json::from_slice::<Event<'_>>(line) else {
+            continue;
+        };
+        if e.kind
+            .as_deref()
+            .is_some_and(|k| !matches!(k, "up" | "uplink"))
+        {
+            continue;
+        }
+        if let (Some(d), Some(f)) = (e.dev_eui.and_then(|d| d.parse::<DevEui>().ok()), e.f_cnt) {
+            out.push((d, f as u32));
+        }
+    }
+    out
+}
+
+/// Runs the engine against the network server until its scenario is done (or Ctrl-C). Returns
+/// the engine and the wall-clock length of the run in seconds.
+pub fn run(engine: Engine, cfg: &NetConfig) -> anyhow::Result<(Engine, f64)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, run_async(engine, cfg.clone()))
+}
+
+async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f64)> {
+    let n = engine.gateways().len();
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n {
+        sockets.push(udp_socket(
+            SocketAddr::new(cfg.bind, 0),
+            Some(cfg.netserver),
+        )?);
+    }
+    let sink = match cfg.event_listen {
+        Some(a) => Some(udp_socket(a, None)?),
+        None => None,
+    };
+    let shared = Rc::new(Shared {
+        engine: RefCell::new(engine),
+        send_cpu: std::cell::Cell::new(0.0),
+        sockets,
+        start: Instant::now(),
+        wake: Notify::new(),
+    });
+    let mut tasks = Vec::new();
+    for g in 0..n {
+        let sh = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+            loop {
+                if sh.sockets[g].readable().await.is_err() {
+                    return;
+                }
+                // Drain what is there (recvmmsg batches), then let the engine's output go out.
+                for _ in 0..8 {
+                    match recv_batch(&sh.sockets[g], &mut bufs) {
+                        Ok(lens) if !lens.is_empty() => {
+                            let now = sh.now();
+                            let mut e = sh.engine.borrow_mut();
+                            for (buf, &len) in bufs.iter().zip(&lens) {
+                                e.on_datagram(g as u16, now, &buf[..len.min(RECV_BUF)]);
+                            }
+                        }
+                        Ok(_) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // ICMP port unreachable on a connected socket: the server is not (yet) up.
+                        Err(_) => break,
+                    }
+                }
+                sh.flush().await;
+                sh.wake.notify_one();
+            }
+        }));
+    }
+    if let Some(sink) = sink {
+        let sh = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+            loop {
+                if sink.readable().await.is_err() {
+                    return;
+                }
+                for _ in 0..8 {
+                    match recv_batch(&sink, &mut bufs) {
+                        Ok(lens) if !lens.is_empty() => {
+                            let mut e = sh.engine.borrow_mut();
+                            for (buf, &len) in bufs.iter().zip(&lens) {
+                                for (dev, fcnt) in parse_app_events(&buf[..len.min(RECV_BUF)]) {
+                                    e.on_app_event(dev, fcnt);
+                                }
+                            }
+                        }
+                        _ => break,
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    shared.engine.borrow_mut().start(0);
+    shared.flush().await;
+    let mut next_progress = 1_000_000u64;
+    let mut last_uplinks = 0u64;
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let wake = shared.engine.borrow().next_wakeup().min(next_progress);
+        let at = shared.start + Duration::from_micros(wake);
+        tokio::select! {
+            _ = tokio::time::sleep_until(at.into()) => {}
+            _ = shared.wake.notified() => {}
+            _ = &mut interrupted => {
+                eprintln!("interrupted: stopping the run");
+                break;
+            }
+        }
+        let now = shared.now();
+        // Behind schedule, work in slices so datagrams go out (and answers come in) steadily.
+        loop {
+            let more = shared.engine.borrow_mut().poll_budget(now, 512);
+            shared.flush().await;
+            if !more {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if now >= next_progress {
+            let e = shared.engine.borrow();
+            let sent = e.stats.uplinks_sent;
+            if cfg.progress {
+                report::print_progress(&report::progress_line(
+                    now as f64 / 1e6,
+                    e.joined(),
+                    e.fleet.len() as u64,
+                    sent - last_uplinks,
+                    &e.stats,
+                ));
+            }
+            last_uplinks = sent;
+            next_progress = (now / 1_000_000 + 1) * 1_000_000;
+        }
+        if shared.engine.borrow().stage() == Stage::Done {
+            break;
+        }
+    }
+    let elapsed = shared.start.elapsed().as_secs_f64();
+    // Let the event sink catch up with what the network server is still delivering.
+    if shared.engine.borrow().has_event_sink() {
+        let until = Instant::now() + cfg.sink_grace;
+        while Instant::now() < until {
+            {
+                let e = shared.engine.borrow();
+                if e.stats.uplinks_delivered >= e.stats.uplinks_sent {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for t in &tasks {
+        t.abort();
+    }
+    drop(tasks);
+    for _ in 0..100 {
+        if Rc::strong_count(&shared) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let shared =
+        Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
+    let send_cpu = shared.send_cpu.get();
+    let mut engine = shared.engine.into_inner();
+    engine.stats.send_cpu_s = send_cpu;
+    engine.finish();
+    Ok((engine, elapsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_events() {
+        let d = br#"{"type":"up","dev_eui":"0102030405060708","f_cnt":7,"data":"AQ=="}
+{"type":"join","dev_eui":"0102030405060708"}
+{"devEui":"0A0B0C0D0E0F1011","fCnt":9}
+not json"#;
+        let ev = parse_app_events(d);
+        assert_eq!(
+            ev,
+            vec![
+                (DevEui::new(0x0102_0304_0506_0708), 7),
+                (DevEui::new(0x0A0B_0C0D_0E0F_1011), 9)
+            ]
+        );
+    }
+}

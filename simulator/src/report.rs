@@ -1,0 +1,584 @@
+//! Counters, latency histograms, and what the simulator reports: a progress line on stderr every
+//! second, a human table at the end, a JSON report (`--report-json`) and per-second rates
+//! (`--timeseries-csv`). Every field is explained in `docs/simulator.md`.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A latency histogram in microseconds (1 µs to 1 hour, 3 significant digits).
+#[derive(Clone, Debug)]
+pub struct Latency(Histogram<u64>);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latency {
+    /// Records one latency in microseconds (clamped into the histogram's range).
+    pub fn record_us(&mut self, us: u64) {
+        self.0.saturating_record(us.max(1));
+    }
+    /// Number of samples.
+    pub fn count(&self) -> u64 {
+        self.0.len()
+    }
+    /// The `q` quantile (0..=1) in milliseconds; 0 with no samples.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.value_at_quantile(q) as f64 / 1000.0
+    }
+    /// The largest sample in milliseconds.
+    pub fn max_ms(&self) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.max() as f64 / 1000.0
+    }
+}
+
+/// Everything counted during a run. The engine increments these; nothing here does I/O.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Join-requests sent (every attempt, retries included).
+    pub joins_attempted: u64,
+    /// Join-accepts received in RX1 or RX2 that decrypted, passed the MIC and JoinNonce checks.
+    pub joins_accepted: u64,
+    /// Of which in RX1.
+    pub joins_rx1: u64,
+    /// Of which in RX2.
+    pub joins_rx2: u64,
+    /// Join-accepts that arrived in a window but that the device rejected (MIC, JoinNonce).
+    pub joins_failed: u64,
+    /// Join attempts for which nothing arrived before RX2 closed.
+    pub joins_timed_out: u64,
+    /// Join-accepts whose `tmst` missed both windows, or that reached the gateway too late.
+    pub joins_missed_window: u64,
+    /// JoinRequest sent → PULL_RESP received (wall clock).
+    pub join_latency: Latency,
+    /// Data uplinks sent, counting each frame counter once (NbTrans repeats are not new uplinks).
+    pub uplinks_sent: u64,
+    /// Of which confirmed.
+    pub uplinks_confirmed: u64,
+    /// Transmissions of data frames, repeats included.
+    pub uplink_transmissions: u64,
+    /// Confirmed uplinks whose ACK arrived in a window.
+    pub uplinks_acked: u64,
+    /// Uplinks heard by no gateway on any transmission (radio loss), plus confirmed uplinks never
+    /// acknowledged after all NbTrans transmissions.
+    pub uplinks_lost: u64,
+    /// Extra copies of one uplink seen at the event sink (only with `--event-listen`).
+    pub uplinks_duplicates: u64,
+    /// Distinct uplinks the event sink received (only with `--event-listen`).
+    pub uplinks_delivered: u64,
+    /// Confirmed uplink sent → ACK PULL_RESP received (wall clock).
+    pub ack_latency: Latency,
+    /// Data downlinks received in a window (ACKs and MAC commands).
+    pub downlinks_received: u64,
+    /// Data downlinks that missed their window or reached the gateway too late.
+    pub downlinks_missed_window: u64,
+    /// Downlinks no device could claim (no pending window matched, MIC did not verify).
+    pub downlinks_unmatched: u64,
+    /// MAC commands answered (LinkADRReq, DeviceTimeReq, RekeyConf, ...).
+    pub mac_commands_answered: u64,
+    /// Radio transmissions (joins and data) heard by at least one gateway.
+    pub receptions: u64,
+    /// PUSH_DATA datagrams sent.
+    pub push_data: u64,
+    /// PUSH_ACKs received.
+    pub push_ack: u64,
+    /// PULL_DATA datagrams sent.
+    pub pull_data: u64,
+    /// PULL_ACKs received.
+    pub pull_ack: u64,
+    /// PULL_RESP datagrams received.
+    pub pull_resp: u64,
+    /// TX_ACKs sent reporting an error (TOO_LATE, ...).
+    pub tx_ack_errors: u64,
+    /// Datagrams from the network server that could not be parsed.
+    pub bad_datagrams: u64,
+    /// Datagrams the kernel refused to send (buffer full).
+    pub send_errors: u64,
+    /// CPU seconds the socket loop spent in `sendmmsg` (kernel included).
+    pub send_cpu_s: f64,
+    /// When the first datagram went out (µs of the run).
+    pub first_send_us: Option<u64>,
+    /// When the last datagram went out.
+    pub last_send_us: u64,
+}
+
+impl Stats {
+    /// Seconds between the first and the last datagram sent.
+    pub fn generate_span_s(&self) -> f64 {
+        self.first_send_us
+            .map_or(0.0, |f| self.last_send_us.saturating_sub(f) as f64 / 1e6)
+    }
+}
+
+/// One row of the per-second time series.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Second {
+    /// Join-requests sent in this second.
+    pub joins_sent: u64,
+    /// Join-accepts accepted.
+    pub joins_accepted: u64,
+    /// Data uplinks sent (new frame counters).
+    pub uplinks_sent: u64,
+    /// Confirmed uplinks acknowledged.
+    pub uplinks_acked: u64,
+    /// Data downlinks received.
+    pub downlinks: u64,
+    /// Datagrams sent to the network server.
+    pub datagrams_out: u64,
+    /// Datagrams received from the network server.
+    pub datagrams_in: u64,
+}
+
+/// Per-second counters, indexed by whole seconds of the run.
+#[derive(Clone, Debug, Default)]
+pub struct TimeSeries {
+    /// One row per second.
+    pub rows: Vec<Second>,
+}
+
+impl TimeSeries {
+    /// The row for second `s`, growing the series as needed.
+    pub fn at(&mut self, s: u64) -> &mut Second {
+        let i = s as usize;
+        if self.rows.len() <= i {
+            self.rows.resize(i + 1, Second::default());
+        }
+        &mut self.rows[i]
+    }
+
+    /// Writes the CSV: one line per second.
+    pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
+        let mut out = String::from(
+            "second,joins_sent,joins_accepted,uplinks_sent,uplinks_acked,downlinks,datagrams_out,datagrams_in\n",
+        );
+        for (i, r) in self.rows.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{i},{},{},{},{},{},{},{}",
+                r.joins_sent,
+                r.joins_accepted,
+                r.uplinks_sent,
+                r.uplinks_acked,
+                r.downlinks,
+                r.datagrams_out,
+                r.datagrams_in
+            );
+        }
+        std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// The JSON report (`--report-json`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Report {
+    /// The scenario run.
+    pub scenario: String,
+    /// Devices in the fleet.
+    pub devices: u64,
+    /// Virtual gateways.
+    pub gateways: u64,
+    /// The traffic seed.
+    pub seed: u64,
+    /// Wall-clock length of the run, seconds.
+    pub duration_s: f64,
+    /// Joins.
+    pub joins: Joins,
+    /// Join latency percentiles, ms.
+    pub join_latency_ms: Percentiles,
+    /// Data uplinks.
+    pub uplinks: Uplinks,
+    /// ACK latency percentiles, ms.
+    pub ack_latency_ms: AckPercentiles,
+    /// Data downlinks.
+    pub downlinks: Downlinks,
+    /// GWMP datagram counts.
+    pub gwmp: Gwmp,
+    /// Devices holding a session at the end.
+    pub devices_joined_at_end: u64,
+}
+
+/// `joins.*`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Joins {
+    pub attempted: u64,
+    pub accepted: u64,
+    pub accepted_rx1: u64,
+    pub accepted_rx2: u64,
+    pub failed: u64,
+    pub timed_out: u64,
+    pub missed_window: u64,
+}
+
+/// `join_latency_ms.*`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// `ack_latency_ms.*`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[allow(missing_docs)]
+pub struct AckPercentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// `uplinks.*`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Uplinks {
+    pub sent: u64,
+    pub confirmed: u64,
+    pub transmissions: u64,
+    pub acked: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    /// `null` unless `--event-listen` is set.
+    pub delivered: Option<u64>,
+    pub per_second: u64,
+}
+
+/// `downlinks.*`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Downlinks {
+    pub received: u64,
+    pub missed_window: u64,
+    pub unmatched: u64,
+    pub mac_commands_answered: u64,
+}
+
+/// `gwmp.*`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Gwmp {
+    pub push_data: u64,
+    pub push_ack: u64,
+    pub pull_data: u64,
+    pub pull_ack: u64,
+    pub pull_resp: u64,
+    pub tx_ack_errors: u64,
+    pub bad_datagrams: u64,
+    pub send_errors: u64,
+}
+
+/// What the report is about, besides the counters.
+#[derive(Clone, Debug)]
+pub struct RunInfo {
+    /// Scenario name.
+    pub scenario: String,
+    /// Fleet size.
+    pub devices: u64,
+    /// Gateways.
+    pub gateways: u64,
+    /// Seed.
+    pub seed: u64,
+    /// Wall-clock seconds.
+    pub duration_s: f64,
+    /// Whether an event sink counted deliveries.
+    pub event_sink: bool,
+    /// Devices joined at the end.
+    pub joined_at_end: u64,
+}
+
+impl Report {
+    /// Builds the report from the counters.
+    pub fn new(info: &RunInfo, s: &Stats) -> Self {
+        let j = &s.join_latency;
+        let a = &s.ack_latency;
+        Self {
+            scenario: info.scenario.clone(),
+            devices: info.devices,
+            gateways: info.gateways,
+            seed: info.seed,
+            duration_s: (info.duration_s * 1000.0).round() / 1000.0,
+            joins: Joins {
+                attempted: s.joins_attempted,
+                accepted: s.joins_accepted,
+                accepted_rx1: s.joins_rx1,
+                accepted_rx2: s.joins_rx2,
+                failed: s.joins_failed,
+                timed_out: s.joins_timed_out,
+                missed_window: s.joins_missed_window,
+            },
+            join_latency_ms: Percentiles {
+                count: j.count(),
+                p50: j.quantile_ms(0.5),
+                p90: j.quantile_ms(0.9),
+                p99: j.quantile_ms(0.99),
+                p999: j.quantile_ms(0.999),
+                max: j.max_ms(),
+            },
+            uplinks: Uplinks {
+                sent: s.uplinks_sent,
+                confirmed: s.uplinks_confirmed,
+                transmissions: s.uplink_transmissions,
+                acked: s.uplinks_acked,
+                lost: s.uplinks_lost,
+                duplicates: s.uplinks_duplicates,
+                delivered: info.event_sink.then_some(s.uplinks_delivered),
+                per_second: if info.duration_s > 0.0 {
+                    (s.uplinks_sent as f64 / info.duration_s).round() as u64
+                } else {
+                    0
+                },
+            },
+            ack_latency_ms: AckPercentiles {
+                count: a.count(),
+                p50: a.quantile_ms(0.5),
+                p99: a.quantile_ms(0.99),
+                max: a.max_ms(),
+            },
+            downlinks: Downlinks {
+                received: s.downlinks_received,
+                missed_window: s.downlinks_missed_window,
+                unmatched: s.downlinks_unmatched,
+                mac_commands_answered: s.mac_commands_answered,
+            },
+            gwmp: Gwmp {
+                push_data: s.push_data,
+                push_ack: s.push_ack,
+                pull_data: s.pull_data,
+                pull_ack: s.pull_ack,
+                pull_resp: s.pull_resp,
+                tx_ack_errors: s.tx_ack_errors,
+                bad_datagrams: s.bad_datagrams,
+                send_errors: s.send_errors,
+            },
+            devices_joined_at_end: info.joined_at_end,
+        }
+    }
+
+    /// Writes the JSON report.
+    pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
+        let mut text = serde_json::to_string_pretty(self)?;
+        text.push('\n');
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The human table printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "scenario {}  devices {}  gateways {}  seed {}  duration {:.1} s",
+            self.scenario, self.devices, self.gateways, self.seed, self.duration_s
+        );
+        let j = &self.joins;
+        let row = |t: &mut String, k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<34}{v:>14}");
+        };
+        let _ = writeln!(t, "joins");
+        row(&mut t, "attempted", j.attempted.to_string());
+        row(
+            &mut t,
+            "accepted (RX1 / RX2)",
+            format!("{} ({} / {})", j.accepted, j.accepted_rx1, j.accepted_rx2),
+        );
+        row(&mut t, "failed", j.failed.to_string());
+        row(&mut t, "timed out", j.timed_out.to_string());
+        row(&mut t, "missed window", j.missed_window.to_string());
+        let l = &self.join_latency_ms;
+        row(
+            &mut t,
+            "latency ms p50/p90/p99/p99.9/max",
+            format!(
+                "{:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
+                l.p50, l.p90, l.p99, l.p999, l.max
+            ),
+        );
+        let u = &self.uplinks;
+        let _ = writeln!(t, "uplinks");
+        row(
+            &mut t,
+            "sent (confirmed)",
+            format!("{} ({})", u.sent, u.confirmed),
+        );
+        row(&mut t, "transmissions", u.transmissions.to_string());
+        row(&mut t, "acked", u.acked.to_string());
+        row(&mut t, "lost", u.lost.to_string());
+        row(&mut t, "duplicates", u.duplicates.to_string());
+        match u.delivered {
+            Some(d) => row(&mut t, "delivered to the event sink", d.to_string()),
+            None => row(
+                &mut t,
+                "delivered (needs --event-listen)",
+                "not measured".into(),
+            ),
+        }
+        row(&mut t, "per second", u.per_second.to_string());
+        let a = &self.ack_latency_ms;
+        row(
+            &mut t,
+            "ack latency ms p50/p99/max",
+            format!("{:.1}/{:.1}/{:.1}", a.p50, a.p99, a.max),
+        );
+        let d = &self.downlinks;
+        let _ = writeln!(t, "downlinks");
+        row(&mut t, "received in a window", d.received.to_string());
+        row(&mut t, "missed window", d.missed_window.to_string());
+        row(&mut t, "unmatched", d.unmatched.to_string());
+        row(
+            &mut t,
+            "MAC commands answered",
+            d.mac_commands_answered.to_string(),
+        );
+        let g = &self.gwmp;
+        let _ = writeln!(t, "gwmp");
+        row(
+            &mut t,
+            "PUSH_DATA / PUSH_ACK",
+            format!("{} / {}", g.push_data, g.push_ack),
+        );
+        row(
+            &mut t,
+            "PULL_DATA / PULL_ACK",
+            format!("{} / {}", g.pull_data, g.pull_ack),
+        );
+        row(
+            &mut t,
+            "PULL_RESP / TX_ACK errors",
+            format!("{} / {}", g.pull_resp, g.tx_ack_errors),
+        );
+        row(
+            &mut t,
+            "bad datagrams / send errors",
+            format!("{} / {}", g.bad_datagrams, g.send_errors),
+        );
+        row(
+            &mut t,
+            "devices joined at the end",
+            self.devices_joined_at_end.to_string(),
+        );
+        t
+    }
+}
+
+/// The once-a-second progress line on stderr.
+pub fn progress_line(
+    elapsed_s: f64,
+    joined: u64,
+    devices: u64,
+    uplinks_per_s: u64,
+    s: &Stats,
+) -> String {
+    format!(
+        "[{elapsed_s:6.1}s] joined {joined}/{devices}  joins {}/{} (timeout {}, missed {})  uplinks/s {uplinks_per_s}  join p99 {:.1} ms  ack p99 {:.1} ms",
+        s.joins_accepted,
+        s.joins_attempted,
+        s.joins_timed_out,
+        s.joins_missed_window,
+        s.join_latency.quantile_ms(0.99),
+        s.ack_latency.quantile_ms(0.99),
+    )
+}
+
+/// Prints a progress line to stderr.
+pub fn print_progress(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = writeln!(e, "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_json_field_names() {
+        let mut s = Stats::default();
+        for ms in 1..=1000u64 {
+            s.join_latency.record_us(ms * 1000);
+        }
+        s.ack_latency.record_us(2500);
+        s.joins_attempted = 1000;
+        s.joins_accepted = 1000;
+        let info = RunInfo {
+            scenario: "storm".into(),
+            devices: 1000,
+            gateways: 2,
+            seed: 9,
+            duration_s: 2.0,
+            event_sink: false,
+            joined_at_end: 1000,
+        };
+        let r = Report::new(&info, &s);
+        assert!(
+            (r.join_latency_ms.p50 - 500.0).abs() < 1.0,
+            "{}",
+            r.join_latency_ms.p50
+        );
+        assert!((r.join_latency_ms.p99 - 990.0).abs() < 1.0);
+        assert!((r.join_latency_ms.max - 1000.0).abs() < 1.0);
+        assert!((r.ack_latency_ms.p50 - 2.5).abs() < 0.01);
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        for path in [
+            "/joins/attempted",
+            "/joins/accepted",
+            "/joins/failed",
+            "/joins/timed_out",
+            "/joins/missed_window",
+            "/join_latency_ms/p50",
+            "/join_latency_ms/p90",
+            "/join_latency_ms/p99",
+            "/join_latency_ms/p999",
+            "/join_latency_ms/max",
+            "/uplinks/sent",
+            "/uplinks/acked",
+            "/uplinks/lost",
+            "/uplinks/duplicates",
+            "/ack_latency_ms/p50",
+            "/ack_latency_ms/p99",
+            "/duration_s",
+            "/devices",
+            "/gateways",
+            "/seed",
+        ] {
+            assert!(v.pointer(path).is_some(), "missing {path}");
+        }
+        assert!(r.table().contains("accepted (RX1 / RX2)"));
+    }
+
+    #[test]
+    fn empty_histograms_report_zero() {
+        let l = Latency::default();
+        assert_eq!(l.quantile_ms(0.99), 0.0);
+        assert_eq!(l.max_ms(), 0.0);
+    }
+
+    #[test]
+    fn timeseries_grows_and_writes() {
+        let mut ts = TimeSeries::default();
+        ts.at(2).uplinks_sent += 5;
+        ts.at(0).joins_sent += 1;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.csv");
+        ts.write_csv(&p).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[1], "0,1,0,0,0,0,0,0");
+        assert_eq!(lines[3], "2,0,0,5,0,0,0,0");
+    }
+}

@@ -1,0 +1,102 @@
+//! `simulator run`: load a manifest and its fleet state, run a scenario against a network server,
+//! save the fleet state, and report.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::engine::{Engine, EngineConfig};
+use crate::fleet::Fleet;
+use crate::manifest;
+use crate::net::{self, NetConfig};
+use crate::report::{Report, RunInfo};
+use crate::scenario::Traffic;
+
+/// Everything `simulator run` takes.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The manifest (its fleet state file is `<manifest>.state`).
+    pub manifest: PathBuf,
+    /// Network server GWMP address.
+    pub netserver: SocketAddr,
+    /// Local address for the gateway sockets.
+    pub bind: IpAddr,
+    /// Virtual gateways.
+    pub gateways: u16,
+    /// Traffic.
+    pub traffic: Traffic,
+    /// Whether `--duration` was given.
+    pub duration_given: bool,
+    /// Traffic seed.
+    pub seed: u64,
+    /// Event sink address.
+    pub event_listen: Option<SocketAddr>,
+    /// JSON report path.
+    pub report_json: Option<PathBuf>,
+    /// Time series path.
+    pub timeseries_csv: Option<PathBuf>,
+    /// Progress lines on stderr.
+    pub progress: bool,
+    /// Print the human table on stdout.
+    pub print_table: bool,
+}
+
+/// Runs a scenario; returns the report (also written where asked).
+pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
+    let entries = manifest::read(&o.manifest)?;
+    if entries.is_empty() {
+        anyhow::bail!("manifest {} has no devices", o.manifest.display());
+    }
+    let state_path = manifest::state_path(&o.manifest);
+    let states = manifest::read_state(&state_path, &entries)?;
+    let devices = entries.len() as u64;
+    let fleet = Fleet::new(entries.clone(), &states, o.seed, o.gateways);
+    let engine = Engine::new(
+        EngineConfig {
+            seed: o.seed,
+            traffic: o.traffic.clone(),
+            gateways: o.gateways,
+            event_sink: o.event_listen.is_some(),
+            duration_given: o.duration_given,
+        },
+        fleet,
+    );
+    let result = net::run(
+        engine,
+        &NetConfig {
+            netserver: o.netserver,
+            bind: o.bind,
+            event_listen: o.event_listen,
+            progress: o.progress,
+            sink_grace: Duration::from_secs(3),
+        },
+    );
+    let (engine, elapsed) = result?;
+    // Persist DevNonces whatever happened, so the next run never replays one.
+    manifest::write_state(&state_path, &entries, &engine.fleet.nonce_states())
+        .with_context(|| format!("saving fleet state {}", state_path.display()))?;
+    let report = Report::new(
+        &RunInfo {
+            scenario: o.traffic.scenario.to_string(),
+            devices,
+            gateways: u64::from(o.gateways),
+            seed: o.seed,
+            duration_s: elapsed,
+            event_sink: o.event_listen.is_some(),
+            joined_at_end: engine.joined(),
+        },
+        &engine.stats,
+    );
+    if let Some(p) = &o.report_json {
+        report.write_json(p)?;
+    }
+    if let Some(p) = &o.timeseries_csv {
+        engine.series.write_csv(p)?;
+    }
+    if o.print_table {
+        print!("{}", report.table());
+    }
+    Ok(report)
+}

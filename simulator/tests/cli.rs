@@ -1,0 +1,145 @@
+//! The `simulator` binary as a user runs it.
+
+use std::process::Command;
+
+fn simulator() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_simulator"))
+}
+
+#[test]
+fn demo_runs_with_nothing_set_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("demo.json");
+    // Devices report from their Join-accept on (5 s after their Join-request).
+    let out = simulator()
+        .args([
+            "demo",
+            "--devices",
+            "300",
+            "--join-window",
+            "2s",
+            "--steady",
+            "8s",
+            "--uplink-interval",
+            "2s",
+            "--quiet",
+        ])
+        .arg("--report-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("accepted (RX1 / RX2)"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["joins"]["accepted"], 300);
+    assert_eq!(r["joins"]["missed_window"], 0);
+    assert_eq!(r["devices"], 300);
+    assert!(r["uplinks"]["sent"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn manifest_command_writes_the_manifest_and_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("m.csv");
+    let out = simulator()
+        .args([
+            "manifest",
+            "--devices",
+            "5",
+            "--seed",
+            "3",
+            "--mac-version",
+            "1.1",
+            "--home-net-id",
+            "000013",
+            "--out",
+        ])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token"
+    );
+    assert_eq!(lines.len(), 6);
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l.split(',').nth(2) == Some("1.1") && l.split(',').nth(5) == Some("000013")));
+    let state = std::fs::read_to_string(dir.path().join("m.csv.state")).unwrap();
+    assert_eq!(state.lines().count(), 6);
+}
+
+#[test]
+fn bad_options_are_refused_with_a_reason() {
+    for (args, needle) in [
+        (
+            vec![
+                "run",
+                "--manifest",
+                "x.csv",
+                "--netserver",
+                "127.0.0.1:1700",
+                "--duration",
+                "5x",
+            ],
+            "invalid duration",
+        ),
+        (
+            vec![
+                "run",
+                "--manifest",
+                "x.csv",
+                "--netserver",
+                "127.0.0.1:1700",
+                "--loss",
+                "2",
+            ],
+            "--loss",
+        ),
+        (
+            vec![
+                "run",
+                "--manifest",
+                "x.csv",
+                "--netserver",
+                "127.0.0.1:1700",
+                "--gateways",
+                "2",
+                "--heard-by",
+                "3",
+            ],
+            "--heard-by",
+        ),
+        (
+            vec![
+                "manifest",
+                "--devices",
+                "1",
+                "--mac-version",
+                "1.2",
+                "--out",
+                "x",
+            ],
+            "1.2",
+        ),
+    ] {
+        let out = simulator().args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,662 @@
+//! The simulation core driven with a fake clock, against a join-server stand-in built from the
+//! `protocol` crate's join-server functions (the real servers are exercised in `e2e.rs`). Checks
+//! the window logic, `tmst` handling, GWMP datagrams and the counters.
+
+use std::collections::{HashMap, HashSet};
+
+use base64::Engine as _;
+use protocol::data::{
+    DataFrame, Direction, Downlink, FramePayload, NetworkSessionKeys, SessionCrypto,
+    UplinkMicParams,
+};
+use protocol::derive::{js_keys, session_keys_1_0, session_keys_1_1};
+use protocol::ids::{DevAddr, JoinNonce, NetId};
+use protocol::join::{
+    AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+    JoinRequest, JoinRootKey, RxDelay,
+};
+use protocol::keys::KeyCipher;
+use protocol::mac::MacCommand;
+use simulator::engine::{Engine, EngineConfig, Stage};
+use simulator::fleet::Fleet;
+use simulator::manifest::{self, Entry, NonceState, Params, VersionMix};
+use simulator::scenario::{Scenario, Traffic};
+
+fn traffic(scenario: Scenario) -> Traffic {
+    Traffic {
+        scenario,
+        join_window_us: 2_000_000,
+        duration_us: 120_000_000,
+        uplink_interval_us: 10_000_000,
+        confirmed_ratio: 0.0,
+        payload_size: 12,
+        loss: 0.0,
+        heard_by: 2,
+        data_rate: 5,
+    }
+}
+
+/// Answers Join-requests: one Join-accept per (DevEUI, DevNonce), via the first gateway that
+/// reported it, at `tmst + delay`.
+struct NsSession {
+    dev_eui: protocol::ids::DevEui,
+    crypto: SessionCrypto,
+    last_up: Option<u32>,
+    n_fcnt_down: u32,
+    sent_mac: bool,
+    v11: bool,
+}
+
+struct JoinAnswerer {
+    keys: HashMap<u64, Entry>,
+    sessions: HashMap<u32, NsSession>,
+    /// Every data uplink opened: (DevEUI, FCnt, FOpts).
+    uplinks: Vec<(protocol::ids::DevEui, u32, Vec<u8>)>,
+    seen: HashSet<(u64, u16)>,
+    next_addr: u32,
+    join_nonce: HashMap<u64, u32>,
+    delay_us: u32,
+    /// Acknowledge confirmed uplinks (else only the first gets a downlink, without ACK).
+    ack: bool,
+    /// NbTrans sent in the LinkADRReq.
+    nb_trans: u8,
+}
+
+impl JoinAnswerer {
+    fn new(entries: &[Entry], delay_us: u32) -> Self {
+        Self {
+            keys: entries
+                .iter()
+                .map(|e| (e.dev_eui.as_u64(), e.clone()))
+                .collect(),
+            sessions: HashMap::new(),
+            uplinks: Vec::new(),
+            seen: HashSet::new(),
+            next_addr: 1,
+            join_nonce: HashMap::new(),
+            delay_us,
+            ack: true,
+            nb_trans: 1,
+        }
+    }
+
+    /// A PUSH_DATA in; maybe a PULL_RESP out.
+    fn on_push_data(&mut self, d: &[u8]) -> Option<Vec<u8>> {
+        assert_eq!((d[0], d[3]), (2, 0), "PUSH_DATA");
+        let v: serde_json::Value = serde_json::from_slice(&d[12..]).unwrap();
+        let rx = &v["rxpk"][0];
+        for f in [
+            "tmst", "freq", "datr", "codr", "rssi", "lsnr", "size", "data", "modu", "stat", "chan",
+            "rfch",
+        ] {
+            assert!(!rx[f].is_null(), "rxpk lacks {f}: {rx}");
+        }
+        let phy = base64::engine::general_purpose::STANDARD
+            .decode(rx["data"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(rx["size"].as_u64().unwrap() as usize, phy.len());
+        let tmst = rx["tmst"].as_u64().unwrap() as u32;
+        if phy[0] & 0xE0 != 0 {
+            let tx_ch = ((rx["freq"].as_f64().unwrap() - 868.1) / 0.2).round() as u8;
+            return self.on_data(&phy, tmst, tx_ch);
+        }
+        let jr = JoinRequest::parse(&phy).ok()?;
+        let e = self.keys.get(&jr.dev_eui.as_u64()).unwrap().clone();
+        if !self.seen.insert((jr.dev_eui.as_u64(), jr.dev_nonce.0)) {
+            return None;
+        }
+        let app = KeyCipher::new(&e.app_key);
+        let jn = self.join_nonce.entry(e.dev_eui.as_u64()).or_insert(0);
+        *jn += 1;
+        let p = JoinAcceptPayload {
+            join_nonce: JoinNonce::new(*jn).unwrap(),
+            net_id: NetId::new(0).unwrap(),
+            dev_addr: DevAddr::new(self.next_addr),
+            dl_settings: DlSettings::new(e.mac_version.is_1_1(), 0, 0).unwrap(),
+            rx_delay: RxDelay::new(1).unwrap(),
+            cf_list: None,
+        };
+        self.next_addr += 1;
+        let addr = self.next_addr - 1;
+        let phy = match &e.nwk_key {
+            Some(k) => {
+                let nwk = KeyCipher::new(k);
+                jr.verify_mic(JoinRootKey::NwkKey(&nwk)).unwrap();
+                let sk = session_keys_1_1(
+                    &nwk,
+                    &app,
+                    p.join_nonce,
+                    e.join_eui,
+                    AnsweredRequest::JoinRequest(jr.dev_nonce),
+                );
+                self.sessions.insert(
+                    addr,
+                    NsSession {
+                        dev_eui: e.dev_eui,
+                        crypto: SessionCrypto::new(
+                            &NetworkSessionKeys::V1_1 {
+                                f_nwk_s_int_key: sk.f_nwk_s_int_key,
+                                s_nwk_s_int_key: sk.s_nwk_s_int_key,
+                                nwk_s_enc_key: sk.nwk_s_enc_key,
+                            },
+                            Some(&sk.app_s_key),
+                        ),
+                        last_up: None,
+                        n_fcnt_down: 0,
+                        sent_mac: false,
+                        v11: true,
+                    },
+                );
+                let js = KeyCipher::new(&js_keys(&nwk, e.dev_eui).js_int_key);
+                p.encrypt(
+                    JoinAcceptMicKey::OptNeg {
+                        js_int_key: &js,
+                        join_eui: e.join_eui,
+                        answered: AnsweredRequest::JoinRequest(jr.dev_nonce),
+                    },
+                    JoinAcceptEncKey::NwkKey(&nwk),
+                )
+            }
+            None => {
+                jr.verify_mic(JoinRootKey::AppKey(&app)).unwrap();
+                let sk = session_keys_1_0(&app, p.join_nonce, p.net_id, jr.dev_nonce);
+                self.sessions.insert(
+                    addr,
+                    NsSession {
+                        dev_eui: e.dev_eui,
+                        crypto: SessionCrypto::new(
+                            &NetworkSessionKeys::V1_0 {
+                                nwk_s_key: sk.nwk_s_key,
+                            },
+                            Some(&sk.app_s_key),
+                        ),
+                        last_up: None,
+                        n_fcnt_down: 0,
+                        sent_mac: false,
+                        v11: false,
+                    },
+                );
+                p.encrypt(
+                    JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)),
+                    JoinAcceptEncKey::AppKey(&app),
+                )
+            }
+        };
+        Some(pull_resp(tmst.wrapping_add(self.delay_us), phy.as_bytes()))
+    }
+
+    /// A data uplink: open it as a network server would; answer confirmed ones with an ACK and,
+    /// the first time, LinkADRReq + DeviceTimeAns (+ RekeyConf for 1.1) in FOpts, in RX1.
+    fn on_data(&mut self, phy: &[u8], tmst: u32, tx_ch: u8) -> Option<Vec<u8>> {
+        let f = DataFrame::parse(phy).unwrap();
+        let s = self
+            .sessions
+            .get_mut(&f.dev_addr().as_u32())
+            .expect("uplink from a joined device");
+        let fcnt = protocol::fcnt::infer_fcnt(s.last_up.map_or(0, |l| l + 1), f.fcnt16());
+        let up = f
+            .open_uplink(
+                &s.crypto,
+                fcnt,
+                &UplinkMicParams {
+                    conf_fcnt: 0,
+                    tx_dr: 5,
+                    tx_ch,
+                },
+            )
+            .expect("uplink MIC verifies with the keys the network derived");
+        if s.last_up.is_some_and(|l| fcnt <= l) {
+            return None; // a repeat heard by a second gateway
+        }
+        s.last_up = Some(fcnt);
+        self.uplinks.push((s.dev_eui, fcnt, up.fopts.clone()));
+        if !up.confirmed || (!self.ack && s.sent_mac) {
+            return None;
+        }
+        let mut fopts = Vec::new();
+        if !s.sent_mac {
+            s.sent_mac = true;
+            let mut cmds = vec![
+                MacCommand::LinkADRReq {
+                    data_rate: 5,
+                    tx_power: 1,
+                    ch_mask: 0x0007,
+                    ch_mask_cntl: 0,
+                    nb_trans: self.nb_trans,
+                },
+                MacCommand::DeviceTimeAns {
+                    seconds: 1_000_000_000,
+                    fractional_second: 0,
+                },
+            ];
+            if s.v11 {
+                cmds.push(MacCommand::RekeyConf {
+                    serv_lorawan_minor: 1,
+                });
+            }
+            fopts = protocol::mac::encode(Direction::Downlink, &cmds).unwrap();
+        }
+        let down = Downlink {
+            confirmed: false,
+            dev_addr: f.dev_addr(),
+            fcnt: s.n_fcnt_down,
+            adr: false,
+            ack: self.ack,
+            f_pending: false,
+            fopts,
+            payload: FramePayload::None,
+        };
+        s.n_fcnt_down += 1;
+        let bytes = down.build(&s.crypto, fcnt).unwrap();
+        Some(pull_resp(tmst.wrapping_add(1_000_000), &bytes))
+    }
+}
+
+fn pull_resp(tmst: u32, phy: &[u8]) -> Vec<u8> {
+    {
+        let data = base64::engine::general_purpose::STANDARD.encode(phy);
+        let json = format!(
+            r#"{{"txpk":{{"imme":false,"tmst":{},"freq":868.1,"rfch":0,"powe":14,"modu":"LORA","datr":"SF7BW125","codr":"4/5","ipol":true,"size":{},"data":"{data}"}}}}"#,
+            tmst,
+            phy.len()
+        );
+        let mut out = vec![2, 0x77, 0x88, 3];
+        out.extend_from_slice(json.as_bytes());
+        out
+    }
+}
+
+fn fleet(n: u32, seed: u64) -> (Vec<Entry>, Fleet) {
+    let entries = manifest::generate(&Params {
+        devices: n,
+        seed,
+        versions: VersionMix::Mix,
+        join_eui: manifest::DEFAULT_JOIN_EUI,
+        home_net_id: NetId::new(0).unwrap(),
+    });
+    let f = Fleet::new(
+        entries.clone(),
+        &vec![NonceState::default(); n as usize],
+        seed,
+        3,
+    );
+    (entries, f)
+}
+
+/// Runs a storm with a fake clock; the answer reaches the gateway `answer_after` µs after the
+/// PUSH_DATA. Returns the engine and the datagrams the gateways sent.
+fn storm(n: u32, delay_us: u32, answer_after: u64) -> (Engine, Vec<Vec<u8>>) {
+    let (entries, fleet) = fleet(n, 5);
+    let mut e = Engine::new(
+        EngineConfig {
+            seed: 9,
+            traffic: traffic(Scenario::Storm),
+            gateways: 3,
+            event_sink: false,
+            duration_given: true,
+        },
+        fleet,
+    );
+    let mut js = JoinAnswerer::new(&entries, delay_us);
+    let mut sent = Vec::new();
+    let mut inbox: Vec<(u64, u16, Vec<u8>)> = Vec::new();
+    e.start(0);
+    let mut now = 0;
+    for _ in 0..1_000_000 {
+        for o in e.take_outgoing() {
+            if o.bytes[3] == 0 {
+                if let Some(resp) = js.on_push_data(&o.bytes) {
+                    inbox.push((now + answer_after, o.gateway, resp));
+                }
+            }
+            sent.push(o.bytes);
+        }
+        if e.stage() == Stage::Done {
+            break;
+        }
+        inbox.sort_by_key(|m| m.0);
+        let next_msg = inbox.first().map(|m| m.0);
+        let next = next_msg.map_or(e.next_wakeup(), |m| m.min(e.next_wakeup()));
+        now = now.max(next);
+        if next_msg == Some(now) {
+            let (_, g, d) = inbox.remove(0);
+            e.on_datagram(g, now, &d);
+        } else {
+            e.poll(now);
+        }
+    }
+    (e, sent)
+}
+
+#[test]
+fn storm_joins_every_device_in_rx1() {
+    let (e, sent) = storm(300, 5_000_000, 20_000);
+    let s = &e.stats;
+    assert_eq!(e.stage(), Stage::Done);
+    assert_eq!(s.joins_accepted, 300);
+    assert_eq!(s.joins_rx1, 300);
+    assert_eq!(
+        (s.joins_failed, s.joins_timed_out, s.joins_missed_window),
+        (0, 0, 0)
+    );
+    assert_eq!(s.joins_attempted, 300);
+    assert_eq!(
+        s.downlinks_unmatched, 0,
+        "a second gateway's copy is answered once"
+    );
+    assert_eq!(s.tx_ack_errors, 0);
+    // Latency is measured to the PULL_RESP (20 ms here), not to the RX1 window 5 s later.
+    assert!(
+        (s.join_latency.quantile_ms(0.99) - 20.0).abs() < 0.1,
+        "{}",
+        s.join_latency.quantile_ms(0.99)
+    );
+    // TX_ACK for every PULL_RESP, no JSON on success.
+    let tx_acks: Vec<_> = sent.iter().filter(|d| d[3] == 5).collect();
+    assert_eq!(tx_acks.len() as u64, s.pull_resp);
+    assert!(tx_acks
+        .iter()
+        .all(|d| d.len() == 12 && d[1..3] == [0x77, 0x88]));
+    // Each transmission was heard by 1 or 2 of the 3 gateways.
+    assert!(s.push_data >= 300 && s.push_data <= 600, "{}", s.push_data);
+    assert!(sent.iter().any(|d| d[3] == 2), "PULL_DATA keepalives");
+}
+
+#[test]
+fn rx2_counts_and_wrong_tmst_misses_the_window() {
+    let (e, _) = storm(50, 6_000_000, 1_000);
+    assert_eq!((e.stats.joins_accepted, e.stats.joins_rx2), (50, 50));
+
+    // One microsecond off: the device's receiver is not open then. The device times out, backs
+    // off and retries; the answerer answers each DevNonce once, always 1 µs off, so the storm
+    // never completes and every answer counts as a missed window.
+    let (entries, fleet) = fleet(5, 6);
+    let mut e = Engine::new(
+        EngineConfig {
+            seed: 1,
+            traffic: Traffic {
+                duration_us: 30_000_000,
+                ..traffic(Scenario::Storm)
+            },
+            gateways: 3,
+            event_sink: false,
+            duration_given: true,
+        },
+        fleet,
+    );
+    let mut js = JoinAnswerer::new(&entries, 5_000_001);
+    e.start(0);
+    let mut now = 0;
+    while e.stage() != Stage::Done {
+        for o in e.take_outgoing() {
+            if o.bytes[3] == 0 {
+                if let Some(r) = js.on_push_data(&o.bytes) {
+                    e.on_datagram(o.gateway, now + 1000, &r);
+                }
+            }
+        }
+        now = e.next_wakeup().max(now);
+        e.poll(now);
+    }
+    let s = &e.stats;
+    assert_eq!(s.joins_accepted, 0);
+    assert!(s.joins_missed_window >= 5, "{s:?}");
+    // Every attempt timed out, except at most one per device still waiting when the run ended.
+    assert!(
+        s.joins_timed_out <= s.joins_attempted && s.joins_attempted - s.joins_timed_out <= 5,
+        "{s:?}"
+    );
+    assert!(s.joins_attempted > 5, "devices retried");
+}
+
+#[test]
+fn late_pull_resp_is_too_late() {
+    // The answer arrives 5.2 s after the uplink, past the RX1 tmst: TX_ACK TOO_LATE.
+    let (entries, fleet) = fleet(3, 7);
+    let mut e = Engine::new(
+        EngineConfig {
+            seed: 1,
+            traffic: Traffic {
+                duration_us: 8_000_000,
+                ..traffic(Scenario::Storm)
+            },
+            gateways: 3,
+            event_sink: false,
+            duration_given: true,
+        },
+        fleet,
+    );
+    let mut js = JoinAnswerer::new(&entries, 5_000_000);
+    e.start(0);
+    let mut now = 0;
+    let mut acks = Vec::new();
+    let mut late = Vec::new();
+    while e.stage() != Stage::Done {
+        for o in e.take_outgoing() {
+            if o.bytes[3] == 0 {
+                if let Some(r) = js.on_push_data(&o.bytes) {
+                    late.push((now + 5_200_000, o.gateway, r));
+                }
+            }
+            if o.bytes[3] == 5 {
+                acks.push(o.bytes);
+            }
+        }
+        late.sort_by_key(|m| m.0);
+        let t = e
+            .next_wakeup()
+            .min(late.first().map_or(u64::MAX, |m| m.0))
+            .max(now);
+        now = t;
+        if late.first().is_some_and(|m| m.0 == now) {
+            let (_, g, d) = late.remove(0);
+            e.on_datagram(g, now, &d);
+        } else {
+            e.poll(now);
+        }
+    }
+    assert_eq!(e.stats.joins_missed_window, 3);
+    assert_eq!(e.stats.tx_ack_errors, 3);
+    assert!(acks
+        .iter()
+        .all(|a| a.ends_with(br#"{"txpk_ack":{"error":"TOO_LATE"}}"#)));
+}
+
+#[test]
+fn same_seed_same_traffic() {
+    let (_, a) = storm(100, 5_000_000, 10_000);
+    let (_, b) = storm(100, 5_000_000, 10_000);
+    assert_eq!(a, b, "same seed, same datagrams in the same order");
+}
+
+#[test]
+fn confirmed_uplinks_are_acked_and_mac_commands_answered() {
+    let (entries, fleet) = fleet(60, 8);
+    let mut e = Engine::new(
+        EngineConfig {
+            seed: 3,
+            traffic: Traffic {
+                duration_us: 30_000_000,
+                uplink_interval_us: 5_000_000,
+                confirmed_ratio: 1.0,
+                ..traffic(Scenario::Steady)
+            },
+            gateways: 3,
+            event_sink: true,
+            duration_given: true,
+        },
+        fleet,
+    );
+    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+    let mut inbox: Vec<(u64, u16, Vec<u8>)> = Vec::new();
+    e.start(0);
+    let mut now = 0;
+    let mut delivered = 0;
+    while e.stage() != Stage::Done {
+        for o in e.take_outgoing() {
+            if o.bytes[3] == 0 {
+                if let Some(r) = ns.on_push_data(&o.bytes) {
+                    inbox.push((now + 15_000, o.gateway, r));
+                }
+            }
+        }
+        // The event sink: each uplink the network opened, once.
+        for (dev, fcnt, _) in &ns.uplinks[delivered..] {
+            e.on_app_event(*dev, *fcnt);
+        }
+        delivered = ns.uplinks.len();
+        inbox.sort_by_key(|m| m.0);
+        let next_msg = inbox.first().map(|m| m.0);
+        now = next_msg
+            .map_or(e.next_wakeup(), |m| m.min(e.next_wakeup()))
+            .max(now);
+        if next_msg == Some(now) {
+            let (_, g, d) = inbox.remove(0);
+            e.on_datagram(g, now, &d);
+        } else {
+            e.poll(now);
+        }
+    }
+    e.finish();
+    let s = &e.stats;
+    assert_eq!(s.joins_accepted, 60);
+    assert!(s.uplinks_sent > 200, "{s:?}");
+    assert_eq!(s.uplinks_confirmed, s.uplinks_sent);
+    assert_eq!(
+        s.uplinks_acked, s.uplinks_sent,
+        "every confirmed uplink acknowledged: {s:?}"
+    );
+    assert_eq!(
+        s.uplink_transmissions, s.uplinks_sent,
+        "no retransmission needed"
+    );
+    assert_eq!(
+        (
+            s.uplinks_lost,
+            s.downlinks_missed_window,
+            s.downlinks_unmatched
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(s.uplinks_delivered, s.uplinks_sent);
+    assert_eq!(s.uplinks_duplicates, 0);
+    assert_eq!(s.ack_latency.count(), s.uplinks_acked);
+    // 60 devices × (LinkADRReq + DeviceTimeAns) + RekeyConf for the 1.1 devices.
+    let v11 = entries.iter().filter(|x| x.mac_version.is_1_1()).count() as u64;
+    assert_eq!(s.mac_commands_answered, 120 + v11);
+    // Uplink FOpts: the first frame after a join asks for the time (and 1.1 sends RekeyInd);
+    // the frame after the LinkADRReq answers it.
+    let parse = |f: &[u8]| protocol::mac::parse(Direction::Uplink, f).unwrap();
+    for x in &entries {
+        let ups: Vec<_> = ns.uplinks.iter().filter(|u| u.0 == x.dev_eui).collect();
+        assert!(ups.len() >= 2, "{}", x.dev_eui);
+        let first = parse(&ups[0].2);
+        assert!(first.contains(&MacCommand::DeviceTimeReq));
+        assert_eq!(
+            first.contains(&MacCommand::RekeyInd {
+                dev_lorawan_minor: 1
+            }),
+            x.mac_version.is_1_1()
+        );
+        let second = parse(&ups[1].2);
+        assert!(second.contains(&MacCommand::LinkADRAns {
+            power_ack: true,
+            data_rate_ack: true,
+            channel_mask_ack: true
+        }));
+        assert!(
+            !second.contains(&MacCommand::DeviceTimeReq),
+            "DeviceTimeAns stops the requests"
+        );
+        assert!(
+            !second
+                .iter()
+                .any(|c| matches!(c, MacCommand::RekeyInd { .. })),
+            "RekeyConf stops RekeyInd"
+        );
+        assert!(
+            ups.windows(2).all(|w| w[1].1 == w[0].1 + 1),
+            "FCnt counts up by one"
+        );
+    }
+}
+
+#[test]
+fn unacknowledged_confirmed_uplinks_are_retransmitted_nb_trans_times() {
+    // The network raises NbTrans to 3 (LinkADRReq, no ACK) and then never acknowledges: every
+    // confirmed frame goes out 3 times, with the same FCnt, and is counted lost.
+    let (entries, fleet) = fleet(10, 9);
+    let mut e = Engine::new(
+        EngineConfig {
+            seed: 4,
+            traffic: Traffic {
+                duration_us: 40_000_000,
+                uplink_interval_us: 8_000_000,
+                confirmed_ratio: 1.0,
+                ..traffic(Scenario::Steady)
+            },
+            gateways: 3,
+            event_sink: false,
+            duration_given: true,
+        },
+        fleet,
+    );
+    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+    ns.ack = false;
+    ns.nb_trans = 3;
+    let mut transmissions: HashMap<(u64, u32), u32> = HashMap::new();
+    e.start(0);
+    let mut now = 0;
+    while e.stage() != Stage::Done {
+        for o in e.take_outgoing() {
+            if o.bytes[3] == 0 {
+                let v: serde_json::Value = serde_json::from_slice(&o.bytes[12..]).unwrap();
+                let phy = base64::engine::general_purpose::STANDARD
+                    .decode(v["rxpk"][0]["data"].as_str().unwrap())
+                    .unwrap();
+                if phy[0] == 0x80 {
+                    let f = DataFrame::parse(&phy).unwrap();
+                    // Count transmissions, not receptions: the gateways report the same tmst.
+                    let key = (
+                        u64::from(f.dev_addr().as_u32()) << 32
+                            | u64::from(
+                                v["rxpk"][0]["tmst"].as_u64().unwrap() as u32
+                                    - e.gateways()[usize::from(o.gateway)].tmst_offset,
+                            ),
+                        u32::from(f.fcnt16()),
+                    );
+                    transmissions.entry(key).or_insert(0);
+                }
+                if let Some(r) = ns.on_push_data(&o.bytes) {
+                    e.on_datagram(o.gateway, now + 1000, &r);
+                }
+            }
+        }
+        now = e.next_wakeup().max(now);
+        e.poll(now);
+    }
+    let s = &e.stats;
+    assert_eq!(s.joins_accepted, 10);
+    assert_eq!(s.uplinks_acked, 0);
+    let mut per_frame: HashMap<(u32, u32), u32> = HashMap::new();
+    for (dev_t, fcnt) in transmissions.keys() {
+        *per_frame.entry(((dev_t >> 32) as u32, *fcnt)).or_default() += 1;
+    }
+    // FCnt 0 gets the LinkADRReq after its first transmission and is retransmitted to 3 too;
+    // frames still in flight when the run ends may have fewer (at most one per device).
+    let finished: Vec<_> = per_frame.values().copied().collect();
+    assert!(finished.iter().all(|&n| n <= 3));
+    assert!(
+        finished.iter().filter(|&&n| n == 3).count() >= finished.len() - 10,
+        "{per_frame:?}"
+    );
+    assert_eq!(s.uplink_transmissions, transmissions.len() as u64);
+    assert_eq!(
+        s.mac_commands_answered,
+        20 + entries.iter().filter(|x| x.mac_version.is_1_1()).count() as u64
+    );
+    assert!(
+        s.uplinks_lost >= s.uplinks_sent - 10 && s.uplinks_lost <= s.uplinks_sent,
+        "{s:?}"
+    );
+}
