@@ -102,10 +102,12 @@ fn provision(dir: &std::path::Path, n: u64) -> Secrets {
     {
         return s;
     }
-    let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key\n");
+    // Every device is homed in the load generator's network: an unclaimed device (no home
+    // NetID) is refused with ActivationDisallowed.
+    let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n");
     for i in 1..=n {
         csv.push_str(&format!(
-            "{i:016X},{JOIN_EUI:016X},1.0.4,{},\n",
+            "{i:016X},{JOIN_EUI:016X},1.0.4,{},,{NET_ID:06X}\n",
             hex::encode(app_key(i))
         ));
     }
