@@ -20,6 +20,7 @@ use anyhow::{anyhow, Context};
 use protocol::ids::NetId;
 
 use crate::manifest::{self, Params, VersionMix};
+use crate::net::EventListen;
 use crate::report::Report;
 use crate::run::{self, RunOptions};
 use crate::scenario::{Scenario, Traffic};
@@ -182,6 +183,13 @@ impl Servers {
         self.js.as_ref().map(|j| j.link_addr())
     }
 
+    /// The join server's `joinserver_joins_total{result}` counter, e.g. for `dev_nonce_replayed`.
+    pub fn join_server_joins(&self, result: &str) -> u64 {
+        self.js
+            .as_ref()
+            .map_or(0, |j| j.metrics.joins.with_label_values(&[result]).get())
+    }
+
     /// Stops both servers (network server first) and reports how the network server ended.
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown()
@@ -209,12 +217,6 @@ impl Drop for Servers {
     }
 }
 
-/// A UDP port on 127.0.0.1 free right now (bound, read, released).
-pub fn free_udp_port() -> anyhow::Result<SocketAddr> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(s.local_addr()?)
-}
-
 /// Runs the demo; returns the report (also printed).
 pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
     let tmp = tempfile::Builder::new().prefix("lorawan-demo-").tempdir()?;
@@ -238,8 +240,9 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
 
     // 2, 3. The servers, the fleet provisioned; the network server's application events come to
     // the simulator, which counts what was delivered.
-    let events = free_udp_port()?;
-    let servers = Servers::start(&manifest_path, net_id, Some(events))?;
+    // The event socket is bound now and stays bound until the run reads from it.
+    let events = EventListen::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let servers = Servers::start(&manifest_path, net_id, Some(events.local_addr()?))?;
     eprintln!(
         "demo: join server link on {}, network server GWMP on {}",
         servers

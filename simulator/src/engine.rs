@@ -192,6 +192,18 @@ pub struct Engine {
     last_stamp: Micros,
     run_deadline: Micros,
     stage_started: Micros,
+    /// DevNonce write-ahead records not yet taken by the shell, when enabled.
+    nonce_log: Option<NonceRecords>,
+}
+
+/// Nonce-state changes for the DevNonce write-ahead log ([`crate::nonce_log`]).
+#[derive(Debug, Default)]
+pub struct NonceRecords {
+    /// (DevEUI, the device's nonce state after the change), in order.
+    pub records: Vec<(DevEui, crate::manifest::NonceState)>,
+    /// Whether a record announces a DevNonce that a queued Join-request carries: the records
+    /// must then be durable before [`Engine::take_outgoing`]'s datagrams are sent.
+    pub before_send: bool,
 }
 
 /// Run settings the engine needs.
@@ -266,6 +278,30 @@ impl Engine {
             last_stamp: 0,
             run_deadline,
             stage_started: 0,
+            nonce_log: None,
+        }
+    }
+
+    /// Makes the engine record every nonce-state change (a DevNonce used, a JoinNonce accepted)
+    /// for [`Engine::take_nonce_records`].
+    pub fn enable_nonce_log(&mut self) {
+        self.nonce_log = Some(NonceRecords::default());
+    }
+
+    /// The nonce-state changes since the last call. The shell must make them durable before it
+    /// sends the datagrams queued so far when `before_send` is set.
+    pub fn take_nonce_records(&mut self) -> NonceRecords {
+        match &mut self.nonce_log {
+            Some(l) => std::mem::take(l),
+            None => NonceRecords::default(),
+        }
+    }
+
+    fn log_nonces(&mut self, dev: u32, before_send: bool) {
+        if let Some(l) = &mut self.nonce_log {
+            let d = &self.fleet.devices[dev as usize];
+            l.records.push((d.id.dev_eui, d.nonces));
+            l.before_send |= before_send;
         }
     }
 
@@ -461,6 +497,7 @@ impl Engine {
         let i = dev as usize;
         match tx.kind {
             TxKind::Join { .. } => {
+                self.log_nonces(dev, true);
                 self.stats.joins_attempted += 1;
                 self.series.at(sec).joins_sent += 1;
                 self.pending_joins.insert(now, dev);
@@ -538,6 +575,7 @@ impl Engine {
                 self.pending_joins.remove(request_sent_at, dev);
                 self.by_addr.insert(dev_addr, dev);
                 self.joined += 1;
+                self.log_nonces(dev, false);
             }
             Note::JoinRejected(_) => self.stats.joins_failed += 1,
             Note::JoinAttemptOver { sent_at, timed_out } => {

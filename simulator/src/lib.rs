@@ -2,7 +2,8 @@
 //! server and network server: device manifests, join storms, steady reporting, power-restore
 //! storms, and reports of throughput, latency percentiles, losses and duplicates.
 //!
-//! - [`manifest`]: manifest generation from a seed, and the fleet state file (DevNonce counters).
+//! - [`manifest`]: manifest generation from a seed, and the fleet state file (DevNonce counters);
+//!   [`nonce_log`]: the DevNonce write-ahead log that makes the state crash-safe.
 //! - [`device`]: the sans-IO end-device state machine; [`frames`]: its LoRaWAN frames (all crypto
 //!   through the `protocol` crate).
 //! - [`fleet`]: compact storage of every device; [`sched`]: the timer heap that drives them.
@@ -25,6 +26,7 @@ pub mod frames;
 pub mod gateway;
 pub mod manifest;
 pub mod net;
+pub mod nonce_log;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -186,7 +186,12 @@ fn main() -> anyhow::Result<()> {
             });
             manifest::write(&a.out, &entries)?;
             let state = manifest::state_path(&a.out);
-            manifest::write_state(&state, &entries, &vec![Default::default(); entries.len()])?;
+            // A fresh fleet: fresh counters, and no DevNonce log of an earlier fleet to merge.
+            simulator::nonce_log::compact(
+                &state,
+                &entries,
+                &vec![Default::default(); entries.len()],
+            )?;
             eprintln!(
                 "wrote {} devices to {} and their fleet state to {}",
                 entries.len(),
@@ -239,7 +244,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 duration_given: a.duration.is_some(),
                 seed: a.seed,
-                event_listen: a.event_listen,
+                event_listen: a.event_listen.map(simulator::net::EventListen::Addr),
                 report_json: a.report_json,
                 timeseries_csv: a.timeseries_csv,
                 progress: !a.quiet,

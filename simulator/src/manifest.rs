@@ -279,7 +279,7 @@ pub fn read_state(path: &Path, entries: &[Entry]) -> anyhow::Result<Vec<NonceSta
     Ok(out)
 }
 
-/// Writes the fleet state atomically (temporary file, fsync, rename).
+/// Writes the fleet state atomically (temporary file, fsync, rename, fsync of the directory).
 pub fn write_state(path: &Path, entries: &[Entry], state: &[NonceState]) -> anyhow::Result<()> {
     write_atomic(path, |w| {
         writeln!(w, "{STATE_HEADER}")?;
@@ -310,6 +310,9 @@ fn write_atomic(
     drop(w);
     tmp.persist(path)
         .with_context(|| format!("renaming into {}", path.display()))?;
+    // The rename itself is durable only once the directory is.
+    crate::nonce_log::sync_dir(path)
+        .with_context(|| format!("syncing the directory of {}", path.display()))?;
     Ok(())
 }
 

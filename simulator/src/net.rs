@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,6 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
 use crate::engine::{Engine, Stage};
+use crate::nonce_log::NonceLog;
 use crate::report;
 use crate::sched::Micros;
 
@@ -26,11 +28,49 @@ pub struct NetConfig {
     /// Local address the gateway sockets bind to (port 0 each).
     pub bind: IpAddr,
     /// Where to listen for the network server's application events (JSON, one per datagram).
-    pub event_listen: Option<SocketAddr>,
+    pub event_listen: Option<EventListen>,
     /// Print a progress line every second.
     pub progress: bool,
     /// After the run, wait up to this long for the event sink to catch up.
     pub sink_grace: Duration,
+}
+
+/// Where the network server's application events arrive.
+#[derive(Clone, Debug)]
+pub enum EventListen {
+    /// Bind this address when the run starts (`--event-listen ADDR`).
+    Addr(SocketAddr),
+    /// A socket bound earlier and kept bound since: its address can be handed to the network
+    /// server before the run without another process taking the port in between.
+    Socket(Arc<std::net::UdpSocket>),
+}
+
+impl EventListen {
+    /// Binds `addr` now (port 0: an ephemeral port) and keeps the socket for the run.
+    pub fn bind(addr: SocketAddr) -> anyhow::Result<Self> {
+        let s = std::net::UdpSocket::bind(addr).with_context(|| format!("binding {addr}"))?;
+        Ok(Self::Socket(Arc::new(s)))
+    }
+
+    /// The address events should be sent to.
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        match self {
+            Self::Addr(a) => Ok(*a),
+            Self::Socket(s) => Ok(s.local_addr()?),
+        }
+    }
+
+    fn into_socket(self) -> anyhow::Result<UdpSocket> {
+        match self {
+            Self::Addr(a) => udp_socket(a, None),
+            Self::Socket(s) => {
+                let s = socket2::Socket::from(s.try_clone()?);
+                let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+                s.set_nonblocking(true)?;
+                Ok(UdpSocket::from_std(s.into())?)
+            }
+        }
+    }
 }
 
 /// Socket buffer size asked of the kernel for every socket.
@@ -147,6 +187,12 @@ pub fn thread_cpu_s() -> f64 {
 
 struct Shared {
     engine: RefCell<Engine>,
+    /// The DevNonce write-ahead log, if the run keeps one.
+    nonce_log: RefCell<Option<NonceLog>>,
+    /// Why the run must stop (the log could not be written).
+    failed: RefCell<Option<anyhow::Error>>,
+    /// Wall seconds spent writing and syncing the log.
+    log_s: std::cell::Cell<f64>,
     /// CPU seconds spent in `sendmmsg`.
     send_cpu: std::cell::Cell<f64>,
     sockets: Vec<UdpSocket>,
@@ -159,11 +205,45 @@ impl Shared {
         self.start.elapsed().as_micros() as Micros
     }
 
+    /// Makes the engine's nonce records durable: one `write` and, when a queued Join-request
+    /// carries a DevNonce they announce, one `fdatasync` for the whole batch (a group commit).
+    /// Returns false if the log failed: nothing may be sent then.
+    fn commit_nonces(&self) -> bool {
+        if self.failed.borrow().is_some() {
+            return false;
+        }
+        let mut log = self.nonce_log.borrow_mut();
+        let Some(log) = log.as_mut() else {
+            return true;
+        };
+        let recs = self.engine.borrow_mut().take_nonce_records();
+        if recs.records.is_empty() {
+            return true;
+        }
+        let t0 = Instant::now();
+        log.append(recs.records);
+        let r = log.commit(recs.before_send);
+        self.log_s
+            .set(self.log_s.get() + t0.elapsed().as_secs_f64());
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                *self.failed.borrow_mut() = Some(e);
+                self.wake.notify_one();
+                false
+            }
+        }
+    }
+
     /// Sends everything the engine queued, each gateway's datagrams in order, batched with
-    /// `sendmmsg` (one system call for up to [`BATCH`] datagrams). Never holds the engine across
-    /// an await.
+    /// `sendmmsg` (one system call for up to [`BATCH`] datagrams), once the DevNonces the batch
+    /// uses are durable. Never holds the engine across an await.
     async fn flush(&self) {
         loop {
+            // No await between the commit and taking the datagrams it covers.
+            if !self.commit_nonces() {
+                return;
+            }
             let out = self.engine.borrow_mut().take_outgoing();
             if out.is_empty() {
                 return;
@@ -223,17 +303,50 @@ pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
     out
 }
 
-/// Runs the engine against the network server until its scenario is done (or Ctrl-C). Returns
-/// the engine and the wall-clock length of the run in seconds.
+/// Runs the engine against the network server until its scenario is done (or SIGINT/SIGTERM).
+/// Returns the engine and the wall-clock length of the run in seconds.
 pub fn run(engine: Engine, cfg: &NetConfig) -> anyhow::Result<(Engine, f64)> {
+    run_logged(engine, cfg, None)
+}
+
+/// [`run`], with every DevNonce made durable in `nonce_log` before the Join-request that carries
+/// it is sent (see [`crate::nonce_log`]).
+pub fn run_logged(
+    mut engine: Engine,
+    cfg: &NetConfig,
+    nonce_log: Option<NonceLog>,
+) -> anyhow::Result<(Engine, f64)> {
+    if nonce_log.is_some() {
+        engine.enable_nonce_log();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, run_async(engine, cfg.clone()))
+    local.block_on(&rt, run_async(engine, cfg.clone(), nonce_log))
 }
 
-async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f64)> {
+/// Resolves at the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run_async(
+    engine: Engine,
+    cfg: NetConfig,
+    nonce_log: Option<NonceLog>,
+) -> anyhow::Result<(Engine, f64)> {
     let n = engine.gateways().len();
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
@@ -243,11 +356,14 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
         )?);
     }
     let sink = match cfg.event_listen {
-        Some(a) => Some(udp_socket(a, None)?),
+        Some(e) => Some(e.into_socket()?),
         None => None,
     };
     let shared = Rc::new(Shared {
         engine: RefCell::new(engine),
+        nonce_log: RefCell::new(nonce_log),
+        failed: RefCell::new(None),
+        log_s: std::cell::Cell::new(0.0),
         send_cpu: std::cell::Cell::new(0.0),
         sockets,
         start: Instant::now(),
@@ -312,7 +428,7 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     shared.flush().await;
     let mut next_progress = 1_000_000u64;
     let mut last_uplinks = 0u64;
-    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut interrupted = std::pin::pin!(stop_signal());
     loop {
         let wake = shared.engine.borrow().next_wakeup().min(next_progress);
         let at = shared.start + Duration::from_micros(wake);
@@ -323,6 +439,9 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
                 eprintln!("interrupted: stopping the run");
                 break;
             }
+        }
+        if shared.failed.borrow().is_some() {
+            break;
         }
         let now = shared.now();
         // Behind schedule, work in slices so datagrams go out (and answers come in) steadily.
@@ -379,9 +498,19 @@ async fn run_async(engine: Engine, cfg: NetConfig) -> anyhow::Result<(Engine, f6
     }
     let shared =
         Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
+    if let Some(e) = shared.failed.into_inner() {
+        // The run stopped before sending what it could not log; the log keeps what was sent.
+        return Err(e.context("the DevNonce log failed: run stopped"));
+    }
+
     let send_cpu = shared.send_cpu.get();
     let mut engine = shared.engine.into_inner();
     engine.stats.send_cpu_s = send_cpu;
+    if let Some(log) = shared.nonce_log.into_inner() {
+        engine.stats.nonce_log_records = log.records();
+        engine.stats.nonce_log_syncs = log.commits();
+        engine.stats.nonce_log_s = shared.log_s.get();
+    }
     engine.finish();
     Ok((engine, elapsed))
 }

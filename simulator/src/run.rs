@@ -1,16 +1,16 @@
-//! `simulator run`: load a manifest and its fleet state, run a scenario against a network server,
-//! save the fleet state, and report.
+//! `simulator run`: load a manifest and its fleet state (merging the DevNonce log a killed run
+//! left), run a scenario against a network server with every DevNonce logged before it is sent,
+//! save the fleet state, and report (also after SIGINT/SIGTERM).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-
 use crate::engine::{Engine, EngineConfig};
 use crate::fleet::Fleet;
 use crate::manifest;
-use crate::net::{self, NetConfig};
+use crate::net::{self, EventListen, NetConfig};
+use crate::nonce_log::{self, NonceLog};
 use crate::report::{Report, RunInfo};
 use crate::scenario::Traffic;
 
@@ -31,8 +31,8 @@ pub struct RunOptions {
     pub duration_given: bool,
     /// Traffic seed.
     pub seed: u64,
-    /// Event sink address.
-    pub event_listen: Option<SocketAddr>,
+    /// Where the network server's application events arrive.
+    pub event_listen: Option<EventListen>,
     /// JSON report path.
     pub report_json: Option<PathBuf>,
     /// Time series path.
@@ -50,7 +50,8 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
         anyhow::bail!("manifest {} has no devices", o.manifest.display());
     }
     let state_path = manifest::state_path(&o.manifest);
-    let states = manifest::read_state(&state_path, &entries)?;
+    // The state, with what a run that did not finish left in the DevNonce log merged in.
+    let (states, log) = NonceLog::open(&state_path, &entries)?;
     let devices = entries.len() as u64;
     let fleet = Fleet::new(entries.clone(), &states, o.seed, o.gateways);
     let engine = Engine::new(
@@ -63,20 +64,28 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
         },
         fleet,
     );
-    let result = net::run(
+    let result = net::run_logged(
         engine,
         &NetConfig {
             netserver: o.netserver,
             bind: o.bind,
-            event_listen: o.event_listen,
+            event_listen: o.event_listen.clone(),
             progress: o.progress,
             sink_grace: Duration::from_secs(3),
         },
+        Some(log),
     );
+    // On an error the log still holds every DevNonce sent: the next run merges it.
     let (engine, elapsed) = result?;
-    // Persist DevNonces whatever happened, so the next run never replays one.
-    manifest::write_state(&state_path, &entries, &engine.fleet.nonce_states())
-        .with_context(|| format!("saving fleet state {}", state_path.display()))?;
+    // Fold the run's DevNonces into the state file and empty the log.
+    nonce_log::compact(&state_path, &entries, &engine.fleet.nonce_states())?;
+    if o.progress {
+        let s = &engine.stats;
+        eprintln!(
+            "DevNonce log: {} records, {} fdatasync, {:.3} s",
+            s.nonce_log_records, s.nonce_log_syncs, s.nonce_log_s
+        );
+    }
     let report = Report::new(
         &RunInfo {
             scenario: o.traffic.scenario.to_string(),

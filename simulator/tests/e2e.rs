@@ -1,40 +1,84 @@
 //! End to end against the real join server and network server, started in this process on
 //! 127.0.0.1 ([`simulator::demo::Servers`]): real sockets between all three parts.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
-use protocol::ids::NetId;
+use protocol::ids::{DevEui, NetId};
 use protocol::version::MacVersion;
 use simulator::demo::Servers;
-use simulator::manifest::{self, Params, VersionMix};
+use simulator::manifest::{self, Entry, Params, VersionMix};
+use simulator::net::EventListen;
+use simulator::nonce_log;
 use simulator::report::Report;
 use simulator::run::{self, RunOptions};
 use simulator::scenario::{Scenario, Traffic};
 
-fn storm(manifest: &Path, servers: &Servers, seed: u64, report: &Path) -> Report {
-    run::run(&RunOptions {
+/// A mixed fleet (1.0.3, 1.0.4, 1.1) of `devices` in `dir/fleet.csv`, home NetID 000000.
+fn fleet(dir: &Path, devices: u32, seed: u64) -> (PathBuf, Vec<Entry>, NetId) {
+    let manifest_path = dir.join("fleet.csv");
+    let net_id = NetId::new(0).unwrap();
+    let entries = manifest::generate(&Params {
+        devices,
+        seed,
+        versions: VersionMix::Mix,
+        join_eui: manifest::DEFAULT_JOIN_EUI,
+        home_net_id: net_id,
+    });
+    manifest::write(&manifest_path, &entries).unwrap();
+    (manifest_path, entries, net_id)
+}
+
+/// `scenario` with joins within `join_window_us`, `duration_us`, and no uplink options set.
+fn traffic(scenario: Scenario, join_window_us: u64, duration_us: u64, heard_by: u16) -> Traffic {
+    Traffic {
+        scenario,
+        join_window_us,
+        duration_us,
+        uplink_interval_us: 60_000_000,
+        confirmed_ratio: 0.0,
+        payload_size: 12,
+        loss: 0.0,
+        heard_by,
+        data_rate: 5,
+    }
+}
+
+/// A quiet run of `manifest` against `servers`, without event sink or report files.
+fn options(
+    manifest: &Path,
+    servers: &Servers,
+    gateways: u16,
+    traffic: Traffic,
+    seed: u64,
+) -> RunOptions {
+    RunOptions {
         manifest: manifest.to_owned(),
         netserver: servers.gwmp(),
         bind: "127.0.0.1".parse().unwrap(),
-        gateways: 3,
-        traffic: Traffic {
-            scenario: Scenario::Storm,
-            join_window_us: 2_000_000,
-            duration_us: 60_000_000,
-            uplink_interval_us: 60_000_000,
-            confirmed_ratio: 0.0,
-            payload_size: 12,
-            loss: 0.0,
-            heard_by: 2,
-            data_rate: 5,
-        },
+        gateways,
+        traffic,
         duration_given: true,
         seed,
         event_listen: None,
-        report_json: Some(report.to_owned()),
+        report_json: None,
         timeseries_csv: None,
         progress: false,
         print_table: false,
+    }
+}
+
+fn state(manifest_path: &Path, entries: &[Entry]) -> Vec<manifest::NonceState> {
+    manifest::read_state(&manifest::state_path(manifest_path), entries).unwrap()
+}
+
+fn storm(manifest: &Path, servers: &Servers, seed: u64, report: &Path) -> Report {
+    let t = traffic(Scenario::Storm, 2_000_000, 60_000_000, 2);
+    run::run(&RunOptions {
+        report_json: Some(report.to_owned()),
+        ..options(manifest, servers, 3, t, seed)
     })
     .unwrap()
 }
@@ -60,22 +104,13 @@ fn assert_every_join_accepted_in_rx1(r: &Report, n: u64) {
 #[test]
 fn storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest_path = dir.path().join("fleet.csv");
-    let net_id = NetId::new(0).unwrap();
-    let entries = manifest::generate(&Params {
-        devices: 2000,
-        seed: 42,
-        versions: VersionMix::Mix,
-        join_eui: manifest::DEFAULT_JOIN_EUI,
-        home_net_id: net_id,
-    });
+    let (manifest_path, entries, net_id) = fleet(dir.path(), 2000, 42);
     for v in [MacVersion::V1_0_3, MacVersion::V1_0_4, MacVersion::V1_1] {
         assert!(
             entries.iter().filter(|e| e.mac_version == v).count() > 500,
             "{v}"
         );
     }
-    manifest::write(&manifest_path, &entries).unwrap();
     let servers = Servers::start(&manifest_path, net_id, None).unwrap();
 
     // First storm: every join accepted, every Join-accept in RX1.
@@ -87,7 +122,7 @@ fn storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest() {
     assert_eq!(v["joins"]["accepted"], 2000);
 
     // The fleet state advanced: counters to 1, a JoinNonce recorded for every device.
-    let state = manifest::read_state(&manifest::state_path(&manifest_path), &entries).unwrap();
+    let state = state(&manifest_path, &entries);
     assert!(state
         .iter()
         .all(|s| s.dev_nonce == 1 && s.join_nonce.is_some()));
@@ -97,7 +132,7 @@ fn storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest() {
     // devices accept the new, greater JoinNonces.
     let second = storm(&manifest_path, &servers, 1, &dir.path().join("second.json"));
     assert_every_join_accepted_in_rx1(&second, 2000);
-    let state2 = manifest::read_state(&manifest::state_path(&manifest_path), &entries).unwrap();
+    let state2 = self::state(&manifest_path, &entries);
     for (a, b) in state.iter().zip(&state2) {
         assert_eq!(b.dev_nonce, 2);
         assert!(
@@ -113,46 +148,20 @@ fn a_replayed_dev_nonce_is_refused_and_the_retry_joins() {
     // The counter-check above matters: roll the state back and the join server refuses the
     // replayed DevNonces (for 1.0.4/1.1 a non-increasing counter, for 1.0.3 a used value).
     let dir = tempfile::tempdir().unwrap();
-    let manifest_path = dir.path().join("fleet.csv");
-    let net_id = NetId::new(0).unwrap();
-    let entries = manifest::generate(&Params {
-        devices: 30,
-        seed: 5,
-        versions: VersionMix::Mix,
-        join_eui: manifest::DEFAULT_JOIN_EUI,
-        home_net_id: net_id,
-    });
-    manifest::write(&manifest_path, &entries).unwrap();
+    let (manifest_path, entries, net_id) = fleet(dir.path(), 30, 5);
     let servers = Servers::start(&manifest_path, net_id, None).unwrap();
     let first = storm(&manifest_path, &servers, 1, &dir.path().join("a.json"));
     assert_eq!(first.joins.accepted, 30);
     // Roll the fleet state back, as if it had never been saved.
     let fresh = vec![manifest::NonceState::default(); entries.len()];
     manifest::write_state(&manifest::state_path(&manifest_path), &entries, &fresh).unwrap();
-    let r = run::run(&RunOptions {
-        manifest: manifest_path.clone(),
-        netserver: servers.gwmp(),
-        bind: "127.0.0.1".parse().unwrap(),
-        gateways: 1,
-        traffic: Traffic {
-            scenario: Scenario::Storm,
-            join_window_us: 500_000,
-            duration_us: 20_000_000,
-            uplink_interval_us: 60_000_000,
-            confirmed_ratio: 0.0,
-            payload_size: 12,
-            loss: 0.0,
-            heard_by: 1,
-            data_rate: 5,
-        },
-        duration_given: true,
-        seed: 1,
-        event_listen: None,
-        report_json: None,
-        timeseries_csv: None,
-        progress: false,
-        print_table: false,
-    })
+    let r = run::run(&options(
+        &manifest_path,
+        &servers,
+        1,
+        traffic(Scenario::Storm, 500_000, 20_000_000, 1),
+        1,
+    ))
     .unwrap();
     // The first attempt of every device replays its DevNonce 0 (or its first random one): the
     // join server refuses it, nothing comes back and it times out. The retry, after the join
@@ -160,7 +169,7 @@ fn a_replayed_dev_nonce_is_refused_and_the_retry_joins() {
     assert_eq!(r.joins.timed_out, 30, "{r:#?}");
     assert_eq!(r.joins.attempted, 60, "{r:#?}");
     assert_eq!(r.joins.accepted, 30, "{r:#?}");
-    let state = manifest::read_state(&manifest::state_path(&manifest_path), &entries).unwrap();
+    let state = state(&manifest_path, &entries);
     assert!(state.iter().all(|s| s.dev_nonce == 2));
     servers.stop().unwrap();
 }
@@ -168,47 +177,21 @@ fn a_replayed_dev_nonce_is_refused_and_the_retry_joins() {
 #[test]
 fn power_restore_rejoins_the_whole_fleet() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest_path = dir.path().join("fleet.csv");
-    let net_id = NetId::new(0).unwrap();
-    let entries = manifest::generate(&Params {
-        devices: 300,
-        seed: 11,
-        versions: VersionMix::Mix,
-        join_eui: manifest::DEFAULT_JOIN_EUI,
-        home_net_id: net_id,
-    });
-    manifest::write(&manifest_path, &entries).unwrap();
+    let (manifest_path, entries, net_id) = fleet(dir.path(), 300, 11);
     let servers = Servers::start(&manifest_path, net_id, None).unwrap();
-    let r = run::run(&RunOptions {
-        manifest: manifest_path.clone(),
-        netserver: servers.gwmp(),
-        bind: "127.0.0.1".parse().unwrap(),
-        gateways: 2,
-        traffic: Traffic {
-            scenario: Scenario::PowerRestore,
-            join_window_us: 1_000_000,
-            duration_us: 60_000_000,
-            uplink_interval_us: 60_000_000,
-            confirmed_ratio: 0.0,
-            payload_size: 12,
-            loss: 0.0,
-            heard_by: 2,
-            data_rate: 5,
-        },
-        duration_given: true,
-        seed: 2,
-        event_listen: None,
-        report_json: None,
-        timeseries_csv: None,
-        progress: false,
-        print_table: false,
-    })
+    let r = run::run(&options(
+        &manifest_path,
+        &servers,
+        2,
+        traffic(Scenario::PowerRestore, 1_000_000, 60_000_000, 2),
+        2,
+    ))
     .unwrap();
     // Two joins per device: before the outage and after it, all at once.
     assert_eq!(r.joins.accepted, 600, "{r:#?}");
     assert_eq!(r.devices_joined_at_end, 300);
     assert_eq!((r.joins.missed_window, r.joins.failed), (0, 0), "{r:#?}");
-    let state = manifest::read_state(&manifest::state_path(&manifest_path), &entries).unwrap();
+    let state = state(&manifest_path, &entries);
     assert!(
         state.iter().all(|s| s.dev_nonce >= 2),
         "the counters survived the outage"
@@ -219,41 +202,24 @@ fn power_restore_rejoins_the_whole_fleet() {
 #[test]
 fn steady_uplinks_are_all_delivered_and_the_report_counts_the_sink() {
     let dir = tempfile::tempdir().unwrap();
-    let manifest_path = dir.path().join("fleet.csv");
-    let net_id = NetId::new(0).unwrap();
-    let entries = manifest::generate(&Params {
-        devices: 300,
-        seed: 13,
-        versions: VersionMix::Mix,
-        join_eui: manifest::DEFAULT_JOIN_EUI,
-        home_net_id: net_id,
-    });
-    manifest::write(&manifest_path, &entries).unwrap();
-    let events = simulator::demo::free_udp_port().unwrap();
-    let servers = Servers::start(&manifest_path, net_id, Some(events)).unwrap();
+    let (manifest_path, _, net_id) = fleet(dir.path(), 300, 13);
+    // Bound now and kept bound: the network server gets its address before the run reads it.
+    let events = EventListen::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let servers =
+        Servers::start(&manifest_path, net_id, Some(events.local_addr().unwrap())).unwrap();
     let r = run::run(&RunOptions {
-        manifest: manifest_path.clone(),
-        netserver: servers.gwmp(),
-        bind: "127.0.0.1".parse().unwrap(),
-        gateways: 3,
-        traffic: Traffic {
-            scenario: Scenario::Steady,
-            join_window_us: 1_000_000,
-            duration_us: 12_000_000,
-            uplink_interval_us: 2_000_000,
-            confirmed_ratio: 0.2,
-            payload_size: 12,
-            loss: 0.0,
-            heard_by: 3,
-            data_rate: 5,
-        },
-        duration_given: true,
-        seed: 3,
         event_listen: Some(events),
-        report_json: None,
-        timeseries_csv: None,
-        progress: false,
-        print_table: false,
+        ..options(
+            &manifest_path,
+            &servers,
+            3,
+            Traffic {
+                uplink_interval_us: 2_000_000,
+                confirmed_ratio: 0.2,
+                ..traffic(Scenario::Steady, 1_000_000, 12_000_000, 3)
+            },
+            3,
+        )
     })
     .unwrap();
     servers.stop().unwrap();
@@ -267,4 +233,120 @@ fn steady_uplinks_are_all_delivered_and_the_report_counts_the_sink() {
     assert!(u.confirmed > 0);
     assert_eq!(u.acked, u.confirmed, "{r:#?}");
     assert_eq!(r.downlinks.missed_window, 0, "{r:#?}");
+}
+
+/// Starts the `simulator` binary on a 6 s join storm of `manifest` (3 gateways, each join heard by
+/// 2), and returns it with the number of Join-requests its progress line showed sent once that
+/// is at least `min_sent`, i.e. in the middle of the storm.
+fn spawn_storm(manifest: &Path, servers: &Servers, min_sent: u64, report: &Path) -> (Child, u64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_simulator"))
+        .args(["run", "--scenario", "storm", "--join-window", "6s"])
+        .args(["--gateways", "3", "--heard-by", "2", "--manifest"])
+        .arg(manifest)
+        .arg("--netserver")
+        .arg(servers.gwmp().to_string())
+        .arg("--report-json")
+        .arg(report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Progress: `[   2.0s] joined 310/3000  joins 310/1012 (timeout 0, missed 0) ...`.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let sent = loop {
+        let line = lines
+            .next()
+            .expect("the run ended before its storm did")
+            .unwrap();
+        let sent = line
+            .split_once(" joins ")
+            .and_then(|(_, r)| r.split_once('/'))
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(n) = sent.filter(|&n| n >= min_sent) {
+            break n;
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, sent)
+}
+
+#[test]
+fn a_run_killed_or_stopped_mid_storm_never_replays_a_dev_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest_path, entries, net_id) = fleet(dir.path(), 3000, 17);
+    let servers = Servers::start(&manifest_path, net_id, None).unwrap();
+    let log_path = nonce_log::log_path(&manifest::state_path(&manifest_path));
+    let replays = || servers.join_server_joins("dev_nonce_replayed");
+
+    // 1. SIGKILL in the middle of the join storm: nothing saves the state file...
+    let (mut child, sent) = spawn_storm(&manifest_path, &servers, 600, &dir.path().join("k.json"));
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+    assert!(sent < 3000, "killed mid-storm: {sent} sent");
+    assert!(state(&manifest_path, &entries)
+        .iter()
+        .all(|s| s.dev_nonce == 0));
+    // ...but the log holds every DevNonce that went out, logged before it did.
+    let logged = nonce_log::decode(&std::fs::read(&log_path).unwrap());
+    let tried: HashSet<DevEui> = logged.iter().map(|(d, _)| *d).collect();
+    assert!(tried.len() as u64 >= sent, "{} < {sent}", tried.len());
+    assert!(tried.len() < 3000, "the storm was cut short");
+
+    // 2. The next run on the same manifest: every device joins at once, whether or not it had
+    // joined or tried to; the join server refuses no DevNonce as replayed.
+    let second = storm(&manifest_path, &servers, 1, &dir.path().join("2.json"));
+    assert_every_join_accepted_in_rx1(&second, 3000);
+    assert_eq!(replays(), 0);
+    assert_eq!(
+        std::fs::metadata(&log_path).unwrap().len(),
+        0,
+        "log compacted"
+    );
+    let after2 = state(&manifest_path, &entries);
+    for (e, s) in entries.iter().zip(&after2) {
+        let want = if tried.contains(&e.dev_eui) { 2 } else { 1 };
+        assert_eq!(s.dev_nonce, want, "{}", e.dev_eui);
+    }
+
+    // 3. SIGTERM in the middle of a storm: the run stops, saves the state, prints and writes the
+    // report so far, and exits 0.
+    let json = dir.path().join("t.json");
+    let (child, sent) = spawn_storm(&manifest_path, &servers, 600, &json);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("accepted (RX1 / RX2)"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let attempted = r["joins"]["attempted"].as_u64().unwrap();
+    assert!((sent..3000).contains(&attempted), "{r}");
+    assert_eq!(
+        std::fs::metadata(&log_path).unwrap().len(),
+        0,
+        "log compacted"
+    );
+    let after3 = state(&manifest_path, &entries);
+    let advanced: u64 = after3
+        .iter()
+        .zip(&after2)
+        .map(|(b, a)| u64::from(b.dev_nonce - a.dev_nonce))
+        .sum();
+    assert_eq!(
+        advanced, attempted,
+        "the state file counts every Join-request sent"
+    );
+
+    // 4. And once more: every join accepted, no DevNonce replayed.
+    let fourth = storm(&manifest_path, &servers, 1, &dir.path().join("4.json"));
+    assert_every_join_accepted_in_rx1(&fourth, 3000);
+    assert_eq!(replays(), 0);
+    servers.stop().unwrap();
 }
