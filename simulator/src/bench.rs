@@ -53,6 +53,10 @@ pub struct BenchReport {
     pub generated_per_engine_cpu_s: f64,
     /// Datagrams the sink received (the kernel may drop some when the sink falls behind).
     pub sink_received: u64,
+    /// With `--nonce-log`: DevNonce log `fdatasync` calls (group commits), else 0.
+    pub nonce_log_syncs: u64,
+    /// With `--nonce-log`: wall seconds datagrams waited for their DevNonces to be durable.
+    pub nonce_log_wait_s: f64,
 }
 
 /// Reads a `/proc/self/status` field in kB, as MiB.
@@ -98,6 +102,7 @@ pub fn run(
     window: Duration,
     gateways: u16,
     seed: u64,
+    nonce_log: bool,
 ) -> anyhow::Result<BenchReport> {
     let t0 = Instant::now();
     let entries = manifest::generate(&Params {
@@ -162,7 +167,18 @@ pub fn run(
     let rss_fleet_joined_estimate_mib =
         rss_fleet_mib + (per_session as f64 * f64::from(devices)) / (1024.0 * 1024.0);
     let cpu0 = thread_cpu_s();
-    let (engine, _) = net::run(
+    // With `nonce_log`, every DevNonce goes through the write-ahead log of `simulator run`, in
+    // a temporary directory.
+    let log_dir = tempfile::Builder::new()
+        .prefix("bench-nonce-log-")
+        .tempdir()?;
+    let log = if nonce_log {
+        let state = log_dir.path().join("fleet.csv.state");
+        Some(crate::nonce_log::NonceLog::open(&state, &[])?.1)
+    } else {
+        None
+    };
+    let (engine, _) = net::run_logged(
         engine,
         &NetConfig {
             netserver: sink_addr,
@@ -171,6 +187,7 @@ pub fn run(
             progress: false,
             sink_grace: Duration::ZERO,
         },
+        log,
     )?;
     let cpu_s = thread_cpu_s() - cpu0;
     std::thread::sleep(Duration::from_millis(300));
@@ -206,5 +223,7 @@ pub fn run(
             0.0
         },
         sink_received: received.load(Ordering::Relaxed),
+        nonce_log_syncs: engine.stats.nonce_log_syncs,
+        nonce_log_wait_s: engine.stats.nonce_log_s,
     })
 }

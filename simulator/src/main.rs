@@ -82,6 +82,10 @@ struct BenchArgs {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Log every DevNonce durably before its Join-request is sent, as `simulator run` does (to a
+    /// temporary directory), to measure what crash safety costs.
+    #[arg(long)]
+    nonce_log: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -269,7 +273,13 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Cmd::Bench(a) => {
-            let r = simulator::bench::run(a.devices, a.window.0, a.gateways.max(1), a.seed)?;
+            let r = simulator::bench::run(
+                a.devices,
+                a.window.0,
+                a.gateways.max(1),
+                a.seed,
+                a.nonce_log,
+            )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
     }

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,7 +15,8 @@ use protocol::ids::DevEui;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
-use crate::engine::{Engine, Stage};
+use crate::engine::{Engine, NonceRecords, Stage};
+use crate::manifest::NonceState;
 use crate::nonce_log::NonceLog;
 use crate::report;
 use crate::sched::Micros;
@@ -188,11 +189,13 @@ pub fn thread_cpu_s() -> f64 {
 struct Shared {
     engine: RefCell<Engine>,
     /// The DevNonce write-ahead log, if the run keeps one.
-    nonce_log: RefCell<Option<NonceLog>>,
+    nonce_log: Option<Arc<Mutex<NonceLog>>>,
+    /// Records for the next commit.
+    log_pending: RefCell<Vec<(DevEui, NonceState)>>,
     /// Why the run must stop (the log could not be written).
     failed: RefCell<Option<anyhow::Error>>,
-    /// Wall seconds spent writing and syncing the log.
-    log_s: std::cell::Cell<f64>,
+    /// Wall seconds datagrams waited for their DevNonces to be durable.
+    log_wait_s: std::cell::Cell<f64>,
     /// CPU seconds spent in `sendmmsg`.
     send_cpu: std::cell::Cell<f64>,
     sockets: Vec<UdpSocket>,
@@ -205,26 +208,38 @@ impl Shared {
         self.start.elapsed().as_micros() as Micros
     }
 
-    /// Makes the engine's nonce records durable: one `write` and, when a queued Join-request
-    /// carries a DevNonce they announce, one `fdatasync` for the whole batch (a group commit).
-    /// Returns false if the log failed: nothing may be sent then.
-    fn commit_nonces(&self) -> bool {
+    /// Makes the engine's nonce records durable before the datagrams queued with them are sent:
+    /// when a queued Join-request carries a DevNonce they announce, one `write` and one
+    /// `fdatasync` for the whole batch (a group commit), on a blocking thread so that this one
+    /// keeps reading answers meanwhile. Records that announce nothing to be sent (a JoinNonce
+    /// accepted) ride along with the next commit. Returns false if the log failed: nothing may
+    /// be sent then.
+    async fn commit_nonces(&self, recs: NonceRecords) -> bool {
         if self.failed.borrow().is_some() {
             return false;
         }
-        let mut log = self.nonce_log.borrow_mut();
-        let Some(log) = log.as_mut() else {
+        let Some(log) = &self.nonce_log else {
             return true;
         };
-        let recs = self.engine.borrow_mut().take_nonce_records();
-        if recs.records.is_empty() {
+        self.log_pending.borrow_mut().extend(recs.records);
+        if !recs.before_send {
             return true;
         }
+        let batch = std::mem::take(&mut *self.log_pending.borrow_mut());
+        let log = log.clone();
         let t0 = Instant::now();
-        log.append(recs.records);
-        let r = log.commit(recs.before_send);
-        self.log_s
-            .set(self.log_s.get() + t0.elapsed().as_secs_f64());
+        let r = tokio::task::spawn_blocking(move || {
+            let mut l = log
+                .lock()
+                .map_err(|_| anyhow::anyhow!("DevNonce log poisoned"))?;
+            l.append(batch);
+            l.commit(true)
+        })
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+        self.log_wait_s
+            .set(self.log_wait_s.get() + t0.elapsed().as_secs_f64());
         match r {
             Ok(()) => true,
             Err(e) => {
@@ -240,11 +255,14 @@ impl Shared {
     /// uses are durable. Never holds the engine across an await.
     async fn flush(&self) {
         loop {
-            // No await between the commit and taking the datagrams it covers.
-            if !self.commit_nonces() {
+            // The records and the datagrams they cover, taken together (no await in between).
+            let (recs, out) = {
+                let mut e = self.engine.borrow_mut();
+                (e.take_nonce_records(), e.take_outgoing())
+            };
+            if !self.commit_nonces(recs).await {
                 return;
             }
-            let out = self.engine.borrow_mut().take_outgoing();
             if out.is_empty() {
                 return;
             }
@@ -361,9 +379,10 @@ async fn run_async(
     };
     let shared = Rc::new(Shared {
         engine: RefCell::new(engine),
-        nonce_log: RefCell::new(nonce_log),
+        nonce_log: nonce_log.map(|l| Arc::new(Mutex::new(l))),
+        log_pending: RefCell::new(Vec::new()),
         failed: RefCell::new(None),
-        log_s: std::cell::Cell::new(0.0),
+        log_wait_s: std::cell::Cell::new(0.0),
         send_cpu: std::cell::Cell::new(0.0),
         sockets,
         start: Instant::now(),
@@ -506,10 +525,13 @@ async fn run_async(
     let send_cpu = shared.send_cpu.get();
     let mut engine = shared.engine.into_inner();
     engine.stats.send_cpu_s = send_cpu;
-    if let Some(log) = shared.nonce_log.into_inner() {
+    if let Some(log) = &shared.nonce_log {
+        let log = log
+            .lock()
+            .map_err(|_| anyhow::anyhow!("DevNonce log poisoned"))?;
         engine.stats.nonce_log_records = log.records();
         engine.stats.nonce_log_syncs = log.commits();
-        engine.stats.nonce_log_s = shared.log_s.get();
+        engine.stats.nonce_log_s = shared.log_wait_s.get();
     }
     engine.finish();
     Ok((engine, elapsed))

@@ -109,12 +109,12 @@ pub struct Stats {
     pub send_errors: u64,
     /// CPU seconds the socket loop spent in `sendmmsg` (kernel included).
     pub send_cpu_s: f64,
-    /// DevNonce log: records written, `fdatasync` calls, and wall seconds spent writing and
-    /// syncing (see [`crate::nonce_log`]).
+    /// DevNonce log records written (see [`crate::nonce_log`]).
     pub nonce_log_records: u64,
     /// DevNonce log `fdatasync` calls (group commits).
     pub nonce_log_syncs: u64,
-    /// Wall seconds the socket loop spent writing and syncing the DevNonce log.
+    /// Wall seconds datagrams waited for their DevNonces to be durable (the socket loop reads
+    /// answers meanwhile).
     pub nonce_log_s: f64,
     /// When the first datagram went out (µs of the run).
     pub first_send_us: Option<u64>,

@@ -82,7 +82,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
     if o.progress {
         let s = &engine.stats;
         eprintln!(
-            "DevNonce log: {} records, {} fdatasync, {:.3} s",
+            "DevNonce log: {} records, {} fdatasync, {:.3} s waited",
             s.nonce_log_records, s.nonce_log_syncs, s.nonce_log_s
         );
     }
