@@ -158,6 +158,8 @@ pub enum Note {
     DownlinkRejected(&'static str),
     /// MAC commands answered.
     MacAnswered(u8),
+    /// A data transmission had to wait for the sub-band duty cycle.
+    DutyCycleDeferred,
 }
 
 /// What the device asks of its environment.
@@ -247,7 +249,10 @@ pub struct Device {
     last_tx_at: Micros,
     next_periodic: Micros,
     powered_at: Micros,
-    next_join_allowed: Micros,
+    /// The earliest time the duty cycle allows the next transmission: after a Join-request, the
+    /// join duty cycle (which is at least as strict as the sub-band's); after a data frame, the
+    /// sub-band's 1 %.
+    next_tx_allowed: Micros,
     rng_blocks: u32,
 }
 
@@ -274,6 +279,18 @@ pub fn random_dev_nonce(dev_eui: u64, index: u16) -> u16 {
 pub fn airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
     lora_time_on_air(&LoraFrame::uplink(sf, u32::from(bw_khz) * 1000, len))
         .map_or(0, |d| d.as_micros() as Micros)
+}
+
+/// Duty cycle of the EU868 sub-band that holds the default channels 868.1, 868.3 and 868.5 MHz
+/// (ETSI EN 300 220 band g1, 868.0–868.6 MHz, as RP002 names it): 1 %, shared by all three, so
+/// a device that transmits for T must stay silent on them for T / 1 % from the start of that
+/// transmission (the simulator puts a frame on air and ends it at one instant).
+pub const SUB_BAND_DUTY_CYCLE: f64 = 0.01;
+
+/// When a device may next transmit on the default channels' sub-band after a frame of `len`
+/// bytes at (`sf`, `bw_khz`) sent at `now`, under duty cycle `dc`.
+pub fn duty_cycle_free_at(now: Micros, sf: u8, bw_khz: u16, len: usize, dc: f64) -> Micros {
+    now + (airtime_us(sf, bw_khz, len) as f64 / dc) as Micros
 }
 
 /// The aggregated join duty cycle allowed `since_power_on` µs after power-up.
@@ -303,7 +320,7 @@ impl Device {
             last_tx_at: 0,
             next_periodic: 0,
             powered_at: 0,
-            next_join_allowed: 0,
+            next_tx_allowed: 0,
             rng_blocks: 0,
         }
     }
@@ -375,7 +392,7 @@ impl Device {
         self.frame = None;
         self.join = None;
         self.powered_at = now;
-        self.next_join_allowed = now;
+        self.next_tx_allowed = now;
         self.rx_closes_at = Micros::MAX;
         self.wake_at = now + boot_delay;
         fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
@@ -457,9 +474,8 @@ impl Device {
         let dev_nonce = DevNonce(dev_nonce);
         let phy = frames::join_request(&self.id, dev_nonce);
         let (sf, bw) = crate::gateway::eu868_dr(b.data_rate);
-        let air = airtime_us(sf, bw, phy.len());
         let dc = join_duty_cycle(now.saturating_sub(self.powered_at));
-        self.next_join_allowed = now + (air as f64 / dc) as Micros;
+        self.next_tx_allowed = duty_cycle_free_at(now, sf, bw, phy.len(), dc);
         self.join = Some(JoinAttempt {
             dev_nonce,
             sent_at: now,
@@ -489,6 +505,14 @@ impl Device {
         let Some(s) = self.session.as_deref_mut() else {
             return;
         };
+        if now < self.next_tx_allowed {
+            // The sub-band is still closed to this device: send (this frame or its repeat) as
+            // soon as the duty cycle allows, nothing drawn or built yet.
+            self.wake_at = self.next_tx_allowed;
+            fx.push(Effect::Note(Note::DutyCycleDeferred));
+            fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
+            return;
+        }
         let frame = match self.frame.take() {
             Some(mut f) => {
                 f.transmissions += 1;
@@ -552,6 +576,8 @@ impl Device {
                 return;
             }
         };
+        let (sf, bw) = crate::gateway::eu868_dr(s.dr);
+        self.next_tx_allowed = duty_cycle_free_at(now, sf, bw, phy.len(), SUB_BAND_DUTY_CYCLE);
         let mut frame = frame;
         frame.sent_at = now;
         let transmission = frame.transmissions;
@@ -590,7 +616,7 @@ impl Device {
                 }
                 // Retry once the duty cycle allows, dithered by up to a second.
                 let dither = rng.gen_range(0..1_000_000);
-                self.wake_at = self.next_join_allowed.max(now) + dither;
+                self.wake_at = self.next_tx_allowed.max(now) + dither;
                 fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
             }
             Phase::Joined => {
@@ -850,6 +876,25 @@ mod tests {
     }
 
     #[test]
+    fn airtime_of_the_smallest_data_frame_matches_the_lora_calculator() {
+        // A 13-byte PHYPayload (MHDR, FHDR without FOpts, FPort, MIC: an empty uplink), CR 4/5,
+        // 8-symbol preamble, explicit header, CRC on, LDRO for SF11/12 at 125 kHz: SF7/125 kHz
+        // 46.336 ms, the value Semtech's LoRa Calculator shows (the often-quoted "46.3 ms" for an
+        // empty LoRaWAN uplink at SF7); SF9/125 164.864 ms, SF12/125 1155.072 ms and SF7/250
+        // 23.168 ms worked by hand from AN1200.13's formula (45.25, 40.25, 35.25 and 45.25
+        // symbols of 1.024, 4.096, 32.768 and 0.512 ms).
+        assert_eq!(airtime_us(7, 125, 13), 46_336);
+        assert_eq!(airtime_us(9, 125, 13), 164_864);
+        assert_eq!(airtime_us(12, 125, 13), 1_155_072);
+        assert_eq!(airtime_us(7, 250, 13), 23_168);
+        // Under the sub-band's 1 %, SF7 13 bytes at t = 1 s frees the band at 1 s + 4.6336 s.
+        assert_eq!(
+            duty_cycle_free_at(1_000_000, 7, 125, 13, SUB_BAND_DUTY_CYCLE),
+            5_633_600
+        );
+    }
+
+    #[test]
     fn join_duty_cycle_steps() {
         assert_eq!(join_duty_cycle(0), 0.01);
         assert_eq!(join_duty_cycle(3_600_000_000), 0.001);
@@ -1003,6 +1048,63 @@ mod join_tests {
                 opt_neg,
                 "RekeyInd only for 1.1 with OptNeg"
             );
+        }
+    }
+
+    #[test]
+    fn data_uplinks_wait_for_the_sub_band_duty_cycle() {
+        // Asked for every 2 s, but a 26-byte SF7 frame (61.696 ms) allows one every 6.17 s at 1 %.
+        let b = Behaviour {
+            uplink_interval_us: 2_000_000,
+            ..B
+        };
+        let mut d = device(MacVersion::V1_0_4);
+        let mut fx = Vec::new();
+        let jr = first_join(&mut d, &mut fx);
+        let phy = accept(&d, jr.dev_nonce.0, 1, false);
+        d.on_downlink(&phy, Window::Rx1, 5_000_100, &b, &mut rng(), &mut fx);
+        let Some(&Effect::Arm(mut t, TimerKind::Uplink)) = fx.last() else {
+            panic!("{fx:?}")
+        };
+        // The Join-request (23 bytes at 100 µs) closed the band until 100 + 6.1696 s.
+        let mut free_at = 100 + airtime_us(7, 125, 23) * 100;
+        let (mut sent, mut deferred) = (Vec::new(), 0);
+        while sent.len() < 4 {
+            fx.clear();
+            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+            match fx.as_slice() {
+                [Effect::Note(Note::DutyCycleDeferred), Effect::Arm(at, TimerKind::Uplink)] => {
+                    assert!(
+                        t < free_at,
+                        "deferred at {t} though the band was free at {free_at}"
+                    );
+                    assert_eq!(*at, free_at, "sends as soon as it is allowed");
+                    deferred += 1;
+                    t = *at;
+                }
+                [Effect::Tx(tx), Effect::Arm(rx_closed, TimerKind::RxClosed)] => {
+                    assert!(
+                        t >= free_at,
+                        "sent at {t} before the band was free at {free_at}"
+                    );
+                    assert!(matches!(tx.kind, TxKind::Data { .. }));
+                    free_at = t + airtime_us(7, 125, tx.phy.len()) * 100;
+                    sent.push(t);
+                    let rx_closed = *rx_closed;
+                    fx.clear();
+                    d.on_timer(TimerKind::RxClosed, rx_closed, &b, &mut rng(), &mut fx);
+                    let Some(&Effect::Arm(next, TimerKind::Uplink)) = fx.last() else {
+                        panic!("{fx:?}")
+                    };
+                    t = next;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Every uplink after the first was due before the band was free and waited for it.
+        assert!(deferred >= 3, "{deferred}");
+        for w in sent.windows(2) {
+            assert_eq!(w[1] - w[0], 6_169_600, "{sent:?}");
         }
     }
 

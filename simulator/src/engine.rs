@@ -607,6 +607,7 @@ impl Engine {
             }
             Note::DownlinkRejected(_) => self.stats.downlinks_unmatched += 1,
             Note::MacAnswered(k) => self.stats.mac_commands_answered += u64::from(k),
+            Note::DutyCycleDeferred => self.stats.uplinks_duty_cycle_deferred += 1,
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Stats {
     pub uplinks_duplicates: u64,
     /// Distinct uplinks the event sink received (only with `--event-listen`).
     pub uplinks_delivered: u64,
+    /// Data transmissions (first ones and repeats) that waited for the sub-band duty cycle.
+    pub uplinks_duty_cycle_deferred: u64,
     /// Confirmed uplink sent → ACK PULL_RESP received (wall clock).
     pub ack_latency: Latency,
     /// Data downlinks received in a window (ACKs and MAC commands).
@@ -265,6 +267,8 @@ pub struct Uplinks {
     /// `null` unless `--event-listen` is set.
     pub delivered: Option<u64>,
     pub per_second: u64,
+    /// Data transmissions that waited for the EU868 sub-band duty cycle.
+    pub duty_cycle_deferred: u64,
 }
 
 /// `downlinks.*`.
@@ -351,6 +355,7 @@ impl Report {
                 } else {
                     0
                 },
+                duty_cycle_deferred: s.uplinks_duty_cycle_deferred,
             },
             ack_latency_ms: AckPercentiles {
                 count: a.count(),
@@ -436,6 +441,11 @@ impl Report {
             ),
         }
         row(&mut t, "per second", u.per_second.to_string());
+        row(
+            &mut t,
+            "deferred by the duty cycle",
+            u.duty_cycle_deferred.to_string(),
+        );
         let a = &self.ack_latency_ms;
         row(
             &mut t,
@@ -555,6 +565,7 @@ mod tests {
             "/uplinks/acked",
             "/uplinks/lost",
             "/uplinks/duplicates",
+            "/uplinks/duty_cycle_deferred",
             "/ack_latency_ms/p50",
             "/ack_latency_ms/p99",
             "/duration_s",
