@@ -9,17 +9,19 @@
 //! it.
 //!
 //! The other crates' binaries are built with a nested `cargo build` (same profile and target
-//! directory), as `otaa.rs` does for the join server.
+//! directory, [`common::workspace_bin`]), as `otaa.rs` does for the join server.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::{http, run_ok as run, workspace_bin as bin, Gateway, Proc};
 use ed25519_dalek::{Signer, SigningKey};
-use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxPk};
-use protocol::ids::{DevEui, DevNonce, GatewayEui, JoinEui, NetId};
+use protocol::gwmp::{CrcStatus, TxPk};
+use protocol::ids::{DevEui, DevNonce, JoinEui, NetId};
 use protocol::join::{
     EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest, JoinRootKey,
 };
@@ -33,201 +35,24 @@ const TOKEN: &str = "E2E0E2E0E2E0E2E0";
 const NET_X: u32 = 0x000013;
 const NET_Y: u32 = 0x000042;
 
-/// Builds (if needed) another crate's binary next to this crate's.
-fn bin(package: &str) -> PathBuf {
-    let ours = PathBuf::from(env!("CARGO_BIN_EXE_netserver"));
-    let dir = ours.parent().expect("binary directory");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(root)
-        .args(["build", "-j2", "-p", package, "--bin", package]);
-    if dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    cmd.env("CARGO_TARGET_DIR", dir.parent().unwrap());
-    assert!(cmd.status().unwrap().success(), "cargo build -p {package}");
-    dir.join(package)
+/// A virtual gateway on 868.1 MHz whose PULL_DATA the network server has acknowledged.
+fn gateway(eui: u64, ns: SocketAddr) -> Gateway {
+    let g = Gateway::new(eui, ns).on_868_1();
+    g.pull_data();
+    g
 }
 
-/// A child process killed on drop, with the addresses of its `… listening k=v …` line.
-struct Proc {
-    child: Child,
-    line: String,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, prefix: &str) -> Self {
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .env("NETSERVER_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = prefix.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with(&prefix) {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("listening line");
-        Self { child, line }
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key}= in {:?}", self.line))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let o = cmd.output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
+/// The device sends a Join-request with `dev_nonce` through `gw`; the Join-accept, if one comes.
+fn join(gw: &Gateway, dev_nonce: u16, tmst: u32) -> Option<TxPk> {
+    let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+    let phy = JoinRequest::build(
+        JoinEui::new(JOIN_EUI),
+        DevEui::new(DEV),
+        DevNonce(dev_nonce),
+        JoinRootKey::AppKey(&k),
     );
-    o
-}
-
-/// One HTTP/1.1 request; the status and the body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (code, body)
-}
-
-struct Gateway {
-    sock: UdpSocket,
-    eui: GatewayEui,
-    ns: SocketAddr,
-}
-
-impl Gateway {
-    fn new(eui: u64, ns: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let g = Self {
-            sock,
-            eui: GatewayEui::new(eui),
-            ns,
-        };
-        g.send(&Packet::PullData {
-            token: Token([1, 2]),
-            gateway: g.eui,
-        });
-        assert!(g
-            .recv_until(Duration::from_secs(5), |p| matches!(
-                p,
-                Packet::PullAck { .. }
-            )
-            .then_some(()))
-            .is_some());
-        g
-    }
-
-    fn send(&self, p: &Packet) {
-        self.sock.send_to(&p.to_bytes().unwrap(), self.ns).unwrap();
-    }
-
-    fn recv_until<T>(
-        &self,
-        timeout: Duration,
-        mut want: impl FnMut(Packet) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                if let Some(t) = Packet::parse(&buf[..n]).ok().and_then(&mut want) {
-                    return Some(t);
-                }
-            }
-        }
-        None
-    }
-
-    /// The device sends a Join-request with `dev_nonce`; the Join-accept, if one comes.
-    fn join(&self, dev_nonce: u16, tmst: u32) -> Option<TxPk> {
-        let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
-        let phy = JoinRequest::build(
-            JoinEui::new(JOIN_EUI),
-            DevEui::new(DEV),
-            DevNonce(dev_nonce),
-            JoinRootKey::AppKey(&k),
-        );
-        self.send(&Packet::PushData(PushData {
-            token: Token([0x77, dev_nonce as u8]),
-            gateway: self.eui,
-            rxpk: vec![RxPk {
-                tmst,
-                time: None,
-                tmms: None,
-                chan: Some(0),
-                rfch: Some(0),
-                freq_hz: 868_100_000,
-                stat: CrcStatus::Ok,
-                datr: DataRate::lora(7, 125).unwrap(),
-                codr: Some(CodingRate::Cr4_5),
-                rssi: Some(-100),
-                lsnr: Some(7.0),
-                jver: None,
-                rsig: Vec::new(),
-                brd: None,
-                aesk: None,
-                data: phy.to_bytes().to_vec(),
-            }],
-            stat: None,
-        }));
-        self.recv_until(Duration::from_secs(3), |p| match p {
-            Packet::PullResp(r) => Some(r.txpk),
-            _ => None,
-        })
-    }
+    gw.send_push(&phy.to_bytes(), tmst, 7.0, -100, CrcStatus::Ok);
+    gw.pull_resp(Duration::from_secs(3)).map(|(_, tx)| tx)
 }
 
 /// Device side: the Join-accept decrypts and verifies under the device's AppKey; its NetID.
@@ -280,7 +105,7 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
         ),
     )
     .unwrap();
-    let js = Proc::spawn(
+    let js = Proc::spawn_logging(
         {
             let mut c = Command::new(&js_bin);
             c.arg("serve").arg("--data-dir").arg(&js_dir).args([
@@ -294,6 +119,8 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
             c
         },
         "joinserver listening",
+        "warn",
+        Some("warn"),
     );
     let (api, link) = (js.addr("api"), js.addr("link"));
     let secrets = js_dir.join("secrets");
@@ -321,11 +148,11 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
                 "--metrics",
                 "127.0.0.1:0",
             ]);
-        Proc::spawn(c, "netserver listening")
+        Proc::spawn_logging(c, "netserver listening", "warn", Some("warn"))
     };
     let (ns_x, ns_y) = (netserver(NET_X), netserver(NET_Y));
-    let gw_x = Gateway::new(0xAA55_5A00_0000_0E2A, ns_x.addr("gwmp"));
-    let gw_y = Gateway::new(0xAA55_5A00_0000_0E2B, ns_y.addr("gwmp"));
+    let gw_x = gateway(0xAA55_5A00_0000_0E2A, ns_x.addr("gwmp"));
+    let gw_y = gateway(0xAA55_5A00_0000_0E2B, ns_y.addr("gwmp"));
 
     // 1. The manufacturer imports a signed manifest over the API.
     let manifest = format!(
@@ -367,7 +194,10 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
         tmst = tmst.wrapping_add(50_000_000);
         tmst
     };
-    assert!(gw_x.join(1, next()).is_none(), "an unclaimed device joined");
+    assert!(
+        join(&gw_x, 1, next()).is_none(),
+        "an unclaimed device joined"
+    );
 
     // 3. `qr claim` on the label: owner A, home NetID X.
     let claim = |input: &str, key: &Path, net: u32| {
@@ -384,10 +214,10 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("claimed {DEV:016X}")));
 
     // 4. It joins through X's network server; 5. Y's is refused.
-    let tx = gw_x.join(2, next()).expect("a Join-accept through NetID X");
+    let tx = join(&gw_x, 2, next()).expect("a Join-accept through NetID X");
     assert_eq!(accepted_net_id(&tx), NetId::new(NET_X).unwrap());
     assert!(
-        gw_y.join(3, next()).is_none(),
+        join(&gw_y, 3, next()).is_none(),
         "joined through a foreign network"
     );
 
@@ -417,10 +247,10 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
     let code = String::from_utf8(o.stdout).unwrap().trim().to_owned();
     let o = claim(&code, &bob_file, NET_Y);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let tx = gw_y.join(4, next()).expect("a Join-accept through NetID Y");
+    let tx = join(&gw_y, 4, next()).expect("a Join-accept through NetID Y");
     assert_eq!(accepted_net_id(&tx), NetId::new(NET_Y).unwrap());
     assert!(
-        gw_x.join(5, next()).is_none(),
+        join(&gw_x, 5, next()).is_none(),
         "joined through the previous owner's network"
     );
 

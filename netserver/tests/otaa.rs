@@ -6,26 +6,27 @@
 //! to exercise the retry and records every JoinAns it relays.
 //!
 //! The `joinserver` binary lives in another crate of the workspace, so Cargo does not build it
-//! for this test: [`joinserver_bin`] runs `cargo build -p joinserver --bin joinserver` (same
-//! Cargo, same profile, same target directory) once per test run. Cargo releases its build lock
-//! before it runs tests, so the nested build does not deadlock; when the binary is up to date it
-//! costs well under a second.
+//! for this test: [`common::joinserver_bin`] runs `cargo build -p joinserver --bin joinserver`
+//! (same Cargo, same profile, same target directory) once per test run.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{
+    http_get, joinserver_bin, metric, run_ok, wait_metric, workspace_root, Gateway, Proc,
+};
 
 use netserver::keys::{read_labeled_kek, NetworkKeys};
 use netserver::session::{RedbBackend, SessionStore, StoredNetworkKeys};
 use protocol::derive;
 use protocol::gwmp::{
-    CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode, TxPk,
-    TxTiming,
+    CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAckCode, TxPk, TxTiming,
 };
 use protocol::ids::{DevEui, DevNonce, GatewayEui, JoinEui, NetId};
 use protocol::join::{
@@ -39,6 +40,8 @@ const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
 const NWK_KEY: &str = "000102030405060708090A0B0C0D0E0F";
 const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 const NET_ID: u32 = 0x000013;
+/// Warnings and errors only: the garbage phase makes info logs very long.
+const QUIET_NS: &str = "warn,netserver::otaa=error";
 /// Devices: 1 is 1.0.3, 2 is 1.0.4, 3 is 1.1, all homed in this network's NetID 000013 (the
 /// join server refuses unclaimed devices); 5 is 1.0.4 homed in NetID 000042; 9 is unknown.
 const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
@@ -46,121 +49,6 @@ const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id
 0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,000013,\n\
 0000000000000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,000013,\n\
 0000000000000005,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,000042,\n";
-
-// ------------------------------------------------------------------------------------------
-// Processes
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("netserver sits in the workspace")
-        .to_owned()
-}
-
-/// Builds (if needed) and locates the real joinserver binary, next to this crate's binary.
-fn joinserver_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let ours = PathBuf::from(env!("CARGO_BIN_EXE_netserver"));
-        let dir = ours.parent().expect("binary directory");
-        let profile_release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "-j2",
-            "-p",
-            "joinserver",
-            "--bin",
-            "joinserver",
-        ]);
-        if profile_release {
-            cmd.arg("--release");
-        }
-        // Same target directory as this build (the binary's directory's parent).
-        cmd.env("CARGO_TARGET_DIR", dir.parent().expect("target directory"));
-        let status = cmd.status().expect("running cargo build -p joinserver");
-        assert!(
-            status.success(),
-            "cargo build -p joinserver failed (the end-to-end tests need the joinserver crate in this workspace)"
-        );
-        let bin = dir.join(format!("joinserver{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
-}
-
-/// A child process killed on drop, and the `listening …` line it printed.
-struct Proc {
-    child: Child,
-    addrs: HashMap<String, String>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, prefix: &str) -> Self {
-        // Warnings and errors only: the garbage phase makes info logs very long.
-        let mut child = cmd
-            .env("NETSERVER_LOG", "warn,netserver::otaa=error")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawning a server");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let prefix = prefix.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with(&prefix) {
-                    let _ = tx.send(line);
-                }
-            }
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server did not report its addresses");
-        let addrs = line
-            .split_whitespace()
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        Self { child, addrs }
-    }
-
-    fn addr(&self, key: &str) -> SocketAddr {
-        self.addrs[key].parse().expect("socket address")
-    }
-
-    /// SIGTERM, then the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(s) = self.child.try_wait().expect("wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("running a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 // ------------------------------------------------------------------------------------------
 // The link relay: NS ↔ relay ↔ JS, dropping the next JoinAns on request.
@@ -211,121 +99,6 @@ fn relay(js: SocketAddr) -> Relay {
         drop_next_answer,
         delay_answers,
         answers,
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// A virtual gateway speaking GWMP through `protocol::gwmp`.
-
-struct Gateway {
-    sock: UdpSocket,
-    eui: GatewayEui,
-    ns: SocketAddr,
-}
-
-impl Gateway {
-    fn new(eui: u64, ns: SocketAddr) -> Self {
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Self {
-            sock,
-            eui: GatewayEui::new(eui),
-            ns,
-        }
-    }
-
-    fn send(&self, p: &Packet) {
-        self.sock.send_to(&p.to_bytes().unwrap(), self.ns).unwrap();
-    }
-
-    /// Receives datagrams until `want` accepts one or `timeout` passes.
-    fn recv_until<T>(
-        &self,
-        timeout: Duration,
-        mut want: impl FnMut(Packet) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 4096];
-        while Instant::now() < deadline {
-            if let Ok(n) = self.sock.recv(&mut buf) {
-                if let Ok(p) = Packet::parse(&buf[..n]) {
-                    if let Some(t) = want(p) {
-                        return Some(t);
-                    }
-                }
-            }
-        }
-        None
-    }
-
-    fn pull_data(&self) {
-        let token = Token([0x5a, 0x01]);
-        self.send(&Packet::PullData {
-            token,
-            gateway: self.eui,
-        });
-        let acked = self.recv_until(Duration::from_secs(5), |p| {
-            matches!(p, Packet::PullAck { token: t } if t == token).then_some(())
-        });
-        assert!(acked.is_some(), "no PULL_ACK");
-    }
-
-    fn push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) {
-        let token = self.send_push(phy, tmst, snr, rssi, stat);
-        self.wait_push_ack(token);
-    }
-
-    /// Sends a PUSH_DATA without waiting for its PUSH_ACK.
-    fn send_push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) -> Token {
-        let token = Token([0x77, (tmst & 0xff) as u8]);
-        self.send(&Packet::PushData(PushData {
-            token,
-            gateway: self.eui,
-            rxpk: vec![RxPk {
-                tmst,
-                time: None,
-                tmms: None,
-                chan: Some(0),
-                rfch: Some(0),
-                freq_hz: 868_100_000,
-                stat,
-                datr: DataRate::lora(7, 125).unwrap(),
-                codr: Some(CodingRate::Cr4_5),
-                rssi: Some(rssi),
-                lsnr: Some(snr),
-                jver: None,
-                rsig: Vec::new(),
-                brd: None,
-                aesk: None,
-                data: phy.to_vec(),
-            }],
-            stat: None,
-        }));
-        token
-    }
-
-    fn wait_push_ack(&self, token: Token) {
-        let acked = self.recv_until(Duration::from_secs(5), |p| {
-            matches!(p, Packet::PushAck { token: t } if t == token).then_some(())
-        });
-        assert!(acked.is_some(), "no PUSH_ACK");
-    }
-
-    fn pull_resp(&self, timeout: Duration) -> Option<(Token, TxPk)> {
-        self.recv_until(timeout, |p| match p {
-            Packet::PullResp(r) => Some((r.token, r.txpk)),
-            _ => None,
-        })
-    }
-
-    fn tx_ack(&self, token: Token, error: Option<TxAckCode>) {
-        self.send(&Packet::TxAck(TxAck {
-            token,
-            gateway: self.eui,
-            error,
-            warning: None,
-        }));
     }
 }
 
@@ -385,47 +158,6 @@ fn open_accept(dev: u64, dev_nonce: u16, phy: &[u8]) -> JoinAcceptPayload {
 // ------------------------------------------------------------------------------------------
 // Metrics
 
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_owned();
-    (code, body)
-}
-
-/// The value of one sample, e.g. `netserver_joins_total{reason="rx1",result="accepted"}`.
-fn metric(addr: SocketAddr, sample: &str) -> f64 {
-    let (_, text) = http_get(addr, "/metrics");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn wait_metric(addr: SocketAddr, sample: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(addr, sample) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{sample} never reached {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn joins(result: &str, reason: &str) -> String {
     format!("netserver_joins_total{{reason=\"{reason}\",result=\"{result}\"}}")
 }
@@ -459,7 +191,7 @@ fn start_netserver(s: &System) -> Proc {
         .arg(secrets.join("ns.kek"))
         .args(["--net-id", &format!("{NET_ID:06X}")])
         .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
-    Proc::spawn(cmd, "netserver listening")
+    Proc::spawn_logging(cmd, "netserver listening", QUIET_NS, Some("warn"))
 }
 
 fn start() -> System {
@@ -501,7 +233,7 @@ fn start_with(manifest_csv: &str, ns_config: &str, via_relay: bool) -> System {
         "--metrics",
         "",
     ]);
-    let js = Proc::spawn(cmd, "joinserver listening");
+    let js = Proc::spawn_logging(cmd, "joinserver listening", QUIET_NS, Some("warn"));
     let relay = relay(js.addr("link"));
     let link_target = if via_relay {
         relay.addr
@@ -552,8 +284,8 @@ fn otaa_end_to_end() {
     assert_eq!(http_get(m, "/health").0, 200);
 
     // Two gateways hear every frame; B has the better SNR, so it must carry the downlink.
-    let gw_a = Gateway::new(0xAA55_5A00_0000_000A, gwmp);
-    let gw_b = Gateway::new(0xAA55_5A00_0000_000B, gwmp);
+    let gw_a = Gateway::new(0xAA55_5A00_0000_000A, gwmp).on_868_1();
+    let gw_b = Gateway::new(0xAA55_5A00_0000_000B, gwmp).on_868_1();
     gw_a.pull_data();
     gw_b.pull_data();
 
@@ -608,7 +340,7 @@ fn otaa_end_to_end() {
     for (code, phy) in cases {
         let before = metric(m, &joins("rejected", code));
         tmst = tmst.wrapping_add(50_000_000);
-        gw_b.push(&phy, tmst, 9.0, -105, CrcStatus::Ok);
+        gw_b.push_with(&phy, tmst, 9.0, -105, CrcStatus::Ok);
         wait_metric(m, &joins("rejected", code), before + 1.0);
         assert!(
             gw_b.pull_resp(Duration::from_millis(100)).is_none(),
@@ -616,7 +348,7 @@ fn otaa_end_to_end() {
         );
     }
     // rxpk with a bad CRC are dropped and counted, never forwarded.
-    gw_b.push(&join_request(2, 7), tmst, 9.0, -105, CrcStatus::Bad);
+    gw_b.push_with(&join_request(2, 7), tmst, 9.0, -105, CrcStatus::Bad);
     wait_metric(m, "netserver_rxpk_total{result=\"crc_dropped\"}", 1.0);
     assert!(gw_b.pull_resp(Duration::from_millis(300)).is_none());
 
@@ -624,7 +356,7 @@ fn otaa_end_to_end() {
     let answers_before = s.relay.answers.lock().unwrap().len();
     s.relay.drop_next_answer.store(true, Ordering::SeqCst);
     tmst = tmst.wrapping_add(50_000_000);
-    gw_b.push(&join_request(2, 2), tmst, 9.0, -105, CrcStatus::Ok);
+    gw_b.push_with(&join_request(2, 2), tmst, 9.0, -105, CrcStatus::Ok);
     let (token, tx) = gw_b
         .pull_resp(Duration::from_secs(4))
         .expect("Join-accept after a retry");
@@ -647,7 +379,7 @@ fn otaa_end_to_end() {
     garbage(&[gwmp, s.js.addr("link"), ns.addr("link")]);
     tmst = tmst.wrapping_add(50_000_000);
     gw_b.pull_data();
-    gw_b.push(&join_request(3, 2), tmst, 9.0, -105, CrcStatus::Ok);
+    gw_b.push_with(&join_request(3, 2), tmst, 9.0, -105, CrcStatus::Ok);
     let (_, tx) = gw_b
         .pull_resp(Duration::from_secs(4))
         .expect("serving after garbage");
@@ -683,10 +415,10 @@ fn otaa_end_to_end() {
     assert_eq!(health["sessions"], 3, "{health}");
 
     // A session is durable before its Join-accept leaves: join again, then SIGKILL.
-    let gw = Gateway::new(0xAA55_5A00_0000_000C, ns.addr("gwmp"));
+    let gw = Gateway::new(0xAA55_5A00_0000_000C, ns.addr("gwmp")).on_868_1();
     gw.pull_data();
     tmst = tmst.wrapping_add(50_000_000);
-    gw.push(&join_request(1, 0x5555), tmst, 5.0, -90, CrcStatus::Ok);
+    gw.push_with(&join_request(1, 0x5555), tmst, 5.0, -90, CrcStatus::Ok);
     let (_, tx) = gw
         .pull_resp(Duration::from_secs(4))
         .expect("Join-accept after restart");
@@ -750,12 +482,12 @@ fn late_answers_use_rx2_or_are_dropped() {
     );
     let ns = s.ns.as_ref().unwrap();
     let m = ns.addr("metrics");
-    let gw = Gateway::new(0xAA55_5A00_0000_0D0D, ns.addr("gwmp"));
+    let gw = Gateway::new(0xAA55_5A00_0000_0D0D, ns.addr("gwmp")).on_868_1();
     gw.pull_data();
 
     // Answer after 1.2 s: RX1 (opening at 1 s) is gone, RX2 (2 s) is still ahead.
     *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1200);
-    gw.push(&join_request(1, 0x0A01), 7_000_000, 5.0, -90, CrcStatus::Ok);
+    gw.push_with(&join_request(1, 0x0A01), 7_000_000, 5.0, -90, CrcStatus::Ok);
     let (_, tx) = gw
         .pull_resp(Duration::from_secs(4))
         .expect("an RX2 Join-accept");
@@ -775,7 +507,7 @@ fn late_answers_use_rx2_or_are_dropped() {
 
     // Answer after 1.95 s: less than the 100 ms margin before RX2.
     *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1950);
-    gw.push(&join_request(1, 0x0A02), 8_000_000, 5.0, -90, CrcStatus::Ok);
+    gw.push_with(&join_request(1, 0x0A02), 8_000_000, 5.0, -90, CrcStatus::Ok);
     wait_metric(m, &joins("dropped", "too_late"), 1.0);
     assert!(
         gw.pull_resp(Duration::from_millis(200)).is_none(),
@@ -889,7 +621,7 @@ fn join_storm() {
     let s = start_with(&csv, "[gwmp]\nworkers = 2\n", false);
     let ns = s.ns.as_ref().unwrap();
     let m = ns.addr("metrics");
-    let gw = Gateway::new(0xAA55_5A00_0000_5707, ns.addr("gwmp"));
+    let gw = Gateway::new(0xAA55_5A00_0000_5707, ns.addr("gwmp")).on_868_1();
     gw.pull_data();
     let frames: Vec<Vec<u8>> = (0..n).map(|d| join_request(0x1000 + d, 7)).collect();
 

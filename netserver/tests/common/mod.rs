@@ -1,15 +1,19 @@
-//! Helpers shared by the socket tests: child processes that print a `listening …` line, and a
-//! virtual GWMP gateway built on `protocol::gwmp`. (The same shapes as in `otaa.rs`, which can
-//! move to these once the join-path branch settles.)
+//! Helpers shared by the socket tests: child processes that print a `listening …` line, the
+//! workspace's other binaries (built with a nested `cargo build`), a virtual GWMP gateway built on
+//! `protocol::gwmp`, and HTTP/metrics probes.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxPk};
+use protocol::gwmp::{
+    CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode, TxPk,
+};
 use protocol::ids::GatewayEui;
 
 /// A child process killed on drop, and the `listening …` line it printed.
@@ -19,9 +23,23 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(mut cmd: Command, prefix: &str) -> Self {
+    /// Spawns `cmd` with `NETSERVER_LOG=warn` and waits for its line starting with `prefix`.
+    pub fn spawn(cmd: Command, prefix: &str) -> Self {
+        Self::spawn_logging(cmd, prefix, "warn", None)
+    }
+
+    /// As [`Proc::spawn`], with `NETSERVER_LOG=netserver_log` and, if given, `RUST_LOG`.
+    pub fn spawn_logging(
+        mut cmd: Command,
+        prefix: &str,
+        netserver_log: &str,
+        rust_log: Option<&str>,
+    ) -> Self {
+        if let Some(l) = rust_log {
+            cmd.env("RUST_LOG", l);
+        }
         let mut child = cmd
-            .env("NETSERVER_LOG", "warn")
+            .env("NETSERVER_LOG", netserver_log)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -48,7 +66,11 @@ impl Proc {
     }
 
     pub fn addr(&self, key: &str) -> SocketAddr {
-        self.addrs[key].parse().expect("socket address")
+        self.addrs
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key}= in {:?}", self.addrs))
+            .parse()
+            .expect("socket address")
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -84,9 +106,12 @@ pub struct Gateway {
     pub sock: UdpSocket,
     pub eui: GatewayEui,
     pub ns: SocketAddr,
+    /// The channel its receptions report: `chan` index and frequency (Hz).
+    pub channel: (u8, u32),
 }
 
 impl Gateway {
+    /// A gateway whose receptions are on channel 1, 868.3 MHz.
     pub fn new(eui: u64, ns: SocketAddr) -> Self {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
@@ -95,7 +120,14 @@ impl Gateway {
             sock,
             eui: GatewayEui::new(eui),
             ns,
+            channel: (1, 868_300_000),
         }
+    }
+
+    /// Receptions on channel 0, 868.1 MHz instead.
+    pub fn on_868_1(mut self) -> Self {
+        self.channel = (0, 868_100_000);
+        self
     }
 
     pub fn send(&self, p: &Packet) {
@@ -134,9 +166,21 @@ impl Gateway {
         assert!(acked.is_some(), "no PULL_ACK");
     }
 
-    /// One `rxpk` at 868.3 MHz, DR5 (SF7BW125); waits for the PUSH_ACK.
+    /// One `rxpk` on the gateway's channel, DR5 (SF7BW125), CRC ok; waits for the PUSH_ACK.
     pub fn push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32) {
+        self.push_with(phy, tmst, snr, rssi, CrcStatus::Ok);
+    }
+
+    /// [`Gateway::push`] with the given CRC status.
+    pub fn push_with(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) {
+        let token = self.send_push(phy, tmst, snr, rssi, stat);
+        self.wait_push_ack(token);
+    }
+
+    /// Sends one `rxpk` (as [`Gateway::push_with`]) without waiting for its PUSH_ACK.
+    pub fn send_push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) -> Token {
         let token = Token([(tmst >> 8) as u8, tmst as u8]);
+        let (chan, freq_hz) = self.channel;
         self.send(&Packet::PushData(PushData {
             token,
             gateway: self.eui,
@@ -144,10 +188,10 @@ impl Gateway {
                 tmst,
                 time: None,
                 tmms: None,
-                chan: Some(1),
+                chan: Some(chan),
                 rfch: Some(0),
-                freq_hz: 868_300_000,
-                stat: CrcStatus::Ok,
+                freq_hz,
+                stat,
                 datr: DataRate::lora(7, 125).unwrap(),
                 codr: Some(CodingRate::Cr4_5),
                 rssi: Some(rssi),
@@ -160,10 +204,23 @@ impl Gateway {
             }],
             stat: None,
         }));
+        token
+    }
+
+    pub fn wait_push_ack(&self, token: Token) {
         let acked = self.recv_until(Duration::from_secs(5), |p| {
             matches!(p, Packet::PushAck { token: t } if t == token).then_some(())
         });
         assert!(acked.is_some(), "no PUSH_ACK");
+    }
+
+    pub fn tx_ack(&self, token: Token, error: Option<TxAckCode>) {
+        self.send(&Packet::TxAck(TxAck {
+            token,
+            gateway: self.eui,
+            error,
+            warning: None,
+        }));
     }
 
     pub fn pull_resp(&self, timeout: Duration) -> Option<(Token, TxPk)> {
@@ -174,14 +231,31 @@ impl Gateway {
     }
 }
 
+/// `GET path`: the status and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path, &[], b"")
+}
+
+/// One HTTP/1.1 request; the status and the body.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
     let code = text
@@ -217,7 +291,7 @@ pub fn wait_metric(addr: SocketAddr, sample: &str, at_least: f64) {
 }
 
 /// Writes a secret file with mode 0600.
-pub fn write600(p: &std::path::Path, text: &str) {
+pub fn write600(p: &Path, text: &str) {
     std::fs::write(p, text).unwrap();
     #[cfg(unix)]
     {
@@ -226,47 +300,58 @@ pub fn write600(p: &std::path::Path, text: &str) {
     }
 }
 
-pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("netserver sits in the workspace")
         .to_owned()
 }
 
-/// Builds (if needed) and locates the real joinserver binary, next to this crate's binary
-/// (as `otaa.rs` does).
-pub fn joinserver_bin() -> std::path::PathBuf {
-    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let ours = std::path::PathBuf::from(env!("CARGO_BIN_EXE_netserver"));
-        let dir = ours.parent().expect("binary directory");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "-j2",
-            "-p",
-            "joinserver",
-            "--bin",
-            "joinserver",
-        ]);
-        if dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        cmd.env("CARGO_TARGET_DIR", dir.parent().expect("target directory"));
-        let status = cmd.status().expect("running cargo build -p joinserver");
-        assert!(status.success(), "cargo build -p joinserver failed");
-        let bin = dir.join(format!("joinserver{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
-    .clone()
+/// Builds (if needed, once per test process) and locates the real binary of another crate of
+/// the workspace, next to this crate's binary: a nested `cargo build -p <package>` with the same
+/// Cargo, profile and target directory. Cargo releases its build lock before it runs tests, so
+/// this does not deadlock; when the binary is up to date it costs well under a second.
+pub fn workspace_bin(package: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == package) {
+        return p.clone();
+    }
+    let ours = PathBuf::from(env!("CARGO_BIN_EXE_netserver"));
+    let dir = ours.parent().expect("binary directory");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace_root())
+        .args(["build", "-j2", "-p", package, "--bin", package]);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    // Same target directory as this build (the binary's directory's parent).
+    cmd.env("CARGO_TARGET_DIR", dir.parent().expect("target directory"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running cargo build -p {package}: {e}"));
+    assert!(
+        status.success(),
+        "cargo build -p {package} failed (the end-to-end tests need the {package} crate in this workspace)"
+    );
+    let bin = dir.join(format!("{package}{}", std::env::consts::EXE_SUFFIX));
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    built.push((package.to_owned(), bin.clone()));
+    bin
 }
 
-pub fn run_ok(cmd: &mut Command) {
+/// The real `joinserver` binary ([`workspace_bin`]).
+pub fn joinserver_bin() -> PathBuf {
+    workspace_bin("joinserver")
+}
+
+/// Runs `cmd`, asserts that it succeeded, and returns its output.
+pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("running a command");
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
