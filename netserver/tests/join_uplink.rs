@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{joinserver_bin, run_ok, Gateway, Proc};
+use common::{start_joinserver, Gateway, Proc};
 use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::derive;
 use protocol::gwmp::TxTiming;
@@ -145,30 +145,7 @@ fn uplink_with(
 #[test]
 fn uplinks_after_a_real_join() {
     let dir = tempfile::tempdir().unwrap();
-    let js_dir = dir.path().join("js");
-    let js_bin = joinserver_bin();
-    run_ok(
-        Command::new(&js_bin)
-            .arg("init")
-            .arg("--data-dir")
-            .arg(&js_dir),
-    );
-    let manifest = dir.path().join("devices.csv");
-    std::fs::write(&manifest, MANIFEST).unwrap();
-    run_ok(
-        Command::new(&js_bin)
-            .args(["devices", "import", "--data-dir"])
-            .arg(&js_dir)
-            .arg(&manifest),
-    );
-    let mut cmd = Command::new(&js_bin);
-    cmd.arg("serve").arg("--data-dir").arg(&js_dir).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "",
-    ]);
-    let js = Proc::spawn(cmd, "joinserver listening");
+    let (js_dir, js) = start_joinserver(dir.path(), MANIFEST, "warn", None);
     let secrets = js_dir.join("secrets");
     let config = dir.path().join("ns.toml");
     std::fs::write(

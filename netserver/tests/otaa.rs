@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{
-    http_get, joinserver_bin, metric, run_ok, wait_metric, workspace_root, Gateway, Proc,
-};
+use common::{http_get, metric, start_joinserver, wait_metric, workspace_root, Gateway, Proc};
 
 use netserver::keys::{read_labeled_kek, NetworkKeys};
 use netserver::session::{RedbBackend, SessionStore, StoredNetworkKeys};
@@ -209,31 +207,8 @@ fn start() -> System {
 /// the join server.
 fn start_with(manifest_csv: &str, ns_config: &str, via_relay: bool) -> System {
     let dir = tempfile::tempdir().unwrap();
-    let js_dir = dir.path().join("js");
     let ns_dir = dir.path().join("ns");
-    let js_bin = joinserver_bin();
-    run_ok(
-        Command::new(&js_bin)
-            .arg("init")
-            .arg("--data-dir")
-            .arg(&js_dir),
-    );
-    let manifest = dir.path().join("devices.csv");
-    std::fs::write(&manifest, manifest_csv).unwrap();
-    run_ok(
-        Command::new(&js_bin)
-            .args(["devices", "import", "--data-dir"])
-            .arg(&js_dir)
-            .arg(&manifest),
-    );
-    let mut cmd = Command::new(&js_bin);
-    cmd.arg("serve").arg("--data-dir").arg(&js_dir).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "",
-    ]);
-    let js = Proc::spawn_logging(cmd, "joinserver listening", QUIET_NS, Some("warn"));
+    let (js_dir, js) = start_joinserver(dir.path(), manifest_csv, QUIET_NS, Some("warn"));
     let relay = relay(js.addr("link"));
     let link_target = if via_relay {
         relay.addr

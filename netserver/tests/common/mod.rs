@@ -345,6 +345,43 @@ pub fn joinserver_bin() -> PathBuf {
     workspace_bin("joinserver")
 }
 
+/// A provisioned join server: `joinserver init` of `dir/js`, `joinserver devices import` of
+/// `manifest_csv` (written to `dir/devices.csv`), then `joinserver serve` on 127.0.0.1 with an
+/// ephemeral link port and no metrics, spawned as [`Proc::spawn_logging`] does. Returns its data
+/// directory and the process.
+pub fn start_joinserver(
+    dir: &Path,
+    manifest_csv: &str,
+    netserver_log: &str,
+    rust_log: Option<&str>,
+) -> (PathBuf, Proc) {
+    let js_dir = dir.join("js");
+    let js_bin = joinserver_bin();
+    run_ok(
+        Command::new(&js_bin)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&js_dir),
+    );
+    let manifest = dir.join("devices.csv");
+    std::fs::write(&manifest, manifest_csv).unwrap();
+    run_ok(
+        Command::new(&js_bin)
+            .args(["devices", "import", "--data-dir"])
+            .arg(&js_dir)
+            .arg(&manifest),
+    );
+    let mut cmd = Command::new(&js_bin);
+    cmd.arg("serve").arg("--data-dir").arg(&js_dir).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "",
+    ]);
+    let js = Proc::spawn_logging(cmd, "joinserver listening", netserver_log, rust_log);
+    (js_dir, js)
+}
+
 /// Runs `cmd`, asserts that it succeeded, and returns its output.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("running a command");
