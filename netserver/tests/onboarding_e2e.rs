@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http, run_ok as run, workspace_bin as bin, Gateway, Proc};
+use common::{http, run_ok as run, serve_joinserver, workspace_bin as bin, Gateway, Proc};
 use ed25519_dalek::{Signer, SigningKey};
 use protocol::gwmp::{CrcStatus, TxPk};
 use protocol::ids::{DevEui, DevNonce, JoinEui, NetId};
@@ -105,20 +105,9 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
         ),
     )
     .unwrap();
-    let js = Proc::spawn_logging(
-        {
-            let mut c = Command::new(&js_bin);
-            c.arg("serve").arg("--data-dir").arg(&js_dir).args([
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics",
-                "",
-                "--api-listen",
-                "127.0.0.1:0",
-            ]);
-            c
-        },
-        "joinserver listening",
+    let js = serve_joinserver(
+        &js_dir,
+        &["--api-listen", "127.0.0.1:0"],
         "warn",
         Some("warn"),
     );

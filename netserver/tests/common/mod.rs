@@ -371,15 +371,25 @@ pub fn start_joinserver(
             .arg(&js_dir)
             .arg(&manifest),
     );
-    let mut cmd = Command::new(&js_bin);
-    cmd.arg("serve").arg("--data-dir").arg(&js_dir).args([
-        "--listen",
-        "127.0.0.1:0",
-        "--metrics",
-        "",
-    ]);
-    let js = Proc::spawn_logging(cmd, "joinserver listening", netserver_log, rust_log);
+    let js = serve_joinserver(&js_dir, &[], netserver_log, rust_log);
     (js_dir, js)
+}
+
+/// `joinserver serve` of `js_dir` on 127.0.0.1 (ephemeral link port, no metrics) with `extra`
+/// arguments, spawned as [`Proc::spawn_logging`] does.
+pub fn serve_joinserver(
+    js_dir: &Path,
+    extra: &[&str],
+    netserver_log: &str,
+    rust_log: Option<&str>,
+) -> Proc {
+    let mut cmd = Command::new(joinserver_bin());
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(js_dir)
+        .args(["--listen", "127.0.0.1:0", "--metrics", ""])
+        .args(extra);
+    Proc::spawn_logging(cmd, "joinserver listening", netserver_log, rust_log)
 }
 
 /// Runs `cmd`, asserts that it succeeded, and returns its output.
