@@ -15,7 +15,7 @@ use protocol::ids::DevEui;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
-use crate::engine::{Engine, NonceRecords, Stage};
+use crate::engine::{Engine, Stage};
 use crate::manifest::NonceState;
 use crate::nonce_log::NonceLog;
 use crate::report;
@@ -192,9 +192,13 @@ struct Shared {
     nonce_log: Option<Arc<Mutex<NonceLog>>>,
     /// Records for the next commit.
     log_pending: RefCell<Vec<(DevEui, NonceState)>>,
+    /// Datagrams waiting for the next commit (they carry the DevNonces it makes durable).
+    held: RefCell<Vec<crate::engine::Outgoing>>,
+    /// Wakes the committer.
+    commit_wake: Notify,
     /// Why the run must stop (the log could not be written).
     failed: RefCell<Option<anyhow::Error>>,
-    /// Wall seconds datagrams waited for their DevNonces to be durable.
+    /// Wall seconds the committer waited for the log (write and `fdatasync`).
     log_wait_s: std::cell::Cell<f64>,
     /// CPU seconds spent in `sendmmsg`.
     send_cpu: std::cell::Cell<f64>,
@@ -208,82 +212,93 @@ impl Shared {
         self.start.elapsed().as_micros() as Micros
     }
 
-    /// Makes the engine's nonce records durable before the datagrams queued with them are sent:
-    /// when a queued Join-request carries a DevNonce they announce, one `write` and one
-    /// `fdatasync` for the whole batch (a group commit), on a blocking thread so that this one
-    /// keeps reading answers meanwhile. Records that announce nothing to be sent (a JoinNonce
-    /// accepted) ride along with the next commit. Returns false if the log failed: nothing may
-    /// be sent then.
-    async fn commit_nonces(&self, recs: NonceRecords) -> bool {
-        if self.failed.borrow().is_some() {
-            return false;
-        }
-        let Some(log) = &self.nonce_log else {
-            return true;
-        };
-        self.log_pending.borrow_mut().extend(recs.records);
-        if !recs.before_send {
-            return true;
-        }
-        let batch = std::mem::take(&mut *self.log_pending.borrow_mut());
-        let log = log.clone();
-        let t0 = Instant::now();
-        let r = tokio::task::spawn_blocking(move || {
-            let mut l = log
-                .lock()
-                .map_err(|_| anyhow::anyhow!("DevNonce log poisoned"))?;
-            l.append(batch);
-            l.commit(true)
-        })
-        .await
-        .map_err(anyhow::Error::from)
-        .and_then(|r| r);
-        self.log_wait_s
-            .set(self.log_wait_s.get() + t0.elapsed().as_secs_f64());
-        match r {
-            Ok(()) => true,
-            Err(e) => {
-                *self.failed.borrow_mut() = Some(e);
-                self.wake.notify_one();
-                false
-            }
-        }
-    }
-
     /// Sends everything the engine queued, each gateway's datagrams in order, batched with
-    /// `sendmmsg` (one system call for up to [`BATCH`] datagrams), once the DevNonces the batch
-    /// uses are durable. Never holds the engine across an await.
+    /// `sendmmsg` (one system call for up to [`BATCH`] datagrams). With a DevNonce log, a batch
+    /// that carries a Join-request is not sent here: it is handed, with its log records, to the
+    /// committer ([`Shared::committer`]), which sends it once its DevNonces are durable, while
+    /// this loop goes on. Never holds the engine across an await.
     async fn flush(&self) {
         loop {
+            if self.failed.borrow().is_some() {
+                return;
+            }
             // The records and the datagrams they cover, taken together (no await in between).
             let (recs, out) = {
                 let mut e = self.engine.borrow_mut();
                 (e.take_nonce_records(), e.take_outgoing())
             };
-            if !self.commit_nonces(recs).await {
-                return;
+            if self.nonce_log.is_some() {
+                // Records that announce nothing to be sent (a JoinNonce accepted) ride along
+                // with the next commit.
+                self.log_pending.borrow_mut().extend(recs.records);
+                if recs.before_send {
+                    self.held.borrow_mut().extend(out);
+                    self.commit_wake.notify_one();
+                    continue;
+                }
             }
             if out.is_empty() {
                 return;
             }
-            let (mut sent, mut errors) = (0u64, 0u64);
-            let mut i = 0;
-            while i < out.len() {
-                let g = out[i].gateway;
-                let mut j = i + 1;
-                while j < out.len() && j - i < BATCH && out[j].gateway == g {
-                    j += 1;
-                }
-                let c0 = thread_cpu_s();
-                let (s, e) = send_batch(&self.sockets[usize::from(g)], &out[i..j]).await;
-                self.send_cpu
-                    .set(self.send_cpu.get() + (thread_cpu_s() - c0));
-                sent += s;
-                errors += e;
-                i = j;
+            self.send_out(out).await;
+        }
+    }
+
+    async fn send_out(&self, out: Vec<crate::engine::Outgoing>) {
+        let (mut sent, mut errors) = (0u64, 0u64);
+        let mut i = 0;
+        while i < out.len() {
+            let g = out[i].gateway;
+            let mut j = i + 1;
+            while j < out.len() && j - i < BATCH && out[j].gateway == g {
+                j += 1;
             }
-            let now = self.now();
-            self.engine.borrow_mut().count_sent(now, sent, errors);
+            let c0 = thread_cpu_s();
+            let (s, e) = send_batch(&self.sockets[usize::from(g)], &out[i..j]).await;
+            self.send_cpu
+                .set(self.send_cpu.get() + (thread_cpu_s() - c0));
+            sent += s;
+            errors += e;
+            i = j;
+        }
+        let now = self.now();
+        self.engine.borrow_mut().count_sent(now, sent, errors);
+    }
+
+    /// The group committer: takes every record and held datagram queued so far, makes the
+    /// records durable (one `write` and one `fdatasync`, on a blocking thread), then sends the
+    /// datagrams; meanwhile the socket loop runs timers and queues the next group. If the log
+    /// fails, nothing more is sent and the run stops.
+    async fn committer(&self, log: Arc<Mutex<NonceLog>>) {
+        loop {
+            self.commit_wake.notified().await;
+            loop {
+                let out = std::mem::take(&mut *self.held.borrow_mut());
+                if out.is_empty() {
+                    break;
+                }
+                let batch = std::mem::take(&mut *self.log_pending.borrow_mut());
+                let log = log.clone();
+                let t0 = Instant::now();
+                let r = tokio::task::spawn_blocking(move || {
+                    let mut l = log
+                        .lock()
+                        .map_err(|_| anyhow::anyhow!("DevNonce log poisoned"))?;
+                    l.append(batch);
+                    l.commit(true)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+                self.log_wait_s
+                    .set(self.log_wait_s.get() + t0.elapsed().as_secs_f64());
+                if let Err(e) = r {
+                    *self.failed.borrow_mut() = Some(e);
+                    self.wake.notify_one();
+                    return;
+                }
+                self.send_out(out).await;
+            }
         }
     }
 }
@@ -381,6 +396,8 @@ async fn run_async(
         engine: RefCell::new(engine),
         nonce_log: nonce_log.map(|l| Arc::new(Mutex::new(l))),
         log_pending: RefCell::new(Vec::new()),
+        held: RefCell::new(Vec::new()),
+        commit_wake: Notify::new(),
         failed: RefCell::new(None),
         log_wait_s: std::cell::Cell::new(0.0),
         send_cpu: std::cell::Cell::new(0.0),
@@ -389,6 +406,12 @@ async fn run_async(
         wake: Notify::new(),
     });
     let mut tasks = Vec::new();
+    if let Some(log) = shared.nonce_log.clone() {
+        let sh = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            sh.committer(log).await;
+        }));
+    }
     for g in 0..n {
         let sh = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
@@ -490,6 +513,14 @@ async fn run_async(
         if shared.engine.borrow().stage() == Stage::Done {
             break;
         }
+    }
+    // Join-requests queued before the end leave once their DevNonces are durable.
+    let until = Instant::now() + Duration::from_secs(2);
+    while !shared.held.borrow().is_empty()
+        && shared.failed.borrow().is_none()
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = shared.start.elapsed().as_secs_f64();
     // Let the event sink catch up with what the network server is still delivering.
