@@ -55,7 +55,7 @@ pub struct BenchReport {
     pub sink_received: u64,
     /// With `--nonce-log`: DevNonce log `fdatasync` calls (group commits), else 0.
     pub nonce_log_syncs: u64,
-    /// With `--nonce-log`: wall seconds datagrams waited for their DevNonces to be durable.
+    /// With `--nonce-log`: wall seconds the committer spent in `write` + `fdatasync`.
     pub nonce_log_wait_s: f64,
 }
 
