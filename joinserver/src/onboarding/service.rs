@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 use protocol::ids::{DevEui, NetId};
 use protocol::keys::{AppKey, NwkKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::db::{
     Actor, AuditEntry, AuditFilter, AuditRecord, OnboardStore, Ownership, OwnershipColumn, Role,
 };
+use super::import::{self as imp, Failure, ManifestSource, SourceError};
 use super::manifest_sig::{SignatureError, TrustedKeys};
 use super::ratelimit::FailureLimiter;
 use super::secret::{self, ApiKeySecret};
 use super::tr005;
 use crate::atrest;
 use crate::core::{self, DeviceMap};
-use crate::devices::{self, Format, RowError};
+use crate::devices::{Format, RowError};
 use crate::secrets::MasterKey;
 use crate::store::{NonceState, Store, StoreError, StoredDevice};
 
@@ -39,9 +39,12 @@ pub enum OnbError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
-    /// The manifest has bad rows; nothing was imported.
-    #[error("{} bad row(s) in the manifest; nothing imported", .0.len())]
-    Manifest(Vec<RowError>),
+    /// The manifest has bad rows (the first ones, and how many in all); nothing was imported.
+    #[error("{1} bad row(s) in the manifest; nothing imported")]
+    Manifest(Vec<RowError>, usize),
+    /// The manifest is larger than allowed; nothing was imported.
+    #[error("the manifest is larger than {0} bytes; nothing imported")]
+    TooLarge(usize),
     /// The manifest signature was refused; nothing was imported.
     #[error("{0}; nothing imported")]
     Signature(SignatureError),
@@ -73,7 +76,8 @@ impl OnbError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
             Self::BadRequest(_) => "bad_request",
-            Self::Manifest(_) => "bad_manifest",
+            Self::Manifest(..) => "bad_manifest",
+            Self::TooLarge(_) => "payload_too_large",
             Self::Signature(e) => e.kind(),
             Self::WrongToken => "wrong_token",
             Self::AlreadyClaimed => "already_claimed",
@@ -91,7 +95,8 @@ impl OnbError {
             Self::Unauthorized => 401,
             Self::Forbidden(_) | Self::WrongToken => 403,
             Self::NotFound => 404,
-            Self::BadRequest(_) | Self::Manifest(_) => 400,
+            Self::BadRequest(_) | Self::Manifest(..) => 400,
+            Self::TooLarge(_) => 413,
             Self::Signature(SignatureError::Missing | SignatureError::Malformed) => 400,
             Self::Signature(_) => 422,
             Self::AlreadyClaimed | Self::NotClaimed => 409,
@@ -198,20 +203,47 @@ fn dev_detail(home: NetId, via: &str) -> String {
 
 impl Onboarding {
     /// A service over `db`. `devices` is the running server's map (absent on the command line).
+    ///
+    /// The failed-claim limits start from the audit log: the claims refused for a wrong token
+    /// or an unknown device within the last window count again, per DevEUI and per API key, so
+    /// a restart does not reset the protection against owner-token guessing.
     pub fn new(
-        db: OnboardStore,
+        mut db: OnboardStore,
         devices: Option<Arc<DeviceMap>>,
         master: MasterKey,
         trusted: TrustedKeys,
         limits: ClaimLimits,
     ) -> Self {
+        let per_device = FailureLimiter::new(limits.per_device, limits.window);
+        let per_key = FailureLimiter::new(limits.per_key, limits.window);
+        let (now, now_ms) = (Instant::now(), super::db::now_ms());
+        let window_ms = i64::try_from(limits.window.as_millis()).unwrap_or(i64::MAX);
+        match db.claim_failures_since(now_ms.saturating_sub(window_ms)) {
+            Ok(failures) => {
+                for (at_ms, actor, dev) in &failures {
+                    let ago = Duration::from_millis(u64::try_from(now_ms - at_ms).unwrap_or(0));
+                    let at = now.checked_sub(ago).unwrap_or(now);
+                    per_key.fail(actor, at);
+                    if let Some(d) = dev.as_deref().and_then(|d| d.parse::<DevEui>().ok()) {
+                        per_device.fail(&d, at);
+                    }
+                }
+                if !failures.is_empty() {
+                    tracing::info!(
+                        failures = failures.len(),
+                        "failed-claim limits restored from the audit log"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading recent claim failures"),
+        }
         Self {
             db: Mutex::new(db),
             devices,
             master,
             trusted,
-            per_device: FailureLimiter::new(limits.per_device, limits.window),
-            per_key: FailureLimiter::new(limits.per_key, limits.window),
+            per_device,
+            per_key,
         }
     }
 
@@ -271,9 +303,7 @@ impl Onboarding {
         Ok((key, rec.id))
     }
 
-    /// Imports a manifest (CSV or JSON lines). With `require_signature`, or when a signature is
-    /// given, the signature must verify under a trusted key. All or nothing; refusals are
-    /// audited.
+    /// Imports a manifest held in memory; see [`Self::import_stream`].
     pub fn import(
         &self,
         actor: &Actor,
@@ -282,126 +312,81 @@ impl Onboarding {
         signature: Option<&[u8]>,
         require_signature: bool,
     ) -> Result<ImportResult, OnbError> {
+        let mut source = imp::SliceSource::new(manifest);
+        self.import_stream(actor, &mut source, format, signature, require_signature)
+    }
+
+    /// Imports a manifest (CSV or JSON lines) read chunk by chunk from `source`, in bounded
+    /// memory ([`super::import`]). With `require_signature`, or when a signature is given, the
+    /// signature must verify under a trusted key. All or nothing; refusals are audited. Runs on
+    /// the calling (blocking) thread, on a connection of its own: other operations go on while
+    /// the manifest arrives.
+    pub fn import_stream(
+        &self,
+        actor: &Actor,
+        source: &mut dyn ManifestSource,
+        format: Option<Format>,
+        signature: Option<&[u8]>,
+        require_signature: bool,
+    ) -> Result<ImportResult, OnbError> {
+        let refuse = |e: OnbError, detail: &str| self.refuse(actor, "import", None, e, detail);
         if !matches!(actor.role, Role::Manufacturer | Role::Admin) {
-            return Err(self.refuse(
-                actor,
-                "import",
-                None,
-                OnbError::Forbidden(actor.role.as_str()),
-                "",
-            ));
+            return Err(refuse(OnbError::Forbidden(actor.role.as_str()), ""));
         }
-        let digest = hex::encode(&Sha256::digest(manifest)[..8]);
-        let what = format!("manifest sha256 {digest}…, {} bytes", manifest.len());
-        let signed_by = if require_signature || signature.is_some() {
-            match self.trusted.verify(manifest, signature) {
-                Ok(fp) => Some(fp),
-                Err(e) => {
-                    return Err(self.refuse(actor, "import", None, OnbError::Signature(e), &what))
-                }
+        // A missing or malformed signature, or no trusted key, is refused before the manifest
+        // is read.
+        let verifier = if require_signature || signature.is_some() {
+            match self.trusted.stream(signature) {
+                Ok(v) => Some(v),
+                Err(e) => return Err(refuse(OnbError::Signature(e), "manifest not read")),
             }
         } else {
             None
         };
-        let Ok(text) = std::str::from_utf8(manifest) else {
-            return Err(self.refuse(
-                actor,
-                "import",
-                None,
-                OnbError::BadRequest("the manifest is not UTF-8".into()),
-                &what,
-            ));
+        let mut conn = self.db().import_connection()?;
+        let job = imp::Job {
+            actor,
+            master: &self.master,
+            format,
+            verifier,
         };
-        let format = format.unwrap_or_else(|| Format::sniff(text));
-        let rows = match devices::parse(text, format) {
-            Ok(r) => r,
-            Err(errors) => {
-                let d = format!("{what}; {} bad row(s)", errors.len());
-                return Err(self.refuse(actor, "import", None, OnbError::Manifest(errors), &d));
+        let mut loaded = |d: StoredDevice| {
+            let Some(map) = &self.devices else { return };
+            match core::Device::from_stored(&self.master, &d) {
+                Ok(dev) => {
+                    map.insert(d.dev_eui, dev);
+                }
+                Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
             }
         };
-        let mut db = self.db();
-        let existing = db.existing_dev_euis()?;
-        let dup: Vec<RowError> = rows
-            .iter()
-            .filter(|d| existing.contains(&d.dev_eui))
-            .map(|d| RowError {
-                line: d.line,
-                column: match format {
-                    Format::Csv => "1 (dev_eui)".into(),
-                    Format::Jsonl => "dev_eui".into(),
+        match imp::run(&mut conn, job, source, &mut loaded) {
+            Ok(r) => Ok(ImportResult {
+                imported: r.imported,
+                signed_by: r.signed_by,
+                generated_owner_tokens: r
+                    .generated
+                    .into_iter()
+                    .map(|g| IssuedToken {
+                        dev_eui: g.dev_eui.to_string(),
+                        owner_token: g.owner_token,
+                    })
+                    .collect(),
+            }),
+            Err(Failure::Source { error, what }) => Err(refuse(
+                match error {
+                    SourceError::TooLarge(n) => OnbError::TooLarge(n),
+                    e @ SourceError::Incomplete(_) => OnbError::BadRequest(e.to_string()),
                 },
-                message: format!(
-                    "DevEUI {} is already provisioned (remove it first)",
-                    d.dev_eui
-                ),
-            })
-            .collect();
-        drop(db);
-        if !dup.is_empty() {
-            let d = format!("{what}; {} device(s) already provisioned", dup.len());
-            return Err(self.refuse(actor, "import", None, OnbError::Manifest(dup), &d));
-        }
-        let mut generated = Vec::new();
-        let mut hashes = Vec::with_capacity(rows.len());
-        let stored: Vec<StoredDevice> = rows
-            .iter()
-            .map(|d| {
-                let token = match &d.owner_token {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = secret::generate_owner_token();
-                        generated.push(IssuedToken {
-                            dev_eui: d.dev_eui.to_string(),
-                            owner_token: t.clone(),
-                        });
-                        t
-                    }
-                };
-                hashes.push(secret::owner_token_hash(d.dev_eui, &token));
-                StoredDevice {
-                    dev_eui: d.dev_eui,
-                    join_eui: d.join_eui,
-                    mac_version: d.mac_version,
-                    app_key_wrapped: atrest::seal_app_key(&self.master, &d.app_key),
-                    nwk_key_wrapped: d
-                        .nwk_key
-                        .as_ref()
-                        .map(|k| atrest::seal_nwk_key(&self.master, k)),
-                    home_net_id: d.home_net_id,
-                    owner_token: None,
-                    nonces: NonceState::default(),
-                }
-            })
-            .collect();
-        let summary = format!(
-            "{what}; {} device(s); {}",
-            stored.len(),
-            signed_by.as_deref().map_or_else(
-                || "unsigned (operator)".to_owned(),
-                |k| format!("signed by key {k}")
-            )
-        );
-        if let Err(e) = self.db().provision(actor, &stored, &hashes, &summary) {
-            return Err(self.refuse(actor, "import", None, e.into(), &what));
-        }
-        if let Some(map) = &self.devices {
-            for d in &stored {
-                match core::Device::from_stored(&self.master, d) {
-                    Ok(dev) => {
-                        map.insert(d.dev_eui, dev);
-                    }
-                    Err(e) => {
-                        tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded")
-                    }
-                }
+                &what,
+            )),
+            Err(Failure::Signature { error, what }) => {
+                Err(refuse(OnbError::Signature(error), &what))
             }
+            Err(Failure::Rows { rows, total, what }) => {
+                Err(refuse(OnbError::Manifest(rows, total), &what))
+            }
+            Err(Failure::Store(e)) => Err(refuse(e.into(), "")),
         }
-        Ok(ImportResult {
-            imported: stored.len(),
-            signed_by,
-            generated_owner_tokens: generated,
-        })
     }
 
     fn may_see(actor: &Actor, own: &Ownership) -> bool {
