@@ -818,4 +818,69 @@ mod tests {
         assert_eq!(s.list(&alice, None, 10).unwrap().len(), 1);
         assert!(s.list(&mallory, None, 10).unwrap().is_empty());
     }
+
+    #[test]
+    fn failed_claim_limits_survive_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = ClaimLimits {
+            per_device: 3,
+            per_key: 5,
+            window: Duration::from_secs(600),
+        };
+        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
+             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
+             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
+        let home = NetId::new(0x13).unwrap();
+        let (mallory, alice) = {
+            let s = service(tmp.path(), limits);
+            s.import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+                .unwrap();
+            let (mallory, alice) = (
+                actor(&s, Role::Owner, "mallory"),
+                actor(&s, Role::Owner, "alice"),
+            );
+            // Device 1: 3 wrong tokens (its limit) from alice; mallory: 2 on device 2 and
+            // 3 on device 3 (5, the key's limit), plus one unknown device (not counted once
+            // the key is limited: the check comes first).
+            for _ in 0..3 {
+                let e = s.claim(&alice, DevEui::new(1), "guess", home, "test");
+                assert!(matches!(e, Err(OnbError::WrongToken)), "{e:?}");
+            }
+            for dev in [2, 2, 3, 3, 0x99] {
+                let _ = s.claim(&mallory, DevEui::new(dev), "guess", home, "test");
+            }
+            (mallory, alice)
+        };
+        // The process restarts: a new service over the same database file.
+        let s = service(tmp.path(), limits);
+        let e = s.claim(&alice, DevEui::new(1), "T1", home, "test");
+        assert!(
+            matches!(e, Err(OnbError::RateLimited(_))),
+            "the DevEUI is still limited after a restart: {e:?}"
+        );
+        let e = s.claim(&mallory, DevEui::new(2), "T2", home, "test");
+        assert!(
+            matches!(e, Err(OnbError::RateLimited(_))),
+            "the API key is still limited after a restart: {e:?}"
+        );
+        match s.claim(&alice, DevEui::new(1), "T1", home, "test") {
+            Err(OnbError::RateLimited(wait)) => {
+                assert!(wait <= Duration::from_secs(600) && wait > Duration::from_secs(590))
+            }
+            e => panic!("{e:?}"),
+        }
+        // Others are not: alice claims device 2 (2 failures, under the DevEUI limit of 3).
+        assert!(s.claim(&alice, DevEui::new(2), "T2", home, "test").is_ok());
+
+        // Failures older than the window are not counted.
+        drop(s);
+        let short = ClaimLimits {
+            window: Duration::from_millis(300),
+            ..limits
+        };
+        std::thread::sleep(Duration::from_millis(400));
+        let s = service(tmp.path(), short);
+        assert!(s.claim(&alice, DevEui::new(1), "T1", home, "test").is_ok());
+    }
 }
