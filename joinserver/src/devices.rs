@@ -275,25 +275,24 @@ pub struct ManifestParser {
     /// The current line is longer than [`MAX_LINE`]: skip it up to its end.
     overlong: bool,
     csv: CsvState,
-    csv_builder: csv::ReaderBuilder,
+    /// One CSV reader for every line (building one costs far more than a line's parsing).
+    csv_reader: csv_core::Reader,
+    csv_out: Vec<u8>,
+    csv_ends: Vec<usize>,
 }
 
 impl ManifestParser {
     /// A parser for `format`, or for the format the content shows.
     pub fn new(format: Option<Format>) -> Self {
-        let mut csv_builder = csv::ReaderBuilder::new();
-        csv_builder
-            .has_headers(false)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .buffer_capacity(1024);
         Self {
             format,
             line: 0,
             partial: Vec::new(),
             overlong: false,
             csv: CsvState::BeforeHeader,
-            csv_builder,
+            csv_reader: csv_core::Reader::new(),
+            csv_out: Vec::new(),
+            csv_ends: Vec::new(),
         }
     }
 
@@ -398,8 +397,8 @@ impl ManifestParser {
                 CsvState::BeforeHeader if blank => {}
                 CsvState::BeforeHeader => {
                     self.csv = match self.csv_record(raw) {
-                        Err(e) => {
-                            out(Item::Error(csv_error(line, &e)));
+                        Err(field) => {
+                            out(Item::Error(utf8_error(line, field)));
                             CsvState::BadHeader
                         }
                         Ok(h) => csv_header(line, &h, out),
@@ -408,7 +407,7 @@ impl ManifestParser {
                 CsvState::Rows(h) => {
                     let h = h.clone();
                     match self.csv_record(raw) {
-                        Err(e) => out(Item::Error(csv_error(line, &e))),
+                        Err(field) => out(Item::Error(utf8_error(line, field))),
                         Ok(rec) => csv_row(line, &h, &rec, out),
                     }
                 }
@@ -416,15 +415,38 @@ impl ManifestParser {
         }
     }
 
-    fn csv_record(&self, raw: &[u8]) -> Result<csv::StringRecord, csv::Error> {
-        let mut rec = csv::StringRecord::new();
-        self.csv_builder.from_reader(raw).read_record(&mut rec)?;
-        Ok(rec)
+    /// The trimmed fields of one CSV line, or the 0-based index of a field that is not UTF-8.
+    fn csv_record(&mut self, raw: &[u8]) -> Result<Vec<String>, usize> {
+        use csv_core::ReadRecordResult as R;
+        // A record's output is never longer than its input, nor has more fields than bytes + 1.
+        self.csv_out.resize(raw.len() + 1, 0);
+        self.csv_ends.resize(raw.len() + 2, 0);
+        self.csv_reader.reset();
+        let (res, _, nout, mut nends) =
+            self.csv_reader
+                .read_record(raw, &mut self.csv_out, &mut self.csv_ends);
+        if matches!(res, R::InputEmpty) {
+            // The line is the whole record: an empty input ends it.
+            let (_, _, _, e) = self.csv_reader.read_record(
+                &[],
+                &mut self.csv_out[nout..],
+                &mut self.csv_ends[nends..],
+            );
+            nends += e;
+        }
+        let mut start = 0;
+        let mut fields = Vec::with_capacity(nends);
+        for (i, &end) in self.csv_ends[..nends].iter().enumerate() {
+            let f = std::str::from_utf8(&self.csv_out[start..end]).map_err(|_| i)?;
+            fields.push(f.trim().to_owned());
+            start = end;
+        }
+        Ok(fields)
     }
 }
 
 /// Checks a CSV header line: a subset of COLUMNS containing the required ones, each at most once.
-fn csv_header(line: u64, header: &csv::StringRecord, out: &mut dyn FnMut(Item)) -> CsvState {
+fn csv_header(line: u64, header: &[String], out: &mut dyn FnMut(Item)) -> CsvState {
     let mut ok = true;
     let mut err = |column: String, message: String| {
         ok = false;
@@ -462,8 +484,8 @@ fn csv_header(line: u64, header: &csv::StringRecord, out: &mut dyn FnMut(Item)) 
     }
 }
 
-fn csv_row(line: u64, h: &Header, rec: &csv::StringRecord, out: &mut dyn FnMut(Item)) {
-    if rec.is_empty() || (rec.len() == 1 && rec.get(0) == Some("")) {
+fn csv_row(line: u64, h: &Header, rec: &[String], out: &mut dyn FnMut(Item)) {
+    if rec.is_empty() || (rec.len() == 1 && rec[0].is_empty()) {
         return; // blank line
     }
     if rec.len() != h.map.len() {
@@ -480,7 +502,7 @@ fn csv_row(line: u64, h: &Header, rec: &csv::StringRecord, out: &mut dyn FnMut(I
     }
     let mut raw = RawRow::default();
     for (i, value) in rec.iter().enumerate() {
-        let v = Some(value.to_owned());
+        let v = Some(value.clone());
         match h.map[i] {
             0 => raw.dev_eui = v,
             1 => raw.join_eui = v,
@@ -503,16 +525,11 @@ fn emit(line: u64, raw: &RawRow, column: &dyn Fn(usize) -> String, out: &mut dyn
     }
 }
 
-fn csv_error(line: u64, e: &csv::Error) -> RowError {
+fn utf8_error(line: u64, field: usize) -> RowError {
     RowError {
         line,
         column: "-".into(),
-        message: match e.kind() {
-            csv::ErrorKind::Utf8 { err, .. } => {
-                format!("invalid UTF-8 in field {}", err.field() + 1)
-            }
-            _ => "malformed CSV".into(),
-        },
+        message: format!("invalid UTF-8 in field {}", field + 1),
     }
 }
 
@@ -595,7 +612,7 @@ pub fn import(
         verifier: None,
     };
     let mut source = imp::SliceSource::new(text.as_bytes());
-    match imp::run(store.conn_mut(), job, &mut source, &mut |_| {}) {
+    match imp::run(store.conn_mut(), job, &mut source, None) {
         Ok(r) => Ok(ImportSummary {
             imported: r.imported,
         }),

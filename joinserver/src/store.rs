@@ -213,7 +213,7 @@ pub(crate) fn delete_device(tx: &Connection, dev_eui: DevEui) -> Result<bool, St
 pub(crate) fn for_each_device(
     conn: &Connection,
     condition: &str,
-    mut f: impl FnMut(StoredDevice),
+    f: &mut dyn FnMut(StoredDevice),
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(&format!("{SELECT} WHERE {condition} ORDER BY dev_eui"))?;
     let rows = stmt.query_map([], SqliteStore::row_to_device)?;

@@ -220,13 +220,13 @@ impl Errors {
 }
 
 /// Runs one import on `conn` (a connection to the join server's database, with the onboarding
-/// tables), reading `source` to its end. `on_device` sees every device after the commit (the
-/// running server's map). All or nothing.
+/// tables), reading `source` to its end. `on_device`, if given, sees every device after the
+/// commit (the running server's map). All or nothing.
 pub fn run(
     conn: &mut Connection,
     job: Job<'_>,
     source: &mut dyn ManifestSource,
-    on_device: &mut dyn FnMut(StoredDevice),
+    on_device: Option<&mut dyn FnMut(StoredDevice)>,
 ) -> Result<Imported, Failure> {
     super::db::ensure_schema(conn)?;
     // The staging table lives in the connection's temporary database, on disk.
@@ -314,7 +314,7 @@ fn stage_and_commit(
     conn: &mut Connection,
     job: Job<'_>,
     source: &mut dyn ManifestSource,
-    on_device: &mut dyn FnMut(StoredDevice),
+    on_device: Option<&mut dyn FnMut(StoredDevice)>,
 ) -> Result<Imported, Failure> {
     // Deferred: staging touches only the temporary database, so the main database is neither
     // read nor locked until the final copy.
@@ -473,11 +473,9 @@ fn stage_and_commit(
     )?;
     store::bump_generation(&tx)?;
     tx.commit()?;
-    store::for_each_device(
-        conn,
-        "dev_eui IN (SELECT dev_eui FROM temp.import_rows)",
-        on_device,
-    )?;
+    if let Some(f) = on_device {
+        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
+    }
     Ok(Imported {
         imported,
         signed_by,

@@ -359,7 +359,11 @@ impl Onboarding {
                 Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
             }
         };
-        match imp::run(&mut conn, job, source, &mut loaded) {
+        let on_device = self
+            .devices
+            .is_some()
+            .then_some(&mut loaded as &mut dyn FnMut(StoredDevice));
+        match imp::run(&mut conn, job, source, on_device) {
             Ok(r) => Ok(ImportResult {
                 imported: r.imported,
                 signed_by: r.signed_by,
