@@ -8,7 +8,9 @@
 //! runs the real binary as a child process instead (`init`, `api-keys create`, `serve`), and
 //! reports its memory: the resident set before the request, and its peak (`VmHWM` from
 //! `/proc/PID/status`) after it, so the server's memory can be compared across manifest sizes.
-//! With `--cli` as well, it also times `joinserver devices import` of the same manifest (from a
+//! With `--refused`, the manifest's last line repeats its first DevEUI: the whole body is read,
+//! verified and staged, then refused, so nothing is added to the server's device map and its
+//! peak is the import's own memory. With `--cli` as well, it also times `joinserver devices import` of the same manifest (from a
 //! file, unsigned and signed, on fresh data directories) and reports that process's peak
 //! resident set (its `VmHWM`, polled every 5 ms until it exits).
 
@@ -135,12 +137,19 @@ fn config_file(dir: &Path, signer: &SigningKey, max: usize) -> anyhow::Result<()
     Ok(())
 }
 
-fn served(n: u64, bin: &Path, cli: bool) -> anyhow::Result<()> {
+fn served(n: u64, bin: &Path, cli: bool, refused: bool) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path().join("data");
     let d = dir.to_str().context("path")?;
     let signer = SigningKey::from_bytes(&[1; 32]);
-    let m = manifest(n);
+    let mut m = manifest(n);
+    if refused {
+        // The first device again on the last line: read, verified and staged whole, then
+        // refused (nothing stored, so the server's memory is the import's alone).
+        let first = m.lines().nth(1).context("a row")?.to_owned();
+        m.push_str(&first);
+        m.push('\n');
+    }
     let sig = hex::encode(signer.sign(m.as_bytes()).to_bytes());
     js(bin, &["init", "--data-dir", d])?;
     config_file(&dir, &signer, m.len() + 1024)?;
@@ -251,7 +260,8 @@ fn main() -> anyhow::Result<()> {
     match args.iter().position(|a| a == "--serve") {
         Some(i) => {
             let bin = PathBuf::from(args.get(i + 1).context("--serve BIN")?);
-            served(n, &bin, args.iter().any(|a| a == "--cli"))
+            let flag = |f: &str| args.iter().any(|a| a == f);
+            served(n, &bin, flag("--cli"), flag("--refused"))
         }
         None => in_process(n),
     }

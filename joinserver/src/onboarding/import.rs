@@ -118,13 +118,20 @@ pub struct Job<'a> {
     pub verifier: Option<ManifestVerifier>,
 }
 
-/// A generated owner token.
+/// A generated owner token, compact (24 bytes) until it is returned.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Generated {
     /// The device.
     pub dev_eui: DevEui,
-    /// Its new owner token.
-    pub owner_token: String,
+    /// Its new owner token's bytes.
+    pub token: [u8; 16],
+}
+
+impl Generated {
+    /// The owner token's text (32 uppercase hex digits).
+    pub fn owner_token(&self) -> String {
+        hex::encode_upper(self.token)
+    }
 }
 
 impl std::fmt::Debug for Generated {
@@ -273,18 +280,18 @@ fn stage(
         ])?;
         return Ok(());
     }
-    let token = match &d.owner_token {
-        Some(t) => t.clone(),
+    let hash = match &d.owner_token {
+        Some(t) => secret::owner_token_hash(d.dev_eui, t),
         None => {
-            let t = secret::generate_owner_token();
-            generated.push(Generated {
+            let g = Generated {
                 dev_eui: d.dev_eui,
-                owner_token: t.clone(),
-            });
-            t
+                token: secret::generate_owner_token_bytes(),
+            };
+            let h = secret::owner_token_hash(d.dev_eui, &g.owner_token());
+            generated.push(g);
+            h
         }
     };
-    let hash = secret::owner_token_hash(d.dev_eui, &token);
     let s = d.seal(master);
     let detail = match s.home_net_id {
         Some(n) => format!("{}, home_net_id {n}", s.mac_version.as_str()),

@@ -372,7 +372,7 @@ impl Onboarding {
                     .into_iter()
                     .map(|g| IssuedToken {
                         dev_eui: g.dev_eui.to_string(),
-                        owner_token: g.owner_token,
+                        owner_token: g.owner_token(),
                     })
                     .collect(),
             }),
