@@ -610,6 +610,7 @@ pub fn import(
         master,
         format: Some(format),
         verifier: None,
+        commit_lock: None,
     };
     let mut source = imp::SliceSource::new(text.as_bytes());
     match imp::run(store.conn_mut(), job, &mut source, None) {

@@ -116,6 +116,8 @@ pub struct Job<'a> {
     pub format: Option<Format>,
     /// Verifies the signature over every byte, if the import must be signed.
     pub verifier: Option<ManifestVerifier>,
+    /// Held from the final copy until `on_device` has seen every device.
+    pub commit_lock: Option<&'a std::sync::Mutex<()>>,
 }
 
 /// A generated owner token, compact (24 bytes) until it is returned.
@@ -331,6 +333,7 @@ fn stage_and_commit(
         master,
         format,
         mut verifier,
+        commit_lock,
     } = job;
     let mut parser = ManifestParser::new(format);
     let mut digest = Sha256::new();
@@ -408,11 +411,13 @@ fn stage_and_commit(
             what,
         });
     }
-    // The manifest is whole, valid and authentic: copy it into the store.
+    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    // The manifest is whole, valid and authentic: copy it into the store (in DevEUI order, the
+    // order of both tables' keys).
     let copied = tx.execute(
         &format!(
             "INSERT INTO devices ({}) SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, \
-             home_net_id, NULL, NULL, x'', 0 FROM temp.import_rows ORDER BY line",
+             home_net_id, NULL, NULL, x'', 0 FROM temp.import_rows",
             store::DEVICE_COLUMNS
         ),
         [],

@@ -195,6 +195,9 @@ pub struct Onboarding {
     trusted: TrustedKeys,
     per_device: FailureLimiter<DevEui>,
     per_key: FailureLimiter<String>,
+    /// Held while an import commits and loads its devices into the map (shared with the
+    /// server's reload thread, so the devices are not prepared twice).
+    map_sync: Arc<Mutex<()>>,
 }
 
 fn dev_detail(home: NetId, via: &str) -> String {
@@ -244,7 +247,17 @@ impl Onboarding {
             trusted,
             per_device,
             per_key,
+            map_sync: Arc::default(),
         }
+    }
+
+    /// Shares the lock the running server's reload thread holds while it brings the device map
+    /// in line with the store: an import holds it from its commit until its devices are in the
+    /// map, so the reload that its commit triggers finds them there.
+    #[must_use]
+    pub fn with_map_sync(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.map_sync = lock;
+        self
     }
 
     fn db(&self) -> MutexGuard<'_, OnboardStore> {
@@ -349,6 +362,7 @@ impl Onboarding {
             master: &self.master,
             format,
             verifier,
+            commit_lock: self.devices.as_ref().map(|_| &*self.map_sync),
         };
         let mut loaded = |d: StoredDevice| {
             let Some(map) = &self.devices else { return };
