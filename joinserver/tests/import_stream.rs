@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use common::{phy, Client, APP_KEY, JOIN_EUI};
 use ed25519_dalek::{Signer, SigningKey};
 use joinserver::config::Config;
-use joinserver::onboarding::db::{Actor, OnboardStore, Role};
-use joinserver::onboarding::manifest_sig::TrustedKeys;
-use joinserver::onboarding::service::Onboarding;
+use joinserver::onboarding::db::Role;
 use joinserver::secrets::{self, Secrets};
 use joinserver::server::Server;
 use protocol::ts002::ResultCode;
@@ -58,22 +56,12 @@ fn start(max_manifest_bytes: usize) -> Fixture {
         hex::encode(signer.verifying_key().as_bytes()),
     ];
     config.api.max_manifest_bytes = max_manifest_bytes;
-    let cli = Onboarding::new(
-        OnboardStore::open(dir).unwrap(),
-        None,
-        s.master.clone(),
-        TrustedKeys::default(),
-        Default::default(),
+    let keys = common::api_keys(
+        dir,
+        &s.master,
+        &[(Role::Manufacturer, "acme"), (Role::Admin, "ops")],
     );
-    let key = |role, name| {
-        cli.create_api_key(&Actor::cli(), role, name)
-            .unwrap()
-            .0
-            .expose()
-            .to_owned()
-    };
-    let (acme, ops) = (key(Role::Manufacturer, "acme"), key(Role::Admin, "ops"));
-    drop(cli);
+    let (acme, ops) = (keys[0].clone(), keys[1].clone());
     let server = Server::start(dir, &config).unwrap();
     Fixture {
         _tmp: tmp,

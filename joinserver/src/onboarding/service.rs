@@ -769,6 +769,12 @@ mod tests {
         )
     }
 
+    /// Three 1.0.4 devices, 1 to 3, with owner tokens T1 to T3.
+    const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+         0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
+         0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
+         0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
+
     fn actor(s: &Onboarding, role: Role, name: &str) -> Actor {
         let (k, _) = s.create_api_key(&Actor::cli(), role, name).unwrap();
         s.authenticate(k.expose()).unwrap()
@@ -785,12 +791,8 @@ mod tests {
                 window: Duration::from_secs(60),
             },
         );
-        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
-             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
-             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
-             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
         let r = s
-            .import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+            .import(&Actor::cli(), MANIFEST.as_bytes(), None, None, false)
             .unwrap();
         assert_eq!((r.imported, r.generated_owner_tokens.len()), (3, 0));
         // In memory too: the running server sees the devices at once, unclaimed.
@@ -845,14 +847,10 @@ mod tests {
             per_key: 5,
             window: Duration::from_secs(600),
         };
-        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
-             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
-             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
-             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
         let home = NetId::new(0x13).unwrap();
         let (mallory, alice) = {
             let s = service(tmp.path(), limits);
-            s.import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+            s.import(&Actor::cli(), MANIFEST.as_bytes(), None, None, false)
                 .unwrap();
             let (mallory, alice) = (
                 actor(&s, Role::Owner, "mallory"),
