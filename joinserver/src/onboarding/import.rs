@@ -19,7 +19,7 @@
 use std::io::Read;
 
 use protocol::ids::DevEui;
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
 use super::db::{now_ms, Actor, Role};
@@ -261,7 +261,7 @@ fn stage(
     let first: Option<i64> = tx
         .prepare_cached("SELECT line FROM temp.import_rows WHERE dev_eui = ?1")?
         .query_row([store::eui_to_sql(d.dev_eui.as_u64())], |r| r.get(0))
-        .ok();
+        .optional()?;
     if let Some(first) = first {
         errors.push(RowError {
             line: d.line,
