@@ -1,4 +1,6 @@
-//! Provisioning: parsing a device manifest (CSV or JSON lines) and importing it all-or-nothing.
+//! Provisioning: the device manifest (CSV or JSON lines), parsed incrementally as its bytes
+//! arrive ([`ManifestParser`]); the all-or-nothing import around it is
+//! [`crate::onboarding::import`] ([`import`] here is its in-memory entry point).
 //!
 //! Fields: `dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token`.
 //! `nwk_key` is empty for 1.0.x devices and required for 1.1; `home_net_id` and `owner_token` are

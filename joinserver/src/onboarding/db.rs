@@ -293,7 +293,8 @@ impl OnboardStore {
     }
 
     /// Owner tokens stored in clear in `devices.owner_token` (by an import that bypassed the
-    /// onboarding path, e.g. [`crate::devices::import`]) are moved to `ownership` as hashes, and
+    /// onboarding path, as the library's `devices::import` did before it went through
+    /// [`super::import`]) are moved to `ownership` as hashes, and
     /// the clear column is emptied. Returns how many were moved.
     pub fn hash_clear_owner_tokens(&mut self) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
