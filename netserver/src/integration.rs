@@ -223,12 +223,12 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
     let Some(session) = state.sessions.get(req.dev_eui) else {
         return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
     };
-    let crypto = session.live.crypto(
-        &session.keys,
-        session.stored.app_s_key.as_ref(),
-        state.secrets.as_kek.as_ref(),
-    );
-    if crypto.app.is_none() {
+    let opens = session
+        .app_s_key
+        .as_ref()
+        .and_then(|e| e.open_app_s_key(state.secrets.as_kek.as_ref()))
+        .is_some();
+    if !opens {
         return DownlinkAnswer::err(
             "this network server does not hold the device's AppSKey (no --as-kek), so it cannot encrypt the payload",
         );
