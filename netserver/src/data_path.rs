@@ -15,6 +15,7 @@
 //!    is held**, so that the emits of a session reach the write-ahead log in counter order.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -473,7 +474,7 @@ fn accepted(
             let ev = AckEvent {
                 kind: "ack".into(),
                 dev_eui,
-                id: p.id,
+                id: p.id.get(),
                 f_cnt_down: p.f_cnt,
                 received_at: integration::rfc3339(ctx.wall),
             };
@@ -697,10 +698,9 @@ fn downlink(
     *slot = fcnt.wrapping_add(1);
     if let Some(d) = &app_item {
         if d.confirmed {
-            st.pending_confirmed = Some(PendingConfirmed {
-                f_cnt: fcnt,
-                id: d.id,
-            });
+            // Ids are handed out from 1 (`DataPlane::next_id`).
+            st.pending_confirmed =
+                NonZeroU64::new(d.id).map(|id| PendingConfirmed { f_cnt: fcnt, id });
         }
     }
     let radio = DownlinkRadio {

@@ -259,8 +259,8 @@ pub struct Session {
     pub reported_version: Option<MacVersion>,
     /// Radio parameters given in the Join-accept.
     pub rx: RxParams,
-    /// Session lifetime from the JoinAns, s (absent: unlimited).
-    pub lifetime_s: Option<u32>,
+    /// Session lifetime from the JoinAns, s (0: unlimited).
+    pub lifetime_s: u32,
     /// When the session was created, ms since the Unix epoch.
     pub created_at_ms: u64,
     /// The network session keys in clear.
@@ -289,7 +289,7 @@ impl Session {
             dev_nonce: stored.dev_nonce,
             reported_version: stored.mac_version,
             rx: stored.rx,
-            lifetime_s: stored.lifetime_s,
+            lifetime_s: stored.lifetime_s.unwrap_or(0),
             created_at_ms: stored.created_at_ms,
             keys,
             app_s_key: stored
@@ -318,7 +318,7 @@ impl Session {
             rx: self.rx,
             counters: self.live.lock().counters,
             created_at_ms: self.created_at_ms,
-            lifetime_s: self.lifetime_s,
+            lifetime_s: (self.lifetime_s > 0).then_some(self.lifetime_s),
         }
     }
 
