@@ -384,7 +384,7 @@ pub fn process(
         _ => 0,
     };
     for session in &candidates {
-        let crypto = session.crypto(state.secrets.as_kek.as_ref());
+        let crypto = session.crypto();
         let mut st = session.live.lock();
         let mic_params = UplinkMicParams {
             conf_fcnt: st.pending_confirmed.map_or(0, |p| p.f_cnt),

@@ -223,12 +223,7 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
     let Some(session) = state.sessions.get(req.dev_eui) else {
         return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
     };
-    let opens = session
-        .app_s_key
-        .as_ref()
-        .and_then(|e| e.open_app_s_key(state.secrets.as_kek.as_ref()))
-        .is_some();
-    if !opens {
+    if session.opened_app_s_key.is_none() {
         return DownlinkAnswer::err(
             "this network server does not hold the device's AppSKey (no --as-kek), so it cannot encrypt the payload",
         );

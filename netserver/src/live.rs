@@ -139,7 +139,7 @@ mod tests {
         let mut s = stored(dev_eui, dev_addr);
         s.dev_nonce.0 = nonce;
         let keys = NetworkKeys::V1_0(NwkSKey::new([nonce as u8; 16]));
-        Session::new(&s, keys, &Default::default()).unwrap()
+        Session::new(&s, keys, &Default::default(), None).unwrap()
     }
 
     #[test]
@@ -203,8 +203,8 @@ mod size {
     /// SessionKeyID when there is one (`netserver/tests/memory.rs` measures the whole table).
     #[test]
     fn session_inline_size_is_bounded() {
-        // 232 bytes: with the `Arc` counts, one 256-byte malloc chunk.
-        assert!(size_of::<Session>() <= 232, "{}", size_of::<Session>());
+        // 240 bytes: with the `Arc` counts, one 272-byte glibc chunk.
+        assert!(size_of::<Session>() <= 240, "{}", size_of::<Session>());
         assert!(
             size_of::<super::DataState>() <= 64,
             "{}",

@@ -351,7 +351,8 @@ async fn run(
             .unwrap_or(0),
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
     };
-    let session = Session::new(&stored, keys, state.sessions.labels())
+    let as_kek = state.secrets.as_kek.as_ref();
+    let session = Session::new(&stored, keys, state.sessions.labels(), as_kek)
         .map_err(|e| JoinError::Answer(format!("AppSKey envelope: {e}")))?;
     // The session this join replaces stays usable until the first uplink under the new one
     // (the device may miss the Join-accept), so it is stored with it, in the same commit.

@@ -106,7 +106,7 @@ pub fn run(
                 stored.dev_eui
             )
         })?;
-        let session = Session::new(&stored, keys, sessions.labels())
+        let session = Session::new(&stored, keys, sessions.labels(), secrets.as_kek.as_ref())
             .with_context(|| format!("session of {}", stored.dev_eui))?;
         session.live.lock().rekey_confirmed = rekey_confirmed;
         Ok(session)

@@ -267,22 +267,35 @@ pub struct Session {
     pub keys: NetworkKeys,
     /// The AppSKey envelope as the join server sent it (absent when it sent a SessionKeyID).
     pub app_s_key: Option<InlineEnvelope>,
-    /// The SessionKeyID, when the application server fetches the AppSKey itself (boxed: most
-    /// sessions have none).
-    pub session_key_id: Option<Box<[u8]>>,
+    /// The AppSKey in clear, when the envelope opens with the application server's KEK that
+    /// this server was given (`--as-kek`) or came in clear; `None`: application payloads are
+    /// forwarded still encrypted, with the envelope. Opened once, not per frame.
+    pub opened_app_s_key: Option<AppSKey>,
+    /// The SessionKeyID, when the application server fetches the AppSKey itself (behind a
+    /// thin box: most sessions have none).
+    #[allow(clippy::box_collection)]
+    pub session_key_id: Option<Box<Vec<u8>>>,
     /// The data path's mutable state (counters, ADR), see [`crate::live`].
     pub live: crate::live::Live,
 }
 
 impl Session {
-    /// The live form of `stored`, its data state starting from the stored counters. Fails
-    /// only on an AppSKey envelope that holds no 128-bit key.
+    /// The live form of `stored`, its data state starting from the stored counters, its
+    /// AppSKey opened if `as_kek` opens it. Fails only on an AppSKey envelope that holds no
+    /// 128-bit key.
     pub fn new(
         stored: &StoredSession,
         keys: NetworkKeys,
         labels: &KekLabels,
+        as_kek: Option<&LabeledKek>,
     ) -> Result<Self, KeyWrapError> {
+        let app_s_key = stored
+            .app_s_key
+            .as_ref()
+            .map(|e| InlineEnvelope::new(e, labels))
+            .transpose()?;
         Ok(Self {
+            opened_app_s_key: app_s_key.as_ref().and_then(|e| e.open_app_s_key(as_kek)),
             dev_eui: stored.dev_eui,
             join_eui: stored.join_eui,
             dev_addr: stored.dev_addr,
@@ -292,12 +305,8 @@ impl Session {
             lifetime_s: stored.lifetime_s.unwrap_or(0),
             created_at_ms: stored.created_at_ms,
             keys,
-            app_s_key: stored
-                .app_s_key
-                .as_ref()
-                .map(|e| InlineEnvelope::new(e, labels))
-                .transpose()?,
-            session_key_id: stored.session_key_id.as_deref().map(Box::from),
+            app_s_key,
+            session_key_id: stored.session_key_id.clone().map(Box::new),
             live: crate::live::Live::new(stored.counters),
         })
     }
@@ -314,7 +323,7 @@ impl Session {
             dev_nonce: self.dev_nonce,
             network_keys: self.keys.seal(ns_kek),
             app_s_key: self.app_s_key.as_ref().map(InlineEnvelope::to_envelope),
-            session_key_id: self.session_key_id.as_deref().map(<[u8]>::to_vec),
+            session_key_id: self.session_key_id.as_deref().cloned(),
             rx: self.rx,
             counters: self.live.lock().counters,
             created_at_ms: self.created_at_ms,
@@ -332,15 +341,14 @@ impl Session {
     }
 
     /// The session's key schedules, expanded now (on the caller's stack): the network keys,
-    /// and the AppSKey when its envelope opens with `as_kek` (or is in clear). Nothing is
-    /// cached per session: with AES-NI the expansion costs a fraction of a microsecond per
-    /// frame (docs/benchmarks.md), while a cached `SessionCrypto` costs 2.9 KB per session.
-    pub fn crypto(&self, as_kek: Option<&LabeledKek>) -> SessionCrypto {
-        let app = self
-            .app_s_key
-            .as_ref()
-            .and_then(|e| e.open_app_s_key(as_kek));
-        SessionCrypto::new(&crate::live::network_session_keys(&self.keys), app.as_ref())
+    /// and the AppSKey when it is opened. Nothing is cached per session: with AES-NI the
+    /// expansion costs about a quarter of a microsecond per frame (docs/benchmarks.md), while
+    /// a cached `SessionCrypto` costs 2.9 KB per session.
+    pub fn crypto(&self) -> SessionCrypto {
+        SessionCrypto::new(
+            &crate::live::network_session_keys(&self.keys),
+            self.opened_app_s_key.as_ref(),
+        )
     }
 }
 

@@ -175,13 +175,13 @@ fn held(region: &Region<'_, System>) -> i64 {
 /// `data_path::process` does (candidates by DevAddr, key schedules expanded per frame,
 /// authentication and counters under the session's lock, MAC commands, the 1.1 RekeyInd,
 /// the ADR history and decision); the heap held since.
-fn uplinks(sessions: &Sessions, as_kek: &LabeledKek, frames: &[Vec<u8>]) -> i64 {
+fn uplinks(sessions: &Sessions, frames: &[Vec<u8>]) -> i64 {
     let region = Region::new(GLOBAL);
     for phy in frames {
         let frame = steps::parse(phy).unwrap();
         let candidates = sessions.candidates(frame.dev_addr());
         let session = &candidates[0];
-        let crypto = session.crypto(Some(as_kek));
+        let crypto = session.crypto();
         let mut st = session.live.lock();
         let cand = Candidate {
             version: session.mac_version(),
@@ -240,7 +240,7 @@ fn heap_per_session_is_bounded() {
     for i in 0..SESSIONS {
         let (s, keys) = stored(i, &ns_kek);
         allocator.restore(s.dev_addr, s.dev_eui);
-        let session = Session::new(&s, keys, sessions.labels()).unwrap();
+        let session = Session::new(&s, keys, sessions.labels(), Some(&as_kek)).unwrap();
         sessions.insert(session);
     }
     let idle = held(&region);
@@ -248,8 +248,8 @@ fn heap_per_session_is_bounded() {
 
     // 2. Uplinks through the core for some of them, in two rounds.
     let split = (ACTIVE * UPLINKS) as usize;
-    let first_round = uplinks(&sessions, &as_kek, &frames[..split]);
-    let active = uplinks(&sessions, &as_kek, &frames[split..]);
+    let first_round = uplinks(&sessions, &frames[..split]);
+    let active = uplinks(&sessions, &frames[split..]);
     let idle_per = idle / i64::from(SESSIONS);
     let first_per = first_round / i64::from(ACTIVE);
     let active_per = active / i64::from(ACTIVE);
