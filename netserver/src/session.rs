@@ -1,13 +1,17 @@
 //! Sessions: the in-memory table the uplink path reads, and the durable store behind a trait.
 //!
-//! - [`SessionBackend`] is the storage trait: load everything at start, commit a batch of
+//! - [`SessionBackend`] is the storage trait: load everything at start (current sessions, and
+//!   sessions replaced by a rejoin and kept until their successor is used), commit a batch of
 //!   writes atomically and durably. [`RedbBackend`] is the embedded default (one file,
 //!   `sessions.redb`, in the data directory, no setup). A networked backend (PostgreSQL, for
-//!   several instances) implements the same two methods with one transaction per batch.
+//!   several instances) implements the same three methods with one transaction per batch.
 //! - [`SessionStore`] runs a backend on its own thread with **group commit**: writes queued while
 //!   a commit is in progress go into the next transaction together, so durability costs one
 //!   flush per batch, not per join. `put(...).await` resolves once the write is durable.
 //! - [`Sessions`] is the in-memory table, keyed by DevEUI with a DevAddr index for the data path.
+//!   A [`Session`] there is compact (fixed-size fields, envelopes inline, KEK labels interned,
+//!   no key schedules): about 380 bytes of heap with its index entries
+//!   (`netserver/tests/memory.rs`). [`StoredSession`] is built only to persist one.
 //!
 //! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
 //! byte for byte the join server's envelopes when it wrapped them under that KEK, since the wrap
@@ -15,8 +19,9 @@
 //! envelope is kept as received (wrapped under the application's KEK): the store never holds a
 //! key in clear. In memory the network keys are unwrapped (see [`crate::keys`]).
 //!
-//! The data path (a later issue) updates frame counters through the same store: a session
-//! record is replaced whole, so a counter update is one `put` sharing a group commit.
+//! Frame counters are not written here but to the data path's write-ahead counter log
+//! ([`crate::uplink_log`]): a session record is written at its join (and, for a replaced
+//! session, at the rejoin that replaces it).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};

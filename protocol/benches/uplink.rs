@@ -5,12 +5,12 @@
 //! `cargo bench -p protocol --bench uplink -- --warm-up-time 1 --measurement-time 3`
 //!
 //! - `ours`: `DataFrame::parse` + `open_uplink` with the session's key schedules expanded once
-//!   (`SessionCrypto`, kept per device session by the network server).
+//!   (`SessionCrypto`), as a holder of many frames of one session would keep them.
 //! - `ours_keys_per_frame`: the same, expanding the key schedules on every frame (what `lrwn`
-//!   does), to show how much of the difference that is.
-//! - `ours_keys_per_frame_unwrap`: what the network server does per frame since it keeps no
-//!   key schedules per session: unwrap the AppSKey envelope (RFC 3394 under the AS KEK), expand
-//!   the key schedules, then parse, MIC and decrypt.
+//!   does, and what the network server does, since it keeps no key schedules per session).
+//! - `ours_keys_per_frame_unwrap`: the same plus an RFC 3394 unwrap of the AppSKey envelope
+//!   under the AS KEK: the cost the network server avoids by opening the AppSKey once per
+//!   session.
 //! - `lorawan_0_9`: the `lorawan` crate's public API (`EncryptedDataPayload`: copy, validate_mic,
 //!   decrypt), for the record of why the frame path is hand-written.
 //! - `lrwn`: `PhyPayload::from_slice`, set the full FCnt, `validate_uplink_data_mic`,
