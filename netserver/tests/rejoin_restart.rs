@@ -150,6 +150,32 @@ fn provision() -> Files {
     Files { _dir: dir, root }
 }
 
+/// Writes the replaced session's record again, as if its deletion had been lost in the crash.
+fn put_previous(root: &Path) {
+    let ns_kek = LabeledKek {
+        label: "ns-1".into(),
+        key: Kek::new(NS_KEK),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (store, current, thread) = SessionStore::start(
+            RedbBackend::open(&root.join("ns")).unwrap(),
+            8,
+            netserver::metrics::Metrics::new(),
+        )
+        .unwrap();
+        let new = current
+            .into_iter()
+            .next()
+            .expect("the new session is stored");
+        store.put_replacing(new, OLD.stored(&ns_kek)).await.unwrap();
+        drop(store);
+        thread.join();
+    });
+}
+
 fn start(root: &Path) -> (Proc, Gateway) {
     let secrets = root.join("secrets");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
@@ -220,7 +246,9 @@ fn a_replaced_session_survives_kill_9_until_the_new_one_is_used() {
     std::thread::sleep(Duration::from_millis(50));
     ns.kill9();
 
-    // After another kill -9 only the new session is served.
+    // After another kill -9 only the new session is served, even if the replaced session's
+    // deletion had not reached the disk: its successor's counters show it in use.
+    put_previous(&f.root);
     let (ns, gw) = start(&f.root);
     let m = ns.addr("metrics");
     gw.push(&OLD.uplink(2), 5, 7.0, -90);
