@@ -853,6 +853,60 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn a_live_session_round_trips_to_its_stored_form() {
+        use protocol::keys::{Kek, NwkSKey};
+        let ns = LabeledKek {
+            label: "ns".into(),
+            key: Kek::new([7; 16]),
+        };
+        let as_kek = LabeledKek {
+            label: "as-1".into(),
+            key: Kek::new([9; 16]),
+        };
+        let keys = NetworkKeys::V1_0(NwkSKey::new([1; 16]));
+        let app = AppSKey::new([0x5A; 16]);
+        let mut s = stored(1, 0x2600_0001);
+        s.network_keys = keys.seal(&ns);
+        s.app_s_key = Some(KeyEnvelope::seal("as-1", Some(&as_kek.key), &app).unwrap());
+        s.session_key_id = Some(vec![1, 2, 3]);
+        s.lifetime_s = Some(3600);
+        let labels = KekLabels::default();
+        let live = Session::new(&s, keys.clone(), &labels, Some(&as_kek)).unwrap();
+        assert_eq!(live.to_stored(&ns), s, "byte for byte, envelopes included");
+        assert_eq!(
+            live.opened_app_s_key.as_ref().map(|k| *k.expose()),
+            Some([0x5A; 16])
+        );
+        assert!(!format!("{live:?}").contains("5a5a"), "keys redacted");
+        // Without the AS KEK (or under another one) the AppSKey stays wrapped.
+        let other = LabeledKek {
+            label: "as-2".into(),
+            key: Kek::new([9; 16]),
+        };
+        for kek in [None, Some(&other)] {
+            let s2 = Session::new(&s, keys.clone(), &labels, kek).unwrap();
+            assert!(s2.opened_app_s_key.is_none());
+        }
+        // Labels are shared, not copied per session.
+        let a = InlineEnvelope::new(s.app_s_key.as_ref().unwrap(), &labels).unwrap();
+        assert!(Arc::ptr_eq(
+            a.kek_label.as_ref().unwrap(),
+            live.app_s_key.as_ref().unwrap().kek_label.as_ref().unwrap()
+        ));
+        // A key in clear round-trips and opens without a KEK; other lengths are refused.
+        let clear = KeyEnvelope::seal("", None, &app).unwrap();
+        let c = InlineEnvelope::new(&clear, &labels).unwrap();
+        assert_eq!(c.to_envelope(), clear);
+        assert!(c.open_app_s_key(None).is_some());
+        let mut bad = clear;
+        bad.aes_key.push(0);
+        assert_eq!(
+            InlineEnvelope::new(&bad, &labels).unwrap_err().kind(),
+            "key_length"
+        );
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn redb_store_persists_and_restores() {
         let dir = tempfile::tempdir().unwrap();
