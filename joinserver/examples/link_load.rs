@@ -38,50 +38,55 @@ const NET_ID: u32 = 0x13;
 /// `n` is not a multiple of it.
 const PERMUTE: u64 = 1_000_003;
 
+/// Command line of the link load tool.
+#[derive(clap::Parser)]
+#[command(
+    about = "JoinReqs over UDP on 127.0.0.1 against an in-process join server, open loop then closed loop"
+)]
 struct Args {
+    /// Devices provisioned (all LoRaWAN 1.0.4).
+    #[arg(long, default_value_t = 100_000)]
     devices: u64,
+    /// Offered JoinReqs per second in the open-loop phase.
+    #[arg(long, default_value_t = 30_000)]
     rate: u64,
+    /// Length of the open-loop phase, s.
+    #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Length of the raw UDP echo phase, s.
+    #[arg(long, default_value_t = 5)]
     raw_seconds: u64,
+    /// Data directory (default: a temporary one).
+    #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
-    synchronous: joinserver::config::Synchronous,
+    /// SQLite synchronous mode of the nonce store.
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
+    synchronous: SyncMode,
+    /// Join the devices in a pseudo-random order instead of round robin.
+    #[arg(long)]
     random_order: bool,
 }
 
-fn parse_args() -> Args {
-    let mut a = Args {
-        devices: 100_000,
-        rate: 30_000,
-        seconds: 60,
-        raw_seconds: 5,
-        data_dir: None,
-        synchronous: joinserver::config::Synchronous::Full,
-        random_order: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        if k == "--random-order" {
-            a.random_order = true;
-            continue;
-        }
-        let v = it.next().unwrap_or_else(|| panic!("{k} needs a value"));
-        match k.as_str() {
-            "--devices" => a.devices = v.parse().expect("--devices N"),
-            "--rate" => a.rate = v.parse().expect("--rate N"),
-            "--seconds" => a.seconds = v.parse().expect("--seconds N"),
-            "--raw-seconds" => a.raw_seconds = v.parse().expect("--raw-seconds N"),
-            "--data-dir" => a.data_dir = Some(v.into()),
-            "--synchronous" => {
-                a.synchronous = match v.as_str() {
-                    "full" => joinserver::config::Synchronous::Full,
-                    "normal" => joinserver::config::Synchronous::Normal,
-                    _ => panic!("--synchronous full|normal"),
-                }
-            }
-            _ => panic!("unknown argument {k}"),
+/// `--synchronous` values.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SyncMode {
+    /// Every commit flushed (the production default).
+    Full,
+    /// WAL without a flush per commit.
+    Normal,
+}
+
+impl From<SyncMode> for joinserver::config::Synchronous {
+    fn from(m: SyncMode) -> Self {
+        match m {
+            SyncMode::Full => Self::Full,
+            SyncMode::Normal => Self::Normal,
         }
     }
-    a
+}
+
+fn parse_args() -> Args {
+    <Args as clap::Parser>::parse()
 }
 
 fn app_key(i: u64) -> [u8; 16] {
@@ -275,7 +280,7 @@ fn main() {
     let mut config = Config::default();
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = String::new();
-    config.store.synchronous = args.synchronous;
+    config.store.synchronous = args.synchronous.into();
     let server = Server::start(&dir, &config).unwrap();
     let addr = server.link_addr();
     let ciphers: Vec<KeyCipher<AppKey>> = (1..=args.devices)

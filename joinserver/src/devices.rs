@@ -1,11 +1,12 @@
-//! Provisioning: parsing a device manifest (CSV or JSON lines) and importing it all-or-nothing.
+//! Provisioning: the device manifest (CSV or JSON lines), parsed incrementally as its bytes
+//! arrive ([`ManifestParser`]); the all-or-nothing import around it is
+//! [`crate::onboarding::import`] ([`import`] here is its in-memory entry point).
 //!
 //! Fields: `dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token`.
 //! `nwk_key` is empty for 1.0.x devices and required for 1.1; `home_net_id` and `owner_token` are
 //! optional (the CSV header may leave them out). `mac_version` is 1.0.2, 1.0.3, 1.0.4 or 1.1.
 //! Every bad row is reported with its line and column; one bad row imports nothing.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use protocol::ids::{DevEui, JoinEui, NetId};
@@ -15,7 +16,7 @@ use serde::Deserialize;
 
 use crate::atrest;
 use crate::secrets::MasterKey;
-use crate::store::{NonceState, Store, StoreError, StoredDevice};
+use crate::store::{NonceState, SqliteStore, StoreError, StoredDevice};
 
 /// The CSV columns, in the documented order.
 pub const COLUMNS: [&str; 7] = [
@@ -221,173 +222,332 @@ fn validate(
     })
 }
 
-/// Parses and validates a whole manifest. Returns every valid row, or every error.
-pub fn parse(text: &str, format: Format) -> Result<Vec<NewDevice>, Vec<RowError>> {
-    let mut errors = Vec::new();
-    let mut out = Vec::new();
-    match format {
-        Format::Csv => parse_csv(text, &mut out, &mut errors),
-        Format::Jsonl => parse_jsonl(text, &mut out, &mut errors),
-    }
-    // Duplicate DevEUIs inside the file.
-    let mut seen: HashMap<DevEui, u64> = HashMap::with_capacity(out.len());
-    for d in &out {
-        if let Some(first) = seen.insert(d.dev_eui, d.line) {
-            errors.push(RowError {
-                line: d.line,
-                column: match format {
-                    Format::Csv => "1 (dev_eui)".into(),
-                    Format::Jsonl => "dev_eui".into(),
-                },
-                message: format!("DevEUI {} already appears on line {first}", d.dev_eui),
-            });
-            seen.insert(d.dev_eui, first);
+/// The longest manifest line accepted (a valid row is under 300 bytes); a longer line is a row
+/// error, and its bytes are skipped rather than buffered.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// What the parser yields, in line order.
+pub enum Item {
+    /// A valid row.
+    Row(NewDevice),
+    /// A bad row (or a bad header).
+    Error(RowError),
+}
+
+/// CSV columns as the header gave them: CSV field index -> [`COLUMNS`] index.
+#[derive(Debug, Clone)]
+struct Header {
+    map: Vec<usize>,
+}
+
+impl Header {
+    fn column(&self, c: usize) -> String {
+        match self.map.iter().position(|&m| m == c) {
+            Some(p) => format!("{} ({})", p + 1, COLUMNS[c]),
+            None => format!("- ({})", COLUMNS[c]),
         }
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        errors.sort_by_key(|e| e.line);
-        Err(errors)
     }
 }
 
-fn parse_csv(text: &str, out: &mut Vec<NewDevice>, errors: &mut Vec<RowError>) {
-    let mut rdr = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let mut records = rdr.records();
-    // Header: a subset of COLUMNS containing the required ones, each at most once.
-    let header = match records.next() {
-        None => {
-            errors.push(RowError {
+#[derive(Debug, Clone)]
+enum CsvState {
+    /// The header has not been seen yet.
+    BeforeHeader,
+    /// The header is good.
+    Rows(Header),
+    /// The header is bad: the rest is not parsed (its errors are the header's).
+    BadHeader,
+}
+
+/// An incremental manifest parser: bytes go in as they arrive, in chunks of any size (a line may
+/// span chunks), and validated rows and row errors come out as soon as their line is complete.
+/// Memory is bounded by [`MAX_LINE`], whatever the manifest's size.
+///
+/// CSV: a header (a subset of [`COLUMNS`] with the required ones, each at most once), then one
+/// record per line (a quoted field cannot span lines: no valid value contains a line break).
+/// JSON lines: one object per line. Blank lines are skipped; `\r\n` line ends are accepted.
+/// The format, unless given, is guessed from the first non-blank character (`{`: JSON lines).
+#[derive(Debug)]
+pub struct ManifestParser {
+    format: Option<Format>,
+    /// Lines completed so far (the current line's number is `line + 1`).
+    line: u64,
+    /// The current line's bytes not yet terminated.
+    partial: Vec<u8>,
+    /// The current line is longer than [`MAX_LINE`]: skip it up to its end.
+    overlong: bool,
+    csv: CsvState,
+    /// One CSV reader for every line (building one costs far more than a line's parsing).
+    csv_reader: csv_core::Reader,
+    csv_out: Vec<u8>,
+    csv_ends: Vec<usize>,
+}
+
+impl ManifestParser {
+    /// A parser for `format`, or for the format the content shows.
+    pub fn new(format: Option<Format>) -> Self {
+        Self {
+            format,
+            line: 0,
+            partial: Vec::new(),
+            overlong: false,
+            csv: CsvState::BeforeHeader,
+            csv_reader: csv_core::Reader::new(),
+            csv_out: Vec::new(),
+            csv_ends: Vec::new(),
+        }
+    }
+
+    /// The format, once known (given, or seen on the first non-blank line).
+    pub fn format(&self) -> Option<Format> {
+        self.format
+    }
+
+    /// How a duplicate or already-provisioned DevEUI's column is named in errors.
+    pub fn dev_eui_column(&self) -> String {
+        match (&self.csv, self.format) {
+            (CsvState::Rows(h), _) => h.column(0),
+            (_, Some(Format::Jsonl)) => "dev_eui".into(),
+            _ => "1 (dev_eui)".into(),
+        }
+    }
+
+    /// Feeds the next bytes of the manifest.
+    pub fn feed(&mut self, mut chunk: &[u8], out: &mut dyn FnMut(Item)) {
+        while !chunk.is_empty() {
+            let (part, rest, ended) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (&chunk[..i], &chunk[i + 1..], true),
+                None => (chunk, &[][..], false),
+            };
+            chunk = rest;
+            if !self.overlong {
+                if self.partial.len() + part.len() > MAX_LINE {
+                    self.overlong = true;
+                    self.partial.clear();
+                } else if !ended || !self.partial.is_empty() {
+                    self.partial.extend_from_slice(part);
+                }
+            }
+            if ended {
+                if self.overlong {
+                    self.end_overlong(out);
+                } else if self.partial.is_empty() {
+                    self.line(part, out);
+                } else {
+                    let line = std::mem::take(&mut self.partial);
+                    self.line(&line, out);
+                    self.partial = line;
+                    self.partial.clear();
+                }
+            }
+        }
+    }
+
+    /// The manifest ended: handles an unterminated last line, and an empty CSV file.
+    pub fn finish(mut self, out: &mut dyn FnMut(Item)) {
+        if self.overlong {
+            self.end_overlong(out);
+        } else if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line, out);
+        }
+        if self.format != Some(Format::Jsonl) && matches!(self.csv, CsvState::BeforeHeader) {
+            out(Item::Error(RowError {
                 line: 1,
                 column: "1".into(),
                 message: "empty file: expected the header dev_eui,join_eui,mac_version,app_key,nwk_key[,home_net_id][,owner_token]".into(),
-            });
-            return;
+            }));
         }
-        Some(Err(e)) => {
-            errors.push(csv_error(&e));
-            return;
+    }
+
+    fn end_overlong(&mut self, out: &mut dyn FnMut(Item)) {
+        self.line += 1;
+        self.overlong = false;
+        self.partial.clear();
+        out(Item::Error(RowError {
+            line: self.line,
+            column: "-".into(),
+            message: format!("line longer than {MAX_LINE} bytes"),
+        }));
+    }
+
+    /// One complete line (without its `\n`).
+    fn line(&mut self, raw: &[u8], out: &mut dyn FnMut(Item)) {
+        self.line += 1;
+        let line = self.line;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let blank = raw.iter().all(u8::is_ascii_whitespace);
+        let format = match self.format {
+            Some(f) => f,
+            None if blank => return,
+            None => {
+                let first = raw.iter().find(|b| !b.is_ascii_whitespace());
+                let f = if first == Some(&b'{') {
+                    Format::Jsonl
+                } else {
+                    Format::Csv
+                };
+                self.format = Some(f);
+                f
+            }
+        };
+        match format {
+            Format::Jsonl if blank => {}
+            Format::Jsonl => jsonl_line(line, raw, out),
+            Format::Csv => match &self.csv {
+                CsvState::BadHeader => {}
+                CsvState::BeforeHeader if blank => {}
+                CsvState::BeforeHeader => {
+                    self.csv = match self.csv_record(raw) {
+                        Err(field) => {
+                            out(Item::Error(utf8_error(line, field)));
+                            CsvState::BadHeader
+                        }
+                        Ok(h) => csv_header(line, &h, out),
+                    }
+                }
+                CsvState::Rows(h) => {
+                    let h = h.clone();
+                    match self.csv_record(raw) {
+                        Err(field) => out(Item::Error(utf8_error(line, field))),
+                        Ok(rec) => csv_row(line, &h, &rec, out),
+                    }
+                }
+            },
         }
-        Some(Ok(h)) => h,
+    }
+
+    /// The trimmed fields of one CSV line, or the 0-based index of a field that is not UTF-8.
+    fn csv_record(&mut self, raw: &[u8]) -> Result<Vec<String>, usize> {
+        use csv_core::ReadRecordResult as R;
+        // A record's output is never longer than its input, nor has more fields than bytes + 1.
+        self.csv_out.resize(raw.len() + 1, 0);
+        self.csv_ends.resize(raw.len() + 2, 0);
+        self.csv_reader.reset();
+        let (res, _, nout, mut nends) =
+            self.csv_reader
+                .read_record(raw, &mut self.csv_out, &mut self.csv_ends);
+        if matches!(res, R::InputEmpty) {
+            // The line is the whole record: an empty input ends it.
+            let (_, _, _, e) = self.csv_reader.read_record(
+                &[],
+                &mut self.csv_out[nout..],
+                &mut self.csv_ends[nends..],
+            );
+            nends += e;
+        }
+        let mut start = 0;
+        let mut fields = Vec::with_capacity(nends);
+        for (i, &end) in self.csv_ends[..nends].iter().enumerate() {
+            let f = std::str::from_utf8(&self.csv_out[start..end]).map_err(|_| i)?;
+            fields.push(f.trim().to_owned());
+            start = end;
+        }
+        Ok(fields)
+    }
+}
+
+/// Checks a CSV header line: a subset of COLUMNS containing the required ones, each at most once.
+fn csv_header(line: u64, header: &[String], out: &mut dyn FnMut(Item)) -> CsvState {
+    let mut ok = true;
+    let mut err = |column: String, message: String| {
+        ok = false;
+        out(Item::Error(RowError {
+            line,
+            column,
+            message,
+        }));
     };
-    let header_line = header.position().map_or(1, |p| p.line());
-    let mut map = Vec::with_capacity(header.len()); // csv field index -> COLUMNS index
+    let mut map = Vec::with_capacity(header.len());
     for (i, name) in header.iter().enumerate() {
         match COLUMNS.iter().position(|c| c.eq_ignore_ascii_case(name)) {
-            Some(c) if map.contains(&c) => errors.push(RowError {
-                line: header_line,
-                column: format!("{}", i + 1),
-                message: format!("duplicate column {name:?}"),
-            }),
+            Some(c) if map.contains(&c) => {
+                err(format!("{}", i + 1), format!("duplicate column {name:?}"));
+            }
             Some(c) => map.push(c),
-            None => errors.push(RowError {
-                line: header_line,
-                column: format!("{}", i + 1),
-                message: format!("unknown column {name:?} (expected {})", COLUMNS.join(",")),
-            }),
+            None => err(
+                format!("{}", i + 1),
+                format!("unknown column {name:?} (expected {})", COLUMNS.join(",")),
+            ),
         }
     }
     for (c, name) in COLUMNS.iter().enumerate().take(REQUIRED) {
         if !map.contains(&c) {
-            errors.push(RowError {
-                line: header_line,
-                column: "-".into(),
-                message: format!("header lacks the required column {name:?}"),
-            });
+            err(
+                "-".into(),
+                format!("header lacks the required column {name:?}"),
+            );
         }
     }
-    if !errors.is_empty() {
-        return;
-    }
-    let position_of = |c: usize| map.iter().position(|&m| m == c);
-    let column = |c: usize| match position_of(c) {
-        Some(p) => format!("{} ({})", p + 1, COLUMNS[c]),
-        None => format!("- ({})", COLUMNS[c]),
-    };
-    for rec in records {
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(csv_error(&e));
-                continue;
-            }
-        };
-        let line = rec.position().map_or(0, |p| p.line());
-        if rec.len() == 1 && rec.get(0) == Some("") {
-            continue; // blank line
-        }
-        if rec.len() != map.len() {
-            errors.push(RowError {
-                line,
-                column: format!("{}", rec.len().min(map.len()) + 1),
-                message: format!(
-                    "expected {} fields as in the header, found {}",
-                    map.len(),
-                    rec.len()
-                ),
-            });
-            continue;
-        }
-        let mut raw = RawRow::default();
-        for (i, value) in rec.iter().enumerate() {
-            let v = Some(value.to_owned());
-            match map[i] {
-                0 => raw.dev_eui = v,
-                1 => raw.join_eui = v,
-                2 => raw.mac_version = v,
-                3 => raw.app_key = v,
-                4 => raw.nwk_key = v,
-                5 => raw.home_net_id = v,
-                _ => raw.owner_token = v,
-            }
-        }
-        if let Some(d) = validate(line, &raw, &column, errors) {
-            out.push(d);
-        }
+    if ok {
+        CsvState::Rows(Header { map })
+    } else {
+        CsvState::BadHeader
     }
 }
 
-fn csv_error(e: &csv::Error) -> RowError {
-    let line = e.position().map_or(0, |p| p.line());
+fn csv_row(line: u64, h: &Header, rec: &[String], out: &mut dyn FnMut(Item)) {
+    if rec.is_empty() || (rec.len() == 1 && rec[0].is_empty()) {
+        return; // blank line
+    }
+    if rec.len() != h.map.len() {
+        out(Item::Error(RowError {
+            line,
+            column: format!("{}", rec.len().min(h.map.len()) + 1),
+            message: format!(
+                "expected {} fields as in the header, found {}",
+                h.map.len(),
+                rec.len()
+            ),
+        }));
+        return;
+    }
+    let mut raw = RawRow::default();
+    for (i, value) in rec.iter().enumerate() {
+        let v = Some(value.clone());
+        match h.map[i] {
+            0 => raw.dev_eui = v,
+            1 => raw.join_eui = v,
+            2 => raw.mac_version = v,
+            3 => raw.app_key = v,
+            4 => raw.nwk_key = v,
+            5 => raw.home_net_id = v,
+            _ => raw.owner_token = v,
+        }
+    }
+    emit(line, &raw, &|c| h.column(c), out);
+}
+
+/// Validates a row and emits it, or its errors.
+fn emit(line: u64, raw: &RawRow, column: &dyn Fn(usize) -> String, out: &mut dyn FnMut(Item)) {
+    let mut errors = Vec::new();
+    match validate(line, raw, column, &mut errors) {
+        Some(d) => out(Item::Row(d)),
+        None => errors.into_iter().for_each(|e| out(Item::Error(e))),
+    }
+}
+
+fn utf8_error(line: u64, field: usize) -> RowError {
     RowError {
         line,
         column: "-".into(),
-        message: match e.kind() {
-            csv::ErrorKind::Utf8 { err, .. } => {
-                format!("invalid UTF-8 in field {}", err.field() + 1)
-            }
-            _ => "malformed CSV".into(),
-        },
+        message: format!("invalid UTF-8 in field {}", field + 1),
     }
 }
 
-fn parse_jsonl(text: &str, out: &mut Vec<NewDevice>, errors: &mut Vec<RowError>) {
-    let column = |c: usize| COLUMNS[c].to_owned();
-    for (i, l) in text.lines().enumerate() {
-        let line = i as u64 + 1;
-        if l.trim().is_empty() {
-            continue;
+fn jsonl_line(line: u64, l: &[u8], out: &mut dyn FnMut(Item)) {
+    let raw: RawRow = match serde_json::from_slice(l) {
+        Ok(r) => r,
+        Err(e) => {
+            out(Item::Error(RowError {
+                line,
+                column: e.column().to_string(),
+                message: json_message(&e),
+            }));
+            return;
         }
-        let raw: RawRow = match serde_json::from_str(l) {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(RowError {
-                    line,
-                    column: e.column().to_string(),
-                    message: json_message(&e),
-                });
-                continue;
-            }
-        };
-        if let Some(d) = validate(line, &raw, &column, errors) {
-            out.push(d);
-        }
-    }
+    };
+    emit(line, &raw, &|c| COLUMNS[c].to_owned(), out);
 }
 
 /// serde_json's message without a trailing "at line … column …" and without echoing values
@@ -409,6 +569,26 @@ fn json_message(e: &serde_json::Error) -> String {
     }
 }
 
+impl NewDevice {
+    /// The device as stored: root keys wrapped under the master key, fresh nonce state, no
+    /// owner token (only its hash is kept, in the onboarding tables).
+    pub fn seal(&self, master: &MasterKey) -> StoredDevice {
+        StoredDevice {
+            dev_eui: self.dev_eui,
+            join_eui: self.join_eui,
+            mac_version: self.mac_version,
+            app_key_wrapped: atrest::seal_app_key(master, &self.app_key),
+            nwk_key_wrapped: self
+                .nwk_key
+                .as_ref()
+                .map(|k| atrest::seal_nwk_key(master, k)),
+            home_net_id: self.home_net_id,
+            owner_token: None,
+            nonces: NonceState::default(),
+        }
+    }
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -416,62 +596,89 @@ pub struct ImportSummary {
     pub imported: usize,
 }
 
-/// Validates, encrypts the root keys under the master key and inserts every device in one
-/// transaction, or nothing. Devices already in the store are reported as errors.
-pub fn import<S: Store>(
-    store: &mut S,
+/// Imports a manifest held in memory into `store`, all or nothing, through the same streaming
+/// import as the API and `joinserver devices import` ([`crate::onboarding::import`]): root keys
+/// wrapped under the master key, owner tokens kept as hashes, audited as the command line.
+/// Every bad row, duplicate and already-provisioned device is reported.
+pub fn import(
+    store: &mut SqliteStore,
     master: &MasterKey,
     text: &str,
     format: Format,
 ) -> Result<ImportSummary, ImportError> {
-    let rows = parse(text, format).map_err(ImportError::Rows)?;
-    let existing: HashSet<DevEui> = store
-        .load_devices()?
-        .into_iter()
-        .map(|d| d.dev_eui)
-        .collect();
-    let errors: Vec<RowError> = rows
-        .iter()
-        .filter(|d| existing.contains(&d.dev_eui))
-        .map(|d| RowError {
-            line: d.line,
-            column: match format {
-                Format::Csv => "1 (dev_eui)".into(),
-                Format::Jsonl => "dev_eui".into(),
-            },
-            message: format!(
-                "DevEUI {} is already provisioned (remove it first)",
-                d.dev_eui
-            ),
-        })
-        .collect();
-    if !errors.is_empty() {
-        return Err(ImportError::Rows(errors));
+    use crate::onboarding::import::{self as imp, Failure, Job};
+    let job = Job {
+        actor: &crate::onboarding::db::Actor::cli(),
+        master,
+        format: Some(format),
+        verifier: None,
+        commit_lock: None,
+    };
+    let mut source = imp::SliceSource::new(text.as_bytes());
+    match imp::run(store.conn_mut(), job, &mut source, None) {
+        Ok(r) => Ok(ImportSummary {
+            imported: r.imported,
+        }),
+        Err(Failure::Rows { rows, .. }) => Err(ImportError::Rows(rows)),
+        Err(Failure::Store(e)) => Err(ImportError::Store(e)),
+        Err(other) => Err(ImportError::Store(StoreError::Corrupt {
+            dev_eui: DevEui::new(0),
+            what: other.to_string(),
+        })),
     }
-    let stored: Vec<StoredDevice> = rows
-        .iter()
-        .map(|d| StoredDevice {
-            dev_eui: d.dev_eui,
-            join_eui: d.join_eui,
-            mac_version: d.mac_version,
-            app_key_wrapped: atrest::seal_app_key(master, &d.app_key),
-            nwk_key_wrapped: d.nwk_key.as_ref().map(|k| atrest::seal_nwk_key(master, k)),
-            home_net_id: d.home_net_id,
-            owner_token: d.owner_token.clone(),
-            nonces: NonceState::default(),
-        })
-        .collect();
-    store.insert_devices(&stored)?;
-    Ok(ImportSummary {
-        imported: stored.len(),
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::SqliteStore;
+    use crate::store::{SqliteStore, Store};
     use protocol::keys::Kek;
+
+    /// Runs the streaming parser over `text` fed in `chunk`-byte pieces (so lines span chunks).
+    fn parse_chunked(
+        text: &str,
+        format: Format,
+        chunk: usize,
+    ) -> Result<Vec<NewDevice>, Vec<RowError>> {
+        let mut p = ManifestParser::new(Some(format));
+        let (mut rows, mut errors) = (Vec::new(), Vec::new());
+        let mut out = |i: Item| match i {
+            Item::Row(d) => rows.push(d),
+            Item::Error(e) => errors.push(e),
+        };
+        for c in text.as_bytes().chunks(chunk) {
+            p.feed(c, &mut out);
+        }
+        p.finish(&mut out);
+        if errors.is_empty() {
+            Ok(rows)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn parse(text: &str, format: Format) -> Result<Vec<NewDevice>, Vec<RowError>> {
+        let whole = parse_chunked(text, format, text.len().max(1));
+        for size in [1, 2, 7, 64] {
+            let chunked = parse_chunked(text, format, size);
+            assert_eq!(
+                chunked.as_ref().map(Vec::len).map_err(Clone::clone),
+                whole.as_ref().map(Vec::len).map_err(Clone::clone),
+                "chunks of {size} bytes"
+            );
+        }
+        whole
+    }
+
+    /// All of a manifest's errors, through the whole import (duplicates included).
+    fn import_errors(text: &str, format: Format) -> Vec<RowError> {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(tmp.path()).unwrap();
+        match import(&mut store, &MasterKey(Kek::new([5; 16])), text, format) {
+            Err(ImportError::Rows(e)) => e,
+            other => panic!("{other:?}"),
+        }
+    }
 
     const HEADER: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n";
     const K1: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
@@ -489,7 +696,11 @@ mod tests {
         );
         assert_eq!(Format::sniff(&csv), Format::Csv);
         assert_eq!(Format::sniff(&jsonl), Format::Jsonl);
+        assert_eq!(ManifestParser::new(None).format(), None);
         for (text, f) in [(csv, Format::Csv), (jsonl, Format::Jsonl)] {
+            let mut p = ManifestParser::new(None);
+            p.feed(format!("\n  \r\n{text}").as_bytes(), &mut |_| {});
+            assert_eq!(p.format(), Some(f), "guessed after blank lines");
             let rows = parse(&text, f).unwrap_or_else(|e| panic!("{e:?}"));
             assert_eq!(rows.len(), 2);
             assert_eq!(rows[1].mac_version, MacVersion::V1_1);
@@ -515,7 +726,7 @@ mod tests {
              0000000000000008,70B3D57ED0000000\n",
             &K1[..30]
         );
-        let errs = parse(&csv, Format::Csv).err().unwrap();
+        let errs = import_errors(&csv, Format::Csv);
         let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
         let expect = [
             "line 3, column 1 (dev_eui): DevEUI: invalid hex digit 'X' at position 14",

@@ -10,7 +10,8 @@
 //!   [`cache`]: the (sender, TransactionID) answer cache.
 //! - [`store`]: the storage trait, the SQLite (WAL) store and the group-commit writer.
 //! - [`link`]: the UDP shell around the core.
-//! - [`devices`]: manifest import (CSV / JSON lines).
+//! - [`devices`]: manifest rows (CSV / JSON lines), parsed incrementally; the import itself is
+//!   [`onboarding::import`].
 //! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
 //! - [`config`], [`metrics`]: configuration and observability.
 //! - [`onboarding`], [`api`]: owner tokens, claims, signed manifests, the audit log and the

@@ -10,6 +10,7 @@ use joinserver::atrest;
 use joinserver::config::{self, Config};
 use joinserver::devices::Format;
 use joinserver::onboarding::db::{Actor, OnboardStore, Role};
+use joinserver::onboarding::import::ReadSource;
 use joinserver::onboarding::manifest_sig::TrustedKeys;
 use joinserver::onboarding::service::{OnbError, Onboarding};
 use joinserver::secrets::{self, Created, Secrets};
@@ -292,13 +293,16 @@ fn import(
 ) -> Result<ExitCode> {
     let config = load_config(data_dir, config_file)?;
     let svc = onboarding_cli(data_dir, Some(&config))?;
-    let manifest = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    // Streamed from the file, like an API upload: the file is never held whole in memory.
+    let manifest =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let mut source = ReadSource::new(manifest);
     let sig = signature
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .transpose()?;
     let require = config.api.require_signed_cli_imports;
     let started = std::time::Instant::now();
-    match svc.import(&Actor::cli(), &manifest, format, sig.as_deref(), require) {
+    match svc.import_stream(&Actor::cli(), &mut source, format, sig.as_deref(), require) {
         Ok(r) => {
             use std::io::Write;
             writeln!(
@@ -343,13 +347,15 @@ fn import(
             }
             Ok(ExitCode::SUCCESS)
         }
-        Err(OnbError::Manifest(errors)) => {
+        Err(OnbError::Manifest(errors, total)) => {
             for e in &errors {
                 eprintln!("{}: {e}", file.display());
             }
+            if total > errors.len() {
+                eprintln!("{}: … and {} more", file.display(), total - errors.len());
+            }
             eprintln!(
-                "joinserver: {} bad row(s) in {}; nothing imported",
-                errors.len(),
+                "joinserver: {total} bad row(s) in {}; nothing imported",
                 file.display()
             );
             Ok(ExitCode::FAILURE)

@@ -150,7 +150,10 @@ impl Server {
         let metrics = Metrics::new();
         metrics.devices.set(n as i64);
         tracing::info!(devices = n, "devices loaded");
-        let api = start_api(data_dir, config, &devices, &secrets.master)?;
+        // Held by whoever writes a batch of devices into the map from the store (the reload
+        // thread, an API import), so an import's devices are not prepared twice.
+        let map_sync = Arc::new(Mutex::new(()));
+        let api = start_api(data_dir, config, &devices, &map_sync, &secrets.master)?;
 
         let socket =
             link::bind(config.link.listen, config.link.recv_buffer_bytes).map_err(|source| {
@@ -222,6 +225,7 @@ impl Server {
         let reload_stop = stop.clone();
         let reload_metrics = metrics.clone();
         let master = secrets.master.clone();
+        let reload_sync = map_sync.clone();
         let reloader = std::thread::Builder::new()
             .name("js-reload".into())
             .spawn(move || {
@@ -233,6 +237,7 @@ impl Server {
                     }
                     let g = reload_store.generation().ok();
                     if g.is_some() && g != seen {
+                        let _sync = reload_sync.lock().unwrap_or_else(|e| e.into_inner());
                         match sync_devices(&mut reload_store, &master, &devices) {
                             Ok(()) => {
                                 seen = g;
@@ -384,6 +389,7 @@ fn start_api(
     data_dir: &Path,
     config: &Config,
     devices: &Arc<DeviceMap>,
+    map_sync: &Arc<Mutex<()>>,
     master: &secrets::MasterKey,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
@@ -405,7 +411,8 @@ fn start_api(
         master.clone(),
         trusted,
         config.api.claim_limits(),
-    );
+    )
+    .with_map_sync(map_sync.clone());
     let api = crate::api::start(addr, Arc::new(svc), config.api.max_manifest_bytes).map_err(
         |source| StartError::Bind {
             what: "api",

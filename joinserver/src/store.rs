@@ -158,12 +158,69 @@ CREATE TABLE IF NOT EXISTS devices (
 INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', 1), ('generation', 0);
 ";
 
-fn eui_to_sql(v: u64) -> i64 {
+/// A DevEUI/JoinEUI as SQLite stores it: the u64 bits as an i64.
+pub(crate) fn eui_to_sql(v: u64) -> i64 {
     v as i64
 }
 
 fn eui_from_sql(v: i64) -> u64 {
     v as u64
+}
+
+/// The columns of `devices`, in the order every INSERT of this crate lists them.
+pub(crate) const DEVICE_COLUMNS: &str = "dev_eui, join_eui, mac_version, app_key, nwk_key, \
+     home_net_id, owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce";
+
+/// Marks a change of the provisioned devices (insert or removal), inside `tx`.
+pub(crate) fn bump_generation(tx: &Connection) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Writes one device's nonce state (no-op for a device that does not exist).
+pub(crate) fn write_nonces(
+    tx: &Connection,
+    dev_eui: DevEui,
+    state: &NonceState,
+) -> Result<(), StoreError> {
+    tx.prepare_cached(
+        "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, \
+         last_join_nonce = ?4 WHERE dev_eui = ?1",
+    )?
+    .execute(params![
+        eui_to_sql(dev_eui.as_u64()),
+        state.last_dev_nonce.map(i64::from),
+        state.history_blob(),
+        i64::from(state.last_join_nonce),
+    ])?;
+    Ok(())
+}
+
+/// Deletes one device; whether it existed. The caller bumps the generation.
+pub(crate) fn delete_device(tx: &Connection, dev_eui: DevEui) -> Result<bool, StoreError> {
+    let n = tx.execute(
+        "DELETE FROM devices WHERE dev_eui = ?1",
+        [eui_to_sql(dev_eui.as_u64())],
+    )?;
+    Ok(n > 0)
+}
+
+/// Calls `f` with every device whose row matches `condition` (SQL over the `devices` columns,
+/// e.g. `dev_eui IN (SELECT dev_eui FROM temp.t)`), one at a time, in DevEUI order.
+pub(crate) fn for_each_device(
+    conn: &Connection,
+    condition: &str,
+    f: &mut dyn FnMut(StoredDevice),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(&format!("{SELECT} WHERE {condition} ORDER BY dev_eui"))?;
+    let rows = stmt.query_map([], SqliteStore::row_to_device)?;
+    for r in rows {
+        f(r?.into_device()?);
+    }
+    Ok(())
 }
 
 impl SqliteStore {
@@ -237,12 +294,10 @@ impl SqliteStore {
         })
     }
 
-    fn bump_generation(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-        tx.execute(
-            "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
-            [],
-        )?;
-        Ok(())
+    /// The connection, for the crate's multi-table operations on the same file (the
+    /// onboarding import).
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
     }
 }
 
@@ -328,11 +383,10 @@ impl Store for SqliteStore {
     fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare(
-                "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
-                 home_net_id, owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?;
+            let mut stmt = tx.prepare(&format!(
+                "INSERT INTO devices ({DEVICE_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            ))?;
             for d in devices {
                 let r = stmt.execute(params![
                     eui_to_sql(d.dev_eui.as_u64()),
@@ -357,39 +411,25 @@ impl Store for SqliteStore {
                 }
             }
         }
-        Self::bump_generation(&tx)?;
+        bump_generation(&tx)?;
         tx.commit()?;
         Ok(())
     }
 
     fn remove_device(&mut self, dev_eui: DevEui) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute(
-            "DELETE FROM devices WHERE dev_eui = ?1",
-            [eui_to_sql(dev_eui.as_u64())],
-        )?;
-        if n > 0 {
-            Self::bump_generation(&tx)?;
+        let removed = delete_device(&tx, dev_eui)?;
+        if removed {
+            bump_generation(&tx)?;
         }
         tx.commit()?;
-        Ok(n > 0)
+        Ok(removed)
     }
 
     fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, \
-                 last_join_nonce = ?4 WHERE dev_eui = ?1",
-            )?;
-            for u in batch {
-                stmt.execute(params![
-                    eui_to_sql(u.dev_eui.as_u64()),
-                    u.state.last_dev_nonce.map(i64::from),
-                    u.state.history_blob(),
-                    i64::from(u.state.last_join_nonce),
-                ])?;
-            }
+        for u in batch {
+            write_nonces(&tx, u.dev_eui, &u.state)?;
         }
         tx.commit()?;
         Ok(())

@@ -10,9 +10,7 @@ use std::time::Duration;
 use common::{datagram, http_get, metric, now_ms, JOIN_EUI};
 use ed25519_dalek::{Signer, SigningKey};
 use joinserver::config::Config;
-use joinserver::onboarding::db::{Actor, OnboardStore, Role};
-use joinserver::onboarding::manifest_sig::TrustedKeys;
-use joinserver::onboarding::service::Onboarding;
+use joinserver::onboarding::db::Role;
 use joinserver::onboarding::tr005::crc16_modbus;
 use joinserver::secrets::{self, Secrets};
 use joinserver::server::Server;
@@ -183,26 +181,17 @@ fn onboarding_over_http_and_udp() {
     config.api.claim_failures_per_device = 3;
 
     // API keys, as `joinserver api-keys create` makes them.
-    let cli = Onboarding::new(
-        OnboardStore::open(dir).unwrap(),
-        None,
-        s.master.clone(),
-        TrustedKeys::default(),
-        Default::default(),
+    let keys = common::api_keys(
+        dir,
+        &s.master,
+        &[
+            (Role::Manufacturer, "acme"),
+            (Role::Owner, "alice"),
+            (Role::Owner, "bob"),
+            (Role::Admin, "ops"),
+        ],
     );
-    let key = |role, name| {
-        cli.create_api_key(&Actor::cli(), role, name)
-            .unwrap()
-            .0
-            .expose()
-            .to_owned()
-    };
-    let (acme, alice, bob, ops) = (
-        key(Role::Manufacturer, "acme"),
-        key(Role::Owner, "alice"),
-        key(Role::Owner, "bob"),
-        key(Role::Admin, "ops"),
-    );
+    let [acme, alice, bob, ops]: [String; 4] = keys.try_into().unwrap();
 
     let server = Server::start(dir, &config).unwrap();
     let api = Http::new(server.api_addr().unwrap());

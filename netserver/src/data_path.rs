@@ -15,12 +15,13 @@
 //!    is held**, so that the emits of a session reach the write-ahead log in counter order.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU64;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
-use protocol::data::{Downlink, FramePayload, FrmPayload, UplinkMicParams};
+use protocol::data::{Downlink, FramePayload, FrmPayload, SessionCrypto, UplinkMicParams};
 use protocol::fcnt::FCntVerdict;
 use protocol::gwmp::{Packet, PullResp, Token};
 use protocol::mac::{self, MacCommand};
@@ -326,10 +327,10 @@ pub fn on_join(state: &State, s: &Session) {
     };
     let ev = JoinEvent {
         kind: "join".into(),
-        dev_eui: s.stored.dev_eui,
-        join_eui: s.stored.join_eui,
-        dev_addr: s.stored.dev_addr,
-        mac_version: s.stored.mac_version.map(|v| v.as_str().to_owned()),
+        dev_eui: s.dev_eui,
+        join_eui: s.join_eui,
+        dev_addr: s.dev_addr,
+        mac_version: s.reported_version.map(|v| v.as_str().to_owned()),
         received_at: integration::rfc3339(SystemTime::now()),
     };
     if let Ok(line) = serde_json::to_vec(&ev) {
@@ -383,11 +384,7 @@ pub fn process(
         _ => 0,
     };
     for session in &candidates {
-        let crypto = session.live.crypto(
-            &session.keys,
-            session.stored.app_s_key.as_ref(),
-            state.secrets.as_kek.as_ref(),
-        );
+        let crypto = session.crypto();
         let mut st = session.live.lock();
         let mic_params = UplinkMicParams {
             conf_fcnt: st.pending_confirmed.map_or(0, |p| p.f_cnt),
@@ -397,7 +394,7 @@ pub fn process(
         let cand = Candidate {
             version: session.mac_version(),
             last_accepted: st.last_accepted(),
-            crypto,
+            crypto: &crypto,
             mic_params,
         };
         match steps::authenticate(&frame, &[cand]) {
@@ -417,7 +414,7 @@ pub fn process(
                     wall,
                     now,
                 };
-                accepted(&ctx, &mut st, verdict, uplink);
+                accepted(&ctx, &crypto, &mut st, verdict, uplink);
                 return;
             }
         }
@@ -437,19 +434,20 @@ struct Ctx<'a> {
 /// Steps 4–7 for an authentic frame, with the session's lock held.
 fn accepted(
     ctx: &Ctx<'_>,
+    crypto: &SessionCrypto,
     st: &mut DataState,
     verdict: FCntVerdict,
     uplink: protocol::data::Uplink,
 ) {
     let (state, session) = (ctx.state, ctx.session);
-    let dev_eui = session.stored.dev_eui;
+    let dev_eui = session.dev_eui;
     let best = &ctx.receptions[0];
 
     // 4. A repeat: never delivered again; a confirmed one is ACKed again.
     let FCntVerdict::New { fcnt, .. } = verdict else {
         count(state, UplinkResult::Duplicate);
         if uplink.confirmed {
-            let d = downlink(ctx, st, &uplink, Vec::new(), None);
+            let d = downlink(ctx, crypto, st, &uplink, Vec::new(), None);
             if let Some(d) = d {
                 ctx.plane.emitter.emit(Emit {
                     record: Some(record(session, st)),
@@ -476,7 +474,7 @@ fn accepted(
             let ev = AckEvent {
                 kind: "ack".into(),
                 dev_eui,
-                id: p.id,
+                id: p.id.get(),
                 f_cnt_down: p.f_cnt,
                 received_at: integration::rfc3339(ctx.wall),
             };
@@ -497,8 +495,11 @@ fn accepted(
     }
     // The replaced session is no longer needed once the new one is in use: at its first uplink
     // (1.0), at its RekeyInd (1.1, which confirms the new security context).
-    if state.sessions.is_current(session) && (!radio.is_1_1 || st.rekey_confirmed) {
-        state.sessions.drop_previous(dev_eui);
+    if state.sessions.is_current(session)
+        && (!radio.is_1_1 || st.rekey_confirmed)
+        && state.sessions.drop_previous(dev_eui)
+    {
+        state.store.forget_previous(dev_eui);
     }
     if let Some((power, dr, mask)) = outcome.link_adr_ans {
         if let (true, true, true, Some(req)) = (power, dr, mask, st.adr_requested) {
@@ -543,14 +544,14 @@ fn accepted(
         FramePayload::EncryptedApplication { ciphertext, .. } => (
             None,
             Some(integration::b64(ciphertext)),
-            session.stored.app_s_key.clone(),
+            session.app_s_key.as_ref().map(|e| e.to_envelope()),
         ),
         FramePayload::None | FramePayload::MacCommands(_) => (None, None, None),
     };
     let ev = UplinkEvent {
         kind: "uplink".into(),
         dev_eui,
-        dev_addr: session.stored.dev_addr,
+        dev_addr: session.dev_addr,
         f_cnt: fcnt,
         f_port: uplink.payload.f_port(),
         confirmed: uplink.confirmed,
@@ -568,7 +569,7 @@ fn accepted(
     let queued = ctx.plane.queue.has(dev_eui);
     let dl = if steps::needs_downlink(&uplink, answers.len(), queued) {
         let app = ctx.plane.queue.pop(dev_eui);
-        downlink(ctx, st, &uplink, answers, app)
+        downlink(ctx, crypto, st, &uplink, answers, app)
     } else {
         None
     };
@@ -592,7 +593,7 @@ fn best_started(receptions: &[Reception]) -> Instant {
 
 fn record(session: &Session, st: &DataState) -> (protocol::ids::DevEui, CounterRecord) {
     (
-        session.stored.dev_eui,
+        session.dev_eui,
         CounterRecord::of(session, st.counters, st.rekey_confirmed),
     )
 }
@@ -602,6 +603,7 @@ fn record(session: &Session, st: &DataState) -> (protocol::ids::DevEui, CounterR
 /// out (counted); a queued payload that could not go is put back.
 fn downlink(
     ctx: &Ctx<'_>,
+    crypto: &SessionCrypto,
     st: &mut DataState,
     uplink: &protocol::data::Uplink,
     answers: Vec<MacCommand>,
@@ -609,7 +611,7 @@ fn downlink(
 ) -> Option<OutgoingDownlink> {
     let (state, session) = (ctx.state, ctx.session);
     let m = &state.metrics.data;
-    let dev_eui = session.stored.dev_eui;
+    let dev_eui = session.dev_eui;
     let put_back = |app: Option<(QueuedDownlink, bool)>| {
         if let Some((d, _)) = app {
             ctx.plane.queue.push_front(dev_eui, d);
@@ -617,7 +619,7 @@ fn downlink(
     };
 
     // Window and gateway first: nothing is consumed for a downlink that cannot make it.
-    let rx = &session.stored.rx;
+    let rx = &session.rx;
     let rx1 = Duration::from_secs(u64::from((rx.rx_delay_s & 0x0f).max(1)));
     let timing = WindowTiming {
         rx1_delay: rx1,
@@ -676,7 +678,7 @@ fn downlink(
     let fcnt = *slot;
     let frame = Downlink {
         confirmed,
-        dev_addr: session.stored.dev_addr,
+        dev_addr: session.dev_addr,
         fcnt,
         adr: ctx.plane.config.adr,
         ack: uplink.confirmed,
@@ -684,11 +686,6 @@ fn downlink(
         fopts,
         payload,
     };
-    let crypto = session.live.crypto(
-        &session.keys,
-        session.stored.app_s_key.as_ref(),
-        state.secrets.as_kek.as_ref(),
-    );
     let bytes = match frame.build(crypto, uplink.fcnt) {
         Ok(b) => b,
         Err(e) => {
@@ -701,10 +698,9 @@ fn downlink(
     *slot = fcnt.wrapping_add(1);
     if let Some(d) = &app_item {
         if d.confirmed {
-            st.pending_confirmed = Some(PendingConfirmed {
-                f_cnt: fcnt,
-                id: d.id,
-            });
+            // Ids are handed out from 1 (`DataPlane::next_id`).
+            st.pending_confirmed =
+                NonZeroU64::new(d.id).map(|id| PendingConfirmed { f_cnt: fcnt, id });
         }
     }
     let radio = DownlinkRadio {

@@ -38,7 +38,7 @@ impl DownlinkQueue {
     /// Queues holding at most `per_device` items each.
     pub fn new(per_device: usize) -> Self {
         Self {
-            map: DashMap::with_hasher(KeyedHasher::new()),
+            map: DashMap::with_hasher(KeyedHasher::default()),
             per_device: per_device.max(1),
         }
     }

@@ -91,7 +91,7 @@ impl GatewayRegistry {
     /// `offline_after` is reported offline.
     pub fn new(offline_after: Duration, max_gateways: usize) -> Self {
         Self {
-            map: DashMap::with_hasher(KeyedHasher::new()),
+            map: DashMap::with_hasher(KeyedHasher::default()),
             offline_after,
             max_gateways,
         }

@@ -223,12 +223,7 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
     let Some(session) = state.sessions.get(req.dev_eui) else {
         return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
     };
-    let crypto = session.live.crypto(
-        &session.keys,
-        session.stored.app_s_key.as_ref(),
-        state.secrets.as_kek.as_ref(),
-    );
-    if crypto.app.is_none() {
+    if session.opened_app_s_key.is_none() {
         return DownlinkAnswer::err(
             "this network server does not hold the device's AppSKey (no --as-kek), so it cannot encrypt the payload",
         );

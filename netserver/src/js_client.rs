@@ -83,7 +83,7 @@ impl LinkClient {
             key,
             sender,
             window_ms: link::DEFAULT_WINDOW_MS,
-            pending: DashMap::with_hasher(KeyedHasher::new()),
+            pending: DashMap::with_hasher(KeyedHasher::default()),
             metrics,
         })
     }

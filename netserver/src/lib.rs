@@ -12,7 +12,7 @@
 //!   `/health` and `/gateways`.
 //! - [`state`]: the one shared `Arc<State>`.
 //! - Data uplinks: [`data_path`] (the pipeline's shell over [`core::data`],
-//!   [`core::mac_handler`], [`core::adr`]), [`live`] (per-session counters and crypto),
+//!   [`core::mac_handler`], [`core::adr`]), [`live`] (per-session counters and ADR state),
 //!   [`uplink_log`] (write-ahead counters, then events and downlinks), [`integration`] (events
 //!   and the downlink input), [`downlink_queue`].
 #![warn(missing_docs)]

@@ -1,19 +1,19 @@
 //! The mutable, in-memory side of a session that the data path works on: frame counters, the
-//! LoRaWAN 1.1 rekey state, the ADR history, the pending confirmed downlink, and the session
-//! crypto (key schedules expanded once per session, on its first uplink).
+//! LoRaWAN 1.1 rekey state, the ADR history and the pending confirmed downlink. All of it is
+//! inline (no heap allocation); the session crypto is not kept here but expanded per frame
+//! ([`crate::session::Session::crypto`]).
 //!
 //! Every uplink of a device takes the session's lock once, for the whole check-and-update of
 //! its counters (never across an `.await`), so two copies of a frame handled by two socket
 //! loops cannot both be accepted.
 
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::num::NonZeroU64;
+use std::sync::{Mutex, MutexGuard};
 
-use protocol::data::{NetworkSessionKeys, SessionCrypto};
-use protocol::keys::AppSKey;
-use protocol::keywrap::KeyEnvelope;
+use protocol::data::NetworkSessionKeys;
 
 use crate::core::adr::{LinkSettings, SnrHistory};
-use crate::keys::{open_envelope, LabeledKek, NetworkKeys};
+use crate::keys::NetworkKeys;
 use crate::session::FrameCounters;
 
 /// A confirmed downlink waiting for the device's ACK.
@@ -21,8 +21,8 @@ use crate::session::FrameCounters;
 pub struct PendingConfirmed {
     /// Its FCntDown (1.1: AFCntDown), the ConfFCnt of the acknowledging uplink's MIC.
     pub f_cnt: u32,
-    /// The id the integration gave it.
-    pub id: u64,
+    /// The id the integration gave it (ids start at 1, so an `Option` of this is 16 bytes).
+    pub id: NonZeroU64,
 }
 
 /// The data path's state of one session.
@@ -68,12 +68,10 @@ impl DataState {
     }
 }
 
-/// The live part of a [`crate::session::Session`].
+/// The live part of a [`crate::session::Session`]: its [`DataState`] behind the lock every
+/// uplink of the device takes once.
 pub struct Live {
     state: Mutex<DataState>,
-    // Boxed: a SessionCrypto is about 2.9 KB (the `aes` crate keeps AES-NI and software key
-    // schedules side by side); sessions that have not sent since the start do not pay it.
-    crypto: OnceLock<Box<SessionCrypto>>,
 }
 
 impl Live {
@@ -81,7 +79,6 @@ impl Live {
     pub fn new(counters: FrameCounters) -> Self {
         Self {
             state: Mutex::new(DataState::new(counters)),
-            crypto: OnceLock::new(),
         }
     }
 
@@ -91,43 +88,12 @@ impl Live {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
-    /// The session crypto, built on first use: the network keys, and the AppSKey when its
-    /// envelope opens with `as_kek` (or is in clear).
-    pub fn crypto(
-        &self,
-        keys: &NetworkKeys,
-        app_s_key: Option<&KeyEnvelope>,
-        as_kek: Option<&LabeledKek>,
-    ) -> &SessionCrypto {
-        self.crypto.get_or_init(|| {
-            let app = match (app_s_key, as_kek) {
-                (Some(env), Some(kek)) => open_envelope::<AppSKey>(env, kek).ok(),
-                (Some(env), None) if env.kek_label.is_empty() => env.open(None).ok(),
-                _ => None,
-            };
-            Box::new(SessionCrypto::new(
-                &network_session_keys(keys),
-                app.as_ref(),
-            ))
-        })
-    }
-}
-
-impl Clone for Live {
-    fn clone(&self) -> Self {
-        Self {
-            state: Mutex::new(self.lock().clone()),
-            crypto: OnceLock::new(),
-        }
-    }
 }
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Live")
             .field("counters", &self.lock().counters)
-            .field("crypto", &"<redacted>")
             .finish()
     }
 }
@@ -164,7 +130,8 @@ mod tests {
     fn session(dev_eui: u64, dev_addr: u32, nonce: u16) -> Session {
         let mut s = stored(dev_eui, dev_addr);
         s.dev_nonce.0 = nonce;
-        Session::new(s, NetworkKeys::V1_0(NwkSKey::new([nonce as u8; 16])))
+        let keys = NetworkKeys::V1_0(NwkSKey::new([nonce as u8; 16]));
+        Session::new(&s, keys, &Default::default(), None).unwrap()
     }
 
     #[test]
@@ -183,7 +150,7 @@ mod tests {
             2,
             "device 2's session and device 1's replaced one"
         );
-        assert_eq!(at_old[0].stored.dev_eui, DevEui::new(2));
+        assert_eq!(at_old[0].dev_eui, DevEui::new(2));
         assert!(Arc::ptr_eq(&at_old[1], &old));
         assert!(!t.is_current(&old));
         let new = t.candidates(protocol::ids::DevAddr::new(0x2600_0002));
@@ -213,9 +180,6 @@ mod tests {
         assert_eq!(live.lock().last_accepted(), None);
         live.lock().counters.f_cnt_up = 8;
         assert_eq!(live.lock().last_accepted(), Some(7));
-        let copy = live.clone();
-        assert_eq!(copy.lock().counters.f_cnt_up, 8);
-        assert!(!format!("{live:?}").contains("Aes"));
     }
 }
 
@@ -225,15 +189,16 @@ mod size {
 
     use crate::session::Session;
 
-    /// The session record stays small: the 2.9 KB of key schedules are boxed, built at the
-    /// first uplink (docs/benchmarks.md).
+    /// The session record is small and fixed-size: no key schedules, no heap parts but a
+    /// SessionKeyID when there is one (`netserver/tests/memory.rs` measures the whole table).
     #[test]
     fn session_inline_size_is_bounded() {
-        assert!(size_of::<Session>() <= 512, "{}", size_of::<Session>());
+        // 240 bytes: with the `Arc` counts, one 272-byte glibc chunk.
+        assert!(size_of::<Session>() <= 240, "{}", size_of::<Session>());
         assert!(
-            size_of::<super::Live>() <= 128,
+            size_of::<super::DataState>() <= 64,
             "{}",
-            size_of::<super::Live>()
+            size_of::<super::DataState>()
         );
     }
 }

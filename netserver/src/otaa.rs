@@ -7,7 +7,8 @@
 //! 4. read the JoinAns: refused → done; success → open the network key envelopes;
 //! 5. choose the window and the best gateway from the receptions seen by now;
 //! 6. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
-//!    received), then install it and free the device's previous address;
+//!    received), together with the session it replaces (kept until the first uplink under the
+//!    new one), then install it and free the device's previous address;
 //! 7. send the PULL_RESP and record the latency.
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
@@ -350,7 +351,18 @@ async fn run(
             .unwrap_or(0),
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
     };
-    state.store.put(stored.clone()).await?;
+    let as_kek = state.secrets.as_kek.as_ref();
+    let session = Session::new(&stored, keys, state.sessions.labels(), as_kek)
+        .map_err(|e| JoinError::Answer(format!("AppSKey envelope: {e}")))?;
+    // The session this join replaces stays usable until the first uplink under the new one
+    // (the device may miss the Join-accept), so it is stored with it, in the same commit.
+    match state.sessions.get(req.dev_eui) {
+        Some(old) => {
+            let replaced = old.to_stored(&state.secrets.ns_kek);
+            state.store.put_replacing(stored, replaced).await?;
+        }
+        None => state.store.put(stored).await?,
+    }
     if !state.allocator.confirm(addr, req.dev_eui) {
         // Only if the store took longer than the reservation (RX2 + 1 s) and another join
         // took the address meanwhile: claim it for the stored session regardless, and say so.
@@ -358,11 +370,10 @@ async fn run(
         state.allocator.restore(addr, req.dev_eui);
     }
     reservation.armed = false;
-    let session = Session::new(stored, keys);
     crate::data_path::on_join(state, &session);
     if let Some(old) = state.sessions.insert(session) {
-        if old.stored.dev_addr != addr {
-            state.allocator.release(old.stored.dev_addr, req.dev_eui);
+        if old.dev_addr != addr {
+            state.allocator.release(old.dev_addr, req.dev_eui);
         }
     }
 

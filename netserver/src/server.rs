@@ -13,6 +13,7 @@
 //! Shutdown (SIGINT/SIGTERM): `/health` turns 503, the socket loops stop reading, joins in
 //! flight finish (bounded by the RX2 delay), the store flushes, and the process exits 0.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use protocol::gwmp::{Packet, RxPk, Stat};
+use protocol::ids::DevEui;
 use protocol::link::PeerId;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -36,7 +38,7 @@ use crate::gateway::{GatewayStatus, RxpkOutcome};
 use crate::js_client::LinkClient;
 use crate::keys::NetworkKeys;
 use crate::metrics::Metrics;
-use crate::session::{RedbBackend, Session, SessionStore, Sessions};
+use crate::session::{RedbBackend, Session, SessionStore, Sessions, StoredSession};
 use crate::state::{Secrets, State};
 use crate::uplink_log::{
     apply_delivered, recover_delivered, restore_counters, CounterLog, Emitter, EventSink,
@@ -72,8 +74,8 @@ pub fn run(
     // Sessions: load, open the network keys, index.
     let backend = RedbBackend::open(&config.data_dir)
         .with_context(|| format!("opening the session store in {}", config.data_dir.display()))?;
-    let (store, loaded, store_thread) =
-        SessionStore::start(backend, config.storage.max_batch, metrics.clone())?;
+    let (store, restored, store_thread) =
+        SessionStore::start_all(backend, config.storage.max_batch, metrics.clone())?;
     let sessions = Sessions::new();
     let allocator = AddrAllocator::new(block);
     // Data path: the write-ahead frame counters, applied over the stored sessions.
@@ -88,7 +90,14 @@ pub fn run(
         .with_context(|| format!("reading the event file {}", config.data.events))?,
         _ => Default::default(),
     };
-    for mut stored in loaded {
+    // Replaced sessions (few: devices between a rejoin and their next uplink), by device.
+    let mut previous: HashMap<DevEui, StoredSession> = restored
+        .previous
+        .into_iter()
+        .map(|s| (s.dev_eui, s))
+        .collect();
+    let mut kept_previous = Vec::new();
+    let restore = |mut stored: StoredSession| -> anyhow::Result<Session> {
         let rekey_confirmed = restore_counters(&counter_records, &mut stored);
         apply_delivered(&delivered, &mut stored);
         let keys = NetworkKeys::open(&stored.network_keys, &secrets.ns_kek).with_context(|| {
@@ -97,13 +106,37 @@ pub fn run(
                 stored.dev_eui
             )
         })?;
-        allocator.restore(stored.dev_addr, stored.dev_eui);
-        let session = Session::new(stored, keys);
+        let session = Session::new(&stored, keys, sessions.labels(), secrets.as_kek.as_ref())
+            .with_context(|| format!("session of {}", stored.dev_eui))?;
         session.live.lock().rekey_confirmed = rekey_confirmed;
+        Ok(session)
+    };
+    for stored in restored.current {
+        let replaced = previous.remove(&stored.dev_eui);
+        allocator.restore(stored.dev_addr, stored.dev_eui);
+        let session = restore(stored)?;
+        // A replaced session is kept only while its successor is unused (no uplink accepted,
+        // 1.1: no RekeyInd); its removal may not have reached the store before a crash.
+        let unused = {
+            let st = session.live.lock();
+            st.counters.f_cnt_up == 0 && !st.rekey_confirmed
+        };
         sessions.insert(session);
+        match replaced {
+            Some(old) if unused => kept_previous.push(restore(old)?),
+            Some(old) => store.forget_previous(old.dev_eui),
+            None => {}
+        }
+    }
+    for (dev_eui, _) in previous {
+        store.forget_previous(dev_eui);
+    }
+    let replaced = kept_previous.len();
+    for s in kept_previous {
+        sessions.insert_previous(s);
     }
     drop(counter_records);
-    tracing::info!(sessions = sessions.len(), "sessions restored");
+    tracing::info!(sessions = sessions.len(), replaced, "sessions restored");
 
     // Sockets.
     let workers = match config.gwmp.workers {

@@ -1,13 +1,17 @@
 //! Sessions: the in-memory table the uplink path reads, and the durable store behind a trait.
 //!
-//! - [`SessionBackend`] is the storage trait: load everything at start, commit a batch of
+//! - [`SessionBackend`] is the storage trait: load everything at start (current sessions, and
+//!   sessions replaced by a rejoin and kept until their successor is used), commit a batch of
 //!   writes atomically and durably. [`RedbBackend`] is the embedded default (one file,
 //!   `sessions.redb`, in the data directory, no setup). A networked backend (PostgreSQL, for
-//!   several instances) implements the same two methods with one transaction per batch.
+//!   several instances) implements the same three methods with one transaction per batch.
 //! - [`SessionStore`] runs a backend on its own thread with **group commit**: writes queued while
 //!   a commit is in progress go into the next transaction together, so durability costs one
 //!   flush per batch, not per join. `put(...).await` resolves once the write is durable.
 //! - [`Sessions`] is the in-memory table, keyed by DevEUI with a DevAddr index for the data path.
+//!   A [`Session`] there is compact (fixed-size fields, envelopes inline, KEK labels interned,
+//!   no key schedules): about 380 bytes of heap with its index entries
+//!   (`netserver/tests/memory.rs`). [`StoredSession`] is built only to persist one.
 //!
 //! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
 //! byte for byte the join server's envelopes when it wrapped them under that KEK, since the wrap
@@ -15,22 +19,26 @@
 //! envelope is kept as received (wrapped under the application's KEK): the store never holds a
 //! key in clear. In memory the network keys are unwrapped (see [`crate::keys`]).
 //!
-//! The data path (a later issue) updates frame counters through the same store: a session
-//! record is replaced whole, so a counter update is one `put` sharing a group commit.
+//! Frame counters are not written here but to the data path's write-ahead counter log
+//! ([`crate::uplink_log`]): a session record is written at its join (and, for a replaced
+//! session, at the rejoin that replaces it).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use dashmap::DashMap;
+use protocol::data::SessionCrypto;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
-use protocol::keywrap::KeyEnvelope;
+use protocol::keys::AppSKey;
+use protocol::keywrap::{KeyEnvelope, KeyWrapError, WRAPPED_KEY_LEN};
 use protocol::version::MacVersion;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroize;
 
 use crate::core::KeyedHasher;
-use crate::keys::NetworkKeys;
+use crate::keys::{LabeledKek, NetworkKeys};
 use crate::metrics::Metrics;
 
 /// Current format version of [`StoredSession`].
@@ -135,31 +143,217 @@ pub struct FrameCounters {
     pub a_f_cnt_down: u32,
 }
 
-/// A live session: the stored form plus the unwrapped network keys.
-#[derive(Debug, Clone)]
+/// A TS002 KeyEnvelope as a live session holds it: the `KEKLabel` interned (a server knows a
+/// handful of KEKs, so every session shares one `Arc<str>` per label) and the `AESKey` inline,
+/// so an envelope costs no heap allocation of its own.
+///
+/// `Debug` never shows the key; the bytes are zeroized on drop (a clear envelope holds a key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct InlineEnvelope {
+    /// The KEKLabel; `None` for a key in clear (an empty label on the wire).
+    kek_label: Option<Arc<str>>,
+    /// The RFC 3394 wrap of the key, or the key in clear in the first 16 bytes.
+    aes_key: [u8; WRAPPED_KEY_LEN],
+}
+
+impl InlineEnvelope {
+    /// From a received or stored envelope: a 24-byte wrap under a named KEK, or a 16-byte key in
+    /// clear under an empty label. Anything else is refused (no 128-bit key has another form).
+    pub fn new(env: &KeyEnvelope, labels: &KekLabels) -> Result<Self, KeyWrapError> {
+        let (kek_label, expected) = if env.kek_label.is_empty() {
+            (None, 16)
+        } else {
+            (Some(labels.intern(&env.kek_label)), WRAPPED_KEY_LEN)
+        };
+        if env.aes_key.len() != expected {
+            return Err(KeyWrapError::KeyLength {
+                role: AppSKey::ROLE,
+                expected,
+                found: env.aes_key.len(),
+            });
+        }
+        let mut aes_key = [0u8; WRAPPED_KEY_LEN];
+        aes_key[..expected].copy_from_slice(&env.aes_key);
+        Ok(Self { kek_label, aes_key })
+    }
+
+    /// The KEKLabel ("" for a key in clear).
+    pub fn kek_label(&self) -> &str {
+        self.kek_label.as_deref().unwrap_or("")
+    }
+
+    /// The TS002 form, byte for byte the envelope it was made from.
+    pub fn to_envelope(&self) -> KeyEnvelope {
+        let len = if self.kek_label.is_some() {
+            WRAPPED_KEY_LEN
+        } else {
+            16
+        };
+        KeyEnvelope {
+            kek_label: self.kek_label().to_owned(),
+            aes_key: self.aes_key[..len].to_vec(),
+        }
+    }
+
+    /// Opens the AppSKey with `as_kek` (the label must name it), or reads it when in clear.
+    /// `None` when this server cannot open it: it then forwards payloads still encrypted.
+    pub fn open_app_s_key(&self, as_kek: Option<&LabeledKek>) -> Option<AppSKey> {
+        match (&self.kek_label, as_kek) {
+            (None, _) => {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(&self.aes_key[..16]);
+                let key = AppSKey::new(k);
+                k.zeroize();
+                Some(key)
+            }
+            (Some(label), Some(kek)) if **label == *kek.label => {
+                protocol::keywrap::unwrap_key(&kek.key, &self.aes_key).ok()
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for InlineEnvelope {
+    fn drop(&mut self) {
+        self.aes_key.zeroize();
+    }
+}
+
+impl std::fmt::Debug for InlineEnvelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InlineEnvelope")
+            .field("kek_label", &self.kek_label())
+            .field("aes_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The KEKLabels of the live sessions, interned: one shared `Arc<str>` per label.
+#[derive(Debug, Default)]
+pub struct KekLabels(Mutex<Vec<Arc<str>>>);
+
+impl KekLabels {
+    /// The shared copy of `label` (added on first use). Labels come from the authenticated
+    /// join server and the store, and a deployment has a few, so a scan is enough.
+    pub fn intern(&self, label: &str) -> Arc<str> {
+        let mut v = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(l) = v.iter().find(|l| ***l == *label) {
+            return Arc::clone(l);
+        }
+        let l: Arc<str> = Arc::from(label);
+        v.push(Arc::clone(&l));
+        l
+    }
+}
+
+/// A live session: fixed-size fields, the network keys in clear (zeroized on drop), the AppSKey
+/// envelope inline, and the data path's state. One allocation (its `Arc`) per session; the
+/// [`StoredSession`] is built only to persist it ([`Session::to_stored`]).
+#[derive(Debug)]
 pub struct Session {
-    /// The persisted form.
-    pub stored: StoredSession,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// Its join server.
+    pub join_eui: JoinEui,
+    /// Its address in this session.
+    pub dev_addr: DevAddr,
+    /// The DevNonce of the Join-request that created the session.
+    pub dev_nonce: DevNonce,
+    /// Its LoRaWAN version, as the join server reported it (absent if it did not).
+    pub reported_version: Option<MacVersion>,
+    /// Radio parameters given in the Join-accept.
+    pub rx: RxParams,
+    /// Session lifetime from the JoinAns, s (0: unlimited).
+    pub lifetime_s: u32,
+    /// When the session was created, ms since the Unix epoch.
+    pub created_at_ms: u64,
     /// The network session keys in clear.
     pub keys: NetworkKeys,
-    /// The data path's mutable state (counters, ADR, crypto), see [`crate::live`].
+    /// The AppSKey envelope as the join server sent it (absent when it sent a SessionKeyID).
+    pub app_s_key: Option<InlineEnvelope>,
+    /// The AppSKey in clear, when the envelope opens with the application server's KEK that
+    /// this server was given (`--as-kek`) or came in clear; `None`: application payloads are
+    /// forwarded still encrypted, with the envelope. Opened once, not per frame.
+    pub opened_app_s_key: Option<AppSKey>,
+    /// The SessionKeyID, when the application server fetches the AppSKey itself (behind a
+    /// thin box: most sessions have none).
+    #[allow(clippy::box_collection)]
+    pub session_key_id: Option<Box<Vec<u8>>>,
+    /// The data path's mutable state (counters, ADR), see [`crate::live`].
     pub live: crate::live::Live,
 }
 
 impl Session {
-    /// A session with its data state starting from the stored counters.
-    pub fn new(stored: StoredSession, keys: NetworkKeys) -> Self {
-        let live = crate::live::Live::new(stored.counters);
-        Self { stored, keys, live }
+    /// The live form of `stored`, its data state starting from the stored counters, its
+    /// AppSKey opened if `as_kek` opens it. Fails only on an AppSKey envelope that holds no
+    /// 128-bit key.
+    pub fn new(
+        stored: &StoredSession,
+        keys: NetworkKeys,
+        labels: &KekLabels,
+        as_kek: Option<&LabeledKek>,
+    ) -> Result<Self, KeyWrapError> {
+        let app_s_key = stored
+            .app_s_key
+            .as_ref()
+            .map(|e| InlineEnvelope::new(e, labels))
+            .transpose()?;
+        Ok(Self {
+            opened_app_s_key: app_s_key.as_ref().and_then(|e| e.open_app_s_key(as_kek)),
+            dev_eui: stored.dev_eui,
+            join_eui: stored.join_eui,
+            dev_addr: stored.dev_addr,
+            dev_nonce: stored.dev_nonce,
+            reported_version: stored.mac_version,
+            rx: stored.rx,
+            lifetime_s: stored.lifetime_s.unwrap_or(0),
+            created_at_ms: stored.created_at_ms,
+            keys,
+            app_s_key,
+            session_key_id: stored.session_key_id.clone().map(Box::new),
+            live: crate::live::Live::new(stored.counters),
+        })
+    }
+
+    /// The persisted form, with the current counters and the network keys wrapped under
+    /// `ns_kek`.
+    pub fn to_stored(&self, ns_kek: &LabeledKek) -> StoredSession {
+        StoredSession {
+            version: STORED_SESSION_VERSION,
+            dev_eui: self.dev_eui,
+            join_eui: self.join_eui,
+            dev_addr: self.dev_addr,
+            mac_version: self.reported_version,
+            dev_nonce: self.dev_nonce,
+            network_keys: self.keys.seal(ns_kek),
+            app_s_key: self.app_s_key.as_ref().map(InlineEnvelope::to_envelope),
+            session_key_id: self.session_key_id.as_deref().cloned(),
+            rx: self.rx,
+            counters: self.live.lock().counters,
+            created_at_ms: self.created_at_ms,
+            lifetime_s: (self.lifetime_s > 0).then_some(self.lifetime_s),
+        }
     }
 
     /// The LoRaWAN version the data path applies: the reported one, else what the key set
     /// implies (1.1 keys: 1.1; 1.0 keys: 1.0.3, the most common 1.0 device).
     pub fn mac_version(&self) -> MacVersion {
-        self.stored.mac_version.unwrap_or(match self.keys {
+        self.reported_version.unwrap_or(match self.keys {
             NetworkKeys::V1_1 { .. } => MacVersion::V1_1,
             NetworkKeys::V1_0(_) => MacVersion::V1_0_3,
         })
+    }
+
+    /// The session's key schedules, expanded now (on the caller's stack): the network keys,
+    /// and the AppSKey when it is opened. Nothing is cached per session: with AES-NI the
+    /// expansion costs about a quarter of a microsecond per frame (docs/benchmarks.md), while
+    /// a cached `SessionCrypto` costs 2.9 KB per session.
+    pub fn crypto(&self) -> SessionCrypto {
+        SessionCrypto::new(
+            &crate::live::network_session_keys(&self.keys),
+            self.opened_app_s_key.as_ref(),
+        )
     }
 }
 
@@ -200,21 +394,42 @@ pub enum WriteOp {
     Put(Box<StoredSession>),
     /// Remove the device's session.
     Delete(DevEui),
+    /// Insert or replace the device's replaced session: the one a new join replaced, kept
+    /// until the first uplink under its successor (the device may have missed the
+    /// Join-accept).
+    PutPrevious(Box<StoredSession>),
+    /// Remove the device's replaced session.
+    DeletePrevious(DevEui),
 }
 
 /// A durable session storage. Implementations must make [`commit`](Self::commit) atomic (all
 /// of the batch or none) and durable when it returns `Ok`.
 pub trait SessionBackend: Send + 'static {
-    /// Every stored session.
+    /// Every stored current session.
     fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError>;
+    /// Every stored replaced session ([`WriteOp::PutPrevious`]).
+    fn load_previous(&mut self) -> Result<Vec<StoredSession>, StoreError>;
     /// Applies a batch in one transaction.
     fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError>;
 }
 
+/// What a store holds at start.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// The current sessions.
+    pub current: Vec<StoredSession>,
+    /// The replaced sessions still kept.
+    pub previous: Vec<StoredSession>,
+}
+
 const SESSIONS: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("sessions");
+/// Replaced sessions, same keys and values as [`SESSIONS`]. Absent from files written before
+/// it existed: created on open.
+const PREVIOUS: redb::TableDefinition<'_, u64, &[u8]> =
+    redb::TableDefinition::new("previous_sessions");
 
 /// The embedded default backend: a redb file. Values are the JSON of [`StoredSession`], keys
-/// the DevEUI.
+/// the DevEUI; current sessions in table `sessions`, replaced ones in `previous_sessions`.
 pub struct RedbBackend {
     db: redb::Database,
 }
@@ -232,24 +447,33 @@ fn backend_err(e: impl std::fmt::Display) -> StoreError {
 impl RedbBackend {
     /// File name inside the data directory.
     pub const FILE: &'static str = "sessions.redb";
+    /// redb's page cache for this file. Sessions are read once at start and written once per
+    /// join, so a small cache is enough; redb's default (1 GiB) would keep the whole file in
+    /// memory after the start (about 600 bytes per session).
+    pub const CACHE_BYTES: usize = 16 << 20;
 
     /// Opens (creating if needed) `dir/sessions.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend_err)?;
-        let db = redb::Database::create(dir.join(Self::FILE)).map_err(backend_err)?;
-        // Create the table so that a fresh store loads as empty.
+        let db = redb::Builder::new()
+            .set_cache_size(Self::CACHE_BYTES)
+            .create(dir.join(Self::FILE))
+            .map_err(backend_err)?;
+        // Create the tables so that a fresh store loads as empty.
         let tx = db.begin_write().map_err(backend_err)?;
         tx.open_table(SESSIONS).map_err(backend_err)?;
+        tx.open_table(PREVIOUS).map_err(backend_err)?;
         tx.commit().map_err(backend_err)?;
         Ok(Self { db })
     }
-}
 
-impl SessionBackend for RedbBackend {
-    fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+    fn load_table(
+        &self,
+        def: redb::TableDefinition<'_, u64, &[u8]>,
+    ) -> Result<Vec<StoredSession>, StoreError> {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().map_err(backend_err)?;
-        let table = tx.open_table(SESSIONS).map_err(backend_err)?;
+        let table = tx.open_table(def).map_err(backend_err)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(backend_err)? {
             let (k, v) = row.map_err(backend_err)?;
@@ -269,21 +493,38 @@ impl SessionBackend for RedbBackend {
         }
         Ok(out)
     }
+}
+
+impl SessionBackend for RedbBackend {
+    fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        self.load_table(SESSIONS)
+    }
+
+    fn load_previous(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        self.load_table(PREVIOUS)
+    }
 
     fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(backend_err)?;
         {
-            let mut table = tx.open_table(SESSIONS).map_err(backend_err)?;
+            let mut current = tx.open_table(SESSIONS).map_err(backend_err)?;
+            let mut previous = tx.open_table(PREVIOUS).map_err(backend_err)?;
             for op in batch {
-                match op {
-                    WriteOp::Put(s) => {
+                let (table, key, value) = match op {
+                    WriteOp::Put(s) => (&mut current, s.dev_eui, Some(s)),
+                    WriteOp::Delete(d) => (&mut current, *d, None),
+                    WriteOp::PutPrevious(s) => (&mut previous, s.dev_eui, Some(s)),
+                    WriteOp::DeletePrevious(d) => (&mut previous, *d, None),
+                };
+                match value {
+                    Some(s) => {
                         let bytes = serde_json::to_vec(s).map_err(backend_err)?;
                         table
-                            .insert(s.dev_eui.as_u64(), bytes.as_slice())
+                            .insert(key.as_u64(), bytes.as_slice())
                             .map_err(backend_err)?;
                     }
-                    WriteOp::Delete(d) => {
-                        table.remove(d.as_u64()).map_err(backend_err)?;
+                    None => {
+                        table.remove(key.as_u64()).map_err(backend_err)?;
                     }
                 }
             }
@@ -295,7 +536,8 @@ impl SessionBackend for RedbBackend {
 type Ack = oneshot::Sender<Result<(), Arc<StoreError>>>;
 
 enum Job {
-    Write(WriteOp, Ack),
+    /// Writes committed together.
+    Write(Vec<WriteOp>, Ack),
     /// Resolves once everything queued before it is committed.
     Flush(Ack),
 }
@@ -319,14 +561,28 @@ impl StoreThread {
 }
 
 impl SessionStore {
-    /// Loads every session from `backend`, then starts the commit thread. `max_batch` bounds a
-    /// group commit.
+    /// Loads the current sessions from `backend`, then starts the commit thread. `max_batch`
+    /// bounds a group commit. For tools and tests; the server uses [`Self::start_all`].
     pub fn start<B: SessionBackend>(
-        mut backend: B,
+        backend: B,
         max_batch: usize,
         metrics: Metrics,
     ) -> Result<(Self, Vec<StoredSession>, StoreThread), StoreError> {
-        let loaded = backend.load_all()?;
+        let (store, restored, thread) = Self::start_all(backend, max_batch, metrics)?;
+        Ok((store, restored.current, thread))
+    }
+
+    /// Loads every session, current and replaced, from `backend`, then starts the commit
+    /// thread. `max_batch` bounds a group commit.
+    pub fn start_all<B: SessionBackend>(
+        mut backend: B,
+        max_batch: usize,
+        metrics: Metrics,
+    ) -> Result<(Self, Restored, StoreThread), StoreError> {
+        let loaded = Restored {
+            current: backend.load_all()?,
+            previous: backend.load_previous()?,
+        };
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
         let handle = std::thread::Builder::new()
             .name("netserver-store".into())
@@ -350,13 +606,38 @@ impl SessionStore {
 
     /// Stores a session; resolves once it is durable.
     pub async fn put(&self, s: StoredSession) -> Result<(), StoreError> {
-        self.submit(|ack| Job::Write(WriteOp::Put(Box::new(s)), ack))
+        self.submit(|ack| Job::Write(vec![WriteOp::Put(Box::new(s))], ack))
             .await
+    }
+
+    /// Stores a new session and the session it replaces, kept until the first uplink under
+    /// the new one, in one commit; resolves once both are durable.
+    pub async fn put_replacing(
+        &self,
+        s: StoredSession,
+        replaced: StoredSession,
+    ) -> Result<(), StoreError> {
+        let ops = vec![
+            WriteOp::Put(Box::new(s)),
+            WriteOp::PutPrevious(Box::new(replaced)),
+        ];
+        self.submit(|ack| Job::Write(ops, ack)).await
+    }
+
+    /// Queues the removal of the device's replaced session without waiting (the data path
+    /// never waits for storage). If it is lost in a crash, the restart drops the replaced
+    /// session anyway, since its successor's counters show it in use.
+    pub fn forget_previous(&self, dev_eui: DevEui) {
+        let (ack, _) = oneshot::channel();
+        let op = vec![WriteOp::DeletePrevious(dev_eui)];
+        if self.tx.try_send(Job::Write(op, ack)).is_err() {
+            tracing::debug!(%dev_eui, "replaced session removal not queued (store busy)");
+        }
     }
 
     /// Deletes a device's session; resolves once durable.
     pub async fn delete(&self, dev_eui: DevEui) -> Result<(), StoreError> {
-        self.submit(|ack| Job::Write(WriteOp::Delete(dev_eui), ack))
+        self.submit(|ack| Job::Write(vec![WriteOp::Delete(dev_eui)], ack))
             .await
     }
 
@@ -379,7 +660,7 @@ fn commit_loop<B: SessionBackend>(
         while let Some(job) = next.take() {
             match job {
                 Job::Write(op, ack) => {
-                    ops.push(op);
+                    ops.extend(op);
                     acks.push(ack);
                 }
                 Job::Flush(ack) => acks.push(ack),
@@ -408,14 +689,19 @@ fn commit_loop<B: SessionBackend>(
 }
 
 /// The in-memory session table: by DevEUI, with the DevAddr index the data path looks up.
+///
+/// Each index holds one entry per session, whose value is the session's `Arc` (16 bytes with
+/// the key), never a copy of the session.
 #[derive(Debug, Default)]
 pub struct Sessions {
     by_dev_eui: DashMap<DevEui, Arc<Session>, KeyedHasher>,
-    by_dev_addr: DashMap<DevAddr, DevEui, KeyedHasher>,
+    by_dev_addr: DashMap<DevAddr, Arc<Session>, KeyedHasher>,
     // Data path: a replaced session is kept until the first uplink under its successor
-    // (the device may not have received the Join-accept); indexed by its DevAddr.
+    // (the device may not have received the Join-accept); indexed by its DevAddr. Few
+    // devices are between a rejoin and their next uplink at any time.
     previous: DashMap<DevEui, Arc<Session>, KeyedHasher>,
     previous_by_addr: DashMap<DevAddr, Vec<DevEui>, KeyedHasher>,
+    labels: KekLabels,
 }
 
 impl Sessions {
@@ -424,29 +710,38 @@ impl Sessions {
         Self::default()
     }
 
-    /// Installs `s`, replacing the device's previous session; returns the replaced one.
+    /// The interned KEKLabels the sessions' envelopes share.
+    pub fn labels(&self) -> &KekLabels {
+        &self.labels
+    }
+
+    /// Installs `s`, replacing the device's previous session; returns the replaced one, which
+    /// is kept as a candidate of its DevAddr until [`Sessions::drop_previous`].
     pub fn insert(&self, s: Session) -> Option<Arc<Session>> {
-        let dev_eui = s.stored.dev_eui;
-        let dev_addr = s.stored.dev_addr;
-        let old = self.by_dev_eui.insert(dev_eui, Arc::new(s));
+        let s = Arc::new(s);
+        let (dev_eui, dev_addr) = (s.dev_eui, s.dev_addr);
+        let old = self.by_dev_eui.insert(dev_eui, Arc::clone(&s));
         if let Some(old) = &old {
-            let old_addr = old.stored.dev_addr;
-            if old_addr != dev_addr {
-                self.by_dev_addr.remove_if(&old_addr, |_, d| *d == dev_eui);
-            }
+            self.by_dev_addr
+                .remove_if(&old.dev_addr, |_, cur| Arc::ptr_eq(cur, old));
         }
-        self.by_dev_addr.insert(dev_addr, dev_eui);
+        self.by_dev_addr.insert(dev_addr, s);
         if let Some(old) = &old {
             self.keep_previous(Arc::clone(old));
         }
         old
     }
 
+    /// Installs a replaced session restored from the store (the device had rejoined, and no
+    /// uplink under its new session was seen before the restart).
+    pub fn insert_previous(&self, s: Session) {
+        self.keep_previous(Arc::new(s));
+    }
+
     fn keep_previous(&self, old: Arc<Session>) {
-        let dev_eui = old.stored.dev_eui;
-        let addr = old.stored.dev_addr;
+        let (dev_eui, addr) = (old.dev_eui, old.dev_addr);
         if let Some(before) = self.previous.insert(dev_eui, old) {
-            self.unindex_previous(before.stored.dev_addr, dev_eui);
+            self.unindex_previous(before.dev_addr, dev_eui);
         }
         let mut list = self.previous_by_addr.entry(addr).or_default();
         if !list.contains(&dev_eui) {
@@ -479,14 +774,19 @@ impl Sessions {
     /// Whether `s` is the device's current session.
     pub fn is_current(&self, s: &Arc<Session>) -> bool {
         self.by_dev_eui
-            .get(&s.stored.dev_eui)
+            .get(&s.dev_eui)
             .is_some_and(|c| Arc::ptr_eq(&c, s))
     }
 
-    /// Forgets the device's replaced session (its successor has been used).
-    pub fn drop_previous(&self, dev_eui: DevEui) {
-        if let Some((_, old)) = self.previous.remove(&dev_eui) {
-            self.unindex_previous(old.stored.dev_addr, dev_eui);
+    /// Forgets the device's replaced session (its successor has been used); whether there was
+    /// one.
+    pub fn drop_previous(&self, dev_eui: DevEui) -> bool {
+        match self.previous.remove(&dev_eui) {
+            Some((_, old)) => {
+                self.unindex_previous(old.dev_addr, dev_eui);
+                true
+            }
+            None => false,
         }
     }
 
@@ -505,8 +805,7 @@ impl Sessions {
 
     /// The session holding `dev_addr`.
     pub fn by_dev_addr(&self, dev_addr: DevAddr) -> Option<Arc<Session>> {
-        let dev_eui = *self.by_dev_addr.get(&dev_addr)?;
-        self.get(dev_eui)
+        self.by_dev_addr.get(&dev_addr).map(|s| Arc::clone(&s))
     }
 
     /// Number of sessions.
@@ -552,6 +851,60 @@ pub(crate) mod tests {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
         }
+    }
+
+    #[test]
+    fn a_live_session_round_trips_to_its_stored_form() {
+        use protocol::keys::{Kek, NwkSKey};
+        let ns = LabeledKek {
+            label: "ns".into(),
+            key: Kek::new([7; 16]),
+        };
+        let as_kek = LabeledKek {
+            label: "as-1".into(),
+            key: Kek::new([9; 16]),
+        };
+        let keys = NetworkKeys::V1_0(NwkSKey::new([1; 16]));
+        let app = AppSKey::new([0x5A; 16]);
+        let mut s = stored(1, 0x2600_0001);
+        s.network_keys = keys.seal(&ns);
+        s.app_s_key = Some(KeyEnvelope::seal("as-1", Some(&as_kek.key), &app).unwrap());
+        s.session_key_id = Some(vec![1, 2, 3]);
+        s.lifetime_s = Some(3600);
+        let labels = KekLabels::default();
+        let live = Session::new(&s, keys.clone(), &labels, Some(&as_kek)).unwrap();
+        assert_eq!(live.to_stored(&ns), s, "byte for byte, envelopes included");
+        assert_eq!(
+            live.opened_app_s_key.as_ref().map(|k| *k.expose()),
+            Some([0x5A; 16])
+        );
+        assert!(!format!("{live:?}").contains("5a5a"), "keys redacted");
+        // Without the AS KEK (or under another one) the AppSKey stays wrapped.
+        let other = LabeledKek {
+            label: "as-2".into(),
+            key: Kek::new([9; 16]),
+        };
+        for kek in [None, Some(&other)] {
+            let s2 = Session::new(&s, keys.clone(), &labels, kek).unwrap();
+            assert!(s2.opened_app_s_key.is_none());
+        }
+        // Labels are shared, not copied per session.
+        let a = InlineEnvelope::new(s.app_s_key.as_ref().unwrap(), &labels).unwrap();
+        assert!(Arc::ptr_eq(
+            a.kek_label.as_ref().unwrap(),
+            live.app_s_key.as_ref().unwrap().kek_label.as_ref().unwrap()
+        ));
+        // A key in clear round-trips and opens without a KEK; other lengths are refused.
+        let clear = KeyEnvelope::seal("", None, &app).unwrap();
+        let c = InlineEnvelope::new(&clear, &labels).unwrap();
+        assert_eq!(c.to_envelope(), clear);
+        assert!(c.open_app_s_key(None).is_some());
+        let mut bad = clear;
+        bad.aes_key.push(0);
+        assert_eq!(
+            InlineEnvelope::new(&bad, &labels).unwrap_err().kind(),
+            "key_length"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -606,6 +959,9 @@ pub(crate) mod tests {
     struct Failing;
     impl SessionBackend for Failing {
         fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn load_previous(&mut self) -> Result<Vec<StoredSession>, StoreError> {
             Ok(Vec::new())
         }
         fn commit(&mut self, _: &[WriteOp]) -> Result<(), StoreError> {

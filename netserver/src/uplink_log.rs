@@ -64,9 +64,9 @@ impl CounterRecord {
     /// The record for `s` with `counters`.
     pub fn of(s: &Session, counters: FrameCounters, rekey_confirmed: bool) -> Self {
         Self {
-            dev_addr: s.stored.dev_addr,
-            dev_nonce: s.stored.dev_nonce.0,
-            created_at_ms: s.stored.created_at_ms,
+            dev_addr: s.dev_addr,
+            dev_nonce: s.dev_nonce.0,
+            created_at_ms: s.created_at_ms,
             counters,
             rekey_confirmed,
         }
@@ -130,11 +130,17 @@ impl std::fmt::Debug for CounterLog {
 impl CounterLog {
     /// File name inside the data directory.
     pub const FILE: &'static str = "uplinks.redb";
+    /// redb's page cache for this file: the counter records are small (about 50 bytes each in
+    /// the B-tree), so this holds those of a million sessions; redb's default is 1 GiB.
+    pub const CACHE_BYTES: usize = 64 << 20;
 
     /// Opens (creating if needed) `dir/uplinks.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(backend_err)?;
-        let db = redb::Database::create(dir.join(Self::FILE)).map_err(backend_err)?;
+        let db = redb::Builder::new()
+            .set_cache_size(Self::CACHE_BYTES)
+            .create(dir.join(Self::FILE))
+            .map_err(backend_err)?;
         let tx = db.begin_write().map_err(backend_err)?;
         tx.open_table(COUNTERS).map_err(backend_err)?;
         tx.commit().map_err(backend_err)?;

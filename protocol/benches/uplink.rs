@@ -5,9 +5,12 @@
 //! `cargo bench -p protocol --bench uplink -- --warm-up-time 1 --measurement-time 3`
 //!
 //! - `ours`: `DataFrame::parse` + `open_uplink` with the session's key schedules expanded once
-//!   (`SessionCrypto`, kept per device session by the network server).
+//!   (`SessionCrypto`), as a holder of many frames of one session would keep them.
 //! - `ours_keys_per_frame`: the same, expanding the key schedules on every frame (what `lrwn`
-//!   does), to show how much of the difference that is.
+//!   does, and what the network server does, since it keeps no key schedules per session).
+//! - `ours_keys_per_frame_unwrap`: the same plus an RFC 3394 unwrap of the AppSKey envelope
+//!   under the AS KEK: the cost the network server avoids by opening the AppSKey once per
+//!   session.
 //! - `lorawan_0_9`: the `lorawan` crate's public API (`EncryptedDataPayload`: copy, validate_mic,
 //!   decrypt), for the record of why the frame path is hand-written.
 //! - `lrwn`: `PhyPayload::from_slice`, set the full FCnt, `validate_uplink_data_mic`,
@@ -20,7 +23,8 @@ use protocol::data::{
     DataFrame, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink, UplinkMicParams,
 };
 use protocol::ids::DevAddr;
-use protocol::keys::{AppSKey, NwkSKey};
+use protocol::keys::{AppSKey, Kek, NwkSKey};
+use protocol::keywrap::{unwrap_key, wrap_key};
 
 const NWK_S_KEY: [u8; 16] = [
     0x44, 0x02, 0x42, 0x41, 0xed, 0x4c, 0xe9, 0xa6, 0x8c, 0x6a, 0x8b, 0xc0, 0x55, 0x23, 0x3f, 0xd3,
@@ -125,6 +129,20 @@ fn bench(c: &mut Criterion) {
                     nwk_s_key: NwkSKey::new(black_box(NWK_S_KEY)),
                 },
                 Some(&AppSKey::new(black_box(APP_S_KEY))),
+            );
+            ours(&s, black_box(&phy))
+        })
+    });
+    let as_kek = Kek::new([0x22; 16]);
+    let wrapped = wrap_key(&as_kek, &AppSKey::new(APP_S_KEY));
+    g.bench_function("ours_keys_per_frame_unwrap", |b| {
+        b.iter(|| {
+            let app: AppSKey = unwrap_key(black_box(&as_kek), black_box(&wrapped)).unwrap();
+            let s = SessionCrypto::new(
+                &NetworkSessionKeys::V1_0 {
+                    nwk_s_key: NwkSKey::new(black_box(NWK_S_KEY)),
+                },
+                Some(&app),
             );
             ours(&s, black_box(&phy))
         })

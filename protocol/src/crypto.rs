@@ -8,6 +8,7 @@ use aes::{Aes128, Aes128Dec, Aes128Enc};
 use cmac::{Cmac, Mac};
 use zeroize::Zeroize;
 
+use crate::data::PayloadCipher;
 use crate::keys::Mic;
 
 /// `aes128_cmac(key, parts[0] | parts[1] | …)`: RFC 4493 over the concatenation of `parts`.
@@ -37,7 +38,9 @@ pub(crate) fn aes128_cmac(key: &[u8; 16], parts: &[&[u8]]) -> [u8; 16] {
 pub(crate) struct KeySchedule {
     /// Encryption round keys only: CMAC, derivation and the device side need nothing else, and
     /// the decryption round keys cost as much again to compute (see [`Self::decrypt_blocks`]).
-    aes: Aes128Enc,
+    /// Held as a [`PayloadCipher`] so that a LoRaWAN 1.0 session's FPort 0 keystream, under
+    /// the same NwkSKey, uses these round keys instead of expanding the key a second time.
+    aes: PayloadCipher,
     /// CMAC subkey K1 (RFC 4493 §2.3).
     k1: [u8; 16],
     /// CMAC subkey K2.
@@ -63,9 +66,9 @@ fn xor_into(acc: &mut [u8; 16], x: &[u8; 16]) {
 impl KeySchedule {
     /// Expands `key` and derives the CMAC subkeys.
     pub(crate) fn new(key: &[u8; 16]) -> Self {
-        let aes = Aes128Enc::new(key.into());
+        let aes = PayloadCipher(Aes128Enc::new(key.into()));
         let mut l = [0u8; 16].into();
-        aes.encrypt_block(&mut l);
+        aes.0.encrypt_block(&mut l);
         let mut l: [u8; 16] = l.into();
         let k1 = dbl(&l);
         let k2 = dbl(&k1);
@@ -74,7 +77,12 @@ impl KeySchedule {
     }
 
     fn encrypt_in_place(&self, block: &mut [u8; 16]) {
-        self.aes.encrypt_block(block.into());
+        self.aes.0.encrypt_block(block.into());
+    }
+
+    /// The expanded key as a keystream cipher (FRMPayload / FOpts encryption).
+    pub(crate) fn cipher(&self) -> &PayloadCipher {
+        &self.aes
     }
 
     /// Encrypts each 16-byte block of `data` in place (ECB); a trailing partial block is left
@@ -82,7 +90,7 @@ impl KeySchedule {
     pub(crate) fn encrypt_blocks(&self, data: &mut [u8]) {
         debug_assert_eq!(data.len() % 16, 0);
         for chunk in data.chunks_exact_mut(16) {
-            self.aes.encrypt_block(chunk.into());
+            self.aes.0.encrypt_block(chunk.into());
         }
     }
 
@@ -93,7 +101,7 @@ impl KeySchedule {
     /// join server's Join-accept encryption needs them, once per join.
     pub(crate) fn decrypt_blocks(&self, data: &mut [u8]) {
         debug_assert_eq!(data.len() % 16, 0);
-        let dec = Aes128Dec::from(&self.aes);
+        let dec = Aes128Dec::from(&self.aes.0);
         for chunk in data.chunks_exact_mut(16) {
             dec.decrypt_block(chunk.into());
         }

@@ -94,7 +94,7 @@ pub use crate::derive::NetworkSessionKeys;
 ///
 /// Build one per session, not per frame. `Debug` is redacted; the round keys are wiped on drop.
 #[derive(Clone)]
-pub struct PayloadCipher(Aes128Enc);
+pub struct PayloadCipher(pub(crate) Aes128Enc);
 
 impl PayloadCipher {
     /// For application payloads (FPort ≥ 1).
@@ -121,10 +121,8 @@ impl std::fmt::Debug for PayloadCipher {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum NetworkCiphers {
-    V1_0 {
-        mic: KeySchedule,
-        enc: PayloadCipher,
-    },
+    /// One NwkSKey for the MIC and the FPort 0 keystream: expanded once ([`KeySchedule::cipher`]).
+    V1_0 { mic: KeySchedule },
     V1_1 {
         f_int: KeySchedule,
         s_int: KeySchedule,
@@ -150,7 +148,6 @@ impl NetworkSessionCrypto {
         Self(match keys {
             NetworkSessionKeys::V1_0 { nwk_s_key } => NetworkCiphers::V1_0 {
                 mic: KeySchedule::new(nwk_s_key.expose()),
-                enc: PayloadCipher::from_nwk_s_key(nwk_s_key),
             },
             NetworkSessionKeys::V1_1 {
                 f_nwk_s_int_key,
@@ -170,7 +167,8 @@ impl NetworkSessionCrypto {
     /// The cipher for FPort 0 payloads (NwkSKey in 1.0, NwkSEncKey in 1.1).
     pub fn payload_cipher(&self) -> &PayloadCipher {
         match &self.0 {
-            NetworkCiphers::V1_0 { enc, .. } | NetworkCiphers::V1_1 { enc, .. } => enc,
+            NetworkCiphers::V1_0 { mic } => mic.cipher(),
+            NetworkCiphers::V1_1 { enc, .. } => enc,
         }
     }
 }

@@ -13,17 +13,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
+use http_body_util::BodyExt as _;
 use protocol::ids::{DevEui, NetId};
 use serde::{Deserialize, Serialize};
 
 use crate::devices::Format;
 use crate::onboarding::db::{Actor, AuditFilter};
+use crate::onboarding::import::{ManifestSource, SourceError};
 use crate::onboarding::service::{OnbError, Onboarding};
 
 /// The OpenAPI 3.0 document of this API: `docs/openapi.json`, compiled in.
@@ -116,7 +118,7 @@ impl IntoResponse for ApiError {
             e.to_string()
         };
         let mut body = serde_json::json!({ "error": e.kind(), "message": message });
-        if let OnbError::Manifest(rows) = &e {
+        if let OnbError::Manifest(rows, _) = &e {
             body["rows"] = rows
                 .iter()
                 .take(1000)
@@ -145,6 +147,8 @@ type ApiResult = Result<Response, ApiError>;
 #[derive(Clone)]
 struct AppState {
     svc: Arc<Onboarding>,
+    /// The largest manifest accepted (the import reads its body itself).
+    max_body: usize,
 }
 
 fn api_key(headers: &HeaderMap) -> Option<String> {
@@ -235,11 +239,46 @@ struct ImportQuery {
     format: Option<String>,
 }
 
+/// The body's chunks as the import thread sees them: data, then `End`. A channel closed without
+/// `End` (the request was dropped) aborts the import.
+enum Chunk {
+    Data(Bytes),
+    End,
+    Failed(SourceError),
+}
+
+/// The import thread's side of the body channel.
+struct ChannelSource {
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    current: Bytes,
+}
+
+impl ManifestSource for ChannelSource {
+    fn next_chunk(&mut self) -> Result<Option<&[u8]>, SourceError> {
+        match self.rx.blocking_recv() {
+            Some(Chunk::Data(b)) => {
+                self.current = b;
+                Ok(Some(&self.current))
+            }
+            Some(Chunk::End) => Ok(None),
+            Some(Chunk::Failed(e)) => Err(e),
+            None => Err(SourceError::Incomplete("the request was abandoned".into())),
+        }
+    }
+}
+
+/// How many body chunks may wait for the import thread (hyper's chunks are at most a few tens
+/// of KiB), which bounds the memory an import holds.
+const IMPORT_QUEUE: usize = 16;
+
+/// `POST /devices/import`: the body is streamed, chunk by chunk, through a bounded channel to a
+/// thread of its own that verifies, parses and stages it ([`Onboarding::import_stream`]); the
+/// body is never held whole.
 async fn import(
     State(st): State<AppState>,
     headers: HeaderMap,
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult {
     let q = query(q)?;
     let format = match q.format.as_deref() {
@@ -251,10 +290,67 @@ async fn import(
     let sig = headers
         .get("x-manifest-signature")
         .map(|v| v.as_bytes().to_vec());
-    let r = run(&st, &headers, move |svc, actor| {
-        svc.import(actor, &body, format, sig.as_deref(), true)
-    })
-    .await?;
+    let max = st.max_body;
+    // Authenticate before reading anything.
+    let actor = run(&st, &headers, |_, actor| Ok(actor.clone())).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(IMPORT_QUEUE);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let svc = st.svc.clone();
+    // Its own thread, not the blocking pool: an upload paced by the client must not take one
+    // of the few threads every other request needs.
+    std::thread::Builder::new()
+        .name("js-api-import".into())
+        .spawn(move || {
+            let mut source = ChannelSource {
+                rx,
+                current: Bytes::new(),
+            };
+            let r = svc.import_stream(&actor, &mut source, format, sig.as_deref(), true);
+            let _ = done_tx.send(r);
+        })
+        .map_err(|e| {
+            ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
+                dev_eui: DevEui::new(0),
+                what: format!("spawning the import thread: {e}"),
+            }))
+        })?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = body;
+    let mut received = 0usize;
+    let last = if declared.is_some_and(|n| n > max as u64) {
+        Chunk::Failed(SourceError::TooLarge(max))
+    } else {
+        loop {
+            match body.frame().await {
+                None => break Chunk::End,
+                Some(Err(e)) => break Chunk::Failed(SourceError::Incomplete(e.to_string())),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    received += data.len();
+                    if received > max {
+                        break Chunk::Failed(SourceError::TooLarge(max));
+                    }
+                    if tx.send(Chunk::Data(data)).await.is_err() {
+                        // The import stopped early (refused before reading, or failed).
+                        break Chunk::End;
+                    }
+                }
+            }
+        }
+    };
+    let _ = tx.send(last).await;
+    drop(tx);
+    let r = done_rx.await.map_err(|_| {
+        ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
+            dev_eui: DevEui::new(0),
+            what: "import thread panicked".into(),
+        }))
+    })??;
     Ok(json(StatusCode::CREATED, &r))
 }
 
@@ -488,7 +584,7 @@ pub fn router(svc: Arc<Onboarding>, max_body: usize) -> Router {
         .route("/api/v1/audit", get(audit))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { svc })
+        .with_state(AppState { svc, max_body })
 }
 
 /// A running API listener.

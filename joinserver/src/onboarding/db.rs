@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use protocol::ids::{DevEui, NetId};
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{NonceState, SqliteStore, Store, StoreError, StoredDevice, DB_FILE};
+use crate::store::{self, NonceState, SqliteStore, Store, StoreError, StoredDevice, DB_FILE};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS audit (
     detail  TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS audit_dev_eui ON audit (dev_eui);
+CREATE INDEX IF NOT EXISTS audit_action_at ON audit (action, at_ms);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
@@ -225,13 +226,14 @@ pub fn now_ms() -> i64 {
 }
 
 fn eui_sql(d: DevEui) -> i64 {
-    d.as_u64() as i64
+    store::eui_to_sql(d.as_u64())
 }
 
 /// The onboarding store: its own connection to `DATA_DIR/joinserver.db`, plus the device store.
 pub struct OnboardStore {
     conn: Connection,
     devices: SqliteStore,
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for OnboardStore {
@@ -242,7 +244,8 @@ impl std::fmt::Debug for OnboardStore {
     }
 }
 
-fn append(tx: &Transaction<'_>, at_ms: i64, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+/// Appends an audit record inside `tx`.
+pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -259,29 +262,39 @@ fn append(tx: &Transaction<'_>, at_ms: i64, e: &AuditEntry<'_>) -> Result<(), St
     Ok(())
 }
 
-fn bump_generation(tx: &Transaction<'_>) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
-        [],
-    )?;
+/// Creates the onboarding tables on `conn` if they do not exist.
+pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(SCHEMA)?;
     Ok(())
+}
+
+/// A connection to the database file with the settings every connection of this crate uses.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
 }
 
 impl OnboardStore {
     /// Opens (creating the tables if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let devices = SqliteStore::open(data_dir)?;
-        let conn = Connection::open(data_dir.join(DB_FILE))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
-        let mut s = Self { conn, devices };
+        let path = data_dir.join(DB_FILE);
+        let conn = connect(&path)?;
+        ensure_schema(&conn)?;
+        let mut s = Self {
+            conn,
+            devices,
+            path,
+        };
         s.hash_clear_owner_tokens()?;
         Ok(s)
     }
 
     /// Owner tokens stored in clear in `devices.owner_token` (by an import that bypassed the
-    /// onboarding path, e.g. [`crate::devices::import`]) are moved to `ownership` as hashes, and
+    /// onboarding path, as the library's `devices::import` did before it went through
+    /// [`super::import`]) are moved to `ownership` as hashes, and
     /// the clear column is emptied. Returns how many were moved.
     pub fn hash_clear_owner_tokens(&mut self) -> Result<usize, StoreError> {
         let tx = self.conn.transaction()?;
@@ -372,93 +385,25 @@ impl OnboardStore {
         }))
     }
 
-    /// The DevEUIs already provisioned.
-    pub fn existing_dev_euis(&mut self) -> Result<std::collections::HashSet<DevEui>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT dev_eui FROM devices")?;
-        let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-        let mut out = std::collections::HashSet::new();
-        for r in rows {
-            out.insert(DevEui::new(r? as u64));
-        }
-        Ok(out)
+    /// A new connection to the same file, for one import: its staging table and transaction
+    /// are its own, so the upload does not hold this store's lock ([`super::import`]).
+    pub fn import_connection(&self) -> Result<Connection, StoreError> {
+        connect(&self.path)
     }
 
-    /// Inserts devices, their ownership rows and one `provision` audit record each, all in one
-    /// transaction, plus an `import` summary record. A device that exists fails the whole batch.
-    pub fn provision(
+    /// The claim attempts refused for a wrong token or an unknown device (those that count
+    /// against the failed-claim limits) since `since_ms`, oldest first: `(at_ms, actor,
+    /// dev_eui)`.
+    pub fn claim_failures_since(
         &mut self,
-        actor: &Actor,
-        devices: &[StoredDevice],
-        token_hashes: &[[u8; 32]],
-        summary: &str,
-    ) -> Result<(), StoreError> {
-        let at = now_ms();
-        let tx = self.conn.transaction()?;
-        {
-            // The same columns as `SqliteStore::insert_devices`; the owner token is never stored
-            // in `devices` (only its hash, in `ownership`).
-            let mut ins = tx.prepare(
-                "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
-                 home_net_id, owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, NULL, x'', 0)",
-            )?;
-            let mut own = tx.prepare(
-                "INSERT OR REPLACE INTO ownership (dev_eui, token_hash, manufacturer, owner, \
-                 claimed_ms, locked) VALUES (?1, ?2, ?3, NULL, NULL, 0)",
-            )?;
-            let manufacturer = (actor.role == Role::Manufacturer)
-                .then_some(actor.tenant.as_deref())
-                .flatten();
-            for (d, h) in devices.iter().zip(token_hashes) {
-                let r = ins.execute(params![
-                    eui_sql(d.dev_eui),
-                    d.join_eui.as_u64() as i64,
-                    d.mac_version.as_str(),
-                    d.app_key_wrapped,
-                    d.nwk_key_wrapped,
-                    d.home_net_id.map(|n| i64::from(n.as_u32())),
-                ]);
-                match r {
-                    Ok(_) => {}
-                    Err(rusqlite::Error::SqliteFailure(e, _))
-                        if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                    {
-                        return Err(StoreError::Duplicate(d.dev_eui));
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                own.execute(params![eui_sql(d.dev_eui), &h[..], manufacturer])?;
-                let detail = match d.home_net_id {
-                    Some(n) => format!("{}, home_net_id {n}", d.mac_version.as_str()),
-                    None => d.mac_version.as_str().to_owned(),
-                };
-                append(
-                    &tx,
-                    at,
-                    &AuditEntry {
-                        actor,
-                        action: "provision",
-                        dev_eui: Some(d.dev_eui),
-                        outcome: "ok",
-                        detail: &detail,
-                    },
-                )?;
-            }
-        }
-        append(
-            &tx,
-            at,
-            &AuditEntry {
-                actor,
-                action: "import",
-                dev_eui: None,
-                outcome: "ok",
-                detail: summary,
-            },
+        since_ms: i64,
+    ) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT at_ms, actor, dev_eui FROM audit WHERE action = 'claim' AND at_ms >= ?1 \
+             AND outcome IN ('refused:wrong_token', 'refused:not_found') ORDER BY seq",
         )?;
-        bump_generation(&tx)?;
-        tx.commit()?;
-        Ok(())
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A device and its ownership.
@@ -637,21 +582,7 @@ impl OnboardStore {
         detail: &str,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        let blob: Vec<u8> = nonces
-            .used_dev_nonces
-            .iter()
-            .flat_map(|n| n.to_le_bytes())
-            .collect();
-        tx.execute(
-            "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4 \
-             WHERE dev_eui = ?1",
-            params![
-                eui_sql(dev_eui),
-                nonces.last_dev_nonce.map(i64::from),
-                blob,
-                i64::from(nonces.last_join_nonce)
-            ],
-        )?;
+        store::write_nonces(&tx, dev_eui, nonces)?;
         if let Some((app, nwk)) = keys {
             tx.execute(
                 "UPDATE devices SET app_key = ?2, nwk_key = ?3 WHERE dev_eui = ?1",
@@ -676,12 +607,12 @@ impl OnboardStore {
     /// Removes a device and its ownership. Audited. `false` if it did not exist.
     pub fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute("DELETE FROM devices WHERE dev_eui = ?1", [eui_sql(dev_eui)])?;
+        let removed = store::delete_device(&tx, dev_eui)?;
         tx.execute(
             "DELETE FROM ownership WHERE dev_eui = ?1",
             [eui_sql(dev_eui)],
         )?;
-        if n > 0 {
+        if removed {
             append(
                 &tx,
                 now_ms(),
@@ -693,10 +624,10 @@ impl OnboardStore {
                     detail: "",
                 },
             )?;
-            bump_generation(&tx)?;
+            store::bump_generation(&tx)?;
         }
         tx.commit()?;
-        Ok(n > 0)
+        Ok(removed)
     }
 
     /// Audit records matching `f`, oldest first; with `tenant`, only that tenant's own records.

@@ -6,7 +6,7 @@
 //! signature file may hold any of the three); a public key as 64 hex digits.
 
 use base64::Engine as _;
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, StreamVerifier, VerifyingKey};
 
 /// Why a manifest signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,21 +91,66 @@ impl TrustedKeys {
         self.0.is_empty()
     }
 
-    /// Verifies a detached signature over `manifest`. Returns the fingerprint of the key that
-    /// verified it (the first 16 hex digits of the public key), for the audit log.
+    /// A streaming verifier of `signature` under every trusted key (the manifest does not say
+    /// which key signed it): feed it the manifest's bytes as they arrive, then
+    /// [`ManifestVerifier::finish`]. Refuses at once a missing or malformed signature, or an
+    /// empty trust list.
+    pub fn stream(&self, signature: Option<&[u8]>) -> Result<ManifestVerifier, SignatureError> {
+        let sig = parse_signature(signature.ok_or(SignatureError::Missing)?)?;
+        if self.0.is_empty() {
+            return Err(SignatureError::NoTrustedKeys);
+        }
+        // A signature that cannot verify under any key (S not reduced) verifies nothing.
+        let verifiers = self
+            .0
+            .iter()
+            .filter_map(|k| k.verify_stream(&sig).ok().map(|v| (fingerprint(k), v)))
+            .collect();
+        Ok(ManifestVerifier { verifiers })
+    }
+
+    /// Verifies a detached signature over `manifest` held in memory. Returns the fingerprint of
+    /// the key that verified it (the first 16 hex digits of the public key), for the audit log.
     pub fn verify(
         &self,
         manifest: &[u8],
         signature: Option<&[u8]>,
     ) -> Result<String, SignatureError> {
-        let sig = parse_signature(signature.ok_or(SignatureError::Missing)?)?;
-        if self.0.is_empty() {
-            return Err(SignatureError::NoTrustedKeys);
+        let mut v = self.stream(signature)?;
+        v.update(manifest);
+        v.finish()
+    }
+}
+
+fn fingerprint(k: &VerifyingKey) -> String {
+    hex::encode(&k.as_bytes()[..8])
+}
+
+/// Ed25519 verification of a manifest that arrives in pieces: one SHA-512 state per trusted key
+/// (RFC 8032 hashes R ‖ A ‖ M, so each key needs its own), fed every chunk.
+pub struct ManifestVerifier {
+    verifiers: Vec<(String, StreamVerifier)>,
+}
+
+impl std::fmt::Debug for ManifestVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ManifestVerifier({} keys)", self.verifiers.len())
+    }
+}
+
+impl ManifestVerifier {
+    /// The next bytes of the manifest.
+    pub fn update(&mut self, chunk: &[u8]) {
+        for (_, v) in &mut self.verifiers {
+            v.update(chunk);
         }
-        self.0
-            .iter()
-            .find(|k| k.verify(manifest, &sig).is_ok())
-            .map(|k| hex::encode(&k.as_bytes()[..8]))
+    }
+
+    /// The fingerprint of the first trusted key under which the whole manifest verifies.
+    pub fn finish(self) -> Result<String, SignatureError> {
+        self.verifiers
+            .into_iter()
+            .find_map(|(fp, v)| v.finalize_and_verify().is_ok().then_some(fp))
             .ok_or(SignatureError::Invalid)
     }
 }
@@ -152,5 +197,34 @@ mod tests {
             Err(SignatureError::NoTrustedKeys)
         );
         assert!(TrustedKeys::parse(&["00".into()]).is_err());
+    }
+
+    #[test]
+    fn streaming_verification_in_any_chunks_under_any_trusted_key() {
+        let (a, b) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+        );
+        let trusted = TrustedKeys::parse(&[
+            hex::encode(a.verifying_key().as_bytes()),
+            hex::encode(b.verifying_key().as_bytes()),
+        ])
+        .unwrap();
+        let m: Vec<u8> = (0..10_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let sig = b.sign(&m).to_bytes();
+        for size in [1, 7, 4096, m.len()] {
+            let mut v = trusted.stream(Some(&sig)).unwrap();
+            m.chunks(size).for_each(|c| v.update(c));
+            assert_eq!(
+                v.finish().unwrap(),
+                hex::encode(&b.verifying_key().as_bytes()[..8]),
+                "signed by the second key"
+            );
+        }
+        let mut v = trusted.stream(Some(&sig)).unwrap();
+        let mut tampered = m.clone();
+        *tampered.last_mut().unwrap() ^= 0x80;
+        tampered.chunks(333).for_each(|c| v.update(c));
+        assert_eq!(v.finish(), Err(SignatureError::Invalid));
     }
 }

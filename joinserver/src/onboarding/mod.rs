@@ -4,11 +4,13 @@
 //!
 //! - [`db`]: the API-key, ownership and audit tables.
 //! - [`service`]: the operations, with per-device authorisation.
+//! - [`import`]: the streaming, all-or-nothing manifest import (API, CLI and library).
 //! - [`manifest_sig`]: Ed25519 detached signatures over manifests.
 //! - [`secret`]: API keys and owner tokens (random, stored as hashes, compared in constant time).
 //! - [`ratelimit`]: failed-claim limits; [`tr005`]: the QR text fields a claim needs.
 
 pub mod db;
+pub mod import;
 pub mod manifest_sig;
 pub mod ratelimit;
 pub mod secret;

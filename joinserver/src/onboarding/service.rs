@@ -9,18 +9,18 @@ use std::time::{Duration, Instant};
 use protocol::ids::{DevEui, NetId};
 use protocol::keys::{AppKey, NwkKey};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::db::{
     Actor, AuditEntry, AuditFilter, AuditRecord, OnboardStore, Ownership, OwnershipColumn, Role,
 };
+use super::import::{self as imp, Failure, ManifestSource, SourceError};
 use super::manifest_sig::{SignatureError, TrustedKeys};
 use super::ratelimit::FailureLimiter;
 use super::secret::{self, ApiKeySecret};
 use super::tr005;
 use crate::atrest;
 use crate::core::{self, DeviceMap};
-use crate::devices::{self, Format, RowError};
+use crate::devices::{Format, RowError};
 use crate::secrets::MasterKey;
 use crate::store::{NonceState, Store, StoreError, StoredDevice};
 
@@ -39,9 +39,12 @@ pub enum OnbError {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
-    /// The manifest has bad rows; nothing was imported.
-    #[error("{} bad row(s) in the manifest; nothing imported", .0.len())]
-    Manifest(Vec<RowError>),
+    /// The manifest has bad rows (the first ones, and how many in all); nothing was imported.
+    #[error("{1} bad row(s) in the manifest; nothing imported")]
+    Manifest(Vec<RowError>, usize),
+    /// The manifest is larger than allowed; nothing was imported.
+    #[error("the manifest is larger than {0} bytes; nothing imported")]
+    TooLarge(usize),
     /// The manifest signature was refused; nothing was imported.
     #[error("{0}; nothing imported")]
     Signature(SignatureError),
@@ -73,7 +76,8 @@ impl OnbError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
             Self::BadRequest(_) => "bad_request",
-            Self::Manifest(_) => "bad_manifest",
+            Self::Manifest(..) => "bad_manifest",
+            Self::TooLarge(_) => "payload_too_large",
             Self::Signature(e) => e.kind(),
             Self::WrongToken => "wrong_token",
             Self::AlreadyClaimed => "already_claimed",
@@ -91,7 +95,8 @@ impl OnbError {
             Self::Unauthorized => 401,
             Self::Forbidden(_) | Self::WrongToken => 403,
             Self::NotFound => 404,
-            Self::BadRequest(_) | Self::Manifest(_) => 400,
+            Self::BadRequest(_) | Self::Manifest(..) => 400,
+            Self::TooLarge(_) => 413,
             Self::Signature(SignatureError::Missing | SignatureError::Malformed) => 400,
             Self::Signature(_) => 422,
             Self::AlreadyClaimed | Self::NotClaimed => 409,
@@ -190,6 +195,9 @@ pub struct Onboarding {
     trusted: TrustedKeys,
     per_device: FailureLimiter<DevEui>,
     per_key: FailureLimiter<String>,
+    /// Held while an import commits and loads its devices into the map (shared with the
+    /// server's reload thread, so the devices are not prepared twice).
+    map_sync: Arc<Mutex<()>>,
 }
 
 fn dev_detail(home: NetId, via: &str) -> String {
@@ -198,21 +206,58 @@ fn dev_detail(home: NetId, via: &str) -> String {
 
 impl Onboarding {
     /// A service over `db`. `devices` is the running server's map (absent on the command line).
+    ///
+    /// The failed-claim limits start from the audit log: the claims refused for a wrong token
+    /// or an unknown device within the last window count again, per DevEUI and per API key, so
+    /// a restart does not reset the protection against owner-token guessing.
     pub fn new(
-        db: OnboardStore,
+        mut db: OnboardStore,
         devices: Option<Arc<DeviceMap>>,
         master: MasterKey,
         trusted: TrustedKeys,
         limits: ClaimLimits,
     ) -> Self {
+        let per_device = FailureLimiter::new(limits.per_device, limits.window);
+        let per_key = FailureLimiter::new(limits.per_key, limits.window);
+        let (now, now_ms) = (Instant::now(), super::db::now_ms());
+        let window_ms = i64::try_from(limits.window.as_millis()).unwrap_or(i64::MAX);
+        match db.claim_failures_since(now_ms.saturating_sub(window_ms)) {
+            Ok(failures) => {
+                for (at_ms, actor, dev) in &failures {
+                    let ago = Duration::from_millis(u64::try_from(now_ms - at_ms).unwrap_or(0));
+                    let at = now.checked_sub(ago).unwrap_or(now);
+                    per_key.fail(actor, at);
+                    if let Some(d) = dev.as_deref().and_then(|d| d.parse::<DevEui>().ok()) {
+                        per_device.fail(&d, at);
+                    }
+                }
+                if !failures.is_empty() {
+                    tracing::info!(
+                        failures = failures.len(),
+                        "failed-claim limits restored from the audit log"
+                    );
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reading recent claim failures"),
+        }
         Self {
             db: Mutex::new(db),
             devices,
             master,
             trusted,
-            per_device: FailureLimiter::new(limits.per_device, limits.window),
-            per_key: FailureLimiter::new(limits.per_key, limits.window),
+            per_device,
+            per_key,
+            map_sync: Arc::default(),
         }
+    }
+
+    /// Shares the lock the running server's reload thread holds while it brings the device map
+    /// in line with the store: an import holds it from its commit until its devices are in the
+    /// map, so the reload that its commit triggers finds them there.
+    #[must_use]
+    pub fn with_map_sync(mut self, lock: Arc<Mutex<()>>) -> Self {
+        self.map_sync = lock;
+        self
     }
 
     fn db(&self) -> MutexGuard<'_, OnboardStore> {
@@ -271,9 +316,7 @@ impl Onboarding {
         Ok((key, rec.id))
     }
 
-    /// Imports a manifest (CSV or JSON lines). With `require_signature`, or when a signature is
-    /// given, the signature must verify under a trusted key. All or nothing; refusals are
-    /// audited.
+    /// Imports a manifest held in memory; see [`Self::import_stream`].
     pub fn import(
         &self,
         actor: &Actor,
@@ -282,126 +325,86 @@ impl Onboarding {
         signature: Option<&[u8]>,
         require_signature: bool,
     ) -> Result<ImportResult, OnbError> {
+        let mut source = imp::SliceSource::new(manifest);
+        self.import_stream(actor, &mut source, format, signature, require_signature)
+    }
+
+    /// Imports a manifest (CSV or JSON lines) read chunk by chunk from `source`, in bounded
+    /// memory ([`super::import`]). With `require_signature`, or when a signature is given, the
+    /// signature must verify under a trusted key. All or nothing; refusals are audited. Runs on
+    /// the calling (blocking) thread, on a connection of its own: other operations go on while
+    /// the manifest arrives.
+    pub fn import_stream(
+        &self,
+        actor: &Actor,
+        source: &mut dyn ManifestSource,
+        format: Option<Format>,
+        signature: Option<&[u8]>,
+        require_signature: bool,
+    ) -> Result<ImportResult, OnbError> {
+        let refuse = |e: OnbError, detail: &str| self.refuse(actor, "import", None, e, detail);
         if !matches!(actor.role, Role::Manufacturer | Role::Admin) {
-            return Err(self.refuse(
-                actor,
-                "import",
-                None,
-                OnbError::Forbidden(actor.role.as_str()),
-                "",
-            ));
+            return Err(refuse(OnbError::Forbidden(actor.role.as_str()), ""));
         }
-        let digest = hex::encode(&Sha256::digest(manifest)[..8]);
-        let what = format!("manifest sha256 {digest}…, {} bytes", manifest.len());
-        let signed_by = if require_signature || signature.is_some() {
-            match self.trusted.verify(manifest, signature) {
-                Ok(fp) => Some(fp),
-                Err(e) => {
-                    return Err(self.refuse(actor, "import", None, OnbError::Signature(e), &what))
-                }
+        // A missing or malformed signature, or no trusted key, is refused before the manifest
+        // is read.
+        let verifier = if require_signature || signature.is_some() {
+            match self.trusted.stream(signature) {
+                Ok(v) => Some(v),
+                Err(e) => return Err(refuse(OnbError::Signature(e), "manifest not read")),
             }
         } else {
             None
         };
-        let Ok(text) = std::str::from_utf8(manifest) else {
-            return Err(self.refuse(
-                actor,
-                "import",
-                None,
-                OnbError::BadRequest("the manifest is not UTF-8".into()),
-                &what,
-            ));
+        let mut conn = self.db().import_connection()?;
+        let job = imp::Job {
+            actor,
+            master: &self.master,
+            format,
+            verifier,
+            commit_lock: self.devices.as_ref().map(|_| &*self.map_sync),
         };
-        let format = format.unwrap_or_else(|| Format::sniff(text));
-        let rows = match devices::parse(text, format) {
-            Ok(r) => r,
-            Err(errors) => {
-                let d = format!("{what}; {} bad row(s)", errors.len());
-                return Err(self.refuse(actor, "import", None, OnbError::Manifest(errors), &d));
+        let mut loaded = |d: StoredDevice| {
+            let Some(map) = &self.devices else { return };
+            match core::Device::from_stored(&self.master, &d) {
+                Ok(dev) => {
+                    map.insert(d.dev_eui, dev);
+                }
+                Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
             }
         };
-        let mut db = self.db();
-        let existing = db.existing_dev_euis()?;
-        let dup: Vec<RowError> = rows
-            .iter()
-            .filter(|d| existing.contains(&d.dev_eui))
-            .map(|d| RowError {
-                line: d.line,
-                column: match format {
-                    Format::Csv => "1 (dev_eui)".into(),
-                    Format::Jsonl => "dev_eui".into(),
+        let on_device = self
+            .devices
+            .is_some()
+            .then_some(&mut loaded as &mut dyn FnMut(StoredDevice));
+        match imp::run(&mut conn, job, source, on_device) {
+            Ok(r) => Ok(ImportResult {
+                imported: r.imported,
+                signed_by: r.signed_by,
+                generated_owner_tokens: r
+                    .generated
+                    .into_iter()
+                    .map(|g| IssuedToken {
+                        dev_eui: g.dev_eui.to_string(),
+                        owner_token: g.owner_token(),
+                    })
+                    .collect(),
+            }),
+            Err(Failure::Source { error, what }) => Err(refuse(
+                match error {
+                    SourceError::TooLarge(n) => OnbError::TooLarge(n),
+                    e @ SourceError::Incomplete(_) => OnbError::BadRequest(e.to_string()),
                 },
-                message: format!(
-                    "DevEUI {} is already provisioned (remove it first)",
-                    d.dev_eui
-                ),
-            })
-            .collect();
-        drop(db);
-        if !dup.is_empty() {
-            let d = format!("{what}; {} device(s) already provisioned", dup.len());
-            return Err(self.refuse(actor, "import", None, OnbError::Manifest(dup), &d));
-        }
-        let mut generated = Vec::new();
-        let mut hashes = Vec::with_capacity(rows.len());
-        let stored: Vec<StoredDevice> = rows
-            .iter()
-            .map(|d| {
-                let token = match &d.owner_token {
-                    Some(t) => t.clone(),
-                    None => {
-                        let t = secret::generate_owner_token();
-                        generated.push(IssuedToken {
-                            dev_eui: d.dev_eui.to_string(),
-                            owner_token: t.clone(),
-                        });
-                        t
-                    }
-                };
-                hashes.push(secret::owner_token_hash(d.dev_eui, &token));
-                StoredDevice {
-                    dev_eui: d.dev_eui,
-                    join_eui: d.join_eui,
-                    mac_version: d.mac_version,
-                    app_key_wrapped: atrest::seal_app_key(&self.master, &d.app_key),
-                    nwk_key_wrapped: d
-                        .nwk_key
-                        .as_ref()
-                        .map(|k| atrest::seal_nwk_key(&self.master, k)),
-                    home_net_id: d.home_net_id,
-                    owner_token: None,
-                    nonces: NonceState::default(),
-                }
-            })
-            .collect();
-        let summary = format!(
-            "{what}; {} device(s); {}",
-            stored.len(),
-            signed_by.as_deref().map_or_else(
-                || "unsigned (operator)".to_owned(),
-                |k| format!("signed by key {k}")
-            )
-        );
-        if let Err(e) = self.db().provision(actor, &stored, &hashes, &summary) {
-            return Err(self.refuse(actor, "import", None, e.into(), &what));
-        }
-        if let Some(map) = &self.devices {
-            for d in &stored {
-                match core::Device::from_stored(&self.master, d) {
-                    Ok(dev) => {
-                        map.insert(d.dev_eui, dev);
-                    }
-                    Err(e) => {
-                        tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded")
-                    }
-                }
+                &what,
+            )),
+            Err(Failure::Signature { error, what }) => {
+                Err(refuse(OnbError::Signature(error), &what))
             }
+            Err(Failure::Rows { rows, total, what }) => {
+                Err(refuse(OnbError::Manifest(rows, total), &what))
+            }
+            Err(Failure::Store(e)) => Err(refuse(e.into(), "")),
         }
-        Ok(ImportResult {
-            imported: stored.len(),
-            signed_by,
-            generated_owner_tokens: generated,
-        })
     }
 
     fn may_see(actor: &Actor, own: &Ownership) -> bool {
@@ -766,6 +769,12 @@ mod tests {
         )
     }
 
+    /// Three 1.0.4 devices, 1 to 3, with owner tokens T1 to T3.
+    const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+         0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
+         0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
+         0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
+
     fn actor(s: &Onboarding, role: Role, name: &str) -> Actor {
         let (k, _) = s.create_api_key(&Actor::cli(), role, name).unwrap();
         s.authenticate(k.expose()).unwrap()
@@ -782,12 +791,8 @@ mod tests {
                 window: Duration::from_secs(60),
             },
         );
-        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
-             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T1\n\
-             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
-             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T3\n";
         let r = s
-            .import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+            .import(&Actor::cli(), MANIFEST.as_bytes(), None, None, false)
             .unwrap();
         assert_eq!((r.imported, r.generated_owner_tokens.len()), (3, 0));
         // In memory too: the running server sees the devices at once, unclaimed.
@@ -832,5 +837,66 @@ mod tests {
         assert_eq!(rest[0].dev_eui, "0000000000000003");
         assert_eq!(s.list(&alice, None, 10).unwrap().len(), 1);
         assert!(s.list(&mallory, None, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn failed_claim_limits_survive_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = ClaimLimits {
+            per_device: 3,
+            per_key: 5,
+            window: Duration::from_secs(600),
+        };
+        let home = NetId::new(0x13).unwrap();
+        let (mallory, alice) = {
+            let s = service(tmp.path(), limits);
+            s.import(&Actor::cli(), MANIFEST.as_bytes(), None, None, false)
+                .unwrap();
+            let (mallory, alice) = (
+                actor(&s, Role::Owner, "mallory"),
+                actor(&s, Role::Owner, "alice"),
+            );
+            // Device 1: 3 wrong tokens (its limit) from alice; mallory: 2 on device 2 and
+            // 3 on device 3 (5, the key's limit), plus one unknown device (not counted once
+            // the key is limited: the check comes first).
+            for _ in 0..3 {
+                let e = s.claim(&alice, DevEui::new(1), "guess", home, "test");
+                assert!(matches!(e, Err(OnbError::WrongToken)), "{e:?}");
+            }
+            for dev in [2, 2, 3, 3, 0x99] {
+                let _ = s.claim(&mallory, DevEui::new(dev), "guess", home, "test");
+            }
+            (mallory, alice)
+        };
+        // The process restarts: a new service over the same database file.
+        let s = service(tmp.path(), limits);
+        let e = s.claim(&alice, DevEui::new(1), "T1", home, "test");
+        assert!(
+            matches!(e, Err(OnbError::RateLimited(_))),
+            "the DevEUI is still limited after a restart: {e:?}"
+        );
+        let e = s.claim(&mallory, DevEui::new(2), "T2", home, "test");
+        assert!(
+            matches!(e, Err(OnbError::RateLimited(_))),
+            "the API key is still limited after a restart: {e:?}"
+        );
+        match s.claim(&alice, DevEui::new(1), "T1", home, "test") {
+            Err(OnbError::RateLimited(wait)) => {
+                assert!(wait <= Duration::from_secs(600) && wait > Duration::from_secs(590))
+            }
+            e => panic!("{e:?}"),
+        }
+        // Others are not: alice claims device 2 (2 failures, under the DevEUI limit of 3).
+        assert!(s.claim(&alice, DevEui::new(2), "T2", home, "test").is_ok());
+
+        // Failures older than the window are not counted.
+        drop(s);
+        let short = ClaimLimits {
+            window: Duration::from_millis(300),
+            ..limits
+        };
+        std::thread::sleep(Duration::from_millis(400));
+        let s = service(tmp.path(), short);
+        assert!(s.claim(&alice, DevEui::new(1), "T1", home, "test").is_ok());
     }
 }

@@ -39,6 +39,29 @@ pub fn provision(dir: &Path) -> Secrets {
     s
 }
 
+/// Creates API keys as `joinserver api-keys create` does; returns them in the order asked.
+pub fn api_keys(
+    dir: &Path,
+    master: &secrets::MasterKey,
+    keys: &[(joinserver::onboarding::db::Role, &str)],
+) -> Vec<String> {
+    use joinserver::onboarding::db::{Actor, OnboardStore};
+    use joinserver::onboarding::{manifest_sig::TrustedKeys, service::Onboarding};
+    let cli = Onboarding::new(
+        OnboardStore::open(dir).unwrap(),
+        None,
+        master.clone(),
+        TrustedKeys::default(),
+        Default::default(),
+    );
+    keys.iter()
+        .map(|&(role, name)| {
+            let (k, _) = cli.create_api_key(&Actor::cli(), role, name).unwrap();
+            k.expose().to_owned()
+        })
+        .collect()
+}
+
 /// The Join-request PHYPayload of test device `dev` (1.1 for device 3).
 pub fn phy(dev: u64, dev_nonce: u16) -> Vec<u8> {
     let jr = if dev == 3 {

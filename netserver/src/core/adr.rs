@@ -14,8 +14,6 @@
 //! No decision is made before the history is full, and a request is produced only when it
 //! changes something.
 
-use std::collections::VecDeque;
-
 use protocol::mac::MacCommand;
 use protocol::region;
 
@@ -44,33 +42,46 @@ impl Default for AdrConfig {
     }
 }
 
-/// The last uplinks' best SNR, oldest first. Bounded to [`HISTORY_LEN`].
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SnrHistory(VecDeque<f32>);
+/// The last uplinks' best SNR: a fixed ring of the last [`HISTORY_LEN`] values, kept in
+/// quarter-dB steps as `i8` (−32 to +31.75 dB, wider than any LoRa demodulator reports), so a
+/// session's history is 22 bytes inline with no heap allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnrHistory {
+    quarter_db: [i8; HISTORY_LEN],
+    len: u8,
+    next: u8,
+}
 
 impl SnrHistory {
-    /// Records an uplink's best SNR.
+    /// Records an uplink's best SNR, rounded to the nearest 0.25 dB and clamped to the range
+    /// of the ring (−32 to +31.75 dB). The oldest value is forgotten once the ring is full.
     pub fn push(&mut self, snr: f32) {
-        if self.0.len() == HISTORY_LEN {
-            self.0.pop_front();
-        }
-        self.0.push_back(snr);
+        let q = (snr * 4.0)
+            .round()
+            .clamp(f32::from(i8::MIN), f32::from(i8::MAX)) as i8;
+        self.quarter_db[usize::from(self.next)] = q;
+        self.next = (self.next + 1) % HISTORY_LEN as u8;
+        self.len = (self.len + 1).min(HISTORY_LEN as u8);
     }
     /// Number of uplinks recorded.
     pub fn len(&self) -> usize {
-        self.0.len()
+        usize::from(self.len)
     }
     /// Whether nothing is recorded.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len == 0
     }
     /// Forgets everything (after the device changed its data rate or power).
     pub fn clear(&mut self) {
-        self.0.clear();
+        *self = Self::default();
     }
-    /// The best SNR recorded.
+    /// The best SNR recorded, dB.
     pub fn max(&self) -> Option<f32> {
-        self.0.iter().copied().reduce(f32::max)
+        // The first `len` slots are the filled ones (the ring fills from slot 0).
+        self.quarter_db[..self.len()]
+            .iter()
+            .max()
+            .map(|&q| f32::from(q) / 4.0)
     }
 }
 
@@ -214,6 +225,25 @@ mod tests {
         }
         assert_eq!(h.len(), HISTORY_LEN);
         assert_eq!(decide(&cfg, cur, &h), None);
+    }
+
+    #[test]
+    fn history_is_a_quarter_db_ring() {
+        let mut h = SnrHistory::default();
+        assert_eq!((h.len(), h.max()), (0, None));
+        h.push(-7.3);
+        assert_eq!(h.max(), Some(-7.25), "rounded to 0.25 dB");
+        h.push(99.0);
+        assert_eq!(h.max(), Some(31.75), "clamped");
+        h.push(-99.0);
+        for _ in 0..HISTORY_LEN - 1 {
+            h.push(-40.0);
+        }
+        assert_eq!(h.len(), HISTORY_LEN);
+        assert_eq!(h.max(), Some(-32.0), "the 31.75 was pushed out");
+        h.clear();
+        assert!(h.is_empty());
+        assert_eq!(size_of::<SnrHistory>(), HISTORY_LEN + 2);
     }
 
     #[test]

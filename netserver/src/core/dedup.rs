@@ -54,7 +54,7 @@ impl Dedup {
     /// (bounding the memory a flood of distinct payloads can take).
     pub fn new(retention: Duration, max_entries: usize) -> Self {
         Self {
-            map: DashMap::with_hasher(KeyedHasher::new()),
+            map: DashMap::with_hasher(KeyedHasher::default()),
             retention,
             max_entries,
         }

@@ -49,7 +49,7 @@ impl AddrAllocator {
     pub fn new(block: AddrBlock) -> Self {
         Self {
             block,
-            held: DashMap::with_hasher(KeyedHasher::new()),
+            held: DashMap::with_hasher(KeyedHasher::default()),
         }
     }
 

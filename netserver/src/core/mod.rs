@@ -14,6 +14,7 @@ pub mod timing;
 pub mod uplink;
 
 /// A keyed, fast hasher for maps keyed by attacker-chosen values (PHYPayloads, DevAddrs, EUIs,
-/// transaction ids): aHash with per-process random keys. SipHash is several times slower and
-/// FxHash is unkeyed (DESIGN.md, performance).
-pub type KeyedHasher = ahash::RandomState;
+/// transaction ids): foldhash with a random seed per map (`foldhash::fast::RandomState`), as
+/// the join server uses. SipHash is several times slower and FxHash is unkeyed (DESIGN.md,
+/// performance).
+pub type KeyedHasher = foldhash::fast::RandomState;
