@@ -50,7 +50,7 @@ struct DemoArgs {
     /// Steady reporting after the join window.
     #[arg(long, default_value = "20s")]
     steady: Dur,
-    /// Mean interval between two uplinks of a device.
+    /// Mean interval between two uplinks of a device (held to the sub-band's 1 % duty cycle).
     #[arg(long, default_value = "10s")]
     uplink_interval: Dur,
     /// Virtual gateways.
@@ -134,7 +134,8 @@ struct RunArgs {
     /// bound (default: until every device has joined).
     #[arg(long)]
     duration: Option<Dur>,
-    /// Mean time between two uplinks of a device (±10 % jitter).
+    /// Mean time between two uplinks of a device (±10 % jitter); an uplink the EU868 sub-band's
+    /// 1 % duty cycle does not allow yet waits for it (e.g. one per 6.17 s at SF7, 12 bytes).
     #[arg(long, default_value = "60s")]
     uplink_interval: Dur,
     /// Fraction of uplinks sent confirmed (0..=1).
