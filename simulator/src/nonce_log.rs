@@ -24,6 +24,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use nix::fcntl::{Flock, FlockArg};
 use protocol::ids::DevEui;
 
 use crate::manifest::{self, Entry, NonceState};
@@ -87,7 +88,9 @@ fn merge(s: &mut NonceState, rec: NonceState) {
 /// An open, empty log, ready for a run's records.
 #[derive(Debug)]
 pub struct NonceLog {
-    file: File,
+    /// Held with an exclusive `flock` for the run: two runs on one manifest would hand out the
+    /// same DevNonces.
+    file: Flock<File>,
     path: PathBuf,
     buf: Vec<u8>,
     commits: u64,
@@ -101,12 +104,18 @@ impl NonceLog {
     pub fn open(state_path: &Path, entries: &[Entry]) -> anyhow::Result<(Vec<NonceState>, Self)> {
         let mut states = manifest::read_state(state_path, entries)?;
         let path = log_path(state_path);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)
             .with_context(|| format!("opening the DevNonce log {}", path.display()))?;
+        let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "{}: {e}: is another `simulator run` using this manifest?",
+                path.display()
+            )
+        })?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .with_context(|| format!("reading {}", path.display()))?;
@@ -282,7 +291,10 @@ mod tests {
             4 * RECORD_LEN as u64
         );
 
-        let (st, _log) = NonceLog::open(&sp, &e).unwrap();
+        let (st, log) = NonceLog::open(&sp, &e).unwrap();
+        let busy = NonceLog::open(&sp, &e).unwrap_err().to_string();
+        assert!(busy.contains("another `simulator run`"), "{busy}");
+        drop(log);
         let want = vec![saved[0], at(13, Some(9)), at(12, Some(5)), saved[3]];
         assert_eq!(st, want);
         // The merge is in the state file now, and the log is empty.
