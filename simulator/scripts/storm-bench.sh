@@ -11,26 +11,13 @@ N=${N:-100000}; W=${W:-10s}; G=${G:-4}; K=${K:-2}; SEED=${SEED:-1}; SCENARIO=${S
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 D=$(mktemp -d "${TMPDIR:-/tmp}/storm-bench.XXXX")
 "$BIN/simulator" manifest --devices "$N" --seed "$SEED" --mac-version mix --out "$D/fleet.csv" 2>/dev/null
-"$BIN/joinserver" init --data-dir "$D/js" >/dev/null
-"$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null
-"$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics "" >"$D/js.out" 2>"$D/js.err" &
-JS=$!
-trap 'kill $JS ${NS:-} 2>/dev/null || true' EXIT
-LINK=
-for _ in $(seq 100); do
-  LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
-  [ -n "$LINK" ] && break; sleep 0.1
-done
 # The network server's application events go to the simulator, which counts what was delivered.
+# (The port is free when probed and taken by the simulator a moment later: a small race that a
+# script cannot close, since the network server must know the address before the simulator runs.)
 EVENTS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$BIN/netserver" serve --data-dir "$D/ns" --join-server "$LINK" --link-key "$D/js/secrets/link.key" \
-  --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 --events "udp://$EVENTS" >"$D/ns.out" 2>"$D/ns.err" &
-NS=$!
-GWMP=
-for _ in $(seq 100); do
-  GWMP=$(grep -oE "gwmp=[0-9.:]+" "$D/ns.out" | head -1 | cut -d= -f2 || true)
-  [ -n "$GWMP" ] && break; sleep 0.1
-done
+# shellcheck source=servers.sh
+. "$(dirname "$0")/servers.sh"
+start_servers --events "udp://$EVENTS"
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
   --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \

@@ -11,25 +11,9 @@ BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 SIMBIN=${SIMBIN:-$BIN/simulator}
 D=$(mktemp -d "${TMPDIR:-/tmp}/storm-kill.XXXX")
 "$BIN/simulator" manifest --devices "$N" --seed 9 --mac-version mix --out "$D/fleet.csv" 2>/dev/null
-"$BIN/joinserver" init --data-dir "$D/js" >/dev/null
-"$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null
-"$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 >"$D/js.out" 2>"$D/js.err" &
-JS=$!
-trap 'kill $JS ${NS:-} 2>/dev/null || true' EXIT
-LINK=
-for _ in $(seq 100); do
-  LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
-  [ -n "$LINK" ] && break; sleep 0.1
-done
-JSM=$(grep -ohE "metrics=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2)
-"$BIN/netserver" serve --data-dir "$D/ns" --join-server "$LINK" --link-key "$D/js/secrets/link.key" \
-  --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 >"$D/ns.out" 2>"$D/ns.err" &
-NS=$!
-GWMP=
-for _ in $(seq 100); do
-  GWMP=$(grep -oE "gwmp=[0-9.:]+" "$D/ns.out" | head -1 | cut -d= -f2 || true)
-  [ -n "$GWMP" ] && break; sleep 0.1
-done
+# shellcheck source=servers.sh
+. "$(dirname "$0")/servers.sh"
+JS_METRICS=127.0.0.1:0 start_servers
 ARGS=(run --manifest "$D/fleet.csv" --netserver "$GWMP" --join-window "$W" --gateways 4 --heard-by 2)
 # The simulator itself in the background (not a shell function, whose $! would be a subshell).
 "$SIMBIN" "${ARGS[@]}" >"$D/t1.txt" 2>"$D/s1.err" &

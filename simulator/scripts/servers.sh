@@ -1,0 +1,27 @@
+# Sourced by storm-bench.sh and storm-kill.sh: provisions the fleet in $D/fleet.csv on a fresh join
+# server and starts it and a network server on 127.0.0.1 (ephemeral ports, logs in $D).
+#   start_servers [--events udp://ADDR]   (the network server's application events, optional)
+# The join server serves metrics only if JS_METRICS is set (e.g. 127.0.0.1:0).
+# Sets JS, NS (pids, killed on exit), LINK (JS↔NS link), JSM (join server metrics), GWMP.
+start_servers() {
+  "$BIN/joinserver" init --data-dir "$D/js" >/dev/null
+  "$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null
+  "$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics "${JS_METRICS:-}" \
+    >"$D/js.out" 2>"$D/js.err" &
+  JS=$!
+  trap 'kill $JS ${NS:-} 2>/dev/null || true' EXIT
+  LINK=
+  for _ in $(seq 100); do
+    LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
+    [ -n "$LINK" ] && break; sleep 0.1
+  done
+  JSM=$(grep -ohE "metrics=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
+  "$BIN/netserver" serve --data-dir "$D/ns" --join-server "$LINK" --link-key "$D/js/secrets/link.key" \
+    --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 "$@" >"$D/ns.out" 2>"$D/ns.err" &
+  NS=$!
+  GWMP=
+  for _ in $(seq 100); do
+    GWMP=$(grep -oE "gwmp=[0-9.:]+" "$D/ns.out" | head -1 | cut -d= -f2 || true)
+    [ -n "$GWMP" ] && break; sleep 0.1
+  done
+}
