@@ -159,7 +159,9 @@ pub async fn handle_join_request(
                 .joins
                 .with_label_values(&["accepted", window.label()])
                 .inc();
-            tracing::info!(window = window.label(), %via, "join-accept sent");
+            // Per-join lines are debug: at thousands of joins/s they would cost more than the join
+            // (the outcome is counted in `netserver_joins_total`).
+            tracing::debug!(window = window.label(), %via, "join-accept sent");
         }
         Err(e) => {
             let (result, reason) = e.labels();
@@ -170,7 +172,7 @@ pub async fn handle_join_request(
                 .inc();
             match &e {
                 JoinError::Rejected { .. } | JoinError::Flow(JoinFailure::TooLate) => {
-                    tracing::info!(error = %e, "no join-accept")
+                    tracing::debug!(error = %e, "no join-accept")
                 }
                 _ => tracing::warn!(error = %e, "no join-accept"),
             }

@@ -535,7 +535,9 @@ pub(crate) async fn handle_datagram(
             m.tx_ack.with_label_values(&[code]).inc();
             state.gateways.on_tx_ack(ack.gateway, now, code);
             if let Some(e) = &ack.error {
-                tracing::info!(gateway = %ack.gateway, error = e.as_str(), "downlink refused by the gateway");
+                // Counted in `netserver_tx_ack_total`; a line per refusal would flood the log
+                // when a loaded gateway answers TOO_LATE by the thousand.
+                tracing::debug!(gateway = %ack.gateway, error = e.as_str(), "downlink refused by the gateway");
             }
         }
         Packet::PushAck { .. } | Packet::PullAck { .. } | Packet::PullResp(_) => {

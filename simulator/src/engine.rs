@@ -763,13 +763,15 @@ impl Engine {
     }
 
     /// An application event from the network server's event sink: counts distinct
-    /// (device, FCnt) uplinks delivered and repeats. Returns whether it was an uplink event.
-    pub fn on_app_event(&mut self, dev_eui: DevEui, fcnt: u32) -> bool {
+    /// (device, FCnt) uplinks delivered and repeats, received at `now`. Returns whether it was an
+    /// uplink event.
+    pub fn on_app_event(&mut self, now: Micros, dev_eui: DevEui, fcnt: u32) -> bool {
         let Some(&dev) = self.by_eui.get(&dev_eui) else {
             return false;
         };
         if self.delivered.insert((dev, fcnt)) {
             self.stats.uplinks_delivered += 1;
+            self.series.at(now / 1_000_000).uplinks_delivered += 1;
         } else {
             self.stats.uplinks_duplicates += 1;
         }

@@ -452,10 +452,11 @@ async fn run_async(
                 for _ in 0..8 {
                     match recv_batch(&sink, &mut bufs) {
                         Ok(lens) if !lens.is_empty() => {
+                            let now = sh.now();
                             let mut e = sh.engine.borrow_mut();
                             for (buf, &len) in bufs.iter().zip(&lens) {
                                 for (dev, fcnt) in parse_app_events(&buf[..len.min(RECV_BUF)]) {
-                                    e.on_app_event(dev, fcnt);
+                                    e.on_app_event(now, dev, fcnt);
                                 }
                             }
                         }

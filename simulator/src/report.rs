@@ -149,6 +149,8 @@ pub struct Second {
     pub datagrams_out: u64,
     /// Datagrams received from the network server.
     pub datagrams_in: u64,
+    /// Distinct uplinks the event sink received (`--event-listen`; 0 without it).
+    pub uplinks_delivered: u64,
 }
 
 /// Per-second counters, indexed by whole seconds of the run.
@@ -171,19 +173,20 @@ impl TimeSeries {
     /// Writes the CSV: one line per second.
     pub fn write_csv(&self, path: &Path) -> anyhow::Result<()> {
         let mut out = String::from(
-            "second,joins_sent,joins_accepted,uplinks_sent,uplinks_acked,downlinks,datagrams_out,datagrams_in\n",
+            "second,joins_sent,joins_accepted,uplinks_sent,uplinks_acked,downlinks,datagrams_out,datagrams_in,uplinks_delivered\n",
         );
         for (i, r) in self.rows.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "{i},{},{},{},{},{},{},{}",
+                "{i},{},{},{},{},{},{},{},{}",
                 r.joins_sent,
                 r.joins_accepted,
                 r.uplinks_sent,
                 r.uplinks_acked,
                 r.downlinks,
                 r.datagrams_out,
-                r.datagrams_in
+                r.datagrams_in,
+                r.uplinks_delivered
             );
         }
         std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
