@@ -2,7 +2,8 @@
 //! live sessions, then the write-ahead emit ([`crate::uplink_log`]).
 //!
 //! 1. wait for the collection window, so that every gateway's copy is in the de-duplication
-//!    entry ([`collector`]; a window of 0 handles the first copy inline);
+//!    entry (held by the socket loop's [`Collecting`]; a window of 0 handles the first copy
+//!    inline);
 //! 2. parse; find the sessions at the DevAddr (current, and replaced ones kept until their
 //!    successor is used);
 //! 3. per candidate, under its lock: authenticate (FCnt inference, MIC 1.0/1.1, replay, gap);
@@ -17,7 +18,7 @@
 use std::collections::VecDeque;
 use std::num::NonZeroU64;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
@@ -26,7 +27,6 @@ use protocol::fcnt::FCntVerdict;
 use protocol::gwmp::{Packet, PullResp, Token};
 use protocol::mac::{self, MacCommand};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use crate::core::adr::{self, AdrConfig, LinkSettings};
 use crate::core::data::{self as steps, Auth, Candidate, DownCounter, UplinkResult};
@@ -212,9 +212,6 @@ pub struct DataPlane {
     pub queue: DownlinkQueue,
     /// Next downlink id.
     pub next_id: AtomicU64,
-    /// Frames waiting for their collection window, in arrival order.
-    pending: Mutex<VecDeque<PendingUplink>>,
-    wake: tokio::sync::Notify,
 }
 
 impl DataPlane {
@@ -225,8 +222,6 @@ impl DataPlane {
             config,
             emitter,
             next_id: AtomicU64::new(1),
-            pending: Mutex::new(VecDeque::new()),
-            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -236,9 +231,57 @@ impl DataPlane {
     }
 }
 
-/// Entry point from the socket loop for the first copy of a data frame: handled inline with
-/// no collection window, else queued for the [`collector`].
-pub fn on_first_copy(state: &State, phy: Vec<u8>, first: Reception, now: Instant) {
+/// The frames one GWMP socket loop is holding for their collection window, in arrival order.
+///
+/// Each socket loop owns one and handles its frames when their windows end, on its own thread:
+/// the data path runs on every loop, never on one shared collector thread (a single collector
+/// capped the server at what one core can authenticate, and starved the join server link's
+/// receive loop beside it). Every frame waits the same window, so the front is always due
+/// first. The copies another loop receives still reach the frame through the shared
+/// de-duplication table.
+#[derive(Debug, Default)]
+pub struct Collecting {
+    queue: VecDeque<PendingUplink>,
+}
+
+impl Collecting {
+    /// When the oldest frame's window ends.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.queue.front().map(|p| p.due)
+    }
+
+    /// Handles every frame whose window has ended by `now`.
+    pub fn handle_due(&mut self, state: &State, now: Instant) {
+        let Some(plane) = state.data.get() else {
+            return;
+        };
+        while self.queue.front().is_some_and(|p| p.due <= now) {
+            if let Some(p) = self.queue.pop_front() {
+                process(state, plane, &p.phy, &p.first, p.wall, Instant::now());
+            }
+        }
+    }
+
+    /// At shutdown: handles every frame still waiting, without waiting for its window.
+    pub fn drain(&mut self, state: &State) {
+        let Some(plane) = state.data.get() else {
+            return;
+        };
+        for p in self.queue.drain(..) {
+            process(state, plane, &p.phy, &p.first, p.wall, Instant::now());
+        }
+    }
+}
+
+/// Entry point from a socket loop for the first copy of a data frame: handled inline with no
+/// collection window, else held in the loop's [`Collecting`] until the window ends.
+pub fn on_first_copy(
+    state: &State,
+    collecting: &mut Collecting,
+    phy: Vec<u8>,
+    first: Reception,
+    now: Instant,
+) {
     let Some(plane) = state.data.get() else {
         return;
     };
@@ -248,76 +291,12 @@ pub fn on_first_copy(state: &State, phy: Vec<u8>, first: Reception, now: Instant
         process(state, plane, &phy, &first, wall, now);
         return;
     }
-    let mut q = plane
-        .pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let was_empty = q.is_empty();
-    q.push_back(PendingUplink {
+    collecting.queue.push_back(PendingUplink {
         phy,
         first,
         wall,
         due: now + window,
     });
-    drop(q);
-    if was_empty {
-        plane.wake.notify_one();
-    }
-}
-
-/// Handles queued frames as their collection windows end (runs on the control runtime).
-pub async fn collector(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
-    let Some(plane) = state.data.get() else {
-        return;
-    };
-    loop {
-        let next_due = {
-            let q = plane
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            q.front().map(|p| p.due)
-        };
-        match next_due {
-            None => {
-                tokio::select! {
-                    _ = plane.wake.notified() => {}
-                    _ = shutdown.changed() => return drain(&state, plane),
-                }
-            }
-            Some(due) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(due.into()) => {}
-                    _ = shutdown.changed() => return drain(&state, plane),
-                }
-                let now = Instant::now();
-                let ready: Vec<PendingUplink> = {
-                    let mut q = plane
-                        .pending
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let n = q.iter().take_while(|p| p.due <= now).count();
-                    q.drain(..n).collect()
-                };
-                for p in ready {
-                    process(&state, plane, &p.phy, &p.first, p.wall, Instant::now());
-                }
-            }
-        }
-    }
-}
-
-/// At shutdown: handles every frame still waiting, without waiting for its window.
-fn drain(state: &State, plane: &DataPlane) {
-    let rest: Vec<PendingUplink> = plane
-        .pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .drain(..)
-        .collect();
-    for p in rest {
-        process(state, plane, &p.phy, &p.first, p.wall, Instant::now());
-    }
 }
 
 /// A join event for a newly installed session (called by the join path once it is durable).

@@ -33,7 +33,7 @@ use crate::core::dedup::Seen;
 use crate::core::devaddr::AddrAllocator;
 use crate::core::reception::Reception;
 use crate::core::uplink::{classify, UplinkKind};
-use crate::data_path::DataPlane;
+use crate::data_path::{Collecting, DataPlane};
 use crate::gateway::{GatewayStatus, RxpkOutcome};
 use crate::js_client::LinkClient;
 use crate::keys::NetworkKeys;
@@ -290,10 +290,6 @@ pub fn run(
             ));
         }
         control.spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
-        control.spawn(crate::data_path::collector(
-            Arc::clone(&state),
-            shutdown_rx.clone(),
-        ));
         if let Some(l) = downlink_http {
             l.set_nonblocking(true)?;
             control.spawn(crate::integration::serve_http_downlinks(
@@ -453,6 +449,14 @@ async fn housekeeping(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
+/// What one socket loop holds between datagrams: the joins it started (each waits for the
+/// join server and its RX window) and the data frames in their collection window.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    joins: JoinSet<()>,
+    collecting: Collecting,
+}
+
 /// One GWMP socket loop.
 async fn gwmp_loop(
     state: Arc<State>,
@@ -461,8 +465,20 @@ async fn gwmp_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut joins = JoinSet::new();
+    let mut held = Held::default();
+    // One timer, re-armed only when the oldest held frame changes.
+    let window_end = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(window_end);
+    let mut armed: Option<Instant> = None;
     loop {
+        held.collecting.handle_due(&state, Instant::now());
+        let due = held.collecting.next_due();
+        if due != armed {
+            if let Some(d) = due {
+                window_end.as_mut().reset(d.into());
+            }
+            armed = due;
+        }
         let (n, from) = tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
                 Ok(x) => x,
@@ -472,15 +488,24 @@ async fn gwmp_loop(
                     continue;
                 }
             },
+            () = &mut window_end, if armed.is_some() => {
+                armed = None;
+                continue;
+            }
             _ = shutdown.changed() => break,
         };
         let now = Instant::now();
-        handle_datagram(&state, &link, &socket, &buf[..n], from, now, &mut joins).await;
-        while joins.try_join_next().is_some() {}
+        handle_datagram(&state, &link, &socket, &buf[..n], from, now, &mut held).await;
+        while held.joins.try_join_next().is_some() {}
     }
+    // Frames still in their collection window are handled now rather than lost.
+    held.collecting.drain(&state);
     // Let joins in flight finish: none can outlive its RX2 window.
     let bound = state.join_timing().rx2_delay + Duration::from_secs(1);
-    let _ = tokio::time::timeout(bound, async { while joins.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(bound, async {
+        while held.joins.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 /// Handles one GWMP datagram from `from`.
@@ -491,7 +516,7 @@ pub(crate) async fn handle_datagram(
     data: &[u8],
     from: SocketAddr,
     now: Instant,
-    joins: &mut JoinSet<()>,
+    held: &mut Held,
 ) {
     let m = &state.metrics;
     let packet = match Packet::parse(data) {
@@ -522,7 +547,7 @@ pub(crate) async fn handle_datagram(
                 state.gateways.on_status(p.gateway, now, status_of(stat));
             }
             for rxpk in p.rxpk {
-                handle_rxpk(state, link, socket, p.gateway, rxpk, now, joins);
+                handle_rxpk(state, link, socket, p.gateway, rxpk, now, held);
             }
         }
         Packet::PullData { gateway, .. } => {
@@ -564,7 +589,7 @@ fn handle_rxpk(
     gateway: protocol::ids::GatewayEui,
     rxpk: RxPk,
     now: Instant,
-    joins: &mut JoinSet<()>,
+    held: &mut Held,
 ) {
     let m = &state.metrics;
     if !rxpk.crc_ok() {
@@ -619,7 +644,7 @@ fn handle_rxpk(
         Seen::Duplicate => m.dedup_duplicates.inc(),
         Seen::First | Seen::Unrecorded => match kind {
             UplinkKind::JoinRequest => {
-                joins.spawn(crate::otaa::handle_join_request(
+                held.joins.spawn(crate::otaa::handle_join_request(
                     Arc::clone(state),
                     Arc::clone(link),
                     Arc::clone(socket),
@@ -628,7 +653,13 @@ fn handle_rxpk(
                 ));
             }
             UplinkKind::Data { .. } => {
-                crate::data_path::on_first_copy(state, rxpk.data, reception, now);
+                crate::data_path::on_first_copy(
+                    state,
+                    &mut held.collecting,
+                    rxpk.data,
+                    reception,
+                    now,
+                );
             }
         },
     }

@@ -543,7 +543,14 @@ fn confirmed_uplinks_are_acked_and_mac_commands_answered() {
     // The time series spreads the same deliveries over the seconds they arrived in.
     let per_second: u64 = e.series.rows.iter().map(|r| r.uplinks_delivered).sum();
     assert_eq!(per_second, s.uplinks_delivered);
-    assert!(e.series.rows.iter().filter(|r| r.uplinks_delivered > 0).count() > 1);
+    assert!(
+        e.series
+            .rows
+            .iter()
+            .filter(|r| r.uplinks_delivered > 0)
+            .count()
+            > 1
+    );
     assert_eq!(s.ack_latency.count(), s.uplinks_acked);
     // 60 devices × (LinkADRReq + DeviceTimeAns) + RekeyConf for the 1.1 devices.
     let v11 = entries.iter().filter(|x| x.mac_version.is_1_1()).count() as u64;
