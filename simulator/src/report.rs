@@ -592,6 +592,7 @@ mod tests {
     fn timeseries_grows_and_writes() {
         let mut ts = TimeSeries::default();
         ts.at(2).uplinks_sent += 5;
+        ts.at(2).uplinks_delivered += 4;
         ts.at(0).joins_sent += 1;
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.csv");
@@ -599,7 +600,11 @@ mod tests {
         let text = std::fs::read_to_string(&p).unwrap();
         let lines: Vec<_> = text.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[1], "0,1,0,0,0,0,0,0");
-        assert_eq!(lines[3], "2,0,0,5,0,0,0,0");
+        assert_eq!(
+            lines[0],
+            "second,joins_sent,joins_accepted,uplinks_sent,uplinks_acked,downlinks,datagrams_out,datagrams_in,uplinks_delivered"
+        );
+        assert_eq!(lines[1], "0,1,0,0,0,0,0,0,0");
+        assert_eq!(lines[3], "2,0,0,5,0,0,0,0,4");
     }
 }
