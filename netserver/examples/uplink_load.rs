@@ -96,12 +96,7 @@ fn provision(dir: &Path, n: u32) {
                     KeyEnvelope::seal("as-1", Some(&Kek::new(AS_KEK)), &app_key(i)).unwrap(),
                 ),
                 session_key_id: None,
-                rx: RxParams {
-                    rx1_dr_offset: 0,
-                    rx2_data_rate: 0,
-                    rx2_frequency_hz: 869_525_000,
-                    rx_delay_s: 1,
-                },
+                rx: RxParams::EU868_DEFAULT,
                 counters: FrameCounters::default(),
                 created_at_ms: 1_700_000_000_000,
                 lifetime_s: None,

@@ -131,6 +131,16 @@ pub struct RxParams {
     pub rx_delay_s: u8,
 }
 
+impl RxParams {
+    /// The EU868 defaults (RP002): RX1DROffset 0, RX2 at DR0 on 869.525 MHz, RX1 after 1 s.
+    pub const EU868_DEFAULT: Self = Self {
+        rx1_dr_offset: 0,
+        rx2_data_rate: 0,
+        rx2_frequency_hz: protocol::region::RX2_FREQ_HZ,
+        rx_delay_s: 1,
+    };
+}
+
 /// Frame counters of a session (all 0 after a join).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -841,12 +851,7 @@ pub(crate) mod tests {
                 aes_key: vec![2; 24],
             }),
             session_key_id: None,
-            rx: RxParams {
-                rx1_dr_offset: 0,
-                rx2_data_rate: 0,
-                rx2_frequency_hz: 869_525_000,
-                rx_delay_s: 1,
-            },
+            rx: RxParams::EU868_DEFAULT,
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,

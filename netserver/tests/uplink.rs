@@ -105,12 +105,7 @@ impl Device {
             network_keys: keys.seal(ns_kek),
             app_s_key: Some(KeyEnvelope::seal(label, Some(&Kek::new(kek)), &self.app).unwrap()),
             session_key_id: None,
-            rx: RxParams {
-                rx1_dr_offset: 0,
-                rx2_data_rate: 0,
-                rx2_frequency_hz: 869_525_000,
-                rx_delay_s: 1,
-            },
+            rx: RxParams::EU868_DEFAULT,
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
