@@ -413,13 +413,14 @@ fn start_api(
         config.api.claim_limits(),
     )
     .with_map_sync(map_sync.clone());
-    let api = crate::api::start(addr, Arc::new(svc), config.api.max_manifest_bytes).map_err(
-        |source| StartError::Bind {
-            what: "api",
-            addr: addr.to_string(),
-            source,
-        },
-    )?;
+    let api =
+        crate::api::start(addr, Arc::new(svc), config.api.import_limits()).map_err(|source| {
+            StartError::Bind {
+                what: "api",
+                addr: addr.to_string(),
+                source,
+            }
+        })?;
     Ok(Some(api))
 }
 

@@ -40,6 +40,10 @@ struct Fixture {
 }
 
 fn start(max_manifest_bytes: usize) -> Fixture {
+    start_with(|c| c.api.max_manifest_bytes = max_manifest_bytes)
+}
+
+fn start_with(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     secrets::init(dir).unwrap();
@@ -55,7 +59,7 @@ fn start(max_manifest_bytes: usize) -> Fixture {
         hex::encode(other.verifying_key().as_bytes()),
         hex::encode(signer.verifying_key().as_bytes()),
     ];
-    config.api.max_manifest_bytes = max_manifest_bytes;
+    tweak(&mut config);
     let keys = common::api_keys(
         dir,
         &s.master,
@@ -365,5 +369,63 @@ fn a_tampered_end_a_duplicate_at_the_end_or_an_oversized_body_imports_nothing() 
         audit[4].1.contains("20000 device(s); signed by key"),
         "{:?}",
         audit[4]
+    );
+}
+
+#[test]
+fn a_stalled_upload_times_out_and_imports_beyond_the_limit_wait_their_turn() {
+    let f = start_with(|c| {
+        c.api.max_concurrent_imports = 1;
+        c.api.import_idle_timeout_s = 2;
+    });
+    let base = 0x0070_0000_0000_0000u64;
+    let m = manifest(base..base + 50);
+    let sig = f.sign(&m);
+
+    // A: an upload that sends its headers and a first chunk, then nothing.
+    let mut stalled = TcpStream::connect(f.api()).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stalled,
+        "POST /api/v1/devices/import HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\
+         X-Manifest-Signature: {sig}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{}\r\n",
+        f.acme,
+        100,
+        &m[..100]
+    )
+    .unwrap();
+    stalled.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // B, while A holds the only import slot: 429, told to retry.
+    let (st, e) = post(f.api(), &f.acme, Some(&sig), m.as_bytes());
+    assert_eq!((st, e["error"].as_str()), (429, Some("busy")), "{e}");
+
+    // A is refused once it has sent nothing for 2 s; nothing of it is stored.
+    let (st, e) = read_response(stalled);
+    assert_eq!((st, e["error"].as_str()), (400, Some("bad_request")), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing received for 2 s"),
+        "{e}"
+    );
+    assert!(f.devices().is_empty());
+
+    // The slot is free again: B imports.
+    let (st, r) = post(f.api(), &f.acme, Some(&sig), m.as_bytes());
+    assert_eq!((st, r["imported"].as_u64()), (201, Some(50)), "{r}");
+    assert_eq!(f.devices().len(), 50);
+
+    // Both refusals are in the audit log.
+    let outcomes: Vec<String> = f.import_audit().into_iter().map(|(o, _)| o).collect();
+    assert!(outcomes.iter().any(|o| o == "refused:busy"), "{outcomes:?}");
+    assert!(
+        outcomes.iter().any(|o| o == "refused:bad_request"),
+        "{outcomes:?}"
     );
 }

@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -43,6 +44,10 @@ pub struct ApiConfig {
     pub require_signed_cli_imports: bool,
     /// The largest manifest accepted in one request, in bytes.
     pub max_manifest_bytes: usize,
+    /// Manifest imports run at once; one more is answered 429 with Retry-After.
+    pub max_concurrent_imports: usize,
+    /// An import whose client sends nothing for this long is refused (s).
+    pub import_idle_timeout_s: u64,
     /// Failed claims allowed per DevEUI per window.
     pub claim_failures_per_device: u32,
     /// Failed claims allowed per API key per window.
@@ -58,6 +63,8 @@ impl Default for ApiConfig {
             trusted_manifest_keys: Vec::new(),
             require_signed_cli_imports: false,
             max_manifest_bytes: 64 << 20,
+            max_concurrent_imports: 2,
+            import_idle_timeout_s: 30,
             claim_failures_per_device: 5,
             claim_failures_per_key: 20,
             claim_failure_window_s: 600,
@@ -65,13 +72,34 @@ impl Default for ApiConfig {
     }
 }
 
+/// What the API allows an import: its size, how many run at once, how long an upload may
+/// stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// The largest manifest, bytes.
+    pub max_bytes: usize,
+    /// Imports run at once (at least 1).
+    pub max_concurrent: usize,
+    /// How long an upload may send nothing.
+    pub idle_timeout: Duration,
+}
+
 impl ApiConfig {
+    /// The import limits.
+    pub fn import_limits(&self) -> ImportLimits {
+        ImportLimits {
+            max_bytes: self.max_manifest_bytes,
+            max_concurrent: self.max_concurrent_imports.max(1),
+            idle_timeout: Duration::from_secs(self.import_idle_timeout_s.max(1)),
+        }
+    }
+
     /// The claim limits.
     pub fn claim_limits(&self) -> crate::onboarding::service::ClaimLimits {
         crate::onboarding::service::ClaimLimits {
             per_device: self.claim_failures_per_device,
             per_key: self.claim_failures_per_key,
-            window: std::time::Duration::from_secs(self.claim_failure_window_s.max(1)),
+            window: Duration::from_secs(self.claim_failure_window_s.max(1)),
         }
     }
 }
@@ -87,11 +115,19 @@ trusted_manifest_keys = []
 require_signed_cli_imports = false
 # Largest manifest accepted in one API request (bytes).
 max_manifest_bytes = 67108864
+# Manifest imports run at once (each holds a thread and a store connection until its upload
+# ends); one more is answered 429 with Retry-After.
+max_concurrent_imports = 2
+# An upload that sends nothing for this many seconds is refused (and audited).
+import_idle_timeout_s = 30
 # Failed claims (wrong owner token) allowed per DevEUI and per API key in each window.
 claim_failures_per_device = 5
 claim_failures_per_key = 20
 claim_failure_window_s = 600
 "#;
+
+/// What a refused import is told to wait before trying again.
+const IMPORT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 struct ApiError(OnbError);
 
@@ -127,7 +163,7 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (status, axum::Json(body)).into_response();
         match &e {
-            OnbError::RateLimited(d) => {
+            OnbError::RateLimited(d) | OnbError::Busy { retry_after: d, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string()) {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
@@ -149,6 +185,12 @@ struct AppState {
     svc: Arc<Onboarding>,
     /// The largest manifest accepted (the import reads its body itself).
     max_body: usize,
+    /// One permit per import allowed to run at once.
+    imports: Arc<tokio::sync::Semaphore>,
+    /// Imports allowed at once.
+    max_imports: usize,
+    /// How long an upload may send nothing.
+    import_idle: Duration,
 }
 
 fn api_key(headers: &HeaderMap) -> Option<String> {
@@ -293,6 +335,19 @@ async fn import(
     let max = st.max_body;
     // Authenticate before reading anything.
     let actor = run(&st, &headers, |_, actor| Ok(actor.clone())).await?;
+    // Held until the import ends (or the client goes away and the handler is dropped).
+    let Ok(_permit) = Arc::clone(&st.imports).try_acquire_owned() else {
+        let busy = OnbError::Busy {
+            running: st.max_imports,
+            retry_after: IMPORT_RETRY_AFTER,
+        };
+        let svc = st.svc.clone();
+        let refused = tokio::task::spawn_blocking(move || svc.refuse_import(&actor, busy)).await;
+        return Err(ApiError(refused.unwrap_or(OnbError::Busy {
+            running: st.max_imports,
+            retry_after: IMPORT_RETRY_AFTER,
+        })));
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(IMPORT_QUEUE);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let svc = st.svc.clone();
@@ -324,7 +379,13 @@ async fn import(
         Chunk::Failed(SourceError::TooLarge(max))
     } else {
         loop {
-            match body.frame().await {
+            let Ok(frame) = tokio::time::timeout(st.import_idle, body.frame()).await else {
+                break Chunk::Failed(SourceError::Incomplete(format!(
+                    "nothing received for {} s",
+                    st.import_idle.as_secs()
+                )));
+            };
+            match frame {
                 None => break Chunk::End,
                 Some(Err(e)) => break Chunk::Failed(SourceError::Incomplete(e.to_string())),
                 Some(Ok(frame)) => {
@@ -561,7 +622,7 @@ async fn not_found() -> ApiResult {
 }
 
 /// The API's routes.
-pub fn router(svc: Arc<Onboarding>, max_body: usize) -> Router {
+pub fn router(svc: Arc<Onboarding>, limits: ImportLimits) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/devices", get(list))
@@ -583,8 +644,14 @@ pub fn router(svc: Arc<Onboarding>, max_body: usize) -> Router {
         .route("/api/v1/claims", post(claim_qr))
         .route("/api/v1/audit", get(audit))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(max_body))
-        .with_state(AppState { svc, max_body })
+        .layer(DefaultBodyLimit::max(limits.max_bytes))
+        .with_state(AppState {
+            svc,
+            max_body: limits.max_bytes,
+            imports: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
+            max_imports: limits.max_concurrent,
+            import_idle: limits.idle_timeout,
+        })
 }
 
 /// A running API listener.
@@ -623,7 +690,7 @@ impl Drop for ApiHandle {
 pub fn start(
     addr: SocketAddr,
     svc: Arc<Onboarding>,
-    max_body: usize,
+    limits: ImportLimits,
 ) -> std::io::Result<ApiHandle> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
@@ -633,7 +700,7 @@ pub fn start(
         .max_blocking_threads(4)
         .build()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(svc, max_body);
+    let app = router(svc, limits);
     let thread = std::thread::Builder::new()
         .name("js-api".into())
         .spawn(move || {

@@ -63,6 +63,14 @@ pub enum OnbError {
     /// Too many failed claim attempts; retry after the duration.
     #[error("too many failed claim attempts; retry in {} s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    /// As many imports as the server runs at once are in progress; retry after the duration.
+    #[error("{running} manifest import(s) already in progress; retry in {} s", retry_after.as_secs().max(1))]
+    Busy {
+        /// Imports running (the configured maximum).
+        running: usize,
+        /// How long to wait.
+        retry_after: Duration,
+    },
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -84,6 +92,7 @@ impl OnbError {
             Self::NotClaimed => "not_claimed",
             Self::Locked => "locked",
             Self::RateLimited(_) => "rate_limited",
+            Self::Busy { .. } => "busy",
             Self::Store(StoreError::Duplicate(_)) => "already_provisioned",
             Self::Store(_) => "internal",
         }
@@ -102,7 +111,7 @@ impl OnbError {
             Self::AlreadyClaimed | Self::NotClaimed => 409,
             Self::Store(StoreError::Duplicate(_)) => 409,
             Self::Locked => 423,
-            Self::RateLimited(_) => 429,
+            Self::RateLimited(_) | Self::Busy { .. } => 429,
             Self::Store(_) => 500,
         }
     }
@@ -262,6 +271,12 @@ impl Onboarding {
 
     fn db(&self) -> MutexGuard<'_, OnboardStore> {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Audits an import refused before it started (e.g. too many running) and returns the
+    /// error.
+    pub fn refuse_import(&self, actor: &Actor, e: OnbError) -> OnbError {
+        self.refuse(actor, "import", None, e, "")
     }
 
     fn refuse(
