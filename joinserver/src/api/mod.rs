@@ -451,14 +451,24 @@ async fn list(
     ))
 }
 
+/// Runs `f` for the device the path names (its DevEUI parsed first), as the authenticated
+/// actor, and answers 200 with the result.
+async fn on_device<T, F>(st: &AppState, headers: &HeaderMap, d: &str, f: F) -> ApiResult
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(&Onboarding, &Actor, DevEui) -> Result<T, OnbError> + Send + 'static,
+{
+    let d = dev_eui(d)?;
+    let v = run(st, headers, move |svc, actor| f(svc, actor, d)).await?;
+    Ok(json(StatusCode::OK, &v))
+}
+
 async fn get_device(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(d): Path<String>,
 ) -> ApiResult {
-    let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| svc.get(actor, d)).await?;
-    Ok(json(StatusCode::OK, &v))
+    on_device(&st, &headers, &d, |svc, actor, d| svc.get(actor, d)).await
 }
 
 async fn delete_device(
@@ -484,14 +494,12 @@ async fn claim(
     Path(d): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let d = dev_eui(&d)?;
     let b: ClaimBody = body_json(&body)?;
     let home = net_id(&b.home_net_id)?;
-    let v = run(&st, &headers, move |svc, actor| {
+    on_device(&st, &headers, &d, move |svc, actor, d| {
         svc.claim(actor, d, &b.owner_token, home, "api")
     })
-    .await?;
-    Ok(json(StatusCode::OK, &v))
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -540,12 +548,10 @@ async fn dev_nonce_reset(
     headers: HeaderMap,
     Path(d): Path<String>,
 ) -> ApiResult {
-    let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| {
+    on_device(&st, &headers, &d, |svc, actor, d| {
         svc.reset_dev_nonce(actor, d)
     })
-    .await?;
-    Ok(json(StatusCode::OK, &v))
+    .await
 }
 
 #[derive(Deserialize)]
@@ -567,22 +573,18 @@ async fn root_keys(
     Path(d): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    let d = dev_eui(&d)?;
     let b: RootKeysBody = body_json(&body)?;
-    let v = run(&st, &headers, move |svc, actor| {
+    on_device(&st, &headers, &d, move |svc, actor, d| {
         svc.rotate_root_keys(actor, d, &b.app_key, b.nwk_key.as_deref())
     })
-    .await?;
-    Ok(json(StatusCode::OK, &v))
+    .await
 }
 
 async fn lock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
-    let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| {
+    on_device(&st, &headers, &d, |svc, actor, d| {
         svc.set_locked(actor, d, true)
     })
-    .await?;
-    Ok(json(StatusCode::OK, &v))
+    .await
 }
 
 async fn unlock(
@@ -590,12 +592,10 @@ async fn unlock(
     headers: HeaderMap,
     Path(d): Path<String>,
 ) -> ApiResult {
-    let d = dev_eui(&d)?;
-    let v = run(&st, &headers, move |svc, actor| {
+    on_device(&st, &headers, &d, |svc, actor, d| {
         svc.set_locked(actor, d, false)
     })
-    .await?;
-    Ok(json(StatusCode::OK, &v))
+    .await
 }
 
 async fn audit(
