@@ -432,11 +432,10 @@ pub struct Restored {
     pub previous: Vec<StoredSession>,
 }
 
-const SESSIONS: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("sessions");
+const SESSIONS: RecordTable = redb::TableDefinition::new("sessions");
 /// Replaced sessions, same keys and values as [`SESSIONS`]. Absent from files written before
 /// it existed: created on open.
-const PREVIOUS: redb::TableDefinition<'_, u64, &[u8]> =
-    redb::TableDefinition::new("previous_sessions");
+const PREVIOUS: RecordTable = redb::TableDefinition::new("previous_sessions");
 
 /// The embedded default backend: a redb file. Values are the JSON of [`StoredSession`], keys
 /// the DevEUI; current sessions in table `sessions`, replaced ones in `previous_sessions`.
@@ -450,8 +449,34 @@ impl std::fmt::Debug for RedbBackend {
     }
 }
 
-fn backend_err(e: impl std::fmt::Display) -> StoreError {
+/// A backend error as a [`StoreError`].
+pub(crate) fn backend_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+/// A redb table keyed by DevEUI, holding encoded records.
+pub(crate) type RecordTable = redb::TableDefinition<'static, u64, &'static [u8]>;
+
+/// Opens (creating if needed) the redb file `dir/file` with a page cache of `cache_bytes`
+/// (redb's default, 1 GiB, would keep a whole store in memory) and creates `tables`, so that a
+/// fresh store reads as empty.
+pub(crate) fn open_redb(
+    dir: &Path,
+    file: &str,
+    cache_bytes: usize,
+    tables: &[RecordTable],
+) -> Result<redb::Database, StoreError> {
+    std::fs::create_dir_all(dir).map_err(backend_err)?;
+    let db = redb::Builder::new()
+        .set_cache_size(cache_bytes)
+        .create(dir.join(file))
+        .map_err(backend_err)?;
+    let tx = db.begin_write().map_err(backend_err)?;
+    for t in tables {
+        tx.open_table(*t).map_err(backend_err)?;
+    }
+    tx.commit().map_err(backend_err)?;
+    Ok(db)
 }
 
 impl RedbBackend {
@@ -464,16 +489,7 @@ impl RedbBackend {
 
     /// Opens (creating if needed) `dir/sessions.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(backend_err)?;
-        let db = redb::Builder::new()
-            .set_cache_size(Self::CACHE_BYTES)
-            .create(dir.join(Self::FILE))
-            .map_err(backend_err)?;
-        // Create the tables so that a fresh store loads as empty.
-        let tx = db.begin_write().map_err(backend_err)?;
-        tx.open_table(SESSIONS).map_err(backend_err)?;
-        tx.open_table(PREVIOUS).map_err(backend_err)?;
-        tx.commit().map_err(backend_err)?;
+        let db = open_redb(dir, Self::FILE, Self::CACHE_BYTES, &[SESSIONS, PREVIOUS])?;
         Ok(Self { db })
     }
 

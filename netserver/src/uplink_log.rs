@@ -39,9 +39,9 @@ use std::time::Instant;
 use protocol::ids::{DevAddr, DevEui};
 
 use crate::metrics::Metrics;
-use crate::session::{FrameCounters, Session, StoreError};
+use crate::session::{backend_err, open_redb, FrameCounters, RecordTable, Session, StoreError};
 
-const COUNTERS: redb::TableDefinition<'_, u64, &[u8]> = redb::TableDefinition::new("counters");
+const COUNTERS: RecordTable = redb::TableDefinition::new("counters");
 
 /// The durable counters of one session, with the identity of that session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,10 +112,6 @@ impl CounterRecord {
     }
 }
 
-fn backend_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
-}
-
 /// The counter log file.
 pub struct CounterLog {
     db: redb::Database,
@@ -136,14 +132,7 @@ impl CounterLog {
 
     /// Opens (creating if needed) `dir/uplinks.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(backend_err)?;
-        let db = redb::Builder::new()
-            .set_cache_size(Self::CACHE_BYTES)
-            .create(dir.join(Self::FILE))
-            .map_err(backend_err)?;
-        let tx = db.begin_write().map_err(backend_err)?;
-        tx.open_table(COUNTERS).map_err(backend_err)?;
-        tx.commit().map_err(backend_err)?;
+        let db = open_redb(dir, Self::FILE, Self::CACHE_BYTES, &[COUNTERS])?;
         Ok(Self { db })
     }
 

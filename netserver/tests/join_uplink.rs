@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{start_joinserver, Gateway, Proc};
+use common::{start_joinserver, wait_events, Gateway, Proc};
 use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::derive;
 use protocol::gwmp::TxTiming;
@@ -31,30 +30,6 @@ const NET_ID: u32 = 0x000013;
 const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
 0000000000000001,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,000013,\n\
 0000000000000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,000013,\n";
-
-fn events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON event"))
-        .collect()
-}
-
-fn wait_events(path: &Path, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let e = events(path);
-        if e.len() >= n {
-            return e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} events, expected {n}",
-            e.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Joins `dev` and returns its DevAddr and session crypto, derived on the device side.
 fn join(gw: &Gateway, dev: u64, tmst: u32) -> (DevAddr, SessionCrypto) {

@@ -11,12 +11,12 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{metric, wait_metric, write600, Gateway, Proc};
+use common::{events, metric, wait_events, wait_metric, write600, Gateway, Proc};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
@@ -294,31 +294,6 @@ fn start(net: &Net) -> Proc {
         .arg("--downlink-http")
         .arg(net.downlink_http.to_string());
     Proc::spawn(cmd, "netserver listening")
-}
-
-fn events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each event line is JSON"))
-        .collect()
-}
-
-/// Waits until the event file holds at least `n` events.
-fn wait_events(path: &Path, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let e = events(path);
-        if e.len() >= n {
-            return e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} events, expected {n}",
-            e.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A PUSH_DATA with one `rxpk` (868.3 MHz, DR5), as `Gateway::push` sends it.

@@ -402,3 +402,29 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// The application events of an event file (JSON lines), none if it does not exist yet.
+pub fn events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each event line is JSON"))
+        .collect()
+}
+
+/// Waits (up to 10 s) until the event file holds at least `n` events.
+pub fn wait_events(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = events(path);
+        if e.len() >= n {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} events, expected {n}",
+            e.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
