@@ -81,7 +81,8 @@ listen = ""
 
 [data]
 # Where application events (JSON lines, docs/integration.md) go: "" nowhere, "-" stdout,
-# "udp://HOST:PORT" one datagram per event, or a file path (appended). Flag: --events.
+# "udp://HOST:PORT" one datagram per event, "udp://HOST:PORT?pack=BYTES" JSON lines packed into
+# datagrams of at most BYTES, or a file path (appended). Flag: --events.
 events = ""
 # UDP address of the downlink input (one JSON request per datagram, one JSON answer). "": off.
 # Flag: --downlink-listen.

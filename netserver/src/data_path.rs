@@ -45,8 +45,8 @@ use crate::uplink_log::{CounterRecord, Emit, Emitter, OutgoingDownlink};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// Where application events go: empty (nowhere), `-` (stdout), `udp://HOST:PORT`, or a
-    /// file path (appended).
+    /// Where application events go: empty (nowhere), `-` (stdout),
+    /// `udp://HOST:PORT[?pack=BYTES]`, or a file path (appended).
     pub events: String,
     /// UDP address of the downlink input (JSON requests); empty: disabled.
     pub downlink_listen: String,

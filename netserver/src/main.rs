@@ -60,7 +60,9 @@ struct Serve {
     /// Metrics/health HTTP listen address (disabled by default).
     #[arg(long)]
     metrics: Option<String>,
-    /// Application events: a file (JSON lines, appended), `-` for stdout, or udp://HOST:PORT.
+    /// Application events: a file (JSON lines, appended), `-` for stdout, udp://HOST:PORT (one
+    /// event per datagram) or udp://HOST:PORT?pack=BYTES (JSON lines packed into datagrams of
+    /// at most BYTES).
     #[arg(long)]
     events: Option<String>,
     /// UDP address of the application downlink input (JSON requests).

@@ -11,13 +11,15 @@ N=${N:-100000}; W=${W:-10s}; G=${G:-4}; K=${K:-2}; SEED=${SEED:-1}; SCENARIO=${S
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 D=$(mktemp -d "${TMPDIR:-/tmp}/storm-bench.XXXX")
 "$BIN/simulator" manifest --devices "$N" --seed "$SEED" --mac-version mix --out "$D/fleet.csv" 2>/dev/null
-# The network server's application events go to the simulator, which counts what was delivered.
+# The network server's application events go to the simulator, which counts what was delivered,
+# packed into datagrams of up to PACK bytes (default 8192; 0: one event per datagram).
 # (The port is free when probed and taken by the simulator a moment later: a small race that a
 # script cannot close, since the network server must know the address before the simulator runs.)
 EVENTS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # shellcheck source=servers.sh
 . "$(dirname "$0")/servers.sh"
-start_servers --events "udp://$EVENTS"
+PACK=${PACK:-8192}
+start_servers --events "udp://$EVENTS$([ "$PACK" = 0 ] || echo "?pack=$PACK")"
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
   --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \

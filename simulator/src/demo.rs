@@ -139,7 +139,8 @@ impl Servers {
                 listen: String::new(),
             },
             data: netserver::data_path::DataConfig {
-                events: events.map_or_else(String::new, |a| format!("udp://{a}")),
+                // Loopback: many events per datagram spare both processes a datagram each.
+                events: events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192")),
                 ..defaults.data
             },
             ..defaults

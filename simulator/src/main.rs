@@ -10,6 +10,10 @@ use simulator::manifest::{self, Params, VersionMix};
 use simulator::run::{self, RunOptions};
 use simulator::scenario::{Dur, Scenario, Traffic};
 
+/// mimalloc rather than glibc malloc: see the workspace Cargo.toml.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "simulator",

@@ -28,7 +28,8 @@ pub struct NetConfig {
     pub netserver: SocketAddr,
     /// Local address the gateway sockets bind to (port 0 each).
     pub bind: IpAddr,
-    /// Where to listen for the network server's application events (JSON, one per datagram).
+    /// Where to listen for the network server's application events (JSON objects, one or more
+    /// per datagram, one per line).
     pub event_listen: Option<EventListen>,
     /// Print a progress line every second.
     pub progress: bool,
@@ -101,9 +102,15 @@ fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<U
 const RECV_BATCH: usize = 64;
 /// Receive buffer per datagram: a PULL_RESP for the largest LoRaWAN frame is about 600 bytes.
 const RECV_BUF: usize = 4096;
+/// Receive buffer per event datagram: a network server may pack many events into one
+/// (`udp://HOST:PORT?pack=BYTES`), up to the largest UDP payload.
+const EVENT_BUF: usize = 65_536;
 
 /// Reads up to `bufs.len()` datagrams with one non-blocking `recvmmsg`; returns their lengths.
-fn recv_batch(sock: &UdpSocket, bufs: &mut [[u8; RECV_BUF]]) -> std::io::Result<Vec<usize>> {
+fn recv_batch<const N: usize>(
+    sock: &UdpSocket,
+    bufs: &mut [[u8; N]],
+) -> std::io::Result<Vec<usize>> {
     use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
@@ -444,7 +451,7 @@ async fn run_async(
     if let Some(sink) = sink {
         let sh = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+            let mut bufs = vec![[0u8; EVENT_BUF]; RECV_BATCH];
             loop {
                 if sink.readable().await.is_err() {
                     return;
@@ -455,7 +462,7 @@ async fn run_async(
                             let now = sh.now();
                             let mut e = sh.engine.borrow_mut();
                             for (buf, &len) in bufs.iter().zip(&lens) {
-                                for (dev, fcnt) in parse_app_events(&buf[..len.min(RECV_BUF)]) {
+                                for (dev, fcnt) in parse_app_events(&buf[..len.min(EVENT_BUF)]) {
                                     e.on_app_event(now, dev, fcnt);
                                 }
                             }
