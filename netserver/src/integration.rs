@@ -194,32 +194,57 @@ impl DownlinkAnswer {
 /// FOpts answers are dropped before the payload is).
 pub const MAX_DOWNLINK_PAYLOAD: usize = 242;
 
+/// A downlink request that passed every check that needs no session: FPort in 1..=223, the
+/// payload decoded and at most [`MAX_DOWNLINK_PAYLOAD`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidDownlinkRequest {
+    /// The device.
+    pub dev_eui: DevEui,
+    /// FPort.
+    pub f_port: u8,
+    /// The payload (decoded).
+    pub payload: Vec<u8>,
+    /// Confirmed data down.
+    pub confirmed: bool,
+}
+
+/// Parses and checks one request body (the JSON of the UDP and HTTP inputs); the error says
+/// what is wrong, in words an integrator can act on.
+pub fn parse_downlink_request(body: &[u8]) -> Result<ValidDownlinkRequest, String> {
+    let req: DownlinkRequest = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "invalid request: {e}; expected {{\"dev_eui\":\"16 hex\",\"f_port\":1..223,\"data\":\"base64\",\"confirmed\":false}}"
+        )
+    })?;
+    if !(1..=223).contains(&req.f_port) {
+        return Err(format!("f_port {} is not 1..=223", req.f_port));
+    }
+    let payload = B64
+        .decode(req.data.trim())
+        .map_err(|e| format!("data is not base64: {e}"))?;
+    if payload.len() > MAX_DOWNLINK_PAYLOAD {
+        return Err(format!(
+            "payload of {} bytes exceeds {MAX_DOWNLINK_PAYLOAD}",
+            payload.len()
+        ));
+    }
+    Ok(ValidDownlinkRequest {
+        dev_eui: req.dev_eui,
+        f_port: req.f_port,
+        payload,
+        confirmed: req.confirmed,
+    })
+}
+
 /// Validates and queues one request; the answer says why it was refused.
 pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
     let Some(plane) = state.data.get() else {
         return DownlinkAnswer::err("the data path is not running");
     };
-    let req: DownlinkRequest = match serde_json::from_slice(body) {
+    let req = match parse_downlink_request(body) {
         Ok(r) => r,
-        Err(e) => {
-            return DownlinkAnswer::err(format!(
-                "invalid request: {e}; expected {{\"dev_eui\":\"16 hex\",\"f_port\":1..223,\"data\":\"base64\",\"confirmed\":false}}"
-            ))
-        }
+        Err(e) => return DownlinkAnswer::err(e),
     };
-    if !(1..=223).contains(&req.f_port) {
-        return DownlinkAnswer::err(format!("f_port {} is not 1..=223", req.f_port));
-    }
-    let payload = match B64.decode(req.data.trim()) {
-        Ok(p) => p,
-        Err(e) => return DownlinkAnswer::err(format!("data is not base64: {e}")),
-    };
-    if payload.len() > MAX_DOWNLINK_PAYLOAD {
-        return DownlinkAnswer::err(format!(
-            "payload of {} bytes exceeds {MAX_DOWNLINK_PAYLOAD}",
-            payload.len()
-        ));
-    }
     let Some(session) = state.sessions.get(req.dev_eui) else {
         return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
     };
@@ -234,7 +259,7 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
         QueuedDownlink {
             id,
             f_port: req.f_port,
-            payload,
+            payload: req.payload,
             confirmed: req.confirmed,
         },
     ) {
@@ -373,5 +398,68 @@ mod tests {
         assert_eq!(t(1_767_225_600_500), "2026-01-01T00:00:00.500Z");
         assert_eq!(t(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(t(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+    }
+
+    fn request_json(dev_eui: u64, f_port: u8, payload: &[u8], confirmed: bool) -> Vec<u8> {
+        format!(
+            "{{\"dev_eui\":\"{dev_eui:016X}\",\"f_port\":{f_port},\"data\":\"{}\",\"confirmed\":{confirmed}}}",
+            b64(payload)
+        )
+        .into_bytes()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_body_is_answered_without_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            if let Ok(r) = parse_downlink_request(&body) {
+                proptest::prop_assert!((1..=223).contains(&r.f_port));
+                proptest::prop_assert!(r.payload.len() <= MAX_DOWNLINK_PAYLOAD);
+            }
+        }
+
+        #[test]
+        fn valid_requests_parse_to_what_was_sent(
+            dev_eui in proptest::num::u64::ANY,
+            f_port in 1u8..=223,
+            payload in proptest::collection::vec(proptest::num::u8::ANY, 0..=MAX_DOWNLINK_PAYLOAD),
+            confirmed in proptest::bool::ANY,
+        ) {
+            let r = parse_downlink_request(&request_json(dev_eui, f_port, &payload, confirmed)).unwrap();
+            proptest::prop_assert_eq!(r, ValidDownlinkRequest {
+                dev_eui: DevEui::new(dev_eui),
+                f_port,
+                payload,
+                confirmed,
+            });
+        }
+
+        #[test]
+        fn out_of_range_requests_say_what_is_wrong(
+            f_port in proptest::prop_oneof![proptest::strategy::Just(0u8), 224u8..=255],
+            long in (MAX_DOWNLINK_PAYLOAD + 1)..400,
+        ) {
+            let e = parse_downlink_request(&request_json(1, f_port, b"x", false)).unwrap_err();
+            proptest::prop_assert_eq!(e, format!("f_port {f_port} is not 1..=223"));
+            let e = parse_downlink_request(&request_json(1, 1, &vec![0; long], false)).unwrap_err();
+            proptest::prop_assert_eq!(e, format!("payload of {long} bytes exceeds 242"));
+        }
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_with_the_expected_shape() {
+        let e =
+            parse_downlink_request(b"{\"dev_eui\":\"01\",\"f_port\":1,\"data\":\"\"}").unwrap_err();
+        assert!(e.starts_with("invalid request: "), "{e}");
+        assert!(e.contains("expected {\"dev_eui\":\"16 hex\""), "{e}");
+        let e = parse_downlink_request(
+            b"{\"dev_eui\":\"0000000000000001\",\"f_port\":1,\"data\":\"not base64!\"}",
+        )
+        .unwrap_err();
+        assert!(e.starts_with("data is not base64: "), "{e}");
+        let e = parse_downlink_request(
+            b"{\"dev_eui\":\"0000000000000001\",\"f_port\":1,\"data\":\"\",\"fport\":2}",
+        )
+        .unwrap_err();
+        assert!(e.contains("unknown field `fport`"), "{e}");
     }
 }

@@ -336,8 +336,11 @@ pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
         {
             continue;
         }
-        if let (Some(d), Some(f)) = (e.dev_eui.and_then(|d| d.parse::<DevEui>().ok()), e.f_cnt) {
-            out.push((d, f as u32));
+        let dev_eui = e.dev_eui.and_then(|d| d.parse::<DevEui>().ok());
+        // A frame counter is 32 bits: a larger number is not an uplink of ours.
+        let f_cnt = e.f_cnt.and_then(|f| u32::try_from(f).ok());
+        if let (Some(d), Some(f)) = (dev_eui, f_cnt) {
+            out.push((d, f));
         }
     }
     out
@@ -594,5 +597,65 @@ not json"#;
                 (DevEui::new(0x0A0B_0C0D_0E0F_1011), 9)
             ]
         );
+    }
+
+    /// The network server's own uplink event for `(dev_eui, f_cnt)`.
+    fn uplink_line(dev_eui: u64, f_cnt: u32) -> String {
+        let ev = netserver::integration::UplinkEvent {
+            kind: "uplink".into(),
+            dev_eui: DevEui::new(dev_eui),
+            dev_addr: protocol::ids::DevAddr::new(0x2600_0000 | (dev_eui as u32 & 0xffff)),
+            f_cnt,
+            f_port: Some(7),
+            confirmed: false,
+            adr: true,
+            data: Some("AQID".into()),
+            data_encrypted: None,
+            app_s_key: None,
+            rx: Vec::new(),
+            received_at: "2026-11-25T12:00:00.000Z".into(),
+        };
+        serde_json::to_string(&ev).unwrap()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_datagram_is_read_without_panic(d in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let lines = d.split(|&b| b == b'\n').count();
+            proptest::prop_assert!(parse_app_events(&d).len() <= lines);
+        }
+
+        /// The network server's events, packed into datagrams at any line boundaries (as
+        /// `udp://…?pack=BYTES` does) among join events, are read back in order.
+        #[test]
+        fn packed_events_are_read_back_in_order(
+            events in proptest::collection::vec((proptest::num::u64::ANY, proptest::num::u32::ANY, proptest::bool::ANY), 1..40),
+            cuts in proptest::collection::vec(proptest::bool::ANY, 40),
+        ) {
+            let mut datagrams = vec![String::new()];
+            let mut want = Vec::new();
+            for (i, &(dev, fcnt, is_uplink)) in events.iter().enumerate() {
+                let line = if is_uplink {
+                    want.push((DevEui::new(dev), fcnt));
+                    uplink_line(dev, fcnt)
+                } else {
+                    format!("{{\"type\":\"join\",\"dev_eui\":\"{dev:016X}\",\"dev_addr\":\"26000001\"}}")
+                };
+                let d = datagrams.last_mut().unwrap();
+                d.push_str(&line);
+                d.push('\n');
+                if cuts[i] {
+                    datagrams.push(String::new());
+                }
+            }
+            let got: Vec<_> = datagrams.iter().flat_map(|d| parse_app_events(d.as_bytes())).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_counter_beyond_32_bits_is_not_an_uplink() {
+        let d = br#"{"dev_eui":"0102030405060708","f_cnt":4294967296}"#;
+        assert_eq!(parse_app_events(d), vec![]);
     }
 }
