@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use protocol::ids::NetId;
+use protocol::ids::{DevEui, NetId};
 use protocol::link::PeerId;
 
 use crate::atrest;
@@ -17,7 +17,7 @@ use crate::core::{self, DeviceMap, JoinContext};
 use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
 use crate::secrets::{self, Secrets};
-use crate::store::{GroupCommit, SqliteStore, Store, StoreError};
+use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +30,7 @@ pub enum StartError {
     Store(#[from] StoreError),
     /// A device's root key does not unwrap.
     #[error("device {0}: {1}")]
-    Device(protocol::ids::DevEui, atrest::UnwrapError),
+    Device(DevEui, atrest::UnwrapError),
     /// The configuration is invalid.
     #[error("config: {0}")]
     Config(String),
@@ -80,34 +80,53 @@ fn load_devices(
     Ok(n)
 }
 
-/// Picks up devices imported, re-imported or removed by another process while running. A device
-/// whose provisioning is unchanged keeps its in-memory nonce state, which is never behind the
-/// store's; a device re-imported with other keys or settings is replaced by the stored one.
+/// Picks up devices imported, re-imported or removed by another process while running: those
+/// that `changes` lists, or every device for [`DeviceChanges::All`]. A device whose provisioning
+/// is unchanged keeps its in-memory nonce state, which is never behind the store's; a device
+/// re-imported with other keys or settings is replaced by the stored one. Returns how many
+/// devices were read from the store.
 pub fn sync_devices(
     store: &mut SqliteStore,
     master: &secrets::MasterKey,
     map: &DeviceMap,
-) -> Result<(), StoreError> {
-    let all = store.load_devices()?;
-    let mut present = std::collections::HashSet::with_capacity(all.len());
-    for d in all {
-        present.insert(d.dev_eui);
-        let fingerprint = core::provisioning_fingerprint(&d);
-        if map
-            .get(&d.dev_eui)
-            .is_some_and(|m| m.provisioned == fingerprint)
-        {
-            continue;
+    changes: &DeviceChanges,
+) -> Result<usize, StoreError> {
+    let DeviceChanges::Devices(changed) = changes else {
+        let all = store.load_devices()?;
+        let n = all.len();
+        let present: std::collections::HashSet<DevEui> = all.iter().map(|d| d.dev_eui).collect();
+        for d in all {
+            apply_stored(master, map, &d);
         }
-        match core::Device::from_stored(master, &d) {
-            Ok(dev) => {
-                map.insert(d.dev_eui, dev);
+        map.retain(|k, _| present.contains(k));
+        return Ok(n);
+    };
+    for &dev_eui in changed {
+        match store.get_device(dev_eui)? {
+            Some(d) => apply_stored(master, map, &d),
+            None => {
+                map.remove(&dev_eui);
             }
-            Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
         }
     }
-    map.retain(|k, _| present.contains(k));
-    Ok(())
+    Ok(changed.len())
+}
+
+/// Puts a stored device into the map unless the map holds it with the same provisioning.
+fn apply_stored(master: &secrets::MasterKey, map: &DeviceMap, d: &StoredDevice) {
+    let fingerprint = core::provisioning_fingerprint(d);
+    if map
+        .get(&d.dev_eui)
+        .is_some_and(|m| m.provisioned == fingerprint)
+    {
+        return;
+    }
+    match core::Device::from_stored(master, d) {
+        Ok(dev) => {
+            map.insert(d.dev_eui, dev);
+        }
+        Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
+    }
 }
 
 fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
@@ -146,6 +165,8 @@ impl Server {
             tracing::warn!("store.synchronous = \"normal\": answered joins survive a crash of the join server but not a power loss");
         }
         let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
+        // Read before the load: a change in between is picked up (again) by the reload thread.
+        let loaded_generation = store.generation()?;
         let n = load_devices(&mut store, &secrets.master, &devices)?;
         let metrics = Metrics::new();
         metrics.devices.set(n as i64);
@@ -229,23 +250,35 @@ impl Server {
         let reloader = std::thread::Builder::new()
             .name("js-reload".into())
             .spawn(move || {
-                let mut seen = reload_store.generation().ok();
+                let mut seen = loaded_generation;
                 while !reload_stop.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(500));
                     if let Err(e) = reload_store.checkpoint() {
                         tracing::warn!(error = %e, "WAL checkpoint");
                     }
-                    let g = reload_store.generation().ok();
-                    if g.is_some() && g != seen {
-                        let _sync = reload_sync.lock().unwrap_or_else(|e| e.into_inner());
-                        match sync_devices(&mut reload_store, &master, &devices) {
-                            Ok(()) => {
-                                seen = g;
-                                reload_metrics.devices.set(devices.len() as i64);
-                                tracing::info!(devices = devices.len(), "devices reloaded");
-                            }
-                            Err(e) => tracing::error!(error = %e, "device reload failed"),
+                    let (g, changes) = match reload_store.changes_since(seen) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading the device changes failed");
+                            continue;
                         }
+                    };
+                    if g == seen {
+                        continue;
+                    }
+                    let _sync = reload_sync.lock().unwrap_or_else(|e| e.into_inner());
+                    match sync_devices(&mut reload_store, &master, &devices, &changes) {
+                        Ok(read) => {
+                            seen = g;
+                            reload_metrics.devices.set(devices.len() as i64);
+                            tracing::info!(
+                                devices = devices.len(),
+                                read,
+                                full = changes == DeviceChanges::All,
+                                "devices reloaded"
+                            );
+                        }
+                        Err(e) => tracing::error!(error = %e, "device reload failed"),
                     }
                 }
             })

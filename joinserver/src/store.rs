@@ -120,6 +120,8 @@ pub trait Store: Send + 'static {
     /// A number that changes whenever devices are inserted or removed, so a running server can
     /// notice provisioning done by another process.
     fn generation(&mut self) -> Result<u64, StoreError>;
+    /// The current generation, and what changed since generation `seen`.
+    fn changes_since(&mut self, seen: u64) -> Result<(u64, DeviceChanges), StoreError>;
     /// Checks (or, on a fresh store, records) the master key check value.
     fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError>;
 }
@@ -156,7 +158,43 @@ CREATE TABLE IF NOT EXISTS devices (
     last_join_nonce INTEGER NOT NULL
 ) STRICT;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', 1), ('generation', 0);
+-- Which devices each generation inserted or removed (dev_eui NULL: too many to list), so that a
+-- running server reloads only those. Rows older than CHANGE_LOG_GENERATIONS are pruned.
+CREATE TABLE IF NOT EXISTS device_changes (
+    generation INTEGER NOT NULL,
+    dev_eui    INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS device_changes_generation ON device_changes (generation);
 ";
+
+/// Generations kept in `device_changes`: a reader further behind reloads every device.
+pub const CHANGE_LOG_GENERATIONS: u64 = 10_000;
+/// Most devices one generation lists in `device_changes`; a larger change (a bulk import) is
+/// logged as "everything", which a reader answers with one full reload.
+pub const CHANGE_LOG_MAX_DEVICES: usize = 10_000;
+
+/// Which devices a provisioning transaction inserted or removed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Changed<'a> {
+    /// These devices.
+    Devices(&'a [DevEui]),
+    /// The `count` devices whose DevEUI `select` (`SELECT dev_eui FROM …`) gives.
+    Query {
+        /// The query.
+        select: &'a str,
+        /// How many rows it gives.
+        count: usize,
+    },
+}
+
+/// What changed in the provisioned devices since a generation ([`Store::changes_since`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceChanges {
+    /// Too much, or unknown (the log does not cover the gap): reload every device.
+    All,
+    /// These devices were inserted or removed (each once; may be empty).
+    Devices(Vec<DevEui>),
+}
 
 /// A DevEUI/JoinEUI as SQLite stores it: the u64 bits as an i64.
 pub(crate) fn eui_to_sql(v: u64) -> i64 {
@@ -171,11 +209,46 @@ fn eui_from_sql(v: i64) -> u64 {
 pub(crate) const DEVICE_COLUMNS: &str = "dev_eui, join_eui, mac_version, app_key, nwk_key, \
      home_net_id, owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce";
 
-/// Marks a change of the provisioned devices (insert or removal), inside `tx`.
-pub(crate) fn bump_generation(tx: &Connection) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
+/// Marks a change of the provisioned devices (insert or removal), inside `tx`: bumps the
+/// generation, logs which devices changed, and prunes the log's oldest generations.
+pub(crate) fn bump_generation(tx: &Connection, changed: Changed<'_>) -> Result<(), StoreError> {
+    let generation: i64 = tx.query_row(
+        "UPDATE meta SET value = value + 1 WHERE name = 'generation' RETURNING value",
         [],
+        |r| r.get(0),
+    )?;
+    let count = match changed {
+        Changed::Devices(d) => d.len(),
+        Changed::Query { count, .. } => count,
+    };
+    if count > CHANGE_LOG_MAX_DEVICES {
+        tx.execute(
+            "INSERT INTO device_changes (generation, dev_eui) VALUES (?1, NULL)",
+            [generation],
+        )?;
+    } else {
+        match changed {
+            Changed::Devices(devices) => {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT INTO device_changes (generation, dev_eui) VALUES (?1, ?2)",
+                )?;
+                for d in devices {
+                    stmt.execute(params![generation, eui_to_sql(d.as_u64())])?;
+                }
+            }
+            Changed::Query { select, .. } => {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO device_changes (generation, dev_eui) SELECT ?1, dev_eui FROM ({select})"
+                    ),
+                    [generation],
+                )?;
+            }
+        }
+    }
+    tx.execute(
+        "DELETE FROM device_changes WHERE generation <= ?1",
+        [generation - CHANGE_LOG_GENERATIONS as i64],
     )?;
     Ok(())
 }
@@ -411,7 +484,8 @@ impl Store for SqliteStore {
                 }
             }
         }
-        bump_generation(&tx)?;
+        let euis: Vec<DevEui> = devices.iter().map(|d| d.dev_eui).collect();
+        bump_generation(&tx, Changed::Devices(&euis))?;
         tx.commit()?;
         Ok(())
     }
@@ -420,7 +494,7 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         let removed = delete_device(&tx, dev_eui)?;
         if removed {
-            bump_generation(&tx)?;
+            bump_generation(&tx, Changed::Devices(&[dev_eui]))?;
         }
         tx.commit()?;
         Ok(removed)
@@ -442,6 +516,41 @@ impl Store for SqliteStore {
             |r| r.get(0),
         )?;
         Ok(g as u64)
+    }
+
+    fn changes_since(&mut self, seen: u64) -> Result<(u64, DeviceChanges), StoreError> {
+        let tx = self.conn.transaction()?;
+        let now: i64 = tx.query_row(
+            "SELECT value FROM meta WHERE name = 'generation'",
+            [],
+            |r| r.get(0),
+        )?;
+        let now = now as u64;
+        if now == seen {
+            return Ok((now, DeviceChanges::Devices(Vec::new())));
+        }
+        if now < seen || now - seen > CHANGE_LOG_GENERATIONS {
+            return Ok((now, DeviceChanges::All));
+        }
+        // Every generation after `seen` must be in the log (one written by a release without
+        // the log is not), and none may say "everything".
+        let (logged, everything): (i64, bool) = tx.query_row(
+            "SELECT COUNT(DISTINCT generation), COALESCE(MAX(dev_eui IS NULL), 0) \
+             FROM device_changes WHERE generation > ?1",
+            [seen as i64],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if everything || logged as u64 != now - seen {
+            return Ok((now, DeviceChanges::All));
+        }
+        let mut stmt = tx.prepare(
+            "SELECT DISTINCT dev_eui FROM device_changes WHERE generation > ?1 ORDER BY dev_eui",
+        )?;
+        let devices = stmt
+            .query_map([seen as i64], |r| r.get::<_, i64>(0))?
+            .map(|r| r.map(|v| DevEui::new(eui_from_sql(v))))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((now, DeviceChanges::Devices(devices)))
     }
 
     fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError> {
@@ -588,6 +697,87 @@ mod tests {
             owner_token: Some("AABB".into()),
             nonces: NonceState::default(),
         }
+    }
+
+    #[test]
+    fn changes_since_lists_the_changed_devices_or_says_all() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        let d = DevEui::new;
+        assert_eq!(
+            s.changes_since(0).unwrap(),
+            (0, DeviceChanges::Devices(vec![]))
+        );
+        s.insert_devices(&[device(1), device(u64::MAX)]).unwrap();
+        s.insert_devices(&[device(2)]).unwrap();
+        assert!(s.remove_device(d(1)).unwrap());
+        let listed = |s: &mut SqliteStore, seen| match s.changes_since(seen).unwrap() {
+            (g, DeviceChanges::Devices(mut v)) => {
+                v.sort();
+                (g, v)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(listed(&mut s, 0), (3, vec![d(1), d(2), d(u64::MAX)]));
+        assert_eq!(listed(&mut s, 1), (3, vec![d(1), d(2)]));
+        assert_eq!(listed(&mut s, 2), (3, vec![d(1)]));
+        assert_eq!(listed(&mut s, 3), (3, vec![]));
+
+        // Too many devices in one change: "everything", from that generation on.
+        let many: Vec<DevEui> = (0..=CHANGE_LOG_MAX_DEVICES as u64).map(d).collect();
+        let tx = s.conn.transaction().unwrap();
+        bump_generation(&tx, Changed::Devices(&many)).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(s.changes_since(3).unwrap(), (4, DeviceChanges::All));
+        // A generation the log does not hold (written by a release without it).
+        s.conn
+            .execute(
+                "UPDATE meta SET value = value + 1 WHERE name = 'generation'",
+                [],
+            )
+            .unwrap();
+        s.insert_devices(&[device(7)]).unwrap();
+        assert_eq!(
+            s.changes_since(5).unwrap(),
+            (6, DeviceChanges::Devices(vec![d(7)]))
+        );
+        assert_eq!(s.changes_since(4).unwrap(), (6, DeviceChanges::All));
+        // A reader ahead of the store, or further behind than the log keeps.
+        assert_eq!(s.changes_since(7).unwrap().1, DeviceChanges::All);
+        s.conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE name = 'generation'",
+                [6 + CHANGE_LOG_GENERATIONS as i64 + 1],
+            )
+            .unwrap();
+        assert_eq!(s.changes_since(6).unwrap().1, DeviceChanges::All);
+    }
+
+    #[test]
+    fn the_change_log_keeps_only_its_last_generations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        s.insert_devices(&[device(1)]).unwrap();
+        s.conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE name = 'generation'",
+                [CHANGE_LOG_GENERATIONS as i64],
+            )
+            .unwrap();
+        let rows = |s: &SqliteStore| -> Vec<(i64, Option<i64>)> {
+            let mut st = s
+                .conn
+                .prepare("SELECT generation, dev_eui FROM device_changes ORDER BY generation")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(rows(&s), vec![(1, Some(1))]);
+        s.insert_devices(&[device(2)]).unwrap();
+        // Generation 10,001 keeps 2..=10,001: generation 1 is pruned.
+        assert_eq!(rows(&s), vec![(CHANGE_LOG_GENERATIONS as i64 + 1, Some(2))]);
     }
 
     #[test]

@@ -624,7 +624,7 @@ impl OnboardStore {
                     detail: "",
                 },
             )?;
-            store::bump_generation(&tx)?;
+            store::bump_generation(&tx, store::Changed::Devices(&[dev_eui]))?;
         }
         tx.commit()?;
         Ok(removed)

@@ -483,7 +483,13 @@ fn stage_and_commit(
             detail: &summary,
         },
     )?;
-    store::bump_generation(&tx)?;
+    store::bump_generation(
+        &tx,
+        store::Changed::Query {
+            select: "SELECT dev_eui FROM temp.import_rows",
+            count: imported,
+        },
+    )?;
     tx.commit()?;
     if let Some(f) = on_device {
         store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
