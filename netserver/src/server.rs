@@ -82,7 +82,9 @@ pub fn run(
     let counter_log = CounterLog::open(&config.data_dir)
         .with_context(|| format!("opening the counter log in {}", config.data_dir.display()))?;
     let counter_records = counter_log.load()?;
-    let delivered = match EventSink::open(&config.data.events)? {
+    let delivered = match EventSink::open(&config.data.events)
+        .with_context(|| format!("opening the event sink {:?}", config.data.events))?
+    {
         EventSink::File(_) => recover_delivered(
             Path::new(config.data.events.trim()),
             (config.data.max_batch as u64).max(64) * 8 * 1024,
