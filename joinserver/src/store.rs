@@ -305,13 +305,19 @@ impl SqliteStore {
     /// Opens (creating if needed) a database file.
     pub fn open_file(path: &Path) -> Result<Self, StoreError> {
         // The database holds wrapped root keys and owner tokens: owner-only, like the secrets.
-        // SQLite gives its -wal and -shm files the database file's permissions.
+        // SQLite gives its -wal and -shm files the database file's permissions. The file is
+        // created here only if it does not exist (`create_new`): opening and closing an existing
+        // database file outside SQLite would drop every POSIX lock this process holds on it
+        // (they are per process, and any close releases them), after which another process
+        // closing its connection takes the file for the last user, checkpoints and deletes the
+        // WAL under this process's connections: they then saw no later commit (a running server
+        // missed every CLI change after the first) and their commits went to the deleted WAL.
         {
             use std::os::unix::fs::OpenOptionsExt;
+            // Any other failure (a missing directory, no permission) is SQLite's to report.
             let _ = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(false)
+                .create_new(true)
                 .mode(0o600)
                 .open(path);
         }

@@ -298,11 +298,13 @@ fn garbage_datagrams_leave_it_serving() {
     server.shutdown();
 }
 
-/// Provisioning by another process (the CLI) reaches a running server.
+/// Provisioning by another process (the CLI) reaches a running server, change after change.
+/// Each change is a `joinserver devices` process that opens the store, commits and exits: closing the last
+/// connection of a process lets SQLite checkpoint and delete the WAL, which it must not do
+/// while the server holds the store (the server once dropped its own file locks by opening the
+/// database file outside SQLite, and from the second change on saw nothing).
 #[test]
 fn devices_imported_or_removed_while_running_are_picked_up() {
-    use joinserver::devices::{self, Format};
-    use joinserver::store::{SqliteStore, Store};
     let tmp = tempfile::tempdir().unwrap();
     let s = provision(tmp.path());
     let server = start(tmp.path());
@@ -311,38 +313,44 @@ fn devices_imported_or_removed_while_running_are_picked_up() {
         c.join_ans(1, 9, &phy(9, 1)).result.result_code,
         ResultCode::UnknownDevEui
     );
-    let mut store = SqliteStore::open(tmp.path()).unwrap();
     let csv = format!(
         "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n0000000000000009,{JOIN_EUI:016X},1.0.4,{APP_KEY},,000013\n"
     );
-    devices::import(&mut store, &s.master, &csv, Format::Csv).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut tid = 2;
-    loop {
-        let code = c.join_ans(tid, 9, &phy(9, tid as u16)).result.result_code;
-        if code == ResultCode::Success {
-            break;
+    let mut tid = 1;
+    let mut dev_nonce = 1;
+    let mut wait_for = |want: ResultCode, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            tid += 1;
+            dev_nonce += 1;
+            let code = c.join_ans(tid, 9, &phy(9, dev_nonce)).result.result_code;
+            if code == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what} not picked up: {code:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "import not picked up: {code:?}"
-        );
-        tid += 1;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(store.remove_device(protocol::ids::DevEui::new(9)).unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        tid += 1;
-        let code = c.join_ans(tid, 9, &phy(9, tid as u16)).result.result_code;
-        if code == ResultCode::UnknownDevEui {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "removal not picked up: {code:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    };
+    let manifest = tmp.path().join("one.csv");
+    std::fs::write(&manifest, csv).unwrap();
+    let cli = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+            .arg("devices")
+            .args(args)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    for round in 0..2 {
+        cli(&["import".as_ref(), manifest.as_os_str()]);
+        wait_for(ResultCode::Success, &format!("import {round}"));
+        cli(&["remove".as_ref(), "0000000000000009".as_ref()]);
+        wait_for(ResultCode::UnknownDevEui, &format!("removal {round}"));
     }
     server.shutdown();
 }

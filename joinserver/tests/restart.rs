@@ -17,6 +17,14 @@ struct Running {
     link: SocketAddr,
 }
 
+impl Drop for Running {
+    /// A failed assertion must not leave a server running behind the test.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn(dir: &std::path::Path) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_joinserver"))
         .args(["serve", "--data-dir"])
@@ -116,4 +124,47 @@ fn sigterm_drains_and_exits_zero() {
     assert!(st.success());
     let status = r.child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
+}
+
+/// A `joinserver devices` command run beside the server (another process, which opens the store
+/// and closes it) must not cost the server its durability: the DevNonces answered after it are
+/// still refused after a SIGKILL. (When the server had dropped its own SQLite file locks, the
+/// command's exit deleted the WAL the server went on committing to.)
+#[test]
+fn dev_nonces_answered_after_a_cli_command_survive_sigkill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    let mut first = spawn(tmp.path());
+    let c = Client::new(first.link, s.link.clone());
+    assert_eq!(
+        c.join_ans(1, 2, &phy(2, 10)).result.result_code,
+        ResultCode::Success
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["devices", "remove", "0000000000000006", "--data-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        c.join_ans(2, 2, &phy(2, 20)).result.result_code,
+        ResultCode::Success
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    let mut second = spawn(tmp.path());
+    let c = Client::new(second.link, s.link.clone());
+    assert_eq!(
+        c.join_ans(3, 2, &phy(2, 20)).result.result_code,
+        ResultCode::JoinReqFailed,
+        "DevNonce 20, answered after the CLI command, was forgotten"
+    );
+    assert_eq!(
+        c.join_ans(4, 6, &phy(6, 1)).result.result_code,
+        ResultCode::UnknownDevEui,
+        "the removal was lost"
+    );
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
 }
