@@ -17,6 +17,21 @@ struct Running {
     link: SocketAddr,
 }
 
+impl Running {
+    /// SIGKILL (no signal handler runs, no checkpoint, no flush), then a new server on `dir`.
+    fn kill9_and_restart(self, dir: &std::path::Path) -> Running {
+        drop(self);
+        spawn(dir)
+    }
+}
+
+/// The join server's answer to device `dev`'s Join-request with `dev_nonce`.
+fn result(c: &Client, tid: u32, dev: u64, dev_nonce: u16) -> ResultCode {
+    c.join_ans(tid, dev, &phy(dev, dev_nonce))
+        .result
+        .result_code
+}
+
 impl Drop for Running {
     /// A failed assertion must not leave a server running behind the test.
     fn drop(&mut self) {
@@ -53,44 +68,19 @@ fn dev_nonces_survive_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let s = provision(tmp.path());
 
-    let mut first = spawn(tmp.path());
+    let first = spawn(tmp.path());
     let c = Client::new(first.link, s.link.clone());
-    assert_eq!(
-        c.join_ans(1, 2, &phy(2, 10)).result.result_code,
-        ResultCode::Success
-    );
-    assert_eq!(
-        c.join_ans(2, 1, &phy(1, 500)).result.result_code,
-        ResultCode::Success
-    );
-    assert_eq!(
-        c.join_ans(3, 3, &phy(3, 7)).result.result_code,
-        ResultCode::Success
-    );
-    // Killed, not shut down: no signal handler runs, no checkpoint, no flush.
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-
-    let mut second = spawn(tmp.path());
+    assert_eq!(result(&c, 1, 2, 10), ResultCode::Success);
+    assert_eq!(result(&c, 2, 1, 500), ResultCode::Success);
+    assert_eq!(result(&c, 3, 3, 7), ResultCode::Success);
+    let second = first.kill9_and_restart(tmp.path());
     let c = Client::new(second.link, s.link.clone());
     // 1.0.4 and 1.1 counters: the same and smaller DevNonces are refused, larger ones accepted.
-    assert_eq!(
-        c.join_ans(10, 2, &phy(2, 10)).result.result_code,
-        ResultCode::JoinReqFailed
-    );
-    assert_eq!(
-        c.join_ans(11, 2, &phy(2, 9)).result.result_code,
-        ResultCode::JoinReqFailed
-    );
-    assert_eq!(
-        c.join_ans(12, 3, &phy(3, 7)).result.result_code,
-        ResultCode::JoinReqFailed
-    );
+    assert_eq!(result(&c, 10, 2, 10), ResultCode::JoinReqFailed);
+    assert_eq!(result(&c, 11, 2, 9), ResultCode::JoinReqFailed);
+    assert_eq!(result(&c, 12, 3, 7), ResultCode::JoinReqFailed);
     // 1.0.3 history: the used DevNonce is refused.
-    assert_eq!(
-        c.join_ans(13, 1, &phy(1, 500)).result.result_code,
-        ResultCode::JoinReqFailed
-    );
+    assert_eq!(result(&c, 13, 1, 500), ResultCode::JoinReqFailed);
     let ok = c.join_ans(14, 2, &phy(2, 11));
     assert_eq!(ok.result.result_code, ResultCode::Success);
     // The JoinNonce counter survived too: this is the device's second Join-accept.
@@ -103,8 +93,6 @@ fn dev_nonces_survive_sigkill() {
         )
         .unwrap();
     assert_eq!(accept.join_nonce.as_u32(), 2);
-    second.child.kill().unwrap();
-    second.child.wait().unwrap();
 }
 
 #[test]
@@ -113,10 +101,7 @@ fn sigterm_drains_and_exits_zero() {
     let s = provision(tmp.path());
     let mut r = spawn(tmp.path());
     let c = Client::new(r.link, s.link.clone());
-    assert_eq!(
-        c.join_ans(1, 2, &phy(2, 1)).result.result_code,
-        ResultCode::Success
-    );
+    assert_eq!(result(&c, 1, 2, 1), ResultCode::Success);
     let st = Command::new("kill")
         .args(["-TERM", &r.child.id().to_string()])
         .status()
@@ -134,37 +119,26 @@ fn sigterm_drains_and_exits_zero() {
 fn dev_nonces_answered_after_a_cli_command_survive_sigkill() {
     let tmp = tempfile::tempdir().unwrap();
     let s = provision(tmp.path());
-    let mut first = spawn(tmp.path());
+    let first = spawn(tmp.path());
     let c = Client::new(first.link, s.link.clone());
-    assert_eq!(
-        c.join_ans(1, 2, &phy(2, 10)).result.result_code,
-        ResultCode::Success
-    );
+    assert_eq!(result(&c, 1, 2, 10), ResultCode::Success);
     let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
         .args(["devices", "remove", "0000000000000006", "--data-dir"])
         .arg(tmp.path())
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        c.join_ans(2, 2, &phy(2, 20)).result.result_code,
-        ResultCode::Success
-    );
-    first.child.kill().unwrap();
-    first.child.wait().unwrap();
-
-    let mut second = spawn(tmp.path());
+    assert_eq!(result(&c, 2, 2, 20), ResultCode::Success);
+    let second = first.kill9_and_restart(tmp.path());
     let c = Client::new(second.link, s.link.clone());
     assert_eq!(
-        c.join_ans(3, 2, &phy(2, 20)).result.result_code,
+        result(&c, 3, 2, 20),
         ResultCode::JoinReqFailed,
         "DevNonce 20, answered after the CLI command, was forgotten"
     );
     assert_eq!(
-        c.join_ans(4, 6, &phy(6, 1)).result.result_code,
+        result(&c, 4, 6, 1),
         ResultCode::UnknownDevEui,
         "the removal was lost"
     );
-    second.child.kill().unwrap();
-    second.child.wait().unwrap();
 }
