@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{metric, wait_metric, write600, Gateway, Proc};
+use common::{events, metric, wait_metric, write600, Gateway, Proc};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
@@ -199,10 +199,8 @@ fn start(root: &Path) -> (Proc, Gateway) {
 
 /// The (DevAddr, FCnt) of every uplink event delivered so far.
 fn delivered(root: &Path) -> Vec<(String, u64)> {
-    std::fs::read_to_string(root.join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    events(&root.join("events.jsonl"))
+        .into_iter()
         .filter(|e| e["type"] == "uplink")
         .map(|e| {
             (

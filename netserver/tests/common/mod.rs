@@ -403,12 +403,14 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// The application events of an event file (JSON lines), none if it does not exist yet.
+/// The application events of an event file (JSON lines), none if it does not exist yet. Only
+/// complete lines count: the server may be in the middle of appending the next ones.
 pub fn events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |i| &text[..=i]);
+    complete
         .lines()
-        .map(|l| serde_json::from_str(l).expect("each event line is JSON"))
+        .map(|l| serde_json::from_str(l).expect("each complete event line is JSON"))
         .collect()
 }
 
