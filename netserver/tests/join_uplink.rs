@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{start_joinserver, wait_events, Gateway, Proc};
+use common::{netserver_serve, start_joinserver, wait_events, Gateway, Proc};
 use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::derive;
 use protocol::gwmp::TxTiming;
@@ -129,22 +128,15 @@ fn uplinks_after_a_real_join() {
     )
     .unwrap();
     let events_path = dir.path().join("events.jsonl");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(dir.path().join("ns"))
-        .arg("--join-server")
-        .arg(js.addr("link").to_string())
-        .arg("--link-key")
-        .arg(secrets.join("link.key"))
-        .arg("--ns-kek")
-        .arg(secrets.join("ns.kek"))
-        .arg("--as-kek")
+    let mut cmd = netserver_serve(
+        &config,
+        &dir.path().join("ns"),
+        &js.addr("link").to_string(),
+        &secrets,
+        &format!("{NET_ID:06X}"),
+    );
+    cmd.arg("--as-kek")
         .arg(secrets.join("as.kek"))
-        .args(["--net-id", &format!("{NET_ID:06X}")])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .arg("--events")
         .arg(&events_path);
     let ns = Proc::spawn(cmd, "netserver listening");

@@ -14,11 +14,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{http, run_ok as run, serve_joinserver, workspace_bin as bin, Gateway, Proc};
+use common::{
+    http, netserver_serve, run_ok as run, serve_joinserver, workspace_bin as bin, Gateway, Proc,
+};
 use ed25519_dalek::{Signer, SigningKey};
 use protocol::gwmp::{CrcStatus, TxPk};
 use protocol::ids::{DevEui, DevNonce, JoinEui, NetId};
@@ -70,11 +72,7 @@ fn accepted_net_id(tx: &TxPk) -> NetId {
 
 #[test]
 fn manufacturer_owner_next_owner_through_real_network_servers() {
-    let (js_bin, qr_bin, ns_bin) = (
-        bin("joinserver"),
-        bin("qr"),
-        PathBuf::from(env!("CARGO_BIN_EXE_netserver")),
-    );
+    let (js_bin, qr_bin) = (bin("joinserver"), bin("qr"));
     let tmp = tempfile::tempdir().unwrap();
     let js_dir = tmp.path().join("js");
     run(Command::new(&js_bin)
@@ -117,26 +115,13 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
         let dir = tmp.path().join(format!("ns-{net:06X}"));
         let config = tmp.path().join(format!("ns-{net:06X}.toml"));
         std::fs::write(&config, "[gwmp]\nworkers = 1\n").unwrap();
-        let mut c = Command::new(&ns_bin);
-        c.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--join-server")
-            .arg(link.to_string())
-            .arg("--link-key")
-            .arg(secrets.join("link.key"))
-            .arg("--ns-kek")
-            .arg(secrets.join("ns.kek"))
-            .args([
-                "--net-id",
-                &format!("{net:06X}"),
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-            ]);
+        let c = netserver_serve(
+            &config,
+            &dir,
+            &link.to_string(),
+            &secrets,
+            &format!("{net:06X}"),
+        );
         Proc::spawn_logging(c, "netserver listening", "warn", Some("warn"))
     };
     let (ns_x, ns_y) = (netserver(NET_X), netserver(NET_Y));

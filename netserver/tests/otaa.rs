@@ -13,12 +13,13 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http_get, metric, start_joinserver, wait_metric, workspace_root, Gateway, Proc};
+use common::{
+    http_get, metric, netserver_serve, start_joinserver, wait_metric, workspace_root, Gateway, Proc,
+};
 
 use netserver::keys::{read_labeled_kek, NetworkKeys};
 use netserver::session::{RedbBackend, SessionStore, StoredNetworkKeys};
@@ -175,20 +176,13 @@ struct System {
 
 fn start_netserver(s: &System) -> Proc {
     let secrets = s.js_dir.join("secrets");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&s.config)
-        .arg("--data-dir")
-        .arg(&s.ns_dir)
-        .arg("--join-server")
-        .arg(s.link_target.to_string())
-        .arg("--link-key")
-        .arg(secrets.join("link.key"))
-        .arg("--ns-kek")
-        .arg(secrets.join("ns.kek"))
-        .args(["--net-id", &format!("{NET_ID:06X}")])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    let cmd = netserver_serve(
+        &s.config,
+        &s.ns_dir,
+        &s.link_target.to_string(),
+        &secrets,
+        &format!("{NET_ID:06X}"),
+    );
     Proc::spawn_logging(cmd, "netserver listening", QUIET_NS, Some("warn"))
 }
 

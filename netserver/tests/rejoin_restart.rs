@@ -10,10 +10,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{events, metric, wait_metric, write600, Gateway, Proc};
+use common::{events, metric, netserver_serve, wait_metric, write600, Gateway, Proc};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
@@ -173,22 +172,16 @@ fn put_previous(root: &Path) {
 
 fn start(root: &Path) -> (Proc, Gateway) {
     let secrets = root.join("secrets");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(root.join("netserver.toml"))
-        .arg("--data-dir")
-        .arg(root.join("ns"))
-        // Never contacted: this test makes no joins.
-        .args(["--join-server", "127.0.0.1:9"])
-        .arg("--link-key")
-        .arg(secrets.join("link.key"))
-        .arg("--ns-kek")
-        .arg(secrets.join("ns.kek"))
-        .arg("--as-kek")
+    // The join server is never contacted: this test makes no joins.
+    let mut cmd = netserver_serve(
+        &root.join("netserver.toml"),
+        &root.join("ns"),
+        "127.0.0.1:9",
+        &secrets,
+        "000013",
+    );
+    cmd.arg("--as-kek")
         .arg(secrets.join("as.kek"))
-        .args(["--net-id", "000013"])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .arg("--events")
         .arg(root.join("events.jsonl"));
     let ns = Proc::spawn(cmd, "netserver listening");

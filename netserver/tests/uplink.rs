@@ -12,11 +12,10 @@ mod common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{events, metric, wait_events, wait_metric, write600, Gateway, Proc};
+use common::{events, metric, netserver_serve, wait_events, wait_metric, write600, Gateway, Proc};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
@@ -271,22 +270,16 @@ fn provision(devices: &[&Device], config: &str) -> Net {
 }
 
 fn start(net: &Net) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&net.config)
-        .arg("--data-dir")
-        .arg(&net.data_dir)
-        // Never contacted: these tests make no joins.
-        .args(["--join-server", "127.0.0.1:9"])
-        .arg("--link-key")
-        .arg(net.secrets.join("link.key"))
-        .arg("--ns-kek")
-        .arg(net.secrets.join("ns.kek"))
-        .arg("--as-kek")
+    // The join server is never contacted: these tests make no joins.
+    let mut cmd = netserver_serve(
+        &net.config,
+        &net.data_dir,
+        "127.0.0.1:9",
+        &net.secrets,
+        "000013",
+    );
+    cmd.arg("--as-kek")
         .arg(net.secrets.join("as.kek"))
-        .args(["--net-id", "000013"])
-        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
         .arg("--events")
         .arg(&net.events)
         .arg("--downlink-listen")

@@ -403,6 +403,33 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// `netserver serve` (this package's binary) with `config`, its data in `data_dir`, the join
+/// server at `join_server`, the link key and network KEK of a join server's `secrets` directory,
+/// `net_id`, and GWMP and metrics on ephemeral 127.0.0.1 ports. Callers add the rest (the
+/// application KEK, the event sink, the downlink inputs).
+pub fn netserver_serve(
+    config: &Path,
+    data_dir: &Path,
+    join_server: &str,
+    secrets: &Path,
+    net_id: &str,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--join-server", join_server])
+        .arg("--link-key")
+        .arg(secrets.join("link.key"))
+        .arg("--ns-kek")
+        .arg(secrets.join("ns.kek"))
+        .args(["--net-id", net_id])
+        .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
+    cmd
+}
+
 /// The application events of an event file (JSON lines), none if it does not exist yet. Only
 /// complete lines count: the server may be in the middle of appending the next ones.
 pub fn events(path: &Path) -> Vec<serde_json::Value> {
