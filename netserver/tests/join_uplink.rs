@@ -9,8 +9,8 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{netserver_serve, start_joinserver, wait_events, Gateway, Proc};
-use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
+use common::{netserver_serve, start_joinserver, wait_events, Gateway, Proc, UPLINK_MIC};
+use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink};
 use protocol::derive;
 use protocol::gwmp::TxTiming;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, NetId};
@@ -105,14 +105,7 @@ fn uplink_with(
             payload: FrmPayload(data.to_vec()),
         },
     }
-    .build(
-        c,
-        &UplinkMicParams {
-            conf_fcnt: 0,
-            tx_dr: 5,
-            tx_ch: 1,
-        },
-    )
+    .build(c, &UPLINK_MIC)
     .unwrap()
 }
 

@@ -12,12 +12,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{events, metric, netserver_serve, wait_metric, write600, Gateway, Proc};
+use common::{events, metric, netserver_serve, wait_metric, write600, Gateway, Proc, UPLINK_MIC};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
 };
-use protocol::data::UplinkMicParams;
 use protocol::data::{FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keys::{AppSKey, Kek, NwkSKey};
@@ -87,14 +86,7 @@ impl Sess {
                 payload: FrmPayload(b"meter".to_vec()),
             },
         }
-        .build(
-            &self.crypto(),
-            &UplinkMicParams {
-                conf_fcnt: 0,
-                tx_dr: 5,
-                tx_ch: 1,
-            },
-        )
+        .build(&self.crypto(), &UPLINK_MIC)
         .unwrap()
     }
 }

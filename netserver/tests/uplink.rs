@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
-use common::{events, metric, netserver_serve, wait_events, wait_metric, write600, Gateway, Proc};
+use common::{
+    events, metric, netserver_serve, wait_events, wait_metric, write600, Gateway, Proc, UPLINK_MIC,
+};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
@@ -136,8 +138,7 @@ impl Device {
             &self.crypto(),
             &UplinkMicParams {
                 conf_fcnt: ack.unwrap_or(0),
-                tx_dr: 5,
-                tx_ch: 1,
+                ..UPLINK_MIC
             },
         )
         .unwrap()
@@ -156,14 +157,7 @@ impl Device {
             fopts: Vec::new(),
             payload: app(1, b"adr"),
         }
-        .build(
-            &self.crypto(),
-            &UplinkMicParams {
-                conf_fcnt: 0,
-                tx_dr: 5,
-                tx_ch: 1,
-            },
-        )
+        .build(&self.crypto(), &UPLINK_MIC)
         .unwrap()
     }
 

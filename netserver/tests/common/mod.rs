@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use protocol::data::UplinkMicParams;
 use protocol::gwmp::{
     CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode, TxPk,
 };
@@ -402,6 +403,14 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     );
     out
 }
+
+/// The MIC parameters (LoRaWAN 1.1) of an uplink as the tests send it: DR5 on channel 1
+/// (868.3 MHz, what [`Gateway`] reports), no confirmed downlink being acknowledged.
+pub const UPLINK_MIC: UplinkMicParams = UplinkMicParams {
+    conf_fcnt: 0,
+    tx_dr: 5,
+    tx_ch: 1,
+};
 
 /// `netserver serve` (this package's binary) with `config`, its data in `data_dir`, the join
 /// server at `join_server`, the link key and network KEK of a join server's `secrets` directory,
