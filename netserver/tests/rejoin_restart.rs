@@ -12,7 +12,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{events, metric, netserver_serve, wait_metric, write600, Gateway, Proc, UPLINK_MIC};
+use common::{
+    events, metric, netserver_serve, wait_metric, write_secrets, Gateway, Proc, UPLINK_MIC,
+};
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
     FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
@@ -100,13 +102,7 @@ struct Files {
 fn provision() -> Files {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let secrets = root.join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
-    write600(&secrets.join("link.key"), &hex::encode([0x55u8; 16]));
-    let kek_file =
-        |label: &str, k: [u8; 16]| format!("label = \"{label}\"\nkey = \"{}\"\n", hex::encode(k));
-    write600(&secrets.join("ns.kek"), &kek_file("ns-1", NS_KEK));
-    write600(&secrets.join("as.kek"), &kek_file("as-1", AS_KEK));
+    write_secrets(&root, NS_KEK, AS_KEK);
     let ns_kek = LabeledKek {
         label: "ns-1".into(),
         key: Kek::new(NS_KEK),

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use common::{
-    events, metric, netserver_serve, wait_events, wait_metric, write600, Gateway, Proc, UPLINK_MIC,
+    events, metric, netserver_serve, wait_events, wait_metric, write_secrets, Gateway, Proc,
+    UPLINK_MIC,
 };
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
@@ -214,13 +215,7 @@ struct Net {
 
 fn provision(devices: &[&Device], config: &str) -> Net {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = dir.path().join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
-    write600(&secrets.join("link.key"), &hex::encode([0x55u8; 16]));
-    let kek_file =
-        |label: &str, k: [u8; 16]| format!("label = \"{label}\"\nkey = \"{}\"\n", hex::encode(k));
-    write600(&secrets.join("ns.kek"), &kek_file("ns-1", NS_KEK));
-    write600(&secrets.join("as.kek"), &kek_file("as-1", AS_KEK));
+    let secrets = write_secrets(dir.path(), NS_KEK, AS_KEK);
     let ns_kek = LabeledKek {
         label: "ns-1".into(),
         key: Kek::new(NS_KEK),

@@ -404,6 +404,19 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
+/// Writes a network server's secrets into `root/secrets` (mode 0600): a link key of 0x55 bytes,
+/// the network KEK `ns-1` and the application KEK `as-1`. Returns that directory.
+pub fn write_secrets(root: &Path, ns_kek: [u8; 16], as_kek: [u8; 16]) -> PathBuf {
+    let secrets = root.join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    write600(&secrets.join("link.key"), &hex::encode([0x55u8; 16]));
+    let kek_file =
+        |label: &str, k: [u8; 16]| format!("label = \"{label}\"\nkey = \"{}\"\n", hex::encode(k));
+    write600(&secrets.join("ns.kek"), &kek_file("ns-1", ns_kek));
+    write600(&secrets.join("as.kek"), &kek_file("as-1", as_kek));
+    secrets
+}
+
 /// The MIC parameters (LoRaWAN 1.1) of an uplink as the tests send it: DR5 on channel 1
 /// (868.3 MHz, what [`Gateway`] reports), no confirmed downlink being acknowledged.
 pub const UPLINK_MIC: UplinkMicParams = UplinkMicParams {
