@@ -260,6 +260,13 @@ impl Link {
             return;
         }
         let now = now_ms();
+        // Counted before the answers leave, so that whoever holds an answer also sees it in
+        // `/metrics`.
+        for o in &items {
+            if let Some(r) = o.result {
+                self.metrics.joins.with_label_values(&[r]).inc();
+            }
+        }
         let mut sealed: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(items.len());
         for o in &items {
             let header = Header {
@@ -281,9 +288,6 @@ impl Link {
             tracing::warn!(lost = msgs.len() - sent, "some JoinAns could not be sent");
         }
         for o in items {
-            if let Some(r) = o.result {
-                self.metrics.joins.with_label_values(&[r]).inc();
-            }
             self.metrics
                 .join_latency
                 .observe(o.received.elapsed().as_secs_f64());

@@ -711,7 +711,7 @@ fn uplinks_downlinks_and_mac_commands() {
     // Metrics: results and latency.
     wait_metric(m, "netserver_uplinks_total{result=\"ok\"}", 30.0);
     assert_eq!(metric(m, "netserver_uplinks_total{result=\"ok\"}"), 30.0);
-    assert!(metric(m, "netserver_uplink_latency_seconds_count") >= 9.0);
+    wait_metric(m, "netserver_uplink_latency_seconds_count", 9.0);
     wait_metric(m, "netserver_downlinks_total{result=\"sent\"}", 10.0);
     assert_eq!(
         metric(m, "netserver_downlinks_total{result=\"sent\"}"),
