@@ -16,6 +16,7 @@ use protocol::join::{
 };
 use protocol::keys::{AppKey, JsIntKey, KeyCipher, NwkKey};
 use protocol::keywrap::KeyEnvelope;
+use protocol::ts002::NetworkKeys;
 use protocol::version::MacVersion;
 
 use crate::atrest;
@@ -192,25 +193,6 @@ impl JoinError {
     }
 }
 
-/// The network session keys, wrapped for the network server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NetworkEnvelopes {
-    /// LoRaWAN 1.0.x: NwkSKey.
-    V1_0 {
-        /// NwkSKey.
-        nwk_s_key: KeyEnvelope,
-    },
-    /// LoRaWAN 1.1: the three network session keys.
-    V1_1 {
-        /// FNwkSIntKey.
-        f_nwk_s_int_key: KeyEnvelope,
-        /// SNwkSIntKey.
-        s_nwk_s_int_key: KeyEnvelope,
-        /// NwkSEncKey.
-        nwk_s_enc_key: KeyEnvelope,
-    },
-}
-
 /// A successful join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
@@ -225,7 +207,7 @@ pub struct Accepted {
     /// Session lifetime in seconds.
     pub lifetime: u32,
     /// Network session keys under the NS KEK.
-    pub network: NetworkEnvelopes,
+    pub network: NetworkKeys,
     /// AppSKey under the AS KEK.
     pub app_s_key: KeyEnvelope,
     /// The JoinNonce used.
@@ -388,7 +370,7 @@ fn accept(
                 },
                 JoinAcceptEncKey::NwkKey(nwk),
             );
-            let net = NetworkEnvelopes::V1_1 {
+            let net = NetworkKeys::V1_1 {
                 f_nwk_s_int_key: seal(&ctx.ns_kek, &sk.f_nwk_s_int_key)?,
                 s_nwk_s_int_key: seal(&ctx.ns_kek, &sk.s_nwk_s_int_key)?,
                 nwk_s_enc_key: seal(&ctx.ns_kek, &sk.nwk_s_enc_key)?,
@@ -401,7 +383,7 @@ fn accept(
                 JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&keys.app)),
                 JoinAcceptEncKey::AppKey(&keys.app),
             );
-            let net = NetworkEnvelopes::V1_0 {
+            let net = NetworkKeys::V1_0 {
                 nwk_s_key: seal(&ctx.ns_kek, &sk.nwk_s_key)?,
             };
             (phy, net, seal(&ctx.as_kek, &sk.app_s_key)?)
@@ -597,7 +579,7 @@ mod tests {
             // The wrapped session keys are the ones the device derives.
             let ns = &c.ns_kek;
             match (&a.network, v.is_1_1()) {
-                (NetworkEnvelopes::V1_0 { nwk_s_key }, false) => {
+                (NetworkKeys::V1_0 { nwk_s_key }, false) => {
                     let dk =
                         derive::session_keys_1_0(&app, payload.join_nonce, net(0x13), DevNonce(dn));
                     assert_eq!(nwk_s_key.kek_label, "ns-test");
@@ -608,7 +590,7 @@ mod tests {
                     assert_eq!(ak, dk.app_s_key);
                 }
                 (
-                    NetworkEnvelopes::V1_1 {
+                    NetworkKeys::V1_1 {
                         f_nwk_s_int_key,
                         s_nwk_s_int_key,
                         nwk_s_enc_key,

@@ -9,9 +9,9 @@
 
 use protocol::ids::NetId;
 use protocol::link::LinkError;
-use protocol::ts002::{AnsResult, Header, JoinAns, JoinReq, MessageType, NetworkKeys, ResultCode};
+use protocol::ts002::{AnsResult, Header, JoinAns, JoinReq, MessageType, ResultCode};
 
-use crate::core::{JoinReqFields, NetworkEnvelopes, Outcome};
+use crate::core::{JoinReqFields, Outcome};
 
 /// A decoded request body.
 #[derive(Debug)]
@@ -110,20 +110,6 @@ pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
                 "DLSettings": format!("{:02x}", a.dl_settings),
                 "RxDelay": a.rx_delay,
             }));
-            let network_keys = match &a.network {
-                NetworkEnvelopes::V1_0 { nwk_s_key } => NetworkKeys::V1_0 {
-                    nwk_s_key: nwk_s_key.clone(),
-                },
-                NetworkEnvelopes::V1_1 {
-                    f_nwk_s_int_key,
-                    s_nwk_s_int_key,
-                    nwk_s_enc_key,
-                } => NetworkKeys::V1_1 {
-                    f_nwk_s_int_key: f_nwk_s_int_key.clone(),
-                    s_nwk_s_int_key: s_nwk_s_int_key.clone(),
-                    nwk_s_enc_key: nwk_s_enc_key.clone(),
-                },
-            };
             to_json(&JoinAns {
                 header,
                 result: AnsResult {
@@ -132,7 +118,7 @@ pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
                 },
                 phy_payload: Some(a.phy_payload.clone()),
                 lifetime: Some(a.lifetime),
-                network_keys: Some(network_keys),
+                network_keys: Some(a.network.clone()),
                 app_s_key: Some(a.app_s_key.clone()),
                 session_key_id: None,
             })

@@ -285,19 +285,9 @@ async fn run(
         .ok_or_else(|| JoinError::Answer("success without PHYPayload".into()))?;
     let accept =
         EncryptedJoinAccept::from_bytes(accept).map_err(|e| JoinError::Answer(e.to_string()))?;
-    let received = match ans.network_keys {
-        Some(ts002::NetworkKeys::V1_0 { nwk_s_key }) => StoredNetworkKeys::V1_0 { nwk_s_key },
-        Some(ts002::NetworkKeys::V1_1 {
-            f_nwk_s_int_key,
-            s_nwk_s_int_key,
-            nwk_s_enc_key,
-        }) => StoredNetworkKeys::V1_1 {
-            f_nwk_s_int_key,
-            s_nwk_s_int_key,
-            nwk_s_enc_key,
-        },
-        None => return Err(JoinError::Answer("success without network keys".into())),
-    };
+    let received: StoredNetworkKeys = ans
+        .network_keys
+        .ok_or_else(|| JoinError::Answer("success without network keys".into()))?;
     let keys = NetworkKeys::open(&received, &state.secrets.ns_kek)?;
     let applied =
         AppliedSettings::from_answer(ans.header.vs_extension.as_ref(), requested_dl, j.rx_delay_s);

@@ -32,6 +32,8 @@ use protocol::data::SessionCrypto;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keys::AppSKey;
 use protocol::keywrap::{KeyEnvelope, KeyWrapError, WRAPPED_KEY_LEN};
+/// The wrapped network session keys, stored as the join server sent them.
+pub use protocol::ts002::NetworkKeys as StoredNetworkKeys;
 use protocol::version::MacVersion;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -95,26 +97,6 @@ mod opt_hex {
             .map(|t| hex::decode(t).map_err(serde::de::Error::custom))
             .transpose()
     }
-}
-
-/// Wrapped network session keys, by MAC version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum StoredNetworkKeys {
-    /// LoRaWAN 1.0.x.
-    V1_0 {
-        /// NwkSKey.
-        nwk_s_key: KeyEnvelope,
-    },
-    /// LoRaWAN 1.1.
-    V1_1 {
-        /// FNwkSIntKey.
-        f_nwk_s_int_key: KeyEnvelope,
-        /// SNwkSIntKey.
-        s_nwk_s_int_key: KeyEnvelope,
-        /// NwkSEncKey.
-        nwk_s_enc_key: KeyEnvelope,
-    },
 }
 
 /// Class-A radio parameters of a session.
@@ -849,6 +831,10 @@ impl Sessions {
 pub(crate) mod tests {
     use super::*;
 
+    /// [`the_stored_form_is_unchanged`]'s sessions as earlier releases stored them.
+    const STORED_V1_0: &str = r#"{"version":1,"dev_eui":"0000000000000102","join_eui":"0102030405060708","dev_addr":"26000002","mac_version":"1.0.3","dev_nonce":7,"network_keys":{"kind":"v1_0","nwk_s_key":{"KEKLabel":"ns","AESKey":"010101010101010101010101010101010101010101010101"}},"app_s_key":{"KEKLabel":"as","AESKey":"020202020202020202020202020202020202020202020202"},"session_key_id":null,"rx":{"rx1_dr_offset":0,"rx2_data_rate":0,"rx2_frequency_hz":869525000,"rx_delay_s":1},"counters":{"f_cnt_up":0,"n_f_cnt_down":0,"a_f_cnt_down":0},"created_at_ms":1700000000000,"lifetime_s":null}"#;
+    const STORED_V1_1: &str = r#"{"version":1,"dev_eui":"000000000000000A","join_eui":"0102030405060708","dev_addr":"26000001","mac_version":"1.1","dev_nonce":7,"network_keys":{"kind":"v1_1","f_nwk_s_int_key":{"KEKLabel":"ns","AESKey":"030303030303030303030303030303030303030303030303"},"s_nwk_s_int_key":{"KEKLabel":"ns","AESKey":"040404040404040404040404040404040404040404040404"},"nwk_s_enc_key":{"KEKLabel":"","AESKey":"05050505050505050505050505050505"}},"app_s_key":null,"session_key_id":"abcd","rx":{"rx1_dr_offset":0,"rx2_data_rate":0,"rx2_frequency_hz":869525000,"rx_delay_s":1},"counters":{"f_cnt_up":0,"n_f_cnt_down":0,"a_f_cnt_down":0},"created_at_ms":1700000000000,"lifetime_s":null}"#;
+
     pub(crate) fn stored(dev_eui: u64, dev_addr: u32) -> StoredSession {
         let env = |b: u8| KeyEnvelope {
             kek_label: "ns".into(),
@@ -871,6 +857,39 @@ pub(crate) mod tests {
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
+        }
+    }
+
+    /// The stored JSON of a session is a format that data directories keep across releases:
+    /// this is what releases wrote, and what this one must read and write byte for byte.
+    #[test]
+    fn the_stored_form_is_unchanged() {
+        let mut v11 = stored(0x0A, 0x2600_0001);
+        v11.mac_version = Some(MacVersion::V1_1);
+        v11.network_keys = StoredNetworkKeys::V1_1 {
+            f_nwk_s_int_key: KeyEnvelope {
+                kek_label: "ns".into(),
+                aes_key: vec![3; 24],
+            },
+            s_nwk_s_int_key: KeyEnvelope {
+                kek_label: "ns".into(),
+                aes_key: vec![4; 24],
+            },
+            nwk_s_enc_key: KeyEnvelope {
+                kek_label: String::new(),
+                aes_key: vec![5; 16],
+            },
+        };
+        v11.app_s_key = None;
+        v11.session_key_id = Some(vec![0xAB, 0xCD]);
+        let cases = [
+            (stored(0x0102, 0x2600_0002), STORED_V1_0),
+            (v11, STORED_V1_1),
+        ];
+        for (session, json) in cases {
+            assert_eq!(serde_json::to_string(&session).unwrap(), json);
+            let read: StoredSession = serde_json::from_str(json).unwrap();
+            assert_eq!(read, session);
         }
     }
 

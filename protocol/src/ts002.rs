@@ -487,8 +487,14 @@ pub struct AnsResult {
     pub description: Option<String>,
 }
 
-/// The network session keys of a successful `JoinAns`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The network session keys of a successful `JoinAns`, each wrapped (or in clear) for the
+/// network server.
+///
+/// The TS002 JSON of a `JoinAns` spells them as separate fields (see [`JoinAns`]); the serde
+/// form derived here is the network server's stored form,
+/// `{"kind":"v1_0","nwk_s_key":{…}}` or `{"kind":"v1_1",…}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum NetworkKeys {
     /// LoRaWAN 1.0.x: `NwkSKey`.
     V1_0 {
