@@ -13,8 +13,8 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use protocol::keys::{Kek, LinkKey};
+pub use protocol::keywrap::LabeledKek;
 use rand::RngCore;
-use serde::Deserialize;
 use zeroize::Zeroizing;
 
 /// The master key file name.
@@ -45,23 +45,6 @@ pub enum SecretError {
         /// What is wrong (without the content).
         what: String,
     },
-}
-
-/// A key-encryption key and the label that names it in TS002 KeyEnvelopes.
-#[derive(Clone)]
-pub struct LabeledKek {
-    /// The `KEKLabel`.
-    pub label: String,
-    /// The key.
-    pub key: Kek,
-}
-
-impl std::fmt::Debug for LabeledKek {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LabeledKek")
-            .field("label", &self.label)
-            .finish_non_exhaustive()
-    }
 }
 
 /// The master key that encrypts root keys at rest (RFC 3394 key wrap).
@@ -184,39 +167,12 @@ pub fn read_hex_key<K: std::str::FromStr<Err = protocol::keys::KeyParseError>>(
         })
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KekFile {
-    label: String,
-    key: String,
-}
-
 /// Reads a labelled KEK file (`ns.kek`, `as.kek`).
 pub fn read_kek(path: &Path) -> Result<LabeledKek, SecretError> {
     let text = read_secret(path)?;
-    let f: KekFile = toml::from_str(&text).map_err(|e| SecretError::Format {
+    LabeledKek::from_file_text(&text).map_err(|what| SecretError::Format {
         path: path.to_owned(),
-        what: format!(
-            "expected `label = \"…\"` and `key = \"<32 hex>\"`: {}",
-            e.message()
-        ),
-    })?;
-    if f.label.is_empty() {
-        return Err(SecretError::Format {
-            path: path.to_owned(),
-            what: "label is empty".into(),
-        });
-    }
-    let key_text = Zeroizing::new(f.key);
-    let key = key_text
-        .parse()
-        .map_err(|e: protocol::keys::KeyParseError| SecretError::Format {
-            path: path.to_owned(),
-            what: e.to_string(),
-        })?;
-    Ok(LabeledKek {
-        label: f.label,
-        key,
+        what,
     })
 }
 

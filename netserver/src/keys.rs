@@ -6,9 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use protocol::keys::{FNwkSIntKey, Kek, Key128, NwkSEncKey, NwkSKey, SNwkSIntKey};
+use protocol::keys::{FNwkSIntKey, Key128, NwkSEncKey, NwkSKey, SNwkSIntKey};
+pub use protocol::keywrap::LabeledKek;
 use protocol::keywrap::{KeyEnvelope, KeyWrapError};
-use serde::Deserialize;
 
 use crate::session::StoredNetworkKeys;
 
@@ -170,52 +170,10 @@ pub fn read_secret<T, E: std::fmt::Display>(
     })
 }
 
-/// A key-encryption key and the `KEKLabel` that names it in TS002 KeyEnvelopes.
-pub struct LabeledKek {
-    /// The label.
-    pub label: String,
-    /// The key.
-    pub key: Kek,
-}
-
-impl std::fmt::Debug for LabeledKek {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LabeledKek")
-            .field("label", &self.label)
-            .field("key", &self.key)
-            .finish()
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KekFile {
-    label: String,
-    key: String,
-}
-
 /// Reads a KEK file as `joinserver init` writes `ns.kek` and `as.kek`: TOML with
 /// `label = "…"` (the KEKLabel) and `key = "<32 hex digits>"`.
 pub fn read_labeled_kek(path: &Path) -> Result<LabeledKek, SecretFileError> {
-    read_secret(path, |text| {
-        let f: KekFile = toml::from_str(text).map_err(|e| {
-            format!(
-                "expected `label = \"…\"` and `key = \"<32 hex>\"`: {}",
-                e.message()
-            )
-        })?;
-        if f.label.trim().is_empty() {
-            return Err("the label is empty".to_owned());
-        }
-        let key_text = zeroize::Zeroizing::new(f.key);
-        let key: Kek = key_text
-            .parse()
-            .map_err(|e: protocol::keys::KeyParseError| e.to_string())?;
-        Ok(LabeledKek {
-            label: f.label,
-            key,
-        })
-    })
+    read_secret(path, LabeledKek::from_file_text)
 }
 
 #[cfg(unix)]

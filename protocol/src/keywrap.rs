@@ -32,6 +32,56 @@ impl fmt::Debug for KeyEnvelope {
     }
 }
 
+/// A key-encryption key and the `KEKLabel` that names it in TS002 KeyEnvelopes.
+///
+/// `Debug` shows the label only.
+#[derive(Clone)]
+pub struct LabeledKek {
+    /// The `KEKLabel`.
+    pub label: String,
+    /// The key.
+    pub key: Kek,
+}
+
+impl fmt::Debug for LabeledKek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LabeledKek")
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LabeledKek {
+    /// Parses a KEK file as `joinserver init` writes `ns.kek` and `as.kek` for both servers:
+    /// TOML with `label = "…"` (the KEKLabel, not empty) and `key = "<32 hex digits>"`.
+    /// The error says what is wrong and never contains the key.
+    pub fn from_file_text(text: &str) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct KekFile {
+            label: String,
+            key: String,
+        }
+        let f: KekFile = toml::from_str(text).map_err(|e| {
+            format!(
+                "expected `label = \"…\"` and `key = \"<32 hex>\"`: {}",
+                e.message()
+            )
+        })?;
+        if f.label.trim().is_empty() {
+            return Err("the label is empty".to_owned());
+        }
+        let key_text = Zeroizing::new(f.key);
+        let key = key_text
+            .parse()
+            .map_err(|e: crate::keys::KeyParseError| e.to_string())?;
+        Ok(Self {
+            label: f.label,
+            key,
+        })
+    }
+}
+
 /// Length of an RFC 3394 wrapped 128-bit key.
 pub const WRAPPED_KEY_LEN: usize = 24;
 
