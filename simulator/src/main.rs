@@ -43,7 +43,7 @@ enum Cmd {
 #[derive(clap::Args, Debug)]
 struct DemoArgs {
     /// Fleet size.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     devices: u32,
     /// Seed of the fleet and the traffic.
     #[arg(long, default_value_t = 1)]
@@ -74,7 +74,7 @@ struct DemoArgs {
 #[derive(clap::Args, Debug)]
 struct BenchArgs {
     /// Fleet size.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     devices: u32,
     /// Every device sends one Join-request within this window; shorter than the simulator can
     /// keep up with means it generates flat out.
@@ -95,7 +95,7 @@ struct BenchArgs {
 #[derive(clap::Args, Debug)]
 struct ManifestArgs {
     /// Number of devices.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     devices: u32,
     /// Seed for DevEUIs, root keys and owner tokens.
     #[arg(long, default_value_t = 1)]
@@ -119,9 +119,10 @@ struct RunArgs {
     /// The manifest written by `simulator manifest` (its `<manifest>.state` is read and updated).
     #[arg(long)]
     manifest: PathBuf,
-    /// The network server's GWMP (UDP) address.
+    /// The network server's GWMP (UDP) address, `HOST:PORT` (a name is resolved once, to an
+    /// address of the `--bind` address's family).
     #[arg(long)]
-    netserver: SocketAddr,
+    netserver: String,
     /// Number of virtual gateways, each with its own UDP socket.
     #[arg(long, default_value_t = 1)]
     gateways: u16,
@@ -237,7 +238,7 @@ fn main() -> anyhow::Result<()> {
             };
             let opts = RunOptions {
                 manifest: a.manifest,
-                netserver: a.netserver,
+                netserver: simulator::net::resolve(&a.netserver, a.bind)?,
                 bind: a.bind,
                 gateways: a.gateways,
                 traffic: Traffic {

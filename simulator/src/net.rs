@@ -21,6 +21,27 @@ use crate::nonce_log::NonceLog;
 use crate::report;
 use crate::sched::Micros;
 
+/// Resolves `--netserver`'s `HOST:PORT` once, to an address of `bind`'s family (the gateway
+/// sockets bind there and connect to it): `localhost:1700` is 127.0.0.1:1700 with the default
+/// IPv4 `--bind`.
+pub fn resolve(spec: &str, bind: IpAddr) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = spec
+        .to_socket_addrs()
+        .with_context(|| format!("--netserver {spec:?}: expected HOST:PORT"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == bind.is_ipv4())
+        .copied()
+        .ok_or_else(|| {
+            let family = if bind.is_ipv4() { "IPv4" } else { "IPv6" };
+            anyhow::anyhow!(
+                "--netserver {spec:?}: no {family} address (found {addrs:?}); --bind {bind} needs one"
+            )
+        })
+}
+
 /// Socket settings of a run.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
@@ -481,6 +502,7 @@ async fn run_async(
     shared.flush().await;
     let mut next_progress = 1_000_000u64;
     let mut last_uplinks = 0u64;
+    let mut warned_silent = false;
     let mut interrupted = std::pin::pin!(stop_signal());
     loop {
         let wake = shared.engine.borrow().next_wakeup().min(next_progress);
@@ -508,6 +530,13 @@ async fn run_async(
         }
         if now >= next_progress {
             let e = shared.engine.borrow();
+            if !warned_silent {
+                if let Some(w) = report::silence_warning(now as f64 / 1e6, cfg.netserver, &e.stats)
+                {
+                    eprintln!("warning: {w}");
+                    warned_silent = true;
+                }
+            }
             let sent = e.stats.uplinks_sent;
             if cfg.progress {
                 report::print_progress(&report::progress_line(

@@ -515,6 +515,35 @@ pub fn progress_line(
     )
 }
 
+/// How long a run waits for a first PUSH_ACK or PULL_ACK before it warns that the network server
+/// is silent (a network server acknowledges within milliseconds).
+pub const SILENT_AFTER_S: f64 = 3.0;
+
+/// The warning a run prints once when, [`SILENT_AFTER_S`] into it, gateways have sent datagrams
+/// and the network server has acknowledged none: most often a wrong `--netserver` address.
+/// `None` otherwise.
+pub fn silence_warning(
+    elapsed_s: f64,
+    netserver: std::net::SocketAddr,
+    s: &Stats,
+) -> Option<String> {
+    let sent = s.push_data + s.pull_data;
+    if elapsed_s < SILENT_AFTER_S || sent == 0 || s.push_ack + s.pull_ack > 0 {
+        return None;
+    }
+    let refused = if s.send_errors > 0 {
+        format!(
+            ", {} send errors (an ICMP port unreachable means nothing listens there)",
+            s.send_errors
+        )
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "no PUSH_ACK or PULL_ACK from {netserver} after {elapsed_s:.0} s: {sent} PUSH_DATA and PULL_DATA sent{refused}; is a network server listening on that GWMP address?"
+    ))
+}
+
 /// Prints a progress line to stderr.
 pub fn print_progress(line: &str) {
     let mut e = std::io::stderr().lock();
@@ -524,6 +553,37 @@ pub fn print_progress(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_silent_network_server_is_named_once_acks_are_overdue() {
+        let ns: std::net::SocketAddr = "127.0.0.1:1700".parse().unwrap();
+        let mut s = Stats {
+            push_data: 5,
+            pull_data: 1,
+            ..Stats::default()
+        };
+        assert_eq!(
+            silence_warning(SILENT_AFTER_S - 0.1, ns, &s),
+            None,
+            "too early"
+        );
+        let w = silence_warning(SILENT_AFTER_S, ns, &s).unwrap();
+        assert!(
+            w.contains("127.0.0.1:1700") && w.contains("6 PUSH_DATA and PULL_DATA sent"),
+            "{w}"
+        );
+        assert!(!w.contains("send errors"), "{w}");
+        s.send_errors = 2;
+        let w = silence_warning(4.0, ns, &s).unwrap();
+        assert!(w.contains("2 send errors"), "{w}");
+        s.pull_ack = 1;
+        assert_eq!(silence_warning(4.0, ns, &s), None, "it answered");
+        assert_eq!(
+            silence_warning(4.0, ns, &Stats::default()),
+            None,
+            "nothing sent yet"
+        );
+    }
 
     #[test]
     fn percentiles_and_json_field_names() {

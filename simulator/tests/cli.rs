@@ -136,10 +136,52 @@ fn bad_options_are_refused_with_a_reason() {
             ],
             "1.2",
         ),
+        (
+            vec!["manifest", "--devices", "0", "--out", "x"],
+            "'--devices <DEVICES>'",
+        ),
+        (
+            vec!["run", "--manifest", "x.csv", "--netserver", "localhost"],
+            "--netserver \"localhost\": expected HOST:PORT",
+        ),
     ] {
         let out = simulator().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// Pointed at a UDP port where nothing answers, a run says so instead of only counting
+/// timeouts; a host name is resolved (to the IPv4 address, with the default `--bind`).
+#[test]
+fn a_silent_network_server_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    let out = simulator()
+        .args(["manifest", "--devices", "3", "--out"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Bound, so no ICMP error comes back, and never read.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let out = simulator()
+        .arg("run")
+        .arg("--manifest")
+        .arg(&manifest)
+        .args(["--netserver", &format!("localhost:{port}")])
+        .args(["--join-window", "1s", "--duration", "4s", "--quiet"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: no PUSH_ACK or PULL_ACK from 127.0.0.1:{port} after "
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("warning: no PUSH_ACK").count(), 1, "{err}");
 }
