@@ -220,6 +220,9 @@ pub struct Report {
     pub gwmp: Gwmp,
     /// Devices holding a session at the end.
     pub devices_joined_at_end: u64,
+    /// What an operator should look at first (e.g. a network server that acknowledged nothing);
+    /// empty when nothing stands out.
+    pub warnings: Vec<String>,
 }
 
 /// `joins.*`.
@@ -315,6 +318,8 @@ pub struct RunInfo {
     pub event_sink: bool,
     /// Devices joined at the end.
     pub joined_at_end: u64,
+    /// The network server's GWMP address.
+    pub netserver: std::net::SocketAddr,
 }
 
 impl Report {
@@ -383,6 +388,9 @@ impl Report {
                 send_errors: s.send_errors,
             },
             devices_joined_at_end: info.joined_at_end,
+            warnings: silence_warning(info.duration_s, info.netserver, s)
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -492,6 +500,9 @@ impl Report {
             "devices joined at the end",
             self.devices_joined_at_end.to_string(),
         );
+        for w in &self.warnings {
+            let _ = writeln!(t, "warning: {w}");
+        }
         t
     }
 }
@@ -602,6 +613,7 @@ mod tests {
             duration_s: 2.0,
             event_sink: false,
             joined_at_end: 1000,
+            netserver: "127.0.0.1:1700".parse().unwrap(),
         };
         let r = Report::new(&info, &s);
         assert!(
@@ -638,6 +650,7 @@ mod tests {
         ] {
             assert!(v.pointer(path).is_some(), "missing {path}");
         }
+        assert_eq!(v["warnings"], serde_json::json!([]), "nothing stands out");
         assert!(r.table().contains("accepted (RX1 / RX2)"));
     }
 

@@ -95,6 +95,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
             duration_s: elapsed,
             event_sink: o.event_listen.is_some(),
             joined_at_end: engine.joined(),
+            netserver: o.netserver,
         },
         &engine.stats,
     );

@@ -173,6 +173,8 @@ fn a_silent_network_server_is_named() {
         .arg(&manifest)
         .args(["--netserver", &format!("localhost:{port}")])
         .args(["--join-window", "1s", "--duration", "4s", "--quiet"])
+        .arg("--report-json")
+        .arg(dir.path().join("r.json"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -184,4 +186,17 @@ fn a_silent_network_server_is_named() {
         "{err}"
     );
     assert_eq!(err.matches("warning: no PUSH_ACK").count(), 1, "{err}");
+    // The end of the table and the JSON report say it again.
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "warning: no PUSH_ACK or PULL_ACK from 127.0.0.1:{port}"
+        )),
+        "{table}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    let w = r["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 1, "{r}");
+    assert!(w[0].as_str().unwrap().starts_with("no PUSH_ACK"), "{r}");
 }
