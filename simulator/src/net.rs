@@ -15,6 +15,7 @@ use protocol::ids::DevEui;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
+use crate::drops;
 use crate::engine::{Engine, Stage};
 use crate::manifest::NonceState;
 use crate::nonce_log::NonceLog;
@@ -423,6 +424,8 @@ async fn run_async(
         Some(e) => Some(e.into_socket()?),
         None => None,
     };
+    let gateway_inodes: Vec<u64> = sockets.iter().filter_map(drops::socket_inode).collect();
+    let sink_inode = sink.as_ref().and_then(drops::socket_inode);
     let shared = Rc::new(Shared {
         engine: RefCell::new(engine),
         nonce_log: nonce_log.map(|l| Arc::new(Mutex::new(l))),
@@ -576,6 +579,9 @@ async fn run_async(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    // Read while the sockets are open: a closed socket's line is gone.
+    let gateway_socket_drops = drops::receive_drops(&gateway_inodes);
+    let event_socket_drops = sink_inode.and_then(|i| drops::receive_drops(&[i]));
     for t in &tasks {
         t.abort();
     }
@@ -596,6 +602,8 @@ async fn run_async(
     let send_cpu = shared.send_cpu.get();
     let mut engine = shared.engine.into_inner();
     engine.stats.send_cpu_s = send_cpu;
+    engine.stats.gateway_socket_drops = gateway_socket_drops;
+    engine.stats.event_socket_drops = event_socket_drops;
     if let Some(log) = &shared.nonce_log {
         let log = log
             .lock()

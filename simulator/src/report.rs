@@ -109,6 +109,11 @@ pub struct Stats {
     pub bad_datagrams: u64,
     /// Datagrams the kernel refused to send (buffer full).
     pub send_errors: u64,
+    /// Datagrams the kernel dropped at the gateways' sockets (receive buffer full); `None` where
+    /// the kernel does not say (see [`crate::drops`]).
+    pub gateway_socket_drops: Option<u64>,
+    /// The same at the event sink's socket; `None` without `--event-listen`.
+    pub event_socket_drops: Option<u64>,
     /// CPU seconds the socket loop spent in `sendmmsg` (kernel included).
     pub send_cpu_s: f64,
     /// DevNonce log records written (see [`crate::nonce_log`]).
@@ -220,6 +225,8 @@ pub struct Report {
     pub gwmp: Gwmp,
     /// Devices holding a session at the end.
     pub devices_joined_at_end: u64,
+    /// Datagrams the kernel dropped at the simulator's own sockets.
+    pub simulator_socket_drops: SocketDrops,
     /// What an operator should look at first (e.g. a network server that acknowledged nothing);
     /// empty when nothing stands out.
     pub warnings: Vec<String>,
@@ -299,6 +306,16 @@ pub struct Gwmp {
     pub tx_ack_errors: u64,
     pub bad_datagrams: u64,
     pub send_errors: u64,
+}
+
+/// `simulator_socket_drops.*`: what the simulator itself lost (receive buffers full), which the
+/// servers are not to blame for. `null` where the kernel does not say.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SocketDrops {
+    /// At the gateways' sockets: PUSH_ACKs, PULL_ACKs, PULL_RESPs.
+    pub gateways: Option<u64>,
+    /// At the event sink's socket: application events (`null` without `--event-listen`).
+    pub event_sink: Option<u64>,
 }
 
 /// What the report is about, besides the counters.
@@ -388,8 +405,13 @@ impl Report {
                 send_errors: s.send_errors,
             },
             devices_joined_at_end: info.joined_at_end,
+            simulator_socket_drops: SocketDrops {
+                gateways: s.gateway_socket_drops,
+                event_sink: s.event_socket_drops,
+            },
             warnings: silence_warning(info.duration_s, info.netserver, s)
                 .into_iter()
+                .chain(drops_warning(s))
                 .collect(),
         }
     }
@@ -495,6 +517,13 @@ impl Report {
             "bad datagrams / send errors",
             format!("{} / {}", g.bad_datagrams, g.send_errors),
         );
+        let d = &self.simulator_socket_drops;
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+        row(
+            &mut t,
+            "own socket drops: gateways / sink",
+            format!("{} / {}", opt(d.gateways), opt(d.event_sink)),
+        );
         row(
             &mut t,
             "devices joined at the end",
@@ -555,6 +584,20 @@ pub fn silence_warning(
     ))
 }
 
+/// The warning of a run whose own sockets dropped datagrams: answers and events lost there
+/// would otherwise count against the servers. `None` when none were dropped.
+pub fn drops_warning(s: &Stats) -> Option<String> {
+    let gateways = s.gateway_socket_drops.unwrap_or(0);
+    let events = s.event_socket_drops.unwrap_or(0);
+    if gateways + events == 0 {
+        return None;
+    }
+    Some(format!(
+        "the simulator's own sockets dropped {} datagrams (receive buffers full: {gateways} at the gateways, {events} at the event sink); losses above include these, which are the simulator's, not the servers'. Give the simulator more CPU or raise net.core.rmem_max",
+        gateways + events
+    ))
+}
+
 /// Prints a progress line to stderr.
 pub fn print_progress(line: &str) {
     let mut e = std::io::stderr().lock();
@@ -564,6 +607,20 @@ pub fn print_progress(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_at_the_simulators_own_sockets_are_warned_of() {
+        let mut s = Stats::default();
+        assert_eq!(drops_warning(&s), None, "the kernel did not say");
+        s.gateway_socket_drops = Some(0);
+        s.event_socket_drops = Some(0);
+        assert_eq!(drops_warning(&s), None);
+        s.gateway_socket_drops = Some(3);
+        s.event_socket_drops = Some(4);
+        let w = drops_warning(&s).unwrap();
+        assert!(w.contains("dropped 7 datagrams"), "{w}");
+        assert!(w.contains("3 at the gateways, 4 at the event sink"), "{w}");
+    }
 
     #[test]
     fn a_silent_network_server_is_named_once_acks_are_overdue() {
@@ -651,6 +708,10 @@ mod tests {
             assert!(v.pointer(path).is_some(), "missing {path}");
         }
         assert_eq!(v["warnings"], serde_json::json!([]), "nothing stands out");
+        assert_eq!(
+            v["simulator_socket_drops"],
+            serde_json::json!({"gateways": null, "event_sink": null})
+        );
         assert!(r.table().contains("accepted (RX1 / RX2)"));
     }
 

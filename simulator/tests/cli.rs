@@ -42,6 +42,11 @@ fn demo_runs_with_nothing_set_up() {
     assert_eq!(r["joins"]["missed_window"], 0);
     assert_eq!(r["devices"], 300);
     assert!(r["uplinks"]["sent"].as_u64().unwrap() > 0);
+    // The kernel's count for the simulator's own sockets is read (0, not null) and nothing
+    // stood out.
+    assert_eq!(r["simulator_socket_drops"]["gateways"], 0, "{r}");
+    assert_eq!(r["simulator_socket_drops"]["event_sink"], 0, "{r}");
+    assert_eq!(r["warnings"], serde_json::json!([]), "{r}");
 }
 
 #[test]
