@@ -40,7 +40,7 @@ pub struct Metrics {
     /// `joinserver_devices`: provisioned devices in memory.
     pub devices: IntGauge,
     /// `joinserver_kernel_rx_drops`: datagrams the kernel dropped on the link socket (receive
-    /// buffer full), read from /proc/net/udp at scrape time.
+    /// buffer full), read from /proc/net/udp at scrape time (the `udpstat` crate).
     pub kernel_drops: IntGauge,
 }
 
@@ -147,31 +147,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Kernel drops of the UDP socket bound to `port`, from `/proc/net/udp` and `/proc/net/udp6`
-/// (last column). `None` where procfs is not available.
-pub fn kernel_udp_drops(port: u16) -> Option<u64> {
-    let mut total = None;
-    for file in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let Some(local) = cols.get(1) else { continue };
-            let Some(p) = local.rsplit(':').next() else {
-                continue;
-            };
-            if u16::from_str_radix(p, 16).ok() != Some(port) {
-                continue;
-            }
-            if let Some(d) = cols.last().and_then(|d| d.parse::<u64>().ok()) {
-                *total.get_or_insert(0) += d;
-            }
-        }
-    }
-    total
 }
 
 /// Serves `/metrics` and `/health` on `listener` until `stop` is set. `healthy` is consulted per

@@ -189,6 +189,7 @@ impl Server {
             addr: config.link.listen.to_string(),
             source,
         })?;
+        let link_inode = udpstat::socket_inode(&socket);
         let send_socket = socket.try_clone().map_err(|source| StartError::Bind {
             what: "link",
             addr: link_addr.to_string(),
@@ -313,11 +314,10 @@ impl Server {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let m = metrics.clone();
             let h = healthy.clone();
-            let port = link_addr.port();
             let km = metrics.clone();
             let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-                if let Some(d) = metrics::kernel_udp_drops(port) {
-                    km.kernel_drops.set(d as i64);
+                if let Some(d) = link_inode.and_then(|i| udpstat::receive_drops(&[i])) {
+                    km.kernel_drops.set(i64::try_from(d).unwrap_or(i64::MAX));
                 }
             });
             let t = std::thread::Builder::new()

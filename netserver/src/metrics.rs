@@ -236,36 +236,6 @@ impl Default for Metrics {
     }
 }
 
-/// Sums the kernel's per-socket `drops` column of `/proc/self/net/udp` and `udp6` for sockets
-/// bound to `port`. `None` where the files are unavailable (not Linux).
-pub fn kernel_udp_drops(port: u16) -> Option<u64> {
-    let mut total = None;
-    for file in ["/proc/self/net/udp", "/proc/self/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        let sum = parse_udp_drops(&text, port);
-        total = Some(total.unwrap_or(0) + sum);
-    }
-    total
-}
-
-fn parse_udp_drops(text: &str, port: u16) -> u64 {
-    let want = format!("{port:04X}");
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let local = cols.get(1)?;
-            let (_, p) = local.rsplit_once(':')?;
-            if p != want {
-                return None;
-            }
-            cols.last()?.parse::<u64>().ok()
-        })
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,16 +252,5 @@ mod tests {
         );
         assert!(text.contains("netserver_join_latency_seconds_bucket{le=\"0.01\"} 1"));
         assert!(text.contains("netserver_rxpk_total{result=\"crc_dropped\"} 0"));
-    }
-
-    #[test]
-    fn parses_proc_net_udp_drops() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
- 1234: 0100007F:06A4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 17\n\
- 1235: 00000000:06A4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 3\n\
- 1236: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1 2 0000000000000000 99\n";
-        assert_eq!(parse_udp_drops(text, 1700), 20);
-        assert_eq!(parse_udp_drops(text, 53), 99);
-        assert_eq!(parse_udp_drops(text, 1), 0);
     }
 }

@@ -243,7 +243,10 @@ pub fn run(
         allocator,
         store.clone(),
         secrets,
-        gwmp_addr.port(),
+        gwmp_sockets
+            .iter()
+            .filter_map(udpstat::socket_inode)
+            .collect(),
     ));
     let _ = state.data.set(DataPlane::new(data_config, emitter));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

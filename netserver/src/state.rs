@@ -47,8 +47,8 @@ pub struct State {
     pub store: SessionStore,
     /// Secrets.
     pub secrets: Secrets,
-    /// Local port of the GWMP sockets (for kernel drop counts).
-    pub gwmp_port: u16,
+    /// Inodes of the GWMP sockets (for kernel drop counts, see the `udpstat` crate).
+    pub gwmp_inodes: Vec<u64>,
     shutting_down: AtomicBool,
     next_transaction_id: AtomicU32,
     /// The data path (set once at start, after the state is built).
@@ -66,7 +66,7 @@ impl State {
         allocator: AddrAllocator,
         store: SessionStore,
         secrets: Secrets,
-        gwmp_port: u16,
+        gwmp_inodes: Vec<u64>,
     ) -> Self {
         Self {
             gateways: GatewayRegistry::new(
@@ -84,7 +84,7 @@ impl State {
             sessions,
             store,
             secrets,
-            gwmp_port,
+            gwmp_inodes,
             shutting_down: AtomicBool::new(false),
             // A random start, then a counter: unique among the 2^32 most recent JoinReqs, so
             // the join server's (sender, TransactionID) cache never mistakes one for a retry
@@ -137,7 +137,7 @@ impl State {
             .set(i64::try_from(self.gateways.len()).unwrap_or(i64::MAX));
         m.gateways_online
             .set(i64::try_from(self.gateways.online(now)).unwrap_or(i64::MAX));
-        if let Some(d) = crate::metrics::kernel_udp_drops(self.gwmp_port) {
+        if let Some(d) = udpstat::receive_drops(&self.gwmp_inodes) {
             m.gwmp_socket_drops
                 .set(i64::try_from(d).unwrap_or(i64::MAX));
         }

@@ -9,7 +9,7 @@
 //! - [`fleet`]: compact storage of every device; [`sched`]: the timer heap that drives them.
 //! - [`gateway`]: virtual gateways (GWMP datagrams, `tmst` clocks).
 //! - [`engine`]: the simulation core; [`scenario`]: storm, steady, power-restore.
-//! - [`net`]: the socket loop; [`drops`]: what the kernel dropped at the simulator's own sockets; [`run`]: `simulator run`; [`demo`]: `simulator demo`, the
+//! - [`net`]: the socket loop; [`run`]: `simulator run`; [`demo`]: `simulator demo`, the
 //!   join server, network server and simulator in one process.
 //! - [`bench`]: `simulator bench`, the simulator alone against a counting sink.
 //! - [`report`]: counters, percentiles, JSON report, table, time series, progress line.
@@ -20,7 +20,6 @@
 pub mod bench;
 pub mod demo;
 pub mod device;
-pub mod drops;
 pub mod engine;
 pub mod fleet;
 pub mod frames;

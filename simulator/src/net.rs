@@ -15,7 +15,6 @@ use protocol::ids::DevEui;
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
-use crate::drops;
 use crate::engine::{Engine, Stage};
 use crate::manifest::NonceState;
 use crate::nonce_log::NonceLog;
@@ -424,8 +423,8 @@ async fn run_async(
         Some(e) => Some(e.into_socket()?),
         None => None,
     };
-    let gateway_inodes: Vec<u64> = sockets.iter().filter_map(drops::socket_inode).collect();
-    let sink_inode = sink.as_ref().and_then(drops::socket_inode);
+    let gateway_inodes: Vec<u64> = sockets.iter().filter_map(udpstat::socket_inode).collect();
+    let sink_inode = sink.as_ref().and_then(udpstat::socket_inode);
     let shared = Rc::new(Shared {
         engine: RefCell::new(engine),
         nonce_log: nonce_log.map(|l| Arc::new(Mutex::new(l))),
@@ -580,8 +579,8 @@ async fn run_async(
         }
     }
     // Read while the sockets are open: a closed socket's line is gone.
-    let gateway_socket_drops = drops::receive_drops(&gateway_inodes);
-    let event_socket_drops = sink_inode.and_then(|i| drops::receive_drops(&[i]));
+    let gateway_socket_drops = udpstat::receive_drops(&gateway_inodes);
+    let event_socket_drops = sink_inode.and_then(|i| udpstat::receive_drops(&[i]));
     for t in &tasks {
         t.abort();
     }

@@ -110,7 +110,7 @@ pub struct Stats {
     /// Datagrams the kernel refused to send (buffer full).
     pub send_errors: u64,
     /// Datagrams the kernel dropped at the gateways' sockets (receive buffer full); `None` where
-    /// the kernel does not say (see [`crate::drops`]).
+    /// the kernel does not say (see the `udpstat` crate).
     pub gateway_socket_drops: Option<u64>,
     /// The same at the event sink's socket; `None` without `--event-listen`.
     pub event_socket_drops: Option<u64>,

@@ -1,7 +1,10 @@
-//! Datagrams the kernel dropped at the simulator's own sockets because their receive buffer was
-//! full. A load tester that loses answers itself must say so, or it blames the servers: these
-//! counts come from the `drops` column of `/proc/net/udp` and `/proc/net/udp6` (Linux), matched
-//! by socket inode.
+//! Datagrams the kernel dropped at a UDP socket because its receive buffer was full: the
+//! `drops` column of `/proc/net/udp` and `/proc/net/udp6` (Linux), matched by socket inode.
+//!
+//! The join server and network server export it as a metric; the simulator reports it for its own
+//! sockets, so that a load test does not blame the servers for what it lost itself. Matching by
+//! inode counts exactly the sockets asked about, not every socket on the same port. Hand-written:
+//! no maintained crate reads this table, and the `protocol` crate does no I/O.
 
 use std::os::fd::AsFd;
 
