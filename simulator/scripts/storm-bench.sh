@@ -5,7 +5,8 @@
 #   SCENARIO (default storm) and EXTRA (more `simulator run` options) select other runs, e.g.
 #   SCENARIO=steady EXTRA="--uplink-interval 2s --duration 40s" for steady uplinks.
 # Build first: cargo build --release -p joinserver -p netserver -p simulator
-# Prints one summary line from the JSON report and the run directory (report.json, ts.csv, logs).
+# Prints one summary line from the JSON report, the network server's join results and kernel drops,
+# and the run directory (report.json, ts.csv, logs, netserver.metrics).
 set -euo pipefail
 N=${N:-100000}; W=${W:-10s}; G=${G:-4}; K=${K:-2}; SEED=${SEED:-1}; SCENARIO=${SCENARIO:-storm}; EXTRA=${EXTRA:-}
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
@@ -33,4 +34,5 @@ print(f"devices {r['devices']} accepted {j['accepted']} attempted {j['attempted'
       f"uplinks_sent {r['uplinks']['sent']} delivered {r['uplinks']['delivered']} lost {r['uplinks']['lost']} "
       f"duplicates {r['uplinks']['duplicates']} push_data {r['gwmp']['push_data']} push_ack {r['gwmp']['push_ack']}")
 PY
+save_server_metrics
 echo "$D"
