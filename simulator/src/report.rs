@@ -107,7 +107,8 @@ pub struct Stats {
     pub tx_ack_errors: u64,
     /// Datagrams from the network server that could not be parsed.
     pub bad_datagrams: u64,
-    /// Datagrams the kernel refused to send (buffer full).
+    /// Datagrams that could not be sent (kernel buffer full, or an ICMP port unreachable
+    /// reported on the connected socket).
     pub send_errors: u64,
     /// Datagrams the kernel dropped at the gateways' sockets (receive buffer full); `None` where
     /// the kernel does not say (see the `udpstat` crate).
