@@ -78,6 +78,39 @@ pub(crate) fn parse_hex_u64(
     Ok(value)
 }
 
+/// The constructors and on-air form shared by the 24-bit values (NetID, JoinNonce): a `u32` that
+/// never exceeds 2^24 − 1, sent as 3 little-endian bytes.
+macro_rules! u24_value {
+    ($name:ident, $what:literal) => {
+        impl $name {
+            #[doc = concat!("The largest ", $what, " (2^24 − 1).")]
+            pub const MAX: u32 = 0x00FF_FFFF;
+
+            #[doc = concat!("The ", $what, " from its numeric value, or `None` if it does not fit in 24 bits.")]
+            pub const fn new(value: u32) -> Option<Self> {
+                if value <= Self::MAX {
+                    Some(Self(value))
+                } else {
+                    None
+                }
+            }
+            /// The 24-bit numeric value.
+            pub const fn as_u32(self) -> u32 {
+                self.0
+            }
+            /// From the 3 little-endian bytes sent on air.
+            pub const fn from_le_bytes(b: [u8; 3]) -> Self {
+                Self(u32::from_le_bytes([b[0], b[1], b[2], 0]))
+            }
+            /// The 3 little-endian bytes sent on air.
+            pub const fn to_le_bytes(self) -> [u8; 3] {
+                let b = self.0.to_le_bytes();
+                [b[0], b[1], b[2]]
+            }
+        }
+    };
+}
+
 /// Implements Display (uppercase MSB-first hex), FromStr and serde-as-hex-string.
 macro_rules! hex_id {
     ($name:ident, $inner:ty, $digits:expr, $what:expr) => {
@@ -174,31 +207,9 @@ eui64!(
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetId(u32);
 
-impl NetId {
-    /// The largest NetID value.
-    pub const MAX: u32 = 0x00FF_FFFF;
+u24_value!(NetId, "NetID");
 
-    /// The NetID from its 24-bit numeric value, or `None` if it does not fit in 24 bits.
-    pub const fn new(value: u32) -> Option<Self> {
-        if value <= Self::MAX {
-            Some(Self(value))
-        } else {
-            None
-        }
-    }
-    /// The 24-bit numeric value.
-    pub const fn as_u32(self) -> u32 {
-        self.0
-    }
-    /// From the 3 little-endian bytes sent on air.
-    pub const fn from_le_bytes(b: [u8; 3]) -> Self {
-        Self(u32::from_le_bytes([b[0], b[1], b[2], 0]))
-    }
-    /// The 3 little-endian bytes sent on air.
-    pub const fn to_le_bytes(self) -> [u8; 3] {
-        let b = self.0.to_le_bytes();
-        [b[0], b[1], b[2]]
-    }
+impl NetId {
     /// The NetID type (0..=7): its 3 most significant bits.
     pub const fn net_type(self) -> u8 {
         (self.0 >> 21) as u8
@@ -308,32 +319,7 @@ impl fmt::Display for DevNonce {
 #[serde(try_from = "u32", into = "u32")]
 pub struct JoinNonce(u32);
 
-impl JoinNonce {
-    /// The largest JoinNonce (2^24 − 1).
-    pub const MAX: u32 = 0x00FF_FFFF;
-
-    /// The JoinNonce, or `None` if the value does not fit in 24 bits.
-    pub const fn new(value: u32) -> Option<Self> {
-        if value <= Self::MAX {
-            Some(Self(value))
-        } else {
-            None
-        }
-    }
-    /// The numeric value.
-    pub const fn as_u32(self) -> u32 {
-        self.0
-    }
-    /// From the 3 little-endian bytes sent on air.
-    pub const fn from_le_bytes(b: [u8; 3]) -> Self {
-        Self(u32::from_le_bytes([b[0], b[1], b[2], 0]))
-    }
-    /// The 3 little-endian bytes sent on air.
-    pub const fn to_le_bytes(self) -> [u8; 3] {
-        let b = self.0.to_le_bytes();
-        [b[0], b[1], b[2]]
-    }
-}
+u24_value!(JoinNonce, "JoinNonce");
 
 impl TryFrom<u32> for JoinNonce {
     type Error = IdParseError;
