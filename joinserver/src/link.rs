@@ -2,7 +2,7 @@
 //!
 //! One receiving thread owns the link socket: it authenticates each datagram
 //! ([`protocol::link`]), checks its freshness, answers retries and replays from the answer cache,
-//! runs the sans-IO [`core`](crate::core) pipeline, and queues the answer with the nonce update
+//! runs the sans-IO [`crate::core`] pipeline, and queues the answer with the nonce update
 //! it depends on. The store's writer thread ([`GroupCommit`]) commits each batch of updates in one
 //! transaction and only then seals and sends the batch's answers, on a clone of the same socket.
 //! No task spawn, channel hop per datagram beyond that queue, or lock held across I/O.

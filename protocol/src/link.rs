@@ -4,7 +4,7 @@
 //! over HTTP. This project carries the same JSON messages in single UDP datagrams, so the
 //! datagram itself must provide authentication, freshness and versioning. No crate implements
 //! this framing (it is ours), so the codec is hand-written here; the only cryptographic primitive
-//! is AES-CMAC (RFC 4493) from [`crate::crypto`].
+//! is AES-CMAC (RFC 4493) from the crate's `crypto` module.
 //!
 //! # Byte format (version 1)
 //!

@@ -11,7 +11,7 @@
 //! - [`engine`]: the simulation core; [`scenario`]: storm, steady, power-restore.
 //! - [`net`]: the socket loop; [`run`]: `simulator run`; [`demo`]: `simulator demo`, the
 //!   join server, network server and simulator in one process.
-//! - [`bench`]: `simulator bench`, the simulator alone against a counting sink.
+//! - [`bench`](mod@bench): `simulator bench`, the simulator alone against a counting sink.
 //! - [`report`]: counters, percentiles, JSON report, table, time series, progress line.
 //!
 //! The model (what is simulated, how time and windows are judged) is in `docs/simulator.md`.
