@@ -15,6 +15,8 @@ use protocol::ts002::ResultCode;
 struct Running {
     child: Child,
     link: SocketAddr,
+    /// `/metrics`, when started with `--metrics`.
+    metrics: Option<SocketAddr>,
 }
 
 impl Running {
@@ -41,10 +43,16 @@ impl Drop for Running {
 }
 
 fn spawn(dir: &std::path::Path) -> Running {
+    spawn_with(dir, &["--metrics", ""])
+}
+
+/// `joinserver serve` on `dir`, the link on an ephemeral 127.0.0.1 port, with `extra` arguments.
+fn spawn_with(dir: &std::path::Path, extra: &[&str]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_joinserver"))
         .args(["serve", "--data-dir"])
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--metrics", ""])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -60,7 +68,15 @@ fn spawn(dir: &std::path::Path) -> Running {
         .unwrap_or_else(|| panic!("no link address in {line:?}"))
         .parse()
         .unwrap();
-    Running { child, link }
+    let metrics = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metrics="))
+        .and_then(|m| m.parse().ok());
+    Running {
+        child,
+        link,
+        metrics,
+    }
 }
 
 #[test]
@@ -141,4 +157,45 @@ fn dev_nonces_answered_after_a_cli_command_survive_sigkill() {
         ResultCode::UnknownDevEui,
         "the removal was lost"
     );
+}
+
+/// `joinserver_kernel_rx_drops` is the kernel's count for this server's link socket: stopped
+/// (SIGSTOP) with a small receive buffer and sent more than it holds, the server reports the
+/// datagrams the kernel dropped once it runs again, and goes on answering.
+#[test]
+fn a_full_link_socket_shows_in_the_drop_gauge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    let config = tmp.path().join("small-buffer.toml");
+    std::fs::write(&config, "[link]\nrecv_buffer_bytes = 4096\n").unwrap();
+    let r = spawn_with(
+        tmp.path(),
+        &[
+            "--metrics",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    );
+    let m = r.metrics.expect("metrics address");
+    let drops = || metric(&http_get(m, "/metrics").1, "joinserver_kernel_rx_drops");
+    assert_eq!(drops(), 0);
+    let pid = r.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..500 {
+        flood.send_to(&[0u8; 100], r.link).unwrap();
+    }
+    signal("-CONT");
+    let n = drops();
+    assert!((100..=500).contains(&n), "{n} drops");
+    let c = Client::new(r.link, s.link.clone());
+    assert_eq!(result(&c, 1, 2, 1), ResultCode::Success);
 }

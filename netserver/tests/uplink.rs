@@ -813,3 +813,45 @@ fn sigkill_mid_stream_delivers_nothing_twice() {
     let all = wait_events(&events_path, n + 1);
     assert_eq!(all.last().unwrap()["f_cnt"], 1000);
 }
+
+/// `netserver_gwmp_socket_drops` is the kernel's count for this server's GWMP sockets: stopped
+/// (SIGSTOP) with a small receive buffer and sent more than it holds, the server reports the
+/// datagrams the kernel dropped once it runs again, and goes on serving.
+#[test]
+fn a_full_gwmp_socket_shows_in_the_drop_gauge() {
+    let net = provision(&[], "[gwmp]\nworkers = 1\nrecv_buffer_bytes = 4096\n");
+    let ns = start(&net);
+    let m = ns.addr("metrics");
+    assert_eq!(metric(m, "netserver_gwmp_socket_drops"), 0.0);
+    let pid = ns.child.id().to_string();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    signal("-STOP");
+    let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // PULL_DATA from an unknown gateway: 12 bytes each, far more than 4 KiB of buffer holds
+    // (the kernel charges each datagram's whole buffer, several hundred bytes, not its payload).
+    for i in 0..500u16 {
+        let [a, b] = i.to_be_bytes();
+        let pull = [2, a, b, 2, 1, 2, 3, 4, 5, 6, 7, 8];
+        gw.send_to(&pull, ns.addr("gwmp")).unwrap();
+    }
+    signal("-CONT");
+    let drops = metric(m, "netserver_gwmp_socket_drops");
+    assert!((100.0..=500.0).contains(&drops), "{drops} drops");
+    // Still serving: a new PULL_DATA is acknowledged (after the acks of the buffered ones).
+    gw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    gw.send_to(&[2, 0xAB, 0xCD, 2, 1, 2, 3, 4, 5, 6, 7, 8], ns.addr("gwmp"))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    loop {
+        let (n, _) = gw.recv_from(&mut buf).expect("the PULL_ACK");
+        if buf[..n] == [2, 0xAB, 0xCD, 4] {
+            break;
+        }
+    }
+}
