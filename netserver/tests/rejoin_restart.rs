@@ -10,10 +10,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::{
-    events, metric, netserver_serve, wait_metric, write_secrets, Gateway, Proc, UPLINK_MIC,
+    events, metric, netserver_serve, wait_events, wait_metric, write_secrets, Gateway, Proc,
+    UPLINK_MIC,
 };
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::session::{
@@ -202,8 +202,12 @@ fn a_replaced_session_survives_kill_9_until_the_new_one_is_used() {
 
     // The device missed the Join-accept: it goes on under its old session.
     let (ns, gw) = start(&f.root);
+    let events = f.root.join("events.jsonl");
     gw.push(&OLD.uplink(0), 1, 7.0, -90);
     wait_metric(ns.addr("metrics"), OK, 1.0);
+    // Counted `ok` is not yet delivered (the event is written and synced just after): wait for
+    // the event before the kill.
+    wait_events(&events, 1);
     ns.kill9();
 
     // After kill -9 the old session still works, with its counter restored (its last frame
@@ -217,7 +221,7 @@ fn a_replaced_session_survives_kill_9_until_the_new_one_is_used() {
     // The device now gets a Join-accept and uses its new session: the old one is dropped.
     gw.push(&NEW.uplink(0), 4, 7.0, -90);
     wait_metric(m, OK, 2.0);
-    std::thread::sleep(Duration::from_millis(50));
+    wait_events(&events, 3);
     ns.kill9();
 
     // After another kill -9 only the new session is served, even if the replaced session's
@@ -234,6 +238,7 @@ fn a_replaced_session_survives_kill_9_until_the_new_one_is_used() {
     gw.push(&NEW.uplink(1), 6, 7.0, -90);
     wait_metric(m, OK, 1.0);
     assert_eq!(metric(m, OK), 1.0);
+    wait_events(&events, 4);
     ns.kill9();
 
     assert_eq!(
