@@ -75,7 +75,13 @@ mod tests {
         for _ in 0..200 {
             tx.send_to(&[0u8; 1000], rx.local_addr().unwrap()).unwrap();
         }
-        let drops = receive_drops(&[inode]).unwrap();
+        // On a busy machine the kernel may still hold some of them in its loopback backlog.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut drops = receive_drops(&[inode]).unwrap();
+        while drops <= 100 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            drops = receive_drops(&[inode]).unwrap();
+        }
         assert!(drops > 100, "{drops} drops");
         assert!(drops <= 200, "{drops} drops");
     }
