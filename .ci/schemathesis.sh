@@ -3,9 +3,10 @@
 # its own OpenAPI document: it must find no 5xx answer and no response that contradicts the
 # schema (status codes, content types, headers, bodies).
 #
-# A join server runs on a temporary data directory with an admin key (which sees every device);
-# a few devices are imported (one bound to a home NetID) so that generated requests reach real
-# devices as well as unknown ones. It is stopped at the end, whatever happens.
+# A join server runs on a temporary data directory; a few devices are imported (one bound to a
+# home NetID) so that generated requests reach real devices as well as unknown ones. Schemathesis
+# runs twice: with an admin key (which sees every device) and with an owner key (which claims).
+# The server is stopped at the end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -29,6 +30,7 @@ trap cleanup EXIT
 
 "$JS" init --data-dir "$DATA" >/dev/null
 ADMIN="$("$JS" api-keys create --data-dir "$DATA" --role admin --name ci-admin)"
+OWNER="$("$JS" api-keys create --data-dir "$DATA" --role owner --name ci-owner)"
 # Devices the generated requests can reach: one operator-bound (claimed), two unclaimed.
 cat > "$DATA/devices.csv" <<CSV
 dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token
@@ -49,9 +51,22 @@ for _ in $(seq 1 100); do
 done
 [ -n "$API" ] || { echo "joinserver did not start:"; cat "$DATA/serve.err"; exit 1; }
 
-"$VENV/bin/schemathesis" run "http://$API/api/v1/openapi.json" \
-    --header "Authorization: Bearer $ADMIN" \
-    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
-    --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
-    --workers 1 \
-    --seed "${SCHEMATHESIS_SEED:-1}"
+run_schemathesis() {
+    "$VENV/bin/schemathesis" run "http://$API/api/v1/openapi.json" \
+        --header "Authorization: Bearer $1" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+        --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
+        --workers 1 \
+        --seed "${SCHEMATHESIS_SEED:-1}"
+}
+# Claims are the owner role's: as the admin they only meet 403. As an owner (who owns device 2,
+# claimed here) they reach the token check, the failed-claim limits (429) and the device's state.
+curl --fail-with-body -sS -o "$DATA/claim.json" -X PUT \
+    "http://$API/api/v1/devices/0004A30B00000002/claim" \
+    -H "Authorization: Bearer $OWNER" -H 'Content-Type: application/json' \
+    -d '{"owner_token": "TOKEN0002", "home_net_id": "000013"}' ||
+    { echo "the owner's claim of device 2 failed: $(cat "$DATA/claim.json")"; exit 1; }
+echo "-- as an admin (sees every device; may not claim)"
+run_schemathesis "$ADMIN"
+echo "-- as an owner (claims; sees only its own devices)"
+run_schemathesis "$OWNER"
