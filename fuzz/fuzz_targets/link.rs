@@ -10,7 +10,9 @@ use protocol::link;
 use protocol::ts002::{JoinAns, JoinReq};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(peeked) = link::peek_header(data) else { return };
+    let Ok(peeked) = link::peek_header(data) else {
+        return;
+    };
     let _ = link::check_fresh(&peeked, 1_700_000_000_000, link::DEFAULT_WINDOW_MS);
     let key = LinkKey::new([0x11; 16]);
     if let Ok((header, body)) = link::open(&key, data) {

@@ -34,7 +34,9 @@ fuzz_target!(|data: &[u8]| {
         }
         MType::Proprietary => {}
         _ => {
-            let Ok(frame) = DataFrame::parse(data) else { return };
+            let Ok(frame) = DataFrame::parse(data) else {
+                return;
+            };
             let dir = frame.direction();
             let _ = mac::parse(dir, frame.fopts_on_air());
             for session in sessions() {
