@@ -54,7 +54,8 @@ impl fmt::Display for RowError {
     }
 }
 
-/// A validated manifest row.
+/// A validated manifest row. (`Debug` shows the keys redacted.)
+#[derive(Debug, PartialEq, Eq)]
 pub struct NewDevice {
     /// 1-based line it came from.
     pub line: u64,
@@ -227,6 +228,7 @@ fn validate(
 pub const MAX_LINE: usize = 16 * 1024;
 
 /// What the parser yields, in line order.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Item {
     /// A valid row.
     Row(NewDevice),
@@ -806,5 +808,85 @@ mod tests {
             atrest::open_app_key(&master, &all[0].app_key_wrapped).unwrap(),
             K1.parse::<AppKey>().unwrap()
         );
+    }
+
+    /// Everything the parser yields for `bytes` fed in the pieces between the `cuts` (byte
+    /// offsets, any order, out-of-range ones clamped).
+    fn items_cut(bytes: &[u8], cuts: &[usize]) -> Vec<Item> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|&c| c.min(bytes.len())).collect();
+        cuts.sort_unstable();
+        let mut p = ManifestParser::new(None);
+        let mut items = Vec::new();
+        let mut at = 0;
+        for c in cuts.into_iter().chain([bytes.len()]) {
+            p.feed(&bytes[at..c], &mut |i| items.push(i));
+            at = c;
+        }
+        p.finish(&mut |i| items.push(i));
+        items
+    }
+
+    fn item_line(i: &Item) -> u64 {
+        match i {
+            Item::Row(d) => d.line,
+            Item::Error(e) => e.line,
+        }
+    }
+
+    /// Manifest-like lines: rows good and bad in both formats, headers, blanks, garbage, and
+    /// now and then a line longer than [`MAX_LINE`].
+    fn manifest_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let hex =
+            |n: usize| proptest::string::string_regex(&format!("[0-9A-Fa-f]{{{n}}}")).unwrap();
+        prop_oneof![
+            3 => (hex(16), hex(16), prop::sample::select(vec!["1.0.2", "1.0.3", "1.0.4", "1.1", "2.0"]), hex(32), prop::option::of(hex(32)), prop::option::of(hex(6)))
+                .prop_map(|(d, j, v, k, n, h)| format!("{d},{j},{v},{k},{},{},TOKEN", n.unwrap_or_default(), h.unwrap_or_default()).into_bytes()),
+            2 => (hex(16), hex(32)).prop_map(|(d, k)| format!("{{\"dev_eui\":\"{d}\",\"join_eui\":\"70B3D57ED0000000\",\"mac_version\":\"1.0.4\",\"app_key\":\"{k}\"}}").into_bytes()),
+            1 => Just(HEADER.trim_end().as_bytes().to_vec()),
+            1 => Just(b"dev_eui,app_key".to_vec()),
+            1 => prop::sample::select(vec!["", " ", "\r", "\"", "\"a,b\",c", "{", "{}"]).prop_map(|l| l.as_bytes().to_vec()),
+            2 => prop::collection::vec(any::<u8>(), 0..80),
+            1 => (0..3usize).prop_map(|k| vec![b'x'; MAX_LINE - 1 + k]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// The manifest's bytes arrive in pieces of any size: what comes out never depends on
+        /// where they were cut, lines only go forward, and arbitrary bytes never panic it.
+        #[test]
+        fn the_parser_does_not_care_where_the_bytes_were_cut(
+            lines in proptest::collection::vec(manifest_line(), 0..12),
+            crlf in proptest::bool::ANY,
+            last_newline in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..40_000, 0..6),
+        ) {
+            let end: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+            let mut bytes = lines.join(end);
+            if last_newline {
+                bytes.extend_from_slice(end);
+            }
+            let whole = items_cut(&bytes, &[]);
+            proptest::prop_assert_eq!(&items_cut(&bytes, &cuts), &whole);
+            let byte_by_byte: Vec<usize> = (1..bytes.len().min(3_000)).collect();
+            proptest::prop_assert_eq!(&items_cut(&bytes, &byte_by_byte), &whole);
+            let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            for w in whole.windows(2) {
+                proptest::prop_assert!(item_line(&w[0]) <= item_line(&w[1]));
+            }
+            for i in &whole {
+                proptest::prop_assert!(item_line(i) >= 1 && item_line(i) <= newlines + 1);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_parsed_alike_in_any_pieces(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..6),
+        ) {
+            proptest::prop_assert_eq!(items_cut(&bytes, &cuts), items_cut(&bytes, &[]));
+        }
     }
 }
