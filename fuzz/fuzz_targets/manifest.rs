@@ -18,13 +18,6 @@ fn parse(pieces: &[&[u8]]) -> Vec<Item> {
     items
 }
 
-fn line(i: &Item) -> u64 {
-    match i {
-        Item::Row(d) => d.line,
-        Item::Error(e) => e.line,
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let (cut, manifest) = match data {
         [a, b, rest @ ..] => (
@@ -37,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     let (head, tail) = manifest.split_at(cut);
     assert_eq!(parse(&[head, tail]), whole, "cut at {cut}");
     for w in whole.windows(2) {
-        assert!(line(&w[0]) <= line(&w[1]), "lines go forward");
+        assert!(w[0].line() <= w[1].line(), "lines go forward");
     }
     for i in &whole {
         if let Item::Error(e) = i {

@@ -223,8 +223,9 @@ fn validate(
     })
 }
 
-/// The longest manifest line accepted (a valid row is under 300 bytes); a longer line is a row
-/// error, and its bytes are skipped rather than buffered.
+/// The longest manifest line accepted (a valid row is under 300 bytes). The bytes of a longer
+/// line are skipped rather than buffered, and the line is an error of its own (in the header's
+/// place, a bad header), or nothing if it is blank.
 pub const MAX_LINE: usize = 16 * 1024;
 
 /// What the parser yields, in line order.
@@ -234,6 +235,16 @@ pub enum Item {
     Row(NewDevice),
     /// A bad row (or a bad header).
     Error(RowError),
+}
+
+impl Item {
+    /// The 1-based manifest line it is about.
+    pub fn line(&self) -> u64 {
+        match self {
+            Item::Row(d) => d.line,
+            Item::Error(e) => e.line,
+        }
+    }
 }
 
 /// CSV columns as the header gave them: CSV field index -> [`COLUMNS`] index.
@@ -278,6 +289,8 @@ pub struct ManifestParser {
     partial: Vec<u8>,
     /// The current line is longer than [`MAX_LINE`]: skip it up to its end.
     overlong: bool,
+    /// The first non-blank byte of the overlong line, once seen (none: a blank line so far).
+    overlong_first: Option<u8>,
     csv: CsvState,
     /// One CSV reader for every line (building one costs far more than a line's parsing).
     csv_reader: csv_core::Reader,
@@ -293,6 +306,7 @@ impl ManifestParser {
             line: 0,
             partial: Vec::new(),
             overlong: false,
+            overlong_first: None,
             csv: CsvState::BeforeHeader,
             csv_reader: csv_core::Reader::new(),
             csv_out: Vec::new(),
@@ -325,10 +339,14 @@ impl ManifestParser {
             if !self.overlong {
                 if self.partial.len() + part.len() > MAX_LINE {
                     self.overlong = true;
+                    self.overlong_first =
+                        first_non_blank(&self.partial).or_else(|| first_non_blank(part));
                     self.partial.clear();
                 } else if !ended || !self.partial.is_empty() {
                     self.partial.extend_from_slice(part);
                 }
+            } else if self.overlong_first.is_none() {
+                self.overlong_first = first_non_blank(part);
             }
             if ended {
                 if self.overlong {
@@ -362,10 +380,29 @@ impl ManifestParser {
         }
     }
 
+    /// The end of a line longer than [`MAX_LINE`]. Its bytes were skipped, but it is treated as
+    /// a line of its kind: blank, it is skipped like any blank line; in the header's place, it is
+    /// a bad header (so the rest is not parsed); first of all, its first non-blank byte tells the
+    /// format, as for any line.
     fn end_overlong(&mut self, out: &mut dyn FnMut(Item)) {
         self.line += 1;
         self.overlong = false;
         self.partial.clear();
+        let Some(first) = self.overlong_first.take() else {
+            return;
+        };
+        let format = *self.format.get_or_insert(if first == b'{' {
+            Format::Jsonl
+        } else {
+            Format::Csv
+        });
+        if format == Format::Csv {
+            match self.csv {
+                CsvState::BadHeader => return,
+                CsvState::BeforeHeader => self.csv = CsvState::BadHeader,
+                CsvState::Rows(_) => {}
+            }
+        }
         out(Item::Error(RowError {
             line: self.line,
             column: "-".into(),
@@ -447,6 +484,11 @@ impl ManifestParser {
         }
         Ok(fields)
     }
+}
+
+/// The first byte of `bytes` that is not ASCII whitespace.
+fn first_non_blank(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
 /// Checks a CSV header line: a subset of COLUMNS containing the required ones, each at most once.
@@ -768,6 +810,57 @@ mod tests {
             .any(|s| s.contains("lacks the required column \"mac_version\"")));
     }
 
+    /// A line longer than [`MAX_LINE`] is not buffered, but is still a line of its kind: a row
+    /// error where a row stands, a bad header where the header stands (not an "empty file"),
+    /// and nothing at all when blank.
+    #[test]
+    fn overlong_lines_are_errors_of_their_line_and_blank_ones_are_skipped() {
+        let long = "x".repeat(MAX_LINE + 1);
+        let good = format!("0000000000000001,70B3D57ED0000000,1.0.3,{K1},,,\n");
+        let errors = |text: &str, f| parse(text, f).err().unwrap_or_default();
+        let too_long = |line| RowError {
+            line,
+            column: "-".into(),
+            message: format!("line longer than {MAX_LINE} bytes"),
+        };
+        // In a row's place: that row's error, and the rows around it are parsed.
+        let text = format!("{HEADER}{good}{long}\n0000000000000002,bad\n");
+        let e = errors(&text, Format::Csv);
+        assert_eq!(e[0], too_long(3));
+        assert_eq!(e.iter().map(|e| e.line).collect::<Vec<_>>(), [3, 4]);
+        // In the header's place, after blank lines, unterminated or not: a bad header.
+        let cases = [
+            (format!("\n{long}"), 2),
+            (format!("\n\r\n{long}\n{HEADER}{good}"), 3),
+        ];
+        for (text, line) in cases {
+            assert_eq!(errors(&text, Format::Csv), [too_long(line)]);
+        }
+        let mut p = ManifestParser::new(None);
+        p.feed(format!("{long}\n").as_bytes(), &mut |_| {});
+        assert_eq!(
+            p.format(),
+            Some(Format::Csv),
+            "the long line's first byte tells"
+        );
+        // A JSON line: its format is told by its first byte, after the blank ones.
+        let json_long = format!("   {{\"dev_eui\":\"{long}\"}}");
+        let mut p = ManifestParser::new(None);
+        let mut items = Vec::new();
+        p.feed(json_long.as_bytes(), &mut |i| items.push(i));
+        p.finish(&mut |i| items.push(i));
+        assert_eq!(items, [Item::Error(too_long(1))]);
+        // Blank, however long: skipped like any blank line.
+        let blank = " ".repeat(MAX_LINE + 1);
+        let text = format!("{blank}\r\n{HEADER}{good}{blank}\n");
+        assert_eq!(parse(&text, Format::Csv).unwrap().len(), 1);
+        assert_eq!(parse(&text, Format::Csv).unwrap()[0].line, 3);
+        assert_eq!(
+            errors(&blank, Format::Csv)[0].message.split(':').next(),
+            Some("empty file")
+        );
+    }
+
     #[test]
     fn import_is_all_or_nothing_and_keys_are_encrypted_at_rest() {
         let tmp = tempfile::tempdir().unwrap();
@@ -826,13 +919,6 @@ mod tests {
         items
     }
 
-    fn item_line(i: &Item) -> u64 {
-        match i {
-            Item::Row(d) => d.line,
-            Item::Error(e) => e.line,
-        }
-    }
-
     /// Manifest-like lines: rows good and bad in both formats, headers, blanks, garbage, and
     /// now and then a line longer than [`MAX_LINE`].
     fn manifest_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
@@ -874,10 +960,10 @@ mod tests {
             proptest::prop_assert_eq!(&items_cut(&bytes, &byte_by_byte), &whole);
             let newlines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
             for w in whole.windows(2) {
-                proptest::prop_assert!(item_line(&w[0]) <= item_line(&w[1]));
+                proptest::prop_assert!(w[0].line() <= w[1].line());
             }
             for i in &whole {
-                proptest::prop_assert!(item_line(i) >= 1 && item_line(i) <= newlines + 1);
+                proptest::prop_assert!(i.line() >= 1 && i.line() <= newlines + 1);
             }
         }
 
