@@ -113,17 +113,16 @@ pub fn receive_drops(pid: u32) -> u64 {
     udpstat::receive_drops(&socket_inodes(pid)).unwrap_or(0)
 }
 
-/// Waits until the kernel has dropped at least `at_least` datagrams at the UDP sockets of `pid`,
-/// and returns the count then.
+/// Waits until the kernel has dropped at least `at_least` datagrams at the UDP sockets of `pid`.
 ///
 /// # Panics
 /// If the count stays below `at_least` for 10 s.
-pub fn wait_receive_drops(pid: u32, at_least: u64) -> u64 {
+pub fn wait_receive_drops(pid: u32, at_least: u64) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         let n = receive_drops(pid);
         if n >= at_least {
-            return n;
+            return;
         }
         assert!(
             Instant::now() < deadline,
