@@ -8,7 +8,7 @@
 //!   waits for the join server.
 //! - **Control runtime** (the main thread): the link receive loop, the `/metrics` endpoint,
 //!   housekeeping (de-duplication sweep, idle gateways) and the signal handler.
-//! - **Store thread**: group commits ([`crate::session::SessionStore`]).
+//! - **Store thread**: group commits ([`crate::store::commit::SessionStore`]).
 //!
 //! Shutdown (SIGINT/SIGTERM): `/health` turns 503, the socket loops stop reading, joins in
 //! flight finish (bounded by the RX2 delay), the store flushes, and the process exits 0.
@@ -28,21 +28,27 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::Config;
+use crate::core::classify::{classify, UplinkKind};
 use crate::core::dedup::Seen;
 use crate::core::devaddr::AddrAllocator;
 use crate::core::reception::Reception;
-use crate::core::uplink::{classify, UplinkKind};
-use crate::data_path::{Collecting, DataPlane};
-use crate::gateway::{GatewayStatus, RxpkOutcome};
-use crate::js_client::LinkClient;
+use crate::gateway::registry::{GatewayStatus, RxpkOutcome};
+use crate::integration::emitter::Emitter;
+use crate::integration::recover::{apply_delivered, recover_delivered};
+use crate::integration::sink::EventSink;
+use crate::join::link::LinkClient;
 use crate::keys::NetworkKeys;
-use crate::metrics::Metrics;
-use crate::session::{RedbBackend, Session, SessionStore, Sessions, StoredSession};
+use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
 use crate::state::{Secrets, State};
-use crate::uplink_log::{
-    apply_delivered, recover_delivered, restore_counters, CounterLog, Emitter, EventSink,
-};
+use crate::store::commit::SessionStore;
+use crate::store::counters::{restore_counters, CounterLog};
+use crate::store::embedded::RedbBackend;
+use crate::store::session::Session;
+use crate::store::stored::StoredSession;
+use crate::store::table::Sessions;
+use crate::uplink::collect::Collecting;
+use crate::uplink::plane::DataPlane;
 use protocol::region;
 
 /// The addresses a started server listens on.
@@ -235,6 +241,7 @@ pub fn run(
         data_config.max_batch,
         metrics.clone(),
     )?;
+    let plane = DataPlane::new(data_config, emitter);
     let state = Arc::new(State::new(
         config,
         block,
@@ -247,8 +254,8 @@ pub fn run(
             .iter()
             .filter_map(udpstat::socket_inode)
             .collect(),
+        plane,
     ));
-    let _ = state.data.set(DataPlane::new(data_config, emitter));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // Socket loops.
@@ -288,7 +295,7 @@ pub fn run(
         let mut control = JoinSet::new();
         control.spawn(Arc::clone(&link).receive_loop(link_rx, shutdown_rx.clone()));
         if let Some(l) = metrics_listener {
-            control.spawn(crate::http::serve(
+            control.spawn(crate::ops::http::serve(
                 l,
                 Arc::clone(&state),
                 shutdown_rx.clone(),
@@ -297,7 +304,7 @@ pub fn run(
         control.spawn(housekeeping(Arc::clone(&state), shutdown_rx.clone()));
         if let Some(l) = downlink_http {
             l.set_nonblocking(true)?;
-            control.spawn(crate::integration::serve_http_downlinks(
+            control.spawn(crate::integration::input::serve_http_downlinks(
                 tokio::net::TcpListener::from_std(l)?,
                 Arc::clone(&state),
                 shutdown_rx.clone(),
@@ -306,7 +313,7 @@ pub fn run(
         if let Some(s) = downlink_input {
             s.set_nonblocking(true)?;
             let s = UdpSocket::from_std(s)?;
-            control.spawn(crate::integration::downlink_input(
+            control.spawn(crate::integration::input::downlink_input(
                 Arc::clone(&state),
                 s,
                 shutdown_rx.clone(),
@@ -632,15 +639,15 @@ fn handle_rxpk(
             return;
         }
     };
-    let seen = match (kind, state.data.get()) {
+    let seen = match kind {
         // Data: a copy long after the first is the device sending the frame again.
-        (UplinkKind::Data { .. }, Some(plane)) => state.dedup.observe_within(
+        UplinkKind::Data { .. } => state.dedup.observe_within(
             now,
             &rxpk.data,
             reception.clone(),
-            Duration::from_millis(plane.config.retransmission_after_ms),
+            Duration::from_millis(state.data.config.retransmission_after_ms),
         ),
-        _ => state.dedup.observe(now, &rxpk.data, reception.clone()),
+        UplinkKind::JoinRequest => state.dedup.observe(now, &rxpk.data, reception.clone()),
     };
     if seen == Seen::Unrecorded {
         m.dedup_full.inc();
@@ -649,7 +656,7 @@ fn handle_rxpk(
         Seen::Duplicate => m.dedup_duplicates.inc(),
         Seen::First | Seen::Unrecorded => match kind {
             UplinkKind::JoinRequest => {
-                held.joins.spawn(crate::otaa::handle_join_request(
+                held.joins.spawn(crate::join::otaa::handle_join_request(
                     Arc::clone(state),
                     Arc::clone(link),
                     Arc::clone(socket),
@@ -658,7 +665,7 @@ fn handle_rxpk(
                 ));
             }
             UplinkKind::Data { .. } => {
-                crate::data_path::on_first_copy(
+                crate::uplink::collect::on_first_copy(
                     state,
                     &mut held.collecting,
                     rxpk.data,

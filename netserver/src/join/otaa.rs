@@ -8,18 +8,18 @@
 //! 5. choose the window and the best gateway from the receptions seen by now;
 //! 6. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
 //!    received), together with the session it replaces (kept until the first uplink under the
-//!    new one), then install it and free the device's previous address;
+//!    new one), then emit the `join` event, install it and free the device's previous address;
 //! 7. send the PULL_RESP and record the latency.
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
-//! link for up to a few seconds, which must not stall the loop. Data uplinks (a later issue)
-//! are handled inline, without a task.
+//! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
+//! inline, without a task ([`crate::uplink`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use protocol::gwmp::{GwmpError, Packet, PullResp, Token};
+use protocol::gwmp::GwmpError;
 use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use protocol::join::{DlSettings, EncryptedJoinAccept, JoinFrameError, JoinRequest};
 use protocol::ts002::{self, JoinAns, JoinReq, ResultCode, Ts002Error};
@@ -28,18 +28,21 @@ use tokio::net::UdpSocket;
 use tracing::Instrument;
 
 use crate::core::devaddr::Exhausted;
+use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
+use crate::core::time::unix_ms;
 use crate::core::timing::Window;
-use crate::downlink::{build_txpk, DownlinkError, DownlinkRadio};
-use crate::js_client::{LinkClient, LinkSendError};
+use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkError, DownlinkRadio};
+use crate::integration::emitter::Emit;
+use crate::integration::events::{rfc3339, JoinEvent};
+use crate::join::link::{LinkClient, LinkSendError};
 use crate::keys::{EnvelopeError, NetworkKeys};
-use crate::metrics::Metrics;
-use crate::session::{
-    FrameCounters, RxParams, Session, StoreError, StoredNetworkKeys, StoredSession,
-    STORED_SESSION_VERSION,
-};
+use crate::ops::metrics::Metrics;
 use crate::state::State;
+use crate::store::backend::StoreError;
+use crate::store::session::Session;
+use crate::store::stored::{RxParams, StoredNetworkKeys, StoredSession, STORED_SESSION_VERSION};
 use protocol::region;
 
 /// Why a join ended without a Join-accept.
@@ -306,18 +309,10 @@ async fn run(
         .gateways
         .downlink_addr(gw.gateway)
         .ok_or(JoinFailure::NoGateway)?;
-    let radio = DownlinkRadio {
-        rf_chain: j.tx_rf_chain,
-        rx1_power_dbm: j.rx1_tx_power_dbm,
-        rx2_power_dbm: j.rx2_tx_power_dbm,
-    };
+    let radio = DownlinkRadio::of(j);
     // The Join-accept itself is received with the device's defaults (RX1DROffset 0).
     let txpk = build_txpk(&gw, &at, 0, &radio, accept.as_bytes().to_vec())?;
-    let pull_resp = Packet::PullResp(PullResp {
-        token: Token(rand::random()),
-        txpk,
-    })
-    .to_bytes()?;
+    let pull_resp = pull_resp(rand::random(), txpk)?;
 
     // 6. Store durably, then install.
     let stored = StoredSession {
@@ -337,10 +332,7 @@ async fn run(
             rx_delay_s: applied.rx_delay,
         },
         counters: FrameCounters::default(),
-        created_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
+        created_at_ms: unix_ms(SystemTime::now()),
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
     };
     let as_kek = state.secrets.as_kek.as_ref();
@@ -362,7 +354,7 @@ async fn run(
         state.allocator.restore(addr, req.dev_eui);
     }
     reservation.armed = false;
-    crate::data_path::on_join(state, &session);
+    emit_join_event(state, &session);
     if let Some(old) = state.sessions.insert(session) {
         if old.dev_addr != addr {
             state.allocator.release(old.dev_addr, req.dev_eui);
@@ -416,6 +408,25 @@ impl AppliedSettings {
                 .filter(|&d| d <= 15)
                 .unwrap_or(rx_delay),
         }
+    }
+}
+
+/// The `join` event of a newly installed session (once it is durable), through the write-ahead
+/// emitter so that it is ordered with the device's uplink events.
+fn emit_join_event(state: &State, s: &Session) {
+    let ev = JoinEvent {
+        kind: "join".into(),
+        dev_eui: s.dev_eui,
+        join_eui: s.join_eui,
+        dev_addr: s.dev_addr,
+        mac_version: s.reported_version.map(|v| v.as_str().to_owned()),
+        received_at: rfc3339(SystemTime::now()),
+    };
+    if let Ok(line) = serde_json::to_vec(&ev) {
+        state.data.emitter.emit(Emit {
+            events: vec![line],
+            ..Emit::default()
+        });
     }
 }
 
