@@ -32,7 +32,7 @@ pub enum ClassifyError {
     /// A downlink message type received as an uplink.
     #[error("downlink message type on the uplink")]
     NotUplink,
-    /// Rejoin-requests are not handled yet (LoRaWAN 1.1 rejoin is a later issue).
+    /// Rejoin-requests are not handled (LoRaWAN 1.1 rejoin is not implemented).
     #[error("rejoin-request not supported")]
     Rejoin,
     /// Proprietary frames are not handled.

@@ -9,8 +9,10 @@
 //! copies return [`Seen::Duplicate`] and only add their metadata. Entries are forgotten
 //! `retention` after the first copy by [`Dedup::sweep`].
 //!
-//! The data path (a later issue) uses the same entries with a collection window: it processes
-//! the frame when `first_seen + window` passes, from [`Dedup::receptions`].
+//! The data path uses the same entries with a collection window: it processes the frame when
+//! `first_seen + window` passes, from [`Dedup::receptions`] ([`crate::uplink::collect`]), and
+//! with [`Dedup::observe_within`] a copy arriving after `data.retransmission_after_ms` starts a
+//! new entry (the device sending a confirmed frame again).
 
 use std::time::{Duration, Instant};
 

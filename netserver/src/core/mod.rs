@@ -9,6 +9,7 @@ pub mod data;
 pub mod dedup;
 pub mod devaddr;
 pub mod device;
+pub mod gateway;
 pub mod join;
 pub mod mac_handler;
 pub mod reception;

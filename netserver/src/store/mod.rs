@@ -34,6 +34,7 @@ pub mod envelope;
 pub mod labels;
 pub mod live;
 pub mod queue;
+pub mod restore;
 pub mod session;
 pub mod stored;
 pub mod table;
