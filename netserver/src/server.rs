@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::core::devaddr::AddrBlock;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::emitter::Emitter;
-use crate::integration::sink::EventSink;
+use crate::integration::sink::ConfiguredSink;
 use crate::join::link::LinkClient;
 use crate::ops::config::{Config, DataConfig};
 use crate::ops::metrics::Metrics;
@@ -81,7 +81,7 @@ pub fn run(
         (link_rx, metrics_listener, Signals::install()?)
     };
     let inputs = DownlinkInputs::bind(&config.data)?;
-    let sink = EventSink::open(&config.data.events)
+    let sink = ConfiguredSink::open(&config.data.events)
         .with_context(|| format!("opening the event sink {:?}", config.data.events))?;
     let (emitter, emitter_thread) = Emitter::start(
         restored.counter_log,

@@ -38,7 +38,7 @@ use protocol::ids::DevEui;
 use crate::core::uplink::ScheduledDownlink;
 use crate::integration::sink::EventSink;
 use crate::ops::metrics::{DataMetrics, Metrics};
-use crate::store::counters::{CounterLog, CounterRecord};
+use crate::store::counters::{CounterBackend, CounterRecord};
 
 /// What one uplink (or one downlink) leaves for the emitter.
 #[derive(Debug, Default)]
@@ -73,8 +73,8 @@ impl EmitterThread {
 impl Emitter {
     /// Starts the emitter thread. `downlinks` sends PULL_RESPs (a GWMP socket).
     pub fn start(
-        log: CounterLog,
-        sink: EventSink,
+        log: impl CounterBackend,
+        sink: impl EventSink,
         downlinks: UdpSocket,
         max_batch: usize,
         metrics: Metrics,
@@ -98,8 +98,8 @@ impl Emitter {
 }
 
 fn emit_loop(
-    log: CounterLog,
-    mut sink: EventSink,
+    log: impl CounterBackend,
+    mut sink: impl EventSink,
     downlinks: UdpSocket,
     rx: Receiver<Emit>,
     max_batch: usize,
@@ -123,7 +123,7 @@ fn emit_loop(
             .iter()
             .flat_map(|e| e.events.iter().map(Vec::as_slice))
             .collect();
-        let events_first = sink.is_file();
+        let events_first = sink.readable_back();
         if events_first {
             write_events(&mut sink, &lines, &mut buf, m);
         }
@@ -174,7 +174,7 @@ fn emit_loop(
     }
 }
 
-fn write_events(sink: &mut EventSink, lines: &[&[u8]], buf: &mut Vec<u8>, m: &DataMetrics) {
+fn write_events(sink: &mut impl EventSink, lines: &[&[u8]], buf: &mut Vec<u8>, m: &DataMetrics) {
     if lines.is_empty() {
         return;
     }
@@ -208,13 +208,15 @@ fn send_nonblocking(s: &UdpSocket, d: &[u8], to: SocketAddr) -> std::io::Result<
 mod tests {
     use super::*;
     use crate::core::device::FrameCounters;
+    use crate::integration::sink::ConfiguredSink;
+    use crate::store::counters::CounterLog;
     use crate::store::stored::tests::stored;
 
     #[test]
     fn events_are_written_only_after_the_commit() {
         let dir = tempfile::tempdir().unwrap();
         let events = dir.path().join("events.jsonl");
-        let sink = EventSink::open(events.to_str().unwrap()).unwrap();
+        let sink = ConfiguredSink::open(events.to_str().unwrap()).unwrap();
         let m = Metrics::new();
         let (em, t) = Emitter::start(
             CounterLog::open(dir.path()).unwrap(),

@@ -1,17 +1,82 @@
-//! Where application events go: discard, a file, stdout, UDP (`data.events`).
+//! The event sink seam: where application events go. [`EventSink`] is the trait the write-ahead
+//! emitter writes batches through; today's implementations are a file ([`FileEvents`]),
+//! stdout ([`StdoutEvents`]), UDP ([`UdpEvents`]) and nowhere ([`Discard`]), and
+//! [`ConfiguredSink`] is the one `data.events` names. MQTT and HTTP webhooks are added as
+//! further implementations (and variants of [`ConfiguredSink`]).
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
 
-/// Where application events go.
+/// Where application events go: one batch of JSON lines at a time, in order.
+pub trait EventSink: std::fmt::Debug + Send + 'static {
+    /// Whether the events can be read back at start (a file): they are then written before
+    /// the counter commit, and the restart recovers from them
+    /// ([`crate::integration::recover`]). Otherwise the commit comes first.
+    fn readable_back(&self) -> bool {
+        false
+    }
+
+    /// Writes the lines of a batch (each without its newline); `buf` is scratch space.
+    fn write_batch(&mut self, lines: &[&[u8]], buf: &mut Vec<u8>) -> std::io::Result<()>;
+}
+
+/// Events go nowhere (no integration configured).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discard;
+
+impl EventSink for Discard {
+    fn write_batch(&mut self, _: &[&[u8]], _: &mut Vec<u8>) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Events appended to a file, one JSON line each, `fdatasync`ed per batch.
 #[derive(Debug)]
-pub enum EventSink {
+pub struct FileEvents(pub std::fs::File);
+
+impl EventSink for FileEvents {
+    fn readable_back(&self) -> bool {
+        true
+    }
+
+    fn write_batch(&mut self, lines: &[&[u8]], buf: &mut Vec<u8>) -> std::io::Result<()> {
+        join_lines(lines, buf);
+        self.0.write_all(buf)?;
+        self.0.sync_data()
+    }
+}
+
+/// Events on standard output, one JSON line each.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdoutEvents;
+
+impl EventSink for StdoutEvents {
+    fn write_batch(&mut self, lines: &[&[u8]], buf: &mut Vec<u8>) -> std::io::Result<()> {
+        join_lines(lines, buf);
+        let mut out = std::io::stdout().lock();
+        out.write_all(buf)?;
+        out.flush()
+    }
+}
+
+/// `lines` into `buf`, each ended by a newline.
+fn join_lines(lines: &[&[u8]], buf: &mut Vec<u8>) {
+    buf.clear();
+    for l in lines {
+        buf.extend_from_slice(l);
+        buf.push(b'\n');
+    }
+}
+
+/// The sink `data.events` names.
+#[derive(Debug)]
+pub enum ConfiguredSink {
     /// Nowhere (no integration configured).
-    Discard,
+    Discard(Discard),
     /// Appended to a file.
-    File(std::fs::File),
+    File(FileEvents),
     /// Standard output.
-    Stdout,
+    Stdout(StdoutEvents),
     /// UDP datagrams to one address: one event per datagram, or packed.
     Udp(UdpEvents),
 }
@@ -76,10 +141,12 @@ impl UdpEvents {
             pack,
         })
     }
+}
 
+impl EventSink for UdpEvents {
     /// Sends `lines`: one datagram each, or packed whole into datagrams of at most `pack`
     /// bytes, each line ended by a newline (a line longer than that goes alone).
-    fn send(&self, lines: &[&[u8]], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    fn write_batch(&mut self, lines: &[&[u8]], buf: &mut Vec<u8>) -> std::io::Result<()> {
         if self.pack == 0 {
             for l in lines {
                 self.socket.send_to(l, self.to)?;
@@ -102,22 +169,16 @@ impl UdpEvents {
     }
 }
 
-impl EventSink {
-    /// Whether the events can be read back at start (a file): they are then written before
-    /// the counter commit.
-    pub fn is_file(&self) -> bool {
-        matches!(self, Self::File(_))
-    }
-
+impl ConfiguredSink {
     /// From the `data.events` setting: empty = discard, `-` = stdout,
     /// `udp://HOST:PORT[?pack=BYTES]`, or a file path (appended to, created if missing).
     pub fn open(spec: &str) -> std::io::Result<Self> {
         let spec = spec.trim();
         if spec.is_empty() {
-            return Ok(Self::Discard);
+            return Ok(Self::Discard(Discard));
         }
         if spec == "-" {
-            return Ok(Self::Stdout);
+            return Ok(Self::Stdout(StdoutEvents));
         }
         if let Some(addr) = spec.strip_prefix("udp://") {
             return UdpEvents::open(addr).map(Self::Udp);
@@ -126,37 +187,26 @@ impl EventSink {
             .create(true)
             .append(true)
             .open(spec)?;
-        Ok(Self::File(f))
+        Ok(Self::File(FileEvents(f)))
     }
 
-    /// Writes the lines of a batch.
-    pub(crate) fn write_batch(
-        &mut self,
-        lines: &[&[u8]],
-        buf: &mut Vec<u8>,
-    ) -> std::io::Result<()> {
+    fn sink(&mut self) -> &mut dyn EventSink {
         match self {
-            Self::Discard => Ok(()),
-            Self::Udp(u) => u.send(lines, buf),
-            Self::File(_) | Self::Stdout => {
-                buf.clear();
-                for l in lines {
-                    buf.extend_from_slice(l);
-                    buf.push(b'\n');
-                }
-                match self {
-                    Self::File(f) => {
-                        f.write_all(buf)?;
-                        f.sync_data()
-                    }
-                    _ => {
-                        let mut out = std::io::stdout().lock();
-                        out.write_all(buf)?;
-                        out.flush()
-                    }
-                }
-            }
+            Self::Discard(s) => s,
+            Self::File(s) => s,
+            Self::Stdout(s) => s,
+            Self::Udp(s) => s,
         }
+    }
+}
+
+impl EventSink for ConfiguredSink {
+    fn readable_back(&self) -> bool {
+        matches!(self, Self::File(_))
+    }
+
+    fn write_batch(&mut self, lines: &[&[u8]], buf: &mut Vec<u8>) -> std::io::Result<()> {
+        self.sink().write_batch(lines, buf)
     }
 }
 
@@ -164,12 +214,12 @@ impl EventSink {
 mod tests {
     use super::*;
 
-    fn udp_sink(query: &str) -> (EventSink, UdpSocket) {
+    fn udp_sink(query: &str) -> (ConfiguredSink, UdpSocket) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
         let spec = format!("udp://{}{query}", rx.local_addr().unwrap());
-        (EventSink::open(&spec).unwrap(), rx)
+        (ConfiguredSink::open(&spec).unwrap(), rx)
     }
 
     fn datagrams(rx: &UdpSocket, n: usize) -> Vec<Vec<u8>> {
@@ -229,13 +279,13 @@ mod tests {
             ("udp://127.0.0.1:9?pack=many", "1 to 65507"),
             ("udp://127.0.0.1:9?batch=10", "unknown parameter `batch=10`"),
         ] {
-            let e = EventSink::open(spec).unwrap_err();
+            let e = ConfiguredSink::open(spec).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{spec}");
             assert!(e.to_string().contains(needle), "{spec}: {e}");
         }
         assert!(matches!(
-            EventSink::open("udp://127.0.0.1:9?pack=1472"),
-            Ok(EventSink::Udp(UdpEvents { pack: 1472, .. }))
+            ConfiguredSink::open("udp://127.0.0.1:9?pack=1472"),
+            Ok(ConfiguredSink::Udp(UdpEvents { pack: 1472, .. }))
         ));
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::core::time::unix_ms;
 use crate::core::KeyedHasher;
+use crate::join::client::{JoinServerClient, JoinTransaction};
 use crate::ops::metrics::Metrics;
 
 /// A received, authenticated JoinAns body.
@@ -196,6 +197,34 @@ impl Transaction {
 impl Drop for Transaction {
     fn drop(&mut self) {
         self.client.pending.remove(&self.nonce);
+    }
+}
+
+impl JoinServerClient for LinkClient {
+    type Transaction = Transaction;
+
+    fn begin(self: &Arc<Self>, body: Vec<u8>) -> Transaction {
+        LinkClient::begin(self, body)
+    }
+}
+
+impl JoinTransaction for Transaction {
+    type Error = LinkSendError;
+
+    fn send(&mut self) -> Result<(), LinkSendError> {
+        Transaction::send(self)
+    }
+
+    /// A request too large for one datagram never fits; a socket error may pass.
+    fn is_permanent(e: &LinkSendError) -> bool {
+        matches!(e, LinkSendError::Seal(_))
+    }
+
+    fn answer_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Option<AnswerBody>> + Send {
+        Transaction::answer_until(self, deadline)
     }
 }
 

@@ -1,6 +1,5 @@
-//! The durable frame counters: one small record per session in `uplinks.redb`, written by the
-//! emitter's group commits ([`crate::integration::emitter`]), beside the session store and not
-//! in it (a session record is written once at the join, its counters at every uplink). Each
+//! The durable frame counters: one small record per session, written by the emitter's group
+//! commits ([`crate::integration::emitter`]), beside the session store and not in it (a session record is written once at the join, its counters at every uplink). Each
 //! record carries the identity of its session (DevAddr, DevNonce, creation time), so the
 //! record of a replaced session is never applied to its successor.
 
@@ -86,6 +85,16 @@ impl CounterRecord {
     }
 }
 
+/// The counter storage seam: load every record at start, commit a batch atomically and
+/// durably. One implementation today, [`CounterLog`] (redb, `uplinks.redb`); PostgreSQL next,
+/// with one transaction (or one multi-row upsert) per batch.
+pub trait CounterBackend: Send + 'static {
+    /// Every record.
+    fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError>;
+    /// Commits a batch in one transaction (later records of a device replace earlier ones).
+    fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError>;
+}
+
 /// The counter log file.
 pub struct CounterLog {
     db: redb::Database,
@@ -109,9 +118,10 @@ impl CounterLog {
         let db = open_redb(dir, Self::FILE, Self::CACHE_BYTES, &[COUNTERS])?;
         Ok(Self { db })
     }
+}
 
-    /// Every record.
-    pub fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError> {
+impl CounterBackend for CounterLog {
+    fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError> {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().map_err(backend_err)?;
         let table = tx.open_table(COUNTERS).map_err(backend_err)?;
@@ -128,8 +138,7 @@ impl CounterLog {
         Ok(out)
     }
 
-    /// Commits a batch in one transaction (later records of a device replace earlier ones).
-    pub fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError> {
+    fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(backend_err)?;
         {
             let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;

@@ -11,13 +11,13 @@ use protocol::ids::DevEui;
 
 use crate::core::devaddr::{AddrAllocator, AddrBlock};
 use crate::integration::recover::{apply_delivered, recover_delivered};
-use crate::integration::sink::EventSink;
+use crate::integration::sink::{ConfiguredSink, EventSink};
 use crate::keys::NetworkKeys;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::state::Secrets;
 use crate::store::commit::{SessionStore, StoreThread};
-use crate::store::counters::{restore_counters, CounterLog, CounterRecord};
+use crate::store::counters::{restore_counters, CounterBackend, CounterLog, CounterRecord};
 use crate::store::embedded::RedbBackend;
 use crate::store::session::Session;
 use crate::store::stored::StoredSession;
@@ -68,14 +68,16 @@ impl Reviver<'_> {
 /// The uplinks the event file shows delivered, when events go to a file.
 fn delivered(config: &Config) -> anyhow::Result<HashMap<DevEui, (protocol::ids::DevAddr, u32)>> {
     let events = &config.data.events;
-    match EventSink::open(events).with_context(|| format!("opening the event sink {events:?}"))? {
-        EventSink::File(_) => recover_delivered(
-            Path::new(events.trim()),
-            (config.data.max_batch as u64).max(64) * 8 * 1024,
-        )
-        .with_context(|| format!("reading the event file {events}")),
-        _ => Ok(HashMap::new()),
+    let sink = ConfiguredSink::open(events)
+        .with_context(|| format!("opening the event sink {events:?}"))?;
+    if !sink.readable_back() {
+        return Ok(HashMap::new());
     }
+    recover_delivered(
+        Path::new(events.trim()),
+        (config.data.max_batch as u64).max(64) * 8 * 1024,
+    )
+    .with_context(|| format!("reading the event file {events}"))
 }
 
 /// Loads, revives and indexes every stored session; starts the store's commit thread.
