@@ -26,13 +26,14 @@ use tokio::task::JoinSet;
 
 use crate::core::devaddr::AddrBlock;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
-use crate::integration::emitter::Emitter;
+use crate::integration::emitter::{Emitter, EmitterThread};
 use crate::integration::sink::ConfiguredSink;
 use crate::join::link::LinkClient;
 use crate::ops::config::{Config, DataConfig};
 use crate::ops::metrics::Metrics;
 use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
+use crate::store::counters::CounterLog;
 use crate::store::restore::restore;
 use crate::uplink::plane::DataPlane;
 
@@ -72,31 +73,12 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (link_rx, metrics_listener, signals) = {
-        let _in_runtime = rt.enter();
-        let link_rx = UdpSocket::from_std(link.socket)?;
-        let metrics_listener = metrics_listener
-            .map(tokio::net::TcpListener::from_std)
-            .transpose()?;
-        (link_rx, metrics_listener, Signals::install()?)
-    };
+    let (link_rx, metrics_listener, signals) = in_runtime(&rt, link.socket, metrics_listener)?;
     let inputs = DownlinkInputs::bind(&config.data)?;
-    let sink = ConfiguredSink::open(&config.data.events)
-        .with_context(|| format!("opening the event sink {:?}", config.data.events))?;
-    let (emitter, emitter_thread) = Emitter::start(
-        restored.counter_log,
-        sink,
-        gwmp.downlink,
-        config.data.max_batch,
-        metrics.clone(),
-    )?;
-    let plane = DataPlane::new(config.data.clone(), emitter);
+    let (plane, emitter_thread) =
+        start_plane(&config.data, restored.counter_log, gwmp.downlink, &metrics)?;
     let store = restored.store;
-    let inodes = gwmp
-        .sockets
-        .iter()
-        .filter_map(udpstat::socket_inode)
-        .collect();
+    let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);
     let state = Arc::new(State::new(
         config,
         block,
@@ -105,7 +87,7 @@ pub fn run(
         restored.allocator,
         store.clone(),
         secrets,
-        inodes,
+        inodes.collect(),
         plane,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -125,8 +107,7 @@ pub fn run(
         link_rx,
         metrics_listener,
         inputs,
-        shutdown_tx,
-        shutdown_rx,
+        shutdown: (shutdown_tx, shutdown_rx),
         threads,
         store: store.clone(),
     };
@@ -142,6 +123,32 @@ pub fn run(
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The data path's shared parts, with the emitter thread started on the configured sink.
+fn start_plane(
+    data: &DataConfig,
+    counters: CounterLog,
+    downlinks: std::net::UdpSocket,
+    metrics: &Metrics,
+) -> anyhow::Result<(DataPlane, EmitterThread)> {
+    let sink = ConfiguredSink::open(&data.events)
+        .with_context(|| format!("opening the event sink {:?}", data.events))?;
+    let (emitter, thread) =
+        Emitter::start(counters, sink, downlinks, data.max_batch, metrics.clone())?;
+    Ok((DataPlane::new(data.clone(), emitter), thread))
+}
+
+/// The link socket and the metrics listener as the control runtime's, and its signal handlers.
+fn in_runtime(
+    rt: &tokio::runtime::Runtime,
+    link: std::net::UdpSocket,
+    metrics: Option<std::net::TcpListener>,
+) -> std::io::Result<(UdpSocket, Option<tokio::net::TcpListener>, Signals)> {
+    let _in_runtime = rt.enter();
+    let link_rx = UdpSocket::from_std(link)?;
+    let metrics = metrics.map(tokio::net::TcpListener::from_std).transpose()?;
+    Ok((link_rx, metrics, Signals::install()?))
 }
 
 /// The GWMP sockets: one per worker, sharing the listen address.
@@ -297,8 +304,7 @@ struct Control {
     link_rx: UdpSocket,
     metrics_listener: Option<tokio::net::TcpListener>,
     inputs: DownlinkInputs,
-    shutdown_tx: watch::Sender<bool>,
-    shutdown_rx: watch::Receiver<bool>,
+    shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     store: SessionStore,
 }
@@ -311,7 +317,7 @@ impl Control {
         signals: Signals,
         stop: Option<watch::Receiver<bool>>,
     ) -> anyhow::Result<()> {
-        let (state, shutdown) = (&self.state, &self.shutdown_rx);
+        let (state, shutdown) = (&self.state, &self.shutdown.1);
         let mut control = JoinSet::new();
         control.spawn(Arc::clone(&self.link).receive_loop(self.link_rx, shutdown.clone()));
         if let Some(l) = self.metrics_listener {
@@ -342,7 +348,7 @@ impl Control {
         signals.wait(stop).await;
         tracing::info!("shutting down");
         state.begin_shutdown();
-        let _ = self.shutdown_tx.send(true);
+        let _ = self.shutdown.0.send(true);
         // The socket loops drain their joins; the link receive loop stays up meanwhile.
         let threads = self.threads;
         let joined = tokio::task::spawn_blocking(move || {

@@ -90,6 +90,8 @@ fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogr
 
 impl Metrics {
     /// All metrics, registered in a fresh registry.
+    // Over 80 lines by design: one declaration per metric (name, help, labels), a flat list
+    // that reads as the metric catalogue; splitting it would scatter the catalogue.
     pub fn new() -> Self {
         let r = Registry::new();
         let latency_buckets = vec![
