@@ -143,6 +143,24 @@ impl NetworkKeys {
     }
 }
 
+impl From<NetworkSessionKeys> for NetworkKeys {
+    /// The protocol crate's form back (the inverse of [`NetworkKeys::session_keys`]).
+    fn from(k: NetworkSessionKeys) -> Self {
+        match k {
+            NetworkSessionKeys::V1_0 { nwk_s_key } => Self::V1_0(nwk_s_key),
+            NetworkSessionKeys::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
+            } => Self::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
+            },
+        }
+    }
+}
+
 /// A secret file could not be used. Never contains the secret.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretFileError {

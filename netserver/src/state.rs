@@ -73,14 +73,8 @@ impl State {
         data: DataPlane,
     ) -> Self {
         Self {
-            gateways: GatewayRegistry::new(
-                Duration::from_secs(config.gwmp.gateway_offline_after_s),
-                config.gwmp.max_gateways,
-            ),
-            dedup: Dedup::new(
-                Duration::from_millis(config.gwmp.dedup_retention_ms),
-                config.gwmp.dedup_max_entries,
-            ),
+            gateways: GatewayRegistry::of(&config.gwmp),
+            dedup: Dedup::of(&config.gwmp),
             config,
             block,
             metrics,

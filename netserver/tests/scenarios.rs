@@ -3,6 +3,7 @@
 //! datagrams, kill -9, kernel drops) stays in the socket tests (`uplink.rs`, `otaa.rs`,
 //! `gwmp.rs`, `rejoin_restart.rs`).
 
+mod common;
 mod harness;
 
 use std::time::{Duration, UNIX_EPOCH};

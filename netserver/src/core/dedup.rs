@@ -20,6 +20,7 @@ use dashmap::DashMap;
 
 use super::reception::Reception;
 use super::KeyedHasher;
+use crate::ops::config::GwmpConfig;
 
 /// The most receptions kept per payload. A payload heard by more gateways than this keeps the
 /// best ones; this bounds the memory a flood of copies can take.
@@ -53,6 +54,14 @@ pub struct Dedup {
 
 impl Dedup {
     /// An empty table that remembers payloads for `retention`, at most `max_entries` at once
+    /// The table `[gwmp]` describes (`dedup_retention_ms`, `dedup_max_entries`).
+    pub fn of(gwmp: &GwmpConfig) -> Self {
+        Self::new(
+            Duration::from_millis(gwmp.dedup_retention_ms),
+            gwmp.dedup_max_entries,
+        )
+    }
+
     /// (bounding the memory a flood of distinct payloads can take).
     pub fn new(retention: Duration, max_entries: usize) -> Self {
         Self {

@@ -31,7 +31,7 @@ use protocol::data::{
     DataFrame, Downlink, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink,
     UplinkMicParams,
 };
-use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxTiming};
+use protocol::gwmp::{CrcStatus, Packet, PushData, Token, TxTiming};
 use protocol::ids::{DevAddr, DevEui, DevNonce, GatewayEui, JoinEui};
 use protocol::keys::{AppSKey, FNwkSIntKey, Kek, NwkSEncKey, NwkSKey, SNwkSIntKey};
 use protocol::keywrap::KeyEnvelope;
@@ -124,18 +124,7 @@ impl FakeDevice {
             label: "ns".into(),
             key: Kek::new([0x11; 16]),
         };
-        let keys = match &self.keys {
-            NetworkSessionKeys::V1_0 { nwk_s_key } => NetworkKeys::V1_0(nwk_s_key.clone()),
-            NetworkSessionKeys::V1_1 {
-                f_nwk_s_int_key,
-                s_nwk_s_int_key,
-                nwk_s_enc_key,
-            } => NetworkKeys::V1_1 {
-                f_nwk_s_int_key: f_nwk_s_int_key.clone(),
-                s_nwk_s_int_key: s_nwk_s_int_key.clone(),
-                nwk_s_enc_key: nwk_s_enc_key.clone(),
-            },
-        };
+        let keys = NetworkKeys::from(self.keys.clone());
         let stored = StoredSession {
             version: STORED_SESSION_VERSION,
             dev_eui: self.dev_eui,
@@ -296,14 +285,8 @@ impl Harness {
         let config = Config::default();
         let start = Instant::now();
         Self {
-            gateways: GatewayRegistry::new(
-                Duration::from_secs(config.gwmp.gateway_offline_after_s),
-                config.gwmp.max_gateways,
-            ),
-            dedup: Dedup::new(
-                Duration::from_millis(config.gwmp.dedup_retention_ms),
-                config.gwmp.dedup_max_entries,
-            ),
+            gateways: GatewayRegistry::of(&config.gwmp),
+            dedup: Dedup::of(&config.gwmp),
             queue: DownlinkQueue::new(config.data.queue_per_device),
             sessions: Sessions::new(),
             config,
@@ -403,24 +386,14 @@ impl Harness {
         let p = Packet::PushData(PushData {
             token: Token([0, 2]),
             gateway: gw.eui,
-            rxpk: vec![RxPk {
+            rxpk: vec![crate::common::rxpk(
+                phy,
                 tmst,
-                time: None,
-                tmms: None,
-                chan: Some(0),
-                rfch: Some(0),
-                freq_hz: 868_100_000,
-                stat: CrcStatus::Ok,
-                datr: DataRate::lora(7, 125).unwrap(),
-                codr: Some(CodingRate::Cr4_5),
-                rssi: Some(gw.rssi),
-                lsnr: Some(gw.snr),
-                jver: None,
-                rsig: Vec::new(),
-                brd: None,
-                aesk: None,
-                data: phy.to_vec(),
-            }],
+                (0, 868_100_000),
+                gw.snr,
+                gw.rssi,
+                CrcStatus::Ok,
+            )],
             stat: None,
         });
         self.datagram(gw.addr, &p.to_bytes().unwrap());
