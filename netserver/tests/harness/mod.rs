@@ -6,8 +6,6 @@
 //! collection window, gather its receptions, hand each candidate session's lock in, and
 //! forget a replaced session once its successor is in use.
 
-#![allow(dead_code)] // each scenario file uses part of the harness
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -237,8 +235,6 @@ pub struct Handled {
     pub downlink: Option<ScheduledDownlink>,
     /// Why a needed downlink did not go.
     pub failure: Option<DownlinkFailure>,
-    /// When the core ran.
-    pub at: Instant,
 }
 
 impl Handled {
@@ -467,7 +463,6 @@ impl Harness {
                     record: a.record,
                     downlink: a.downlink,
                     failure: a.downlink_failure,
-                    at: self.now,
                 }
             }
         };
@@ -482,7 +477,6 @@ impl Harness {
             record: None,
             downlink: None,
             failure: None,
-            at: self.now,
         }
     }
 
