@@ -119,26 +119,26 @@ impl Servers {
             )?,
             as_kek: None,
         };
-        let defaults = netserver::config::Config::default();
-        let ns_config = netserver::config::Config {
+        let defaults = netserver::ops::config::Config::default();
+        let ns_config = netserver::ops::config::Config {
             data_dir: ns_dir,
-            network: netserver::config::NetworkConfig {
+            network: netserver::ops::config::NetworkConfig {
                 net_id,
                 ..defaults.network
             },
-            gwmp: netserver::config::GwmpConfig {
+            gwmp: netserver::ops::config::GwmpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 ..defaults.gwmp
             },
-            join_server: netserver::config::JoinServerConfig {
+            join_server: netserver::ops::config::JoinServerConfig {
                 address: js.link_addr().to_string(),
                 bind: SocketAddr::from(([127, 0, 0, 1], 0)),
                 ..defaults.join_server
             },
-            metrics: netserver::config::MetricsConfig {
+            metrics: netserver::ops::config::MetricsConfig {
                 listen: String::new(),
             },
-            data: netserver::data_path::DataConfig {
+            data: netserver::ops::config::DataConfig {
                 // Loopback: many events per datagram spare both processes a datagram each.
                 events: events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192")),
                 ..defaults.data
