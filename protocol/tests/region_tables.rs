@@ -295,6 +295,13 @@ fn rx1_frequency_for_every_uplink_channel() {
         Region::Us915.rx1_frequency(902_400_000),
         Err(RegionError::Frequency(902_400_000))
     );
+    // Downlink frequencies a device accepts (RXParamSetupReq).
+    assert!(Region::Us915.is_downlink_frequency(927_500_000));
+    assert!(!Region::Us915.is_downlink_frequency(927_600_000));
+    assert!(!Region::Au915.is_downlink_frequency(915_200_000));
+    assert!(Region::Eu868.is_downlink_frequency(869_525_000));
+    assert!(!Region::Eu868.is_downlink_frequency(923_300_000));
+    assert!(Region::As923_3.is_downlink_frequency(916_600_000));
 }
 
 #[test]

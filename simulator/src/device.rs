@@ -17,20 +17,29 @@
 //! - Periodic uplinks with ±10 % jitter; confirmed uplinks wait for an ACK in RX1/RX2 and are
 //!   retransmitted up to NbTrans times (ACK_TIMEOUT 1..3 s), unconfirmed ones repeated NbTrans
 //!   times unless a downlink arrives.
-//! - MAC commands: LinkADRReq (→ LinkADRAns, applies DR and NbTrans), DeviceTimeReq sent after a
-//!   join and DeviceTimeAns taken, RekeyInd sent by 1.1 devices (OptNeg) until RekeyConf, and the
-//!   mandatory answers to DevStatusReq, RXParamSetupReq, RXTimingSetupReq, DutyCycleReq,
-//!   NewChannelReq, DlChannelReq, TxParamSetupReq, ADRParamSetupReq and RejoinParamSetupReq.
+//! - MAC commands: LinkADRReq blocks (→ LinkADRAns; the channel masks with the region's
+//!   ChMaskCntl meaning, DR, TXPower and NbTrans applied only when all are acceptable),
+//!   DeviceTimeReq sent after a join and DeviceTimeAns taken, RekeyInd sent by 1.1 devices
+//!   (OptNeg) until RekeyConf, RXParamSetupReq, NewChannelReq and (AS923, AU915)
+//!   TxParamSetupReq checked and applied, and the answers to DevStatusReq, RXTimingSetupReq,
+//!   DutyCycleReq, DlChannelReq, ADRParamSetupReq and RejoinParamSetupReq.
+//! - The region ([`crate::radio::RadioPlan`]): channels drawn from the device's channel plan
+//!   (the boot channels, then the Join-accept's CFList and LinkADRReq masks), time on air at the
+//!   region's modulation, the sub-band duty cycle where the region has one (EU868), the
+//!   dwell-time setting (AS923, AU915), and the frequency and data rate of RX1 and RX2.
 
 use protocol::data::Direction;
+use protocol::gwmp::DataRate;
 use protocol::ids::{DevAddr, DevNonce};
 use protocol::mac::MacCommand;
-use protocol::region::{lora_time_on_air, LoraFrame};
+use protocol::region::{ChannelPlan, DwellTime, Region};
+use protocol::version::MacVersion;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::frames::{self, Identity, Keys};
 use crate::manifest::NonceState;
+use crate::radio::RadioPlan;
 use crate::sched::{Micros, TimerKind};
 
 /// JOIN_ACCEPT_DELAY1.
@@ -77,8 +86,10 @@ pub struct Behaviour {
     pub confirmed_ratio: f64,
     /// Application payload size.
     pub payload_size: usize,
-    /// EU868 data rate of joins and (until LinkADRReq changes it) uplinks.
+    /// Data rate of joins and (until LinkADRReq changes it) uplinks.
     pub data_rate: u8,
+    /// The region and the channels a device boots with.
+    pub radio: RadioPlan,
 }
 
 /// A frame to put on air.
@@ -86,10 +97,12 @@ pub struct Behaviour {
 pub struct Tx {
     /// The PHYPayload.
     pub phy: Vec<u8>,
-    /// EU868 data rate.
+    /// Data rate index in the region.
     pub dr: u8,
-    /// Channel index (0..=2: 868.1, 868.3, 868.5 MHz).
+    /// Channel index in the device's channel plan (LoRaWAN 1.1's TxCh).
     pub chan: u8,
+    /// The channel's frequency, Hz.
+    pub freq_hz: u32,
     /// What the frame is.
     pub kind: TxKind,
 }
@@ -205,6 +218,13 @@ pub struct Session {
     rx1_delay_us: Micros,
     nb_trans: u8,
     dr: u8,
+    /// The uplink channels (boot channels, then CFList, LinkADRReq, NewChannelReq).
+    channels: ChannelPlan,
+    /// UplinkDwellTime / DownlinkDwellTime (TxParamSetupReq).
+    dwell: DwellTime,
+    rx1_dr_offset: u8,
+    /// RX2 frequency (Hz) and data rate.
+    rx2: (u32, u8),
     rekey_pending: bool,
     device_time_tries: u8,
     answers: Vec<u8>,
@@ -228,6 +248,18 @@ impl Session {
     pub fn rekey_pending(&self) -> bool {
         self.rekey_pending
     }
+    /// The uplink channels.
+    pub fn channels(&self) -> &ChannelPlan {
+        &self.channels
+    }
+    /// The dwell-time setting.
+    pub fn dwell(&self) -> DwellTime {
+        self.dwell
+    }
+    /// RX1DROffset and the RX2 frequency (Hz) and data rate.
+    pub fn rx_params(&self) -> (u8, (u32, u8)) {
+        (self.rx1_dr_offset, self.rx2)
+    }
 }
 
 /// One simulated end-device.
@@ -245,8 +277,11 @@ pub struct Device {
     wake_at: Micros,
     /// Due time of the armed RxClosed timer.
     rx_closes_at: Micros,
-    /// The uplink the current receive windows belong to: when it was sent.
+    /// The uplink the current receive windows belong to: when it was sent, its frequency and its
+    /// data rate.
     last_tx_at: Micros,
+    last_tx_freq: u32,
+    last_tx_dr: u8,
     next_periodic: Micros,
     powered_at: Micros,
     /// The earliest time the duty cycle allows the next transmission: after a Join-request, the
@@ -274,23 +309,32 @@ pub fn random_dev_nonce(dev_eui: u64, index: u16) -> u16 {
     (u16::from(l) << 8) | u16::from(r)
 }
 
-/// Time on air of a LoRaWAN uplink in µs (the `protocol` crate's Semtech AN1200.13 formula:
-/// CR 4/5, 8-symbol preamble, explicit header, CRC on, LDRO for SF11/SF12 at 125 kHz).
-pub fn airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
-    lora_time_on_air(&LoraFrame::uplink(sf, u32::from(bw_khz) * 1000, len))
-        .map_or(0, |d| d.as_micros() as Micros)
-}
+pub use crate::radio::airtime_us;
 
 /// Duty cycle of the EU868 sub-band that holds the default channels 868.1, 868.3 and 868.5 MHz
 /// (ETSI EN 300 220 band g1, 868.0–868.6 MHz, as RP002 names it): 1 %, shared by all three, so
 /// a device that transmits for T must stay silent on them for T / 1 % from the start of that
-/// transmission (the simulator puts a frame on air and ends it at one instant).
+/// transmission (the simulator puts a frame on air and ends it at one instant). Other sub-bands
+/// and regions: `protocol::region::Region::duty_cycle`.
 pub const SUB_BAND_DUTY_CYCLE: f64 = 0.01;
 
-/// When a device may next transmit on the default channels' sub-band after a frame of `len`
-/// bytes at (`sf`, `bw_khz`) sent at `now`, under duty cycle `dc`.
-pub fn duty_cycle_free_at(now: Micros, sf: u8, bw_khz: u16, len: usize, dc: f64) -> Micros {
-    now + (airtime_us(sf, bw_khz, len) as f64 / dc) as Micros
+/// When a device may transmit again after a frame of `airtime` µs sent at `now`, under duty
+/// cycle `dc`. The device waits this long before transmitting on any channel, also one of
+/// another sub-band: stricter than ETSI requires, never looser.
+pub fn duty_cycle_free_at(now: Micros, airtime: Micros, dc: f64) -> Micros {
+    now + (airtime as f64 / dc) as Micros
+}
+
+/// A channel of `plan` allowing `dr`, drawn uniformly: (index, frequency).
+fn pick_channel(plan: &ChannelPlan, dr: u8, rng: &mut impl RngCore) -> Option<(u8, u32)> {
+    let n = plan.enabled_for_dr(dr).count();
+    if n == 0 {
+        return None;
+    }
+    let k = rng.gen_range(0..n as u8);
+    plan.enabled_for_dr(dr)
+        .nth(usize::from(k))
+        .map(|(i, c)| (i, c.frequency_hz))
 }
 
 /// The aggregated join duty cycle allowed `since_power_on` µs after power-up.
@@ -318,6 +362,8 @@ impl Device {
             wake_at: Micros::MAX,
             rx_closes_at: Micros::MAX,
             last_tx_at: 0,
+            last_tx_freq: 0,
+            last_tx_dr: 0,
             next_periodic: 0,
             powered_at: 0,
             next_tx_allowed: 0,
@@ -368,6 +414,26 @@ impl Device {
             (Phase::Joined, Some(s)) => (s.rx1_delay_us, s.rx1_delay_us + 1_000_000),
             _ => (JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US),
         }
+    }
+
+    /// The frequency (Hz) and data rate the device listens on in `window` for its latest uplink:
+    /// RX1 from the region's RX1 channel and data-rate rules (RX1DROffset and DownlinkDwellTime
+    /// of the session, or the defaults while joining), RX2 from the session's or the region's
+    /// RX2 settings. `None` if the region gives none.
+    pub fn rx_radio(&self, window: Window, b: &Behaviour) -> Option<(u32, DataRate)> {
+        let r = b.radio.region();
+        let (offset, rx2, downlink_dwell) = match (&self.phase, &self.session) {
+            (Phase::Joined, Some(s)) => (s.rx1_dr_offset, s.rx2, s.dwell.downlink),
+            _ => (0, r.rx2(), r.boot_dwell_time().downlink),
+        };
+        let (freq, dr) = match window {
+            Window::Rx1 => (
+                r.rx1_frequency(self.last_tx_freq).ok()?,
+                r.rx1_dr(self.last_tx_dr, offset, downlink_dwell).ok()?,
+            ),
+            Window::Rx2 => rx2,
+        };
+        Some((freq, r.data_rate(dr).ok()?))
     }
 
     /// The per-event RNG: ChaCha8 keyed by the run's 256-bit seed with the device index and the
@@ -470,24 +536,37 @@ impl Device {
             }
             random_dev_nonce(self.id.dev_eui.as_u64(), self.nonces.dev_nonce as u16)
         };
+        let Some((chan, freq_hz)) = pick_channel(&b.radio.channels, b.data_rate, rng) else {
+            // `RadioPlan::check` refuses such a data rate before a run starts.
+            self.wake_at = Micros::MAX;
+            return;
+        };
         self.nonces.dev_nonce += 1;
         let dev_nonce = DevNonce(dev_nonce);
         let phy = frames::join_request(&self.id, dev_nonce);
-        let (sf, bw) = crate::gateway::eu868_dr(b.data_rate);
+        let airtime = b.radio.airtime_us(b.data_rate, phy.len());
         let dc = join_duty_cycle(now.saturating_sub(self.powered_at));
-        self.next_tx_allowed = duty_cycle_free_at(now, sf, bw, phy.len(), dc);
+        let dc = b
+            .radio
+            .region()
+            .duty_cycle(freq_hz)
+            .map_or(dc, |band| band.min(dc));
+        self.next_tx_allowed = duty_cycle_free_at(now, airtime, dc);
         self.join = Some(JoinAttempt {
             dev_nonce,
             sent_at: now,
             rejected: false,
         });
         self.last_tx_at = now;
+        self.last_tx_freq = freq_hz;
+        self.last_tx_dr = b.data_rate;
         self.wake_at = Micros::MAX;
         self.rx_closes_at = now + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
         fx.push(Effect::Tx(Tx {
             phy: phy.to_vec(),
             dr: b.data_rate,
-            chan: rng.gen_range(0..3),
+            chan,
+            freq_hz,
             kind: TxKind::Join {
                 dev_nonce: dev_nonce.0,
             },
@@ -551,7 +630,12 @@ impl Device {
                 })
             }
         };
-        let chan = rng.gen_range(0..3u8);
+        let Some((chan, freq_hz)) = pick_channel(&s.channels, s.dr, rng) else {
+            // LinkADRReq never leaves the data rate without a channel; drop rather than panic.
+            self.wake_at = self.next_periodic.max(now + 1);
+            fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
+            return;
+        };
         let ack = s.ack_next.take();
         let phy = frames::build_uplink(
             &s.keys,
@@ -576,20 +660,25 @@ impl Device {
                 return;
             }
         };
-        let (sf, bw) = crate::gateway::eu868_dr(s.dr);
-        self.next_tx_allowed = duty_cycle_free_at(now, sf, bw, phy.len(), SUB_BAND_DUTY_CYCLE);
+        self.next_tx_allowed = match b.radio.region().duty_cycle(freq_hz) {
+            Some(dc) => duty_cycle_free_at(now, b.radio.airtime_us(s.dr, phy.len()), dc),
+            None => now,
+        };
         let mut frame = frame;
         frame.sent_at = now;
         let transmission = frame.transmissions;
         let (fcnt, confirmed) = (frame.fcnt, frame.confirmed);
         self.frame = Some(frame);
         self.last_tx_at = now;
+        self.last_tx_freq = freq_hz;
+        self.last_tx_dr = s.dr;
         self.wake_at = Micros::MAX;
         self.rx_closes_at = now + s.rx1_delay_us + 1_000_000 + RX_GRACE_US;
         fx.push(Effect::Tx(Tx {
             phy,
             dr: s.dr,
             chan,
+            freq_hz,
             kind: TxKind::Data {
                 fcnt,
                 confirmed,
@@ -671,7 +760,7 @@ impl Device {
     ) {
         match self.phase {
             Phase::Joining => self.on_join_accept(phy, window, rx_at, b, rng, fx),
-            Phase::Joined => self.on_data_downlink(phy, fx),
+            Phase::Joined => self.on_data_downlink(phy, b, fx),
             Phase::Off => {}
         }
     }
@@ -699,6 +788,7 @@ impl Device {
                 self.join = None;
                 self.nonces.join_nonce = Some(a.join_nonce.as_u32());
                 let v11 = self.id.version.is_1_1() && a.opt_neg;
+                let region = b.radio.region();
                 self.session = Some(Box::new(Session {
                     dev_addr: a.dev_addr,
                     keys: a.keys,
@@ -708,6 +798,10 @@ impl Device {
                     rx1_delay_us: u64::from(a.rx1_delay_s.max(1)) * 1_000_000,
                     nb_trans: 1,
                     dr: b.data_rate,
+                    channels: joined_channels(b.radio.channels, a.cf_list, self.id.version),
+                    dwell: region.boot_dwell_time(),
+                    rx1_dr_offset: a.rx1_dr_offset,
+                    rx2: (region.rx2().0, a.rx2_dr),
                     rekey_pending: v11,
                     device_time_tries: 3,
                     answers: Vec::new(),
@@ -733,7 +827,7 @@ impl Device {
         }
     }
 
-    fn on_data_downlink(&mut self, phy: &[u8], fx: &mut Vec<Effect>) {
+    fn on_data_downlink(&mut self, phy: &[u8], b: &Behaviour, fx: &mut Vec<Effect>) {
         let Some(s) = self.session.as_deref_mut() else {
             return;
         };
@@ -776,7 +870,7 @@ impl Device {
                 }));
             }
         }
-        match answer_mac(s, &r.mac) {
+        match answer_mac(s, &r.mac, b) {
             Some(0) => {}
             Some(n) => fx.push(Effect::Note(Note::MacAnswered(n))),
             None => fx.push(Effect::Note(Note::DownlinkRejected("mac_commands"))),
@@ -784,52 +878,93 @@ impl Device {
     }
 }
 
+/// The channels a device has after its Join-accept: the boot channels with the CFList applied.
+/// A CFList the region does not take (wrong type, out-of-band frequency) is ignored, as is a
+/// channel-mask CFList (type 1) for a device older than LoRaWAN 1.0.3, which does not know it.
+fn joined_channels(
+    boot: ChannelPlan,
+    cf_list: Option<protocol::join::CfList>,
+    version: MacVersion,
+) -> ChannelPlan {
+    let mut channels = boot;
+    if let Some(cf) = cf_list {
+        if cf.cf_list_type() == 0 || version >= MacVersion::V1_0_3 {
+            // On error the plan is unchanged.
+            let _ = channels.apply_cf_list(&cf);
+        }
+    }
+    channels
+}
+
 /// Processes downlink MAC commands (parsed by the `protocol` crate), queueing answers for the next
 /// uplink's FOpts. Returns how many commands were answered or taken, or `None` if the bytes do not
-/// parse (an unknown CID: the rest cannot be delimited, so nothing is applied).
-fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
+/// parse (an unknown CID: the rest cannot be delimited, so nothing is applied). Commands the
+/// region does not implement (TxParamSetupReq outside AS923 and AU915; NewChannelReq and
+/// DlChannelReq in US915 and AU915) are ignored without an answer, as RP002 requires.
+fn answer_mac(s: &mut Session, mac: &[u8], b: &Behaviour) -> Option<u8> {
     use protocol::mac::MacCommand as M;
     let cmds = protocol::mac::parse(Direction::Downlink, mac).ok()?;
+    let region = b.radio.region();
     let mut answers = Vec::new();
-    for c in &cmds {
-        match *c {
-            M::LinkADRReq {
-                data_rate,
-                nb_trans,
-                ..
-            } => {
-                if data_rate != 0x0F && data_rate <= 5 {
-                    s.dr = data_rate;
-                }
-                if nb_trans != 0 {
-                    s.nb_trans = nb_trans;
-                }
-                answers.push(M::LinkADRAns {
-                    power_ack: true,
-                    data_rate_ack: true,
-                    channel_mask_ack: true,
-                });
-            }
+    let mut i = 0;
+    while i < cmds.len() {
+        // A block of contiguous LinkADRReqs is one request, answered once per command.
+        let block = cmds[i..]
+            .iter()
+            .take_while(|c| matches!(c, M::LinkADRReq { .. }))
+            .count();
+        if block > 0 {
+            let ans = link_adr(s, &cmds[i..i + block], b);
+            answers.extend(std::iter::repeat_n(ans, block));
+            i += block;
+            continue;
+        }
+        match cmds[i] {
             M::DutyCycleReq { .. } => answers.push(M::DutyCycleAns),
-            M::RXParamSetupReq { .. } => answers.push(M::RXParamSetupAns {
-                rx1_dr_offset_ack: true,
-                rx2_data_rate_ack: true,
-                channel_ack: true,
-            }),
+            M::RXParamSetupReq {
+                rx1_dr_offset,
+                rx2_data_rate,
+                frequency,
+            } => answers.push(rx_param_setup(
+                s,
+                region,
+                rx1_dr_offset,
+                rx2_data_rate,
+                frequency,
+            )),
             M::DevStatusReq => answers.push(M::DevStatusAns {
                 battery: 255,
                 margin: 20,
             }),
-            M::NewChannelReq { .. } => answers.push(M::NewChannelAns {
-                data_rate_range_ok: true,
-                channel_frequency_ok: true,
-            }),
+            M::NewChannelReq {
+                ch_index,
+                frequency,
+                max_dr,
+                min_dr,
+            } if !region.is_fixed_plan() => {
+                let r = s.channels.set_channel(ch_index, frequency, min_dr, max_dr);
+                use protocol::region::RegionError as E;
+                answers.push(M::NewChannelAns {
+                    data_rate_range_ok: !matches!(r, Err(E::DataRate(_) | E::ChannelIndex(_))),
+                    channel_frequency_ok: !matches!(r, Err(E::Frequency(_) | E::ChannelIndex(_))),
+                });
+            }
             M::RXTimingSetupReq { delay } => {
                 s.rx1_delay_us = u64::from(delay.max(1)) * 1_000_000;
                 answers.push(M::RXTimingSetupAns);
             }
-            M::TxParamSetupReq { .. } => answers.push(M::TxParamSetupAns),
-            M::DlChannelReq { .. } => answers.push(M::DlChannelAns {
+            M::TxParamSetupReq {
+                downlink_dwell_time,
+                uplink_dwell_time,
+                ..
+            } if region.has_tx_param_setup() => {
+                s.dwell = DwellTime {
+                    uplink: uplink_dwell_time,
+                    downlink: downlink_dwell_time,
+                };
+                answers.push(M::TxParamSetupAns);
+            }
+            M::DlChannelReq { .. } if !region.is_fixed_plan() => answers.push(M::DlChannelAns {
                 uplink_frequency_exists: true,
                 channel_frequency_ok: true,
             }),
@@ -839,12 +974,76 @@ fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
             M::RejoinParamSetupReq { .. } => answers.push(M::RejoinParamSetupAns { time_ok: true }),
             _ => {}
         }
+        i += 1;
     }
     for a in &answers {
         // Answers are built from valid fields; one that would not encode is left out.
         let _ = a.encode_into(&mut s.answers);
     }
     Some(cmds.len().min(255) as u8)
+}
+
+/// One LinkADRReq block: the channel masks in order, then DataRate, TXPower and NbTrans of the
+/// last command. All is applied only if the masks are valid for the region, the data rate is a
+/// LoRa uplink rate that an enabled channel allows and that carries the run's payload (under
+/// the device's dwell time), and TXPower exists; else nothing changes.
+fn link_adr(s: &mut Session, block: &[MacCommand], b: &Behaviour) -> MacCommand {
+    let r = b.radio.region();
+    let mut masks = Vec::with_capacity(block.len());
+    let mut last = (0x0F, 0x0F, 0);
+    for c in block {
+        if let MacCommand::LinkADRReq {
+            data_rate,
+            tx_power,
+            ch_mask,
+            ch_mask_cntl,
+            nb_trans,
+        } = *c
+        {
+            masks.push((ch_mask, ch_mask_cntl));
+            last = (data_rate, tx_power, nb_trans);
+        }
+    }
+    let (data_rate, tx_power, nb_trans) = last;
+    let mut channels = s.channels;
+    let mask_ok = channels.apply_link_adr(&masks).is_ok();
+    let dr = if data_rate == 0x0F { s.dr } else { data_rate };
+    let dr_ok = b.radio.lora(dr).is_some()
+        && r.dr_def(dr).is_ok_and(|d| d.uplink)
+        && channels.enabled_for_dr(dr).next().is_some()
+        && r.max_payload(dr, s.dwell.uplink)
+            .is_ok_and(|m| usize::from(m.frm_payload) >= b.payload_size);
+    let power_ok = tx_power == 0x0F || r.tx_power_eirp_dbm(tx_power).is_some();
+    if mask_ok && dr_ok && power_ok {
+        s.channels = channels;
+        s.dr = dr;
+        if nb_trans != 0 {
+            s.nb_trans = nb_trans;
+        }
+    }
+    MacCommand::LinkADRAns {
+        power_ack: power_ok,
+        data_rate_ack: dr_ok,
+        channel_mask_ack: mask_ok,
+    }
+}
+
+/// RXParamSetupReq: applied only if RX1DROffset is in the region's range, RX2DataRate is a
+/// downlink LoRa/FSK rate and the frequency one the region allows for RX2.
+fn rx_param_setup(s: &mut Session, r: Region, offset: u8, rx2_dr: u8, freq: u32) -> MacCommand {
+    let rx1_dr_offset_ack = offset <= r.params().max_rx1_dr_offset;
+    let rx2_data_rate_ack =
+        r.data_rate(rx2_dr).is_ok() && r.dr_def(rx2_dr).is_ok_and(|d| d.downlink);
+    let channel_ack = r.is_downlink_frequency(freq);
+    if rx1_dr_offset_ack && rx2_data_rate_ack && channel_ack {
+        s.rx1_dr_offset = offset;
+        s.rx2 = (freq, rx2_dr);
+    }
+    MacCommand::RXParamSetupAns {
+        rx1_dr_offset_ack,
+        rx2_data_rate_ack,
+        channel_ack,
+    }
 }
 
 #[cfg(test)]
@@ -889,7 +1088,7 @@ mod tests {
         assert_eq!(airtime_us(7, 250, 13), 23_168);
         // Under the sub-band's 1 %, SF7 13 bytes at t = 1 s frees the band at 1 s + 4.6336 s.
         assert_eq!(
-            duty_cycle_free_at(1_000_000, 7, 125, 13, SUB_BAND_DUTY_CYCLE),
+            duty_cycle_free_at(1_000_000, airtime_us(7, 125, 13), SUB_BAND_DUTY_CYCLE),
             5_633_600
         );
     }
@@ -914,13 +1113,16 @@ mod join_tests {
     use protocol::keys::{AppKey, KeyCipher, NwkKey};
     use protocol::version::MacVersion;
 
-    const B: Behaviour = Behaviour {
-        uplinks: true,
-        uplink_interval_us: 60_000_000,
-        confirmed_ratio: 0.0,
-        payload_size: 12,
-        data_rate: 5,
-    };
+    fn beh() -> Behaviour {
+        Behaviour {
+            uplinks: true,
+            uplink_interval_us: 60_000_000,
+            confirmed_ratio: 0.0,
+            payload_size: 12,
+            data_rate: 5,
+            radio: RadioPlan::default(),
+        }
+    }
 
     fn device(version: MacVersion) -> Device {
         Device::new(
@@ -982,7 +1184,7 @@ mod join_tests {
     fn first_join(d: &mut Device, fx: &mut Vec<Effect>) -> JoinRequest {
         d.power_on(0, 100, fx);
         assert_eq!(std::mem::take(fx), vec![Effect::Arm(100, TimerKind::Join)]);
-        d.on_timer(TimerKind::Join, 100, &B, &mut rng(), fx);
+        d.on_timer(TimerKind::Join, 100, &beh(), &mut rng(), fx);
         let Effect::Tx(tx) = &fx[0] else {
             panic!("{fx:?}")
         };
@@ -1024,7 +1226,7 @@ mod join_tests {
             }
             let phy = accept(&d, 41, 7, opt_neg);
             assert!(d.join_accept_is_mine(&phy));
-            d.on_downlink(&phy, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+            d.on_downlink(&phy, Window::Rx1, 5_000_100, &beh(), &mut rng(), &mut fx);
             assert!(
                 matches!(
                     fx[0],
@@ -1039,7 +1241,7 @@ mod join_tests {
             let Effect::Arm(t, TimerKind::Uplink) = fx[1] else {
                 panic!("{fx:?}")
             };
-            assert!((5_000_100..5_000_100 + B.uplink_interval_us).contains(&t));
+            assert!((5_000_100..5_000_100 + beh().uplink_interval_us).contains(&t));
             assert_eq!(d.phase(), Phase::Joined);
             assert_eq!(d.nonces.join_nonce, Some(7));
             assert_eq!(d.session().unwrap().dev_addr, DevAddr::new(0x2601_0001));
@@ -1056,7 +1258,7 @@ mod join_tests {
         // Asked for every 2 s, but a 26-byte SF7 frame (61.696 ms) allows one every 6.17 s at 1 %.
         let b = Behaviour {
             uplink_interval_us: 2_000_000,
-            ..B
+            ..beh()
         };
         let mut d = device(MacVersion::V1_0_4);
         let mut fx = Vec::new();
@@ -1116,7 +1318,7 @@ mod join_tests {
         assert_eq!(jr.dev_nonce.0, random_dev_nonce(d.id.dev_eui.as_u64(), 0));
         assert_eq!(d.nonces.dev_nonce, 1);
         let phy = accept(&d, jr.dev_nonce.0, 1, false);
-        d.on_downlink(&phy, Window::Rx2, 6_000_100, &B, &mut rng(), &mut fx);
+        d.on_downlink(&phy, Window::Rx2, 6_000_100, &beh(), &mut rng(), &mut fx);
         assert!(matches!(
             fx[0],
             Effect::Note(Note::Joined {
@@ -1138,7 +1340,7 @@ mod join_tests {
         // JoinNonce 7 again: MIC fine, but not greater than the last one accepted.
         let replay = accept(&d, jr.dev_nonce.0, 7, true);
         assert!(d.join_accept_is_mine(&replay));
-        d.on_downlink(&replay, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+        d.on_downlink(&replay, Window::Rx1, 5_000_100, &beh(), &mut rng(), &mut fx);
         assert_eq!(fx, vec![Effect::Note(Note::JoinRejected("join_nonce"))]);
         assert_eq!(d.phase(), Phase::Joining);
         fx.clear();
@@ -1146,7 +1348,7 @@ mod join_tests {
         d.on_timer(
             TimerKind::RxClosed,
             100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
-            &B,
+            &beh(),
             &mut rng(),
             &mut fx,
         );
@@ -1164,7 +1366,10 @@ mod join_tests {
     fn timeout_backs_off_within_the_join_duty_cycle() {
         let mut d = device(MacVersion::V1_0_4);
         d.id.version = MacVersion::V1_0_4;
-        let slow = Behaviour { data_rate: 0, ..B };
+        let slow = Behaviour {
+            data_rate: 0,
+            ..beh()
+        };
         let mut fx = Vec::new();
         d.power_on(0, 0, &mut fx);
         fx.clear();
@@ -1211,16 +1416,16 @@ mod join_tests {
         d.on_timer(
             TimerKind::RxClosed,
             100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
-            &B,
+            &beh(),
             &mut rng(),
             &mut fx,
         );
         assert!(fx.is_empty(), "a powered-off device ignores its old timers");
         d.power_on(10_000_000, 5, &mut fx);
         fx.clear();
-        d.on_timer(TimerKind::Join, 10_000_004, &B, &mut rng(), &mut fx);
+        d.on_timer(TimerKind::Join, 10_000_004, &beh(), &mut rng(), &mut fx);
         assert!(fx.is_empty(), "a timer that is not the armed one is stale");
-        d.on_timer(TimerKind::Join, 10_000_005, &B, &mut rng(), &mut fx);
+        d.on_timer(TimerKind::Join, 10_000_005, &beh(), &mut rng(), &mut fx);
         let Effect::Tx(tx) = &fx[0] else { panic!() };
         assert_eq!(
             JoinRequest::parse(&tx.phy).unwrap().dev_nonce,

@@ -237,6 +237,16 @@ impl Region {
         }
     }
 
+    /// Whether a device accepts `freq_hz` for a downlink channel (RXParamSetupReq, DlChannelReq):
+    /// one of the eight downlink channels in US915 and AU915, a frequency of the region's band
+    /// elsewhere.
+    pub fn is_downlink_frequency(self, freq_hz: u32) -> bool {
+        match self.params().layout {
+            ChannelLayout::Dynamic { band_hz, .. } => (band_hz.0..band_hz.1).contains(&freq_hz),
+            ChannelLayout::Fixed { downlink, .. } => downlink.index_of(freq_hz).is_some(),
+        }
+    }
+
     /// The default RX2 frequency (Hz) and data rate.
     pub fn rx2(self) -> (u32, u8) {
         let p = self.params();
