@@ -1107,7 +1107,7 @@ mod join_tests {
     use protocol::derive::js_keys;
     use protocol::ids::{DevEui, JoinEui, JoinNonce, NetId};
     use protocol::join::{
-        AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+        AnsweredRequest, CfList, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
         JoinRequest, JoinRootKey, RxDelay,
     };
     use protocol::keys::{AppKey, KeyCipher, NwkKey};
@@ -1139,13 +1139,25 @@ mod join_tests {
 
     /// What a join server answers, built with the `protocol` crate's join-server side.
     fn accept(d: &Device, dev_nonce: u16, join_nonce: u32, opt_neg: bool) -> Vec<u8> {
+        accept_with(d, dev_nonce, join_nonce, opt_neg, 0, None)
+    }
+
+    /// [`accept`] with an RX2 data rate and a CFList.
+    fn accept_with(
+        d: &Device,
+        dev_nonce: u16,
+        join_nonce: u32,
+        opt_neg: bool,
+        rx2_dr: u8,
+        cf_list: Option<CfList>,
+    ) -> Vec<u8> {
         let p = JoinAcceptPayload {
             join_nonce: JoinNonce::new(join_nonce).unwrap(),
             net_id: NetId::new(0x13).unwrap(),
             dev_addr: DevAddr::new(0x2601_0001),
-            dl_settings: DlSettings::new(opt_neg, 0, 0).unwrap(),
+            dl_settings: DlSettings::new(opt_neg, 0, rx2_dr).unwrap(),
             rx_delay: RxDelay::new(1).unwrap(),
-            cf_list: None,
+            cf_list,
         };
         let app = KeyCipher::new(&d.id.app_key);
         match &d.id.nwk_key {
@@ -1432,5 +1444,397 @@ mod join_tests {
             DevNonce(1),
             "the counter survived the power cycle"
         );
+    }
+
+    /// A device of `version` joined in `b`'s region through a Join-accept carrying the region's
+    /// RX2 data rate and `cf_list`, its Join-request sent on the channel the device drew.
+    fn joined(version: MacVersion, b: &Behaviour, cf_list: Option<CfList>) -> Device {
+        let mut d = device(version);
+        let mut fx = Vec::new();
+        d.power_on(0, 100, &mut fx);
+        fx.clear();
+        d.on_timer(TimerKind::Join, 100, b, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        assert!(b.radio.channels.is_enabled(tx.chan), "{tx:?}");
+        let jr = JoinRequest::parse(&tx.phy).unwrap();
+        fx.clear();
+        let rx2_dr = b.radio.region().rx2().1;
+        let phy = accept_with(&d, jr.dev_nonce.0, 1, version.is_1_1(), rx2_dr, cf_list);
+        d.on_downlink(&phy, Window::Rx1, 5_000_100, b, &mut rng(), &mut fx);
+        assert_eq!(d.phase(), Phase::Joined, "{fx:?}");
+        d
+    }
+
+    fn in_region(region: Region, sub_bands: &[u8], data_rate: u8) -> Behaviour {
+        Behaviour {
+            data_rate,
+            radio: RadioPlan::new(region, sub_bands).unwrap(),
+            ..beh()
+        }
+    }
+
+    /// Runs `cmds` through the session's MAC handling; returns the uplink answers queued.
+    fn mac(d: &mut Device, b: &Behaviour, cmds: &[MacCommand]) -> Vec<MacCommand> {
+        let s = d.session.as_deref_mut().unwrap();
+        s.answers.clear();
+        let bytes = protocol::mac::encode(Direction::Downlink, cmds).unwrap();
+        assert_eq!(answer_mac(s, &bytes, b), Some(cmds.len() as u8));
+        protocol::mac::parse(Direction::Uplink, &s.answers).unwrap()
+    }
+
+    fn link_adr(data_rate: u8, tx_power: u8, ch_mask: u16, ch_mask_cntl: u8) -> MacCommand {
+        MacCommand::LinkADRReq {
+            data_rate,
+            tx_power,
+            ch_mask,
+            ch_mask_cntl,
+            nb_trans: 2,
+        }
+    }
+
+    const ALL_ACK: MacCommand = MacCommand::LinkADRAns {
+        power_ack: true,
+        data_rate_ack: true,
+        channel_mask_ack: true,
+    };
+
+    #[test]
+    fn us915_link_adr_blocks_apply_masks_or_nothing() {
+        let b = in_region(Region::Us915, &[2], 3);
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        let on = |d: &Device| -> Vec<u8> {
+            d.session()
+                .unwrap()
+                .channels()
+                .enabled()
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_eq!(on(&d), [8, 9, 10, 11, 12, 13, 14, 15, 65]);
+        // ChMaskCntl 7 (125 kHz off, channel 65 on), then ChMaskCntl 0 for 8..=11, DR2.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[link_adr(2, 3, 0x0002, 7), link_adr(2, 3, 0x0F00, 0)],
+        );
+        assert_eq!(
+            ans,
+            [ALL_ACK, ALL_ACK],
+            "one LinkADRAns per command of the block"
+        );
+        assert_eq!(on(&d), [8, 9, 10, 11, 65]);
+        assert_eq!(
+            (d.session().unwrap().dr(), d.session().unwrap().nb_trans()),
+            (2, 2)
+        );
+        // DR4 (SF8/500 kHz) needs channel 65: with ChMaskCntl 7 and no 500 kHz channel the
+        // mask itself is refused (no channel left), and nothing changes.
+        let before = *d.session().unwrap().channels();
+        let ans = mac(&mut d, &b, &[link_adr(4, 3, 0x0000, 7)]);
+        assert_eq!(
+            ans,
+            [MacCommand::LinkADRAns {
+                power_ack: true,
+                data_rate_ack: true,
+                channel_mask_ack: false
+            }]
+        );
+        assert_eq!(*d.session().unwrap().channels(), before);
+        assert_eq!(d.session().unwrap().dr(), 2);
+        // A downlink-only DR, LR-FHSS, a TXPower past 14: refused bit by bit, nothing applied.
+        for (dr, power, want) in [
+            (8, 3, (true, false)),
+            (5, 3, (true, false)),
+            (3, 15, (true, true)),
+            (3, 14, (true, true)),
+        ] {
+            let ans = mac(&mut d, &b, &[link_adr(dr, power, 0x00FF, 6)]);
+            let MacCommand::LinkADRAns {
+                power_ack,
+                data_rate_ack,
+                channel_mask_ack,
+            } = ans[0]
+            else {
+                panic!("{ans:?}")
+            };
+            assert_eq!(
+                (power_ack, data_rate_ack, channel_mask_ack),
+                (want.0, want.1, true),
+                "DR{dr}"
+            );
+        }
+        assert_eq!(
+            on(&d).len(),
+            64 + 8,
+            "ChMaskCntl 6: all 125 kHz on, ChMask for 64..=71"
+        );
+        // ChMask bits 8..15 with ChMaskCntl 6 would be channels 72..79, which do not exist.
+        let ans = mac(&mut d, &b, &[link_adr(3, 3, 0x01FF, 6)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                channel_mask_ack: false,
+                ..
+            }
+        ));
+        // The data rate must carry the run's 12-byte payload: US915 DR0 carries 11.
+        let ans = mac(&mut d, &b, &[link_adr(0, 0, 0xFFFF, 0)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                data_rate_ack: false,
+                ..
+            }
+        ));
+        // TxParamSetupReq, NewChannelReq and DlChannelReq do not exist in US915: no answer.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[
+                MacCommand::TxParamSetupReq {
+                    downlink_dwell_time: true,
+                    uplink_dwell_time: true,
+                    max_eirp: 5,
+                },
+                MacCommand::NewChannelReq {
+                    ch_index: 3,
+                    frequency: 903_100_000,
+                    max_dr: 3,
+                    min_dr: 0,
+                },
+            ],
+        );
+        assert!(ans.is_empty(), "{ans:?}");
+    }
+
+    #[test]
+    fn eu868_link_adr_new_channel_and_rx_param_setup() {
+        let b = beh();
+        let mut d = joined(MacVersion::V1_0_3, &b, None);
+        // NewChannelReq defines channel 3; a default channel or an out-of-band frequency not.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[
+                MacCommand::NewChannelReq {
+                    ch_index: 3,
+                    frequency: 867_100_000,
+                    max_dr: 5,
+                    min_dr: 0,
+                },
+                MacCommand::NewChannelReq {
+                    ch_index: 1,
+                    frequency: 867_300_000,
+                    max_dr: 5,
+                    min_dr: 0,
+                },
+                MacCommand::NewChannelReq {
+                    ch_index: 4,
+                    frequency: 915_000_000,
+                    max_dr: 5,
+                    min_dr: 0,
+                },
+            ],
+        );
+        let new_ch = |dr, f| MacCommand::NewChannelAns {
+            data_rate_range_ok: dr,
+            channel_frequency_ok: f,
+        };
+        assert_eq!(
+            ans,
+            [
+                new_ch(true, true),
+                new_ch(false, false),
+                new_ch(true, false)
+            ]
+        );
+        assert_eq!(
+            d.session().unwrap().channels().index_of(867_100_000),
+            Some(3)
+        );
+        // ChMaskCntl 0 enabling an undefined channel (4) is refused; 6 turns all four on.
+        let ans = mac(&mut d, &b, &[link_adr(5, 1, 0b1_1000, 0)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                channel_mask_ack: false,
+                ..
+            }
+        ));
+        assert_eq!(mac(&mut d, &b, &[link_adr(5, 7, 0, 6)]), [ALL_ACK]);
+        assert_eq!(d.session().unwrap().channels().enabled().count(), 4);
+        let ans = mac(&mut d, &b, &[link_adr(5, 8, 0x000F, 0)]);
+        assert!(
+            matches!(
+                ans[0],
+                MacCommand::LinkADRAns {
+                    power_ack: false,
+                    ..
+                }
+            ),
+            "TXPower 8"
+        );
+        // RXParamSetupReq: applied when valid, and RX2 follows it.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::RXParamSetupReq {
+                rx1_dr_offset: 2,
+                rx2_data_rate: 3,
+                frequency: 869_525_000,
+            }],
+        );
+        let rx_ans = |a, b_, c| MacCommand::RXParamSetupAns {
+            rx1_dr_offset_ack: a,
+            rx2_data_rate_ack: b_,
+            channel_ack: c,
+        };
+        assert_eq!(ans, [rx_ans(true, true, true)]);
+        assert_eq!(d.session().unwrap().rx_params(), (2, (869_525_000, 3)));
+        assert_eq!(
+            d.rx_radio(Window::Rx2, &b),
+            Some((869_525_000, DataRate::lora(9, 125).unwrap()))
+        );
+        // The Join-request went out at DR5: RX1 is DR5 − 2 = DR3 on the same frequency.
+        assert_eq!(
+            d.rx_radio(Window::Rx1, &b),
+            Some((d.last_tx_freq, DataRate::lora(9, 125).unwrap()))
+        );
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::RXParamSetupReq {
+                rx1_dr_offset: 6,
+                rx2_data_rate: 9,
+                frequency: 923_300_000,
+            }],
+        );
+        assert_eq!(ans, [rx_ans(false, false, false)]);
+        assert_eq!(d.session().unwrap().rx_params(), (2, (869_525_000, 3)));
+        // TxParamSetupReq is not implemented in EU868: no answer.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::TxParamSetupReq {
+                downlink_dwell_time: true,
+                uplink_dwell_time: true,
+                max_eirp: 5,
+            }],
+        );
+        assert!(ans.is_empty());
+    }
+
+    #[test]
+    fn as923_dwell_time_and_rx1() {
+        // AS923-2 boots with both dwell times on: RX1 of a DR2 uplink never goes below DR2.
+        let b = in_region(Region::As923_2, &[], 2);
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        assert_eq!(d.last_tx_dr, 2);
+        assert!([921_400_000, 921_600_000].contains(&d.last_tx_freq));
+        d.session.as_deref_mut().unwrap().rx1_dr_offset = 1;
+        let sf = |d: &Device| match d.rx_radio(Window::Rx1, &b) {
+            Some((
+                _,
+                DataRate::Lora {
+                    spreading_factor, ..
+                },
+            )) => spreading_factor,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sf(&d), 10, "MinDR 2 under DownlinkDwellTime");
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::TxParamSetupReq {
+                downlink_dwell_time: false,
+                uplink_dwell_time: false,
+                max_eirp: 5,
+            }],
+        );
+        assert_eq!(ans, [MacCommand::TxParamSetupAns]);
+        assert_eq!(d.session().unwrap().dwell(), DwellTime::default());
+        assert_eq!(sf(&d), 11, "DR2 − 1 = DR1 without dwell time");
+        // Without uplink dwell time DR0 is allowed (51 bytes); with it, not at all.
+        assert_eq!(mac(&mut d, &b, &[link_adr(0, 1, 0, 6)]), [ALL_ACK]);
+        d.session.as_deref_mut().unwrap().dwell.uplink = true;
+        let ans = mac(&mut d, &b, &[link_adr(1, 1, 0, 6)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                data_rate_ack: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            d.rx_radio(Window::Rx2, &b),
+            Some((921_400_000, DataRate::lora(10, 125).unwrap())),
+            "RX2: AS923-1 − 1.8 MHz, DR2"
+        );
+    }
+
+    #[test]
+    fn cf_lists_at_join() {
+        // US915: a channel-mask CFList narrows sub-bands 2 and 3 to 2 for 1.0.3 and later; a
+        // 1.0.2 device does not know it and keeps its boot channels.
+        let b = in_region(Region::Us915, &[2, 3], 3);
+        let sb2 = ChannelPlan::with_sub_bands(Region::Us915, &[2]).unwrap();
+        let d = joined(MacVersion::V1_0_3, &b, sb2.cf_list());
+        assert_eq!(*d.session().unwrap().channels(), sb2);
+        let d = joined(MacVersion::V1_0_2, &b, sb2.cf_list());
+        assert_eq!(*d.session().unwrap().channels(), b.radio.channels);
+        // EU868: a frequency CFList adds channels 3..=7 for every version; one of the wrong
+        // type is ignored.
+        let cf = CfList::from_frequencies_hz([867_100_000, 867_300_000, 0, 0, 0]);
+        let d = joined(MacVersion::V1_0_2, &beh(), cf);
+        assert_eq!(d.session().unwrap().channels().enabled().count(), 5);
+        let d = joined(MacVersion::V1_1, &beh(), sb2.cf_list());
+        assert_eq!(
+            *d.session().unwrap().channels(),
+            ChannelPlan::new(Region::Eu868)
+        );
+    }
+
+    #[test]
+    fn us915_uplinks_use_the_region_and_have_no_duty_cycle() {
+        // Sub-band 2 at DR3: channels 8..=15, 902.3 + 0.2 × ch MHz; no sub-band duty cycle, so
+        // the next uplink may go as soon as the receive windows close.
+        let b = Behaviour {
+            uplink_interval_us: 3_000_000,
+            ..in_region(Region::Us915, &[2], 3)
+        };
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        let mut fx = Vec::new();
+        let mut t = 5_000_100 + 3_000_000;
+        for _ in 0..20 {
+            d.wake_at = t;
+            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+            let Effect::Tx(tx) = &fx[0] else {
+                panic!("{fx:?}")
+            };
+            assert!((8..16).contains(&tx.chan), "{tx:?}");
+            assert_eq!(tx.freq_hz, 902_300_000 + 200_000 * u32::from(tx.chan));
+            assert_eq!(tx.dr, 3);
+            assert_eq!(
+                d.rx_radio(Window::Rx1, &b),
+                Some((
+                    923_300_000 + 600_000 * u32::from(tx.chan % 8),
+                    DataRate::lora(7, 500).unwrap()
+                ))
+            );
+            assert_eq!(
+                d.rx_radio(Window::Rx2, &b),
+                Some((923_300_000, DataRate::lora(12, 500).unwrap()))
+            );
+            assert_eq!(d.next_tx_allowed, t, "no duty cycle in US915");
+            let Effect::Arm(closed, TimerKind::RxClosed) = fx[1] else {
+                panic!("{fx:?}")
+            };
+            fx.clear();
+            d.on_timer(TimerKind::RxClosed, closed, &b, &mut rng(), &mut fx);
+            fx.clear();
+            t = closed + 3_000_000;
+        }
     }
 }

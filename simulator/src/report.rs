@@ -441,8 +441,8 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "scenario {}  devices {}  gateways {}  seed {}  duration {:.1} s",
-            self.scenario, self.devices, self.gateways, self.seed, self.duration_s
+            "scenario {}  region {}  devices {}  gateways {}  seed {}  duration {:.1} s",
+            self.scenario, self.region, self.devices, self.gateways, self.seed, self.duration_s
         );
         let j = &self.joins;
         let row = |t: &mut String, k: &str, v: String| {
