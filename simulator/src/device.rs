@@ -218,8 +218,9 @@ pub struct Session {
     rx1_delay_us: Micros,
     nb_trans: u8,
     dr: u8,
-    /// The uplink channels (boot channels, then CFList, LinkADRReq, NewChannelReq).
-    channels: ChannelPlan,
+    /// The uplink channels (boot channels, then CFList, LinkADRReq, NewChannelReq), only where
+    /// they differ from the boot channels: most sessions keep those, and a plan is 160 bytes.
+    channels: Option<Box<ChannelPlan>>,
     /// UplinkDwellTime / DownlinkDwellTime (TxParamSetupReq).
     dwell: DwellTime,
     rx1_dr_offset: u8,
@@ -248,9 +249,12 @@ impl Session {
     pub fn rekey_pending(&self) -> bool {
         self.rekey_pending
     }
-    /// The uplink channels.
-    pub fn channels(&self) -> &ChannelPlan {
-        &self.channels
+    /// The uplink channels, given the run's boot channels.
+    pub fn channels<'a>(&'a self, boot: &'a ChannelPlan) -> &'a ChannelPlan {
+        self.channels.as_deref().unwrap_or(boot)
+    }
+    fn set_channels(&mut self, plan: ChannelPlan, boot: &ChannelPlan) {
+        self.channels = (plan != *boot).then(|| Box::new(plan));
     }
     /// The dwell-time setting.
     pub fn dwell(&self) -> DwellTime {
@@ -630,7 +634,7 @@ impl Device {
                 })
             }
         };
-        let Some((chan, freq_hz)) = pick_channel(&s.channels, s.dr, rng) else {
+        let Some((chan, freq_hz)) = pick_channel(s.channels(&b.radio.channels), s.dr, rng) else {
             // LinkADRReq never leaves the data rate without a channel; drop rather than panic.
             self.wake_at = self.next_periodic.max(now + 1);
             fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
@@ -798,7 +802,7 @@ impl Device {
                     rx1_delay_us: u64::from(a.rx1_delay_s.max(1)) * 1_000_000,
                     nb_trans: 1,
                     dr: b.data_rate,
-                    channels: joined_channels(b.radio.channels, a.cf_list, self.id.version),
+                    channels: None,
                     dwell: region.boot_dwell_time(),
                     rx1_dr_offset: a.rx1_dr_offset,
                     rx2: (region.rx2().0, a.rx2_dr),
@@ -807,6 +811,10 @@ impl Device {
                     answers: Vec::new(),
                     ack_next: None,
                 }));
+                if let Some(s) = self.session.as_deref_mut() {
+                    let plan = joined_channels(b.radio.channels, a.cf_list, self.id.version);
+                    s.set_channels(plan, &b.radio.channels);
+                }
                 self.phase = Phase::Joined;
                 self.rx_closes_at = Micros::MAX;
                 fx.push(Effect::Note(Note::Joined {
@@ -942,7 +950,9 @@ fn answer_mac(s: &mut Session, mac: &[u8], b: &Behaviour) -> Option<u8> {
                 max_dr,
                 min_dr,
             } if !region.is_fixed_plan() => {
-                let r = s.channels.set_channel(ch_index, frequency, min_dr, max_dr);
+                let mut plan = *s.channels(&b.radio.channels);
+                let r = plan.set_channel(ch_index, frequency, min_dr, max_dr);
+                s.set_channels(plan, &b.radio.channels);
                 use protocol::region::RegionError as E;
                 answers.push(M::NewChannelAns {
                     data_rate_range_ok: !matches!(r, Err(E::DataRate(_) | E::ChannelIndex(_))),
@@ -1005,7 +1015,7 @@ fn link_adr(s: &mut Session, block: &[MacCommand], b: &Behaviour) -> MacCommand 
         }
     }
     let (data_rate, tx_power, nb_trans) = last;
-    let mut channels = s.channels;
+    let mut channels = *s.channels(&b.radio.channels);
     let mask_ok = channels.apply_link_adr(&masks).is_ok();
     let dr = if data_rate == 0x0F { s.dr } else { data_rate };
     let dr_ok = b.radio.lora(dr).is_some()
@@ -1015,7 +1025,7 @@ fn link_adr(s: &mut Session, block: &[MacCommand], b: &Behaviour) -> MacCommand 
             .is_ok_and(|m| usize::from(m.frm_payload) >= b.payload_size);
     let power_ok = tx_power == 0x0F || r.tx_power_eirp_dbm(tx_power).is_some();
     if mask_ok && dr_ok && power_ok {
-        s.channels = channels;
+        s.set_channels(channels, &b.radio.channels);
         s.dr = dr;
         if nb_trans != 0 {
             s.nb_trans = nb_trans;
@@ -1507,7 +1517,7 @@ mod join_tests {
         let on = |d: &Device| -> Vec<u8> {
             d.session()
                 .unwrap()
-                .channels()
+                .channels(&b.radio.channels)
                 .enabled()
                 .map(|(i, _)| i)
                 .collect()
@@ -1531,7 +1541,7 @@ mod join_tests {
         );
         // DR4 (SF8/500 kHz) needs channel 65: with ChMaskCntl 7 and no 500 kHz channel the
         // mask itself is refused (no channel left), and nothing changes.
-        let before = *d.session().unwrap().channels();
+        let before = *d.session().unwrap().channels(&b.radio.channels);
         let ans = mac(&mut d, &b, &[link_adr(4, 3, 0x0000, 7)]);
         assert_eq!(
             ans,
@@ -1541,7 +1551,7 @@ mod join_tests {
                 channel_mask_ack: false
             }]
         );
-        assert_eq!(*d.session().unwrap().channels(), before);
+        assert_eq!(*d.session().unwrap().channels(&b.radio.channels), before);
         assert_eq!(d.session().unwrap().dr(), 2);
         // A downlink-only DR, LR-FHSS, a TXPower past 14: refused bit by bit, nothing applied.
         for (dr, power, want) in [
@@ -1651,7 +1661,10 @@ mod join_tests {
             ]
         );
         assert_eq!(
-            d.session().unwrap().channels().index_of(867_100_000),
+            d.session()
+                .unwrap()
+                .channels(&b.radio.channels)
+                .index_of(867_100_000),
             Some(3)
         );
         // ChMaskCntl 0 enabling an undefined channel (4) is refused; 6 turns all four on.
@@ -1664,7 +1677,14 @@ mod join_tests {
             }
         ));
         assert_eq!(mac(&mut d, &b, &[link_adr(5, 7, 0, 6)]), [ALL_ACK]);
-        assert_eq!(d.session().unwrap().channels().enabled().count(), 4);
+        assert_eq!(
+            d.session()
+                .unwrap()
+                .channels(&b.radio.channels)
+                .enabled()
+                .count(),
+            4
+        );
         let ans = mac(&mut d, &b, &[link_adr(5, 8, 0x000F, 0)]);
         assert!(
             matches!(
@@ -1781,18 +1801,33 @@ mod join_tests {
         let b = in_region(Region::Us915, &[2, 3], 3);
         let sb2 = ChannelPlan::with_sub_bands(Region::Us915, &[2]).unwrap();
         let d = joined(MacVersion::V1_0_3, &b, sb2.cf_list());
-        assert_eq!(*d.session().unwrap().channels(), sb2);
+        assert_eq!(*d.session().unwrap().channels(&b.radio.channels), sb2);
         let d = joined(MacVersion::V1_0_2, &b, sb2.cf_list());
-        assert_eq!(*d.session().unwrap().channels(), b.radio.channels);
+        assert_eq!(
+            *d.session().unwrap().channels(&b.radio.channels),
+            b.radio.channels
+        );
         // EU868: a frequency CFList adds channels 3..=7 for every version; one of the wrong
         // type is ignored.
+        let eu = beh();
         let cf = CfList::from_frequencies_hz([867_100_000, 867_300_000, 0, 0, 0]);
-        let d = joined(MacVersion::V1_0_2, &beh(), cf);
-        assert_eq!(d.session().unwrap().channels().enabled().count(), 5);
-        let d = joined(MacVersion::V1_1, &beh(), sb2.cf_list());
+        let d = joined(MacVersion::V1_0_2, &eu, cf);
         assert_eq!(
-            *d.session().unwrap().channels(),
+            d.session()
+                .unwrap()
+                .channels(&eu.radio.channels)
+                .enabled()
+                .count(),
+            5
+        );
+        let d = joined(MacVersion::V1_1, &eu, sb2.cf_list());
+        assert_eq!(
+            *d.session().unwrap().channels(&eu.radio.channels),
             ChannelPlan::new(Region::Eu868)
+        );
+        assert!(
+            d.session().unwrap().channels.is_none(),
+            "a session on the boot channels keeps no copy of them"
         );
     }
 
