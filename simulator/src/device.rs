@@ -635,10 +635,8 @@ impl Device {
             }
         };
         let Some((chan, freq_hz)) = pick_channel(s.channels(&b.radio.channels), s.dr, rng) else {
-            // LinkADRReq never leaves the data rate without a channel; drop rather than panic.
-            self.wake_at = self.next_periodic.max(now + 1);
-            fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
-            return;
+            // LinkADRReq never leaves the data rate without a channel.
+            return self.skip_frame(now, fx);
         };
         let ack = s.ack_next.take();
         let phy = frames::build_uplink(
@@ -655,19 +653,13 @@ impl Device {
                 tx_ch: chan,
             },
         );
-        let phy = match phy {
-            Ok(p) => p,
-            Err(_) => {
-                // Cannot happen with FOpts ≤ 15 bytes and FPort 1; drop the frame rather than panic.
-                self.wake_at = self.next_periodic.max(now + 1);
-                fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
-                return;
-            }
+        let Ok(phy) = phy else {
+            // Cannot happen with FOpts ≤ 15 bytes and FPort 1.
+            return self.skip_frame(now, fx);
         };
-        self.next_tx_allowed = match b.radio.region().duty_cycle(freq_hz) {
-            Some(dc) => duty_cycle_free_at(now, b.radio.airtime_us(s.dr, phy.len()), dc),
-            None => now,
-        };
+        self.next_tx_allowed = b.radio.region().duty_cycle(freq_hz).map_or(now, |dc| {
+            duty_cycle_free_at(now, b.radio.airtime_us(s.dr, phy.len()), dc)
+        });
         let mut frame = frame;
         frame.sent_at = now;
         let transmission = frame.transmissions;
@@ -690,6 +682,12 @@ impl Device {
             },
         }));
         fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
+    }
+
+    /// Drops the frame that cannot be sent (rather than panic) and waits for the next period.
+    fn skip_frame(&mut self, now: Micros, fx: &mut Vec<Effect>) {
+        self.wake_at = self.next_periodic.max(now + 1);
+        fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
     }
 
     fn rx_closed(
@@ -950,14 +948,7 @@ fn answer_mac(s: &mut Session, mac: &[u8], b: &Behaviour) -> Option<u8> {
                 max_dr,
                 min_dr,
             } if !region.is_fixed_plan() => {
-                let mut plan = *s.channels(&b.radio.channels);
-                let r = plan.set_channel(ch_index, frequency, min_dr, max_dr);
-                s.set_channels(plan, &b.radio.channels);
-                use protocol::region::RegionError as E;
-                answers.push(M::NewChannelAns {
-                    data_rate_range_ok: !matches!(r, Err(E::DataRate(_) | E::ChannelIndex(_))),
-                    channel_frequency_ok: !matches!(r, Err(E::Frequency(_) | E::ChannelIndex(_))),
-                });
+                answers.push(new_channel(s, b, ch_index, frequency, (min_dr, max_dr)));
             }
             M::RXTimingSetupReq { delay } => {
                 s.rx1_delay_us = u64::from(delay.max(1)) * 1_000_000;
@@ -1035,6 +1026,19 @@ fn link_adr(s: &mut Session, block: &[MacCommand], b: &Behaviour) -> MacCommand 
         power_ack: power_ok,
         data_rate_ack: dr_ok,
         channel_mask_ack: mask_ok,
+    }
+}
+
+/// NewChannelReq (dynamic plans): defines or removes a channel if the index, frequency and
+/// data-rate range are acceptable.
+fn new_channel(s: &mut Session, b: &Behaviour, index: u8, freq: u32, drs: (u8, u8)) -> MacCommand {
+    use protocol::region::RegionError as E;
+    let mut plan = *s.channels(&b.radio.channels);
+    let r = plan.set_channel(index, freq, drs.0, drs.1);
+    s.set_channels(plan, &b.radio.channels);
+    MacCommand::NewChannelAns {
+        data_rate_range_ok: !matches!(r, Err(E::DataRate(_) | E::ChannelIndex(_))),
+        channel_frequency_ok: !matches!(r, Err(E::Frequency(_) | E::ChannelIndex(_))),
     }
 }
 

@@ -6,6 +6,32 @@ fn simulator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_simulator"))
 }
 
+/// `simulator run` with a manifest and network server that are never reached, then `extra`.
+fn run_with(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec![
+        "run",
+        "--manifest",
+        "x.csv",
+        "--netserver",
+        "127.0.0.1:1700",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A manifest of `devices` devices in a new temporary directory.
+fn manifest(devices: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    let out = simulator()
+        .args(["manifest", "--devices", &devices.to_string(), "--out"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (dir, manifest)
+}
+
 #[test]
 fn demo_runs_with_nothing_set_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,85 +176,26 @@ fn bad_options_are_refused_with_a_reason() {
             "--netserver \"localhost\": expected HOST:PORT",
         ),
         (
-            vec![
-                "run",
-                "--manifest",
-                "x.csv",
-                "--netserver",
-                "127.0.0.1:1700",
-                "--region",
-                "US915",
-                "--data-rate",
-                "0",
-            ],
+            run_with(&["--region", "US915", "--data-rate", "0"]),
             "--payload-size 12 exceeds DR0's maximum of 11 bytes in US915",
         ),
         (
-            vec![
-                "run",
-                "--manifest",
-                "x.csv",
-                "--netserver",
-                "127.0.0.1:1700",
-                "--region",
-                "US915",
-                "--data-rate",
-                "5",
-            ],
+            run_with(&["--region", "US915", "--data-rate", "5"]),
             "--data-rate 5 is not a LoRa uplink data rate of US915",
         ),
         (
-            vec![
-                "run",
-                "--manifest",
-                "x.csv",
-                "--netserver",
-                "127.0.0.1:1700",
-                "--region",
-                "AS923",
-                "--data-rate",
-                "1",
-            ],
+            run_with(&["--region", "AS923", "--data-rate", "1"]),
             "DR1 is not allowed in AS923-1 under its dwell time",
         ),
         (
-            vec![
-                "run",
-                "--manifest",
-                "x.csv",
-                "--netserver",
-                "127.0.0.1:1700",
-                "--sub-bands",
-                "2",
-            ],
+            run_with(&["--sub-bands", "2"]),
             "--sub-bands applies to US915 and AU915 only",
         ),
         (
-            vec![
-                "run",
-                "--manifest",
-                "x.csv",
-                "--netserver",
-                "127.0.0.1:1700",
-                "--region",
-                "AU915",
-                "--sub-bands",
-                "9",
-            ],
+            run_with(&["--region", "AU915", "--sub-bands", "9"]),
             "sub-band 9",
         ),
-        (
-            vec![
-                "run",
-                "--manifest",
-                "x.csv",
-                "--netserver",
-                "127.0.0.1:1700",
-                "--region",
-                "XX123",
-            ],
-            "unknown region",
-        ),
+        (run_with(&["--region", "XX123"]), "unknown region"),
         (
             vec!["demo", "--region", "US915"],
             "the network server of this build supports EU868 only",
@@ -245,14 +212,7 @@ fn bad_options_are_refused_with_a_reason() {
 /// timeouts; a host name is resolved (to the IPv4 address, with the default `--bind`).
 #[test]
 fn a_silent_network_server_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("m.csv");
-    let out = simulator()
-        .args(["manifest", "--devices", "3", "--out"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (dir, manifest) = manifest(3);
     // Bound, so no ICMP error comes back, and never read.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -295,14 +255,7 @@ fn a_silent_network_server_is_named() {
 #[test]
 fn us915_run_transmits_on_sub_band_2() {
     use protocol::gwmp::{DataRate, Packet};
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("m.csv");
-    let out = simulator()
-        .args(["manifest", "--devices", "20", "--out"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (dir, manifest) = manifest(20);
     let ns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     ns.set_read_timeout(Some(std::time::Duration::from_millis(200)))
         .unwrap();

@@ -416,10 +416,7 @@ pub static EU868: RegionParams = RegionParams {
     max_tx_power: 7,
     downlink_eirp_dbm: 16,
     tx_param_setup: false,
-    boot_dwell_time: DwellTime {
-        uplink: false,
-        downlink: false,
-    },
+    boot_dwell_time: NO_DWELL,
     fixed_uplink_dwell: false,
     sub_bands: &[
         SubBand {
@@ -444,6 +441,22 @@ pub static EU868: RegionParams = RegionParams {
         },
     ],
     high_power_downlink: Some(((869_400_000, 869_650_000), 29)),
+};
+
+/// The eight 500 kHz downlink channels of US915 and AU915: 923.3 + 0.6·k MHz, DR8–13.
+const DOWNLINK_923_3: ChannelBlock = ChannelBlock {
+    first_index: 0,
+    count: 8,
+    first_hz: 923_300_000,
+    step_hz: 600_000,
+    min_dr: 8,
+    max_dr: 13,
+};
+
+/// No dwell-time limit.
+const NO_DWELL: DwellTime = DwellTime {
+    uplink: false,
+    downlink: false,
 };
 
 /// US915: RP002-1.0.3 §2.5. Channels §2.5.2 (64 × 125 kHz from 902.3 MHz by 200 kHz, DR0–3;
@@ -474,14 +487,7 @@ pub static US915: RegionParams = RegionParams {
             min_dr: 4,
             max_dr: 6,
         },
-        downlink: ChannelBlock {
-            first_index: 0,
-            count: 8,
-            first_hz: 923_300_000,
-            step_hz: 600_000,
-            min_dr: 8,
-            max_dr: 13,
-        },
+        downlink: DOWNLINK_923_3,
     },
     rx1_dr: Rx1DrRule::Table(&US915_RX1),
     max_rx1_dr_offset: 3,
@@ -528,14 +534,7 @@ pub static AU915: RegionParams = RegionParams {
             min_dr: 6,
             max_dr: 7,
         },
-        downlink: ChannelBlock {
-            first_index: 0,
-            count: 8,
-            first_hz: 923_300_000,
-            step_hz: 600_000,
-            min_dr: 8,
-            max_dr: 13,
-        },
+        downlink: DOWNLINK_923_3,
     },
     rx1_dr: Rx1DrRule::Table(&AU915_RX1),
     max_rx1_dr_offset: 5,
@@ -620,10 +619,7 @@ pub static KR920: RegionParams = RegionParams {
     max_tx_power: 7,
     downlink_eirp_dbm: 23,
     tx_param_setup: false,
-    boot_dwell_time: DwellTime {
-        uplink: false,
-        downlink: false,
-    },
+    boot_dwell_time: NO_DWELL,
     fixed_uplink_dwell: false,
     sub_bands: &[],
     high_power_downlink: None,
@@ -648,10 +644,7 @@ pub static IN865: RegionParams = RegionParams {
     max_tx_power: 10,
     downlink_eirp_dbm: 30,
     tx_param_setup: false,
-    boot_dwell_time: DwellTime {
-        uplink: false,
-        downlink: false,
-    },
+    boot_dwell_time: NO_DWELL,
     fixed_uplink_dwell: false,
     sub_bands: &[],
     high_power_downlink: None,
