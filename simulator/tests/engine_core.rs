@@ -379,11 +379,26 @@ fn fleet(n: u32, seed: u64) -> (Vec<Entry>, Fleet) {
 /// Runs a storm with a fake clock; the answer reaches the gateway `answer_after` µs after the
 /// PUSH_DATA. Returns the engine and the datagrams the gateways sent.
 fn storm(n: u32, delay_us: u32, answer_after: u64) -> (Engine, Vec<Vec<u8>>) {
+    storm_in(RadioPlan::default(), 5, n, delay_us, answer_after)
+}
+
+/// [`storm`] in `radio`'s region at `data_rate`.
+fn storm_in(
+    radio: RadioPlan,
+    data_rate: u8,
+    n: u32,
+    delay_us: u32,
+    answer_after: u64,
+) -> (Engine, Vec<Vec<u8>>) {
     let (entries, fleet) = fleet(n, 5);
     let mut e = Engine::new(
         EngineConfig {
             seed: 9,
-            traffic: traffic(Scenario::Storm),
+            traffic: Traffic {
+                radio,
+                data_rate,
+                ..traffic(Scenario::Storm)
+            },
             gateways: 3,
             event_sink: false,
             duration_given: true,
@@ -391,6 +406,7 @@ fn storm(n: u32, delay_us: u32, answer_after: u64) -> (Engine, Vec<Vec<u8>>) {
         fleet,
     );
     let mut js = JoinAnswerer::new(&entries, delay_us);
+    js.region = radio.region();
     let mut sent = Vec::new();
     let mut inbox: Vec<(u64, u16, Vec<u8>)> = Vec::new();
     e.start(0);
@@ -456,9 +472,40 @@ fn storm_joins_every_device_in_rx1() {
 }
 
 #[test]
+fn us915_storm_of_10000_devices_on_sub_band_2_joins_in_rx1() {
+    // Every Join-request on sub-band 2 at DR3; every Join-accept on the 500 kHz RX1 channel at
+    // DR13 (SF7/500 kHz), within the 2 s join window, no retry.
+    let radio = RadioPlan::new(Region::Us915, &[2]).unwrap();
+    let (e, sent) = storm_in(radio, 3, 10_000, 5_000_000, 20_000);
+    let s = &e.stats;
+    assert_eq!(e.stage(), Stage::Done);
+    assert_eq!(
+        (s.joins_attempted, s.joins_accepted, s.joins_rx1),
+        (10_000, 10_000, 10_000)
+    );
+    assert_eq!(
+        (s.joins_timed_out, s.joins_missed_window, s.wrong_radio),
+        (0, 0, 0)
+    );
+    let plan = ChannelPlan::new(Region::Us915);
+    for d in sent.iter().filter(|d| d[3] == 0) {
+        let v: serde_json::Value = serde_json::from_slice(&d[12..]).unwrap();
+        let rx = &v["rxpk"][0];
+        let f = (rx["freq"].as_f64().unwrap() * 1e6).round() as u32;
+        assert!((8..16).contains(&plan.index_of(f).unwrap()), "{rx}");
+        assert_eq!(rx["datr"], "SF7BW125");
+    }
+}
+
+#[test]
 fn rx2_counts_and_wrong_tmst_misses_the_window() {
     let (e, _) = storm(50, 6_000_000, 1_000);
     assert_eq!((e.stats.joins_accepted, e.stats.joins_rx2), (50, 50));
+    // US915: RX2 is 923.3 MHz DR8 (SF12/500 kHz).
+    let radio = RadioPlan::new(Region::Us915, &[]).unwrap();
+    let (e, _) = storm_in(radio, 3, 50, 6_000_000, 1_000);
+    assert_eq!((e.stats.joins_accepted, e.stats.joins_rx2), (50, 50));
+    assert_eq!(e.stats.wrong_radio, 0);
 
     // One microsecond off: the device's receiver is not open then. The device times out, backs
     // off and retries; the answerer answers each DevNonce once, always 1 µs off, so the storm
