@@ -533,6 +533,10 @@ fn defaults_power_dwell_duty_cycle_and_cf_list_type() {
     assert_eq!(Region::Us915.tx_power_eirp_dbm(14), Some(2));
     assert_eq!(Region::Us915.tx_power_eirp_dbm(15), None);
     assert_eq!(Region::Kr920.tx_power_eirp_dbm(0), Some(14));
+    // TxParamSetupReq MaxEIRP encoding: 0 → 8 dBm … 5 → 16 dBm … 15 → 36 dBm.
+    use protocol::region::tables::TX_PARAM_MAX_EIRP_DBM as EIRP;
+    assert_eq!((EIRP[0], EIRP[5], EIRP[13], EIRP[15]), (8, 16, 30, 36));
+    assert!(EIRP.windows(2).all(|w| w[0] < w[1]));
     // Downlink powe: EU868 29 dBm in g3 (RX2 869.525 MHz), 16 elsewhere.
     assert_eq!(Region::Eu868.downlink_eirp_dbm(869_525_000), 29);
     assert_eq!(Region::Eu868.downlink_eirp_dbm(868_100_000), 16);

@@ -206,7 +206,8 @@ pub struct ReceiveDelays {
 /// The maximum dwell time where a dwell limit applies.
 pub const MAX_DWELL_TIME: Duration = Duration::from_millis(400);
 
-/// TxParamSetupReq MaxEIRP encoding (RP002-1.0.3 §2.1, "TxParamSetup EIRP encoding table").
+/// TxParamSetupReq's MaxEIRP field → dBm: the "TxParamSetup EIRP encoding table" of the
+/// LoRaWAN link-layer specification (1.0.3, 1.0.4, 1.1: the TxParamSetupReq section).
 pub const TX_PARAM_MAX_EIRP_DBM: [i8; 16] = [
     8, 10, 12, 13, 14, 16, 18, 20, 21, 24, 26, 27, 29, 30, 33, 36,
 ];
