@@ -527,11 +527,11 @@ impl Engine {
             rng.gen_range(1..=k)
         };
         let radio = &self.traffic.radio;
-        let heard = !radio.region().is_fixed_plan() || radio.channels.is_enabled(tx.chan);
-        let n = if heard { n } else { 0 };
-        let Ok(datr) = radio.region().data_rate(tx.dr) else {
-            return;
-        };
+        let listened = !radio.region().is_fixed_plan() || radio.channels.is_enabled(tx.chan);
+        // A data rate without a GWMP `datr` (never sent: `RadioPlan::check` and LinkADRReq allow
+        // LoRa only) would be heard by none.
+        let datr = radio.region().data_rate(tx.dr).ok().filter(|_| listened);
+        let n = if datr.is_some() { n } else { 0 };
         let link = &mut self.fleet.links[i];
         link.last_heard = n as u8;
         if n > 0 {
@@ -539,6 +539,9 @@ impl Engine {
             self.stats.receptions += 1;
         }
         let (base, rssi0) = (link.base, link.rssi);
+        let Some(datr) = datr else {
+            return;
+        };
         for j in 0..n {
             let gi = (base + j) % g;
             let rssi = i16::from(rssi0) - 4 * j as i16 + rng.gen_range(-3..=3);
