@@ -6,7 +6,8 @@
 # A join server runs on a temporary data directory; a few devices are imported (one bound to a
 # home NetID) so that generated requests reach real devices as well as unknown ones. Schemathesis
 # runs twice: with an admin key (which sees every device) and with an owner key (which claims).
-# The server is stopped at the end, whatever happens.
+# The server is stopped at the end, whatever happens. The API speaks HTTPS with the self-signed
+# certificate `joinserver init` wrote (DATA/tls/api.crt), which both clients trust as their CA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -51,8 +52,12 @@ for _ in $(seq 1 100); do
 done
 [ -n "$API" ] || { echo "joinserver did not start:"; cat "$DATA/serve.err"; exit 1; }
 
+grep -q ' api_scheme=https' "$DATA/serve.out" || { echo "the API is not HTTPS:"; cat "$DATA/serve.out"; exit 1; }
+CA="$DATA/tls/api.crt"
+
 run_schemathesis() {
-    "$VENV/bin/schemathesis" run "http://$API/api/v1/openapi.json" \
+    "$VENV/bin/schemathesis" run "https://$API/api/v1/openapi.json" \
+        --tls-verify "$CA" \
         --header "Authorization: Bearer $1" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
         --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-50}" \
@@ -61,8 +66,8 @@ run_schemathesis() {
 }
 # Claims are the owner role's: as the admin they only meet 403. As an owner (who owns device 2,
 # claimed here) they reach the token check, the failed-claim limits (429) and the device's state.
-curl --fail-with-body -sS -o "$DATA/claim.json" -X PUT \
-    "http://$API/api/v1/devices/0004A30B00000002/claim" \
+curl --fail-with-body -sS --cacert "$CA" -o "$DATA/claim.json" -X PUT \
+    "https://$API/api/v1/devices/0004A30B00000002/claim" \
     -H "Authorization: Bearer $OWNER" -H 'Content-Type: application/json' \
     -d '{"owner_token": "TOKEN0002", "home_net_id": "000013"}' ||
     { echo "the owner's claim of device 2 failed: $(cat "$DATA/claim.json")"; exit 1; }

@@ -5,7 +5,7 @@
 //! `DATA_DIR/secrets/` (see [`crate::secrets`]). `joinserver config` prints [`DEFAULT_TOML`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -165,6 +165,29 @@ pub struct ApiConfig {
     pub claim_failures_per_key: u32,
     /// The failed-claim window, in seconds.
     pub claim_failure_window_s: u64,
+    /// The API's certificate chain (PEM), relative to the data directory unless absolute. With
+    /// `tls_key`, the API speaks HTTPS; `joinserver init` writes a self-signed pair at the default
+    /// paths. Empty: no TLS (plain HTTP, refused on a non-loopback address unless
+    /// `insecure_http`).
+    pub tls_cert: PathBuf,
+    /// The certificate's private key (PEM, 0600), likewise.
+    pub tls_key: PathBuf,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy). Also
+    /// `--insecure-http`.
+    pub insecure_http: bool,
+    /// The TLS handshake and each request's headers must arrive within this many seconds.
+    pub header_read_timeout_s: u64,
+    /// A connection with no request in progress that moves no byte for this long is closed (s).
+    pub idle_timeout_s: u64,
+    /// Connections served at once; one more is closed at once.
+    pub max_connections: usize,
+    /// The largest request body of every route but the manifest import (bytes).
+    pub max_request_bytes: usize,
+    /// Failed authentications (missing, unknown, revoked or expired API key) allowed per source
+    /// address per window; further requests from it are answered 429 without being checked.
+    pub auth_failures_per_addr: u32,
+    /// The failed-authentication window, in seconds.
+    pub auth_failure_window_s: u64,
 }
 
 impl Default for ApiConfig {
@@ -179,8 +202,39 @@ impl Default for ApiConfig {
             claim_failures_per_device: 5,
             claim_failures_per_key: 20,
             claim_failure_window_s: 600,
+            tls_cert: PathBuf::from(API_TLS_CERT),
+            tls_key: PathBuf::from(API_TLS_KEY),
+            insecure_http: false,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 30,
+            max_connections: 256,
+            max_request_bytes: 16 * 1024,
+            auth_failures_per_addr: 10,
+            auth_failure_window_s: 300,
         }
     }
+}
+
+/// Where `joinserver init` writes the API's self-signed certificate (in the data directory).
+pub const API_TLS_CERT: &str = "tls/api.crt";
+/// Where `joinserver init` writes the certificate's private key.
+pub const API_TLS_KEY: &str = "tls/api.key";
+
+/// The API listener's HTTP limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The largest body of every route but the import.
+    pub max_request_bytes: usize,
+    /// Failed authentications per source address per window.
+    pub auth_failures_per_addr: u32,
+    /// The failed-authentication window.
+    pub auth_failure_window: Duration,
+    /// Connection timeouts and count.
+    pub header_read_timeout: Duration,
+    /// See [`ApiConfig::idle_timeout_s`].
+    pub idle_timeout: Duration,
+    /// See [`ApiConfig::max_connections`].
+    pub max_connections: usize,
 }
 
 /// What the API allows an import: its size, how many run at once, how long an upload may
@@ -202,6 +256,18 @@ impl ApiConfig {
             max_bytes: self.max_manifest_bytes,
             max_concurrent: self.max_concurrent_imports.max(1),
             idle_timeout: Duration::from_secs(self.import_idle_timeout_s.max(1)),
+        }
+    }
+
+    /// The HTTP limits (timeouts of at least 1 s).
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_request_bytes: self.max_request_bytes,
+            auth_failures_per_addr: self.auth_failures_per_addr,
+            auth_failure_window: Duration::from_secs(self.auth_failure_window_s.max(1)),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_s.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s.max(1)),
+            max_connections: self.max_connections.max(1),
         }
     }
 
@@ -235,6 +301,24 @@ import_idle_timeout_s = 30
 claim_failures_per_device = 5
 claim_failures_per_key = 20
 claim_failure_window_s = 600
+# HTTPS: the certificate chain and key (PEM; relative to the data directory unless absolute).
+# `joinserver init` writes a self-signed pair here and prints its fingerprint. "" = no TLS.
+# Plain HTTP is served only on a loopback address (beside HTTPS, told apart by the first byte)
+# unless insecure_http = true (or --insecure-http), e.g. behind a TLS-terminating proxy.
+tls_cert = "tls/api.crt"
+tls_key = "tls/api.key"
+insecure_http = false
+# The TLS handshake and each request's headers must arrive within this many seconds; a connection
+# with no request in progress that moves no byte for idle_timeout_s is closed.
+header_read_timeout_s = 10
+idle_timeout_s = 30
+# Connections served at once; one more is closed at once.
+max_connections = 256
+# The largest request body of every route but the manifest import (bytes).
+max_request_bytes = 16384
+# Failed authentications allowed per source address in each window (then 429, unchecked).
+auth_failures_per_addr = 10
+auth_failure_window_s = 300
 "#;
 
 /// Limits on failed claims.
@@ -305,6 +389,15 @@ listen = "127.0.0.1:9100"
 /// ([`API_DEFAULT_TOML`]). `joinserver config` prints it.
 pub fn default_toml() -> String {
     format!("{DEFAULT_TOML}{API_DEFAULT_TOML}")
+}
+
+/// A path of the configuration: relative to the data directory unless absolute.
+pub fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        data_dir.join(p)
+    }
 }
 
 impl Config {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use httpsec::tls::SelfSigned;
 use joinserver::atrest;
 use joinserver::config::{self, Config};
 use joinserver::devices::Format;
@@ -34,10 +35,15 @@ struct DataDir {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Creates the store and the secrets (0600) if they do not exist; never overwrites.
+    /// Creates the store, the secrets (0600) and the API's self-signed TLS certificate and key
+    /// (0600) if they do not exist; never overwrites. Prints the certificate's fingerprint.
     Init {
         #[command(flatten)]
         dir: DataDir,
+        /// A DNS name or IP address clients use to reach the API, added to the self-signed
+        /// certificate beside localhost, 127.0.0.1 and ::1 (repeatable).
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
     },
     /// Provisioned devices.
     Devices {
@@ -60,6 +66,10 @@ enum Command {
         /// TCP address for the HTTP management API (overrides api.listen; "" disables).
         #[arg(long)]
         api_listen: Option<String>,
+        /// Serve the API in plain HTTP on a non-loopback address (sets api.insecure_http), e.g.
+        /// behind a TLS-terminating proxy. Without it, plain HTTP is refused there.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Management API keys.
     ApiKeys {
@@ -145,7 +155,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Init { dir } => init(&dir.data_dir),
+        Command::Init { dir, tls_names } => init(&dir.data_dir, &tls_names),
         Command::Config => {
             print!("{}", config::default_toml());
             Ok(ExitCode::SUCCESS)
@@ -156,7 +166,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             metrics,
             api_listen,
-        } => serve(&dir.data_dir, config, listen, metrics, api_listen),
+            insecure_http,
+        } => serve(
+            &dir.data_dir,
+            config,
+            Overrides {
+                listen,
+                metrics,
+                api_listen,
+                insecure_http,
+            },
+        ),
         Command::ApiKeys {
             command: ApiKeysCommand::Create { dir, role, name },
         } => {
@@ -197,9 +217,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn init(data_dir: &Path) -> Result<ExitCode> {
+fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // The store and the secrets live here: owner-only.
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} owner-only", data_dir.display()))?;
     let created = secrets::init(data_dir)?;
     let secrets = Secrets::load(data_dir)?;
     let mut store = SqliteStore::open(data_dir)?;
@@ -214,6 +238,26 @@ fn init(data_dir: &Path) -> Result<ExitCode> {
         "store   {}",
         data_dir.join(joinserver::store::DB_FILE).display()
     );
+    let config = load_config(data_dir, None)?;
+    if !config.api.tls_cert.as_os_str().is_empty() {
+        let (cert, key) = (
+            config::resolve(data_dir, &config.api.tls_cert),
+            config::resolve(data_dir, &config.api.tls_key),
+        );
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+        names.extend(tls_names.iter().cloned());
+        match httpsec::tls::ensure_self_signed(&cert, &key, &names)? {
+            SelfSigned::Created(fp) => {
+                println!("created {} (self-signed, API HTTPS)", cert.display());
+                println!("created {}", key.display());
+                println!("api certificate sha256 {fp}");
+            }
+            SelfSigned::Kept(fp) => {
+                println!("kept    {} (exists)", cert.display());
+                println!("api certificate sha256 {fp}");
+            }
+        }
+    }
     let s = secrets::dir(data_dir);
     println!();
     println!("The network server needs (copy them with mode 0600):");
@@ -426,13 +470,15 @@ fn show(data_dir: &Path, dev_eui: DevEui) -> Result<ExitCode> {
     }
 }
 
-fn serve(
-    data_dir: &Path,
-    config_file: Option<PathBuf>,
+/// `serve`'s flags that override the configuration.
+struct Overrides {
     listen: Option<SocketAddr>,
     metrics: Option<String>,
     api_listen: Option<String>,
-) -> Result<ExitCode> {
+    insecure_http: bool,
+}
+
+fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -452,26 +498,28 @@ fn serve(
         .with_context(|| format!("parsing {}", p.display()))?,
         None => Config::default(),
     };
-    if let Some(l) = listen {
+    if let Some(l) = o.listen {
         config.link.listen = l;
     }
-    if let Some(m) = metrics {
+    if let Some(m) = o.metrics {
         config.metrics.listen = m;
     }
-    if let Some(a) = api_listen {
+    if let Some(a) = o.api_listen {
         config.api.listen = a;
     }
+    config.api.insecure_http |= o.insecure_http;
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(
-        "joinserver listening link={} metrics={} api={}",
+        "joinserver listening link={} metrics={} api={} api_scheme={}",
         server.link_addr(),
         server
             .metrics_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string()),
         server
             .api_addr()
-            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        server.api_scheme().unwrap_or("-")
     );
     tracing::info!(link = %server.link_addr(), metrics = ?server.metrics_addr(), "serving");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,7 @@
 //! Starting and stopping a join server: secrets, store, devices, link threads, metrics.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,12 +12,13 @@ use protocol::link::PeerId;
 
 use crate::atrest;
 use crate::cache::AnswerCache;
-use crate::config::Config;
+use crate::config::{resolve, Config};
 use crate::core::{self, DeviceMap, JoinContext, Refresh};
 use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
 use crate::secrets::{self, Secrets};
 use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
+use httpsec::serve::Transport;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -115,14 +116,6 @@ pub fn sync_devices(
 fn apply_stored(master: &secrets::MasterKey, map: &DeviceMap, d: &StoredDevice) {
     if let Err(e) = core::put_stored(map, master, d, Refresh::UnlessUnchanged) {
         tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded");
-    }
-}
-
-fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        data_dir.join(p)
     }
 }
 
@@ -435,6 +428,16 @@ impl Server {
         })
     }
 
+    /// The management API's URL scheme (`https` or `http`), if enabled.
+    pub fn api_scheme(&self) -> Option<&'static str> {
+        self.api.as_ref().map(crate::api::ApiHandle::scheme)
+    }
+
+    /// What the management API's accept loop counted, if enabled.
+    pub fn api_counters(&self) -> Option<&httpsec::serve::Counters> {
+        self.api.as_ref().map(crate::api::ApiHandle::counters)
+    }
+
     /// The bound management API address, if enabled.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api.as_ref().map(crate::api::ApiHandle::addr)
@@ -506,6 +509,8 @@ fn start_api(
         .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
     let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
         .map_err(|e| StartError::Config(format!("api.{e}")))?;
+    let http = config.api.http_limits();
+    let transport = api_transport(data_dir, config, addr)?;
     let svc = Onboarding::new(
         db,
         Some(devices.clone()),
@@ -513,16 +518,56 @@ fn start_api(
         trusted,
         config.api.claim_limits(),
     )
-    .with_map_sync(map_sync.clone());
-    let api =
-        crate::api::start(addr, Arc::new(svc), config.api.import_limits()).map_err(|source| {
-            StartError::Bind {
-                what: "api",
-                addr: addr.to_string(),
-                source,
-            }
-        })?;
+    .with_map_sync(map_sync.clone())
+    .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window);
+    let api = crate::api::start(
+        addr,
+        Arc::new(svc),
+        config.api.import_limits(),
+        http,
+        transport,
+    )
+    .map_err(bind_error("api", addr))?;
     Ok(Some(api))
+}
+
+/// What the API speaks on `addr`: HTTPS with `[api] tls_cert` and `tls_key` when the certificate
+/// exists (plain HTTP beside it on a loopback address); plain HTTP without one, only on a
+/// loopback address or with `insecure_http`. A configured certificate that is missing is an
+/// error on any other address.
+fn api_transport(
+    data_dir: &Path,
+    config: &Config,
+    addr: SocketAddr,
+) -> Result<Transport, StartError> {
+    const HINT: &str = "[api] tls_cert and tls_key; `joinserver init` writes a self-signed pair";
+    let api = &config.api;
+    let tls = if api.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        let (cert, key) = (
+            resolve(data_dir, &api.tls_cert),
+            resolve(data_dir, &api.tls_key),
+        );
+        if cert.exists() {
+            let tls = httpsec::tls::server_config(&cert, &key)
+                .map_err(|e| StartError::Config(format!("api: {e}")))?;
+            if let Ok(fp) = httpsec::tls::file_fingerprint(&cert) {
+                tracing::info!(cert = %cert.display(), sha256 = %fp, "api: HTTPS");
+            }
+            Some(tls)
+        } else if addr.ip().is_loopback() || api.insecure_http {
+            tracing::warn!(cert = %cert.display(), "api: no certificate, plain HTTP (run `joinserver init` to create one)");
+            None
+        } else {
+            return Err(StartError::Config(format!(
+                "api.tls_cert: {} does not exist ({HINT})",
+                cert.display()
+            )));
+        }
+    };
+    Transport::for_listener(addr, tls, api.insecure_http, HINT)
+        .map_err(|e| StartError::Config(format!("api: {e}")))
 }
 
 impl Drop for Server {

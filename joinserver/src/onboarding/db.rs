@@ -115,6 +115,16 @@ impl Actor {
         }
     }
 
+    /// Whoever sent a request without a valid API key, for the audit log only: `addr:<ip>`
+    /// (`addr:unknown` without one). It is never authorised for anything.
+    pub fn anonymous(peer: Option<std::net::IpAddr>) -> Self {
+        Self {
+            id: peer.map_or_else(|| "addr:unknown".to_owned(), |ip| format!("addr:{ip}")),
+            tenant: None,
+            role: Role::Owner,
+        }
+    }
+
     /// An API key's actor.
     pub fn from_key(k: &ApiKeyRecord) -> Self {
         Self {

@@ -3,6 +3,7 @@
 //! per device, writes the store and the audit log in one transaction, and updates the running
 //! join server's device map so a claim or release takes effect on the next JoinReq.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,12 @@ pub enum OnbError {
     /// Too many failed claim attempts; retry after the duration.
     #[error("too many failed claim attempts; retry in {} s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    /// A request body is larger than its route allows.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Too many failed authentications from this source address; retry after the duration.
+    #[error("too many failed authentications from this address; retry in {} s", .0.as_secs().max(1))]
+    AuthRateLimited(Duration),
     /// As many imports as the server runs at once are in progress; retry after the duration.
     #[error("{running} manifest import(s) already in progress; retry in {} s", retry_after.as_secs().max(1))]
     Busy {
@@ -86,13 +93,14 @@ impl OnbError {
             Self::NotFound => "not_found",
             Self::BadRequest(_) => "bad_request",
             Self::Manifest(..) => "bad_manifest",
-            Self::TooLarge(_) => "payload_too_large",
+            Self::TooLarge(_) | Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Signature(e) => e.kind(),
             Self::WrongToken => "wrong_token",
             Self::AlreadyClaimed => "already_claimed",
             Self::NotClaimed => "not_claimed",
             Self::Locked => "locked",
             Self::RateLimited(_) => "rate_limited",
+            Self::AuthRateLimited(_) => "auth_rate_limited",
             Self::Busy { .. } => "busy",
             Self::Store(StoreError::Duplicate(_)) => "already_provisioned",
             Self::Store(_) => "internal",
@@ -106,13 +114,13 @@ impl OnbError {
             Self::Forbidden(_) | Self::WrongToken => 403,
             Self::NotFound => 404,
             Self::BadRequest(_) | Self::Manifest(..) => 400,
-            Self::TooLarge(_) => 413,
+            Self::TooLarge(_) | Self::PayloadTooLarge(_) => 413,
             Self::Signature(SignatureError::Missing | SignatureError::Malformed) => 400,
             Self::Signature(_) => 422,
             Self::AlreadyClaimed | Self::NotClaimed => 409,
             Self::Store(StoreError::Duplicate(_)) => 409,
             Self::Locked => 423,
-            Self::RateLimited(_) | Self::Busy { .. } => 429,
+            Self::RateLimited(_) | Self::AuthRateLimited(_) | Self::Busy { .. } => 429,
             Self::Store(_) => 500,
         }
     }
@@ -184,10 +192,17 @@ pub struct Onboarding {
     trusted: TrustedKeys,
     per_device: FailureLimiter<DevEui>,
     per_key: FailureLimiter<String>,
+    /// Failed authentications per source address.
+    per_addr: FailureLimiter<Option<IpAddr>>,
     /// Held while an import commits and loads its devices into the map (shared with the
     /// server's reload thread, so the devices are not prepared twice).
     map_sync: Arc<Mutex<()>>,
 }
+
+/// Failed authentications allowed per source address and window, unless configured.
+const DEFAULT_AUTH_FAILURES: u32 = 10;
+/// The failed-authentication window, unless configured.
+const DEFAULT_AUTH_WINDOW: Duration = Duration::from_secs(300);
 
 fn dev_detail(home: NetId, via: &str) -> String {
     format!("home_net_id {home}, via {via}")
@@ -236,8 +251,16 @@ impl Onboarding {
             trusted,
             per_device,
             per_key,
+            per_addr: FailureLimiter::new(DEFAULT_AUTH_FAILURES, DEFAULT_AUTH_WINDOW),
             map_sync: Arc::default(),
         }
+    }
+
+    /// Sets the failed-authentication limit: `max` per source address per `window`.
+    #[must_use]
+    pub fn with_auth_limits(mut self, max: u32, window: Duration) -> Self {
+        self.per_addr = FailureLimiter::new(max, window);
+        self
     }
 
     /// Shares the lock the running server's reload thread holds while it brings the device map
@@ -279,6 +302,42 @@ impl Onboarding {
             tracing::error!(error = %err, "audit append failed");
         }
         e
+    }
+
+    /// The actor of the API key `key` presented from `peer`. While `peer` has used up its failed
+    /// authentications the key is not even checked (`AuthRateLimited`); each failure (no key, an
+    /// unknown, revoked or expired one) counts against `peer` and is audited as `authenticate`
+    /// by `addr:<peer>` (never with the key), so at most the limit of records per address and
+    /// window.
+    pub fn authenticate_from(
+        &self,
+        key: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Actor, OnbError> {
+        let now = Instant::now();
+        if let Err(wait) = self.per_addr.check(&peer, now) {
+            return Err(OnbError::AuthRateLimited(wait));
+        }
+        let result = match key {
+            Some(k) => self.authenticate(k),
+            None => Err(OnbError::Unauthorized),
+        };
+        if let Err(OnbError::Unauthorized) = result {
+            self.per_addr.fail(&peer, now);
+            let detail = if key.is_some() {
+                "unknown, revoked or expired API key"
+            } else {
+                "no API key"
+            };
+            return Err(self.refuse(
+                &Actor::anonymous(peer),
+                "authenticate",
+                None,
+                OnbError::Unauthorized,
+                detail,
+            ));
+        }
+        result
     }
 
     /// The actor of an API key, or `Unauthorized`.
