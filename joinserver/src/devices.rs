@@ -58,3 +58,46 @@ pub fn import(
         })),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use protocol::keys::Kek;
+
+    use super::*;
+    use crate::store::{NonceState, NonceUpdate, Store};
+
+    /// A device removed and imported again (the streaming import, as the API and the command
+    /// line do) continues from its last JoinNonce: it used to restart at 0.
+    #[test]
+    fn reimport_never_moves_a_join_nonce_backwards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(tmp.path()).unwrap();
+        let master = MasterKey(Kek::new([5; 16]));
+        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key\n\
+             0000000000000001,70B3D57ED0000000,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,\n\
+             0000000000000002,70B3D57ED0000000,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,\n";
+        import(&mut store, &master, manifest, Format::Csv).unwrap();
+        store
+            .commit_nonces(&[NonceUpdate {
+                dev_eui: DevEui::new(1),
+                state: NonceState {
+                    last_dev_nonce: Some(9),
+                    used_dev_nonces: vec![],
+                    last_join_nonce: 41,
+                },
+            }])
+            .unwrap();
+        assert!(store.remove_device(DevEui::new(1)).unwrap());
+        assert!(store.remove_device(DevEui::new(2)).unwrap());
+        import(&mut store, &master, manifest, Format::Csv).unwrap();
+        let join_nonce = |s: &mut SqliteStore, d| {
+            s.get_device(DevEui::new(d))
+                .unwrap()
+                .unwrap()
+                .nonces
+                .last_join_nonce
+        };
+        assert_eq!(join_nonce(&mut store, 1), 41);
+        assert_eq!(join_nonce(&mut store, 2), 0);
+    }
+}

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub link_datagrams: IntCounter,
     /// `joinserver_answers_replayed_total`: retries/replays answered from the answer cache.
     pub answers_replayed: IntCounter,
+    /// `joinserver_answers_withheld_total`: cached answers not sent because the commit they
+    /// depend on failed.
+    pub answers_withheld: IntCounter,
     /// `joinserver_store_commits_total`: group commits.
     pub store_commits: IntCounter,
     /// `joinserver_store_commit_batch_size`: nonce updates per group commit.
@@ -71,19 +74,19 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
-        let link_datagrams = IntCounter::new(
+        let link_datagrams = counter(
             "joinserver_link_datagrams_total",
             "Datagrams received on the link",
-        )
-        .expect("valid metric");
-        let answers_replayed = IntCounter::new(
+        );
+        let answers_replayed = counter(
             "joinserver_answers_replayed_total",
             "Retried or replayed JoinReqs answered from the answer cache",
-        )
-        .expect("valid metric");
-        let store_commits =
-            IntCounter::new("joinserver_store_commits_total", "Nonce group commits")
-                .expect("valid metric");
+        );
+        let answers_withheld = counter(
+            "joinserver_answers_withheld_total",
+            "Cached answers withheld because the nonce commit they depend on failed",
+        );
+        let store_commits = counter("joinserver_store_commits_total", "Nonce group commits");
         let store_batch = Histogram::with_opts(
             HistogramOpts::new(
                 "joinserver_store_commit_batch_size",
@@ -92,11 +95,10 @@ impl Metrics {
             .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
         )
         .expect("valid metric");
-        let store_errors = IntCounter::new(
+        let store_errors = counter(
             "joinserver_store_errors_total",
             "Failed nonce commits (their answers were not sent)",
-        )
-        .expect("valid metric");
+        );
         let devices =
             IntGauge::new("joinserver_devices", "Provisioned devices").expect("valid metric");
         let kernel_drops = IntGauge::new(
@@ -110,6 +112,7 @@ impl Metrics {
             Box::new(link_drops.clone()),
             Box::new(link_datagrams.clone()),
             Box::new(answers_replayed.clone()),
+            Box::new(answers_withheld.clone()),
             Box::new(store_commits.clone()),
             Box::new(store_batch.clone()),
             Box::new(store_errors.clone()),
@@ -125,6 +128,7 @@ impl Metrics {
             link_drops,
             link_datagrams,
             answers_replayed,
+            answers_withheld,
             store_commits,
             store_batch,
             store_errors,
@@ -238,4 +242,9 @@ mod tests {
         assert!(text.contains("joinserver_link_drops_total{reason=\"bad_tag\"} 2"));
         assert!(text.contains("joinserver_join_latency_seconds_bucket"));
     }
+}
+
+/// A counter; its name and help are constants, so it cannot fail.
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
 }

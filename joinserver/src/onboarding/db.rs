@@ -209,6 +209,21 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// What [`OnboardStore::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The device is now bound to the tenant and the home network.
+    Claimed,
+    /// No such device.
+    NotFound,
+    /// The token does not match (or the device has none).
+    WrongToken,
+    /// The device is locked.
+    Locked,
+    /// The device is already claimed or bound to a home network.
+    AlreadyClaimed,
+}
+
 /// Which tenant column scopes a device listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnershipColumn {
@@ -465,17 +480,50 @@ impl OnboardStore {
         Ok(out.into_iter().skip(start).take(limit as usize).collect())
     }
 
-    /// Binds an unclaimed device to an owner and a home network. Audited.
+    /// Claims a device in one transaction: it must exist, `presented` (the owner token's hash)
+    /// must match its token hash (compared in constant time), and it must be unlocked and
+    /// unclaimed; then it is bound to `tenant` and `home` and the claim audited. The check and
+    /// the write are one `BEGIN IMMEDIATE` transaction, so of concurrent claims (in this process
+    /// or another) exactly one wins.
     pub fn claim(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
+        presented: &[u8; 32],
         tenant: &str,
         home: NetId,
         detail: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ClaimOutcome, StoreError> {
         let at = now_ms();
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The device's home NetID, token hash, owner and lock flag.
+        type ClaimRow = (Option<i64>, Option<Vec<u8>>, Option<String>, i64);
+        let row: Option<ClaimRow> = tx
+            .query_row(
+                "SELECT d.home_net_id, o.token_hash, o.owner, COALESCE(o.locked, 0) \
+                 FROM devices d LEFT JOIN ownership o ON o.dev_eui = d.dev_eui \
+                 WHERE d.dev_eui = ?1",
+                [store::dev_eui_sql(dev_eui)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((bound, token_hash, owner, locked)) = row else {
+            return Ok(ClaimOutcome::NotFound);
+        };
+        // Constant time over the hash; a device without a token is compared against a hash
+        // nothing produces, so both paths do the same work.
+        let stored = token_hash.clone().unwrap_or_else(|| vec![0; 32]);
+        if !super::secret::ct_eq(presented, &stored) || token_hash.is_none() {
+            return Ok(ClaimOutcome::WrongToken);
+        }
+        if locked != 0 {
+            return Ok(ClaimOutcome::Locked);
+        }
+        if bound.is_some() || owner.is_some() {
+            return Ok(ClaimOutcome::AlreadyClaimed);
+        }
         tx.execute(
             "INSERT INTO ownership (dev_eui, owner, claimed_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (dev_eui) DO UPDATE SET owner = ?2, claimed_ms = ?3",
@@ -497,7 +545,7 @@ impl OnboardStore {
             },
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(ClaimOutcome::Claimed)
     }
 
     /// Releases a device: no owner, no home network; a new owner token hash if given. Audited.

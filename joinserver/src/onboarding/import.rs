@@ -458,8 +458,11 @@ fn stage_manifest(
 fn commit_staged(tx: &Connection, actor: &Actor, staged: &Staged) -> Result<usize, Failure> {
     let copied = tx.execute(
         &format!(
-            "INSERT INTO devices ({}) SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, \
-             home_net_id, NULL, NULL, x'', 0 FROM temp.import_rows",
+            // A device removed before continues from its last JoinNonce.
+            "INSERT INTO devices ({}) SELECT s.dev_eui, s.join_eui, s.mac_version, s.app_key, \
+             s.nwk_key, s.home_net_id, NULL, NULL, x'', COALESCE(r.last_join_nonce, 0) \
+             FROM temp.import_rows s LEFT JOIN main.retired_join_nonces r \
+             ON r.dev_eui = s.dev_eui ORDER BY s.dev_eui",
             store::DEVICE_COLUMNS
         ),
         [],

@@ -12,7 +12,8 @@ use protocol::keys::{AppKey, NwkKey};
 use serde::Serialize;
 
 use super::db::{
-    Actor, AuditEntry, AuditFilter, AuditRecord, OnboardStore, Ownership, OwnershipColumn, Role,
+    Actor, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, OnboardStore, Ownership,
+    OwnershipColumn, Role,
 };
 use super::import::{self as imp, Failure, ManifestSource, SourceError};
 use super::manifest_sig::{SignatureError, TrustedKeys};
@@ -571,23 +572,18 @@ impl Onboarding {
             self.per_device.fail(&dev, now);
             refuse(e)
         };
-        let Some((d, own)) = self.db().device(dev)? else {
-            return Err(fail(OnbError::NotFound));
-        };
         let presented = secret::owner_token_hash(dev, token);
-        // Constant time over the hash; a device without a token is compared against a hash
-        // nothing produces, so both paths do the same work.
-        let stored = own.token_hash.clone().unwrap_or_else(|| vec![0; 32]);
-        if !secret::ct_eq(&presented, &stored) || own.token_hash.is_none() {
-            return Err(fail(OnbError::WrongToken));
+        // The check and the write are one transaction: of concurrent claims, one wins.
+        let outcome = self
+            .db()
+            .claim(actor, dev, &presented, &tenant, home, &detail)?;
+        match outcome {
+            ClaimOutcome::Claimed => {}
+            ClaimOutcome::NotFound => return Err(fail(OnbError::NotFound)),
+            ClaimOutcome::WrongToken => return Err(fail(OnbError::WrongToken)),
+            ClaimOutcome::Locked => return Err(refuse(OnbError::Locked)),
+            ClaimOutcome::AlreadyClaimed => return Err(refuse(OnbError::AlreadyClaimed)),
         }
-        if own.locked {
-            return Err(refuse(OnbError::Locked));
-        }
-        if d.home_net_id.is_some() || own.owner.is_some() {
-            return Err(refuse(OnbError::AlreadyClaimed));
-        }
-        self.db().claim(actor, dev, &tenant, home, &detail)?;
         self.refresh_home(dev)?;
         self.get(actor, dev)
     }
@@ -829,6 +825,70 @@ mod tests {
     fn actor(s: &Onboarding, role: Role, name: &str) -> Actor {
         let (k, _) = s.create_api_key(&Actor::cli(), role, name).unwrap();
         s.authenticate(k.expose()).unwrap()
+    }
+
+    /// Concurrent claims of one device with its token, by different tenants: exactly one
+    /// succeeds and the device belongs to it (the check and the write are one transaction;
+    /// they were two lock scopes, so several claims could win).
+    #[test]
+    fn concurrent_claims_with_one_token_give_exactly_one_success() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = service(tmp.path(), ClaimLimits::default());
+        let mut manifest =
+            String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n");
+        for dev in 1..=40u64 {
+            manifest.push_str(&format!(
+                "{dev:016X},70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,TOKEN{dev}\n"
+            ));
+        }
+        s.import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+            .unwrap();
+        let owners: Vec<Actor> = (0..8)
+            .map(|i| actor(&s, Role::Owner, &format!("tenant{i}")))
+            .collect();
+        for dev in 1..=40u64 {
+            let token = format!("TOKEN{dev}");
+            let token = token.as_str();
+            let barrier = std::sync::Barrier::new(owners.len());
+            let wins: Vec<Option<String>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = owners
+                    .iter()
+                    .map(|o| {
+                        let (s, barrier) = (&s, &barrier);
+                        sc.spawn(move || {
+                            barrier.wait();
+                            s.claim(
+                                o,
+                                DevEui::new(dev),
+                                token,
+                                NetId::new(0x13).unwrap(),
+                                "test",
+                            )
+                            .ok()
+                            .and_then(|v| v.owner)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<&String> = wins.iter().flatten().collect();
+            assert_eq!(winners.len(), 1, "device {dev}: {wins:?}");
+            let (_, own) = s.db().device(DevEui::new(dev)).unwrap().unwrap();
+            assert_eq!(own.owner.as_ref(), Some(winners[0]));
+            let ok_claims = s
+                .db()
+                .audit(
+                    &AuditFilter {
+                        action: Some("claim".into()),
+                        dev_eui: Some(format!("{dev:016X}")),
+                        outcome: Some("ok".into()),
+                        ..AuditFilter::default()
+                    },
+                    None,
+                )
+                .unwrap();
+            assert_eq!(ok_claims.len(), 1, "one claim audited as done");
+        }
     }
 
     #[test]
