@@ -228,6 +228,11 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// A counter; its name and help are constants, so it cannot fail.
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,9 +247,4 @@ mod tests {
         assert!(text.contains("joinserver_link_drops_total{reason=\"bad_tag\"} 2"));
         assert!(text.contains("joinserver_join_latency_seconds_bucket"));
     }
-}
-
-/// A counter; its name and help are constants, so it cannot fail.
-fn counter(name: &str, help: &str) -> IntCounter {
-    IntCounter::new(name, help).expect("valid metric")
 }
