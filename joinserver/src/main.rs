@@ -89,9 +89,27 @@ enum ApiKeysCommand {
         /// The key's role.
         #[arg(long, value_enum)]
         role: Role,
-        /// The key's name: its tenant (owner keys with the same name act for the same tenant).
+        /// The key's tenant (created if new): owner keys of one tenant act for the same tenant.
         #[arg(long)]
         name: String,
+        /// The key expires after this many days (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Lists the API keys (id, tenant, role, creation, expiry, revocation; never a key).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes an API key by id: it authenticates nothing from now on (a running server too).
+    Revoke {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The key's id (16 hex digits, from `api-keys list`).
+        id: String,
     },
 }
 
@@ -177,14 +195,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 insecure_http,
             },
         ),
-        Command::ApiKeys {
-            command: ApiKeysCommand::Create { dir, role, name },
-        } => {
-            let svc = onboarding_cli(&dir.data_dir, None)?;
-            let (key, _id) = svc.create_api_key(&Actor::cli(), role, &name)?;
-            println!("{}", key.expose());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::ApiKeys { command } => api_keys(command),
         Command::Devices { command } => match command {
             DevicesCommand::Import {
                 dir,
@@ -215,6 +226,62 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
     }
+}
+
+fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
+    match command {
+        ApiKeysCommand::Create {
+            dir,
+            role,
+            name,
+            expires_in_days,
+        } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let expires_ms = expires_in_days
+                .map(|d| joinserver::onboarding::db::now_ms() + i64::from(d) * 86_400_000);
+            let (key, _id) = svc.create_api_key_until(&Actor::cli(), role, &name, expires_ms)?;
+            println!("{}", key.expose());
+        }
+        ApiKeysCommand::List { dir, json } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let keys = svc.list_api_keys(&Actor::cli())?;
+            if json {
+                for k in &keys {
+                    println!("{}", serde_json::to_string(k)?);
+                }
+            } else {
+                println!(
+                    "{:<16}  {:<12}  {:<24}  {:<15}  {:<15}  {:<15}",
+                    "ID", "ROLE", "TENANT", "CREATED_MS", "EXPIRES_MS", "REVOKED_MS"
+                );
+                let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+                for k in &keys {
+                    println!(
+                        "{:<16}  {:<12}  {:<24}  {:<15}  {:<15}  {:<15}",
+                        k.id,
+                        k.role.as_str(),
+                        k.name,
+                        k.created_ms,
+                        opt(k.expires_ms),
+                        opt(k.revoked_ms)
+                    );
+                }
+                eprintln!("{} key(s)", keys.len());
+            }
+        }
+        ApiKeysCommand::Revoke { dir, id } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            match svc.revoke_api_key(&Actor::cli(), &id) {
+                Ok(()) => println!("revoked {id}"),
+                Err(OnbError::NotFound) => {
+                    eprintln!("joinserver: no valid API key {id}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {

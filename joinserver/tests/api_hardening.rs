@@ -245,3 +245,126 @@ fn https_by_default_and_plain_http_refused_off_loopback() {
     );
     server.shutdown();
 }
+
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let auth = format!("Bearer {key}");
+    let mut r = match (method, body) {
+        ("POST", Some(b)) => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(b.as_bytes()),
+        ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// API keys over the API (admins only): created for a tenant with an optional expiry, listed
+/// without secrets, revoked; a revoked or expired key authenticates nothing. The command line
+/// lists and revokes the same keys.
+#[test]
+fn api_keys_are_listed_revoked_and_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::provision(tmp.path());
+    let keys = common::api_keys(
+        tmp.path(),
+        &s.master,
+        &[(Role::Admin, "ops"), (Role::Owner, "alice")],
+    );
+    let (admin, alice) = (&keys[0], &keys[1]);
+    let server = Server::start(tmp.path(), &config()).unwrap();
+    let api = server.api_addr().unwrap();
+    assert_eq!(send(api, "GET", "/api/v1/api-keys", alice, None).0, 403);
+    let (st, body) = send(
+        api,
+        "POST",
+        "/api/v1/api-keys",
+        admin,
+        Some(r#"{"role": "owner", "name": "bob"}"#),
+    );
+    assert_eq!(st, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bob = created["api_key"].as_str().unwrap().to_owned();
+    let bob_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(send(api, "GET", "/api/v1/devices", &bob, None).0, 200);
+    let past = joinserver::onboarding::db::now_ms() - 1;
+    let (st, _) = send(
+        api,
+        "POST",
+        "/api/v1/api-keys",
+        admin,
+        Some(&format!(
+            r#"{{"role": "owner", "name": "bob", "expires_ms": {past}}}"#
+        )),
+    );
+    assert_eq!(st, 400, "an expiry in the past");
+    let (st, body) = send(api, "GET", "/api/v1/api-keys", admin, None);
+    assert_eq!(st, 200);
+    assert!(
+        !body.contains(&bob) && !body.contains(admin.as_str()),
+        "no key listed"
+    );
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(listed["api_keys"].as_array().unwrap().len(), 3);
+    let path = format!("/api/v1/api-keys/{bob_id}");
+    assert_eq!(send(api, "DELETE", &path, alice, None).0, 403);
+    assert_eq!(send(api, "DELETE", &path, admin, None).0, 204);
+    assert_eq!(send(api, "DELETE", &path, admin, None).0, 404);
+    assert_eq!(send(api, "GET", "/api/v1/devices", &bob, None).0, 401);
+
+    // The command line: list, and revoke alice's key while the server runs.
+    let js = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap()
+    };
+    let o = js(&["api-keys", "list", "--json"]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{out}");
+    let alice_id = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|k| k["name"] == "alice")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(out.contains(&format!("\"id\":\"{bob_id}\"")) && out.contains("\"revoked_ms\":1"));
+    assert!(js(&["api-keys", "revoke", &alice_id]).status.success());
+    assert!(
+        !js(&["api-keys", "revoke", &alice_id]).status.success(),
+        "once"
+    );
+    assert_eq!(send(api, "GET", "/api/v1/devices", alice, None).0, 401);
+    // A key created to expire in a day works now.
+    let o = js(&[
+        "api-keys",
+        "create",
+        "--role",
+        "owner",
+        "--name",
+        "carol",
+        "--expires-in-days",
+        "1",
+    ]);
+    let carol = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert_eq!(send(api, "GET", "/api/v1/devices", &carol, None).0, 200);
+    server.shutdown();
+}

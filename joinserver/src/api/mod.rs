@@ -19,7 +19,7 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use http_body_util::BodyExt as _;
 use httpsec::serve::{self, Counters, Limits, Transport};
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{HttpLimits, ImportLimits};
 use crate::manifest::Format;
-use crate::onboarding::db::{Actor, AuditFilter};
+use crate::onboarding::db::{Actor, AuditFilter, Role};
 use crate::onboarding::import::{ManifestSource, SourceError};
 use crate::onboarding::service::{OnbError, Onboarding};
 
@@ -579,6 +579,50 @@ async fn audit(
     ))
 }
 
+async fn list_api_keys(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult {
+    let keys = run(&st, actor, |svc, actor| svc.list_api_keys(actor)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "api_keys": keys }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApiKey {
+    role: Role,
+    name: String,
+    expires_ms: Option<i64>,
+}
+
+async fn create_api_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> ApiResult {
+    let b: NewApiKey = body_json(&body)?;
+    let (key, id) = run(&st, actor, move |svc, actor| {
+        svc.create_api_key_until(actor, b.role, &b.name, b.expires_ms)
+    })
+    .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "id": id, "api_key": key.expose() }),
+    ))
+}
+
+async fn revoke_api_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    run(&st, actor, move |svc, actor| svc.revoke_api_key(actor, &id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn not_found() -> ApiResult {
     Err(ApiError(OnbError::NotFound))
 }
@@ -613,6 +657,8 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits, http: HttpLimits) -> R
         .route("/api/v1/devices/{dev_eui}/lock", put(lock).delete(unlock))
         .route("/api/v1/claims", post(claim_qr))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
         .route_layer(middleware::from_fn(move |req, next| {
             declared_length_limit(max_body, req, next)
         }))

@@ -12,7 +12,7 @@ use protocol::keys::{AppKey, NwkKey};
 use serde::Serialize;
 
 use super::db::{
-    Actor, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, OnboardStore, Ownership,
+    Actor, ApiKeyInfo, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, OnboardStore, Ownership,
     OwnershipColumn, Role,
 };
 use super::import::{self as imp, Failure, ManifestSource, SourceError};
@@ -348,7 +348,7 @@ impl Onboarding {
             return Err(OnbError::Unauthorized);
         }
         self.db()
-            .find_api_key(&k.hash())?
+            .find_api_key(&k.hash(), super::db::now_ms())?
             .map(|r| Actor::from_key(&r))
             .ok_or(OnbError::Unauthorized)
     }
@@ -360,6 +360,24 @@ impl Onboarding {
         role: Role,
         name: &str,
     ) -> Result<(ApiKeySecret, String), OnbError> {
+        self.create_api_key_until(actor, role, name, None)
+    }
+
+    /// Creates an API key for the tenant `name` that expires at `expires_ms` (Unix ms) if
+    /// given; returns it (shown once) and its public id. Admins only over the API.
+    pub fn create_api_key_until(
+        &self,
+        actor: &Actor,
+        role: Role,
+        name: &str,
+        expires_ms: Option<i64>,
+    ) -> Result<(ApiKeySecret, String), OnbError> {
+        if actor.role != Role::Admin {
+            return Err(OnbError::Forbidden(actor.role.as_str()));
+        }
+        if expires_ms.is_some_and(|e| e <= super::db::now_ms()) {
+            return Err(OnbError::BadRequest("the expiry is in the past".into()));
+        }
         let name = name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(OnbError::BadRequest(
@@ -367,8 +385,36 @@ impl Onboarding {
             ));
         }
         let key = ApiKeySecret::generate();
-        let rec = self.db().create_api_key(actor, name, role, &key.hash())?;
+        let rec = self
+            .db()
+            .create_api_key(actor, name, role, &key.hash(), expires_ms)?;
         Ok((key, rec.id))
+    }
+
+    /// Every API key (never a key): admins only.
+    pub fn list_api_keys(&self, actor: &Actor) -> Result<Vec<ApiKeyInfo>, OnbError> {
+        if actor.role != Role::Admin {
+            return Err(OnbError::Forbidden(actor.role.as_str()));
+        }
+        Ok(self.db().list_api_keys()?)
+    }
+
+    /// Revokes an API key by id: admins only; audited. `NotFound` if no such valid key.
+    pub fn revoke_api_key(&self, actor: &Actor, id: &str) -> Result<(), OnbError> {
+        if actor.role != Role::Admin {
+            return Err(self.refuse(
+                actor,
+                "api_key_revoke",
+                None,
+                OnbError::Forbidden(actor.role.as_str()),
+                "",
+            ));
+        }
+        if self.db().revoke_api_key(actor, id)? {
+            Ok(())
+        } else {
+            Err(OnbError::NotFound)
+        }
     }
 
     /// Imports a manifest held in memory; see [`Self::import_stream`].
