@@ -35,9 +35,9 @@ OWNER="$("$JS" api-keys create --data-dir "$DATA" --role owner --name ci-owner)"
 # Devices the generated requests can reach: one operator-bound (claimed), two unclaimed.
 cat > "$DATA/devices.csv" <<CSV
 dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token
-0004A30B00000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,000013,TOKEN0001
-0004A30B00000002,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,,TOKEN0002
-0004A30B00000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,,TOKEN0003
+0004A30B00000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,000013,TOKEN0000001
+0004A30B00000002,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,,TOKEN0000002
+0004A30B00000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,,TOKEN0000003
 CSV
 "$JS" devices import --data-dir "$DATA" "$DATA/devices.csv" >/dev/null
 
@@ -69,7 +69,7 @@ run_schemathesis() {
 curl --fail-with-body -sS --cacert "$CA" -o "$DATA/claim.json" -X PUT \
     "https://$API/api/v1/devices/0004A30B00000002/claim" \
     -H "Authorization: Bearer $OWNER" -H 'Content-Type: application/json' \
-    -d '{"owner_token": "TOKEN0002", "home_net_id": "000013"}' ||
+    -d '{"owner_token": "TOKEN0000002", "home_net_id": "000013"}' ||
     { echo "the owner's claim of device 2 failed: $(cat "$DATA/claim.json")"; exit 1; }
 echo "-- as an admin (sees every device; may not claim)"
 run_schemathesis "$ADMIN"

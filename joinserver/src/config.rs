@@ -47,6 +47,9 @@ pub struct LinkConfig {
     /// Network servers allowed on the link, each with its own key file. When empty, any sender
     /// that authenticates with `secrets/link.key` is accepted, under the NetID it claims.
     pub peers: Vec<PeerConfig>,
+    /// Former default link keys still accepted during a rotation of `secrets/link.key` (used
+    /// when `peers` is empty); remove them once every network server has the new key.
+    pub old_key_files: Vec<PathBuf>,
 }
 
 /// One network server allowed on the link.
@@ -57,6 +60,10 @@ pub struct PeerConfig {
     pub net_id: String,
     /// Its link key file (32 hex digits), relative to the data directory unless absolute.
     pub key_file: PathBuf,
+    /// Its former link keys, still accepted during a rotation (old and new both work until an
+    /// old one is removed from this list). Answers use the key of their request.
+    #[serde(default)]
+    pub old_key_files: Vec<PathBuf>,
 }
 
 /// Join processing.
@@ -112,6 +119,7 @@ impl Default for LinkConfig {
             answer_cache_ttl_ms: 30_000,
             answer_cache_max_entries: 200_000,
             peers: Vec::new(),
+            old_key_files: Vec::new(),
         }
     }
 }
@@ -151,6 +159,13 @@ pub struct ApiConfig {
     pub listen: String,
     /// Ed25519 public keys (64 hex digits each) whose manifest signatures are trusted.
     pub trusted_manifest_keys: Vec<String>,
+    /// Ed25519 public keys bound to one manufacturer tenant each (`acme = ["<64 hex>", ...]`): a
+    /// manifest signed by one of them is refused when another manufacturer imports it. A key
+    /// listed here and in `trusted_manifest_keys` is bound to its manufacturer.
+    pub manufacturer_keys: std::collections::BTreeMap<String, Vec<String>>,
+    /// Manifest-supplied owner tokens shorter than this many characters are refused, with their
+    /// line (generated ones have 32 hex digits).
+    pub min_owner_token_len: usize,
     /// Whether `joinserver devices import` also requires `--signature` (the API always does).
     pub require_signed_cli_imports: bool,
     /// The largest manifest accepted in one request, in bytes.
@@ -195,6 +210,8 @@ impl Default for ApiConfig {
         Self {
             listen: String::new(),
             trusted_manifest_keys: Vec::new(),
+            manufacturer_keys: std::collections::BTreeMap::new(),
+            min_owner_token_len: MIN_OWNER_TOKEN_LEN,
             require_signed_cli_imports: false,
             max_manifest_bytes: 64 << 20,
             max_concurrent_imports: 2,
@@ -214,6 +231,10 @@ impl Default for ApiConfig {
         }
     }
 }
+
+/// The default shortest manifest-supplied owner token (characters): 12 hex digits are 48 bits,
+/// what the simulator's manifests carry.
+pub const MIN_OWNER_TOKEN_LEN: usize = 12;
 
 /// Where `joinserver init` writes the API's self-signed certificate (in the data directory).
 pub const API_TLS_CERT: &str = "tls/api.crt";
@@ -288,6 +309,8 @@ pub const API_DEFAULT_TOML: &str = r#"
 listen = ""
 # Ed25519 public keys (64 hex digits) of manufacturers whose signed manifests are accepted.
 trusted_manifest_keys = []
+# Owner tokens in a manifest shorter than this (characters) are refused with their line.
+min_owner_token_len = 12
 # Whether `joinserver devices import` requires --signature too (API imports always do).
 require_signed_cli_imports = false
 # Largest manifest accepted in one API request (bytes).
@@ -319,6 +342,11 @@ max_request_bytes = 16384
 # Failed authentications allowed per source address in each window (then 429, unchecked).
 auth_failures_per_addr = 10
 auth_failure_window_s = 300
+# Manifest keys bound to one manufacturer tenant each: a manifest signed by acme's key is refused
+# when another manufacturer imports it (a key also in trusted_manifest_keys stays acme's).
+# (A table: keep it after every other [api] key.)
+# [api.manufacturer_keys]
+# acme = ["<64 hex digits>"]
 "#;
 
 /// Limits on failed claims.
@@ -359,11 +387,14 @@ recv_buffer_bytes = 8388608
 # JoinAns and never consumes a DevNonce twice. Lifetime (ms) and capacity (about 1 KB each):
 answer_cache_ttl_ms = 30000
 answer_cache_max_entries = 200000
+# Former default link keys still accepted while secrets/link.key rotates (no peers listed).
+old_key_files = []
 # Network servers allowed on the link, each with its own key file. With none listed, any sender
 # authenticating with secrets/link.key is accepted under the NetID it claims.
 # [[link.peers]]
 # net_id = "000013"
 # key_file = "secrets/link-000013.key"
+# old_key_files = ["secrets/link-000013.old.key"]   # still accepted while the key rotates
 
 [join]
 # LoRaWAN 1.0.2/1.0.3 devices: how many used DevNonces are remembered (reuse is refused).

@@ -30,7 +30,8 @@ pub struct ImportSummary {
 
 /// Imports a manifest held in memory into `store`, all or nothing, through the same streaming
 /// import as the API and `joinserver devices import` ([`crate::onboarding::import`]): root keys
-/// wrapped under the master key, owner tokens kept as hashes, audited as the command line.
+/// wrapped under the master key, owner tokens kept as hashes (shorter than
+/// [`crate::config::MIN_OWNER_TOKEN_LEN`] refused), audited as the command line.
 /// Every bad row, duplicate and already-provisioned device is reported.
 pub fn import(
     store: &mut SqliteStore,
@@ -44,6 +45,7 @@ pub fn import(
         format: Some(format),
         verifier: None,
         commit_lock: None,
+        min_owner_token_len: crate::config::MIN_OWNER_TOKEN_LEN,
     };
     let mut source = imp::SliceSource::new(text.as_bytes());
     match imp::run(store.conn_mut(), job, &mut source, None) {

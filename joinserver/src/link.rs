@@ -25,6 +25,9 @@ use crate::mmsg::{BatchReceiver, BatchSender};
 use crate::store::{GroupCommit, Released};
 use crate::wire::{self, Parsed};
 
+/// At most one clock-skew warning this often.
+const SKEW_WARNING_EVERY_MS: u64 = 10_000;
+
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -32,29 +35,34 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The link keys of the network servers allowed to send JoinReqs.
+/// The link keys of the network servers allowed to send JoinReqs. Each sender may have several
+/// keys at once while its key rotates: the current one first, then older ones still accepted
+/// until they are removed from the configuration. An answer is sealed with the key that
+/// authenticated its request.
 #[derive(Clone, Default)]
 pub struct Peers {
     /// Accepted from any sender whose id is a NetID (when no per-peer keys are configured).
-    pub default: Option<LinkKey>,
+    pub default: Vec<LinkKey>,
     /// Per-NetID keys.
-    pub by_id: HashMap<u64, LinkKey>,
+    pub by_id: HashMap<u64, Vec<LinkKey>>,
 }
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
-            .field("default", &self.default.is_some())
+            .field("default", &self.default.len())
             .field("by_id", &self.by_id.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Peers {
-    /// The key that must authenticate datagrams from `sender`.
-    pub fn key_for(&self, sender: PeerId) -> Option<&LinkKey> {
-        sender.net_id()?;
-        self.by_id.get(&sender.0).or(self.default.as_ref())
+    /// The keys that may authenticate datagrams from `sender` (empty: an unknown sender).
+    pub fn keys_for(&self, sender: PeerId) -> &[LinkKey] {
+        if sender.net_id().is_none() {
+            return &[];
+        }
+        self.by_id.get(&sender.0).unwrap_or(&self.default)
     }
 }
 
@@ -91,6 +99,8 @@ pub struct Link {
     pub cache: Mutex<AnswerCache>,
     /// Metrics.
     pub metrics: Metrics,
+    /// When a clock-skew drop was last warned about (Unix ms).
+    pub skew_warned_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Link {
@@ -130,6 +140,23 @@ pub fn bind(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<UdpSo
 impl Link {
     fn drop_datagram(&self, e: &LinkError, addr: SocketAddr) {
         self.metrics.link_drops.with_label_values(&[e.kind()]).inc();
+        if let LinkError::Stale { skew_ms, .. } = e {
+            // An authenticated datagram outside the window: a peer's clock is off (or an old
+            // datagram is replayed). Joins fail until the clocks agree: a warning (at most one
+            // per peer address every 10 s) and a metric, not a debug line.
+            self.metrics.link_clock_skew_ms.set(*skew_ms);
+            let now = now_ms();
+            let last = self.skew_warned_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= SKEW_WARNING_EVERY_MS
+                && self
+                    .skew_warned_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(peer = %addr, skew_ms, "link datagram dropped: the clocks of the join server and this network server disagree beyond link.window_ms (check NTP)");
+            }
+            return;
+        }
         tracing::debug!(peer = %addr, reason = e.kind(), error = %e, "link datagram dropped");
     }
 
@@ -154,19 +181,23 @@ impl Link {
             self.drop_datagram(&LinkError::Unexpected(header.msg_type), addr);
             return Ok(());
         }
-        let Some(key) = self.peers.key_for(header.sender) else {
+        let keys = self.peers.keys_for(header.sender);
+        if keys.is_empty() {
             self.drop_datagram(&LinkError::UnknownSender(header.sender), addr);
             return Ok(());
+        }
+        // During a rotation, the current key first, then the older ones.
+        let opened = keys
+            .iter()
+            .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)));
+        let Some((key, h, body)) = opened else {
+            self.drop_datagram(&LinkError::BadTag, addr);
+            return Ok(());
         };
-        let body = match link::open(key, datagram)
-            .and_then(|(h, b)| link::check_fresh(&h, now_ms, self.window_ms).map(|()| b))
-        {
-            Ok(b) => b,
-            Err(e) => {
-                self.drop_datagram(&e, addr);
-                return Ok(());
-            }
-        };
+        if let Err(e) = link::check_fresh(&h, now_ms, self.window_ms) {
+            self.drop_datagram(&e, addr);
+            return Ok(());
+        }
         let Some(sender_net_id) = header.sender.net_id() else {
             self.drop_datagram(&LinkError::UnknownSender(header.sender), addr);
             return Ok(());
@@ -505,13 +536,14 @@ mod tests {
             },
             devices,
             peers: Peers {
-                default: Some(link_key.clone()),
+                default: vec![link_key.clone()],
                 by_id: HashMap::new(),
             },
             js_id: PeerId(1),
             window_ms: 30_000,
             cache: Mutex::new(AnswerCache::new(30_000, 100)),
             metrics: Metrics::new(),
+            skew_warned_ms: Default::default(),
         });
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -383,15 +383,19 @@ fn onboarding_cli(data_dir: &Path, config: Option<&Config>) -> Result<Onboarding
     store.check_master(&atrest::check_value(&secrets.master))?;
     let default = Config::default();
     let config = config.unwrap_or(&default);
-    let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
-        .map_err(|e| anyhow::anyhow!("api.{e}"))?;
+    let trusted = TrustedKeys::parse_with(
+        &config.api.trusted_manifest_keys,
+        &config.api.manufacturer_keys,
+    )
+    .map_err(|e| anyhow::anyhow!("api.{e}"))?;
     Ok(Onboarding::new(
         OnboardStore::open(data_dir)?,
         None,
         secrets.master,
         trusted,
         config.api.claim_limits(),
-    ))
+    )
+    .with_min_owner_token_len(config.api.min_owner_token_len))
 }
 
 fn import(

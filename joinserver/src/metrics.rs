@@ -31,6 +31,9 @@ pub struct Metrics {
     pub link_datagrams: IntCounter,
     /// `joinserver_answers_replayed_total`: retries/replays answered from the answer cache.
     pub answers_replayed: IntCounter,
+    /// `joinserver_link_clock_skew_ms`: the clock skew of the last link datagram dropped as
+    /// stale (sender's timestamp minus ours).
+    pub link_clock_skew_ms: IntGauge,
     /// `joinserver_answers_withheld_total`: cached answers not sent because the commit they
     /// depend on failed.
     pub answers_withheld: IntCounter,
@@ -82,6 +85,11 @@ impl Metrics {
             "joinserver_answers_replayed_total",
             "Retried or replayed JoinReqs answered from the answer cache",
         );
+        let link_clock_skew_ms = IntGauge::new(
+            "joinserver_link_clock_skew_ms",
+            "Clock skew of the last link datagram dropped as stale (sender minus join server, ms)",
+        )
+        .expect("valid metric");
         let answers_withheld = counter(
             "joinserver_answers_withheld_total",
             "Cached answers withheld because the nonce commit they depend on failed",
@@ -113,6 +121,7 @@ impl Metrics {
             Box::new(link_datagrams.clone()),
             Box::new(answers_replayed.clone()),
             Box::new(answers_withheld.clone()),
+            Box::new(link_clock_skew_ms.clone()),
             Box::new(store_commits.clone()),
             Box::new(store_batch.clone()),
             Box::new(store_errors.clone()),
@@ -129,6 +138,7 @@ impl Metrics {
             link_datagrams,
             answers_replayed,
             answers_withheld,
+            link_clock_skew_ms,
             store_commits,
             store_batch,
             store_errors,

@@ -70,6 +70,25 @@ pub struct Secrets {
     pub as_kek: LabeledKek,
 }
 
+/// A link key, loaded or in a file.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkKeyFile<'a> {
+    /// Already loaded (`secrets/link.key`).
+    Loaded(&'a LinkKey),
+    /// A key file (32 hex digits, 0600).
+    Path(&'a Path),
+}
+
+impl LinkKeyFile<'_> {
+    /// The key.
+    pub fn read(self) -> Result<LinkKey, SecretError> {
+        match self {
+            Self::Loaded(k) => Ok(k.clone()),
+            Self::Path(p) => read_hex_key(p),
+        }
+    }
+}
+
 /// The secrets directory of a data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("secrets")

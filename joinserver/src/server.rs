@@ -1,7 +1,7 @@
 //! Starting and stopping a join server: secrets, store, devices, link threads, metrics.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -126,17 +126,43 @@ fn peers_from_config(
     config: &Config,
     secrets: &Secrets,
 ) -> Result<Peers, StartError> {
+    let read_all = |current: secrets::LinkKeyFile<'_>, old: &[PathBuf]| {
+        let mut keys = vec![current.read()?];
+        for f in old {
+            keys.push(secrets::read_hex_key(&resolve(data_dir, f))?);
+        }
+        Ok::<_, StartError>(keys)
+    };
     let mut peers = Peers::default();
     if config.link.peers.is_empty() {
-        peers.default = Some(secrets.link.clone());
+        tracing::warn!(
+            "no [[link.peers]]: every network server holding secrets/link.key may claim any \
+             NetID; give each its own key (docs/security.md)"
+        );
+        peers.default = read_all(
+            secrets::LinkKeyFile::Loaded(&secrets.link),
+            &config.link.old_key_files,
+        )?;
     }
     for p in &config.link.peers {
         let net_id: NetId = p
             .net_id
             .parse()
             .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
-        let key = secrets::read_hex_key(&resolve(data_dir, &p.key_file))?;
-        peers.by_id.insert(PeerId::from_net_id(net_id).0, key);
+        let path = resolve(data_dir, &p.key_file);
+        let keys = read_all(secrets::LinkKeyFile::Path(&path), &p.old_key_files)?;
+        let shared = peers
+            .by_id
+            .iter()
+            .find(|(_, other)| other.iter().any(|k| keys.contains(k)));
+        if let Some((other, _)) = shared {
+            tracing::warn!(
+                net_id = %net_id,
+                other = %PeerId(*other),
+                "link.peers share a link key: either network server can claim the other's NetID"
+            );
+        }
+        peers.by_id.insert(PeerId::from_net_id(net_id).0, keys);
     }
     Ok(peers)
 }
@@ -389,6 +415,7 @@ impl Server {
                 config.link.answer_cache_max_entries,
             )),
             metrics: metrics.clone(),
+            skew_warned_ms: Default::default(),
         });
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -507,8 +534,11 @@ fn start_api(
         .listen
         .parse()
         .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
-    let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
-        .map_err(|e| StartError::Config(format!("api.{e}")))?;
+    let trusted = TrustedKeys::parse_with(
+        &config.api.trusted_manifest_keys,
+        &config.api.manufacturer_keys,
+    )
+    .map_err(|e| StartError::Config(format!("api.{e}")))?;
     let http = config.api.http_limits();
     let transport = api_transport(data_dir, config, addr)?;
     let svc = Onboarding::new(
@@ -519,7 +549,8 @@ fn start_api(
         config.api.claim_limits(),
     )
     .with_map_sync(map_sync.clone())
-    .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window);
+    .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window)
+    .with_min_owner_token_len(config.api.min_owner_token_len);
     let api = crate::api::start(
         addr,
         Arc::new(svc),

@@ -154,11 +154,25 @@ async fn declared_length_limit(max: usize, req: axum::extract::Request, next: Ne
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return bad_size(max).into_response();
+    match declared {
+        Some(n) if n > max as u64 => {
+            if n <= DRAIN_MAX {
+                // A modest excess is read and discarded (never kept) so that the client, still
+                // sending, gets the 413 instead of a connection reset.
+                let mut body = req.into_body();
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            }
+            bad_size(max).into_response()
+        }
+        _ => next.run(req).await,
     }
-    next.run(req).await
 }
+
+/// Bodies declared up to this long are drained before their 413; longer ones are not read.
+const DRAIN_MAX: u64 = 1 << 20;
+/// How long draining a refused body may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A 413 for a body over `max` bytes.
 fn bad_size(max: usize) -> ApiError {

@@ -118,6 +118,8 @@ pub struct Job<'a> {
     pub verifier: Option<ManifestVerifier>,
     /// Held from the final copy until `on_device` has seen every device.
     pub commit_lock: Option<&'a std::sync::Mutex<()>>,
+    /// Owner tokens in the manifest shorter than this (characters) are row errors.
+    pub min_owner_token_len: usize,
 }
 
 /// A generated owner token, compact (24 bytes) until it is returned.
@@ -331,8 +333,18 @@ fn stage_and_commit(
         format,
         verifier,
         commit_lock,
+        min_owner_token_len,
     } = job;
-    let staged = stage_manifest(&tx, master, format, verifier, source)?;
+    let staged = stage_manifest(
+        &tx,
+        Rules {
+            master,
+            format,
+            min_owner_token_len,
+        },
+        verifier,
+        source,
+    )?;
     let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
     let imported = commit_staged(&tx, actor, &staged)?;
     tx.commit()?;
@@ -345,6 +357,16 @@ fn stage_and_commit(
         generated: staged.generated,
         what: staged.what,
     })
+}
+
+/// How the rows of a manifest are checked and sealed.
+struct Rules<'a> {
+    /// Wraps the root keys.
+    master: &'a MasterKey,
+    /// The format, or `None` to guess it.
+    format: Option<Format>,
+    /// The shortest owner token accepted.
+    min_owner_token_len: usize,
 }
 
 /// A whole manifest, valid, authentic and staged in `temp.import_rows`.
@@ -363,11 +385,15 @@ struct Staged {
 /// stages each valid row; fails unless every row was valid and the signature verified.
 fn stage_manifest(
     tx: &Connection,
-    master: &MasterKey,
-    format: Option<Format>,
+    rules: Rules<'_>,
     mut verifier: Option<ManifestVerifier>,
     source: &mut dyn ManifestSource,
 ) -> Result<Staged, Failure> {
+    let Rules {
+        master,
+        format,
+        min_owner_token_len,
+    } = rules;
     let mut parser = ManifestParser::new(format);
     let mut digest = Sha256::new();
     let mut bytes = 0u64;
@@ -383,6 +409,20 @@ fn stage_manifest(
         for item in items.drain(..) {
             match item {
                 Item::Error(e) => errors.push(e),
+                Item::Row(d)
+                    if d.owner_token
+                        .as_ref()
+                        .is_some_and(|t| t.chars().count() < min_owner_token_len) =>
+                {
+                    errors.push(RowError {
+                        line: d.line,
+                        column: "owner_token".into(),
+                        message: format!(
+                            "owner token shorter than {min_owner_token_len} characters \
+                             (api.min_owner_token_len): it could be guessed"
+                        ),
+                    });
+                }
                 Item::Row(d) if store_error.is_none() => {
                     if let Err(e) = stage(tx, master, &d, col, generated, errors) {
                         *store_error = Some(e);

@@ -195,6 +195,8 @@ pub struct Onboarding {
     per_key: FailureLimiter<String>,
     /// Failed authentications per source address.
     per_addr: FailureLimiter<Option<IpAddr>>,
+    /// The shortest manifest-supplied owner token.
+    min_owner_token_len: usize,
     /// Held while an import commits and loads its devices into the map (shared with the
     /// server's reload thread, so the devices are not prepared twice).
     map_sync: Arc<Mutex<()>>,
@@ -253,8 +255,16 @@ impl Onboarding {
             per_device,
             per_key,
             per_addr: FailureLimiter::new(DEFAULT_AUTH_FAILURES, DEFAULT_AUTH_WINDOW),
+            min_owner_token_len: crate::config::MIN_OWNER_TOKEN_LEN,
             map_sync: Arc::default(),
         }
+    }
+
+    /// Sets the shortest owner token a manifest may supply (characters).
+    #[must_use]
+    pub fn with_min_owner_token_len(mut self, n: usize) -> Self {
+        self.min_owner_token_len = n;
+        self
     }
 
     /// Sets the failed-authentication limit: `max` per source address per `window`.
@@ -450,7 +460,10 @@ impl Onboarding {
         // A missing or malformed signature, or no trusted key, is refused before the manifest
         // is read.
         let verifier = if require_signature || signature.is_some() {
-            match self.trusted.stream(signature) {
+            let manufacturer = (actor.role == Role::Manufacturer)
+                .then_some(actor.tenant.as_deref())
+                .flatten();
+            match self.trusted.stream_for(signature, manufacturer) {
                 Ok(v) => Some(v),
                 Err(e) => return Err(refuse(OnbError::Signature(e), "manifest not read")),
             }
@@ -464,6 +477,7 @@ impl Onboarding {
             format,
             verifier,
             commit_lock: self.devices.as_ref().map(|_| &*self.map_sync),
+            min_owner_token_len: self.min_owner_token_len,
         };
         let mut loaded = |d: StoredDevice| {
             let Some(map) = &self.devices else { return };
@@ -852,6 +866,9 @@ mod tests {
     use super::*;
     use protocol::keys::Kek;
 
+    /// The service of these tests: their manifests' owner tokens are T1 to T3, so the
+    /// minimum token length is 2 (`short_owner_tokens_are_refused_with_their_line` tests the
+    /// default).
     fn service(dir: &std::path::Path, limits: ClaimLimits) -> Onboarding {
         Onboarding::new(
             OnboardStore::open(dir).unwrap(),
@@ -860,6 +877,83 @@ mod tests {
             TrustedKeys::default(),
             limits,
         )
+        .with_min_owner_token_len(2)
+    }
+
+    /// A manifest signed by a key bound to manufacturer acme is refused (and audited) when
+    /// manufacturer bolt imports it: bolt used to get the devices and their owner tokens.
+    #[test]
+    fn a_manifest_signed_for_another_manufacturer_is_refused_and_audited() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let tmp = tempfile::tempdir().unwrap();
+        let acme_signer = SigningKey::from_bytes(&[7; 32]);
+        let mut per = std::collections::BTreeMap::new();
+        per.insert(
+            "acme".to_owned(),
+            vec![hex::encode(acme_signer.verifying_key().as_bytes())],
+        );
+        let s = Onboarding::new(
+            OnboardStore::open(tmp.path()).unwrap(),
+            None,
+            MasterKey(Kek::new([3; 16])),
+            TrustedKeys::parse_with(&[], &per).unwrap(),
+            ClaimLimits::default(),
+        )
+        .with_min_owner_token_len(2);
+        let (acme, bolt) = (
+            actor(&s, Role::Manufacturer, "acme"),
+            actor(&s, Role::Manufacturer, "bolt"),
+        );
+        let sig = acme_signer.sign(MANIFEST.as_bytes()).to_bytes();
+        match s.import(&bolt, MANIFEST.as_bytes(), None, Some(&sig), true) {
+            Err(OnbError::Signature(SignatureError::OtherManufacturer)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(s.db().devices().load_devices().unwrap().is_empty());
+        let refused = s
+            .db()
+            .audit(
+                &AuditFilter {
+                    action: Some("import".into()),
+                    outcome: Some("refused:signature_other_manufacturer".into()),
+                    ..AuditFilter::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].tenant.as_deref(), Some("bolt"));
+        let r = s
+            .import(&acme, MANIFEST.as_bytes(), None, Some(&sig), true)
+            .unwrap();
+        assert_eq!(r.imported, 3);
+    }
+
+    /// Manifest-supplied owner tokens shorter than the minimum are refused with their line;
+    /// nothing is imported.
+    #[test]
+    fn short_owner_tokens_are_refused_with_their_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Onboarding::new(
+            OnboardStore::open(tmp.path()).unwrap(),
+            None,
+            MasterKey(Kek::new([3; 16])),
+            TrustedKeys::default(),
+            ClaimLimits::default(),
+        );
+        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,A1B2C3D4E5F6\n\
+             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
+             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,\n";
+        match s.import(&Actor::cli(), manifest.as_bytes(), None, None, false) {
+            Err(OnbError::Manifest(rows, 1)) => {
+                assert_eq!(rows[0].line, 3);
+                assert_eq!(rows[0].column, "owner_token");
+                assert!(rows[0].message.contains("shorter than 12"), "{}", rows[0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.db().devices().load_devices().unwrap().is_empty());
     }
 
     /// Three 1.0.4 devices, 1 to 3, with owner tokens T1 to T3.
