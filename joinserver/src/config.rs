@@ -75,6 +75,10 @@ pub struct JoinConfig {
     pub dev_nonce_history: usize,
     /// The session `Lifetime` (seconds) sent with the AppSKey; 0 means no expiry.
     pub session_lifetime_s: u32,
+    /// Per owner tenant, the KEK file (the format of `secrets/as.kek`) that wraps the AppSKey
+    /// of its devices, so one tenant's application server cannot open another's; devices of
+    /// other tenants, and unclaimed ones, use `secrets/as.kek`.
+    pub app_kek_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// The embedded SQLite store.
@@ -129,6 +133,7 @@ impl Default for JoinConfig {
         Self {
             dev_nonce_history: 64,
             session_lifetime_s: 0,
+            app_kek_files: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -401,6 +406,10 @@ old_key_files = []
 dev_nonce_history = 64
 # Session Lifetime in seconds sent with the AppSKey; 0 = no expiry.
 session_lifetime_s = 0
+# Per owner tenant, the KEK (file in the format of secrets/as.kek) that wraps its devices'
+# AppSKeys; other devices use secrets/as.kek. A table: keep it last in [join].
+# [join.app_kek_files]
+# alice = "secrets/as-alice.kek"
 
 [store]
 # Most nonce updates committed in one SQLite transaction (group commit).

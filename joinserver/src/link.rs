@@ -530,6 +530,7 @@ mod tests {
             ctx: JoinContext {
                 ns_kek: kek("ns"),
                 as_kek: kek("as"),
+                app_keks: HashMap::new(),
                 dev_nonce_history: 16,
                 session_lifetime_s: 0,
                 js_id: 1,

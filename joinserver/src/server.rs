@@ -167,6 +167,19 @@ fn peers_from_config(
     Ok(peers)
 }
 
+/// The per-tenant application KEKs of `[join] app_kek_files`.
+fn app_keks(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<std::collections::HashMap<String, secrets::LabeledKek>, StartError> {
+    config
+        .join
+        .app_kek_files
+        .iter()
+        .map(|(tenant, f)| Ok((tenant.clone(), secrets::read_kek(&resolve(data_dir, f))?)))
+        .collect()
+}
+
 /// Opens the store for the link's group commit: the master key checked, automatic checkpoints
 /// off (the reload thread checkpoints), `synchronous` as configured.
 fn open_store(
@@ -402,6 +415,7 @@ impl Server {
             ctx: JoinContext {
                 ns_kek: secrets.ns_kek.clone(),
                 as_kek: secrets.as_kek.clone(),
+                app_keks: app_keks(data_dir, config)?,
                 dev_nonce_history: config.join.dev_nonce_history,
                 session_lifetime_s: config.join.session_lifetime_s,
                 js_id: js_id.0,

@@ -90,6 +90,8 @@ pub struct StoredDevice {
     pub home_net_id: Option<NetId>,
     /// The owner token (TR005), if any.
     pub owner_token: Option<String>,
+    /// The tenant that claimed it (from `ownership`; read only: claims write it).
+    pub owner: Option<String>,
     /// Nonce state.
     pub nonces: NonceState,
 }
@@ -165,6 +167,18 @@ CREATE TABLE IF NOT EXISTS device_changes (
     dev_eui    INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS device_changes_generation ON device_changes (generation);
+-- Per device: its owner token's hash, the manufacturer that provisioned it, the owner (tenant)
+-- that claimed it, and a lock flag (the onboarding tables, crate::onboarding::db).
+CREATE TABLE IF NOT EXISTS ownership (
+    dev_eui      INTEGER PRIMARY KEY,
+    token_hash   BLOB,                    -- SHA-256 (domain, DevEUI, owner token)
+    manufacturer TEXT,                    -- tenant that provisioned it (NULL: CLI / admin)
+    owner        TEXT,                    -- tenant that claimed it (NULL: unclaimed)
+    claimed_ms   INTEGER,
+    locked       INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS ownership_owner ON ownership (owner);
+CREATE INDEX IF NOT EXISTS ownership_manufacturer ON ownership (manufacturer);
 -- The last JoinNonce of each removed device, so that importing it again continues from there:
 -- a JoinNonce is never used twice with a device's root keys.
 CREATE TABLE IF NOT EXISTS retired_join_nonces (
@@ -395,6 +409,7 @@ impl SqliteStore {
             last_dev_nonce: row.get(7)?,
             used: row.get(8)?,
             last_join_nonce: row.get(9)?,
+            owner: row.get(10)?,
         })
     }
 
@@ -422,6 +437,7 @@ struct RawRow {
     last_dev_nonce: Option<i64>,
     used: Vec<u8>,
     last_join_nonce: i64,
+    owner: Option<String>,
 }
 
 impl RawRow {
@@ -450,6 +466,7 @@ impl RawRow {
                 ),
             },
             owner_token: self.owner_token,
+            owner: self.owner,
             nonces: NonceState {
                 last_dev_nonce: match self.last_dev_nonce {
                     None => None,
@@ -465,7 +482,8 @@ impl RawRow {
 }
 
 const SELECT: &str = "SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, home_net_id, \
-     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce FROM devices";
+     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce, \
+     (SELECT o.owner FROM ownership o WHERE o.dev_eui = devices.dev_eui) FROM devices";
 
 impl Store for SqliteStore {
     fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
@@ -734,6 +752,7 @@ mod tests {
             nwk_key_wrapped: None,
             home_net_id: NetId::new(0x13),
             owner_token: Some("AABB".into()),
+            owner: None,
             nonces: NonceState::default(),
         }
     }

@@ -127,3 +127,86 @@ fn per_peer_keys_refuse_a_spoofed_net_id_and_rotate_with_an_overlap() {
 fn provision_link_key(dir: &std::path::Path) -> LinkKey {
     joinserver::secrets::Secrets::load(dir).unwrap().link
 }
+
+/// The AppSKey of a device claimed by a tenant with its own KEK (`[join] app_kek_files`) is
+/// wrapped under that KEK, not under `secrets/as.kek`, from the claim on (the running server
+/// learns the owner with the claim); other devices keep `as.kek`.
+#[test]
+fn the_app_s_key_is_wrapped_under_its_owner_tenants_kek() {
+    use joinserver::onboarding::db::Role;
+    use protocol::keys::{AppSKey, Kek};
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    let keys = api_keys(tmp.path(), &s.master, &[(Role::Owner, "alice")]);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(tmp.path().join("secrets/as-alice.kek"))
+            .unwrap();
+        write!(
+            f,
+            "label = \"as-alice\"\nkey = \"{}\"\n",
+            hex::encode([0xA1; 16])
+        )
+        .unwrap();
+    }
+    let alice_kek = Kek::new([0xA1; 16]);
+    let mut c = Config::default();
+    c.link.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = String::new();
+    c.api.listen = "127.0.0.1:0".into();
+    c.join
+        .app_kek_files
+        .insert("alice".into(), "secrets/as-alice.kek".into());
+    // Device 7: unclaimed, with an owner token.
+    let mut store = joinserver::store::SqliteStore::open(tmp.path()).unwrap();
+    let manifest = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
+         0000000000000007,{JOIN_EUI:016X},1.0.4,{APP_KEY},,,ALICE0000007\n"
+    );
+    joinserver::devices::import(
+        &mut store,
+        &s.master,
+        &manifest,
+        joinserver::devices::Format::Csv,
+    )
+    .unwrap();
+    drop(store);
+    let server = Server::start(tmp.path(), &c).unwrap();
+    let api = server.api_addr().unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .put(&format!(
+            "http://{api}/api/v1/devices/0000000000000007/claim"
+        ))
+        .header("Authorization", &format!("Bearer {}", keys[0]))
+        .header("Content-Type", "application/json")
+        .send(br#"{"owner_token": "ALICE0000007", "home_net_id": "000013"}"#.as_slice())
+        .unwrap();
+    let text = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{text}");
+
+    let client = Client::new(server.link_addr(), s.link.clone());
+    let ans = client.join_ans(1, 7, &phy(7, 1));
+    assert_eq!(ans.result.result_code, ResultCode::Success);
+    let env = ans.app_s_key.expect("an AppSKey");
+    assert_eq!(env.kek_label, "as-alice");
+    let _: AppSKey = env.open(Some(&alice_kek)).expect("opens under alice's KEK");
+    assert!(
+        env.open::<AppSKey>(Some(&s.as_kek.key)).is_err(),
+        "not under secrets/as.kek"
+    );
+    // A device without an owner: secrets/as.kek.
+    let ans = client.join_ans(2, 2, &phy(2, 1));
+    let env = ans.app_s_key.expect("an AppSKey");
+    assert_eq!(env.kek_label, s.as_kek.label);
+    let _: AppSKey = env.open(Some(&s.as_kek.key)).unwrap();
+    server.shutdown();
+}

@@ -4,8 +4,10 @@
 //!   keys-encryption keys refer to by name;
 //! - `api_keys`: management API keys, by SHA-256 hash only, with a role, their tenant, and an
 //!   optional expiry; revoked keys stay listed (and audited) but authenticate nothing;
-//! - `ownership`: per device, the owner token's hash, the manufacturer that provisioned it, the
-//!   owner (tenant) that claimed it, and a lock flag; the home NetID stays in `devices`;
+//! - `ownership` (created with the device tables, [`crate::store`], since a device's owner
+//!   chooses the KEK of its AppSKey): per device, the owner token's hash, the manufacturer that
+//!   provisioned it, the owner (tenant) that claimed it, and a lock flag; the home NetID stays in
+//!   `devices`;
 //! - `audit`: the append-only audit log (triggers refuse UPDATE and DELETE).
 //!
 //! Each method is one transaction. Root keys only ever arrive wrapped under the master key.
@@ -30,16 +32,6 @@ CREATE TABLE IF NOT EXISTS tenants (
     name       TEXT PRIMARY KEY,
     created_ms INTEGER NOT NULL
 ) STRICT;
-CREATE TABLE IF NOT EXISTS ownership (
-    dev_eui      INTEGER PRIMARY KEY,
-    token_hash   BLOB,                    -- SHA-256 (domain, DevEUI, owner token)
-    manufacturer TEXT,                    -- tenant that provisioned it (NULL: CLI / admin)
-    owner        TEXT,                    -- tenant that claimed it (NULL: unclaimed)
-    claimed_ms   INTEGER,
-    locked       INTEGER NOT NULL DEFAULT 0
-) STRICT;
-CREATE INDEX IF NOT EXISTS ownership_owner ON ownership (owner);
-CREATE INDEX IF NOT EXISTS ownership_manufacturer ON ownership (manufacturer);
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms   INTEGER NOT NULL,
@@ -988,6 +980,7 @@ mod tests {
             nwk_key_wrapped: None,
             home_net_id: None,
             owner_token: Some("CLEARTOKEN".into()),
+            owner: None,
             nonces: NonceState::default(),
         };
         devices.insert_devices(&[d]).unwrap();

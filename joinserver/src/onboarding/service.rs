@@ -591,7 +591,7 @@ impl Onboarding {
     }
 
     /// Brings the running server's copy of a device in line with the store after a change of
-    /// its home network (its nonce state, never behind the store's, is kept).
+    /// its home network and owner (its nonce state, never behind the store's, is kept).
     fn refresh_home(&self, dev: DevEui) -> Result<(), OnbError> {
         let Some(map) = &self.devices else {
             return Ok(());
@@ -599,6 +599,7 @@ impl Onboarding {
         let stored = self.db().devices().get_device(dev)?;
         if let (Some(s), Some(mut m)) = (stored, map.get_mut(&dev)) {
             m.home_net_id = s.home_net_id;
+            m.owner = s.owner.as_deref().map(Arc::from);
             m.provisioned = core::provisioning_fingerprint(&s);
         }
         Ok(())
