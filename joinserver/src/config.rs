@@ -60,6 +60,10 @@ pub struct PeerConfig {
     pub net_id: String,
     /// Its link key file (32 hex digits), relative to the data directory unless absolute.
     pub key_file: PathBuf,
+    /// Its own network KEK (the format of `secrets/ns.kek`): the network session keys of its
+    /// JoinAns are wrapped under it. Absent: `secrets/ns.kek`.
+    #[serde(default)]
+    pub ns_kek_file: Option<PathBuf>,
     /// Its former link keys, still accepted during a rotation (old and new both work until an
     /// old one is removed from this list). Answers use the key of their request.
     #[serde(default)]
@@ -399,6 +403,7 @@ old_key_files = []
 # [[link.peers]]
 # net_id = "000013"
 # key_file = "secrets/link-000013.key"
+# ns_kek_file = "secrets/ns-000013.kek"             # its own network KEK (default secrets/ns.kek)
 # old_key_files = ["secrets/link-000013.old.key"]   # still accepted while the key rotates
 
 [join]

@@ -156,8 +156,10 @@ pub fn put_stored(
 /// What join processing needs besides the devices.
 #[derive(Debug, Clone)]
 pub struct JoinContext {
-    /// Wraps network session keys.
+    /// Wraps network session keys for a network server without a KEK of its own.
     pub ns_kek: LabeledKek,
+    /// Per network server (NetID): the KEK that wraps the network session keys of its JoinAns.
+    pub peer_ns_keks: std::collections::HashMap<NetId, LabeledKek>,
     /// Wraps the AppSKey of a device whose owner has no KEK of its own.
     pub as_kek: LabeledKek,
     /// Per owner tenant: the KEK that wraps the AppSKeys of its devices, so one tenant's
@@ -403,6 +405,7 @@ fn accept(
         .as_deref()
         .and_then(|o| ctx.app_keks.get(o))
         .unwrap_or(&ctx.as_kek);
+    let ns_kek = ctx.peer_ns_keks.get(&req.sender).unwrap_or(&ctx.ns_kek);
     let RadioParams {
         dl_settings: ns,
         rx_delay,
@@ -432,9 +435,9 @@ fn accept(
                 JoinAcceptEncKey::NwkKey(nwk),
             );
             let net = NetworkKeys::V1_1 {
-                f_nwk_s_int_key: seal(&ctx.ns_kek, &sk.f_nwk_s_int_key)?,
-                s_nwk_s_int_key: seal(&ctx.ns_kek, &sk.s_nwk_s_int_key)?,
-                nwk_s_enc_key: seal(&ctx.ns_kek, &sk.nwk_s_enc_key)?,
+                f_nwk_s_int_key: seal(ns_kek, &sk.f_nwk_s_int_key)?,
+                s_nwk_s_int_key: seal(ns_kek, &sk.s_nwk_s_int_key)?,
+                nwk_s_enc_key: seal(ns_kek, &sk.nwk_s_enc_key)?,
             };
             (phy, net, seal(as_kek, &sk.app_s_key)?)
         }
@@ -445,7 +448,7 @@ fn accept(
                 JoinAcceptEncKey::AppKey(&keys.app),
             );
             let net = NetworkKeys::V1_0 {
-                nwk_s_key: seal(&ctx.ns_kek, &sk.nwk_s_key)?,
+                nwk_s_key: seal(ns_kek, &sk.nwk_s_key)?,
             };
             (phy, net, seal(as_kek, &sk.app_s_key)?)
         }
@@ -520,6 +523,7 @@ mod tests {
                 key: Kek::new([0xB2; 16]),
             },
             app_keks: std::collections::HashMap::new(),
+            peer_ns_keks: std::collections::HashMap::new(),
             dev_nonce_history: 64,
             session_lifetime_s: 3600,
             js_id: 1,

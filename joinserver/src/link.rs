@@ -531,6 +531,7 @@ mod tests {
                 ns_kek: kek("ns"),
                 as_kek: kek("as"),
                 app_keks: HashMap::new(),
+                peer_ns_keks: HashMap::new(),
                 dev_nonce_history: 16,
                 session_lifetime_s: 0,
                 js_id: 1,

@@ -76,8 +76,29 @@ enum Command {
         #[command(subcommand)]
         command: ApiKeysCommand,
     },
+    /// Network servers on the link (peers), each with its own link key and network KEK.
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
     /// Prints the default configuration file.
     Config,
+}
+
+#[derive(Subcommand)]
+enum PeersCommand {
+    /// Adds the network server of a NetID: creates its link key and network KEK (0600) under
+    /// DATA_DIR/secrets/, adds it to DATA_DIR/joinserver.toml, and prints the paths of its
+    /// secrets (copy them to that network server). The first peer added also binds
+    /// secrets/link.key and secrets/ns.kek to NetID 000000: from then on, a network server is
+    /// accepted only under its own NetID's key.
+    Add {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The network server's NetID (6 hex digits).
+        #[arg(long)]
+        net_id: protocol::ids::NetId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +217,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             },
         ),
         Command::ApiKeys { command } => api_keys(command),
+        Command::Peers {
+            command: PeersCommand::Add { dir, net_id },
+        } => peers_add(&dir.data_dir, net_id),
         Command::Devices { command } => match command {
             DevicesCommand::Import {
                 dir,
@@ -226,6 +250,64 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         },
     }
+}
+
+fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> {
+    use std::io::Write;
+    let config_path = data_dir.join("joinserver.toml");
+    let config = load_config(data_dir, None)?;
+    if config
+        .link
+        .peers
+        .iter()
+        .any(|p| p.net_id.parse() == Ok(net_id))
+    {
+        bail!(
+            "NetID {net_id} is already a peer in {}",
+            config_path.display()
+        );
+    }
+    let created = secrets::init_peer(data_dir, net_id)?;
+    let (link, kek) = secrets::peer_files(data_dir, net_id);
+    let mut block = String::new();
+    if config.link.peers.is_empty() {
+        block.push_str(
+            "\n# The network server(s) that use secrets/link.key (joinserver peers add).\n\
+             [[link.peers]]\nnet_id = \"000000\"\nkey_file = \"secrets/link.key\"\n\
+             ns_kek_file = \"secrets/ns.kek\"\n",
+        );
+        eprintln!(
+            "joinserver: secrets/link.key is now bound to NetID 000000: a network server of \
+             another NetID is accepted only with its own key"
+        );
+    }
+    block.push_str(&format!(
+        "\n[[link.peers]]\nnet_id = \"{net_id}\"\nkey_file = \"secrets/link-{net_id}.key\"\n\
+         ns_kek_file = \"secrets/ns-{net_id}.kek\"\n"
+    ));
+    // Parsed with the block before it is written: a configuration it would break stays as is.
+    let before = std::fs::read_to_string(&config_path).unwrap_or_default();
+    Config::from_toml(&format!("{before}{block}"))
+        .with_context(|| format!("adding the peer to {}", config_path.display()))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config_path)
+        .and_then(|mut f| f.write_all(block.as_bytes()))
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    for c in &created {
+        match c {
+            Created::New(p) => println!("created {}", p.display()),
+            Created::Kept(p) => println!("kept    {} (exists)", p.display()),
+        }
+    }
+    println!("added   NetID {net_id} to {}", config_path.display());
+    println!();
+    println!("The network server of NetID {net_id} needs (copy them with mode 0600):");
+    println!("  {}  link key", link.display());
+    println!("  {}  network KEK", kek.display());
+    println!("Restart the join server to apply.");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {

@@ -167,6 +167,24 @@ fn peers_from_config(
     Ok(peers)
 }
 
+/// The network KEKs of the peers that have their own (`ns_kek_file`).
+fn peer_ns_keks(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<std::collections::HashMap<NetId, secrets::LabeledKek>, StartError> {
+    let mut out = std::collections::HashMap::new();
+    for p in &config.link.peers {
+        if let Some(f) = &p.ns_kek_file {
+            let net_id: NetId = p
+                .net_id
+                .parse()
+                .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
+            out.insert(net_id, secrets::read_kek(&resolve(data_dir, f))?);
+        }
+    }
+    Ok(out)
+}
+
 /// The per-tenant application KEKs of `[join] app_kek_files`.
 fn app_keks(
     data_dir: &Path,
@@ -416,6 +434,7 @@ impl Server {
                 ns_kek: secrets.ns_kek.clone(),
                 as_kek: secrets.as_kek.clone(),
                 app_keks: app_keks(data_dir, config)?,
+                peer_ns_keks: peer_ns_keks(data_dir, config)?,
                 dev_nonce_history: config.join.dev_nonce_history,
                 session_lifetime_s: config.join.session_lifetime_s,
                 js_id: js_id.0,

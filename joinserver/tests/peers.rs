@@ -44,11 +44,13 @@ fn per_peer_keys_refuse_a_spoofed_net_id_and_rotate_with_an_overlap() {
         PeerConfig {
             net_id: "000013".into(),
             key_file: "secrets/link-000013.key".into(),
+            ns_kek_file: None,
             old_key_files: vec!["secrets/link-000013.old.key".into()],
         },
         PeerConfig {
             net_id: "000042".into(),
             key_file: "secrets/link-000042.key".into(),
+            ns_kek_file: None,
             old_key_files: vec![],
         },
     ];
@@ -208,5 +210,81 @@ fn the_app_s_key_is_wrapped_under_its_owner_tenants_kek() {
     let env = ans.app_s_key.expect("an AppSKey");
     assert_eq!(env.kek_label, s.as_kek.label);
     let _: AppSKey = env.open(Some(&s.as_kek.key)).unwrap();
+    server.shutdown();
+}
+
+/// `joinserver peers add --net-id N` creates the peer's link key and network KEK (0600), prints
+/// their paths and adds the peer (and, as the first one, NetID 000000 for secrets/link.key and
+/// secrets/ns.kek): that NetID's JoinAns are sealed with its key and carry its network KEK; the
+/// shared link.key no longer passes for another NetID.
+#[test]
+fn peers_add_gives_a_net_id_its_own_link_key_and_network_kek() {
+    use protocol::keys::NwkSKey;
+    use protocol::ts002::NetworkKeys;
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["peers", "add", "--net-id", "000042", "--data-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let (link_file, kek_file) = (
+        tmp.path().join("secrets/link-000042.key"),
+        tmp.path().join("secrets/ns-000042.kek"),
+    );
+    for f in [&link_file, &kek_file] {
+        assert!(out.contains(&f.display().to_string()), "{out}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let text = std::fs::read_to_string(tmp.path().join("joinserver.toml")).unwrap();
+    let mut c = Config::from_toml(&text).unwrap();
+    assert_eq!(c.link.peers.len(), 2, "{text}");
+    c.link.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = String::new();
+    let server = Server::start(tmp.path(), &c).unwrap();
+    let y_key = joinserver::secrets::read_hex_key::<LinkKey>(&link_file).unwrap();
+    let y_kek = joinserver::secrets::read_kek(&kek_file).unwrap();
+    let y = Client::new(server.link_addr(), y_key.clone());
+    let d = datagram(
+        &y_key,
+        NET_Y,
+        now_ms(),
+        1,
+        &join_req_json(1, NET_Y, 5, &phy(5, 1)),
+    );
+    let raw = y
+        .exchange_raw(&d, Duration::from_secs(5))
+        .expect("an answer");
+    let (_, body) = link::open(&y_key, &raw).unwrap();
+    let ans = JoinAns::parse(body).unwrap();
+    assert_eq!(ans.result.result_code, ResultCode::Success);
+    match ans.network_keys.expect("network keys") {
+        NetworkKeys::V1_0 { nwk_s_key } => {
+            assert_eq!(nwk_s_key.kek_label, y_kek.label);
+            let _: NwkSKey = nwk_s_key.open(Some(&y_kek.key)).unwrap();
+            assert!(nwk_s_key.open::<NwkSKey>(Some(&s.ns_kek.key)).is_err());
+        }
+        other => panic!("{other:?}"),
+    }
+    // secrets/link.key now stands for NetID 000000 only.
+    let legacy = Client::new(server.link_addr(), s.link.clone());
+    let d = datagram(
+        &s.link,
+        NET_ID,
+        now_ms(),
+        2,
+        &join_req_json(2, NET_ID, 1, &phy(1, 1)),
+    );
+    assert!(legacy.exchange_raw(&d, NO_ANSWER).is_none());
+    let d = datagram(&s.link, 0, now_ms(), 3, &join_req_json(3, 0, 1, &phy(1, 2)));
+    assert!(legacy.exchange_raw(&d, Duration::from_secs(5)).is_some());
     server.shutdown();
 }
