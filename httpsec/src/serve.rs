@@ -155,6 +155,38 @@ impl Transport {
     }
 }
 
+/// A connection's service, as the loop needs it: a hyper service of HTTP/1.1 requests that
+/// cannot fail (errors are responses), shareable across tasks, with a body hyper can send.
+pub trait HttpService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Self::ResBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + Sync
+    + 'static
+{
+    /// The response body.
+    type ResBody: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+}
+
+impl<S, B> HttpService for S
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type ResBody = B;
+}
+
 /// When a connection last moved a byte, and how many requests it has in progress.
 #[derive(Debug)]
 struct Activity {
@@ -251,7 +283,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 /// Serves `listener` until `shutdown` completes, then lets in-flight requests finish (up to a
 /// grace period) and returns once every connection is closed. `make_service` builds each
 /// connection's service from its peer address.
-pub async fn serve<M, S, B>(
+pub async fn serve<M, S>(
     listener: TcpListener,
     transport: Transport,
     limits: Limits,
@@ -260,14 +292,7 @@ pub async fn serve<M, S, B>(
     shutdown: impl Future<Output = ()>,
 ) where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: HttpService,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -308,23 +333,14 @@ pub async fn serve<M, S, B>(
 }
 
 /// One connection: the transport (TLS handshake or plain), then HTTP/1.1 under the limits.
-async fn connection<S, B>(
+async fn connection<S: HttpService>(
     stream: TcpStream,
     transport: Transport,
     limits: Limits,
     counters: &Counters,
     svc: S,
     stop: watch::Receiver<bool>,
-) where
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let _ = stream.set_nodelay(true);
     let activity = Activity::new();
     let watched = Watched {
@@ -367,7 +383,7 @@ async fn connection<S, B>(
 }
 
 /// HTTP/1.1 over `io` until the client closes, an error, the idle timeout, or shutdown.
-async fn http<I, S, B>(
+async fn http<I, S: HttpService>(
     io: I,
     limits: Limits,
     counters: &Counters,
@@ -376,14 +392,6 @@ async fn http<I, S, B>(
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let svc = Arc::new(svc);
     let tracked = {
