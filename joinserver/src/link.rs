@@ -160,6 +160,26 @@ impl Link {
         tracing::debug!(peer = %addr, reason = e.kind(), error = %e, "link datagram dropped");
     }
 
+    /// Opens a datagram from `sender` under one of its keys (during a rotation, the current key
+    /// first, then the older ones) and checks its freshness: the key and the body.
+    fn authenticate<'d>(
+        &self,
+        datagram: &'d [u8],
+        sender: PeerId,
+        now_ms: u64,
+    ) -> Result<(&LinkKey, &'d [u8]), LinkError> {
+        let keys = self.peers.keys_for(sender);
+        if keys.is_empty() {
+            return Err(LinkError::UnknownSender(sender));
+        }
+        let (key, h, body) = keys
+            .iter()
+            .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)))
+            .ok_or(LinkError::BadTag)?;
+        link::check_fresh(&h, now_ms, self.window_ms)?;
+        Ok((key, body))
+    }
+
     /// Handles one received datagram: drops it (counted) or queues an answer.
     pub fn on_datagram(
         &self,
@@ -181,23 +201,13 @@ impl Link {
             self.drop_datagram(&LinkError::Unexpected(header.msg_type), addr);
             return Ok(());
         }
-        let keys = self.peers.keys_for(header.sender);
-        if keys.is_empty() {
-            self.drop_datagram(&LinkError::UnknownSender(header.sender), addr);
-            return Ok(());
-        }
-        // During a rotation, the current key first, then the older ones.
-        let opened = keys
-            .iter()
-            .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)));
-        let Some((key, h, body)) = opened else {
-            self.drop_datagram(&LinkError::BadTag, addr);
-            return Ok(());
+        let (key, body) = match self.authenticate(datagram, header.sender, now_ms) {
+            Ok(v) => v,
+            Err(e) => {
+                self.drop_datagram(&e, addr);
+                return Ok(());
+            }
         };
-        if let Err(e) = link::check_fresh(&h, now_ms, self.window_ms) {
-            self.drop_datagram(&e, addr);
-            return Ok(());
-        }
         let Some(sender_net_id) = header.sender.net_id() else {
             self.drop_datagram(&LinkError::UnknownSender(header.sender), addr);
             return Ok(());

@@ -168,7 +168,7 @@ CREATE TABLE IF NOT EXISTS device_changes (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS device_changes_generation ON device_changes (generation);
 -- Per device: its owner token's hash, the manufacturer that provisioned it, the owner (tenant)
--- that claimed it, and a lock flag (the onboarding tables, crate::onboarding::db).
+-- that claimed it, and a lock flag (written by the onboarding tables' code).
 CREATE TABLE IF NOT EXISTS ownership (
     dev_eui      INTEGER PRIMARY KEY,
     token_hash   BLOB,                    -- SHA-256 (domain, DevEUI, owner token)

@@ -221,6 +221,14 @@ struct Errors {
     total: usize,
 }
 
+impl Extend<RowError> for Errors {
+    fn extend<T: IntoIterator<Item = RowError>>(&mut self, iter: T) {
+        for e in iter {
+            self.push(e);
+        }
+    }
+}
+
 impl Errors {
     fn push(&mut self, e: RowError) {
         self.total += 1;
@@ -359,6 +367,19 @@ fn stage_and_commit(
     })
 }
 
+/// The row error of a device whose manifest-supplied owner token is shorter than `min`.
+fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
+    let short = d.owner_token.as_ref()?.chars().count() < min;
+    short.then(|| RowError {
+        line: d.line,
+        column: "owner_token".into(),
+        message: format!(
+            "owner token shorter than {min} characters (api.min_owner_token_len): it could be \
+             guessed"
+        ),
+    })
+}
+
 /// How the rows of a manifest are checked and sealed.
 struct Rules<'a> {
     /// Wraps the root keys.
@@ -389,49 +410,17 @@ fn stage_manifest(
     mut verifier: Option<ManifestVerifier>,
     source: &mut dyn ManifestSource,
 ) -> Result<Staged, Failure> {
-    let Rules {
-        master,
-        format,
-        min_owner_token_len,
-    } = rules;
-    let mut parser = ManifestParser::new(format);
+    let mut parser = ManifestParser::new(rules.format);
+    let mut staging = Staging {
+        tx,
+        rules,
+        errors: Errors::default(),
+        generated: Vec::new(),
+        store_error: None,
+    };
     let mut digest = Sha256::new();
     let mut bytes = 0u64;
-    let mut errors = Errors::default();
-    let mut generated = Vec::new();
-    let mut store_error: Option<StoreError> = None;
     let mut items = Vec::new();
-    let handle = |items: &mut Vec<Item>,
-                  col: &str,
-                  errors: &mut Errors,
-                  generated: &mut Vec<Generated>,
-                  store_error: &mut Option<StoreError>| {
-        for item in items.drain(..) {
-            match item {
-                Item::Error(e) => errors.push(e),
-                Item::Row(d)
-                    if d.owner_token
-                        .as_ref()
-                        .is_some_and(|t| t.chars().count() < min_owner_token_len) =>
-                {
-                    errors.push(RowError {
-                        line: d.line,
-                        column: "owner_token".into(),
-                        message: format!(
-                            "owner token shorter than {min_owner_token_len} characters \
-                             (api.min_owner_token_len): it could be guessed"
-                        ),
-                    });
-                }
-                Item::Row(d) if store_error.is_none() => {
-                    if let Err(e) = stage(tx, master, &d, col, generated, errors) {
-                        *store_error = Some(e);
-                    }
-                }
-                Item::Row(_) => {}
-            }
-        }
-    };
     let source_error = loop {
         let chunk = match source.next_chunk() {
             Ok(Some(c)) => c,
@@ -444,13 +433,7 @@ fn stage_manifest(
             v.update(chunk);
         }
         parser.feed(chunk, &mut |i| items.push(i));
-        handle(
-            &mut items,
-            &parser.dev_eui_column(),
-            &mut errors,
-            &mut generated,
-            &mut store_error,
-        );
+        staging.take(&mut items, &parser.dev_eui_column());
     };
     let what = format!(
         "manifest sha256 {}…, {bytes} bytes",
@@ -464,15 +447,14 @@ fn stage_manifest(
         Err(error) => return Err(Failure::Signature { error, what }),
     };
     let col = parser.dev_eui_column();
-    let mut last = Vec::new();
-    parser.finish(&mut |i| last.push(i));
-    handle(
-        &mut last,
-        &col,
-        &mut errors,
-        &mut generated,
-        &mut store_error,
-    );
+    parser.finish(&mut |i| items.push(i));
+    staging.take(&mut items, &col);
+    let Staging {
+        errors,
+        generated,
+        store_error,
+        ..
+    } = staging;
     if let Some(e) = store_error {
         return Err(e.into());
     }
@@ -490,6 +472,45 @@ fn stage_manifest(
         generated,
         dev_eui_column: col,
     })
+}
+
+/// The rows of a manifest being staged, and what staging them found.
+struct Staging<'a> {
+    tx: &'a Connection,
+    rules: Rules<'a>,
+    errors: Errors,
+    generated: Vec<Generated>,
+    /// The first store failure: nothing more is staged after it.
+    store_error: Option<StoreError>,
+}
+
+impl Staging<'_> {
+    /// Takes the parser's items: row errors are kept, valid rows staged.
+    fn take(&mut self, items: &mut Vec<Item>, dev_eui_column: &str) {
+        let min = self.rules.min_owner_token_len;
+        for item in items.drain(..) {
+            match item {
+                Item::Error(e) => self.errors.push(e),
+                Item::Row(d) if weak_token(&d, min).is_some() => {
+                    self.errors.extend(weak_token(&d, min));
+                }
+                Item::Row(d) if self.store_error.is_none() => {
+                    let staged = stage(
+                        self.tx,
+                        self.rules.master,
+                        &d,
+                        dev_eui_column,
+                        &mut self.generated,
+                        &mut self.errors,
+                    );
+                    if let Err(e) = staged {
+                        self.store_error = Some(e);
+                    }
+                }
+                Item::Row(_) => {}
+            }
+        }
+    }
 }
 
 /// Copies the staged rows into the store (in DevEUI order, the order of both tables' keys),
