@@ -29,6 +29,8 @@ use crate::onboarding::db::{Actor, AuditFilter};
 use crate::onboarding::import::{ManifestSource, SourceError};
 use crate::onboarding::service::{OnbError, Onboarding};
 
+mod qr;
+
 /// The OpenAPI 3.0 document of this API: `docs/openapi.json`, compiled in.
 pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
@@ -643,6 +645,11 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits) -> Router {
         .route("/api/v1/devices/{dev_eui}/lock", put(lock).delete(unlock))
         .route("/api/v1/claims", post(claim_qr))
         .route("/api/v1/audit", get(audit))
+        .route(
+            "/api/v1/qr/parse",
+            post(qr::parse).layer(DefaultBodyLimit::max(qr::MAX_BODY)),
+        )
+        .merge(crate::installer::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limits.max_bytes))
         .with_state(AppState {
