@@ -171,7 +171,7 @@ async function doClaim(e: Event) {
     dev_eui: code.dev_eui,
     state: OUTCOME_STATE[r.outcome],
     home_net_id: r.device?.home_net_id ?? null,
-    claimed_at: r.outcome === "claimed" ? new Date().toISOString() : null,
+    ...(r.outcome === "claimed" ? { claimed_at: new Date().toISOString() } : {}),
     last_join_at: r.device?.last_join_at ?? null,
     last_join_net_id: r.device?.last_join_net_id ?? null,
   });
@@ -260,6 +260,7 @@ async function scanCamera() {
   camera?.stop();
   const video = $<HTMLVideoElement>("video");
   say($("scan-status"), "Starting the camera…");
+  const decoder = await decoderName();
   try {
     camera = await startCamera(video, (text) => {
       camera = null;
@@ -272,9 +273,10 @@ async function scanCamera() {
     say($("scan-status"), `The camera cannot be used (${(err as Error).name}): read a photo or type the code instead.`, "bad");
     return;
   }
+  // No frame has been decoded yet (the first is read after the camera settles).
   video.hidden = false;
   $("camera-stop").hidden = false;
-  say($("scan-status"), `Point the camera at the label's QR code (reading with ${await decoderName()}).`);
+  say($("scan-status"), `Point the camera at the label's QR code (reading with ${decoder}).`);
 }
 
 function stopCamera() {

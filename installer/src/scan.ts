@@ -68,6 +68,8 @@ export async function decodePhoto(file: Blob): Promise<string | null> {
   return decodeImageData(img);
 }
 
+const FIRST_FRAME_MS = 500;
+
 /** A running camera scan; `stop()` ends it and releases the camera. */
 export interface CameraScan {
   stop(): void;
@@ -111,6 +113,7 @@ export async function startCamera(video: HTMLVideoElement, onCode: (text: string
     }
     if (running) timer = window.setTimeout(tick, 200);
   };
-  timer = window.setTimeout(tick, 100);
+  // The first frame is read after half a second: a camera's exposure and focus settle first.
+  timer = window.setTimeout(tick, FIRST_FRAME_MS);
   return { stop };
 }

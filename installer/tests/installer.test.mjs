@@ -179,7 +179,7 @@ test("a wrong checksum shows the same message as `qr parse`", async () => {
   const misread = a.slice(0, i) + (a[i] === "0" ? "1" : "0") + a.slice(i + 1);
   const stderr = runFailing("qr", ["parse", misread]);
   const cli = stderr.split("\n")[0].replace(/^error: /, "");
-  assert.match(cli, /^invalid code: bad CheckSum/i);
+  assert.match(cli, /^invalid code: wrong CheckSum \(C\) at position \d+: expected [0-9A-F]{4}/);
   await typeCode(misread);
   await page.locator("#check-status").filter({ hasText: cli }).waitFor(WAIT);
   assert.equal(await page.locator("#check-status").textContent(), cli);
@@ -232,7 +232,7 @@ test("the round survives a reload and exports as CSV", async () => {
   const items = page.locator("#round li");
   await items.first().waitFor(WAIT);
   const list = await page.locator("#round").innerText();
-  for (const [name, state] of [["a", "claimed, joined at"], ["b", "claimed by someone else"], ["c", "too many attempts"], ["d", "locked"]]) {
+  for (const [name, state] of [["a", "already yours, joined at"], ["b", "claimed by someone else"], ["c", "too many attempts"], ["d", "locked"]]) {
     assert.match(list, new RegExp(`${meters[name].dev_eui}\\s+${state}`), `${name} in ${list}`);
   }
   assert.equal(await page.locator("#round-count").textContent(), "4 meters in this round.");
@@ -242,7 +242,7 @@ test("the round survives a reload and exports as CSV", async () => {
   const lines = csv.trimEnd().split("\r\n");
   assert.equal(lines[0], "dev_eui,join_eui,serial_number,state,home_net_id,claimed_at,last_join_at,last_join_net_id");
   const rowA = lines.find((l) => l.startsWith(meters.a.dev_eui));
-  assert.match(rowA, new RegExp(`^${meters.a.dev_eui},${meters.a.join_eui},SN-${meters.a.dev_eui.slice(-4)},claimed,${NET_ID},[^,]+,[^,]+,${NET_ID}$`));
+  assert.match(rowA, new RegExp(`^${meters.a.dev_eui},${meters.a.join_eui},SN-${meters.a.dev_eui.slice(-4)},already yours,${NET_ID},[^,]+,[^,]+,${NET_ID}$`));
 });
 
 test("signing out forgets the key", async () => {
