@@ -629,6 +629,7 @@ impl NewDevice {
             home_net_id: self.home_net_id,
             owner_token: None,
             nonces: NonceState::default(),
+            last_join: None,
         }
     }
 }

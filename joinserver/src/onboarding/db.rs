@@ -747,6 +747,7 @@ mod tests {
             home_net_id: None,
             owner_token: Some("CLEARTOKEN".into()),
             nonces: NonceState::default(),
+            last_join: None,
         };
         devices.insert_devices(&[d]).unwrap();
         drop(devices);
