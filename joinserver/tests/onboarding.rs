@@ -345,9 +345,9 @@ fn onboarding_over_http_and_udp() {
         "the refused join is not recorded"
     );
     let at = v["last_join_at"].as_str().unwrap();
-    let rfc = |t: std::time::SystemTime| protocol::time::rfc3339(t);
+    let rfc = protocol::time::rfc3339;
     assert!(
-        rfc(before) <= at.to_owned() && at.to_owned() <= rfc(after),
+        rfc(before).as_str() <= at && at <= rfc(after).as_str(),
         "{at} not within {} .. {}",
         rfc(before),
         rfc(after)
