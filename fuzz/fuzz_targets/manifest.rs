@@ -1,11 +1,11 @@
 //! Any bytes as a device manifest (the body of the join server's `POST /devices/import`, or a
-//! file given to `joinserver devices import`) → `joinserver::devices::ManifestParser`. Beyond
+//! file given to `joinserver devices import`) → `joinserver::manifest::ManifestParser`. Beyond
 //! "no panic": the first two input bytes choose where the rest is cut in two, and the parser
 //! must yield the same rows and row errors as for the whole, in line order, and every error must
 //! say what is wrong.
 #![no_main]
 
-use joinserver::devices::{Item, ManifestParser};
+use joinserver::manifest::{Item, ManifestParser};
 use libfuzzer_sys::fuzz_target;
 
 fn parse(pieces: &[&[u8]]) -> Vec<Item> {

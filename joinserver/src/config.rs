@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +22,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// The Prometheus `/metrics` and `/health` listener.
     pub metrics: MetricsConfig,
-    /// The HTTP management API and onboarding ([`crate::api`]).
-    pub api: crate::api::ApiConfig,
+    /// The HTTP management API and onboarding (`crate::api`).
+    pub api: ApiConfig,
 }
 
 /// The JS↔NS link (docs/wire-format.md).
@@ -142,6 +143,121 @@ impl Default for MetricsConfig {
     }
 }
 
+/// The `[api]` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address of the management API; empty disables it (overridden by `--api-listen`).
+    pub listen: String,
+    /// Ed25519 public keys (64 hex digits each) whose manifest signatures are trusted.
+    pub trusted_manifest_keys: Vec<String>,
+    /// Whether `joinserver devices import` also requires `--signature` (the API always does).
+    pub require_signed_cli_imports: bool,
+    /// The largest manifest accepted in one request, in bytes.
+    pub max_manifest_bytes: usize,
+    /// Manifest imports run at once; one more is answered 429 with Retry-After.
+    pub max_concurrent_imports: usize,
+    /// An import whose client sends nothing for this long is refused (s).
+    pub import_idle_timeout_s: u64,
+    /// Failed claims allowed per DevEUI per window.
+    pub claim_failures_per_device: u32,
+    /// Failed claims allowed per API key per window.
+    pub claim_failures_per_key: u32,
+    /// The failed-claim window, in seconds.
+    pub claim_failure_window_s: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            trusted_manifest_keys: Vec::new(),
+            require_signed_cli_imports: false,
+            max_manifest_bytes: 64 << 20,
+            max_concurrent_imports: 2,
+            import_idle_timeout_s: 30,
+            claim_failures_per_device: 5,
+            claim_failures_per_key: 20,
+            claim_failure_window_s: 600,
+        }
+    }
+}
+
+/// What the API allows an import: its size, how many run at once, how long an upload may
+/// stall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// The largest manifest, bytes.
+    pub max_bytes: usize,
+    /// Imports run at once (at least 1).
+    pub max_concurrent: usize,
+    /// How long an upload may send nothing.
+    pub idle_timeout: Duration,
+}
+
+impl ApiConfig {
+    /// The import limits.
+    pub fn import_limits(&self) -> ImportLimits {
+        ImportLimits {
+            max_bytes: self.max_manifest_bytes,
+            max_concurrent: self.max_concurrent_imports.max(1),
+            idle_timeout: Duration::from_secs(self.import_idle_timeout_s.max(1)),
+        }
+    }
+
+    /// The claim limits.
+    pub fn claim_limits(&self) -> ClaimLimits {
+        ClaimLimits {
+            per_device: self.claim_failures_per_device,
+            per_key: self.claim_failures_per_key,
+            window: Duration::from_secs(self.claim_failure_window_s.max(1)),
+        }
+    }
+}
+
+/// The `[api]` section of the default configuration file (after [`DEFAULT_TOML`]).
+pub const API_DEFAULT_TOML: &str = r#"
+[api]
+# TCP address of the HTTP management API (/api/v1); "" disables it (overridden by --api-listen).
+listen = ""
+# Ed25519 public keys (64 hex digits) of manufacturers whose signed manifests are accepted.
+trusted_manifest_keys = []
+# Whether `joinserver devices import` requires --signature too (API imports always do).
+require_signed_cli_imports = false
+# Largest manifest accepted in one API request (bytes).
+max_manifest_bytes = 67108864
+# Manifest imports run at once (each holds a thread and a store connection until its upload
+# ends); one more is answered 429 with Retry-After.
+max_concurrent_imports = 2
+# An upload that sends nothing for this many seconds is refused (and audited).
+import_idle_timeout_s = 30
+# Failed claims (wrong owner token) allowed per DevEUI and per API key in each window.
+claim_failures_per_device = 5
+claim_failures_per_key = 20
+claim_failure_window_s = 600
+"#;
+
+/// Limits on failed claims.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimLimits {
+    /// Failures per DevEUI per window.
+    pub per_device: u32,
+    /// Failures per API key per window.
+    pub per_key: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for ClaimLimits {
+    fn default() -> Self {
+        Self {
+            per_device: 5,
+            per_key: 20,
+            window: Duration::from_secs(600),
+        }
+    }
+}
+
 /// The default configuration file, with every field documented. `joinserver config` prints it.
 pub const DEFAULT_TOML: &str = r#"# joinserver configuration. Every field is optional; these are the defaults.
 # Secrets are never in this file: they are DATA_DIR/secrets/{master.key,link.key,ns.kek,as.kek}.
@@ -186,9 +302,9 @@ listen = "127.0.0.1:9100"
 "#;
 
 /// The whole default configuration file: [`DEFAULT_TOML`] and the `[api]` section
-/// ([`crate::api::DEFAULT_TOML`]). `joinserver config` prints it.
+/// ([`API_DEFAULT_TOML`]). `joinserver config` prints it.
 pub fn default_toml() -> String {
-    format!("{DEFAULT_TOML}{}", crate::api::DEFAULT_TOML)
+    format!("{DEFAULT_TOML}{API_DEFAULT_TOML}")
 }
 
 impl Config {

@@ -1,9 +1,17 @@
 //! The join pipeline, sans IO: a JoinReq and the device state in, a JoinAns and a nonce update
 //! out. No sockets, clocks or storage; the [`link`](crate::link) shell does those.
 //!
-//! The steps, each a small function: parse the Join-request, find the device, check the home
-//! network, check the MIC, check and record DevNonce/JoinNonce (inside one map entry), derive the
-//! session keys, build and encrypt the Join-accept, wrap the session keys under the KEKs.
+//! The steps of [`process`], each a small function, in the order it runs them:
+//! 1. parse the Join-request and the network server's radio parameters (`parse_join_request`,
+//!    `radio_params`);
+//! 2. find the device (`find_device`);
+//! 3. check the MIC (`check_mic`);
+//! 4. check the home network (`check_home`);
+//! 5. check and record DevNonce/JoinNonce, inside one map entry (`take_nonces`);
+//! 6. answer (`accept`): derive the session keys, build and encrypt the Join-accept, wrap the
+//!    session keys under the KEKs.
+//!
+//! [`put_stored`] is the one place a stored device becomes the in-memory [`Device`].
 
 use std::sync::Arc;
 
@@ -109,6 +117,35 @@ impl Device {
 /// Devices by DevEUI. DevEUIs come from the network, so the hasher is keyed (foldhash, seeded
 /// per map), never an unkeyed one like FxHash.
 pub type DeviceMap = DashMap<DevEui, Device, foldhash::fast::RandomState>;
+
+/// What [`put_stored`] does with a device the map already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// Replace it with the stored device (start-up, an import, a key rotation).
+    Replace,
+    /// Keep it (and its nonce state, never behind the store's) if its provisioning is
+    /// unchanged; replace it otherwise (a device re-imported with other keys or settings).
+    UnlessUnchanged,
+}
+
+/// Puts a stored device into the running server's map: the one place a store row becomes an
+/// in-memory [`Device`]. Fails, leaving the map as it was, if its root keys do not unwrap.
+pub fn put_stored(
+    map: &DeviceMap,
+    master: &MasterKey,
+    d: &StoredDevice,
+    refresh: Refresh,
+) -> Result<(), atrest::UnwrapError> {
+    if refresh == Refresh::UnlessUnchanged
+        && map
+            .get(&d.dev_eui)
+            .is_some_and(|m| m.provisioned == provisioning_fingerprint(d))
+    {
+        return Ok(());
+    }
+    map.insert(d.dev_eui, Device::from_stored(master, d)?);
+    Ok(())
+}
 
 /// What join processing needs besides the devices.
 #[derive(Debug, Clone)]

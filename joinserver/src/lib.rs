@@ -10,8 +10,8 @@
 //!   [`cache`]: the (sender, TransactionID) answer cache.
 //! - [`store`]: the storage trait, the SQLite (WAL) store and the group-commit writer.
 //! - [`link`]: the UDP shell around the core.
-//! - [`devices`]: manifest rows (CSV / JSON lines), parsed incrementally; the import itself is
-//!   [`onboarding::import`].
+//! - [`manifest`]: manifest rows (CSV / JSON lines), parsed incrementally; the import itself is
+//!   [`onboarding::import`], and [`devices::import`] its in-memory entry point.
 //! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
 //! - [`config`], [`metrics`]: configuration and observability.
 //! - [`onboarding`], [`api`]: owner tokens, claims, signed manifests, the audit log and the
@@ -27,6 +27,7 @@ pub mod core;
 pub mod devices;
 pub mod installer;
 pub mod link;
+pub mod manifest;
 pub mod metrics;
 pub mod mmsg;
 pub mod nonces;

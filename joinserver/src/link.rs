@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use protocol::ids::NetId;
 use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
+use protocol::ts002::JoinReq;
 
 use crate::cache::{self, AnswerCache, Lookup};
 use crate::core::{self, DeviceMap, JoinContext};
@@ -195,41 +197,61 @@ impl Link {
                 span.record("result", "malformed");
                 writer.submit(None, out(answer.into(), Some("malformed"), None))
             }
-            Ok(Parsed::Request(req)) => {
-                let tid = req.header.transaction_id;
-                span.record("tid", tid);
-                span.record("dev_eui", tracing::field::display(req.dev_eui));
-                let ck = (header.sender.0, tid);
-                let lookup = self
-                    .cache
-                    .lock()
-                    .map_or(Lookup::Miss, |mut c| c.lookup(now_ms, ck, &req.phy_payload));
-                match lookup {
-                    Lookup::Hit(answer) => {
-                        self.metrics.answers_replayed.inc();
-                        span.record("result", "cached");
-                        writer.submit(None, out(answer, None, None))
-                    }
-                    Lookup::Conflict => {
-                        span.record("result", "malformed");
-                        let answer = wire::conflict_answer(
-                            &req,
-                            "TransactionID already used for a different JoinReq",
-                        );
-                        writer.submit(None, out(answer.into(), Some("malformed"), None))
-                    }
-                    Lookup::Miss => {
-                        let fields = wire::fields(&req, sender_net_id, now_ms);
-                        let outcome = core::process(&self.ctx, &self.devices, &fields);
-                        let result = outcome.kind();
-                        span.record("result", result);
-                        let answer: Arc<[u8]> = wire::answer_json(&req, &outcome).into();
-                        if let Ok(mut c) = self.cache.lock() {
-                            c.insert(now_ms, ck, &req.phy_payload, answer.clone());
-                        }
-                        writer.submit(outcome.update, out(answer, Some(result), Some(ck)))
-                    }
+            Ok(Parsed::Request(req)) => self.on_request(
+                &req,
+                (header.sender, sender_net_id),
+                now_ms,
+                &span,
+                writer,
+                out,
+            ),
+        }
+    }
+
+    /// A well-formed JoinReq: answered from the cache (a retry or a replay), refused for a
+    /// TransactionID reused with another request, or run through the join pipeline; the answer
+    /// is queued with the nonce update it depends on.
+    fn on_request(
+        &self,
+        req: &JoinReq,
+        (sender, sender_net_id): (PeerId, NetId),
+        now_ms: u64,
+        span: &tracing::Span,
+        writer: &GroupCommit<Outgoing>,
+        out: impl Fn(Arc<[u8]>, Option<&'static str>, Option<cache::Key>) -> Outgoing,
+    ) -> Result<(), crate::store::WriterStopped> {
+        let tid = req.header.transaction_id;
+        span.record("tid", tid);
+        span.record("dev_eui", tracing::field::display(req.dev_eui));
+        let ck = (sender.0, tid);
+        let lookup = self
+            .cache
+            .lock()
+            .map_or(Lookup::Miss, |mut c| c.lookup(now_ms, ck, &req.phy_payload));
+        match lookup {
+            Lookup::Hit(answer) => {
+                self.metrics.answers_replayed.inc();
+                span.record("result", "cached");
+                writer.submit(None, out(answer, None, None))
+            }
+            Lookup::Conflict => {
+                span.record("result", "malformed");
+                let answer = wire::conflict_answer(
+                    req,
+                    "TransactionID already used for a different JoinReq",
+                );
+                writer.submit(None, out(answer.into(), Some("malformed"), None))
+            }
+            Lookup::Miss => {
+                let fields = wire::fields(req, sender_net_id, now_ms);
+                let outcome = core::process(&self.ctx, &self.devices, &fields);
+                let result = outcome.kind();
+                span.record("result", result);
+                let answer: Arc<[u8]> = wire::answer_json(req, &outcome).into();
+                if let Ok(mut c) = self.cache.lock() {
+                    c.insert(now_ms, ck, &req.phy_payload, answer.clone());
                 }
+                writer.submit(outcome.update, out(answer, Some(result), Some(ck)))
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Starting and stopping a join server: secrets, store, devices, link threads, metrics.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,7 @@ use protocol::link::PeerId;
 use crate::atrest;
 use crate::cache::AnswerCache;
 use crate::config::Config;
-use crate::core::{self, DeviceMap, JoinContext};
+use crate::core::{self, DeviceMap, JoinContext, Refresh};
 use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
 use crate::secrets::{self, Secrets};
@@ -73,9 +73,8 @@ fn load_devices(
     let all = store.load_devices()?;
     let n = all.len();
     for d in all {
-        let dev =
-            core::Device::from_stored(master, &d).map_err(|e| StartError::Device(d.dev_eui, e))?;
-        map.insert(d.dev_eui, dev);
+        core::put_stored(map, master, &d, Refresh::Replace)
+            .map_err(|e| StartError::Device(d.dev_eui, e))?;
     }
     Ok(n)
 }
@@ -114,18 +113,8 @@ pub fn sync_devices(
 
 /// Puts a stored device into the map unless the map holds it with the same provisioning.
 fn apply_stored(master: &secrets::MasterKey, map: &DeviceMap, d: &StoredDevice) {
-    let fingerprint = core::provisioning_fingerprint(d);
-    if map
-        .get(&d.dev_eui)
-        .is_some_and(|m| m.provisioned == fingerprint)
-    {
-        return;
-    }
-    match core::Device::from_stored(master, d) {
-        Ok(dev) => {
-            map.insert(d.dev_eui, dev);
-        }
-        Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
+    if let Err(e) = core::put_stored(map, master, d, Refresh::UnlessUnchanged) {
+        tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded");
     }
 }
 
@@ -137,33 +126,244 @@ fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// The network servers allowed on the link: `[[link.peers]]`, or with none listed, any sender
+/// authenticating with `secrets/link.key`.
+fn peers_from_config(
+    data_dir: &Path,
+    config: &Config,
+    secrets: &Secrets,
+) -> Result<Peers, StartError> {
+    let mut peers = Peers::default();
+    if config.link.peers.is_empty() {
+        peers.default = Some(secrets.link.clone());
+    }
+    for p in &config.link.peers {
+        let net_id: NetId = p
+            .net_id
+            .parse()
+            .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
+        let key = secrets::read_hex_key(&resolve(data_dir, &p.key_file))?;
+        peers.by_id.insert(PeerId::from_net_id(net_id).0, key);
+    }
+    Ok(peers)
+}
+
+/// Opens the store for the link's group commit: the master key checked, automatic checkpoints
+/// off (the reload thread checkpoints), `synchronous` as configured.
+fn open_store(
+    data_dir: &Path,
+    config: &Config,
+    secrets: &Secrets,
+) -> Result<SqliteStore, StartError> {
+    let mut store = SqliteStore::open(data_dir)?;
+    store.check_master(&atrest::check_value(&secrets.master))?;
+    // Checkpoints run on the reload thread's connection, off the commit path.
+    store.disable_autocheckpoint()?;
+    store.set_synchronous(config.store.synchronous)?;
+    if config.store.synchronous != crate::config::Synchronous::Full {
+        tracing::warn!("store.synchronous = \"normal\": answered joins survive a crash of the join server but not a power loss");
+    }
+    Ok(store)
+}
+
+/// What the reload thread needs.
+struct Reload {
+    /// The generation of the store the map was loaded from.
+    seen: u64,
+    master: secrets::MasterKey,
+    devices: Arc<DeviceMap>,
+    /// Held while a batch of devices goes from the store into the map.
+    map_sync: Arc<Mutex<()>>,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+}
+
+/// Starts the thread that picks up provisioning by other processes (`joinserver devices
+/// import/remove`) and runs the WAL checkpoints.
+fn spawn_reloader(mut reload_store: SqliteStore, r: Reload) -> Result<JoinHandle<()>, StartError> {
+    std::thread::Builder::new()
+        .name("js-reload".into())
+        .spawn(move || {
+            let mut seen = r.seen;
+            while !r.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                if let Err(e) = reload_store.checkpoint() {
+                    tracing::warn!(error = %e, "WAL checkpoint");
+                }
+                let (g, changes) = match reload_store.changes_since(seen) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the device changes failed");
+                        continue;
+                    }
+                };
+                if g == seen {
+                    continue;
+                }
+                let _sync = r.map_sync.lock().unwrap_or_else(|e| e.into_inner());
+                match sync_devices(&mut reload_store, &r.master, &r.devices, &changes) {
+                    Ok(read) => {
+                        seen = g;
+                        r.metrics.devices.set(r.devices.len() as i64);
+                        tracing::info!(
+                            devices = r.devices.len(),
+                            read,
+                            full = changes == DeviceChanges::All,
+                            "devices reloaded"
+                        );
+                    }
+                    Err(e) => tracing::error!(error = %e, "device reload failed"),
+                }
+            }
+        })
+        .map_err(|source| StartError::Bind {
+            what: "reload thread",
+            addr: String::new(),
+            source,
+        })
+}
+
+/// A `StartError::Bind` for `what` on `addr`.
+fn bind_error(
+    what: &'static str,
+    addr: impl ToString,
+) -> impl FnOnce(std::io::Error) -> StartError {
+    let addr = addr.to_string();
+    move |source| StartError::Bind { what, addr, source }
+}
+
+/// Binds the link socket: the receiving socket, a clone for sending, and the bound address.
+fn bind_link(config: &Config) -> Result<(UdpSocket, UdpSocket, SocketAddr), StartError> {
+    let listen = config.link.listen;
+    let socket =
+        link::bind(listen, config.link.recv_buffer_bytes).map_err(bind_error("link", listen))?;
+    let link_addr = socket.local_addr().map_err(bind_error("link", listen))?;
+    let send_socket = socket.try_clone().map_err(bind_error("link", link_addr))?;
+    Ok((socket, send_socket, link_addr))
+}
+
+/// Starts the link's two threads: the store writer (group commit), which sends each batch's
+/// answers once committed, and the receiver. Returns their handles.
+fn spawn_link(
+    link: &Arc<Link>,
+    socket: UdpSocket,
+    send_socket: UdpSocket,
+    store: SqliteStore,
+    config: &Config,
+    stop: &Arc<AtomicBool>,
+    healthy: &Arc<AtomicBool>,
+) -> Result<(JoinHandle<()>, JoinHandle<SqliteStore>), StartError> {
+    let link_addr = socket.local_addr().ok();
+    let release_link = link.clone();
+    let batch_sender = crate::mmsg::BatchSender::new(64);
+    let (writer, writer_handle) = GroupCommit::<Outgoing>::spawn(
+        store,
+        config.store.max_batch,
+        config.store.queue_depth,
+        move |released| release_link.release(&send_socket, &batch_sender, released),
+    );
+    let recv_link = link.clone();
+    let recv_stop = stop.clone();
+    let recv_healthy = healthy.clone();
+    let receiver = std::thread::Builder::new()
+        .name("js-link".into())
+        .spawn(move || {
+            recv_link.run(&socket, &writer, &recv_stop);
+            recv_healthy.store(false, Ordering::Relaxed);
+            drop(writer);
+        })
+        .map_err(bind_error(
+            "link thread",
+            link_addr.map_or_else(String::new, |a| a.to_string()),
+        ))?;
+    Ok((receiver, writer_handle))
+}
+
+/// Metrics listener address, thread and stop signal, if `[metrics] listen` is set.
+type MetricsParts = (
+    Option<SocketAddr>,
+    Option<JoinHandle<()>>,
+    Option<tokio::sync::oneshot::Sender<()>>,
+);
+
+/// Starts the `/metrics` and `/health` listener on its own thread, unless disabled.
+fn start_metrics(
+    config: &Config,
+    metrics: &Metrics,
+    healthy: &Arc<AtomicBool>,
+    link_inode: Option<u64>,
+) -> Result<MetricsParts, StartError> {
+    if config.metrics.listen.is_empty() {
+        return Ok((None, None, None));
+    }
+    let addr: SocketAddr = config
+        .metrics
+        .listen
+        .parse()
+        .map_err(|e| StartError::Config(format!("metrics.listen: {e}")))?;
+    let std_listener = std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
+        what: "metrics",
+        addr: addr.to_string(),
+        source,
+    })?;
+    let bound = std_listener.local_addr().ok();
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| StartError::Bind {
+            what: "metrics",
+            addr: addr.to_string(),
+            source,
+        })?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let m = metrics.clone();
+    let h = healthy.clone();
+    let km = metrics.clone();
+    let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        if let Some(d) = link_inode.and_then(|i| udpstat::receive_drops(&[i])) {
+            km.kernel_drops.set(i64::try_from(d).unwrap_or(i64::MAX));
+        }
+    });
+    let t = std::thread::Builder::new()
+        .name("js-metrics".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics runtime");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                    tracing::error!("metrics listener");
+                    return;
+                };
+                tokio::select! {
+                    () = metrics::serve(listener, m, h, scrape) => {}
+                    _ = rx => {}
+                }
+            });
+        })
+        .map_err(|source| StartError::Bind {
+            what: "metrics thread",
+            addr: addr.to_string(),
+            source,
+        })?;
+    Ok((bound, Some(t), Some(tx)))
+}
+
 impl Server {
     /// Starts a join server on `data_dir` with `config`. Returns once the sockets are bound and
     /// the devices are loaded.
     pub fn start(data_dir: &Path, config: &Config) -> Result<Self, StartError> {
         let secrets = Secrets::load(data_dir)?;
         let js_id = PeerId(config.js_id().map_err(StartError::Config)?);
-        let mut peers = Peers::default();
-        if config.link.peers.is_empty() {
-            peers.default = Some(secrets.link.clone());
-        }
-        for p in &config.link.peers {
-            let net_id: NetId = p
-                .net_id
-                .parse()
-                .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
-            let key = secrets::read_hex_key(&resolve(data_dir, &p.key_file))?;
-            peers.by_id.insert(PeerId::from_net_id(net_id).0, key);
-        }
+        let peers = peers_from_config(data_dir, config, &secrets)?;
 
-        let mut store = SqliteStore::open(data_dir)?;
-        store.check_master(&atrest::check_value(&secrets.master))?;
-        // Checkpoints run on the reload thread's connection, off the commit path.
-        store.disable_autocheckpoint()?;
-        store.set_synchronous(config.store.synchronous)?;
-        if config.store.synchronous != crate::config::Synchronous::Full {
-            tracing::warn!("store.synchronous = \"normal\": answered joins survive a crash of the join server but not a power loss");
-        }
+        let mut store = open_store(data_dir, config, &secrets)?;
         let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
         // Read before the load: a change in between is picked up (again) by the reload thread.
         let loaded_generation = store.generation()?;
@@ -176,25 +376,8 @@ impl Server {
         let map_sync = Arc::new(Mutex::new(()));
         let api = start_api(data_dir, config, &devices, &map_sync, &secrets.master)?;
 
-        let socket =
-            link::bind(config.link.listen, config.link.recv_buffer_bytes).map_err(|source| {
-                StartError::Bind {
-                    what: "link",
-                    addr: config.link.listen.to_string(),
-                    source,
-                }
-            })?;
-        let link_addr = socket.local_addr().map_err(|source| StartError::Bind {
-            what: "link",
-            addr: config.link.listen.to_string(),
-            source,
-        })?;
+        let (socket, send_socket, link_addr) = bind_link(config)?;
         let link_inode = udpstat::socket_inode(&socket);
-        let send_socket = socket.try_clone().map_err(|source| StartError::Bind {
-            what: "link",
-            addr: link_addr.to_string(),
-            source,
-        })?;
 
         let link = Arc::new(Link {
             ctx: JoinContext {
@@ -217,140 +400,25 @@ impl Server {
 
         let stop = Arc::new(AtomicBool::new(false));
         let healthy = Arc::new(AtomicBool::new(true));
-        let release_link = link.clone();
-        let batch_sender = crate::mmsg::BatchSender::new(64);
-        let (writer, writer_handle) = GroupCommit::<Outgoing>::spawn(
-            store,
-            config.store.max_batch,
-            config.store.queue_depth,
-            move |released| release_link.release(&send_socket, &batch_sender, released),
-        );
-        let recv_link = link.clone();
-        let recv_stop = stop.clone();
-        let recv_healthy = healthy.clone();
-        let receiver = std::thread::Builder::new()
-            .name("js-link".into())
-            .spawn(move || {
-                recv_link.run(&socket, &writer, &recv_stop);
-                recv_healthy.store(false, Ordering::Relaxed);
-                drop(writer);
-            })
-            .map_err(|source| StartError::Bind {
-                what: "link thread",
-                addr: link_addr.to_string(),
-                source,
-            })?;
+        let (receiver, writer_handle) =
+            spawn_link(&link, socket, send_socket, store, config, &stop, &healthy)?;
 
         // Provisioning by other processes (`joinserver devices import/remove`), and WAL
         // checkpoints.
-        let mut reload_store = SqliteStore::open(data_dir)?;
-        let reload_stop = stop.clone();
-        let reload_metrics = metrics.clone();
-        let master = secrets.master.clone();
-        let reload_sync = map_sync.clone();
-        let reloader = std::thread::Builder::new()
-            .name("js-reload".into())
-            .spawn(move || {
-                let mut seen = loaded_generation;
-                while !reload_stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(500));
-                    if let Err(e) = reload_store.checkpoint() {
-                        tracing::warn!(error = %e, "WAL checkpoint");
-                    }
-                    let (g, changes) = match reload_store.changes_since(seen) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::error!(error = %e, "reading the device changes failed");
-                            continue;
-                        }
-                    };
-                    if g == seen {
-                        continue;
-                    }
-                    let _sync = reload_sync.lock().unwrap_or_else(|e| e.into_inner());
-                    match sync_devices(&mut reload_store, &master, &devices, &changes) {
-                        Ok(read) => {
-                            seen = g;
-                            reload_metrics.devices.set(devices.len() as i64);
-                            tracing::info!(
-                                devices = devices.len(),
-                                read,
-                                full = changes == DeviceChanges::All,
-                                "devices reloaded"
-                            );
-                        }
-                        Err(e) => tracing::error!(error = %e, "device reload failed"),
-                    }
-                }
-            })
-            .map_err(|source| StartError::Bind {
-                what: "reload thread",
-                addr: String::new(),
-                source,
-            })?;
+        let reloader = spawn_reloader(
+            SqliteStore::open(data_dir)?,
+            Reload {
+                seen: loaded_generation,
+                master: secrets.master.clone(),
+                devices,
+                map_sync,
+                metrics: metrics.clone(),
+                stop: stop.clone(),
+            },
+        )?;
 
-        let (metrics_addr, metrics_thread, metrics_stop) = if config.metrics.listen.is_empty() {
-            (None, None, None)
-        } else {
-            let addr: SocketAddr = config
-                .metrics
-                .listen
-                .parse()
-                .map_err(|e| StartError::Config(format!("metrics.listen: {e}")))?;
-            let std_listener =
-                std::net::TcpListener::bind(addr).map_err(|source| StartError::Bind {
-                    what: "metrics",
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            let bound = std_listener.local_addr().ok();
-            std_listener
-                .set_nonblocking(true)
-                .map_err(|source| StartError::Bind {
-                    what: "metrics",
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let m = metrics.clone();
-            let h = healthy.clone();
-            let km = metrics.clone();
-            let scrape: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-                if let Some(d) = link_inode.and_then(|i| udpstat::receive_drops(&[i])) {
-                    km.kernel_drops.set(i64::try_from(d).unwrap_or(i64::MAX));
-                }
-            });
-            let t = std::thread::Builder::new()
-                .name("js-metrics".into())
-                .spawn(move || {
-                    let rt = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(rt) => rt,
-                        Err(e) => {
-                            tracing::error!(error = %e, "metrics runtime");
-                            return;
-                        }
-                    };
-                    rt.block_on(async move {
-                        let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                            tracing::error!("metrics listener");
-                            return;
-                        };
-                        tokio::select! {
-                            () = metrics::serve(listener, m, h, scrape) => {}
-                            _ = rx => {}
-                        }
-                    });
-                })
-                .map_err(|source| StartError::Bind {
-                    what: "metrics thread",
-                    addr: addr.to_string(),
-                    source,
-                })?;
-            (bound, Some(t), Some(tx))
-        };
+        let (metrics_addr, metrics_thread, metrics_stop) =
+            start_metrics(config, &metrics, &healthy, link_inode)?;
 
         Ok(Self {
             link_addr,

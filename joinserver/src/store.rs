@@ -233,6 +233,19 @@ pub enum DeviceChanges {
     Devices(Vec<DevEui>),
 }
 
+/// A connection to the database file with the settings every connection of this crate uses.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// A DevEUI as SQLite stores it (see [`eui_to_sql`]).
+pub(crate) fn dev_eui_sql(d: DevEui) -> i64 {
+    eui_to_sql(d.as_u64())
+}
+
 /// A DevEUI/JoinEUI as SQLite stores it: the u64 bits as an i64.
 pub(crate) fn eui_to_sql(v: u64) -> i64 {
     v as i64
@@ -301,7 +314,7 @@ pub(crate) fn write_nonces(
          last_join_nonce = ?4 WHERE dev_eui = ?1",
     )?
     .execute(params![
-        eui_to_sql(dev_eui.as_u64()),
+        dev_eui_sql(dev_eui),
         state.last_dev_nonce.map(i64::from),
         state.history_blob(),
         i64::from(state.last_join_nonce),
@@ -315,7 +328,7 @@ fn write_last_join(tx: &Connection, dev_eui: DevEui, joined: LastJoin) -> Result
         "UPDATE devices SET last_join_ms = ?2, last_join_net_id = ?3 WHERE dev_eui = ?1",
     )?
     .execute(params![
-        eui_to_sql(dev_eui.as_u64()),
+        dev_eui_sql(dev_eui),
         i64::try_from(joined.at_ms).unwrap_or(i64::MAX),
         i64::from(joined.net_id.as_u32()),
     ])?;
@@ -326,7 +339,7 @@ fn write_last_join(tx: &Connection, dev_eui: DevEui, joined: LastJoin) -> Result
 pub(crate) fn delete_device(tx: &Connection, dev_eui: DevEui) -> Result<bool, StoreError> {
     let n = tx.execute(
         "DELETE FROM devices WHERE dev_eui = ?1",
-        [eui_to_sql(dev_eui.as_u64())],
+        [dev_eui_sql(dev_eui)],
     )?;
     Ok(n > 0)
 }
@@ -371,10 +384,8 @@ impl SqliteStore {
                 .mode(0o600)
                 .open(path);
         }
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
+        let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
         add_missing_columns(&mut conn)?;
         Ok(Self {
@@ -424,6 +435,12 @@ impl SqliteStore {
             last_join_ms: row.get(10)?,
             last_join_net_id: row.get(11)?,
         })
+    }
+
+    /// A new connection to the same file, with the same settings (an import's own staging
+    /// table and transaction).
+    pub(crate) fn connect_again(&self) -> Result<Connection, StoreError> {
+        connect(&self.path)
     }
 
     /// The connection, for the crate's multi-table operations on the same file (the
@@ -518,7 +535,7 @@ impl Store for SqliteStore {
             .conn
             .query_row(
                 &format!("{SELECT} WHERE dev_eui = ?1"),
-                [eui_to_sql(dev_eui.as_u64())],
+                [dev_eui_sql(dev_eui)],
                 Self::row_to_device,
             )
             .optional()?;
@@ -534,7 +551,7 @@ impl Store for SqliteStore {
             ))?;
             for d in devices {
                 let r = stmt.execute(params![
-                    eui_to_sql(d.dev_eui.as_u64()),
+                    dev_eui_sql(d.dev_eui),
                     eui_to_sql(d.join_eui.as_u64()),
                     d.mac_version.as_str(),
                     d.app_key_wrapped,

@@ -24,7 +24,8 @@ use http_body_util::BodyExt as _;
 use protocol::ids::{DevEui, NetId};
 use serde::{Deserialize, Serialize};
 
-use crate::devices::Format;
+use crate::config::ImportLimits;
+use crate::manifest::Format;
 use crate::onboarding::db::{Actor, AuditFilter};
 use crate::onboarding::import::{ManifestSource, SourceError};
 use crate::onboarding::service::{OnbError, Onboarding};
@@ -33,100 +34,6 @@ mod qr;
 
 /// The OpenAPI 3.0 document of this API: `docs/openapi.json`, compiled in.
 pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
-
-/// The `[api]` section of the configuration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApiConfig {
-    /// TCP address of the management API; empty disables it (overridden by `--api-listen`).
-    pub listen: String,
-    /// Ed25519 public keys (64 hex digits each) whose manifest signatures are trusted.
-    pub trusted_manifest_keys: Vec<String>,
-    /// Whether `joinserver devices import` also requires `--signature` (the API always does).
-    pub require_signed_cli_imports: bool,
-    /// The largest manifest accepted in one request, in bytes.
-    pub max_manifest_bytes: usize,
-    /// Manifest imports run at once; one more is answered 429 with Retry-After.
-    pub max_concurrent_imports: usize,
-    /// An import whose client sends nothing for this long is refused (s).
-    pub import_idle_timeout_s: u64,
-    /// Failed claims allowed per DevEUI per window.
-    pub claim_failures_per_device: u32,
-    /// Failed claims allowed per API key per window.
-    pub claim_failures_per_key: u32,
-    /// The failed-claim window, in seconds.
-    pub claim_failure_window_s: u64,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        Self {
-            listen: String::new(),
-            trusted_manifest_keys: Vec::new(),
-            require_signed_cli_imports: false,
-            max_manifest_bytes: 64 << 20,
-            max_concurrent_imports: 2,
-            import_idle_timeout_s: 30,
-            claim_failures_per_device: 5,
-            claim_failures_per_key: 20,
-            claim_failure_window_s: 600,
-        }
-    }
-}
-
-/// What the API allows an import: its size, how many run at once, how long an upload may
-/// stall.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImportLimits {
-    /// The largest manifest, bytes.
-    pub max_bytes: usize,
-    /// Imports run at once (at least 1).
-    pub max_concurrent: usize,
-    /// How long an upload may send nothing.
-    pub idle_timeout: Duration,
-}
-
-impl ApiConfig {
-    /// The import limits.
-    pub fn import_limits(&self) -> ImportLimits {
-        ImportLimits {
-            max_bytes: self.max_manifest_bytes,
-            max_concurrent: self.max_concurrent_imports.max(1),
-            idle_timeout: Duration::from_secs(self.import_idle_timeout_s.max(1)),
-        }
-    }
-
-    /// The claim limits.
-    pub fn claim_limits(&self) -> crate::onboarding::service::ClaimLimits {
-        crate::onboarding::service::ClaimLimits {
-            per_device: self.claim_failures_per_device,
-            per_key: self.claim_failures_per_key,
-            window: Duration::from_secs(self.claim_failure_window_s.max(1)),
-        }
-    }
-}
-
-/// The `[api]` section of the default configuration file.
-pub const DEFAULT_TOML: &str = r#"
-[api]
-# TCP address of the HTTP management API (/api/v1); "" disables it (overridden by --api-listen).
-listen = ""
-# Ed25519 public keys (64 hex digits) of manufacturers whose signed manifests are accepted.
-trusted_manifest_keys = []
-# Whether `joinserver devices import` requires --signature too (API imports always do).
-require_signed_cli_imports = false
-# Largest manifest accepted in one API request (bytes).
-max_manifest_bytes = 67108864
-# Manifest imports run at once (each holds a thread and a store connection until its upload
-# ends); one more is answered 429 with Retry-After.
-max_concurrent_imports = 2
-# An upload that sends nothing for this many seconds is refused (and audited).
-import_idle_timeout_s = 30
-# Failed claims (wrong owner token) allowed per DevEUI and per API key in each window.
-claim_failures_per_device = 5
-claim_failures_per_key = 20
-claim_failure_window_s = 600
-"#;
 
 /// What a refused import is told to wait before trying again.
 const IMPORT_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -375,36 +282,10 @@ async fn import(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut body = body;
-    let mut received = 0usize;
     let last = if declared.is_some_and(|n| n > max as u64) {
         Chunk::Failed(SourceError::TooLarge(max))
     } else {
-        loop {
-            let Ok(frame) = tokio::time::timeout(st.import_idle, body.frame()).await else {
-                break Chunk::Failed(SourceError::Incomplete(format!(
-                    "nothing received for {} s",
-                    st.import_idle.as_secs()
-                )));
-            };
-            match frame {
-                None => break Chunk::End,
-                Some(Err(e)) => break Chunk::Failed(SourceError::Incomplete(e.to_string())),
-                Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else {
-                        continue; // trailers
-                    };
-                    received += data.len();
-                    if received > max {
-                        break Chunk::Failed(SourceError::TooLarge(max));
-                    }
-                    if tx.send(Chunk::Data(data)).await.is_err() {
-                        // The import stopped early (refused before reading, or failed).
-                        break Chunk::End;
-                    }
-                }
-            }
-        }
+        forward_body(body, max, st.import_idle, &tx).await
     };
     let _ = tx.send(last).await;
     drop(tx);
@@ -415,6 +296,42 @@ async fn import(
         }))
     })??;
     Ok(json(StatusCode::CREATED, &r))
+}
+
+/// Forwards an import's body, frame by frame, to the import thread until it ends, exceeds `max`
+/// bytes, or sends nothing for `idle`; returns the chunk that ends the manifest.
+async fn forward_body(
+    mut body: Body,
+    max: usize,
+    idle: Duration,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) -> Chunk {
+    let mut received = 0usize;
+    loop {
+        let Ok(frame) = tokio::time::timeout(idle, body.frame()).await else {
+            return Chunk::Failed(SourceError::Incomplete(format!(
+                "nothing received for {} s",
+                idle.as_secs()
+            )));
+        };
+        match frame {
+            None => return Chunk::End,
+            Some(Err(e)) => return Chunk::Failed(SourceError::Incomplete(e.to_string())),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                received += data.len();
+                if received > max {
+                    return Chunk::Failed(SourceError::TooLarge(max));
+                }
+                if tx.send(Chunk::Data(data)).await.is_err() {
+                    // The import stopped early (refused before reading, or failed).
+                    return Chunk::End;
+                }
+            }
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

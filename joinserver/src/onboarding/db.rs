@@ -8,13 +8,12 @@
 //! Each method is one transaction. Root keys only ever arrive wrapped under the master key.
 
 use std::path::Path;
-use std::time::Duration;
 
 use protocol::ids::{DevEui, NetId};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{self, NonceState, SqliteStore, Store, StoreError, StoredDevice, DB_FILE};
+use crate::store::{self, NonceState, SqliteStore, Store, StoreError, StoredDevice};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -225,15 +224,10 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-fn eui_sql(d: DevEui) -> i64 {
-    store::eui_to_sql(d.as_u64())
-}
-
-/// The onboarding store: its own connection to `DATA_DIR/joinserver.db`, plus the device store.
+/// The onboarding store: the device store of `DATA_DIR/joinserver.db` and, on the same
+/// connection, the onboarding tables, so one transaction can span both.
 pub struct OnboardStore {
-    conn: Connection,
     devices: SqliteStore,
-    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for OnboardStore {
@@ -268,26 +262,12 @@ pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A connection to the database file with the settings every connection of this crate uses.
-fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
-}
-
 impl OnboardStore {
     /// Opens (creating the tables if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let devices = SqliteStore::open(data_dir)?;
-        let path = data_dir.join(DB_FILE);
-        let conn = connect(&path)?;
-        ensure_schema(&conn)?;
-        let mut s = Self {
-            conn,
-            devices,
-            path,
-        };
+        let mut devices = SqliteStore::open(data_dir)?;
+        ensure_schema(devices.conn_mut())?;
+        let mut s = Self { devices };
         s.hash_clear_owner_tokens()?;
         Ok(s)
     }
@@ -297,7 +277,7 @@ impl OnboardStore {
     /// [`super::import`]) are moved to `ownership` as hashes, and
     /// the clear column is emptied. Returns how many were moved.
     pub fn hash_clear_owner_tokens(&mut self) -> Result<usize, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         let clear: Vec<(i64, String)> = tx
             .prepare("SELECT dev_eui, owner_token FROM devices WHERE owner_token IS NOT NULL")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -318,6 +298,11 @@ impl OnboardStore {
         Ok(clear.len())
     }
 
+    /// The connection the device store and the onboarding tables share.
+    fn conn(&mut self) -> &mut Connection {
+        self.devices.conn_mut()
+    }
+
     /// The device store on the same file.
     pub fn devices(&mut self) -> &mut SqliteStore {
         &mut self.devices
@@ -325,7 +310,7 @@ impl OnboardStore {
 
     /// Appends one audit record on its own.
     pub fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         append(&tx, now_ms(), e)?;
         tx.commit()?;
         Ok(())
@@ -340,7 +325,7 @@ impl OnboardStore {
         key_hash: &[u8; 32],
     ) -> Result<ApiKeyRecord, StoreError> {
         let id = hex::encode(&key_hash[..8]);
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         tx.execute(
             "INSERT INTO api_keys (id, name, role, key_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id, name, role.as_str(), &key_hash[..], now_ms()],
@@ -371,7 +356,7 @@ impl OnboardStore {
         key_hash: &[u8; 32],
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row: Option<(String, String, String, Vec<u8>)> = self
-            .conn
+            .conn()
             .prepare_cached("SELECT id, name, role, key_hash FROM api_keys WHERE key_hash = ?1")?
             .query_row([&key_hash[..]], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -388,7 +373,7 @@ impl OnboardStore {
     /// A new connection to the same file, for one import: its staging table and transaction
     /// are its own, so the upload does not hold this store's lock ([`super::import`]).
     pub fn import_connection(&self) -> Result<Connection, StoreError> {
-        connect(&self.path)
+        self.devices.connect_again()
     }
 
     /// The claim attempts refused for a wrong token or an unknown device (those that count
@@ -398,7 +383,7 @@ impl OnboardStore {
         &mut self,
         since_ms: i64,
     ) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn().prepare(
             "SELECT at_ms, actor, dev_eui FROM audit WHERE action = 'claim' AND at_ms >= ?1 \
              AND outcome IN ('refused:wrong_token', 'refused:not_found') ORDER BY seq",
         )?;
@@ -420,12 +405,12 @@ impl OnboardStore {
 
     fn ownership(&mut self, dev_eui: DevEui) -> Result<Ownership, StoreError> {
         Ok(self
-            .conn
+            .conn()
             .prepare_cached(
                 "SELECT token_hash, manufacturer, owner, claimed_ms, locked FROM ownership \
                  WHERE dev_eui = ?1",
             )?
-            .query_row([eui_sql(dev_eui)], |r| {
+            .query_row([store::dev_eui_sql(dev_eui)], |r| {
                 Ok(Ownership {
                     token_hash: r.get(0)?,
                     manufacturer: r.get(1)?,
@@ -450,12 +435,12 @@ impl OnboardStore {
         let map = |r: &rusqlite::Row<'_>| r.get::<_, i64>(0);
         let rows: Vec<i64> = match scope {
             None => self
-                .conn
+                .conn()
                 .prepare_cached("SELECT dev_eui FROM devices")?
                 .query_map([], map)?
                 .collect::<Result<_, _>>()?,
             Some((column, tenant)) => self
-                .conn
+                .conn()
                 .prepare_cached(&format!(
                     "SELECT d.dev_eui FROM devices d JOIN ownership o ON o.dev_eui = d.dev_eui \
                      WHERE o.{} = ?1",
@@ -480,15 +465,15 @@ impl OnboardStore {
         detail: &str,
     ) -> Result<(), StoreError> {
         let at = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         tx.execute(
             "INSERT INTO ownership (dev_eui, owner, claimed_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (dev_eui) DO UPDATE SET owner = ?2, claimed_ms = ?3",
-            params![eui_sql(dev_eui), tenant, at],
+            params![store::dev_eui_sql(dev_eui), tenant, at],
         )?;
         tx.execute(
             "UPDATE devices SET home_net_id = ?2 WHERE dev_eui = ?1",
-            params![eui_sql(dev_eui), i64::from(home.as_u32())],
+            params![store::dev_eui_sql(dev_eui), i64::from(home.as_u32())],
         )?;
         append(
             &tx,
@@ -513,15 +498,18 @@ impl OnboardStore {
         new_token_hash: Option<&[u8; 32]>,
     ) -> Result<(), StoreError> {
         let at = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         tx.execute(
             "UPDATE ownership SET owner = NULL, claimed_ms = NULL, \
              token_hash = COALESCE(?2, token_hash) WHERE dev_eui = ?1",
-            params![eui_sql(dev_eui), new_token_hash.map(|h| h.to_vec())],
+            params![
+                store::dev_eui_sql(dev_eui),
+                new_token_hash.map(|h| h.to_vec())
+            ],
         )?;
         tx.execute(
             "UPDATE devices SET home_net_id = NULL WHERE dev_eui = ?1",
-            [eui_sql(dev_eui)],
+            [store::dev_eui_sql(dev_eui)],
         )?;
         append(
             &tx,
@@ -549,11 +537,11 @@ impl OnboardStore {
         dev_eui: DevEui,
         locked: bool,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         tx.execute(
             "INSERT INTO ownership (dev_eui, locked) VALUES (?1, ?2) \
              ON CONFLICT (dev_eui) DO UPDATE SET locked = ?2",
-            params![eui_sql(dev_eui), i64::from(locked)],
+            params![store::dev_eui_sql(dev_eui), i64::from(locked)],
         )?;
         append(
             &tx,
@@ -581,12 +569,12 @@ impl OnboardStore {
         keys: Option<(&[u8], Option<&[u8]>)>,
         detail: &str,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         store::write_nonces(&tx, dev_eui, nonces)?;
         if let Some((app, nwk)) = keys {
             tx.execute(
                 "UPDATE devices SET app_key = ?2, nwk_key = ?3 WHERE dev_eui = ?1",
-                params![eui_sql(dev_eui), app, nwk],
+                params![store::dev_eui_sql(dev_eui), app, nwk],
             )?;
         }
         append(
@@ -606,11 +594,11 @@ impl OnboardStore {
 
     /// Removes a device and its ownership. Audited. `false` if it did not exist.
     pub fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn().transaction()?;
         let removed = store::delete_device(&tx, dev_eui)?;
         tx.execute(
             "DELETE FROM ownership WHERE dev_eui = ?1",
-            [eui_sql(dev_eui)],
+            [store::dev_eui_sql(dev_eui)],
         )?;
         if removed {
             append(
@@ -674,7 +662,7 @@ impl OnboardStore {
         }
         let limit = f.limit.unwrap_or(100).min(10_000);
         sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
-        let mut stmt = self.conn.prepare(&sql)?;
+        let mut stmt = self.conn().prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
@@ -716,7 +704,7 @@ mod tests {
         })
         .unwrap();
         for sql in ["UPDATE audit SET outcome = 'ok'", "DELETE FROM audit"] {
-            let e = s.conn.execute(sql, []).unwrap_err();
+            let e = s.conn().execute(sql, []).unwrap_err();
             assert!(e.to_string().contains("append-only"), "{sql}: {e}");
         }
         let f = AuditFilter {

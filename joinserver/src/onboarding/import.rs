@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::db::{now_ms, Actor, Role};
 use super::manifest_sig::{ManifestVerifier, SignatureError};
 use super::secret;
-use crate::devices::{Format, Item, ManifestParser, RowError};
+use crate::manifest::{Format, Item, ManifestParser, NewDevice, RowError};
 use crate::secrets::MasterKey;
 use crate::store::{self, StoreError, StoredDevice};
 
@@ -253,14 +253,14 @@ pub fn run(
 fn stage(
     tx: &Connection,
     master: &MasterKey,
-    d: &crate::devices::NewDevice,
+    d: &NewDevice,
     dev_eui_column: &str,
     generated: &mut Vec<Generated>,
     errors: &mut Errors,
 ) -> Result<(), StoreError> {
     let first: Option<i64> = tx
         .prepare_cached("SELECT line FROM temp.import_rows WHERE dev_eui = ?1")?
-        .query_row([store::eui_to_sql(d.dev_eui.as_u64())], |r| r.get(0))
+        .query_row([store::dev_eui_sql(d.dev_eui)], |r| r.get(0))
         .optional()?;
     if let Some(first) = first {
         errors.push(RowError {
@@ -276,10 +276,7 @@ fn stage(
             "INSERT INTO temp.import_rows (dev_eui, line, join_eui, mac_version, app_key, \
              token_hash, dev_text, detail) VALUES (?1, ?2, 0, '', x'', x'', '', '')",
         )?
-        .execute(params![
-            store::eui_to_sql(d.dev_eui.as_u64()),
-            d.line as i64
-        ])?;
+        .execute(params![store::dev_eui_sql(d.dev_eui), d.line as i64])?;
         return Ok(());
     }
     let hash = match &d.owner_token {
@@ -305,7 +302,7 @@ fn stage(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
-        store::eui_to_sql(s.dev_eui.as_u64()),
+        store::dev_eui_sql(s.dev_eui),
         d.line as i64,
         store::eui_to_sql(s.join_eui.as_u64()),
         s.mac_version.as_str(),
@@ -332,9 +329,45 @@ fn stage_and_commit(
         actor,
         master,
         format,
-        mut verifier,
+        verifier,
         commit_lock,
     } = job;
+    let staged = stage_manifest(&tx, master, format, verifier, source)?;
+    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    let imported = commit_staged(&tx, actor, &staged)?;
+    tx.commit()?;
+    if let Some(f) = on_device {
+        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
+    }
+    Ok(Imported {
+        imported,
+        signed_by: staged.signed_by,
+        generated: staged.generated,
+        what: staged.what,
+    })
+}
+
+/// A whole manifest, valid, authentic and staged in `temp.import_rows`.
+struct Staged {
+    /// The manifest's description for the audit log (digest and size).
+    what: String,
+    /// The fingerprint of the key that signed it, if signed.
+    signed_by: Option<String>,
+    /// Owner tokens generated for rows without one.
+    generated: Vec<Generated>,
+    /// How row errors name the DevEUI column.
+    dev_eui_column: String,
+}
+
+/// Reads `source` to its end, feeding the signature verifier, the digest and the parser, and
+/// stages each valid row; fails unless every row was valid and the signature verified.
+fn stage_manifest(
+    tx: &Connection,
+    master: &MasterKey,
+    format: Option<Format>,
+    mut verifier: Option<ManifestVerifier>,
+    source: &mut dyn ManifestSource,
+) -> Result<Staged, Failure> {
     let mut parser = ManifestParser::new(format);
     let mut digest = Sha256::new();
     let mut bytes = 0u64;
@@ -351,7 +384,7 @@ fn stage_and_commit(
             match item {
                 Item::Error(e) => errors.push(e),
                 Item::Row(d) if store_error.is_none() => {
-                    if let Err(e) = stage(&tx, master, &d, col, generated, errors) {
+                    if let Err(e) = stage(tx, master, &d, col, generated, errors) {
                         *store_error = Some(e);
                     }
                 }
@@ -411,9 +444,18 @@ fn stage_and_commit(
             what,
         });
     }
-    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-    // The manifest is whole, valid and authentic: copy it into the store (in DevEUI order, the
-    // order of both tables' keys).
+    Ok(Staged {
+        what,
+        signed_by,
+        generated,
+        dev_eui_column: col,
+    })
+}
+
+/// Copies the staged rows into the store (in DevEUI order, the order of both tables' keys),
+/// with their ownership, one `provision` audit record each and the `import` summary, inside
+/// `tx`. Returns how many devices were imported.
+fn commit_staged(tx: &Connection, actor: &Actor, staged: &Staged) -> Result<usize, Failure> {
     let copied = tx.execute(
         &format!(
             "INSERT INTO devices ({}) SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, \
@@ -427,26 +469,7 @@ fn stage_and_commit(
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            let mut errors = Errors::default();
-            let mut stmt = tx.prepare(
-                "SELECT s.line, s.dev_text FROM temp.import_rows s \
-                 JOIN main.devices d ON d.dev_eui = s.dev_eui ORDER BY s.line",
-            )?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let (line, dev): (i64, String) = (r.get(0)?, r.get(1)?);
-                errors.push(RowError {
-                    line: line as u64,
-                    column: col.clone(),
-                    message: format!("DevEUI {dev} is already provisioned (remove it first)"),
-                });
-            }
-            let what = format!("{what}; {} device(s) already provisioned", errors.total);
-            return Err(Failure::Rows {
-                rows: errors.kept,
-                total: errors.total,
-                what,
-            });
+            return Err(already_provisioned(tx, staged)?);
         }
         Err(e) => return Err(StoreError::from(e).into()),
     }
@@ -466,14 +489,15 @@ fn stage_and_commit(
         params![at, actor.id, actor.tenant],
     )?;
     let summary = format!(
-        "{what}; {imported} device(s); {}",
-        signed_by.as_deref().map_or_else(
+        "{}; {imported} device(s); {}",
+        staged.what,
+        staged.signed_by.as_deref().map_or_else(
             || "unsigned (operator)".to_owned(),
             |k| format!("signed by key {k}")
         )
     );
     super::db::append(
-        &tx,
+        tx,
         at,
         &super::db::AuditEntry {
             actor,
@@ -484,20 +508,38 @@ fn stage_and_commit(
         },
     )?;
     store::bump_generation(
-        &tx,
+        tx,
         store::Changed::Query {
             select: "SELECT dev_eui FROM temp.import_rows",
             count: imported,
         },
     )?;
-    tx.commit()?;
-    if let Some(f) = on_device {
-        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
+    Ok(imported)
+}
+
+/// The failure for staged devices that are already provisioned: each one's line.
+fn already_provisioned(tx: &Connection, staged: &Staged) -> Result<Failure, StoreError> {
+    let mut errors = Errors::default();
+    let mut stmt = tx.prepare(
+        "SELECT s.line, s.dev_text FROM temp.import_rows s \
+         JOIN main.devices d ON d.dev_eui = s.dev_eui ORDER BY s.line",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let (line, dev): (i64, String) = (r.get(0)?, r.get(1)?);
+        errors.push(RowError {
+            line: line as u64,
+            column: staged.dev_eui_column.clone(),
+            message: format!("DevEUI {dev} is already provisioned (remove it first)"),
+        });
     }
-    Ok(Imported {
-        imported,
-        signed_by,
-        generated,
+    let what = format!(
+        "{}; {} device(s) already provisioned",
+        staged.what, errors.total
+    );
+    Ok(Failure::Rows {
+        rows: errors.kept,
+        total: errors.total,
         what,
     })
 }

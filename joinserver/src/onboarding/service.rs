@@ -19,8 +19,9 @@ use super::ratelimit::FailureLimiter;
 use super::secret::{self, ApiKeySecret};
 use super::tr005;
 use crate::atrest;
+use crate::config::ClaimLimits;
 use crate::core::{self, DeviceMap};
-use crate::devices::{Format, RowError};
+use crate::manifest::{Format, RowError};
 use crate::secrets::MasterKey;
 use crate::store::{NonceState, Store, StoreError, StoredDevice};
 
@@ -180,27 +181,6 @@ pub struct ImportResult {
     pub signed_by: Option<String>,
     /// Owner tokens generated for devices whose manifest row had none.
     pub generated_owner_tokens: Vec<IssuedToken>,
-}
-
-/// Limits on failed claims.
-#[derive(Debug, Clone, Copy)]
-pub struct ClaimLimits {
-    /// Failures per DevEUI per window.
-    pub per_device: u32,
-    /// Failures per API key per window.
-    pub per_key: u32,
-    /// The window.
-    pub window: Duration,
-}
-
-impl Default for ClaimLimits {
-    fn default() -> Self {
-        Self {
-            per_device: 5,
-            per_key: 20,
-            window: Duration::from_secs(600),
-        }
-    }
 }
 
 /// The onboarding service: the store, the running server's devices, trusted keys, limits.
@@ -389,11 +369,8 @@ impl Onboarding {
         };
         let mut loaded = |d: StoredDevice| {
             let Some(map) = &self.devices else { return };
-            match core::Device::from_stored(&self.master, &d) {
-                Ok(dev) => {
-                    map.insert(d.dev_eui, dev);
-                }
-                Err(e) => tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded"),
+            if let Err(e) = core::put_stored(map, &self.master, &d, core::Refresh::Replace) {
+                tracing::error!(dev_eui = %d.dev_eui, error = %e, "device not loaded");
             }
         };
         let on_device = self
