@@ -31,7 +31,7 @@ export function save(storage: Storage, round: Meter[]): void {
   storage.setItem(STORAGE_KEY, JSON.stringify(round));
 }
 
-/** Adds or updates a meter (by DevEUI); the most recent first. */
+/** Updates a meter in place (by DevEUI), or adds it first (the most recently scanned on top). */
 export function upsert(round: Meter[], m: Partial<Meter> & { dev_eui: string }): Meter[] {
   const old = round.find((x) => x.dev_eui === m.dev_eui);
   const base: Meter = old ?? {
@@ -45,7 +45,7 @@ export function upsert(round: Meter[], m: Partial<Meter> & { dev_eui: string }):
     last_join_net_id: null,
   };
   const merged = { ...base, ...m };
-  return [merged, ...round.filter((x) => x.dev_eui !== m.dev_eui)];
+  return old ? round.map((x) => (x === old ? merged : x)) : [merged, ...round];
 }
 
 const COLUMNS: (keyof Meter)[] = [
