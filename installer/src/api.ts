@@ -48,11 +48,14 @@ async function call<T>(key: string, method: string, path: string, body?: unknown
   return { status: r.status, body: parsed, retryAfter: Number.isFinite(ra) && ra > 0 ? ra : null };
 }
 
-/** Whether the key is accepted: null if it is, else the server's reason. */
-export async function checkKey(key: string): Promise<string | null> {
-  const a = await call<{ message?: string }>(key, "GET", "devices?limit=1");
-  if (a.status === 200) return null;
-  return a.body?.message ?? `the join server answered ${a.status}`;
+/**
+ * Whether the key is accepted: `{ refused }` with the server's reason if not, else the home
+ * NetID of one of the key's devices (the tenant's network, to claim for), if it has any.
+ */
+export async function checkKey(key: string): Promise<{ refused: string } | { homeNetId: string | null }> {
+  const a = await call<{ message?: string; devices?: DeviceView[] }>(key, "GET", "devices?limit=1");
+  if (a.status !== 200) return { refused: a.body?.message ?? `the join server answered ${a.status}` };
+  return { homeNetId: a.body?.devices?.[0]?.home_net_id ?? null };
 }
 
 /** Checks a code by the rules of `qr parse` (the server runs the qr crate's parser). */

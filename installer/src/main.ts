@@ -60,11 +60,15 @@ async function signIn(e: Event) {
   }
   say($("sign-in-status"), "Checking the key…");
   try {
-    const refused = await api.checkKey(k);
-    if (refused !== null) {
-      say($("sign-in-status"), `The key was refused: ${refused}.`, "bad");
+    const r = await api.checkKey(k);
+    if ("refused" in r) {
+      say($("sign-in-status"), `The key was refused: ${r.refused}.`, "bad");
       return;
     }
+    // The tenant's home network: what this phone last claimed for, else a network the key's
+    // meters already belong to.
+    const netInput = $<HTMLInputElement>("net-id");
+    if (!netInput.value && r.homeNetId) netInput.value = r.homeNetId;
   } catch {
     say($("sign-in-status"), "The join server cannot be reached.", "bad");
     return;

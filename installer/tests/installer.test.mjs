@@ -250,3 +250,13 @@ test("signing out forgets the key", async () => {
   await page.getByRole("button", { name: "Sign in" }).waitFor(WAIT);
   assert.equal(await page.evaluate(() => sessionStorage.getItem("installer.key")), null);
 });
+
+test("on a phone that never claimed, the home NetID proposed is that of the owner's meters", async () => {
+  await page.evaluate(() => localStorage.removeItem("installer.net_id"));
+  await page.reload();
+  assert.equal(await page.getByLabel("Home NetID (6 hex digits)").inputValue(), "");
+  await page.getByLabel("Owner API key").fill(alice);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Scan with camera" }).waitFor(WAIT);
+  assert.equal(await page.getByLabel("Home NetID (6 hex digits)").inputValue(), NET_ID);
+});

@@ -23,27 +23,22 @@ struct Asset {
 
 const INDEX: &str = "index.html";
 
+/// An [`Asset`] of `installer/dist/`, by its path there.
+macro_rules! asset {
+    ($path:literal, $content_type:literal) => {
+        Asset {
+            path: $path,
+            content_type: $content_type,
+            body: include_bytes!(concat!("../../installer/dist/", $path)),
+        }
+    };
+}
+
 const ASSETS: &[Asset] = &[
-    Asset {
-        path: INDEX,
-        content_type: "text/html; charset=utf-8",
-        body: include_bytes!("../../installer/dist/index.html"),
-    },
-    Asset {
-        path: "assets/app.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_bytes!("../../installer/dist/assets/app.js"),
-    },
-    Asset {
-        path: "assets/index.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_bytes!("../../installer/dist/assets/index.css"),
-    },
-    Asset {
-        path: "assets/zxing_reader.wasm",
-        content_type: "application/wasm",
-        body: include_bytes!("../../installer/dist/assets/zxing_reader.wasm"),
-    },
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("assets/app.js", "text/javascript; charset=utf-8"),
+    asset!("assets/index.css", "text/css; charset=utf-8"),
+    asset!("assets/zxing_reader.wasm", "application/wasm"),
 ];
 
 /// The page may load only its own files, talk only to its own origin, and use the camera; the
