@@ -27,6 +27,7 @@ const WAIT = { timeout: 20_000 };
 
 let tmp, js, ns, ctx, page, api, alice, bob, carol, admin;
 const meters = {}; // name -> manifest row
+const consoleErrors = []; // script errors and CSP violations the page met
 const codes = {}; // name -> TR005 text
 
 function encode(row, token = row.owner_token, serial = `SN-${row.dev_eui.slice(-4)}`) {
@@ -108,6 +109,17 @@ before(async () => {
   pngToY4m(png, y4m);
   ctx = await browser(y4m, join(tmp, "profile"));
   page = ctx.pages()[0] ?? (await ctx.newPage());
+  page.on("response", (r) => {
+    if (r.status() >= 400 && !new URL(r.url()).pathname.startsWith("/api/v1/")) consoleErrors.push(`${r.status()} ${r.url()}`);
+  });
+  page.on("requestfailed", (r) => consoleErrors.push(`failed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on("pageerror", (e) => consoleErrors.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => {
+    // The API's refusals (401, 403, 404, 409, 423, 429) are answers the page reads, not errors
+    // (a failed load of the page's own files is caught by the response handler above).
+    const refusal = /^Failed to load resource: the server responded with a status of (401|403|404|409|423|429)\b/;
+    if (m.type() === "error" && !refusal.test(m.text())) consoleErrors.push(m.text());
+  });
 });
 
 after(async () => {
@@ -283,4 +295,8 @@ test("a key withdrawn during the round signs the page out with its message", asy
   await page.getByLabel("Owner API key").fill(carol);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.locator("#sign-in-status").filter({ hasText: "The key was refused: missing or unknown API key." }).waitFor(WAIT);
+});
+
+test("no script error and no Content-Security-Policy violation on the way", () => {
+  assert.deepEqual(consoleErrors, []);
 });
