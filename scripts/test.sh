@@ -34,6 +34,9 @@ if [ ! -x "$CHROMIUM" ]; then
 fi
 export CHROMIUM
 
+# python3 (the browser tests withdraw an API key from the store with its sqlite3 module).
+command -v python3 >/dev/null || { echo "== installing python3 (Debian)"; apt_install python3; }
+
 # Node.js 20.19+ (Vite 8, playwright-core); npm packages pinned by installer/package-lock.json.
 command -v node >/dev/null && command -v npm >/dev/null ||
     die "node and npm (Node.js 20.19 or later) are needed for the installer app's tests"

@@ -303,34 +303,27 @@ pub(crate) fn bump_generation(tx: &Connection, changed: Changed<'_>) -> Result<(
     Ok(())
 }
 
-/// Writes one device's nonce state (no-op for a device that does not exist).
+/// Writes one device's nonce state and, for an accepted join, when and through which NetID it
+/// came (kept as it was when `joined` is `None`): one statement (no-op for a device that does
+/// not exist).
 pub(crate) fn write_nonces(
     tx: &Connection,
     dev_eui: DevEui,
     state: &NonceState,
+    joined: Option<LastJoin>,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, \
-         last_join_nonce = ?4 WHERE dev_eui = ?1",
+        "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4, \
+         last_join_ms = COALESCE(?5, last_join_ms), \
+         last_join_net_id = COALESCE(?6, last_join_net_id) WHERE dev_eui = ?1",
     )?
     .execute(params![
         dev_eui_sql(dev_eui),
         state.last_dev_nonce.map(i64::from),
         state.history_blob(),
         i64::from(state.last_join_nonce),
-    ])?;
-    Ok(())
-}
-
-/// Records one device's last accepted join (no-op for a device that does not exist).
-fn write_last_join(tx: &Connection, dev_eui: DevEui, joined: LastJoin) -> Result<(), StoreError> {
-    tx.prepare_cached(
-        "UPDATE devices SET last_join_ms = ?2, last_join_net_id = ?3 WHERE dev_eui = ?1",
-    )?
-    .execute(params![
-        dev_eui_sql(dev_eui),
-        i64::try_from(joined.at_ms).unwrap_or(i64::MAX),
-        i64::from(joined.net_id.as_u32()),
+        joined.map(|j| i64::try_from(j.at_ms).unwrap_or(i64::MAX)),
+        joined.map(|j| i64::from(j.net_id.as_u32())),
     ])?;
     Ok(())
 }
@@ -592,8 +585,7 @@ impl Store for SqliteStore {
     fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for u in batch {
-            write_nonces(&tx, u.dev_eui, &u.state)?;
-            write_last_join(&tx, u.dev_eui, u.joined)?;
+            write_nonces(&tx, u.dev_eui, &u.state, Some(u.joined))?;
         }
         tx.commit()?;
         Ok(())
@@ -917,6 +909,13 @@ mod tests {
         let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
         assert_eq!(d.nonces, state);
         assert_eq!(d.last_join, Some(JOINED));
+        // A nonce reset (onboarding) keeps the record of the last join.
+        write_nonces(&s.conn, DevEui::new(1), &NonceState::default(), None).unwrap();
+        let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
+        assert_eq!(
+            (d.nonces, d.last_join),
+            (NonceState::default(), Some(JOINED))
+        );
     }
 
     const JOINED: LastJoin = LastJoin {
