@@ -50,8 +50,10 @@ async function apiCall(key, method, path, body) {
   return { status: r.status, body: await r.json().catch(() => null) };
 }
 
-async function shot(name) {
+/** A screenshot of the viewport (360x640), with `selector`'s element scrolled to its middle. */
+async function shot(name, selector) {
   mkdirSync(SHOTS, { recursive: true });
+  if (selector) await page.locator(selector).evaluate((e) => e.scrollIntoView({ block: "center" }));
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
 }
 
@@ -160,14 +162,14 @@ test("sign in, scan the label with the camera, see the fields", async () => {
   assert.match(fields, new RegExp(`JoinEUI\\s+${a.join_eui}`));
   assert.match(fields, /Owner token\s+present/);
   assert.match(fields, /CheckSum\s+[0-9A-F]{4} \(valid\)/);
-  await shot("3-code");
+  await shot("3-code", "#fields");
 });
 
 test("claim: 'claimed', then the simulated meter joins and the page shows it without a reload", async () => {
   const text = await claimShown("Claimed");
   assert.equal(text, `Claimed: this meter is now yours, with home NetID ${NET_ID}.`);
   await page.locator("#join-status").filter({ hasText: `Meter ${meters.a.dev_eui}: waiting for the first join.` }).waitFor(WAIT);
-  await shot("4-claimed");
+  await shot("4-claimed", "#claim-status");
   const before = page.url();
   // Meter A powers up behind a virtual gateway of the simulator and joins through NetID 000013.
   run("simulator", ["run", "--manifest", join(tmp, "a.csv"), "--netserver", ns.addrs.gwmp, "--scenario", "storm", "--join-window", "1s", "--duration", "20s", "--quiet"]);
@@ -183,7 +185,7 @@ test("claim: 'claimed', then the simulated meter joins and the page shows it wit
   const hms = `${p(at.getHours())}:${p(at.getMinutes())}:${p(at.getSeconds())}`;
   assert.equal(await page.locator("#join-status").textContent(), `Meter ${meters.a.dev_eui}: joined at ${hms} through NetID ${NET_ID}.`);
   await page.locator("#round li", { hasText: meters.a.dev_eui }).filter({ hasText: `claimed, joined at ${hms} through NetID ${NET_ID}` }).waitFor(WAIT);
-  await shot("5-joined");
+  await shot("5-joined", "#join-status");
 });
 
 test("a wrong checksum shows the same message as `qr parse`", async () => {
@@ -198,7 +200,7 @@ test("a wrong checksum shows the same message as `qr parse`", async () => {
   await page.locator("#check-status").filter({ hasText: cli }).waitFor(WAIT);
   assert.equal(await page.locator("#check-status").textContent(), cli);
   assert.ok(await page.locator("#claim-form").isHidden());
-  await shot("6-bad-checksum");
+  await shot("6-bad-checksum", "#check-status");
 });
 
 test("a Matter code is named as such", async () => {
@@ -229,7 +231,7 @@ test("claimed by someone else, already yours, wrong token, too many attempts, lo
   // C: a label whose owner token is not the meter's.
   await typeCode(encode(meters.c, "0BADC0DE0BAD"));
   assert.equal(await claimShown("Wrong token"), "Wrong token: the owner token on this label does not match this meter.");
-  await shot("7-wrong-token");
+  await shot("7-wrong-token", "#claim-status");
   // Two failures per meter are allowed (test configuration): the next attempt is refused.
   await page.getByRole("button", { name: "Claim" }).click();
   await page.locator("#claim-status").filter({ hasText: "Wrong token" }).waitFor(WAIT);
@@ -250,7 +252,7 @@ test("the round survives a reload and exports as CSV", async () => {
     assert.match(list, new RegExp(`${meters[name].dev_eui}\\s+${state}`), `${name} in ${list}`);
   }
   assert.equal(await page.locator("#round-count").textContent(), "4 meters in this round.");
-  await shot("8-round");
+  await shot("8-round", "#round-count");
   const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export CSV" }).click()]);
   const csv = readFileSync(await download.path(), "utf8");
   const lines = csv.trimEnd().split("\r\n");
