@@ -78,6 +78,20 @@ pub fn check_json(text: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text gets a report, never a panic, and the report agrees with the parser.
+        #[test]
+        fn every_text_gets_a_report_that_agrees_with_parse(text in "\\PC{0,120}|LW:D0:[0-9A-F:]{0,60}|MT:.{0,20}") {
+            let v = check_json(&text);
+            prop_assert_eq!(v["valid"].as_bool(), Some(crate::parse(&text).is_ok()));
+            if v["valid"] == false {
+                prop_assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()));
+                prop_assert_eq!(v["other_format"].as_str(), other_format(&text));
+            }
+        }
+    }
 
     #[test]
     fn names_other_formats_by_prefix() {
