@@ -2,7 +2,10 @@
 // and `qr` binaries (built by `cargo build`), on 127.0.0.1 ports the kernel picks, in a temporary
 // directory; and a headless Chromium (Debian's) driven by playwright-core.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
+import { createHash, X509Certificate } from "node:crypto";
+import { existsSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from "node:fs";
+import { request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -93,10 +96,54 @@ export function writeManifest(path, rows) {
 export const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 
 /**
- * A fresh headless Chromium (its own user data directory) at 360x640 whose camera is the
- * fake capture device playing `y4m`, camera permission granted.
+ * The join server's API as the tests reach it: its scheme (from the `api_scheme=` of its
+ * listening line; plain HTTP before the API had TLS), its base URL, and for HTTPS its
+ * self-signed certificate (`DATA_DIR/tls/api.crt`, written by `joinserver init`).
  */
-export async function browser(y4m, profileDir) {
+export function apiEndpoint(js, dataDir) {
+  const scheme = js.addrs.api_scheme === "https" ? "https" : "http";
+  const certFile = join(dataDir, "tls", "api.crt");
+  const cert = scheme === "https" ? readFileSync(certFile, "utf8") : null;
+  if (scheme === "https" && !existsSync(certFile)) throw new Error(`HTTPS without ${certFile}`);
+  return { scheme, base: `${scheme}://${js.addrs.api}`, cert };
+}
+
+/** The base64 SHA-256 of a PEM certificate's public key (what Chromium's SPKI allow-list takes). */
+function spkiHash(pem) {
+  const spki = new X509Certificate(pem).publicKey.export({ type: "spki", format: "der" });
+  return createHash("sha256").update(spki).digest("base64");
+}
+
+/** One HTTP(S) request from the test itself (trusting the endpoint's certificate only). */
+export function fetchApi(endpoint, method, path, headers, body) {
+  return new Promise((resolveP, reject) => {
+    const url = new URL(path, endpoint.base);
+    const send = endpoint.scheme === "https" ? httpsRequest : httpRequest;
+    const req = send(url, { method, headers, ca: endpoint.cert ?? undefined }, (res) => {
+      let data = "";
+      res.on("data", (d) => (data += d));
+      res.on("end", () => {
+        let json = null;
+        try {
+          json = JSON.parse(data);
+        } catch {
+          json = null;
+        }
+        resolveP({ status: res.statusCode, body: json });
+      });
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+}
+
+/**
+ * A fresh headless Chromium (its own user data directory) at 360x640 whose camera is the
+ * fake capture device playing `y4m`, camera permission granted. Over HTTPS it trusts the join
+ * server's self-signed certificate by its public key, and nothing else.
+ */
+export async function browser(y4m, profileDir, endpoint) {
+  const trust = endpoint.cert ? [`--ignore-certificate-errors-spki-list=${spkiHash(endpoint.cert)}`] : [];
   return chromium.launchPersistentContext(profileDir, {
     executablePath: CHROMIUM,
     headless: true,
@@ -115,6 +162,7 @@ export async function browser(y4m, profileDir) {
       "--use-fake-ui-for-media-stream",
       "--use-fake-device-for-media-stream",
       `--use-file-for-fake-video-capture=${y4m}`,
+      ...trust,
     ],
   });
 }

@@ -9,8 +9,10 @@ import { join } from "node:path";
 import { execFileSync } from "node:child_process";
 import {
   ROOT,
+  apiEndpoint,
   browser,
   cleanup,
+  fetchApi,
   readManifest,
   run,
   runFailing,
@@ -25,7 +27,7 @@ const NET_ID = "000013";
 const SHOTS = join(ROOT, "docs", "installer");
 const WAIT = { timeout: 20_000 };
 
-let tmp, js, ns, ctx, page, api, alice, bob, carol, admin;
+let tmp, js, ns, ctx, page, endpoint, alice, bob, carol, admin;
 const meters = {}; // name -> manifest row
 const consoleErrors = []; // script errors and CSP violations the page met
 const codes = {}; // name -> TR005 text
@@ -42,12 +44,8 @@ function encode(row, token = row.owner_token, serial = `SN-${row.dev_eui.slice(-
 }
 
 async function apiCall(key, method, path, body) {
-  const r = await fetch(`http://${api}/api/v1/${path}`, {
-    method,
-    headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
-    body: body && JSON.stringify(body),
-  });
-  return { status: r.status, body: await r.json().catch(() => null) };
+  const headers = { Authorization: `Bearer ${key}`, "Content-Type": "application/json" };
+  return fetchApi(endpoint, method, `/api/v1/${path}`, headers, body && JSON.stringify(body));
 }
 
 /** A screenshot of the viewport (360x640), with `selector`'s element scrolled to its middle. */
@@ -94,7 +92,7 @@ before(async () => {
   writeManifest(join(tmp, "all.csv"), rows);
   run("joinserver", ["devices", "import", "--data-dir", dir, join(tmp, "all.csv")]);
   js = await serve("joinserver", ["serve", "--data-dir", dir, "--listen", "127.0.0.1:0", "--metrics", "", "--api-listen", "127.0.0.1:0"], "joinserver");
-  api = js.addrs.api;
+  endpoint = apiEndpoint(js, dir);
   const nsConfig = join(tmp, "ns.toml");
   writeFileSync(nsConfig, "[gwmp]\nworkers = 1\n");
   ns = await serve(
@@ -109,7 +107,7 @@ before(async () => {
   run("qr", ["render", codes.a, "--format", "png", "--out", png, "--size", "360"]);
   const y4m = join(tmp, "a.y4m");
   pngToY4m(png, y4m);
-  ctx = await browser(y4m, join(tmp, "profile"));
+  ctx = await browser(y4m, join(tmp, "profile"), endpoint);
   page = ctx.pages()[0] ?? (await ctx.newPage());
   page.on("response", (r) => {
     if (r.status() >= 400 && !new URL(r.url()).pathname.startsWith("/api/v1/")) consoleErrors.push(`${r.status()} ${r.url()}`);
@@ -132,7 +130,7 @@ after(async () => {
 });
 
 test("the app is served at /install/ and a wrong key is refused", async () => {
-  await page.goto(`http://${api}/install/`);
+  await page.goto(`${endpoint.base}/install/`);
   assert.equal(await page.title(), "Meter installer");
   await page.getByLabel("Owner API key").fill("not-a-key");
   await page.getByRole("button", { name: "Sign in" }).click();
