@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { mkdirSync, writeFileSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { execFileSync } from "node:child_process";
+import { createRequire } from "node:module";
 import {
   ROOT,
   apiEndpoint,
@@ -53,6 +54,21 @@ async function shot(name, selector) {
   mkdirSync(SHOTS, { recursive: true });
   if (selector) await page.locator(selector).evaluate((e) => e.scrollIntoView({ block: "center" }));
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
+}
+
+const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+/**
+ * The accessibility rules of WCAG 2.x A and AA (contrast, labels, names, roles...) that the page
+ * as it is now breaks, checked by axe-core (run through the DevTools protocol, which the page's
+ * Content-Security-Policy does not restrict).
+ */
+async function accessibilityViolations() {
+  await page.evaluate(AXE);
+  return page.evaluate(async () => {
+    const r = await globalThis.axe.run(document, { runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] } });
+    return r.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+  });
 }
 
 /** Types a code's text into the manual entry and checks it. */
@@ -136,6 +152,7 @@ test("the app is served at /install/ and a wrong key is refused", async () => {
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.locator("#sign-in-status").filter({ hasText: "The key was refused: missing or unknown API key." }).waitFor(WAIT);
   await shot("1-sign-in");
+  assert.deepEqual(await accessibilityViolations(), [], "sign-in screen");
 });
 
 test("sign in, scan the label with the camera, see the fields", async () => {
@@ -184,6 +201,7 @@ test("claim: 'claimed', then the simulated meter joins and the page shows it wit
   assert.equal(await page.locator("#join-status").textContent(), `Meter ${meters.a.dev_eui}: joined at ${hms} through NetID ${NET_ID}.`);
   await page.locator("#round li", { hasText: meters.a.dev_eui }).filter({ hasText: `claimed, joined at ${hms} through NetID ${NET_ID}` }).waitFor(WAIT);
   await shot("5-joined", "#join-status");
+  assert.deepEqual(await accessibilityViolations(), [], "code, claim and join screen");
 });
 
 test("a wrong checksum shows the same message as `qr parse`", async () => {
@@ -199,6 +217,7 @@ test("a wrong checksum shows the same message as `qr parse`", async () => {
   assert.equal(await page.locator("#check-status").textContent(), cli);
   assert.ok(await page.locator("#claim-form").isHidden());
   await shot("6-bad-checksum", "#check-status");
+  assert.deepEqual(await accessibilityViolations(), [], "a refused code");
 });
 
 test("a Matter code is named as such", async () => {
@@ -251,6 +270,7 @@ test("the round survives a reload and exports as CSV", async () => {
   }
   assert.equal(await page.locator("#round-count").textContent(), "4 meters in this round.");
   await shot("8-round", "#round-count");
+  assert.deepEqual(await accessibilityViolations(), [], "the round after a reload");
   const [download] = await Promise.all([page.waitForEvent("download"), page.getByRole("button", { name: "Export CSV" }).click()]);
   const csv = readFileSync(await download.path(), "utf8");
   const lines = csv.trimEnd().split("\r\n");
