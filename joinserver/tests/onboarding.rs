@@ -344,6 +344,11 @@ fn onboarding_over_http_and_udp() {
         v["last_join_net_id"], "000013",
         "the refused join is not recorded"
     );
+    let (_, m) = api.call("GET", &path_a, Some(&acme), None);
+    assert!(
+        m.get("last_join_at").is_none() && m.get("last_join_net_id").is_none(),
+        "the manufacturer does not see where its device joined: {m}"
+    );
     let at = v["last_join_at"].as_str().unwrap();
     let rfc = protocol::time::rfc3339;
     assert!(
