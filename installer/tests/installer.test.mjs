@@ -177,7 +177,14 @@ test("sign in, scan the label with the camera, see the fields", async () => {
   await page.getByRole("button", { name: "Scan with camera" }).click();
   await page.locator("#scan-status").filter({ hasText: "Point the camera" }).waitFor(WAIT);
   await shot("2-scan");
-  await page.locator("#scan-status").filter({ hasText: "Code read from the camera." }).waitFor(WAIT);
+  // Decoding runs on the page's thread; on a loaded machine it may take several frames.
+  await page
+    .locator("#scan-status")
+    .filter({ hasText: "Code read from the camera." })
+    .waitFor({ timeout: 60_000 })
+    .catch(async (e) => {
+      throw new Error(`the camera read no code; the page says: ${await page.locator("#scan-status").textContent()} (${e.message})`);
+    });
   const a = meters.a;
   await page.locator("#check-status").filter({ hasText: `Valid LoRaWAN code for the meter with DevEUI ${a.dev_eui}.` }).waitFor(WAIT);
   const fields = await page.locator("#fields").innerText();
