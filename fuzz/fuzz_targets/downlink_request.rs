@@ -1,11 +1,11 @@
 //! Any bytes as a body of the network server's downlink input (UDP datagram or HTTP
-//! `POST /downlink`) → `netserver::integration::parse_downlink_request`. Beyond "no panic": an
+//! `POST /downlink`) → `netserver::integration::input::parse_downlink_request`. Beyond "no panic": an
 //! accepted request has an FPort in 1..=223 and a payload of at most 242 bytes, and a refusal
 //! says what is wrong (a non-empty message).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netserver::integration::{parse_downlink_request, MAX_DOWNLINK_PAYLOAD};
+use netserver::integration::input::{parse_downlink_request, MAX_DOWNLINK_PAYLOAD};
 
 fuzz_target!(|data: &[u8]| {
     match parse_downlink_request(data) {

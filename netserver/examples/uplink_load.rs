@@ -24,10 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
-use netserver::session::{
-    FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
-};
+use netserver::store::commit::SessionStore;
+use netserver::store::embedded::RedbBackend;
+use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink};
 use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token};
 use protocol::ids::{DevAddr, DevEui, DevNonce, GatewayEui, JoinEui};
@@ -79,7 +80,7 @@ fn provision(dir: &Path, n: u32) {
         let (store, _, thread) = SessionStore::start(
             RedbBackend::open(&dir.join("ns")).unwrap(),
             4096,
-            netserver::metrics::Metrics::new(),
+            netserver::ops::metrics::Metrics::new(),
         )
         .unwrap();
         let mut pending = Vec::new();
@@ -396,7 +397,7 @@ fn count_sessions(dir: &Path) -> u32 {
     let (store, loaded, t) = SessionStore::start(
         RedbBackend::open(&dir.join("ns")).unwrap(),
         8,
-        netserver::metrics::Metrics::new(),
+        netserver::ops::metrics::Metrics::new(),
     )
     .unwrap();
     drop(store);

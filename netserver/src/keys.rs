@@ -10,7 +10,8 @@ use protocol::keys::{FNwkSIntKey, Key128, NwkSEncKey, NwkSKey, SNwkSIntKey};
 pub use protocol::keywrap::LabeledKek;
 use protocol::keywrap::{KeyEnvelope, KeyWrapError};
 
-use crate::session::StoredNetworkKeys;
+use protocol::data::NetworkSessionKeys;
+use protocol::ts002::NetworkKeys as StoredNetworkKeys;
 
 /// The network session keys of a live session, in clear (memory only).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +120,42 @@ impl NetworkKeys {
                 f_nwk_s_int_key: env(f_nwk_s_int_key, ns_kek),
                 s_nwk_s_int_key: env(s_nwk_s_int_key, ns_kek),
                 nwk_s_enc_key: env(nwk_s_enc_key, ns_kek),
+            },
+        }
+    }
+
+    /// The protocol crate's form of the keys (what [`protocol::data::SessionCrypto`] expands).
+    pub fn session_keys(&self) -> NetworkSessionKeys {
+        match self {
+            Self::V1_0(k) => NetworkSessionKeys::V1_0 {
+                nwk_s_key: k.clone(),
+            },
+            Self::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
+            } => NetworkSessionKeys::V1_1 {
+                f_nwk_s_int_key: f_nwk_s_int_key.clone(),
+                s_nwk_s_int_key: s_nwk_s_int_key.clone(),
+                nwk_s_enc_key: nwk_s_enc_key.clone(),
+            },
+        }
+    }
+}
+
+impl From<NetworkSessionKeys> for NetworkKeys {
+    /// The protocol crate's form back (the inverse of [`NetworkKeys::session_keys`]).
+    fn from(k: NetworkSessionKeys) -> Self {
+        match k {
+            NetworkSessionKeys::V1_0 { nwk_s_key } => Self::V1_0(nwk_s_key),
+            NetworkSessionKeys::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
+            } => Self::V1_1 {
+                f_nwk_s_int_key,
+                s_nwk_s_int_key,
+                nwk_s_enc_key,
             },
         }
     }

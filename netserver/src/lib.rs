@@ -1,36 +1,36 @@
 //! The LoRaWAN network server: GWMP gateways, de-duplication, OTAA joins through the join
-//! server link, RX1/RX2 Join-accept scheduling, and sessions.
+//! server link, RX1/RX2 scheduling, data uplinks with their MAC answers and downlinks, and
+//! durable sessions and frame counters.
 //!
-//! - [`core`]: the sans-IO decisions (classification, de-duplication, DevAddr allocation, the
-//!   join flow, window choice), tested with a fake clock.
-//! - [`server`]: the shell: GWMP socket loops, the control runtime, start and shutdown.
-//! - [`otaa`]: the join pipeline; [`downlink`]: `txpk` building; [`js_client`]: the link.
-//! - [`gateway`]: the gateway registry (downlink routes, per-gateway statistics).
-//! - [`session`]: the session table and its durable, group-committing store.
+//! The layout follows the uplink pipeline; each folder is one responsibility:
+//!
+//! - [`core`]: the sans-IO decisions, pure functions of their inputs (`now`, the frame, the
+//!   state, the configuration, an RNG), tested in memory with a fake clock.
+//! - [`gateway`]: the gateway side: the gateway registry (downlink routes, statistics) and the
+//!   `txpk` of a downlink.
+//! - [`join`]: the join path (OTAA, the first copy of a Join-request to its Join-accept) and
+//!   the join server link client.
+//! - [`uplink`]: the data path's shell: the collection window, the per-frame pipeline, the
+//!   shared plane and the application downlink queue.
+//! - [`store`]: sessions (stored format, envelopes, label interning, the in-memory table and
+//!   its index, the storage trait, the redb backend, the group-commit thread) and the durable
+//!   frame counters.
+//! - [`integration`]: application events (their JSON, the sinks, the write-ahead emitter,
+//!   recovery from the event file) and the downlink input.
+//! - [`ops`]: configuration, metrics, and the HTTP endpoint (`/metrics`, `/health`,
+//!   `/gateways`).
 //! - [`keys`]: secret files and the unwrapped network session keys.
-//! - [`config`], [`metrics`], [`http`]: configuration, Prometheus metrics, `/metrics`,
-//!   `/health` and `/gateways`.
-//! - [`state`]: the one shared `Arc<State>`.
-//! - Data uplinks: [`data_path`] (the pipeline's shell over [`core::data`],
-//!   [`core::mac_handler`], [`core::adr`]), [`live`] (per-session counters and ADR state),
-//!   [`uplink_log`] (write-ahead counters, then events and downlinks), [`integration`] (events
-//!   and the downlink input), [`downlink_queue`].
+//! - [`state`]: the one shared `Arc<State>`; [`server`]: sockets, threads and the start/stop
+//!   sequence.
 #![warn(missing_docs)]
 
-pub mod config;
 pub mod core;
-pub mod data_path;
-pub mod downlink;
-pub mod downlink_queue;
 pub mod gateway;
-pub mod http;
 pub mod integration;
-pub mod js_client;
+pub mod join;
 pub mod keys;
-pub mod live;
-pub mod metrics;
-pub mod otaa;
+pub mod ops;
 pub mod server;
-pub mod session;
 pub mod state;
-pub mod uplink_log;
+pub mod store;
+pub mod uplink;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use netserver::config::{Config, DEFAULT_TOML};
 use netserver::keys::{read_labeled_kek, read_secret};
+use netserver::ops::config::{Config, DEFAULT_TOML};
 use netserver::state::Secrets;
 use protocol::ids::NetId;
 use protocol::keys::LinkKey;

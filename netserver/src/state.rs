@@ -4,15 +4,18 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{AddrBlock, Config};
 use crate::core::dedup::Dedup;
 use crate::core::devaddr::AddrAllocator;
+use crate::core::devaddr::AddrBlock;
 use crate::core::join::RetryPolicy;
 use crate::core::timing::WindowTiming;
-use crate::gateway::GatewayRegistry;
+use crate::gateway::registry::GatewayRegistry;
 use crate::keys::LabeledKek;
-use crate::metrics::Metrics;
-use crate::session::{SessionStore, Sessions};
+use crate::ops::config::Config;
+use crate::ops::metrics::Metrics;
+use crate::store::commit::SessionStore;
+use crate::store::table::Sessions;
+use crate::uplink::plane::DataPlane;
 
 /// Secrets loaded from files at start.
 #[derive(Debug)]
@@ -51,8 +54,8 @@ pub struct State {
     pub gwmp_inodes: Vec<u64>,
     shutting_down: AtomicBool,
     next_transaction_id: AtomicU32,
-    /// The data path (set once at start, after the state is built).
-    pub data: std::sync::OnceLock<crate::data_path::DataPlane>,
+    /// The data path's shared parts.
+    pub data: DataPlane,
 }
 
 impl State {
@@ -67,16 +70,11 @@ impl State {
         store: SessionStore,
         secrets: Secrets,
         gwmp_inodes: Vec<u64>,
+        data: DataPlane,
     ) -> Self {
         Self {
-            gateways: GatewayRegistry::new(
-                Duration::from_secs(config.gwmp.gateway_offline_after_s),
-                config.gwmp.max_gateways,
-            ),
-            dedup: Dedup::new(
-                Duration::from_millis(config.gwmp.dedup_retention_ms),
-                config.gwmp.dedup_max_entries,
-            ),
+            gateways: GatewayRegistry::of(&config.gwmp),
+            dedup: Dedup::of(&config.gwmp),
             config,
             block,
             metrics,
@@ -91,7 +89,7 @@ impl State {
             // of another, even after a restart (random draws would collide by the birthday
             // bound at a few thousand joins per cache lifetime).
             next_transaction_id: AtomicU32::new(rand::random()),
-            data: std::sync::OnceLock::new(),
+            data,
         }
     }
 

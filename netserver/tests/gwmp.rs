@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use netserver::config::Config;
 use netserver::keys::LabeledKek;
+use netserver::ops::config::Config;
 use netserver::server::{run, Addresses};
 use netserver::state::Secrets;
 use protocol::gwmp::{CrcStatus, DataRate, Packet, PushData, RxPk, Stat, Token};

@@ -18,14 +18,15 @@
 
 use std::alloc::System;
 
-use netserver::config::Config;
 use netserver::core::adr::{self, AdrConfig, LinkSettings};
 use netserver::core::data::{self as steps, Auth, Candidate};
 use netserver::core::devaddr::AddrAllocator;
+use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
-use netserver::session::{
-    FrameCounters, RxParams, Session, Sessions, StoredSession, STORED_SESSION_VERSION,
-};
+use netserver::ops::config::Config;
+use netserver::store::session::Session;
+use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
+use netserver::store::table::Sessions;
 use protocol::data::{
     FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink, UplinkMicParams,
 };

@@ -22,7 +22,9 @@ use common::{
 };
 
 use netserver::keys::{read_labeled_kek, NetworkKeys};
-use netserver::session::{RedbBackend, SessionStore, StoredNetworkKeys};
+use netserver::store::commit::SessionStore;
+use netserver::store::embedded::RedbBackend;
+use netserver::store::stored::StoredNetworkKeys;
 use protocol::derive;
 use protocol::gwmp::{
     CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAckCode, TxPk, TxTiming,
@@ -40,7 +42,7 @@ const NWK_KEY: &str = "000102030405060708090A0B0C0D0E0F";
 const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 const NET_ID: u32 = 0x000013;
 /// Warnings and errors only: the garbage phase makes info logs very long.
-const QUIET_NS: &str = "warn,netserver::otaa=error";
+const QUIET_NS: &str = "warn,netserver::join::otaa=error";
 /// Devices: 1 is 1.0.3, 2 is 1.0.4, 3 is 1.1, all homed in this network's NetID 000013 (the
 /// join server refuses unclaimed devices); 5 is 1.0.4 homed in NetID 000042; 9 is unknown.
 const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
@@ -401,7 +403,7 @@ fn otaa_end_to_end() {
     let (store, loaded, thread) = SessionStore::start(
         RedbBackend::open(&s.ns_dir).unwrap(),
         8,
-        netserver::metrics::Metrics::new(),
+        netserver::ops::metrics::Metrics::new(),
     )
     .unwrap();
     drop(store);

@@ -15,10 +15,11 @@ use common::{
     events, metric, netserver_serve, wait_events, wait_metric, write_secrets, Gateway, Proc,
     UPLINK_MIC,
 };
+use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
-use netserver::session::{
-    FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
-};
+use netserver::store::commit::SessionStore;
+use netserver::store::embedded::RedbBackend;
+use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keys::{AppSKey, Kek, NwkSKey};
@@ -119,7 +120,7 @@ fn provision() -> Files {
         let (store, _, thread) = SessionStore::start(
             RedbBackend::open(&root.join("ns")).unwrap(),
             8,
-            netserver::metrics::Metrics::new(),
+            netserver::ops::metrics::Metrics::new(),
         )
         .unwrap();
         store
@@ -145,7 +146,7 @@ fn put_previous(root: &Path) {
         let (store, current, thread) = SessionStore::start(
             RedbBackend::open(&root.join("ns")).unwrap(),
             8,
-            netserver::metrics::Metrics::new(),
+            netserver::ops::metrics::Metrics::new(),
         )
         .unwrap();
         let new = current

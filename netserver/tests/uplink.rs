@@ -19,10 +19,11 @@ use common::{
     events, metric, netserver_serve, wait_events, wait_metric, write_secrets, Gateway, Proc,
     UPLINK_MIC,
 };
+use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
-use netserver::session::{
-    FrameCounters, RedbBackend, RxParams, SessionStore, StoredSession, STORED_SESSION_VERSION,
-};
+use netserver::store::commit::SessionStore;
+use netserver::store::embedded::RedbBackend;
+use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{
     DataFrame, Downlink, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink,
     UplinkMicParams,
@@ -228,7 +229,7 @@ fn provision(devices: &[&Device], config: &str) -> Net {
         let (store, _, thread) = SessionStore::start(
             RedbBackend::open(&data_dir).unwrap(),
             64,
-            netserver::metrics::Metrics::new(),
+            netserver::ops::metrics::Metrics::new(),
         )
         .unwrap();
         for d in devices {

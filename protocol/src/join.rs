@@ -361,11 +361,39 @@ impl CfList {
     }
 }
 
+impl CfList {
+    /// A CFList of type 1 (US915, AU915): ChMask0…ChMask4, each 16 bits little-endian, for
+    /// channels 0–15 … 64–79, then five RFU bytes and CFListType 1.
+    pub fn from_channel_masks(masks: [u16; 5]) -> Self {
+        let mut b = [0u8; 16];
+        for (i, m) in masks.iter().enumerate() {
+            b[2 * i..2 * i + 2].copy_from_slice(&m.to_le_bytes());
+        }
+        b[15] = 1;
+        Self(b)
+    }
+
+    /// ChMask0…ChMask4 of a type 1 CFList; `None` for other types.
+    pub fn channel_masks(&self) -> Option<[u16; 5]> {
+        if self.cf_list_type() != 1 {
+            return None;
+        }
+        let mut out = [0u16; 5];
+        for (i, m) in out.iter_mut().enumerate() {
+            *m = u16::from_le_bytes(array(&self.0, 2 * i));
+        }
+        Some(out)
+    }
+}
+
 impl fmt::Debug for CfList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.frequencies_hz() {
             Some(freqs) => write!(f, "CfList(type 0, {freqs:?} Hz)"),
-            None => write!(f, "CfList({})", hex::encode(self.0)),
+            None => match self.channel_masks() {
+                Some(masks) => write!(f, "CfList(type 1, ChMask {masks:04X?})"),
+                None => write!(f, "CfList({})", hex::encode(self.0)),
+            },
         }
     }
 }

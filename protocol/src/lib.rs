@@ -14,7 +14,8 @@
 //! - [`data`]: data frames, FRMPayload and FOpts encryption, MICs.
 //! - [`fcnt`]: frame-counter inference and checks.
 //! - [`mac`]: MAC commands.
-//! - [`region`]: EU868 data rates, channels and receive windows.
+//! - [`region`]: regions as values (RP002 tables: EU868, US915, AU915, AS923, KR920, IN865),
+//!   channel plans, receive windows, time on air.
 //! - [`ts002`]: Backend Interfaces JoinReq / JoinAns messages.
 //! - [`gwmp`]: the Semtech UDP packet forwarder protocol.
 //! - [`link`]: the authenticated UDP datagram format between join server and network server.

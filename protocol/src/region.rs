@@ -1,21 +1,59 @@
-//! EU868 regional facts the network server and the simulator need (RP002 / Regional
-//! Parameters; protocol-notes A.9): data rates and their GWMP `datr`, RX1/RX2 parameters,
-//! default channels, Class-A receive delays and the downlink `tmst`, maximum payload sizes,
-//! demodulation SNR floors and LoRa time on air.
+//! Regional Parameters (RP002-1.0.3): [`Region`] makes the region a value. Its tables
+//! ([`tables`]) hold, per channel plan, the data rates, maximum payloads, channels, RX1 and RX2
+//! rules, TX power, dwell time and duty cycle; [`ChannelPlan`] is a device's set of channels
+//! (CFList, LinkADRReq channel masks, NewChannelReq, TxCh). Regions: EU868, US915, AU915,
+//! AS923-1…4, KR920, IN865.
+//!
+//! Also here, common to every region: Class-A receive delays and the downlink `tmst`, LoRa time
+//! on air and demodulation SNR floors.
+//!
+//! The free functions and constants named EU868 below ([`data_rate`], [`dr_of`],
+//! [`dr_of_datr`], [`rx1_dr`], [`max_payload`], [`RX2_FREQ_HZ`], [`RX2_DR`],
+//! [`DEFAULT_CHANNELS_HZ`], [`MAX_DR`], [`DEFAULT_MAX_EIRP_DBM`]) predate [`Region`] and read
+//! its EU868 tables; code that should work in every region uses [`Region`]'s methods instead.
 
 use std::time::Duration;
 
 use crate::gwmp::DataRate;
 
+mod channels;
+mod regional;
+pub mod tables;
+
+pub use channels::{Channel, ChannelPlan};
+pub use regional::{CfListType, Link, MaxPayload, Region};
+pub use tables::{DrDef, DrModulation, DwellTime, LrFhssCodingRate, ReceiveDelays};
+
 /// Why a regional computation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RegionError {
-    /// The data rate index is not defined in EU868 (valid: 0..=7).
-    #[error("EU868 has no data rate DR{0}")]
+    /// The data rate index is not defined in the region (or not in the table asked).
+    #[error("the region has no data rate DR{0}")]
     DataRate(u8),
-    /// RX1DROffset outside 0..=5.
-    #[error("RX1DROffset {0} is outside 0..=5")]
+    /// RX1DROffset above the region's highest (EU868: 5).
+    #[error("RX1DROffset {0} is outside the region's range")]
     Rx1DrOffset(u8),
+    /// An LR-FHSS data rate: named, but not modelled (no GWMP `datr`).
+    #[error("DR{0} is LR-FHSS, which is not modelled")]
+    NotModelled(u8),
+    /// No channel of the region is on this frequency, or it is outside the region's band.
+    #[error("no channel of the region on {0} Hz")]
+    Frequency(u32),
+    /// A channel index that cannot be set.
+    #[error("channel index {0} cannot be set")]
+    ChannelIndex(u8),
+    /// A CFList of the wrong type for the region.
+    #[error("CFList type {0} does not apply to the region")]
+    CfListType(u8),
+    /// A ChMask / ChMaskCntl the region refuses, or one that leaves no channel.
+    #[error("invalid channel mask")]
+    ChannelMask,
+    /// A sub-band outside 1..=8, or sub-bands in a region without them.
+    #[error("sub-band {0} does not exist in the region")]
+    SubBand(u8),
+    /// Not a region name.
+    #[error("unknown region (expected EU868, US915, AU915, AS923-1..4, KR920 or IN865)")]
+    UnknownRegion,
 }
 
 impl RegionError {
@@ -24,79 +62,74 @@ impl RegionError {
         match self {
             Self::DataRate(_) => "data_rate",
             Self::Rx1DrOffset(_) => "rx1_dr_offset",
+            Self::NotModelled(_) => "not_modelled",
+            Self::Frequency(_) => "frequency",
+            Self::ChannelIndex(_) => "channel_index",
+            Self::CfListType(_) => "cf_list_type",
+            Self::ChannelMask => "channel_mask",
+            Self::SubBand(_) => "sub_band",
+            Self::UnknownRegion => "unknown_region",
         }
     }
 }
 
 /// RECEIVE_DELAY1: RX1 opens 1 s after the end of the uplink.
-pub const RECEIVE_DELAY1: Duration = Duration::from_secs(1);
+pub const RECEIVE_DELAY1: Duration = tables::DELAYS.receive_delay1;
 /// RECEIVE_DELAY2: RX2 opens 2 s after the end of the uplink (RX1 + 1 s).
-pub const RECEIVE_DELAY2: Duration = Duration::from_secs(2);
+pub const RECEIVE_DELAY2: Duration = tables::DELAYS.receive_delay2;
 /// JOIN_ACCEPT_DELAY1: 5 s.
-pub const JOIN_ACCEPT_DELAY1: Duration = Duration::from_secs(5);
+pub const JOIN_ACCEPT_DELAY1: Duration = tables::DELAYS.join_accept_delay1;
 /// JOIN_ACCEPT_DELAY2: 6 s.
-pub const JOIN_ACCEPT_DELAY2: Duration = Duration::from_secs(6);
+pub const JOIN_ACCEPT_DELAY2: Duration = tables::DELAYS.join_accept_delay2;
 
 /// RECEIVE_DELAY1 in microseconds, the unit of GWMP `tmst`.
-pub const RECEIVE_DELAY1_US: u32 = 1_000_000;
+pub const RECEIVE_DELAY1_US: u32 = RECEIVE_DELAY1.as_micros() as u32;
 /// RECEIVE_DELAY2 in microseconds.
-pub const RECEIVE_DELAY2_US: u32 = 2_000_000;
+pub const RECEIVE_DELAY2_US: u32 = RECEIVE_DELAY2.as_micros() as u32;
 /// JOIN_ACCEPT_DELAY1 in microseconds.
-pub const JOIN_ACCEPT_DELAY1_US: u32 = 5_000_000;
+pub const JOIN_ACCEPT_DELAY1_US: u32 = JOIN_ACCEPT_DELAY1.as_micros() as u32;
 /// JOIN_ACCEPT_DELAY2 in microseconds.
-pub const JOIN_ACCEPT_DELAY2_US: u32 = 6_000_000;
+pub const JOIN_ACCEPT_DELAY2_US: u32 = JOIN_ACCEPT_DELAY2.as_micros() as u32;
 
-/// Default RX2 frequency: 869.525 MHz.
-pub const RX2_FREQ_HZ: u32 = 869_525_000;
-/// Default RX2 data rate: DR0.
-pub const RX2_DR: u8 = 0;
-/// The three default (and join) channels: 868.1, 868.3 and 868.5 MHz, DR0–DR5.
+/// EU868 default RX2 frequency: 869.525 MHz (`Region::Eu868.rx2()`).
+pub const RX2_FREQ_HZ: u32 = tables::EU868.rx2_frequency_hz;
+/// EU868 default RX2 data rate: DR0 (`Region::Eu868.rx2()`).
+pub const RX2_DR: u8 = tables::EU868.rx2_dr;
+/// The three EU868 default (and join) channels: 868.1, 868.3 and 868.5 MHz, DR0–DR5
+/// (`ChannelPlan::new(Region::Eu868)`).
 pub const DEFAULT_CHANNELS_HZ: [u32; 3] = [868_100_000, 868_300_000, 868_500_000];
-/// Highest EU868 data rate index.
+/// Highest EU868 LoRa/FSK data rate index (DR8–11 are LR-FHSS).
 pub const MAX_DR: u8 = 7;
 /// Default downlink TX power in RX1 used by common network servers (dBm EIRP); the EU868
-/// default maximum EIRP is 16 dBm.
-pub const DEFAULT_MAX_EIRP_DBM: i8 = 16;
+/// default maximum EIRP is 16 dBm (`Region::downlink_eirp_dbm`).
+pub const DEFAULT_MAX_EIRP_DBM: i8 = tables::EU868.downlink_eirp_dbm;
 
 /// The modulation of EU868 data rate `dr` (DR0 SF12/125 … DR5 SF7/125, DR6 SF7/250, DR7 FSK
-/// 50 kbps).
+/// 50 kbps); `Region::Eu868.data_rate`, limited to DR0–DR7.
 pub fn data_rate(dr: u8) -> Result<DataRate, RegionError> {
-    let lora = |sf, bw| DataRate::Lora {
-        spreading_factor: sf,
-        bandwidth_khz: bw,
-    };
-    Ok(match dr {
-        0 => lora(12, 125),
-        1 => lora(11, 125),
-        2 => lora(10, 125),
-        3 => lora(9, 125),
-        4 => lora(8, 125),
-        5 => lora(7, 125),
-        6 => lora(7, 250),
-        7 => DataRate::Fsk { bitrate: 50_000 },
-        other => return Err(RegionError::DataRate(other)),
-    })
+    if dr > MAX_DR {
+        return Err(RegionError::DataRate(dr));
+    }
+    Region::Eu868.data_rate(dr)
 }
 
 /// The EU868 data rate index of a modulation, or `None` if EU868 does not define it.
 pub fn dr_of(datr: DataRate) -> Option<u8> {
-    (0..=MAX_DR).find(|&dr| data_rate(dr).ok() == Some(datr))
+    Region::Eu868.dr_of(datr, Link::Uplink)
 }
 
 /// The EU868 data rate index of a GWMP LoRa `datr` string such as `"SF9BW125"`.
 pub fn dr_of_datr(datr: &str) -> Option<u8> {
-    DataRate::parse_lora(datr).and_then(dr_of)
+    Region::Eu868.dr_of_datr(datr, Link::Uplink)
 }
 
-/// RX1 data rate: `max(0, up_dr − rx1_dr_offset)`, with `rx1_dr_offset` in 0..=5.
+/// EU868 RX1 data rate: `max(0, up_dr − rx1_dr_offset)`, with `up_dr` in 0..=7 and
+/// `rx1_dr_offset` in 0..=5 (`Region::Eu868.rx1_dr`).
 pub fn rx1_dr(up_dr: u8, rx1_dr_offset: u8) -> Result<u8, RegionError> {
     if up_dr > MAX_DR {
         return Err(RegionError::DataRate(up_dr));
     }
-    if rx1_dr_offset > 5 {
-        return Err(RegionError::Rx1DrOffset(rx1_dr_offset));
-    }
-    Ok(up_dr.saturating_sub(rx1_dr_offset))
+    Region::Eu868.rx1_dr(up_dr, rx1_dr_offset, false)
 }
 
 /// The RX1 delay in µs for a Join-accept / RXTimingSetupReq `RxDelay` byte: its low 4 bits
@@ -116,7 +149,7 @@ pub const fn downlink_tmst(uplink_tmst: u32, delay_us: u32) -> u32 {
 pub enum RxWindow {
     /// RX1: the uplink's frequency, RX1 data rate.
     Rx1,
-    /// RX2: RX1 + 1 s, 869.525 MHz DR0 by default.
+    /// RX2: RX1 + 1 s, the region's RX2 frequency and data rate (EU868: 869.525 MHz DR0).
     Rx2,
 }
 
@@ -141,19 +174,21 @@ pub const fn join_accept_tmst(uplink_tmst: u32, window: RxWindow) -> u32 {
     )
 }
 
-/// Maximum sizes at a data rate: `(M, N)` = (MACPayload, FRMPayload) bytes.
+/// EU868 maximum sizes at a data rate: `(M, N)` = (MACPayload, FRMPayload) bytes.
 ///
-/// With `repeater_compatible` (the RP002 default table): DR0–2 59/51, DR3 123/115, DR4–7
-/// 230/222. Without a repeater, DR4–7 allow 250/242.
+/// With `repeater_compatible` (RP002-1.0.3 Table 12): DR0–2 59/51, DR3 123/115, DR4–7
+/// 230/222. Without a repeater (Table 13), DR4–7 allow 250/242 (`Region::Eu868.max_payload`).
 pub fn max_payload(dr: u8, repeater_compatible: bool) -> Result<(u16, u16), RegionError> {
-    let m = match dr {
-        0..=2 => 59,
-        3 => 123,
-        4..=7 if repeater_compatible => 230,
-        4..=7 => 250,
-        other => return Err(RegionError::DataRate(other)),
+    if dr > MAX_DR {
+        return Err(RegionError::DataRate(dr));
+    }
+    let p = Region::Eu868.max_payload(dr, false)?;
+    let p = if repeater_compatible {
+        p.repeater_compatible()
+    } else {
+        p
     };
-    Ok((m, m - 8))
+    Ok((u16::from(p.mac_payload), u16::from(p.frm_payload)))
 }
 
 /// The lowest SNR (dB) at which a LoRa signal of this spreading factor is demodulated

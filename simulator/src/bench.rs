@@ -154,6 +154,7 @@ pub fn run(
                 loss: 0.0,
                 heard_by: 1,
                 data_rate: 5,
+                radio: Default::default(),
             },
             gateways,
             event_sink: false,

@@ -17,20 +17,29 @@
 //! - Periodic uplinks with ±10 % jitter; confirmed uplinks wait for an ACK in RX1/RX2 and are
 //!   retransmitted up to NbTrans times (ACK_TIMEOUT 1..3 s), unconfirmed ones repeated NbTrans
 //!   times unless a downlink arrives.
-//! - MAC commands: LinkADRReq (→ LinkADRAns, applies DR and NbTrans), DeviceTimeReq sent after a
-//!   join and DeviceTimeAns taken, RekeyInd sent by 1.1 devices (OptNeg) until RekeyConf, and the
-//!   mandatory answers to DevStatusReq, RXParamSetupReq, RXTimingSetupReq, DutyCycleReq,
-//!   NewChannelReq, DlChannelReq, TxParamSetupReq, ADRParamSetupReq and RejoinParamSetupReq.
+//! - MAC commands: LinkADRReq blocks (→ LinkADRAns; the channel masks with the region's
+//!   ChMaskCntl meaning, DR, TXPower and NbTrans applied only when all are acceptable),
+//!   DeviceTimeReq sent after a join and DeviceTimeAns taken, RekeyInd sent by 1.1 devices
+//!   (OptNeg) until RekeyConf, RXParamSetupReq, NewChannelReq and (AS923, AU915)
+//!   TxParamSetupReq checked and applied, and the answers to DevStatusReq, RXTimingSetupReq,
+//!   DutyCycleReq, DlChannelReq, ADRParamSetupReq and RejoinParamSetupReq.
+//! - The region ([`crate::radio::RadioPlan`]): channels drawn from the device's channel plan
+//!   (the boot channels, then the Join-accept's CFList and LinkADRReq masks), time on air at the
+//!   region's modulation, the sub-band duty cycle where the region has one (EU868), the
+//!   dwell-time setting (AS923, AU915), and the frequency and data rate of RX1 and RX2.
 
 use protocol::data::Direction;
+use protocol::gwmp::DataRate;
 use protocol::ids::{DevAddr, DevNonce};
 use protocol::mac::MacCommand;
-use protocol::region::{lora_time_on_air, LoraFrame};
+use protocol::region::{ChannelPlan, DwellTime, Region};
+use protocol::version::MacVersion;
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::frames::{self, Identity, Keys};
 use crate::manifest::NonceState;
+use crate::radio::RadioPlan;
 use crate::sched::{Micros, TimerKind};
 
 /// JOIN_ACCEPT_DELAY1.
@@ -77,8 +86,10 @@ pub struct Behaviour {
     pub confirmed_ratio: f64,
     /// Application payload size.
     pub payload_size: usize,
-    /// EU868 data rate of joins and (until LinkADRReq changes it) uplinks.
+    /// Data rate of joins and (until LinkADRReq changes it) uplinks.
     pub data_rate: u8,
+    /// The region and the channels a device boots with.
+    pub radio: RadioPlan,
 }
 
 /// A frame to put on air.
@@ -86,10 +97,12 @@ pub struct Behaviour {
 pub struct Tx {
     /// The PHYPayload.
     pub phy: Vec<u8>,
-    /// EU868 data rate.
+    /// Data rate index in the region.
     pub dr: u8,
-    /// Channel index (0..=2: 868.1, 868.3, 868.5 MHz).
+    /// Channel index in the device's channel plan (LoRaWAN 1.1's TxCh).
     pub chan: u8,
+    /// The channel's frequency, Hz.
+    pub freq_hz: u32,
     /// What the frame is.
     pub kind: TxKind,
 }
@@ -205,6 +218,14 @@ pub struct Session {
     rx1_delay_us: Micros,
     nb_trans: u8,
     dr: u8,
+    /// The uplink channels (boot channels, then CFList, LinkADRReq, NewChannelReq), only where
+    /// they differ from the boot channels: most sessions keep those, and a plan is 160 bytes.
+    channels: Option<Box<ChannelPlan>>,
+    /// UplinkDwellTime / DownlinkDwellTime (TxParamSetupReq).
+    dwell: DwellTime,
+    rx1_dr_offset: u8,
+    /// RX2 frequency (Hz) and data rate.
+    rx2: (u32, u8),
     rekey_pending: bool,
     device_time_tries: u8,
     answers: Vec<u8>,
@@ -228,6 +249,21 @@ impl Session {
     pub fn rekey_pending(&self) -> bool {
         self.rekey_pending
     }
+    /// The uplink channels, given the run's boot channels.
+    pub fn channels<'a>(&'a self, boot: &'a ChannelPlan) -> &'a ChannelPlan {
+        self.channels.as_deref().unwrap_or(boot)
+    }
+    fn set_channels(&mut self, plan: ChannelPlan, boot: &ChannelPlan) {
+        self.channels = (plan != *boot).then(|| Box::new(plan));
+    }
+    /// The dwell-time setting.
+    pub fn dwell(&self) -> DwellTime {
+        self.dwell
+    }
+    /// RX1DROffset and the RX2 frequency (Hz) and data rate.
+    pub fn rx_params(&self) -> (u8, (u32, u8)) {
+        (self.rx1_dr_offset, self.rx2)
+    }
 }
 
 /// One simulated end-device.
@@ -245,8 +281,11 @@ pub struct Device {
     wake_at: Micros,
     /// Due time of the armed RxClosed timer.
     rx_closes_at: Micros,
-    /// The uplink the current receive windows belong to: when it was sent.
+    /// The uplink the current receive windows belong to: when it was sent, its frequency and its
+    /// data rate.
     last_tx_at: Micros,
+    last_tx_freq: u32,
+    last_tx_dr: u8,
     next_periodic: Micros,
     powered_at: Micros,
     /// The earliest time the duty cycle allows the next transmission: after a Join-request, the
@@ -274,23 +313,32 @@ pub fn random_dev_nonce(dev_eui: u64, index: u16) -> u16 {
     (u16::from(l) << 8) | u16::from(r)
 }
 
-/// Time on air of a LoRaWAN uplink in µs (the `protocol` crate's Semtech AN1200.13 formula:
-/// CR 4/5, 8-symbol preamble, explicit header, CRC on, LDRO for SF11/SF12 at 125 kHz).
-pub fn airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
-    lora_time_on_air(&LoraFrame::uplink(sf, u32::from(bw_khz) * 1000, len))
-        .map_or(0, |d| d.as_micros() as Micros)
-}
+pub use crate::radio::airtime_us;
 
 /// Duty cycle of the EU868 sub-band that holds the default channels 868.1, 868.3 and 868.5 MHz
 /// (ETSI EN 300 220 band g1, 868.0–868.6 MHz, as RP002 names it): 1 %, shared by all three, so
 /// a device that transmits for T must stay silent on them for T / 1 % from the start of that
-/// transmission (the simulator puts a frame on air and ends it at one instant).
+/// transmission (the simulator puts a frame on air and ends it at one instant). Other sub-bands
+/// and regions: `protocol::region::Region::duty_cycle`.
 pub const SUB_BAND_DUTY_CYCLE: f64 = 0.01;
 
-/// When a device may next transmit on the default channels' sub-band after a frame of `len`
-/// bytes at (`sf`, `bw_khz`) sent at `now`, under duty cycle `dc`.
-pub fn duty_cycle_free_at(now: Micros, sf: u8, bw_khz: u16, len: usize, dc: f64) -> Micros {
-    now + (airtime_us(sf, bw_khz, len) as f64 / dc) as Micros
+/// When a device may transmit again after a frame of `airtime` µs sent at `now`, under duty
+/// cycle `dc`. The device waits this long before transmitting on any channel, also one of
+/// another sub-band: stricter than ETSI requires, never looser.
+pub fn duty_cycle_free_at(now: Micros, airtime: Micros, dc: f64) -> Micros {
+    now + (airtime as f64 / dc) as Micros
+}
+
+/// A channel of `plan` allowing `dr`, drawn uniformly: (index, frequency).
+fn pick_channel(plan: &ChannelPlan, dr: u8, rng: &mut impl RngCore) -> Option<(u8, u32)> {
+    let n = plan.enabled_for_dr(dr).count();
+    if n == 0 {
+        return None;
+    }
+    let k = rng.gen_range(0..n as u8);
+    plan.enabled_for_dr(dr)
+        .nth(usize::from(k))
+        .map(|(i, c)| (i, c.frequency_hz))
 }
 
 /// The aggregated join duty cycle allowed `since_power_on` µs after power-up.
@@ -318,6 +366,8 @@ impl Device {
             wake_at: Micros::MAX,
             rx_closes_at: Micros::MAX,
             last_tx_at: 0,
+            last_tx_freq: 0,
+            last_tx_dr: 0,
             next_periodic: 0,
             powered_at: 0,
             next_tx_allowed: 0,
@@ -368,6 +418,26 @@ impl Device {
             (Phase::Joined, Some(s)) => (s.rx1_delay_us, s.rx1_delay_us + 1_000_000),
             _ => (JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US),
         }
+    }
+
+    /// The frequency (Hz) and data rate the device listens on in `window` for its latest uplink:
+    /// RX1 from the region's RX1 channel and data-rate rules (RX1DROffset and DownlinkDwellTime
+    /// of the session, or the defaults while joining), RX2 from the session's or the region's
+    /// RX2 settings. `None` if the region gives none.
+    pub fn rx_radio(&self, window: Window, b: &Behaviour) -> Option<(u32, DataRate)> {
+        let r = b.radio.region();
+        let (offset, rx2, downlink_dwell) = match (&self.phase, &self.session) {
+            (Phase::Joined, Some(s)) => (s.rx1_dr_offset, s.rx2, s.dwell.downlink),
+            _ => (0, r.rx2(), r.boot_dwell_time().downlink),
+        };
+        let (freq, dr) = match window {
+            Window::Rx1 => (
+                r.rx1_frequency(self.last_tx_freq).ok()?,
+                r.rx1_dr(self.last_tx_dr, offset, downlink_dwell).ok()?,
+            ),
+            Window::Rx2 => rx2,
+        };
+        Some((freq, r.data_rate(dr).ok()?))
     }
 
     /// The per-event RNG: ChaCha8 keyed by the run's 256-bit seed with the device index and the
@@ -470,24 +540,37 @@ impl Device {
             }
             random_dev_nonce(self.id.dev_eui.as_u64(), self.nonces.dev_nonce as u16)
         };
+        let Some((chan, freq_hz)) = pick_channel(&b.radio.channels, b.data_rate, rng) else {
+            // `RadioPlan::check` refuses such a data rate before a run starts.
+            self.wake_at = Micros::MAX;
+            return;
+        };
         self.nonces.dev_nonce += 1;
         let dev_nonce = DevNonce(dev_nonce);
         let phy = frames::join_request(&self.id, dev_nonce);
-        let (sf, bw) = crate::gateway::eu868_dr(b.data_rate);
+        let airtime = b.radio.airtime_us(b.data_rate, phy.len());
         let dc = join_duty_cycle(now.saturating_sub(self.powered_at));
-        self.next_tx_allowed = duty_cycle_free_at(now, sf, bw, phy.len(), dc);
+        let dc = b
+            .radio
+            .region()
+            .duty_cycle(freq_hz)
+            .map_or(dc, |band| band.min(dc));
+        self.next_tx_allowed = duty_cycle_free_at(now, airtime, dc);
         self.join = Some(JoinAttempt {
             dev_nonce,
             sent_at: now,
             rejected: false,
         });
         self.last_tx_at = now;
+        self.last_tx_freq = freq_hz;
+        self.last_tx_dr = b.data_rate;
         self.wake_at = Micros::MAX;
         self.rx_closes_at = now + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
         fx.push(Effect::Tx(Tx {
             phy: phy.to_vec(),
             dr: b.data_rate,
-            chan: rng.gen_range(0..3),
+            chan,
+            freq_hz,
             kind: TxKind::Join {
                 dev_nonce: dev_nonce.0,
             },
@@ -551,7 +634,10 @@ impl Device {
                 })
             }
         };
-        let chan = rng.gen_range(0..3u8);
+        let Some((chan, freq_hz)) = pick_channel(s.channels(&b.radio.channels), s.dr, rng) else {
+            // LinkADRReq never leaves the data rate without a channel.
+            return self.skip_frame(now, fx);
+        };
         let ack = s.ack_next.take();
         let phy = frames::build_uplink(
             &s.keys,
@@ -567,29 +653,28 @@ impl Device {
                 tx_ch: chan,
             },
         );
-        let phy = match phy {
-            Ok(p) => p,
-            Err(_) => {
-                // Cannot happen with FOpts ≤ 15 bytes and FPort 1; drop the frame rather than panic.
-                self.wake_at = self.next_periodic.max(now + 1);
-                fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
-                return;
-            }
+        let Ok(phy) = phy else {
+            // Cannot happen with FOpts ≤ 15 bytes and FPort 1.
+            return self.skip_frame(now, fx);
         };
-        let (sf, bw) = crate::gateway::eu868_dr(s.dr);
-        self.next_tx_allowed = duty_cycle_free_at(now, sf, bw, phy.len(), SUB_BAND_DUTY_CYCLE);
+        self.next_tx_allowed = b.radio.region().duty_cycle(freq_hz).map_or(now, |dc| {
+            duty_cycle_free_at(now, b.radio.airtime_us(s.dr, phy.len()), dc)
+        });
         let mut frame = frame;
         frame.sent_at = now;
         let transmission = frame.transmissions;
         let (fcnt, confirmed) = (frame.fcnt, frame.confirmed);
         self.frame = Some(frame);
         self.last_tx_at = now;
+        self.last_tx_freq = freq_hz;
+        self.last_tx_dr = s.dr;
         self.wake_at = Micros::MAX;
         self.rx_closes_at = now + s.rx1_delay_us + 1_000_000 + RX_GRACE_US;
         fx.push(Effect::Tx(Tx {
             phy,
             dr: s.dr,
             chan,
+            freq_hz,
             kind: TxKind::Data {
                 fcnt,
                 confirmed,
@@ -597,6 +682,12 @@ impl Device {
             },
         }));
         fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
+    }
+
+    /// Drops the frame that cannot be sent (rather than panic) and waits for the next period.
+    fn skip_frame(&mut self, now: Micros, fx: &mut Vec<Effect>) {
+        self.wake_at = self.next_periodic.max(now + 1);
+        fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
     }
 
     fn rx_closed(
@@ -671,7 +762,7 @@ impl Device {
     ) {
         match self.phase {
             Phase::Joining => self.on_join_accept(phy, window, rx_at, b, rng, fx),
-            Phase::Joined => self.on_data_downlink(phy, fx),
+            Phase::Joined => self.on_data_downlink(phy, b, fx),
             Phase::Off => {}
         }
     }
@@ -699,6 +790,7 @@ impl Device {
                 self.join = None;
                 self.nonces.join_nonce = Some(a.join_nonce.as_u32());
                 let v11 = self.id.version.is_1_1() && a.opt_neg;
+                let region = b.radio.region();
                 self.session = Some(Box::new(Session {
                     dev_addr: a.dev_addr,
                     keys: a.keys,
@@ -708,11 +800,19 @@ impl Device {
                     rx1_delay_us: u64::from(a.rx1_delay_s.max(1)) * 1_000_000,
                     nb_trans: 1,
                     dr: b.data_rate,
+                    channels: None,
+                    dwell: region.boot_dwell_time(),
+                    rx1_dr_offset: a.rx1_dr_offset,
+                    rx2: (region.rx2().0, a.rx2_dr),
                     rekey_pending: v11,
                     device_time_tries: 3,
                     answers: Vec::new(),
                     ack_next: None,
                 }));
+                if let Some(s) = self.session.as_deref_mut() {
+                    let plan = joined_channels(b.radio.channels, a.cf_list, self.id.version);
+                    s.set_channels(plan, &b.radio.channels);
+                }
                 self.phase = Phase::Joined;
                 self.rx_closes_at = Micros::MAX;
                 fx.push(Effect::Note(Note::Joined {
@@ -733,7 +833,7 @@ impl Device {
         }
     }
 
-    fn on_data_downlink(&mut self, phy: &[u8], fx: &mut Vec<Effect>) {
+    fn on_data_downlink(&mut self, phy: &[u8], b: &Behaviour, fx: &mut Vec<Effect>) {
         let Some(s) = self.session.as_deref_mut() else {
             return;
         };
@@ -776,7 +876,7 @@ impl Device {
                 }));
             }
         }
-        match answer_mac(s, &r.mac) {
+        match answer_mac(s, &r.mac, b) {
             Some(0) => {}
             Some(n) => fx.push(Effect::Note(Note::MacAnswered(n))),
             None => fx.push(Effect::Note(Note::DownlinkRejected("mac_commands"))),
@@ -784,52 +884,88 @@ impl Device {
     }
 }
 
+/// The channels a device has after its Join-accept: the boot channels with the CFList applied.
+/// A CFList the region does not take (wrong type, out-of-band frequency) is ignored, as is a
+/// channel-mask CFList (type 1) for a device older than LoRaWAN 1.0.3, which does not know it.
+fn joined_channels(
+    boot: ChannelPlan,
+    cf_list: Option<protocol::join::CfList>,
+    version: MacVersion,
+) -> ChannelPlan {
+    let mut channels = boot;
+    if let Some(cf) = cf_list {
+        if cf.cf_list_type() == 0 || version >= MacVersion::V1_0_3 {
+            // On error the plan is unchanged.
+            let _ = channels.apply_cf_list(&cf);
+        }
+    }
+    channels
+}
+
 /// Processes downlink MAC commands (parsed by the `protocol` crate), queueing answers for the next
 /// uplink's FOpts. Returns how many commands were answered or taken, or `None` if the bytes do not
-/// parse (an unknown CID: the rest cannot be delimited, so nothing is applied).
-fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
+/// parse (an unknown CID: the rest cannot be delimited, so nothing is applied). Commands the
+/// region does not implement (TxParamSetupReq outside AS923 and AU915; NewChannelReq and
+/// DlChannelReq in US915 and AU915) are ignored without an answer, as RP002 requires.
+fn answer_mac(s: &mut Session, mac: &[u8], b: &Behaviour) -> Option<u8> {
     use protocol::mac::MacCommand as M;
     let cmds = protocol::mac::parse(Direction::Downlink, mac).ok()?;
+    let region = b.radio.region();
     let mut answers = Vec::new();
-    for c in &cmds {
-        match *c {
-            M::LinkADRReq {
-                data_rate,
-                nb_trans,
-                ..
-            } => {
-                if data_rate != 0x0F && data_rate <= 5 {
-                    s.dr = data_rate;
-                }
-                if nb_trans != 0 {
-                    s.nb_trans = nb_trans;
-                }
-                answers.push(M::LinkADRAns {
-                    power_ack: true,
-                    data_rate_ack: true,
-                    channel_mask_ack: true,
-                });
-            }
+    let mut i = 0;
+    while i < cmds.len() {
+        // A block of contiguous LinkADRReqs is one request, answered once per command.
+        let block = cmds[i..]
+            .iter()
+            .take_while(|c| matches!(c, M::LinkADRReq { .. }))
+            .count();
+        if block > 0 {
+            let ans = link_adr(s, &cmds[i..i + block], b);
+            answers.extend(std::iter::repeat_n(ans, block));
+            i += block;
+            continue;
+        }
+        match cmds[i] {
             M::DutyCycleReq { .. } => answers.push(M::DutyCycleAns),
-            M::RXParamSetupReq { .. } => answers.push(M::RXParamSetupAns {
-                rx1_dr_offset_ack: true,
-                rx2_data_rate_ack: true,
-                channel_ack: true,
-            }),
+            M::RXParamSetupReq {
+                rx1_dr_offset,
+                rx2_data_rate,
+                frequency,
+            } => answers.push(rx_param_setup(
+                s,
+                region,
+                rx1_dr_offset,
+                rx2_data_rate,
+                frequency,
+            )),
             M::DevStatusReq => answers.push(M::DevStatusAns {
                 battery: 255,
                 margin: 20,
             }),
-            M::NewChannelReq { .. } => answers.push(M::NewChannelAns {
-                data_rate_range_ok: true,
-                channel_frequency_ok: true,
-            }),
+            M::NewChannelReq {
+                ch_index,
+                frequency,
+                max_dr,
+                min_dr,
+            } if !region.is_fixed_plan() => {
+                answers.push(new_channel(s, b, ch_index, frequency, (min_dr, max_dr)));
+            }
             M::RXTimingSetupReq { delay } => {
                 s.rx1_delay_us = u64::from(delay.max(1)) * 1_000_000;
                 answers.push(M::RXTimingSetupAns);
             }
-            M::TxParamSetupReq { .. } => answers.push(M::TxParamSetupAns),
-            M::DlChannelReq { .. } => answers.push(M::DlChannelAns {
+            M::TxParamSetupReq {
+                downlink_dwell_time,
+                uplink_dwell_time,
+                ..
+            } if region.has_tx_param_setup() => {
+                s.dwell = DwellTime {
+                    uplink: uplink_dwell_time,
+                    downlink: downlink_dwell_time,
+                };
+                answers.push(M::TxParamSetupAns);
+            }
+            M::DlChannelReq { .. } if !region.is_fixed_plan() => answers.push(M::DlChannelAns {
                 uplink_frequency_exists: true,
                 channel_frequency_ok: true,
             }),
@@ -839,12 +975,89 @@ fn answer_mac(s: &mut Session, mac: &[u8]) -> Option<u8> {
             M::RejoinParamSetupReq { .. } => answers.push(M::RejoinParamSetupAns { time_ok: true }),
             _ => {}
         }
+        i += 1;
     }
     for a in &answers {
         // Answers are built from valid fields; one that would not encode is left out.
         let _ = a.encode_into(&mut s.answers);
     }
     Some(cmds.len().min(255) as u8)
+}
+
+/// One LinkADRReq block: the channel masks in order, then DataRate, TXPower and NbTrans of the
+/// last command. All is applied only if the masks are valid for the region, the data rate is a
+/// LoRa uplink rate that an enabled channel allows and that carries the run's payload (under
+/// the device's dwell time), and TXPower exists; else nothing changes.
+fn link_adr(s: &mut Session, block: &[MacCommand], b: &Behaviour) -> MacCommand {
+    let r = b.radio.region();
+    let mut masks = Vec::with_capacity(block.len());
+    let mut last = (0x0F, 0x0F, 0);
+    for c in block {
+        if let MacCommand::LinkADRReq {
+            data_rate,
+            tx_power,
+            ch_mask,
+            ch_mask_cntl,
+            nb_trans,
+        } = *c
+        {
+            masks.push((ch_mask, ch_mask_cntl));
+            last = (data_rate, tx_power, nb_trans);
+        }
+    }
+    let (data_rate, tx_power, nb_trans) = last;
+    let mut channels = *s.channels(&b.radio.channels);
+    let mask_ok = channels.apply_link_adr(&masks).is_ok();
+    let dr = if data_rate == 0x0F { s.dr } else { data_rate };
+    let dr_ok = b.radio.lora(dr).is_some()
+        && r.dr_def(dr).is_ok_and(|d| d.uplink)
+        && channels.enabled_for_dr(dr).next().is_some()
+        && r.max_payload(dr, s.dwell.uplink)
+            .is_ok_and(|m| usize::from(m.frm_payload) >= b.payload_size);
+    let power_ok = tx_power == 0x0F || r.tx_power_eirp_dbm(tx_power).is_some();
+    if mask_ok && dr_ok && power_ok {
+        s.set_channels(channels, &b.radio.channels);
+        s.dr = dr;
+        if nb_trans != 0 {
+            s.nb_trans = nb_trans;
+        }
+    }
+    MacCommand::LinkADRAns {
+        power_ack: power_ok,
+        data_rate_ack: dr_ok,
+        channel_mask_ack: mask_ok,
+    }
+}
+
+/// NewChannelReq (dynamic plans): defines or removes a channel if the index, frequency and
+/// data-rate range are acceptable.
+fn new_channel(s: &mut Session, b: &Behaviour, index: u8, freq: u32, drs: (u8, u8)) -> MacCommand {
+    use protocol::region::RegionError as E;
+    let mut plan = *s.channels(&b.radio.channels);
+    let r = plan.set_channel(index, freq, drs.0, drs.1);
+    s.set_channels(plan, &b.radio.channels);
+    MacCommand::NewChannelAns {
+        data_rate_range_ok: !matches!(r, Err(E::DataRate(_) | E::ChannelIndex(_))),
+        channel_frequency_ok: !matches!(r, Err(E::Frequency(_) | E::ChannelIndex(_))),
+    }
+}
+
+/// RXParamSetupReq: applied only if RX1DROffset is in the region's range, RX2DataRate is a
+/// downlink LoRa/FSK rate and the frequency one the region allows for RX2.
+fn rx_param_setup(s: &mut Session, r: Region, offset: u8, rx2_dr: u8, freq: u32) -> MacCommand {
+    let rx1_dr_offset_ack = offset <= r.params().max_rx1_dr_offset;
+    let rx2_data_rate_ack =
+        r.data_rate(rx2_dr).is_ok() && r.dr_def(rx2_dr).is_ok_and(|d| d.downlink);
+    let channel_ack = r.is_downlink_frequency(freq);
+    if rx1_dr_offset_ack && rx2_data_rate_ack && channel_ack {
+        s.rx1_dr_offset = offset;
+        s.rx2 = (freq, rx2_dr);
+    }
+    MacCommand::RXParamSetupAns {
+        rx1_dr_offset_ack,
+        rx2_data_rate_ack,
+        channel_ack,
+    }
 }
 
 #[cfg(test)]
@@ -889,7 +1102,7 @@ mod tests {
         assert_eq!(airtime_us(7, 250, 13), 23_168);
         // Under the sub-band's 1 %, SF7 13 bytes at t = 1 s frees the band at 1 s + 4.6336 s.
         assert_eq!(
-            duty_cycle_free_at(1_000_000, 7, 125, 13, SUB_BAND_DUTY_CYCLE),
+            duty_cycle_free_at(1_000_000, airtime_us(7, 125, 13), SUB_BAND_DUTY_CYCLE),
             5_633_600
         );
     }
@@ -908,19 +1121,22 @@ mod join_tests {
     use protocol::derive::js_keys;
     use protocol::ids::{DevEui, JoinEui, JoinNonce, NetId};
     use protocol::join::{
-        AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+        AnsweredRequest, CfList, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
         JoinRequest, JoinRootKey, RxDelay,
     };
     use protocol::keys::{AppKey, KeyCipher, NwkKey};
     use protocol::version::MacVersion;
 
-    const B: Behaviour = Behaviour {
-        uplinks: true,
-        uplink_interval_us: 60_000_000,
-        confirmed_ratio: 0.0,
-        payload_size: 12,
-        data_rate: 5,
-    };
+    fn beh() -> Behaviour {
+        Behaviour {
+            uplinks: true,
+            uplink_interval_us: 60_000_000,
+            confirmed_ratio: 0.0,
+            payload_size: 12,
+            data_rate: 5,
+            radio: RadioPlan::default(),
+        }
+    }
 
     fn device(version: MacVersion) -> Device {
         Device::new(
@@ -937,13 +1153,25 @@ mod join_tests {
 
     /// What a join server answers, built with the `protocol` crate's join-server side.
     fn accept(d: &Device, dev_nonce: u16, join_nonce: u32, opt_neg: bool) -> Vec<u8> {
+        accept_with(d, dev_nonce, join_nonce, opt_neg, 0, None)
+    }
+
+    /// [`accept`] with an RX2 data rate and a CFList.
+    fn accept_with(
+        d: &Device,
+        dev_nonce: u16,
+        join_nonce: u32,
+        opt_neg: bool,
+        rx2_dr: u8,
+        cf_list: Option<CfList>,
+    ) -> Vec<u8> {
         let p = JoinAcceptPayload {
             join_nonce: JoinNonce::new(join_nonce).unwrap(),
             net_id: NetId::new(0x13).unwrap(),
             dev_addr: DevAddr::new(0x2601_0001),
-            dl_settings: DlSettings::new(opt_neg, 0, 0).unwrap(),
+            dl_settings: DlSettings::new(opt_neg, 0, rx2_dr).unwrap(),
             rx_delay: RxDelay::new(1).unwrap(),
-            cf_list: None,
+            cf_list,
         };
         let app = KeyCipher::new(&d.id.app_key);
         match &d.id.nwk_key {
@@ -982,7 +1210,7 @@ mod join_tests {
     fn first_join(d: &mut Device, fx: &mut Vec<Effect>) -> JoinRequest {
         d.power_on(0, 100, fx);
         assert_eq!(std::mem::take(fx), vec![Effect::Arm(100, TimerKind::Join)]);
-        d.on_timer(TimerKind::Join, 100, &B, &mut rng(), fx);
+        d.on_timer(TimerKind::Join, 100, &beh(), &mut rng(), fx);
         let Effect::Tx(tx) = &fx[0] else {
             panic!("{fx:?}")
         };
@@ -1024,7 +1252,7 @@ mod join_tests {
             }
             let phy = accept(&d, 41, 7, opt_neg);
             assert!(d.join_accept_is_mine(&phy));
-            d.on_downlink(&phy, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+            d.on_downlink(&phy, Window::Rx1, 5_000_100, &beh(), &mut rng(), &mut fx);
             assert!(
                 matches!(
                     fx[0],
@@ -1039,7 +1267,7 @@ mod join_tests {
             let Effect::Arm(t, TimerKind::Uplink) = fx[1] else {
                 panic!("{fx:?}")
             };
-            assert!((5_000_100..5_000_100 + B.uplink_interval_us).contains(&t));
+            assert!((5_000_100..5_000_100 + beh().uplink_interval_us).contains(&t));
             assert_eq!(d.phase(), Phase::Joined);
             assert_eq!(d.nonces.join_nonce, Some(7));
             assert_eq!(d.session().unwrap().dev_addr, DevAddr::new(0x2601_0001));
@@ -1056,7 +1284,7 @@ mod join_tests {
         // Asked for every 2 s, but a 26-byte SF7 frame (61.696 ms) allows one every 6.17 s at 1 %.
         let b = Behaviour {
             uplink_interval_us: 2_000_000,
-            ..B
+            ..beh()
         };
         let mut d = device(MacVersion::V1_0_4);
         let mut fx = Vec::new();
@@ -1116,7 +1344,7 @@ mod join_tests {
         assert_eq!(jr.dev_nonce.0, random_dev_nonce(d.id.dev_eui.as_u64(), 0));
         assert_eq!(d.nonces.dev_nonce, 1);
         let phy = accept(&d, jr.dev_nonce.0, 1, false);
-        d.on_downlink(&phy, Window::Rx2, 6_000_100, &B, &mut rng(), &mut fx);
+        d.on_downlink(&phy, Window::Rx2, 6_000_100, &beh(), &mut rng(), &mut fx);
         assert!(matches!(
             fx[0],
             Effect::Note(Note::Joined {
@@ -1138,7 +1366,7 @@ mod join_tests {
         // JoinNonce 7 again: MIC fine, but not greater than the last one accepted.
         let replay = accept(&d, jr.dev_nonce.0, 7, true);
         assert!(d.join_accept_is_mine(&replay));
-        d.on_downlink(&replay, Window::Rx1, 5_000_100, &B, &mut rng(), &mut fx);
+        d.on_downlink(&replay, Window::Rx1, 5_000_100, &beh(), &mut rng(), &mut fx);
         assert_eq!(fx, vec![Effect::Note(Note::JoinRejected("join_nonce"))]);
         assert_eq!(d.phase(), Phase::Joining);
         fx.clear();
@@ -1146,7 +1374,7 @@ mod join_tests {
         d.on_timer(
             TimerKind::RxClosed,
             100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
-            &B,
+            &beh(),
             &mut rng(),
             &mut fx,
         );
@@ -1164,7 +1392,10 @@ mod join_tests {
     fn timeout_backs_off_within_the_join_duty_cycle() {
         let mut d = device(MacVersion::V1_0_4);
         d.id.version = MacVersion::V1_0_4;
-        let slow = Behaviour { data_rate: 0, ..B };
+        let slow = Behaviour {
+            data_rate: 0,
+            ..beh()
+        };
         let mut fx = Vec::new();
         d.power_on(0, 0, &mut fx);
         fx.clear();
@@ -1211,21 +1442,438 @@ mod join_tests {
         d.on_timer(
             TimerKind::RxClosed,
             100 + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US,
-            &B,
+            &beh(),
             &mut rng(),
             &mut fx,
         );
         assert!(fx.is_empty(), "a powered-off device ignores its old timers");
         d.power_on(10_000_000, 5, &mut fx);
         fx.clear();
-        d.on_timer(TimerKind::Join, 10_000_004, &B, &mut rng(), &mut fx);
+        d.on_timer(TimerKind::Join, 10_000_004, &beh(), &mut rng(), &mut fx);
         assert!(fx.is_empty(), "a timer that is not the armed one is stale");
-        d.on_timer(TimerKind::Join, 10_000_005, &B, &mut rng(), &mut fx);
+        d.on_timer(TimerKind::Join, 10_000_005, &beh(), &mut rng(), &mut fx);
         let Effect::Tx(tx) = &fx[0] else { panic!() };
         assert_eq!(
             JoinRequest::parse(&tx.phy).unwrap().dev_nonce,
             DevNonce(1),
             "the counter survived the power cycle"
         );
+    }
+
+    /// A device of `version` joined in `b`'s region through a Join-accept carrying the region's
+    /// RX2 data rate and `cf_list`, its Join-request sent on the channel the device drew.
+    fn joined(version: MacVersion, b: &Behaviour, cf_list: Option<CfList>) -> Device {
+        let mut d = device(version);
+        let mut fx = Vec::new();
+        d.power_on(0, 100, &mut fx);
+        fx.clear();
+        d.on_timer(TimerKind::Join, 100, b, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        assert!(b.radio.channels.is_enabled(tx.chan), "{tx:?}");
+        let jr = JoinRequest::parse(&tx.phy).unwrap();
+        fx.clear();
+        let rx2_dr = b.radio.region().rx2().1;
+        let phy = accept_with(&d, jr.dev_nonce.0, 1, version.is_1_1(), rx2_dr, cf_list);
+        d.on_downlink(&phy, Window::Rx1, 5_000_100, b, &mut rng(), &mut fx);
+        assert_eq!(d.phase(), Phase::Joined, "{fx:?}");
+        d
+    }
+
+    fn in_region(region: Region, sub_bands: &[u8], data_rate: u8) -> Behaviour {
+        Behaviour {
+            data_rate,
+            radio: RadioPlan::new(region, sub_bands).unwrap(),
+            ..beh()
+        }
+    }
+
+    /// Runs `cmds` through the session's MAC handling; returns the uplink answers queued.
+    fn mac(d: &mut Device, b: &Behaviour, cmds: &[MacCommand]) -> Vec<MacCommand> {
+        let s = d.session.as_deref_mut().unwrap();
+        s.answers.clear();
+        let bytes = protocol::mac::encode(Direction::Downlink, cmds).unwrap();
+        assert_eq!(answer_mac(s, &bytes, b), Some(cmds.len() as u8));
+        protocol::mac::parse(Direction::Uplink, &s.answers).unwrap()
+    }
+
+    fn link_adr(data_rate: u8, tx_power: u8, ch_mask: u16, ch_mask_cntl: u8) -> MacCommand {
+        MacCommand::LinkADRReq {
+            data_rate,
+            tx_power,
+            ch_mask,
+            ch_mask_cntl,
+            nb_trans: 2,
+        }
+    }
+
+    const ALL_ACK: MacCommand = MacCommand::LinkADRAns {
+        power_ack: true,
+        data_rate_ack: true,
+        channel_mask_ack: true,
+    };
+
+    #[test]
+    fn us915_link_adr_blocks_apply_masks_or_nothing() {
+        let b = in_region(Region::Us915, &[2], 3);
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        let on = |d: &Device| -> Vec<u8> {
+            d.session()
+                .unwrap()
+                .channels(&b.radio.channels)
+                .enabled()
+                .map(|(i, _)| i)
+                .collect()
+        };
+        assert_eq!(on(&d), [8, 9, 10, 11, 12, 13, 14, 15, 65]);
+        // ChMaskCntl 7 (125 kHz off, channel 65 on), then ChMaskCntl 0 for 8..=11, DR2.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[link_adr(2, 3, 0x0002, 7), link_adr(2, 3, 0x0F00, 0)],
+        );
+        assert_eq!(
+            ans,
+            [ALL_ACK, ALL_ACK],
+            "one LinkADRAns per command of the block"
+        );
+        assert_eq!(on(&d), [8, 9, 10, 11, 65]);
+        assert_eq!(
+            (d.session().unwrap().dr(), d.session().unwrap().nb_trans()),
+            (2, 2)
+        );
+        // DR4 (SF8/500 kHz) needs channel 65: with ChMaskCntl 7 and no 500 kHz channel the
+        // mask itself is refused (no channel left), and nothing changes.
+        let before = *d.session().unwrap().channels(&b.radio.channels);
+        let ans = mac(&mut d, &b, &[link_adr(4, 3, 0x0000, 7)]);
+        assert_eq!(
+            ans,
+            [MacCommand::LinkADRAns {
+                power_ack: true,
+                data_rate_ack: true,
+                channel_mask_ack: false
+            }]
+        );
+        assert_eq!(*d.session().unwrap().channels(&b.radio.channels), before);
+        assert_eq!(d.session().unwrap().dr(), 2);
+        // A downlink-only DR, LR-FHSS, a TXPower past 14: refused bit by bit, nothing applied.
+        for (dr, power, want) in [
+            (8, 3, (true, false)),
+            (5, 3, (true, false)),
+            (3, 15, (true, true)),
+            (3, 14, (true, true)),
+        ] {
+            let ans = mac(&mut d, &b, &[link_adr(dr, power, 0x00FF, 6)]);
+            let MacCommand::LinkADRAns {
+                power_ack,
+                data_rate_ack,
+                channel_mask_ack,
+            } = ans[0]
+            else {
+                panic!("{ans:?}")
+            };
+            assert_eq!(
+                (power_ack, data_rate_ack, channel_mask_ack),
+                (want.0, want.1, true),
+                "DR{dr}"
+            );
+        }
+        assert_eq!(
+            on(&d).len(),
+            64 + 8,
+            "ChMaskCntl 6: all 125 kHz on, ChMask for 64..=71"
+        );
+        // ChMask bits 8..15 with ChMaskCntl 6 would be channels 72..79, which do not exist.
+        let ans = mac(&mut d, &b, &[link_adr(3, 3, 0x01FF, 6)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                channel_mask_ack: false,
+                ..
+            }
+        ));
+        // The data rate must carry the run's 12-byte payload: US915 DR0 carries 11.
+        let ans = mac(&mut d, &b, &[link_adr(0, 0, 0xFFFF, 0)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                data_rate_ack: false,
+                ..
+            }
+        ));
+        // TxParamSetupReq, NewChannelReq and DlChannelReq do not exist in US915: no answer.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[
+                MacCommand::TxParamSetupReq {
+                    downlink_dwell_time: true,
+                    uplink_dwell_time: true,
+                    max_eirp: 5,
+                },
+                MacCommand::NewChannelReq {
+                    ch_index: 3,
+                    frequency: 903_100_000,
+                    max_dr: 3,
+                    min_dr: 0,
+                },
+            ],
+        );
+        assert!(ans.is_empty(), "{ans:?}");
+    }
+
+    #[test]
+    fn eu868_link_adr_new_channel_and_rx_param_setup() {
+        let b = beh();
+        let mut d = joined(MacVersion::V1_0_3, &b, None);
+        // NewChannelReq defines channel 3; a default channel or an out-of-band frequency not.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[
+                MacCommand::NewChannelReq {
+                    ch_index: 3,
+                    frequency: 867_100_000,
+                    max_dr: 5,
+                    min_dr: 0,
+                },
+                MacCommand::NewChannelReq {
+                    ch_index: 1,
+                    frequency: 867_300_000,
+                    max_dr: 5,
+                    min_dr: 0,
+                },
+                MacCommand::NewChannelReq {
+                    ch_index: 4,
+                    frequency: 915_000_000,
+                    max_dr: 5,
+                    min_dr: 0,
+                },
+            ],
+        );
+        let new_ch = |dr, f| MacCommand::NewChannelAns {
+            data_rate_range_ok: dr,
+            channel_frequency_ok: f,
+        };
+        assert_eq!(
+            ans,
+            [
+                new_ch(true, true),
+                new_ch(false, false),
+                new_ch(true, false)
+            ]
+        );
+        assert_eq!(
+            d.session()
+                .unwrap()
+                .channels(&b.radio.channels)
+                .index_of(867_100_000),
+            Some(3)
+        );
+        // ChMaskCntl 0 enabling an undefined channel (4) is refused; 6 turns all four on.
+        let ans = mac(&mut d, &b, &[link_adr(5, 1, 0b1_1000, 0)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                channel_mask_ack: false,
+                ..
+            }
+        ));
+        assert_eq!(mac(&mut d, &b, &[link_adr(5, 7, 0, 6)]), [ALL_ACK]);
+        assert_eq!(
+            d.session()
+                .unwrap()
+                .channels(&b.radio.channels)
+                .enabled()
+                .count(),
+            4
+        );
+        let ans = mac(&mut d, &b, &[link_adr(5, 8, 0x000F, 0)]);
+        assert!(
+            matches!(
+                ans[0],
+                MacCommand::LinkADRAns {
+                    power_ack: false,
+                    ..
+                }
+            ),
+            "TXPower 8"
+        );
+        // RXParamSetupReq: applied when valid, and RX2 follows it.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::RXParamSetupReq {
+                rx1_dr_offset: 2,
+                rx2_data_rate: 3,
+                frequency: 869_525_000,
+            }],
+        );
+        let rx_ans = |a, b_, c| MacCommand::RXParamSetupAns {
+            rx1_dr_offset_ack: a,
+            rx2_data_rate_ack: b_,
+            channel_ack: c,
+        };
+        assert_eq!(ans, [rx_ans(true, true, true)]);
+        assert_eq!(d.session().unwrap().rx_params(), (2, (869_525_000, 3)));
+        assert_eq!(
+            d.rx_radio(Window::Rx2, &b),
+            Some((869_525_000, DataRate::lora(9, 125).unwrap()))
+        );
+        // The Join-request went out at DR5: RX1 is DR5 − 2 = DR3 on the same frequency.
+        assert_eq!(
+            d.rx_radio(Window::Rx1, &b),
+            Some((d.last_tx_freq, DataRate::lora(9, 125).unwrap()))
+        );
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::RXParamSetupReq {
+                rx1_dr_offset: 6,
+                rx2_data_rate: 9,
+                frequency: 923_300_000,
+            }],
+        );
+        assert_eq!(ans, [rx_ans(false, false, false)]);
+        assert_eq!(d.session().unwrap().rx_params(), (2, (869_525_000, 3)));
+        // TxParamSetupReq is not implemented in EU868: no answer.
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::TxParamSetupReq {
+                downlink_dwell_time: true,
+                uplink_dwell_time: true,
+                max_eirp: 5,
+            }],
+        );
+        assert!(ans.is_empty());
+    }
+
+    #[test]
+    fn as923_dwell_time_and_rx1() {
+        // AS923-2 boots with both dwell times on: RX1 of a DR2 uplink never goes below DR2.
+        let b = in_region(Region::As923_2, &[], 2);
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        assert_eq!(d.last_tx_dr, 2);
+        assert!([921_400_000, 921_600_000].contains(&d.last_tx_freq));
+        d.session.as_deref_mut().unwrap().rx1_dr_offset = 1;
+        let sf = |d: &Device| match d.rx_radio(Window::Rx1, &b) {
+            Some((
+                _,
+                DataRate::Lora {
+                    spreading_factor, ..
+                },
+            )) => spreading_factor,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(sf(&d), 10, "MinDR 2 under DownlinkDwellTime");
+        let ans = mac(
+            &mut d,
+            &b,
+            &[MacCommand::TxParamSetupReq {
+                downlink_dwell_time: false,
+                uplink_dwell_time: false,
+                max_eirp: 5,
+            }],
+        );
+        assert_eq!(ans, [MacCommand::TxParamSetupAns]);
+        assert_eq!(d.session().unwrap().dwell(), DwellTime::default());
+        assert_eq!(sf(&d), 11, "DR2 − 1 = DR1 without dwell time");
+        // Without uplink dwell time DR0 is allowed (51 bytes); with it, not at all.
+        assert_eq!(mac(&mut d, &b, &[link_adr(0, 1, 0, 6)]), [ALL_ACK]);
+        d.session.as_deref_mut().unwrap().dwell.uplink = true;
+        let ans = mac(&mut d, &b, &[link_adr(1, 1, 0, 6)]);
+        assert!(matches!(
+            ans[0],
+            MacCommand::LinkADRAns {
+                data_rate_ack: false,
+                ..
+            }
+        ));
+        assert_eq!(
+            d.rx_radio(Window::Rx2, &b),
+            Some((921_400_000, DataRate::lora(10, 125).unwrap())),
+            "RX2: AS923-1 − 1.8 MHz, DR2"
+        );
+    }
+
+    #[test]
+    fn cf_lists_at_join() {
+        // US915: a channel-mask CFList narrows sub-bands 2 and 3 to 2 for 1.0.3 and later; a
+        // 1.0.2 device does not know it and keeps its boot channels.
+        let b = in_region(Region::Us915, &[2, 3], 3);
+        let sb2 = ChannelPlan::with_sub_bands(Region::Us915, &[2]).unwrap();
+        let d = joined(MacVersion::V1_0_3, &b, sb2.cf_list());
+        assert_eq!(*d.session().unwrap().channels(&b.radio.channels), sb2);
+        let d = joined(MacVersion::V1_0_2, &b, sb2.cf_list());
+        assert_eq!(
+            *d.session().unwrap().channels(&b.radio.channels),
+            b.radio.channels
+        );
+        // EU868: a frequency CFList adds channels 3..=7 for every version; one of the wrong
+        // type is ignored.
+        let eu = beh();
+        let cf = CfList::from_frequencies_hz([867_100_000, 867_300_000, 0, 0, 0]);
+        let d = joined(MacVersion::V1_0_2, &eu, cf);
+        assert_eq!(
+            d.session()
+                .unwrap()
+                .channels(&eu.radio.channels)
+                .enabled()
+                .count(),
+            5
+        );
+        let d = joined(MacVersion::V1_1, &eu, sb2.cf_list());
+        assert_eq!(
+            *d.session().unwrap().channels(&eu.radio.channels),
+            ChannelPlan::new(Region::Eu868)
+        );
+        assert!(
+            d.session().unwrap().channels.is_none(),
+            "a session on the boot channels keeps no copy of them"
+        );
+    }
+
+    #[test]
+    fn us915_uplinks_use_the_region_and_have_no_duty_cycle() {
+        // Sub-band 2 at DR3: channels 8..=15, 902.3 + 0.2 × ch MHz; no sub-band duty cycle, so
+        // the next uplink may go as soon as the receive windows close.
+        let b = Behaviour {
+            uplink_interval_us: 3_000_000,
+            ..in_region(Region::Us915, &[2], 3)
+        };
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        let mut fx = Vec::new();
+        let mut t = 5_000_100 + 3_000_000;
+        for _ in 0..20 {
+            d.wake_at = t;
+            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+            let Effect::Tx(tx) = &fx[0] else {
+                panic!("{fx:?}")
+            };
+            assert!((8..16).contains(&tx.chan), "{tx:?}");
+            assert_eq!(tx.freq_hz, 902_300_000 + 200_000 * u32::from(tx.chan));
+            assert_eq!(tx.dr, 3);
+            assert_eq!(
+                d.rx_radio(Window::Rx1, &b),
+                Some((
+                    923_300_000 + 600_000 * u32::from(tx.chan % 8),
+                    DataRate::lora(7, 500).unwrap()
+                ))
+            );
+            assert_eq!(
+                d.rx_radio(Window::Rx2, &b),
+                Some((923_300_000, DataRate::lora(12, 500).unwrap()))
+            );
+            assert_eq!(d.next_tx_allowed, t, "no duty cycle in US915");
+            let Effect::Arm(closed, TimerKind::RxClosed) = fx[1] else {
+                panic!("{fx:?}")
+            };
+            fx.clear();
+            d.on_timer(TimerKind::RxClosed, closed, &b, &mut rng(), &mut fx);
+            fx.clear();
+            t = closed + 3_000_000;
+        }
     }
 }

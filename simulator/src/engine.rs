@@ -29,10 +29,7 @@ use crate::gateway::{self, Gateway, Reception};
 use crate::report::{Stats, TimeSeries};
 use crate::scenario::{Scenario, Traffic};
 use crate::sched::{Micros, Scheduler, TimerKind};
-use protocol::gwmp::{Packet, TxAckCode, TxTiming};
-
-/// EU868 default channels, Hz.
-pub const CHANNELS_HZ: [u32; 3] = [868_100_000, 868_300_000, 868_500_000];
+use protocol::gwmp::{Packet, TxAckCode, TxPk, TxTiming};
 
 /// How long a steady run waits after `--duration` for frames in flight to finish.
 const DRAIN_US: Micros = 10_000_000;
@@ -242,6 +239,7 @@ impl Engine {
             confirmed_ratio: t.confirmed_ratio,
             payload_size: t.payload_size,
             data_rate: t.data_rate,
+            radio: t.radio,
         };
         let run_deadline = if cfg.duration_given || t.scenario == Scenario::Steady {
             t.duration_us
@@ -519,7 +517,8 @@ impl Engine {
                 }
             }
         }
-        // The radio: lost with probability `loss`, else heard by 1..=K gateways.
+        // The radio: lost with probability `loss`, else heard by 1..=K gateways; in US915 and
+        // AU915 only if the gateways listen on the channel (their sub-bands).
         let g = self.gateways.len() as u16;
         let k = self.traffic.heard_by.clamp(1, g);
         let n = if rng.gen_bool(self.traffic.loss.clamp(0.0, 1.0)) {
@@ -527,6 +526,12 @@ impl Engine {
         } else {
             rng.gen_range(1..=k)
         };
+        let radio = &self.traffic.radio;
+        let listened = !radio.region().is_fixed_plan() || radio.channels.is_enabled(tx.chan);
+        // A data rate without a GWMP `datr` (never sent: `RadioPlan::check` and LinkADRReq allow
+        // LoRa only) would be heard by none.
+        let datr = radio.region().data_rate(tx.dr).ok().filter(|_| listened);
+        let n = if datr.is_some() { n } else { 0 };
         let link = &mut self.fleet.links[i];
         link.last_heard = n as u8;
         if n > 0 {
@@ -534,6 +539,9 @@ impl Engine {
             self.stats.receptions += 1;
         }
         let (base, rssi0) = (link.base, link.rssi);
+        let Some(datr) = datr else {
+            return;
+        };
         for j in 0..n {
             let gi = (base + j) % g;
             let rssi = i16::from(rssi0) - 4 * j as i16 + rng.gen_range(-3..=3);
@@ -542,9 +550,9 @@ impl Engine {
             let gw = &mut self.gateways[gi as usize];
             let rx = Reception {
                 tmst: gw.tmst_at(now),
-                freq_hz: CHANNELS_HZ[usize::from(tx.chan) % 3],
-                chan: tx.chan,
-                dr: tx.dr,
+                freq_hz: tx.freq_hz,
+                chan: tx.chan % 8,
+                datr,
                 rssi,
                 lsnr_tenths: lsnr,
                 data: &tx.phy,
@@ -637,7 +645,7 @@ impl Engine {
                     gateway: g,
                     bytes: ack,
                 });
-                self.deliver(g, now, target, too_late, &txpk.data);
+                self.deliver(g, now, target, too_late, &txpk);
             }
             Ok(_) | Err(_) => self.stats.bad_datagrams += 1,
         }
@@ -649,12 +657,30 @@ impl Engine {
         (g + n - l.base) % n < u16::from(l.last_heard)
     }
 
-    fn deliver(&mut self, g: u16, now: Micros, target: Option<Micros>, too_late: bool, phy: &[u8]) {
-        if crate::frames::is_join_accept(phy) {
-            self.deliver_join_accept(g, now, target, too_late, phy);
+    fn deliver(
+        &mut self,
+        g: u16,
+        now: Micros,
+        target: Option<Micros>,
+        too_late: bool,
+        txpk: &TxPk,
+    ) {
+        if crate::frames::is_join_accept(&txpk.data) {
+            self.deliver_join_accept(g, now, target, too_late, txpk);
         } else {
-            self.deliver_data(g, now, target, too_late, phy);
+            self.deliver_data(g, now, target, too_late, txpk);
         }
+    }
+
+    /// Whether `txpk` goes out on the frequency and data rate device `dev` listens on in
+    /// `window`; counts it if not.
+    fn on_air_for(&mut self, dev: u32, window: Window, txpk: &TxPk) -> bool {
+        let expect = self.fleet.devices[dev as usize].rx_radio(window, &self.behaviour);
+        let ok = expect == Some((txpk.freq_hz, txpk.datr));
+        if !ok {
+            self.stats.wrong_radio += 1;
+        }
+        ok
     }
 
     fn deliver_join_accept(
@@ -663,8 +689,9 @@ impl Engine {
         now: Micros,
         target: Option<Micros>,
         too_late: bool,
-        phy: &[u8],
+        txpk: &TxPk,
     ) {
+        let phy = &txpk.data[..];
         let Some(t) = target else {
             // Immediate or GPS-timed downlinks never hit a Class A window: find the owner to count it.
             if self.owner_of_accept(phy, 0, now).is_some() {
@@ -689,7 +716,7 @@ impl Engine {
                 {
                     continue;
                 }
-                if too_late {
+                if too_late || !self.on_air_for(dev, window, txpk) {
                     self.stats.joins_missed_window += 1;
                     return;
                 }
@@ -725,8 +752,9 @@ impl Engine {
         now: Micros,
         target: Option<Micros>,
         too_late: bool,
-        phy: &[u8],
+        txpk: &TxPk,
     ) {
+        let phy = &txpk.data[..];
         let dev = crate::frames::peek_dev_addr(phy).and_then(|a| self.by_addr.get(&a).copied());
         let Some(dev) = dev else {
             self.stats.downlinks_unmatched += 1;
@@ -752,7 +780,7 @@ impl Engine {
             }
             _ => None,
         };
-        let Some((window, t)) = window else {
+        let Some((window, t)) = window.filter(|&(w, _)| self.on_air_for(dev, w, txpk)) else {
             self.stats.downlinks_missed_window += 1;
             return;
         };

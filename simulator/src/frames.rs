@@ -116,6 +116,8 @@ pub struct Accepted {
     pub rx2_dr: u8,
     /// RX1 delay in seconds (1..=15).
     pub rx1_delay_s: u8,
+    /// The CFList, if the Join-accept carries one.
+    pub cf_list: Option<protocol::join::CfList>,
     /// The derived session keys.
     pub keys: Keys,
 }
@@ -240,6 +242,7 @@ pub fn open_join_accept(
         rx1_dr_offset: payload.dl_settings.rx1_dr_offset(),
         rx2_dr: payload.dl_settings.rx2_data_rate(),
         rx1_delay_s: payload.rx_delay.seconds(),
+        cf_list: payload.cf_list,
         keys,
     })
 }

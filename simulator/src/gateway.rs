@@ -33,8 +33,8 @@ pub struct Reception<'a> {
     pub freq_hz: u32,
     /// IF chain.
     pub chan: u8,
-    /// EU868 data rate index.
-    pub dr: u8,
+    /// The modulation (`datr`).
+    pub datr: DataRate,
     /// RSSI, dBm.
     pub rssi: i16,
     /// SNR in tenths of a dB.
@@ -94,7 +94,6 @@ impl Gateway {
     /// A PUSH_DATA carrying one rxpk.
     pub fn push_data(&mut self, rx: &Reception<'_>) -> Vec<u8> {
         let token = self.token();
-        let (sf, bw) = eu868_dr(rx.dr);
         Self::encode(&Packet::PushData(PushData {
             token,
             gateway: self.eui,
@@ -106,7 +105,7 @@ impl Gateway {
                 rfch: Some(0),
                 freq_hz: rx.freq_hz,
                 stat: CrcStatus::Ok,
-                datr: DataRate::lora(sf, bw).expect("EU868 LoRa data rate"),
+                datr: rx.datr,
                 codr: Some(CodingRate::Cr4_5),
                 rssi: Some(i32::from(rx.rssi)),
                 lsnr: Some(f64::from(rx.lsnr_tenths) / 10.0),
@@ -131,17 +130,6 @@ impl Gateway {
     }
 }
 
-/// EU868 LoRa data rate → (spreading factor, bandwidth kHz), DR0..DR6.
-pub fn eu868_dr(dr: u8) -> (u8, u16) {
-    match protocol::region::data_rate(dr) {
-        Ok(DataRate::Lora {
-            spreading_factor,
-            bandwidth_khz,
-        }) => (spreading_factor, bandwidth_khz),
-        _ => (7, 125),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,7 +141,7 @@ mod tests {
             tmst: 4_000_000_123,
             freq_hz: 868_100_000,
             chan: 0,
-            dr: 5,
+            datr: DataRate::lora(7, 125).unwrap(),
             rssi: -87,
             lsnr_tenths: -35,
             data: &[0x40, 1, 2, 3, 4, 5],
@@ -175,8 +163,6 @@ mod tests {
         assert_eq!(r["stat"], 1);
         // The next datagram takes the next token.
         assert_eq!(&g.pull_data()[..4], &[2, 0x12, 0x35, 0x02]);
-        assert_eq!(eu868_dr(0), (12, 125));
-        assert_eq!(eu868_dr(6), (7, 250));
     }
 
     #[test]

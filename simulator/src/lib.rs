@@ -7,7 +7,8 @@
 //! - [`device`]: the sans-IO end-device state machine; [`frames`]: its LoRaWAN frames (all crypto
 //!   through the `protocol` crate).
 //! - [`fleet`]: compact storage of every device; [`sched`]: the timer heap that drives them.
-//! - [`gateway`]: virtual gateways (GWMP datagrams, `tmst` clocks).
+//! - [`gateway`]: virtual gateways (GWMP datagrams, `tmst` clocks); [`radio`]: the region and
+//!   its channels (`--region`, `--sub-bands`).
 //! - [`engine`]: the simulation core; [`scenario`]: storm, steady, power-restore.
 //! - [`net`]: the socket loop; [`run`]: `simulator run`; [`demo`]: `simulator demo`, the
 //!   join server, network server and simulator in one process.
@@ -27,6 +28,7 @@ pub mod gateway;
 pub mod manifest;
 pub mod net;
 pub mod nonce_log;
+pub mod radio;
 pub mod report;
 pub mod run;
 pub mod scenario;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use protocol::ids::{JoinEui, NetId};
+use protocol::region::{Region, RegionError};
 use simulator::manifest::{self, Params, VersionMix};
+use simulator::radio::RadioPlan;
 use simulator::run::{self, RunOptions};
 use simulator::scenario::{Dur, Scenario, Traffic};
 
@@ -63,12 +65,38 @@ struct DemoArgs {
     /// Each transmission is heard by 1..=K gateways.
     #[arg(long, default_value_t = 2)]
     heard_by: u16,
+    #[command(flatten)]
+    radio: RadioArgs,
     /// Write the JSON report here.
     #[arg(long)]
     report_json: Option<PathBuf>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// `--region` and `--sub-bands`.
+#[derive(clap::Args, Debug)]
+struct RadioArgs {
+    /// Region (RP002 common name): EU868, US915, AU915, AS923-1 (or AS923), AS923-2, AS923-3,
+    /// AS923-4, KR920, IN865.
+    #[arg(long, default_value = "EU868")]
+    region: Region,
+    /// US915 / AU915: the sub-bands (1..=8) devices start on and gateways listen on, e.g.
+    /// `2` or `1,2`; default 2.
+    #[arg(long, value_delimiter = ',')]
+    sub_bands: Vec<u8>,
+}
+
+impl RadioArgs {
+    fn plan(&self) -> anyhow::Result<RadioPlan> {
+        RadioPlan::new(self.region, &self.sub_bands).map_err(|e| match e {
+            RegionError::SubBand(_) if !self.region.is_fixed_plan() => {
+                anyhow::anyhow!("--sub-bands applies to US915 and AU915 only")
+            }
+            e => anyhow::anyhow!("--sub-bands: {e}"),
+        })
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,9 +180,13 @@ struct RunArgs {
     /// Probability that a transmission is heard by no gateway (0..=1).
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
-    /// EU868 data rate of joins and uplinks (0..=5).
-    #[arg(long, default_value_t = 5)]
-    data_rate: u8,
+    /// Data rate of joins and uplinks, until a LinkADRReq changes it: a LoRa uplink DR of the
+    /// region (EU868 0 = SF12 … 5 = SF7; US915 0 = SF10 … 3 = SF7, 4 = SF8/500 kHz). Default:
+    /// the region's SF7/125 kHz (EU868 5, US915 3).
+    #[arg(long)]
+    data_rate: Option<u8>,
+    #[command(flatten)]
+    radio: RadioArgs,
     /// Traffic seed: same seed, same traffic in the same order.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -221,17 +253,11 @@ fn main() -> anyhow::Result<()> {
                     a.gateways
                 );
             }
-            if a.data_rate > 5 {
-                anyhow::bail!("--data-rate must be 0..=5 (EU868 LoRa 125 kHz)");
-            }
-            let max_payload = [51, 51, 51, 115, 222, 222][usize::from(a.data_rate)];
-            if a.payload_size > max_payload {
-                anyhow::bail!(
-                    "--payload-size {} exceeds DR{}'s maximum of {max_payload} bytes",
-                    a.payload_size,
-                    a.data_rate
-                );
-            }
+            let radio = a.radio.plan()?;
+            let data_rate = a.data_rate.unwrap_or_else(|| radio.default_data_rate());
+            radio
+                .check(data_rate, a.payload_size)
+                .map_err(anyhow::Error::msg)?;
             let default_duration = match a.scenario {
                 Scenario::Steady => "60s".parse::<Dur>().context("default duration")?,
                 _ => Dur(std::time::Duration::from_secs(3600)),
@@ -250,7 +276,8 @@ fn main() -> anyhow::Result<()> {
                     payload_size: a.payload_size,
                     loss: a.loss,
                     heard_by: a.heard_by,
-                    data_rate: a.data_rate,
+                    data_rate,
+                    radio,
                 },
                 duration_given: a.duration.is_some(),
                 seed: a.seed,
@@ -274,6 +301,7 @@ fn main() -> anyhow::Result<()> {
                 uplink_interval: a.uplink_interval.0,
                 gateways: a.gateways,
                 heard_by: a.heard_by,
+                radio: a.radio.plan()?,
                 report_json: a.report_json,
                 progress: !a.quiet,
             })?;

@@ -637,7 +637,7 @@ not json"#;
 
     /// The network server's own uplink event for `(dev_eui, f_cnt)`.
     fn uplink_line(dev_eui: u64, f_cnt: u32) -> String {
-        let ev = netserver::integration::UplinkEvent {
+        let ev = netserver::integration::events::UplinkEvent {
             kind: "uplink".into(),
             dev_eui: DevEui::new(dev_eui),
             dev_addr: protocol::ids::DevAddr::new(0x2600_0000 | (dev_eui as u32 & 0xffff)),

@@ -87,6 +87,9 @@ pub struct Stats {
     pub downlinks_received: u64,
     /// Data downlinks that missed their window or reached the gateway too late.
     pub downlinks_missed_window: u64,
+    /// Join-accepts and data downlinks at the right time but on another frequency or data rate
+    /// than the device listens on in that window (also counted as missed windows).
+    pub wrong_radio: u64,
     /// Downlinks no device could claim (no pending window matched, MIC did not verify).
     pub downlinks_unmatched: u64,
     /// MAC commands answered (LinkADRReq, DeviceTimeReq, RekeyConf, ...).
@@ -204,6 +207,8 @@ impl TimeSeries {
 pub struct Report {
     /// The scenario run.
     pub scenario: String,
+    /// The region (RP002 common name).
+    pub region: String,
     /// Devices in the fleet.
     pub devices: u64,
     /// Virtual gateways.
@@ -291,6 +296,9 @@ pub struct Uplinks {
 pub struct Downlinks {
     pub received: u64,
     pub missed_window: u64,
+    /// Join-accepts and data downlinks sent at a window's time on a frequency or data rate that
+    /// is not the window's (counted in `joins.missed_window` / `missed_window` too).
+    pub wrong_radio: u64,
     pub unmatched: u64,
     pub mac_commands_answered: u64,
 }
@@ -324,6 +332,8 @@ pub struct SocketDrops {
 pub struct RunInfo {
     /// Scenario name.
     pub scenario: String,
+    /// Region name.
+    pub region: String,
     /// Fleet size.
     pub devices: u64,
     /// Gateways.
@@ -347,6 +357,7 @@ impl Report {
         let a = &s.ack_latency;
         Self {
             scenario: info.scenario.clone(),
+            region: info.region.clone(),
             devices: info.devices,
             gateways: info.gateways,
             seed: info.seed,
@@ -392,6 +403,7 @@ impl Report {
             downlinks: Downlinks {
                 received: s.downlinks_received,
                 missed_window: s.downlinks_missed_window,
+                wrong_radio: s.wrong_radio,
                 unmatched: s.downlinks_unmatched,
                 mac_commands_answered: s.mac_commands_answered,
             },
@@ -429,8 +441,8 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "scenario {}  devices {}  gateways {}  seed {}  duration {:.1} s",
-            self.scenario, self.devices, self.gateways, self.seed, self.duration_s
+            "scenario {}  region {}  devices {}  gateways {}  seed {}  duration {:.1} s",
+            self.scenario, self.region, self.devices, self.gateways, self.seed, self.duration_s
         );
         let j = &self.joins;
         let row = |t: &mut String, k: &str, v: String| {
@@ -490,6 +502,11 @@ impl Report {
         let _ = writeln!(t, "downlinks");
         row(&mut t, "received in a window", d.received.to_string());
         row(&mut t, "missed window", d.missed_window.to_string());
+        row(
+            &mut t,
+            "wrong frequency or data rate (incl. joins)",
+            d.wrong_radio.to_string(),
+        );
         row(&mut t, "unmatched", d.unmatched.to_string());
         row(
             &mut t,
@@ -665,6 +682,7 @@ mod tests {
         s.joins_accepted = 1000;
         let info = RunInfo {
             scenario: "storm".into(),
+            region: "EU868".into(),
             devices: 1000,
             gateways: 2,
             seed: 9,

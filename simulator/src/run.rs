@@ -89,6 +89,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
     let report = Report::new(
         &RunInfo {
             scenario: o.traffic.scenario.to_string(),
+            region: o.traffic.radio.region().to_string(),
             devices,
             gateways: u64::from(o.gateways),
             seed: o.seed,

@@ -120,8 +120,11 @@ pub struct Traffic {
     pub loss: f64,
     /// Each transmission is heard by 1..=K gateways.
     pub heard_by: u16,
-    /// EU868 data rate of every uplink (0..=5; LoRa 125 kHz).
+    /// Data rate of joins and uplinks (until a LinkADRReq changes it); checked by
+    /// [`crate::radio::RadioPlan::check`].
     pub data_rate: u8,
+    /// The region and the channels devices boot with and gateways hear.
+    pub radio: crate::radio::RadioPlan,
 }
 
 #[cfg(test)]

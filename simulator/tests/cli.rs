@@ -6,6 +6,32 @@ fn simulator() -> Command {
     Command::new(env!("CARGO_BIN_EXE_simulator"))
 }
 
+/// `simulator run` with a manifest and network server that are never reached, then `extra`.
+fn run_with(extra: &[&'static str]) -> Vec<&'static str> {
+    let mut v = vec![
+        "run",
+        "--manifest",
+        "x.csv",
+        "--netserver",
+        "127.0.0.1:1700",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A manifest of `devices` devices in a new temporary directory.
+fn manifest(devices: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("m.csv");
+    let out = simulator()
+        .args(["manifest", "--devices", &devices.to_string(), "--out"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (dir, manifest)
+}
+
 #[test]
 fn demo_runs_with_nothing_set_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,6 +175,31 @@ fn bad_options_are_refused_with_a_reason() {
             vec!["run", "--manifest", "x.csv", "--netserver", "localhost"],
             "--netserver \"localhost\": expected HOST:PORT",
         ),
+        (
+            run_with(&["--region", "US915", "--data-rate", "0"]),
+            "--payload-size 12 exceeds DR0's maximum of 11 bytes in US915",
+        ),
+        (
+            run_with(&["--region", "US915", "--data-rate", "5"]),
+            "--data-rate 5 is not a LoRa uplink data rate of US915",
+        ),
+        (
+            run_with(&["--region", "AS923", "--data-rate", "1"]),
+            "DR1 is not allowed in AS923-1 under its dwell time",
+        ),
+        (
+            run_with(&["--sub-bands", "2"]),
+            "--sub-bands applies to US915 and AU915 only",
+        ),
+        (
+            run_with(&["--region", "AU915", "--sub-bands", "9"]),
+            "sub-band 9",
+        ),
+        (run_with(&["--region", "XX123"]), "unknown region"),
+        (
+            vec!["demo", "--region", "US915"],
+            "the network server of this build supports EU868 only",
+        ),
     ] {
         let out = simulator().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
@@ -161,14 +212,7 @@ fn bad_options_are_refused_with_a_reason() {
 /// timeouts; a host name is resolved (to the IPv4 address, with the default `--bind`).
 #[test]
 fn a_silent_network_server_is_named() {
-    let dir = tempfile::tempdir().unwrap();
-    let manifest = dir.path().join("m.csv");
-    let out = simulator()
-        .args(["manifest", "--devices", "3", "--out"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let (dir, manifest) = manifest(3);
     // Bound, so no ICMP error comes back, and never read.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
@@ -204,4 +248,58 @@ fn a_silent_network_server_is_named() {
     let w = r["warnings"].as_array().unwrap();
     assert_eq!(w.len(), 1, "{r}");
     assert!(w[0].as_str().unwrap().starts_with("no PUSH_ACK"), "{r}");
+}
+
+/// `--region US915`: the gateways report Join-requests on sub-band 2 (channels 8–15,
+/// 903.9–905.3 MHz) at DR3 (`SF7BW125`), to a UDP socket standing in for a network server.
+#[test]
+fn us915_run_transmits_on_sub_band_2() {
+    use protocol::gwmp::{DataRate, Packet};
+    let (dir, manifest) = manifest(20);
+    let ns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    ns.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let port = ns.local_addr().unwrap().port();
+    let mut child = simulator()
+        .arg("run")
+        .arg("--manifest")
+        .arg(&manifest)
+        .args(["--netserver", &format!("127.0.0.1:{port}")])
+        .args([
+            "--region",
+            "US915",
+            "--join-window",
+            "1s",
+            "--duration",
+            "3s",
+            "--quiet",
+        ])
+        .arg("--report-json")
+        .arg(dir.path().join("r.json"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rxpk = Vec::new();
+    let mut buf = [0u8; 2048];
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(5) && rxpk.len() < 20 {
+        if let Ok(n) = ns.recv(&mut buf) {
+            if let Ok(Packet::PushData(p)) = Packet::parse(&buf[..n]) {
+                rxpk.extend(p.rxpk);
+            }
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert!(rxpk.len() >= 20, "{}", rxpk.len());
+    for r in &rxpk {
+        let ch = (r.freq_hz - 902_300_000) / 200_000;
+        assert_eq!(902_300_000 + ch * 200_000, r.freq_hz);
+        assert!((8..16).contains(&ch), "{} Hz", r.freq_hz);
+        assert_eq!(r.datr, DataRate::lora(7, 125).unwrap());
+        assert_eq!(r.chan, Some((ch % 8) as u8));
+    }
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["region"], "US915");
 }

@@ -43,6 +43,7 @@ fn traffic(scenario: Scenario, join_window_us: u64, duration_us: u64, heard_by: 
         loss: 0.0,
         heard_by,
         data_rate: 5,
+        radio: Default::default(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The simulation core driven with a fake clock, against a join-server stand-in built from the
 //! `protocol` crate's join-server functions (the real servers are exercised in `e2e.rs`). Checks
-//! the window logic, `tmst` handling, GWMP datagrams and the counters.
+//! the window logic, `tmst` handling, GWMP datagrams and the counters. The stand-in answers in
+//! the region's RX1 and RX2 (`protocol::region`), so the same tests run in US915 and EU868 with
+//! a CFList, and a stand-in that answers EU868-style in US915 shows what the simulator reports.
 
 use std::collections::{HashMap, HashSet};
 
@@ -11,15 +13,18 @@ use protocol::data::{
 };
 use protocol::derive::{js_keys, session_keys_1_0, session_keys_1_1};
 use protocol::ids::{DevAddr, JoinNonce, NetId};
+use protocol::join::CfList;
 use protocol::join::{
     AnsweredRequest, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
     JoinRequest, JoinRootKey, RxDelay,
 };
 use protocol::keys::KeyCipher;
 use protocol::mac::MacCommand;
+use protocol::region::{ChannelPlan, Link, Region};
 use simulator::engine::{Engine, EngineConfig, Stage};
 use simulator::fleet::Fleet;
 use simulator::manifest::{self, Entry, NonceState, Params, VersionMix};
+use simulator::radio::RadioPlan;
 use simulator::scenario::{Scenario, Traffic};
 
 fn traffic(scenario: Scenario) -> Traffic {
@@ -33,6 +38,7 @@ fn traffic(scenario: Scenario) -> Traffic {
         loss: 0.0,
         heard_by: 2,
         data_rate: 5,
+        radio: Default::default(),
     }
 }
 
@@ -52,6 +58,10 @@ struct JoinAnswerer {
     sessions: HashMap<u32, NsSession>,
     /// Every data uplink opened: (DevEUI, FCnt, FOpts).
     uplinks: Vec<(protocol::ids::DevEui, u32, Vec<u8>)>,
+    /// The channel index and data rate of each of those uplinks.
+    uplink_channels: Vec<(u8, u8)>,
+    /// The frequency of every Join-request heard.
+    join_freqs: Vec<u32>,
     seen: HashSet<(u64, u16)>,
     next_addr: u32,
     join_nonce: HashMap<u64, u32>,
@@ -60,6 +70,22 @@ struct JoinAnswerer {
     ack: bool,
     /// NbTrans sent in the LinkADRReq.
     nb_trans: u8,
+    /// The region the stand-in answers in.
+    region: Region,
+    /// The CFList of every Join-accept.
+    cf_list: Option<CfList>,
+    /// The channel masks and data rate of the LinkADRReq block sent with the first ACK.
+    link_adr: (Vec<(u16, u8)>, u8),
+    /// Answer like a network server that knows only EU868: RX1 on the uplink's frequency and
+    /// data rate, RX2 at 869.525 MHz SF12.
+    eu868_only: bool,
+}
+
+/// RX1 or RX2.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Win {
+    Rx1,
+    Rx2,
 }
 
 impl JoinAnswerer {
@@ -71,13 +97,46 @@ impl JoinAnswerer {
                 .collect(),
             sessions: HashMap::new(),
             uplinks: Vec::new(),
+            uplink_channels: Vec::new(),
+            join_freqs: Vec::new(),
             seen: HashSet::new(),
             next_addr: 1,
             join_nonce: HashMap::new(),
             delay_us,
             ack: true,
             nb_trans: 1,
+            region: Region::Eu868,
+            cf_list: None,
+            link_adr: (vec![(0x0007, 0)], 5),
+            eu868_only: false,
         }
+    }
+
+    /// The frequency and `datr` of a downlink in `win` for an uplink on `freq` at `datr`
+    /// (RX1DROffset 0, the region's boot DownlinkDwellTime, default RX2).
+    fn radio(&self, win: Win, freq: u32, datr: &str) -> (u32, String) {
+        let r = if self.eu868_only {
+            Region::Eu868
+        } else {
+            self.region
+        };
+        if self.eu868_only && win == Win::Rx1 {
+            return (freq, datr.to_owned());
+        }
+        let (f, dr) = match win {
+            Win::Rx1 => {
+                let up = r
+                    .dr_of_datr(datr, Link::Uplink)
+                    .expect("uplink datr of the region");
+                let dwell = r.boot_dwell_time().downlink;
+                (
+                    r.rx1_frequency(freq).unwrap(),
+                    r.rx1_dr(up, 0, dwell).unwrap(),
+                )
+            }
+            Win::Rx2 => r.rx2(),
+        };
+        (f, r.data_rate(dr).unwrap().to_string())
     }
 
     /// A PUSH_DATA in; maybe a PULL_RESP out.
@@ -96,11 +155,25 @@ impl JoinAnswerer {
             .unwrap();
         assert_eq!(rx["size"].as_u64().unwrap() as usize, phy.len());
         let tmst = rx["tmst"].as_u64().unwrap() as u32;
+        let freq = (rx["freq"].as_f64().unwrap() * 1e6).round() as u32;
+        let datr = rx["datr"].as_str().unwrap().to_owned();
         if phy[0] & 0xE0 != 0 {
-            let tx_ch = ((rx["freq"].as_f64().unwrap() - 868.1) / 0.2).round() as u8;
-            return self.on_data(&phy, tmst, tx_ch);
+            // TxCh: the channel's index in the device's plan (defaults, then the CFList).
+            let mut plan = ChannelPlan::new(self.region);
+            if let Some(cf) = &self.cf_list {
+                plan.apply_cf_list(cf).unwrap();
+            }
+            let tx_ch = plan
+                .index_of(freq)
+                .expect("uplink on a channel of the plan");
+            let tx_dr = self.region.dr_of_datr(&datr, Link::Uplink).unwrap();
+            let (f, d) = self.radio(Win::Rx1, freq, &datr);
+            return self
+                .on_data(&phy, tmst, tx_ch, tx_dr)
+                .map(|(t, bytes)| pull_resp(t, &bytes, f, &d));
         }
         let jr = JoinRequest::parse(&phy).ok()?;
+        self.join_freqs.push(freq);
         let e = self.keys.get(&jr.dev_eui.as_u64()).unwrap().clone();
         if !self.seen.insert((jr.dev_eui.as_u64(), jr.dev_nonce.0)) {
             return None;
@@ -114,7 +187,7 @@ impl JoinAnswerer {
             dev_addr: DevAddr::new(self.next_addr),
             dl_settings: DlSettings::new(e.mac_version.is_1_1(), 0, 0).unwrap(),
             rx_delay: RxDelay::new(1).unwrap(),
-            cf_list: None,
+            cf_list: self.cf_list,
         };
         self.next_addr += 1;
         let addr = self.next_addr - 1;
@@ -182,12 +255,23 @@ impl JoinAnswerer {
                 )
             }
         };
-        Some(pull_resp(tmst.wrapping_add(self.delay_us), phy.as_bytes()))
+        let win = if self.delay_us == 6_000_000 {
+            Win::Rx2
+        } else {
+            Win::Rx1
+        };
+        let (f, d) = self.radio(win, freq, &datr);
+        Some(pull_resp(
+            tmst.wrapping_add(self.delay_us),
+            phy.as_bytes(),
+            f,
+            &d,
+        ))
     }
 
     /// A data uplink: open it as a network server would; answer confirmed ones with an ACK and,
     /// the first time, LinkADRReq + DeviceTimeAns (+ RekeyConf for 1.1) in FOpts, in RX1.
-    fn on_data(&mut self, phy: &[u8], tmst: u32, tx_ch: u8) -> Option<Vec<u8>> {
+    fn on_data(&mut self, phy: &[u8], tmst: u32, tx_ch: u8, tx_dr: u8) -> Option<(u32, Vec<u8>)> {
         let f = DataFrame::parse(phy).unwrap();
         let s = self
             .sessions
@@ -200,7 +284,7 @@ impl JoinAnswerer {
                 fcnt,
                 &UplinkMicParams {
                     conf_fcnt: 0,
-                    tx_dr: 5,
+                    tx_dr,
                     tx_ch,
                 },
             )
@@ -210,31 +294,39 @@ impl JoinAnswerer {
         }
         s.last_up = Some(fcnt);
         self.uplinks.push((s.dev_eui, fcnt, up.fopts.clone()));
+        self.uplink_channels.push((tx_ch, tx_dr));
         if !up.confirmed || (!self.ack && s.sent_mac) {
             return None;
         }
         let mut fopts = Vec::new();
         if !s.sent_mac {
             s.sent_mac = true;
-            let mut cmds = vec![
-                MacCommand::LinkADRReq {
-                    data_rate: 5,
+            let (masks, data_rate) = &self.link_adr;
+            let mut cmds: Vec<MacCommand> = masks
+                .iter()
+                .map(|&(ch_mask, ch_mask_cntl)| MacCommand::LinkADRReq {
+                    data_rate: *data_rate,
                     tx_power: 1,
-                    ch_mask: 0x0007,
-                    ch_mask_cntl: 0,
+                    ch_mask,
+                    ch_mask_cntl,
                     nb_trans: self.nb_trans,
-                },
-                MacCommand::DeviceTimeAns {
-                    seconds: 1_000_000_000,
-                    fractional_second: 0,
-                },
-            ];
+                })
+                .collect();
+            cmds.push(MacCommand::DeviceTimeAns {
+                seconds: 1_000_000_000,
+                fractional_second: 0,
+            });
             if s.v11 {
                 cmds.push(MacCommand::RekeyConf {
                     serv_lorawan_minor: 1,
                 });
             }
+            // FOpts holds 15 bytes: a long LinkADRReq block leaves out what follows it.
             fopts = protocol::mac::encode(Direction::Downlink, &cmds).unwrap();
+            while fopts.len() > 15 {
+                cmds.pop();
+                fopts = protocol::mac::encode(Direction::Downlink, &cmds).unwrap();
+            }
         }
         let down = Downlink {
             confirmed: false,
@@ -248,15 +340,16 @@ impl JoinAnswerer {
         };
         s.n_fcnt_down += 1;
         let bytes = down.build(&s.crypto, fcnt).unwrap();
-        Some(pull_resp(tmst.wrapping_add(1_000_000), &bytes))
+        Some((tmst.wrapping_add(1_000_000), bytes))
     }
 }
 
-fn pull_resp(tmst: u32, phy: &[u8]) -> Vec<u8> {
+fn pull_resp(tmst: u32, phy: &[u8], freq_hz: u32, datr: &str) -> Vec<u8> {
     {
         let data = base64::engine::general_purpose::STANDARD.encode(phy);
+        let freq = f64::from(freq_hz) / 1e6;
         let json = format!(
-            r#"{{"txpk":{{"imme":false,"tmst":{},"freq":868.1,"rfch":0,"powe":14,"modu":"LORA","datr":"SF7BW125","codr":"4/5","ipol":true,"size":{},"data":"{data}"}}}}"#,
+            r#"{{"txpk":{{"imme":false,"tmst":{},"freq":{freq},"rfch":0,"powe":14,"modu":"LORA","datr":"{datr}","codr":"4/5","ipol":true,"size":{},"data":"{data}"}}}}"#,
             tmst,
             phy.len()
         );
@@ -286,11 +379,26 @@ fn fleet(n: u32, seed: u64) -> (Vec<Entry>, Fleet) {
 /// Runs a storm with a fake clock; the answer reaches the gateway `answer_after` µs after the
 /// PUSH_DATA. Returns the engine and the datagrams the gateways sent.
 fn storm(n: u32, delay_us: u32, answer_after: u64) -> (Engine, Vec<Vec<u8>>) {
+    storm_in(RadioPlan::default(), 5, n, delay_us, answer_after)
+}
+
+/// [`storm`] in `radio`'s region at `data_rate`.
+fn storm_in(
+    radio: RadioPlan,
+    data_rate: u8,
+    n: u32,
+    delay_us: u32,
+    answer_after: u64,
+) -> (Engine, Vec<Vec<u8>>) {
     let (entries, fleet) = fleet(n, 5);
     let mut e = Engine::new(
         EngineConfig {
             seed: 9,
-            traffic: traffic(Scenario::Storm),
+            traffic: Traffic {
+                radio,
+                data_rate,
+                ..traffic(Scenario::Storm)
+            },
             gateways: 3,
             event_sink: false,
             duration_given: true,
@@ -298,6 +406,7 @@ fn storm(n: u32, delay_us: u32, answer_after: u64) -> (Engine, Vec<Vec<u8>>) {
         fleet,
     );
     let mut js = JoinAnswerer::new(&entries, delay_us);
+    js.region = radio.region();
     let mut sent = Vec::new();
     let mut inbox: Vec<(u64, u16, Vec<u8>)> = Vec::new();
     e.start(0);
@@ -363,9 +472,40 @@ fn storm_joins_every_device_in_rx1() {
 }
 
 #[test]
+fn us915_storm_of_10000_devices_on_sub_band_2_joins_in_rx1() {
+    // Every Join-request on sub-band 2 at DR3; every Join-accept on the 500 kHz RX1 channel at
+    // DR13 (SF7/500 kHz), within the 2 s join window, no retry.
+    let radio = RadioPlan::new(Region::Us915, &[2]).unwrap();
+    let (e, sent) = storm_in(radio, 3, 10_000, 5_000_000, 20_000);
+    let s = &e.stats;
+    assert_eq!(e.stage(), Stage::Done);
+    assert_eq!(
+        (s.joins_attempted, s.joins_accepted, s.joins_rx1),
+        (10_000, 10_000, 10_000)
+    );
+    assert_eq!(
+        (s.joins_timed_out, s.joins_missed_window, s.wrong_radio),
+        (0, 0, 0)
+    );
+    let plan = ChannelPlan::new(Region::Us915);
+    for d in sent.iter().filter(|d| d[3] == 0) {
+        let v: serde_json::Value = serde_json::from_slice(&d[12..]).unwrap();
+        let rx = &v["rxpk"][0];
+        let f = (rx["freq"].as_f64().unwrap() * 1e6).round() as u32;
+        assert!((8..16).contains(&plan.index_of(f).unwrap()), "{rx}");
+        assert_eq!(rx["datr"], "SF7BW125");
+    }
+}
+
+#[test]
 fn rx2_counts_and_wrong_tmst_misses_the_window() {
     let (e, _) = storm(50, 6_000_000, 1_000);
     assert_eq!((e.stats.joins_accepted, e.stats.joins_rx2), (50, 50));
+    // US915: RX2 is 923.3 MHz DR8 (SF12/500 kHz).
+    let radio = RadioPlan::new(Region::Us915, &[]).unwrap();
+    let (e, _) = storm_in(radio, 3, 50, 6_000_000, 1_000);
+    assert_eq!((e.stats.joins_accepted, e.stats.joins_rx2), (50, 50));
+    assert_eq!(e.stats.wrong_radio, 0);
 
     // One microsecond off: the device's receiver is not open then. The device times out, backs
     // off and retries; the answerer answers each DevNonce once, always 1 µs off, so the storm
@@ -469,25 +609,9 @@ fn same_seed_same_traffic() {
     assert_eq!(a, b, "same seed, same datagrams in the same order");
 }
 
-#[test]
-fn confirmed_uplinks_are_acked_and_mac_commands_answered() {
-    let (entries, fleet) = fleet(60, 8);
-    let mut e = Engine::new(
-        EngineConfig {
-            seed: 3,
-            traffic: Traffic {
-                duration_us: 30_000_000,
-                uplink_interval_us: 5_000_000,
-                confirmed_ratio: 1.0,
-                ..traffic(Scenario::Steady)
-            },
-            gateways: 3,
-            event_sink: true,
-            duration_given: true,
-        },
-        fleet,
-    );
-    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+/// Runs `e` to the end against `ns`, every answer reaching the gateway 15 ms after the uplink,
+/// with `ns`'s opened uplinks fed back as application events.
+fn drive(e: &mut Engine, ns: &mut JoinAnswerer) {
     let mut inbox: Vec<(u64, u16, Vec<u8>)> = Vec::new();
     e.start(0);
     let mut now = 0;
@@ -518,6 +642,141 @@ fn confirmed_uplinks_are_acked_and_mac_commands_answered() {
         }
     }
     e.finish();
+}
+
+/// A steady run of `n` devices sending confirmed uplinks every 5 s for 30 s in `radio`.
+fn confirmed_run(n: u32, seed: u64, radio: RadioPlan, data_rate: u8) -> (Vec<Entry>, Engine) {
+    let (entries, fleet) = fleet(n, seed);
+    let e = Engine::new(
+        EngineConfig {
+            seed: 3,
+            traffic: Traffic {
+                duration_us: 30_000_000,
+                uplink_interval_us: 5_000_000,
+                confirmed_ratio: 1.0,
+                data_rate,
+                radio,
+                ..traffic(Scenario::Steady)
+            },
+            gateways: 3,
+            event_sink: true,
+            duration_given: true,
+        },
+        fleet,
+    );
+    (entries, e)
+}
+
+#[test]
+fn us915_sub_bands_channel_mask_cf_list_link_adr_block_and_500_khz_downlinks() {
+    // Devices boot on sub-bands 2 and 3 (and the gateways hear both); the network's CFList
+    // narrows them to sub-band 2, then a LinkADRReq block (ChMaskCntl 7 for channel 65 only,
+    // ChMaskCntl 0 for channels 8–11) to four channels at DR2.
+    let radio = RadioPlan::new(Region::Us915, &[2, 3]).unwrap();
+    let (entries, mut e) = confirmed_run(60, 11, radio, 3);
+    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+    ns.region = Region::Us915;
+    ns.cf_list = ChannelPlan::with_sub_bands(Region::Us915, &[2])
+        .unwrap()
+        .cf_list();
+    ns.link_adr = (vec![(0x0002, 7), (0x0F00, 0)], 2);
+    drive(&mut e, &mut ns);
+    let s = &e.stats;
+    assert_eq!(s.joins_accepted, 60, "{s:?}");
+    assert_eq!(s.joins_rx1, 60);
+    assert_eq!((s.wrong_radio, s.joins_missed_window), (0, 0), "{s:?}");
+    // Join-requests at DR3 went out on both sub-bands' 125 kHz channels (903.9–905.3 MHz and
+    // 905.5–906.9 MHz), and nowhere else.
+    let plan = ChannelPlan::new(Region::Us915);
+    let join_ch: HashSet<u8> = ns
+        .join_freqs
+        .iter()
+        .map(|&f| plan.index_of(f).unwrap())
+        .collect();
+    assert!(join_ch.iter().all(|c| (8..24).contains(c)), "{join_ch:?}");
+    assert!(
+        join_ch.iter().any(|&c| c >= 16),
+        "sub-band 3 used before the CFList"
+    );
+    // Every confirmed uplink acknowledged in RX1: the ACKs went out on 923.3 + 0.6 × (ch mod 8)
+    // MHz at the RX1 data rate (DR3 → DR13 SF7/500, DR2 → DR12 SF8/500), or the simulator would
+    // have counted them as wrong radio.
+    assert!(s.uplinks_sent > 150, "{s:?}");
+    assert_eq!(s.uplinks_acked, s.uplinks_sent, "{s:?}");
+    assert_eq!((s.downlinks_missed_window, s.uplinks_lost), (0, 0));
+    // After the Join-accept only sub-band 2; after the LinkADRReq block only channels 8..=11
+    // at DR2.
+    let parse = |f: &[u8]| protocol::mac::parse(Direction::Uplink, f).unwrap();
+    for x in &entries {
+        let ups: Vec<usize> = (0..ns.uplinks.len())
+            .filter(|&i| ns.uplinks[i].0 == x.dev_eui)
+            .collect();
+        assert!(ups.len() >= 3);
+        let (ch0, dr0) = ns.uplink_channels[ups[0]];
+        assert!((8..16).contains(&ch0) && dr0 == 3, "{ch0} DR{dr0}");
+        let second = parse(&ns.uplinks[ups[1]].2);
+        let ans = MacCommand::LinkADRAns {
+            power_ack: true,
+            data_rate_ack: true,
+            channel_mask_ack: true,
+        };
+        assert_eq!(
+            second.iter().filter(|c| **c == ans).count(),
+            2,
+            "one answer per command"
+        );
+        for &i in &ups[1..] {
+            let (ch, dr) = ns.uplink_channels[i];
+            assert!((8..12).contains(&ch) && dr == 2, "{ch} DR{dr}");
+        }
+    }
+}
+
+#[test]
+fn eu868_cf_list_channels_are_used_and_tx_ch_verifies() {
+    // A type 0 CFList adds 867.1–867.9 MHz as channels 3–7: devices use all eight, and the
+    // 1.1 MICs (TxCh) verify with those indices.
+    let (entries, mut e) = confirmed_run(40, 12, RadioPlan::default(), 5);
+    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+    ns.cf_list = CfList::from_frequencies_hz([
+        867_100_000,
+        867_300_000,
+        867_500_000,
+        867_700_000,
+        867_900_000,
+    ]);
+    // ChMask 0x00FF: all eight channels stay on.
+    ns.link_adr = (vec![(0x00FF, 0)], 5);
+    drive(&mut e, &mut ns);
+    let s = &e.stats;
+    assert_eq!(s.joins_accepted, 40);
+    assert_eq!(s.uplinks_acked, s.uplinks_sent, "{s:?}");
+    assert_eq!(s.wrong_radio, 0);
+    let used: HashSet<u8> = ns.uplink_channels.iter().map(|c| c.0).collect();
+    assert_eq!(used, (0..8).collect::<HashSet<u8>>());
+}
+
+#[test]
+fn eu868_answers_in_us915_are_counted_as_wrong_radio() {
+    // What the simulator reports against a network server that knows only EU868: RX1 on the
+    // uplink's frequency and data rate instead of the 500 kHz downlink channels.
+    let radio = RadioPlan::new(Region::Us915, &[]).unwrap();
+    let (entries, mut e) = confirmed_run(20, 13, radio, 3);
+    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+    ns.region = Region::Us915;
+    ns.eu868_only = true;
+    drive(&mut e, &mut ns);
+    let s = &e.stats;
+    assert_eq!(s.joins_accepted, 0);
+    assert!(s.wrong_radio >= 20, "{s:?}");
+    assert_eq!(s.joins_missed_window, s.wrong_radio);
+}
+
+#[test]
+fn confirmed_uplinks_are_acked_and_mac_commands_answered() {
+    let (entries, mut e) = confirmed_run(60, 8, RadioPlan::default(), 5);
+    let mut ns = JoinAnswerer::new(&entries, 5_000_000);
+    drive(&mut e, &mut ns);
     let s = &e.stats;
     assert_eq!(s.joins_accepted, 60);
     assert!(s.uplinks_sent > 200, "{s:?}");

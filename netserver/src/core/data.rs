@@ -12,7 +12,7 @@
 //! 5. [`needs_downlink`] / [`downlink_counter`]: whether the device gets a downlink in its
 //!    receive windows, and which counter it consumes.
 //!
-//! Every function here is pure: the shell ([`crate::data_path`]) holds the locks, the clock
+//! Every function here is pure: the shell ([`crate::uplink::path`]) holds the locks, the clock
 //! and the I/O.
 
 use protocol::data::{DataFrame, FramePayload, SessionCrypto, Uplink, UplinkMicParams};
@@ -108,6 +108,41 @@ pub enum Auth {
     Refused(UplinkResult),
 }
 
+/// The most specific refusal among the candidate sessions of a frame: `replay`, then
+/// `fcnt_gap`, then `mic_failed` (what a frame no candidate accepts is counted as). The one
+/// place this ranking lives: [`authenticate`] and the uplink core's candidate loop
+/// ([`crate::core::uplink::handle`]) both keep their refusals here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal(UplinkResult);
+
+impl Default for Refusal {
+    fn default() -> Self {
+        Self(UplinkResult::MicFailed)
+    }
+}
+
+impl Refusal {
+    const fn rank(r: UplinkResult) -> u8 {
+        match r {
+            UplinkResult::Replay => 2,
+            UplinkResult::FcntGap => 1,
+            _ => 0,
+        }
+    }
+
+    /// Keeps `r` if it is more specific than what is kept.
+    pub fn keep(&mut self, r: UplinkResult) {
+        if Self::rank(r) > Self::rank(self.0) {
+            self.0 = r;
+        }
+    }
+
+    /// The most specific refusal kept (`mic_failed` when none was more specific).
+    pub const fn reason(self) -> UplinkResult {
+        self.0
+    }
+}
+
 /// The counter a frame would have if it were a *replay* of an older frame: the largest value
 /// at or below `last` whose 16 LSB are `fcnt16`.
 pub const fn behind(last: u32, fcnt16: u16) -> u32 {
@@ -130,12 +165,7 @@ pub fn authenticate(frame: &DataFrame<'_>, candidates: &[Candidate<'_>]) -> Auth
     if candidates.is_empty() {
         return Auth::Refused(UplinkResult::UnknownDevAddr);
     }
-    let mut refusal = UplinkResult::MicFailed;
-    let rank = |r: UplinkResult| match r {
-        UplinkResult::Replay => 2,
-        UplinkResult::FcntGap => 1,
-        _ => 0,
-    };
+    let mut refusal = Refusal::default();
     for (index, c) in candidates.iter().enumerate() {
         let mic_ok = |fcnt: u32| {
             frame.expected_uplink_mic(&c.crypto.network, fcnt, &c.mic_params) == frame.mic()
@@ -180,11 +210,9 @@ pub fn authenticate(frame: &DataFrame<'_>, candidates: &[Candidate<'_>]) -> Auth
                 }
             }
         };
-        if rank(result) > rank(refusal) {
-            refusal = result;
-        }
+        refusal.keep(result);
     }
-    Auth::Refused(refusal)
+    Auth::Refused(refusal.reason())
 }
 
 /// Step 4: the uplink's MAC commands, from FOpts or from an FPort 0 payload. Both at once is
@@ -472,6 +500,19 @@ mod tests {
         assert_eq!(rekey_gate(true, false, &ind), Ok(()));
         assert_eq!(rekey_gate(true, true, &[]), Ok(()));
         assert_eq!(rekey_gate(false, false, &[]), Ok(()), "1.0 has no RekeyInd");
+    }
+
+    #[test]
+    fn the_most_specific_refusal_is_kept() {
+        let mut r = Refusal::default();
+        assert_eq!(r.reason(), UplinkResult::MicFailed);
+        r.keep(UplinkResult::FcntGap);
+        assert_eq!(r.reason(), UplinkResult::FcntGap);
+        r.keep(UplinkResult::MicFailed);
+        assert_eq!(r.reason(), UplinkResult::FcntGap);
+        r.keep(UplinkResult::Replay);
+        r.keep(UplinkResult::FcntGap);
+        assert_eq!(r.reason(), UplinkResult::Replay);
     }
 
     #[test]

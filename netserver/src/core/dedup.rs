@@ -9,8 +9,10 @@
 //! copies return [`Seen::Duplicate`] and only add their metadata. Entries are forgotten
 //! `retention` after the first copy by [`Dedup::sweep`].
 //!
-//! The data path (a later issue) uses the same entries with a collection window: it processes
-//! the frame when `first_seen + window` passes, from [`Dedup::receptions`].
+//! The data path uses the same entries with a collection window: it processes the frame when
+//! `first_seen + window` passes, from [`Dedup::receptions`] ([`crate::uplink::collect`]), and
+//! with [`Dedup::observe_within`] a copy arriving after `data.retransmission_after_ms` starts a
+//! new entry (the device sending a confirmed frame again).
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,7 @@ use dashmap::DashMap;
 
 use super::reception::Reception;
 use super::KeyedHasher;
+use crate::ops::config::GwmpConfig;
 
 /// The most receptions kept per payload. A payload heard by more gateways than this keeps the
 /// best ones; this bounds the memory a flood of copies can take.
@@ -51,6 +54,14 @@ pub struct Dedup {
 
 impl Dedup {
     /// An empty table that remembers payloads for `retention`, at most `max_entries` at once
+    /// The table `[gwmp]` describes (`dedup_retention_ms`, `dedup_max_entries`).
+    pub fn of(gwmp: &GwmpConfig) -> Self {
+        Self::new(
+            Duration::from_millis(gwmp.dedup_retention_ms),
+            gwmp.dedup_max_entries,
+        )
+    }
+
     /// (bounding the memory a flood of distinct payloads can take).
     pub fn new(retention: Duration, max_entries: usize) -> Self {
         Self {

@@ -14,11 +14,67 @@
 use std::time::Instant;
 
 use dashmap::DashMap;
-use protocol::ids::{DevAddr, DevEui};
+use protocol::ids::{DevAddr, DevEui, NetId};
 use rand::Rng;
 
 use super::KeyedHasher;
-use crate::config::AddrBlock;
+
+/// The block of DevAddrs this server allocates from: `addr & mask == prefix`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrBlock {
+    /// The NetID the block belongs to.
+    pub net_id: NetId,
+    /// Fixed high bits.
+    pub prefix: u32,
+    /// Which bits are fixed.
+    pub mask: u32,
+}
+
+impl AddrBlock {
+    /// The block from a NetID and an optional `ADDR/BITS` narrowing (empty: the NetID's space);
+    /// the error names the `network.dev_addr_prefix` setting and what is wrong with it.
+    pub fn resolve(net_id: NetId, narrowing: &str) -> Result<Self, String> {
+        let (net_prefix, net_mask) = net_id.dev_addr_prefix();
+        let narrowing = narrowing.trim();
+        if narrowing.is_empty() {
+            return Ok(Self {
+                net_id,
+                prefix: net_prefix,
+                mask: net_mask,
+            });
+        }
+        let bad =
+            || format!("network.dev_addr_prefix {narrowing:?} is not ADDR/BITS (e.g. 26010000/16)");
+        let (addr, bits) = narrowing.split_once('/').ok_or_else(bad)?;
+        let addr: DevAddr = addr.parse().map_err(|_| bad())?;
+        let bits: u32 = bits.parse().map_err(|_| bad())?;
+        if !(1..=31).contains(&bits) {
+            return Err(bad());
+        }
+        let mask = u32::MAX << (32 - bits);
+        let prefix = addr.as_u32() & mask;
+        if mask & net_mask != net_mask || prefix & net_mask != net_prefix {
+            return Err(format!(
+                "network.dev_addr_prefix {narrowing} is not inside the DevAddr space of NetID {net_id}"
+            ));
+        }
+        Ok(Self {
+            net_id,
+            prefix,
+            mask,
+        })
+    }
+
+    /// Whether `a` is in the block.
+    pub fn contains(&self, a: DevAddr) -> bool {
+        a.as_u32() & self.mask == self.prefix
+    }
+
+    /// Number of addresses in the block.
+    pub fn size(&self) -> u64 {
+        u64::from(!self.mask) + 1
+    }
+}
 
 /// Random draws before falling back to a scan.
 pub const RANDOM_DRAWS: usize = 16;
@@ -150,7 +206,6 @@ mod tests {
     use std::collections::HashSet;
     use std::time::Duration;
 
-    use protocol::ids::NetId;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -158,6 +213,23 @@ mod tests {
 
     fn block(narrow: &str) -> AddrBlock {
         AddrBlock::resolve(NetId::new(0x13).unwrap(), narrow).unwrap()
+    }
+
+    #[test]
+    fn addr_block_narrowing() {
+        let ttn = NetId::new(0x13).unwrap();
+        let whole = AddrBlock::resolve(ttn, "").unwrap();
+        assert_eq!((whole.prefix, whole.mask), (0x2600_0000, 0xFE00_0000));
+        let b = AddrBlock::resolve(ttn, "26010000/16").unwrap();
+        assert_eq!((b.prefix, b.mask), (0x2601_0000, 0xFFFF_0000));
+        assert_eq!(b.size(), 65536);
+        assert!(b.contains(DevAddr::new(0x2601_ABCD)));
+        assert!(!b.contains(DevAddr::new(0x2602_0000)));
+        // Outside the NetID's space, wider than it, or malformed.
+        assert!(AddrBlock::resolve(ttn, "28000000/16").is_err());
+        assert!(AddrBlock::resolve(ttn, "26000000/4").is_err());
+        assert!(AddrBlock::resolve(ttn, "26000000").is_err());
+        assert!(AddrBlock::resolve(ttn, "26000000/32").is_err());
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //! clock (`Instant` values built by adding durations to one base instant).
 
 pub mod adr;
+pub mod classify;
 pub mod data;
 pub mod dedup;
 pub mod devaddr;
+pub mod device;
+pub mod gateway;
 pub mod join;
 pub mod mac_handler;
 pub mod reception;
+pub mod time;
 pub mod timing;
 pub mod uplink;
 

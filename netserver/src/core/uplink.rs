@@ -1,112 +1,540 @@
-//! Uplink classification: the first step of every `rxpk`, deciding which pipeline a PHYPayload
-//! goes to (the join path now, the data path in a later issue) or why it is dropped.
+//! The data uplink core: one pure, deterministic entry point, [`handle`], from a frame, its
+//! receptions and the sessions holding its DevAddr to a [`Decision`]. Everything it needs is
+//! an argument: `now` and the wall-clock time, the frame and every gateway's reception of it,
+//! each candidate session with its state, the configuration, the gateway registry (downlink
+//! routes), the application downlink queue, and an RNG (the PULL_RESP token). It reads no
+//! clock, touches no socket and writes no file.
+//!
+//! Its steps (protocol-notes A.7, A.8; the pure steps of [`crate::core::data`]):
+//!
+//! 1. per candidate, with its state: authenticate (FCnt inference, MIC 1.0/1.1, replay, gap);
+//!    the first that accepts wins, else the most specific refusal ([`Refusal`]);
+//! 2. a repeat of the last frame is not delivered again; a confirmed one is ACKed again;
+//! 3. MAC commands (FOpts or FPort 0, never both) → answers, ADR, DevStatusReq; a 1.1 session
+//!    takes no frame without RekeyInd until a RekeyInd confirmed it;
+//! 4. the `ack` and `uplink` events;
+//! 5. the downlink (ACK, MAC answers, a queued application payload, FPending), its window and
+//!    gateway chosen first (RX1 at `tmst` + RxDelay, else RX2), then its counter taken;
+//! 6. the counter record to persist.
+//!
+//! The shell ([`crate::uplink::path`]) looks the sessions up, hands each one's lock guard in,
+//! and with the guard of the accepting session still held (returned in the decision) persists
+//! the counters and emits the events and the downlink, so that the emits of a session reach
+//! the write-ahead log in counter order.
 
-use protocol::phy::{MType, Mhdr};
+use std::net::SocketAddr;
+use std::num::NonZeroU64;
+use std::ops::DerefMut;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-/// Length of a Join-request PHYPayload: MHDR | JoinEUI | DevEUI | DevNonce | MIC.
-pub const JOIN_REQUEST_LEN: usize = 23;
-/// Shortest data uplink: MHDR | DevAddr | FCtrl | FCnt | MIC.
-pub const MIN_DATA_LEN: usize = 12;
+use protocol::data::{
+    DataFrame, Downlink, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams,
+};
+use protocol::fcnt::FCntVerdict;
+use protocol::ids::{DevEui, GatewayEui};
+use protocol::mac::{self, MacCommand};
+use rand::RngCore;
 
-/// Where an uplink goes.
+use crate::core::adr::{self, AdrConfig, LinkSettings};
+use crate::core::data::{self as steps, Auth, Candidate, DownCounter, Refusal, UplinkResult};
+use crate::core::device::{DataState, PendingConfirmed};
+use crate::core::mac_handler::{self, UplinkRadio};
+use crate::core::reception::{self, Reception};
+use crate::core::timing::{choose_window, Scheduled, Window, WindowTiming};
+use crate::gateway::registry::GatewayRegistry;
+use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkRadio};
+use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, UplinkEvent};
+use crate::ops::config::Config;
+use crate::store::counters::CounterRecord;
+use crate::store::queue::{DownlinkQueue, QueuedDownlink};
+use crate::store::session::Session;
+
+/// One frame whose collection window ended, as the core sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    /// The parsed frame.
+    pub frame: &'a DataFrame<'a>,
+    /// The first copy's reception (its data rate and channel enter the 1.1 MIC).
+    pub first: &'a Reception,
+    /// Every gateway's reception, best first (at least one).
+    pub receptions: &'a [Reception],
+    /// Now, on the monotonic clock the receptions' `received_at` use.
+    pub now: Instant,
+    /// The first copy's wall-clock arrival (event times, DeviceTimeAns).
+    pub wall: SystemTime,
+}
+
+/// The state the core reads beside the sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    /// The configuration in force (`[data]`, and `[join]` for the downlink radio settings).
+    pub config: &'a Config,
+    /// Where each gateway's downlinks go.
+    pub gateways: &'a GatewayRegistry,
+    /// The application downlinks waiting for their device: the core pops one when it answers,
+    /// and puts it back when it cannot go.
+    pub queue: &'a DownlinkQueue,
+}
+
+/// A downlink to send once its counter is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledDownlink {
+    /// The PULL_RESP datagram.
+    pub datagram: Vec<u8>,
+    /// The gateway that transmits it.
+    pub gateway: GatewayEui,
+    /// Its PULL_DATA address.
+    pub to: SocketAddr,
+    /// The receive window it is scheduled in.
+    pub window: Window,
+}
+
+/// Why an answer the device needed did not go out (a bounded metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UplinkKind {
-    /// A Join-request: to the join path.
-    JoinRequest,
-    /// A data uplink (confirmed or not): to the data path.
-    Data {
-        /// Confirmed data up.
-        confirmed: bool,
-    },
+pub enum DownlinkFailure {
+    /// No gateway that heard the frame has a downlink route (no PULL_DATA yet).
+    NoGateway,
+    /// Both windows are past (or too close) by now.
+    TooLate,
+    /// The frame or its `txpk` could not be built.
+    BuildFailed,
 }
 
-/// Why an uplink is dropped at classification. Each has a stable metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ClassifyError {
-    /// Empty PHYPayload.
-    #[error("empty payload")]
-    Empty,
-    /// MHDR Major is not LoRaWAN R1.
-    #[error("unsupported major version")]
-    Major,
-    /// A downlink message type received as an uplink.
-    #[error("downlink message type on the uplink")]
-    NotUplink,
-    /// Rejoin-requests are not handled yet (LoRaWAN 1.1 rejoin is a later issue).
-    #[error("rejoin-request not supported")]
-    Rejoin,
-    /// Proprietary frames are not handled.
-    #[error("proprietary frame")]
-    Proprietary,
-    /// The length does not fit the message type.
-    #[error("wrong length for the message type")]
-    Length,
-}
-
-impl ClassifyError {
-    /// Stable metric label.
-    pub const fn kind(self) -> &'static str {
+impl DownlinkFailure {
+    /// Stable metric label (`netserver_downlinks_total{result}`).
+    pub const fn label(self) -> &'static str {
         match self {
-            Self::Empty => "empty",
-            Self::Major => "major",
-            Self::NotUplink => "not_uplink",
-            Self::Rejoin => "rejoin",
-            Self::Proprietary => "proprietary",
-            Self::Length => "length",
+            Self::NoGateway => "no_gateway",
+            Self::TooLate => "too_late",
+            Self::BuildFailed => "build_failed",
         }
     }
 }
 
-/// Classifies a PHYPayload by its MHDR and length.
-pub fn classify(phy: &[u8]) -> Result<UplinkKind, ClassifyError> {
-    let &first = phy.first().ok_or(ClassifyError::Empty)?;
-    let mhdr = Mhdr(first)
-        .check_major()
-        .map_err(|_| ClassifyError::Major)?;
-    match mhdr.mtype() {
-        MType::JoinRequest if phy.len() == JOIN_REQUEST_LEN => Ok(UplinkKind::JoinRequest),
-        MType::UnconfirmedDataUp | MType::ConfirmedDataUp if phy.len() >= MIN_DATA_LEN => {
-            Ok(UplinkKind::Data {
-                confirmed: mhdr.mtype() == MType::ConfirmedDataUp,
-            })
+/// The decision on one frame.
+#[derive(Debug)]
+pub enum Decision<'s, G> {
+    /// No session accepted the frame; the reason is counted.
+    Dropped(UplinkResult),
+    /// A session accepted the frame as authentic.
+    Accepted(Accepted<'s, G>),
+}
+
+/// What the shell carries out for an authentic frame.
+#[derive(Debug)]
+pub struct Accepted<'s, G> {
+    /// The session that accepted it.
+    pub session: &'s Arc<Session>,
+    /// Its state's lock guard, held until the shell has emitted.
+    pub state: G,
+    /// The result to count: `ok`, `duplicate`, or a refusal after authentication
+    /// (`malformed`, `session_unconfirmed`).
+    pub result: UplinkResult,
+    /// The session is in use (a frame accepted under it; 1.1: its RekeyInd seen): the session
+    /// it replaced, if any, is no longer needed.
+    pub in_use: bool,
+    /// JSON event lines (`ack`, `uplink`).
+    pub events: Vec<Vec<u8>>,
+    /// The counters to persist, before anything of this frame leaves.
+    pub record: Option<(DevEui, CounterRecord)>,
+    /// The downlink to send once the record is durable.
+    pub downlink: Option<ScheduledDownlink>,
+    /// Why a downlink the device needed was not scheduled.
+    pub downlink_failure: Option<DownlinkFailure>,
+}
+
+/// What the accepted-frame steps produce (without the session and its guard).
+#[derive(Debug, Default)]
+struct Outcome {
+    result: Option<UplinkResult>,
+    in_use: bool,
+    events: Vec<Vec<u8>>,
+    persist: bool,
+    downlink: Option<ScheduledDownlink>,
+    downlink_failure: Option<DownlinkFailure>,
+}
+
+impl Outcome {
+    fn refused(r: UplinkResult) -> Self {
+        Self {
+            result: Some(r),
+            ..Self::default()
         }
-        MType::JoinRequest | MType::UnconfirmedDataUp | MType::ConfirmedDataUp => {
-            Err(ClassifyError::Length)
-        }
-        MType::JoinAccept | MType::UnconfirmedDataDown | MType::ConfirmedDataDown => {
-            Err(ClassifyError::NotUplink)
-        }
-        MType::RejoinRequest => Err(ClassifyError::Rejoin),
-        MType::Proprietary => Err(ClassifyError::Proprietary),
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The entry point: authenticates the frame against each candidate in turn (its state handed
+/// in as a lock guard, taken only when the candidate is tried), and decides everything for
+/// the first that accepts it. No candidate: `unknown_devaddr`.
+pub fn handle<'s, G, R>(
+    input: &Input<'_>,
+    env: &Env<'_>,
+    candidates: impl IntoIterator<Item = (&'s Arc<Session>, G)>,
+    rng: &mut R,
+) -> Decision<'s, G>
+where
+    G: DerefMut<Target = DataState>,
+    R: RngCore + ?Sized,
+{
+    let mut refusal = None::<Refusal>;
+    for (session, mut st) in candidates {
+        let crypto = session.crypto();
+        let mic_params = UplinkMicParams {
+            conf_fcnt: st.pending_confirmed.map_or(0, |p| p.f_cnt),
+            tx_dr: input.first.data_rate,
+            tx_ch: steps::tx_channel(input.first.frequency_hz, &[]),
+        };
+        let cand = Candidate {
+            version: session.mac_version(),
+            last_accepted: st.last_accepted(),
+            crypto: &crypto,
+            mic_params,
+        };
+        match steps::authenticate(input.frame, &[cand]) {
+            Auth::Refused(r) => refusal.get_or_insert_with(Refusal::default).keep(r),
+            Auth::Accepted {
+                verdict, uplink, ..
+            } => {
+                let d = Device {
+                    input,
+                    env,
+                    session,
+                    crypto: &crypto,
+                };
+                let out = d.accepted(&mut st, verdict, &uplink, rng);
+                let persist = out.persist.then(|| d.record(&st));
+                return Decision::Accepted(Accepted {
+                    session,
+                    state: st,
+                    result: out.result.unwrap_or(UplinkResult::Ok),
+                    in_use: out.in_use,
+                    events: out.events,
+                    record: persist,
+                    downlink: out.downlink,
+                    downlink_failure: out.downlink_failure,
+                });
+            }
+        }
+    }
+    Decision::Dropped(refusal.map_or(UplinkResult::UnknownDevAddr, Refusal::reason))
+}
 
-    #[test]
-    fn table() {
-        let join = [0u8; 23];
-        let mut data = [0x40u8; 12];
-        assert_eq!(classify(&join), Ok(UplinkKind::JoinRequest));
-        assert_eq!(classify(&join[..22]), Err(ClassifyError::Length));
-        assert_eq!(classify(&data), Ok(UplinkKind::Data { confirmed: false }));
-        data[0] = 0x80;
-        assert_eq!(classify(&data), Ok(UplinkKind::Data { confirmed: true }));
-        assert_eq!(classify(&data[..11]), Err(ClassifyError::Length));
-        assert_eq!(classify(&[]), Err(ClassifyError::Empty));
-        assert_eq!(classify(&[0x01; 23]), Err(ClassifyError::Major));
-        assert_eq!(classify(&[0x20; 17]), Err(ClassifyError::NotUplink));
-        assert_eq!(classify(&[0x60; 12]), Err(ClassifyError::NotUplink));
-        assert_eq!(classify(&[0xC0; 19]), Err(ClassifyError::Rejoin));
-        assert_eq!(classify(&[0xE0; 5]), Err(ClassifyError::Proprietary));
+/// The frame and the session that accepted it.
+struct Device<'a> {
+    input: &'a Input<'a>,
+    env: &'a Env<'a>,
+    session: &'a Session,
+    crypto: &'a SessionCrypto,
+}
+
+impl Device<'_> {
+    fn best(&self) -> &Reception {
+        &self.input.receptions[0]
     }
 
-    proptest::proptest! {
-        #[test]
-        fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
-            let _ = classify(&bytes);
+    fn is_1_1(&self) -> bool {
+        self.session.mac_version().is_1_1()
+    }
+
+    fn record(&self, st: &DataState) -> (DevEui, CounterRecord) {
+        (
+            self.session.dev_eui,
+            CounterRecord::of(self.session, st.counters, st.rekey_confirmed),
+        )
+    }
+
+    /// Steps 2–5 for an authentic frame.
+    fn accepted<R: RngCore + ?Sized>(
+        &self,
+        st: &mut DataState,
+        verdict: FCntVerdict,
+        uplink: &Uplink,
+        rng: &mut R,
+    ) -> Outcome {
+        // 2. A repeat: never delivered again; a confirmed one is ACKed again.
+        let FCntVerdict::New { fcnt, .. } = verdict else {
+            let mut out = Outcome::refused(UplinkResult::Duplicate);
+            if uplink.confirmed {
+                self.answer(st, uplink, Vec::new(), None, rng, &mut out);
+                out.persist = out.downlink.is_some();
+            }
+            return out;
+        };
+
+        // 3. MAC commands.
+        let cmds = match steps::mac_commands(uplink) {
+            Ok(c) => c,
+            Err(r) => return Outcome::refused(r),
+        };
+        if let Err(r) = steps::rekey_gate(self.is_1_1(), st.rekey_confirmed, &cmds) {
+            return Outcome::refused(r);
         }
+        st.counters.f_cnt_up = fcnt.wrapping_add(1);
+        let mut out = Outcome {
+            persist: true,
+            events: Vec::with_capacity(2),
+            ..Outcome::default()
+        };
+        if uplink.ack {
+            if let Some(p) = st.pending_confirmed.take() {
+                out.events.extend(self.ack_event(p));
+            }
+        }
+        let answers = self.mac_answers(st, uplink, &cmds);
+        out.in_use = !self.is_1_1() || st.rekey_confirmed;
+
+        // 4. The event.
+        out.events.extend(self.uplink_event(uplink, fcnt));
+
+        // 5. The downlink.
+        let queued = self.env.queue.has(self.session.dev_eui);
+        if steps::needs_downlink(uplink, answers.len(), queued) {
+            let app = self.env.queue.pop(self.session.dev_eui);
+            self.answer(st, uplink, answers, app, rng, &mut out);
+        }
+        out
+    }
+
+    /// The MAC answers and the state they change: RekeyInd, LinkADRAns, DevStatusAns, the SNR
+    /// history, the ADR decision and the periodic DevStatusReq.
+    fn mac_answers(
+        &self,
+        st: &mut DataState,
+        uplink: &Uplink,
+        cmds: &[MacCommand],
+    ) -> Vec<MacCommand> {
+        let best = self.best();
+        let radio = UplinkRadio {
+            best_snr: best.snr,
+            data_rate: best.data_rate,
+            gateways: self.input.receptions.len(),
+            received_at: self.input.wall,
+            is_1_1: self.is_1_1(),
+        };
+        let outcome = mac_handler::handle(cmds, &radio);
+        let mut answers = outcome.answers;
+        if outcome.rekey_ind {
+            st.rekey_confirmed = true;
+        }
+        if let Some((power, dr, mask)) = outcome.link_adr_ans {
+            if let (true, true, true, Some(req)) = (power, dr, mask, st.adr_requested) {
+                st.tx_power = req.tx_power;
+                st.snr.clear();
+            }
+            st.adr_requested = None;
+        }
+        if let Some(s) = outcome.dev_status {
+            st.dev_status = Some(s);
+        }
+        let cfg = &self.env.config.data;
+        st.snr.push(best.snr);
+        if cfg.adr && uplink.adr {
+            let cur = LinkSettings {
+                data_rate: best.data_rate,
+                tx_power: st.tx_power,
+            };
+            let adr_cfg = AdrConfig {
+                installation_margin_db: cfg.adr_installation_margin_db,
+            };
+            if let Some(next) = adr::decide(&adr_cfg, cur, &st.snr) {
+                if st.adr_requested != Some(next) || uplink.adr_ack_req {
+                    answers.push(adr::link_adr_req(next));
+                    st.adr_requested = Some(next);
+                }
+            }
+        }
+        if cfg.dev_status_interval > 0 {
+            st.since_dev_status += 1;
+            if st.since_dev_status >= cfg.dev_status_interval {
+                st.since_dev_status = 0;
+                answers.push(MacCommand::DevStatusReq);
+            }
+        }
+        answers
+    }
+
+    fn ack_event(&self, p: PendingConfirmed) -> Option<Vec<u8>> {
+        let ev = AckEvent {
+            kind: "ack".into(),
+            dev_eui: self.session.dev_eui,
+            id: p.id.get(),
+            f_cnt_down: p.f_cnt,
+            received_at: rfc3339(self.input.wall),
+        };
+        serde_json::to_vec(&ev).ok()
+    }
+
+    fn uplink_event(&self, uplink: &Uplink, fcnt: u32) -> Option<Vec<u8>> {
+        let (data, data_encrypted, app_s_key) = match &uplink.payload {
+            FramePayload::Application { payload, .. } => (Some(b64(&payload.0)), None, None),
+            FramePayload::EncryptedApplication { ciphertext, .. } => (
+                None,
+                Some(b64(ciphertext)),
+                self.session.app_s_key.as_ref().map(|e| e.to_envelope()),
+            ),
+            FramePayload::None | FramePayload::MacCommands(_) => (None, None, None),
+        };
+        let ev = UplinkEvent {
+            kind: "uplink".into(),
+            dev_eui: self.session.dev_eui,
+            dev_addr: self.session.dev_addr,
+            f_cnt: fcnt,
+            f_port: uplink.payload.f_port(),
+            confirmed: uplink.confirmed,
+            adr: uplink.adr,
+            data,
+            data_encrypted,
+            app_s_key,
+            rx: self.input.receptions.iter().map(RxInfo::from).collect(),
+            received_at: rfc3339(self.input.wall),
+        };
+        serde_json::to_vec(&ev).ok()
+    }
+
+    /// Schedules the downlink answering `uplink` into `out`, or says why it cannot go; a
+    /// queued payload that could not go is put back.
+    fn answer<R: RngCore + ?Sized>(
+        &self,
+        st: &mut DataState,
+        uplink: &Uplink,
+        answers: Vec<MacCommand>,
+        app: Option<(QueuedDownlink, bool)>,
+        rng: &mut R,
+        out: &mut Outcome,
+    ) {
+        let put_back = |d: QueuedDownlink| self.env.queue.push_front(self.session.dev_eui, d);
+        match self.downlink(st, uplink, answers, app, rng) {
+            Ok(d) => out.downlink = Some(d),
+            Err((failure, app)) => {
+                if let Some(d) = app {
+                    put_back(d);
+                }
+                out.downlink_failure = failure;
+            }
+        }
+    }
+
+    /// Where and when the downlink goes: the best gateway with a route, and the first window
+    /// still reachable. Chosen before anything is consumed.
+    fn route(&self) -> Result<(&Reception, SocketAddr, Scheduled), DownlinkFailure> {
+        let gateways = self.env.gateways;
+        let rx = &self.session.rx;
+        let rx1 = Duration::from_secs(u64::from((rx.rx_delay_s & 0x0f).max(1)));
+        let timing = WindowTiming {
+            rx1_delay: rx1,
+            rx2_delay: rx1 + Duration::from_secs(1),
+            margin: Duration::from_millis(self.env.config.join.scheduling_margin_ms),
+        };
+        let (gw, to) = reception::best(self.input.receptions, |r| {
+            gateways.downlink_addr(r.gateway).is_some()
+        })
+        .and_then(|gw| Some((gw, gateways.downlink_addr(gw.gateway)?)))
+        .ok_or(DownlinkFailure::NoGateway)?;
+        let at = choose_window(self.input.now, gw.tmst, gw.received_at, &timing)
+            .ok_or(DownlinkFailure::TooLate)?;
+        Ok((gw, to, at))
+    }
+
+    /// Builds the downlink (ACK if confirmed, MAC answers, an application payload), takes its
+    /// counter. On failure, the queued payload to put back (if it was not sent) and the
+    /// failure to count (`None`: not counted, as when the PULL_RESP cannot be encoded).
+    #[allow(clippy::type_complexity)]
+    fn downlink<R: RngCore + ?Sized>(
+        &self,
+        st: &mut DataState,
+        uplink: &Uplink,
+        answers: Vec<MacCommand>,
+        app: Option<(QueuedDownlink, bool)>,
+        rng: &mut R,
+    ) -> Result<ScheduledDownlink, (Option<DownlinkFailure>, Option<QueuedDownlink>)> {
+        let (gw, to, at) = match self.route() {
+            Ok(r) => r,
+            Err(f) => return Err((Some(f), app.map(|(d, _)| d))),
+        };
+        let dev_eui = self.session.dev_eui;
+        let (frame, app_item) = self.frame(uplink, answers, app);
+        let slot = match steps::downlink_counter(self.is_1_1(), frame.payload.f_port()) {
+            DownCounter::Network => &mut st.counters.n_f_cnt_down,
+            DownCounter::Application => &mut st.counters.a_f_cnt_down,
+        };
+        let fcnt = *slot;
+        let frame = Downlink { fcnt, ..frame };
+        let bytes = match frame.build(self.crypto, uplink.fcnt) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, %dev_eui, "data downlink not built");
+                return Err((Some(DownlinkFailure::BuildFailed), app_item));
+            }
+        };
+        *slot = fcnt.wrapping_add(1);
+        if let Some(d) = &app_item {
+            if d.confirmed {
+                // Ids are handed out from 1 (`DataPlane::next_id`).
+                st.pending_confirmed =
+                    NonZeroU64::new(d.id).map(|id| PendingConfirmed { f_cnt: fcnt, id });
+            }
+        }
+        let radio = DownlinkRadio::of(&self.env.config.join);
+        let txpk = build_txpk(gw, &at, self.session.rx.rx1_dr_offset, &radio, bytes)
+            .map_err(|_| (Some(DownlinkFailure::BuildFailed), None))?;
+        let mut token = [0u8; 2];
+        rng.fill_bytes(&mut token);
+        let datagram = pull_resp(token, txpk).map_err(|_| (None, None))?;
+        Ok(ScheduledDownlink {
+            datagram,
+            gateway: gw.gateway,
+            to,
+            window: at.window,
+        })
+    }
+
+    /// The downlink frame (its counter still 0): FOpts with the MAC answers, or the answers as
+    /// an FPort 0 payload when they do not fit; a queued payload goes before answers that do
+    /// not fit in FOpts (they are sent again on request); FPending while more are queued.
+    fn frame(
+        &self,
+        uplink: &Uplink,
+        answers: Vec<MacCommand>,
+        app: Option<(QueuedDownlink, bool)>,
+    ) -> (Downlink, Option<QueuedDownlink>) {
+        let mut fopts =
+            mac::encode(protocol::data::Direction::Downlink, &answers).unwrap_or_default();
+        let too_long = fopts.len() > protocol::data::MAX_FOPTS_LEN;
+        let (payload, confirmed, f_pending, app_item) = match app {
+            Some((d, more)) => {
+                if too_long {
+                    fopts.clear();
+                }
+                let payload = FramePayload::Application {
+                    f_port: d.f_port,
+                    payload: FrmPayload(d.payload.clone()),
+                };
+                (payload, d.confirmed, more, Some(d))
+            }
+            None if too_long => (
+                FramePayload::MacCommands(FrmPayload(std::mem::take(&mut fopts))),
+                false,
+                false,
+                None,
+            ),
+            None => (
+                FramePayload::None,
+                false,
+                self.env.queue.has(self.session.dev_eui),
+                None,
+            ),
+        };
+        let frame = Downlink {
+            confirmed,
+            dev_addr: self.session.dev_addr,
+            fcnt: 0,
+            adr: self.env.config.data.adr,
+            ack: uplink.confirmed,
+            f_pending,
+            fopts,
+            payload,
+        };
+        (frame, app_item)
     }
 }

@@ -181,28 +181,10 @@ impl Gateway {
     /// Sends one `rxpk` (as [`Gateway::push_with`]) without waiting for its PUSH_ACK.
     pub fn send_push(&self, phy: &[u8], tmst: u32, snr: f64, rssi: i32, stat: CrcStatus) -> Token {
         let token = Token([(tmst >> 8) as u8, tmst as u8]);
-        let (chan, freq_hz) = self.channel;
         self.send(&Packet::PushData(PushData {
             token,
             gateway: self.eui,
-            rxpk: vec![RxPk {
-                tmst,
-                time: None,
-                tmms: None,
-                chan: Some(chan),
-                rfch: Some(0),
-                freq_hz,
-                stat,
-                datr: DataRate::lora(7, 125).unwrap(),
-                codr: Some(CodingRate::Cr4_5),
-                rssi: Some(rssi),
-                lsnr: Some(snr),
-                jver: None,
-                rsig: Vec::new(),
-                brd: None,
-                aesk: None,
-                data: phy.to_vec(),
-            }],
+            rxpk: vec![rxpk(phy, tmst, self.channel, snr, rssi, stat)],
             stat: None,
         }));
         token
@@ -477,5 +459,34 @@ pub fn wait_events(path: &Path, n: usize) -> Vec<serde_json::Value> {
             e.len()
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One LoRa SF7BW125 `rxpk` of `phy` on `(chan, freq_hz)`, as a gateway reports it.
+pub fn rxpk(
+    phy: &[u8],
+    tmst: u32,
+    (chan, freq_hz): (u8, u32),
+    snr: f64,
+    rssi: i32,
+    stat: CrcStatus,
+) -> RxPk {
+    RxPk {
+        tmst,
+        time: None,
+        tmms: None,
+        chan: Some(chan),
+        rfch: Some(0),
+        freq_hz,
+        stat,
+        datr: DataRate::lora(7, 125).unwrap(),
+        codr: Some(CodingRate::Cr4_5),
+        rssi: Some(rssi),
+        lsnr: Some(snr),
+        jver: None,
+        rsig: Vec::new(),
+        brd: None,
+        aesk: None,
+        data: phy.to_vec(),
     }
 }

@@ -6,11 +6,12 @@
 //! - RX2: the regional default frequency and DR (EU868: 869.525 MHz, DR0).
 //! - Always `ipol` true (downlinks use inverted polarity), `codr` 4/5, `size` = payload length.
 
-use protocol::gwmp::{CodingRate, DataRate, TxPk, TxTiming};
+use protocol::gwmp::{CodingRate, DataRate, GwmpError, Packet, PullResp, Token, TxPk, TxTiming};
+use protocol::region;
 
 use crate::core::reception::Reception;
 use crate::core::timing::{Scheduled, Window};
-use protocol::region;
+use crate::ops::config::JoinConfig;
 
 /// Radio settings of downlinks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,26 @@ pub struct DownlinkRadio {
     pub rx1_power_dbm: i8,
     /// RX2 power, dBm EIRP.
     pub rx2_power_dbm: i8,
+}
+
+impl DownlinkRadio {
+    /// The settings of `[join]` (they apply to every downlink, Join-accept or data).
+    pub fn of(j: &JoinConfig) -> Self {
+        Self {
+            rf_chain: j.tx_rf_chain,
+            rx1_power_dbm: j.rx1_tx_power_dbm,
+            rx2_power_dbm: j.rx2_tx_power_dbm,
+        }
+    }
+}
+
+/// The PULL_RESP datagram carrying `txpk` (`token`: random, drawn by the caller).
+pub fn pull_resp(token: [u8; 2], txpk: TxPk) -> Result<Vec<u8>, GwmpError> {
+    Packet::PullResp(PullResp {
+        token: Token(token),
+        txpk,
+    })
+    .to_bytes()
 }
 
 /// Why no `txpk` could be built.

@@ -8,18 +8,18 @@
 //! 5. choose the window and the best gateway from the receptions seen by now;
 //! 6. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
 //!    received), together with the session it replaces (kept until the first uplink under the
-//!    new one), then install it and free the device's previous address;
+//!    new one), then emit the `join` event, install it and free the device's previous address;
 //! 7. send the PULL_RESP and record the latency.
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
-//! link for up to a few seconds, which must not stall the loop. Data uplinks (a later issue)
-//! are handled inline, without a task.
+//! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
+//! inline, without a task ([`crate::uplink`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
-use protocol::gwmp::{GwmpError, Packet, PullResp, Token};
+use protocol::gwmp::GwmpError;
 use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use protocol::join::{DlSettings, EncryptedJoinAccept, JoinFrameError, JoinRequest};
 use protocol::ts002::{self, JoinAns, JoinReq, ResultCode, Ts002Error};
@@ -28,18 +28,22 @@ use tokio::net::UdpSocket;
 use tracing::Instrument;
 
 use crate::core::devaddr::Exhausted;
+use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
+use crate::core::time::unix_ms;
 use crate::core::timing::Window;
-use crate::downlink::{build_txpk, DownlinkError, DownlinkRadio};
-use crate::js_client::{LinkClient, LinkSendError};
+use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkError, DownlinkRadio};
+use crate::integration::emitter::Emit;
+use crate::integration::events::{rfc3339, JoinEvent};
+use crate::join::client::{JoinServerClient, JoinTransaction};
 use crate::keys::{EnvelopeError, NetworkKeys};
-use crate::metrics::Metrics;
-use crate::session::{
-    FrameCounters, RxParams, Session, StoreError, StoredNetworkKeys, StoredSession,
-    STORED_SESSION_VERSION,
-};
+use crate::ops::config::JoinConfig;
+use crate::ops::metrics::Metrics;
 use crate::state::State;
+use crate::store::backend::StoreError;
+use crate::store::session::Session;
+use crate::store::stored::{RxParams, StoredNetworkKeys, StoredSession, STORED_SESSION_VERSION};
 use protocol::region;
 
 /// Why a join ended without a Join-accept.
@@ -51,9 +55,9 @@ pub enum JoinError {
     /// No DevAddr is free.
     #[error(transparent)]
     Exhausted(#[from] Exhausted),
-    /// The JoinReq could not be encoded or sent.
+    /// The JoinReq could not be sent (the join server client's error).
     #[error(transparent)]
-    Link(#[from] LinkSendError),
+    Link(Box<dyn std::error::Error + Send + Sync>),
     /// The JoinReq could not be encoded.
     #[error("cannot encode the JoinReq: {0}")]
     Encode(Ts002Error),
@@ -135,9 +139,9 @@ impl Drop for Reservation<'_> {
 }
 
 /// Runs one join from the first copy of its Join-request, and counts the outcome.
-pub async fn handle_join_request(
+pub async fn handle_join_request<C: JoinServerClient>(
     state: Arc<State>,
-    link: Arc<LinkClient>,
+    link: Arc<C>,
     gwmp: Arc<UdpSocket>,
     phy: Vec<u8>,
     first: Reception,
@@ -180,23 +184,22 @@ pub async fn handle_join_request(
     }
 }
 
-async fn run(
+async fn run<C: JoinServerClient>(
     state: &State,
-    link: &Arc<LinkClient>,
+    link: &Arc<C>,
     gwmp: &UdpSocket,
     phy: &[u8],
     first: &Reception,
 ) -> Result<(Window, GatewayEui), JoinError> {
     let span = tracing::Span::current();
     let t0 = first.received_at;
-    let timing = state.join_timing();
 
     // 1. Parse.
     let req = JoinRequest::parse(phy)?;
     span.record("dev_eui", tracing::field::display(req.dev_eui));
 
     // 2. Reserve a DevAddr until the flow has certainly ended.
-    let mut flow = JoinFlow::new(t0, state.retry_policy(), timing);
+    let mut flow = JoinFlow::new(t0, state.retry_policy(), state.join_timing());
     let until = flow.give_up_at() + Duration::from_secs(1);
     let addr =
         state
@@ -211,16 +214,63 @@ async fn run(
     span.record("dev_addr", tracing::field::display(addr));
 
     // 3. JoinReq with retries.
+    let join_req = join_req(state, &req, phy, addr);
+    let answer = exchange(state, link, &join_req, &mut flow).await?;
+
+    // 4. Read the answer.
+    let ans = read_answer(state, &answer, &join_req)?;
+
+    // 5. Window and gateway, from the receptions gathered by now.
+    let receptions = state.dedup.receptions(phy);
+    let receptions = if receptions.is_empty() {
+        vec![first.clone()]
+    } else {
+        receptions
+    };
+    let (gw, at) = flow.on_answer(Instant::now(), &receptions, |r| {
+        state.gateways.downlink_addr(r.gateway).is_some()
+    })?;
+    let gw_addr = state
+        .gateways
+        .downlink_addr(gw.gateway)
+        .ok_or(JoinFailure::NoGateway)?;
+    let radio = DownlinkRadio::of(&state.config.join);
+    // The Join-accept itself is received with the device's defaults (RX1DROffset 0).
+    let txpk = build_txpk(&gw, &at, 0, &radio, ans.accept.as_bytes().to_vec())?;
+    let pull_resp = pull_resp(rand::random(), txpk)?;
+
+    // 6. Store durably, then install.
+    install(state, &req, addr, ans).await?;
+    reservation.armed = false;
+
+    // 7. Send.
+    gwmp.send_to(&pull_resp, gw_addr)
+        .await
+        .map_err(JoinError::Send)?;
+    let now = Instant::now();
+    state.gateways.on_pull_resp(gw.gateway, now);
+    state.metrics.pull_resp.inc();
+    state
+        .metrics
+        .join_accepts
+        .with_label_values(&[at.window.label()])
+        .inc();
+    Metrics::observe(
+        &state.metrics.join_latency,
+        now.saturating_duration_since(t0),
+    );
+    Ok((at.window, gw.gateway))
+}
+
+/// The TS002 JoinReq for `req`, with a fresh TransactionID and the DevAddr reserved for it.
+fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> JoinReq {
     let j = &state.config.join;
-    let requested_dl =
-        DlSettings::new(true, j.rx1_dr_offset, j.rx2_data_rate).unwrap_or(DlSettings(0x80));
-    let transaction_id = state.next_transaction_id();
-    let join_req = JoinReq {
+    JoinReq {
         header: ts002::Header {
             protocol_version: ts002::ProtocolVersion::V1_1,
             sender_id: state.block.net_id.to_string(),
             receiver_id: req.join_eui.to_string(),
-            transaction_id,
+            transaction_id: state.next_transaction_id(),
             message_type: ts002::MessageType::JoinReq,
             sender_token: None,
             receiver_token: None,
@@ -233,11 +283,25 @@ async fn run(
         phy_payload: phy.to_vec(),
         dev_eui: req.dev_eui,
         dev_addr: addr,
-        dl_settings: requested_dl.0,
+        dl_settings: requested_dl_settings(j).0,
         rx_delay: j.rx_delay_s,
         cf_list: None,
-    };
-    let body = serde_json::to_vec(&join_req).map_err(|e| JoinError::Encode(e.into()))?;
+    }
+}
+
+/// The DLSettings this server asks for (`[join]`).
+fn requested_dl_settings(j: &JoinConfig) -> DlSettings {
+    DlSettings::new(true, j.rx1_dr_offset, j.rx2_data_rate).unwrap_or(DlSettings(0x80))
+}
+
+/// Sends the JoinReq and re-sends it as the flow says (same TransactionID) until its answer.
+async fn exchange<C: JoinServerClient>(
+    state: &State,
+    link: &Arc<C>,
+    join_req: &JoinReq,
+    flow: &mut JoinFlow,
+) -> Result<Vec<u8>, JoinError> {
+    let body = serde_json::to_vec(join_req).map_err(|e| JoinError::Encode(e.into()))?;
     let mut txn = link.begin(body);
     let sent_at = Instant::now();
     let mut step = flow.start(sent_at);
@@ -249,8 +313,8 @@ async fn run(
                 if let Err(e) = txn.send() {
                     // A full send buffer is transient: the next try covers it.
                     tracing::warn!(error = %e, try_no, "JoinReq send failed");
-                    if matches!(e, LinkSendError::Seal(_)) {
-                        return Err(e.into());
+                    if C::Transaction::is_permanent(&e) {
+                        return Err(JoinError::Link(Box::new(e)));
                     }
                 }
                 wait_until
@@ -264,10 +328,24 @@ async fn run(
         }
     };
     Metrics::observe(&state.metrics.link_rtt, sent_at.elapsed());
+    Ok(answer)
+}
 
-    // 4. Read the answer.
-    let ans = JoinAns::parse(&answer).map_err(|e| JoinError::Answer(e.to_string()))?;
-    if ans.header.transaction_id != transaction_id {
+/// A successful JoinAns, read.
+struct Answer {
+    accept: EncryptedJoinAccept,
+    keys: NetworkKeys,
+    applied: AppliedSettings,
+    app_s_key: Option<protocol::keywrap::KeyEnvelope>,
+    session_key_id: Option<Vec<u8>>,
+    lifetime: Option<u32>,
+}
+
+/// Reads the JoinAns to `join_req`: a refusal, or the Join-accept with the network keys
+/// opened and the settings the device applies.
+fn read_answer(state: &State, answer: &[u8], join_req: &JoinReq) -> Result<Answer, JoinError> {
+    let ans = JoinAns::parse(answer).map_err(|e| JoinError::Answer(e.to_string()))?;
+    if ans.header.transaction_id != join_req.header.transaction_id {
         return Err(JoinError::Answer(format!(
             "TransactionID {} answers another request",
             ans.header.transaction_id
@@ -288,38 +366,30 @@ async fn run(
     let received: StoredNetworkKeys = ans
         .network_keys
         .ok_or_else(|| JoinError::Answer("success without network keys".into()))?;
-    let keys = NetworkKeys::open(&received, &state.secrets.ns_kek)?;
-    let applied =
-        AppliedSettings::from_answer(ans.header.vs_extension.as_ref(), requested_dl, j.rx_delay_s);
-
-    // 5. Window and gateway, from the receptions gathered by now.
-    let receptions = state.dedup.receptions(phy);
-    let receptions = if receptions.is_empty() {
-        vec![first.clone()]
-    } else {
-        receptions
-    };
-    let (gw, at) = flow.on_answer(Instant::now(), &receptions, |r| {
-        state.gateways.downlink_addr(r.gateway).is_some()
-    })?;
-    let gw_addr = state
-        .gateways
-        .downlink_addr(gw.gateway)
-        .ok_or(JoinFailure::NoGateway)?;
-    let radio = DownlinkRadio {
-        rf_chain: j.tx_rf_chain,
-        rx1_power_dbm: j.rx1_tx_power_dbm,
-        rx2_power_dbm: j.rx2_tx_power_dbm,
-    };
-    // The Join-accept itself is received with the device's defaults (RX1DROffset 0).
-    let txpk = build_txpk(&gw, &at, 0, &radio, accept.as_bytes().to_vec())?;
-    let pull_resp = Packet::PullResp(PullResp {
-        token: Token(rand::random()),
-        txpk,
+    let j = &state.config.join;
+    Ok(Answer {
+        accept,
+        keys: NetworkKeys::open(&received, &state.secrets.ns_kek)?,
+        applied: AppliedSettings::from_answer(
+            ans.header.vs_extension.as_ref(),
+            requested_dl_settings(j),
+            j.rx_delay_s,
+        ),
+        app_s_key: ans.app_s_key,
+        session_key_id: ans.session_key_id,
+        lifetime: ans.lifetime,
     })
-    .to_bytes()?;
+}
 
-    // 6. Store durably, then install.
+/// Stores the new session durably (with the session it replaces), then emits the `join` event,
+/// installs it and frees the device's previous address.
+async fn install(
+    state: &State,
+    req: &JoinRequest,
+    addr: DevAddr,
+    ans: Answer,
+) -> Result<(), JoinError> {
+    let applied = ans.applied;
     let stored = StoredSession {
         version: STORED_SESSION_VERSION,
         dev_eui: req.dev_eui,
@@ -327,7 +397,7 @@ async fn run(
         dev_addr: addr,
         mac_version: applied.mac_version,
         dev_nonce: req.dev_nonce,
-        network_keys: keys.seal(&state.secrets.ns_kek),
+        network_keys: ans.keys.seal(&state.secrets.ns_kek),
         app_s_key: ans.app_s_key,
         session_key_id: ans.session_key_id,
         rx: RxParams {
@@ -337,14 +407,11 @@ async fn run(
             rx_delay_s: applied.rx_delay,
         },
         counters: FrameCounters::default(),
-        created_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0),
+        created_at_ms: unix_ms(SystemTime::now()),
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
     };
     let as_kek = state.secrets.as_kek.as_ref();
-    let session = Session::new(&stored, keys, state.sessions.labels(), as_kek)
+    let session = Session::new(&stored, ans.keys, state.sessions.labels(), as_kek)
         .map_err(|e| JoinError::Answer(format!("AppSKey envelope: {e}")))?;
     // The session this join replaces stays usable until the first uplink under the new one
     // (the device may miss the Join-accept), so it is stored with it, in the same commit.
@@ -361,31 +428,13 @@ async fn run(
         tracing::error!("DevAddr reservation expired during the store commit; address reclaimed");
         state.allocator.restore(addr, req.dev_eui);
     }
-    reservation.armed = false;
-    crate::data_path::on_join(state, &session);
+    emit_join_event(state, &session);
     if let Some(old) = state.sessions.insert(session) {
         if old.dev_addr != addr {
             state.allocator.release(old.dev_addr, req.dev_eui);
         }
     }
-
-    // 7. Send.
-    gwmp.send_to(&pull_resp, gw_addr)
-        .await
-        .map_err(JoinError::Send)?;
-    let now = Instant::now();
-    state.gateways.on_pull_resp(gw.gateway, now);
-    state.metrics.pull_resp.inc();
-    state
-        .metrics
-        .join_accepts
-        .with_label_values(&[at.window.label()])
-        .inc();
-    Metrics::observe(
-        &state.metrics.join_latency,
-        now.saturating_duration_since(t0),
-    );
-    Ok((at.window, gw.gateway))
+    Ok(())
 }
 
 /// What the device applies after the Join-accept: the join server is authoritative and reports
@@ -416,6 +465,25 @@ impl AppliedSettings {
                 .filter(|&d| d <= 15)
                 .unwrap_or(rx_delay),
         }
+    }
+}
+
+/// The `join` event of a newly installed session (once it is durable), through the write-ahead
+/// emitter so that it is ordered with the device's uplink events.
+fn emit_join_event(state: &State, s: &Session) {
+    let ev = JoinEvent {
+        kind: "join".into(),
+        dev_eui: s.dev_eui,
+        join_eui: s.join_eui,
+        dev_addr: s.dev_addr,
+        mac_version: s.reported_version.map(|v| v.as_str().to_owned()),
+        received_at: rfc3339(SystemTime::now()),
+    };
+    if let Ok(line) = serde_json::to_vec(&ev) {
+        state.data.emitter.emit(Emit {
+            events: vec![line],
+            ..Emit::default()
+        });
     }
 }
 

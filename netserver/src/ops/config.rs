@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use protocol::ids::{DevAddr, NetId};
+use protocol::ids::NetId;
 use serde::{Deserialize, Serialize};
+
+use crate::core::devaddr::AddrBlock;
 
 /// The documented default configuration file, printed by `netserver config`.
 pub const DEFAULT_TOML: &str = r#"# netserver configuration. Every field is optional; the values shown are the defaults.
@@ -125,7 +127,7 @@ pub struct Config {
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
     /// The data path and the application integration.
-    pub data: crate::data_path::DataConfig,
+    pub data: DataConfig,
 }
 
 impl Default for Config {
@@ -138,7 +140,7 @@ impl Default for Config {
             join: JoinConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
-            data: crate::data_path::DataConfig::default(),
+            data: DataConfig::default(),
         }
     }
 }
@@ -283,6 +285,67 @@ pub struct MetricsConfig {
     pub listen: String,
 }
 
+/// `[data]`: the data path and the application integration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// Where application events go: empty (nowhere), `-` (stdout),
+    /// `udp://HOST:PORT[?pack=BYTES]`, or a file path (appended).
+    pub events: String,
+    /// UDP address of the downlink input (JSON requests); empty: disabled.
+    pub downlink_listen: String,
+    /// HTTP address of the downlink input (`POST /downlink`); empty: disabled.
+    pub downlink_http: String,
+    /// How long after a frame's first copy the other gateways' copies are awaited, ms.
+    pub collect_window_ms: u64,
+    /// A copy of a frame arriving this long after its first copy is a new transmission (a
+    /// confirmed retransmission, answered again), not another gateway's copy, ms.
+    pub retransmission_after_ms: u64,
+    /// ADR: send LinkADRReq to devices with the ADR bit set.
+    pub adr: bool,
+    /// ADR installation margin, dB.
+    pub adr_installation_margin_db: f32,
+    /// Send a DevStatusReq every this many uplinks of a device; 0: never.
+    pub dev_status_interval: u32,
+    /// Most application downlinks queued per device.
+    pub queue_per_device: usize,
+    /// Most emits (counter writes with their events and downlinks) per group commit.
+    pub max_batch: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            events: String::new(),
+            downlink_listen: String::new(),
+            downlink_http: String::new(),
+            collect_window_ms: 200,
+            retransmission_after_ms: 1000,
+            adr: true,
+            adr_installation_margin_db: 10.0,
+            dev_status_interval: 100,
+            queue_per_device: 16,
+            max_batch: 4096,
+        }
+    }
+}
+
+impl DataConfig {
+    /// Checks the settings that depend on each other.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.collect_window_ms >= self.retransmission_after_ms {
+            return Err(format!(
+                "data.collect_window_ms ({}) must be below data.retransmission_after_ms ({}): a copy inside the window is another gateway's",
+                self.collect_window_ms, self.retransmission_after_ms
+            ));
+        }
+        if self.max_batch == 0 || self.queue_per_device == 0 {
+            return Err("data.max_batch and data.queue_per_device must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -359,70 +422,12 @@ impl Config {
             ));
         }
         AddrBlock::resolve(self.network.net_id, &self.network.dev_addr_prefix)
+            .map_err(ConfigError::Invalid)
     }
 
     /// Per-try JoinReq timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.join_server.request_timeout_ms)
-    }
-}
-
-/// The block of DevAddrs this server allocates from: `addr & mask == prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddrBlock {
-    /// The NetID the block belongs to.
-    pub net_id: NetId,
-    /// Fixed high bits.
-    pub prefix: u32,
-    /// Which bits are fixed.
-    pub mask: u32,
-}
-
-impl AddrBlock {
-    /// The block from a NetID and an optional `ADDR/BITS` narrowing (empty: the NetID's space).
-    pub fn resolve(net_id: NetId, narrowing: &str) -> Result<Self, ConfigError> {
-        let (net_prefix, net_mask) = net_id.dev_addr_prefix();
-        let narrowing = narrowing.trim();
-        if narrowing.is_empty() {
-            return Ok(Self {
-                net_id,
-                prefix: net_prefix,
-                mask: net_mask,
-            });
-        }
-        let bad = || {
-            ConfigError::Invalid(format!(
-                "network.dev_addr_prefix {narrowing:?} is not ADDR/BITS (e.g. 26010000/16)"
-            ))
-        };
-        let (addr, bits) = narrowing.split_once('/').ok_or_else(bad)?;
-        let addr: DevAddr = addr.parse().map_err(|_| bad())?;
-        let bits: u32 = bits.parse().map_err(|_| bad())?;
-        if !(1..=31).contains(&bits) {
-            return Err(bad());
-        }
-        let mask = u32::MAX << (32 - bits);
-        let prefix = addr.as_u32() & mask;
-        if mask & net_mask != net_mask || prefix & net_mask != net_prefix {
-            return Err(ConfigError::Invalid(format!(
-                "network.dev_addr_prefix {narrowing} is not inside the DevAddr space of NetID {net_id}"
-            )));
-        }
-        Ok(Self {
-            net_id,
-            prefix,
-            mask,
-        })
-    }
-
-    /// Whether `a` is in the block.
-    pub fn contains(&self, a: DevAddr) -> bool {
-        a.as_u32() & self.mask == self.prefix
-    }
-
-    /// Number of addresses in the block.
-    pub fn size(&self) -> u64 {
-        u64::from(!self.mask) + 1
     }
 }
 
@@ -444,23 +449,6 @@ mod tests {
     }
 
     #[test]
-    fn addr_block_narrowing() {
-        let ttn = NetId::new(0x13).unwrap();
-        let whole = AddrBlock::resolve(ttn, "").unwrap();
-        assert_eq!((whole.prefix, whole.mask), (0x2600_0000, 0xFE00_0000));
-        let b = AddrBlock::resolve(ttn, "26010000/16").unwrap();
-        assert_eq!((b.prefix, b.mask), (0x2601_0000, 0xFFFF_0000));
-        assert_eq!(b.size(), 65536);
-        assert!(b.contains(DevAddr::new(0x2601_ABCD)));
-        assert!(!b.contains(DevAddr::new(0x2602_0000)));
-        // Outside the NetID's space, wider than it, or malformed.
-        assert!(AddrBlock::resolve(ttn, "28000000/16").is_err());
-        assert!(AddrBlock::resolve(ttn, "26000000/4").is_err());
-        assert!(AddrBlock::resolve(ttn, "26000000").is_err());
-        assert!(AddrBlock::resolve(ttn, "26000000/32").is_err());
-    }
-
-    #[test]
     fn inconsistent_values_are_refused() {
         let mut c = Config::default();
         c.join.join_accept_delay2_s = 5;
@@ -470,6 +458,21 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.join.rx1_dr_offset = 6;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn config_defaults_are_valid_and_inconsistent_windows_are_refused() {
+        assert_eq!(DataConfig::default().validate(), Ok(()));
+        let c = DataConfig {
+            collect_window_ms: 1000,
+            ..DataConfig::default()
+        };
+        assert!(c.validate().unwrap_err().contains("collect_window_ms"));
+        let c = DataConfig {
+            max_batch: 0,
+            ..DataConfig::default()
+        };
         assert!(c.validate().is_err());
     }
 }

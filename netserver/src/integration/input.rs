@@ -1,129 +1,16 @@
-//! The application integration: events out (JSON lines, see `docs/integration.md`) and
-//! downlinks in (JSON datagrams on UDP, one answer datagram each, or `POST /downlink` on HTTP).
-//!
-//! Events: `uplink` (one per delivered uplink), `join` (a new session), `ack` (the device
-//! acknowledged a confirmed downlink). Identifiers are MSB-first hex, payloads base64, times
-//! RFC 3339 UTC with milliseconds.
+//! The downlink input: JSON requests on UDP (one answer datagram each) or `POST /downlink` on
+//! HTTP, validated and queued for the device's next uplink.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use base64::Engine;
-use protocol::ids::{DevAddr, DevEui, GatewayEui, JoinEui};
-use protocol::keywrap::KeyEnvelope;
+use protocol::ids::DevEui;
 use serde::{Deserialize, Serialize};
 
-use crate::core::reception::Reception;
-use crate::downlink_queue::QueuedDownlink;
+use crate::integration::events::B64;
 use crate::state::State;
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-pub use protocol::time::rfc3339;
-
-/// One gateway's reception, as reported in an uplink event.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RxInfo {
-    /// Gateway EUI.
-    pub gateway: GatewayEui,
-    /// RSSI, dBm.
-    pub rssi: i32,
-    /// SNR, dB.
-    pub snr: f32,
-    /// Frequency, Hz.
-    pub frequency: u32,
-    /// EU868 data rate index.
-    pub data_rate: u8,
-    /// The gateway's `tmst`, µs.
-    pub tmst: u32,
-}
-
-impl From<&Reception> for RxInfo {
-    fn from(r: &Reception) -> Self {
-        Self {
-            gateway: r.gateway,
-            rssi: r.rssi,
-            snr: r.snr,
-            frequency: r.frequency_hz,
-            data_rate: r.data_rate,
-            tmst: r.tmst,
-        }
-    }
-}
-
-/// `{"type":"uplink",…}`: a delivered uplink.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UplinkEvent {
-    /// Always `uplink`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The device.
-    pub dev_eui: DevEui,
-    /// Its address.
-    pub dev_addr: DevAddr,
-    /// The full 32-bit FCntUp.
-    pub f_cnt: u32,
-    /// FPort (absent without payload).
-    pub f_port: Option<u8>,
-    /// Confirmed data up.
-    pub confirmed: bool,
-    /// ADR bit.
-    pub adr: bool,
-    /// The application payload in clear, base64 (when this server holds the AppSKey).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub data: Option<String>,
-    /// The FRMPayload as received, still encrypted under the AppSKey, base64 (when this
-    /// server does not hold the AppSKey).
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub data_encrypted: Option<String>,
-    /// The AppSKey envelope (wrapped under the application server's KEK), with
-    /// `data_encrypted`.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub app_s_key: Option<KeyEnvelope>,
-    /// Every gateway that heard the frame, best first.
-    pub rx: Vec<RxInfo>,
-    /// Arrival of the first copy.
-    pub received_at: String,
-}
-
-/// `{"type":"join",…}`: a device joined and has a new session.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct JoinEvent {
-    /// Always `join`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The device.
-    pub dev_eui: DevEui,
-    /// Its JoinEUI.
-    pub join_eui: JoinEui,
-    /// Its new address.
-    pub dev_addr: DevAddr,
-    /// LoRaWAN version, if reported.
-    pub mac_version: Option<String>,
-    /// When the session was stored.
-    pub received_at: String,
-}
-
-/// `{"type":"ack",…}`: the device acknowledged a confirmed downlink.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AckEvent {
-    /// Always `ack`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The device.
-    pub dev_eui: DevEui,
-    /// The id the downlink was queued with.
-    pub id: u64,
-    /// The downlink's FCntDown (1.1: AFCntDown).
-    pub f_cnt_down: u32,
-    /// The acknowledging uplink's arrival.
-    pub received_at: String,
-}
-
-/// Base64 of bytes.
-pub fn b64(b: &[u8]) -> String {
-    B64.encode(b)
-}
+use crate::store::queue::QueuedDownlink;
 
 /// A downlink request, as received.
 #[derive(Debug, Clone, Deserialize)]
@@ -215,9 +102,7 @@ pub fn parse_downlink_request(body: &[u8]) -> Result<ValidDownlinkRequest, Strin
 
 /// Validates and queues one request; the answer says why it was refused.
 pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
-    let Some(plane) = state.data.get() else {
-        return DownlinkAnswer::err("the data path is not running");
-    };
+    let plane = &state.data;
     let req = match parse_downlink_request(body) {
         Ok(r) => r,
         Err(e) => return DownlinkAnswer::err(e),
@@ -366,6 +251,7 @@ pub async fn serve_http_downlinks(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::integration::events::b64;
 
     fn request_json(dev_eui: u64, f_port: u8, payload: &[u8], confirmed: bool) -> Vec<u8> {
         format!(

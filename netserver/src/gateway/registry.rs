@@ -13,6 +13,7 @@ use protocol::ids::GatewayEui;
 use serde::Serialize;
 
 use crate::core::KeyedHasher;
+use crate::ops::config::GwmpConfig;
 
 /// Counters of one gateway.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -88,6 +89,14 @@ pub struct GatewayRegistry {
 
 impl GatewayRegistry {
     /// An empty registry for at most `max_gateways` gateways; a gateway silent for
+    /// The registry `[gwmp]` describes (`gateway_offline_after_s`, `max_gateways`).
+    pub fn of(gwmp: &GwmpConfig) -> Self {
+        Self::new(
+            Duration::from_secs(gwmp.gateway_offline_after_s),
+            gwmp.max_gateways,
+        )
+    }
+
     /// `offline_after` is reported offline.
     pub fn new(offline_after: Duration, max_gateways: usize) -> Self {
         Self {

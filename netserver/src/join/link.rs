@@ -14,15 +14,17 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use dashmap::DashMap;
 use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use tokio::sync::{oneshot, watch};
 
+use crate::core::time::unix_ms;
 use crate::core::KeyedHasher;
-use crate::metrics::Metrics;
+use crate::join::client::{JoinServerClient, JoinTransaction};
+use crate::ops::metrics::Metrics;
 
 /// A received, authenticated JoinAns body.
 pub type AnswerBody = Vec<u8>;
@@ -58,13 +60,6 @@ pub enum LinkSendError {
     /// The socket refused the datagram.
     #[error("link send failed: {0}")]
     Io(std::io::Error),
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 impl LinkClient {
@@ -153,7 +148,7 @@ impl LinkClient {
             match received {
                 // The source address is not checked: the tag authenticates the answer, and a
                 // multi-homed join server may answer from another address.
-                Ok((n, _)) => self.on_datagram(&buf[..n], unix_ms()),
+                Ok((n, _)) => self.on_datagram(&buf[..n], unix_ms(SystemTime::now())),
                 Err(e) => tracing::warn!(error = %e, "link receive failed"),
             }
         }
@@ -167,7 +162,7 @@ impl Transaction {
         let header = Header {
             msg_type: MessageType::JoinReq,
             sender: c.sender,
-            timestamp_ms: unix_ms(),
+            timestamp_ms: unix_ms(SystemTime::now()),
             nonce: self.nonce,
         };
         let mut out = Vec::with_capacity(link::MAX_DATAGRAM);
@@ -205,6 +200,34 @@ impl Drop for Transaction {
     }
 }
 
+impl JoinServerClient for LinkClient {
+    type Transaction = Transaction;
+
+    fn begin(self: &Arc<Self>, body: Vec<u8>) -> Transaction {
+        LinkClient::begin(self, body)
+    }
+}
+
+impl JoinTransaction for Transaction {
+    type Error = LinkSendError;
+
+    fn send(&mut self) -> Result<(), LinkSendError> {
+        Transaction::send(self)
+    }
+
+    /// A request too large for one datagram never fits; a socket error may pass.
+    fn is_permanent(e: &LinkSendError) -> bool {
+        matches!(e, LinkSendError::Seal(_))
+    }
+
+    fn answer_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> impl std::future::Future<Output = Option<AnswerBody>> + Send {
+        Transaction::answer_until(self, deadline)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -238,7 +261,7 @@ mod tests {
                     let header = Header {
                         msg_type: MessageType::JoinAns,
                         sender: PeerId(0),
-                        timestamp_ms: unix_ms(),
+                        timestamp_ms: unix_ms(SystemTime::now()),
                         nonce: h.nonce,
                     };
                     link::seal(&answer_key, &header, a, &mut out).unwrap();
@@ -330,7 +353,7 @@ mod tests {
             link::seal(&key(), &h, b"{}", &mut out).unwrap();
             out
         };
-        let now = unix_ms();
+        let now = unix_ms(SystemTime::now());
         c.on_datagram(&seal(now, MessageType::JoinAns), now);
         c.on_datagram(&seal(now - 60_000, MessageType::JoinAns), now);
         c.on_datagram(&seal(now, MessageType::JoinReq), now);

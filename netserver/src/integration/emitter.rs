@@ -1,0 +1,258 @@
+//! Write-ahead frame counters, and the one thread that makes them durable before anything that
+//! depends on them leaves the process.
+//!
+//! The data path never awaits storage. For each accepted uplink (or downlink) it hands an
+//! [`Emit`] to the [`Emitter`] while it still holds the session's lock, so the emits of one
+//! session are queued in counter order. The emitter thread takes what is queued (up to a
+//! batch), and then:
+//!
+//! **Events to a file** (the event file is itself a durable record of what was delivered):
+//! 1. writes the batch's events (one `write`) and `fdatasync`s the file;
+//! 2. commits the batch's new counters in **one** redb transaction (group commit) to
+//!    `uplinks.redb` in the data directory;
+//! 3. sends the batch's downlinks — a downlink never leaves before its FCntDown is durable.
+//!
+//! At start, [`crate::integration::recover::recover_delivered`] reads the file's tail and advances every counter past the
+//! last uplink it delivered, so a crash between 1 and 2 neither loses nor repeats an event;
+//! a partial last line (a crash inside the write) is cut off. Window: none.
+//!
+//! **Events to stdout or UDP** (which cannot be read back): the commit comes first, then the
+//! events, then the downlinks. A crash between the commit and the write loses that batch's
+//! events (at most one group commit) but never repeats one.
+//!
+//! If a commit fails, the batch's downlinks are dropped (and, for stdout/UDP, its events);
+//! the in-memory counters stay advanced, so no frame is accepted twice.
+//!
+//! The counters live beside the session store, not in it: a session record is written once at
+//! the join, its counters at every uplink. Each counter record carries the identity of the
+//! session it belongs to (DevAddr, DevNonce, creation time), so the record of a replaced
+//! session is never applied to its successor.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use protocol::ids::DevEui;
+
+use crate::core::uplink::ScheduledDownlink;
+use crate::integration::sink::EventSink;
+use crate::ops::metrics::{DataMetrics, Metrics};
+use crate::store::counters::{CounterBackend, CounterRecord};
+
+/// What one uplink (or one downlink) leaves for the emitter.
+#[derive(Debug, Default)]
+pub struct Emit {
+    /// The session's new counters, committed before anything else of the batch leaves.
+    pub record: Option<(DevEui, CounterRecord)>,
+    /// JSON event lines (without newline).
+    pub events: Vec<Vec<u8>>,
+    /// A downlink.
+    pub downlink: Option<ScheduledDownlink>,
+    /// When the uplink's PUSH_DATA arrived: its latency is measured to the event's write.
+    pub started: Option<Instant>,
+}
+
+/// The handle the data path emits through. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Emitter {
+    tx: SyncSender<Emit>,
+}
+
+/// The emitter thread; [`EmitterThread::join`] waits for it once every [`Emitter`] is dropped.
+#[derive(Debug)]
+pub struct EmitterThread(JoinHandle<()>);
+
+impl EmitterThread {
+    /// Waits for the queue to be drained and the thread to exit.
+    pub fn join(self) {
+        let _ = self.0.join();
+    }
+}
+
+impl Emitter {
+    /// Starts the emitter thread. `downlinks` sends PULL_RESPs (a GWMP socket).
+    pub fn start(
+        log: impl CounterBackend,
+        sink: impl EventSink,
+        downlinks: UdpSocket,
+        max_batch: usize,
+        metrics: Metrics,
+    ) -> std::io::Result<(Self, EmitterThread)> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(max_batch.max(1) * 16);
+        let h = std::thread::Builder::new()
+            .name("netserver-emitter".into())
+            .spawn(move || emit_loop(log, sink, downlinks, rx, max_batch.max(1), metrics))?;
+        Ok((Self { tx }, EmitterThread(h)))
+    }
+
+    /// Queues an emit. Blocks while the queue is full (back-pressure on the socket loops);
+    /// `false` if the emitter has stopped.
+    pub fn emit(&self, e: Emit) -> bool {
+        match self.tx.try_send(e) {
+            Ok(()) => true,
+            Err(TrySendError::Full(e)) => self.tx.send(e).is_ok(),
+            Err(TrySendError::Disconnected(_)) => false,
+        }
+    }
+}
+
+fn emit_loop(
+    log: impl CounterBackend,
+    mut sink: impl EventSink,
+    downlinks: UdpSocket,
+    rx: Receiver<Emit>,
+    max_batch: usize,
+    metrics: Metrics,
+) {
+    let m = &metrics.data;
+    let mut batch: Vec<Emit> = Vec::with_capacity(max_batch);
+    let mut records = Vec::with_capacity(max_batch);
+    let mut buf = Vec::with_capacity(1 << 16);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        records.clear();
+        records.extend(batch.iter().filter_map(|e| e.record));
+        let lines: Vec<&[u8]> = batch
+            .iter()
+            .flat_map(|e| e.events.iter().map(Vec::as_slice))
+            .collect();
+        let events_first = sink.readable_back();
+        if events_first {
+            write_events(&mut sink, &lines, &mut buf, m);
+        }
+        let committed = records.is_empty()
+            || {
+                match log.commit(&records) {
+                    Ok(()) => {
+                        m.counter_commits.with_label_values(&["ok"]).inc();
+                        true
+                    }
+                    Err(e) => {
+                        m.counter_commits.with_label_values(&["error"]).inc();
+                        tracing::error!(error = %e, writes = records.len(), "counter commit failed; the batch's downlinks are dropped");
+                        false
+                    }
+                }
+            };
+        if committed && !events_first {
+            write_events(&mut sink, &lines, &mut buf, m);
+        }
+        if committed {
+            let now = Instant::now();
+            for e in &batch {
+                if let Some(d) = &e.downlink {
+                    let label = match send_nonblocking(&downlinks, &d.datagram, d.to) {
+                        Ok(_) => "sent",
+                        Err(_) => "send_failed",
+                    };
+                    m.downlinks.with_label_values(&[label]).inc();
+                    if label == "sent" {
+                        metrics.pull_resp.inc();
+                    }
+                }
+                if let Some(t) = e.started {
+                    m.uplink_latency
+                        .observe(now.saturating_duration_since(t).as_secs_f64());
+                }
+            }
+        } else {
+            for e in &batch {
+                if e.downlink.is_some() {
+                    m.downlinks.with_label_values(&["commit_failed"]).inc();
+                }
+            }
+        }
+        drop(lines);
+        batch.clear();
+    }
+}
+
+fn write_events(sink: &mut impl EventSink, lines: &[&[u8]], buf: &mut Vec<u8>, m: &DataMetrics) {
+    if lines.is_empty() {
+        return;
+    }
+    if let Err(e) = sink.write_batch(lines, buf) {
+        m.events
+            .with_label_values(&["write_failed"])
+            .inc_by(lines.len() as u64);
+        tracing::error!(error = %e, "writing application events failed");
+    } else {
+        m.events
+            .with_label_values(&["written"])
+            .inc_by(lines.len() as u64);
+    }
+}
+
+/// Sends on a non-blocking socket (shared with a socket loop), waiting out a full send buffer
+/// for up to 50 ms.
+fn send_nonblocking(s: &UdpSocket, d: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    let deadline = Instant::now() + std::time::Duration::from_millis(50);
+    loop {
+        match s.send_to(d, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            r => return r,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::device::FrameCounters;
+    use crate::integration::sink::ConfiguredSink;
+    use crate::store::counters::CounterLog;
+    use crate::store::stored::tests::stored;
+
+    #[test]
+    fn events_are_written_only_after_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("events.jsonl");
+        let sink = ConfiguredSink::open(events.to_str().unwrap()).unwrap();
+        let m = Metrics::new();
+        let (em, t) = Emitter::start(
+            CounterLog::open(dir.path()).unwrap(),
+            sink,
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            8,
+            m.clone(),
+        )
+        .unwrap();
+        let s = stored(2, 0x2600_0002);
+        for i in 1..=20u32 {
+            let rec = CounterRecord {
+                dev_addr: s.dev_addr,
+                dev_nonce: s.dev_nonce.0,
+                created_at_ms: s.created_at_ms,
+                counters: FrameCounters {
+                    f_cnt_up: i,
+                    ..FrameCounters::default()
+                },
+                rekey_confirmed: false,
+            };
+            assert!(em.emit(Emit {
+                record: Some((s.dev_eui, rec)),
+                events: vec![format!("{{\"f_cnt\":{}}}", i - 1).into_bytes()],
+                downlink: None,
+                started: Some(Instant::now()),
+            }));
+        }
+        drop(em);
+        t.join();
+        let text = std::fs::read_to_string(&events).unwrap();
+        assert_eq!(text.lines().count(), 20);
+        assert_eq!(text.lines().last(), Some("{\"f_cnt\":19}"));
+        let records = CounterLog::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(records[&s.dev_eui].counters.f_cnt_up, 20);
+        assert_eq!(m.data.uplink_latency.get_sample_count(), 20);
+        assert!(m.data.counter_commits.with_label_values(&["ok"]).get() >= 3);
+    }
+}

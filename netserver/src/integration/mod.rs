@@ -1,0 +1,9 @@
+//! The application integration: events out ([`events`], written through a [`sink`] by the
+//! write-ahead [`emitter`], and read back at start by [`recover`]) and downlinks in
+//! ([`input`]).
+
+pub mod emitter;
+pub mod events;
+pub mod input;
+pub mod recover;
+pub mod sink;

@@ -1,0 +1,6 @@
+//! The join path: a Join-request's first copy to its Join-accept ([`otaa`]), through a join
+//! server client ([`client`], the seam; [`link`], the UDP link, its one implementation).
+
+pub mod client;
+pub mod link;
+pub mod otaa;

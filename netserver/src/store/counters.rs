@@ -1,0 +1,202 @@
+//! The durable frame counters: one small record per session, written by the emitter's group
+//! commits ([`crate::integration::emitter`]), beside the session store and not in it (a session record is written once at the join, its counters at every uplink). Each
+//! record carries the identity of its session (DevAddr, DevNonce, creation time), so the
+//! record of a replaced session is never applied to its successor.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use protocol::ids::{DevAddr, DevEui};
+
+use crate::core::device::FrameCounters;
+use crate::store::backend::StoreError;
+use crate::store::embedded::{backend_err, open_redb, RecordTable};
+use crate::store::session::Session;
+use crate::store::stored::StoredSession;
+
+const COUNTERS: RecordTable = redb::TableDefinition::new("counters");
+
+/// The durable counters of one session, with the identity of that session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterRecord {
+    /// The session's DevAddr.
+    pub dev_addr: DevAddr,
+    /// The DevNonce of the join that created it.
+    pub dev_nonce: u16,
+    /// Its creation time, ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// The counters (next values).
+    pub counters: FrameCounters,
+    /// LoRaWAN 1.1: RekeyInd received.
+    pub rekey_confirmed: bool,
+}
+
+const RECORD_LEN: usize = 4 + 2 + 8 + 4 * 3 + 1;
+
+impl CounterRecord {
+    /// The record for `s` with `counters`.
+    pub fn of(s: &Session, counters: FrameCounters, rekey_confirmed: bool) -> Self {
+        Self {
+            dev_addr: s.dev_addr,
+            dev_nonce: s.dev_nonce.0,
+            created_at_ms: s.created_at_ms,
+            counters,
+            rekey_confirmed,
+        }
+    }
+
+    fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut b = [0u8; RECORD_LEN];
+        b[0..4].copy_from_slice(&self.dev_addr.as_u32().to_le_bytes());
+        b[4..6].copy_from_slice(&self.dev_nonce.to_le_bytes());
+        b[6..14].copy_from_slice(&self.created_at_ms.to_le_bytes());
+        b[14..18].copy_from_slice(&self.counters.f_cnt_up.to_le_bytes());
+        b[18..22].copy_from_slice(&self.counters.n_f_cnt_down.to_le_bytes());
+        b[22..26].copy_from_slice(&self.counters.a_f_cnt_down.to_le_bytes());
+        b[26] = u8::from(self.rekey_confirmed);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() != RECORD_LEN {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let mut ms = [0u8; 8];
+        ms.copy_from_slice(&b[6..14]);
+        Some(Self {
+            dev_addr: DevAddr::new(u32_at(0)),
+            dev_nonce: u16::from_le_bytes([b[4], b[5]]),
+            created_at_ms: u64::from_le_bytes(ms),
+            counters: FrameCounters {
+                f_cnt_up: u32_at(14),
+                n_f_cnt_down: u32_at(18),
+                a_f_cnt_down: u32_at(22),
+            },
+            rekey_confirmed: b[26] & 1 != 0,
+        })
+    }
+
+    /// Whether this record belongs to `s` (same session, not a predecessor).
+    pub fn belongs_to(&self, s: &StoredSession) -> bool {
+        self.dev_addr == s.dev_addr
+            && self.dev_nonce == s.dev_nonce.0
+            && self.created_at_ms == s.created_at_ms
+    }
+}
+
+/// The counter storage seam: load every record at start, commit a batch atomically and
+/// durably. One implementation today, [`CounterLog`] (redb, `uplinks.redb`); PostgreSQL next,
+/// with one transaction (or one multi-row upsert) per batch.
+pub trait CounterBackend: Send + 'static {
+    /// Every record.
+    fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError>;
+    /// Commits a batch in one transaction (later records of a device replace earlier ones).
+    fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError>;
+}
+
+/// The counter log file.
+pub struct CounterLog {
+    db: redb::Database,
+}
+
+impl std::fmt::Debug for CounterLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterLog")
+    }
+}
+
+impl CounterLog {
+    /// File name inside the data directory.
+    pub const FILE: &'static str = "uplinks.redb";
+    /// redb's page cache for this file: the counter records are small (about 50 bytes each in
+    /// the B-tree), so this holds those of a million sessions; redb's default is 1 GiB.
+    pub const CACHE_BYTES: usize = 64 << 20;
+
+    /// Opens (creating if needed) `dir/uplinks.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = open_redb(dir, Self::FILE, Self::CACHE_BYTES, &[COUNTERS])?;
+        Ok(Self { db })
+    }
+}
+
+impl CounterBackend for CounterLog {
+    fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let tx = self.db.begin_read().map_err(backend_err)?;
+        let table = tx.open_table(COUNTERS).map_err(backend_err)?;
+        let mut out = HashMap::new();
+        for row in table.iter().map_err(backend_err)? {
+            let (k, v) = row.map_err(backend_err)?;
+            let dev_eui = DevEui::new(k.value());
+            let rec = CounterRecord::decode(v.value()).ok_or_else(|| StoreError::Corrupt {
+                dev_eui,
+                reason: "counter record of the wrong length".into(),
+            })?;
+            out.insert(dev_eui, rec);
+        }
+        Ok(out)
+    }
+
+    fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend_err)?;
+        {
+            let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;
+            for (d, r) in batch {
+                t.insert(d.as_u64(), r.encode().as_slice())
+                    .map_err(backend_err)?;
+            }
+        }
+        tx.commit().map_err(backend_err)
+    }
+}
+
+/// Applies the durable counters of `records` to a stored session about to be restored.
+/// Returns the 1.1 rekey flag to set on its live state.
+pub fn restore_counters(
+    records: &HashMap<DevEui, CounterRecord>,
+    stored: &mut StoredSession,
+) -> bool {
+    match records.get(&stored.dev_eui) {
+        Some(r) if r.belongs_to(stored) => {
+            stored.counters = r.counters;
+            r.rekey_confirmed
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::stored::tests::stored;
+
+    #[test]
+    fn records_round_trip_and_apply_only_to_their_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CounterLog::open(dir.path()).unwrap();
+        let mut s = stored(1, 0x2600_0001);
+        let rec = CounterRecord {
+            dev_addr: s.dev_addr,
+            dev_nonce: s.dev_nonce.0,
+            created_at_ms: s.created_at_ms,
+            counters: FrameCounters {
+                f_cnt_up: 77,
+                n_f_cnt_down: 5,
+                a_f_cnt_down: 9,
+            },
+            rekey_confirmed: true,
+        };
+        log.commit(&[(s.dev_eui, rec)]).unwrap();
+        drop(log);
+        let records = CounterLog::open(dir.path()).unwrap().load().unwrap();
+        assert_eq!(records[&s.dev_eui], rec);
+        assert!(restore_counters(&records, &mut s));
+        assert_eq!(s.counters.f_cnt_up, 77);
+        // A new join (another DevNonce) starts from 0.
+        let mut fresh = stored(1, 0x2600_0001);
+        fresh.dev_nonce.0 += 1;
+        assert!(!restore_counters(&records, &mut fresh));
+        assert_eq!(fresh.counters, FrameCounters::default());
+    }
+}

@@ -1,0 +1,40 @@
+//! Sessions and frame counters, in memory and on disk.
+//!
+//! - [`stored`]: the stored format of a session ([`stored::StoredSession`], versioned JSON).
+//! - [`envelope`] and [`labels`]: key envelopes as a live session holds them, and the
+//!   interned KEKLabels they share.
+//! - [`session`]: the live, compact [`session::Session`]; [`live`]: its uplink state behind
+//!   the lock every uplink of the device takes once.
+//! - [`table`]: the in-memory table, by DevEUI with the DevAddr index the data path reads.
+//! - [`backend`]: the storage seam, [`backend::SessionBackend`]: load everything at start,
+//!   commit a batch atomically and durably. [`embedded`] is its one implementation today
+//!   (redb, `sessions.redb` in the data directory, no setup); a networked backend
+//!   (PostgreSQL) implements the same three methods with one transaction per batch.
+//! - [`commit`]: the backend on its own thread with **group commit**: writes queued while a
+//!   commit is in progress go into the next transaction together, so durability costs one
+//!   flush per batch, not per join.
+//! - [`counters`]: the durable frame counters (`uplinks.redb`), written by the emitter.
+//! - [`queue`]: the application downlinks waiting for their device's next uplink (in memory).
+//!
+//! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
+//! byte for byte the join server's envelopes when it wrapped them under that KEK, since the wrap
+//! is deterministic; a key it sent in clear is wrapped before it is written — and the AppSKey
+//! envelope is kept as received (wrapped under the application's KEK): the store never holds a
+//! key in clear. In memory the network keys are unwrapped (see [`crate::keys`]).
+//!
+//! Frame counters are not written with the session but to the write-ahead counter log
+//! ([`counters`]): a session record is written at its join (and, for a replaced session, at
+//! the rejoin that replaces it).
+
+pub mod backend;
+pub mod commit;
+pub mod counters;
+pub mod embedded;
+pub mod envelope;
+pub mod labels;
+pub mod live;
+pub mod queue;
+pub mod restore;
+pub mod session;
+pub mod stored;
+pub mod table;
