@@ -46,7 +46,8 @@ CSV
 PID=$!
 API=""
 for _ in $(seq 1 100); do
-    API="$(sed -n 's/.* api=\([0-9.:]*\).*/\1/p' "$DATA/serve.out")"
+    # serve.out may not exist yet (the shell creates it when the server starts).
+    API="$(sed -n 's/.* api=\([0-9.:]*\).*/\1/p' "$DATA/serve.out" 2>/dev/null || true)"
     [ -n "$API" ] && break
     sleep 0.1
 done

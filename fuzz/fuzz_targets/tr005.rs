@@ -1,5 +1,6 @@
 //! TR005 strings: the parser never panics, and whatever it accepts re-encodes canonically to a
-//! text that parses back to the same identity with a valid CheckSum.
+//! text that parses back to the same identity with a valid CheckSum. The JSON report of a check
+//! (what `POST /api/v1/qr/parse` answers) never panics and agrees with the parser.
 //!
 //! Run: `cargo +nightly fuzz run tr005` from the workspace root.
 #![no_main]
@@ -7,6 +8,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let report = qr::report::check_json(text);
+        assert_eq!(report["valid"].as_bool(), Some(qr::parse(text).is_ok()));
+    }
     if let Ok(parsed) = qr::parse_bytes(data) {
         let canonical = parsed.code.to_string();
         let again = qr::parse(&canonical).expect("canonical form parses");

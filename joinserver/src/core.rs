@@ -30,7 +30,7 @@ use protocol::version::MacVersion;
 use crate::atrest;
 use crate::nonces::{self, NonceError};
 use crate::secrets::{LabeledKek, MasterKey};
-use crate::store::{NonceState, NonceUpdate, StoredDevice};
+use crate::store::{LastJoin, NonceState, NonceUpdate, StoredDevice};
 
 /// A device's root keys, prepared for AES (key schedules expanded once, at load).
 pub struct DeviceKeys {
@@ -190,6 +190,9 @@ pub struct JoinReqFields {
     pub rx_delay: u8,
     /// CFList, if the network server sends one.
     pub cf_list: Option<Vec<u8>>,
+    /// When the join server received the request (Unix ms, by the shell's clock): recorded as
+    /// the device's last join if it is accepted.
+    pub received_ms: u64,
 }
 
 /// Why a JoinReq was refused. Each maps to a TS002 ResultCode.
@@ -351,6 +354,7 @@ fn take_nonces(
     dev_eui: DevEui,
     dev_nonce: DevNonce,
     history: usize,
+    joined: LastJoin,
 ) -> Result<(JoinNonce, NonceUpdate), JoinError> {
     let mut d = devices.get_mut(&dev_eui).ok_or(JoinError::UnknownDevEui)?;
     let (next, jn) =
@@ -361,6 +365,7 @@ fn take_nonces(
         NonceUpdate {
             dev_eui,
             state: next,
+            joined,
         },
     ))
 }
@@ -486,11 +491,19 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
         Ok(v) => v,
         Err(e) => return Outcome::refused(e, dev_eui),
     };
-    let (join_nonce, update) =
-        match take_nonces(devices, jr.dev_eui, jr.dev_nonce, ctx.dev_nonce_history) {
-            Ok(v) => v,
-            Err(e) => return Outcome::refused(e, dev_eui),
-        };
+    let (join_nonce, update) = match take_nonces(
+        devices,
+        jr.dev_eui,
+        jr.dev_nonce,
+        ctx.dev_nonce_history,
+        LastJoin {
+            at_ms: req.received_ms,
+            net_id: req.sender,
+        },
+    ) {
+        Ok(v) => v,
+        Err(e) => return Outcome::refused(e, dev_eui),
+    };
     Outcome {
         result: accept(ctx, req, &jr, &found, radio, join_nonce),
         update: Some(update),
@@ -578,8 +591,12 @@ mod tests {
             dl_settings: 0x12,
             rx_delay: 1,
             cf_list: None,
+            received_ms: RECEIVED_MS,
         }
     }
+
+    /// When the test requests were received (Unix ms).
+    const RECEIVED_MS: u64 = 1_796_000_000_123;
 
     fn err_of(o: &Outcome) -> Option<&JoinError> {
         o.result.as_ref().err()
@@ -612,6 +629,14 @@ mod tests {
             let up = o.update.unwrap();
             assert_eq!(up.state.last_dev_nonce, Some(dn));
             assert_eq!(up.state.last_join_nonce, 1);
+            // The join is recorded: when it was received, through which network.
+            assert_eq!(
+                up.joined,
+                LastJoin {
+                    at_ms: RECEIVED_MS,
+                    net_id: net(0x13)
+                }
+            );
 
             // Device side: decrypt the Join-accept and check its MIC with protocol.
             let enc = EncryptedJoinAccept::from_bytes(&a.phy_payload).unwrap();

@@ -87,6 +87,10 @@ mod tests {
                     used_dev_nonces: vec![],
                     last_join_nonce: 41,
                 },
+                joined: crate::store::LastJoin {
+                    at_ms: 1_796_000_000_000,
+                    net_id: protocol::ids::NetId::new(0x13).unwrap(),
+                },
             }])
             .unwrap();
         assert!(store.remove_device(DevEui::new(1)).unwrap());

@@ -15,7 +15,7 @@
 //! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
 //! - [`config`], [`metrics`]: configuration and observability.
 //! - [`onboarding`], [`api`]: owner tokens, claims, signed manifests, the audit log and the
-//!   HTTP management API.
+//!   HTTP management API; [`installer`]: the installer web app it serves at `/install/`.
 //! - [`wire`]: TS002 JSON ↔ the pipeline; [`server`]: start-up and shutdown.
 #![warn(missing_docs)]
 
@@ -25,6 +25,7 @@ pub mod cache;
 pub mod config;
 pub mod core;
 pub mod devices;
+pub mod installer;
 pub mod link;
 pub mod manifest;
 pub mod metrics;

@@ -297,7 +297,7 @@ impl Link {
                 writer.submit(None, out(answer.into(), Some("malformed"), None, None))
             }
             Lookup::Miss => {
-                let fields = wire::fields(req, sender_net_id);
+                let fields = wire::fields(req, sender_net_id, now_ms);
                 let outcome = core::process(&self.ctx, &self.devices, &fields);
                 let result = outcome.kind();
                 span.record("result", result);

@@ -621,6 +621,7 @@ impl NewDevice {
             owner_token: None,
             owner: None,
             nonces: NonceState::default(),
+            last_join: None,
         }
     }
 }

@@ -94,6 +94,18 @@ pub struct StoredDevice {
     pub owner: Option<String>,
     /// Nonce state.
     pub nonces: NonceState,
+    /// The last accepted join; `None` before the first (written only by [`Store::commit_nonces`]).
+    pub last_join: Option<LastJoin>,
+}
+
+/// When a device last joined, and through which network: recorded with the nonces of each
+/// accepted JoinReq, before its JoinAns leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LastJoin {
+    /// When the join server received the JoinReq (Unix ms, its wall clock).
+    pub at_ms: u64,
+    /// The NetID of the network server that sent it (authenticated by the link).
+    pub net_id: NetId,
 }
 
 /// One device's new nonce state, to be committed before its JoinAns leaves.
@@ -103,6 +115,8 @@ pub struct NonceUpdate {
     pub dev_eui: DevEui,
     /// Its state after the join.
     pub state: NonceState,
+    /// The join itself: when, through which network.
+    pub joined: LastJoin,
 }
 
 /// The durable state of a join server. Implemented by [`SqliteStore`]; shaped so a networked
@@ -157,7 +171,9 @@ CREATE TABLE IF NOT EXISTS devices (
     owner_token     TEXT,
     last_dev_nonce  INTEGER,               -- NULL before the first join
     used_dev_nonces BLOB NOT NULL,         -- u16 LE, oldest first (1.0.2/1.0.3)
-    last_join_nonce INTEGER NOT NULL
+    last_join_nonce INTEGER NOT NULL,
+    last_join_ms    INTEGER,               -- the last accepted join (Unix ms); NULL before
+    last_join_net_id INTEGER               -- the NetID it came through
 ) STRICT;
 INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', 1), ('generation', 0);
 -- Which devices each generation inserted or removed (dev_eui NULL: too many to list), so that a
@@ -186,6 +202,27 @@ CREATE TABLE IF NOT EXISTS retired_join_nonces (
     last_join_nonce INTEGER NOT NULL
 ) STRICT;
 ";
+
+/// Columns added to `devices` after its first release, added to an older database when it is
+/// opened: (name, SQL type).
+const ADDED_DEVICE_COLUMNS: &[(&str, &str)] =
+    &[("last_join_ms", "INTEGER"), ("last_join_net_id", "INTEGER")];
+
+/// Adds the [`ADDED_DEVICE_COLUMNS`] a database made by an earlier version lacks, in one
+/// transaction (another process may be opening the same file).
+fn add_missing_columns(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    for (name, ty) in ADDED_DEVICE_COLUMNS {
+        let present = tx
+            .prepare("SELECT 1 FROM pragma_table_info('devices') WHERE name = ?1")?
+            .exists([name])?;
+        if !present {
+            tx.execute_batch(&format!("ALTER TABLE devices ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
 
 /// Generations kept in `device_changes`: a reader further behind reloads every device.
 pub const CHANGE_LOG_GENERATIONS: u64 = 10_000;
@@ -286,21 +323,27 @@ pub(crate) fn bump_generation(tx: &Connection, changed: Changed<'_>) -> Result<(
     Ok(())
 }
 
-/// Writes one device's nonce state (no-op for a device that does not exist).
+/// Writes one device's nonce state and, for an accepted join, when and through which NetID it
+/// came (kept as it was when `joined` is `None`): one statement (no-op for a device that does
+/// not exist).
 pub(crate) fn write_nonces(
     tx: &Connection,
     dev_eui: DevEui,
     state: &NonceState,
+    joined: Option<LastJoin>,
 ) -> Result<(), StoreError> {
     tx.prepare_cached(
-        "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, \
-         last_join_nonce = ?4 WHERE dev_eui = ?1",
+        "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4, \
+         last_join_ms = COALESCE(?5, last_join_ms), \
+         last_join_net_id = COALESCE(?6, last_join_net_id) WHERE dev_eui = ?1",
     )?
     .execute(params![
         dev_eui_sql(dev_eui),
         state.last_dev_nonce.map(i64::from),
         state.history_blob(),
         i64::from(state.last_join_nonce),
+        joined.map(|j| i64::try_from(j.at_ms).unwrap_or(i64::MAX)),
+        joined.map(|j| i64::from(j.net_id.as_u32())),
     ])?;
     Ok(())
 }
@@ -362,9 +405,10 @@ impl SqliteStore {
                 .mode(0o600)
                 .open(path);
         }
-        let conn = connect(path)?;
+        let mut conn = connect(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&mut conn)?;
         Ok(Self {
             conn,
             path: path.to_owned(),
@@ -409,7 +453,9 @@ impl SqliteStore {
             last_dev_nonce: row.get(7)?,
             used: row.get(8)?,
             last_join_nonce: row.get(9)?,
-            owner: row.get(10)?,
+            last_join_ms: row.get(10)?,
+            last_join_net_id: row.get(11)?,
+            owner: row.get(12)?,
         })
     }
 
@@ -437,6 +483,8 @@ struct RawRow {
     last_dev_nonce: Option<i64>,
     used: Vec<u8>,
     last_join_nonce: i64,
+    last_join_ms: Option<i64>,
+    last_join_net_id: Option<i64>,
     owner: Option<String>,
 }
 
@@ -477,13 +525,24 @@ impl RawRow {
                 last_join_nonce: u32::try_from(self.last_join_nonce)
                     .map_err(|_| corrupt("last_join_nonce"))?,
             },
+            last_join: match (self.last_join_ms, self.last_join_net_id) {
+                (Some(at), Some(net)) => Some(LastJoin {
+                    at_ms: u64::try_from(at).map_err(|_| corrupt("last_join_ms"))?,
+                    net_id: u32::try_from(net)
+                        .ok()
+                        .and_then(NetId::new)
+                        .ok_or_else(|| corrupt("last_join_net_id"))?,
+                }),
+                _ => None,
+            },
         })
     }
 }
 
 const SELECT: &str = "SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, home_net_id, \
-     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce, \
-     (SELECT o.owner FROM ownership o WHERE o.dev_eui = devices.dev_eui) FROM devices";
+     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce, last_join_ms, \
+     last_join_net_id, (SELECT o.owner FROM ownership o WHERE o.dev_eui = devices.dev_eui) \
+     FROM devices";
 
 impl Store for SqliteStore {
     fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
@@ -560,7 +619,7 @@ impl Store for SqliteStore {
     fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         for u in batch {
-            write_nonces(&tx, u.dev_eui, &u.state)?;
+            write_nonces(&tx, u.dev_eui, &u.state, Some(u.joined))?;
         }
         tx.commit()?;
         Ok(())
@@ -754,6 +813,7 @@ mod tests {
             owner_token: Some("AABB".into()),
             owner: None,
             nonces: NonceState::default(),
+            last_join: None,
         }
     }
 
@@ -867,16 +927,72 @@ mod tests {
         {
             let mut s = SqliteStore::open(tmp.path()).unwrap();
             s.insert_devices(&[device(1)]).unwrap();
+            assert_eq!(
+                s.get_device(DevEui::new(1)).unwrap().unwrap().last_join,
+                None
+            );
             s.commit_nonces(&[NonceUpdate {
                 dev_eui: DevEui::new(1),
                 state: state.clone(),
+                joined: JOINED,
             }])
             .unwrap();
             // Leak the connection: no close, no checkpoint, as if the process were killed.
             std::mem::forget(s);
         }
         let mut s = SqliteStore::open(tmp.path()).unwrap();
-        assert_eq!(s.get_device(DevEui::new(1)).unwrap().unwrap().nonces, state);
+        let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
+        assert_eq!(d.nonces, state);
+        assert_eq!(d.last_join, Some(JOINED));
+        // A nonce reset (onboarding) keeps the record of the last join.
+        write_nonces(&s.conn, DevEui::new(1), &NonceState::default(), None).unwrap();
+        let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
+        assert_eq!(
+            (d.nonces, d.last_join),
+            (NonceState::default(), Some(JOINED))
+        );
+    }
+
+    const JOINED: LastJoin = LastJoin {
+        at_ms: 1_796_000_000_123,
+        net_id: match NetId::new(0x13) {
+            Some(n) => n,
+            None => panic!(),
+        },
+    };
+
+    #[test]
+    fn a_database_of_the_first_schema_gains_the_last_join_columns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(DB_FILE);
+        {
+            // The `devices` table as the first release created it, with one device.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE devices (dev_eui INTEGER PRIMARY KEY, join_eui INTEGER NOT NULL, \
+                 mac_version TEXT NOT NULL, app_key BLOB NOT NULL, nwk_key BLOB, \
+                 home_net_id INTEGER, owner_token TEXT, last_dev_nonce INTEGER, \
+                 used_dev_nonces BLOB NOT NULL, last_join_nonce INTEGER NOT NULL) STRICT;
+                 INSERT INTO devices VALUES (1, 2, '1.0.3', x'00', NULL, 19, NULL, 4, x'0400', 3);",
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
+        assert_eq!((d.nonces.last_dev_nonce, d.last_join), (Some(4), None));
+        s.commit_nonces(&[NonceUpdate {
+            dev_eui: DevEui::new(1),
+            state: d.nonces.clone(),
+            joined: JOINED,
+        }])
+        .unwrap();
+        drop(s);
+        // Opening it again finds the columns there.
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        assert_eq!(
+            s.get_device(DevEui::new(1)).unwrap().unwrap().last_join,
+            Some(JOINED)
+        );
     }
 
     /// A removed device imported again continues from its last JoinNonce (it used to restart
@@ -894,6 +1010,7 @@ mod tests {
         s.commit_nonces(&[NonceUpdate {
             dev_eui: DevEui::new(1),
             state: state(5),
+            joined: JOINED,
         }])
         .unwrap();
         assert!(s.remove_device(DevEui::new(1)).unwrap());
@@ -905,6 +1022,7 @@ mod tests {
         s.commit_nonces(&[NonceUpdate {
             dev_eui: DevEui::new(1),
             state: state(2),
+            joined: JOINED,
         }])
         .unwrap();
         s.remove_device(DevEui::new(1)).unwrap();
@@ -962,6 +1080,7 @@ mod tests {
                     used_dev_nonces: vec![],
                     last_join_nonce: 1,
                 },
+                joined: JOINED,
             });
             gc.submit(update, i).unwrap();
         }
@@ -971,7 +1090,8 @@ mod tests {
         assert_eq!(released, (0..10).collect::<Vec<_>>());
         let d4 = store.get_device(DevEui::new(4)).unwrap().unwrap();
         assert_eq!(d4.nonces.last_dev_nonce, Some(4));
+        assert_eq!(d4.last_join, Some(JOINED));
         let d5 = store.get_device(DevEui::new(5)).unwrap().unwrap();
-        assert_eq!(d5.nonces.last_dev_nonce, None);
+        assert_eq!((d5.nonces.last_dev_nonce, d5.last_join), (None, None));
     }
 }

@@ -75,7 +75,7 @@ pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
 }
 
 /// The pipeline's input from a JoinReq.
-pub fn fields(req: &JoinReq, sender: NetId) -> JoinReqFields {
+pub fn fields(req: &JoinReq, sender: NetId, received_ms: u64) -> JoinReqFields {
     JoinReqFields {
         sender,
         phy_payload: req.phy_payload.clone(),
@@ -84,6 +84,7 @@ pub fn fields(req: &JoinReq, sender: NetId) -> JoinReqFields {
         dl_settings: req.dl_settings,
         rx_delay: req.rx_delay,
         cf_list: req.cf_list.clone(),
+        received_ms,
     }
 }
 

@@ -322,14 +322,40 @@ fn onboarding_over_http_and_udp() {
         ),
         (Some(true), Some("000013"), Some("alice"))
     );
+    assert_eq!(
+        (&v["last_join_at"], &v["last_join_net_id"]),
+        (&Value::Null, &Value::Null),
+        "not joined yet"
+    );
     let (st, e) = claim(A, TOKEN_A, NET_Y, &bob);
     assert_eq!((st, e["error"].as_str()), (409, Some("already_claimed")));
 
-    // 4. It joins through X; 5. not through Y.
+    // 4. It joins through X; 5. not through Y. The join server records the accepted join.
+    let before = std::time::SystemTime::now();
     assert_eq!(join(la, NET_X, 2, A, 1, KEY_A, false), ResultCode::Success);
+    let after = std::time::SystemTime::now();
     assert_eq!(
         join(la, NET_Y, 3, A, 2, KEY_A, false),
         ResultCode::ActivationDisallowed
+    );
+    let (st, v) = api.call("GET", &path_a, Some(&alice), None);
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v["last_join_net_id"], "000013",
+        "the refused join is not recorded"
+    );
+    let (_, m) = api.call("GET", &path_a, Some(&acme), None);
+    assert!(
+        m.get("last_join_at").is_none() && m.get("last_join_net_id").is_none(),
+        "the manufacturer does not see where its device joined: {m}"
+    );
+    let at = v["last_join_at"].as_str().unwrap();
+    let rfc = protocol::time::rfc3339;
+    assert!(
+        rfc(before).as_str() <= at && at <= rfc(after).as_str(),
+        "{at} not within {} .. {}",
+        rfc(before),
+        rfc(after)
     );
 
     // 6. Alice releases it and gets a fresh token; bob claims with it; it joins through Y.

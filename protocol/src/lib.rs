@@ -19,6 +19,7 @@
 //! - [`ts002`]: Backend Interfaces JoinReq / JoinAns messages.
 //! - [`gwmp`]: the Semtech UDP packet forwarder protocol.
 //! - [`link`]: the authenticated UDP datagram format between join server and network server.
+//! - [`time`]: RFC 3339 times, as the servers' JSON shows them.
 #![warn(missing_docs)]
 
 mod crypto;
@@ -35,5 +36,6 @@ pub mod link;
 pub mod mac;
 pub mod phy;
 pub mod region;
+pub mod time;
 pub mod ts002;
 pub mod version;

@@ -9,7 +9,10 @@
 //!   expected and what was found.
 //! * [`DeviceCode::encode`] writes the canonical form with a CRC-16/MODBUS CheckSum.
 //! * [`render`] draws a code (PNG, SVG, terminal), [`decode`] finds and reads codes in images,
-//!   [`labels`] prints one label per device of a join-server manifest.
+//!   [`labels`] prints one label per device of a join-server manifest (these, the claim client
+//!   and the `qr` binary need the default feature `full`; without it the crate only parses).
+//! * [`report`] is the JSON of a check (`qr parse --json`, the join server's
+//!   `POST /api/v1/qr/parse`), naming codes of other kinds (a Matter `MT:` code).
 //!
 //! ```
 //! let text = "LW:D0:1122334455667788:AABBCCDDEEFF0011:AABB1122:OAABBCCDDEEFF:SYYWWNNNNNN:PFOOBAR:CAF2C";
@@ -26,13 +29,19 @@
 //! The format, the strictness decisions and the CLI are described in `docs/qr.md`.
 #![warn(missing_docs)]
 
+#[cfg(feature = "full")]
 pub mod claim;
 mod code;
+#[cfg(feature = "full")]
 pub mod decode;
 mod error;
+#[cfg(feature = "full")]
 mod font;
+#[cfg(feature = "full")]
 pub mod labels;
+#[cfg(feature = "full")]
 pub mod render;
+pub mod report;
 
 pub use code::{
     checksum, parse, parse_bytes, ChecksumMode, DeviceCode, ExtensionValue, Parsed, ProfileId,

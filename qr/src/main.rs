@@ -283,7 +283,7 @@ fn parse_cmd(text: &str, json: bool) -> ExitCode {
     match qr::parse(text) {
         Ok(p) => {
             if json {
-                println!("{}", parsed_json(&p));
+                println!("{}", qr::report::parsed_json(&p));
             } else {
                 print!("{}", parsed_human(&p));
             }
@@ -291,49 +291,12 @@ fn parse_cmd(text: &str, json: bool) -> ExitCode {
         }
         Err(e) => {
             if json {
-                println!("{}", error_json(&e));
+                println!("{}", qr::report::error_json(text, &e));
             }
             report_error(text, &e);
             ExitCode::FAILURE
         }
     }
-}
-
-fn opt(v: &Option<qr::ExtensionValue>) -> Value {
-    v.as_ref().map_or(Value::Null, |v| Value::from(v.as_str()))
-}
-
-fn parsed_json(p: &Parsed) -> Value {
-    let c = &p.code;
-    json!({
-        "valid": true,
-        "schema": p.schema.as_str(),
-        "join_eui": c.join_eui.to_string(),
-        "dev_eui": c.dev_eui.to_string(),
-        "profile_id": c.profile_id.to_string(),
-        "vendor_id": format!("{:04X}", c.profile_id.vendor_id),
-        "vendor_profile_id": format!("{:04X}", c.profile_id.vendor_profile_id),
-        "owner_token": opt(&c.owner_token),
-        "serial_number": opt(&c.serial_number),
-        "proprietary": opt(&c.proprietary),
-        "checksum": p.checksum.map(|v| format!("{v:04X}")),
-        "checksum_valid": p.checksum_valid(),
-        "unknown_extensions": c.unknown_extensions().iter().map(|u| json!({
-            "tag": u.tag.to_string(),
-            "value": u.value.as_str(),
-        })).collect::<Vec<_>>(),
-        "canonical": c.to_string(),
-    })
-}
-
-fn error_json(e: &QrError) -> Value {
-    json!({
-        "valid": false,
-        "error": e.to_string(),
-        "kind": e.kind(),
-        "field": e.field().map(|f| f.to_string()),
-        "position": e.position(),
-    })
 }
 
 fn parsed_human(p: &Parsed) -> String {
@@ -379,6 +342,9 @@ fn parsed_human(p: &Parsed) -> String {
 fn report_error(text: &str, e: &QrError) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "error: invalid code: {e}");
+    if let Some(other) = qr::report::other_format(text) {
+        let _ = writeln!(err, "  this is a {other}, not a LoRaWAN (TR005) code");
+    }
     if matches!(e, QrError::NotUtf8 { .. } | QrError::Empty) {
         return;
     }
@@ -424,8 +390,8 @@ fn decode_cmd(images: &[PathBuf], json: bool) -> ExitCode {
             let parsed = qr::parse(text);
             if json {
                 let mut v = match &parsed {
-                    Ok(p) => parsed_json(p),
-                    Err(e) => error_json(e),
+                    Ok(p) => qr::report::parsed_json(p),
+                    Err(e) => qr::report::error_json(text, e),
                 };
                 v["file"] = Value::from(path.display().to_string());
                 v["text"] = Value::from(text.as_str());

@@ -33,6 +33,8 @@ use crate::onboarding::db::{Actor, AuditFilter, Role};
 use crate::onboarding::import::{ManifestSource, SourceError};
 use crate::onboarding::service::{OnbError, Onboarding};
 
+mod qr;
+
 /// The OpenAPI 3.0 document of this API: `docs/openapi.json`, compiled in.
 pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
 
@@ -673,6 +675,10 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits, http: HttpLimits) -> R
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
+        .route(
+            "/api/v1/qr/parse",
+            post(qr::parse).layer(DefaultBodyLimit::max(qr::MAX_BODY)),
+        )
         .route_layer(middleware::from_fn(move |req, next| {
             declared_length_limit(max_body, req, next)
         }))
@@ -680,6 +686,9 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits, http: HttpLimits) -> R
         .route("/api/v1/devices/import", post(import))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/api/v1/openapi.json", get(openapi))
+        // The installer app's files: public, like the OpenAPI document (the key is typed in
+        // the page and sent with each API request).
+        .merge(crate::installer::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(http.max_request_bytes))
         .with_state(state)

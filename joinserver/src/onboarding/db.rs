@@ -750,7 +750,7 @@ impl OnboardStore {
         detail: &str,
     ) -> Result<(), StoreError> {
         let tx = self.conn().transaction()?;
-        store::write_nonces(&tx, dev_eui, nonces)?;
+        store::write_nonces(&tx, dev_eui, nonces, None)?;
         if let Some((app, nwk)) = keys {
             tx.execute(
                 "UPDATE devices SET app_key = ?2, nwk_key = ?3 WHERE dev_eui = ?1",
@@ -982,6 +982,7 @@ mod tests {
             owner_token: Some("CLEARTOKEN".into()),
             owner: None,
             nonces: NonceState::default(),
+            last_join: None,
         };
         devices.insert_devices(&[d]).unwrap();
         drop(devices);

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use protocol::ids::{DevEui, NetId};
 use protocol::keys::{AppKey, NwkKey};
@@ -156,6 +156,14 @@ pub struct DeviceView {
     pub last_dev_nonce: Option<u16>,
     /// Last JoinNonce sent.
     pub last_join_nonce: u32,
+    /// When the last accepted join was received (RFC 3339 UTC); `null` before the first join,
+    /// absent for manufacturers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_join_at: Option<Option<String>>,
+    /// The NetID of the network that last joined it; `null` before the first join, absent
+    /// for manufacturers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_join_net_id: Option<Option<String>>,
 }
 
 /// A generated owner token, returned once.
@@ -545,6 +553,11 @@ impl Onboarding {
             has_owner_token: own.token_hash.is_some(),
             last_dev_nonce: d.nonces.last_dev_nonce,
             last_join_nonce: d.nonces.last_join_nonce,
+            last_join_at: sees_owner.then(|| {
+                d.last_join
+                    .map(|j| protocol::time::rfc3339(UNIX_EPOCH + Duration::from_millis(j.at_ms)))
+            }),
+            last_join_net_id: sees_owner.then(|| d.last_join.map(|j| j.net_id.to_string())),
         }
     }
 
