@@ -84,7 +84,7 @@ export async function claim(
     case 200:
       return { outcome: "claimed", device: a.body as DeviceView };
     case 401:
-      return { outcome: "signed_out" };
+      return { outcome: "signed_out", message: err?.message };
     case 403:
       return { outcome: err?.error === "wrong_token" ? "wrong_token" : "not_an_owner" };
     case 404:

@@ -11,6 +11,7 @@ import {
   groupedEui,
   invalidMessage,
   joinMessage,
+  keyRefusedMessage,
   otherFormatMessage,
   type ParsedCode,
 } from "./words";
@@ -118,7 +119,7 @@ async function check(text: string) {
     say($("check-status"), "The join server cannot be reached.", "bad");
     return;
   }
-  if (a.status === 401) return signOut("Your API key was refused (unknown or expired): sign in again.");
+  if (a.status === 401) return signOut(keyRefusedMessage((a.body as api.ApiError | null)?.message));
   const r = a.body;
   if (a.status !== 200 || r === null || !("valid" in r)) {
     say($("check-status"), `The code could not be checked: ${(r as api.ApiError | null)?.message ?? a.status}.`, "bad");
@@ -168,7 +169,7 @@ async function doClaim(e: Event) {
     say($("claim-status"), "The join server cannot be reached.", "bad");
     return;
   }
-  if (r.outcome === "signed_out") return signOut(claimMessage(r.outcome, {}));
+  if (r.outcome === "signed_out") return signOut(claimMessage(r.outcome, { message: r.message }));
   const ok = r.outcome === "claimed" || r.outcome === "already_yours";
   say($("claim-status"), claimMessage(r.outcome, { netId, retryAfter: r.retryAfter, message: r.message }), ok ? "ok" : "bad");
   meters = round.upsert(meters, {
@@ -201,7 +202,7 @@ async function poll() {
       try {
         const a = await api.device(k, m.dev_eui);
         if (a.status === 401) {
-          signOut("Your API key was refused (unknown or expired): sign in again.");
+          signOut(keyRefusedMessage((a.body as api.ApiError | null)?.message));
           break;
         }
         if (a.status !== 200 || !a.body || !("dev_eui" in a.body)) continue;

@@ -79,10 +79,18 @@ export function claimMessage(o: ClaimOutcome, detail: { netId?: string; retryAft
     case "not_an_owner":
       return "This API key may not claim meters: sign in with an owner key.";
     case "signed_out":
-      return "Your API key was refused (unknown or expired): sign in again.";
+      return keyRefusedMessage(detail.message);
     case "failed":
       return `The claim failed: ${detail.message ?? "no answer from the join server"}.`;
   }
+}
+
+/**
+ * What the page says when the API refuses the key during work (401) before signing out: the
+ * join server's own reason (for example "unknown, revoked or expired API key"), in words.
+ */
+export function keyRefusedMessage(serverMessage?: string | null): string {
+  return `Your API key was refused (${serverMessage || "unknown or expired"}): sign in again.`;
 }
 
 /** Short state names for the round's list (and its CSV). */

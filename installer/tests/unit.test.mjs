@@ -45,6 +45,9 @@ test("every claim outcome has its sentence", () => {
   assert.equal(words.claimMessage("claimed", d), "Claimed: this meter is now yours, with home NetID 000013.");
   assert.equal(words.claimMessage("too_many_attempts", d), "Too many attempts: wait 42 seconds before trying again.");
   assert.equal(words.claimMessage("failed", d), "The claim failed: boom.");
+  // A refused key is told with the server's own reason, or a general one without it.
+  assert.equal(words.claimMessage("signed_out", d), "Your API key was refused (boom): sign in again.");
+  assert.equal(words.keyRefusedMessage(undefined), "Your API key was refused (unknown or expired): sign in again.");
   for (const o of Object.keys(words.OUTCOME_STATE)) {
     assert.match(words.claimMessage(o, d), /^[A-Z].*\.$/, o);
   }
