@@ -31,7 +31,7 @@ trap cleanup EXIT
 
 "$JS" init --data-dir "$DATA" >/dev/null
 ADMIN="$("$JS" api-keys create --data-dir "$DATA" --role admin --name ci-admin)"
-OWNER="$("$JS" api-keys create --data-dir "$DATA" --role owner --name ci-owner)"
+OWNER="$("$JS" api-keys create --data-dir "$DATA" --role owner --name ci-owner --home-net-id 000013)"
 # Devices the generated requests can reach: one operator-bound (claimed), two unclaimed.
 cat > "$DATA/devices.csv" <<CSV
 dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token

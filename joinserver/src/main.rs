@@ -116,6 +116,10 @@ enum ApiKeysCommand {
         /// The key expires after this many days (default: never).
         #[arg(long)]
         expires_in_days: Option<u32>,
+        /// Sets the tenant's home NetID (6 hex digits): the network its installers claim for,
+        /// shown to its keys by `GET /api/v1/me` (default: the tenant's is kept, or none).
+        #[arg(long)]
+        home_net_id: Option<protocol::ids::NetId>,
     },
     /// Lists the API keys (id, tenant, role, creation, expiry, revocation; never a key).
     List {
@@ -317,11 +321,15 @@ fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
             role,
             name,
             expires_in_days,
+            home_net_id,
         } => {
             let svc = onboarding_cli(&dir.data_dir, None)?;
             let expires_ms = expires_in_days
                 .map(|d| joinserver::onboarding::db::now_ms() + i64::from(d) * 86_400_000);
             let (key, _id) = svc.create_api_key_until(&Actor::cli(), role, &name, expires_ms)?;
+            if let Some(n) = home_net_id {
+                svc.set_tenant_home_net_id(&Actor::cli(), &name, Some(n))?;
+            }
             println!("{}", key.expose());
         }
         ApiKeysCommand::List { dir, json } => {

@@ -368,3 +368,62 @@ fn api_keys_are_listed_revoked_and_expire() {
     assert_eq!(send(api, "GET", "/api/v1/devices", &carol, None).0, 200);
     server.shutdown();
 }
+
+/// A tenant's home NetID: set by `api-keys create --home-net-id`, kept by its later keys, and
+/// shown to each of its keys (and no other tenant's) by `GET /api/v1/me`.
+#[test]
+fn a_tenants_home_net_id_is_shown_to_its_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::provision(tmp.path());
+    let server = Server::start(tmp.path(), &config()).unwrap();
+    let api = server.api_addr().unwrap();
+    let create = |name: &str, extra: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+            .args(["api-keys", "create", "--role", "owner", "--name", name])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    };
+    let dora = create("dora", &["--home-net-id", "000013"]);
+    let dora2 = create("dora", &[]);
+    let erin = create("erin", &[]);
+    let me = |key: &str| {
+        let (st, body) = send(api, "GET", "/api/v1/me", key, None);
+        assert_eq!(st, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let d = me(&dora);
+    assert_eq!(d["tenant"], "dora");
+    assert_eq!(d["role"], "owner");
+    assert_eq!(d["home_net_id"], "000013");
+    let id = d["key_id"].as_str().unwrap();
+    assert!(
+        id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+    let d2 = me(&dora2);
+    assert_eq!(
+        d2["home_net_id"], "000013",
+        "the tenant's, kept by its next key"
+    );
+    assert_ne!(d2["key_id"], d["key_id"]);
+    let e = me(&erin);
+    assert_eq!(e["tenant"], "erin");
+    assert!(e["home_net_id"].is_null(), "{e}");
+    assert_eq!(send(api, "GET", "/api/v1/me", "jsk_wrong", None).0, 401);
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["api-keys", "create", "--role", "owner", "--name", "x"])
+        .args(["--home-net-id", "12345678", "--data-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "a NetID of more than 24 bits is refused"
+    );
+    server.shutdown();
+}

@@ -630,6 +630,11 @@ async fn create_api_key(
     ))
 }
 
+async fn me(State(st): State<AppState>, Extension(actor): Extension<Actor>) -> ApiResult {
+    let me = run(&st, actor, |svc, actor| svc.me(actor)).await?;
+    Ok(json(StatusCode::OK, &me))
+}
+
 async fn revoke_api_key(
     State(st): State<AppState>,
     Extension(actor): Extension<Actor>,
@@ -675,6 +680,7 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits, http: HttpLimits) -> R
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
         .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
+        .route("/api/v1/me", get(me))
         .route(
             "/api/v1/qr/parse",
             post(qr::parse).layer(DefaultBodyLimit::max(qr::MAX_BODY)),

@@ -1,7 +1,8 @@
 //! The onboarding tables, in the join server's SQLite file next to the devices:
 //!
 //! - `tenants`: the tenants (manufacturers and owners), each a record that keys, devices and
-//!   keys-encryption keys refer to by name;
+//!   keys-encryption keys refer to by name, with an optional home NetID (the network an owner's
+//!   installers claim for);
 //! - `api_keys`: management API keys, by SHA-256 hash only, with a role, their tenant, and an
 //!   optional expiry; revoked keys stay listed (and audited) but authenticate nothing;
 //! - `ownership` (created with the device tables, [`crate::store`], since a device's owner
@@ -53,6 +54,27 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 /// Columns added to `api_keys` after its first release, added to older stores on open.
 const API_KEY_COLUMNS_V2: [(&str, &str); 2] =
     [("expires_ms", "INTEGER"), ("revoked_ms", "INTEGER")];
+
+/// Columns added to `tenants` after its first release, added to older stores on open.
+const TENANT_COLUMNS_V2: [(&str, &str); 1] = [("home_net_id", "INTEGER")];
+
+/// Adds to `table` those of `columns` (name, SQL type) it does not have yet.
+fn add_missing_columns(
+    conn: &Connection,
+    table: &str,
+    columns: &[(&str, &str)],
+) -> Result<(), StoreError> {
+    let present: Vec<String> = conn
+        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, ty) in columns {
+        if !present.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// An API key's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -302,19 +324,12 @@ pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<
 }
 
 /// Creates the onboarding tables on `conn` if they do not exist, and brings older ones up to
-/// date: the expiry and revocation columns of `api_keys`, and a tenant record for every key's
-/// name.
+/// date: the expiry and revocation columns of `api_keys`, the home NetID of `tenants`, and a
+/// tenant record for every key's name.
 pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
-    let present: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('api_keys')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for (column, ty) in API_KEY_COLUMNS_V2 {
-        if !present.iter().any(|c| c == column) {
-            conn.execute_batch(&format!("ALTER TABLE api_keys ADD COLUMN {column} {ty}"))?;
-        }
-    }
+    add_missing_columns(conn, "api_keys", &API_KEY_COLUMNS_V2)?;
+    add_missing_columns(conn, "tenants", &TENANT_COLUMNS_V2)?;
     conn.execute(
         "INSERT OR IGNORE INTO tenants (name, created_ms) \
          SELECT name, MIN(created_ms) FROM api_keys GROUP BY name",
@@ -515,6 +530,59 @@ impl OnboardStore {
             .prepare("SELECT name FROM tenants ORDER BY name")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets (or with `None` clears) the home NetID of the tenant `name`, creating its record if
+    /// it is new. Audited.
+    pub fn set_tenant_home_net_id(
+        &mut self,
+        actor: &Actor,
+        name: &str,
+        net_id: Option<NetId>,
+    ) -> Result<(), StoreError> {
+        let at = now_ms();
+        let tx = self.conn().transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO tenants (name, created_ms) VALUES (?1, ?2)",
+            params![name, at],
+        )?;
+        tx.execute(
+            "UPDATE tenants SET home_net_id = ?2 WHERE name = ?1",
+            params![name, net_id.map(NetId::as_u32)],
+        )?;
+        let value = net_id.map_or_else(|| "none".to_owned(), |n| n.to_string());
+        append(
+            &tx,
+            at,
+            &AuditEntry {
+                actor,
+                action: "tenant_home_net_id",
+                dev_eui: None,
+                outcome: "ok",
+                detail: &format!("tenant {name:?}, home NetID {value}"),
+            },
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The home NetID of the tenant `name`, if it has one.
+    pub fn tenant_home_net_id(&mut self, name: &str) -> Result<Option<NetId>, StoreError> {
+        let v: Option<Option<i64>> = self
+            .conn()
+            .prepare_cached("SELECT home_net_id FROM tenants WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        v.flatten()
+            .map(|v| {
+                u32::try_from(v)
+                    .ok()
+                    .and_then(NetId::new)
+                    .ok_or(StoreError::Db(rusqlite::Error::IntegralValueOutOfRange(
+                        0, v,
+                    )))
+            })
+            .transpose()
     }
 
     /// A new connection to the same file, for one import: its staging table and transaction
@@ -966,6 +1034,51 @@ mod tests {
         let mut s = OnboardStore::open(tmp.path()).unwrap();
         assert!(s.find_api_key(&[1; 32], now_ms()).unwrap().is_some());
         assert_eq!(s.tenants().unwrap(), vec!["old"]);
+    }
+
+    /// A tenants table without home NetIDs gains the column; a home NetID is set, read back,
+    /// cleared, and each change audited.
+    #[test]
+    fn an_older_tenant_gains_a_home_net_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            drop(SqliteStore::open(tmp.path()).unwrap());
+            let conn = Connection::open(tmp.path().join(store::DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tenants (name TEXT PRIMARY KEY, created_ms INTEGER NOT NULL) STRICT; \
+                 INSERT INTO tenants VALUES ('old', 5);",
+            )
+            .unwrap();
+        }
+        let mut s = OnboardStore::open(tmp.path()).unwrap();
+        assert_eq!(s.tenant_home_net_id("old").unwrap(), None);
+        let net = NetId::new(0x13);
+        s.set_tenant_home_net_id(&Actor::cli(), "old", net).unwrap();
+        assert_eq!(s.tenant_home_net_id("old").unwrap(), net);
+        s.set_tenant_home_net_id(&Actor::cli(), "new", net).unwrap();
+        assert_eq!(s.tenants().unwrap(), vec!["new", "old"]);
+        s.set_tenant_home_net_id(&Actor::cli(), "old", None)
+            .unwrap();
+        assert_eq!(s.tenant_home_net_id("old").unwrap(), None);
+        assert_eq!(s.tenant_home_net_id("nobody").unwrap(), None);
+        let audited = s
+            .audit(
+                &AuditFilter {
+                    action: Some("tenant_home_net_id".into()),
+                    ..AuditFilter::default()
+                },
+                None,
+            )
+            .unwrap();
+        let details: Vec<_> = audited.iter().map(|r| r.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "tenant \"old\", home NetID 000013",
+                "tenant \"new\", home NetID 000013",
+                "tenant \"old\", home NetID none"
+            ]
+        );
     }
 
     #[test]

@@ -192,6 +192,19 @@ pub struct ImportResult {
     pub generated_owner_tokens: Vec<IssuedToken>,
 }
 
+/// What `GET /api/v1/me` shows the holder of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Me {
+    /// The key's public id.
+    pub key_id: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its role.
+    pub role: Role,
+    /// The tenant's home NetID (6 hex digits), if an administrator set one.
+    pub home_net_id: Option<String>,
+}
+
 /// The onboarding service: the store, the running server's devices, trusted keys, limits.
 #[derive(Debug)]
 pub struct Onboarding {
@@ -407,6 +420,39 @@ impl Onboarding {
             .db()
             .create_api_key(actor, name, role, &key.hash(), expires_ms)?;
         Ok((key, rec.id))
+    }
+
+    /// The caller's own key: its id, tenant, role, and the tenant's home NetID (what an
+    /// installer's page proposes to claim for). Any role.
+    pub fn me(&self, actor: &Actor) -> Result<Me, OnbError> {
+        let tenant = actor.tenant.clone().ok_or(OnbError::Unauthorized)?;
+        let home_net_id = self.db().tenant_home_net_id(&tenant)?;
+        Ok(Me {
+            key_id: actor
+                .id
+                .strip_prefix("key:")
+                .unwrap_or(&actor.id)
+                .to_owned(),
+            tenant,
+            role: actor.role,
+            home_net_id: home_net_id.map(|n| n.to_string()),
+        })
+    }
+
+    /// Sets (or with `None` clears) the home NetID of the tenant `name` (created if new):
+    /// admins only; audited.
+    pub fn set_tenant_home_net_id(
+        &self,
+        actor: &Actor,
+        name: &str,
+        net_id: Option<NetId>,
+    ) -> Result<(), OnbError> {
+        if actor.role != Role::Admin {
+            return Err(OnbError::Forbidden(actor.role.as_str()));
+        }
+        Ok(self
+            .db()
+            .set_tenant_home_net_id(actor, name.trim(), net_id)?)
     }
 
     /// Every API key (never a key): admins only.
