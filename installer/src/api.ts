@@ -50,12 +50,19 @@ async function call<T>(key: string, method: string, path: string, body?: unknown
 
 /**
  * Whether the key is accepted: `{ refused }` with the server's reason if not, else the home
- * NetID of one of the key's devices (the tenant's network, to claim for), if it has any.
+ * NetID to propose: the tenant's own (`GET /api/v1/me`, set by an administrator) as
+ * `tenantNetId`, else that of one of the key's devices as `homeNetId`, if it has any.
  */
-export async function checkKey(key: string): Promise<{ refused: string } | { homeNetId: string | null }> {
+export async function checkKey(
+  key: string,
+): Promise<{ refused: string } | { tenantNetId: string | null; homeNetId: string | null }> {
+  const me = await call<{ message?: string; home_net_id?: string | null }>(key, "GET", "me");
+  if (me.status !== 200) return { refused: me.body?.message ?? `the join server answered ${me.status}` };
+  const tenantNetId = me.body?.home_net_id ?? null;
+  if (tenantNetId) return { tenantNetId, homeNetId: null };
   const a = await call<{ message?: string; devices?: DeviceView[] }>(key, "GET", "devices?limit=1");
   if (a.status !== 200) return { refused: a.body?.message ?? `the join server answered ${a.status}` };
-  return { homeNetId: a.body?.devices?.[0]?.home_net_id ?? null };
+  return { tenantNetId: null, homeNetId: a.body?.devices?.[0]?.home_net_id ?? null };
 }
 
 /** Checks a code by the rules of `qr parse` (the server runs the qr crate's parser). */

@@ -66,10 +66,11 @@ async function signIn(e: Event) {
       say($("sign-in-status"), `The key was refused: ${r.refused}.`, "bad");
       return;
     }
-    // The tenant's home network: what this phone last claimed for, else a network the key's
-    // meters already belong to.
+    // The home network to claim for (changeable): the tenant's own, if an administrator set
+    // one; else what this phone last claimed for; else a network the key's meters belong to.
     const netInput = $<HTMLInputElement>("net-id");
-    if (!netInput.value && r.homeNetId) netInput.value = r.homeNetId;
+    if (r.tenantNetId) netInput.value = r.tenantNetId;
+    else if (!netInput.value && r.homeNetId) netInput.value = r.homeNetId;
   } catch {
     say($("sign-in-status"), "The join server cannot be reached.", "bad");
     return;

@@ -26,10 +26,11 @@ import {
 import { pngToY4m } from "./y4m.mjs";
 
 const NET_ID = "000013";
+const TENANT_NET_ID = "00002A"; // dana's tenant's home NetID
 const SHOTS = process.env.UPDATE_SCREENSHOTS === "1" ? join(ROOT, "docs", "installer") : join(TARGET, "installer-screenshots");
 const WAIT = { timeout: 20_000 };
 
-let tmp, js, ns, ctx, page, endpoint, alice, bob, admin;
+let tmp, js, ns, ctx, page, endpoint, alice, bob, dana, admin;
 const meters = {}; // name -> manifest row
 const consoleErrors = []; // script errors and CSP violations the page met
 const codes = {}; // name -> TR005 text
@@ -102,6 +103,8 @@ before(async () => {
   alice = run("joinserver", ["api-keys", "create", "--data-dir", dir, "--role", "owner", "--name", "alice"]).trim();
   bob = run("joinserver", ["api-keys", "create", "--data-dir", dir, "--role", "owner", "--name", "bob"]).trim();
   admin = run("joinserver", ["api-keys", "create", "--data-dir", dir, "--role", "admin", "--name", "ops"]).trim();
+  // An owner whose tenant has a home NetID of its own (not the network of the test's meters).
+  dana = run("joinserver", ["api-keys", "create", "--data-dir", dir, "--role", "owner", "--name", "dana", "--home-net-id", TENANT_NET_ID]).trim();
   // Unclaimed meters (no home NetID): A joins through the simulator; the others meet refusals.
   const rows = [];
   for (const [name, seed] of [["a", 11], ["b", 12], ["c", 13], ["d", 14], ["e", 15]]) {
@@ -318,6 +321,27 @@ test("on a phone that never claimed, the home NetID proposed is that of the owne
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("button", { name: "Scan with camera" }).waitFor(WAIT);
   assert.equal(await page.getByLabel("Home NetID (6 hex digits)").inputValue(), NET_ID);
+});
+
+test("the tenant's home NetID is proposed at sign-in before the phone's last one, and can be changed", async () => {
+  const me = await apiCall(dana, "GET", "me");
+  assert.equal(me.status, 200);
+  assert.equal(me.body.home_net_id, TENANT_NET_ID);
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.evaluate((n) => localStorage.setItem("installer.net_id", n), NET_ID);
+  await page.reload();
+  const field = page.getByLabel("Home NetID (6 hex digits)");
+  assert.equal(await field.inputValue(), NET_ID, "the phone's last NetID before sign-in");
+  await page.getByLabel("Owner API key").fill(dana);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Scan with camera" }).waitFor(WAIT);
+  assert.equal(await field.inputValue(), TENANT_NET_ID);
+  // Shown with the claim form of a checked code, where the installer may change it.
+  await typeCode(codes.e);
+  await page.locator("#check-status").filter({ hasText: `DevEUI ${meters.e.dev_eui}` }).waitFor(WAIT);
+  assert.equal(await field.inputValue(), TENANT_NET_ID);
+  await field.fill(NET_ID);
+  assert.equal(await field.inputValue(), NET_ID);
 });
 
 test("a key that expires during the round signs the page out with the server's refusal", async () => {
