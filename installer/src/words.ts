@@ -87,7 +87,7 @@ export function claimMessage(o: ClaimOutcome, detail: { netId?: string; retryAft
 
 /**
  * What the page says when the API refuses the key during work (401) before signing out: the
- * join server's own reason (for example "unknown, revoked or expired API key"), in words.
+ * join server's own reason (for example "missing or unknown API key"), in words.
  */
 export function keyRefusedMessage(serverMessage?: string | null): string {
   return `Your API key was refused (${serverMessage || "unknown or expired"}): sign in again.`;
