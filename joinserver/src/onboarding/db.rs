@@ -323,6 +323,15 @@ pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<
     Ok(())
 }
 
+/// Creates the record of the tenant `name` (at `at_ms`) if it has none.
+fn ensure_tenant(tx: &Connection, name: &str, at_ms: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO tenants (name, created_ms) VALUES (?1, ?2)",
+        params![name, at_ms],
+    )?;
+    Ok(())
+}
+
 /// Creates the onboarding tables on `conn` if they do not exist, and brings older ones up to
 /// date: the expiry and revocation columns of `api_keys`, the home NetID of `tenants`, and a
 /// tenant record for every key's name.
@@ -405,10 +414,7 @@ impl OnboardStore {
         let id = hex::encode(&key_hash[..8]);
         let now = now_ms();
         let tx = self.conn().transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO tenants (name, created_ms) VALUES (?1, ?2)",
-            params![name, now],
-        )?;
+        ensure_tenant(&tx, name, now)?;
         tx.execute(
             "INSERT INTO api_keys (id, name, role, key_hash, created_ms, expires_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -542,10 +548,7 @@ impl OnboardStore {
     ) -> Result<(), StoreError> {
         let at = now_ms();
         let tx = self.conn().transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO tenants (name, created_ms) VALUES (?1, ?2)",
-            params![name, at],
-        )?;
+        ensure_tenant(&tx, name, at)?;
         tx.execute(
             "UPDATE tenants SET home_net_id = ?2 WHERE name = ?1",
             params![name, net_id.map(NetId::as_u32)],
@@ -1003,16 +1006,19 @@ mod tests {
         let lb = list.iter().find(|k| k.id == b.id).unwrap();
         assert_eq!(lb.expires_ms, Some(now + 60_000));
         assert_eq!(s.tenants().unwrap(), vec!["acme", "alice"]);
-        let revoked = s
-            .audit(
-                &AuditFilter {
-                    action: Some("api_key_revoke".into()),
-                    ..AuditFilter::default()
-                },
-                None,
-            )
-            .unwrap();
-        assert_eq!(revoked.len(), 1);
+        assert_eq!(audited(&mut s, "api_key_revoke").len(), 1);
+    }
+
+    /// The audit records of one action, oldest first.
+    fn audited(s: &mut OnboardStore, action: &str) -> Vec<AuditRecord> {
+        s.audit(
+            &AuditFilter {
+                action: Some(action.into()),
+                ..AuditFilter::default()
+            },
+            None,
+        )
+        .unwrap()
     }
 
     /// A store written before keys could expire gains the columns, and a tenant per key name.
@@ -1061,16 +1067,8 @@ mod tests {
             .unwrap();
         assert_eq!(s.tenant_home_net_id("old").unwrap(), None);
         assert_eq!(s.tenant_home_net_id("nobody").unwrap(), None);
-        let audited = s
-            .audit(
-                &AuditFilter {
-                    action: Some("tenant_home_net_id".into()),
-                    ..AuditFilter::default()
-                },
-                None,
-            )
-            .unwrap();
-        let details: Vec<_> = audited.iter().map(|r| r.detail.as_str()).collect();
+        let records = audited(&mut s, "tenant_home_net_id");
+        let details: Vec<_> = records.iter().map(|r| r.detail.as_str()).collect();
         assert_eq!(
             details,
             [
