@@ -16,6 +16,31 @@ use protocol::ts002::{JoinAns, ResultCode};
 const NET_Y: u32 = 0x000042;
 const NO_ANSWER: Duration = Duration::from_millis(300);
 
+/// `joinserver_link_drops_total{reason}` in a metrics text.
+fn drops(text: &str, reason: &str) -> u64 {
+    metric(
+        text,
+        &format!("joinserver_link_drops_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// `joinserver ARGS --data-dir DIR`, which must succeed: its standard output.
+fn joinserver_cli(dir: &std::path::Path, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 fn write_key(path: &std::path::Path, key: [u8; 16]) -> LinkKey {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -110,23 +135,9 @@ fn per_peer_keys_refuse_a_spoofed_net_id_and_rotate_with_an_overlap() {
     let (_, text) = http_get(metrics, "/metrics");
     // The spoof authenticates under NetID 000042's key: its own reason. The shared link.key
     // is no peer's key here (peers are listed without NetID 000000): a bad tag.
-    assert_eq!(
-        metric(
-            &text,
-            "joinserver_link_drops_total{reason=\"net_id_not_sender\"}"
-        ),
-        1,
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "joinserver_link_drops_total{reason=\"bad_tag\"}"),
-        1,
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "joinserver_link_drops_total{reason=\"stale\"}"),
-        1
-    );
+    assert_eq!(drops(&text, "net_id_not_sender"), 1, "{text}");
+    assert_eq!(drops(&text, "bad_tag"), 1, "{text}");
+    assert_eq!(drops(&text, "stale"), 1);
     let skew = text
         .lines()
         .find_map(|l| l.strip_prefix("joinserver_link_clock_skew_ms "))
@@ -233,17 +244,7 @@ fn peers_add_gives_a_net_id_its_own_link_key_and_network_kek() {
     use protocol::ts002::NetworkKeys;
     let tmp = tempfile::tempdir().unwrap();
     let s = provision_devices(tmp.path());
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
-        .args(["peers", "add", "--net-id", "000042", "--data-dir"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let out = joinserver_cli(tmp.path(), &["peers", "add", "--net-id", "000042"]);
     let (link_file, kek_file) = (
         tmp.path().join("secrets/link-000042.key"),
         tmp.path().join("secrets/ns-000042.kek"),
@@ -311,22 +312,7 @@ fn after_a_plain_init_only_net_id_000000_uses_link_key_until_peers_add() {
     const HOME_13: u64 = 0x22;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let js = |args: &[&str]| {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir)
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "{out}{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
-    };
-    let out = js(&["init"]);
+    let out = joinserver_cli(dir, &["init"]);
     assert!(out.contains("peer    NetID 000000"), "{out}");
     let s = joinserver::secrets::Secrets::load(dir).unwrap();
     let mut store = joinserver::store::SqliteStore::open(dir).unwrap();
@@ -374,14 +360,7 @@ fn after_a_plain_init_only_net_id_000000_uses_link_key_until_peers_add() {
     // NetID 000013 with secrets/link.key: refused, counted with its own reason.
     assert!(join(&server, &s.link, 0x13, 2, HOME_13, 1).is_none());
     let (_, text) = http_get(server.metrics_addr().unwrap(), "/metrics");
-    assert_eq!(
-        metric(
-            &text,
-            "joinserver_link_drops_total{reason=\"net_id_not_sender\"}"
-        ),
-        1,
-        "{text}"
-    );
+    assert_eq!(drops(&text, "net_id_not_sender"), 1, "{text}");
     assert_eq!(
         metric(&text, "joinserver_joins_total{result=\"success\"}"),
         1
@@ -389,7 +368,7 @@ fn after_a_plain_init_only_net_id_000000_uses_link_key_until_peers_add() {
     server.shutdown();
 
     // The operator adds NetID 000013 and copies the printed secrets to its network server.
-    let out = js(&["peers", "add", "--net-id", "000013"]);
+    let out = joinserver_cli(dir, &["peers", "add", "--net-id", "000013"]);
     let printed = |what: &str| {
         let line = out
             .lines()
