@@ -44,8 +44,9 @@ pub struct LinkConfig {
     pub answer_cache_ttl_ms: u64,
     /// Upper bound on cached answers (about 1 KB each); the oldest go first.
     pub answer_cache_max_entries: usize,
-    /// Network servers allowed on the link, each with its own key file. When empty, any sender
-    /// that authenticates with `secrets/link.key` is accepted, under the NetID it claims.
+    /// Network servers allowed on the link (peers), each with its own key file. When empty, the
+    /// only peer is NetID 000000 with `secrets/link.key` (the one `joinserver init` creates).
+    /// Listing one key for several NetIDs shares it, with a warning at start.
     pub peers: Vec<PeerConfig>,
     /// Former default link keys still accepted during a rotation of `secrets/link.key` (used
     /// when `peers` is empty); remove them once every network server has the new key.
@@ -398,8 +399,9 @@ answer_cache_ttl_ms = 30000
 answer_cache_max_entries = 200000
 # Former default link keys still accepted while secrets/link.key rotates (no peers listed).
 old_key_files = []
-# Network servers allowed on the link, each with its own key file. With none listed, any sender
-# authenticating with secrets/link.key is accepted under the NetID it claims.
+# Network servers allowed on the link (peers), each with its own key file; add one with
+# `joinserver peers add --net-id N`. With none listed, the only peer is NetID 000000 with
+# secrets/link.key and secrets/ns.kek. One key listed for several NetIDs is shared (a warning).
 # [[link.peers]]
 # net_id = "000013"
 # key_file = "secrets/link-000013.key"

@@ -12,6 +12,7 @@
 //! - [`link`]: the UDP shell around the core.
 //! - [`manifest`]: manifest rows (CSV / JSON lines), parsed incrementally; the import itself is
 //!   [`onboarding::import`], and [`devices::import`] its in-memory entry point.
+//! - [`peers`]: the network servers on the link, each with its own secrets.
 //! - [`secrets`], [`atrest`]: secret files and root-key encryption at rest.
 //! - [`config`], [`metrics`]: configuration and observability.
 //! - [`onboarding`], [`api`]: owner tokens, claims, signed manifests, the audit log and the
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod mmsg;
 pub mod nonces;
 pub mod onboarding;
+pub mod peers;
 pub mod secrets;
 pub mod server;
 pub mod store;

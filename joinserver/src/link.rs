@@ -25,8 +25,8 @@ use crate::mmsg::{BatchReceiver, BatchSender};
 use crate::store::{GroupCommit, Released};
 use crate::wire::{self, Parsed};
 
-/// At most one clock-skew warning this often.
-const SKEW_WARNING_EVERY_MS: u64 = 10_000;
+/// At most one warning of each kind (clock skew, a NetID not its sender's) this often.
+const WARNING_EVERY_MS: u64 = 10_000;
 
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn now_ms() -> u64 {
@@ -35,14 +35,13 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The link keys of the network servers allowed to send JoinReqs. Each sender may have several
-/// keys at once while its key rotates: the current one first, then older ones still accepted
-/// until they are removed from the configuration. An answer is sealed with the key that
-/// authenticated its request.
+/// The link keys of the network servers allowed to send JoinReqs (the peers), by NetID. Each
+/// sender may have several keys at once while its key rotates: the current one first, then older
+/// ones still accepted until they are removed from the configuration. An answer is sealed with
+/// the key that authenticated its request. A sender without keys here is unknown: there is no
+/// key that passes for any NetID.
 #[derive(Clone, Default)]
 pub struct Peers {
-    /// Accepted from any sender whose id is a NetID (when no per-peer keys are configured).
-    pub default: Vec<LinkKey>,
     /// Per-NetID keys.
     pub by_id: HashMap<u64, Vec<LinkKey>>,
 }
@@ -50,7 +49,6 @@ pub struct Peers {
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
-            .field("default", &self.default.len())
             .field("by_id", &self.by_id.keys().collect::<Vec<_>>())
             .finish()
     }
@@ -62,7 +60,20 @@ impl Peers {
         if sender.net_id().is_none() {
             return &[];
         }
-        self.by_id.get(&sender.0).unwrap_or(&self.default)
+        self.by_id.get(&sender.0).map_or(&[], Vec::as_slice)
+    }
+
+    /// The peer other than `claimed` whose key authenticates `datagram`, if any: a network
+    /// server naming a NetID that is not its own. Tried only for datagrams that fail under the
+    /// claimed sender's keys, at one tag check per key of the other peers. A sender id that is no
+    /// NetID is unknown whatever the key.
+    pub fn actual_sender(&self, datagram: &[u8], claimed: PeerId) -> Option<PeerId> {
+        claimed.net_id()?;
+        self.by_id
+            .iter()
+            .filter(|(id, _)| **id != claimed.0)
+            .find(|(_, keys)| keys.iter().any(|k| link::open(k, datagram).is_ok()))
+            .map(|(id, _)| PeerId(*id))
     }
 }
 
@@ -101,6 +112,8 @@ pub struct Link {
     pub metrics: Metrics,
     /// When a clock-skew drop was last warned about (Unix ms).
     pub skew_warned_ms: std::sync::atomic::AtomicU64,
+    /// When a datagram naming another sender's NetID was last warned about (Unix ms).
+    pub not_sender_warned_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Link {
@@ -137,27 +150,41 @@ pub fn bind(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<UdpSo
     Ok(sock)
 }
 
+/// Whether a warning last given at `last` (Unix ms) may be given again now (at most one every
+/// [`WARNING_EVERY_MS`]); if so, records now.
+fn may_warn(last: &std::sync::atomic::AtomicU64) -> bool {
+    let now = now_ms();
+    let prev = last.load(Ordering::Relaxed);
+    now.saturating_sub(prev) >= WARNING_EVERY_MS
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 impl Link {
     fn drop_datagram(&self, e: &LinkError, addr: SocketAddr) {
         self.metrics.link_drops.with_label_values(&[e.kind()]).inc();
-        if let LinkError::Stale { skew_ms, .. } = e {
-            // An authenticated datagram outside the window: a peer's clock is off (or an old
-            // datagram is replayed). Joins fail until the clocks agree: a warning (at most one
-            // per peer address every 10 s) and a metric, not a debug line.
-            self.metrics.link_clock_skew_ms.set(*skew_ms);
-            let now = now_ms();
-            let last = self.skew_warned_ms.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= SKEW_WARNING_EVERY_MS
-                && self
-                    .skew_warned_ms
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                tracing::warn!(peer = %addr, skew_ms, "link datagram dropped: the clocks of the join server and this network server disagree beyond link.window_ms (check NTP)");
+        match e {
+            LinkError::Stale { skew_ms, .. } => {
+                // An authenticated datagram outside the window: a peer's clock is off (or an
+                // old datagram is replayed). Joins fail until the clocks agree: a warning (at
+                // most one every 10 s) and a metric, not a debug line.
+                self.metrics.link_clock_skew_ms.set(*skew_ms);
+                if may_warn(&self.skew_warned_ms) {
+                    tracing::warn!(peer = %addr, skew_ms, "link datagram dropped: the clocks of the join server and this network server disagree beyond link.window_ms (check NTP)");
+                }
             }
-            return;
+            LinkError::NotSender { claimed, actual } => {
+                // A peer naming another NetID: a spoof, or a network server set up with the
+                // wrong NetID or another's key. Every join through it fails: a warning.
+                if may_warn(&self.not_sender_warned_ms) {
+                    tracing::warn!(peer = %addr, claimed = %claimed, key_of = %actual, "link datagram dropped: a network server names a NetID that is not its own (give it its own key: joinserver peers add --net-id N)");
+                }
+            }
+            _ => {
+                tracing::debug!(peer = %addr, reason = e.kind(), error = %e, "link datagram dropped");
+            }
         }
-        tracing::debug!(peer = %addr, reason = e.kind(), error = %e, "link datagram dropped");
     }
 
     /// Opens a datagram from `sender` under one of its keys (during a rotation, the current key
@@ -169,13 +196,22 @@ impl Link {
         now_ms: u64,
     ) -> Result<(&LinkKey, &'d [u8]), LinkError> {
         let keys = self.peers.keys_for(sender);
-        if keys.is_empty() {
-            return Err(LinkError::UnknownSender(sender));
-        }
-        let (key, h, body) = keys
+        let opened = keys
             .iter()
-            .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)))
-            .ok_or(LinkError::BadTag)?;
+            .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)));
+        let Some((key, h, body)) = opened else {
+            if let Some(actual) = self.peers.actual_sender(datagram, sender) {
+                return Err(LinkError::NotSender {
+                    claimed: sender,
+                    actual,
+                });
+            }
+            return Err(if keys.is_empty() {
+                LinkError::UnknownSender(sender)
+            } else {
+                LinkError::BadTag
+            });
+        };
         link::check_fresh(&h, now_ms, self.window_ms)?;
         Ok((key, body))
     }
@@ -548,14 +584,14 @@ mod tests {
             },
             devices,
             peers: Peers {
-                default: vec![link_key.clone()],
-                by_id: HashMap::new(),
+                by_id: HashMap::from([(u64::from(NET), vec![link_key.clone()])]),
             },
             js_id: PeerId(1),
             window_ms: 30_000,
             cache: Mutex::new(AnswerCache::new(30_000, 100)),
             metrics: Metrics::new(),
             skew_warned_ms: Default::default(),
+            not_sender_warned_ms: Default::default(),
         });
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -89,9 +89,9 @@ enum Command {
 enum PeersCommand {
     /// Adds the network server of a NetID: creates its link key and network KEK (0600) under
     /// DATA_DIR/secrets/, adds it to DATA_DIR/joinserver.toml, and prints the paths of its
-    /// secrets (copy them to that network server). The first peer added also binds
-    /// secrets/link.key and secrets/ns.kek to NetID 000000: from then on, a network server is
-    /// accepted only under its own NetID's key.
+    /// secrets (copy them to that network server). The first peer, NetID 000000 with
+    /// secrets/link.key and secrets/ns.kek, exists from `init` on; the first peer added lists
+    /// it in the file beside the new one.
     Add {
         #[command(flatten)]
         dir: DataDir,
@@ -257,59 +257,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> {
-    use std::io::Write;
-    let config_path = data_dir.join("joinserver.toml");
-    let config = load_config(data_dir, None)?;
-    if config
-        .link
-        .peers
-        .iter()
-        .any(|p| p.net_id.parse() == Ok(net_id))
-    {
-        bail!(
-            "NetID {net_id} is already a peer in {}",
-            config_path.display()
-        );
-    }
-    let created = secrets::init_peer(data_dir, net_id)?;
-    let (link, kek) = secrets::peer_files(data_dir, net_id);
-    let mut block = String::new();
-    if config.link.peers.is_empty() {
-        block.push_str(
-            "\n# The network server(s) that use secrets/link.key (joinserver peers add).\n\
-             [[link.peers]]\nnet_id = \"000000\"\nkey_file = \"secrets/link.key\"\n\
-             ns_kek_file = \"secrets/ns.kek\"\n",
-        );
+    let added = joinserver::peers::add(data_dir, net_id)?;
+    if added.listed_first_peer {
         eprintln!(
-            "joinserver: secrets/link.key is now bound to NetID 000000: a network server of \
-             another NetID is accepted only with its own key"
+            "joinserver: listed NetID {} (secrets/link.key, secrets/ns.kek) as the first peer",
+            joinserver::peers::FIRST_PEER
         );
     }
-    block.push_str(&format!(
-        "\n[[link.peers]]\nnet_id = \"{net_id}\"\nkey_file = \"secrets/link-{net_id}.key\"\n\
-         ns_kek_file = \"secrets/ns-{net_id}.kek\"\n"
-    ));
-    // Parsed with the block before it is written: a configuration it would break stays as is.
-    let before = std::fs::read_to_string(&config_path).unwrap_or_default();
-    Config::from_toml(&format!("{before}{block}"))
-        .with_context(|| format!("adding the peer to {}", config_path.display()))?;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config_path)
-        .and_then(|mut f| f.write_all(block.as_bytes()))
-        .with_context(|| format!("writing {}", config_path.display()))?;
-    for c in &created {
+    for c in &added.created {
         match c {
             Created::New(p) => println!("created {}", p.display()),
             Created::Kept(p) => println!("kept    {} (exists)", p.display()),
         }
     }
-    println!("added   NetID {net_id} to {}", config_path.display());
+    println!("added   NetID {net_id} to {}", added.config_file.display());
     println!();
     println!("The network server of NetID {net_id} needs (copy them with mode 0600):");
-    println!("  {}  link key", link.display());
-    println!("  {}  network KEK", kek.display());
+    println!("  {}  link key", added.link_key_file.display());
+    println!("  {}  network KEK", added.ns_kek_file.display());
     println!("Restart the join server to apply.");
     Ok(ExitCode::SUCCESS)
 }
@@ -394,6 +359,11 @@ fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
     println!(
         "store   {}",
         data_dir.join(joinserver::store::DB_FILE).display()
+    );
+    println!(
+        "peer    NetID {} (secrets/link.key, secrets/ns.kek); another NetID needs \
+         `joinserver peers add --net-id N`",
+        joinserver::peers::FIRST_PEER
     );
     let config = load_config(data_dir, None)?;
     if !config.api.tls_cert.as_os_str().is_empty() {

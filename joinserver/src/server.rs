@@ -16,6 +16,7 @@ use crate::config::{resolve, Config};
 use crate::core::{self, DeviceMap, JoinContext, Refresh};
 use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
+use crate::peers::FIRST_PEER;
 use crate::secrets::{self, Secrets};
 use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
 use httpsec::serve::Transport;
@@ -119,8 +120,10 @@ fn apply_stored(master: &secrets::MasterKey, map: &DeviceMap, d: &StoredDevice) 
     }
 }
 
-/// The network servers allowed on the link: `[[link.peers]]`, or with none listed, any sender
-/// authenticating with `secrets/link.key`.
+/// The network servers allowed on the link: `[[link.peers]]`, or with none listed, the first
+/// peer that `joinserver init` creates: NetID 000000 with `secrets/link.key` (and
+/// `[link] old_key_files`). A key that passes for several NetIDs exists only when peers listed
+/// here share it, with a warning.
 fn peers_from_config(
     data_dir: &Path,
     config: &Config,
@@ -135,14 +138,17 @@ fn peers_from_config(
     };
     let mut peers = Peers::default();
     if config.link.peers.is_empty() {
-        tracing::warn!(
-            "no [[link.peers]]: every network server holding secrets/link.key may claim any \
-             NetID; give each its own key (docs/security.md)"
+        tracing::info!(
+            "link peer NetID 000000 with secrets/link.key; a network server of another NetID \
+             needs its own key (joinserver peers add --net-id N)"
         );
-        peers.default = read_all(
-            secrets::LinkKeyFile::Loaded(&secrets.link),
-            &config.link.old_key_files,
-        )?;
+        peers.by_id.insert(
+            PeerId::from_net_id(FIRST_PEER).0,
+            read_all(
+                secrets::LinkKeyFile::Loaded(&secrets.link),
+                &config.link.old_key_files,
+            )?,
+        );
     }
     for p in &config.link.peers {
         let net_id: NetId = p
@@ -167,13 +173,27 @@ fn peers_from_config(
     Ok(peers)
 }
 
-/// The network KEKs of the peers that have their own (`ns_kek_file`).
+/// The network KEKs of the peers that have their own (`ns_kek_file`). Peers sharing one (or
+/// `secrets/ns.kek`, by leaving `ns_kek_file` out) get a warning.
 fn peer_ns_keks(
     data_dir: &Path,
     config: &Config,
 ) -> Result<std::collections::HashMap<NetId, secrets::LabeledKek>, StartError> {
     let mut out = std::collections::HashMap::new();
+    let mut kek_files: std::collections::HashMap<PathBuf, &str> = Default::default();
     for p in &config.link.peers {
+        let file = p.ns_kek_file.as_deref().map_or_else(
+            || secrets::dir(data_dir).join(secrets::NS_KEK),
+            |f| resolve(data_dir, f),
+        );
+        if let Some(other) = kek_files.insert(file, &p.net_id) {
+            tracing::warn!(
+                net_id = %p.net_id,
+                other,
+                "link.peers share a network KEK: either network server can open the other's \
+                 session keys"
+            );
+        }
         if let Some(f) = &p.ns_kek_file {
             let net_id: NetId = p
                 .net_id
@@ -449,6 +469,7 @@ impl Server {
             )),
             metrics: metrics.clone(),
             skew_warned_ms: Default::default(),
+            not_sender_warned_ms: Default::default(),
         });
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -47,10 +47,13 @@ fn start_with(tweak: impl FnOnce(&mut Config)) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     secrets::init(dir).unwrap();
-    let s = Secrets::load(dir).unwrap();
+    // The network server of NetID 000013 joins the devices: a peer, with its own key.
+    let peer = common::add_peer(dir, common::NET_ID);
+    let mut s = Secrets::load(dir).unwrap();
+    s.link = peer.link;
     let signer = SigningKey::from_bytes(&[77; 32]);
     let other = SigningKey::from_bytes(&[78; 32]);
-    let mut config = Config::default();
+    let mut config = common::config(dir);
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = String::new();
     config.api.listen = "127.0.0.1:0".into();

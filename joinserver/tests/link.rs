@@ -5,7 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use joinserver::config::Config;
 use joinserver::server::Server;
 use protocol::join::{EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRootKey};
 use protocol::keys::{AppKey, KeyCipher, LinkKey};
@@ -13,7 +12,7 @@ use protocol::link::{self, Header, MessageType, PeerId};
 use protocol::ts002::{JoinAns, ResultCode};
 
 fn start(dir: &std::path::Path) -> Server {
-    let mut c = Config::default();
+    let mut c = config(dir);
     c.link.listen = "127.0.0.1:0".parse().unwrap();
     c.metrics.listen = "127.0.0.1:0".into();
     Server::start(dir, &c).unwrap()

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::{datagram, http_get, metric, now_ms, JOIN_EUI};
 use ed25519_dalek::{Signer, SigningKey};
-use joinserver::config::Config;
 use joinserver::onboarding::db::Role;
 use joinserver::onboarding::tr005::crc16_modbus;
 use joinserver::secrets::{self, Secrets};
@@ -111,7 +110,8 @@ impl Http {
 /// The join server's link, as network servers see it.
 struct Link<'a> {
     addr: SocketAddr,
-    key: &'a LinkKey,
+    /// The link key of each NetID's network server.
+    keys: [(u32, &'a LinkKey); 2],
 }
 
 /// A JoinReq from a network server of NetID `net`.
@@ -135,7 +135,7 @@ fn join(l: &Link<'_>, net: u32, tid: u32, dev: u64, dn: u16, root: &str, v11: bo
     };
     let body = common::join_req_json(tid, net, dev, &jr.to_bytes());
     let nonce = u64::from(tid) * 13 + u64::from(net);
-    let (link_addr, key) = (l.addr, l.key);
+    let (link_addr, key) = (l.addr, l.keys.iter().find(|(n, _)| *n == net).unwrap().1);
     let d = datagram(key, net, now_ms(), nonce, &body);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -172,8 +172,10 @@ fn onboarding_over_http_and_udp() {
     let dir = tmp.path();
     secrets::init(dir).unwrap();
     let s = Secrets::load(dir).unwrap();
+    // The network servers of NetIDs X and Y, each a peer with its own link key.
+    let (peer_x, peer_y) = (common::add_peer(dir, NET_X), common::add_peer(dir, NET_Y));
     let signer = SigningKey::from_bytes(&[42; 32]);
-    let mut config = Config::default();
+    let mut config = common::config(dir);
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = "127.0.0.1:0".into();
     config.api.listen = "127.0.0.1:0".into();
@@ -197,7 +199,7 @@ fn onboarding_over_http_and_udp() {
     let api = Http::new(server.api_addr().unwrap());
     let la = &Link {
         addr: server.link_addr(),
-        key: &s.link,
+        keys: [(NET_X, &peer_x.link), (NET_Y, &peer_y.link)],
     };
 
     // The document is served.

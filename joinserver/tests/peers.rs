@@ -16,6 +16,31 @@ use protocol::ts002::{JoinAns, ResultCode};
 const NET_Y: u32 = 0x000042;
 const NO_ANSWER: Duration = Duration::from_millis(300);
 
+/// `joinserver_link_drops_total{reason}` in a metrics text.
+fn drops(text: &str, reason: &str) -> u64 {
+    metric(
+        text,
+        &format!("joinserver_link_drops_total{{reason=\"{reason}\"}}"),
+    )
+}
+
+/// `joinserver ARGS --data-dir DIR`, which must succeed: its standard output.
+fn joinserver_cli(dir: &std::path::Path, args: &[&str]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
 fn write_key(path: &std::path::Path, key: [u8; 16]) -> LinkKey {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -32,7 +57,7 @@ fn write_key(path: &std::path::Path, key: [u8; 16]) -> LinkKey {
 #[test]
 fn per_peer_keys_refuse_a_spoofed_net_id_and_rotate_with_an_overlap() {
     let tmp = tempfile::tempdir().unwrap();
-    provision(tmp.path());
+    provision_devices(tmp.path());
     let secrets = tmp.path().join("secrets");
     let x_new = write_key(&secrets.join("link-000013.key"), [0x13; 16]);
     let x_old = write_key(&secrets.join("link-000013.old.key"), [0x31; 16]);
@@ -108,15 +133,11 @@ fn per_peer_keys_refuse_a_spoofed_net_id_and_rotate_with_an_overlap() {
     );
     assert!(x.exchange_raw(&stale, NO_ANSWER).is_none());
     let (_, text) = http_get(metrics, "/metrics");
-    assert_eq!(
-        metric(&text, "joinserver_link_drops_total{reason=\"bad_tag\"}"),
-        2,
-        "{text}"
-    );
-    assert_eq!(
-        metric(&text, "joinserver_link_drops_total{reason=\"stale\"}"),
-        1
-    );
+    // The spoof authenticates under NetID 000042's key: its own reason. The shared link.key
+    // is no peer's key here (peers are listed without NetID 000000): a bad tag.
+    assert_eq!(drops(&text, "net_id_not_sender"), 1, "{text}");
+    assert_eq!(drops(&text, "bad_tag"), 1, "{text}");
+    assert_eq!(drops(&text, "stale"), 1);
     let skew = text
         .lines()
         .find_map(|l| l.strip_prefix("joinserver_link_clock_skew_ms "))
@@ -157,7 +178,7 @@ fn the_app_s_key_is_wrapped_under_its_owner_tenants_kek() {
         .unwrap();
     }
     let alice_kek = Kek::new([0xA1; 16]);
-    let mut c = Config::default();
+    let mut c = config(tmp.path());
     c.link.listen = "127.0.0.1:0".parse().unwrap();
     c.metrics.listen = String::new();
     c.api.listen = "127.0.0.1:0".into();
@@ -222,18 +243,8 @@ fn peers_add_gives_a_net_id_its_own_link_key_and_network_kek() {
     use protocol::keys::NwkSKey;
     use protocol::ts002::NetworkKeys;
     let tmp = tempfile::tempdir().unwrap();
-    let s = provision(tmp.path());
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_joinserver"))
-        .args(["peers", "add", "--net-id", "000042", "--data-dir"])
-        .arg(tmp.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let s = provision_devices(tmp.path());
+    let out = joinserver_cli(tmp.path(), &["peers", "add", "--net-id", "000042"]);
     let (link_file, kek_file) = (
         tmp.path().join("secrets/link-000042.key"),
         tmp.path().join("secrets/ns-000042.kek"),
@@ -286,5 +297,99 @@ fn peers_add_gives_a_net_id_its_own_link_key_and_network_kek() {
     assert!(legacy.exchange_raw(&d, NO_ANSWER).is_none());
     let d = datagram(&s.link, 0, now_ms(), 3, &join_req_json(3, 0, 1, &phy(1, 2)));
     assert!(legacy.exchange_raw(&d, Duration::from_secs(5)).is_some());
+    server.shutdown();
+}
+
+/// Peers are on by default. After a plain `joinserver init`, the network server of NetID 000000
+/// joins its device with `secrets/link.key`; a network server of NetID 000013 holding that key is
+/// refused and counted (`net_id_not_sender`); after `joinserver peers add --net-id 000013`, that
+/// network server, with the key and KEK whose paths were printed, joins its device.
+#[test]
+fn after_a_plain_init_only_net_id_000000_uses_link_key_until_peers_add() {
+    use protocol::keys::NwkSKey;
+    use protocol::ts002::NetworkKeys;
+    const HOME_0: u64 = 0x21;
+    const HOME_13: u64 = 0x22;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = joinserver_cli(dir, &["init"]);
+    assert!(out.contains("peer    NetID 000000"), "{out}");
+    let s = joinserver::secrets::Secrets::load(dir).unwrap();
+    let mut store = joinserver::store::SqliteStore::open(dir).unwrap();
+    let csv = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
+         {HOME_0:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,000000,\n\
+         {HOME_13:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,000013,\n"
+    );
+    joinserver::devices::import(
+        &mut store,
+        &s.master,
+        &csv,
+        joinserver::devices::Format::Csv,
+    )
+    .unwrap();
+    drop(store);
+    let start = || {
+        let mut c = config(dir);
+        c.link.listen = "127.0.0.1:0".parse().unwrap();
+        c.metrics.listen = "127.0.0.1:0".into();
+        Server::start(dir, &c).unwrap()
+    };
+    let join = |server: &Server, key: &LinkKey, net: u32, tid: u32, dev: u64, dn: u16| {
+        let c = Client::new(server.link_addr(), key.clone());
+        let d = datagram(
+            key,
+            net,
+            now_ms(),
+            u64::from(tid),
+            &join_req_json(tid, net, dev, &phy(dev, dn)),
+        );
+        let wait = if net == 0 || *key != s.link {
+            Duration::from_secs(5)
+        } else {
+            NO_ANSWER
+        };
+        c.exchange_raw(&d, wait)
+            .map(|raw| JoinAns::parse(link::open(key, &raw).unwrap().1).unwrap())
+    };
+
+    let server = start();
+    // NetID 000000 with secrets/link.key: joins.
+    let ans = join(&server, &s.link, 0, 1, HOME_0, 1).expect("an answer");
+    assert_eq!(ans.result.result_code, ResultCode::Success);
+    // NetID 000013 with secrets/link.key: refused, counted with its own reason.
+    assert!(join(&server, &s.link, 0x13, 2, HOME_13, 1).is_none());
+    let (_, text) = http_get(server.metrics_addr().unwrap(), "/metrics");
+    assert_eq!(drops(&text, "net_id_not_sender"), 1, "{text}");
+    assert_eq!(
+        metric(&text, "joinserver_joins_total{result=\"success\"}"),
+        1
+    );
+    server.shutdown();
+
+    // The operator adds NetID 000013 and copies the printed secrets to its network server.
+    let out = joinserver_cli(dir, &["peers", "add", "--net-id", "000013"]);
+    let printed = |what: &str| {
+        let line = out
+            .lines()
+            .find(|l| l.trim_end().ends_with(what))
+            .unwrap_or_else(|| panic!("{what} in {out}"));
+        std::path::PathBuf::from(line.trim().strip_suffix(what).unwrap().trim())
+    };
+    let key = joinserver::secrets::read_hex_key::<LinkKey>(&printed("link key")).unwrap();
+    let kek = joinserver::secrets::read_kek(&printed("network KEK")).unwrap();
+    let server = start();
+    let ans = join(&server, &key, 0x13, 3, HOME_13, 2).expect("an answer");
+    assert_eq!(ans.result.result_code, ResultCode::Success);
+    match ans.network_keys.expect("network keys") {
+        NetworkKeys::V1_0 { nwk_s_key } => {
+            assert_eq!(nwk_s_key.kek_label, kek.label);
+            let _: NwkSKey = nwk_s_key.open(Some(&kek.key)).unwrap();
+        }
+        other => panic!("{other:?}"),
+    }
+    // NetID 000000 keeps working with secrets/link.key and secrets/ns.kek.
+    let ans = join(&server, &s.link, 0, 4, HOME_0, 2).expect("an answer");
+    assert_eq!(ans.result.result_code, ResultCode::Success);
     server.shutdown();
 }

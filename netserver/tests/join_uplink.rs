@@ -112,7 +112,8 @@ fn uplink_with(
 #[test]
 fn uplinks_after_a_real_join() {
     let dir = tempfile::tempdir().unwrap();
-    let (js_dir, js) = start_joinserver(dir.path(), MANIFEST, "warn", None);
+    let (js_dir, js) =
+        start_joinserver(dir.path(), MANIFEST, &format!("{NET_ID:06X}"), "warn", None);
     let secrets = js_dir.join("secrets");
     let config = dir.path().join("ns.toml");
     std::fs::write(

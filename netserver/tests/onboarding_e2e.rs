@@ -103,6 +103,10 @@ fn manufacturer_owner_next_owner_through_real_network_servers() {
         ),
     )
     .unwrap();
+    // The network servers of NetIDs X and Y, each a peer with its own link key and network KEK.
+    for net in [NET_X, NET_Y] {
+        common::add_peer(&js_dir, &format!("{net:06X}"));
+    }
     let js = serve_joinserver(
         &js_dir,
         &["--api-listen", "127.0.0.1:0"],

@@ -204,7 +204,13 @@ fn start() -> System {
 fn start_with(manifest_csv: &str, ns_config: &str, via_relay: bool) -> System {
     let dir = tempfile::tempdir().unwrap();
     let ns_dir = dir.path().join("ns");
-    let (js_dir, js) = start_joinserver(dir.path(), manifest_csv, QUIET_NS, Some("warn"));
+    let (js_dir, js) = start_joinserver(
+        dir.path(),
+        manifest_csv,
+        &format!("{NET_ID:06X}"),
+        QUIET_NS,
+        Some("warn"),
+    );
     let relay = relay(js.addr("link"));
     let link_target = if via_relay {
         relay.addr
@@ -412,7 +418,10 @@ fn otaa_end_to_end() {
     let one = loaded.iter().find(|x| x.dev_eui == DevEui::new(1)).unwrap();
     assert_eq!(one.dev_addr, accept.dev_addr);
     assert_eq!(one.dev_nonce, DevNonce(0x5555));
-    let ns_kek = read_labeled_kek(&s.js_dir.join("secrets/ns.kek")).unwrap();
+    // The network KEK of the network server (NetID 000013's own, from `peers add`).
+    let (_, ns_kek_file) =
+        common::peer_secret_files(&s.js_dir.join("secrets"), &format!("{NET_ID:06X}"));
+    let ns_kek = read_labeled_kek(&ns_kek_file).unwrap();
     let StoredNetworkKeys::V1_0 { nwk_s_key } = &one.network_keys else {
         panic!("a 1.0.3 device has a 1.0 session");
     };

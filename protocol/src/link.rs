@@ -152,6 +152,15 @@ pub enum LinkError {
     /// The tag does not match: wrong key, or the datagram was altered.
     #[error("authentication tag mismatch")]
     BadTag,
+    /// The datagram authenticates under the key of another sender than the one it names: a
+    /// network server claiming a NetID that is not its own.
+    #[error("sender {claimed} is not the holder of the key, {actual} is")]
+    NotSender {
+        /// The sender id the datagram names.
+        claimed: PeerId,
+        /// The sender whose key authenticates it.
+        actual: PeerId,
+    },
     /// The timestamp is outside the freshness window.
     #[error("timestamp is {skew_ms} ms away from the receiver's clock (window ±{window_ms} ms)")]
     Stale {
@@ -178,6 +187,7 @@ impl LinkError {
             Self::MessageType(_) => "bad_type",
             Self::UnknownSender(_) => "unknown_sender",
             Self::BadTag => "bad_tag",
+            Self::NotSender { .. } => "net_id_not_sender",
             Self::Stale { .. } => "stale",
             Self::Unexpected(_) => "unexpected_type",
             Self::Body(_) => "malformed_body",

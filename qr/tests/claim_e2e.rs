@@ -49,8 +49,24 @@ fn out(o: &Output) -> (String, String) {
     )
 }
 
-/// A network server of NetID `net` sending one JoinReq over the link.
-fn join(addr: SocketAddr, key: &LinkKey, net: u32, tid: u32, dev_nonce: u16) -> ResultCode {
+/// The link keys of the network servers of NetIDs X and Y.
+struct NetKeys([(u32, LinkKey); 2]);
+
+/// Adds the network servers of NetIDs X and Y as peers of the join server in `dir`, each with its
+/// own link key (the library call behind `joinserver peers add`). Returns their keys and the
+/// configuration that lists them (`DIR/joinserver.toml`).
+fn add_peers(dir: &Path) -> (NetKeys, Config) {
+    let keys = [NET_X, NET_Y].map(|net| {
+        let added = joinserver::peers::add(dir, NetId::new(net).unwrap()).unwrap();
+        (net, secrets::read_hex_key(&added.link_key_file).unwrap())
+    });
+    let text = std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap();
+    (NetKeys(keys), Config::from_toml(&text).unwrap())
+}
+
+/// A network server of NetID `net` sending one JoinReq over the link with its key.
+fn join(addr: SocketAddr, keys: &NetKeys, net: u32, tid: u32, dev_nonce: u16) -> ResultCode {
+    let key = &keys.0.iter().find(|(n, _)| *n == net).unwrap().1;
     let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
     let jr = JoinRequest::build(
         JoinEui::new(JOIN_EUI),
@@ -141,8 +157,8 @@ fn manufacturer_to_owner_to_next_owner() {
     std::fs::create_dir(&dir).unwrap();
     secrets::init(&dir).unwrap();
     let s = Secrets::load(&dir).unwrap();
+    let (net_keys, mut config) = add_peers(&dir);
     let signer = SigningKey::from_bytes(&[3; 32]);
-    let mut config = Config::default();
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = String::new();
     config.api.listen = "127.0.0.1:0".into();
@@ -167,7 +183,7 @@ fn manufacturer_to_owner_to_next_owner() {
 
     let server = Server::start(&dir, &config).unwrap();
     let url = format!("http://{}", server.api_addr().unwrap());
-    let (la, lk) = (server.link_addr(), &s.link);
+    let (la, lk) = (server.link_addr(), &net_keys);
 
     // 1. The manufacturer imports a signed manifest.
     let manifest = format!(
@@ -339,7 +355,7 @@ fn https_claim_with_the_ca_file() {
         .unwrap();
     let alice_file = tmp.path().join("alice.key");
     std::fs::write(&alice_file, format!("{}\n", alice.expose())).unwrap();
-    let mut config = Config::default();
+    let (net_keys, mut config) = add_peers(&dir);
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = String::new();
     config.api.listen = "127.0.0.1:0".into();
@@ -386,7 +402,7 @@ fn https_claim_with_the_ca_file() {
         "{stdout}"
     );
     assert_eq!(
-        join(server.link_addr(), &s.link, NET_X, 1, 1),
+        join(server.link_addr(), &net_keys, NET_X, 1, 1),
         ResultCode::Success
     );
     server.shutdown();

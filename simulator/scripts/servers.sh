@@ -5,6 +5,9 @@
 # serves them on an ephemeral port.
 # Sets JS, NS (pids, killed on exit), LINK (JS↔NS link), JSM (join server metrics), GWMP and NSM
 # (network server metrics).
+# The network server is NetID 000000 (its default), the peer `joinserver init` creates, so it uses
+# secrets/link.key and secrets/ns.kek. A network server of another NetID would first need
+# `joinserver peers add --data-dir "$D/js" --net-id N` and the two files it prints.
 start_servers() {
   "$BIN/joinserver" init --data-dir "$D/js" >/dev/null
   "$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null

@@ -21,8 +21,23 @@ pub const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 pub const NET_ID: u32 = 0x000013;
 
 /// Device 1: 1.0.3; 2: 1.0.4; 3: 1.1; 4: 1.0.4 with owner token OWNER0000004; all with home NetID 000013
-/// (an operator's own fleet). 5: home NetID 000042. 6: 1.0.4, unclaimed (no home NetID).
+/// (an operator's own fleet). 5: home NetID 000042. 6: 1.0.4, unclaimed (no home NetID). The
+/// network server of NetID 000013 ([`NET_ID`]) is a peer ([`add_peer`]); the returned secrets
+/// are the join server's, with the link key and network KEK of that network server's (what a
+/// [`Client`] of [`NET_ID`] uses, what its JoinAns are sealed and wrapped under). Start the
+/// server with [`config`].
 pub fn provision(dir: &Path) -> Secrets {
+    let mut s = provision_devices(dir);
+    let peer = add_peer(dir, NET_ID);
+    s.link = peer.link;
+    s.ns_kek = peer.ns_kek;
+    s
+}
+
+/// The devices of [`provision`] on a fresh `joinserver init` of `dir`, without adding any peer:
+/// only the network server of NetID 000000 is on the link, with `secrets/link.key`. Returns the
+/// join server's secrets.
+pub fn provision_devices(dir: &Path) -> Secrets {
     secrets::init(dir).unwrap();
     let s = Secrets::load(dir).unwrap();
     let mut store = SqliteStore::open(dir).unwrap();
@@ -37,6 +52,34 @@ pub fn provision(dir: &Path) -> Secrets {
     );
     devices::import(&mut store, &s.master, &csv, Format::Csv).unwrap();
     s
+}
+
+/// What the network server of a NetID holds once `joinserver peers add --net-id` added it: its
+/// own link key and network KEK.
+pub struct Peer {
+    /// Its link key.
+    pub link: LinkKey,
+    /// Its network KEK.
+    pub ns_kek: secrets::LabeledKek,
+}
+
+/// Adds the network server of `net_id` as a peer of the join server in `dir` (the library call
+/// behind `joinserver peers add`), and reads the secrets it printed.
+pub fn add_peer(dir: &Path, net_id: u32) -> Peer {
+    let added = joinserver::peers::add(dir, NetId::new(net_id).unwrap()).unwrap();
+    Peer {
+        link: secrets::read_hex_key(&added.link_key_file).unwrap(),
+        ns_kek: secrets::read_kek(&added.ns_kek_file).unwrap(),
+    }
+}
+
+/// The configuration `joinserver serve` reads in `dir` (`joinserver.toml`, where
+/// [`add_peer`] lists the peers), or the default when there is none.
+pub fn config(dir: &Path) -> joinserver::config::Config {
+    match std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)) {
+        Ok(text) => joinserver::config::Config::from_toml(&text).unwrap(),
+        Err(_) => joinserver::config::Config::default(),
+    }
 }
 
 /// Creates API keys as `joinserver api-keys create` does; returns them in the order asked.

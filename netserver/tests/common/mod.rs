@@ -328,13 +328,15 @@ pub fn joinserver_bin() -> PathBuf {
     workspace_bin("joinserver")
 }
 
-/// A provisioned join server: `joinserver init` of `dir/js`, `joinserver devices import` of
-/// `manifest_csv` (written to `dir/devices.csv`), then `joinserver serve` on 127.0.0.1 with an
-/// ephemeral link port and no metrics, spawned as [`Proc::spawn_logging`] does. Returns its data
-/// directory and the process.
+/// A provisioned join server: `joinserver init` of `dir/js`, `joinserver peers add --net-id`
+/// for the network server of `net_id` (unless it is 000000, the peer `init` creates),
+/// `joinserver devices import` of `manifest_csv` (written to `dir/devices.csv`), then
+/// `joinserver serve` on 127.0.0.1 with an ephemeral link port and no metrics, spawned as
+/// [`Proc::spawn_logging`] does. Returns its data directory and the process.
 pub fn start_joinserver(
     dir: &Path,
     manifest_csv: &str,
+    net_id: &str,
     netserver_log: &str,
     rust_log: Option<&str>,
 ) -> (PathBuf, Proc) {
@@ -346,6 +348,9 @@ pub fn start_joinserver(
             .arg("--data-dir")
             .arg(&js_dir),
     );
+    if net_id != "000000" {
+        add_peer(&js_dir, net_id);
+    }
     let manifest = dir.join("devices.csv");
     std::fs::write(&manifest, manifest_csv).unwrap();
     run_ok(
@@ -356,6 +361,42 @@ pub fn start_joinserver(
     );
     let js = serve_joinserver(&js_dir, &[], netserver_log, rust_log);
     (js_dir, js)
+}
+
+/// `joinserver peers add --net-id NET_ID` on the join server's `js_dir`, as an operator adds the
+/// network server of a NetID: returns the paths it printed, of that network server's link key
+/// and network KEK (those [`peer_secret_files`] finds).
+pub fn add_peer(js_dir: &Path, net_id: &str) -> (PathBuf, PathBuf) {
+    let out = run_ok(
+        Command::new(joinserver_bin())
+            .args(["peers", "add", "--net-id", net_id, "--data-dir"])
+            .arg(js_dir),
+    );
+    let out = String::from_utf8(out.stdout).unwrap();
+    let printed = |what: &str| {
+        let line = out
+            .lines()
+            .find(|l| l.trim_end().ends_with(what))
+            .unwrap_or_else(|| panic!("no {what} in {out}"));
+        PathBuf::from(line.trim().strip_suffix(what).unwrap().trim())
+    };
+    (printed("link key"), printed("network KEK"))
+}
+
+/// The link key and network KEK the network server of `net_id` uses from a join server's
+/// `secrets` directory: those `joinserver peers add --net-id` created for it
+/// (`link-NETID.key`, `ns-NETID.kek`) when it has them, else `link.key` and `ns.kek` (NetID
+/// 000000's, or those [`write_secrets`] wrote for a network server without a join server).
+pub fn peer_secret_files(secrets: &Path, net_id: &str) -> (PathBuf, PathBuf) {
+    let own = (
+        secrets.join(format!("link-{net_id}.key")),
+        secrets.join(format!("ns-{net_id}.kek")),
+    );
+    if own.0.exists() {
+        own
+    } else {
+        (secrets.join("link.key"), secrets.join("ns.kek"))
+    }
 }
 
 /// `joinserver serve` of `js_dir` on 127.0.0.1 (ephemeral link port, no metrics) with `extra`
@@ -408,8 +449,9 @@ pub const UPLINK_MIC: UplinkMicParams = UplinkMicParams {
 };
 
 /// `netserver serve` (this package's binary) with `config`, its data in `data_dir`, the join
-/// server at `join_server`, the link key and network KEK of a join server's `secrets` directory,
-/// `net_id`, and GWMP and metrics on ephemeral 127.0.0.1 ports. Callers add the rest (the
+/// server at `join_server`, the link key and network KEK of NetID `net_id` in a join server's
+/// `secrets` directory ([`peer_secret_files`]), and GWMP and metrics on ephemeral 127.0.0.1
+/// ports. Callers add the rest (the
 /// application KEK, the event sink, the downlink inputs).
 pub fn netserver_serve(
     config: &Path,
@@ -418,6 +460,7 @@ pub fn netserver_serve(
     secrets: &Path,
     net_id: &str,
 ) -> Command {
+    let (link_key, ns_kek) = peer_secret_files(secrets, net_id);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_netserver"));
     cmd.arg("serve")
         .arg("--config")
@@ -426,9 +469,9 @@ pub fn netserver_serve(
         .arg(data_dir)
         .args(["--join-server", join_server])
         .arg("--link-key")
-        .arg(secrets.join("link.key"))
+        .arg(link_key)
         .arg("--ns-kek")
-        .arg(secrets.join("ns.kek"))
+        .arg(ns_kek)
         .args(["--net-id", net_id])
         .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]);
     cmd
