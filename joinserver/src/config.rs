@@ -5,7 +5,7 @@
 //! `DATA_DIR/secrets/` (see [`crate::secrets`]). `joinserver config` prints [`DEFAULT_TOML`].
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,9 @@ pub struct LinkConfig {
     /// Network servers allowed on the link, each with its own key file. When empty, any sender
     /// that authenticates with `secrets/link.key` is accepted, under the NetID it claims.
     pub peers: Vec<PeerConfig>,
+    /// Former default link keys still accepted during a rotation of `secrets/link.key` (used
+    /// when `peers` is empty); remove them once every network server has the new key.
+    pub old_key_files: Vec<PathBuf>,
 }
 
 /// One network server allowed on the link.
@@ -57,6 +60,14 @@ pub struct PeerConfig {
     pub net_id: String,
     /// Its link key file (32 hex digits), relative to the data directory unless absolute.
     pub key_file: PathBuf,
+    /// Its own network KEK (the format of `secrets/ns.kek`): the network session keys of its
+    /// JoinAns are wrapped under it. Absent: `secrets/ns.kek`.
+    #[serde(default)]
+    pub ns_kek_file: Option<PathBuf>,
+    /// Its former link keys, still accepted during a rotation (old and new both work until an
+    /// old one is removed from this list). Answers use the key of their request.
+    #[serde(default)]
+    pub old_key_files: Vec<PathBuf>,
 }
 
 /// Join processing.
@@ -68,6 +79,10 @@ pub struct JoinConfig {
     pub dev_nonce_history: usize,
     /// The session `Lifetime` (seconds) sent with the AppSKey; 0 means no expiry.
     pub session_lifetime_s: u32,
+    /// Per owner tenant, the KEK file (the format of `secrets/as.kek`) that wraps the AppSKey
+    /// of its devices, so one tenant's application server cannot open another's; devices of
+    /// other tenants, and unclaimed ones, use `secrets/as.kek`.
+    pub app_kek_files: std::collections::BTreeMap<String, PathBuf>,
 }
 
 /// The embedded SQLite store.
@@ -112,6 +127,7 @@ impl Default for LinkConfig {
             answer_cache_ttl_ms: 30_000,
             answer_cache_max_entries: 200_000,
             peers: Vec::new(),
+            old_key_files: Vec::new(),
         }
     }
 }
@@ -121,6 +137,7 @@ impl Default for JoinConfig {
         Self {
             dev_nonce_history: 64,
             session_lifetime_s: 0,
+            app_kek_files: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -151,6 +168,13 @@ pub struct ApiConfig {
     pub listen: String,
     /// Ed25519 public keys (64 hex digits each) whose manifest signatures are trusted.
     pub trusted_manifest_keys: Vec<String>,
+    /// Ed25519 public keys bound to one manufacturer tenant each (`acme = ["<64 hex>", ...]`): a
+    /// manifest signed by one of them is refused when another manufacturer imports it. A key
+    /// listed here and in `trusted_manifest_keys` is bound to its manufacturer.
+    pub manufacturer_keys: std::collections::BTreeMap<String, Vec<String>>,
+    /// Manifest-supplied owner tokens shorter than this many characters are refused, with their
+    /// line (generated ones have 32 hex digits).
+    pub min_owner_token_len: usize,
     /// Whether `joinserver devices import` also requires `--signature` (the API always does).
     pub require_signed_cli_imports: bool,
     /// The largest manifest accepted in one request, in bytes.
@@ -165,6 +189,29 @@ pub struct ApiConfig {
     pub claim_failures_per_key: u32,
     /// The failed-claim window, in seconds.
     pub claim_failure_window_s: u64,
+    /// The API's certificate chain (PEM), relative to the data directory unless absolute. With
+    /// `tls_key`, the API speaks HTTPS; `joinserver init` writes a self-signed pair at the default
+    /// paths. Empty: no TLS (plain HTTP, refused on a non-loopback address unless
+    /// `insecure_http`).
+    pub tls_cert: PathBuf,
+    /// The certificate's private key (PEM, 0600), likewise.
+    pub tls_key: PathBuf,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy). Also
+    /// `--insecure-http`.
+    pub insecure_http: bool,
+    /// The TLS handshake and each request's headers must arrive within this many seconds.
+    pub header_read_timeout_s: u64,
+    /// A connection with no request in progress that moves no byte for this long is closed (s).
+    pub idle_timeout_s: u64,
+    /// Connections served at once; one more is closed at once.
+    pub max_connections: usize,
+    /// The largest request body of every route but the manifest import (bytes).
+    pub max_request_bytes: usize,
+    /// Failed authentications (missing, unknown, revoked or expired API key) allowed per source
+    /// address per window; further requests from it are answered 429 without being checked.
+    pub auth_failures_per_addr: u32,
+    /// The failed-authentication window, in seconds.
+    pub auth_failure_window_s: u64,
 }
 
 impl Default for ApiConfig {
@@ -172,6 +219,8 @@ impl Default for ApiConfig {
         Self {
             listen: String::new(),
             trusted_manifest_keys: Vec::new(),
+            manufacturer_keys: std::collections::BTreeMap::new(),
+            min_owner_token_len: MIN_OWNER_TOKEN_LEN,
             require_signed_cli_imports: false,
             max_manifest_bytes: 64 << 20,
             max_concurrent_imports: 2,
@@ -179,8 +228,43 @@ impl Default for ApiConfig {
             claim_failures_per_device: 5,
             claim_failures_per_key: 20,
             claim_failure_window_s: 600,
+            tls_cert: PathBuf::from(API_TLS_CERT),
+            tls_key: PathBuf::from(API_TLS_KEY),
+            insecure_http: false,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 30,
+            max_connections: 256,
+            max_request_bytes: 16 * 1024,
+            auth_failures_per_addr: 10,
+            auth_failure_window_s: 300,
         }
     }
+}
+
+/// The default shortest manifest-supplied owner token (characters): 12 hex digits are 48 bits,
+/// what the simulator's manifests carry.
+pub const MIN_OWNER_TOKEN_LEN: usize = 12;
+
+/// Where `joinserver init` writes the API's self-signed certificate (in the data directory).
+pub const API_TLS_CERT: &str = "tls/api.crt";
+/// Where `joinserver init` writes the certificate's private key.
+pub const API_TLS_KEY: &str = "tls/api.key";
+
+/// The API listener's HTTP limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// The largest body of every route but the import.
+    pub max_request_bytes: usize,
+    /// Failed authentications per source address per window.
+    pub auth_failures_per_addr: u32,
+    /// The failed-authentication window.
+    pub auth_failure_window: Duration,
+    /// Connection timeouts and count.
+    pub header_read_timeout: Duration,
+    /// See [`ApiConfig::idle_timeout_s`].
+    pub idle_timeout: Duration,
+    /// See [`ApiConfig::max_connections`].
+    pub max_connections: usize,
 }
 
 /// What the API allows an import: its size, how many run at once, how long an upload may
@@ -205,6 +289,18 @@ impl ApiConfig {
         }
     }
 
+    /// The HTTP limits (timeouts of at least 1 s).
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            max_request_bytes: self.max_request_bytes,
+            auth_failures_per_addr: self.auth_failures_per_addr,
+            auth_failure_window: Duration::from_secs(self.auth_failure_window_s.max(1)),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_s.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+
     /// The claim limits.
     pub fn claim_limits(&self) -> ClaimLimits {
         ClaimLimits {
@@ -222,6 +318,8 @@ pub const API_DEFAULT_TOML: &str = r#"
 listen = ""
 # Ed25519 public keys (64 hex digits) of manufacturers whose signed manifests are accepted.
 trusted_manifest_keys = []
+# Owner tokens in a manifest shorter than this (characters) are refused with their line.
+min_owner_token_len = 12
 # Whether `joinserver devices import` requires --signature too (API imports always do).
 require_signed_cli_imports = false
 # Largest manifest accepted in one API request (bytes).
@@ -235,6 +333,29 @@ import_idle_timeout_s = 30
 claim_failures_per_device = 5
 claim_failures_per_key = 20
 claim_failure_window_s = 600
+# HTTPS: the certificate chain and key (PEM; relative to the data directory unless absolute).
+# `joinserver init` writes a self-signed pair here and prints its fingerprint. "" = no TLS.
+# Plain HTTP is served only on a loopback address (beside HTTPS, told apart by the first byte)
+# unless insecure_http = true (or --insecure-http), e.g. behind a TLS-terminating proxy.
+tls_cert = "tls/api.crt"
+tls_key = "tls/api.key"
+insecure_http = false
+# The TLS handshake and each request's headers must arrive within this many seconds; a connection
+# with no request in progress that moves no byte for idle_timeout_s is closed.
+header_read_timeout_s = 10
+idle_timeout_s = 30
+# Connections served at once; one more is closed at once.
+max_connections = 256
+# The largest request body of every route but the manifest import (bytes).
+max_request_bytes = 16384
+# Failed authentications allowed per source address in each window (then 429, unchecked).
+auth_failures_per_addr = 10
+auth_failure_window_s = 300
+# Manifest keys bound to one manufacturer tenant each: a manifest signed by acme's key is refused
+# when another manufacturer imports it (a key also in trusted_manifest_keys stays acme's).
+# (A table: keep it after every other [api] key.)
+# [api.manufacturer_keys]
+# acme = ["<64 hex digits>"]
 "#;
 
 /// Limits on failed claims.
@@ -275,17 +396,25 @@ recv_buffer_bytes = 8388608
 # JoinAns and never consumes a DevNonce twice. Lifetime (ms) and capacity (about 1 KB each):
 answer_cache_ttl_ms = 30000
 answer_cache_max_entries = 200000
+# Former default link keys still accepted while secrets/link.key rotates (no peers listed).
+old_key_files = []
 # Network servers allowed on the link, each with its own key file. With none listed, any sender
 # authenticating with secrets/link.key is accepted under the NetID it claims.
 # [[link.peers]]
 # net_id = "000013"
 # key_file = "secrets/link-000013.key"
+# ns_kek_file = "secrets/ns-000013.kek"             # its own network KEK (default secrets/ns.kek)
+# old_key_files = ["secrets/link-000013.old.key"]   # still accepted while the key rotates
 
 [join]
 # LoRaWAN 1.0.2/1.0.3 devices: how many used DevNonces are remembered (reuse is refused).
 dev_nonce_history = 64
 # Session Lifetime in seconds sent with the AppSKey; 0 = no expiry.
 session_lifetime_s = 0
+# Per owner tenant, the KEK (file in the format of secrets/as.kek) that wraps its devices'
+# AppSKeys; other devices use secrets/as.kek. A table: keep it last in [join].
+# [join.app_kek_files]
+# alice = "secrets/as-alice.kek"
 
 [store]
 # Most nonce updates committed in one SQLite transaction (group commit).
@@ -305,6 +434,15 @@ listen = "127.0.0.1:9100"
 /// ([`API_DEFAULT_TOML`]). `joinserver config` prints it.
 pub fn default_toml() -> String {
     format!("{DEFAULT_TOML}{API_DEFAULT_TOML}")
+}
+
+/// A path of the configuration: relative to the data directory unless absolute.
+pub fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        data_dir.join(p)
+    }
 }
 
 impl Config {

@@ -9,7 +9,7 @@
 //! 4. check the home network (`check_home`);
 //! 5. check and record DevNonce/JoinNonce, inside one map entry (`take_nonces`);
 //! 6. answer (`accept`): derive the session keys, build and encrypt the Join-accept, wrap the
-//!    session keys under the KEKs.
+//!    session keys under the KEKs (the AppSKey under its owner tenant's KEK, if it has one).
 //!
 //! [`put_stored`] is the one place a stored device becomes the in-memory [`Device`].
 
@@ -69,6 +69,9 @@ pub struct Device {
     pub mac_version: MacVersion,
     /// The only NetID allowed to activate it, if any.
     pub home_net_id: Option<NetId>,
+    /// The tenant that claimed it: its AppSKey is wrapped under that tenant's KEK if one is
+    /// configured ([`JoinContext::app_keks`]).
+    pub owner: Option<Arc<str>>,
     /// Root keys.
     pub keys: Arc<DeviceKeys>,
     /// DevNonce/JoinNonce state, ahead of or equal to the store's.
@@ -86,6 +89,8 @@ pub fn provisioning_fingerprint(d: &StoredDevice) -> Vec<u8> {
     f.extend_from_slice(d.mac_version.as_str().as_bytes());
     f.push(0);
     f.extend_from_slice(&d.home_net_id.map_or(u32::MAX, NetId::as_u32).to_le_bytes());
+    f.extend_from_slice(d.owner.as_deref().unwrap_or_default().as_bytes());
+    f.push(0);
     f.extend_from_slice(&d.app_key_wrapped);
     f.extend_from_slice(d.nwk_key_wrapped.as_deref().unwrap_or_default());
     f
@@ -107,6 +112,7 @@ impl Device {
             join_eui: d.join_eui,
             mac_version: d.mac_version,
             home_net_id: d.home_net_id,
+            owner: d.owner.as_deref().map(Arc::from),
             keys: Arc::new(DeviceKeys::new(d.dev_eui, &app, nwk.as_ref())),
             nonces: d.nonces.clone(),
             provisioned: provisioning_fingerprint(d),
@@ -150,10 +156,15 @@ pub fn put_stored(
 /// What join processing needs besides the devices.
 #[derive(Debug, Clone)]
 pub struct JoinContext {
-    /// Wraps network session keys.
+    /// Wraps network session keys for a network server without a KEK of its own.
     pub ns_kek: LabeledKek,
-    /// Wraps the AppSKey.
+    /// Per network server (NetID): the KEK that wraps the network session keys of its JoinAns.
+    pub peer_ns_keks: std::collections::HashMap<NetId, LabeledKek>,
+    /// Wraps the AppSKey of a device whose owner has no KEK of its own.
     pub as_kek: LabeledKek,
+    /// Per owner tenant: the KEK that wraps the AppSKeys of its devices, so one tenant's
+    /// application server cannot open another's.
+    pub app_keks: std::collections::HashMap<String, LabeledKek>,
     /// DevNonce history length for LoRaWAN 1.0.2/1.0.3.
     pub dev_nonce_history: usize,
     /// Session `Lifetime` in seconds (0 = none).
@@ -294,15 +305,25 @@ fn parse_join_request(req: &JoinReqFields) -> Result<JoinRequest, JoinError> {
 }
 
 /// Step 3: the device's static facts (JoinEUI must match).
-fn find_device(
-    devices: &DeviceMap,
-    jr: &JoinRequest,
-) -> Result<(MacVersion, Option<NetId>, Arc<DeviceKeys>), JoinError> {
+/// What the pipeline needs of a device, read once from the map.
+struct Found {
+    version: MacVersion,
+    home: Option<NetId>,
+    owner: Option<Arc<str>>,
+    keys: Arc<DeviceKeys>,
+}
+
+fn find_device(devices: &DeviceMap, jr: &JoinRequest) -> Result<Found, JoinError> {
     let d = devices.get(&jr.dev_eui).ok_or(JoinError::UnknownDevEui)?;
     if d.join_eui != jr.join_eui {
         return Err(JoinError::UnknownDevEui);
     }
-    Ok((d.mac_version, d.home_net_id, d.keys.clone()))
+    Ok(Found {
+        version: d.mac_version,
+        home: d.home_net_id,
+        owner: d.owner.clone(),
+        keys: d.keys.clone(),
+    })
 }
 
 /// Step 4: the Join-request MIC, under AppKey (1.0.x) or NwkKey (1.1).
@@ -374,11 +395,17 @@ fn accept(
     ctx: &JoinContext,
     req: &JoinReqFields,
     jr: &JoinRequest,
-    version: MacVersion,
-    keys: &DeviceKeys,
+    found: &Found,
     radio: RadioParams,
     join_nonce: JoinNonce,
 ) -> Result<Accepted, JoinError> {
+    let (version, keys) = (found.version, &*found.keys);
+    let as_kek = found
+        .owner
+        .as_deref()
+        .and_then(|o| ctx.app_keks.get(o))
+        .unwrap_or(&ctx.as_kek);
+    let ns_kek = ctx.peer_ns_keks.get(&req.sender).unwrap_or(&ctx.ns_kek);
     let RadioParams {
         dl_settings: ns,
         rx_delay,
@@ -408,11 +435,11 @@ fn accept(
                 JoinAcceptEncKey::NwkKey(nwk),
             );
             let net = NetworkKeys::V1_1 {
-                f_nwk_s_int_key: seal(&ctx.ns_kek, &sk.f_nwk_s_int_key)?,
-                s_nwk_s_int_key: seal(&ctx.ns_kek, &sk.s_nwk_s_int_key)?,
-                nwk_s_enc_key: seal(&ctx.ns_kek, &sk.nwk_s_enc_key)?,
+                f_nwk_s_int_key: seal(ns_kek, &sk.f_nwk_s_int_key)?,
+                s_nwk_s_int_key: seal(ns_kek, &sk.s_nwk_s_int_key)?,
+                nwk_s_enc_key: seal(ns_kek, &sk.nwk_s_enc_key)?,
             };
-            (phy, net, seal(&ctx.as_kek, &sk.app_s_key)?)
+            (phy, net, seal(as_kek, &sk.app_s_key)?)
         }
         _ => {
             let sk = derive::session_keys_1_0(&keys.app, join_nonce, req.sender, jr.dev_nonce);
@@ -421,9 +448,9 @@ fn accept(
                 JoinAcceptEncKey::AppKey(&keys.app),
             );
             let net = NetworkKeys::V1_0 {
-                nwk_s_key: seal(&ctx.ns_kek, &sk.nwk_s_key)?,
+                nwk_s_key: seal(ns_kek, &sk.nwk_s_key)?,
             };
-            (phy, net, seal(&ctx.as_kek, &sk.app_s_key)?)
+            (phy, net, seal(as_kek, &sk.app_s_key)?)
         }
     };
     Ok(Accepted {
@@ -450,12 +477,12 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
         Err(e) => return Outcome::refused(e, None),
     };
     let dev_eui = Some(jr.dev_eui);
-    let checked = find_device(devices, &jr).and_then(|(version, home, keys)| {
-        check_mic(&jr, &keys)?;
-        check_home(home, req.sender)?;
-        Ok((version, keys))
+    let checked = find_device(devices, &jr).and_then(|found| {
+        check_mic(&jr, &found.keys)?;
+        check_home(found.home, req.sender)?;
+        Ok(found)
     });
-    let (version, keys) = match checked {
+    let found = match checked {
         Ok(v) => v,
         Err(e) => return Outcome::refused(e, dev_eui),
     };
@@ -465,7 +492,7 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
             Err(e) => return Outcome::refused(e, dev_eui),
         };
     Outcome {
-        result: accept(ctx, req, &jr, version, &keys, radio, join_nonce),
+        result: accept(ctx, req, &jr, &found, radio, join_nonce),
         update: Some(update),
         dev_eui,
     }
@@ -495,6 +522,8 @@ mod tests {
                 label: "as-test".into(),
                 key: Kek::new([0xB2; 16]),
             },
+            app_keks: std::collections::HashMap::new(),
+            peer_ns_keks: std::collections::HashMap::new(),
             dev_nonce_history: 64,
             session_lifetime_s: 3600,
             js_id: 1,
@@ -510,6 +539,7 @@ mod tests {
                 join_eui: JOIN_EUI,
                 mac_version: v,
                 home_net_id: home,
+                owner: None,
                 keys: Arc::new(DeviceKeys::new(dev_eui, &AppKey::new(APP), nwk.as_ref())),
                 nonces: NonceState::default(),
                 provisioned: Vec::new(),

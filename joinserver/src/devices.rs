@@ -30,7 +30,8 @@ pub struct ImportSummary {
 
 /// Imports a manifest held in memory into `store`, all or nothing, through the same streaming
 /// import as the API and `joinserver devices import` ([`crate::onboarding::import`]): root keys
-/// wrapped under the master key, owner tokens kept as hashes, audited as the command line.
+/// wrapped under the master key, owner tokens kept as hashes (shorter than
+/// [`crate::config::MIN_OWNER_TOKEN_LEN`] refused), audited as the command line.
 /// Every bad row, duplicate and already-provisioned device is reported.
 pub fn import(
     store: &mut SqliteStore,
@@ -44,6 +45,7 @@ pub fn import(
         format: Some(format),
         verifier: None,
         commit_lock: None,
+        min_owner_token_len: crate::config::MIN_OWNER_TOKEN_LEN,
     };
     let mut source = imp::SliceSource::new(text.as_bytes());
     match imp::run(store.conn_mut(), job, &mut source, None) {
@@ -56,5 +58,48 @@ pub fn import(
             dev_eui: DevEui::new(0),
             what: other.to_string(),
         })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::keys::Kek;
+
+    use super::*;
+    use crate::store::{NonceState, NonceUpdate, Store};
+
+    /// A device removed and imported again (the streaming import, as the API and the command
+    /// line do) continues from its last JoinNonce: it used to restart at 0.
+    #[test]
+    fn reimport_never_moves_a_join_nonce_backwards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(tmp.path()).unwrap();
+        let master = MasterKey(Kek::new([5; 16]));
+        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key\n\
+             0000000000000001,70B3D57ED0000000,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,\n\
+             0000000000000002,70B3D57ED0000000,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,\n";
+        import(&mut store, &master, manifest, Format::Csv).unwrap();
+        store
+            .commit_nonces(&[NonceUpdate {
+                dev_eui: DevEui::new(1),
+                state: NonceState {
+                    last_dev_nonce: Some(9),
+                    used_dev_nonces: vec![],
+                    last_join_nonce: 41,
+                },
+            }])
+            .unwrap();
+        assert!(store.remove_device(DevEui::new(1)).unwrap());
+        assert!(store.remove_device(DevEui::new(2)).unwrap());
+        import(&mut store, &master, manifest, Format::Csv).unwrap();
+        let join_nonce = |s: &mut SqliteStore, d| {
+            s.get_device(DevEui::new(d))
+                .unwrap()
+                .unwrap()
+                .nonces
+                .last_join_nonce
+        };
+        assert_eq!(join_nonce(&mut store, 1), 41);
+        assert_eq!(join_nonce(&mut store, 2), 0);
     }
 }

@@ -18,12 +18,15 @@ use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use protocol::ts002::JoinReq;
 
-use crate::cache::{self, AnswerCache, Lookup};
+use crate::cache::{self, AnswerCache, Durability, Lookup};
 use crate::core::{self, DeviceMap, JoinContext};
 use crate::metrics::Metrics;
 use crate::mmsg::{BatchReceiver, BatchSender};
 use crate::store::{GroupCommit, Released};
 use crate::wire::{self, Parsed};
+
+/// At most one clock-skew warning this often.
+const SKEW_WARNING_EVERY_MS: u64 = 10_000;
 
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn now_ms() -> u64 {
@@ -32,29 +35,34 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The link keys of the network servers allowed to send JoinReqs.
+/// The link keys of the network servers allowed to send JoinReqs. Each sender may have several
+/// keys at once while its key rotates: the current one first, then older ones still accepted
+/// until they are removed from the configuration. An answer is sealed with the key that
+/// authenticated its request.
 #[derive(Clone, Default)]
 pub struct Peers {
     /// Accepted from any sender whose id is a NetID (when no per-peer keys are configured).
-    pub default: Option<LinkKey>,
+    pub default: Vec<LinkKey>,
     /// Per-NetID keys.
-    pub by_id: HashMap<u64, LinkKey>,
+    pub by_id: HashMap<u64, Vec<LinkKey>>,
 }
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peers")
-            .field("default", &self.default.is_some())
+            .field("default", &self.default.len())
             .field("by_id", &self.by_id.keys().collect::<Vec<_>>())
             .finish()
     }
 }
 
 impl Peers {
-    /// The key that must authenticate datagrams from `sender`.
-    pub fn key_for(&self, sender: PeerId) -> Option<&LinkKey> {
-        sender.net_id()?;
-        self.by_id.get(&sender.0).or(self.default.as_ref())
+    /// The keys that may authenticate datagrams from `sender` (empty: an unknown sender).
+    pub fn keys_for(&self, sender: PeerId) -> &[LinkKey] {
+        if sender.net_id().is_none() {
+            return &[];
+        }
+        self.by_id.get(&sender.0).unwrap_or(&self.default)
     }
 }
 
@@ -68,6 +76,11 @@ pub struct Outgoing {
     /// The join result to count once sent; `None` for answers served from the cache.
     result: Option<&'static str>,
     cache_key: Option<cache::Key>,
+    /// Whether the commit this answer depends on is durable: its own batch's (`settles`), or,
+    /// for an answer served from the cache, that of the request that made it.
+    durability: Arc<Durability>,
+    /// This item's batch decides its durability (it is not a cached answer).
+    settles: bool,
 }
 
 /// Everything the link needs, shared between its threads.
@@ -86,6 +99,8 @@ pub struct Link {
     pub cache: Mutex<AnswerCache>,
     /// Metrics.
     pub metrics: Metrics,
+    /// When a clock-skew drop was last warned about (Unix ms).
+    pub skew_warned_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Link {
@@ -125,7 +140,44 @@ pub fn bind(addr: SocketAddr, recv_buffer_bytes: usize) -> std::io::Result<UdpSo
 impl Link {
     fn drop_datagram(&self, e: &LinkError, addr: SocketAddr) {
         self.metrics.link_drops.with_label_values(&[e.kind()]).inc();
+        if let LinkError::Stale { skew_ms, .. } = e {
+            // An authenticated datagram outside the window: a peer's clock is off (or an old
+            // datagram is replayed). Joins fail until the clocks agree: a warning (at most one
+            // per peer address every 10 s) and a metric, not a debug line.
+            self.metrics.link_clock_skew_ms.set(*skew_ms);
+            let now = now_ms();
+            let last = self.skew_warned_ms.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= SKEW_WARNING_EVERY_MS
+                && self
+                    .skew_warned_ms
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(peer = %addr, skew_ms, "link datagram dropped: the clocks of the join server and this network server disagree beyond link.window_ms (check NTP)");
+            }
+            return;
+        }
         tracing::debug!(peer = %addr, reason = e.kind(), error = %e, "link datagram dropped");
+    }
+
+    /// Opens a datagram from `sender` under one of its keys (during a rotation, the current key
+    /// first, then the older ones) and checks its freshness: the key and the body.
+    fn authenticate<'d>(
+        &self,
+        datagram: &'d [u8],
+        sender: PeerId,
+        now_ms: u64,
+    ) -> Result<(&LinkKey, &'d [u8]), LinkError> {
+        let keys = self.peers.keys_for(sender);
+        if keys.is_empty() {
+            return Err(LinkError::UnknownSender(sender));
+        }
+        let (key, h, body) = keys
+            .iter()
+            .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)))
+            .ok_or(LinkError::BadTag)?;
+        link::check_fresh(&h, now_ms, self.window_ms)?;
+        Ok((key, body))
     }
 
     /// Handles one received datagram: drops it (counted) or queues an answer.
@@ -149,14 +201,8 @@ impl Link {
             self.drop_datagram(&LinkError::Unexpected(header.msg_type), addr);
             return Ok(());
         }
-        let Some(key) = self.peers.key_for(header.sender) else {
-            self.drop_datagram(&LinkError::UnknownSender(header.sender), addr);
-            return Ok(());
-        };
-        let body = match link::open(key, datagram)
-            .and_then(|(h, b)| link::check_fresh(&h, now_ms, self.window_ms).map(|()| b))
-        {
-            Ok(b) => b,
+        let (key, body) = match self.authenticate(datagram, header.sender, now_ms) {
+            Ok(v) => v,
             Err(e) => {
                 self.drop_datagram(&e, addr);
                 return Ok(());
@@ -175,15 +221,18 @@ impl Link {
             result = tracing::field::Empty,
         );
         let _enter = span.enter();
-        let out = |body: Arc<[u8]>, result, cache_key| Outgoing {
-            addr,
-            key: key.clone(),
-            nonce: header.nonce,
-            body,
-            received,
-            result,
-            cache_key,
-        };
+        let out =
+            |body: Arc<[u8]>, result, cache_key, durability: Option<Arc<Durability>>| Outgoing {
+                settles: durability.is_none(),
+                durability: durability.unwrap_or_default(),
+                addr,
+                key: key.clone(),
+                nonce: header.nonce,
+                body,
+                received,
+                result,
+                cache_key,
+            };
         match wire::parse_body(body, sender_net_id) {
             Err(e) => {
                 self.drop_datagram(&e, addr);
@@ -195,7 +244,7 @@ impl Link {
             }) => {
                 span.record("tid", transaction_id);
                 span.record("result", "malformed");
-                writer.submit(None, out(answer.into(), Some("malformed"), None))
+                writer.submit(None, out(answer.into(), Some("malformed"), None, None))
             }
             Ok(Parsed::Request(req)) => self.on_request(
                 &req,
@@ -218,7 +267,12 @@ impl Link {
         now_ms: u64,
         span: &tracing::Span,
         writer: &GroupCommit<Outgoing>,
-        out: impl Fn(Arc<[u8]>, Option<&'static str>, Option<cache::Key>) -> Outgoing,
+        out: impl Fn(
+            Arc<[u8]>,
+            Option<&'static str>,
+            Option<cache::Key>,
+            Option<Arc<Durability>>,
+        ) -> Outgoing,
     ) -> Result<(), crate::store::WriterStopped> {
         let tid = req.header.transaction_id;
         span.record("tid", tid);
@@ -229,10 +283,10 @@ impl Link {
             .lock()
             .map_or(Lookup::Miss, |mut c| c.lookup(now_ms, ck, &req.phy_payload));
         match lookup {
-            Lookup::Hit(answer) => {
+            Lookup::Hit(answer, durability) => {
                 self.metrics.answers_replayed.inc();
                 span.record("result", "cached");
-                writer.submit(None, out(answer, None, None))
+                writer.submit(None, out(answer, None, None, Some(durability)))
             }
             Lookup::Conflict => {
                 span.record("result", "malformed");
@@ -240,7 +294,7 @@ impl Link {
                     req,
                     "TransactionID already used for a different JoinReq",
                 );
-                writer.submit(None, out(answer.into(), Some("malformed"), None))
+                writer.submit(None, out(answer.into(), Some("malformed"), None, None))
             }
             Lookup::Miss => {
                 let fields = wire::fields(req, sender_net_id);
@@ -248,17 +302,27 @@ impl Link {
                 let result = outcome.kind();
                 span.record("result", result);
                 let answer: Arc<[u8]> = wire::answer_json(req, &outcome).into();
+                let durability = Arc::new(Durability::default());
                 if let Ok(mut c) = self.cache.lock() {
-                    c.insert(now_ms, ck, &req.phy_payload, answer.clone());
+                    c.insert(
+                        now_ms,
+                        ck,
+                        &req.phy_payload,
+                        answer.clone(),
+                        durability.clone(),
+                    );
                 }
-                writer.submit(outcome.update, out(answer, Some(result), Some(ck)))
+                let mut o = out(answer, Some(result), Some(ck), Some(durability));
+                o.settles = true;
+                writer.submit(outcome.update, o)
             }
         }
     }
 
     /// The writer's release step: after a batch committed, seal and send its answers (one
     /// `sendmmsg` per up to 64); if the commit failed, send none of them and forget their
-    /// cached answers.
+    /// cached answers. An answer served from the cache leaves only if the commit of the request
+    /// that made it succeeded (a retry queued behind a failed commit gets no answer).
     pub fn release(
         &self,
         socket: &UdpSocket,
@@ -268,6 +332,9 @@ impl Link {
         if n > 0 {
             self.metrics.store_commits.inc();
             self.metrics.store_batch.observe(n as f64);
+        }
+        for o in items.iter().filter(|o| o.settles) {
+            o.durability.settle(result.is_ok());
         }
         if let Err(e) = result {
             self.metrics.store_errors.inc();
@@ -280,6 +347,15 @@ impl Link {
                 }
             }
             return;
+        }
+        let (items, undurable): (Vec<Outgoing>, Vec<Outgoing>) =
+            items.into_iter().partition(|o| o.durability.is_committed());
+        if !undurable.is_empty() {
+            self.metrics.answers_withheld.inc_by(undurable.len() as u64);
+            tracing::warn!(
+                answers = undurable.len(),
+                "cached answers withheld: the commit they depend on failed"
+            );
         }
         let now = now_ms();
         // Counted before the answers leave, so that whoever holds an answer also sees it in
@@ -346,5 +422,198 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use protocol::ids::{DevEui, DevNonce, JoinEui};
+    use protocol::join::{JoinRequest, JoinRootKey};
+    use protocol::keys::{AppKey, Kek, KeyCipher};
+    use protocol::ts002::{JoinAns, ResultCode};
+
+    use super::*;
+    use crate::secrets::{LabeledKek, MasterKey};
+    use crate::store::{DeviceChanges, NonceUpdate, SqliteStore, Store, StoreError, StoredDevice};
+
+    const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+    const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
+    const DEV: u64 = 7;
+    const NET: u32 = 0x13;
+
+    /// A store whose nonce commits wait for the test's verdict: commit, or fail.
+    struct Gate {
+        inner: SqliteStore,
+        entered: mpsc::Sender<()>,
+        verdicts: mpsc::Receiver<bool>,
+    }
+
+    impl Store for Gate {
+        fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
+            self.inner.load_devices()
+        }
+        fn get_device(&mut self, d: DevEui) -> Result<Option<StoredDevice>, StoreError> {
+            self.inner.get_device(d)
+        }
+        fn insert_devices(&mut self, d: &[StoredDevice]) -> Result<(), StoreError> {
+            self.inner.insert_devices(d)
+        }
+        fn remove_device(&mut self, d: DevEui) -> Result<bool, StoreError> {
+            self.inner.remove_device(d)
+        }
+        fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
+            self.entered.send(()).unwrap();
+            if self.verdicts.recv().unwrap() {
+                self.inner.commit_nonces(batch)
+            } else {
+                Err(StoreError::Corrupt {
+                    dev_eui: DevEui::new(0),
+                    what: "commit failure injected by the test".into(),
+                })
+            }
+        }
+        fn generation(&mut self) -> Result<u64, StoreError> {
+            self.inner.generation()
+        }
+        fn changes_since(&mut self, seen: u64) -> Result<(u64, DeviceChanges), StoreError> {
+            self.inner.changes_since(seen)
+        }
+        fn check_master(&mut self, v: &[u8]) -> Result<(), StoreError> {
+            self.inner.check_master(v)
+        }
+    }
+
+    fn join_req(key: &LinkKey, tid: u32, dev_nonce: u16) -> Vec<u8> {
+        let k = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+        let jr = JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(DEV),
+            DevNonce(dev_nonce),
+            JoinRootKey::AppKey(&k),
+        );
+        let body = serde_json::to_vec(&serde_json::json!({
+            "ProtocolVersion": "1.0", "SenderID": format!("{NET:06X}"),
+            "ReceiverID": format!("{JOIN_EUI:016X}"), "TransactionID": tid,
+            "MessageType": "JoinReq", "MACVersion": "1.0.4",
+            "PHYPayload": hex::encode(jr.to_bytes()), "DevEUI": format!("{DEV:016X}"),
+            "DevAddr": "26011BDA", "DLSettings": "00", "RxDelay": 1,
+        }))
+        .unwrap();
+        let header = Header {
+            msg_type: MessageType::JoinReq,
+            sender: PeerId::from_net_id(NetId::new(NET).unwrap()),
+            timestamp_ms: now_ms(),
+            nonce: u64::from(tid),
+        };
+        let mut d = Vec::new();
+        link::seal(key, &header, &body, &mut d).unwrap();
+        d
+    }
+
+    /// No JoinAns leaves unless the nonces it depends on are committed, retries included: a
+    /// retry answered from the cache while the first answer's commit is in progress is withheld
+    /// when that commit fails (it used to be sent by the next batch). Once commits succeed, an
+    /// answer and its cached retry both leave.
+    #[test]
+    fn a_failed_commit_sends_no_answer_not_even_to_a_retry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let master = MasterKey(Kek::new([5; 16]));
+        let mut store = SqliteStore::open(tmp.path()).unwrap();
+        let manifest = format!(
+            "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n\
+             {DEV:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,{NET:06X}\n"
+        );
+        crate::devices::import(&mut store, &master, &manifest, crate::manifest::Format::Csv)
+            .unwrap();
+        let devices = Arc::new(DeviceMap::default());
+        for d in store.load_devices().unwrap() {
+            core::put_stored(&devices, &master, &d, core::Refresh::Replace).unwrap();
+        }
+        let link_key = LinkKey::new([9; 16]);
+        let kek = |label: &str| LabeledKek {
+            label: label.into(),
+            key: Kek::new([1; 16]),
+        };
+        let link = Arc::new(Link {
+            ctx: JoinContext {
+                ns_kek: kek("ns"),
+                as_kek: kek("as"),
+                app_keks: HashMap::new(),
+                peer_ns_keks: HashMap::new(),
+                dev_nonce_history: 16,
+                session_lifetime_s: 0,
+                js_id: 1,
+            },
+            devices,
+            peers: Peers {
+                default: vec![link_key.clone()],
+                by_id: HashMap::new(),
+            },
+            js_id: PeerId(1),
+            window_ms: 30_000,
+            cache: Mutex::new(AnswerCache::new(30_000, 100)),
+            metrics: Metrics::new(),
+            skew_warned_ms: Default::default(),
+        });
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client_addr = client.local_addr().unwrap();
+        let (entered_tx, entered) = mpsc::channel();
+        let (verdict, verdicts) = mpsc::channel();
+        let gate = Gate {
+            inner: store,
+            entered: entered_tx,
+            verdicts,
+        };
+        let release_link = link.clone();
+        let (writer, handle) = GroupCommit::spawn(gate, 64, 64, move |released| {
+            release_link.release(&server, &BatchSender::new(8), released);
+        });
+        let receive = |wait_ms: u64| -> Option<Vec<u8>> {
+            client
+                .set_read_timeout(Some(Duration::from_millis(wait_ms)))
+                .unwrap();
+            let mut buf = [0u8; 2048];
+            client.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+        };
+        let submit = |d: &[u8]| {
+            link.on_datagram(d, client_addr, Instant::now(), now_ms(), &writer)
+                .unwrap();
+        };
+
+        // The first attempt's commit starts; its retry is answered from the cache meanwhile.
+        let first = join_req(&link_key, 1, 1);
+        submit(&first);
+        entered.recv().unwrap();
+        submit(&first);
+        assert_eq!(link.metrics.answers_replayed.get(), 1);
+        verdict.send(false).unwrap();
+        assert!(
+            receive(500).is_none(),
+            "no answer leaves for a failed commit"
+        );
+        assert_eq!(link.metrics.store_errors.get(), 1);
+        assert_eq!(link.metrics.answers_withheld.get(), 1, "the retry's");
+
+        // Commits succeed again: an answer, and a later retry gets the identical one.
+        let second = join_req(&link_key, 2, 2);
+        submit(&second);
+        entered.recv().unwrap();
+        verdict.send(true).unwrap();
+        let answer = receive(5_000).expect("an answer once committed");
+        let (_, body) = link::open(&link_key, &answer).unwrap();
+        assert_eq!(
+            JoinAns::parse(body).unwrap().result.result_code,
+            ResultCode::Success
+        );
+        submit(&second);
+        let again = receive(5_000).expect("the cached answer, its commit being durable");
+        assert_eq!(link::open(&link_key, &again).unwrap().1, body);
+        drop(writer);
+        let mut store = handle.join().unwrap();
+        let stored = store.get_device(DevEui::new(DEV)).unwrap().unwrap();
+        assert_eq!(stored.nonces.last_dev_nonce, Some(2));
     }
 }

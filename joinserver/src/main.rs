@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use httpsec::tls::SelfSigned;
 use joinserver::atrest;
 use joinserver::config::{self, Config};
 use joinserver::devices::Format;
@@ -34,10 +35,15 @@ struct DataDir {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Creates the store and the secrets (0600) if they do not exist; never overwrites.
+    /// Creates the store, the secrets (0600) and the API's self-signed TLS certificate and key
+    /// (0600) if they do not exist; never overwrites. Prints the certificate's fingerprint.
     Init {
         #[command(flatten)]
         dir: DataDir,
+        /// A DNS name or IP address clients use to reach the API, added to the self-signed
+        /// certificate beside localhost, 127.0.0.1 and ::1 (repeatable).
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
     },
     /// Provisioned devices.
     Devices {
@@ -60,14 +66,39 @@ enum Command {
         /// TCP address for the HTTP management API (overrides api.listen; "" disables).
         #[arg(long)]
         api_listen: Option<String>,
+        /// Serve the API in plain HTTP on a non-loopback address (sets api.insecure_http), e.g.
+        /// behind a TLS-terminating proxy. Without it, plain HTTP is refused there.
+        #[arg(long)]
+        insecure_http: bool,
     },
     /// Management API keys.
     ApiKeys {
         #[command(subcommand)]
         command: ApiKeysCommand,
     },
+    /// Network servers on the link (peers), each with its own link key and network KEK.
+    Peers {
+        #[command(subcommand)]
+        command: PeersCommand,
+    },
     /// Prints the default configuration file.
     Config,
+}
+
+#[derive(Subcommand)]
+enum PeersCommand {
+    /// Adds the network server of a NetID: creates its link key and network KEK (0600) under
+    /// DATA_DIR/secrets/, adds it to DATA_DIR/joinserver.toml, and prints the paths of its
+    /// secrets (copy them to that network server). The first peer added also binds
+    /// secrets/link.key and secrets/ns.kek to NetID 000000: from then on, a network server is
+    /// accepted only under its own NetID's key.
+    Add {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The network server's NetID (6 hex digits).
+        #[arg(long)]
+        net_id: protocol::ids::NetId,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,9 +110,27 @@ enum ApiKeysCommand {
         /// The key's role.
         #[arg(long, value_enum)]
         role: Role,
-        /// The key's name: its tenant (owner keys with the same name act for the same tenant).
+        /// The key's tenant (created if new): owner keys of one tenant act for the same tenant.
         #[arg(long)]
         name: String,
+        /// The key expires after this many days (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Lists the API keys (id, tenant, role, creation, expiry, revocation; never a key).
+    List {
+        #[command(flatten)]
+        dir: DataDir,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revokes an API key by id: it authenticates nothing from now on (a running server too).
+    Revoke {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The key's id (16 hex digits, from `api-keys list`).
+        id: String,
     },
 }
 
@@ -145,7 +194,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Init { dir } => init(&dir.data_dir),
+        Command::Init { dir, tls_names } => init(&dir.data_dir, &tls_names),
         Command::Config => {
             print!("{}", config::default_toml());
             Ok(ExitCode::SUCCESS)
@@ -156,15 +205,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             metrics,
             api_listen,
-        } => serve(&dir.data_dir, config, listen, metrics, api_listen),
-        Command::ApiKeys {
-            command: ApiKeysCommand::Create { dir, role, name },
-        } => {
-            let svc = onboarding_cli(&dir.data_dir, None)?;
-            let (key, _id) = svc.create_api_key(&Actor::cli(), role, &name)?;
-            println!("{}", key.expose());
-            Ok(ExitCode::SUCCESS)
-        }
+            insecure_http,
+        } => serve(
+            &dir.data_dir,
+            config,
+            Overrides {
+                listen,
+                metrics,
+                api_listen,
+                insecure_http,
+            },
+        ),
+        Command::ApiKeys { command } => api_keys(command),
+        Command::Peers {
+            command: PeersCommand::Add { dir, net_id },
+        } => peers_add(&dir.data_dir, net_id),
         Command::Devices { command } => match command {
             DevicesCommand::Import {
                 dir,
@@ -197,9 +252,127 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn init(data_dir: &Path) -> Result<ExitCode> {
+fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> {
+    use std::io::Write;
+    let config_path = data_dir.join("joinserver.toml");
+    let config = load_config(data_dir, None)?;
+    if config
+        .link
+        .peers
+        .iter()
+        .any(|p| p.net_id.parse() == Ok(net_id))
+    {
+        bail!(
+            "NetID {net_id} is already a peer in {}",
+            config_path.display()
+        );
+    }
+    let created = secrets::init_peer(data_dir, net_id)?;
+    let (link, kek) = secrets::peer_files(data_dir, net_id);
+    let mut block = String::new();
+    if config.link.peers.is_empty() {
+        block.push_str(
+            "\n# The network server(s) that use secrets/link.key (joinserver peers add).\n\
+             [[link.peers]]\nnet_id = \"000000\"\nkey_file = \"secrets/link.key\"\n\
+             ns_kek_file = \"secrets/ns.kek\"\n",
+        );
+        eprintln!(
+            "joinserver: secrets/link.key is now bound to NetID 000000: a network server of \
+             another NetID is accepted only with its own key"
+        );
+    }
+    block.push_str(&format!(
+        "\n[[link.peers]]\nnet_id = \"{net_id}\"\nkey_file = \"secrets/link-{net_id}.key\"\n\
+         ns_kek_file = \"secrets/ns-{net_id}.kek\"\n"
+    ));
+    // Parsed with the block before it is written: a configuration it would break stays as is.
+    let before = std::fs::read_to_string(&config_path).unwrap_or_default();
+    Config::from_toml(&format!("{before}{block}"))
+        .with_context(|| format!("adding the peer to {}", config_path.display()))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&config_path)
+        .and_then(|mut f| f.write_all(block.as_bytes()))
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    for c in &created {
+        match c {
+            Created::New(p) => println!("created {}", p.display()),
+            Created::Kept(p) => println!("kept    {} (exists)", p.display()),
+        }
+    }
+    println!("added   NetID {net_id} to {}", config_path.display());
+    println!();
+    println!("The network server of NetID {net_id} needs (copy them with mode 0600):");
+    println!("  {}  link key", link.display());
+    println!("  {}  network KEK", kek.display());
+    println!("Restart the join server to apply.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
+    match command {
+        ApiKeysCommand::Create {
+            dir,
+            role,
+            name,
+            expires_in_days,
+        } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let expires_ms = expires_in_days
+                .map(|d| joinserver::onboarding::db::now_ms() + i64::from(d) * 86_400_000);
+            let (key, _id) = svc.create_api_key_until(&Actor::cli(), role, &name, expires_ms)?;
+            println!("{}", key.expose());
+        }
+        ApiKeysCommand::List { dir, json } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let keys = svc.list_api_keys(&Actor::cli())?;
+            if json {
+                for k in &keys {
+                    println!("{}", serde_json::to_string(k)?);
+                }
+            } else {
+                println!(
+                    "{:<16}  {:<12}  {:<24}  {:<15}  {:<15}  {:<15}",
+                    "ID", "ROLE", "TENANT", "CREATED_MS", "EXPIRES_MS", "REVOKED_MS"
+                );
+                let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+                for k in &keys {
+                    println!(
+                        "{:<16}  {:<12}  {:<24}  {:<15}  {:<15}  {:<15}",
+                        k.id,
+                        k.role.as_str(),
+                        k.name,
+                        k.created_ms,
+                        opt(k.expires_ms),
+                        opt(k.revoked_ms)
+                    );
+                }
+                eprintln!("{} key(s)", keys.len());
+            }
+        }
+        ApiKeysCommand::Revoke { dir, id } => {
+            let svc = onboarding_cli(&dir.data_dir, None)?;
+            match svc.revoke_api_key(&Actor::cli(), &id) {
+                Ok(()) => println!("revoked {id}"),
+                Err(OnbError::NotFound) => {
+                    eprintln!("joinserver: no valid API key {id}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
+    use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // The store and the secrets live here: owner-only.
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} owner-only", data_dir.display()))?;
     let created = secrets::init(data_dir)?;
     let secrets = Secrets::load(data_dir)?;
     let mut store = SqliteStore::open(data_dir)?;
@@ -214,6 +387,26 @@ fn init(data_dir: &Path) -> Result<ExitCode> {
         "store   {}",
         data_dir.join(joinserver::store::DB_FILE).display()
     );
+    let config = load_config(data_dir, None)?;
+    if !config.api.tls_cert.as_os_str().is_empty() {
+        let (cert, key) = (
+            config::resolve(data_dir, &config.api.tls_cert),
+            config::resolve(data_dir, &config.api.tls_key),
+        );
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+        names.extend(tls_names.iter().cloned());
+        match httpsec::tls::ensure_self_signed(&cert, &key, &names)? {
+            SelfSigned::Created(fp) => {
+                println!("created {} (self-signed, API HTTPS)", cert.display());
+                println!("created {}", key.display());
+                println!("api certificate sha256 {fp}");
+            }
+            SelfSigned::Kept(fp) => {
+                println!("kept    {} (exists)", cert.display());
+                println!("api certificate sha256 {fp}");
+            }
+        }
+    }
     let s = secrets::dir(data_dir);
     println!();
     println!("The network server needs (copy them with mode 0600):");
@@ -272,15 +465,19 @@ fn onboarding_cli(data_dir: &Path, config: Option<&Config>) -> Result<Onboarding
     store.check_master(&atrest::check_value(&secrets.master))?;
     let default = Config::default();
     let config = config.unwrap_or(&default);
-    let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
-        .map_err(|e| anyhow::anyhow!("api.{e}"))?;
+    let trusted = TrustedKeys::parse_with(
+        &config.api.trusted_manifest_keys,
+        &config.api.manufacturer_keys,
+    )
+    .map_err(|e| anyhow::anyhow!("api.{e}"))?;
     Ok(Onboarding::new(
         OnboardStore::open(data_dir)?,
         None,
         secrets.master,
         trusted,
         config.api.claim_limits(),
-    ))
+    )
+    .with_min_owner_token_len(config.api.min_owner_token_len))
 }
 
 fn import(
@@ -426,13 +623,15 @@ fn show(data_dir: &Path, dev_eui: DevEui) -> Result<ExitCode> {
     }
 }
 
-fn serve(
-    data_dir: &Path,
-    config_file: Option<PathBuf>,
+/// `serve`'s flags that override the configuration.
+struct Overrides {
     listen: Option<SocketAddr>,
     metrics: Option<String>,
     api_listen: Option<String>,
-) -> Result<ExitCode> {
+    insecure_http: bool,
+}
+
+fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -452,26 +651,28 @@ fn serve(
         .with_context(|| format!("parsing {}", p.display()))?,
         None => Config::default(),
     };
-    if let Some(l) = listen {
+    if let Some(l) = o.listen {
         config.link.listen = l;
     }
-    if let Some(m) = metrics {
+    if let Some(m) = o.metrics {
         config.metrics.listen = m;
     }
-    if let Some(a) = api_listen {
+    if let Some(a) = o.api_listen {
         config.api.listen = a;
     }
+    config.api.insecure_http |= o.insecure_http;
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(
-        "joinserver listening link={} metrics={} api={}",
+        "joinserver listening link={} metrics={} api={} api_scheme={}",
         server.link_addr(),
         server
             .metrics_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string()),
         server
             .api_addr()
-            .map_or_else(|| "-".to_owned(), |a| a.to_string())
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        server.api_scheme().unwrap_or("-")
     );
     tracing::info!(link = %server.link_addr(), metrics = ?server.metrics_addr(), "serving");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -619,6 +619,7 @@ impl NewDevice {
                 .map(|k| atrest::seal_nwk_key(master, k)),
             home_net_id: self.home_net_id,
             owner_token: None,
+            owner: None,
             nonces: NonceState::default(),
         }
     }

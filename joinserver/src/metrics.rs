@@ -31,6 +31,12 @@ pub struct Metrics {
     pub link_datagrams: IntCounter,
     /// `joinserver_answers_replayed_total`: retries/replays answered from the answer cache.
     pub answers_replayed: IntCounter,
+    /// `joinserver_link_clock_skew_ms`: the clock skew of the last link datagram dropped as
+    /// stale (sender's timestamp minus ours).
+    pub link_clock_skew_ms: IntGauge,
+    /// `joinserver_answers_withheld_total`: cached answers not sent because the commit they
+    /// depend on failed.
+    pub answers_withheld: IntCounter,
     /// `joinserver_store_commits_total`: group commits.
     pub store_commits: IntCounter,
     /// `joinserver_store_commit_batch_size`: nonce updates per group commit.
@@ -71,19 +77,24 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
-        let link_datagrams = IntCounter::new(
+        let link_datagrams = counter(
             "joinserver_link_datagrams_total",
             "Datagrams received on the link",
-        )
-        .expect("valid metric");
-        let answers_replayed = IntCounter::new(
+        );
+        let answers_replayed = counter(
             "joinserver_answers_replayed_total",
             "Retried or replayed JoinReqs answered from the answer cache",
+        );
+        let link_clock_skew_ms = IntGauge::new(
+            "joinserver_link_clock_skew_ms",
+            "Clock skew of the last link datagram dropped as stale (sender minus join server, ms)",
         )
         .expect("valid metric");
-        let store_commits =
-            IntCounter::new("joinserver_store_commits_total", "Nonce group commits")
-                .expect("valid metric");
+        let answers_withheld = counter(
+            "joinserver_answers_withheld_total",
+            "Cached answers withheld because the nonce commit they depend on failed",
+        );
+        let store_commits = counter("joinserver_store_commits_total", "Nonce group commits");
         let store_batch = Histogram::with_opts(
             HistogramOpts::new(
                 "joinserver_store_commit_batch_size",
@@ -92,11 +103,10 @@ impl Metrics {
             .buckets(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
         )
         .expect("valid metric");
-        let store_errors = IntCounter::new(
+        let store_errors = counter(
             "joinserver_store_errors_total",
             "Failed nonce commits (their answers were not sent)",
-        )
-        .expect("valid metric");
+        );
         let devices =
             IntGauge::new("joinserver_devices", "Provisioned devices").expect("valid metric");
         let kernel_drops = IntGauge::new(
@@ -110,6 +120,8 @@ impl Metrics {
             Box::new(link_drops.clone()),
             Box::new(link_datagrams.clone()),
             Box::new(answers_replayed.clone()),
+            Box::new(answers_withheld.clone()),
+            Box::new(link_clock_skew_ms.clone()),
             Box::new(store_commits.clone()),
             Box::new(store_batch.clone()),
             Box::new(store_errors.clone()),
@@ -125,6 +137,8 @@ impl Metrics {
             link_drops,
             link_datagrams,
             answers_replayed,
+            answers_withheld,
+            link_clock_skew_ms,
             store_commits,
             store_batch,
             store_errors,
@@ -222,6 +236,11 @@ pub async fn serve(
 /// Binds the metrics listener.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
+}
+
+/// A counter; its name and help are constants, so it cannot fail.
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("valid metric")
 }
 
 #[cfg(test)]

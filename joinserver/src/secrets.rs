@@ -70,6 +70,25 @@ pub struct Secrets {
     pub as_kek: LabeledKek,
 }
 
+/// A link key, loaded or in a file.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkKeyFile<'a> {
+    /// Already loaded (`secrets/link.key`).
+    Loaded(&'a LinkKey),
+    /// A key file (32 hex digits, 0600).
+    Path(&'a Path),
+}
+
+impl LinkKeyFile<'_> {
+    /// The key.
+    pub fn read(self) -> Result<LinkKey, SecretError> {
+        match self {
+            Self::Loaded(k) => Ok(k.clone()),
+            Self::Path(p) => read_hex_key(p),
+        }
+    }
+}
+
 /// The secrets directory of a data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("secrets")
@@ -118,31 +137,76 @@ fn create_secret(path: &Path, content: &[u8]) -> Result<Created, SecretError> {
 
 /// Creates the secrets directory (0700) and the four secret files that do not exist yet.
 pub fn init(data_dir: &Path) -> Result<Vec<Created>, SecretError> {
+    let d = secrets_dir(data_dir)?;
+    let mut out = Vec::new();
+    for name in [MASTER_KEY, LINK_KEY] {
+        out.push(create_hex_key(&d.join(name))?);
+    }
+    for (name, prefix) in [(NS_KEK, "ns"), (AS_KEK, "as")] {
+        out.push(create_kek(&d.join(name), prefix)?);
+    }
+    sync_dir(&d)?;
+    Ok(out)
+}
+
+/// The secret files of the network server of one NetID: its link key and its network KEK.
+pub fn peer_files(data_dir: &Path, net_id: protocol::ids::NetId) -> (PathBuf, PathBuf) {
+    let d = dir(data_dir);
+    (
+        d.join(format!("link-{net_id}.key")),
+        d.join(format!("ns-{net_id}.kek")),
+    )
+}
+
+/// Creates the link key and network KEK of the network server of `net_id`
+/// ([`peer_files`]), those that do not exist yet (0600).
+pub fn init_peer(
+    data_dir: &Path,
+    net_id: protocol::ids::NetId,
+) -> Result<[Created; 2], SecretError> {
+    let d = secrets_dir(data_dir)?;
+    let (link, kek) = peer_files(data_dir, net_id);
+    let out = [
+        create_hex_key(&link)?,
+        create_kek(&kek, &format!("ns-{net_id}"))?,
+    ];
+    sync_dir(&d)?;
+    Ok(out)
+}
+
+/// The secrets directory, created 0700 if needed.
+fn secrets_dir(data_dir: &Path) -> Result<PathBuf, SecretError> {
     let d = dir(data_dir);
     fs::create_dir_all(&d).map_err(io_err(&d))?;
     fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).map_err(io_err(&d))?;
-    let mut out = Vec::new();
-    for name in [MASTER_KEY, LINK_KEY] {
-        let k = random_key();
-        let text = Zeroizing::new(format!("{}\n", hex::encode(&k[..])));
-        out.push(create_secret(&d.join(name), text.as_bytes())?);
-    }
-    for (name, prefix) in [(NS_KEK, "ns"), (AS_KEK, "as")] {
-        let k = random_key();
-        let mut id = [0u8; 4];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let text = Zeroizing::new(format!(
-            "# KEKLabel and key (RFC 3394 KEK) for TS002 KeyEnvelopes.\nlabel = \"{prefix}-{}\"\nkey = \"{}\"\n",
-            hex::encode(id),
-            hex::encode(&k[..])
-        ));
-        out.push(create_secret(&d.join(name), text.as_bytes())?);
-    }
-    // Make sure the directory entries themselves are durable.
-    fs::File::open(&d)
+    Ok(d)
+}
+
+/// Makes the directory's entries durable.
+fn sync_dir(d: &Path) -> Result<(), SecretError> {
+    fs::File::open(d)
         .and_then(|f| f.sync_all())
-        .map_err(io_err(&d))?;
-    Ok(out)
+        .map_err(io_err(d))
+}
+
+/// A new random 128-bit key file (32 hex digits), unless it exists.
+fn create_hex_key(path: &Path) -> Result<Created, SecretError> {
+    let k = random_key();
+    let text = Zeroizing::new(format!("{}\n", hex::encode(&k[..])));
+    create_secret(path, text.as_bytes())
+}
+
+/// A new random KEK file labelled `<prefix>-<8 hex digits>`, unless it exists.
+fn create_kek(path: &Path, prefix: &str) -> Result<Created, SecretError> {
+    let k = random_key();
+    let mut id = [0u8; 4];
+    rand::rngs::OsRng.fill_bytes(&mut id);
+    let text = Zeroizing::new(format!(
+        "# KEKLabel and key (RFC 3394 KEK) for TS002 KeyEnvelopes.\nlabel = \"{prefix}-{}\"\nkey = \"{}\"\n",
+        hex::encode(id),
+        hex::encode(&k[..])
+    ));
+    create_secret(path, text.as_bytes())
 }
 
 fn read_secret(path: &Path) -> Result<Zeroizing<String>, SecretError> {

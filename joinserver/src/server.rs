@@ -12,12 +12,13 @@ use protocol::link::PeerId;
 
 use crate::atrest;
 use crate::cache::AnswerCache;
-use crate::config::Config;
+use crate::config::{resolve, Config};
 use crate::core::{self, DeviceMap, JoinContext, Refresh};
 use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
 use crate::secrets::{self, Secrets};
 use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
+use httpsec::serve::Transport;
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -118,14 +119,6 @@ fn apply_stored(master: &secrets::MasterKey, map: &DeviceMap, d: &StoredDevice) 
     }
 }
 
-fn resolve(data_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        data_dir.join(p)
-    }
-}
-
 /// The network servers allowed on the link: `[[link.peers]]`, or with none listed, any sender
 /// authenticating with `secrets/link.key`.
 fn peers_from_config(
@@ -133,19 +126,76 @@ fn peers_from_config(
     config: &Config,
     secrets: &Secrets,
 ) -> Result<Peers, StartError> {
+    let read_all = |current: secrets::LinkKeyFile<'_>, old: &[PathBuf]| {
+        let mut keys = vec![current.read()?];
+        for f in old {
+            keys.push(secrets::read_hex_key(&resolve(data_dir, f))?);
+        }
+        Ok::<_, StartError>(keys)
+    };
     let mut peers = Peers::default();
     if config.link.peers.is_empty() {
-        peers.default = Some(secrets.link.clone());
+        tracing::warn!(
+            "no [[link.peers]]: every network server holding secrets/link.key may claim any \
+             NetID; give each its own key (docs/security.md)"
+        );
+        peers.default = read_all(
+            secrets::LinkKeyFile::Loaded(&secrets.link),
+            &config.link.old_key_files,
+        )?;
     }
     for p in &config.link.peers {
         let net_id: NetId = p
             .net_id
             .parse()
             .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
-        let key = secrets::read_hex_key(&resolve(data_dir, &p.key_file))?;
-        peers.by_id.insert(PeerId::from_net_id(net_id).0, key);
+        let path = resolve(data_dir, &p.key_file);
+        let keys = read_all(secrets::LinkKeyFile::Path(&path), &p.old_key_files)?;
+        let shared = peers
+            .by_id
+            .iter()
+            .find(|(_, other)| other.iter().any(|k| keys.contains(k)));
+        if let Some((other, _)) = shared {
+            tracing::warn!(
+                net_id = %net_id,
+                other = %PeerId(*other),
+                "link.peers share a link key: either network server can claim the other's NetID"
+            );
+        }
+        peers.by_id.insert(PeerId::from_net_id(net_id).0, keys);
     }
     Ok(peers)
+}
+
+/// The network KEKs of the peers that have their own (`ns_kek_file`).
+fn peer_ns_keks(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<std::collections::HashMap<NetId, secrets::LabeledKek>, StartError> {
+    let mut out = std::collections::HashMap::new();
+    for p in &config.link.peers {
+        if let Some(f) = &p.ns_kek_file {
+            let net_id: NetId = p
+                .net_id
+                .parse()
+                .map_err(|e| StartError::Config(format!("link.peers: {e}")))?;
+            out.insert(net_id, secrets::read_kek(&resolve(data_dir, f))?);
+        }
+    }
+    Ok(out)
+}
+
+/// The per-tenant application KEKs of `[join] app_kek_files`.
+fn app_keks(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<std::collections::HashMap<String, secrets::LabeledKek>, StartError> {
+    config
+        .join
+        .app_kek_files
+        .iter()
+        .map(|(tenant, f)| Ok((tenant.clone(), secrets::read_kek(&resolve(data_dir, f))?)))
+        .collect()
 }
 
 /// Opens the store for the link's group commit: the master key checked, automatic checkpoints
@@ -383,6 +433,8 @@ impl Server {
             ctx: JoinContext {
                 ns_kek: secrets.ns_kek.clone(),
                 as_kek: secrets.as_kek.clone(),
+                app_keks: app_keks(data_dir, config)?,
+                peer_ns_keks: peer_ns_keks(data_dir, config)?,
                 dev_nonce_history: config.join.dev_nonce_history,
                 session_lifetime_s: config.join.session_lifetime_s,
                 js_id: js_id.0,
@@ -396,6 +448,7 @@ impl Server {
                 config.link.answer_cache_max_entries,
             )),
             metrics: metrics.clone(),
+            skew_warned_ms: Default::default(),
         });
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -433,6 +486,16 @@ impl Server {
             api,
             metrics,
         })
+    }
+
+    /// The management API's URL scheme (`https` or `http`), if enabled.
+    pub fn api_scheme(&self) -> Option<&'static str> {
+        self.api.as_ref().map(crate::api::ApiHandle::scheme)
+    }
+
+    /// What the management API's accept loop counted, if enabled.
+    pub fn api_counters(&self) -> Option<&httpsec::serve::Counters> {
+        self.api.as_ref().map(crate::api::ApiHandle::counters)
     }
 
     /// The bound management API address, if enabled.
@@ -504,8 +567,13 @@ fn start_api(
         .listen
         .parse()
         .map_err(|e| StartError::Config(format!("api.listen: {e}")))?;
-    let trusted = TrustedKeys::parse(&config.api.trusted_manifest_keys)
-        .map_err(|e| StartError::Config(format!("api.{e}")))?;
+    let trusted = TrustedKeys::parse_with(
+        &config.api.trusted_manifest_keys,
+        &config.api.manufacturer_keys,
+    )
+    .map_err(|e| StartError::Config(format!("api.{e}")))?;
+    let http = config.api.http_limits();
+    let transport = api_transport(data_dir, config, addr)?;
     let svc = Onboarding::new(
         db,
         Some(devices.clone()),
@@ -513,16 +581,57 @@ fn start_api(
         trusted,
         config.api.claim_limits(),
     )
-    .with_map_sync(map_sync.clone());
-    let api =
-        crate::api::start(addr, Arc::new(svc), config.api.import_limits()).map_err(|source| {
-            StartError::Bind {
-                what: "api",
-                addr: addr.to_string(),
-                source,
-            }
-        })?;
+    .with_map_sync(map_sync.clone())
+    .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window)
+    .with_min_owner_token_len(config.api.min_owner_token_len);
+    let api = crate::api::start(
+        addr,
+        Arc::new(svc),
+        config.api.import_limits(),
+        http,
+        transport,
+    )
+    .map_err(bind_error("api", addr))?;
     Ok(Some(api))
+}
+
+/// What the API speaks on `addr`: HTTPS with `[api] tls_cert` and `tls_key` when the certificate
+/// exists (plain HTTP beside it on a loopback address); plain HTTP without one, only on a
+/// loopback address or with `insecure_http`. A configured certificate that is missing is an
+/// error on any other address.
+fn api_transport(
+    data_dir: &Path,
+    config: &Config,
+    addr: SocketAddr,
+) -> Result<Transport, StartError> {
+    const HINT: &str = "[api] tls_cert and tls_key; `joinserver init` writes a self-signed pair";
+    let api = &config.api;
+    let tls = if api.tls_cert.as_os_str().is_empty() {
+        None
+    } else {
+        let (cert, key) = (
+            resolve(data_dir, &api.tls_cert),
+            resolve(data_dir, &api.tls_key),
+        );
+        if cert.exists() {
+            let tls = httpsec::tls::server_config(&cert, &key)
+                .map_err(|e| StartError::Config(format!("api: {e}")))?;
+            if let Ok(fp) = httpsec::tls::file_fingerprint(&cert) {
+                tracing::info!(cert = %cert.display(), sha256 = %fp, "api: HTTPS");
+            }
+            Some(tls)
+        } else if addr.ip().is_loopback() || api.insecure_http {
+            tracing::warn!(cert = %cert.display(), "api: no certificate, plain HTTP (run `joinserver init` to create one)");
+            None
+        } else {
+            return Err(StartError::Config(format!(
+                "api.tls_cert: {} does not exist ({HINT})",
+                cert.display()
+            )));
+        }
+    };
+    Transport::for_listener(addr, tls, api.insecure_http, HINT)
+        .map_err(|e| StartError::Config(format!("api: {e}")))
 }
 
 impl Drop for Server {

@@ -90,6 +90,8 @@ pub struct StoredDevice {
     pub home_net_id: Option<NetId>,
     /// The owner token (TR005), if any.
     pub owner_token: Option<String>,
+    /// The tenant that claimed it (from `ownership`; read only: claims write it).
+    pub owner: Option<String>,
     /// Nonce state.
     pub nonces: NonceState,
 }
@@ -165,6 +167,24 @@ CREATE TABLE IF NOT EXISTS device_changes (
     dev_eui    INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS device_changes_generation ON device_changes (generation);
+-- Per device: its owner token's hash, the manufacturer that provisioned it, the owner (tenant)
+-- that claimed it, and a lock flag (written by the onboarding tables' code).
+CREATE TABLE IF NOT EXISTS ownership (
+    dev_eui      INTEGER PRIMARY KEY,
+    token_hash   BLOB,                    -- SHA-256 (domain, DevEUI, owner token)
+    manufacturer TEXT,                    -- tenant that provisioned it (NULL: CLI / admin)
+    owner        TEXT,                    -- tenant that claimed it (NULL: unclaimed)
+    claimed_ms   INTEGER,
+    locked       INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS ownership_owner ON ownership (owner);
+CREATE INDEX IF NOT EXISTS ownership_manufacturer ON ownership (manufacturer);
+-- The last JoinNonce of each removed device, so that importing it again continues from there:
+-- a JoinNonce is never used twice with a device's root keys.
+CREATE TABLE IF NOT EXISTS retired_join_nonces (
+    dev_eui         INTEGER PRIMARY KEY,
+    last_join_nonce INTEGER NOT NULL
+) STRICT;
 ";
 
 /// Generations kept in `device_changes`: a reader further behind reloads every device.
@@ -285,8 +305,16 @@ pub(crate) fn write_nonces(
     Ok(())
 }
 
-/// Deletes one device; whether it existed. The caller bumps the generation.
+/// Deletes one device, remembering its last JoinNonce (`retired_join_nonces`); whether it
+/// existed. The caller bumps the generation.
 pub(crate) fn delete_device(tx: &Connection, dev_eui: DevEui) -> Result<bool, StoreError> {
+    tx.execute(
+        "INSERT INTO retired_join_nonces (dev_eui, last_join_nonce) \
+         SELECT dev_eui, last_join_nonce FROM devices WHERE dev_eui = ?1 \
+         ON CONFLICT (dev_eui) DO UPDATE SET \
+         last_join_nonce = max(last_join_nonce, excluded.last_join_nonce)",
+        [dev_eui_sql(dev_eui)],
+    )?;
     let n = tx.execute(
         "DELETE FROM devices WHERE dev_eui = ?1",
         [dev_eui_sql(dev_eui)],
@@ -381,6 +409,7 @@ impl SqliteStore {
             last_dev_nonce: row.get(7)?,
             used: row.get(8)?,
             last_join_nonce: row.get(9)?,
+            owner: row.get(10)?,
         })
     }
 
@@ -408,6 +437,7 @@ struct RawRow {
     last_dev_nonce: Option<i64>,
     used: Vec<u8>,
     last_join_nonce: i64,
+    owner: Option<String>,
 }
 
 impl RawRow {
@@ -436,6 +466,7 @@ impl RawRow {
                 ),
             },
             owner_token: self.owner_token,
+            owner: self.owner,
             nonces: NonceState {
                 last_dev_nonce: match self.last_dev_nonce {
                     None => None,
@@ -451,7 +482,8 @@ impl RawRow {
 }
 
 const SELECT: &str = "SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, home_net_id, \
-     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce FROM devices";
+     owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce, \
+     (SELECT o.owner FROM ownership o WHERE o.dev_eui = devices.dev_eui) FROM devices";
 
 impl Store for SqliteStore {
     fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
@@ -479,9 +511,11 @@ impl Store for SqliteStore {
     fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
+            // A device removed before continues from its last JoinNonce, if that is higher.
             let mut stmt = tx.prepare(&format!(
                 "INSERT INTO devices ({DEVICE_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, max(?10, COALESCE((SELECT \
+                 last_join_nonce FROM retired_join_nonces WHERE dev_eui = ?1), 0)))"
             ))?;
             for d in devices {
                 let r = stmt.execute(params![
@@ -718,6 +752,7 @@ mod tests {
             nwk_key_wrapped: None,
             home_net_id: NetId::new(0x13),
             owner_token: Some("AABB".into()),
+            owner: None,
             nonces: NonceState::default(),
         }
     }
@@ -842,6 +877,56 @@ mod tests {
         }
         let mut s = SqliteStore::open(tmp.path()).unwrap();
         assert_eq!(s.get_device(DevEui::new(1)).unwrap().unwrap().nonces, state);
+    }
+
+    /// A removed device imported again continues from its last JoinNonce (it used to restart
+    /// at 0, so JoinNonces were used twice with the same root key).
+    #[test]
+    fn a_reinserted_device_never_moves_its_join_nonce_backwards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        s.insert_devices(&[device(1)]).unwrap();
+        let state = |j| NonceState {
+            last_dev_nonce: Some(3),
+            used_dev_nonces: vec![],
+            last_join_nonce: j,
+        };
+        s.commit_nonces(&[NonceUpdate {
+            dev_eui: DevEui::new(1),
+            state: state(5),
+        }])
+        .unwrap();
+        assert!(s.remove_device(DevEui::new(1)).unwrap());
+        s.insert_devices(&[device(1)]).unwrap();
+        let again = s.get_device(DevEui::new(1)).unwrap().unwrap();
+        assert_eq!(again.nonces.last_join_nonce, 5);
+        assert_eq!(again.nonces.last_dev_nonce, None, "DevNonces start afresh");
+        // Removed again at a lower JoinNonce (never happens, but the record keeps the highest).
+        s.commit_nonces(&[NonceUpdate {
+            dev_eui: DevEui::new(1),
+            state: state(2),
+        }])
+        .unwrap();
+        s.remove_device(DevEui::new(1)).unwrap();
+        s.insert_devices(&[device(1)]).unwrap();
+        assert_eq!(
+            s.get_device(DevEui::new(1))
+                .unwrap()
+                .unwrap()
+                .nonces
+                .last_join_nonce,
+            5
+        );
+        // Another device is not affected.
+        s.insert_devices(&[device(2)]).unwrap();
+        assert_eq!(
+            s.get_device(DevEui::new(2))
+                .unwrap()
+                .unwrap()
+                .nonces
+                .last_join_nonce,
+            0
+        );
     }
 
     #[test]

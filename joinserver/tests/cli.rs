@@ -48,7 +48,7 @@ fn init_import_list_show_remove() {
         &good,
         format!(
             "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
-             0000000000000001,70B3D57ED0000001,1.0.3,{KEY},,000013,TOKEN1\n\
+             0000000000000001,70B3D57ED0000001,1.0.3,{KEY},,000013,TOKEN1TOKEN1\n\
              0000000000000002,70B3D57ED0000001,1.1,{KEY},{KEY},,\n"
         ),
     )

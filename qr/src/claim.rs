@@ -4,10 +4,12 @@
 //! 1. **decode**: read the code from an image (or take the text as given);
 //! 2. **validate**: parse it, verify the CheckSum, require an OwnerToken;
 //! 3. **claim**: `PUT /api/v1/devices/{dev_eui}/claim` on the join server's management API with
-//!    the owner token and the home NetID, authenticated by an API key (`owner` role);
+//!    the owner token and the home NetID, authenticated by an API key (`owner` role), over HTTPS
+//!    verified against the system's roots or a private CA ([`Trust`]); plain `http://` only to a
+//!    loopback address, so the key and the token never cross a network in clear;
 //! 4. **report** what happened.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::ids::NetId;
@@ -64,6 +66,20 @@ pub enum ClaimError {
         /// Why.
         reason: String,
     },
+    /// The CA file cannot be read or holds no certificate.
+    #[error("cannot use the CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A plain `http://` URL to a host that is not a loopback address.
+    #[error(
+        "refusing plain HTTP to {0}: the API key and the owner token would cross the network in \
+         clear; use https://"
+    )]
+    InsecureUrl(String),
     /// The join server could not be reached.
     #[error("join server unreachable at {url}: {reason}")]
     Unreachable {
@@ -123,6 +139,8 @@ impl ClaimError {
             ClaimError::Invalid(e) => e.kind(),
             ClaimError::NoOwnerToken => "no_owner_token",
             ClaimError::ApiKeyFile { .. } => "api_key_file",
+            ClaimError::CaFile { .. } => "ca_file",
+            ClaimError::InsecureUrl(_) => "insecure_url",
             ClaimError::Unreachable { .. } => "unreachable",
             ClaimError::WrongToken => "wrong_token",
             ClaimError::AlreadyClaimed(_) => "already_claimed",
@@ -184,23 +202,99 @@ pub fn read_api_key(path: &Path) -> Result<String, ClaimError> {
     Ok(key)
 }
 
-/// Steps 1 to 3: decodes or takes `input`, validates it, and claims the device for `home`.
+/// Which certificates an `https://` join server must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The operating system's roots (its certificate store and verifier).
+    System,
+    /// The certificates of a PEM file: a private CA, or a join server's self-signed
+    /// certificate (`DATA_DIR/tls/api.crt`, written by `joinserver init`).
+    CaFile(PathBuf),
+}
+
+impl Trust {
+    /// The TLS configuration of the HTTP client.
+    fn tls_config(&self) -> Result<ureq::tls::TlsConfig, ClaimError> {
+        let roots = match self {
+            Trust::System => ureq::tls::RootCerts::PlatformVerifier,
+            Trust::CaFile(path) => {
+                let err = |reason: String| ClaimError::CaFile {
+                    path: path.display().to_string(),
+                    reason,
+                };
+                let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+                let certs = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| err(e.to_string()))?;
+                if certs.is_empty() {
+                    return Err(err("no CERTIFICATE in the file".into()));
+                }
+                ureq::tls::RootCerts::new_with_certs(&certs)
+            }
+        };
+        Ok(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+    }
+}
+
+/// Refuses a plain `http://` URL unless its host is a loopback address (`localhost`, 127.0.0.0/8,
+/// `::1`).
+fn check_scheme(base: &str) -> Result<(), ClaimError> {
+    let Some(rest) = base.strip_prefix("http://") else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(())
+    } else {
+        Err(ClaimError::InsecureUrl(base.to_owned()))
+    }
+}
+
+/// Steps 1 to 3: decodes or takes `input`, validates it, and claims the device for `home`,
+/// trusting the system's roots for an `https://` join server.
 pub fn claim(
     input: &str,
     join_server: &str,
     api_key: &str,
     home: NetId,
 ) -> Result<Claimed, ClaimError> {
+    claim_with(input, join_server, api_key, home, &Trust::System)
+}
+
+/// [`claim`], with the roots an `https://` join server must chain to.
+pub fn claim_with(
+    input: &str,
+    join_server: &str,
+    api_key: &str,
+    home: NetId,
+    trust: &Trust,
+) -> Result<Claimed, ClaimError> {
     let (text, source) = code_text(input)?;
     let parsed = parse(&text)?;
     let code = parsed.code;
     let token = code.owner_token.as_ref().ok_or(ClaimError::NoOwnerToken)?;
     let base = join_server.trim_end_matches('/');
+    check_scheme(base)?;
     let url = format!("{base}/api/v1/devices/{}/claim", code.dev_eui);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_connect(Some(Duration::from_secs(5)))
         .timeout_global(Some(Duration::from_secs(30)))
+        .tls_config(trust.tls_config()?)
         .build()
         .into();
     let body = serde_json::json!({
@@ -293,5 +387,50 @@ mod tests {
         let e = claim(good, "http://127.0.0.1:9", "k", home).unwrap_err();
         assert_eq!((e.step(), e.kind()), (Step::Claim, "unreachable"), "{e}");
         assert!(!e.to_string().contains("AABBCCDDEEFF\""), "{e}");
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_and_the_ca_file_must_hold_a_certificate() {
+        let home = NetId::new(0x13).unwrap();
+        let good = "LW:D0:1122334455667788:AABBCCDDEEFF0011:AABB1122:OAABBCCDDEEFF:SYYWWNNNNNN:PFOOBAR:CAF2C";
+        for url in [
+            "http://192.0.2.1:8080",
+            "http://join.example.com",
+            "http://[2001:db8::1]:80/",
+            "http://127.0.0.1.example.com:9",
+            "http://user@192.0.2.1",
+        ] {
+            let e = claim(good, url, "k", home).unwrap_err();
+            assert_eq!(
+                (e.step(), e.kind()),
+                (Step::Claim, "insecure_url"),
+                "{url}: {e}"
+            );
+        }
+        for url in ["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"] {
+            let e = claim(good, url, "k", home).unwrap_err();
+            assert_eq!(e.kind(), "unreachable", "{url}: {e}");
+        }
+        let tmp = std::env::temp_dir().join(format!("qr-ca-{}.pem", std::process::id()));
+        std::fs::write(&tmp, "not a certificate\n").unwrap();
+        let e = claim_with(
+            good,
+            "https://127.0.0.1:9",
+            "k",
+            home,
+            &Trust::CaFile(tmp.clone()),
+        )
+        .unwrap_err();
+        std::fs::remove_file(&tmp).unwrap();
+        assert_eq!(e.kind(), "ca_file", "{e}");
+        let e = claim_with(
+            good,
+            "https://127.0.0.1:9",
+            "k",
+            home,
+            &Trust::CaFile(PathBuf::from("/nonexistent/ca.pem")),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), "ca_file", "{e}");
     }
 }

@@ -101,9 +101,14 @@ enum Command {
     Claim {
         /// A PNG/JPEG image of the code, or the code's text.
         input: String,
-        /// The join server's management API, e.g. http://127.0.0.1:8080.
+        /// The join server's management API, e.g. https://js.example.com:8443 (plain http:// only
+        /// to a loopback address).
         #[arg(long)]
         join_server: String,
+        /// PEM file of the certificates the join server must chain to (a private CA, or the join
+        /// server's self-signed DATA_DIR/tls/api.crt); default: the system's roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// File holding the owner's API key (from `joinserver api-keys create --role owner`).
         #[arg(long)]
         api_key_file: PathBuf,
@@ -209,8 +214,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             input,
             join_server,
             api_key_file,
+            ca_file,
             home_net_id,
-        } => Ok(claim_cmd(&input, &join_server, &api_key_file, home_net_id)),
+        } => {
+            let trust = ca_file.map_or(qr::claim::Trust::System, qr::claim::Trust::CaFile);
+            Ok(claim_cmd(
+                &input,
+                &join_server,
+                &api_key_file,
+                home_net_id,
+                &trust,
+            ))
+        }
         Command::Labels {
             manifest,
             out,
@@ -441,10 +456,11 @@ fn claim_cmd(
     join_server: &str,
     api_key_file: &std::path::Path,
     home: protocol::ids::NetId,
+    trust: &qr::claim::Trust,
 ) -> ExitCode {
     use qr::claim::{self, ClaimError};
     let result = claim::read_api_key(api_key_file)
-        .and_then(|key| claim::claim(input, join_server, &key, home));
+        .and_then(|key| claim::claim_with(input, join_server, &key, home, trust));
     match result {
         Ok(c) => {
             println!(

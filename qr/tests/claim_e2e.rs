@@ -296,3 +296,98 @@ fn manufacturer_to_owner_to_next_owner() {
     assert_eq!(http("GET", &dev_url, &bob, None).0, 200);
     server.shutdown();
 }
+
+/// `qr claim` over HTTPS: the join server's API with the self-signed certificate `joinserver
+/// init` writes (here by the same library call), trusted through `--ca-file`. Without it the
+/// system's roots do not know the certificate and the claim fails at step 3, claiming nothing;
+/// plain HTTP to a non-loopback address is refused before any connection.
+#[test]
+fn https_claim_with_the_ca_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("js");
+    std::fs::create_dir(&dir).unwrap();
+    secrets::init(&dir).unwrap();
+    let cert = dir.join(joinserver::config::API_TLS_CERT);
+    httpsec::tls::ensure_self_signed(
+        &cert,
+        &dir.join(joinserver::config::API_TLS_KEY),
+        &["localhost".into(), "127.0.0.1".into()],
+    )
+    .unwrap();
+    let s = Secrets::load(&dir).unwrap();
+    let mut store = joinserver::store::SqliteStore::open(&dir).unwrap();
+    let manifest = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n\
+         {DEV:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,,{TOKEN}\n"
+    );
+    joinserver::devices::import(
+        &mut store,
+        &s.master,
+        &manifest,
+        joinserver::devices::Format::Csv,
+    )
+    .unwrap();
+    let cli = Onboarding::new(
+        OnboardStore::open(&dir).unwrap(),
+        None,
+        s.master.clone(),
+        TrustedKeys::default(),
+        Default::default(),
+    );
+    let (alice, _) = cli
+        .create_api_key(&Actor::cli(), Role::Owner, "alice")
+        .unwrap();
+    let alice_file = tmp.path().join("alice.key");
+    std::fs::write(&alice_file, format!("{}\n", alice.expose())).unwrap();
+    let mut config = Config::default();
+    config.link.listen = "127.0.0.1:0".parse().unwrap();
+    config.metrics.listen = String::new();
+    config.api.listen = "127.0.0.1:0".into();
+    let server = Server::start(&dir, &config).unwrap();
+    assert_eq!(server.api_scheme(), Some("https"));
+    let url = format!("https://127.0.0.1:{}", server.api_addr().unwrap().port());
+    let code = DeviceCode::new(
+        JoinEui::new(JOIN_EUI),
+        DevEui::new(DEV),
+        ProfileId::new(0, 0),
+    )
+    .with_owner_token(TOKEN)
+    .unwrap()
+    .encode(ChecksumMode::Include);
+
+    // The system's roots do not know a self-signed certificate: nothing is claimed.
+    let o = claim(&code, &url, &alice_file, "000013");
+    let (_, err) = out(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("step 3 (claim)") && err.contains("unreachable"),
+        "{err}"
+    );
+    // Plain HTTP to an address other hosts reach: refused before any connection.
+    let o = claim(&code, "http://192.0.2.1:8080", &alice_file, "000013");
+    assert!(out(&o).1.contains("refusing plain HTTP"), "{:?}", out(&o));
+
+    let o = qr_cmd(&[
+        "claim",
+        &code,
+        "--join-server",
+        &url,
+        "--api-key-file",
+        alice_file.to_str().unwrap(),
+        "--ca-file",
+        cert.to_str().unwrap(),
+        "--home-net-id",
+        "000013",
+    ]);
+    let (stdout, stderr) = out(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!("claimed {DEV:016X}")) && stdout.contains("home NetID 000013"),
+        "{stdout}"
+    );
+    assert_eq!(
+        join(server.link_addr(), &s.link, NET_X, 1, 1),
+        ResultCode::Success
+    );
+    server.shutdown();
+}

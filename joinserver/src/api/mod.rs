@@ -15,18 +15,21 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use http_body_util::BodyExt as _;
+use httpsec::serve::{self, Counters, Limits, Transport};
+use hyper::body::Incoming;
 use protocol::ids::{DevEui, NetId};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ImportLimits;
+use crate::config::{HttpLimits, ImportLimits};
 use crate::manifest::Format;
-use crate::onboarding::db::{Actor, AuditFilter};
+use crate::onboarding::db::{Actor, AuditFilter, Role};
 use crate::onboarding::import::{ManifestSource, SourceError};
 use crate::onboarding::service::{OnbError, Onboarding};
 
@@ -70,7 +73,9 @@ impl IntoResponse for ApiError {
         }
         let mut resp = (status, axum::Json(body)).into_response();
         match &e {
-            OnbError::RateLimited(d) | OnbError::Busy { retry_after: d, .. } => {
+            OnbError::RateLimited(d)
+            | OnbError::AuthRateLimited(d)
+            | OnbError::Busy { retry_after: d, .. } => {
                 if let Ok(v) = HeaderValue::from_str(&d.as_secs().max(1).to_string()) {
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
@@ -116,26 +121,86 @@ fn api_key(headers: &HeaderMap) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
-/// Authenticates, then runs `f` on the blocking pool (the store is synchronous).
-async fn run<T, F>(st: &AppState, headers: &HeaderMap, f: F) -> Result<T, ApiError>
+/// Runs `f` as the authenticated `actor` on the blocking pool (the store is synchronous).
+async fn run<T, F>(st: &AppState, actor: Actor, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Onboarding, &Actor) -> Result<T, OnbError> + Send + 'static,
 {
-    let key = api_key(headers).ok_or(ApiError(OnbError::Unauthorized))?;
     let svc = st.svc.clone();
-    tokio::task::spawn_blocking(move || {
-        let actor = svc.authenticate(&key)?;
-        f(&svc, &actor)
-    })
-    .await
-    .map_err(|_| {
-        ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
-            dev_eui: DevEui::new(0),
-            what: "worker panicked".into(),
-        }))
-    })?
-    .map_err(ApiError)
+    tokio::task::spawn_blocking(move || f(&svc, &actor))
+        .await
+        .map_err(|_| internal("worker panicked"))?
+        .map_err(ApiError)
+}
+
+/// A 500 whose cause is logged, never shown.
+fn internal(what: &str) -> ApiError {
+    ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
+        dev_eui: DevEui::new(0),
+        what: what.to_owned(),
+    }))
+}
+
+/// The source address of a request, set for each connection by the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+/// A body whose declared length (Content-Length) is over `max` is refused 413 before any of it
+/// is read; one without a declared length is cut at `max` by the body limit.
+async fn declared_length_limit(max: usize, req: axum::extract::Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > max as u64 => {
+            if n <= DRAIN_MAX {
+                // A modest excess is read and discarded (never kept) so that the client, still
+                // sending, gets the 413 instead of a connection reset.
+                let mut body = req.into_body();
+                let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
+            }
+            bad_size(max).into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
+/// Bodies declared up to this long are drained before their 413; longer ones are not read.
+const DRAIN_MAX: u64 = 1 << 20;
+/// How long draining a refused body may take.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A 413 for a body over `max` bytes.
+fn bad_size(max: usize) -> ApiError {
+    ApiError(OnbError::PayloadTooLarge(max))
+}
+
+/// The route layer of every authenticated route: the API key is checked, and failures counted
+/// and audited per source address ([`Onboarding::authenticate_from`]), before the handler runs,
+/// so no body of an unauthenticated request is read. The actor goes to the handler as an
+/// extension.
+async fn authenticate(
+    State(st): State<AppState>,
+    mut req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0.ip());
+    let key = api_key(req.headers());
+    let svc = st.svc.clone();
+    let actor =
+        tokio::task::spawn_blocking(move || svc.authenticate_from(key.as_deref(), peer)).await;
+    match actor {
+        Ok(Ok(actor)) => {
+            req.extensions_mut().insert(actor);
+            next.run(req).await
+        }
+        Ok(Err(e)) => ApiError(e).into_response(),
+        Err(_) => internal("authentication worker panicked").into_response(),
+    }
 }
 
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Response {
@@ -225,6 +290,7 @@ const IMPORT_QUEUE: usize = 16;
 /// body is never held whole.
 async fn import(
     State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
     headers: HeaderMap,
     q: Result<Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     body: Body,
@@ -240,8 +306,7 @@ async fn import(
         .get("x-manifest-signature")
         .map(|v| v.as_bytes().to_vec());
     let max = st.max_body;
-    // Authenticate before reading anything.
-    let actor = run(&st, &headers, |_, actor| Ok(actor.clone())).await?;
+    // Authenticated (by the route layer) before anything was read.
     // Held until the import ends (or the client goes away and the handler is dropped).
     let Ok(_permit) = Arc::clone(&st.imports).try_acquire_owned() else {
         let busy = OnbError::Busy {
@@ -270,12 +335,7 @@ async fn import(
             let r = svc.import_stream(&actor, &mut source, format, sig.as_deref(), true);
             let _ = done_tx.send(r);
         })
-        .map_err(|e| {
-            ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
-                dev_eui: DevEui::new(0),
-                what: format!("spawning the import thread: {e}"),
-            }))
-        })?;
+        .map_err(|e| internal(&format!("spawning the import thread: {e}")))?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -287,12 +347,9 @@ async fn import(
     };
     let _ = tx.send(last).await;
     drop(tx);
-    let r = done_rx.await.map_err(|_| {
-        ApiError(OnbError::Store(crate::store::StoreError::Corrupt {
-            dev_eui: DevEui::new(0),
-            what: "import thread panicked".into(),
-        }))
-    })??;
+    let r = done_rx
+        .await
+        .map_err(|_| internal("import thread panicked"))??;
     Ok(json(StatusCode::CREATED, &r))
 }
 
@@ -341,7 +398,7 @@ struct ListQuery {
 
 async fn list(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let q = query(q)?;
@@ -355,10 +412,7 @@ async fn list(
     if !(1..=1000).contains(&limit) {
         return Err(bad("limit must be 1 to 1000"));
     }
-    let devices = run(&st, &headers, move |svc, actor| {
-        svc.list(actor, after, limit)
-    })
-    .await?;
+    let devices = run(&st, actor, move |svc, actor| svc.list(actor, after, limit)).await?;
     let next_after = (devices.len() == limit as usize)
         .then(|| devices.last().map(|d| d.dev_eui.clone()))
         .flatten();
@@ -370,31 +424,31 @@ async fn list(
 
 /// Runs `f` for the device the path names (its DevEUI parsed first), as the authenticated
 /// actor, and answers 200 with the result.
-async fn on_device<T, F>(st: &AppState, headers: &HeaderMap, d: &str, f: F) -> ApiResult
+async fn on_device<T, F>(st: &AppState, actor: Actor, d: &str, f: F) -> ApiResult
 where
     T: Serialize + Send + 'static,
     F: FnOnce(&Onboarding, &Actor, DevEui) -> Result<T, OnbError> + Send + 'static,
 {
     let d = dev_eui(d)?;
-    let v = run(st, headers, move |svc, actor| f(svc, actor, d)).await?;
+    let v = run(st, actor, move |svc, actor| f(svc, actor, d)).await?;
     Ok(json(StatusCode::OK, &v))
 }
 
 async fn get_device(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
 ) -> ApiResult {
-    on_device(&st, &headers, &d, |svc, actor, d| svc.get(actor, d)).await
+    on_device(&st, actor, &d, |svc, actor, d| svc.get(actor, d)).await
 }
 
 async fn delete_device(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
 ) -> ApiResult {
     let d = dev_eui(&d)?;
-    run(&st, &headers, move |svc, actor| svc.deprovision(actor, d)).await?;
+    run(&st, actor, move |svc, actor| svc.deprovision(actor, d)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -407,13 +461,13 @@ struct ClaimBody {
 
 async fn claim(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
     body: Bytes,
 ) -> ApiResult {
     let b: ClaimBody = body_json(&body)?;
     let home = net_id(&b.home_net_id)?;
-    on_device(&st, &headers, &d, move |svc, actor, d| {
+    on_device(&st, actor, &d, move |svc, actor, d| {
         svc.claim(actor, d, &b.owner_token, home, "api")
     })
     .await
@@ -427,16 +481,13 @@ struct ReleaseQuery {
 
 async fn release(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
     q: Result<Query<ReleaseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let d = dev_eui(&d)?;
     let rotate = query(q)?.rotate_token.unwrap_or(true);
-    let token = run(&st, &headers, move |svc, actor| {
-        svc.release(actor, d, rotate)
-    })
-    .await?;
+    let token = run(&st, actor, move |svc, actor| svc.release(actor, d, rotate)).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "dev_eui": d.to_string(), "owner_token": token }),
@@ -450,10 +501,14 @@ struct QrClaimBody {
     home_net_id: String,
 }
 
-async fn claim_qr(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn claim_qr(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> ApiResult {
     let b: QrClaimBody = body_json(&body)?;
     let home = net_id(&b.home_net_id)?;
-    let v = run(&st, &headers, move |svc, actor| {
+    let v = run(&st, actor, move |svc, actor| {
         svc.claim_qr(actor, &b.qr_code, home)
     })
     .await?;
@@ -462,10 +517,10 @@ async fn claim_qr(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -
 
 async fn dev_nonce_reset(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
 ) -> ApiResult {
-    on_device(&st, &headers, &d, |svc, actor, d| {
+    on_device(&st, actor, &d, |svc, actor, d| {
         svc.reset_dev_nonce(actor, d)
     })
     .await
@@ -486,19 +541,23 @@ impl std::fmt::Debug for RootKeysBody {
 
 async fn root_keys(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
     body: Bytes,
 ) -> ApiResult {
     let b: RootKeysBody = body_json(&body)?;
-    on_device(&st, &headers, &d, move |svc, actor, d| {
+    on_device(&st, actor, &d, move |svc, actor, d| {
         svc.rotate_root_keys(actor, d, &b.app_key, b.nwk_key.as_deref())
     })
     .await
 }
 
-async fn lock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<String>) -> ApiResult {
-    on_device(&st, &headers, &d, |svc, actor, d| {
+async fn lock(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(d): Path<String>,
+) -> ApiResult {
+    on_device(&st, actor, &d, |svc, actor, d| {
         svc.set_locked(actor, d, true)
     })
     .await
@@ -506,10 +565,10 @@ async fn lock(State(st): State<AppState>, headers: HeaderMap, Path(d): Path<Stri
 
 async fn unlock(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     Path(d): Path<String>,
 ) -> ApiResult {
-    on_device(&st, &headers, &d, |svc, actor, d| {
+    on_device(&st, actor, &d, |svc, actor, d| {
         svc.set_locked(actor, d, false)
     })
     .await
@@ -517,7 +576,7 @@ async fn unlock(
 
 async fn audit(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     q: Result<Query<AuditFilter>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let f = query(q)?;
@@ -527,23 +586,75 @@ async fn audit(
     if f.limit.is_some_and(|l| !(1..=10_000).contains(&l)) {
         return Err(bad("limit must be 1 to 10000"));
     }
-    let records = run(&st, &headers, move |svc, actor| svc.audit(actor, &f)).await?;
+    let records = run(&st, actor, move |svc, actor| svc.audit(actor, &f)).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "records": records }),
     ))
 }
 
+async fn list_api_keys(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult {
+    let keys = run(&st, actor, |svc, actor| svc.list_api_keys(actor)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "api_keys": keys }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApiKey {
+    role: Role,
+    name: String,
+    expires_ms: Option<i64>,
+}
+
+async fn create_api_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> ApiResult {
+    let b: NewApiKey = body_json(&body)?;
+    let (key, id) = run(&st, actor, move |svc, actor| {
+        svc.create_api_key_until(actor, b.role, &b.name, b.expires_ms)
+    })
+    .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "id": id, "api_key": key.expose() }),
+    ))
+}
+
+async fn revoke_api_key(
+    State(st): State<AppState>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    run(&st, actor, move |svc, actor| svc.revoke_api_key(actor, &id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn not_found() -> ApiResult {
     Err(ApiError(OnbError::NotFound))
 }
 
-/// The API's routes.
-pub fn router(svc: Arc<Onboarding>, limits: ImportLimits) -> Router {
+/// The API's routes. Every route but the OpenAPI document is authenticated before its body is
+/// read; bodies are limited to `http.max_request_bytes`, except the import's (which streams its
+/// body under `limits.max_bytes`).
+pub fn router(svc: Arc<Onboarding>, limits: ImportLimits, http: HttpLimits) -> Router {
+    let state = AppState {
+        svc,
+        max_body: limits.max_bytes,
+        imports: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
+        max_imports: limits.max_concurrent,
+        import_idle: limits.idle_timeout,
+    };
+    let max_body = http.max_request_bytes;
     Router::new()
-        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/devices", get(list))
-        .route("/api/v1/devices/import", post(import))
         .route(
             "/api/v1/devices/{dev_eui}",
             get(get_device).delete(delete_device),
@@ -560,21 +671,26 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits) -> Router {
         .route("/api/v1/devices/{dev_eui}/lock", put(lock).delete(unlock))
         .route("/api/v1/claims", post(claim_qr))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/api/v1/api-keys/{id}", delete(revoke_api_key))
+        .route_layer(middleware::from_fn(move |req, next| {
+            declared_length_limit(max_body, req, next)
+        }))
+        // The import streams its body under its own limit.
+        .route("/api/v1/devices/import", post(import))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route("/api/v1/openapi.json", get(openapi))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limits.max_bytes))
-        .with_state(AppState {
-            svc,
-            max_body: limits.max_bytes,
-            imports: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
-            max_imports: limits.max_concurrent,
-            import_idle: limits.idle_timeout,
-        })
+        .layer(DefaultBodyLimit::max(http.max_request_bytes))
+        .with_state(state)
 }
 
 /// A running API listener.
 #[derive(Debug)]
 pub struct ApiHandle {
     addr: SocketAddr,
+    scheme: &'static str,
+    counters: Arc<Counters>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -583,6 +699,16 @@ impl ApiHandle {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// What the accept loop counted (connections refused, closed idle, failed handshakes).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Stops accepting, finishes in-flight requests, and waits.
@@ -603,11 +729,14 @@ impl Drop for ApiHandle {
 }
 
 /// Binds `addr` and serves the API on its own thread (a current-thread runtime; store work runs
-/// on the blocking pool).
+/// on the blocking pool) through the hardened accept loop of [`httpsec::serve`]: `transport`
+/// (TLS, plain HTTP on loopback), its timeouts and connection limit.
 pub fn start(
     addr: SocketAddr,
     svc: Arc<Onboarding>,
     limits: ImportLimits,
+    http: HttpLimits,
+    transport: Transport,
 ) -> std::io::Result<ApiHandle> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
@@ -617,7 +746,15 @@ pub fn start(
         .max_blocking_threads(4)
         .build()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(svc, limits);
+    let app = router(svc, limits, http);
+    let counters = Arc::new(Counters::default());
+    let loop_counters = counters.clone();
+    let serve_limits = Limits {
+        header_read_timeout: http.header_read_timeout,
+        idle_timeout: http.idle_timeout,
+        max_connections: http.max_connections,
+    };
+    let scheme = transport.scheme();
     let thread = std::thread::Builder::new()
         .name("js-api".into())
         .spawn(move || {
@@ -629,18 +766,31 @@ pub fn start(
                         return;
                     }
                 };
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = rx.await;
+                let make = move |peer: SocketAddr| {
+                    let app = app.clone();
+                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                        req.extensions_mut().insert(Peer(peer));
+                        let mut app = app.clone();
+                        async move { tower_service::Service::call(&mut app, req).await }
                     })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "api server");
-                }
+                };
+                serve::serve(
+                    listener,
+                    transport,
+                    serve_limits,
+                    loop_counters,
+                    make,
+                    async {
+                        let _ = rx.await;
+                    },
+                )
+                .await;
             });
         })?;
     Ok(ApiHandle {
         addr: bound,
+        scheme,
+        counters,
         stop: Some(tx),
         thread: Some(thread),
     })

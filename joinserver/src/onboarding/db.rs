@@ -1,8 +1,13 @@
 //! The onboarding tables, in the join server's SQLite file next to the devices:
 //!
-//! - `api_keys`: management API keys, by SHA-256 hash only, with a role and a name (the tenant);
-//! - `ownership`: per device, the owner token's hash, the manufacturer that provisioned it, the
-//!   owner (tenant) that claimed it, and a lock flag; the home NetID stays in `devices`;
+//! - `tenants`: the tenants (manufacturers and owners), each a record that keys, devices and
+//!   keys-encryption keys refer to by name;
+//! - `api_keys`: management API keys, by SHA-256 hash only, with a role, their tenant, and an
+//!   optional expiry; revoked keys stay listed (and audited) but authenticate nothing;
+//! - `ownership` (created with the device tables, [`crate::store`], since a device's owner
+//!   chooses the KEK of its AppSKey): per device, the owner token's hash, the manufacturer that
+//!   provisioned it, the owner (tenant) that claimed it, and a lock flag; the home NetID stays in
+//!   `devices`;
 //! - `audit`: the append-only audit log (triggers refuse UPDATE and DELETE).
 //!
 //! Each method is one transaction. Root keys only ever arrive wrapped under the master key.
@@ -23,16 +28,10 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash   BLOB NOT NULL UNIQUE,      -- SHA-256 of the key; the key itself is never stored
     created_ms INTEGER NOT NULL
 ) STRICT;
-CREATE TABLE IF NOT EXISTS ownership (
-    dev_eui      INTEGER PRIMARY KEY,
-    token_hash   BLOB,                    -- SHA-256 (domain, DevEUI, owner token)
-    manufacturer TEXT,                    -- tenant that provisioned it (NULL: CLI / admin)
-    owner        TEXT,                    -- tenant that claimed it (NULL: unclaimed)
-    claimed_ms   INTEGER,
-    locked       INTEGER NOT NULL DEFAULT 0
+CREATE TABLE IF NOT EXISTS tenants (
+    name       TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL
 ) STRICT;
-CREATE INDEX IF NOT EXISTS ownership_owner ON ownership (owner);
-CREATE INDEX IF NOT EXISTS ownership_manufacturer ON ownership (manufacturer);
 CREATE TABLE IF NOT EXISTS audit (
     seq     INTEGER PRIMARY KEY AUTOINCREMENT,
     at_ms   INTEGER NOT NULL,
@@ -50,6 +49,10 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 ";
+
+/// Columns added to `api_keys` after its first release, added to older stores on open.
+const API_KEY_COLUMNS_V2: [(&str, &str); 2] =
+    [("expires_ms", "INTEGER"), ("revoked_ms", "INTEGER")];
 
 /// An API key's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -94,6 +97,23 @@ pub struct ApiKeyRecord {
     pub role: Role,
 }
 
+/// An API key as listed: never the key, nor its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyInfo {
+    /// Public id (16 hex digits).
+    pub id: String,
+    /// Its tenant.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When it was created (Unix ms).
+    pub created_ms: i64,
+    /// When it expires (Unix ms), if it does.
+    pub expires_ms: Option<i64>,
+    /// When it was revoked (Unix ms), if it was.
+    pub revoked_ms: Option<i64>,
+}
+
 /// Who did something, for the audit log and authorisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
@@ -112,6 +132,16 @@ impl Actor {
             id: "cli".into(),
             tenant: None,
             role: Role::Admin,
+        }
+    }
+
+    /// Whoever sent a request without a valid API key, for the audit log only: `addr:<ip>`
+    /// (`addr:unknown` without one). It is never authorised for anything.
+    pub fn anonymous(peer: Option<std::net::IpAddr>) -> Self {
+        Self {
+            id: peer.map_or_else(|| "addr:unknown".to_owned(), |ip| format!("addr:{ip}")),
+            tenant: None,
+            role: Role::Owner,
         }
     }
 
@@ -199,6 +229,21 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// What [`OnboardStore::claim`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The device is now bound to the tenant and the home network.
+    Claimed,
+    /// No such device.
+    NotFound,
+    /// The token does not match (or the device has none).
+    WrongToken,
+    /// The device is locked.
+    Locked,
+    /// The device is already claimed or bound to a home network.
+    AlreadyClaimed,
+}
+
 /// Which tenant column scopes a device listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OwnershipColumn {
@@ -256,9 +301,25 @@ pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<
     Ok(())
 }
 
-/// Creates the onboarding tables on `conn` if they do not exist.
+/// Creates the onboarding tables on `conn` if they do not exist, and brings older ones up to
+/// date: the expiry and revocation columns of `api_keys`, and a tenant record for every key's
+/// name.
 pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
+    let present: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('api_keys')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (column, ty) in API_KEY_COLUMNS_V2 {
+        if !present.iter().any(|c| c == column) {
+            conn.execute_batch(&format!("ALTER TABLE api_keys ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    conn.execute(
+        "INSERT OR IGNORE INTO tenants (name, created_ms) \
+         SELECT name, MIN(created_ms) FROM api_keys GROUP BY name",
+        [],
+    )?;
     Ok(())
 }
 
@@ -316,19 +377,27 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// Stores a new API key's hash; returns its public id. Audited.
+    /// Stores a new API key's hash for the tenant `name` (its record is created if it is new),
+    /// valid until `expires_ms` if given; returns its public id. Audited.
     pub fn create_api_key(
         &mut self,
         actor: &Actor,
         name: &str,
         role: Role,
         key_hash: &[u8; 32],
+        expires_ms: Option<i64>,
     ) -> Result<ApiKeyRecord, StoreError> {
         let id = hex::encode(&key_hash[..8]);
+        let now = now_ms();
         let tx = self.conn().transaction()?;
         tx.execute(
-            "INSERT INTO api_keys (id, name, role, key_hash, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, name, role.as_str(), &key_hash[..], now_ms()],
+            "INSERT OR IGNORE INTO tenants (name, created_ms) VALUES (?1, ?2)",
+            params![name, now],
+        )?;
+        tx.execute(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_ms, expires_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![id, name, role.as_str(), &key_hash[..], now, expires_ms],
         )?;
         append(
             &tx,
@@ -338,7 +407,11 @@ impl OnboardStore {
                 action: "api_key_create",
                 dev_eui: None,
                 outcome: "ok",
-                detail: &format!("key {id}, role {}, name {name:?}", role.as_str()),
+                detail: &format!(
+                    "key {id}, role {}, name {name:?}{}",
+                    role.as_str(),
+                    expires_ms.map_or_else(String::new, |e| format!(", expires_ms {e}"))
+                ),
             },
         )?;
         tx.commit()?;
@@ -349,16 +422,21 @@ impl OnboardStore {
         })
     }
 
-    /// The API key with this hash. The hash is looked up by index; the caller compares nothing
-    /// else, and the hash of a key reveals nothing about other keys.
+    /// The valid API key with this hash: not revoked, not expired at `now_ms`. The hash is
+    /// looked up by index; the caller compares nothing else, and the hash of a key reveals
+    /// nothing about other keys.
     pub fn find_api_key(
         &mut self,
         key_hash: &[u8; 32],
+        now_ms: i64,
     ) -> Result<Option<ApiKeyRecord>, StoreError> {
         let row: Option<(String, String, String, Vec<u8>)> = self
             .conn()
-            .prepare_cached("SELECT id, name, role, key_hash FROM api_keys WHERE key_hash = ?1")?
-            .query_row([&key_hash[..]], |r| {
+            .prepare_cached(
+                "SELECT id, name, role, key_hash FROM api_keys WHERE key_hash = ?1 \
+                 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
+            )?
+            .query_row(params![&key_hash[..], now_ms], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?;
@@ -368,6 +446,75 @@ impl OnboardStore {
                 .and_then(|()| Role::parse(&role))
                 .map(|role| ApiKeyRecord { id, name, role })
         }))
+    }
+
+    /// Every API key (never a key or its hash), oldest first.
+    pub fn list_api_keys(&mut self) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT id, name, role, created_ms, expires_ms, revoked_ms FROM api_keys \
+             ORDER BY created_ms, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+                r.get::<_, Option<i64>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, name, role, created_ms, expires_ms, revoked_ms) = row?;
+            let Some(role) = Role::parse(&role) else {
+                continue; // written by a newer release
+            };
+            out.push(ApiKeyInfo {
+                id,
+                name,
+                role,
+                created_ms,
+                expires_ms,
+                revoked_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Revokes an API key by id: it authenticates nothing from now on. Audited. `false` if no
+    /// such key, or already revoked.
+    pub fn revoke_api_key(&mut self, actor: &Actor, id: &str) -> Result<bool, StoreError> {
+        let at = now_ms();
+        let tx = self.conn().transaction()?;
+        let n = tx.execute(
+            "UPDATE api_keys SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+            params![id, at],
+        )?;
+        if n > 0 {
+            append(
+                &tx,
+                at,
+                &AuditEntry {
+                    actor,
+                    action: "api_key_revoke",
+                    dev_eui: None,
+                    outcome: "ok",
+                    detail: &format!("key {id}"),
+                },
+            )?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// The tenants, by name.
+    pub fn tenants(&mut self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT name FROM tenants ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A new connection to the same file, for one import: its staging table and transaction
@@ -455,17 +602,50 @@ impl OnboardStore {
         Ok(out.into_iter().skip(start).take(limit as usize).collect())
     }
 
-    /// Binds an unclaimed device to an owner and a home network. Audited.
+    /// Claims a device in one transaction: it must exist, `presented` (the owner token's hash)
+    /// must match its token hash (compared in constant time), and it must be unlocked and
+    /// unclaimed; then it is bound to `tenant` and `home` and the claim audited. The check and
+    /// the write are one `BEGIN IMMEDIATE` transaction, so of concurrent claims (in this process
+    /// or another) exactly one wins.
     pub fn claim(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
+        presented: &[u8; 32],
         tenant: &str,
         home: NetId,
         detail: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<ClaimOutcome, StoreError> {
         let at = now_ms();
-        let tx = self.conn().transaction()?;
+        let tx = self
+            .conn()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // The device's home NetID, token hash, owner and lock flag.
+        type ClaimRow = (Option<i64>, Option<Vec<u8>>, Option<String>, i64);
+        let row: Option<ClaimRow> = tx
+            .query_row(
+                "SELECT d.home_net_id, o.token_hash, o.owner, COALESCE(o.locked, 0) \
+                 FROM devices d LEFT JOIN ownership o ON o.dev_eui = d.dev_eui \
+                 WHERE d.dev_eui = ?1",
+                [store::dev_eui_sql(dev_eui)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        let Some((bound, token_hash, owner, locked)) = row else {
+            return Ok(ClaimOutcome::NotFound);
+        };
+        // Constant time over the hash; a device without a token is compared against a hash
+        // nothing produces, so both paths do the same work.
+        let stored = token_hash.clone().unwrap_or_else(|| vec![0; 32]);
+        if !super::secret::ct_eq(presented, &stored) || token_hash.is_none() {
+            return Ok(ClaimOutcome::WrongToken);
+        }
+        if locked != 0 {
+            return Ok(ClaimOutcome::Locked);
+        }
+        if bound.is_some() || owner.is_some() {
+            return Ok(ClaimOutcome::AlreadyClaimed);
+        }
         tx.execute(
             "INSERT INTO ownership (dev_eui, owner, claimed_ms) VALUES (?1, ?2, ?3) \
              ON CONFLICT (dev_eui) DO UPDATE SET owner = ?2, claimed_ms = ?3",
@@ -487,7 +667,7 @@ impl OnboardStore {
             },
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(ClaimOutcome::Claimed)
     }
 
     /// Releases a device: no owner, no home network; a new owner token hash if given. Audited.
@@ -689,11 +869,14 @@ mod tests {
         let mut s = OnboardStore::open(tmp.path()).unwrap();
         let cli = Actor::cli();
         let rec = s
-            .create_api_key(&cli, "alice", Role::Owner, &[7; 32])
+            .create_api_key(&cli, "alice", Role::Owner, &[7; 32], None)
             .unwrap();
-        assert_eq!(s.find_api_key(&[7; 32]).unwrap(), Some(rec.clone()));
-        assert_eq!(s.find_api_key(&[8; 32]).unwrap(), None);
-        let dup = s.create_api_key(&cli, "bob", Role::Admin, &[7; 32]);
+        assert_eq!(
+            s.find_api_key(&[7; 32], now_ms()).unwrap(),
+            Some(rec.clone())
+        );
+        assert_eq!(s.find_api_key(&[8; 32], now_ms()).unwrap(), None);
+        let dup = s.create_api_key(&cli, "bob", Role::Admin, &[7; 32], None);
         assert!(dup.is_err(), "a key hash is unique");
         s.audit_append(&AuditEntry {
             actor: &Actor::from_key(&rec),
@@ -723,6 +906,69 @@ mod tests {
     }
 
     #[test]
+    fn keys_expire_are_revoked_listed_without_secrets_and_name_tenants() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = OnboardStore::open(tmp.path()).unwrap();
+        let cli = Actor::cli();
+        let now = now_ms();
+        let a = s
+            .create_api_key(&cli, "acme", Role::Manufacturer, &[1; 32], None)
+            .unwrap();
+        let b = s
+            .create_api_key(&cli, "alice", Role::Owner, &[2; 32], Some(now + 60_000))
+            .unwrap();
+        s.create_api_key(&cli, "alice", Role::Owner, &[3; 32], None)
+            .unwrap();
+        assert!(s.find_api_key(&[2; 32], now).unwrap().is_some());
+        assert!(
+            s.find_api_key(&[2; 32], now + 60_000).unwrap().is_none(),
+            "expired"
+        );
+        assert!(s.revoke_api_key(&cli, &a.id).unwrap());
+        assert!(!s.revoke_api_key(&cli, &a.id).unwrap(), "once");
+        assert!(!s.revoke_api_key(&cli, "0000000000000000").unwrap());
+        assert!(s.find_api_key(&[1; 32], now).unwrap().is_none(), "revoked");
+        let list = s.list_api_keys().unwrap();
+        assert_eq!(list.len(), 3);
+        let la = list.iter().find(|k| k.id == a.id).unwrap();
+        assert!(la.revoked_ms.is_some() && la.expires_ms.is_none());
+        let lb = list.iter().find(|k| k.id == b.id).unwrap();
+        assert_eq!(lb.expires_ms, Some(now + 60_000));
+        assert_eq!(s.tenants().unwrap(), vec!["acme", "alice"]);
+        let revoked = s
+            .audit(
+                &AuditFilter {
+                    action: Some("api_key_revoke".into()),
+                    ..AuditFilter::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(revoked.len(), 1);
+    }
+
+    /// A store written before keys could expire gains the columns, and a tenant per key name.
+    #[test]
+    fn an_older_api_key_table_is_brought_up_to_date() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let devices = SqliteStore::open(tmp.path()).unwrap();
+            drop(devices);
+            let conn = Connection::open(tmp.path().join(store::DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE api_keys (id TEXT PRIMARY KEY, name TEXT NOT NULL, \
+                 role TEXT NOT NULL, key_hash BLOB NOT NULL UNIQUE, created_ms INTEGER NOT NULL) \
+                 STRICT; INSERT INTO api_keys VALUES ('0101010101010101', 'old', 'owner', \
+                 x'0101010101010101010101010101010101010101010101010101010101010101', 5);",
+            )
+            .unwrap();
+        }
+        let mut s = OnboardStore::open(tmp.path()).unwrap();
+        assert!(s.find_api_key(&[1; 32], now_ms()).unwrap().is_some());
+        assert_eq!(s.tenants().unwrap(), vec!["old"]);
+    }
+
+    #[test]
     fn clear_owner_tokens_are_hashed_on_open() {
         let tmp = tempfile::tempdir().unwrap();
         let mut devices = SqliteStore::open(tmp.path()).unwrap();
@@ -734,6 +980,7 @@ mod tests {
             nwk_key_wrapped: None,
             home_net_id: None,
             owner_token: Some("CLEARTOKEN".into()),
+            owner: None,
             nonces: NonceState::default(),
         };
         devices.insert_devices(&[d]).unwrap();

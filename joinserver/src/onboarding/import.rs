@@ -118,6 +118,8 @@ pub struct Job<'a> {
     pub verifier: Option<ManifestVerifier>,
     /// Held from the final copy until `on_device` has seen every device.
     pub commit_lock: Option<&'a std::sync::Mutex<()>>,
+    /// Owner tokens in the manifest shorter than this (characters) are row errors.
+    pub min_owner_token_len: usize,
 }
 
 /// A generated owner token, compact (24 bytes) until it is returned.
@@ -217,6 +219,14 @@ DELETE FROM temp.import_rows;
 struct Errors {
     kept: Vec<RowError>,
     total: usize,
+}
+
+impl Extend<RowError> for Errors {
+    fn extend<T: IntoIterator<Item = RowError>>(&mut self, iter: T) {
+        for e in iter {
+            self.push(e);
+        }
+    }
 }
 
 impl Errors {
@@ -331,8 +341,18 @@ fn stage_and_commit(
         format,
         verifier,
         commit_lock,
+        min_owner_token_len,
     } = job;
-    let staged = stage_manifest(&tx, master, format, verifier, source)?;
+    let staged = stage_manifest(
+        &tx,
+        Rules {
+            master,
+            format,
+            min_owner_token_len,
+        },
+        verifier,
+        source,
+    )?;
     let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
     let imported = commit_staged(&tx, actor, &staged)?;
     tx.commit()?;
@@ -345,6 +365,29 @@ fn stage_and_commit(
         generated: staged.generated,
         what: staged.what,
     })
+}
+
+/// The row error of a device whose manifest-supplied owner token is shorter than `min`.
+fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
+    let short = d.owner_token.as_ref()?.chars().count() < min;
+    short.then(|| RowError {
+        line: d.line,
+        column: "owner_token".into(),
+        message: format!(
+            "owner token shorter than {min} characters (api.min_owner_token_len): it could be \
+             guessed"
+        ),
+    })
+}
+
+/// How the rows of a manifest are checked and sealed.
+struct Rules<'a> {
+    /// Wraps the root keys.
+    master: &'a MasterKey,
+    /// The format, or `None` to guess it.
+    format: Option<Format>,
+    /// The shortest owner token accepted.
+    min_owner_token_len: usize,
 }
 
 /// A whole manifest, valid, authentic and staged in `temp.import_rows`.
@@ -363,35 +406,21 @@ struct Staged {
 /// stages each valid row; fails unless every row was valid and the signature verified.
 fn stage_manifest(
     tx: &Connection,
-    master: &MasterKey,
-    format: Option<Format>,
+    rules: Rules<'_>,
     mut verifier: Option<ManifestVerifier>,
     source: &mut dyn ManifestSource,
 ) -> Result<Staged, Failure> {
-    let mut parser = ManifestParser::new(format);
+    let mut parser = ManifestParser::new(rules.format);
+    let mut staging = Staging {
+        tx,
+        rules,
+        errors: Errors::default(),
+        generated: Vec::new(),
+        store_error: None,
+    };
     let mut digest = Sha256::new();
     let mut bytes = 0u64;
-    let mut errors = Errors::default();
-    let mut generated = Vec::new();
-    let mut store_error: Option<StoreError> = None;
     let mut items = Vec::new();
-    let handle = |items: &mut Vec<Item>,
-                  col: &str,
-                  errors: &mut Errors,
-                  generated: &mut Vec<Generated>,
-                  store_error: &mut Option<StoreError>| {
-        for item in items.drain(..) {
-            match item {
-                Item::Error(e) => errors.push(e),
-                Item::Row(d) if store_error.is_none() => {
-                    if let Err(e) = stage(tx, master, &d, col, generated, errors) {
-                        *store_error = Some(e);
-                    }
-                }
-                Item::Row(_) => {}
-            }
-        }
-    };
     let source_error = loop {
         let chunk = match source.next_chunk() {
             Ok(Some(c)) => c,
@@ -404,13 +433,7 @@ fn stage_manifest(
             v.update(chunk);
         }
         parser.feed(chunk, &mut |i| items.push(i));
-        handle(
-            &mut items,
-            &parser.dev_eui_column(),
-            &mut errors,
-            &mut generated,
-            &mut store_error,
-        );
+        staging.take(&mut items, &parser.dev_eui_column());
     };
     let what = format!(
         "manifest sha256 {}…, {bytes} bytes",
@@ -424,15 +447,14 @@ fn stage_manifest(
         Err(error) => return Err(Failure::Signature { error, what }),
     };
     let col = parser.dev_eui_column();
-    let mut last = Vec::new();
-    parser.finish(&mut |i| last.push(i));
-    handle(
-        &mut last,
-        &col,
-        &mut errors,
-        &mut generated,
-        &mut store_error,
-    );
+    parser.finish(&mut |i| items.push(i));
+    staging.take(&mut items, &col);
+    let Staging {
+        errors,
+        generated,
+        store_error,
+        ..
+    } = staging;
     if let Some(e) = store_error {
         return Err(e.into());
     }
@@ -452,14 +474,56 @@ fn stage_manifest(
     })
 }
 
+/// The rows of a manifest being staged, and what staging them found.
+struct Staging<'a> {
+    tx: &'a Connection,
+    rules: Rules<'a>,
+    errors: Errors,
+    generated: Vec<Generated>,
+    /// The first store failure: nothing more is staged after it.
+    store_error: Option<StoreError>,
+}
+
+impl Staging<'_> {
+    /// Takes the parser's items: row errors are kept, valid rows staged.
+    fn take(&mut self, items: &mut Vec<Item>, dev_eui_column: &str) {
+        let min = self.rules.min_owner_token_len;
+        for item in items.drain(..) {
+            match item {
+                Item::Error(e) => self.errors.push(e),
+                Item::Row(d) if weak_token(&d, min).is_some() => {
+                    self.errors.extend(weak_token(&d, min));
+                }
+                Item::Row(d) if self.store_error.is_none() => {
+                    let staged = stage(
+                        self.tx,
+                        self.rules.master,
+                        &d,
+                        dev_eui_column,
+                        &mut self.generated,
+                        &mut self.errors,
+                    );
+                    if let Err(e) = staged {
+                        self.store_error = Some(e);
+                    }
+                }
+                Item::Row(_) => {}
+            }
+        }
+    }
+}
+
 /// Copies the staged rows into the store (in DevEUI order, the order of both tables' keys),
 /// with their ownership, one `provision` audit record each and the `import` summary, inside
 /// `tx`. Returns how many devices were imported.
 fn commit_staged(tx: &Connection, actor: &Actor, staged: &Staged) -> Result<usize, Failure> {
     let copied = tx.execute(
         &format!(
-            "INSERT INTO devices ({}) SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, \
-             home_net_id, NULL, NULL, x'', 0 FROM temp.import_rows",
+            // A device removed before continues from its last JoinNonce.
+            "INSERT INTO devices ({}) SELECT s.dev_eui, s.join_eui, s.mac_version, s.app_key, \
+             s.nwk_key, s.home_net_id, NULL, NULL, x'', COALESCE(r.last_join_nonce, 0) \
+             FROM temp.import_rows s LEFT JOIN main.retired_join_nonces r \
+             ON r.dev_eui = s.dev_eui ORDER BY s.dev_eui",
             store::DEVICE_COLUMNS
         ),
         [],

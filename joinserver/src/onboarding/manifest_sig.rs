@@ -1,6 +1,8 @@
 //! Signed manifests: a manufacturer signs the exact bytes of a manifest with Ed25519 (a detached
 //! signature, RFC 8032 "pure" Ed25519); the join server accepts it only under a public key it is
-//! configured to trust (`[api] trusted_manifest_keys`).
+//! configured to trust (`[api] trusted_manifest_keys`, usable by every importer, or
+//! `[api.manufacturer_keys]`, each bound to one manufacturer tenant: a manifest signed by a key
+//! bound to manufacturer A is refused when manufacturer B imports it).
 //!
 //! A signature is given as 128 hex digits, as base64 of the 64 bytes, or as the raw 64 bytes (a
 //! signature file may hold any of the three); a public key as 64 hex digits.
@@ -24,6 +26,9 @@ pub enum SignatureError {
     /// an untrusted key.
     #[error("the signature does not verify under any trusted manifest key")]
     Invalid,
+    /// The manifest is signed by a key bound to another manufacturer than the importer.
+    #[error("the manifest is signed by a key of another manufacturer")]
+    OtherManufacturer,
 }
 
 impl SignatureError {
@@ -34,6 +39,7 @@ impl SignatureError {
             Self::Malformed => "signature_malformed",
             Self::NoTrustedKeys => "no_trusted_keys",
             Self::Invalid => "signature_invalid",
+            Self::OtherManufacturer => "signature_other_manufacturer",
         }
     }
 }
@@ -70,20 +76,43 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&b).map_err(|_| "not a valid Ed25519 public key".to_owned())
 }
 
-/// The trusted manifest keys.
+/// The trusted manifest keys, each usable by every importer or bound to one manufacturer.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedKeys(Vec<VerifyingKey>);
+pub struct TrustedKeys(Vec<(VerifyingKey, Option<String>)>);
 
 impl TrustedKeys {
-    /// Parses the configured keys (64 hex digits each).
+    /// Parses the configured keys (64 hex digits each), usable by every importer.
     pub fn parse(keys: &[String]) -> Result<Self, String> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| {
-                parse_public_key(k).map_err(|e| format!("trusted_manifest_keys[{i}]: {e}"))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Self)
+        Self::parse_with(keys, &std::collections::BTreeMap::new())
+    }
+
+    /// Parses the keys every importer may use and those bound to one manufacturer tenant each.
+    /// A key listed in both is bound to its manufacturer.
+    pub fn parse_with(
+        keys: &[String],
+        per_manufacturer: &std::collections::BTreeMap<String, Vec<String>>,
+    ) -> Result<Self, String> {
+        let mut out: Vec<(VerifyingKey, Option<String>)> = Vec::new();
+        for (tenant, list) in per_manufacturer {
+            for (i, k) in list.iter().enumerate() {
+                let key = parse_public_key(k)
+                    .map_err(|e| format!("manufacturer_keys.{tenant}[{i}]: {e}"))?;
+                if let Some((_, Some(other))) = out.iter().find(|(o, _)| *o == key) {
+                    return Err(format!(
+                        "manufacturer_keys.{tenant}[{i}]: the key is also bound to {other}"
+                    ));
+                }
+                out.push((key, Some(tenant.clone())));
+            }
+        }
+        for (i, k) in keys.iter().enumerate() {
+            let key =
+                parse_public_key(k).map_err(|e| format!("trusted_manifest_keys[{i}]: {e}"))?;
+            if !out.iter().any(|(o, _)| *o == key) {
+                out.push((key, None));
+            }
+        }
+        Ok(Self(out))
     }
 
     /// Whether any key is trusted.
@@ -96,6 +125,17 @@ impl TrustedKeys {
     /// [`ManifestVerifier::finish`]. Refuses at once a missing or malformed signature, or an
     /// empty trust list.
     pub fn stream(&self, signature: Option<&[u8]>) -> Result<ManifestVerifier, SignatureError> {
+        self.stream_for(signature, None)
+    }
+
+    /// [`Self::stream`] for an import by the manufacturer tenant `importer` (`None`: an admin or
+    /// the operator): a manifest that verifies under a key bound to another manufacturer is
+    /// refused ([`SignatureError::OtherManufacturer`]).
+    pub fn stream_for(
+        &self,
+        signature: Option<&[u8]>,
+        importer: Option<&str>,
+    ) -> Result<ManifestVerifier, SignatureError> {
         let sig = parse_signature(signature.ok_or(SignatureError::Missing)?)?;
         if self.0.is_empty() {
             return Err(SignatureError::NoTrustedKeys);
@@ -104,9 +144,16 @@ impl TrustedKeys {
         let verifiers = self
             .0
             .iter()
-            .filter_map(|k| k.verify_stream(&sig).ok().map(|v| (fingerprint(k), v)))
+            .filter_map(|(k, owner)| {
+                k.verify_stream(&sig)
+                    .ok()
+                    .map(|v| (fingerprint(k), owner.clone(), v))
+            })
             .collect();
-        Ok(ManifestVerifier { verifiers })
+        Ok(ManifestVerifier {
+            verifiers,
+            importer: importer.map(str::to_owned),
+        })
     }
 
     /// Verifies a detached signature over `manifest` held in memory. Returns the fingerprint of
@@ -129,7 +176,10 @@ fn fingerprint(k: &VerifyingKey) -> String {
 /// Ed25519 verification of a manifest that arrives in pieces: one SHA-512 state per trusted key
 /// (RFC 8032 hashes R ‖ A ‖ M, so each key needs its own), fed every chunk.
 pub struct ManifestVerifier {
-    verifiers: Vec<(String, StreamVerifier)>,
+    /// Per key: its fingerprint, the manufacturer it is bound to, its SHA-512 state.
+    verifiers: Vec<(String, Option<String>, StreamVerifier)>,
+    /// The manufacturer tenant importing, if a manufacturer is.
+    importer: Option<String>,
 }
 
 impl std::fmt::Debug for ManifestVerifier {
@@ -141,17 +191,26 @@ impl std::fmt::Debug for ManifestVerifier {
 impl ManifestVerifier {
     /// The next bytes of the manifest.
     pub fn update(&mut self, chunk: &[u8]) {
-        for (_, v) in &mut self.verifiers {
+        for (_, _, v) in &mut self.verifiers {
             v.update(chunk);
         }
     }
 
-    /// The fingerprint of the first trusted key under which the whole manifest verifies.
+    /// The fingerprint of the first trusted key under which the whole manifest verifies;
+    /// refused if that key is bound to another manufacturer than the importing one.
     pub fn finish(self) -> Result<String, SignatureError> {
-        self.verifiers
+        let importer = self.importer;
+        let (fp, owner) = self
+            .verifiers
             .into_iter()
-            .find_map(|(fp, v)| v.finalize_and_verify().is_ok().then_some(fp))
-            .ok_or(SignatureError::Invalid)
+            .find_map(|(fp, owner, v)| v.finalize_and_verify().is_ok().then_some((fp, owner)))
+            .ok_or(SignatureError::Invalid)?;
+        match (owner, importer) {
+            (Some(owner), Some(importer)) if owner != importer => {
+                Err(SignatureError::OtherManufacturer)
+            }
+            _ => Ok(fp),
+        }
     }
 }
 
@@ -226,5 +285,48 @@ mod tests {
         *tampered.last_mut().unwrap() ^= 0x80;
         tampered.chunks(333).for_each(|c| v.update(c));
         assert_eq!(v.finish(), Err(SignatureError::Invalid));
+    }
+
+    #[test]
+    fn a_key_bound_to_one_manufacturer_signs_for_it_only() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let (a, b, g) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let hexkey = |k: &SigningKey| hex::encode(k.verifying_key().as_bytes());
+        let mut per = std::collections::BTreeMap::new();
+        per.insert("acme".to_owned(), vec![hexkey(&a)]);
+        per.insert("bolt".to_owned(), vec![hexkey(&b)]);
+        // The global list also names acme's key: it stays bound to acme.
+        let keys = TrustedKeys::parse_with(&[hexkey(&g), hexkey(&a)], &per).unwrap();
+        let m = b"dev_eui,join_eui\n";
+        let run = |signer: &SigningKey, importer: Option<&str>| {
+            let sig = signer.sign(m).to_bytes();
+            let mut v = keys.stream_for(Some(&sig), importer).unwrap();
+            v.update(m);
+            v.finish()
+        };
+        assert!(run(&a, Some("acme")).is_ok());
+        assert_eq!(
+            run(&a, Some("bolt")),
+            Err(SignatureError::OtherManufacturer)
+        );
+        assert_eq!(
+            run(&b, Some("acme")),
+            Err(SignatureError::OtherManufacturer)
+        );
+        assert!(
+            run(&b, None).is_ok(),
+            "an admin or the operator may import it"
+        );
+        assert!(
+            run(&g, Some("bolt")).is_ok(),
+            "a global key serves every importer"
+        );
+        per.insert("bolt".to_owned(), vec![hexkey(&a)]);
+        let e = TrustedKeys::parse_with(&[], &per).unwrap_err();
+        assert!(e.contains("also bound to acme"), "{e}");
     }
 }

@@ -3,6 +3,7 @@
 //! per device, writes the store and the audit log in one transaction, and updates the running
 //! join server's device map so a claim or release takes effect on the next JoinReq.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,8 @@ use protocol::keys::{AppKey, NwkKey};
 use serde::Serialize;
 
 use super::db::{
-    Actor, AuditEntry, AuditFilter, AuditRecord, OnboardStore, Ownership, OwnershipColumn, Role,
+    Actor, ApiKeyInfo, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, OnboardStore, Ownership,
+    OwnershipColumn, Role,
 };
 use super::import::{self as imp, Failure, ManifestSource, SourceError};
 use super::manifest_sig::{SignatureError, TrustedKeys};
@@ -64,6 +66,12 @@ pub enum OnbError {
     /// Too many failed claim attempts; retry after the duration.
     #[error("too many failed claim attempts; retry in {} s", .0.as_secs().max(1))]
     RateLimited(Duration),
+    /// A request body is larger than its route allows.
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// Too many failed authentications from this source address; retry after the duration.
+    #[error("too many failed authentications from this address; retry in {} s", .0.as_secs().max(1))]
+    AuthRateLimited(Duration),
     /// As many imports as the server runs at once are in progress; retry after the duration.
     #[error("{running} manifest import(s) already in progress; retry in {} s", retry_after.as_secs().max(1))]
     Busy {
@@ -86,13 +94,14 @@ impl OnbError {
             Self::NotFound => "not_found",
             Self::BadRequest(_) => "bad_request",
             Self::Manifest(..) => "bad_manifest",
-            Self::TooLarge(_) => "payload_too_large",
+            Self::TooLarge(_) | Self::PayloadTooLarge(_) => "payload_too_large",
             Self::Signature(e) => e.kind(),
             Self::WrongToken => "wrong_token",
             Self::AlreadyClaimed => "already_claimed",
             Self::NotClaimed => "not_claimed",
             Self::Locked => "locked",
             Self::RateLimited(_) => "rate_limited",
+            Self::AuthRateLimited(_) => "auth_rate_limited",
             Self::Busy { .. } => "busy",
             Self::Store(StoreError::Duplicate(_)) => "already_provisioned",
             Self::Store(_) => "internal",
@@ -106,13 +115,13 @@ impl OnbError {
             Self::Forbidden(_) | Self::WrongToken => 403,
             Self::NotFound => 404,
             Self::BadRequest(_) | Self::Manifest(..) => 400,
-            Self::TooLarge(_) => 413,
+            Self::TooLarge(_) | Self::PayloadTooLarge(_) => 413,
             Self::Signature(SignatureError::Missing | SignatureError::Malformed) => 400,
             Self::Signature(_) => 422,
             Self::AlreadyClaimed | Self::NotClaimed => 409,
             Self::Store(StoreError::Duplicate(_)) => 409,
             Self::Locked => 423,
-            Self::RateLimited(_) | Self::Busy { .. } => 429,
+            Self::RateLimited(_) | Self::AuthRateLimited(_) | Self::Busy { .. } => 429,
             Self::Store(_) => 500,
         }
     }
@@ -184,10 +193,19 @@ pub struct Onboarding {
     trusted: TrustedKeys,
     per_device: FailureLimiter<DevEui>,
     per_key: FailureLimiter<String>,
+    /// Failed authentications per source address.
+    per_addr: FailureLimiter<Option<IpAddr>>,
+    /// The shortest manifest-supplied owner token.
+    min_owner_token_len: usize,
     /// Held while an import commits and loads its devices into the map (shared with the
     /// server's reload thread, so the devices are not prepared twice).
     map_sync: Arc<Mutex<()>>,
 }
+
+/// Failed authentications allowed per source address and window, unless configured.
+const DEFAULT_AUTH_FAILURES: u32 = 10;
+/// The failed-authentication window, unless configured.
+const DEFAULT_AUTH_WINDOW: Duration = Duration::from_secs(300);
 
 fn dev_detail(home: NetId, via: &str) -> String {
     format!("home_net_id {home}, via {via}")
@@ -236,8 +254,24 @@ impl Onboarding {
             trusted,
             per_device,
             per_key,
+            per_addr: FailureLimiter::new(DEFAULT_AUTH_FAILURES, DEFAULT_AUTH_WINDOW),
+            min_owner_token_len: crate::config::MIN_OWNER_TOKEN_LEN,
             map_sync: Arc::default(),
         }
+    }
+
+    /// Sets the shortest owner token a manifest may supply (characters).
+    #[must_use]
+    pub fn with_min_owner_token_len(mut self, n: usize) -> Self {
+        self.min_owner_token_len = n;
+        self
+    }
+
+    /// Sets the failed-authentication limit: `max` per source address per `window`.
+    #[must_use]
+    pub fn with_auth_limits(mut self, max: u32, window: Duration) -> Self {
+        self.per_addr = FailureLimiter::new(max, window);
+        self
     }
 
     /// Shares the lock the running server's reload thread holds while it brings the device map
@@ -281,6 +315,42 @@ impl Onboarding {
         e
     }
 
+    /// The actor of the API key `key` presented from `peer`. While `peer` has used up its failed
+    /// authentications the key is not even checked (`AuthRateLimited`); each failure (no key, an
+    /// unknown, revoked or expired one) counts against `peer` and is audited as `authenticate`
+    /// by `addr:<peer>` (never with the key), so at most the limit of records per address and
+    /// window.
+    pub fn authenticate_from(
+        &self,
+        key: Option<&str>,
+        peer: Option<IpAddr>,
+    ) -> Result<Actor, OnbError> {
+        let now = Instant::now();
+        if let Err(wait) = self.per_addr.check(&peer, now) {
+            return Err(OnbError::AuthRateLimited(wait));
+        }
+        let result = match key {
+            Some(k) => self.authenticate(k),
+            None => Err(OnbError::Unauthorized),
+        };
+        if let Err(OnbError::Unauthorized) = result {
+            self.per_addr.fail(&peer, now);
+            let detail = if key.is_some() {
+                "unknown, revoked or expired API key"
+            } else {
+                "no API key"
+            };
+            return Err(self.refuse(
+                &Actor::anonymous(peer),
+                "authenticate",
+                None,
+                OnbError::Unauthorized,
+                detail,
+            ));
+        }
+        result
+    }
+
     /// The actor of an API key, or `Unauthorized`.
     pub fn authenticate(&self, key: &str) -> Result<Actor, OnbError> {
         let k = ApiKeySecret::from_text(key);
@@ -288,7 +358,7 @@ impl Onboarding {
             return Err(OnbError::Unauthorized);
         }
         self.db()
-            .find_api_key(&k.hash())?
+            .find_api_key(&k.hash(), super::db::now_ms())?
             .map(|r| Actor::from_key(&r))
             .ok_or(OnbError::Unauthorized)
     }
@@ -300,6 +370,24 @@ impl Onboarding {
         role: Role,
         name: &str,
     ) -> Result<(ApiKeySecret, String), OnbError> {
+        self.create_api_key_until(actor, role, name, None)
+    }
+
+    /// Creates an API key for the tenant `name` that expires at `expires_ms` (Unix ms) if
+    /// given; returns it (shown once) and its public id. Admins only over the API.
+    pub fn create_api_key_until(
+        &self,
+        actor: &Actor,
+        role: Role,
+        name: &str,
+        expires_ms: Option<i64>,
+    ) -> Result<(ApiKeySecret, String), OnbError> {
+        if actor.role != Role::Admin {
+            return Err(OnbError::Forbidden(actor.role.as_str()));
+        }
+        if expires_ms.is_some_and(|e| e <= super::db::now_ms()) {
+            return Err(OnbError::BadRequest("the expiry is in the past".into()));
+        }
         let name = name.trim();
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             return Err(OnbError::BadRequest(
@@ -307,8 +395,36 @@ impl Onboarding {
             ));
         }
         let key = ApiKeySecret::generate();
-        let rec = self.db().create_api_key(actor, name, role, &key.hash())?;
+        let rec = self
+            .db()
+            .create_api_key(actor, name, role, &key.hash(), expires_ms)?;
         Ok((key, rec.id))
+    }
+
+    /// Every API key (never a key): admins only.
+    pub fn list_api_keys(&self, actor: &Actor) -> Result<Vec<ApiKeyInfo>, OnbError> {
+        if actor.role != Role::Admin {
+            return Err(OnbError::Forbidden(actor.role.as_str()));
+        }
+        Ok(self.db().list_api_keys()?)
+    }
+
+    /// Revokes an API key by id: admins only; audited. `NotFound` if no such valid key.
+    pub fn revoke_api_key(&self, actor: &Actor, id: &str) -> Result<(), OnbError> {
+        if actor.role != Role::Admin {
+            return Err(self.refuse(
+                actor,
+                "api_key_revoke",
+                None,
+                OnbError::Forbidden(actor.role.as_str()),
+                "",
+            ));
+        }
+        if self.db().revoke_api_key(actor, id)? {
+            Ok(())
+        } else {
+            Err(OnbError::NotFound)
+        }
     }
 
     /// Imports a manifest held in memory; see [`Self::import_stream`].
@@ -344,7 +460,10 @@ impl Onboarding {
         // A missing or malformed signature, or no trusted key, is refused before the manifest
         // is read.
         let verifier = if require_signature || signature.is_some() {
-            match self.trusted.stream(signature) {
+            let manufacturer = (actor.role == Role::Manufacturer)
+                .then_some(actor.tenant.as_deref())
+                .flatten();
+            match self.trusted.stream_for(signature, manufacturer) {
                 Ok(v) => Some(v),
                 Err(e) => return Err(refuse(OnbError::Signature(e), "manifest not read")),
             }
@@ -358,6 +477,7 @@ impl Onboarding {
             format,
             verifier,
             commit_lock: self.devices.as_ref().map(|_| &*self.map_sync),
+            min_owner_token_len: self.min_owner_token_len,
         };
         let mut loaded = |d: StoredDevice| {
             let Some(map) = &self.devices else { return };
@@ -471,7 +591,7 @@ impl Onboarding {
     }
 
     /// Brings the running server's copy of a device in line with the store after a change of
-    /// its home network (its nonce state, never behind the store's, is kept).
+    /// its home network and owner (its nonce state, never behind the store's, is kept).
     fn refresh_home(&self, dev: DevEui) -> Result<(), OnbError> {
         let Some(map) = &self.devices else {
             return Ok(());
@@ -479,6 +599,7 @@ impl Onboarding {
         let stored = self.db().devices().get_device(dev)?;
         if let (Some(s), Some(mut m)) = (stored, map.get_mut(&dev)) {
             m.home_net_id = s.home_net_id;
+            m.owner = s.owner.as_deref().map(Arc::from);
             m.provisioned = core::provisioning_fingerprint(&s);
         }
         Ok(())
@@ -512,23 +633,18 @@ impl Onboarding {
             self.per_device.fail(&dev, now);
             refuse(e)
         };
-        let Some((d, own)) = self.db().device(dev)? else {
-            return Err(fail(OnbError::NotFound));
-        };
         let presented = secret::owner_token_hash(dev, token);
-        // Constant time over the hash; a device without a token is compared against a hash
-        // nothing produces, so both paths do the same work.
-        let stored = own.token_hash.clone().unwrap_or_else(|| vec![0; 32]);
-        if !secret::ct_eq(&presented, &stored) || own.token_hash.is_none() {
-            return Err(fail(OnbError::WrongToken));
+        // The check and the write are one transaction: of concurrent claims, one wins.
+        let outcome = self
+            .db()
+            .claim(actor, dev, &presented, &tenant, home, &detail)?;
+        match outcome {
+            ClaimOutcome::Claimed => {}
+            ClaimOutcome::NotFound => return Err(fail(OnbError::NotFound)),
+            ClaimOutcome::WrongToken => return Err(fail(OnbError::WrongToken)),
+            ClaimOutcome::Locked => return Err(refuse(OnbError::Locked)),
+            ClaimOutcome::AlreadyClaimed => return Err(refuse(OnbError::AlreadyClaimed)),
         }
-        if own.locked {
-            return Err(refuse(OnbError::Locked));
-        }
-        if d.home_net_id.is_some() || own.owner.is_some() {
-            return Err(refuse(OnbError::AlreadyClaimed));
-        }
-        self.db().claim(actor, dev, &tenant, home, &detail)?;
         self.refresh_home(dev)?;
         self.get(actor, dev)
     }
@@ -751,6 +867,9 @@ mod tests {
     use super::*;
     use protocol::keys::Kek;
 
+    /// The service of these tests: their manifests' owner tokens are T1 to T3, so the
+    /// minimum token length is 2 (`short_owner_tokens_are_refused_with_their_line` tests the
+    /// default).
     fn service(dir: &std::path::Path, limits: ClaimLimits) -> Onboarding {
         Onboarding::new(
             OnboardStore::open(dir).unwrap(),
@@ -759,6 +878,83 @@ mod tests {
             TrustedKeys::default(),
             limits,
         )
+        .with_min_owner_token_len(2)
+    }
+
+    /// A manifest signed by a key bound to manufacturer acme is refused (and audited) when
+    /// manufacturer bolt imports it: bolt used to get the devices and their owner tokens.
+    #[test]
+    fn a_manifest_signed_for_another_manufacturer_is_refused_and_audited() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let tmp = tempfile::tempdir().unwrap();
+        let acme_signer = SigningKey::from_bytes(&[7; 32]);
+        let mut per = std::collections::BTreeMap::new();
+        per.insert(
+            "acme".to_owned(),
+            vec![hex::encode(acme_signer.verifying_key().as_bytes())],
+        );
+        let s = Onboarding::new(
+            OnboardStore::open(tmp.path()).unwrap(),
+            None,
+            MasterKey(Kek::new([3; 16])),
+            TrustedKeys::parse_with(&[], &per).unwrap(),
+            ClaimLimits::default(),
+        )
+        .with_min_owner_token_len(2);
+        let (acme, bolt) = (
+            actor(&s, Role::Manufacturer, "acme"),
+            actor(&s, Role::Manufacturer, "bolt"),
+        );
+        let sig = acme_signer.sign(MANIFEST.as_bytes()).to_bytes();
+        match s.import(&bolt, MANIFEST.as_bytes(), None, Some(&sig), true) {
+            Err(OnbError::Signature(SignatureError::OtherManufacturer)) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(s.db().devices().load_devices().unwrap().is_empty());
+        let refused = s
+            .db()
+            .audit(
+                &AuditFilter {
+                    action: Some("import".into()),
+                    outcome: Some("refused:signature_other_manufacturer".into()),
+                    ..AuditFilter::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].tenant.as_deref(), Some("bolt"));
+        let r = s
+            .import(&acme, MANIFEST.as_bytes(), None, Some(&sig), true)
+            .unwrap();
+        assert_eq!(r.imported, 3);
+    }
+
+    /// Manifest-supplied owner tokens shorter than the minimum are refused with their line;
+    /// nothing is imported.
+    #[test]
+    fn short_owner_tokens_are_refused_with_their_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Onboarding::new(
+            OnboardStore::open(tmp.path()).unwrap(),
+            None,
+            MasterKey(Kek::new([3; 16])),
+            TrustedKeys::default(),
+            ClaimLimits::default(),
+        );
+        let manifest = "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+             0000000000000001,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,A1B2C3D4E5F6\n\
+             0000000000000002,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,T2\n\
+             0000000000000003,70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,\n";
+        match s.import(&Actor::cli(), manifest.as_bytes(), None, None, false) {
+            Err(OnbError::Manifest(rows, 1)) => {
+                assert_eq!(rows[0].line, 3);
+                assert_eq!(rows[0].column, "owner_token");
+                assert!(rows[0].message.contains("shorter than 12"), "{}", rows[0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(s.db().devices().load_devices().unwrap().is_empty());
     }
 
     /// Three 1.0.4 devices, 1 to 3, with owner tokens T1 to T3.
@@ -770,6 +966,70 @@ mod tests {
     fn actor(s: &Onboarding, role: Role, name: &str) -> Actor {
         let (k, _) = s.create_api_key(&Actor::cli(), role, name).unwrap();
         s.authenticate(k.expose()).unwrap()
+    }
+
+    /// Concurrent claims of one device with its token, by different tenants: exactly one
+    /// succeeds and the device belongs to it (the check and the write are one transaction;
+    /// they were two lock scopes, so several claims could win).
+    #[test]
+    fn concurrent_claims_with_one_token_give_exactly_one_success() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = service(tmp.path(), ClaimLimits::default());
+        let mut manifest =
+            String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n");
+        for dev in 1..=40u64 {
+            manifest.push_str(&format!(
+                "{dev:016X},70B3D57ED0000001,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,TOKEN{dev}\n"
+            ));
+        }
+        s.import(&Actor::cli(), manifest.as_bytes(), None, None, false)
+            .unwrap();
+        let owners: Vec<Actor> = (0..8)
+            .map(|i| actor(&s, Role::Owner, &format!("tenant{i}")))
+            .collect();
+        for dev in 1..=40u64 {
+            let token = format!("TOKEN{dev}");
+            let token = token.as_str();
+            let barrier = std::sync::Barrier::new(owners.len());
+            let wins: Vec<Option<String>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = owners
+                    .iter()
+                    .map(|o| {
+                        let (s, barrier) = (&s, &barrier);
+                        sc.spawn(move || {
+                            barrier.wait();
+                            s.claim(
+                                o,
+                                DevEui::new(dev),
+                                token,
+                                NetId::new(0x13).unwrap(),
+                                "test",
+                            )
+                            .ok()
+                            .and_then(|v| v.owner)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let winners: Vec<&String> = wins.iter().flatten().collect();
+            assert_eq!(winners.len(), 1, "device {dev}: {wins:?}");
+            let (_, own) = s.db().device(DevEui::new(dev)).unwrap().unwrap();
+            assert_eq!(own.owner.as_ref(), Some(winners[0]));
+            let ok_claims = s
+                .db()
+                .audit(
+                    &AuditFilter {
+                        action: Some("claim".into()),
+                        dev_eui: Some(format!("{dev:016X}")),
+                        outcome: Some("ok".into()),
+                        ..AuditFilter::default()
+                    },
+                    None,
+                )
+                .unwrap();
+            assert_eq!(ok_claims.len(), 1, "one claim audited as done");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub const NWK_KEY: &str = "000102030405060708090A0B0C0D0E0F";
 pub const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
 pub const NET_ID: u32 = 0x000013;
 
-/// Device 1: 1.0.3; 2: 1.0.4; 3: 1.1; 4: 1.0.4 with owner token OWNER; all with home NetID 000013
+/// Device 1: 1.0.3; 2: 1.0.4; 3: 1.1; 4: 1.0.4 with owner token OWNER0000004; all with home NetID 000013
 /// (an operator's own fleet). 5: home NetID 000042. 6: 1.0.4, unclaimed (no home NetID).
 pub fn provision(dir: &Path) -> Secrets {
     secrets::init(dir).unwrap();
@@ -31,7 +31,7 @@ pub fn provision(dir: &Path) -> Secrets {
          0000000000000001,{JOIN_EUI:016X},1.0.3,{APP_KEY},,000013,\n\
          0000000000000002,{JOIN_EUI:016X},1.0.4,{APP_KEY},,000013,\n\
          0000000000000003,{JOIN_EUI:016X},1.1,{APP_KEY},{NWK_KEY},000013,\n\
-         0000000000000004,{JOIN_EUI:016X},1.0.4,{APP_KEY},,000013,OWNER\n\
+         0000000000000004,{JOIN_EUI:016X},1.0.4,{APP_KEY},,000013,OWNER0000004\n\
          0000000000000005,{JOIN_EUI:016X},1.0.4,{APP_KEY},,000042,\n\
          0000000000000006,{JOIN_EUI:016X},1.0.4,{APP_KEY},,,\n"
     );

@@ -1,0 +1,15 @@
+//! What every HTTP listener of the project needs before it can face a network (issue 13,
+//! docs/security.md):
+//!
+//! - [`tls`]: a rustls server configuration from PEM files, a self-signed certificate and key
+//!   written 0600 (what `joinserver init` creates), and the SHA-256 fingerprint clients pin;
+//! - [`serve`]: a hardened accept loop around a hyper service: a header-read timeout, an idle
+//!   timeout, a connection limit, TLS by default, and plain HTTP only on a loopback address or
+//!   by the operator's explicit choice ([`serve::Transport::for_listener`]).
+//!
+//! The join server's management API uses both; the network server's HTTP endpoints are meant to
+//! use the same code.
+#![warn(missing_docs)]
+
+pub mod serve;
+pub mod tls;
