@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::core::devaddr::AddrBlock;
+use crate::gateway::allowed;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::emitter::{Emitter, EmitterThread};
 use crate::integration::sink::ConfiguredSink;
@@ -59,6 +60,10 @@ pub fn run(
     let block = config.validate()?;
     config.data.validate().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
+    let allowed_gateways = match config.gwmp.allowed_gateways_file.as_str() {
+        "" => None,
+        path => Some(allowed::load(std::path::Path::new(path)).map_err(anyhow::Error::msg)?),
+    };
     let restored = restore(&config, &secrets, block, &metrics)?;
     let gwmp = GwmpSockets::bind(&config)?;
     let link = Link::bind(&config, &secrets, block, &metrics)?;
@@ -89,6 +94,7 @@ pub fn run(
         secrets,
         inodes.collect(),
         plane,
+        allowed_gateways,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let threads = spawn_socket_loops(&state, &link.client, gwmp.sockets, &shutdown_rx)?;

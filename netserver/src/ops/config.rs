@@ -44,6 +44,23 @@ dedup_max_entries = 1000000
 max_gateways = 100000
 # A gateway not heard from (PULL_DATA or PUSH_DATA) for this long is reported offline, in s.
 gateway_offline_after_s = 60
+# File of the gateways allowed to use this server: one gateway EUI (16 hex digits) a line, blank
+# lines and lines starting with '#' ignored. Datagrams of any other gateway are dropped and counted
+# (netserver_gwmp_dropped_total{reason="unknown_gateway"}). "": every gateway (up to max_gateways).
+allowed_gateways_file = ""
+# A gateway's downlink address (the source of its PULL_DATA) does not move to a new source address
+# until this long after the last PULL_DATA from the current one, in s: a forged PULL_DATA cannot
+# take a gateway's Join-accepts and downlinks while the gateway keeps pulling (every 10 s by
+# default in the packet forwarders). Trade-off: a gateway whose NAT mapping or address changes
+# gets no downlinks for up to this long. 0: the address follows every PULL_DATA (the old behaviour).
+addr_change_block_s = 30
+# Larger datagrams are dropped and counted (reason "datagram_too_large"), in bytes.
+max_datagram_bytes = 16384
+# A PUSH_DATA with more rxpk entries is dropped whole and counted (reason "too_many_rxpk").
+max_rxpk_per_datagram = 64
+# Most joins in flight (waiting for the join server and their RX window) per socket loop; further
+# Join-requests are dropped and counted (netserver_uplink_dropped_total{reason="joins_in_flight"}).
+max_joins_in_flight = 4096
 
 [join_server]
 # The join server's link address (host:port). Flag: --join-server. Required.
@@ -182,6 +199,16 @@ pub struct GwmpConfig {
     pub max_gateways: usize,
     /// Gateway offline threshold, s.
     pub gateway_offline_after_s: u64,
+    /// File of the allowed gateway EUIs; empty: every gateway.
+    pub allowed_gateways_file: String,
+    /// How long a gateway's downlink address is kept against PULL_DATA from another source, s.
+    pub addr_change_block_s: u64,
+    /// Largest datagram accepted, bytes.
+    pub max_datagram_bytes: usize,
+    /// Most `rxpk` entries in one PUSH_DATA.
+    pub max_rxpk_per_datagram: usize,
+    /// Most joins in flight per socket loop.
+    pub max_joins_in_flight: usize,
 }
 
 impl Default for GwmpConfig {
@@ -194,7 +221,28 @@ impl Default for GwmpConfig {
             dedup_max_entries: 1_000_000,
             max_gateways: 100_000,
             gateway_offline_after_s: 60,
+            allowed_gateways_file: String::new(),
+            addr_change_block_s: 30,
+            max_datagram_bytes: 16 << 10,
+            max_rxpk_per_datagram: 64,
+            max_joins_in_flight: 4096,
         }
+    }
+}
+
+impl GwmpConfig {
+    /// Checks the datagram limits.
+    pub fn validate(&self) -> Result<(), String> {
+        // A PULL_DATA, the smallest datagram a gateway must send, is 12 bytes.
+        if self.max_datagram_bytes < 12 {
+            return Err("gwmp.max_datagram_bytes must be at least 12 (a PULL_DATA)".into());
+        }
+        if self.max_rxpk_per_datagram == 0 || self.max_joins_in_flight == 0 {
+            return Err(
+                "gwmp.max_rxpk_per_datagram and gwmp.max_joins_in_flight must be at least 1".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -385,6 +433,7 @@ impl Config {
 
     /// Checks ranges and consistency; returns the resolved DevAddr block.
     pub fn validate(&self) -> Result<AddrBlock, ConfigError> {
+        self.gwmp.validate().map_err(ConfigError::Invalid)?;
         let j = &self.join;
         if j.join_accept_delay1_s == 0 || j.join_accept_delay2_s <= j.join_accept_delay1_s {
             return Err(ConfigError::Invalid(

@@ -1,0 +1,259 @@
+//! GWMP hardening on real sockets, in process: a forged PULL_DATA from a new source does not
+//! take a gateway's downlink address during the block; oversized datagrams, too many `rxpk`,
+//! PHYPayloads over 255 bytes, unknown gateways and joins past the in-flight limit are dropped
+//! and counted; a 65,000-byte PUSH_DATA carrying a valid Join-request reaches no join server.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use netserver::keys::LabeledKek;
+use netserver::ops::config::Config;
+use netserver::server::{run, Addresses};
+use netserver::state::Secrets;
+use protocol::gwmp::{CrcStatus, DataRate, Packet, PushData, RxPk, Token};
+use protocol::ids::{DevEui, DevNonce, GatewayEui, JoinEui};
+use protocol::join::{JoinRequest, JoinRootKey};
+use protocol::keys::{AppKey, Kek, KeyCipher, LinkKey};
+use tokio::sync::watch;
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+fn value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn wait_for(addr: SocketAddr, sample: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while value(&get(addr, "/metrics"), sample) < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "{sample} never reached {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rxpk(data: Vec<u8>) -> RxPk {
+    RxPk {
+        tmst: 3_000_000,
+        time: None,
+        tmms: None,
+        chan: Some(1),
+        rfch: Some(0),
+        freq_hz: 868_300_000,
+        stat: CrcStatus::Ok,
+        datr: DataRate::lora(9, 125).unwrap(),
+        codr: None,
+        rssi: Some(-70),
+        lsnr: Some(8.5),
+        jver: None,
+        rsig: Vec::new(),
+        brd: None,
+        aesk: None,
+        data,
+    }
+}
+
+fn push(gateway: GatewayEui, frames: Vec<Vec<u8>>) -> Vec<u8> {
+    Packet::PushData(PushData {
+        token: Token([0x11, 0x22]),
+        gateway,
+        rxpk: frames.into_iter().map(rxpk).collect(),
+        stat: None,
+    })
+    .to_bytes()
+    .unwrap()
+}
+
+/// `bytes` padded with JSON whitespace to `len` bytes (still a valid datagram).
+fn padded(mut bytes: Vec<u8>, len: usize) -> Vec<u8> {
+    assert!(bytes.len() <= len);
+    bytes.resize(len, b' ');
+    bytes
+}
+
+fn join_request(nonce: u16) -> Vec<u8> {
+    let app_key = KeyCipher::new(&AppKey::new([3; 16]));
+    JoinRequest::build(
+        JoinEui::new(1),
+        DevEui::new(2),
+        DevNonce(nonce),
+        JoinRootKey::AppKey(&app_key),
+    )
+    .to_bytes()
+    .to_vec()
+}
+
+/// Whether a datagram arrives on `s` within 300 ms (the acknowledgement, when there is one,
+/// is sent at once).
+fn answered(s: &UdpSocket) -> Option<Vec<u8>> {
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    s.recv(&mut buf).ok().map(|n| buf[..n].to_vec())
+}
+
+#[test]
+fn gwmp_hardening_on_real_sockets() {
+    let dir = tempfile::tempdir().unwrap();
+    let eui = GatewayEui::new(0x0102_0304_0506_0708);
+    let stranger = GatewayEui::new(0x0909_0909_0909_0909);
+    let allowed = dir.path().join("gateways.txt");
+    std::fs::write(&allowed, format!("# the one gateway\n{eui}\n")).unwrap();
+    // A "join server" that receives and never answers.
+    let silent_js = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config: Config = toml::from_str(
+        "[gwmp]\nlisten = \"127.0.0.1:0\"\nworkers = 1\naddr_change_block_s = 30\n\
+         max_rxpk_per_datagram = 4\nmax_joins_in_flight = 1\n\
+         [join]\njoin_accept_delay1_s = 1\njoin_accept_delay2_s = 2\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    config.gwmp.allowed_gateways_file = allowed.to_str().unwrap().to_owned();
+    config.data_dir = dir.path().join("data");
+    config.join_server.address = silent_js.local_addr().unwrap().to_string();
+    let secrets = Secrets {
+        link_key: LinkKey::new([1; 16]),
+        ns_kek: LabeledKek {
+            label: "ns-test".into(),
+            key: Kek::new([2; 16]),
+        },
+        as_kek: None,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (addr_tx, addr_rx) = mpsc::channel::<Addresses>();
+    let server = std::thread::spawn(move || {
+        run(config, secrets, Some(stop_rx), |a| {
+            addr_tx.send(*a).unwrap()
+        })
+    });
+    let addrs = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let m = addrs.metrics.unwrap();
+    let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let pull = Packet::PullData {
+        token: Token([0xAB, 0xCD]),
+        gateway: eui,
+    }
+    .to_bytes()
+    .unwrap();
+
+    // The gateway pulls: its address is the downlink route.
+    gw.send_to(&pull, addrs.gwmp).unwrap();
+    assert_eq!(answered(&gw), Some(vec![2, 0xAB, 0xCD, 4]));
+    // A forged PULL_DATA with its EUI from another source: the route stays with the gateway.
+    forger.send_to(&pull, addrs.gwmp).unwrap();
+    wait_for(
+        m,
+        "netserver_gwmp_dropped_total{reason=\"addr_change_blocked\"}",
+        1.0,
+    );
+    let gateways = get(m, "/gateways");
+    let json: serde_json::Value =
+        serde_json::from_str(gateways.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        json[0]["downlink_addr"],
+        gw.local_addr().unwrap().to_string(),
+        "{gateways}"
+    );
+    assert_eq!(json[0]["stats"]["pull_data"], 1);
+
+    // A gateway not on the allowed list: dropped, not acknowledged.
+    gw.send_to(&push(stranger, vec![vec![0x40; 12]]), addrs.gwmp)
+        .unwrap();
+    assert_eq!(answered(&gw), None);
+    wait_for(
+        m,
+        "netserver_gwmp_dropped_total{reason=\"unknown_gateway\"}",
+        1.0,
+    );
+
+    // 16 KiB is accepted; one byte more is dropped; so is a 65,000-byte datagram carrying a
+    // valid Join-request, which never reaches the join server.
+    let small = push(eui, vec![vec![0x40; 12]]);
+    gw.send_to(&padded(small.clone(), 16 << 10), addrs.gwmp)
+        .unwrap();
+    assert_eq!(answered(&gw), Some(vec![2, 0x11, 0x22, 1]));
+    gw.send_to(&padded(small, (16 << 10) + 1), addrs.gwmp)
+        .unwrap();
+    assert_eq!(answered(&gw), None);
+    gw.send_to(
+        &padded(push(eui, vec![join_request(1)]), 65_000),
+        addrs.gwmp,
+    )
+    .unwrap();
+    assert_eq!(answered(&gw), None);
+    wait_for(
+        m,
+        "netserver_gwmp_dropped_total{reason=\"datagram_too_large\"}",
+        2.0,
+    );
+    silent_js
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        silent_js.recv(&mut buf).is_err(),
+        "the oversized datagram's Join-request reached the join server"
+    );
+
+    // More rxpk than allowed: dropped whole.
+    gw.send_to(&push(eui, vec![vec![0x40; 12]; 5]), addrs.gwmp)
+        .unwrap();
+    assert_eq!(answered(&gw), None);
+    wait_for(
+        m,
+        "netserver_gwmp_dropped_total{reason=\"too_many_rxpk\"}",
+        1.0,
+    );
+
+    // A 256-byte PHYPayload: acknowledged (the datagram is fine), the frame dropped.
+    gw.send_to(&push(eui, vec![vec![0x40; 256]]), addrs.gwmp)
+        .unwrap();
+    assert_eq!(answered(&gw), Some(vec![2, 0x11, 0x22, 1]));
+    wait_for(
+        m,
+        "netserver_uplink_dropped_total{reason=\"phy_too_long\"}",
+        1.0,
+    );
+
+    // Two Join-requests with one join allowed in flight: the first goes to the join server,
+    // the second is dropped and counted.
+    gw.send_to(
+        &push(eui, vec![join_request(2), join_request(3)]),
+        addrs.gwmp,
+    )
+    .unwrap();
+    assert_eq!(answered(&gw), Some(vec![2, 0x11, 0x22, 1]));
+    wait_for(
+        m,
+        "netserver_uplink_dropped_total{reason=\"joins_in_flight\"}",
+        1.0,
+    );
+    silent_js
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert!(silent_js.recv(&mut buf).is_ok(), "the first join's JoinReq");
+    let text = get(m, "/metrics");
+    assert_eq!(
+        value(&text, "netserver_link_requests_total{type=\"first\"}"),
+        1.0
+    );
+
+    stop_tx.send(true).unwrap();
+    server.join().unwrap().unwrap();
+}
