@@ -71,6 +71,9 @@ struct Serve {
     /// HTTP address of the application downlink input (POST /downlink).
     #[arg(long)]
     downlink_http: Option<String>,
+    /// File holding the downlink inputs' bearer token (mode 0600).
+    #[arg(long)]
+    downlink_token_file: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -132,6 +135,9 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     }
     if let Some(d) = args.downlink_http {
         config.data.downlink_http = d;
+    }
+    if let Some(d) = args.downlink_token_file {
+        config.data.downlink_token_file = d;
     }
     let secrets = Secrets {
         link_key: read_secret(&args.link_key, str::parse::<LinkKey>)?,

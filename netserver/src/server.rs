@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::core::devaddr::AddrBlock;
 use crate::gateway::allowed;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
+use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{Emitter, EmitterThread};
 use crate::integration::sink::ConfiguredSink;
 use crate::join::link::LinkClient;
@@ -251,23 +252,47 @@ fn bind_tcp(addr: &str, what: &str) -> anyhow::Result<Option<std::net::TcpListen
     }
 }
 
-/// The integration's downlink inputs (UDP and HTTP), each optional.
+/// The integration's downlink inputs (UDP and HTTP), each optional, and the token they
+/// require (none: loopback addresses only).
 struct DownlinkInputs {
     udp: Option<std::net::UdpSocket>,
     http: Option<std::net::TcpListener>,
+    token: Option<Arc<DownlinkToken>>,
 }
 
 impl DownlinkInputs {
     fn bind(data: &DataConfig) -> anyhow::Result<Self> {
+        let token = match data.downlink_token_file.trim() {
+            "" => None,
+            path => Some(Arc::new(crate::keys::read_secret(
+                std::path::Path::new(path),
+                DownlinkToken::new,
+            )?)),
+        };
+        let exposed = |what: &str, a: &str| -> anyhow::Result<()> {
+            for addr in a
+                .to_socket_addrs()
+                .with_context(|| format!("{what}: {a}"))?
+            {
+                auth::check_exposure(what, addr, token.as_deref()).map_err(anyhow::Error::msg)?;
+            }
+            Ok(())
+        };
         let udp = match data.downlink_listen.trim() {
             "" => None,
-            a => Some(
-                std::net::UdpSocket::bind(a)
-                    .with_context(|| format!("binding the downlink input on {a}"))?,
-            ),
+            a => {
+                exposed("the UDP downlink input", a)?;
+                Some(
+                    std::net::UdpSocket::bind(a)
+                        .with_context(|| format!("binding the downlink input on {a}"))?,
+                )
+            }
         };
+        if !data.downlink_http.trim().is_empty() {
+            exposed("the HTTP downlink input", data.downlink_http.trim())?;
+        }
         let http = bind_tcp(&data.downlink_http, "the HTTP downlink input")?;
-        Ok(Self { udp, http })
+        Ok(Self { udp, http, token })
     }
 }
 
@@ -338,6 +363,7 @@ impl Control {
             control.spawn(crate::integration::input::serve_http_downlinks(
                 tokio::net::TcpListener::from_std(l)?,
                 Arc::clone(state),
+                self.inputs.token.clone(),
                 shutdown.clone(),
             ));
         }
@@ -347,6 +373,7 @@ impl Control {
             control.spawn(crate::integration::input::downlink_input(
                 Arc::clone(state),
                 s,
+                self.inputs.token.clone(),
                 shutdown.clone(),
             ));
         }

@@ -1,5 +1,6 @@
 //! The downlink input: JSON requests on UDP (one answer datagram each) or `POST /downlink` on
-//! HTTP, validated and queued for the device's next uplink.
+//! HTTP, authenticated ([`crate::integration::auth`]), validated and queued for the device's
+//! next uplink.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use base64::Engine;
 use protocol::ids::DevEui;
 use serde::{Deserialize, Serialize};
 
+use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::events::B64;
 use crate::state::State;
 use crate::store::queue::QueuedDownlink;
@@ -25,6 +27,10 @@ pub struct DownlinkRequest {
     /// Confirmed data down.
     #[serde(default)]
     pub confirmed: bool,
+    /// The UDP input's token, checked before parsing ([`auth::udp_request_authenticated`]);
+    /// never kept.
+    #[serde(default, rename = "token")]
+    _token: serde::de::IgnoredAny,
 }
 
 /// The answer to a downlink request.
@@ -135,10 +141,21 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
     }
 }
 
-/// Serves the UDP downlink input: one JSON request per datagram, one JSON answer back.
+fn count_request(state: &State, result: &str) {
+    state
+        .metrics
+        .data
+        .downlink_requests
+        .with_label_values(&[result])
+        .inc();
+}
+
+/// Serves the UDP downlink input: one JSON request per datagram, one JSON answer back. With a
+/// token, a datagram without it gets no answer (counted as `unauthenticated`).
 pub async fn downlink_input(
     state: Arc<State>,
     socket: tokio::net::UdpSocket,
+    token: Option<Arc<DownlinkToken>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 4096];
@@ -150,14 +167,14 @@ pub async fn downlink_input(
             },
             _ = shutdown.changed() => return,
         };
+        if let Some(t) = &token {
+            if !auth::udp_request_authenticated(t, &buf[..n]) {
+                count_request(&state, "unauthenticated");
+                continue;
+            }
+        }
         let answer = handle_downlink_request(&state, &buf[..n]);
-        let label = if answer.ok { "queued" } else { "refused" };
-        state
-            .metrics
-            .data
-            .downlink_requests
-            .with_label_values(&[label])
-            .inc();
+        count_request(&state, if answer.ok { "queued" } else { "refused" });
         if let Ok(bytes) = serde_json::to_vec(&answer) {
             let _ = socket.send_to(&bytes, from).await;
         }
@@ -166,15 +183,18 @@ pub async fn downlink_input(
 
 /// Serves the HTTP downlink input: `POST /downlink` with the same JSON as the UDP input;
 /// `202 Accepted` with the answer when queued, `400 Bad Request` with the answer's error
-/// otherwise. Bodies are limited to 4 KiB.
+/// otherwise. Bodies are limited to 4 KiB. With a token, a request without
+/// `Authorization: Bearer TOKEN` gets `401 Unauthorized` before its body is read (counted as
+/// `unauthenticated`).
 pub async fn serve_http_downlinks(
     listener: tokio::net::TcpListener,
     state: Arc<State>,
+    token: Option<Arc<DownlinkToken>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use http_body_util::{BodyExt, Full, Limited};
     use hyper::body::Bytes;
-    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
     use hyper::{Method, Response, StatusCode};
     loop {
         let accepted = tokio::select! {
@@ -185,10 +205,12 @@ pub async fn serve_http_downlinks(
             continue;
         };
         let state = Arc::clone(&state);
+        let token = token.clone();
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let state = Arc::clone(&state);
+                    let token = token.clone();
                     async move {
                         let reply = |code: StatusCode, a: &DownlinkAnswer| {
                             let mut r = Response::new(Full::new(Bytes::from(
@@ -199,8 +221,24 @@ pub async fn serve_http_downlinks(
                                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                             r
                         };
+                        let authenticated = token.as_deref().is_none_or(|t| {
+                            req.headers()
+                                .get(AUTHORIZATION)
+                                .and_then(|h| auth::bearer(h.as_bytes()))
+                                .is_some_and(|p| t.matches(p))
+                        });
+                        if !authenticated {
+                            count_request(&state, "unauthenticated");
+                            let mut r = reply(
+                                StatusCode::UNAUTHORIZED,
+                                &DownlinkAnswer::err("unauthorized: Authorization: Bearer TOKEN"),
+                            );
+                            r.headers_mut()
+                                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
                         if req.uri().path() != "/downlink" {
-                            return Ok::<_, std::convert::Infallible>(reply(
+                            return Ok(reply(
                                 StatusCode::NOT_FOUND,
                                 &DownlinkAnswer::err("not found: POST /downlink"),
                             ));
@@ -223,13 +261,7 @@ pub async fn serve_http_downlinks(
                             }
                         };
                         let answer = handle_downlink_request(&state, &body);
-                        let label = if answer.ok { "queued" } else { "refused" };
-                        state
-                            .metrics
-                            .data
-                            .downlink_requests
-                            .with_label_values(&[label])
-                            .inc();
+                        count_request(&state, if answer.ok { "queued" } else { "refused" });
                         let code = if answer.ok {
                             StatusCode::ACCEPTED
                         } else {

@@ -109,6 +109,11 @@ downlink_listen = ""
 # HTTP address of the downlink input (POST /downlink, the same JSON). "": off.
 # Flag: --downlink-http.
 downlink_http = ""
+# File holding the downlink inputs' bearer token (at least 16 visible characters, mode 0600; e.g.
+# `openssl rand -hex 32 > downlink.token`). HTTP requests carry `Authorization: Bearer TOKEN`, UDP
+# requests a "token" member; others get 401 (HTTP) or no answer at all (UDP). "": no token, and the
+# inputs may then only listen on a loopback address. Flag: --downlink-token-file.
+downlink_token_file = ""
 # How long after a frame's first copy other gateways' copies are awaited before it is handled, ms.
 collect_window_ms = 200
 # A copy arriving this long after the first copy is a new transmission (a confirmed frame sent
@@ -344,6 +349,8 @@ pub struct DataConfig {
     pub downlink_listen: String,
     /// HTTP address of the downlink input (`POST /downlink`); empty: disabled.
     pub downlink_http: String,
+    /// File of the downlink inputs' bearer token; empty: none (loopback addresses only).
+    pub downlink_token_file: String,
     /// How long after a frame's first copy the other gateways' copies are awaited, ms.
     pub collect_window_ms: u64,
     /// A copy of a frame arriving this long after its first copy is a new transmission (a
@@ -367,6 +374,7 @@ impl Default for DataConfig {
             events: String::new(),
             downlink_listen: String::new(),
             downlink_http: String::new(),
+            downlink_token_file: String::new(),
             collect_window_ms: 200,
             retransmission_after_ms: 1000,
             adr: true,

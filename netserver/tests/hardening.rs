@@ -1,7 +1,11 @@
-//! GWMP hardening on real sockets, in process: a forged PULL_DATA from a new source does not
-//! take a gateway's downlink address during the block; oversized datagrams, too many `rxpk`,
-//! PHYPayloads over 255 bytes, unknown gateways and joins past the in-flight limit are dropped
-//! and counted; a 65,000-byte PUSH_DATA carrying a valid Join-request reaches no join server.
+//! The network server's hardening on real sockets, in process.
+//!
+//! - GWMP: a forged PULL_DATA from a new source does not take a gateway's downlink address
+//!   during the block; oversized datagrams, too many `rxpk`, PHYPayloads over 255 bytes,
+//!   unknown gateways and joins past the in-flight limit are dropped and counted; a
+//!   65,000-byte PUSH_DATA carrying a valid Join-request reaches no join server.
+//! - Downlink inputs: only requests with the bearer token are served; an unauthenticated UDP
+//!   datagram gets no answer; without a token an input refuses a non-loopback address.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -45,6 +49,32 @@ fn wait_for(addr: SocketAddr, sample: &str, at_least: f64) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn secrets() -> Secrets {
+    Secrets {
+        link_key: LinkKey::new([1; 16]),
+        ns_kek: LabeledKek {
+            label: "ns-test".into(),
+            key: Kek::new([2; 16]),
+        },
+        as_kek: None,
+    }
+}
+
+type Server = std::thread::JoinHandle<anyhow::Result<()>>;
+
+/// Runs the server on `config` in a thread; its stop switch, the thread, its addresses.
+fn start(config: Config) -> (watch::Sender<bool>, Server, Addresses) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (addr_tx, addr_rx) = mpsc::channel::<Addresses>();
+    let server = std::thread::spawn(move || {
+        run(config, secrets(), Some(stop_rx), |a| {
+            addr_tx.send(*a).unwrap()
+        })
+    });
+    let addrs = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (stop_tx, server, addrs)
 }
 
 fn rxpk(data: Vec<u8>) -> RxPk {
@@ -126,22 +156,7 @@ fn gwmp_hardening_on_real_sockets() {
     config.gwmp.allowed_gateways_file = allowed.to_str().unwrap().to_owned();
     config.data_dir = dir.path().join("data");
     config.join_server.address = silent_js.local_addr().unwrap().to_string();
-    let secrets = Secrets {
-        link_key: LinkKey::new([1; 16]),
-        ns_kek: LabeledKek {
-            label: "ns-test".into(),
-            key: Kek::new([2; 16]),
-        },
-        as_kek: None,
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (addr_tx, addr_rx) = mpsc::channel::<Addresses>();
-    let server = std::thread::spawn(move || {
-        run(config, secrets, Some(stop_rx), |a| {
-            addr_tx.send(*a).unwrap()
-        })
-    });
-    let addrs = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let (stop_tx, server, addrs) = start(config);
     let m = addrs.metrics.unwrap();
     let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
     let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -256,4 +271,125 @@ fn gwmp_hardening_on_real_sockets() {
 
     stop_tx.send(true).unwrap();
     server.join().unwrap().unwrap();
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the server).
+fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// `POST /downlink` with an optional `Authorization` header; the status code and the body.
+fn post(to: SocketAddr, authorization: Option<&str>, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "POST /downlink HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, text)
+}
+
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn downlink_inputs_serve_only_requests_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("downlink.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (udp_in, http_in) = (free_udp(), free_tcp());
+    let mut config: Config = toml::from_str(
+        "[gwmp]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    config.data_dir = dir.path().join("data");
+    config.join_server.address = "127.0.0.1:9".into();
+    config.data.downlink_listen = udp_in.to_string();
+    config.data.downlink_http = http_in.to_string();
+    config.data.downlink_token_file = token_file.to_str().unwrap().to_owned();
+    let (stop_tx, server, addrs) = start(config.clone());
+    let m = addrs.metrics.unwrap();
+
+    // UDP: no token, a wrong one, unparsable: no answer at all. With the token: the answer.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let req = |token: &str| {
+        format!(r#"{{"token":"{token}","dev_eui":"0000000000000999","f_port":1,"data":"AA=="}}"#)
+    };
+    for body in [
+        r#"{"dev_eui":"0000000000000999","f_port":1,"data":"AA=="}"#.to_owned(),
+        req("0123456789abcdef0123456789abcdee"),
+        "not json".to_owned(),
+    ] {
+        client.send_to(body.as_bytes(), udp_in).unwrap();
+        assert_eq!(answered(&client), None, "{body}");
+    }
+    client.send_to(req(TOKEN).as_bytes(), udp_in).unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&answered(&client).unwrap()).unwrap();
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"].as_str().unwrap().contains("no session"),
+        "{answer}"
+    );
+
+    // HTTP: 401 before the body is read, unless the bearer token is right.
+    let body = r#"{"dev_eui":"0000000000000999","f_port":1,"data":"AA=="}"#;
+    let (code, text) = post(http_in, None, body);
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("www-authenticate: Bearer"), "{text}");
+    assert!(!text.contains("session"), "{text}");
+    assert_eq!(
+        post(http_in, Some("Bearer wrong-token-0123456789"), body).0,
+        401
+    );
+    assert_eq!(post(http_in, Some(&format!("Basic {TOKEN}")), body).0, 401);
+    let (code, text) = post(http_in, Some(&format!("Bearer {TOKEN}")), body);
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("no session"), "{text}");
+    let metrics = get(m, "/metrics");
+    assert_eq!(
+        value(
+            &metrics,
+            "netserver_downlink_requests_total{result=\"unauthenticated\"}"
+        ),
+        6.0
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            "netserver_downlink_requests_total{result=\"refused\"}"
+        ),
+        2.0
+    );
+    stop_tx.send(true).unwrap();
+    server.join().unwrap().unwrap();
+
+    // Without a token, an input on a non-loopback address is refused at start, with the reason.
+    config.data.downlink_token_file = String::new();
+    config.data.downlink_listen = String::new();
+    config.data.downlink_http = "0.0.0.0:0".into();
+    let err = run(config, secrets(), None, |_| {}).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("downlink_token_file"),
+        "{err:#}"
+    );
 }
