@@ -393,3 +393,25 @@ fn downlink_inputs_serve_only_requests_with_the_token() {
         "{err:#}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn data_directory_store_files_and_event_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config: Config =
+        toml::from_str("[gwmp]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n").unwrap();
+    config.data_dir = dir.path().join("ns/data");
+    config.join_server.address = "127.0.0.1:9".into();
+    let events = dir.path().join("events.jsonl");
+    config.data.events = events.to_str().unwrap().to_owned();
+    let (stop_tx, server, _) = start(config.clone());
+    assert_eq!(mode(&config.data_dir), 0o700);
+    for file in ["sessions.redb", "uplinks.redb"] {
+        assert_eq!(mode(&config.data_dir.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&events), 0o600);
+    stop_tx.send(true).unwrap();
+    server.join().unwrap().unwrap();
+}

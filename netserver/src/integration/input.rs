@@ -181,6 +181,76 @@ pub async fn downlink_input(
     }
 }
 
+type HttpReply = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+fn http_reply(code: hyper::StatusCode, a: &DownlinkAnswer) -> HttpReply {
+    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    let mut r = hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(
+        serde_json::to_vec(a).unwrap_or_default(),
+    )));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Answers one HTTP downlink request: the token first (before the body is read), then the
+/// route, then the body.
+async fn answer_http(
+    state: &State,
+    token: Option<&DownlinkToken>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> HttpReply {
+    use http_body_util::{BodyExt, Limited};
+    use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+    use hyper::{Method, StatusCode};
+    let authenticated = token.is_none_or(|t| {
+        req.headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| auth::bearer(h.as_bytes()))
+            .is_some_and(|p| t.matches(p))
+    });
+    if !authenticated {
+        count_request(state, "unauthenticated");
+        let mut r = http_reply(
+            StatusCode::UNAUTHORIZED,
+            &DownlinkAnswer::err("unauthorized: Authorization: Bearer TOKEN"),
+        );
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    if req.uri().path() != "/downlink" {
+        return http_reply(
+            StatusCode::NOT_FOUND,
+            &DownlinkAnswer::err("not found: POST /downlink"),
+        );
+    }
+    if req.method() != Method::POST {
+        return http_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &DownlinkAnswer::err("method not allowed: POST /downlink"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return http_reply(
+                StatusCode::BAD_REQUEST,
+                &DownlinkAnswer::err("request body unreadable or over 4096 bytes"),
+            )
+        }
+    };
+    let answer = handle_downlink_request(state, &body);
+    count_request(state, if answer.ok { "queued" } else { "refused" });
+    let code = if answer.ok {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    http_reply(code, &answer)
+}
+
 /// Serves the HTTP downlink input: `POST /downlink` with the same JSON as the UDP input;
 /// `202 Accepted` with the answer when queued, `400 Bad Request` with the answer's error
 /// otherwise. Bodies are limited to 4 KiB. With a token, a request without
@@ -192,10 +262,6 @@ pub async fn serve_http_downlinks(
     token: Option<Arc<DownlinkToken>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    use http_body_util::{BodyExt, Full, Limited};
-    use hyper::body::Bytes;
-    use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-    use hyper::{Method, Response, StatusCode};
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -212,62 +278,9 @@ pub async fn serve_http_downlinks(
                     let state = Arc::clone(&state);
                     let token = token.clone();
                     async move {
-                        let reply = |code: StatusCode, a: &DownlinkAnswer| {
-                            let mut r = Response::new(Full::new(Bytes::from(
-                                serde_json::to_vec(a).unwrap_or_default(),
-                            )));
-                            *r.status_mut() = code;
-                            r.headers_mut()
-                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            r
-                        };
-                        let authenticated = token.as_deref().is_none_or(|t| {
-                            req.headers()
-                                .get(AUTHORIZATION)
-                                .and_then(|h| auth::bearer(h.as_bytes()))
-                                .is_some_and(|p| t.matches(p))
-                        });
-                        if !authenticated {
-                            count_request(&state, "unauthenticated");
-                            let mut r = reply(
-                                StatusCode::UNAUTHORIZED,
-                                &DownlinkAnswer::err("unauthorized: Authorization: Bearer TOKEN"),
-                            );
-                            r.headers_mut()
-                                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                            return Ok::<_, std::convert::Infallible>(r);
-                        }
-                        if req.uri().path() != "/downlink" {
-                            return Ok(reply(
-                                StatusCode::NOT_FOUND,
-                                &DownlinkAnswer::err("not found: POST /downlink"),
-                            ));
-                        }
-                        if req.method() != Method::POST {
-                            return Ok(reply(
-                                StatusCode::METHOD_NOT_ALLOWED,
-                                &DownlinkAnswer::err("method not allowed: POST /downlink"),
-                            ));
-                        }
-                        let body = match Limited::new(req.into_body(), 4096).collect().await {
-                            Ok(b) => b.to_bytes(),
-                            Err(_) => {
-                                return Ok(reply(
-                                    StatusCode::BAD_REQUEST,
-                                    &DownlinkAnswer::err(
-                                        "request body unreadable or over 4096 bytes",
-                                    ),
-                                ))
-                            }
-                        };
-                        let answer = handle_downlink_request(&state, &body);
-                        count_request(&state, if answer.ok { "queued" } else { "refused" });
-                        let code = if answer.ok {
-                            StatusCode::ACCEPTED
-                        } else {
-                            StatusCode::BAD_REQUEST
-                        };
-                        Ok(reply(code, &answer))
+                        Ok::<_, std::convert::Infallible>(
+                            answer_http(&state, token.as_deref(), req).await,
+                        )
                     }
                 });
             let conn = hyper::server::conn::http1::Builder::new()
