@@ -415,3 +415,90 @@ fn data_directory_store_files_and_event_file_are_private() {
     stop_tx.send(true).unwrap();
     server.join().unwrap().unwrap();
 }
+
+#[test]
+fn http_endpoints_speak_tls_and_refuse_plain_http_on_a_public_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        dir.path().join("tls/cert.pem"),
+        dir.path().join("tls/key.pem"),
+    );
+    httpsec::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
+    let token_file = dir.path().join("downlink.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let http_in = free_tcp();
+    let mut config: Config = toml::from_str(
+        "[gwmp]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    config.data_dir = dir.path().join("data");
+    config.join_server.address = "127.0.0.1:9".into();
+    config.http.tls_cert = cert.clone();
+    config.http.tls_key = key;
+    config.data.downlink_http = http_in.to_string();
+    config.data.downlink_token_file = token_file.to_str().unwrap().to_owned();
+    let (stop_tx, server, addrs) = start(config.clone());
+    let m = addrs.metrics.unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&[
+                    ureq::tls::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap(),
+                ]))
+                .build(),
+        )
+        .build()
+        .into();
+    // HTTPS: /health, /metrics, and the downlink input with its token.
+    let r = agent
+        .get(&format!("https://localhost:{}/health", m.port()))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let mut r = agent
+        .get(&format!("https://localhost:{}/metrics", m.port()))
+        .call()
+        .unwrap();
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("netserver_"));
+    let body = r#"{"dev_eui":"0000000000000999","f_port":1,"data":"AA=="}"#;
+    let url = format!("https://localhost:{}/downlink", http_in.port());
+    let r = agent.post(&url).send(body).unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let mut r = agent
+        .post(&url)
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .send(body)
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+        .contains("no session"));
+    // On a loopback address plain HTTP still works (local tools, the demo).
+    assert!(get(m, "/health").starts_with("HTTP/1.1 200"));
+    stop_tx.send(true).unwrap();
+    server.join().unwrap().unwrap();
+
+    // Without a certificate, plain HTTP on a non-loopback address is refused, with the reason.
+    config.http.tls_cert = Default::default();
+    config.http.tls_key = Default::default();
+    config.data.downlink_http = String::new();
+    config.metrics.listen = "0.0.0.0:0".into();
+    let err = format!(
+        "{:#}",
+        run(config.clone(), secrets(), None, |_| {}).unwrap_err()
+    );
+    assert!(err.contains("refusing to serve plain HTTP"), "{err}");
+    assert!(err.contains("--insecure-http"), "{err}");
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::events::B64;
+use crate::ops::listen::HttpListener;
 use crate::state::State;
 use crate::store::queue::QueuedDownlink;
 
@@ -257,40 +258,19 @@ async fn answer_http(
 /// `Authorization: Bearer TOKEN` gets `401 Unauthorized` before its body is read (counted as
 /// `unauthenticated`).
 pub async fn serve_http_downlinks(
-    listener: tokio::net::TcpListener,
+    listener: HttpListener,
     state: Arc<State>,
     token: Option<Arc<DownlinkToken>>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let Ok((stream, _)) = accepted else {
-            continue;
-        };
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let state = Arc::clone(&state);
         let token = token.clone();
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let state = Arc::clone(&state);
-                    let token = token.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(
-                            answer_http(&state, token.as_deref(), req).await,
-                        )
-                    }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .max_buf_size(16 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            let _ = conn.await;
-        });
-    }
+        async move {
+            Ok::<_, std::convert::Infallible>(answer_http(&state, token.as_deref(), req).await)
+        }
+    });
+    listener.serve(svc, shutdown).await;
 }
 
 #[cfg(test)]

@@ -98,6 +98,23 @@ max_batch = 512
 # Flag: --metrics.
 listen = ""
 
+[http]
+# Every HTTP listener of the server (the [metrics] endpoint and [data] downlink_http).
+# TLS certificate and private key (PEM files; the key 0600). Both set: HTTPS (and, on a loopback
+# address, plain HTTP too). Flags: --tls-cert, --tls-key.
+tls_cert = ""
+tls_key = ""
+# Without a certificate, plain HTTP is served only on loopback addresses; a non-loopback address
+# is refused at start unless this is true (e.g. behind a TLS-terminating proxy). Flag:
+# --insecure-http.
+insecure_http = false
+# A connection's TLS handshake and each request's headers must arrive within this, in s.
+header_read_timeout_s = 10
+# A connection without a request in progress that moves no byte for this long is closed, in s.
+idle_timeout_s = 30
+# Connections served at once per listener; more are closed at once.
+max_connections = 256
+
 [data]
 # Where application events (JSON lines, docs/integration.md) go: "" nowhere, "-" stdout,
 # "udp://HOST:PORT" one datagram per event, "udp://HOST:PORT?pack=BYTES" JSON lines packed into
@@ -148,6 +165,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// TLS and limits of every HTTP listener.
+    pub http: HttpConfig,
     /// The data path and the application integration.
     pub data: DataConfig,
 }
@@ -162,6 +181,7 @@ impl Default for Config {
             join: JoinConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
             data: DataConfig::default(),
         }
     }
@@ -336,6 +356,48 @@ impl Default for StorageConfig {
 pub struct MetricsConfig {
     /// Listen address, empty = disabled.
     pub listen: String,
+}
+
+/// `[http]`: TLS and limits of every HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Certificate chain (PEM); empty: no TLS.
+    pub tls_cert: PathBuf,
+    /// Private key (PEM); empty: no TLS.
+    pub tls_key: PathBuf,
+    /// Serve plain HTTP on a non-loopback address.
+    pub insecure_http: bool,
+    /// TLS handshake and request-head deadline, s.
+    pub header_read_timeout_s: u64,
+    /// Idle connection timeout, s.
+    pub idle_timeout_s: u64,
+    /// Connections at once per listener.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            insecure_http: false,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 30,
+            max_connections: 256,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The listeners' limits.
+    pub fn limits(&self) -> httpsec::serve::Limits {
+        httpsec::serve::Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            max_connections: self.max_connections,
+        }
+    }
 }
 
 /// `[data]`: the data path and the application integration.

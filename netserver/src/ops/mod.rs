@@ -1,7 +1,9 @@
 //! Operating the server: its configuration ([`config`]), metrics ([`metrics`]), HTTP
-//! endpoint ([`http`]) and the modes of its files ([`private`]).
+//! endpoint ([`http`]), how every HTTP listener is secured ([`listen`]) and the modes of its
+//! files ([`private`]).
 
 pub mod config;
 pub mod http;
+pub mod listen;
 pub mod metrics;
 pub mod private;
