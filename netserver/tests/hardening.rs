@@ -7,10 +7,9 @@
 //! - Downlink inputs: only requests with the bearer token are served; an unauthenticated UDP
 //!   datagram gets no answer; without a token an input refuses a non-loopback address.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netserver::keys::LabeledKek;
 use netserver::ops::config::Config;
@@ -22,34 +21,8 @@ use protocol::join::{JoinRequest, JoinRootKey};
 use protocol::keys::{AppKey, Kek, KeyCipher, LinkKey};
 use tokio::sync::watch;
 
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
-}
-
-fn value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn wait_for(addr: SocketAddr, sample: &str, at_least: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while value(&get(addr, "/metrics"), sample) < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "{sample} never reached {at_least}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+mod common;
+use common::{http, http_get, metric, wait_metric, write600};
 
 fn secrets() -> Secrets {
     Secrets {
@@ -172,14 +145,13 @@ fn gwmp_hardening_on_real_sockets() {
     assert_eq!(answered(&gw), Some(vec![2, 0xAB, 0xCD, 4]));
     // A forged PULL_DATA with its EUI from another source: the route stays with the gateway.
     forger.send_to(&pull, addrs.gwmp).unwrap();
-    wait_for(
+    wait_metric(
         m,
         "netserver_gwmp_dropped_total{reason=\"addr_change_blocked\"}",
         1.0,
     );
-    let gateways = get(m, "/gateways");
-    let json: serde_json::Value =
-        serde_json::from_str(gateways.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let (_, gateways) = http_get(m, "/gateways");
+    let json: serde_json::Value = serde_json::from_str(&gateways).unwrap();
     assert_eq!(
         json[0]["downlink_addr"],
         gw.local_addr().unwrap().to_string(),
@@ -191,7 +163,7 @@ fn gwmp_hardening_on_real_sockets() {
     gw.send_to(&push(stranger, vec![vec![0x40; 12]]), addrs.gwmp)
         .unwrap();
     assert_eq!(answered(&gw), None);
-    wait_for(
+    wait_metric(
         m,
         "netserver_gwmp_dropped_total{reason=\"unknown_gateway\"}",
         1.0,
@@ -212,7 +184,7 @@ fn gwmp_hardening_on_real_sockets() {
     )
     .unwrap();
     assert_eq!(answered(&gw), None);
-    wait_for(
+    wait_metric(
         m,
         "netserver_gwmp_dropped_total{reason=\"datagram_too_large\"}",
         2.0,
@@ -230,7 +202,7 @@ fn gwmp_hardening_on_real_sockets() {
     gw.send_to(&push(eui, vec![vec![0x40; 12]; 5]), addrs.gwmp)
         .unwrap();
     assert_eq!(answered(&gw), None);
-    wait_for(
+    wait_metric(
         m,
         "netserver_gwmp_dropped_total{reason=\"too_many_rxpk\"}",
         1.0,
@@ -240,7 +212,7 @@ fn gwmp_hardening_on_real_sockets() {
     gw.send_to(&push(eui, vec![vec![0x40; 256]]), addrs.gwmp)
         .unwrap();
     assert_eq!(answered(&gw), Some(vec![2, 0x11, 0x22, 1]));
-    wait_for(
+    wait_metric(
         m,
         "netserver_uplink_dropped_total{reason=\"phy_too_long\"}",
         1.0,
@@ -254,7 +226,7 @@ fn gwmp_hardening_on_real_sockets() {
     )
     .unwrap();
     assert_eq!(answered(&gw), Some(vec![2, 0x11, 0x22, 1]));
-    wait_for(
+    wait_metric(
         m,
         "netserver_uplink_dropped_total{reason=\"joins_in_flight\"}",
         1.0,
@@ -263,9 +235,8 @@ fn gwmp_hardening_on_real_sockets() {
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     assert!(silent_js.recv(&mut buf).is_ok(), "the first join's JoinReq");
-    let text = get(m, "/metrics");
     assert_eq!(
-        value(&text, "netserver_link_requests_total{type=\"first\"}"),
+        metric(m, "netserver_link_requests_total{type=\"first\"}"),
         1.0
     );
 
@@ -290,19 +261,11 @@ fn free_tcp() -> SocketAddr {
 
 /// `POST /downlink` with an optional `Authorization` header; the status code and the body.
 fn post(to: SocketAddr, authorization: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(to).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let auth = authorization.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
-    write!(
-        s,
-        "POST /downlink HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, text)
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("Authorization", a))
+        .into_iter()
+        .collect();
+    http(to, "POST", "/downlink", &headers, body.as_bytes())
 }
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -311,12 +274,7 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 fn downlink_inputs_serve_only_requests_with_the_token() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("downlink.token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    write600(&token_file, &format!("{TOKEN}\n"));
     let (udp_in, http_in) = (free_udp(), free_tcp());
     let mut config: Config = toml::from_str(
         "[gwmp]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
@@ -355,7 +313,6 @@ fn downlink_inputs_serve_only_requests_with_the_token() {
     let body = r#"{"dev_eui":"0000000000000999","f_port":1,"data":"AA=="}"#;
     let (code, text) = post(http_in, None, body);
     assert_eq!(code, 401, "{text}");
-    assert!(text.contains("www-authenticate: Bearer"), "{text}");
     assert!(!text.contains("session"), "{text}");
     assert_eq!(
         post(http_in, Some("Bearer wrong-token-0123456789"), body).0,
@@ -365,19 +322,10 @@ fn downlink_inputs_serve_only_requests_with_the_token() {
     let (code, text) = post(http_in, Some(&format!("Bearer {TOKEN}")), body);
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("no session"), "{text}");
-    let metrics = get(m, "/metrics");
+    let unauthenticated = "netserver_downlink_requests_total{result=\"unauthenticated\"}";
+    assert_eq!(metric(m, unauthenticated), 6.0);
     assert_eq!(
-        value(
-            &metrics,
-            "netserver_downlink_requests_total{result=\"unauthenticated\"}"
-        ),
-        6.0
-    );
-    assert_eq!(
-        value(
-            &metrics,
-            "netserver_downlink_requests_total{result=\"refused\"}"
-        ),
+        metric(m, "netserver_downlink_requests_total{result=\"refused\"}"),
         2.0
     );
     stop_tx.send(true).unwrap();
@@ -425,12 +373,7 @@ fn http_endpoints_speak_tls_and_refuse_plain_http_on_a_public_address() {
     );
     httpsec::tls::ensure_self_signed(&cert, &key, &["localhost".to_owned()]).unwrap();
     let token_file = dir.path().join("downlink.token");
-    std::fs::write(&token_file, TOKEN).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    write600(&token_file, TOKEN);
     let http_in = free_tcp();
     let mut config: Config = toml::from_str(
         "[gwmp]\nlisten = \"127.0.0.1:0\"\nworkers = 1\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
@@ -474,6 +417,7 @@ fn http_endpoints_speak_tls_and_refuse_plain_http_on_a_public_address() {
     let url = format!("https://localhost:{}/downlink", http_in.port());
     let r = agent.post(&url).send(body).unwrap();
     assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(r.headers().get("www-authenticate").unwrap(), "Bearer");
     let mut r = agent
         .post(&url)
         .header("Authorization", &format!("Bearer {TOKEN}"))
@@ -486,7 +430,7 @@ fn http_endpoints_speak_tls_and_refuse_plain_http_on_a_public_address() {
         .unwrap()
         .contains("no session"));
     // On a loopback address plain HTTP still works (local tools, the demo).
-    assert!(get(m, "/health").starts_with("HTTP/1.1 200"));
+    assert_eq!(http_get(m, "/health").0, 200);
     stop_tx.send(true).unwrap();
     server.join().unwrap().unwrap();
 
