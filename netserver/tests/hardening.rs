@@ -15,7 +15,7 @@ use netserver::keys::LabeledKek;
 use netserver::ops::config::Config;
 use netserver::server::{run, Addresses};
 use netserver::state::Secrets;
-use protocol::gwmp::{CrcStatus, DataRate, Packet, PushData, RxPk, Token};
+use protocol::gwmp::{CrcStatus, Packet, PushData, Token};
 use protocol::ids::{DevEui, DevNonce, GatewayEui, JoinEui};
 use protocol::join::{JoinRequest, JoinRootKey};
 use protocol::keys::{AppKey, Kek, KeyCipher, LinkKey};
@@ -50,32 +50,14 @@ fn start(config: Config) -> (watch::Sender<bool>, Server, Addresses) {
     (stop_tx, server, addrs)
 }
 
-fn rxpk(data: Vec<u8>) -> RxPk {
-    RxPk {
-        tmst: 3_000_000,
-        time: None,
-        tmms: None,
-        chan: Some(1),
-        rfch: Some(0),
-        freq_hz: 868_300_000,
-        stat: CrcStatus::Ok,
-        datr: DataRate::lora(9, 125).unwrap(),
-        codr: None,
-        rssi: Some(-70),
-        lsnr: Some(8.5),
-        jver: None,
-        rsig: Vec::new(),
-        brd: None,
-        aesk: None,
-        data,
-    }
-}
-
 fn push(gateway: GatewayEui, frames: Vec<Vec<u8>>) -> Vec<u8> {
     Packet::PushData(PushData {
         token: Token([0x11, 0x22]),
         gateway,
-        rxpk: frames.into_iter().map(rxpk).collect(),
+        rxpk: frames
+            .iter()
+            .map(|f| common::rxpk(f, 3_000_000, (1, 868_300_000), 8.5, -70, CrcStatus::Ok))
+            .collect(),
         stat: None,
     })
     .to_bytes()

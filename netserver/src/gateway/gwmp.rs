@@ -195,6 +195,15 @@ mod tests {
         }
     }
 
+    fn pull_data(gateway: GatewayEui) -> Vec<u8> {
+        Packet::PullData {
+            token: Token([1, 2]),
+            gateway,
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
     fn dispatch(bytes: &[u8], gateways: &GatewayRegistry, dedup: &Dedup) -> Vec<Action> {
         let from: SocketAddr = ([127, 0, 0, 1], 1700).into();
         let received = Gwmp::default().receive(bytes, gateways).unwrap();
@@ -304,11 +313,7 @@ mod tests {
     fn dispatch_routes_pull_data_counts_tx_acks_and_drops_unexpected_types() {
         let gw = GatewayEui::new(3);
         let (gateways, dedup) = (registry(8), Dedup::new(Duration::from_secs(5), 100));
-        let pull = Packet::PullData {
-            token: Token([1, 2]),
-            gateway: gw,
-        };
-        let out = dispatch(&pull.to_bytes().unwrap(), &gateways, &dedup);
+        let out = dispatch(&pull_data(gw), &gateways, &dedup);
         assert_eq!(
             out,
             vec![
@@ -420,12 +425,8 @@ mod tests {
         );
         let home: SocketAddr = ([10, 0, 0, 1], 40000).into();
         gateways.on_pull_data(gw, home, Instant::now());
-        let pull = Packet::PullData {
-            token: Token([1, 2]),
-            gateway: gw,
-        };
         // `dispatch` sends from 127.0.0.1:1700, another source.
-        let out = dispatch(&pull.to_bytes().unwrap(), &gateways, &dedup);
+        let out = dispatch(&pull_data(gw), &gateways, &dedup);
         assert_eq!(
             out,
             vec![
