@@ -71,6 +71,19 @@ struct Serve {
     /// HTTP address of the application downlink input (POST /downlink).
     #[arg(long)]
     downlink_http: Option<String>,
+    /// File holding the downlink inputs' bearer token (mode 0600).
+    #[arg(long)]
+    downlink_token_file: Option<String>,
+    /// TLS certificate (PEM) of the HTTP listeners ([http] tls_cert).
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the HTTP listeners ([http] tls_key).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address ([http] insecure_http), e.g. behind a
+    /// TLS-terminating proxy.
+    #[arg(long)]
+    insecure_http: bool,
 }
 
 fn main() -> ExitCode {
@@ -133,6 +146,16 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     if let Some(d) = args.downlink_http {
         config.data.downlink_http = d;
     }
+    if let Some(d) = args.downlink_token_file {
+        config.data.downlink_token_file = d;
+    }
+    if let Some(c) = args.tls_cert {
+        config.http.tls_cert = c;
+    }
+    if let Some(k) = args.tls_key {
+        config.http.tls_key = k;
+    }
+    config.http.insecure_http |= args.insecure_http;
     let secrets = Secrets {
         link_key: read_secret(&args.link_key, str::parse::<LinkKey>)?,
         ns_kek: read_labeled_kek(&args.ns_kek)?,

@@ -25,11 +25,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::core::devaddr::AddrBlock;
+use crate::gateway::allowed;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
+use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{Emitter, EmitterThread};
 use crate::integration::sink::ConfiguredSink;
 use crate::join::link::LinkClient;
 use crate::ops::config::{Config, DataConfig};
+use crate::ops::listen::{HttpListener, HttpSecurity};
 use crate::ops::metrics::Metrics;
 use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
@@ -59,13 +62,18 @@ pub fn run(
     let block = config.validate()?;
     config.data.validate().map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
+    let allowed_gateways = match config.gwmp.allowed_gateways_file.as_str() {
+        "" => None,
+        path => Some(allowed::load(std::path::Path::new(path)).map_err(anyhow::Error::msg)?),
+    };
     let restored = restore(&config, &secrets, block, &metrics)?;
     let gwmp = GwmpSockets::bind(&config)?;
     let link = Link::bind(&config, &secrets, block, &metrics)?;
-    let metrics_listener = bind_tcp(&config.metrics.listen, "metrics")?;
+    let http = HttpSecurity::of(&config.http)?;
+    let metrics_listener = http.bind(&config.metrics.listen, "the metrics endpoint")?;
     let metrics_addr = metrics_listener
         .as_ref()
-        .map(std::net::TcpListener::local_addr)
+        .map(HttpListener::local_addr)
         .transpose()?;
 
     // The control runtime, created before the socket loops so that everything fallible is
@@ -73,8 +81,8 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (link_rx, metrics_listener, signals) = in_runtime(&rt, link.socket, metrics_listener)?;
-    let inputs = DownlinkInputs::bind(&config.data)?;
+    let (link_rx, signals) = in_runtime(&rt, link.socket)?;
+    let inputs = DownlinkInputs::bind(&config.data, &http)?;
     let (plane, emitter_thread) =
         start_plane(&config.data, restored.counter_log, gwmp.downlink, &metrics)?;
     let store = restored.store;
@@ -89,6 +97,7 @@ pub fn run(
         secrets,
         inodes.collect(),
         plane,
+        allowed_gateways,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let threads = spawn_socket_loops(&state, &link.client, gwmp.sockets, &shutdown_rx)?;
@@ -143,12 +152,10 @@ fn start_plane(
 fn in_runtime(
     rt: &tokio::runtime::Runtime,
     link: std::net::UdpSocket,
-    metrics: Option<std::net::TcpListener>,
-) -> std::io::Result<(UdpSocket, Option<tokio::net::TcpListener>, Signals)> {
+) -> std::io::Result<(UdpSocket, Signals)> {
     let _in_runtime = rt.enter();
     let link_rx = UdpSocket::from_std(link)?;
-    let metrics = metrics.map(tokio::net::TcpListener::from_std).transpose()?;
-    Ok((link_rx, metrics, Signals::install()?))
+    Ok((link_rx, Signals::install()?))
 }
 
 /// The GWMP sockets: one per worker, sharing the listen address.
@@ -232,36 +239,47 @@ impl Link {
     }
 }
 
-/// A non-blocking TCP listener on `addr`, or `None` when it is empty (disabled).
-fn bind_tcp(addr: &str, what: &str) -> anyhow::Result<Option<std::net::TcpListener>> {
-    match addr.trim() {
-        "" => Ok(None),
-        a => {
-            let l =
-                std::net::TcpListener::bind(a).with_context(|| format!("binding {what} on {a}"))?;
-            l.set_nonblocking(true)?;
-            Ok(Some(l))
-        }
-    }
-}
-
-/// The integration's downlink inputs (UDP and HTTP), each optional.
+/// The integration's downlink inputs (UDP and HTTP), each optional, and the token they
+/// require (none: loopback addresses only).
 struct DownlinkInputs {
     udp: Option<std::net::UdpSocket>,
-    http: Option<std::net::TcpListener>,
+    http: Option<HttpListener>,
+    token: Option<Arc<DownlinkToken>>,
 }
 
 impl DownlinkInputs {
-    fn bind(data: &DataConfig) -> anyhow::Result<Self> {
+    fn bind(data: &DataConfig, security: &HttpSecurity) -> anyhow::Result<Self> {
+        let token = match data.downlink_token_file.trim() {
+            "" => None,
+            path => Some(Arc::new(crate::keys::read_secret(
+                std::path::Path::new(path),
+                DownlinkToken::new,
+            )?)),
+        };
+        let exposed = |what: &str, a: &str| -> anyhow::Result<()> {
+            for addr in a
+                .to_socket_addrs()
+                .with_context(|| format!("{what}: {a}"))?
+            {
+                auth::check_exposure(what, addr, token.as_deref()).map_err(anyhow::Error::msg)?;
+            }
+            Ok(())
+        };
         let udp = match data.downlink_listen.trim() {
             "" => None,
-            a => Some(
-                std::net::UdpSocket::bind(a)
-                    .with_context(|| format!("binding the downlink input on {a}"))?,
-            ),
+            a => {
+                exposed("the UDP downlink input", a)?;
+                Some(
+                    std::net::UdpSocket::bind(a)
+                        .with_context(|| format!("binding the downlink input on {a}"))?,
+                )
+            }
         };
-        let http = bind_tcp(&data.downlink_http, "the HTTP downlink input")?;
-        Ok(Self { udp, http })
+        if !data.downlink_http.trim().is_empty() {
+            exposed("the HTTP downlink input", data.downlink_http.trim())?;
+        }
+        let http = security.bind(&data.downlink_http, "the HTTP downlink input")?;
+        Ok(Self { udp, http, token })
     }
 }
 
@@ -302,7 +320,7 @@ struct Control {
     state: Arc<State>,
     link: Arc<LinkClient>,
     link_rx: UdpSocket,
-    metrics_listener: Option<tokio::net::TcpListener>,
+    metrics_listener: Option<HttpListener>,
     inputs: DownlinkInputs,
     shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -330,8 +348,9 @@ impl Control {
         control.spawn(housekeeping(Arc::clone(state), shutdown.clone()));
         if let Some(l) = self.inputs.http {
             control.spawn(crate::integration::input::serve_http_downlinks(
-                tokio::net::TcpListener::from_std(l)?,
+                l,
                 Arc::clone(state),
+                self.inputs.token.clone(),
                 shutdown.clone(),
             ));
         }
@@ -341,6 +360,7 @@ impl Control {
             control.spawn(crate::integration::input::downlink_input(
                 Arc::clone(state),
                 s,
+                self.inputs.token.clone(),
                 shutdown.clone(),
             ));
         }

@@ -9,6 +9,7 @@ use crate::core::devaddr::AddrAllocator;
 use crate::core::devaddr::AddrBlock;
 use crate::core::join::RetryPolicy;
 use crate::core::timing::WindowTiming;
+use crate::gateway::allowed::AllowedGateways;
 use crate::gateway::registry::GatewayRegistry;
 use crate::keys::LabeledKek;
 use crate::ops::config::Config;
@@ -71,9 +72,10 @@ impl State {
         secrets: Secrets,
         gwmp_inodes: Vec<u64>,
         data: DataPlane,
+        allowed_gateways: Option<AllowedGateways>,
     ) -> Self {
         Self {
-            gateways: GatewayRegistry::of(&config.gwmp),
+            gateways: GatewayRegistry::of(&config.gwmp, allowed_gateways),
             dedup: Dedup::of(&config.gwmp),
             config,
             block,

@@ -135,7 +135,12 @@ pub trait GatewayProtocol {
     );
 }
 
-/// The shared step for one reception of `phy`: classify, de-duplicate, forward the first copy.
+/// The longest PHYPayload LoRa carries (the radio's length field is one byte); a longer one
+/// from a gateway is forged or broken.
+pub const MAX_PHY_PAYLOAD: usize = 255;
+
+/// The shared step for one reception of `phy`: drop it if longer than [`MAX_PHY_PAYLOAD`],
+/// classify, de-duplicate, forward the first copy.
 pub fn uplink(
     now: Instant,
     phy: Vec<u8>,
@@ -143,6 +148,9 @@ pub fn uplink(
     env: &GatewayEnv<'_>,
     out: &mut impl Actions,
 ) {
+    if phy.len() > MAX_PHY_PAYLOAD {
+        return out.act(Action::Count(Count::UplinkDropped("phy_too_long")));
+    }
     let kind = match classify(&phy) {
         Ok(k) => k,
         Err(e) => return out.act(Action::Count(Count::UplinkDropped(e.kind()))),

@@ -4,10 +4,13 @@
 //! - PUSH_DATA: acknowledged (PUSH_ACK) at once; its `stat` updates the registry; each `rxpk`
 //!   with a good CRC and a known data rate becomes a [`Reception`] and goes through the shared
 //!   uplink step ([`crate::core::gateway::uplink`]).
-//! - PULL_DATA: acknowledged (PULL_ACK); its source becomes the gateway's downlink route.
+//! - PULL_DATA: acknowledged (PULL_ACK); its source becomes the gateway's downlink route,
+//!   unless the gateway pulled from another address within `addr_change_block_s`
+//!   ([`GatewayRegistry::route_blocked`]): then it is counted as `addr_change_blocked`.
 //! - TX_ACK: the downlink's fate, counted by error code.
-//! - Anything else from a gateway, an unparsable datagram, or a new gateway past the registry's
-//!   limit: dropped and counted.
+//! - Anything else from a gateway, an unparsable datagram, a datagram over
+//!   `max_datagram_bytes`, a PUSH_DATA with more than `max_rxpk_per_datagram` entries, a gateway
+//!   not on the allowed list, or a new gateway past the registry's limit: dropped and counted.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -21,10 +24,33 @@ use crate::core::gateway::{
 };
 use crate::core::reception::Reception;
 use crate::gateway::registry::{GatewayRegistry, GatewayStatus, RxpkOutcome};
+use crate::ops::config::GwmpConfig;
 
-/// GWMP, protocol version 2.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Gwmp;
+/// GWMP, protocol version 2, with its limits on what one datagram may carry.
+#[derive(Debug, Clone, Copy)]
+pub struct Gwmp {
+    /// Larger datagrams are dropped (`datagram_too_large`).
+    pub max_datagram_bytes: usize,
+    /// A PUSH_DATA with more `rxpk` entries is dropped (`too_many_rxpk`).
+    pub max_rxpk: usize,
+}
+
+impl Gwmp {
+    /// The limits `[gwmp]` sets.
+    pub fn of(gwmp: &GwmpConfig) -> Self {
+        Self {
+            max_datagram_bytes: gwmp.max_datagram_bytes,
+            max_rxpk: gwmp.max_rxpk_per_datagram,
+        }
+    }
+}
+
+impl Default for Gwmp {
+    /// The default limits.
+    fn default() -> Self {
+        Self::of(&GwmpConfig::default())
+    }
+}
 
 impl GatewayProtocol for Gwmp {
     type Message = Packet;
@@ -34,10 +60,16 @@ impl GatewayProtocol for Gwmp {
         bytes: &[u8],
         gateways: &GatewayRegistry,
     ) -> Result<Received<Packet>, &'static str> {
+        if bytes.len() > self.max_datagram_bytes {
+            return Err("datagram_too_large");
+        }
         let packet = Packet::parse(bytes).map_err(|e| e.kind())?;
         if let Some(gw) = packet.gateway() {
-            if !gateways.admits(gw) {
-                return Err("gateway_limit");
+            gateways.admit(gw)?;
+        }
+        if let Packet::PushData(p) = &packet {
+            if p.rxpk.len() > self.max_rxpk {
+                return Err("too_many_rxpk");
             }
         }
         Ok(Received {
@@ -70,6 +102,9 @@ impl GatewayProtocol for Gwmp {
             }
             Packet::PullData { gateway, .. } => {
                 out.act(Action::Count(Count::Message("pull_data")));
+                if env.gateways.route_blocked(gateway, from, now) {
+                    return out.act(Action::Count(Count::Dropped("addr_change_blocked")));
+                }
                 out.act(Action::Gateway(gateway, GatewayEvent::DownlinkRoute(from)));
             }
             Packet::TxAck(ack) => {
@@ -133,7 +168,7 @@ mod tests {
 
     use super::*;
     use crate::core::dedup::Dedup;
-    use crate::core::gateway::Path;
+    use crate::core::gateway::{Path, MAX_PHY_PAYLOAD};
 
     fn registry(max: usize) -> GatewayRegistry {
         GatewayRegistry::new(Duration::from_secs(30), max)
@@ -160,16 +195,25 @@ mod tests {
         }
     }
 
+    fn pull_data(gateway: GatewayEui) -> Vec<u8> {
+        Packet::PullData {
+            token: Token([1, 2]),
+            gateway,
+        }
+        .to_bytes()
+        .unwrap()
+    }
+
     fn dispatch(bytes: &[u8], gateways: &GatewayRegistry, dedup: &Dedup) -> Vec<Action> {
         let from: SocketAddr = ([127, 0, 0, 1], 1700).into();
-        let received = Gwmp.receive(bytes, gateways).unwrap();
+        let received = Gwmp::default().receive(bytes, gateways).unwrap();
         let env = GatewayEnv {
             gateways,
             dedup,
             retransmission_after: Duration::from_secs(1),
         };
         let mut out = Vec::new();
-        Gwmp.dispatch(Instant::now(), from, received.message, &env, &mut out);
+        Gwmp::default().dispatch(Instant::now(), from, received.message, &env, &mut out);
         out
     }
 
@@ -182,7 +226,7 @@ mod tests {
             rxpk: Vec::new(),
             stat: None,
         });
-        let r = Gwmp
+        let r = Gwmp::default()
             .receive(&push.to_bytes().unwrap(), &registry(1))
             .unwrap();
         assert_eq!(
@@ -194,16 +238,18 @@ mod tests {
             token: Token([1, 2]),
             gateway: gw,
         };
-        let r = Gwmp
+        let r = Gwmp::default()
             .receive(&pull.to_bytes().unwrap(), &registry(1))
             .unwrap();
         assert_eq!(r.ack, Some(vec![2, 1, 2, 4]), "PULL_ACK");
-        assert!(Gwmp.receive(b"\x02\x00", &registry(1)).is_err());
+        assert!(Gwmp::default().receive(b"\x02\x00", &registry(1)).is_err());
         // A new gateway past the registry's limit is dropped before anything else.
         let full = registry(1);
         full.on_push_data(GatewayEui::new(2), Instant::now());
         assert_eq!(
-            Gwmp.receive(&push.to_bytes().unwrap(), &full).unwrap_err(),
+            Gwmp::default()
+                .receive(&push.to_bytes().unwrap(), &full)
+                .unwrap_err(),
             "gateway_limit"
         );
     }
@@ -267,11 +313,7 @@ mod tests {
     fn dispatch_routes_pull_data_counts_tx_acks_and_drops_unexpected_types() {
         let gw = GatewayEui::new(3);
         let (gateways, dedup) = (registry(8), Dedup::new(Duration::from_secs(5), 100));
-        let pull = Packet::PullData {
-            token: Token([1, 2]),
-            gateway: gw,
-        };
-        let out = dispatch(&pull.to_bytes().unwrap(), &gateways, &dedup);
+        let out = dispatch(&pull_data(gw), &gateways, &dedup);
         assert_eq!(
             out,
             vec![
@@ -296,5 +338,156 @@ mod tests {
         };
         let out = dispatch(&stray.to_bytes().unwrap(), &gateways, &dedup);
         assert_eq!(out, vec![Action::Count(Count::Dropped("unexpected_type"))]);
+    }
+
+    #[test]
+    fn receive_drops_oversized_datagrams_too_many_rxpk_and_unknown_gateways() {
+        let gw = GatewayEui::new(1);
+        let push = |n: usize| {
+            Packet::PushData(PushData {
+                token: Token([0, 1]),
+                gateway: gw,
+                rxpk: (0..n)
+                    .map(|_| rxpk(CrcStatus::Ok, DataRate::lora(7, 125).unwrap(), &[0x40; 12]))
+                    .collect(),
+                stat: None,
+            })
+            .to_bytes()
+            .unwrap()
+        };
+        let limits = Gwmp {
+            max_datagram_bytes: 1024,
+            max_rxpk: 2,
+        };
+        let any = registry(8);
+        // (datagram, registry, expected)
+        let allowed_other =
+            GatewayRegistry::of(&GwmpConfig::default(), Some([GatewayEui::new(2)].into()));
+        let big = {
+            let mut b = push(1);
+            b.resize(1025, b' ');
+            b
+        };
+        let table: [(&[u8], &GatewayRegistry, Result<(), &str>); 5] = [
+            (&push(2), &any, Ok(())),
+            (&push(3), &any, Err("too_many_rxpk")),
+            (&big, &any, Err("datagram_too_large")),
+            (&big[..1024], &any, Ok(())),
+            (&push(1), &allowed_other, Err("unknown_gateway")),
+        ];
+        for (i, (bytes, gateways, expected)) in table.into_iter().enumerate() {
+            let got = limits.receive(bytes, gateways).map(|_| ());
+            assert_eq!(got, expected, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_phy_payload_over_255_bytes_is_dropped_and_counted() {
+        let gw = GatewayEui::new(1);
+        let push = |len: usize| {
+            Packet::PushData(PushData {
+                token: Token([0, 1]),
+                gateway: gw,
+                rxpk: vec![rxpk(
+                    CrcStatus::Ok,
+                    DataRate::lora(7, 125).unwrap(),
+                    &vec![0x40; len],
+                )],
+                stat: None,
+            })
+            .to_bytes()
+            .unwrap()
+        };
+        let (gateways, dedup) = (registry(8), Dedup::new(Duration::from_secs(5), 100));
+        let out = dispatch(&push(256), &gateways, &dedup);
+        assert_eq!(
+            out.last(),
+            Some(&Action::Count(Count::UplinkDropped("phy_too_long")))
+        );
+        assert!(!out.iter().any(|a| matches!(a, Action::Forward { .. })));
+        let out = dispatch(&push(255), &gateways, &dedup);
+        assert!(
+            matches!(out.last(), Some(Action::Forward { .. })),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_pull_data_from_a_new_source_inside_the_block_does_not_route() {
+        let gw = GatewayEui::new(4);
+        let gwmp = GwmpConfig {
+            addr_change_block_s: 30,
+            ..Default::default()
+        };
+        let (gateways, dedup) = (
+            GatewayRegistry::of(&gwmp, None),
+            Dedup::new(Duration::from_secs(5), 100),
+        );
+        let home: SocketAddr = ([10, 0, 0, 1], 40000).into();
+        gateways.on_pull_data(gw, home, Instant::now());
+        // `dispatch` sends from 127.0.0.1:1700, another source.
+        let out = dispatch(&pull_data(gw), &gateways, &dedup);
+        assert_eq!(
+            out,
+            vec![
+                Action::Count(Count::Message("pull_data")),
+                Action::Count(Count::Dropped("addr_change_blocked")),
+            ]
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn receive_and_dispatch_enforce_the_limits_on_any_input(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            lens in proptest::collection::vec(0usize..400, 0..8),
+            max_rxpk in 1usize..6,
+        ) {
+            let gwmp = Gwmp { max_datagram_bytes: 4096, max_rxpk };
+            let gateways = registry(8);
+            // Arbitrary bytes never panic the receive step.
+            let _ = gwmp.receive(&junk, &gateways);
+            let push = Packet::PushData(PushData {
+                token: Token([0, 1]),
+                gateway: GatewayEui::new(1),
+                rxpk: lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        let mut data = vec![0x40u8; n];
+                        if let Some(b) = data.get_mut(1) {
+                            *b = i as u8; // distinct frames, no duplicates
+                        }
+                        rxpk(CrcStatus::Ok, DataRate::lora(7, 125).unwrap(), &data)
+                    })
+                    .collect(),
+                stat: None,
+            })
+            .to_bytes()
+            .unwrap();
+            let received = gwmp.receive(&push, &gateways);
+            let fits = push.len() <= 4096 && lens.len() <= max_rxpk;
+            proptest::prop_assert_eq!(received.is_ok(), fits);
+            if let Ok(r) = received {
+                let env = GatewayEnv {
+                    gateways: &gateways,
+                    dedup: &Dedup::new(Duration::from_secs(5), 100),
+                    retransmission_after: Duration::from_secs(1),
+                };
+                let mut out = Vec::new();
+                let from = ([127, 0, 0, 1], 1700).into();
+                gwmp.dispatch(Instant::now(), from, r.message, &env, &mut out);
+                let too_long = out
+                    .iter()
+                    .filter(|a| **a == Action::Count(Count::UplinkDropped("phy_too_long")))
+                    .count();
+                proptest::prop_assert_eq!(too_long, lens.iter().filter(|&&n| n > 255).count());
+                for a in &out {
+                    if let Action::Forward { phy, .. } = a {
+                        proptest::prop_assert!(phy.len() <= MAX_PHY_PAYLOAD);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! The gateway registry: where each gateway's downlinks go (the source address of its latest
-//! PULL_DATA) and per-gateway statistics, served as JSON on `/gateways`.
+//! The gateway registry: which gateways are admitted (the allowed list, a limit on how many),
+//! where each gateway's downlinks go (the source address of its PULL_DATA, held against a
+//! change of address for `addr_change_block`) and per-gateway statistics, served as JSON on
+//! `/gateways`.
 //!
 //! Gateway EUIs are not Prometheus labels (operators may run thousands of gateways); the
 //! per-gateway view is this registry instead.
@@ -13,6 +15,7 @@ use protocol::ids::GatewayEui;
 use serde::Serialize;
 
 use crate::core::KeyedHasher;
+use crate::gateway::allowed::AllowedGateways;
 use crate::ops::config::GwmpConfig;
 
 /// Counters of one gateway.
@@ -85,31 +88,66 @@ pub struct GatewayRegistry {
     map: DashMap<GatewayEui, Gateway, KeyedHasher>,
     offline_after: Duration,
     max_gateways: usize,
+    allowed: Option<AllowedGateways>,
+    addr_change_block: Duration,
 }
 
 impl GatewayRegistry {
-    /// An empty registry for at most `max_gateways` gateways; a gateway silent for
-    /// The registry `[gwmp]` describes (`gateway_offline_after_s`, `max_gateways`).
-    pub fn of(gwmp: &GwmpConfig) -> Self {
-        Self::new(
+    /// The registry `[gwmp]` describes (`gateway_offline_after_s`, `max_gateways`,
+    /// `addr_change_block_s`), admitting only `allowed` when given (the shell reads
+    /// `allowed_gateways_file`).
+    pub fn of(gwmp: &GwmpConfig, allowed: Option<AllowedGateways>) -> Self {
+        let mut r = Self::new(
             Duration::from_secs(gwmp.gateway_offline_after_s),
             gwmp.max_gateways,
-        )
+        );
+        r.allowed = allowed;
+        r.addr_change_block = Duration::from_secs(gwmp.addr_change_block_s);
+        r
     }
 
-    /// `offline_after` is reported offline.
+    /// An empty registry for at most `max_gateways` gateways, any gateway admitted, the
+    /// downlink address following every PULL_DATA; a gateway silent for `offline_after` is
+    /// reported offline.
     pub fn new(offline_after: Duration, max_gateways: usize) -> Self {
         Self {
             map: DashMap::with_hasher(KeyedHasher::default()),
             offline_after,
             max_gateways,
+            allowed: None,
+            addr_change_block: Duration::ZERO,
         }
     }
 
-    /// Whether datagrams of `eui` are accepted: a known gateway, or room for a new one.
-    /// (Socket loops check concurrently, so the registry may exceed the limit by a few.)
-    pub fn admits(&self, eui: GatewayEui) -> bool {
-        self.map.contains_key(&eui) || self.map.len() < self.max_gateways
+    /// Whether datagrams of `eui` are accepted: an allowed gateway (when a list is set) that
+    /// is known, or for which there is room; `Err` is the drop reason. (Socket loops check
+    /// concurrently, so the registry may exceed the limit by a few.)
+    pub fn admit(&self, eui: GatewayEui) -> Result<(), &'static str> {
+        if self.allowed.as_ref().is_some_and(|a| !a.contains(&eui)) {
+            return Err("unknown_gateway");
+        }
+        if self.map.contains_key(&eui) || self.map.len() < self.max_gateways {
+            Ok(())
+        } else {
+            Err("gateway_limit")
+        }
+    }
+
+    /// Whether a PULL_DATA of `eui` from `addr` at `now` is refused as a downlink route: the
+    /// gateway has another address whose last PULL_DATA is more recent than the block.
+    pub fn route_blocked(&self, eui: GatewayEui, addr: SocketAddr, now: Instant) -> bool {
+        self.map
+            .get(&eui)
+            .is_some_and(|g| self.blocks(&g, addr, now))
+    }
+
+    fn blocks(&self, g: &Gateway, addr: SocketAddr, now: Instant) -> bool {
+        match (g.pull_addr, g.last_pull) {
+            (Some(current), Some(last)) => {
+                current != addr && now.saturating_duration_since(last) < self.addr_change_block
+            }
+            _ => false,
+        }
     }
 
     fn update(&self, eui: GatewayEui, now: Instant, f: impl FnOnce(&mut Gateway)) {
@@ -124,9 +162,15 @@ impl GatewayRegistry {
         f(&mut g);
     }
 
-    /// A PULL_DATA from `addr`: downlinks for `eui` now go there.
+    /// A PULL_DATA from `addr`: downlinks for `eui` now go there, unless the route is blocked
+    /// ([`Self::route_blocked`], checked again here under the entry's lock): then nothing
+    /// changes.
     pub fn on_pull_data(&self, eui: GatewayEui, addr: SocketAddr, now: Instant) {
+        let block = |g: &Gateway| self.blocks(g, addr, now);
         self.update(eui, now, |g| {
+            if block(g) {
+                return;
+            }
             g.stats.pull_data += 1;
             g.pull_addr = Some(addr);
             g.last_pull = Some(now);
@@ -311,10 +355,53 @@ mod tests {
         let t0 = Instant::now();
         let r = GatewayRegistry::new(Duration::from_secs(60), 2);
         for eui in [1, 2] {
-            assert!(r.admits(GatewayEui::new(eui)));
+            assert_eq!(r.admit(GatewayEui::new(eui)), Ok(()));
             r.on_push_data(GatewayEui::new(eui), t0);
         }
-        assert!(r.admits(GatewayEui::new(1)));
-        assert!(!r.admits(GatewayEui::new(3)));
+        assert_eq!(r.admit(GatewayEui::new(1)), Ok(()));
+        assert_eq!(r.admit(GatewayEui::new(3)), Err("gateway_limit"));
+    }
+
+    #[test]
+    fn admits_only_allowed_gateways_when_a_list_is_set() {
+        let gwmp = GwmpConfig::default();
+        let r = GatewayRegistry::of(&gwmp, Some(AllowedGateways::from([GatewayEui::new(7)])));
+        assert_eq!(r.admit(GatewayEui::new(7)), Ok(()));
+        assert_eq!(r.admit(GatewayEui::new(8)), Err("unknown_gateway"));
+        assert_eq!(
+            GatewayRegistry::of(&gwmp, None).admit(GatewayEui::new(8)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn downlink_address_is_held_against_a_new_source_during_the_block() {
+        let gwmp = GwmpConfig {
+            addr_change_block_s: 30,
+            ..GwmpConfig::default()
+        };
+        let r = GatewayRegistry::of(&gwmp, None);
+        let gw = GatewayEui::new(1);
+        let (home, other): (SocketAddr, SocketAddr) = (
+            "10.0.0.1:40000".parse().unwrap(),
+            "10.9.9.9:1700".parse().unwrap(),
+        );
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // (time, source, blocked?, downlink address after it)
+        let table = [
+            (t0, home, false, home),           // first PULL_DATA: taken
+            (t0 + s(5), other, true, home),    // new source inside the block
+            (t0 + s(10), home, false, home),   // the gateway keeps pulling
+            (t0 + s(39), other, true, home),   // still inside 30 s of the last pull
+            (t0 + s(40), other, false, other), // 30 s of silence: the gateway moved
+            (t0 + s(41), home, true, other),   // and the old address is now the new one
+        ];
+        for (i, (at, from, blocked, after)) in table.into_iter().enumerate() {
+            assert_eq!(r.route_blocked(gw, from, at), blocked, "row {i}");
+            r.on_pull_data(gw, from, at);
+            assert_eq!(r.downlink_addr(gw), Some(after), "row {i}");
+        }
+        assert_eq!(r.snapshot(t0 + s(41))[0].stats.pull_data, 3);
     }
 }

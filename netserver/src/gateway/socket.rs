@@ -74,6 +74,7 @@ pub async fn gwmp_loop(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut held = Held::default();
+    let gwmp = Gwmp::of(&state.config.gwmp);
     // One timer, re-armed only when the oldest held frame changes.
     let window_end = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(window_end);
@@ -103,7 +104,13 @@ pub async fn gwmp_loop(
             _ = shutdown.changed() => break,
         };
         let now = Instant::now();
-        handle_datagram(&state, &link, &socket, &buf[..n], from, now, &mut held).await;
+        let datagram = Datagram {
+            gwmp,
+            data: &buf[..n],
+            from,
+            now,
+        };
+        handle_datagram(&state, &link, &socket, datagram, &mut held).await;
         while held.joins.try_join_next().is_some() {}
     }
     // Frames still in their collection window are handled now rather than lost.
@@ -116,17 +123,29 @@ pub async fn gwmp_loop(
     .await;
 }
 
-/// Handles one GWMP datagram from `from`: the acknowledgement first, then the dispatch.
+/// One datagram received, with the protocol (and its limits) it is read with.
+struct Datagram<'a> {
+    gwmp: Gwmp,
+    data: &'a [u8],
+    from: SocketAddr,
+    now: Instant,
+}
+
+/// Handles one GWMP datagram: the acknowledgement first, then the dispatch.
 async fn handle_datagram(
     state: &Arc<State>,
     link: &Arc<LinkClient>,
     socket: &Arc<UdpSocket>,
-    data: &[u8],
-    from: SocketAddr,
-    now: Instant,
+    datagram: Datagram<'_>,
     held: &mut Held,
 ) {
-    let received = match Gwmp.receive(data, &state.gateways) {
+    let Datagram {
+        gwmp,
+        data,
+        from,
+        now,
+    } = datagram;
+    let received = match gwmp.receive(data, &state.gateways) {
         Ok(r) => r,
         Err(reason) => {
             state
@@ -155,7 +174,7 @@ async fn handle_datagram(
         held,
         now,
     };
-    Gwmp.dispatch(now, from, received.message, &env, &mut shell);
+    gwmp.dispatch(now, from, received.message, &env, &mut shell);
 }
 
 /// Carries out the gateway core's actions for one datagram.
@@ -195,6 +214,10 @@ impl Actions for Dispatcher<'_> {
                 phy,
                 reception,
             } => {
+                if self.held.joins.len() >= state.config.gwmp.max_joins_in_flight {
+                    tracing::debug!("Join-request dropped: joins in flight at the limit");
+                    return count(&state.metrics, Count::UplinkDropped("joins_in_flight"));
+                }
                 self.held
                     .joins
                     .spawn(crate::join::otaa::handle_join_request(

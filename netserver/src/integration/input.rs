@@ -1,5 +1,6 @@
 //! The downlink input: JSON requests on UDP (one answer datagram each) or `POST /downlink` on
-//! HTTP, validated and queued for the device's next uplink.
+//! HTTP, authenticated ([`crate::integration::auth`]), validated and queued for the device's
+//! next uplink.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use base64::Engine;
 use protocol::ids::DevEui;
 use serde::{Deserialize, Serialize};
 
+use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::events::B64;
+use crate::ops::listen::HttpListener;
 use crate::state::State;
 use crate::store::queue::QueuedDownlink;
 
@@ -25,6 +28,10 @@ pub struct DownlinkRequest {
     /// Confirmed data down.
     #[serde(default)]
     pub confirmed: bool,
+    /// The UDP input's token, checked before parsing ([`auth::udp_request_authenticated`]);
+    /// never kept.
+    #[serde(default, rename = "token")]
+    _token: serde::de::IgnoredAny,
 }
 
 /// The answer to a downlink request.
@@ -135,10 +142,21 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
     }
 }
 
-/// Serves the UDP downlink input: one JSON request per datagram, one JSON answer back.
+fn count_request(state: &State, result: &str) {
+    state
+        .metrics
+        .data
+        .downlink_requests
+        .with_label_values(&[result])
+        .inc();
+}
+
+/// Serves the UDP downlink input: one JSON request per datagram, one JSON answer back. With a
+/// token, a datagram without it gets no answer (counted as `unauthenticated`).
 pub async fn downlink_input(
     state: Arc<State>,
     socket: tokio::net::UdpSocket,
+    token: Option<Arc<DownlinkToken>>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 4096];
@@ -150,102 +168,109 @@ pub async fn downlink_input(
             },
             _ = shutdown.changed() => return,
         };
+        if let Some(t) = &token {
+            if !auth::udp_request_authenticated(t, &buf[..n]) {
+                count_request(&state, "unauthenticated");
+                continue;
+            }
+        }
         let answer = handle_downlink_request(&state, &buf[..n]);
-        let label = if answer.ok { "queued" } else { "refused" };
-        state
-            .metrics
-            .data
-            .downlink_requests
-            .with_label_values(&[label])
-            .inc();
+        count_request(&state, if answer.ok { "queued" } else { "refused" });
         if let Ok(bytes) = serde_json::to_vec(&answer) {
             let _ = socket.send_to(&bytes, from).await;
         }
     }
 }
 
+type HttpReply = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
+
+fn http_reply(code: hyper::StatusCode, a: &DownlinkAnswer) -> HttpReply {
+    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    let mut r = hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(
+        serde_json::to_vec(a).unwrap_or_default(),
+    )));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Answers one HTTP downlink request: the token first (before the body is read), then the
+/// route, then the body.
+async fn answer_http(
+    state: &State,
+    token: Option<&DownlinkToken>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> HttpReply {
+    use http_body_util::{BodyExt, Limited};
+    use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+    use hyper::{Method, StatusCode};
+    let authenticated = token.is_none_or(|t| {
+        req.headers()
+            .get(AUTHORIZATION)
+            .and_then(|h| auth::bearer(h.as_bytes()))
+            .is_some_and(|p| t.matches(p))
+    });
+    if !authenticated {
+        count_request(state, "unauthenticated");
+        let mut r = http_reply(
+            StatusCode::UNAUTHORIZED,
+            &DownlinkAnswer::err("unauthorized: Authorization: Bearer TOKEN"),
+        );
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    if req.uri().path() != "/downlink" {
+        return http_reply(
+            StatusCode::NOT_FOUND,
+            &DownlinkAnswer::err("not found: POST /downlink"),
+        );
+    }
+    if req.method() != Method::POST {
+        return http_reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &DownlinkAnswer::err("method not allowed: POST /downlink"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return http_reply(
+                StatusCode::BAD_REQUEST,
+                &DownlinkAnswer::err("request body unreadable or over 4096 bytes"),
+            )
+        }
+    };
+    let answer = handle_downlink_request(state, &body);
+    count_request(state, if answer.ok { "queued" } else { "refused" });
+    let code = if answer.ok {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    http_reply(code, &answer)
+}
+
 /// Serves the HTTP downlink input: `POST /downlink` with the same JSON as the UDP input;
 /// `202 Accepted` with the answer when queued, `400 Bad Request` with the answer's error
-/// otherwise. Bodies are limited to 4 KiB.
+/// otherwise. Bodies are limited to 4 KiB. With a token, a request without
+/// `Authorization: Bearer TOKEN` gets `401 Unauthorized` before its body is read (counted as
+/// `unauthenticated`).
 pub async fn serve_http_downlinks(
-    listener: tokio::net::TcpListener,
+    listener: HttpListener,
     state: Arc<State>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    token: Option<Arc<DownlinkToken>>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    use http_body_util::{BodyExt, Full, Limited};
-    use hyper::body::Bytes;
-    use hyper::header::{HeaderValue, CONTENT_TYPE};
-    use hyper::{Method, Response, StatusCode};
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let Ok((stream, _)) = accepted else {
-            continue;
-        };
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let state = Arc::clone(&state);
-                    async move {
-                        let reply = |code: StatusCode, a: &DownlinkAnswer| {
-                            let mut r = Response::new(Full::new(Bytes::from(
-                                serde_json::to_vec(a).unwrap_or_default(),
-                            )));
-                            *r.status_mut() = code;
-                            r.headers_mut()
-                                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                            r
-                        };
-                        if req.uri().path() != "/downlink" {
-                            return Ok::<_, std::convert::Infallible>(reply(
-                                StatusCode::NOT_FOUND,
-                                &DownlinkAnswer::err("not found: POST /downlink"),
-                            ));
-                        }
-                        if req.method() != Method::POST {
-                            return Ok(reply(
-                                StatusCode::METHOD_NOT_ALLOWED,
-                                &DownlinkAnswer::err("method not allowed: POST /downlink"),
-                            ));
-                        }
-                        let body = match Limited::new(req.into_body(), 4096).collect().await {
-                            Ok(b) => b.to_bytes(),
-                            Err(_) => {
-                                return Ok(reply(
-                                    StatusCode::BAD_REQUEST,
-                                    &DownlinkAnswer::err(
-                                        "request body unreadable or over 4096 bytes",
-                                    ),
-                                ))
-                            }
-                        };
-                        let answer = handle_downlink_request(&state, &body);
-                        let label = if answer.ok { "queued" } else { "refused" };
-                        state
-                            .metrics
-                            .data
-                            .downlink_requests
-                            .with_label_values(&[label])
-                            .inc();
-                        let code = if answer.ok {
-                            StatusCode::ACCEPTED
-                        } else {
-                            StatusCode::BAD_REQUEST
-                        };
-                        Ok(reply(code, &answer))
-                    }
-                });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .max_buf_size(16 * 1024)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-            let _ = conn.await;
-        });
-    }
+        let token = token.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(answer_http(&state, token.as_deref(), req).await)
+        }
+    });
+    listener.serve(svc, shutdown).await;
 }
 
 #[cfg(test)]

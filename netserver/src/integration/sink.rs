@@ -183,10 +183,8 @@ impl ConfiguredSink {
         if let Some(addr) = spec.strip_prefix("udp://") {
             return UdpEvents::open(addr).map(Self::Udp);
         }
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(spec)?;
+        // Events hold decrypted payloads: the file is 0600.
+        let f = crate::ops::private::open_append(std::path::Path::new(spec))?;
         Ok(Self::File(FileEvents(f)))
     }
 

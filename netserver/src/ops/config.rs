@@ -44,6 +44,23 @@ dedup_max_entries = 1000000
 max_gateways = 100000
 # A gateway not heard from (PULL_DATA or PUSH_DATA) for this long is reported offline, in s.
 gateway_offline_after_s = 60
+# File of the gateways allowed to use this server: one gateway EUI (16 hex digits) a line, blank
+# lines and lines starting with '#' ignored. Datagrams of any other gateway are dropped and counted
+# (netserver_gwmp_dropped_total{reason="unknown_gateway"}). "": every gateway (up to max_gateways).
+allowed_gateways_file = ""
+# A gateway's downlink address (the source of its PULL_DATA) does not move to a new source address
+# until this long after the last PULL_DATA from the current one, in s: a forged PULL_DATA cannot
+# take a gateway's Join-accepts and downlinks while the gateway keeps pulling (every 10 s by
+# default in the packet forwarders). Trade-off: a gateway whose NAT mapping or address changes
+# gets no downlinks for up to this long. 0: the address follows every PULL_DATA (the old behaviour).
+addr_change_block_s = 30
+# Larger datagrams are dropped and counted (reason "datagram_too_large"), in bytes.
+max_datagram_bytes = 16384
+# A PUSH_DATA with more rxpk entries is dropped whole and counted (reason "too_many_rxpk").
+max_rxpk_per_datagram = 64
+# Most joins in flight (waiting for the join server and their RX window) per socket loop; further
+# Join-requests are dropped and counted (netserver_uplink_dropped_total{reason="joins_in_flight"}).
+max_joins_in_flight = 4096
 
 [join_server]
 # The join server's link address (host:port). Flag: --join-server. Required.
@@ -81,6 +98,23 @@ max_batch = 512
 # Flag: --metrics.
 listen = ""
 
+[http]
+# Every HTTP listener of the server (the [metrics] endpoint and [data] downlink_http).
+# TLS certificate and private key (PEM files; the key 0600). Both set: HTTPS (and, on a loopback
+# address, plain HTTP too). Flags: --tls-cert, --tls-key.
+tls_cert = ""
+tls_key = ""
+# Without a certificate, plain HTTP is served only on loopback addresses; a non-loopback address
+# is refused at start unless this is true (e.g. behind a TLS-terminating proxy). Flag:
+# --insecure-http.
+insecure_http = false
+# A connection's TLS handshake and each request's headers must arrive within this, in s.
+header_read_timeout_s = 10
+# A connection without a request in progress that moves no byte for this long is closed, in s.
+idle_timeout_s = 30
+# Connections served at once per listener; more are closed at once.
+max_connections = 256
+
 [data]
 # Where application events (JSON lines, docs/integration.md) go: "" nowhere, "-" stdout,
 # "udp://HOST:PORT" one datagram per event, "udp://HOST:PORT?pack=BYTES" JSON lines packed into
@@ -92,6 +126,11 @@ downlink_listen = ""
 # HTTP address of the downlink input (POST /downlink, the same JSON). "": off.
 # Flag: --downlink-http.
 downlink_http = ""
+# File holding the downlink inputs' bearer token (at least 16 visible characters, mode 0600; e.g.
+# `openssl rand -hex 32 > downlink.token`). HTTP requests carry `Authorization: Bearer TOKEN`, UDP
+# requests a "token" member; others get 401 (HTTP) or no answer at all (UDP). "": no token, and the
+# inputs may then only listen on a loopback address. Flag: --downlink-token-file.
+downlink_token_file = ""
 # How long after a frame's first copy other gateways' copies are awaited before it is handled, ms.
 collect_window_ms = 200
 # A copy arriving this long after the first copy is a new transmission (a confirmed frame sent
@@ -126,6 +165,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
+    /// TLS and limits of every HTTP listener.
+    pub http: HttpConfig,
     /// The data path and the application integration.
     pub data: DataConfig,
 }
@@ -140,6 +181,7 @@ impl Default for Config {
             join: JoinConfig::default(),
             storage: StorageConfig::default(),
             metrics: MetricsConfig::default(),
+            http: HttpConfig::default(),
             data: DataConfig::default(),
         }
     }
@@ -182,6 +224,16 @@ pub struct GwmpConfig {
     pub max_gateways: usize,
     /// Gateway offline threshold, s.
     pub gateway_offline_after_s: u64,
+    /// File of the allowed gateway EUIs; empty: every gateway.
+    pub allowed_gateways_file: String,
+    /// How long a gateway's downlink address is kept against PULL_DATA from another source, s.
+    pub addr_change_block_s: u64,
+    /// Largest datagram accepted, bytes.
+    pub max_datagram_bytes: usize,
+    /// Most `rxpk` entries in one PUSH_DATA.
+    pub max_rxpk_per_datagram: usize,
+    /// Most joins in flight per socket loop.
+    pub max_joins_in_flight: usize,
 }
 
 impl Default for GwmpConfig {
@@ -194,7 +246,28 @@ impl Default for GwmpConfig {
             dedup_max_entries: 1_000_000,
             max_gateways: 100_000,
             gateway_offline_after_s: 60,
+            allowed_gateways_file: String::new(),
+            addr_change_block_s: 30,
+            max_datagram_bytes: 16 << 10,
+            max_rxpk_per_datagram: 64,
+            max_joins_in_flight: 4096,
         }
+    }
+}
+
+impl GwmpConfig {
+    /// Checks the datagram limits.
+    pub fn validate(&self) -> Result<(), String> {
+        // A PULL_DATA, the smallest datagram a gateway must send, is 12 bytes.
+        if self.max_datagram_bytes < 12 {
+            return Err("gwmp.max_datagram_bytes must be at least 12 (a PULL_DATA)".into());
+        }
+        if self.max_rxpk_per_datagram == 0 || self.max_joins_in_flight == 0 {
+            return Err(
+                "gwmp.max_rxpk_per_datagram and gwmp.max_joins_in_flight must be at least 1".into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -285,6 +358,48 @@ pub struct MetricsConfig {
     pub listen: String,
 }
 
+/// `[http]`: TLS and limits of every HTTP listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Certificate chain (PEM); empty: no TLS.
+    pub tls_cert: PathBuf,
+    /// Private key (PEM); empty: no TLS.
+    pub tls_key: PathBuf,
+    /// Serve plain HTTP on a non-loopback address.
+    pub insecure_http: bool,
+    /// TLS handshake and request-head deadline, s.
+    pub header_read_timeout_s: u64,
+    /// Idle connection timeout, s.
+    pub idle_timeout_s: u64,
+    /// Connections at once per listener.
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            insecure_http: false,
+            header_read_timeout_s: 10,
+            idle_timeout_s: 30,
+            max_connections: 256,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// The listeners' limits.
+    pub fn limits(&self) -> httpsec::serve::Limits {
+        httpsec::serve::Limits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            max_connections: self.max_connections,
+        }
+    }
+}
+
 /// `[data]`: the data path and the application integration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -296,6 +411,8 @@ pub struct DataConfig {
     pub downlink_listen: String,
     /// HTTP address of the downlink input (`POST /downlink`); empty: disabled.
     pub downlink_http: String,
+    /// File of the downlink inputs' bearer token; empty: none (loopback addresses only).
+    pub downlink_token_file: String,
     /// How long after a frame's first copy the other gateways' copies are awaited, ms.
     pub collect_window_ms: u64,
     /// A copy of a frame arriving this long after its first copy is a new transmission (a
@@ -319,6 +436,7 @@ impl Default for DataConfig {
             events: String::new(),
             downlink_listen: String::new(),
             downlink_http: String::new(),
+            downlink_token_file: String::new(),
             collect_window_ms: 200,
             retransmission_after_ms: 1000,
             adr: true,
@@ -385,6 +503,7 @@ impl Config {
 
     /// Checks ranges and consistency; returns the resolved DevAddr block.
     pub fn validate(&self) -> Result<AddrBlock, ConfigError> {
+        self.gwmp.validate().map_err(ConfigError::Invalid)?;
         let j = &self.join;
         if j.join_accept_delay1_s == 0 || j.join_accept_delay2_s <= j.join_accept_delay1_s {
             return Err(ConfigError::Invalid(

@@ -1,54 +1,29 @@
 //! The operator HTTP endpoint: `GET /metrics` (Prometheus text), `GET /health` (JSON, 200 while
 //! serving, 503 while shutting down) and `GET /gateways` (per-gateway state and statistics,
-//! JSON). HTTP/1.1 only, served by hyper on the control runtime.
+//! JSON). HTTP/1.1 only, served by hyper on the control runtime through
+//! [`crate::ops::listen`] (TLS, timeouts, a connection limit).
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::ops::listen::HttpListener;
 use crate::state::State;
 
 /// Serves the endpoint on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, _) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics endpoint accept failed");
-                continue;
-            }
-        };
+pub async fn serve(listener: HttpListener, state: Arc<State>, shutdown: watch::Receiver<bool>) {
+    let svc = service_fn(move |req| {
         let state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond(&state, &req)) }
-            });
-            // A client that does not send its request headers in time is dropped.
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
+        async move { Ok::<_, Infallible>(respond(&state, &req)) }
+    });
+    listener.serve(svc, shutdown).await;
 }
 
 fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {

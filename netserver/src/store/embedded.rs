@@ -5,6 +5,7 @@ use std::path::Path;
 
 use protocol::ids::DevEui;
 
+use crate::ops::private;
 use crate::store::backend::{SessionBackend, StoreError, WriteOp};
 use crate::store::stored::{StoredSession, STORED_SESSION_VERSION};
 
@@ -35,18 +36,21 @@ pub(crate) type RecordTable = redb::TableDefinition<'static, u64, &'static [u8]>
 
 /// Opens (creating if needed) the redb file `dir/file` with a page cache of `cache_bytes`
 /// (redb's default, 1 GiB, would keep a whole store in memory) and creates `tables`, so that a
-/// fresh store reads as empty.
+/// fresh store reads as empty. The directory is made 0700 and the file 0600
+/// ([`crate::ops::private`]).
 pub(crate) fn open_redb(
     dir: &Path,
     file: &str,
     cache_bytes: usize,
     tables: &[RecordTable],
 ) -> Result<redb::Database, StoreError> {
-    std::fs::create_dir_all(dir).map_err(backend_err)?;
+    private::create_dir(dir).map_err(backend_err)?;
+    let path = dir.join(file);
     let db = redb::Builder::new()
         .set_cache_size(cache_bytes)
-        .create(dir.join(file))
+        .create(&path)
         .map_err(backend_err)?;
+    private::restrict_file(&path).map_err(backend_err)?;
     let tx = db.begin_write().map_err(backend_err)?;
     for t in tables {
         tx.open_table(*t).map_err(backend_err)?;

@@ -281,7 +281,7 @@ impl Harness {
         let config = Config::default();
         let start = Instant::now();
         Self {
-            gateways: GatewayRegistry::of(&config.gwmp),
+            gateways: GatewayRegistry::of(&config.gwmp, None),
             dedup: Dedup::of(&config.gwmp),
             queue: DownlinkQueue::new(config.data.queue_per_device),
             sessions: Sessions::new(),
@@ -319,14 +319,14 @@ impl Harness {
     }
 
     fn datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
-        let received = Gwmp.receive(bytes, &self.gateways).unwrap();
+        let received = Gwmp::default().receive(bytes, &self.gateways).unwrap();
         let env = GatewayEnv {
             gateways: &self.gateways,
             dedup: &self.dedup,
             retransmission_after: Duration::from_millis(self.config.data.retransmission_after_ms),
         };
         let mut out = Vec::new();
-        Gwmp.dispatch(self.now, from, received.message, &env, &mut out);
+        Gwmp::default().dispatch(self.now, from, received.message, &env, &mut out);
         for a in &out {
             self.apply(a);
         }
