@@ -178,12 +178,13 @@ where
     R: RngCore + ?Sized,
 {
     let mut refusal = None::<Refusal>;
+    let plan = env.config.network.plan_or_default();
     for (session, mut st) in candidates {
         let crypto = session.crypto();
         let mic_params = UplinkMicParams {
             conf_fcnt: st.pending_confirmed.map_or(0, |p| p.f_cnt),
             tx_dr: input.first.data_rate,
-            tx_ch: steps::tx_channel(input.first.frequency_hz, &[]),
+            tx_ch: steps::tx_channel(&plan, input.first.frequency_hz),
         };
         let cand = Candidate {
             version: session.mac_version(),
@@ -308,6 +309,7 @@ impl Device<'_> {
         let radio = UplinkRadio {
             best_snr: best.snr,
             data_rate: best.data_rate,
+            region: self.env.config.network.region,
             gateways: self.input.receptions.len(),
             received_at: self.input.wall,
             is_1_1: self.is_1_1(),
@@ -337,9 +339,10 @@ impl Device<'_> {
             let adr_cfg = AdrConfig {
                 installation_margin_db: cfg.adr_installation_margin_db,
             };
-            if let Some(next) = adr::decide(&adr_cfg, cur, &st.snr) {
+            let network = &self.env.config.network;
+            if let Some(next) = adr::decide(&adr_cfg, network.region, cur, &st.snr) {
                 if st.adr_requested != Some(next) || uplink.adr_ack_req {
-                    answers.push(adr::link_adr_req(next));
+                    answers.extend(adr::link_adr_req(next, &network.plan_or_default()));
                     st.adr_requested = Some(next);
                 }
             }
@@ -475,8 +478,8 @@ impl Device<'_> {
                     NonZeroU64::new(d.id).map(|id| PendingConfirmed { f_cnt: fcnt, id });
             }
         }
-        let radio = DownlinkRadio::of(&self.env.config.join);
-        let txpk = build_txpk(gw, &at, self.session.rx.rx1_dr_offset, &radio, bytes)
+        let radio = DownlinkRadio::of(&self.env.config.join, self.env.config.network.region);
+        let txpk = build_txpk(gw, &at, &self.session.rx, &radio, bytes)
             .map_err(|_| (Some(DownlinkFailure::BuildFailed), None))?;
         let mut token = [0u8; 2];
         rng.fill_bytes(&mut token);

@@ -133,7 +133,7 @@ impl FakeDevice {
             network_keys: keys.seal(&ns_kek),
             app_s_key: Some(KeyEnvelope::seal("", None, &self.app).unwrap()),
             session_key_id: None,
-            rx: RxParams::EU868_DEFAULT,
+            rx: RxParams::region_default(protocol::region::Region::Eu868),
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
@@ -324,6 +324,7 @@ impl Harness {
             gateways: &self.gateways,
             dedup: &self.dedup,
             retransmission_after: Duration::from_millis(self.config.data.retransmission_after_ms),
+            region: self.config.network.region,
         };
         let mut out = Vec::new();
         Gwmp.dispatch(self.now, from, received.message, &env, &mut out);
