@@ -72,6 +72,45 @@ pub enum DownlinkError {
     Rx1Frequency(u32),
 }
 
+/// The frequency and data rate of `window` for a downlink answering `uplink` in `region`, with
+/// the session's receive parameters `rx`.
+pub fn window_radio(
+    region: Region,
+    uplink: &Reception,
+    window: Window,
+    rx: &RxParams,
+) -> Result<(u32, u8), DownlinkError> {
+    match window {
+        Window::Rx1 => {
+            let offset = rx.rx1_dr_offset;
+            let dwell = region.boot_dwell_time().downlink;
+            Ok((
+                region
+                    .rx1_frequency(uplink.frequency_hz)
+                    .map_err(|_| DownlinkError::Rx1Frequency(uplink.frequency_hz))?,
+                region
+                    .rx1_dr(uplink.data_rate, offset, dwell)
+                    .map_err(|_| DownlinkError::Rx1Offset(uplink.data_rate, offset))?,
+            ))
+        }
+        Window::Rx2 => Ok((rx.rx2_frequency_hz, rx.rx2_data_rate)),
+    }
+}
+
+/// The largest MACPayload (RP002's M) a downlink in `window` may carry in `region`.
+pub fn max_mac_payload(
+    region: Region,
+    uplink: &Reception,
+    window: Window,
+    rx: &RxParams,
+) -> Result<usize, DownlinkError> {
+    let (_, dr) = window_radio(region, uplink, window, rx)?;
+    region
+        .max_payload(dr, region.boot_dwell_time().downlink)
+        .map(|m| usize::from(m.mac_payload))
+        .map_err(|_| DownlinkError::DataRate(dr))
+}
+
 /// The RX1 or RX2 parameters for a downlink answering `uplink`, scheduled as `at`, with the
 /// session's receive parameters `rx`.
 pub fn build_txpk(
@@ -82,21 +121,10 @@ pub fn build_txpk(
     payload: Vec<u8>,
 ) -> Result<TxPk, DownlinkError> {
     let region = radio.region;
-    let (freq_hz, dr, powe) = match at.window {
-        Window::Rx1 => {
-            let offset = rx.rx1_dr_offset;
-            let dwell = region.boot_dwell_time().downlink;
-            (
-                region
-                    .rx1_frequency(uplink.frequency_hz)
-                    .map_err(|_| DownlinkError::Rx1Frequency(uplink.frequency_hz))?,
-                region
-                    .rx1_dr(uplink.data_rate, offset, dwell)
-                    .map_err(|_| DownlinkError::Rx1Offset(uplink.data_rate, offset))?,
-                radio.rx1_power_dbm,
-            )
-        }
-        Window::Rx2 => (rx.rx2_frequency_hz, rx.rx2_data_rate, radio.rx2_power_dbm),
+    let (freq_hz, dr) = window_radio(region, uplink, at.window, rx)?;
+    let powe = match at.window {
+        Window::Rx1 => radio.rx1_power_dbm,
+        Window::Rx2 => radio.rx2_power_dbm,
     };
     let downlink = region.dr_def(dr).is_ok_and(|d| d.downlink);
     let datr: DataRate = region
