@@ -367,3 +367,53 @@ fn a_run_killed_or_stopped_mid_storm_never_replays_a_dev_nonce() {
     assert_every_join_accepted_in_rx1(&fourth, 3000);
     servers.stop().unwrap();
 }
+
+/// In each region (EU868, US915 and AU915 on sub-band 2, AS923-1), a mixed fleet (1.0.3,
+/// 1.0.4, 1.1) joins and sends confirmed uplinks against the real servers configured for that
+/// region: every Join-accept is heard in RX1 on the region's RX1 channel and data rate (a
+/// Join-accept or ACK on another frequency or `datr` counts as wrong radio and is not
+/// received), 1.0.3+ devices in US915/AU915 take the channel-mask CFList of sub-band 2 (the
+/// simulator's devices refuse a mask they cannot apply), and every confirmed uplink is
+/// acknowledged, which for 1.1 devices needs the network server's MIC with the region's TxDr
+/// and TxCh.
+#[test]
+fn every_region_joins_and_acks_confirmed_uplinks_on_its_own_radio() {
+    use protocol::region::Region;
+    use simulator::radio::RadioPlan;
+    for (region, sub_bands) in [
+        (Region::Eu868, &[][..]),
+        (Region::Us915, &[2][..]),
+        (Region::Au915, &[2][..]),
+        (Region::As923_1, &[][..]),
+    ] {
+        let radio = RadioPlan::new(region, sub_bands).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (manifest_path, _, net_id) = fleet(dir.path(), 120, 17);
+        let servers = Servers::start_in(&manifest_path, net_id, None, &radio).unwrap();
+        let r = run::run(&options(
+            &manifest_path,
+            &servers,
+            2,
+            Traffic {
+                // Every 4 s: light enough that a loaded 2-core machine still answers in the
+                // windows (what this test checks is where, not how fast).
+                uplink_interval_us: 4_000_000,
+                confirmed_ratio: 1.0,
+                data_rate: radio.default_data_rate(),
+                radio,
+                ..traffic(Scenario::Steady, 1_000_000, 14_000_000, 2)
+            },
+            5,
+        ))
+        .unwrap();
+        servers.stop().unwrap();
+        assert_eq!(r.region, region.name(), "{r:#?}");
+        assert_eq!(r.joins.accepted, 120, "{region}: {r:#?}");
+        assert_eq!(r.joins.accepted_rx1, 120, "{region}: {r:#?}");
+        assert_eq!(r.downlinks.wrong_radio, 0, "{region}: {r:#?}");
+        assert_eq!(r.downlinks.missed_window, 0, "{region}: {r:#?}");
+        let u = &r.uplinks;
+        assert!(u.confirmed >= 120, "{region}: {r:#?}");
+        assert_eq!(u.acked, u.confirmed, "{region}: {r:#?}");
+    }
+}
