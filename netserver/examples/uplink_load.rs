@@ -97,7 +97,7 @@ fn provision(dir: &Path, n: u32) {
                     KeyEnvelope::seal("as-1", Some(&Kek::new(AS_KEK)), &app_key(i)).unwrap(),
                 ),
                 session_key_id: None,
-                rx: RxParams::EU868_DEFAULT,
+                rx: RxParams::region_default(protocol::region::Region::Eu868),
                 counters: FrameCounters::default(),
                 created_at_ms: 1_700_000_000_000,
                 lifetime_s: None,

@@ -121,7 +121,7 @@ fn stored(i: u32, ns_kek: &LabeledKek) -> (StoredSession, NetworkKeys) {
         network_keys: keys.seal(ns_kek),
         app_s_key: Some(KeyEnvelope::seal("as-1", Some(&Kek::new(AS_KEK)), &app_key(i)).unwrap()),
         session_key_id: None,
-        rx: RxParams::EU868_DEFAULT,
+        rx: RxParams::region_default(protocol::region::Region::Eu868),
         counters: FrameCounters::default(),
         created_at_ms: 1_700_000_000_000,
         lifetime_s: None,
@@ -186,7 +186,10 @@ fn uplinks(sessions: &Sessions, frames: &[Vec<u8>]) -> i64 {
             mic_params: UplinkMicParams {
                 conf_fcnt: 0,
                 tx_dr: 5,
-                tx_ch: steps::tx_channel(868_300_000, &[]),
+                tx_ch: steps::tx_channel(
+                    &protocol::region::ChannelPlan::new(protocol::region::Region::Eu868),
+                    868_300_000,
+                ),
             },
         };
         let Auth::Accepted {
@@ -211,7 +214,12 @@ fn uplinks(sessions: &Sessions, frames: &[Vec<u8>]) -> i64 {
             data_rate: 5,
             tx_power: st.tx_power,
         };
-        st.adr_requested = adr::decide(&AdrConfig::default(), cur, &st.snr);
+        st.adr_requested = adr::decide(
+            &AdrConfig::default(),
+            protocol::region::Region::Eu868,
+            cur,
+            &st.snr,
+        );
         if sessions.is_current(session) {
             sessions.drop_previous(session.dev_eui);
         }

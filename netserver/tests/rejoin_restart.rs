@@ -67,7 +67,7 @@ impl Sess {
                 .unwrap(),
             ),
             session_key_id: None,
-            rx: RxParams::EU868_DEFAULT,
+            rx: RxParams::region_default(protocol::region::Region::Eu868),
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000 + u64::from(self.2),
             lifetime_s: None,

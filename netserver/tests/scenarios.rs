@@ -8,15 +8,16 @@ mod harness;
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use harness::{FakeDevice, FakeGateway, FakeJoinServer, Harness, UplinkFrame};
+use harness::{DeviceRadio, FakeDevice, FakeGateway, FakeJoinServer, Harness, UplinkFrame};
 use netserver::core::data::UplinkResult;
 use netserver::core::gateway::{Action, Count, Path};
 use netserver::core::join::JoinFailure;
 use netserver::core::timing::Window;
 use netserver::core::uplink::DownlinkFailure;
 use protocol::data::{Direction, FramePayload, FrmPayload};
-use protocol::gwmp::{Packet, TxTiming};
+use protocol::gwmp::{DataRate, Packet, TxTiming};
 use protocol::mac::{self, MacCommand};
+use protocol::region::Region;
 use protocol::version::MacVersion;
 
 /// Three gateways, best first: gw1 (SNR 8), gw2 (SNR 2), gw3 (SNR −3), each with a downlink
@@ -523,4 +524,199 @@ fn queued_downlinks_go_one_per_uplink_with_fpending_and_a_confirmed_one_is_acked
     let out = h2.flush().pop().unwrap();
     assert_eq!(out.failure, Some(DownlinkFailure::NoGateway));
     assert!(h2.queue.has(d2.dev_eui));
+}
+
+/// One region's uplink and the downlink radio RP002 gives it.
+struct RegionCase {
+    region: Region,
+    sub_bands: &'static [u8],
+    uplink: DeviceRadio,
+    /// RX1: frequency, SF, bandwidth (kHz), powe.
+    rx1: (u32, u8, u16, i8),
+    /// RX2: frequency, SF, bandwidth (kHz), powe.
+    rx2: (u32, u8, u16, i8),
+}
+
+const fn lora(freq_hz: u32, tx_ch: u8, tx_dr: u8, sf: u8, bw: u16) -> DeviceRadio {
+    DeviceRadio {
+        freq_hz,
+        tx_ch,
+        tx_dr,
+        datr: DataRate::Lora {
+            spreading_factor: sf,
+            bandwidth_khz: bw,
+        },
+    }
+}
+
+/// RP002-1.0.3: EU868 §2.4.7/2.4.8, US915 §2.5.7/2.5.8 (RX1 on 923.3 + 0.6 × (channel mod 8)
+/// MHz at 500 kHz, RX2 923.3 MHz DR8), AU915 §2.7.7/2.7.8 (the same layout from 915.2 MHz),
+/// AS923 §2.8.7/2.8.8 (RX1 on the uplink frequency, RX2 923.2 MHz DR2); `powe` 14/27 in EU868
+/// (this server's defaults), the region's downlink EIRP elsewhere.
+const REGION_CASES: [RegionCase; 4] = [
+    RegionCase {
+        region: Region::Eu868,
+        sub_bands: &[],
+        uplink: lora(868_300_000, 1, 5, 7, 125),
+        rx1: (868_300_000, 7, 125, 14),
+        rx2: (869_525_000, 12, 125, 27),
+    },
+    RegionCase {
+        region: Region::Us915,
+        sub_bands: &[2],
+        // Channel 10 = 902.3 + 0.2 × 10 MHz at DR3 (SF7BW125) → DR13 on channel 10 mod 8 = 2.
+        uplink: lora(904_300_000, 10, 3, 7, 125),
+        rx1: (924_500_000, 7, 500, 21),
+        rx2: (923_300_000, 12, 500, 21),
+    },
+    RegionCase {
+        region: Region::Au915,
+        sub_bands: &[2],
+        // Channel 10 = 915.2 + 0.2 × 10 MHz at DR2 (SF10BW125) → DR10 (SF10BW500).
+        uplink: lora(917_200_000, 10, 2, 10, 125),
+        rx1: (924_500_000, 10, 500, 30),
+        rx2: (923_300_000, 12, 500, 30),
+    },
+    RegionCase {
+        region: Region::As923_1,
+        sub_bands: &[],
+        // Default channel 1 (923.4 MHz) at DR4 (SF8BW125).
+        uplink: lora(923_400_000, 1, 4, 8, 125),
+        rx1: (923_400_000, 8, 125, 16),
+        rx2: (923_200_000, 10, 125, 16),
+    },
+];
+
+/// The `txpk` radio of a scheduled downlink: frequency, SF, bandwidth, powe.
+fn txpk_radio(d: &netserver::core::uplink::ScheduledDownlink) -> (u32, u8, u16, i8) {
+    let Packet::PullResp(p) = Packet::parse(&d.datagram).unwrap() else {
+        panic!("not a PULL_RESP");
+    };
+    let DataRate::Lora {
+        spreading_factor,
+        bandwidth_khz,
+    } = p.txpk.datr
+    else {
+        panic!("not LoRa");
+    };
+    (
+        p.txpk.freq_hz,
+        spreading_factor,
+        bandwidth_khz,
+        p.txpk.powe.unwrap(),
+    )
+}
+
+#[test]
+fn confirmed_uplinks_are_acked_on_each_regions_rx1_then_rx2_radio_with_its_tx_ch_in_the_mic() {
+    for c in &REGION_CASES {
+        let name = c.region.name();
+        let mut h = Harness::in_region(c.region, c.sub_bands);
+        let [gw1, ..] = three_gateways(&mut h);
+        for (n, version) in [(1, MacVersion::V1_0_3), (2, MacVersion::V1_1)] {
+            let mut d = FakeDevice::in_region(n, version, c.region, c.uplink);
+            h.install(&d);
+            let rekey = if version.is_1_1() {
+                vec![MacCommand::RekeyInd {
+                    dev_lorawan_minor: 1,
+                }]
+            } else {
+                Vec::new()
+            };
+            let confirmed = UplinkFrame {
+                confirmed: true,
+                fopts: rekey,
+                payload: Some(b"reading".to_vec()),
+                ..UplinkFrame::default()
+            };
+            // In time for RX1. A 1.1 frame is accepted only if the server's TxDr and TxCh
+            // (from the rxpk's datr and frequency, through the region) match the device's.
+            let phy = d.frame(confirmed.clone());
+            h.hear_on(&gw1, &phy, c.uplink);
+            let out = h.flush().pop().unwrap();
+            assert_eq!(out.result, UplinkResult::Ok, "{name} {version}");
+            let dl = out.downlink.as_ref().expect("an ACK");
+            assert_eq!(dl.window, Window::Rx1, "{name}");
+            assert_eq!(txpk_radio(dl), c.rx1, "{name} {version} RX1");
+            assert!(d.open(dl, 0, 0).ack);
+
+            // Handled after RX1: RX2 on the region's RX2 radio.
+            let phy = d.frame(confirmed);
+            h.hear_on(&gw1, &phy, c.uplink);
+            h.advance(Duration::from_millis(1_000));
+            let out = h.flush().pop().unwrap();
+            assert_eq!(out.result, UplinkResult::Ok, "{name} {version}");
+            let dl = out.downlink.as_ref().unwrap();
+            assert_eq!(dl.window, Window::Rx2, "{name}");
+            assert_eq!(txpk_radio(dl), c.rx2, "{name} {version} RX2");
+            assert!(d.open(dl, 1, 1).ack);
+        }
+    }
+}
+
+#[test]
+fn a_1_1_uplink_on_another_channel_than_its_mic_says_is_refused() {
+    // US915: the device computed its MIC for channel 9, the gateway heard it on channel 10.
+    let mut h = Harness::in_region(Region::Us915, &[2]);
+    let [gw1, ..] = three_gateways(&mut h);
+    let radio = REGION_CASES[1].uplink;
+    let mut d = FakeDevice::in_region(
+        3,
+        MacVersion::V1_1,
+        Region::Us915,
+        DeviceRadio { tx_ch: 9, ..radio },
+    );
+    h.install(&d);
+    let phy = d.frame(UplinkFrame {
+        fopts: vec![MacCommand::RekeyInd {
+            dev_lorawan_minor: 1,
+        }],
+        ..UplinkFrame::default()
+    });
+    h.hear_on(&gw1, &phy, radio);
+    let out = h.flush().pop().unwrap();
+    assert_ne!(out.result, UplinkResult::Ok);
+}
+
+#[test]
+fn a_payload_longer_than_the_windows_data_rate_allows_waits_and_the_ack_goes_alone() {
+    // EU868 RX2 is DR0: M = 59 (RP002 Table 12). A 100-byte payload cannot go there; in RX1
+    // at DR5 (M = 230) it can.
+    let mut h = Harness::new();
+    let [gw1, ..] = three_gateways(&mut h);
+    let mut d = FakeDevice::new(5, MacVersion::V1_0_3);
+    h.install(&d);
+    h.queue_downlink(&d, 1, &[0x42; 100], false);
+    let confirmed = UplinkFrame {
+        confirmed: true,
+        ..UplinkFrame::default()
+    };
+    let phy = d.frame(confirmed.clone());
+    h.hear(&gw1, &phy);
+    h.advance(Duration::from_millis(1_000));
+    let out = h.flush().pop().unwrap();
+    let dl = out.downlink.as_ref().unwrap();
+    assert_eq!(dl.window, Window::Rx2);
+    let down = d.open(dl, 0, 0);
+    assert!(
+        down.ack && down.f_pending,
+        "the ACK, with the payload pending"
+    );
+    assert_eq!(down.payload, FramePayload::None);
+    assert!(h.queue.has(d.dev_eui), "the payload waits");
+
+    let phy = d.frame(confirmed);
+    h.hear(&gw1, &phy);
+    let out = h.flush().pop().unwrap();
+    let dl = out.downlink.as_ref().unwrap();
+    assert_eq!(dl.window, Window::Rx1);
+    let down = d.open(dl, 1, 0);
+    assert_eq!(
+        down.payload,
+        FramePayload::Application {
+            f_port: 2,
+            payload: FrmPayload(vec![0x42; 100])
+        }
+    );
+    assert!(!h.queue.has(d.dev_eui));
 }

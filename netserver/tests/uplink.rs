@@ -108,7 +108,7 @@ impl Device {
             network_keys: keys.seal(ns_kek),
             app_s_key: Some(KeyEnvelope::seal(label, Some(&Kek::new(kek)), &self.app).unwrap()),
             session_key_id: None,
-            rx: RxParams::EU868_DEFAULT,
+            rx: RxParams::region_default(protocol::region::Region::Eu868),
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,

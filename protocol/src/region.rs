@@ -6,15 +6,8 @@
 //!
 //! Also here, common to every region: Class-A receive delays and the downlink `tmst`, LoRa time
 //! on air and demodulation SNR floors.
-//!
-//! The free functions and constants named EU868 below ([`data_rate`], [`dr_of`],
-//! [`dr_of_datr`], [`rx1_dr`], [`max_payload`], [`RX2_FREQ_HZ`], [`RX2_DR`],
-//! [`DEFAULT_CHANNELS_HZ`], [`MAX_DR`], [`DEFAULT_MAX_EIRP_DBM`]) predate [`Region`] and read
-//! its EU868 tables; code that should work in every region uses [`Region`]'s methods instead.
 
 use std::time::Duration;
-
-use crate::gwmp::DataRate;
 
 mod channels;
 mod regional;
@@ -91,47 +84,6 @@ pub const JOIN_ACCEPT_DELAY1_US: u32 = JOIN_ACCEPT_DELAY1.as_micros() as u32;
 /// JOIN_ACCEPT_DELAY2 in microseconds.
 pub const JOIN_ACCEPT_DELAY2_US: u32 = JOIN_ACCEPT_DELAY2.as_micros() as u32;
 
-/// EU868 default RX2 frequency: 869.525 MHz (`Region::Eu868.rx2()`).
-pub const RX2_FREQ_HZ: u32 = tables::EU868.rx2_frequency_hz;
-/// EU868 default RX2 data rate: DR0 (`Region::Eu868.rx2()`).
-pub const RX2_DR: u8 = tables::EU868.rx2_dr;
-/// The three EU868 default (and join) channels: 868.1, 868.3 and 868.5 MHz, DR0–DR5
-/// (`ChannelPlan::new(Region::Eu868)`).
-pub const DEFAULT_CHANNELS_HZ: [u32; 3] = [868_100_000, 868_300_000, 868_500_000];
-/// Highest EU868 LoRa/FSK data rate index (DR8–11 are LR-FHSS).
-pub const MAX_DR: u8 = 7;
-/// Default downlink TX power in RX1 used by common network servers (dBm EIRP); the EU868
-/// default maximum EIRP is 16 dBm (`Region::downlink_eirp_dbm`).
-pub const DEFAULT_MAX_EIRP_DBM: i8 = tables::EU868.downlink_eirp_dbm;
-
-/// The modulation of EU868 data rate `dr` (DR0 SF12/125 … DR5 SF7/125, DR6 SF7/250, DR7 FSK
-/// 50 kbps); `Region::Eu868.data_rate`, limited to DR0–DR7.
-pub fn data_rate(dr: u8) -> Result<DataRate, RegionError> {
-    if dr > MAX_DR {
-        return Err(RegionError::DataRate(dr));
-    }
-    Region::Eu868.data_rate(dr)
-}
-
-/// The EU868 data rate index of a modulation, or `None` if EU868 does not define it.
-pub fn dr_of(datr: DataRate) -> Option<u8> {
-    Region::Eu868.dr_of(datr, Link::Uplink)
-}
-
-/// The EU868 data rate index of a GWMP LoRa `datr` string such as `"SF9BW125"`.
-pub fn dr_of_datr(datr: &str) -> Option<u8> {
-    Region::Eu868.dr_of_datr(datr, Link::Uplink)
-}
-
-/// EU868 RX1 data rate: `max(0, up_dr − rx1_dr_offset)`, with `up_dr` in 0..=7 and
-/// `rx1_dr_offset` in 0..=5 (`Region::Eu868.rx1_dr`).
-pub fn rx1_dr(up_dr: u8, rx1_dr_offset: u8) -> Result<u8, RegionError> {
-    if up_dr > MAX_DR {
-        return Err(RegionError::DataRate(up_dr));
-    }
-    Region::Eu868.rx1_dr(up_dr, rx1_dr_offset, false)
-}
-
 /// The RX1 delay in µs for a Join-accept / RXTimingSetupReq `RxDelay` byte: its low 4 bits
 /// are seconds, with 0 meaning 1 s. Bits 7..4 are RFU and ignored.
 pub fn rx1_delay_us(rx_delay: u8) -> u32 {
@@ -172,23 +124,6 @@ pub const fn join_accept_tmst(uplink_tmst: u32, window: RxWindow) -> u32 {
             RxWindow::Rx2 => JOIN_ACCEPT_DELAY2_US,
         },
     )
-}
-
-/// EU868 maximum sizes at a data rate: `(M, N)` = (MACPayload, FRMPayload) bytes.
-///
-/// With `repeater_compatible` (RP002-1.0.3 Table 12): DR0–2 59/51, DR3 123/115, DR4–7
-/// 230/222. Without a repeater (Table 13), DR4–7 allow 250/242 (`Region::Eu868.max_payload`).
-pub fn max_payload(dr: u8, repeater_compatible: bool) -> Result<(u16, u16), RegionError> {
-    if dr > MAX_DR {
-        return Err(RegionError::DataRate(dr));
-    }
-    let p = Region::Eu868.max_payload(dr, false)?;
-    let p = if repeater_compatible {
-        p.repeater_compatible()
-    } else {
-        p
-    };
-    Ok((u16::from(p.mac_payload), u16::from(p.frm_payload)))
 }
 
 /// The lowest SNR (dB) at which a LoRa signal of this spreading factor is demodulated
@@ -286,6 +221,7 @@ pub fn lora_time_on_air(f: &LoraFrame) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gwmp::DataRate;
 
     #[test]
     fn data_rate_table() {
@@ -298,20 +234,22 @@ mod tests {
             (5, "SF7BW125"),
             (6, "SF7BW250"),
         ];
+        let eu = Region::Eu868;
+        let up = Link::Uplink;
         for (dr, datr) in table {
-            assert_eq!(data_rate(dr).unwrap().to_string(), datr);
-            assert_eq!(dr_of_datr(datr), Some(dr));
+            assert_eq!(eu.data_rate(dr).unwrap().to_string(), datr);
+            assert_eq!(eu.dr_of_datr(datr, up), Some(dr));
         }
-        assert_eq!(data_rate(7).unwrap(), DataRate::Fsk { bitrate: 50_000 });
-        assert_eq!(dr_of(DataRate::Fsk { bitrate: 50_000 }), Some(7));
-        assert_eq!(data_rate(8), Err(RegionError::DataRate(8)));
-        assert_eq!(dr_of_datr("SF8BW500"), None); // US915 only
-        assert_eq!(dr_of_datr("SF7BW500"), None);
-        assert_eq!(dr_of_datr("junk"), None);
+        assert_eq!(eu.data_rate(7).unwrap(), DataRate::Fsk { bitrate: 50_000 });
+        assert_eq!(eu.dr_of(DataRate::Fsk { bitrate: 50_000 }, up), Some(7));
+        assert_eq!(eu.dr_of_datr("SF8BW500", up), None); // US915 only
+        assert_eq!(eu.dr_of_datr("SF7BW500", up), None);
+        assert_eq!(eu.dr_of_datr("junk", up), None);
     }
 
     #[test]
     fn rx1_dr_table() {
+        let rx1_dr = |up, offset| Region::Eu868.rx1_dr(up, offset, false);
         assert_eq!(rx1_dr(5, 0), Ok(5));
         assert_eq!(rx1_dr(5, 1), Ok(4));
         assert_eq!(rx1_dr(5, 5), Ok(0));
@@ -319,7 +257,6 @@ mod tests {
         assert_eq!(rx1_dr(0, 3), Ok(0));
         assert_eq!(rx1_dr(7, 2), Ok(5));
         assert_eq!(rx1_dr(5, 6), Err(RegionError::Rx1DrOffset(6)));
-        assert_eq!(rx1_dr(8, 0), Err(RegionError::DataRate(8)));
         assert_eq!(RegionError::Rx1DrOffset(6).kind(), "rx1_dr_offset");
     }
 
@@ -360,12 +297,16 @@ mod tests {
             (6, 230),
             (7, 230),
         ];
+        let max_payload = |dr, repeater| {
+            let p = Region::Eu868.max_payload(dr, false)?;
+            let p = if repeater { p.repeater_compatible() } else { p };
+            Ok::<_, RegionError>((p.mac_payload, p.frm_payload))
+        };
         for (dr, m) in expect {
             assert_eq!(max_payload(dr, true), Ok((m, m - 8)));
         }
         assert_eq!(max_payload(5, false), Ok((250, 242)));
         assert_eq!(max_payload(2, false), Ok((59, 51)));
-        assert_eq!(max_payload(8, true), Err(RegionError::DataRate(8)));
     }
 
     #[test]

@@ -351,7 +351,10 @@ proptest! {
         let _ = Message::parse(&b);
         if let Ok(s) = std::str::from_utf8(&b) {
             let _ = DataRate::parse_lora(s);
-            let _ = protocol::region::dr_of_datr(s);
+            for r in protocol::region::Region::ALL {
+                let _ = r.dr_of_datr(s, protocol::region::Link::Uplink);
+                let _ = r.dr_of_datr(s, protocol::region::Link::Downlink);
+            }
         }
     }
 

@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use protocol::ids::NetId;
-use protocol::region::Region;
 
 use crate::manifest::{self, Params, VersionMix};
 use crate::net::EventListen;
@@ -52,21 +51,6 @@ pub struct DemoOptions {
     pub progress: bool,
 }
 
-/// Why `simulator demo` cannot run a region yet.
-pub fn unsupported_region(radio: &RadioPlan) -> Option<String> {
-    // The network server knows only EU868 so far: it reads the rxpk `datr`, answers in RX1 and
-    // RX2 and builds the Join-accept with EU868's tables. Once it takes a region
-    // (`[network] region`, issue 18), the demo passes `radio.region()` and its sub-bands to it
-    // here and this check goes.
-    (radio.region() != Region::Eu868).then(|| {
-        format!(
-            "simulator demo --region {}: the network server of this build supports EU868 only (its region settings come with issue 18's network-server part); `simulator run --region {}` drives a network server that supports it",
-            radio.region(),
-            radio.region()
-        )
-    })
-}
-
 /// A join server and a network server running in this process on 127.0.0.1, with their data
 /// directories under a temporary directory that is removed when this is dropped.
 pub struct Servers {
@@ -93,6 +77,17 @@ impl Servers {
         manifest: &Path,
         net_id: NetId,
         events: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(manifest, net_id, events, &RadioPlan::default())
+    }
+
+    /// [`Self::start`] with the network server in `radio`'s region and sub-bands
+    /// (`[network] region` and `enabled_sub_bands`).
+    pub fn start_in(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+        radio: &RadioPlan,
     ) -> anyhow::Result<Self> {
         let dirs = tempfile::Builder::new()
             .prefix("lorawan-servers-")
@@ -143,6 +138,8 @@ impl Servers {
             data_dir: ns_dir,
             network: netserver::ops::config::NetworkConfig {
                 net_id,
+                region: radio.region(),
+                enabled_sub_bands: radio.sub_bands(),
                 ..defaults.network
             },
             gwmp: netserver::ops::config::GwmpConfig {
@@ -239,9 +236,6 @@ impl Drop for Servers {
 
 /// Runs the demo; returns the report (also printed).
 pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
-    if let Some(why) = unsupported_region(&o.radio) {
-        anyhow::bail!(why);
-    }
     let tmp = tempfile::Builder::new().prefix("lorawan-demo-").tempdir()?;
     let net_id = NetId::new(0).expect("NetID 000000");
 
@@ -265,7 +259,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
     // the simulator, which counts what was delivered.
     // The event socket is bound now and stays bound until the run reads from it.
     let events = EventListen::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let servers = Servers::start(&manifest_path, net_id, Some(events.local_addr()?))?;
+    let servers = Servers::start_in(&manifest_path, net_id, Some(events.local_addr()?), &o.radio)?;
     eprintln!(
         "demo: join server link on {}, network server GWMP on {}",
         servers

@@ -46,6 +46,17 @@ impl RadioPlan {
         Ok(Self { channels })
     }
 
+    /// The enabled sub-bands (1..=8) of a US915/AU915 plan, each whose first 125 kHz channel
+    /// is on; empty in the other regions.
+    pub fn sub_bands(&self) -> Vec<u8> {
+        if !self.region().is_fixed_plan() {
+            return Vec::new();
+        }
+        (1..=8u8)
+            .filter(|s| self.channels.is_enabled(8 * (s - 1)))
+            .collect()
+    }
+
     /// The region.
     pub fn region(&self) -> Region {
         self.channels.region()

@@ -18,6 +18,7 @@
 use protocol::data::{DataFrame, FramePayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::fcnt::{self, FCntError, FCntVerdict};
 use protocol::mac::{self, MacCommand};
+use protocol::region::ChannelPlan;
 use protocol::version::MacVersion;
 
 /// The result of one uplink, a bounded metric label.
@@ -280,15 +281,11 @@ pub const fn downlink_counter(is_1_1: bool, f_port: Option<u8>) -> DownCounter {
     }
 }
 
-/// The LoRaWAN 1.1 TxCh of an uplink frequency on the EU868 default channels (0, 1, 2);
-/// other frequencies (CFList channels, unknown to this server) map to their index in the
-/// CFList order from 3 if given, else 0.
-pub fn tx_channel(freq_hz: u32, extra_channels_hz: &[u32]) -> u8 {
-    protocol::region::DEFAULT_CHANNELS_HZ
-        .iter()
-        .chain(extra_channels_hz)
-        .position(|&f| f == freq_hz)
-        .map_or(0, |i| i as u8)
+/// The LoRaWAN 1.1 TxCh of an uplink frequency: its channel index in the network's channel
+/// plan (`ChannelPlan::index_of`: EU868 0–2 the defaults, 3–7 the CFList's; US915 0–71);
+/// a frequency of no channel maps to 0 (its MIC then fails, as it would on the device's side).
+pub fn tx_channel(plan: &ChannelPlan, freq_hz: u32) -> u8 {
+    plan.index_of(freq_hz).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -297,6 +294,7 @@ mod tests {
     use protocol::data::{NetworkSessionKeys, Uplink};
     use protocol::ids::DevAddr;
     use protocol::keys::{AppSKey, FNwkSIntKey, NwkSEncKey, NwkSKey, SNwkSIntKey};
+    use protocol::region::Region;
 
     fn crypto10(b: u8) -> SessionCrypto {
         SessionCrypto::new(
@@ -530,8 +528,19 @@ mod tests {
         assert_eq!(downlink_counter(true, Some(0)), DownCounter::Network);
         assert_eq!(downlink_counter(true, None), DownCounter::Network);
         assert_eq!(downlink_counter(false, Some(3)), DownCounter::Network);
-        assert_eq!(tx_channel(868_300_000, &[]), 1);
-        assert_eq!(tx_channel(867_100_000, &[867_100_000]), 3);
+        let eu868 = ChannelPlan::new(Region::Eu868);
+        assert_eq!(tx_channel(&eu868, 868_300_000), 1);
+        assert_eq!(tx_channel(&eu868, 867_100_000), 0);
+        let mut cf = eu868;
+        cf.set_channel(3, 867_100_000, 0, 5).unwrap();
+        assert_eq!(tx_channel(&cf, 867_100_000), 3);
+        // US915: channel 8 (sub-band 2's first) on 903.9 MHz, 500 kHz channel 65 on 904.6 MHz.
+        let us915 = ChannelPlan::with_sub_bands(Region::Us915, &[2]).unwrap();
+        assert_eq!(tx_channel(&us915, 903_900_000), 8);
+        assert_eq!(tx_channel(&us915, 904_600_000), 65);
+        // AS923-1: the two default channels.
+        let as923 = ChannelPlan::new(Region::As923_1);
+        assert_eq!(tx_channel(&as923, 923_400_000), 1);
         assert_eq!(behind(0x1_0003, 0xFFFE), 0xFFFE);
         assert_eq!(behind(5, 5), 5);
         assert_eq!(behind(5, 4), 4);

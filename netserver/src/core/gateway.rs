@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use protocol::ids::GatewayEui;
+use protocol::region::Region;
 
 use crate::core::classify::{classify, UplinkKind};
 use crate::core::dedup::{Dedup, Seen};
@@ -101,6 +102,8 @@ pub struct GatewayEnv<'a> {
     pub dedup: &'a Dedup,
     /// A data frame's copy arriving this long after the first is a new transmission.
     pub retransmission_after: Duration,
+    /// The network's region: how an rxpk `datr` reads as an uplink data rate.
+    pub region: Region,
 }
 
 /// A message received from a gateway, accepted for dispatch.

@@ -14,6 +14,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::mac::MacCommand;
+use protocol::region::Region;
 
 /// Seconds between the Unix epoch and the GPS epoch (1980-01-06T00:00:00Z).
 pub const GPS_EPOCH_UNIX_S: u64 = 315_964_800;
@@ -27,6 +28,8 @@ pub struct UplinkRadio {
     pub best_snr: f32,
     /// The uplink's data rate index.
     pub data_rate: u8,
+    /// The network's region (what `data_rate` means).
+    pub region: Region,
     /// Gateways that heard the frame.
     pub gateways: usize,
     /// Wall-clock time of the reception (the first copy's arrival).
@@ -60,8 +63,8 @@ pub fn gps_time(t: SystemTime) -> Option<(u32, u8)> {
 }
 
 /// The LinkCheckAns margin: SNR above the demodulation floor, whole dB, 0..=254.
-pub fn link_margin(best_snr: f32, data_rate: u8) -> u8 {
-    let Some(floor) = super::adr::required_snr_db(data_rate) else {
+pub fn link_margin(best_snr: f32, region: Region, data_rate: u8) -> u8 {
+    let Some(floor) = super::adr::required_snr_db(region, data_rate) else {
         return 0; // FSK: no SNR floor is defined; report no margin.
     };
     let m = (best_snr - floor).floor();
@@ -78,7 +81,7 @@ pub fn handle(cmds: &[MacCommand], radio: &UplinkRadio) -> MacOutcome {
     for c in cmds {
         match *c {
             MacCommand::LinkCheckReq => out.answers.push(MacCommand::LinkCheckAns {
-                margin: link_margin(radio.best_snr, radio.data_rate),
+                margin: link_margin(radio.best_snr, radio.region, radio.data_rate),
                 gw_cnt: radio.gateways.min(255) as u8,
             }),
             MacCommand::DeviceTimeReq => {
@@ -124,6 +127,7 @@ mod tests {
         UplinkRadio {
             best_snr: snr,
             data_rate: dr,
+            region: Region::Eu868,
             gateways: gws,
             // 2026-01-01T00:00:00.5Z
             received_at: at_unix(Duration::from_millis(1_767_225_600_500)),
@@ -143,12 +147,15 @@ mod tests {
             }]
         );
         // DR0 = SF12, floor −20: SNR −19.5 → 0 dB; below the floor → 0.
-        assert_eq!(link_margin(-19.5, 0), 0);
-        assert_eq!(link_margin(-25.0, 0), 0);
-        assert_eq!(link_margin(-10.0, 0), 10);
-        assert_eq!(link_margin(500.0, 5), 254);
-        assert_eq!(link_margin(f32::NAN, 5), 0);
-        assert_eq!(link_margin(10.0, 7), 0);
+        assert_eq!(link_margin(-19.5, Region::Eu868, 0), 0);
+        assert_eq!(link_margin(-25.0, Region::Eu868, 0), 0);
+        assert_eq!(link_margin(-10.0, Region::Eu868, 0), 10);
+        assert_eq!(link_margin(500.0, Region::Eu868, 5), 254);
+        assert_eq!(link_margin(f32::NAN, Region::Eu868, 5), 0);
+        assert_eq!(link_margin(10.0, Region::Eu868, 7), 0);
+        // US915 DR4 is SF8 at 500 kHz (floor −10 dB); DR0 SF10 (−15 dB).
+        assert_eq!(link_margin(0.0, Region::Us915, 4), 10);
+        assert_eq!(link_margin(0.0, Region::Us915, 0), 15);
     }
 
     #[test]

@@ -43,7 +43,7 @@ use crate::core::mac_handler::{self, UplinkRadio};
 use crate::core::reception::{self, Reception};
 use crate::core::timing::{choose_window, Scheduled, Window, WindowTiming};
 use crate::gateway::registry::GatewayRegistry;
-use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkRadio};
+use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, DownlinkRadio};
 use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, UplinkEvent};
 use crate::ops::config::Config;
 use crate::store::counters::CounterRecord;
@@ -178,12 +178,13 @@ where
     R: RngCore + ?Sized,
 {
     let mut refusal = None::<Refusal>;
+    let plan = env.config.network.plan_or_default();
     for (session, mut st) in candidates {
         let crypto = session.crypto();
         let mic_params = UplinkMicParams {
             conf_fcnt: st.pending_confirmed.map_or(0, |p| p.f_cnt),
             tx_dr: input.first.data_rate,
-            tx_ch: steps::tx_channel(input.first.frequency_hz, &[]),
+            tx_ch: steps::tx_channel(&plan, input.first.frequency_hz),
         };
         let cand = Candidate {
             version: session.mac_version(),
@@ -308,6 +309,7 @@ impl Device<'_> {
         let radio = UplinkRadio {
             best_snr: best.snr,
             data_rate: best.data_rate,
+            region: self.env.config.network.region,
             gateways: self.input.receptions.len(),
             received_at: self.input.wall,
             is_1_1: self.is_1_1(),
@@ -337,9 +339,10 @@ impl Device<'_> {
             let adr_cfg = AdrConfig {
                 installation_margin_db: cfg.adr_installation_margin_db,
             };
-            if let Some(next) = adr::decide(&adr_cfg, cur, &st.snr) {
+            let network = &self.env.config.network;
+            if let Some(next) = adr::decide(&adr_cfg, network.region, cur, &st.snr) {
                 if st.adr_requested != Some(next) || uplink.adr_ack_req {
-                    answers.push(adr::link_adr_req(next));
+                    answers.extend(adr::link_adr_req(next, &network.plan_or_default()));
                     st.adr_requested = Some(next);
                 }
             }
@@ -453,7 +456,25 @@ impl Device<'_> {
             Err(f) => return Err((Some(f), app.map(|(d, _)| d))),
         };
         let dev_eui = self.session.dev_eui;
-        let (frame, app_item) = self.frame(uplink, answers, app);
+        let region = self.env.config.network.region;
+        let Ok(max_m) = max_mac_payload(region, gw, at.window, &self.session.rx) else {
+            return Err((Some(DownlinkFailure::BuildFailed), app.map(|(d, _)| d)));
+        };
+        let (frame, app_item) = self.frame(uplink, answers.clone(), app);
+        // A queued payload too long for this window's data rate (RP002's M) waits for a faster
+        // one; the ACK and MAC answers go without it.
+        let (frame, app_item) = match app_item {
+            Some(d) if mac_payload_len(&frame) > max_m => {
+                self.env.queue.push_front(dev_eui, d);
+                let (mut f, _) = self.frame(uplink, answers, None);
+                f.f_pending = true;
+                (f, None)
+            }
+            other => (frame, other),
+        };
+        if mac_payload_len(&frame) > max_m {
+            return Err((Some(DownlinkFailure::BuildFailed), app_item));
+        }
         let slot = match steps::downlink_counter(self.is_1_1(), frame.payload.f_port()) {
             DownCounter::Network => &mut st.counters.n_f_cnt_down,
             DownCounter::Application => &mut st.counters.a_f_cnt_down,
@@ -475,8 +496,8 @@ impl Device<'_> {
                     NonZeroU64::new(d.id).map(|id| PendingConfirmed { f_cnt: fcnt, id });
             }
         }
-        let radio = DownlinkRadio::of(&self.env.config.join);
-        let txpk = build_txpk(gw, &at, self.session.rx.rx1_dr_offset, &radio, bytes)
+        let radio = DownlinkRadio::of(&self.env.config.join, self.env.config.network.region);
+        let txpk = build_txpk(gw, &at, &self.session.rx, &radio, bytes)
             .map_err(|_| (Some(DownlinkFailure::BuildFailed), None))?;
         let mut token = [0u8; 2];
         rng.fill_bytes(&mut token);
@@ -537,4 +558,15 @@ impl Device<'_> {
         };
         (frame, app_item)
     }
+}
+
+/// The MACPayload length of `frame` (FHDR, FPort, FRMPayload), what RP002's M limits.
+fn mac_payload_len(frame: &Downlink) -> usize {
+    let port_and_payload = match &frame.payload {
+        FramePayload::None => 0,
+        FramePayload::MacCommands(p) => 1 + p.0.len(),
+        FramePayload::Application { payload, .. } => 1 + payload.0.len(),
+        FramePayload::EncryptedApplication { ciphertext, .. } => 1 + ciphertext.len(),
+    };
+    7 + frame.fopts.len() + port_and_payload
 }

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use protocol::gwmp::{Packet, RxPk, Stat};
 use protocol::ids::GatewayEui;
-use protocol::region;
+use protocol::region::Link;
 
 use crate::core::gateway::{
     self, Action, Actions, Count, GatewayEnv, GatewayEvent, GatewayProtocol, Received,
@@ -139,7 +139,7 @@ fn rx(now: Instant, gateway: GatewayEui, rxpk: RxPk, env: &GatewayEnv<'_>, out: 
         out.act(Action::Count(Count::Reception("crc_dropped")));
         return out.act(reception(RxpkOutcome::CrcDropped));
     }
-    let Some(data_rate) = region::dr_of(rxpk.datr) else {
+    let Some(data_rate) = env.region.dr_of(rxpk.datr, Link::Uplink) else {
         out.act(Action::Count(Count::Reception("invalid")));
         out.act(Action::Count(Count::UplinkDropped("unknown_data_rate")));
         return out.act(reception(RxpkOutcome::Invalid));
@@ -169,6 +169,7 @@ mod tests {
     use super::*;
     use crate::core::dedup::Dedup;
     use crate::core::gateway::{Path, MAX_PHY_PAYLOAD};
+    use protocol::region::Region;
 
     fn registry(max: usize) -> GatewayRegistry {
         GatewayRegistry::new(Duration::from_secs(30), max)
@@ -211,6 +212,7 @@ mod tests {
             gateways,
             dedup,
             retransmission_after: Duration::from_secs(1),
+            region: Region::Eu868,
         };
         let mut out = Vec::new();
         Gwmp::default().dispatch(Instant::now(), from, received.message, &env, &mut out);

@@ -166,6 +166,7 @@ async fn handle_datagram(
         gateways: &state.gateways,
         dedup: &state.dedup,
         retransmission_after: Duration::from_millis(state.data.config.retransmission_after_ms),
+        region: state.config.network.region,
     };
     let mut shell = Dispatcher {
         state,

@@ -44,7 +44,7 @@ use crate::state::State;
 use crate::store::backend::StoreError;
 use crate::store::session::Session;
 use crate::store::stored::{RxParams, StoredNetworkKeys, StoredSession, STORED_SESSION_VERSION};
-use protocol::region;
+use protocol::region::Region;
 
 /// Why a join ended without a Join-accept.
 #[derive(Debug, thiserror::Error)]
@@ -234,9 +234,12 @@ async fn run<C: JoinServerClient>(
         .gateways
         .downlink_addr(gw.gateway)
         .ok_or(JoinFailure::NoGateway)?;
-    let radio = DownlinkRadio::of(&state.config.join);
-    // The Join-accept itself is received with the device's defaults (RX1DROffset 0).
-    let txpk = build_txpk(&gw, &at, 0, &radio, ans.accept.as_bytes().to_vec())?;
+    let region = state.config.network.region;
+    let radio = DownlinkRadio::of(&state.config.join, region);
+    // The Join-accept itself is received with the device's defaults (RX1DROffset 0, the
+    // region's RX2).
+    let defaults = RxParams::region_default(region);
+    let txpk = build_txpk(&gw, &at, &defaults, &radio, ans.accept.as_bytes().to_vec())?;
     let pull_resp = pull_resp(rand::random(), txpk)?;
 
     // 6. Store durably, then install.
@@ -283,15 +286,25 @@ fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> Join
         phy_payload: phy.to_vec(),
         dev_eui: req.dev_eui,
         dev_addr: addr,
-        dl_settings: requested_dl_settings(j).0,
+        dl_settings: requested_dl_settings(j, state.config.network.region).0,
         rx_delay: j.rx_delay_s,
-        cf_list: None,
+        // The channel mask of the enabled sub-bands (US915/AU915) or the extra channels' frequencies
+        // (EU868-like regions; none configured: no CFList). A 1.0.2 device ignores a type-1 CFList
+        // (RP 1.0.2 has none in US915/AU915): ADR's LinkADRReq block narrows it later.
+        cf_list: state
+            .config
+            .network
+            .channel_plan()
+            .ok()
+            .and_then(|p| p.cf_list())
+            .map(|c| c.0.to_vec()),
     }
 }
 
 /// The DLSettings this server asks for (`[join]`).
-fn requested_dl_settings(j: &JoinConfig) -> DlSettings {
-    DlSettings::new(true, j.rx1_dr_offset, j.rx2_data_rate).unwrap_or(DlSettings(0x80))
+fn requested_dl_settings(j: &JoinConfig, region: Region) -> DlSettings {
+    let rx2 = j.rx2_data_rate.unwrap_or(region.rx2().1);
+    DlSettings::new(true, j.rx1_dr_offset, rx2).unwrap_or(DlSettings(0x80))
 }
 
 /// Sends the JoinReq and re-sends it as the flow says (same TransactionID) until its answer.
@@ -372,7 +385,7 @@ fn read_answer(state: &State, answer: &[u8], join_req: &JoinReq) -> Result<Answe
         keys: NetworkKeys::open(&received, &state.secrets.ns_kek)?,
         applied: AppliedSettings::from_answer(
             ans.header.vs_extension.as_ref(),
-            requested_dl_settings(j),
+            requested_dl_settings(j, state.config.network.region),
             j.rx_delay_s,
         ),
         app_s_key: ans.app_s_key,
@@ -403,7 +416,7 @@ async fn install(
         rx: RxParams {
             rx1_dr_offset: applied.dl_settings.rx1_dr_offset(),
             rx2_data_rate: applied.dl_settings.rx2_data_rate(),
-            rx2_frequency_hz: region::RX2_FREQ_HZ,
+            rx2_frequency_hz: state.config.network.region.rx2().0,
             rx_delay_s: applied.rx_delay,
         },
         counters: FrameCounters::default(),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use protocol::ids::NetId;
+use protocol::region::{ChannelPlan, Region, RegionError};
 use serde::{Deserialize, Serialize};
 
 use crate::core::devaddr::AddrBlock;
@@ -26,6 +27,16 @@ net_id = "000000"
 # Optional narrower DevAddr block inside the NetID's space, as "ADDR/BITS" (e.g. "26010000/16").
 # Empty: the whole NwkAddr space of net_id.
 dev_addr_prefix = ""
+# The LoRaWAN region of this instance (RP002 name: EU868, US915, AU915, AS923-1 ... AS923-4, KR920,
+# IN865). One region per instance: run one instance per region.
+region = "EU868"
+# US915/AU915: the enabled sub-bands (1..=8; 2 = channels 8-15 and 65, what most 8-channel
+# gateways listen on). Empty: all 72 channels. Sent to 1.0.3+ devices as the Join-accept's
+# channel-mask CFList and in every LinkADRReq. Must be empty in the other regions.
+enabled_sub_bands = []
+# EU868-like regions: up to 5 extra uplink channels (Hz) after the region's default ones, sent as
+# the Join-accept's frequency CFList. Empty: no CFList. Must be empty in US915/AU915.
+extra_channels_hz = []
 
 [gwmp]
 # UDP address the Semtech packet forwarders send to. Flag: --listen.
@@ -79,13 +90,15 @@ join_accept_delay2_s = 6
 # A window is used only if the PULL_RESP can be sent at least this long before the window opens,
 # in ms. It covers the backhaul to the gateway and the packet forwarder's just-in-time queue.
 scheduling_margin_ms = 100
-# Session radio parameters sent in the JoinReq DLSettings/RxDelay (EU868 defaults).
+# Session radio parameters sent in the JoinReq DLSettings/RxDelay.
 rx1_dr_offset = 0
-rx2_data_rate = 0
+# RX2 data rate; unset: the region's RX2 default (EU868 DR0, US915/AU915 DR8, AS923 DR2).
+# rx2_data_rate = 0
 rx_delay_s = 1
-# Transmit power (dBm EIRP) of Join-accepts in RX1 (g1 sub-band) and RX2 (869.525 MHz, g3 sub-band).
-rx1_tx_power_dbm = 14
-rx2_tx_power_dbm = 27
+# Transmit power (dBm EIRP, txpk powe) of downlinks in RX1 and RX2. Unset: in EU868 14 (g1
+# sub-band) and 27 (869.525 MHz, g3 sub-band); elsewhere the region's downlink EIRP.
+# rx1_tx_power_dbm = 14
+# rx2_tx_power_dbm = 27
 # RF chain that transmits (txpk rfch): the chain with TX enabled in the gateway, 0 on common ones.
 tx_rf_chain = 0
 
@@ -195,6 +208,46 @@ pub struct NetworkConfig {
     pub net_id: NetId,
     /// Optional DevAddr block `ADDR/BITS` inside the NetID's space; empty for the whole space.
     pub dev_addr_prefix: String,
+    /// The LoRaWAN region of this instance.
+    pub region: Region,
+    /// US915/AU915: the enabled sub-bands (1..=8); empty for all channels.
+    pub enabled_sub_bands: Vec<u8>,
+    /// Dynamic-plan regions: extra uplink channels (Hz) after the defaults, sent as the
+    /// Join-accept's frequency CFList.
+    pub extra_channels_hz: Vec<u32>,
+}
+
+impl NetworkConfig {
+    /// The channel plan devices of this network use after their join: the enabled sub-bands
+    /// (fixed plans) or the default channels plus the extra ones (dynamic plans).
+    pub fn channel_plan(&self) -> Result<ChannelPlan, RegionError> {
+        let r = self.region;
+        let mut plan = match (r.is_fixed_plan(), self.enabled_sub_bands.is_empty()) {
+            (true, false) => ChannelPlan::with_sub_bands(r, &self.enabled_sub_bands)?,
+            (false, false) => return Err(RegionError::SubBand(self.enabled_sub_bands[0])),
+            _ => ChannelPlan::new(r),
+        };
+        if r.is_fixed_plan() && !self.extra_channels_hz.is_empty() {
+            return Err(RegionError::Frequency(self.extra_channels_hz[0]));
+        }
+        let first = plan.enabled().count() as u8;
+        if self.extra_channels_hz.len() > 5 {
+            return Err(RegionError::ChannelIndex(first + 5));
+        }
+        // CFList channels take the default channels' data-rate range (RP002 §2.2.5 and alike).
+        let (min_dr, max_dr) = plan.channel(0).map_or((0, 5), |c| (c.min_dr, c.max_dr));
+        for (k, &f) in self.extra_channels_hz.iter().enumerate() {
+            plan.set_channel(first + k as u8, f, min_dr, max_dr)?;
+        }
+        Ok(plan)
+    }
+
+    /// [`Self::channel_plan`], or the region's boot plan if the settings are invalid (which
+    /// `Config::validate` refuses before a server starts).
+    pub fn plan_or_default(&self) -> ChannelPlan {
+        self.channel_plan()
+            .unwrap_or_else(|_| ChannelPlan::new(self.region))
+    }
 }
 
 impl Default for NetworkConfig {
@@ -202,6 +255,9 @@ impl Default for NetworkConfig {
         Self {
             net_id: NetId::new(0).expect("0 is a valid NetID"),
             dev_addr_prefix: String::new(),
+            region: Region::Eu868,
+            enabled_sub_bands: Vec::new(),
+            extra_channels_hz: Vec::new(),
         }
     }
 }
@@ -308,14 +364,14 @@ pub struct JoinConfig {
     pub scheduling_margin_ms: u64,
     /// RX1DROffset given to joined devices.
     pub rx1_dr_offset: u8,
-    /// RX2 data rate given to joined devices.
-    pub rx2_data_rate: u8,
+    /// RX2 data rate given to joined devices (`None`: the region's default).
+    pub rx2_data_rate: Option<u8>,
     /// RX1 delay (s) given to joined devices.
     pub rx_delay_s: u8,
-    /// RX1 transmit power, dBm.
-    pub rx1_tx_power_dbm: i8,
-    /// RX2 transmit power, dBm.
-    pub rx2_tx_power_dbm: i8,
+    /// RX1 transmit power, dBm (`None`: 14 in EU868, else the region's downlink EIRP).
+    pub rx1_tx_power_dbm: Option<i8>,
+    /// RX2 transmit power, dBm (`None`: 27 in EU868, else the region's downlink EIRP).
+    pub rx2_tx_power_dbm: Option<i8>,
     /// RF chain for transmission.
     pub tx_rf_chain: u8,
 }
@@ -327,10 +383,10 @@ impl Default for JoinConfig {
             join_accept_delay2_s: 6,
             scheduling_margin_ms: 100,
             rx1_dr_offset: 0,
-            rx2_data_rate: 0,
+            rx2_data_rate: None,
             rx_delay_s: 1,
-            rx1_tx_power_dbm: 14,
-            rx2_tx_power_dbm: 27,
+            rx1_tx_power_dbm: None,
+            rx2_tx_power_dbm: None,
             tx_rf_chain: 0,
         }
     }
@@ -510,15 +566,25 @@ impl Config {
                 "join.join_accept_delay2_s must be greater than join_accept_delay1_s > 0".into(),
             ));
         }
-        if j.rx1_dr_offset > 5 {
-            return Err(ConfigError::Invalid(
-                "join.rx1_dr_offset must be 0..=5 (EU868)".into(),
-            ));
+        let region = self.network.region;
+        self.network.channel_plan().map_err(|e| {
+            ConfigError::Invalid(format!(
+                "network.enabled_sub_bands / extra_channels_hz in {region}: {e}"
+            ))
+        })?;
+        if j.rx1_dr_offset > region.params().max_rx1_dr_offset {
+            return Err(ConfigError::Invalid(format!(
+                "join.rx1_dr_offset {} does not exist in {region}",
+                j.rx1_dr_offset
+            )));
         }
-        if j.rx2_data_rate > 7 {
-            return Err(ConfigError::Invalid(
-                "join.rx2_data_rate must be 0..=7 (EU868)".into(),
-            ));
+        if let Some(dr) = j.rx2_data_rate {
+            let downlink = region.dr_def(dr).is_ok_and(|d| d.downlink);
+            if !downlink || region.data_rate(dr).is_err() || dr > 15 {
+                return Err(ConfigError::Invalid(format!(
+                    "join.rx2_data_rate DR{dr} has no downlink modulation in {region}"
+                )));
+            }
         }
         if j.rx_delay_s > 15 {
             return Err(ConfigError::Invalid(
@@ -578,6 +644,45 @@ mod tests {
         let mut c = Config::default();
         c.join.rx1_dr_offset = 6;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn region_settings_read_and_checked() {
+        let c: Config =
+            toml::from_str("[network]\nregion = \"US915\"\nenabled_sub_bands = [2]\n").unwrap();
+        c.validate().unwrap();
+        let plan = c.network.channel_plan().unwrap();
+        assert_eq!(
+            plan.enabled().map(|(i, _)| i).collect::<Vec<_>>(),
+            [8, 9, 10, 11, 12, 13, 14, 15, 65]
+        );
+        // ChMask0 = 0xFF00, ChMask4 = 0x0002, CFListType 1.
+        let cf = plan.cf_list().unwrap().0;
+        assert_eq!(cf, [0, 0xFF, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1]);
+        let bad = |toml: &str| {
+            let c: Config = toml::from_str(toml).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        let e = bad("[network]\nregion = \"US915\"\nenabled_sub_bands = [9]\n");
+        assert!(e.contains("sub-band 9"), "{e}");
+        let e = bad("[network]\nenabled_sub_bands = [2]\n");
+        assert!(e.contains("EU868"), "{e}");
+        let e = bad("[network]\nregion = \"US915\"\n[join]\nrx1_dr_offset = 4\n");
+        assert!(e.contains("rx1_dr_offset 4"), "{e}");
+        let e = bad("[network]\nregion = \"US915\"\n[join]\nrx2_data_rate = 0\n");
+        assert!(e.contains("DR0"), "{e}");
+        let e = bad("[network]\nregion = \"AS923-1\"\nextra_channels_hz = [868100000]\n");
+        assert!(e.contains("868100000"), "{e}");
+        assert!(toml::from_str::<Config>("[network]\nregion = \"XX1\"\n").is_err());
+        // EU868 extra channels: the frequency CFList.
+        let c: Config =
+            toml::from_str("[network]\nextra_channels_hz = [867100000, 867300000]\n").unwrap();
+        c.validate().unwrap();
+        let cf = c.network.channel_plan().unwrap().cf_list().unwrap();
+        assert_eq!(
+            cf.frequencies_hz(),
+            Some([867_100_000, 867_300_000, 0, 0, 0])
+        );
     }
 
     #[test]

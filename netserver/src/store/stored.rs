@@ -3,6 +3,7 @@
 
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keywrap::KeyEnvelope;
+use protocol::region::Region;
 /// The wrapped network session keys, stored as the join server sent them.
 pub use protocol::ts002::NetworkKeys as StoredNetworkKeys;
 use protocol::version::MacVersion;
@@ -81,13 +82,17 @@ pub struct RxParams {
 }
 
 impl RxParams {
-    /// The EU868 defaults (RP002): RX1DROffset 0, RX2 at DR0 on 869.525 MHz, RX1 after 1 s.
-    pub const EU868_DEFAULT: Self = Self {
-        rx1_dr_offset: 0,
-        rx2_data_rate: 0,
-        rx2_frequency_hz: protocol::region::RX2_FREQ_HZ,
-        rx_delay_s: 1,
-    };
+    /// A device's defaults in `region` (RP002), what it listens with until a Join-accept's
+    /// DLSettings or a MAC command changes them: RX1DROffset 0, the region's RX2, RX1 after 1 s.
+    pub fn region_default(region: Region) -> Self {
+        let (rx2_frequency_hz, rx2_data_rate) = region.rx2();
+        Self {
+            rx1_dr_offset: 0,
+            rx2_data_rate,
+            rx2_frequency_hz,
+            rx_delay_s: 1,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,7 +121,7 @@ pub(crate) mod tests {
                 aes_key: vec![2; 24],
             }),
             session_key_id: None,
-            rx: RxParams::EU868_DEFAULT,
+            rx: RxParams::region_default(Region::Eu868),
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,

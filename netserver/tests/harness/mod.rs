@@ -29,11 +29,12 @@ use protocol::data::{
     DataFrame, Downlink, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink,
     UplinkMicParams,
 };
-use protocol::gwmp::{CrcStatus, Packet, PushData, Token, TxTiming};
+use protocol::gwmp::{CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxTiming};
 use protocol::ids::{DevAddr, DevEui, DevNonce, GatewayEui, JoinEui};
 use protocol::keys::{AppSKey, FNwkSIntKey, Kek, NwkSEncKey, NwkSKey, SNwkSIntKey};
 use protocol::keywrap::KeyEnvelope;
 use protocol::mac::{self, MacCommand};
+use protocol::region::Region;
 use protocol::version::MacVersion;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -79,6 +80,36 @@ pub struct FakeDevice {
     app: AppSKey,
     /// The next FCntUp.
     pub f_cnt_up: u32,
+    /// Its uplink radio (what the gateways hear and the 1.1 MIC covers).
+    pub radio: DeviceRadio,
+    /// The receive parameters its session has (the region's defaults).
+    pub rx: RxParams,
+}
+
+/// A device's uplink channel and data rate.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceRadio {
+    /// The uplink frequency, Hz.
+    pub freq_hz: u32,
+    /// Its channel index in the region's plan (LoRaWAN 1.1's TxCh).
+    pub tx_ch: u8,
+    /// The uplink data rate index (TxDr).
+    pub tx_dr: u8,
+    /// The `datr` the gateways report.
+    pub datr: DataRate,
+}
+
+impl DeviceRadio {
+    /// EU868 channel 0 (868.1 MHz) at DR5 (SF7BW125), what the fake gateways report by default.
+    pub const EU868: Self = Self {
+        freq_hz: 868_100_000,
+        tx_ch: 0,
+        tx_dr: 5,
+        datr: DataRate::Lora {
+            spreading_factor: 7,
+            bandwidth_khz: 125,
+        },
+    };
 }
 
 impl FakeDevice {
@@ -107,6 +138,17 @@ impl FakeDevice {
             keys,
             app: AppSKey::new(k(0xA5)),
             f_cnt_up: 0,
+            radio: DeviceRadio::EU868,
+            rx: RxParams::region_default(Region::Eu868),
+        }
+    }
+
+    /// Device `n` in `region`, sending on `radio`.
+    pub fn in_region(n: u32, version: MacVersion, region: Region, radio: DeviceRadio) -> Self {
+        Self {
+            radio,
+            rx: RxParams::region_default(region),
+            ..Self::new(n, version)
         }
     }
 
@@ -133,7 +175,7 @@ impl FakeDevice {
             network_keys: keys.seal(&ns_kek),
             app_s_key: Some(KeyEnvelope::seal("", None, &self.app).unwrap()),
             session_key_id: None,
-            rx: RxParams::EU868_DEFAULT,
+            rx: self.rx,
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
@@ -165,9 +207,8 @@ impl FakeDevice {
             &self.crypto(),
             &UplinkMicParams {
                 conf_fcnt: f.conf_fcnt,
-                // DR5 on 868.1 MHz (channel 0), what the fake gateways report.
-                tx_dr: 5,
-                tx_ch: 0,
+                tx_dr: self.radio.tx_dr,
+                tx_ch: self.radio.tx_ch,
             },
         )
         .unwrap()
@@ -278,7 +319,20 @@ pub struct Harness {
 impl Harness {
     /// A harness on the default configuration, at 2026-01-01T00:00:00Z.
     pub fn new() -> Self {
-        let config = Config::default();
+        Self::with_config(Config::default())
+    }
+
+    /// A harness whose network is in `region` with `sub_bands` enabled (US915/AU915).
+    pub fn in_region(region: Region, sub_bands: &[u8]) -> Self {
+        let mut config = Config::default();
+        config.network.region = region;
+        config.network.enabled_sub_bands = sub_bands.to_vec();
+        config.validate().unwrap();
+        Self::with_config(config)
+    }
+
+    /// A harness on `config`.
+    pub fn with_config(config: Config) -> Self {
         let start = Instant::now();
         Self {
             gateways: GatewayRegistry::of(&config.gwmp, None),
@@ -324,6 +378,7 @@ impl Harness {
             gateways: &self.gateways,
             dedup: &self.dedup,
             retransmission_after: Duration::from_millis(self.config.data.retransmission_after_ms),
+            region: self.config.network.region,
         };
         let mut out = Vec::new();
         Gwmp::default().dispatch(self.now, from, received.message, &env, &mut out);
@@ -376,20 +431,28 @@ impl Harness {
 
     /// The gateway hears `phy` now (DR5, 868.1 MHz) and sends it in a PUSH_DATA.
     pub fn hear(&mut self, gw: &FakeGateway, phy: &[u8]) {
+        self.hear_on(gw, phy, DeviceRadio::EU868);
+    }
+
+    /// The gateway hears `phy` now on `radio`'s frequency and `datr`.
+    pub fn hear_on(&mut self, gw: &FakeGateway, phy: &[u8], radio: DeviceRadio) {
         let tmst = gw
             .tmst0
             .wrapping_add((self.now - self.start).as_micros() as u32);
         let p = Packet::PushData(PushData {
             token: Token([0, 2]),
             gateway: gw.eui,
-            rxpk: vec![crate::common::rxpk(
-                phy,
-                tmst,
-                (0, 868_100_000),
-                gw.snr,
-                gw.rssi,
-                CrcStatus::Ok,
-            )],
+            rxpk: vec![RxPk {
+                datr: radio.datr,
+                ..crate::common::rxpk(
+                    phy,
+                    tmst,
+                    (0, radio.freq_hz),
+                    gw.snr,
+                    gw.rssi,
+                    CrcStatus::Ok,
+                )
+            }],
             stat: None,
         });
         self.datagram(gw.addr, &p.to_bytes().unwrap());
