@@ -475,6 +475,7 @@ mod tests {
                     gateways: &gateways,
                     dedup: &Dedup::new(Duration::from_secs(5), 100),
                     retransmission_after: Duration::from_secs(1),
+                    region: Region::Eu868,
                 };
                 let mut out = Vec::new();
                 let from = ([127, 0, 0, 1], 1700).into();
