@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use protocol::ids::NetId;
 use protocol::keys::LinkKey;
@@ -30,9 +30,7 @@ const WARNING_EVERY_MS: u64 = 10_000;
 
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    protocol::time::unix_ms(SystemTime::now())
 }
 
 /// The link keys of the network servers allowed to send JoinReqs (the peers), by NetID. Each

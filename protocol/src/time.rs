@@ -1,6 +1,14 @@
-//! Times as the servers' JSON shows them.
+//! Wall-clock time as the servers write it: milliseconds since the Unix epoch (the link's
+//! timestamps, stored times) and RFC 3339 in JSON. The clock is read by the caller and passed in.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// `t` in milliseconds since the Unix epoch (0 before the epoch, saturating far after it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-25T12:00:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
@@ -38,5 +46,15 @@ mod tests {
         assert_eq!(t(1_767_225_600_500), "2026-01-01T00:00:00.500Z");
         assert_eq!(t(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(t(1_709_251_199_999), "2024-02-29T23:59:59.999Z");
+    }
+
+    #[test]
+    fn milliseconds_since_the_epoch() {
+        assert_eq!(unix_ms(UNIX_EPOCH), 0);
+        assert_eq!(unix_ms(UNIX_EPOCH - Duration::from_secs(1)), 0);
+        assert_eq!(
+            unix_ms(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
+            1_700_000_000_123
+        );
     }
 }

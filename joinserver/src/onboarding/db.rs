@@ -286,9 +286,7 @@ impl OwnershipColumn {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    i64::try_from(protocol::time::unix_ms(std::time::SystemTime::now())).unwrap_or(i64::MAX)
 }
 
 /// The onboarding store: the device store of `DATA_DIR/joinserver.db` and, on the same

@@ -13,7 +13,6 @@ pub mod gateway;
 pub mod join;
 pub mod mac_handler;
 pub mod reception;
-pub mod time;
 pub mod timing;
 pub mod uplink;
 

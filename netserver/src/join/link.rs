@@ -21,10 +21,10 @@ use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use tokio::sync::{oneshot, watch};
 
-use crate::core::time::unix_ms;
 use crate::core::KeyedHasher;
 use crate::join::client::{JoinServerClient, JoinTransaction};
 use crate::ops::metrics::Metrics;
+use protocol::time::unix_ms;
 
 /// A received, authenticated JoinAns body.
 pub type AnswerBody = Vec<u8>;

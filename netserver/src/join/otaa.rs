@@ -31,7 +31,6 @@ use crate::core::devaddr::Exhausted;
 use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
-use crate::core::time::unix_ms;
 use crate::core::timing::Window;
 use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkError, DownlinkRadio};
 use crate::integration::emitter::Emit;
@@ -45,6 +44,7 @@ use crate::store::backend::StoreError;
 use crate::store::session::Session;
 use crate::store::stored::{RxParams, StoredNetworkKeys, StoredSession, STORED_SESSION_VERSION};
 use protocol::region::Region;
+use protocol::time::unix_ms;
 
 /// Why a join ended without a Join-accept.
 #[derive(Debug, thiserror::Error)]
