@@ -678,3 +678,53 @@ fn join_storm() {
     }
     assert_eq!(accepts, n, "every device got its Join-accept");
 }
+
+/// US915 through the real binaries: a network server configured with `[network] region =
+/// "US915"` and sub-band 2 hears 1.0.3 and 1.1 Join-requests on channel 8 (903.9 MHz, DR3) and
+/// answers in RX1 on the 500 kHz downlink channel `923.3 + 0.6 × (8 mod 8)` MHz at DR13
+/// (SF7BW500), with a type 1 CFList that enables sub-band 2 (channels 8–15 and 65).
+#[test]
+fn us915_joins_through_the_binaries_on_the_500_khz_rx1_channel_with_the_sub_band_mask() {
+    use protocol::region::{ChannelPlan, Region};
+    let s = start_with(
+        MANIFEST,
+        "[network]\nregion = \"US915\"\nenabled_sub_bands = [2]\n",
+        false,
+    );
+    let ns = s.ns.as_ref().unwrap();
+    let (gwmp, m) = (ns.addr("gwmp"), ns.addr("metrics"));
+    let mut gw = Gateway::new(0xAA55_5A00_0000_0915, gwmp);
+    gw.channel = (8, 903_900_000);
+    gw.pull_data();
+    let expected_masks = ChannelPlan::with_sub_bands(Region::Us915, &[2])
+        .unwrap()
+        .cf_list()
+        .and_then(|c| c.channel_masks());
+    assert_eq!(expected_masks, Some([0xFF00, 0, 0, 0, 0x0002]));
+    let mut tmst = 7_000_000u32;
+    for (dev, nonce) in [(1u64, 0x0915u16), (3, 0x0916)] {
+        tmst = tmst.wrapping_add(50_000_000);
+        let token = gw.send_push(&join_request(dev, nonce), tmst, 9.0, -100, CrcStatus::Ok);
+        gw.wait_push_ack(token);
+        let (token, tx) = gw
+            .pull_resp(Duration::from_secs(4))
+            .unwrap_or_else(|| panic!("no Join-accept for device {dev}"));
+        assert_eq!(
+            tx.timing,
+            TxTiming::Tmst(tmst.wrapping_add(5_000_000)),
+            "RX1 (JoinAcceptDelay1 5 s)"
+        );
+        assert_eq!(tx.freq_hz, 923_300_000, "US915 RX1 channel 8 mod 8 = 0");
+        assert_eq!(tx.datr, DataRate::lora(7, 500).unwrap(), "DR3 → DR13");
+        assert_eq!(tx.ipol, Some(true));
+        let payload = open_accept(dev, nonce, &tx.data);
+        assert_eq!(payload.net_id, NetId::new(NET_ID).unwrap());
+        assert_eq!(
+            payload.cf_list.and_then(|c| c.channel_masks()),
+            expected_masks,
+            "the CFList enables sub-band 2 for device {dev}"
+        );
+        gw.tx_ack(token, None);
+    }
+    wait_metric(m, &joins("accepted", "rx1"), 2.0);
+}
