@@ -5,11 +5,12 @@
 //!   written 0600 (what `joinserver init` creates), and the SHA-256 fingerprint clients pin;
 //! - [`serve`]: a hardened accept loop around a hyper service: a header-read timeout, an idle
 //!   timeout, a connection limit, TLS by default, and plain HTTP only on a loopback address or
-//!   by the operator's explicit choice ([`serve::Transport::for_listener`]).
+//!   by the operator's explicit choice ([`serve::Transport::for_listener`]);
+//! - [`ratelimit`]: failed authentications limited per key (a source address, say) in a window.
 //!
-//! The join server's management API uses both; the network server's HTTP endpoints are meant to
-//! use the same code.
+//! The join server's management API and the network server's HTTP endpoints use them all.
 #![warn(missing_docs)]
 
+pub mod ratelimit;
 pub mod serve;
 pub mod tls;

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use netserver::integration::input::AUTH_FAILURES_PER_ADDR;
 use netserver::keys::LabeledKek;
 use netserver::ops::config::Config;
 use netserver::server::{run, Addresses};
@@ -310,6 +311,22 @@ fn downlink_inputs_serve_only_requests_with_the_token() {
         metric(m, "netserver_downlink_requests_total{result=\"refused\"}"),
         2.0
     );
+    // Failed authentications are limited per source address: three so far from 127.0.0.1;
+    // after the tenth, even the right token is refused (429) without being checked.
+    for _ in 3..AUTH_FAILURES_PER_ADDR {
+        assert_eq!(post(http_in, Some("Bearer wrong"), body).0, 401);
+    }
+    let (code, text) = post(http_in, Some(&format!("Bearer {TOKEN}")), body);
+    assert_eq!(code, 429, "{text}");
+    assert!(text.contains("too many failed authentications"), "{text}");
+    assert_eq!(
+        metric(
+            m,
+            "netserver_downlink_requests_total{result=\"rate_limited\"}"
+        ),
+        1.0
+    );
+    assert_eq!(metric(m, unauthenticated), 13.0);
     stop_tx.send(true).unwrap();
     server.join().unwrap().unwrap();
 

@@ -7,12 +7,12 @@
 //! - [`import`]: the streaming, all-or-nothing manifest import (API, CLI and library).
 //! - [`manifest_sig`]: Ed25519 detached signatures over manifests.
 //! - [`secret`]: API keys and owner tokens (random, stored as hashes, compared in constant time).
-//! - [`ratelimit`]: failed-claim limits; [`tr005`]: the QR text fields a claim needs.
+//! - [`tr005`]: the QR text fields a claim needs (failed claims are limited by
+//!   [`httpsec::ratelimit`]).
 
 pub mod db;
 pub mod import;
 pub mod manifest_sig;
-pub mod ratelimit;
 pub mod secret;
 pub mod service;
 pub mod tr005;

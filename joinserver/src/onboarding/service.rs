@@ -17,7 +17,6 @@ use super::db::{
 };
 use super::import::{self as imp, Failure, ManifestSource, SourceError};
 use super::manifest_sig::{SignatureError, TrustedKeys};
-use super::ratelimit::FailureLimiter;
 use super::secret::{self, ApiKeySecret};
 use super::tr005;
 use crate::atrest;
@@ -26,6 +25,7 @@ use crate::core::{self, DeviceMap};
 use crate::manifest::{Format, RowError};
 use crate::secrets::MasterKey;
 use crate::store::{NonceState, Store, StoreError, StoredDevice};
+use httpsec::ratelimit::FailureLimiter;
 
 /// Why an onboarding operation was refused. Messages never contain a key or a token.
 #[derive(Debug, thiserror::Error)]

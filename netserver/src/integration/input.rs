@@ -2,10 +2,13 @@
 //! HTTP, authenticated ([`crate::integration::auth`]), validated and queued for the device's
 //! next uplink.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
+use httpsec::ratelimit::FailureLimiter;
 use protocol::ids::DevEui;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +17,12 @@ use crate::integration::events::B64;
 use crate::ops::listen::HttpListener;
 use crate::state::State;
 use crate::store::queue::QueuedDownlink;
+
+/// Failed authentications one source address may make at the HTTP downlink input per
+/// [`AUTH_FAILURE_WINDOW`] before it is refused without a check (the join server's API default).
+pub const AUTH_FAILURES_PER_ADDR: u32 = 10;
+/// The window of [`AUTH_FAILURES_PER_ADDR`].
+pub const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(300);
 
 /// A downlink request, as received.
 #[derive(Debug, Clone, Deserialize)]
@@ -200,11 +209,23 @@ fn http_reply(code: hyper::StatusCode, a: &DownlinkAnswer) -> HttpReply {
 async fn answer_http(
     state: &State,
     token: Option<&DownlinkToken>,
+    (peer, failures): (IpAddr, &FailureLimiter<IpAddr>),
     req: hyper::Request<hyper::body::Incoming>,
 ) -> HttpReply {
     use http_body_util::{BodyExt, Limited};
-    use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+    use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
     use hyper::{Method, StatusCode};
+    let now = std::time::Instant::now();
+    if let Err(retry_after) = failures.check(&peer, now) {
+        count_request(state, "rate_limited");
+        let mut r = http_reply(
+            StatusCode::TOO_MANY_REQUESTS,
+            &DownlinkAnswer::err("too many failed authentications from this address"),
+        );
+        r.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+        return r;
+    }
     let authenticated = token.is_none_or(|t| {
         req.headers()
             .get(AUTHORIZATION)
@@ -212,6 +233,9 @@ async fn answer_http(
             .is_some_and(|p| t.matches(p))
     });
     if !authenticated {
+        failures.fail(&peer, now);
+        // The audit trail of the network server is its log: who failed, never what they sent.
+        tracing::warn!(source = %peer, "downlink input: failed authentication");
         count_request(state, "unauthenticated");
         let mut r = http_reply(
             StatusCode::UNAUTHORIZED,
@@ -256,21 +280,34 @@ async fn answer_http(
 /// `202 Accepted` with the answer when queued, `400 Bad Request` with the answer's error
 /// otherwise. Bodies are limited to 4 KiB. With a token, a request without
 /// `Authorization: Bearer TOKEN` gets `401 Unauthorized` before its body is read (counted as
-/// `unauthenticated`).
+/// `unauthenticated`, logged with its source address); after [`AUTH_FAILURES_PER_ADDR`] such
+/// failures from one address within [`AUTH_FAILURE_WINDOW`], that address gets
+/// `429 Too Many Requests` with `Retry-After` without its token being checked (counted as
+/// `rate_limited`) until the window ends.
 pub async fn serve_http_downlinks(
     listener: HttpListener,
     state: Arc<State>,
     token: Option<Arc<DownlinkToken>>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let state = Arc::clone(&state);
-        let token = token.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(answer_http(&state, token.as_deref(), req).await)
-        }
-    });
-    listener.serve(svc, shutdown).await;
+    let failures = Arc::new(FailureLimiter::new(
+        AUTH_FAILURES_PER_ADDR,
+        AUTH_FAILURE_WINDOW,
+    ));
+    let make = move |peer: SocketAddr| {
+        let (state, token, failures) = (Arc::clone(&state), token.clone(), Arc::clone(&failures));
+        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let (state, token, failures) =
+                (Arc::clone(&state), token.clone(), Arc::clone(&failures));
+            async move {
+                let limiter = (peer.ip(), &*failures);
+                Ok::<_, std::convert::Infallible>(
+                    answer_http(&state, token.as_deref(), limiter, req).await,
+                )
+            }
+        })
+    };
+    listener.serve_per_peer(make, shutdown).await;
 }
 
 #[cfg(test)]

@@ -95,11 +95,18 @@ impl HttpListener {
 
     /// Serves `service` (one per connection) until `shutdown` turns true; in-flight requests
     /// then finish.
-    pub async fn serve<S: HttpService + Clone>(
-        self,
-        service: S,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn serve<S: HttpService + Clone>(self, service: S, shutdown: watch::Receiver<bool>) {
+        self.serve_per_peer(move |_| service.clone(), shutdown)
+            .await;
+    }
+
+    /// Serves each connection with the service `make_service` builds from its peer address (a
+    /// handler that limits failed authentications per source), until `shutdown` turns true.
+    pub async fn serve_per_peer<M, S>(self, make_service: M, mut shutdown: watch::Receiver<bool>)
+    where
+        M: Fn(SocketAddr) -> S,
+        S: HttpService,
+    {
         let listener = match tokio::net::TcpListener::from_std(self.listener) {
             Ok(l) => l,
             Err(e) => return tracing::error!(error = %e, "HTTP listener"),
@@ -116,7 +123,7 @@ impl HttpListener {
             self.transport,
             self.limits,
             self.counters,
-            move |_| service.clone(),
+            make_service,
             stop,
         )
         .await;

@@ -1,6 +1,7 @@
-//! Failed-attempt limits against owner-token brute force: at most `max` failures per key
-//! (DevEUI, API key) in a fixed window; once reached, further attempts are refused until the
-//! window ends, without even checking the token.
+//! Failed-attempt limits against brute force: at most `max` failures per key (a source address,
+//! a DevEUI, an API key) in a fixed window; once reached, further attempts are refused until the
+//! window ends, without even checking the secret. Both servers use it: the join server for owner
+//! tokens and API keys, the network server for its downlink input's bearer token.
 
 use std::collections::HashMap;
 use std::hash::Hash;
