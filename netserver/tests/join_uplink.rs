@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::{netserver_serve, start_joinserver, wait_events, Gateway, Proc, UPLINK_MIC};
-use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink};
+use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::derive;
-use protocol::gwmp::TxTiming;
+use protocol::gwmp::{DataRate, TxPk, TxTiming};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, NetId};
 use protocol::join::{
     AnsweredRequest, EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest,
@@ -30,8 +30,9 @@ const MANIFEST: &str = "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id
 0000000000000001,70B3D57ED0000001,1.0.3,2B7E151628AED2A6ABF7158809CF4F3C,,000013,\n\
 0000000000000003,70B3D57ED0000001,1.1,2B7E151628AED2A6ABF7158809CF4F3C,000102030405060708090A0B0C0D0E0F,000013,\n";
 
-/// Joins `dev` and returns its DevAddr and session crypto, derived on the device side.
-fn join(gw: &Gateway, dev: u64, tmst: u32) -> (DevAddr, SessionCrypto) {
+/// Joins `dev` and returns its DevAddr and session crypto, derived on the device side; `rx1`
+/// checks the Join-accept's radio.
+fn join(gw: &Gateway, dev: u64, tmst: u32, rx1: impl Fn(&TxPk)) -> (DevAddr, SessionCrypto) {
     let app = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
     let nwk = KeyCipher::new(&NWK_KEY.parse::<NwkKey>().unwrap());
     let nonce = DevNonce(7);
@@ -47,6 +48,7 @@ fn join(gw: &Gateway, dev: u64, tmst: u32) -> (DevAddr, SessionCrypto) {
     let (_, tx) = gw
         .pull_resp(Duration::from_secs(8))
         .unwrap_or_else(|| panic!("no Join-accept for {dev}"));
+    rx1(&tx);
     let accept = EncryptedJoinAccept::from_bytes(&tx.data).unwrap();
     if dev == 3 {
         let js = derive::js_keys(&nwk, DevEui::new(dev));
@@ -79,12 +81,46 @@ fn join(gw: &Gateway, dev: u64, tmst: u32) -> (DevAddr, SessionCrypto) {
     }
 }
 
-fn uplink(c: &SessionCrypto, addr: DevAddr, fcnt: u32, confirmed: bool, data: &[u8]) -> Vec<u8> {
-    uplink_with(c, addr, fcnt, confirmed, Vec::new(), data)
+/// Where the tests' gateway hears its devices and where RX1 must answer, per region.
+struct Radio {
+    /// `[network]` settings of the network server (empty: the EU868 default).
+    config: &'static str,
+    /// The reception's `chan` and frequency (Hz); its data rate is SF7BW125.
+    channel: (u8, u32),
+    /// TxDr and TxCh of the 1.1 uplink MIC: the region's index of SF7BW125 and of the channel.
+    mic: UplinkMicParams,
+    /// RX1: frequency (Hz) and data rate.
+    rx1: (u32, DataRate),
+}
+
+/// EU868 as the other tests use it: channel 1, 868.3 MHz, DR5; RX1 on the same.
+const EU868: Radio = Radio {
+    config: "",
+    channel: (1, 868_300_000),
+    mic: UPLINK_MIC,
+    rx1: (
+        868_300_000,
+        DataRate::Lora {
+            spreading_factor: 7,
+            bandwidth_khz: 125,
+        },
+    ),
+};
+
+fn uplink(
+    c: &SessionCrypto,
+    mic: &UplinkMicParams,
+    addr: DevAddr,
+    fcnt: u32,
+    confirmed: bool,
+    data: &[u8],
+) -> Vec<u8> {
+    uplink_with(c, mic, addr, fcnt, confirmed, Vec::new(), data)
 }
 
 fn uplink_with(
     c: &SessionCrypto,
+    mic: &UplinkMicParams,
     addr: DevAddr,
     fcnt: u32,
     confirmed: bool,
@@ -105,12 +141,68 @@ fn uplink_with(
             payload: FrmPayload(data.to_vec()),
         },
     }
-    .build(c, &UPLINK_MIC)
+    .build(c, mic)
     .unwrap()
 }
 
 #[test]
 fn uplinks_after_a_real_join() {
+    uplinks_after_a_real_join_in(&EU868);
+}
+
+/// The same through the real binaries in US915 and AU915 (sub-band 2: channel 8, RX1 on the
+/// 500 kHz channel 923.3 + 0.6 × (8 mod 8) MHz at DR13) and AS923-1 (channel 0, 923.2 MHz; RX1
+/// on the uplink channel at DR5, the boot dwell time allowing it): the Join-accepts, RekeyConf
+/// and ACKs go out on the region's RX1 radio, and the 1.1 MICs use its TxDr and TxCh.
+#[test]
+fn uplinks_after_a_real_join_in_us915_au915_and_as923() {
+    let bw500 = DataRate::Lora {
+        spreading_factor: 7,
+        bandwidth_khz: 500,
+    };
+    for radio in [
+        Radio {
+            config: "[network]\nregion = \"US915\"\nenabled_sub_bands = [2]\n",
+            channel: (8, 903_900_000),
+            mic: UplinkMicParams {
+                conf_fcnt: 0,
+                tx_dr: 3,
+                tx_ch: 8,
+            },
+            rx1: (923_300_000, bw500),
+        },
+        Radio {
+            config: "[network]\nregion = \"AU915\"\nenabled_sub_bands = [2]\n",
+            channel: (8, 916_800_000),
+            mic: UplinkMicParams {
+                conf_fcnt: 0,
+                tx_dr: 5,
+                tx_ch: 8,
+            },
+            rx1: (923_300_000, bw500),
+        },
+        Radio {
+            config: "[network]\nregion = \"AS923-1\"\n",
+            channel: (0, 923_200_000),
+            mic: UplinkMicParams {
+                conf_fcnt: 0,
+                tx_dr: 5,
+                tx_ch: 0,
+            },
+            rx1: (
+                923_200_000,
+                DataRate::Lora {
+                    spreading_factor: 7,
+                    bandwidth_khz: 125,
+                },
+            ),
+        },
+    ] {
+        uplinks_after_a_real_join_in(&radio);
+    }
+}
+
+fn uplinks_after_a_real_join_in(radio: &Radio) {
     let dir = tempfile::tempdir().unwrap();
     let (js_dir, js) =
         start_joinserver(dir.path(), MANIFEST, &format!("{NET_ID:06X}"), "warn", None);
@@ -118,7 +210,10 @@ fn uplinks_after_a_real_join() {
     let config = dir.path().join("ns.toml");
     std::fs::write(
         &config,
-        "[gwmp]\nworkers = 2\n[data]\ncollect_window_ms = 100\n",
+        format!(
+            "[gwmp]\nworkers = 2\n[data]\ncollect_window_ms = 100\n{}",
+            radio.config
+        ),
     )
     .unwrap();
     let events_path = dir.path().join("events.jsonl");
@@ -134,11 +229,21 @@ fn uplinks_after_a_real_join() {
         .arg("--events")
         .arg(&events_path);
     let ns = Proc::spawn(cmd, "netserver listening");
-    let gw = Gateway::new(0xAA55_0000_0000_0001, ns.addr("gwmp"));
+    let mut gw = Gateway::new(0xAA55_0000_0000_0001, ns.addr("gwmp"));
+    gw.channel = radio.channel;
     gw.pull_data();
+    let rx1 = |tx: &TxPk| {
+        assert_eq!(
+            (tx.freq_hz, tx.datr),
+            radio.rx1,
+            "RX1 radio ({})",
+            radio.config
+        );
+    };
 
-    let (a10, c10) = join(&gw, 1, 1_000_000);
-    let (a11, c11) = join(&gw, 3, 50_000_000);
+    let (a10, c10) = join(&gw, 1, 1_000_000, rx1);
+    let (a11, c11) = join(&gw, 3, 50_000_000, rx1);
+    let mic = &radio.mic;
     let b64 = |v: &Value| {
         base64::engine::general_purpose::STANDARD
             .decode(v.as_str().expect("decrypted data"))
@@ -155,7 +260,12 @@ fn uplinks_after_a_real_join() {
         let first = if is_1_1 {
             // 1.1: a frame without RekeyInd before the session is confirmed is discarded; the
             // next one carries RekeyInd (FOpts) and gets RekeyConf.
-            gw.push(&uplink(c, addr, 0, false, b"too early"), tmst, 8.0, -90);
+            gw.push(
+                &uplink(c, mic, addr, 0, false, b"too early"),
+                tmst,
+                8.0,
+                -90,
+            );
             tmst += 10_000_000;
             common::wait_metric(
                 ns.addr("metrics"),
@@ -164,12 +274,13 @@ fn uplinks_after_a_real_join() {
             );
             let rekey_ind = vec![0x0B, 0x01];
             gw.push(
-                &uplink_with(c, addr, 1, false, rekey_ind, b"reading 17.5"),
+                &uplink_with(c, mic, addr, 1, false, rekey_ind, b"reading 17.5"),
                 tmst,
                 8.0,
                 -90,
             );
             let (_, tx) = gw.pull_resp(Duration::from_secs(3)).expect("RekeyConf");
+            rx1(&tx);
             let d = DataFrame::parse(&tx.data)
                 .unwrap()
                 .open_downlink(c, 0, 0)
@@ -181,13 +292,19 @@ fn uplinks_after_a_real_join() {
             );
             1
         } else {
-            gw.push(&uplink(c, addr, 0, false, b"reading 17.5"), tmst, 8.0, -90);
+            gw.push(
+                &uplink(c, mic, addr, 0, false, b"reading 17.5"),
+                tmst,
+                8.0,
+                -90,
+            );
             0
         };
         firsts.push(first);
         tmst += 10_000_000;
-        gw.push(&uplink(c, addr, 3, true, b"alarm"), tmst, 8.0, -90);
+        gw.push(&uplink(c, mic, addr, 3, true, b"alarm"), tmst, 8.0, -90);
         let (_, tx) = gw.pull_resp(Duration::from_secs(3)).expect("an ACK");
+        rx1(&tx);
         assert_eq!(tx.timing, TxTiming::Tmst(tmst + 1_000_000), "RX1 delay 1 s");
         let f = DataFrame::parse(&tx.data).unwrap();
         // 1.0: FCntDown 0. 1.1: NFCntDown 1 (after the RekeyConf), with ConfFCnt = 3 in the

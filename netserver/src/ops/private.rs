@@ -26,8 +26,15 @@ pub fn create_dir(dir: &Path) -> std::io::Result<()> {
     narrow(dir, DIR_MODE)
 }
 
-/// Makes an existing file 0600 (for files a library creates, such as redb's).
-pub fn restrict_file(path: &Path) -> std::io::Result<()> {
+/// Creates `path` 0600 if it does not exist (empty, for a store that initialises an empty
+/// file) and narrows it to 0600 if it exists wider, so it is never readable by others, not even
+/// for a moment after its creation.
+pub fn create_file(path: &Path) -> std::io::Result<()> {
+    let mut o = OpenOptions::new();
+    o.create(true).write(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, FILE_MODE);
+    o.open(path)?;
     narrow(path, FILE_MODE)
 }
 
@@ -91,10 +98,14 @@ mod tests {
             "appended, not truncated"
         );
 
+        let store = dir.join("new.redb");
+        create_file(&store).unwrap();
+        assert_eq!(mode(&store), 0o600, "a new store file is born private");
         let other = dir.join("lib.redb");
-        std::fs::write(&other, b"").unwrap();
+        std::fs::write(&other, b"kept").unwrap();
         std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
-        restrict_file(&other).unwrap();
-        assert_eq!(mode(&other), 0o600);
+        create_file(&other).unwrap();
+        assert_eq!(mode(&other), 0o600, "an existing wide file is narrowed");
+        assert_eq!(std::fs::read(&other).unwrap(), b"kept", "not truncated");
     }
 }

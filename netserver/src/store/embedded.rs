@@ -46,11 +46,11 @@ pub(crate) fn open_redb(
 ) -> Result<redb::Database, StoreError> {
     private::create_dir(dir).map_err(backend_err)?;
     let path = dir.join(file);
+    private::create_file(&path).map_err(backend_err)?;
     let db = redb::Builder::new()
         .set_cache_size(cache_bytes)
         .create(&path)
         .map_err(backend_err)?;
-    private::restrict_file(&path).map_err(backend_err)?;
     let tx = db.begin_write().map_err(backend_err)?;
     for t in tables {
         tx.open_table(*t).map_err(backend_err)?;
