@@ -115,7 +115,9 @@ fn gwmp_hardening_on_real_sockets() {
     let (stop_tx, server, addrs) = start(config);
     let m = addrs.metrics.unwrap();
     let gw = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Another host (the block is per IP address: a new port on the gateway's own address is a
+    // restarted forwarder and is followed at once).
+    let forger = UdpSocket::bind("127.0.0.2:0").unwrap();
     let pull = Packet::PullData {
         token: Token([0xAB, 0xCD]),
         gateway: eui,

@@ -134,7 +134,11 @@ impl GatewayRegistry {
     }
 
     /// Whether a PULL_DATA of `eui` from `addr` at `now` is refused as a downlink route: the
-    /// gateway has another address whose last PULL_DATA is more recent than the block.
+    /// gateway has another host address (IP) whose last PULL_DATA is more recent than the block.
+    /// A new port on the same IP is followed at once: a restarted packet forwarder, or a NAT
+    /// that remapped its port, would otherwise get no downlinks for the whole block, while a
+    /// forger elsewhere cannot use it (a forger behind the same public address, a carrier-grade
+    /// NAT, can: docs/security.md).
     pub fn route_blocked(&self, eui: GatewayEui, addr: SocketAddr, now: Instant) -> bool {
         self.map
             .get(&eui)
@@ -144,7 +148,8 @@ impl GatewayRegistry {
     fn blocks(&self, g: &Gateway, addr: SocketAddr, now: Instant) -> bool {
         match (g.pull_addr, g.last_pull) {
             (Some(current), Some(last)) => {
-                current != addr && now.saturating_duration_since(last) < self.addr_change_block
+                current.ip() != addr.ip()
+                    && now.saturating_duration_since(last) < self.addr_change_block
             }
             _ => false,
         }
@@ -386,22 +391,24 @@ mod tests {
             "10.0.0.1:40000".parse().unwrap(),
             "10.9.9.9:1700".parse().unwrap(),
         );
+        let restarted: SocketAddr = "10.9.9.9:1701".parse().unwrap();
         let t0 = Instant::now();
         let s = Duration::from_secs;
         // (time, source, blocked?, downlink address after it)
         let table = [
-            (t0, home, false, home),           // first PULL_DATA: taken
-            (t0 + s(5), other, true, home),    // new source inside the block
-            (t0 + s(10), home, false, home),   // the gateway keeps pulling
-            (t0 + s(39), other, true, home),   // still inside 30 s of the last pull
-            (t0 + s(40), other, false, other), // 30 s of silence: the gateway moved
-            (t0 + s(41), home, true, other),   // and the old address is now the new one
+            (t0, home, false, home),                   // first PULL_DATA: taken
+            (t0 + s(5), other, true, home),            // new source inside the block
+            (t0 + s(10), home, false, home),           // the gateway keeps pulling
+            (t0 + s(39), other, true, home),           // still inside 30 s of the last pull
+            (t0 + s(40), other, false, other),         // 30 s of silence: the gateway moved
+            (t0 + s(41), home, true, other),           // and the old address is now the new one
+            (t0 + s(42), restarted, false, restarted), // same host, new port: followed at once
         ];
         for (i, (at, from, blocked, after)) in table.into_iter().enumerate() {
             assert_eq!(r.route_blocked(gw, from, at), blocked, "row {i}");
             r.on_pull_data(gw, from, at);
             assert_eq!(r.downlink_addr(gw), Some(after), "row {i}");
         }
-        assert_eq!(r.snapshot(t0 + s(41))[0].stats.pull_data, 3);
+        assert_eq!(r.snapshot(t0 + s(42))[0].stats.pull_data, 4);
     }
 }
