@@ -31,6 +31,8 @@
 
 pub mod backend;
 pub mod commit;
+#[cfg(test)]
+mod conformance;
 pub mod copy;
 pub mod counters;
 pub mod embedded;
