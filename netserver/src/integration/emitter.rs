@@ -126,35 +126,64 @@ impl Emitter {
 /// local session catches up (a no-op for a store with one writer, which refuses nothing).
 pub type CatchUp = Box<dyn Fn(DevEui, &CounterRecord) + Send>;
 
-/// What may leave for each emit of a batch, from the commit's verdicts.
+/// What of an emit may leave given its record's verdict (none: an emit without a record, a
+/// join event): (its events, its downlink).
+fn permits(e: &Emit, v: Option<Verdict>) -> (bool, bool) {
+    let Some(v) = v else {
+        return (true, true);
+    };
+    // A downlink answers its uplink: not if another instance delivered that uplink (and
+    // answered it), unless the emit is a downlink alone (a repeat's ACK).
+    (v.uplink, v.downlink && (v.uplink || e.events.is_empty()))
+}
+
+/// Each emit of a batch with its record's verdict.
+fn with_verdicts<'a>(
+    batch: &'a [Emit],
+    verdicts: &'a [Verdict],
+) -> impl Iterator<Item = (&'a Emit, Option<Verdict>)> {
+    let mut verdicts = verdicts.iter();
+    batch.iter().map(move |e| {
+        let v = e
+            .record
+            .map(|_| verdicts.next().copied().unwrap_or(Verdict::ACCEPTED));
+        (e, v)
+    })
+}
+
+/// The event lines of a batch that may leave.
+fn permitted_lines(batch: &[Emit], verdicts: &[Verdict]) -> Vec<Vec<u8>> {
+    with_verdicts(batch, verdicts)
+        .filter(|(e, v)| permits(e, *v).0)
+        .flat_map(|(e, _)| e.events.iter().cloned())
+        .collect()
+}
+
+/// What may leave for each emit of a batch, from the commit's verdicts; counts the refusals
+/// and reports the committed records to `catch_up`.
 fn allowed(
     batch: &[Emit],
     verdicts: &[Verdict],
     catch_up: Option<&CatchUp>,
     m: &DataMetrics,
 ) -> Vec<(bool, bool)> {
-    let mut verdicts = verdicts.iter();
-    batch
-        .iter()
-        .map(|e| {
-            let Some((dev_eui, rec)) = &e.record else {
-                return (true, true);
-            };
-            let v = verdicts.next().copied().unwrap_or(Verdict::ACCEPTED);
-            if !v.uplink && !e.events.is_empty() {
-                m.shared.with_label_values(&["uplink_counted"]).inc();
-            }
-            if !v.downlink && e.downlink.is_some() {
-                m.shared.with_label_values(&["downlink_counter_used"]).inc();
-            }
-            if let (Some(c), Some(hook)) = (v.committed, catch_up) {
-                if c != *rec {
-                    hook(*dev_eui, &c);
+    with_verdicts(batch, verdicts)
+        .map(|(e, v)| {
+            let permitted = permits(e, v);
+            if let (Some(v), Some((dev_eui, rec))) = (v, &e.record) {
+                if !v.uplink && !e.events.is_empty() {
+                    m.shared.with_label_values(&["uplink_counted"]).inc();
+                }
+                if !v.downlink && e.downlink.is_some() {
+                    m.shared.with_label_values(&["downlink_counter_used"]).inc();
+                }
+                if let (Some(c), Some(hook)) = (v.committed, catch_up) {
+                    if c != *rec {
+                        hook(*dev_eui, &c);
+                    }
                 }
             }
-            // A downlink answers its uplink: not if another instance delivered that uplink
-            // (and answered it), unless the emit is a downlink alone (a repeat's ACK).
-            (v.uplink, v.downlink && (v.uplink || e.events.is_empty()))
+            permitted
         })
         .collect()
 }
@@ -200,7 +229,8 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
         let verdicts = if records.is_empty() {
             Some(Vec::new())
         } else {
-            match l.log.commit_checked(&records) {
+            let lines = |v: &[Verdict]| permitted_lines(&batch, v);
+            match l.log.commit_logged(&records, &lines) {
                 Ok(v) => {
                     m.counter_commits.with_label_values(&["ok"]).inc();
                     Some(v)

@@ -117,6 +117,11 @@ password_file = ""
 # PostgreSQL connections per instance (the store thread, the emitter, the session listener and
 # the tools take one each).
 pool_size = 6
+# PostgreSQL: also write each delivered event to the table ns_events, in the transaction that
+# commits its frame counter. Whatever instance dies when, that table holds every accepted
+# uplink's event exactly once (the per-instance sinks lose what an instance had committed but
+# not yet written when it was killed). Costs database writes: see docs/operations.md.
+event_log = false
 
 [metrics]
 # Address of the Prometheus /metrics, /health and /gateways HTTP endpoint. Empty: disabled.
@@ -431,6 +436,8 @@ pub struct StoreConfig {
     pub password_file: String,
     /// PostgreSQL connections per instance.
     pub pool_size: u32,
+    /// PostgreSQL: events also to `ns_events`, in the counters' transaction.
+    pub event_log: bool,
 }
 
 impl Default for StoreConfig {
@@ -439,6 +446,7 @@ impl Default for StoreConfig {
             url: String::new(),
             password_file: String::new(),
             pool_size: 6,
+            event_log: false,
         }
     }
 }
@@ -450,6 +458,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("url", &crate::store::url::redacted(&self.url))
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
+            .field("event_log", &self.event_log)
             .finish()
     }
 }

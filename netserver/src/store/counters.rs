@@ -187,6 +187,19 @@ pub trait CounterBackend: Send + std::fmt::Debug + 'static {
         self.commit(batch)?;
         Ok(vec![Verdict::ACCEPTED; batch.len()])
     }
+    /// [`Self::commit_checked`], and the event lines `events` picks given the verdicts, in
+    /// the same transaction where the backend keeps an event log (PostgreSQL with
+    /// `[store] event_log`): the log then holds each accepted uplink's event exactly once,
+    /// whatever instance dies when. Without a log (the default), the same as
+    /// [`Self::commit_checked`].
+    fn commit_logged(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+    ) -> Result<Vec<Verdict>, StoreError> {
+        let _ = events;
+        self.commit_checked(batch)
+    }
     /// Whether other processes commit to the same counters: then nothing is delivered before
     /// its verdict, even to an event file.
     fn shared(&self) -> bool {
@@ -206,6 +219,13 @@ impl<T: CounterBackend + ?Sized> CounterBackend for Box<T> {
         batch: &[(DevEui, CounterRecord)],
     ) -> Result<Vec<Verdict>, StoreError> {
         (**self).commit_checked(batch)
+    }
+    fn commit_logged(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+    ) -> Result<Vec<Verdict>, StoreError> {
+        (**self).commit_logged(batch, events)
     }
     fn shared(&self) -> bool {
         (**self).shared()

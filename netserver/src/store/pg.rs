@@ -39,9 +39,10 @@ use crate::store::url::redacted;
 pub const SESSIONS_CHANNEL: &str = "netserver_sessions";
 
 /// The schema, in order; `ns_schema_migrations` records which are applied.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE ns_sessions (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE ns_sessions (
         dev_eui bigint PRIMARY KEY,
         dev_addr bigint NOT NULL,
         record bytea NOT NULL,
@@ -62,7 +63,16 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         a_f_cnt_down bigint NOT NULL,
         rekey_confirmed boolean NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE ns_events (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        event jsonb NOT NULL
+    );",
+    ),
+];
 
 /// A key of the advisory lock held while migrating (any constant, shared by all instances).
 const MIGRATION_LOCK: i64 = 0x6e73_6d69_6772_6174; // "nsmigrat"
@@ -77,6 +87,8 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 pub struct PgStore {
     pool: Pool,
     config: postgres::Config,
+    /// Accepted events go to `ns_events` in the counters' transaction.
+    event_log: bool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -119,7 +131,11 @@ impl PgStore {
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|e| StoreError::Backend(format!("connecting to {}: {e}", redacted(url))))?;
-        Ok(Self { pool, config })
+        Ok(Self {
+            pool,
+            config,
+            event_log: false,
+        })
     }
 
     /// Connects as `[store]` says (the password from `password_file`, if any) and applies the
@@ -145,11 +161,13 @@ impl PgStore {
                 |s: &str| Ok::<_, std::convert::Infallible>(s.to_owned()),
             )?)),
         };
-        Ok(Self::connect(
+        let mut pg = Self::connect(
             &store.url,
             password.as_deref().map(String::as_str),
             store.pool_size,
-        )?)
+        )?;
+        pg.event_log = store.event_log;
+        Ok(pg)
     }
 
     /// A pooled connection.
@@ -456,6 +474,14 @@ impl CounterBackend for PgStore {
         &self,
         batch: &[(DevEui, CounterRecord)],
     ) -> Result<Vec<Verdict>, StoreError> {
+        self.commit_logged(batch, &|_| Vec::new())
+    }
+
+    fn commit_logged(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+    ) -> Result<Vec<Verdict>, StoreError> {
         let mut keys: Vec<i64> = batch.iter().map(|(d, _)| eui_sql(*d)).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -469,7 +495,7 @@ impl CounterBackend for PgStore {
             .map_err(backend_err)?;
         let mut current: BTreeMap<DevEui, CounterRecord> = rows.iter().map(counter_row).collect();
         let mut written = BTreeMap::new();
-        let verdicts = batch
+        let verdicts: Vec<Verdict> = batch
             .iter()
             .map(|(d, rec)| {
                 let (verdict, next) = judge(current.get(d), rec);
@@ -485,6 +511,19 @@ impl CounterBackend for PgStore {
             columns.push(*d, r);
         }
         columns.upsert(&mut tx, false)?;
+        if self.event_log {
+            let lines: Vec<String> = events(&verdicts)
+                .into_iter()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .collect();
+            if !lines.is_empty() {
+                tx.execute(
+                    "INSERT INTO ns_events (event) SELECT e::jsonb FROM unnest($1::text[]) AS e",
+                    &[&lines],
+                )
+                .map_err(backend_err)?;
+            }
+        }
         tx.commit().map_err(backend_err)?;
         Ok(verdicts)
     }

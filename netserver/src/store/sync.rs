@@ -176,12 +176,21 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
     while !state.is_shutting_down() {
         let mut pending = Vec::new();
         {
+            use postgres::fallible_iterator::FallibleIterator;
+            // Wait for one notification, then take those already arrived without waiting.
             let mut notes = client.notifications();
-            let mut it = notes.timeout_iter(Duration::from_millis(500));
-            while let Some(n) = next(&mut it)? {
+            let first = notes
+                .timeout_iter(Duration::from_millis(500))
+                .next()
+                .map_err(backend_err)?;
+            if let Some(n) = first {
                 pending.extend(parse_payload(n.payload()));
-                if pending.len() >= 4096 {
-                    break;
+                let mut more = notes.iter();
+                while let Some(n) = more.next().map_err(backend_err)? {
+                    pending.extend(parse_payload(n.payload()));
+                    if pending.len() >= 4096 {
+                        break;
+                    }
                 }
             }
         }
@@ -196,14 +205,6 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
         }
     }
     Ok(())
-}
-
-/// The next notification, `None` after the timeout with nothing pending.
-fn next(
-    it: &mut postgres::notifications::TimeoutIter<'_>,
-) -> Result<Option<postgres::Notification>, StoreError> {
-    use postgres::fallible_iterator::FallibleIterator;
-    it.next().map_err(backend_err)
 }
 
 #[cfg(test)]
