@@ -148,15 +148,16 @@ pub fn restore(
     })
 }
 
-/// The session and counter backends `[store] url` names (PostgreSQL migrated), and the
-/// PostgreSQL store itself when it is one.
-pub fn open_backends(
-    config: &Config,
-) -> anyhow::Result<(
+/// A store's session and counter backends, and the PostgreSQL store when it is one.
+pub type Backends = (
     Box<dyn SessionBackend>,
     Box<dyn CounterBackend>,
     Option<PgStore>,
-)> {
+);
+
+/// The session and counter backends `[store] url` names (PostgreSQL migrated), and the
+/// PostgreSQL store itself when it is one.
+pub fn open_backends(config: &Config) -> anyhow::Result<Backends> {
     let dir = &config.data_dir;
     Ok(
         match StoreKind::of(&config.store.url).map_err(anyhow::Error::msg)? {
