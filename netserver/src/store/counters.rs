@@ -336,4 +336,88 @@ mod tests {
         assert!(!restore_counters(&records, &mut fresh));
         assert_eq!(fresh.counters, FrameCounters::default());
     }
+
+    fn rec(created_at_ms: u64, up: u32, n: u32, a: u32) -> CounterRecord {
+        CounterRecord {
+            dev_addr: DevAddr::new(0x2600_0001),
+            dev_nonce: 7,
+            created_at_ms,
+            counters: FrameCounters {
+                f_cnt_up: up,
+                n_f_cnt_down: n,
+                a_f_cnt_down: a,
+            },
+            rekey_confirmed: false,
+        }
+    }
+
+    #[test]
+    fn judge_table() {
+        let v = |uplink, downlink| (uplink, downlink);
+        // (committed, record) -> (uplink, downlink), record written
+        let cases = [
+            (None, rec(1, 5, 0, 0), v(true, true), Some(rec(1, 5, 0, 0))),
+            // A new frame of the same session.
+            (
+                Some(rec(1, 5, 2, 0)),
+                rec(1, 6, 2, 0),
+                v(true, false),
+                Some(rec(1, 6, 2, 0)),
+            ),
+            // A new frame answered with a downlink whose FCntDown was free.
+            (
+                Some(rec(1, 5, 2, 0)),
+                rec(1, 6, 3, 0),
+                v(true, true),
+                Some(rec(1, 6, 3, 0)),
+            ),
+            // The same frame again (another instance committed it): refused.
+            (
+                Some(rec(1, 6, 3, 0)),
+                rec(1, 6, 3, 0),
+                v(false, false),
+                None,
+            ),
+            // A replay: refused; the committed record stays.
+            (
+                Some(rec(1, 9, 3, 0)),
+                rec(1, 4, 3, 0),
+                v(false, false),
+                None,
+            ),
+            // A new frame whose downlink reuses an FCntDown another instance used: the uplink
+            // goes, the downlink does not; the down counter stays at the committed maximum.
+            (
+                Some(rec(1, 5, 4, 0)),
+                rec(1, 6, 3, 0),
+                v(true, false),
+                Some(rec(1, 6, 4, 0)),
+            ),
+            // An application downlink (AFCntDown) alone.
+            (
+                Some(rec(1, 6, 4, 1)),
+                rec(1, 6, 4, 2),
+                v(false, true),
+                Some(rec(1, 6, 4, 2)),
+            ),
+            // A record of a newer session replaces the row.
+            (
+                Some(rec(1, 50, 9, 9)),
+                rec(2, 1, 0, 0),
+                v(true, true),
+                Some(rec(2, 1, 0, 0)),
+            ),
+            // A record of an older (replaced) session: accepted, the row left alone.
+            (Some(rec(2, 1, 0, 0)), rec(1, 51, 9, 9), v(true, true), None),
+        ];
+        for (i, (committed, r, (uplink, downlink), written)) in cases.into_iter().enumerate() {
+            let (verdict, w) = judge(committed.as_ref(), &r);
+            assert_eq!(
+                (verdict.uplink, verdict.downlink),
+                (uplink, downlink),
+                "case {i}"
+            );
+            assert_eq!(w, written, "case {i}");
+        }
+    }
 }
