@@ -1,8 +1,9 @@
 #!/bin/bash
 # The network server on PostgreSQL, one or several instances, against the simulator, all as
 # separate processes on 127.0.0.1 (docs/benchmarks.md, "Scale-out on PostgreSQL").
-#   STORE=postgres|embedded (default postgres), INSTANCES network servers (default 2; embedded: 1)
-#   on one database, each with its own DevAddr sub-block of NetID 000000; one join server.
+#   STORE=postgres|embedded (default postgres), INSTANCES network servers and as many join servers
+#   (default 2; embedded: 1 of each) on one database, network server i with its own DevAddr
+#   sub-block of NetID 000000 and talking to join server i.
 #   N devices (default 20000, mixed 1.0.3/1.0.4/1.1) join within W (default 10s) through G
 #   gateways (default 4, gateway i to instance i mod INSTANCES), each transmission heard by 1..K
 #   (default 2) of them; SCENARIO (default steady) and EXTRA (more `simulator run` options).
@@ -38,14 +39,23 @@ fi
 [ "$STORE" = embedded ] && INSTANCES=1
 
 "$BIN/simulator" manifest --devices "$N" --seed "$SEED" --mac-version mix --out "$D/fleet.csv" 2>/dev/null
-"$BIN/joinserver" init --data-dir "$D/js" >/dev/null
-"$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null
-"$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics "" >"$D/js.out" 2>"$D/js.err" &
-PIDS+=($!); JS=$!
-LINK=
-for _ in $(seq 100); do
-  LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js.out" "$D/js.err" | head -1 | cut -d= -f2 || true)
-  [ -n "$LINK" ] && break; sleep 0.1
+# Join servers: one on its embedded store, or INSTANCES on the same database (instance i serves
+# network server i), sharing one data directory's secrets.
+JS_STORE=()
+[ "$STORE" = postgres ] && JS_STORE=(--store-url "$PG_URL")
+"$BIN/joinserver" init --data-dir "$D/js" "${JS_STORE[@]}" >/dev/null
+"$BIN/joinserver" devices import --data-dir "$D/js" "${JS_STORE[@]}" "$D/fleet.csv" >/dev/null
+LINKS=(); JSPIDS=()
+for i in $(seq 0 $((INSTANCES - 1))); do
+  "$BIN/joinserver" serve --data-dir "$D/js" "${JS_STORE[@]}" --listen 127.0.0.1:0 --metrics "" >"$D/js$i.out" 2>"$D/js$i.err" &
+  PIDS+=($!); JSPIDS+=($!)
+  LINK=
+  for _ in $(seq 200); do
+    LINK=$(grep -ohE "link=127\.0\.0\.1:[0-9]+" "$D/js$i.out" "$D/js$i.err" | head -1 | cut -d= -f2 || true)
+    [ -n "$LINK" ] && break; sleep 0.1
+  done
+  [ -n "$LINK" ] || { cat "$D/js$i.err"; exit 1; }
+  LINKS+=("$LINK")
 done
 EVENTS=127.0.0.1:$(free_port SOCK_DGRAM)
 GWMPS=; NSPIDS=(); NSMS=()
@@ -53,7 +63,7 @@ for i in $(seq 0 $((INSTANCES - 1))); do
   printf '[network]\ndev_addr_prefix = "%02X000000/8"\n' "$i" >"$D/ns$i.toml"
   STORE_ARGS=()
   [ "$STORE" = postgres ] && STORE_ARGS=(--store-url "$PG_URL")
-  "$BIN/netserver" serve --config "$D/ns$i.toml" --data-dir "$D/ns$i" --join-server "$LINK" \
+  "$BIN/netserver" serve --config "$D/ns$i.toml" --data-dir "$D/ns$i" --join-server "${LINKS[$i]}" \
     --link-key "$D/js/secrets/link.key" --ns-kek "$D/js/secrets/ns.kek" --listen 127.0.0.1:0 \
     --metrics 127.0.0.1:0 --events "udp://$EVENTS?pack=8192" "${STORE_ARGS[@]}" >"$D/ns$i.out" 2>"$D/ns$i.err" &
   PIDS+=($!); NSPIDS+=($!)
@@ -75,7 +85,7 @@ pg_cpu() {
 }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN {print a - b}'; }
 declare -A C0
-for p in "$JS" "${NSPIDS[@]}"; do C0[$p]=$(cpu "$p"); done
+for p in "${JSPIDS[@]}" "${NSPIDS[@]}"; do C0[$p]=$(cpu "$p"); done
 PG0=$(pg_cpu)
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMPS" --scenario "$SCENARIO" --join-window "$W" \
@@ -93,7 +103,7 @@ print(f"devices {r['devices']} joined {j['accepted']} attempted {j['attempted']}
 for k in ("uplink_latency_ms", "delivery_latency_ms"):
     if k in r: print(k, {q: r[k][q] for q in ("p50", "p99", "max") if q in r[k]})
 PY
-echo "cpu_s joinserver $(sub "$(cpu "$JS")" "${C0[$JS]}")"
+for p in "${JSPIDS[@]}"; do echo "cpu_s joinserver[$p] $(sub "$(cpu "$p")" "${C0[$p]}")"; done
 for p in "${NSPIDS[@]}"; do echo "cpu_s netserver[$p] $(sub "$(cpu "$p")" "${C0[$p]}")"; done
 if [ "$STORE" = postgres ]; then echo "cpu_s postgres (postmaster and backends) $(sub "$(pg_cpu)" "$PG0")"; fi
 for m in "${NSMS[@]}"; do
