@@ -26,10 +26,13 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket,sys; s=socket.socket(socket.AF_INET, getattr(socket, sys.argv[1])); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' "$1"; }
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# PostgreSQL refuses to run as root: then as the `postgres` user (Debian's package creates it),
+# else as `nobody`.
+PGUSER_RUN=$(id -u postgres >/dev/null 2>&1 && echo postgres || echo nobody)
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u "$PGUSER_RUN" -- "$@"; else "$@"; fi; }
 
 if [ "$STORE" = postgres ] && [ -z "${PG_URL:-}" ]; then
-  PGDATA=$D/pg/data; mkdir -p "$D/pg"; [ "$(id -u)" = 0 ] && chown postgres "$D/pg"
+  PGDATA=$D/pg/data; mkdir -p "$D/pg"; if [ "$(id -u)" = 0 ]; then chown "$PGUSER_RUN" "$D/pg"; fi
   PORT=$(free_port SOCK_STREAM)
   as_pg "$PGBIN/initdb" -D "$PGDATA" -U postgres --auth=trust -E UTF8 >"$D/pg/initdb.log"
   as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -l "$D/pg/server.log" -w \

@@ -391,3 +391,56 @@ fn kill_9_of_an_instance_mid_stream_its_gateway_moves_and_nothing_is_lost_or_rep
     // No rejoin: one join event per device.
     assert_eq!(join_events(&files).len(), 2);
 }
+
+/// The simulator against the two-by-two deployment (two join servers and two network servers
+/// on one PostgreSQL, as separate processes: `netserver/scripts/pg-scaleout.sh`): a join storm
+/// of `NETSERVER_2X2_DEVICES` devices within 10 s, then steady uplinks through four gateways,
+/// two per network server, each transmission heard by one or two of them: every device joined,
+/// every uplink delivered once. The default, 2,000, suits a debug build on a shared machine;
+/// the 20,000 runs with `--release` (`NETSERVER_2X2_DEVICES=20000 cargo test --release
+/// -p netserver --test shared_postgres simulator`; docs/benchmarks.md has the measured runs).
+#[test]
+fn simulator_storm_then_steady_uplinks_through_two_by_two() {
+    let bin = common::workspace_bin("simulator");
+    common::joinserver_bin();
+    let devices: u64 = std::env::var("NETSERVER_2X2_DEVICES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let out = std::process::Command::new("bash")
+        .arg(common::workspace_root().join("netserver/scripts/pg-scaleout.sh"))
+        .env("BIN", bin.parent().unwrap())
+        .env("N", devices.to_string())
+        .env("W", "10s")
+        .env("EXTRA", "--uplink-interval 7s --duration 30s")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = text
+        .lines()
+        .find(|l| l.starts_with("devices "))
+        .unwrap_or_else(|| panic!("no summary in {text}"));
+    let field = |name: &str| -> u64 {
+        let words: Vec<&str> = summary.split_whitespace().collect();
+        let i = words.iter().position(|w| *w == name).unwrap();
+        words[i + 1].parse().unwrap()
+    };
+    assert_eq!(field("devices"), devices, "{summary}");
+    assert_eq!(field("joined"), devices, "every device joined: {summary}");
+    assert!(field("uplinks_sent") > 0, "{summary}");
+    assert_eq!(
+        field("delivered"),
+        field("uplinks_sent"),
+        "delivered = sent: {summary}"
+    );
+    assert_eq!(field("duplicates"), 0, "{summary}");
+    // The run directory (logs, report) is kept only when the test fails.
+    if let Some(dir) = text.lines().last().filter(|l| l.starts_with('/')) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
