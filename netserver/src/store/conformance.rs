@@ -284,7 +284,8 @@ fn session_writes_notify_and_reset_the_counter_row() {
         .map(|n| Ok(n.payload().to_owned()))
         .collect()
         .unwrap();
-    assert_eq!(got, vec!["70B3D57ED0000001"; 2]);
+    let own = format!("{:016X}:70B3D57ED0000001", pg.writer());
+    assert_eq!(got, vec![own; 2]);
 }
 
 /// The database goes away: commits fail (the caller counts and refuses), and work again once

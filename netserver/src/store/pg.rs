@@ -35,7 +35,8 @@ use crate::store::embedded::{backend_err, decode_session};
 use crate::store::stored::StoredSession;
 use crate::store::url::redacted;
 
-/// The channel a session batch notifies, with the DevEUIs (hex, comma-separated) it wrote.
+/// The channel a session batch notifies: `WRITER:DEVEUI,DEVEUI,...` (hex), the writer being
+/// the id of the [`PgStore`] that wrote them.
 pub const SESSIONS_CHANNEL: &str = "netserver_sessions";
 
 /// The schema, in order; `ns_schema_migrations` records which are applied.
@@ -89,6 +90,8 @@ pub struct PgStore {
     config: postgres::Config,
     /// Accepted events go to `ns_events` in the counters' transaction.
     event_log: bool,
+    /// This process's writer id (random), in its notifications: its own listener skips them.
+    writer: u64,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -135,6 +138,7 @@ impl PgStore {
             pool,
             config,
             event_log: false,
+            writer: rand::random(),
         })
     }
 
@@ -168,6 +172,11 @@ impl PgStore {
         )?;
         pg.event_log = store.event_log;
         Ok(pg)
+    }
+
+    /// The writer id this store's notifications carry.
+    pub fn writer(&self) -> u64 {
+        self.writer
     }
 
     /// A pooled connection.
@@ -451,7 +460,10 @@ impl SessionBackend for PgStore {
         for chunk in changed.chunks(NOTIFY_CHUNK) {
             tx.execute(
                 "SELECT pg_notify($1, $2)",
-                &[&SESSIONS_CHANNEL, &chunk.join(",")],
+                &[
+                    &SESSIONS_CHANNEL,
+                    &format!("{:016X}:{}", self.writer, chunk.join(",")),
+                ],
             )
             .map_err(backend_err)?;
         }

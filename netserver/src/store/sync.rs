@@ -42,14 +42,25 @@ pub fn catch_up(sessions: Arc<Sessions>) -> CatchUp {
     })
 }
 
-/// Parses a notification's payload: DevEUIs (16 hex digits) separated by commas. Anything
-/// else is skipped (the channel is written by this program only, but a database user could
-/// `NOTIFY` it by hand).
-pub fn parse_payload(payload: &str) -> Vec<DevEui> {
-    payload
+/// Parses a notification's payload, `WRITER:DEVEUI,DEVEUI,...` (16 hex digits each): the
+/// writer, and the DevEUIs. Anything malformed is skipped (the channel is written by this
+/// program only, but a database user could `NOTIFY` it by hand).
+pub fn parse_payload(payload: &str) -> (Option<u64>, Vec<DevEui>) {
+    let (writer, list) = payload.split_once(':').unwrap_or(("", payload));
+    let devices = list
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
-        .collect()
+        .collect();
+    (u64::from_str_radix(writer, 16).ok(), devices)
+}
+
+/// The devices of a notification, unless this process wrote it (the session is in its table,
+/// or about to be: the join that wrote it installs it).
+fn foreign(pg: &PgStore, payload: &str) -> Vec<DevEui> {
+    match parse_payload(payload) {
+        (Some(w), _) if w == pg.writer() => Vec::new(),
+        (_, devices) => devices,
+    }
 }
 
 /// Installs `stored` (with its committed `records`) unless the table already holds that
@@ -184,10 +195,10 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
                 .next()
                 .map_err(backend_err)?;
             if let Some(n) = first {
-                pending.extend(parse_payload(n.payload()));
+                pending.extend(foreign(pg, n.payload()));
                 let mut more = notes.iter();
                 while let Some(n) = more.next().map_err(backend_err)? {
-                    pending.extend(parse_payload(n.payload()));
+                    pending.extend(foreign(pg, n.payload()));
                     if pending.len() >= 4096 {
                         break;
                     }
@@ -214,13 +225,16 @@ mod tests {
     #[test]
     fn payloads_name_devices() {
         assert_eq!(
-            parse_payload("0000000000000001,70B3D57ED0000002"),
-            vec![DevEui::new(1), DevEui::new(0x70B3_D57E_D000_0002)]
+            parse_payload("00000000000000AB:0000000000000001,70B3D57ED0000002"),
+            (
+                Some(0xAB),
+                vec![DevEui::new(1), DevEui::new(0x70B3_D57E_D000_0002)]
+            )
         );
         assert_eq!(
             parse_payload("junk,,0000000000000003"),
-            vec![DevEui::new(3)]
+            (None, vec![DevEui::new(3)])
         );
-        assert!(parse_payload("").is_empty());
+        assert_eq!(parse_payload(""), (None, vec![]));
     }
 }
