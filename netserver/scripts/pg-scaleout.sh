@@ -72,7 +72,7 @@ for i in $(seq 0 $((INSTANCES - 1))); do
   PIDS+=($!); NSPIDS+=($!)
   GWMP=
   for _ in $(seq 200); do
-    GWMP=$(grep -oE "gwmp=[0-9.:]+" "$D/ns$i.out" | head -1 | cut -d= -f2 || true)
+    GWMP=$(grep -oE "gwmp=[0-9.:]+" "$D/ns$i.out" 2>/dev/null | head -1 | cut -d= -f2 || true)
     [ -n "$GWMP" ] && break; sleep 0.1
   done
   [ -n "$GWMP" ] || { cat "$D/ns$i.err"; exit 1; }
