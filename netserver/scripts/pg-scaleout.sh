@@ -109,7 +109,13 @@ PY
 for p in "${JSPIDS[@]}"; do echo "cpu_s joinserver[$p] $(sub "$(cpu "$p")" "${C0[$p]}")"; done
 for p in "${NSPIDS[@]}"; do echo "cpu_s netserver[$p] $(sub "$(cpu "$p")" "${C0[$p]}")"; done
 if [ "$STORE" = postgres ]; then echo "cpu_s postgres (postmaster and backends) $(sub "$(pg_cpu)" "$PG0")"; fi
+# Each network server's shared-store, commit, uplink and join counters (the non-zero ones).
 for m in "${NSMS[@]}"; do
-  curl -s "http://$m/metrics" | grep -E "^netserver_(shared_store_total|counter_commits_total|uplinks_total\{result=\"(ok|replay|duplicate|unknown_devaddr)\"|joins_total)" | grep -v " 0$" | tr '\n' ' '; echo
+  python3 - "$m" <<'PY' || true
+import re, sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=5).read().decode()
+keep = re.compile(r'^netserver_(shared_store_total|counter_commits_total|joins_total|uplinks_total\{result="(ok|replay|duplicate|unknown_devaddr)")')
+print(" ".join(l for l in text.splitlines() if keep.match(l) and not l.endswith(" 0")))
+PY
 done
 echo "$D"
