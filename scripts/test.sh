@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite (the README's test command; .ci/run calls it): installs what is missing,
-# then runs `cargo test --workspace` and the installer web app's tests in a real headless
-# Chromium against the real binaries. Nothing is skipped because something is missing: what
-# cannot be installed stops the run with an error.
+# The whole test suite (the README's test command; .ci/run calls it): installs what is missing
+# (chromium, postgresql-15, python3), then runs `cargo test --workspace` and the installer web
+# app's tests in a real headless Chromium against the real binaries. Nothing is skipped because
+# something is missing: what cannot be installed stops the run with an error.
 #
 #   scripts/test.sh                 everything
 #   scripts/test.sh -- ARGS         ARGS passed on to `cargo test --workspace`
@@ -33,6 +33,15 @@ if [ ! -x "$CHROMIUM" ]; then
     [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after apt-get install chromium"
 fi
 export CHROMIUM
+
+# PostgreSQL 15 from Debian, for the PostgreSQL backends' tests: testkit::postgres runs its
+# binaries on a temporary data directory and a free port (no system cluster is used).
+PG_BIN=/usr/lib/postgresql/15/bin
+if [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/postgres" ]; then
+    echo "== installing postgresql-15 (Debian)"
+    apt_install postgresql-15
+    [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb still missing after apt-get install postgresql-15"
+fi
 
 # python3 (the browser tests withdraw an API key from the store with its sqlite3 module).
 command -v python3 >/dev/null || { echo "== installing python3 (Debian)"; apt_install python3; }

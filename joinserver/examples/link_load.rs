@@ -16,6 +16,17 @@
 //!
 //! Each device is 1.0.4 and joins repeatedly with increasing DevNonces, so every join is a real
 //! success that commits its nonces before its answer leaves.
+//!
+//! On PostgreSQL (`--postgres` starts a private PostgreSQL 15 on a temporary directory with
+//! `testkit::postgres`, default settings: `fsync` and `synchronous_commit` on; or `--store-url`)
+//! with `--instances N` join servers on the one database: each device's joins go to instance
+//! `device % N` (as a network server that picks a join server by device would), the closed loop
+//! runs one client per instance, and the CPU of PostgreSQL's processes is reported beside the join
+//! servers'.
+//!
+//! ```sh
+//! cargo run --release -p joinserver --example link_load -- --devices 20000 --seconds 10 --postgres --instances 2
+//! ```
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,14 +37,17 @@ use joinserver::config::Config;
 use joinserver::devices::{self, Format};
 use joinserver::secrets::{self, Secrets};
 use joinserver::server::Server;
-use joinserver::store::SqliteStore;
+use joinserver::store::postgres::PgStore;
+use joinserver::store::{SqliteStore, Store};
 use protocol::ids::{DevEui, DevNonce, JoinEui, NetId};
 use protocol::join::{JoinRequest, JoinRootKey};
 use protocol::keys::{AppKey, KeyCipher, LinkKey};
 use protocol::link::{self, Header, MessageType, PeerId};
 
 const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
-const NET_ID: u32 = 0x13;
+/// The first peer, which `joinserver init` creates (secrets/link.key): the tool is that network
+/// server (NetID 000013 is no peer unless `peers add` made it one).
+const NET_ID: u32 = 0x00_0000;
 /// A prime larger than any device count used, so `i * PERMUTE mod n` permutes `0..n` when
 /// `n` is not a multiple of it.
 const PERMUTE: u64 = 1_000_003;
@@ -62,9 +76,19 @@ struct Args {
     /// SQLite synchronous mode of the nonce store.
     #[arg(long, value_enum, default_value_t = SyncMode::Full)]
     synchronous: SyncMode,
-    /// Join the devices in a pseudo-random order instead of round robin.
+    /// Join the devices in a pseudo-random order instead of round robin (one instance only).
     #[arg(long)]
     random_order: bool,
+    /// Run on a private PostgreSQL 15 (`testkit::postgres`, a temporary directory) instead of
+    /// the embedded SQLite store.
+    #[arg(long)]
+    postgres: bool,
+    /// Run on this PostgreSQL database (an empty one: the tool provisions it).
+    #[arg(long)]
+    store_url: Option<String>,
+    /// Join server instances on the one store (PostgreSQL only beyond 1).
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
 }
 
 /// `--synchronous` values.
@@ -96,17 +120,7 @@ fn app_key(i: u64) -> [u8; 16] {
     k
 }
 
-fn provision(dir: &std::path::Path, n: u64) -> Secrets {
-    secrets::init(dir).unwrap();
-    let s = Secrets::load(dir).unwrap();
-    let mut store = SqliteStore::open(dir).unwrap();
-    if joinserver::store::Store::load_devices(&mut store)
-        .unwrap()
-        .len() as u64
-        >= n
-    {
-        return s;
-    }
+fn manifest(n: u64) -> String {
     // Every device is homed in the load generator's network: an unclaimed device (no home
     // NetID) is refused with ActivationDisallowed.
     let mut csv = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n");
@@ -116,30 +130,62 @@ fn provision(dir: &std::path::Path, n: u64) -> Secrets {
             hex::encode(app_key(i))
         ));
     }
+    csv
+}
+
+fn provision(dir: &std::path::Path, n: u64, url: Option<&str>) -> Secrets {
+    secrets::init(dir).unwrap();
+    let s = Secrets::load(dir).unwrap();
+    if let Some(url) = url {
+        let mut store = PgStore::connect(url, 2).unwrap();
+        store
+            .check_master(&joinserver::atrest::check_value(&s.master))
+            .unwrap();
+        if store.load_devices().unwrap().len() as u64 >= n {
+            return s;
+        }
+        let t = Instant::now();
+        devices::import_postgres(&mut store, &s.master, manifest(n).as_bytes(), None, 0).unwrap();
+        eprintln!(
+            "imported {n} devices into PostgreSQL in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
+        return s;
+    }
+    let mut store = SqliteStore::open(dir).unwrap();
+    if store.load_devices().unwrap().len() as u64 >= n {
+        return s;
+    }
     let t = Instant::now();
-    devices::import(&mut store, &s.master, &csv, Format::Csv).unwrap();
+    devices::import(&mut store, &s.master, &manifest(n), Format::Csv).unwrap();
     eprintln!("imported {n} devices in {:.2} s", t.elapsed().as_secs_f64());
     s
 }
 
 /// Builds the datagram of join number `seq`: device `seq % n + 1`, DevNonce `seq / n + 1`.
+#[derive(Clone)]
 struct Gen {
     random_order: bool,
     key: LinkKey,
     n: u64,
-    ciphers: Vec<KeyCipher<AppKey>>,
+    ciphers: Arc<Vec<KeyCipher<AppKey>>>,
     buf: Vec<u8>,
 }
 
 impl Gen {
-    fn datagram(&mut self, seq: u64) -> &[u8] {
-        // Sequential device order, or a fixed pseudo-random permutation of the devices in every
-        // round (so each device still joins once per round, with DevNonce = round + 1).
-        let i = if self.random_order {
+    /// The device index (0-based) of join number `seq`: sequential device order, or a fixed
+    /// pseudo-random permutation of the devices in every round (so each device still joins once
+    /// per round, with DevNonce = round + 1).
+    fn index(&self, seq: u64) -> u64 {
+        if self.random_order {
             (seq % self.n).wrapping_mul(PERMUTE) % self.n
         } else {
             seq % self.n
-        };
+        }
+    }
+
+    fn datagram(&mut self, seq: u64) -> &[u8] {
+        let i = self.index(seq);
         let dn = (seq / self.n + 1) as u16;
         let dev = i + 1;
         let jr = JoinRequest::build(
@@ -167,6 +213,23 @@ impl Gen {
         .unwrap();
         &self.buf
     }
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) of every process named `postgres` (the
+/// server and its backends; 0 without PostgreSQL).
+fn postgres_cpu_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .filter(|stat| stat.contains("(postgres)"))
+        .filter_map(|stat| {
+            let rest = stat.rsplit(')').next()?.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
 }
 
 /// CPU time (user + system, in clock ticks of 10 ms) of this process's threads named `js-*`:
@@ -242,12 +305,30 @@ fn closed_loop(
 
 fn main() {
     let args = parse_args();
+    assert!(args.instances >= 1, "--instances: at least 1");
+    assert!(
+        args.instances == 1 || !args.random_order,
+        "--random-order: one instance only"
+    );
+    assert!(
+        args.devices % args.instances as u64 == 0,
+        "--devices: a multiple of --instances"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
-    let s = provision(&dir, args.devices);
+    let pg = args.postgres.then(testkit::postgres::Postgres::start);
+    let url = args.store_url.clone().or_else(|| {
+        pg.as_ref()
+            .map(testkit::postgres::Postgres::create_database)
+    });
+    assert!(
+        args.instances == 1 || url.is_some(),
+        "--instances > 1 needs --postgres or --store-url"
+    );
+    let s = provision(&dir, args.devices, url.as_deref());
 
     // Phase 1: raw UDP request/response on this machine.
     let echo = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -281,11 +362,25 @@ fn main() {
     config.link.listen = "127.0.0.1:0".parse().unwrap();
     config.metrics.listen = String::new();
     config.store.synchronous = args.synchronous.into();
-    let server = Server::start(&dir, &config).unwrap();
-    let addr = server.link_addr();
-    let ciphers: Vec<KeyCipher<AppKey>> = (1..=args.devices)
-        .map(|i| KeyCipher::new(&AppKey::new(app_key(i))))
+    config.store.url = url.clone().unwrap_or_default();
+    let servers: Vec<Server> = (0..args.instances)
+        .map(|_| Server::start(&dir, &config).unwrap())
         .collect();
+    let addrs: Vec<SocketAddr> = servers.iter().map(Server::link_addr).collect();
+    println!(
+        "store: {}, {} instance(s)",
+        if url.is_some() {
+            "PostgreSQL 15"
+        } else {
+            "SQLite (embedded)"
+        },
+        args.instances
+    );
+    let ciphers: Arc<Vec<KeyCipher<AppKey>>> = Arc::new(
+        (1..=args.devices)
+            .map(|i| KeyCipher::new(&AppKey::new(app_key(i))))
+            .collect(),
+    );
     let key = s.link.clone();
     let success = |d: &[u8]| -> bool {
         link::open(&key, d).is_ok_and(|(_, body)| body.windows(9).any(|w| w == b"\"Success\""))
@@ -343,19 +438,22 @@ fn main() {
     };
     let batch = joinserver::mmsg::BatchSender::new(64);
     let cpu_before = server_cpu_ticks();
+    let pg_cpu_before = postgres_cpu_ticks();
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < total {
         // Send everything due by now (1 ms granularity pacing).
         let due = ((start.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
-        let mut burst: Vec<Vec<u8>> = Vec::new();
+        let mut burst: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
         while seq < due {
             let t = origin.elapsed().as_nanos() as u64;
             sent_at[seq as usize].store(t, Ordering::Relaxed);
-            burst.push(g.datagram(seq).to_vec());
+            let to = addrs[(g.index(seq) % addrs.len() as u64) as usize];
+            burst.push((g.datagram(seq).to_vec(), to));
             seq += 1;
         }
-        let msgs: Vec<(&[u8], SocketAddr)> = burst.iter().map(|d| (d.as_slice(), addr)).collect();
+        let msgs: Vec<(&[u8], SocketAddr)> =
+            burst.iter().map(|(d, a)| (d.as_slice(), *a)).collect();
         batch.send(&sock, &msgs);
         std::thread::sleep(Duration::from_micros(500));
     }
@@ -363,6 +461,7 @@ fn main() {
     let (mut lat, ok, failed) = receiver.join().unwrap();
     let recv_secs = start.elapsed().as_secs_f64();
     let cpu_secs = (server_cpu_ticks() - cpu_before) as f64 / 100.0;
+    let pg_cpu_secs = (postgres_cpu_ticks() - pg_cpu_before) as f64 / 100.0;
     lat.sort_unstable();
     println!(
         "joins open loop: offered {} joins/s for {:.1} s; {ok} successes, {failed} other answers, {} unanswered; achieved {:.0} joins/s",
@@ -385,22 +484,67 @@ fn main() {
         cpu_secs * 1e6 / ok.max(1) as f64,
         ok as f64 / cpu_secs.max(0.01)
     );
+    if url.is_some() {
+        println!(
+            "  PostgreSQL CPU (all its processes): {pg_cpu_secs:.1} s = {:.1} µs per join",
+            pg_cpu_secs * 1e6 / ok.max(1) as f64
+        );
+    }
 
-    // Phase 3: closed loop, the ceiling. DevNonces continue after phase 2.
+    // Phase 3: closed loop, the ceiling, one client per instance (each on its devices).
+    // DevNonces continue after phase 2.
     let base = total;
-    let (join_rate, bad) = closed_loop(
-        addr,
-        args.raw_seconds,
-        64,
-        |i| g.datagram(base + i).to_vec(),
-        success,
-    );
-    println!("joins closed loop (window 64): {join_rate:.0} joins/s ({bad} non-success)");
-    let m = server.metrics.clone();
+    let n_inst = addrs.len() as u64;
+    let cpu_before = server_cpu_ticks();
+    let pg_cpu_before = postgres_cpu_ticks();
+    let results: Vec<(f64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = addrs
+            .iter()
+            .enumerate()
+            .map(|(k, &addr)| {
+                let mut g = g.clone();
+                let success = &success;
+                let secs = args.raw_seconds;
+                scope.spawn(move || {
+                    closed_loop(
+                        addr,
+                        secs,
+                        64,
+                        |i| g.datagram(base + i * n_inst + k as u64).to_vec(),
+                        success,
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let join_rate: f64 = results.iter().map(|r| r.0).sum();
+    let bad: u64 = results.iter().map(|r| r.1).sum();
+    let cpu = (server_cpu_ticks() - cpu_before) as f64 / 100.0;
+    let pg_cpu = (postgres_cpu_ticks() - pg_cpu_before) as f64 / 100.0;
+    let joins = join_rate * args.raw_seconds as f64;
     println!(
-        "store: {} group commits for {} joins",
-        m.store_commits.get(),
-        m.joins.with_label_values(&["success"]).get()
+        "joins closed loop (window 64 per instance): {join_rate:.0} joins/s ({bad} non-success); \
+         join server CPU {:.1} µs per join{}",
+        cpu * 1e6 / joins.max(1.0),
+        if url.is_some() {
+            format!(
+                ", PostgreSQL CPU {:.1} µs per join",
+                pg_cpu * 1e6 / joins.max(1.0)
+            )
+        } else {
+            String::new()
+        }
     );
-    server.shutdown();
+    for (k, server) in servers.into_iter().enumerate() {
+        let m = server.metrics.clone();
+        println!(
+            "instance {k}: {} group commits for {} joins, {} stale, {} store errors",
+            m.store_commits.get(),
+            m.joins.with_label_values(&["success"]).get(),
+            m.store_stale.get(),
+            m.store_errors.get()
+        );
+        server.shutdown();
+    }
 }

@@ -18,7 +18,7 @@ pub struct Config {
     pub link: LinkConfig,
     /// Join processing rules.
     pub join: JoinConfig,
-    /// The embedded store.
+    /// The store: embedded (SQLite) by default, or PostgreSQL (`url`).
     pub store: StoreConfig,
     /// The Prometheus `/metrics` and `/health` listener.
     pub metrics: MetricsConfig,
@@ -90,6 +90,12 @@ pub struct JoinConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
+    /// A PostgreSQL database shared by several join server instances
+    /// (`postgres://user:password@host:port/db`); empty: the embedded SQLite file in the data
+    /// directory. `--store-url` and `JOINSERVER_STORE_URL` override it.
+    pub url: String,
+    /// Connections to PostgreSQL each instance may open (its pool).
+    pub pool_size: u32,
     /// The most nonce updates committed in one transaction (group commit).
     pub max_batch: usize,
     /// Pending answers allowed to wait for the writer before the link stops reading.
@@ -146,6 +152,8 @@ impl Default for JoinConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
+            url: String::new(),
+            pool_size: 8,
             max_batch: 4096,
             queue_depth: 65_536,
             synchronous: Synchronous::Full,
@@ -419,12 +427,19 @@ session_lifetime_s = 0
 # alice = "secrets/as-alice.kek"
 
 [store]
-# Most nonce updates committed in one SQLite transaction (group commit).
+# "" keeps the state in DATA_DIR/joinserver.db (SQLite, one instance); "postgres://user@host/db"
+# shares it between any number of instances (overridden by --store-url and JOINSERVER_STORE_URL).
+# A password in the URL makes this file a secret: prefer ~/.pgpass or the environment variable.
+url = ""
+# PostgreSQL connections each instance may open.
+pool_size = 8
+# Most nonce updates committed in one transaction (group commit).
 max_batch = 4096
 # Answers allowed to wait for the writer before the link stops reading datagrams.
 queue_depth = 65536
-# When a commit is done: "full" fsyncs the WAL (an answered join survives power loss);
-# "normal" does not (it survives a crash or SIGKILL of the join server, not of the machine).
+# SQLite (PostgreSQL follows its own synchronous_commit): when a commit is done: "full" fsyncs
+# the WAL (an answered join survives power loss); "normal" does not (it survives a crash or
+# SIGKILL of the join server, not of the machine).
 synchronous = "full"
 
 [metrics]

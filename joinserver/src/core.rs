@@ -272,6 +272,9 @@ pub struct Outcome {
     pub result: Result<Accepted, JoinError>,
     /// The nonce state to commit before the answer leaves.
     pub update: Option<NonceUpdate>,
+    /// The device's nonce state the DevNonce was checked against (with `update`): a shared store
+    /// commits the update only if it still holds this state.
+    pub previous: Option<NonceState>,
     /// The DevEUI from the PHYPayload, once parsed.
     pub dev_eui: Option<DevEui>,
 }
@@ -289,6 +292,7 @@ impl Outcome {
         Self {
             result: Err(e),
             update: None,
+            previous: None,
             dev_eui,
         }
     }
@@ -348,18 +352,19 @@ fn check_home(home: Option<NetId>, sender: NetId) -> Result<(), JoinError> {
     }
 }
 
-/// Step 6: check and record DevNonce, take the next JoinNonce, inside one map entry.
+/// Step 6: check and record DevNonce, take the next JoinNonce, inside one map entry. Returns
+/// the JoinNonce, the update, and the state it was checked against.
 fn take_nonces(
     devices: &DeviceMap,
     dev_eui: DevEui,
     dev_nonce: DevNonce,
     history: usize,
     joined: LastJoin,
-) -> Result<(JoinNonce, NonceUpdate), JoinError> {
+) -> Result<(JoinNonce, NonceUpdate, NonceState), JoinError> {
     let mut d = devices.get_mut(&dev_eui).ok_or(JoinError::UnknownDevEui)?;
     let (next, jn) =
         nonces::accept(d.mac_version, &d.nonces, dev_nonce, history).map_err(JoinError::Nonce)?;
-    d.nonces = next.clone();
+    let previous = std::mem::replace(&mut d.nonces, next.clone());
     Ok((
         jn,
         NonceUpdate {
@@ -367,6 +372,7 @@ fn take_nonces(
             state: next,
             joined,
         },
+        previous,
     ))
 }
 
@@ -491,7 +497,7 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
         Ok(v) => v,
         Err(e) => return Outcome::refused(e, dev_eui),
     };
-    let (join_nonce, update) = match take_nonces(
+    let (join_nonce, update, previous) = match take_nonces(
         devices,
         jr.dev_eui,
         jr.dev_nonce,
@@ -507,6 +513,7 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
     Outcome {
         result: accept(ctx, req, &jr, &found, radio, join_nonce),
         update: Some(update),
+        previous: Some(previous),
         dev_eui,
     }
 }

@@ -5,9 +5,11 @@
 use protocol::ids::DevEui;
 
 pub use crate::manifest::{Format, RowError};
+use crate::manifest::{Item, ManifestParser};
 use crate::onboarding::db::Actor;
-use crate::onboarding::import::{self as imp, Failure, Job};
+use crate::onboarding::import::{self as imp, Failure, Generated, Job};
 use crate::secrets::MasterKey;
+use crate::store::postgres::PgStore;
 use crate::store::{SqliteStore, StoreError};
 
 /// Why an import failed.
@@ -59,6 +61,54 @@ pub fn import(
             what: other.to_string(),
         })),
     }
+}
+
+/// What an import into PostgreSQL did.
+#[derive(Debug)]
+pub struct PgImported {
+    /// Devices imported.
+    pub imported: usize,
+    /// The owner tokens generated for rows without one (only their hashes are stored).
+    pub generated: Vec<Generated>,
+}
+
+/// Imports a manifest into the PostgreSQL store, all or nothing: the rows are checked as the
+/// embedded import checks them ([`crate::manifest`], owner tokens shorter than
+/// `min_owner_token_len` refused), root keys wrapped under the master key, owner tokens kept as
+/// hashes (generated for rows without one), devices already provisioned refused.
+pub fn import_postgres(
+    store: &mut PgStore,
+    master: &MasterKey,
+    manifest: &[u8],
+    format: Option<Format>,
+    min_owner_token_len: usize,
+) -> Result<PgImported, ImportError> {
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let mut collect = |item: Item| match item {
+        Item::Row(d) => match imp::weak_token(&d, min_owner_token_len) {
+            Some(e) => errors.push(e),
+            None => rows.push(d),
+        },
+        Item::Error(e) => errors.push(e),
+    };
+    let mut parser = ManifestParser::new(format);
+    parser.feed(manifest, &mut collect);
+    parser.finish(&mut collect);
+    if !errors.is_empty() {
+        return Err(ImportError::Rows(errors));
+    }
+    let mut generated = Vec::new();
+    let hashes: Vec<(DevEui, [u8; 32])> = rows
+        .iter()
+        .map(|d| (d.dev_eui, imp::token_hash(d, &mut generated)))
+        .collect();
+    let sealed: Vec<_> = rows.iter().map(|d| d.seal(master)).collect();
+    store.insert_provisioned(&sealed, &hashes)?;
+    Ok(PgImported {
+        imported: sealed.len(),
+        generated,
+    })
 }
 
 #[cfg(test)]

@@ -19,10 +19,10 @@ use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use protocol::ts002::JoinReq;
 
 use crate::cache::{self, AnswerCache, Durability, Lookup};
-use crate::core::{self, DeviceMap, JoinContext};
+use crate::core::{self, DeviceMap, JoinContext, JoinError};
 use crate::metrics::Metrics;
 use crate::mmsg::{BatchReceiver, BatchSender};
-use crate::store::{GroupCommit, Released};
+use crate::store::{AnswerKey, GroupCommit, Job, JoinCommit, NonceState, Released, Verdict};
 use crate::wire::{self, Parsed};
 
 /// At most one warning of each kind (clock skew, a NetID not its sender's) this often.
@@ -90,6 +90,9 @@ pub struct Outgoing {
     durability: Arc<Durability>,
     /// This item's batch decides its durability (it is not a cached answer).
     settles: bool,
+    /// For an accepted join: the request's header, to refuse it instead if a shared store
+    /// finds the device's nonce state moved by another instance.
+    refusal: Option<Box<protocol::ts002::Header>>,
 }
 
 /// Everything the link needs, shared between its threads.
@@ -266,6 +269,7 @@ impl Link {
                 received,
                 result,
                 cache_key,
+                refusal: None,
             };
         match wire::parse_body(body, sender_net_id) {
             Err(e) => {
@@ -278,7 +282,10 @@ impl Link {
             }) => {
                 span.record("tid", transaction_id);
                 span.record("result", "malformed");
-                writer.submit(None, out(answer.into(), Some("malformed"), None, None))
+                writer.submit(
+                    Job::Nothing,
+                    out(answer.into(), Some("malformed"), None, None),
+                )
             }
             Ok(Parsed::Request(req)) => self.on_request(
                 &req,
@@ -320,7 +327,7 @@ impl Link {
             Lookup::Hit(answer, durability) => {
                 self.metrics.answers_replayed.inc();
                 span.record("result", "cached");
-                writer.submit(None, out(answer, None, None, Some(durability)))
+                writer.submit(Job::Nothing, out(answer, None, None, Some(durability)))
             }
             Lookup::Conflict => {
                 span.record("result", "malformed");
@@ -328,7 +335,10 @@ impl Link {
                     req,
                     "TransactionID already used for a different JoinReq",
                 );
-                writer.submit(None, out(answer.into(), Some("malformed"), None, None))
+                writer.submit(
+                    Job::Nothing,
+                    out(answer.into(), Some("malformed"), None, None),
+                )
             }
             Lookup::Miss => {
                 let fields = wire::fields(req, sender_net_id, now_ms);
@@ -346,9 +356,28 @@ impl Link {
                         durability.clone(),
                     );
                 }
-                let mut o = out(answer, Some(result), Some(ck), Some(durability));
+                let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
                 o.settles = true;
-                writer.submit(outcome.update, o)
+                let key = || AnswerKey {
+                    sender: sender.0,
+                    transaction_id: tid,
+                    request: req.phy_payload.clone(),
+                };
+                let job = match (outcome.update, outcome.previous) {
+                    (Some(update), Some(previous)) => {
+                        o.refusal = Some(Box::new(req.header.clone()));
+                        Job::Join(JoinCommit {
+                            update,
+                            previous,
+                            answer: Some((key(), answer)),
+                        })
+                    }
+                    // Refused by the DevNonce rule: a retry that another instance sharing the
+                    // store may have answered.
+                    _ if matches!(outcome.result, Err(JoinError::Nonce(_))) => Job::Lookup(key()),
+                    _ => Job::Nothing,
+                };
+                writer.submit(job, o)
             }
         }
     }
@@ -367,21 +396,37 @@ impl Link {
             self.metrics.store_commits.inc();
             self.metrics.store_batch.observe(n as f64);
         }
-        for o in items.iter().filter(|o| o.settles) {
-            o.durability.settle(result.is_ok());
+        for (o, v) in items.iter().filter(|(o, _)| o.settles) {
+            o.durability
+                .settle(result.is_ok() && !matches!(v, Verdict::Stale { .. }));
         }
         if let Err(e) = result {
             self.metrics.store_errors.inc();
             tracing::error!(error = %e, answers = items.len(), "nonce commit failed; answers withheld");
             if let Ok(mut c) = self.cache.lock() {
-                for o in &items {
+                for (o, _) in &items {
                     if let Some(k) = o.cache_key {
                         c.remove(k);
                     }
                 }
             }
+            // Last first, so a device that joined twice in the batch goes back step by step.
+            for (_, v) in items.iter().rev() {
+                if let Verdict::Failed {
+                    dev_eui,
+                    previous,
+                    state,
+                } = v
+                {
+                    self.roll_back(*dev_eui, previous, state);
+                }
+            }
             return;
         }
+        let items: Vec<Outgoing> = items
+            .into_iter()
+            .map(|(o, v)| self.apply_verdict(o, v))
+            .collect();
         let (items, undurable): (Vec<Outgoing>, Vec<Outgoing>) =
             items.into_iter().partition(|o| o.durability.is_committed());
         if !undurable.is_empty() {
@@ -423,6 +468,82 @@ impl Link {
             self.metrics
                 .join_latency
                 .observe(o.received.elapsed().as_secs_f64());
+        }
+    }
+
+    /// What the store said about an answer, applied before it leaves: a join that another
+    /// instance got to first is answered as that instance answered the same request, or refused
+    /// (its JoinNonce never leaves), and the device's nonce state here is brought up to the
+    /// store's; a refused retry that another instance answered gets that answer.
+    fn apply_verdict(&self, mut o: Outgoing, v: Verdict) -> Outgoing {
+        let shared = |o: &mut Outgoing, body: Vec<u8>| {
+            self.metrics.answers_shared.inc();
+            o.body = body.into();
+            o.result = None;
+            o.durability = Arc::new(Durability::default());
+            o.durability.settle(true);
+        };
+        match v {
+            // `Failed` comes only with a failed commit, whose answers never get here.
+            Verdict::Done | Verdict::Failed { .. } => {}
+            Verdict::Answered(body) => {
+                // The refusal cached here must not answer the next retry.
+                self.forget(&o);
+                shared(&mut o, body);
+            }
+            Verdict::Stale {
+                dev_eui,
+                current,
+                answer,
+            } => {
+                self.metrics.store_stale.inc();
+                self.forget(&o);
+                self.refresh_nonces(dev_eui, current);
+                match answer {
+                    Some(body) => shared(&mut o, body),
+                    None => {
+                        if let Some(h) = &o.refusal {
+                            o.body = wire::stale_answer(h).into();
+                        }
+                        o.result = Some("stale_nonce_state");
+                        o.durability = Arc::new(Durability::default());
+                        o.durability.settle(true);
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    /// Removes an answer's entry from the answer cache.
+    fn forget(&self, o: &Outgoing) {
+        if let (Some(k), Ok(mut c)) = (o.cache_key, self.cache.lock()) {
+            c.remove(k);
+        }
+    }
+
+    /// Puts a device's nonce state in memory back to `previous` after the commit of the join
+    /// that moved it to `state` failed, unless a later join moved it on meanwhile (that join's
+    /// commit then fails too, or finds the store's state and refreshes it).
+    fn roll_back(&self, dev_eui: protocol::ids::DevEui, previous: &NonceState, state: &NonceState) {
+        if let Some(mut d) = self.devices.get_mut(&dev_eui) {
+            if d.nonces == *state {
+                d.nonces = previous.clone();
+            }
+        }
+    }
+
+    /// Puts the store's nonce state of a device into memory (`None`: it is gone).
+    fn refresh_nonces(&self, dev_eui: protocol::ids::DevEui, current: Option<NonceState>) {
+        match current {
+            Some(state) => {
+                if let Some(mut d) = self.devices.get_mut(&dev_eui) {
+                    d.nonces = state;
+                }
+            }
+            None => {
+                self.devices.remove(&dev_eui);
+            }
         }
     }
 
@@ -470,7 +591,9 @@ mod tests {
 
     use super::*;
     use crate::secrets::{LabeledKek, MasterKey};
-    use crate::store::{DeviceChanges, NonceUpdate, SqliteStore, Store, StoreError, StoredDevice};
+    use crate::store::{
+        DeviceChanges, JoinCommitted, NonceUpdate, SqliteStore, Store, StoreError, StoredDevice,
+    };
 
     const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
     const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
@@ -498,9 +621,12 @@ mod tests {
             self.inner.remove_device(d)
         }
         fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
+            self.inner.commit_nonces(batch)
+        }
+        fn commit_joins(&mut self, batch: &[JoinCommit]) -> Result<Vec<JoinCommitted>, StoreError> {
             self.entered.send(()).unwrap();
             if self.verdicts.recv().unwrap() {
-                self.inner.commit_nonces(batch)
+                self.inner.commit_joins(batch)
             } else {
                 Err(StoreError::Corrupt {
                     dev_eui: DevEui::new(0),

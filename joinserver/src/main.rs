@@ -16,7 +16,8 @@ use joinserver::onboarding::manifest_sig::TrustedKeys;
 use joinserver::onboarding::service::{OnbError, Onboarding};
 use joinserver::secrets::{self, Created, Secrets};
 use joinserver::server::Server;
-use joinserver::store::{SqliteStore, Store, StoredDevice};
+use joinserver::store::postgres::PgStore;
+use joinserver::store::{SqliteStore, Store, StoreError, StoredDevice};
 use protocol::ids::DevEui;
 
 #[derive(Parser)]
@@ -31,6 +32,24 @@ struct DataDir {
     /// The data directory: the store and secrets/.
     #[arg(long, env = "JOINSERVER_DATA_DIR")]
     data_dir: PathBuf,
+    /// A PostgreSQL store shared by several join servers (postgres://user@host:port/db),
+    /// instead of DATA_DIR/joinserver.db (overrides [store] url of DATA_DIR/joinserver.toml).
+    #[arg(long, env = "JOINSERVER_STORE_URL")]
+    store_url: Option<String>,
+}
+
+impl DataDir {
+    /// The store URL in force: the flag (or its variable), else `[store] url` of `config`; a
+    /// PostgreSQL URL, or `None` for the embedded store.
+    fn postgres_url(&self, config: &Config) -> Option<String> {
+        let url = self.store_url.as_deref().unwrap_or(&config.store.url);
+        joinserver::store::postgres::is_postgres_url(url).then(|| url.to_owned())
+    }
+
+    /// [`Self::postgres_url`] with the configuration of the data directory.
+    fn postgres_url_default(&self) -> Result<Option<String>> {
+        Ok(self.postgres_url(&load_config(&self.data_dir, None)?))
+    }
 }
 
 #[derive(Subcommand)]
@@ -81,8 +100,33 @@ enum Command {
         #[command(subcommand)]
         command: PeersCommand,
     },
+    /// Applies the PostgreSQL store's schema migrations it lacks (`serve` does too, at start)
+    /// and prints the schema version.
+    Migrate {
+        #[command(flatten)]
+        dir: DataDir,
+    },
+    /// Moving the state between stores.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Prints the default configuration file.
     Config,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copies the embedded store of DATA_DIR (devices with root keys wrapped under master.key,
+    /// nonce states, last joins, ownership, retired JoinNonces) into an empty PostgreSQL store,
+    /// then verifies it: row counts and a SHA-256 over every row must match.
+    Copy {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The PostgreSQL store (postgres://user@host:port/db).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -198,7 +242,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Init { dir, tls_names } => init(&dir.data_dir, &tls_names),
+        Command::Init { dir, tls_names } => init(&dir, &tls_names),
         Command::Config => {
             print!("{}", config::default_toml());
             Ok(ExitCode::SUCCESS)
@@ -218,9 +262,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 metrics,
                 api_listen,
                 insecure_http,
+                store_url: dir.store_url,
             },
         ),
         Command::ApiKeys { command } => api_keys(command),
+        Command::Migrate { dir } => migrate(&dir),
+        Command::Store {
+            command: StoreCommand::Copy { dir, to },
+        } => store_copy(&dir.data_dir, &to),
         Command::Peers {
             command: PeersCommand::Add { dir, net_id },
         } => peers_add(&dir.data_dir, net_id),
@@ -233,17 +282,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 owner_tokens,
                 file,
             } => import(
-                &dir.data_dir,
+                &dir,
                 format,
                 &file,
                 signature.as_deref(),
                 config,
                 owner_tokens.as_deref(),
             ),
-            DevicesCommand::List { dir, json } => list(&dir.data_dir, json),
-            DevicesCommand::Show { dir, dev_eui } => show(&dir.data_dir, dev_eui),
+            DevicesCommand::List { dir, json } => list(&dir, json),
+            DevicesCommand::Show { dir, dev_eui } => show(&dir, dev_eui),
             DevicesCommand::Remove { dir, dev_eui } => {
-                let mut store = open_store(&dir.data_dir)?;
+                let mut store = open_any_store(&dir)?;
                 if store.remove_device(dev_eui)? {
                     println!("removed {dev_eui}");
                     Ok(ExitCode::SUCCESS)
@@ -280,6 +329,15 @@ fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> 
 }
 
 fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
+    let (ApiKeysCommand::Create { dir, .. }
+    | ApiKeysCommand::List { dir, .. }
+    | ApiKeysCommand::Revoke { dir, .. }) = &command;
+    if dir.postgres_url_default()?.is_some() {
+        bail!(
+            "API keys live in the embedded store only (the management API runs on it): run \
+             `joinserver api-keys` without a PostgreSQL store URL"
+        );
+    }
     match command {
         ApiKeysCommand::Create {
             dir,
@@ -339,8 +397,9 @@ fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
+fn init(dir: &DataDir, tls_names: &[String]) -> Result<ExitCode> {
     use std::os::unix::fs::PermissionsExt;
+    let data_dir = dir.data_dir.as_path();
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     // The store and the secrets live here: owner-only.
@@ -348,7 +407,11 @@ fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
         .with_context(|| format!("making {} owner-only", data_dir.display()))?;
     let created = secrets::init(data_dir)?;
     let secrets = Secrets::load(data_dir)?;
-    let mut store = SqliteStore::open(data_dir)?;
+    let pg_url = dir.postgres_url_default()?;
+    let mut store: Box<dyn Store> = match &pg_url {
+        Some(url) => Box::new(PgStore::connect(url, 2)?),
+        None => Box::new(SqliteStore::open(data_dir)?),
+    };
     store.check_master(&atrest::check_value(&secrets.master))?;
     for c in &created {
         match c {
@@ -356,10 +419,13 @@ fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
             Created::Kept(p) => println!("kept    {} (exists)", p.display()),
         }
     }
-    println!(
-        "store   {}",
-        data_dir.join(joinserver::store::DB_FILE).display()
-    );
+    match &pg_url {
+        Some(url) => println!("store   {} (PostgreSQL)", display_url(url)),
+        None => println!(
+            "store   {}",
+            data_dir.join(joinserver::store::DB_FILE).display()
+        ),
+    }
     println!(
         "peer    NetID {} (secrets/link.key, secrets/ns.kek); another NetID needs \
          `joinserver peers add --net-id N`",
@@ -408,6 +474,68 @@ fn init(data_dir: &Path, tls_names: &[String]) -> Result<ExitCode> {
         s.join(secrets::MASTER_KEY).display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The store `dir` names: PostgreSQL (migrated) or the embedded file, which must exist.
+fn open_any_store(dir: &DataDir) -> Result<Box<dyn Store>> {
+    Ok(match dir.postgres_url_default()? {
+        Some(url) => Box::new(PgStore::connect(&url, 2)?),
+        None => Box::new(open_store(&dir.data_dir)?),
+    })
+}
+
+fn migrate(dir: &DataDir) -> Result<ExitCode> {
+    let Some(url) = dir.postgres_url_default()? else {
+        bail!("migrate: no PostgreSQL store (--store-url, JOINSERVER_STORE_URL or [store] url); the embedded store migrates itself when opened");
+    };
+    let mut store = PgStore::connect_unmigrated(&url, 2)?;
+    let applied = store.migrate()?;
+    for v in &applied {
+        println!("applied migration {v}");
+    }
+    println!(
+        "schema version {} at {}",
+        store.schema_version()?,
+        display_url(&url)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn store_copy(data_dir: &Path, to: &str) -> Result<ExitCode> {
+    if !joinserver::store::postgres::is_postgres_url(to) {
+        bail!("--to: not a postgres:// URL");
+    }
+    let secrets = Secrets::load(data_dir)?;
+    let check = atrest::check_value(&secrets.master);
+    let mut from = open_store(data_dir)?;
+    from.check_master(&check)?;
+    let mut target = PgStore::connect(to, 2)?;
+    target.check_master(&check)?;
+    let started = std::time::Instant::now();
+    let devices = from.load_devices()?;
+    let ownership = from.ownership_rows()?;
+    let retired = from.retired_join_nonces()?;
+    target.import_copy(&devices, &ownership, &retired)?;
+    let (a, b) = (from.fingerprint()?, target.fingerprint()?);
+    println!(
+        "copied {} devices, {} ownership rows, {} retired JoinNonces in {:.2} s",
+        b.devices,
+        b.ownership,
+        b.retired,
+        started.elapsed().as_secs_f64()
+    );
+    println!("source sha256 {}", hex::encode(a.sha256));
+    println!("target sha256 {}", hex::encode(b.sha256));
+    if a != b {
+        bail!("verification failed: the copy differs from the source (counts or checksum)");
+    }
+    println!("verified: counts and checksum match");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A store URL without its password, for printing.
+fn display_url(url: &str) -> String {
+    joinserver::store::postgres::display_url(url)
 }
 
 fn open_store(data_dir: &Path) -> Result<SqliteStore> {
@@ -459,14 +587,26 @@ fn onboarding_cli(data_dir: &Path, config: Option<&Config>) -> Result<Onboarding
 }
 
 fn import(
-    data_dir: &Path,
+    dir: &DataDir,
     format: Option<Format>,
     file: &Path,
     signature: Option<&Path>,
     config_file: Option<PathBuf>,
     owner_tokens: Option<&Path>,
 ) -> Result<ExitCode> {
+    let data_dir = dir.data_dir.as_path();
     let config = load_config(data_dir, config_file)?;
+    if let Some(url) = dir.postgres_url(&config) {
+        return import_postgres(
+            data_dir,
+            &url,
+            &config,
+            format,
+            file,
+            signature,
+            owner_tokens,
+        );
+    }
     let svc = onboarding_cli(data_dir, Some(&config))?;
     // Streamed from the file, like an API upload: the file is never held whole in memory.
     let manifest =
@@ -490,53 +630,139 @@ fn import(
                     .map_or_else(String::new, |k| format!(" (signed by trusted key {k})"))
             )
             .context("writing to stdout")?;
-            if !r.generated_owner_tokens.is_empty() {
-                let mut csv = String::from("dev_eui,owner_token\n");
-                for t in &r.generated_owner_tokens {
-                    csv.push_str(&format!("{},{}\n", t.dev_eui, t.owner_token));
-                }
-                match owner_tokens {
-                    Some(p) => {
-                        use std::io::Write;
-                        use std::os::unix::fs::OpenOptionsExt;
-                        let mut f = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(p)
-                            .with_context(|| format!("creating {}", p.display()))?;
-                        f.write_all(csv.as_bytes())?;
-                        eprintln!(
-                            "{} generated owner token(s) written to {}",
-                            r.generated_owner_tokens.len(),
-                            p.display()
-                        );
-                    }
-                    None => {
-                        let mut out = std::io::stdout().lock();
-                        out.write_all(csv.as_bytes())
-                            .and_then(|()| out.flush())
-                            .context("writing the generated owner tokens to stdout")?;
-                    }
-                }
-            }
+            let tokens: Vec<(String, String)> = r
+                .generated_owner_tokens
+                .iter()
+                .map(|t| (t.dev_eui.clone(), t.owner_token.clone()))
+                .collect();
+            write_owner_tokens(&tokens, owner_tokens)?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(OnbError::Manifest(errors, total)) => {
-            for e in &errors {
-                eprintln!("{}: {e}", file.display());
-            }
-            if total > errors.len() {
-                eprintln!("{}: … and {} more", file.display(), total - errors.len());
-            }
-            eprintln!(
-                "joinserver: {total} bad row(s) in {}; nothing imported",
-                file.display()
-            );
-            Ok(ExitCode::FAILURE)
-        }
+        Err(OnbError::Manifest(errors, total)) => Ok(bad_rows(file, &errors, total)),
         Err(e @ OnbError::Signature(_)) => {
             eprintln!("joinserver: {}: {e}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reports a manifest's bad rows (`total` of them, `errors` listed); nothing was imported.
+fn bad_rows(file: &Path, errors: &[joinserver::devices::RowError], total: usize) -> ExitCode {
+    for e in errors {
+        eprintln!("{}: {e}", file.display());
+    }
+    if total > errors.len() {
+        eprintln!("{}: … and {} more", file.display(), total - errors.len());
+    }
+    eprintln!(
+        "joinserver: {total} bad row(s) in {}; nothing imported",
+        file.display()
+    );
+    ExitCode::FAILURE
+}
+
+/// Writes the owner tokens generated by an import (DevEUI, token) as CSV to a new 0600 file, or
+/// to stdout.
+fn write_owner_tokens(tokens: &[(String, String)], file: Option<&Path>) -> Result<()> {
+    use std::io::Write;
+    if tokens.is_empty() {
+        return Ok(());
+    }
+    let mut csv = String::from("dev_eui,owner_token\n");
+    for (dev_eui, token) in tokens {
+        csv.push_str(&format!("{dev_eui},{token}\n"));
+    }
+    match file {
+        Some(p) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("creating {}", p.display()))?;
+            f.write_all(csv.as_bytes())?;
+            eprintln!(
+                "{} generated owner token(s) written to {}",
+                tokens.len(),
+                p.display()
+            );
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(csv.as_bytes())
+                .and_then(|()| out.flush())
+                .context("writing the generated owner tokens to stdout")?;
+        }
+    }
+    Ok(())
+}
+
+/// `devices import` into a PostgreSQL store: the whole manifest read, its signature verified
+/// when given or required (`api.require_signed_cli_imports`), all rows or none.
+fn import_postgres(
+    data_dir: &Path,
+    url: &str,
+    config: &Config,
+    format: Option<Format>,
+    file: &Path,
+    signature: Option<&Path>,
+    owner_tokens: Option<&Path>,
+) -> Result<ExitCode> {
+    let secrets = Secrets::load(data_dir)?;
+    let mut store = PgStore::connect(url, 2)?;
+    store.check_master(&atrest::check_value(&secrets.master))?;
+    let manifest = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let sig = signature
+        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
+        .transpose()?;
+    let mut signed_by = None;
+    if sig.is_some() || config.api.require_signed_cli_imports {
+        let trusted = TrustedKeys::parse_with(
+            &config.api.trusted_manifest_keys,
+            &config.api.manufacturer_keys,
+        )
+        .map_err(|e| anyhow::anyhow!("api.{e}"))?;
+        match trusted.verify(&manifest, sig.as_deref()) {
+            Ok(k) => signed_by = Some(k),
+            Err(e) => {
+                eprintln!("joinserver: {}: {e}", file.display());
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    match joinserver::devices::import_postgres(
+        &mut store,
+        &secrets.master,
+        &manifest,
+        format,
+        config.api.min_owner_token_len,
+    ) {
+        Ok(r) => {
+            println!(
+                "imported {} devices in {:.2} s{}",
+                r.imported,
+                started.elapsed().as_secs_f64(),
+                signed_by
+                    .as_deref()
+                    .map_or_else(String::new, |k| format!(" (signed by trusted key {k})"))
+            );
+            let tokens: Vec<(String, String)> = r
+                .generated
+                .iter()
+                .map(|g| (g.dev_eui.to_string(), g.owner_token()))
+                .collect();
+            write_owner_tokens(&tokens, owner_tokens)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(joinserver::devices::ImportError::Rows(errors)) => {
+            let total = errors.len();
+            Ok(bad_rows(file, &errors, total))
+        }
+        Err(joinserver::devices::ImportError::Store(StoreError::Duplicate(d))) => {
+            eprintln!("joinserver: device {d} is already provisioned; nothing imported");
             Ok(ExitCode::FAILURE)
         }
         Err(e) => Err(e.into()),
@@ -557,8 +783,8 @@ fn device_json(d: &StoredDevice) -> serde_json::Value {
     })
 }
 
-fn list(data_dir: &Path, json: bool) -> Result<ExitCode> {
-    let mut store = open_store(data_dir)?;
+fn list(dir: &DataDir, json: bool) -> Result<ExitCode> {
+    let mut store = open_any_store(dir)?;
     let all = store.load_devices()?;
     if json {
         for d in &all {
@@ -587,8 +813,8 @@ fn list(data_dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn show(data_dir: &Path, dev_eui: DevEui) -> Result<ExitCode> {
-    let mut store = open_store(data_dir)?;
+fn show(dir: &DataDir, dev_eui: DevEui) -> Result<ExitCode> {
+    let mut store = open_any_store(dir)?;
     match store.get_device(dev_eui)? {
         Some(d) => {
             println!("{}", serde_json::to_string_pretty(&device_json(&d))?);
@@ -607,6 +833,7 @@ struct Overrides {
     metrics: Option<String>,
     api_listen: Option<String>,
     insecure_http: bool,
+    store_url: Option<String>,
 }
 
 fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<ExitCode> {
@@ -639,6 +866,9 @@ fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<
         config.api.listen = a;
     }
     config.api.insecure_http |= o.insecure_http;
+    if let Some(u) = o.store_url {
+        config.store.url = u;
+    }
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(

@@ -43,6 +43,12 @@ pub struct Metrics {
     pub store_batch: Histogram,
     /// `joinserver_store_errors_total`: failed commits (their answers are not sent).
     pub store_errors: IntCounter,
+    /// `joinserver_store_stale_total`: accepted joins not committed because the shared store no
+    /// longer held the nonce state they were checked against (another instance got there first).
+    pub store_stale: IntCounter,
+    /// `joinserver_answers_shared_total`: answers sent as another instance gave them (a retry
+    /// of a request that instance answered, found in the shared store).
+    pub answers_shared: IntCounter,
     /// `joinserver_devices`: provisioned devices in memory.
     pub devices: IntGauge,
     /// `joinserver_kernel_rx_drops`: datagrams the kernel dropped on the link socket (receive
@@ -107,6 +113,14 @@ impl Metrics {
             "joinserver_store_errors_total",
             "Failed nonce commits (their answers were not sent)",
         );
+        let store_stale = counter(
+            "joinserver_store_stale_total",
+            "Accepted joins not committed: the shared store had moved on (another instance)",
+        );
+        let answers_shared = counter(
+            "joinserver_answers_shared_total",
+            "Answers sent as another instance gave them (retries found in the shared store)",
+        );
         let devices =
             IntGauge::new("joinserver_devices", "Provisioned devices").expect("valid metric");
         let kernel_drops = IntGauge::new(
@@ -125,6 +139,8 @@ impl Metrics {
             Box::new(store_commits.clone()),
             Box::new(store_batch.clone()),
             Box::new(store_errors.clone()),
+            Box::new(store_stale.clone()),
+            Box::new(answers_shared.clone()),
             Box::new(devices.clone()),
             Box::new(kernel_drops.clone()),
         ] {
@@ -142,6 +158,8 @@ impl Metrics {
             store_commits,
             store_batch,
             store_errors,
+            store_stale,
+            answers_shared,
             devices,
             kernel_drops,
         }

@@ -18,6 +18,7 @@ use crate::link::{self, Link, Outgoing, Peers};
 use crate::metrics::{self, Metrics};
 use crate::peers::FIRST_PEER;
 use crate::secrets::{self, Secrets};
+use crate::store::postgres::{is_postgres_url, PgStore};
 use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
 use httpsec::serve::Transport;
 
@@ -56,7 +57,7 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     healthy: Arc<AtomicBool>,
     receiver: Option<JoinHandle<()>>,
-    writer: Option<JoinHandle<SqliteStore>>,
+    writer: Option<WriterHandle>,
     reloader: Option<JoinHandle<()>>,
     metrics_thread: Option<JoinHandle<()>>,
     metrics_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -68,7 +69,7 @@ pub struct Server {
 
 /// Loads every stored device into memory, unwrapping root keys under the master key.
 fn load_devices(
-    store: &mut SqliteStore,
+    store: &mut dyn Store,
     master: &secrets::MasterKey,
     map: &DeviceMap,
 ) -> Result<usize, StartError> {
@@ -87,7 +88,7 @@ fn load_devices(
 /// re-imported with other keys or settings is replaced by the stored one. Returns how many
 /// devices were read from the store.
 pub fn sync_devices(
-    store: &mut SqliteStore,
+    store: &mut dyn Store,
     master: &secrets::MasterKey,
     map: &DeviceMap,
     changes: &DeviceChanges,
@@ -218,22 +219,44 @@ fn app_keks(
         .collect()
 }
 
-/// Opens the store for the link's group commit: the master key checked, automatic checkpoints
-/// off (the reload thread checkpoints), `synchronous` as configured.
-fn open_store(
+/// The store writer thread, which returns the store when it ends.
+type WriterHandle = JoinHandle<Box<dyn Store>>;
+
+/// The two handles on the store a server uses: the writer's (group commit) and the reload
+/// thread's.
+type StorePair = (Box<dyn Store>, Box<dyn Store>);
+
+/// Opens the store: PostgreSQL when `[store] url` names it (migrations applied), else the
+/// embedded SQLite file, with the master key checked. SQLite's writer connection has automatic
+/// checkpoints off (the reload thread checkpoints) and `synchronous` as configured.
+fn open_stores(
     data_dir: &Path,
     config: &Config,
     secrets: &Secrets,
-) -> Result<SqliteStore, StartError> {
+) -> Result<StorePair, StartError> {
+    let check = atrest::check_value(&secrets.master);
+    if is_postgres_url(&config.store.url) {
+        let mut store = PgStore::connect(&config.store.url, config.store.pool_size)?;
+        store.set_answer_ttl_ms(config.link.answer_cache_ttl_ms);
+        store.check_master(&check)?;
+        let reload = store.handle();
+        tracing::info!(pool_size = config.store.pool_size, "store: PostgreSQL");
+        return Ok((Box::new(store), Box::new(reload)));
+    }
+    if !config.store.url.is_empty() {
+        return Err(StartError::Config(
+            "store.url: not a postgres:// URL (leave it empty for the embedded store)".into(),
+        ));
+    }
     let mut store = SqliteStore::open(data_dir)?;
-    store.check_master(&atrest::check_value(&secrets.master))?;
+    store.check_master(&check)?;
     // Checkpoints run on the reload thread's connection, off the commit path.
     store.disable_autocheckpoint()?;
     store.set_synchronous(config.store.synchronous)?;
     if config.store.synchronous != crate::config::Synchronous::Full {
         tracing::warn!("store.synchronous = \"normal\": answered joins survive a crash of the join server but not a power loss");
     }
-    Ok(store)
+    Ok((Box::new(store), Box::new(SqliteStore::open(data_dir)?)))
 }
 
 /// What the reload thread needs.
@@ -248,17 +271,24 @@ struct Reload {
     stop: Arc<AtomicBool>,
 }
 
-/// Starts the thread that picks up provisioning by other processes (`joinserver devices
-/// import/remove`) and runs the WAL checkpoints.
-fn spawn_reloader(mut reload_store: SqliteStore, r: Reload) -> Result<JoinHandle<()>, StartError> {
+/// Starts the thread that picks up provisioning by other processes and instances (`joinserver
+/// devices import/remove`, another instance's API) and runs the store's housekeeping (WAL
+/// checkpoints; expired shared answers). It waits for a change signal (PostgreSQL `NOTIFY`) or
+/// half a second, then reads only what changed.
+fn spawn_reloader(
+    mut reload_store: Box<dyn Store>,
+    r: Reload,
+) -> Result<JoinHandle<()>, StartError> {
     std::thread::Builder::new()
         .name("js-reload".into())
         .spawn(move || {
             let mut seen = r.seen;
             while !r.stop.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(500));
-                if let Err(e) = reload_store.checkpoint() {
-                    tracing::warn!(error = %e, "WAL checkpoint");
+                if let Err(e) = reload_store.wait_for_change(Duration::from_millis(500)) {
+                    tracing::warn!(error = %e, "waiting for device changes");
+                }
+                if let Err(e) = reload_store.maintain() {
+                    tracing::warn!(error = %e, "store housekeeping");
                 }
                 let (g, changes) = match reload_store.changes_since(seen) {
                     Ok(c) => c,
@@ -271,7 +301,7 @@ fn spawn_reloader(mut reload_store: SqliteStore, r: Reload) -> Result<JoinHandle
                     continue;
                 }
                 let _sync = r.map_sync.lock().unwrap_or_else(|e| e.into_inner());
-                match sync_devices(&mut reload_store, &r.master, &r.devices, &changes) {
+                match sync_devices(&mut *reload_store, &r.master, &r.devices, &changes) {
                     Ok(read) => {
                         seen = g;
                         r.metrics.devices.set(r.devices.len() as i64);
@@ -318,11 +348,11 @@ fn spawn_link(
     link: &Arc<Link>,
     socket: UdpSocket,
     send_socket: UdpSocket,
-    store: SqliteStore,
+    store: Box<dyn Store>,
     config: &Config,
     stop: &Arc<AtomicBool>,
     healthy: &Arc<AtomicBool>,
-) -> Result<(JoinHandle<()>, JoinHandle<SqliteStore>), StartError> {
+) -> Result<(JoinHandle<()>, WriterHandle), StartError> {
     let link_addr = socket.local_addr().ok();
     let release_link = link.clone();
     let batch_sender = crate::mmsg::BatchSender::new(64);
@@ -433,11 +463,11 @@ impl Server {
         let js_id = PeerId(config.js_id().map_err(StartError::Config)?);
         let peers = peers_from_config(data_dir, config, &secrets)?;
 
-        let mut store = open_store(data_dir, config, &secrets)?;
+        let (mut store, reload_store) = open_stores(data_dir, config, &secrets)?;
         let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
         // Read before the load: a change in between is picked up (again) by the reload thread.
         let loaded_generation = store.generation()?;
-        let n = load_devices(&mut store, &secrets.master, &devices)?;
+        let n = load_devices(&mut *store, &secrets.master, &devices)?;
         let metrics = Metrics::new();
         metrics.devices.set(n as i64);
         tracing::info!(devices = n, "devices loaded");
@@ -480,7 +510,7 @@ impl Server {
         // Provisioning by other processes (`joinserver devices import/remove`), and WAL
         // checkpoints.
         let reloader = spawn_reloader(
-            SqliteStore::open(data_dir)?,
+            reload_store,
             Reload {
                 seen: loaded_generation,
                 master: secrets.master.clone(),
@@ -578,6 +608,19 @@ fn start_api(
     master: &secrets::MasterKey,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
+    if is_postgres_url(&config.store.url) {
+        if config.api.listen.is_empty() {
+            return Ok(None);
+        }
+        // The onboarding tables (API keys, tenants, claims, audit) are in the embedded store
+        // only: an API beside a PostgreSQL device store would split the state.
+        return Err(StartError::Config(
+            "api.listen: the management API needs the embedded store; with store.url set to \
+             PostgreSQL, run it with api.listen = \"\" (provision with `joinserver devices \
+             import --store-url`)"
+                .into(),
+        ));
+    }
     // Opening the onboarding store also moves any owner token stored in clear to a hash.
     let db = OnboardStore::open(data_dir)?;
     if config.api.listen.is_empty() {

@@ -1,6 +1,7 @@
 //! Durable state: devices (root keys encrypted at rest) and their DevNonce/JoinNonce state.
 //!
 //! [`Store`] is the small trait a backend implements; [`SqliteStore`] is the embedded default,
+//! and [`postgres::PgStore`] the shared one for several join server instances (`[store] url`);
 //! one SQLite file (`DATA_DIR/joinserver.db`) in WAL mode with `synchronous=FULL`, so a committed
 //! transaction survives a crash or power loss. The store never sees a root key in clear: callers
 //! pass and receive RFC 3394 wraps under the master key ([`crate::atrest`]).
@@ -8,9 +9,18 @@
 //! Durability without one flush per join: [`GroupCommit`] runs a writer thread that takes every
 //! nonce update queued while the previous transaction was being flushed, commits them all in one
 //! transaction, and only then releases the answers that depend on them.
+//!
+//! Several instances on one store: each accepted join is committed only if the device's stored
+//! JoinNonce is still the one its DevNonce was checked against ([`Store::commit_joins`], one
+//! conditional statement per device inside the batch's transaction), so of two instances that
+//! accepted the same device's join only the first commits; the other answers from the winner's
+//! stored answer (a retry of the same request) or refuses, and refreshes its copy of the device.
+
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -41,6 +51,22 @@ pub enum StoreError {
     /// The database was written with a different master key.
     #[error("the store was created with a different master key (secrets/master.key)")]
     MasterKeyMismatch,
+    /// The PostgreSQL store failed (the database is unreachable, or refused a statement).
+    #[error("postgresql: {0}")]
+    Postgres(String),
+}
+
+impl StoreError {
+    /// A short stable name, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Db(_) => "sqlite",
+            Self::Duplicate(_) => "duplicate",
+            Self::Corrupt { .. } => "corrupt",
+            Self::MasterKeyMismatch => "master_key_mismatch",
+            Self::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// A device's nonce state: everything the DevNonce and JoinNonce rules need.
@@ -55,7 +81,30 @@ pub struct NonceState {
 }
 
 impl NonceState {
-    fn history_blob(&self) -> Vec<u8> {
+    /// The state from its stored columns (as both backends store them).
+    pub(crate) fn from_columns(
+        dev_eui: DevEui,
+        last_dev_nonce: Option<i64>,
+        used: &[u8],
+        last_join_nonce: i64,
+    ) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt {
+            dev_eui,
+            what: what.to_owned(),
+        };
+        Ok(Self {
+            last_dev_nonce: match last_dev_nonce {
+                None => None,
+                Some(v) => Some(u16::try_from(v).map_err(|_| corrupt("last_dev_nonce"))?),
+            },
+            used_dev_nonces: Self::history_from_blob(used)
+                .ok_or_else(|| corrupt("used_dev_nonces"))?,
+            last_join_nonce: u32::try_from(last_join_nonce)
+                .map_err(|_| corrupt("last_join_nonce"))?,
+        })
+    }
+
+    pub(crate) fn history_blob(&self) -> Vec<u8> {
         self.used_dev_nonces
             .iter()
             .flat_map(|n| n.to_le_bytes())
@@ -119,8 +168,49 @@ pub struct NonceUpdate {
     pub joined: LastJoin,
 }
 
-/// The durable state of a join server. Implemented by [`SqliteStore`]; shaped so a networked
-/// backend (PostgreSQL) can implement it too: every method is one transaction.
+/// What identifies a JoinReq's answer across instances: the authenticated sender, its
+/// TransactionID, and the request's PHYPayload (a TransactionID reused for another request is
+/// not a retry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerKey {
+    /// The sender id on the link (the network server's NetID).
+    pub sender: u64,
+    /// The TransactionID.
+    pub transaction_id: u32,
+    /// The Join-request PHYPayload.
+    pub request: Vec<u8>,
+}
+
+/// One accepted join to commit: its nonce update, the state its DevNonce was checked against,
+/// and the answer to keep beside it so that a retry reaching another instance gets the identical
+/// answer (a store one instance alone uses may ignore it: that instance's answer cache is in
+/// memory).
+#[derive(Clone, Debug)]
+pub struct JoinCommit {
+    /// The nonce update; its `state.last_join_nonce` is the JoinNonce the answer carries.
+    pub update: NonceUpdate,
+    /// The device's nonce state the join was checked against: the update is committed only if
+    /// the store still holds exactly this state.
+    pub previous: NonceState,
+    /// The request and the answer (the JoinAns body, whose session keys are wrapped under KEKs).
+    pub answer: Option<(AnswerKey, Arc<[u8]>)>,
+}
+
+/// What [`Store::commit_joins`] did with one join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JoinCommitted {
+    /// Committed.
+    Applied,
+    /// Not committed: the device's stored JoinNonce had moved (another instance accepted a
+    /// join first, or this instance's copy was ahead after a failed commit). The stored state.
+    Stale(NonceState),
+    /// Not committed: the device is no longer stored.
+    Gone,
+}
+
+/// The durable state of a join server. Implemented by [`SqliteStore`] (one instance) and
+/// [`postgres::PgStore`] (several instances on one database); every method is one transaction,
+/// and one conformance suite (`tests/store_conformance.rs`) runs against both.
 pub trait Store: Send + 'static {
     /// Every device, with its nonce state.
     fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError>;
@@ -140,6 +230,69 @@ pub trait Store: Send + 'static {
     fn changes_since(&mut self, seen: u64) -> Result<(u64, DeviceChanges), StoreError>;
     /// Checks (or, on a fresh store, records) the master key check value.
     fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError>;
+    /// Durably records the nonce states of accepted joins in one transaction, each only if the
+    /// store still holds the state its DevNonce was checked against ([`JoinCommit::previous`]):
+    /// the check and the update are one conditional statement, so of two instances that
+    /// accepted a join of the same device from the same state, one commits. Returns what
+    /// happened to each, in order. A shared store also keeps each join's answer for
+    /// [`Store::find_answers`].
+    fn commit_joins(&mut self, batch: &[JoinCommit]) -> Result<Vec<JoinCommitted>, StoreError>;
+    /// The answers that any instance stored with its joins for these requests (`None` where
+    /// there is none). A store used by one instance keeps none: its answer cache is in memory.
+    fn find_answers(&mut self, keys: &[AnswerKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        Ok(vec![None; keys.len()])
+    }
+    /// Waits up to `timeout` for a change of the provisioned devices made elsewhere (another
+    /// process or instance); returns early when one is signalled. The default just sleeps: the
+    /// caller then asks [`Store::changes_since`].
+    fn wait_for_change(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        std::thread::sleep(timeout);
+        Ok(())
+    }
+    /// Housekeeping, called regularly off the commit path (SQLite: a WAL checkpoint;
+    /// PostgreSQL: expired shared answers are deleted).
+    fn maintain(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl<S: Store + ?Sized> Store for Box<S> {
+    fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
+        (**self).load_devices()
+    }
+    fn get_device(&mut self, dev_eui: DevEui) -> Result<Option<StoredDevice>, StoreError> {
+        (**self).get_device(dev_eui)
+    }
+    fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
+        (**self).insert_devices(devices)
+    }
+    fn remove_device(&mut self, dev_eui: DevEui) -> Result<bool, StoreError> {
+        (**self).remove_device(dev_eui)
+    }
+    fn commit_nonces(&mut self, batch: &[NonceUpdate]) -> Result<(), StoreError> {
+        (**self).commit_nonces(batch)
+    }
+    fn generation(&mut self) -> Result<u64, StoreError> {
+        (**self).generation()
+    }
+    fn changes_since(&mut self, seen: u64) -> Result<(u64, DeviceChanges), StoreError> {
+        (**self).changes_since(seen)
+    }
+    fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError> {
+        (**self).check_master(check_value)
+    }
+    fn commit_joins(&mut self, batch: &[JoinCommit]) -> Result<Vec<JoinCommitted>, StoreError> {
+        (**self).commit_joins(batch)
+    }
+    fn find_answers(&mut self, keys: &[AnswerKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        (**self).find_answers(keys)
+    }
+    fn wait_for_change(&mut self, timeout: Duration) -> Result<(), StoreError> {
+        (**self).wait_for_change(timeout)
+    }
+    fn maintain(&mut self) -> Result<(), StoreError> {
+        (**self).maintain()
+    }
 }
 
 /// The embedded SQLite store.
@@ -348,6 +501,52 @@ pub(crate) fn write_nonces(
     Ok(())
 }
 
+/// Records one accepted join if the device's stored nonce state is still the one it was checked
+/// against: one conditional statement; otherwise reads what is stored.
+fn write_join(tx: &Connection, j: &JoinCommit) -> Result<JoinCommitted, StoreError> {
+    let (u, p) = (&j.update, &j.previous);
+    let n = tx
+        .prepare_cached(
+            "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4, \
+             last_join_ms = ?5, last_join_net_id = ?6 \
+             WHERE dev_eui = ?1 AND last_join_nonce = ?7 AND last_dev_nonce IS ?8 \
+             AND used_dev_nonces = ?9",
+        )?
+        .execute(params![
+            dev_eui_sql(u.dev_eui),
+            u.state.last_dev_nonce.map(i64::from),
+            u.state.history_blob(),
+            i64::from(u.state.last_join_nonce),
+            i64::try_from(u.joined.at_ms).unwrap_or(i64::MAX),
+            i64::from(u.joined.net_id.as_u32()),
+            i64::from(p.last_join_nonce),
+            p.last_dev_nonce.map(i64::from),
+            p.history_blob(),
+        ])?;
+    if n == 1 {
+        return Ok(JoinCommitted::Applied);
+    }
+    let stored = tx
+        .prepare_cached(
+            "SELECT last_dev_nonce, used_dev_nonces, last_join_nonce FROM devices \
+             WHERE dev_eui = ?1",
+        )?
+        .query_row([dev_eui_sql(u.dev_eui)], |r| {
+            Ok((
+                r.get::<_, Option<i64>>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    Ok(match stored {
+        None => JoinCommitted::Gone,
+        Some((last, used, join)) => {
+            JoinCommitted::Stale(NonceState::from_columns(u.dev_eui, last, &used, join)?)
+        }
+    })
+}
+
 /// Deletes one device, remembering its last JoinNonce (`retired_join_nonces`); whether it
 /// existed. The caller bumps the generation.
 pub(crate) fn delete_device(tx: &Connection, dev_eui: DevEui) -> Result<bool, StoreError> {
@@ -472,24 +671,25 @@ impl SqliteStore {
     }
 }
 
-struct RawRow {
-    dev_eui: i64,
-    join_eui: i64,
-    mac_version: String,
-    app_key: Vec<u8>,
-    nwk_key: Option<Vec<u8>>,
-    home_net_id: Option<i64>,
-    owner_token: Option<String>,
-    last_dev_nonce: Option<i64>,
-    used: Vec<u8>,
-    last_join_nonce: i64,
-    last_join_ms: Option<i64>,
-    last_join_net_id: Option<i64>,
-    owner: Option<String>,
+pub(crate) struct RawRow {
+    pub(crate) dev_eui: i64,
+    pub(crate) join_eui: i64,
+    pub(crate) mac_version: String,
+    pub(crate) app_key: Vec<u8>,
+    pub(crate) nwk_key: Option<Vec<u8>>,
+    pub(crate) home_net_id: Option<i64>,
+    pub(crate) owner_token: Option<String>,
+    pub(crate) last_dev_nonce: Option<i64>,
+    pub(crate) used: Vec<u8>,
+    pub(crate) last_join_nonce: i64,
+    pub(crate) last_join_ms: Option<i64>,
+    pub(crate) last_join_net_id: Option<i64>,
+    pub(crate) owner: Option<String>,
 }
 
 impl RawRow {
-    fn into_device(self) -> Result<StoredDevice, StoreError> {
+    /// The device this row holds.
+    pub(crate) fn into_device(self) -> Result<StoredDevice, StoreError> {
         let dev_eui = DevEui::new(eui_from_sql(self.dev_eui));
         let corrupt = |what: &str| StoreError::Corrupt {
             dev_eui,
@@ -515,16 +715,12 @@ impl RawRow {
             },
             owner_token: self.owner_token,
             owner: self.owner,
-            nonces: NonceState {
-                last_dev_nonce: match self.last_dev_nonce {
-                    None => None,
-                    Some(v) => Some(u16::try_from(v).map_err(|_| corrupt("last_dev_nonce"))?),
-                },
-                used_dev_nonces: NonceState::history_from_blob(&self.used)
-                    .ok_or_else(|| corrupt("used_dev_nonces"))?,
-                last_join_nonce: u32::try_from(self.last_join_nonce)
-                    .map_err(|_| corrupt("last_join_nonce"))?,
-            },
+            nonces: NonceState::from_columns(
+                dev_eui,
+                self.last_dev_nonce,
+                &self.used,
+                self.last_join_nonce,
+            )?,
             last_join: match (self.last_join_ms, self.last_join_net_id) {
                 (Some(at), Some(net)) => Some(LastJoin {
                     at_ms: u64::try_from(at).map_err(|_| corrupt("last_join_ms"))?,
@@ -669,6 +865,20 @@ impl Store for SqliteStore {
         Ok((now, DeviceChanges::Devices(devices)))
     }
 
+    fn commit_joins(&mut self, batch: &[JoinCommit]) -> Result<Vec<JoinCommitted>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let out = batch
+            .iter()
+            .map(|j| write_join(&tx, j))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn maintain(&mut self) -> Result<(), StoreError> {
+        self.checkpoint()
+    }
+
     fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         let stored: Option<Vec<u8>> = tx
@@ -693,6 +903,145 @@ impl Store for SqliteStore {
     }
 }
 
+/// One row of `ownership` (owner token hash, manufacturer, claim), as both backends store it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnershipRow {
+    /// The DevEUI's bits.
+    pub dev_eui: i64,
+    /// SHA-256 of the owner token (never the token).
+    pub token_hash: Option<Vec<u8>>,
+    /// The tenant that provisioned the device.
+    pub manufacturer: Option<String>,
+    /// The tenant that claimed it.
+    pub owner: Option<String>,
+    /// When it was claimed (Unix ms).
+    pub claimed_ms: Option<i64>,
+    /// Locked against claims (0 or 1).
+    pub locked: i64,
+}
+
+/// What `joinserver store copy` compares between two stores: the row count of each table of
+/// the device state, and a SHA-256 over every row in DevEUI order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    /// Devices.
+    pub devices: usize,
+    /// Ownership rows.
+    pub ownership: usize,
+    /// Retired JoinNonces.
+    pub retired: usize,
+    /// SHA-256 over all of them.
+    pub sha256: [u8; 32],
+}
+
+impl Fingerprint {
+    /// The fingerprint of a store's rows, each list in DevEUI order.
+    pub fn of(
+        devices: &[StoredDevice],
+        ownership: &[OwnershipRow],
+        retired: &[(i64, i64)],
+    ) -> Self {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        let opt = |v: Option<&[u8]>| v.map_or_else(|| vec![0xFF], |b| [&[1u8][..], b].concat());
+        for d in devices {
+            field(&d.dev_eui.as_u64().to_le_bytes());
+            field(&d.join_eui.as_u64().to_le_bytes());
+            field(d.mac_version.as_str().as_bytes());
+            field(&d.app_key_wrapped);
+            field(&opt(d.nwk_key_wrapped.as_deref()));
+            field(&opt(d
+                .home_net_id
+                .map(|n| n.as_u32().to_le_bytes())
+                .as_ref()
+                .map(|b| &b[..])));
+            field(&opt(d.owner_token.as_deref().map(str::as_bytes)));
+            field(&opt(d
+                .nonces
+                .last_dev_nonce
+                .map(u16::to_le_bytes)
+                .as_ref()
+                .map(|b| &b[..])));
+            field(&d.nonces.history_blob());
+            field(&d.nonces.last_join_nonce.to_le_bytes());
+            let last = d.last_join.map(|j| {
+                [
+                    j.at_ms.to_le_bytes(),
+                    u64::from(j.net_id.as_u32()).to_le_bytes(),
+                ]
+                .concat()
+            });
+            field(&opt(last.as_deref()));
+        }
+        field(b"ownership");
+        for o in ownership {
+            field(&o.dev_eui.to_le_bytes());
+            field(&opt(o.token_hash.as_deref()));
+            field(&opt(o.manufacturer.as_deref().map(str::as_bytes)));
+            field(&opt(o.owner.as_deref().map(str::as_bytes)));
+            field(&opt(o
+                .claimed_ms
+                .map(i64::to_le_bytes)
+                .as_ref()
+                .map(|b| &b[..])));
+            field(&o.locked.to_le_bytes());
+        }
+        field(b"retired");
+        for (d, j) in retired {
+            field(&d.to_le_bytes());
+            field(&j.to_le_bytes());
+        }
+        Self {
+            devices: devices.len(),
+            ownership: ownership.len(),
+            retired: retired.len(),
+            sha256: h.finalize().into(),
+        }
+    }
+}
+
+impl SqliteStore {
+    /// The `ownership` rows, in DevEUI order.
+    pub fn ownership_rows(&mut self) -> Result<Vec<OwnershipRow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT dev_eui, token_hash, manufacturer, owner, claimed_ms, locked \
+             FROM ownership ORDER BY dev_eui",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(OwnershipRow {
+                dev_eui: r.get(0)?,
+                token_hash: r.get(1)?,
+                manufacturer: r.get(2)?,
+                owner: r.get(3)?,
+                claimed_ms: r.get(4)?,
+                locked: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The retired JoinNonces (DevEUI bits, last JoinNonce), in DevEUI order.
+    pub fn retired_join_nonces(&mut self) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT dev_eui, last_join_nonce FROM retired_join_nonces ORDER BY dev_eui")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The [`Fingerprint`] of the device state.
+    pub fn fingerprint(&mut self) -> Result<Fingerprint, StoreError> {
+        let devices = self.load_devices()?;
+        let ownership = self.ownership_rows()?;
+        let retired = self.retired_join_nonces()?;
+        Ok(Fingerprint::of(&devices, &ownership, &retired))
+    }
+}
+
 /// The writer queue is gone (the writer thread stopped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the store writer has stopped")]
@@ -704,7 +1053,7 @@ pub struct WriterStopped;
 /// Items without an update (refusals, cached answers) travel through the same queue, so they are
 /// released in order: a cached answer is never sent before the commit of the join that made it.
 pub struct GroupCommit<T> {
-    tx: SyncSender<(Option<NonceUpdate>, T)>,
+    tx: SyncSender<(Job, T)>,
 }
 
 impl<T> Clone for GroupCommit<T> {
@@ -721,9 +1070,53 @@ impl<T> std::fmt::Debug for GroupCommit<T> {
     }
 }
 
+/// What an item queued on the writer asks of the store.
+#[derive(Clone, Debug)]
+pub enum Job {
+    /// Nothing: the item is released after its batch.
+    Nothing,
+    /// Commit an accepted join ([`Store::commit_joins`]).
+    Join(JoinCommit),
+    /// Look up the answer another instance gave to this request ([`Store::find_answers`]): a
+    /// retry refused here by the DevNonce rule may have been answered elsewhere.
+    Lookup(AnswerKey),
+}
+
+/// What the writer reports for one item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its join (if it had one) is committed, or it had nothing to commit, or its lookup found
+    /// nothing.
+    Done,
+    /// Its join was not committed ([`JoinCommitted::Stale`] or [`JoinCommitted::Gone`]): the
+    /// device's stored nonce state (`None`: the device is gone), and the answer another instance
+    /// stored for the same request, if any.
+    Stale {
+        /// The device.
+        dev_eui: DevEui,
+        /// The stored state.
+        current: Option<NonceState>,
+        /// The winner's answer to the same request.
+        answer: Option<Vec<u8>>,
+    },
+    /// Its lookup found the answer another instance gave to this request.
+    Answered(Vec<u8>),
+    /// The batch's commit failed: its join was not recorded (as far as this instance can
+    /// know), so the device's state in memory goes back from `state` to `previous`.
+    Failed {
+        /// The device.
+        dev_eui: DevEui,
+        /// The state the join was checked against.
+        previous: NonceState,
+        /// The state the join would have recorded.
+        state: NonceState,
+    },
+}
+
 /// What the writer reports after each batch: the commit's result (`Ok` also when there was
-/// nothing to write), the number of updates, and the released items.
-pub type Released<T> = (Result<(), StoreError>, usize, Vec<T>);
+/// nothing to write), the number of joins committed or refused as stale, and the released items
+/// with their verdicts ([`Verdict::Failed`] for the joins, when the commit failed).
+pub type Released<T> = (Result<(), StoreError>, usize, Vec<(T, Verdict)>);
 
 impl<T: Send + 'static> GroupCommit<T> {
     /// Starts the writer thread. `release` is called on the writer thread after each batch.
@@ -751,9 +1144,10 @@ impl<T: Send + 'static> GroupCommit<T> {
         (Self { tx }, handle)
     }
 
-    /// Queues an item, blocking while the queue is full (back-pressure on the link).
-    pub fn submit(&self, update: Option<NonceUpdate>, item: T) -> Result<(), WriterStopped> {
-        match self.tx.try_send((update, item)) {
+    /// Queues an item with its job, blocking while the queue is full (back-pressure on the
+    /// link).
+    pub fn submit(&self, job: Job, item: T) -> Result<(), WriterStopped> {
+        match self.tx.try_send((job, item)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(v)) => self.tx.send(v).map_err(|_| WriterStopped),
             Err(TrySendError::Disconnected(_)) => Err(WriterStopped),
@@ -761,14 +1155,108 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 }
 
+/// Where an item's job went in its batch.
+enum Slot {
+    Nothing,
+    Join(usize),
+    Lookup(usize),
+}
+
+/// One batch: the joins to commit, the answers to look up, and each item's slot.
+struct Batch<T> {
+    joins: Vec<JoinCommit>,
+    lookups: Vec<AnswerKey>,
+    items: Vec<(T, Slot)>,
+}
+
+impl<T> Batch<T> {
+    fn push(&mut self, job: Job, item: T) {
+        let slot = match job {
+            Job::Nothing => Slot::Nothing,
+            Job::Join(j) => {
+                self.joins.push(j);
+                Slot::Join(self.joins.len() - 1)
+            }
+            Job::Lookup(k) => {
+                self.lookups.push(k);
+                Slot::Lookup(self.lookups.len() - 1)
+            }
+        };
+        self.items.push((item, slot));
+    }
+
+    /// Commits the joins, then looks up the answers for the lookups and for the joins found
+    /// stale; each item's verdict.
+    fn run<S: Store>(self, store: &mut S) -> Released<T> {
+        let n = self.joins.len();
+        let committed = if n == 0 {
+            Vec::new()
+        } else {
+            match store.commit_joins(&self.joins) {
+                Ok(c) => c,
+                Err(e) => {
+                    let mut joins = self.joins.into_iter();
+                    let items = self.items.into_iter().map(|(t, slot)| match slot {
+                        Slot::Join(_) => {
+                            let j = joins.next().expect("one join per join slot, in order");
+                            let v = Verdict::Failed {
+                                dev_eui: j.update.dev_eui,
+                                previous: j.previous,
+                                state: j.update.state,
+                            };
+                            (t, v)
+                        }
+                        _ => (t, Verdict::Done),
+                    });
+                    return (Err(e), n, items.collect());
+                }
+            }
+        };
+        let mut keys = self.lookups;
+        let mut stale_key = vec![None; n];
+        for (i, c) in committed.iter().enumerate() {
+            if let (false, Some((k, _))) = (*c == JoinCommitted::Applied, &self.joins[i].answer) {
+                stale_key[i] = Some(keys.len());
+                keys.push(k.clone());
+            }
+        }
+        let mut found = if keys.is_empty() {
+            Vec::new()
+        } else {
+            store.find_answers(&keys).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "looking up answers stored by other instances");
+                vec![None; keys.len()]
+            })
+        };
+        found.resize(keys.len(), None);
+        let verdicts = self.items.into_iter().map(|(t, slot)| {
+            let v = match slot {
+                Slot::Nothing => Verdict::Done,
+                Slot::Lookup(i) => found[i].take().map_or(Verdict::Done, Verdict::Answered),
+                Slot::Join(i) => match &committed[i] {
+                    JoinCommitted::Applied => Verdict::Done,
+                    c => Verdict::Stale {
+                        dev_eui: self.joins[i].update.dev_eui,
+                        current: match c {
+                            JoinCommitted::Stale(s) => Some(s.clone()),
+                            _ => None,
+                        },
+                        answer: stale_key[i].and_then(|k| found[k].take()),
+                    },
+                },
+            };
+            (t, v)
+        });
+        (Ok(()), n, verdicts.collect())
+    }
+}
+
 fn writer_loop<S: Store, T, F: FnMut(Released<T>)>(
     store: &mut S,
-    rx: &Receiver<(Option<NonceUpdate>, T)>,
+    rx: &Receiver<(Job, T)>,
     max_batch: usize,
     release: &mut F,
 ) {
-    let mut updates = Vec::with_capacity(max_batch);
-    let mut items = Vec::with_capacity(max_batch);
     loop {
         // Block for the first item, then take whatever queued up meanwhile.
         let first = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -776,25 +1264,19 @@ fn writer_loop<S: Store, T, F: FnMut(Released<T>)>(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let mut batch = Batch {
+            joins: Vec::with_capacity(max_batch),
+            lookups: Vec::new(),
+            items: Vec::with_capacity(max_batch),
+        };
         let mut next = Some(first);
-        while let Some((u, t)) = next.take() {
-            if let Some(u) = u {
-                updates.push(u);
-            }
-            items.push(t);
-            if items.len() < max_batch {
+        while let Some((job, t)) = next.take() {
+            batch.push(job, t);
+            if batch.items.len() < max_batch {
                 next = rx.try_recv().ok();
             }
         }
-        let result = if updates.is_empty() {
-            Ok(())
-        } else {
-            store.commit_nonces(&updates)
-        };
-        let n = updates.len();
-        updates.clear();
-        release((result, n, std::mem::take(&mut items)));
-        items.reserve(max_batch);
+        release(batch.run(store));
     }
 }
 
@@ -1073,21 +1555,54 @@ mod tests {
             }
         });
         for i in 0..10u32 {
-            let update = (i % 2 == 0).then(|| NonceUpdate {
-                dev_eui: DevEui::new(u64::from(i)),
-                state: NonceState {
-                    last_dev_nonce: Some(i as u16),
-                    used_dev_nonces: vec![],
-                    last_join_nonce: 1,
-                },
-                joined: JOINED,
-            });
-            gc.submit(update, i).unwrap();
+            let job = if i % 2 == 0 {
+                // Device 8's join was checked against a state the store does not hold.
+                let previous = NonceState {
+                    last_join_nonce: if i == 8 { 5 } else { 0 },
+                    ..NonceState::default()
+                };
+                Job::Join(JoinCommit {
+                    update: NonceUpdate {
+                        dev_eui: DevEui::new(u64::from(i)),
+                        state: NonceState {
+                            last_dev_nonce: Some(i as u16),
+                            used_dev_nonces: vec![],
+                            last_join_nonce: previous.last_join_nonce + 1,
+                        },
+                        joined: JOINED,
+                    },
+                    previous,
+                    answer: None,
+                })
+            } else {
+                Job::Nothing
+            };
+            gc.submit(job, i).unwrap();
         }
         drop(gc);
         let mut store = handle.join().unwrap();
-        let released: Vec<u32> = done_rx.iter().collect();
-        assert_eq!(released, (0..10).collect::<Vec<_>>());
+        let released: Vec<(u32, Verdict)> = done_rx.iter().collect();
+        assert_eq!(
+            released.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            (0..10).collect::<Vec<_>>()
+        );
+        for (i, v) in &released {
+            let expected = if *i == 8 {
+                Verdict::Stale {
+                    dev_eui: DevEui::new(8),
+                    current: Some(NonceState::default()),
+                    answer: None,
+                }
+            } else {
+                Verdict::Done
+            };
+            assert_eq!(v, &expected, "item {i}");
+        }
+        assert_eq!(
+            store.get_device(DevEui::new(8)).unwrap().unwrap().nonces,
+            NonceState::default(),
+            "a stale join is not written"
+        );
         let d4 = store.get_device(DevEui::new(4)).unwrap().unwrap();
         assert_eq!(d4.nonces.last_dev_nonce, Some(4));
         assert_eq!(d4.last_join, Some(JOINED));

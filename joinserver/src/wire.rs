@@ -93,6 +93,16 @@ pub fn conflict_answer(req: &JoinReq, description: &str) -> Vec<u8> {
     malformed(&req.header, description.to_owned())
 }
 
+/// The JoinAns JSON refusing a join accepted here whose nonce state another instance moved
+/// first (a shared store): `JoinReqFailed`, the device may retry.
+pub fn stale_answer(req: &Header) -> Vec<u8> {
+    to_json(&JoinAns::failure(
+        req,
+        ResultCode::from_wire("JoinReqFailed"),
+        Some("another join server instance changed the device's nonce state first".into()),
+    ))
+}
+
 /// The JoinAns JSON for the pipeline's outcome.
 pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
     match &outcome.result {

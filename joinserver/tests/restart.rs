@@ -3,22 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use protocol::join::{EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRootKey};
 use protocol::keys::{AppKey, KeyCipher};
 use protocol::ts002::ResultCode;
-
-struct Running {
-    child: Child,
-    link: SocketAddr,
-    /// `/metrics`, when started with `--metrics`.
-    metrics: Option<SocketAddr>,
-}
 
 impl Running {
     /// SIGKILL (no signal handler runs, no checkpoint, no flush), then a new server on `dir`.
@@ -35,49 +26,8 @@ fn result(c: &Client, tid: u32, dev: u64, dev_nonce: u16) -> ResultCode {
         .result_code
 }
 
-impl Drop for Running {
-    /// A failed assertion must not leave a server running behind the test.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn spawn(dir: &std::path::Path) -> Running {
     spawn_with(dir, &["--metrics", ""])
-}
-
-/// `joinserver serve` on `dir`, the link on an ephemeral 127.0.0.1 port, with `extra` arguments.
-fn spawn_with(dir: &std::path::Path, extra: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_joinserver"))
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let link = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("link="))
-        .unwrap_or_else(|| panic!("no link address in {line:?}"))
-        .parse()
-        .unwrap();
-    let metrics = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metrics="))
-        .and_then(|m| m.parse().ok());
-    Running {
-        child,
-        link,
-        metrics,
-    }
 }
 
 #[test]

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand};
 use netserver::keys::{read_labeled_kek, read_secret};
 use netserver::ops::config::{Config, DEFAULT_TOML};
 use netserver::state::Secrets;
+use netserver::store::pg::PgStore;
+use netserver::store::restore::open_backends;
+use netserver::store::url::StoreKind;
 use protocol::ids::NetId;
 use protocol::keys::LinkKey;
 
@@ -29,6 +32,58 @@ enum Command {
     Serve(Box<Serve>),
     /// Print the default configuration file (every field documented).
     Config,
+    /// Apply the PostgreSQL store's migrations not yet applied (`serve` applies them too).
+    Migrate(StoreArgs),
+    /// Store tools.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// The store a command opens: the configuration file's `[store]`, overridden by the flag and
+/// the environment.
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// Configuration file (TOML).
+    #[arg(long, env = "NETSERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of the embedded store.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The store ([store] url): empty for the embedded files, postgres://USER@HOST:PORT/DB for
+    /// PostgreSQL.
+    #[arg(long, env = "NETSERVER_STORE_URL")]
+    store_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            config.data_dir.clone_from(d);
+        }
+        if let Some(u) = &self.store_url {
+            config.store.url.clone_from(u);
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum StoreCommand {
+    /// Copy the embedded store (the data directory) into an empty PostgreSQL database, then
+    /// read it back and compare counts and checksums.
+    Copy {
+        #[command(flatten)]
+        from: StoreArgs,
+        /// The PostgreSQL store to copy into (its password from [store] password_file).
+        #[arg(long)]
+        to: String,
+    },
+    /// Print the store's counts and checksum (as `copy` verifies them).
+    Inventory(StoreArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -84,6 +139,10 @@ struct Serve {
     /// TLS-terminating proxy.
     #[arg(long)]
     insecure_http: bool,
+    /// The store ([store] url): postgres://USER@HOST:PORT/DB to share sessions and counters
+    /// with other instances; empty for the embedded files in the data directory.
+    #[arg(long, env = "NETSERVER_STORE_URL")]
+    store_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -95,16 +154,59 @@ fn main() -> ExitCode {
         }
         Command::Serve(args) => {
             init_tracing();
-            match serve(*args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("netserver: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(serve(*args))
+        }
+        Command::Migrate(args) => report(migrate(&args)),
+        Command::Store(StoreCommand::Copy { from, to }) => report(copy(&from, &to)),
+        Command::Store(StoreCommand::Inventory(args)) => report(inventory(&args)),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("netserver: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn migrate(args: &StoreArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    if StoreKind::of(&config.store.url).map_err(anyhow::Error::msg)? != StoreKind::Postgres {
+        anyhow::bail!("migrate needs a PostgreSQL store: give --store-url postgres://...");
+    }
+    let pg = PgStore::connect_config(&config.store)?;
+    let applied = pg.migrate()?;
+    println!(
+        "migrations applied: {applied:?} (schema at version {})",
+        netserver::store::pg::MIGRATIONS.last().map_or(0, |m| m.0)
+    );
+    Ok(())
+}
+
+fn copy(from: &StoreArgs, to: &str) -> anyhow::Result<()> {
+    let config = from.load()?;
+    if StoreKind::of(to).map_err(anyhow::Error::msg)? != StoreKind::Postgres {
+        anyhow::bail!("--to must be a postgres:// URL");
+    }
+    let (mut sessions, counters, _) = open_backends(&config)?;
+    let mut target_config = config.store.clone();
+    target_config.url = to.to_owned();
+    let target = PgStore::open(&target_config)?;
+    let inv = netserver::store::copy::copy(sessions.as_mut(), counters.as_ref(), &target)?;
+    println!("copied and verified: {inv}");
+    Ok(())
+}
+
+fn inventory(args: &StoreArgs) -> anyhow::Result<()> {
+    let config = args.load()?;
+    let (mut sessions, counters, _) = open_backends(&config)?;
+    let inv = netserver::store::copy::inventory(sessions.as_mut(), counters.as_ref())?;
+    println!("{inv}");
+    Ok(())
 }
 
 fn init_tracing() {
@@ -156,6 +258,9 @@ fn serve(args: Serve) -> anyhow::Result<()> {
         config.http.tls_key = k;
     }
     config.http.insecure_http |= args.insecure_http;
+    if let Some(u) = args.store_url {
+        config.store.url = u;
+    }
     let secrets = Secrets {
         link_key: read_secret(&args.link_key, str::parse::<LinkKey>)?,
         ns_kek: read_labeled_kek(&args.ns_kek)?,

@@ -9,6 +9,8 @@
 //! - **Control runtime** (the main thread): the link receive loop, the `/metrics` endpoint,
 //!   housekeeping (de-duplication sweep, idle gateways) and the signal handler.
 //! - **Store thread**: group commits ([`crate::store::commit::SessionStore`]).
+//! - **Listener thread** (PostgreSQL only): loads the sessions other instances commit
+//!   ([`crate::store::sync`]).
 //!
 //! Shutdown (SIGINT/SIGTERM): `/health` turns 503, the socket loops stop reading, joins in
 //! flight finish (bounded by the RX2 delay), the store flushes, and the process exits 0.
@@ -28,7 +30,7 @@ use crate::core::devaddr::AddrBlock;
 use crate::gateway::allowed;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
-use crate::integration::emitter::{Emitter, EmitterThread};
+use crate::integration::emitter::{CatchUp, Emitter, EmitterThread};
 use crate::integration::sink::ConfiguredSink;
 use crate::join::link::LinkClient;
 use crate::ops::config::{Config, DataConfig};
@@ -36,8 +38,9 @@ use crate::ops::listen::{HttpListener, HttpSecurity};
 use crate::ops::metrics::Metrics;
 use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
-use crate::store::counters::CounterLog;
+use crate::store::counters::CounterBackend;
 use crate::store::restore::restore;
+use crate::store::sync::Listener;
 use crate::uplink::plane::DataPlane;
 
 /// The addresses a started server listens on.
@@ -83,8 +86,17 @@ pub fn run(
         .build()?;
     let (link_rx, signals) = in_runtime(&rt, link.socket)?;
     let inputs = DownlinkInputs::bind(&config.data, &http)?;
-    let (plane, emitter_thread) =
-        start_plane(&config.data, restored.counter_log, gwmp.downlink, &metrics)?;
+    let catch_up = restored
+        .shared
+        .is_some()
+        .then(|| crate::store::sync::catch_up(Arc::clone(&restored.sessions)));
+    let (plane, emitter_thread) = start_plane(
+        &config.data,
+        restored.counter_log,
+        gwmp.downlink,
+        &metrics,
+        catch_up,
+    )?;
     let store = restored.store;
     let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);
     let state = Arc::new(State::new(
@@ -101,6 +113,10 @@ pub fn run(
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let threads = spawn_socket_loops(&state, &link.client, gwmp.sockets, &shutdown_rx)?;
+    let listener = restored
+        .shared
+        .map(|pg| Listener::start(Arc::clone(&state), pg))
+        .transpose()?;
 
     let addrs = Addresses {
         gwmp: gwmp.addr,
@@ -124,6 +140,9 @@ pub fn run(
     // Dropping the runtime cancels what is left on it (idle keep-alive connections of the
     // metrics endpoint), releasing their handles on the state and so on the store.
     drop(rt);
+    if let Some(l) = listener {
+        l.join();
+    }
     drop(state);
     drop(store);
     drop(link.client);
@@ -137,14 +156,21 @@ pub fn run(
 /// The data path's shared parts, with the emitter thread started on the configured sink.
 fn start_plane(
     data: &DataConfig,
-    counters: CounterLog,
+    counters: Box<dyn CounterBackend>,
     downlinks: std::net::UdpSocket,
     metrics: &Metrics,
+    catch_up: Option<CatchUp>,
 ) -> anyhow::Result<(DataPlane, EmitterThread)> {
     let sink = ConfiguredSink::open(&data.events)
         .with_context(|| format!("opening the event sink {:?}", data.events))?;
-    let (emitter, thread) =
-        Emitter::start(counters, sink, downlinks, data.max_batch, metrics.clone())?;
+    let (emitter, thread) = Emitter::start_with(
+        counters,
+        sink,
+        downlinks,
+        data.max_batch,
+        metrics.clone(),
+        catch_up,
+    )?;
     Ok((DataPlane::new(data.clone(), emitter), thread))
 }
 

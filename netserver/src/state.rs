@@ -2,6 +2,7 @@
 //! socket loop and task. No globals: several servers can run in one process (tests do).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::dedup::Dedup;
@@ -45,8 +46,8 @@ pub struct State {
     pub dedup: Dedup,
     /// DevAddr allocation.
     pub allocator: AddrAllocator,
-    /// Live sessions.
-    pub sessions: Sessions,
+    /// Live sessions (shared with the emitter, which catches them up with a shared store).
+    pub sessions: Arc<Sessions>,
     /// Durable session store.
     pub store: SessionStore,
     /// Secrets.
@@ -66,7 +67,7 @@ impl State {
         config: Config,
         block: AddrBlock,
         metrics: Metrics,
-        sessions: Sessions,
+        sessions: Arc<Sessions>,
         allocator: AddrAllocator,
         store: SessionStore,
         secrets: Secrets,

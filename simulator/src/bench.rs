@@ -183,6 +183,7 @@ pub fn run(
         engine,
         &NetConfig {
             netserver: sink_addr,
+            more_netservers: Vec::new(),
             bind: "127.0.0.1".parse()?,
             event_listen: None,
             progress: false,

@@ -273,6 +273,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
     let result = run::run(&RunOptions {
         manifest: manifest_path,
         netserver: servers.gwmp(),
+        more_netservers: Vec::new(),
         bind: "127.0.0.1".parse()?,
         gateways: o.gateways,
         traffic: Traffic {

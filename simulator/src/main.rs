@@ -148,7 +148,8 @@ struct RunArgs {
     #[arg(long)]
     manifest: PathBuf,
     /// The network server's GWMP (UDP) address, `HOST:PORT` (a name is resolved once, to an
-    /// address of the `--bind` address's family).
+    /// address of the `--bind` address's family). Several instances on one shared store:
+    /// `HOST:PORT,HOST:PORT,...`, gateway i sending to the (i mod n)-th.
     #[arg(long)]
     netserver: String,
     /// Number of virtual gateways, each with its own UDP socket.
@@ -262,9 +263,11 @@ fn main() -> anyhow::Result<()> {
                 Scenario::Steady => "60s".parse::<Dur>().context("default duration")?,
                 _ => Dur(std::time::Duration::from_secs(3600)),
             };
+            let (netserver, more_netservers) = simulator::net::resolve_list(&a.netserver, a.bind)?;
             let opts = RunOptions {
                 manifest: a.manifest,
-                netserver: simulator::net::resolve(&a.netserver, a.bind)?,
+                netserver,
+                more_netservers,
                 bind: a.bind,
                 gateways: a.gateways,
                 traffic: Traffic {

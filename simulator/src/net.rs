@@ -47,6 +47,10 @@ pub fn resolve(spec: &str, bind: IpAddr) -> anyhow::Result<SocketAddr> {
 pub struct NetConfig {
     /// The network server's GWMP address.
     pub netserver: SocketAddr,
+    /// Further instances of the network server (several on one shared store): gateway `i`
+    /// sends to the `i mod n`-th of `netserver` and these, as a load balancer by gateway would
+    /// spread them. Empty: every gateway sends to `netserver`.
+    pub more_netservers: Vec<SocketAddr>,
     /// Local address the gateway sockets bind to (port 0 each).
     pub bind: IpAddr,
     /// Where to listen for the network server's application events (JSON objects, one or more
@@ -56,6 +60,27 @@ pub struct NetConfig {
     pub progress: bool,
     /// After the run, wait up to this long for the event sink to catch up.
     pub sink_grace: Duration,
+}
+
+impl NetConfig {
+    /// The network server gateway `i` sends to.
+    pub fn netserver_of(&self, i: usize) -> SocketAddr {
+        match i % (self.more_netservers.len() + 1) {
+            0 => self.netserver,
+            k => self.more_netservers[k - 1],
+        }
+    }
+}
+
+/// Resolves `--netserver`'s comma-separated `HOST:PORT` list (several instances of the network
+/// server), each as [`resolve`] does: the first, and the others.
+pub fn resolve_list(spec: &str, bind: IpAddr) -> anyhow::Result<(SocketAddr, Vec<SocketAddr>)> {
+    let mut all = spec
+        .split(',')
+        .map(|s| resolve(s.trim(), bind))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let first = all.remove(0);
+    Ok((first, all))
 }
 
 /// Where the network server's application events arrive.
@@ -413,10 +438,10 @@ async fn run_async(
 ) -> anyhow::Result<(Engine, f64)> {
     let n = engine.gateways().len();
     let mut sockets = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         sockets.push(udp_socket(
             SocketAddr::new(cfg.bind, 0),
-            Some(cfg.netserver),
+            Some(cfg.netserver_of(i)),
         )?);
     }
     let sink = match cfg.event_listen {
@@ -693,5 +718,24 @@ not json"#;
     fn a_counter_beyond_32_bits_is_not_an_uplink() {
         let d = br#"{"dev_eui":"0102030405060708","f_cnt":4294967296}"#;
         assert_eq!(parse_app_events(d), vec![]);
+    }
+
+    #[test]
+    fn gateways_spread_over_the_network_server_instances() {
+        let bind: IpAddr = "127.0.0.1".parse().unwrap();
+        let (first, more) = resolve_list("127.0.0.1:1700, 127.0.0.1:1701", bind).unwrap();
+        let cfg = NetConfig {
+            netserver: first,
+            more_netservers: more,
+            bind,
+            event_listen: None,
+            progress: false,
+            sink_grace: Duration::ZERO,
+        };
+        let ports: Vec<u16> = (0..4).map(|i| cfg.netserver_of(i).port()).collect();
+        assert_eq!(ports, [1700, 1701, 1700, 1701]);
+        let (one, none) = resolve_list("127.0.0.1:9", bind).unwrap();
+        assert_eq!((one.port(), none.len()), (9, 0));
+        assert!(resolve_list("127.0.0.1:9,nonsense", bind).is_err());
     }
 }

@@ -21,6 +21,8 @@ pub struct RunOptions {
     pub manifest: PathBuf,
     /// Network server GWMP address.
     pub netserver: SocketAddr,
+    /// Further network-server instances ([`NetConfig::more_netservers`]).
+    pub more_netservers: Vec<SocketAddr>,
     /// Local address for the gateway sockets.
     pub bind: IpAddr,
     /// Virtual gateways.
@@ -68,6 +70,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
         engine,
         &NetConfig {
             netserver: o.netserver,
+            more_netservers: o.more_netservers.clone(),
             bind: o.bind,
             event_listen: o.event_listen.clone(),
             progress: o.progress,

@@ -59,6 +59,7 @@ fn options(
     RunOptions {
         manifest: manifest.to_owned(),
         netserver: servers.gwmp(),
+        more_netservers: Vec::new(),
         bind: "127.0.0.1".parse().unwrap(),
         gateways,
         traffic,

@@ -9,6 +9,11 @@
 //!   runs again.
 //!
 //! [`Stopped`] and [`wait_receive_drops`] wait for each of these, with a deadline.
+//!
+//! [`postgres`] starts a real PostgreSQL 15 on a temporary data directory for the tests of the
+//! PostgreSQL backends, and takes it away and brings it back.
+
+pub mod postgres;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

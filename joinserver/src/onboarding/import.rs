@@ -289,18 +289,7 @@ fn stage(
         .execute(params![store::dev_eui_sql(d.dev_eui), d.line as i64])?;
         return Ok(());
     }
-    let hash = match &d.owner_token {
-        Some(t) => secret::owner_token_hash(d.dev_eui, t),
-        None => {
-            let g = Generated {
-                dev_eui: d.dev_eui,
-                token: secret::generate_owner_token_bytes(),
-            };
-            let h = secret::owner_token_hash(d.dev_eui, &g.owner_token());
-            generated.push(g);
-            h
-        }
-    };
+    let hash = token_hash(d, generated);
     let s = d.seal(master);
     let detail = match s.home_net_id {
         Some(n) => format!("{}, home_net_id {n}", s.mac_version.as_str()),
@@ -367,8 +356,25 @@ fn stage_and_commit(
     })
 }
 
+/// The hash of a row's owner token; for a row without one, of a new token, which is added to
+/// `generated`.
+pub(crate) fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 32] {
+    match &d.owner_token {
+        Some(t) => secret::owner_token_hash(d.dev_eui, t),
+        None => {
+            let g = Generated {
+                dev_eui: d.dev_eui,
+                token: secret::generate_owner_token_bytes(),
+            };
+            let h = secret::owner_token_hash(d.dev_eui, &g.owner_token());
+            generated.push(g);
+            h
+        }
+    }
+}
+
 /// The row error of a device whose manifest-supplied owner token is shorter than `min`.
-fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
+pub(crate) fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
     let short = d.owner_token.as_ref()?.chars().count() < min;
     short.then(|| RowError {
         line: d.line,

@@ -2,8 +2,10 @@
 //! speaks the real datagram format over UDP on 127.0.0.1.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use joinserver::devices::{self, Format};
@@ -236,4 +238,54 @@ pub fn metric(text: &str, sample: &str) -> u64 {
                 .and_then(|r| r.trim().parse::<f64>().ok())
         })
         .map_or(0, |v| v as u64)
+}
+
+/// A `joinserver serve` process, killed (SIGKILL) when dropped so a failed assertion does not
+/// leave it behind.
+pub struct Running {
+    pub child: Child,
+    pub link: SocketAddr,
+    /// `/metrics`, when started with `--metrics ADDR`.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `joinserver serve` on `dir`, the link on an ephemeral 127.0.0.1 port, with `extra` arguments;
+/// returns once it printed its addresses.
+pub fn spawn_with(dir: &Path, extra: &[&str]) -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let link = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("link="))
+        .unwrap_or_else(|| panic!("no link address in {line:?}"))
+        .parse()
+        .unwrap();
+    let metrics = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metrics="))
+        .and_then(|m| m.parse().ok());
+    Running {
+        child,
+        link,
+        metrics,
+    }
 }

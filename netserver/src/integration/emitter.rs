@@ -20,6 +20,12 @@
 //! events, then the downlinks. A crash between the commit and the write loses that batch's
 //! events (at most one group commit) but never repeats one.
 //!
+//! **A shared store** (PostgreSQL, several instances): the commit is checked
+//! ([`CounterBackend::commit_checked`]) and comes first, whatever the sink; an uplink whose
+//! counter another instance already committed (a copy it delivered, or a replay) is not
+//! delivered, a downlink whose FCntDown another instance used does not leave, and the local
+//! session catches up with the committed counters ([`CatchUp`]).
+//!
 //! If a commit fails, the batch's downlinks are dropped (and, for stdout/UDP, its events);
 //! the in-memory counters stay advanced, so no frame is accepted twice.
 //!
@@ -38,7 +44,7 @@ use protocol::ids::DevEui;
 use crate::core::uplink::ScheduledDownlink;
 use crate::integration::sink::EventSink;
 use crate::ops::metrics::{DataMetrics, Metrics};
-use crate::store::counters::{CounterBackend, CounterRecord};
+use crate::store::counters::{CounterBackend, CounterRecord, Verdict};
 
 /// What one uplink (or one downlink) leaves for the emitter.
 #[derive(Debug, Default)]
@@ -79,10 +85,29 @@ impl Emitter {
         max_batch: usize,
         metrics: Metrics,
     ) -> std::io::Result<(Self, EmitterThread)> {
+        Self::start_with(log, sink, downlinks, max_batch, metrics, None)
+    }
+
+    /// [`Self::start`], with the hook a shared store's refusals are reported to.
+    pub fn start_with(
+        log: impl CounterBackend,
+        sink: impl EventSink,
+        downlinks: UdpSocket,
+        max_batch: usize,
+        metrics: Metrics,
+        catch_up: Option<CatchUp>,
+    ) -> std::io::Result<(Self, EmitterThread)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_batch.max(1) * 16);
+        let l = Loop {
+            log,
+            sink,
+            downlinks,
+            catch_up,
+            metrics,
+        };
         let h = std::thread::Builder::new()
             .name("netserver-emitter".into())
-            .spawn(move || emit_loop(log, sink, downlinks, rx, max_batch.max(1), metrics))?;
+            .spawn(move || emit_loop(l, rx, max_batch.max(1)))?;
         Ok((Self { tx }, EmitterThread(h)))
     }
 
@@ -97,18 +122,93 @@ impl Emitter {
     }
 }
 
-fn emit_loop(
-    log: impl CounterBackend,
-    mut sink: impl EventSink,
+/// Called with each counter record a shared store refused, and what is committed instead: the
+/// local session catches up (a no-op for a store with one writer, which refuses nothing).
+pub type CatchUp = Box<dyn Fn(DevEui, &CounterRecord) + Send>;
+
+/// What of an emit may leave given its record's verdict (none: an emit without a record, a
+/// join event): (its events, its downlink).
+fn permits(e: &Emit, v: Option<Verdict>) -> (bool, bool) {
+    let Some(v) = v else {
+        return (true, true);
+    };
+    // A downlink answers its uplink: not if another instance delivered that uplink (and
+    // answered it), unless the emit is a downlink alone (a repeat's ACK).
+    (v.uplink, v.downlink && (v.uplink || e.events.is_empty()))
+}
+
+/// Each emit of a batch with its record's verdict.
+fn with_verdicts<'a>(
+    batch: &'a [Emit],
+    verdicts: &'a [Verdict],
+) -> impl Iterator<Item = (&'a Emit, Option<Verdict>)> {
+    let mut verdicts = verdicts.iter();
+    batch.iter().map(move |e| {
+        let v = e
+            .record
+            .map(|_| verdicts.next().copied().unwrap_or(Verdict::ACCEPTED));
+        (e, v)
+    })
+}
+
+/// The event lines of a batch that may leave.
+fn permitted_lines(batch: &[Emit], verdicts: &[Verdict]) -> Vec<Vec<u8>> {
+    with_verdicts(batch, verdicts)
+        .filter(|(e, v)| permits(e, *v).0)
+        .flat_map(|(e, _)| e.events.iter().cloned())
+        .collect()
+}
+
+/// What may leave for each emit of a batch, from the commit's verdicts; counts the refusals
+/// and reports the committed records to `catch_up`.
+fn allowed(
+    batch: &[Emit],
+    verdicts: &[Verdict],
+    catch_up: Option<&CatchUp>,
+    m: &DataMetrics,
+) -> Vec<(bool, bool)> {
+    with_verdicts(batch, verdicts)
+        .map(|(e, v)| {
+            let permitted = permits(e, v);
+            if let (Some(v), Some((dev_eui, rec))) = (v, &e.record) {
+                if !v.uplink && !e.events.is_empty() {
+                    m.shared.with_label_values(&["uplink_counted"]).inc();
+                }
+                if !v.downlink && e.downlink.is_some() {
+                    m.shared.with_label_values(&["downlink_counter_used"]).inc();
+                }
+                if let (Some(c), Some(hook)) = (v.committed, catch_up) {
+                    if c != *rec {
+                        hook(*dev_eui, &c);
+                    }
+                }
+            }
+            permitted
+        })
+        .collect()
+}
+
+/// The loop's fixed parts.
+struct Loop<L, S> {
+    log: L,
+    sink: S,
     downlinks: UdpSocket,
+    catch_up: Option<CatchUp>,
+    metrics: Metrics,
+}
+
+fn emit_loop<L: CounterBackend, S: EventSink>(
+    mut l: Loop<L, S>,
     rx: Receiver<Emit>,
     max_batch: usize,
-    metrics: Metrics,
 ) {
+    let metrics = l.metrics.clone();
     let m = &metrics.data;
     let mut batch: Vec<Emit> = Vec::with_capacity(max_batch);
     let mut records = Vec::with_capacity(max_batch);
     let mut buf = Vec::with_capacity(1 << 16);
+    // With other writers, a record may be refused: nothing leaves before its verdict.
+    let events_first = l.sink.readable_back() && !l.log.shared();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -119,58 +219,79 @@ fn emit_loop(
         }
         records.clear();
         records.extend(batch.iter().filter_map(|e| e.record));
-        let lines: Vec<&[u8]> = batch
-            .iter()
-            .flat_map(|e| e.events.iter().map(Vec::as_slice))
-            .collect();
-        let events_first = sink.readable_back();
         if events_first {
-            write_events(&mut sink, &lines, &mut buf, m);
+            let lines: Vec<&[u8]> = batch
+                .iter()
+                .flat_map(|e| e.events.iter().map(Vec::as_slice))
+                .collect();
+            write_events(&mut l.sink, &lines, &mut buf, m);
         }
-        let committed = records.is_empty()
-            || {
-                match log.commit(&records) {
-                    Ok(()) => {
-                        m.counter_commits.with_label_values(&["ok"]).inc();
-                        true
-                    }
-                    Err(e) => {
-                        m.counter_commits.with_label_values(&["error"]).inc();
-                        tracing::error!(error = %e, writes = records.len(), "counter commit failed; the batch's downlinks are dropped");
-                        false
-                    }
-                }
-            };
-        if committed && !events_first {
-            write_events(&mut sink, &lines, &mut buf, m);
-        }
-        if committed {
-            let now = Instant::now();
-            for e in &batch {
-                if let Some(d) = &e.downlink {
-                    let label = match send_nonblocking(&downlinks, &d.datagram, d.to) {
-                        Ok(_) => "sent",
-                        Err(_) => "send_failed",
-                    };
-                    m.downlinks.with_label_values(&[label]).inc();
-                    if label == "sent" {
-                        metrics.pull_resp.inc();
-                    }
-                }
-                if let Some(t) = e.started {
-                    m.uplink_latency
-                        .observe(now.saturating_duration_since(t).as_secs_f64());
-                }
-            }
+        let verdicts = if records.is_empty() {
+            Some(Vec::new())
         } else {
-            for e in &batch {
-                if e.downlink.is_some() {
-                    m.downlinks.with_label_values(&["commit_failed"]).inc();
+            let lines = |v: &[Verdict]| permitted_lines(&batch, v);
+            match l.log.commit_logged(&records, &lines) {
+                Ok(v) => {
+                    m.counter_commits.with_label_values(&["ok"]).inc();
+                    Some(v)
+                }
+                Err(e) => {
+                    m.counter_commits.with_label_values(&["error"]).inc();
+                    tracing::error!(error = %e, writes = records.len(), "counter commit failed; the batch's downlinks are dropped");
+                    None
+                }
+            }
+        };
+        match verdicts {
+            Some(v) => {
+                let allowed = allowed(&batch, &v, l.catch_up.as_ref(), m);
+                if !events_first {
+                    let lines: Vec<&[u8]> = batch
+                        .iter()
+                        .zip(&allowed)
+                        .filter(|(_, a)| a.0)
+                        .flat_map(|(e, _)| e.events.iter().map(Vec::as_slice))
+                        .collect();
+                    write_events(&mut l.sink, &lines, &mut buf, m);
+                }
+                send_downlinks(&l.downlinks, &batch, &allowed, &metrics);
+            }
+            None => {
+                for e in &batch {
+                    if e.downlink.is_some() {
+                        m.downlinks.with_label_values(&["commit_failed"]).inc();
+                    }
                 }
             }
         }
-        drop(lines);
         batch.clear();
+    }
+}
+
+/// Sends the allowed downlinks of a committed batch and records the uplinks' latency.
+fn send_downlinks(
+    downlinks: &UdpSocket,
+    batch: &[Emit],
+    allowed: &[(bool, bool)],
+    metrics: &Metrics,
+) {
+    let m = &metrics.data;
+    let now = Instant::now();
+    for (e, &(uplink, downlink)) in batch.iter().zip(allowed) {
+        if let (Some(d), true) = (&e.downlink, downlink) {
+            let label = match send_nonblocking(downlinks, &d.datagram, d.to) {
+                Ok(_) => "sent",
+                Err(_) => "send_failed",
+            };
+            m.downlinks.with_label_values(&[label]).inc();
+            if label == "sent" {
+                metrics.pull_resp.inc();
+            }
+        }
+        if let (Some(t), true) = (e.started, uplink) {
+            m.uplink_latency
+                .observe(now.saturating_duration_since(t).as_secs_f64());
+        }
     }
 }
 

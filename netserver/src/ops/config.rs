@@ -106,6 +106,23 @@ tx_rf_chain = 0
 # Most session writes committed in one transaction (group commit).
 max_batch = 512
 
+[store]
+# Where sessions, frame counters and gateway owners live. "": the embedded redb files in data_dir
+# (one instance). "postgres://USER@HOST:PORT/DB": PostgreSQL, shared by every `netserver serve`
+# instance given the same URL (docs/operations.md). Flag: --store-url; environment variable
+# NETSERVER_STORE_URL. Put no password here: use password_file.
+url = ""
+# File holding the PostgreSQL password (mode 0600), used when url has none. "": no password.
+password_file = ""
+# PostgreSQL connections per instance (the store thread, the emitter, the session listener and
+# the tools take one each).
+pool_size = 6
+# PostgreSQL: also write each delivered event to the table ns_events, in the transaction that
+# commits its frame counter. Whatever instance dies when, that table holds every accepted
+# uplink's event exactly once (the per-instance sinks lose what an instance had committed but
+# not yet written when it was killed). Costs database writes: see docs/operations.md.
+event_log = false
+
 [metrics]
 # Address of the Prometheus /metrics, /health and /gateways HTTP endpoint. Empty: disabled.
 # Flag: --metrics.
@@ -176,6 +193,8 @@ pub struct Config {
     pub join: JoinConfig,
     /// The session store.
     pub storage: StorageConfig,
+    /// Where the state lives: embedded or PostgreSQL.
+    pub store: StoreConfig,
     /// The metrics endpoint.
     pub metrics: MetricsConfig,
     /// TLS and limits of every HTTP listener.
@@ -193,6 +212,7 @@ impl Default for Config {
             join_server: JoinServerConfig::default(),
             join: JoinConfig::default(),
             storage: StorageConfig::default(),
+            store: StoreConfig::default(),
             metrics: MetricsConfig::default(),
             http: HttpConfig::default(),
             data: DataConfig::default(),
@@ -406,6 +426,43 @@ impl Default for StorageConfig {
     }
 }
 
+/// `[store]`: where the state lives.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Empty: embedded; `postgres://...`: PostgreSQL.
+    pub url: String,
+    /// File holding the PostgreSQL password; empty: none.
+    pub password_file: String,
+    /// PostgreSQL connections per instance.
+    pub pool_size: u32,
+    /// PostgreSQL: events also to `ns_events`, in the counters' transaction.
+    pub event_log: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            password_file: String::new(),
+            pool_size: 6,
+            event_log: false,
+        }
+    }
+}
+
+/// The URL may hold a password: `Debug` shows it redacted.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &crate::store::url::redacted(&self.url))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .field("event_log", &self.event_log)
+            .finish()
+    }
+}
+
 /// `[metrics]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -599,6 +656,12 @@ impl Config {
         if self.join_server.request_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "join_server.request_timeout_ms must be positive".into(),
+            ));
+        }
+        crate::store::url::StoreKind::of(&self.store.url).map_err(ConfigError::Invalid)?;
+        if self.store.pool_size < 3 {
+            return Err(ConfigError::Invalid(
+                "store.pool_size must be at least 3".into(),
             ));
         }
         if self.storage.max_batch == 0 {

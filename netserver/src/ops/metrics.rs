@@ -257,6 +257,11 @@ pub struct DataMetrics {
     pub counter_commits: IntCounterVec,
     /// Downlink requests on the integration input, by result (queued, refused).
     pub downlink_requests: IntCounterVec,
+    /// Shared store (several instances): what a checked counter commit refused, by reason
+    /// (uplink_counted: another instance delivered the frame, or it is a replay;
+    /// downlink_counter_used: another instance used that FCntDown), and the sessions loaded
+    /// from other instances (session_loaded).
+    pub shared: IntCounterVec,
 }
 
 impl DataMetrics {
@@ -308,7 +313,15 @@ impl DataMetrics {
                 "Downlink requests on the integration input, by result.",
                 "result",
             ),
+            shared: cv(
+                "netserver_shared_store_total",
+                "Shared store: counter records refused and sessions loaded from other instances.",
+                "event",
+            ),
         };
+        for e in ["uplink_counted", "downlink_counter_used", "session_loaded"] {
+            m.shared.with_label_values(&[e]);
+        }
         for r in UplinkResult::ALL {
             m.uplinks.with_label_values(&[r.label()]);
         }

@@ -1,5 +1,6 @@
-//! The session storage seam: [`SessionBackend`] (one implementation today,
-//! [`crate::store::embedded::RedbBackend`]; PostgreSQL next), its batch of writes and its errors.
+//! The session storage seam: [`SessionBackend`] (two implementations,
+//! [`crate::store::embedded::RedbBackend`] and [`crate::store::pg::PgStore`]), its batch of
+//! writes and its errors.
 
 use protocol::ids::DevEui;
 
@@ -59,6 +60,18 @@ pub trait SessionBackend: Send + 'static {
     fn load_previous(&mut self) -> Result<Vec<StoredSession>, StoreError>;
     /// Applies a batch in one transaction.
     fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError>;
+}
+
+impl<T: SessionBackend + ?Sized> SessionBackend for Box<T> {
+    fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        (**self).load_all()
+    }
+    fn load_previous(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        (**self).load_previous()
+    }
+    fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        (**self).commit(batch)
+    }
 }
 
 /// What a store holds at start.

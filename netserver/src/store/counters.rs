@@ -77,6 +77,24 @@ impl CounterRecord {
         })
     }
 
+    /// The record of a stored session with its own counters (written with the session).
+    pub fn of_stored(s: &StoredSession) -> Self {
+        Self {
+            dev_addr: s.dev_addr,
+            dev_nonce: s.dev_nonce.0,
+            created_at_ms: s.created_at_ms,
+            counters: s.counters,
+            rekey_confirmed: false,
+        }
+    }
+
+    /// Whether both records are of the same session.
+    pub fn same_session(&self, other: &Self) -> bool {
+        self.dev_addr == other.dev_addr
+            && self.dev_nonce == other.dev_nonce
+            && self.created_at_ms == other.created_at_ms
+    }
+
     /// Whether this record belongs to `s` (same session, not a predecessor).
     pub fn belongs_to(&self, s: &StoredSession) -> bool {
         self.dev_addr == s.dev_addr
@@ -85,14 +103,133 @@ impl CounterRecord {
     }
 }
 
+/// What a checked commit decided for one record ([`CounterBackend::commit_checked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// The record's uplink is new (its FCntUp is above the committed one): deliver it.
+    pub uplink: bool,
+    /// The record's downlink counters are above the committed ones: its downlink may leave.
+    pub downlink: bool,
+    /// The committed record after this one (for a refused record, what another instance
+    /// committed: the local session catches up with it).
+    pub committed: Option<CounterRecord>,
+}
+
+impl Verdict {
+    /// Everything of the record goes out (a backend with one writer).
+    pub const ACCEPTED: Self = Self {
+        uplink: true,
+        downlink: true,
+        committed: None,
+    };
+}
+
+/// Judges `rec` against the committed record of its device (several instances write the same
+/// rows). Returns the verdict and the record to commit, if any.
+///
+/// - No committed record, or one of an older session: `rec` is accepted and written.
+/// - A committed record of a newer session: `rec` belongs to a replaced session some instance
+///   still serves; accepted, not written (the successor's row stays).
+/// - The same session: the uplink is new only if its FCntUp (the next expected value) is above
+///   the committed one; the downlink may leave only if its counters are above the committed
+///   ones and none is below (else another instance used that FCntDown). The committed record
+///   becomes the maximum of both, counter by counter.
+pub fn judge(
+    committed: Option<&CounterRecord>,
+    rec: &CounterRecord,
+) -> (Verdict, Option<CounterRecord>) {
+    let Some(c) = committed else {
+        return (Verdict::ACCEPTED, Some(*rec));
+    };
+    if !c.same_session(rec) {
+        return if rec.created_at_ms >= c.created_at_ms {
+            (Verdict::ACCEPTED, Some(*rec))
+        } else {
+            (Verdict::ACCEPTED, None)
+        };
+    }
+    let (r, k) = (&rec.counters, &c.counters);
+    let uplink = r.f_cnt_up > k.f_cnt_up;
+    let downlink = (r.n_f_cnt_down > k.n_f_cnt_down || r.a_f_cnt_down > k.a_f_cnt_down)
+        && r.n_f_cnt_down >= k.n_f_cnt_down
+        && r.a_f_cnt_down >= k.a_f_cnt_down;
+    let next = CounterRecord {
+        counters: FrameCounters {
+            f_cnt_up: r.f_cnt_up.max(k.f_cnt_up),
+            n_f_cnt_down: r.n_f_cnt_down.max(k.n_f_cnt_down),
+            a_f_cnt_down: r.a_f_cnt_down.max(k.a_f_cnt_down),
+        },
+        rekey_confirmed: rec.rekey_confirmed || c.rekey_confirmed,
+        ..*c
+    };
+    let verdict = Verdict {
+        uplink,
+        downlink,
+        committed: Some(next),
+    };
+    (verdict, (next != *c).then_some(next))
+}
+
 /// The counter storage seam: load every record at start, commit a batch atomically and
-/// durably. One implementation today, [`CounterLog`] (redb, `uplinks.redb`); PostgreSQL next,
-/// with one transaction (or one multi-row upsert) per batch.
-pub trait CounterBackend: Send + 'static {
+/// durably. Two implementations: [`CounterLog`] (redb, `uplinks.redb`, one writer) and
+/// [`crate::store::pg::PgStore`] (PostgreSQL, shared by several instances, checked commits).
+pub trait CounterBackend: Send + std::fmt::Debug + 'static {
     /// Every record.
     fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError>;
     /// Commits a batch in one transaction (later records of a device replace earlier ones).
     fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError>;
+    /// Commits a batch in one transaction and says, per record, whether it may be delivered.
+    /// A backend with one writer (the default) accepts every record.
+    fn commit_checked(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+    ) -> Result<Vec<Verdict>, StoreError> {
+        self.commit(batch)?;
+        Ok(vec![Verdict::ACCEPTED; batch.len()])
+    }
+    /// [`Self::commit_checked`], and the event lines `events` picks given the verdicts, in
+    /// the same transaction where the backend keeps an event log (PostgreSQL with
+    /// `[store] event_log`): the log then holds each accepted uplink's event exactly once,
+    /// whatever instance dies when. Without a log (the default), the same as
+    /// [`Self::commit_checked`].
+    fn commit_logged(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+    ) -> Result<Vec<Verdict>, StoreError> {
+        let _ = events;
+        self.commit_checked(batch)
+    }
+    /// Whether other processes commit to the same counters: then nothing is delivered before
+    /// its verdict, even to an event file.
+    fn shared(&self) -> bool {
+        false
+    }
+}
+
+impl<T: CounterBackend + ?Sized> CounterBackend for Box<T> {
+    fn load(&self) -> Result<HashMap<DevEui, CounterRecord>, StoreError> {
+        (**self).load()
+    }
+    fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError> {
+        (**self).commit(batch)
+    }
+    fn commit_checked(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+    ) -> Result<Vec<Verdict>, StoreError> {
+        (**self).commit_checked(batch)
+    }
+    fn commit_logged(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+    ) -> Result<Vec<Verdict>, StoreError> {
+        (**self).commit_logged(batch, events)
+    }
+    fn shared(&self) -> bool {
+        (**self).shared()
+    }
 }
 
 /// The counter log file.
@@ -198,5 +335,89 @@ mod tests {
         fresh.dev_nonce.0 += 1;
         assert!(!restore_counters(&records, &mut fresh));
         assert_eq!(fresh.counters, FrameCounters::default());
+    }
+
+    fn rec(created_at_ms: u64, up: u32, n: u32, a: u32) -> CounterRecord {
+        CounterRecord {
+            dev_addr: DevAddr::new(0x2600_0001),
+            dev_nonce: 7,
+            created_at_ms,
+            counters: FrameCounters {
+                f_cnt_up: up,
+                n_f_cnt_down: n,
+                a_f_cnt_down: a,
+            },
+            rekey_confirmed: false,
+        }
+    }
+
+    #[test]
+    fn judge_table() {
+        let v = |uplink, downlink| (uplink, downlink);
+        // (committed, record) -> (uplink, downlink), record written
+        let cases = [
+            (None, rec(1, 5, 0, 0), v(true, true), Some(rec(1, 5, 0, 0))),
+            // A new frame of the same session.
+            (
+                Some(rec(1, 5, 2, 0)),
+                rec(1, 6, 2, 0),
+                v(true, false),
+                Some(rec(1, 6, 2, 0)),
+            ),
+            // A new frame answered with a downlink whose FCntDown was free.
+            (
+                Some(rec(1, 5, 2, 0)),
+                rec(1, 6, 3, 0),
+                v(true, true),
+                Some(rec(1, 6, 3, 0)),
+            ),
+            // The same frame again (another instance committed it): refused.
+            (
+                Some(rec(1, 6, 3, 0)),
+                rec(1, 6, 3, 0),
+                v(false, false),
+                None,
+            ),
+            // A replay: refused; the committed record stays.
+            (
+                Some(rec(1, 9, 3, 0)),
+                rec(1, 4, 3, 0),
+                v(false, false),
+                None,
+            ),
+            // A new frame whose downlink reuses an FCntDown another instance used: the uplink
+            // goes, the downlink does not; the down counter stays at the committed maximum.
+            (
+                Some(rec(1, 5, 4, 0)),
+                rec(1, 6, 3, 0),
+                v(true, false),
+                Some(rec(1, 6, 4, 0)),
+            ),
+            // An application downlink (AFCntDown) alone.
+            (
+                Some(rec(1, 6, 4, 1)),
+                rec(1, 6, 4, 2),
+                v(false, true),
+                Some(rec(1, 6, 4, 2)),
+            ),
+            // A record of a newer session replaces the row.
+            (
+                Some(rec(1, 50, 9, 9)),
+                rec(2, 1, 0, 0),
+                v(true, true),
+                Some(rec(2, 1, 0, 0)),
+            ),
+            // A record of an older (replaced) session: accepted, the row left alone.
+            (Some(rec(2, 1, 0, 0)), rec(1, 51, 9, 9), v(true, true), None),
+        ];
+        for (i, (committed, r, (uplink, downlink), written)) in cases.into_iter().enumerate() {
+            let (verdict, w) = judge(committed.as_ref(), &r);
+            assert_eq!(
+                (verdict.uplink, verdict.downlink),
+                (uplink, downlink),
+                "case {i}"
+            );
+            assert_eq!(w, written, "case {i}");
+        }
     }
 }

@@ -83,22 +83,26 @@ impl RedbBackend {
         let mut out = Vec::new();
         for row in table.iter().map_err(backend_err)? {
             let (k, v) = row.map_err(backend_err)?;
-            let dev_eui = DevEui::new(k.value());
-            let s: StoredSession =
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    dev_eui,
-                    reason: e.to_string(),
-                })?;
-            if s.dev_eui != dev_eui || s.version != STORED_SESSION_VERSION {
-                return Err(StoreError::Corrupt {
-                    dev_eui,
-                    reason: format!("record is for {} (format version {})", s.dev_eui, s.version),
-                });
-            }
-            out.push(s);
+            out.push(decode_session(DevEui::new(k.value()), v.value())?);
         }
         Ok(out)
     }
+}
+
+/// Decodes the stored record of `dev_eui` (the JSON of [`StoredSession`]), checking that it
+/// is that device's and of the current format version.
+pub(crate) fn decode_session(dev_eui: DevEui, bytes: &[u8]) -> Result<StoredSession, StoreError> {
+    let s: StoredSession = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        dev_eui,
+        reason: e.to_string(),
+    })?;
+    if s.dev_eui != dev_eui || s.version != STORED_SESSION_VERSION {
+        return Err(StoreError::Corrupt {
+            dev_eui,
+            reason: format!("record is for {} (format version {})", s.dev_eui, s.version),
+        });
+    }
+    Ok(s)
 }
 
 impl SessionBackend for RedbBackend {

@@ -30,6 +30,21 @@ impl Live {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Raises the counters to `committed` (what a shared store holds: another instance went
+    /// further), each to the larger value. Skipped, returning false, if the lock is held: the
+    /// holder's next commit is judged against the store anyway.
+    pub fn catch_up(&self, committed: FrameCounters, rekey_confirmed: bool) -> bool {
+        let Ok(mut st) = self.state.try_lock() else {
+            return false;
+        };
+        let c = &mut st.counters;
+        c.f_cnt_up = c.f_cnt_up.max(committed.f_cnt_up);
+        c.n_f_cnt_down = c.n_f_cnt_down.max(committed.n_f_cnt_down);
+        c.a_f_cnt_down = c.a_f_cnt_down.max(committed.a_f_cnt_down);
+        st.rekey_confirmed |= rekey_confirmed;
+        true
+    }
 }
 
 impl std::fmt::Debug for Live {

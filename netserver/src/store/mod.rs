@@ -14,6 +14,9 @@
 //!   commit is in progress go into the next transaction together, so durability costs one
 //!   flush per batch, not per join.
 //! - [`counters`]: the durable frame counters (`uplinks.redb`), written by the emitter.
+//! - [`pg`]: the PostgreSQL backend of both seams, shared by several instances; [`sync`]: the
+//!   sessions other instances make, loaded as they are committed; [`url`]: which backend
+//!   `[store] url` names; [`copy`]: an embedded store moved into PostgreSQL, verified.
 //! - [`queue`]: the application downlinks waiting for their device's next uplink (in memory).
 //!
 //! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
@@ -28,13 +31,19 @@
 
 pub mod backend;
 pub mod commit;
+#[cfg(test)]
+mod conformance;
+pub mod copy;
 pub mod counters;
 pub mod embedded;
 pub mod envelope;
 pub mod labels;
 pub mod live;
+pub mod pg;
 pub mod queue;
 pub mod restore;
 pub mod session;
 pub mod stored;
+pub mod sync;
 pub mod table;
+pub mod url;

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use protocol::ids::DevEui;
@@ -16,12 +17,15 @@ use crate::keys::NetworkKeys;
 use crate::ops::config::Config;
 use crate::ops::metrics::Metrics;
 use crate::state::Secrets;
+use crate::store::backend::SessionBackend;
 use crate::store::commit::{SessionStore, StoreThread};
 use crate::store::counters::{restore_counters, CounterBackend, CounterLog, CounterRecord};
 use crate::store::embedded::RedbBackend;
+use crate::store::pg::PgStore;
 use crate::store::session::Session;
 use crate::store::stored::StoredSession;
 use crate::store::table::Sessions;
+use crate::store::url::StoreKind;
 
 /// What the start sequence restored.
 #[derive(Debug)]
@@ -31,23 +35,26 @@ pub struct Restored {
     /// Its commit thread.
     pub store_thread: StoreThread,
     /// The live sessions.
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     /// The DevAddr allocator, with the restored sessions' addresses taken.
     pub allocator: AddrAllocator,
-    /// The counter log, for the emitter.
-    pub counter_log: CounterLog,
+    /// The counter store, for the emitter.
+    pub counter_log: Box<dyn CounterBackend>,
+    /// The PostgreSQL store, when `[store] url` names one (for the session listener).
+    pub shared: Option<PgStore>,
 }
 
 /// Counters and keys applied to one stored session on its way back to memory.
-struct Reviver<'a> {
-    records: HashMap<DevEui, CounterRecord>,
-    delivered: HashMap<DevEui, (protocol::ids::DevAddr, u32)>,
-    secrets: &'a Secrets,
-    sessions: &'a Sessions,
+pub(crate) struct Reviver<'a> {
+    pub(crate) records: HashMap<DevEui, CounterRecord>,
+    pub(crate) delivered: HashMap<DevEui, (protocol::ids::DevAddr, u32)>,
+    pub(crate) secrets: &'a Secrets,
+    pub(crate) sessions: &'a Sessions,
 }
 
 impl Reviver<'_> {
-    fn revive(&self, mut stored: StoredSession) -> anyhow::Result<Session> {
+    /// The live session of `stored`, its counters brought forward.
+    pub(crate) fn revive(&self, mut stored: StoredSession) -> anyhow::Result<Session> {
         let rekey_confirmed = restore_counters(&self.records, &mut stored);
         apply_delivered(&self.delivered, &mut stored);
         let keys =
@@ -87,16 +94,11 @@ pub fn restore(
     block: AddrBlock,
     metrics: &Metrics,
 ) -> anyhow::Result<Restored> {
-    let dir = &config.data_dir;
-    let backend = RedbBackend::open(dir)
-        .with_context(|| format!("opening the session store in {}", dir.display()))?;
+    let (backend, counter_log, shared) = open_backends(config)?;
     let (store, restored, store_thread) =
         SessionStore::start_all(backend, config.storage.max_batch, metrics.clone())?;
-    let sessions = Sessions::new();
+    let sessions = Arc::new(Sessions::new());
     let allocator = AddrAllocator::new(block);
-    // Data path: the write-ahead frame counters, applied over the stored sessions.
-    let counter_log = CounterLog::open(dir)
-        .with_context(|| format!("opening the counter log in {}", dir.display()))?;
     let reviver = Reviver {
         records: counter_log.load()?,
         delivered: delivered(config)?,
@@ -142,5 +144,38 @@ pub fn restore(
         sessions,
         allocator,
         counter_log,
+        shared,
     })
+}
+
+/// A store's session and counter backends, and the PostgreSQL store when it is one.
+pub type Backends = (
+    Box<dyn SessionBackend>,
+    Box<dyn CounterBackend>,
+    Option<PgStore>,
+);
+
+/// The session and counter backends `[store] url` names (PostgreSQL migrated), and the
+/// PostgreSQL store itself when it is one.
+pub fn open_backends(config: &Config) -> anyhow::Result<Backends> {
+    let dir = &config.data_dir;
+    Ok(
+        match StoreKind::of(&config.store.url).map_err(anyhow::Error::msg)? {
+            StoreKind::Embedded => {
+                (
+                    Box::new(RedbBackend::open(dir).with_context(|| {
+                        format!("opening the session store in {}", dir.display())
+                    })?),
+                    Box::new(CounterLog::open(dir).with_context(|| {
+                        format!("opening the counter log in {}", dir.display())
+                    })?),
+                    None,
+                )
+            }
+            StoreKind::Postgres => {
+                let pg = PgStore::open(&config.store)?;
+                (Box::new(pg.clone()), Box::new(pg.clone()), Some(pg))
+            }
+        },
+    )
 }

@@ -1,0 +1,434 @@
+//! Several `joinserver serve` processes on one PostgreSQL database (a real PostgreSQL 15 from
+//! `testkit::postgres`), provisioned and served through the real binary's `--store-url`, spoken
+//! to over the real link on 127.0.0.1.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use joinserver::store::postgres::PgStore;
+use joinserver::store::Store;
+use protocol::ids::DevEui;
+use protocol::keys::LinkKey;
+use protocol::link;
+use protocol::ts002::{JoinAns, ResultCode};
+
+/// Devices 0x100.. : LoRaWAN 1.0.4 (DevNonce is a counter), home NetID 000013.
+const FIRST: u64 = 0x100;
+
+fn csv(devices: std::ops::Range<u64>) -> String {
+    let mut s = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n");
+    for d in devices {
+        s.push_str(&format!(
+            "{d:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,{NET_ID:06X}\n"
+        ));
+    }
+    s
+}
+
+/// Runs `joinserver ARGS` and returns its stdout; panics with its stderr if it fails.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "joinserver {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `joinserver devices import --store-url URL` of `devices`.
+fn import(dir: &Path, url: &str, devices: std::ops::Range<u64>) {
+    let file = dir.join(format!("manifest-{}.csv", devices.start));
+    std::fs::write(&file, csv(devices.clone())).unwrap();
+    let d = dir.to_str().unwrap();
+    cli(&[
+        "devices",
+        "import",
+        "--data-dir",
+        d,
+        "--store-url",
+        url,
+        "--owner-tokens",
+        dir.join(format!("tokens-{}.csv", devices.start))
+            .to_str()
+            .unwrap(),
+        file.to_str().unwrap(),
+    ]);
+}
+
+/// A data directory initialised on the database at `url` (`init --store-url`), the network
+/// server of NetID 000013 added as a peer, and `n` devices imported; its link key.
+fn setup(dir: &Path, url: &str, n: u64) -> LinkKey {
+    let d = dir.to_str().unwrap();
+    let out = cli(&["init", "--data-dir", d, "--store-url", url]);
+    assert!(out.contains("(PostgreSQL)"), "{out}");
+    assert!(!out.contains("joinserver.db"), "{out}");
+    let peer = add_peer(dir, NET_ID);
+    import(dir, url, FIRST..FIRST + n);
+    peer.link
+}
+
+fn serve(dir: &Path, url: &str) -> Running {
+    spawn_with(dir, &["--store-url", url, "--metrics", "127.0.0.1:0"])
+}
+
+fn sample(r: &Running, name: &str) -> u64 {
+    metric(&http_get(r.metrics.unwrap(), "/metrics").1, name)
+}
+
+/// Sends `(tid, dev, dev_nonce)` JoinReqs to a server from one socket without waiting, then
+/// collects every answer that arrives within `wait` (by TransactionID).
+fn storm(c: &Client, requests: &[(u32, u64, u16)], wait: Duration) -> HashMap<u32, JoinAns> {
+    // Answers are read while the requests go out: a burst of answers would overflow the
+    // client socket's receive buffer.
+    std::thread::scope(|s| {
+        let answers = s.spawn(|| collect(c, requests.len(), wait));
+        send(c, requests);
+        answers.join().unwrap()
+    })
+}
+
+/// Sends `(tid, dev, dev_nonce)` JoinReqs without waiting for answers.
+fn send(c: &Client, requests: &[(u32, u64, u16)]) {
+    for &(tid, dev, n) in requests {
+        let d = datagram(
+            &c.key,
+            NET_ID,
+            now_ms(),
+            u64::from(tid),
+            &join_req_json(tid, NET_ID, dev, &phy(dev, n)),
+        );
+        c.sock.send_to(&d, c.server).unwrap();
+    }
+}
+
+/// Up to `n` answers arriving at `c` within `wait`.
+fn collect(c: &Client, n: usize, wait: Duration) -> HashMap<u32, JoinAns> {
+    let deadline = Instant::now() + wait;
+    let mut out = HashMap::new();
+    let mut buf = [0u8; 2048];
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        c.sock.set_read_timeout(Some(left)).unwrap();
+        let Ok(len) = c.sock.recv(&mut buf) else {
+            break;
+        };
+        let (_, body) = link::open(&c.key, &buf[..len]).expect("an authenticated answer");
+        let a = JoinAns::parse(body).unwrap();
+        out.insert(a.header.transaction_id, a);
+    }
+    out
+}
+
+/// The same Join-request, with the same TransactionID (a network server's retry reaching the
+/// other instance) or another (two network servers), into both instances at once: one session
+/// per device. With the same TransactionID both answers are the same answer; with another, the
+/// second instance refuses. Every device's JoinNonce moved by exactly one.
+#[test]
+fn the_same_join_request_into_both_instances_gives_one_session() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    const N: u64 = 300;
+    let key = setup(tmp.path(), &url, N);
+    let (a, b) = (serve(tmp.path(), &url), serve(tmp.path(), &url));
+    let (ca, cb) = (
+        Client::new(a.link, key.clone()),
+        Client::new(b.link, key.clone()),
+    );
+
+    // Round 1: same TransactionID into both. Round 2 (DevNonce 2): other TransactionIDs.
+    for (round, same_tid) in [(1u16, true), (2, false)] {
+        let reqs_a: Vec<(u32, u64, u16)> = (0..N)
+            .map(|i| (u32::from(round) * 10_000 + i as u32, FIRST + i, round))
+            .collect();
+        let reqs_b: Vec<(u32, u64, u16)> = reqs_a
+            .iter()
+            .map(|&(t, d, n)| (if same_tid { t } else { t + 5_000 }, d, n))
+            .collect();
+        // Interleaved sends, so both instances work on the same devices at the same moment.
+        let (ans_a, ans_b) = std::thread::scope(|s| {
+            let ha = s.spawn(|| storm(&ca, &reqs_a, Duration::from_secs(20)));
+            let hb = s.spawn(|| storm(&cb, &reqs_b, Duration::from_secs(20)));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        assert_eq!((ans_a.len(), ans_b.len()), (N as usize, N as usize));
+        for i in 0..N as usize {
+            let (x, y) = (&ans_a[&reqs_a[i].0], &ans_b[&reqs_b[i].0]);
+            let ok = |a: &JoinAns| a.result.result_code == ResultCode::Success;
+            let accepts: HashSet<&Vec<u8>> = [x, y]
+                .into_iter()
+                .filter(|a| ok(a))
+                .map(|a| a.phy_payload.as_ref().unwrap())
+                .collect();
+            assert_eq!(accepts.len(), 1, "device {i} round {round}: one session");
+            if same_tid {
+                assert!(ok(x) && ok(y), "a retry anywhere gets the answer");
+                assert_eq!(x.app_s_key, y.app_s_key, "the identical answer");
+            } else {
+                assert!(ok(x) != ok(y), "exactly one Success");
+                let refused = if ok(x) { y } else { x };
+                assert_eq!(refused.result.result_code, ResultCode::JoinReqFailed);
+            }
+        }
+        let success = |r: &Running| sample(r, "joinserver_joins_total{result=\"success\"}");
+        assert_eq!(
+            success(&a) + success(&b),
+            N * u64::from(round),
+            "one success counted per device and round"
+        );
+    }
+    let shared = sample(&a, "joinserver_answers_shared_total")
+        + sample(&b, "joinserver_answers_shared_total");
+    assert!(shared > 0, "no retry was answered from the other instance");
+    let mut store = PgStore::connect(&url, 2).unwrap();
+    for d in store.load_devices().unwrap() {
+        assert_eq!(d.nonces.last_join_nonce, 2, "{}", d.dev_eui);
+        assert_eq!(d.nonces.last_dev_nonce, Some(2));
+    }
+}
+
+/// A device imported or removed through the command line (into PostgreSQL) while two instances
+/// run is joined, then refused, through both, soon after (LISTEN/NOTIFY: no polling of every
+/// device).
+#[test]
+fn provisioning_is_seen_by_every_instance() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = setup(tmp.path(), &url, 1);
+    let (a, b) = (serve(tmp.path(), &url), serve(tmp.path(), &url));
+    let clients = [
+        Client::new(a.link, key.clone()),
+        Client::new(b.link, key.clone()),
+    ];
+    let new = FIRST + 50;
+    let before = clients[0].join_ans(1, new, &phy(new, 1));
+    assert_eq!(before.result.result_code, ResultCode::UnknownDevEui);
+    let imported = Instant::now();
+    import(tmp.path(), &url, new..new + 1);
+    // Each instance answers Success once it has the device (then the other one's JoinNonce
+    // moved, so each uses its own DevNonce, in order).
+    let mut tid = 10;
+    let mut nonce = 1;
+    for c in &clients {
+        loop {
+            tid += 1;
+            nonce += 1;
+            let r = c.join_ans(tid, new, &phy(new, nonce)).result.result_code;
+            if r == ResultCode::Success {
+                break;
+            }
+            assert!(
+                imported.elapsed() < Duration::from_secs(10),
+                "the import was not seen: {r:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "import seen by both instances after {:?}",
+        imported.elapsed()
+    );
+    assert_eq!(sample(&a, "joinserver_devices"), 2);
+    assert_eq!(sample(&b, "joinserver_devices"), 2);
+
+    let removed = Instant::now();
+    let d = tmp.path().to_str().unwrap();
+    let eui = DevEui::new(new).to_string();
+    cli(&[
+        "devices",
+        "remove",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        &eui,
+    ]);
+    for c in &clients {
+        loop {
+            tid += 1;
+            nonce += 1;
+            let r = c.join_ans(tid, new, &phy(new, nonce)).result.result_code;
+            if r == ResultCode::UnknownDevEui {
+                break;
+            }
+            assert!(removed.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // `devices list --store-url` reads the same database.
+    let list = cli(&[
+        "devices",
+        "list",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(list.lines().count(), 1, "{list}");
+}
+
+/// kill -9 of one instance in the middle of a storm through both: no DevNonce that either
+/// instance answered with Success is accepted again by the survivor.
+#[test]
+fn kill9_of_one_instance_mid_storm_accepts_no_answered_dev_nonce_again() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    const N: u64 = 200;
+    const ROUNDS: u16 = 6;
+    let key = setup(tmp.path(), &url, N);
+    let mut a = Some(serve(tmp.path(), &url));
+    let b = serve(tmp.path(), &url);
+    let ca = Client::new(a.as_ref().unwrap().link, key.clone());
+    let cb = Client::new(b.link, key.clone());
+    let mut accepted: Vec<(u64, u16)> = Vec::new();
+    let mut tid = 0u32;
+    for round in 1..=ROUNDS {
+        // Each device's DevNonce `round`, to instance A or B by device and round.
+        let mut to_a = Vec::new();
+        let mut to_b = Vec::new();
+        for i in 0..N {
+            tid += 1;
+            let r = (tid, FIRST + i, round);
+            if a.is_some() && (i + u64::from(round)) % 2 == 0 {
+                to_a.push(r);
+            } else {
+                to_b.push(r);
+            }
+        }
+        let (ans_a, ans_b) = std::thread::scope(|s| {
+            let ha = s.spawn(|| {
+                if round == ROUNDS / 2 {
+                    // Mid-storm: the requests go out, then A dies while answering them.
+                    send(&ca, &to_a);
+                    HashMap::new()
+                } else {
+                    storm(&ca, &to_a, Duration::from_secs(20))
+                }
+            });
+            let hb = s.spawn(|| storm(&cb, &to_b, Duration::from_secs(20)));
+            (ha.join().unwrap(), hb.join().unwrap())
+        });
+        let mut ans_a = ans_a;
+        if round == ROUNDS / 2 {
+            std::thread::sleep(Duration::from_millis(5));
+            drop(a.take()); // SIGKILL
+                            // Whatever A sent before it died.
+            ans_a = collect(&ca, to_a.len(), Duration::from_millis(500));
+        }
+        for (reqs, ans) in [(&to_a, &ans_a), (&to_b, &ans_b)] {
+            for &(t, d, n) in reqs {
+                if ans
+                    .get(&t)
+                    .is_some_and(|x| x.result.result_code == ResultCode::Success)
+                {
+                    accepted.push((d, n));
+                }
+            }
+        }
+    }
+    assert!(
+        accepted.len() > (N as usize) * 3,
+        "too few joins: {}",
+        accepted.len()
+    );
+    // Every accepted DevNonce, replayed (as a new request) to the survivor: refused.
+    let replays: Vec<(u32, u64, u16)> = accepted
+        .iter()
+        .enumerate()
+        .map(|(i, &(d, n))| (1_000_000 + i as u32, d, n))
+        .collect();
+    let answers = storm(&cb, &replays, Duration::from_secs(30));
+    assert_eq!(answers.len(), replays.len());
+    for (t, d, n) in &replays {
+        assert_ne!(
+            answers[t].result.result_code,
+            ResultCode::Success,
+            "device {d:X} DevNonce {n} accepted twice"
+        );
+    }
+    // And the store holds, for every device, at least the highest DevNonce answered.
+    let mut store = PgStore::connect(&url, 2).unwrap();
+    let mut highest: HashMap<u64, u16> = HashMap::new();
+    for &(d, n) in &accepted {
+        let h = highest.entry(d).or_default();
+        *h = (*h).max(n);
+    }
+    for (d, n) in highest {
+        let s = store.get_device(DevEui::new(d)).unwrap().unwrap();
+        assert!(s.nonces.last_dev_nonce >= Some(n), "{d:X}");
+    }
+}
+
+/// The database goes away under a running instance: joins get no answer (nothing is answered
+/// before it is committed), the failures are counted, the process stays up; the database comes
+/// back: joins succeed again, and the JoinNonce continues from the last committed one.
+#[test]
+fn a_database_that_goes_away_is_refused_counted_and_recovered() {
+    let mut pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let key = setup(tmp.path(), &url, 1);
+    let mut a = serve(tmp.path(), &url);
+    let c = Client::new(a.link, key.clone());
+    assert_eq!(
+        c.join_ans(1, FIRST, &phy(FIRST, 1)).result.result_code,
+        ResultCode::Success
+    );
+    pg.kill();
+    let d = datagram(
+        &key,
+        NET_ID,
+        now_ms(),
+        2,
+        &join_req_json(2, NET_ID, FIRST, &phy(FIRST, 2)),
+    );
+    assert!(
+        c.exchange_raw(&d, Duration::from_secs(5)).is_none(),
+        "an answer left without its commit"
+    );
+    assert!(sample(&a, "joinserver_store_errors_total") >= 1);
+    assert!(a.child.try_wait().unwrap().is_none(), "the server died");
+    pg.start_again();
+    let started = Instant::now();
+    let mut tid = 10;
+    let accepted = loop {
+        tid += 1;
+        let ans = c.join_ans(tid, FIRST, &phy(FIRST, 3 + tid as u16));
+        if ans.result.result_code == ResultCode::Success {
+            break ans;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no recovery");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let app = protocol::keys::KeyCipher::new(&APP_KEY.parse::<protocol::keys::AppKey>().unwrap());
+    let join_nonce =
+        protocol::join::EncryptedJoinAccept::from_bytes(accepted.phy_payload.as_ref().unwrap())
+            .unwrap()
+            .open(
+                protocol::join::JoinAcceptEncKey::AppKey(&app),
+                protocol::join::JoinAcceptMicKey::Legacy(protocol::join::JoinRootKey::AppKey(&app)),
+            )
+            .unwrap()
+            .join_nonce
+            .as_u32();
+    assert_eq!(
+        join_nonce, 2,
+        "the JoinNonce of the withheld answer was never used"
+    );
+    let _ = a.child.kill();
+}

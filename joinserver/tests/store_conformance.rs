@@ -1,0 +1,381 @@
+//! One behavioural suite for every join server store: the embedded SQLite store and the
+//! PostgreSQL store (a real PostgreSQL 15 started by `testkit::postgres`, a fresh database per
+//! case). What only a shared store does (answers kept for other instances, change signals,
+//! instances racing, the database going away) is tested on PostgreSQL below the suite.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use joinserver::store::postgres::PgStore;
+use joinserver::store::{
+    AnswerKey, DeviceChanges, JoinCommit, JoinCommitted, LastJoin, NonceState, NonceUpdate,
+    SqliteStore, Store, StoreError, StoredDevice,
+};
+use protocol::ids::{DevEui, JoinEui, NetId};
+use protocol::version::MacVersion;
+
+type Make<'a> = dyn FnMut() -> Box<dyn Store> + 'a;
+
+fn device(n: u64) -> StoredDevice {
+    StoredDevice {
+        dev_eui: DevEui::new(n),
+        join_eui: JoinEui::new(0x70B3_D57E_D000_0000),
+        mac_version: if n % 2 == 0 {
+            MacVersion::V1_0_3
+        } else {
+            MacVersion::V1_0_4
+        },
+        app_key_wrapped: vec![n as u8; 24],
+        nwk_key_wrapped: None,
+        home_net_id: NetId::new(0x13),
+        owner_token: Some("AABB".into()),
+        owner: None,
+        nonces: NonceState::default(),
+        last_join: None,
+    }
+}
+
+const JOINED: LastJoin = LastJoin {
+    at_ms: 1_796_000_000_123,
+    net_id: match NetId::new(0x13) {
+        Some(n) => n,
+        None => panic!(),
+    },
+};
+
+/// The join of `dev` with DevNonce `dev_nonce` from state `previous` (as the pipeline makes it).
+fn join(dev: u64, previous: &NonceState, dev_nonce: u16) -> JoinCommit {
+    let mut state = previous.clone();
+    state.last_dev_nonce = Some(dev_nonce);
+    state.used_dev_nonces.push(dev_nonce);
+    state.last_join_nonce += 1;
+    JoinCommit {
+        update: NonceUpdate {
+            dev_eui: DevEui::new(dev),
+            state,
+            joined: JOINED,
+        },
+        previous: previous.clone(),
+        answer: Some((
+            AnswerKey {
+                sender: 0x13,
+                transaction_id: u32::from(dev_nonce) + 1000 * dev as u32,
+                request: vec![dev as u8, dev_nonce as u8],
+            },
+            format!("answer {dev} {dev_nonce}").into_bytes().into(),
+        )),
+    }
+}
+
+fn suite(make: &mut Make<'_>) {
+    insert_is_all_or_nothing_and_eui_bits_survive(&mut *make());
+    changes_since_lists_the_changed_devices(&mut *make());
+    joins_commit_only_from_the_stored_state(&mut *make());
+    a_device_joining_twice_in_one_batch_commits_both_in_order(&mut *make());
+    a_reinserted_device_never_moves_its_join_nonce_backwards(&mut *make());
+    master_check_detects_a_different_master_key(&mut *make());
+    unconditional_nonce_commits_survive(&mut *make());
+}
+
+fn insert_is_all_or_nothing_and_eui_bits_survive(s: &mut dyn Store) {
+    let g0 = s.generation().unwrap();
+    s.insert_devices(&[device(1), device(u64::MAX)]).unwrap();
+    assert_eq!(s.generation().unwrap(), g0 + 1);
+    let e = s.insert_devices(&[device(2), device(1)]).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Duplicate(d) if d == DevEui::new(1)),
+        "{e:?}"
+    );
+    let all = s.load_devices().unwrap();
+    assert_eq!(all.len(), 2, "device 2 must not be inserted");
+    assert_eq!(all[0], device(u64::MAX), "u64::MAX sorts as -1");
+    assert_eq!(all[1], device(1));
+    assert_eq!(s.get_device(DevEui::new(1)).unwrap(), Some(device(1)));
+    assert!(s.remove_device(DevEui::new(1)).unwrap());
+    assert!(!s.remove_device(DevEui::new(1)).unwrap());
+    assert!(s.get_device(DevEui::new(1)).unwrap().is_none());
+}
+
+fn changes_since_lists_the_changed_devices(s: &mut dyn Store) {
+    let d = DevEui::new;
+    let g0 = s.generation().unwrap();
+    assert_eq!(
+        s.changes_since(g0).unwrap(),
+        (g0, DeviceChanges::Devices(vec![]))
+    );
+    s.insert_devices(&[device(1), device(u64::MAX)]).unwrap();
+    s.insert_devices(&[device(2)]).unwrap();
+    assert!(s.remove_device(d(1)).unwrap());
+    let listed = |s: &mut dyn Store, seen| match s.changes_since(seen).unwrap() {
+        (g, DeviceChanges::Devices(mut v)) => {
+            v.sort();
+            (g, v)
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(listed(s, g0), (g0 + 3, vec![d(1), d(2), d(u64::MAX)]));
+    assert_eq!(listed(s, g0 + 2), (g0 + 3, vec![d(1)]));
+    assert_eq!(listed(s, g0 + 3), (g0 + 3, vec![]));
+    // A reader ahead of the store (another database) reloads everything.
+    assert_eq!(s.changes_since(g0 + 10).unwrap().1, DeviceChanges::All);
+}
+
+fn joins_commit_only_from_the_stored_state(s: &mut dyn Store) {
+    s.insert_devices(&[device(1), device(2)]).unwrap();
+    let fresh = NonceState::default();
+    let first = join(1, &fresh, 7);
+    assert_eq!(
+        s.commit_joins(std::slice::from_ref(&first)).unwrap(),
+        vec![JoinCommitted::Applied]
+    );
+    let stored = s.get_device(DevEui::new(1)).unwrap().unwrap();
+    assert_eq!(stored.nonces, first.update.state);
+    assert_eq!(stored.last_join, Some(JOINED));
+    // Another instance checked a join of the same device against the same (now old) state:
+    // not committed, and the store says what it holds.
+    let racing = join(1, &fresh, 9);
+    assert_eq!(
+        s.commit_joins(&[racing]).unwrap(),
+        vec![JoinCommitted::Stale(first.update.state.clone())]
+    );
+    // The same JoinNonce from a diverged history (another DevNonce accepted at that count) is
+    // refused too: the whole state is compared, not only the JoinNonce.
+    let mut diverged = first.update.state.clone();
+    diverged.last_dev_nonce = Some(8);
+    diverged.used_dev_nonces = vec![8];
+    assert_eq!(
+        s.commit_joins(&[join(1, &diverged, 10)]).unwrap(),
+        vec![JoinCommitted::Stale(first.update.state.clone())]
+    );
+    // An unknown device, and a batch mixing all three.
+    assert_eq!(
+        s.commit_joins(&[join(5, &fresh, 1)]).unwrap(),
+        vec![JoinCommitted::Gone]
+    );
+    let next = join(1, &first.update.state, 11);
+    assert_eq!(
+        s.commit_joins(&[join(2, &fresh, 3), join(6, &fresh, 1), next.clone()])
+            .unwrap(),
+        vec![
+            JoinCommitted::Applied,
+            JoinCommitted::Gone,
+            JoinCommitted::Applied
+        ]
+    );
+    let d1 = s.get_device(DevEui::new(1)).unwrap().unwrap().nonces;
+    assert_eq!(d1, next.update.state);
+    assert_eq!((d1.last_join_nonce, d1.used_dev_nonces), (2, vec![7, 11]));
+}
+
+fn a_device_joining_twice_in_one_batch_commits_both_in_order(s: &mut dyn Store) {
+    s.insert_devices(&[device(3), device(4)]).unwrap();
+    let a = join(3, &NonceState::default(), 1);
+    let b = join(3, &a.update.state, 2);
+    let c = join(3, &b.update.state, 3);
+    let other = join(4, &NonceState::default(), 1);
+    assert_eq!(
+        s.commit_joins(&[a, b, other, c.clone()]).unwrap(),
+        vec![JoinCommitted::Applied; 4]
+    );
+    assert_eq!(
+        s.get_device(DevEui::new(3)).unwrap().unwrap().nonces,
+        c.update.state
+    );
+}
+
+fn a_reinserted_device_never_moves_its_join_nonce_backwards(s: &mut dyn Store) {
+    s.insert_devices(&[device(1)]).unwrap();
+    let j = join(1, &NonceState::default(), 4);
+    s.commit_joins(std::slice::from_ref(&j)).unwrap();
+    assert!(s.remove_device(DevEui::new(1)).unwrap());
+    s.insert_devices(&[device(1)]).unwrap();
+    let again = s.get_device(DevEui::new(1)).unwrap().unwrap();
+    assert_eq!(again.nonces.last_join_nonce, 1);
+    assert_eq!(again.nonces.last_dev_nonce, None, "DevNonces start afresh");
+    s.insert_devices(&[device(2)]).unwrap();
+    assert_eq!(
+        s.get_device(DevEui::new(2))
+            .unwrap()
+            .unwrap()
+            .nonces
+            .last_join_nonce,
+        0
+    );
+}
+
+fn master_check_detects_a_different_master_key(s: &mut dyn Store) {
+    s.check_master(&[1; 24]).unwrap();
+    s.check_master(&[1; 24]).unwrap();
+    assert!(matches!(
+        s.check_master(&[2; 24]),
+        Err(StoreError::MasterKeyMismatch)
+    ));
+}
+
+fn unconditional_nonce_commits_survive(s: &mut dyn Store) {
+    s.insert_devices(&[device(1)]).unwrap();
+    let state = NonceState {
+        last_dev_nonce: Some(7),
+        used_dev_nonces: vec![3, 9, 7],
+        last_join_nonce: 5,
+    };
+    s.commit_nonces(&[NonceUpdate {
+        dev_eui: DevEui::new(1),
+        state: state.clone(),
+        joined: JOINED,
+    }])
+    .unwrap();
+    let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
+    assert_eq!((d.nonces, d.last_join), (state, Some(JOINED)));
+}
+
+#[test]
+fn the_suite_on_sqlite() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    suite(&mut || {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(d.path()).unwrap();
+        dirs.borrow_mut().push(d);
+        Box::new(s)
+    });
+}
+
+#[test]
+fn the_suite_on_postgres() {
+    let pg = testkit::postgres::Postgres::start();
+    suite(&mut || Box::new(PgStore::connect(&pg.create_database(), 4).unwrap()));
+}
+
+/// SQLite keeps no answers for other instances (its one instance's cache is in memory).
+#[test]
+fn sqlite_keeps_no_shared_answers() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = SqliteStore::open(d.path()).unwrap();
+    s.insert_devices(&[device(1)]).unwrap();
+    let j = join(1, &NonceState::default(), 1);
+    s.commit_joins(std::slice::from_ref(&j)).unwrap();
+    assert_eq!(s.find_answers(&[j.answer.unwrap().0]).unwrap(), vec![None]);
+}
+
+/// The answer of an accepted join is kept with it: found by the same request through another
+/// handle (instance), not by another request under the same TransactionID; a refused (stale)
+/// join's answer is not kept; expired answers are deleted.
+#[test]
+fn postgres_shares_answers_and_signals_changes() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut a = PgStore::connect(&url, 4).unwrap();
+    let mut b = PgStore::connect(&url, 4).unwrap();
+    a.insert_devices(&[device(1)]).unwrap();
+    let j = join(1, &NonceState::default(), 1);
+    let (key, body) = j.answer.clone().unwrap();
+    a.commit_joins(&[j]).unwrap();
+    let mut other_request = key.clone();
+    other_request.request.push(0);
+    let mut unknown = key.clone();
+    unknown.transaction_id += 1;
+    assert_eq!(
+        b.find_answers(&[key.clone(), other_request, unknown])
+            .unwrap(),
+        vec![Some(body.to_vec()), None, None]
+    );
+    let stale = join(1, &NonceState::default(), 2);
+    let stale_key = stale.answer.clone().unwrap().0;
+    assert!(matches!(
+        b.commit_joins(&[stale]).unwrap()[0],
+        JoinCommitted::Stale(_)
+    ));
+    assert_eq!(b.find_answers(&[stale_key]).unwrap(), vec![None]);
+    // Answers older than the TTL go at the next housekeeping.
+    b.set_answer_ttl_ms(0);
+    std::thread::sleep(Duration::from_millis(5));
+    b.maintain().unwrap();
+    assert_eq!(a.find_answers(&[key]).unwrap(), vec![None]);
+
+    // A change made through one handle wakes a waiter on another at once (NOTIFY), well
+    // before its timeout; with no change, the wait lasts its timeout.
+    b.wait_for_change(Duration::from_millis(10)).unwrap(); // connects and LISTENs
+    let waiter = std::thread::spawn(move || {
+        let started = Instant::now();
+        b.wait_for_change(Duration::from_secs(30)).unwrap();
+        started.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    a.insert_devices(&[device(2)]).unwrap();
+    let waited = waiter.join().unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the change was not signalled ({waited:?})"
+    );
+}
+
+/// Instances racing: two handles (as two join servers) commit the same join of each of 200
+/// devices at the same moment; for each device exactly one is applied.
+#[test]
+fn postgres_racing_instances_commit_each_join_once() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut setup = PgStore::connect(&url, 2).unwrap();
+    const N: u64 = 200;
+    setup
+        .insert_devices(&(0..N).map(device).collect::<Vec<_>>())
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let racers: Vec<_> = (0..2u16)
+        .map(|r| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut s = PgStore::connect(&url, 2).unwrap();
+                let batch: Vec<JoinCommit> = (0..N)
+                    .map(|d| join(d, &NonceState::default(), 10 + r))
+                    .collect();
+                barrier.wait();
+                // In small batches, so the two interleave.
+                batch
+                    .chunks(10)
+                    .flat_map(|c| s.commit_joins(c).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<JoinCommitted>> = racers.into_iter().map(|h| h.join().unwrap()).collect();
+    for d in 0..N as usize {
+        let applied = results
+            .iter()
+            .filter(|r| r[d] == JoinCommitted::Applied)
+            .count();
+        assert_eq!(
+            applied, 1,
+            "device {d}: {:?} / {:?}",
+            results[0][d], results[1][d]
+        );
+        let stored = setup.get_device(DevEui::new(d as u64)).unwrap().unwrap();
+        assert_eq!(stored.nonces.last_join_nonce, 1);
+    }
+}
+
+/// The database goes away: every call fails with a PostgreSQL error (no panic, no hang past the
+/// connect timeout); it comes back: the same store works again, nothing lost.
+#[test]
+fn postgres_gone_fails_calls_and_recovers() {
+    let mut pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut s = PgStore::connect(&url, 2).unwrap();
+    s.insert_devices(&[device(1)]).unwrap();
+    let j = join(1, &NonceState::default(), 1);
+    s.commit_joins(std::slice::from_ref(&j)).unwrap();
+    pg.kill();
+    let started = Instant::now();
+    let e = s.commit_joins(&[join(1, &j.update.state, 2)]).unwrap_err();
+    assert!(matches!(e, StoreError::Postgres(_)), "{e:?}");
+    assert_eq!(e.kind(), "postgres");
+    assert!(s.get_device(DevEui::new(1)).is_err());
+    assert!(started.elapsed() < Duration::from_secs(30));
+    pg.start_again();
+    let d = s.get_device(DevEui::new(1)).unwrap().unwrap();
+    assert_eq!(d.nonces, j.update.state, "the committed join survived");
+    assert_eq!(
+        s.commit_joins(&[join(1, &j.update.state, 2)]).unwrap(),
+        vec![JoinCommitted::Applied]
+    );
+}
