@@ -871,7 +871,9 @@ impl Store for PgStore {
                 .query_one("SELECT value FROM js_master_check WHERE id = 1", &[])
                 .map_err(pg)?
                 .get(0);
-            if crate::onboarding::secret::ct_eq(&stored, check_value) {
+            if stored.len() == check_value.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], check_value))
+            {
                 Ok(())
             } else {
                 Err(StoreError::MasterKeyMismatch)
