@@ -88,13 +88,34 @@ fn sample(r: &Running, name: &str) -> u64 {
 /// Sends `(tid, dev, dev_nonce)` JoinReqs to a server from one socket without waiting, then
 /// collects every answer that arrives within `wait` (by TransactionID).
 fn storm(c: &Client, requests: &[(u32, u64, u16)], wait: Duration) -> HashMap<u32, JoinAns> {
-    // Answers are read while the requests go out: a burst of answers would overflow the
-    // client socket's receive buffer.
-    std::thread::scope(|s| {
+    // A large receive buffer, and answers read while the requests go out: a burst of answers
+    // would overflow the client socket's buffer on a busy machine.
+    let _ = socket2::SockRef::from(&c.sock).set_recv_buffer_size(4 << 20);
+    let mut answers = std::thread::scope(|s| {
         let answers = s.spawn(|| collect(c, requests.len(), wait));
         send(c, requests);
         answers.join().unwrap()
-    })
+    });
+    // What is still unanswered is sent again with its TransactionID, as a network server
+    // retries: the join server answers a retry with the same answer (its cache, or the one
+    // stored by the instance that committed the join).
+    for _ in 0..3 {
+        let missing: Vec<(u32, u64, u16)> = requests
+            .iter()
+            .filter(|r| !answers.contains_key(&r.0))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let again = std::thread::scope(|s| {
+            let more = s.spawn(|| collect(c, missing.len(), Duration::from_secs(5)));
+            send(c, &missing);
+            more.join().unwrap()
+        });
+        answers.extend(again);
+    }
+    answers
 }
 
 /// Sends `(tid, dev, dev_nonce)` JoinReqs without waiting for answers.
