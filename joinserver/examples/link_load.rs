@@ -215,19 +215,26 @@ impl Gen {
     }
 }
 
-/// CPU time (user + system, in clock ticks of 10 ms) of every process named `postgres` (the
-/// server and its backends; 0 without PostgreSQL).
-fn postgres_cpu_ticks() -> u64 {
+/// CPU time (user + system, in clock ticks of 10 ms) of the private PostgreSQL: its server
+/// process `server` and the server's children (backends, background workers), with the time of
+/// the children that ended (in the server's `cutime`/`cstime` once it reaped them). 0 without one.
+fn postgres_cpu_ticks(server: Option<u32>) -> u64 {
+    let Some(server) = server else {
+        return 0;
+    };
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
     dir.flatten()
-        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
-        .filter(|stat| stat.contains("(postgres)"))
-        .filter_map(|stat| {
+        .filter_map(|p| {
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
             let rest = stat.rsplit(')').next()?.to_owned();
             let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+            // After the command: state, ppid, ..., utime 11, stime 12, cutime 13, cstime 14.
+            (pid == server || field(1)? == u64::from(server))
+                .then(|| (11..=14).filter_map(field).sum::<u64>())
         })
         .sum()
 }
@@ -438,7 +445,8 @@ fn main() {
     };
     let batch = joinserver::mmsg::BatchSender::new(64);
     let cpu_before = server_cpu_ticks();
-    let pg_cpu_before = postgres_cpu_ticks();
+    let pgrp = pg.as_ref().and_then(testkit::postgres::Postgres::pid);
+    let pg_cpu_before = postgres_cpu_ticks(pgrp);
     let start = Instant::now();
     let mut seq = 0u64;
     while seq < total {
@@ -461,7 +469,7 @@ fn main() {
     let (mut lat, ok, failed) = receiver.join().unwrap();
     let recv_secs = start.elapsed().as_secs_f64();
     let cpu_secs = (server_cpu_ticks() - cpu_before) as f64 / 100.0;
-    let pg_cpu_secs = (postgres_cpu_ticks() - pg_cpu_before) as f64 / 100.0;
+    let pg_cpu_secs = postgres_cpu_ticks(pgrp).saturating_sub(pg_cpu_before) as f64 / 100.0;
     lat.sort_unstable();
     println!(
         "joins open loop: offered {} joins/s for {:.1} s; {ok} successes, {failed} other answers, {} unanswered; achieved {:.0} joins/s",
@@ -484,7 +492,7 @@ fn main() {
         cpu_secs * 1e6 / ok.max(1) as f64,
         ok as f64 / cpu_secs.max(0.01)
     );
-    if url.is_some() {
+    if pgrp.is_some() {
         println!(
             "  PostgreSQL CPU (all its processes): {pg_cpu_secs:.1} s = {:.1} µs per join",
             pg_cpu_secs * 1e6 / ok.max(1) as f64
@@ -496,7 +504,7 @@ fn main() {
     let base = total;
     let n_inst = addrs.len() as u64;
     let cpu_before = server_cpu_ticks();
-    let pg_cpu_before = postgres_cpu_ticks();
+    let pg_cpu_before = postgres_cpu_ticks(pgrp);
     let results: Vec<(f64, u64)> = std::thread::scope(|scope| {
         let handles: Vec<_> = addrs
             .iter()
@@ -521,13 +529,13 @@ fn main() {
     let join_rate: f64 = results.iter().map(|r| r.0).sum();
     let bad: u64 = results.iter().map(|r| r.1).sum();
     let cpu = (server_cpu_ticks() - cpu_before) as f64 / 100.0;
-    let pg_cpu = (postgres_cpu_ticks() - pg_cpu_before) as f64 / 100.0;
+    let pg_cpu = postgres_cpu_ticks(pgrp).saturating_sub(pg_cpu_before) as f64 / 100.0;
     let joins = join_rate * args.raw_seconds as f64;
     println!(
         "joins closed loop (window 64 per instance): {join_rate:.0} joins/s ({bad} non-success); \
          join server CPU {:.1} µs per join{}",
         cpu * 1e6 / joins.max(1.0),
-        if url.is_some() {
+        if pgrp.is_some() {
             format!(
                 ", PostgreSQL CPU {:.1} µs per join",
                 pg_cpu * 1e6 / joins.max(1.0)

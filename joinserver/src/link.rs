@@ -401,26 +401,7 @@ impl Link {
                 .settle(result.is_ok() && !matches!(v, Verdict::Stale { .. }));
         }
         if let Err(e) = result {
-            self.metrics.store_errors.inc();
-            tracing::error!(error = %e, answers = items.len(), "nonce commit failed; answers withheld");
-            if let Ok(mut c) = self.cache.lock() {
-                for (o, _) in &items {
-                    if let Some(k) = o.cache_key {
-                        c.remove(k);
-                    }
-                }
-            }
-            // Last first, so a device that joined twice in the batch goes back step by step.
-            for (_, v) in items.iter().rev() {
-                if let Verdict::Failed {
-                    dev_eui,
-                    previous,
-                    state,
-                } = v
-                {
-                    self.roll_back(*dev_eui, previous, state);
-                }
-            }
+            self.withhold(&e, &items);
             return;
         }
         let items: Vec<Outgoing> = items
@@ -468,6 +449,27 @@ impl Link {
             self.metrics
                 .join_latency
                 .observe(o.received.elapsed().as_secs_f64());
+        }
+    }
+
+    /// A batch whose commit failed: none of its answers leaves, their cached copies are
+    /// forgotten, and the devices' nonce states in memory go back to what was committed.
+    fn withhold(&self, e: &crate::store::StoreError, items: &[(Outgoing, Verdict)]) {
+        self.metrics.store_errors.inc();
+        tracing::error!(error = %e, answers = items.len(), "nonce commit failed; answers withheld");
+        for (o, _) in items {
+            self.forget(o);
+        }
+        // Last first, so a device that joined twice in the batch goes back step by step.
+        for (_, v) in items.iter().rev() {
+            if let Verdict::Failed {
+                dev_eui,
+                previous,
+                state,
+            } = v
+            {
+                self.roll_back(*dev_eui, previous, state);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Several `joinserver serve` processes on one PostgreSQL database (a real PostgreSQL 15 from
 //! `testkit::postgres`), provisioned and served through the real binary's `--store-url`, spoken
-//! to over the real link on 127.0.0.1.
+//! to over the real link on 127.0.0.1; and the commands that set such a database up (`migrate`,
+//! `store copy`).
 
 mod common;
 
@@ -87,13 +88,34 @@ fn sample(r: &Running, name: &str) -> u64 {
 /// Sends `(tid, dev, dev_nonce)` JoinReqs to a server from one socket without waiting, then
 /// collects every answer that arrives within `wait` (by TransactionID).
 fn storm(c: &Client, requests: &[(u32, u64, u16)], wait: Duration) -> HashMap<u32, JoinAns> {
-    // Answers are read while the requests go out: a burst of answers would overflow the
-    // client socket's receive buffer.
-    std::thread::scope(|s| {
+    // A large receive buffer, and answers read while the requests go out: a burst of answers
+    // would overflow the client socket's buffer on a busy machine.
+    let _ = socket2::SockRef::from(&c.sock).set_recv_buffer_size(4 << 20);
+    let mut answers = std::thread::scope(|s| {
         let answers = s.spawn(|| collect(c, requests.len(), wait));
         send(c, requests);
         answers.join().unwrap()
-    })
+    });
+    // What is still unanswered is sent again with its TransactionID, as a network server
+    // retries: the join server answers a retry with the same answer (its cache, or the one
+    // stored by the instance that committed the join).
+    for _ in 0..3 {
+        let missing: Vec<(u32, u64, u16)> = requests
+            .iter()
+            .filter(|r| !answers.contains_key(&r.0))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let again = std::thread::scope(|s| {
+            let more = s.spawn(|| collect(c, missing.len(), Duration::from_secs(5)));
+            send(c, &missing);
+            more.join().unwrap()
+        });
+        answers.extend(again);
+    }
+    answers
 }
 
 /// Sends `(tid, dev, dev_nonce)` JoinReqs without waiting for answers.
@@ -431,4 +453,88 @@ fn a_database_that_goes_away_is_refused_counted_and_recovered() {
         "the JoinNonce of the withheld answer was never used"
     );
     let _ = a.child.kill();
+}
+
+/// `joinserver migrate` applies the schema once; running it again applies nothing.
+#[test]
+fn migrate_applies_the_schema_once() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_str().unwrap();
+    let first = cli(&["migrate", "--data-dir", d, "--store-url", &url]);
+    assert!(first.contains("applied migration 1"), "{first}");
+    assert!(first.contains("schema version 1"), "{first}");
+    // The URL from the environment variable, this time.
+    let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["migrate", "--data-dir", d])
+        .env("JOINSERVER_STORE_URL", &url)
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(!again.contains("applied"), "{again}");
+    assert!(again.contains("schema version 1"), "{again}");
+}
+
+/// `joinserver store copy` moves an embedded store (devices, nonce states, last joins, owner
+/// token hashes, retired JoinNonces) into PostgreSQL and verifies it; a join server on the copy
+/// refuses the DevNonces answered before and continues the JoinNonces; a second copy into the
+/// same (no longer empty) database is refused.
+#[test]
+fn store_copy_moves_an_embedded_store_up() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = provision(tmp.path());
+    {
+        let embedded = spawn_with(tmp.path(), &["--metrics", ""]);
+        let c = Client::new(embedded.link, s.link.clone());
+        for (tid, dev, n) in [(1, 2, 10), (2, 1, 500), (3, 3, 7)] {
+            let r = c.join_ans(tid, dev, &phy(dev, n)).result.result_code;
+            assert_eq!(r, ResultCode::Success);
+        }
+    }
+    let d = tmp.path().to_str().unwrap();
+    cli(&["devices", "remove", "--data-dir", d, "0000000000000006"]);
+    let out = cli(&["store", "copy", "--data-dir", d, "--to", &url]);
+    assert!(out.contains("copied 5 devices"), "{out}");
+    assert!(out.contains("verified: counts and checksum match"), "{out}");
+    let sums: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split("sha256 ").nth(1))
+        .collect();
+    assert_eq!(sums.len(), 2);
+    assert_eq!(sums[0], sums[1]);
+    let mut embedded = joinserver::store::SqliteStore::open(tmp.path()).unwrap();
+    let mut copy = PgStore::connect(&url, 2).unwrap();
+    assert_eq!(
+        copy.load_devices().unwrap(),
+        embedded.load_devices().unwrap()
+    );
+    assert_eq!(copy.fingerprint().unwrap(), embedded.fingerprint().unwrap());
+    assert_eq!(copy.fingerprint().unwrap().retired, 1);
+    assert!(
+        copy.fingerprint().unwrap().ownership >= 1,
+        "owner token hashes copied"
+    );
+
+    let on_pg = serve(tmp.path(), &url);
+    let c = Client::new(on_pg.link, s.link.clone());
+    let r = |tid, dev, n| c.join_ans(tid, dev, &phy(dev, n)).result.result_code;
+    assert_eq!(r(10, 2, 10), ResultCode::JoinReqFailed);
+    assert_eq!(r(11, 1, 500), ResultCode::JoinReqFailed);
+    assert_eq!(r(12, 3, 7), ResultCode::JoinReqFailed);
+    assert_eq!(r(13, 2, 11), ResultCode::Success);
+
+    let again = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["store", "copy", "--data-dir", d, "--to", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }

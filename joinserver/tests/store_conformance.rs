@@ -279,6 +279,22 @@ fn postgres_shares_answers_and_signals_changes() {
             .unwrap(),
         vec![Some(body.to_vec()), None, None]
     );
+    // Two devices' joins under one (sender, TransactionID) in one batch (a peer reusing it):
+    // both commit, the first answer is kept, and the batch does not fail.
+    a.insert_devices(&[device(7), device(8)]).unwrap();
+    let (mut x, mut y) = (
+        join(7, &NonceState::default(), 1),
+        join(8, &NonceState::default(), 1),
+    );
+    x.answer.as_mut().unwrap().0.transaction_id = 77;
+    y.answer.as_mut().unwrap().0.transaction_id = 77;
+    assert_eq!(
+        a.commit_joins(&[x.clone(), y]).unwrap(),
+        vec![JoinCommitted::Applied; 2]
+    );
+    let (xk, xa) = x.answer.unwrap();
+    assert_eq!(b.find_answers(&[xk]).unwrap(), vec![Some(xa.to_vec())]);
+
     let stale = join(1, &NonceState::default(), 2);
     let stale_key = stale.answer.clone().unwrap().0;
     assert!(matches!(

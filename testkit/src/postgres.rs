@@ -17,8 +17,9 @@
 //! - The server listens on 127.0.0.1 only (trust authentication for the `postgres` role, which
 //!   is safe there only because the port is loopback and the cluster is thrown away), and on a
 //!   Unix socket inside the temporary directory (none in `/var/run/postgresql`).
-//! - The server is the leader of its own process group: [`Postgres::kill`] sends SIGKILL to the
-//!   group, so no backend outlives it and [`Postgres::start_again`] finds the data directory free.
+//! - [`Postgres::kill`] sends SIGKILL to the server and to each of its processes (backends and
+//!   background workers call `setsid`, so they are not in its process group) at once, and waits
+//!   until none runs, so [`Postgres::start_again`] finds the data directory free.
 //! - Dropping a [`Postgres`] kills the server and removes the directory.
 
 use std::io::Read;
@@ -30,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 /// How long the server gets to start or stop before the test fails.
@@ -167,7 +168,7 @@ impl Postgres {
         self.end(Signal::SIGINT);
     }
 
-    /// Kills the server and every backend at once (SIGKILL to its process group), as a crash or
+    /// Kills the server and every process of it at once (SIGKILL), as a crash or
     /// a pulled cable would take the database away. Does nothing if it is not running.
     pub fn kill(&mut self) {
         self.end(Signal::SIGKILL);
@@ -293,37 +294,45 @@ impl Postgres {
         s
     }
 
-    /// Ends the server with `sig` (to its whole process group for SIGKILL) and reaps it.
+    /// Ends the server with `sig` (for SIGKILL, to its child processes too) and reaps it.
     fn end(&mut self, sig: Signal) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = Pid::from_raw(i32::try_from(child.id()).expect("a process id fits an i32"));
-        let _ = if sig == Signal::SIGKILL {
-            killpg(pid, sig)
+        let pid = child.id();
+        // Listed before the server dies: orphans go to another parent.
+        let children = if sig == Signal::SIGKILL {
+            children_of(pid)
         } else {
-            kill(pid, sig)
+            Vec::new()
         };
+        let kill_all = |sig| {
+            let _ = kill(pid_of(pid), sig);
+            for &c in &children {
+                let _ = kill(pid_of(c), sig);
+            }
+        };
+        kill_all(sig);
         let deadline = Instant::now() + DEADLINE;
         loop {
             match child.try_wait() {
                 Ok(Some(_)) | Err(_) => break,
                 Ok(None) if Instant::now() > deadline => {
-                    let _ = killpg(pid, Signal::SIGKILL);
+                    kill_all(Signal::SIGKILL);
                     let _ = child.wait();
                     panic!("PostgreSQL did not stop within {DEADLINE:?} after {sig}");
                 }
                 Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             }
         }
-        if sig == Signal::SIGKILL {
-            // Backends leave once the postmaster is gone; the group signal took them too, but
-            // wait until none holds the data directory before a restart may use it.
-            while group_alive(child.id()) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        while children.iter().any(|&c| running(c)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn pid_of(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).expect("a process id fits an i32"))
 }
 
 impl Drop for Postgres {
@@ -398,25 +407,36 @@ fn passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
     })
 }
 
-/// Whether a process of process group `pgid` is still running (not a zombie), from
-/// `/proc/*/stat`: zombies are left to whoever reaps orphans, and hold nothing of the cluster.
-fn group_alive(pgid: u32) -> bool {
+/// `/proc/PID/stat` as (state, parent pid), for a process that exists.
+fn stat_of(pid: &str) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) STATE PPID ...": COMM may hold spaces, so split at the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut f = rest.split_whitespace();
+    let state = f.next()?.to_owned();
+    Some((state, f.next()?.parse().ok()?))
+}
+
+/// Whether process `pid` runs (exists and is not a zombie: zombies are left to whoever reaps
+/// orphans, and hold nothing of the cluster).
+fn running(pid: u32) -> bool {
+    stat_of(&pid.to_string()).is_some_and(|(state, _)| state != "Z")
+}
+
+/// The running child processes of `ppid`, from `/proc/*/stat`.
+fn children_of(ppid: u32) -> Vec<u32> {
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
+        return Vec::new();
     };
-    procs.flatten().any(|p| {
-        let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
-            return false;
-        };
-        // "PID (COMM) STATE PPID PGRP ...": COMM may hold spaces, so split at the last ')'.
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next();
-        let pgrp = f.nth(1).and_then(|g| g.parse::<u32>().ok());
-        pgrp == Some(pgid) && state != Some("Z")
-    })
+    procs
+        .flatten()
+        .filter_map(|p| {
+            let name = p.file_name().into_string().ok()?;
+            let pid: u32 = name.parse().ok()?;
+            let (state, parent) = stat_of(&name)?;
+            (parent == ppid && state != "Z").then_some(pid)
+        })
+        .collect()
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.
@@ -472,11 +492,16 @@ mod tests {
         assert_eq!(pg.psql(db, "SELECT v FROM t").trim(), "42");
 
         let pid = pg.pid().unwrap();
+        let children = children_of(pid);
+        assert!(!children.is_empty(), "a running server has child processes");
         pg.kill();
         assert!(
             kill(Pid::from_raw(pid as i32), None).is_err(),
             "the killed server is still there"
         );
+        for c in children {
+            assert!(!running(c), "process {c} of the killed server still runs");
+        }
         assert!(!pg.is_ready());
         pg.start_again();
         assert_eq!(pg.psql(db, "SELECT v FROM t").trim(), "42");

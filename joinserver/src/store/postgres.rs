@@ -675,6 +675,17 @@ impl<'a> JoinColumns<'a> {
     fn of(batch: &'a [JoinCommit], round: &[usize]) -> Self {
         let js = || round.iter().map(|&i| &batch[i]);
         let u = |j: &'a JoinCommit| -> &'a NonceUpdate { &j.update };
+        // One answer per (sender, TransactionID) in a statement: PostgreSQL refuses an
+        // `ON CONFLICT DO UPDATE` that would touch one row twice, which would fail the whole
+        // batch. A peer reusing a TransactionID for two devices keeps the first answer.
+        let mut keys = std::collections::HashSet::new();
+        let kept: Vec<_> = js()
+            .map(|j| {
+                j.answer
+                    .as_ref()
+                    .filter(|(k, _)| keys.insert((k.sender, k.transaction_id)))
+            })
+            .collect();
         Self {
             dev_eui: js().map(|j| dev_eui_sql(u(j).dev_eui)).collect(),
             last_dev_nonce: js()
@@ -691,18 +702,19 @@ impl<'a> JoinColumns<'a> {
                 .map(|j| i64::from(u(j).joined.net_id.as_u32()))
                 .collect(),
             // Sender ids are NetIDs (24 bits): they fit an i64 as they are.
-            sender: js()
-                .map(|j| j.answer.as_ref().map(|(k, _)| k.sender as i64))
+            sender: kept
+                .iter()
+                .map(|a| a.map(|(k, _)| k.sender as i64))
                 .collect(),
-            tid: js()
-                .map(|j| j.answer.as_ref().map(|(k, _)| i64::from(k.transaction_id)))
+            tid: kept
+                .iter()
+                .map(|a| a.map(|(k, _)| i64::from(k.transaction_id)))
                 .collect(),
-            request: js()
-                .map(|j| j.answer.as_ref().map(|(k, _)| k.request.as_slice()))
+            request: kept
+                .iter()
+                .map(|a| a.map(|(k, _)| k.request.as_slice()))
                 .collect(),
-            answer: js()
-                .map(|j| j.answer.as_ref().map(|(_, a)| &a[..]))
-                .collect(),
+            answer: kept.iter().map(|a| a.map(|(_, a)| &a[..])).collect(),
             prev_join_nonce: js()
                 .map(|j| i64::from(j.previous.last_join_nonce))
                 .collect(),
@@ -871,7 +883,9 @@ impl Store for PgStore {
                 .query_one("SELECT value FROM js_master_check WHERE id = 1", &[])
                 .map_err(pg)?
                 .get(0);
-            if crate::onboarding::secret::ct_eq(&stored, check_value) {
+            if stored.len() == check_value.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(&stored[..], check_value))
+            {
                 Ok(())
             } else {
                 Err(StoreError::MasterKeyMismatch)
