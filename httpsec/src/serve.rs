@@ -155,6 +155,12 @@ impl Transport {
     }
 }
 
+/// The certificate chain (leaf first) a TLS client presented, added to each request of its
+/// connection as an extension when it presented one (see
+/// [`crate::tls::server_config_optional_client_auth`]).
+#[derive(Debug, Clone)]
+pub struct ClientCertificates(pub Arc<[rustls_pki_types::CertificateDer<'static>]>);
+
 /// A connection's service, as the loop needs it: a hyper service of HTTP/1.1 requests that
 /// cannot fail (errors are responses), shareable across tasks, with a body hyper can send.
 pub trait HttpService:
@@ -348,7 +354,7 @@ async fn connection<S: HttpService>(
         activity: activity.clone(),
     };
     match transport {
-        Transport::Plain => http(watched, limits, counters, svc, activity, stop).await,
+        Transport::Plain => http(watched, limits, counters, svc, activity, stop, None).await,
         Transport::Tls { config, plain_too } => {
             let mut first = [0u8; 1];
             let peeked =
@@ -357,7 +363,7 @@ async fn connection<S: HttpService>(
             match peeked {
                 Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
                     if plain_too {
-                        http(watched, limits, counters, svc, activity, stop).await;
+                        http(watched, limits, counters, svc, activity, stop, None).await;
                     } else {
                         counters.plain_refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -373,7 +379,17 @@ async fn connection<S: HttpService>(
             let accepted =
                 tokio::time::timeout(limits.header_read_timeout, acceptor.accept(watched)).await;
             match accepted {
-                Ok(Ok(tls)) => http(tls, limits, counters, svc, activity, stop).await,
+                Ok(Ok(tls)) => {
+                    let certs = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| {
+                            ClientCertificates(c.iter().map(|d| d.clone().into_owned()).collect())
+                        });
+                    http(tls, limits, counters, svc, activity, stop, certs).await
+                }
                 _ => {
                     counters.tls_failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -390,13 +406,17 @@ async fn http<I, S: HttpService>(
     svc: S,
     activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
+    client_certs: Option<ClientCertificates>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = Arc::new(svc);
     let tracked = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if let Some(c) = &client_certs {
+                req.extensions_mut().insert(c.clone());
+            }
             let guard = InFlight::new(&activity);
             let fut = svc.call(req);
             async move {

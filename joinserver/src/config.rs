@@ -24,6 +24,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The HTTP management API and onboarding (`crate::api`).
     pub api: ApiConfig,
+    /// LoRaWAN Backend Interfaces (TS002) over HTTPS (`crate::bi`).
+    pub backend_interfaces: crate::bi::config::BiConfig,
 }
 
 /// The JS↔NS link (docs/wire-format.md).
@@ -432,10 +434,14 @@ synchronous = "full"
 listen = "127.0.0.1:9100"
 "#;
 
-/// The whole default configuration file: [`DEFAULT_TOML`] and the `[api]` section
-/// ([`API_DEFAULT_TOML`]). `joinserver config` prints it.
+/// The whole default configuration file: [`DEFAULT_TOML`], the `[api]` section
+/// ([`API_DEFAULT_TOML`]) and the `[backend_interfaces]` section
+/// ([`crate::bi::config::BI_DEFAULT_TOML`]). `joinserver config` prints it.
 pub fn default_toml() -> String {
-    format!("{DEFAULT_TOML}{API_DEFAULT_TOML}")
+    format!(
+        "{DEFAULT_TOML}{API_DEFAULT_TOML}{}",
+        crate::bi::config::BI_DEFAULT_TOML
+    )
 }
 
 /// A path of the configuration: relative to the data directory unless absolute.

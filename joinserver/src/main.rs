@@ -70,6 +70,10 @@ enum Command {
         /// behind a TLS-terminating proxy. Without it, plain HTTP is refused there.
         #[arg(long)]
         insecure_http: bool,
+        /// TCP address for LoRaWAN Backend Interfaces (TS002) over HTTPS (overrides
+        /// backend_interfaces.listen; "" disables).
+        #[arg(long)]
+        bi_listen: Option<String>,
     },
     /// Management API keys.
     ApiKeys {
@@ -98,6 +102,19 @@ enum PeersCommand {
         /// The network server's NetID (6 hex digits).
         #[arg(long)]
         net_id: protocol::ids::NetId,
+    },
+    /// Creates a bearer token for a peer's LoRaWAN Backend Interfaces requests and prints it, and
+    /// nothing else, on stdout (only its hash is stored). The network server sends it as
+    /// `Authorization: Bearer <token>`.
+    Token {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The network server's NetID (6 hex digits): a peer of the join server.
+        #[arg(long)]
+        net_id: protocol::ids::NetId,
+        /// Configuration file (default: DATA_DIR/joinserver.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -210,6 +227,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics,
             api_listen,
             insecure_http,
+            bi_listen,
         } => serve(
             &dir.data_dir,
             config,
@@ -218,12 +236,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 metrics,
                 api_listen,
                 insecure_http,
+                bi_listen,
             },
         ),
         Command::ApiKeys { command } => api_keys(command),
         Command::Peers {
             command: PeersCommand::Add { dir, net_id },
         } => peers_add(&dir.data_dir, net_id),
+        Command::Peers {
+            command:
+                PeersCommand::Token {
+                    dir,
+                    net_id,
+                    config,
+                },
+        } => peers_token(&dir.data_dir, net_id, config),
         Command::Devices { command } => match command {
             DevicesCommand::Import {
                 dir,
@@ -276,6 +303,33 @@ fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> 
     println!("  {}  link key", added.link_key_file.display());
     println!("  {}  network KEK", added.ns_kek_file.display());
     println!("Restart the join server to apply.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peers_token(
+    data_dir: &Path,
+    net_id: protocol::ids::NetId,
+    config_file: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let config = load_config(data_dir, config_file)?;
+    let is_peer = if config.link.peers.is_empty() {
+        net_id == joinserver::peers::FIRST_PEER
+    } else {
+        config
+            .link
+            .peers
+            .iter()
+            .any(|p| p.net_id.parse() == Ok(net_id))
+    };
+    if !is_peer {
+        anyhow::bail!(
+            "NetID {net_id} is not a peer of the join server (add it first: joinserver peers add \
+             --net-id {net_id})"
+        );
+    }
+    let mut store = open_store(data_dir)?;
+    let token = joinserver::bi::tokens::create(&mut store, net_id, joinserver::link::now_ms())?;
+    println!("{}", token.expose());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -607,6 +661,7 @@ struct Overrides {
     metrics: Option<String>,
     api_listen: Option<String>,
     insecure_http: bool,
+    bi_listen: Option<String>,
 }
 
 fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<ExitCode> {
@@ -639,6 +694,9 @@ fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<
         config.api.listen = a;
     }
     config.api.insecure_http |= o.insecure_http;
+    if let Some(b) = o.bi_listen {
+        config.backend_interfaces.listen = b;
+    }
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(

@@ -752,8 +752,12 @@ impl<T: Send + 'static> GroupCommit<T> {
     }
 
     /// Queues an item, blocking while the queue is full (back-pressure on the link).
-    pub fn submit(&self, update: Option<NonceUpdate>, item: T) -> Result<(), WriterStopped> {
-        match self.tx.try_send((update, item)) {
+    pub fn submit(
+        &self,
+        update: Option<NonceUpdate>,
+        item: impl Into<T>,
+    ) -> Result<(), WriterStopped> {
+        match self.tx.try_send((update, item.into())) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(v)) => self.tx.send(v).map_err(|_| WriterStopped),
             Err(TrySendError::Disconnected(_)) => Err(WriterStopped),
