@@ -700,7 +700,7 @@ fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(
-        "joinserver listening link={} metrics={} api={} api_scheme={}",
+        "joinserver listening link={} metrics={} api={} api_scheme={} bi={} bi_scheme={}",
         server.link_addr(),
         server
             .metrics_addr()
@@ -708,7 +708,11 @@ fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<
         server
             .api_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string()),
-        server.api_scheme().unwrap_or("-")
+        server.api_scheme().unwrap_or("-"),
+        server
+            .bi_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        server.bi_scheme().unwrap_or("-")
     );
     tracing::info!(link = %server.link_addr(), metrics = ?server.metrics_addr(), "serving");
     let rt = tokio::runtime::Builder::new_current_thread()

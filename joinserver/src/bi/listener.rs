@@ -166,11 +166,10 @@ pub fn start(addr: SocketAddr, bi: Arc<Bi>, config: ListenerConfig) -> std::io::
         limiter: FailureLimiter::new(max, window),
         max_body: config.max_body,
     });
-    let thread =
-        std::thread::Builder::new()
-            .name("js-bi".into())
-            .spawn(move || {
-                rt.block_on(async move {
+    let thread = std::thread::Builder::new()
+        .name("js-bi".into())
+        .spawn(move || {
+            rt.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(std_listener) {
                         Ok(l) => l,
                         Err(e) => {
@@ -199,7 +198,7 @@ pub fn start(addr: SocketAddr, bi: Arc<Bi>, config: ListenerConfig) -> std::io::
                     )
                     .await;
                 });
-            })?;
+        })?;
     Ok(BiHandle {
         addr: bound,
         scheme,
