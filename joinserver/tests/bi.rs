@@ -6,9 +6,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+use common::ts002::*;
 use common::*;
 use joinserver::server::Server;
 use protocol::derive;
@@ -19,203 +19,11 @@ use protocol::join::{
 };
 use protocol::keys::{AppKey, AppSKey, KeyCipher, NwkKey, NwkSKey};
 use protocol::keywrap::KeyEnvelope;
-use serde::{Deserialize, Serialize};
 
-/// ChirpStack's `BasePayload` + `JoinReqPayload`, in its field order: `SenderToken` and
-/// `ReceiverToken` are left out when empty, and so is `CFList`.
-#[derive(Serialize)]
-struct CsJoinReq {
-    #[serde(rename = "ProtocolVersion")]
-    protocol_version: &'static str,
-    #[serde(rename = "SenderID")]
-    sender_id: String,
-    #[serde(rename = "ReceiverID")]
-    receiver_id: String,
-    #[serde(rename = "TransactionID")]
-    transaction_id: u32,
-    #[serde(rename = "MessageType")]
-    message_type: &'static str,
-    #[serde(rename = "MACVersion")]
-    mac_version: &'static str,
-    #[serde(rename = "PHYPayload")]
-    phy_payload: String,
-    #[serde(rename = "DevEUI")]
-    dev_eui: String,
-    #[serde(rename = "DevAddr")]
-    dev_addr: String,
-    #[serde(rename = "DLSettings")]
-    dl_settings: String,
-    #[serde(rename = "RxDelay")]
-    rx_delay: u8,
-    #[serde(rename = "CFList", skip_serializing_if = "String::is_empty")]
-    cf_list: String,
-}
-
-/// The EU868 CFList ChirpStack sends (867.1–867.9 MHz).
-const CF_LIST: &str = "184f84e85684b85e84886684586e8400";
-const DEV_ADDR: u32 = 0x0017_7EFA;
-
-/// A JoinReq of test device `dev` as ChirpStack sends it for a device profile of `mac`.
-fn cs_join_req(tid: u32, sender: u32, dev: u64, mac: &'static str, phy: &[u8]) -> Vec<u8> {
-    serde_json::to_vec(&CsJoinReq {
-        protocol_version: "1.0",
-        sender_id: format!("{sender:06x}"),
-        receiver_id: format!("{JOIN_EUI:016x}"),
-        transaction_id: tid,
-        message_type: "JoinReq",
-        mac_version: mac,
-        phy_payload: hex::encode(phy),
-        dev_eui: format!("{dev:016x}"),
-        dev_addr: format!("{DEV_ADDR:08x}"),
-        dl_settings: if mac.starts_with("1.1") { "80" } else { "00" }.into(),
-        rx_delay: 1,
-        cf_list: CF_LIST.into(),
-    })
-    .unwrap()
-}
-
-/// ChirpStack's result codes: an answer with any other code does not parse there.
-#[derive(Debug, Deserialize, PartialEq, Eq, Clone, Copy)]
-enum CsResultCode {
-    Success,
-    MICFailed,
-    JoinReqFailed,
-    NoRoamingAgreement,
-    DevRoamingDisallowed,
-    RoamingActDisallowed,
-    ActivationDisallowed,
-    UnknownDevEUI,
-    UnknownDevAddr,
-    UnknownSender,
-    UnknownReceiver,
-    UnkownReceiver,
-    Deferred,
-    XmitFailed,
-    InvalidFPort,
-    InvalidProtocolVersion,
-    StaleDeviceProfile,
-    MalformedRequest,
-    FrameSizeError,
-    Other,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-struct CsResult {
-    #[serde(rename = "ResultCode")]
-    code: CsResultCode,
-    #[serde(rename = "Description", default)]
-    description: String,
-}
-
-/// What ChirpStack reads of any answer, plus the JoinAns fields.
-#[derive(Debug, Deserialize, Clone)]
-struct CsAns {
-    #[serde(rename = "SenderID")]
-    sender_id: String,
-    #[serde(rename = "ReceiverID")]
-    receiver_id: String,
-    #[serde(rename = "TransactionID")]
-    transaction_id: u32,
-    #[serde(rename = "MessageType")]
-    message_type: String,
-    #[serde(rename = "Result")]
-    result: CsResult,
-    #[serde(rename = "PHYPayload", default)]
-    phy_payload: Option<String>,
-    #[serde(rename = "Lifetime", default)]
-    lifetime: Option<usize>,
-    #[serde(rename = "NwkSKey", default)]
-    nwk_s_key: Option<KeyEnvelope>,
-    #[serde(rename = "FNwkSIntKey", default)]
-    f_nwk_s_int_key: Option<KeyEnvelope>,
-    #[serde(rename = "SNwkSIntKey", default)]
-    s_nwk_s_int_key: Option<KeyEnvelope>,
-    #[serde(rename = "NwkSEncKey", default)]
-    nwk_s_enc_key: Option<KeyEnvelope>,
-    #[serde(rename = "AppSKey", default)]
-    app_s_key: Option<KeyEnvelope>,
-    #[serde(rename = "SessionKeyID", default)]
-    session_key_id: Option<String>,
-    #[serde(rename = "HNetID", default)]
-    h_net_id: Option<String>,
-}
-
-/// A TS002 client of the join server's listener.
-struct Ts002 {
-    agent: ureq::Agent,
-    url: String,
-    authorization: Option<String>,
-}
-
-fn server_cert(dir: &Path) -> PathBuf {
-    dir.join("tls/api.crt")
-}
-
-impl Ts002 {
-    fn new(server: &Server, dir: &Path, authorization: Option<String>) -> Self {
-        Self::with_identity(server, dir, authorization, None)
-    }
-
-    /// With a client certificate (`(cert PEM, key PEM)`), as ChirpStack's `tls_cert`/`tls_key`.
-    fn with_identity(
-        server: &Server,
-        dir: &Path,
-        authorization: Option<String>,
-        identity: Option<(String, String)>,
-    ) -> Self {
-        let root =
-            ureq::tls::Certificate::from_pem(&std::fs::read(server_cert(dir)).unwrap()).unwrap();
-        let mut tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&[root]));
-        if let Some((cert, key)) = identity {
-            let cert = ureq::tls::Certificate::from_pem(cert.as_bytes())
-                .unwrap()
-                .to_owned();
-            let key = ureq::tls::PrivateKey::from_pem(key.as_bytes())
-                .unwrap()
-                .to_owned();
-            tls = tls.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&[cert], key)));
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .tls_config(tls.build())
-            .build()
-            .into();
-        assert_eq!(server.bi_scheme(), Some("https"));
-        // ChirpStack's `server` URL, posted to exactly as written.
-        let url = format!("https://localhost:{}/", server.bi_addr().unwrap().port());
-        Self {
-            agent,
-            url,
-            authorization,
-        }
-    }
-
-    fn post_raw(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> Result<(u16, String), ureq::Error> {
-        let mut req = self
-            .agent
-            .post(&format!("{}{}", self.url, path.trim_start_matches('/')))
-            .header("Content-Type", content_type);
-        if let Some(a) = &self.authorization {
-            req = req.header("Authorization", a);
-        }
-        let mut r = req.send(body)?;
-        let status = r.status().as_u16();
-        Ok((status, r.body_mut().read_to_string().unwrap()))
-    }
-
-    /// POSTs `body`; the answer must be HTTP 200 JSON that ChirpStack parses.
-    fn post(&self, body: &[u8]) -> CsAns {
-        let (status, text) = self.post_raw("", "application/json", body).unwrap();
-        assert_eq!(status, 200, "{text}");
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
-    }
+/// A client of `server`'s listener.
+fn ts002(server: &Server, dir: &Path, authorization: Option<String>) -> Ts002 {
+    assert_eq!(server.bi_scheme(), Some("https"));
+    Ts002::connect(server.bi_addr().unwrap().port(), dir, authorization, None)
 }
 
 /// A data directory with the test devices and peer 000013, a server certificate, and the
@@ -279,7 +87,7 @@ fn devices_of_each_version_join_as_chirpstack_asks() {
     let tmp = tempfile::tempdir().unwrap();
     let s = provision(tmp.path());
     let server = start(tmp.path(), "");
-    let c = Ts002::new(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
+    let c = ts002(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
     let app = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
     for (dev, mac) in [(1u64, "1.0.3"), (2, "1.0.4"), (3, "1.1.0")] {
         let dn = 0x0102 + dev as u16;
@@ -406,7 +214,7 @@ fn refusals_get_the_right_result_code_in_http_200() {
     add_peer(tmp.path(), 0x42);
     let server = start(tmp.path(), "");
     let tok = token(tmp.path(), NET_ID);
-    let c = Ts002::new(&server, tmp.path(), Some(tok.clone()));
+    let c = ts002(&server, tmp.path(), Some(tok.clone()));
     let code = |c: &Ts002, body: Vec<u8>| c.post(&body).result.code;
 
     assert_eq!(
@@ -468,11 +276,11 @@ fn refusals_get_the_right_result_code_in_http_200() {
     );
 
     // Wrong peer credentials: an unknown token, none at all, another peer's SenderID.
-    let wrong = Ts002::new(&server, tmp.path(), Some("Bearer jsbi_0123".into()));
+    let wrong = ts002(&server, tmp.path(), Some("Bearer jsbi_0123".into()));
     let a = wrong.post(&cs_join_req(9, NET_ID, 2, "1.0.4", &phy(2, 20)));
     assert_eq!(a.result.code, CsResultCode::UnknownSender);
     assert_eq!(a.transaction_id, 9);
-    let none = Ts002::new(&server, tmp.path(), None);
+    let none = ts002(&server, tmp.path(), None);
     assert_eq!(
         code(&none, cs_join_req(10, NET_ID, 2, "1.0.4", &phy(2, 21))),
         CsResultCode::UnknownSender
@@ -482,7 +290,7 @@ fn refusals_get_the_right_result_code_in_http_200() {
         CsResultCode::UnknownSender
     );
     // Another peer's own token does not open this peer's devices either.
-    let c42 = Ts002::new(&server, tmp.path(), Some(token(tmp.path(), 0x42)));
+    let c42 = ts002(&server, tmp.path(), Some(token(tmp.path(), 0x42)));
     assert_eq!(
         code(&c42, cs_join_req(12, 0x42, 2, "1.0.4", &phy(2, 22))),
         CsResultCode::ActivationDisallowed
@@ -593,12 +401,12 @@ fn failed_authentications_are_rate_limited() {
         tmp.path(),
         "[backend_interfaces]\nauth_failures_per_addr = 3\n",
     );
-    let wrong = Ts002::new(&server, tmp.path(), Some("Bearer jsbi_nope".into()));
+    let wrong = ts002(&server, tmp.path(), Some("Bearer jsbi_nope".into()));
     for tid in 0..3 {
         let a = wrong.post(&cs_join_req(tid, NET_ID, 2, "1.0.4", &phy(2, 1)));
         assert_eq!(a.result.code, CsResultCode::UnknownSender);
     }
-    let right = Ts002::new(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
+    let right = ts002(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
     let (status, _) = right
         .post_raw(
             "",
@@ -619,7 +427,7 @@ fn home_ns_req_gives_the_home_net_id_of_claimed_devices_only() {
     let tmp = tempfile::tempdir().unwrap();
     provision(tmp.path());
     let server = start(tmp.path(), "");
-    let c = Ts002::new(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
+    let c = ts002(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
     let home_ns = |dev: u64| {
         let body = format!(
             r#"{{"ProtocolVersion":"1.0","SenderID":"{NET_ID:06x}","ReceiverID":"{JOIN_EUI:016x}","TransactionID":3000000000,"MessageType":"HomeNSReq","DevEUI":"{dev:016x}"}}"#
@@ -665,7 +473,12 @@ fn client_certificates_authenticate_peers() {
         tmp.path(),
         "[[backend_interfaces.peers]]\nnet_id = \"000013\"\nca_file = \"ns13-ca.pem\"\n",
     );
-    let c = Ts002::with_identity(&server, tmp.path(), None, Some((cert.clone(), key.clone())));
+    let c = Ts002::connect(
+        server.bi_addr().unwrap().port(),
+        tmp.path(),
+        None,
+        Some((cert.clone(), key.clone())),
+    );
     assert_eq!(
         c.post(&cs_join_req(1, NET_ID, 1, "1.0.3", &phy(1, 1)))
             .result
@@ -679,8 +492,8 @@ fn client_certificates_authenticate_peers() {
             .code,
         CsResultCode::UnknownSender
     );
-    let both = Ts002::with_identity(
-        &server,
+    let both = Ts002::connect(
+        server.bi_addr().unwrap().port(),
         tmp.path(),
         Some(token(tmp.path(), 0x42)),
         Some((cert, key)),
@@ -692,7 +505,12 @@ fn client_certificates_authenticate_peers() {
         CsResultCode::UnknownSender
     );
     let (_, other_cert, other_key) = client_identity("intruder");
-    let intruder = Ts002::with_identity(&server, tmp.path(), None, Some((other_cert, other_key)));
+    let intruder = Ts002::connect(
+        server.bi_addr().unwrap().port(),
+        tmp.path(),
+        None,
+        Some((other_cert, other_key)),
+    );
     assert!(
         intruder
             .post_raw(
@@ -712,7 +530,7 @@ fn a_captured_chirpstack_join_req_is_answered() {
     let tmp = tempfile::tempdir().unwrap();
     provision(tmp.path());
     let server = start(tmp.path(), "");
-    let c = Ts002::new(&server, tmp.path(), Some(token(tmp.path(), 0)));
+    let c = ts002(&server, tmp.path(), Some(token(tmp.path(), 0)));
     let body = br#"{"ProtocolVersion":"1.0","SenderID":"000000","ReceiverID":"0202020202020202","TransactionID":2136932983,"MessageType":"JoinReq","MACVersion":"1.0.3","PHYPayload":"000202020202020202010a020202020202000068eab108","DevEUI":"0202020202020a01","DevAddr":"00177efa","DLSettings":"00","RxDelay":1,"CFList":"184f84e85684b85e84886684586e8400"}"#;
     let a = c.post(body);
     assert_eq!(a.result.code, CsResultCode::UnknownDevEUI);
@@ -765,7 +583,7 @@ fn an_owner_may_let_the_network_server_decrypt() {
         tmp.path(),
         "[[backend_interfaces.peers]]\nnet_id = \"000013\"\nclear_app_s_key_owners = [\"alice\"]\n",
     );
-    let c = Ts002::new(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
+    let c = ts002(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
     let a = c.post(&cs_join_req(1, NET_ID, 7, "1.0.4", &phy(7, 1)));
     assert_eq!(a.result.code, CsResultCode::Success, "{:?}", a.result);
     let env = a.app_s_key.unwrap();
