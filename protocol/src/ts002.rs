@@ -732,6 +732,12 @@ impl Message {
     }
 }
 
+/// The JoinReq `VSExtension` key by which a network server says it applies whatever LoRaWAN
+/// version the join server answers with (in the JoinAns `VSExtension`): it knows no device's
+/// version itself, so its `MACVersion` is not to be cross-checked against the device's. Our
+/// network server sends `{"FollowsJoinServerMACVersion": true}`; other network servers do not.
+pub const VS_FOLLOWS_JS_MAC_VERSION: &str = "FollowsJoinServerMACVersion";
+
 impl MessageType {
     /// The answer's type for a request type (`JoinReq` → `JoinAns`, …); `None` for an answer or
     /// a notification.

@@ -34,11 +34,6 @@ use crate::queue::Queued;
 use crate::store::GroupCommit;
 use crate::wire;
 
-/// The `VSExtension` key by which a network server says it applies whatever LoRaWAN version the
-/// join server answers with (our own network server, which does not know devices' versions):
-/// its JoinReq's `MACVersion` is then not cross-checked against the device's.
-pub const FOLLOWS_JS_VERSION: &str = "FollowsJoinServerMACVersion";
-
 /// Everything the listener's requests need.
 pub struct Bi {
     /// Join processing context (KEKs, rules): the link's.
@@ -411,7 +406,7 @@ fn check_mac_version(devices: &DeviceMap, req: &JoinReq) -> Result<(), String> {
         .header
         .vs_extension
         .as_ref()
-        .and_then(|v| v.get(FOLLOWS_JS_VERSION))
+        .and_then(|v| v.get(protocol::ts002::VS_FOLLOWS_JS_MAC_VERSION))
         .and_then(serde_json::Value::as_bool)
         == Some(true);
     match devices.get(&req.dev_eui) {
