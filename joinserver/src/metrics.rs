@@ -120,22 +120,7 @@ impl Metrics {
             "Datagrams dropped by the kernel on the link socket (receive buffer full)",
         )
         .expect("valid metric");
-        let bi_requests = IntCounterVec::new(
-            Opts::new(
-                "joinserver_bi_requests_total",
-                "Backend Interfaces requests answered, by message type and result",
-            ),
-            &["message_type", "result"],
-        )
-        .expect("valid metric");
-        let bi_refused = IntCounterVec::new(
-            Opts::new(
-                "joinserver_bi_refused_total",
-                "Backend Interfaces requests refused outside the join pipeline, by reason",
-            ),
-            &["reason"],
-        )
-        .expect("valid metric");
+        let (bi_requests, bi_refused) = bi_metrics();
         for c in [
             Box::new(bi_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bi_refused.clone()),
@@ -181,6 +166,28 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The Backend Interfaces listener's counters: requests by message type and result, refusals
+/// by reason.
+fn bi_metrics() -> (IntCounterVec, IntCounterVec) {
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "joinserver_bi_requests_total",
+            "Backend Interfaces requests answered, by message type and result",
+        ),
+        &["message_type", "result"],
+    )
+    .expect("valid metric");
+    let refused = IntCounterVec::new(
+        Opts::new(
+            "joinserver_bi_refused_total",
+            "Backend Interfaces requests refused outside the join pipeline, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    (requests, refused)
 }
 
 impl Default for Metrics {

@@ -486,7 +486,6 @@ impl Server {
         let healthy = Arc::new(AtomicBool::new(true));
         let (receiver, writer_handle, bi_writer) =
             spawn_link(&link, socket, send_socket, store, config, &stop, &healthy)?;
-        let bi = start_bi(data_dir, config, &link, bi_writer)?;
 
         // Provisioning by other processes (`joinserver devices import/remove`), and WAL
         // checkpoints.
@@ -516,7 +515,7 @@ impl Server {
             metrics_thread,
             metrics_stop,
             api,
-            bi,
+            bi: start_bi(data_dir, config, &link, bi_writer)?,
             metrics,
         })
     }

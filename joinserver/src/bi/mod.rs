@@ -5,11 +5,11 @@
 //! - [`handle`]: one request: authenticate, check the `SenderID`, dispatch; `JoinReq` goes
 //!   through the same join pipeline, store and group commit as the UDP link;
 //! - [`auth`]: peers by client certificate (mTLS) and/or bearer token ([`tokens`]);
-//! - [`session`]: `SessionKeyID` and `AppSKeyReq`;
-//! - [`config`]: the `backend_interfaces` section of the configuration.
+//! - [`session`]: `SessionKeyID` and `AppSKeyReq`.
+//!
+//! Its configuration is [`crate::config::BiConfig`].
 
 pub mod auth;
-pub mod config;
 pub mod handle;
 pub mod listener;
 pub mod session;
