@@ -10,7 +10,10 @@ use protocol::ts002::{Ans, AppSKeyReq, Header, HomeNsReq};
 fuzz_target!(|data: &[u8]| {
     if let Ok(h) = serde_json::from_slice::<Header>(data) {
         let json = serde_json::to_vec(&h).expect("a parsed header serialises");
-        assert_eq!(serde_json::from_slice::<Header>(&json).expect("and parses back"), h);
+        assert_eq!(
+            serde_json::from_slice::<Header>(&json).expect("and parses back"),
+            h
+        );
         // A refusal of it is always writable.
         let a = Ans::refusal(&h, protocol::ts002::ResultCode::MalformedRequest, "x");
         serde_json::to_vec(&a).expect("a refusal serialises");
