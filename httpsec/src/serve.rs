@@ -466,3 +466,100 @@ async fn http<I, S: HttpService>(
         }
     }
 }
+
+/// A listener served on a thread of its own by [`spawn`]: its address, what its loop counted,
+/// and its shutdown. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct Handle {
+    addr: SocketAddr,
+    scheme: &'static str,
+    counters: Arc<Counters>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// What the accept loop counted (connections refused, closed idle, failed handshakes).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Stops accepting, finishes in-flight requests, and waits.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serves `listener` (bound, non-blocking) with [`serve`] on a thread named `name` that runs
+/// `rt`, until the returned handle shuts it down.
+pub fn spawn<M, S>(
+    name: &str,
+    listener: std::net::TcpListener,
+    rt: tokio::runtime::Runtime,
+    (transport, limits): (Transport, Limits),
+    make_service: M,
+) -> io::Result<Handle>
+where
+    M: Fn(SocketAddr) -> S + Send + 'static,
+    S: HttpService,
+{
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let counters = Arc::new(Counters::default());
+    let loop_counters = counters.clone();
+    let scheme = transport.scheme();
+    let what = name.to_owned();
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, listener = %what, "listener");
+                        return;
+                    }
+                };
+                let shutdown = async {
+                    let _ = rx.await;
+                };
+                serve(
+                    listener,
+                    transport,
+                    limits,
+                    loop_counters,
+                    make_service,
+                    shutdown,
+                )
+                .await;
+            });
+        })?;
+    Ok(Handle {
+        addr,
+        scheme,
+        counters,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
+}

@@ -8,14 +8,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use httpsec::ratelimit::FailureLimiter;
-use httpsec::serve::{self, ClientCertificates, Counters, Limits, Transport};
+use httpsec::serve::{self, ClientCertificates, Limits, Transport};
 use hyper::body::Incoming;
 
 use super::handle::{Bi, Credentials};
@@ -106,106 +105,35 @@ pub struct ListenerConfig {
 }
 
 /// A running Backend Interfaces listener.
-#[derive(Debug)]
-pub struct BiHandle {
-    addr: SocketAddr,
-    scheme: &'static str,
-    counters: Arc<Counters>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl BiHandle {
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `https` or `http`.
-    pub fn scheme(&self) -> &'static str {
-        self.scheme
-    }
-
-    /// What the accept loop counted.
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Stops accepting, finishes in-flight requests, and waits.
-    pub fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for BiHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub type BiHandle = serve::Handle;
 
 /// Binds `addr` and serves Backend Interfaces on its own thread (a current-thread runtime).
 pub fn start(addr: SocketAddr, bi: Arc<Bi>, config: ListenerConfig) -> std::io::Result<BiHandle> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
-    let bound = std_listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let counters = Arc::new(Counters::default());
-    let loop_counters = counters.clone();
-    let scheme = config.transport.scheme();
     let (max, window) = config.auth_failures;
     let shared = Arc::new(Shared {
         bi,
         limiter: FailureLimiter::new(max, window),
         max_body: config.max_body,
     });
-    let thread = std::thread::Builder::new()
-        .name("js-bi".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!(error = %e, "backend interfaces listener");
-                            return;
-                        }
-                    };
-                    let make = move |peer: SocketAddr| {
-                        let shared = shared.clone();
-                        hyper::service::service_fn(move |req: Request<Incoming>| {
-                            let shared = shared.clone();
-                            async move {
-                                Ok::<_, std::convert::Infallible>(answer(shared, peer, req).await)
-                            }
-                        })
-                    };
-                    serve::serve(
-                        listener,
-                        config.transport,
-                        config.limits,
-                        loop_counters,
-                        make,
-                        async {
-                            let _ = rx.await;
-                        },
-                    )
-                    .await;
-                });
-        })?;
-    Ok(BiHandle {
-        addr: bound,
-        scheme,
-        counters,
-        stop: Some(tx),
-        thread: Some(thread),
-    })
+    let make = move |peer: SocketAddr| {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            async move { Ok::<_, std::convert::Infallible>(answer(shared, peer, req).await) }
+        })
+    };
+    serve::spawn(
+        "js-bi",
+        std_listener,
+        rt,
+        (config.transport, config.limits),
+        make,
+    )
 }
 
 #[cfg(test)]
