@@ -269,3 +269,58 @@ impl Transaction {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(url: &str) -> JoinServerRoute {
+        JoinServerRoute {
+            url: url.into(),
+            ..JoinServerRoute::default()
+        }
+    }
+
+    #[test]
+    fn urls_are_checked_before_anything_is_sent() {
+        let err = |url: &str| HttpClient::new(&route(url)).unwrap_err().to_string();
+        assert!(err("http://192.0.2.1:8080/").contains("loopback"));
+        assert!(err("https://js.example.net/").contains("ca_file"));
+        assert!(err("ftp://127.0.0.1/").contains("https://"));
+        assert!(err("not a url").contains("url"));
+        let mut r = route("https://js.example.net/");
+        r.ca_file = "/nonexistent/ca.pem".into();
+        assert!(HttpClient::new(&r).is_err());
+        // Plain HTTP to a loopback address is allowed (tests, a local TLS-terminating proxy).
+        for ok in [
+            "http://127.0.0.1:8080/",
+            "http://localhost/",
+            "http://[::1]:80/",
+        ] {
+            let c = HttpClient::new(&route(ok)).unwrap();
+            assert!(!format!("{c:?}").contains("Authorization"));
+        }
+    }
+
+    /// A refused connection is a failure the next send posts again after; a late answer is
+    /// none until the deadline.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_post_is_retried_by_the_next_send() {
+        // A port nobody listens on: bind, note, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let c = Arc::new(HttpClient::new(&route(&format!("http://127.0.0.1:{port}/"))).unwrap());
+        let mut t = c.begin(b"{}".to_vec());
+        t.send().unwrap();
+        assert!(matches!(t.state, State::InFlight(_)));
+        t.send().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        assert_eq!(t.answer_until(deadline).await, None);
+        assert!(matches!(t.state, State::Idle), "{:?}", t.state);
+        t.send().unwrap();
+        assert!(matches!(t.state, State::InFlight(_)));
+    }
+}
