@@ -155,6 +155,12 @@ impl Transport {
     }
 }
 
+/// The certificate chain (leaf first) a TLS client presented, added to each request of its
+/// connection as an extension when it presented one (see
+/// [`crate::tls::server_config_optional_client_auth`]).
+#[derive(Debug, Clone)]
+pub struct ClientCertificates(pub Arc<[rustls_pki_types::CertificateDer<'static>]>);
+
 /// A connection's service, as the loop needs it: a hyper service of HTTP/1.1 requests that
 /// cannot fail (errors are responses), shareable across tasks, with a body hyper can send.
 pub trait HttpService:
@@ -348,7 +354,7 @@ async fn connection<S: HttpService>(
         activity: activity.clone(),
     };
     match transport {
-        Transport::Plain => http(watched, limits, counters, svc, activity, stop).await,
+        Transport::Plain => http(watched, limits, counters, svc, activity, stop, None).await,
         Transport::Tls { config, plain_too } => {
             let mut first = [0u8; 1];
             let peeked =
@@ -357,7 +363,7 @@ async fn connection<S: HttpService>(
             match peeked {
                 Ok(Ok(1)) if first[0] != TLS_HANDSHAKE => {
                     if plain_too {
-                        http(watched, limits, counters, svc, activity, stop).await;
+                        http(watched, limits, counters, svc, activity, stop, None).await;
                     } else {
                         counters.plain_refused.fetch_add(1, Ordering::Relaxed);
                     }
@@ -373,7 +379,17 @@ async fn connection<S: HttpService>(
             let accepted =
                 tokio::time::timeout(limits.header_read_timeout, acceptor.accept(watched)).await;
             match accepted {
-                Ok(Ok(tls)) => http(tls, limits, counters, svc, activity, stop).await,
+                Ok(Ok(tls)) => {
+                    let certs = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .filter(|c| !c.is_empty())
+                        .map(|c| {
+                            ClientCertificates(c.iter().map(|d| d.clone().into_owned()).collect())
+                        });
+                    http(tls, limits, counters, svc, activity, stop, certs).await
+                }
                 _ => {
                     counters.tls_failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -390,13 +406,17 @@ async fn http<I, S: HttpService>(
     svc: S,
     activity: Arc<Activity>,
     mut stop: watch::Receiver<bool>,
+    client_certs: Option<ClientCertificates>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = Arc::new(svc);
     let tracked = {
         let activity = activity.clone();
-        hyper::service::service_fn(move |req: Request<Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            if let Some(c) = &client_certs {
+                req.extensions_mut().insert(c.clone());
+            }
             let guard = InFlight::new(&activity);
             let fut = svc.call(req);
             async move {
@@ -445,4 +465,101 @@ async fn http<I, S: HttpService>(
             }
         }
     }
+}
+
+/// A listener served on a thread of its own by [`spawn`]: its address, what its loop counted,
+/// and its shutdown. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct Handle {
+    addr: SocketAddr,
+    scheme: &'static str,
+    counters: Arc<Counters>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Handle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// What the accept loop counted (connections refused, closed idle, failed handshakes).
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Stops accepting, finishes in-flight requests, and waits.
+    pub fn shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Serves `listener` (bound, non-blocking) with [`serve`] on a thread named `name` that runs
+/// `rt`, until the returned handle shuts it down.
+pub fn spawn<M, S>(
+    name: &str,
+    listener: std::net::TcpListener,
+    rt: tokio::runtime::Runtime,
+    (transport, limits): (Transport, Limits),
+    make_service: M,
+) -> io::Result<Handle>
+where
+    M: Fn(SocketAddr) -> S + Send + 'static,
+    S: HttpService,
+{
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let counters = Arc::new(Counters::default());
+    let loop_counters = counters.clone();
+    let scheme = transport.scheme();
+    let what = name.to_owned();
+    let thread = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            rt.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, listener = %what, "listener");
+                        return;
+                    }
+                };
+                let shutdown = async {
+                    let _ = rx.await;
+                };
+                serve(
+                    listener,
+                    transport,
+                    limits,
+                    loop_counters,
+                    make_service,
+                    shutdown,
+                )
+                .await;
+            });
+        })?;
+    Ok(Handle {
+        addr,
+        scheme,
+        counters,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
 }

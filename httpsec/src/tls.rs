@@ -84,6 +84,54 @@ fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// The rustls server configuration for a certificate chain and its key (PEM files): the ring
 /// provider, TLS 1.2 and 1.3, no client certificates, ALPN `http/1.1`.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(cert, key, None)
+}
+
+/// The ring provider. Not aws-lc-rs (rustls' default): aws-lc-rs needs cmake and a long C build
+/// on every machine, and ureq's rustls client here uses ring too. rustls deprecates ring's
+/// provider only for its lack of post-quantum key exchange.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[allow(deprecated)]
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Like [`server_config`], but a client may present a certificate, which must then chain to one
+/// of `client_cas` (PEM files of CA certificates); a client without one is served too, so that
+/// the handler decides (mTLS and/or a bearer token). The handler learns which certificate was
+/// presented from the request's [`crate::serve::ClientCertificates`] extension.
+pub fn server_config_optional_client_auth(
+    cert: &Path,
+    key: &Path,
+    client_cas: &[PathBuf],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    if client_cas.is_empty() {
+        return server_config(cert, key);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in client_cas {
+        for c in read_certificates(ca)? {
+            roots.add(c).map_err(|e| TlsError::Pem {
+                path: ca.clone(),
+                what: format!("not a CA certificate: {e}"),
+            })?;
+        }
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Pem {
+                path: client_cas[0].clone(),
+                what: format!("client CAs: {e}"),
+            })?;
+    server_config_with(cert, key, Some(verifier))
+}
+
+fn server_config_with(
+    cert: &Path,
+    key: &Path,
+    client_auth: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = read_certificates(cert)?;
     let private = read_private_key(key)?;
     let rustls_err = |source| TlsError::Rustls {
@@ -91,19 +139,64 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
         key: key.to_owned(),
         source,
     };
-    // ring, not aws-lc-rs (rustls' default): aws-lc-rs needs cmake and a long C build on every
-    // machine, and ureq's rustls client here uses ring too. rustls deprecates ring's provider
-    // only for its lack of post-quantum key exchange.
-    #[allow(deprecated)]
-    let provider = rustls::crypto::ring::default_provider();
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(rustls_err)?
-        .with_no_client_auth()
+        .map_err(rustls_err)?;
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
         .with_single_cert(chain, private)
         .map_err(rustls_err)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// One client CA (a PEM file of CA certificates): whether a client's certificate chain, as the
+/// TLS handshake received it, chains to it. Several of these tell apart the clients of a
+/// listener that trusts several CAs (one per peer).
+pub struct ClientCa {
+    verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl std::fmt::Debug for ClientCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientCa")
+    }
+}
+
+impl ClientCa {
+    /// Reads the CA certificates of `path`.
+    pub fn from_file(path: &Path) -> Result<Self, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in read_certificates(path)? {
+            roots.add(c).map_err(|e| TlsError::Pem {
+                path: path.to_owned(),
+                what: format!("not a CA certificate: {e}"),
+            })?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            what: format!("client CA: {e}"),
+        })?;
+        Ok(Self { verifier })
+    }
+
+    /// Whether `chain` (leaf first) chains to this CA and is valid now.
+    pub fn accepts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verifier
+            .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+            .is_ok()
+    }
 }
 
 /// The SHA-256 fingerprint of a DER certificate, as `openssl x509 -fingerprint -sha256` prints

@@ -60,6 +60,34 @@ impl DeviceKeys {
     }
 }
 
+impl DeviceKeys {
+    /// The AppSKey of the session that a Join-accept with `join_nonce`, answering the
+    /// Join-request of `dev_nonce` through network `net_id`, gave the device: what [`process`]
+    /// derived for it.
+    pub fn app_s_key(
+        &self,
+        join_eui: JoinEui,
+        net_id: NetId,
+        join_nonce: JoinNonce,
+        dev_nonce: DevNonce,
+    ) -> protocol::keys::AppSKey {
+        match &self.nwk {
+            Some(nwk) => {
+                let answered = AnsweredRequest::JoinRequest(dev_nonce);
+                derive::session_keys_1_1(nwk, &self.app, join_nonce, join_eui, answered).app_s_key
+            }
+            None => derive::session_keys_1_0(&self.app, join_nonce, net_id, dev_nonce).app_s_key,
+        }
+    }
+}
+
+/// The KEK that wraps the AppSKeys of `owner`'s devices: its own, or the default one.
+pub fn app_kek<'a>(ctx: &'a JoinContext, owner: Option<&str>) -> &'a LabeledKek {
+    owner
+        .and_then(|o| ctx.app_keks.get(o))
+        .unwrap_or(&ctx.as_kek)
+}
+
 /// A provisioned device, in memory.
 #[derive(Debug)]
 pub struct Device {
@@ -411,11 +439,7 @@ fn accept(
     join_nonce: JoinNonce,
 ) -> Result<Accepted, JoinError> {
     let (version, keys) = (found.version, &*found.keys);
-    let as_kek = found
-        .owner
-        .as_deref()
-        .and_then(|o| ctx.app_keks.get(o))
-        .unwrap_or(&ctx.as_kek);
+    let as_kek = app_kek(ctx, found.owner.as_deref());
     let ns_kek = ctx.peer_ns_keks.get(&req.sender).unwrap_or(&ctx.ns_kek);
     let RadioParams {
         dl_settings: ns,

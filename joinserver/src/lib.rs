@@ -18,10 +18,13 @@
 //! - [`onboarding`], [`api`]: owner tokens, claims, signed manifests, the audit log and the
 //!   HTTP management API; [`installer`]: the installer web app it serves at `/install/`.
 //! - [`wire`]: TS002 JSON ↔ the pipeline; [`server`]: start-up and shutdown.
+//! - [`bi`]: LoRaWAN Backend Interfaces (TS002) over HTTPS, the second transport into the same
+//!   pipeline; [`queue`]: the answers of both transports waiting for the group commit.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod atrest;
+pub mod bi;
 pub mod cache;
 pub mod config;
 pub mod core;
@@ -34,6 +37,7 @@ pub mod mmsg;
 pub mod nonces;
 pub mod onboarding;
 pub mod peers;
+pub mod queue;
 pub mod secrets;
 pub mod server;
 pub mod store;

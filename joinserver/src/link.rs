@@ -218,13 +218,13 @@ impl Link {
     }
 
     /// Handles one received datagram: drops it (counted) or queues an answer.
-    pub fn on_datagram(
+    pub fn on_datagram<Q: From<Outgoing> + Send + 'static>(
         &self,
         datagram: &[u8],
         addr: SocketAddr,
         received: Instant,
         now_ms: u64,
-        writer: &GroupCommit<Outgoing>,
+        writer: &GroupCommit<Q>,
     ) -> Result<(), crate::store::WriterStopped> {
         self.metrics.link_datagrams.inc();
         let header = match link::peek_header(datagram) {
@@ -301,13 +301,13 @@ impl Link {
     /// A well-formed JoinReq: answered from the cache (a retry or a replay), refused for a
     /// TransactionID reused with another request, or run through the join pipeline; the answer
     /// is queued with the nonce update it depends on.
-    fn on_request(
+    fn on_request<Q: From<Outgoing> + Send + 'static>(
         &self,
         req: &JoinReq,
         (sender, sender_net_id): (PeerId, NetId),
         now_ms: u64,
         span: &tracing::Span,
-        writer: &GroupCommit<Outgoing>,
+        writer: &GroupCommit<Q>,
         out: impl Fn(
             Arc<[u8]>,
             Option<&'static str>,
@@ -517,6 +517,31 @@ impl Link {
         o
     }
 
+    /// What the store said about a join that came by another transport (Backend Interfaces),
+    /// applied to the devices in memory as for the link's own answers: a failed commit puts the
+    /// device's nonce state back, a stale one brings it up to the store's. Returns whether the
+    /// join is committed, so that its answer may leave.
+    pub fn settle_foreign(&self, committed: bool, v: &Verdict) -> bool {
+        match v {
+            Verdict::Failed {
+                dev_eui,
+                previous,
+                state,
+            } => {
+                self.roll_back(*dev_eui, previous, state);
+                false
+            }
+            Verdict::Stale {
+                dev_eui, current, ..
+            } => {
+                self.metrics.store_stale.inc();
+                self.refresh_nonces(*dev_eui, current.clone());
+                false
+            }
+            Verdict::Done | Verdict::Answered(_) => committed,
+        }
+    }
+
     /// Removes an answer's entry from the answer cache.
     fn forget(&self, o: &Outgoing) {
         if let (Some(k), Ok(mut c)) = (o.cache_key, self.cache.lock()) {
@@ -550,7 +575,12 @@ impl Link {
     }
 
     /// The receiving loop: runs until `stop` is set. Returns when the writer stops too.
-    pub fn run(&self, socket: &UdpSocket, writer: &GroupCommit<Outgoing>, stop: &AtomicBool) {
+    pub fn run<Q: From<Outgoing> + Send + 'static>(
+        &self,
+        socket: &UdpSocket,
+        writer: &GroupCommit<Q>,
+        stop: &AtomicBool,
+    ) {
         let mut rx = BatchReceiver::new(32, link::MAX_DATAGRAM + 1);
         while !stop.load(Ordering::Relaxed) {
             match rx.recv(socket) {

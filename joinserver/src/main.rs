@@ -89,6 +89,10 @@ enum Command {
         /// behind a TLS-terminating proxy. Without it, plain HTTP is refused there.
         #[arg(long)]
         insecure_http: bool,
+        /// TCP address for LoRaWAN Backend Interfaces (TS002) over HTTPS (overrides
+        /// backend_interfaces.listen; "" disables).
+        #[arg(long)]
+        bi_listen: Option<String>,
     },
     /// Management API keys.
     ApiKeys {
@@ -142,6 +146,19 @@ enum PeersCommand {
         /// The network server's NetID (6 hex digits).
         #[arg(long)]
         net_id: protocol::ids::NetId,
+    },
+    /// Creates a bearer token for a peer's LoRaWAN Backend Interfaces requests and prints it, and
+    /// nothing else, on stdout (only its hash is stored). The network server sends it as
+    /// `Authorization: Bearer <token>`.
+    Token {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The network server's NetID (6 hex digits): a peer of the join server.
+        #[arg(long)]
+        net_id: protocol::ids::NetId,
+        /// Configuration file (default: DATA_DIR/joinserver.toml if it exists).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -254,6 +271,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics,
             api_listen,
             insecure_http,
+            bi_listen,
         } => serve(
             &dir.data_dir,
             config,
@@ -263,6 +281,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 api_listen,
                 insecure_http,
                 store_url: dir.store_url,
+                bi_listen,
             },
         ),
         Command::ApiKeys { command } => api_keys(command),
@@ -273,6 +292,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Peers {
             command: PeersCommand::Add { dir, net_id },
         } => peers_add(&dir.data_dir, net_id),
+        Command::Peers {
+            command:
+                PeersCommand::Token {
+                    dir,
+                    net_id,
+                    config,
+                },
+        } => peers_token(&dir.data_dir, net_id, config),
         Command::Devices { command } => match command {
             DevicesCommand::Import {
                 dir,
@@ -325,6 +352,33 @@ fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> 
     println!("  {}  link key", added.link_key_file.display());
     println!("  {}  network KEK", added.ns_kek_file.display());
     println!("Restart the join server to apply.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peers_token(
+    data_dir: &Path,
+    net_id: protocol::ids::NetId,
+    config_file: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let config = load_config(data_dir, config_file)?;
+    let is_peer = if config.link.peers.is_empty() {
+        net_id == joinserver::peers::FIRST_PEER
+    } else {
+        config
+            .link
+            .peers
+            .iter()
+            .any(|p| p.net_id.parse() == Ok(net_id))
+    };
+    if !is_peer {
+        anyhow::bail!(
+            "NetID {net_id} is not a peer of the join server (add it first: joinserver peers add \
+             --net-id {net_id})"
+        );
+    }
+    let mut store = open_store(data_dir)?;
+    let token = joinserver::bi::tokens::create(&mut store, net_id, joinserver::link::now_ms())?;
+    println!("{}", token.expose());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -834,6 +888,7 @@ struct Overrides {
     api_listen: Option<String>,
     insecure_http: bool,
     store_url: Option<String>,
+    bi_listen: Option<String>,
 }
 
 fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<ExitCode> {
@@ -869,10 +924,13 @@ fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<
     if let Some(u) = o.store_url {
         config.store.url = u;
     }
+    if let Some(b) = o.bi_listen {
+        config.backend_interfaces.listen = b;
+    }
     let server = Server::start(data_dir, &config)?;
     // One line on stdout that scripts and tests can read.
     println!(
-        "joinserver listening link={} metrics={} api={} api_scheme={}",
+        "joinserver listening link={} metrics={} api={} api_scheme={} bi={} bi_scheme={}",
         server.link_addr(),
         server
             .metrics_addr()
@@ -880,7 +938,11 @@ fn serve(data_dir: &Path, config_file: Option<PathBuf>, o: Overrides) -> Result<
         server
             .api_addr()
             .map_or_else(|| "-".to_owned(), |a| a.to_string()),
-        server.api_scheme().unwrap_or("-")
+        server.api_scheme().unwrap_or("-"),
+        server
+            .bi_addr()
+            .map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        server.bi_scheme().unwrap_or("-")
     );
     tracing::info!(link = %server.link_addr(), metrics = ?server.metrics_addr(), "serving");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -54,6 +54,12 @@ pub struct Metrics {
     /// `joinserver_kernel_rx_drops`: datagrams the kernel dropped on the link socket (receive
     /// buffer full), read from /proc/net/udp at scrape time (the `udpstat` crate).
     pub kernel_drops: IntGauge,
+    /// `joinserver_bi_requests_total{message_type,result}`: Backend Interfaces requests
+    /// answered, by message type and result.
+    pub bi_requests: IntCounterVec,
+    /// `joinserver_bi_refused_total{reason}`: Backend Interfaces requests refused before or
+    /// outside the join pipeline (authentication, SenderID, malformed, unsupported).
+    pub bi_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,8 +134,11 @@ impl Metrics {
             "Datagrams dropped by the kernel on the link socket (receive buffer full)",
         )
         .expect("valid metric");
+        let (bi_requests, bi_refused) = bi_metrics();
         for c in [
-            Box::new(joins.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bi_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bi_refused.clone()),
+            Box::new(joins.clone()),
             Box::new(join_latency.clone()),
             Box::new(link_drops.clone()),
             Box::new(link_datagrams.clone()),
@@ -162,6 +171,8 @@ impl Metrics {
             answers_shared,
             devices,
             kernel_drops,
+            bi_requests,
+            bi_refused,
         }
     }
 
@@ -173,6 +184,28 @@ impl Metrics {
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The Backend Interfaces listener's counters: requests by message type and result, refusals
+/// by reason.
+fn bi_metrics() -> (IntCounterVec, IntCounterVec) {
+    let requests = IntCounterVec::new(
+        Opts::new(
+            "joinserver_bi_requests_total",
+            "Backend Interfaces requests answered, by message type and result",
+        ),
+        &["message_type", "result"],
+    )
+    .expect("valid metric");
+    let refused = IntCounterVec::new(
+        Opts::new(
+            "joinserver_bi_refused_total",
+            "Backend Interfaces requests refused outside the join pipeline, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("valid metric");
+    (requests, refused)
 }
 
 impl Default for Metrics {

@@ -14,9 +14,10 @@ use crate::atrest;
 use crate::cache::AnswerCache;
 use crate::config::{resolve, Config};
 use crate::core::{self, DeviceMap, JoinContext, Refresh};
-use crate::link::{self, Link, Outgoing, Peers};
+use crate::link::{self, Link, Peers};
 use crate::metrics::{self, Metrics};
 use crate::peers::FIRST_PEER;
+use crate::queue::Queued;
 use crate::secrets::{self, Secrets};
 use crate::store::postgres::{is_postgres_url, PgStore};
 use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
@@ -63,6 +64,8 @@ pub struct Server {
     metrics_stop: Option<tokio::sync::oneshot::Sender<()>>,
     // Onboarding: the management API, if enabled (see `start_api`).
     api: Option<crate::api::ApiHandle>,
+    // Backend Interfaces (TS002) over HTTPS, if enabled (see `start_bi`).
+    bi: Option<crate::bi::listener::BiHandle>,
     /// Metrics, for in-process tests and embedding.
     pub metrics: Metrics,
 }
@@ -342,6 +345,10 @@ fn bind_link(config: &Config) -> Result<(UdpSocket, UdpSocket, SocketAddr), Star
     Ok((socket, send_socket, link_addr))
 }
 
+/// The link's receiving thread, the store writer thread, and a handle on the writer for the
+/// Backend Interfaces listener.
+type LinkThreads = (JoinHandle<()>, WriterHandle, GroupCommit<Queued>);
+
 /// Starts the link's two threads: the store writer (group commit), which sends each batch's
 /// answers once committed, and the receiver. Returns their handles.
 fn spawn_link(
@@ -352,16 +359,19 @@ fn spawn_link(
     config: &Config,
     stop: &Arc<AtomicBool>,
     healthy: &Arc<AtomicBool>,
-) -> Result<(JoinHandle<()>, WriterHandle), StartError> {
+) -> Result<LinkThreads, StartError> {
     let link_addr = socket.local_addr().ok();
     let release_link = link.clone();
     let batch_sender = crate::mmsg::BatchSender::new(64);
-    let (writer, writer_handle) = GroupCommit::<Outgoing>::spawn(
+    let (writer, writer_handle) = GroupCommit::<Queued>::spawn(
         store,
         config.store.max_batch,
         config.store.queue_depth,
-        move |released| release_link.release(&send_socket, &batch_sender, released),
+        move |released| {
+            crate::queue::release(&release_link, &send_socket, &batch_sender, released);
+        },
     );
+    let bi_writer = writer.clone();
     let recv_link = link.clone();
     let recv_stop = stop.clone();
     let recv_healthy = healthy.clone();
@@ -376,7 +386,7 @@ fn spawn_link(
             "link thread",
             link_addr.map_or_else(String::new, |a| a.to_string()),
         ))?;
-    Ok((receiver, writer_handle))
+    Ok((receiver, writer_handle, bi_writer))
 }
 
 /// Metrics listener address, thread and stop signal, if `[metrics] listen` is set.
@@ -504,7 +514,7 @@ impl Server {
 
         let stop = Arc::new(AtomicBool::new(false));
         let healthy = Arc::new(AtomicBool::new(true));
-        let (receiver, writer_handle) =
+        let (receiver, writer_handle, bi_writer) =
             spawn_link(&link, socket, send_socket, store, config, &stop, &healthy)?;
 
         // Provisioning by other processes (`joinserver devices import/remove`), and WAL
@@ -535,8 +545,19 @@ impl Server {
             metrics_thread,
             metrics_stop,
             api,
+            bi: start_bi(data_dir, config, &link, bi_writer)?,
             metrics,
         })
+    }
+
+    /// The bound Backend Interfaces address, if enabled.
+    pub fn bi_addr(&self) -> Option<SocketAddr> {
+        self.bi.as_ref().map(crate::bi::listener::BiHandle::addr)
+    }
+
+    /// The Backend Interfaces listener's URL scheme (`https` or `http`), if enabled.
+    pub fn bi_scheme(&self) -> Option<&'static str> {
+        self.bi.as_ref().map(crate::bi::listener::BiHandle::scheme)
     }
 
     /// The management API's URL scheme (`https` or `http`), if enabled.
@@ -578,6 +599,10 @@ impl Server {
     fn stop_all(&mut self) {
         if let Some(mut a) = self.api.take() {
             a.shutdown();
+        }
+        // Before the link: its requests hold the store writer open.
+        if let Some(mut b) = self.bi.take() {
+            b.shutdown();
         }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.receiver.take() {
@@ -668,34 +693,146 @@ fn api_transport(
     config: &Config,
     addr: SocketAddr,
 ) -> Result<Transport, StartError> {
-    const HINT: &str = "[api] tls_cert and tls_key; `joinserver init` writes a self-signed pair";
     let api = &config.api;
-    let tls = if api.tls_cert.as_os_str().is_empty() {
-        None
-    } else {
-        let (cert, key) = (
-            resolve(data_dir, &api.tls_cert),
-            resolve(data_dir, &api.tls_key),
-        );
-        if cert.exists() {
-            let tls = httpsec::tls::server_config(&cert, &key)
-                .map_err(|e| StartError::Config(format!("api: {e}")))?;
-            if let Ok(fp) = httpsec::tls::file_fingerprint(&cert) {
-                tracing::info!(cert = %cert.display(), sha256 = %fp, "api: HTTPS");
-            }
-            Some(tls)
-        } else if addr.ip().is_loopback() || api.insecure_http {
-            tracing::warn!(cert = %cert.display(), "api: no certificate, plain HTTP (run `joinserver init` to create one)");
+    let tls = HttpsListener {
+        what: "api",
+        hint: "[api] tls_cert and tls_key; `joinserver init` writes a self-signed pair",
+        cert: &api.tls_cert,
+        key: &api.tls_key,
+        insecure_http: api.insecure_http,
+        client_cas: &[],
+    };
+    tls.transport(data_dir, addr)
+}
+
+/// What an HTTPS listener of the configuration says about its TLS.
+struct HttpsListener<'a> {
+    /// Its section, for messages (`api`).
+    what: &'static str,
+    /// How to configure a certificate.
+    hint: &'static str,
+    cert: &'a Path,
+    key: &'a Path,
+    insecure_http: bool,
+    /// CAs of the client certificates it accepts (optional client authentication).
+    client_cas: &'a [PathBuf],
+}
+
+impl HttpsListener<'_> {
+    /// What the listener speaks on `addr`: HTTPS when the certificate exists (plain HTTP beside
+    /// it on a loopback address); plain HTTP without one, only on a loopback address or with
+    /// `insecure_http`. A configured certificate that is missing is an error on any other
+    /// address.
+    fn transport(&self, data_dir: &Path, addr: SocketAddr) -> Result<Transport, StartError> {
+        let what = self.what;
+        let tls = if self.cert.as_os_str().is_empty() {
             None
         } else {
-            return Err(StartError::Config(format!(
-                "api.tls_cert: {} does not exist ({HINT})",
-                cert.display()
-            )));
+            let (cert, key) = (resolve(data_dir, self.cert), resolve(data_dir, self.key));
+            if cert.exists() {
+                let cas: Vec<PathBuf> = self
+                    .client_cas
+                    .iter()
+                    .map(|c| resolve(data_dir, c))
+                    .collect();
+                let tls = httpsec::tls::server_config_optional_client_auth(&cert, &key, &cas)
+                    .map_err(|e| StartError::Config(format!("{what}: {e}")))?;
+                if let Ok(fp) = httpsec::tls::file_fingerprint(&cert) {
+                    tracing::info!(cert = %cert.display(), sha256 = %fp, "{what}: HTTPS");
+                }
+                Some(tls)
+            } else if addr.ip().is_loopback() || self.insecure_http {
+                tracing::warn!(cert = %cert.display(), "{what}: no certificate, plain HTTP (run `joinserver init` to create one)");
+                None
+            } else {
+                return Err(StartError::Config(format!(
+                    "{what}.tls_cert: {} does not exist ({})",
+                    cert.display(),
+                    self.hint
+                )));
+            }
+        };
+        Transport::for_listener(addr, tls, self.insecure_http, self.hint)
+            .map_err(|e| StartError::Config(format!("{what}: {e}")))
+    }
+}
+
+/// Starts the Backend Interfaces listener on `[backend_interfaces] listen` (if not empty): the
+/// link's peers, join context and devices, the same store writer.
+fn start_bi(
+    data_dir: &Path,
+    config: &Config,
+    link: &Arc<Link>,
+    writer: GroupCommit<Queued>,
+) -> Result<Option<crate::bi::listener::BiHandle>, StartError> {
+    use crate::bi::{auth, handle, listener, tokens};
+    let c = &config.backend_interfaces;
+    if c.listen.is_empty() {
+        return Ok(None);
+    }
+    let bad = |e: String| StartError::Config(format!("backend_interfaces: {e}"));
+    let addr: SocketAddr = c.listen.parse().map_err(|e| bad(format!("listen: {e}")))?;
+    let mut options: std::collections::HashMap<NetId, auth::PeerOptions> = link
+        .peers
+        .by_id
+        .keys()
+        .filter_map(|id| PeerId(*id).net_id())
+        .map(|n| (n, auth::PeerOptions::default()))
+        .collect();
+    let mut cas = Vec::new();
+    let mut ca_files = Vec::new();
+    for p in &c.peers {
+        let net_id: NetId = p.net_id.parse().map_err(|e| bad(format!("peers: {e}")))?;
+        let o = options.get_mut(&net_id).ok_or_else(|| {
+            bad(format!(
+                "peers: NetID {net_id} is not a peer of the join server (joinserver peers add)"
+            ))
+        })?;
+        o.as_id.clone_from(&p.as_id);
+        o.clear_app_s_key_owners = p.clear_app_s_key_owners.iter().cloned().collect();
+        if let Some(f) = &p.ca_file {
+            let path = resolve(data_dir, f);
+            let ca = httpsec::tls::ClientCa::from_file(&path).map_err(|e| bad(e.to_string()))?;
+            cas.push((net_id, ca));
+            ca_files.push(path);
         }
+    }
+    let transport = HttpsListener {
+        what: "backend_interfaces",
+        hint: "[backend_interfaces] tls_cert and tls_key; `joinserver init` writes a self-signed pair",
+        cert: &c.tls_cert,
+        key: &c.tls_key,
+        insecure_http: c.insecure_http,
+        client_cas: &ca_files,
+    }
+    .transport(data_dir, addr)?;
+    let bi = handle::Bi {
+        ctx: link.ctx.clone(),
+        devices: link.devices.clone(),
+        writer,
+        peers: auth::Peers {
+            options,
+            cas,
+            tokens: Mutex::new(tokens::TokenStore::open(data_dir)?),
+        },
+        metrics: link.metrics.clone(),
     };
-    Transport::for_listener(addr, tls, api.insecure_http, HINT)
-        .map_err(|e| StartError::Config(format!("api: {e}")))
+    let handle = listener::start(
+        addr,
+        Arc::new(bi),
+        listener::ListenerConfig {
+            transport,
+            limits: c.limits(),
+            max_body: c.max_request_bytes,
+            auth_failures: (
+                c.auth_failures_per_addr,
+                Duration::from_secs(c.auth_failure_window_s),
+            ),
+        },
+    )
+    .map_err(bind_error("backend_interfaces", addr))?;
+    tracing::info!(addr = %handle.addr(), scheme = handle.scheme(), "backend interfaces listening");
+    Ok(Some(handle))
 }
 
 impl Drop for Server {

@@ -1146,8 +1146,8 @@ impl<T: Send + 'static> GroupCommit<T> {
 
     /// Queues an item with its job, blocking while the queue is full (back-pressure on the
     /// link).
-    pub fn submit(&self, job: Job, item: T) -> Result<(), WriterStopped> {
-        match self.tx.try_send((job, item)) {
+    pub fn submit(&self, job: Job, item: impl Into<T>) -> Result<(), WriterStopped> {
+        match self.tx.try_send((job, item.into())) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(v)) => self.tx.send(v).map_err(|_| WriterStopped),
             Err(TrySendError::Disconnected(_)) => Err(WriterStopped),

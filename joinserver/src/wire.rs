@@ -105,6 +105,11 @@ pub fn stale_answer(req: &Header) -> Vec<u8> {
 
 /// The JoinAns JSON for the pipeline's outcome.
 pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
+    to_json(&answer(req, outcome))
+}
+
+/// The JoinAns for the pipeline's outcome (both transports start from it).
+pub fn answer(req: &JoinReq, outcome: &Outcome) -> JoinAns {
     match &outcome.result {
         Err(e) => {
             let code = if e.result_code() == "MalformedRequest" {
@@ -112,7 +117,7 @@ pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
             } else {
                 ResultCode::from_wire(e.result_code())
             };
-            to_json(&JoinAns::failure(&req.header, code, Some(e.to_string())))
+            JoinAns::failure(&req.header, code, Some(e.to_string()))
         }
         Ok(a) => {
             let mut header = req.header.answer(MessageType::JoinAns);
@@ -121,7 +126,7 @@ pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
                 "DLSettings": format!("{:02x}", a.dl_settings),
                 "RxDelay": a.rx_delay,
             }));
-            to_json(&JoinAns {
+            JoinAns {
                 header,
                 result: AnsResult {
                     result_code: ResultCode::Success,
@@ -132,7 +137,7 @@ pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
                 network_keys: Some(a.network.clone()),
                 app_s_key: Some(a.app_s_key.clone()),
                 session_key_id: None,
-            })
+            }
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{CatchUp, Emitter, EmitterThread};
 use crate::integration::sink::ConfiguredSink;
 use crate::join::link::LinkClient;
+use crate::join::route::{JoinEuiPrefix, JoinServers, Route};
 use crate::ops::config::{Config, DataConfig};
 use crate::ops::listen::{HttpListener, HttpSecurity};
 use crate::ops::metrics::Metrics;
@@ -112,7 +113,7 @@ pub fn run(
         allowed_gateways,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let threads = spawn_socket_loops(&state, &link.client, gwmp.sockets, &shutdown_rx)?;
+    let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
     let listener = restored
         .shared
         .map(|pg| Listener::start(Arc::clone(&state), pg))
@@ -146,6 +147,7 @@ pub fn run(
     drop(state);
     drop(store);
     drop(link.client);
+    drop(link.servers);
     restored.store_thread.join();
     emitter_thread.join();
     result?;
@@ -221,9 +223,11 @@ impl GwmpSockets {
     }
 }
 
-/// The join server link: its client, and its socket for the receive loop.
+/// The join server link: its client, its socket for the receive loop, and the join servers by
+/// JoinEUI prefix (`[[join_servers]]`) around it.
 struct Link {
     client: Arc<LinkClient>,
+    servers: Arc<JoinServers>,
     socket: std::net::UdpSocket,
     addr: SocketAddr,
     peer: SocketAddr,
@@ -256,13 +260,31 @@ impl Link {
             metrics.clone(),
         )?);
         socket.set_nonblocking(true)?;
+        let servers = Arc::new(join_servers(config, &client)?);
         Ok(Self {
             client,
+            servers,
             socket,
             addr,
             peer,
         })
     }
+}
+
+/// The routing table of `[[join_servers]]` over the link client.
+fn join_servers(config: &Config, link: &Arc<LinkClient>) -> anyhow::Result<JoinServers> {
+    let mut routes = Vec::new();
+    for r in &config.join_servers {
+        let prefix = JoinEuiPrefix::parse(&r.join_eui_prefix).map_err(anyhow::Error::msg)?;
+        let route = if r.url.trim().is_empty() {
+            Route::Link
+        } else {
+            Route::Http(Arc::new(crate::join::http::HttpClient::new(r)?))
+        };
+        tracing::info!(prefix = %r.join_eui_prefix, url = %r.url, "join server route");
+        routes.push((prefix, route));
+    }
+    Ok(JoinServers::new(routes, Arc::clone(link)))
 }
 
 /// The integration's downlink inputs (UDP and HTTP), each optional, and the token they
@@ -312,7 +334,7 @@ impl DownlinkInputs {
 /// Starts one thread per GWMP socket, each with its current-thread runtime.
 fn spawn_socket_loops(
     state: &Arc<State>,
-    link: &Arc<LinkClient>,
+    link: &Arc<JoinServers>,
     sockets: Vec<std::net::UdpSocket>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<JoinHandle<anyhow::Result<()>>>> {

@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{netserver_serve, start_joinserver, wait_events, Gateway, Proc, UPLINK_MIC};
+use common::{
+    netserver_serve, peer_token, start_joinserver_with, wait_events, Gateway, Proc, UPLINK_MIC,
+};
 use protocol::data::{DataFrame, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::derive;
 use protocol::gwmp::{DataRate, TxPk, TxTiming};
@@ -145,9 +147,26 @@ fn uplink_with(
     .unwrap()
 }
 
+/// How the network server reaches the join server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// Our UDP link (`[join_server]`).
+    Link,
+    /// LoRaWAN Backend Interfaces over HTTPS (`[[join_servers]]` with the join server's
+    /// listener as `url`, its certificate as `ca_file`, a bearer token from `joinserver peers
+    /// token`), the link pointing nowhere.
+    Https,
+}
+
 #[test]
 fn uplinks_after_a_real_join() {
-    uplinks_after_a_real_join_in(&EU868);
+    uplinks_after_a_real_join_in(&EU868, Transport::Link);
+}
+
+/// The same joins and uplinks with the join server reached over Backend Interfaces (HTTPS).
+#[test]
+fn uplinks_after_a_real_join_over_backend_interfaces() {
+    uplinks_after_a_real_join_in(&EU868, Transport::Https);
 }
 
 /// The same through the real binaries in US915 and AU915 (sub-band 2: channel 8, RX1 on the
@@ -198,32 +217,50 @@ fn uplinks_after_a_real_join_in_us915_au915_and_as923() {
             ),
         },
     ] {
-        uplinks_after_a_real_join_in(&radio);
+        uplinks_after_a_real_join_in(&radio, Transport::Link);
     }
 }
 
-fn uplinks_after_a_real_join_in(radio: &Radio) {
+fn uplinks_after_a_real_join_in(radio: &Radio, transport: Transport) {
     let dir = tempfile::tempdir().unwrap();
-    let (js_dir, js) =
-        start_joinserver(dir.path(), MANIFEST, &format!("{NET_ID:06X}"), "warn", None);
+    let net_id = format!("{NET_ID:06X}");
+    let (js_dir, js) = start_joinserver_with(
+        dir.path(),
+        MANIFEST,
+        &net_id,
+        &["--bi-listen", "127.0.0.1:0"],
+        ("warn", None),
+    );
     let secrets = js_dir.join("secrets");
     let config = dir.path().join("ns.toml");
+    let (link, join_servers) = match transport {
+        Transport::Link => (js.addr("link").to_string(), String::new()),
+        Transport::Https => {
+            let token = dir.path().join("js-token");
+            peer_token(&js_dir, &net_id, &token);
+            // Nothing answers there: every join must go over HTTPS.
+            let nowhere = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let routes = format!(
+                "[[join_servers]]\njoin_eui_prefix = \"70b3d57ed0000000/40\"\n\
+                 url = \"https://127.0.0.1:{}/\"\nca_file = \"{}\"\n\
+                 authorization_file = \"{}\"\n",
+                js.addr("bi").port(),
+                js_dir.join("tls/api.crt").display(),
+                token.display()
+            );
+            (nowhere.local_addr().unwrap().to_string(), routes)
+        }
+    };
     std::fs::write(
         &config,
         format!(
-            "[gwmp]\nworkers = 2\n[data]\ncollect_window_ms = 100\n{}",
+            "[gwmp]\nworkers = 2\n[data]\ncollect_window_ms = 100\n{}{join_servers}",
             radio.config
         ),
     )
     .unwrap();
     let events_path = dir.path().join("events.jsonl");
-    let mut cmd = netserver_serve(
-        &config,
-        &dir.path().join("ns"),
-        &js.addr("link").to_string(),
-        &secrets,
-        &format!("{NET_ID:06X}"),
-    );
+    let mut cmd = netserver_serve(&config, &dir.path().join("ns"), &link, &secrets, &net_id);
     cmd.arg("--as-kek")
         .arg(secrets.join("as.kek"))
         .arg("--events")

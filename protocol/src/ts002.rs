@@ -732,6 +732,137 @@ impl Message {
     }
 }
 
+/// The JoinReq `VSExtension` key by which a network server says it applies whatever LoRaWAN
+/// version the join server answers with (in the JoinAns `VSExtension`): it knows no device's
+/// version itself, so its `MACVersion` is not to be cross-checked against the device's. Our
+/// network server sends `{"FollowsJoinServerMACVersion": true}`; other network servers do not.
+pub const VS_FOLLOWS_JS_MAC_VERSION: &str = "FollowsJoinServerMACVersion";
+
+impl MessageType {
+    /// The answer's type for a request type (`JoinReq` → `JoinAns`, …); `None` for an answer or
+    /// a notification.
+    pub fn answer(self) -> Option<Self> {
+        Some(match self {
+            Self::JoinReq => Self::JoinAns,
+            Self::RejoinReq => Self::RejoinAns,
+            Self::AppSKeyReq => Self::AppSKeyAns,
+            Self::PRStartReq => Self::PRStartAns,
+            Self::PRStopReq => Self::PRStopAns,
+            Self::HRStartReq => Self::HRStartAns,
+            Self::HRStopReq => Self::HRStopAns,
+            Self::HomeNSReq => Self::HomeNSAns,
+            Self::ProfileReq => Self::ProfileAns,
+            Self::XmitDataReq => Self::XmitDataAns,
+            Self::XmitLocReq => Self::XmitLocAns,
+            _ => return None,
+        })
+    }
+}
+
+/// `HomeNSReq`: who is this device's home network? (the rendezvous step of roaming).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HomeNsReq {
+    /// Common header (`MessageType` = `HomeNSReq`; `ReceiverID` the JoinEUI).
+    #[serde(flatten)]
+    pub header: Header,
+    /// `DevEUI`.
+    #[serde(rename = "DevEUI")]
+    pub dev_eui: DevEui,
+}
+
+impl HomeNsReq {
+    /// Parses a `HomeNSReq`, checking `MessageType`.
+    pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
+        let m: Self = serde_json::from_str(std::str::from_utf8(json)?)?;
+        expect_type(m.header.message_type, MessageType::HomeNSReq)?;
+        Ok(m)
+    }
+}
+
+/// `HomeNSAns`: the device's home NetID (`HNetID`, 6 hex digits) on success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HomeNsAns {
+    /// Common header (`MessageType` = `HomeNSAns`).
+    #[serde(flatten)]
+    pub header: Header,
+    /// `Result`.
+    #[serde(rename = "Result")]
+    pub result: AnsResult,
+    /// `HNetID`: the home network's NetID.
+    #[serde(rename = "HNetID", default, skip_serializing_if = "Option::is_none")]
+    pub h_net_id: Option<crate::ids::NetId>,
+}
+
+/// `AppSKeyReq`: an application server asks for the AppSKey of a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSKeyReq {
+    /// Common header (`MessageType` = `AppSKeyReq`).
+    #[serde(flatten)]
+    pub header: Header,
+    /// `DevEUI`.
+    #[serde(rename = "DevEUI")]
+    pub dev_eui: DevEui,
+    /// `SessionKeyID` (hex), from the session's JoinAns.
+    #[serde(rename = "SessionKeyID", with = "crate::hexser::bytes")]
+    pub session_key_id: Vec<u8>,
+}
+
+impl AppSKeyReq {
+    /// Parses an `AppSKeyReq`, checking `MessageType`.
+    pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
+        let m: Self = serde_json::from_str(std::str::from_utf8(json)?)?;
+        expect_type(m.header.message_type, MessageType::AppSKeyReq)?;
+        Ok(m)
+    }
+}
+
+/// `AppSKeyAns`: the session's AppSKey, wrapped, on success.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppSKeyAns {
+    /// Common header (`MessageType` = `AppSKeyAns`).
+    #[serde(flatten)]
+    pub header: Header,
+    /// `Result`.
+    #[serde(rename = "Result")]
+    pub result: AnsResult,
+    /// `DevEUI`.
+    #[serde(rename = "DevEUI")]
+    pub dev_eui: DevEui,
+    /// `AppSKey`.
+    #[serde(rename = "AppSKey", default, skip_serializing_if = "Option::is_none")]
+    pub app_s_key: Option<KeyEnvelope>,
+    /// `SessionKeyID` (hex), echoed.
+    #[serde(rename = "SessionKeyID", with = "crate::hexser::bytes")]
+    pub session_key_id: Vec<u8>,
+}
+
+/// Any answer reduced to its header and `Result`: what a refusal of any request carries, and
+/// what a client reads first to tell success from failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ans {
+    /// Common header.
+    #[serde(flatten)]
+    pub header: Header,
+    /// `Result`.
+    #[serde(rename = "Result")]
+    pub result: AnsResult,
+}
+
+impl Ans {
+    /// The refusal of a request with header `req`: the answer type of its `MessageType` (the
+    /// request's own type when it has none), `code` and `description`.
+    pub fn refusal(req: &Header, code: ResultCode, description: impl Into<String>) -> Self {
+        let t = req.message_type.answer().unwrap_or(req.message_type);
+        Self {
+            header: req.answer(t),
+            result: AnsResult {
+                result_code: code,
+                description: Some(description.into()),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,8 +11,8 @@ use protocol::gwmp::{
 use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use protocol::keywrap::KeyEnvelope;
 use protocol::ts002::{
-    AnsResult, Header, JoinAns, JoinReq, Message, MessageType, NetworkKeys, ProtocolVersion,
-    RejoinReq, ResultCode,
+    Ans, AnsResult, AppSKeyAns, AppSKeyReq, Header, HomeNsAns, HomeNsReq, JoinAns, JoinReq,
+    Message, MessageType, NetworkKeys, ProtocolVersion, RejoinReq, ResultCode,
 };
 use protocol::version::MacVersion;
 
@@ -342,8 +342,57 @@ proptest! {
         prop_assert_eq!(Message::parse(&json).unwrap(), Message::JoinAns(Box::new(m)));
     }
 
+    /// The Backend Interfaces messages beyond the link's: HomeNSReq/Ans, AppSKeyReq/Ans, and
+    /// the refusal of any request, which answers with the request's answer type.
+    #[test]
+    fn ts002_backend_interfaces_round_trip(
+        h in header(MessageType::HomeNSReq),
+        dev_eui in any::<u64>(),
+        net_id in 0u32..=0xFF_FFFF,
+        session_key_id in vec(any::<u8>(), 0..16),
+        env in of(envelope()),
+        description in "[ -~]{0,40}",
+    ) {
+        let dev_eui = DevEui::new(dev_eui);
+        let req = HomeNsReq { header: h.clone(), dev_eui };
+        let json = serde_json::to_vec(&req).unwrap();
+        prop_assert_eq!(HomeNsReq::parse(&json).unwrap(), req);
+        let ans = HomeNsAns {
+            header: h.answer(MessageType::HomeNSAns),
+            result: AnsResult { result_code: ResultCode::Success, description: None },
+            h_net_id: protocol::ids::NetId::new(net_id),
+        };
+        let json = serde_json::to_vec(&ans).unwrap();
+        prop_assert_eq!(serde_json::from_slice::<HomeNsAns>(&json).unwrap(), ans);
+        let ak = Header { message_type: MessageType::AppSKeyReq, ..h.clone() };
+        let req = AppSKeyReq { header: ak.clone(), dev_eui, session_key_id: session_key_id.clone() };
+        let json = serde_json::to_vec(&req).unwrap();
+        prop_assert_eq!(AppSKeyReq::parse(&json).unwrap(), req);
+        let ans = AppSKeyAns {
+            header: ak.answer(MessageType::AppSKeyAns),
+            result: AnsResult { result_code: ResultCode::Success, description: None },
+            dev_eui, app_s_key: env, session_key_id,
+        };
+        let json = serde_json::to_vec(&ans).unwrap();
+        prop_assert_eq!(serde_json::from_slice::<AppSKeyAns>(&json).unwrap(), ans);
+        let refusal = Ans::refusal(&ak, ResultCode::MalformedRequest, description.clone());
+        prop_assert_eq!(refusal.header.message_type, MessageType::AppSKeyAns);
+        prop_assert_eq!(refusal.header.transaction_id, ak.transaction_id);
+        let json = serde_json::to_vec(&refusal).unwrap();
+        prop_assert_eq!(serde_json::from_slice::<Ans>(&json).unwrap(), refusal);
+        // A request type without an answer type is answered with its own.
+        let other = Header { message_type: MessageType::ErrorNotif, ..h };
+        prop_assert_eq!(
+            Ans::refusal(&other, ResultCode::Other, description).header.message_type,
+            MessageType::ErrorNotif
+        );
+    }
+
     #[test]
     fn no_panic_on_arbitrary_bytes(b in vec(any::<u8>(), 0..300)) {
+        let _ = HomeNsReq::parse(&b);
+        let _ = AppSKeyReq::parse(&b);
+        let _ = serde_json::from_slice::<Header>(&b);
         let _ = Packet::parse(&b);
         let _ = JoinReq::parse(&b);
         let _ = JoinAns::parse(&b);

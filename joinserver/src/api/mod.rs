@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -22,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 use http_body_util::BodyExt as _;
-use httpsec::serve::{self, Counters, Limits, Transport};
+use httpsec::serve::{self, Limits, Transport};
 use hyper::body::Incoming;
 use protocol::ids::{DevEui, NetId};
 use serde::{Deserialize, Serialize};
@@ -701,47 +700,7 @@ pub fn router(svc: Arc<Onboarding>, limits: ImportLimits, http: HttpLimits) -> R
 }
 
 /// A running API listener.
-#[derive(Debug)]
-pub struct ApiHandle {
-    addr: SocketAddr,
-    scheme: &'static str,
-    counters: Arc<Counters>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ApiHandle {
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `https` or `http`.
-    pub fn scheme(&self) -> &'static str {
-        self.scheme
-    }
-
-    /// What the accept loop counted (connections refused, closed idle, failed handshakes).
-    pub fn counters(&self) -> &Counters {
-        &self.counters
-    }
-
-    /// Stops accepting, finishes in-flight requests, and waits.
-    pub fn shutdown(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ApiHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub type ApiHandle = serve::Handle;
 
 /// Binds `addr` and serves the API on its own thread (a current-thread runtime; store work runs
 /// on the blocking pool) through the hardened accept loop of [`httpsec::serve`]: `transport`
@@ -755,58 +714,23 @@ pub fn start(
 ) -> std::io::Result<ApiHandle> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
-    let bound = std_listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
         .build()?;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(svc, limits, http);
-    let counters = Arc::new(Counters::default());
-    let loop_counters = counters.clone();
     let serve_limits = Limits {
         header_read_timeout: http.header_read_timeout,
         idle_timeout: http.idle_timeout,
         max_connections: http.max_connections,
     };
-    let scheme = transport.scheme();
-    let thread = std::thread::Builder::new()
-        .name("js-api".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "api listener");
-                        return;
-                    }
-                };
-                let make = move |peer: SocketAddr| {
-                    let app = app.clone();
-                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                        req.extensions_mut().insert(Peer(peer));
-                        let mut app = app.clone();
-                        async move { tower_service::Service::call(&mut app, req).await }
-                    })
-                };
-                serve::serve(
-                    listener,
-                    transport,
-                    serve_limits,
-                    loop_counters,
-                    make,
-                    async {
-                        let _ = rx.await;
-                    },
-                )
-                .await;
-            });
-        })?;
-    Ok(ApiHandle {
-        addr: bound,
-        scheme,
-        counters,
-        stop: Some(tx),
-        thread: Some(thread),
-    })
+    let make = move |peer: SocketAddr| {
+        let app = app.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
+            let mut app = app.clone();
+            async move { tower_service::Service::call(&mut app, req).await }
+        })
+    };
+    serve::spawn("js-api", std_listener, rt, (transport, serve_limits), make)
 }

@@ -2,6 +2,8 @@
 //! speaks the real datagram format over UDP on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod ts002;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;

@@ -16,7 +16,7 @@ use crate::core::gateway::{
     Action, Actions, Count, GatewayEnv, GatewayEvent, GatewayProtocol, Path,
 };
 use crate::gateway::gwmp::Gwmp;
-use crate::join::link::LinkClient;
+use crate::join::route::JoinServers;
 use crate::ops::metrics::Metrics;
 use crate::state::State;
 use crate::uplink::collect::Collecting;
@@ -68,7 +68,7 @@ pub(crate) struct Held {
 /// One GWMP socket loop.
 pub async fn gwmp_loop(
     state: Arc<State>,
-    link: Arc<LinkClient>,
+    link: Arc<JoinServers>,
     socket: Arc<UdpSocket>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -134,7 +134,7 @@ struct Datagram<'a> {
 /// Handles one GWMP datagram: the acknowledgement first, then the dispatch.
 async fn handle_datagram(
     state: &Arc<State>,
-    link: &Arc<LinkClient>,
+    link: &Arc<JoinServers>,
     socket: &Arc<UdpSocket>,
     datagram: Datagram<'_>,
     held: &mut Held,
@@ -181,7 +181,7 @@ async fn handle_datagram(
 /// Carries out the gateway core's actions for one datagram.
 struct Dispatcher<'a> {
     state: &'a Arc<State>,
-    link: &'a Arc<LinkClient>,
+    link: &'a Arc<JoinServers>,
     socket: &'a Arc<UdpSocket>,
     held: &'a mut Held,
     now: Instant,

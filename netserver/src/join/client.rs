@@ -1,19 +1,23 @@
 //! The join-server client seam: one TS002 request as a transaction that the join flow sends,
 //! re-sends (same TransactionID) and waits on until its answer or its give-up time
-//! ([`crate::core::join::JoinFlow`]). One implementation today, the UDP link
-//! ([`crate::join::link::LinkClient`]); LoRaWAN Backend Interfaces over HTTPS is added as
-//! another (chosen by JoinEUI prefix), behind the same join path.
+//! ([`crate::core::join::JoinFlow`]). Implementations: the UDP link
+//! ([`crate::join::link::LinkClient`]), and the routing table of `[[join_servers]]`
+//! ([`crate::join::route::JoinServers`]), which sends each join over the link or LoRaWAN Backend
+//! Interfaces over HTTPS ([`crate::join::http`]) by JoinEUI prefix.
 
 use std::future::Future;
 use std::sync::Arc;
+
+use protocol::ids::JoinEui;
 
 /// A client of one join server.
 pub trait JoinServerClient: Send + Sync + 'static {
     /// One request in flight (dropping it forgets the request).
     type Transaction: JoinTransaction;
 
-    /// Starts the transaction of one TS002 request (its JSON body); nothing is sent yet.
-    fn begin(self: &Arc<Self>, body: Vec<u8>) -> Self::Transaction;
+    /// Starts the transaction of one TS002 request (its JSON body) for a device of `join_eui`;
+    /// nothing is sent yet.
+    fn begin(self: &Arc<Self>, join_eui: JoinEui, body: Vec<u8>) -> Self::Transaction;
 }
 
 /// One request in flight.

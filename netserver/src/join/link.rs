@@ -203,7 +203,7 @@ impl Drop for Transaction {
 impl JoinServerClient for LinkClient {
     type Transaction = Transaction;
 
-    fn begin(self: &Arc<Self>, body: Vec<u8>) -> Transaction {
+    fn begin(self: &Arc<Self>, _join_eui: protocol::ids::JoinEui, body: Vec<u8>) -> Transaction {
         LinkClient::begin(self, body)
     }
 }

@@ -1,6 +1,9 @@
 //! The join path: a Join-request's first copy to its Join-accept ([`otaa`]), through a join
-//! server client ([`client`], the seam; [`link`], the UDP link, its one implementation).
+//! server client ([`client`], the seam; [`link`], the UDP link; [`http`], LoRaWAN Backend
+//! Interfaces over HTTPS; [`route`], the choice between them by JoinEUI prefix).
 
 pub mod client;
+pub mod http;
 pub mod link;
 pub mod otaa;
+pub mod route;

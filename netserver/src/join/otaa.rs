@@ -215,7 +215,7 @@ async fn run<C: JoinServerClient>(
 
     // 3. JoinReq with retries.
     let join_req = join_req(state, &req, phy, addr);
-    let answer = exchange(state, link, &join_req, &mut flow).await?;
+    let answer = exchange(state, link, req.join_eui, &join_req, &mut flow).await?;
 
     // 4. Read the answer.
     let ans = read_answer(state, &answer, &join_req)?;
@@ -270,7 +270,8 @@ fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> Join
     let j = &state.config.join;
     JoinReq {
         header: ts002::Header {
-            protocol_version: ts002::ProtocolVersion::V1_1,
+            // TS002 1.0, which every join server reads (1.1 requires a SenderNSID).
+            protocol_version: ts002::ProtocolVersion::V1_0,
             sender_id: state.block.net_id.to_string(),
             receiver_id: req.join_eui.to_string(),
             transaction_id: state.next_transaction_id(),
@@ -279,7 +280,9 @@ fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> Join
             receiver_token: None,
             sender_ns_id: None,
             receiver_ns_id: None,
-            vs_extension: None,
+            // This server runs each device at the version the join server answers with (its
+            // JoinAns VSExtension): our join server need not cross-check `MACVersion`.
+            vs_extension: Some(serde_json::json!({ ts002::VS_FOLLOWS_JS_MAC_VERSION: true })),
         },
         // The network supports 1.1; the join server answers with the device's own version.
         mac_version: MacVersion::V1_1,
@@ -311,11 +314,12 @@ fn requested_dl_settings(j: &JoinConfig, region: Region) -> DlSettings {
 async fn exchange<C: JoinServerClient>(
     state: &State,
     link: &Arc<C>,
+    join_eui: protocol::ids::JoinEui,
     join_req: &JoinReq,
     flow: &mut JoinFlow,
 ) -> Result<Vec<u8>, JoinError> {
     let body = serde_json::to_vec(join_req).map_err(|e| JoinError::Encode(e.into()))?;
-    let mut txn = link.begin(body);
+    let mut txn = link.begin(join_eui, body);
     let sent_at = Instant::now();
     let mut step = flow.start(sent_at);
     let answer = loop {

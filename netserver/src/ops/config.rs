@@ -83,6 +83,18 @@ tries = 3
 # Local address the link socket binds to.
 bind = "0.0.0.0:0"
 
+# Join servers by JoinEUI prefix (longest prefix wins; "0000000000000000/0" catches the rest);
+# JoinEUIs no entry matches go to [join_server] over the link. `url` empty: our UDP link; else
+# LoRaWAN Backend Interfaces (TS002) over HTTPS (docs/backend-interfaces.md).
+# [[join_servers]]
+# join_eui_prefix = "70b3d57ed0000000/40"
+# url = "https://js.example.net:8443/"
+# ca_file = "/etc/ssl/certs/ca-certificates.crt"
+# tls_cert = "ns.crt"                  # mTLS, optional
+# tls_key = "ns.key"
+# authorization_file = "js-token"      # sent verbatim as Authorization ("Bearer jsbi_...")
+# timeout_ms = 5000
+
 [join]
 # Delay from the end of the Join-request to RX1 / RX2, in s (EU868 JOIN_ACCEPT_DELAY1/2).
 join_accept_delay1_s = 5
@@ -189,6 +201,9 @@ pub struct Config {
     pub gwmp: GwmpConfig,
     /// The join server link client.
     pub join_server: JoinServerConfig,
+    /// Join servers by JoinEUI prefix: our UDP link or LoRaWAN Backend Interfaces (TS002) over
+    /// HTTPS. None listed: every join goes to `[join_server]` over the link.
+    pub join_servers: Vec<JoinServerRoute>,
     /// Join handling and Join-accept scheduling.
     pub join: JoinConfig,
     /// The session store.
@@ -210,6 +225,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             gwmp: GwmpConfig::default(),
             join_server: JoinServerConfig::default(),
+            join_servers: Vec::new(),
             join: JoinConfig::default(),
             storage: StorageConfig::default(),
             store: StoreConfig::default(),
@@ -368,6 +384,44 @@ impl Default for JoinServerConfig {
             request_timeout_ms: 300,
             tries: 3,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
+    }
+}
+
+/// One `[[join_servers]]` entry: the join server of the JoinEUIs under a prefix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinServerRoute {
+    /// `"70b3d57ed0000000/40"`: the JoinEUI's first 40 bits. The longest matching prefix wins;
+    /// `"0000000000000000/0"` (or "") is a default entry that catches the rest.
+    pub join_eui_prefix: String,
+    /// A TS002 join server's URL (`https://js.example.net:8443/`), posted to exactly as written.
+    /// Empty: our UDP link to `[join_server] address`.
+    pub url: String,
+    /// The CA certificate(s) (PEM) the join server's certificate must chain to (a system bundle
+    /// such as /etc/ssl/certs/ca-certificates.crt for a public CA). Required for `https`.
+    pub ca_file: String,
+    /// A client certificate chain (PEM) for mTLS, with `tls_key`.
+    pub tls_cert: String,
+    /// The client certificate's private key (PEM, 0600).
+    pub tls_key: String,
+    /// A file (0600) whose content is sent verbatim as the `Authorization` header, for example
+    /// `Bearer jsbi_…` from `joinserver peers token`.
+    pub authorization_file: String,
+    /// The HTTP request timeout, ms (ChirpStack's is 5 s).
+    pub timeout_ms: u64,
+}
+
+impl Default for JoinServerRoute {
+    fn default() -> Self {
+        Self {
+            join_eui_prefix: String::new(),
+            url: String::new(),
+            ca_file: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            authorization_file: String::new(),
+            timeout_ms: 5000,
         }
     }
 }

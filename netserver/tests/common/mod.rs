@@ -340,6 +340,17 @@ pub fn start_joinserver(
     netserver_log: &str,
     rust_log: Option<&str>,
 ) -> (PathBuf, Proc) {
+    start_joinserver_with(dir, manifest_csv, net_id, &[], (netserver_log, rust_log))
+}
+
+/// [`start_joinserver`] with `extra` arguments for `joinserver serve` (e.g. `--bi-listen`).
+pub fn start_joinserver_with(
+    dir: &Path,
+    manifest_csv: &str,
+    net_id: &str,
+    extra: &[&str],
+    (netserver_log, rust_log): (&str, Option<&str>),
+) -> (PathBuf, Proc) {
     let js_dir = dir.join("js");
     let js_bin = joinserver_bin();
     run_ok(
@@ -359,8 +370,20 @@ pub fn start_joinserver(
             .arg(&js_dir)
             .arg(&manifest),
     );
-    let js = serve_joinserver(&js_dir, &[], netserver_log, rust_log);
+    let js = serve_joinserver(&js_dir, extra, netserver_log, rust_log);
     (js_dir, js)
+}
+
+/// `joinserver peers token --net-id NET_ID`: writes `Bearer <token>` to `file` (0600), what a
+/// network server sends as its `Authorization` header.
+pub fn peer_token(js_dir: &Path, net_id: &str, file: &Path) {
+    let out = run_ok(
+        Command::new(joinserver_bin())
+            .args(["peers", "token", "--net-id", net_id, "--data-dir"])
+            .arg(js_dir),
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    write600(file, &format!("Bearer {}", token.trim()));
 }
 
 /// `joinserver peers add --net-id NET_ID` on the join server's `js_dir`, as an operator adds the
