@@ -1,6 +1,8 @@
-//! The join path: a Join-request's first copy to its Join-accept ([`otaa`]), through a join
-//! server client ([`client`], the seam; [`link`], the UDP link, its one implementation).
+//! The join path: a Join-request's first copy to its Join-accept ([`otaa`]), and a LoRaWAN 1.1
+//! Rejoin-request's ([`rejoin`]), through a join server client ([`client`], the seam; [`link`],
+//! the UDP link, its one implementation).
 
 pub mod client;
 pub mod link;
 pub mod otaa;
+pub mod rejoin;

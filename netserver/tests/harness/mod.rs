@@ -179,6 +179,7 @@ impl FakeDevice {
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
+            last_rj_count0: None,
         };
         Session::new(&stored, keys, labels, None).unwrap()
     }
