@@ -29,6 +29,54 @@ enum Command {
     Serve(Box<Serve>),
     /// Print the default configuration file (every field documented).
     Config,
+    /// Force LoRaWAN 1.1 devices to rejoin (ForceRejoinReq at their next uplinks, spread over a
+    /// window), or set their periodic rejoins (RejoinParamSetupReq): `POST /rejoin` to a running
+    /// server's HTTP downlink input.
+    ForceRejoin(ForceRejoinArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ForceRejoinArgs {
+    /// The server's HTTP downlink input, HOST:PORT (plain HTTP, on the server's host; behind TLS
+    /// use any HTTPS client with the same JSON, docs/operations.md).
+    #[arg(long)]
+    downlink_http: SocketAddr,
+    /// The downlink token file (the server's --downlink-token-file), if it has one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A device (repeatable).
+    #[arg(long = "dev-eui")]
+    dev_euis: Vec<protocol::ids::DevEui>,
+    /// Every device of this JoinEUI.
+    #[arg(long)]
+    join_eui: Option<protocol::ids::JoinEui>,
+    /// Every device.
+    #[arg(long)]
+    all: bool,
+    /// Spread the devices over this many seconds.
+    #[arg(long, default_value_t = 0)]
+    window_s: u64,
+    /// Rejoin type to ask for: 0 (new session and radio parameters) or 2 (re-key).
+    #[arg(long = "type", default_value_t = 2)]
+    rejoin_type: u8,
+    /// Data rate of the Rejoin-requests.
+    #[arg(long, default_value_t = 0)]
+    data_rate: u8,
+    /// Max_Retries of ForceRejoinReq (0..=7).
+    #[arg(long, default_value_t = 1)]
+    max_retries: u8,
+    /// Period of ForceRejoinReq (0..=7: 32 s × 2^Period between retries).
+    #[arg(long, default_value_t = 0)]
+    period: u8,
+    /// Instead of forcing a rejoin, set periodic type 0 rejoins: MaxTimeN,MaxCountN (0..=15 each).
+    #[arg(long, value_parser = parse_pair)]
+    rejoin_param_setup: Option<(u8, u8)>,
+}
+
+fn parse_pair(s: &str) -> Result<(u8, u8), String> {
+    let (a, b) = s.split_once(',').ok_or("expected MaxTimeN,MaxCountN")?;
+    let n = |v: &str| v.trim().parse::<u8>().map_err(|e| format!("{v}: {e}"));
+    Ok((n(a)?, n(b)?))
 }
 
 #[derive(clap::Args, Debug)]
@@ -93,6 +141,16 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
+        Command::ForceRejoin(args) => match force_rejoin(&args) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("netserver force-rejoin: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             init_tracing();
             match serve(*args) {
@@ -105,6 +163,59 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Sends the force-rejoin request and returns the server's answer (JSON). A plain HTTP/1.1
+/// request on a loopback-style connection, written by hand: the binary links hyper's server half
+/// only, and one POST does not warrant an HTTP client dependency.
+fn force_rejoin(a: &ForceRejoinArgs) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut body = serde_json::json!({
+        "window_s": a.window_s,
+        "rejoin_type": a.rejoin_type,
+        "data_rate": a.data_rate,
+        "max_retries": a.max_retries,
+        "period": a.period,
+    });
+    if !a.dev_euis.is_empty() {
+        body["dev_euis"] =
+            serde_json::json!(a.dev_euis.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+    }
+    if let Some(j) = a.join_eui {
+        body["join_eui"] = serde_json::json!(j.to_string());
+    }
+    if a.all {
+        body["all"] = serde_json::json!(true);
+    }
+    if let Some((t, c)) = a.rejoin_param_setup {
+        body["rejoin_param_setup"] = serde_json::json!({"max_time_n": t, "max_count_n": c});
+    }
+    let body = body.to_string();
+    let auth = match &a.token_file {
+        Some(p) => {
+            let t =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            format!("Authorization: Bearer {}\r\n", t.trim())
+        }
+        None => String::new(),
+    };
+    let mut s = std::net::TcpStream::connect(a.downlink_http)
+        .with_context(|| format!("connecting to {}", a.downlink_http))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        s,
+        "POST /rejoin HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        a.downlink_http,
+        body.len()
+    )?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let (head, answer) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 202 ") {
+        anyhow::bail!("{status}: {answer}");
+    }
+    Ok(answer.to_owned())
 }
 
 fn init_tracing() {

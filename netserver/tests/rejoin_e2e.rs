@@ -337,3 +337,144 @@ fn rejoins_of_each_type_replays_and_restarts() {
         ) >= 1.0
     );
 }
+
+/// The operator forces a rejoin (`netserver force-rejoin --dev-eui`): the device's next uplink
+/// is answered with ForceRejoinReq (type 2, its DR, retries and period as asked); the device's
+/// type 2 Rejoin-request gets a new session, used at once. A JoinEUI filter with a window
+/// answers with the spread of due times.
+#[test]
+fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (js_dir, js) =
+        start_joinserver(dir.path(), MANIFEST, &format!("{NET_ID:06X}"), "warn", None);
+    let secrets = js_dir.join("secrets");
+    std::fs::write(dir.path().join("ns.toml"), NS_CONFIG).unwrap();
+    let http = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let token = dir.path().join("downlink.token");
+    common::write600(&token, "0123456789abcdef0123456789abcdef");
+    let mut cmd = netserver_serve(
+        &dir.path().join("ns.toml"),
+        &dir.path().join("ns"),
+        &js.addr("link").to_string(),
+        &secrets,
+        &format!("{NET_ID:06X}"),
+    );
+    cmd.arg("--as-kek")
+        .arg(secrets.join("as.kek"))
+        .arg("--downlink-http")
+        .arg(http.to_string())
+        .arg("--downlink-token-file")
+        .arg(&token)
+        .arg("--events")
+        .arg(dir.path().join("events.jsonl"));
+    let ns = Proc::spawn(cmd, "netserver listening");
+    let mut radio = Radio {
+        gw: Gateway::new(0xAA55_0000_0000_0004, ns.addr("gwmp")),
+        tmst: 1_000_000,
+    };
+    radio.gw.pull_data();
+    let (nwk, _) = root_keys();
+    let jr = JoinRequest::build(
+        JoinEui::new(JOIN_EUI),
+        DevEui::new(DEV),
+        DevNonce(1),
+        JoinRootKey::NwkKey(&nwk),
+    );
+    let accept = radio.exchange(&jr.to_bytes(), "the join");
+    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
+    radio.uplink(&mut a, "A1", true);
+
+    let force_rejoin = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_netserver"))
+            .arg("force-rejoin")
+            .arg("--downlink-http")
+            .arg(http.to_string())
+            .arg("--token-file")
+            .arg(&token)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Without the token: refused.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netserver"))
+        .args(["force-rejoin", "--all", "--downlink-http"])
+        .arg(http.to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // A JoinEUI filter over a window, then an unknown device: the answers say so.
+    let ans = force_rejoin(&["--join-eui", "70B3D57ED0000002", "--window-s", "60"]);
+    assert_eq!(ans["devices"], 0);
+    let ans = force_rejoin(&[
+        "--dev-eui",
+        "0000000000000009",
+        "--dev-eui",
+        "0000000000000003",
+        "--data-rate",
+        "3",
+        "--max-retries",
+        "2",
+        "--period",
+        "1",
+    ]);
+    assert_eq!(ans["ok"], true);
+    assert_eq!(ans["devices"], 1);
+    assert_eq!(ans["unknown"][0], "0000000000000009");
+
+    // The next uplink gets ForceRejoinReq.
+    let phy = Uplink {
+        confirmed: false,
+        dev_addr: a.addr,
+        fcnt: a.next_fcnt,
+        adr: false,
+        adr_ack_req: false,
+        ack: false,
+        class_b: false,
+        fopts: vec![],
+        payload: FramePayload::Application {
+            f_port: 2,
+            payload: FrmPayload(b"A2".to_vec()),
+        },
+    }
+    .build(&a.crypto, &UPLINK_MIC)
+    .unwrap();
+    a.next_fcnt += 1;
+    radio.send(&phy);
+    let (_, tx) = radio
+        .gw
+        .pull_resp(Duration::from_secs(3))
+        .expect("a downlink with ForceRejoinReq");
+    let d = DataFrame::parse(&tx.data)
+        .unwrap()
+        .open_downlink(&a.crypto, 1, 0)
+        .expect("under the session's keys, NFCntDown 1");
+    let cmds = protocol::mac::parse(protocol::data::Direction::Downlink, &d.fopts).unwrap();
+    assert_eq!(
+        cmds,
+        vec![protocol::mac::MacCommand::ForceRejoinReq {
+            period: 1,
+            max_retries: 2,
+            rejoin_type: 2,
+            data_rate: 3
+        }]
+    );
+    // The device obeys: a type 2 rejoin, a new session with the same DevAddr.
+    let accept = radio.exchange(&rejoin(2, 0, &a), "the forced type 2");
+    let mut b = open_accept(&accept, AnsweredRequest::Rejoin2 { rj_count0: 0 });
+    assert_eq!(b.addr, a.addr);
+    radio.uplink(&mut b, "B1", true);
+    assert_eq!(
+        delivered(&dir.path().join("events.jsonl"), 5),
+        ["A1", "A2", "B1"]
+    );
+}

@@ -720,3 +720,79 @@ fn a_payload_longer_than_the_windows_data_rate_allows_waits_and_the_ack_goes_alo
     );
     assert!(!h.queue.has(d.dev_eui));
 }
+
+/// A ForceRejoinReq put for a device (what the operator's force-rejoin request does) waits for
+/// its time and for a confirmed 1.1 session, rides the first downlink after that, and is sent
+/// once; one whose downlink cannot go waits for the next uplink.
+#[test]
+fn a_forced_rejoin_goes_once_in_the_first_downlink_after_its_time() {
+    use netserver::store::pending_mac::PendingMac;
+    let mut h = Harness::new();
+    let gw = FakeGateway::new(1, 8.0, -80);
+    let mut d = FakeDevice::new(5, MacVersion::V1_1);
+    h.install(&d);
+    let force = MacCommand::ForceRejoinReq {
+        period: 1,
+        max_retries: 2,
+        rejoin_type: 0,
+        data_rate: 3,
+    };
+    let now_ms = protocol::time::unix_ms(h.wall());
+    h.pending_mac.put(
+        d.dev_eui,
+        PendingMac {
+            not_before_ms: now_ms + 60_000,
+            command: force,
+        },
+    );
+    let rekey_ind = UplinkFrame {
+        fopts: vec![MacCommand::RekeyInd {
+            dev_lorawan_minor: 1,
+        }],
+        ..UplinkFrame::default()
+    };
+    // Before its time (and before the gateway has a downlink route): nothing is taken.
+    let phy = d.frame(rekey_ind.clone());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    assert!(out.downlink.is_none());
+    h.pull_data(&gw);
+    h.advance(Duration::from_secs(61));
+    // Due: the next uplink's downlink carries it.
+    let phy = d.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    let down = d.open(
+        out.downlink.as_ref().expect("a downlink for the command"),
+        0,
+        0,
+    );
+    assert_eq!(downlink_commands(&down), vec![force]);
+    assert!(h.pending_mac.is_empty(), "sent once");
+    let phy = d.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    assert!(out.downlink.is_none(), "nothing more to send");
+
+    // A 1.0 session never gets one (ForceRejoinReq is LoRaWAN 1.1).
+    let mut old = FakeDevice::new(6, MacVersion::V1_0_3);
+    h.install(&old);
+    h.pending_mac.put(
+        old.dev_eui,
+        PendingMac {
+            not_before_ms: 0,
+            command: MacCommand::ForceRejoinReq {
+                period: 0,
+                max_retries: 0,
+                rejoin_type: 2,
+                data_rate: 0,
+            },
+        },
+    );
+    let phy = old.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    assert_eq!(out.result, UplinkResult::Ok);
+    assert!(out.downlink.is_none());
+    assert_eq!(h.pending_mac.len(), 1);
+}

@@ -33,6 +33,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod labels;
 pub mod live;
+pub mod pending_mac;
 pub mod queue;
 pub mod restore;
 pub mod session;
