@@ -165,57 +165,32 @@ fn main() -> ExitCode {
     }
 }
 
-/// Sends the force-rejoin request and returns the server's answer (JSON). A plain HTTP/1.1
-/// request on a loopback-style connection, written by hand: the binary links hyper's server half
-/// only, and one POST does not warrant an HTTP client dependency.
+/// Sends the force-rejoin request and returns the server's answer (JSON).
 fn force_rejoin(a: &ForceRejoinArgs) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
-    let mut body = serde_json::json!({
-        "window_s": a.window_s,
-        "rejoin_type": a.rejoin_type,
-        "data_rate": a.data_rate,
-        "max_retries": a.max_retries,
-        "period": a.period,
-    });
-    if !a.dev_euis.is_empty() {
-        body["dev_euis"] =
-            serde_json::json!(a.dev_euis.iter().map(|d| d.to_string()).collect::<Vec<_>>());
-    }
-    if let Some(j) = a.join_eui {
-        body["join_eui"] = serde_json::json!(j.to_string());
-    }
-    if a.all {
-        body["all"] = serde_json::json!(true);
-    }
-    if let Some((t, c)) = a.rejoin_param_setup {
-        body["rejoin_param_setup"] = serde_json::json!({"max_time_n": t, "max_count_n": c});
-    }
-    let body = body.to_string();
-    let auth = match &a.token_file {
-        Some(p) => {
-            let t =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            format!("Authorization: Bearer {}\r\n", t.trim())
-        }
-        None => String::new(),
+    use netserver::integration::rejoin::{post, ForceRejoinRequest, RejoinParamSetup};
+    let req = ForceRejoinRequest {
+        dev_euis: a.dev_euis.clone(),
+        join_eui: a.join_eui,
+        all: a.all,
+        window_s: a.window_s,
+        rejoin_type: a.rejoin_type,
+        data_rate: a.data_rate,
+        max_retries: a.max_retries,
+        period: a.period,
+        rejoin_param_setup: a.rejoin_param_setup.map(|(max_time_n, max_count_n)| {
+            RejoinParamSetup {
+                max_time_n,
+                max_count_n,
+            }
+        }),
     };
-    let mut s = std::net::TcpStream::connect(a.downlink_http)
-        .with_context(|| format!("connecting to {}", a.downlink_http))?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        s,
-        "POST /rejoin HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        a.downlink_http,
-        body.len()
-    )?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
-    let (head, answer) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 202 ") {
-        anyhow::bail!("{status}: {answer}");
-    }
-    Ok(answer.to_owned())
+    let token = match &a.token_file {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    post(a.downlink_http, token.as_deref(), &req).map_err(anyhow::Error::msg)
 }
 
 fn init_tracing() {

@@ -187,6 +187,7 @@ pub fn run(
             event_listen: None,
             progress: false,
             sink_grace: Duration::ZERO,
+            rekey: None,
         },
         log,
     )?;

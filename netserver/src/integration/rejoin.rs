@@ -19,7 +19,7 @@ use crate::state::State;
 use crate::store::pending_mac::PendingMac;
 
 /// RejoinParamSetupReq's fields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RejoinParamSetup {
     /// MaxTimeN (0..=15): a type 0 rejoin at least every 2^(MaxTimeN+10) s.
@@ -28,15 +28,15 @@ pub struct RejoinParamSetup {
     pub max_count_n: u8,
 }
 
-/// A force-rejoin request, as received.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A force-rejoin request, as sent and received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForceRejoinRequest {
     /// These devices.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dev_euis: Vec<DevEui>,
     /// Every device of this JoinEUI.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join_eui: Option<JoinEui>,
     /// Every device.
     #[serde(default)]
@@ -57,8 +57,62 @@ pub struct ForceRejoinRequest {
     #[serde(default)]
     pub period: u8,
     /// Send RejoinParamSetupReq with these fields instead of ForceRejoinReq.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejoin_param_setup: Option<RejoinParamSetup>,
+}
+
+impl ForceRejoinRequest {
+    /// A ForceRejoinReq of `rejoin_type` for every device, over `window_s`, with the defaults
+    /// (DR 0, one retry, Period 0).
+    pub fn all(rejoin_type: u8, window_s: u64) -> Self {
+        Self {
+            dev_euis: Vec::new(),
+            join_eui: None,
+            all: true,
+            window_s,
+            rejoin_type,
+            data_rate: 0,
+            max_retries: default_max_retries(),
+            period: 0,
+            rejoin_param_setup: None,
+        }
+    }
+}
+
+/// Sends `req` to a server's HTTP downlink input (`POST /rejoin`, plain HTTP: on the server's
+/// host) with the bearer `token` if any; returns the answer's JSON, or the status line and
+/// answer when it is not `202 Accepted`. One HTTP/1.1 request written by hand: the crate links
+/// hyper's server half only, and one POST from the operator's command (and the simulator's
+/// `rekey` scenario) does not warrant an HTTP client dependency.
+pub fn post(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+    req: &ForceRejoinRequest,
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let body = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    let auth = token.map_or_else(String::new, |t| {
+        format!("Authorization: Bearer {}\r\n", t.trim())
+    });
+    let io = |e: std::io::Error| format!("{addr}: {e}");
+    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .map_err(io)?;
+    write!(
+        s,
+        "POST /rejoin HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(io)?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).map_err(io)?;
+    let (head, answer) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
+    let status = head.lines().next().unwrap_or_default();
+    if status.contains(" 202 ") {
+        Ok(answer.to_owned())
+    } else {
+        Err(format!("{status}: {answer}"))
+    }
 }
 
 fn default_rejoin_type() -> u8 {
