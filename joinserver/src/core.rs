@@ -491,12 +491,7 @@ fn accept(
     let (phy, network, app_s_key) = match (&keys.nwk, &keys.js_int, &keys.js_enc) {
         (Some(nwk), Some(js_int), Some(js_enc)) => {
             let sk = derive::session_keys_1_1(nwk, &keys.app, join_nonce, join_eui, answered);
-            // A Join-accept answering a Rejoin-request is encrypted with JSEncKey, one
-            // answering a Join-request with the NwkKey (LoRaWAN 1.1 §6.2.3).
-            let enc = match answered {
-                AnsweredRequest::JoinRequest(_) => JoinAcceptEncKey::NwkKey(nwk),
-                _ => JoinAcceptEncKey::JsEncKey(js_enc),
-            };
+            let enc = enc_key_1_1(answered, nwk, js_enc);
             let phy = payload.encrypt(
                 JoinAcceptMicKey::OptNeg {
                     js_int_key: js_int,
@@ -537,6 +532,19 @@ fn accept(
         app_s_key,
         join_nonce,
     })
+}
+
+/// The key of a 1.1 Join-accept: JSEncKey when it answers a Rejoin-request, the NwkKey when it
+/// answers a Join-request (LoRaWAN 1.1 §6.2.3).
+fn enc_key_1_1<'a>(
+    answered: AnsweredRequest,
+    nwk: &'a KeyCipher<NwkKey>,
+    js_enc: &'a KeyCipher<JsEncKey>,
+) -> JoinAcceptEncKey<'a> {
+    match answered {
+        AnsweredRequest::JoinRequest(_) => JoinAcceptEncKey::NwkKey(nwk),
+        _ => JoinAcceptEncKey::JsEncKey(js_enc),
+    }
 }
 
 fn seal<K: protocol::keys::Key128>(kek: &LabeledKek, key: &K) -> Result<KeyEnvelope, JoinError> {

@@ -157,24 +157,7 @@ impl Radio {
     /// and the RekeyConf expected back.
     fn uplink(&mut self, s: &mut Session, text: &str, rekey_ind: bool) {
         let fopts = if rekey_ind { vec![0x0B, 0x01] } else { vec![] };
-        let phy = Uplink {
-            confirmed: false,
-            dev_addr: s.addr,
-            fcnt: s.next_fcnt,
-            adr: false,
-            adr_ack_req: false,
-            ack: false,
-            class_b: false,
-            fopts,
-            payload: FramePayload::Application {
-                f_port: 2,
-                payload: FrmPayload(text.as_bytes().to_vec()),
-            },
-        }
-        .build(&s.crypto, &UPLINK_MIC)
-        .unwrap();
-        s.next_fcnt += 1;
-        self.send(&phy);
+        self.send(&data_frame(s, text, fopts));
         if rekey_ind {
             let (_, tx) = self
                 .gw
@@ -196,6 +179,28 @@ impl Radio {
             "{what}: answered"
         );
     }
+}
+
+/// The next unconfirmed data frame of `s` carrying `text` (FPort 2) with `fopts`.
+fn data_frame(s: &mut Session, text: &str, fopts: Vec<u8>) -> Vec<u8> {
+    let phy = Uplink {
+        confirmed: false,
+        dev_addr: s.addr,
+        fcnt: s.next_fcnt,
+        adr: false,
+        adr_ack_req: false,
+        ack: false,
+        class_b: false,
+        fopts,
+        payload: FramePayload::Application {
+            f_port: 2,
+            payload: FrmPayload(text.as_bytes().to_vec()),
+        },
+    }
+    .build(&s.crypto, &UPLINK_MIC)
+    .unwrap();
+    s.next_fcnt += 1;
+    phy
 }
 
 /// The uplink texts delivered for the device, in order.
@@ -432,23 +437,7 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
     assert_eq!(ans["unknown"][0], "0000000000000009");
 
     // The next uplink gets ForceRejoinReq.
-    let phy = Uplink {
-        confirmed: false,
-        dev_addr: a.addr,
-        fcnt: a.next_fcnt,
-        adr: false,
-        adr_ack_req: false,
-        ack: false,
-        class_b: false,
-        fopts: vec![],
-        payload: FramePayload::Application {
-            f_port: 2,
-            payload: FrmPayload(b"A2".to_vec()),
-        },
-    }
-    .build(&a.crypto, &UPLINK_MIC)
-    .unwrap();
-    a.next_fcnt += 1;
+    let phy = data_frame(&mut a, "A2", vec![]);
     radio.send(&phy);
     let (_, tx) = radio
         .gw

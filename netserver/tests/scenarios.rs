@@ -723,9 +723,9 @@ fn a_payload_longer_than_the_windows_data_rate_allows_waits_and_the_ack_goes_alo
 
 /// A ForceRejoinReq put for a device (what the operator's force-rejoin request does) waits for
 /// its time and for a confirmed 1.1 session, rides the first downlink after that, and is sent
-/// once; one whose downlink cannot go waits for the next uplink.
+/// again 20 s later until the device has rejoined.
 #[test]
-fn a_forced_rejoin_goes_once_in_the_first_downlink_after_its_time() {
+fn a_forced_rejoin_rides_the_first_downlink_after_its_time_until_the_device_rejoins() {
     use netserver::store::pending_mac::PendingMac;
     let mut h = Harness::new();
     let gw = FakeGateway::new(1, 8.0, -80);
@@ -768,11 +768,21 @@ fn a_forced_rejoin_goes_once_in_the_first_downlink_after_its_time() {
         0,
     );
     assert_eq!(downlink_commands(&down), vec![force]);
-    assert!(h.pending_mac.is_empty(), "sent once");
     let phy = d.frame(UplinkFrame::default());
     h.hear(&gw, &phy);
     let out = h.flush().pop().unwrap();
-    assert!(out.downlink.is_none(), "nothing more to send");
+    assert!(out.downlink.is_none(), "not again at the next uplink");
+    // No rejoin came: sent again after RESEND_AFTER_MS, until the device rejoins.
+    h.advance(Duration::from_millis(
+        netserver::store::pending_mac::RESEND_AFTER_MS,
+    ));
+    let phy = d.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    let down = d.open(out.downlink.as_ref().expect("sent again"), 1, 0);
+    assert_eq!(downlink_commands(&down), vec![force]);
+    h.pending_mac.done(d.dev_eui);
+    assert!(h.pending_mac.is_empty(), "done once the device rejoined");
 
     // A 1.0 session never gets one (ForceRejoinReq is LoRaWAN 1.1).
     let mut old = FakeDevice::new(6, MacVersion::V1_0_3);

@@ -312,6 +312,48 @@ impl Session {
     pub fn rejoin_pending(&self) -> bool {
         self.rejoin.is_some()
     }
+    /// RejoinParamSetupReq: a type 0 after every MaxCountN-th uplink (called as one is counted).
+    fn plan_periodic_rejoin(&mut self) {
+        if self.rejoin_every > 0 && self.fcnt_up % self.rejoin_every == 0 && self.rejoin.is_none() {
+            self.rejoin = Some(RejoinPlan {
+                rejoin_type: 0,
+                data_rate: self.dr,
+                tries_left: 1,
+                period_us: 0,
+                not_before: 0,
+            });
+        }
+    }
+
+    /// ForceRejoinReq and RejoinParamSetupReq (1.1 sessions only; a 1.0 one takes neither and
+    /// answers RejoinParamSetupReq as before). Returns the answer, if the command has one.
+    fn rejoin_command(&mut self, c: MacCommand) -> Option<MacCommand> {
+        match c {
+            MacCommand::RejoinParamSetupReq { max_count_n, .. } => {
+                if self.rejoins() {
+                    self.rejoin_every = 1 << (u32::from(max_count_n.min(15)) + 4);
+                }
+                Some(MacCommand::RejoinParamSetupAns { time_ok: true })
+            }
+            MacCommand::ForceRejoinReq {
+                period,
+                max_retries,
+                rejoin_type,
+                data_rate,
+            } if self.rejoins() && (rejoin_type == 0 || rejoin_type == 2) => {
+                self.rejoin = Some(RejoinPlan {
+                    rejoin_type,
+                    data_rate,
+                    tries_left: max_retries.min(7) + 1,
+                    period_us: 32_000_000 << period.min(7),
+                    not_before: 0,
+                });
+                None
+            }
+            _ => None,
+        }
+    }
+
     /// Whether the session can rejoin: LoRaWAN 1.1 keys (with OptNeg), which have the
     /// SNwkSIntKey Rejoin-requests type 0 and 2 are signed with.
     fn rejoins(&self) -> bool {
@@ -694,16 +736,7 @@ impl Device {
             None => {
                 let fcnt = s.fcnt_up;
                 s.fcnt_up = s.fcnt_up.wrapping_add(1);
-                if s.rejoin_every > 0 && s.fcnt_up % s.rejoin_every == 0 && s.rejoin.is_none() {
-                    // RejoinParamSetupReq: a type 0 after every MaxCountN-th uplink.
-                    s.rejoin = Some(RejoinPlan {
-                        rejoin_type: 0,
-                        data_rate: s.dr,
-                        tries_left: 1,
-                        period_us: 0,
-                        not_before: 0,
-                    });
-                }
+                s.plan_periodic_rejoin();
                 let confirmed = rng.gen_bool(b.confirmed_ratio.clamp(0.0, 1.0));
                 let mut payload = vec![0u8; b.payload_size];
                 rng.fill_bytes(&mut payload);
@@ -1221,24 +1254,8 @@ fn answer_mac(s: &mut Session, mac: &[u8], b: &Behaviour) -> Option<u8> {
             M::RekeyConf { .. } => s.rekey_pending = false,
             M::ADRParamSetupReq { .. } => answers.push(M::ADRParamSetupAns),
             M::DeviceTimeAns { .. } => s.device_time_tries = 0,
-            M::RejoinParamSetupReq { max_count_n, .. } if s.rejoins() => {
-                s.rejoin_every = 1 << (u32::from(max_count_n.min(15)) + 4);
-                answers.push(M::RejoinParamSetupAns { time_ok: true });
-            }
-            M::RejoinParamSetupReq { .. } => answers.push(M::RejoinParamSetupAns { time_ok: true }),
-            M::ForceRejoinReq {
-                period,
-                max_retries,
-                rejoin_type,
-                data_rate,
-            } if s.rejoins() && (rejoin_type == 0 || rejoin_type == 2) => {
-                s.rejoin = Some(RejoinPlan {
-                    rejoin_type,
-                    data_rate,
-                    tries_left: max_retries.min(7) + 1,
-                    period_us: 32_000_000 << period.min(7),
-                    not_before: 0,
-                });
+            c @ (M::RejoinParamSetupReq { .. } | M::ForceRejoinReq { .. }) => {
+                answers.extend(s.rejoin_command(c));
             }
             _ => {}
         }
@@ -1746,6 +1763,197 @@ mod join_tests {
         d.on_downlink(&phy, Window::Rx1, 5_000_100, b, &mut rng(), &mut fx);
         assert_eq!(d.phase(), Phase::Joined, "{fx:?}");
         d
+    }
+
+    /// A Join-accept answering the device's Rejoin-request `answered`, from the join server's
+    /// side: JSIntKey MIC over the rejoin type, encrypted with JSEncKey.
+    fn rejoin_accept(d: &Device, answered: AnsweredRequest, join_nonce: u32, addr: u32) -> Vec<u8> {
+        let nwk = KeyCipher::new(d.id.nwk_key.as_ref().unwrap());
+        let js = js_keys(&nwk, d.id.dev_eui);
+        let (int, enc) = (
+            KeyCipher::new(&js.js_int_key),
+            KeyCipher::new(&js.js_enc_key),
+        );
+        JoinAcceptPayload {
+            join_nonce: JoinNonce::new(join_nonce).unwrap(),
+            net_id: NetId::new(0x13).unwrap(),
+            dev_addr: DevAddr::new(addr),
+            dl_settings: DlSettings::new(true, 0, 0).unwrap(),
+            rx_delay: RxDelay::new(1).unwrap(),
+            cf_list: None,
+        }
+        .encrypt(
+            JoinAcceptMicKey::OptNeg {
+                js_int_key: &int,
+                join_eui: d.id.join_eui,
+                answered,
+            },
+            JoinAcceptEncKey::JsEncKey(&enc),
+        )
+        .as_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn force_rejoin_req_sends_rejoins_and_a_rejoin_accept_gives_a_new_session() {
+        use protocol::join::{RejoinBody, RejoinMicKey, RejoinRequest};
+        let b = beh();
+        let mut d = joined(MacVersion::V1_1, &b, None);
+        let force = MacCommand::ForceRejoinReq {
+            period: 0,
+            max_retries: 1,
+            rejoin_type: 0,
+            data_rate: 4,
+        };
+        assert!(mac(&mut d, &b, &[force]).is_empty(), "no answer");
+        assert!(d.session().unwrap().rejoin_pending());
+        // The next uplink timer sends a type 0 Rejoin-request (RJcount0 0, DR 4) instead of data.
+        let mut fx = Vec::new();
+        let t = 20_000_000;
+        d.wake_at = t;
+        d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(
+            (tx.kind, tx.dr),
+            (
+                TxKind::Rejoin {
+                    rejoin_type: 0,
+                    rj_count0: 0
+                },
+                4
+            )
+        );
+        let rj = RejoinRequest::parse(&tx.phy).unwrap();
+        let Keys::V1_1 { s, .. } = &d.session().unwrap().keys else {
+            panic!()
+        };
+        assert!(rj
+            .verify_mic(RejoinMicKey::SNwkSIntKey(&KeyCipher::new(s)))
+            .is_ok());
+        assert!(matches!(rj.body, RejoinBody::Type0 { rj_count0: 0, .. }));
+        assert_eq!(
+            d.rx_delays(),
+            (JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US)
+        );
+        assert!(d.awaiting_join_accept() && !d.awaiting_downlink());
+        // No Join-accept: the session goes on; the retry (Max_Retries 1) waits 32..64 s.
+        fx.clear();
+        let closes = d.rx_closes_at;
+        d.on_timer(TimerKind::RxClosed, closes, &b, &mut rng(), &mut fx);
+        assert!(
+            fx.contains(&Effect::Note(Note::RejoinMissed { sent_at: t })),
+            "{fx:?}"
+        );
+        let old_addr = d.session().unwrap().dev_addr;
+        let plan = d.session().unwrap().rejoin.unwrap();
+        assert!(
+            (t + 32_000_000..t + 64_000_000).contains(&plan.not_before),
+            "{plan:?}"
+        );
+        // The retry carries RJcount0 1; its Join-accept (JSEncKey) gives a new session.
+        fx.clear();
+        d.wake_at = plan.not_before;
+        d.on_timer(TimerKind::Uplink, plan.not_before, &b, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(
+            tx.kind,
+            TxKind::Rejoin {
+                rejoin_type: 0,
+                rj_count0: 1
+            }
+        );
+        let answered = AnsweredRequest::Rejoin0 { rj_count0: 1 };
+        assert!(!d.join_accept_is_mine(&rejoin_accept(
+            &d,
+            AnsweredRequest::Rejoin0 { rj_count0: 0 },
+            2,
+            0x2601_0002
+        )));
+        let phy = rejoin_accept(&d, answered, 2, 0x2601_0002);
+        assert!(d.join_accept_is_mine(&phy));
+        fx.clear();
+        d.on_downlink(
+            &phy,
+            Window::Rx1,
+            plan.not_before + JOIN_ACCEPT_DELAY1_US,
+            &b,
+            &mut rng(),
+            &mut fx,
+        );
+        assert!(
+            fx.iter().any(
+                |e| matches!(e, Effect::Note(Note::Rejoined { old_addr: o, dev_addr, .. })
+            if *o == old_addr && *dev_addr == DevAddr::new(0x2601_0002))
+            ),
+            "{fx:?}"
+        );
+        let s = d.session().unwrap();
+        assert_eq!(
+            (s.dev_addr, s.fcnt_up, s.rj_count0),
+            (DevAddr::new(0x2601_0002), 0, 0)
+        );
+        assert!(
+            s.rekey_pending() && !s.rejoin_pending(),
+            "RekeyInd next; no more retries"
+        );
+        assert_eq!(d.nonces.join_nonce, Some(2));
+        // A replayed Join-accept (same JoinNonce) is not taken again.
+        assert!(!d.awaiting_join_accept());
+    }
+
+    #[test]
+    fn rejoin_param_setup_req_makes_periodic_type_0_rejoins_and_1_0_sessions_never_rejoin() {
+        let b = beh();
+        let mut d = joined(MacVersion::V1_1, &b, None);
+        let setup = MacCommand::RejoinParamSetupReq {
+            max_time_n: 0,
+            max_count_n: 0,
+        };
+        assert_eq!(
+            mac(&mut d, &b, &[setup]),
+            vec![MacCommand::RejoinParamSetupAns { time_ok: true }]
+        );
+        assert_eq!(d.session().unwrap().rejoin_every, 16);
+        let mut kinds = Vec::new();
+        let mut t = 10_000_000;
+        for _ in 0..17 {
+            let mut fx = Vec::new();
+            d.wake_at = t;
+            d.frame = None;
+            d.rejoin = None;
+            d.next_tx_allowed = 0;
+            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+            if let Some(Effect::Tx(tx)) = fx.first() {
+                kinds.push(tx.kind);
+            }
+            t += 60_000_000;
+        }
+        assert!(
+            matches!(kinds[15], TxKind::Data { fcnt: 15, .. }),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds[16],
+            TxKind::Rejoin {
+                rejoin_type: 0,
+                rj_count0: 0
+            },
+            "after the 16th uplink"
+        );
+        // A 1.0 session takes neither command.
+        let mut old = joined(MacVersion::V1_0_4, &b, None);
+        let force = MacCommand::ForceRejoinReq {
+            period: 0,
+            max_retries: 0,
+            rejoin_type: 2,
+            data_rate: 5,
+        };
+        mac(&mut old, &b, &[force]);
+        assert!(!old.session().unwrap().rejoin_pending());
     }
 
     fn in_region(region: Region, sub_bands: &[u8], data_rate: u8) -> Behaviour {

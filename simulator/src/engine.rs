@@ -176,6 +176,8 @@ pub struct Engine {
     by_eui: HashMap<DevEui, u32>,
     /// `rekey`: the forced rejoins were asked for.
     rekey_requested: bool,
+    /// Devices that took a new session from a rejoin.
+    rejoined: HashSet<u32>,
     /// (device, DevAddr or 0, FCnt) of the uplinks delivered.
     delivered: HashSet<(u32, u32, u32)>,
     event_sink: bool,
@@ -267,6 +269,7 @@ impl Engine {
             by_addr: HashMap::new(),
             by_eui,
             rekey_requested: false,
+            rejoined: HashSet::new(),
             delivered: HashSet::new(),
             event_sink: cfg.event_sink,
             stats: Stats::default(),
@@ -643,6 +646,9 @@ impl Engine {
                 dev_addr,
             } => {
                 self.stats.rejoins_accepted += 1;
+                if self.rejoined.insert(dev) {
+                    self.stats.devices_rejoined += 1;
+                }
                 if window == Window::Rx1 {
                     self.stats.rejoins_rx1 += 1;
                 }

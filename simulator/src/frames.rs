@@ -260,20 +260,7 @@ pub fn rejoin_request(
     let Keys::V1_1 { s, .. } = keys else {
         return None;
     };
-    let dev_eui = id.dev_eui;
-    let body = if rejoin_type == 0 {
-        RejoinBody::Type0 {
-            net_id,
-            dev_eui,
-            rj_count0,
-        }
-    } else {
-        RejoinBody::Type2 {
-            net_id,
-            dev_eui,
-            rj_count0,
-        }
-    };
+    let body = RejoinBody::type_0_or_2(rejoin_type, net_id, id.dev_eui, rj_count0);
     let key = KeyCipher::new(s);
     RejoinRequest::build(body, RejoinMicKey::SNwkSIntKey(&key))
         .ok()

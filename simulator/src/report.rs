@@ -72,6 +72,8 @@ pub struct Stats {
     pub rejoins_rx1: u64,
     /// Rejoin-requests whose windows closed without a Join-accept (the session goes on).
     pub rejoins_missed: u64,
+    /// Devices that took at least one new session from a rejoin.
+    pub devices_rejoined: u64,
     /// Data uplinks sent, counting each frame counter once (NbTrans repeats are not new uplinks).
     pub uplinks_sent: u64,
     /// Of which confirmed.
@@ -262,12 +264,13 @@ pub struct Joins {
     pub missed_window: u64,
 }
 
-/// `rejoins.*`: Rejoin-requests sent, answered with a new session (in RX1 or RX2), or left
-/// without a Join-accept; and the uplinks lost over the run, which a re-keying fleet should keep
+/// `rejoins.*`: devices that moved to new keys; Rejoin-requests sent, answered with a new
+/// session (in RX1 or RX2), or left without a Join-accept; and the uplinks lost over the run, which a re-keying fleet should keep
 /// at 0 (the old session carries traffic until the new one does).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub struct Rejoins {
+    pub devices: u64,
     pub attempted: u64,
     pub accepted: u64,
     pub accepted_rx1: u64,
@@ -443,6 +446,7 @@ impl Report {
                 send_errors: s.send_errors,
             },
             rejoins: (s.rejoins_attempted > 0).then(|| Rejoins {
+                devices: s.devices_rejoined,
                 attempted: s.rejoins_attempted,
                 accepted: s.rejoins_accepted,
                 accepted_rx1: s.rejoins_rx1,
@@ -493,6 +497,7 @@ impl Report {
         row(&mut t, "missed window", j.missed_window.to_string());
         if let Some(r) = &self.rejoins {
             let _ = writeln!(t, "rejoins");
+            row(&mut t, "devices on new keys", r.devices.to_string());
             row(&mut t, "attempted", r.attempted.to_string());
             row(
                 &mut t,

@@ -482,8 +482,8 @@ fn fleet_1_1(dir: &Path, n: u32, seed: u64) -> PathBuf {
 }
 
 /// The `rekey` scenario against the real servers: `n` LoRaWAN 1.1 devices join, report every
-/// 30 s, and once all have joined the network server is asked to force a type 0 rejoin of every
-/// device spread over 60 s. Every device rejoins (a new session, DevAddr and keys, taken into
+/// 30 s for 240 s, and once all have joined the network server is asked to force a type 0
+/// rejoin of every device spread over 60 s. Every device rejoins (a new session, DevAddr and keys, taken into
 /// use by its RekeyInd), and every uplink reaches the event sink exactly once.
 fn rekey_of(n: u32) {
     let dir = tempfile::tempdir().unwrap();
@@ -502,6 +502,7 @@ fn rekey_of(n: u32) {
             token: None,
             request: netserver::integration::rejoin::ForceRejoinRequest {
                 data_rate: 5,
+                max_retries: 3,
                 ..netserver::integration::rejoin::ForceRejoinRequest::all(0, 60)
             },
         }),
@@ -511,7 +512,7 @@ fn rekey_of(n: u32) {
             3,
             Traffic {
                 uplink_interval_us: 30_000_000,
-                ..traffic(Scenario::Rekey, 10_000_000, 160_000_000, 2)
+                ..traffic(Scenario::Rekey, 10_000_000, 240_000_000, 2)
             },
             7,
         )
@@ -520,12 +521,14 @@ fn rekey_of(n: u32) {
     servers.stop().unwrap();
     assert_eq!(r.joins.accepted, u64::from(n), "{r:#?}");
     let rj = r.rejoins.as_ref().expect("rejoins reported");
-    assert_eq!(
-        rj.accepted,
-        u64::from(n),
-        "every device on new keys: {r:#?}"
+    // A Join-accept may miss its window on a loaded machine: the device keeps its session and
+    // retries (Max_Retries 3), and the network server sends ForceRejoinReq again until the
+    // device has rejoined.
+    assert_eq!(rj.devices, u64::from(n), "every device on new keys: {r:#?}");
+    assert!(
+        rj.accepted >= u64::from(n) && rj.attempted >= rj.accepted,
+        "{r:#?}"
     );
-    assert_eq!(rj.missed, 0, "{r:#?}");
     let u = &r.uplinks;
     assert!(u.sent >= 4 * u64::from(n), "{r:#?}");
     assert_eq!(u.delivered, Some(u.sent), "{r:#?}");
@@ -535,4 +538,11 @@ fn rekey_of(n: u32) {
 #[test]
 fn rekey_of_300_devices_over_a_minute_while_reporting() {
     rekey_of(300);
+}
+
+/// The fleet: 10,000 LoRaWAN 1.1 devices re-keyed by forced rejoins over 60 s while
+/// reporting every 30 s: every device on new keys, no uplink lost, none delivered twice.
+#[test]
+fn rekey_of_10000_devices_over_a_minute_while_reporting() {
+    rekey_of(10_000);
 }

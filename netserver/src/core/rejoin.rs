@@ -119,20 +119,7 @@ mod tests {
     }
 
     fn request(t: u8, net_id: NetId, rj_count0: u16, k: &KeyCipher<SNwkSIntKey>) -> RejoinRequest {
-        let dev_eui = DevEui::new(7);
-        let body = if t == 0 {
-            RejoinBody::Type0 {
-                net_id,
-                dev_eui,
-                rj_count0,
-            }
-        } else {
-            RejoinBody::Type2 {
-                net_id,
-                dev_eui,
-                rj_count0,
-            }
-        };
+        let body = RejoinBody::type_0_or_2(t, net_id, DevEui::new(7), rj_count0);
         RejoinRequest::build(body, RejoinMicKey::SNwkSIntKey(k)).unwrap()
     }
 

@@ -13,8 +13,8 @@
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
 //! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
-//! inline, without a task ([`crate::uplink`]). A LoRaWAN 1.1 Rejoin-request takes the same task
-//! and, after its own first steps ([`crate::join::rejoin`]), the same steps 3 to 7
+//! inline, without a task ([`crate::uplink`]). A LoRaWAN 1.1 Rejoin-request takes a task of its
+//! own ([`crate::join::rejoin`]) and, after its first steps, the same steps 3 to 7
 //! ([`answer_and_send`]).
 
 use std::borrow::Cow;
@@ -198,23 +198,10 @@ pub async fn handle_join_request<C: JoinServerClient>(
         dev_eui = tracing::field::Empty,
         dev_addr = tracing::field::Empty
     );
-    let rejoin_type = crate::join::rejoin::rejoin_type(&phy);
-    let outcome = match rejoin_type {
-        Some(_) => {
-            crate::join::rejoin::run(&state, &link, &gwmp, &phy, &first)
-                .instrument(span.clone())
-                .await
-        }
-        None => {
-            run(&state, &link, &gwmp, &phy, &first)
-                .instrument(span.clone())
-                .await
-        }
-    };
+    let outcome = run(&state, &link, &gwmp, &phy, &first)
+        .instrument(span.clone())
+        .await;
     let _enter = span.enter();
-    if let Some(t) = rejoin_type {
-        return crate::join::rejoin::count(&state, t, &outcome);
-    }
     match outcome {
         Ok((window, via)) => {
             state

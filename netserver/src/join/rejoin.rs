@@ -22,6 +22,7 @@ use protocol::keys::KeyCipher;
 use protocol::phy::{MType, Mhdr};
 use protocol::ts002::MessageType;
 use tokio::net::UdpSocket;
+use tracing::Instrument;
 
 use crate::core::join::{JoinFailure, JoinFlow};
 use crate::core::reception::Reception;
@@ -40,8 +41,36 @@ pub fn rejoin_type(phy: &[u8]) -> Option<u8> {
     (Mhdr(mhdr).mtype() == MType::RejoinRequest).then(|| rest.first().copied().unwrap_or(0xFF))
 }
 
+/// Runs one rejoin from the first copy of its Rejoin-request, and counts the outcome.
+pub async fn handle_rejoin_request<C: JoinServerClient>(
+    state: Arc<State>,
+    link: Arc<C>,
+    gwmp: Arc<UdpSocket>,
+    phy: Vec<u8>,
+    first: Reception,
+) {
+    let span = tracing::info_span!(
+        "rejoin",
+        first_gateway = %first.gateway,
+        dev_eui = tracing::field::Empty,
+        dev_addr = tracing::field::Empty
+    );
+    let outcome = run(&state, &link, &gwmp, &phy, &first)
+        .instrument(span.clone())
+        .await;
+    let _enter = span.enter();
+    let dev_eui = RejoinRequest::parse(&phy).ok().map(|r| r.body.dev_eui());
+    count(&state, rejoin_type(&phy).unwrap_or(0xFF), dev_eui, &outcome);
+}
+
 /// Counts a rejoin's outcome in `netserver_rejoins_total{type, result, reason}`.
-pub fn count(state: &State, rejoin_type: u8, outcome: &Result<(Window, GatewayEui), JoinError>) {
+/// An accepted rejoin also ends the device's forced-rejoin command.
+fn count(
+    state: &State,
+    rejoin_type: u8,
+    dev_eui: Option<protocol::ids::DevEui>,
+    outcome: &Result<(Window, GatewayEui), JoinError>,
+) {
     let t = match rejoin_type {
         0 => "0",
         1 => "1",
@@ -51,6 +80,9 @@ pub fn count(state: &State, rejoin_type: u8, outcome: &Result<(Window, GatewayEu
     let rejoins = &state.metrics.rejoins;
     match outcome {
         Ok((window, via)) => {
+            if let Some(d) = dev_eui {
+                state.data.pending_mac.done(d);
+            }
             rejoins
                 .with_label_values(&[t, "accepted", window.label()])
                 .inc();
@@ -71,8 +103,8 @@ pub fn count(state: &State, rejoin_type: u8, outcome: &Result<(Window, GatewayEu
     }
 }
 
-/// Runs one rejoin from the first copy of its Rejoin-request.
-pub async fn run<C: JoinServerClient>(
+/// The rejoin's steps, from the first copy of its Rejoin-request.
+async fn run<C: JoinServerClient>(
     state: &State,
     link: &Arc<C>,
     gwmp: &UdpSocket,

@@ -2,15 +2,22 @@
 //! RejoinParamSetupReq (LoRaWAN 1.1 §5.13, §5.14), put here by the operator's force-rejoin
 //! request ([`crate::integration::rejoin`]), each with the time before which it must not be
 //! sent, so that a fleet's rejoins spread over a window. One command per device (a new request
-//! replaces the waiting one); held in memory only: a restart forgets what was not sent yet (the
-//! operator's request can be repeated, and a device rejoined once already is not harmed by
-//! another).
+//! replaces the waiting one). A ForceRejoinReq stays until the device's rejoin is accepted
+//! ([`PendingMacs::done`]): a downlink can miss its window, so it is sent again at an uplink
+//! [`RESEND_AFTER_MS`] or more later. Held in memory only: a restart forgets what was not sent
+//! yet (the operator's request can be repeated, and a device rejoined once already is not harmed
+//! by another).
 
 use dashmap::DashMap;
 use protocol::ids::DevEui;
 use protocol::mac::MacCommand;
 
 use crate::core::KeyedHasher;
+
+/// A ForceRejoinReq not yet followed by a rejoin is sent again at the first uplink this long
+/// after (a Rejoin-request goes out in place of the device's next data frame, so an uplink this
+/// much later means the command did not arrive, or the rejoin failed).
+pub const RESEND_AFTER_MS: u64 = 20_000;
 
 /// A command and the time (Unix ms) before which it is not sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,11 +45,28 @@ impl PendingMacs {
         self.map.insert(dev_eui, p);
     }
 
-    /// Takes the device's command if it is due at `now_ms`.
+    /// Takes the device's command if it is due at `now_ms`: a ForceRejoinReq stays, due again
+    /// [`RESEND_AFTER_MS`] later, until [`Self::done`]; anything else is removed.
     pub fn take_due(&self, dev_eui: DevEui, now_ms: u64) -> Option<MacCommand> {
-        self.map
-            .remove_if(&dev_eui, |_, p| p.not_before_ms <= now_ms)
-            .map(|(_, p)| p.command)
+        let mut e = self.map.get_mut(&dev_eui)?;
+        if e.not_before_ms > now_ms {
+            return None;
+        }
+        let command = e.command;
+        if matches!(command, MacCommand::ForceRejoinReq { .. }) {
+            e.not_before_ms = now_ms + RESEND_AFTER_MS;
+        } else {
+            drop(e);
+            self.map.remove(&dev_eui);
+        }
+        Some(command)
+    }
+
+    /// The device rejoined: its ForceRejoinReq is done.
+    pub fn done(&self, dev_eui: DevEui) {
+        self.map.remove_if(&dev_eui, |_, p| {
+            matches!(p.command, MacCommand::ForceRejoinReq { .. })
+        });
     }
 
     /// Puts back a command taken for a downlink that could not go (at once due again), unless
@@ -88,7 +112,14 @@ mod tests {
         );
         assert_eq!(t.take_due(d, 999), None, "not yet");
         assert_eq!(t.take_due(d, 1_000), Some(force));
-        assert_eq!(t.take_due(d, 2_000), None, "taken once");
+        assert_eq!(t.take_due(d, 2_000), None, "not again at once");
+        assert_eq!(
+            t.take_due(d, 1_000 + RESEND_AFTER_MS),
+            Some(force),
+            "until done"
+        );
+        t.done(d);
+        assert_eq!(t.take_due(d, 1_000_000), None, "done");
         t.put_back(d, force);
         let setup = MacCommand::RejoinParamSetupReq {
             max_time_n: 1,
