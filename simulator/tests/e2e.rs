@@ -519,6 +519,7 @@ fn rekey_of(n: u32) {
     })
     .unwrap();
     servers.stop().unwrap();
+    eprintln!("{}", r.table());
     assert_eq!(r.joins.accepted, u64::from(n), "{r:#?}");
     let rj = r.rejoins.as_ref().expect("rejoins reported");
     // A Join-accept may miss its window on a loaded machine: the device keeps its session and
