@@ -15,7 +15,7 @@
 //! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
 //! inline, without a task ([`crate::uplink`]). A LoRaWAN 1.1 Rejoin-request takes a task of its
 //! own ([`crate::join::rejoin`]) and, after its first steps, the same steps 3 to 7
-//! ([`answer_and_send`]).
+//! (`answer_and_send`).
 
 use std::borrow::Cow;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The LoRaWAN 1.1 Rejoin-request pipeline: its own first steps, then the join path's
-//! ([`otaa::answer_and_send`]).
+//! (`otaa::answer_and_send`).
 //!
 //! 1. parse the Rejoin-request;
 //! 2. type 0 or 2 ([`crate::core::rejoin`]): the frame names this network; find the session it
