@@ -11,6 +11,11 @@
 //! 6. answer (`accept`): derive the session keys, build and encrypt the Join-accept, wrap the
 //!    session keys under the KEKs (the AppSKey under its owner tenant's KEK, if it has one).
 //!
+//! [`process_rejoin`] runs the same steps for a LoRaWAN 1.1 Rejoin-request (types 0, 1 and 2),
+//! with the rejoin rules in steps 1, 3 and 5 (`parse_rejoin_request`, `check_rejoin_mic`,
+//! `take_rejoin_nonces`): the UDP link calls it for a TS002 `RejoinReq`, and so can the
+//! Backend Interfaces listener.
+//!
 //! [`put_stored`] is the one place a stored device becomes the in-memory [`Device`].
 
 use std::sync::Arc;
@@ -20,9 +25,9 @@ use protocol::derive;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, JoinNonce, NetId};
 use protocol::join::{
     AnsweredRequest, CfList, DlSettings, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
-    JoinRequest, JoinRootKey, RxDelay,
+    JoinRequest, JoinRootKey, RejoinBody, RejoinMicKey, RejoinRequest, RxDelay,
 };
-use protocol::keys::{AppKey, JsIntKey, KeyCipher, NwkKey};
+use protocol::keys::{AppKey, JsEncKey, JsIntKey, KeyCipher, NwkKey};
 use protocol::keywrap::KeyEnvelope;
 use protocol::ts002::NetworkKeys;
 use protocol::version::MacVersion;
@@ -37,6 +42,7 @@ pub struct DeviceKeys {
     app: KeyCipher<AppKey>,
     nwk: Option<KeyCipher<NwkKey>>,
     js_int: Option<KeyCipher<JsIntKey>>,
+    js_enc: Option<KeyCipher<JsEncKey>>,
 }
 
 impl std::fmt::Debug for DeviceKeys {
@@ -49,13 +55,12 @@ impl DeviceKeys {
     /// Prepares a device's root keys. `nwk_key` is given for LoRaWAN 1.1 devices.
     pub fn new(dev_eui: DevEui, app_key: &AppKey, nwk_key: Option<&NwkKey>) -> Self {
         let nwk = nwk_key.map(KeyCipher::new);
-        let js_int = nwk
-            .as_ref()
-            .map(|n| KeyCipher::new(&derive::js_keys(n, dev_eui).js_int_key));
+        let js = nwk.as_ref().map(|n| derive::js_keys(n, dev_eui));
         Self {
             app: KeyCipher::new(app_key),
             nwk,
-            js_int,
+            js_int: js.as_ref().map(|k| KeyCipher::new(&k.js_int_key)),
+            js_enc: js.as_ref().map(|k| KeyCipher::new(&k.js_enc_key)),
         }
     }
 }
@@ -201,12 +206,12 @@ pub struct JoinContext {
     pub js_id: u64,
 }
 
-/// The parts of a TS002 JoinReq that the pipeline uses.
+/// The parts of a TS002 JoinReq (or RejoinReq: the same fields) that the pipeline uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinReqFields {
     /// The network server's NetID, as authenticated by the link.
     pub sender: NetId,
-    /// The whole Join-request PHYPayload.
+    /// The whole Join-request (or Rejoin-request) PHYPayload.
     pub phy_payload: Vec<u8>,
     /// DevEUI as the network server states it (must match the PHYPayload).
     pub dev_eui: DevEui,
@@ -242,9 +247,21 @@ pub enum JoinError {
     /// The Join-request MIC does not verify under the device's root key.
     #[error("MIC mismatch")]
     MicFailed,
-    /// DevNonce replayed or too small, or JoinNonce exhausted.
+    /// DevNonce replayed or too small, RJcount1 not above the last, or JoinNonce exhausted.
     #[error("{0}")]
     Nonce(NonceError),
+    /// A Rejoin-request for a device that is not LoRaWAN 1.1 (rejoins are 1.1 only).
+    #[error("rejoin-request for a LoRaWAN {0} device")]
+    RejoinNot11(MacVersion),
+    /// A Rejoin-request type 0 or 2 names a NetID that is not its sender's: the network server
+    /// that checked its MIC is not the network the device is in.
+    #[error("rejoin-request for NetID {frame}, sent by {sender}")]
+    RejoinNetId {
+        /// The NetID in the frame.
+        frame: NetId,
+        /// The network server that sent it.
+        sender: NetId,
+    },
 }
 
 impl JoinError {
@@ -257,6 +274,8 @@ impl JoinError {
             Self::Unclaimed => "unclaimed",
             Self::MicFailed => "mic_failed",
             Self::Nonce(e) => e.kind(),
+            Self::RejoinNot11(_) => "rejoin_not_1_1",
+            Self::RejoinNetId { .. } => "rejoin_net_id",
         }
     }
 
@@ -267,7 +286,8 @@ impl JoinError {
             Self::UnknownDevEui => "UnknownDevEUI",
             Self::ActivationDisallowed | Self::Unclaimed => "ActivationDisallowed",
             Self::MicFailed => "MICFailed",
-            Self::Nonce(_) => "JoinReqFailed",
+            Self::Nonce(_) | Self::RejoinNot11(_) => "JoinReqFailed",
+            Self::RejoinNetId { .. } => "ActivationDisallowed",
         }
     }
 }
@@ -343,18 +363,29 @@ fn parse_join_request(req: &JoinReqFields) -> Result<JoinRequest, JoinError> {
 /// What the pipeline needs of a device, read once from the map.
 struct Found {
     version: MacVersion,
+    join_eui: JoinEui,
     home: Option<NetId>,
     owner: Option<Arc<str>>,
     keys: Arc<DeviceKeys>,
 }
 
 fn find_device(devices: &DeviceMap, jr: &JoinRequest) -> Result<Found, JoinError> {
-    let d = devices.get(&jr.dev_eui).ok_or(JoinError::UnknownDevEui)?;
-    if d.join_eui != jr.join_eui {
+    find_device_by(devices, jr.dev_eui, Some(jr.join_eui))
+}
+
+/// The device `dev_eui`, whose JoinEUI must be `join_eui` when the frame carries one.
+fn find_device_by(
+    devices: &DeviceMap,
+    dev_eui: DevEui,
+    join_eui: Option<JoinEui>,
+) -> Result<Found, JoinError> {
+    let d = devices.get(&dev_eui).ok_or(JoinError::UnknownDevEui)?;
+    if join_eui.is_some_and(|j| j != d.join_eui) {
         return Err(JoinError::UnknownDevEui);
     }
     Ok(Found {
         version: d.mac_version,
+        join_eui: d.join_eui,
         home: d.home_net_id,
         owner: d.owner.clone(),
         keys: d.keys.clone(),
@@ -389,9 +420,22 @@ fn take_nonces(
     history: usize,
     joined: LastJoin,
 ) -> Result<(JoinNonce, NonceUpdate, NonceState), JoinError> {
+    update_nonces(devices, dev_eui, joined, |version, state| {
+        nonces::accept(version, state, dev_nonce, history)
+    })
+}
+
+/// Applies a nonce rule to a device's state inside its map entry: the new state is kept in
+/// memory and returned as the update to commit before the answer leaves, with the state it
+/// was checked against (a shared store commits the update only if it still holds that one).
+fn update_nonces(
+    devices: &DeviceMap,
+    dev_eui: DevEui,
+    joined: LastJoin,
+    rule: impl FnOnce(MacVersion, &NonceState) -> Result<(NonceState, JoinNonce), NonceError>,
+) -> Result<(JoinNonce, NonceUpdate, NonceState), JoinError> {
     let mut d = devices.get_mut(&dev_eui).ok_or(JoinError::UnknownDevEui)?;
-    let (next, jn) =
-        nonces::accept(d.mac_version, &d.nonces, dev_nonce, history).map_err(JoinError::Nonce)?;
+    let (next, jn) = rule(d.mac_version, &d.nonces).map_err(JoinError::Nonce)?;
     let previous = std::mem::replace(&mut d.nonces, next.clone());
     Ok((
         jn,
@@ -402,6 +446,23 @@ fn take_nonces(
         },
         previous,
     ))
+}
+
+/// Rejoin step 5: type 1 must carry an RJcount1 above the last accepted one (recorded with the
+/// new JoinNonce); types 0 and 2 take a JoinNonce (their RJcount0 is the network server's to
+/// check, under the SNwkSIntKey only it holds).
+fn take_rejoin_nonces(
+    devices: &DeviceMap,
+    body: &RejoinBody,
+    joined: LastJoin,
+) -> Result<(JoinNonce, NonceUpdate, NonceState), JoinError> {
+    let rj_count1 = match *body {
+        RejoinBody::Type1 { rj_count1, .. } => Some(rj_count1),
+        _ => None,
+    };
+    update_nonces(devices, body.dev_eui(), joined, |_, state| {
+        nonces::accept_rejoin(state, rj_count1)
+    })
 }
 
 /// The network server's radio parameters for the Join-accept.
@@ -433,7 +494,7 @@ fn radio_params(req: &JoinReqFields) -> Result<RadioParams, JoinError> {
 fn accept(
     ctx: &JoinContext,
     req: &JoinReqFields,
-    jr: &JoinRequest,
+    answered: AnsweredRequest,
     found: &Found,
     radio: RadioParams,
     join_nonce: JoinNonce,
@@ -457,17 +518,18 @@ fn accept(
         rx_delay,
         cf_list,
     };
-    let answered = AnsweredRequest::JoinRequest(jr.dev_nonce);
-    let (phy, network, app_s_key) = match (&keys.nwk, &keys.js_int) {
-        (Some(nwk), Some(js_int)) => {
-            let sk = derive::session_keys_1_1(nwk, &keys.app, join_nonce, jr.join_eui, answered);
+    let join_eui = found.join_eui;
+    let (phy, network, app_s_key) = match (&keys.nwk, &keys.js_int, &keys.js_enc) {
+        (Some(nwk), Some(js_int), Some(js_enc)) => {
+            let sk = derive::session_keys_1_1(nwk, &keys.app, join_nonce, join_eui, answered);
+            let enc = enc_key_1_1(answered, nwk, js_enc);
             let phy = payload.encrypt(
                 JoinAcceptMicKey::OptNeg {
                     js_int_key: js_int,
-                    join_eui: jr.join_eui,
+                    join_eui,
                     answered,
                 },
-                JoinAcceptEncKey::NwkKey(nwk),
+                enc,
             );
             let net = NetworkKeys::V1_1 {
                 f_nwk_s_int_key: seal(ns_kek, &sk.f_nwk_s_int_key)?,
@@ -477,7 +539,10 @@ fn accept(
             (phy, net, seal(as_kek, &sk.app_s_key)?)
         }
         _ => {
-            let sk = derive::session_keys_1_0(&keys.app, join_nonce, req.sender, jr.dev_nonce);
+            let AnsweredRequest::JoinRequest(dev_nonce) = answered else {
+                return Err(JoinError::RejoinNot11(version));
+            };
+            let sk = derive::session_keys_1_0(&keys.app, join_nonce, req.sender, dev_nonce);
             let phy = payload.encrypt(
                 JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&keys.app)),
                 JoinAcceptEncKey::AppKey(&keys.app),
@@ -498,6 +563,19 @@ fn accept(
         app_s_key,
         join_nonce,
     })
+}
+
+/// The key of a 1.1 Join-accept: JSEncKey when it answers a Rejoin-request, the NwkKey when it
+/// answers a Join-request (LoRaWAN 1.1 §6.2.3).
+fn enc_key_1_1<'a>(
+    answered: AnsweredRequest,
+    nwk: &'a KeyCipher<NwkKey>,
+    js_enc: &'a KeyCipher<JsEncKey>,
+) -> JoinAcceptEncKey<'a> {
+    match answered {
+        AnsweredRequest::JoinRequest(_) => JoinAcceptEncKey::NwkKey(nwk),
+        _ => JoinAcceptEncKey::JsEncKey(js_enc),
+    }
 }
 
 fn seal<K: protocol::keys::Key128>(kek: &LabeledKek, key: &K) -> Result<KeyEnvelope, JoinError> {
@@ -535,7 +613,92 @@ pub fn process(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> O
         Err(e) => return Outcome::refused(e, dev_eui),
     };
     Outcome {
-        result: accept(ctx, req, &jr, &found, radio, join_nonce),
+        result: accept(
+            ctx,
+            req,
+            AnsweredRequest::JoinRequest(jr.dev_nonce),
+            &found,
+            radio,
+            join_nonce,
+        ),
+        update: Some(update),
+        previous: Some(previous),
+        dev_eui,
+    }
+}
+
+/// Rejoin step 1: parse the Rejoin-request and check it against the request's DevEUI.
+fn parse_rejoin_request(req: &JoinReqFields) -> Result<RejoinRequest, JoinError> {
+    let rj =
+        RejoinRequest::parse(&req.phy_payload).map_err(|e| JoinError::Malformed(e.to_string()))?;
+    if rj.body.dev_eui() != req.dev_eui {
+        return Err(JoinError::Malformed(format!(
+            "DevEUI {} differs from the PHYPayload's {}",
+            req.dev_eui,
+            rj.body.dev_eui()
+        )));
+    }
+    Ok(rj)
+}
+
+/// Rejoin step 3: the device must be LoRaWAN 1.1. Type 1: the MIC under JSIntKey. Types 0 and
+/// 2: the network server checked the MIC under SNwkSIntKey (which the join server does not
+/// keep); the frame's NetID must be the sender's.
+fn check_rejoin_mic(rj: &RejoinRequest, found: &Found, sender: NetId) -> Result<(), JoinError> {
+    let Some(js_int) = &found.keys.js_int else {
+        return Err(JoinError::RejoinNot11(found.version));
+    };
+    match rj.body {
+        RejoinBody::Type1 { .. } => rj
+            .verify_mic(RejoinMicKey::JsIntKey(js_int))
+            .map_err(|_| JoinError::MicFailed),
+        RejoinBody::Type0 { net_id, .. } | RejoinBody::Type2 { net_id, .. } => {
+            if net_id == sender {
+                Ok(())
+            } else {
+                Err(JoinError::RejoinNetId {
+                    frame: net_id,
+                    sender,
+                })
+            }
+        }
+    }
+}
+
+/// Runs the pipeline for one RejoinReq (LoRaWAN 1.1 Rejoin-request type 0, 1 or 2): the
+/// Join-accept's MIC is computed with JSIntKey over the rejoin type, the JoinEUI and the RJcount,
+/// it is encrypted with JSEncKey, and the new session keys come from the new JoinNonce and the
+/// RJcount (LoRaWAN 1.1 §6.2.3). An accepted type 1 records its RJcount1 with the JoinNonce, in
+/// the update committed before the answer leaves.
+pub fn process_rejoin(ctx: &JoinContext, devices: &DeviceMap, req: &JoinReqFields) -> Outcome {
+    let (rj, radio) = match parse_rejoin_request(req).and_then(|rj| Ok((rj, radio_params(req)?))) {
+        Ok(v) => v,
+        Err(e) => return Outcome::refused(e, None),
+    };
+    let dev_eui = Some(rj.body.dev_eui());
+    let join_eui = match rj.body {
+        RejoinBody::Type1 { join_eui, .. } => Some(join_eui),
+        _ => None,
+    };
+    let checked = find_device_by(devices, rj.body.dev_eui(), join_eui).and_then(|found| {
+        check_rejoin_mic(&rj, &found, req.sender)?;
+        check_home(found.home, req.sender)?;
+        Ok(found)
+    });
+    let found = match checked {
+        Ok(v) => v,
+        Err(e) => return Outcome::refused(e, dev_eui),
+    };
+    let joined = LastJoin {
+        at_ms: req.received_ms,
+        net_id: req.sender,
+    };
+    let (join_nonce, update, previous) = match take_rejoin_nonces(devices, &rj.body, joined) {
+        Ok(v) => v,
+        Err(e) => return Outcome::refused(e, dev_eui),
+    };
+    Outcome {
+        result: accept(ctx, req, rj.body.answered(), &found, radio, join_nonce),
         update: Some(update),
         previous: Some(previous),
         dev_eui,
@@ -851,6 +1014,151 @@ mod tests {
             &fields(2, join_request(2, MacVersion::V1_0_3, 5, [9; 16]), 0x13),
         );
         assert_eq!(o.kind(), "mic_failed");
+    }
+
+    /// A Rejoin-request built device-side with `protocol`: type 1 under the device's JSIntKey,
+    /// types 0 and 2 under a session's SNwkSIntKey (which the join server does not check).
+    fn rejoin_request(dev: u64, t: u8, count: u16, nwk: [u8; 16], net_id: u32) -> Vec<u8> {
+        use protocol::join::{RejoinBody, RejoinMicKey, RejoinRequest};
+        use protocol::keys::SNwkSIntKey;
+        let dev_eui = DevEui::new(dev);
+        let nwk = KeyCipher::new(&NwkKey::new(nwk));
+        let js_int = KeyCipher::new(&derive::js_keys(&nwk, dev_eui).js_int_key);
+        let s = KeyCipher::new(&SNwkSIntKey::new([0x77; 16]));
+        let (body, key) = match t {
+            1 => (
+                RejoinBody::Type1 {
+                    join_eui: JOIN_EUI,
+                    dev_eui,
+                    rj_count1: count,
+                },
+                RejoinMicKey::JsIntKey(&js_int),
+            ),
+            0 => (
+                RejoinBody::Type0 {
+                    net_id: net(net_id),
+                    dev_eui,
+                    rj_count0: count,
+                },
+                RejoinMicKey::SNwkSIntKey(&s),
+            ),
+            _ => (
+                RejoinBody::Type2 {
+                    net_id: net(net_id),
+                    dev_eui,
+                    rj_count0: count,
+                },
+                RejoinMicKey::SNwkSIntKey(&s),
+            ),
+        };
+        RejoinRequest::build(body, key).unwrap().to_bytes()
+    }
+
+    #[test]
+    fn rejoins_of_each_type_answer_with_a_js_enc_key_join_accept_and_new_keys() {
+        let c = ctx();
+        let map = DeviceMap::default();
+        let dev = 0x0004_A30B_001C_0531;
+        add(&map, dev, MacVersion::V1_1, Some(net(0x13)));
+        let nwk = KeyCipher::new(&NwkKey::new(NWK));
+        let app = KeyCipher::new(&AppKey::new(APP));
+        let js = derive::js_keys(&nwk, DevEui::new(dev));
+        let (js_int, js_enc) = (
+            KeyCipher::new(&js.js_int_key),
+            KeyCipher::new(&js.js_enc_key),
+        );
+        let cases = [
+            (1u8, 10u16, AnsweredRequest::Rejoin1 { rj_count1: 10 }),
+            (0, 3, AnsweredRequest::Rejoin0 { rj_count0: 3 }),
+            (2, 4, AnsweredRequest::Rejoin2 { rj_count0: 4 }),
+        ];
+        for (i, (t, count, answered)) in cases.into_iter().enumerate() {
+            let o = process_rejoin(
+                &c,
+                &map,
+                &fields(dev, rejoin_request(dev, t, count, NWK, 0x13), 0x13),
+            );
+            assert_eq!(o.kind(), "success", "type {t}: {:?}", o.result);
+            let a = o.result.unwrap();
+            assert_eq!(a.join_nonce.as_u32(), 1 + i as u32, "a new JoinNonce each");
+            let up = o.update.unwrap();
+            assert_eq!(up.state.last_join_nonce, 1 + i as u32);
+            assert_eq!(up.state.last_rj_count1, Some(10), "type {t}");
+            // Device side: JSEncKey decrypts it, the rejoin MIC (JSIntKey, type, JoinEUI,
+            // RJcount) verifies; NwkKey (a Join-request's answer) does not.
+            let enc = EncryptedJoinAccept::from_bytes(&a.phy_payload).unwrap();
+            let mic = JoinAcceptMicKey::OptNeg {
+                js_int_key: &js_int,
+                join_eui: JOIN_EUI,
+                answered,
+            };
+            let payload = enc.open(JoinAcceptEncKey::JsEncKey(&js_enc), mic).unwrap();
+            assert!(enc.open(JoinAcceptEncKey::NwkKey(&nwk), mic).is_err());
+            assert_eq!(payload.join_nonce, a.join_nonce);
+            assert!(payload.dl_settings.opt_neg());
+            let dk = derive::session_keys_1_1(&nwk, &app, payload.join_nonce, JOIN_EUI, answered);
+            match &a.network {
+                NetworkKeys::V1_1 {
+                    s_nwk_s_int_key, ..
+                } => assert_eq!(
+                    s_nwk_s_int_key
+                        .open::<protocol::keys::SNwkSIntKey>(Some(&c.ns_kek.key))
+                        .unwrap(),
+                    dk.s_nwk_s_int_key
+                ),
+                n => panic!("type {t}: {n:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rejoin_refusals() {
+        let c = ctx();
+        let map = DeviceMap::default();
+        add(&map, 1, MacVersion::V1_1, Some(net(0x13)));
+        add(&map, 2, MacVersion::V1_0_4, Some(net(0x13)));
+        let run = |dev: u64, t: u8, count: u16, key: [u8; 16], frame_net: u32, sender: u32| {
+            let o = process_rejoin(
+                &c,
+                &map,
+                &fields(dev, rejoin_request(dev, t, count, key, frame_net), sender),
+            );
+            (o.kind(), o.update.is_some())
+        };
+        assert_eq!(run(1, 1, 5, NWK, 0, 0x13), ("success", true));
+        // RJcount1 replayed or smaller: refused, nothing to commit.
+        assert_eq!(run(1, 1, 5, NWK, 0, 0x13), ("rj_count1_too_small", false));
+        assert_eq!(run(1, 1, 4, NWK, 0, 0x13), ("rj_count1_too_small", false));
+        // Type 1 under another NwkKey; through another network; a 1.0 device.
+        assert_eq!(run(1, 1, 6, [9; 16], 0, 0x13), ("mic_failed", false));
+        assert_eq!(run(1, 1, 6, NWK, 0, 0x14), ("activation_disallowed", false));
+        assert_eq!(run(2, 1, 6, NWK, 0, 0x13), ("rejoin_not_1_1", false));
+        assert_eq!(run(2, 0, 6, NWK, 0x13, 0x13), ("rejoin_not_1_1", false));
+        // Type 0/2 naming another NetID than the network server that forwards it.
+        assert_eq!(run(1, 0, 1, NWK, 0x14, 0x13), ("rejoin_net_id", false));
+        assert_eq!(run(1, 2, 1, NWK, 0x14, 0x13), ("rejoin_net_id", false));
+        assert_eq!(run(3, 2, 1, NWK, 0x13, 0x13), ("unknown_dev_eui", false));
+        // A Join-request's bytes are not a Rejoin-request.
+        let o = process_rejoin(
+            &c,
+            &map,
+            &fields(1, join_request(1, MacVersion::V1_1, 9, NWK), 0x13),
+        );
+        assert_eq!(o.kind(), "malformed");
+        assert_eq!(
+            map.get(&DevEui::new(1)).unwrap().nonces.last_rj_count1,
+            Some(5)
+        );
+        assert_eq!(map.get(&DevEui::new(1)).unwrap().nonces.last_join_nonce, 1);
+        let e = JoinError::RejoinNetId {
+            frame: net(0x14),
+            sender: net(0x13),
+        };
+        assert_eq!(e.result_code(), "ActivationDisallowed");
+        assert_eq!(
+            JoinError::RejoinNot11(MacVersion::V1_0_4).result_code(),
+            "JoinReqFailed"
+        );
     }
 
     #[test]

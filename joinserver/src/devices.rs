@@ -136,6 +136,7 @@ mod tests {
                     last_dev_nonce: Some(9),
                     used_dev_nonces: vec![],
                     last_join_nonce: 41,
+                    last_rj_count1: None,
                 },
                 joined: crate::store::LastJoin {
                     at_ms: 1_796_000_000_000,

@@ -342,7 +342,11 @@ impl Link {
             }
             Lookup::Miss => {
                 let fields = wire::fields(req, sender_net_id, now_ms);
-                let outcome = core::process(&self.ctx, &self.devices, &fields);
+                let outcome = if wire::is_rejoin(req) {
+                    core::process_rejoin(&self.ctx, &self.devices, &fields)
+                } else {
+                    core::process(&self.ctx, &self.devices, &fields)
+                };
                 let result = outcome.kind();
                 span.record("result", result);
                 let answer: Arc<[u8]> = wire::answer_json(req, &outcome).into();

@@ -33,6 +33,14 @@ pub enum NonceError {
     /// The device has used up its JoinNonces.
     #[error("JoinNonce exhausted")]
     JoinNonceExhausted,
+    /// LoRaWAN 1.1 Rejoin-request type 1: RJcount1 is not greater than the last accepted one.
+    #[error("RJcount1 {got} is not greater than the last accepted {last}")]
+    RjCount1TooSmall {
+        /// The RJcount1 received.
+        got: u16,
+        /// The last accepted RJcount1.
+        last: u16,
+    },
 }
 
 impl NonceError {
@@ -42,6 +50,7 @@ impl NonceError {
             Self::TooSmall { .. } => "dev_nonce_too_small",
             Self::Replayed(_) => "dev_nonce_replayed",
             Self::JoinNonceExhausted => "join_nonce_exhausted",
+            Self::RjCount1TooSmall { .. } => "rj_count1_too_small",
         }
     }
 }
@@ -75,13 +84,36 @@ pub fn accept(
             next.used_dev_nonces.drain(..excess);
         }
     }
-    let join_nonce = state.last_join_nonce + 1;
+    next.last_dev_nonce = Some(got);
+    let jn = next_join_nonce(&mut next)?;
+    Ok((next, jn))
+}
+
+/// Takes the next JoinNonce into `next`: refused once it would be 2^24 − 1.
+fn next_join_nonce(next: &mut NonceState) -> Result<JoinNonce, NonceError> {
+    let join_nonce = next.last_join_nonce + 1;
     if join_nonce >= JOIN_NONCE_LIMIT {
         return Err(NonceError::JoinNonceExhausted);
     }
-    next.last_dev_nonce = Some(got);
     next.last_join_nonce = join_nonce;
-    let jn = JoinNonce::new(join_nonce).ok_or(NonceError::JoinNonceExhausted)?;
+    JoinNonce::new(join_nonce).ok_or(NonceError::JoinNonceExhausted)
+}
+
+/// The rule of a LoRaWAN 1.1 Rejoin-request: for type 1 (`rj_count1` given), RJcount1 must be
+/// greater than the last accepted one (RJcount1_last; it never wraps, LoRaWAN 1.1 §6.2.4.2);
+/// every accepted rejoin takes a new JoinNonce. DevNonce state is untouched.
+pub fn accept_rejoin(
+    state: &NonceState,
+    rj_count1: Option<u16>,
+) -> Result<(NonceState, JoinNonce), NonceError> {
+    let mut next = state.clone();
+    if let Some(got) = rj_count1 {
+        if let Some(last) = state.last_rj_count1.filter(|&last| got <= last) {
+            return Err(NonceError::RjCount1TooSmall { got, last });
+        }
+        next.last_rj_count1 = Some(got);
+    }
+    let jn = next_join_nonce(&mut next)?;
     Ok((next, jn))
 }
 
@@ -151,11 +183,52 @@ mod tests {
     }
 
     #[test]
+    fn rj_count1_must_increase_and_rejoins_take_join_nonces() {
+        let mut s = NonceState {
+            last_dev_nonce: Some(4),
+            used_dev_nonces: vec![],
+            last_join_nonce: 1,
+            last_rj_count1: None,
+        };
+        let mut run = |rj1: Option<u16>| {
+            accept_rejoin(&s, rj1).map(|(next, jn)| {
+                s = next;
+                jn.as_u32()
+            })
+        };
+        assert_eq!(run(Some(0)), Ok(2), "the first RJcount1 may be 0");
+        assert_eq!(
+            run(Some(0)),
+            Err(NonceError::RjCount1TooSmall { got: 0, last: 0 })
+        );
+        assert_eq!(run(Some(5)), Ok(3));
+        assert_eq!(
+            run(Some(4)),
+            Err(NonceError::RjCount1TooSmall { got: 4, last: 5 })
+        );
+        // Types 0 and 2: no RJcount1, a JoinNonce each.
+        assert_eq!(run(None), Ok(4));
+        assert_eq!(run(Some(6)), Ok(5));
+        assert_eq!(s.last_rj_count1, Some(6));
+        assert_eq!(s.last_dev_nonce, Some(4), "DevNonce state untouched");
+        // JoinNonce exhaustion applies to rejoins too, and a refusal changes nothing.
+        let end = NonceState {
+            last_join_nonce: JOIN_NONCE_LIMIT - 1,
+            ..NonceState::default()
+        };
+        assert_eq!(
+            accept_rejoin(&end, Some(9)).unwrap_err(),
+            NonceError::JoinNonceExhausted
+        );
+    }
+
+    #[test]
     fn join_nonce_is_refused_at_2_pow_24_minus_1() {
         let s = NonceState {
             last_dev_nonce: Some(1),
             used_dev_nonces: vec![],
             last_join_nonce: JOIN_NONCE_LIMIT - 2,
+            last_rj_count1: None,
         };
         let (s2, jn) = accept(V1_0_4, &s, DevNonce(2), 64).unwrap();
         assert_eq!(jn.as_u32(), 0xFF_FFFE);

@@ -78,6 +78,9 @@ pub struct NonceState {
     pub used_dev_nonces: Vec<u16>,
     /// The last JoinNonce sent; 0 before the first join (the first JoinNonce is 1).
     pub last_join_nonce: u32,
+    /// LoRaWAN 1.1: the last RJcount1 of an accepted Rejoin-request type 1 (RJcount1_last);
+    /// `None` before the first. A type 1 rejoin must carry a greater one.
+    pub last_rj_count1: Option<u16>,
 }
 
 impl NonceState {
@@ -87,6 +90,7 @@ impl NonceState {
         last_dev_nonce: Option<i64>,
         used: &[u8],
         last_join_nonce: i64,
+        last_rj_count1: Option<i64>,
     ) -> Result<Self, StoreError> {
         let corrupt = |what: &str| StoreError::Corrupt {
             dev_eui,
@@ -101,6 +105,10 @@ impl NonceState {
                 .ok_or_else(|| corrupt("used_dev_nonces"))?,
             last_join_nonce: u32::try_from(last_join_nonce)
                 .map_err(|_| corrupt("last_join_nonce"))?,
+            last_rj_count1: match last_rj_count1 {
+                None => None,
+                Some(v) => Some(u16::try_from(v).map_err(|_| corrupt("last_rj_count1"))?),
+            },
         })
     }
 
@@ -358,8 +366,12 @@ CREATE TABLE IF NOT EXISTS retired_join_nonces (
 
 /// Columns added to `devices` after its first release, added to an older database when it is
 /// opened: (name, SQL type).
-const ADDED_DEVICE_COLUMNS: &[(&str, &str)] =
-    &[("last_join_ms", "INTEGER"), ("last_join_net_id", "INTEGER")];
+const ADDED_DEVICE_COLUMNS: &[(&str, &str)] = &[
+    ("last_join_ms", "INTEGER"),
+    ("last_join_net_id", "INTEGER"),
+    // LoRaWAN 1.1 RJcount1_last (NULL before the first accepted Rejoin-request type 1).
+    ("last_rj_count1", "INTEGER"),
+];
 
 /// Adds the [`ADDED_DEVICE_COLUMNS`] a database made by an earlier version lacks, in one
 /// transaction (another process may be opening the same file).
@@ -488,7 +500,8 @@ pub(crate) fn write_nonces(
     tx.prepare_cached(
         "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4, \
          last_join_ms = COALESCE(?5, last_join_ms), \
-         last_join_net_id = COALESCE(?6, last_join_net_id) WHERE dev_eui = ?1",
+         last_join_net_id = COALESCE(?6, last_join_net_id), last_rj_count1 = ?7 \
+         WHERE dev_eui = ?1",
     )?
     .execute(params![
         dev_eui_sql(dev_eui),
@@ -497,6 +510,7 @@ pub(crate) fn write_nonces(
         i64::from(state.last_join_nonce),
         joined.map(|j| i64::try_from(j.at_ms).unwrap_or(i64::MAX)),
         joined.map(|j| i64::from(j.net_id.as_u32())),
+        state.last_rj_count1.map(i64::from),
     ])?;
     Ok(())
 }
@@ -508,7 +522,7 @@ fn write_join(tx: &Connection, j: &JoinCommit) -> Result<JoinCommitted, StoreErr
     let n = tx
         .prepare_cached(
             "UPDATE devices SET last_dev_nonce = ?2, used_dev_nonces = ?3, last_join_nonce = ?4, \
-             last_join_ms = ?5, last_join_net_id = ?6 \
+             last_join_ms = ?5, last_join_net_id = ?6, last_rj_count1 = ?10 \
              WHERE dev_eui = ?1 AND last_join_nonce = ?7 AND last_dev_nonce IS ?8 \
              AND used_dev_nonces = ?9",
         )?
@@ -522,27 +536,29 @@ fn write_join(tx: &Connection, j: &JoinCommit) -> Result<JoinCommitted, StoreErr
             i64::from(p.last_join_nonce),
             p.last_dev_nonce.map(i64::from),
             p.history_blob(),
+            u.state.last_rj_count1.map(i64::from),
         ])?;
     if n == 1 {
         return Ok(JoinCommitted::Applied);
     }
     let stored = tx
         .prepare_cached(
-            "SELECT last_dev_nonce, used_dev_nonces, last_join_nonce FROM devices \
-             WHERE dev_eui = ?1",
+            "SELECT last_dev_nonce, used_dev_nonces, last_join_nonce, last_rj_count1 \
+             FROM devices WHERE dev_eui = ?1",
         )?
         .query_row([dev_eui_sql(u.dev_eui)], |r| {
             Ok((
                 r.get::<_, Option<i64>>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, Option<i64>>(3)?,
             ))
         })
         .optional()?;
     Ok(match stored {
         None => JoinCommitted::Gone,
-        Some((last, used, join)) => {
-            JoinCommitted::Stale(NonceState::from_columns(u.dev_eui, last, &used, join)?)
+        Some((last, used, join, rj)) => {
+            JoinCommitted::Stale(NonceState::from_columns(u.dev_eui, last, &used, join, rj)?)
         }
     })
 }
@@ -655,6 +671,7 @@ impl SqliteStore {
             last_join_ms: row.get(10)?,
             last_join_net_id: row.get(11)?,
             owner: row.get(12)?,
+            last_rj_count1: row.get(13)?,
         })
     }
 
@@ -685,6 +702,7 @@ pub(crate) struct RawRow {
     pub(crate) last_join_ms: Option<i64>,
     pub(crate) last_join_net_id: Option<i64>,
     pub(crate) owner: Option<String>,
+    pub(crate) last_rj_count1: Option<i64>,
 }
 
 impl RawRow {
@@ -720,6 +738,7 @@ impl RawRow {
                 self.last_dev_nonce,
                 &self.used,
                 self.last_join_nonce,
+                self.last_rj_count1,
             )?,
             last_join: match (self.last_join_ms, self.last_join_net_id) {
                 (Some(at), Some(net)) => Some(LastJoin {
@@ -737,8 +756,8 @@ impl RawRow {
 
 const SELECT: &str = "SELECT dev_eui, join_eui, mac_version, app_key, nwk_key, home_net_id, \
      owner_token, last_dev_nonce, used_dev_nonces, last_join_nonce, last_join_ms, \
-     last_join_net_id, (SELECT o.owner FROM ownership o WHERE o.dev_eui = devices.dev_eui) \
-     FROM devices";
+     last_join_net_id, (SELECT o.owner FROM ownership o WHERE o.dev_eui = devices.dev_eui), \
+     last_rj_count1 FROM devices";
 
 impl Store for SqliteStore {
     fn load_devices(&mut self) -> Result<Vec<StoredDevice>, StoreError> {
@@ -1405,6 +1424,7 @@ mod tests {
             last_dev_nonce: Some(7),
             used_dev_nonces: vec![3, 9, 7],
             last_join_nonce: 5,
+            last_rj_count1: Some(300),
         };
         {
             let mut s = SqliteStore::open(tmp.path()).unwrap();
@@ -1488,6 +1508,7 @@ mod tests {
             last_dev_nonce: Some(3),
             used_dev_nonces: vec![],
             last_join_nonce: j,
+            last_rj_count1: None,
         };
         s.commit_nonces(&[NonceUpdate {
             dev_eui: DevEui::new(1),
@@ -1568,6 +1589,7 @@ mod tests {
                             last_dev_nonce: Some(i as u16),
                             used_dev_nonces: vec![],
                             last_join_nonce: previous.last_join_nonce + 1,
+                            last_rj_count1: None,
                         },
                         joined: JOINED,
                     },

@@ -6,10 +6,17 @@
 //! successful answer also carries them in the header's `VSExtension`:
 //! `{"MACVersion": "1.1", "DLSettings": "82", "RxDelay": 1}` (the device's LoRaWAN version, and
 //! the DLSettings and RxDelay sent in the Join-accept, DLSettings as 2 hex digits like TS002's).
+//!
+//! A TS002 `RejoinReq` (LoRaWAN 1.1 Rejoin-request) has the JoinReq's fields: it is read into the
+//! same [`JoinReq`] shape with its header's `MessageType` kept as `RejoinReq`, which is what
+//! routes it to [`crate::core::process_rejoin`] ([`is_rejoin`]), and it is answered with a
+//! `RejoinAns` of the JoinAns's shape.
 
 use protocol::ids::NetId;
 use protocol::link::LinkError;
-use protocol::ts002::{AnsResult, Header, JoinAns, JoinReq, MessageType, ResultCode};
+use protocol::ts002::{
+    AnsResult, Header, JoinAns, JoinReq, MessageType, RejoinReq, ResultCode, Ts002Error,
+};
 
 use crate::core::{JoinReqFields, Outcome};
 
@@ -32,19 +39,62 @@ fn to_json(ans: &JoinAns) -> Vec<u8> {
     serde_json::to_vec(ans).unwrap_or_default()
 }
 
+/// Whether a request read by [`parse_body`] is a RejoinReq.
+pub fn is_rejoin(req: &JoinReq) -> bool {
+    req.header.message_type == MessageType::RejoinReq
+}
+
+/// The MessageType of the answer to a request of type `request`.
+fn answer_type(request: MessageType) -> MessageType {
+    if request == MessageType::RejoinReq {
+        MessageType::RejoinAns
+    } else {
+        MessageType::JoinAns
+    }
+}
+
+/// A failure answer (JoinAns, or RejoinAns to a RejoinReq).
+fn failure(header: &Header, code: ResultCode, description: String) -> JoinAns {
+    let mut ans = JoinAns::failure(header, code, Some(description));
+    ans.header.message_type = answer_type(header.message_type);
+    ans
+}
+
 fn malformed(header: &Header, description: String) -> Vec<u8> {
-    to_json(&JoinAns::failure(
+    to_json(&failure(
         header,
         ResultCode::malformed(header.protocol_version),
-        Some(description),
+        description,
     ))
+}
+
+/// A JoinReq, or a RejoinReq read into the JoinReq shape (its MessageType kept).
+/// Reads a JoinReq, or a RejoinReq (the same fields) as a JoinReq whose header keeps its
+/// MessageType ([`is_rejoin`]).
+pub fn parse_request(body: &[u8]) -> Result<JoinReq, Ts002Error> {
+    match JoinReq::parse(body) {
+        Err(Ts002Error::MessageType {
+            found: MessageType::RejoinReq,
+            ..
+        }) => RejoinReq::parse(body).map(|r| JoinReq {
+            header: r.header,
+            mac_version: r.mac_version,
+            phy_payload: r.phy_payload,
+            dev_eui: r.dev_eui,
+            dev_addr: r.dev_addr,
+            dl_settings: r.dl_settings,
+            rx_delay: r.rx_delay,
+            cf_list: r.cf_list,
+        }),
+        other => other,
+    }
 }
 
 /// Decodes an authenticated body from the network server `sender`. A body without even a
 /// readable TS002 header cannot be answered (there is no TransactionID): it is an error, and
 /// the datagram is dropped.
 pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
-    match JoinReq::parse(body) {
+    match parse_request(body) {
         Ok(req) => {
             if req.header.sender_id.parse::<NetId>().ok() != Some(sender) {
                 return Ok(Parsed::Malformed {
@@ -61,10 +111,17 @@ pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
             Ok(Parsed::Request(Box::new(req)))
         }
         Err(e) => match serde_json::from_slice::<Header>(body) {
-            Ok(header) if header.message_type == MessageType::JoinReq => Ok(Parsed::Malformed {
-                transaction_id: header.transaction_id,
-                answer: malformed(&header, e.to_string()),
-            }),
+            Ok(header)
+                if matches!(
+                    header.message_type,
+                    MessageType::JoinReq | MessageType::RejoinReq
+                ) =>
+            {
+                Ok(Parsed::Malformed {
+                    transaction_id: header.transaction_id,
+                    answer: malformed(&header, e.to_string()),
+                })
+            }
             Ok(header) => Err(LinkError::Body(format!(
                 "unsupported MessageType {}",
                 header.message_type
@@ -96,10 +153,10 @@ pub fn conflict_answer(req: &JoinReq, description: &str) -> Vec<u8> {
 /// The JoinAns JSON refusing a join accepted here whose nonce state another instance moved
 /// first (a shared store): `JoinReqFailed`, the device may retry.
 pub fn stale_answer(req: &Header) -> Vec<u8> {
-    to_json(&JoinAns::failure(
+    to_json(&failure(
         req,
         ResultCode::from_wire("JoinReqFailed"),
-        Some("another join server instance changed the device's nonce state first".into()),
+        "another join server instance changed the device's nonce state first".into(),
     ))
 }
 
@@ -117,10 +174,10 @@ pub fn answer(req: &JoinReq, outcome: &Outcome) -> JoinAns {
             } else {
                 ResultCode::from_wire(e.result_code())
             };
-            JoinAns::failure(&req.header, code, Some(e.to_string()))
+            failure(&req.header, code, e.to_string())
         }
         Ok(a) => {
-            let mut header = req.header.answer(MessageType::JoinAns);
+            let mut header = req.header.answer(answer_type(req.header.message_type));
             header.vs_extension = Some(serde_json::json!({
                 "MACVersion": a.mac_version.as_str(),
                 "DLSettings": format!("{:02x}", a.dl_settings),

@@ -300,16 +300,17 @@ fn refusals_get_the_right_result_code_in_http_200() {
         CsResultCode::Success
     );
 
-    // Other messages: RejoinReq (a clear code), anything else MalformedRequest, garbage too.
+    // A RejoinReq goes through the rejoin pipeline (a Join-request's PHYPayload in it is
+    // malformed); anything else is MalformedRequest, garbage too.
     let mut rejoin: serde_json::Value =
         serde_json::from_slice(&cs_join_req(14, NET_ID, 2, "1.0.4", &phy(2, 30))).unwrap();
     rejoin["MessageType"] = "RejoinReq".into();
     let a = c.post(rejoin.to_string().as_bytes());
     assert_eq!(
         (a.result.code, a.message_type.as_str()),
-        (CsResultCode::Other, "RejoinAns")
+        (CsResultCode::MalformedRequest, "RejoinAns")
     );
-    assert!(a.result.description.contains("RejoinReq"), "{:?}", a.result);
+    assert!(a.result.description.contains("rejoin-request"), "{:?}", a.result);
     let mut pr = rejoin.clone();
     pr["MessageType"] = "PRStartReq".into();
     let a = c.post(pr.to_string().as_bytes());
@@ -595,4 +596,77 @@ fn an_owner_may_let_the_network_server_decrypt() {
     // Another owner's device (none) stays wrapped.
     let a = c.post(&cs_join_req(2, NET_ID, 2, "1.0.4", &phy(2, 1)));
     assert_eq!(a.app_s_key.unwrap().kek_label, s.as_kek.label);
+}
+
+/// A LoRaWAN 1.1 Rejoin-request type 1 over Backend Interfaces: answered with a `RejoinAns`
+/// whose Join-accept is encrypted with JSEncKey and signed with JSIntKey over the rejoin type,
+/// JoinEUI and RJcount1 (LoRaWAN 1.1 §6.2.3); its RJcount1 is recorded, so the same rejoin is
+/// refused, also after a restart.
+#[test]
+fn a_type_1_rejoin_over_backend_interfaces_gets_new_keys_once() {
+    use protocol::join::{RejoinBody, RejoinMicKey, RejoinRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    provision(tmp.path());
+    let server = start(tmp.path(), "");
+    let c = ts002(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
+    assert_eq!(
+        c.post(&cs_join_req(1, NET_ID, 3, "1.1", &phy(3, 1)))
+            .result
+            .code,
+        CsResultCode::Success
+    );
+    let nwk = KeyCipher::new(&NWK_KEY.parse::<NwkKey>().unwrap());
+    let js = derive::js_keys(&nwk, DevEui::new(3));
+    let js_int = KeyCipher::new(&js.js_int_key);
+    let js_enc = KeyCipher::new(&js.js_enc_key);
+    let rejoin_req = |tid: u32, rj_count1: u16| {
+        let body = RejoinBody::Type1 {
+            join_eui: JoinEui::new(JOIN_EUI),
+            dev_eui: DevEui::new(3),
+            rj_count1,
+        };
+        let frame = RejoinRequest::build(body, RejoinMicKey::JsIntKey(&js_int))
+            .unwrap()
+            .to_bytes();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&cs_join_req(tid, NET_ID, 3, "1.1", &frame)).unwrap();
+        v["MessageType"] = "RejoinReq".into();
+        v.to_string().into_bytes()
+    };
+    let a = c.post(&rejoin_req(2, 5));
+    assert_eq!(
+        (a.result.code, a.message_type.as_str()),
+        (CsResultCode::Success, "RejoinAns"),
+        "{:?}",
+        a.result
+    );
+    let enc =
+        EncryptedJoinAccept::from_bytes(&hex::decode(a.phy_payload.as_ref().unwrap()).unwrap())
+            .unwrap();
+    let accept = enc
+        .open(
+            JoinAcceptEncKey::JsEncKey(&js_enc),
+            JoinAcceptMicKey::OptNeg {
+                js_int_key: &js_int,
+                join_eui: JoinEui::new(JOIN_EUI),
+                answered: AnsweredRequest::Rejoin1 { rj_count1: 5 },
+            },
+        )
+        .expect("the Join-accept opens under JSEncKey and verifies under JSIntKey");
+    assert_eq!(accept.dev_addr.as_u32(), DEV_ADDR);
+    // The same RJcount1 again: refused, and the refusal is a RejoinAns.
+    let again = c.post(&rejoin_req(3, 5));
+    assert_eq!(
+        (again.result.code, again.message_type.as_str()),
+        (CsResultCode::JoinReqFailed, "RejoinAns")
+    );
+    drop(c);
+    server.shutdown();
+    let server = restart(tmp.path(), "");
+    let c = ts002(&server, tmp.path(), Some(token(tmp.path(), NET_ID)));
+    assert_eq!(
+        c.post(&rejoin_req(4, 5)).result.code,
+        CsResultCode::JoinReqFailed
+    );
+    assert_eq!(c.post(&rejoin_req(5, 6)).result.code, CsResultCode::Success);
 }

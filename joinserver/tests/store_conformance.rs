@@ -68,6 +68,7 @@ fn join(dev: u64, previous: &NonceState, dev_nonce: u16) -> JoinCommit {
 }
 
 fn suite(make: &mut Make<'_>) {
+    rejoin_counts_commit_with_the_join_nonce(&mut *make());
     insert_is_all_or_nothing_and_eui_bits_survive(&mut *make());
     changes_since_lists_the_changed_devices(&mut *make());
     joins_commit_only_from_the_stored_state(&mut *make());
@@ -118,6 +119,30 @@ fn changes_since_lists_the_changed_devices(s: &mut dyn Store) {
     assert_eq!(listed(s, g0 + 3), (g0 + 3, vec![]));
     // A reader ahead of the store (another database) reloads everything.
     assert_eq!(s.changes_since(g0 + 10).unwrap().1, DeviceChanges::All);
+}
+
+/// A LoRaWAN 1.1 Rejoin-request type 1 records its RJcount1 with the new JoinNonce, in the same
+/// conditional commit as a join; a racing commit sees it in the stored state.
+fn rejoin_counts_commit_with_the_join_nonce(s: &mut dyn Store) {
+    s.insert_devices(&[device(1)]).unwrap();
+    let joined = join(1, &NonceState::default(), 7);
+    s.commit_joins(std::slice::from_ref(&joined)).unwrap();
+    let mut rejoin = join(1, &joined.update.state, 8);
+    rejoin.update.state.used_dev_nonces = joined.update.state.used_dev_nonces.clone();
+    rejoin.update.state.last_dev_nonce = joined.update.state.last_dev_nonce;
+    rejoin.update.state.last_rj_count1 = Some(41);
+    assert_eq!(
+        s.commit_joins(std::slice::from_ref(&rejoin)).unwrap(),
+        vec![JoinCommitted::Applied]
+    );
+    let stored = s.get_device(DevEui::new(1)).unwrap().unwrap();
+    assert_eq!(stored.nonces.last_rj_count1, Some(41));
+    assert_eq!(stored.nonces, rejoin.update.state);
+    let racing = join(1, &joined.update.state, 9);
+    assert_eq!(
+        s.commit_joins(&[racing]).unwrap(),
+        vec![JoinCommitted::Stale(rejoin.update.state.clone())]
+    );
 }
 
 fn joins_commit_only_from_the_stored_state(s: &mut dyn Store) {
@@ -218,6 +243,7 @@ fn unconditional_nonce_commits_survive(s: &mut dyn Store) {
         last_dev_nonce: Some(7),
         used_dev_nonces: vec![3, 9, 7],
         last_join_nonce: 5,
+        last_rj_count1: Some(300),
     };
     s.commit_nonces(&[NonceUpdate {
         dev_eui: DevEui::new(1),

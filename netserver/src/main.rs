@@ -37,6 +37,10 @@ enum Command {
     /// Store tools.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Force LoRaWAN 1.1 devices to rejoin (ForceRejoinReq at their next uplinks, spread over a
+    /// window), or set their periodic rejoins (RejoinParamSetupReq): `POST /rejoin` to a running
+    /// server's HTTP downlink input.
+    ForceRejoin(ForceRejoinArgs),
 }
 
 /// The store a command opens: the configuration file's `[store]`, overridden by the flag and
@@ -84,6 +88,50 @@ enum StoreCommand {
     },
     /// Print the store's counts and checksum (as `copy` verifies them).
     Inventory(StoreArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ForceRejoinArgs {
+    /// The server's HTTP downlink input, HOST:PORT (plain HTTP, on the server's host; behind TLS
+    /// use any HTTPS client with the same JSON, docs/operations.md).
+    #[arg(long)]
+    downlink_http: SocketAddr,
+    /// The downlink token file (the server's --downlink-token-file), if it has one.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// A device (repeatable).
+    #[arg(long = "dev-eui")]
+    dev_euis: Vec<protocol::ids::DevEui>,
+    /// Every device of this JoinEUI.
+    #[arg(long)]
+    join_eui: Option<protocol::ids::JoinEui>,
+    /// Every device.
+    #[arg(long)]
+    all: bool,
+    /// Spread the devices over this many seconds.
+    #[arg(long, default_value_t = 0)]
+    window_s: u64,
+    /// Rejoin type to ask for: 0 (new session and radio parameters) or 2 (re-key).
+    #[arg(long = "type", default_value_t = 2)]
+    rejoin_type: u8,
+    /// Data rate of the Rejoin-requests.
+    #[arg(long, default_value_t = 0)]
+    data_rate: u8,
+    /// Max_Retries of ForceRejoinReq (0..=7).
+    #[arg(long, default_value_t = 1)]
+    max_retries: u8,
+    /// Period of ForceRejoinReq (0..=7: 32 s × 2^Period between retries).
+    #[arg(long, default_value_t = 0)]
+    period: u8,
+    /// Instead of forcing a rejoin, set periodic type 0 rejoins: MaxTimeN,MaxCountN (0..=15 each).
+    #[arg(long, value_parser = parse_pair)]
+    rejoin_param_setup: Option<(u8, u8)>,
+}
+
+fn parse_pair(s: &str) -> Result<(u8, u8), String> {
+    let (a, b) = s.split_once(',').ok_or("expected MaxTimeN,MaxCountN")?;
+    let n = |v: &str| v.trim().parse::<u8>().map_err(|e| format!("{v}: {e}"));
+    Ok((n(a)?, n(b)?))
 }
 
 #[derive(clap::Args, Debug)]
@@ -152,6 +200,16 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             ExitCode::SUCCESS
         }
+        Command::ForceRejoin(args) => match force_rejoin(&args) {
+            Ok(answer) => {
+                println!("{answer}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("netserver force-rejoin: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             init_tracing();
             report(serve(*args))
@@ -207,6 +265,34 @@ fn inventory(args: &StoreArgs) -> anyhow::Result<()> {
     let inv = netserver::store::copy::inventory(sessions.as_mut(), counters.as_ref())?;
     println!("{inv}");
     Ok(())
+}
+
+/// Sends the force-rejoin request and returns the server's answer (JSON).
+fn force_rejoin(a: &ForceRejoinArgs) -> anyhow::Result<String> {
+    use netserver::integration::rejoin::{post, ForceRejoinRequest, RejoinParamSetup};
+    let req = ForceRejoinRequest {
+        dev_euis: a.dev_euis.clone(),
+        join_eui: a.join_eui,
+        all: a.all,
+        window_s: a.window_s,
+        rejoin_type: a.rejoin_type,
+        data_rate: a.data_rate,
+        max_retries: a.max_retries,
+        period: a.period,
+        rejoin_param_setup: a.rejoin_param_setup.map(|(max_time_n, max_count_n)| {
+            RejoinParamSetup {
+                max_time_n,
+                max_count_n,
+            }
+        }),
+    };
+    let token = match &a.token_file {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?)
+        }
+        None => None,
+    };
+    post(a.downlink_http, token.as_deref(), &req).map_err(anyhow::Error::msg)
 }
 
 fn init_tracing() {

@@ -125,6 +125,7 @@ fn stored(i: u32, ns_kek: &LabeledKek) -> (StoredSession, NetworkKeys) {
         counters: FrameCounters::default(),
         created_at_ms: 1_700_000_000_000,
         lifetime_s: None,
+        last_rj_count0: None,
     };
     (s, keys)
 }

@@ -720,3 +720,89 @@ fn a_payload_longer_than_the_windows_data_rate_allows_waits_and_the_ack_goes_alo
     );
     assert!(!h.queue.has(d.dev_eui));
 }
+
+/// A ForceRejoinReq put for a device (what the operator's force-rejoin request does) waits for
+/// its time and for a confirmed 1.1 session, rides the first downlink after that, and is sent
+/// again 20 s later until the device has rejoined.
+#[test]
+fn a_forced_rejoin_rides_the_first_downlink_after_its_time_until_the_device_rejoins() {
+    use netserver::store::pending_mac::PendingMac;
+    let mut h = Harness::new();
+    let gw = FakeGateway::new(1, 8.0, -80);
+    let mut d = FakeDevice::new(5, MacVersion::V1_1);
+    h.install(&d);
+    let force = MacCommand::ForceRejoinReq {
+        period: 1,
+        max_retries: 2,
+        rejoin_type: 0,
+        data_rate: 3,
+    };
+    let now_ms = protocol::time::unix_ms(h.wall());
+    h.pending_mac.put(
+        d.dev_eui,
+        PendingMac {
+            not_before_ms: now_ms + 60_000,
+            command: force,
+        },
+    );
+    let rekey_ind = UplinkFrame {
+        fopts: vec![MacCommand::RekeyInd {
+            dev_lorawan_minor: 1,
+        }],
+        ..UplinkFrame::default()
+    };
+    // Before its time (and before the gateway has a downlink route): nothing is taken.
+    let phy = d.frame(rekey_ind.clone());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    assert!(out.downlink.is_none());
+    h.pull_data(&gw);
+    h.advance(Duration::from_secs(61));
+    // Due: the next uplink's downlink carries it.
+    let phy = d.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    let down = d.open(
+        out.downlink.as_ref().expect("a downlink for the command"),
+        0,
+        0,
+    );
+    assert_eq!(downlink_commands(&down), vec![force]);
+    let phy = d.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    assert!(out.downlink.is_none(), "not again at the next uplink");
+    // No rejoin came: sent again after RESEND_AFTER_MS, until the device rejoins.
+    h.advance(Duration::from_millis(
+        netserver::store::pending_mac::RESEND_AFTER_MS,
+    ));
+    let phy = d.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    let down = d.open(out.downlink.as_ref().expect("sent again"), 1, 0);
+    assert_eq!(downlink_commands(&down), vec![force]);
+    h.pending_mac.done(d.dev_eui);
+    assert!(h.pending_mac.is_empty(), "done once the device rejoined");
+
+    // A 1.0 session never gets one (ForceRejoinReq is LoRaWAN 1.1).
+    let mut old = FakeDevice::new(6, MacVersion::V1_0_3);
+    h.install(&old);
+    h.pending_mac.put(
+        old.dev_eui,
+        PendingMac {
+            not_before_ms: 0,
+            command: MacCommand::ForceRejoinReq {
+                period: 0,
+                max_retries: 0,
+                rejoin_type: 2,
+                data_rate: 0,
+            },
+        },
+    );
+    let phy = old.frame(UplinkFrame::default());
+    h.hear(&gw, &phy);
+    let out = h.flush().pop().unwrap();
+    assert_eq!(out.result, UplinkResult::Ok);
+    assert!(out.downlink.is_none());
+    assert_eq!(h.pending_mac.len(), 1);
+}

@@ -112,6 +112,7 @@ impl Device {
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
+            last_rj_count0: None,
         }
     }
 

@@ -751,6 +751,28 @@ pub enum RejoinBody {
 }
 
 impl RejoinBody {
+    /// A type 0 (`rejoin_type` 0) or type 2 (any other value) body: the two share their fields.
+    pub const fn type_0_or_2(
+        rejoin_type: u8,
+        net_id: NetId,
+        dev_eui: DevEui,
+        rj_count0: u16,
+    ) -> Self {
+        if rejoin_type == 0 {
+            Self::Type0 {
+                net_id,
+                dev_eui,
+                rj_count0,
+            }
+        } else {
+            Self::Type2 {
+                net_id,
+                dev_eui,
+                rj_count0,
+            }
+        }
+    }
+
     /// RejoinType: 0, 1 or 2.
     pub const fn rejoin_type(&self) -> u8 {
         match self {
@@ -837,24 +859,12 @@ impl RejoinRequest {
                 dev_eui: DevEui::from_le_bytes(array(phy, 10)),
                 rj_count1: u16::from_le_bytes(array(phy, 18)),
             },
-            t => {
-                let net_id = NetId::from_le_bytes(array(phy, 2));
-                let dev_eui = DevEui::from_le_bytes(array(phy, 5));
-                let rj_count0 = u16::from_le_bytes(array(phy, 13));
-                if t == 0 {
-                    RejoinBody::Type0 {
-                        net_id,
-                        dev_eui,
-                        rj_count0,
-                    }
-                } else {
-                    RejoinBody::Type2 {
-                        net_id,
-                        dev_eui,
-                        rj_count0,
-                    }
-                }
-            }
+            t => RejoinBody::type_0_or_2(
+                t,
+                NetId::from_le_bytes(array(phy, 2)),
+                DevEui::from_le_bytes(array(phy, 5)),
+                u16::from_le_bytes(array(phy, 13)),
+            ),
         };
         Ok(Self {
             mhdr,

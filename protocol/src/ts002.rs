@@ -668,8 +668,23 @@ impl From<JoinAns> for JoinAnsWire {
 impl JoinAns {
     /// Parses a `JoinAns` with typed errors, checking `MessageType` and the key invariants.
     pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
+        Self::parse_as(json, MessageType::JoinAns)
+    }
+
+    /// Parses the answer to a request of type `request`: a `JoinAns` to a `JoinReq`, a
+    /// `RejoinAns` (the same fields) to a `RejoinReq`.
+    pub fn parse_answer_to(json: &[u8], request: MessageType) -> Result<Self, Ts002Error> {
+        let expected = if request == MessageType::RejoinReq {
+            MessageType::RejoinAns
+        } else {
+            MessageType::JoinAns
+        };
+        Self::parse_as(json, expected)
+    }
+
+    fn parse_as(json: &[u8], expected: MessageType) -> Result<Self, Ts002Error> {
         let w: JoinAnsWire = serde_json::from_str(std::str::from_utf8(json)?)?;
-        expect_type(w.header.message_type, MessageType::JoinAns)?;
+        expect_type(w.header.message_type, expected)?;
         Self::try_from(w)
     }
 

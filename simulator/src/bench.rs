@@ -188,6 +188,7 @@ pub fn run(
             event_listen: None,
             progress: false,
             sink_grace: Duration::ZERO,
+            rekey: None,
         },
         log,
     )?;

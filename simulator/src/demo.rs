@@ -58,6 +58,7 @@ pub struct Servers {
     ns: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
     stop: tokio::sync::watch::Sender<bool>,
     gwmp: SocketAddr,
+    downlink_http: Option<SocketAddr>,
     _dirs: tempfile::TempDir,
 }
 
@@ -89,6 +90,32 @@ impl Servers {
         events: Option<SocketAddr>,
         radio: &RadioPlan,
     ) -> anyhow::Result<Self> {
+        Self::start_full(manifest, net_id, events, radio, false)
+    }
+
+    /// [`Self::start`] with the network server's HTTP downlink input on a loopback port
+    /// ([`Self::downlink_http`], no token), where the `rekey` scenario asks for forced rejoins.
+    pub fn start_with_rejoin_api(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(manifest, net_id, events, &RadioPlan::default(), true)
+    }
+
+    fn start_full(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+        radio: &RadioPlan,
+        rejoin_api: bool,
+    ) -> anyhow::Result<Self> {
+        // A free loopback port for the HTTP downlink input (the server binds it at once).
+        let downlink_http = if rejoin_api {
+            Some(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?)
+        } else {
+            None
+        };
         let dirs = tempfile::Builder::new()
             .prefix("lorawan-servers-")
             .tempdir()?;
@@ -157,6 +184,7 @@ impl Servers {
             data: netserver::ops::config::DataConfig {
                 // Loopback: many events per datagram spare both processes a datagram each.
                 events: events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192")),
+                downlink_http: downlink_http.map_or_else(String::new, |a| a.to_string()),
                 ..defaults.data
             },
             ..defaults
@@ -186,8 +214,14 @@ impl Servers {
             ns: Some(ns),
             stop,
             gwmp,
+            downlink_http,
             _dirs: dirs,
         })
+    }
+
+    /// The network server's HTTP downlink input ([`Self::start_with_rejoin_api`]).
+    pub fn downlink_http(&self) -> Option<SocketAddr> {
+        self.downlink_http
     }
 
     /// The network server's GWMP address.
@@ -295,6 +329,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
         timeseries_csv: None,
         progress: o.progress,
         print_table: true,
+        rekey: None,
     });
     let stopped = servers.stop();
     let report = result?;

@@ -23,6 +23,12 @@
 //!   (OptNeg) until RekeyConf, RXParamSetupReq, NewChannelReq and (AS923, AU915)
 //!   TxParamSetupReq checked and applied, and the answers to DevStatusReq, RXTimingSetupReq,
 //!   DutyCycleReq, DlChannelReq, ADRParamSetupReq and RejoinParamSetupReq.
+//! - LoRaWAN 1.1 rejoins: ForceRejoinReq makes the device send Rejoin-requests of the type it
+//!   asks for (0 or 2; RJcount0 counting up within a session), up to Max_Retries + 1 of them
+//!   32 s × 2^Period apart, instead of its next data frame; RejoinParamSetupReq makes it send a
+//!   type 0 every 2^(MaxCountN+4) uplinks. The Join-accept that answers one (JSEncKey, the
+//!   rejoin MIC) gives a new session at once, its first uplinks carrying RekeyInd; without one,
+//!   the device keeps its session.
 //! - The region ([`crate::radio::RadioPlan`]): channels drawn from the device's channel plan
 //!   (the boot channels, then the Join-accept's CFList and LinkADRReq masks), time on air at the
 //!   region's modulation, the sub-band duty cycle where the region has one (EU868), the
@@ -30,7 +36,8 @@
 
 use protocol::data::Direction;
 use protocol::gwmp::DataRate;
-use protocol::ids::{DevAddr, DevNonce};
+use protocol::ids::{DevAddr, DevNonce, NetId};
+use protocol::join::AnsweredRequest;
 use protocol::mac::MacCommand;
 use protocol::region::{ChannelPlan, DwellTime, Region};
 use protocol::version::MacVersion;
@@ -115,6 +122,13 @@ pub enum TxKind {
         /// Its DevNonce.
         dev_nonce: u16,
     },
+    /// A LoRaWAN 1.1 Rejoin-request (type 0 or 2).
+    Rejoin {
+        /// RejoinType.
+        rejoin_type: u8,
+        /// RJcount0.
+        rj_count0: u16,
+    },
     /// A data uplink.
     Data {
         /// Full FCntUp.
@@ -173,6 +187,23 @@ pub enum Note {
     MacAnswered(u8),
     /// A data transmission had to wait for the sub-band duty cycle.
     DutyCycleDeferred,
+    /// A Join-accept answering a Rejoin-request was accepted: a new session.
+    Rejoined {
+        /// Window it came in.
+        window: Window,
+        /// When the Rejoin-request was sent.
+        request_sent_at: Micros,
+        /// The session's address before.
+        old_addr: DevAddr,
+        /// The new session's address.
+        dev_addr: DevAddr,
+    },
+    /// The receive windows of a Rejoin-request closed without a Join-accept: the device keeps
+    /// its session.
+    RejoinMissed {
+        /// When that Rejoin-request was sent.
+        sent_at: Micros,
+    },
 }
 
 /// What the device asks of its environment.
@@ -184,6 +215,26 @@ pub enum Effect {
     Arm(Micros, TimerKind),
     /// Count this.
     Note(Note),
+}
+
+/// Rejoin-requests the device has been told to send (ForceRejoinReq, or its periodic type 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RejoinPlan {
+    rejoin_type: u8,
+    data_rate: u8,
+    /// Rejoin-requests still to send.
+    tries_left: u8,
+    period_us: Micros,
+    /// Not before this time.
+    not_before: Micros,
+}
+
+/// A Rejoin-request waiting for its Join-accept.
+#[derive(Clone, Copy, Debug)]
+struct RejoinAttempt {
+    answered: AnsweredRequest,
+    sent_at: Micros,
+    rejected: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -230,6 +281,14 @@ pub struct Session {
     device_time_tries: u8,
     answers: Vec<u8>,
     ack_next: Option<u32>,
+    /// The network's NetID (from the Join-accept), which Rejoin-requests type 0 and 2 name.
+    net_id: NetId,
+    /// RJcount0: the next Rejoin-request type 0 or 2 of this session carries it.
+    rj_count0: u16,
+    /// Rejoin-requests to send.
+    rejoin: Option<RejoinPlan>,
+    /// RejoinParamSetupReq: a type 0 every this many uplinks (0: none).
+    rejoin_every: u32,
 }
 
 impl Session {
@@ -248,6 +307,57 @@ impl Session {
     /// Whether a 1.1 RekeyInd is still unconfirmed.
     pub fn rekey_pending(&self) -> bool {
         self.rekey_pending
+    }
+    /// Whether Rejoin-requests are still to be sent (ForceRejoinReq, periodic type 0).
+    pub fn rejoin_pending(&self) -> bool {
+        self.rejoin.is_some()
+    }
+    /// RejoinParamSetupReq: a type 0 after every MaxCountN-th uplink (called as one is counted).
+    fn plan_periodic_rejoin(&mut self) {
+        if self.rejoin_every > 0 && self.fcnt_up % self.rejoin_every == 0 && self.rejoin.is_none() {
+            self.rejoin = Some(RejoinPlan {
+                rejoin_type: 0,
+                data_rate: self.dr,
+                tries_left: 1,
+                period_us: 0,
+                not_before: 0,
+            });
+        }
+    }
+
+    /// ForceRejoinReq and RejoinParamSetupReq (1.1 sessions only; a 1.0 one takes neither and
+    /// answers RejoinParamSetupReq as before). Returns the answer, if the command has one.
+    fn rejoin_command(&mut self, c: MacCommand) -> Option<MacCommand> {
+        match c {
+            MacCommand::RejoinParamSetupReq { max_count_n, .. } => {
+                if self.rejoins() {
+                    self.rejoin_every = 1 << (u32::from(max_count_n.min(15)) + 4);
+                }
+                Some(MacCommand::RejoinParamSetupAns { time_ok: true })
+            }
+            MacCommand::ForceRejoinReq {
+                period,
+                max_retries,
+                rejoin_type,
+                data_rate,
+            } if self.rejoins() && (rejoin_type == 0 || rejoin_type == 2) => {
+                self.rejoin = Some(RejoinPlan {
+                    rejoin_type,
+                    data_rate,
+                    tries_left: max_retries.min(7) + 1,
+                    period_us: 32_000_000 << period.min(7),
+                    not_before: 0,
+                });
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the session can rejoin: LoRaWAN 1.1 keys (with OptNeg), which have the
+    /// SNwkSIntKey Rejoin-requests type 0 and 2 are signed with.
+    fn rejoins(&self) -> bool {
+        matches!(self.keys, Keys::V1_1 { .. })
     }
     /// The uplink channels, given the run's boot channels.
     pub fn channels<'a>(&'a self, boot: &'a ChannelPlan) -> &'a ChannelPlan {
@@ -275,6 +385,7 @@ pub struct Device {
     pub nonces: NonceState,
     phase: Phase,
     join: Option<JoinAttempt>,
+    rejoin: Option<RejoinAttempt>,
     session: Option<Box<Session>>,
     frame: Option<Box<Frame>>,
     /// Due time of the armed Join/Uplink timer (others are stale).
@@ -361,6 +472,7 @@ impl Device {
             nonces,
             phase: Phase::Off,
             join: None,
+            rejoin: None,
             session: None,
             frame: None,
             wake_at: Micros::MAX,
@@ -393,29 +505,41 @@ impl Device {
     /// Whether `phy` is a Join-accept for this device's pending Join-request: it decrypts under the
     /// device's root key and its MIC verifies. Changes nothing.
     pub fn join_accept_is_mine(&self, phy: &[u8]) -> bool {
-        match (self.phase, self.join) {
-            (Phase::Joining, Some(j)) => !matches!(
-                frames::open_join_accept(&self.id, phy, j.dev_nonce, None),
-                Err(frames::AcceptError::Mic | frames::AcceptError::Malformed)
-            ),
-            _ => false,
-        }
+        let opened = match (self.phase, self.join, self.rejoin) {
+            (Phase::Joining, Some(j), _) => {
+                frames::open_join_accept(&self.id, phy, j.dev_nonce, None)
+            }
+            (Phase::Joined, _, Some(r)) => {
+                frames::open_rejoin_accept(&self.id, phy, r.answered, None)
+            }
+            _ => return false,
+        };
+        !matches!(
+            opened,
+            Err(frames::AcceptError::Mic | frames::AcceptError::Malformed)
+        )
     }
 
-    /// Whether the device is waiting for a Join-accept.
+    /// Whether the device is waiting for a Join-accept (to a Join-request or a Rejoin-request).
     pub fn awaiting_join_accept(&self) -> bool {
-        self.phase == Phase::Joining && self.join.is_some_and(|j| !j.rejected)
+        match self.phase {
+            Phase::Joining => self.join.is_some_and(|j| !j.rejected),
+            Phase::Joined => self.rejoin.is_some_and(|r| !r.rejected),
+            Phase::Off => false,
+        }
     }
 
     /// Whether the device's receive windows for its last data uplink are still pending.
     pub fn awaiting_downlink(&self) -> bool {
-        self.phase == Phase::Joined && self.rx_closes_at != Micros::MAX
+        self.phase == Phase::Joined && self.rejoin.is_none() && self.rx_closes_at != Micros::MAX
     }
 
     /// The RX1 and RX2 delays of the pending receive windows.
     pub fn rx_delays(&self) -> (Micros, Micros) {
         match (&self.phase, &self.session) {
-            (Phase::Joined, Some(s)) => (s.rx1_delay_us, s.rx1_delay_us + 1_000_000),
+            (Phase::Joined, Some(s)) if self.rejoin.is_none() => {
+                (s.rx1_delay_us, s.rx1_delay_us + 1_000_000)
+            }
             _ => (JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US),
         }
     }
@@ -426,8 +550,11 @@ impl Device {
     /// RX2 settings. `None` if the region gives none.
     pub fn rx_radio(&self, window: Window, b: &Behaviour) -> Option<(u32, DataRate)> {
         let r = b.radio.region();
+        // A Join-accept (also one answering a Rejoin-request) comes with the region's defaults.
         let (offset, rx2, downlink_dwell) = match (&self.phase, &self.session) {
-            (Phase::Joined, Some(s)) => (s.rx1_dr_offset, s.rx2, s.dwell.downlink),
+            (Phase::Joined, Some(s)) if self.rejoin.is_none() => {
+                (s.rx1_dr_offset, s.rx2, s.dwell.downlink)
+            }
             _ => (0, r.rx2(), r.boot_dwell_time().downlink),
         };
         let (freq, dr) = match window {
@@ -461,6 +588,7 @@ impl Device {
         self.session = None;
         self.frame = None;
         self.join = None;
+        self.rejoin = None;
         self.powered_at = now;
         self.next_tx_allowed = now;
         self.rx_closes_at = Micros::MAX;
@@ -474,6 +602,7 @@ impl Device {
         self.session = None;
         self.frame = None;
         self.join = None;
+        self.rejoin = None;
         self.wake_at = Micros::MAX;
         self.rx_closes_at = Micros::MAX;
     }
@@ -596,6 +725,9 @@ impl Device {
             fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
             return;
         }
+        if self.frame.is_none() && s.rejoin.is_some_and(|p| p.not_before <= now) {
+            return self.send_rejoin(now, b, rng, fx);
+        }
         let frame = match self.frame.take() {
             Some(mut f) => {
                 f.transmissions += 1;
@@ -604,6 +736,7 @@ impl Device {
             None => {
                 let fcnt = s.fcnt_up;
                 s.fcnt_up = s.fcnt_up.wrapping_add(1);
+                s.plan_periodic_rejoin();
                 let confirmed = rng.gen_bool(b.confirmed_ratio.clamp(0.0, 1.0));
                 let mut payload = vec![0u8; b.payload_size];
                 rng.fill_bytes(&mut payload);
@@ -684,6 +817,75 @@ impl Device {
         fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
     }
 
+    /// Sends the Rejoin-request the session's plan asks for, in place of a data frame, and opens
+    /// the Join-accept windows for it.
+    fn send_rejoin(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(s) = self.session.as_deref_mut() else {
+            return;
+        };
+        let Some(mut plan) = s.rejoin.take() else {
+            return;
+        };
+        // RJcount0 never wraps: at 65535 the device stops sending type 0 and 2.
+        let rj_count0 = s.rj_count0;
+        let dr = if b.radio.region().data_rate(plan.data_rate).is_ok() {
+            plan.data_rate
+        } else {
+            s.dr
+        };
+        let phy = (rj_count0 < u16::MAX)
+            .then(|| {
+                frames::rejoin_request(&self.id, &s.keys, s.net_id, plan.rejoin_type, rj_count0)
+            })
+            .flatten();
+        let channel = pick_channel(s.channels(&b.radio.channels), dr, rng);
+        let (Some(phy), Some((chan, freq_hz))) = (phy, channel) else {
+            return self.skip_frame(now, fx);
+        };
+        s.rj_count0 += 1;
+        plan.tries_left = plan.tries_left.saturating_sub(1);
+        if plan.tries_left > 0 {
+            // The next one 32 s × 2^Period + 0..32 s later, if no Join-accept comes.
+            plan.not_before = now + plan.period_us + rng.gen_range(0..32_000_000);
+            s.rejoin = Some(plan);
+        }
+        self.next_tx_allowed = b.radio.region().duty_cycle(freq_hz).map_or(now, |dc| {
+            duty_cycle_free_at(now, b.radio.airtime_us(dr, phy.len()), dc)
+        });
+        let answered = if plan.rejoin_type == 0 {
+            AnsweredRequest::Rejoin0 { rj_count0 }
+        } else {
+            AnsweredRequest::Rejoin2 { rj_count0 }
+        };
+        self.rejoin = Some(RejoinAttempt {
+            answered,
+            sent_at: now,
+            rejected: false,
+        });
+        self.last_tx_at = now;
+        self.last_tx_freq = freq_hz;
+        self.last_tx_dr = dr;
+        self.wake_at = Micros::MAX;
+        self.rx_closes_at = now + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
+        fx.push(Effect::Tx(Tx {
+            phy,
+            dr,
+            chan,
+            freq_hz,
+            kind: TxKind::Rejoin {
+                rejoin_type: plan.rejoin_type,
+                rj_count0,
+            },
+        }));
+        fx.push(Effect::Arm(self.rx_closes_at, TimerKind::RxClosed));
+    }
+
     /// Drops the frame that cannot be sent (rather than panic) and waits for the next period.
     fn skip_frame(&mut self, now: Micros, fx: &mut Vec<Effect>) {
         self.wake_at = self.next_periodic.max(now + 1);
@@ -714,6 +916,17 @@ impl Device {
                 let Some(s) = self.session.as_deref() else {
                     return;
                 };
+                if let Some(r) = self.rejoin.take() {
+                    // No Join-accept: the session goes on; data resumes at its cadence (a
+                    // retry of the rejoin waits for its time).
+                    fx.push(Effect::Note(Note::RejoinMissed { sent_at: r.sent_at }));
+                    self.wake_at = self.next_periodic.max(now);
+                    if let Some(p) = s.rejoin {
+                        self.wake_at = self.wake_at.min(p.not_before.max(now));
+                    }
+                    fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
+                    return;
+                }
                 let Some(f) = self.frame.as_deref() else {
                     return;
                 };
@@ -762,8 +975,73 @@ impl Device {
     ) {
         match self.phase {
             Phase::Joining => self.on_join_accept(phy, window, rx_at, b, rng, fx),
+            Phase::Joined if self.rejoin.is_some() => {
+                self.on_rejoin_accept(phy, window, rx_at, b, fx)
+            }
             Phase::Joined => self.on_data_downlink(phy, b, fx),
             Phase::Off => {}
+        }
+    }
+
+    /// The Join-accept answering the device's Rejoin-request: a new session at once (keys,
+    /// address, counters, RJcount0 0), keeping the data rate and channels of the one it
+    /// replaces; RekeyInd in its uplinks until RekeyConf.
+    fn on_rejoin_accept(
+        &mut self,
+        phy: &[u8],
+        window: Window,
+        rx_at: Micros,
+        b: &Behaviour,
+        fx: &mut Vec<Effect>,
+    ) {
+        let Some(r) = self.rejoin.as_mut() else {
+            return;
+        };
+        if r.rejected {
+            return;
+        }
+        let a = match frames::open_rejoin_accept(&self.id, phy, r.answered, self.nonces.join_nonce)
+        {
+            Err(e) => {
+                r.rejected = true;
+                fx.push(Effect::Note(Note::JoinRejected(e.kind())));
+                return;
+            }
+            Ok(a) => a,
+        };
+        let sent_at = r.sent_at;
+        self.rejoin = None;
+        let Some(old) = self.session.as_deref_mut() else {
+            return;
+        };
+        self.nonces.join_nonce = Some(a.join_nonce.as_u32());
+        let old_addr = old.dev_addr;
+        old.dev_addr = a.dev_addr;
+        old.keys = a.keys;
+        old.fcnt_up = 0;
+        old.last_nfcnt_down = None;
+        old.last_afcnt_down = None;
+        old.rx1_delay_us = u64::from(a.rx1_delay_s.max(1)) * 1_000_000;
+        old.rx1_dr_offset = a.rx1_dr_offset;
+        old.rx2 = (b.radio.region().rx2().0, a.rx2_dr);
+        old.rekey_pending = true;
+        old.answers.clear();
+        old.ack_next = None;
+        old.net_id = a.net_id;
+        old.rj_count0 = 0;
+        // Answered: no retry; a new session starts without periodic rejoins until told again.
+        old.rejoin = None;
+        old.rejoin_every = 0;
+        self.rx_closes_at = Micros::MAX;
+        fx.push(Effect::Note(Note::Rejoined {
+            window,
+            request_sent_at: sent_at,
+            old_addr,
+            dev_addr: a.dev_addr,
+        }));
+        if b.uplinks {
+            self.wake_at = self.next_periodic.max(rx_at);
+            fx.push(Effect::Arm(self.wake_at, TimerKind::Uplink));
         }
     }
 
@@ -808,6 +1086,10 @@ impl Device {
                     device_time_tries: 3,
                     answers: Vec::new(),
                     ack_next: None,
+                    net_id: a.net_id,
+                    rj_count0: 0,
+                    rejoin: None,
+                    rejoin_every: 0,
                 }));
                 if let Some(s) = self.session.as_deref_mut() {
                     let plan = joined_channels(b.radio.channels, a.cf_list, self.id.version);
@@ -972,7 +1254,9 @@ fn answer_mac(s: &mut Session, mac: &[u8], b: &Behaviour) -> Option<u8> {
             M::RekeyConf { .. } => s.rekey_pending = false,
             M::ADRParamSetupReq { .. } => answers.push(M::ADRParamSetupAns),
             M::DeviceTimeAns { .. } => s.device_time_tries = 0,
-            M::RejoinParamSetupReq { .. } => answers.push(M::RejoinParamSetupAns { time_ok: true }),
+            c @ (M::RejoinParamSetupReq { .. } | M::ForceRejoinReq { .. }) => {
+                answers.extend(s.rejoin_command(c));
+            }
             _ => {}
         }
         i += 1;
@@ -1479,6 +1763,197 @@ mod join_tests {
         d.on_downlink(&phy, Window::Rx1, 5_000_100, b, &mut rng(), &mut fx);
         assert_eq!(d.phase(), Phase::Joined, "{fx:?}");
         d
+    }
+
+    /// A Join-accept answering the device's Rejoin-request `answered`, from the join server's
+    /// side: JSIntKey MIC over the rejoin type, encrypted with JSEncKey.
+    fn rejoin_accept(d: &Device, answered: AnsweredRequest, join_nonce: u32, addr: u32) -> Vec<u8> {
+        let nwk = KeyCipher::new(d.id.nwk_key.as_ref().unwrap());
+        let js = js_keys(&nwk, d.id.dev_eui);
+        let (int, enc) = (
+            KeyCipher::new(&js.js_int_key),
+            KeyCipher::new(&js.js_enc_key),
+        );
+        JoinAcceptPayload {
+            join_nonce: JoinNonce::new(join_nonce).unwrap(),
+            net_id: NetId::new(0x13).unwrap(),
+            dev_addr: DevAddr::new(addr),
+            dl_settings: DlSettings::new(true, 0, 0).unwrap(),
+            rx_delay: RxDelay::new(1).unwrap(),
+            cf_list: None,
+        }
+        .encrypt(
+            JoinAcceptMicKey::OptNeg {
+                js_int_key: &int,
+                join_eui: d.id.join_eui,
+                answered,
+            },
+            JoinAcceptEncKey::JsEncKey(&enc),
+        )
+        .as_bytes()
+        .to_vec()
+    }
+
+    #[test]
+    fn force_rejoin_req_sends_rejoins_and_a_rejoin_accept_gives_a_new_session() {
+        use protocol::join::{RejoinBody, RejoinMicKey, RejoinRequest};
+        let b = beh();
+        let mut d = joined(MacVersion::V1_1, &b, None);
+        let force = MacCommand::ForceRejoinReq {
+            period: 0,
+            max_retries: 1,
+            rejoin_type: 0,
+            data_rate: 4,
+        };
+        assert!(mac(&mut d, &b, &[force]).is_empty(), "no answer");
+        assert!(d.session().unwrap().rejoin_pending());
+        // The next uplink timer sends a type 0 Rejoin-request (RJcount0 0, DR 4) instead of data.
+        let mut fx = Vec::new();
+        let t = 20_000_000;
+        d.wake_at = t;
+        d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(
+            (tx.kind, tx.dr),
+            (
+                TxKind::Rejoin {
+                    rejoin_type: 0,
+                    rj_count0: 0
+                },
+                4
+            )
+        );
+        let rj = RejoinRequest::parse(&tx.phy).unwrap();
+        let Keys::V1_1 { s, .. } = &d.session().unwrap().keys else {
+            panic!()
+        };
+        assert!(rj
+            .verify_mic(RejoinMicKey::SNwkSIntKey(&KeyCipher::new(s)))
+            .is_ok());
+        assert!(matches!(rj.body, RejoinBody::Type0 { rj_count0: 0, .. }));
+        assert_eq!(
+            d.rx_delays(),
+            (JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US)
+        );
+        assert!(d.awaiting_join_accept() && !d.awaiting_downlink());
+        // No Join-accept: the session goes on; the retry (Max_Retries 1) waits 32..64 s.
+        fx.clear();
+        let closes = d.rx_closes_at;
+        d.on_timer(TimerKind::RxClosed, closes, &b, &mut rng(), &mut fx);
+        assert!(
+            fx.contains(&Effect::Note(Note::RejoinMissed { sent_at: t })),
+            "{fx:?}"
+        );
+        let old_addr = d.session().unwrap().dev_addr;
+        let plan = d.session().unwrap().rejoin.unwrap();
+        assert!(
+            (t + 32_000_000..t + 64_000_000).contains(&plan.not_before),
+            "{plan:?}"
+        );
+        // The retry carries RJcount0 1; its Join-accept (JSEncKey) gives a new session.
+        fx.clear();
+        d.wake_at = plan.not_before;
+        d.on_timer(TimerKind::Uplink, plan.not_before, &b, &mut rng(), &mut fx);
+        let Effect::Tx(tx) = &fx[0] else {
+            panic!("{fx:?}")
+        };
+        assert_eq!(
+            tx.kind,
+            TxKind::Rejoin {
+                rejoin_type: 0,
+                rj_count0: 1
+            }
+        );
+        let answered = AnsweredRequest::Rejoin0 { rj_count0: 1 };
+        assert!(!d.join_accept_is_mine(&rejoin_accept(
+            &d,
+            AnsweredRequest::Rejoin0 { rj_count0: 0 },
+            2,
+            0x2601_0002
+        )));
+        let phy = rejoin_accept(&d, answered, 2, 0x2601_0002);
+        assert!(d.join_accept_is_mine(&phy));
+        fx.clear();
+        d.on_downlink(
+            &phy,
+            Window::Rx1,
+            plan.not_before + JOIN_ACCEPT_DELAY1_US,
+            &b,
+            &mut rng(),
+            &mut fx,
+        );
+        assert!(
+            fx.iter().any(
+                |e| matches!(e, Effect::Note(Note::Rejoined { old_addr: o, dev_addr, .. })
+            if *o == old_addr && *dev_addr == DevAddr::new(0x2601_0002))
+            ),
+            "{fx:?}"
+        );
+        let s = d.session().unwrap();
+        assert_eq!(
+            (s.dev_addr, s.fcnt_up, s.rj_count0),
+            (DevAddr::new(0x2601_0002), 0, 0)
+        );
+        assert!(
+            s.rekey_pending() && !s.rejoin_pending(),
+            "RekeyInd next; no more retries"
+        );
+        assert_eq!(d.nonces.join_nonce, Some(2));
+        // A replayed Join-accept (same JoinNonce) is not taken again.
+        assert!(!d.awaiting_join_accept());
+    }
+
+    #[test]
+    fn rejoin_param_setup_req_makes_periodic_type_0_rejoins_and_1_0_sessions_never_rejoin() {
+        let b = beh();
+        let mut d = joined(MacVersion::V1_1, &b, None);
+        let setup = MacCommand::RejoinParamSetupReq {
+            max_time_n: 0,
+            max_count_n: 0,
+        };
+        assert_eq!(
+            mac(&mut d, &b, &[setup]),
+            vec![MacCommand::RejoinParamSetupAns { time_ok: true }]
+        );
+        assert_eq!(d.session().unwrap().rejoin_every, 16);
+        let mut kinds = Vec::new();
+        let mut t = 10_000_000;
+        for _ in 0..17 {
+            let mut fx = Vec::new();
+            d.wake_at = t;
+            d.frame = None;
+            d.rejoin = None;
+            d.next_tx_allowed = 0;
+            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+            if let Some(Effect::Tx(tx)) = fx.first() {
+                kinds.push(tx.kind);
+            }
+            t += 60_000_000;
+        }
+        assert!(
+            matches!(kinds[15], TxKind::Data { fcnt: 15, .. }),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds[16],
+            TxKind::Rejoin {
+                rejoin_type: 0,
+                rj_count0: 0
+            },
+            "after the 16th uplink"
+        );
+        // A 1.0 session takes neither command.
+        let mut old = joined(MacVersion::V1_0_4, &b, None);
+        let force = MacCommand::ForceRejoinReq {
+            period: 0,
+            max_retries: 0,
+            rejoin_type: 2,
+            data_rate: 5,
+        };
+        mac(&mut old, &b, &[force]);
+        assert!(!old.session().unwrap().rejoin_pending());
     }
 
     fn in_region(region: Region, sub_bands: &[u8], data_rate: u8) -> Behaviour {

@@ -174,7 +174,12 @@ pub struct Engine {
     pending_joins: PendingJoins,
     by_addr: HashMap<DevAddr, u32>,
     by_eui: HashMap<DevEui, u32>,
-    delivered: HashSet<(u32, u32)>,
+    /// `rekey`: the forced rejoins were asked for.
+    rekey_requested: bool,
+    /// Devices that took a new session from a rejoin.
+    rejoined: HashSet<u32>,
+    /// (device, DevAddr or 0, FCnt) of the uplinks delivered.
+    delivered: HashSet<(u32, u32, u32)>,
     event_sink: bool,
     /// Counters.
     pub stats: Stats,
@@ -234,14 +239,14 @@ impl Engine {
             .collect();
         let t = &cfg.traffic;
         let behaviour = Behaviour {
-            uplinks: t.scenario == Scenario::Steady,
+            uplinks: t.scenario.reports(),
             uplink_interval_us: t.uplink_interval_us,
             confirmed_ratio: t.confirmed_ratio,
             payload_size: t.payload_size,
             data_rate: t.data_rate,
             radio: t.radio,
         };
-        let run_deadline = if cfg.duration_given || t.scenario == Scenario::Steady {
+        let run_deadline = if cfg.duration_given || t.scenario.reports() {
             t.duration_us
         } else {
             Micros::MAX
@@ -263,6 +268,8 @@ impl Engine {
             pending_joins: PendingJoins::default(),
             by_addr: HashMap::new(),
             by_eui,
+            rekey_requested: false,
+            rejoined: HashSet::new(),
             delivered: HashSet::new(),
             event_sink: cfg.event_sink,
             stats: Stats::default(),
@@ -306,6 +313,17 @@ impl Engine {
     /// The gateways (EUI and clock).
     pub fn gateways(&self) -> &[Gateway] {
         &self.gateways
+    }
+
+    /// `rekey`: true once, when the whole fleet has joined, for the shell to ask the network
+    /// server to force the rejoins.
+    pub fn rekey_due(&mut self) -> bool {
+        let due = self.traffic.scenario == Scenario::Rekey
+            && !self.rekey_requested
+            && self.stage == Stage::Running
+            && self.joined == self.fleet.len() as u64;
+        self.rekey_requested |= due;
+        due
     }
 
     /// The run's stage.
@@ -398,7 +416,7 @@ impl Engine {
                         self.stage = Stage::Done;
                     }
                 }
-                Scenario::Steady => {
+                Scenario::Steady | Scenario::Rekey => {
                     if now >= self.run_deadline {
                         self.stage = Stage::Draining {
                             until: now + DRAIN_US,
@@ -498,6 +516,11 @@ impl Engine {
                 self.log_nonces(dev, true);
                 self.stats.joins_attempted += 1;
                 self.series.at(sec).joins_sent += 1;
+                self.pending_joins.insert(now, dev);
+            }
+            TxKind::Rejoin { .. } => {
+                // Its Join-accept is found like a join's (it carries no DevAddr).
+                self.stats.rejoins_attempted += 1;
                 self.pending_joins.insert(now, dev);
             }
             TxKind::Data {
@@ -616,6 +639,30 @@ impl Engine {
             Note::DownlinkRejected(_) => self.stats.downlinks_unmatched += 1,
             Note::MacAnswered(k) => self.stats.mac_commands_answered += u64::from(k),
             Note::DutyCycleDeferred => self.stats.uplinks_duty_cycle_deferred += 1,
+            Note::Rejoined {
+                window,
+                request_sent_at,
+                old_addr,
+                dev_addr,
+            } => {
+                self.stats.rejoins_accepted += 1;
+                if self.rejoined.insert(dev) {
+                    self.stats.devices_rejoined += 1;
+                }
+                if window == Window::Rx1 {
+                    self.stats.rejoins_rx1 += 1;
+                }
+                self.pending_joins.remove(request_sent_at, dev);
+                if self.by_addr.get(&old_addr) == Some(&dev) {
+                    self.by_addr.remove(&old_addr);
+                }
+                self.by_addr.insert(dev_addr, dev);
+                self.log_nonces(dev, false);
+            }
+            Note::RejoinMissed { sent_at } => {
+                self.pending_joins.remove(sent_at, dev);
+                self.stats.rejoins_missed += 1;
+            }
         }
     }
 
@@ -794,10 +841,23 @@ impl Engine {
     /// (device, FCnt) uplinks delivered and repeats, received at `now`. Returns whether it was an
     /// uplink event.
     pub fn on_app_event(&mut self, now: Micros, dev_eui: DevEui, fcnt: u32) -> bool {
+        self.on_app_uplink(now, dev_eui, None, fcnt)
+    }
+
+    /// [`Self::on_app_event`] for an event that names the session's DevAddr: the frame
+    /// counters of a device restart with each session, which its DevAddr tells apart.
+    pub fn on_app_uplink(
+        &mut self,
+        now: Micros,
+        dev_eui: DevEui,
+        dev_addr: Option<DevAddr>,
+        fcnt: u32,
+    ) -> bool {
         let Some(&dev) = self.by_eui.get(&dev_eui) else {
             return false;
         };
-        if self.delivered.insert((dev, fcnt)) {
+        let addr = dev_addr.map_or(0, DevAddr::as_u32);
+        if self.delivered.insert((dev, addr, fcnt)) {
             self.stats.uplinks_delivered += 1;
             self.series.at(now / 1_000_000).uplinks_delivered += 1;
         } else {

@@ -247,6 +247,82 @@ pub fn open_join_accept(
     })
 }
 
+/// Device side: a LoRaWAN 1.1 Rejoin-request of type 0 or 2 (`rejoin_type`) with `rj_count0`,
+/// signed with the session's SNwkSIntKey; `None` for a session without one (1.0 keys).
+pub fn rejoin_request(
+    id: &Identity,
+    keys: &Keys,
+    net_id: NetId,
+    rejoin_type: u8,
+    rj_count0: u16,
+) -> Option<Vec<u8>> {
+    use protocol::join::{RejoinBody, RejoinMicKey, RejoinRequest};
+    let Keys::V1_1 { s, .. } = keys else {
+        return None;
+    };
+    let body = RejoinBody::type_0_or_2(rejoin_type, net_id, id.dev_eui, rj_count0);
+    let key = KeyCipher::new(s);
+    RejoinRequest::build(body, RejoinMicKey::SNwkSIntKey(&key))
+        .ok()
+        .map(|r| r.to_bytes())
+}
+
+/// Device side: a Join-accept answering the device's Rejoin-request `answered` (type 0 or 2
+/// with its RJcount0): decrypted with JSEncKey, its MIC checked under JSIntKey over the rejoin
+/// type, JoinEUI and RJcount, JoinNonce above `last_join_nonce`, and the keys derived with the
+/// RJcount in the DevNonce's place (LoRaWAN 1.1 §6.2.3).
+pub fn open_rejoin_accept(
+    id: &Identity,
+    phy: &[u8],
+    answered: AnsweredRequest,
+    last_join_nonce: Option<u32>,
+) -> Result<Accepted, AcceptError> {
+    let enc = EncryptedJoinAccept::from_bytes(phy).map_err(|_| AcceptError::Malformed)?;
+    let Some(nwk_key) = &id.nwk_key else {
+        return Err(AcceptError::Mic);
+    };
+    let nwk = KeyCipher::new(nwk_key);
+    let js = js_keys(&nwk, id.dev_eui);
+    let (js_int, js_enc) = (
+        KeyCipher::new(&js.js_int_key),
+        KeyCipher::new(&js.js_enc_key),
+    );
+    let p = enc
+        .open(
+            JoinAcceptEncKey::JsEncKey(&js_enc),
+            JoinAcceptMicKey::OptNeg {
+                js_int_key: &js_int,
+                join_eui: id.join_eui,
+                answered,
+            },
+        )
+        .map_err(|_| AcceptError::Mic)?;
+    if let Some(last) = last_join_nonce.filter(|&l| p.join_nonce.as_u32() <= l) {
+        return Err(AcceptError::JoinNonce {
+            got: p.join_nonce.as_u32(),
+            last,
+        });
+    }
+    let app = KeyCipher::new(&id.app_key);
+    let k = session_keys_1_1(&nwk, &app, p.join_nonce, id.join_eui, answered);
+    Ok(Accepted {
+        join_nonce: p.join_nonce,
+        net_id: p.net_id,
+        dev_addr: p.dev_addr,
+        opt_neg: true,
+        rx1_dr_offset: p.dl_settings.rx1_dr_offset(),
+        rx2_dr: p.dl_settings.rx2_data_rate(),
+        rx1_delay_s: p.rx_delay.seconds(),
+        cf_list: p.cf_list,
+        keys: Keys::V1_1 {
+            f: k.f_nwk_s_int_key,
+            s: k.s_nwk_s_int_key,
+            e: k.nwk_s_enc_key,
+            app_s_key: k.app_s_key,
+        },
+    })
+}
+
 fn p_join_nonce(p: &protocol::join::JoinAcceptPayload) -> u32 {
     p.join_nonce.as_u32()
 }

@@ -207,6 +207,16 @@ struct RunArgs {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// rekey: the network server's HTTP downlink input (HOST:PORT, plain HTTP on loopback),
+    /// asked to force the fleet's rejoins (`POST /rejoin`) once every device has joined.
+    #[arg(long)]
+    rekey_http: Option<SocketAddr>,
+    /// rekey: the file holding that input's bearer token (--downlink-token-file), if any.
+    #[arg(long)]
+    rekey_token_file: Option<PathBuf>,
+    /// rekey: the window the forced rejoins (type 0, a new DevAddr each) are spread over.
+    #[arg(long, default_value = "60s")]
+    rekey_window: Dur,
 }
 
 fn check_ratio(name: &str, v: f64) -> anyhow::Result<()> {
@@ -259,8 +269,29 @@ fn main() -> anyhow::Result<()> {
             radio
                 .check(data_rate, a.payload_size)
                 .map_err(anyhow::Error::msg)?;
+            let rekey = match (a.scenario, a.rekey_http) {
+                (Scenario::Rekey, None) => {
+                    anyhow::bail!("--scenario rekey needs --rekey-http (the network server's --downlink-http)")
+                }
+                (Scenario::Rekey, Some(http)) => Some(simulator::net::Rekey {
+                    http,
+                    token: a
+                        .rekey_token_file
+                        .as_deref()
+                        .map(std::fs::read_to_string)
+                        .transpose()
+                        .context("reading --rekey-token-file")?,
+                    request: netserver::integration::rejoin::ForceRejoinRequest::all(
+                        0,
+                        a.rekey_window.0.as_secs(),
+                    ),
+                }),
+                _ => None,
+            };
             let default_duration = match a.scenario {
-                Scenario::Steady => "60s".parse::<Dur>().context("default duration")?,
+                Scenario::Steady | Scenario::Rekey => {
+                    "60s".parse::<Dur>().context("default duration")?
+                }
                 _ => Dur(std::time::Duration::from_secs(3600)),
             };
             let (netserver, more_netservers) = simulator::net::resolve_list(&a.netserver, a.bind)?;
@@ -289,6 +320,7 @@ fn main() -> anyhow::Result<()> {
                 timeseries_csv: a.timeseries_csv,
                 progress: !a.quiet,
                 print_table: true,
+                rekey,
             };
             run::run(&opts)?;
         }

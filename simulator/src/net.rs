@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use protocol::ids::DevEui;
+use protocol::ids::{DevAddr, DevEui};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
@@ -60,6 +60,19 @@ pub struct NetConfig {
     pub progress: bool,
     /// After the run, wait up to this long for the event sink to catch up.
     pub sink_grace: Duration,
+    /// `rekey`: how to ask the network server for the forced rejoins.
+    pub rekey: Option<Rekey>,
+}
+
+/// `rekey`: the network server's HTTP downlink input, its token, and the request.
+#[derive(Clone, Debug)]
+pub struct Rekey {
+    /// The HTTP downlink input's address (plain HTTP, loopback).
+    pub http: SocketAddr,
+    /// Its bearer token, if it has one.
+    pub token: Option<String>,
+    /// The rejoin type asked for and the window, as `POST /rejoin` takes them.
+    pub request: netserver::integration::rejoin::ForceRejoinRequest,
 }
 
 impl NetConfig {
@@ -361,6 +374,16 @@ impl Shared {
 /// `f_cnt`/`fcnt`/`fCnt`/`FCnt`; when the object has a `type`/`event` field it must name an uplink
 /// (`up`, `uplink`). Several events may share a datagram, one per line.
 pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
+    parse_app_uplinks(datagram)
+        .into_iter()
+        .map(|(d, _, f)| (d, f))
+        .collect()
+}
+
+/// [`parse_app_events`], with each uplink's DevAddr when the event names it (`dev_addr`/
+/// `devAddr`/`DevAddr`): a device's frame counters restart with each session, and the DevAddr
+/// tells the sessions apart (a rekey forces type 0 rejoins, which give a new one).
+pub fn parse_app_uplinks(datagram: &[u8]) -> Vec<(DevEui, Option<DevAddr>, u32)> {
     /// The fields the simulator reads; everything else is skipped without being built.
     #[derive(serde::Deserialize)]
     struct Event<'a> {
@@ -368,6 +391,8 @@ pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
         kind: Option<std::borrow::Cow<'a, str>>,
         #[serde(alias = "devEui", alias = "DevEUI", borrow, default)]
         dev_eui: Option<std::borrow::Cow<'a, str>>,
+        #[serde(alias = "devAddr", alias = "DevAddr", borrow, default)]
+        dev_addr: Option<std::borrow::Cow<'a, str>>,
         #[serde(alias = "fcnt", alias = "fCnt", alias = "FCnt", default)]
         f_cnt: Option<u64>,
     }
@@ -385,8 +410,9 @@ pub fn parse_app_events(datagram: &[u8]) -> Vec<(DevEui, u32)> {
         let dev_eui = e.dev_eui.and_then(|d| d.parse::<DevEui>().ok());
         // A frame counter is 32 bits: a larger number is not an uplink of ours.
         let f_cnt = e.f_cnt.and_then(|f| u32::try_from(f).ok());
+        let dev_addr = e.dev_addr.and_then(|a| a.parse::<DevAddr>().ok());
         if let (Some(d), Some(f)) = (dev_eui, f_cnt) {
-            out.push((d, f));
+            out.push((d, dev_addr, f));
         }
     }
     out
@@ -513,8 +539,10 @@ async fn run_async(
                             let now = sh.now();
                             let mut e = sh.engine.borrow_mut();
                             for (buf, &len) in bufs.iter().zip(&lens) {
-                                for (dev, fcnt) in parse_app_events(&buf[..len.min(EVENT_BUF)]) {
-                                    e.on_app_event(now, dev, fcnt);
+                                for (dev, addr, fcnt) in
+                                    parse_app_uplinks(&buf[..len.min(EVENT_BUF)])
+                                {
+                                    e.on_app_uplink(now, dev, addr, fcnt);
                                 }
                             }
                         }
@@ -576,6 +604,23 @@ async fn run_async(
             }
             last_uplinks = sent;
             next_progress = (now / 1_000_000 + 1) * 1_000_000;
+        }
+        if shared.engine.borrow_mut().rekey_due() {
+            if let Some(r) = cfg.rekey.clone() {
+                // Off the socket loop: the answer takes a moment for a large fleet.
+                tokio::task::spawn_blocking(move || {
+                    match netserver::integration::rejoin::post(
+                        r.http,
+                        r.token.as_deref(),
+                        &r.request,
+                    ) {
+                        Ok(a) => eprintln!("rekey: forced rejoins asked for: {a}"),
+                        Err(e) => eprintln!(
+                            "warning: rekey: the network server refused the forced rejoins: {e}"
+                        ),
+                    }
+                });
+            }
         }
         if shared.engine.borrow().stage() == Stage::Done {
             break;
@@ -665,7 +710,7 @@ not json"#;
         let ev = netserver::integration::events::UplinkEvent {
             kind: "uplink".into(),
             dev_eui: DevEui::new(dev_eui),
-            dev_addr: protocol::ids::DevAddr::new(0x2600_0000 | (dev_eui as u32 & 0xffff)),
+            dev_addr: DevAddr::new(0x2600_0000 | (dev_eui as u32 & 0xffff)),
             f_cnt,
             f_port: Some(7),
             confirmed: false,
@@ -731,6 +776,7 @@ not json"#;
             event_listen: None,
             progress: false,
             sink_grace: Duration::ZERO,
+            rekey: None,
         };
         let ports: Vec<u16> = (0..4).map(|i| cfg.netserver_of(i).port()).collect();
         assert_eq!(ports, [1700, 1701, 1700, 1701]);

@@ -64,6 +64,16 @@ pub struct Stats {
     pub joins_missed_window: u64,
     /// JoinRequest sent → PULL_RESP received (wall clock).
     pub join_latency: Latency,
+    /// LoRaWAN 1.1 Rejoin-requests sent (ForceRejoinReq, periodic type 0), retries included.
+    pub rejoins_attempted: u64,
+    /// Join-accepts to Rejoin-requests accepted: new sessions.
+    pub rejoins_accepted: u64,
+    /// Of which in RX1.
+    pub rejoins_rx1: u64,
+    /// Rejoin-requests whose windows closed without a Join-accept (the session goes on).
+    pub rejoins_missed: u64,
+    /// Devices that took at least one new session from a rejoin.
+    pub devices_rejoined: u64,
     /// Data uplinks sent, counting each frame counter once (NbTrans repeats are not new uplinks).
     pub uplinks_sent: u64,
     /// Of which confirmed.
@@ -229,6 +239,9 @@ pub struct Report {
     pub downlinks: Downlinks,
     /// GWMP datagram counts.
     pub gwmp: Gwmp,
+    /// LoRaWAN 1.1 rejoins (present when any Rejoin-request was sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejoins: Option<Rejoins>,
     /// Devices holding a session at the end.
     pub devices_joined_at_end: u64,
     /// Datagrams the kernel dropped at the simulator's own sockets.
@@ -249,6 +262,21 @@ pub struct Joins {
     pub failed: u64,
     pub timed_out: u64,
     pub missed_window: u64,
+}
+
+/// `rejoins.*`: devices that moved to new keys; Rejoin-requests sent, answered with a new
+/// session (in RX1 or RX2), or left without a Join-accept; and the uplinks lost over the run, which a re-keying fleet should keep
+/// at 0 (the old session carries traffic until the new one does).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct Rejoins {
+    pub devices: u64,
+    pub attempted: u64,
+    pub accepted: u64,
+    pub accepted_rx1: u64,
+    pub accepted_rx2: u64,
+    pub missed: u64,
+    pub uplinks_lost: u64,
 }
 
 /// `join_latency_ms.*`.
@@ -417,6 +445,15 @@ impl Report {
                 bad_datagrams: s.bad_datagrams,
                 send_errors: s.send_errors,
             },
+            rejoins: (s.rejoins_attempted > 0).then(|| Rejoins {
+                devices: s.devices_rejoined,
+                attempted: s.rejoins_attempted,
+                accepted: s.rejoins_accepted,
+                accepted_rx1: s.rejoins_rx1,
+                accepted_rx2: s.rejoins_accepted - s.rejoins_rx1,
+                missed: s.rejoins_missed,
+                uplinks_lost: s.uplinks_lost,
+            }),
             devices_joined_at_end: info.joined_at_end,
             simulator_socket_drops: SocketDrops {
                 gateways: s.gateway_socket_drops,
@@ -458,6 +495,18 @@ impl Report {
         row(&mut t, "failed", j.failed.to_string());
         row(&mut t, "timed out", j.timed_out.to_string());
         row(&mut t, "missed window", j.missed_window.to_string());
+        if let Some(r) = &self.rejoins {
+            let _ = writeln!(t, "rejoins");
+            row(&mut t, "devices on new keys", r.devices.to_string());
+            row(&mut t, "attempted", r.attempted.to_string());
+            row(
+                &mut t,
+                "accepted (RX1 / RX2)",
+                format!("{} ({} / {})", r.accepted, r.accepted_rx1, r.accepted_rx2),
+            );
+            row(&mut t, "missed", r.missed.to_string());
+            row(&mut t, "uplinks lost", r.uplinks_lost.to_string());
+        }
         let l = &self.join_latency_ms;
         row(
             &mut t,

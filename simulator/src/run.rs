@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Print the human table on stdout.
     pub print_table: bool,
+    /// `rekey`: how to ask the network server for the forced rejoins.
+    pub rekey: Option<net::Rekey>,
 }
 
 /// Runs a scenario; returns the report (also written where asked).
@@ -75,6 +77,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
             event_listen: o.event_listen.clone(),
             progress: o.progress,
             sink_grace: Duration::from_secs(3),
+            rekey: o.rekey.clone(),
         },
         Some(log),
     );

@@ -9,6 +9,11 @@
 //!   passed), every device loses power at once, keeping only its non-volatile DevNonce counter and
 //!   last JoinNonce; a second later power returns and every device boots within one second and
 //!   rejoins, backing off as the join duty-cycle rules require.
+//! - `rekey`: `steady`, and once the whole fleet has joined, the network server is asked
+//!   (`--rekey-http`, its HTTP downlink input) to force every device to rejoin over
+//!   `--rekey-window`: LoRaWAN 1.1 devices get ForceRejoinReq at an uplink, send type 0
+//!   Rejoin-requests and move to new keys while they keep reporting; the report counts the
+//!   rejoins attempted, accepted and missed, and the uplinks lost (the target is none).
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,6 +28,15 @@ pub enum Scenario {
     Steady,
     /// Join, then a fleet-wide outage and a simultaneous rejoin.
     PowerRestore,
+    /// Join, report, and re-key the fleet with forced rejoins over a window.
+    Rekey,
+}
+
+impl Scenario {
+    /// Whether joined devices report (`steady`, `rekey`).
+    pub fn reports(self) -> bool {
+        matches!(self, Self::Steady | Self::Rekey)
+    }
 }
 
 impl fmt::Display for Scenario {
@@ -31,6 +45,7 @@ impl fmt::Display for Scenario {
             Self::Storm => "storm",
             Self::Steady => "steady",
             Self::PowerRestore => "power-restore",
+            Self::Rekey => "rekey",
         })
     }
 }

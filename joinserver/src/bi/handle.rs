@@ -177,10 +177,11 @@ impl Bi {
             return answer(self.refuse(&header, "malformed", ResultCode::MalformedRequest, d));
         }
         let json = match header.message_type {
-            MessageType::JoinReq => self.join(body, &header, peer, &options).await,
+            MessageType::JoinReq | MessageType::RejoinReq => {
+                self.join(body, &header, peer, &options).await
+            }
             MessageType::HomeNSReq => self.home_ns(body, &header),
             MessageType::AppSKeyReq => self.app_s_key(body, &header, peer, &options),
-            MessageType::RejoinReq => self.rejoin(&header),
             other => self.refuse(
                 &header,
                 "unsupported",
@@ -191,7 +192,8 @@ impl Bi {
         answer(json)
     }
 
-    /// A `JoinReq`: the link's pipeline, then the answer once its nonces are durable.
+    /// A `JoinReq` or a `RejoinReq`: the link's pipeline, then the answer once its nonces are
+    /// durable.
     async fn join(
         &self,
         body: &[u8],
@@ -200,7 +202,7 @@ impl Bi {
         options: &PeerOptions,
     ) -> Vec<u8> {
         let received = Instant::now();
-        let req = match JoinReq::parse(body) {
+        let req = match wire::parse_request(body) {
             Ok(r) => r,
             Err(e) => {
                 let d = e.to_string();
@@ -211,10 +213,15 @@ impl Bi {
             return self.refuse(header, "mac_version", ResultCode::JoinReqFailed, d);
         }
         let fields = wire::fields(&req, peer, crate::link::now_ms());
-        let outcome = core::process(&self.ctx, &self.devices, &fields);
+        let outcome = if wire::is_rejoin(&req) {
+            core::process_rejoin(&self.ctx, &self.devices, &fields)
+        } else {
+            core::process(&self.ctx, &self.devices, &fields)
+        };
         let mut ans = wire::answer(&req, &outcome);
         ans.result.result_code = as_1_0(ans.result.result_code);
-        if let Err(e) = self.complete_success(&mut ans, &outcome, peer, options) {
+        let rejoin = wire::is_rejoin(&req);
+        if let Err(e) = self.complete_success(&mut ans, &outcome, peer, options, rejoin) {
             tracing::error!(error = %e, "backend interfaces: AppSKey envelope");
             ans = JoinAns::failure(&req.header, ResultCode::Other, Some(e));
         }
@@ -237,7 +244,7 @@ impl Bi {
             }
         }
         self.metrics.joins.with_label_values(&[result]).inc();
-        self.count(MessageType::JoinReq, result);
+        self.count(header.message_type, result);
         self.metrics
             .join_latency
             .observe(received.elapsed().as_secs_f64());
@@ -252,19 +259,21 @@ impl Bi {
         outcome: &Outcome,
         peer: NetId,
         options: &PeerOptions,
+        rejoin: bool,
     ) -> Result<(), String> {
         let (Ok(accepted), Some(update)) = (&outcome.result, &outcome.update) else {
             return Ok(());
         };
-        let Some(dev_nonce) = update.state.last_dev_nonce else {
-            return Ok(());
-        };
-        let id = SessionKeyId {
-            net_id: peer,
-            join_nonce: accepted.join_nonce,
-            dev_nonce: protocol::ids::DevNonce(dev_nonce),
-        };
-        ans.session_key_id = Some(id.to_bytes());
+        // A rejoin's keys come from its RJcount, not a DevNonce: its session gets no
+        // SessionKeyID (an AppSKeyReq re-derives keys from a join's DevNonce).
+        if let (false, Some(dev_nonce)) = (rejoin, update.state.last_dev_nonce) {
+            let id = SessionKeyId {
+                net_id: peer,
+                join_nonce: accepted.join_nonce,
+                dev_nonce: protocol::ids::DevNonce(dev_nonce),
+            };
+            ans.session_key_id = Some(id.to_bytes());
+        }
         let owner = self
             .devices
             .get(&update.dev_eui)
@@ -365,15 +374,6 @@ impl Bi {
                 })
             }
         }
-    }
-
-    /// A `RejoinReq`: refused with a clear code until rejoins are served here. This is the one
-    /// place to point at the join pipeline's rejoin call once it exists.
-    pub fn rejoin(&self, header: &Header) -> Vec<u8> {
-        let d = "RejoinReq is not served by this join server yet: the device must join again \
-                 (JoinReq)"
-            .to_owned();
-        self.refuse(header, "rejoin_unsupported", ResultCode::Other, d)
     }
 }
 

@@ -863,6 +863,8 @@ impl Onboarding {
             last_dev_nonce: None,
             used_dev_nonces: Vec::new(),
             last_join_nonce: join_nonce,
+            // New root keys: the device's rejoin counter starts again too.
+            last_rj_count1: None,
         };
         self.db().set_nonces_and_keys(
             actor,

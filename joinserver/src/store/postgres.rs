@@ -43,9 +43,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 /// The schema, one migration per version, applied in order and recorded in
 /// `js_schema_migrations`. Add new versions at the end; never edit an applied one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE js_meta (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE js_meta (
         name  TEXT PRIMARY KEY,
         value BIGINT NOT NULL
     );
@@ -95,7 +96,12 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (sender, transaction_id)
     );
     CREATE INDEX join_answers_created ON join_answers (created_ms);",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE devices ADD COLUMN last_rj_count1 BIGINT; -- LoRaWAN 1.1 RJcount1",
+    ),
+];
 
 type Manager = PostgresConnectionManager<NoTls>;
 
@@ -174,7 +180,7 @@ macro_rules! select_devices {
     () => {
         "SELECT d.dev_eui, d.join_eui, d.mac_version, d.app_key, d.nwk_key, d.home_net_id, \
          d.owner_token, d.last_dev_nonce, d.used_dev_nonces, d.last_join_nonce, d.last_join_ms, \
-         d.last_join_net_id, o.owner FROM devices d LEFT JOIN ownership o ON o.dev_eui = d.dev_eui"
+         d.last_join_net_id, o.owner, d.last_rj_count1 FROM devices d LEFT JOIN ownership o ON o.dev_eui = d.dev_eui"
     };
 }
 
@@ -186,12 +192,13 @@ const SELECT_ONE: &str = concat!(select_devices!(), " WHERE d.dev_eui = $1");
 const COMMIT_JOINS: &str = "WITH u AS ( \
        SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bigint[], \
          $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bytea[], $10::bytea[], \
-         $11::bigint[], $12::bigint[], $13::bytea[]) \
+         $11::bigint[], $12::bigint[], $13::bytea[], $14::bigint[]) \
          AS u(dev_eui, last_dev_nonce, used, join_nonce, at_ms, net_id, sender, tid, request, \
-           answer, prev_join_nonce, prev_dev_nonce, prev_used)), \
+           answer, prev_join_nonce, prev_dev_nonce, prev_used, rj_count1)), \
      upd AS ( \
        UPDATE devices d SET last_dev_nonce = u.last_dev_nonce, used_dev_nonces = u.used, \
-         last_join_nonce = u.join_nonce, last_join_ms = u.at_ms, last_join_net_id = u.net_id \
+         last_join_nonce = u.join_nonce, last_join_ms = u.at_ms, last_join_net_id = u.net_id, \
+         last_rj_count1 = u.rj_count1 \
        FROM u WHERE d.dev_eui = u.dev_eui AND d.last_join_nonce = u.prev_join_nonce \
          AND d.last_dev_nonce IS NOT DISTINCT FROM u.prev_dev_nonce \
          AND d.used_dev_nonces = u.prev_used \
@@ -204,8 +211,8 @@ const COMMIT_JOINS: &str = "WITH u AS ( \
          answer = excluded.answer, created_ms = excluded.created_ms) \
      SELECT dev_eui FROM upd";
 
-const NONCES_OF: &str = "SELECT dev_eui, last_dev_nonce, used_dev_nonces, last_join_nonce \
-     FROM devices WHERE dev_eui = ANY($1)";
+const NONCES_OF: &str = "SELECT dev_eui, last_dev_nonce, used_dev_nonces, last_join_nonce, \
+     last_rj_count1 FROM devices WHERE dev_eui = ANY($1)";
 
 const FIND_ANSWERS: &str = "SELECT a.sender, a.transaction_id, a.request, a.answer \
      FROM join_answers a JOIN unnest($1::bigint[], $2::bigint[]) AS k(sender, tid) \
@@ -344,14 +351,15 @@ impl PgStore {
                 let r = tx.execute(
                     "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
                        home_net_id, owner_token, last_dev_nonce, used_dev_nonces, \
-                       last_join_nonce) \
+                       last_join_nonce, last_rj_count1) \
                      SELECT u.dev_eui, u.join_eui, u.mac_version, u.app_key, u.nwk_key, \
                        u.home_net_id, u.owner_token, u.last_dev_nonce, u.used, \
-                       GREATEST(u.join_nonce, COALESCE(r.last_join_nonce, 0)) \
+                       GREATEST(u.join_nonce, COALESCE(r.last_join_nonce, 0)), u.rj_count1 \
                      FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], \
                        $5::bytea[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], \
-                       $10::bigint[]) AS u(dev_eui, join_eui, mac_version, app_key, nwk_key, \
-                       home_net_id, owner_token, last_dev_nonce, used, join_nonce) \
+                       $10::bigint[], $11::bigint[]) AS u(dev_eui, join_eui, mac_version, \
+                       app_key, nwk_key, home_net_id, owner_token, last_dev_nonce, used, \
+                       join_nonce, rj_count1) \
                      LEFT JOIN retired_join_nonces r ON r.dev_eui = u.dev_eui",
                     &c.params(),
                 );
@@ -482,10 +490,10 @@ impl PgStore {
                 tx.execute(
                     "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
                        home_net_id, owner_token, last_dev_nonce, used_dev_nonces, \
-                       last_join_nonce, last_join_ms, last_join_net_id) \
+                       last_join_nonce, last_rj_count1, last_join_ms, last_join_net_id) \
                      SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], \
                        $5::bytea[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], \
-                       $10::bigint[], $11::bigint[], $12::bigint[])",
+                       $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[])",
                     &params,
                 )
                 .map_err(pg)?;
@@ -531,6 +539,7 @@ struct DeviceColumns {
     last_dev_nonce: Vec<Option<i64>>,
     used: Vec<Vec<u8>>,
     join_nonce: Vec<i64>,
+    rj_count1: Vec<Option<i64>>,
 }
 
 impl DeviceColumns {
@@ -558,6 +567,10 @@ impl DeviceColumns {
                 .iter()
                 .map(|d| i64::from(d.nonces.last_join_nonce))
                 .collect(),
+            rj_count1: devices
+                .iter()
+                .map(|d| d.nonces.last_rj_count1.map(i64::from))
+                .collect(),
         }
     }
 
@@ -573,6 +586,7 @@ impl DeviceColumns {
             &self.last_dev_nonce,
             &self.used,
             &self.join_nonce,
+            &self.rj_count1,
         ]
     }
 }
@@ -635,6 +649,7 @@ fn raw_row(r: &postgres::Row) -> RawRow {
         last_join_ms: r.get(10),
         last_join_net_id: r.get(11),
         owner: r.get(12),
+        last_rj_count1: r.get(13),
     }
 }
 
@@ -669,6 +684,7 @@ struct JoinColumns<'a> {
     prev_join_nonce: Vec<i64>,
     prev_dev_nonce: Vec<Option<i64>>,
     prev_used: Vec<Vec<u8>>,
+    rj_count1: Vec<Option<i64>>,
 }
 
 impl<'a> JoinColumns<'a> {
@@ -722,10 +738,13 @@ impl<'a> JoinColumns<'a> {
                 .map(|j| j.previous.last_dev_nonce.map(i64::from))
                 .collect(),
             prev_used: js().map(|j| j.previous.history_blob()).collect(),
+            rj_count1: js()
+                .map(|j| u(j).state.last_rj_count1.map(i64::from))
+                .collect(),
         }
     }
 
-    fn params(&self) -> [&(dyn ToSql + Sync); 13] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
         [
             &self.dev_eui,
             &self.last_dev_nonce,
@@ -740,6 +759,7 @@ impl<'a> JoinColumns<'a> {
             &self.prev_join_nonce,
             &self.prev_dev_nonce,
             &self.prev_used,
+            &self.rj_count1,
         ]
     }
 }
@@ -794,8 +814,8 @@ impl Store for PgStore {
             for u in batch {
                 tx.execute(
                     "UPDATE devices SET last_dev_nonce = $2, used_dev_nonces = $3, \
-                     last_join_nonce = $4, last_join_ms = $5, last_join_net_id = $6 \
-                     WHERE dev_eui = $1",
+                     last_join_nonce = $4, last_join_ms = $5, last_join_net_id = $6, \
+                     last_rj_count1 = $7 WHERE dev_eui = $1",
                     &[
                         &dev_eui_sql(u.dev_eui),
                         &u.state.last_dev_nonce.map(i64::from),
@@ -803,6 +823,7 @@ impl Store for PgStore {
                         &i64::from(u.state.last_join_nonce),
                         &i64::try_from(u.joined.at_ms).unwrap_or(i64::MAX),
                         &i64::from(u.joined.net_id.as_u32()),
+                        &u.state.last_rj_count1.map(i64::from),
                     ],
                 )
                 .map_err(pg)?;
@@ -938,6 +959,7 @@ impl Store for PgStore {
                     r.get(1),
                     r.get::<_, &[u8]>(2),
                     r.get(3),
+                    r.get(4),
                 )?;
                 current.insert(d, state);
             }
@@ -1066,6 +1088,7 @@ mod tests {
                     last_dev_nonce: Some(1),
                     used_dev_nonces: vec![],
                     last_join_nonce: join_nonce,
+                    last_rj_count1: None,
                 },
                 joined: LastJoin {
                     at_ms: 1,

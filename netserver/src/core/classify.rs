@@ -1,6 +1,8 @@
 //! Uplink classification: the first step of every `rxpk`, deciding which pipeline a PHYPayload
-//! goes to (the join path or the data path) or why it is dropped.
+//! goes to (the join path, which also takes Rejoin-requests, or the data path) or why it is
+//! dropped.
 
+use protocol::join::{REJOIN_REQUEST_02_LEN, REJOIN_REQUEST_1_LEN};
 use protocol::phy::{MType, Mhdr};
 
 /// Length of a Join-request PHYPayload: MHDR | JoinEUI | DevEUI | DevNonce | MIC.
@@ -13,6 +15,8 @@ pub const MIN_DATA_LEN: usize = 12;
 pub enum UplinkKind {
     /// A Join-request: to the join path.
     JoinRequest,
+    /// A LoRaWAN 1.1 Rejoin-request (19 or 24 bytes): to the join path.
+    RejoinRequest,
     /// A data uplink (confirmed or not): to the data path.
     Data {
         /// Confirmed data up.
@@ -32,9 +36,6 @@ pub enum ClassifyError {
     /// A downlink message type received as an uplink.
     #[error("downlink message type on the uplink")]
     NotUplink,
-    /// Rejoin-requests are not handled (LoRaWAN 1.1 rejoin is not implemented).
-    #[error("rejoin-request not supported")]
-    Rejoin,
     /// Proprietary frames are not handled.
     #[error("proprietary frame")]
     Proprietary,
@@ -50,7 +51,6 @@ impl ClassifyError {
             Self::Empty => "empty",
             Self::Major => "major",
             Self::NotUplink => "not_uplink",
-            Self::Rejoin => "rejoin",
             Self::Proprietary => "proprietary",
             Self::Length => "length",
         }
@@ -76,7 +76,12 @@ pub fn classify(phy: &[u8]) -> Result<UplinkKind, ClassifyError> {
         MType::JoinAccept | MType::UnconfirmedDataDown | MType::ConfirmedDataDown => {
             Err(ClassifyError::NotUplink)
         }
-        MType::RejoinRequest => Err(ClassifyError::Rejoin),
+        MType::RejoinRequest
+            if phy.len() == REJOIN_REQUEST_02_LEN || phy.len() == REJOIN_REQUEST_1_LEN =>
+        {
+            Ok(UplinkKind::RejoinRequest)
+        }
+        MType::RejoinRequest => Err(ClassifyError::Length),
         MType::Proprietary => Err(ClassifyError::Proprietary),
     }
 }
@@ -99,7 +104,9 @@ mod tests {
         assert_eq!(classify(&[0x01; 23]), Err(ClassifyError::Major));
         assert_eq!(classify(&[0x20; 17]), Err(ClassifyError::NotUplink));
         assert_eq!(classify(&[0x60; 12]), Err(ClassifyError::NotUplink));
-        assert_eq!(classify(&[0xC0; 19]), Err(ClassifyError::Rejoin));
+        assert_eq!(classify(&[0xC0; 19]), Ok(UplinkKind::RejoinRequest));
+        assert_eq!(classify(&[0xC0; 24]), Ok(UplinkKind::RejoinRequest));
+        assert_eq!(classify(&[0xC0; 20]), Err(ClassifyError::Length));
         assert_eq!(classify(&[0xE0; 5]), Err(ClassifyError::Proprietary));
     }
 

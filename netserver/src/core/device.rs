@@ -50,6 +50,11 @@ pub struct DataState {
     pub since_dev_status: u32,
     /// The last DevStatusAns: battery and margin.
     pub dev_status: Option<(u8, i8)>,
+    /// LoRaWAN 1.1: the lowest RJcount0 a Rejoin-request type 0 or 2 under this session may
+    /// carry, RJcount0_last + 1 (0 before the first). Not an `Option<u16>`, which would cost
+    /// this state 8 bytes: RJcount0 never reaches 65535 (the device stops before it), so the
+    /// next value always fits.
+    pub next_rj_count0: u16,
 }
 
 impl DataState {
@@ -64,7 +69,19 @@ impl DataState {
             adr_requested: None,
             since_dev_status: 0,
             dev_status: None,
+            next_rj_count0: 0,
         }
+    }
+
+    /// The last accepted RJcount0 (RJcount0_last), `None` before the first.
+    pub fn last_rj_count0(&self) -> Option<u16> {
+        self.next_rj_count0.checked_sub(1)
+    }
+
+    /// Records `rj_count0` as the last accepted RJcount0 (it is below 65535: see
+    /// [`crate::core::rejoin::check_against`]).
+    pub fn set_last_rj_count0(&mut self, rj_count0: u16) {
+        self.next_rj_count0 = rj_count0.saturating_add(1);
     }
 
     /// The last accepted FCntUp, `None` when none was accepted since the join.

@@ -164,14 +164,16 @@ pub fn uplink(
             env.dedup
                 .observe_within(now, &phy, reception.clone(), env.retransmission_after)
         }
-        UplinkKind::JoinRequest => env.dedup.observe(now, &phy, reception.clone()),
+        UplinkKind::JoinRequest | UplinkKind::RejoinRequest => {
+            env.dedup.observe(now, &phy, reception.clone())
+        }
     };
     if seen == Seen::Unrecorded {
         out.act(Action::Count(Count::DedupFull));
     }
     let path = match (seen, kind) {
         (Seen::Duplicate, _) => return out.act(Action::Count(Count::Duplicate)),
-        (_, UplinkKind::JoinRequest) => Path::Join,
+        (_, UplinkKind::JoinRequest | UplinkKind::RejoinRequest) => Path::Join,
         (_, UplinkKind::Data { .. }) => Path::Data,
     };
     out.act(Action::Forward {

@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod join;
 pub mod mac_handler;
 pub mod reception;
+pub mod rejoin;
 pub mod timing;
 pub mod uplink;
 

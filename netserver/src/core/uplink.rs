@@ -47,6 +47,7 @@ use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, DownlinkRadio
 use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, UplinkEvent};
 use crate::ops::config::Config;
 use crate::store::counters::CounterRecord;
+use crate::store::pending_mac::PendingMacs;
 use crate::store::queue::{DownlinkQueue, QueuedDownlink};
 use crate::store::session::Session;
 
@@ -75,6 +76,9 @@ pub struct Env<'a> {
     /// The application downlinks waiting for their device: the core pops one when it answers,
     /// and puts it back when it cannot go.
     pub queue: &'a DownlinkQueue,
+    /// Network-initiated MAC commands waiting for their device (LoRaWAN 1.1 sessions only):
+    /// the core takes a due one into the downlink, and puts it back when it cannot go.
+    pub pending_mac: &'a PendingMacs,
 }
 
 /// A downlink to send once its counter is durable.
@@ -282,8 +286,16 @@ impl Device<'_> {
                 out.events.extend(self.ack_event(p));
             }
         }
-        let answers = self.mac_answers(st, uplink, &cmds);
+        let mut answers = self.mac_answers(st, uplink, &cmds);
         out.in_use = !self.is_1_1() || st.rekey_confirmed;
+        // A forced rejoin or rejoin parameters, once the session is confirmed (1.1 only).
+        let forced = (self.is_1_1() && st.rekey_confirmed)
+            .then(|| {
+                let now_ms = protocol::time::unix_ms(self.input.wall);
+                self.env.pending_mac.take_due(self.session.dev_eui, now_ms)
+            })
+            .flatten();
+        answers.extend(forced);
 
         // 4. The event.
         out.events.extend(self.uplink_event(uplink, fcnt));
@@ -293,6 +305,9 @@ impl Device<'_> {
         if steps::needs_downlink(uplink, answers.len(), queued) {
             let app = self.env.queue.pop(self.session.dev_eui);
             self.answer(st, uplink, answers, app, rng, &mut out);
+        }
+        if let (Some(cmd), None) = (forced, &out.downlink) {
+            self.env.pending_mac.put_back(self.session.dev_eui, cmd);
         }
         out
     }

@@ -219,15 +219,24 @@ impl Actions for Dispatcher<'_> {
                     tracing::debug!("Join-request dropped: joins in flight at the limit");
                     return count(&state.metrics, Count::UplinkDropped("joins_in_flight"));
                 }
-                self.held
-                    .joins
-                    .spawn(crate::join::otaa::handle_join_request(
-                        Arc::clone(state),
-                        Arc::clone(self.link),
-                        Arc::clone(self.socket),
-                        phy,
-                        reception,
-                    ));
+                let (state, link, socket) = (
+                    Arc::clone(state),
+                    Arc::clone(self.link),
+                    Arc::clone(self.socket),
+                );
+                if crate::join::rejoin::rejoin_type(&phy).is_some() {
+                    self.held
+                        .joins
+                        .spawn(crate::join::rejoin::handle_rejoin_request(
+                            state, link, socket, phy, reception,
+                        ));
+                } else {
+                    self.held
+                        .joins
+                        .spawn(crate::join::otaa::handle_join_request(
+                            state, link, socket, phy, reception,
+                        ));
+                }
             }
             Action::Forward {
                 path: Path::Data,

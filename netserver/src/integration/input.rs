@@ -1,6 +1,7 @@
 //! The downlink input: JSON requests on UDP (one answer datagram each) or `POST /downlink` on
 //! HTTP, authenticated ([`crate::integration::auth`]), validated and queued for the device's
-//! next uplink.
+//! next uplink. The HTTP input also takes the operator's `POST /rejoin`
+//! ([`crate::integration::rejoin`]) under the same token.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -193,7 +194,7 @@ pub async fn downlink_input(
 
 type HttpReply = hyper::Response<http_body_util::Full<hyper::body::Bytes>>;
 
-fn http_reply(code: hyper::StatusCode, a: &DownlinkAnswer) -> HttpReply {
+fn http_reply(code: hyper::StatusCode, a: &impl Serialize) -> HttpReply {
     use hyper::header::{HeaderValue, CONTENT_TYPE};
     let mut r = hyper::Response::new(http_body_util::Full::new(hyper::body::Bytes::from(
         serde_json::to_vec(a).unwrap_or_default(),
@@ -245,10 +246,11 @@ async fn answer_http(
             .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     }
-    if req.uri().path() != "/downlink" {
+    let rejoin = req.uri().path() == "/rejoin";
+    if req.uri().path() != "/downlink" && !rejoin {
         return http_reply(
             StatusCode::NOT_FOUND,
-            &DownlinkAnswer::err("not found: POST /downlink"),
+            &DownlinkAnswer::err("not found: POST /downlink or POST /rejoin"),
         );
     }
     if req.method() != Method::POST {
@@ -266,6 +268,16 @@ async fn answer_http(
             )
         }
     };
+    if rejoin {
+        let now_ms = protocol::time::unix_ms(std::time::SystemTime::now());
+        let answer = crate::integration::rejoin::handle_force_rejoin(state, &body, now_ms);
+        let code = if answer.ok {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        return http_reply(code, &answer);
+    }
     let answer = handle_downlink_request(state, &body);
     count_request(state, if answer.ok { "queued" } else { "refused" });
     let code = if answer.ok {

@@ -13,16 +13,18 @@
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
 //! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
-//! inline, without a task ([`crate::uplink`]).
+//! inline, without a task ([`crate::uplink`]). A LoRaWAN 1.1 Rejoin-request takes a task of its
+//! own ([`crate::join::rejoin`]) and, after its first steps, the same steps 3 to 7
+//! (`answer_and_send`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use protocol::gwmp::GwmpError;
-use protocol::ids::{DevAddr, DevEui, GatewayEui};
+use protocol::ids::{DevAddr, DevEui, DevNonce, GatewayEui, JoinEui};
 use protocol::join::{DlSettings, EncryptedJoinAccept, JoinFrameError, JoinRequest};
-use protocol::ts002::{self, JoinAns, JoinReq, ResultCode, Ts002Error};
+use protocol::ts002::{self, JoinAns, JoinReq, MessageType, ResultCode, Ts002Error};
 use protocol::version::MacVersion;
 use tokio::net::UdpSocket;
 use tracing::Instrument;
@@ -31,6 +33,7 @@ use crate::core::devaddr::Exhausted;
 use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
+use crate::core::rejoin::RejoinRefusal;
 use crate::core::timing::Window;
 use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkError, DownlinkRadio};
 use crate::integration::emitter::Emit;
@@ -49,9 +52,12 @@ use protocol::time::unix_ms;
 /// Why a join ended without a Join-accept.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
-    /// The Join-request is malformed.
-    #[error("malformed join-request: {0}")]
+    /// The Join-request (or Rejoin-request) is malformed.
+    #[error("malformed request: {0}")]
     Parse(#[from] JoinFrameError),
+    /// A Rejoin-request type 0 or 2 was refused before the join server was asked.
+    #[error(transparent)]
+    Rejoin(#[from] RejoinRefusal),
     /// No DevAddr is free.
     #[error(transparent)]
     Exhausted(#[from] Exhausted),
@@ -108,6 +114,7 @@ impl JoinError {
                 ("rejected", reason)
             }
             Self::Parse(_) => dropped("malformed"),
+            Self::Rejoin(r) => dropped(r.kind()),
             Self::Exhausted(_) => dropped("devaddr_exhausted"),
             Self::Link(_) => dropped("link_send"),
             Self::Encode(_) => dropped("encode"),
@@ -123,11 +130,50 @@ impl JoinError {
 }
 
 /// Releases a reserved DevAddr unless the join completed.
-struct Reservation<'a> {
+pub(crate) struct Reservation<'a> {
     state: &'a State,
     addr: DevAddr,
     dev_eui: DevEui,
     armed: bool,
+}
+
+impl<'a> Reservation<'a> {
+    /// Reserves a DevAddr for `dev_eui` until the flow has certainly ended.
+    pub(crate) fn new(
+        state: &'a State,
+        dev_eui: DevEui,
+        flow: &JoinFlow,
+    ) -> Result<Self, JoinError> {
+        let until = flow.give_up_at() + Duration::from_secs(1);
+        let addr =
+            state
+                .allocator
+                .allocate(Instant::now(), dev_eui, until, &mut rand::thread_rng())?;
+        tracing::Span::current().record("dev_addr", tracing::field::display(addr));
+        Ok(Self {
+            state,
+            addr,
+            dev_eui,
+            armed: true,
+        })
+    }
+
+    /// The address reserved (or kept).
+    pub(crate) fn addr(&self) -> DevAddr {
+        self.addr
+    }
+
+    /// The address the device already holds (a Rejoin-request type 2 keeps it): nothing to
+    /// reserve or release.
+    pub(crate) fn kept(state: &'a State, dev_eui: DevEui, addr: DevAddr) -> Self {
+        tracing::Span::current().record("dev_addr", tracing::field::display(addr));
+        Self {
+            state,
+            addr,
+            dev_eui,
+            armed: false,
+        }
+    }
 }
 
 impl Drop for Reservation<'_> {
@@ -199,26 +245,65 @@ async fn run<C: JoinServerClient>(
     span.record("dev_eui", tracing::field::display(req.dev_eui));
 
     // 2. Reserve a DevAddr until the flow has certainly ended.
-    let mut flow = JoinFlow::new(t0, state.retry_policy(), state.join_timing());
-    let until = flow.give_up_at() + Duration::from_secs(1);
-    let addr =
-        state
-            .allocator
-            .allocate(Instant::now(), req.dev_eui, until, &mut rand::thread_rng())?;
-    let mut reservation = Reservation {
+    let flow = JoinFlow::new(t0, state.retry_policy(), state.join_timing());
+    let reservation = Reservation::new(state, req.dev_eui, &flow)?;
+    let join_req = join_req(
         state,
-        addr,
+        MessageType::JoinReq,
+        (req.join_eui, req.dev_eui),
+        phy,
+        reservation.addr,
+    );
+    let activation = Activation {
         dev_eui: req.dev_eui,
-        armed: true,
+        join_eui: req.join_eui,
+        dev_nonce: req.dev_nonce,
+        keep: None,
     };
-    span.record("dev_addr", tracing::field::display(addr));
+    answer_and_send(
+        state,
+        link,
+        gwmp,
+        (phy, first),
+        flow,
+        &join_req,
+        activation,
+        reservation,
+    )
+    .await
+}
 
-    // 3. JoinReq with retries.
-    let join_req = join_req(state, &req, phy, addr);
-    let answer = exchange(state, link, req.join_eui, &join_req, &mut flow).await?;
+/// What a Join-accept activates: the device, its JoinEUI, the nonce of the request it answers
+/// (a Join-request's DevNonce, or a Rejoin-request's RJcount, which takes its place), and, for a
+/// rejoin verified under a session, that session: the one to keep until the new one is used.
+pub(crate) struct Activation {
+    pub(crate) dev_eui: DevEui,
+    pub(crate) join_eui: JoinEui,
+    pub(crate) dev_nonce: DevNonce,
+    pub(crate) keep: Option<Arc<Session>>,
+}
+
+/// Steps 3 to 7, shared by joins and rejoins: the request over the link (with retries), its
+/// answer, the window and gateway, the durable session, the PULL_RESP.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn answer_and_send<C: JoinServerClient>(
+    state: &State,
+    link: &Arc<C>,
+    gwmp: &UdpSocket,
+    (phy, first): (&[u8], &Reception),
+    mut flow: JoinFlow,
+    join_req: &JoinReq,
+    activation: Activation,
+    mut reservation: Reservation<'_>,
+) -> Result<(Window, GatewayEui), JoinError> {
+    let t0 = first.received_at;
+    let addr = reservation.addr;
+
+    // 3. JoinReq (or RejoinReq) with retries.
+    let answer = exchange(state, link, activation.join_eui, join_req, &mut flow).await?;
 
     // 4. Read the answer.
-    let ans = read_answer(state, &answer, &join_req)?;
+    let ans = read_answer(state, &answer, join_req)?;
 
     // 5. Window and gateway, from the receptions gathered by now.
     let receptions = state.dedup.receptions(phy);
@@ -243,7 +328,7 @@ async fn run<C: JoinServerClient>(
     let pull_resp = pull_resp(rand::random(), txpk)?;
 
     // 6. Store durably, then install.
-    install(state, &req, addr, ans).await?;
+    install(state, activation, addr, ans).await?;
     reservation.armed = false;
 
     // 7. Send.
@@ -265,17 +350,25 @@ async fn run<C: JoinServerClient>(
     Ok((at.window, gw.gateway))
 }
 
-/// The TS002 JoinReq for `req`, with a fresh TransactionID and the DevAddr reserved for it.
-fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> JoinReq {
+/// The TS002 JoinReq for the request `phy` of `(join_eui, dev_eui)`, with a fresh
+/// TransactionID and the DevAddr reserved for it. With `message_type` `RejoinReq` it is a TS002
+/// RejoinReq, which has the same fields.
+pub(crate) fn join_req(
+    state: &State,
+    message_type: MessageType,
+    (join_eui, dev_eui): (JoinEui, DevEui),
+    phy: &[u8],
+    addr: DevAddr,
+) -> JoinReq {
     let j = &state.config.join;
     JoinReq {
         header: ts002::Header {
             // TS002 1.0, which every join server reads (1.1 requires a SenderNSID).
             protocol_version: ts002::ProtocolVersion::V1_0,
             sender_id: state.block.net_id.to_string(),
-            receiver_id: req.join_eui.to_string(),
+            receiver_id: join_eui.to_string(),
             transaction_id: state.next_transaction_id(),
-            message_type: ts002::MessageType::JoinReq,
+            message_type,
             sender_token: None,
             receiver_token: None,
             sender_ns_id: None,
@@ -287,7 +380,7 @@ fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> Join
         // The network supports 1.1; the join server answers with the device's own version.
         mac_version: MacVersion::V1_1,
         phy_payload: phy.to_vec(),
-        dev_eui: req.dev_eui,
+        dev_eui,
         dev_addr: addr,
         dl_settings: requested_dl_settings(j, state.config.network.region).0,
         rx_delay: j.rx_delay_s,
@@ -314,7 +407,7 @@ fn requested_dl_settings(j: &JoinConfig, region: Region) -> DlSettings {
 async fn exchange<C: JoinServerClient>(
     state: &State,
     link: &Arc<C>,
-    join_eui: protocol::ids::JoinEui,
+    join_eui: JoinEui,
     join_req: &JoinReq,
     flow: &mut JoinFlow,
 ) -> Result<Vec<u8>, JoinError> {
@@ -361,7 +454,8 @@ struct Answer {
 /// Reads the JoinAns to `join_req`: a refusal, or the Join-accept with the network keys
 /// opened and the settings the device applies.
 fn read_answer(state: &State, answer: &[u8], join_req: &JoinReq) -> Result<Answer, JoinError> {
-    let ans = JoinAns::parse(answer).map_err(|e| JoinError::Answer(e.to_string()))?;
+    let ans = JoinAns::parse_answer_to(answer, join_req.header.message_type)
+        .map_err(|e| JoinError::Answer(e.to_string()))?;
     if ans.header.transaction_id != join_req.header.transaction_id {
         return Err(JoinError::Answer(format!(
             "TransactionID {} answers another request",
@@ -402,18 +496,18 @@ fn read_answer(state: &State, answer: &[u8], join_req: &JoinReq) -> Result<Answe
 /// installs it and frees the device's previous address.
 async fn install(
     state: &State,
-    req: &JoinRequest,
+    act: Activation,
     addr: DevAddr,
     ans: Answer,
 ) -> Result<(), JoinError> {
     let applied = ans.applied;
     let stored = StoredSession {
         version: STORED_SESSION_VERSION,
-        dev_eui: req.dev_eui,
-        join_eui: req.join_eui,
+        dev_eui: act.dev_eui,
+        join_eui: act.join_eui,
         dev_addr: addr,
         mac_version: applied.mac_version,
-        dev_nonce: req.dev_nonce,
+        dev_nonce: act.dev_nonce,
         network_keys: ans.keys.seal(&state.secrets.ns_kek),
         app_s_key: ans.app_s_key,
         session_key_id: ans.session_key_id,
@@ -426,29 +520,36 @@ async fn install(
         counters: FrameCounters::default(),
         created_at_ms: unix_ms(SystemTime::now()),
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
+        last_rj_count0: None,
     };
     let as_kek = state.secrets.as_kek.as_ref();
     let session = Session::new(&stored, ans.keys, state.sessions.labels(), as_kek)
         .map_err(|e| JoinError::Answer(format!("AppSKey envelope: {e}")))?;
     // The session this join replaces stays usable until the first uplink under the new one
-    // (the device may miss the Join-accept), so it is stored with it, in the same commit.
-    match state.sessions.get(req.dev_eui) {
+    // (the device may miss the Join-accept), so it is stored with it, in the same commit. A
+    // rejoin names the session it was verified under: the one the device uses.
+    let dev_eui = act.dev_eui;
+    match act.keep.clone().or_else(|| state.sessions.get(dev_eui)) {
         Some(old) => {
             let replaced = old.to_stored(&state.secrets.ns_kek);
             state.store.put_replacing(stored, replaced).await?;
         }
         None => state.store.put(stored).await?,
     }
-    if !state.allocator.confirm(addr, req.dev_eui) {
+    if !state.allocator.confirm(addr, dev_eui) {
         // Only if the store took longer than the reservation (RX2 + 1 s) and another join
         // took the address meanwhile: claim it for the stored session regardless, and say so.
         tracing::error!("DevAddr reservation expired during the store commit; address reclaimed");
-        state.allocator.restore(addr, req.dev_eui);
+        state.allocator.restore(addr, dev_eui);
     }
     emit_join_event(state, &session);
-    if let Some(old) = state.sessions.insert(session) {
+    let displaced = match act.keep {
+        Some(keep) => state.sessions.insert_keeping(session, keep),
+        None => state.sessions.insert(session),
+    };
+    if let Some(old) = displaced {
         if old.dev_addr != addr {
-            state.allocator.release(old.dev_addr, req.dev_eui);
+            state.allocator.release(old.dev_addr, dev_eui);
         }
     }
     Ok(())

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub dedup_full: IntCounter,
     /// Join-requests handled, by `result` (accepted, or the reason none was sent).
     pub joins: IntCounterVec,
+    /// LoRaWAN 1.1 Rejoin-requests handled, by `type` (0, 1, 2), `result` (accepted, rejected,
+    /// dropped) and `reason` (window, ResultCode, or drop reason).
+    pub rejoins: IntCounterVec,
     /// Join-accepts scheduled, by `window` (rx1, rx2).
     pub join_accepts: IntCounterVec,
     /// JoinReq transmissions on the link, by `type` (first, retry).
@@ -148,6 +151,12 @@ impl Metrics {
                 "netserver_joins_total",
                 "Join-requests handled, by result (accepted, rejected by the join server, dropped) and reason (window, ResultCode, or drop reason).",
                 &["result", "reason"],
+            ),
+            rejoins: counter_vec(
+                &r,
+                "netserver_rejoins_total",
+                "Rejoin-requests handled, by type (0, 1, 2), result (accepted, rejected by the join server, dropped) and reason (window, ResultCode, or drop reason).",
+                &["type", "result", "reason"],
             ),
             join_accepts: counter_vec(
                 &r,

@@ -104,6 +104,13 @@ impl SessionStore {
         self.submit(|ack| Job::Write(ops, ack)).await
     }
 
+    /// Stores the device's replaced session again (its record changed: a rejoin accepted under
+    /// it); resolves once durable.
+    pub async fn put_previous(&self, replaced: StoredSession) -> Result<(), StoreError> {
+        self.submit(|ack| Job::Write(vec![WriteOp::PutPrevious(Box::new(replaced))], ack))
+            .await
+    }
+
     /// Queues the removal of the device's replaced session without waiting (the data path
     /// never waits for storage). If it is lost in a crash, the restart drops the replaced
     /// session anyway, since its successor's counters show it in use.

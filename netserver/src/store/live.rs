@@ -17,10 +17,14 @@ pub struct Live {
 }
 
 impl Live {
-    /// From the stored counters.
-    pub fn new(counters: FrameCounters) -> Self {
+    /// From the stored counters and last accepted RJcount0.
+    pub fn new(counters: FrameCounters, last_rj_count0: Option<u16>) -> Self {
+        let mut state = DataState::new(counters);
+        if let Some(c) = last_rj_count0 {
+            state.set_last_rj_count0(c);
+        }
         Self {
-            state: Mutex::new(DataState::new(counters)),
+            state: Mutex::new(state),
         }
     }
 
@@ -116,8 +120,19 @@ mod tests {
     }
 
     #[test]
+    fn last_rj_count0_round_trips_through_the_live_state() {
+        for last in [None, Some(0), Some(7), Some(u16::MAX - 1)] {
+            let live = Live::new(FrameCounters::default(), last);
+            assert_eq!(live.lock().last_rj_count0(), last);
+        }
+        let live = Live::new(FrameCounters::default(), None);
+        live.lock().set_last_rj_count0(41);
+        assert_eq!(live.lock().last_rj_count0(), Some(41));
+    }
+
+    #[test]
     fn counters_and_last_accepted() {
-        let live = Live::new(FrameCounters::default());
+        let live = Live::new(FrameCounters::default(), None);
         assert_eq!(live.lock().last_accepted(), None);
         live.lock().counters.f_cnt_up = 8;
         assert_eq!(live.lock().last_accepted(), Some(7));

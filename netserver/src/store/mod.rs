@@ -39,6 +39,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod labels;
 pub mod live;
+pub mod pending_mac;
 pub mod pg;
 pub mod queue;
 pub mod restore;

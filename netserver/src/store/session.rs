@@ -78,13 +78,17 @@ impl Session {
             keys,
             app_s_key,
             session_key_id: stored.session_key_id.clone().map(Box::new),
-            live: Live::new(stored.counters),
+            live: Live::new(stored.counters, stored.last_rj_count0),
         })
     }
 
     /// The persisted form, with the current counters and the network keys wrapped under
     /// `ns_kek`.
     pub fn to_stored(&self, ns_kek: &LabeledKek) -> StoredSession {
+        let (counters, last_rj_count0) = {
+            let live = self.live.lock();
+            (live.counters, live.last_rj_count0())
+        };
         StoredSession {
             version: STORED_SESSION_VERSION,
             dev_eui: self.dev_eui,
@@ -96,9 +100,10 @@ impl Session {
             app_s_key: self.app_s_key.as_ref().map(InlineEnvelope::to_envelope),
             session_key_id: self.session_key_id.as_deref().cloned(),
             rx: self.rx,
-            counters: self.live.lock().counters,
+            counters,
             created_at_ms: self.created_at_ms,
             lifetime_s: (self.lifetime_s > 0).then_some(self.lifetime_s),
+            last_rj_count0,
         }
     }
 

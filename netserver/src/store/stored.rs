@@ -48,6 +48,11 @@ pub struct StoredSession {
     pub created_at_ms: u64,
     /// Session lifetime from the JoinAns, s (0 or absent: unlimited).
     pub lifetime_s: Option<u32>,
+    /// LoRaWAN 1.1: the RJcount0 of the last Rejoin-request type 0 or 2 accepted under this
+    /// session, written before the rejoin is forwarded (absent before the first: records
+    /// without it read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rj_count0: Option<u16>,
 }
 
 mod opt_hex {
@@ -125,6 +130,7 @@ pub(crate) mod tests {
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
+            last_rj_count0: None,
         }
     }
 

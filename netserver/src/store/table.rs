@@ -93,6 +93,22 @@ impl Sessions {
         out
     }
 
+    /// Installs `s` as the device's current session and keeps `keep` (the session the device
+    /// was using: a rejoin verified under it) as its replaced session, whatever session `s`
+    /// displaces; returns the displaced current session, if any.
+    pub fn insert_keeping(&self, s: Session, keep: Arc<Session>) -> Option<Arc<Session>> {
+        let old = self.insert(s);
+        if old.as_ref().is_some_and(|o| !Arc::ptr_eq(o, &keep)) {
+            self.keep_previous(keep);
+        }
+        old
+    }
+
+    /// The device's replaced session, kept until its successor is used.
+    pub fn previous(&self, dev_eui: DevEui) -> Option<Arc<Session>> {
+        self.previous.get(&dev_eui).map(|s| Arc::clone(&s))
+    }
+
     /// Whether `s` is the device's current session.
     pub fn is_current(&self, s: &Arc<Session>) -> bool {
         self.by_dev_eui

@@ -58,6 +58,7 @@ pub fn process(state: &State, phy: &[u8], first: &Reception, wall: SystemTime, n
         config: &state.config,
         gateways: &state.gateways,
         queue: &state.data.queue,
+        pending_mac: &state.data.pending_mac,
     };
     let locked = candidates.iter().map(|s| (s, s.live.lock()));
     let decision = uplink::handle(&input, &env, locked, &mut rand::thread_rng());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::integration::emitter::Emitter;
 use crate::ops::config::DataConfig;
+use crate::store::pending_mac::PendingMacs;
 use crate::store::queue::DownlinkQueue;
 
 /// The data path's shared parts.
@@ -17,6 +18,9 @@ pub struct DataPlane {
     pub emitter: Emitter,
     /// Application downlink queue.
     pub queue: DownlinkQueue,
+    /// Network-initiated MAC commands (ForceRejoinReq, RejoinParamSetupReq) waiting for their
+    /// device's next uplink.
+    pub pending_mac: PendingMacs,
     /// Next downlink id.
     pub next_id: AtomicU64,
 }
@@ -26,6 +30,7 @@ impl DataPlane {
     pub fn new(config: DataConfig, emitter: Emitter) -> Self {
         Self {
             queue: DownlinkQueue::new(config.queue_per_device),
+            pending_mac: PendingMacs::new(),
             config,
             emitter,
             next_id: AtomicU64::new(1),

@@ -21,6 +21,7 @@ use netserver::gateway::registry::GatewayRegistry;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::ops::config::Config;
 use netserver::store::counters::CounterRecord;
+use netserver::store::pending_mac::PendingMacs;
 use netserver::store::queue::{DownlinkQueue, QueuedDownlink};
 use netserver::store::session::Session;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
@@ -179,6 +180,7 @@ impl FakeDevice {
             counters: FrameCounters::default(),
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
+            last_rj_count0: None,
         };
         Session::new(&stored, keys, labels, None).unwrap()
     }
@@ -305,6 +307,8 @@ pub struct Harness {
     pub sessions: Sessions,
     /// The application downlink queue.
     pub queue: DownlinkQueue,
+    /// Network-initiated MAC commands (forced rejoins).
+    pub pending_mac: PendingMacs,
     /// Every action the gateway core took, in order.
     pub actions: Vec<Action>,
     /// Join-request first copies forwarded to the join path.
@@ -338,6 +342,7 @@ impl Harness {
             gateways: GatewayRegistry::of(&config.gwmp, None),
             dedup: Dedup::of(&config.gwmp),
             queue: DownlinkQueue::new(config.data.queue_per_device),
+            pending_mac: PendingMacs::new(),
             sessions: Sessions::new(),
             config,
             actions: Vec::new(),
@@ -506,6 +511,7 @@ impl Harness {
             config: &self.config,
             gateways: &self.gateways,
             queue: &self.queue,
+            pending_mac: &self.pending_mac,
         };
         let locked = candidates.iter().map(|s| (s, s.live.lock()));
         let handled = match uplink::handle(&input, &env, locked, &mut self.rng) {
