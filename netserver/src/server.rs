@@ -29,7 +29,10 @@ use crate::gateway::allowed;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{Emitter, EmitterThread};
+use crate::integration::log::{EventLog, Logged};
+use crate::integration::mqtt::Broker;
 use crate::integration::sink::ConfiguredSink;
+use crate::integration::sinks::{open_log, Delivery, Prepared};
 use crate::join::link::LinkClient;
 use crate::ops::config::{Config, DataConfig};
 use crate::ops::listen::{HttpListener, HttpSecurity};
@@ -54,13 +57,18 @@ pub struct Addresses {
 /// Runs the server until SIGINT/SIGTERM or until `stop` turns true. Calls `ready` once every
 /// socket is bound.
 pub fn run(
-    config: Config,
+    mut config: Config,
     secrets: Secrets,
     stop: Option<watch::Receiver<bool>>,
     ready: impl FnOnce(&Addresses),
 ) -> anyhow::Result<()> {
     let block = config.validate()?;
     config.data.validate().map_err(anyhow::Error::msg)?;
+    // `data.events = "mqtt://…"` (or `--events mqtt://…`) names the MQTT sink.
+    if Broker::parse(config.data.events.trim()).is_ok() {
+        config.integration.mqtt.url = std::mem::take(&mut config.data.events);
+    }
+    let sinks = Prepared::new(&config.integration, config.network.region)?;
     let metrics = Metrics::new();
     let allowed_gateways = match config.gwmp.allowed_gateways_file.as_str() {
         "" => None,
@@ -83,8 +91,11 @@ pub fn run(
         .build()?;
     let (link_rx, signals) = in_runtime(&rt, link.socket)?;
     let inputs = DownlinkInputs::bind(&config.data, &http)?;
+    let log = open_log(&config.integration, &config.data_dir, &metrics.integration)?;
+    let (log, written) = log.unzip();
     let (plane, emitter_thread) =
-        start_plane(&config.data, restored.counter_log, gwmp.downlink, &metrics)?;
+        start_plane(&config.data, log, restored.counter_log, gwmp.downlink, &metrics)?;
+    let data_dir = config.data_dir.clone();
     let store = restored.store;
     let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);
     let state = Arc::new(State::new(
@@ -100,6 +111,10 @@ pub fn run(
         allowed_gateways,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let delivery = match &written {
+        Some(w) => sinks.start(&state, &data_dir, w)?,
+        None => Delivery::none(),
+    };
     let threads = spawn_socket_loops(&state, &link.client, gwmp.sockets, &shutdown_rx)?;
 
     let addrs = Addresses {
@@ -129,20 +144,24 @@ pub fn run(
     drop(link.client);
     restored.store_thread.join();
     emitter_thread.join();
+    delivery.stop();
     result?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// The data path's shared parts, with the emitter thread started on the configured sink.
+/// The data path's shared parts, with the emitter thread started on the configured sink
+/// (behind the event log, if there is one).
 fn start_plane(
     data: &DataConfig,
+    log: Option<EventLog>,
     counters: CounterLog,
     downlinks: std::net::UdpSocket,
     metrics: &Metrics,
 ) -> anyhow::Result<(DataPlane, EmitterThread)> {
     let sink = ConfiguredSink::open(&data.events)
         .with_context(|| format!("opening the event sink {:?}", data.events))?;
+    let sink = Logged { log, sink };
     let (emitter, thread) =
         Emitter::start(counters, sink, downlinks, data.max_batch, metrics.clone())?;
     Ok((DataPlane::new(data.clone(), emitter), thread))
