@@ -93,8 +93,13 @@ pub fn run(
     let inputs = DownlinkInputs::bind(&config.data, &http)?;
     let log = open_log(&config.integration, &config.data_dir, &metrics.integration)?;
     let (log, written) = log.unzip();
-    let (plane, emitter_thread) =
-        start_plane(&config.data, log, restored.counter_log, gwmp.downlink, &metrics)?;
+    let (plane, emitter_thread) = start_plane(
+        &config.data,
+        log,
+        restored.counter_log,
+        gwmp.downlink,
+        &metrics,
+    )?;
     let data_dir = config.data_dir.clone();
     let store = restored.store;
     let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);

@@ -13,6 +13,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub mod mosquitto;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

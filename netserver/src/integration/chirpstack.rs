@@ -189,22 +189,21 @@ pub fn chirpstack_event(line: &[u8], shape: &Shape) -> Option<ChirpEvent> {
 fn up(u: &UplinkEvent, shape: &Shape, device_info: Value, dedup: String) -> Value {
     let first = u.rx.first();
     let dr = first.map_or(0, |r| r.data_rate);
-    let rx_info: Vec<Value> = u
-        .rx
-        .iter()
-        .map(|r| {
-            json!({
-                "gatewayId": gateway_id(r.gateway),
-                "uplinkId": r.tmst,
-                "nsTime": u.received_at,
-                "rssi": r.rssi,
-                "snr": r.snr,
-                "location": {},
-                "context": b64(&r.tmst.to_be_bytes()),
-                "crcStatus": "CRC_OK",
+    let rx_info: Vec<Value> =
+        u.rx.iter()
+            .map(|r| {
+                json!({
+                    "gatewayId": gateway_id(r.gateway),
+                    "uplinkId": r.tmst,
+                    "nsTime": u.received_at,
+                    "rssi": r.rssi,
+                    "snr": r.snr,
+                    "location": {},
+                    "context": b64(&r.tmst.to_be_bytes()),
+                    "crcStatus": "CRC_OK",
+                })
             })
-        })
-        .collect();
+            .collect();
     let mut tx_info = Map::new();
     tx_info.insert("frequency".into(), json!(first.map_or(0, |r| r.frequency)));
     if let Ok(protocol::gwmp::DataRate::Lora {
@@ -325,8 +324,11 @@ mod tests {
         Shape {
             applications: Applications {
                 default: "84c006ab-204f-418b-9896-075226b8a93d".into(),
-                by_tenant: [("acme".to_owned(), "11111111-2222-3333-4444-555555555555".to_owned())]
-                    .into(),
+                by_tenant: [(
+                    "acme".to_owned(),
+                    "11111111-2222-3333-4444-555555555555".to_owned(),
+                )]
+                .into(),
             },
             region: Region::Eu868,
         }
@@ -343,9 +345,15 @@ mod tests {
         );
         let b = &e.body;
         assert_eq!(b["deviceInfo"]["devEui"], "70b3d5ff00000001");
-        assert_eq!(b["deviceInfo"]["applicationId"], "84c006ab-204f-418b-9896-075226b8a93d");
+        assert_eq!(
+            b["deviceInfo"]["applicationId"],
+            "84c006ab-204f-418b-9896-075226b8a93d"
+        );
         assert_eq!(b["devAddr"], "00600383");
-        assert_eq!((b["dr"].as_u64(), b["fCnt"].as_u64(), b["fPort"].as_u64()), (Some(5), Some(0), Some(10)));
+        assert_eq!(
+            (b["dr"].as_u64(), b["fCnt"].as_u64(), b["fPort"].as_u64()),
+            (Some(5), Some(0), Some(10))
+        );
         assert_eq!(b["data"], "AAECAwQFBgcICQoL");
         assert_eq!(b["rxInfo"][0]["gatewayId"], "aa555a0000000001");
         assert_eq!(b["rxInfo"][0]["rssi"], -60);
@@ -357,9 +365,15 @@ mod tests {
         assert_eq!(b["time"], "2026-12-06T07:44:53.801Z");
         let id = b["deduplicationId"].as_str().unwrap();
         assert_eq!(id.len(), 36);
-        assert_eq!(id, chirpstack_event(UP.as_bytes(), &shape()).unwrap().body["deduplicationId"]);
+        assert_eq!(
+            id,
+            chirpstack_event(UP.as_bytes(), &shape()).unwrap().body["deduplicationId"]
+        );
         let other = UP.replace("\"f_cnt\":0", "\"f_cnt\":1");
-        assert_ne!(id, chirpstack_event(other.as_bytes(), &shape()).unwrap().body["deduplicationId"]);
+        assert_ne!(
+            id,
+            chirpstack_event(other.as_bytes(), &shape()).unwrap().body["deduplicationId"]
+        );
     }
 
     #[test]
@@ -385,19 +399,33 @@ mod tests {
     fn join_ack_status_and_log_events() {
         let s = shape();
         let ev = |l: &str| chirpstack_event(l.as_bytes(), &s).unwrap();
-        let j = ev(r#"{"type":"join","dev_eui":"0000000000000001","join_eui":"70B3D57ED0000001","dev_addr":"26000123","mac_version":"1.0.3","received_at":"2026-11-25T12:00:00.000Z"}"#);
+        let j = ev(
+            r#"{"type":"join","dev_eui":"0000000000000001","join_eui":"70B3D57ED0000001","dev_addr":"26000123","mac_version":"1.0.3","received_at":"2026-11-25T12:00:00.000Z"}"#,
+        );
         assert_eq!((j.event, &j.body["devAddr"]), ("join", &json!("26000123")));
-        let a = ev(r#"{"type":"ack","dev_eui":"00000000000000B1","id":2,"f_cnt_down":1,"received_at":"2026-11-25T12:00:52.100Z"}"#);
+        let a = ev(
+            r#"{"type":"ack","dev_eui":"00000000000000B1","id":2,"f_cnt_down":1,"received_at":"2026-11-25T12:00:52.100Z"}"#,
+        );
         assert_eq!(a.event, "ack");
         assert_eq!(a.body["acknowledged"], true);
         assert_eq!(a.body["fCntDown"], 1);
-        assert_eq!(a.body["queueItemId"], "00000000-0000-0000-0000-000000000002");
-        let st = ev(r#"{"type":"status","dev_eui":"00000000000000B1","battery":127,"margin":-3,"received_at":"2026-11-25T12:00:52.100Z"}"#);
+        assert_eq!(
+            a.body["queueItemId"],
+            "00000000-0000-0000-0000-000000000002"
+        );
+        let st = ev(
+            r#"{"type":"status","dev_eui":"00000000000000B1","battery":127,"margin":-3,"received_at":"2026-11-25T12:00:52.100Z"}"#,
+        );
         assert_eq!(st.body["batteryLevel"], json!(50.0));
         assert_eq!(st.body["margin"], -3);
         assert_eq!(st.body["externalPowerSource"], false);
-        let l = ev(r#"{"type":"log","dev_eui":"00000000000000B1","level":"ERROR","code":"DOWNLINK_PAYLOAD_SIZE","description":"too long","context":{"fPort":"2"},"received_at":"2026-11-25T12:00:52.100Z"}"#);
-        assert_eq!(l.topic(EVENT_TOPIC), "application/84c006ab-204f-418b-9896-075226b8a93d/device/00000000000000b1/event/log");
+        let l = ev(
+            r#"{"type":"log","dev_eui":"00000000000000B1","level":"ERROR","code":"DOWNLINK_PAYLOAD_SIZE","description":"too long","context":{"fPort":"2"},"received_at":"2026-11-25T12:00:52.100Z"}"#,
+        );
+        assert_eq!(
+            l.topic(EVENT_TOPIC),
+            "application/84c006ab-204f-418b-9896-075226b8a93d/device/00000000000000b1/event/log"
+        );
         assert_eq!(l.body["context"]["fPort"], "2");
         assert!(l.body.get("deduplicationId").is_none());
         assert!(chirpstack_event(b"{\"type\":\"other\"}", &s).is_none());

@@ -58,7 +58,10 @@ impl Refusal {
 }
 
 /// Parses a command's payload for the device `topic_dev_eui` names.
-pub fn parse_command(topic_dev_eui: DevEui, payload: &[u8]) -> Result<ValidDownlinkRequest, Refusal> {
+pub fn parse_command(
+    topic_dev_eui: DevEui,
+    payload: &[u8],
+) -> Result<ValidDownlinkRequest, Refusal> {
     let v: Value = serde_json::from_slice(payload)
         .map_err(|e| Refusal::new(format!("the command is not JSON: {e}")))?;
     let o = v
@@ -214,7 +217,10 @@ mod tests {
     #[test]
     fn command_topics_are_matched_against_the_template() {
         assert_eq!(
-            match_topic(COMMAND_TOPIC, "application/abc/device/70b3d5ff00000001/command/down"),
+            match_topic(
+                COMMAND_TOPIC,
+                "application/abc/device/70b3d5ff00000001/command/down"
+            ),
             Some(("abc", "70b3d5ff00000001"))
         );
         for t in [
@@ -234,9 +240,17 @@ mod tests {
             r#"{"devEui":"70b3d5ff00000001","confirmed":true,"fPort":10,"data":"AQID","id":"x"}"#,
         ] {
             let r = parse_command(DEV, body.as_bytes()).unwrap();
-            assert_eq!((r.f_port, r.payload.as_slice(), r.confirmed), (10, &[1u8, 2, 3][..], true), "{body}");
+            assert_eq!(
+                (r.f_port, r.payload.as_slice(), r.confirmed),
+                (10, &[1u8, 2, 3][..], true),
+                "{body}"
+            );
         }
-        let r = parse_command(DEV, br#"{"devEui":"70b3d5ff00000001","fPort":1,"data":"-_8"}"#).unwrap();
+        let r = parse_command(
+            DEV,
+            br#"{"devEui":"70b3d5ff00000001","fPort":1,"data":"-_8"}"#,
+        )
+        .unwrap();
         assert_eq!((r.payload, r.confirmed), (vec![0xFB, 0xFF], false));
     }
 
@@ -250,16 +264,31 @@ mod tests {
             ("nope", "not JSON"),
             ("[1]", "not a JSON object"),
             (r#"{"fPort":1,"data":""}"#, "devEui is missing"),
-            (r#"{"devEui":"70b3d5ff00000002","fPort":1,"data":""}"#, "not the topic's device"),
-            (r#"{"devEui":"70b3d5ff00000001","fPort":0,"data":""}"#, "1..=223"),
-            (r#"{"devEui":"70b3d5ff00000001","fPort":1,"data":"!!"}"#, "not base64"),
-            (r#"{"devEui":"70b3d5ff00000001","fPort":1,"object":{"a":1}}"#, "codec"),
+            (
+                r#"{"devEui":"70b3d5ff00000002","fPort":1,"data":""}"#,
+                "not the topic's device",
+            ),
+            (
+                r#"{"devEui":"70b3d5ff00000001","fPort":0,"data":""}"#,
+                "1..=223",
+            ),
+            (
+                r#"{"devEui":"70b3d5ff00000001","fPort":1,"data":"!!"}"#,
+                "not base64",
+            ),
+            (
+                r#"{"devEui":"70b3d5ff00000001","fPort":1,"object":{"a":1}}"#,
+                "codec",
+            ),
             (long.as_str(), "exceeds 242"),
         ] {
             let e = parse_command(DEV, body.as_bytes()).unwrap_err();
             assert!(e.description.contains(needle), "{body}: {e:?}");
         }
-        assert_eq!(parse_command(DEV, long.as_bytes()).unwrap_err().code, "DOWNLINK_PAYLOAD_SIZE");
+        assert_eq!(
+            parse_command(DEV, long.as_bytes()).unwrap_err().code,
+            "DOWNLINK_PAYLOAD_SIZE"
+        );
     }
 
     proptest::proptest! {

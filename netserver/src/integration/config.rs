@@ -208,11 +208,17 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.sink_names(), ["mqtt", "http-0"]);
         let apps = c.applications();
-        assert_eq!(apps.of(Some("acme")), "11111111-2222-3333-4444-555555555555");
+        assert_eq!(
+            apps.of(Some("acme")),
+            "11111111-2222-3333-4444-555555555555"
+        );
         assert_eq!(apps.of(None), "84c006ab-204f-418b-9896-075226b8a93d");
         let mut bad = c.clone();
         bad.http[0].events.push("location".into());
-        assert!(bad.validate().unwrap_err().contains("unknown event \"location\""));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .contains("unknown event \"location\""));
         let mut bad = c.clone();
         bad.mqtt.url = "tcp://x:1".into();
         assert!(bad.validate().is_err());

@@ -152,8 +152,10 @@ impl Progress {
             self.last_advance = Instant::now();
         }
         let m = &self.metrics.publishes;
-        m.with_label_values(&[&self.name, "acked"]).inc_by(delivered);
-        m.with_label_values(&[&self.name, "skipped"]).inc_by(skipped);
+        m.with_label_values(&[&self.name, "acked"])
+            .inc_by(delivered);
+        m.with_label_values(&[&self.name, "skipped"])
+            .inc_by(skipped);
         if self.last_save.elapsed() >= SAVE_EVERY {
             self.save();
         }
@@ -259,7 +261,12 @@ mod tests {
         };
         p.ack(to, 4, 1);
         p.save();
-        assert_eq!(Progress::load(dir.path(), "mqtt", m.clone()).unwrap().acked(), to);
+        assert_eq!(
+            Progress::load(dir.path(), "mqtt", m.clone())
+                .unwrap()
+                .acked(),
+            to
+        );
         assert_eq!(m.publishes.with_label_values(&["mqtt", "acked"]).get(), 4);
         // Never backwards.
         p.ack(Position::default(), 0, 0);

@@ -88,7 +88,10 @@ pub fn load_position(dir: &Path, sink: &str) -> std::io::Result<Option<Position>
         (Some(Ok(segment)), Some(Ok(offset))) => Ok(Some(Position { segment, offset })),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            format!("{}: not `SEGMENT OFFSET`", position_path(dir, sink).display()),
+            format!(
+                "{}: not `SEGMENT OFFSET`",
+                position_path(dir, sink).display()
+            ),
         )),
     }
 }
@@ -182,9 +185,7 @@ impl EventLog {
         // Every segment but the current is complete; the current is empty.
         let mut total: u64 = kept
             .iter()
-            .map(|&n| {
-                std::fs::metadata(segment_path(&self.dir, n)).map_or(0, |m| m.len())
-            })
+            .map(|&n| std::fs::metadata(segment_path(&self.dir, n)).map_or(0, |m| m.len()))
             .sum();
         for &n in &kept[..kept.len().saturating_sub(1)] {
             if total <= self.limits.backlog_bytes {
@@ -427,12 +428,24 @@ mod tests {
         write(&mut log, 8, 9);
         assert_eq!(segments(&d).unwrap(), vec![1, 2, 3]);
         let start = load_position(&d, "a").unwrap().unwrap();
-        assert_eq!(start, Position { segment: 1, offset: 0 });
+        assert_eq!(
+            start,
+            Position {
+                segment: 1,
+                offset: 0
+            }
+        );
         let mut r = LogReader::new(&d, start);
         let got = read_all(&mut r);
         assert_eq!(got.len(), 9);
         assert_eq!(got[8], "{\"n\":0008}");
-        assert_eq!(r.position(), Position { segment: 3, offset: 11 });
+        assert_eq!(
+            r.position(),
+            Position {
+                segment: 3,
+                offset: 11
+            }
+        );
         // Acknowledged up to the 5th event; a new reader there gets the rest again.
         let mut out = Vec::new();
         LogReader::new(&d, start).read(5, &mut out).unwrap();
@@ -459,7 +472,15 @@ mod tests {
             write(&mut log, i * 4, i * 4 + 4);
         }
         // The sink acknowledged all of segment 1: it goes at the next roll.
-        save_position(&d, "a", Position { segment: 2, offset: 0 }).unwrap();
+        save_position(
+            &d,
+            "a",
+            Position {
+                segment: 2,
+                offset: 0,
+            },
+        )
+        .unwrap();
         write(&mut log, 12, 16);
         assert_eq!(segments(&d).unwrap(), vec![2, 3, 4]);
         // The sink stays at segment 2: past 100 bytes the oldest segments go anyway.
@@ -469,7 +490,13 @@ mod tests {
         let left = segments(&d).unwrap();
         assert_eq!(left, vec![6, 7, 8]);
         assert_eq!(log.dropped.get(), 4);
-        let mut r = LogReader::new(&d, Position { segment: 2, offset: 11 });
+        let mut r = LogReader::new(
+            &d,
+            Position {
+                segment: 2,
+                offset: 11,
+            },
+        );
         let mut out = Vec::new();
         let (n, skipped) = r.read(1, &mut out).unwrap();
         assert_eq!((n, skipped), (1, true));

@@ -43,7 +43,9 @@ impl Broker {
         } else if let Some(r) = url.strip_prefix("mqtt://") {
             (false, r)
         } else {
-            return Err(format!("{url:?}: an MQTT broker is mqtt://HOST:PORT or mqtts://HOST:PORT"));
+            return Err(format!(
+                "{url:?}: an MQTT broker is mqtt://HOST:PORT or mqtts://HOST:PORT"
+            ));
         };
         let (addr, query) = rest.split_once('?').unwrap_or((rest, ""));
         let addr = addr.trim_end_matches('/');
@@ -313,7 +315,8 @@ impl<'a> Connection<'a> {
             }
             self.advance();
             if let Some(deadline) = drain_until {
-                let caught_up = self.inflight.is_empty() && self.reader.position() >= *written.borrow();
+                let caught_up =
+                    self.inflight.is_empty() && self.reader.position() >= *written.borrow();
                 if caught_up || Instant::now() >= deadline || !self.connected {
                     return Ok(());
                 }
@@ -355,7 +358,12 @@ impl<'a> Connection<'a> {
                 Some(ev) => {
                     let body = serde_json::to_vec(&ev.body).unwrap_or_default();
                     self.client
-                        .try_publish(ev.topic(&self.sink.config.event_topic), self.sink.qos, false, body)
+                        .try_publish(
+                            ev.topic(&self.sink.config.event_topic),
+                            self.sink.qos,
+                            false,
+                            body,
+                        )
                         .map_err(|_| "client_queue")?;
                     true
                 }

@@ -29,7 +29,10 @@ pub struct Prepared {
 
 impl Prepared {
     /// Reads what the sinks of `config` need; `region` shapes their events.
-    pub fn new(config: &IntegrationConfig, region: protocol::region::Region) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &IntegrationConfig,
+        region: protocol::region::Region,
+    ) -> anyhow::Result<Self> {
         config.validate().map_err(anyhow::Error::msg)?;
         let shape = Shape {
             applications: config.applications(),
@@ -67,8 +70,8 @@ impl Prepared {
         let mut threads = Vec::new();
         if let Some(m) = self.mqtt {
             let progress = Progress::load(&dir, "mqtt", metrics.clone())?;
-            let commands: Option<Box<dyn CommandHandler>> =
-                (!self.command_topic.trim().is_empty()).then(|| {
+            let commands: Option<Box<dyn CommandHandler>> = (!self.command_topic.trim().is_empty())
+                .then(|| {
                     Box::new(MqttCommands::new(
                         Arc::clone(state),
                         &self.command_topic,

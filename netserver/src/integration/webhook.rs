@@ -147,7 +147,12 @@ impl Webhook {
                 Err(reason) => {
                     progress.failure(reason);
                     let delay = backoff.next_delay();
-                    tracing::warn!(sink = progress.name(), reason, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed");
+                    tracing::warn!(
+                        sink = progress.name(),
+                        reason,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "webhook delivery failed"
+                    );
                     let until = Instant::now() + delay;
                     while Instant::now() < until {
                         if *stop.borrow() {
@@ -161,7 +166,11 @@ impl Webhook {
     }
 
     fn post(&self, event: &str, body: &[u8]) -> Result<(), &'static str> {
-        let sep = if self.config.url.contains('?') { '&' } else { '?' };
+        let sep = if self.config.url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let url = format!("{}{sep}event={event}", self.config.url);
         let mut req = self
             .agent
