@@ -89,6 +89,28 @@ impl Servers {
         events: Option<SocketAddr>,
         radio: &RadioPlan,
     ) -> anyhow::Result<Self> {
+        // Loopback: many events per datagram spare both processes a datagram each.
+        let events = events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192"));
+        Self::start_full(manifest, net_id, events, Default::default(), radio)
+    }
+
+    /// [`Self::start`] with the network server's application integrations (`[integration]`:
+    /// MQTT, webhooks) instead of a UDP event sink.
+    pub fn start_integrated(
+        manifest: &Path,
+        net_id: NetId,
+        integration: netserver::integration::config::IntegrationConfig,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(manifest, net_id, String::new(), integration, &RadioPlan::default())
+    }
+
+    fn start_full(
+        manifest: &Path,
+        net_id: NetId,
+        events: String,
+        integration: netserver::integration::config::IntegrationConfig,
+        radio: &RadioPlan,
+    ) -> anyhow::Result<Self> {
         let dirs = tempfile::Builder::new()
             .prefix("lorawan-servers-")
             .tempdir()?;
@@ -155,10 +177,10 @@ impl Servers {
                 listen: String::new(),
             },
             data: netserver::ops::config::DataConfig {
-                // Loopback: many events per datagram spare both processes a datagram each.
-                events: events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192")),
+                events,
                 ..defaults.data
             },
+            integration,
             ..defaults
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
