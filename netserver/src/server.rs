@@ -141,6 +141,9 @@ pub fn run(
         store: store.clone(),
     };
     let result = rt.block_on(control.serve_until(signals, stop));
+    // The sinks first: MQTT commands hold the state, and so the emitter the threads below
+    // wait for. What they leave undelivered is in the event log for the next start.
+    delivery.stop();
     // Dropping the runtime cancels what is left on it (idle keep-alive connections of the
     // metrics endpoint), releasing their handles on the state and so on the store.
     drop(rt);
@@ -149,7 +152,6 @@ pub fn run(
     drop(link.client);
     restored.store_thread.join();
     emitter_thread.join();
-    delivery.stop();
     result?;
     tracing::info!("stopped");
     Ok(())

@@ -57,7 +57,10 @@ impl MqttDelivery {
             .parse()
             .with_context(|| format!("--delivery {url:?}: bad port"))?;
         let mut d = Self {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             port,
             tls,
             user,
@@ -76,7 +79,10 @@ impl MqttDelivery {
             }
         }
         anyhow::ensure!(!d.host.is_empty(), "--delivery {url:?}: no host");
-        anyhow::ensure!(!tls || d.ca_file.is_some(), "--delivery {url:?}: mqtts:// needs ?ca_file=PEM");
+        anyhow::ensure!(
+            !tls || d.ca_file.is_some(),
+            "--delivery {url:?}: mqtts:// needs ?ca_file=PEM"
+        );
         Ok(d)
     }
 
@@ -151,7 +157,11 @@ impl MqttDelivery {
         match subscribed.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => anyhow::bail!("MQTT delivery counter: {e}"),
-            Err(_) => anyhow::bail!("MQTT delivery counter: no SUBACK from {}:{} in 10 s", self.host, self.port),
+            Err(_) => anyhow::bail!(
+                "MQTT delivery counter: no SUBACK from {}:{} in 10 s",
+                self.host,
+                self.port
+            ),
         }
     }
 }
@@ -179,10 +189,21 @@ mod tests {
 
     #[test]
     fn delivery_urls_are_parsed() {
-        let d = MqttDelivery::parse("mqtt://app@127.0.0.1:1883?topic=a/+/b&password_file=/p").unwrap();
+        let d =
+            MqttDelivery::parse("mqtt://app@127.0.0.1:1883?topic=a/+/b&password_file=/p").unwrap();
         assert_eq!((d.host.as_str(), d.port, d.tls), ("127.0.0.1", 1883, false));
-        assert_eq!((d.user.as_deref(), d.password_file.as_deref(), d.topic.as_str()), (Some("app"), Some("/p"), "a/+/b"));
-        assert_eq!(MqttDelivery::parse("mqtt://h:1").unwrap().topic, DEFAULT_TOPIC);
+        assert_eq!(
+            (
+                d.user.as_deref(),
+                d.password_file.as_deref(),
+                d.topic.as_str()
+            ),
+            (Some("app"), Some("/p"), "a/+/b")
+        );
+        assert_eq!(
+            MqttDelivery::parse("mqtt://h:1").unwrap().topic,
+            DEFAULT_TOPIC
+        );
         for bad in ["udp://h:1", "mqtt://h", "mqtt://h:1?x=y", "mqtts://h:1"] {
             assert!(MqttDelivery::parse(bad).is_err(), "{bad}");
         }

@@ -101,7 +101,13 @@ impl Servers {
         net_id: NetId,
         integration: netserver::integration::config::IntegrationConfig,
     ) -> anyhow::Result<Self> {
-        Self::start_full(manifest, net_id, String::new(), integration, &RadioPlan::default())
+        Self::start_full(
+            manifest,
+            net_id,
+            String::new(),
+            integration,
+            &RadioPlan::default(),
+        )
     }
 
     fn start_full(

@@ -44,7 +44,8 @@ fn subscribe(broker: &Mosquitto) -> Arc<Mutex<Vec<(String, serde_json::Value)>>>
             }
         }
     });
-    wait.recv_timeout(Duration::from_secs(10)).expect("subscribed");
+    wait.recv_timeout(Duration::from_secs(10))
+        .expect("subscribed");
     got
 }
 
@@ -114,7 +115,12 @@ fn the_mqtt_delivery_count_equals_what_a_plain_subscriber_received() {
             .unwrap()
             .iter()
             .filter(|(t, _)| t.ends_with("/event/up"))
-            .map(|(_, v)| (v["deviceInfo"]["devEui"].as_str().unwrap().to_owned(), v["fCnt"].as_u64().unwrap()))
+            .map(|(_, v)| {
+                (
+                    v["deviceInfo"]["devEui"].as_str().unwrap().to_owned(),
+                    v["fCnt"].as_u64().unwrap(),
+                )
+            })
             .collect::<HashSet<_>>()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -131,7 +137,10 @@ fn the_mqtt_delivery_count_equals_what_a_plain_subscriber_received() {
         .filter(|(t, _)| t.ends_with("/event/join"))
         .map(|(_, v)| {
             assert_eq!(v["devAddr"].as_str().unwrap().len(), 8, "{v}");
-            assert_eq!(v["deviceInfo"]["applicationId"], "00000000-0000-0000-0000-000000000000");
+            assert_eq!(
+                v["deviceInfo"]["applicationId"],
+                "00000000-0000-0000-0000-000000000000"
+            );
             v["deviceInfo"]["devEui"].as_str().unwrap().to_owned()
         })
         .collect();

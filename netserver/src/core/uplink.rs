@@ -44,7 +44,7 @@ use crate::core::reception::{self, Reception};
 use crate::core::timing::{choose_window, Scheduled, Window, WindowTiming};
 use crate::gateway::registry::GatewayRegistry;
 use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, DownlinkRadio};
-use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, UplinkEvent};
+use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, StatusLine, UplinkEvent};
 use crate::ops::config::Config;
 use crate::store::counters::CounterRecord;
 use crate::store::queue::{DownlinkQueue, QueuedDownlink};
@@ -282,11 +282,13 @@ impl Device<'_> {
                 out.events.extend(self.ack_event(p));
             }
         }
-        let answers = self.mac_answers(st, uplink, &cmds);
+        let mut status = None;
+        let answers = self.mac_answers(st, uplink, &cmds, &mut status);
         out.in_use = !self.is_1_1() || st.rekey_confirmed;
 
-        // 4. The event.
+        // 4. The events.
         out.events.extend(self.uplink_event(uplink, fcnt));
+        out.events.extend(status.and_then(|s| self.status_event(s)));
 
         // 5. The downlink.
         let queued = self.env.queue.has(self.session.dev_eui);
@@ -304,6 +306,7 @@ impl Device<'_> {
         st: &mut DataState,
         uplink: &Uplink,
         cmds: &[MacCommand],
+        status: &mut Option<(u8, i8)>,
     ) -> Vec<MacCommand> {
         let best = self.best();
         let radio = UplinkRadio {
@@ -328,6 +331,7 @@ impl Device<'_> {
         }
         if let Some(s) = outcome.dev_status {
             st.dev_status = Some(s);
+            *status = Some(s);
         }
         let cfg = &self.env.config.data;
         st.snr.push(best.snr);
@@ -363,6 +367,18 @@ impl Device<'_> {
             dev_eui: self.session.dev_eui,
             id: p.id.get(),
             f_cnt_down: p.f_cnt,
+            received_at: rfc3339(self.input.wall),
+        };
+        serde_json::to_vec(&ev).ok()
+    }
+
+    /// The `status` event of a DevStatusAns (battery, margin).
+    fn status_event(&self, (battery, margin): (u8, i8)) -> Option<Vec<u8>> {
+        let ev = StatusLine {
+            kind: "status".into(),
+            dev_eui: self.session.dev_eui,
+            battery,
+            margin,
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()

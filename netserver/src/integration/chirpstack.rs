@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::integration::events::{b64, AckEvent, JoinEvent, UplinkEvent};
+use crate::integration::events::{b64, AckEvent, JoinEvent, LogLine, StatusLine, UplinkEvent};
 
 /// The application of each tenant (owner), with a default for the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,43 +70,6 @@ pub const EVENT_TOPIC: &str = "application/{application_id}/device/{dev_eui}/eve
 /// ChirpStack's downlink command topic (what the network server subscribes to, with `+` for
 /// the application and the device).
 pub const COMMAND_TOPIC: &str = "application/{application_id}/device/{dev_eui}/command/down";
-
-/// `{"type":"log",…}` in the event log: something an operator must see about a device.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct LogLine {
-    /// Always `log`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The device.
-    pub dev_eui: DevEui,
-    /// INFO, WARNING or ERROR.
-    pub level: String,
-    /// ChirpStack's log code (UNKNOWN, DOWNLINK_PAYLOAD_SIZE, DOWNLINK_GATEWAY, UPLINK_F_CNT_RESET, ...).
-    pub code: String,
-    /// What happened, in words.
-    pub description: String,
-    /// Details.
-    #[serde(default)]
-    pub context: BTreeMap<String, String>,
-    /// When.
-    pub received_at: String,
-}
-
-/// `{"type":"status",…}` in the event log: a DevStatusAns.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct StatusLine {
-    /// Always `status`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The device.
-    pub dev_eui: DevEui,
-    /// DevStatusAns Battery: 0 external power, 1..=254 level, 255 unknown.
-    pub battery: u8,
-    /// DevStatusAns Margin, dB.
-    pub margin: i8,
-    /// When.
-    pub received_at: String,
-}
 
 #[derive(Deserialize)]
 struct Kind<'a> {

@@ -13,9 +13,9 @@ use base64::Engine;
 use protocol::ids::DevEui;
 use serde_json::Value;
 
-use crate::integration::chirpstack::{Applications, LogLine};
+use crate::integration::chirpstack::Applications;
 use crate::integration::emitter::Emit;
-use crate::integration::events::rfc3339;
+use crate::integration::events::{rfc3339, LogLine};
 use crate::integration::input::{queue_downlink, ValidDownlinkRequest, MAX_DOWNLINK_PAYLOAD};
 use crate::integration::mqtt::CommandHandler;
 use crate::state::State;
