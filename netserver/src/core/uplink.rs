@@ -44,7 +44,9 @@ use crate::core::reception::{self, Reception};
 use crate::core::timing::{choose_window, Scheduled, Window, WindowTiming};
 use crate::gateway::registry::GatewayRegistry;
 use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, DownlinkRadio};
-use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, StatusLine, UplinkEvent};
+use crate::integration::events::{
+    b64, rfc3339, AckEvent, LogLine, RxInfo, StatusLine, UplinkEvent,
+};
 use crate::ops::config::Config;
 use crate::store::counters::CounterRecord;
 use crate::store::queue::{DownlinkQueue, QueuedDownlink};
@@ -372,6 +374,23 @@ impl Device<'_> {
         serde_json::to_vec(&ev).ok()
     }
 
+    /// The `log` event of a queued downlink that could not go in this uplink's windows.
+    fn downlink_log_event(&self, f: DownlinkFailure, id: u64) -> Option<Vec<u8>> {
+        let ev = LogLine {
+            kind: "log".into(),
+            dev_eui: self.session.dev_eui,
+            level: "WARNING".into(),
+            code: "DOWNLINK_GATEWAY".into(),
+            description: format!(
+                "queued downlink {id} could not be scheduled ({}); it stays queued for the next uplink",
+                f.label()
+            ),
+            context: [("queueItemId".to_owned(), id.to_string())].into(),
+            received_at: rfc3339(self.input.wall),
+        };
+        serde_json::to_vec(&ev).ok()
+    }
+
     /// The `status` event of a DevStatusAns (battery, margin).
     fn status_event(&self, (battery, margin): (u8, i8)) -> Option<Vec<u8>> {
         let ev = StatusLine {
@@ -427,6 +446,10 @@ impl Device<'_> {
             Ok(d) => out.downlink = Some(d),
             Err((failure, app)) => {
                 if let Some(d) = app {
+                    if let Some(f) = failure {
+                        // The application's payload waits for the next uplink: tell it why.
+                        out.events.extend(self.downlink_log_event(f, d.id));
+                    }
                     put_back(d);
                 }
                 out.downlink_failure = failure;
