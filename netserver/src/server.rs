@@ -64,11 +64,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     let block = config.validate()?;
     config.data.validate().map_err(anyhow::Error::msg)?;
-    // `data.events = "mqtt://…"` (or `--events mqtt://…`) names the MQTT sink.
-    if Broker::parse(config.data.events.trim()).is_ok() {
-        config.integration.mqtt.url = std::mem::take(&mut config.data.events);
-    }
-    let sinks = Prepared::new(&config.integration, config.network.region)?;
+    let sinks = prepare_sinks(&mut config)?;
     let metrics = Metrics::new();
     let allowed_gateways = match config.gwmp.allowed_gateways_file.as_str() {
         "" => None,
@@ -155,6 +151,15 @@ pub fn run(
     result?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The delivered sinks (MQTT, webhooks), checked and with their files read. `data.events =
+/// "mqtt://…"` (or `--events mqtt://…`) names the MQTT sink.
+fn prepare_sinks(config: &mut Config) -> anyhow::Result<Prepared> {
+    if Broker::parse(config.data.events.trim()).is_ok() {
+        config.integration.mqtt.url = std::mem::take(&mut config.data.events);
+    }
+    Prepared::new(&config.integration, config.network.region)
 }
 
 /// The data path's shared parts, with the emitter thread started on the configured sink
