@@ -43,6 +43,16 @@ if [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/postgres" ]; then
     [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb still missing after apt-get install postgresql-15"
 fi
 
+# Mosquitto from Debian, for the MQTT integration tests (netserver/tests/integrations.rs; each
+# test starts its own broker on a free loopback port: the package's service is not used).
+MOSQUITTO="${MOSQUITTO:-/usr/sbin/mosquitto}"
+if [ ! -x "$MOSQUITTO" ] || ! command -v mosquitto_passwd >/dev/null; then
+    echo "== installing mosquitto (Debian)"
+    apt_install mosquitto
+    [ -x "$MOSQUITTO" ] || die "$MOSQUITTO still missing after apt-get install mosquitto"
+fi
+export MOSQUITTO
+
 # python3 (the browser tests withdraw an API key from the store with its sqlite3 module).
 command -v python3 >/dev/null || { echo "== installing python3 (Debian)"; apt_install python3; }
 

@@ -310,7 +310,11 @@ fn refusals_get_the_right_result_code_in_http_200() {
         (a.result.code, a.message_type.as_str()),
         (CsResultCode::MalformedRequest, "RejoinAns")
     );
-    assert!(a.result.description.contains("rejoin-request"), "{:?}", a.result);
+    assert!(
+        a.result.description.contains("rejoin-request"),
+        "{:?}",
+        a.result
+    );
     let mut pr = rejoin.clone();
     pr["MessageType"] = "PRStartReq".into();
     let a = c.post(pr.to_string().as_bytes());

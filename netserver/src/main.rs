@@ -165,9 +165,10 @@ struct Serve {
     metrics: Option<String>,
     /// Application events: a file (JSON lines, appended), `-` for stdout, udp://HOST:PORT (one
     /// event per datagram) or udp://HOST:PORT?pack=BYTES (JSON lines packed into datagrams of
-    /// at most BYTES).
+    /// at most BYTES), or an MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT[?qos=0|1]
+    /// (ChirpStack's topics and JSON; [integration.mqtt]). Give it twice for both kinds.
     #[arg(long)]
-    events: Option<String>,
+    events: Vec<String>,
     /// UDP address of the application downlink input (JSON requests).
     #[arg(long)]
     downlink_listen: Option<String>,
@@ -325,8 +326,18 @@ fn serve(args: Serve) -> anyhow::Result<()> {
     if let Some(m) = args.metrics {
         config.metrics.listen = m;
     }
-    if let Some(e) = args.events {
-        config.data.events = e;
+    let mut sinks = 0;
+    for e in args.events {
+        if netserver::integration::mqtt::Broker::parse(e.trim()).is_ok() {
+            config.integration.mqtt.url = e;
+        } else {
+            sinks += 1;
+            anyhow::ensure!(
+                sinks == 1,
+                "--events: one file, stdout or UDP sink at most (and one MQTT broker)"
+            );
+            config.data.events = e;
+        }
     }
     if let Some(d) = args.downlink_listen {
         config.data.downlink_listen = d;

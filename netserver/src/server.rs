@@ -31,7 +31,10 @@ use crate::gateway::allowed;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{CatchUp, Emitter, EmitterThread};
+use crate::integration::log::{EventLog, Logged};
+use crate::integration::mqtt::Broker;
 use crate::integration::sink::ConfiguredSink;
+use crate::integration::sinks::{open_log, Delivery, Prepared};
 use crate::join::link::LinkClient;
 use crate::join::route::{JoinEuiPrefix, JoinServers, Route};
 use crate::ops::config::{Config, DataConfig};
@@ -58,13 +61,14 @@ pub struct Addresses {
 /// Runs the server until SIGINT/SIGTERM or until `stop` turns true. Calls `ready` once every
 /// socket is bound.
 pub fn run(
-    config: Config,
+    mut config: Config,
     secrets: Secrets,
     stop: Option<watch::Receiver<bool>>,
     ready: impl FnOnce(&Addresses),
 ) -> anyhow::Result<()> {
     let block = config.validate()?;
     config.data.validate().map_err(anyhow::Error::msg)?;
+    let sinks = prepare_sinks(&mut config)?;
     let metrics = Metrics::new();
     let allowed_gateways = match config.gwmp.allowed_gateways_file.as_str() {
         "" => None,
@@ -91,13 +95,17 @@ pub fn run(
         .shared
         .is_some()
         .then(|| crate::store::sync::catch_up(Arc::clone(&restored.sessions)));
+    let log = open_log(&config.integration, &config.data_dir, &metrics.integration)?;
+    let (log, written) = log.unzip();
     let (plane, emitter_thread) = start_plane(
         &config.data,
+        log,
         restored.counter_log,
         gwmp.downlink,
         &metrics,
         catch_up,
     )?;
+    let data_dir = config.data_dir.clone();
     let store = restored.store;
     let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);
     let state = Arc::new(State::new(
@@ -113,6 +121,10 @@ pub fn run(
         allowed_gateways,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let delivery = match &written {
+        Some(w) => sinks.start(&state, &data_dir, w)?,
+        None => Delivery::none(),
+    };
     let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
     let listener = restored
         .shared
@@ -138,6 +150,9 @@ pub fn run(
         store: store.clone(),
     };
     let result = rt.block_on(control.serve_until(signals, stop));
+    // The sinks first: MQTT commands hold the state, and so the emitter the threads below
+    // wait for. What they leave undelivered is in the event log for the next start.
+    delivery.stop();
     // Dropping the runtime cancels what is left on it (idle keep-alive connections of the
     // metrics endpoint), releasing their handles on the state and so on the store.
     drop(rt);
@@ -155,9 +170,20 @@ pub fn run(
     Ok(())
 }
 
-/// The data path's shared parts, with the emitter thread started on the configured sink.
+/// The delivered sinks (MQTT, webhooks), checked and with their files read. `data.events =
+/// "mqtt://…"` (or `--events mqtt://…`) names the MQTT sink.
+fn prepare_sinks(config: &mut Config) -> anyhow::Result<Prepared> {
+    if Broker::parse(config.data.events.trim()).is_ok() {
+        config.integration.mqtt.url = std::mem::take(&mut config.data.events);
+    }
+    Prepared::new(&config.integration, config.network.region)
+}
+
+/// The data path's shared parts, with the emitter thread started on the configured sink
+/// (behind the event log, if there is one).
 fn start_plane(
     data: &DataConfig,
+    log: Option<EventLog>,
     counters: Box<dyn CounterBackend>,
     downlinks: std::net::UdpSocket,
     metrics: &Metrics,
@@ -165,6 +191,7 @@ fn start_plane(
 ) -> anyhow::Result<(DataPlane, EmitterThread)> {
     let sink = ConfiguredSink::open(&data.events)
         .with_context(|| format!("opening the event sink {:?}", data.events))?;
+    let sink = Logged { log, sink };
     let (emitter, thread) = Emitter::start_with(
         counters,
         sink,

@@ -20,11 +20,25 @@ EVENTS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, so
 # shellcheck source=servers.sh
 . "$(dirname "$0")/servers.sh"
 PACK=${PACK:-8192}
-start_servers --events "udp://$EVENTS$([ "$PACK" = 0 ] || echo "?pack=$PACK")"
+# MQTT=0 or MQTT=1: the events go through a local Mosquitto broker (anonymous, loopback) at that
+# QoS instead, in ChirpStack's shapes, and the simulator counts them with --delivery mqtt://.
+if [ -n "${MQTT:-}" ]; then
+  BROKER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nmax_queued_messages 1000000\n' "$BROKER" >"$D/mosquitto.conf"
+  "${MOSQUITTO:-/usr/sbin/mosquitto}" -c "$D/mosquitto.conf" >"$D/mosquitto.log" 2>&1 &
+  MQ=$!
+  sleep 0.5
+  start_servers --events "mqtt://127.0.0.1:$BROKER?qos=$MQTT"
+  trap 'kill $JS ${NS:-} $MQ 2>/dev/null || true' EXIT
+  COUNT=(--delivery "mqtt://127.0.0.1:$BROKER")
+else
+  start_servers --events "udp://$EVENTS$([ "$PACK" = 0 ] || echo "?pack=$PACK")"
+  COUNT=(--event-listen "$EVENTS")
+fi
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
   --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \
-  --event-listen "$EVENTS" $EXTRA >"$D/table.txt"
+  "${COUNT[@]}" $EXTRA >"$D/table.txt"
 python3 - "$D/report.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); j = r["joins"]; l = r["join_latency_ms"]

@@ -51,6 +51,25 @@ pub struct DemoOptions {
     pub progress: bool,
 }
 
+/// How [`Servers::start_full`] sets the network server up.
+#[derive(Default)]
+struct ServerOptions {
+    /// `[data] events`: the event sink (empty: none).
+    events: String,
+    /// `[integration]`: MQTT, webhooks.
+    integration: netserver::integration::config::IntegrationConfig,
+    /// The region and sub-bands.
+    radio: RadioPlan,
+    /// The HTTP downlink input on a loopback port (forced rejoins).
+    rejoin_api: bool,
+}
+
+/// The UDP event sink sending to `events`. Loopback: many events per datagram spare both
+/// processes a datagram each.
+fn udp_events(events: Option<SocketAddr>) -> String {
+    events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192"))
+}
+
 /// A join server and a network server running in this process on 127.0.0.1, with their data
 /// directories under a temporary directory that is removed when this is dropped.
 pub struct Servers {
@@ -90,7 +109,15 @@ impl Servers {
         events: Option<SocketAddr>,
         radio: &RadioPlan,
     ) -> anyhow::Result<Self> {
-        Self::start_full(manifest, net_id, events, radio, false)
+        Self::start_full(
+            manifest,
+            net_id,
+            ServerOptions {
+                events: udp_events(events),
+                radio: *radio,
+                ..ServerOptions::default()
+            },
+        )
     }
 
     /// [`Self::start`] with the network server's HTTP downlink input on a loopback port
@@ -100,16 +127,41 @@ impl Servers {
         net_id: NetId,
         events: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
-        Self::start_full(manifest, net_id, events, &RadioPlan::default(), true)
+        Self::start_full(
+            manifest,
+            net_id,
+            ServerOptions {
+                events: udp_events(events),
+                rejoin_api: true,
+                ..ServerOptions::default()
+            },
+        )
     }
 
-    fn start_full(
+    /// [`Self::start`] with the network server's application integrations (`[integration]`:
+    /// MQTT, webhooks) instead of a UDP event sink.
+    pub fn start_integrated(
         manifest: &Path,
         net_id: NetId,
-        events: Option<SocketAddr>,
-        radio: &RadioPlan,
-        rejoin_api: bool,
+        integration: netserver::integration::config::IntegrationConfig,
     ) -> anyhow::Result<Self> {
+        Self::start_full(
+            manifest,
+            net_id,
+            ServerOptions {
+                integration,
+                ..ServerOptions::default()
+            },
+        )
+    }
+
+    fn start_full(manifest: &Path, net_id: NetId, opts: ServerOptions) -> anyhow::Result<Self> {
+        let ServerOptions {
+            events,
+            integration,
+            radio,
+            rejoin_api,
+        } = opts;
         // A free loopback port for the HTTP downlink input (the server binds it at once).
         let downlink_http = if rejoin_api {
             Some(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?)
@@ -182,11 +234,11 @@ impl Servers {
                 listen: String::new(),
             },
             data: netserver::ops::config::DataConfig {
-                // Loopback: many events per datagram spare both processes a datagram each.
-                events: events.map_or_else(String::new, |a| format!("udp://{a}?pack=8192")),
+                events,
                 downlink_http: downlink_http.map_or_else(String::new, |a| a.to_string()),
                 ..defaults.data
             },
+            integration,
             ..defaults
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod delivery;
 pub mod demo;
 pub mod device;
 pub mod engine;

@@ -199,8 +199,14 @@ struct RunArgs {
     timeseries_csv: Option<PathBuf>,
     /// Listen here for the network server's application events (JSON over UDP) and count what it
     /// delivered.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "delivery")]
     event_listen: Option<SocketAddr>,
+    /// Count delivered uplinks from ChirpStack's MQTT events instead:
+    /// mqtt://[USER@]HOST:PORT[?topic=FILTER&password_file=PATH&ca_file=PEM] (or mqtts://),
+    /// subscribed to application/+/device/+/event/up by default; works against any network
+    /// server that publishes ChirpStack's MQTT integration events.
+    #[arg(long)]
+    delivery: Option<String>,
     /// Local address of the gateway sockets.
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
@@ -315,7 +321,12 @@ fn main() -> anyhow::Result<()> {
                 },
                 duration_given: a.duration.is_some(),
                 seed: a.seed,
-                event_listen: a.event_listen.map(simulator::net::EventListen::Addr),
+                event_listen: match a.delivery {
+                    Some(url) => Some(simulator::net::EventListen::Mqtt(
+                        simulator::delivery::MqttDelivery::parse(&url)?,
+                    )),
+                    None => a.event_listen.map(simulator::net::EventListen::Addr),
+                },
                 report_json: a.report_json,
                 timeseries_csv: a.timeseries_csv,
                 progress: !a.quiet,

@@ -104,6 +104,8 @@ pub enum EventListen {
     /// A socket bound earlier and kept bound since: its address can be handed to the network
     /// server before the run without another process taking the port in between.
     Socket(Arc<std::net::UdpSocket>),
+    /// ChirpStack's `up` events from an MQTT broker (`--delivery mqtt://…`).
+    Mqtt(crate::delivery::MqttDelivery),
 }
 
 impl EventListen {
@@ -118,6 +120,11 @@ impl EventListen {
         match self {
             Self::Addr(a) => Ok(*a),
             Self::Socket(s) => Ok(s.local_addr()?),
+            Self::Mqtt(m) => anyhow::bail!(
+                "events come from the MQTT broker {}:{}, not to an address",
+                m.host,
+                m.port
+            ),
         }
     }
 
@@ -130,6 +137,7 @@ impl EventListen {
                 s.set_nonblocking(true)?;
                 Ok(UdpSocket::from_std(s.into())?)
             }
+            Self::Mqtt(_) => anyhow::bail!("an MQTT delivery counter has no socket"),
         }
     }
 }
@@ -470,9 +478,10 @@ async fn run_async(
             Some(cfg.netserver_of(i)),
         )?);
     }
-    let sink = match cfg.event_listen {
-        Some(e) => Some(e.into_socket()?),
-        None => None,
+    let (sink, mqtt) = match cfg.event_listen {
+        Some(EventListen::Mqtt(m)) => (None, Some(m)),
+        Some(e) => (Some(e.into_socket()?), None),
+        None => (None, None),
     };
     let gateway_inodes: Vec<u64> = sockets.iter().filter_map(udpstat::socket_inode).collect();
     let sink_inode = sink.as_ref().and_then(udpstat::socket_inode);
@@ -550,6 +559,18 @@ async fn run_async(
                     }
                 }
                 tokio::task::yield_now().await;
+            }
+        }));
+    }
+    if let Some(m) = mqtt {
+        // The subscriber's thread hands (DevEUI, FCnt) pairs to this task, which counts them.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        m.subscribe(move |dev, fcnt| tx.send((dev, fcnt)).is_ok())?;
+        let sh = shared.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            while let Some((dev, fcnt)) = rx.recv().await {
+                let now = sh.now();
+                sh.engine.borrow_mut().on_app_event(now, dev, fcnt);
             }
         }));
     }

@@ -18,6 +18,8 @@ pub mod postgres;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub mod mosquitto;
+
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 

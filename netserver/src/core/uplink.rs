@@ -44,7 +44,9 @@ use crate::core::reception::{self, Reception};
 use crate::core::timing::{choose_window, Scheduled, Window, WindowTiming};
 use crate::gateway::registry::GatewayRegistry;
 use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, DownlinkRadio};
-use crate::integration::events::{b64, rfc3339, AckEvent, RxInfo, UplinkEvent};
+use crate::integration::events::{
+    b64, rfc3339, AckEvent, LogLine, RxInfo, StatusLine, UplinkEvent,
+};
 use crate::ops::config::Config;
 use crate::store::counters::CounterRecord;
 use crate::store::pending_mac::PendingMacs;
@@ -286,7 +288,8 @@ impl Device<'_> {
                 out.events.extend(self.ack_event(p));
             }
         }
-        let mut answers = self.mac_answers(st, uplink, &cmds);
+        let mut status = None;
+        let mut answers = self.mac_answers(st, uplink, &cmds, &mut status);
         out.in_use = !self.is_1_1() || st.rekey_confirmed;
         // A forced rejoin or rejoin parameters, once the session is confirmed (1.1 only).
         let forced = (self.is_1_1() && st.rekey_confirmed)
@@ -297,8 +300,9 @@ impl Device<'_> {
             .flatten();
         answers.extend(forced);
 
-        // 4. The event.
+        // 4. The events.
         out.events.extend(self.uplink_event(uplink, fcnt));
+        out.events.extend(status.and_then(|s| self.status_event(s)));
 
         // 5. The downlink.
         let queued = self.env.queue.has(self.session.dev_eui);
@@ -319,6 +323,7 @@ impl Device<'_> {
         st: &mut DataState,
         uplink: &Uplink,
         cmds: &[MacCommand],
+        status: &mut Option<(u8, i8)>,
     ) -> Vec<MacCommand> {
         let best = self.best();
         let radio = UplinkRadio {
@@ -343,6 +348,7 @@ impl Device<'_> {
         }
         if let Some(s) = outcome.dev_status {
             st.dev_status = Some(s);
+            *status = Some(s);
         }
         let cfg = &self.env.config.data;
         st.snr.push(best.snr);
@@ -378,6 +384,35 @@ impl Device<'_> {
             dev_eui: self.session.dev_eui,
             id: p.id.get(),
             f_cnt_down: p.f_cnt,
+            received_at: rfc3339(self.input.wall),
+        };
+        serde_json::to_vec(&ev).ok()
+    }
+
+    /// The `log` event of a queued downlink that could not go in this uplink's windows.
+    fn downlink_log_event(&self, f: DownlinkFailure, id: u64) -> Option<Vec<u8>> {
+        let ev = LogLine {
+            kind: "log".into(),
+            dev_eui: self.session.dev_eui,
+            level: "WARNING".into(),
+            code: "DOWNLINK_GATEWAY".into(),
+            description: format!(
+                "queued downlink {id} could not be scheduled ({}); it stays queued for the next uplink",
+                f.label()
+            ),
+            context: [("queueItemId".to_owned(), id.to_string())].into(),
+            received_at: rfc3339(self.input.wall),
+        };
+        serde_json::to_vec(&ev).ok()
+    }
+
+    /// The `status` event of a DevStatusAns (battery, margin).
+    fn status_event(&self, (battery, margin): (u8, i8)) -> Option<Vec<u8>> {
+        let ev = StatusLine {
+            kind: "status".into(),
+            dev_eui: self.session.dev_eui,
+            battery,
+            margin,
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -426,6 +461,10 @@ impl Device<'_> {
             Ok(d) => out.downlink = Some(d),
             Err((failure, app)) => {
                 if let Some(d) = app {
+                    if let Some(f) = failure {
+                        // The application's payload waits for the next uplink: tell it why.
+                        out.events.extend(self.downlink_log_event(f, d.id));
+                    }
                     put_back(d);
                 }
                 out.downlink_failure = failure;

@@ -1,6 +1,9 @@
 //! The application events (JSON lines, see `docs/integration.md`): `uplink` (one per delivered
-//! uplink), `join` (a new session), `ack` (the device acknowledged a confirmed downlink).
+//! uplink), `join` (a new session), `ack` (the device acknowledged a confirmed downlink),
+//! `status` (a DevStatusAns), `log` (something an operator must see about a device).
 //! Identifiers are MSB-first hex, payloads base64, times RFC 3339 UTC with milliseconds.
+
+use std::collections::BTreeMap;
 
 use base64::Engine;
 use protocol::ids::{DevAddr, DevEui, GatewayEui, JoinEui};
@@ -110,6 +113,43 @@ pub struct AckEvent {
     /// The downlink's FCntDown (1.1: AFCntDown).
     pub f_cnt_down: u32,
     /// The acknowledging uplink's arrival.
+    pub received_at: String,
+}
+
+/// `{"type":"log",…}` : something an operator must see about a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Always `log`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// INFO, WARNING or ERROR.
+    pub level: String,
+    /// ChirpStack's log code (UNKNOWN, DOWNLINK_PAYLOAD_SIZE, DOWNLINK_GATEWAY, UPLINK_F_CNT_RESET, ...).
+    pub code: String,
+    /// What happened, in words.
+    pub description: String,
+    /// Details.
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
+    /// When.
+    pub received_at: String,
+}
+
+/// `{"type":"status",…}` : a DevStatusAns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusLine {
+    /// Always `status`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// DevStatusAns Battery: 0 external power, 1..=254 level, 255 unknown.
+    pub battery: u8,
+    /// DevStatusAns Margin, dB.
+    pub margin: i8,
+    /// When.
     pub received_at: String,
 }
 

@@ -61,7 +61,8 @@ pub struct DownlinkAnswer {
 }
 
 impl DownlinkAnswer {
-    fn err(e: impl Into<String>) -> Self {
+    /// A refusal.
+    pub fn err(e: impl Into<String>) -> Self {
         Self {
             ok: false,
             id: None,
@@ -119,11 +120,16 @@ pub fn parse_downlink_request(body: &[u8]) -> Result<ValidDownlinkRequest, Strin
 
 /// Validates and queues one request; the answer says why it was refused.
 pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
+    match parse_downlink_request(body) {
+        Ok(req) => queue_downlink(state, req),
+        Err(e) => DownlinkAnswer::err(e),
+    }
+}
+
+/// Queues a checked request for the device's next uplink (every downlink input's last step:
+/// UDP, HTTP and MQTT commands); the answer says why it was refused.
+pub fn queue_downlink(state: &State, req: ValidDownlinkRequest) -> DownlinkAnswer {
     let plane = &state.data;
-    let req = match parse_downlink_request(body) {
-        Ok(r) => r,
-        Err(e) => return DownlinkAnswer::err(e),
-    };
     let Some(session) = state.sessions.get(req.dev_eui) else {
         return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
     };

@@ -187,6 +187,49 @@ dev_status_interval = 100
 queue_per_device = 16
 # Most counter writes (with their events and downlinks) per group commit.
 max_batch = 4096
+
+# Application integrations in ChirpStack v4's topics and JSON (docs/integration.md): MQTT and
+# HTTP webhooks, each delivering from the durable event log in DATA_DIR/event-log/ (kept only
+# when one of them is configured) at least once, in order, from where it was last acknowledged.
+[integration]
+# A new event-log segment starts past this many bytes.
+segment_bytes = 8388608
+# The most bytes the log keeps for a sink that lags (a broker down); past it the oldest segments
+# are deleted and counted (netserver_integration_log_dropped_segments_total).
+backlog_bytes = 268435456
+
+# The application of each tenant (the device's owner); `default` for the others.
+[integration.application_id]
+default = "00000000-0000-0000-0000-000000000000"
+
+[integration.mqtt]
+# "mqtt://HOST:PORT" or "mqtts://HOST:PORT" (TLS against ca_file); "": no MQTT sink.
+# Flag: --events mqtt://HOST:PORT[?qos=0|1].
+url = ""
+client_id = "netserver"
+# User name, and the file holding the password (mode 0600); "": none.
+username = ""
+password_file = ""
+# CA certificate(s), PEM, the broker's certificate must chain to (mqtts://).
+ca_file = ""
+# 0: at most once; 1: at least once (the broker acknowledges each event).
+qos = 1
+keep_alive_s = 30
+# Topic templates: {application_id}, {dev_eui} (lower-case hex), {event} (up, join, ack, status,
+# log). The command topic is subscribed with + for both; "": no downlink commands.
+event_topic = "application/{application_id}/device/{dev_eui}/event/{event}"
+command_topic = "application/{application_id}/device/{dev_eui}/command/down"
+# Most events published and not yet acknowledged.
+max_inflight = 100
+
+# Webhooks: any number of [[integration.http]] sections, e.g.
+# [[integration.http]]
+# url = "https://app.example/lorawan"      # POSTed to, with ?event=up (join, ack, status, log)
+# events = ["up", "join", "ack", "txack", "status", "log"]
+# secret_file = "webhook.secret"           # HMAC-SHA256 of the body: X-Signature-256: sha256=<hex>
+# timeout_ms = 5000
+# retry_initial_ms = 250                   # doubled after each failure...
+# retry_max_ms = 30000                     # ...up to this; retried until accepted
 "#;
 
 /// The whole configuration file.
@@ -216,6 +259,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The data path and the application integration.
     pub data: DataConfig,
+    /// MQTT, webhooks and the event log they deliver from.
+    pub integration: crate::integration::config::IntegrationConfig,
 }
 
 impl Default for Config {
@@ -232,6 +277,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             http: HttpConfig::default(),
             data: DataConfig::default(),
+            integration: Default::default(),
         }
     }
 }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub gwmp_socket_drops: IntGauge,
     /// The data path's metrics (uplinks, latency, downlinks, events).
     pub data: DataMetrics,
+    /// The delivered sinks' metrics (MQTT, webhooks).
+    pub integration: crate::integration::delivery::IntegrationMetrics,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -207,6 +209,7 @@ impl Metrics {
                 "Datagrams dropped by the kernel on the GWMP sockets (receive buffer full).",
             ),
             data: DataMetrics::register(&r),
+            integration: crate::integration::delivery::IntegrationMetrics::register(&r),
             registry: r,
         };
         // Pre-create the label values operators alert on, so they read 0 rather than absent.

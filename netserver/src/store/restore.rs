@@ -72,19 +72,35 @@ impl Reviver<'_> {
     }
 }
 
-/// The uplinks the event file shows delivered, when events go to a file.
+/// The uplinks the event file (when events go to a file) and the event log (when delivered
+/// sinks keep one) show delivered: both are written before the counters are committed.
 fn delivered(config: &Config) -> anyhow::Result<HashMap<DevEui, (protocol::ids::DevAddr, u32)>> {
+    let tail = (config.data.max_batch as u64).max(64) * 8 * 1024;
     let events = &config.data.events;
     let sink = ConfiguredSink::open(events)
         .with_context(|| format!("opening the event sink {events:?}"))?;
-    if !sink.readable_back() {
-        return Ok(HashMap::new());
+    let mut out = if sink.readable_back() {
+        recover_delivered(Path::new(events.trim()), tail)
+            .with_context(|| format!("reading the event file {events}"))?
+    } else {
+        HashMap::new()
+    };
+    let log = config.data_dir.join(crate::integration::log::LOG_DIR);
+    if let (true, Some(p)) = (
+        config.integration.enabled(),
+        crate::integration::log::newest_segment(&log)?,
+    ) {
+        let from_log = recover_delivered(&p, tail)
+            .with_context(|| format!("reading the event log {}", p.display()))?;
+        for (dev, (addr, fcnt)) in from_log {
+            let e = out.entry(dev).or_insert((addr, fcnt));
+            if e.0 != addr || fcnt > e.1 {
+                // The log is written first: where the two differ, it is the later.
+                *e = (addr, fcnt);
+            }
+        }
     }
-    recover_delivered(
-        Path::new(events.trim()),
-        (config.data.max_batch as u64).max(64) * 8 * 1024,
-    )
-    .with_context(|| format!("reading the event file {events}"))
+    Ok(out)
 }
 
 /// Loads, revives and indexes every stored session; starts the store's commit thread.
