@@ -105,6 +105,19 @@ pub enum TxOutcome {
     Refused,
 }
 
+impl TxOutcome {
+    /// Metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Sent => "none",
+            Self::TooLate => "too_late",
+            Self::Collision => "collision",
+            Self::DutyCycle => "duty_cycle",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// A transmission booked on the gateway.
 #[derive(Debug, Clone, Copy)]
 struct Booked {

@@ -2,14 +2,20 @@
 //! around the sans-IO [`JoinFlow`].
 //!
 //! 1. parse the Join-request;
-//! 2. reserve a DevAddr;
-//! 3. send the TS002 JoinReq over the link, retrying per the flow (same TransactionID);
-//! 4. read the JoinAns: refused → done; success → open the network key envelopes;
-//! 5. choose the window and the best gateway from the receptions seen by now;
-//! 6. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
+//! 2. join-storm protection, before anything is spent: the device's Join-request allowance
+//!    ([`crate::core::joinlimit`]), then a gateway and window with airtime for the Join-accept,
+//!    booked ([`crate::core::scheduler`]; if none, after the other gateways' copies had time to
+//!    arrive, none again: no Join-accept, and the join server is not asked);
+//! 3. reserve a DevAddr;
+//! 4. send the TS002 JoinReq over the link, retrying per the flow (same TransactionID);
+//! 5. read the JoinAns: refused → done (the booking is taken back); success → open the network
+//!    key envelopes;
+//! 6. keep the booked window if it can still be met, else place the Join-accept again;
+//! 7. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
 //!    received), together with the session it replaces (kept until the first uplink under the
 //!    new one), then emit the `join` event, install it and free the device's previous address;
-//! 7. send the PULL_RESP and record the latency.
+//! 8. send the PULL_RESP (its token names the booking for the gateway's TX_ACK) and record the
+//!    latency.
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
 //! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
@@ -27,12 +33,16 @@ use protocol::version::MacVersion;
 use tokio::net::UdpSocket;
 use tracing::Instrument;
 
+use crate::core::airtime::Purpose;
 use crate::core::devaddr::Exhausted;
 use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
+use crate::core::scheduler::{candidates, Placement, Unplaced};
 use crate::core::timing::Window;
-use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkError, DownlinkRadio};
+use crate::gateway::txpk::{
+    build_txpk, pull_resp, time_on_air, window_airtime, DownlinkError, DownlinkRadio,
+};
 use crate::integration::emitter::Emit;
 use crate::integration::events::{rfc3339, JoinEvent};
 use crate::join::client::{JoinServerClient, JoinTransaction};
@@ -67,6 +77,9 @@ pub enum JoinError {
     /// The JoinAns is malformed or does not answer this JoinReq.
     #[error("malformed join answer: {0}")]
     Answer(String),
+    /// The device sends Join-requests faster than the specification allows.
+    #[error("join-requests faster than the device's allowance")]
+    RateLimited,
     /// The join server refused the request.
     #[error("join server refused: {code}{}", description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Rejected {
@@ -108,6 +121,7 @@ impl JoinError {
                 ("rejected", reason)
             }
             Self::Parse(_) => dropped("malformed"),
+            Self::RateLimited => dropped("rate_limited"),
             Self::Exhausted(_) => dropped("devaddr_exhausted"),
             Self::Link(_) => dropped("link_send"),
             Self::Encode(_) => dropped("encode"),
@@ -175,7 +189,10 @@ pub async fn handle_join_request<C: JoinServerClient>(
                 .with_label_values(&[result, &reason])
                 .inc();
             match &e {
-                JoinError::Rejected { .. } | JoinError::Flow(JoinFailure::TooLate) => {
+                // Expected by the thousand in a storm: counted, not logged at warn.
+                JoinError::Rejected { .. }
+                | JoinError::RateLimited
+                | JoinError::Flow(JoinFailure::TooLate | JoinFailure::NoAirtime) => {
                     tracing::debug!(error = %e, "no join-accept")
                 }
                 _ => tracing::warn!(error = %e, "no join-accept"),
@@ -198,8 +215,14 @@ async fn run<C: JoinServerClient>(
     let req = JoinRequest::parse(phy)?;
     span.record("dev_eui", tracing::field::display(req.dev_eui));
 
-    // 2. Reserve a DevAddr until the flow has certainly ended.
+    // 2. Join-storm protection: the device's allowance, then airtime for its Join-accept.
+    within_allowance(state, &req, first)?;
+    let cf_list = cf_list(state);
+    let accept_len = JOIN_ACCEPT_LEN + cf_list.as_ref().map_or(0, Vec::len);
     let mut flow = JoinFlow::new(t0, state.retry_policy(), state.join_timing());
+    let booking = book(state, &flow, phy, first, accept_len).await?;
+
+    // 3. Reserve a DevAddr until the flow has certainly ended.
     let until = flow.give_up_at() + Duration::from_secs(1);
     let addr =
         state
@@ -213,23 +236,21 @@ async fn run<C: JoinServerClient>(
     };
     span.record("dev_addr", tracing::field::display(addr));
 
-    // 3. JoinReq with retries.
-    let join_req = join_req(state, &req, phy, addr);
+    // 4. JoinReq with retries.
+    let join_req = join_req(state, &req, phy, addr, cf_list);
     let answer = exchange(state, link, &join_req, &mut flow).await?;
 
-    // 4. Read the answer.
+    // 5. Read the answer.
     let ans = read_answer(state, &answer, &join_req)?;
 
-    // 5. Window and gateway, from the receptions gathered by now.
-    let receptions = state.dedup.receptions(phy);
-    let receptions = if receptions.is_empty() {
-        vec![first.clone()]
-    } else {
-        receptions
-    };
-    let (gw, at) = flow.on_answer(Instant::now(), &receptions, |r| {
-        state.gateways.downlink_addr(r.gateway).is_some()
-    })?;
+    // 6. The booked window, or another if it can no longer be met.
+    let mut booking = confirm(state, &mut flow, booking, phy, first, accept_len)?;
+    let placed = booking.placement.candidate;
+    let receptions = receptions(state, phy, first);
+    let gw = receptions
+        .iter()
+        .find(|r| r.gateway == placed.gateway)
+        .ok_or(JoinFailure::NoGateway)?;
     let gw_addr = state
         .gateways
         .downlink_addr(gw.gateway)
@@ -239,17 +260,21 @@ async fn run<C: JoinServerClient>(
     // The Join-accept itself is received with the device's defaults (RX1DROffset 0, the
     // region's RX2).
     let defaults = RxParams::region_default(region);
-    let txpk = build_txpk(&gw, &at, &defaults, &radio, ans.accept.as_bytes().to_vec())?;
-    let pull_resp = pull_resp(rand::random(), txpk)?;
+    let at = placed.at;
+    let txpk = build_txpk(gw, &at, &defaults, &radio, ans.accept.as_bytes().to_vec())?;
+    let token: [u8; 2] = rand::random();
+    let pull_resp = pull_resp(token, txpk)?;
 
-    // 6. Store durably, then install.
+    // 7. Store durably, then install.
     install(state, &req, addr, ans).await?;
     reservation.armed = false;
 
-    // 7. Send.
+    // 8. Send.
     gwmp.send_to(&pull_resp, gw_addr)
         .await
         .map_err(JoinError::Send)?;
+    state.scheduler.set_token(&booking.placement, token);
+    booking.armed = false;
     let now = Instant::now();
     state.gateways.on_pull_resp(gw.gateway, now);
     state.metrics.pull_resp.inc();
@@ -258,6 +283,14 @@ async fn run<C: JoinServerClient>(
         .join_accepts
         .with_label_values(&[at.window.label()])
         .inc();
+    if state.scheduler.enabled() {
+        state
+            .metrics
+            .airtime
+            .booked_seconds
+            .with_label_values(&[Purpose::JoinAccept.label()])
+            .inc_by(placed.airtime.as_secs_f64());
+    }
     Metrics::observe(
         &state.metrics.join_latency,
         now.saturating_duration_since(t0),
@@ -265,8 +298,196 @@ async fn run<C: JoinServerClient>(
     Ok((at.window, gw.gateway))
 }
 
-/// The TS002 JoinReq for `req`, with a fresh TransactionID and the DevAddr reserved for it.
-fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> JoinReq {
+/// Bytes of a Join-accept without CFList: MHDR 1, JoinNonce 3, NetID 3, DevAddr 4, DLSettings
+/// 1, RxDelay 1, MIC 4.
+const JOIN_ACCEPT_LEN: usize = 17;
+/// Bytes of a Join-request: MHDR 1, JoinEUI 8, DevEUI 8, DevNonce 2, MIC 4.
+const JOIN_REQUEST_LEN: usize = 23;
+
+/// Every gateway's copy of `phy` received so far (at least `first`).
+fn receptions(state: &State, phy: &[u8], first: &Reception) -> Vec<Reception> {
+    let receptions = state.dedup.receptions(phy);
+    if receptions.is_empty() {
+        vec![first.clone()]
+    } else {
+        receptions
+    }
+}
+
+/// The per-DevEUI join-storm limit: whether this Join-request is within the device's allowance
+/// (its time on air charged to it).
+fn within_allowance(state: &State, req: &JoinRequest, first: &Reception) -> Result<(), JoinError> {
+    let region = state.config.network.region;
+    let airtime = time_on_air(region, first.data_rate, JOIN_REQUEST_LEN, true).unwrap_or_default();
+    if state
+        .join_limit
+        .check(first.received_at, req.dev_eui, airtime)
+    {
+        return Ok(());
+    }
+    state
+        .metrics
+        .airtime
+        .join_storm_limited
+        .with_label_values(&["dev_eui_rate"])
+        .inc();
+    Err(JoinError::RateLimited)
+}
+
+/// A Join-accept's booked transmission, taken back unless it was sent.
+struct Booking<'a> {
+    state: &'a State,
+    placement: Placement,
+    armed: bool,
+}
+
+impl Drop for Booking<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.scheduler.release(&self.placement);
+        }
+    }
+}
+
+/// Places a `len`-byte Join-accept among the receptions of `phy` so far, at `now`.
+fn place(
+    state: &State,
+    flow: &JoinFlow,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+    now: Instant,
+) -> Result<Placement, Unplaced> {
+    let receptions = receptions(state, phy, first);
+    let region = state.config.network.region;
+    let defaults = RxParams::region_default(region);
+    let anchor = flow.received_at();
+    let c = candidates(
+        now,
+        &receptions,
+        flow.timing(),
+        |_| anchor,
+        |r| state.gateways.downlink_addr(r.gateway).is_some(),
+        |r, w| window_airtime(region, r, w, &defaults, len),
+    )?;
+    let placed = state.scheduler.place(now, Purpose::JoinAccept, &c);
+    count_placement(&state.metrics, Purpose::JoinAccept, &placed);
+    placed
+}
+
+/// Counts a placement deferred from its first choice, or dropped for lack of airtime.
+pub(crate) fn count_placement(m: &Metrics, purpose: Purpose, placed: &Result<Placement, Unplaced>) {
+    let a = &m.airtime;
+    match placed {
+        Ok(Placement {
+            deferred: Some(b), ..
+        }) => a
+            .deferred
+            .with_label_values(&[purpose.label(), b.label()])
+            .inc(),
+        Err(Unplaced::Airtime(b)) => a
+            .dropped
+            .with_label_values(&[purpose.label(), b.label()])
+            .inc(),
+        _ => {}
+    }
+}
+
+/// Books the Join-accept before the join server is asked. When no gateway has airtime among
+/// the copies in so far, the others get the data path's collection window to arrive, then one
+/// more try; still none: no Join-accept (`no_airtime`), and the join server is not asked.
+async fn book<'a>(
+    state: &'a State,
+    flow: &JoinFlow,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+) -> Result<Booking<'a>, JoinError> {
+    let placed = match place(state, flow, phy, first, len, Instant::now()) {
+        Err(Unplaced::Airtime(_)) => {
+            let collect = Duration::from_millis(state.data.config.collect_window_ms);
+            tokio::time::sleep_until((first.received_at + collect).into()).await;
+            place(state, flow, phy, first, len, Instant::now())
+        }
+        other => other,
+    };
+    match placed {
+        Ok(placement) => Ok(Booking {
+            state,
+            placement,
+            armed: true,
+        }),
+        Err(u) => {
+            if matches!(u, Unplaced::Airtime(_)) {
+                state
+                    .metrics
+                    .airtime
+                    .join_storm_limited
+                    .with_label_values(&["gateway_airtime"])
+                    .inc();
+            }
+            Err(JoinFailure::from(u).into())
+        }
+    }
+}
+
+/// After the JoinAns: the booked window if it can still be met, else the Join-accept placed
+/// again (a later window, with every copy received by now); the flow checks the outcome.
+fn confirm<'a>(
+    state: &'a State,
+    flow: &mut JoinFlow,
+    booking: Booking<'a>,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+) -> Result<Booking<'a>, JoinError> {
+    let now = Instant::now();
+    let at = booking.placement.candidate.at;
+    let margin = flow.timing().margin;
+    let reachable = at
+        .opens_at
+        .checked_duration_since(now)
+        .is_some_and(|lead| lead >= margin);
+    let booking = if reachable {
+        Ok(booking)
+    } else {
+        drop(booking);
+        place(state, flow, phy, first, len, now)
+            .map(|placement| Booking {
+                state,
+                placement,
+                armed: true,
+            })
+            .map_err(JoinFailure::from)
+    };
+    let placed = booking.as_ref().map(|b| b.placement.candidate.at);
+    flow.on_placed(now, placed.map_err(|e| *e))?;
+    Ok(booking?)
+}
+
+/// The CFList of this server's Join-accepts: the channel mask of the enabled sub-bands
+/// (US915/AU915) or the extra channels' frequencies (EU868-like regions; none configured: no
+/// CFList). A 1.0.2 device ignores a type-1 CFList (RP 1.0.2 has none in US915/AU915): ADR's
+/// LinkADRReq block narrows it later.
+fn cf_list(state: &State) -> Option<Vec<u8>> {
+    state
+        .config
+        .network
+        .channel_plan()
+        .ok()
+        .and_then(|p| p.cf_list())
+        .map(|c| c.0.to_vec())
+}
+
+/// The TS002 JoinReq for `req`, with a fresh TransactionID, the DevAddr reserved for it and
+/// the server's CFList.
+fn join_req(
+    state: &State,
+    req: &JoinRequest,
+    phy: &[u8],
+    addr: DevAddr,
+    cf_list: Option<Vec<u8>>,
+) -> JoinReq {
     let j = &state.config.join;
     JoinReq {
         header: ts002::Header {
@@ -288,16 +509,7 @@ fn join_req(state: &State, req: &JoinRequest, phy: &[u8], addr: DevAddr) -> Join
         dev_addr: addr,
         dl_settings: requested_dl_settings(j, state.config.network.region).0,
         rx_delay: j.rx_delay_s,
-        // The channel mask of the enabled sub-bands (US915/AU915) or the extra channels' frequencies
-        // (EU868-like regions; none configured: no CFList). A 1.0.2 device ignores a type-1 CFList
-        // (RP 1.0.2 has none in US915/AU915): ADR's LinkADRReq block narrows it later.
-        cf_list: state
-            .config
-            .network
-            .channel_plan()
-            .ok()
-            .and_then(|p| p.cf_list())
-            .map(|c| c.0.to_vec()),
+        cf_list,
     }
 }
 
