@@ -185,6 +185,56 @@ impl Scheduler {
                 deferred: None,
             });
         }
+        match self.book_first(now, purpose, candidates) {
+            Ok(p) => {
+                if p.deferred.is_some() {
+                    self.with(first.gateway, GatewayAirtime::count_deferred);
+                }
+                Ok(p)
+            }
+            Err(b) => {
+                self.with(first.gateway, GatewayAirtime::count_dropped);
+                Err(Unplaced::Airtime(b))
+            }
+        }
+    }
+
+    /// Moves `current` to a better candidate if one fits now: one before it in `candidates`
+    /// (e.g. a gateway with a better link whose copy arrived after the booking). The old
+    /// booking is taken back when the new one is made; `None`: `current` stays.
+    pub fn improve(
+        &self,
+        now: Instant,
+        purpose: Purpose,
+        current: &Placement,
+        candidates: &[Candidate],
+    ) -> Option<Placement> {
+        let same = |c: &Candidate| {
+            c.gateway == current.candidate.gateway && c.at.window == current.candidate.at.window
+        };
+        let better = &candidates[..candidates.iter().position(same)?];
+        if better.is_empty() {
+            return None;
+        }
+        if !self.enabled {
+            return Some(Placement {
+                candidate: better[0],
+                id: 0,
+                deferred: None,
+            });
+        }
+        let p = self.book_first(now, purpose, better).ok()?;
+        self.release(current);
+        Some(p)
+    }
+
+    /// Books the first candidate that fits; `Err`: the first choice's reason.
+    fn book_first(
+        &self,
+        now: Instant,
+        purpose: Purpose,
+        candidates: &[Candidate],
+    ) -> Result<Placement, Busy> {
         let mut first_refusal = None;
         for c in candidates {
             let mut g = self
@@ -202,10 +252,6 @@ impl Scheduler {
                 Ok(()) => {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     g.book(id, c.transmission());
-                    drop(g);
-                    if first_refusal.is_some() {
-                        self.with(first.gateway, GatewayAirtime::count_deferred);
-                    }
                     return Ok(Placement {
                         candidate: *c,
                         id,
@@ -217,8 +263,7 @@ impl Scheduler {
                 }
             }
         }
-        self.with(first.gateway, GatewayAirtime::count_dropped);
-        Err(Unplaced::Airtime(first_refusal.unwrap_or(Busy::Collision)))
+        Err(first_refusal.unwrap_or(Busy::Collision))
     }
 
     fn with(&self, gateway: GatewayEui, f: impl FnOnce(&mut GatewayAirtime)) {
@@ -426,6 +471,31 @@ mod tests {
             (p.candidate.gateway, p.candidate.at.window),
             (GatewayEui::new(2), Window::Rx1)
         );
+    }
+
+    #[test]
+    fn a_better_gateway_heard_after_the_booking_takes_the_downlink() {
+        let t0 = Instant::now();
+        let s = on(limits());
+        let weak = rx(1, 2.0, -100, t0);
+        let strong = rx(2, 9.0, -90, t0);
+        let p = s
+            .place(
+                t0,
+                Purpose::JoinAccept,
+                &join_candidates(t0, &[weak.clone()]),
+            )
+            .unwrap();
+        assert_eq!(p.candidate.gateway, GatewayEui::new(1));
+        let all = join_candidates(t0, &[weak, strong]);
+        let better = s.improve(t0, Purpose::JoinAccept, &p, &all).unwrap();
+        assert_eq!(
+            (better.candidate.gateway, better.candidate.at.window),
+            (GatewayEui::new(2), Window::Rx1)
+        );
+        // The old booking was taken back; the best one is not improved on.
+        assert_eq!(s.snapshot(t0)[0].1.stats.airtime_us, 0);
+        assert_eq!(s.improve(t0, Purpose::JoinAccept, &better, &all), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ use crate::core::devaddr::Exhausted;
 use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
-use crate::core::scheduler::{candidates, Placement, Unplaced};
+use crate::core::scheduler::{candidates, Candidate, Placement, Unplaced};
 use crate::core::timing::Window;
 use crate::gateway::txpk::{
     build_txpk, pull_resp, time_on_air, window_airtime, DownlinkError, DownlinkRadio,
@@ -349,6 +349,29 @@ impl Drop for Booking<'_> {
     }
 }
 
+/// The candidates for a `len`-byte Join-accept among the receptions of `phy` so far, at `now`.
+fn join_candidates(
+    state: &State,
+    flow: &JoinFlow,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+    now: Instant,
+) -> Result<Vec<Candidate>, Unplaced> {
+    let receptions = receptions(state, phy, first);
+    let region = state.config.network.region;
+    let defaults = RxParams::region_default(region);
+    let anchor = flow.received_at();
+    candidates(
+        now,
+        &receptions,
+        flow.timing(),
+        |_| anchor,
+        |r| state.gateways.downlink_addr(r.gateway).is_some(),
+        |r, w| window_airtime(region, r, w, &defaults, len),
+    )
+}
+
 /// Places a `len`-byte Join-accept among the receptions of `phy` so far, at `now`.
 fn place(
     state: &State,
@@ -358,18 +381,7 @@ fn place(
     len: usize,
     now: Instant,
 ) -> Result<Placement, Unplaced> {
-    let receptions = receptions(state, phy, first);
-    let region = state.config.network.region;
-    let defaults = RxParams::region_default(region);
-    let anchor = flow.received_at();
-    let c = candidates(
-        now,
-        &receptions,
-        flow.timing(),
-        |_| anchor,
-        |r| state.gateways.downlink_addr(r.gateway).is_some(),
-        |r, w| window_airtime(region, r, w, &defaults, len),
-    )?;
+    let c = join_candidates(state, flow, phy, first, len, now)?;
     let placed = state.scheduler.place(now, Purpose::JoinAccept, &c);
     count_placement(&state.metrics, Purpose::JoinAccept, &placed);
     placed
@@ -431,24 +443,37 @@ async fn book<'a>(
     }
 }
 
-/// After the JoinAns: the booked window if it can still be met, else the Join-accept placed
-/// again (a later window, with every copy received by now); the flow checks the outcome.
+/// After the JoinAns: a better placement if one fits now (a gateway with a better link whose
+/// copy arrived after the booking), else the booked window if it can still be met, else the
+/// Join-accept placed again (a later window); the flow checks the outcome.
 fn confirm<'a>(
     state: &'a State,
     flow: &mut JoinFlow,
-    booking: Booking<'a>,
+    mut booking: Booking<'a>,
     phy: &[u8],
     first: &Reception,
     len: usize,
 ) -> Result<Booking<'a>, JoinError> {
     let now = Instant::now();
-    let at = booking.placement.candidate.at;
     let margin = flow.timing().margin;
-    let reachable = at
-        .opens_at
-        .checked_duration_since(now)
-        .is_some_and(|lead| lead >= margin);
-    let booking = if reachable {
+    let reachable = |p: &Placement| {
+        p.candidate
+            .at
+            .opens_at
+            .checked_duration_since(now)
+            .is_some_and(|lead| lead >= margin)
+    };
+    if reachable(&booking.placement) {
+        let all = join_candidates(state, flow, phy, first, len, now).unwrap_or_default();
+        let current = &booking.placement;
+        if let Some(better) = state
+            .scheduler
+            .improve(now, Purpose::JoinAccept, current, &all)
+        {
+            booking.placement = better;
+        }
+    }
+    let booking = if reachable(&booking.placement) {
         Ok(booking)
     } else {
         drop(booking);

@@ -543,15 +543,19 @@ impl Harness {
         }
     }
 
-    /// The fake join server answers the first Join-request forwarded: the join core chooses
-    /// the window and the gateway from the receptions gathered by the time the answer comes.
+    /// The fake join server answers the first Join-request forwarded: the downlink scheduler
+    /// places the 17-byte Join-accept among the receptions gathered by the time the answer
+    /// comes (RX1 first, best link first, on an idle schedule), and the join flow checks it.
     pub fn answer_join(
         &mut self,
         js: FakeJoinServer,
     ) -> Result<(Reception, netserver::core::timing::Scheduled), netserver::core::join::JoinFailure>
     {
+        use netserver::core::airtime::Purpose;
         use netserver::core::join::{JoinFlow, RetryPolicy};
+        use netserver::core::scheduler::{candidates, Scheduler};
         use netserver::core::timing::WindowTiming;
+        use netserver::gateway::txpk::window_airtime;
         let (phy, first) = self.joins.first().cloned().expect("a forwarded join");
         let j = &self.config.join;
         let timing = WindowTiming {
@@ -568,9 +572,24 @@ impl Harness {
         self.advance(js.latency);
         let receptions = self.dedup.receptions(&phy);
         let gateways = &self.gateways;
-        flow.on_answer(self.now, &receptions, |r| {
-            gateways.downlink_addr(r.gateway).is_some()
-        })
+        let region = self.config.network.region;
+        let defaults = netserver::store::stored::RxParams::region_default(region);
+        let s = &self.config.scheduler;
+        let scheduler = Scheduler::new(s.enabled, region, s.limits());
+        let placed = candidates(
+            self.now,
+            &receptions,
+            &timing,
+            |_| first.received_at,
+            |r| gateways.downlink_addr(r.gateway).is_some(),
+            |r, w| window_airtime(region, r, w, &defaults, 17),
+        )
+        .and_then(|c| scheduler.place(self.now, Purpose::JoinAccept, &c))
+        .map_err(netserver::core::join::JoinFailure::from);
+        let gw = placed.as_ref().ok().map(|p| p.candidate.gateway);
+        let at = flow.on_placed(self.now, placed.map(|p| p.candidate.at))?;
+        let gw = receptions.into_iter().find(|r| Some(r.gateway) == gw);
+        Ok((gw.expect("the placed gateway heard the frame"), at))
     }
 
     /// Queues an application downlink for the device.
