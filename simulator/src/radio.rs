@@ -1,11 +1,21 @@
 //! The radio side of a run: the region (RP002 tables from `protocol::region`), the channels the
 //! devices boot with and the gateways listen on, and what follows from them: each data rate's
 //! spreading factor and bandwidth, time on air, which settings a run may use.
+//!
+//! With `--radio realistic` (or `--city`) the radio itself is modelled, each part a pure function
+//! of the times and powers passed in: [`transmitter`] (a gateway's one-at-a-time downlinks,
+//! queue, deadline and duty cycle), [`duty_cycle`] (the sliding-hour budget per sub-band) and
+//! [`reception`] (uplink collisions, capture, a gateway deaf while it transmits).
 
 use protocol::gwmp::DataRate;
 use protocol::region::{lora_time_on_air, ChannelPlan, LoraFrame, Region, RegionError};
 
 use crate::sched::Micros;
+
+pub mod bound;
+pub mod duty_cycle;
+pub mod reception;
+pub mod transmitter;
 
 /// Bytes of a data uplink around its FRMPayload: MHDR 1, FHDR 7 (without FOpts), FPort 1,
 /// MIC 4.
