@@ -69,6 +69,7 @@ fn options(
         timeseries_csv: None,
         progress: false,
         print_table: false,
+        radio_model: None,
     }
 }
 

@@ -11,7 +11,7 @@
 //! which both budgets and the transmitter hold (found by bisection to 1 ms). The bound is then
 //! JOIN_ACCEPT_DELAY1 (5 s) + max(T, the moment the last device first transmits).
 
-use protocol::region::{lora_time_on_air, LoraFrame, Region};
+use protocol::region::Region;
 
 use crate::sched::Micros;
 
@@ -40,12 +40,11 @@ pub fn downlink_airtime_us(region: Region, dr: u8, len: usize) -> Option<Micros>
         protocol::gwmp::DataRate::Lora {
             spreading_factor,
             bandwidth_khz,
-        } => lora_time_on_air(&LoraFrame::downlink(
+        } => Some(super::downlink_airtime_us(
             spreading_factor,
-            u32::from(bandwidth_khz) * 1000,
+            bandwidth_khz,
             len,
-        ))
-        .map(|d| d.as_micros() as Micros),
+        )),
         _ => None,
     }
 }
