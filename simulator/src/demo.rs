@@ -294,6 +294,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
         timeseries_csv: None,
         progress: o.progress,
         print_table: true,
+        radio_model: None,
     });
     let stopped = servers.stop();
     let report = result?;

@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub progress: bool,
     /// Print the human table on stdout.
     pub print_table: bool,
+    /// The radio model (`--radio realistic`, `--city`); `None`: ideal.
+    pub radio_model: Option<crate::radio::RadioModel>,
 }
 
 /// Runs a scenario; returns the report (also written where asked).
@@ -54,7 +56,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
     let (states, log) = NonceLog::open(&state_path, &entries)?;
     let devices = entries.len() as u64;
     let fleet = Fleet::new(entries.clone(), &states, o.seed, o.gateways);
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig {
             seed: o.seed,
             traffic: o.traffic.clone(),
@@ -64,6 +66,9 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
         },
         fleet,
     );
+    if let Some(m) = o.radio_model {
+        engine.enable_radio(m);
+    }
     let result = net::run_logged(
         engine,
         &NetConfig {

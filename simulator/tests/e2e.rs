@@ -12,7 +12,7 @@ use simulator::demo::Servers;
 use simulator::manifest::{self, Entry, Params, VersionMix};
 use simulator::net::EventListen;
 use simulator::nonce_log;
-use simulator::radio::RadioPlan;
+use simulator::radio::{RadioModel, RadioPlan};
 use simulator::report::Report;
 use simulator::run::{self, RunOptions};
 use simulator::scenario::{Scenario, Traffic};
@@ -69,6 +69,7 @@ fn options(
         timeseries_csv: None,
         progress: false,
         print_table: false,
+        radio_model: None,
     }
 }
 
@@ -106,6 +107,65 @@ fn storm_in(
         ..options(manifest, servers, 3, t, seed)
     })
     .unwrap()
+}
+
+/// The modelled radio (`--radio realistic`) through the real servers: 200 devices within 2 s on
+/// three gateways, against a network server that schedules each Join-accept without asking
+/// whether the gateway can send it. Join-requests collide, devices back off and retry, and every
+/// device joins in the end, no sooner than the airtime bound; the report carries the new fields
+/// beside today's.
+#[test]
+fn realistic_radio_storm_through_the_real_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest_path, _, net_id) = fleet(dir.path(), 200, 43);
+    let servers = Servers::start(&manifest_path, net_id, None).unwrap();
+    let json = dir.path().join("realistic.json");
+    let t = Traffic {
+        data_rate: 5,
+        ..traffic(Scenario::Storm, 2_000_000, 600_000_000, 2)
+    };
+    let r = run::run(&RunOptions {
+        report_json: Some(json.clone()),
+        radio_model: Some(RadioModel::default()),
+        ..options(&manifest_path, &servers, 3, t, 7)
+    })
+    .unwrap();
+    assert_eq!(r.devices_joined_at_end, 200, "{r:#?}");
+    assert!(
+        r.uplinks.collided > 0,
+        "200 Join-requests in 2 s on 3 channels collide"
+    );
+    assert!(r.joins.attempted > 200);
+    let refused = &r.gateways_tx_refused;
+    assert_eq!(
+        r.gwmp.tx_ack_errors,
+        refused.collision + refused.too_late + refused.duty_cycle
+    );
+    let s = &r.storm;
+    let (p50, p99, all) = (
+        s.joined_p50_s.unwrap(),
+        s.joined_p99_s.unwrap(),
+        s.joined_all_s.unwrap(),
+    );
+    let bound = s.airtime_bound_s.unwrap();
+    assert!(p50 <= p99 && p99 <= all, "{s:?}");
+    assert!(all >= bound && bound > 5.0, "{s:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["gateways"], 3, "today's field is unchanged");
+    for k in [
+        "joined_p50_s",
+        "joined_p99_s",
+        "joined_all_s",
+        "airtime_bound_s",
+    ] {
+        assert!(v["storm"][k].as_f64().is_some(), "storm.{k}");
+    }
+    for k in ["collision", "too_late", "duty_cycle"] {
+        assert!(v["gateways_tx_refused"][k].is_u64(), "{k}");
+    }
+    assert_eq!(v["uplinks"]["collided"], r.uplinks.collided);
+    servers.stop().unwrap();
 }
 
 fn assert_every_join_accepted_in_rx1(r: &Report, n: u64) {
