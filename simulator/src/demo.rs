@@ -82,12 +82,25 @@ impl Servers {
     }
 
     /// [`Self::start`] with the network server in `radio`'s region and sub-bands
-    /// (`[network] region` and `enabled_sub_bands`).
+    /// (`[network] region` and `enabled_sub_bands`), its downlink scheduler off: the simulator's
+    /// gateways without the radio model transmit anything asked.
     pub fn start_in(
         manifest: &Path,
         net_id: NetId,
         events: Option<SocketAddr>,
         radio: &RadioPlan,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(manifest, net_id, events, radio, false)
+    }
+
+    /// [`Self::start_in`] with the network server's downlink scheduler on or off (`[scheduler]
+    /// enabled`): on for gateways that refuse what they cannot transmit (`--radio realistic`).
+    pub fn start_with(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+        radio: &RadioPlan,
+        scheduler: bool,
     ) -> anyhow::Result<Self> {
         let dirs = tempfile::Builder::new()
             .prefix("lorawan-servers-")
@@ -153,6 +166,10 @@ impl Servers {
             },
             metrics: netserver::ops::config::MetricsConfig {
                 listen: String::new(),
+            },
+            scheduler: netserver::ops::config::SchedulerConfig {
+                enabled: scheduler,
+                ..defaults.scheduler
             },
             data: netserver::ops::config::DataConfig {
                 // Loopback: many events per datagram spare both processes a datagram each.
