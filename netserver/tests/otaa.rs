@@ -467,7 +467,7 @@ fn late_answers_use_rx2_or_are_dropped() {
 
     // Answer after 1.2 s: RX1 (opening at 1 s) is gone, RX2 (2 s) is still ahead.
     *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1200);
-    let counter_start = std::time::Instant::now();
+    let counter_start = Instant::now();
     gw.push_with(&join_request(1, 0x0A01), 7_000_000, 5.0, -90, CrcStatus::Ok);
     let (_, tx) = gw
         .pull_resp(Duration::from_secs(4))

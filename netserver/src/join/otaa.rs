@@ -388,7 +388,7 @@ fn place(
 }
 
 /// Counts a placement deferred from its first choice, or dropped for lack of airtime.
-pub(crate) fn count_placement(m: &Metrics, purpose: Purpose, placed: &Result<Placement, Unplaced>) {
+fn count_placement(m: &Metrics, purpose: Purpose, placed: &Result<Placement, Unplaced>) {
     let a = &m.airtime;
     match placed {
         Ok(Placement {

@@ -252,7 +252,7 @@ pub struct DataMetrics {
     /// PUSH_DATA received to event written, seconds.
     pub uplink_latency: Histogram,
     /// Data downlinks by result (sent, send_failed, commit_failed, too_late, no_gateway,
-    /// build_failed).
+    /// build_failed, no_airtime).
     pub downlinks: IntCounterVec,
     /// Application events by result (written, write_failed).
     pub events: IntCounterVec,
@@ -322,6 +322,7 @@ impl DataMetrics {
             "too_late",
             "no_gateway",
             "build_failed",
+            "no_airtime",
         ] {
             m.downlinks.with_label_values(&[d]);
         }

@@ -14,6 +14,7 @@
 
 use std::time::{Instant, SystemTime};
 
+use crate::core::airtime::Purpose;
 use crate::core::data::{self as steps, UplinkResult};
 use crate::core::reception::Reception;
 use crate::core::uplink::{self, Accepted, Decision, Env, Input};
@@ -58,6 +59,7 @@ pub fn process(state: &State, phy: &[u8], first: &Reception, wall: SystemTime, n
         config: &state.config,
         gateways: &state.gateways,
         queue: &state.data.queue,
+        scheduler: &state.scheduler,
     };
     let locked = candidates.iter().map(|s| (s, s.live.lock()));
     let decision = uplink::handle(&input, &env, locked, &mut rand::thread_rng());
@@ -86,6 +88,12 @@ fn carry_out<G>(state: &State, a: Accepted<'_, G>, receptions: &[Reception], now
     }
     if let Some(d) = &a.downlink {
         state.gateways.on_pull_resp(d.gateway, now);
+        if state.scheduler.enabled() {
+            let booked = &state.metrics.airtime.booked_seconds;
+            booked
+                .with_label_values(&[Purpose::Data.label()])
+                .inc_by(d.airtime.as_secs_f64());
+        }
     }
     if a.record.is_none() {
         return;

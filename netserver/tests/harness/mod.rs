@@ -15,6 +15,7 @@ use netserver::core::dedup::Dedup;
 use netserver::core::device::FrameCounters;
 use netserver::core::gateway::{Action, GatewayEnv, GatewayProtocol, Path};
 use netserver::core::reception::Reception;
+use netserver::core::scheduler::Scheduler;
 use netserver::core::uplink::{self, Decision, DownlinkFailure, Env, Input, ScheduledDownlink};
 use netserver::gateway::gwmp::Gwmp;
 use netserver::gateway::registry::GatewayRegistry;
@@ -305,6 +306,8 @@ pub struct Harness {
     pub sessions: Sessions,
     /// The application downlink queue.
     pub queue: DownlinkQueue,
+    /// Each gateway's downlink airtime (`[scheduler]`).
+    pub scheduler: Scheduler,
     /// Every action the gateway core took, in order.
     pub actions: Vec<Action>,
     /// Join-request first copies forwarded to the join path.
@@ -338,6 +341,11 @@ impl Harness {
             gateways: GatewayRegistry::of(&config.gwmp, None),
             dedup: Dedup::of(&config.gwmp),
             queue: DownlinkQueue::new(config.data.queue_per_device),
+            scheduler: Scheduler::new(
+                config.scheduler.enabled,
+                config.network.region,
+                config.scheduler.limits(),
+            ),
             sessions: Sessions::new(),
             config,
             actions: Vec::new(),
@@ -506,6 +514,7 @@ impl Harness {
             config: &self.config,
             gateways: &self.gateways,
             queue: &self.queue,
+            scheduler: &self.scheduler,
         };
         let locked = candidates.iter().map(|s| (s, s.live.lock()));
         let handled = match uplink::handle(&input, &env, locked, &mut self.rng) {
@@ -553,7 +562,7 @@ impl Harness {
     {
         use netserver::core::airtime::Purpose;
         use netserver::core::join::{JoinFlow, RetryPolicy};
-        use netserver::core::scheduler::{candidates, Scheduler};
+        use netserver::core::scheduler::candidates;
         use netserver::core::timing::WindowTiming;
         use netserver::gateway::txpk::window_airtime;
         let (phy, first) = self.joins.first().cloned().expect("a forwarded join");
@@ -573,9 +582,8 @@ impl Harness {
         let receptions = self.dedup.receptions(&phy);
         let gateways = &self.gateways;
         let region = self.config.network.region;
-        let defaults = netserver::store::stored::RxParams::region_default(region);
-        let s = &self.config.scheduler;
-        let scheduler = Scheduler::new(s.enabled, region, s.limits());
+        let defaults = RxParams::region_default(region);
+        let scheduler = &self.scheduler;
         let placed = candidates(
             self.now,
             &receptions,
