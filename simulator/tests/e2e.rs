@@ -525,3 +525,91 @@ fn us915_storm_of_10000_devices_on_sub_band_2_joins_every_device_in_rx1() {
     assert_eq!(r.downlinks.wrong_radio, 0, "{r:#?}");
     assert_every_join_accepted_in_rx1(&r, 10_000);
 }
+
+/// A power-restore storm of `devices` meters in a city of `gateways` gateways (`--city`: every
+/// meter at the data rate its link allows), through the real join and network servers, the
+/// network server's downlink scheduler on or off.
+fn city_power_restore(devices: u32, gateways: u16, scheduler: bool, seed: u64) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest_path, _, net_id) = fleet(dir.path(), devices, seed);
+    let servers = Servers::start_with(
+        &manifest_path,
+        net_id,
+        None,
+        &RadioPlan::default(),
+        scheduler,
+    )
+    .unwrap();
+    let t = traffic(Scenario::PowerRestore, 10_000_000, 24 * 3_600_000_000, 1);
+    let r = run::run(&RunOptions {
+        radio_model: Some(RadioModel {
+            city: true,
+            ..RadioModel::default()
+        }),
+        duration_given: false,
+        ..options(&manifest_path, &servers, gateways, t, seed)
+    })
+    .unwrap();
+    servers.stop().unwrap();
+    r
+}
+
+/// Issue 20's end-to-end test: 10,000 meters and 20 gateways lose power and come back, over the
+/// modelled radio (airtime, duty cycle, collisions, a city's link budgets). Every meter joins,
+/// and no gateway refuses a downlink the network server scheduled: its scheduler books each
+/// Join-accept only where a gateway can transmit it.
+#[test]
+#[ignore = "runs for tens of minutes of real time on the shared 2-core machine; run with --ignored"]
+fn city_power_restore_of_10000_meters_joins_all_without_a_refused_downlink() {
+    let r = city_power_restore(10_000, 20, true, 20);
+    assert_eq!(r.devices_joined_at_end, 10_000, "{r:#?}");
+    let refused = &r.gateways_tx_refused;
+    assert_eq!(
+        (refused.collision, refused.too_late, refused.duty_cycle),
+        (0, 0, 0),
+        "{r:#?}"
+    );
+    assert_eq!(r.gwmp.tx_ack_errors, 0, "{r:#?}");
+    let s = &r.storm;
+    let (p99, bound) = (s.joined_p99_s.unwrap(), s.airtime_bound_s.unwrap());
+    assert!(bound > 5.0 && p99 >= bound, "{s:?}");
+}
+
+/// The benchmark of docs/benchmarks.md (a measurement, not a test): `STORM_DEVICES` meters
+/// (default 100,000), `STORM_GATEWAYS` gateways (200), `STORM_SCHEDULER` on or off (on); prints
+/// the report's storm figures. `cargo test --release -p simulator --test e2e -- --ignored
+/// --nocapture city_power_restore_benchmark`.
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn city_power_restore_benchmark() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let devices = env("STORM_DEVICES", 100_000) as u32;
+    let gateways = env("STORM_GATEWAYS", 200) as u16;
+    let scheduler = std::env::var("STORM_SCHEDULER").map_or(true, |v| v != "off");
+    let started = std::time::Instant::now();
+    let r = city_power_restore(devices, gateways, scheduler, 20);
+    let s = &r.storm;
+    println!(
+        "devices {devices} gateways {gateways} scheduler {scheduler}: joined {} | p50 {:?} s p99 \
+         {:?} s all {:?} s | bound {:?} s | p99/bound {:?} | refused collision {} too_late {} \
+         duty_cycle {} | uplinks collided {} | attempts mean {:.2} max {} | wall {:.0} s",
+        r.devices_joined_at_end,
+        s.joined_p50_s,
+        s.joined_p99_s,
+        s.joined_all_s,
+        s.airtime_bound_s,
+        s.joined_p99_s.zip(s.airtime_bound_s).map(|(p, b)| p / b),
+        r.gateways_tx_refused.collision,
+        r.gateways_tx_refused.too_late,
+        r.gateways_tx_refused.duty_cycle,
+        r.uplinks.collided,
+        s.attempts_mean,
+        s.attempts_max,
+        started.elapsed().as_secs_f64(),
+    );
+}

@@ -120,9 +120,10 @@ join_accept_share = 0.9
 # Most downlinks scheduled ahead on one gateway: the SX1301 packet forwarder's just-in-time queue
 # holds 32 and refuses more with COLLISION_PACKET.
 max_queued_per_gateway = 32
-# Least idle time between two transmissions of one gateway, ms (the radio's TX start-up and
-# the forwarder's scheduling jitter).
-tx_guard_ms = 5
+# Least idle time between two transmissions of one gateway, ms: the packet forwarder's
+# just-in-time queue holds each downlink from 31.5 ms before its start (TX_START_DELAY 1.5 ms +
+# TX_JIT_DELAY 30 ms) with a 1 ms margin, and refuses an overlap with COLLISION_PACKET.
+tx_guard_ms = 35
 # Join-storm protection per device: a DevEUI's Join-requests are answered at most at the rate
 # LoRaWAN 1.0.4 / 1.1 allow a device to send them (the loosest rule, the first hour after
 # power-up: 36 s of Join-request airtime, i.e. a bucket of join_request_burst_s refilled at
@@ -450,7 +451,7 @@ impl Default for SchedulerConfig {
             duty_cycle_window_s: 3600,
             join_accept_share: 0.9,
             max_queued_per_gateway: 32,
-            tx_guard_ms: 5,
+            tx_guard_ms: 35,
             join_request_duty_cycle: 0.01,
             join_request_burst_s: 36,
         }
