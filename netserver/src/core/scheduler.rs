@@ -452,7 +452,11 @@ mod tests {
         let mut b = rx(1, 5.0, -80, t0 + 20 * MS);
         b.tmst = a.tmst + 20_000; // 20 ms later on the gateway's counter: within 46 ms
         let pa = s
-            .place(t0, Purpose::JoinAccept, &join_candidates(t0, &[a.clone()]))
+            .place(
+                t0,
+                Purpose::JoinAccept,
+                &join_candidates(t0, std::slice::from_ref(&a)),
+            )
             .unwrap();
         let pb = s
             .place(
@@ -515,7 +519,7 @@ mod tests {
             .place(
                 t0,
                 Purpose::JoinAccept,
-                &join_candidates(t0, &[weak.clone()]),
+                &join_candidates(t0, std::slice::from_ref(&weak)),
             )
             .unwrap();
         assert_eq!(p.candidate.gateway, GatewayEui::new(1));
@@ -642,7 +646,11 @@ mod tests {
         let r = rx(1, 5.0, -80, t0);
         for _ in 0..3 {
             let p = s
-                .place(t0, Purpose::JoinAccept, &join_candidates(t0, &[r.clone()]))
+                .place(
+                    t0,
+                    Purpose::JoinAccept,
+                    &join_candidates(t0, std::slice::from_ref(&r)),
+                )
                 .unwrap();
             assert_eq!((p.candidate.at.window, p.id), (Window::Rx1, 0));
         }

@@ -275,27 +275,26 @@ async fn run<C: JoinServerClient>(
         .map_err(JoinError::Send)?;
     state.scheduler.set_token(&booking.placement, token);
     booking.armed = false;
+    count_sent(state, &placed, t0);
+    Ok((at.window, gw.gateway))
+}
+
+/// Counts a Join-accept sent as `placed`, for a Join-request that arrived at `t0`.
+fn count_sent(state: &State, placed: &Candidate, t0: Instant) {
     let now = Instant::now();
-    state.gateways.on_pull_resp(gw.gateway, now);
-    state.metrics.pull_resp.inc();
-    state
-        .metrics
-        .join_accepts
-        .with_label_values(&[at.window.label()])
+    let m = &state.metrics;
+    state.gateways.on_pull_resp(placed.gateway, now);
+    m.pull_resp.inc();
+    m.join_accepts
+        .with_label_values(&[placed.at.window.label()])
         .inc();
     if state.scheduler.enabled() {
-        state
-            .metrics
-            .airtime
+        m.airtime
             .booked_seconds
             .with_label_values(&[Purpose::JoinAccept.label()])
             .inc_by(placed.airtime.as_secs_f64());
     }
-    Metrics::observe(
-        &state.metrics.join_latency,
-        now.saturating_duration_since(t0),
-    );
-    Ok((at.window, gw.gateway))
+    Metrics::observe(&m.join_latency, now.saturating_duration_since(t0));
 }
 
 /// Bytes of a Join-accept without CFList: MHDR 1, JoinNonce 3, NetID 3, DevAddr 4, DLSettings
