@@ -392,12 +392,13 @@ impl GatewayAirtime {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn limits() -> Limits {
+    /// The default limits with a 5 ms guard (the scheduler's tests use them too).
+    pub(crate) fn limits() -> Limits {
         Limits {
             duty_cycle_window: Duration::from_secs(3600),
             join_accept_share: 0.9,

@@ -345,19 +345,11 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
+    use super::super::airtime::tests::limits;
     use super::super::reception::tests::rx;
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-
-    fn limits() -> Limits {
-        Limits {
-            duty_cycle_window: Duration::from_secs(3600),
-            join_accept_share: 0.9,
-            max_queued: 32,
-            guard: 5 * MS,
-        }
-    }
 
     fn join_timing() -> WindowTiming {
         WindowTiming {
