@@ -9,6 +9,8 @@ use crate::core::dedup::Dedup;
 use crate::core::devaddr::AddrAllocator;
 use crate::core::devaddr::AddrBlock;
 use crate::core::join::RetryPolicy;
+use crate::core::joinlimit::JoinRateLimit;
+use crate::core::scheduler::Scheduler;
 use crate::core::timing::WindowTiming;
 use crate::gateway::allowed::AllowedGateways;
 use crate::gateway::registry::GatewayRegistry;
@@ -44,6 +46,10 @@ pub struct State {
     pub gateways: GatewayRegistry,
     /// De-duplication.
     pub dedup: Dedup,
+    /// Each gateway's downlink airtime (`[scheduler]`).
+    pub scheduler: Scheduler,
+    /// Per-DevEUI Join-request rate limit (`[scheduler]`).
+    pub join_limit: JoinRateLimit,
     /// DevAddr allocation.
     pub allocator: AddrAllocator,
     /// Live sessions (shared with the emitter, which catches them up with a shared store).
@@ -78,6 +84,17 @@ impl State {
         Self {
             gateways: GatewayRegistry::of(&config.gwmp, allowed_gateways),
             dedup: Dedup::of(&config.gwmp),
+            scheduler: Scheduler::new(
+                config.scheduler.enabled,
+                config.network.region,
+                config.scheduler.limits(),
+            ),
+            join_limit: JoinRateLimit::new(
+                config.scheduler.join_request_duty_cycle,
+                Duration::from_secs(config.scheduler.join_request_burst_s),
+                // Sweep full buckets once a storm's worth of devices is tracked.
+                100_000,
+            ),
             config,
             block,
             metrics,

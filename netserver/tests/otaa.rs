@@ -467,6 +467,7 @@ fn late_answers_use_rx2_or_are_dropped() {
 
     // Answer after 1.2 s: RX1 (opening at 1 s) is gone, RX2 (2 s) is still ahead.
     *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1200);
+    let counter_start = Instant::now();
     gw.push_with(&join_request(1, 0x0A01), 7_000_000, 5.0, -90, CrcStatus::Ok);
     let (_, tx) = gw
         .pull_resp(Duration::from_secs(4))
@@ -487,7 +488,10 @@ fn late_answers_use_rx2_or_are_dropped() {
 
     // Answer after 1.95 s: less than the 100 ms margin before RX2.
     *s.relay.delay_answers.lock().unwrap() = Duration::from_millis(1950);
-    gw.push_with(&join_request(1, 0x0A02), 8_000_000, 5.0, -90, CrcStatus::Ok);
+    // The gateway's counter moves with time (the downlink scheduler checks the first
+    // Join-accept's RX2, still on air, against this one's windows on that counter).
+    let tmst = 7_000_000 + counter_start.elapsed().as_micros() as u32;
+    gw.push_with(&join_request(1, 0x0A02), tmst, 5.0, -90, CrcStatus::Ok);
     wait_metric(m, &joins("dropped", "too_late"), 1.0);
     assert!(
         gw.pull_resp(Duration::from_millis(200)).is_none(),

@@ -650,6 +650,9 @@ fn confirmed_uplinks_are_acked_on_each_regions_rx1_then_rx2_radio_with_its_tx_ch
             assert_eq!(dl.window, Window::Rx2, "{name}");
             assert_eq!(txpk_radio(dl), c.rx2, "{name} {version} RX2");
             assert!(d.open(dl, 1, 1).ack);
+            // The gateway transmits one downlink at a time: the next device's RX1 comes after
+            // this RX2 ACK (up to 1.2 s on air at SF12) is over.
+            h.advance(Duration::from_secs(3));
         }
     }
 }
@@ -705,6 +708,9 @@ fn a_payload_longer_than_the_windows_data_rate_allows_waits_and_the_ack_goes_alo
     assert_eq!(down.payload, FramePayload::None);
     assert!(h.queue.has(d.dev_eui), "the payload waits");
 
+    // The next uplink comes after the RX2 ACK (1.2 s on air at SF12) is over: the gateway
+    // transmits one downlink at a time.
+    h.advance(Duration::from_secs(3));
     let phy = d.frame(confirmed);
     h.hear(&gw1, &phy);
     let out = h.flush().pop().unwrap();

@@ -353,4 +353,39 @@ mod tests {
         assert_eq!(lora_time_on_air(&LoraFrame::uplink(13, 125_000, 1)), None);
         assert_eq!(lora_time_on_air(&LoraFrame::uplink(7, 0, 1)), None);
     }
+
+    #[test]
+    fn time_on_air_of_every_eu868_data_rate() {
+        // By hand: n = 8 + ⌈(8·PL − 4·SF + 28 + 16·CRC) / (4·(SF − 2·DE))⌉·5 payload symbols,
+        // plus 12.25 preamble symbols of 2^SF / 125 kHz. E.g. a 23-byte Join-request at SF9:
+        // ⌈192 / 36⌉ = 6, 8 + 30 = 38, 50.25 symbols × 4.096 ms = 205.824 ms. A 33-byte
+        // Join-accept (no CRC) at SF11 (LDRO): ⌈248 / 36⌉ = 7, 43 + 12.25 = 55.25 × 16.384 ms.
+        let expect: [(u8, u64, u64, u64); 6] = [
+            // (DR, Join-request 23 B, Join-accept 17 B, Join-accept with CFList 33 B), µs
+            (5, 61_696, 46_336, 71_936),
+            (4, 113_152, 92_672, 133_632),
+            (3, 205_824, 164_864, 246_784),
+            (2, 370_688, 329_728, 452_608),
+            (1, 823_296, 659_456, 905_216),
+            (0, 1_482_752, 1_155_072, 1_810_432),
+        ];
+        for (dr, join_request, accept, accept_cf_list) in expect {
+            let DataRate::Lora {
+                spreading_factor: sf,
+                bandwidth_khz: bw,
+            } = Region::Eu868.data_rate(dr).unwrap()
+            else {
+                panic!("DR{dr} is LoRa");
+            };
+            let us = |f: LoraFrame| lora_time_on_air(&f).unwrap().as_micros() as u64;
+            let bw = u32::from(bw) * 1000;
+            assert_eq!(us(LoraFrame::uplink(sf, bw, 23)), join_request, "DR{dr}");
+            assert_eq!(us(LoraFrame::downlink(sf, bw, 17)), accept, "DR{dr}");
+            assert_eq!(
+                us(LoraFrame::downlink(sf, bw, 33)),
+                accept_cf_list,
+                "DR{dr}"
+            );
+        }
+    }
 }

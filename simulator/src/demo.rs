@@ -62,6 +62,8 @@ struct ServerOptions {
     radio: RadioPlan,
     /// The HTTP downlink input on a loopback port (forced rejoins).
     rejoin_api: bool,
+    /// `[scheduler] enabled`: off unless asked (the simulator's ideal gateways refuse nothing).
+    scheduler: bool,
 }
 
 /// The UDP event sink sending to `events`. Loopback: many events per datagram spare both
@@ -102,7 +104,8 @@ impl Servers {
     }
 
     /// [`Self::start`] with the network server in `radio`'s region and sub-bands
-    /// (`[network] region` and `enabled_sub_bands`).
+    /// (`[network] region` and `enabled_sub_bands`), its downlink scheduler off: the simulator's
+    /// gateways without the radio model transmit anything asked.
     pub fn start_in(
         manifest: &Path,
         net_id: NetId,
@@ -115,6 +118,27 @@ impl Servers {
             ServerOptions {
                 events: udp_events(events),
                 radio: *radio,
+                ..ServerOptions::default()
+            },
+        )
+    }
+
+    /// [`Self::start_in`] with the network server's downlink scheduler on or off (`[scheduler]
+    /// enabled`): on for gateways that refuse what they cannot transmit (`--radio realistic`).
+    pub fn start_with(
+        manifest: &Path,
+        net_id: NetId,
+        events: Option<SocketAddr>,
+        radio: &RadioPlan,
+        scheduler: bool,
+    ) -> anyhow::Result<Self> {
+        Self::start_full(
+            manifest,
+            net_id,
+            ServerOptions {
+                events: udp_events(events),
+                radio: *radio,
+                scheduler,
                 ..ServerOptions::default()
             },
         )
@@ -161,6 +185,7 @@ impl Servers {
             integration,
             radio,
             rejoin_api,
+            scheduler,
         } = opts;
         // A free loopback port for the HTTP downlink input (the server binds it at once).
         let downlink_http = if rejoin_api {
@@ -232,6 +257,10 @@ impl Servers {
             },
             metrics: netserver::ops::config::MetricsConfig {
                 listen: String::new(),
+            },
+            scheduler: netserver::ops::config::SchedulerConfig {
+                enabled: scheduler,
+                ..defaults.scheduler
             },
             data: netserver::ops::config::DataConfig {
                 events,
@@ -382,6 +411,7 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
         progress: o.progress,
         print_table: true,
         rekey: None,
+        radio_model: None,
     });
     let stopped = servers.stop();
     let report = result?;

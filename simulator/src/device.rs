@@ -404,6 +404,8 @@ pub struct Device {
     /// sub-band's 1 %.
     next_tx_allowed: Micros,
     rng_blocks: u32,
+    /// The data rate this device's link allows (a city meter), instead of the run's.
+    link_dr: Option<u8>,
 }
 
 /// The `index`-th random DevNonce of a 1.0.x device: a keyed 16-bit permutation (a four-round
@@ -484,7 +486,35 @@ impl Device {
             powered_at: 0,
             next_tx_allowed: 0,
             rng_blocks: 0,
+            link_dr: None,
         }
+    }
+
+    /// Makes the device join, and report until a LinkADRReq says otherwise, at `dr` instead of
+    /// the run's data rate: the rate its link allows (`--city`).
+    pub fn set_data_rate(&mut self, dr: u8) {
+        self.link_dr = Some(dr);
+    }
+
+    /// The data rate of this device's Join-requests (and first uplinks).
+    pub fn join_data_rate(&self, b: &Behaviour) -> u8 {
+        self.link_dr.unwrap_or(b.data_rate)
+    }
+
+    /// The frame just sent is `airtime` µs long and its timers counted from its start: with the
+    /// radio modelled (`--radio realistic`) the device's clock for its receive windows starts at
+    /// the frame's end, as a real device's does. Moves them and returns when the windows now
+    /// close (the caller arms that timer; the earlier one becomes stale).
+    pub fn frame_lasts(&mut self, airtime: Micros) -> Micros {
+        self.last_tx_at += airtime;
+        if let Some(j) = &mut self.join {
+            j.sent_at += airtime;
+        }
+        if let Some(f) = self.frame.as_deref_mut() {
+            f.sent_at += airtime;
+        }
+        self.rx_closes_at = self.rx_closes_at.saturating_add(airtime);
+        self.rx_closes_at
     }
 
     /// The phase.
@@ -669,7 +699,8 @@ impl Device {
             }
             random_dev_nonce(self.id.dev_eui.as_u64(), self.nonces.dev_nonce as u16)
         };
-        let Some((chan, freq_hz)) = pick_channel(&b.radio.channels, b.data_rate, rng) else {
+        let dr = self.join_data_rate(b);
+        let Some((chan, freq_hz)) = pick_channel(&b.radio.channels, dr, rng) else {
             // `RadioPlan::check` refuses such a data rate before a run starts.
             self.wake_at = Micros::MAX;
             return;
@@ -677,7 +708,7 @@ impl Device {
         self.nonces.dev_nonce += 1;
         let dev_nonce = DevNonce(dev_nonce);
         let phy = frames::join_request(&self.id, dev_nonce);
-        let airtime = b.radio.airtime_us(b.data_rate, phy.len());
+        let airtime = b.radio.airtime_us(dr, phy.len());
         let dc = join_duty_cycle(now.saturating_sub(self.powered_at));
         let dc = b
             .radio
@@ -692,12 +723,12 @@ impl Device {
         });
         self.last_tx_at = now;
         self.last_tx_freq = freq_hz;
-        self.last_tx_dr = b.data_rate;
+        self.last_tx_dr = dr;
         self.wake_at = Micros::MAX;
         self.rx_closes_at = now + JOIN_ACCEPT_DELAY2_US + RX_GRACE_US;
         fx.push(Effect::Tx(Tx {
             phy: phy.to_vec(),
-            dr: b.data_rate,
+            dr,
             chan,
             freq_hz,
             kind: TxKind::Join {
@@ -1077,7 +1108,7 @@ impl Device {
                     last_afcnt_down: None,
                     rx1_delay_us: u64::from(a.rx1_delay_s.max(1)) * 1_000_000,
                     nb_trans: 1,
-                    dr: b.data_rate,
+                    dr: self.link_dr.unwrap_or(b.data_rate),
                     channels: None,
                     dwell: region.boot_dwell_time(),
                     rx1_dr_offset: a.rx1_dr_offset,

@@ -21,15 +21,19 @@ use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 
+use crate::air::{Air, Hearing};
 use crate::device::{
     Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US,
 };
 use crate::fleet::Fleet;
 use crate::gateway::{self, Gateway, Reception};
+use crate::radio::bound::{self, Storm};
+use crate::radio::transmitter::Refusal;
+use crate::radio::RadioModel;
 use crate::report::{Stats, TimeSeries};
 use crate::scenario::{Scenario, Traffic};
 use crate::sched::{Micros, Scheduler, TimerKind};
-use protocol::gwmp::{Packet, TxAckCode, TxPk, TxTiming};
+use protocol::gwmp::{Packet, TxPk, TxTiming};
 
 /// How long a steady run waits after `--duration` for frames in flight to finish.
 const DRAIN_US: Micros = 10_000_000;
@@ -196,7 +200,18 @@ pub struct Engine {
     stage_started: Micros,
     /// DevNonce write-ahead records not yet taken by the shell, when enabled.
     nonce_log: Option<NonceRecords>,
+    /// The modelled radio (`--radio realistic`), when enabled.
+    air: Option<Box<Air>>,
+    /// Join-requests per device in the current join phase.
+    join_attempts: Vec<u16>,
+    /// When the last device of the current join phase boots, from the phase's start.
+    last_boot: Micros,
+    /// The longest Join-accept a gateway was asked to send (for the airtime bound).
+    accept_len: usize,
 }
+
+/// The Join-accept length the airtime bound assumes before any was seen: 17 bytes and a CFList.
+const DEFAULT_ACCEPT_LEN: usize = 33;
 
 /// Nonce-state changes for the DevNonce write-ahead log ([`crate::nonce_log`]).
 #[derive(Debug, Default)]
@@ -284,7 +299,32 @@ impl Engine {
             run_deadline,
             stage_started: 0,
             nonce_log: None,
+            air: None,
+            join_attempts: Vec::new(),
+            last_boot: 0,
+            accept_len: 0,
         }
+    }
+
+    /// Models the radio (`--radio realistic`, `--city`): gateways transmit one frame at a time
+    /// within their duty cycle and answer TX_ACK errors otherwise, uplinks collide, and in a
+    /// city each meter reaches the gateways its link budget allows, at the data rate its link
+    /// allows. Call before [`Engine::start`].
+    pub fn enable_radio(&mut self, model: RadioModel) {
+        let plan = self.traffic.radio;
+        let air = Air::new(
+            model,
+            plan.region(),
+            self.gateways.len() as u16,
+            self.fleet.len(),
+            self.seed,
+        );
+        for (i, d) in self.fleet.devices.iter_mut().enumerate() {
+            if let Some(dr) = air.city_data_rate(i, &plan) {
+                d.set_data_rate(dr);
+            }
+        }
+        self.air = Some(Box::new(air));
     }
 
     /// Makes the engine record every nonce-state change (a DevNonce used, a JoinNonce accepted)
@@ -343,16 +383,24 @@ impl Engine {
 
     /// Powers the fleet on at `now`: every device boots at a random moment in the join window.
     pub fn start(&mut self, now: Micros) {
+        self.power_on_all(now, self.traffic.join_window_us.max(1));
+        self.keepalive(now);
+    }
+
+    /// Powers every device on at `now`, each booting within `spread`: a new join phase.
+    fn power_on_all(&mut self, now: Micros, spread: Micros) {
         self.stage_started = now;
-        let window = self.traffic.join_window_us.max(1);
+        self.join_attempts = vec![0; self.fleet.len()];
+        self.stats.joined_after_us.clear();
+        self.last_boot = 0;
         for i in 0..self.fleet.len() {
             let d = &mut self.fleet.devices[i];
             let mut rng = d.rng(&self.seed_bytes, i as u32);
-            let boot = rng.gen_range(0..window);
+            let boot = rng.gen_range(0..spread);
+            self.last_boot = self.last_boot.max(boot);
             d.power_on(now, boot, &mut self.fx);
             self.apply(i as u32, now, &mut rng);
         }
-        self.keepalive(now);
     }
 
     /// When the engine next needs [`Engine::poll`] (a timer, a keepalive or a stage change).
@@ -385,6 +433,10 @@ impl Engine {
                 break;
             }
             let i = t.device as usize;
+            if t.kind == TimerKind::UplinkEnd {
+                self.uplink_end(t.device);
+                continue;
+            }
             let draining = matches!(self.stage, Stage::Draining { .. });
             if draining && t.kind != TimerKind::RxClosed {
                 continue;
@@ -445,14 +497,7 @@ impl Engine {
             Stage::Outage { until } => {
                 if now >= until {
                     self.stage = Stage::Restoring;
-                    self.stage_started = now;
-                    for i in 0..self.fleet.len() {
-                        let d = &mut self.fleet.devices[i];
-                        let mut rng = d.rng(&self.seed_bytes, i as u32);
-                        let boot = rng.gen_range(0..RESTORE_SPREAD_US);
-                        d.power_on(now, boot, &mut self.fx);
-                        self.apply(i as u32, now, &mut rng);
-                    }
+                    self.power_on_all(now, RESTORE_SPREAD_US);
                 }
             }
             Stage::Restoring => {
@@ -511,12 +556,25 @@ impl Engine {
     fn transmit(&mut self, dev: u32, now: Micros, tx: crate::device::Tx, rng: &mut ChaCha8Rng) {
         let sec = now / 1_000_000;
         let i = dev as usize;
+        let airtime = self.traffic.radio.airtime_us(tx.dr, tx.phy.len());
+        // With the radio modelled the frame ends `airtime` after it starts, and the device counts
+        // its receive windows from there.
+        let end = if self.air.is_some() {
+            let closes = self.fleet.devices[i].frame_lasts(airtime);
+            self.sched.push(closes, dev, TimerKind::RxClosed);
+            now + airtime
+        } else {
+            now
+        };
         match tx.kind {
             TxKind::Join { .. } => {
                 self.log_nonces(dev, true);
                 self.stats.joins_attempted += 1;
                 self.series.at(sec).joins_sent += 1;
-                self.pending_joins.insert(now, dev);
+                self.pending_joins.insert(end, dev);
+                if let Some(n) = self.join_attempts.get_mut(i) {
+                    *n = n.saturating_add(1);
+                }
             }
             TxKind::Rejoin { .. } => {
                 // Its Join-accept is found like a join's (it carries no DevAddr).
@@ -540,8 +598,31 @@ impl Engine {
                 }
             }
         }
-        // The radio: lost with probability `loss`, else heard by 1..=K gateways; in US915 and
-        // AU915 only if the gateways listen on the channel (their sub-bands).
+        let radio = &self.traffic.radio;
+        let listened = !radio.region().is_fixed_plan() || radio.channels.is_enabled(tx.chan);
+        // A data rate without a GWMP `datr` (never sent: `RadioPlan::check` and LinkADRReq allow
+        // LoRa only) would be heard by none.
+        let lora = radio.lora(tx.dr).filter(|_| listened);
+        let city = match (&self.air, lora) {
+            (Some(air), Some((sf, bw))) => air.city_hearings(i, sf, bw, rng),
+            _ => None,
+        };
+        let hearings = match city {
+            Some(h) => h,
+            None => self.heard_by_draw(dev, lora.is_some(), rng),
+        };
+        if let Some(air) = &mut self.air {
+            let sf = lora.map_or(0, |l| l.0);
+            air.start(dev, tx, now, airtime, sf, hearings);
+            self.sched.push(end, dev, TimerKind::UplinkEnd);
+            return;
+        }
+        self.received(dev, &tx, now, &hearings);
+    }
+
+    /// Without a city: the transmission is lost with probability `--loss`, else heard by 1..=K
+    /// gateways (`--heard-by`), the device's nearest and the next ones, each 4 dB weaker.
+    fn heard_by_draw(&mut self, dev: u32, on_air: bool, rng: &mut ChaCha8Rng) -> Vec<Hearing> {
         let g = self.gateways.len() as u16;
         let k = self.traffic.heard_by.clamp(1, g);
         let n = if rng.gen_bool(self.traffic.loss.clamp(0.0, 1.0)) {
@@ -549,41 +630,66 @@ impl Engine {
         } else {
             rng.gen_range(1..=k)
         };
-        let radio = &self.traffic.radio;
-        let listened = !radio.region().is_fixed_plan() || radio.channels.is_enabled(tx.chan);
-        // A data rate without a GWMP `datr` (never sent: `RadioPlan::check` and LinkADRReq allow
-        // LoRa only) would be heard by none.
-        let datr = radio.region().data_rate(tx.dr).ok().filter(|_| listened);
-        let n = if datr.is_some() { n } else { 0 };
-        let link = &mut self.fleet.links[i];
-        link.last_heard = n as u8;
-        if n > 0 {
-            link.frame_heard = true;
-            self.stats.receptions += 1;
+        let n = if on_air { n } else { 0 };
+        let link = self.fleet.links[dev as usize];
+        (0..n)
+            .map(|j| {
+                let rssi = i16::from(link.rssi) - 4 * j as i16 + rng.gen_range(-3..=3);
+                // SNR falls with RSSI: about +10 dB at -90 dBm, down to -15 dB near the SF7..12
+                // floor.
+                let lsnr = ((rssi + 100) * 10).clamp(-200, 135) + rng.gen_range(-10..=10);
+                Hearing {
+                    gateway: (link.base + j) % g,
+                    rssi,
+                    lsnr_tenths: lsnr,
+                }
+            })
+            .collect()
+    }
+
+    /// Gateways `hearings` received `tx` of device `dev`, which ended at `end`: a PUSH_DATA from
+    /// each.
+    fn received(&mut self, dev: u32, tx: &crate::device::Tx, end: Micros, hearings: &[Hearing]) {
+        let link = &mut self.fleet.links[dev as usize];
+        link.last_heard = hearings.len() as u8;
+        if hearings.is_empty() {
+            return;
         }
-        let (base, rssi0) = (link.base, link.rssi);
-        let Some(datr) = datr else {
+        link.frame_heard = true;
+        self.stats.receptions += 1;
+        let Ok(datr) = self.traffic.radio.region().data_rate(tx.dr) else {
             return;
         };
-        for j in 0..n {
-            let gi = (base + j) % g;
-            let rssi = i16::from(rssi0) - 4 * j as i16 + rng.gen_range(-3..=3);
-            // SNR falls with RSSI: about +10 dB at -90 dBm, down to -15 dB near the SF7..12 floor.
-            let lsnr = ((rssi + 100) * 10).clamp(-200, 135) + rng.gen_range(-10..=10);
-            let gw = &mut self.gateways[gi as usize];
+        for h in hearings {
+            let gw = &mut self.gateways[usize::from(h.gateway)];
             let rx = Reception {
-                tmst: gw.tmst_at(now),
+                tmst: gw.tmst_at(end),
                 freq_hz: tx.freq_hz,
                 chan: tx.chan % 8,
                 datr,
-                rssi,
-                lsnr_tenths: lsnr,
+                rssi: h.rssi,
+                lsnr_tenths: h.lsnr_tenths,
                 data: &tx.phy,
             };
             let bytes = gw.push_data(&rx);
             self.stats.push_data += 1;
-            self.out.push(Outgoing { gateway: gi, bytes });
+            self.out.push(Outgoing {
+                gateway: h.gateway,
+                bytes,
+            });
         }
+    }
+
+    /// Device `dev`'s frame has ended (radio modelled): the gateways that received it despite
+    /// collisions and their own transmissions forward it.
+    fn uplink_end(&mut self, dev: u32) {
+        let Some(e) = self.air.as_mut().and_then(|a| a.end(dev)) else {
+            return;
+        };
+        if e.collided {
+            self.stats.uplinks_collided += 1;
+        }
+        self.received(dev, &e.tx, e.end, &e.received);
     }
 
     fn note(&mut self, dev: u32, now: Micros, n: Note) {
@@ -682,23 +788,61 @@ impl Engine {
                     TxTiming::Tmst(t) => gw.run_time_of(t, now),
                     TxTiming::Immediate | TxTiming::Tmms(_) => None,
                 };
-                // A concentrator cannot send in the past: TOO_LATE, as lora_pkt_fwd answers.
-                let too_late = target.is_none_or(|t| t <= now);
-                let ack = gw.tx_ack(token, too_late.then_some(TxAckCode::TooLate));
-                if too_late {
+                let refusal = self.gateway_transmits(g, now, target, &txpk);
+                if let Some(r) = refusal {
                     self.stats.tx_ack_errors += 1;
+                    match r {
+                        Refusal::TooLate => self.stats.tx_refused_too_late += 1,
+                        Refusal::Collision | Refusal::QueueFull => {
+                            self.stats.tx_refused_collision += 1
+                        }
+                        Refusal::DutyCycle => self.stats.tx_refused_duty_cycle += 1,
+                    }
                 }
+                let ack = self.gateways[usize::from(g)].tx_ack(token, refusal.map(Refusal::code));
                 self.out.push(Outgoing {
                     gateway: g,
                     bytes: ack,
                 });
-                self.deliver(g, now, target, too_late, &txpk);
+                self.deliver(g, now, target, refusal.is_some(), &txpk);
             }
             Ok(_) | Err(_) => self.stats.bad_datagrams += 1,
         }
     }
 
+    /// Whether gateway `g` sends `txpk`, asked at `now` for run time `target`, or why not. A
+    /// concentrator cannot send in the past: TOO_LATE, as lora_pkt_fwd answers. With the radio
+    /// modelled, its transmitter decides ([`crate::radio::transmitter`]).
+    fn gateway_transmits(
+        &mut self,
+        g: u16,
+        now: Micros,
+        target: Option<Micros>,
+        txpk: &TxPk,
+    ) -> Option<Refusal> {
+        let Some(t) = target.filter(|&t| t > now) else {
+            return Some(Refusal::TooLate);
+        };
+        if crate::frames::is_join_accept(&txpk.data) {
+            self.accept_len = self.accept_len.max(txpk.data.len());
+        }
+        let air = self.air.as_mut()?;
+        let airtime = match txpk.datr {
+            protocol::gwmp::DataRate::Lora {
+                spreading_factor,
+                bandwidth_khz,
+            } => {
+                crate::radio::downlink_airtime_us(spreading_factor, bandwidth_khz, txpk.data.len())
+            }
+            _ => 0,
+        };
+        air.transmit(g, now, t, airtime, txpk.freq_hz).err()
+    }
+
     fn heard_by(&self, dev: u32, g: u16) -> bool {
+        if let Some(air) = &self.air {
+            return air.received_last(dev, g);
+        }
         let l = &self.fleet.links[dev as usize];
         let n = self.gateways.len() as u16;
         (g + n - l.base) % n < u16::from(l.last_heard)
@@ -771,6 +915,11 @@ impl Engine {
                 let mut rng = d.rng(&self.seed_bytes, dev);
                 d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
                 self.apply(dev, now, &mut rng);
+                if self.fleet.devices[dev as usize].phase() == Phase::Joined {
+                    self.stats
+                        .joined_after_us
+                        .push(t.saturating_sub(self.stage_started));
+                }
                 return;
             }
         }
@@ -869,12 +1018,57 @@ impl Engine {
     /// Finalises counters at the end of the run: with an event sink, an uplink is lost unless
     /// the sink received it.
     pub fn finish(&mut self) {
+        self.storm_summary();
         if self.event_sink {
             self.stats.uplinks_lost = self
                 .stats
                 .uplinks_sent
                 .saturating_sub(self.stats.uplinks_delivered);
         }
+    }
+
+    /// The join phase against the radio's limits: attempts per device and the airtime lower
+    /// bound ([`crate::radio::bound`]) for this fleet, its data rates and gateways.
+    fn storm_summary(&mut self) {
+        let n = self.join_attempts.len().max(1) as f64;
+        self.stats.join_attempts_max = self.join_attempts.iter().copied().max().unwrap_or(0);
+        self.stats.join_attempts_mean = self
+            .join_attempts
+            .iter()
+            .map(|&a| f64::from(a))
+            .sum::<f64>()
+            / n;
+        let drs: Vec<u8> = self
+            .fleet
+            .devices
+            .iter()
+            .map(|d| d.join_data_rate(&self.behaviour))
+            .collect();
+        let plan = self.traffic.radio;
+        let join_freq_hz = plan
+            .channels
+            .enabled()
+            .next()
+            .map_or(0, |(_, c)| c.frequency_hz);
+        let window_us = self
+            .air
+            .as_ref()
+            .map_or(crate::radio::duty_cycle::DUTY_CYCLE_WINDOW_US, |a| {
+                a.model().duty_cycle_window_us
+            });
+        self.stats.airtime_bound_us = Some(bound::airtime_bound_us(&Storm {
+            region: plan.region(),
+            gateways: self.gateways.len() as u16,
+            join_freq_hz,
+            join_drs: &drs,
+            accept_len: if self.accept_len == 0 {
+                DEFAULT_ACCEPT_LEN
+            } else {
+                self.accept_len
+            },
+            last_first_request_us: self.last_boot,
+            window_us,
+        }));
     }
 
     /// Whether an event sink is counting deliveries.

@@ -8,7 +8,9 @@
 //!   through the `protocol` crate).
 //! - [`fleet`]: compact storage of every device; [`sched`]: the timer heap that drives them.
 //! - [`gateway`]: virtual gateways (GWMP datagrams, `tmst` clocks); [`radio`]: the region and
-//!   its channels (`--region`, `--sub-bands`).
+//!   its channels (`--region`, `--sub-bands`), and the radio model of `--radio realistic` and
+//!   `--city` (transmitters, duty cycle, collisions, the city, the airtime bound); [`air`]: that
+//!   model's state during a run.
 //! - [`engine`]: the simulation core; [`scenario`]: storm, steady, power-restore.
 //! - [`net`]: the socket loop; [`run`]: `simulator run`; [`demo`]: `simulator demo`, the
 //!   join server, network server and simulator in one process.
@@ -18,6 +20,7 @@
 //! The model (what is simulated, how time and windows are judged) is in `docs/simulator.md`.
 #![warn(missing_docs)]
 
+pub mod air;
 pub mod bench;
 pub mod delivery;
 pub mod demo;

@@ -75,6 +75,15 @@ struct DemoArgs {
     quiet: bool,
 }
 
+/// `--radio`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RadioMode {
+    /// Every transmission heard as `--heard-by` and `--loss` say; gateways send anything.
+    Ideal,
+    /// Airtime, duty cycle, collisions ([`simulator::radio::RadioModel`]).
+    Realistic,
+}
+
 /// `--region` and `--sub-bands`.
 #[derive(clap::Args, Debug)]
 struct RadioArgs {
@@ -188,6 +197,21 @@ struct RunArgs {
     data_rate: Option<u8>,
     #[command(flatten)]
     radio: RadioArgs,
+    /// How the radio is modelled: `ideal` (every transmission heard as --heard-by and --loss
+    /// say, gateways send whatever they are asked) or `realistic` (gateways transmit one
+    /// downlink at a time within their duty cycle and answer TX_ACK errors otherwise, uplinks
+    /// collide, a transmitting gateway hears nothing).
+    #[arg(long = "radio", value_enum, default_value_t = RadioMode::Ideal)]
+    radio_model: RadioMode,
+    /// Capture margin of `--radio realistic`: of two overlapping uplinks on one channel and
+    /// spreading factor, the stronger survives if it is this many dB above the other.
+    #[arg(long, default_value_t = simulator::radio::reception::DEFAULT_CAPTURE_DB)]
+    capture_margin: f64,
+    /// Place the gateways on a grid 3 km apart and the meters over the same area: each meter
+    /// reaches the gateways its link budget allows and joins at the data rate its link allows
+    /// (--heard-by, --loss and --data-rate no longer apply). Implies --radio realistic.
+    #[arg(long)]
+    city: bool,
     /// Traffic seed: same seed, same traffic in the same order.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -261,6 +285,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Run(a) => {
             check_ratio("--confirmed-ratio", a.confirmed_ratio)?;
             check_ratio("--loss", a.loss)?;
+            if !(0.0..=60.0).contains(&a.capture_margin) {
+                anyhow::bail!("--capture-margin must be between 0 and 60 dB");
+            }
             if a.gateways == 0 {
                 anyhow::bail!("--gateways must be at least 1");
             }
@@ -332,6 +359,13 @@ fn main() -> anyhow::Result<()> {
                 progress: !a.quiet,
                 print_table: true,
                 rekey,
+                radio_model: (a.city || a.radio_model == RadioMode::Realistic).then_some(
+                    simulator::radio::RadioModel {
+                        capture_db: a.capture_margin,
+                        city: a.city,
+                        ..Default::default()
+                    },
+                ),
             };
             run::run(&opts)?;
         }

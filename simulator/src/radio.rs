@@ -1,11 +1,22 @@
 //! The radio side of a run: the region (RP002 tables from `protocol::region`), the channels the
 //! devices boot with and the gateways listen on, and what follows from them: each data rate's
 //! spreading factor and bandwidth, time on air, which settings a run may use.
+//!
+//! With `--radio realistic` (or `--city`) the radio itself is modelled, each part a pure function
+//! of the times and powers passed in: [`transmitter`] (a gateway's one-at-a-time downlinks,
+//! queue, deadline and duty cycle), [`duty_cycle`] (the sliding-hour budget per sub-band) and
+//! [`reception`] (uplink collisions, capture, a gateway deaf while it transmits).
 
 use protocol::gwmp::DataRate;
 use protocol::region::{lora_time_on_air, ChannelPlan, LoraFrame, Region, RegionError};
 
 use crate::sched::Micros;
+
+pub mod bound;
+pub mod city;
+pub mod duty_cycle;
+pub mod reception;
+pub mod transmitter;
 
 /// Bytes of a data uplink around its FRMPayload: MHDR 1, FHDR 7 (without FOpts), FPort 1,
 /// MIC 4.
@@ -15,6 +26,36 @@ pub const DATA_FRAME_OVERHEAD: usize = 13;
 /// CR 4/5, 8-symbol preamble, explicit header, CRC on, LDRO for SF11/SF12 at 125 kHz).
 pub fn airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
     lora_time_on_air(&LoraFrame::uplink(sf, u32::from(bw_khz) * 1000, len))
+        .map_or(0, |d| d.as_micros() as Micros)
+}
+
+/// How the radio is modelled: `--radio realistic` (or `--city`). Without it (the default) every
+/// transmission is heard as `--heard-by` and `--loss` say and gateways transmit anything asked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RadioModel {
+    /// Capture margin, dB (`--capture-margin`, default [`reception::DEFAULT_CAPTURE_DB`]).
+    pub capture_db: f64,
+    /// Whether meters and gateways are placed in a city ([`city`]); otherwise they hear each
+    /// other as `--heard-by` says.
+    pub city: bool,
+    /// The window over which gateways measure their duty cycle.
+    pub duty_cycle_window_us: Micros,
+}
+
+impl Default for RadioModel {
+    fn default() -> Self {
+        Self {
+            capture_db: reception::DEFAULT_CAPTURE_DB,
+            city: false,
+            duty_cycle_window_us: duty_cycle::DUTY_CYCLE_WINDOW_US,
+        }
+    }
+}
+
+/// Time on air of a LoRaWAN downlink (no CRC) of `len` bytes at spreading factor `sf` and
+/// bandwidth `bw_khz`, µs (0 for an impossible setting).
+pub fn downlink_airtime_us(sf: u8, bw_khz: u16, len: usize) -> Micros {
+    lora_time_on_air(&LoraFrame::downlink(sf, u32::from(bw_khz) * 1000, len))
         .map_or(0, |d| d.as_micros() as Micros)
 }
 

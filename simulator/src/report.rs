@@ -50,6 +50,24 @@ impl Latency {
 pub struct Stats {
     /// Join-requests sent (every attempt, retries included).
     pub joins_attempted: u64,
+    /// When each device of the last join phase joined (its Join-accept's window), µs from the
+    /// phase's start (the run's, or power-restore's).
+    pub joined_after_us: Vec<u64>,
+    /// Join-requests per device in the last join phase: the most.
+    pub join_attempts_max: u16,
+    /// Join-requests per device in the last join phase: the mean.
+    pub join_attempts_mean: f64,
+    /// The airtime lower bound of the last join phase ([`crate::radio::bound`]), µs.
+    pub airtime_bound_us: Option<u64>,
+    /// Downlinks gateways refused with `COLLISION_PACKET` (busy, or their queue full).
+    pub tx_refused_collision: u64,
+    /// Downlinks gateways refused with `TOO_LATE`.
+    pub tx_refused_too_late: u64,
+    /// Downlinks gateways refused with `DUTY_CYCLE_OVERFLOW`.
+    pub tx_refused_duty_cycle: u64,
+    /// Uplink transmissions that gateways in reach all lost to collisions or their own
+    /// transmissions.
+    pub uplinks_collided: u64,
     /// Join-accepts received in RX1 or RX2 that decrypted, passed the MIC and JoinNonce checks.
     pub joins_accepted: u64,
     /// Of which in RX1.
@@ -249,6 +267,63 @@ pub struct Report {
     /// What an operator should look at first (e.g. a network server that acknowledged nothing);
     /// empty when nothing stands out.
     pub warnings: Vec<String>,
+    /// The last join phase against the radio's limits.
+    pub storm: StormReport,
+    /// Downlinks the gateways refused, by reason. (`gateways` already names the number of
+    /// gateways, so this is not `gateways.tx_refused`.)
+    pub gateways_tx_refused: TxRefused,
+}
+
+/// `storm.*`: how fast the last join phase (the run's, or power-restore's rejoin) went, from its
+/// start, beside the airtime lower bound. A time is `null` when that share never joined.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct StormReport {
+    /// Seconds until half the fleet held a session (its Join-accept's window).
+    pub joined_p50_s: Option<f64>,
+    /// Seconds until 99 % of the fleet held a session.
+    pub joined_p99_s: Option<f64>,
+    /// Seconds until the whole fleet held a session.
+    pub joined_all_s: Option<f64>,
+    /// The least time in which the fleet's Join-accepts fit the gateways' transmitters and
+    /// duty-cycle budgets ([`crate::radio::bound`]), seconds.
+    pub airtime_bound_s: Option<f64>,
+    /// Join-requests per device: the mean (table only).
+    #[serde(skip)]
+    pub attempts_mean: f64,
+    /// Join-requests per device: the most (table only).
+    #[serde(skip)]
+    pub attempts_max: u16,
+}
+
+impl StormReport {
+    /// From the join times (µs from the phase's start) of a fleet of `devices`.
+    pub fn new(s: &Stats, devices: u64) -> Self {
+        let mut t = s.joined_after_us.clone();
+        t.sort_unstable();
+        let at = |share: f64| {
+            let k = ((devices as f64 * share).ceil() as usize).max(1);
+            t.get(k - 1).map(|&us| (us as f64 / 1e3).round() / 1e3)
+        };
+        Self {
+            joined_p50_s: at(0.5),
+            joined_p99_s: at(0.99),
+            joined_all_s: at(1.0),
+            airtime_bound_s: s.airtime_bound_us.map(|us| (us as f64 / 1e3).round() / 1e3),
+            attempts_mean: s.join_attempts_mean,
+            attempts_max: s.join_attempts_max,
+        }
+    }
+}
+
+/// `gateways_tx_refused.*`: TX_ACK errors of the modelled gateways.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct TxRefused {
+    /// `COLLISION_PACKET`: the gateway was busy then, or its queue was full.
+    pub collision: u64,
+    /// `TOO_LATE`: the PULL_RESP came too late to program the radio.
+    pub too_late: u64,
+    /// `DUTY_CYCLE_OVERFLOW`: the sub-band's duty-cycle budget was spent.
+    pub duty_cycle: u64,
 }
 
 /// `joins.*`.
@@ -316,6 +391,9 @@ pub struct Uplinks {
     pub per_second: u64,
     /// Data transmissions that waited for the EU868 sub-band duty cycle.
     pub duty_cycle_deferred: u64,
+    /// Uplink transmissions (Join-requests and data) that every gateway in reach lost to a
+    /// collision or to its own transmission (`--radio realistic`).
+    pub collided: u64,
 }
 
 /// `downlinks.*`.
@@ -421,6 +499,7 @@ impl Report {
                     0
                 },
                 duty_cycle_deferred: s.uplinks_duty_cycle_deferred,
+                collided: s.uplinks_collided,
             },
             ack_latency_ms: AckPercentiles {
                 count: a.count(),
@@ -463,6 +542,12 @@ impl Report {
                 .into_iter()
                 .chain(drops_warning(s))
                 .collect(),
+            storm: StormReport::new(s, info.devices),
+            gateways_tx_refused: TxRefused {
+                collision: s.tx_refused_collision,
+                too_late: s.tx_refused_too_late,
+                duty_cycle: s.tx_refused_duty_cycle,
+            },
         }
     }
 
@@ -541,6 +626,7 @@ impl Report {
             "deferred by the duty cycle",
             u.duty_cycle_deferred.to_string(),
         );
+        row(&mut t, "lost to collisions", u.collided.to_string());
         let a = &self.ack_latency_ms;
         row(
             &mut t,
@@ -561,6 +647,44 @@ impl Report {
             &mut t,
             "MAC commands answered",
             d.mac_commands_answered.to_string(),
+        );
+        let s = &self.storm;
+        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        let _ = writeln!(t, "storm (last join phase)");
+        row(
+            &mut t,
+            "joined 50% / 99% / 100% after s",
+            format!(
+                "{} / {} / {}",
+                secs(s.joined_p50_s),
+                secs(s.joined_p99_s),
+                secs(s.joined_all_s)
+            ),
+        );
+        let ratio = |v: Option<f64>| match (v, s.airtime_bound_s) {
+            (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
+            _ => "-".to_owned(),
+        };
+        row(
+            &mut t,
+            "airtime bound s (99% / 100% ÷ bound)",
+            format!(
+                "{} ({} / {})",
+                secs(s.airtime_bound_s),
+                ratio(s.joined_p99_s),
+                ratio(s.joined_all_s)
+            ),
+        );
+        row(
+            &mut t,
+            "join attempts per device mean / max",
+            format!("{:.2} / {}", s.attempts_mean, s.attempts_max),
+        );
+        let r = &self.gateways_tx_refused;
+        row(
+            &mut t,
+            "gateway refusals collision/late/duty",
+            format!("{} / {} / {}", r.collision, r.too_late, r.duty_cycle),
         );
         let g = &self.gwmp;
         let _ = writeln!(t, "gwmp");

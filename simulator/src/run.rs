@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub print_table: bool,
     /// `rekey`: how to ask the network server for the forced rejoins.
     pub rekey: Option<net::Rekey>,
+    /// The radio model (`--radio realistic`, `--city`); `None`: ideal.
+    pub radio_model: Option<crate::radio::RadioModel>,
 }
 
 /// Runs a scenario; returns the report (also written where asked).
@@ -58,7 +60,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
     let (states, log) = NonceLog::open(&state_path, &entries)?;
     let devices = entries.len() as u64;
     let fleet = Fleet::new(entries.clone(), &states, o.seed, o.gateways);
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig {
             seed: o.seed,
             traffic: o.traffic.clone(),
@@ -68,6 +70,9 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
         },
         fleet,
     );
+    if let Some(m) = o.radio_model {
+        engine.enable_radio(m);
+    }
     let result = net::run_logged(
         engine,
         &NetConfig {

@@ -21,6 +21,9 @@ pub enum TimerKind {
     Uplink = 1,
     /// The receive windows of the last uplink have closed.
     RxClosed = 2,
+    /// The device's frame on air ends: the gateways judge whether they received it (only with
+    /// the radio modelled, `--radio realistic`).
+    UplinkEnd = 3,
 }
 
 impl TimerKind {
@@ -28,7 +31,8 @@ impl TimerKind {
         match v {
             0 => Self::Join,
             1 => Self::Uplink,
-            _ => Self::RxClosed,
+            2 => Self::RxClosed,
+            _ => Self::UplinkEnd,
         }
     }
 }

@@ -12,7 +12,7 @@ use simulator::demo::Servers;
 use simulator::manifest::{self, Entry, Params, VersionMix};
 use simulator::net::EventListen;
 use simulator::nonce_log;
-use simulator::radio::RadioPlan;
+use simulator::radio::{RadioModel, RadioPlan};
 use simulator::report::Report;
 use simulator::run::{self, RunOptions};
 use simulator::scenario::{Scenario, Traffic};
@@ -71,6 +71,7 @@ fn options(
         progress: false,
         print_table: false,
         rekey: None,
+        radio_model: None,
     }
 }
 
@@ -108,6 +109,65 @@ fn storm_in(
         ..options(manifest, servers, 3, t, seed)
     })
     .unwrap()
+}
+
+/// The modelled radio (`--radio realistic`) through the real servers: 200 devices within 2 s on
+/// three gateways, against a network server that schedules each Join-accept without asking
+/// whether the gateway can send it. Join-requests collide, devices back off and retry, and every
+/// device joins in the end, no sooner than the airtime bound; the report carries the new fields
+/// beside today's.
+#[test]
+fn realistic_radio_storm_through_the_real_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest_path, _, net_id) = fleet(dir.path(), 200, 43);
+    let servers = Servers::start(&manifest_path, net_id, None).unwrap();
+    let json = dir.path().join("realistic.json");
+    let t = Traffic {
+        data_rate: 5,
+        ..traffic(Scenario::Storm, 2_000_000, 600_000_000, 2)
+    };
+    let r = run::run(&RunOptions {
+        report_json: Some(json.clone()),
+        radio_model: Some(RadioModel::default()),
+        ..options(&manifest_path, &servers, 3, t, 7)
+    })
+    .unwrap();
+    assert_eq!(r.devices_joined_at_end, 200, "{r:#?}");
+    assert!(
+        r.uplinks.collided > 0,
+        "200 Join-requests in 2 s on 3 channels collide"
+    );
+    assert!(r.joins.attempted > 200);
+    let refused = &r.gateways_tx_refused;
+    assert_eq!(
+        r.gwmp.tx_ack_errors,
+        refused.collision + refused.too_late + refused.duty_cycle
+    );
+    let s = &r.storm;
+    let (p50, p99, all) = (
+        s.joined_p50_s.unwrap(),
+        s.joined_p99_s.unwrap(),
+        s.joined_all_s.unwrap(),
+    );
+    let bound = s.airtime_bound_s.unwrap();
+    assert!(p50 <= p99 && p99 <= all, "{s:?}");
+    assert!(all >= bound && bound > 5.0, "{s:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["gateways"], 3, "today's field is unchanged");
+    for k in [
+        "joined_p50_s",
+        "joined_p99_s",
+        "joined_all_s",
+        "airtime_bound_s",
+    ] {
+        assert!(v["storm"][k].as_f64().is_some(), "storm.{k}");
+    }
+    for k in ["collision", "too_late", "duty_cycle"] {
+        assert!(v["gateways_tx_refused"][k].is_u64(), "{k}");
+    }
+    assert_eq!(v["uplinks"]["collided"], r.uplinks.collided);
+    servers.stop().unwrap();
 }
 
 fn assert_every_join_accepted_in_rx1(r: &Report, n: u64) {
@@ -547,4 +607,92 @@ fn rekey_of_300_devices_over_a_minute_while_reporting() {
 #[test]
 fn rekey_of_10000_devices_over_a_minute_while_reporting() {
     rekey_of(10_000);
+}
+
+/// A power-restore storm of `devices` meters in a city of `gateways` gateways (`--city`: every
+/// meter at the data rate its link allows), through the real join and network servers, the
+/// network server's downlink scheduler on or off.
+fn city_power_restore(devices: u32, gateways: u16, scheduler: bool, seed: u64) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest_path, _, net_id) = fleet(dir.path(), devices, seed);
+    let servers = Servers::start_with(
+        &manifest_path,
+        net_id,
+        None,
+        &RadioPlan::default(),
+        scheduler,
+    )
+    .unwrap();
+    let t = traffic(Scenario::PowerRestore, 10_000_000, 24 * 3_600_000_000, 1);
+    let r = run::run(&RunOptions {
+        radio_model: Some(RadioModel {
+            city: true,
+            ..RadioModel::default()
+        }),
+        duration_given: false,
+        ..options(&manifest_path, &servers, gateways, t, seed)
+    })
+    .unwrap();
+    servers.stop().unwrap();
+    r
+}
+
+/// Issue 20's end-to-end test: 10,000 meters and 20 gateways lose power and come back, over the
+/// modelled radio (airtime, duty cycle, collisions, a city's link budgets). Every meter joins,
+/// and no gateway refuses a downlink the network server scheduled: its scheduler books each
+/// Join-accept only where a gateway can transmit it.
+#[test]
+#[ignore = "runs for tens of minutes of real time on the shared 2-core machine; run with --ignored"]
+fn city_power_restore_of_10000_meters_joins_all_without_a_refused_downlink() {
+    let r = city_power_restore(10_000, 20, true, 20);
+    assert_eq!(r.devices_joined_at_end, 10_000, "{r:#?}");
+    let refused = &r.gateways_tx_refused;
+    assert_eq!(
+        (refused.collision, refused.too_late, refused.duty_cycle),
+        (0, 0, 0),
+        "{r:#?}"
+    );
+    assert_eq!(r.gwmp.tx_ack_errors, 0, "{r:#?}");
+    let s = &r.storm;
+    let (p99, bound) = (s.joined_p99_s.unwrap(), s.airtime_bound_s.unwrap());
+    assert!(bound > 5.0 && p99 >= bound, "{s:?}");
+}
+
+/// The benchmark of docs/benchmarks.md (a measurement, not a test): `STORM_DEVICES` meters
+/// (default 100,000), `STORM_GATEWAYS` gateways (200), `STORM_SCHEDULER` on or off (on); prints
+/// the report's storm figures. `cargo test --release -p simulator --test e2e -- --ignored
+/// --nocapture city_power_restore_benchmark`.
+#[test]
+#[ignore = "measurement; run with --ignored --nocapture"]
+fn city_power_restore_benchmark() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let devices = env("STORM_DEVICES", 100_000) as u32;
+    let gateways = env("STORM_GATEWAYS", 200) as u16;
+    let scheduler = std::env::var("STORM_SCHEDULER").map_or(true, |v| v != "off");
+    let started = std::time::Instant::now();
+    let r = city_power_restore(devices, gateways, scheduler, 20);
+    let s = &r.storm;
+    println!(
+        "devices {devices} gateways {gateways} scheduler {scheduler}: joined {} | p50 {:?} s p99 \
+         {:?} s all {:?} s | bound {:?} s | p99/bound {:?} | refused collision {} too_late {} \
+         duty_cycle {} | uplinks collided {} | attempts mean {:.2} max {} | wall {:.0} s",
+        r.devices_joined_at_end,
+        s.joined_p50_s,
+        s.joined_p99_s,
+        s.joined_all_s,
+        s.airtime_bound_s,
+        s.joined_p99_s.zip(s.airtime_bound_s).map(|(p, b)| p / b),
+        r.gateways_tx_refused.collision,
+        r.gateways_tx_refused.too_late,
+        r.gateways_tx_refused.duty_cycle,
+        r.uplinks.collided,
+        s.attempts_mean,
+        s.attempts_max,
+        started.elapsed().as_secs_f64(),
+    );
 }

@@ -24,7 +24,7 @@ use protocol::region::{ChannelPlan, Link, Region};
 use simulator::engine::{Engine, EngineConfig, Stage};
 use simulator::fleet::Fleet;
 use simulator::manifest::{self, Entry, NonceState, Params, VersionMix};
-use simulator::radio::RadioPlan;
+use simulator::radio::{RadioModel, RadioPlan};
 use simulator::scenario::{Scenario, Traffic};
 
 fn traffic(scenario: Scenario) -> Traffic {
@@ -390,21 +390,37 @@ fn storm_in(
     delay_us: u32,
     answer_after: u64,
 ) -> (Engine, Vec<Vec<u8>>) {
+    let t = Traffic {
+        radio,
+        data_rate,
+        ..traffic(Scenario::Storm)
+    };
+    storm_modelled(t, n, delay_us, answer_after, None)
+}
+
+/// A storm of `t` with the radio modelled as `model` says (`--radio realistic`, `--city`).
+fn storm_modelled(
+    t: Traffic,
+    n: u32,
+    delay_us: u32,
+    answer_after: u64,
+    model: Option<RadioModel>,
+) -> (Engine, Vec<Vec<u8>>) {
     let (entries, fleet) = fleet(n, 5);
+    let radio = t.radio;
     let mut e = Engine::new(
         EngineConfig {
             seed: 9,
-            traffic: Traffic {
-                radio,
-                data_rate,
-                ..traffic(Scenario::Storm)
-            },
+            traffic: t,
             gateways: 3,
             event_sink: false,
             duration_given: true,
         },
         fleet,
     );
+    if let Some(m) = model {
+        e.enable_radio(m);
+    }
     let mut js = JoinAnswerer::new(&entries, delay_us);
     js.region = radio.region();
     let mut sent = Vec::new();
@@ -434,6 +450,7 @@ fn storm_in(
             e.poll(now);
         }
     }
+    e.finish();
     (e, sent)
 }
 
@@ -600,6 +617,140 @@ fn late_pull_resp_is_too_late() {
     assert!(acks
         .iter()
         .all(|a| a.ends_with(br#"{"txpk_ack":{"error":"TOO_LATE"}}"#)));
+}
+
+/// A naive network server (every Join-request answered in RX1 through the first gateway that
+/// reported it, whatever else that gateway has to send) against the modelled radio: 300 devices
+/// within 2 s on three channels and three gateways. Join-requests collide, gateways refuse
+/// Join-accepts that overlap one already queued (TX_ACK COLLISION_PACKET), devices back off and
+/// retry, and in the end every device joins, no sooner than the airtime bound.
+#[test]
+fn realistic_radio_collides_refuses_and_devices_retry_until_joined() {
+    let model = RadioModel::default();
+    let (e, sent) = storm_modelled(
+        traffic(Scenario::Storm),
+        300,
+        5_000_000,
+        20_000,
+        Some(model),
+    );
+    let s = &e.stats;
+    assert_eq!(e.stage(), Stage::Done);
+    assert_eq!(e.joined(), 300, "every device joins in the end");
+    assert_eq!(s.joins_accepted, 300);
+    assert!(s.uplinks_collided > 0, "Join-requests collided");
+    assert!(
+        s.tx_refused_collision > 0,
+        "overlapping Join-accepts refused"
+    );
+    assert_eq!(s.tx_refused_duty_cycle, 0, "300 accepts fit three budgets");
+    assert_eq!(
+        s.tx_ack_errors,
+        s.tx_refused_collision + s.tx_refused_too_late + s.tx_refused_duty_cycle
+    );
+    assert!(s.joins_attempted > 300 && s.join_attempts_max > 1);
+    assert_eq!(u64::from(s.join_attempts_max) >= 2, s.joins_timed_out > 0);
+    let refused = sent
+        .iter()
+        .filter(|d| d[3] == 5 && d.ends_with(br#"{"txpk_ack":{"error":"COLLISION_PACKET"}}"#))
+        .count() as u64;
+    assert_eq!(refused, s.tx_refused_collision);
+    // Every PUSH_DATA reports the end of its frame: its tmst lies a Join-request's airtime
+    // (61.696 ms at SF7) after its start, so no answer is TOO_LATE with a 20 ms server.
+    assert_eq!(s.tx_refused_too_late, 0);
+    assert_eq!(s.joined_after_us.len(), 300);
+    let bound = s.airtime_bound_us.unwrap();
+    let last = *s.joined_after_us.iter().max().unwrap();
+    assert!(last >= bound, "joined at {last} µs, bound {bound} µs");
+    assert!(
+        bound >= 5_000_000 + 1_900_000,
+        "{bound}: the last boot is near 2 s"
+    );
+}
+
+/// The same with gateways whose duty cycle is measured over 10 s instead of an hour: RX1's 1 %
+/// is then 100 ms per 10 s, two 46.3 ms SF7 Join-accepts (17 bytes). The gateways refuse the
+/// others with DUTY_CYCLE_OVERFLOW, and in the 120 s run (13 windows) each of the three sends at
+/// most 26.
+#[test]
+fn realistic_radio_refuses_join_accepts_over_the_duty_cycle() {
+    let model = RadioModel {
+        duty_cycle_window_us: 10_000_000,
+        ..Default::default()
+    };
+    let (e, sent) = storm_modelled(
+        traffic(Scenario::Storm),
+        300,
+        5_000_000,
+        20_000,
+        Some(model),
+    );
+    let s = &e.stats;
+    assert!(s.tx_refused_duty_cycle > 0);
+    let dc = sent
+        .iter()
+        .filter(|d| d[3] == 5 && d.ends_with(br#"{"txpk_ack":{"error":"DUTY_CYCLE_OVERFLOW"}}"#))
+        .count() as u64;
+    assert_eq!(dc, s.tx_refused_duty_cycle);
+    let mut per_gw: HashMap<Vec<u8>, u32> = HashMap::new();
+    for d in sent.iter().filter(|d| d[3] == 5 && d.len() == 12) {
+        *per_gw.entry(d[4..12].to_vec()).or_default() += 1;
+    }
+    assert_eq!(per_gw.len(), 3);
+    for (gw, n) in &per_gw {
+        assert!(*n <= 26, "gateway {gw:02X?} sent {n}");
+    }
+    assert!(s.joins_rx1 > 0 && s.joins_rx1 <= 3 * 26, "{}", s.joins_rx1);
+    assert!(e.joined() < 300);
+}
+
+#[test]
+fn realistic_radio_is_reproducible() {
+    let run = || {
+        storm_modelled(
+            traffic(Scenario::Storm),
+            100,
+            5_000_000,
+            10_000,
+            Some(RadioModel::default()),
+        )
+        .1
+    };
+    assert_eq!(run(), run(), "same seed, same datagrams in the same order");
+}
+
+/// A city of three gateways: each meter joins at the data rate its link allows, reported with
+/// an RSSI and SNR that follow from its distance.
+#[test]
+fn a_city_spreads_data_rates_and_every_meter_joins() {
+    let model = RadioModel {
+        city: true,
+        ..Default::default()
+    };
+    // Meters at SF12 wait 148 s between attempts (the join duty cycle): give them time.
+    let t = Traffic {
+        duration_us: 3_600_000_000,
+        ..traffic(Scenario::Storm)
+    };
+    let (e, sent) = storm_modelled(t, 300, 5_000_000, 20_000, Some(model));
+    assert_eq!(e.joined(), 300);
+    let mut datrs = HashSet::new();
+    for d in sent.iter().filter(|d| d[3] == 0) {
+        let v: serde_json::Value = serde_json::from_slice(&d[12..]).unwrap();
+        let rx = &v["rxpk"][0];
+        let sf: i64 = rx["datr"].as_str().unwrap()[2..]
+            .split('B')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // A frame is only received above its spreading factor's floor.
+        let floor = -7.5 - 2.5 * (sf - 7) as f64;
+        assert!(rx["lsnr"].as_f64().unwrap() >= floor - 0.05, "{rx}");
+        assert!(rx["rssi"].as_i64().unwrap() < -60, "{rx}");
+        datrs.insert(rx["datr"].as_str().unwrap().to_owned());
+    }
+    assert!(datrs.len() >= 2, "{datrs:?}");
 }
 
 #[test]

@@ -105,6 +105,7 @@ fn the_mqtt_delivery_count_equals_what_a_plain_subscriber_received() {
         progress: false,
         print_table: false,
         rekey: None,
+        radio_model: None,
     })
     .unwrap();
     assert_eq!(r.joins.accepted, 40, "{r:#?}");

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use protocol::ids::GatewayEui;
 use protocol::region::Region;
 
+use crate::core::airtime::TxOutcome;
 use crate::core::classify::{classify, UplinkKind};
 use crate::core::dedup::{Dedup, Seen};
 use crate::core::reception::Reception;
@@ -32,6 +33,14 @@ pub enum GatewayEvent {
     DownlinkRoute(SocketAddr),
     /// It reported a downlink's fate (GWMP TX_ACK error code, `none` when sent).
     TxAck(&'static str),
+    /// The same fate, for the downlink scheduler: the PULL_RESP's token and what became of
+    /// the transmission.
+    TxOutcome {
+        /// The token of the PULL_RESP the TX_ACK answers.
+        token: [u8; 2],
+        /// Sent, or why not.
+        outcome: TxOutcome,
+    },
 }
 
 /// A metric the dispatch increments (each a bounded label).

@@ -3,7 +3,7 @@
 //!
 //! The shell owns the socket and the timer: it calls [`JoinFlow::start`], sends what the returned
 //! [`Step`] says, waits until the step's deadline or an answer, and feeds the outcome back with
-//! [`JoinFlow::on_timeout`] or [`JoinFlow::on_answer`]. Every retry reuses the same
+//! [`JoinFlow::on_timeout`] or [`JoinFlow::on_placed`]. Every retry reuses the same
 //! TransactionID, so the join server answers it from its cache (the DevNonce is not checked
 //! twice). After the last try the flow keeps waiting for a late answer while RX2 can still be
 //! met, and then for one more request timeout (the grace period): a JoinAns arriving in the
@@ -12,8 +12,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::reception::{best, Reception};
-use super::timing::{choose_window, Scheduled, WindowTiming};
+use super::scheduler::Unplaced;
+use super::timing::{Scheduled, WindowTiming};
 
 /// Where the flow is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,13 @@ pub enum JoinFailure {
     /// No gateway that heard the request can take a downlink (no PULL_DATA seen).
     #[error("no gateway with a downlink path")]
     NoGateway,
+    /// No gateway that heard the request has airtime for the Join-accept in either window.
+    #[error("no gateway has airtime for the join-accept")]
+    NoAirtime,
+    /// No receive window has a radio setting for the Join-accept (its data rate, its
+    /// frequency).
+    #[error("no radio setting for the join-accept")]
+    NoRadio,
     /// An answer arrived in a state that does not expect one.
     #[error("unexpected join answer")]
     Unexpected,
@@ -75,7 +82,20 @@ impl JoinFailure {
             Self::Timeout => "timeout",
             Self::TooLate => "too_late",
             Self::NoGateway => "no_gateway",
+            Self::NoAirtime => "no_airtime",
+            Self::NoRadio => "no_radio",
             Self::Unexpected => "unexpected",
+        }
+    }
+}
+
+impl From<Unplaced> for JoinFailure {
+    fn from(u: Unplaced) -> Self {
+        match u {
+            Unplaced::NoGateway => Self::NoGateway,
+            Unplaced::TooLate => Self::TooLate,
+            Unplaced::Radio => Self::NoRadio,
+            Unplaced::Airtime(_) => Self::NoAirtime,
         }
     }
 }
@@ -158,47 +178,86 @@ impl JoinFlow {
         }
     }
 
-    /// A successful JoinAns arrived at `now`: chooses the window, then the best gateway (SNR,
-    /// then RSSI) among the receptions gathered so far that `usable` accepts.
-    pub fn on_answer(
+    /// A successful JoinAns arrived at `now`, and the downlink scheduler
+    /// ([`crate::core::scheduler`]) placed the Join-accept at `placed` (a gateway's window), or
+    /// could not: it goes if the window can still be met, else the join ends `too_late`.
+    pub fn on_placed(
         &mut self,
         now: Instant,
-        receptions: &[Reception],
-        usable: impl FnMut(&Reception) -> bool,
-    ) -> Result<(Reception, Scheduled), JoinFailure> {
+        placed: Result<Scheduled, JoinFailure>,
+    ) -> Result<Scheduled, JoinFailure> {
         if !matches!(self.state, JoinState::JoinReqSent { .. }) {
             return Err(JoinFailure::Unexpected);
         }
-        let outcome = self.decide(now, receptions, usable);
+        let outcome = placed.and_then(|at| {
+            let lead = at.opens_at.checked_duration_since(now);
+            match lead {
+                Some(l) if l >= self.timing.margin => Ok(at),
+                _ => Err(JoinFailure::TooLate),
+            }
+        });
         self.state = match &outcome {
-            Ok((_, s)) => JoinState::Scheduled(*s),
+            Ok(s) => JoinState::Scheduled(*s),
             Err(e) => JoinState::Failed(*e),
         };
         outcome
     }
 
-    fn decide(
-        &self,
-        now: Instant,
-        receptions: &[Reception],
-        usable: impl FnMut(&Reception) -> bool,
-    ) -> Result<(Reception, Scheduled), JoinFailure> {
-        let gw = best(receptions, usable).ok_or(JoinFailure::NoGateway)?;
-        // Each gateway has its own counter: the window is computed from the chosen gateway's
-        // tmst, anchored at the local arrival of the first copy (the earliest estimate of the
-        // end of the uplink, hence the conservative one).
-        let s = choose_window(now, gw.tmst, self.received_at, &self.timing)
-            .ok_or(JoinFailure::TooLate)?;
-        Ok((gw.clone(), s))
+    /// The anchor of the windows: the local arrival of the first copy (the earliest estimate of
+    /// the end of the uplink, hence the conservative one); each gateway's own `tmst` gives the
+    /// window on its counter.
+    pub fn received_at(&self) -> Instant {
+        self.received_at
+    }
+
+    /// The window timing.
+    pub fn timing(&self) -> &WindowTiming {
+        &self.timing
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::airtime::{Limits, Purpose};
     use super::super::reception::tests::rx;
+    use super::super::reception::Reception;
+    use super::super::scheduler::{candidates, Scheduler};
     use super::super::timing::Window;
     use super::*;
     use protocol::ids::GatewayEui;
+    use protocol::region::Region;
+
+    /// What the shell does with a JoinAns at `now`: the scheduler (switched off: the best
+    /// usable gateway in the first reachable window) places the Join-accept among `heard`, and
+    /// the flow checks the placement.
+    fn answer(
+        f: &mut JoinFlow,
+        now: Instant,
+        heard: &[Reception],
+        usable: impl FnMut(&Reception) -> bool,
+    ) -> Result<(GatewayEui, Scheduled), JoinFailure> {
+        let t0 = f.received_at();
+        let limits = Limits {
+            duty_cycle_window: Duration::from_secs(3600),
+            join_accept_share: 1.0,
+            max_queued: 32,
+            guard: Duration::ZERO,
+        };
+        let off = Scheduler::new(false, Region::Eu868, limits);
+        let placed = candidates(
+            now,
+            heard,
+            f.timing(),
+            |_| t0,
+            usable,
+            |r, _| Some((r.frequency_hz, 50 * MS)),
+        )
+        .and_then(|c| off.place(now, Purpose::JoinAccept, &c))
+        .map_err(JoinFailure::from);
+        let gw = placed.as_ref().ok().map(|p| p.candidate.gateway);
+        let at = f.on_placed(now, placed.map(|p| p.candidate.at))?;
+        Ok((gw.expect("placed"), at))
+    }
 
     const MS: Duration = Duration::from_millis(1);
 
@@ -266,16 +325,17 @@ mod tests {
             rx(3, 9.0, -95, t0),
         ];
         heard[2].tmst = 4_000_000; // gateways have their own counters
-        let (gw, s) = f
-            .on_answer(t0 + 40 * MS, &heard, |r| r.gateway != GatewayEui::new(2))
-            .unwrap();
-        assert_eq!(gw.gateway, GatewayEui::new(3));
+        let (gw, s) = answer(&mut f, t0 + 40 * MS, &heard, |r| {
+            r.gateway != GatewayEui::new(2)
+        })
+        .unwrap();
+        assert_eq!(gw, GatewayEui::new(3));
         assert_eq!(s.window, Window::Rx1);
         assert_eq!(s.tmst, 9_000_000);
         assert!(matches!(f.state(), JoinState::Scheduled(_)));
         // A second answer to a finished flow is refused.
         assert_eq!(
-            f.on_answer(t0 + 50 * MS, &heard, |_| true),
+            answer(&mut f, t0 + 50 * MS, &heard, |_| true),
             Err(JoinFailure::Unexpected)
         );
     }
@@ -286,13 +346,13 @@ mod tests {
         let heard = [rx(1, 3.0, -90, t0)];
         let mut f = flow(t0);
         f.start(t0);
-        let (_, s) = f.on_answer(t0 + 5000 * MS, &heard, |_| true).unwrap();
+        let (_, s) = answer(&mut f, t0 + 5000 * MS, &heard, |_| true).unwrap();
         assert_eq!((s.window, s.tmst), (Window::Rx2, 7_000_000));
 
         let mut f = flow(t0);
         f.start(t0);
         assert_eq!(
-            f.on_answer(t0 + 5950 * MS, &heard, |_| true),
+            answer(&mut f, t0 + 5950 * MS, &heard, |_| true),
             Err(JoinFailure::TooLate)
         );
         assert_eq!(f.state(), JoinState::Failed(JoinFailure::TooLate));
@@ -300,7 +360,7 @@ mod tests {
         let mut f = flow(t0);
         f.start(t0);
         assert_eq!(
-            f.on_answer(t0, &heard, |_| false),
+            answer(&mut f, t0, &heard, |_| false),
             Err(JoinFailure::NoGateway)
         );
     }
@@ -340,7 +400,7 @@ mod tests {
         f.on_timeout(t0 + 600 * MS);
         assert!(matches!(f.on_timeout(t0 + 900 * MS), Step::Wait { .. }));
         assert_eq!(
-            f.on_answer(t0 + 6000 * MS, &[rx(1, 1.0, -90, t0)], |_| true),
+            answer(&mut f, t0 + 6000 * MS, &[rx(1, 1.0, -90, t0)], |_| true),
             Err(JoinFailure::TooLate)
         );
     }

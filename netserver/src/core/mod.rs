@@ -4,6 +4,7 @@
 //! clock (`Instant` values built by adding durations to one base instant).
 
 pub mod adr;
+pub mod airtime;
 pub mod classify;
 pub mod data;
 pub mod dedup;
@@ -11,9 +12,11 @@ pub mod devaddr;
 pub mod device;
 pub mod gateway;
 pub mod join;
+pub mod joinlimit;
 pub mod mac_handler;
 pub mod reception;
 pub mod rejoin;
+pub mod scheduler;
 pub mod timing;
 pub mod uplink;
 

@@ -37,13 +37,15 @@ use protocol::mac::{self, MacCommand};
 use rand::RngCore;
 
 use crate::core::adr::{self, AdrConfig, LinkSettings};
+use crate::core::airtime::Purpose;
 use crate::core::data::{self as steps, Auth, Candidate, DownCounter, Refusal, UplinkResult};
 use crate::core::device::{DataState, PendingConfirmed};
 use crate::core::mac_handler::{self, UplinkRadio};
-use crate::core::reception::{self, Reception};
-use crate::core::timing::{choose_window, Scheduled, Window, WindowTiming};
+use crate::core::reception::Reception;
+use crate::core::scheduler::{candidates, Placement, Scheduler, Unplaced};
+use crate::core::timing::{Window, WindowTiming};
 use crate::gateway::registry::GatewayRegistry;
-use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, DownlinkRadio};
+use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, window_airtime, DownlinkRadio};
 use crate::integration::events::{
     b64, rfc3339, AckEvent, LogLine, RxInfo, StatusLine, UplinkEvent,
 };
@@ -81,6 +83,8 @@ pub struct Env<'a> {
     /// Network-initiated MAC commands waiting for their device (LoRaWAN 1.1 sessions only):
     /// the core takes a due one into the downlink, and puts it back when it cannot go.
     pub pending_mac: &'a PendingMacs,
+    /// Each gateway's downlink airtime: a downlink is booked where a gateway can transmit it.
+    pub scheduler: &'a Scheduler,
 }
 
 /// A downlink to send once its counter is durable.
@@ -94,6 +98,8 @@ pub struct ScheduledDownlink {
     pub to: SocketAddr,
     /// The receive window it is scheduled in.
     pub window: Window,
+    /// Its time on air.
+    pub airtime: Duration,
 }
 
 /// Why an answer the device needed did not go out (a bounded metric label).
@@ -105,6 +111,8 @@ pub enum DownlinkFailure {
     TooLate,
     /// The frame or its `txpk` could not be built.
     BuildFailed,
+    /// No gateway that heard the frame has airtime for it in either window.
+    NoAirtime,
 }
 
 impl DownlinkFailure {
@@ -114,6 +122,7 @@ impl DownlinkFailure {
             Self::NoGateway => "no_gateway",
             Self::TooLate => "too_late",
             Self::BuildFailed => "build_failed",
+            Self::NoAirtime => "no_airtime",
         }
     }
 }
@@ -472,9 +481,13 @@ impl Device<'_> {
         }
     }
 
-    /// Where and when the downlink goes: the best gateway with a route, and the first window
-    /// still reachable. Chosen before anything is consumed.
-    fn route(&self) -> Result<(&Reception, SocketAddr, Scheduled), DownlinkFailure> {
+    /// Where and when the downlink goes: the first window still reachable (RX1 first) on the
+    /// best gateway with a route that has airtime for `len_of(window)` bytes there, booked.
+    /// Chosen before anything is consumed.
+    fn route(
+        &self,
+        len_of: impl Fn(Window) -> usize,
+    ) -> Result<(&Reception, SocketAddr, Placement), DownlinkFailure> {
         let gateways = self.env.gateways;
         let rx = &self.session.rx;
         let rx1 = Duration::from_secs(u64::from((rx.rx_delay_s & 0x0f).max(1)));
@@ -483,14 +496,55 @@ impl Device<'_> {
             rx2_delay: rx1 + Duration::from_secs(1),
             margin: Duration::from_millis(self.env.config.join.scheduling_margin_ms),
         };
-        let (gw, to) = reception::best(self.input.receptions, |r| {
-            gateways.downlink_addr(r.gateway).is_some()
-        })
-        .and_then(|gw| Some((gw, gateways.downlink_addr(gw.gateway)?)))
-        .ok_or(DownlinkFailure::NoGateway)?;
-        let at = choose_window(self.input.now, gw.tmst, gw.received_at, &timing)
-            .ok_or(DownlinkFailure::TooLate)?;
-        Ok((gw, to, at))
+        let region = self.env.config.network.region;
+        let now = self.input.now;
+        let placed = candidates(
+            now,
+            self.input.receptions,
+            &timing,
+            |r| r.received_at,
+            |r| gateways.downlink_addr(r.gateway).is_some(),
+            |r, w| window_airtime(region, r, w, rx, len_of(w)),
+        )
+        .and_then(|c| self.env.scheduler.place(now, Purpose::Data, &c))
+        .map_err(|u| match u {
+            Unplaced::NoGateway => DownlinkFailure::NoGateway,
+            Unplaced::TooLate => DownlinkFailure::TooLate,
+            Unplaced::Radio => DownlinkFailure::BuildFailed,
+            Unplaced::Airtime(_) => DownlinkFailure::NoAirtime,
+        })?;
+        let gw = self
+            .input
+            .receptions
+            .iter()
+            .find(|r| r.gateway == placed.candidate.gateway)
+            .ok_or(DownlinkFailure::NoGateway)?;
+        let to = gateways
+            .downlink_addr(gw.gateway)
+            .ok_or(DownlinkFailure::NoGateway)?;
+        Ok((gw, to, placed))
+    }
+
+    /// The PHYPayload length of the downlink in each window: with the queued payload where
+    /// RP002's M of the window's data rate allows it, else without.
+    fn len_of<'x>(
+        &'x self,
+        uplink: &'x Uplink,
+        answers: &'x [MacCommand],
+        app: Option<&'x (QueuedDownlink, bool)>,
+    ) -> impl Fn(Window) -> usize + 'x {
+        // MHDR and MIC around the MACPayload.
+        let phy = |f: &Downlink| 1 + mac_payload_len(f) + 4;
+        let full = phy(&self.frame(uplink, answers.to_vec(), app.cloned()).0);
+        let bare = phy(&self.frame(uplink, answers.to_vec(), None).0);
+        let region = self.env.config.network.region;
+        move |w| {
+            let max_m = max_mac_payload(region, self.best(), w, &self.session.rx);
+            match max_m {
+                Ok(m) if full - 5 <= m => full,
+                _ => bare,
+            }
+        }
     }
 
     /// Builds the downlink (ACK if confirmed, MAC answers, an application payload), takes its
@@ -505,10 +559,44 @@ impl Device<'_> {
         app: Option<(QueuedDownlink, bool)>,
         rng: &mut R,
     ) -> Result<ScheduledDownlink, (Option<DownlinkFailure>, Option<QueuedDownlink>)> {
-        let (gw, to, at) = match self.route() {
+        let routed = self.route(self.len_of(uplink, &answers, app.as_ref()));
+        let (gw, to, placed) = match routed {
             Ok(r) => r,
             Err(f) => return Err((Some(f), app.map(|(d, _)| d))),
         };
+        let built = self.build(st, uplink, answers, app, gw, &placed, rng);
+        match built {
+            Ok((datagram, token)) => {
+                self.env.scheduler.set_token(&placed, token);
+                Ok(ScheduledDownlink {
+                    datagram,
+                    gateway: gw.gateway,
+                    to,
+                    window: placed.candidate.at.window,
+                    airtime: placed.candidate.airtime,
+                })
+            }
+            Err(e) => {
+                self.env.scheduler.release(&placed);
+                Err(e)
+            }
+        }
+    }
+
+    /// The PULL_RESP of the downlink placed at `placed` through `gw`, and its token; the
+    /// counter is taken once the frame is built.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    fn build<R: RngCore + ?Sized>(
+        &self,
+        st: &mut DataState,
+        uplink: &Uplink,
+        answers: Vec<MacCommand>,
+        app: Option<(QueuedDownlink, bool)>,
+        gw: &Reception,
+        placed: &Placement,
+        rng: &mut R,
+    ) -> Result<(Vec<u8>, [u8; 2]), (Option<DownlinkFailure>, Option<QueuedDownlink>)> {
+        let at = placed.candidate.at;
         let dev_eui = self.session.dev_eui;
         let region = self.env.config.network.region;
         let Ok(max_m) = max_mac_payload(region, gw, at.window, &self.session.rx) else {
@@ -556,12 +644,7 @@ impl Device<'_> {
         let mut token = [0u8; 2];
         rng.fill_bytes(&mut token);
         let datagram = pull_resp(token, txpk).map_err(|_| (None, None))?;
-        Ok(ScheduledDownlink {
-            datagram,
-            gateway: gw.gateway,
-            to,
-            window: at.window,
-        })
+        Ok((datagram, token))
     }
 
     /// The downlink frame (its counter still 0): FOpts with the MAC answers, or the answers as

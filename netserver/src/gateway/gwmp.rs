@@ -15,10 +15,11 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use protocol::gwmp::{Packet, RxPk, Stat};
+use protocol::gwmp::{Packet, RxPk, Stat, TxAckCode};
 use protocol::ids::GatewayEui;
 use protocol::region::Link;
 
+use crate::core::airtime::TxOutcome;
 use crate::core::gateway::{
     self, Action, Actions, Count, GatewayEnv, GatewayEvent, GatewayProtocol, Received,
 };
@@ -109,14 +110,50 @@ impl GatewayProtocol for Gwmp {
             }
             Packet::TxAck(ack) => {
                 out.act(Action::Count(Count::Message("tx_ack")));
-                let code = ack.error.as_ref().map_or("none", |e| e.kind());
+                let code = ack.error.as_ref().map_or("none", tx_ack_label);
                 out.act(Action::Count(Count::TxAck(code)));
                 out.act(Action::Gateway(ack.gateway, GatewayEvent::TxAck(code)));
+                let outcome = tx_outcome(ack.error.as_ref());
+                out.act(Action::Gateway(
+                    ack.gateway,
+                    GatewayEvent::TxOutcome {
+                        token: ack.token.0,
+                        outcome,
+                    },
+                ));
             }
             Packet::PushAck { .. } | Packet::PullAck { .. } | Packet::PullResp(_) => {
                 out.act(Action::Count(Count::Dropped("unexpected_type")));
             }
         }
+    }
+}
+
+/// Whether a TX_ACK error code is a duty-cycle refusal. GWMP v2 has none; forwarders that
+/// enforce the duty cycle report `DUTY_CYCLE_OVERFLOW` (ChirpStack's concentratord and
+/// gateway API), which this matches along with any code naming the duty cycle.
+fn is_duty_cycle(code: &TxAckCode) -> bool {
+    matches!(code, TxAckCode::Other(s) if s.to_ascii_uppercase().contains("DUTY_CYCLE"))
+}
+
+/// The metric label of a TX_ACK error: the protocol's, and `duty_cycle` for a duty-cycle
+/// refusal (else counted as `other`).
+fn tx_ack_label(code: &TxAckCode) -> &'static str {
+    if is_duty_cycle(code) {
+        "duty_cycle"
+    } else {
+        code.kind()
+    }
+}
+
+/// What a TX_ACK error means for the downlink scheduler.
+fn tx_outcome(error: Option<&TxAckCode>) -> TxOutcome {
+    match error {
+        None => TxOutcome::Sent,
+        Some(TxAckCode::TooLate) => TxOutcome::TooLate,
+        Some(TxAckCode::CollisionPacket | TxAckCode::CollisionBeacon) => TxOutcome::Collision,
+        Some(c) if is_duty_cycle(c) => TxOutcome::DutyCycle,
+        Some(_) => TxOutcome::Refused,
     }
 }
 
@@ -335,6 +372,41 @@ mod tests {
         let out = dispatch(&ack.to_bytes().unwrap(), &gateways, &dedup);
         assert_eq!(out[1], Action::Count(Count::TxAck("none")));
         assert_eq!(out[2], Action::Gateway(gw, GatewayEvent::TxAck("none")));
+        let outcome = TxOutcome::Sent;
+        let token = [1, 2];
+        assert_eq!(
+            out[3],
+            Action::Gateway(gw, GatewayEvent::TxOutcome { token, outcome })
+        );
+        // Refusals: the protocol's label, `duty_cycle` for a forwarder's duty-cycle code.
+        let refused = |code: &str| {
+            let ack = Packet::TxAck(TxAck {
+                token: Token([3, 4]),
+                gateway: gw,
+                error: TxAckCode::from_wire(code),
+                warning: None,
+            });
+            let out = dispatch(&ack.to_bytes().unwrap(), &gateways, &dedup);
+            let Action::Gateway(_, GatewayEvent::TxOutcome { token, outcome }) = out[3] else {
+                panic!("{out:?}");
+            };
+            assert_eq!(token, [3, 4]);
+            (out[1].clone(), outcome)
+        };
+        let cases = [
+            ("TOO_LATE", "too_late", TxOutcome::TooLate),
+            ("COLLISION_PACKET", "collision_packet", TxOutcome::Collision),
+            ("DUTY_CYCLE_OVERFLOW", "duty_cycle", TxOutcome::DutyCycle),
+            ("TX_FREQ", "tx_freq", TxOutcome::Refused),
+            ("SOMETHING_NEW", "other", TxOutcome::Refused),
+        ];
+        for (wire, label, outcome) in cases {
+            assert_eq!(
+                refused(wire),
+                (Action::Count(Count::TxAck(label)), outcome),
+                "{wire}"
+            );
+        }
         let stray = Packet::PushAck {
             token: Token([1, 2]),
         };

@@ -12,6 +12,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::core::airtime::TxOutcome;
 use crate::core::gateway::{
     Action, Actions, Count, GatewayEnv, GatewayEvent, GatewayProtocol, Path,
 };
@@ -199,6 +200,13 @@ impl Actions for Dispatcher<'_> {
                     GatewayEvent::Status(s) => g.on_status(gw, self.now, s),
                     GatewayEvent::Reception(o) => g.on_rxpk(gw, self.now, o),
                     GatewayEvent::DownlinkRoute(addr) => g.on_pull_data(gw, addr, self.now),
+                    GatewayEvent::TxOutcome { token, outcome } => {
+                        let booked = state.scheduler.on_tx_ack(self.now, gw, token, outcome);
+                        if booked && outcome != TxOutcome::Sent {
+                            let m = &state.metrics.airtime;
+                            m.tx_refused.with_label_values(&[outcome.label()]).inc();
+                        }
+                    }
                     GatewayEvent::TxAck(code) => {
                         g.on_tx_ack(gw, self.now, code);
                         if code != "none" {

@@ -11,7 +11,8 @@
 //!   configured or the region's downlink EIRP, always `ipol` true for LoRa, `codr` 4/5.
 
 use protocol::gwmp::{CodingRate, DataRate, GwmpError, Packet, PullResp, Token, TxPk, TxTiming};
-use protocol::region::Region;
+use protocol::region::{lora_time_on_air, LoraFrame, Region};
+use std::time::Duration;
 
 use crate::core::reception::Reception;
 use crate::core::timing::{Scheduled, Window};
@@ -95,6 +96,44 @@ pub fn window_radio(
         }
         Window::Rx2 => Ok((rx.rx2_frequency_hz, rx.rx2_data_rate)),
     }
+}
+
+/// Time on air of a `len`-byte PHYPayload at data rate `dr` of `region`: LoRa by the Semtech
+/// formula (`protocol::region::lora_time_on_air`; uplinks with the PHY CRC, downlinks without),
+/// FSK as preamble (5 bytes), sync word (3), length (1), payload and CRC (2) at the bit rate.
+/// `None` for a data rate the region does not define.
+pub fn time_on_air(region: Region, dr: u8, len: usize, uplink: bool) -> Option<Duration> {
+    match region.data_rate(dr).ok()? {
+        DataRate::Lora {
+            spreading_factor,
+            bandwidth_khz,
+        } => {
+            let bw = u32::from(bandwidth_khz) * 1000;
+            let f = if uplink {
+                LoraFrame::uplink(spreading_factor, bw, len)
+            } else {
+                LoraFrame::downlink(spreading_factor, bw, len)
+            };
+            lora_time_on_air(&f)
+        }
+        DataRate::Fsk { bitrate } => {
+            let bits = (len as u64 + 11) * 8;
+            (bitrate > 0).then(|| Duration::from_nanos(bits * 1_000_000_000 / u64::from(bitrate)))
+        }
+    }
+}
+
+/// The frequency and time on air of a `len`-byte downlink answering `uplink` in `window`, with
+/// the session's receive parameters `rx` (what the scheduler books).
+pub fn window_airtime(
+    region: Region,
+    uplink: &Reception,
+    window: Window,
+    rx: &RxParams,
+    len: usize,
+) -> Option<(u32, Duration)> {
+    let (freq, dr) = window_radio(region, uplink, window, rx).ok()?;
+    Some((freq, time_on_air(region, dr, len, false)?))
 }
 
 /// The largest MACPayload (RP002's M) a downlink in `window` may carry in `region`.
@@ -207,6 +246,35 @@ mod tests {
         assert_eq!(tx.datr, DataRate::lora(11, 125).unwrap());
         let tx = build_txpk(&up, &at(Window::Rx1), &off(5), &RADIO, vec![]).unwrap();
         assert_eq!(tx.datr, DataRate::lora(12, 125).unwrap());
+    }
+
+    #[test]
+    fn time_on_air_of_downlinks_and_uplinks() {
+        let eu = Region::Eu868;
+        // A 17-byte Join-accept: SF7 46.336 ms, SF12 1.155 s (no CRC); a 23-byte Join-request
+        // at SF7 61.696 ms (CRC on, the Semtech calculator's value).
+        assert_eq!(
+            time_on_air(eu, 5, 17, false),
+            Some(Duration::from_micros(46_336))
+        );
+        assert_eq!(
+            time_on_air(eu, 0, 17, false),
+            Some(Duration::from_micros(1_155_072))
+        );
+        assert_eq!(
+            time_on_air(eu, 5, 23, true),
+            Some(Duration::from_micros(61_696))
+        );
+        // FSK 50 kbps: (17 + 11) bytes of 8 bits.
+        assert_eq!(
+            time_on_air(eu, 7, 17, false),
+            Some(Duration::from_micros(4_480))
+        );
+        assert_eq!(time_on_air(eu, 15, 17, false), None);
+        let up = rx(1, 5.0, -80, Instant::now());
+        let defaults = RxParams::region_default(eu);
+        let (f, t) = window_airtime(eu, &up, Window::Rx2, &defaults, 17).unwrap();
+        assert_eq!((f, t), (869_525_000, Duration::from_micros(1_155_072)));
     }
 
     #[test]

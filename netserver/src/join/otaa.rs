@@ -2,20 +2,26 @@
 //! around the sans-IO [`JoinFlow`].
 //!
 //! 1. parse the Join-request;
-//! 2. reserve a DevAddr;
-//! 3. send the TS002 JoinReq over the link, retrying per the flow (same TransactionID);
-//! 4. read the JoinAns: refused → done; success → open the network key envelopes;
-//! 5. choose the window and the best gateway from the receptions seen by now;
-//! 6. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
+//! 2. join-storm protection, before anything is spent: the device's Join-request allowance
+//!    ([`crate::core::joinlimit`]), then a gateway and window with airtime for the Join-accept,
+//!    booked ([`crate::core::scheduler`]; if none, after the other gateways' copies had time to
+//!    arrive, none again: no Join-accept, and the join server is not asked);
+//! 3. reserve a DevAddr;
+//! 4. send the TS002 JoinReq over the link, retrying per the flow (same TransactionID);
+//! 5. read the JoinAns: refused → done (the booking is taken back); success → open the network
+//!    key envelopes;
+//! 6. keep the booked window if it can still be met, else place the Join-accept again;
+//! 7. store the session durably (network keys wrapped under the NS KEK, AppSKey envelope as
 //!    received), together with the session it replaces (kept until the first uplink under the
 //!    new one), then emit the `join` event, install it and free the device's previous address;
-//! 7. send the PULL_RESP and record the latency.
+//! 8. send the PULL_RESP (its token names the booking for the gateway's TX_ACK) and record the
+//!    latency.
 //!
 //! Each Join-request runs as one task on the socket loop that received it: it waits on the
 //! link for up to a few seconds, which must not stall the loop. Data uplinks are handled
 //! inline, without a task ([`crate::uplink`]). A LoRaWAN 1.1 Rejoin-request takes a task of its
-//! own ([`crate::join::rejoin`]) and, after its first steps, the same steps 3 to 7
-//! (`answer_and_send`).
+//! own ([`crate::join::rejoin`]) and, after its first steps (its own airtime booking), the same
+//! steps 4 to 8 (`answer_and_send`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -29,13 +35,17 @@ use protocol::version::MacVersion;
 use tokio::net::UdpSocket;
 use tracing::Instrument;
 
+use crate::core::airtime::Purpose;
 use crate::core::devaddr::Exhausted;
 use crate::core::device::FrameCounters;
 use crate::core::join::{JoinFailure, JoinFlow, Step};
 use crate::core::reception::Reception;
 use crate::core::rejoin::RejoinRefusal;
+use crate::core::scheduler::{candidates, Candidate, Placement, Unplaced};
 use crate::core::timing::Window;
-use crate::gateway::txpk::{build_txpk, pull_resp, DownlinkError, DownlinkRadio};
+use crate::gateway::txpk::{
+    build_txpk, pull_resp, time_on_air, window_airtime, DownlinkError, DownlinkRadio,
+};
 use crate::integration::emitter::Emit;
 use crate::integration::events::{rfc3339, JoinEvent};
 use crate::join::client::{JoinServerClient, JoinTransaction};
@@ -55,6 +65,9 @@ pub enum JoinError {
     /// The Join-request (or Rejoin-request) is malformed.
     #[error("malformed request: {0}")]
     Parse(#[from] JoinFrameError),
+    /// The device sends Join-requests faster than the specification allows.
+    #[error("join-requests faster than the device's allowance")]
+    RateLimited,
     /// A Rejoin-request type 0 or 2 was refused before the join server was asked.
     #[error(transparent)]
     Rejoin(#[from] RejoinRefusal),
@@ -115,6 +128,7 @@ impl JoinError {
             }
             Self::Parse(_) => dropped("malformed"),
             Self::Rejoin(r) => dropped(r.kind()),
+            Self::RateLimited => dropped("rate_limited"),
             Self::Exhausted(_) => dropped("devaddr_exhausted"),
             Self::Link(_) => dropped("link_send"),
             Self::Encode(_) => dropped("encode"),
@@ -221,7 +235,10 @@ pub async fn handle_join_request<C: JoinServerClient>(
                 .with_label_values(&[result, &reason])
                 .inc();
             match &e {
-                JoinError::Rejected { .. } | JoinError::Flow(JoinFailure::TooLate) => {
+                // Expected by the thousand in a storm: counted, not logged at warn.
+                JoinError::Rejected { .. }
+                | JoinError::RateLimited
+                | JoinError::Flow(JoinFailure::TooLate | JoinFailure::NoAirtime) => {
                     tracing::debug!(error = %e, "no join-accept")
                 }
                 _ => tracing::warn!(error = %e, "no join-accept"),
@@ -244,8 +261,13 @@ async fn run<C: JoinServerClient>(
     let req = JoinRequest::parse(phy)?;
     span.record("dev_eui", tracing::field::display(req.dev_eui));
 
-    // 2. Reserve a DevAddr until the flow has certainly ended.
+    // 2. Join-storm protection: the device's allowance, then airtime for its Join-accept.
+    within_allowance(state, &req, first)?;
+    let cf_list = cf_list(state);
     let flow = JoinFlow::new(t0, state.retry_policy(), state.join_timing());
+    let booking = book(state, &flow, phy, first, accept_len(cf_list.as_ref())).await?;
+
+    // 3. Reserve a DevAddr until the flow has certainly ended.
     let reservation = Reservation::new(state, req.dev_eui, &flow)?;
     let join_req = join_req(
         state,
@@ -253,6 +275,7 @@ async fn run<C: JoinServerClient>(
         (req.join_eui, req.dev_eui),
         phy,
         reservation.addr,
+        cf_list,
     );
     let activation = Activation {
         dev_eui: req.dev_eui,
@@ -269,6 +292,7 @@ async fn run<C: JoinServerClient>(
         &join_req,
         activation,
         reservation,
+        booking,
     )
     .await
 }
@@ -283,8 +307,8 @@ pub(crate) struct Activation {
     pub(crate) keep: Option<Arc<Session>>,
 }
 
-/// Steps 3 to 7, shared by joins and rejoins: the request over the link (with retries), its
-/// answer, the window and gateway, the durable session, the PULL_RESP.
+/// Steps 4 to 8, shared by joins and rejoins: the request over the link (with retries), its
+/// answer, the booked window (or another), the durable session, the PULL_RESP.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn answer_and_send<C: JoinServerClient>(
     state: &State,
@@ -295,26 +319,25 @@ pub(crate) async fn answer_and_send<C: JoinServerClient>(
     join_req: &JoinReq,
     activation: Activation,
     mut reservation: Reservation<'_>,
+    booking: Booking<'_>,
 ) -> Result<(Window, GatewayEui), JoinError> {
     let t0 = first.received_at;
     let addr = reservation.addr;
 
-    // 3. JoinReq (or RejoinReq) with retries.
+    // 4. JoinReq (or RejoinReq) with retries.
     let answer = exchange(state, link, activation.join_eui, join_req, &mut flow).await?;
 
-    // 4. Read the answer.
+    // 5. Read the answer.
     let ans = read_answer(state, &answer, join_req)?;
 
-    // 5. Window and gateway, from the receptions gathered by now.
-    let receptions = state.dedup.receptions(phy);
-    let receptions = if receptions.is_empty() {
-        vec![first.clone()]
-    } else {
-        receptions
-    };
-    let (gw, at) = flow.on_answer(Instant::now(), &receptions, |r| {
-        state.gateways.downlink_addr(r.gateway).is_some()
-    })?;
+    // 6. The booked window, or another if it can no longer be met.
+    let mut booking = confirm(state, &mut flow, booking, phy, first)?;
+    let placed = booking.placement.candidate;
+    let receptions = receptions(state, phy, first);
+    let gw = receptions
+        .iter()
+        .find(|r| r.gateway == placed.gateway)
+        .ok_or(JoinFailure::NoGateway)?;
     let gw_addr = state
         .gateways
         .downlink_addr(gw.gateway)
@@ -324,41 +347,268 @@ pub(crate) async fn answer_and_send<C: JoinServerClient>(
     // The Join-accept itself is received with the device's defaults (RX1DROffset 0, the
     // region's RX2).
     let defaults = RxParams::region_default(region);
-    let txpk = build_txpk(&gw, &at, &defaults, &radio, ans.accept.as_bytes().to_vec())?;
-    let pull_resp = pull_resp(rand::random(), txpk)?;
+    let at = placed.at;
+    let txpk = build_txpk(gw, &at, &defaults, &radio, ans.accept.as_bytes().to_vec())?;
+    let token: [u8; 2] = rand::random();
+    let pull_resp = pull_resp(token, txpk)?;
 
-    // 6. Store durably, then install.
+    // 7. Store durably, then install.
     install(state, activation, addr, ans).await?;
     reservation.armed = false;
 
-    // 7. Send.
+    // 8. Send.
     gwmp.send_to(&pull_resp, gw_addr)
         .await
         .map_err(JoinError::Send)?;
-    let now = Instant::now();
-    state.gateways.on_pull_resp(gw.gateway, now);
-    state.metrics.pull_resp.inc();
-    state
-        .metrics
-        .join_accepts
-        .with_label_values(&[at.window.label()])
-        .inc();
-    Metrics::observe(
-        &state.metrics.join_latency,
-        now.saturating_duration_since(t0),
-    );
+    state.scheduler.set_token(&booking.placement, token);
+    booking.armed = false;
+    count_sent(state, &placed, t0);
     Ok((at.window, gw.gateway))
 }
 
+/// Counts a Join-accept sent as `placed`, for a Join-request that arrived at `t0`.
+fn count_sent(state: &State, placed: &Candidate, t0: Instant) {
+    let now = Instant::now();
+    let m = &state.metrics;
+    state.gateways.on_pull_resp(placed.gateway, now);
+    m.pull_resp.inc();
+    m.join_accepts
+        .with_label_values(&[placed.at.window.label()])
+        .inc();
+    if state.scheduler.enabled() {
+        m.airtime
+            .booked_seconds
+            .with_label_values(&[Purpose::JoinAccept.label()])
+            .inc_by(placed.airtime.as_secs_f64());
+    }
+    Metrics::observe(&m.join_latency, now.saturating_duration_since(t0));
+}
+
+/// Bytes of a Join-accept without CFList: MHDR 1, JoinNonce 3, NetID 3, DevAddr 4, DLSettings
+/// 1, RxDelay 1, MIC 4.
+const JOIN_ACCEPT_LEN: usize = 17;
+/// Bytes of a Join-request: MHDR 1, JoinEUI 8, DevEUI 8, DevNonce 2, MIC 4.
+const JOIN_REQUEST_LEN: usize = 23;
+
+/// Every gateway's copy of `phy` received so far (at least `first`).
+fn receptions(state: &State, phy: &[u8], first: &Reception) -> Vec<Reception> {
+    let receptions = state.dedup.receptions(phy);
+    if receptions.is_empty() {
+        vec![first.clone()]
+    } else {
+        receptions
+    }
+}
+
+/// The per-DevEUI join-storm limit: whether this Join-request is within the device's allowance
+/// (its time on air charged to it).
+fn within_allowance(state: &State, req: &JoinRequest, first: &Reception) -> Result<(), JoinError> {
+    let region = state.config.network.region;
+    let airtime = time_on_air(region, first.data_rate, JOIN_REQUEST_LEN, true).unwrap_or_default();
+    if state
+        .join_limit
+        .check(first.received_at, req.dev_eui, airtime)
+    {
+        return Ok(());
+    }
+    state
+        .metrics
+        .airtime
+        .join_storm_limited
+        .with_label_values(&["dev_eui_rate"])
+        .inc();
+    Err(JoinError::RateLimited)
+}
+
+/// A Join-accept's booked transmission, taken back unless it was sent.
+pub(crate) struct Booking<'a> {
+    state: &'a State,
+    placement: Placement,
+    /// The Join-accept's length in bytes.
+    len: usize,
+    armed: bool,
+}
+
+impl Drop for Booking<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.scheduler.release(&self.placement);
+        }
+    }
+}
+
+/// The candidates for a `len`-byte Join-accept among the receptions of `phy` so far, at `now`.
+fn join_candidates(
+    state: &State,
+    flow: &JoinFlow,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+    now: Instant,
+) -> Result<Vec<Candidate>, Unplaced> {
+    let receptions = receptions(state, phy, first);
+    let region = state.config.network.region;
+    let defaults = RxParams::region_default(region);
+    let anchor = flow.received_at();
+    candidates(
+        now,
+        &receptions,
+        flow.timing(),
+        |_| anchor,
+        |r| state.gateways.downlink_addr(r.gateway).is_some(),
+        |r, w| window_airtime(region, r, w, &defaults, len),
+    )
+}
+
+/// Places a `len`-byte Join-accept among the receptions of `phy` so far, at `now`.
+fn place(
+    state: &State,
+    flow: &JoinFlow,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+    now: Instant,
+) -> Result<Placement, Unplaced> {
+    let c = join_candidates(state, flow, phy, first, len, now)?;
+    let placed = state.scheduler.place(now, Purpose::JoinAccept, &c);
+    count_placement(&state.metrics, Purpose::JoinAccept, &placed);
+    placed
+}
+
+/// Counts a placement deferred from its first choice, or dropped for lack of airtime.
+fn count_placement(m: &Metrics, purpose: Purpose, placed: &Result<Placement, Unplaced>) {
+    let a = &m.airtime;
+    match placed {
+        Ok(Placement {
+            deferred: Some(b), ..
+        }) => a
+            .deferred
+            .with_label_values(&[purpose.label(), b.label()])
+            .inc(),
+        Err(Unplaced::Airtime(b)) => a
+            .dropped
+            .with_label_values(&[purpose.label(), b.label()])
+            .inc(),
+        _ => {}
+    }
+}
+
+/// Books the Join-accept before the join server is asked. When no gateway has airtime among
+/// the copies in so far, the others get the data path's collection window to arrive, then one
+/// more try; still none: no Join-accept (`no_airtime`), and the join server is not asked.
+pub(crate) async fn book<'a>(
+    state: &'a State,
+    flow: &JoinFlow,
+    phy: &[u8],
+    first: &Reception,
+    len: usize,
+) -> Result<Booking<'a>, JoinError> {
+    let placed = match place(state, flow, phy, first, len, Instant::now()) {
+        Err(Unplaced::Airtime(_)) => {
+            let collect = Duration::from_millis(state.data.config.collect_window_ms);
+            tokio::time::sleep_until((first.received_at + collect).into()).await;
+            place(state, flow, phy, first, len, Instant::now())
+        }
+        other => other,
+    };
+    match placed {
+        Ok(placement) => Ok(Booking {
+            state,
+            placement,
+            len,
+            armed: true,
+        }),
+        Err(u) => {
+            if matches!(u, Unplaced::Airtime(_)) {
+                state
+                    .metrics
+                    .airtime
+                    .join_storm_limited
+                    .with_label_values(&["gateway_airtime"])
+                    .inc();
+            }
+            Err(JoinFailure::from(u).into())
+        }
+    }
+}
+
+/// After the JoinAns: a better placement if one fits now (a gateway with a better link whose
+/// copy arrived after the booking), else the booked window if it can still be met, else the
+/// Join-accept placed again (a later window); the flow checks the outcome.
+fn confirm<'a>(
+    state: &'a State,
+    flow: &mut JoinFlow,
+    mut booking: Booking<'a>,
+    phy: &[u8],
+    first: &Reception,
+) -> Result<Booking<'a>, JoinError> {
+    let now = Instant::now();
+    let len = booking.len;
+    let margin = flow.timing().margin;
+    let reachable = |p: &Placement| {
+        p.candidate
+            .at
+            .opens_at
+            .checked_duration_since(now)
+            .is_some_and(|lead| lead >= margin)
+    };
+    if reachable(&booking.placement) {
+        let all = join_candidates(state, flow, phy, first, len, now).unwrap_or_default();
+        let current = &booking.placement;
+        if let Some(better) = state
+            .scheduler
+            .improve(now, Purpose::JoinAccept, current, &all)
+        {
+            booking.placement = better;
+        }
+    }
+    let booking = if reachable(&booking.placement) {
+        Ok(booking)
+    } else {
+        drop(booking);
+        place(state, flow, phy, first, len, now)
+            .map(|placement| Booking {
+                state,
+                placement,
+                len,
+                armed: true,
+            })
+            .map_err(JoinFailure::from)
+    };
+    let placed = booking.as_ref().map(|b| b.placement.candidate.at);
+    flow.on_placed(now, placed.map_err(|e| *e))?;
+    Ok(booking?)
+}
+
+/// The CFList of this server's Join-accepts: the channel mask of the enabled sub-bands
+/// (US915/AU915) or the extra channels' frequencies (EU868-like regions; none configured: no
+/// CFList). A 1.0.2 device ignores a type-1 CFList (RP 1.0.2 has none in US915/AU915): ADR's
+/// LinkADRReq block narrows it later.
+pub(crate) fn cf_list(state: &State) -> Option<Vec<u8>> {
+    state
+        .config
+        .network
+        .channel_plan()
+        .ok()
+        .and_then(|p| p.cf_list())
+        .map(|c| c.0.to_vec())
+}
+
+/// The length of this server's Join-accepts, with `cf_list`.
+pub(crate) fn accept_len(cf_list: Option<&Vec<u8>>) -> usize {
+    JOIN_ACCEPT_LEN + cf_list.map_or(0, Vec::len)
+}
+
 /// The TS002 JoinReq for the request `phy` of `(join_eui, dev_eui)`, with a fresh
-/// TransactionID and the DevAddr reserved for it. With `message_type` `RejoinReq` it is a TS002
-/// RejoinReq, which has the same fields.
+/// TransactionID, the DevAddr reserved for it and the server's CFList. With `message_type`
+/// `RejoinReq` it is a TS002 RejoinReq, which has the same fields.
 pub(crate) fn join_req(
     state: &State,
     message_type: MessageType,
     (join_eui, dev_eui): (JoinEui, DevEui),
     phy: &[u8],
     addr: DevAddr,
+    cf_list: Option<Vec<u8>>,
 ) -> JoinReq {
     let j = &state.config.join;
     JoinReq {
@@ -384,16 +634,7 @@ pub(crate) fn join_req(
         dev_addr: addr,
         dl_settings: requested_dl_settings(j, state.config.network.region).0,
         rx_delay: j.rx_delay_s,
-        // The channel mask of the enabled sub-bands (US915/AU915) or the extra channels' frequencies
-        // (EU868-like regions; none configured: no CFList). A 1.0.2 device ignores a type-1 CFList
-        // (RP 1.0.2 has none in US915/AU915): ADR's LinkADRReq block narrows it later.
-        cf_list: state
-            .config
-            .network
-            .channel_plan()
-            .ok()
-            .and_then(|p| p.cf_list())
-            .map(|c| c.0.to_vec()),
+        cf_list,
     }
 }
 

@@ -140,13 +140,17 @@ async fn run<C: JoinServerClient>(
         }
     };
 
-    // 4. RejoinReq and the rest of the join path.
+    // 4. Airtime for the Join-accept (as a join's), then the RejoinReq and the rest of the join
+    // path.
+    let cf_list = otaa::cf_list(state);
+    let booking = otaa::book(state, &flow, phy, first, otaa::accept_len(cf_list.as_ref())).await?;
     let req = otaa::join_req(
         state,
         MessageType::RejoinReq,
         (join_eui, dev_eui),
         phy,
         reservation.addr(),
+        cf_list,
     );
     let activation = Activation {
         dev_eui,
@@ -164,6 +168,7 @@ async fn run<C: JoinServerClient>(
         &req,
         activation,
         reservation,
+        booking,
     )
     .await
 }

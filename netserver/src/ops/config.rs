@@ -114,6 +114,35 @@ rx_delay_s = 1
 # RF chain that transmits (txpk rfch): the chain with TX enabled in the gateway, 0 on common ones.
 tx_rf_chain = 0
 
+[scheduler]
+# The per-gateway downlink scheduler (docs/operations.md, "Gateway airtime"): a downlink is sent
+# only where a gateway that heard the frame can transmit it (one transmission at a time, its
+# queue, the region's duty cycle per sub-band), RX1 or RX2, best link first; when none can, it is
+# not sent, and for a Join-request the join server is not asked. false: the best gateway in the
+# first window still reachable, whatever its airtime (the behaviour before the scheduler; for
+# gateways that accept everything, such as the simulator without --radio realistic).
+enabled = true
+# The duty-cycle observation window, s (ETSI EN 300 220: one hour). The airtime booked in a
+# sub-band within any such window stays within its duty cycle (EU868 g1 1 %: 36 s; 869.525 MHz
+# 10 %: 360 s).
+duty_cycle_window_s = 3600
+# The share of each sub-band's budget Join-accepts may use (0..=1). The rest stays for data
+# downlinks (ACKs of confirmed uplinks, MAC answers) during a join storm.
+join_accept_share = 0.9
+# Most downlinks scheduled ahead on one gateway: the SX1301 packet forwarder's just-in-time queue
+# holds 32 and refuses more with COLLISION_PACKET.
+max_queued_per_gateway = 32
+# Least idle time between two transmissions of one gateway, ms: the packet forwarder's
+# just-in-time queue holds each downlink from 31.5 ms before its start (TX_START_DELAY 1.5 ms +
+# TX_JIT_DELAY 30 ms) with a 1 ms margin, and refuses an overlap with COLLISION_PACKET.
+tx_guard_ms = 35
+# Join-storm protection per device: a DevEUI's Join-requests are answered at most at the rate
+# LoRaWAN 1.0.4 / 1.1 allow a device to send them (the loosest rule, the first hour after
+# power-up: 36 s of Join-request airtime, i.e. a bucket of join_request_burst_s refilled at
+# join_request_duty_cycle). Faster ones are counted and not answered. 0: no limit.
+join_request_duty_cycle = 0.01
+join_request_burst_s = 36
+
 [storage]
 # Most session writes committed in one transaction (group commit).
 max_batch = 512
@@ -261,6 +290,8 @@ pub struct Config {
     pub data: DataConfig,
     /// MQTT, webhooks and the event log they deliver from.
     pub integration: crate::integration::config::IntegrationConfig,
+    /// The per-gateway downlink scheduler and join-storm protection.
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for Config {
@@ -278,6 +309,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             data: DataConfig::default(),
             integration: Default::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -512,6 +544,68 @@ impl Default for JoinConfig {
     }
 }
 
+/// `[scheduler]`: the per-gateway downlink scheduler and join-storm protection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Whether airtime is checked and booked (off: the best gateway, first reachable window).
+    pub enabled: bool,
+    /// The duty-cycle observation window, s.
+    pub duty_cycle_window_s: u64,
+    /// The share of each sub-band's budget Join-accepts may use, 0..=1.
+    pub join_accept_share: f64,
+    /// Most downlinks scheduled ahead on one gateway.
+    pub max_queued_per_gateway: usize,
+    /// Least idle time between two transmissions of one gateway, ms.
+    pub tx_guard_ms: u64,
+    /// The long-run share of time a device may spend on Join-requests (0: no per-device limit).
+    pub join_request_duty_cycle: f64,
+    /// The Join-request airtime a device may spend at once, s.
+    pub join_request_burst_s: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            duty_cycle_window_s: 3600,
+            join_accept_share: 0.9,
+            max_queued_per_gateway: 32,
+            tx_guard_ms: 35,
+            join_request_duty_cycle: 0.01,
+            join_request_burst_s: 36,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// The scheduler's limits.
+    pub fn limits(&self) -> crate::core::airtime::Limits {
+        crate::core::airtime::Limits {
+            duty_cycle_window: Duration::from_secs(self.duty_cycle_window_s),
+            join_accept_share: self.join_accept_share,
+            max_queued: self.max_queued_per_gateway,
+            guard: Duration::from_millis(self.tx_guard_ms),
+        }
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.join_accept_share) {
+            return Err("scheduler.join_accept_share must be within 0..=1".into());
+        }
+        if !(0.0..=1.0).contains(&self.join_request_duty_cycle) {
+            return Err("scheduler.join_request_duty_cycle must be within 0..=1".into());
+        }
+        if self.duty_cycle_window_s == 0 || self.max_queued_per_gateway == 0 {
+            return Err(
+                "scheduler.duty_cycle_window_s and max_queued_per_gateway must be positive".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `[storage]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -717,6 +811,7 @@ impl Config {
     /// Checks ranges and consistency; returns the resolved DevAddr block.
     pub fn validate(&self) -> Result<AddrBlock, ConfigError> {
         self.gwmp.validate().map_err(ConfigError::Invalid)?;
+        self.scheduler.validate().map_err(ConfigError::Invalid)?;
         let j = &self.join;
         if j.join_accept_delay1_s == 0 || j.join_accept_delay2_s <= j.join_accept_delay1_s {
             return Err(ConfigError::Invalid(
@@ -806,6 +901,16 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = Config::default();
         c.join.rx1_dr_offset = 6;
+        assert!(c.validate().is_err());
+        let mut c = Config::default();
+        c.scheduler.join_accept_share = 1.5;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("join_accept_share"));
+        let mut c = Config::default();
+        c.scheduler.max_queued_per_gateway = 0;
         assert!(c.validate().is_err());
     }
 

@@ -54,9 +54,28 @@ fn respond(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             };
             json(code, &body)
         }
-        "/gateways" => json(StatusCode::OK, &state.gateways.snapshot(Instant::now())),
+        "/gateways" => json(StatusCode::OK, &gateways(state, Instant::now())),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Each gateway's registry entry, with its downlink airtime (`airtime`: scheduled downlinks,
+/// airtime used, budget left per duty-cycle sub-band, deferred and dropped) once the scheduler
+/// has booked on it.
+fn gateways(state: &State, now: Instant) -> serde_json::Value {
+    let mut airtime: std::collections::HashMap<_, _> =
+        state.scheduler.snapshot(now).into_iter().collect();
+    let list = state.gateways.snapshot(now).into_iter().map(|g| {
+        let mut v = serde_json::to_value(&g).unwrap_or_default();
+        if let (Some(a), Some(o)) = (airtime.remove(&g.gateway_eui), v.as_object_mut()) {
+            o.insert(
+                "airtime".into(),
+                serde_json::to_value(a).unwrap_or_default(),
+            );
+        }
+        v
+    });
+    serde_json::Value::Array(list.collect())
 }
 
 fn text(code: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

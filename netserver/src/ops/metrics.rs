@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::core::data::UplinkResult;
@@ -62,6 +62,8 @@ pub struct Metrics {
     pub data: DataMetrics,
     /// The delivered sinks' metrics (MQTT, webhooks).
     pub integration: crate::integration::delivery::IntegrationMetrics,
+    /// The downlink scheduler's and the join-storm protection's metrics.
+    pub airtime: AirtimeMetrics,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -210,6 +212,7 @@ impl Metrics {
             ),
             data: DataMetrics::register(&r),
             integration: crate::integration::delivery::IntegrationMetrics::register(&r),
+            airtime: AirtimeMetrics::register(&r),
             registry: r,
         };
         // Pre-create the label values operators alert on, so they read 0 rather than absent.
@@ -261,7 +264,7 @@ pub struct DataMetrics {
     /// PUSH_DATA received to event written, seconds.
     pub uplink_latency: Histogram,
     /// Data downlinks by result (sent, send_failed, commit_failed, too_late, no_gateway,
-    /// build_failed).
+    /// build_failed, no_airtime).
     pub downlinks: IntCounterVec,
     /// Application events by result (written, write_failed).
     pub events: IntCounterVec,
@@ -344,8 +347,80 @@ impl DataMetrics {
             "too_late",
             "no_gateway",
             "build_failed",
+            "no_airtime",
         ] {
             m.downlinks.with_label_values(&[d]);
+        }
+        m
+    }
+}
+
+/// Metrics of the downlink scheduler and the join-storm protection (registered with the
+/// others). Per gateway (airtime used, budget left per sub-band, deferred, dropped) they are on
+/// `/gateways`: a gateway EUI is never a metric label.
+#[derive(Debug, Clone)]
+pub struct AirtimeMetrics {
+    /// Airtime booked on gateways, seconds, by `type` (join_accept, data).
+    pub booked_seconds: CounterVec,
+    /// Downlinks sent in another window or through another gateway than the first choice for
+    /// lack of airtime there, by `type` and `reason` (busy, duty_cycle, queue_full, lead).
+    pub deferred: IntCounterVec,
+    /// Downlinks not sent because no gateway that heard the frame could transmit them in either
+    /// window, by `type` and `reason` (the first choice's).
+    pub dropped: IntCounterVec,
+    /// Join-requests not answered by a join-storm limit, by `limit` (dev_eui_rate,
+    /// gateway_airtime).
+    pub join_storm_limited: IntCounterVec,
+    /// TX_ACK refusals that matched a booked downlink and updated the scheduler's view, by
+    /// `error`.
+    pub tx_refused: IntCounterVec,
+}
+
+impl AirtimeMetrics {
+    /// Creates and registers the metrics in `r`.
+    pub fn register(r: &Registry) -> Self {
+        let booked = CounterVec::new(
+            Opts::new(
+                "netserver_downlink_airtime_seconds_total",
+                "Airtime booked on gateways by the downlink scheduler, by type.",
+            ),
+            &["type"],
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(booked.clone()))
+            .expect("metric registered once");
+        let m = Self {
+            booked_seconds: booked,
+            deferred: counter_vec(
+                r,
+                "netserver_downlinks_deferred_total",
+                "Downlinks moved to another window or gateway for lack of airtime, by type and reason.",
+                &["type", "reason"],
+            ),
+            dropped: counter_vec(
+                r,
+                "netserver_downlinks_airtime_dropped_total",
+                "Downlinks not sent: no gateway could transmit them in either window, by type and reason.",
+                &["type", "reason"],
+            ),
+            join_storm_limited: counter_vec(
+                r,
+                "netserver_join_storm_limited_total",
+                "Join-requests not answered by a join-storm limit, by limit.",
+                &["limit"],
+            ),
+            tx_refused: counter_vec(
+                r,
+                "netserver_scheduler_tx_refused_total",
+                "TX_ACK refusals of booked downlinks, taken back from the schedule, by error.",
+                &["error"],
+            ),
+        };
+        for limit in ["dev_eui_rate", "gateway_airtime"] {
+            m.join_storm_limited.with_label_values(&[limit]);
+        }
+        for t in ["join_accept", "data"] {
+            m.booked_seconds.with_label_values(&[t]);
         }
         m
     }

@@ -14,6 +14,7 @@
 
 use std::time::{Instant, SystemTime};
 
+use crate::core::airtime::Purpose;
 use crate::core::data::{self as steps, UplinkResult};
 use crate::core::reception::Reception;
 use crate::core::uplink::{self, Accepted, Decision, Env, Input};
@@ -59,6 +60,7 @@ pub fn process(state: &State, phy: &[u8], first: &Reception, wall: SystemTime, n
         gateways: &state.gateways,
         queue: &state.data.queue,
         pending_mac: &state.data.pending_mac,
+        scheduler: &state.scheduler,
     };
     let locked = candidates.iter().map(|s| (s, s.live.lock()));
     let decision = uplink::handle(&input, &env, locked, &mut rand::thread_rng());
@@ -87,6 +89,12 @@ fn carry_out<G>(state: &State, a: Accepted<'_, G>, receptions: &[Reception], now
     }
     if let Some(d) = &a.downlink {
         state.gateways.on_pull_resp(d.gateway, now);
+        if state.scheduler.enabled() {
+            let booked = &state.metrics.airtime.booked_seconds;
+            booked
+                .with_label_values(&[Purpose::Data.label()])
+                .inc_by(d.airtime.as_secs_f64());
+        }
     }
     if a.record.is_none() {
         return;

@@ -15,6 +15,7 @@ use netserver::core::dedup::Dedup;
 use netserver::core::device::FrameCounters;
 use netserver::core::gateway::{Action, GatewayEnv, GatewayProtocol, Path};
 use netserver::core::reception::Reception;
+use netserver::core::scheduler::Scheduler;
 use netserver::core::uplink::{self, Decision, DownlinkFailure, Env, Input, ScheduledDownlink};
 use netserver::gateway::gwmp::Gwmp;
 use netserver::gateway::registry::GatewayRegistry;
@@ -309,6 +310,8 @@ pub struct Harness {
     pub queue: DownlinkQueue,
     /// Network-initiated MAC commands (forced rejoins).
     pub pending_mac: PendingMacs,
+    /// Each gateway's downlink airtime (`[scheduler]`).
+    pub scheduler: Scheduler,
     /// Every action the gateway core took, in order.
     pub actions: Vec<Action>,
     /// Join-request first copies forwarded to the join path.
@@ -343,6 +346,11 @@ impl Harness {
             dedup: Dedup::of(&config.gwmp),
             queue: DownlinkQueue::new(config.data.queue_per_device),
             pending_mac: PendingMacs::new(),
+            scheduler: Scheduler::new(
+                config.scheduler.enabled,
+                config.network.region,
+                config.scheduler.limits(),
+            ),
             sessions: Sessions::new(),
             config,
             actions: Vec::new(),
@@ -512,6 +520,7 @@ impl Harness {
             gateways: &self.gateways,
             queue: &self.queue,
             pending_mac: &self.pending_mac,
+            scheduler: &self.scheduler,
         };
         let locked = candidates.iter().map(|s| (s, s.live.lock()));
         let handled = match uplink::handle(&input, &env, locked, &mut self.rng) {
@@ -549,15 +558,19 @@ impl Harness {
         }
     }
 
-    /// The fake join server answers the first Join-request forwarded: the join core chooses
-    /// the window and the gateway from the receptions gathered by the time the answer comes.
+    /// The fake join server answers the first Join-request forwarded: the downlink scheduler
+    /// places the 17-byte Join-accept among the receptions gathered by the time the answer
+    /// comes (RX1 first, best link first, on an idle schedule), and the join flow checks it.
     pub fn answer_join(
         &mut self,
         js: FakeJoinServer,
     ) -> Result<(Reception, netserver::core::timing::Scheduled), netserver::core::join::JoinFailure>
     {
+        use netserver::core::airtime::Purpose;
         use netserver::core::join::{JoinFlow, RetryPolicy};
+        use netserver::core::scheduler::candidates;
         use netserver::core::timing::WindowTiming;
+        use netserver::gateway::txpk::window_airtime;
         let (phy, first) = self.joins.first().cloned().expect("a forwarded join");
         let j = &self.config.join;
         let timing = WindowTiming {
@@ -574,9 +587,23 @@ impl Harness {
         self.advance(js.latency);
         let receptions = self.dedup.receptions(&phy);
         let gateways = &self.gateways;
-        flow.on_answer(self.now, &receptions, |r| {
-            gateways.downlink_addr(r.gateway).is_some()
-        })
+        let region = self.config.network.region;
+        let defaults = RxParams::region_default(region);
+        let scheduler = &self.scheduler;
+        let placed = candidates(
+            self.now,
+            &receptions,
+            &timing,
+            |_| first.received_at,
+            |r| gateways.downlink_addr(r.gateway).is_some(),
+            |r, w| window_airtime(region, r, w, &defaults, 17),
+        )
+        .and_then(|c| scheduler.place(self.now, Purpose::JoinAccept, &c))
+        .map_err(netserver::core::join::JoinFailure::from);
+        let gw = placed.as_ref().ok().map(|p| p.candidate.gateway);
+        let at = flow.on_placed(self.now, placed.map(|p| p.candidate.at))?;
+        let gw = receptions.into_iter().find(|r| Some(r.gateway) == gw);
+        Ok((gw.expect("the placed gateway heard the frame"), at))
     }
 
     /// Queues an application downlink for the device.
