@@ -381,7 +381,11 @@ mod tests {
             let bw = u32::from(bw) * 1000;
             assert_eq!(us(LoraFrame::uplink(sf, bw, 23)), join_request, "DR{dr}");
             assert_eq!(us(LoraFrame::downlink(sf, bw, 17)), accept, "DR{dr}");
-            assert_eq!(us(LoraFrame::downlink(sf, bw, 33)), accept_cf_list, "DR{dr}");
+            assert_eq!(
+                us(LoraFrame::downlink(sf, bw, 33)),
+                accept_cf_list,
+                "DR{dr}"
+            );
         }
     }
 }
