@@ -551,7 +551,7 @@ impl Report {
         };
         row(
             t,
-            "airtime bound s (99% / 100% ÷ bound)",
+            "airtime bound s (99%, 100% ÷ it)",
             format!(
                 "{} ({} / {})",
                 secs(s.airtime_bound_s),
@@ -567,7 +567,7 @@ impl Report {
         let r = &self.gateways_tx_refused;
         row(
             t,
-            "gateway refusals collision/late/duty",
+            "refused: collision/late/duty",
             format!("{} / {} / {}", r.collision, r.too_late, r.duty_cycle),
         );
     }
