@@ -758,6 +758,30 @@ fn a_city_spreads_data_rates_and_every_meter_joins() {
     assert!(datrs.len() >= 2, "{datrs:?}");
 }
 
+/// `storm.*` measure the last join phase: after a power-restore, from the restore. Every device
+/// boots within 1 s of it and is answered in RX1, 5 s after its Join-request.
+#[test]
+fn join_times_count_from_the_restore() {
+    let t = traffic(Scenario::PowerRestore);
+    let (e, _) = storm_modelled(t, 200, 5_000_000, 10_000, None);
+    let s = &e.stats;
+    assert_eq!(e.joined(), 200);
+    assert_eq!(s.joins_accepted, 400, "both phases");
+    assert_eq!(s.joined_after_us.len(), 200, "the restore's phase only");
+    assert!(
+        s.joined_after_us
+            .iter()
+            .all(|&t| (5_000_000..6_000_200).contains(&t)),
+        "{:?}",
+        (
+            s.joined_after_us.iter().min(),
+            s.joined_after_us.iter().max()
+        )
+    );
+    assert_eq!(s.join_attempts_max, 1);
+    assert!((s.join_attempts_mean - 1.0).abs() < 1e-9);
+}
+
 #[test]
 fn same_seed_same_traffic() {
     let (_, a) = storm(100, 5_000_000, 10_000);
