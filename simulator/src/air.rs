@@ -33,7 +33,22 @@ struct InFlight {
     id: u64,
     start: Micros,
     end: Micros,
+    sf: u8,
     hearings: Vec<Hearing>,
+}
+
+impl InFlight {
+    /// The frame as gateway-side reception `h` has it.
+    fn heard(&self, h: &Hearing) -> Heard {
+        Heard {
+            id: self.id,
+            start: self.start,
+            end: self.end,
+            freq_hz: self.tx.freq_hz,
+            sf: self.sf,
+            rssi_dbm: f64::from(h.rssi),
+        }
+    }
 }
 
 /// A transmission that has ended: what it was and which gateways received it.
@@ -128,30 +143,20 @@ impl Air {
         sf: u8,
         hearings: Vec<Hearing>,
     ) {
-        let id = (u64::from(dev) << 40) | (start & 0xFF_FFFF_FFFF);
-        let end = start + airtime;
-        for h in &hearings {
+        let f = InFlight {
+            tx,
+            id: (u64::from(dev) << 40) | (start & 0xFF_FFFF_FFFF),
+            start,
+            end: start + airtime,
+            sf,
+            hearings,
+        };
+        for h in &f.hearings {
             if let Some(a) = self.around.get_mut(usize::from(h.gateway)) {
-                a.add(Heard {
-                    id,
-                    start,
-                    end,
-                    freq_hz: tx.freq_hz,
-                    sf,
-                    rssi_dbm: f64::from(h.rssi),
-                });
+                a.add(f.heard(h));
             }
         }
-        self.on_air.insert(
-            dev,
-            InFlight {
-                tx,
-                id,
-                start,
-                end,
-                hearings,
-            },
-        );
+        self.on_air.insert(dev, f);
     }
 
     /// Device `dev`'s transmission has ended: which gateways received it.
@@ -167,7 +172,7 @@ impl Air {
             let outcome = self
                 .around
                 .get(g)
-                .and_then(|a| a.judge(f.id, self.model.capture_db, deaf));
+                .and_then(|a| a.judge(&f.heard(h), self.model.capture_db, deaf));
             if outcome == Some(Outcome::Received) {
                 received.push(*h);
             }

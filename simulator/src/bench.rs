@@ -15,6 +15,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::fleet::Fleet;
 use crate::manifest::{self, NonceState, Params, VersionMix};
 use crate::net::{self, NetConfig};
+use crate::radio::RadioModel;
 use crate::scenario::{Scenario, Traffic};
 
 /// What `simulator bench` measured.
@@ -57,6 +58,12 @@ pub struct BenchReport {
     pub nonce_log_syncs: u64,
     /// With `--nonce-log`: wall seconds the committer spent in `write` + `fdatasync`.
     pub nonce_log_wait_s: f64,
+    /// `ideal`, `realistic` or `city` (`--radio`, `--city`).
+    pub radio: &'static str,
+    /// Seconds to set the radio model up (the city: placing meters, their reach and data rates).
+    pub radio_setup_s: f64,
+    /// Transmissions every gateway in reach lost to collisions (`--radio realistic`).
+    pub uplinks_collided: u64,
 }
 
 /// Reads a `/proc/self/status` field in kB, as MiB.
@@ -103,6 +110,7 @@ pub fn run(
     gateways: u16,
     seed: u64,
     nonce_log: bool,
+    radio_model: Option<RadioModel>,
 ) -> anyhow::Result<BenchReport> {
     let t0 = Instant::now();
     let entries = manifest::generate(&Params {
@@ -141,7 +149,7 @@ pub fn run(
             })?
     };
     let window_us = window.as_micros() as u64;
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         EngineConfig {
             seed,
             traffic: Traffic {
@@ -162,6 +170,11 @@ pub fn run(
         },
         fleet,
     );
+    let t_radio = Instant::now();
+    if let Some(m) = radio_model {
+        engine.enable_radio(m);
+    }
+    let radio_setup_s = t_radio.elapsed().as_secs_f64();
     let device_bytes = size_of::<crate::device::Device>();
     let session_bytes = size_of::<crate::device::Session>();
     let per_session = session_bytes.div_ceil(16) * 16 + 16;
@@ -199,6 +212,13 @@ pub fn run(
     let datagrams = engine.stats.push_data + engine.stats.pull_data;
     let generate_s = engine.stats.generate_span_s();
     Ok(BenchReport {
+        radio: match radio_model {
+            None => "ideal",
+            Some(m) if m.city => "city",
+            Some(_) => "realistic",
+        },
+        radio_setup_s,
+        uplinks_collided: engine.stats.uplinks_collided,
         devices: u64::from(devices),
         build_s,
         rss_fleet_mib,

@@ -406,6 +406,25 @@ pub struct Device {
     rng_blocks: u32,
     /// The data rate this device's link allows (a city meter), instead of the run's.
     link_dr: Option<u8>,
+    /// Join-requests since power-up, and whether the join data rate alternates with them.
+    join_trials: u16,
+    alternate_join_dr: bool,
+}
+
+/// The data rate of Join-request number `trial` (from 1) of a device that joins at `base`, as
+/// LoRaMac-node (up to 4.4, and Mbed OS's `get_alternate_DR`) alternates it: DR4 every 8th
+/// attempt, DR3 every 16th, DR2 every 24th, DR1 every 32nd, DR0 every 48th, never faster than
+/// `base`; `usable` says which rates the region allows a device now.
+pub fn alternate_join_dr(base: u8, trial: u16, usable: impl Fn(u8) -> bool) -> u8 {
+    let alt = match trial {
+        t if t % 48 == 0 => 0,
+        t if t % 32 == 0 => 1,
+        t if t % 24 == 0 => 2,
+        t if t % 16 == 0 => 3,
+        t if t % 8 == 0 => 4,
+        _ => base,
+    };
+    Some(alt.min(base)).filter(|&d| usable(d)).unwrap_or(base)
 }
 
 /// The `index`-th random DevNonce of a 1.0.x device: a keyed 16-bit permutation (a four-round
@@ -487,7 +506,15 @@ impl Device {
             next_tx_allowed: 0,
             rng_blocks: 0,
             link_dr: None,
+            join_trials: 0,
+            alternate_join_dr: false,
         }
+    }
+
+    /// Makes the device alternate its join data rate from attempt to attempt as real stacks do
+    /// ([`alternate_join_dr`]); with the radio modelled (`--radio realistic`).
+    pub fn alternate_join_data_rate(&mut self) {
+        self.alternate_join_dr = true;
     }
 
     /// Makes the device join, and report until a LinkADRReq says otherwise, at `dr` instead of
@@ -620,6 +647,7 @@ impl Device {
         self.join = None;
         self.rejoin = None;
         self.powered_at = now;
+        self.join_trials = 0;
         self.next_tx_allowed = now;
         self.rx_closes_at = Micros::MAX;
         self.wake_at = now + boot_delay;
@@ -699,7 +727,13 @@ impl Device {
             }
             random_dev_nonce(self.id.dev_eui.as_u64(), self.nonces.dev_nonce as u16)
         };
-        let dr = self.join_data_rate(b);
+        self.join_trials = self.join_trials.saturating_add(1);
+        let base = self.join_data_rate(b);
+        let dr = if self.alternate_join_dr {
+            alternate_join_dr(base, self.join_trials, |d| b.radio.check(d, 0).is_ok())
+        } else {
+            base
+        };
         let Some((chan, freq_hz)) = pick_channel(&b.radio.channels, dr, rng) else {
             // `RadioPlan::check` refuses such a data rate before a run starts.
             self.wake_at = Micros::MAX;
@@ -1420,6 +1454,32 @@ mod tests {
             duty_cycle_free_at(1_000_000, airtime_us(7, 125, 13), SUB_BAND_DUTY_CYCLE),
             5_633_600
         );
+    }
+
+    #[test]
+    fn join_data_rate_alternates_as_loramac_node() {
+        let eu = RadioPlan::default();
+        let usable = |d| eu.check(d, 0).is_ok();
+        let seq: Vec<u8> = (1..=48).map(|t| alternate_join_dr(5, t, usable)).collect();
+        for (t, dr) in (1..=48).zip(&seq) {
+            let expect = match t {
+                48 => 0,
+                32 => 1,
+                24 => 2,
+                16 => 3,
+                8 | 40 => 4,
+                _ => 5,
+            };
+            assert_eq!(*dr, expect, "trial {t}");
+        }
+        // Never faster than the device's own rate.
+        assert_eq!(alternate_join_dr(2, 8, usable), 2);
+        assert_eq!(alternate_join_dr(2, 16, usable), 2);
+        assert_eq!(alternate_join_dr(2, 32, usable), 1);
+        // AS923 boots with UplinkDwellTime: DR0 and DR1 are not allowed, the base rate stays.
+        let as923 = RadioPlan::new(Region::As923_1, &[]).unwrap();
+        assert_eq!(alternate_join_dr(5, 48, |d| as923.check(d, 0).is_ok()), 5);
+        assert_eq!(alternate_join_dr(5, 24, |d| as923.check(d, 0).is_ok()), 2);
     }
 
     #[test]

@@ -323,6 +323,7 @@ impl Engine {
             if let Some(dr) = air.city_data_rate(i, &plan) {
                 d.set_data_rate(dr);
             }
+            d.alternate_join_data_rate();
         }
         self.air = Some(Box::new(air));
     }

@@ -127,6 +127,12 @@ struct BenchArgs {
     /// temporary directory), to measure what crash safety costs.
     #[arg(long)]
     nonce_log: bool,
+    /// The radio model, as for `run` (what collision judging costs).
+    #[arg(long = "radio", value_enum, default_value_t = RadioMode::Ideal)]
+    radio_model: RadioMode,
+    /// A city, as for `run` (implies `--radio realistic`).
+    #[arg(long)]
+    city: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -393,6 +399,12 @@ fn main() -> anyhow::Result<()> {
                 a.gateways.max(1),
                 a.seed,
                 a.nonce_log,
+                (a.city || a.radio_model == RadioMode::Realistic).then_some(
+                    simulator::radio::RadioModel {
+                        city: a.city,
+                        ..Default::default()
+                    },
+                ),
             )?;
             println!("{}", serde_json::to_string_pretty(&r)?);
         }

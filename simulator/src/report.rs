@@ -326,6 +326,16 @@ pub struct TxRefused {
     pub duty_cycle: u64,
 }
 
+impl TxRefused {
+    fn new(s: &Stats) -> Self {
+        Self {
+            collision: s.tx_refused_collision,
+            too_late: s.tx_refused_too_late,
+            duty_cycle: s.tx_refused_duty_cycle,
+        }
+    }
+}
+
 /// `joins.*`.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[allow(missing_docs)]
@@ -543,11 +553,7 @@ impl Report {
                 .chain(drops_warning(s))
                 .collect(),
             storm: StormReport::new(s, info.devices),
-            gateways_tx_refused: TxRefused {
-                collision: s.tx_refused_collision,
-                too_late: s.tx_refused_too_late,
-                duty_cycle: s.tx_refused_duty_cycle,
-            },
+            gateways_tx_refused: TxRefused::new(s),
         }
     }
 
@@ -556,6 +562,51 @@ impl Report {
         let mut text = serde_json::to_string_pretty(self)?;
         text.push('\n');
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The table's storm rows: times to join against the airtime bound, attempts, refusals.
+    fn storm_rows(&self, t: &mut String) {
+        let row = |t: &mut String, k: &str, v: String| {
+            let _ = writeln!(t, "  {k:<34}{v:>14}");
+        };
+        let s = &self.storm;
+        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+        let _ = writeln!(t, "storm (last join phase)");
+        row(
+            t,
+            "joined 50% / 99% / 100% after s",
+            format!(
+                "{} / {} / {}",
+                secs(s.joined_p50_s),
+                secs(s.joined_p99_s),
+                secs(s.joined_all_s)
+            ),
+        );
+        let ratio = |v: Option<f64>| match (v, s.airtime_bound_s) {
+            (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
+            _ => "-".to_owned(),
+        };
+        row(
+            t,
+            "airtime bound s (99%, 100% ÷ it)",
+            format!(
+                "{} ({} / {})",
+                secs(s.airtime_bound_s),
+                ratio(s.joined_p99_s),
+                ratio(s.joined_all_s)
+            ),
+        );
+        row(
+            t,
+            "join attempts per device mean / max",
+            format!("{:.2} / {}", s.attempts_mean, s.attempts_max),
+        );
+        let r = &self.gateways_tx_refused;
+        row(
+            t,
+            "refused: collision/late/duty",
+            format!("{} / {} / {}", r.collision, r.too_late, r.duty_cycle),
+        );
     }
 
     /// The human table printed at the end of a run.
@@ -648,44 +699,7 @@ impl Report {
             "MAC commands answered",
             d.mac_commands_answered.to_string(),
         );
-        let s = &self.storm;
-        let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
-        let _ = writeln!(t, "storm (last join phase)");
-        row(
-            &mut t,
-            "joined 50% / 99% / 100% after s",
-            format!(
-                "{} / {} / {}",
-                secs(s.joined_p50_s),
-                secs(s.joined_p99_s),
-                secs(s.joined_all_s)
-            ),
-        );
-        let ratio = |v: Option<f64>| match (v, s.airtime_bound_s) {
-            (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
-            _ => "-".to_owned(),
-        };
-        row(
-            &mut t,
-            "airtime bound s (99% / 100% ÷ bound)",
-            format!(
-                "{} ({} / {})",
-                secs(s.airtime_bound_s),
-                ratio(s.joined_p99_s),
-                ratio(s.joined_all_s)
-            ),
-        );
-        row(
-            &mut t,
-            "join attempts per device mean / max",
-            format!("{:.2} / {}", s.attempts_mean, s.attempts_max),
-        );
-        let r = &self.gateways_tx_refused;
-        row(
-            &mut t,
-            "gateway refusals collision/late/duty",
-            format!("{} / {} / {}", r.collision, r.too_late, r.duty_cycle),
-        );
+        self.storm_rows(&mut t);
         let g = &self.gwmp;
         let _ = writeln!(t, "gwmp");
         row(

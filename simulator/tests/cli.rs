@@ -213,6 +213,14 @@ fn bad_options_are_refused_with_a_reason() {
             "sub-band 9",
         ),
         (run_with(&["--region", "XX123"]), "unknown region"),
+        (
+            run_with(&["--radio", "perfect"]),
+            "invalid value 'perfect' for '--radio <RADIO_MODEL>'",
+        ),
+        (
+            run_with(&["--radio", "realistic", "--capture-margin", "99"]),
+            "--capture-margin must be between 0 and 60 dB",
+        ),
     ] {
         let out = simulator().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");

@@ -619,6 +619,25 @@ fn late_pull_resp_is_too_late() {
         .all(|a| a.ends_with(br#"{"txpk_ack":{"error":"TOO_LATE"}}"#)));
 }
 
+/// 300 devices within 2 s, three gateways, answers 20 ms after each uplink, the radio as `model`.
+fn storm_of_300(model: RadioModel) -> (Engine, Vec<Vec<u8>>) {
+    storm_modelled(
+        traffic(Scenario::Storm),
+        300,
+        5_000_000,
+        20_000,
+        Some(model),
+    )
+}
+
+/// TX_ACKs among `sent` with `error`.
+fn tx_acks_with(sent: &[Vec<u8>], error: &str) -> u64 {
+    let json = format!(r#"{{"txpk_ack":{{"error":"{error}"}}}}"#);
+    sent.iter()
+        .filter(|d| d[3] == 5 && d.ends_with(json.as_bytes()))
+        .count() as u64
+}
+
 /// A naive network server (every Join-request answered in RX1 through the first gateway that
 /// reported it, whatever else that gateway has to send) against the modelled radio: 300 devices
 /// within 2 s on three channels and three gateways. Join-requests collide, gateways refuse
@@ -627,13 +646,7 @@ fn late_pull_resp_is_too_late() {
 #[test]
 fn realistic_radio_collides_refuses_and_devices_retry_until_joined() {
     let model = RadioModel::default();
-    let (e, sent) = storm_modelled(
-        traffic(Scenario::Storm),
-        300,
-        5_000_000,
-        20_000,
-        Some(model),
-    );
+    let (e, sent) = storm_of_300(model);
     let s = &e.stats;
     assert_eq!(e.stage(), Stage::Done);
     assert_eq!(e.joined(), 300, "every device joins in the end");
@@ -650,11 +663,10 @@ fn realistic_radio_collides_refuses_and_devices_retry_until_joined() {
     );
     assert!(s.joins_attempted > 300 && s.join_attempts_max > 1);
     assert_eq!(u64::from(s.join_attempts_max) >= 2, s.joins_timed_out > 0);
-    let refused = sent
-        .iter()
-        .filter(|d| d[3] == 5 && d.ends_with(br#"{"txpk_ack":{"error":"COLLISION_PACKET"}}"#))
-        .count() as u64;
-    assert_eq!(refused, s.tx_refused_collision);
+    assert_eq!(
+        tx_acks_with(&sent, "COLLISION_PACKET"),
+        s.tx_refused_collision
+    );
     // Every PUSH_DATA reports the end of its frame: its tmst lies a Join-request's airtime
     // (61.696 ms at SF7) after its start, so no answer is TOO_LATE with a 20 ms server.
     assert_eq!(s.tx_refused_too_late, 0);
@@ -678,20 +690,13 @@ fn realistic_radio_refuses_join_accepts_over_the_duty_cycle() {
         duty_cycle_window_us: 10_000_000,
         ..Default::default()
     };
-    let (e, sent) = storm_modelled(
-        traffic(Scenario::Storm),
-        300,
-        5_000_000,
-        20_000,
-        Some(model),
-    );
+    let (e, sent) = storm_of_300(model);
     let s = &e.stats;
     assert!(s.tx_refused_duty_cycle > 0);
-    let dc = sent
-        .iter()
-        .filter(|d| d[3] == 5 && d.ends_with(br#"{"txpk_ack":{"error":"DUTY_CYCLE_OVERFLOW"}}"#))
-        .count() as u64;
-    assert_eq!(dc, s.tx_refused_duty_cycle);
+    assert_eq!(
+        tx_acks_with(&sent, "DUTY_CYCLE_OVERFLOW"),
+        s.tx_refused_duty_cycle
+    );
     let mut per_gw: HashMap<Vec<u8>, u32> = HashMap::new();
     for d in sent.iter().filter(|d| d[3] == 5 && d.len() == 12) {
         *per_gw.entry(d[4..12].to_vec()).or_default() += 1;
@@ -751,6 +756,30 @@ fn a_city_spreads_data_rates_and_every_meter_joins() {
         datrs.insert(rx["datr"].as_str().unwrap().to_owned());
     }
     assert!(datrs.len() >= 2, "{datrs:?}");
+}
+
+/// `storm.*` measure the last join phase: after a power-restore, from the restore. Every device
+/// boots within 1 s of it and is answered in RX1, 5 s after its Join-request.
+#[test]
+fn join_times_count_from_the_restore() {
+    let t = traffic(Scenario::PowerRestore);
+    let (e, _) = storm_modelled(t, 200, 5_000_000, 10_000, None);
+    let s = &e.stats;
+    assert_eq!(e.joined(), 200);
+    assert_eq!(s.joins_accepted, 400, "both phases");
+    assert_eq!(s.joined_after_us.len(), 200, "the restore's phase only");
+    assert!(
+        s.joined_after_us
+            .iter()
+            .all(|&t| (5_000_000..6_000_200).contains(&t)),
+        "{:?}",
+        (
+            s.joined_after_us.iter().min(),
+            s.joined_after_us.iter().max()
+        )
+    );
+    assert_eq!(s.join_attempts_max, 1);
+    assert!((s.join_attempts_mean - 1.0).abs() < 1e-9);
 }
 
 #[test]

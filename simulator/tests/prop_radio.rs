@@ -78,7 +78,7 @@ proptest! {
         for h in &sorted {
             air.add(*h);
         }
-        let fate: Vec<Outcome> = hs.iter().map(|h| air.judge(h.id, margin, false).unwrap()).collect();
+        let fate: Vec<Outcome> = hs.iter().map(|h| air.judge(h, margin, false).unwrap()).collect();
         for (i, a) in hs.iter().enumerate() {
             let rivals: Vec<&Heard> = hs
                 .iter()
@@ -86,7 +86,7 @@ proptest! {
                 .collect();
             let captured = rivals.iter().all(|b| a.rssi_dbm - b.rssi_dbm >= margin);
             prop_assert_eq!(fate[i] == Outcome::Received, captured);
-            prop_assert_eq!(air.judge(a.id, margin, true), Some(Outcome::Deaf));
+            prop_assert_eq!(air.judge(a, margin, true), Some(Outcome::Deaf));
         }
     }
 

@@ -36,6 +36,9 @@ pub const NOISE_FIGURE_DB: f64 = 6.0;
 pub const LINK_MARGIN_DB: f64 = 5.0;
 /// Gateways remembered per meter (the strongest).
 pub const MAX_GATEWAYS_PER_METER: usize = 8;
+/// Beyond this distance (path loss 175 dB) even three deviations of shadowing leave a meter
+/// three fading deviations below SF12's floor: such gateways are not considered.
+pub const MAX_REACH_M: f64 = 25_000.0;
 
 /// Okumura–Hata path loss at 868 MHz, small or medium city, base station 30 m, mobile 1.5 m.
 pub fn path_loss_db(distance_m: f64) -> f64 {
@@ -120,6 +123,9 @@ impl City {
             .enumerate()
             .filter_map(|(i, &(x, y))| {
                 let d = ((x - p.0).powi(2) + (y - p.1).powi(2)).sqrt();
+                if d > MAX_REACH_M {
+                    return None;
+                }
                 let rssi = DEVICE_EIRP_DBM - path_loss_db(d) - SHADOWING_SIGMA_DB * std_normal(rng);
                 (rssi >= cut).then_some(Reach {
                     gateway: i as u16,

@@ -7,6 +7,11 @@
 //!
 //! A frame is judged when it ends; by then every frame that overlaps it has started, so the
 //! caller registers each frame at its start ([`Air::add`]) and asks at its end ([`Air::judge`]).
+//! Frames are kept per channel and spreading factor, in start order, for a few seconds: a storm
+//! of 100,000 meters puts thousands of frames around a gateway at once, and a frame is compared
+//! only with the few on its own channel and spreading factor.
+
+use std::collections::{HashMap, VecDeque};
 
 use crate::sched::Micros;
 
@@ -37,6 +42,10 @@ impl Heard {
     fn overlaps(&self, o: &Heard) -> bool {
         self.start < o.end && o.start < self.end && self.freq_hz == o.freq_hz && self.sf == o.sf
     }
+
+    fn channel(&self) -> (u32, u8) {
+        (self.freq_hz, self.sf)
+    }
 }
 
 /// How a frame ended at one gateway.
@@ -50,31 +59,35 @@ pub enum Outcome {
     Deaf,
 }
 
-/// The uplinks on air around one gateway.
+/// The uplinks on air around one gateway, per (frequency, spreading factor), in start order.
 #[derive(Clone, Debug, Default)]
 pub struct Air {
-    frames: Vec<Heard>,
+    frames: HashMap<(u32, u8), VecDeque<Heard>>,
 }
 
 impl Air {
-    /// A frame starts (at `h.start`, which is now).
+    /// A frame starts (at `h.start`, which is now: frames come in start order).
     pub fn add(&mut self, h: Heard) {
         let keep_from = h.start.saturating_sub(HISTORY_US);
-        self.frames.retain(|f| f.end > keep_from);
-        self.frames.push(h);
+        let q = self.frames.entry(h.channel()).or_default();
+        while q.front().is_some_and(|f| f.end <= keep_from) {
+            q.pop_front();
+        }
+        q.push_back(h);
     }
 
-    /// The fate of frame `id`, which has ended, given the capture margin in dB and whether the
-    /// gateway transmitted during it. `None` if the frame is unknown.
-    pub fn judge(&self, id: u64, capture_db: f64, transmitting: bool) -> Option<Outcome> {
-        let me = self.frames.iter().find(|f| f.id == id)?;
+    /// The fate of frame `me` (as added), which has ended, given the capture margin in dB and
+    /// whether the gateway transmitted during it. `None` if the frame is unknown.
+    pub fn judge(&self, me: &Heard, capture_db: f64, transmitting: bool) -> Option<Outcome> {
+        let q = self.frames.get(&me.channel())?;
+        q.iter().find(|f| f.id == me.id)?;
         if transmitting {
             return Some(Outcome::Deaf);
         }
-        let captured = self
-            .frames
+        let captured = q
             .iter()
-            .filter(|o| o.id != id && me.overlaps(o))
+            .take_while(|o| o.start < me.end)
+            .filter(|o| o.id != me.id && me.overlaps(o))
             .all(|o| me.rssi_dbm - o.rssi_dbm >= capture_db);
         Some(if captured {
             Outcome::Received
@@ -107,46 +120,65 @@ mod tests {
         let mut air = Air::default();
         air.add(frame(1, 0, 61_696, 7, -100.0));
         air.add(frame(2, 30 * MS, 61_696, 7, -103.0));
-        let judge = |air: &Air, id| air.judge(id, DEFAULT_CAPTURE_DB, false);
-        assert_eq!(judge(&air, 1), Some(Outcome::Collided));
-        assert_eq!(judge(&air, 2), Some(Outcome::Collided));
+        let judge = |air: &Air, h: &Heard| air.judge(h, DEFAULT_CAPTURE_DB, false);
+        let (a, b) = (
+            frame(1, 0, 61_696, 7, -100.0),
+            frame(2, 30 * MS, 61_696, 7, -103.0),
+        );
+        air.add(a);
+        air.add(b);
+        assert_eq!(judge(&air, &a), Some(Outcome::Collided));
+        assert_eq!(judge(&air, &b), Some(Outcome::Collided));
         // 6 dB apart: the stronger is captured, the weaker lost.
         let mut air = Air::default();
-        air.add(frame(1, 0, 61_696, 7, -100.0));
-        air.add(frame(2, 30 * MS, 61_696, 7, -106.0));
-        assert_eq!(judge(&air, 1), Some(Outcome::Received));
-        assert_eq!(judge(&air, 2), Some(Outcome::Collided));
+        let b = frame(2, 30 * MS, 61_696, 7, -106.0);
+        air.add(a);
+        air.add(b);
+        assert_eq!(judge(&air, &a), Some(Outcome::Received));
+        assert_eq!(judge(&air, &b), Some(Outcome::Collided));
         // A margin of 10 dB loses both.
-        assert_eq!(air.judge(1, 10.0, false), Some(Outcome::Collided));
+        assert_eq!(air.judge(&a, 10.0, false), Some(Outcome::Collided));
         // Back to back (the second starts as the first ends), another SF, another channel: no
         // collision.
         let mut air = Air::default();
-        air.add(frame(1, 0, 61_696, 7, -100.0));
-        air.add(frame(2, 61_696, 61_696, 7, -100.0));
-        air.add(frame(3, 10 * MS, 113_152, 8, -100.0));
-        air.add(Heard {
-            freq_hz: 868_300_000,
-            ..frame(4, 10 * MS, 61_696, 7, -100.0)
-        });
-        for id in 1..=4 {
-            assert_eq!(judge(&air, id), Some(Outcome::Received), "frame {id}");
+        let frames = [
+            a,
+            frame(2, 61_696, 61_696, 7, -100.0),
+            frame(3, 10 * MS, 113_152, 8, -100.0),
+            Heard {
+                freq_hz: 868_300_000,
+                ..frame(4, 10 * MS, 61_696, 7, -100.0)
+            },
+        ];
+        let mut in_order = frames;
+        in_order.sort_by_key(|f| f.start);
+        for f in in_order {
+            air.add(f);
+        }
+        for f in &frames {
+            assert_eq!(judge(&air, f), Some(Outcome::Received), "frame {}", f.id);
         }
         // A gateway transmitting hears nothing; an unknown frame has no fate.
-        assert_eq!(air.judge(1, DEFAULT_CAPTURE_DB, true), Some(Outcome::Deaf));
-        assert_eq!(judge(&air, 9), None);
+        assert_eq!(air.judge(&a, DEFAULT_CAPTURE_DB, true), Some(Outcome::Deaf));
+        assert_eq!(judge(&air, &frame(9, 0, 1, 7, -100.0)), None);
     }
 
     #[test]
     fn a_weak_frame_between_two_strong_ones_is_lost_and_they_survive() {
         let mut air = Air::default();
-        air.add(frame(1, 0, 100 * MS, 9, -90.0));
-        air.add(frame(2, 50 * MS, 100 * MS, 9, -110.0));
-        air.add(frame(3, 120 * MS, 100 * MS, 9, -95.0));
-        assert_eq!(air.judge(1, 6.0, false), Some(Outcome::Received));
-        assert_eq!(air.judge(2, 6.0, false), Some(Outcome::Collided));
-        assert_eq!(air.judge(3, 6.0, false), Some(Outcome::Received));
+        let f = [
+            frame(1, 0, 100 * MS, 9, -90.0),
+            frame(2, 50 * MS, 100 * MS, 9, -110.0),
+            frame(3, 120 * MS, 100 * MS, 9, -95.0),
+        ];
+        for h in f {
+            air.add(h);
+        }
+        assert_eq!(air.judge(&f[0], 6.0, false), Some(Outcome::Received));
+        assert_eq!(air.judge(&f[1], 6.0, false), Some(Outcome::Collided));
+        assert_eq!(air.judge(&f[2], 6.0, false), Some(Outcome::Received));
         // Old frames are forgotten once no frame on air can overlap them.
         air.add(frame(4, 10_000 * MS, 100 * MS, 9, -90.0));
-        assert_eq!(air.frames.len(), 1);
+        assert_eq!(air.frames[&(868_100_000, 9)].len(), 1);
     }
 }
