@@ -19,6 +19,8 @@ use protocol::ids::{DevEui, NetId};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::backend::{Importer, OnboardBackend};
+use super::import::{Failure, Imported, Job, ManifestSource};
 use crate::store::{self, NonceState, SqliteStore, Store, StoreError, StoredDevice};
 
 const SCHEMA: &str = "
@@ -303,6 +305,26 @@ impl std::fmt::Debug for OnboardStore {
     }
 }
 
+impl From<OnboardStore> for Box<dyn OnboardBackend> {
+    fn from(s: OnboardStore) -> Self {
+        Box::new(s)
+    }
+}
+
+/// An import on a connection of its own to the SQLite file.
+struct SqliteImporter(Connection);
+
+impl Importer for SqliteImporter {
+    fn run(
+        &mut self,
+        job: Job<'_>,
+        source: &mut dyn ManifestSource,
+        on_device: Option<&mut dyn FnMut(StoredDevice)>,
+    ) -> Result<Imported, Failure> {
+        super::import::run(&mut self.0, job, source, on_device)
+    }
+}
+
 /// Appends an audit record inside `tx`.
 pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<(), StoreError> {
     tx.prepare_cached(
@@ -391,17 +413,46 @@ impl OnboardStore {
         &mut self.devices
     }
 
-    /// Appends one audit record on its own.
-    pub fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+    fn ownership(&mut self, dev_eui: DevEui) -> Result<Ownership, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT token_hash, manufacturer, owner, claimed_ms, locked FROM ownership \
+                 WHERE dev_eui = ?1",
+            )?
+            .query_row([store::dev_eui_sql(dev_eui)], |r| {
+                Ok(Ownership {
+                    token_hash: r.get(0)?,
+                    manufacturer: r.get(1)?,
+                    owner: r.get(2)?,
+                    claimed_ms: r.get(3)?,
+                    locked: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+}
+
+impl OnboardBackend for OnboardStore {
+    fn stored_device(&mut self, dev_eui: DevEui) -> Result<Option<StoredDevice>, StoreError> {
+        self.devices.get_device(dev_eui)
+    }
+
+    /// A new connection to the same file: its staging table and transaction are its own, so the
+    /// upload does not hold this store's lock ([`super::import`]).
+    fn importer(&self) -> Result<Box<dyn Importer>, StoreError> {
+        Ok(Box::new(SqliteImporter(self.devices.connect_again()?)))
+    }
+
+    fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
         let tx = self.conn().transaction()?;
         append(&tx, now_ms(), e)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Stores a new API key's hash for the tenant `name` (its record is created if it is new),
-    /// valid until `expires_ms` if given; returns its public id. Audited.
-    pub fn create_api_key(
+    fn create_api_key(
         &mut self,
         actor: &Actor,
         name: &str,
@@ -441,10 +492,7 @@ impl OnboardStore {
         })
     }
 
-    /// The valid API key with this hash: not revoked, not expired at `now_ms`. The hash is
-    /// looked up by index; the caller compares nothing else, and the hash of a key reveals
-    /// nothing about other keys.
-    pub fn find_api_key(
+    fn find_api_key(
         &mut self,
         key_hash: &[u8; 32],
         now_ms: i64,
@@ -467,8 +515,7 @@ impl OnboardStore {
         }))
     }
 
-    /// Every API key (never a key or its hash), oldest first.
-    pub fn list_api_keys(&mut self) -> Result<Vec<ApiKeyInfo>, StoreError> {
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyInfo>, StoreError> {
         let mut stmt = self.conn().prepare(
             "SELECT id, name, role, created_ms, expires_ms, revoked_ms FROM api_keys \
              ORDER BY created_ms, id",
@@ -501,9 +548,7 @@ impl OnboardStore {
         Ok(out)
     }
 
-    /// Revokes an API key by id: it authenticates nothing from now on. Audited. `false` if no
-    /// such key, or already revoked.
-    pub fn revoke_api_key(&mut self, actor: &Actor, id: &str) -> Result<bool, StoreError> {
+    fn revoke_api_key(&mut self, actor: &Actor, id: &str) -> Result<bool, StoreError> {
         let at = now_ms();
         let tx = self.conn().transaction()?;
         let n = tx.execute(
@@ -527,8 +572,7 @@ impl OnboardStore {
         Ok(n > 0)
     }
 
-    /// The tenants, by name.
-    pub fn tenants(&mut self) -> Result<Vec<String>, StoreError> {
+    fn tenants(&mut self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn()
             .prepare("SELECT name FROM tenants ORDER BY name")?;
@@ -536,9 +580,7 @@ impl OnboardStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Sets (or with `None` clears) the home NetID of the tenant `name`, creating its record if
-    /// it is new. Audited.
-    pub fn set_tenant_home_net_id(
+    fn set_tenant_home_net_id(
         &mut self,
         actor: &Actor,
         name: &str,
@@ -567,8 +609,7 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// The home NetID of the tenant `name`, if it has one.
-    pub fn tenant_home_net_id(&mut self, name: &str) -> Result<Option<NetId>, StoreError> {
+    fn tenant_home_net_id(&mut self, name: &str) -> Result<Option<NetId>, StoreError> {
         let v: Option<Option<i64>> = self
             .conn()
             .prepare_cached("SELECT home_net_id FROM tenants WHERE name = ?1")?
@@ -586,16 +627,7 @@ impl OnboardStore {
             .transpose()
     }
 
-    /// A new connection to the same file, for one import: its staging table and transaction
-    /// are its own, so the upload does not hold this store's lock ([`super::import`]).
-    pub fn import_connection(&self) -> Result<Connection, StoreError> {
-        self.devices.connect_again()
-    }
-
-    /// The claim attempts refused for a wrong token or an unknown device (those that count
-    /// against the failed-claim limits) since `since_ms`, oldest first: `(at_ms, actor,
-    /// dev_eui)`.
-    pub fn claim_failures_since(
+    fn claim_failures_since(
         &mut self,
         since_ms: i64,
     ) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
@@ -607,11 +639,7 @@ impl OnboardStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A device and its ownership.
-    pub fn device(
-        &mut self,
-        dev_eui: DevEui,
-    ) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
+    fn device(&mut self, dev_eui: DevEui) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
         let Some(d) = self.devices.get_device(dev_eui)? else {
             return Ok(None);
         };
@@ -619,30 +647,7 @@ impl OnboardStore {
         Ok(Some((d, o)))
     }
 
-    fn ownership(&mut self, dev_eui: DevEui) -> Result<Ownership, StoreError> {
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "SELECT token_hash, manufacturer, owner, claimed_ms, locked FROM ownership \
-                 WHERE dev_eui = ?1",
-            )?
-            .query_row([store::dev_eui_sql(dev_eui)], |r| {
-                Ok(Ownership {
-                    token_hash: r.get(0)?,
-                    manufacturer: r.get(1)?,
-                    owner: r.get(2)?,
-                    claimed_ms: r.get(3)?,
-                    locked: r.get::<_, i64>(4)? != 0,
-                })
-            })
-            .optional()?
-            .unwrap_or_default())
-    }
-
-    /// DevEUIs visible to a scope, in unsigned order, after `after`, at most `limit`: all
-    /// (`scope` `None`), or those whose ownership `column` (`manufacturer` or `owner`) is the
-    /// tenant.
-    pub fn visible(
+    fn visible(
         &mut self,
         scope: Option<(OwnershipColumn, &str)>,
         after: Option<DevEui>,
@@ -671,12 +676,7 @@ impl OnboardStore {
         Ok(out.into_iter().skip(start).take(limit as usize).collect())
     }
 
-    /// Claims a device in one transaction: it must exist, `presented` (the owner token's hash)
-    /// must match its token hash (compared in constant time), and it must be unlocked and
-    /// unclaimed; then it is bound to `tenant` and `home` and the claim audited. The check and
-    /// the write are one `BEGIN IMMEDIATE` transaction, so of concurrent claims (in this process
-    /// or another) exactly one wins.
-    pub fn claim(
+    fn claim(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
@@ -739,8 +739,7 @@ impl OnboardStore {
         Ok(ClaimOutcome::Claimed)
     }
 
-    /// Releases a device: no owner, no home network; a new owner token hash if given. Audited.
-    pub fn release(
+    fn release(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
@@ -779,8 +778,7 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// Sets or clears the lock. Audited.
-    pub fn set_locked(
+    fn set_locked(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
@@ -807,9 +805,7 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// Writes a device's nonce state and, for a key rotation, its new wrapped root keys. Audited
-    /// under `action`.
-    pub fn set_nonces_and_keys(
+    fn set_nonces_and_keys(
         &mut self,
         actor: &Actor,
         action: &str,
@@ -841,8 +837,7 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// Removes a device and its ownership. Audited. `false` if it did not exist.
-    pub fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
+    fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
         let tx = self.conn().transaction()?;
         let removed = store::delete_device(&tx, dev_eui)?;
         tx.execute(
@@ -867,8 +862,7 @@ impl OnboardStore {
         Ok(removed)
     }
 
-    /// Audit records matching `f`, oldest first; with `tenant`, only that tenant's own records.
-    pub fn audit(
+    fn audit(
         &mut self,
         f: &AuditFilter,
         tenant: Option<&str>,
