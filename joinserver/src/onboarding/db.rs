@@ -100,7 +100,7 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "manufacturer" => Some(Self::Manufacturer),
             "owner" => Some(Self::Owner),

@@ -101,6 +101,48 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         2,
         "ALTER TABLE devices ADD COLUMN last_rj_count1 BIGINT; -- LoRaWAN 1.1 RJcount1",
     ),
+    (
+        3,
+        // The onboarding state (crate::store::pg_onboard) and the Backend Interfaces peer
+        // tokens, as in the embedded store: keys and tokens as SHA-256 hashes only.
+        "CREATE TABLE tenants (
+        name        TEXT PRIMARY KEY,
+        created_ms  BIGINT NOT NULL,
+        home_net_id BIGINT
+    );
+    CREATE TABLE api_keys (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL,
+        key_hash   BYTEA NOT NULL UNIQUE,        -- SHA-256 of the key; never the key
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE audit (
+        seq     BIGSERIAL PRIMARY KEY,
+        at_ms   BIGINT NOT NULL,
+        actor   TEXT NOT NULL,
+        tenant  TEXT,
+        action  TEXT NOT NULL,
+        dev_eui TEXT,
+        outcome TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX audit_dev_eui ON audit (dev_eui);
+    CREATE INDEX audit_action_at ON audit (action, at_ms);
+    CREATE FUNCTION js_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+    CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION js_audit_append_only();
+    CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+        FOR EACH STATEMENT EXECUTE FUNCTION js_audit_append_only();
+    CREATE TABLE bi_peer_tokens (
+        token_hash BYTEA PRIMARY KEY,            -- SHA-256 of the token; never the token
+        net_id     BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );",
+    ),
 ];
 
 type Manager = PostgresConnectionManager<NoTls>;
@@ -109,7 +151,7 @@ type Manager = PostgresConnectionManager<NoTls>;
 pub type PgPool = Pool<Manager>;
 
 /// A `postgres` error as a store error (its text names the cause, never a parameter value).
-fn pg(e: postgres::Error) -> StoreError {
+pub(crate) fn pg(e: postgres::Error) -> StoreError {
     StoreError::Postgres(e.to_string())
 }
 
@@ -137,14 +179,14 @@ pub fn pool(url: &str, size: u32) -> Result<(PgPool, postgres::Config), StoreErr
 }
 
 /// A connection held by a [`PgStore`], with its prepared statements.
-struct Held {
-    client: PooledConnection<Manager>,
+pub(crate) struct Held {
+    pub(crate) client: PooledConnection<Manager>,
     statements: HashMap<&'static str, Statement>,
 }
 
 impl Held {
     /// The prepared statement for `sql`, prepared on first use.
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+    pub(crate) fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -312,7 +354,7 @@ impl PgStore {
 
     /// Runs `f` on the held connection (taking one from the pool first). A failed call gives the
     /// connection up, so the next call starts on a fresh one (the database may have restarted).
-    fn with<R>(
+    pub(crate) fn with<R>(
         &mut self,
         f: impl FnOnce(&mut Held) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
@@ -346,29 +388,8 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let outcome = self.with(|h| {
             let mut tx = h.client.transaction().map_err(pg)?;
-            for chunk in devices.chunks(1_000) {
-                let c = DeviceColumns::of(chunk);
-                let r = tx.execute(
-                    "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
-                       home_net_id, owner_token, last_dev_nonce, used_dev_nonces, \
-                       last_join_nonce, last_rj_count1) \
-                     SELECT u.dev_eui, u.join_eui, u.mac_version, u.app_key, u.nwk_key, \
-                       u.home_net_id, u.owner_token, u.last_dev_nonce, u.used, \
-                       GREATEST(u.join_nonce, COALESCE(r.last_join_nonce, 0)), u.rj_count1 \
-                     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], \
-                       $5::bytea[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], \
-                       $10::bigint[], $11::bigint[]) AS u(dev_eui, join_eui, mac_version, \
-                       app_key, nwk_key, home_net_id, owner_token, last_dev_nonce, used, \
-                       join_nonce, rj_count1) \
-                     LEFT JOIN retired_join_nonces r ON r.dev_eui = u.dev_eui",
-                    &c.params(),
-                );
-                if let Err(e) = r {
-                    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
-                        return Ok(Err(()));
-                    }
-                    return Err(pg(e));
-                }
+            if !insert_devices_tx(&mut tx, devices)? {
+                return Ok(Err(()));
             }
             if !token_hashes.is_empty() {
                 let euis: Vec<i64> = token_hashes.iter().map(|(d, _)| dev_eui_sql(*d)).collect();
@@ -591,15 +612,71 @@ impl DeviceColumns {
     }
 }
 
+/// Inserts `devices` inside `tx` (a device removed before continues from its last JoinNonce);
+/// `false`, with `tx` failed, if one of them is stored already.
+pub(crate) fn insert_devices_tx(
+    tx: &mut postgres::Transaction<'_>,
+    devices: &[StoredDevice],
+) -> Result<bool, StoreError> {
+    for chunk in devices.chunks(1_000) {
+        let c = DeviceColumns::of(chunk);
+        let r = tx.execute(
+            "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
+               home_net_id, owner_token, last_dev_nonce, used_dev_nonces, \
+               last_join_nonce, last_rj_count1) \
+             SELECT u.dev_eui, u.join_eui, u.mac_version, u.app_key, u.nwk_key, \
+               u.home_net_id, u.owner_token, u.last_dev_nonce, u.used, \
+               GREATEST(u.join_nonce, COALESCE(r.last_join_nonce, 0)), u.rj_count1 \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], \
+               $5::bytea[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], \
+               $10::bigint[], $11::bigint[]) AS u(dev_eui, join_eui, mac_version, \
+               app_key, nwk_key, home_net_id, owner_token, last_dev_nonce, used, \
+               join_nonce, rj_count1) \
+             LEFT JOIN retired_join_nonces r ON r.dev_eui = u.dev_eui",
+            &c.params(),
+        );
+        if let Err(e) = r {
+            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                return Ok(false);
+            }
+            return Err(pg(e));
+        }
+    }
+    Ok(true)
+}
+
+/// Removes a device inside `tx`, keeping its last JoinNonce for a later re-import; `false` if
+/// it did not exist. The caller marks the change.
+pub(crate) fn delete_device_tx(
+    tx: &mut postgres::Transaction<'_>,
+    dev_eui: i64,
+) -> Result<bool, StoreError> {
+    tx.execute(
+        "INSERT INTO retired_join_nonces (dev_eui, last_join_nonce) \
+         SELECT dev_eui, last_join_nonce FROM devices WHERE dev_eui = $1 \
+         ON CONFLICT (dev_eui) DO UPDATE SET last_join_nonce = \
+           GREATEST(retired_join_nonces.last_join_nonce, excluded.last_join_nonce)",
+        &[&dev_eui],
+    )
+    .map_err(pg)?;
+    let n = tx
+        .execute("DELETE FROM devices WHERE dev_eui = $1", &[&dev_eui])
+        .map_err(pg)?;
+    Ok(n > 0)
+}
+
 /// Milliseconds since the Unix epoch, as stored.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     i64::try_from(protocol::time::unix_ms(std::time::SystemTime::now())).unwrap_or(i64::MAX)
 }
 
 /// Marks a provisioning change inside `tx`: bumps the generation (its row lock orders
 /// concurrent changes), logs the devices, prunes the log, and notifies [`CHANNEL`] (delivered
 /// at commit).
-fn bump_generation(tx: &mut postgres::Transaction<'_>, devices: &[i64]) -> Result<(), StoreError> {
+pub(crate) fn bump_generation(
+    tx: &mut postgres::Transaction<'_>,
+    devices: &[i64],
+) -> Result<(), StoreError> {
     let generation: i64 = tx
         .query_one(
             "UPDATE js_meta SET value = value + 1 WHERE name = 'generation' RETURNING value",
@@ -789,22 +866,12 @@ impl Store for PgStore {
         self.with(|h| {
             let mut tx = h.client.transaction().map_err(pg)?;
             let d = dev_eui_sql(dev_eui);
-            tx.execute(
-                "INSERT INTO retired_join_nonces (dev_eui, last_join_nonce) \
-                 SELECT dev_eui, last_join_nonce FROM devices WHERE dev_eui = $1 \
-                 ON CONFLICT (dev_eui) DO UPDATE SET last_join_nonce = \
-                   GREATEST(retired_join_nonces.last_join_nonce, excluded.last_join_nonce)",
-                &[&d],
-            )
-            .map_err(pg)?;
-            let n = tx
-                .execute("DELETE FROM devices WHERE dev_eui = $1", &[&d])
-                .map_err(pg)?;
-            if n > 0 {
+            let removed = delete_device_tx(&mut tx, d)?;
+            if removed {
                 bump_generation(&mut tx, &[d])?;
             }
             tx.commit().map_err(pg)?;
-            Ok(n > 0)
+            Ok(removed)
         })
     }
 
