@@ -853,3 +853,130 @@ fn the_onboarding_suite_on_postgres() {
     let pg = testkit::postgres::Postgres::start();
     onboard_suite(&mut || pg_onboard(&pg.create_database()));
 }
+
+/// On PostgreSQL a claim, a release, a nonce reset and a deprovisioning through one instance are
+/// signalled to the others (the change log lists the device, and only it), and of two instances
+/// claiming one device with its token at the same moment exactly one wins.
+#[test]
+fn postgres_onboarding_changes_reach_other_instances_and_claims_race_once() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut a = pg_onboard(&url);
+    let mut b = PgStore::connect(&url, 2).unwrap();
+    import_as(&mut a, &manufacturer(), &[1, 2, 3]).unwrap();
+    let dev = DevEui::new(2);
+    let hash = secret::owner_token_hash(dev, OWNER_TOKEN);
+    let seen = b.generation().unwrap();
+    let home = NetId::new(0x13).unwrap();
+    let o = owner();
+    assert_eq!(
+        a.db.claim(&o, dev, &hash, "city", home, "").unwrap(),
+        ClaimOutcome::Claimed
+    );
+    b.wait_for_change(Duration::from_secs(1)).unwrap();
+    let (g, changes) = b.changes_since(seen).unwrap();
+    assert_eq!(changes, DeviceChanges::Devices(vec![dev]));
+    assert_eq!(b.get_device(dev).unwrap().unwrap().home_net_id, Some(home));
+    a.db.release(&o, dev, None).unwrap();
+    let (g2, changes) = b.changes_since(g).unwrap();
+    assert_eq!(changes, DeviceChanges::Devices(vec![dev]));
+    assert!(a.db.deprovision(&Actor::cli(), dev).unwrap());
+    let (_, changes) = b.changes_since(g2).unwrap();
+    assert_eq!(changes, DeviceChanges::Devices(vec![dev]));
+    assert!(b.get_device(dev).unwrap().is_none());
+
+    // Two instances, eight claims each of devices 1 and 3 at once: one success per device.
+    let barrier = Arc::new(Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut db = PgOnboard::new(PgStore::connect(&url, 1).unwrap());
+                let dev = DevEui::new(if i % 2 == 0 { 1 } else { 3 });
+                let hash = secret::owner_token_hash(dev, OWNER_TOKEN);
+                let tenant = format!("tenant{i}");
+                barrier.wait();
+                (
+                    dev,
+                    db.claim(&owner(), dev, &hash, &tenant, home, "").unwrap(),
+                )
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for d in [1, 3] {
+        let wins = outcomes
+            .iter()
+            .filter(|(dev, c)| dev.as_u64() == d && *c == ClaimOutcome::Claimed)
+            .count();
+        assert_eq!(wins, 1, "{outcomes:?}");
+    }
+    assert!(outcomes
+        .iter()
+        .all(|(_, c)| matches!(c, ClaimOutcome::Claimed | ClaimOutcome::AlreadyClaimed)));
+}
+
+/// The database never holds an API key, a peer token, an owner token or a root key in clear:
+/// every row of every table, as text, is searched for each of them; and the audit log refuses
+/// UPDATE, DELETE and TRUNCATE.
+#[test]
+fn postgres_holds_no_secret_in_clear_and_the_audit_log_is_append_only() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut o = pg_onboard(&url);
+    let key = ApiKeySecret::generate();
+    o.db.create_api_key(&Actor::cli(), "acme", Role::Admin, &key.hash(), None)
+        .unwrap();
+    let token = tokens::create(&mut *o.token_writer, NetId::new(0x13).unwrap(), 1).unwrap();
+    import_as(&mut o, &manufacturer(), &[1]).unwrap();
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let tables: Vec<String> = c
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for t in [
+        "api_keys",
+        "tenants",
+        "audit",
+        "bi_peer_tokens",
+        "ownership",
+        "devices",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "{t} in {tables:?}");
+    }
+    let app_key = "2B7E151628AED2A6ABF7158809CF4F3C";
+    let secrets = [key.expose(), token.expose(), OWNER_TOKEN, app_key];
+    for t in &tables {
+        for row in c.query(&format!("SELECT t::text FROM {t} t"), &[]).unwrap() {
+            let text: String = row.get(0);
+            let upper = text.to_uppercase();
+            for s in secrets {
+                assert!(
+                    !upper.contains(&s.to_uppercase()),
+                    "{t} holds a secret: {text}"
+                );
+            }
+        }
+    }
+    for sql in [
+        "UPDATE audit SET detail = 'x'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let e = c.batch_execute(sql).unwrap_err();
+        assert!(
+            e.to_string().contains("append-only") || format!("{e:?}").contains("append-only"),
+            "{sql}: {e:?}"
+        );
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM audit", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "api_key_create, provision, import");
+}
