@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use postgres::types::ToSql;
 use protocol::ids::{DevEui, NetId};
 
-use super::postgres::{bump_generation, delete_device_tx, insert_devices_tx, pg, PgStore};
+use super::postgres::{
+    bump_generation, delete_device_tx, insert_devices_tx, off_runtime, pg, PgStore,
+};
 use super::{dev_eui_sql, NonceState, Store, StoreError, StoredDevice};
 use crate::bi::tokens::PeerTokens;
 use crate::onboarding::backend::{Importer, OnboardBackend};
@@ -796,11 +798,15 @@ impl PeerTokens for PgStore {
         })
     }
 
+    /// Called on the Backend Interfaces listener's runtime: runs off it ([`off_runtime`]).
     fn peer_token(&mut self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
-        let row = self.with(|h| {
-            let s =
-                h.statement("SELECT token_hash, net_id FROM bi_peer_tokens WHERE token_hash = $1")?;
-            h.client.query_opt(&s, &[&&hash[..]]).map_err(pg)
+        let row = off_runtime(|| {
+            self.with(|h| {
+                let s = h.statement(
+                    "SELECT token_hash, net_id FROM bi_peer_tokens WHERE token_hash = $1",
+                )?;
+                h.client.query_opt(&s, &[&&hash[..]]).map_err(pg)
+            })
         })?;
         Ok(row.and_then(|r| {
             let net: i64 = r.get(1);

@@ -200,13 +200,59 @@ impl Held {
 /// first use, given back when a call fails), plus its own `LISTEN` connection once
 /// [`Store::wait_for_change`] is called.
 pub struct PgStore {
-    pool: PgPool,
+    pool: OffRuntime<PgPool>,
     /// For the `LISTEN` connection, which stays outside the pool.
     config: postgres::Config,
     held: Option<Held>,
     listener: Option<Client>,
     answer_ttl_ms: u64,
     last_prune: Option<Instant>,
+}
+
+/// Whether this thread runs inside a tokio runtime (an async task, or its blocking pool).
+fn in_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs `f` on a thread outside any tokio runtime when called inside one: the blocking
+/// `postgres` client drives a runtime of its own, which must not start on a thread driving
+/// another (a Backend Interfaces request authenticated on the listener's runtime).
+pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if !in_runtime() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A value whose drop closes `postgres` connections (a pool), dropped on a thread of its own when
+/// dropped inside a tokio runtime (a server's API state at shutdown): closing a blocking client
+/// there would start a runtime inside a runtime.
+struct OffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> std::ops::Deref for OffRuntime<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for OffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.0.take() {
+            if in_runtime() {
+                std::thread::spawn(move || drop(v));
+            }
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if in_runtime() {
+            let connections = (self.held.take(), self.listener.take());
+            std::thread::spawn(move || drop(connections));
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -279,7 +325,7 @@ impl PgStore {
     /// A store on an existing pool (another thread's handle on the same database).
     fn on_pool(pool: PgPool, config: postgres::Config) -> Self {
         Self {
-            pool,
+            pool: OffRuntime(Some(pool)),
             config,
             held: None,
             listener: None,
@@ -290,7 +336,7 @@ impl PgStore {
 
     /// Another handle on the same pool.
     pub fn handle(&self) -> Self {
-        let mut s = Self::on_pool(self.pool.clone(), self.config.clone());
+        let mut s = Self::on_pool(PgPool::clone(&self.pool), self.config.clone());
         s.answer_ttl_ms = self.answer_ttl_ms;
         s
     }
