@@ -638,7 +638,7 @@ impl OnboardBackend for PgOnboard {
 }
 
 /// The rows of an import into PostgreSQL, staged in memory (the API bounds a manifest's size,
-/// `[api] max_import_bytes`; the command line reads a file the operator chose) until the whole
+/// `[api] max_manifest_bytes`; the command line reads a file the operator chose) until the whole
 /// manifest has been checked, then inserted in one transaction.
 #[derive(Debug, Default)]
 struct MemoryStage {
