@@ -706,6 +706,24 @@ fn changes_through_one_instances_api_are_seen_by_the_other() {
     assert_eq!(st, 200, "{body}");
     assert!(body.contains(&format!("{NET_ID:06X}")), "{body}");
 
+    // A DevNonce reset through A's API: B accepts the device's DevNonces from the start again.
+    let (st, body) = api(
+        &a_admin,
+        "POST",
+        &format!("/api/v1/devices/{eui}/dev-nonce-reset"),
+        None,
+    );
+    assert_eq!(st, 200, "{body}");
+    let mut restart = 0u16;
+    let reset = until("the DevNonce reset at B", || {
+        restart += 1;
+        link_b
+            .join_ans(5000 + u32::from(restart), dev, &phy(dev, restart))
+            .result
+            .result_code
+            == ResultCode::Success
+    });
+
     // The peer token from the command line works at both listeners.
     for r in [&a, &b] {
         let c = https(r.bi.unwrap().port(), dir, &bearer(&token));
@@ -750,9 +768,9 @@ fn changes_through_one_instances_api_are_seen_by_the_other() {
     assert_eq!(api(&b_owner, "GET", "/api/v1/me", None).0, 401);
     eprintln!(
         "seen at the other instance after: import {created:?}, claim {claimed:?}, \
-         deletion {deleted:?}"
+         DevNonce reset {reset:?}, deletion {deleted:?}"
     );
-    for t in [created, claimed, deleted] {
+    for t in [created, claimed, reset, deleted] {
         assert!(t < Duration::from_secs(1), "{t:?}");
     }
     // Both instances audited into the one log: the claim made at A is listed by B.
