@@ -253,6 +253,57 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// A value an audit filter's condition compares with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FilterValue {
+    /// Text.
+    Text(String),
+    /// An integer.
+    Int(i64),
+}
+
+impl AuditFilter {
+    /// The query of the records matching the filter, oldest first, as every store runs it: the
+    /// conditions' values numbered `?1`, `?2`… (`$1`… with `placeholder` `'$'`), `tenant`
+    /// scoping to one tenant's records, `prefix` the store's prefix match of the outcome (`?` for
+    /// the prefix); and the values in order.
+    pub(crate) fn query(
+        &self,
+        tenant: Option<&str>,
+        prefix: &str,
+        placeholder: char,
+    ) -> (String, Vec<FilterValue>) {
+        use FilterValue::{Int, Text};
+        let mut conditions: Vec<(&str, FilterValue)> = Vec::new();
+        let text = |s: &String| Text(s.clone());
+        conditions.extend(tenant.map(|t| ("tenant = ?", Text(t.to_owned()))));
+        conditions.extend(
+            self.dev_eui
+                .as_ref()
+                .map(|d| ("dev_eui = ?", Text(d.to_uppercase()))),
+        );
+        conditions.extend(self.action.as_ref().map(|a| ("action = ?", text(a))));
+        conditions.extend(self.actor.as_ref().map(|a| ("actor = ?", text(a))));
+        conditions.extend(self.outcome.as_ref().map(|o| (prefix, text(o))));
+        conditions.extend(self.since_ms.map(|s| ("at_ms >= ?", Int(s))));
+        conditions.extend(self.until_ms.map(|u| ("at_ms < ?", Int(u))));
+        conditions.extend(self.after_seq.map(|a| ("seq > ?", Int(a))));
+        let mut sql = String::from(
+            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit \
+             WHERE 1 = 1",
+        );
+        let mut values = Vec::new();
+        for (n, (condition, value)) in conditions.into_iter().enumerate() {
+            sql.push_str(" AND ");
+            sql.push_str(&condition.replace('?', &format!("{placeholder}{}", n + 1)));
+            values.push(value);
+        }
+        let limit = self.limit.unwrap_or(100).min(10_000);
+        sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+        (sql, values)
+    }
+}
+
 /// What [`OnboardStore::claim`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -283,6 +334,30 @@ impl OwnershipColumn {
             Self::Manufacturer => "manufacturer",
             Self::Owner => "owner",
         }
+    }
+}
+
+/// The `api_key_create` audit record's detail (never the key or its hash).
+pub(crate) fn api_key_created(id: &str, role: Role, name: &str, expires_ms: Option<i64>) -> String {
+    format!(
+        "key {id}, role {}, name {name:?}{}",
+        role.as_str(),
+        expires_ms.map_or_else(String::new, |e| format!(", expires_ms {e}"))
+    )
+}
+
+/// The `tenant_home_net_id` audit record's detail.
+pub(crate) fn home_net_id_set(name: &str, net_id: Option<NetId>) -> String {
+    let value = net_id.map_or_else(|| "none".to_owned(), |n| n.to_string());
+    format!("tenant {name:?}, home NetID {value}")
+}
+
+/// The `release` audit record's detail.
+pub(crate) fn released(new_token: bool) -> &'static str {
+    if new_token {
+        "home network unbound; new owner token issued"
+    } else {
+        "home network unbound; owner token kept"
     }
 }
 
@@ -477,11 +552,7 @@ impl OnboardBackend for OnboardStore {
                 action: "api_key_create",
                 dev_eui: None,
                 outcome: "ok",
-                detail: &format!(
-                    "key {id}, role {}, name {name:?}{}",
-                    role.as_str(),
-                    expires_ms.map_or_else(String::new, |e| format!(", expires_ms {e}"))
-                ),
+                detail: &api_key_created(&id, role, name, expires_ms),
             },
         )?;
         tx.commit()?;
@@ -593,7 +664,6 @@ impl OnboardBackend for OnboardStore {
             "UPDATE tenants SET home_net_id = ?2 WHERE name = ?1",
             params![name, net_id.map(NetId::as_u32)],
         )?;
-        let value = net_id.map_or_else(|| "none".to_owned(), |n| n.to_string());
         append(
             &tx,
             at,
@@ -602,7 +672,7 @@ impl OnboardBackend for OnboardStore {
                 action: "tenant_home_net_id",
                 dev_eui: None,
                 outcome: "ok",
-                detail: &format!("tenant {name:?}, home NetID {value}"),
+                detail: &home_net_id_set(name, net_id),
             },
         )?;
         tx.commit()?;
@@ -767,11 +837,7 @@ impl OnboardBackend for OnboardStore {
                 action: "release",
                 dev_eui: Some(dev_eui),
                 outcome: "ok",
-                detail: if new_token_hash.is_some() {
-                    "home network unbound; new owner token issued"
-                } else {
-                    "home network unbound; owner token kept"
-                },
+                detail: released(new_token_hash.is_some()),
             },
         )?;
         tx.commit()?;
@@ -867,44 +933,13 @@ impl OnboardBackend for OnboardStore {
         f: &AuditFilter,
         tenant: Option<&str>,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut sql = String::from(
-            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit WHERE 1",
-        );
         use rusqlite::types::Value;
-        let mut args: Vec<Value> = Vec::new();
-        // Each condition names its argument `?`, numbered here.
-        let mut push = |cond: &str, v: Value| {
-            args.push(v);
-            sql.push_str(" AND ");
-            sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
-        };
-        if let Some(t) = tenant {
-            push("tenant = ?", Value::Text(t.to_owned()));
-        }
-        if let Some(d) = &f.dev_eui {
-            push("dev_eui = ?", Value::Text(d.to_uppercase()));
-        }
-        if let Some(a) = &f.action {
-            push("action = ?", Value::Text(a.clone()));
-        }
-        if let Some(a) = &f.actor {
-            push("actor = ?", Value::Text(a.clone()));
-        }
-        if let Some(o) = &f.outcome {
-            // A prefix match, without LIKE wildcards from the caller.
-            push("instr(outcome, ?) = 1", Value::Text(o.clone()));
-        }
-        if let Some(s) = f.since_ms {
-            push("at_ms >= ?", Value::Integer(s));
-        }
-        if let Some(u) = f.until_ms {
-            push("at_ms < ?", Value::Integer(u));
-        }
-        if let Some(a) = f.after_seq {
-            push("seq > ?", Value::Integer(a));
-        }
-        let limit = f.limit.unwrap_or(100).min(10_000);
-        sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+        // A prefix match, without LIKE wildcards from the caller.
+        let (sql, values) = f.query(tenant, "instr(outcome, ?) = 1", '?');
+        let args = values.into_iter().map(|v| match v {
+            FilterValue::Text(t) => Value::Text(t),
+            FilterValue::Int(i) => Value::Integer(i),
+        });
         let mut stmt = self.conn().prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
             Ok(AuditRecord {

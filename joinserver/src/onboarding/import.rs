@@ -389,6 +389,24 @@ fn stage_and_commit(
     // Deferred: staging touches only the temporary database, so the main database is neither
     // read nor locked until the final copy.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let (staged, actor, commit_lock) = stage_job(&mut TempTable(&tx), job, source)?;
+    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    let imported = commit_staged(&tx, actor, &staged)?;
+    tx.commit()?;
+    if let Some(f) = on_device {
+        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
+    }
+    Ok(staged.imported(imported))
+}
+
+/// Reads `job`'s manifest from `source` to its end into `sink` and checks it whole (rows,
+/// duplicates, signature): what every store's import does before its commit. Returns the staged
+/// manifest, who imports, and the lock to hold from the commit until the devices are loaded.
+pub(crate) fn stage_job<'a>(
+    sink: &mut dyn StageSink,
+    job: Job<'a>,
+    source: &mut dyn ManifestSource,
+) -> Result<(Staged, &'a Actor, Option<&'a std::sync::Mutex<()>>), Failure> {
     let Job {
         actor,
         master,
@@ -397,28 +415,13 @@ fn stage_and_commit(
         commit_lock,
         min_owner_token_len,
     } = job;
-    let staged = stage_manifest(
-        &mut TempTable(&tx),
-        Rules {
-            master,
-            format,
-            min_owner_token_len,
-        },
-        verifier,
-        source,
-    )?;
-    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-    let imported = commit_staged(&tx, actor, &staged)?;
-    tx.commit()?;
-    if let Some(f) = on_device {
-        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
-    }
-    Ok(Imported {
-        imported,
-        signed_by: staged.signed_by,
-        generated: staged.generated,
-        what: staged.what,
-    })
+    let rules = Rules {
+        master,
+        format,
+        min_owner_token_len,
+    };
+    let staged = stage_manifest(sink, rules, verifier, source)?;
+    Ok((staged, actor, commit_lock))
 }
 
 /// The hash of a row's owner token; for a row without one, of a new token, which is added to
@@ -452,13 +455,13 @@ pub(crate) fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
 }
 
 /// How the rows of a manifest are checked and sealed.
-pub(crate) struct Rules<'a> {
+struct Rules<'a> {
     /// Wraps the root keys.
-    pub(crate) master: &'a MasterKey,
+    master: &'a MasterKey,
     /// The format, or `None` to guess it.
-    pub(crate) format: Option<Format>,
+    format: Option<Format>,
     /// The shortest owner token accepted.
-    pub(crate) min_owner_token_len: usize,
+    min_owner_token_len: usize,
 }
 
 /// A whole manifest, valid, authentic and staged.
@@ -473,9 +476,21 @@ pub(crate) struct Staged {
     pub(crate) dev_eui_column: String,
 }
 
+impl Staged {
+    /// The committed import of this manifest's `imported` devices.
+    pub(crate) fn imported(self, imported: usize) -> Imported {
+        Imported {
+            imported,
+            signed_by: self.signed_by,
+            generated: self.generated,
+            what: self.what,
+        }
+    }
+}
+
 /// Reads `source` to its end, feeding the signature verifier, the digest and the parser, and
 /// stages each valid row; fails unless every row was valid and the signature verified.
-pub(crate) fn stage_manifest(
+fn stage_manifest(
     sink: &mut dyn StageSink,
     rules: Rules<'_>,
     mut verifier: Option<ManifestVerifier>,

@@ -21,11 +21,12 @@ use super::{dev_eui_sql, NonceState, Store, StoreError, StoredDevice};
 use crate::bi::tokens::PeerTokens;
 use crate::onboarding::backend::{Importer, OnboardBackend};
 use crate::onboarding::db::{
-    now_ms, Actor, ApiKeyInfo, ApiKeyRecord, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome,
-    Ownership, OwnershipColumn, Role,
+    api_key_created, home_net_id_set, now_ms, released, Actor, ApiKeyInfo, ApiKeyRecord,
+    AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, FilterValue, Ownership, OwnershipColumn,
+    Role,
 };
 use crate::onboarding::import::{
-    self as imp, Failure, Imported, Job, ManifestSource, Rules, StageSink, StagedRow,
+    self as imp, Failure, Imported, Job, ManifestSource, SealedRow, StageSink, StagedRow,
 };
 use crate::onboarding::secret;
 
@@ -161,11 +162,7 @@ impl OnboardBackend for PgOnboard {
                     action: "api_key_create",
                     dev_eui: None,
                     outcome: "ok",
-                    detail: &format!(
-                        "key {id}, role {}, name {name:?}{}",
-                        role.as_str(),
-                        expires_ms.map_or_else(String::new, |e| format!(", expires_ms {e}"))
-                    ),
+                    detail: &api_key_created(&id, role, name, expires_ms),
                 },
             )
         })?;
@@ -275,7 +272,6 @@ impl OnboardBackend for PgOnboard {
                 &[&name, &net_id.map(|n| i64::from(n.as_u32()))],
             )
             .map_err(pg)?;
-            let value = net_id.map_or_else(|| "none".to_owned(), |n| n.to_string());
             append(
                 tx,
                 at,
@@ -284,7 +280,7 @@ impl OnboardBackend for PgOnboard {
                     action: "tenant_home_net_id",
                     dev_eui: None,
                     outcome: "ok",
-                    detail: &format!("tenant {name:?}, home NetID {value}"),
+                    detail: &home_net_id_set(name, net_id),
                 },
             )
         })
@@ -465,11 +461,7 @@ impl OnboardBackend for PgOnboard {
                 &[&d],
             )
             .map_err(pg)?;
-            let detail = if new_token_hash.is_some() {
-                "home network unbound; new owner token issued"
-            } else {
-                "home network unbound; owner token kept"
-            };
+            let detail = released(new_token_hash.is_some());
             let entry = AuditEntry {
                 actor,
                 action: "release",
@@ -575,44 +567,17 @@ impl OnboardBackend for PgOnboard {
         f: &AuditFilter,
         tenant: Option<&str>,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut sql = String::from(
-            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit \
-             WHERE TRUE",
-        );
-        let mut args: Vec<Box<dyn ToSql + Sync>> = Vec::new();
-        // Each condition names its argument `?`, numbered here.
-        let mut push = |cond: &str, v: Box<dyn ToSql + Sync>| {
-            args.push(v);
-            sql.push_str(" AND ");
-            sql.push_str(&cond.replace('?', &format!("${}", args.len())));
-        };
-        if let Some(t) = tenant {
-            push("tenant = ?", Box::new(t.to_owned()));
-        }
-        if let Some(d) = &f.dev_eui {
-            push("dev_eui = ?", Box::new(d.to_uppercase()));
-        }
-        if let Some(a) = &f.action {
-            push("action = ?", Box::new(a.clone()));
-        }
-        if let Some(a) = &f.actor {
-            push("actor = ?", Box::new(a.clone()));
-        }
-        if let Some(o) = &f.outcome {
-            // A prefix match, without LIKE wildcards from the caller.
-            push("starts_with(outcome, ?)", Box::new(o.clone()));
-        }
-        if let Some(s) = f.since_ms {
-            push("at_ms >= ?", Box::new(s));
-        }
-        if let Some(u) = f.until_ms {
-            push("at_ms < ?", Box::new(u));
-        }
-        if let Some(a) = f.after_seq {
-            push("seq > ?", Box::new(a));
-        }
-        let limit = f.limit.unwrap_or(100).min(10_000);
-        sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+        // A prefix match, without LIKE wildcards from the caller.
+        let (sql, values) = f.query(tenant, "starts_with(outcome, ?)", '$');
+        let args: Vec<Box<dyn ToSql + Sync>> = values
+            .into_iter()
+            .map(|v| -> Box<dyn ToSql + Sync> {
+                match v {
+                    FilterValue::Text(t) => Box::new(t),
+                    FilterValue::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
         let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref()).collect();
         let rows = self
             .store
@@ -668,89 +633,26 @@ impl Importer for PgImporter {
         source: &mut dyn ManifestSource,
         on_device: Option<&mut dyn FnMut(StoredDevice)>,
     ) -> Result<Imported, Failure> {
-        let Job {
-            actor,
-            master,
-            format,
-            verifier,
-            commit_lock,
-            min_owner_token_len,
-        } = job;
         let mut stage = MemoryStage::default();
-        let staged = imp::stage_manifest(
-            &mut stage,
-            Rules {
-                master,
-                format,
-                min_owner_token_len,
-            },
-            verifier,
-            source,
-        )?;
+        let (staged, actor, commit_lock) = imp::stage_job(&mut stage, job, source)?;
         let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-        let rows: Vec<_> = stage
+        let rows: Vec<&SealedRow> = stage
             .rows
             .iter()
             .filter_map(|r| r.sealed.as_ref())
             .collect();
-        let devices: Vec<StoredDevice> = rows.iter().map(|r| r.device.clone()).collect();
-        let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
-        let manufacturer = (actor.role == Role::Manufacturer)
-            .then_some(actor.tenant.as_deref())
-            .flatten();
-        let at = now_ms();
-        let summary = imp::summary(&staged, devices.len());
+        let summary = imp::summary(&staged, rows.len());
         let inserted = self.0.with(|h| {
             let mut tx = h.client.transaction().map_err(pg)?;
-            if !insert_devices_tx(&mut tx, &devices)? {
+            if !commit_import(&mut tx, actor, &rows, &summary)? {
                 return Ok(false);
             }
-            let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.token_hash[..]).collect();
-            tx.execute(
-                "INSERT INTO ownership (dev_eui, token_hash, manufacturer, owner, claimed_ms, \
-                   locked) \
-                 SELECT u.d, u.h, $3, NULL, NULL, 0 FROM unnest($1::bigint[], $2::bytea[]) \
-                   AS u(d, h) \
-                 ON CONFLICT (dev_eui) DO UPDATE SET token_hash = excluded.token_hash, \
-                   manufacturer = excluded.manufacturer, owner = NULL, claimed_ms = NULL, \
-                   locked = 0",
-                &[&euis, &hashes, &manufacturer],
-            )
-            .map_err(pg)?;
-            let texts: Vec<String> = devices.iter().map(|d| d.dev_eui.to_string()).collect();
-            let details: Vec<&str> = rows.iter().map(|r| r.detail.as_str()).collect();
-            tx.execute(
-                "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
-                 SELECT $1, $2, $3, 'provision', u.dev, 'ok', u.detail \
-                 FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(dev, detail, n) \
-                 ORDER BY u.n",
-                &[&at, &actor.id, &actor.tenant, &texts, &details],
-            )
-            .map_err(pg)?;
-            let entry = AuditEntry {
-                actor,
-                action: "import",
-                dev_eui: None,
-                outcome: "ok",
-                detail: &summary,
-            };
-            append(&mut tx, at, &entry)?;
-            bump_generation(&mut tx, &euis)?;
             tx.commit().map_err(pg)?;
             Ok(true)
         })?;
         if !inserted {
-            let stored: std::collections::HashSet<i64> = self.0.with(|h| {
-                Ok(h.client
-                    .query(
-                        "SELECT dev_eui FROM devices WHERE dev_eui = ANY($1)",
-                        &[&euis],
-                    )
-                    .map_err(pg)?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect())
-            })?;
+            let euis: Vec<i64> = rows.iter().map(|r| dev_eui_sql(r.device.dev_eui)).collect();
+            let stored = self.0.stored_among(&euis)?;
             let found = stage
                 .rows
                 .iter()
@@ -760,19 +662,63 @@ impl Importer for PgImporter {
             return Err(imp::provisioned_failure(&staged, found));
         }
         if let Some(f) = on_device {
-            for d in &devices {
-                if let Some(stored) = self.0.get_device(d.dev_eui)? {
+            for r in &rows {
+                if let Some(stored) = self.0.get_device(r.device.dev_eui)? {
                     f(stored);
                 }
             }
         }
-        Ok(Imported {
-            imported: devices.len(),
-            signed_by: staged.signed_by,
-            generated: staged.generated,
-            what: staged.what,
-        })
+        Ok(staged.imported(rows.len()))
     }
+}
+
+/// Inserts an import's devices inside `tx` with their ownership (owner token hash, the
+/// manufacturer of a manufacturer's import), one `provision` audit record each in manifest order,
+/// the `import` summary, and the change mark; `false`, with `tx` failed, if a device is
+/// provisioned already.
+fn commit_import(
+    tx: &mut postgres::Transaction<'_>,
+    actor: &Actor,
+    rows: &[&SealedRow],
+    summary: &str,
+) -> Result<bool, StoreError> {
+    let devices: Vec<StoredDevice> = rows.iter().map(|r| r.device.clone()).collect();
+    if !insert_devices_tx(tx, &devices)? {
+        return Ok(false);
+    }
+    let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
+    let hashes: Vec<&[u8]> = rows.iter().map(|r| &r.token_hash[..]).collect();
+    let manufacturer = (actor.role == Role::Manufacturer)
+        .then_some(actor.tenant.as_deref())
+        .flatten();
+    tx.execute(
+        "INSERT INTO ownership (dev_eui, token_hash, manufacturer, owner, claimed_ms, locked) \
+         SELECT u.d, u.h, $3, NULL, NULL, 0 FROM unnest($1::bigint[], $2::bytea[]) AS u(d, h) \
+         ON CONFLICT (dev_eui) DO UPDATE SET token_hash = excluded.token_hash, \
+           manufacturer = excluded.manufacturer, owner = NULL, claimed_ms = NULL, locked = 0",
+        &[&euis, &hashes, &manufacturer],
+    )
+    .map_err(pg)?;
+    let at = now_ms();
+    let texts: Vec<String> = devices.iter().map(|d| d.dev_eui.to_string()).collect();
+    let details: Vec<&str> = rows.iter().map(|r| r.detail.as_str()).collect();
+    tx.execute(
+        "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
+         SELECT $1, $2, $3, 'provision', u.dev, 'ok', u.detail \
+         FROM unnest($4::text[], $5::text[]) WITH ORDINALITY AS u(dev, detail, n) ORDER BY u.n",
+        &[&at, &actor.id, &actor.tenant, &texts, &details],
+    )
+    .map_err(pg)?;
+    let entry = AuditEntry {
+        actor,
+        action: "import",
+        dev_eui: None,
+        outcome: "ok",
+        detail: summary,
+    };
+    append(tx, at, &entry)?;
+    bump_generation(tx, &euis)?;
+    Ok(true)
 }
 
 impl PeerTokens for PgStore {

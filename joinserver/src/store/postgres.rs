@@ -460,10 +460,12 @@ impl PgStore {
         }
     }
 
-    /// The first of `devices` that is stored already or repeated in the list.
-    fn first_duplicate(&mut self, devices: &[StoredDevice]) -> Result<DevEui, StoreError> {
-        let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
-        let stored: std::collections::HashSet<i64> = self.with(|h| {
+    /// Those of `euis` (DevEUIs as stored) that are provisioned.
+    pub(crate) fn stored_among(
+        &mut self,
+        euis: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        self.with(|h| {
             Ok(h.client
                 .query(
                     "SELECT dev_eui FROM devices WHERE dev_eui = ANY($1)",
@@ -473,7 +475,13 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect())
-        })?;
+        })
+    }
+
+    /// The first of `devices` that is stored already or repeated in the list.
+    fn first_duplicate(&mut self, devices: &[StoredDevice]) -> Result<DevEui, StoreError> {
+        let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
+        let stored = self.stored_among(&euis)?;
         let mut seen = std::collections::HashSet::new();
         let dup = devices
             .iter()
