@@ -426,7 +426,7 @@ pub(crate) fn stage_job<'a>(
 
 /// The hash of a row's owner token; for a row without one, of a new token, which is added to
 /// `generated`.
-pub(crate) fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 32] {
+fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 32] {
     match &d.owner_token {
         Some(t) => secret::owner_token_hash(d.dev_eui, t),
         None => {
@@ -442,7 +442,7 @@ pub(crate) fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 
 }
 
 /// The row error of a device whose manifest-supplied owner token is shorter than `min`.
-pub(crate) fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
+fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
     let short = d.owner_token.as_ref()?.chars().count() < min;
     short.then(|| RowError {
         line: d.line,

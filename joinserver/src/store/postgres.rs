@@ -425,38 +425,22 @@ impl PgStore {
         r
     }
 
-    /// Inserts devices and, for those given one, their owner token hashes (the CLI import on
-    /// PostgreSQL), all or nothing, as one provisioning change.
-    pub fn insert_provisioned(
-        &mut self,
-        devices: &[StoredDevice],
-        token_hashes: &[(DevEui, [u8; 32])],
-    ) -> Result<(), StoreError> {
-        let outcome = self.with(|h| {
+    /// Inserts devices, all or nothing, as one provisioning change.
+    fn insert_provisioned(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
+        let inserted = self.with(|h| {
             let mut tx = h.client.transaction().map_err(pg)?;
             if !insert_devices_tx(&mut tx, devices)? {
-                return Ok(Err(()));
-            }
-            if !token_hashes.is_empty() {
-                let euis: Vec<i64> = token_hashes.iter().map(|(d, _)| dev_eui_sql(*d)).collect();
-                let hashes: Vec<&[u8]> = token_hashes.iter().map(|(_, h)| &h[..]).collect();
-                tx.execute(
-                    "INSERT INTO ownership (dev_eui, token_hash) \
-                     SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
-                     ON CONFLICT (dev_eui) DO UPDATE SET token_hash = excluded.token_hash, \
-                       owner = NULL, claimed_ms = NULL, locked = 0",
-                    &[&euis, &hashes],
-                )
-                .map_err(pg)?;
+                return Ok(false);
             }
             let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
             bump_generation(&mut tx, &euis)?;
             tx.commit().map_err(pg)?;
-            Ok(Ok(()))
+            Ok(true)
         })?;
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(()) => Err(StoreError::Duplicate(self.first_duplicate(devices)?)),
+        if inserted {
+            Ok(())
+        } else {
+            Err(StoreError::Duplicate(self.first_duplicate(devices)?))
         }
     }
 
@@ -913,7 +897,7 @@ impl Store for PgStore {
     }
 
     fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
-        self.insert_provisioned(devices, &[])
+        self.insert_provisioned(devices)
     }
 
     fn remove_device(&mut self, dev_eui: DevEui) -> Result<bool, StoreError> {
