@@ -18,6 +18,7 @@ use joinserver::onboarding::manifest_sig::TrustedKeys;
 use joinserver::onboarding::service::{OnbError, Onboarding};
 use joinserver::secrets::{self, Created, Secrets};
 use joinserver::server::Server;
+use joinserver::store::onboard_copy::OnboardRows;
 use joinserver::store::pg_onboard::PgOnboard;
 use joinserver::store::postgres::PgStore;
 use joinserver::store::{SqliteStore, Store, StoredDevice};
@@ -125,8 +126,9 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copies the embedded store of DATA_DIR (devices with root keys wrapped under master.key,
-    /// nonce states, last joins, ownership, retired JoinNonces) into an empty PostgreSQL store,
-    /// then verifies it: row counts and a SHA-256 over every row must match.
+    /// nonce states, last joins, ownership, retired JoinNonces; tenants, API key hashes, the
+    /// audit log, peer token hashes) into an empty PostgreSQL store, then verifies it: row
+    /// counts and a SHA-256 over every row must match.
     Copy {
         #[command(flatten)]
         dir: DataDir,
@@ -581,6 +583,22 @@ fn store_copy(data_dir: &Path, to: &str) -> Result<ExitCode> {
     println!("target sha256 {}", hex::encode(b.sha256));
     if a != b {
         bail!("verification failed: the copy differs from the source (counts or checksum)");
+    }
+    println!("verified: counts and checksum match");
+    // The onboarding state: tenants, API key hashes, the audit log, peer token hashes.
+    drop(OnboardStore::open(data_dir)?); // brings older onboarding tables up to date
+    let onboarding = OnboardRows::read_sqlite(&mut from)?;
+    onboarding.write_postgres(&mut target)?;
+    let (a, b) = (
+        onboarding.fingerprint(),
+        OnboardRows::read_postgres(&mut target)?.fingerprint(),
+    );
+    let counts: Vec<String> = b.counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!("copied {}", counts.join(", "));
+    println!("source sha256 {}", hex::encode(a.sha256));
+    println!("target sha256 {}", hex::encode(b.sha256));
+    if a != b {
+        bail!("verification failed: the onboarding copy differs from the source");
     }
     println!("verified: counts and checksum match");
     Ok(ExitCode::SUCCESS)

@@ -501,15 +501,61 @@ fn store_copy_moves_an_embedded_store_up() {
     }
     let d = tmp.path().to_str().unwrap();
     cli(&["devices", "remove", "--data-dir", d, "0000000000000006"]);
+    // The onboarding state moves up too: an API key, a peer token, the audit log.
+    let key = cli(&[
+        "api-keys",
+        "create",
+        "--data-dir",
+        d,
+        "--role",
+        "owner",
+        "--name",
+        "city",
+    ]);
+    let net = format!("{NET_ID:06X}");
+    let token = cli(&["peers", "token", "--data-dir", d, "--net-id", &net]);
     let out = cli(&["store", "copy", "--data-dir", d, "--to", &url]);
     assert!(out.contains("copied 5 devices"), "{out}");
-    assert!(out.contains("verified: counts and checksum match"), "{out}");
+    assert!(out.contains("1 api_keys"), "{out}");
+    assert!(out.contains("1 bi_peer_tokens"), "{out}");
+    assert_eq!(
+        out.matches("verified: counts and checksum match").count(),
+        2,
+        "{out}"
+    );
     let sums: Vec<&str> = out
         .lines()
         .filter_map(|l| l.split("sha256 ").nth(1))
         .collect();
-    assert_eq!(sums.len(), 2);
-    assert_eq!(sums[0], sums[1]);
+    assert_eq!(sums.len(), 4);
+    assert_eq!((sums[0], sums[2]), (sums[1], sums[3]));
+    {
+        use joinserver::bi::tokens::{PeerToken, TokenStore};
+        use joinserver::onboarding::backend::OnboardBackend;
+        use joinserver::onboarding::db::{AuditFilter, OnboardStore};
+        use joinserver::onboarding::secret::ApiKeySecret;
+        let mut on_pg =
+            joinserver::store::pg_onboard::PgOnboard::new(PgStore::connect(&url, 2).unwrap());
+        let hash = ApiKeySecret::from_text(&key).hash();
+        let found = on_pg.find_api_key(&hash, 0).unwrap().unwrap();
+        assert_eq!(found.name, "city");
+        let all = AuditFilter::default();
+        let embedded = OnboardStore::open(tmp.path())
+            .unwrap()
+            .audit(&all, None)
+            .unwrap();
+        assert!(embedded.len() >= 7, "{embedded:?}");
+        assert_eq!(on_pg.audit(&all, None).unwrap(), embedded);
+        // The audit log continues after the copied records.
+        on_pg
+            .set_tenant_home_net_id(&joinserver::onboarding::db::Actor::cli(), "city", None)
+            .unwrap();
+        let after = on_pg.audit(&all, None).unwrap();
+        assert!(after.last().unwrap().seq > embedded.last().unwrap().seq);
+        let mut tokens = TokenStore::new(Box::new(PgStore::connect(&url, 2).unwrap()));
+        let t = PeerToken::from_authorization(token.trim());
+        assert_eq!(tokens.find(&t).unwrap(), protocol::ids::NetId::new(NET_ID));
+    }
     let mut embedded = joinserver::store::SqliteStore::open(tmp.path()).unwrap();
     let mut copy = PgStore::connect(&url, 2).unwrap();
     assert_eq!(
