@@ -744,7 +744,7 @@ impl PeerTokens for PgStore {
         })
     }
 
-    /// Called on the Backend Interfaces listener's runtime: runs off it ([`off_runtime`]).
+    /// Called on the Backend Interfaces listener's runtime: runs off it (`off_runtime`).
     fn peer_token(&mut self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
         let row = off_runtime(|| {
             self.with(|h| {
