@@ -82,12 +82,16 @@ impl Deployment {
     /// Starts instance `name` allocating from `prefix` (ADDR/BITS).
     fn instance(&self, name: &str, prefix: &str) -> Proc {
         let config = self.root.path().join(format!("{name}.toml"));
+        // The scheduler off: the simulator's gateways here are ideal (no radio model) and
+        // transmit anything; the duty-cycle budgets would rightly hold a 2,000-device storm on a
+        // few gateways to what real ones may send, which is not what these tests measure.
         std::fs::write(
             &config,
             format!(
                 "[network]\ndev_addr_prefix = \"{prefix}\"\n[gwmp]\nworkers = 1\n\
                  [join]\njoin_accept_delay1_s = 1\njoin_accept_delay2_s = 2\n\
-                 [data]\ncollect_window_ms = 50\n[store]\nevent_log = true\n"
+                 [data]\ncollect_window_ms = 50\n[store]\nevent_log = true\n\
+                 [scheduler]\nenabled = false\n"
             ),
         )
         .unwrap();

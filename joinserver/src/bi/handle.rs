@@ -4,10 +4,10 @@
 //! 1. read the header (an unreadable body still gets a `MalformedRequest` answer);
 //! 2. authenticate the caller as a peer ([`super::auth`]) and check that the `SenderID` is that
 //!    peer's NetID (its application server's id for `AppSKeyReq`);
-//! 3. dispatch on `MessageType`: `JoinReq` through the same join pipeline, rules and group
-//!    commit as the UDP link ([`crate::core::process`], the answer leaving only once its nonces
-//!    are durable), `HomeNSReq`, `AppSKeyReq`, `RejoinReq` ([`Bi::rejoin`]), and anything else
-//!    `MalformedRequest`.
+//! 3. dispatch on `MessageType`: `JoinReq` and `RejoinReq` through the same join pipeline,
+//!    rules and group commit as the UDP link ([`crate::core::process`],
+//!    [`crate::core::process_rejoin`], the answer leaving only once its nonces are durable),
+//!    `HomeNSReq`, `AppSKeyReq`, and anything else `MalformedRequest`.
 //!
 //! Every refusal is a TS002 1.0 `ResultCode` with a `Description`, in an HTTP 200: ChirpStack
 //! drops the body of any other status and knows only the 1.0 codes.

@@ -141,14 +141,22 @@ impl HttpClient {
                 .enable_http1()
                 .build()
         };
-        let authorization = match route.authorization_file.as_str() {
-            "" => None,
-            f => Some(crate::keys::read_secret(Path::new(f), |text| {
-                let mut v = HeaderValue::from_str(text.trim())
-                    .map_err(|_| "not a valid header value".to_owned())?;
-                v.set_sensitive(true);
-                Ok::<_, String>(v)
-            })?),
+        let header = |text: &str| {
+            let mut v = HeaderValue::from_str(text.trim())
+                .map_err(|_| "not a valid header value".to_owned())?;
+            v.set_sensitive(true);
+            Ok::<_, String>(v)
+        };
+        let authorization = match (
+            route.authorization_file.as_str(),
+            route.authorization.as_str(),
+        ) {
+            ("", "") => None,
+            (f, "") => Some(crate::keys::read_secret(Path::new(f), header)?),
+            ("", inline) => Some(
+                header(inline).map_err(|e| anyhow::anyhow!("join_servers authorization: {e}"))?,
+            ),
+            _ => anyhow::bail!("join_servers: set authorization or authorization_file, not both"),
         };
         Ok(Self {
             client: Client::builder(TokioExecutor::new())
@@ -279,6 +287,25 @@ mod tests {
             url: url.into(),
             ..JoinServerRoute::default()
         }
+    }
+
+    #[test]
+    fn the_authorization_comes_inline_or_from_a_file_never_both_never_shown() {
+        let mut r = route("http://127.0.0.1:8080/");
+        r.authorization = "Bearer jsbi_inline-secret".into();
+        let c = HttpClient::new(&r).unwrap();
+        let a = c.authorization.as_ref().unwrap();
+        assert_eq!(a.to_str().unwrap(), "Bearer jsbi_inline-secret");
+        assert!(a.is_sensitive());
+        assert!(!format!("{r:?}").contains("inline-secret"));
+        assert!(format!("{r:?}").contains("<redacted>"));
+        r.authorization_file = "/nonexistent/token".into();
+        let e = HttpClient::new(&r).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        assert!(!e.contains("inline-secret"));
+        r.authorization_file.clear();
+        r.authorization = "Bearer bad\nvalue".into();
+        assert!(HttpClient::new(&r).is_err());
     }
 
     #[test]

@@ -93,6 +93,7 @@ bind = "0.0.0.0:0"
 # tls_cert = "ns.crt"                  # mTLS, optional
 # tls_key = "ns.key"
 # authorization_file = "js-token"      # sent verbatim as Authorization ("Bearer jsbi_...")
+# authorization = "Bearer jsbi_..."    # the same inline (a file keeps it out of the config)
 # timeout_ms = 5000
 
 [join]
@@ -466,8 +467,9 @@ impl Default for JoinServerConfig {
     }
 }
 
-/// One `[[join_servers]]` entry: the join server of the JoinEUIs under a prefix.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One `[[join_servers]]` entry: the join server of the JoinEUIs under a prefix. Its `Debug`
+/// never shows the `authorization` value.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JoinServerRoute {
     /// `"70b3d57ed0000000/40"`: the JoinEUI's first 40 bits. The longest matching prefix wins;
@@ -486,8 +488,34 @@ pub struct JoinServerRoute {
     /// A file (0600) whose content is sent verbatim as the `Authorization` header, for example
     /// `Bearer jsbi_…` from `joinserver peers token`.
     pub authorization_file: String,
+    /// The `Authorization` header's value itself (the issue's `authorization`), for operators who
+    /// keep it in the configuration; `authorization_file` keeps it out of it. At most one of the
+    /// two.
+    pub authorization: String,
     /// The HTTP request timeout, ms (ChirpStack's is 5 s).
     pub timeout_ms: u64,
+}
+
+impl std::fmt::Debug for JoinServerRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinServerRoute")
+            .field("join_eui_prefix", &self.join_eui_prefix)
+            .field("url", &self.url)
+            .field("ca_file", &self.ca_file)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("authorization_file", &self.authorization_file)
+            .field(
+                "authorization",
+                &if self.authorization.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("timeout_ms", &self.timeout_ms)
+            .finish()
+    }
 }
 
 impl Default for JoinServerRoute {
@@ -499,6 +527,7 @@ impl Default for JoinServerRoute {
             tls_cert: String::new(),
             tls_key: String::new(),
             authorization_file: String::new(),
+            authorization: String::new(),
             timeout_ms: 5000,
         }
     }
