@@ -639,8 +639,10 @@ fn start_api(
             if config.api.listen.is_empty() {
                 return Ok(None);
             }
-            // The onboarding tables on the database every instance shares.
-            let store = PgStore::connect(&config.store.url, config.store.pool_size)?;
+            // The onboarding tables on the database every instance shares: one connection for
+            // the API's operations, one per running import.
+            let imports = u32::try_from(config.api.max_concurrent_imports).unwrap_or(u32::MAX);
+            let store = PgStore::connect(&config.store.url, imports.saturating_add(1))?;
             Box::new(PgOnboard::new(store))
         } else {
             // Opening the onboarding store also moves any owner token stored in clear to a hash.

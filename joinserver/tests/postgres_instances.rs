@@ -831,6 +831,12 @@ fn changes_through_one_instances_api_are_seen_by_the_other() {
     for action in ["provision", "claim", "deprovision"] {
         assert!(body.contains(&format!("\"{action}\"")), "{action}: {body}");
     }
+    // SIGTERM: the instance drains and closes its database connections, and exits cleanly.
+    for mut r in [a, b] {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(r.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(r.child.wait().unwrap().success());
+    }
 }
 
 /// An owner token of 32 characters, as a TR005 QR code carries it.
