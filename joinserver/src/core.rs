@@ -175,15 +175,30 @@ pub fn put_stored(
     d: &StoredDevice,
     refresh: Refresh,
 ) -> Result<(), atrest::UnwrapError> {
-    if refresh == Refresh::UnlessUnchanged
-        && map
-            .get(&d.dev_eui)
-            .is_some_and(|m| m.provisioned == provisioning_fingerprint(d))
-    {
-        return Ok(());
+    if refresh == Refresh::UnlessUnchanged {
+        if let Some(mut m) = map.get_mut(&d.dev_eui) {
+            if m.provisioned == provisioning_fingerprint(d) {
+                if reset_in_store(&m.nonces, &d.nonces) {
+                    m.nonces = d.nonces.clone();
+                }
+                return Ok(());
+            }
+        }
     }
     map.insert(d.dev_eui, Device::from_stored(master, d)?);
     Ok(())
+}
+
+/// Whether the stored nonce state is a DevNonce reset made after the in-memory one (through
+/// another instance's API, on a shared store): no DevNonce at all, and a JoinNonce not behind the
+/// memory's, while the memory has seen a DevNonce. Every join stores its DevNonce with its
+/// JoinNonce, so only a reset stores none; a join still being committed has a JoinNonce ahead of
+/// the store's and is kept.
+fn reset_in_store(memory: &NonceState, stored: &NonceState) -> bool {
+    memory.last_dev_nonce.is_some()
+        && stored.last_dev_nonce.is_none()
+        && stored.used_dev_nonces.is_empty()
+        && stored.last_join_nonce >= memory.last_join_nonce
 }
 
 /// What join processing needs besides the devices.
@@ -1178,5 +1193,25 @@ mod tests {
         assert_eq!(run(2, MacVersion::V1_0_2, 9), ("success", Some(1)));
         assert_eq!(run(2, MacVersion::V1_0_2, 3), ("success", Some(2)));
         assert_eq!(run(2, MacVersion::V1_0_2, 9), ("dev_nonce_replayed", None));
+    }
+
+    /// A stored state with no DevNonce and a JoinNonce not behind the memory's is a reset made
+    /// through another instance; anything else keeps the memory's state (never behind the
+    /// store's, a join possibly still being committed).
+    #[test]
+    fn only_a_stored_reset_replaces_the_nonces_in_memory() {
+        let state = |dev_nonce: Option<u16>, join_nonce: u32| NonceState {
+            last_dev_nonce: dev_nonce,
+            used_dev_nonces: dev_nonce.into_iter().collect(),
+            last_join_nonce: join_nonce,
+            last_rj_count1: None,
+        };
+        assert!(reset_in_store(&state(Some(9), 4), &state(None, 4)));
+        assert!(reset_in_store(&state(Some(9), 4), &state(None, 5)));
+        // The first join still being committed.
+        assert!(!reset_in_store(&state(Some(9), 5), &state(None, 4)));
+        // Nothing to reset, or the store's state is a join's.
+        assert!(!reset_in_store(&state(None, 0), &state(None, 0)));
+        assert!(!reset_in_store(&state(Some(9), 4), &state(Some(3), 4)));
     }
 }

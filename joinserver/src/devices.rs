@@ -5,10 +5,11 @@
 use protocol::ids::DevEui;
 
 pub use crate::manifest::{Format, RowError};
-use crate::manifest::{Item, ManifestParser};
+use crate::onboarding::backend::OnboardBackend;
 use crate::onboarding::db::Actor;
-use crate::onboarding::import::{self as imp, Failure, Generated, Job};
+use crate::onboarding::import::{self as imp, Failure, Generated, Imported, Job};
 use crate::secrets::MasterKey;
+use crate::store::pg_onboard::PgOnboard;
 use crate::store::postgres::PgStore;
 use crate::store::{SqliteStore, StoreError};
 
@@ -50,10 +51,16 @@ pub fn import(
         min_owner_token_len: crate::config::MIN_OWNER_TOKEN_LEN,
     };
     let mut source = imp::SliceSource::new(text.as_bytes());
-    match imp::run(store.conn_mut(), job, &mut source, None) {
-        Ok(r) => Ok(ImportSummary {
-            imported: r.imported,
-        }),
+    let r = outcome(imp::run(store.conn_mut(), job, &mut source, None))?;
+    Ok(ImportSummary {
+        imported: r.imported,
+    })
+}
+
+/// An import's outcome as the library reports it.
+fn outcome(r: Result<Imported, Failure>) -> Result<Imported, ImportError> {
+    match r {
+        Ok(r) => Ok(r),
         Err(Failure::Rows { rows, .. }) => Err(ImportError::Rows(rows)),
         Err(Failure::Store(e)) => Err(ImportError::Store(e)),
         Err(other) => Err(ImportError::Store(StoreError::Corrupt {
@@ -72,10 +79,12 @@ pub struct PgImported {
     pub generated: Vec<Generated>,
 }
 
-/// Imports a manifest into the PostgreSQL store, all or nothing: the rows are checked as the
-/// embedded import checks them ([`crate::manifest`], owner tokens shorter than
+/// Imports a manifest held in memory into the PostgreSQL store through the same import as the
+/// API and the command line on PostgreSQL ([`crate::store::pg_onboard`]), all or nothing: the
+/// rows checked as the embedded import checks them (owner tokens shorter than
 /// `min_owner_token_len` refused), root keys wrapped under the master key, owner tokens kept as
-/// hashes (generated for rows without one), devices already provisioned refused.
+/// hashes (generated for rows without one), devices already provisioned refused, audited as the
+/// command line.
 pub fn import_postgres(
     store: &mut PgStore,
     master: &MasterKey,
@@ -83,31 +92,19 @@ pub fn import_postgres(
     format: Option<Format>,
     min_owner_token_len: usize,
 ) -> Result<PgImported, ImportError> {
-    let mut rows = Vec::new();
-    let mut errors = Vec::new();
-    let mut collect = |item: Item| match item {
-        Item::Row(d) => match imp::weak_token(&d, min_owner_token_len) {
-            Some(e) => errors.push(e),
-            None => rows.push(d),
-        },
-        Item::Error(e) => errors.push(e),
+    let job = Job {
+        actor: &Actor::cli(),
+        master,
+        format,
+        verifier: None,
+        commit_lock: None,
+        min_owner_token_len,
     };
-    let mut parser = ManifestParser::new(format);
-    parser.feed(manifest, &mut collect);
-    parser.finish(&mut collect);
-    if !errors.is_empty() {
-        return Err(ImportError::Rows(errors));
-    }
-    let mut generated = Vec::new();
-    let hashes: Vec<(DevEui, [u8; 32])> = rows
-        .iter()
-        .map(|d| (d.dev_eui, imp::token_hash(d, &mut generated)))
-        .collect();
-    let sealed: Vec<_> = rows.iter().map(|d| d.seal(master)).collect();
-    store.insert_provisioned(&sealed, &hashes)?;
+    let mut importer = PgOnboard::new(store.handle()).importer()?;
+    let r = outcome(importer.run(job, &mut imp::SliceSource::new(manifest), None))?;
     Ok(PgImported {
-        imported: sealed.len(),
-        generated,
+        imported: r.imported,
+        generated: r.generated,
     })
 }
 

@@ -8,16 +8,20 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use httpsec::tls::SelfSigned;
 use joinserver::atrest;
+use joinserver::bi::tokens::PeerTokens;
 use joinserver::config::{self, Config};
 use joinserver::devices::Format;
+use joinserver::onboarding::backend::OnboardBackend;
 use joinserver::onboarding::db::{Actor, OnboardStore, Role};
 use joinserver::onboarding::import::ReadSource;
 use joinserver::onboarding::manifest_sig::TrustedKeys;
 use joinserver::onboarding::service::{OnbError, Onboarding};
 use joinserver::secrets::{self, Created, Secrets};
 use joinserver::server::Server;
+use joinserver::store::onboard_copy::OnboardRows;
+use joinserver::store::pg_onboard::PgOnboard;
 use joinserver::store::postgres::PgStore;
-use joinserver::store::{SqliteStore, Store, StoreError, StoredDevice};
+use joinserver::store::{SqliteStore, Store, StoredDevice};
 use protocol::ids::DevEui;
 
 #[derive(Parser)]
@@ -122,8 +126,9 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Copies the embedded store of DATA_DIR (devices with root keys wrapped under master.key,
-    /// nonce states, last joins, ownership, retired JoinNonces) into an empty PostgreSQL store,
-    /// then verifies it: row counts and a SHA-256 over every row must match.
+    /// nonce states, last joins, ownership, retired JoinNonces; tenants, API key hashes, the
+    /// audit log, peer token hashes) into an empty PostgreSQL store, then verifies it: row
+    /// counts and a SHA-256 over every row must match.
     Copy {
         #[command(flatten)]
         dir: DataDir,
@@ -299,7 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     net_id,
                     config,
                 },
-        } => peers_token(&dir.data_dir, net_id, config),
+        } => peers_token(&dir, net_id, config),
         Command::Devices { command } => match command {
             DevicesCommand::Import {
                 dir,
@@ -356,10 +361,11 @@ fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> 
 }
 
 fn peers_token(
-    data_dir: &Path,
+    dir: &DataDir,
     net_id: protocol::ids::NetId,
     config_file: Option<PathBuf>,
 ) -> Result<ExitCode> {
+    let data_dir = dir.data_dir.as_path();
     let config = load_config(data_dir, config_file)?;
     let is_peer = if config.link.peers.is_empty() {
         net_id == joinserver::peers::FIRST_PEER
@@ -376,22 +382,17 @@ fn peers_token(
              --net-id {net_id})"
         );
     }
-    let mut store = open_store(data_dir)?;
-    let token = joinserver::bi::tokens::create(&mut store, net_id, joinserver::link::now_ms())?;
+    // On PostgreSQL, the token works at every join server on the database.
+    let mut store: Box<dyn PeerTokens> = match dir.postgres_url(&config) {
+        Some(url) => Box::new(PgStore::connect(&url, 2)?),
+        None => Box::new(open_store(data_dir)?),
+    };
+    let token = joinserver::bi::tokens::create(&mut *store, net_id, joinserver::link::now_ms())?;
     println!("{}", token.expose());
     Ok(ExitCode::SUCCESS)
 }
 
 fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
-    let (ApiKeysCommand::Create { dir, .. }
-    | ApiKeysCommand::List { dir, .. }
-    | ApiKeysCommand::Revoke { dir, .. }) = &command;
-    if dir.postgres_url_default()?.is_some() {
-        bail!(
-            "API keys live in the embedded store only (the management API runs on it): run \
-             `joinserver api-keys` without a PostgreSQL store URL"
-        );
-    }
     match command {
         ApiKeysCommand::Create {
             dir,
@@ -400,7 +401,7 @@ fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
             expires_in_days,
             home_net_id,
         } => {
-            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let svc = onboarding_cli(&dir, None)?;
             let expires_ms = expires_in_days
                 .map(|d| joinserver::onboarding::db::now_ms() + i64::from(d) * 86_400_000);
             let (key, _id) = svc.create_api_key_until(&Actor::cli(), role, &name, expires_ms)?;
@@ -410,7 +411,7 @@ fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
             println!("{}", key.expose());
         }
         ApiKeysCommand::List { dir, json } => {
-            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let svc = onboarding_cli(&dir, None)?;
             let keys = svc.list_api_keys(&Actor::cli())?;
             if json {
                 for k in &keys {
@@ -437,7 +438,7 @@ fn api_keys(command: ApiKeysCommand) -> Result<ExitCode> {
             }
         }
         ApiKeysCommand::Revoke { dir, id } => {
-            let svc = onboarding_cli(&dir.data_dir, None)?;
+            let svc = onboarding_cli(&dir, None)?;
             match svc.revoke_api_key(&Actor::cli(), &id) {
                 Ok(()) => println!("revoked {id}"),
                 Err(OnbError::NotFound) => {
@@ -584,6 +585,22 @@ fn store_copy(data_dir: &Path, to: &str) -> Result<ExitCode> {
         bail!("verification failed: the copy differs from the source (counts or checksum)");
     }
     println!("verified: counts and checksum match");
+    // The onboarding state: tenants, API key hashes, the audit log, peer token hashes.
+    drop(OnboardStore::open(data_dir)?); // brings older onboarding tables up to date
+    let onboarding = OnboardRows::read_sqlite(&mut from)?;
+    onboarding.write_postgres(&mut target)?;
+    let (a, b) = (
+        onboarding.fingerprint(),
+        OnboardRows::read_postgres(&mut target)?.fingerprint(),
+    );
+    let counts: Vec<String> = b.counts.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    println!("copied {}", counts.join(", "));
+    println!("source sha256 {}", hex::encode(a.sha256));
+    println!("target sha256 {}", hex::encode(b.sha256));
+    if a != b {
+        bail!("verification failed: the onboarding copy differs from the source");
+    }
+    println!("verified: counts and checksum match");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -617,27 +634,35 @@ fn load_config(data_dir: &Path, config_file: Option<PathBuf>) -> Result<Config> 
     })
 }
 
-/// The onboarding service on the command line (no running server to update: a running server
-/// picks up imports through the store's generation counter).
-fn onboarding_cli(data_dir: &Path, config: Option<&Config>) -> Result<Onboarding> {
+/// The onboarding service on the command line, on the store `dir` names (no running server to
+/// update: a running server picks up imports through the store's generation counter, and, on
+/// PostgreSQL, its notification).
+fn onboarding_cli(dir: &DataDir, config: Option<&Config>) -> Result<Onboarding> {
+    let data_dir = dir.data_dir.as_path();
     let secrets = Secrets::load(data_dir)?;
-    let mut store = open_store(data_dir)?;
-    store.check_master(&atrest::check_value(&secrets.master))?;
-    let default = Config::default();
+    let check = atrest::check_value(&secrets.master);
+    let default = load_config(data_dir, None)?;
     let config = config.unwrap_or(&default);
+    let db: Box<dyn OnboardBackend> = match dir.postgres_url(config) {
+        Some(url) => {
+            let mut store = PgStore::connect(&url, 2)?;
+            store.check_master(&check)?;
+            Box::new(PgOnboard::new(store))
+        }
+        None => {
+            open_store(data_dir)?.check_master(&check)?;
+            Box::new(OnboardStore::open(data_dir)?)
+        }
+    };
     let trusted = TrustedKeys::parse_with(
         &config.api.trusted_manifest_keys,
         &config.api.manufacturer_keys,
     )
     .map_err(|e| anyhow::anyhow!("api.{e}"))?;
-    Ok(Onboarding::new(
-        OnboardStore::open(data_dir)?,
-        None,
-        secrets.master,
-        trusted,
-        config.api.claim_limits(),
+    Ok(
+        Onboarding::new(db, None, secrets.master, trusted, config.api.claim_limits())
+            .with_min_owner_token_len(config.api.min_owner_token_len),
     )
-    .with_min_owner_token_len(config.api.min_owner_token_len))
 }
 
 fn import(
@@ -650,18 +675,7 @@ fn import(
 ) -> Result<ExitCode> {
     let data_dir = dir.data_dir.as_path();
     let config = load_config(data_dir, config_file)?;
-    if let Some(url) = dir.postgres_url(&config) {
-        return import_postgres(
-            data_dir,
-            &url,
-            &config,
-            format,
-            file,
-            signature,
-            owner_tokens,
-        );
-    }
-    let svc = onboarding_cli(data_dir, Some(&config))?;
+    let svc = onboarding_cli(dir, Some(&config))?;
     // Streamed from the file, like an API upload: the file is never held whole in memory.
     let manifest =
         std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
@@ -751,76 +765,6 @@ fn write_owner_tokens(tokens: &[(String, String)], file: Option<&Path>) -> Resul
         }
     }
     Ok(())
-}
-
-/// `devices import` into a PostgreSQL store: the whole manifest read, its signature verified
-/// when given or required (`api.require_signed_cli_imports`), all rows or none.
-fn import_postgres(
-    data_dir: &Path,
-    url: &str,
-    config: &Config,
-    format: Option<Format>,
-    file: &Path,
-    signature: Option<&Path>,
-    owner_tokens: Option<&Path>,
-) -> Result<ExitCode> {
-    let secrets = Secrets::load(data_dir)?;
-    let mut store = PgStore::connect(url, 2)?;
-    store.check_master(&atrest::check_value(&secrets.master))?;
-    let manifest = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let sig = signature
-        .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
-        .transpose()?;
-    let mut signed_by = None;
-    if sig.is_some() || config.api.require_signed_cli_imports {
-        let trusted = TrustedKeys::parse_with(
-            &config.api.trusted_manifest_keys,
-            &config.api.manufacturer_keys,
-        )
-        .map_err(|e| anyhow::anyhow!("api.{e}"))?;
-        match trusted.verify(&manifest, sig.as_deref()) {
-            Ok(k) => signed_by = Some(k),
-            Err(e) => {
-                eprintln!("joinserver: {}: {e}", file.display());
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
-    let started = std::time::Instant::now();
-    match joinserver::devices::import_postgres(
-        &mut store,
-        &secrets.master,
-        &manifest,
-        format,
-        config.api.min_owner_token_len,
-    ) {
-        Ok(r) => {
-            println!(
-                "imported {} devices in {:.2} s{}",
-                r.imported,
-                started.elapsed().as_secs_f64(),
-                signed_by
-                    .as_deref()
-                    .map_or_else(String::new, |k| format!(" (signed by trusted key {k})"))
-            );
-            let tokens: Vec<(String, String)> = r
-                .generated
-                .iter()
-                .map(|g| (g.dev_eui.to_string(), g.owner_token()))
-                .collect();
-            write_owner_tokens(&tokens, owner_tokens)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(joinserver::devices::ImportError::Rows(errors)) => {
-            let total = errors.len();
-            Ok(bad_rows(file, &errors, total))
-        }
-        Err(joinserver::devices::ImportError::Store(StoreError::Duplicate(d))) => {
-            eprintln!("joinserver: device {d} is already provisioned; nothing imported");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn device_json(d: &StoredDevice) -> serde_json::Value {

@@ -19,6 +19,7 @@ use crate::metrics::{self, Metrics};
 use crate::peers::FIRST_PEER;
 use crate::queue::Queued;
 use crate::secrets::{self, Secrets};
+use crate::store::pg_onboard::PgOnboard;
 use crate::store::postgres::{is_postgres_url, PgStore};
 use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
 use httpsec::serve::Transport;
@@ -633,21 +634,20 @@ fn start_api(
     master: &secrets::MasterKey,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
-    if is_postgres_url(&config.store.url) {
-        if config.api.listen.is_empty() {
-            return Ok(None);
-        }
-        // The onboarding tables (API keys, tenants, claims, audit) are in the embedded store
-        // only: an API beside a PostgreSQL device store would split the state.
-        return Err(StartError::Config(
-            "api.listen: the management API needs the embedded store; with store.url set to \
-             PostgreSQL, run it with api.listen = \"\" (provision with `joinserver devices \
-             import --store-url`)"
-                .into(),
-        ));
-    }
-    // Opening the onboarding store also moves any owner token stored in clear to a hash.
-    let db = OnboardStore::open(data_dir)?;
+    let db: Box<dyn crate::onboarding::backend::OnboardBackend> =
+        if is_postgres_url(&config.store.url) {
+            if config.api.listen.is_empty() {
+                return Ok(None);
+            }
+            // The onboarding tables on the database every instance shares: one connection for
+            // the API's operations, one per running import.
+            let imports = u32::try_from(config.api.max_concurrent_imports).unwrap_or(u32::MAX);
+            let store = PgStore::connect(&config.store.url, imports.saturating_add(1))?;
+            Box::new(PgOnboard::new(store))
+        } else {
+            // Opening the onboarding store also moves any owner token stored in clear to a hash.
+            Box::new(OnboardStore::open(data_dir)?)
+        };
     if config.api.listen.is_empty() {
         return Ok(None);
     }
@@ -813,7 +813,12 @@ fn start_bi(
         peers: auth::Peers {
             options,
             cas,
-            tokens: Mutex::new(tokens::TokenStore::open(data_dir)?),
+            tokens: Mutex::new(if is_postgres_url(&config.store.url) {
+                // Tokens created by `joinserver peers token --store-url` work at every instance.
+                tokens::TokenStore::new(Box::new(PgStore::connect(&config.store.url, 2)?))
+            } else {
+                tokens::TokenStore::open(data_dir)?
+            }),
         },
         metrics: link.metrics.clone(),
     };

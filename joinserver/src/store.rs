@@ -16,6 +16,8 @@
 //! accepted the same device's join only the first commits; the other answers from the winner's
 //! stored answer (a retry of the same request) or refuses, and refreshes its copy of the device.
 
+pub mod onboard_copy;
+pub mod pg_onboard;
 pub mod postgres;
 
 use std::path::{Path, PathBuf};

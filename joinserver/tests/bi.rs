@@ -566,6 +566,7 @@ fn an_owner_may_let_the_network_server_decrypt() {
     )
     .unwrap();
     drop(store);
+    use joinserver::onboarding::backend::OnboardBackend;
     let mut db = joinserver::onboarding::db::OnboardStore::open(tmp.path()).unwrap();
     let presented =
         joinserver::onboarding::secret::owner_token_hash(DevEui::new(7), "ALICE0000007");

@@ -123,6 +123,7 @@ fn config_prints_the_default_file() {
 #[test]
 fn api_keys_and_signed_imports() {
     use ed25519_dalek::{Signer, SigningKey};
+    use joinserver::onboarding::backend::OnboardBackend;
     use joinserver::onboarding::db::{AuditFilter, OnboardStore};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::ts002;
 use common::*;
+use ed25519_dalek::{Signer, SigningKey};
 use joinserver::store::postgres::PgStore;
 use joinserver::store::Store;
 use protocol::ids::DevEui;
@@ -465,7 +467,8 @@ fn migrate_applies_the_schema_once() {
     let first = cli(&["migrate", "--data-dir", d, "--store-url", &url]);
     assert!(first.contains("applied migration 1"), "{first}");
     assert!(first.contains("applied migration 2"), "{first}");
-    assert!(first.contains("schema version 2"), "{first}");
+    assert!(first.contains("applied migration 3"), "{first}");
+    assert!(first.contains("schema version 3"), "{first}");
     // The URL from the environment variable, this time.
     let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
         .args(["migrate", "--data-dir", d])
@@ -475,7 +478,7 @@ fn migrate_applies_the_schema_once() {
     let again = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!again.contains("applied"), "{again}");
-    assert!(again.contains("schema version 2"), "{again}");
+    assert!(again.contains("schema version 3"), "{again}");
 }
 
 /// `joinserver store copy` moves an embedded store (devices, nonce states, last joins, owner
@@ -498,15 +501,61 @@ fn store_copy_moves_an_embedded_store_up() {
     }
     let d = tmp.path().to_str().unwrap();
     cli(&["devices", "remove", "--data-dir", d, "0000000000000006"]);
+    // The onboarding state moves up too: an API key, a peer token, the audit log.
+    let key = cli(&[
+        "api-keys",
+        "create",
+        "--data-dir",
+        d,
+        "--role",
+        "owner",
+        "--name",
+        "city",
+    ]);
+    let net = format!("{NET_ID:06X}");
+    let token = cli(&["peers", "token", "--data-dir", d, "--net-id", &net]);
     let out = cli(&["store", "copy", "--data-dir", d, "--to", &url]);
     assert!(out.contains("copied 5 devices"), "{out}");
-    assert!(out.contains("verified: counts and checksum match"), "{out}");
+    assert!(out.contains("1 api_keys"), "{out}");
+    assert!(out.contains("1 bi_peer_tokens"), "{out}");
+    assert_eq!(
+        out.matches("verified: counts and checksum match").count(),
+        2,
+        "{out}"
+    );
     let sums: Vec<&str> = out
         .lines()
         .filter_map(|l| l.split("sha256 ").nth(1))
         .collect();
-    assert_eq!(sums.len(), 2);
-    assert_eq!(sums[0], sums[1]);
+    assert_eq!(sums.len(), 4);
+    assert_eq!((sums[0], sums[2]), (sums[1], sums[3]));
+    {
+        use joinserver::bi::tokens::{PeerToken, TokenStore};
+        use joinserver::onboarding::backend::OnboardBackend;
+        use joinserver::onboarding::db::{AuditFilter, OnboardStore};
+        use joinserver::onboarding::secret::ApiKeySecret;
+        let mut on_pg =
+            joinserver::store::pg_onboard::PgOnboard::new(PgStore::connect(&url, 2).unwrap());
+        let hash = ApiKeySecret::from_text(&key).hash();
+        let found = on_pg.find_api_key(&hash, 0).unwrap().unwrap();
+        assert_eq!(found.name, "city");
+        let all = AuditFilter::default();
+        let embedded = OnboardStore::open(tmp.path())
+            .unwrap()
+            .audit(&all, None)
+            .unwrap();
+        assert!(embedded.len() >= 7, "{embedded:?}");
+        assert_eq!(on_pg.audit(&all, None).unwrap(), embedded);
+        // The audit log continues after the copied records.
+        on_pg
+            .set_tenant_home_net_id(&joinserver::onboarding::db::Actor::cli(), "city", None)
+            .unwrap();
+        let after = on_pg.audit(&all, None).unwrap();
+        assert!(after.last().unwrap().seq > embedded.last().unwrap().seq);
+        let mut tokens = TokenStore::new(Box::new(PgStore::connect(&url, 2).unwrap()));
+        let t = PeerToken::from_authorization(token.trim());
+        assert_eq!(tokens.find(&t).unwrap(), protocol::ids::NetId::new(NET_ID));
+    }
     let mut embedded = joinserver::store::SqliteStore::open(tmp.path()).unwrap();
     let mut copy = PgStore::connect(&url, 2).unwrap();
     assert_eq!(
@@ -539,3 +588,256 @@ fn store_copy_moves_an_embedded_store_up() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// Polls `f` every 20 ms until it is true, for at most 10 s (a loaded machine); how long it
+/// took.
+fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what}: not seen within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    started.elapsed()
+}
+
+/// An HTTPS client of a server's API or Backend Interfaces listener (the data directory's
+/// self-signed certificate), sending `authorization`.
+fn https(port: u16, dir: &Path, authorization: &str) -> ts002::Ts002 {
+    ts002::Ts002::connect(port, dir, Some(authorization.to_owned()), None)
+}
+
+/// `method` `path` on an API client: (status, body).
+fn api(c: &ts002::Ts002, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let url = format!("{}{}", c.url, path.trim_start_matches('/'));
+    let auth = c.authorization.clone().unwrap();
+    let mut r = match method {
+        "POST" => c
+            .agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .send(body.unwrap_or("").as_bytes()),
+        "PUT" => c
+            .agent
+            .put(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body.unwrap_or("").as_bytes()),
+        "DELETE" => c.agent.delete(&url).header("Authorization", &auth).call(),
+        _ => c.agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .unwrap();
+    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+}
+
+/// Two `joinserver serve` processes on one database, each with its management API and Backend
+/// Interfaces listener: a device imported, claimed and deleted through instance A's API joins
+/// (or is unknown) through instance B within a second; an API key revoked at A is refused at B
+/// from its next request on; a peer token created by `joinserver peers token --store-url` works
+/// at both. The times each change took to reach B are printed.
+#[test]
+fn changes_through_one_instances_api_are_seen_by_the_other() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = dir.to_str().unwrap();
+    let key = setup(dir, &url, 0);
+    // The API takes signed manifests only.
+    let signer = SigningKey::from_bytes(&[42; 32]);
+    let mut toml = std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap();
+    toml.push_str(&format!(
+        "\n[api]\ntrusted_manifest_keys = [\"{}\"]\n",
+        hex::encode(signer.verifying_key().as_bytes())
+    ));
+    std::fs::write(dir.join(joinserver::peers::CONFIG_FILE), toml).unwrap();
+    let admin_key = cli(&[
+        "api-keys",
+        "create",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        "--role",
+        "admin",
+        "--name",
+        "ops",
+    ]);
+    // The URL from the environment variable, this time.
+    let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args(["api-keys", "create", "--data-dir", d, "--role", "owner"])
+        .args(["--name", "city", "--home-net-id", &format!("{NET_ID:06X}")])
+        .env("JOINSERVER_STORE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let owner_key = String::from_utf8(out.stdout).unwrap();
+    let token = cli(&[
+        "peers",
+        "token",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        "--net-id",
+        &format!("{NET_ID:06X}"),
+    ]);
+    let extra = [
+        "--store-url",
+        &url,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--bi-listen",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ];
+    let (a, b) = (spawn_with(dir, &extra), spawn_with(dir, &extra));
+    let (a_api, b_api) = (a.api.unwrap().port(), b.api.unwrap().port());
+    let bearer = |k: &str| format!("Bearer {}", k.trim());
+    let a_admin = https(a_api, dir, &bearer(&admin_key));
+    let a_owner = https(a_api, dir, &bearer(&owner_key));
+    let b_owner = https(b_api, dir, &bearer(&owner_key));
+    let link_b = Client::new(b.link, key);
+    let dev = FIRST + 7;
+    let eui = DevEui::new(dev).to_string();
+    let mut tid = 100;
+    let mut join_at_b = || {
+        tid += 1;
+        link_b
+            .join_ans(tid, dev, &phy(dev, tid as u16))
+            .result
+            .result_code
+    };
+    assert_eq!(join_at_b(), ResultCode::UnknownDevEui);
+
+    // Created through A's API: B knows it (unclaimed: no home network, no Success).
+    let manifest = format!(
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n\
+         {dev:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,{OWNER}\n"
+    );
+    let signature = hex::encode(signer.sign(manifest.as_bytes()).to_bytes());
+    let mut r = a_admin
+        .agent
+        .post(&format!("{}api/v1/devices/import", a_admin.url))
+        .header("Authorization", &bearer(&admin_key))
+        .header("X-Manifest-Signature", &signature)
+        .send(manifest.as_bytes())
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{body}");
+    let created = until("the import at B", || {
+        join_at_b() != ResultCode::UnknownDevEui
+    });
+    assert_ne!(join_at_b(), ResultCode::Success, "unclaimed");
+
+    // Claimed through A's API: joins through B.
+    let claim = format!(r#"{{"owner_token": "{OWNER}", "home_net_id": "{NET_ID:06X}"}}"#);
+    let (st, body) = api(
+        &a_owner,
+        "PUT",
+        &format!("/api/v1/devices/{eui}/claim"),
+        Some(&claim),
+    );
+    assert_eq!(st, 200, "{body}");
+    let claimed = until("the claim at B", || join_at_b() == ResultCode::Success);
+    // B's API shows the device to its owner, claimed.
+    let (st, body) = api(&b_owner, "GET", &format!("/api/v1/devices/{eui}"), None);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(&format!("{NET_ID:06X}")), "{body}");
+
+    // A DevNonce reset through A's API: B accepts the device's DevNonces from the start again.
+    let (st, body) = api(
+        &a_admin,
+        "POST",
+        &format!("/api/v1/devices/{eui}/dev-nonce-reset"),
+        None,
+    );
+    assert_eq!(st, 200, "{body}");
+    let mut restart = 0u16;
+    let reset = until("the DevNonce reset at B", || {
+        restart += 1;
+        link_b
+            .join_ans(5000 + u32::from(restart), dev, &phy(dev, restart))
+            .result
+            .result_code
+            == ResultCode::Success
+    });
+
+    // The peer token from the command line works at both listeners.
+    for r in [&a, &b] {
+        let c = https(r.bi.unwrap().port(), dir, &bearer(&token));
+        let body = format!(
+            r#"{{"ProtocolVersion":"1.0","SenderID":"{NET_ID:06x}","ReceiverID":"{JOIN_EUI:016x}","TransactionID":7,"MessageType":"HomeNSReq","DevEUI":"{dev:016x}"}}"#
+        );
+        let ans = c.post(body.as_bytes());
+        assert_eq!(ans.result.code, ts002::CsResultCode::Success);
+        assert_eq!(
+            ans.h_net_id.unwrap().to_uppercase(),
+            format!("{NET_ID:06X}")
+        );
+    }
+
+    // Deleted through A's API: unknown at B.
+    let (st, body) = api(&a_admin, "DELETE", &format!("/api/v1/devices/{eui}"), None);
+    assert!(st == 200 || st == 204, "{st} {body}");
+    let deleted = until("the deletion at B", || {
+        join_at_b() == ResultCode::UnknownDevEui
+    });
+
+    // An API key revoked at A authenticates nothing at B from the next request on.
+    assert_eq!(api(&b_owner, "GET", "/api/v1/me", None).0, 200);
+    let id = cli(&[
+        "api-keys",
+        "list",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        "--json",
+    ])
+    .lines()
+    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    .find(|k| k["name"] == "city")
+    .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (st, body) = api(&a_admin, "DELETE", &format!("/api/v1/api-keys/{id}"), None);
+    assert!(st == 200 || st == 204, "{st} {body}");
+    assert_eq!(api(&b_owner, "GET", "/api/v1/me", None).0, 401);
+    eprintln!(
+        "seen at the other instance after: import {created:?}, claim {claimed:?}, \
+         DevNonce reset {reset:?}, deletion {deleted:?}"
+    );
+    for t in [created, claimed, reset, deleted] {
+        assert!(t < Duration::from_secs(1), "{t:?}");
+    }
+    // Both instances audited into the one log: the claim made at A is listed by B.
+    let b_admin = https(b_api, dir, &bearer(&admin_key));
+    let (st, body) = api(
+        &b_admin,
+        "GET",
+        &format!("/api/v1/audit?dev_eui={eui}"),
+        None,
+    );
+    assert_eq!(st, 200, "{body}");
+    for action in ["provision", "claim", "deprovision"] {
+        assert!(body.contains(&format!("\"{action}\"")), "{action}: {body}");
+    }
+    // SIGTERM: the instance drains and closes its database connections, and exits cleanly.
+    for mut r in [a, b] {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(r.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert!(r.child.wait().unwrap().success());
+    }
+}
+
+/// An owner token of 32 characters, as a TR005 QR code carries it.
+const OWNER: &str = "00112233445566778899AABBCCDDEEFF";

@@ -421,3 +421,562 @@ fn postgres_gone_fails_calls_and_recovers() {
         vec![JoinCommitted::Applied]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The onboarding state (API keys, tenants, ownership and claims, the audit log, imports) and the
+// Backend Interfaces peer tokens: one suite over both backends.
+
+use joinserver::bi::tokens::{self, PeerToken, PeerTokens, TokenStore};
+use joinserver::manifest::Format;
+use joinserver::onboarding::backend::OnboardBackend;
+use joinserver::onboarding::db::{
+    Actor, AuditEntry, AuditFilter, ClaimOutcome, OnboardStore, OwnershipColumn, Role,
+};
+use joinserver::onboarding::import::{Failure, Job, SliceSource};
+use joinserver::onboarding::secret::{self, ApiKeySecret};
+use joinserver::secrets::MasterKey;
+use joinserver::store::pg_onboard::PgOnboard;
+use protocol::keys::Kek;
+
+/// One store's onboarding backend, a device-store handle and its peer tokens (writer and
+/// reader).
+struct Onboard {
+    db: Box<dyn OnboardBackend>,
+    devices: Box<dyn Store>,
+    token_writer: Box<dyn PeerTokens>,
+    tokens: TokenStore,
+}
+
+type MakeOnboard<'a> = dyn FnMut() -> Onboard + 'a;
+
+fn master() -> MasterKey {
+    MasterKey(Kek::new([5; 16]))
+}
+
+const OWNER_TOKEN: &str = "0123456789ABCDEF0123456789ABCDEF";
+
+fn manufacturer() -> Actor {
+    Actor {
+        id: "key:00000000000000aa".into(),
+        tenant: Some("acme".into()),
+        role: Role::Manufacturer,
+    }
+}
+
+fn owner() -> Actor {
+    Actor {
+        id: "key:00000000000000bb".into(),
+        tenant: Some("city".into()),
+        role: Role::Owner,
+    }
+}
+
+/// Imports devices `devs` (1.0.4, owner token [`OWNER_TOKEN`], no home network) as `actor`.
+fn import_as(
+    o: &mut Onboard,
+    actor: &Actor,
+    devs: &[u64],
+) -> Result<joinserver::onboarding::import::Imported, Failure> {
+    let mut manifest = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,owner_token\n");
+    for d in devs {
+        manifest.push_str(&format!(
+            "{d:016X},70B3D57ED0000000,1.0.4,2B7E151628AED2A6ABF7158809CF4F3C,,{OWNER_TOKEN}\n"
+        ));
+    }
+    let master = master();
+    let job = Job {
+        actor,
+        master: &master,
+        format: Some(Format::Csv),
+        verifier: None,
+        commit_lock: None,
+        min_owner_token_len: 16,
+    };
+    let mut seen = Vec::new();
+    let mut on_device = |d: StoredDevice| seen.push(d.dev_eui);
+    let r = o.db.importer().unwrap().run(
+        job,
+        &mut SliceSource::new(manifest.as_bytes()),
+        Some(&mut on_device),
+    );
+    if let Ok(i) = &r {
+        assert_eq!(seen.len(), i.imported);
+    }
+    r
+}
+
+fn onboard_suite(make: &mut MakeOnboard<'_>) {
+    api_keys_are_found_by_hash_expire_and_revoke(&mut make());
+    imports_are_all_or_nothing_and_record_the_manufacturer(&mut make());
+    claims_bind_once_and_release_lock_and_deprovision(&mut make());
+    nonce_resets_and_key_rotations_are_written_and_audited(&mut make());
+    the_audit_log_filters_and_scopes(&mut make());
+    peer_tokens_are_found_by_their_clear_text_only(&mut make());
+}
+
+fn api_keys_are_found_by_hash_expire_and_revoke(o: &mut Onboard) {
+    let cli = Actor::cli();
+    let (k1, k2) = (ApiKeySecret::generate(), ApiKeySecret::generate());
+    let r1 =
+        o.db.create_api_key(&cli, "acme", Role::Manufacturer, &k1.hash(), None)
+            .unwrap();
+    assert_eq!(r1.id, hex::encode(&k1.hash()[..8]));
+    let r2 =
+        o.db.create_api_key(&cli, "city", Role::Owner, &k2.hash(), Some(5_000))
+            .unwrap();
+    assert_eq!(
+        o.db.find_api_key(&k1.hash(), 10_000).unwrap(),
+        Some(r1.clone())
+    );
+    assert_eq!(
+        o.db.find_api_key(&k2.hash(), 4_999).unwrap(),
+        Some(r2.clone())
+    );
+    assert_eq!(
+        o.db.find_api_key(&k2.hash(), 5_000).unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(o.db.find_api_key(&[7; 32], 0).unwrap(), None);
+    let listed = o.db.list_api_keys().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1].expires_ms, Some(5_000));
+    assert!(o.db.revoke_api_key(&cli, &r1.id).unwrap());
+    assert!(!o.db.revoke_api_key(&cli, &r1.id).unwrap(), "revoked once");
+    assert!(!o.db.revoke_api_key(&cli, "0000000000000000").unwrap());
+    assert_eq!(o.db.find_api_key(&k1.hash(), 10_000).unwrap(), None);
+    assert!(o.db.list_api_keys().unwrap()[0].revoked_ms.is_some());
+    assert_eq!(o.db.tenants().unwrap(), vec!["acme", "city"]);
+    let n = NetId::new(0x13).unwrap();
+    assert_eq!(o.db.tenant_home_net_id("city").unwrap(), None);
+    o.db.set_tenant_home_net_id(&cli, "city", Some(n)).unwrap();
+    assert_eq!(o.db.tenant_home_net_id("city").unwrap(), Some(n));
+    o.db.set_tenant_home_net_id(&cli, "newco", None).unwrap();
+    assert_eq!(o.db.tenants().unwrap(), vec!["acme", "city", "newco"]);
+    let actions: Vec<String> =
+        o.db.audit(&AuditFilter::default(), None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.action)
+            .collect();
+    assert_eq!(
+        actions,
+        [
+            "api_key_create",
+            "api_key_create",
+            "api_key_revoke",
+            "tenant_home_net_id",
+            "tenant_home_net_id"
+        ]
+    );
+}
+
+fn imports_are_all_or_nothing_and_record_the_manufacturer(o: &mut Onboard) {
+    let m = manufacturer();
+    let r = import_as(o, &m, &[1, 2, u64::MAX]).unwrap();
+    assert_eq!(r.imported, 3);
+    assert!(r.generated.is_empty());
+    let (d, own) = o.db.device(DevEui::new(u64::MAX)).unwrap().unwrap();
+    assert_eq!(d.home_net_id, None);
+    assert_eq!(own.manufacturer.as_deref(), Some("acme"));
+    assert_eq!(
+        own.token_hash.as_deref(),
+        Some(&secret::owner_token_hash(DevEui::new(u64::MAX), OWNER_TOKEN)[..])
+    );
+    // In unsigned order, paged.
+    let scope = Some((OwnershipColumn::Manufacturer, "acme"));
+    let all = o.db.visible(scope, None, 10).unwrap();
+    assert_eq!(all, [1, 2, u64::MAX].map(DevEui::new));
+    assert_eq!(
+        o.db.visible(None, Some(DevEui::new(1)), 1).unwrap(),
+        [DevEui::new(2)]
+    );
+    assert!(o
+        .db
+        .visible(Some((OwnershipColumn::Manufacturer, "other")), None, 10)
+        .unwrap()
+        .is_empty());
+    // One device already provisioned: nothing of the manifest is stored.
+    match import_as(o, &m, &[3, 2]) {
+        Err(Failure::Rows { rows, total, .. }) => {
+            assert_eq!(total, 1);
+            assert_eq!(rows[0].line, 3);
+            assert!(rows[0].message.contains("already provisioned"), "{rows:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A DevEUI twice in one manifest.
+    match import_as(o, &m, &[4, 4]) {
+        Err(Failure::Rows { rows, .. }) => assert!(rows[0].message.contains("line 2")),
+        other => panic!("{other:?}"),
+    }
+    assert!(o.db.stored_device(DevEui::new(3)).unwrap().is_none());
+    assert!(o.db.stored_device(DevEui::new(4)).unwrap().is_none());
+    let provisioned = AuditFilter {
+        action: Some("provision".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(o.db.audit(&provisioned, None).unwrap().len(), 3);
+}
+
+fn claims_bind_once_and_release_lock_and_deprovision(o: &mut Onboard) {
+    import_as(o, &manufacturer(), &[1, 2]).unwrap();
+    let (a, home) = (owner(), NetId::new(0x13).unwrap());
+    let dev = DevEui::new(1);
+    let good = secret::owner_token_hash(dev, OWNER_TOKEN);
+    let claim = |o: &mut Onboard, h: &[u8; 32]| o.db.claim(&a, dev, h, "city", home, "via test");
+    assert_eq!(claim(o, &[0; 32]).unwrap(), ClaimOutcome::WrongToken);
+    let missing =
+        o.db.claim(&a, DevEui::new(9), &good, "city", home, "")
+            .unwrap();
+    assert_eq!(missing, ClaimOutcome::NotFound);
+    assert_eq!(claim(o, &good).unwrap(), ClaimOutcome::Claimed);
+    assert_eq!(claim(o, &good).unwrap(), ClaimOutcome::AlreadyClaimed);
+    let (d, own) = o.db.device(dev).unwrap().unwrap();
+    assert_eq!(d.home_net_id, Some(home));
+    assert_eq!(
+        (d.owner.as_deref(), own.owner.as_deref()),
+        (Some("city"), Some("city"))
+    );
+    assert!(own.claimed_ms.is_some());
+    let mine =
+        o.db.visible(Some((OwnershipColumn::Owner, "city")), None, 10);
+    assert_eq!(mine.unwrap(), [dev]);
+    // The device store sees the claim too (what the join pipeline loads).
+    let stored = o.devices.get_device(dev).unwrap().unwrap();
+    assert_eq!(stored.home_net_id, Some(home));
+    let new_hash = secret::owner_token_hash(dev, "a new token of 32 characters....");
+    o.db.release(&a, dev, Some(&new_hash)).unwrap();
+    let (d, own) = o.db.device(dev).unwrap().unwrap();
+    assert_eq!((d.home_net_id, own.owner), (None, None));
+    assert_eq!(
+        claim(o, &good).unwrap(),
+        ClaimOutcome::WrongToken,
+        "old token"
+    );
+    o.db.set_locked(&a, dev, true).unwrap();
+    assert_eq!(claim(o, &new_hash).unwrap(), ClaimOutcome::Locked);
+    o.db.set_locked(&a, dev, false).unwrap();
+    assert_eq!(claim(o, &new_hash).unwrap(), ClaimOutcome::Claimed);
+    // Refused claims, as the service audits them, are what the failed-claim limits restore.
+    o.db.audit_append(&AuditEntry {
+        actor: &a,
+        action: "claim",
+        dev_eui: Some(DevEui::new(2)),
+        outcome: "refused:wrong_token",
+        detail: "",
+    })
+    .unwrap();
+    let failures = o.db.claim_failures_since(0).unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].1, a.id);
+    assert_eq!(failures[0].2.as_deref(), Some("0000000000000002"));
+    assert!(o.db.deprovision(&Actor::cli(), dev).unwrap());
+    assert!(!o.db.deprovision(&Actor::cli(), dev).unwrap());
+    assert!(o.db.device(dev).unwrap().is_none());
+    assert!(o.devices.get_device(dev).unwrap().is_none());
+    let actions: Vec<String> =
+        o.db.audit(
+            &AuditFilter {
+                dev_eui: Some("0000000000000001".into()),
+                ..AuditFilter::default()
+            },
+            None,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "provision",
+            "claim",
+            "release",
+            "lock",
+            "unlock",
+            "claim",
+            "deprovision"
+        ]
+    );
+}
+
+fn nonce_resets_and_key_rotations_are_written_and_audited(o: &mut Onboard) {
+    import_as(o, &manufacturer(), &[1]).unwrap();
+    let dev = DevEui::new(1);
+    let state = NonceState {
+        last_dev_nonce: Some(7),
+        used_dev_nonces: vec![],
+        last_join_nonce: 40,
+        last_rj_count1: None,
+    };
+    o.devices
+        .commit_nonces(&[NonceUpdate {
+            dev_eui: dev,
+            state,
+            joined: JOINED,
+        }])
+        .unwrap();
+    let cleared = NonceState {
+        last_dev_nonce: None,
+        used_dev_nonces: vec![],
+        last_join_nonce: 40,
+        last_rj_count1: None,
+    };
+    let cli = Actor::cli();
+    o.db.set_nonces_and_keys(&cli, "dev_nonce_reset", dev, &cleared, None, "")
+        .unwrap();
+    let d = o.db.stored_device(dev).unwrap().unwrap();
+    assert_eq!(d.nonces, cleared);
+    let app = vec![9u8; 24];
+    o.db.set_nonces_and_keys(
+        &cli,
+        "root_key_rotation",
+        dev,
+        &cleared,
+        Some((&app, None)),
+        "",
+    )
+    .unwrap();
+    let d = o.db.stored_device(dev).unwrap().unwrap();
+    assert_eq!(d.app_key_wrapped, app);
+    assert_eq!(d.nonces.last_join_nonce, 40);
+    let f = AuditFilter {
+        outcome: Some("ok".into()),
+        since_ms: Some(0),
+        ..AuditFilter::default()
+    };
+    let actions: Vec<String> =
+        o.db.audit(&f, None)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.action)
+            .collect();
+    assert_eq!(
+        actions,
+        [
+            "provision",
+            "import",
+            "dev_nonce_reset",
+            "root_key_rotation"
+        ]
+    );
+}
+
+fn the_audit_log_filters_and_scopes(o: &mut Onboard) {
+    let (m, a) = (manufacturer(), owner());
+    for (actor, outcome) in [(&m, "ok"), (&a, "refused:forbidden"), (&a, "ok")] {
+        o.db.audit_append(&AuditEntry {
+            actor,
+            action: "lock",
+            dev_eui: None,
+            outcome,
+            detail: "d",
+        })
+        .unwrap();
+    }
+    let all = o.db.audit(&AuditFilter::default(), None).unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let city = o.db.audit(&AuditFilter::default(), Some("city")).unwrap();
+    assert_eq!(city.len(), 2);
+    let refused = AuditFilter {
+        outcome: Some("refused".into()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(o.db.audit(&refused, None).unwrap().len(), 1);
+    let by_actor = AuditFilter {
+        actor: Some(m.id.clone()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(o.db.audit(&by_actor, None).unwrap().len(), 1);
+    let page = AuditFilter {
+        after_seq: Some(all[0].seq),
+        limit: Some(1),
+        ..AuditFilter::default()
+    };
+    assert_eq!(o.db.audit(&page, None).unwrap(), vec![all[1].clone()]);
+    let none = AuditFilter {
+        until_ms: Some(0),
+        ..AuditFilter::default()
+    };
+    assert!(o.db.audit(&none, None).unwrap().is_empty());
+    // A `%` is not a wildcard.
+    let wild = AuditFilter {
+        outcome: Some("%".into()),
+        ..AuditFilter::default()
+    };
+    assert!(o.db.audit(&wild, None).unwrap().is_empty());
+}
+
+fn peer_tokens_are_found_by_their_clear_text_only(o: &mut Onboard) {
+    let net = NetId::new(0x13).unwrap();
+    let t = tokens::create(&mut *o.token_writer, net, 1).unwrap();
+    let header = format!("Bearer {}", t.expose());
+    assert_eq!(
+        o.tokens
+            .find(&PeerToken::from_authorization(&header))
+            .unwrap(),
+        Some(net)
+    );
+    let other = PeerToken::generate();
+    assert_eq!(o.tokens.find(&other).unwrap(), None);
+}
+
+#[test]
+fn the_onboarding_suite_on_sqlite() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    onboard_suite(&mut || {
+        let d = tempfile::tempdir().unwrap();
+        let o = Onboard {
+            db: Box::new(OnboardStore::open(d.path()).unwrap()),
+            devices: Box::new(SqliteStore::open(d.path()).unwrap()),
+            token_writer: Box::new(SqliteStore::open(d.path()).unwrap()),
+            tokens: TokenStore::open(d.path()).unwrap(),
+        };
+        dirs.borrow_mut().push(d);
+        o
+    });
+}
+
+fn pg_onboard(url: &str) -> Onboard {
+    Onboard {
+        db: Box::new(PgOnboard::new(PgStore::connect(url, 2).unwrap())),
+        devices: Box::new(PgStore::connect(url, 2).unwrap()),
+        token_writer: Box::new(PgStore::connect(url, 2).unwrap()),
+        tokens: TokenStore::new(Box::new(PgStore::connect(url, 2).unwrap())),
+    }
+}
+
+#[test]
+fn the_onboarding_suite_on_postgres() {
+    let pg = testkit::postgres::Postgres::start();
+    onboard_suite(&mut || pg_onboard(&pg.create_database()));
+}
+
+/// On PostgreSQL a claim, a release, a nonce reset and a deprovisioning through one instance are
+/// signalled to the others (the change log lists the device, and only it), and of two instances
+/// claiming one device with its token at the same moment exactly one wins.
+#[test]
+fn postgres_onboarding_changes_reach_other_instances_and_claims_race_once() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut a = pg_onboard(&url);
+    let mut b = PgStore::connect(&url, 2).unwrap();
+    import_as(&mut a, &manufacturer(), &[1, 2, 3]).unwrap();
+    let dev = DevEui::new(2);
+    let hash = secret::owner_token_hash(dev, OWNER_TOKEN);
+    let seen = b.generation().unwrap();
+    let home = NetId::new(0x13).unwrap();
+    let o = owner();
+    assert_eq!(
+        a.db.claim(&o, dev, &hash, "city", home, "").unwrap(),
+        ClaimOutcome::Claimed
+    );
+    b.wait_for_change(Duration::from_secs(1)).unwrap();
+    let (g, changes) = b.changes_since(seen).unwrap();
+    assert_eq!(changes, DeviceChanges::Devices(vec![dev]));
+    assert_eq!(b.get_device(dev).unwrap().unwrap().home_net_id, Some(home));
+    a.db.release(&o, dev, None).unwrap();
+    let (g2, changes) = b.changes_since(g).unwrap();
+    assert_eq!(changes, DeviceChanges::Devices(vec![dev]));
+    assert!(a.db.deprovision(&Actor::cli(), dev).unwrap());
+    let (_, changes) = b.changes_since(g2).unwrap();
+    assert_eq!(changes, DeviceChanges::Devices(vec![dev]));
+    assert!(b.get_device(dev).unwrap().is_none());
+
+    // Two instances, eight claims each of devices 1 and 3 at once: one success per device.
+    let barrier = Arc::new(Barrier::new(16));
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (url, barrier) = (url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut db = PgOnboard::new(PgStore::connect(&url, 1).unwrap());
+                let dev = DevEui::new(if i % 2 == 0 { 1 } else { 3 });
+                let hash = secret::owner_token_hash(dev, OWNER_TOKEN);
+                let tenant = format!("tenant{i}");
+                barrier.wait();
+                (
+                    dev,
+                    db.claim(&owner(), dev, &hash, &tenant, home, "").unwrap(),
+                )
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    for d in [1, 3] {
+        let wins = outcomes
+            .iter()
+            .filter(|(dev, c)| dev.as_u64() == d && *c == ClaimOutcome::Claimed)
+            .count();
+        assert_eq!(wins, 1, "{outcomes:?}");
+    }
+    assert!(outcomes
+        .iter()
+        .all(|(_, c)| matches!(c, ClaimOutcome::Claimed | ClaimOutcome::AlreadyClaimed)));
+}
+
+/// The database never holds an API key, a peer token, an owner token or a root key in clear:
+/// every row of every table, as text, is searched for each of them; and the audit log refuses
+/// UPDATE, DELETE and TRUNCATE.
+#[test]
+fn postgres_holds_no_secret_in_clear_and_the_audit_log_is_append_only() {
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let mut o = pg_onboard(&url);
+    let key = ApiKeySecret::generate();
+    o.db.create_api_key(&Actor::cli(), "acme", Role::Admin, &key.hash(), None)
+        .unwrap();
+    let token = tokens::create(&mut *o.token_writer, NetId::new(0x13).unwrap(), 1).unwrap();
+    import_as(&mut o, &manufacturer(), &[1]).unwrap();
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let tables: Vec<String> = c
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for t in [
+        "api_keys",
+        "tenants",
+        "audit",
+        "bi_peer_tokens",
+        "ownership",
+        "devices",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "{t} in {tables:?}");
+    }
+    let app_key = "2B7E151628AED2A6ABF7158809CF4F3C";
+    let secrets = [key.expose(), token.expose(), OWNER_TOKEN, app_key];
+    for t in &tables {
+        for row in c.query(&format!("SELECT t::text FROM {t} t"), &[]).unwrap() {
+            let text: String = row.get(0);
+            let upper = text.to_uppercase();
+            for s in secrets {
+                assert!(
+                    !upper.contains(&s.to_uppercase()),
+                    "{t} holds a secret: {text}"
+                );
+            }
+        }
+    }
+    for sql in [
+        "UPDATE audit SET detail = 'x'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+    ] {
+        let e = c.batch_execute(sql).unwrap_err();
+        assert!(
+            e.to_string().contains("append-only") || format!("{e:?}").contains("append-only"),
+            "{sql}: {e:?}"
+        );
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM audit", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3, "api_key_create, provision, import");
+}

@@ -1,6 +1,7 @@
 //! Bearer tokens of the Backend Interfaces peers: random, printed once by
-//! `joinserver peers token --net-id N`, stored only as SHA-256 hashes in the join server's SQLite
-//! file (table `bi_peer_tokens`), looked up by hash and compared in constant time.
+//! `joinserver peers token --net-id N`, stored only as SHA-256 hashes in the join server's store
+//! (table `bi_peer_tokens` of the SQLite file or of PostgreSQL, [`PeerTokens`]), looked up by
+//! hash and compared in constant time.
 
 use protocol::ids::NetId;
 use rand::RngCore;
@@ -66,45 +67,81 @@ fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Where the peer tokens' hashes live: the embedded SQLite file or the PostgreSQL store shared by
+/// every join server (where a token created once works at every instance).
+pub trait PeerTokens: Send + std::fmt::Debug {
+    /// Stores the hash of a new token of the peer `net_id`.
+    fn insert_peer_token(
+        &mut self,
+        hash: &[u8; 32],
+        net_id: NetId,
+        created_ms: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The stored hash equal to `hash` and its NetID, looked up by index (the caller compares
+    /// the hash in constant time).
+    fn peer_token(&mut self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+}
+
+impl PeerTokens for SqliteStore {
+    fn insert_peer_token(
+        &mut self,
+        hash: &[u8; 32],
+        net_id: NetId,
+        created_ms: u64,
+    ) -> Result<(), StoreError> {
+        let conn = self.conn_mut();
+        ensure_schema(conn)?;
+        conn.execute(
+            "INSERT INTO bi_peer_tokens (token_hash, net_id, created_ms) VALUES (?1, ?2, ?3)",
+            params![&hash[..], net_id.as_u32(), created_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    fn peer_token(&mut self, hash: &[u8; 32]) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        Ok(self
+            .conn_mut()
+            .prepare_cached("SELECT token_hash, net_id FROM bi_peer_tokens WHERE token_hash = ?1")?
+            .query_row(params![&hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+}
+
 /// Creates a token for the peer `net_id`, stores its hash, and returns it (to print once).
 pub fn create(
-    store: &mut SqliteStore,
+    store: &mut dyn PeerTokens,
     net_id: NetId,
     now_ms: u64,
 ) -> Result<PeerToken, StoreError> {
-    let conn = store.conn_mut();
-    ensure_schema(conn)?;
     let token = PeerToken::generate();
-    conn.execute(
-        "INSERT INTO bi_peer_tokens (token_hash, net_id, created_ms) VALUES (?1, ?2, ?3)",
-        params![&token.hash()[..], net_id.as_u32(), now_ms as i64],
-    )?;
+    store.insert_peer_token(&token.hash(), net_id, now_ms)?;
     Ok(token)
 }
 
-/// Looks peer tokens up on a connection of its own.
+/// Looks peer tokens up on a store handle of its own.
 #[derive(Debug)]
 pub struct TokenStore {
-    store: SqliteStore,
+    store: Box<dyn PeerTokens>,
 }
 
 impl TokenStore {
-    /// Opens the data directory's store (creating the table if needed).
+    /// Opens the data directory's embedded store (creating the table if needed).
     pub fn open(data_dir: &std::path::Path) -> Result<Self, StoreError> {
         let mut store = SqliteStore::open(data_dir)?;
         ensure_schema(store.conn_mut())?;
-        Ok(Self { store })
+        Ok(Self::new(Box::new(store)))
+    }
+
+    /// Over `store` (a PostgreSQL store, say).
+    pub fn new(store: Box<dyn PeerTokens>) -> Self {
+        Self { store }
     }
 
     /// The NetID a token was created for, if any.
     pub fn find(&mut self, token: &PeerToken) -> Result<Option<NetId>, StoreError> {
         let hash = token.hash();
-        let row: Option<(Vec<u8>, u32)> = self
-            .store
-            .conn_mut()
-            .prepare_cached("SELECT token_hash, net_id FROM bi_peer_tokens WHERE token_hash = ?1")?
-            .query_row(params![&hash[..]], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
+        let row = self.store.peer_token(&hash)?;
         Ok(row
             .filter(|(h, _)| bool::from(h.as_slice().ct_eq(&hash[..])))
             .and_then(|(_, n)| NetId::new(n)))

@@ -19,6 +19,8 @@ use protocol::ids::{DevEui, NetId};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::backend::{Importer, OnboardBackend};
+use super::import::{Failure, Imported, Job, ManifestSource};
 use crate::store::{self, NonceState, SqliteStore, Store, StoreError, StoredDevice};
 
 const SCHEMA: &str = "
@@ -98,7 +100,7 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "manufacturer" => Some(Self::Manufacturer),
             "owner" => Some(Self::Owner),
@@ -251,6 +253,57 @@ pub struct AuditFilter {
     pub limit: Option<u32>,
 }
 
+/// A value an audit filter's condition compares with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FilterValue {
+    /// Text.
+    Text(String),
+    /// An integer.
+    Int(i64),
+}
+
+impl AuditFilter {
+    /// The query of the records matching the filter, oldest first, as every store runs it: the
+    /// conditions' values numbered `?1`, `?2`… (`$1`… with `placeholder` `'$'`), `tenant`
+    /// scoping to one tenant's records, `prefix` the store's prefix match of the outcome (`?` for
+    /// the prefix); and the values in order.
+    pub(crate) fn query(
+        &self,
+        tenant: Option<&str>,
+        prefix: &str,
+        placeholder: char,
+    ) -> (String, Vec<FilterValue>) {
+        use FilterValue::{Int, Text};
+        let mut conditions: Vec<(&str, FilterValue)> = Vec::new();
+        let text = |s: &String| Text(s.clone());
+        conditions.extend(tenant.map(|t| ("tenant = ?", Text(t.to_owned()))));
+        conditions.extend(
+            self.dev_eui
+                .as_ref()
+                .map(|d| ("dev_eui = ?", Text(d.to_uppercase()))),
+        );
+        conditions.extend(self.action.as_ref().map(|a| ("action = ?", text(a))));
+        conditions.extend(self.actor.as_ref().map(|a| ("actor = ?", text(a))));
+        conditions.extend(self.outcome.as_ref().map(|o| (prefix, text(o))));
+        conditions.extend(self.since_ms.map(|s| ("at_ms >= ?", Int(s))));
+        conditions.extend(self.until_ms.map(|u| ("at_ms < ?", Int(u))));
+        conditions.extend(self.after_seq.map(|a| ("seq > ?", Int(a))));
+        let mut sql = String::from(
+            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit \
+             WHERE 1 = 1",
+        );
+        let mut values = Vec::new();
+        for (n, (condition, value)) in conditions.into_iter().enumerate() {
+            sql.push_str(" AND ");
+            sql.push_str(&condition.replace('?', &format!("{placeholder}{}", n + 1)));
+            values.push(value);
+        }
+        let limit = self.limit.unwrap_or(100).min(10_000);
+        sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+        (sql, values)
+    }
+}
+
 /// What [`OnboardStore::claim`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -284,6 +337,30 @@ impl OwnershipColumn {
     }
 }
 
+/// The `api_key_create` audit record's detail (never the key or its hash).
+pub(crate) fn api_key_created(id: &str, role: Role, name: &str, expires_ms: Option<i64>) -> String {
+    format!(
+        "key {id}, role {}, name {name:?}{}",
+        role.as_str(),
+        expires_ms.map_or_else(String::new, |e| format!(", expires_ms {e}"))
+    )
+}
+
+/// The `tenant_home_net_id` audit record's detail.
+pub(crate) fn home_net_id_set(name: &str, net_id: Option<NetId>) -> String {
+    let value = net_id.map_or_else(|| "none".to_owned(), |n| n.to_string());
+    format!("tenant {name:?}, home NetID {value}")
+}
+
+/// The `release` audit record's detail.
+pub(crate) fn released(new_token: bool) -> &'static str {
+    if new_token {
+        "home network unbound; new owner token issued"
+    } else {
+        "home network unbound; owner token kept"
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     i64::try_from(protocol::time::unix_ms(std::time::SystemTime::now())).unwrap_or(i64::MAX)
@@ -300,6 +377,26 @@ impl std::fmt::Debug for OnboardStore {
         f.debug_struct("OnboardStore")
             .field("devices", &self.devices)
             .finish()
+    }
+}
+
+impl From<OnboardStore> for Box<dyn OnboardBackend> {
+    fn from(s: OnboardStore) -> Self {
+        Box::new(s)
+    }
+}
+
+/// An import on a connection of its own to the SQLite file.
+struct SqliteImporter(Connection);
+
+impl Importer for SqliteImporter {
+    fn run(
+        &mut self,
+        job: Job<'_>,
+        source: &mut dyn ManifestSource,
+        on_device: Option<&mut dyn FnMut(StoredDevice)>,
+    ) -> Result<Imported, Failure> {
+        super::import::run(&mut self.0, job, source, on_device)
     }
 }
 
@@ -391,17 +488,46 @@ impl OnboardStore {
         &mut self.devices
     }
 
-    /// Appends one audit record on its own.
-    pub fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+    fn ownership(&mut self, dev_eui: DevEui) -> Result<Ownership, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT token_hash, manufacturer, owner, claimed_ms, locked FROM ownership \
+                 WHERE dev_eui = ?1",
+            )?
+            .query_row([store::dev_eui_sql(dev_eui)], |r| {
+                Ok(Ownership {
+                    token_hash: r.get(0)?,
+                    manufacturer: r.get(1)?,
+                    owner: r.get(2)?,
+                    claimed_ms: r.get(3)?,
+                    locked: r.get::<_, i64>(4)? != 0,
+                })
+            })
+            .optional()?
+            .unwrap_or_default())
+    }
+}
+
+impl OnboardBackend for OnboardStore {
+    fn stored_device(&mut self, dev_eui: DevEui) -> Result<Option<StoredDevice>, StoreError> {
+        self.devices.get_device(dev_eui)
+    }
+
+    /// A new connection to the same file: its staging table and transaction are its own, so the
+    /// upload does not hold this store's lock ([`super::import`]).
+    fn importer(&self) -> Result<Box<dyn Importer>, StoreError> {
+        Ok(Box::new(SqliteImporter(self.devices.connect_again()?)))
+    }
+
+    fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
         let tx = self.conn().transaction()?;
         append(&tx, now_ms(), e)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Stores a new API key's hash for the tenant `name` (its record is created if it is new),
-    /// valid until `expires_ms` if given; returns its public id. Audited.
-    pub fn create_api_key(
+    fn create_api_key(
         &mut self,
         actor: &Actor,
         name: &str,
@@ -426,11 +552,7 @@ impl OnboardStore {
                 action: "api_key_create",
                 dev_eui: None,
                 outcome: "ok",
-                detail: &format!(
-                    "key {id}, role {}, name {name:?}{}",
-                    role.as_str(),
-                    expires_ms.map_or_else(String::new, |e| format!(", expires_ms {e}"))
-                ),
+                detail: &api_key_created(&id, role, name, expires_ms),
             },
         )?;
         tx.commit()?;
@@ -441,10 +563,7 @@ impl OnboardStore {
         })
     }
 
-    /// The valid API key with this hash: not revoked, not expired at `now_ms`. The hash is
-    /// looked up by index; the caller compares nothing else, and the hash of a key reveals
-    /// nothing about other keys.
-    pub fn find_api_key(
+    fn find_api_key(
         &mut self,
         key_hash: &[u8; 32],
         now_ms: i64,
@@ -467,8 +586,7 @@ impl OnboardStore {
         }))
     }
 
-    /// Every API key (never a key or its hash), oldest first.
-    pub fn list_api_keys(&mut self) -> Result<Vec<ApiKeyInfo>, StoreError> {
+    fn list_api_keys(&mut self) -> Result<Vec<ApiKeyInfo>, StoreError> {
         let mut stmt = self.conn().prepare(
             "SELECT id, name, role, created_ms, expires_ms, revoked_ms FROM api_keys \
              ORDER BY created_ms, id",
@@ -501,9 +619,7 @@ impl OnboardStore {
         Ok(out)
     }
 
-    /// Revokes an API key by id: it authenticates nothing from now on. Audited. `false` if no
-    /// such key, or already revoked.
-    pub fn revoke_api_key(&mut self, actor: &Actor, id: &str) -> Result<bool, StoreError> {
+    fn revoke_api_key(&mut self, actor: &Actor, id: &str) -> Result<bool, StoreError> {
         let at = now_ms();
         let tx = self.conn().transaction()?;
         let n = tx.execute(
@@ -527,8 +643,7 @@ impl OnboardStore {
         Ok(n > 0)
     }
 
-    /// The tenants, by name.
-    pub fn tenants(&mut self) -> Result<Vec<String>, StoreError> {
+    fn tenants(&mut self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn()
             .prepare("SELECT name FROM tenants ORDER BY name")?;
@@ -536,9 +651,7 @@ impl OnboardStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Sets (or with `None` clears) the home NetID of the tenant `name`, creating its record if
-    /// it is new. Audited.
-    pub fn set_tenant_home_net_id(
+    fn set_tenant_home_net_id(
         &mut self,
         actor: &Actor,
         name: &str,
@@ -551,7 +664,6 @@ impl OnboardStore {
             "UPDATE tenants SET home_net_id = ?2 WHERE name = ?1",
             params![name, net_id.map(NetId::as_u32)],
         )?;
-        let value = net_id.map_or_else(|| "none".to_owned(), |n| n.to_string());
         append(
             &tx,
             at,
@@ -560,15 +672,14 @@ impl OnboardStore {
                 action: "tenant_home_net_id",
                 dev_eui: None,
                 outcome: "ok",
-                detail: &format!("tenant {name:?}, home NetID {value}"),
+                detail: &home_net_id_set(name, net_id),
             },
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// The home NetID of the tenant `name`, if it has one.
-    pub fn tenant_home_net_id(&mut self, name: &str) -> Result<Option<NetId>, StoreError> {
+    fn tenant_home_net_id(&mut self, name: &str) -> Result<Option<NetId>, StoreError> {
         let v: Option<Option<i64>> = self
             .conn()
             .prepare_cached("SELECT home_net_id FROM tenants WHERE name = ?1")?
@@ -586,16 +697,7 @@ impl OnboardStore {
             .transpose()
     }
 
-    /// A new connection to the same file, for one import: its staging table and transaction
-    /// are its own, so the upload does not hold this store's lock ([`super::import`]).
-    pub fn import_connection(&self) -> Result<Connection, StoreError> {
-        self.devices.connect_again()
-    }
-
-    /// The claim attempts refused for a wrong token or an unknown device (those that count
-    /// against the failed-claim limits) since `since_ms`, oldest first: `(at_ms, actor,
-    /// dev_eui)`.
-    pub fn claim_failures_since(
+    fn claim_failures_since(
         &mut self,
         since_ms: i64,
     ) -> Result<Vec<(i64, String, Option<String>)>, StoreError> {
@@ -607,11 +709,7 @@ impl OnboardStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// A device and its ownership.
-    pub fn device(
-        &mut self,
-        dev_eui: DevEui,
-    ) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
+    fn device(&mut self, dev_eui: DevEui) -> Result<Option<(StoredDevice, Ownership)>, StoreError> {
         let Some(d) = self.devices.get_device(dev_eui)? else {
             return Ok(None);
         };
@@ -619,30 +717,7 @@ impl OnboardStore {
         Ok(Some((d, o)))
     }
 
-    fn ownership(&mut self, dev_eui: DevEui) -> Result<Ownership, StoreError> {
-        Ok(self
-            .conn()
-            .prepare_cached(
-                "SELECT token_hash, manufacturer, owner, claimed_ms, locked FROM ownership \
-                 WHERE dev_eui = ?1",
-            )?
-            .query_row([store::dev_eui_sql(dev_eui)], |r| {
-                Ok(Ownership {
-                    token_hash: r.get(0)?,
-                    manufacturer: r.get(1)?,
-                    owner: r.get(2)?,
-                    claimed_ms: r.get(3)?,
-                    locked: r.get::<_, i64>(4)? != 0,
-                })
-            })
-            .optional()?
-            .unwrap_or_default())
-    }
-
-    /// DevEUIs visible to a scope, in unsigned order, after `after`, at most `limit`: all
-    /// (`scope` `None`), or those whose ownership `column` (`manufacturer` or `owner`) is the
-    /// tenant.
-    pub fn visible(
+    fn visible(
         &mut self,
         scope: Option<(OwnershipColumn, &str)>,
         after: Option<DevEui>,
@@ -671,12 +746,7 @@ impl OnboardStore {
         Ok(out.into_iter().skip(start).take(limit as usize).collect())
     }
 
-    /// Claims a device in one transaction: it must exist, `presented` (the owner token's hash)
-    /// must match its token hash (compared in constant time), and it must be unlocked and
-    /// unclaimed; then it is bound to `tenant` and `home` and the claim audited. The check and
-    /// the write are one `BEGIN IMMEDIATE` transaction, so of concurrent claims (in this process
-    /// or another) exactly one wins.
-    pub fn claim(
+    fn claim(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
@@ -739,8 +809,7 @@ impl OnboardStore {
         Ok(ClaimOutcome::Claimed)
     }
 
-    /// Releases a device: no owner, no home network; a new owner token hash if given. Audited.
-    pub fn release(
+    fn release(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
@@ -768,19 +837,14 @@ impl OnboardStore {
                 action: "release",
                 dev_eui: Some(dev_eui),
                 outcome: "ok",
-                detail: if new_token_hash.is_some() {
-                    "home network unbound; new owner token issued"
-                } else {
-                    "home network unbound; owner token kept"
-                },
+                detail: released(new_token_hash.is_some()),
             },
         )?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Sets or clears the lock. Audited.
-    pub fn set_locked(
+    fn set_locked(
         &mut self,
         actor: &Actor,
         dev_eui: DevEui,
@@ -807,9 +871,7 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// Writes a device's nonce state and, for a key rotation, its new wrapped root keys. Audited
-    /// under `action`.
-    pub fn set_nonces_and_keys(
+    fn set_nonces_and_keys(
         &mut self,
         actor: &Actor,
         action: &str,
@@ -841,8 +903,7 @@ impl OnboardStore {
         Ok(())
     }
 
-    /// Removes a device and its ownership. Audited. `false` if it did not exist.
-    pub fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
+    fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
         let tx = self.conn().transaction()?;
         let removed = store::delete_device(&tx, dev_eui)?;
         tx.execute(
@@ -867,50 +928,18 @@ impl OnboardStore {
         Ok(removed)
     }
 
-    /// Audit records matching `f`, oldest first; with `tenant`, only that tenant's own records.
-    pub fn audit(
+    fn audit(
         &mut self,
         f: &AuditFilter,
         tenant: Option<&str>,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let mut sql = String::from(
-            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit WHERE 1",
-        );
         use rusqlite::types::Value;
-        let mut args: Vec<Value> = Vec::new();
-        // Each condition names its argument `?`, numbered here.
-        let mut push = |cond: &str, v: Value| {
-            args.push(v);
-            sql.push_str(" AND ");
-            sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
-        };
-        if let Some(t) = tenant {
-            push("tenant = ?", Value::Text(t.to_owned()));
-        }
-        if let Some(d) = &f.dev_eui {
-            push("dev_eui = ?", Value::Text(d.to_uppercase()));
-        }
-        if let Some(a) = &f.action {
-            push("action = ?", Value::Text(a.clone()));
-        }
-        if let Some(a) = &f.actor {
-            push("actor = ?", Value::Text(a.clone()));
-        }
-        if let Some(o) = &f.outcome {
-            // A prefix match, without LIKE wildcards from the caller.
-            push("instr(outcome, ?) = 1", Value::Text(o.clone()));
-        }
-        if let Some(s) = f.since_ms {
-            push("at_ms >= ?", Value::Integer(s));
-        }
-        if let Some(u) = f.until_ms {
-            push("at_ms < ?", Value::Integer(u));
-        }
-        if let Some(a) = f.after_seq {
-            push("seq > ?", Value::Integer(a));
-        }
-        let limit = f.limit.unwrap_or(100).min(10_000);
-        sql.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
+        // A prefix match, without LIKE wildcards from the caller.
+        let (sql, values) = f.query(tenant, "instr(outcome, ?) = 1", '?');
+        let args = values.into_iter().map(|v| match v {
+            FilterValue::Text(t) => Value::Text(t),
+            FilterValue::Int(i) => Value::Integer(i),
+        });
         let mut stmt = self.conn().prepare(&sql)?;
         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
             Ok(AuditRecord {

@@ -259,20 +259,100 @@ pub fn run(
     result
 }
 
+/// Where the rows of a manifest wait until the whole manifest has been checked: a `TEMP` table
+/// of the import's SQLite transaction ([`TempTable`]), or memory for PostgreSQL
+/// ([`crate::store::pg_onboard`]).
+pub(crate) trait StageSink {
+    /// The line `dev_eui` was staged from, if it was.
+    fn staged_line(&mut self, dev_eui: DevEui) -> Result<Option<u64>, StoreError>;
+    /// Stages a row.
+    fn put(&mut self, row: StagedRow) -> Result<(), StoreError>;
+}
+
+/// One staged row of a manifest.
+#[derive(Debug)]
+pub(crate) struct StagedRow {
+    /// The device.
+    pub(crate) dev_eui: DevEui,
+    /// Its manifest line.
+    pub(crate) line: u64,
+    /// The sealed device; `None` once the import has failed (only DevEUI and line matter then,
+    /// for duplicates).
+    pub(crate) sealed: Option<SealedRow>,
+}
+
+/// A valid row, sealed: root keys wrapped under the master key, the owner token hashed.
+#[derive(Debug)]
+pub(crate) struct SealedRow {
+    /// The device as it will be stored.
+    pub(crate) device: StoredDevice,
+    /// Its owner token's hash.
+    pub(crate) token_hash: [u8; 32],
+    /// Its `provision` audit record's detail.
+    pub(crate) detail: String,
+}
+
+/// The staging table of an import's SQLite transaction.
+struct TempTable<'a>(&'a Connection);
+
+impl StageSink for TempTable<'_> {
+    fn staged_line(&mut self, dev_eui: DevEui) -> Result<Option<u64>, StoreError> {
+        let line: Option<i64> = self
+            .0
+            .prepare_cached("SELECT line FROM temp.import_rows WHERE dev_eui = ?1")?
+            .query_row([store::dev_eui_sql(dev_eui)], |r| r.get(0))
+            .optional()?;
+        Ok(line.map(|l| l as u64))
+    }
+
+    fn put(&mut self, row: StagedRow) -> Result<(), StoreError> {
+        let Some(SealedRow {
+            device: s,
+            token_hash,
+            detail,
+        }) = row.sealed
+        else {
+            self.0
+                .prepare_cached(
+                    "INSERT INTO temp.import_rows (dev_eui, line, join_eui, mac_version, \
+                     app_key, token_hash, dev_text, detail) \
+                     VALUES (?1, ?2, 0, '', x'', x'', '', '')",
+                )?
+                .execute(params![store::dev_eui_sql(row.dev_eui), row.line as i64])?;
+            return Ok(());
+        };
+        self.0
+            .prepare_cached(
+                "INSERT INTO temp.import_rows (dev_eui, line, join_eui, mac_version, app_key, \
+                 nwk_key, home_net_id, token_hash, dev_text, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                store::dev_eui_sql(s.dev_eui),
+                row.line as i64,
+                store::eui_to_sql(s.join_eui.as_u64()),
+                s.mac_version.as_str(),
+                s.app_key_wrapped,
+                s.nwk_key_wrapped,
+                s.home_net_id.map(|n| i64::from(n.as_u32())),
+                &token_hash[..],
+                s.dev_eui.to_string(),
+                detail,
+            ])?;
+        Ok(())
+    }
+}
+
 /// Stages one valid row; a DevEUI already staged is a row error naming its first line.
 fn stage(
-    tx: &Connection,
+    sink: &mut dyn StageSink,
     master: &MasterKey,
     d: &NewDevice,
     dev_eui_column: &str,
     generated: &mut Vec<Generated>,
     errors: &mut Errors,
 ) -> Result<(), StoreError> {
-    let first: Option<i64> = tx
-        .prepare_cached("SELECT line FROM temp.import_rows WHERE dev_eui = ?1")?
-        .query_row([store::dev_eui_sql(d.dev_eui)], |r| r.get(0))
-        .optional()?;
-    if let Some(first) = first {
+    if let Some(first) = sink.staged_line(d.dev_eui)? {
         errors.push(RowError {
             line: d.line,
             column: dev_eui_column.to_owned(),
@@ -280,39 +360,24 @@ fn stage(
         });
         return Ok(());
     }
-    if errors.total > 0 {
-        // Nothing will be stored: only the DevEUI and line matter now (for duplicates).
-        tx.prepare_cached(
-            "INSERT INTO temp.import_rows (dev_eui, line, join_eui, mac_version, app_key, \
-             token_hash, dev_text, detail) VALUES (?1, ?2, 0, '', x'', x'', '', '')",
-        )?
-        .execute(params![store::dev_eui_sql(d.dev_eui), d.line as i64])?;
-        return Ok(());
-    }
-    let hash = token_hash(d, generated);
-    let s = d.seal(master);
-    let detail = match s.home_net_id {
-        Some(n) => format!("{}, home_net_id {n}", s.mac_version.as_str()),
-        None => s.mac_version.as_str().to_owned(),
-    };
-    tx.prepare_cached(
-        "INSERT INTO temp.import_rows (dev_eui, line, join_eui, mac_version, app_key, nwk_key, \
-         home_net_id, token_hash, dev_text, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        store::dev_eui_sql(s.dev_eui),
-        d.line as i64,
-        store::eui_to_sql(s.join_eui.as_u64()),
-        s.mac_version.as_str(),
-        s.app_key_wrapped,
-        s.nwk_key_wrapped,
-        s.home_net_id.map(|n| i64::from(n.as_u32())),
-        &hash[..],
-        s.dev_eui.to_string(),
-        detail,
-    ])?;
-    Ok(())
+    let sealed = (errors.total == 0).then(|| {
+        let token_hash = token_hash(d, generated);
+        let device = d.seal(master);
+        let detail = match device.home_net_id {
+            Some(n) => format!("{}, home_net_id {n}", device.mac_version.as_str()),
+            None => device.mac_version.as_str().to_owned(),
+        };
+        SealedRow {
+            device,
+            token_hash,
+            detail,
+        }
+    });
+    sink.put(StagedRow {
+        dev_eui: d.dev_eui,
+        line: d.line,
+        sealed,
+    })
 }
 
 fn stage_and_commit(
@@ -324,6 +389,24 @@ fn stage_and_commit(
     // Deferred: staging touches only the temporary database, so the main database is neither
     // read nor locked until the final copy.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let (staged, actor, commit_lock) = stage_job(&mut TempTable(&tx), job, source)?;
+    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
+    let imported = commit_staged(&tx, actor, &staged)?;
+    tx.commit()?;
+    if let Some(f) = on_device {
+        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
+    }
+    Ok(staged.imported(imported))
+}
+
+/// Reads `job`'s manifest from `source` to its end into `sink` and checks it whole (rows,
+/// duplicates, signature): what every store's import does before its commit. Returns the staged
+/// manifest, who imports, and the lock to hold from the commit until the devices are loaded.
+pub(crate) fn stage_job<'a>(
+    sink: &mut dyn StageSink,
+    job: Job<'a>,
+    source: &mut dyn ManifestSource,
+) -> Result<(Staged, &'a Actor, Option<&'a std::sync::Mutex<()>>), Failure> {
     let Job {
         actor,
         master,
@@ -332,33 +415,18 @@ fn stage_and_commit(
         commit_lock,
         min_owner_token_len,
     } = job;
-    let staged = stage_manifest(
-        &tx,
-        Rules {
-            master,
-            format,
-            min_owner_token_len,
-        },
-        verifier,
-        source,
-    )?;
-    let _committing = commit_lock.map(|l| l.lock().unwrap_or_else(|e| e.into_inner()));
-    let imported = commit_staged(&tx, actor, &staged)?;
-    tx.commit()?;
-    if let Some(f) = on_device {
-        store::for_each_device(conn, "dev_eui IN (SELECT dev_eui FROM temp.import_rows)", f)?;
-    }
-    Ok(Imported {
-        imported,
-        signed_by: staged.signed_by,
-        generated: staged.generated,
-        what: staged.what,
-    })
+    let rules = Rules {
+        master,
+        format,
+        min_owner_token_len,
+    };
+    let staged = stage_manifest(sink, rules, verifier, source)?;
+    Ok((staged, actor, commit_lock))
 }
 
 /// The hash of a row's owner token; for a row without one, of a new token, which is added to
 /// `generated`.
-pub(crate) fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 32] {
+fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 32] {
     match &d.owner_token {
         Some(t) => secret::owner_token_hash(d.dev_eui, t),
         None => {
@@ -374,7 +442,7 @@ pub(crate) fn token_hash(d: &NewDevice, generated: &mut Vec<Generated>) -> [u8; 
 }
 
 /// The row error of a device whose manifest-supplied owner token is shorter than `min`.
-pub(crate) fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
+fn weak_token(d: &NewDevice, min: usize) -> Option<RowError> {
     let short = d.owner_token.as_ref()?.chars().count() < min;
     short.then(|| RowError {
         line: d.line,
@@ -396,29 +464,41 @@ struct Rules<'a> {
     min_owner_token_len: usize,
 }
 
-/// A whole manifest, valid, authentic and staged in `temp.import_rows`.
-struct Staged {
+/// A whole manifest, valid, authentic and staged.
+pub(crate) struct Staged {
     /// The manifest's description for the audit log (digest and size).
-    what: String,
+    pub(crate) what: String,
     /// The fingerprint of the key that signed it, if signed.
-    signed_by: Option<String>,
+    pub(crate) signed_by: Option<String>,
     /// Owner tokens generated for rows without one.
-    generated: Vec<Generated>,
+    pub(crate) generated: Vec<Generated>,
     /// How row errors name the DevEUI column.
-    dev_eui_column: String,
+    pub(crate) dev_eui_column: String,
+}
+
+impl Staged {
+    /// The committed import of this manifest's `imported` devices.
+    pub(crate) fn imported(self, imported: usize) -> Imported {
+        Imported {
+            imported,
+            signed_by: self.signed_by,
+            generated: self.generated,
+            what: self.what,
+        }
+    }
 }
 
 /// Reads `source` to its end, feeding the signature verifier, the digest and the parser, and
 /// stages each valid row; fails unless every row was valid and the signature verified.
 fn stage_manifest(
-    tx: &Connection,
+    sink: &mut dyn StageSink,
     rules: Rules<'_>,
     mut verifier: Option<ManifestVerifier>,
     source: &mut dyn ManifestSource,
 ) -> Result<Staged, Failure> {
     let mut parser = ManifestParser::new(rules.format);
     let mut staging = Staging {
-        tx,
+        sink,
         rules,
         errors: Errors::default(),
         generated: Vec::new(),
@@ -482,7 +562,7 @@ fn stage_manifest(
 
 /// The rows of a manifest being staged, and what staging them found.
 struct Staging<'a> {
-    tx: &'a Connection,
+    sink: &'a mut dyn StageSink,
     rules: Rules<'a>,
     errors: Errors,
     generated: Vec<Generated>,
@@ -502,7 +582,7 @@ impl Staging<'_> {
                 }
                 Item::Row(d) if self.store_error.is_none() => {
                     let staged = stage(
-                        self.tx,
+                        self.sink,
                         self.rules.master,
                         &d,
                         dev_eui_column,
@@ -558,14 +638,7 @@ fn commit_staged(tx: &Connection, actor: &Actor, staged: &Staged) -> Result<usiz
          ORDER BY line",
         params![at, actor.id, actor.tenant],
     )?;
-    let summary = format!(
-        "{}; {imported} device(s); {}",
-        staged.what,
-        staged.signed_by.as_deref().map_or_else(
-            || "unsigned (operator)".to_owned(),
-            |k| format!("signed by key {k}")
-        )
-    );
+    let summary = summary(staged, imported);
     super::db::append(
         tx,
         at,
@@ -587,18 +660,40 @@ fn commit_staged(tx: &Connection, actor: &Actor, staged: &Staged) -> Result<usiz
     Ok(imported)
 }
 
+/// The `import` audit record's detail: the manifest, the count, the signature.
+pub(crate) fn summary(staged: &Staged, imported: usize) -> String {
+    format!(
+        "{}; {imported} device(s); {}",
+        staged.what,
+        staged.signed_by.as_deref().map_or_else(
+            || "unsigned (operator)".to_owned(),
+            |k| format!("signed by key {k}")
+        )
+    )
+}
+
 /// The failure for staged devices that are already provisioned: each one's line.
 fn already_provisioned(tx: &Connection, staged: &Staged) -> Result<Failure, StoreError> {
-    let mut errors = Errors::default();
     let mut stmt = tx.prepare(
         "SELECT s.line, s.dev_text FROM temp.import_rows s \
          JOIN main.devices d ON d.dev_eui = s.dev_eui ORDER BY s.line",
     )?;
+    let mut found = Vec::new();
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let (line, dev): (i64, String) = (r.get(0)?, r.get(1)?);
+        found.push((line as u64, dev));
+    }
+    Ok(provisioned_failure(staged, found))
+}
+
+/// The failure for the devices of `found` (line, DevEUI), in line order, that are already
+/// provisioned.
+pub(crate) fn provisioned_failure(staged: &Staged, found: Vec<(u64, String)>) -> Failure {
+    let mut errors = Errors::default();
+    for (line, dev) in found {
         errors.push(RowError {
-            line: line as u64,
+            line,
             column: staged.dev_eui_column.clone(),
             message: format!("DevEUI {dev} is already provisioned (remove it first)"),
         });
@@ -607,9 +702,9 @@ fn already_provisioned(tx: &Connection, staged: &Staged) -> Result<Failure, Stor
         "{}; {} device(s) already provisioned",
         staged.what, errors.total
     );
-    Ok(Failure::Rows {
+    Failure::Rows {
         rows: errors.kept,
         total: errors.total,
         what,
-    })
+    }
 }

@@ -2,7 +2,8 @@
 //! nowhere until whoever holds the owner token (printed in the device's TR005 QR code) claims
 //! them for a home network. Ownership can be released and passed on; every step is audited.
 //!
-//! - [`db`]: the API-key, ownership and audit tables.
+//! - [`backend`]: the seam over the onboarding state (SQLite or PostgreSQL).
+//! - [`db`]: the API-key, ownership and audit tables of the embedded SQLite store.
 //! - [`service`]: the operations, with per-device authorisation.
 //! - [`import`]: the streaming, all-or-nothing manifest import (API, CLI and library).
 //! - [`manifest_sig`]: Ed25519 detached signatures over manifests.
@@ -10,6 +11,7 @@
 //! - [`tr005`]: the QR text fields a claim needs (failed claims are limited by
 //!   [`httpsec::ratelimit`]).
 
+pub mod backend;
 pub mod db;
 pub mod import;
 pub mod manifest_sig;

@@ -11,8 +11,9 @@ use protocol::ids::{DevEui, NetId};
 use protocol::keys::{AppKey, NwkKey};
 use serde::Serialize;
 
+use super::backend::OnboardBackend;
 use super::db::{
-    Actor, ApiKeyInfo, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, OnboardStore, Ownership,
+    Actor, ApiKeyInfo, AuditEntry, AuditFilter, AuditRecord, ClaimOutcome, Ownership,
     OwnershipColumn, Role,
 };
 use super::import::{self as imp, Failure, ManifestSource, SourceError};
@@ -24,7 +25,7 @@ use crate::config::ClaimLimits;
 use crate::core::{self, DeviceMap};
 use crate::manifest::{Format, RowError};
 use crate::secrets::MasterKey;
-use crate::store::{NonceState, Store, StoreError, StoredDevice};
+use crate::store::{NonceState, StoreError, StoredDevice};
 use httpsec::ratelimit::FailureLimiter;
 
 /// Why an onboarding operation was refused. Messages never contain a key or a token.
@@ -208,7 +209,7 @@ pub struct Me {
 /// The onboarding service: the store, the running server's devices, trusted keys, limits.
 #[derive(Debug)]
 pub struct Onboarding {
-    db: Mutex<OnboardStore>,
+    db: Mutex<Box<dyn OnboardBackend>>,
     devices: Option<Arc<DeviceMap>>,
     master: MasterKey,
     trusted: TrustedKeys,
@@ -239,12 +240,13 @@ impl Onboarding {
     /// or an unknown device within the last window count again, per DevEUI and per API key, so
     /// a restart does not reset the protection against owner-token guessing.
     pub fn new(
-        mut db: OnboardStore,
+        db: impl Into<Box<dyn OnboardBackend>>,
         devices: Option<Arc<DeviceMap>>,
         master: MasterKey,
         trusted: TrustedKeys,
         limits: ClaimLimits,
     ) -> Self {
+        let mut db = db.into();
         let per_device = FailureLimiter::new(limits.per_device, limits.window);
         let per_key = FailureLimiter::new(limits.per_key, limits.window);
         let (now, now_ms) = (Instant::now(), super::db::now_ms());
@@ -304,7 +306,7 @@ impl Onboarding {
         self
     }
 
-    fn db(&self) -> MutexGuard<'_, OnboardStore> {
+    fn db(&self) -> MutexGuard<'_, Box<dyn OnboardBackend>> {
         self.db.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -524,7 +526,7 @@ impl Onboarding {
         } else {
             None
         };
-        let mut conn = self.db().import_connection()?;
+        let mut importer = self.db().importer()?;
         let job = imp::Job {
             actor,
             master: &self.master,
@@ -543,7 +545,7 @@ impl Onboarding {
             .devices
             .is_some()
             .then_some(&mut loaded as &mut dyn FnMut(StoredDevice));
-        match imp::run(&mut conn, job, source, on_device) {
+        match importer.run(job, source, on_device) {
             Ok(r) => Ok(ImportResult {
                 imported: r.imported,
                 signed_by: r.signed_by,
@@ -655,7 +657,7 @@ impl Onboarding {
         let Some(map) = &self.devices else {
             return Ok(());
         };
-        let stored = self.db().devices().get_device(dev)?;
+        let stored = self.db().stored_device(dev)?;
         if let (Some(s), Some(mut m)) = (stored, map.get_mut(&dev)) {
             m.home_net_id = s.home_net_id;
             m.owner = s.owner.as_deref().map(Arc::from);
@@ -926,6 +928,7 @@ impl Onboarding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::onboarding::db::OnboardStore;
     use protocol::keys::Kek;
 
     /// The service of these tests: their manifests' owner tokens are T1 to T3, so the
@@ -971,7 +974,7 @@ mod tests {
             Err(OnbError::Signature(SignatureError::OtherManufacturer)) => {}
             other => panic!("{other:?}"),
         }
-        assert!(s.db().devices().load_devices().unwrap().is_empty());
+        assert!(s.db().visible(None, None, 10).unwrap().is_empty());
         let refused = s
             .db()
             .audit(
@@ -1015,7 +1018,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(s.db().devices().load_devices().unwrap().is_empty());
+        assert!(s.db().visible(None, None, 10).unwrap().is_empty());
     }
 
     /// Three 1.0.4 devices, 1 to 3, with owner tokens T1 to T3.

@@ -101,6 +101,48 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         2,
         "ALTER TABLE devices ADD COLUMN last_rj_count1 BIGINT; -- LoRaWAN 1.1 RJcount1",
     ),
+    (
+        3,
+        // The onboarding state (crate::store::pg_onboard) and the Backend Interfaces peer
+        // tokens, as in the embedded store: keys and tokens as SHA-256 hashes only.
+        "CREATE TABLE tenants (
+        name        TEXT PRIMARY KEY,
+        created_ms  BIGINT NOT NULL,
+        home_net_id BIGINT
+    );
+    CREATE TABLE api_keys (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL,
+        key_hash   BYTEA NOT NULL UNIQUE,        -- SHA-256 of the key; never the key
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT,
+        revoked_ms BIGINT
+    );
+    CREATE TABLE audit (
+        seq     BIGSERIAL PRIMARY KEY,
+        at_ms   BIGINT NOT NULL,
+        actor   TEXT NOT NULL,
+        tenant  TEXT,
+        action  TEXT NOT NULL,
+        dev_eui TEXT,
+        outcome TEXT NOT NULL,
+        detail  TEXT NOT NULL
+    );
+    CREATE INDEX audit_dev_eui ON audit (dev_eui);
+    CREATE INDEX audit_action_at ON audit (action, at_ms);
+    CREATE FUNCTION js_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+        $$ BEGIN RAISE EXCEPTION 'the audit log is append-only'; END $$;
+    CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+        FOR EACH ROW EXECUTE FUNCTION js_audit_append_only();
+    CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
+        FOR EACH STATEMENT EXECUTE FUNCTION js_audit_append_only();
+    CREATE TABLE bi_peer_tokens (
+        token_hash BYTEA PRIMARY KEY,            -- SHA-256 of the token; never the token
+        net_id     BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );",
+    ),
 ];
 
 type Manager = PostgresConnectionManager<NoTls>;
@@ -109,7 +151,7 @@ type Manager = PostgresConnectionManager<NoTls>;
 pub type PgPool = Pool<Manager>;
 
 /// A `postgres` error as a store error (its text names the cause, never a parameter value).
-fn pg(e: postgres::Error) -> StoreError {
+pub(crate) fn pg(e: postgres::Error) -> StoreError {
     StoreError::Postgres(e.to_string())
 }
 
@@ -137,14 +179,14 @@ pub fn pool(url: &str, size: u32) -> Result<(PgPool, postgres::Config), StoreErr
 }
 
 /// A connection held by a [`PgStore`], with its prepared statements.
-struct Held {
-    client: PooledConnection<Manager>,
+pub(crate) struct Held {
+    pub(crate) client: PooledConnection<Manager>,
     statements: HashMap<&'static str, Statement>,
 }
 
 impl Held {
     /// The prepared statement for `sql`, prepared on first use.
-    fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+    pub(crate) fn statement(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
         if let Some(s) = self.statements.get(sql) {
             return Ok(s.clone());
         }
@@ -158,13 +200,59 @@ impl Held {
 /// first use, given back when a call fails), plus its own `LISTEN` connection once
 /// [`Store::wait_for_change`] is called.
 pub struct PgStore {
-    pool: PgPool,
+    pool: OffRuntime<PgPool>,
     /// For the `LISTEN` connection, which stays outside the pool.
     config: postgres::Config,
     held: Option<Held>,
     listener: Option<Client>,
     answer_ttl_ms: u64,
     last_prune: Option<Instant>,
+}
+
+/// Whether this thread runs inside a tokio runtime (an async task, or its blocking pool).
+fn in_runtime() -> bool {
+    tokio::runtime::Handle::try_current().is_ok()
+}
+
+/// Runs `f` on a thread outside any tokio runtime when called inside one: the blocking
+/// `postgres` client drives a runtime of its own, which must not start on a thread driving
+/// another (a Backend Interfaces request authenticated on the listener's runtime).
+pub(crate) fn off_runtime<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if !in_runtime() {
+        return f();
+    }
+    std::thread::scope(|s| s.spawn(f).join()).unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// A value whose drop closes `postgres` connections (a pool), dropped on a thread of its own when
+/// dropped inside a tokio runtime (a server's API state at shutdown): closing a blocking client
+/// there would start a runtime inside a runtime.
+struct OffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> std::ops::Deref for OffRuntime<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for OffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.0.take() {
+            if in_runtime() {
+                std::thread::spawn(move || drop(v));
+            }
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if in_runtime() {
+            let connections = (self.held.take(), self.listener.take());
+            std::thread::spawn(move || drop(connections));
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
@@ -237,7 +325,7 @@ impl PgStore {
     /// A store on an existing pool (another thread's handle on the same database).
     fn on_pool(pool: PgPool, config: postgres::Config) -> Self {
         Self {
-            pool,
+            pool: OffRuntime(Some(pool)),
             config,
             held: None,
             listener: None,
@@ -248,7 +336,7 @@ impl PgStore {
 
     /// Another handle on the same pool.
     pub fn handle(&self) -> Self {
-        let mut s = Self::on_pool(self.pool.clone(), self.config.clone());
+        let mut s = Self::on_pool(PgPool::clone(&self.pool), self.config.clone());
         s.answer_ttl_ms = self.answer_ttl_ms;
         s
     }
@@ -312,7 +400,7 @@ impl PgStore {
 
     /// Runs `f` on the held connection (taking one from the pool first). A failed call gives the
     /// connection up, so the next call starts on a fresh one (the database may have restarted).
-    fn with<R>(
+    pub(crate) fn with<R>(
         &mut self,
         f: impl FnOnce(&mut Held) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
@@ -337,66 +425,31 @@ impl PgStore {
         r
     }
 
-    /// Inserts devices and, for those given one, their owner token hashes (the CLI import on
-    /// PostgreSQL), all or nothing, as one provisioning change.
-    pub fn insert_provisioned(
-        &mut self,
-        devices: &[StoredDevice],
-        token_hashes: &[(DevEui, [u8; 32])],
-    ) -> Result<(), StoreError> {
-        let outcome = self.with(|h| {
+    /// Inserts devices, all or nothing, as one provisioning change.
+    fn insert_provisioned(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
+        let inserted = self.with(|h| {
             let mut tx = h.client.transaction().map_err(pg)?;
-            for chunk in devices.chunks(1_000) {
-                let c = DeviceColumns::of(chunk);
-                let r = tx.execute(
-                    "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
-                       home_net_id, owner_token, last_dev_nonce, used_dev_nonces, \
-                       last_join_nonce, last_rj_count1) \
-                     SELECT u.dev_eui, u.join_eui, u.mac_version, u.app_key, u.nwk_key, \
-                       u.home_net_id, u.owner_token, u.last_dev_nonce, u.used, \
-                       GREATEST(u.join_nonce, COALESCE(r.last_join_nonce, 0)), u.rj_count1 \
-                     FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], \
-                       $5::bytea[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], \
-                       $10::bigint[], $11::bigint[]) AS u(dev_eui, join_eui, mac_version, \
-                       app_key, nwk_key, home_net_id, owner_token, last_dev_nonce, used, \
-                       join_nonce, rj_count1) \
-                     LEFT JOIN retired_join_nonces r ON r.dev_eui = u.dev_eui",
-                    &c.params(),
-                );
-                if let Err(e) = r {
-                    if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
-                        return Ok(Err(()));
-                    }
-                    return Err(pg(e));
-                }
-            }
-            if !token_hashes.is_empty() {
-                let euis: Vec<i64> = token_hashes.iter().map(|(d, _)| dev_eui_sql(*d)).collect();
-                let hashes: Vec<&[u8]> = token_hashes.iter().map(|(_, h)| &h[..]).collect();
-                tx.execute(
-                    "INSERT INTO ownership (dev_eui, token_hash) \
-                     SELECT * FROM unnest($1::bigint[], $2::bytea[]) \
-                     ON CONFLICT (dev_eui) DO UPDATE SET token_hash = excluded.token_hash, \
-                       owner = NULL, claimed_ms = NULL, locked = 0",
-                    &[&euis, &hashes],
-                )
-                .map_err(pg)?;
+            if !insert_devices_tx(&mut tx, devices)? {
+                return Ok(false);
             }
             let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
             bump_generation(&mut tx, &euis)?;
             tx.commit().map_err(pg)?;
-            Ok(Ok(()))
+            Ok(true)
         })?;
-        match outcome {
-            Ok(()) => Ok(()),
-            Err(()) => Err(StoreError::Duplicate(self.first_duplicate(devices)?)),
+        if inserted {
+            Ok(())
+        } else {
+            Err(StoreError::Duplicate(self.first_duplicate(devices)?))
         }
     }
 
-    /// The first of `devices` that is stored already or repeated in the list.
-    fn first_duplicate(&mut self, devices: &[StoredDevice]) -> Result<DevEui, StoreError> {
-        let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
-        let stored: std::collections::HashSet<i64> = self.with(|h| {
+    /// Those of `euis` (DevEUIs as stored) that are provisioned.
+    pub(crate) fn stored_among(
+        &mut self,
+        euis: &[i64],
+    ) -> Result<std::collections::HashSet<i64>, StoreError> {
+        self.with(|h| {
             Ok(h.client
                 .query(
                     "SELECT dev_eui FROM devices WHERE dev_eui = ANY($1)",
@@ -406,7 +459,13 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect())
-        })?;
+        })
+    }
+
+    /// The first of `devices` that is stored already or repeated in the list.
+    fn first_duplicate(&mut self, devices: &[StoredDevice]) -> Result<DevEui, StoreError> {
+        let euis: Vec<i64> = devices.iter().map(|d| dev_eui_sql(d.dev_eui)).collect();
+        let stored = self.stored_among(&euis)?;
         let mut seen = std::collections::HashSet::new();
         let dup = devices
             .iter()
@@ -591,15 +650,71 @@ impl DeviceColumns {
     }
 }
 
+/// Inserts `devices` inside `tx` (a device removed before continues from its last JoinNonce);
+/// `false`, with `tx` failed, if one of them is stored already.
+pub(crate) fn insert_devices_tx(
+    tx: &mut postgres::Transaction<'_>,
+    devices: &[StoredDevice],
+) -> Result<bool, StoreError> {
+    for chunk in devices.chunks(1_000) {
+        let c = DeviceColumns::of(chunk);
+        let r = tx.execute(
+            "INSERT INTO devices (dev_eui, join_eui, mac_version, app_key, nwk_key, \
+               home_net_id, owner_token, last_dev_nonce, used_dev_nonces, \
+               last_join_nonce, last_rj_count1) \
+             SELECT u.dev_eui, u.join_eui, u.mac_version, u.app_key, u.nwk_key, \
+               u.home_net_id, u.owner_token, u.last_dev_nonce, u.used, \
+               GREATEST(u.join_nonce, COALESCE(r.last_join_nonce, 0)), u.rj_count1 \
+             FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], \
+               $5::bytea[], $6::bigint[], $7::text[], $8::bigint[], $9::bytea[], \
+               $10::bigint[], $11::bigint[]) AS u(dev_eui, join_eui, mac_version, \
+               app_key, nwk_key, home_net_id, owner_token, last_dev_nonce, used, \
+               join_nonce, rj_count1) \
+             LEFT JOIN retired_join_nonces r ON r.dev_eui = u.dev_eui",
+            &c.params(),
+        );
+        if let Err(e) = r {
+            if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) {
+                return Ok(false);
+            }
+            return Err(pg(e));
+        }
+    }
+    Ok(true)
+}
+
+/// Removes a device inside `tx`, keeping its last JoinNonce for a later re-import; `false` if
+/// it did not exist. The caller marks the change.
+pub(crate) fn delete_device_tx(
+    tx: &mut postgres::Transaction<'_>,
+    dev_eui: i64,
+) -> Result<bool, StoreError> {
+    tx.execute(
+        "INSERT INTO retired_join_nonces (dev_eui, last_join_nonce) \
+         SELECT dev_eui, last_join_nonce FROM devices WHERE dev_eui = $1 \
+         ON CONFLICT (dev_eui) DO UPDATE SET last_join_nonce = \
+           GREATEST(retired_join_nonces.last_join_nonce, excluded.last_join_nonce)",
+        &[&dev_eui],
+    )
+    .map_err(pg)?;
+    let n = tx
+        .execute("DELETE FROM devices WHERE dev_eui = $1", &[&dev_eui])
+        .map_err(pg)?;
+    Ok(n > 0)
+}
+
 /// Milliseconds since the Unix epoch, as stored.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     i64::try_from(protocol::time::unix_ms(std::time::SystemTime::now())).unwrap_or(i64::MAX)
 }
 
 /// Marks a provisioning change inside `tx`: bumps the generation (its row lock orders
 /// concurrent changes), logs the devices, prunes the log, and notifies [`CHANNEL`] (delivered
 /// at commit).
-fn bump_generation(tx: &mut postgres::Transaction<'_>, devices: &[i64]) -> Result<(), StoreError> {
+pub(crate) fn bump_generation(
+    tx: &mut postgres::Transaction<'_>,
+    devices: &[i64],
+) -> Result<(), StoreError> {
     let generation: i64 = tx
         .query_one(
             "UPDATE js_meta SET value = value + 1 WHERE name = 'generation' RETURNING value",
@@ -782,29 +897,19 @@ impl Store for PgStore {
     }
 
     fn insert_devices(&mut self, devices: &[StoredDevice]) -> Result<(), StoreError> {
-        self.insert_provisioned(devices, &[])
+        self.insert_provisioned(devices)
     }
 
     fn remove_device(&mut self, dev_eui: DevEui) -> Result<bool, StoreError> {
         self.with(|h| {
             let mut tx = h.client.transaction().map_err(pg)?;
             let d = dev_eui_sql(dev_eui);
-            tx.execute(
-                "INSERT INTO retired_join_nonces (dev_eui, last_join_nonce) \
-                 SELECT dev_eui, last_join_nonce FROM devices WHERE dev_eui = $1 \
-                 ON CONFLICT (dev_eui) DO UPDATE SET last_join_nonce = \
-                   GREATEST(retired_join_nonces.last_join_nonce, excluded.last_join_nonce)",
-                &[&d],
-            )
-            .map_err(pg)?;
-            let n = tx
-                .execute("DELETE FROM devices WHERE dev_eui = $1", &[&d])
-                .map_err(pg)?;
-            if n > 0 {
+            let removed = delete_device_tx(&mut tx, d)?;
+            if removed {
                 bump_generation(&mut tx, &[d])?;
             }
             tx.commit().map_err(pg)?;
-            Ok(n > 0)
+            Ok(removed)
         })
     }
 

@@ -249,6 +249,10 @@ pub struct Running {
     pub link: SocketAddr,
     /// `/metrics`, when started with `--metrics ADDR`.
     pub metrics: Option<SocketAddr>,
+    /// The management API, when started with `--api-listen ADDR`.
+    pub api: Option<SocketAddr>,
+    /// The Backend Interfaces listener, when started with `--bi-listen ADDR`.
+    pub bi: Option<SocketAddr>,
 }
 
 impl Drop for Running {
@@ -281,13 +285,16 @@ pub fn spawn_with(dir: &Path, extra: &[&str]) -> Running {
         .unwrap_or_else(|| panic!("no link address in {line:?}"))
         .parse()
         .unwrap();
-    let metrics = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("metrics="))
-        .and_then(|m| m.parse().ok());
+    let addr = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|m| m.parse().ok())
+    };
     Running {
         child,
         link,
-        metrics,
+        metrics: addr("metrics="),
+        api: addr("api="),
+        bi: addr("bi="),
     }
 }
