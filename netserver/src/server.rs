@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::core::devaddr::AddrBlock;
 use crate::gateway::allowed;
+use crate::gateway::handoff::HandoffKey;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{CatchUp, Emitter, EmitterThread};
@@ -43,6 +44,7 @@ use crate::ops::metrics::Metrics;
 use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
 use crate::store::counters::CounterBackend;
+use crate::store::owners::{OwnerThread, Ownership};
 use crate::store::restore::restore;
 use crate::store::sync::Listener;
 use crate::uplink::plane::DataPlane;
@@ -76,6 +78,11 @@ pub fn run(
     };
     let restored = restore(&config, &secrets, block, &metrics)?;
     let gwmp = GwmpSockets::bind(&config)?;
+    let handoff = restored
+        .shared
+        .as_ref()
+        .map(|pg| Handoff::bind(&config, &secrets, pg, &gwmp.downlink))
+        .transpose()?;
     let link = Link::bind(&config, &secrets, block, &metrics)?;
     let http = HttpSecurity::of(&config.http)?;
     let metrics_listener = http.bind(&config.metrics.listen, "the metrics endpoint")?;
@@ -101,7 +108,7 @@ pub fn run(
         &config.data,
         log,
         restored.counter_log,
-        gwmp.downlink,
+        (gwmp.downlink, handoff.as_ref().map(|h| Arc::clone(&h.key))),
         &metrics,
         catch_up,
     )?;
@@ -119,6 +126,7 @@ pub fn run(
         inodes.collect(),
         plane,
         allowed_gateways,
+        handoff.as_ref().map(|h| Arc::clone(&h.key)),
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let delivery = match &written {
@@ -126,6 +134,14 @@ pub fn run(
         None => Delivery::none(),
     };
     let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
+    let owners = match (&restored.shared, &handoff) {
+        (Some(pg), Some(h)) => Some(OwnerThread::start(
+            Arc::clone(&state),
+            pg.clone(),
+            h.ownership,
+        )?),
+        _ => None,
+    };
     let listener = restored
         .shared
         .map(|pg| Listener::start(Arc::clone(&state), pg))
@@ -148,6 +164,7 @@ pub fn run(
         shutdown: (shutdown_tx, shutdown_rx),
         threads,
         store: store.clone(),
+        handoff,
     };
     let result = rt.block_on(control.serve_until(signals, stop));
     // The sinks first: MQTT commands hold the state, and so the emitter the threads below
@@ -158,6 +175,9 @@ pub fn run(
     drop(rt);
     if let Some(l) = listener {
         l.join();
+    }
+    if let Some(o) = owners {
+        o.join();
     }
     drop(state);
     drop(store);
@@ -185,7 +205,7 @@ fn start_plane(
     data: &DataConfig,
     log: Option<EventLog>,
     counters: Box<dyn CounterBackend>,
-    downlinks: std::net::UdpSocket,
+    downlinks: (std::net::UdpSocket, Option<Arc<HandoffKey>>),
     metrics: &Metrics,
     catch_up: Option<CatchUp>,
 ) -> anyhow::Result<(DataPlane, EmitterThread)> {
@@ -246,6 +266,47 @@ impl GwmpSockets {
             addr,
             downlink,
             workers,
+        })
+    }
+}
+
+/// Several instances (PostgreSQL): the hand-off socket other instances send this one the
+/// downlinks of the gateways it holds, its key, and this instance's owner records.
+struct Handoff {
+    key: Arc<HandoffKey>,
+    socket: std::net::UdpSocket,
+    /// A clone of the GWMP downlink socket: hand-offs are sent on from it.
+    gwmp: std::net::UdpSocket,
+    ownership: Ownership,
+}
+
+impl Handoff {
+    fn bind(
+        config: &Config,
+        secrets: &Secrets,
+        pg: &crate::store::pg::PgStore,
+        gwmp: &std::net::UdpSocket,
+    ) -> anyhow::Result<Self> {
+        let listen = config.store.handoff_listen.trim();
+        let socket = std::net::UdpSocket::bind(listen)
+            .with_context(|| format!("binding store.handoff_listen {listen}"))?;
+        let addr = socket.local_addr()?;
+        if addr.ip().is_unspecified() {
+            bail!(
+                "store.handoff_listen {listen}: give an address the other instances reach, not {}",
+                addr.ip()
+            );
+        }
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            key: Arc::new(HandoffKey::derive(&secrets.ns_kek, pg.writer())),
+            socket,
+            gwmp: gwmp.try_clone()?,
+            ownership: Ownership {
+                instance: pg.writer(),
+                handoff: addr,
+                ttl: Duration::from_secs(config.store.gateway_owner_ttl_s),
+            },
         })
     }
 }
@@ -400,6 +461,7 @@ struct Control {
     shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     store: SessionStore,
+    handoff: Option<Handoff>,
 }
 
 impl Control {
@@ -426,6 +488,15 @@ impl Control {
                 l,
                 Arc::clone(state),
                 self.inputs.token.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(h) = self.handoff {
+            control.spawn(crate::gateway::handoff::serve(
+                Arc::clone(state),
+                h.key,
+                UdpSocket::from_std(h.socket)?,
+                UdpSocket::from_std(h.gwmp)?,
                 shutdown.clone(),
             ));
         }

@@ -44,6 +44,7 @@ use crate::core::mac_handler::{self, UplinkRadio};
 use crate::core::reception::Reception;
 use crate::core::scheduler::{candidates, Placement, Scheduler, Unplaced};
 use crate::core::timing::{Window, WindowTiming};
+use crate::gateway::owner::DownlinkRoute;
 use crate::gateway::registry::GatewayRegistry;
 use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, window_airtime, DownlinkRadio};
 use crate::integration::events::{
@@ -94,8 +95,12 @@ pub struct ScheduledDownlink {
     pub datagram: Vec<u8>,
     /// The gateway that transmits it.
     pub gateway: GatewayEui,
-    /// Its PULL_DATA address.
+    /// Its PULL_DATA address, or the hand-off address of the instance that holds it
+    /// ([`Self::via_owner`]).
     pub to: SocketAddr,
+    /// The gateway's latest PULL_DATA is another instance's: the PULL_RESP is handed to it
+    /// ([`crate::gateway::handoff`]).
+    pub via_owner: bool,
     /// The receive window it is scheduled in.
     pub window: Window,
     /// Its time on air.
@@ -487,7 +492,7 @@ impl Device<'_> {
     fn route(
         &self,
         len_of: impl Fn(Window) -> usize,
-    ) -> Result<(&Reception, SocketAddr, Placement), DownlinkFailure> {
+    ) -> Result<(&Reception, DownlinkRoute, Placement), DownlinkFailure> {
         let gateways = self.env.gateways;
         let rx = &self.session.rx;
         let rx1 = Duration::from_secs(u64::from((rx.rx_delay_s & 0x0f).max(1)));
@@ -503,7 +508,7 @@ impl Device<'_> {
             self.input.receptions,
             &timing,
             |r| r.received_at,
-            |r| gateways.downlink_addr(r.gateway).is_some(),
+            |r| gateways.downlink_route(r.gateway, now).is_some(),
             |r, w| window_airtime(region, r, w, rx, len_of(w)),
         )
         .and_then(|c| self.env.scheduler.place(now, Purpose::Data, &c))
@@ -520,7 +525,7 @@ impl Device<'_> {
             .find(|r| r.gateway == placed.candidate.gateway)
             .ok_or(DownlinkFailure::NoGateway)?;
         let to = gateways
-            .downlink_addr(gw.gateway)
+            .downlink_route(gw.gateway, now)
             .ok_or(DownlinkFailure::NoGateway)?;
         Ok((gw, to, placed))
     }
@@ -571,7 +576,8 @@ impl Device<'_> {
                 Ok(ScheduledDownlink {
                     datagram,
                     gateway: gw.gateway,
-                    to,
+                    to: to.addr(),
+                    via_owner: to.via_owner(),
                     window: placed.candidate.at.window,
                     airtime: placed.candidate.airtime,
                 })

@@ -36,12 +36,14 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use protocol::ids::DevEui;
 
 use crate::core::uplink::ScheduledDownlink;
+use crate::gateway::handoff::HandoffKey;
 use crate::integration::sink::EventSink;
 use crate::ops::metrics::{DataMetrics, Metrics};
 use crate::store::counters::{CounterBackend, CounterRecord, Verdict};
@@ -85,14 +87,15 @@ impl Emitter {
         max_batch: usize,
         metrics: Metrics,
     ) -> std::io::Result<(Self, EmitterThread)> {
-        Self::start_with(log, sink, downlinks, max_batch, metrics, None)
+        Self::start_with(log, sink, (downlinks, None), max_batch, metrics, None)
     }
 
-    /// [`Self::start`], with the hook a shared store's refusals are reported to.
+    /// [`Self::start`], with the hook a shared store's refusals are reported to, and the key
+    /// that hands a downlink to the instance holding its gateway (several instances).
     pub fn start_with(
         log: impl CounterBackend,
         sink: impl EventSink,
-        downlinks: UdpSocket,
+        (downlinks, handoff): (UdpSocket, Option<Arc<HandoffKey>>),
         max_batch: usize,
         metrics: Metrics,
         catch_up: Option<CatchUp>,
@@ -101,7 +104,10 @@ impl Emitter {
         let l = Loop {
             log,
             sink,
-            downlinks,
+            downlinks: Downlinks {
+                socket: downlinks,
+                handoff,
+            },
             catch_up,
             metrics,
         };
@@ -188,11 +194,33 @@ fn allowed(
         .collect()
 }
 
+/// Where downlinks leave from: a GWMP socket, and the hand-off key for gateways another
+/// instance holds.
+struct Downlinks {
+    socket: UdpSocket,
+    handoff: Option<Arc<HandoffKey>>,
+}
+
+impl Downlinks {
+    /// Sends `d`: its PULL_RESP to the gateway, or sealed to the owner instance.
+    fn send(&self, d: &ScheduledDownlink) -> std::io::Result<usize> {
+        match (&self.handoff, d.via_owner) {
+            (_, false) => send_nonblocking(&self.socket, &d.datagram, d.to),
+            (Some(key), true) => {
+                let now_ms = protocol::time::unix_ms(std::time::SystemTime::now());
+                let sealed = key.seal(d.gateway, &d.datagram, now_ms);
+                send_nonblocking(&self.socket, &sealed, d.to)
+            }
+            (None, true) => Err(std::io::Error::other("no hand-off key")),
+        }
+    }
+}
+
 /// The loop's fixed parts.
 struct Loop<L, S> {
     log: L,
     sink: S,
-    downlinks: UdpSocket,
+    downlinks: Downlinks,
     catch_up: Option<CatchUp>,
     metrics: Metrics,
 }
@@ -270,7 +298,7 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
 
 /// Sends the allowed downlinks of a committed batch and records the uplinks' latency.
 fn send_downlinks(
-    downlinks: &UdpSocket,
+    downlinks: &Downlinks,
     batch: &[Emit],
     allowed: &[(bool, bool)],
     metrics: &Metrics,
@@ -279,12 +307,15 @@ fn send_downlinks(
     let now = Instant::now();
     for (e, &(uplink, downlink)) in batch.iter().zip(allowed) {
         if let (Some(d), true) = (&e.downlink, downlink) {
-            let label = match send_nonblocking(downlinks, &d.datagram, d.to) {
+            let label = match downlinks.send(d) {
                 Ok(_) => "sent",
                 Err(_) => "send_failed",
             };
             m.downlinks.with_label_values(&[label]).inc();
-            if label == "sent" {
+            if label == "sent" && d.via_owner {
+                // The owner sends the PULL_RESP on, and counts it.
+                m.shared.with_label_values(&["handoff_sent"]).inc();
+            } else if label == "sent" {
                 metrics.pull_resp.inc();
             }
         }

@@ -17,6 +17,8 @@
 //! - [`pg`]: the PostgreSQL backend of both seams, shared by several instances; [`sync`]: the
 //!   sessions other instances make, loaded as they are committed; [`url`]: which backend
 //!   `[store] url` names; [`copy`]: an embedded store moved into PostgreSQL, verified.
+//! - [`owners`]: which instance holds each gateway's PULL_DATA, recorded and read in the shared
+//!   state (PostgreSQL).
 //! - [`queue`]: the application downlinks waiting for their device's next uplink (in memory).
 //!
 //! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
@@ -39,6 +41,7 @@ pub mod embedded;
 pub mod envelope;
 pub mod labels;
 pub mod live;
+pub mod owners;
 pub mod pending_mac;
 pub mod pg;
 pub mod queue;

@@ -73,6 +73,29 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         event jsonb NOT NULL
     );",
     ),
+    (
+        3,
+        "CREATE TABLE ns_gateway_owners (
+        gateway_eui bigint PRIMARY KEY,
+        instance bigint NOT NULL,
+        handoff text NOT NULL,
+        pulled_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX ns_gateway_owners_pulled_at ON ns_gateway_owners (pulled_at);",
+    ),
+    (
+        4,
+        "CREATE TABLE ns_downlink_queue (
+        id bigserial PRIMARY KEY,
+        dev_eui bigint NOT NULL,
+        f_port integer NOT NULL,
+        payload bytea NOT NULL,
+        confirmed boolean NOT NULL,
+        queued_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX ns_downlink_queue_dev_eui ON ns_downlink_queue (dev_eui, id);",
+    ),
 ];
 
 /// A key of the advisory lock held while migrating (any constant, shared by all instances).
