@@ -31,7 +31,7 @@ use crate::gateway::allowed;
 use crate::gateway::handoff::HandoffKey;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
-use crate::integration::emitter::{CatchUp, Emitter, EmitterThread};
+use crate::integration::emitter::{CatchUp, Emitter, EmitterThread, Hooks, Requeue};
 use crate::integration::log::{EventLog, Logged};
 use crate::integration::mqtt::Broker;
 use crate::integration::sink::ConfiguredSink;
@@ -45,7 +45,9 @@ use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
 use crate::store::counters::CounterBackend;
 use crate::store::owners::{OwnerThread, Ownership};
+use crate::store::pg::PgStore;
 use crate::store::restore::restore;
+use crate::store::shared_queue;
 use crate::store::sync::Listener;
 use crate::uplink::plane::DataPlane;
 
@@ -111,6 +113,7 @@ pub fn run(
         (gwmp.downlink, handoff.as_ref().map(|h| Arc::clone(&h.key))),
         &metrics,
         catch_up,
+        restored.shared.clone(),
     )?;
     let data_dir = config.data_dir.clone();
     let store = restored.store;
@@ -208,19 +211,39 @@ fn start_plane(
     downlinks: (std::net::UdpSocket, Option<Arc<HandoffKey>>),
     metrics: &Metrics,
     catch_up: Option<CatchUp>,
+    shared: Option<PgStore>,
 ) -> anyhow::Result<(DataPlane, EmitterThread)> {
     let sink = ConfiguredSink::open(&data.events)
         .with_context(|| format!("opening the event sink {:?}", data.events))?;
     let sink = Logged { log, sink };
+    let queue = DataPlane::queue_for(data);
+    let requeue: Requeue = match &shared {
+        Some(pg) => {
+            shared_queue::reload(pg, &queue, None).context("loading the shared downlink queue")?;
+            shared_queue::requeue(pg.clone(), Arc::clone(&queue))
+        }
+        None => {
+            let queue = Arc::clone(&queue);
+            Box::new(move |items: Vec<_>| {
+                for (d, item) in items.into_iter().rev() {
+                    queue.push_front(d, item);
+                }
+            })
+        }
+    };
+    let hooks = Hooks {
+        catch_up,
+        requeue: Some(requeue),
+    };
     let (emitter, thread) = Emitter::start_with(
         counters,
         sink,
         downlinks,
         data.max_batch,
         metrics.clone(),
-        catch_up,
+        hooks,
     )?;
-    Ok((DataPlane::new(data.clone(), emitter), thread))
+    Ok((DataPlane::new(data.clone(), emitter, queue, shared), thread))
 }
 
 /// The link socket and the metrics listener as the control runtime's, and its signal handlers.
@@ -284,7 +307,7 @@ impl Handoff {
     fn bind(
         config: &Config,
         secrets: &Secrets,
-        pg: &crate::store::pg::PgStore,
+        pg: &PgStore,
         gwmp: &std::net::UdpSocket,
     ) -> anyhow::Result<Self> {
         let listen = config.store.handoff_listen.trim();

@@ -105,6 +105,9 @@ pub struct ScheduledDownlink {
     pub window: Window,
     /// Its time on air.
     pub airtime: Duration,
+    /// The queued application downlink it carries: taken off the queue (a shared one: in the
+    /// counters' transaction) when the downlink leaves, put back when it does not.
+    pub queued: Option<(DevEui, QueuedDownlink)>,
 }
 
 /// Why an answer the device needed did not go out (a bounded metric label).
@@ -571,7 +574,7 @@ impl Device<'_> {
         };
         let built = self.build(st, uplink, answers, app, gw, &placed, rng);
         match built {
-            Ok((datagram, token)) => {
+            Ok((datagram, token, queued)) => {
                 self.env.scheduler.set_token(&placed, token);
                 Ok(ScheduledDownlink {
                     datagram,
@@ -580,6 +583,7 @@ impl Device<'_> {
                     via_owner: to.via_owner(),
                     window: placed.candidate.at.window,
                     airtime: placed.candidate.airtime,
+                    queued: queued.map(|q| (self.session.dev_eui, q)),
                 })
             }
             Err(e) => {
@@ -601,7 +605,10 @@ impl Device<'_> {
         gw: &Reception,
         placed: &Placement,
         rng: &mut R,
-    ) -> Result<(Vec<u8>, [u8; 2]), (Option<DownlinkFailure>, Option<QueuedDownlink>)> {
+    ) -> Result<
+        (Vec<u8>, [u8; 2], Option<QueuedDownlink>),
+        (Option<DownlinkFailure>, Option<QueuedDownlink>),
+    > {
         let at = placed.candidate.at;
         let dev_eui = self.session.dev_eui;
         let region = self.env.config.network.region;
@@ -650,7 +657,7 @@ impl Device<'_> {
         let mut token = [0u8; 2];
         rng.fill_bytes(&mut token);
         let datagram = pull_resp(token, txpk).map_err(|_| (None, None))?;
-        Ok((datagram, token))
+        Ok((datagram, token, app_item))
     }
 
     /// The downlink frame (its counter still 0): FOpts with the MAC answers, or the answers as

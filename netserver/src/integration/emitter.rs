@@ -47,6 +47,7 @@ use crate::gateway::handoff::HandoffKey;
 use crate::integration::sink::EventSink;
 use crate::ops::metrics::{DataMetrics, Metrics};
 use crate::store::counters::{CounterBackend, CounterRecord, Verdict};
+use crate::store::queue::QueuedDownlink;
 
 /// What one uplink (or one downlink) leaves for the emitter.
 #[derive(Debug, Default)]
@@ -87,18 +88,26 @@ impl Emitter {
         max_batch: usize,
         metrics: Metrics,
     ) -> std::io::Result<(Self, EmitterThread)> {
-        Self::start_with(log, sink, (downlinks, None), max_batch, metrics, None)
+        Self::start_with(
+            log,
+            sink,
+            (downlinks, None),
+            max_batch,
+            metrics,
+            Hooks::default(),
+        )
     }
 
-    /// [`Self::start`], with the hook a shared store's refusals are reported to, and the key
-    /// that hands a downlink to the instance holding its gateway (several instances).
+    /// [`Self::start`], with the hooks a shared store's refusals and the downlinks that did not
+    /// leave are reported to, and the key that hands a downlink to the instance holding its
+    /// gateway (several instances).
     pub fn start_with(
         log: impl CounterBackend,
         sink: impl EventSink,
         (downlinks, handoff): (UdpSocket, Option<Arc<HandoffKey>>),
         max_batch: usize,
         metrics: Metrics,
-        catch_up: Option<CatchUp>,
+        hooks: Hooks,
     ) -> std::io::Result<(Self, EmitterThread)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_batch.max(1) * 16);
         let l = Loop {
@@ -108,7 +117,7 @@ impl Emitter {
                 socket: downlinks,
                 handoff,
             },
-            catch_up,
+            hooks,
             metrics,
         };
         let h = std::thread::Builder::new()
@@ -132,6 +141,58 @@ impl Emitter {
 /// local session catches up (a no-op for a store with one writer, which refuses nothing).
 pub type CatchUp = Box<dyn Fn(DevEui, &CounterRecord) + Send>;
 
+/// Called with the queued application downlinks whose downlink did not leave (a refused or
+/// failed commit): they go back to their device's queue.
+pub type Requeue = Box<dyn Fn(Vec<(DevEui, QueuedDownlink)>) + Send>;
+
+/// What the emitter reports to.
+#[derive(Default)]
+pub struct Hooks {
+    /// A shared store's committed records that differ from the local ones.
+    pub catch_up: Option<CatchUp>,
+    /// The queued downlinks that did not leave (none: they are dropped).
+    pub requeue: Option<Requeue>,
+}
+
+/// The queued items of a batch's downlinks that may leave given the verdicts: taken in the
+/// counters' transaction.
+fn to_take(batch: &[Emit], verdicts: &[Verdict]) -> Vec<(DevEui, u64)> {
+    with_verdicts(batch, verdicts)
+        .filter(|(e, v)| permits(e, *v).1)
+        .filter_map(|(e, _)| {
+            e.downlink
+                .as_ref()?
+                .queued
+                .as_ref()
+                .map(|(d, q)| (*d, q.id))
+        })
+        .collect()
+}
+
+/// Refuses the downlinks whose queued item was not taken (another instance sent it), and
+/// returns the items of every downlink that does not leave, to be put back.
+fn settle_queued(
+    batch: &[Emit],
+    allowed: &mut [(bool, bool)],
+    taken: &[u64],
+    m: &DataMetrics,
+) -> Vec<(DevEui, QueuedDownlink)> {
+    let mut back = Vec::new();
+    for (e, a) in batch.iter().zip(allowed.iter_mut()) {
+        let Some((d, q)) = e.downlink.as_ref().and_then(|d| d.queued.as_ref()) else {
+            continue;
+        };
+        if a.1 && !taken.contains(&q.id) {
+            a.1 = false;
+            m.shared
+                .with_label_values(&["queue_item_sent_elsewhere"])
+                .inc();
+        } else if !a.1 {
+            back.push((*d, q.clone()));
+        }
+    }
+    back
+}
 /// What of an emit may leave given its record's verdict (none: an emit without a record, a
 /// join event): (its events, its downlink).
 fn permits(e: &Emit, v: Option<Verdict>) -> (bool, bool) {
@@ -221,7 +282,7 @@ struct Loop<L, S> {
     log: L,
     sink: S,
     downlinks: Downlinks,
-    catch_up: Option<CatchUp>,
+    hooks: Hooks,
     metrics: Metrics,
 }
 
@@ -255,10 +316,11 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
             write_events(&mut l.sink, &lines, &mut buf, m);
         }
         let verdicts = if records.is_empty() {
-            Some(Vec::new())
+            Some((Vec::new(), Vec::new()))
         } else {
             let lines = |v: &[Verdict]| permitted_lines(&batch, v);
-            match l.log.commit_logged(&records, &lines) {
+            let take = |v: &[Verdict]| to_take(&batch, v);
+            match l.log.commit_taking(&records, &lines, &take) {
                 Ok(v) => {
                     m.counter_commits.with_label_values(&["ok"]).inc();
                     Some(v)
@@ -270,9 +332,10 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                 }
             }
         };
-        match verdicts {
-            Some(v) => {
-                let allowed = allowed(&batch, &v, l.catch_up.as_ref(), m);
+        let back = match verdicts {
+            Some((v, taken)) => {
+                let mut allowed = allowed(&batch, &v, l.hooks.catch_up.as_ref(), m);
+                let back = settle_queued(&batch, &mut allowed, &taken, m);
                 if !events_first {
                     let lines: Vec<&[u8]> = batch
                         .iter()
@@ -283,6 +346,7 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                     write_events(&mut l.sink, &lines, &mut buf, m);
                 }
                 send_downlinks(&l.downlinks, &batch, &allowed, &metrics);
+                back
             }
             None => {
                 for e in &batch {
@@ -290,7 +354,14 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                         m.downlinks.with_label_values(&["commit_failed"]).inc();
                     }
                 }
+                batch
+                    .iter()
+                    .filter_map(|e| e.downlink.as_ref()?.queued.clone())
+                    .collect()
             }
+        };
+        if let (false, Some(requeue)) = (back.is_empty(), &l.hooks.requeue) {
+            requeue(back);
         }
         batch.clear();
     }

@@ -517,6 +517,16 @@ impl CounterBackend for PgStore {
         batch: &[(DevEui, CounterRecord)],
         events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
     ) -> Result<Vec<Verdict>, StoreError> {
+        self.commit_taking(batch, events, &|_| Vec::new())
+            .map(|(v, _)| v)
+    }
+
+    fn commit_taking(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+        take: &dyn Fn(&[Verdict]) -> Vec<(DevEui, u64)>,
+    ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
         let mut keys: Vec<i64> = batch.iter().map(|(d, _)| eui_sql(*d)).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -559,8 +569,9 @@ impl CounterBackend for PgStore {
                 .map_err(backend_err)?;
             }
         }
+        let taken = crate::store::shared_queue::take(&mut tx, &take(&verdicts), self.writer)?;
         tx.commit().map_err(backend_err)?;
-        Ok(verdicts)
+        Ok((verdicts, taken))
     }
 
     fn shared(&self) -> bool {
