@@ -107,7 +107,7 @@ pub struct ScheduledDownlink {
     pub airtime: Duration,
     /// The queued application downlink it carries: taken off the queue (a shared one: in the
     /// counters' transaction) when the downlink leaves, put back when it does not.
-    pub queued: Option<(DevEui, QueuedDownlink)>,
+    pub queued: Option<Box<(DevEui, QueuedDownlink)>>,
 }
 
 /// Why an answer the device needed did not go out (a bounded metric label).
@@ -583,7 +583,7 @@ impl Device<'_> {
                     via_owner: to.via_owner(),
                     window: placed.candidate.at.window,
                     airtime: placed.candidate.airtime,
-                    queued: queued.map(|q| (self.session.dev_eui, q)),
+                    queued: queued.map(|q| Box::new((self.session.dev_eui, q))),
                 })
             }
             Err(e) => {

@@ -46,7 +46,7 @@ use crate::core::uplink::ScheduledDownlink;
 use crate::gateway::handoff::HandoffKey;
 use crate::integration::sink::EventSink;
 use crate::ops::metrics::{DataMetrics, Metrics};
-use crate::store::counters::{CounterBackend, CounterRecord, Verdict};
+use crate::store::counters::{CounterBackend, CounterRecord, QueueItems, Verdict};
 use crate::store::queue::QueuedDownlink;
 
 /// What one uplink (or one downlink) leaves for the emitter.
@@ -156,15 +156,12 @@ pub struct Hooks {
 
 /// The queued items of a batch's downlinks that may leave given the verdicts: taken in the
 /// counters' transaction.
-fn to_take(batch: &[Emit], verdicts: &[Verdict]) -> Vec<(DevEui, u64)> {
+fn to_take(batch: &[Emit], verdicts: &[Verdict]) -> QueueItems {
     with_verdicts(batch, verdicts)
         .filter(|(e, v)| permits(e, *v).1)
         .filter_map(|(e, _)| {
-            e.downlink
-                .as_ref()?
-                .queued
-                .as_ref()
-                .map(|(d, q)| (*d, q.id))
+            let (d, q) = e.downlink.as_ref()?.queued.as_deref()?;
+            Some((*d, q.id))
         })
         .collect()
 }
@@ -179,7 +176,7 @@ fn settle_queued(
 ) -> Vec<(DevEui, QueuedDownlink)> {
     let mut back = Vec::new();
     for (e, a) in batch.iter().zip(allowed.iter_mut()) {
-        let Some((d, q)) = e.downlink.as_ref().and_then(|d| d.queued.as_ref()) else {
+        let Some((d, q)) = e.downlink.as_ref().and_then(|d| d.queued.as_deref()) else {
             continue;
         };
         if a.1 && !taken.contains(&q.id) {
@@ -356,7 +353,7 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                 }
                 batch
                     .iter()
-                    .filter_map(|e| e.downlink.as_ref()?.queued.clone())
+                    .filter_map(|e| e.downlink.as_ref()?.queued.as_deref().cloned())
                     .collect()
             }
         };

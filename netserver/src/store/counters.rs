@@ -103,6 +103,9 @@ impl CounterRecord {
     }
 }
 
+/// Queued application downlinks to take off a shared queue: (device, item id).
+pub type QueueItems = Vec<(DevEui, u64)>;
+
 /// What a checked commit decided for one record ([`CounterBackend::commit_checked`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -209,7 +212,7 @@ pub trait CounterBackend: Send + std::fmt::Debug + 'static {
         &self,
         batch: &[(DevEui, CounterRecord)],
         events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
-        take: &dyn Fn(&[Verdict]) -> Vec<(DevEui, u64)>,
+        take: &dyn Fn(&[Verdict]) -> QueueItems,
     ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
         let verdicts = self.commit_logged(batch, events)?;
         let taken = take(&verdicts).into_iter().map(|(_, id)| id).collect();
@@ -246,7 +249,7 @@ impl<T: CounterBackend + ?Sized> CounterBackend for Box<T> {
         &self,
         batch: &[(DevEui, CounterRecord)],
         events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
-        take: &dyn Fn(&[Verdict]) -> Vec<(DevEui, u64)>,
+        take: &dyn Fn(&[Verdict]) -> QueueItems,
     ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
         (**self).commit_taking(batch, events, take)
     }

@@ -30,7 +30,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::core::device::FrameCounters;
 use crate::ops::config::StoreConfig;
 use crate::store::backend::{SessionBackend, StoreError, WriteOp};
-use crate::store::counters::{judge, CounterBackend, CounterRecord, Verdict};
+use crate::store::counters::{judge, CounterBackend, CounterRecord, QueueItems, Verdict};
 use crate::store::embedded::{backend_err, decode_session};
 use crate::store::stored::StoredSession;
 use crate::store::url::redacted;
@@ -525,7 +525,7 @@ impl CounterBackend for PgStore {
         &self,
         batch: &[(DevEui, CounterRecord)],
         events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
-        take: &dyn Fn(&[Verdict]) -> Vec<(DevEui, u64)>,
+        take: &dyn Fn(&[Verdict]) -> QueueItems,
     ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
         let mut keys: Vec<i64> = batch.iter().map(|(d, _)| eui_sql(*d)).collect();
         keys.sort_unstable();
