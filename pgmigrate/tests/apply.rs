@@ -33,14 +33,15 @@ fn each_migration_is_applied_once_in_order_and_all_or_nothing() {
     let mut c = connect();
     let y: i32 = c.query_one("SELECT y FROM b", &[]).unwrap().get(0);
     assert_eq!(y, 7);
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM b", &[])
-        .unwrap()
-        .get(0);
+    let n: i64 = c.query_one("SELECT count(*) FROM b", &[]).unwrap().get(0);
     assert_eq!(n, 1, "migration 2 ran once");
 
     // A new version is applied alone; a failing one applies nothing of its batch.
-    let more: &[(i32, &str)] = &[MIGRATIONS[0], MIGRATIONS[1], (3, "CREATE TABLE c (z integer)")];
+    let more: &[(i32, &str)] = &[
+        MIGRATIONS[0],
+        MIGRATIONS[1],
+        (3, "CREATE TABLE c (z integer)"),
+    ];
     assert_eq!(apply(&mut c, &LEDGER, more).unwrap(), vec![3]);
     let failing: &[(i32, &str)] = &[(4, "CREATE TABLE d (w integer)"), (5, "NOT SQL")];
     assert!(apply(&mut c, &LEDGER, failing).is_err());
@@ -50,7 +51,10 @@ fn each_migration_is_applied_once_in_order_and_all_or_nothing() {
         .get(0);
     assert_eq!(d, None, "4 rolled back with 5");
     let versions: Vec<i32> = c
-        .query("SELECT version FROM t_schema_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version FROM t_schema_migrations ORDER BY version",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get(0))

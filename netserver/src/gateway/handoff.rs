@@ -44,6 +44,7 @@ use tokio::sync::watch;
 use zeroize::Zeroizing;
 
 use crate::keys::LabeledKek;
+use crate::ops::listen::recv_or_shutdown;
 use crate::state::State;
 
 /// The format version.
@@ -264,12 +265,8 @@ pub async fn serve(
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut replays = ReplayWindow::default();
     loop {
-        let (n, from) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
+        let Some((n, from)) = recv_or_shutdown(&socket, &mut buf, &mut shutdown).await else {
+            return;
         };
         let now_ms = protocol::time::unix_ms(std::time::SystemTime::now());
         let h = match key

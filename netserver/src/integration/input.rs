@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::events::B64;
-use crate::ops::listen::HttpListener;
+use crate::ops::listen::{recv_or_shutdown, HttpListener};
 use crate::state::State;
 use crate::store::queue::QueuedDownlink;
 
@@ -230,12 +230,8 @@ pub async fn downlink_input(
 ) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, from) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
+        let Some((n, from)) = recv_or_shutdown(&socket, &mut buf, &mut shutdown).await else {
+            return;
         };
         if let Some(t) = &token {
             if !auth::udp_request_authenticated(t, &buf[..n]) {

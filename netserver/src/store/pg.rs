@@ -216,38 +216,14 @@ impl PgStore {
 
     /// Applies the migrations not yet applied; returns the versions it applied.
     pub fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let ledger = pgmigrate::Ledger {
+            table: "ns_schema_migrations",
+            columns: "applied_at timestamptz NOT NULL DEFAULT now()",
+            values: "now()",
+            lock: MIGRATION_LOCK,
+        };
         let mut c = self.conn()?;
-        let mut tx = c.transaction().map_err(backend_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .map_err(backend_err)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS ns_schema_migrations (
-                version integer PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .map_err(backend_err)?;
-        let done: Vec<i32> = tx
-            .query("SELECT version FROM ns_schema_migrations", &[])
-            .map_err(backend_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut applied = Vec::new();
-        for (version, sql) in MIGRATIONS {
-            if done.contains(version) {
-                continue;
-            }
-            tx.batch_execute(sql).map_err(backend_err)?;
-            tx.execute(
-                "INSERT INTO ns_schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .map_err(backend_err)?;
-            applied.push(*version);
-        }
-        tx.commit().map_err(backend_err)?;
-        Ok(applied)
+        pgmigrate::apply(&mut c, &ledger, MIGRATIONS).map_err(backend_err)
     }
 
     fn load_table(&self, sql: &str) -> Result<Vec<StoredSession>, StoreError> {
