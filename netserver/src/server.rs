@@ -47,7 +47,6 @@ use crate::store::counters::CounterBackend;
 use crate::store::owners::{OwnerThread, Ownership};
 use crate::store::pg::PgStore;
 use crate::store::restore::restore;
-use crate::store::shared_queue;
 use crate::store::sync::Listener;
 use crate::uplink::plane::DataPlane;
 
@@ -85,6 +84,7 @@ pub fn run(
         .as_ref()
         .map(|pg| Handoff::bind(&config, &secrets, pg, &gwmp.downlink))
         .transpose()?;
+    let handoff_key = handoff.as_ref().map(|h| Arc::clone(&h.key));
     let link = Link::bind(&config, &secrets, block, &metrics)?;
     let http = HttpSecurity::of(&config.http)?;
     let metrics_listener = http.bind(&config.metrics.listen, "the metrics endpoint")?;
@@ -110,7 +110,7 @@ pub fn run(
         &config.data,
         log,
         restored.counter_log,
-        (gwmp.downlink, handoff.as_ref().map(|h| Arc::clone(&h.key))),
+        (gwmp.downlink, handoff_key.clone()),
         &metrics,
         catch_up,
         restored.shared.clone(),
@@ -129,7 +129,7 @@ pub fn run(
         inodes.collect(),
         plane,
         allowed_gateways,
-        handoff.as_ref().map(|h| Arc::clone(&h.key)),
+        handoff_key,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let delivery = match &written {
@@ -137,18 +137,7 @@ pub fn run(
         None => Delivery::none(),
     };
     let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
-    let owners = match (&restored.shared, &handoff) {
-        (Some(pg), Some(h)) => Some(OwnerThread::start(
-            Arc::clone(&state),
-            pg.clone(),
-            h.ownership,
-        )?),
-        _ => None,
-    };
-    let listener = restored
-        .shared
-        .map(|pg| Listener::start(Arc::clone(&state), pg))
-        .transpose()?;
+    let shared = SharedThreads::start(&state, restored.shared, handoff.as_ref())?;
 
     let addrs = Addresses {
         gwmp: gwmp.addr,
@@ -176,12 +165,7 @@ pub fn run(
     // Dropping the runtime cancels what is left on it (idle keep-alive connections of the
     // metrics endpoint), releasing their handles on the state and so on the store.
     drop(rt);
-    if let Some(l) = listener {
-        l.join();
-    }
-    if let Some(o) = owners {
-        o.join();
-    }
+    shared.join();
     drop(state);
     drop(store);
     drop(link.client);
@@ -219,8 +203,9 @@ fn start_plane(
     let queue = DataPlane::queue_for(data);
     let requeue: Requeue = match &shared {
         Some(pg) => {
-            shared_queue::reload(pg, &queue, None).context("loading the shared downlink queue")?;
-            shared_queue::requeue(pg.clone(), Arc::clone(&queue))
+            pg.reload_queue(&queue, None)
+                .context("loading the shared downlink queue")?;
+            crate::store::sync::requeue(pg.clone(), Arc::clone(&queue))
         }
         None => {
             let queue = Arc::clone(&queue);
@@ -331,6 +316,44 @@ impl Handoff {
                 ttl: Duration::from_secs(config.store.gateway_owner_ttl_s),
             },
         })
+    }
+}
+
+/// The threads of an instance on a shared store (PostgreSQL): the session and queue listener,
+/// and the gateway owners' recorder.
+struct SharedThreads {
+    listener: Option<Listener>,
+    owners: Option<OwnerThread>,
+}
+
+impl SharedThreads {
+    fn start(
+        state: &Arc<State>,
+        shared: Option<PgStore>,
+        handoff: Option<&Handoff>,
+    ) -> std::io::Result<Self> {
+        let owners = match (&shared, handoff) {
+            (Some(pg), Some(h)) => Some(OwnerThread::start(
+                Arc::clone(state),
+                pg.clone(),
+                h.ownership,
+            )?),
+            _ => None,
+        };
+        let listener = shared
+            .map(|pg| Listener::start(Arc::clone(state), pg))
+            .transpose()?;
+        Ok(Self { listener, owners })
+    }
+
+    /// Waits for both (after the server began shutting down).
+    fn join(self) {
+        if let Some(l) = self.listener {
+            l.join();
+        }
+        if let Some(o) = self.owners {
+            o.join();
+        }
     }
 }
 
@@ -515,7 +538,7 @@ impl Control {
             ));
         }
         if let Some(h) = self.handoff {
-            control.spawn(crate::gateway::handoff::serve(
+            control.spawn(crate::gateway::relay::serve(
                 Arc::clone(state),
                 h.key,
                 UdpSocket::from_std(h.socket)?,

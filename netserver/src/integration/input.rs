@@ -182,11 +182,10 @@ fn queue_shared(
     dev_eui: DevEui,
     item: QueuedDownlink,
 ) -> Result<(u64, usize), String> {
-    use crate::store::shared_queue;
     let per_device = plane.config.queue_per_device;
-    match shared_queue::push(pg, dev_eui, &item, per_device) {
+    match pg.queue_push(dev_eui, &item, per_device) {
         Ok(Ok(queued)) => {
-            if let Err(e) = shared_queue::reload(pg, &plane.queue, Some(&[dev_eui])) {
+            if let Err(e) = pg.reload_queue(&plane.queue, Some(&[dev_eui])) {
                 tracing::warn!(error = %e, %dev_eui, "downlink queue not reloaded");
             }
             Ok(queued)

@@ -43,8 +43,8 @@ use crate::core::reception::Reception;
 use crate::core::rejoin::RejoinRefusal;
 use crate::core::scheduler::{candidates, Candidate, Placement, Unplaced};
 use crate::core::timing::Window;
-use crate::gateway::handoff::hand_off;
 use crate::gateway::owner::DownlinkRoute;
+use crate::gateway::relay::hand_off;
 use crate::gateway::txpk::{
     build_txpk, pull_resp, time_on_air, window_airtime, DownlinkError, DownlinkRadio,
 };

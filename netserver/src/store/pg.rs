@@ -32,6 +32,8 @@ use crate::ops::config::StoreConfig;
 use crate::store::backend::{SessionBackend, StoreError, WriteOp};
 use crate::store::counters::{judge, CounterBackend, CounterRecord, QueueItems, Verdict};
 use crate::store::embedded::{backend_err, decode_session};
+use crate::store::queue::{DownlinkQueue, QueueFull, QueuedDownlink};
+use crate::store::shared_queue;
 use crate::store::stored::StoredSession;
 use crate::store::url::redacted;
 
@@ -260,6 +262,25 @@ impl PgStore {
         rows.iter()
             .map(|r| decode_session(eui_of(r.get(0)), r.get(1)))
             .collect()
+    }
+
+    /// Queues `item` for `dev_eui` in the shared downlink queue ([`shared_queue::push`]).
+    pub fn queue_push(
+        &self,
+        dev_eui: DevEui,
+        item: &QueuedDownlink,
+        per_device: usize,
+    ) -> Result<Result<(u64, usize), QueueFull>, StoreError> {
+        shared_queue::push(&mut *self.conn()?, self.writer, dev_eui, item, per_device)
+    }
+
+    /// Loads the shared queues of `devices` (`None`: all) into `queue` ([`shared_queue::reload`]).
+    pub fn reload_queue(
+        &self,
+        queue: &DownlinkQueue,
+        devices: Option<&[DevEui]>,
+    ) -> Result<usize, StoreError> {
+        shared_queue::reload(&mut *self.conn()?, queue, devices)
     }
 
     /// The counter records of `devices`.
@@ -545,7 +566,7 @@ impl CounterBackend for PgStore {
                 .map_err(backend_err)?;
             }
         }
-        let taken = crate::store::shared_queue::take(&mut tx, &take(&verdicts), self.writer)?;
+        let taken = shared_queue::take(&mut tx, &take(&verdicts), self.writer)?;
         tx.commit().map_err(backend_err)?;
         Ok((verdicts, taken))
     }

@@ -15,15 +15,12 @@
 //!   the other instances drop the item.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use protocol::ids::DevEui;
 use r2d2_postgres::postgres;
 
-use crate::integration::emitter::Requeue;
 use crate::store::backend::StoreError;
 use crate::store::embedded::backend_err;
-use crate::store::pg::PgStore;
 use crate::store::queue::{DownlinkQueue, QueueFull, QueuedDownlink};
 
 /// The channel a change of a device's queue notifies: `WRITER:DEVEUI,DEVEUI,...` as
@@ -57,14 +54,14 @@ fn notify(
 }
 
 /// Queues `item` (its id is ignored: the table gives one) for `dev_eui` unless `per_device`
-/// items already wait; the id given and how many items now wait.
+/// items already wait, notifying as `writer`; the id given and how many items now wait.
 pub fn push(
-    pg: &PgStore,
+    c: &mut postgres::Client,
+    writer: u64,
     dev_eui: DevEui,
     item: &QueuedDownlink,
     per_device: usize,
 ) -> Result<Result<(u64, usize), QueueFull>, StoreError> {
-    let mut c = pg.conn()?;
     let mut tx = c.transaction().map_err(backend_err)?;
     // One writer at a time per device, so that the bound holds across instances.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&eui_sql(dev_eui)])
@@ -92,7 +89,7 @@ pub fn push(
         )
         .map_err(backend_err)?
         .get(0);
-    notify(&mut tx, &[dev_eui], pg.writer())?;
+    notify(&mut tx, &[dev_eui], writer)?;
     tx.commit().map_err(backend_err)?;
     Ok(Ok((id as u64, waiting as usize + 1)))
 }
@@ -100,10 +97,9 @@ pub fn push(
 /// The items waiting for `devices` (every device named has an entry, empty if none waits), in
 /// the order queued; `None`: every device's.
 pub fn load(
-    pg: &PgStore,
+    c: &mut postgres::Client,
     devices: Option<&[DevEui]>,
 ) -> Result<HashMap<DevEui, Vec<QueuedDownlink>>, StoreError> {
-    let mut c = pg.conn()?;
     let cols = "SELECT dev_eui, id, f_port, payload, confirmed FROM ns_downlink_queue";
     let rows = match devices {
         Some(d) => {
@@ -137,11 +133,11 @@ pub fn load(
 
 /// Loads the queues of `devices` (`None`: all) into `queue`, replacing what it held for them.
 pub fn reload(
-    pg: &PgStore,
+    c: &mut postgres::Client,
     queue: &DownlinkQueue,
     devices: Option<&[DevEui]>,
 ) -> Result<usize, StoreError> {
-    let loaded = load(pg, devices)?;
+    let loaded = load(c, devices)?;
     let n = loaded.len();
     for (d, items) in loaded {
         queue.replace(d, items);
@@ -172,19 +168,4 @@ pub fn take(
     let devices: Vec<DevEui> = items.iter().map(|(d, _)| *d).collect();
     notify(tx, &devices, writer)?;
     Ok(taken)
-}
-
-/// The emitter's hook for items whose downlink did not leave: their devices' queues are
-/// reloaded from the table (an item another instance sent is gone, one nobody sent is back at
-/// the front); if the table cannot be read, the items go back to the front as they were.
-pub fn requeue(pg: PgStore, queue: Arc<DownlinkQueue>) -> Requeue {
-    Box::new(move |items: Vec<(DevEui, QueuedDownlink)>| {
-        let devices: Vec<DevEui> = items.iter().map(|(d, _)| *d).collect();
-        if let Err(e) = reload(&pg, &queue, Some(&devices)) {
-            tracing::warn!(error = %e, "downlink queue not reloaded; items put back as they were");
-            for (d, item) in items.into_iter().rev() {
-                queue.push_front(d, item);
-            }
-        }
-    })
 }

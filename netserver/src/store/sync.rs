@@ -20,13 +20,15 @@ use protocol::ids::DevEui;
 use r2d2_postgres::postgres;
 
 use crate::integration::emitter::CatchUp;
+use crate::integration::emitter::Requeue;
 use crate::state::State;
 use crate::store::backend::StoreError;
 use crate::store::counters::CounterRecord;
 use crate::store::embedded::backend_err;
 use crate::store::pg::{PgStore, SESSIONS_CHANNEL};
+use crate::store::queue::{DownlinkQueue, QueuedDownlink};
 use crate::store::restore::Reviver;
-use crate::store::shared_queue::{self, QUEUE_CHANNEL};
+use crate::store::shared_queue::QUEUE_CHANNEL;
 use crate::store::stored::StoredSession;
 use crate::store::table::Sessions;
 
@@ -41,6 +43,22 @@ pub fn catch_up(sessions: Arc<Sessions>) -> CatchUp {
             {
                 s.live
                     .catch_up(committed.counters, committed.rekey_confirmed);
+            }
+        }
+    })
+}
+
+/// The emitter's hook for queued downlinks that did not leave (several instances): their
+/// devices' queues are reloaded from the shared queue (an item another instance sent is gone,
+/// one nobody sent is back at the front); if it cannot be read, the items go back to the front
+/// as they were.
+pub fn requeue(pg: PgStore, queue: Arc<DownlinkQueue>) -> Requeue {
+    Box::new(move |items: Vec<(DevEui, QueuedDownlink)>| {
+        let devices: Vec<DevEui> = items.iter().map(|(d, _)| *d).collect();
+        if let Err(e) = pg.reload_queue(&queue, Some(&devices)) {
+            tracing::warn!(error = %e, "downlink queue not reloaded; items put back as they were");
+            for (d, item) in items.into_iter().rev() {
+                queue.push_front(d, item);
             }
         }
     })
@@ -188,7 +206,7 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
             .map(|r| DevEui::new(r.get::<_, i64>(0) as u64))
             .collect();
         let n = load(state, pg, &devices).map_err(backend_err)?;
-        shared_queue::reload(pg, &state.data.queue, None)?;
+        pg.reload_queue(&state.data.queue, None)?;
         tracing::info!(loaded = n, "shared store listener caught up");
     }
     while !state.is_shutting_down() {
@@ -229,7 +247,7 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
         if !queues.is_empty() {
             queues.sort_unstable();
             queues.dedup();
-            if let Err(e) = shared_queue::reload(pg, &state.data.queue, Some(&queues)) {
+            if let Err(e) = pg.reload_queue(&state.data.queue, Some(&queues)) {
                 tracing::error!(error = %e, "loading downlink queues from the shared store failed");
             }
         }
