@@ -7,6 +7,10 @@
 #   N devices (default 20000, mixed 1.0.3/1.0.4/1.1) join within W (default 10s) through G
 #   gateways (default 4, gateway i to instance i mod INSTANCES), each transmission heard by 1..K
 #   (default 2) of them; SCENARIO (default steady) and EXTRA (more `simulator run` options).
+#   SCHEDULER=on|off (default on): the network servers' downlink scheduler ([scheduler] enabled).
+#   With the simulator's default ideal radio, off answers every Join-request in its first window
+#   (the behaviour the scale-out runs before the scheduler measured); on, a storm of N devices
+#   through G gateways is bounded by their downlink airtime and duty cycle.
 #   PG_URL: an existing database (else a PostgreSQL 15 is started in the run directory, as the
 #   `postgres` user when run as root, and removed at the end).
 # Build first: cargo build --release -p joinserver -p netserver -p simulator
@@ -14,6 +18,7 @@
 set -euo pipefail
 N=${N:-20000}; W=${W:-10s}; G=${G:-4}; K=${K:-2}; SEED=${SEED:-1}; SCENARIO=${SCENARIO:-steady}
 EXTRA=${EXTRA:---uplink-interval 7s --duration 40s}; STORE=${STORE:-postgres}; INSTANCES=${INSTANCES:-2}
+SCHEDULER=${SCHEDULER:-on}
 BIN=${BIN:-$(cd "$(dirname "$0")/../.." && pwd)/target/release}
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 D=$(mktemp -d "${TMPDIR:-/tmp}/pg-scaleout.XXXX")
@@ -63,10 +68,8 @@ done
 EVENTS=127.0.0.1:$(free_port SOCK_DGRAM)
 GWMPS=; NSPIDS=(); NSMS=()
 for i in $(seq 0 $((INSTANCES - 1))); do
-  # The airtime scheduler off: the simulator's gateways here are ideal (no --radio realistic)
-  # and transmit whatever they are sent, as in `simulator demo`; the scheduler's duty-cycle
-  # budgets would hold the storm to what real gateways may send, which is not measured here.
-  printf '[network]\ndev_addr_prefix = "%02X000000/8"\n[scheduler]\nenabled = false\n' "$i" >"$D/ns$i.toml"
+  printf '[network]\ndev_addr_prefix = "%02X000000/8"\n[scheduler]\nenabled = %s\n' "$i" \
+    "$([ "$SCHEDULER" = off ] && echo false || echo true)" >"$D/ns$i.toml"
   STORE_ARGS=()
   [ "$STORE" = postgres ] && STORE_ARGS=(--store-url "$PG_URL")
   "$BIN/netserver" serve --config "$D/ns$i.toml" --data-dir "$D/ns$i" --join-server "${LINKS[$i]}" \

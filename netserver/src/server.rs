@@ -28,9 +28,10 @@ use tokio::task::JoinSet;
 
 use crate::core::devaddr::AddrBlock;
 use crate::gateway::allowed;
+use crate::gateway::handoff::HandoffKey;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
-use crate::integration::emitter::{CatchUp, Emitter, EmitterThread};
+use crate::integration::emitter::{CatchUp, Emitter, EmitterThread, Hooks, Requeue};
 use crate::integration::log::{EventLog, Logged};
 use crate::integration::mqtt::Broker;
 use crate::integration::sink::ConfiguredSink;
@@ -43,6 +44,8 @@ use crate::ops::metrics::Metrics;
 use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
 use crate::store::counters::CounterBackend;
+use crate::store::owners::{OwnerThread, Ownership};
+use crate::store::pg::PgStore;
 use crate::store::restore::restore;
 use crate::store::sync::Listener;
 use crate::uplink::plane::DataPlane;
@@ -76,6 +79,12 @@ pub fn run(
     };
     let restored = restore(&config, &secrets, block, &metrics)?;
     let gwmp = GwmpSockets::bind(&config)?;
+    let handoff = restored
+        .shared
+        .as_ref()
+        .map(|pg| Handoff::bind(&config, &secrets, pg, &gwmp.downlink))
+        .transpose()?;
+    let handoff_key = handoff.as_ref().map(|h| Arc::clone(&h.key));
     let link = Link::bind(&config, &secrets, block, &metrics)?;
     let http = HttpSecurity::of(&config.http)?;
     let metrics_listener = http.bind(&config.metrics.listen, "the metrics endpoint")?;
@@ -101,9 +110,10 @@ pub fn run(
         &config.data,
         log,
         restored.counter_log,
-        gwmp.downlink,
+        (gwmp.downlink, handoff_key.clone()),
         &metrics,
         catch_up,
+        restored.shared.clone(),
     )?;
     let data_dir = config.data_dir.clone();
     let store = restored.store;
@@ -119,6 +129,7 @@ pub fn run(
         inodes.collect(),
         plane,
         allowed_gateways,
+        handoff_key,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let delivery = match &written {
@@ -126,10 +137,7 @@ pub fn run(
         None => Delivery::none(),
     };
     let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
-    let listener = restored
-        .shared
-        .map(|pg| Listener::start(Arc::clone(&state), pg))
-        .transpose()?;
+    let shared = SharedThreads::start(&state, restored.shared, handoff.as_ref())?;
 
     let addrs = Addresses {
         gwmp: gwmp.addr,
@@ -148,6 +156,7 @@ pub fn run(
         shutdown: (shutdown_tx, shutdown_rx),
         threads,
         store: store.clone(),
+        handoff,
     };
     let result = rt.block_on(control.serve_until(signals, stop));
     // The sinks first: MQTT commands hold the state, and so the emitter the threads below
@@ -156,9 +165,7 @@ pub fn run(
     // Dropping the runtime cancels what is left on it (idle keep-alive connections of the
     // metrics endpoint), releasing their handles on the state and so on the store.
     drop(rt);
-    if let Some(l) = listener {
-        l.join();
-    }
+    shared.join();
     drop(state);
     drop(store);
     drop(link.client);
@@ -185,22 +192,43 @@ fn start_plane(
     data: &DataConfig,
     log: Option<EventLog>,
     counters: Box<dyn CounterBackend>,
-    downlinks: std::net::UdpSocket,
+    downlinks: (std::net::UdpSocket, Option<Arc<HandoffKey>>),
     metrics: &Metrics,
     catch_up: Option<CatchUp>,
+    shared: Option<PgStore>,
 ) -> anyhow::Result<(DataPlane, EmitterThread)> {
     let sink = ConfiguredSink::open(&data.events)
         .with_context(|| format!("opening the event sink {:?}", data.events))?;
     let sink = Logged { log, sink };
+    let queue = DataPlane::queue_for(data);
+    let requeue: Requeue = match &shared {
+        Some(pg) => {
+            pg.reload_queue(&queue, None)
+                .context("loading the shared downlink queue")?;
+            crate::store::sync::requeue(pg.clone(), Arc::clone(&queue))
+        }
+        None => {
+            let queue = Arc::clone(&queue);
+            Box::new(move |items: Vec<_>| {
+                for (d, item) in items.into_iter().rev() {
+                    queue.push_front(d, item);
+                }
+            })
+        }
+    };
+    let hooks = Hooks {
+        catch_up,
+        requeue: Some(requeue),
+    };
     let (emitter, thread) = Emitter::start_with(
         counters,
         sink,
         downlinks,
         data.max_batch,
         metrics.clone(),
-        catch_up,
+        hooks,
     )?;
-    Ok((DataPlane::new(data.clone(), emitter), thread))
+    Ok((DataPlane::new(data.clone(), emitter, queue, shared), thread))
 }
 
 /// The link socket and the metrics listener as the control runtime's, and its signal handlers.
@@ -247,6 +275,85 @@ impl GwmpSockets {
             downlink,
             workers,
         })
+    }
+}
+
+/// Several instances (PostgreSQL): the hand-off socket other instances send this one the
+/// downlinks of the gateways it holds, its key, and this instance's owner records.
+struct Handoff {
+    key: Arc<HandoffKey>,
+    socket: std::net::UdpSocket,
+    /// A clone of the GWMP downlink socket: hand-offs are sent on from it.
+    gwmp: std::net::UdpSocket,
+    ownership: Ownership,
+}
+
+impl Handoff {
+    fn bind(
+        config: &Config,
+        secrets: &Secrets,
+        pg: &PgStore,
+        gwmp: &std::net::UdpSocket,
+    ) -> anyhow::Result<Self> {
+        let listen = config.store.handoff_listen.trim();
+        let socket = std::net::UdpSocket::bind(listen)
+            .with_context(|| format!("binding store.handoff_listen {listen}"))?;
+        let addr = socket.local_addr()?;
+        if addr.ip().is_unspecified() {
+            bail!(
+                "store.handoff_listen {listen}: give an address the other instances reach, not {}",
+                addr.ip()
+            );
+        }
+        socket.set_nonblocking(true)?;
+        Ok(Self {
+            key: Arc::new(HandoffKey::derive(&secrets.ns_kek, pg.writer())),
+            socket,
+            gwmp: gwmp.try_clone()?,
+            ownership: Ownership {
+                instance: pg.writer(),
+                handoff: addr,
+                ttl: Duration::from_secs(config.store.gateway_owner_ttl_s),
+            },
+        })
+    }
+}
+
+/// The threads of an instance on a shared store (PostgreSQL): the session and queue listener,
+/// and the gateway owners' recorder.
+struct SharedThreads {
+    listener: Option<Listener>,
+    owners: Option<OwnerThread>,
+}
+
+impl SharedThreads {
+    fn start(
+        state: &Arc<State>,
+        shared: Option<PgStore>,
+        handoff: Option<&Handoff>,
+    ) -> std::io::Result<Self> {
+        let owners = match (&shared, handoff) {
+            (Some(pg), Some(h)) => Some(OwnerThread::start(
+                Arc::clone(state),
+                pg.clone(),
+                h.ownership,
+            )?),
+            _ => None,
+        };
+        let listener = shared
+            .map(|pg| Listener::start(Arc::clone(state), pg))
+            .transpose()?;
+        Ok(Self { listener, owners })
+    }
+
+    /// Waits for both (after the server began shutting down).
+    fn join(self) {
+        if let Some(l) = self.listener {
+            l.join();
+        }
+        if let Some(o) = self.owners {
+            o.join();
+        }
     }
 }
 
@@ -400,6 +507,7 @@ struct Control {
     shutdown: (watch::Sender<bool>, watch::Receiver<bool>),
     threads: Vec<JoinHandle<anyhow::Result<()>>>,
     store: SessionStore,
+    handoff: Option<Handoff>,
 }
 
 impl Control {
@@ -426,6 +534,15 @@ impl Control {
                 l,
                 Arc::clone(state),
                 self.inputs.token.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(h) = self.handoff {
+            control.spawn(crate::gateway::relay::serve(
+                Arc::clone(state),
+                h.key,
+                UdpSocket::from_std(h.socket)?,
+                UdpSocket::from_std(h.gwmp)?,
                 shutdown.clone(),
             ));
         }

@@ -13,6 +13,7 @@ use crate::core::joinlimit::JoinRateLimit;
 use crate::core::scheduler::Scheduler;
 use crate::core::timing::WindowTiming;
 use crate::gateway::allowed::AllowedGateways;
+use crate::gateway::handoff::HandoffKey;
 use crate::gateway::registry::GatewayRegistry;
 use crate::keys::LabeledKek;
 use crate::ops::config::Config;
@@ -64,6 +65,9 @@ pub struct State {
     next_transaction_id: AtomicU32,
     /// The data path's shared parts.
     pub data: DataPlane,
+    /// Several instances (PostgreSQL): the key that hands a downlink to the gateway's owner
+    /// instance ([`crate::gateway::handoff`]).
+    pub handoff: Option<Arc<HandoffKey>>,
 }
 
 impl State {
@@ -80,6 +84,7 @@ impl State {
         gwmp_inodes: Vec<u64>,
         data: DataPlane,
         allowed_gateways: Option<AllowedGateways>,
+        handoff: Option<Arc<HandoffKey>>,
     ) -> Self {
         Self {
             gateways: GatewayRegistry::of(&config.gwmp, allowed_gateways),
@@ -110,6 +115,7 @@ impl State {
             // bound at a few thousand joins per cache lifetime).
             next_transaction_id: AtomicU32::new(rand::random()),
             data,
+            handoff,
         }
     }
 

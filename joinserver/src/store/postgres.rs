@@ -349,37 +349,13 @@ impl PgStore {
 
     /// Applies the migrations the database lacks, under an advisory lock; the versions applied.
     pub fn migrate(&mut self) -> Result<Vec<i32>, StoreError> {
-        self.with(|h| {
-            let mut tx = h.client.transaction().map_err(pg)?;
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-                .map_err(pg)?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS js_schema_migrations ( \
-                   version INT PRIMARY KEY, applied_ms BIGINT NOT NULL)",
-            )
-            .map_err(pg)?;
-            let done: Vec<i32> = tx
-                .query("SELECT version FROM js_schema_migrations", &[])
-                .map_err(pg)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let mut applied = Vec::new();
-            for (version, sql) in MIGRATIONS {
-                if done.contains(version) {
-                    continue;
-                }
-                tx.batch_execute(sql).map_err(pg)?;
-                tx.execute(
-                    "INSERT INTO js_schema_migrations (version, applied_ms) VALUES ($1, $2)",
-                    &[version, &now_ms()],
-                )
-                .map_err(pg)?;
-                applied.push(*version);
-            }
-            tx.commit().map_err(pg)?;
-            Ok(applied)
-        })
+        let ledger = pgmigrate::Ledger {
+            table: "js_schema_migrations",
+            columns: "applied_ms BIGINT NOT NULL",
+            values: "(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            lock: MIGRATION_LOCK,
+        };
+        self.with(|h| pgmigrate::apply(&mut h.client, &ledger, MIGRATIONS).map_err(pg))
     }
 
     /// The schema version of the database (0 before any migration).

@@ -44,6 +44,7 @@ use crate::core::mac_handler::{self, UplinkRadio};
 use crate::core::reception::Reception;
 use crate::core::scheduler::{candidates, Placement, Scheduler, Unplaced};
 use crate::core::timing::{Window, WindowTiming};
+use crate::gateway::owner::DownlinkRoute;
 use crate::gateway::registry::GatewayRegistry;
 use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, window_airtime, DownlinkRadio};
 use crate::integration::events::{
@@ -94,12 +95,19 @@ pub struct ScheduledDownlink {
     pub datagram: Vec<u8>,
     /// The gateway that transmits it.
     pub gateway: GatewayEui,
-    /// Its PULL_DATA address.
+    /// Its PULL_DATA address, or the hand-off address of the instance that holds it
+    /// ([`Self::via_owner`]).
     pub to: SocketAddr,
+    /// The gateway's latest PULL_DATA is another instance's: the PULL_RESP is handed to it
+    /// ([`crate::gateway::handoff`]).
+    pub via_owner: bool,
     /// The receive window it is scheduled in.
     pub window: Window,
     /// Its time on air.
     pub airtime: Duration,
+    /// The queued application downlink it carries: taken off the queue (a shared one: in the
+    /// counters' transaction) when the downlink leaves, put back when it does not.
+    pub queued: Option<Box<(DevEui, QueuedDownlink)>>,
 }
 
 /// Why an answer the device needed did not go out (a bounded metric label).
@@ -487,7 +495,7 @@ impl Device<'_> {
     fn route(
         &self,
         len_of: impl Fn(Window) -> usize,
-    ) -> Result<(&Reception, SocketAddr, Placement), DownlinkFailure> {
+    ) -> Result<(&Reception, DownlinkRoute, Placement), DownlinkFailure> {
         let gateways = self.env.gateways;
         let rx = &self.session.rx;
         let rx1 = Duration::from_secs(u64::from((rx.rx_delay_s & 0x0f).max(1)));
@@ -503,7 +511,7 @@ impl Device<'_> {
             self.input.receptions,
             &timing,
             |r| r.received_at,
-            |r| gateways.downlink_addr(r.gateway).is_some(),
+            |r| gateways.downlink_route(r.gateway, now).is_some(),
             |r, w| window_airtime(region, r, w, rx, len_of(w)),
         )
         .and_then(|c| self.env.scheduler.place(now, Purpose::Data, &c))
@@ -520,7 +528,7 @@ impl Device<'_> {
             .find(|r| r.gateway == placed.candidate.gateway)
             .ok_or(DownlinkFailure::NoGateway)?;
         let to = gateways
-            .downlink_addr(gw.gateway)
+            .downlink_route(gw.gateway, now)
             .ok_or(DownlinkFailure::NoGateway)?;
         Ok((gw, to, placed))
     }
@@ -566,14 +574,16 @@ impl Device<'_> {
         };
         let built = self.build(st, uplink, answers, app, gw, &placed, rng);
         match built {
-            Ok((datagram, token)) => {
+            Ok((datagram, token, queued)) => {
                 self.env.scheduler.set_token(&placed, token);
                 Ok(ScheduledDownlink {
                     datagram,
                     gateway: gw.gateway,
-                    to,
+                    to: to.addr(),
+                    via_owner: to.via_owner(),
                     window: placed.candidate.at.window,
                     airtime: placed.candidate.airtime,
+                    queued: queued.map(|q| Box::new((self.session.dev_eui, q))),
                 })
             }
             Err(e) => {
@@ -595,7 +605,10 @@ impl Device<'_> {
         gw: &Reception,
         placed: &Placement,
         rng: &mut R,
-    ) -> Result<(Vec<u8>, [u8; 2]), (Option<DownlinkFailure>, Option<QueuedDownlink>)> {
+    ) -> Result<
+        (Vec<u8>, [u8; 2], Option<QueuedDownlink>),
+        (Option<DownlinkFailure>, Option<QueuedDownlink>),
+    > {
         let at = placed.candidate.at;
         let dev_eui = self.session.dev_eui;
         let region = self.env.config.network.region;
@@ -644,7 +657,7 @@ impl Device<'_> {
         let mut token = [0u8; 2];
         rng.fill_bytes(&mut token);
         let datagram = pull_resp(token, txpk).map_err(|_| (None, None))?;
-        Ok((datagram, token))
+        Ok((datagram, token, app_item))
     }
 
     /// The downlink frame (its counter still 0): FOpts with the MAC answers, or the answers as

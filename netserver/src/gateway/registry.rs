@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::core::KeyedHasher;
 use crate::gateway::allowed::AllowedGateways;
+use crate::gateway::owner::{choose_route, DownlinkRoute, RemoteOwner};
 use crate::ops::config::GwmpConfig;
 
 /// Counters of one gateway.
@@ -90,6 +91,9 @@ pub struct GatewayRegistry {
     max_gateways: usize,
     allowed: Option<AllowedGateways>,
     addr_change_block: Duration,
+    /// Other instances' records of the gateways they hold (several instances on PostgreSQL,
+    /// [`crate::store::owners`]); empty otherwise.
+    owners: DashMap<GatewayEui, RemoteOwner, KeyedHasher>,
 }
 
 impl GatewayRegistry {
@@ -116,6 +120,7 @@ impl GatewayRegistry {
             max_gateways,
             allowed: None,
             addr_change_block: Duration::ZERO,
+            owners: DashMap::with_hasher(KeyedHasher::default()),
         }
     }
 
@@ -222,6 +227,44 @@ impl GatewayRegistry {
         self.map.get(&eui).and_then(|g| g.pull_addr)
     }
 
+    /// Where a downlink for `eui` goes at `now`: straight to the gateway if this instance
+    /// holds its latest PULL_DATA, else handed to the instance that does
+    /// ([`crate::gateway::owner::choose_route`]).
+    pub fn downlink_route(&self, eui: GatewayEui, now: Instant) -> Option<DownlinkRoute> {
+        let local = self
+            .map
+            .get(&eui)
+            .and_then(|g| Some((g.pull_addr?, g.last_pull?)));
+        let remote = self.owners.get(&eui).map(|o| *o);
+        choose_route(local, remote, now)
+    }
+
+    /// The gateways whose PULL_DATA this instance holds, with the latest one's time.
+    pub fn held(&self) -> Vec<(GatewayEui, Instant)> {
+        self.map
+            .iter()
+            .filter_map(|g| Some((*g.key(), g.last_pull?)))
+            .collect()
+    }
+
+    /// Another instance's record of `eui` as read from the shared state; `None`: this instance
+    /// is the owner, or no record is left.
+    pub fn set_remote_owner(&self, eui: GatewayEui, owner: Option<RemoteOwner>) {
+        match owner {
+            Some(o) => {
+                self.owners.insert(eui, o);
+            }
+            None => {
+                self.owners.remove(&eui);
+            }
+        }
+    }
+
+    /// Another instance's record of `eui`, if one is known.
+    pub fn remote_owner(&self, eui: GatewayEui) -> Option<RemoteOwner> {
+        self.owners.get(&eui).map(|o| *o)
+    }
+
     /// Number of gateways known.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -246,6 +289,7 @@ impl GatewayRegistry {
         let before = self.map.len();
         self.map
             .retain(|_, g| now.saturating_duration_since(g.last_seen) < idle);
+        self.owners.retain(|_, o| o.expires > now);
         before.saturating_sub(self.map.len())
     }
 

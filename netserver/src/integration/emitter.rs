@@ -36,15 +36,18 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use protocol::ids::DevEui;
 
 use crate::core::uplink::ScheduledDownlink;
+use crate::gateway::handoff::HandoffKey;
 use crate::integration::sink::EventSink;
 use crate::ops::metrics::{DataMetrics, Metrics};
-use crate::store::counters::{CounterBackend, CounterRecord, Verdict};
+use crate::store::counters::{CounterBackend, CounterRecord, QueueItems, Verdict};
+use crate::store::queue::QueuedDownlink;
 
 /// What one uplink (or one downlink) leaves for the emitter.
 #[derive(Debug, Default)]
@@ -85,24 +88,36 @@ impl Emitter {
         max_batch: usize,
         metrics: Metrics,
     ) -> std::io::Result<(Self, EmitterThread)> {
-        Self::start_with(log, sink, downlinks, max_batch, metrics, None)
+        Self::start_with(
+            log,
+            sink,
+            (downlinks, None),
+            max_batch,
+            metrics,
+            Hooks::default(),
+        )
     }
 
-    /// [`Self::start`], with the hook a shared store's refusals are reported to.
+    /// [`Self::start`], with the hooks a shared store's refusals and the downlinks that did not
+    /// leave are reported to, and the key that hands a downlink to the instance holding its
+    /// gateway (several instances).
     pub fn start_with(
         log: impl CounterBackend,
         sink: impl EventSink,
-        downlinks: UdpSocket,
+        (downlinks, handoff): (UdpSocket, Option<Arc<HandoffKey>>),
         max_batch: usize,
         metrics: Metrics,
-        catch_up: Option<CatchUp>,
+        hooks: Hooks,
     ) -> std::io::Result<(Self, EmitterThread)> {
         let (tx, rx) = std::sync::mpsc::sync_channel(max_batch.max(1) * 16);
         let l = Loop {
             log,
             sink,
-            downlinks,
-            catch_up,
+            downlinks: Downlinks {
+                socket: downlinks,
+                handoff,
+            },
+            hooks,
             metrics,
         };
         let h = std::thread::Builder::new()
@@ -126,6 +141,55 @@ impl Emitter {
 /// local session catches up (a no-op for a store with one writer, which refuses nothing).
 pub type CatchUp = Box<dyn Fn(DevEui, &CounterRecord) + Send>;
 
+/// Called with the queued application downlinks whose downlink did not leave (a refused or
+/// failed commit): they go back to their device's queue.
+pub type Requeue = Box<dyn Fn(Vec<(DevEui, QueuedDownlink)>) + Send>;
+
+/// What the emitter reports to.
+#[derive(Default)]
+pub struct Hooks {
+    /// A shared store's committed records that differ from the local ones.
+    pub catch_up: Option<CatchUp>,
+    /// The queued downlinks that did not leave (none: they are dropped).
+    pub requeue: Option<Requeue>,
+}
+
+/// The queued items of a batch's downlinks that may leave given the verdicts: taken in the
+/// counters' transaction.
+fn to_take(batch: &[Emit], verdicts: &[Verdict]) -> QueueItems {
+    with_verdicts(batch, verdicts)
+        .filter(|(e, v)| permits(e, *v).1)
+        .filter_map(|(e, _)| {
+            let (d, q) = e.downlink.as_ref()?.queued.as_deref()?;
+            Some((*d, q.id))
+        })
+        .collect()
+}
+
+/// Refuses the downlinks whose queued item was not taken (another instance sent it), and
+/// returns the items of every downlink that does not leave, to be put back.
+fn settle_queued(
+    batch: &[Emit],
+    allowed: &mut [(bool, bool)],
+    taken: &[u64],
+    m: &DataMetrics,
+) -> Vec<(DevEui, QueuedDownlink)> {
+    let mut back = Vec::new();
+    for (e, a) in batch.iter().zip(allowed.iter_mut()) {
+        let Some((d, q)) = e.downlink.as_ref().and_then(|d| d.queued.as_deref()) else {
+            continue;
+        };
+        if a.1 && !taken.contains(&q.id) {
+            a.1 = false;
+            m.shared
+                .with_label_values(&["queue_item_sent_elsewhere"])
+                .inc();
+        } else if !a.1 {
+            back.push((*d, q.clone()));
+        }
+    }
+    back
+}
 /// What of an emit may leave given its record's verdict (none: an emit without a record, a
 /// join event): (its events, its downlink).
 fn permits(e: &Emit, v: Option<Verdict>) -> (bool, bool) {
@@ -188,12 +252,34 @@ fn allowed(
         .collect()
 }
 
+/// Where downlinks leave from: a GWMP socket, and the hand-off key for gateways another
+/// instance holds.
+struct Downlinks {
+    socket: UdpSocket,
+    handoff: Option<Arc<HandoffKey>>,
+}
+
+impl Downlinks {
+    /// Sends `d`: its PULL_RESP to the gateway, or sealed to the owner instance.
+    fn send(&self, d: &ScheduledDownlink) -> std::io::Result<usize> {
+        match (&self.handoff, d.via_owner) {
+            (_, false) => send_nonblocking(&self.socket, &d.datagram, d.to),
+            (Some(key), true) => {
+                let now_ms = protocol::time::unix_ms(std::time::SystemTime::now());
+                let sealed = key.seal(d.gateway, &d.datagram, now_ms);
+                send_nonblocking(&self.socket, &sealed, d.to)
+            }
+            (None, true) => Err(std::io::Error::other("no hand-off key")),
+        }
+    }
+}
+
 /// The loop's fixed parts.
 struct Loop<L, S> {
     log: L,
     sink: S,
-    downlinks: UdpSocket,
-    catch_up: Option<CatchUp>,
+    downlinks: Downlinks,
+    hooks: Hooks,
     metrics: Metrics,
 }
 
@@ -227,10 +313,11 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
             write_events(&mut l.sink, &lines, &mut buf, m);
         }
         let verdicts = if records.is_empty() {
-            Some(Vec::new())
+            Some((Vec::new(), Vec::new()))
         } else {
             let lines = |v: &[Verdict]| permitted_lines(&batch, v);
-            match l.log.commit_logged(&records, &lines) {
+            let take = |v: &[Verdict]| to_take(&batch, v);
+            match l.log.commit_taking(&records, &lines, &take) {
                 Ok(v) => {
                     m.counter_commits.with_label_values(&["ok"]).inc();
                     Some(v)
@@ -242,9 +329,10 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                 }
             }
         };
-        match verdicts {
-            Some(v) => {
-                let allowed = allowed(&batch, &v, l.catch_up.as_ref(), m);
+        let back = match verdicts {
+            Some((v, taken)) => {
+                let mut allowed = allowed(&batch, &v, l.hooks.catch_up.as_ref(), m);
+                let back = settle_queued(&batch, &mut allowed, &taken, m);
                 if !events_first {
                     let lines: Vec<&[u8]> = batch
                         .iter()
@@ -255,6 +343,7 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                     write_events(&mut l.sink, &lines, &mut buf, m);
                 }
                 send_downlinks(&l.downlinks, &batch, &allowed, &metrics);
+                back
             }
             None => {
                 for e in &batch {
@@ -262,7 +351,14 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
                         m.downlinks.with_label_values(&["commit_failed"]).inc();
                     }
                 }
+                batch
+                    .iter()
+                    .filter_map(|e| e.downlink.as_ref()?.queued.as_deref().cloned())
+                    .collect()
             }
+        };
+        if let (false, Some(requeue)) = (back.is_empty(), &l.hooks.requeue) {
+            requeue(back);
         }
         batch.clear();
     }
@@ -270,7 +366,7 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
 
 /// Sends the allowed downlinks of a committed batch and records the uplinks' latency.
 fn send_downlinks(
-    downlinks: &UdpSocket,
+    downlinks: &Downlinks,
     batch: &[Emit],
     allowed: &[(bool, bool)],
     metrics: &Metrics,
@@ -279,12 +375,15 @@ fn send_downlinks(
     let now = Instant::now();
     for (e, &(uplink, downlink)) in batch.iter().zip(allowed) {
         if let (Some(d), true) = (&e.downlink, downlink) {
-            let label = match send_nonblocking(downlinks, &d.datagram, d.to) {
+            let label = match downlinks.send(d) {
                 Ok(_) => "sent",
                 Err(_) => "send_failed",
             };
             m.downlinks.with_label_values(&[label]).inc();
-            if label == "sent" {
+            if label == "sent" && d.via_owner {
+                // The owner sends the PULL_RESP on, and counts it.
+                m.shared.with_label_values(&["handoff_sent"]).inc();
+            } else if label == "sent" {
                 metrics.pull_resp.inc();
             }
         }

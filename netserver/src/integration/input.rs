@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::events::B64;
-use crate::ops::listen::HttpListener;
+use crate::ops::listen::{recv_or_shutdown, HttpListener};
 use crate::state::State;
 use crate::store::queue::QueuedDownlink;
 
@@ -130,7 +130,15 @@ pub fn handle_downlink_request(state: &State, body: &[u8]) -> DownlinkAnswer {
 /// UDP, HTTP and MQTT commands); the answer says why it was refused.
 pub fn queue_downlink(state: &State, req: ValidDownlinkRequest) -> DownlinkAnswer {
     let plane = &state.data;
-    let Some(session) = state.sessions.get(req.dev_eui) else {
+    let mut session = state.sessions.get(req.dev_eui);
+    if let (None, Some(pg)) = (&session, &plane.shared_queue) {
+        // Made through another instance a moment ago, and not loaded here yet.
+        if let Err(e) = crate::store::sync::load(state, pg, &[req.dev_eui]) {
+            tracing::warn!(error = %e, dev_eui = %req.dev_eui, "session not loaded from the shared store");
+        }
+        session = state.sessions.get(req.dev_eui);
+    }
+    let Some(session) = session else {
         return DownlinkAnswer::err(format!("no session for device {}", req.dev_eui));
     };
     if session.opened_app_s_key.is_none() {
@@ -138,24 +146,68 @@ pub fn queue_downlink(state: &State, req: ValidDownlinkRequest) -> DownlinkAnswe
             "this network server does not hold the device's AppSKey (no --as-kek), so it cannot encrypt the payload",
         );
     }
-    let id = plane.next_id.fetch_add(1, Ordering::Relaxed);
-    match plane.queue.push(
-        req.dev_eui,
-        QueuedDownlink {
-            id,
-            f_port: req.f_port,
-            payload: req.payload,
-            confirmed: req.confirmed,
-        },
-    ) {
-        Ok(n) => DownlinkAnswer {
+    let item = QueuedDownlink {
+        id: 0,
+        f_port: req.f_port,
+        payload: req.payload,
+        confirmed: req.confirmed,
+    };
+    let queued = match &plane.shared_queue {
+        Some(pg) => queue_shared(pg, plane, req.dev_eui, item),
+        None => {
+            let id = plane.next_id.fetch_add(1, Ordering::Relaxed);
+            plane
+                .queue
+                .push(req.dev_eui, QueuedDownlink { id, ..item })
+                .map(|n| (id, n))
+                .map_err(|e| e.to_string())
+        }
+    };
+    match queued {
+        Ok((id, n)) => DownlinkAnswer {
             ok: true,
             id: Some(id),
             queued: Some(n),
             error: None,
         },
-        Err(e) => DownlinkAnswer::err(e.to_string()),
+        Err(e) => DownlinkAnswer::err(e),
     }
+}
+
+/// Queues `item` in the shared queue (the id comes from the table), then reloads the device's
+/// items into this instance's copy: the id given and how many items wait.
+fn queue_shared(
+    pg: &crate::store::pg::PgStore,
+    plane: &crate::uplink::plane::DataPlane,
+    dev_eui: DevEui,
+    item: QueuedDownlink,
+) -> Result<(u64, usize), String> {
+    let per_device = plane.config.queue_per_device;
+    match pg.queue_push(dev_eui, &item, per_device) {
+        Ok(Ok(queued)) => {
+            if let Err(e) = pg.reload_queue(&plane.queue, Some(&[dev_eui])) {
+                tracing::warn!(error = %e, %dev_eui, "downlink queue not reloaded");
+            }
+            Ok(queued)
+        }
+        Ok(Err(full)) => Err(full.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, "downlink not queued: the shared store failed");
+            Err("the shared store is unavailable; try again".into())
+        }
+    }
+}
+
+/// [`handle_downlink_request`], on a blocking thread when it waits for a shared store (the
+/// control runtime also runs the join server link).
+async fn handle_off_runtime(state: &Arc<State>, body: Vec<u8>) -> DownlinkAnswer {
+    if state.data.shared_queue.is_none() {
+        return handle_downlink_request(state, &body);
+    }
+    let s = Arc::clone(state);
+    tokio::task::spawn_blocking(move || handle_downlink_request(&s, &body))
+        .await
+        .unwrap_or_else(|_| DownlinkAnswer::err("internal error"))
 }
 
 fn count_request(state: &State, result: &str) {
@@ -177,12 +229,8 @@ pub async fn downlink_input(
 ) {
     let mut buf = vec![0u8; 4096];
     loop {
-        let (n, from) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(_) => continue,
-            },
-            _ = shutdown.changed() => return,
+        let Some((n, from)) = recv_or_shutdown(&socket, &mut buf, &mut shutdown).await else {
+            return;
         };
         if let Some(t) = &token {
             if !auth::udp_request_authenticated(t, &buf[..n]) {
@@ -190,7 +238,7 @@ pub async fn downlink_input(
                 continue;
             }
         }
-        let answer = handle_downlink_request(&state, &buf[..n]);
+        let answer = handle_off_runtime(&state, buf[..n].to_vec()).await;
         count_request(&state, if answer.ok { "queued" } else { "refused" });
         if let Ok(bytes) = serde_json::to_vec(&answer) {
             let _ = socket.send_to(&bytes, from).await;
@@ -214,7 +262,7 @@ fn http_reply(code: hyper::StatusCode, a: &impl Serialize) -> HttpReply {
 /// Answers one HTTP downlink request: the token first (before the body is read), then the
 /// route, then the body.
 async fn answer_http(
-    state: &State,
+    state: &Arc<State>,
     token: Option<&DownlinkToken>,
     (peer, failures): (IpAddr, &FailureLimiter<IpAddr>),
     req: hyper::Request<hyper::body::Incoming>,
@@ -284,7 +332,7 @@ async fn answer_http(
         };
         return http_reply(code, &answer);
     }
-    let answer = handle_downlink_request(state, &body);
+    let answer = handle_off_runtime(state, body.to_vec()).await;
     count_request(state, if answer.ok { "queued" } else { "refused" });
     let code = if answer.ok {
         StatusCode::ACCEPTED

@@ -43,6 +43,8 @@ use crate::core::reception::Reception;
 use crate::core::rejoin::RejoinRefusal;
 use crate::core::scheduler::{candidates, Candidate, Placement, Unplaced};
 use crate::core::timing::Window;
+use crate::gateway::owner::DownlinkRoute;
+use crate::gateway::relay::hand_off;
 use crate::gateway::txpk::{
     build_txpk, pull_resp, time_on_air, window_airtime, DownlinkError, DownlinkRadio,
 };
@@ -338,9 +340,9 @@ pub(crate) async fn answer_and_send<C: JoinServerClient>(
         .iter()
         .find(|r| r.gateway == placed.gateway)
         .ok_or(JoinFailure::NoGateway)?;
-    let gw_addr = state
+    let route = state
         .gateways
-        .downlink_addr(gw.gateway)
+        .downlink_route(gw.gateway, Instant::now())
         .ok_or(JoinFailure::NoGateway)?;
     let region = state.config.network.region;
     let radio = DownlinkRadio::of(&state.config.join, region);
@@ -356,10 +358,15 @@ pub(crate) async fn answer_and_send<C: JoinServerClient>(
     install(state, activation, addr, ans).await?;
     reservation.armed = false;
 
-    // 8. Send.
-    gwmp.send_to(&pull_resp, gw_addr)
-        .await
-        .map_err(JoinError::Send)?;
+    // 8. Send (or hand to the instance that holds the gateway's PULL_DATA).
+    match (route, &state.handoff) {
+        (DownlinkRoute::Gateway(to), _) => gwmp.send_to(&pull_resp, to).await.map(drop),
+        (DownlinkRoute::Owner(to), Some(key)) => {
+            hand_off(state, key, gwmp, (gw.gateway, to), &pull_resp).await
+        }
+        (DownlinkRoute::Owner(_), None) => return Err(JoinFailure::NoGateway.into()),
+    }
+    .map_err(JoinError::Send)?;
     state.scheduler.set_token(&booking.placement, token);
     booking.armed = false;
     count_sent(state, &placed, t0);
@@ -455,7 +462,7 @@ fn join_candidates(
         &receptions,
         flow.timing(),
         |_| anchor,
-        |r| state.gateways.downlink_addr(r.gateway).is_some(),
+        |r| state.gateways.downlink_route(r.gateway, now).is_some(),
         |r, w| window_airtime(region, r, w, &defaults, len),
     )
 }

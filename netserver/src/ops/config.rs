@@ -164,6 +164,13 @@ pool_size = 6
 # uplink's event exactly once (the per-instance sinks lose what an instance had committed but
 # not yet written when it was killed). Costs database writes: see docs/operations.md.
 event_log = false
+# PostgreSQL: where this instance takes the downlinks other instances hand it for the gateways
+# whose PULL_DATA it holds (UDP, authenticated under a key derived from ns.kek). Give an address
+# the other instances reach (port 0: any free port); it is recorded in ns_gateway_owners.
+handoff_listen = "127.0.0.1:0"
+# PostgreSQL: seconds a gateway stays this instance's after its last PULL_DATA (a forwarder
+# pulls every 10 s by default); the record is refreshed every third of it.
+gateway_owner_ttl_s = 60
 
 [metrics]
 # Address of the Prometheus /metrics, /health and /gateways HTTP endpoint. Empty: disabled.
@@ -661,6 +668,10 @@ pub struct StoreConfig {
     pub pool_size: u32,
     /// PostgreSQL: events also to `ns_events`, in the counters' transaction.
     pub event_log: bool,
+    /// PostgreSQL: the UDP address other instances hand this one downlinks at.
+    pub handoff_listen: String,
+    /// PostgreSQL: seconds a gateway stays this instance's after its last PULL_DATA.
+    pub gateway_owner_ttl_s: u64,
 }
 
 impl Default for StoreConfig {
@@ -670,6 +681,8 @@ impl Default for StoreConfig {
             password_file: String::new(),
             pool_size: 6,
             event_log: false,
+            handoff_listen: "127.0.0.1:0".into(),
+            gateway_owner_ttl_s: 60,
         }
     }
 }
@@ -682,6 +695,8 @@ impl std::fmt::Debug for StoreConfig {
             .field("password_file", &self.password_file)
             .field("pool_size", &self.pool_size)
             .field("event_log", &self.event_log)
+            .field("handoff_listen", &self.handoff_listen)
+            .field("gateway_owner_ttl_s", &self.gateway_owner_ttl_s)
             .finish()
     }
 }
@@ -886,6 +901,11 @@ impl Config {
         if self.store.pool_size < 3 {
             return Err(ConfigError::Invalid(
                 "store.pool_size must be at least 3".into(),
+            ));
+        }
+        if self.store.gateway_owner_ttl_s < 3 {
+            return Err(ConfigError::Invalid(
+                "store.gateway_owner_ttl_s must be at least 3".into(),
             ));
         }
         if self.storage.max_batch == 0 {

@@ -1,7 +1,7 @@
 //! Every HTTP listener of the server (the operator endpoint, the HTTP downlink input) through
 //! the hardened accept loop of [`httpsec::serve`]: TLS from `[http] tls_cert`/`tls_key`, plain
 //! HTTP refused on a non-loopback address unless `insecure_http`, header-read and idle timeouts,
-//! a connection limit.
+//! a connection limit. And the receive step of the UDP listeners ([`recv_or_shutdown`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,5 +127,22 @@ impl HttpListener {
             stop,
         )
         .await;
+    }
+}
+
+/// The next datagram on `socket` into `buf` (receive errors, such as an ICMP error surfacing,
+/// are skipped), or `None` once `shutdown` changes.
+pub async fn recv_or_shutdown(
+    socket: &tokio::net::UdpSocket,
+    buf: &mut [u8],
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(usize, SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = socket.recv_from(buf) => if let Ok(x) = r {
+                return Some(x);
+            },
+            _ = shutdown.changed() => return None,
+        }
     }
 }

@@ -103,6 +103,9 @@ impl CounterRecord {
     }
 }
 
+/// Queued application downlinks to take off a shared queue: (device, item id).
+pub type QueueItems = Vec<(DevEui, u64)>;
+
 /// What a checked commit decided for one record ([`CounterBackend::commit_checked`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -200,6 +203,21 @@ pub trait CounterBackend: Send + std::fmt::Debug + 'static {
         let _ = events;
         self.commit_checked(batch)
     }
+    /// [`Self::commit_logged`], and takes the queued application downlinks `take` picks given
+    /// the verdicts (their ids) off a shared downlink queue in the same transaction; returns
+    /// the verdicts and the ids it took. An id not taken was already taken by another
+    /// instance: its downlink must not leave. Without a shared queue (the default) every id
+    /// picked is taken.
+    fn commit_taking(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+        take: &dyn Fn(&[Verdict]) -> QueueItems,
+    ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
+        let verdicts = self.commit_logged(batch, events)?;
+        let taken = take(&verdicts).into_iter().map(|(_, id)| id).collect();
+        Ok((verdicts, taken))
+    }
     /// Whether other processes commit to the same counters: then nothing is delivered before
     /// its verdict, even to an event file.
     fn shared(&self) -> bool {
@@ -226,6 +244,14 @@ impl<T: CounterBackend + ?Sized> CounterBackend for Box<T> {
         events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
     ) -> Result<Vec<Verdict>, StoreError> {
         (**self).commit_logged(batch, events)
+    }
+    fn commit_taking(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+        take: &dyn Fn(&[Verdict]) -> QueueItems,
+    ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
+        (**self).commit_taking(batch, events, take)
     }
     fn shared(&self) -> bool {
         (**self).shared()

@@ -17,7 +17,10 @@
 //! - [`pg`]: the PostgreSQL backend of both seams, shared by several instances; [`sync`]: the
 //!   sessions other instances make, loaded as they are committed; [`url`]: which backend
 //!   `[store] url` names; [`copy`]: an embedded store moved into PostgreSQL, verified.
-//! - [`queue`]: the application downlinks waiting for their device's next uplink (in memory).
+//! - [`owners`]: which instance holds each gateway's PULL_DATA, recorded and read in the shared
+//!   state (PostgreSQL).
+//! - [`queue`]: the application downlinks waiting for their device's next uplink (in memory);
+//!   [`shared_queue`]: the same queue shared by several instances (PostgreSQL).
 //!
 //! On disk the network session keys are wrapped (RFC 3394) under the network server's KEK —
 //! byte for byte the join server's envelopes when it wrapped them under that KEK, since the wrap
@@ -39,11 +42,13 @@ pub mod embedded;
 pub mod envelope;
 pub mod labels;
 pub mod live;
+pub mod owners;
 pub mod pending_mac;
 pub mod pg;
 pub mod queue;
 pub mod restore;
 pub mod session;
+pub mod shared_queue;
 pub mod stored;
 pub mod sync;
 pub mod table;

@@ -30,8 +30,10 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::core::device::FrameCounters;
 use crate::ops::config::StoreConfig;
 use crate::store::backend::{SessionBackend, StoreError, WriteOp};
-use crate::store::counters::{judge, CounterBackend, CounterRecord, Verdict};
+use crate::store::counters::{judge, CounterBackend, CounterRecord, QueueItems, Verdict};
 use crate::store::embedded::{backend_err, decode_session};
+use crate::store::queue::{DownlinkQueue, QueueFull, QueuedDownlink};
+use crate::store::shared_queue;
 use crate::store::stored::StoredSession;
 use crate::store::url::redacted;
 
@@ -72,6 +74,29 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         at timestamptz NOT NULL DEFAULT now(),
         event jsonb NOT NULL
     );",
+    ),
+    (
+        3,
+        "CREATE TABLE ns_gateway_owners (
+        gateway_eui bigint PRIMARY KEY,
+        instance bigint NOT NULL,
+        handoff text NOT NULL,
+        pulled_at timestamptz NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE INDEX ns_gateway_owners_pulled_at ON ns_gateway_owners (pulled_at);",
+    ),
+    (
+        4,
+        "CREATE TABLE ns_downlink_queue (
+        id bigserial PRIMARY KEY,
+        dev_eui bigint NOT NULL,
+        f_port integer NOT NULL,
+        payload bytea NOT NULL,
+        confirmed boolean NOT NULL,
+        queued_at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX ns_downlink_queue_dev_eui ON ns_downlink_queue (dev_eui, id);",
     ),
 ];
 
@@ -193,38 +218,14 @@ impl PgStore {
 
     /// Applies the migrations not yet applied; returns the versions it applied.
     pub fn migrate(&self) -> Result<Vec<i32>, StoreError> {
+        let ledger = pgmigrate::Ledger {
+            table: "ns_schema_migrations",
+            columns: "applied_at timestamptz NOT NULL DEFAULT now()",
+            values: "now()",
+            lock: MIGRATION_LOCK,
+        };
         let mut c = self.conn()?;
-        let mut tx = c.transaction().map_err(backend_err)?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .map_err(backend_err)?;
-        tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS ns_schema_migrations (
-                version integer PRIMARY KEY,
-                applied_at timestamptz NOT NULL DEFAULT now()
-            )",
-        )
-        .map_err(backend_err)?;
-        let done: Vec<i32> = tx
-            .query("SELECT version FROM ns_schema_migrations", &[])
-            .map_err(backend_err)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut applied = Vec::new();
-        for (version, sql) in MIGRATIONS {
-            if done.contains(version) {
-                continue;
-            }
-            tx.batch_execute(sql).map_err(backend_err)?;
-            tx.execute(
-                "INSERT INTO ns_schema_migrations (version) VALUES ($1)",
-                &[version],
-            )
-            .map_err(backend_err)?;
-            applied.push(*version);
-        }
-        tx.commit().map_err(backend_err)?;
-        Ok(applied)
+        pgmigrate::apply(&mut c, &ledger, MIGRATIONS).map_err(backend_err)
     }
 
     fn load_table(&self, sql: &str) -> Result<Vec<StoredSession>, StoreError> {
@@ -261,6 +262,25 @@ impl PgStore {
         rows.iter()
             .map(|r| decode_session(eui_of(r.get(0)), r.get(1)))
             .collect()
+    }
+
+    /// Queues `item` for `dev_eui` in the shared downlink queue ([`shared_queue::push`]).
+    pub fn queue_push(
+        &self,
+        dev_eui: DevEui,
+        item: &QueuedDownlink,
+        per_device: usize,
+    ) -> Result<Result<(u64, usize), QueueFull>, StoreError> {
+        shared_queue::push(&mut *self.conn()?, self.writer, dev_eui, item, per_device)
+    }
+
+    /// Loads the shared queues of `devices` (`None`: all) into `queue` ([`shared_queue::reload`]).
+    pub fn reload_queue(
+        &self,
+        queue: &DownlinkQueue,
+        devices: Option<&[DevEui]>,
+    ) -> Result<usize, StoreError> {
+        shared_queue::reload(&mut *self.conn()?, queue, devices)
     }
 
     /// The counter records of `devices`.
@@ -494,6 +514,16 @@ impl CounterBackend for PgStore {
         batch: &[(DevEui, CounterRecord)],
         events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
     ) -> Result<Vec<Verdict>, StoreError> {
+        self.commit_taking(batch, events, &|_| Vec::new())
+            .map(|(v, _)| v)
+    }
+
+    fn commit_taking(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        events: &dyn Fn(&[Verdict]) -> Vec<Vec<u8>>,
+        take: &dyn Fn(&[Verdict]) -> QueueItems,
+    ) -> Result<(Vec<Verdict>, Vec<u64>), StoreError> {
         let mut keys: Vec<i64> = batch.iter().map(|(d, _)| eui_sql(*d)).collect();
         keys.sort_unstable();
         keys.dedup();
@@ -536,8 +566,9 @@ impl CounterBackend for PgStore {
                 .map_err(backend_err)?;
             }
         }
+        let taken = shared_queue::take(&mut tx, &take(&verdicts), self.writer)?;
         tx.commit().map_err(backend_err)?;
-        Ok(verdicts)
+        Ok((verdicts, taken))
     }
 
     fn shared(&self) -> bool {

@@ -1,6 +1,7 @@
 //! The application downlink queue: per DevEUI, first in first out, bounded. Fed by the
 //! integration input; served one item per Class-A receive window, with FPending set while more
-//! are waiting.
+//! are waiting. With several instances on PostgreSQL this is each instance's copy of the shared
+//! queue ([`crate::store::shared_queue`]).
 
 use std::collections::VecDeque;
 
@@ -74,6 +75,16 @@ impl DownlinkQueue {
     pub fn push_front(&self, dev_eui: DevEui, d: QueuedDownlink) {
         self.map.entry(dev_eui).or_default().push_front(d);
     }
+
+    /// Replaces the device's items with `items` (as a shared queue holds them,
+    /// [`crate::store::shared_queue`]).
+    pub fn replace(&self, dev_eui: DevEui, items: Vec<QueuedDownlink>) {
+        if items.is_empty() {
+            self.map.remove(&dev_eui);
+        } else {
+            self.map.insert(dev_eui, items.into());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -105,5 +116,9 @@ mod tests {
         q.push_front(d, item(9));
         assert_eq!(q.pop(DevEui::new(2)), None);
         assert_eq!(q.pop(d), Some((item(9), false)));
+        q.replace(d, vec![item(4), item(5)]);
+        assert_eq!(q.pop(d), Some((item(4), true)));
+        q.replace(d, Vec::new());
+        assert!(!q.has(d));
     }
 }

@@ -2,6 +2,9 @@
 //! into this one's table as they are committed, and the local counters caught up with what
 //! the others committed.
 //!
+//! The same thread reloads the downlink queues of the devices named on
+//! [`QUEUE_CHANNEL`] ([`crate::store::shared_queue`]).
+//!
 //! Each session batch ends with a `NOTIFY` naming its devices ([`crate::store::pg`]). A thread
 //! of each instance `LISTEN`s on its own connection and loads the named sessions with their
 //! counters, unless its table already holds that very session (its own writes come back too).
@@ -17,12 +20,15 @@ use protocol::ids::DevEui;
 use r2d2_postgres::postgres;
 
 use crate::integration::emitter::CatchUp;
+use crate::integration::emitter::Requeue;
 use crate::state::State;
 use crate::store::backend::StoreError;
 use crate::store::counters::CounterRecord;
 use crate::store::embedded::backend_err;
 use crate::store::pg::{PgStore, SESSIONS_CHANNEL};
+use crate::store::queue::{DownlinkQueue, QueuedDownlink};
 use crate::store::restore::Reviver;
+use crate::store::shared_queue::QUEUE_CHANNEL;
 use crate::store::stored::StoredSession;
 use crate::store::table::Sessions;
 
@@ -37,6 +43,22 @@ pub fn catch_up(sessions: Arc<Sessions>) -> CatchUp {
             {
                 s.live
                     .catch_up(committed.counters, committed.rekey_confirmed);
+            }
+        }
+    })
+}
+
+/// The emitter's hook for queued downlinks that did not leave (several instances): their
+/// devices' queues are reloaded from the shared queue (an item another instance sent is gone,
+/// one nobody sent is back at the front); if it cannot be read, the items go back to the front
+/// as they were.
+pub fn requeue(pg: PgStore, queue: Arc<DownlinkQueue>) -> Requeue {
+    Box::new(move |items: Vec<(DevEui, QueuedDownlink)>| {
+        let devices: Vec<DevEui> = items.iter().map(|(d, _)| *d).collect();
+        if let Err(e) = pg.reload_queue(&queue, Some(&devices)) {
+            tracing::warn!(error = %e, "downlink queue not reloaded; items put back as they were");
+            for (d, item) in items.into_iter().rev() {
+                queue.push_front(d, item);
             }
         }
     })
@@ -164,7 +186,9 @@ fn listen_loop(state: &State, pg: &PgStore) {
 fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), StoreError> {
     let mut client = pg.dedicated()?;
     client
-        .batch_execute(&format!("LISTEN {SESSIONS_CHANNEL}"))
+        .batch_execute(&format!(
+            "LISTEN {SESSIONS_CHANNEL}; LISTEN {QUEUE_CHANNEL}"
+        ))
         .map_err(backend_err)?;
     let now: f64 = client
         .query_one("SELECT extract(epoch FROM now())::float8", &[])
@@ -182,10 +206,11 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
             .map(|r| DevEui::new(r.get::<_, i64>(0) as u64))
             .collect();
         let n = load(state, pg, &devices).map_err(backend_err)?;
+        pg.reload_queue(&state.data.queue, None)?;
         tracing::info!(loaded = n, "shared store listener caught up");
     }
     while !state.is_shutting_down() {
-        let mut pending = Vec::new();
+        let (mut pending, mut queues) = (Vec::new(), Vec::new());
         {
             use postgres::fallible_iterator::FallibleIterator;
             // Wait for one notification, then take those already arrived without waiting.
@@ -194,12 +219,20 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
                 .timeout_iter(Duration::from_millis(500))
                 .next()
                 .map_err(backend_err)?;
+            let mut sort = |n: postgres::Notification| {
+                let devices = foreign(pg, n.payload());
+                if n.channel() == QUEUE_CHANNEL {
+                    queues.extend(devices);
+                } else {
+                    pending.extend(devices);
+                }
+                pending.len() + queues.len()
+            };
             if let Some(n) = first {
-                pending.extend(foreign(pg, n.payload()));
+                sort(n);
                 let mut more = notes.iter();
                 while let Some(n) = more.next().map_err(backend_err)? {
-                    pending.extend(foreign(pg, n.payload()));
-                    if pending.len() >= 4096 {
+                    if sort(n) >= 4096 {
                         break;
                     }
                 }
@@ -210,6 +243,13 @@ fn listen(state: &State, pg: &PgStore, since: &mut Option<f64>) -> Result<(), St
         }
         if let Err(e) = load(state, pg, &pending) {
             tracing::error!(error = %e, "loading sessions from the shared store failed");
+        }
+        if !queues.is_empty() {
+            queues.sort_unstable();
+            queues.dedup();
+            if let Err(e) = pg.reload_queue(&state.data.queue, Some(&queues)) {
+                tracing::error!(error = %e, "loading downlink queues from the shared store failed");
+            }
         }
         if let Ok(row) = client.query_one("SELECT extract(epoch FROM now())::float8", &[]) {
             *since = Some(row.get::<_, f64>(0));

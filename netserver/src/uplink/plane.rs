@@ -2,11 +2,13 @@
 //! downlink queue, one plain field of the state ([`crate::state::State::data`]).
 
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::integration::emitter::Emitter;
 use crate::ops::config::DataConfig;
 use crate::store::pending_mac::PendingMacs;
+use crate::store::pg::PgStore;
 use crate::store::queue::DownlinkQueue;
 
 /// The data path's shared parts.
@@ -16,8 +18,12 @@ pub struct DataPlane {
     pub config: DataConfig,
     /// Write-ahead emitter.
     pub emitter: Emitter,
-    /// Application downlink queue.
-    pub queue: DownlinkQueue,
+    /// Application downlink queue (with several instances, this instance's copy of the shared
+    /// one; the emitter puts back what did not leave).
+    pub queue: Arc<DownlinkQueue>,
+    /// Several instances: the store the shared downlink queue is in
+    /// ([`crate::store::shared_queue`]).
+    pub shared_queue: Option<PgStore>,
     /// Network-initiated MAC commands (ForceRejoinReq, RejoinParamSetupReq) waiting for their
     /// device's next uplink.
     pub pending_mac: PendingMacs,
@@ -26,15 +32,27 @@ pub struct DataPlane {
 }
 
 impl DataPlane {
-    /// Assembles the plane.
-    pub fn new(config: DataConfig, emitter: Emitter) -> Self {
+    /// Assembles the plane around `queue` (made with [`Self::queue_for`]); `shared_queue`: the
+    /// store of a shared queue.
+    pub fn new(
+        config: DataConfig,
+        emitter: Emitter,
+        queue: Arc<DownlinkQueue>,
+        shared_queue: Option<PgStore>,
+    ) -> Self {
         Self {
-            queue: DownlinkQueue::new(config.queue_per_device),
+            queue,
+            shared_queue,
             pending_mac: PendingMacs::new(),
             config,
             emitter,
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// The downlink queue `config` bounds.
+    pub fn queue_for(config: &DataConfig) -> Arc<DownlinkQueue> {
+        Arc::new(DownlinkQueue::new(config.queue_per_device))
     }
 
     /// How long copies are awaited.
