@@ -400,6 +400,17 @@ mod tests {
         ))
     }
 
+    /// A 17-byte Join-accept to an SF12 uplink: SF12 in RX1 too, as long on air as RX2.
+    fn sf12_radio(r: &Reception, w: Window) -> Option<(u32, Duration)> {
+        use protocol::region::{lora_time_on_air, LoraFrame};
+        let f = if w == Window::Rx1 {
+            r.frequency_hz
+        } else {
+            869_525_000
+        };
+        Some((f, lora_time_on_air(&LoraFrame::downlink(12, 125_000, 17))?))
+    }
+
     fn join_candidates(now: Instant, heard: &[Reception]) -> Vec<Candidate> {
         candidates(
             now,
@@ -582,16 +593,7 @@ mod tests {
         let mut slow = base.clone();
         slow.tmst += 2_000_000;
         slow.data_rate = 0;
-        let radio = |r: &Reception, w: Window| {
-            use protocol::region::{lora_time_on_air, LoraFrame};
-            let f = if w == Window::Rx1 {
-                r.frequency_hz
-            } else {
-                869_525_000
-            };
-            Some((f, lora_time_on_air(&LoraFrame::downlink(12, 125_000, 17))?))
-        };
-        let c = candidates(t0, &[slow], &join_timing(), |_| t0, |_| true, radio).unwrap();
+        let c = candidates(t0, &[slow], &join_timing(), |_| t0, |_| true, sf12_radio).unwrap();
         let p = s.place(t0, Purpose::JoinAccept, &c).unwrap();
         assert_eq!(p.candidate.at.window, Window::Rx2);
     }
@@ -678,16 +680,7 @@ mod tests {
         let s = on(limits());
         let mut r = rx(1, -15.0, -120, t0);
         r.data_rate = 0; // SF12: RX1 at SF12 too, as long on air as RX2
-        let radio = |r: &Reception, w: Window| {
-            use protocol::region::{lora_time_on_air, LoraFrame};
-            let f = if w == Window::Rx1 {
-                r.frequency_hz
-            } else {
-                869_525_000
-            };
-            Some((f, lora_time_on_air(&LoraFrame::downlink(12, 125_000, 17))?))
-        };
-        let c = candidates(t0, &[r], &join_timing(), |_| t0, |_| true, radio).unwrap();
+        let c = candidates(t0, &[r], &join_timing(), |_| t0, |_| true, sf12_radio).unwrap();
         assert_eq!(c[0].at.window, Window::Rx1, "candidates list RX1 first");
         let p = s.place(t0, Purpose::JoinAccept, &c).unwrap();
         assert_eq!((p.candidate.at.window, p.deferred), (Window::Rx2, None));
