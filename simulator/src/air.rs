@@ -192,6 +192,15 @@ impl Air {
         self.last_received.get(&dev).is_some_and(|v| v.contains(&g))
     }
 
+    /// Time on air gateway `g` has spent in the duty-cycle window ending at `at` on the
+    /// sub-band holding `freq_hz` (0 where the region sets no duty cycle).
+    pub fn airtime_used(&self, g: u16, freq_hz: u32, at: Micros) -> Micros {
+        self.transmitters
+            .get(usize::from(g))
+            .and_then(|t| t.duty_cycle(freq_hz, at))
+            .map_or(0, |(used, _)| used)
+    }
+
     /// Gateway `g` is asked at `now` to transmit `airtime` µs at `start` on `freq_hz`.
     pub fn transmit(
         &mut self,

@@ -399,16 +399,22 @@ pub struct Device {
     last_tx_dr: u8,
     next_periodic: Micros,
     powered_at: Micros,
-    /// The earliest time the duty cycle allows the next transmission: after a Join-request, the
-    /// join duty cycle (which is at least as strict as the sub-band's); after a data frame, the
-    /// sub-band's 1 %.
+    /// The earliest time the sub-band duty cycle allows the next transmission of any kind (the
+    /// region's, e.g. EU868's 1 %; none in US915), after any frame.
     next_tx_allowed: Micros,
+    /// The earliest time the join duty cycle (LoRaWAN 1.0.4 §7 / 1.1 §6: 1 %, 0.1 %, 0.01 % by
+    /// time since power-up, and never looser than the sub-band's) allows the next
+    /// Join-request. It limits Join-requests only: a data uplink after the join waits for
+    /// [`Self::next_tx_allowed`] alone.
+    next_join_allowed: Micros,
     rng_blocks: u32,
     /// The data rate this device's link allows (a city meter), instead of the run's.
     link_dr: Option<u8>,
     /// Join-requests since power-up, and whether the join data rate alternates with them.
     join_trials: u16,
     alternate_join_dr: bool,
+    /// Whether a failed Join-request's retry is also delayed by [`join_backoff_window_us`].
+    join_backoff: bool,
 }
 
 /// The data rate of Join-request number `trial` (from 1) of a device that joins at `base`, as
@@ -425,6 +431,23 @@ pub fn alternate_join_dr(base: u8, trial: u16, usable: impl Fn(u8) -> bool) -> u
         _ => base,
     };
     Some(alt.min(base)).filter(|&d| usable(d)).unwrap_or(base)
+}
+
+/// The most a randomized join back-off delays a retry: [`join_backoff_window_us`]'s cap.
+pub const JOIN_BACKOFF_CAP_US: Micros = 64_000_000;
+
+/// The random delay window of the retry after Join-request number `trial` (from 1) went
+/// unanswered, on top of what the join duty cycle requires: 1 s after the first, doubling with
+/// each failure up to [`JOIN_BACKOFF_CAP_US`]. LoRaWAN 1.0.3/1.0.4 §7 (and TR007 §4.8) require
+/// the interval between the end of RX2 and the retransmission to be random and different for
+/// every device, and allow further back-off within the duty-cycle limits: a fleet that restarts
+/// at once and retries as fast as the duty cycle allows keeps every channel loaded like pure
+/// ALOHA past its capacity (almost every Join-request collides), while a binary exponential
+/// back-off lowers the load as failures show it is too high, as LoRa Basics Modem and most
+/// application-level join loops do.
+pub fn join_backoff_window_us(trial: u16) -> Micros {
+    let doublings = u32::from(trial.saturating_sub(1)).min(16);
+    (1_000_000u64 << doublings).min(JOIN_BACKOFF_CAP_US)
 }
 
 /// The `index`-th random DevNonce of a 1.0.x device: a keyed 16-bit permutation (a four-round
@@ -504,10 +527,12 @@ impl Device {
             next_periodic: 0,
             powered_at: 0,
             next_tx_allowed: 0,
+            next_join_allowed: 0,
             rng_blocks: 0,
             link_dr: None,
             join_trials: 0,
             alternate_join_dr: false,
+            join_backoff: false,
         }
     }
 
@@ -515,6 +540,13 @@ impl Device {
     /// ([`alternate_join_dr`]); with the radio modelled (`--radio realistic`).
     pub fn alternate_join_data_rate(&mut self) {
         self.alternate_join_dr = true;
+    }
+
+    /// Makes the device back off its Join-request retries exponentially at random
+    /// ([`join_backoff_window_us`]) instead of retrying within a second of what the join duty
+    /// cycle allows; with the radio modelled (`--radio realistic`).
+    pub fn back_off_joins(&mut self) {
+        self.join_backoff = true;
     }
 
     /// Makes the device join, and report until a LinkADRReq says otherwise, at `dr` instead of
@@ -649,6 +681,7 @@ impl Device {
         self.powered_at = now;
         self.join_trials = 0;
         self.next_tx_allowed = now;
+        self.next_join_allowed = now;
         self.rx_closes_at = Micros::MAX;
         self.wake_at = now + boot_delay;
         fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
@@ -743,13 +776,10 @@ impl Device {
         let dev_nonce = DevNonce(dev_nonce);
         let phy = frames::join_request(&self.id, dev_nonce);
         let airtime = b.radio.airtime_us(dr, phy.len());
+        let band = b.radio.region().duty_cycle(freq_hz);
         let dc = join_duty_cycle(now.saturating_sub(self.powered_at));
-        let dc = b
-            .radio
-            .region()
-            .duty_cycle(freq_hz)
-            .map_or(dc, |band| band.min(dc));
-        self.next_tx_allowed = duty_cycle_free_at(now, airtime, dc);
+        self.next_join_allowed = duty_cycle_free_at(now, airtime, band.map_or(dc, |d| d.min(dc)));
+        self.next_tx_allowed = band.map_or(now, |d| duty_cycle_free_at(now, airtime, d));
         self.join = Some(JoinAttempt {
             dev_nonce,
             sent_at: now,
@@ -972,9 +1002,16 @@ impl Device {
                         timed_out: !j.rejected,
                     }));
                 }
-                // Retry once the duty cycle allows, dithered by up to a second.
-                let dither = rng.gen_range(0..1_000_000);
-                self.wake_at = self.next_tx_allowed.max(now) + dither;
+                // Retry once the duty cycle allows, dithered by up to a second (or, backing
+                // off, by up to the trial's window).
+                let window = if self.join_backoff {
+                    join_backoff_window_us(self.join_trials)
+                } else {
+                    1_000_000
+                };
+                let dither = rng.gen_range(0..window);
+                let allowed = self.next_join_allowed.max(self.next_tx_allowed);
+                self.wake_at = allowed.max(now) + dither;
                 fx.push(Effect::Arm(self.wake_at, TimerKind::Join));
             }
             Phase::Joined => {
@@ -2399,6 +2436,47 @@ mod join_tests {
             d.session().unwrap().channels.is_none(),
             "a session on the boot channels keeps no copy of them"
         );
+    }
+
+    #[test]
+    fn the_join_duty_cycle_limits_join_requests_only() {
+        // US915 DR1 (SF9): a 23-byte Join-request is 206 ms on air, so the join duty cycle (1 %
+        // in the first hour) holds the next Join-request back 20.6 s; the region has no
+        // sub-band duty cycle, so the first data uplink after the Join-accept goes at once.
+        let b = in_region(Region::Us915, &[2], 1);
+        let air = airtime_us(9, 125, 23);
+        assert_eq!(air, 205_824);
+        let mut d = joined(MacVersion::V1_0_4, &b, None);
+        assert_eq!(d.next_join_allowed, 100 + air * 100);
+        assert_eq!(d.next_tx_allowed, 100, "no sub-band duty cycle in US915");
+        let t = 5_000_100 + 1_000_000;
+        d.wake_at = t;
+        let mut fx = Vec::new();
+        d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
+        assert!(
+            matches!(&fx[0], Effect::Tx(tx) if matches!(tx.kind, TxKind::Data { fcnt: 0, .. })),
+            "the first uplink is not deferred: {fx:?}"
+        );
+        // Without an answer, the next Join-request waits for the join duty cycle.
+        let mut d = device(MacVersion::V1_0_4);
+        d.power_on(0, 0, &mut fx);
+        fx.clear();
+        d.on_timer(TimerKind::Join, 0, &b, &mut rng(), &mut fx);
+        let Effect::Arm(closed, TimerKind::RxClosed) = fx[1] else {
+            panic!("{fx:?}")
+        };
+        fx.clear();
+        d.on_timer(TimerKind::RxClosed, closed, &b, &mut rng(), &mut fx);
+        let Effect::Arm(next, TimerKind::Join) = fx[1] else {
+            panic!("{fx:?}")
+        };
+        assert!((air * 100..air * 100 + 1_000_000).contains(&next), "{next}");
+        // In EU868 the sub-band's 1 % also holds data frames back after a Join-request.
+        let eu = beh();
+        let d = joined(MacVersion::V1_0_4, &eu, None);
+        let air = airtime_us(7, 125, 23);
+        assert_eq!(d.next_tx_allowed, 100 + air * 100);
+        assert_eq!(d.next_join_allowed, 100 + air * 100);
     }
 
     #[test]

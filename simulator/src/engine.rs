@@ -208,6 +208,10 @@ pub struct Engine {
     last_boot: Micros,
     /// The longest Join-accept a gateway was asked to send (for the airtime bound).
     accept_len: usize,
+    /// Per gateway, the RX1 and RX2 sub-bands' airtime already in the duty-cycle window when
+    /// the current join phase began, and when the earliest of it leaves the window (for the
+    /// airtime bound, [`bound::Prior`]).
+    prior_airtime: (Vec<(Micros, Micros)>, Micros),
 }
 
 /// The Join-accept length the airtime bound assumes before any was seen: 17 bytes and a CFList.
@@ -303,6 +307,7 @@ impl Engine {
             join_attempts: Vec::new(),
             last_boot: 0,
             accept_len: 0,
+            prior_airtime: (Vec::new(), 0),
         }
     }
 
@@ -324,6 +329,7 @@ impl Engine {
                 d.set_data_rate(dr);
             }
             d.alternate_join_data_rate();
+            d.back_off_joins();
         }
         self.air = Some(Box::new(air));
     }
@@ -390,6 +396,7 @@ impl Engine {
 
     /// Powers every device on at `now`, each booting within `spread`: a new join phase.
     fn power_on_all(&mut self, now: Micros, spread: Micros) {
+        self.prior_airtime = self.airtime_spent(now);
         self.stage_started = now;
         self.join_attempts = vec![0; self.fleet.len()];
         self.stats.joined_after_us.clear();
@@ -402,6 +409,32 @@ impl Engine {
             d.power_on(now, boot, &mut self.fx);
             self.apply(i as u32, now, &mut rng);
         }
+    }
+
+    /// With the radio modelled, what each gateway has spent of its RX1 and RX2 sub-bands'
+    /// budgets by `now` (a new join phase), and when the earliest of it, sent no sooner than the
+    /// previous phase began, leaves the duty-cycle window.
+    fn airtime_spent(&self, now: Micros) -> (Vec<(Micros, Micros)>, Micros) {
+        let Some(air) = &self.air else {
+            return (Vec::new(), 0);
+        };
+        let (rx1, rx2) = bound::bands(self.traffic.radio.region(), self.join_freq_hz());
+        let used = (0..self.gateways.len() as u16)
+            .map(|g| (air.airtime_used(g, rx1, now), air.airtime_used(g, rx2, now)))
+            .collect();
+        let since = now.saturating_sub(self.stage_started);
+        let leaves = air.model().duty_cycle_window_us.saturating_sub(since);
+        (used, leaves)
+    }
+
+    /// The frequency of the first boot channel: the sub-band a join's RX1 is counted on.
+    fn join_freq_hz(&self) -> u32 {
+        self.traffic
+            .radio
+            .channels
+            .enabled()
+            .next()
+            .map_or(0, |(_, c)| c.frequency_hz)
     }
 
     /// When the engine next needs [`Engine::poll`] (a timer, a keepalive or a stage change).
@@ -1046,11 +1079,7 @@ impl Engine {
             .map(|d| d.join_data_rate(&self.behaviour))
             .collect();
         let plan = self.traffic.radio;
-        let join_freq_hz = plan
-            .channels
-            .enabled()
-            .next()
-            .map_or(0, |(_, c)| c.frequency_hz);
+        let join_freq_hz = self.join_freq_hz();
         let window_us = self
             .air
             .as_ref()
@@ -1069,6 +1098,10 @@ impl Engine {
             },
             last_first_request_us: self.last_boot,
             window_us,
+            prior: bound::Prior {
+                used_us: &self.prior_airtime.0,
+                leaves_us: self.prior_airtime.1,
+            },
         }));
     }
 

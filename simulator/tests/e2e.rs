@@ -612,7 +612,17 @@ fn rekey_of_10000_devices_over_a_minute_while_reporting() {
 /// A power-restore storm of `devices` meters in a city of `gateways` gateways (`--city`: every
 /// meter at the data rate its link allows), through the real join and network servers, the
 /// network server's downlink scheduler on or off.
-fn city_power_restore(devices: u32, gateways: u16, scheduler: bool, seed: u64) -> Report {
+/// `devices` meters of a `gateways`-gateway `--city` in `scenario` (power-restore: a first join
+/// phase within 10 s, then the outage and the restore; storm: every meter boots within 1 s, the
+/// restore alone, on gateways whose duty-cycle windows hold nothing yet), until every meter has
+/// joined, against servers with the downlink scheduler on or off.
+fn city_power_restore(
+    scenario: Scenario,
+    devices: u32,
+    gateways: u16,
+    scheduler: bool,
+    seed: u64,
+) -> Report {
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, _, net_id) = fleet(dir.path(), devices, seed);
     let servers = Servers::start_with(
@@ -623,13 +633,19 @@ fn city_power_restore(devices: u32, gateways: u16, scheduler: bool, seed: u64) -
         scheduler,
     )
     .unwrap();
-    let t = traffic(Scenario::PowerRestore, 10_000_000, 24 * 3_600_000_000, 1);
+    let window = match scenario {
+        Scenario::PowerRestore => 10_000_000,
+        _ => 1_000_000,
+    };
+    let t = traffic(scenario, window, 24 * 3_600_000_000, 1);
     let r = run::run(&RunOptions {
         radio_model: Some(RadioModel {
             city: true,
             ..RadioModel::default()
         }),
         duration_given: false,
+        // Progress lines on stderr when asked (the benchmark's long runs).
+        progress: std::env::var_os("STORM_PROGRESS").is_some(),
         ..options(&manifest_path, &servers, gateways, t, seed)
     })
     .unwrap();
@@ -637,15 +653,22 @@ fn city_power_restore(devices: u32, gateways: u16, scheduler: bool, seed: u64) -
     r
 }
 
-/// Issue 20's end-to-end test: 10,000 meters and 20 gateways lose power and come back, over the
-/// modelled radio (airtime, duty cycle, collisions, a city's link budgets). Every meter joins,
-/// and no gateway refuses a downlink the network server scheduled: its scheduler books each
-/// Join-accept only where a gateway can transmit it.
+/// Issue 20's end-to-end test, at the size the default test run affords: 2,000 meters and 20
+/// gateways of a city come back from a power cut at once (every meter boots within a second),
+/// over the modelled radio (airtime, duty cycle, collisions, the city's link budgets), through
+/// the real join and network servers. Every meter joins, and no gateway refuses a downlink the
+/// network server scheduled: its scheduler books each Join-accept only where a gateway can
+/// transmit it. The simulation runs in real time, so the storm's own length sets the test's:
+/// about two and a half minutes, most of it the last SF11/SF12 meters, whose Join-requests
+/// collided at boot and which the join duty cycle (1 %: 150 s after a 1.5 s SF12 request)
+/// holds back. It runs the restore alone (the `storm` scenario with a 1 s window, gateways'
+/// duty-cycle windows empty, as when the meters last joined over an hour ago); the whole
+/// `power-restore` scenario with its first join phase, at the issue's 10,000 meters and at
+/// 100,000, is `city_power_restore_benchmark` (docs/benchmarks.md).
 #[test]
-#[ignore = "runs for tens of minutes of real time on the shared 2-core machine; run with --ignored"]
-fn city_power_restore_of_10000_meters_joins_all_without_a_refused_downlink() {
-    let r = city_power_restore(10_000, 20, true, 20);
-    assert_eq!(r.devices_joined_at_end, 10_000, "{r:#?}");
+fn city_power_restore_joins_every_meter_without_a_refused_downlink() {
+    let r = city_power_restore(Scenario::Storm, 2_000, 20, true, 20);
+    assert_eq!(r.devices_joined_at_end, 2_000, "{r:#?}");
     let refused = &r.gateways_tx_refused;
     assert_eq!(
         (refused.collision, refused.too_late, refused.duty_cycle),
@@ -653,9 +676,20 @@ fn city_power_restore_of_10000_meters_joins_all_without_a_refused_downlink() {
         "{r:#?}"
     );
     assert_eq!(r.gwmp.tx_ack_errors, 0, "{r:#?}");
+    assert_eq!(r.joins.missed_window, 0, "{r:#?}");
+    assert!(
+        r.uplinks.collided > 0,
+        "the restore's Join-requests collide"
+    );
     let s = &r.storm;
-    let (p99, bound) = (s.joined_p99_s.unwrap(), s.airtime_bound_s.unwrap());
-    assert!(bound > 5.0 && p99 >= bound, "{s:?}");
+    let (p50, p99, all, bound) = (
+        s.joined_p50_s.unwrap(),
+        s.joined_p99_s.unwrap(),
+        s.joined_all_s.unwrap(),
+        s.airtime_bound_s.unwrap(),
+    );
+    assert!(bound > 5.0 && p50 <= p99 && p99 <= all, "{s:?}");
+    assert!(all >= bound, "nothing beats the airtime bound: {s:?}");
 }
 
 /// The benchmark of docs/benchmarks.md (a measurement, not a test): `STORM_DEVICES` meters
@@ -675,12 +709,13 @@ fn city_power_restore_benchmark() {
     let gateways = env("STORM_GATEWAYS", 200) as u16;
     let scheduler = std::env::var("STORM_SCHEDULER").map_or(true, |v| v != "off");
     let started = std::time::Instant::now();
-    let r = city_power_restore(devices, gateways, scheduler, 20);
+    let r = city_power_restore(Scenario::PowerRestore, devices, gateways, scheduler, 20);
     let s = &r.storm;
     println!(
         "devices {devices} gateways {gateways} scheduler {scheduler}: joined {} | p50 {:?} s p99 \
          {:?} s all {:?} s | bound {:?} s | p99/bound {:?} | refused collision {} too_late {} \
-         duty_cycle {} | uplinks collided {} | attempts mean {:.2} max {} | wall {:.0} s",
+         duty_cycle {} | uplinks collided {} | attempts mean {:.2} max {} | accepted rx1 {} rx2 \
+         {} | wall {:.0} s",
         r.devices_joined_at_end,
         s.joined_p50_s,
         s.joined_p99_s,
@@ -693,6 +728,8 @@ fn city_power_restore_benchmark() {
         r.uplinks.collided,
         s.attempts_mean,
         s.attempts_max,
+        r.joins.accepted_rx1,
+        r.joins.accepted_rx2,
         started.elapsed().as_secs_f64(),
     );
 }

@@ -106,6 +106,7 @@ proptest! {
                 accept_len: 33,
                 last_first_request_us: last_s * 1_000_000,
                 window_us: 3_600_000_000,
+                prior: Default::default(),
             })
         };
         let b = storm(&drs, gateways);

@@ -246,8 +246,7 @@ impl GatewayAirtime {
         limits: &Limits,
     ) -> Result<(), Busy> {
         self.prune(now, limits);
-        let queued = self.booked.iter().filter(|b| b.tx.starts_at > now).count();
-        if queued >= limits.max_queued {
+        if self.queued(now) >= limits.max_queued {
             return Err(Busy::QueueFull);
         }
         // Only transmissions not yet over can collide. Their local end is estimated from the
@@ -282,6 +281,11 @@ impl GatewayAirtime {
             return Err(Busy::DutyCycle);
         }
         Ok(())
+    }
+
+    /// Downlinks booked that have not started by `now`.
+    pub fn queued(&self, now: Instant) -> usize {
+        self.booked.iter().filter(|b| b.tx.starts_at > now).count()
     }
 
     /// Books `tx` as transmission `id` (after [`Self::fits`]).

@@ -25,6 +25,21 @@ use super::reception::Reception;
 use super::timing::{tmst_after, Scheduled, Window, WindowTiming};
 use super::KeyedHasher;
 
+/// An RX2 Join-accept more than this many times as long on air as the RX1 one (EU868: SF12 on
+/// 869.525 MHz, 1.16 s for 17 bytes, against 46–185 ms at SF7–SF9) is a costly fallback
+/// when RX1 is merely busy: see [`STORM_QUEUE`].
+pub const COSTLY_RX2_RATIO: u32 = 4;
+
+/// A gateway with this many downlinks queued ahead is in a join storm. There, a Join-accept
+/// whose RX1 slot is taken by another is not moved to a costly RX2 ([`COSTLY_RX2_RATIO`]):
+/// the second-long SF12 transmission would take the RX1 slots of the next five to ten
+/// Join-requests the gateway hears (and leave it deaf to uplinks meanwhile), which then fall
+/// back to RX2 in turn, until the gateway transmits SF12 Join-accepts back to back. The device
+/// is not answered and retries (its Join-requests are random in time, so the next one likely
+/// finds a free RX1 slot). RX2 stays the fallback when RX1's duty-cycle budget is spent, when
+/// RX1 can no longer be reached in time, and on a quiet gateway.
+pub const STORM_QUEUE: usize = 8;
+
 /// One way to send a downlink: a gateway, a window, and what it costs there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -268,13 +283,26 @@ impl Scheduler {
         candidates: &[Candidate],
     ) -> Result<Placement, Busy> {
         let mut first_refusal = None;
+        let rx1_airtime = candidates
+            .iter()
+            .filter(|c| c.at.window == Window::Rx1)
+            .map(|c| c.airtime)
+            .min();
+        let costly = |c: &Candidate| {
+            purpose == Purpose::JoinAccept
+                && c.at.window == Window::Rx2
+                && rx1_airtime.is_some_and(|a| c.airtime > a * COSTLY_RX2_RATIO)
+        };
         for c in candidates {
             let mut g = self
                 .gateways
                 .entry(c.gateway)
                 .or_insert_with(|| GatewayAirtime::new(self.region));
             let lead = c.at.opens_at.saturating_duration_since(now);
-            let verdict = if lead < c.margin + g.extra_margin() {
+            let rx1_busy = matches!(first_refusal, Some(Busy::Collision | Busy::QueueFull));
+            let verdict = if rx1_busy && costly(c) && g.queued(now) >= STORM_QUEUE {
+                Err(Busy::Collision)
+            } else if lead < c.margin + g.extra_margin() {
                 // This gateway answered TOO_LATE before: it needs more lead than is left.
                 Err(Busy::Lead)
             } else {
@@ -370,6 +398,17 @@ mod tests {
             freq,
             lora_time_on_air(&LoraFrame::downlink(sf, 125_000, 17))?,
         ))
+    }
+
+    /// A 17-byte Join-accept to an SF12 uplink: SF12 in RX1 too, as long on air as RX2.
+    fn sf12_radio(r: &Reception, w: Window) -> Option<(u32, Duration)> {
+        use protocol::region::{lora_time_on_air, LoraFrame};
+        let f = if w == Window::Rx1 {
+            r.frequency_hz
+        } else {
+            869_525_000
+        };
+        Some((f, lora_time_on_air(&LoraFrame::downlink(12, 125_000, 17))?))
     }
 
     fn join_candidates(now: Instant, heard: &[Reception]) -> Vec<Candidate> {
@@ -526,6 +565,39 @@ mod tests {
         assert_eq!(s.improve(t0, Purpose::JoinAccept, &better, &all), None);
     }
 
+    /// In a join storm a busy RX1 slot does not send a fast device's Join-accept to SF12 RX2,
+    /// which would take the RX1 slots of the next Join-requests; on a quiet gateway it does.
+    #[test]
+    fn a_storm_gateway_keeps_rx2_for_what_rx1_cannot_take() {
+        let t0 = Instant::now();
+        let s = on(limits());
+        // STORM_QUEUE Join-accepts booked in RX1, 200 ms apart: the gateway is in a storm.
+        let base = rx(1, 5.0, -80, t0);
+        for i in 0..STORM_QUEUE as u32 {
+            let mut r = base.clone();
+            r.tmst += i * 200_000;
+            let p = s
+                .place(t0, Purpose::JoinAccept, &join_candidates(t0, &[r]))
+                .unwrap();
+            assert_eq!(p.candidate.at.window, Window::Rx1);
+        }
+        // One 20 ms after the first: its RX1 slot is taken, and SF12 RX2 (1.16 s against
+        // 46 ms) is not worth it there.
+        let mut late = base.clone();
+        late.tmst += 20_000;
+        assert_eq!(
+            s.place(t0, Purpose::JoinAccept, &join_candidates(t0, &[late])),
+            Err(Unplaced::Airtime(Busy::Collision))
+        );
+        // An SF12 device's RX2 is no costlier than its RX1: it still gets RX2.
+        let mut slow = base.clone();
+        slow.tmst += 2_000_000;
+        slow.data_rate = 0;
+        let c = candidates(t0, &[slow], &join_timing(), |_| t0, |_| true, sf12_radio).unwrap();
+        let p = s.place(t0, Purpose::JoinAccept, &c).unwrap();
+        assert_eq!(p.candidate.at.window, Window::Rx2);
+    }
+
     #[test]
     fn a_gateway_out_of_budget_is_avoided() {
         let t0 = Instant::now();
@@ -608,16 +680,7 @@ mod tests {
         let s = on(limits());
         let mut r = rx(1, -15.0, -120, t0);
         r.data_rate = 0; // SF12: RX1 at SF12 too, as long on air as RX2
-        let radio = |r: &Reception, w: Window| {
-            use protocol::region::{lora_time_on_air, LoraFrame};
-            let f = if w == Window::Rx1 {
-                r.frequency_hz
-            } else {
-                869_525_000
-            };
-            Some((f, lora_time_on_air(&LoraFrame::downlink(12, 125_000, 17))?))
-        };
-        let c = candidates(t0, &[r], &join_timing(), |_| t0, |_| true, radio).unwrap();
+        let c = candidates(t0, &[r], &join_timing(), |_| t0, |_| true, sf12_radio).unwrap();
         assert_eq!(c[0].at.window, Window::Rx1, "candidates list RX1 first");
         let p = s.place(t0, Purpose::JoinAccept, &c).unwrap();
         assert_eq!((p.candidate.at.window, p.deferred), (Window::Rx2, None));

@@ -32,6 +32,30 @@ pub struct Storm<'a> {
     pub last_first_request_us: Micros,
     /// The duty-cycle window (see [`super::duty_cycle::DUTY_CYCLE_WINDOW_US`]).
     pub window_us: Micros,
+    /// What the gateways had already spent of their budgets when the storm began, for the
+    /// [`Prior::default`] none: a power-restore follows the first join phase by seconds, and
+    /// the Join-accepts of that phase are still inside the duty-cycle window.
+    pub prior: Prior<'a>,
+}
+
+/// Duty-cycle budget the gateways spent before the storm began ([`Storm::prior`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prior<'a> {
+    /// Per gateway, the time on air already in its window on the RX1 sub-band and on the RX2
+    /// sub-band ([`bands`]), µs.
+    pub used_us: &'a [(Micros, Micros)],
+    /// From the start of the storm, the earliest moment that airtime begins to leave the
+    /// window (the window's length after the earliest of those transmissions). The bound
+    /// counts it in full until then and not at all afterwards: a relaxation, so still a lower
+    /// bound.
+    pub leaves_us: Micros,
+}
+
+/// The RX1 and RX2 frequencies of Join-accepts to Join-requests on `join_freq_hz` in `region`:
+/// the sub-bands whose budgets the bound counts.
+pub fn bands(region: Region, join_freq_hz: u32) -> (u32, u32) {
+    let rx1 = region.rx1_frequency(join_freq_hz).unwrap_or(join_freq_hz);
+    (rx1, region.rx2().0)
 }
 
 /// Time on air of a downlink of `len` bytes at data rate `dr` of `region`, µs.
@@ -49,30 +73,43 @@ pub fn downlink_airtime_us(region: Region, dr: u8, len: usize) -> Option<Micros>
     }
 }
 
-/// The most time on air a sub-band of duty cycle `dc` (`None`: unlimited) allows within `t`.
-fn budget(dc: Option<f64>, window: Micros, t: Micros) -> f64 {
+/// The most time on air a sub-band of duty cycle `dc` (`None`: unlimited) allows within `t`,
+/// `prior` of its first window already spent.
+fn budget(dc: Option<f64>, window: Micros, t: Micros, prior: Micros) -> f64 {
     match dc {
         None => f64::INFINITY,
         Some(dc) => {
             let per = dc * window as f64;
             let w = window.max(1);
-            per * (t / w) as f64 + ((t % w) as f64).min(per)
+            let first = (per - prior as f64).max(0.0);
+            per * (t / w) as f64 + ((t % w) as f64).min(if t < w { first } else { per })
         }
     }
 }
 
-/// Whether the accepts fit within `t` on `g` gateways: `rx1` sorted ascending, RX2 accepts of
-/// `a2` each.
-fn fits(
-    rx1: &[Micros],
-    a2: Micros,
-    dcs: (Option<f64>, Option<f64>),
-    g: f64,
-    window: Micros,
-    t: Micros,
-) -> bool {
-    let cap1 = g * budget(dcs.0, window, t);
-    let cap2 = g * budget(dcs.1, window, t);
+/// The pooled budgets of the sub-bands within `t`: (RX1, RX2), µs.
+fn pooled(s: &Storm<'_>, dcs: (Option<f64>, Option<f64>), t: Micros) -> (f64, f64) {
+    let w = s.window_us;
+    let g = usize::from(s.gateways.max(1));
+    let counted = t < s.prior.leaves_us;
+    let used = |i: usize| {
+        s.prior
+            .used_us
+            .get(i)
+            .copied()
+            .filter(|_| counted)
+            .unwrap_or_default()
+    };
+    (0..g).fold((0.0, 0.0), |(a, b), i| {
+        let (u1, u2) = used(i);
+        (a + budget(dcs.0, w, t, u1), b + budget(dcs.1, w, t, u2))
+    })
+}
+
+/// Whether the accepts fit within `t` on `g` gateways of budgets `caps` (RX1, RX2): `rx1`
+/// sorted ascending, RX2 accepts of `a2` each.
+fn fits(rx1: &[Micros], a2: Micros, caps: (f64, f64), g: f64, t: Micros) -> bool {
+    let (cap1, cap2) = caps;
     let mut used1 = 0.0;
     let mut in_rx1 = 0.0;
     for &a in rx1 {
@@ -94,8 +131,8 @@ fn fits(
 /// The airtime lower bound of `s`, µs from the start of the storm.
 pub fn airtime_bound_us(s: &Storm<'_>) -> Micros {
     let r = s.region;
-    let (rx2_freq, rx2_dr) = r.rx2();
-    let rx1_freq = r.rx1_frequency(s.join_freq_hz).unwrap_or(s.join_freq_hz);
+    let rx2_dr = r.rx2().1;
+    let (rx1_freq, rx2_freq) = bands(r, s.join_freq_hz);
     let a2 = downlink_airtime_us(r, rx2_dr, s.accept_len).unwrap_or(0);
     let mut rx1: Vec<Micros> = s
         .join_drs
@@ -110,7 +147,7 @@ pub fn airtime_bound_us(s: &Storm<'_>) -> Micros {
     rx1.sort_unstable();
     let dcs = (r.duty_cycle(rx1_freq), r.duty_cycle(rx2_freq));
     let g = f64::from(s.gateways.max(1));
-    let fit = |t| fits(&rx1, a2, dcs, g, s.window_us, t);
+    let fit = |t| fits(&rx1, a2, pooled(s, dcs, t), g, t);
     // Serially on one gateway, every accept in RX2, fits in any case within this long.
     let mut hi: Micros = 1_000;
     while !fit(hi) {
@@ -147,7 +184,43 @@ mod tests {
             accept_len: 33,
             last_first_request_us: last,
             window_us: DUTY_CYCLE_WINDOW_US,
+            prior: Prior::default(),
         }
+    }
+
+    #[test]
+    fn budget_spent_before_the_storm_counts_until_it_leaves_the_window() {
+        // 200 SF7 devices, one gateway: 14.4 s of RX1 accepts fit the 36 s budget; with 30 s
+        // of it already spent, 6 s remain (83.4 accepts), the rest goes to RX2 at 1.81 s each.
+        let drs = [5u8; 200];
+        let fresh = airtime_bound_us(&storm(1, &drs, 0));
+        assert!(
+            (5 * S + 14_387_200..=5 * S + 14_388_200).contains(&fresh),
+            "{fresh}"
+        );
+        let used = [(30 * S, 0)];
+        let spent = Storm {
+            prior: Prior {
+                used_us: &used,
+                leaves_us: DUTY_CYCLE_WINDOW_US - 60 * S,
+            },
+            ..storm(1, &drs, 0)
+        };
+        // RX1 6 s + RX2 (200 − 83.4) × 1.810 s = 217.08 s on one transmitter.
+        let b = airtime_bound_us(&spent);
+        assert!(
+            (5 * S + 217_082_000..=5 * S + 217_084_000).contains(&b),
+            "{b}"
+        );
+        // Had it left the window at once, nothing would change.
+        let gone = Storm {
+            prior: Prior {
+                used_us: &used,
+                leaves_us: 0,
+            },
+            ..storm(1, &drs, 0)
+        };
+        assert_eq!(airtime_bound_us(&gone), fresh);
     }
 
     #[test]
