@@ -84,6 +84,8 @@ pub struct Outgoing {
     received: Instant,
     /// The join result to count once sent; `None` for answers served from the cache.
     result: Option<&'static str>,
+    /// For a RejoinReq: its type, the label of `joinserver_rejoins_total`.
+    rejoin: Option<&'static str>,
     cache_key: Option<cache::Key>,
     /// Whether the commit this answer depends on is durable: its own batch's (`settles`), or,
     /// for an answer served from the cache, that of the request that made it.
@@ -268,6 +270,7 @@ impl Link {
                 body,
                 received,
                 result,
+                rejoin: None,
                 cache_key,
                 refusal: None,
             };
@@ -362,6 +365,7 @@ impl Link {
                 }
                 let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
                 o.settles = true;
+                o.rejoin = wire::rejoin_type(req);
                 let key = || AnswerKey {
                     sender: sender.0,
                     transaction_id: tid,
@@ -426,7 +430,7 @@ impl Link {
         // `/metrics`.
         for o in &items {
             if let Some(r) = o.result {
-                self.metrics.joins.with_label_values(&[r]).inc();
+                self.metrics.count_join(o.rejoin, r);
             }
         }
         let mut sealed: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(items.len());

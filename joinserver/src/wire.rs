@@ -44,6 +44,17 @@ pub fn is_rejoin(req: &JoinReq) -> bool {
     req.header.message_type == MessageType::RejoinReq
 }
 
+/// The rejoin type of a RejoinReq, as a metric label (`0`, `1`, `2`, or `other` for a byte
+/// no Rejoin-request carries); `None` for a JoinReq.
+pub fn rejoin_type(req: &JoinReq) -> Option<&'static str> {
+    is_rejoin(req).then(|| match req.phy_payload.get(1) {
+        Some(0) => "0",
+        Some(1) => "1",
+        Some(2) => "2",
+        _ => "other",
+    })
+}
+
 /// The MessageType of the answer to a request of type `request`.
 fn answer_type(request: MessageType) -> MessageType {
     if request == MessageType::RejoinReq {

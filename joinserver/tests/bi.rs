@@ -664,6 +664,18 @@ fn a_type_1_rejoin_over_backend_interfaces_gets_new_keys_once() {
         (again.result.code, again.message_type.as_str()),
         (CsResultCode::JoinReqFailed, "RejoinAns")
     );
+    // Rejoins in their own counter, by type and result (and among the joins, as before).
+    let (_, text) = http_get(server.metrics_addr().unwrap(), "/metrics");
+    for (sample, n) in [
+        ("joinserver_rejoins_total{result=\"success\",type=\"1\"}", 1),
+        (
+            "joinserver_rejoins_total{result=\"rj_count1_too_small\",type=\"1\"}",
+            1,
+        ),
+        ("joinserver_joins_total{result=\"success\"}", 2),
+    ] {
+        assert_eq!(metric(&text, sample), n, "{sample}");
+    }
     drop(c);
     server.shutdown();
     let server = restart(tmp.path(), "");

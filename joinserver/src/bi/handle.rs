@@ -243,7 +243,7 @@ impl Bi {
                 ans = JoinAns::failure(&req.header, ResultCode::JoinReqFailed, Some(d));
             }
         }
-        self.metrics.joins.with_label_values(&[result]).inc();
+        self.metrics.count_join(wire::rejoin_type(&req), result);
         self.count(header.message_type, result);
         self.metrics
             .join_latency
