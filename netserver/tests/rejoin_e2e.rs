@@ -346,7 +346,9 @@ fn rejoins_of_each_type_replays_and_restarts() {
 /// The operator forces a rejoin (`netserver force-rejoin --dev-eui`): the device's next uplink
 /// is answered with ForceRejoinReq (type 2, its DR, retries and period as asked); the device's
 /// type 2 Rejoin-request gets a new session, used at once. A JoinEUI filter with a window
-/// answers with the spread of due times.
+/// answers with the spread of due times. The downlink input speaks TLS (`--tls-cert`): the
+/// command reaches it over HTTPS (`--downlink-url https://… --ca-file`), refuses a server whose
+/// certificate it cannot verify, and plain HTTP still works on loopback.
 #[test]
 fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,6 +362,13 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
     };
     let token = dir.path().join("downlink.token");
     common::write600(&token, "0123456789abcdef0123456789abcdef");
+    let (cert, key) = (dir.path().join("tls/ns.crt"), dir.path().join("tls/ns.key"));
+    httpsec::tls::ensure_self_signed(
+        &cert,
+        &key,
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+    )
+    .unwrap();
     let mut cmd = netserver_serve(
         &dir.path().join("ns.toml"),
         &dir.path().join("ns"),
@@ -373,6 +382,10 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         .arg(http.to_string())
         .arg("--downlink-token-file")
         .arg(&token)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
         .arg("--events")
         .arg(dir.path().join("events.jsonl"));
     let ns = Proc::spawn(cmd, "netserver listening");
@@ -392,11 +405,14 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
     let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
     radio.uplink(&mut a, "A1", true);
 
+    let https = format!("https://127.0.0.1:{}", http.port());
     let force_rejoin = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_netserver"))
             .arg("force-rejoin")
-            .arg("--downlink-http")
-            .arg(http.to_string())
+            .arg("--downlink-url")
+            .arg(&https)
+            .arg("--ca-file")
+            .arg(&cert)
             .arg("--token-file")
             .arg(&token)
             .args(extra)
@@ -417,6 +433,21 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // Over HTTPS without the server's CA: the certificate is not trusted, nothing is asked.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netserver"))
+        .args([
+            "force-rejoin",
+            "--all",
+            "--downlink-url",
+            &https,
+            "--token-file",
+        ])
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
     // A JoinEUI filter over a window, then an unknown device: the answers say so.
     let ans = force_rejoin(&["--join-eui", "70B3D57ED0000002", "--window-s", "60"]);
     assert_eq!(ans["devices"], 0);
