@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use protocol::ids::NetId;
+use protocol::ids::{DevEui, NetId};
 use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use protocol::ts002::JoinReq;
@@ -22,6 +22,7 @@ use crate::cache::{self, AnswerCache, Durability, Lookup};
 use crate::core::{self, DeviceMap, JoinContext, JoinError};
 use crate::metrics::Metrics;
 use crate::mmsg::{BatchReceiver, BatchSender};
+use crate::rekey::{self, RekeyTrail};
 use crate::store::{AnswerKey, GroupCommit, Job, JoinCommit, NonceState, Released, Verdict};
 use crate::wire::{self, Parsed};
 
@@ -86,6 +87,9 @@ pub struct Outgoing {
     result: Option<&'static str>,
     /// For a RejoinReq: its type, the label of `joinserver_rejoins_total`.
     rejoin: Option<&'static str>,
+    /// For a join accepted under rotated root keys: the device, and which request it was,
+    /// audited once durable ([`crate::rekey::RekeyTrail::joined`]).
+    rekey: Option<Box<(DevEui, NetId, String)>>,
     cache_key: Option<cache::Key>,
     /// Whether the commit this answer depends on is durable: its own batch's (`settles`), or,
     /// for an answer served from the cache, that of the request that made it.
@@ -117,6 +121,8 @@ pub struct Link {
     pub skew_warned_ms: std::sync::atomic::AtomicU64,
     /// When a datagram naming another sender's NetID was last warned about (Unix ms).
     pub not_sender_warned_ms: std::sync::atomic::AtomicU64,
+    /// The root-key rotation trail (embedded store only).
+    pub rekey: Option<Arc<RekeyTrail>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -271,6 +277,7 @@ impl Link {
                 received,
                 result,
                 rejoin: None,
+                rekey: None,
                 cache_key,
                 refusal: None,
             };
@@ -289,6 +296,16 @@ impl Link {
                     Job::Nothing,
                     out(answer.into(), Some("malformed"), None, None),
                 )
+            }
+            Ok(Parsed::SessionInUse) => {
+                span.record("result", "session_in_use");
+                let answer = rekey::answer_session_in_use(
+                    self.rekey.as_deref(),
+                    &self.devices,
+                    sender_net_id,
+                    body,
+                );
+                writer.submit(Job::Nothing, out(answer.into(), None, None, None))
             }
             Ok(Parsed::Request(req)) => self.on_request(
                 &req,
@@ -352,7 +369,11 @@ impl Link {
                 };
                 let result = outcome.kind();
                 span.record("result", result);
-                let answer: Arc<[u8]> = wire::answer_json(req, &outcome).into();
+                let rotation = match (&self.rekey, &outcome.result) {
+                    (Some(t), Ok(_)) => t.pending(req.dev_eui),
+                    _ => None,
+                };
+                let answer: Arc<[u8]> = wire::answer_json(req, &outcome, rotation).into();
                 let durability = Arc::new(Durability::default());
                 if let Ok(mut c) = self.cache.lock() {
                     c.insert(
@@ -366,6 +387,9 @@ impl Link {
                 let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
                 o.settles = true;
                 o.rejoin = wire::rejoin_type(req);
+                if rotation.is_some() {
+                    o.rekey = Some(Box::new((req.dev_eui, sender_net_id, rekey::what(req))));
+                }
                 let key = || AnswerKey {
                     sender: sender.0,
                     transaction_id: tid,
@@ -431,6 +455,9 @@ impl Link {
         for o in &items {
             if let Some(r) = o.result {
                 self.metrics.count_join(o.rejoin, r);
+            }
+            if let (Some(t), Some(j), Some("success")) = (&self.rekey, &o.rekey, o.result) {
+                t.joined(&self.devices, j.0, j.1, &j.2);
             }
         }
         let mut sealed: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(items.len());
@@ -560,7 +587,7 @@ impl Link {
     /// Puts a device's nonce state in memory back to `previous` after the commit of the join
     /// that moved it to `state` failed, unless a later join moved it on meanwhile (that join's
     /// commit then fails too, or finds the store's state and refreshes it).
-    fn roll_back(&self, dev_eui: protocol::ids::DevEui, previous: &NonceState, state: &NonceState) {
+    fn roll_back(&self, dev_eui: DevEui, previous: &NonceState, state: &NonceState) {
         if let Some(mut d) = self.devices.get_mut(&dev_eui) {
             if d.nonces == *state {
                 d.nonces = previous.clone();
@@ -569,7 +596,7 @@ impl Link {
     }
 
     /// Puts the store's nonce state of a device into memory (`None`: it is gone).
-    fn refresh_nonces(&self, dev_eui: protocol::ids::DevEui, current: Option<NonceState>) {
+    fn refresh_nonces(&self, dev_eui: DevEui, current: Option<NonceState>) {
         match current {
             Some(state) => {
                 if let Some(mut d) = self.devices.get_mut(&dev_eui) {
@@ -756,6 +783,7 @@ mod tests {
             metrics: Metrics::new(),
             skew_warned_ms: Default::default(),
             not_sender_warned_ms: Default::default(),
+            rekey: None,
         });
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();

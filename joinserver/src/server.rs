@@ -484,7 +484,19 @@ impl Server {
         // Held by whoever writes a batch of devices into the map from the store (the reload
         // thread, an API import), so an import's devices are not prepared twice.
         let map_sync = Arc::new(Mutex::new(()));
-        let api = start_api(data_dir, config, &devices, &map_sync, &secrets.master)?;
+        // The root-key rotation trail lives in the embedded store's audit log.
+        let rekey = if is_postgres_url(&config.store.url) {
+            None
+        } else {
+            Some(Arc::new(crate::rekey::RekeyTrail::open(data_dir)?))
+        };
+        let api = start_api(
+            data_dir,
+            config,
+            (&devices, &map_sync),
+            &secrets.master,
+            rekey.clone(),
+        )?;
 
         let (socket, send_socket, link_addr) = bind_link(config)?;
         let link_inode = udpstat::socket_inode(&socket);
@@ -510,6 +522,7 @@ impl Server {
             metrics: metrics.clone(),
             skew_warned_ms: Default::default(),
             not_sender_warned_ms: Default::default(),
+            rekey,
         });
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -628,9 +641,9 @@ impl Server {
 fn start_api(
     data_dir: &Path,
     config: &Config,
-    devices: &Arc<DeviceMap>,
-    map_sync: &Arc<Mutex<()>>,
+    (devices, map_sync): (&Arc<DeviceMap>, &Arc<Mutex<()>>),
     master: &secrets::MasterKey,
+    rekey: Option<Arc<crate::rekey::RekeyTrail>>,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
     if is_postgres_url(&config.store.url) {
@@ -671,6 +684,7 @@ fn start_api(
         config.api.claim_limits(),
     )
     .with_map_sync(map_sync.clone())
+    .with_rekey_trail(rekey)
     .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window)
     .with_min_owner_token_len(config.api.min_owner_token_len);
     let api = crate::api::start(
@@ -816,6 +830,7 @@ fn start_bi(
             tokens: Mutex::new(tokens::TokenStore::open(data_dir)?),
         },
         metrics: link.metrics.clone(),
+        rekey: link.rekey.clone(),
     };
     let handle = listener::start(
         addr,

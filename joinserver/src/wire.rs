@@ -32,6 +32,8 @@ pub enum Parsed {
         /// The JoinAns JSON.
         answer: Vec<u8>,
     },
+    /// A `SessionInUseReq` (ours, [`crate::rekey::answer_session_in_use`] reads it).
+    SessionInUse,
 }
 
 fn to_json(ans: &JoinAns) -> Vec<u8> {
@@ -133,6 +135,9 @@ pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
                     answer: malformed(&header, e.to_string()),
                 })
             }
+            Ok(header) if header.message_type == MessageType::SessionInUseReq => {
+                Ok(Parsed::SessionInUse)
+            }
             Ok(header) => Err(LinkError::Body(format!(
                 "unsupported MessageType {}",
                 header.message_type
@@ -171,9 +176,12 @@ pub fn stale_answer(req: &Header) -> Vec<u8> {
     ))
 }
 
-/// The JoinAns JSON for the pipeline's outcome.
-pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
-    to_json(&answer(req, outcome))
+/// The JoinAns JSON for the pipeline's outcome; a success names the root-key `rotation` it
+/// puts into use, if any ([`crate::rekey::name_rotation`]).
+pub fn answer_json(req: &JoinReq, outcome: &Outcome, rotation: Option<i64>) -> Vec<u8> {
+    let mut ans = answer(req, outcome);
+    crate::rekey::name_rotation(&mut ans, rotation);
+    to_json(&ans)
 }
 
 /// The JoinAns for the pipeline's outcome (both transports start from it).

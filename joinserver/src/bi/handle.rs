@@ -46,6 +46,8 @@ pub struct Bi {
     pub peers: Peers,
     /// Metrics.
     pub metrics: Metrics,
+    /// The root-key rotation trail: the link's.
+    pub rekey: Option<Arc<crate::rekey::RekeyTrail>>,
 }
 
 impl std::fmt::Debug for Bi {
@@ -181,6 +183,16 @@ impl Bi {
                 self.join(body, &header, peer, &options).await
             }
             MessageType::HomeNSReq => self.home_ns(body, &header),
+            MessageType::SessionInUseReq => {
+                let json = crate::rekey::answer_session_in_use(
+                    self.rekey.as_deref(),
+                    &self.devices,
+                    peer,
+                    body,
+                );
+                self.count(header.message_type, "answered");
+                json
+            }
             MessageType::AppSKeyReq => self.app_s_key(body, &header, peer, &options),
             other => self.refuse(
                 &header,
@@ -220,6 +232,11 @@ impl Bi {
         };
         let mut ans = wire::answer(&req, &outcome);
         ans.result.result_code = as_1_0(ans.result.result_code);
+        let rotation = match (&self.rekey, &outcome.result) {
+            (Some(t), Ok(_)) => t.pending(req.dev_eui),
+            _ => None,
+        };
+        crate::rekey::name_rotation(&mut ans, rotation);
         let rejoin = wire::is_rejoin(&req);
         if let Err(e) = self.complete_success(&mut ans, &outcome, peer, options, rejoin) {
             tracing::error!(error = %e, "backend interfaces: AppSKey envelope");
@@ -242,6 +259,9 @@ impl Bi {
                 let d = "the join server could not store the nonces; try again".to_owned();
                 ans = JoinAns::failure(&req.header, ResultCode::JoinReqFailed, Some(d));
             }
+        }
+        if let (Some(t), Some(_), "success") = (&self.rekey, rotation, result) {
+            t.joined(&self.devices, req.dev_eui, peer, &crate::rekey::what(&req));
         }
         self.metrics.count_join(wire::rejoin_type(&req), result);
         self.count(header.message_type, result);
