@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::integration::emitter::Emitter;
+use crate::join::key_use::KeyUse;
 use crate::ops::config::DataConfig;
 use crate::store::pending_mac::PendingMacs;
 use crate::store::queue::DownlinkQueue;
@@ -23,6 +24,8 @@ pub struct DataPlane {
     pub pending_mac: PendingMacs,
     /// Next downlink id.
     pub next_id: AtomicU64,
+    /// Sessions given under rotated root keys whose first uplink the join server awaits.
+    pub key_use: KeyUse,
 }
 
 impl DataPlane {
@@ -34,6 +37,7 @@ impl DataPlane {
             config,
             emitter,
             next_id: AtomicU64::new(1),
+            key_use: KeyUse::default(),
         }
     }
 
