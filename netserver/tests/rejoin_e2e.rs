@@ -62,7 +62,15 @@ fn root_keys() -> (KeyCipher<NwkKey>, KeyCipher<AppKey>) {
 /// Rejoin-request's; the MIC with JSIntKey over the request type, JoinEUI and nonce; the keys
 /// from the new JoinNonce and that nonce.
 fn open_accept(phy: &[u8], answered: AnsweredRequest) -> Session {
-    let (nwk, app) = root_keys();
+    open_accept_with(phy, answered, root_keys())
+}
+
+/// [`open_accept`] under the root keys `(nwk, app)`.
+fn open_accept_with(
+    phy: &[u8],
+    answered: AnsweredRequest,
+    (nwk, app): (KeyCipher<NwkKey>, KeyCipher<AppKey>),
+) -> Session {
     let js = derive::js_keys(&nwk, DevEui::new(DEV));
     let js_enc = KeyCipher::new(&js.js_enc_key);
     let enc = match answered {
@@ -98,10 +106,14 @@ fn open_accept(phy: &[u8], answered: AnsweredRequest) -> Session {
 }
 
 fn rejoin(t: u8, count: u16, s: &Session) -> Vec<u8> {
+    rejoin_with(t, count, s, &root_keys().0)
+}
+
+/// [`rejoin`] by a device whose NwkKey is `nwk` (type 1's JSIntKey comes from it).
+fn rejoin_with(t: u8, count: u16, s: &Session, nwk: &KeyCipher<NwkKey>) -> Vec<u8> {
     let dev_eui = DevEui::new(DEV);
     let net_id = NetId::new(NET_ID).unwrap();
-    let (nwk, _) = root_keys();
-    let js_int = KeyCipher::new(&derive::js_keys(&nwk, dev_eui).js_int_key);
+    let js_int = KeyCipher::new(&derive::js_keys(nwk, dev_eui).js_int_key);
     let (body, key) = match t {
         0 => (
             RejoinBody::Type0 {
@@ -497,4 +509,135 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         delivered(&dir.path().join("events.jsonl"), 5),
         ["A1", "A2", "B1"]
     );
+}
+
+/// Root-key rotation end to end through the real binaries: the operator replaces the device's
+/// root keys (`PUT /api/v1/devices/{dev_eui}/root-keys`); a type 1 Rejoin-request under the old
+/// keys is refused, one under the new keys gives a new session; its first uplink (RekeyInd) is
+/// reported by the network server to the join server (`SessionInUseReq`). The join server's
+/// audit log ties the three together: `GET /api/v1/audit?refers_to=<rotation>` lists the
+/// rotation, the rejoin that put the new keys into use, and the first uplink under them.
+#[test]
+fn a_root_key_rotation_is_audited_with_its_rejoin_and_first_uplink() {
+    const NEW_APP: &str = "00112233445566778899AABBCCDDEEFF";
+    const NEW_NWK: &str = "F0E0D0C0B0A090807060504030201000";
+    let dir = tempfile::tempdir().unwrap();
+    let js_dir = dir.path().join("js");
+    let js_cli = |args: &[&str]| {
+        common::run_ok(
+            std::process::Command::new(common::joinserver_bin())
+                .args(args)
+                .arg("--data-dir")
+                .arg(&js_dir),
+        )
+    };
+    js_cli(&["init"]);
+    common::add_peer(&js_dir, &format!("{NET_ID:06X}"));
+    std::fs::write(dir.path().join("devices.csv"), MANIFEST).unwrap();
+    common::run_ok(
+        std::process::Command::new(common::joinserver_bin())
+            .args(["devices", "import", "--data-dir"])
+            .arg(&js_dir)
+            .arg(dir.path().join("devices.csv")),
+    );
+    let admin = js_cli(&["api-keys", "create", "--role", "admin", "--name", "ops"]);
+    let auth = format!("Bearer {}", String::from_utf8(admin.stdout).unwrap().trim());
+    let js = serve_joinserver(&js_dir, &["--api-listen", "127.0.0.1:0"], "warn", None);
+    let api = |method: &str, path: &str, body: &str| {
+        let (st, text) = common::http(
+            js.addr("api"),
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        );
+        (
+            st,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        )
+    };
+    let secrets = js_dir.join("secrets");
+    std::fs::write(dir.path().join("ns.toml"), NS_CONFIG).unwrap();
+    let ns = start_netserver(dir.path(), &js, &secrets);
+    let mut radio = Radio {
+        gw: Gateway::new(0xAA55_0000_0000_0005, ns.addr("gwmp")),
+        tmst: 1_000_000,
+    };
+    radio.gw.pull_data();
+
+    // Session A under the first keys.
+    let (nwk, _) = root_keys();
+    let jr = JoinRequest::build(
+        JoinEui::new(JOIN_EUI),
+        DevEui::new(DEV),
+        DevNonce(1),
+        JoinRootKey::NwkKey(&nwk),
+    );
+    let accept = radio.exchange(&jr.to_bytes(), "the join");
+    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
+    radio.uplink(&mut a, "A1", true);
+
+    // The rotation.
+    let (st, v) = api(
+        "PUT",
+        &format!("/api/v1/devices/{DEV:016X}/root-keys"),
+        &format!(r#"{{"app_key":"{NEW_APP}","nwk_key":"{NEW_NWK}"}}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = api("GET", "/api/v1/audit?action=root_key_rotation", "");
+    let rotation = v["records"][0]["seq"]
+        .as_i64()
+        .expect("the rotation is audited");
+
+    // A type 1 under the old keys: refused (its MIC is under the old JSIntKey).
+    radio.refused(&rejoin(1, 1, &a), "type 1 under the old keys");
+    // Under the new keys: session B, whose first uplink (RekeyInd) is reported.
+    let new = (
+        KeyCipher::new(&NEW_NWK.parse::<NwkKey>().unwrap()),
+        KeyCipher::new(&NEW_APP.parse::<AppKey>().unwrap()),
+    );
+    let accept = radio.exchange(&rejoin_with(1, 0, &a, &new.0), "type 1 under the new keys");
+    let mut b = open_accept_with(&accept, AnsweredRequest::Rejoin1 { rj_count1: 0 }, new);
+    radio.uplink(&mut b, "B1", true);
+    radio.uplink(&mut b, "B2", false);
+    assert_eq!(
+        delivered(&dir.path().join("events.jsonl"), 5),
+        ["A1", "B1", "B2"]
+    );
+    wait_metric(
+        ns.addr("metrics"),
+        "netserver_key_use_reports_total{result=\"reported\"}",
+        1.0,
+    );
+
+    let (st, v) = api("GET", &format!("/api/v1/audit?refers_to={rotation}"), "");
+    assert_eq!(st, 200, "{v}");
+    let records = v["records"].as_array().unwrap();
+    let trail: Vec<(&str, Option<i64>)> = records
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["refers_to"].as_i64()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("root_key_rotation", None),
+            ("root_keys_join", Some(rotation)),
+            ("root_keys_in_use", Some(rotation)),
+        ],
+        "{v}"
+    );
+    let detail = |i: usize| records[i]["detail"].as_str().unwrap();
+    assert!(detail(1).contains("rejoin type 1"), "{}", detail(1));
+    assert!(
+        detail(2).contains(&format!("DevAddr {}", b.addr)) && detail(2).contains("FCntUp 0"),
+        "{}",
+        detail(2)
+    );
+    for r in &records[1..] {
+        assert_eq!(r["actor"], format!("ns:{NET_ID:06X}"));
+        assert_eq!(r["dev_eui"], format!("{DEV:016X}"));
+    }
 }
