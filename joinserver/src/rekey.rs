@@ -263,3 +263,109 @@ pub fn answer_session_in_use(
     };
     serde_json::to_vec(&ans).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onboarding::db::AuditFilter;
+    use protocol::ids::DevAddr;
+
+    const DEV: DevEui = DevEui::new(3);
+
+    fn net(n: u32) -> NetId {
+        NetId::new(n).unwrap()
+    }
+
+    fn report(from: NetId, rotation: i64) -> Vec<u8> {
+        let req = SessionInUseReq {
+            header: Header {
+                protocol_version: protocol::ts002::ProtocolVersion::V1_1,
+                sender_id: from.to_string(),
+                receiver_id: "70B3D57ED0000001".into(),
+                transaction_id: 1,
+                message_type: MessageType::SessionInUseReq,
+                sender_token: None,
+                receiver_token: None,
+                sender_ns_id: None,
+                receiver_ns_id: None,
+                vs_extension: None,
+            },
+            dev_eui: DEV,
+            dev_addr: DevAddr::new(0x2601_0002),
+            root_key_rotation: rotation,
+            f_cnt_up: 0,
+        };
+        serde_json::to_vec(&req).unwrap()
+    }
+
+    fn result(trail: &RekeyTrail, from: NetId, body: &[u8]) -> ResultCode {
+        let json = answer_session_in_use(Some(trail), &DeviceMap::default(), from, body);
+        SessionInUseAns::parse(&json).unwrap().result.result_code
+    }
+
+    /// Rotation → join → first uplink, each stage surviving a restart (the trail is restored
+    /// from the audit log), and a report only from the network server the join was for.
+    #[test]
+    fn the_trail_follows_a_rotation_across_restarts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let devices = DeviceMap::default();
+        let trail = RekeyTrail::open(tmp.path()).unwrap();
+        assert_eq!(trail.pending(DEV), None);
+        let cli = Actor::cli();
+        let rotation = trail
+            .db()
+            .audit_append_referring(
+                &AuditEntry {
+                    actor: &cli,
+                    action: "root_key_rotation",
+                    dev_eui: Some(DEV),
+                    outcome: "ok",
+                    detail: "",
+                },
+                None,
+            )
+            .unwrap();
+        trail.rotated(DEV, rotation);
+        drop(trail);
+        let trail = RekeyTrail::open(tmp.path()).unwrap();
+        assert_eq!(trail.pending(DEV), Some(rotation), "restored: rotated");
+        // No join yet: a report is refused.
+        let body = report(net(0x13), rotation);
+        assert_eq!(result(&trail, net(0x13), &body), ResultCode::UnknownDevEui);
+        trail.joined(&devices, DEV, net(0x13), "rejoin type 1");
+        drop(trail);
+        let trail = RekeyTrail::open(tmp.path()).unwrap();
+        assert_eq!(trail.pending(DEV), Some(rotation), "restored: joined");
+        // Another network's report, a report naming another rotation, a SenderID that is not
+        // the caller: refused.
+        let other = report(net(0x14), rotation);
+        assert_eq!(result(&trail, net(0x14), &other), ResultCode::UnknownDevEui);
+        let wrong = report(net(0x13), rotation + 1);
+        assert_eq!(result(&trail, net(0x13), &wrong), ResultCode::UnknownDevEui);
+        assert_eq!(result(&trail, net(0x14), &body), ResultCode::UnknownSender);
+        // The report, and its retry: one record.
+        assert_eq!(result(&trail, net(0x13), &body), ResultCode::Success);
+        assert_eq!(result(&trail, net(0x13), &body), ResultCode::Success);
+        assert_eq!(trail.pending(DEV), None);
+        drop(trail);
+        let trail = RekeyTrail::open(tmp.path()).unwrap();
+        assert_eq!(trail.pending(DEV), None, "restored: in use");
+        assert_eq!(result(&trail, net(0x13), &body), ResultCode::Success);
+        let filter = AuditFilter {
+            refers_to: Some(rotation),
+            ..AuditFilter::default()
+        };
+        let records = trail.db().audit(&filter, None).unwrap();
+        let actions: Vec<_> = records.iter().map(|r| r.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["root_key_rotation", "root_keys_join", "root_keys_in_use"]
+        );
+        assert_eq!(records[2].actor, "ns:000013");
+        // Without a trail (PostgreSQL), reports are refused; garbage gets no answer.
+        let json = answer_session_in_use(None, &devices, net(0x13), &body);
+        let ans = SessionInUseAns::parse(&json).unwrap();
+        assert_eq!(ans.result.result_code, ResultCode::Other);
+        assert!(answer_session_in_use(Some(&trail), &devices, net(0x13), b"{").is_empty());
+    }
+}
