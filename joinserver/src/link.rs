@@ -299,12 +299,7 @@ impl Link {
             }
             Ok(Parsed::SessionInUse) => {
                 span.record("result", "session_in_use");
-                let answer = rekey::answer_session_in_use(
-                    self.rekey.as_deref(),
-                    &self.devices,
-                    sender_net_id,
-                    body,
-                );
+                let answer = self.session_in_use(sender_net_id, body);
                 writer.submit(Job::Nothing, out(answer.into(), None, None, None))
             }
             Ok(Parsed::Request(req)) => self.on_request(
@@ -369,10 +364,7 @@ impl Link {
                 };
                 let result = outcome.kind();
                 span.record("result", result);
-                let rotation = match (&self.rekey, &outcome.result) {
-                    (Some(t), Ok(_)) => t.pending(req.dev_eui),
-                    _ => None,
-                };
+                let rotation = rekey::rotation(self.rekey.as_deref(), &outcome);
                 let answer: Arc<[u8]> = wire::answer_json(req, &outcome, rotation).into();
                 let durability = Arc::new(Durability::default());
                 if let Ok(mut c) = self.cache.lock() {
@@ -387,9 +379,8 @@ impl Link {
                 let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
                 o.settles = true;
                 o.rejoin = wire::rejoin_type(req);
-                if rotation.is_some() {
-                    o.rekey = Some(Box::new((req.dev_eui, sender_net_id, rekey::what(req))));
-                }
+                o.rekey =
+                    rotation.map(|_| Box::new((req.dev_eui, sender_net_id, rekey::what(req))));
                 let key = || AnswerKey {
                     sender: sender.0,
                     transaction_id: tid,
@@ -412,6 +403,11 @@ impl Link {
                 writer.submit(job, o)
             }
         }
+    }
+
+    /// A `SessionInUseReq` from the network server `sender`: its answer.
+    fn session_in_use(&self, sender: NetId, body: &[u8]) -> Vec<u8> {
+        rekey::answer_session_in_use(self.rekey.as_deref(), &self.devices, sender, body)
     }
 
     /// The writer's release step: after a batch committed, seal and send its answers (one
@@ -456,9 +452,6 @@ impl Link {
             if let Some(r) = o.result {
                 self.metrics.count_join(o.rejoin, r);
             }
-            if let (Some(t), Some(j), Some("success")) = (&self.rekey, &o.rekey, o.result) {
-                t.joined(&self.devices, j.0, j.1, &j.2);
-            }
         }
         let mut sealed: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(items.len());
         for o in &items {
@@ -484,6 +477,10 @@ impl Link {
             self.metrics
                 .join_latency
                 .observe(o.received.elapsed().as_secs_f64());
+            // After the answers left: an audit record of a join under rotated keys.
+            if let (Some(t), Some(j), Some("success")) = (&self.rekey, &o.rekey, o.result) {
+                t.joined(&self.devices, j.0, j.1, &j.2);
+            }
         }
     }
 

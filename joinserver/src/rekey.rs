@@ -16,11 +16,10 @@ use std::sync::{Mutex, MutexGuard};
 use dashmap::DashMap;
 use protocol::ids::{DevEui, NetId};
 use protocol::ts002::{
-    AnsResult, Header, JoinAns, JoinReq, MessageType, ResultCode, SessionInUseAns, SessionInUseReq,
-    VS_ROOT_KEY_ROTATION,
+    AnsResult, Header, JoinReq, MessageType, ResultCode, SessionInUseAns, SessionInUseReq,
 };
 
-use crate::core::DeviceMap;
+use crate::core::{DeviceMap, Outcome};
 use crate::onboarding::db::{Actor, AuditEntry, OnboardStore, Role};
 use crate::store::StoreError;
 
@@ -192,29 +191,20 @@ impl RekeyTrail {
     }
 }
 
+/// The rotation an accepted join puts into use, for its answer ([`crate::wire::name_rotation`]).
+pub fn rotation(trail: Option<&RekeyTrail>, outcome: &Outcome) -> Option<i64> {
+    match (trail, &outcome.result, outcome.dev_eui) {
+        (Some(t), Ok(_), Some(dev_eui)) => t.pending(dev_eui),
+        _ => None,
+    }
+}
+
 /// Which request a join was, for the audit log: `join` or `rejoin type N`, and the DevAddr the
 /// network server assigned.
 pub fn what(req: &JoinReq) -> String {
     match crate::wire::rejoin_type(req) {
         Some(t) => format!("rejoin type {t} (DevAddr {})", req.dev_addr),
         None => format!("join (DevAddr {})", req.dev_addr),
-    }
-}
-
-/// Names `rotation` in a successful answer's `VSExtension` ([`VS_ROOT_KEY_ROTATION`]).
-pub fn name_rotation(ans: &mut JoinAns, rotation: Option<i64>) {
-    let Some(rotation) = rotation else {
-        return;
-    };
-    if !ans.result.result_code.is_success() {
-        return;
-    }
-    let ext = ans
-        .header
-        .vs_extension
-        .get_or_insert_with(|| serde_json::json!({}));
-    if let Some(map) = ext.as_object_mut() {
-        map.insert(VS_ROOT_KEY_ROTATION.to_owned(), rotation.into());
     }
 }
 

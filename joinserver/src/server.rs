@@ -484,18 +484,13 @@ impl Server {
         // Held by whoever writes a batch of devices into the map from the store (the reload
         // thread, an API import), so an import's devices are not prepared twice.
         let map_sync = Arc::new(Mutex::new(()));
-        // The root-key rotation trail lives in the embedded store's audit log.
-        let rekey = if is_postgres_url(&config.store.url) {
-            None
-        } else {
-            Some(Arc::new(crate::rekey::RekeyTrail::open(data_dir)?))
-        };
+        let rekey = rekey_trail(data_dir, config)?;
         let api = start_api(
             data_dir,
             config,
             (&devices, &map_sync),
             &secrets.master,
-            rekey.clone(),
+            &rekey,
         )?;
 
         let (socket, send_socket, link_addr) = bind_link(config)?;
@@ -636,6 +631,17 @@ impl Server {
     }
 }
 
+/// The root-key rotation trail: in the embedded store's audit log (none on PostgreSQL).
+fn rekey_trail(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<Option<Arc<crate::rekey::RekeyTrail>>, StartError> {
+    if is_postgres_url(&config.store.url) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(crate::rekey::RekeyTrail::open(data_dir)?)))
+}
+
 /// Onboarding: opens the onboarding tables and starts the management API on `config.api.listen`
 /// (if not empty), acting on the running server's device map.
 fn start_api(
@@ -643,7 +649,7 @@ fn start_api(
     config: &Config,
     (devices, map_sync): (&Arc<DeviceMap>, &Arc<Mutex<()>>),
     master: &secrets::MasterKey,
-    rekey: Option<Arc<crate::rekey::RekeyTrail>>,
+    rekey: &Option<Arc<crate::rekey::RekeyTrail>>,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
     if is_postgres_url(&config.store.url) {
@@ -684,7 +690,7 @@ fn start_api(
         config.api.claim_limits(),
     )
     .with_map_sync(map_sync.clone())
-    .with_rekey_trail(rekey)
+    .with_rekey_trail(rekey.clone())
     .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window)
     .with_min_owner_token_len(config.api.min_owner_token_len);
     let api = crate::api::start(

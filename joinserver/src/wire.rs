@@ -16,6 +16,7 @@ use protocol::ids::NetId;
 use protocol::link::LinkError;
 use protocol::ts002::{
     AnsResult, Header, JoinAns, JoinReq, MessageType, RejoinReq, ResultCode, Ts002Error,
+    VS_ROOT_KEY_ROTATION,
 };
 
 use crate::core::{JoinReqFields, Outcome};
@@ -177,11 +178,29 @@ pub fn stale_answer(req: &Header) -> Vec<u8> {
 }
 
 /// The JoinAns JSON for the pipeline's outcome; a success names the root-key `rotation` it
-/// puts into use, if any ([`crate::rekey::name_rotation`]).
+/// puts into use, if any ([`name_rotation`]).
 pub fn answer_json(req: &JoinReq, outcome: &Outcome, rotation: Option<i64>) -> Vec<u8> {
     let mut ans = answer(req, outcome);
-    crate::rekey::name_rotation(&mut ans, rotation);
+    name_rotation(&mut ans, rotation);
     to_json(&ans)
+}
+
+/// Names `rotation` in a successful answer's `VSExtension` ([`VS_ROOT_KEY_ROTATION`]), the
+/// root-key rotation the join puts into use ([`crate::rekey`]).
+pub fn name_rotation(ans: &mut JoinAns, rotation: Option<i64>) {
+    let Some(rotation) = rotation else {
+        return;
+    };
+    if !ans.result.result_code.is_success() {
+        return;
+    }
+    let ext = ans
+        .header
+        .vs_extension
+        .get_or_insert_with(|| serde_json::json!({}));
+    if let Some(map) = ext.as_object_mut() {
+        map.insert(VS_ROOT_KEY_ROTATION.to_owned(), rotation.into());
+    }
 }
 
 /// The JoinAns for the pipeline's outcome (both transports start from it).

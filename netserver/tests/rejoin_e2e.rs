@@ -150,6 +150,32 @@ struct Radio {
 }
 
 impl Radio {
+    /// A gateway of `eui` talking to the network server `ns`.
+    fn new(eui: u64, ns: &Proc) -> Self {
+        let gw = Gateway::new(eui, ns.addr("gwmp"));
+        gw.pull_data();
+        Self {
+            gw,
+            tmst: 1_000_000,
+        }
+    }
+
+    /// The device joins (DevNonce 1, the first root keys) and sends "A1" with its RekeyInd:
+    /// session A.
+    fn join(&mut self) -> Session {
+        let (nwk, _) = root_keys();
+        let jr = JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(DEV),
+            DevNonce(1),
+            JoinRootKey::NwkKey(&nwk),
+        );
+        let accept = self.exchange(&jr.to_bytes(), "the join");
+        let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
+        self.uplink(&mut a, "A1", true);
+        a
+    }
+
     fn send(&mut self, phy: &[u8]) {
         self.tmst = self.tmst.wrapping_add(10_000_000);
         self.gw.push(phy, self.tmst, 8.0, -90);
@@ -253,24 +279,11 @@ fn rejoins_of_each_type_replays_and_restarts() {
     std::fs::write(dir.path().join("ns.toml"), NS_CONFIG).unwrap();
     let events = dir.path().join("events.jsonl");
     let mut ns = start_netserver(dir.path(), &js, &secrets);
-    let mut radio = Radio {
-        gw: Gateway::new(0xAA55_0000_0000_0003, ns.addr("gwmp")),
-        tmst: 1_000_000,
-    };
-    radio.gw.pull_data();
+    let mut radio = Radio::new(0xAA55_0000_0000_0003, &ns);
     let metrics = |ns: &Proc, sample: &str| metric(ns.addr("metrics"), sample);
 
     // A join: session A.
-    let (nwk, _) = root_keys();
-    let jr = JoinRequest::build(
-        JoinEui::new(JOIN_EUI),
-        DevEui::new(DEV),
-        DevNonce(1),
-        JoinRootKey::NwkKey(&nwk),
-    );
-    let accept = radio.exchange(&jr.to_bytes(), "the join");
-    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
-    radio.uplink(&mut a, "A1", true);
+    let mut a = radio.join();
 
     // Type 0 (RJcount0 0) under A: session B, a new DevAddr.
     let rj0 = rejoin(0, 0, &a);
@@ -401,21 +414,8 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         .arg("--events")
         .arg(dir.path().join("events.jsonl"));
     let ns = Proc::spawn(cmd, "netserver listening");
-    let mut radio = Radio {
-        gw: Gateway::new(0xAA55_0000_0000_0004, ns.addr("gwmp")),
-        tmst: 1_000_000,
-    };
-    radio.gw.pull_data();
-    let (nwk, _) = root_keys();
-    let jr = JoinRequest::build(
-        JoinEui::new(JOIN_EUI),
-        DevEui::new(DEV),
-        DevNonce(1),
-        JoinRootKey::NwkKey(&nwk),
-    );
-    let accept = radio.exchange(&jr.to_bytes(), "the join");
-    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
-    radio.uplink(&mut a, "A1", true);
+    let mut radio = Radio::new(0xAA55_0000_0000_0004, &ns);
+    let mut a = radio.join();
 
     let https = format!("https://127.0.0.1:{}", http.port());
     let force_rejoin = |extra: &[&str]| {
@@ -562,23 +562,10 @@ fn a_root_key_rotation_is_audited_with_its_rejoin_and_first_uplink() {
     let secrets = js_dir.join("secrets");
     std::fs::write(dir.path().join("ns.toml"), NS_CONFIG).unwrap();
     let ns = start_netserver(dir.path(), &js, &secrets);
-    let mut radio = Radio {
-        gw: Gateway::new(0xAA55_0000_0000_0005, ns.addr("gwmp")),
-        tmst: 1_000_000,
-    };
-    radio.gw.pull_data();
+    let mut radio = Radio::new(0xAA55_0000_0000_0005, &ns);
 
     // Session A under the first keys.
-    let (nwk, _) = root_keys();
-    let jr = JoinRequest::build(
-        JoinEui::new(JOIN_EUI),
-        DevEui::new(DEV),
-        DevNonce(1),
-        JoinRootKey::NwkKey(&nwk),
-    );
-    let accept = radio.exchange(&jr.to_bytes(), "the join");
-    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
-    radio.uplink(&mut a, "A1", true);
+    let mut a = radio.join();
 
     // The rotation.
     let (st, v) = api(

@@ -2025,6 +2025,26 @@ mod join_tests {
         assert!(!d.awaiting_join_accept());
     }
 
+    /// What `d` transmits at `n` uplink timers `step_us` apart from 10 s (each answered
+    /// at once: no frame or rejoin awaits its downlink, no duty cycle).
+    fn uplink_kinds(d: &mut Device, b: &Behaviour, n: usize, step_us: Micros) -> Vec<TxKind> {
+        let mut kinds = Vec::new();
+        let mut t = 10_000_000;
+        for _ in 0..n {
+            let mut fx = Vec::new();
+            d.wake_at = t;
+            d.frame = None;
+            d.rejoin = None;
+            d.next_tx_allowed = 0;
+            d.on_timer(TimerKind::Uplink, t, b, &mut rng(), &mut fx);
+            if let Some(Effect::Tx(tx)) = fx.first() {
+                kinds.push(tx.kind);
+            }
+            t += step_us;
+        }
+        kinds
+    }
+
     #[test]
     fn rejoin_param_setup_req_makes_periodic_type_0_rejoins_and_1_0_sessions_never_rejoin() {
         let b = beh();
@@ -2038,20 +2058,7 @@ mod join_tests {
             vec![MacCommand::RejoinParamSetupAns { time_ok: true }]
         );
         assert_eq!(d.session().unwrap().rejoin_every, 16);
-        let mut kinds = Vec::new();
-        let mut t = 10_000_000;
-        for _ in 0..17 {
-            let mut fx = Vec::new();
-            d.wake_at = t;
-            d.frame = None;
-            d.rejoin = None;
-            d.next_tx_allowed = 0;
-            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
-            if let Some(Effect::Tx(tx)) = fx.first() {
-                kinds.push(tx.kind);
-            }
-            t += 60_000_000;
-        }
+        let kinds = uplink_kinds(&mut d, &b, 17, 60_000_000);
         assert!(
             matches!(kinds[15], TxKind::Data { fcnt: 15, .. }),
             "{kinds:?}"
@@ -2091,20 +2098,7 @@ mod join_tests {
             (s.rejoin_every, s.rejoin_period_us),
             (1 << 19, 1_024_000_000)
         );
-        let mut kinds = Vec::new();
-        let mut t = 10_000_000;
-        for _ in 0..7 {
-            let mut fx = Vec::new();
-            d.wake_at = t;
-            d.frame = None;
-            d.rejoin = None;
-            d.next_tx_allowed = 0;
-            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
-            if let Some(Effect::Tx(tx)) = fx.first() {
-                kinds.push(tx.kind);
-            }
-            t += 300_000_000;
-        }
+        let kinds = uplink_kinds(&mut d, &b, 7, 300_000_000);
         // Counted from the first uplink after the command (t0): the uplink at t0 + 1,200 s is
         // the first past 1,024 s, and the next transmission is the Rejoin-request.
         for (i, k) in kinds.iter().enumerate().take(5) {

@@ -232,11 +232,8 @@ impl Bi {
         };
         let mut ans = wire::answer(&req, &outcome);
         ans.result.result_code = as_1_0(ans.result.result_code);
-        let rotation = match (&self.rekey, &outcome.result) {
-            (Some(t), Ok(_)) => t.pending(req.dev_eui),
-            _ => None,
-        };
-        crate::rekey::name_rotation(&mut ans, rotation);
+        let rotation = crate::rekey::rotation(self.rekey.as_deref(), &outcome);
+        wire::name_rotation(&mut ans, rotation);
         let rejoin = wire::is_rejoin(&req);
         if let Err(e) = self.complete_success(&mut ans, &outcome, peer, options, rejoin) {
             tracing::error!(error = %e, "backend interfaces: AppSKey envelope");

@@ -209,7 +209,8 @@ pub struct AuditRecord {
     /// The actor's tenant.
     pub tenant: Option<String>,
     /// What: `provision`, `claim`, `release`, `dev_nonce_reset`, `root_key_rotation`,
-    /// `deprovision`, `lock`, `unlock`, `import`, `api_key_create`.
+    /// `root_keys_join`, `root_keys_in_use`, `deprovision`, `lock`, `unlock`, `import`,
+    /// `api_key_create`.
     pub action: String,
     /// The device, if one.
     pub dev_eui: Option<String>,
