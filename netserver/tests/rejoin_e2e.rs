@@ -565,7 +565,7 @@ fn a_root_key_rotation_is_audited_with_its_rejoin_and_first_uplink() {
     let mut radio = Radio::new(0xAA55_0000_0000_0005, &ns);
 
     // Session A under the first keys.
-    let mut a = radio.join();
+    let a = radio.join();
 
     // The rotation.
     let (st, v) = api(

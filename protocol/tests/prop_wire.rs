@@ -401,7 +401,7 @@ proptest! {
         let req = SessionInUseReq {
             header: h.clone(),
             dev_eui: DevEui::new(dev_eui),
-            dev_addr: protocol::ids::DevAddr::new(dev_addr),
+            dev_addr: DevAddr::new(dev_addr),
             root_key_rotation,
             f_cnt_up,
         };
