@@ -6,8 +6,9 @@
 //!    peer's NetID (its application server's id for `AppSKeyReq`);
 //! 3. dispatch on `MessageType`: `JoinReq` through the same join pipeline, rules and group
 //!    commit as the UDP link ([`crate::core::process`], the answer leaving only once its nonces
-//!    are durable), `HomeNSReq`, `AppSKeyReq`, `RejoinReq` ([`Bi::rejoin`]), and anything else
-//!    `MalformedRequest`.
+//!    are durable), `HomeNSReq`, `AppSKeyReq`, `RejoinReq` ([`crate::core::process_rejoin`],
+//!    the same way), our own `SessionInUseReq` ([`crate::rekey::answer_session_in_use`]), and
+//!    anything else `MalformedRequest`.
 //!
 //! Every refusal is a TS002 1.0 `ResultCode` with a `Description`, in an HTTP 200: ChirpStack
 //! drops the body of any other status and knows only the 1.0 codes.
