@@ -38,6 +38,7 @@ pub mod nonces;
 pub mod onboarding;
 pub mod peers;
 pub mod queue;
+pub mod rekey;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use protocol::ids::NetId;
+use protocol::ids::{DevEui, NetId};
 use protocol::keys::LinkKey;
 use protocol::link::{self, Header, LinkError, MessageType, PeerId};
 use protocol::ts002::JoinReq;
@@ -22,6 +22,7 @@ use crate::cache::{self, AnswerCache, Durability, Lookup};
 use crate::core::{self, DeviceMap, JoinContext, JoinError};
 use crate::metrics::Metrics;
 use crate::mmsg::{BatchReceiver, BatchSender};
+use crate::rekey::{self, RekeyTrail};
 use crate::store::{AnswerKey, GroupCommit, Job, JoinCommit, NonceState, Released, Verdict};
 use crate::wire::{self, Parsed};
 
@@ -84,6 +85,11 @@ pub struct Outgoing {
     received: Instant,
     /// The join result to count once sent; `None` for answers served from the cache.
     result: Option<&'static str>,
+    /// For a RejoinReq: its type, the label of `joinserver_rejoins_total`.
+    rejoin: Option<&'static str>,
+    /// For a join accepted under rotated root keys: the device, and which request it was,
+    /// audited once durable ([`crate::rekey::RekeyTrail::joined`]).
+    rekey: Option<Box<(DevEui, NetId, String)>>,
     cache_key: Option<cache::Key>,
     /// Whether the commit this answer depends on is durable: its own batch's (`settles`), or,
     /// for an answer served from the cache, that of the request that made it.
@@ -115,6 +121,8 @@ pub struct Link {
     pub skew_warned_ms: std::sync::atomic::AtomicU64,
     /// When a datagram naming another sender's NetID was last warned about (Unix ms).
     pub not_sender_warned_ms: std::sync::atomic::AtomicU64,
+    /// The root-key rotation trail (embedded store only).
+    pub rekey: Option<Arc<RekeyTrail>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -268,6 +276,8 @@ impl Link {
                 body,
                 received,
                 result,
+                rejoin: None,
+                rekey: None,
                 cache_key,
                 refusal: None,
             };
@@ -286,6 +296,11 @@ impl Link {
                     Job::Nothing,
                     out(answer.into(), Some("malformed"), None, None),
                 )
+            }
+            Ok(Parsed::SessionInUse) => {
+                span.record("result", "session_in_use");
+                let answer = self.session_in_use(sender_net_id, body);
+                writer.submit(Job::Nothing, out(answer.into(), None, None, None))
             }
             Ok(Parsed::Request(req)) => self.on_request(
                 &req,
@@ -349,7 +364,8 @@ impl Link {
                 };
                 let result = outcome.kind();
                 span.record("result", result);
-                let answer: Arc<[u8]> = wire::answer_json(req, &outcome).into();
+                let rotation = rekey::rotation(self.rekey.as_deref(), &outcome);
+                let answer: Arc<[u8]> = wire::answer_json(req, &outcome, rotation).into();
                 let durability = Arc::new(Durability::default());
                 if let Ok(mut c) = self.cache.lock() {
                     c.insert(
@@ -362,6 +378,9 @@ impl Link {
                 }
                 let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
                 o.settles = true;
+                o.rejoin = wire::rejoin_type(req);
+                o.rekey =
+                    rotation.map(|_| Box::new((req.dev_eui, sender_net_id, rekey::what(req))));
                 let key = || AnswerKey {
                     sender: sender.0,
                     transaction_id: tid,
@@ -384,6 +403,11 @@ impl Link {
                 writer.submit(job, o)
             }
         }
+    }
+
+    /// A `SessionInUseReq` from the network server `sender`: its answer.
+    fn session_in_use(&self, sender: NetId, body: &[u8]) -> Vec<u8> {
+        rekey::answer_session_in_use(self.rekey.as_deref(), &self.devices, sender, body)
     }
 
     /// The writer's release step: after a batch committed, seal and send its answers (one
@@ -426,7 +450,7 @@ impl Link {
         // `/metrics`.
         for o in &items {
             if let Some(r) = o.result {
-                self.metrics.joins.with_label_values(&[r]).inc();
+                self.metrics.count_join(o.rejoin, r);
             }
         }
         let mut sealed: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(items.len());
@@ -453,6 +477,10 @@ impl Link {
             self.metrics
                 .join_latency
                 .observe(o.received.elapsed().as_secs_f64());
+            // After the answers left: an audit record of a join under rotated keys.
+            if let (Some(t), Some(j), Some("success")) = (&self.rekey, &o.rekey, o.result) {
+                t.joined(&self.devices, j.0, j.1, &j.2);
+            }
         }
     }
 
@@ -556,7 +584,7 @@ impl Link {
     /// Puts a device's nonce state in memory back to `previous` after the commit of the join
     /// that moved it to `state` failed, unless a later join moved it on meanwhile (that join's
     /// commit then fails too, or finds the store's state and refreshes it).
-    fn roll_back(&self, dev_eui: protocol::ids::DevEui, previous: &NonceState, state: &NonceState) {
+    fn roll_back(&self, dev_eui: DevEui, previous: &NonceState, state: &NonceState) {
         if let Some(mut d) = self.devices.get_mut(&dev_eui) {
             if d.nonces == *state {
                 d.nonces = previous.clone();
@@ -565,7 +593,7 @@ impl Link {
     }
 
     /// Puts the store's nonce state of a device into memory (`None`: it is gone).
-    fn refresh_nonces(&self, dev_eui: protocol::ids::DevEui, current: Option<NonceState>) {
+    fn refresh_nonces(&self, dev_eui: DevEui, current: Option<NonceState>) {
         match current {
             Some(state) => {
                 if let Some(mut d) = self.devices.get_mut(&dev_eui) {
@@ -752,6 +780,7 @@ mod tests {
             metrics: Metrics::new(),
             skew_warned_ms: Default::default(),
             not_sender_warned_ms: Default::default(),
+            rekey: None,
         });
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();

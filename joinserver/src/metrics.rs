@@ -22,6 +22,9 @@ pub struct Metrics {
     /// `joinserver_joins_total{result}`: JoinReqs answered, by result (`success`, `mic_failed`,
     /// `unknown_dev_eui`, `dev_nonce_replayed`, ...).
     pub joins: IntCounterVec,
+    /// `joinserver_rejoins_total{type,result}`: RejoinReqs answered (also counted in
+    /// `joinserver_joins_total`), by rejoin type (`0`, `1`, `2`, `other`) and result.
+    pub rejoins: IntCounterVec,
     /// `joinserver_join_latency_seconds`: from datagram received to JoinAns sent, including the
     /// wait for the nonce commit.
     pub join_latency: Histogram,
@@ -69,6 +72,14 @@ impl Metrics {
         let joins = IntCounterVec::new(
             Opts::new("joinserver_joins_total", "JoinReqs answered, by result"),
             &["result"],
+        )
+        .expect("valid metric");
+        let rejoins = IntCounterVec::new(
+            Opts::new(
+                "joinserver_rejoins_total",
+                "RejoinReqs answered, by rejoin type and result",
+            ),
+            &["type", "result"],
         )
         .expect("valid metric");
         let join_latency = Histogram::with_opts(
@@ -139,6 +150,7 @@ impl Metrics {
             Box::new(bi_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(bi_refused.clone()),
             Box::new(joins.clone()),
+            Box::new(rejoins.clone()),
             Box::new(join_latency.clone()),
             Box::new(link_drops.clone()),
             Box::new(link_datagrams.clone()),
@@ -158,6 +170,7 @@ impl Metrics {
         Self {
             registry,
             joins,
+            rejoins,
             join_latency,
             link_drops,
             link_datagrams,
@@ -173,6 +186,15 @@ impl Metrics {
             kernel_drops,
             bi_requests,
             bi_refused,
+        }
+    }
+
+    /// Counts one answered JoinReq or RejoinReq (`rejoin`: its type label, see
+    /// [`crate::wire::rejoin_type`]) by `result`.
+    pub fn count_join(&self, rejoin: Option<&'static str>, result: &str) {
+        self.joins.with_label_values(&[result]).inc();
+        if let Some(t) = rejoin {
+            self.rejoins.with_label_values(&[t, result]).inc();
         }
     }
 

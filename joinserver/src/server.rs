@@ -485,7 +485,14 @@ impl Server {
         // Held by whoever writes a batch of devices into the map from the store (the reload
         // thread, an API import), so an import's devices are not prepared twice.
         let map_sync = Arc::new(Mutex::new(()));
-        let api = start_api(data_dir, config, &devices, &map_sync, &secrets.master)?;
+        let rekey = rekey_trail(data_dir, config)?;
+        let api = start_api(
+            data_dir,
+            config,
+            (&devices, &map_sync),
+            &secrets.master,
+            &rekey,
+        )?;
 
         let (socket, send_socket, link_addr) = bind_link(config)?;
         let link_inode = udpstat::socket_inode(&socket);
@@ -511,6 +518,7 @@ impl Server {
             metrics: metrics.clone(),
             skew_warned_ms: Default::default(),
             not_sender_warned_ms: Default::default(),
+            rekey,
         });
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -624,14 +632,25 @@ impl Server {
     }
 }
 
+/// The root-key rotation trail: in the embedded store's audit log (none on PostgreSQL).
+fn rekey_trail(
+    data_dir: &Path,
+    config: &Config,
+) -> Result<Option<Arc<crate::rekey::RekeyTrail>>, StartError> {
+    if is_postgres_url(&config.store.url) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(crate::rekey::RekeyTrail::open(data_dir)?)))
+}
+
 /// Onboarding: opens the onboarding tables and starts the management API on `config.api.listen`
 /// (if not empty), acting on the running server's device map.
 fn start_api(
     data_dir: &Path,
     config: &Config,
-    devices: &Arc<DeviceMap>,
-    map_sync: &Arc<Mutex<()>>,
+    (devices, map_sync): (&Arc<DeviceMap>, &Arc<Mutex<()>>),
     master: &secrets::MasterKey,
+    rekey: &Option<Arc<crate::rekey::RekeyTrail>>,
 ) -> Result<Option<crate::api::ApiHandle>, StartError> {
     use crate::onboarding::{db::OnboardStore, manifest_sig::TrustedKeys, service::Onboarding};
     let db: Box<dyn crate::onboarding::backend::OnboardBackend> =
@@ -671,6 +690,7 @@ fn start_api(
         config.api.claim_limits(),
     )
     .with_map_sync(map_sync.clone())
+    .with_rekey_trail(rekey.clone())
     .with_auth_limits(http.auth_failures_per_addr, http.auth_failure_window)
     .with_min_owner_token_len(config.api.min_owner_token_len);
     let api = crate::api::start(
@@ -821,6 +841,7 @@ fn start_bi(
             }),
         },
         metrics: link.metrics.clone(),
+        rekey: link.rekey.clone(),
     };
     let handle = listener::start(
         addr,

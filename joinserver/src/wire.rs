@@ -16,6 +16,7 @@ use protocol::ids::NetId;
 use protocol::link::LinkError;
 use protocol::ts002::{
     AnsResult, Header, JoinAns, JoinReq, MessageType, RejoinReq, ResultCode, Ts002Error,
+    VS_ROOT_KEY_ROTATION,
 };
 
 use crate::core::{JoinReqFields, Outcome};
@@ -32,6 +33,8 @@ pub enum Parsed {
         /// The JoinAns JSON.
         answer: Vec<u8>,
     },
+    /// A `SessionInUseReq` (ours, [`crate::rekey::answer_session_in_use`] reads it).
+    SessionInUse,
 }
 
 fn to_json(ans: &JoinAns) -> Vec<u8> {
@@ -42,6 +45,17 @@ fn to_json(ans: &JoinAns) -> Vec<u8> {
 /// Whether a request read by [`parse_body`] is a RejoinReq.
 pub fn is_rejoin(req: &JoinReq) -> bool {
     req.header.message_type == MessageType::RejoinReq
+}
+
+/// The rejoin type of a RejoinReq, as a metric label (`0`, `1`, `2`, or `other` for a byte
+/// no Rejoin-request carries); `None` for a JoinReq.
+pub fn rejoin_type(req: &JoinReq) -> Option<&'static str> {
+    is_rejoin(req).then(|| match req.phy_payload.get(1) {
+        Some(0) => "0",
+        Some(1) => "1",
+        Some(2) => "2",
+        _ => "other",
+    })
 }
 
 /// The MessageType of the answer to a request of type `request`.
@@ -122,6 +136,9 @@ pub fn parse_body(body: &[u8], sender: NetId) -> Result<Parsed, LinkError> {
                     answer: malformed(&header, e.to_string()),
                 })
             }
+            Ok(header) if header.message_type == MessageType::SessionInUseReq => {
+                Ok(Parsed::SessionInUse)
+            }
             Ok(header) => Err(LinkError::Body(format!(
                 "unsupported MessageType {}",
                 header.message_type
@@ -160,9 +177,30 @@ pub fn stale_answer(req: &Header) -> Vec<u8> {
     ))
 }
 
-/// The JoinAns JSON for the pipeline's outcome.
-pub fn answer_json(req: &JoinReq, outcome: &Outcome) -> Vec<u8> {
-    to_json(&answer(req, outcome))
+/// The JoinAns JSON for the pipeline's outcome; a success names the root-key `rotation` it
+/// puts into use, if any ([`name_rotation`]).
+pub fn answer_json(req: &JoinReq, outcome: &Outcome, rotation: Option<i64>) -> Vec<u8> {
+    let mut ans = answer(req, outcome);
+    name_rotation(&mut ans, rotation);
+    to_json(&ans)
+}
+
+/// Names `rotation` in a successful answer's `VSExtension` ([`VS_ROOT_KEY_ROTATION`]), the
+/// root-key rotation the join puts into use ([`crate::rekey`]).
+pub fn name_rotation(ans: &mut JoinAns, rotation: Option<i64>) {
+    let Some(rotation) = rotation else {
+        return;
+    };
+    if !ans.result.result_code.is_success() {
+        return;
+    }
+    let ext = ans
+        .header
+        .vs_extension
+        .get_or_insert_with(|| serde_json::json!({}));
+    if let Some(map) = ext.as_object_mut() {
+        map.insert(VS_ROOT_KEY_ROTATION.to_owned(), rotation.into());
+    }
 }
 
 /// The JoinAns for the pipeline's outcome (both transports start from it).

@@ -665,6 +665,34 @@ fn a_type_1_rejoin_over_backend_interfaces_gets_new_keys_once() {
         (again.result.code, again.message_type.as_str()),
         (CsResultCode::JoinReqFailed, "RejoinAns")
     );
+    // Our SessionInUseReq goes to the rotation trail: this device's keys were never rotated,
+    // so the report is refused, in a SessionInUseAns.
+    let report = serde_json::json!({
+        "ProtocolVersion": "1.1", "SenderID": format!("{NET_ID:06X}"),
+        "ReceiverID": format!("{JOIN_EUI:016X}"), "TransactionID": 9,
+        "MessageType": "SessionInUseReq", "SenderNSID": format!("{NET_ID:06X}"),
+        "DevEUI": "0000000000000003", "DevAddr": format!("{DEV_ADDR:08X}"),
+        "RootKeyRotation": 1, "FCntUp": 0,
+    });
+    let (status, text) = c
+        .post_raw("", "application/json", report.to_string().as_bytes())
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let ans: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(ans["MessageType"], "SessionInUseAns", "{ans}");
+    assert_eq!(ans["Result"]["ResultCode"], "UnknownDevEUI", "{ans}");
+    // Rejoins in their own counter, by type and result (and among the joins, as before).
+    let (_, text) = http_get(server.metrics_addr().unwrap(), "/metrics");
+    for (sample, n) in [
+        ("joinserver_rejoins_total{result=\"success\",type=\"1\"}", 1),
+        (
+            "joinserver_rejoins_total{result=\"rj_count1_too_small\",type=\"1\"}",
+            1,
+        ),
+        ("joinserver_joins_total{result=\"success\"}", 2),
+    ] {
+        assert_eq!(metric(&text, sample), n, "{sample}");
+    }
     drop(c);
     server.shutdown();
     let server = restart(tmp.path(), "");

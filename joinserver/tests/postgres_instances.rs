@@ -468,7 +468,8 @@ fn migrate_applies_the_schema_once() {
     assert!(first.contains("applied migration 1"), "{first}");
     assert!(first.contains("applied migration 2"), "{first}");
     assert!(first.contains("applied migration 3"), "{first}");
-    assert!(first.contains("schema version 3"), "{first}");
+    assert!(first.contains("applied migration 4"), "{first}");
+    assert!(first.contains("schema version 4"), "{first}");
     // The URL from the environment variable, this time.
     let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
         .args(["migrate", "--data-dir", d])
@@ -478,7 +479,7 @@ fn migrate_applies_the_schema_once() {
     let again = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!again.contains("applied"), "{again}");
-    assert!(again.contains("schema version 3"), "{again}");
+    assert!(again.contains("schema version 4"), "{again}");
 }
 
 /// `joinserver store copy` moves an embedded store (devices, nonce states, last joins, owner

@@ -92,10 +92,21 @@ enum StoreCommand {
 
 #[derive(clap::Args, Debug)]
 struct ForceRejoinArgs {
-    /// The server's HTTP downlink input, HOST:PORT (plain HTTP, on the server's host; behind TLS
-    /// use any HTTPS client with the same JSON, docs/operations.md).
+    /// The server's HTTP downlink input, HOST:PORT, over plain HTTP (on the server's host).
+    #[arg(
+        long,
+        required_unless_present = "downlink_url",
+        conflicts_with = "downlink_url"
+    )]
+    downlink_http: Option<SocketAddr>,
+    /// The server's HTTP downlink input as a URL, `https://HOST:PORT` (its [http] tls_cert) or
+    /// `http://HOST:PORT`.
     #[arg(long)]
-    downlink_http: SocketAddr,
+    downlink_url: Option<String>,
+    /// For `https://`: the CA certificates (PEM) the server's certificate must chain to (its
+    /// self-signed certificate itself will do); without it, the public roots.
+    #[arg(long, requires = "downlink_url")]
+    ca_file: Option<PathBuf>,
     /// The downlink token file (the server's --downlink-token-file), if it has one.
     #[arg(long)]
     token_file: Option<PathBuf>,
@@ -270,7 +281,7 @@ fn inventory(args: &StoreArgs) -> anyhow::Result<()> {
 
 /// Sends the force-rejoin request and returns the server's answer (JSON).
 fn force_rejoin(a: &ForceRejoinArgs) -> anyhow::Result<String> {
-    use netserver::integration::rejoin::{post, ForceRejoinRequest, RejoinParamSetup};
+    use netserver::integration::rejoin::{post_to, ForceRejoinRequest, RejoinParamSetup};
     let req = ForceRejoinRequest {
         dev_euis: a.dev_euis.clone(),
         join_eui: a.join_eui,
@@ -293,7 +304,12 @@ fn force_rejoin(a: &ForceRejoinArgs) -> anyhow::Result<String> {
         }
         None => None,
     };
-    post(a.downlink_http, token.as_deref(), &req).map_err(anyhow::Error::msg)
+    let base = match (&a.downlink_url, a.downlink_http) {
+        (Some(url), _) => url.clone(),
+        (None, Some(addr)) => format!("http://{addr}"),
+        (None, None) => anyhow::bail!("--downlink-http or --downlink-url is required"),
+    };
+    post_to(&base, a.ca_file.as_deref(), token.as_deref(), &req).map_err(anyhow::Error::msg)
 }
 
 fn init_tracing() {

@@ -150,6 +150,7 @@ pub fn run(
     let control = Control {
         state: Arc::clone(&state),
         link: Arc::clone(&link.client),
+        servers: Arc::clone(&link.servers),
         link_rx,
         metrics_listener,
         inputs,
@@ -501,6 +502,7 @@ fn spawn_socket_loops(
 struct Control {
     state: Arc<State>,
     link: Arc<LinkClient>,
+    servers: Arc<JoinServers>,
     link_rx: UdpSocket,
     metrics_listener: Option<HttpListener>,
     inputs: DownlinkInputs,
@@ -529,6 +531,16 @@ impl Control {
             ));
         }
         control.spawn(housekeeping(Arc::clone(state), shutdown.clone()));
+        if let Some(reports) = state.data.key_use.take_reports() {
+            let s = Arc::clone(state);
+            control.spawn(crate::join::key_use::report_loop(
+                reports,
+                Arc::clone(&self.servers),
+                (state.block.net_id, move || s.next_transaction_id()),
+                state.metrics.key_use_reports.clone(),
+                shutdown.clone(),
+            ));
+        }
         if let Some(l) = self.inputs.http {
             control.spawn(crate::integration::input::serve_http_downlinks(
                 l,

@@ -62,7 +62,15 @@ fn root_keys() -> (KeyCipher<NwkKey>, KeyCipher<AppKey>) {
 /// Rejoin-request's; the MIC with JSIntKey over the request type, JoinEUI and nonce; the keys
 /// from the new JoinNonce and that nonce.
 fn open_accept(phy: &[u8], answered: AnsweredRequest) -> Session {
-    let (nwk, app) = root_keys();
+    open_accept_with(phy, answered, root_keys())
+}
+
+/// [`open_accept`] under the root keys `(nwk, app)`.
+fn open_accept_with(
+    phy: &[u8],
+    answered: AnsweredRequest,
+    (nwk, app): (KeyCipher<NwkKey>, KeyCipher<AppKey>),
+) -> Session {
     let js = derive::js_keys(&nwk, DevEui::new(DEV));
     let js_enc = KeyCipher::new(&js.js_enc_key);
     let enc = match answered {
@@ -98,10 +106,14 @@ fn open_accept(phy: &[u8], answered: AnsweredRequest) -> Session {
 }
 
 fn rejoin(t: u8, count: u16, s: &Session) -> Vec<u8> {
+    rejoin_with(t, count, s, &root_keys().0)
+}
+
+/// [`rejoin`] by a device whose NwkKey is `nwk` (type 1's JSIntKey comes from it).
+fn rejoin_with(t: u8, count: u16, s: &Session, nwk: &KeyCipher<NwkKey>) -> Vec<u8> {
     let dev_eui = DevEui::new(DEV);
     let net_id = NetId::new(NET_ID).unwrap();
-    let (nwk, _) = root_keys();
-    let js_int = KeyCipher::new(&derive::js_keys(&nwk, dev_eui).js_int_key);
+    let js_int = KeyCipher::new(&derive::js_keys(nwk, dev_eui).js_int_key);
     let (body, key) = match t {
         0 => (
             RejoinBody::Type0 {
@@ -138,6 +150,32 @@ struct Radio {
 }
 
 impl Radio {
+    /// A gateway of `eui` talking to the network server `ns`.
+    fn new(eui: u64, ns: &Proc) -> Self {
+        let gw = Gateway::new(eui, ns.addr("gwmp"));
+        gw.pull_data();
+        Self {
+            gw,
+            tmst: 1_000_000,
+        }
+    }
+
+    /// The device joins (DevNonce 1, the first root keys) and sends "A1" with its RekeyInd:
+    /// session A.
+    fn join(&mut self) -> Session {
+        let (nwk, _) = root_keys();
+        let jr = JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(DEV),
+            DevNonce(1),
+            JoinRootKey::NwkKey(&nwk),
+        );
+        let accept = self.exchange(&jr.to_bytes(), "the join");
+        let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
+        self.uplink(&mut a, "A1", true);
+        a
+    }
+
     fn send(&mut self, phy: &[u8]) {
         self.tmst = self.tmst.wrapping_add(10_000_000);
         self.gw.push(phy, self.tmst, 8.0, -90);
@@ -241,24 +279,11 @@ fn rejoins_of_each_type_replays_and_restarts() {
     std::fs::write(dir.path().join("ns.toml"), NS_CONFIG).unwrap();
     let events = dir.path().join("events.jsonl");
     let mut ns = start_netserver(dir.path(), &js, &secrets);
-    let mut radio = Radio {
-        gw: Gateway::new(0xAA55_0000_0000_0003, ns.addr("gwmp")),
-        tmst: 1_000_000,
-    };
-    radio.gw.pull_data();
+    let mut radio = Radio::new(0xAA55_0000_0000_0003, &ns);
     let metrics = |ns: &Proc, sample: &str| metric(ns.addr("metrics"), sample);
 
     // A join: session A.
-    let (nwk, _) = root_keys();
-    let jr = JoinRequest::build(
-        JoinEui::new(JOIN_EUI),
-        DevEui::new(DEV),
-        DevNonce(1),
-        JoinRootKey::NwkKey(&nwk),
-    );
-    let accept = radio.exchange(&jr.to_bytes(), "the join");
-    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
-    radio.uplink(&mut a, "A1", true);
+    let mut a = radio.join();
 
     // Type 0 (RJcount0 0) under A: session B, a new DevAddr.
     let rj0 = rejoin(0, 0, &a);
@@ -346,7 +371,9 @@ fn rejoins_of_each_type_replays_and_restarts() {
 /// The operator forces a rejoin (`netserver force-rejoin --dev-eui`): the device's next uplink
 /// is answered with ForceRejoinReq (type 2, its DR, retries and period as asked); the device's
 /// type 2 Rejoin-request gets a new session, used at once. A JoinEUI filter with a window
-/// answers with the spread of due times.
+/// answers with the spread of due times. The downlink input speaks TLS (`--tls-cert`): the
+/// command reaches it over HTTPS (`--downlink-url https://… --ca-file`), refuses a server whose
+/// certificate it cannot verify, and plain HTTP still works on loopback.
 #[test]
 fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -360,6 +387,13 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
     };
     let token = dir.path().join("downlink.token");
     common::write600(&token, "0123456789abcdef0123456789abcdef");
+    let (cert, key) = (dir.path().join("tls/ns.crt"), dir.path().join("tls/ns.key"));
+    httpsec::tls::ensure_self_signed(
+        &cert,
+        &key,
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+    )
+    .unwrap();
     let mut cmd = netserver_serve(
         &dir.path().join("ns.toml"),
         &dir.path().join("ns"),
@@ -373,30 +407,24 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         .arg(http.to_string())
         .arg("--downlink-token-file")
         .arg(&token)
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
         .arg("--events")
         .arg(dir.path().join("events.jsonl"));
     let ns = Proc::spawn(cmd, "netserver listening");
-    let mut radio = Radio {
-        gw: Gateway::new(0xAA55_0000_0000_0004, ns.addr("gwmp")),
-        tmst: 1_000_000,
-    };
-    radio.gw.pull_data();
-    let (nwk, _) = root_keys();
-    let jr = JoinRequest::build(
-        JoinEui::new(JOIN_EUI),
-        DevEui::new(DEV),
-        DevNonce(1),
-        JoinRootKey::NwkKey(&nwk),
-    );
-    let accept = radio.exchange(&jr.to_bytes(), "the join");
-    let mut a = open_accept(&accept, AnsweredRequest::JoinRequest(DevNonce(1)));
-    radio.uplink(&mut a, "A1", true);
+    let mut radio = Radio::new(0xAA55_0000_0000_0004, &ns);
+    let mut a = radio.join();
 
+    let https = format!("https://127.0.0.1:{}", http.port());
     let force_rejoin = |extra: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_netserver"))
             .arg("force-rejoin")
-            .arg("--downlink-http")
-            .arg(http.to_string())
+            .arg("--downlink-url")
+            .arg(&https)
+            .arg("--ca-file")
+            .arg(&cert)
             .arg("--token-file")
             .arg(&token)
             .args(extra)
@@ -417,6 +445,21 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    // Over HTTPS without the server's CA: the certificate is not trusted, nothing is asked.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netserver"))
+        .args([
+            "force-rejoin",
+            "--all",
+            "--downlink-url",
+            &https,
+            "--token-file",
+        ])
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("certificate"), "{err}");
     // A JoinEUI filter over a window, then an unknown device: the answers say so.
     let ans = force_rejoin(&["--join-eui", "70B3D57ED0000002", "--window-s", "60"]);
     assert_eq!(ans["devices"], 0);
@@ -466,4 +509,122 @@ fn an_operator_forced_rejoin_reaches_the_device_and_rekeys_it() {
         delivered(&dir.path().join("events.jsonl"), 5),
         ["A1", "A2", "B1"]
     );
+}
+
+/// Root-key rotation end to end through the real binaries: the operator replaces the device's
+/// root keys (`PUT /api/v1/devices/{dev_eui}/root-keys`); a type 1 Rejoin-request under the old
+/// keys is refused, one under the new keys gives a new session; its first uplink (RekeyInd) is
+/// reported by the network server to the join server (`SessionInUseReq`). The join server's
+/// audit log ties the three together: `GET /api/v1/audit?refers_to=<rotation>` lists the
+/// rotation, the rejoin that put the new keys into use, and the first uplink under them.
+#[test]
+fn a_root_key_rotation_is_audited_with_its_rejoin_and_first_uplink() {
+    const NEW_APP: &str = "00112233445566778899AABBCCDDEEFF";
+    const NEW_NWK: &str = "F0E0D0C0B0A090807060504030201000";
+    let dir = tempfile::tempdir().unwrap();
+    let js_dir = dir.path().join("js");
+    let js_cli = |args: &[&str]| {
+        common::run_ok(
+            std::process::Command::new(common::joinserver_bin())
+                .args(args)
+                .arg("--data-dir")
+                .arg(&js_dir),
+        )
+    };
+    js_cli(&["init"]);
+    common::add_peer(&js_dir, &format!("{NET_ID:06X}"));
+    std::fs::write(dir.path().join("devices.csv"), MANIFEST).unwrap();
+    common::run_ok(
+        std::process::Command::new(common::joinserver_bin())
+            .args(["devices", "import", "--data-dir"])
+            .arg(&js_dir)
+            .arg(dir.path().join("devices.csv")),
+    );
+    let admin = js_cli(&["api-keys", "create", "--role", "admin", "--name", "ops"]);
+    let auth = format!("Bearer {}", String::from_utf8(admin.stdout).unwrap().trim());
+    let js = serve_joinserver(&js_dir, &["--api-listen", "127.0.0.1:0"], "warn", None);
+    let api = |method: &str, path: &str, body: &str| {
+        let (st, text) = common::http(
+            js.addr("api"),
+            method,
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        );
+        (
+            st,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+        )
+    };
+    let secrets = js_dir.join("secrets");
+    std::fs::write(dir.path().join("ns.toml"), NS_CONFIG).unwrap();
+    let ns = start_netserver(dir.path(), &js, &secrets);
+    let mut radio = Radio::new(0xAA55_0000_0000_0005, &ns);
+
+    // Session A under the first keys.
+    let a = radio.join();
+
+    // The rotation.
+    let (st, v) = api(
+        "PUT",
+        &format!("/api/v1/devices/{DEV:016X}/root-keys"),
+        &format!(r#"{{"app_key":"{NEW_APP}","nwk_key":"{NEW_NWK}"}}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = api("GET", "/api/v1/audit?action=root_key_rotation", "");
+    let rotation = v["records"][0]["seq"]
+        .as_i64()
+        .expect("the rotation is audited");
+
+    // A type 1 under the old keys: refused (its MIC is under the old JSIntKey).
+    radio.refused(&rejoin(1, 1, &a), "type 1 under the old keys");
+    // Under the new keys: session B, whose first uplink (RekeyInd) is reported.
+    let new = (
+        KeyCipher::new(&NEW_NWK.parse::<NwkKey>().unwrap()),
+        KeyCipher::new(&NEW_APP.parse::<AppKey>().unwrap()),
+    );
+    let accept = radio.exchange(&rejoin_with(1, 0, &a, &new.0), "type 1 under the new keys");
+    let mut b = open_accept_with(&accept, AnsweredRequest::Rejoin1 { rj_count1: 0 }, new);
+    radio.uplink(&mut b, "B1", true);
+    radio.uplink(&mut b, "B2", false);
+    assert_eq!(
+        delivered(&dir.path().join("events.jsonl"), 5),
+        ["A1", "B1", "B2"]
+    );
+    wait_metric(
+        ns.addr("metrics"),
+        "netserver_key_use_reports_total{result=\"reported\"}",
+        1.0,
+    );
+
+    let (st, v) = api("GET", &format!("/api/v1/audit?refers_to={rotation}"), "");
+    assert_eq!(st, 200, "{v}");
+    let records = v["records"].as_array().unwrap();
+    let trail: Vec<(&str, Option<i64>)> = records
+        .iter()
+        .map(|r| (r["action"].as_str().unwrap(), r["refers_to"].as_i64()))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("root_key_rotation", None),
+            ("root_keys_join", Some(rotation)),
+            ("root_keys_in_use", Some(rotation)),
+        ],
+        "{v}"
+    );
+    let detail = |i: usize| records[i]["detail"].as_str().unwrap();
+    assert!(detail(1).contains("rejoin type 1"), "{}", detail(1));
+    assert!(
+        detail(2).contains(&format!("DevAddr {}", b.addr)) && detail(2).contains("FCntUp 0"),
+        "{}",
+        detail(2)
+    );
+    for r in &records[1..] {
+        assert_eq!(r["actor"], format!("ns:{NET_ID:06X}"));
+        assert_eq!(r["dev_eui"], format!("{DEV:016X}"));
+    }
 }

@@ -115,6 +115,10 @@ pub enum MessageType {
     XmitLocReq,
     XmitLocAns,
     ErrorNotif,
+    /// Not in TS002: this project's own [`SessionInUseReq`].
+    SessionInUseReq,
+    /// Not in TS002: the answer to a [`SessionInUseReq`].
+    SessionInUseAns,
 }
 
 impl fmt::Display for MessageType {
@@ -753,6 +757,66 @@ impl Message {
 /// network server sends `{"FollowsJoinServerMACVersion": true}`; other network servers do not.
 pub const VS_FOLLOWS_JS_MAC_VERSION: &str = "FollowsJoinServerMACVersion";
 
+/// The JoinAns (RejoinAns) `VSExtension` key by which our join server says the accepted join is
+/// the first under the device's rotated root keys; its value is the rotation's number (its
+/// audit record's sequence number). The network server then reports the first uplink under the
+/// session with a [`SessionInUseReq`] naming that number.
+pub const VS_ROOT_KEY_ROTATION: &str = "RootKeyRotation";
+
+/// `SessionInUseReq`: **not in TS002**, which has no message for it; this project's own, in
+/// TS002's shape, over either transport. The network server tells the join server that the
+/// device sent its first uplink under the session of a join or rejoin whose JoinAns named a
+/// root-key rotation ([`VS_ROOT_KEY_ROTATION`]), so that the join server's audit log ties the
+/// rotation to the first uplink under the new keys. Answered with a `SessionInUseAns` of the
+/// header and `Result` only ([`SessionInUseAns`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInUseReq {
+    /// Common header (`MessageType` = `SessionInUseReq`; `ReceiverID` the JoinEUI).
+    #[serde(flatten)]
+    pub header: Header,
+    /// `DevEUI`.
+    #[serde(rename = "DevEUI")]
+    pub dev_eui: DevEui,
+    /// `DevAddr` of the session.
+    #[serde(rename = "DevAddr")]
+    pub dev_addr: DevAddr,
+    /// The rotation the JoinAns named.
+    #[serde(rename = "RootKeyRotation")]
+    pub root_key_rotation: i64,
+    /// `FCntUp` of the first uplink accepted under the session.
+    #[serde(rename = "FCntUp")]
+    pub f_cnt_up: u32,
+}
+
+impl SessionInUseReq {
+    /// Parses a `SessionInUseReq`, checking `MessageType`.
+    pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
+        let m: Self = serde_json::from_str(std::str::from_utf8(json)?)?;
+        expect_type(m.header.message_type, MessageType::SessionInUseReq)?;
+        Ok(m)
+    }
+}
+
+/// `SessionInUseAns`: the header and `Result`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionInUseAns {
+    /// Common header (`MessageType` = `SessionInUseAns`).
+    #[serde(flatten)]
+    pub header: Header,
+    /// `Result`.
+    #[serde(rename = "Result")]
+    pub result: AnsResult,
+}
+
+impl SessionInUseAns {
+    /// Parses a `SessionInUseAns`, checking `MessageType`.
+    pub fn parse(json: &[u8]) -> Result<Self, Ts002Error> {
+        let m: Self = serde_json::from_str(std::str::from_utf8(json)?)?;
+        expect_type(m.header.message_type, MessageType::SessionInUseAns)?;
+        Ok(m)
+    }
+}
+
 impl MessageType {
     /// The answer's type for a request type (`JoinReq` → `JoinAns`, …); `None` for an answer or
     /// a notification.
@@ -769,6 +833,7 @@ impl MessageType {
             Self::ProfileReq => Self::ProfileAns,
             Self::XmitDataReq => Self::XmitDataAns,
             Self::XmitLocReq => Self::XmitLocAns,
+            Self::SessionInUseReq => Self::SessionInUseAns,
             _ => return None,
         })
     }

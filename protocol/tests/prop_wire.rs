@@ -12,7 +12,8 @@ use protocol::ids::{DevAddr, DevEui, GatewayEui};
 use protocol::keywrap::KeyEnvelope;
 use protocol::ts002::{
     Ans, AnsResult, AppSKeyAns, AppSKeyReq, Header, HomeNsAns, HomeNsReq, JoinAns, JoinReq,
-    Message, MessageType, NetworkKeys, ProtocolVersion, RejoinReq, ResultCode,
+    Message, MessageType, NetworkKeys, ProtocolVersion, RejoinReq, ResultCode, SessionInUseAns,
+    SessionInUseReq,
 };
 use protocol::version::MacVersion;
 
@@ -388,8 +389,37 @@ proptest! {
         );
     }
 
+    /// This project's SessionInUseReq/Ans (not in TS002) in TS002's shape.
+    #[test]
+    fn session_in_use_round_trip(
+        h in header(MessageType::SessionInUseReq),
+        dev_eui in any::<u64>(),
+        dev_addr in any::<u32>(),
+        root_key_rotation in any::<i64>(),
+        f_cnt_up in any::<u32>(),
+    ) {
+        let req = SessionInUseReq {
+            header: h.clone(),
+            dev_eui: DevEui::new(dev_eui),
+            dev_addr: DevAddr::new(dev_addr),
+            root_key_rotation,
+            f_cnt_up,
+        };
+        let json = serde_json::to_vec(&req).unwrap();
+        prop_assert_eq!(SessionInUseReq::parse(&json).unwrap(), req);
+        prop_assert!(SessionInUseAns::parse(&json).is_err(), "a request is no answer");
+        let ans = SessionInUseAns {
+            header: h.answer(MessageType::SessionInUseReq.answer().unwrap()),
+            result: AnsResult { result_code: ResultCode::Success, description: None },
+        };
+        let json = serde_json::to_vec(&ans).unwrap();
+        prop_assert_eq!(SessionInUseAns::parse(&json).unwrap(), ans);
+    }
+
     #[test]
     fn no_panic_on_arbitrary_bytes(b in vec(any::<u8>(), 0..300)) {
+        let _ = SessionInUseReq::parse(&b);
+        let _ = SessionInUseAns::parse(&b);
         let _ = HomeNsReq::parse(&b);
         let _ = AppSKeyReq::parse(&b);
         let _ = serde_json::from_slice::<Header>(&b);

@@ -26,7 +26,8 @@
 //! - LoRaWAN 1.1 rejoins: ForceRejoinReq makes the device send Rejoin-requests of the type it
 //!   asks for (0 or 2; RJcount0 counting up within a session), up to Max_Retries + 1 of them
 //!   32 s × 2^Period apart, instead of its next data frame; RejoinParamSetupReq makes it send a
-//!   type 0 every 2^(MaxCountN+4) uplinks. The Join-accept that answers one (JSEncKey, the
+//!   type 0 every 2^(MaxCountN+4) uplinks or 2^(MaxTimeN+10) s, whichever comes first (the
+//!   time checked at its uplinks). The Join-accept that answers one (JSEncKey, the
 //!   rejoin MIC) gives a new session at once, its first uplinks carrying RekeyInd; without one,
 //!   the device keeps its session.
 //! - The region ([`crate::radio::RadioPlan`]): channels drawn from the device's channel plan
@@ -289,6 +290,11 @@ pub struct Session {
     rejoin: Option<RejoinPlan>,
     /// RejoinParamSetupReq: a type 0 every this many uplinks (0: none).
     rejoin_every: u32,
+    /// RejoinParamSetupReq: a type 0 at least this often, µs (0: none)…
+    rejoin_period_us: u64,
+    /// …counted from this time (the last periodic rejoin planned; `None`: from the next uplink
+    /// after the command).
+    rejoin_period_from: Option<Micros>,
 }
 
 impl Session {
@@ -312,9 +318,23 @@ impl Session {
     pub fn rejoin_pending(&self) -> bool {
         self.rejoin.is_some()
     }
-    /// RejoinParamSetupReq: a type 0 after every MaxCountN-th uplink (called as one is counted).
-    fn plan_periodic_rejoin(&mut self) {
-        if self.rejoin_every > 0 && self.fcnt_up % self.rejoin_every == 0 && self.rejoin.is_none() {
+    /// RejoinParamSetupReq: a type 0 after every MaxCountN-th uplink, or once 2^(MaxTimeN+10) s
+    /// passed since the last one, whichever comes first (LoRaWAN 1.1 §5.13; called at `now` as
+    /// an uplink is counted, so the time limit is checked at the device's uplinks).
+    fn plan_periodic_rejoin(&mut self, now: Micros) {
+        let by_count = self.rejoin_every > 0 && self.fcnt_up % self.rejoin_every == 0;
+        let by_time = self.rejoin_period_us > 0
+            && match self.rejoin_period_from {
+                None => {
+                    self.rejoin_period_from = Some(now);
+                    false
+                }
+                Some(from) => now.saturating_sub(from) >= self.rejoin_period_us,
+            };
+        if (by_count || by_time) && self.rejoin.is_none() {
+            if self.rejoin_period_us > 0 {
+                self.rejoin_period_from = Some(now);
+            }
             self.rejoin = Some(RejoinPlan {
                 rejoin_type: 0,
                 data_rate: self.dr,
@@ -329,9 +349,14 @@ impl Session {
     /// answers RejoinParamSetupReq as before). Returns the answer, if the command has one.
     fn rejoin_command(&mut self, c: MacCommand) -> Option<MacCommand> {
         match c {
-            MacCommand::RejoinParamSetupReq { max_count_n, .. } => {
+            MacCommand::RejoinParamSetupReq {
+                max_count_n,
+                max_time_n,
+            } => {
                 if self.rejoins() {
                     self.rejoin_every = 1 << (u32::from(max_count_n.min(15)) + 4);
+                    self.rejoin_period_us = 1_000_000 << (u32::from(max_time_n.min(15)) + 10);
+                    self.rejoin_period_from = None;
                 }
                 Some(MacCommand::RejoinParamSetupAns { time_ok: true })
             }
@@ -831,7 +856,7 @@ impl Device {
             None => {
                 let fcnt = s.fcnt_up;
                 s.fcnt_up = s.fcnt_up.wrapping_add(1);
-                s.plan_periodic_rejoin();
+                s.plan_periodic_rejoin(now);
                 let confirmed = rng.gen_bool(b.confirmed_ratio.clamp(0.0, 1.0));
                 let mut payload = vec![0u8; b.payload_size];
                 rng.fill_bytes(&mut payload);
@@ -1134,6 +1159,8 @@ impl Device {
         // Answered: no retry; a new session starts without periodic rejoins until told again.
         old.rejoin = None;
         old.rejoin_every = 0;
+        old.rejoin_period_us = 0;
+        old.rejoin_period_from = None;
         self.rx_closes_at = Micros::MAX;
         fx.push(Effect::Note(Note::Rejoined {
             window,
@@ -1192,6 +1219,8 @@ impl Device {
                     rj_count0: 0,
                     rejoin: None,
                     rejoin_every: 0,
+                    rejoin_period_us: 0,
+                    rejoin_period_from: None,
                 }));
                 if let Some(s) = self.session.as_deref_mut() {
                     let plan = joined_channels(b.radio.channels, a.cf_list, self.id.version);
@@ -2033,6 +2062,26 @@ mod join_tests {
         assert!(!d.awaiting_join_accept());
     }
 
+    /// What `d` transmits at `n` uplink timers `step_us` apart from 10 s (each answered
+    /// at once: no frame or rejoin awaits its downlink, no duty cycle).
+    fn uplink_kinds(d: &mut Device, b: &Behaviour, n: usize, step_us: Micros) -> Vec<TxKind> {
+        let mut kinds = Vec::new();
+        let mut t = 10_000_000;
+        for _ in 0..n {
+            let mut fx = Vec::new();
+            d.wake_at = t;
+            d.frame = None;
+            d.rejoin = None;
+            d.next_tx_allowed = 0;
+            d.on_timer(TimerKind::Uplink, t, b, &mut rng(), &mut fx);
+            if let Some(Effect::Tx(tx)) = fx.first() {
+                kinds.push(tx.kind);
+            }
+            t += step_us;
+        }
+        kinds
+    }
+
     #[test]
     fn rejoin_param_setup_req_makes_periodic_type_0_rejoins_and_1_0_sessions_never_rejoin() {
         let b = beh();
@@ -2046,20 +2095,7 @@ mod join_tests {
             vec![MacCommand::RejoinParamSetupAns { time_ok: true }]
         );
         assert_eq!(d.session().unwrap().rejoin_every, 16);
-        let mut kinds = Vec::new();
-        let mut t = 10_000_000;
-        for _ in 0..17 {
-            let mut fx = Vec::new();
-            d.wake_at = t;
-            d.frame = None;
-            d.rejoin = None;
-            d.next_tx_allowed = 0;
-            d.on_timer(TimerKind::Uplink, t, &b, &mut rng(), &mut fx);
-            if let Some(Effect::Tx(tx)) = fx.first() {
-                kinds.push(tx.kind);
-            }
-            t += 60_000_000;
-        }
+        let kinds = uplink_kinds(&mut d, &b, 17, 60_000_000);
         assert!(
             matches!(kinds[15], TxKind::Data { fcnt: 15, .. }),
             "{kinds:?}"
@@ -2082,6 +2118,44 @@ mod join_tests {
         };
         mac(&mut old, &b, &[force]);
         assert!(!old.session().unwrap().rejoin_pending());
+    }
+
+    /// MaxTimeN: a type 0 once 2^(MaxTimeN+10) s passed, though MaxCountN's uplinks did not.
+    #[test]
+    fn rejoin_param_setup_req_max_time_n_makes_a_type_0_rejoin_after_its_time() {
+        let b = beh();
+        let mut d = joined(MacVersion::V1_1, &b, None);
+        let setup = MacCommand::RejoinParamSetupReq {
+            max_time_n: 0,
+            max_count_n: 15,
+        };
+        mac(&mut d, &b, &[setup]);
+        let s = d.session().unwrap();
+        assert_eq!(
+            (s.rejoin_every, s.rejoin_period_us),
+            (1 << 19, 1_024_000_000)
+        );
+        let kinds = uplink_kinds(&mut d, &b, 7, 300_000_000);
+        // Counted from the first uplink after the command (t0): the uplink at t0 + 1,200 s is
+        // the first past 1,024 s, and the next transmission is the Rejoin-request.
+        for (i, k) in kinds.iter().enumerate().take(5) {
+            assert!(
+                matches!(k, TxKind::Data { fcnt, .. } if *fcnt == i as u32),
+                "{kinds:?}"
+            );
+        }
+        assert_eq!(
+            kinds[5],
+            TxKind::Rejoin {
+                rejoin_type: 0,
+                rj_count0: 0
+            },
+            "{kinds:?}"
+        );
+        assert!(
+            matches!(kinds[6], TxKind::Data { fcnt: 5, .. }),
+            "{kinds:?}"
+        );
     }
 
     fn in_region(region: Region, sub_bands: &[u8], data_rate: u8) -> Behaviour {

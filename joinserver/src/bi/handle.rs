@@ -4,10 +4,11 @@
 //! 1. read the header (an unreadable body still gets a `MalformedRequest` answer);
 //! 2. authenticate the caller as a peer ([`super::auth`]) and check that the `SenderID` is that
 //!    peer's NetID (its application server's id for `AppSKeyReq`);
-//! 3. dispatch on `MessageType`: `JoinReq` and `RejoinReq` through the same join pipeline,
-//!    rules and group commit as the UDP link ([`crate::core::process`],
-//!    [`crate::core::process_rejoin`], the answer leaving only once its nonces are durable),
-//!    `HomeNSReq`, `AppSKeyReq`, and anything else `MalformedRequest`.
+//! 3. dispatch on `MessageType`: `JoinReq` through the same join pipeline, rules and group
+//!    commit as the UDP link ([`crate::core::process`], the answer leaving only once its nonces
+//!    are durable), `HomeNSReq`, `AppSKeyReq`, `RejoinReq` ([`crate::core::process_rejoin`],
+//!    the same way), our own `SessionInUseReq` ([`crate::rekey::answer_session_in_use`]), and
+//!    anything else `MalformedRequest`.
 //!
 //! Every refusal is a TS002 1.0 `ResultCode` with a `Description`, in an HTTP 200: ChirpStack
 //! drops the body of any other status and knows only the 1.0 codes.
@@ -46,6 +47,8 @@ pub struct Bi {
     pub peers: Peers,
     /// Metrics.
     pub metrics: Metrics,
+    /// The root-key rotation trail: the link's.
+    pub rekey: Option<Arc<crate::rekey::RekeyTrail>>,
 }
 
 impl std::fmt::Debug for Bi {
@@ -181,6 +184,16 @@ impl Bi {
                 self.join(body, &header, peer, &options).await
             }
             MessageType::HomeNSReq => self.home_ns(body, &header),
+            MessageType::SessionInUseReq => {
+                let json = crate::rekey::answer_session_in_use(
+                    self.rekey.as_deref(),
+                    &self.devices,
+                    peer,
+                    body,
+                );
+                self.count(header.message_type, "answered");
+                json
+            }
             MessageType::AppSKeyReq => self.app_s_key(body, &header, peer, &options),
             other => self.refuse(
                 &header,
@@ -220,6 +233,8 @@ impl Bi {
         };
         let mut ans = wire::answer(&req, &outcome);
         ans.result.result_code = as_1_0(ans.result.result_code);
+        let rotation = crate::rekey::rotation(self.rekey.as_deref(), &outcome);
+        wire::name_rotation(&mut ans, rotation);
         let rejoin = wire::is_rejoin(&req);
         if let Err(e) = self.complete_success(&mut ans, &outcome, peer, options, rejoin) {
             tracing::error!(error = %e, "backend interfaces: AppSKey envelope");
@@ -243,7 +258,10 @@ impl Bi {
                 ans = JoinAns::failure(&req.header, ResultCode::JoinReqFailed, Some(d));
             }
         }
-        self.metrics.joins.with_label_values(&[result]).inc();
+        if let (Some(t), Some(_), "success") = (&self.rekey, rotation, result) {
+            t.joined(&self.devices, req.dev_eui, peer, &crate::rekey::what(&req));
+        }
+        self.metrics.count_join(wire::rejoin_type(&req), result);
         self.count(header.message_type, result);
         self.metrics
             .join_latency

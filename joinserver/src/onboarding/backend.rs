@@ -117,7 +117,8 @@ pub trait OnboardBackend: Send + std::fmt::Debug {
     ) -> Result<(), StoreError>;
 
     /// Writes a device's nonce state and, for a key rotation, its new wrapped root keys.
-    /// Audited under `action`.
+    /// Audited under `action`; returns the audit record's sequence number (what a root-key
+    /// rotation's trail refers to, [`crate::rekey`]).
     fn set_nonces_and_keys(
         &mut self,
         actor: &Actor,
@@ -126,7 +127,7 @@ pub trait OnboardBackend: Send + std::fmt::Debug {
         nonces: &NonceState,
         keys: Option<(&[u8], Option<&[u8]>)>,
         detail: &str,
-    ) -> Result<(), StoreError>;
+    ) -> Result<i64, StoreError>;
 
     /// Removes a device and its ownership. Audited. `false` if it did not exist.
     fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError>;

@@ -60,6 +60,11 @@ const API_KEY_COLUMNS_V2: [(&str, &str); 2] =
 /// Columns added to `tenants` after its first release, added to older stores on open.
 const TENANT_COLUMNS_V2: [(&str, &str); 1] = [("home_net_id", "INTEGER")];
 
+/// Columns added to `audit` after its first release, added to older stores on open:
+/// `refers_to`, the sequence number of the record this one follows from (a root-key rotation,
+/// for the join that put the keys into use and the first uplink under them).
+const AUDIT_COLUMNS_V2: [(&str, &str); 1] = [("refers_to", "INTEGER")];
+
 /// Adds to `table` those of `columns` (name, SQL type) it does not have yet.
 fn add_missing_columns(
     conn: &Connection,
@@ -206,7 +211,8 @@ pub struct AuditRecord {
     /// The actor's tenant.
     pub tenant: Option<String>,
     /// What: `provision`, `claim`, `release`, `dev_nonce_reset`, `root_key_rotation`,
-    /// `deprovision`, `lock`, `unlock`, `import`, `api_key_create`.
+    /// `root_keys_join`, `root_keys_in_use`, `deprovision`, `lock`, `unlock`, `import`,
+    /// `api_key_create`.
     pub action: String,
     /// The device, if one.
     pub dev_eui: Option<String>,
@@ -214,6 +220,9 @@ pub struct AuditRecord {
     pub outcome: String,
     /// Details; never a key or a token.
     pub detail: String,
+    /// The record this one follows from (its `seq`), if any: a `root_key_rotation` for its
+    /// `root_keys_join` and `root_keys_in_use` ([`crate::rekey`]).
+    pub refers_to: Option<i64>,
 }
 
 /// A new audit record.
@@ -229,6 +238,19 @@ pub struct AuditEntry<'a> {
     pub outcome: &'a str,
     /// Details (no secrets).
     pub detail: &'a str,
+}
+
+/// One device's last root-key rotation and how far its trail got ([`OnboardStore::rotation_trails`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationTrail {
+    /// The device.
+    pub dev_eui: DevEui,
+    /// The rotation's sequence number.
+    pub rotation: i64,
+    /// The `root_keys_join` record that refers to it: its sequence number and actor.
+    pub joined: Option<(i64, String)>,
+    /// Whether a `root_keys_in_use` record refers to it.
+    pub in_use: bool,
 }
 
 /// Filters for [`OnboardStore::audit`].
@@ -249,6 +271,8 @@ pub struct AuditFilter {
     pub until_ms: Option<i64>,
     /// Only records after this sequence number (paging).
     pub after_seq: Option<i64>,
+    /// Only this record and those that refer to it (a rotation and its trail).
+    pub refers_to: Option<i64>,
     /// At most this many (default 100, at most 10,000).
     pub limit: Option<u32>,
 }
@@ -288,9 +312,13 @@ impl AuditFilter {
         conditions.extend(self.since_ms.map(|s| ("at_ms >= ?", Int(s))));
         conditions.extend(self.until_ms.map(|u| ("at_ms < ?", Int(u))));
         conditions.extend(self.after_seq.map(|a| ("seq > ?", Int(a))));
+        conditions.extend(
+            self.refers_to
+                .map(|r| ("(seq = ? OR refers_to = ?)", Int(r))),
+        );
         let mut sql = String::from(
-            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail FROM audit \
-             WHERE 1 = 1",
+            "SELECT seq, at_ms, actor, tenant, action, dev_eui, outcome, detail, refers_to \
+             FROM audit WHERE 1 = 1",
         );
         let mut values = Vec::new();
         for (n, (condition, value)) in conditions.into_iter().enumerate() {
@@ -402,9 +430,20 @@ impl Importer for SqliteImporter {
 
 /// Appends an audit record inside `tx`.
 pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<(), StoreError> {
+    append_referring(tx, at_ms, e, None).map(drop)
+}
+
+/// Appends an audit record inside `tx` that refers to the record `refers_to`; returns its
+/// sequence number.
+fn append_referring(
+    tx: &Connection,
+    at_ms: i64,
+    e: &AuditEntry<'_>,
+    refers_to: Option<i64>,
+) -> Result<i64, StoreError> {
     tx.prepare_cached(
-        "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail, refers_to) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         at_ms,
@@ -413,9 +452,10 @@ pub(crate) fn append(tx: &Connection, at_ms: i64, e: &AuditEntry<'_>) -> Result<
         e.action,
         e.dev_eui.map(|d| d.to_string()),
         e.outcome,
-        e.detail
+        e.detail,
+        refers_to
     ])?;
-    Ok(())
+    Ok(tx.last_insert_rowid())
 }
 
 /// Creates the record of the tenant `name` (at `at_ms`) if it has none.
@@ -434,6 +474,8 @@ pub(crate) fn ensure_schema(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch(SCHEMA)?;
     add_missing_columns(conn, "api_keys", &API_KEY_COLUMNS_V2)?;
     add_missing_columns(conn, "tenants", &TENANT_COLUMNS_V2)?;
+    add_missing_columns(conn, "audit", &AUDIT_COLUMNS_V2)?;
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS audit_refers_to ON audit (refers_to)")?;
     conn.execute(
         "INSERT OR IGNORE INTO tenants (name, created_ms) \
          SELECT name, MIN(created_ms) FROM api_keys GROUP BY name",
@@ -507,6 +549,57 @@ impl OnboardStore {
             .optional()?
             .unwrap_or_default())
     }
+
+    /// Appends one audit record that refers to the record `refers_to`; returns its sequence
+    /// number.
+    pub fn audit_append_referring(
+        &mut self,
+        e: &AuditEntry<'_>,
+        refers_to: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let tx = self.conn().transaction()?;
+        let seq = append_referring(&tx, now_ms(), e, refers_to)?;
+        tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Each device's last root-key rotation (`root_key_rotation`, `ok`), with the `root_keys_join`
+    /// that refers to it, if any (its sequence number and actor), and whether a
+    /// `root_keys_in_use` refers to it: the state [`crate::rekey::RekeyTrail`] starts from.
+    pub fn rotation_trails(&mut self) -> Result<Vec<RotationTrail>, StoreError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT r.dev_eui, r.seq, j.seq, j.actor, \
+                    EXISTS (SELECT 1 FROM audit u WHERE u.refers_to = r.seq \
+                            AND u.action = 'root_keys_in_use') \
+             FROM (SELECT dev_eui, MAX(seq) AS seq FROM audit \
+                   WHERE action = 'root_key_rotation' AND outcome = 'ok' GROUP BY dev_eui) r \
+             LEFT JOIN audit j ON j.refers_to = r.seq AND j.action = 'root_keys_join'",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let dev: String = r.get(0)?;
+            Ok((dev, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (dev, rotation, join_seq, join_actor, in_use): (
+                String,
+                i64,
+                Option<i64>,
+                Option<String>,
+                bool,
+            ) = row?;
+            let Ok(dev_eui) = dev.parse::<DevEui>() else {
+                continue;
+            };
+            out.push(RotationTrail {
+                dev_eui,
+                rotation,
+                joined: join_seq.zip(join_actor),
+                in_use,
+            });
+        }
+        Ok(out)
+    }
 }
 
 impl OnboardBackend for OnboardStore {
@@ -521,10 +614,7 @@ impl OnboardBackend for OnboardStore {
     }
 
     fn audit_append(&mut self, e: &AuditEntry<'_>) -> Result<(), StoreError> {
-        let tx = self.conn().transaction()?;
-        append(&tx, now_ms(), e)?;
-        tx.commit()?;
-        Ok(())
+        self.audit_append_referring(e, None).map(drop)
     }
 
     fn create_api_key(
@@ -879,7 +969,7 @@ impl OnboardBackend for OnboardStore {
         nonces: &NonceState,
         keys: Option<(&[u8], Option<&[u8]>)>,
         detail: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let tx = self.conn().transaction()?;
         store::write_nonces(&tx, dev_eui, nonces, None)?;
         if let Some((app, nwk)) = keys {
@@ -888,7 +978,7 @@ impl OnboardBackend for OnboardStore {
                 params![store::dev_eui_sql(dev_eui), app, nwk],
             )?;
         }
-        append(
+        let seq = append_referring(
             &tx,
             now_ms(),
             &AuditEntry {
@@ -898,9 +988,10 @@ impl OnboardBackend for OnboardStore {
                 outcome: "ok",
                 detail,
             },
+            None,
         )?;
         tx.commit()?;
-        Ok(())
+        Ok(seq)
     }
 
     fn deprovision(&mut self, actor: &Actor, dev_eui: DevEui) -> Result<bool, StoreError> {
@@ -951,6 +1042,7 @@ impl OnboardBackend for OnboardStore {
                 dev_eui: r.get(5)?,
                 outcome: r.get(6)?,
                 detail: r.get(7)?,
+                refers_to: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

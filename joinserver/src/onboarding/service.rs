@@ -222,6 +222,8 @@ pub struct Onboarding {
     /// Held while an import commits and loads its devices into the map (shared with the
     /// server's reload thread, so the devices are not prepared twice).
     map_sync: Arc<Mutex<()>>,
+    /// The root-key rotation trail a rotation starts ([`crate::rekey`]).
+    rekey: Option<Arc<crate::rekey::RekeyTrail>>,
 }
 
 /// Failed authentications allowed per source address and window, unless configured.
@@ -280,6 +282,7 @@ impl Onboarding {
             per_addr: FailureLimiter::new(DEFAULT_AUTH_FAILURES, DEFAULT_AUTH_WINDOW),
             min_owner_token_len: crate::config::MIN_OWNER_TOKEN_LEN,
             map_sync: Arc::default(),
+            rekey: None,
         }
     }
 
@@ -303,6 +306,13 @@ impl Onboarding {
     #[must_use]
     pub fn with_map_sync(mut self, lock: Arc<Mutex<()>>) -> Self {
         self.map_sync = lock;
+        self
+    }
+
+    /// Root-key rotations start `trail` (the running server's).
+    #[must_use]
+    pub fn with_rekey_trail(mut self, trail: Option<Arc<crate::rekey::RekeyTrail>>) -> Self {
+        self.rekey = trail;
         self
     }
 
@@ -868,7 +878,7 @@ impl Onboarding {
             // New root keys: the device's rejoin counter starts again too.
             last_rj_count1: None,
         };
-        self.db().set_nonces_and_keys(
+        let seq = self.db().set_nonces_and_keys(
             actor,
             action,
             d.dev_eui,
@@ -876,6 +886,9 @@ impl Onboarding {
             keys.as_ref().map(|(a, n)| (a.as_slice(), n.as_deref())),
             detail,
         )?;
+        if let (Some(t), Some(_)) = (&self.rekey, &keys) {
+            t.rotated(d.dev_eui, seq);
+        }
         if let Some(g) = guard.as_mut() {
             g.nonces = cleared.clone();
             if let Some((app_w, nwk_w)) = keys {

@@ -58,21 +58,31 @@ fn append(
     at_ms: i64,
     e: &AuditEntry<'_>,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &at_ms,
-            &e.actor.id,
-            &e.actor.tenant,
-            &e.action,
-            &e.dev_eui.map(|d| d.to_string()),
-            &e.outcome,
-            &e.detail,
-        ],
-    )
-    .map_err(pg)?;
-    Ok(())
+    append_seq(tx, at_ms, e).map(drop)
+}
+
+/// Appends an audit record inside `tx`; returns its sequence number.
+fn append_seq(
+    tx: &mut postgres::Transaction<'_>,
+    at_ms: i64,
+    e: &AuditEntry<'_>,
+) -> Result<i64, StoreError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO audit (at_ms, actor, tenant, action, dev_eui, outcome, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING seq",
+            &[
+                &at_ms,
+                &e.actor.id,
+                &e.actor.tenant,
+                &e.action,
+                &e.dev_eui.map(|d| d.to_string()),
+                &e.outcome,
+                &e.detail,
+            ],
+        )
+        .map_err(pg)?;
+    Ok(row.get(0))
 }
 
 /// Creates the record of the tenant `name` (at `at_ms`) if it has none.
@@ -506,7 +516,7 @@ impl OnboardBackend for PgOnboard {
         nonces: &NonceState,
         keys: Option<(&[u8], Option<&[u8]>)>,
         detail: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<i64, StoreError> {
         let d = dev_eui_sql(dev_eui);
         self.tx(|tx| {
             tx.execute(
@@ -536,8 +546,9 @@ impl OnboardBackend for PgOnboard {
                 outcome: "ok",
                 detail,
             };
-            append(tx, now_ms(), &entry)?;
-            bump_generation(tx, &[d])
+            let seq = append_seq(tx, now_ms(), &entry)?;
+            bump_generation(tx, &[d])?;
+            Ok(seq)
         })
     }
 
@@ -593,6 +604,7 @@ impl OnboardBackend for PgOnboard {
                 dev_eui: r.get(5),
                 outcome: r.get(6),
                 detail: r.get(7),
+                refers_to: r.get(8),
             })
             .collect())
     }

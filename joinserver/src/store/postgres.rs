@@ -143,6 +143,11 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         created_ms BIGINT NOT NULL
     );",
     ),
+    (
+        4,
+        "ALTER TABLE audit ADD COLUMN refers_to BIGINT; -- the record this one follows from
+    CREATE INDEX audit_refers_to ON audit (refers_to);",
+    ),
 ];
 
 type Manager = PostgresConnectionManager<NoTls>;

@@ -79,39 +79,58 @@ impl ForceRejoinRequest {
     }
 }
 
-/// Sends `req` to a server's HTTP downlink input (`POST /rejoin`, plain HTTP: on the server's
-/// host) with the bearer `token` if any; returns the answer's JSON, or the status line and
-/// answer when it is not `202 Accepted`. One HTTP/1.1 request written by hand: the crate links
-/// hyper's server half only, and one POST from the operator's command (and the simulator's
-/// `rekey` scenario) does not warrant an HTTP client dependency.
+/// Sends `req` to a server's HTTP downlink input on `addr` (`POST /rejoin`, plain HTTP: on the
+/// server's host) with the bearer `token` if any; as [`post_to`].
 pub fn post(
     addr: std::net::SocketAddr,
     token: Option<&str>,
     req: &ForceRejoinRequest,
 ) -> Result<String, String> {
-    use std::io::{Read, Write};
+    post_to(&format!("http://{addr}"), None, token, req)
+}
+
+/// Sends `req` to the HTTP downlink input at `base` (`http://HOST:PORT` or
+/// `https://HOST:PORT`; `POST {base}/rejoin`) with the bearer `token` if any. Over HTTPS the
+/// server's certificate must chain to a certificate of `ca_file` (PEM) when given, else to the
+/// public roots. Returns the answer's JSON, or the status and answer when it is not
+/// `202 Accepted`.
+pub fn post_to(
+    base: &str,
+    ca_file: Option<&std::path::Path>,
+    token: Option<&str>,
+    req: &ForceRejoinRequest,
+) -> Result<String, String> {
     let body = serde_json::to_string(req).map_err(|e| e.to_string())?;
-    let auth = token.map_or_else(String::new, |t| {
-        format!("Authorization: Bearer {}\r\n", t.trim())
-    });
-    let io = |e: std::io::Error| format!("{addr}: {e}");
-    let mut s = std::net::TcpStream::connect(addr).map_err(io)?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .map_err(io)?;
-    write!(
-        s,
-        "POST /rejoin HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .map_err(io)?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).map_err(io)?;
-    let (head, answer) = reply.split_once("\r\n\r\n").unwrap_or((reply.as_str(), ""));
-    let status = head.lines().next().unwrap_or_default();
-    if status.contains(" 202 ") {
-        Ok(answer.to_owned())
+    let mut tls = ureq::tls::TlsConfig::builder();
+    if let Some(path) = ca_file {
+        let certs = httpsec::tls::read_certificates(path).map_err(|e| e.to_string())?;
+        let roots: Vec<ureq::tls::Certificate<'static>> = certs
+            .iter()
+            .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+    }
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .tls_config(tls.build())
+        .build()
+        .into();
+    let url = format!("{}/rejoin", base.trim_end_matches('/'));
+    let mut request = agent.post(&url).content_type("application/json");
+    if let Some(t) = token {
+        request = request.header("Authorization", &format!("Bearer {}", t.trim()));
+    }
+    let mut answer = request.send(&body).map_err(|e| format!("{url}: {e}"))?;
+    let status = answer.status();
+    let text = answer
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    if status == 202 {
+        Ok(text)
     } else {
-        Err(format!("{status}: {answer}"))
+        Err(format!("{status}: {text}"))
     }
 }
 

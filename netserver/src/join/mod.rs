@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod http;
+pub mod key_use;
 pub mod link;
 pub mod otaa;
 pub mod rejoin;

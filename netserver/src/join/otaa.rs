@@ -697,6 +697,8 @@ struct Answer {
     app_s_key: Option<protocol::keywrap::KeyEnvelope>,
     session_key_id: Option<Vec<u8>>,
     lifetime: Option<u32>,
+    /// The root-key rotation the join puts into use, as the JoinAns names it.
+    rotation: Option<i64>,
 }
 
 /// Reads the JoinAns to `join_req`: a refusal, or the Join-accept with the network keys
@@ -734,6 +736,11 @@ fn read_answer(state: &State, answer: &[u8], join_req: &JoinReq) -> Result<Answe
             requested_dl_settings(j, state.config.network.region),
             j.rx_delay_s,
         ),
+        rotation: ans
+            .header
+            .vs_extension
+            .as_ref()
+            .and_then(|v| v.get(ts002::VS_ROOT_KEY_ROTATION)?.as_i64()),
         app_s_key: ans.app_s_key,
         session_key_id: ans.session_key_id,
         lifetime: ans.lifetime,
@@ -791,6 +798,10 @@ async fn install(
         state.allocator.restore(addr, dev_eui);
     }
     emit_join_event(state, &session);
+    if let Some(rotation) = ans.rotation {
+        let key_use = &state.data.key_use;
+        key_use.watch(dev_eui, act.join_eui, addr, rotation);
+    }
     let displaced = match act.keep {
         Some(keep) => state.sessions.insert_keeping(session, keep),
         None => state.sessions.insert(session),

@@ -37,6 +37,9 @@ pub struct Metrics {
     /// LoRaWAN 1.1 Rejoin-requests handled, by `type` (0, 1, 2), `result` (accepted, rejected,
     /// dropped) and `reason` (window, ResultCode, or drop reason).
     pub rejoins: IntCounterVec,
+    /// Reports to the join server of the first uplink under rotated root keys, by `result`
+    /// (reported, failed).
+    pub key_use_reports: IntCounterVec,
     /// Join-accepts scheduled, by `window` (rx1, rx2).
     pub join_accepts: IntCounterVec,
     /// JoinReq transmissions on the link, by `type` (first, retry).
@@ -161,6 +164,12 @@ impl Metrics {
                 "netserver_rejoins_total",
                 "Rejoin-requests handled, by type (0, 1, 2), result (accepted, rejected by the join server, dropped) and reason (window, ResultCode, or drop reason).",
                 &["type", "result", "reason"],
+            ),
+            key_use_reports: counter_vec(
+                &r,
+                "netserver_key_use_reports_total",
+                "Reports to the join server of the first uplink under rotated root keys, by result (reported, failed).",
+                &["result"],
             ),
             join_accepts: counter_vec(
                 &r,

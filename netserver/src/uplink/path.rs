@@ -76,8 +76,17 @@ fn carry_out<G>(state: &State, a: Accepted<'_, G>, receptions: &[Reception], now
     let dev_eui = a.session.dev_eui;
     // The replaced session is no longer needed once the new one is in use: at its first
     // uplink (1.0), at its RekeyInd (1.1, which confirms the new security context).
-    if a.in_use && state.sessions.is_current(a.session) && state.sessions.drop_previous(dev_eui) {
-        state.store.forget_previous(dev_eui);
+    if a.in_use && state.sessions.is_current(a.session) {
+        if state.sessions.drop_previous(dev_eui) {
+            state.store.forget_previous(dev_eui);
+        }
+        if let Some((_, r)) = &a.record {
+            let f_cnt_up = r.counters.f_cnt_up.wrapping_sub(1);
+            state
+                .data
+                .key_use
+                .used(dev_eui, a.session.dev_addr, f_cnt_up);
+        }
     }
     if let Some(f) = a.downlink_failure {
         state

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::integration::emitter::Emitter;
+use crate::join::key_use::KeyUse;
 use crate::ops::config::DataConfig;
 use crate::store::pending_mac::PendingMacs;
 use crate::store::pg::PgStore;
@@ -29,6 +30,8 @@ pub struct DataPlane {
     pub pending_mac: PendingMacs,
     /// Next downlink id.
     pub next_id: AtomicU64,
+    /// Sessions given under rotated root keys whose first uplink the join server awaits.
+    pub key_use: KeyUse,
 }
 
 impl DataPlane {
@@ -47,6 +50,7 @@ impl DataPlane {
             config,
             emitter,
             next_id: AtomicU64::new(1),
+            key_use: KeyUse::default(),
         }
     }
 
