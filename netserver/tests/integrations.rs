@@ -84,6 +84,7 @@ impl Device {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         }
     }
 
@@ -713,4 +714,204 @@ fn a_webhook_that_fails_its_first_answers_gets_every_event_signed() {
             "netserver_integration_failures_total{reason=\"status\",sink=\"http-0\"}"
         ) >= 3.0
     );
+}
+
+/// Applications from the join server's owner, through the real binaries: devices claimed by
+/// two tenants join through the real `joinserver`, whose JoinAns names each device's owner;
+/// `[integration] application_id` maps each tenant to its application, so their `join` and
+/// `up` events go to their application's topics with `tenantId` set. The owner is kept with
+/// the session: after a restart it still decides the application.
+#[test]
+fn devices_of_two_owners_go_to_their_applications() {
+    use common::{http, run_ok, serve_joinserver, workspace_bin};
+    use protocol::derive;
+    use protocol::gwmp::CrcStatus;
+    use protocol::ids::NetId;
+    use protocol::join::{
+        EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest, JoinRootKey,
+    };
+    use protocol::keys::{AppKey, KeyCipher};
+    use std::process::Command;
+
+    const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+    const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
+    const APP_ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
+    const APP_BOB: &str = "b0b00000-0000-4000-8000-000000000002";
+    let devices = [
+        (
+            0x0004_A30B_0000_0A01u64,
+            "alice",
+            "A1A1A1A1A1A1A1A1",
+            APP_ALICE,
+        ),
+        (0x0004_A30B_0000_0B02u64, "bob", "B2B2B2B2B2B2B2B2", APP_BOB),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let js_bin = workspace_bin("joinserver");
+    let js_dir = tmp.path().join("js");
+    run_ok(
+        Command::new(&js_bin)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&js_dir),
+    );
+    common::add_peer(&js_dir, "000013");
+    let mut manifest =
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n".to_owned();
+    for (dev, _, token, _) in devices {
+        manifest.push_str(&format!(
+            "{dev:016X},{JOIN_EUI:016X},1.0.3,{APP_KEY},,,{token}\n"
+        ));
+    }
+    let manifest_file = tmp.path().join("devices.csv");
+    std::fs::write(&manifest_file, manifest).unwrap();
+    run_ok(
+        Command::new(&js_bin)
+            .args(["devices", "import", "--data-dir"])
+            .arg(&js_dir)
+            .arg(&manifest_file),
+    );
+    let api_key = |tenant: &str| {
+        let o = run_ok(
+            Command::new(&js_bin)
+                .args(["api-keys", "create", "--role", "owner", "--name", tenant])
+                .arg("--data-dir")
+                .arg(&js_dir),
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    };
+    let keys: Vec<String> = devices.iter().map(|d| api_key(d.1)).collect();
+    let js = serve_joinserver(
+        &js_dir,
+        &["--api-listen", "127.0.0.1:0"],
+        "warn",
+        Some("warn"),
+    );
+    for ((dev, _, token, _), key) in devices.iter().zip(&keys) {
+        let (st, body) = http(
+            js.addr("api"),
+            "PUT",
+            &format!("/api/v1/devices/{dev:016X}/claim"),
+            &[
+                ("Authorization", &format!("Bearer {key}")),
+                ("Content-Type", "application/json"),
+            ],
+            format!(r#"{{"owner_token": "{token}", "home_net_id": "000013"}}"#).as_bytes(),
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+
+    let broker_dir = tmp.path().join("broker");
+    std::fs::create_dir(&broker_dir).unwrap();
+    let broker = Mosquitto::start(&broker_dir, false);
+    let config = tmp.path().join("netserver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gwmp]\nworkers = 1\n[data]\ncollect_window_ms = 0\n\
+             [integration.application_id]\ndefault = \"{APP}\"\nalice = \"{APP_ALICE}\"\n\
+             bob = \"{APP_BOB}\"\n\
+             [integration.mqtt]\nusername = \"{USER}\"\npassword_file = {:?}\n",
+            broker.password_file().display().to_string()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut cmd = netserver_serve(
+            &config,
+            &tmp.path().join("ns"),
+            &js.addr("link").to_string(),
+            &js_dir.join("secrets"),
+            "000013",
+        );
+        cmd.arg("--events").arg(broker.url());
+        let ns = Proc::spawn(cmd, "netserver listening");
+        let gw = Gateway::new(0xAA55_5A00_0000_00A0, ns.addr("gwmp"));
+        gw.pull_data();
+        (ns, gw)
+    };
+    let sub = Subscriber::connect(&broker, "app-owners", "application/+/device/+/event/+");
+    let (ns, gw) = start();
+    let app_key = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+    let net_id = NetId::new(0x13).unwrap();
+    let mut sessions = Vec::new();
+    for (i, (dev, ..)) in devices.iter().enumerate() {
+        let phy = JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(*dev),
+            DevNonce(1),
+            JoinRootKey::AppKey(&app_key),
+        );
+        gw.send_push(
+            &phy.to_bytes(),
+            1_000_000 * (i as u32 + 1),
+            7.0,
+            -70,
+            CrcStatus::Ok,
+        );
+        let (_, tx) = gw.pull_resp(Duration::from_secs(5)).expect("a Join-accept");
+        let accept = EncryptedJoinAccept::from_bytes(&tx.data)
+            .unwrap()
+            .open(
+                JoinAcceptEncKey::AppKey(&app_key),
+                JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app_key)),
+            )
+            .expect("Join-accept MIC");
+        let keys = derive::session_keys_1_0(&app_key, accept.join_nonce, net_id, DevNonce(1));
+        let crypto = SessionCrypto::new(
+            &NetworkSessionKeys::V1_0 {
+                nwk_s_key: keys.nwk_s_key,
+            },
+            Some(&keys.app_s_key),
+        );
+        sessions.push((accept.dev_addr, crypto));
+    }
+    let uplink = |i: usize, fcnt: u32| {
+        let (dev_addr, crypto) = &sessions[i];
+        Uplink {
+            confirmed: false,
+            dev_addr: *dev_addr,
+            fcnt,
+            adr: false,
+            adr_ack_req: false,
+            ack: false,
+            class_b: false,
+            fopts: vec![],
+            payload: FramePayload::Application {
+                f_port: 10,
+                payload: FrmPayload(b"own".to_vec()),
+            },
+        }
+        .build(crypto, &UPLINK_MIC)
+        .unwrap()
+    };
+    for i in 0..devices.len() {
+        gw.push(&uplink(i, 0), 10_000_000 * (i as u32 + 1), 7.0, -70);
+    }
+    let check = |event: &str, n: usize| {
+        let got = sub.wait(event, n, 15);
+        for (dev, tenant, _, app) in devices {
+            let topic = format!("application/{app}/device/{dev:016x}/event/{event}");
+            let mine: Vec<_> = got.iter().filter(|(t, _)| *t == topic).collect();
+            assert_eq!(mine.len(), n / devices.len(), "{topic} in {got:?}");
+            for (_, v) in mine {
+                let info: DeviceInfo = serde_json::from_value(v["deviceInfo"].clone()).unwrap();
+                assert_eq!(
+                    (info.tenant_id.as_str(), info.application_id.as_str()),
+                    (tenant, app)
+                );
+                assert_eq!(info.dev_eui, format!("{dev:016x}"));
+            }
+        }
+    };
+    check("join", 2);
+    check("up", 2);
+    // The owner is stored with the session: a restarted network server files the devices'
+    // uplinks under the same applications.
+    assert!(ns.terminate().success());
+    let (_ns, gw) = start();
+    for i in 0..devices.len() {
+        gw.push(&uplink(i, 1), 20_000_000 * (i as u32 + 1), 7.0, -70);
+    }
+    check("up", 4);
 }

@@ -113,6 +113,7 @@ impl Device {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         }
     }
 

@@ -253,6 +253,11 @@ impl Device<'_> {
         self.session.mac_version().is_1_1()
     }
 
+    /// The device's tenant, for its events.
+    fn tenant(&self) -> Option<String> {
+        self.session.owner.as_deref().cloned()
+    }
+
     fn record(&self, st: &DataState) -> (DevEui, CounterRecord) {
         (
             self.session.dev_eui,
@@ -393,6 +398,7 @@ impl Device<'_> {
             dev_eui: self.session.dev_eui,
             id: p.id.get(),
             f_cnt_down: p.f_cnt,
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -410,6 +416,7 @@ impl Device<'_> {
                 f.label()
             ),
             context: [("queueItemId".to_owned(), id.to_string())].into(),
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -422,6 +429,7 @@ impl Device<'_> {
             dev_eui: self.session.dev_eui,
             battery,
             margin,
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -449,6 +457,7 @@ impl Device<'_> {
             data_encrypted,
             app_s_key,
             rx: self.input.receptions.iter().map(RxInfo::from).collect(),
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()

@@ -78,6 +78,10 @@ pub struct UplinkEvent {
     pub app_s_key: Option<KeyEnvelope>,
     /// Every gateway that heard the frame, best first.
     pub rx: Vec<RxInfo>,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Arrival of the first copy.
     pub received_at: String,
 }
@@ -96,6 +100,10 @@ pub struct JoinEvent {
     pub dev_addr: DevAddr,
     /// LoRaWAN version, if reported.
     pub mac_version: Option<String>,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When the session was stored.
     pub received_at: String,
 }
@@ -112,6 +120,10 @@ pub struct AckEvent {
     pub id: u64,
     /// The downlink's FCntDown (1.1: AFCntDown).
     pub f_cnt_down: u32,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The acknowledging uplink's arrival.
     pub received_at: String,
 }
@@ -133,6 +145,10 @@ pub struct LogLine {
     /// Details.
     #[serde(default)]
     pub context: BTreeMap<String, String>,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When.
     pub received_at: String,
 }
@@ -149,6 +165,10 @@ pub struct StatusLine {
     pub battery: u8,
     /// DevStatusAns Margin, dB.
     pub margin: i8,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When.
     pub received_at: String,
 }

@@ -182,6 +182,7 @@ impl FakeDevice {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         };
         Session::new(&stored, keys, labels, None).unwrap()
     }
