@@ -178,6 +178,38 @@ struct LogEvent {
     level: String,
     code: String,
     description: String,
+    #[serde(default)]
+    context: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TxAckEvent {
+    downlink_id: u32,
+    device_info: DeviceInfo,
+    queue_item_id: String,
+    f_cnt_down: u32,
+    gateway_id: String,
+    tx_info: DownlinkTxInfo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DownlinkTxInfo {
+    frequency: u32,
+    power: i32,
+    modulation: Modulation,
+    timing: Timing,
+}
+
+#[derive(Debug, Deserialize)]
+struct Timing {
+    delay: DelayTimingInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct DelayTimingInfo {
+    delay: String,
 }
 
 /// A plain MQTT subscriber (persistent session, QoS 1): every message it received, in order.
@@ -441,9 +473,11 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         1.0,
     );
     gw.push(&A.uplink(3, false, b"poll"), 10_000_000, 7.5, -60);
-    let (_, tx) = gw
+    let (token, tx) = gw
         .pull_resp(Duration::from_secs(5))
         .expect("the commanded downlink");
+    // The gateway acknowledges it for transmission: a `txack` event (checked below).
+    gw.tx_ack(token, None);
     let d = DataFrame::parse(&tx.data)
         .unwrap()
         .open_downlink(&A.crypto(), 0, 0)
@@ -494,6 +528,80 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         vec![0, 1, 2, 3, 4],
         "the audit file too"
     );
+
+    // The gateway's TX_ACK of the commanded downlink: ChirpStack's `txack` event.
+    let txacks = sub.wait("txack", 1, 15);
+    assert_eq!(
+        txacks[0].0,
+        format!("application/{APP}/device/{}/event/txack", A.eui_hex())
+    );
+    let t: TxAckEvent =
+        serde_json::from_value(txacks[0].1.clone()).expect("ChirpStack's txack shape");
+    assert_eq!(t.device_info.dev_eui, A.eui_hex());
+    assert_eq!(t.f_cnt_down, 0);
+    assert_eq!(t.queue_item_id, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(t.gateway_id, "aa555a0000000001");
+    assert_eq!(
+        t.downlink_id & 0xFFFF,
+        u32::from(u16::from_be_bytes(token.0))
+    );
+    assert_eq!(
+        t.tx_info.frequency, 868_300_000,
+        "RX1 on the uplink's channel"
+    );
+    assert_eq!(t.tx_info.modulation.lora.spreading_factor, 7);
+    assert_eq!(t.tx_info.timing.delay.delay, "1s");
+    assert!(t.tx_info.power > 0);
+
+    // A second command, which the gateway refuses (TOO_LATE): a `log` event, DOWNLINK_GATEWAY.
+    let body = format!(r#"{{"devEui":"{}","fPort":8,"data":"BAU="}}"#, A.eui_hex());
+    sub.client
+        .publish(&cmd_topic, QoS::AtLeastOnce, false, body.into_bytes())
+        .unwrap();
+    wait_metric(
+        ns.addr("metrics"),
+        "netserver_integration_commands_total{result=\"queued\"}",
+        2.0,
+    );
+    gw.push(&A.uplink(5, false, b"poll"), 30_000_000, 7.5, -60);
+    let (token, _) = gw
+        .pull_resp(Duration::from_secs(5))
+        .expect("the second commanded downlink");
+    gw.tx_ack(token, Some(protocol::gwmp::TxAckCode::TooLate));
+    let log = wait_log(&sub, 2, "DOWNLINK_GATEWAY");
+    assert_eq!(log.level, "ERROR");
+    assert!(log.description.contains("TOO_LATE"), "{}", log.description);
+    assert_eq!(log.context["queueItemId"], "2");
+    assert_eq!(log.context["fCntDown"], "1");
+
+    // An uplink with an old counter (fCnt 2 again, as a device that reset its counters
+    // sends; other bytes than the first, which the de-duplication would drop): refused, and
+    // the operator sees a `log` event.
+    gw.push(&A.uplink(2, false, b"reset"), 40_000_000, 7.5, -60);
+    let log = wait_log(&sub, 3, "UPLINK_F_CNT_RESET");
+    assert_eq!(
+        (log.level.as_str(), log.device_info.dev_eui.as_str()),
+        ("WARNING", A.eui_hex().as_str())
+    );
+    assert_eq!(log.context["reason"], "replay");
+    assert_eq!(log.context["lastFCnt"], "5");
+    assert_eq!(
+        metric(
+            ns.addr("metrics"),
+            "netserver_uplinks_total{result=\"replay\"}"
+        ),
+        1.0
+    );
+}
+
+/// Waits until `n` `log` events arrived; the one with `code`.
+fn wait_log(sub: &Subscriber, n: usize, code: &str) -> LogEvent {
+    let logs = sub.wait("log", n, 15);
+    let (_, v) = logs
+        .iter()
+        .find(|(_, v)| v["code"] == code)
+        .unwrap_or_else(|| panic!("no {code} in {logs:?}"));
+    serde_json::from_value(v.clone()).expect("ChirpStack's log shape")
 }
 
 #[test]

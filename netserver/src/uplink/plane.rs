@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use crate::integration::emitter::Emitter;
+use crate::integration::txack::SentDownlinks;
 use crate::ops::config::DataConfig;
 use crate::store::pending_mac::PendingMacs;
 use crate::store::queue::DownlinkQueue;
@@ -23,6 +24,8 @@ pub struct DataPlane {
     pub pending_mac: PendingMacs,
     /// Next downlink id.
     pub next_id: AtomicU64,
+    /// The downlinks sent and waiting for their gateway's TX_ACK (the `txack` events).
+    pub sent: SentDownlinks,
 }
 
 impl DataPlane {
@@ -34,6 +37,7 @@ impl DataPlane {
             config,
             emitter,
             next_id: AtomicU64::new(1),
+            sent: SentDownlinks::default(),
         }
     }
 

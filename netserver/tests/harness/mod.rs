@@ -525,7 +525,7 @@ impl Harness {
         };
         let locked = candidates.iter().map(|s| (s, s.live.lock()));
         let handled = match uplink::handle(&input, &env, locked, &mut self.rng) {
-            Decision::Dropped(r) => return self.dropped(r),
+            Decision::Dropped(r, _) => return self.dropped(r),
             Decision::Accepted(a) => {
                 let dev_eui = a.session.dev_eui;
                 if a.in_use && self.sessions.is_current(a.session) {
