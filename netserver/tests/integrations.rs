@@ -592,6 +592,23 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         ),
         1.0
     );
+    // A counter past MAX_FCNT_GAP (16,384 for this 1.0.3 device): refused, and logged too.
+    gw.push(&A.uplink(5 + 20_000, false, b"gap"), 50_000_000, 7.5, -60);
+    let logs = sub.wait("log", 4, 15);
+    let gap = logs
+        .iter()
+        .find(|(_, v)| v["context"]["reason"] == "fcnt_gap")
+        .expect("the counter gap's log event");
+    let log: LogEvent = serde_json::from_value(gap.1.clone()).unwrap();
+    assert_eq!(
+        (log.level.as_str(), log.code.as_str()),
+        ("WARNING", "UNKNOWN")
+    );
+    assert!(
+        log.description.contains("MAX_FCNT_GAP"),
+        "{}",
+        log.description
+    );
 }
 
 /// Waits until `n` `log` events arrived; the one with `code`.
