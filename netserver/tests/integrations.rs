@@ -18,16 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    events, metric, netserver_serve, wait_metric, write_secrets, Gateway, Proc, UPLINK_MIC,
+    data_uplink, events, metric, netserver_serve, wait_metric, write_secrets, Gateway, Proc,
 };
 use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::store::commit::SessionStore;
 use netserver::store::embedded::RedbBackend;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
-use protocol::data::{
-    DataFrame, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink,
-};
+use protocol::data::{DataFrame, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keys::{AppSKey, Kek, NwkSKey};
 use protocol::keywrap::KeyEnvelope;
@@ -89,22 +87,13 @@ impl Device {
     }
 
     fn uplink(self, fcnt: u32, ack: bool, payload: &[u8]) -> Vec<u8> {
-        Uplink {
-            confirmed: false,
-            dev_addr: DevAddr::new(self.1),
-            fcnt,
-            adr: false,
-            adr_ack_req: false,
-            ack,
-            class_b: false,
-            fopts: vec![],
-            payload: FramePayload::Application {
-                f_port: 10,
-                payload: FrmPayload(payload.to_vec()),
-            },
-        }
-        .build(&self.crypto(), &UPLINK_MIC)
-        .unwrap()
+        data_uplink(
+            &self.crypto(),
+            DevAddr::new(self.1),
+            (fcnt, ack),
+            10,
+            payload,
+        )
     }
 }
 
@@ -225,19 +214,9 @@ impl Subscriber {
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         if let Some(ca) = &broker.ca_file {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in httpsec::tls::read_certificates(ca).unwrap() {
-                roots.add(c).unwrap();
-            }
-            #[allow(deprecated)]
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let cfg = httpsec::tls::client_config(ca).unwrap();
             o.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+                rumqttc::TlsConfiguration::Rustls(cfg),
             ));
         }
         let (client, mut conn) = Client::new(o, 64);
@@ -464,18 +443,7 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         r#"{{"devEui":"{}","confirmed":true,"fPort":7,"data":"AQID"}}"#,
         A.eui_hex()
     );
-    sub.client
-        .publish(&cmd_topic, QoS::AtLeastOnce, false, body.into_bytes())
-        .unwrap();
-    wait_metric(
-        ns.addr("metrics"),
-        "netserver_integration_commands_total{result=\"queued\"}",
-        1.0,
-    );
-    gw.push(&A.uplink(3, false, b"poll"), 10_000_000, 7.5, -60);
-    let (token, tx) = gw
-        .pull_resp(Duration::from_secs(5))
-        .expect("the commanded downlink");
+    let (token, tx) = command_and_poll(&sub, &ns, &gw, (&cmd_topic, body), (1, 3));
     // The gateway acknowledges it for transmission: a `txack` event (checked below).
     gw.tx_ack(token, None);
     let d = DataFrame::parse(&tx.data)
@@ -555,18 +523,7 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
 
     // A second command, which the gateway refuses (TOO_LATE): a `log` event, DOWNLINK_GATEWAY.
     let body = format!(r#"{{"devEui":"{}","fPort":8,"data":"BAU="}}"#, A.eui_hex());
-    sub.client
-        .publish(&cmd_topic, QoS::AtLeastOnce, false, body.into_bytes())
-        .unwrap();
-    wait_metric(
-        ns.addr("metrics"),
-        "netserver_integration_commands_total{result=\"queued\"}",
-        2.0,
-    );
-    gw.push(&A.uplink(5, false, b"poll"), 30_000_000, 7.5, -60);
-    let (token, _) = gw
-        .pull_resp(Duration::from_secs(5))
-        .expect("the second commanded downlink");
+    let (token, _) = command_and_poll(&sub, &ns, &gw, (&cmd_topic, body), (2, 5));
     gw.tx_ack(token, Some(protocol::gwmp::TxAckCode::TooLate));
     let log = wait_log(&sub, 2, "DOWNLINK_GATEWAY");
     assert_eq!(log.level, "ERROR");
@@ -609,6 +566,28 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         "{}",
         log.description
     );
+}
+
+/// Publishes the downlink command `body` on `topic`, waits until it is the `n`th queued, and
+/// sends device A's uplink `fcnt`: the PULL_RESP of the downlink that answers it.
+fn command_and_poll(
+    sub: &Subscriber,
+    ns: &Proc,
+    gw: &Gateway,
+    (topic, body): (&str, String),
+    (n, fcnt): (u32, u32),
+) -> (protocol::gwmp::Token, protocol::gwmp::TxPk) {
+    sub.client
+        .publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+        .unwrap();
+    wait_metric(
+        ns.addr("metrics"),
+        "netserver_integration_commands_total{result=\"queued\"}",
+        f64::from(n),
+    );
+    gw.push(&A.uplink(fcnt, false, b"poll"), 10_000_000 * fcnt, 7.5, -60);
+    gw.pull_resp(Duration::from_secs(5))
+        .expect("the commanded downlink")
 }
 
 /// Waits until `n` `log` events arrived; the one with `code`.
@@ -993,22 +972,7 @@ fn devices_of_two_owners_go_to_their_applications() {
     }
     let uplink = |i: usize, fcnt: u32| {
         let (dev_addr, crypto) = &sessions[i];
-        Uplink {
-            confirmed: false,
-            dev_addr: *dev_addr,
-            fcnt,
-            adr: false,
-            adr_ack_req: false,
-            ack: false,
-            class_b: false,
-            fopts: vec![],
-            payload: FramePayload::Application {
-                f_port: 10,
-                payload: FrmPayload(b"own".to_vec()),
-            },
-        }
-        .build(crypto, &UPLINK_MIC)
-        .unwrap()
+        data_uplink(crypto, *dev_addr, (fcnt, false), 10, b"own")
     };
     for i in 0..devices.len() {
         gw.push(&uplink(i, 0), 10_000_000 * (i as u32 + 1), 7.0, -70);

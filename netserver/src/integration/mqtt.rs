@@ -133,7 +133,7 @@ impl MqttSink {
                 !ca.is_empty(),
                 "mqtts:// needs [integration.mqtt] ca_file, the CA the broker's certificate chains to"
             );
-            Some(tls_config(std::path::Path::new(ca))?)
+            Some(httpsec::tls::client_config(std::path::Path::new(ca))?)
         } else {
             None
         };
@@ -235,24 +235,6 @@ impl MqttSink {
             }
         }
     }
-}
-
-/// The rustls client configuration (ring) trusting the CA file's certificates.
-fn tls_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in httpsec::tls::read_certificates(ca)? {
-        roots.add(c)?;
-    }
-    // ring, as httpsec's listeners (rustls deprecates it only for its lack of post-quantum
-    // key exchange).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 /// An event read from the log and handed to the connection.
