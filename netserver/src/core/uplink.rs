@@ -272,14 +272,17 @@ fn counter_log_event(
         (
             "UPLINK_F_CNT_RESET",
             format!(
-                "uplink refused: its frame counter (16 LSB {fcnt16}) is not above the last                  accepted one; the device reset its counters without rejoining, or the frame                  is replayed"
+                "uplink refused: its frame counter (16 LSB {fcnt16}) is not above the last \
+                 accepted one; the device reset its counters without rejoining, or the frame \
+                 is replayed"
             ),
         )
     } else {
         (
             "UNKNOWN",
             format!(
-                "uplink refused: its frame counter (16 LSB {fcnt16}) is more than                  MAX_FCNT_GAP ahead of the last accepted one; the device must rejoin"
+                "uplink refused: its frame counter (16 LSB {fcnt16}) is more than \
+                 MAX_FCNT_GAP ahead of the last accepted one; the device must rejoin"
             ),
         )
     };

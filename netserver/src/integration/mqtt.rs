@@ -226,6 +226,11 @@ impl MqttSink {
                 Err(reason) => reason,
             };
             progress.failure(reason);
+            if *stop.borrow() {
+                // Stopping (seen by `serve`, which consumed the change): no reconnection; what
+                // is undelivered waits in the event log for the next start.
+                return;
+            }
             let delay = backoff.next_delay();
             tracing::warn!(broker = %format_args!("{}:{}", self.broker.host, self.broker.port), reason, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; undelivered events wait in the event log");
             progress.report(&progress.reader(), *written.borrow());
@@ -256,6 +261,10 @@ struct Connection<'a> {
     events: EventLoop,
     reader: crate::integration::log::LogReader,
     inflight: VecDeque<Sent>,
+    /// Every event of `inflight` before this index is unpublished or has its packet id: where
+    /// the next outgoing publish's is looked for (a scan from the front would cost the whole
+    /// window per publish).
+    assigned: usize,
     connected: bool,
     read: Vec<Entry>,
 }
@@ -277,6 +286,7 @@ impl<'a> Connection<'a> {
             events,
             reader,
             inflight: VecDeque::with_capacity(window),
+            assigned: 0,
             connected: false,
             read: Vec::new(),
         }
@@ -372,11 +382,14 @@ impl<'a> Connection<'a> {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 // Publishes leave in the order they were made: the first one without a
                 // packet id is this one.
-                if let Some(s) = self
+                let next = self
                     .inflight
-                    .iter_mut()
-                    .find(|s| s.published && s.pkid.is_none())
-                {
+                    .iter()
+                    .skip(self.assigned)
+                    .position(|s| s.published && s.pkid.is_none());
+                if let Some(i) = next.map(|n| self.assigned + n) {
+                    self.assigned = i + 1;
+                    let s = &mut self.inflight[i];
                     s.pkid = Some(pkid);
                     if self.sink.qos == QoS::AtMostOnce {
                         s.acked = true;
@@ -406,6 +419,7 @@ impl<'a> Connection<'a> {
         let (mut delivered, mut skipped, mut to) = (0, 0, None);
         while self.inflight.front().is_some_and(|s| s.acked) {
             let s = self.inflight.pop_front().expect("front checked");
+            self.assigned = self.assigned.saturating_sub(1);
             if s.published {
                 delivered += 1;
             } else {
