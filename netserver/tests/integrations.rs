@@ -701,8 +701,19 @@ fn after_kill_9_delivery_resumes_where_the_broker_acknowledged() {
         }
     }
     wait_metric(ns.addr("metrics"), OK, 10.0);
-    let audited = s.audited_uplinks();
+    // The audit file is written after the uplinks are counted: wait for their last lines.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let audited = loop {
+        let a = s.audited_uplinks();
+        if [A, B]
+            .iter()
+            .all(|d| a.get(&d.eui_hex()).and_then(|f| f.last()) == Some(&34))
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "audit file: {a:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     loop {
         let got = sub.uplinks();
         let complete = [A, B].iter().all(|d| {
