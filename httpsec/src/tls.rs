@@ -45,6 +45,9 @@ pub enum TlsError {
     /// The certificate could not be generated.
     #[error("generating a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The TLS provider refused the configuration (no protocol version in common).
+    #[error("TLS provider: {0}")]
+    Provider(rustls::Error),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TlsError + '_ {
@@ -93,6 +96,35 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     #[allow(deprecated)]
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A rustls client configuration, waiting for its client authentication choice: the ring
+/// provider, TLS 1.2 and 1.3, trusting the certificates of the PEM file `ca`, or none without
+/// one (for a connector that also needs a configuration to speak plain TCP). The one client
+/// setup of the workspace: the MQTT sink, the Backend Interfaces client and the simulator's
+/// MQTT delivery all start here.
+pub fn client_builder(
+    ca: Option<&Path>,
+) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, TlsError>
+{
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        for c in read_certificates(ca)? {
+            roots.add(c).map_err(|e| TlsError::Pem {
+                path: ca.to_owned(),
+                what: format!("not a CA certificate: {e}"),
+            })?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Provider)?
+        .with_root_certificates(roots))
+}
+
+/// [`client_builder`] trusting `ca`, without a client certificate.
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    Ok(Arc::new(client_builder(Some(ca))?.with_no_client_auth()))
 }
 
 /// Like [`server_config`], but a client may present a certificate, which must then chain to one

@@ -326,6 +326,9 @@ pub struct Accepted {
     pub app_s_key: KeyEnvelope,
     /// The JoinNonce used.
     pub join_nonce: JoinNonce,
+    /// The tenant that claimed the device (its owner), reported to the network server so
+    /// that it files the device's events under the tenant's application; never a secret.
+    pub owner: Option<Arc<str>>,
 }
 
 /// The pipeline's result: the answer and, on success, the nonce state to commit first.
@@ -577,6 +580,7 @@ fn accept(
         network,
         app_s_key,
         join_nonce,
+        owner: found.owner.clone(),
     })
 }
 

@@ -5,7 +5,9 @@
 //! for what the network server must apply, which TS002's JoinAns has no fields for, so a
 //! successful answer also carries them in the header's `VSExtension`:
 //! `{"MACVersion": "1.1", "DLSettings": "82", "RxDelay": 1}` (the device's LoRaWAN version, and
-//! the DLSettings and RxDelay sent in the Join-accept, DLSettings as 2 hex digits like TS002's).
+//! the DLSettings and RxDelay sent in the Join-accept, DLSettings as 2 hex digits like TS002's),
+//! and `"Owner": "tenant"` for a claimed device: the tenant the network server files its
+//! application events under (an identifier, never a secret).
 //!
 //! A TS002 `RejoinReq` (LoRaWAN 1.1 Rejoin-request) has the JoinReq's fields: it is read into the
 //! same [`JoinReq`] shape with its header's `MessageType` kept as `RejoinReq`, which is what
@@ -216,11 +218,15 @@ pub fn answer(req: &JoinReq, outcome: &Outcome) -> JoinAns {
         }
         Ok(a) => {
             let mut header = req.header.answer(answer_type(req.header.message_type));
-            header.vs_extension = Some(serde_json::json!({
+            let mut vs = serde_json::json!({
                 "MACVersion": a.mac_version.as_str(),
                 "DLSettings": format!("{:02x}", a.dl_settings),
                 "RxDelay": a.rx_delay,
-            }));
+            });
+            if let (Some(owner), Some(o)) = (&a.owner, vs.as_object_mut()) {
+                o.insert("Owner".into(), serde_json::Value::from(&**owner));
+            }
+            header.vs_extension = Some(vs);
             JoinAns {
                 header,
                 result: AnsResult {

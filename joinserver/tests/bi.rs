@@ -598,9 +598,14 @@ fn an_owner_may_let_the_network_server_decrypt() {
     let app = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
     let dk = derive::session_keys_1_0(&app, p.join_nonce, NetId::new(NET_ID).unwrap(), DevNonce(1));
     assert_eq!(env.open::<AppSKey>(None).unwrap(), dk.app_s_key);
-    // Another owner's device (none) stays wrapped.
+    // The owner goes to the network server beside the applied settings (issue 15).
+    let ext = a.vs_extension.expect("a VSExtension");
+    assert_eq!(ext["Owner"], "alice");
+    assert_eq!(ext["MACVersion"], "1.0.4");
+    // Another owner's device (none) stays wrapped, and names no owner.
     let a = c.post(&cs_join_req(2, NET_ID, 2, "1.0.4", &phy(2, 1)));
     assert_eq!(a.app_s_key.unwrap().kek_label, s.as_kek.label);
+    assert!(a.vs_extension.unwrap().get("Owner").is_none());
 }
 
 /// A LoRaWAN 1.1 Rejoin-request type 1 over Backend Interfaces: answered with a `RejoinAns`

@@ -219,6 +219,9 @@ fn the_app_s_key_is_wrapped_under_its_owner_tenants_kek() {
     let client = Client::new(server.link_addr(), s.link.clone());
     let ans = client.join_ans(1, 7, &phy(7, 1));
     assert_eq!(ans.result.result_code, ResultCode::Success);
+    // The owner goes to the network server in the VSExtension (issue 15's applications).
+    let ext = ans.header.vs_extension.clone().expect("a VSExtension");
+    assert_eq!(ext["Owner"], "alice");
     let env = ans.app_s_key.expect("an AppSKey");
     assert_eq!(env.kek_label, "as-alice");
     let _: AppSKey = env.open(Some(&alice_kek)).expect("opens under alice's KEK");
@@ -226,8 +229,15 @@ fn the_app_s_key_is_wrapped_under_its_owner_tenants_kek() {
         env.open::<AppSKey>(Some(&s.as_kek.key)).is_err(),
         "not under secrets/as.kek"
     );
-    // A device without an owner: secrets/as.kek.
+    // A device without an owner: secrets/as.kek, and no owner named.
     let ans = client.join_ans(2, 2, &phy(2, 1));
+    assert!(ans
+        .header
+        .vs_extension
+        .as_ref()
+        .unwrap()
+        .get("Owner")
+        .is_none());
     let env = ans.app_s_key.expect("an AppSKey");
     assert_eq!(env.kek_label, s.as_kek.label);
     let _: AppSKey = env.open(Some(&s.as_kek.key)).unwrap();

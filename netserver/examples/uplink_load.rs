@@ -102,6 +102,7 @@ fn provision(dir: &Path, n: u32) {
                 created_at_ms: 1_700_000_000_000,
                 lifetime_s: None,
                 last_rj_count0: None,
+                owner: None,
             };
             let store = store.clone();
             pending.push(tokio::spawn(async move { store.put(s).await }));

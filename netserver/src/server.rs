@@ -32,10 +32,10 @@ use crate::gateway::handoff::HandoffKey;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket};
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{CatchUp, Emitter, EmitterThread, Hooks, Requeue};
-use crate::integration::log::{EventLog, Logged};
+use crate::integration::log::{Logged, Position};
 use crate::integration::mqtt::Broker;
 use crate::integration::sink::ConfiguredSink;
-use crate::integration::sinks::{open_log, Delivery, Prepared};
+use crate::integration::sinks::{open_log, Prepared};
 use crate::join::link::LinkClient;
 use crate::join::route::{JoinEuiPrefix, JoinServers, Route};
 use crate::ops::config::{Config, DataConfig};
@@ -69,52 +69,23 @@ pub fn run(
     stop: Option<watch::Receiver<bool>>,
     ready: impl FnOnce(&Addresses),
 ) -> anyhow::Result<()> {
-    let block = config.validate()?;
-    config.data.validate().map_err(anyhow::Error::msg)?;
-    let sinks = prepare_sinks(&mut config)?;
+    let (block, sinks) = checked(&mut config)?;
     let metrics = Metrics::new();
-    let allowed_gateways = match config.gwmp.allowed_gateways_file.as_str() {
-        "" => None,
-        path => Some(allowed::load(std::path::Path::new(path)).map_err(anyhow::Error::msg)?),
-    };
+    let allowed_gateways = allowed_gateways(&config)?;
     let restored = restore(&config, &secrets, block, &metrics)?;
     let gwmp = GwmpSockets::bind(&config)?;
-    let handoff = restored
-        .shared
-        .as_ref()
-        .map(|pg| Handoff::bind(&config, &secrets, pg, &gwmp.downlink))
-        .transpose()?;
+    let handoff = Handoff::bind_shared(&config, &secrets, restored.shared.as_ref(), &gwmp)?;
     let handoff_key = handoff.as_ref().map(|h| Arc::clone(&h.key));
     let link = Link::bind(&config, &secrets, block, &metrics)?;
     let http = HttpSecurity::of(&config.http)?;
-    let metrics_listener = http.bind(&config.metrics.listen, "the metrics endpoint")?;
-    let metrics_addr = metrics_listener
-        .as_ref()
-        .map(HttpListener::local_addr)
-        .transpose()?;
-
+    let (metrics_listener, metrics_addr) = metrics_endpoint(&http, &config)?;
     // The control runtime, created before the socket loops so that everything fallible is
     // done before any thread starts; signal handlers are installed before `ready`.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (link_rx, signals) = in_runtime(&rt, link.socket)?;
+    let (rt, link_rx, signals) = in_runtime(link.socket)?;
     let inputs = DownlinkInputs::bind(&config.data, &http)?;
-    let catch_up = restored
-        .shared
-        .is_some()
-        .then(|| crate::store::sync::catch_up(Arc::clone(&restored.sessions)));
-    let log = open_log(&config.integration, &config.data_dir, &metrics.integration)?;
-    let (log, written) = log.unzip();
-    let (plane, emitter_thread) = start_plane(
-        &config.data,
-        log,
-        restored.counter_log,
-        (gwmp.downlink, handoff_key.clone()),
-        &metrics,
-        catch_up,
-        restored.shared.clone(),
-    )?;
+    let shared = restored.shared.clone().map(|pg| (&restored.sessions, pg));
+    let emitting = (restored.counter_log, (gwmp.downlink, handoff_key.clone()));
+    let (plane, emitter_thread, written) = start_plane(&config, emitting, &metrics, shared)?;
     let data_dir = config.data_dir.clone();
     let store = restored.store;
     let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);
@@ -132,13 +103,9 @@ pub fn run(
         handoff_key,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let delivery = match &written {
-        Some(w) => sinks.start(&state, &data_dir, w)?,
-        None => Delivery::none(),
-    };
+    let delivery = sinks.start(&state, &data_dir, written.as_ref())?;
     let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
     let shared = SharedThreads::start(&state, restored.shared, handoff.as_ref())?;
-
     let addrs = Addresses {
         gwmp: gwmp.addr,
         link: link.addr,
@@ -146,7 +113,6 @@ pub fn run(
     };
     tracing::info!(gwmp = %addrs.gwmp, link = %addrs.link, join_server = %link.peer, workers = gwmp.workers, "netserver serving");
     ready(&addrs);
-
     let control = Control {
         state: Arc::clone(&state),
         link: Arc::clone(&link.client),
@@ -167,10 +133,8 @@ pub fn run(
     // metrics endpoint), releasing their handles on the state and so on the store.
     drop(rt);
     shared.join();
-    drop(state);
-    drop(store);
-    drop(link.client);
-    drop(link.servers);
+    // In this order: the state, the store's handle, the link.
+    drop((state, store, link.client, link.servers));
     restored.store_thread.join();
     emitter_thread.join();
     result?;
@@ -178,29 +142,54 @@ pub fn run(
     Ok(())
 }
 
-/// The delivered sinks (MQTT, webhooks), checked and with their files read. `data.events =
-/// "mqtt://…"` (or `--events mqtt://…`) names the MQTT sink.
-fn prepare_sinks(config: &mut Config) -> anyhow::Result<Prepared> {
+/// The configuration checked: the DevAddr block, and the delivered sinks (MQTT, webhooks)
+/// with their files read. `data.events = "mqtt://…"` (or `--events mqtt://…`) names the MQTT
+/// sink.
+fn checked(config: &mut Config) -> anyhow::Result<(AddrBlock, Prepared)> {
+    let block = config.validate()?;
+    config.data.validate().map_err(anyhow::Error::msg)?;
     if Broker::parse(config.data.events.trim()).is_ok() {
         config.integration.mqtt.url = std::mem::take(&mut config.data.events);
     }
-    Prepared::new(&config.integration, config.network.region)
+    Ok((
+        block,
+        Prepared::new(&config.integration, config.network.region)?,
+    ))
+}
+
+/// `[gwmp] allowed_gateways_file`, read (`None`: every gateway is allowed).
+fn allowed_gateways(config: &Config) -> anyhow::Result<Option<allowed::AllowedGateways>> {
+    match config.gwmp.allowed_gateways_file.as_str() {
+        "" => Ok(None),
+        path => Ok(Some(
+            allowed::load(std::path::Path::new(path)).map_err(anyhow::Error::msg)?,
+        )),
+    }
 }
 
 /// The data path's shared parts, with the emitter thread started on the configured sink
-/// (behind the event log, if there is one).
+/// (behind the event log, if delivered sinks are configured: its writes are watched by
+/// them) and writing the counters to `counters`, its downlinks sent from `downlinks`. With a
+/// shared store, `sessions` catch up on the counters other instances committed.
 fn start_plane(
-    data: &DataConfig,
-    log: Option<EventLog>,
-    counters: Box<dyn CounterBackend>,
-    downlinks: (std::net::UdpSocket, Option<Arc<HandoffKey>>),
+    config: &Config,
+    (counters, downlinks): (
+        Box<dyn CounterBackend>,
+        (std::net::UdpSocket, Option<Arc<HandoffKey>>),
+    ),
     metrics: &Metrics,
-    catch_up: Option<CatchUp>,
-    shared: Option<PgStore>,
-) -> anyhow::Result<(DataPlane, EmitterThread)> {
+    shared: Option<(&Arc<crate::store::table::Sessions>, PgStore)>,
+) -> anyhow::Result<(DataPlane, EmitterThread, Option<watch::Receiver<Position>>)> {
+    let data = &config.data;
+    let log = open_log(&config.integration, &config.data_dir, &metrics.integration)?;
+    let (log, written) = log.unzip();
     let sink = ConfiguredSink::open(&data.events)
         .with_context(|| format!("opening the event sink {:?}", data.events))?;
     let sink = Logged { log, sink };
+    let catch_up: Option<CatchUp> = shared
+        .as_ref()
+        .map(|(s, _)| crate::store::sync::catch_up(Arc::clone(s)));
+    let shared = shared.map(|(_, pg)| pg);
     let queue = DataPlane::queue_for(data);
     let requeue: Requeue = match &shared {
         Some(pg) => {
@@ -229,17 +218,38 @@ fn start_plane(
         metrics.clone(),
         hooks,
     )?;
-    Ok((DataPlane::new(data.clone(), emitter, queue, shared), thread))
+    Ok((
+        DataPlane::new(data.clone(), emitter, queue, shared),
+        thread,
+        written,
+    ))
 }
 
-/// The link socket and the metrics listener as the control runtime's, and its signal handlers.
+/// The control runtime, the link socket as its, and its signal handlers.
 fn in_runtime(
-    rt: &tokio::runtime::Runtime,
     link: std::net::UdpSocket,
-) -> std::io::Result<(UdpSocket, Signals)> {
-    let _in_runtime = rt.enter();
-    let link_rx = UdpSocket::from_std(link)?;
-    Ok((link_rx, Signals::install()?))
+) -> std::io::Result<(tokio::runtime::Runtime, UdpSocket, Signals)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (link_rx, signals) = {
+        let _in_runtime = rt.enter();
+        (UdpSocket::from_std(link)?, Signals::install()?)
+    };
+    Ok((rt, link_rx, signals))
+}
+
+/// The metrics endpoint's listener and address, if `[metrics] listen` names one.
+fn metrics_endpoint(
+    http: &HttpSecurity,
+    config: &Config,
+) -> anyhow::Result<(Option<HttpListener>, Option<SocketAddr>)> {
+    let listener = http.bind(&config.metrics.listen, "the metrics endpoint")?;
+    let addr = listener
+        .as_ref()
+        .map(HttpListener::local_addr)
+        .transpose()?;
+    Ok((listener, addr))
 }
 
 /// The GWMP sockets: one per worker, sharing the listen address.
@@ -290,6 +300,17 @@ struct Handoff {
 }
 
 impl Handoff {
+    /// The hand-off of a shared store's instance (none with the embedded store).
+    fn bind_shared(
+        config: &Config,
+        secrets: &Secrets,
+        pg: Option<&PgStore>,
+        gwmp: &GwmpSockets,
+    ) -> anyhow::Result<Option<Self>> {
+        pg.map(|pg| Self::bind(config, secrets, pg, &gwmp.downlink))
+            .transpose()
+    }
+
     fn bind(
         config: &Config,
         secrets: &Secrets,

@@ -18,16 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    events, metric, netserver_serve, wait_metric, write_secrets, Gateway, Proc, UPLINK_MIC,
+    data_uplink, events, metric, netserver_serve, wait_metric, write_secrets, Gateway, Proc,
 };
 use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::store::commit::SessionStore;
 use netserver::store::embedded::RedbBackend;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
-use protocol::data::{
-    DataFrame, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink,
-};
+use protocol::data::{DataFrame, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keys::{AppSKey, Kek, NwkSKey};
 use protocol::keywrap::KeyEnvelope;
@@ -84,26 +82,18 @@ impl Device {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         }
     }
 
     fn uplink(self, fcnt: u32, ack: bool, payload: &[u8]) -> Vec<u8> {
-        Uplink {
-            confirmed: false,
-            dev_addr: DevAddr::new(self.1),
-            fcnt,
-            adr: false,
-            adr_ack_req: false,
-            ack,
-            class_b: false,
-            fopts: vec![],
-            payload: FramePayload::Application {
-                f_port: 10,
-                payload: FrmPayload(payload.to_vec()),
-            },
-        }
-        .build(&self.crypto(), &UPLINK_MIC)
-        .unwrap()
+        data_uplink(
+            &self.crypto(),
+            DevAddr::new(self.1),
+            (fcnt, ack),
+            10,
+            payload,
+        )
     }
 }
 
@@ -177,6 +167,38 @@ struct LogEvent {
     level: String,
     code: String,
     description: String,
+    #[serde(default)]
+    context: HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TxAckEvent {
+    downlink_id: u32,
+    device_info: DeviceInfo,
+    queue_item_id: String,
+    f_cnt_down: u32,
+    gateway_id: String,
+    tx_info: DownlinkTxInfo,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DownlinkTxInfo {
+    frequency: u32,
+    power: i32,
+    modulation: Modulation,
+    timing: Timing,
+}
+
+#[derive(Debug, Deserialize)]
+struct Timing {
+    delay: DelayTimingInfo,
+}
+
+#[derive(Debug, Deserialize)]
+struct DelayTimingInfo {
+    delay: String,
 }
 
 /// A plain MQTT subscriber (persistent session, QoS 1): every message it received, in order.
@@ -192,19 +214,9 @@ impl Subscriber {
         o.set_clean_session(false);
         o.set_keep_alive(Duration::from_secs(5));
         if let Some(ca) = &broker.ca_file {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in httpsec::tls::read_certificates(ca).unwrap() {
-                roots.add(c).unwrap();
-            }
-            #[allow(deprecated)]
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let cfg = httpsec::tls::client_config(ca).unwrap();
             o.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+                rumqttc::TlsConfiguration::Rustls(cfg),
             ));
         }
         let (client, mut conn) = Client::new(o, 64);
@@ -431,18 +443,9 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         r#"{{"devEui":"{}","confirmed":true,"fPort":7,"data":"AQID"}}"#,
         A.eui_hex()
     );
-    sub.client
-        .publish(&cmd_topic, QoS::AtLeastOnce, false, body.into_bytes())
-        .unwrap();
-    wait_metric(
-        ns.addr("metrics"),
-        "netserver_integration_commands_total{result=\"queued\"}",
-        1.0,
-    );
-    gw.push(&A.uplink(3, false, b"poll"), 10_000_000, 7.5, -60);
-    let (_, tx) = gw
-        .pull_resp(Duration::from_secs(5))
-        .expect("the commanded downlink");
+    let (token, tx) = command_and_poll(&sub, &ns, &gw, (&cmd_topic, body), (1, 3));
+    // The gateway acknowledges it for transmission: a `txack` event (checked below).
+    gw.tx_ack(token, None);
     let d = DataFrame::parse(&tx.data)
         .unwrap()
         .open_downlink(&A.crypto(), 0, 0)
@@ -493,6 +496,108 @@ fn uplinks_arrive_in_chirpstacks_topics_and_shapes_and_commands_go_down() {
         vec![0, 1, 2, 3, 4],
         "the audit file too"
     );
+
+    // The gateway's TX_ACK of the commanded downlink: ChirpStack's `txack` event.
+    let txacks = sub.wait("txack", 1, 15);
+    assert_eq!(
+        txacks[0].0,
+        format!("application/{APP}/device/{}/event/txack", A.eui_hex())
+    );
+    let t: TxAckEvent =
+        serde_json::from_value(txacks[0].1.clone()).expect("ChirpStack's txack shape");
+    assert_eq!(t.device_info.dev_eui, A.eui_hex());
+    assert_eq!(t.f_cnt_down, 0);
+    assert_eq!(t.queue_item_id, "00000000-0000-0000-0000-000000000001");
+    assert_eq!(t.gateway_id, "aa555a0000000001");
+    assert_eq!(
+        t.downlink_id & 0xFFFF,
+        u32::from(u16::from_be_bytes(token.0))
+    );
+    assert_eq!(
+        t.tx_info.frequency, 868_300_000,
+        "RX1 on the uplink's channel"
+    );
+    assert_eq!(t.tx_info.modulation.lora.spreading_factor, 7);
+    assert_eq!(t.tx_info.timing.delay.delay, "1s");
+    assert!(t.tx_info.power > 0);
+
+    // A second command, which the gateway refuses (TOO_LATE): a `log` event, DOWNLINK_GATEWAY.
+    let body = format!(r#"{{"devEui":"{}","fPort":8,"data":"BAU="}}"#, A.eui_hex());
+    let (token, _) = command_and_poll(&sub, &ns, &gw, (&cmd_topic, body), (2, 5));
+    gw.tx_ack(token, Some(protocol::gwmp::TxAckCode::TooLate));
+    let log = wait_log(&sub, 2, "DOWNLINK_GATEWAY");
+    assert_eq!(log.level, "ERROR");
+    assert!(log.description.contains("TOO_LATE"), "{}", log.description);
+    assert_eq!(log.context["queueItemId"], "2");
+    assert_eq!(log.context["fCntDown"], "1");
+
+    // An uplink with an old counter (fCnt 2 again, as a device that reset its counters
+    // sends; other bytes than the first, which the de-duplication would drop): refused, and
+    // the operator sees a `log` event.
+    gw.push(&A.uplink(2, false, b"reset"), 40_000_000, 7.5, -60);
+    let log = wait_log(&sub, 3, "UPLINK_F_CNT_RESET");
+    assert_eq!(
+        (log.level.as_str(), log.device_info.dev_eui.as_str()),
+        ("WARNING", A.eui_hex().as_str())
+    );
+    assert_eq!(log.context["reason"], "replay");
+    assert_eq!(log.context["lastFCnt"], "5");
+    assert_eq!(
+        metric(
+            ns.addr("metrics"),
+            "netserver_uplinks_total{result=\"replay\"}"
+        ),
+        1.0
+    );
+    // A counter past MAX_FCNT_GAP (16,384 for this 1.0.3 device): refused, and logged too.
+    gw.push(&A.uplink(5 + 20_000, false, b"gap"), 50_000_000, 7.5, -60);
+    let logs = sub.wait("log", 4, 15);
+    let gap = logs
+        .iter()
+        .find(|(_, v)| v["context"]["reason"] == "fcnt_gap")
+        .expect("the counter gap's log event");
+    let log: LogEvent = serde_json::from_value(gap.1.clone()).unwrap();
+    assert_eq!(
+        (log.level.as_str(), log.code.as_str()),
+        ("WARNING", "UNKNOWN")
+    );
+    assert!(
+        log.description.contains("MAX_FCNT_GAP"),
+        "{}",
+        log.description
+    );
+}
+
+/// Publishes the downlink command `body` on `topic`, waits until it is the `n`th queued, and
+/// sends device A's uplink `fcnt`: the PULL_RESP of the downlink that answers it.
+fn command_and_poll(
+    sub: &Subscriber,
+    ns: &Proc,
+    gw: &Gateway,
+    (topic, body): (&str, String),
+    (n, fcnt): (u32, u32),
+) -> (protocol::gwmp::Token, protocol::gwmp::TxPk) {
+    sub.client
+        .publish(topic, QoS::AtLeastOnce, false, body.into_bytes())
+        .unwrap();
+    wait_metric(
+        ns.addr("metrics"),
+        "netserver_integration_commands_total{result=\"queued\"}",
+        f64::from(n),
+    );
+    gw.push(&A.uplink(fcnt, false, b"poll"), 10_000_000 * fcnt, 7.5, -60);
+    gw.pull_resp(Duration::from_secs(5))
+        .expect("the commanded downlink")
+}
+
+/// Waits until `n` `log` events arrived; the one with `code`.
+fn wait_log(sub: &Subscriber, n: usize, code: &str) -> LogEvent {
+    let logs = sub.wait("log", n, 15);
+    let (_, v) = logs
+        .iter()
+        .find(|(_, v)| v["code"] == code)
+        .unwrap_or_else(|| panic!("no {code} in {logs:?}"));
+    serde_json::from_value(v.clone()).expect("ChirpStack's log shape")
 }
 
 #[test]
@@ -596,8 +701,19 @@ fn after_kill_9_delivery_resumes_where_the_broker_acknowledged() {
         }
     }
     wait_metric(ns.addr("metrics"), OK, 10.0);
-    let audited = s.audited_uplinks();
+    // The audit file is written after the uplinks are counted: wait for their last lines.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let audited = loop {
+        let a = s.audited_uplinks();
+        if [A, B]
+            .iter()
+            .all(|d| a.get(&d.eui_hex()).and_then(|f| f.last()) == Some(&34))
+        {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "audit file: {a:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     loop {
         let got = sub.uplinks();
         let complete = [A, B].iter().all(|d| {
@@ -713,4 +829,189 @@ fn a_webhook_that_fails_its_first_answers_gets_every_event_signed() {
             "netserver_integration_failures_total{reason=\"status\",sink=\"http-0\"}"
         ) >= 3.0
     );
+}
+
+/// Applications from the join server's owner, through the real binaries: devices claimed by
+/// two tenants join through the real `joinserver`, whose JoinAns names each device's owner;
+/// `[integration] application_id` maps each tenant to its application, so their `join` and
+/// `up` events go to their application's topics with `tenantId` set. The owner is kept with
+/// the session: after a restart it still decides the application.
+#[test]
+fn devices_of_two_owners_go_to_their_applications() {
+    use common::{http, run_ok, serve_joinserver, workspace_bin};
+    use protocol::derive;
+    use protocol::gwmp::CrcStatus;
+    use protocol::ids::NetId;
+    use protocol::join::{
+        EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest, JoinRootKey,
+    };
+    use protocol::keys::{AppKey, KeyCipher};
+    use std::process::Command;
+
+    const APP_KEY: &str = "2B7E151628AED2A6ABF7158809CF4F3C";
+    const JOIN_EUI: u64 = 0x70B3_D57E_D000_0001;
+    const APP_ALICE: &str = "a11ce000-0000-4000-8000-000000000001";
+    const APP_BOB: &str = "b0b00000-0000-4000-8000-000000000002";
+    let devices = [
+        (
+            0x0004_A30B_0000_0A01u64,
+            "alice",
+            "A1A1A1A1A1A1A1A1",
+            APP_ALICE,
+        ),
+        (0x0004_A30B_0000_0B02u64, "bob", "B2B2B2B2B2B2B2B2", APP_BOB),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    let js_bin = workspace_bin("joinserver");
+    let js_dir = tmp.path().join("js");
+    run_ok(
+        Command::new(&js_bin)
+            .arg("init")
+            .arg("--data-dir")
+            .arg(&js_dir),
+    );
+    common::add_peer(&js_dir, "000013");
+    let mut manifest =
+        "dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id,owner_token\n".to_owned();
+    for (dev, _, token, _) in devices {
+        manifest.push_str(&format!(
+            "{dev:016X},{JOIN_EUI:016X},1.0.3,{APP_KEY},,,{token}\n"
+        ));
+    }
+    let manifest_file = tmp.path().join("devices.csv");
+    std::fs::write(&manifest_file, manifest).unwrap();
+    run_ok(
+        Command::new(&js_bin)
+            .args(["devices", "import", "--data-dir"])
+            .arg(&js_dir)
+            .arg(&manifest_file),
+    );
+    let api_key = |tenant: &str| {
+        let o = run_ok(
+            Command::new(&js_bin)
+                .args(["api-keys", "create", "--role", "owner", "--name", tenant])
+                .arg("--data-dir")
+                .arg(&js_dir),
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_owned()
+    };
+    let keys: Vec<String> = devices.iter().map(|d| api_key(d.1)).collect();
+    let js = serve_joinserver(
+        &js_dir,
+        &["--api-listen", "127.0.0.1:0"],
+        "warn",
+        Some("warn"),
+    );
+    for ((dev, _, token, _), key) in devices.iter().zip(&keys) {
+        let (st, body) = http(
+            js.addr("api"),
+            "PUT",
+            &format!("/api/v1/devices/{dev:016X}/claim"),
+            &[
+                ("Authorization", &format!("Bearer {key}")),
+                ("Content-Type", "application/json"),
+            ],
+            format!(r#"{{"owner_token": "{token}", "home_net_id": "000013"}}"#).as_bytes(),
+        );
+        assert_eq!(st, 200, "{body}");
+    }
+
+    let broker_dir = tmp.path().join("broker");
+    std::fs::create_dir(&broker_dir).unwrap();
+    let broker = Mosquitto::start(&broker_dir, false);
+    let config = tmp.path().join("netserver.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gwmp]\nworkers = 1\n[data]\ncollect_window_ms = 0\n\
+             [integration.application_id]\ndefault = \"{APP}\"\nalice = \"{APP_ALICE}\"\n\
+             bob = \"{APP_BOB}\"\n\
+             [integration.mqtt]\nusername = \"{USER}\"\npassword_file = {:?}\n",
+            broker.password_file().display().to_string()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        let mut cmd = netserver_serve(
+            &config,
+            &tmp.path().join("ns"),
+            &js.addr("link").to_string(),
+            &js_dir.join("secrets"),
+            "000013",
+        );
+        cmd.arg("--events").arg(broker.url());
+        let ns = Proc::spawn(cmd, "netserver listening");
+        let gw = Gateway::new(0xAA55_5A00_0000_00A0, ns.addr("gwmp"));
+        gw.pull_data();
+        (ns, gw)
+    };
+    let sub = Subscriber::connect(&broker, "app-owners", "application/+/device/+/event/+");
+    let (ns, gw) = start();
+    let app_key = KeyCipher::new(&APP_KEY.parse::<AppKey>().unwrap());
+    let net_id = NetId::new(0x13).unwrap();
+    let mut sessions = Vec::new();
+    for (i, (dev, ..)) in devices.iter().enumerate() {
+        let phy = JoinRequest::build(
+            JoinEui::new(JOIN_EUI),
+            DevEui::new(*dev),
+            DevNonce(1),
+            JoinRootKey::AppKey(&app_key),
+        );
+        gw.send_push(
+            &phy.to_bytes(),
+            1_000_000 * (i as u32 + 1),
+            7.0,
+            -70,
+            CrcStatus::Ok,
+        );
+        let (_, tx) = gw.pull_resp(Duration::from_secs(5)).expect("a Join-accept");
+        let accept = EncryptedJoinAccept::from_bytes(&tx.data)
+            .unwrap()
+            .open(
+                JoinAcceptEncKey::AppKey(&app_key),
+                JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app_key)),
+            )
+            .expect("Join-accept MIC");
+        let keys = derive::session_keys_1_0(&app_key, accept.join_nonce, net_id, DevNonce(1));
+        let crypto = SessionCrypto::new(
+            &NetworkSessionKeys::V1_0 {
+                nwk_s_key: keys.nwk_s_key,
+            },
+            Some(&keys.app_s_key),
+        );
+        sessions.push((accept.dev_addr, crypto));
+    }
+    let uplink = |i: usize, fcnt: u32| {
+        let (dev_addr, crypto) = &sessions[i];
+        data_uplink(crypto, *dev_addr, (fcnt, false), 10, b"own")
+    };
+    for i in 0..devices.len() {
+        gw.push(&uplink(i, 0), 10_000_000 * (i as u32 + 1), 7.0, -70);
+    }
+    let check = |event: &str, n: usize| {
+        let got = sub.wait(event, n, 15);
+        for (dev, tenant, _, app) in devices {
+            let topic = format!("application/{app}/device/{dev:016x}/event/{event}");
+            let mine: Vec<_> = got.iter().filter(|(t, _)| *t == topic).collect();
+            assert_eq!(mine.len(), n / devices.len(), "{topic} in {got:?}");
+            for (_, v) in mine {
+                let info: DeviceInfo = serde_json::from_value(v["deviceInfo"].clone()).unwrap();
+                assert_eq!(
+                    (info.tenant_id.as_str(), info.application_id.as_str()),
+                    (tenant, app)
+                );
+                assert_eq!(info.dev_eui, format!("{dev:016x}"));
+            }
+        }
+    };
+    check("join", 2);
+    check("up", 2);
+    // The owner is stored with the session: a restarted network server files the devices'
+    // uplinks under the same applications.
+    assert!(ns.terminate().success());
+    let (_ns, gw) = start();
+    for i in 0..devices.len() {
+        gw.push(&uplink(i, 1), 20_000_000 * (i as u32 + 1), 7.0, -70);
+    }
+    check("up", 4);
 }

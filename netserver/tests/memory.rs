@@ -126,6 +126,7 @@ fn stored(i: u32, ns_kek: &LabeledKek) -> (StoredSession, NetworkKeys) {
         created_at_ms: 1_700_000_000_000,
         lifetime_s: None,
         last_rj_count0: None,
+        owner: None,
     };
     (s, keys)
 }

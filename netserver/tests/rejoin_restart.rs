@@ -72,6 +72,7 @@ impl Sess {
             created_at_ms: 1_700_000_000_000 + u64::from(self.2),
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         }
     }
 

@@ -20,21 +20,34 @@ EVENTS=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, so
 # shellcheck source=servers.sh
 . "$(dirname "$0")/servers.sh"
 PACK=${PACK:-8192}
+# NS_CONFIG=FILE: the network server's TOML configuration (e.g. `[scheduler] enabled = false`
+# for a fleet joining faster than four gateways' duty cycle allows: the uplink benchmarks).
+NS_ARGS=()
+[ -n "${NS_CONFIG:-}" ] && NS_ARGS=(--config "$NS_CONFIG")
 # MQTT=0 or MQTT=1: the events go through a local Mosquitto broker (anonymous, loopback) at that
 # QoS instead, in ChirpStack's shapes, and the simulator counts them with --delivery mqtt://.
+# The broker keeps any number of QoS 1 messages in flight to the simulator (its default of 20
+# would make the simulator's leg, not the network server, the limit).
 if [ -n "${MQTT:-}" ]; then
   BROKER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nmax_queued_messages 1000000\n' "$BROKER" >"$D/mosquitto.conf"
+  printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nmax_queued_messages 1000000\nmax_inflight_messages 0\n' "$BROKER" >"$D/mosquitto.conf"
   "${MOSQUITTO:-/usr/sbin/mosquitto}" -c "$D/mosquitto.conf" >"$D/mosquitto.log" 2>&1 &
   MQ=$!
   sleep 0.5
-  start_servers --events "mqtt://127.0.0.1:$BROKER?qos=$MQTT"
+  start_servers "${NS_ARGS[@]}" --events "mqtt://127.0.0.1:$BROKER?qos=$MQTT"
   trap 'kill $JS ${NS:-} $MQ 2>/dev/null || true' EXIT
   COUNT=(--delivery "mqtt://127.0.0.1:$BROKER")
 else
-  start_servers --events "udp://$EVENTS$([ "$PACK" = 0 ] || echo "?pack=$PACK")"
+  start_servers "${NS_ARGS[@]}" --events "udp://$EVENTS$([ "$PACK" = 0 ] || echo "?pack=$PACK")"
   COUNT=(--event-listen "$EVENTS")
 fi
+# The network server's CPU (utime + stime, clock ticks) once a second, seconds counted from the
+# simulator's start as in ts.csv: $D/netserver-cpu.csv (second,ticks).
+T0=$(date +%s.%N)
+( while [ -r "/proc/$NS/stat" ]; do
+    awk -v t0="$T0" -v now="$(date +%s.%N)" '{ printf "%.1f,%d\n", now - t0, $14 + $15 }' "/proc/$NS/stat"
+    sleep 1
+  done ) >"$D/netserver-cpu.csv" 2>/dev/null &
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
   --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \

@@ -7,7 +7,6 @@
 //! `password_file` and `ca_file`. Each `up` event's `deviceInfo.devEui` and `fCnt` is one
 //! delivery.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -101,20 +100,9 @@ impl MqttDelivery {
             o.set_credentials(self.user.clone().unwrap_or_default(), password);
         }
         if let Some(ca) = &self.ca_file {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in httpsec::tls::read_certificates(std::path::Path::new(ca))? {
-                roots.add(c)?;
-            }
-            // ring, as everywhere in this workspace (rustls deprecates it only for its lack of
-            // post-quantum key exchange).
-            #[allow(deprecated)]
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let cfg = httpsec::tls::client_config(std::path::Path::new(ca))?;
             o.set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(cfg)),
+                rumqttc::TlsConfiguration::Rustls(cfg),
             ));
         }
         Ok(o)

@@ -740,6 +740,7 @@ not json"#;
             data_encrypted: None,
             app_s_key: None,
             rx: Vec::new(),
+            tenant: None,
             received_at: "2026-11-25T12:00:00.000Z".into(),
         };
         serde_json::to_string(&ev).unwrap()

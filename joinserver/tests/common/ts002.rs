@@ -128,6 +128,8 @@ pub struct CsAns {
     pub session_key_id: Option<String>,
     #[serde(rename = "HNetID", default)]
     pub h_net_id: Option<String>,
+    #[serde(rename = "VSExtension", default)]
+    pub vs_extension: Option<serde_json::Value>,
 }
 
 /// A TS002 client of the join server's listener.

@@ -40,6 +40,8 @@ pub enum GatewayEvent {
         token: [u8; 2],
         /// Sent, or why not.
         outcome: TxOutcome,
+        /// The TX_ACK's error label (`none` when sent), as in [`GatewayEvent::TxAck`].
+        code: &'static str,
     },
 }
 

@@ -32,6 +32,7 @@ use protocol::data::{
     DataFrame, Downlink, FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams,
 };
 use protocol::fcnt::FCntVerdict;
+use protocol::gwmp::DataRate;
 use protocol::ids::{DevEui, GatewayEui};
 use protocol::mac::{self, MacCommand};
 use rand::RngCore;
@@ -48,7 +49,7 @@ use crate::gateway::owner::DownlinkRoute;
 use crate::gateway::registry::GatewayRegistry;
 use crate::gateway::txpk::{build_txpk, max_mac_payload, pull_resp, window_airtime, DownlinkRadio};
 use crate::integration::events::{
-    b64, rfc3339, AckEvent, LogLine, RxInfo, StatusLine, UplinkEvent,
+    b64, rfc3339, AckEvent, LogLine, RxInfo, StatusLine, TxAckLine, UplinkEvent,
 };
 use crate::ops::config::Config;
 use crate::store::counters::CounterRecord;
@@ -108,6 +109,11 @@ pub struct ScheduledDownlink {
     /// The queued application downlink it carries: taken off the queue (a shared one: in the
     /// counters' transaction) when the downlink leaves, put back when it does not.
     pub queued: Option<Box<(DevEui, QueuedDownlink)>>,
+    /// The PULL_RESP's token, which the gateway's TX_ACK repeats.
+    pub token: [u8; 2],
+    /// Its `txack` event, emitted when the gateway acknowledges it (`received_at` empty
+    /// until then).
+    pub tx_ack: Box<TxAckLine>,
 }
 
 /// Why an answer the device needed did not go out (a bounded metric label).
@@ -138,8 +144,10 @@ impl DownlinkFailure {
 /// The decision on one frame.
 #[derive(Debug)]
 pub enum Decision<'s, G> {
-    /// No session accepted the frame; the reason is counted.
-    Dropped(UplinkResult),
+    /// No session accepted the frame; the reason is counted. A frame authentic under a
+    /// session but refused for its counter (`replay`, `fcnt_gap`) comes with that device's
+    /// `log` event: the operator must see it.
+    Dropped(UplinkResult, Option<Vec<u8>>),
     /// A session accepted the frame as authentic.
     Accepted(Accepted<'s, G>),
 }
@@ -201,6 +209,8 @@ where
     R: RngCore + ?Sized,
 {
     let mut refusal = None::<Refusal>;
+    // The first session that refused the frame for its counter, and its last counter.
+    let mut counter_refusal = None::<(UplinkResult, &'s Arc<Session>, Option<u32>)>;
     let plan = env.config.network.plan_or_default();
     for (session, mut st) in candidates {
         let crypto = session.crypto();
@@ -216,7 +226,14 @@ where
             mic_params,
         };
         match steps::authenticate(input.frame, &[cand]) {
-            Auth::Refused(r) => refusal.get_or_insert_with(Refusal::default).keep(r),
+            Auth::Refused(r) => {
+                refusal.get_or_insert_with(Refusal::default).keep(r);
+                let counter = matches!(r, UplinkResult::Replay | UplinkResult::FcntGap);
+                let kept = counter_refusal.is_some_and(|(k, ..)| k == UplinkResult::Replay);
+                if counter && !kept {
+                    counter_refusal = Some((r, session, st.last_accepted()));
+                }
+            }
             Auth::Accepted {
                 verdict, uplink, ..
             } => {
@@ -241,7 +258,64 @@ where
             }
         }
     }
-    Decision::Dropped(refusal.map_or(UplinkResult::UnknownDevAddr, Refusal::reason))
+    let reason = refusal.map_or(UplinkResult::UnknownDevAddr, Refusal::reason);
+    let log = counter_refusal
+        .filter(|(r, ..)| *r == reason)
+        .and_then(|(r, session, last)| counter_log_event(input, session, r, last));
+    Decision::Dropped(reason, log)
+}
+
+/// The `log` event of a frame authentic under `session` but refused for its counter: a
+/// replay (an old counter again: the device reset its counters without rejoining, or someone
+/// replays its frames) or, LoRaWAN 1.0.x, a counter past MAX_FCNT_GAP. The device's uplinks
+/// are lost until it rejoins (or its counter catches up): the operator must see it.
+fn counter_log_event(
+    input: &Input<'_>,
+    session: &Session,
+    r: UplinkResult,
+    last: Option<u32>,
+) -> Option<Vec<u8>> {
+    let fcnt16 = input.frame.fcnt16();
+    let (code, description) = if r == UplinkResult::Replay {
+        (
+            "UPLINK_F_CNT_RESET",
+            format!(
+                "uplink refused: its frame counter (16 LSB {fcnt16}) is not above the last \
+                 accepted one; the device reset its counters without rejoining, or the frame \
+                 is replayed"
+            ),
+        )
+    } else {
+        (
+            "UNKNOWN",
+            format!(
+                "uplink refused: its frame counter (16 LSB {fcnt16}) is more than \
+                 MAX_FCNT_GAP ahead of the last accepted one; the device must rejoin"
+            ),
+        )
+    };
+    let mut context = std::collections::BTreeMap::from([
+        ("reason".to_owned(), r.label().to_owned()),
+        ("fCnt16".to_owned(), fcnt16.to_string()),
+        (
+            "devAddr".to_owned(),
+            format!("{}", session.dev_addr).to_lowercase(),
+        ),
+    ]);
+    if let Some(l) = last {
+        context.insert("lastFCnt".to_owned(), l.to_string());
+    }
+    let ev = LogLine {
+        kind: "log".into(),
+        dev_eui: session.dev_eui,
+        level: "WARNING".into(),
+        code: code.into(),
+        description,
+        context,
+        tenant: session.owner.as_deref().cloned(),
+        received_at: rfc3339(input.wall),
+    };
+    serde_json::to_vec(&ev).ok()
 }
 
 /// The frame and the session that accepted it.
@@ -259,6 +333,11 @@ impl Device<'_> {
 
     fn is_1_1(&self) -> bool {
         self.session.mac_version().is_1_1()
+    }
+
+    /// The device's tenant, for its events.
+    fn tenant(&self) -> Option<String> {
+        self.session.owner.as_deref().cloned()
     }
 
     fn record(&self, st: &DataState) -> (DevEui, CounterRecord) {
@@ -401,6 +480,7 @@ impl Device<'_> {
             dev_eui: self.session.dev_eui,
             id: p.id.get(),
             f_cnt_down: p.f_cnt,
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -418,6 +498,7 @@ impl Device<'_> {
                 f.label()
             ),
             context: [("queueItemId".to_owned(), id.to_string())].into(),
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -430,6 +511,7 @@ impl Device<'_> {
             dev_eui: self.session.dev_eui,
             battery,
             margin,
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -457,6 +539,7 @@ impl Device<'_> {
             data_encrypted,
             app_s_key,
             rx: self.input.receptions.iter().map(RxInfo::from).collect(),
+            tenant: self.tenant(),
             received_at: rfc3339(self.input.wall),
         };
         serde_json::to_vec(&ev).ok()
@@ -574,7 +657,8 @@ impl Device<'_> {
         };
         let built = self.build(st, uplink, answers, app, gw, &placed, rng);
         match built {
-            Ok((datagram, token, queued)) => {
+            Ok((datagram, token, queued, tx_ack)) => {
+                let tx_ack = Box::new(tx_ack);
                 self.env.scheduler.set_token(&placed, token);
                 Ok(ScheduledDownlink {
                     datagram,
@@ -584,6 +668,8 @@ impl Device<'_> {
                     window: placed.candidate.at.window,
                     airtime: placed.candidate.airtime,
                     queued: queued.map(|q| Box::new((self.session.dev_eui, q))),
+                    token,
+                    tx_ack,
                 })
             }
             Err(e) => {
@@ -593,8 +679,8 @@ impl Device<'_> {
         }
     }
 
-    /// The PULL_RESP of the downlink placed at `placed` through `gw`, and its token; the
-    /// counter is taken once the frame is built.
+    /// The PULL_RESP of the downlink placed at `placed` through `gw`, its token and its
+    /// `txack` event; the counter is taken once the frame is built.
     #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn build<R: RngCore + ?Sized>(
         &self,
@@ -606,7 +692,7 @@ impl Device<'_> {
         placed: &Placement,
         rng: &mut R,
     ) -> Result<
-        (Vec<u8>, [u8; 2], Option<QueuedDownlink>),
+        (Vec<u8>, [u8; 2], Option<QueuedDownlink>, TxAckLine),
         (Option<DownlinkFailure>, Option<QueuedDownlink>),
     > {
         let at = placed.candidate.at;
@@ -656,8 +742,34 @@ impl Device<'_> {
             .map_err(|_| (Some(DownlinkFailure::BuildFailed), None))?;
         let mut token = [0u8; 2];
         rng.fill_bytes(&mut token);
+        let (spreading_factor, bandwidth_khz) = match txpk.datr {
+            DataRate::Lora {
+                spreading_factor,
+                bandwidth_khz,
+            } => (Some(spreading_factor), Some(bandwidth_khz)),
+            DataRate::Fsk { .. } => (None, None),
+        };
+        let rx1_delay = self.session.rx.rx_delay_s.max(1);
+        let tx_ack = TxAckLine {
+            kind: "txack".into(),
+            dev_eui,
+            downlink_id: (fcnt & 0xFFFF) << 16 | u32::from(u16::from_be_bytes(token)),
+            queue_item_id: app_item.as_ref().map(|d| d.id),
+            f_cnt_down: fcnt,
+            gateway: gw.gateway,
+            frequency: txpk.freq_hz,
+            power: txpk.powe,
+            spreading_factor,
+            bandwidth_khz,
+            delay_s: match at.window {
+                Window::Rx1 => rx1_delay,
+                Window::Rx2 => rx1_delay + 1,
+            },
+            tenant: self.tenant(),
+            received_at: String::new(),
+        };
         let datagram = pull_resp(token, txpk).map_err(|_| (None, None))?;
-        Ok((datagram, token, app_item))
+        Ok((datagram, token, app_item, tx_ack))
     }
 
     /// The downlink frame (its counter still 0): FOpts with the MAC answers, or the answers as

@@ -119,6 +119,7 @@ impl GatewayProtocol for Gwmp {
                     GatewayEvent::TxOutcome {
                         token: ack.token.0,
                         outcome,
+                        code,
                     },
                 ));
             }
@@ -376,7 +377,14 @@ mod tests {
         let token = [1, 2];
         assert_eq!(
             out[3],
-            Action::Gateway(gw, GatewayEvent::TxOutcome { token, outcome })
+            Action::Gateway(
+                gw,
+                GatewayEvent::TxOutcome {
+                    token,
+                    outcome,
+                    code: "none"
+                }
+            )
         );
         // Refusals: the protocol's label, `duty_cycle` for a forwarder's duty-cycle code.
         let refused = |code: &str| {
@@ -387,10 +395,19 @@ mod tests {
                 warning: None,
             });
             let out = dispatch(&ack.to_bytes().unwrap(), &gateways, &dedup);
-            let Action::Gateway(_, GatewayEvent::TxOutcome { token, outcome }) = out[3] else {
+            let Action::Gateway(
+                _,
+                GatewayEvent::TxOutcome {
+                    token,
+                    outcome,
+                    code,
+                },
+            ) = out[3]
+            else {
                 panic!("{out:?}");
             };
             assert_eq!(token, [3, 4]);
+            assert_eq!(Action::Count(Count::TxAck(code)), out[1]);
             (out[1].clone(), outcome)
         };
         let cases = [

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
@@ -17,6 +17,8 @@ use crate::core::gateway::{
     Action, Actions, Count, GatewayEnv, GatewayEvent, GatewayProtocol, Path,
 };
 use crate::gateway::gwmp::Gwmp;
+use crate::integration::emitter::Emit;
+use crate::integration::txack;
 use crate::join::route::JoinServers;
 use crate::ops::metrics::Metrics;
 use crate::state::State;
@@ -200,7 +202,18 @@ impl Actions for Dispatcher<'_> {
                     GatewayEvent::Status(s) => g.on_status(gw, self.now, s),
                     GatewayEvent::Reception(o) => g.on_rxpk(gw, self.now, o),
                     GatewayEvent::DownlinkRoute(addr) => g.on_pull_data(gw, addr, self.now),
-                    GatewayEvent::TxOutcome { token, outcome } => {
+                    GatewayEvent::TxOutcome {
+                        token,
+                        outcome,
+                        code,
+                    } => {
+                        if let Some(sent) = state.data.sent.take(self.now, gw, token) {
+                            let line = txack::event_line(sent, code, SystemTime::now());
+                            state.data.emitter.emit(Emit {
+                                events: line.into_iter().collect(),
+                                ..Emit::default()
+                            });
+                        }
                         let booked = state.scheduler.on_tx_ack(self.now, gw, token, outcome);
                         if booked && outcome != TxOutcome::Sent {
                             let m = &state.metrics.airtime;

@@ -1,5 +1,5 @@
 //! ChirpStack v4's integration shapes: the MQTT topic and the camelCase JSON (protobuf JSON
-//! mapping) of its `up`, `join`, `ack`, `status` and `log` events, made from the lines of the
+//! mapping) of its `up`, `join`, `ack`, `txack`, `status` and `log` events, made from the lines of the
 //! event log ([`crate::integration::events`]). Pure: the same line always gives the same bytes,
 //! and its `deduplicationId` is derived from the line, so an event delivered again after a
 //! restart carries the same id.
@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::integration::events::{b64, AckEvent, JoinEvent, LogLine, StatusLine, UplinkEvent};
+use crate::integration::events::{
+    b64, AckEvent, JoinEvent, LogLine, StatusLine, TxAckLine, UplinkEvent,
+};
 
 /// The application of each tenant (owner), with a default for the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,7 @@ pub struct Shape {
 /// One event in ChirpStack's shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChirpEvent {
-    /// `up`, `join`, `ack`, `status` or `log`.
+    /// `up`, `join`, `ack`, `txack`, `status` or `log`.
     pub event: &'static str,
     /// The device.
     pub dev_eui: DevEui,
@@ -113,6 +115,11 @@ pub fn chirpstack_event(line: &[u8], shape: &Shape) -> Option<ChirpEvent> {
                 "fCntDown": a.f_cnt_down,
             });
             ("ack", a.dev_eui, body)
+        }
+        "txack" => {
+            let t: TxAckLine = serde_json::from_slice(line).ok()?;
+            let body = tx_ack(&t, info(t.dev_eui));
+            ("txack", t.dev_eui, body)
         }
         "status" => {
             let s: StatusLine = serde_json::from_slice(line).ok()?;
@@ -208,6 +215,44 @@ fn up(u: &UplinkEvent, shape: &Shape, device_info: Value, dedup: String) -> Valu
                 "appSKey": {"kekLabel": env.kek_label, "aesKey": b64(&env.aes_key)},
             }),
         );
+    }
+    body
+}
+
+/// ChirpStack's `TxAckEvent`: `downlinkId`, `time`, `deviceInfo`, `queueItemId` (when the
+/// downlink carried a queued payload), `fCntDown`, `gatewayId`, `txInfo` (its `DownlinkTxInfo`:
+/// frequency, power, LoRa modulation with inverted polarity, the delay after the uplink).
+fn tx_ack(t: &TxAckLine, device_info: Value) -> Value {
+    let mut tx_info = Map::new();
+    tx_info.insert("frequency".into(), json!(t.frequency));
+    if let Some(p) = t.power {
+        tx_info.insert("power".into(), json!(p));
+    }
+    if let (Some(sf), Some(bw)) = (t.spreading_factor, t.bandwidth_khz) {
+        tx_info.insert(
+            "modulation".into(),
+            json!({"lora": {
+                "bandwidth": u32::from(bw) * 1000,
+                "spreadingFactor": sf,
+                "codeRate": "CR_4_5",
+                "polarizationInversion": true,
+            }}),
+        );
+    }
+    tx_info.insert(
+        "timing".into(),
+        json!({"delay": {"delay": format!("{}s", t.delay_s)}}),
+    );
+    let mut body = json!({
+        "downlinkId": t.downlink_id,
+        "time": t.received_at,
+        "deviceInfo": device_info,
+        "fCntDown": t.f_cnt_down,
+        "gatewayId": gateway_id(t.gateway),
+        "txInfo": tx_info,
+    });
+    if let (Some(q), Some(o)) = (t.queue_item_id, body.as_object_mut()) {
+        o.insert("queueItemId".into(), json!(queue_item_id(q)));
     }
     body
 }
@@ -391,6 +436,31 @@ mod tests {
         );
         assert_eq!(l.body["context"]["fPort"], "2");
         assert!(l.body.get("deduplicationId").is_none());
+        let t = ev(
+            r#"{"type":"txack","dev_eui":"00000000000000B1","downlink_id":65538,"queue_item_id":2,"f_cnt_down":1,"gateway":"AA555A0000000001","frequency":869525000,"power":27,"spreading_factor":9,"bandwidth_khz":125,"delay_s":2,"tenant":"acme","received_at":"2026-11-25T12:00:52.100Z"}"#,
+        );
+        assert_eq!(
+            t.topic(EVENT_TOPIC),
+            "application/11111111-2222-3333-4444-555555555555/device/00000000000000b1/event/txack"
+        );
+        assert_eq!(
+            t.body,
+            json!({
+                "downlinkId": 65538,
+                "time": "2026-11-25T12:00:52.100Z",
+                "deviceInfo": t.body["deviceInfo"].clone(),
+                "queueItemId": "00000000-0000-0000-0000-000000000002",
+                "fCntDown": 1,
+                "gatewayId": "aa555a0000000001",
+                "txInfo": {
+                    "frequency": 869525000,
+                    "power": 27,
+                    "modulation": {"lora": {"bandwidth": 125000, "spreadingFactor": 9, "codeRate": "CR_4_5", "polarizationInversion": true}},
+                    "timing": {"delay": {"delay": "2s"}},
+                },
+            })
+        );
+        assert_eq!(t.body["deviceInfo"]["tenantId"], "acme");
         assert!(chirpstack_event(b"{\"type\":\"other\"}", &s).is_none());
         assert!(chirpstack_event(b"not json", &s).is_none());
     }

@@ -139,10 +139,16 @@ impl MqttCommands {
         }
     }
 
+    /// The device's tenant: the owner its session names (none: the default application's).
+    fn tenant(&self, dev_eui: DevEui) -> Option<String> {
+        self.state
+            .sessions
+            .get(dev_eui)
+            .and_then(|s| s.owner.as_deref().cloned())
+    }
+
     fn handle(&self, app: &str, dev_eui: DevEui, payload: &[u8]) -> Result<(), Refusal> {
-        // Devices have no tenant of their own yet (no owner in the session): the default
-        // application's.
-        let own = self.applications.of(None);
+        let own = self.applications.of(self.tenant(dev_eui).as_deref());
         if app != own {
             return Err(Refusal::new(format!(
                 "application {app} is not the device's"
@@ -175,6 +181,7 @@ impl MqttCommands {
             code: r.code.into(),
             description: format!("downlink command refused: {}", r.description),
             context: BTreeMap::new(),
+            tenant: self.tenant(dev_eui),
             received_at: rfc3339(SystemTime::now()),
         };
         if let Ok(l) = serde_json::to_vec(&line) {

@@ -146,7 +146,7 @@ impl Default for MqttConfig {
             keep_alive_s: 30,
             event_topic: EVENT_TOPIC.into(),
             command_topic: COMMAND_TOPIC.into(),
-            max_inflight: 100,
+            max_inflight: 1000,
         }
     }
 }

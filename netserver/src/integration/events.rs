@@ -78,6 +78,10 @@ pub struct UplinkEvent {
     pub app_s_key: Option<KeyEnvelope>,
     /// Every gateway that heard the frame, best first.
     pub rx: Vec<RxInfo>,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Arrival of the first copy.
     pub received_at: String,
 }
@@ -96,6 +100,10 @@ pub struct JoinEvent {
     pub dev_addr: DevAddr,
     /// LoRaWAN version, if reported.
     pub mac_version: Option<String>,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When the session was stored.
     pub received_at: String,
 }
@@ -112,7 +120,52 @@ pub struct AckEvent {
     pub id: u64,
     /// The downlink's FCntDown (1.1: AFCntDown).
     pub f_cnt_down: u32,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// The acknowledging uplink's arrival.
+    pub received_at: String,
+}
+
+/// `{"type":"txack",…}`: a gateway acknowledged a downlink for transmission (its TX_ACK
+/// without error). The network server makes it when it sends the downlink, with an empty
+/// `received_at`, and emits it when the acknowledgement comes
+/// ([`crate::integration::txack`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxAckLine {
+    /// Always `txack`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The device.
+    pub dev_eui: DevEui,
+    /// The downlink's id: the PULL_RESP token in the low 16 bits, the FCntDown's low 16 bits
+    /// above them.
+    pub downlink_id: u32,
+    /// The queued application payload it carries, if any (the id it was queued with).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_item_id: Option<u64>,
+    /// Its FCntDown (1.1: NFCntDown or AFCntDown).
+    pub f_cnt_down: u32,
+    /// The gateway that acknowledged it.
+    pub gateway: GatewayEui,
+    /// Frequency, Hz.
+    pub frequency: u32,
+    /// Transmit power, dBm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<i8>,
+    /// LoRa spreading factor (absent for FSK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spreading_factor: Option<u8>,
+    /// LoRa bandwidth, kHz (absent for FSK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_khz: Option<u16>,
+    /// Seconds from the uplink to the transmission (the receive window's delay).
+    pub delay_s: u8,
+    /// The tenant that owns the device (the join server's `Owner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// When the gateway acknowledged it.
     pub received_at: String,
 }
 
@@ -133,6 +186,10 @@ pub struct LogLine {
     /// Details.
     #[serde(default)]
     pub context: BTreeMap<String, String>,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When.
     pub received_at: String,
 }
@@ -149,6 +206,10 @@ pub struct StatusLine {
     pub battery: u8,
     /// DevStatusAns Margin, dB.
     pub margin: i8,
+    /// The tenant that owns the device (the join server's `Owner`): its events go to the
+    /// tenant's application. Absent: the default application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// When.
     pub received_at: String,
 }

@@ -4,7 +4,8 @@
 //! rejoins ([`rejoin`]). With MQTT ([`mqtt`]) or webhooks ([`webhook`]) configured
 //! ([`config`]), every event is first in the durable event [`log`], which they deliver from
 //! ([`delivery`], started by [`sinks`]) in ChirpStack's shapes ([`chirpstack`]); MQTT also
-//! takes downlink [`commands`].
+//! takes downlink [`commands`]. The gateways' TX_ACKs become `txack` and `log` events
+//! ([`txack`]).
 
 pub mod auth;
 pub mod chirpstack;
@@ -20,4 +21,5 @@ pub mod recover;
 pub mod rejoin;
 pub mod sink;
 pub mod sinks;
+pub mod txack;
 pub mod webhook;

@@ -133,7 +133,7 @@ impl MqttSink {
                 !ca.is_empty(),
                 "mqtts:// needs [integration.mqtt] ca_file, the CA the broker's certificate chains to"
             );
-            Some(tls_config(std::path::Path::new(ca))?)
+            Some(httpsec::tls::client_config(std::path::Path::new(ca))?)
         } else {
             None
         };
@@ -226,6 +226,11 @@ impl MqttSink {
                 Err(reason) => reason,
             };
             progress.failure(reason);
+            if *stop.borrow() {
+                // Stopping (seen by `serve`, which consumed the change): no reconnection; what
+                // is undelivered waits in the event log for the next start.
+                return;
+            }
             let delay = backoff.next_delay();
             tracing::warn!(broker = %format_args!("{}:{}", self.broker.host, self.broker.port), reason, retry_in_ms = delay.as_millis() as u64, "MQTT connection lost; undelivered events wait in the event log");
             progress.report(&progress.reader(), *written.borrow());
@@ -235,24 +240,6 @@ impl MqttSink {
             }
         }
     }
-}
-
-/// The rustls client configuration (ring) trusting the CA file's certificates.
-fn tls_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in httpsec::tls::read_certificates(ca)? {
-        roots.add(c)?;
-    }
-    // ring, as httpsec's listeners (rustls deprecates it only for its lack of post-quantum
-    // key exchange).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
 }
 
 /// An event read from the log and handed to the connection.
@@ -274,6 +261,10 @@ struct Connection<'a> {
     events: EventLoop,
     reader: crate::integration::log::LogReader,
     inflight: VecDeque<Sent>,
+    /// Every event of `inflight` before this index is unpublished or has its packet id: where
+    /// the next outgoing publish's is looked for (a scan from the front would cost the whole
+    /// window per publish).
+    assigned: usize,
     connected: bool,
     read: Vec<Entry>,
 }
@@ -295,6 +286,7 @@ impl<'a> Connection<'a> {
             events,
             reader,
             inflight: VecDeque::with_capacity(window),
+            assigned: 0,
             connected: false,
             read: Vec::new(),
         }
@@ -338,11 +330,13 @@ impl<'a> Connection<'a> {
         }
     }
 
-    /// Publishes what the log holds beyond what is in flight, up to the window.
+    /// Publishes what the log holds beyond what is in flight, up to the window, once a
+    /// quarter of the window is free (or nothing is in flight): each read of the log costs a
+    /// chunk of it, so reading one event per PUBACK made QoS 1 read 64 KiB per event.
     fn fill(&mut self) -> Result<(), &'static str> {
         let window = usize::from(self.sink.config.max_inflight.max(1));
         let room = window.saturating_sub(self.inflight.len());
-        if room == 0 {
+        if room == 0 || (room < (window / 4).max(1) && !self.inflight.is_empty()) {
             return Ok(());
         }
         self.read.clear();
@@ -390,11 +384,14 @@ impl<'a> Connection<'a> {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 // Publishes leave in the order they were made: the first one without a
                 // packet id is this one.
-                if let Some(s) = self
+                let next = self
                     .inflight
-                    .iter_mut()
-                    .find(|s| s.published && s.pkid.is_none())
-                {
+                    .iter()
+                    .skip(self.assigned)
+                    .position(|s| s.published && s.pkid.is_none());
+                if let Some(i) = next.map(|n| self.assigned + n) {
+                    self.assigned = i + 1;
+                    let s = &mut self.inflight[i];
                     s.pkid = Some(pkid);
                     if self.sink.qos == QoS::AtMostOnce {
                         s.acked = true;
@@ -424,6 +421,7 @@ impl<'a> Connection<'a> {
         let (mut delivered, mut skipped, mut to) = (0, 0, None);
         while self.inflight.front().is_some_and(|s| s.acked) {
             let s = self.inflight.pop_front().expect("front checked");
+            self.assigned = self.assigned.saturating_sub(1);
             if s.published {
                 delivered += 1;
             } else {

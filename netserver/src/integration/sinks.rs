@@ -57,13 +57,17 @@ impl Prepared {
         })
     }
 
-    /// Starts every sink on the log in `data_dir`, following `written`.
+    /// Starts every sink on the log in `data_dir`, following `written` (none without an
+    /// event log: nothing to deliver).
     pub fn start(
         self,
         state: &Arc<State>,
         data_dir: &Path,
-        written: &watch::Receiver<Position>,
+        written: Option<&watch::Receiver<Position>>,
     ) -> anyhow::Result<Delivery> {
+        let Some(written) = written else {
+            return Ok(Delivery::none());
+        };
         let dir = data_dir.join(LOG_DIR);
         let metrics: &IntegrationMetrics = &state.metrics.integration;
         let (stop, stopped) = watch::channel(false);

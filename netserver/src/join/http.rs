@@ -69,18 +69,8 @@ fn tls_config(route: &JoinServerRoute) -> anyhow::Result<rustls::ClientConfig> {
     if route.ca_file.is_empty() {
         anyhow::bail!("join_servers {}: an https URL needs ca_file", route.url);
     }
-    let mut roots = rustls::RootCertStore::empty();
-    for c in httpsec::tls::read_certificates(Path::new(&route.ca_file))? {
-        roots
-            .add(c)
-            .with_context(|| format!("join_servers ca_file {}", route.ca_file))?;
-    }
-    // ring, as every rustls configuration of the project (no aws-lc build).
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
+    let builder = httpsec::tls::client_builder(Some(Path::new(&route.ca_file)))
+        .with_context(|| format!("join_servers ca_file {}", route.ca_file))?;
     Ok(match (route.tls_cert.as_str(), route.tls_key.as_str()) {
         ("", "") => builder.with_no_client_auth(),
         ("", _) | (_, "") => anyhow::bail!("join_servers: tls_cert and tls_key go together"),
@@ -128,15 +118,7 @@ impl HttpClient {
                 .build()
         } else {
             hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        #[allow(deprecated)]
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                )
+                .with_tls_config(httpsec::tls::client_builder(None)?.with_no_client_auth())
                 .https_or_http()
                 .enable_http1()
                 .build()

@@ -699,6 +699,7 @@ struct Answer {
     lifetime: Option<u32>,
     /// The root-key rotation the join puts into use, as the JoinAns names it.
     rotation: Option<i64>,
+    owner: Option<String>,
 }
 
 /// Reads the JoinAns to `join_req`: a refusal, or the Join-accept with the network keys
@@ -741,6 +742,7 @@ fn read_answer(state: &State, answer: &[u8], join_req: &JoinReq) -> Result<Answe
             .vs_extension
             .as_ref()
             .and_then(|v| v.get(ts002::VS_ROOT_KEY_ROTATION)?.as_i64()),
+        owner: owner_of(ans.header.vs_extension.as_ref()),
         app_s_key: ans.app_s_key,
         session_key_id: ans.session_key_id,
         lifetime: ans.lifetime,
@@ -776,6 +778,7 @@ async fn install(
         created_at_ms: unix_ms(SystemTime::now()),
         lifetime_s: ans.lifetime.filter(|&l| l > 0),
         last_rj_count0: None,
+        owner: ans.owner,
     };
     let as_kek = state.secrets.as_kek.as_ref();
     let session = Session::new(&stored, ans.keys, state.sessions.labels(), as_kek)
@@ -845,6 +848,23 @@ impl AppliedSettings {
     }
 }
 
+/// The longest owner (tenant) name taken from a JoinAns.
+const MAX_OWNER_LEN: usize = 128;
+
+/// The device's owner (tenant) from the JoinAns `VSExtension` (`"Owner": "…"`): our join
+/// server names the tenant that claimed the device. A value that is not a plain name (empty,
+/// over [`MAX_OWNER_LEN`] bytes, control characters, or the topic separators `/`, `+`, `#`
+/// that would change the MQTT topic of its events) is ignored: the default application.
+fn owner_of(vs: Option<&serde_json::Value>) -> Option<String> {
+    let owner = vs?.get("Owner")?.as_str()?;
+    let plain = !owner.is_empty()
+        && owner.len() <= MAX_OWNER_LEN
+        && !owner
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '/' | '+' | '#'));
+    plain.then(|| owner.to_owned())
+}
+
 /// The `join` event of a newly installed session (once it is durable), through the write-ahead
 /// emitter so that it is ordered with the device's uplink events.
 fn emit_join_event(state: &State, s: &Session) {
@@ -854,6 +874,7 @@ fn emit_join_event(state: &State, s: &Session) {
         join_eui: s.join_eui,
         dev_addr: s.dev_addr,
         mac_version: s.reported_version.map(|v| v.as_str().to_owned()),
+        tenant: s.owner.as_deref().cloned(),
         received_at: rfc3339(SystemTime::now()),
     };
     if let Ok(line) = serde_json::to_vec(&ev) {
@@ -887,6 +908,27 @@ mod tests {
             (a.mac_version, a.dl_settings, a.rx_delay),
             (None, DlSettings(0x80), 1)
         );
+    }
+
+    #[test]
+    fn the_owner_comes_from_the_vs_extension_and_must_be_a_plain_name() {
+        let vs = |o: serde_json::Value| serde_json::json!({"MACVersion": "1.0.3", "Owner": o});
+        assert_eq!(owner_of(Some(&vs("acme".into()))).as_deref(), Some("acme"));
+        assert_eq!(owner_of(None), None);
+        assert_eq!(owner_of(Some(&serde_json::json!({"RxDelay": 1}))), None);
+        for bad in [
+            serde_json::json!(7),
+            "".into(),
+            "a/b".into(),
+            "+".into(),
+            "x#".into(),
+            "a\nb".into(),
+            "x".repeat(MAX_OWNER_LEN + 1).into(),
+        ] {
+            assert_eq!(owner_of(Some(&vs(bad.clone()))), None, "{bad}");
+        }
+        let longest = "x".repeat(MAX_OWNER_LEN);
+        assert_eq!(owner_of(Some(&vs(longest.clone().into()))), Some(longest));
     }
 
     #[test]

@@ -256,8 +256,9 @@ keep_alive_s = 30
 # log). The command topic is subscribed with + for both; "": no downlink commands.
 event_topic = "application/{application_id}/device/{dev_eui}/event/{event}"
 command_topic = "application/{application_id}/device/{dev_eui}/command/down"
-# Most events published and not yet acknowledged.
-max_inflight = 100
+# Most events published and not yet acknowledged (QoS 1: at most this many per broker round
+# trip: docs/benchmarks.md, "MQTT delivery beside the UDP sink").
+max_inflight = 1000
 
 # Webhooks: any number of [[integration.http]] sections, e.g.
 # [[integration.http]]

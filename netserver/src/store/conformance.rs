@@ -87,7 +87,9 @@ fn sessions_are_written_replaced_and_deleted_atomically() {
         let (mut s, _) = f.open();
         assert!(s.load_all().unwrap().is_empty(), "{name}");
         assert!(s.load_previous().unwrap().is_empty(), "{name}");
-        let (a, b, c) = (stored(1, 0x0100_0001), stored(2, 0x0100_0002), stored(3, 3));
+        let (a, mut b, c) = (stored(1, 0x0100_0001), stored(2, 0x0100_0002), stored(3, 3));
+        // The device's owner (the join server's `Owner`) is kept with its session.
+        b.owner = Some("acme".into());
         let mut a2 = a.clone();
         a2.dev_addr = DevAddr::new(0x0100_00AA);
         a2.created_at_ms += 1;

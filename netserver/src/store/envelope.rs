@@ -17,8 +17,10 @@ use crate::store::labels::KekLabels;
 /// `Debug` never shows the key; the bytes are zeroized on drop (a clear envelope holds a key).
 #[derive(Clone, PartialEq, Eq)]
 pub struct InlineEnvelope {
-    /// The KEKLabel; `None` for a key in clear (an empty label on the wire).
-    pub(crate) kek_label: Option<Arc<str>>,
+    /// The KEKLabel, interned; empty for a key in clear (as on the wire). Not an `Option`:
+    /// the `Arc`'s non-null pointer then leaves `Option<InlineEnvelope>` without a tag of its
+    /// own, 8 bytes less per session.
+    pub(crate) kek_label: Arc<str>,
     /// The RFC 3394 wrap of the key, or the key in clear in the first 16 bytes.
     aes_key: [u8; WRAPPED_KEY_LEN],
 }
@@ -27,11 +29,12 @@ impl InlineEnvelope {
     /// From a received or stored envelope: a 24-byte wrap under a named KEK, or a 16-byte key in
     /// clear under an empty label. Anything else is refused (no 128-bit key has another form).
     pub fn new(env: &KeyEnvelope, labels: &KekLabels) -> Result<Self, KeyWrapError> {
-        let (kek_label, expected) = if env.kek_label.is_empty() {
-            (None, 16)
+        let expected = if env.kek_label.is_empty() {
+            16
         } else {
-            (Some(labels.intern(&env.kek_label)), WRAPPED_KEY_LEN)
+            WRAPPED_KEY_LEN
         };
+        let kek_label = labels.intern(&env.kek_label);
         if env.aes_key.len() != expected {
             return Err(KeyWrapError::KeyLength {
                 role: AppSKey::ROLE,
@@ -46,16 +49,17 @@ impl InlineEnvelope {
 
     /// The KEKLabel ("" for a key in clear).
     pub fn kek_label(&self) -> &str {
-        self.kek_label.as_deref().unwrap_or("")
+        &self.kek_label
+    }
+
+    /// Whether the key is in clear (no KEKLabel).
+    fn is_clear(&self) -> bool {
+        self.kek_label.is_empty()
     }
 
     /// The TS002 form, byte for byte the envelope it was made from.
     pub fn to_envelope(&self) -> KeyEnvelope {
-        let len = if self.kek_label.is_some() {
-            WRAPPED_KEY_LEN
-        } else {
-            16
-        };
+        let len = if self.is_clear() { 16 } else { WRAPPED_KEY_LEN };
         KeyEnvelope {
             kek_label: self.kek_label().to_owned(),
             aes_key: self.aes_key[..len].to_vec(),
@@ -65,15 +69,15 @@ impl InlineEnvelope {
     /// Opens the AppSKey with `as_kek` (the label must name it), or reads it when in clear.
     /// `None` when this server cannot open it: it then forwards payloads still encrypted.
     pub fn open_app_s_key(&self, as_kek: Option<&LabeledKek>) -> Option<AppSKey> {
-        match (&self.kek_label, as_kek) {
-            (None, _) => {
+        match (self.is_clear(), as_kek) {
+            (true, _) => {
                 let mut k = [0u8; 16];
                 k.copy_from_slice(&self.aes_key[..16]);
                 let key = AppSKey::new(k);
                 k.zeroize();
                 Some(key)
             }
-            (Some(label), Some(kek)) if **label == *kek.label => {
+            (false, Some(kek)) if *self.kek_label == *kek.label => {
                 protocol::keywrap::unwrap_key(&kek.key, &self.aes_key).ok()
             }
             _ => None,

@@ -1,6 +1,8 @@
 //! The live session: compact fixed-size fields, the network keys in clear, the AppSKey envelope
 //! inline, and the uplink state behind its lock.
 
+use std::sync::Arc;
+
 use protocol::data::SessionCrypto;
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keys::AppSKey;
@@ -46,6 +48,10 @@ pub struct Session {
     /// thin box: most sessions have none).
     #[allow(clippy::box_collection)]
     pub session_key_id: Option<Box<Vec<u8>>>,
+    /// The tenant that owns the device (the join server's `Owner`), whose application its
+    /// events go to: a thin pointer to the copy its tenant's sessions share
+    /// ([`KekLabels::intern_owner`]).
+    pub owner: Option<Arc<String>>,
     /// The data path's mutable state (counters, ADR), see [`crate::store::live`].
     pub live: Live,
 }
@@ -78,6 +84,7 @@ impl Session {
             keys,
             app_s_key,
             session_key_id: stored.session_key_id.clone().map(Box::new),
+            owner: stored.owner.as_deref().map(|o| labels.intern_owner(o)),
             live: Live::new(stored.counters, stored.last_rj_count0),
         })
     }
@@ -104,6 +111,7 @@ impl Session {
             created_at_ms: self.created_at_ms,
             lifetime_s: (self.lifetime_s > 0).then_some(self.lifetime_s),
             last_rj_count0,
+            owner: self.owner.as_deref().cloned(),
         }
     }
 
@@ -173,8 +181,8 @@ mod tests {
         // Labels are shared, not copied per session.
         let a = InlineEnvelope::new(s.app_s_key.as_ref().unwrap(), &labels).unwrap();
         assert!(Arc::ptr_eq(
-            a.kek_label.as_ref().unwrap(),
-            live.app_s_key.as_ref().unwrap().kek_label.as_ref().unwrap()
+            &a.kek_label,
+            &live.app_s_key.as_ref().unwrap().kek_label
         ));
         // A key in clear round-trips and opens without a KEK; other lengths are refused.
         let clear = KeyEnvelope::seal("", None, &app).unwrap();

@@ -53,6 +53,11 @@ pub struct StoredSession {
     /// without it read as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rj_count0: Option<u16>,
+    /// The tenant that owns the device, as the join server named it in the JoinAns
+    /// (`VSExtension` `Owner`): its events go to the tenant's application (absent: the
+    /// default application; records without it read as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 mod opt_hex {
@@ -131,6 +136,7 @@ pub(crate) mod tests {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         }
     }
 
@@ -165,5 +171,22 @@ pub(crate) mod tests {
             let read: StoredSession = serde_json::from_str(json).unwrap();
             assert_eq!(read, session);
         }
+    }
+
+    /// The device's owner is stored when the join server named one, and read back; records
+    /// without it (all of the above) read as owned by no tenant.
+    #[test]
+    fn the_owner_is_stored_when_there_is_one() {
+        let mut s = stored(0x0102, 0x2600_0002);
+        s.owner = Some("acme".into());
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            STORED_V1_0.replace(
+                "\"lifetime_s\":null}",
+                "\"lifetime_s\":null,\"owner\":\"acme\"}"
+            )
+        );
+        assert_eq!(serde_json::from_str::<StoredSession>(&json).unwrap(), s);
     }
 }

@@ -65,7 +65,15 @@ pub fn process(state: &State, phy: &[u8], first: &Reception, wall: SystemTime, n
     let locked = candidates.iter().map(|s| (s, s.live.lock()));
     let decision = uplink::handle(&input, &env, locked, &mut rand::thread_rng());
     match decision {
-        Decision::Dropped(r) => count(state, r),
+        Decision::Dropped(r, log) => {
+            count(state, r);
+            if let Some(line) = log {
+                state.data.emitter.emit(Emit {
+                    events: vec![line],
+                    ..Emit::default()
+                });
+            }
+        }
         Decision::Accepted(a) => carry_out(state, a, &receptions, now),
     }
 }
@@ -98,6 +106,8 @@ fn carry_out<G>(state: &State, a: Accepted<'_, G>, receptions: &[Reception], now
     }
     if let Some(d) = &a.downlink {
         state.gateways.on_pull_resp(d.gateway, now);
+        let tx_ack = (*d.tx_ack).clone();
+        state.data.sent.insert(now, d.gateway, d.token, tx_ack);
         if state.scheduler.enabled() {
             let booked = &state.metrics.airtime.booked_seconds;
             booked

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::integration::emitter::Emitter;
+use crate::integration::txack::SentDownlinks;
 use crate::join::key_use::KeyUse;
 use crate::ops::config::DataConfig;
 use crate::store::pending_mac::PendingMacs;
@@ -32,6 +33,8 @@ pub struct DataPlane {
     pub next_id: AtomicU64,
     /// Sessions given under rotated root keys whose first uplink the join server awaits.
     pub key_use: KeyUse,
+    /// The downlinks sent and waiting for their gateway's TX_ACK (the `txack` events).
+    pub sent: SentDownlinks,
 }
 
 impl DataPlane {
@@ -51,6 +54,7 @@ impl DataPlane {
             emitter,
             next_id: AtomicU64::new(1),
             key_use: KeyUse::default(),
+            sent: SentDownlinks::default(),
         }
     }
 

@@ -11,11 +11,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use protocol::data::UplinkMicParams;
+use protocol::data::{FramePayload, FrmPayload, SessionCrypto, Uplink, UplinkMicParams};
 use protocol::gwmp::{
     CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token, TxAck, TxAckCode, TxPk,
 };
-use protocol::ids::GatewayEui;
+use protocol::ids::{DevAddr, GatewayEui};
 
 /// A child process killed on drop, and the `listening …` line it printed.
 pub struct Proc {
@@ -470,6 +470,33 @@ pub const UPLINK_MIC: UplinkMicParams = UplinkMicParams {
     tx_dr: 5,
     tx_ch: 1,
 };
+
+/// An unconfirmed data uplink of `dev_addr` (its ACK bit `ack`) with `payload` on `f_port`,
+/// under `crypto`, with the MIC parameters [`UPLINK_MIC`].
+pub fn data_uplink(
+    crypto: &SessionCrypto,
+    dev_addr: DevAddr,
+    (fcnt, ack): (u32, bool),
+    f_port: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    Uplink {
+        confirmed: false,
+        dev_addr,
+        fcnt,
+        adr: false,
+        adr_ack_req: false,
+        ack,
+        class_b: false,
+        fopts: vec![],
+        payload: FramePayload::Application {
+            f_port,
+            payload: FrmPayload(payload.to_vec()),
+        },
+    }
+    .build(crypto, &UPLINK_MIC)
+    .unwrap()
+}
 
 /// `netserver serve` (this package's binary) with `config`, its data in `data_dir`, the join
 /// server at `join_server`, the link key and network KEK of NetID `net_id` in a join server's

@@ -182,6 +182,7 @@ impl FakeDevice {
             created_at_ms: 1_700_000_000_000,
             lifetime_s: None,
             last_rj_count0: None,
+            owner: None,
         };
         Session::new(&stored, keys, labels, None).unwrap()
     }
@@ -524,7 +525,7 @@ impl Harness {
         };
         let locked = candidates.iter().map(|s| (s, s.live.lock()));
         let handled = match uplink::handle(&input, &env, locked, &mut self.rng) {
-            Decision::Dropped(r) => return self.dropped(r),
+            Decision::Dropped(r, _) => return self.dropped(r),
             Decision::Accepted(a) => {
                 let dev_eui = a.session.dev_eui;
                 if a.in_use && self.sessions.is_current(a.session) {
