@@ -167,16 +167,17 @@ fn allowed_gateways(config: &Config) -> anyhow::Result<Option<allowed::AllowedGa
     }
 }
 
+/// The socket data downlinks leave from, and the key of the hand-off to another instance (a
+/// shared store's).
+type Downlinks = (std::net::UdpSocket, Option<Arc<HandoffKey>>);
+
 /// The data path's shared parts, with the emitter thread started on the configured sink
 /// (behind the event log, if delivered sinks are configured: its writes are watched by
 /// them) and writing the counters to `counters`, its downlinks sent from `downlinks`. With a
 /// shared store, `sessions` catch up on the counters other instances committed.
 fn start_plane(
     config: &Config,
-    (counters, downlinks): (
-        Box<dyn CounterBackend>,
-        (std::net::UdpSocket, Option<Arc<HandoffKey>>),
-    ),
+    (counters, downlinks): (Box<dyn CounterBackend>, Downlinks),
     metrics: &Metrics,
     shared: Option<(&Arc<crate::store::table::Sessions>, PgStore)>,
 ) -> anyhow::Result<(DataPlane, EmitterThread, Option<watch::Receiver<Position>>)> {
