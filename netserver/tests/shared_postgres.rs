@@ -327,9 +327,9 @@ fn join_events(paths: &[&Path]) -> Vec<Value> {
         .collect()
 }
 
-/// Waits up to 10 s for `want` to hold over the events of `paths`.
+/// Waits up to 30 s (a loaded machine) for `want` to hold over the events of `paths`.
 fn wait_until(paths: &[&Path], what: &str, want: impl Fn(&BTreeMap<(String, u64), usize>) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let d = delivered(paths);
         if want(&d) {
@@ -357,6 +357,12 @@ fn two_instances_share_sessions_counters_and_deduplication() {
     let d2 = join(&gb, 2, 1, 2_000_000);
     assert_eq!(d1.addr.as_u32() >> 24, 0x26, "A's sub-block");
     assert_eq!(d2.addr.as_u32() >> 24, 0x27, "B's sub-block");
+    // Each instance has the other's session (its NOTIFY, then a load) before the device's
+    // first uplink, as a real device's first uplink follows its Join-accept by seconds: under
+    // load the load can take longer than this test takes to send its frames.
+    let loaded = "netserver_shared_store_total{event=\"session_loaded\"}";
+    common::wait_metric(b.addr("metrics"), loaded, 1.0);
+    common::wait_metric(a.addr("metrics"), loaded, 1.0);
 
     // Heard by both gateways: delivered once.
     let mut tmst = 10_000_000;
