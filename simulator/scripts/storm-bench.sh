@@ -48,6 +48,18 @@ T0=$(date +%s.%N)
     awk -v t0="$T0" -v now="$(date +%s.%N)" '{ printf "%.1f,%d\n", now - t0, $14 + $15 }' "/proc/$NS/stat"
     sleep 1
   done ) >"$D/netserver-cpu.csv" 2>/dev/null &
+# PROFILE=1: `perf record` (cpu-clock samples with DWARF call graphs, PROFILE_HZ per second,
+# default 499) of each server for the whole run, into $D/netserver.perf and $D/joinserver.perf
+# (`perf report -i FILE --no-children` reads them; see docs/benchmarks.md).
+PERFS=()
+if [ -n "${PROFILE:-}" ]; then
+  for p in "netserver:$NS" "joinserver:$JS"; do
+    perf record -F "${PROFILE_HZ:-499}" --call-graph dwarf,16384 -p "${p#*:}" -o "$D/${p%%:*}.perf" \
+      >"$D/${p%%:*}.perf.log" 2>&1 &
+    PERFS+=($!)
+  done
+  sleep 0.5
+fi
 # shellcheck disable=SC2086
 "$BIN/simulator" run --manifest "$D/fleet.csv" --netserver "$GWMP" --scenario "$SCENARIO" --join-window "$W" \
   --gateways "$G" --heard-by "$K" --quiet --report-json "$D/report.json" --timeseries-csv "$D/ts.csv" \
@@ -62,4 +74,6 @@ print(f"devices {r['devices']} accepted {j['accepted']} attempted {j['attempted'
       f"duplicates {r['uplinks']['duplicates']} push_data {r['gwmp']['push_data']} push_ack {r['gwmp']['push_ack']}")
 PY
 save_server_metrics
+for p in "${PERFS[@]}"; do kill -INT "$p" 2>/dev/null || true; done
+for p in "${PERFS[@]}"; do wait "$p" 2>/dev/null || true; done
 echo "$D"
