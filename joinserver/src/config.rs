@@ -100,6 +100,8 @@ pub struct StoreConfig {
     pub pool_size: u32,
     /// The most nonce updates committed in one transaction (group commit).
     pub max_batch: usize,
+    /// The least milliseconds from one nonce commit's start to the next's.
+    pub commit_interval_ms: u64,
     /// Pending answers allowed to wait for the writer before the link stops reading.
     pub queue_depth: usize,
     /// When a nonce commit counts as done: `full` (default) waits for the disk (fsync of the
@@ -157,6 +159,7 @@ impl Default for StoreConfig {
             url: String::new(),
             pool_size: 8,
             max_batch: 4096,
+            commit_interval_ms: 10,
             queue_depth: 65_536,
             synchronous: Synchronous::Full,
         }
@@ -437,6 +440,10 @@ url = ""
 pool_size = 8
 # Most nonce updates committed in one transaction (group commit).
 max_batch = 4096
+# Least milliseconds from one nonce commit's start to the next's: in a join storm the joins of an
+# interval share one commit (one fsync) instead of one commit every few ms; a join after a quiet
+# spell commits at once. Each answer waits at most this long more. 0: commit whenever joins wait.
+commit_interval_ms = 10
 # Answers allowed to wait for the writer before the link stops reading datagrams.
 queue_depth = 65536
 # SQLite (PostgreSQL follows its own synchronous_commit): when a commit is done: "full" fsyncs

@@ -364,9 +364,12 @@ fn spawn_link(
     let link_addr = socket.local_addr().ok();
     let release_link = link.clone();
     let batch_sender = crate::mmsg::BatchSender::new(64);
-    let (writer, writer_handle) = GroupCommit::<Queued>::spawn(
+    let (writer, writer_handle) = GroupCommit::<Queued>::spawn_paced(
         store,
-        config.store.max_batch,
+        (
+            config.store.max_batch,
+            Duration::from_millis(config.store.commit_interval_ms),
+        ),
         config.store.queue_depth,
         move |released| {
             crate::queue::release(&release_link, &send_socket, &batch_sender, released);

@@ -147,6 +147,11 @@ join_request_burst_s = 36
 [storage]
 # Most session writes committed in one transaction (group commit).
 max_batch = 512
+# Least milliseconds from one session commit's start to the next's: in a join storm the joins of
+# an interval share one commit (one fdatasync) instead of one commit every ~2 ms; a join after a
+# quiet spell commits at once. Each join waits at most this long more for its durable session
+# (its Join-accept is due seconds later). 0: commit whenever writes wait.
+commit_interval_ms = 10
 
 [store]
 # Where sessions, frame counters and gateway owners live. "": the embedded redb files in data_dir
@@ -649,11 +654,26 @@ impl SchedulerConfig {
 pub struct StorageConfig {
     /// Most writes per group commit.
     pub max_batch: usize,
+    /// Least milliseconds from one group commit's start to the next's.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { max_batch: 512 }
+        Self {
+            max_batch: 512,
+            commit_interval_ms: 10,
+        }
+    }
+}
+
+impl StorageConfig {
+    /// The session store's grouping of writes.
+    pub fn group_commit(&self) -> crate::store::commit::GroupCommit {
+        crate::store::commit::GroupCommit {
+            max_batch: self.max_batch,
+            min_interval: Duration::from_millis(self.commit_interval_ms),
+        }
     }
 }
 
@@ -912,6 +932,11 @@ impl Config {
         if self.storage.max_batch == 0 {
             return Err(ConfigError::Invalid(
                 "storage.max_batch must be at least 1".into(),
+            ));
+        }
+        if self.storage.commit_interval_ms > 1000 {
+            return Err(ConfigError::Invalid(
+                "storage.commit_interval_ms must be at most 1000 (a join waits that long for its session)".into(),
             ));
         }
         AddrBlock::resolve(self.network.net_id, &self.network.dev_addr_prefix)

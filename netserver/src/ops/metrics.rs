@@ -50,8 +50,10 @@ pub struct Metrics {
     pub join_latency: Histogram,
     /// Time from sending the first JoinReq to the JoinAns, seconds.
     pub link_rtt: Histogram,
-    /// Session writes committed, and group commits done.
+    /// Session store group commits, by result.
     pub store_commits: IntCounterVec,
+    /// Writes per session store group commit.
+    pub store_commit_writes: Histogram,
     /// Active sessions.
     pub sessions: IntGauge,
     /// Gateways known / online.
@@ -206,6 +208,12 @@ impl Metrics {
                 "netserver_store_commits_total",
                 "Session store group commits, by result (ok, error).",
                 &["result"],
+            ),
+            store_commit_writes: histogram(
+                &r,
+                "netserver_store_commit_writes",
+                "Writes (sessions stored or removed) per session store group commit.",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
             ),
             sessions: gauge(&r, "netserver_sessions", "Active sessions."),
             gateways: gauge(&r, "netserver_gateways", "Gateways known."),

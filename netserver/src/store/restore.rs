@@ -112,7 +112,7 @@ pub fn restore(
 ) -> anyhow::Result<Restored> {
     let (backend, counter_log, shared) = open_backends(config)?;
     let (store, restored, store_thread) =
-        SessionStore::start_all(backend, config.storage.max_batch, metrics.clone())?;
+        SessionStore::start_all(backend, config.storage.group_commit(), metrics.clone())?;
     let sessions = Arc::new(Sessions::new());
     let allocator = AddrAllocator::new(block);
     let reviver = Reviver {
