@@ -407,7 +407,7 @@ fn main() {
     let receiver = std::thread::spawn(move || {
         let mut lat: Vec<u32> = Vec::with_capacity(total as usize);
         let (mut ok, mut failed) = (0u64, 0u64);
-        let mut rx = joinserver::mmsg::BatchReceiver::new(32, 2048);
+        let mut rx = udpbatch::BatchReceiver::new(32, 2048);
         let mut last = Instant::now();
         loop {
             match rx.recv(&rsock) {
@@ -443,7 +443,7 @@ fn main() {
         ciphers,
         buf: Vec::new(),
     };
-    let batch = joinserver::mmsg::BatchSender::new(64);
+    let batch = udpbatch::BatchSender::new(64);
     let cpu_before = server_cpu_ticks();
     let pgrp = pg.as_ref().and_then(testkit::postgres::Postgres::pid);
     let pg_cpu_before = postgres_cpu_ticks(pgrp);

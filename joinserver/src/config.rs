@@ -159,7 +159,7 @@ impl Default for StoreConfig {
             url: String::new(),
             pool_size: 8,
             max_batch: 4096,
-            commit_interval_ms: 10,
+            commit_interval_ms: 0,
             queue_depth: 65_536,
             synchronous: Synchronous::Full,
         }
@@ -440,10 +440,13 @@ url = ""
 pool_size = 8
 # Most nonce updates committed in one transaction (group commit).
 max_batch = 4096
-# Least milliseconds from one nonce commit's start to the next's: in a join storm the joins of an
-# interval share one commit (one fsync) instead of one commit every few ms; a join after a quiet
-# spell commits at once. Each answer waits at most this long more. 0: commit whenever joins wait.
-commit_interval_ms = 10
+# Least milliseconds from one nonce commit's start to the next's. 0 (the default): commit whenever
+# joins wait, which is what a client keeping a few requests in flight needs (it is limited to
+# its requests in flight per interval otherwise). A join server serving open-loop storms (many
+# network servers, or one with thousands of joins in flight) may set e.g. 10: the joins of an
+# interval then share one commit (one fsync), about a quarter less CPU per join at 5,000
+# joins/s (docs/benchmarks.md); a join after a quiet spell still commits at once.
+commit_interval_ms = 0
 # Answers allowed to wait for the writer before the link stops reading datagrams.
 queue_depth = 65536
 # SQLite (PostgreSQL follows its own synchronous_commit): when a commit is done: "full" fsyncs

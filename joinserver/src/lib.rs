@@ -33,7 +33,6 @@ pub mod installer;
 pub mod link;
 pub mod manifest;
 pub mod metrics;
-pub mod mmsg;
 pub mod nonces;
 pub mod onboarding;
 pub mod peers;

@@ -21,10 +21,10 @@ use protocol::ts002::JoinReq;
 use crate::cache::{self, AnswerCache, Durability, Lookup};
 use crate::core::{self, DeviceMap, JoinContext, JoinError};
 use crate::metrics::Metrics;
-use crate::mmsg::{BatchReceiver, BatchSender};
 use crate::rekey::{self, RekeyTrail};
 use crate::store::{AnswerKey, GroupCommit, Job, JoinCommit, NonceState, Released, Verdict};
 use crate::wire::{self, Parsed};
+use udpbatch::{BatchReceiver, BatchSender};
 
 /// At most one warning of each kind (clock skew, a NetID not its sender's) this often.
 const WARNING_EVERY_MS: u64 = 10_000;

@@ -8,8 +8,8 @@ use std::net::UdpSocket;
 use tokio::sync::oneshot;
 
 use crate::link::{Link, Outgoing};
-use crate::mmsg::BatchSender;
 use crate::store::Released;
+use udpbatch::BatchSender;
 
 /// An answer waiting for its batch's commit.
 pub enum Queued {

@@ -363,7 +363,7 @@ fn spawn_link(
 ) -> Result<LinkThreads, StartError> {
     let link_addr = socket.local_addr().ok();
     let release_link = link.clone();
-    let batch_sender = crate::mmsg::BatchSender::new(64);
+    let batch_sender = udpbatch::BatchSender::new(64);
     let (writer, writer_handle) = GroupCommit::<Queued>::spawn_paced(
         store,
         (

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use crate::core::devaddr::AddrBlock;
 use crate::gateway::allowed;
 use crate::gateway::handoff::HandoffKey;
-use crate::gateway::socket::{gwmp_loop, gwmp_socket};
+use crate::gateway::socket::{gwmp_loop, gwmp_socket, LoopLink};
 use crate::integration::auth::{self, DownlinkToken};
 use crate::integration::emitter::{CatchUp, Emitter, EmitterThread, Hooks, Requeue};
 use crate::integration::log::{Logged, Position};
@@ -76,7 +76,7 @@ pub fn run(
     let gwmp = GwmpSockets::bind(&config)?;
     let handoff = Handoff::bind_shared(&config, &secrets, restored.shared.as_ref(), &gwmp)?;
     let handoff_key = handoff.as_ref().map(|h| Arc::clone(&h.key));
-    let link = Link::bind(&config, &secrets, block, &metrics)?;
+    let mut link = Link::bind(&config, &secrets, (block, gwmp.workers), &metrics)?;
     let http = HttpSecurity::of(&config.http)?;
     let (metrics_listener, metrics_addr) = metrics_endpoint(&http, &config)?;
     // The control runtime, created before the socket loops so that everything fallible is
@@ -104,7 +104,8 @@ pub fn run(
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let delivery = sinks.start(&state, &data_dir, written.as_ref())?;
-    let threads = spawn_socket_loops(&state, &link.servers, gwmp.sockets, &shutdown_rx)?;
+    let loops = std::mem::take(&mut link.loops);
+    let threads = spawn_socket_loops(&state, loops, gwmp.sockets, &shutdown_rx)?;
     let shared = SharedThreads::start(&state, restored.shared, handoff.as_ref())?;
     let addrs = Addresses {
         gwmp: gwmp.addr,
@@ -380,21 +381,31 @@ impl SharedThreads {
     }
 }
 
-/// The join server link: its client, its socket for the receive loop, and the join servers by
-/// JoinEUI prefix (`[[join_servers]]`) around it.
+/// The join server link: the control runtime's client (its socket on `[join_server] bind`,
+/// read by the control runtime's receive loop), one client per GWMP socket loop (each on an
+/// ephemeral port of the same address, read by its loop), and the join servers by JoinEUI
+/// prefix (`[[join_servers]]`) around each.
 struct Link {
     client: Arc<LinkClient>,
     servers: Arc<JoinServers>,
     socket: std::net::UdpSocket,
     addr: SocketAddr,
     peer: SocketAddr,
+    loops: Vec<LoopLinkParts>,
+}
+
+/// A socket loop's own link, before its runtime starts: its routes, client and socket.
+struct LoopLinkParts {
+    servers: Arc<JoinServers>,
+    client: Arc<LinkClient>,
+    socket: std::net::UdpSocket,
 }
 
 impl Link {
     fn bind(
         config: &Config,
         secrets: &Secrets,
-        block: AddrBlock,
+        (block, workers): (AddrBlock, usize),
         metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let peer = resolve(&config.join_server.address)?;
@@ -409,21 +420,38 @@ impl Link {
         let socket = std::net::UdpSocket::bind(bind)
             .with_context(|| format!("binding the link socket on {bind}"))?;
         let addr = socket.local_addr()?;
-        let client = Arc::new(LinkClient::new(
-            socket.try_clone()?,
-            peer,
-            secrets.link_key.clone(),
-            PeerId::from_net_id(block.net_id),
-            metrics.clone(),
-        )?);
+        let client_on = |socket: &std::net::UdpSocket| -> anyhow::Result<Arc<LinkClient>> {
+            Ok(Arc::new(LinkClient::new(
+                socket.try_clone()?,
+                peer,
+                secrets.link_key.clone(),
+                PeerId::from_net_id(block.net_id),
+                metrics.clone(),
+            )?))
+        };
+        let client = client_on(&socket)?;
         socket.set_nonblocking(true)?;
         let servers = Arc::new(join_servers(config, &client)?);
+        let mut loops = Vec::new();
+        for _ in 0..workers {
+            let own = SocketAddr::new(addr.ip(), 0);
+            let socket = std::net::UdpSocket::bind(own)
+                .with_context(|| format!("binding a socket loop's link socket on {own}"))?;
+            let client = client_on(&socket)?;
+            socket.set_nonblocking(true)?;
+            loops.push(LoopLinkParts {
+                servers: Arc::new(join_servers(config, &client)?),
+                client,
+                socket,
+            });
+        }
         Ok(Self {
             client,
             servers,
             socket,
             addr,
             peer,
+            loops,
         })
     }
 }
@@ -488,17 +516,16 @@ impl DownlinkInputs {
     }
 }
 
-/// Starts one thread per GWMP socket, each with its current-thread runtime.
+/// Starts one thread per GWMP socket, each with its current-thread runtime and its own link.
 fn spawn_socket_loops(
     state: &Arc<State>,
-    link: &Arc<JoinServers>,
+    links: Vec<LoopLinkParts>,
     sockets: Vec<std::net::UdpSocket>,
     shutdown: &watch::Receiver<bool>,
 ) -> std::io::Result<Vec<JoinHandle<anyhow::Result<()>>>> {
     let mut threads = Vec::new();
-    for (i, sock) in sockets.into_iter().enumerate() {
+    for (i, (sock, link)) in sockets.into_iter().zip(links).enumerate() {
         let state = Arc::clone(state);
-        let link = Arc::clone(link);
         let shutdown = shutdown.clone();
         threads.push(
             std::thread::Builder::new()
@@ -508,10 +535,17 @@ fn spawn_socket_loops(
                         .enable_all()
                         .build()?;
                     rt.block_on(async move {
-                        let socket = UdpSocket::from_std(sock).inspect_err(|e| {
+                        let sockets = UdpSocket::from_std(sock).and_then(|gwmp| {
+                            Ok((gwmp, UdpSocket::from_std(link.socket)?))
+                        });
+                        let (socket, link_socket) = sockets.inspect_err(|e| {
                             tracing::error!(error = %e, worker = i, "GWMP socket loop cannot start");
                         })?;
-                        gwmp_loop(state, link, Arc::new(socket), shutdown).await;
+                        let own = LoopLink {
+                            client: link.client,
+                            socket: link_socket,
+                        };
+                        gwmp_loop(state, (link.servers, own), Arc::new(socket), shutdown).await;
                         Ok(())
                     })
                 })?,

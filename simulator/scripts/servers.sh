@@ -11,7 +11,10 @@
 start_servers() {
   "$BIN/joinserver" init --data-dir "$D/js" >/dev/null
   "$BIN/joinserver" devices import --data-dir "$D/js" "$D/fleet.csv" >/dev/null
-  "$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics "${JS_METRICS:-}" \
+  # JS_CONFIG=FILE: the join server's TOML configuration (e.g. `[store] commit_interval_ms = 10`).
+  local js_args=()
+  [ -n "${JS_CONFIG:-}" ] && js_args=(--config "$JS_CONFIG")
+  "$BIN/joinserver" serve --data-dir "$D/js" --listen 127.0.0.1:0 --metrics "${JS_METRICS:-}" "${js_args[@]}" \
     >"$D/js.out" 2>"$D/js.err" &
   JS=$!
   trap 'kill $JS ${NS:-} 2>/dev/null || true' EXIT

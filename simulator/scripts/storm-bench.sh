@@ -43,11 +43,14 @@ else
 fi
 # The network server's CPU (utime + stime, clock ticks) once a second, seconds counted from the
 # simulator's start as in ts.csv: $D/netserver-cpu.csv (second,ticks).
+# The join server's likewise: $D/joinserver-cpu.csv.
 T0=$(date +%s.%N)
-( while [ -r "/proc/$NS/stat" ]; do
-    awk -v t0="$T0" -v now="$(date +%s.%N)" '{ printf "%.1f,%d\n", now - t0, $14 + $15 }' "/proc/$NS/stat"
-    sleep 1
-  done ) >"$D/netserver-cpu.csv" 2>/dev/null &
+for p in "netserver:$NS" "joinserver:$JS"; do
+  ( while [ -r "/proc/${p#*:}/stat" ]; do
+      awk -v t0="$T0" -v now="$(date +%s.%N)" '{ printf "%.1f,%d\n", now - t0, $14 + $15 }' "/proc/${p#*:}/stat"
+      sleep 1
+    done ) >"$D/${p%%:*}-cpu.csv" 2>/dev/null &
+done
 # PROFILE=1: `perf record` (cpu-clock samples with DWARF call graphs, PROFILE_HZ per second,
 # default 499) of each server for the whole run, into $D/netserver.perf and $D/joinserver.perf
 # (`perf report -i FILE --no-children` reads them; see docs/benchmarks.md).

@@ -1,16 +1,20 @@
-//! The GWMP socket loop: one per worker thread, owning one UDP socket. Each datagram is
-//! handled inline through the gateway core ([`crate::gateway::gwmp::Gwmp`]): acknowledged at
-//! once, then dispatched; this shell carries out the core's actions (registry updates,
-//! metrics, a join task, the data path's collection window).
+//! The GWMP socket loop: one per worker thread, owning one GWMP socket and its own link socket
+//! to the join server. Datagrams are read in batches (`recvmmsg`) and handled inline through
+//! the gateway core ([`crate::gateway::gwmp::Gwmp`]): a batch's acknowledgements leave at once
+//! in one `sendmmsg`, then each datagram is dispatched; this shell carries out the core's
+//! actions (registry updates, metrics, a join task, the data path's collection window). The
+//! link socket's JoinAns datagrams wake the join tasks of this same thread.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use udpbatch::{BatchReceiver, BatchSender};
 
 use crate::core::airtime::TxOutcome;
 use crate::core::gateway::{
@@ -19,6 +23,7 @@ use crate::core::gateway::{
 use crate::gateway::gwmp::Gwmp;
 use crate::integration::emitter::Emit;
 use crate::integration::txack;
+use crate::join::link::LinkClient;
 use crate::join::route::JoinServers;
 use crate::ops::metrics::Metrics;
 use crate::state::State;
@@ -68,14 +73,65 @@ pub(crate) struct Held {
     collecting: Collecting,
 }
 
-/// One GWMP socket loop.
+/// Datagrams taken per system call (`recvmmsg`) on a GWMP or link socket.
+const RECV_BATCH: usize = 32;
+/// The largest link datagram (a JoinAns with its keys fits well within it).
+const MAX_LINK_DATAGRAM: usize = 4096;
+
+/// This loop's own link to the join server: a client whose socket only this loop reads, so a
+/// JoinAns wakes the join task on the thread that sent its JoinReq (no hop through another
+/// thread).
+pub struct LoopLink {
+    /// The client (its pending requests).
+    pub client: Arc<LinkClient>,
+    /// Its socket, read by this loop.
+    pub socket: UdpSocket,
+}
+
+impl LoopLink {
+    /// Reads every datagram queued on the link socket (batched) and hands each to the client.
+    fn drain(&self, rx: &mut BatchReceiver) {
+        loop {
+            match self
+                .socket
+                .try_io(Interest::READABLE, || rx.recv(&self.socket))
+            {
+                Ok(n) => {
+                    let now_ms = protocol::time::unix_ms(SystemTime::now());
+                    for i in 0..n {
+                        // The source address is not checked: the tag authenticates the answer.
+                        self.client.on_datagram(rx.get(i).0, now_ms);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "link receive failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What woke the loop.
+enum Wake {
+    Gwmp,
+    Link,
+    WindowEnd,
+    Shutdown,
+}
+
+/// One GWMP socket loop: reads its GWMP socket and its link socket in batches (`recvmmsg`),
+/// acknowledges each batch's datagrams in one `sendmmsg`, then dispatches them.
 pub async fn gwmp_loop(
     state: Arc<State>,
-    link: Arc<JoinServers>,
+    (link, own): (Arc<JoinServers>, LoopLink),
     socket: Arc<UdpSocket>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut gwmp_rx = BatchReceiver::new(RECV_BATCH, MAX_DATAGRAM);
+    let mut link_rx = BatchReceiver::new(RECV_BATCH, MAX_LINK_DATAGRAM);
+    let acks = BatchSender::new(RECV_BATCH);
     let mut held = Held::default();
     let gwmp = Gwmp::of(&state.config.gwmp);
     // One timer, re-armed only when the oldest held frame changes.
@@ -91,78 +147,110 @@ pub async fn gwmp_loop(
             }
             armed = due;
         }
-        let (n, from) = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+        let wake = tokio::select! {
+            r = socket.readable() => match r {
+                Ok(()) => Wake::Gwmp,
                 Err(e) => {
-                    // ICMP errors surface here on some systems; the socket stays usable.
-                    tracing::debug!(error = %e, "GWMP receive error");
+                    tracing::debug!(error = %e, "GWMP socket not readable");
                     continue;
                 }
             },
-            () = &mut window_end, if armed.is_some() => {
-                armed = None;
-                continue;
+            r = own.socket.readable() => match r {
+                Ok(()) => Wake::Link,
+                Err(e) => {
+                    tracing::debug!(error = %e, "link socket not readable");
+                    continue;
+                }
+            },
+            () = &mut window_end, if armed.is_some() => Wake::WindowEnd,
+            _ = shutdown.changed() => Wake::Shutdown,
+        };
+        match wake {
+            Wake::Gwmp => {
+                let n = match socket.try_io(Interest::READABLE, || gwmp_rx.recv(&*socket)) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        // ICMP errors surface here on some systems; the socket stays usable.
+                        tracing::debug!(error = %e, "GWMP receive error");
+                        continue;
+                    }
+                };
+                let batch = Batch {
+                    gwmp,
+                    rx: &gwmp_rx,
+                    n,
+                    now: Instant::now(),
+                };
+                handle_batch(&state, &link, (&socket, &acks), batch, &mut held);
+                while held.joins.try_join_next().is_some() {}
             }
-            _ = shutdown.changed() => break,
-        };
-        let now = Instant::now();
-        let datagram = Datagram {
-            gwmp,
-            data: &buf[..n],
-            from,
-            now,
-        };
-        handle_datagram(&state, &link, &socket, datagram, &mut held).await;
-        while held.joins.try_join_next().is_some() {}
+            Wake::Link => own.drain(&mut link_rx),
+            Wake::WindowEnd => armed = None,
+            Wake::Shutdown => break,
+        }
     }
     // Frames still in their collection window are handled now rather than lost.
     held.collecting.drain(&state);
-    // Let joins in flight finish: none can outlive its RX2 window.
+    // Let joins in flight finish (their answers still arrive here): none can outlive its RX2
+    // window.
     let bound = state.join_timing().rx2_delay + Duration::from_secs(1);
     let _ = tokio::time::timeout(bound, async {
-        while held.joins.join_next().await.is_some() {}
+        loop {
+            tokio::select! {
+                j = held.joins.join_next() => if j.is_none() { break },
+                r = own.socket.readable() => if r.is_ok() { own.drain(&mut link_rx) },
+            }
+        }
     })
     .await;
 }
 
-/// One datagram received, with the protocol (and its limits) it is read with.
-struct Datagram<'a> {
+/// The datagrams of one `recvmmsg`, with the protocol (and its limits) they are read with.
+struct Batch<'a> {
     gwmp: Gwmp,
-    data: &'a [u8],
-    from: SocketAddr,
+    rx: &'a BatchReceiver,
+    n: usize,
     now: Instant,
 }
 
-/// Handles one GWMP datagram: the acknowledgement first, then the dispatch.
-async fn handle_datagram(
+/// Handles the GWMP datagrams of one batch: each read, their acknowledgements sent in one
+/// system call, then each dispatched.
+fn handle_batch(
     state: &Arc<State>,
     link: &Arc<JoinServers>,
-    socket: &Arc<UdpSocket>,
-    datagram: Datagram<'_>,
+    (socket, sender): (&Arc<UdpSocket>, &BatchSender),
+    batch: Batch<'_>,
     held: &mut Held,
 ) {
-    let Datagram {
-        gwmp,
-        data,
-        from,
-        now,
-    } = datagram;
-    let received = match gwmp.receive(data, &state.gateways) {
-        Ok(r) => r,
-        Err(reason) => {
-            state
-                .metrics
-                .gwmp_dropped
-                .with_label_values(&[reason])
-                .inc();
-            tracing::debug!(%from, reason, "GWMP datagram dropped");
-            return;
+    let Batch { gwmp, rx, n, now } = batch;
+    let mut received = Vec::with_capacity(n);
+    let mut acks: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let (data, from) = rx.get(i);
+        let Some(from) = from else { continue };
+        match gwmp.receive(data, &state.gateways) {
+            Ok(r) => {
+                if let Some(ack) = r.ack {
+                    acks.push((ack, from));
+                }
+                received.push((r.message, from));
+            }
+            Err(reason) => {
+                state
+                    .metrics
+                    .gwmp_dropped
+                    .with_label_values(&[reason])
+                    .inc();
+                tracing::debug!(%from, reason, "GWMP datagram dropped");
+            }
         }
-    };
-    if let Some(ack) = &received.ack {
-        if let Err(e) = socket.send_to(ack, from).await {
-            tracing::debug!(%from, error = %e, "GWMP ack not sent");
+    }
+    if !acks.is_empty() {
+        let msgs: Vec<(&[u8], SocketAddr)> = acks.iter().map(|(a, to)| (&a[..], *to)).collect();
+        let sent = sender.send(&**socket, &msgs);
+        if sent < msgs.len() {
+            tracing::debug!(unsent = msgs.len() - sent, "GWMP acks not sent");
         }
     }
     let env = GatewayEnv {
@@ -171,14 +259,16 @@ async fn handle_datagram(
         retransmission_after: Duration::from_millis(state.data.config.retransmission_after_ms),
         region: state.config.network.region,
     };
-    let mut shell = Dispatcher {
-        state,
-        link,
-        socket,
-        held,
-        now,
-    };
-    gwmp.dispatch(now, from, received.message, &env, &mut shell);
+    for (message, from) in received {
+        let mut shell = Dispatcher {
+            state,
+            link,
+            socket,
+            held,
+            now,
+        };
+        gwmp.dispatch(now, from, message, &env, &mut shell);
+    }
 }
 
 /// Carries out the gateway core's actions for one datagram.

@@ -201,6 +201,10 @@ impl Drop for Reservation<'_> {
 }
 
 /// Runs one join from the first copy of its Join-request, and counts the outcome.
+///
+/// The join's span is at debug level: at thousands of joins a second an enabled span per join
+/// (its allocation and formatted fields) cost more than the CMAC of the Join-request; the
+/// warnings carry the device and gateway themselves.
 pub async fn handle_join_request<C: JoinServerClient>(
     state: Arc<State>,
     link: Arc<C>,
@@ -208,16 +212,34 @@ pub async fn handle_join_request<C: JoinServerClient>(
     phy: Vec<u8>,
     first: Reception,
 ) {
-    let span = tracing::info_span!(
+    let req = match JoinRequest::parse(&phy) {
+        Ok(r) => r,
+        Err(e) => {
+            let e = JoinError::from(e);
+            count_outcome(&state, &Err(e), &first, None);
+            return;
+        }
+    };
+    let span = tracing::debug_span!(
         "join",
         first_gateway = %first.gateway,
-        dev_eui = tracing::field::Empty,
+        dev_eui = %req.dev_eui,
         dev_addr = tracing::field::Empty
     );
-    let outcome = run(&state, &link, &gwmp, &phy, &first)
+    let outcome = run(&state, &link, &gwmp, (&phy, req), &first)
         .instrument(span.clone())
         .await;
     let _enter = span.enter();
+    count_outcome(&state, &outcome, &first, Some(req.dev_eui));
+}
+
+/// Counts a join's outcome; logs a refusal that is not expected by the thousand in a storm.
+fn count_outcome(
+    state: &State,
+    outcome: &Result<(Window, GatewayEui), JoinError>,
+    first: &Reception,
+    dev_eui: Option<DevEui>,
+) {
     match outcome {
         Ok((window, via)) => {
             state
@@ -236,14 +258,21 @@ pub async fn handle_join_request<C: JoinServerClient>(
                 .joins
                 .with_label_values(&[result, &reason])
                 .inc();
-            match &e {
+            match e {
                 // Expected by the thousand in a storm: counted, not logged at warn.
                 JoinError::Rejected { .. }
                 | JoinError::RateLimited
                 | JoinError::Flow(JoinFailure::TooLate | JoinFailure::NoAirtime) => {
                     tracing::debug!(error = %e, "no join-accept")
                 }
-                _ => tracing::warn!(error = %e, "no join-accept"),
+                _ => match dev_eui {
+                    Some(d) => {
+                        tracing::warn!(first_gateway = %first.gateway, dev_eui = %d, error = %e, "no join-accept")
+                    }
+                    None => {
+                        tracing::warn!(first_gateway = %first.gateway, error = %e, "no join-accept")
+                    }
+                },
             }
         }
     }
@@ -253,17 +282,13 @@ async fn run<C: JoinServerClient>(
     state: &State,
     link: &Arc<C>,
     gwmp: &UdpSocket,
-    phy: &[u8],
+    (phy, req): (&[u8], JoinRequest),
     first: &Reception,
 ) -> Result<(Window, GatewayEui), JoinError> {
-    let span = tracing::Span::current();
     let t0 = first.received_at;
 
-    // 1. Parse.
-    let req = JoinRequest::parse(phy)?;
-    span.record("dev_eui", tracing::field::display(req.dev_eui));
-
-    // 2. Join-storm protection: the device's allowance, then airtime for its Join-accept.
+    // 1. Parsed by the caller. 2. Join-storm protection: the device's allowance, then airtime
+    // for its Join-accept.
     within_allowance(state, &req, first)?;
     let cf_list = cf_list(state);
     let flow = JoinFlow::new(t0, state.retry_policy(), state.join_timing());

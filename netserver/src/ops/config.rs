@@ -80,7 +80,10 @@ address = ""
 request_timeout_ms = 300
 # JoinReq transmissions in all (the first one plus retries).
 tries = 3
-# Local address the link socket binds to.
+# Local address the link socket binds to. Each GWMP socket loop (gwmp.workers) also has a link
+# socket of its own on an ephemeral port of the same address, for its joins: a JoinAns comes
+# back to the thread that sent the JoinReq. A firewall between the servers must let the join
+# server answer to any port of this address (it answers to each request's source).
 bind = "0.0.0.0:0"
 
 # Join servers by JoinEUI prefix (longest prefix wins; "0000000000000000/0" catches the rest);
@@ -465,7 +468,8 @@ pub struct JoinServerConfig {
     pub request_timeout_ms: u64,
     /// Transmissions in all.
     pub tries: u32,
-    /// Local bind address of the link socket.
+    /// Local bind address of the link socket (the socket loops' own link sockets take
+    /// ephemeral ports of its address).
     pub bind: SocketAddr,
 }
 

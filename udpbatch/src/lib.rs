@@ -4,7 +4,7 @@
 //! nothing when idle. The safe wrappers are nix's (the workspace forbids `unsafe`).
 
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -50,8 +50,9 @@ impl BatchReceiver {
     }
 
     /// Blocks (up to the socket's read timeout) for at least one datagram and returns how many
-    /// were received; read them with [`Self::get`].
-    pub fn recv(&mut self, sock: &UdpSocket) -> std::io::Result<usize> {
+    /// were received; read them with [`Self::get`]. On a non-blocking socket with nothing
+    /// queued: `WouldBlock`.
+    pub fn recv(&mut self, sock: &impl AsRawFd) -> std::io::Result<usize> {
         self.got.clear();
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self
             .bufs
@@ -103,7 +104,7 @@ impl BatchSender {
 
     /// Sends every `(datagram, destination)`; returns how many the kernel accepted. A datagram
     /// the kernel refuses is skipped (UDP is lossy; the peer retries).
-    pub fn send(&self, sock: &UdpSocket, msgs: &[(&[u8], SocketAddr)]) -> usize {
+    pub fn send(&self, sock: &impl AsRawFd, msgs: &[(&[u8], SocketAddr)]) -> usize {
         let mut headers =
             MultiHeaders::<SockaddrStorage>::preallocate(self.batch.min(msgs.len()).max(1), None);
         let mut sent = 0;
@@ -140,5 +141,42 @@ impl BatchSender {
             }
         }
         sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    #[test]
+    fn a_batch_sent_in_one_call_is_received_in_one_call() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        let msgs: Vec<(&[u8], SocketAddr)> = vec![(b"one", to), (b"two", to), (b"three", to)];
+        assert_eq!(BatchSender::new(2).send(&tx, &msgs), 3);
+        rx.set_nonblocking(true).unwrap();
+        let mut r = BatchReceiver::new(8, 64);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match r.recv(&rx) {
+                Ok(n) => (0..n).for_each(|i| {
+                    let (d, from) = r.get(i);
+                    assert_eq!(from, Some(tx.local_addr().unwrap()));
+                    got.push(d.to_vec());
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+        assert_eq!(
+            r.recv(&rx).unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "nothing more queued"
+        );
     }
 }
