@@ -41,6 +41,7 @@ use crate::join::route::{JoinEuiPrefix, JoinServers, Route};
 use crate::ops::config::{Config, DataConfig};
 use crate::ops::listen::{HttpListener, HttpSecurity};
 use crate::ops::metrics::Metrics;
+use crate::state::SocketInodes;
 use crate::state::{Secrets, State};
 use crate::store::commit::SessionStore;
 use crate::store::counters::CounterBackend;
@@ -77,6 +78,10 @@ pub fn run(
     let handoff = Handoff::bind_shared(&config, &secrets, restored.shared.as_ref(), &gwmp)?;
     let handoff_key = handoff.as_ref().map(|h| Arc::clone(&h.key));
     let mut link = Link::bind(&config, &secrets, (block, gwmp.workers), &metrics)?;
+    let link_inodes = std::iter::once(&link.socket)
+        .chain(link.loops.iter().map(|l| &l.socket))
+        .filter_map(udpstat::socket_inode)
+        .collect();
     let http = HttpSecurity::of(&config.http)?;
     let (metrics_listener, metrics_addr) = metrics_endpoint(&http, &config)?;
     // The control runtime, created before the socket loops so that everything fallible is
@@ -88,7 +93,14 @@ pub fn run(
     let (plane, emitter_thread, written) = start_plane(&config, emitting, &metrics, shared)?;
     let data_dir = config.data_dir.clone();
     let store = restored.store;
-    let inodes = gwmp.sockets.iter().filter_map(udpstat::socket_inode);
+    let inodes = SocketInodes {
+        gwmp: gwmp
+            .sockets
+            .iter()
+            .filter_map(udpstat::socket_inode)
+            .collect(),
+        link: link_inodes,
+    };
     let state = Arc::new(State::new(
         config,
         block,
@@ -97,7 +109,7 @@ pub fn run(
         restored.allocator,
         store.clone(),
         secrets,
-        inodes.collect(),
+        inodes,
         plane,
         allowed_gateways,
         handoff_key,
@@ -434,11 +446,12 @@ impl Link {
         let servers = Arc::new(join_servers(config, &client)?);
         let mut loops = Vec::new();
         for _ in 0..workers {
+            // The join server answers a group commit's joins in one burst: the receive buffer
+            // is raised as the GWMP sockets' is (the default holds about a hundred JoinAns).
             let own = SocketAddr::new(addr.ip(), 0);
-            let socket = std::net::UdpSocket::bind(own)
+            let socket = gwmp_socket(own, config.gwmp.recv_buffer_bytes, false)
                 .with_context(|| format!("binding a socket loop's link socket on {own}"))?;
             let client = client_on(&socket)?;
-            socket.set_nonblocking(true)?;
             loops.push(LoopLinkParts {
                 servers: Arc::new(join_servers(config, &client)?),
                 client,

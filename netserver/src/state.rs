@@ -59,8 +59,9 @@ pub struct State {
     pub store: SessionStore,
     /// Secrets.
     pub secrets: Secrets,
-    /// Inodes of the GWMP sockets (for kernel drop counts, see the `udpstat` crate).
-    pub gwmp_inodes: Vec<u64>,
+    /// Inodes of the GWMP sockets and of the link sockets (for kernel drop counts, see the
+    /// `udpstat` crate).
+    pub inodes: SocketInodes,
     shutting_down: AtomicBool,
     next_transaction_id: AtomicU32,
     /// The data path's shared parts.
@@ -68,6 +69,15 @@ pub struct State {
     /// Several instances (PostgreSQL): the key that hands a downlink to the gateway's owner
     /// instance ([`crate::gateway::handoff`]).
     pub handoff: Option<Arc<HandoffKey>>,
+}
+
+/// The inodes of the server's UDP sockets, by role.
+#[derive(Debug, Default)]
+pub struct SocketInodes {
+    /// The GWMP sockets.
+    pub gwmp: Vec<u64>,
+    /// The join server link sockets (the control runtime's and the socket loops').
+    pub link: Vec<u64>,
 }
 
 impl State {
@@ -81,7 +91,7 @@ impl State {
         allocator: AddrAllocator,
         store: SessionStore,
         secrets: Secrets,
-        gwmp_inodes: Vec<u64>,
+        inodes: SocketInodes,
         data: DataPlane,
         allowed_gateways: Option<AllowedGateways>,
         handoff: Option<Arc<HandoffKey>>,
@@ -107,7 +117,7 @@ impl State {
             sessions,
             store,
             secrets,
-            gwmp_inodes,
+            inodes,
             shutting_down: AtomicBool::new(false),
             // A random start, then a counter: unique among the 2^32 most recent JoinReqs, so
             // the join server's (sender, TransactionID) cache never mistakes one for a retry
@@ -161,8 +171,12 @@ impl State {
             .set(i64::try_from(self.gateways.len()).unwrap_or(i64::MAX));
         m.gateways_online
             .set(i64::try_from(self.gateways.online(now)).unwrap_or(i64::MAX));
-        if let Some(d) = udpstat::receive_drops(&self.gwmp_inodes) {
+        if let Some(d) = udpstat::receive_drops(&self.inodes.gwmp) {
             m.gwmp_socket_drops
+                .set(i64::try_from(d).unwrap_or(i64::MAX));
+        }
+        if let Some(d) = udpstat::receive_drops(&self.inodes.link) {
+            m.link_socket_drops
                 .set(i64::try_from(d).unwrap_or(i64::MAX));
         }
     }

@@ -51,7 +51,7 @@ for name, addr in (("netserver", nsm), ("joinserver", jsm)):
         continue
     open(f"{d}/{name}.metrics", "w").write(text)
     if name == "netserver":
-        keep = ("netserver_joins_total", "netserver_gwmp_socket_drops", "netserver_link_requests_total")
+        keep = ("netserver_joins_total", "netserver_gwmp_socket_drops", "netserver_link_socket_drops", "netserver_link_requests_total")
         lines = [l for l in text.splitlines() if l.startswith(keep) and not l.endswith(" 0")]
         print("netserver: " + "  ".join(lines))
 PY

@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Datagrams the kernel dropped on the GWMP sockets because a receive buffer was full
     /// (from `/proc/self/net/udp*`, refreshed at scrape).
     pub gwmp_socket_drops: IntGauge,
+    /// Datagrams the kernel dropped on the link sockets (receive buffer full).
+    pub link_socket_drops: IntGauge,
     /// The data path's metrics (uplinks, latency, downlinks, events).
     pub data: DataMetrics,
     /// The delivered sinks' metrics (MQTT, webhooks).
@@ -226,6 +228,11 @@ impl Metrics {
                 &r,
                 "netserver_gwmp_socket_drops",
                 "Datagrams dropped by the kernel on the GWMP sockets (receive buffer full).",
+            ),
+            link_socket_drops: gauge(
+                &r,
+                "netserver_link_socket_drops",
+                "Datagrams dropped by the kernel on the join server link sockets (receive buffer full).",
             ),
             data: DataMetrics::register(&r),
             integration: crate::integration::delivery::IntegrationMetrics::register(&r),
