@@ -3,10 +3,13 @@
 //! - **GWMP socket loops** ([`crate::gateway::socket`]): `gwmp.workers` threads (default: one per core), each running a
 //!   current-thread tokio runtime that owns one UDP socket. The sockets share the listen address
 //!   with `SO_REUSEPORT`, so the kernel spreads gateways over them (a gateway's datagrams always
-//!   reach the same socket). Each datagram is handled inline: acknowledged at once, parsed,
+//!   reach the same socket). Datagrams are read in batches (`recvmmsg`), a batch's
+//!   acknowledgements leave in one `sendmmsg`, and each datagram is handled inline: parsed,
 //!   classified, de-duplicated. Only the first copy of a Join-request becomes a task, because it
-//!   waits for the join server.
-//! - **Control runtime** (the main thread): the link receive loop, the `/metrics` endpoint,
+//!   waits for the join server; each loop has its own link socket, so the JoinAns wakes that
+//!   task on the same thread.
+//! - **Control runtime** (the main thread): the receive loop of the control link socket (the
+//!   network server's own requests, such as `SessionInUseReq`), the `/metrics` endpoint,
 //!   housekeeping (de-duplication sweep, idle gateways) and the signal handler.
 //! - **Store thread**: group commits ([`crate::store::commit::SessionStore`]).
 //! - **Listener thread** (PostgreSQL only): loads the sessions other instances commit

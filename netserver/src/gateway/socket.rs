@@ -184,6 +184,12 @@ pub async fn gwmp_loop(
                 };
                 handle_batch(&state, &link, (&socket, &acks), batch, &mut held);
                 while held.joins.try_join_next().is_some() {}
+                // Each datagram spends a unit of the task budget, as one `recv_from` did: under a
+                // flood the loop yields to the join tasks every 128 datagrams, not every 128
+                // batches (joins then sat at their in-flight limit while uplinks kept coming).
+                for _ in 0..n {
+                    tokio::task::consume_budget().await;
+                }
             }
             Wake::Link => own.drain(&mut link_rx),
             Wake::WindowEnd => armed = None,
