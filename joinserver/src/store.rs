@@ -1593,22 +1593,27 @@ mod tests {
         ));
     }
 
-    /// A join for device `i` whose previous state is the default one.
-    fn first_join(i: u32) -> Job {
+    /// Device `i`'s join with DevNonce `i`, checked against `previous` (the JoinNonce after it).
+    fn join_job(i: u32, previous: NonceState) -> Job {
         Job::Join(JoinCommit {
             update: NonceUpdate {
                 dev_eui: DevEui::new(u64::from(i)),
                 state: NonceState {
                     last_dev_nonce: Some(i as u16),
                     used_dev_nonces: vec![],
-                    last_join_nonce: 1,
+                    last_join_nonce: previous.last_join_nonce + 1,
                     last_rj_count1: None,
                 },
                 joined: JOINED,
             },
-            previous: NonceState::default(),
+            previous,
             answer: None,
         })
+    }
+
+    /// A join for device `i` whose previous state is the default one.
+    fn first_join(i: u32) -> Job {
+        join_job(i, NonceState::default())
     }
 
     #[test]
@@ -1663,20 +1668,7 @@ mod tests {
                     last_join_nonce: if i == 8 { 5 } else { 0 },
                     ..NonceState::default()
                 };
-                Job::Join(JoinCommit {
-                    update: NonceUpdate {
-                        dev_eui: DevEui::new(u64::from(i)),
-                        state: NonceState {
-                            last_dev_nonce: Some(i as u16),
-                            used_dev_nonces: vec![],
-                            last_join_nonce: previous.last_join_nonce + 1,
-                            last_rj_count1: None,
-                        },
-                        joined: JOINED,
-                    },
-                    previous,
-                    answer: None,
-                })
+                join_job(i, previous)
             } else {
                 Job::Nothing
             };

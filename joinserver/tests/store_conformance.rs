@@ -430,7 +430,7 @@ use joinserver::bi::tokens::{self, PeerToken, PeerTokens, TokenStore};
 use joinserver::manifest::Format;
 use joinserver::onboarding::backend::OnboardBackend;
 use joinserver::onboarding::db::{
-    Actor, AuditEntry, AuditFilter, ClaimOutcome, OnboardStore, OwnershipColumn, Role,
+    Actor, ApiKeyInfo, AuditEntry, AuditFilter, ClaimOutcome, OnboardStore, OwnershipColumn, Role,
 };
 use joinserver::onboarding::import::{Failure, Job, SliceSource};
 use joinserver::onboarding::secret::{self, ApiKeySecret};
@@ -540,12 +540,23 @@ fn api_keys_are_found_by_hash_expire_and_revoke(o: &mut Onboard) {
     assert_eq!(o.db.find_api_key(&[7; 32], 0).unwrap(), None);
     let listed = o.db.list_api_keys().unwrap();
     assert_eq!(listed.len(), 2);
-    assert_eq!(listed[1].expires_ms, Some(5_000));
+    // Listed by creation time, then id: two keys made in the same millisecond come in the
+    // order of their (random) ids, so each is found by its id.
+    let by_id = |listed: &[ApiKeyInfo], id: &str| -> ApiKeyInfo {
+        listed
+            .iter()
+            .find(|k| k.id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("key {id} listed"))
+    };
+    assert_eq!(by_id(&listed, &r2.id).expires_ms, Some(5_000));
     assert!(o.db.revoke_api_key(&cli, &r1.id).unwrap());
     assert!(!o.db.revoke_api_key(&cli, &r1.id).unwrap(), "revoked once");
     assert!(!o.db.revoke_api_key(&cli, "0000000000000000").unwrap());
     assert_eq!(o.db.find_api_key(&k1.hash(), 10_000).unwrap(), None);
-    assert!(o.db.list_api_keys().unwrap()[0].revoked_ms.is_some());
+    let listed = o.db.list_api_keys().unwrap();
+    assert!(by_id(&listed, &r1.id).revoked_ms.is_some());
+    assert!(by_id(&listed, &r2.id).revoked_ms.is_none());
     assert_eq!(o.db.tenants().unwrap(), vec!["acme", "city"]);
     let n = NetId::new(0x13).unwrap();
     assert_eq!(o.db.tenant_home_net_id("city").unwrap(), None);

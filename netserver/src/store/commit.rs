@@ -227,6 +227,19 @@ mod tests {
     use crate::store::stored::tests::stored;
     use crate::store::stored::StoredNetworkKeys;
 
+    /// Stores sessions `ids` (DevAddr 0x26000000 + id) from one task each, all at once.
+    async fn put_concurrently(store: &SessionStore, ids: std::ops::Range<u64>) {
+        let puts: Vec<_> = ids
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.put(stored(i, 0x2600_0000 + i as u32)).await })
+            })
+            .collect();
+        for p in puts {
+            p.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn writes_within_the_commit_interval_share_the_next_commit() {
         let dir = tempfile::tempdir().unwrap();
@@ -242,15 +255,7 @@ mod tests {
         store.put(stored(1, 0x2600_0001)).await.unwrap();
         assert_eq!(commits(), 1);
         // Twenty writes right after it wait out the interval and share one commit.
-        let puts: Vec<_> = (2..22u64)
-            .map(|i| {
-                let store = store.clone();
-                tokio::spawn(async move { store.put(stored(i, 0x2600_0000 + i as u32)).await })
-            })
-            .collect();
-        for p in puts {
-            p.await.unwrap().unwrap();
-        }
+        put_concurrently(&store, 2..22).await;
         assert_eq!(commits(), 2, "the twenty writes in one commit");
         assert_eq!(m.store_commit_writes.get_sample_sum(), 21.0);
         drop(store);
@@ -269,15 +274,7 @@ mod tests {
                 SessionStore::start(RedbBackend::open(dir.path()).unwrap(), 64, m.clone()).unwrap();
             assert!(loaded.is_empty());
             // Concurrent puts share group commits.
-            let puts: Vec<_> = (0..50u64)
-                .map(|i| {
-                    let store = store.clone();
-                    tokio::spawn(async move { store.put(stored(i, 0x2600_0000 + i as u32)).await })
-                })
-                .collect();
-            for p in puts {
-                p.await.unwrap().unwrap();
-            }
+            put_concurrently(&store, 0..50).await;
             let mut replaced = stored(3, 0x2600_0FFF);
             let env = replaced.app_s_key.clone().unwrap();
             replaced.mac_version = Some(MacVersion::V1_1);
