@@ -34,6 +34,19 @@ pub fn open_nwk_key(master: &MasterKey, wrapped: &[u8]) -> Result<NwkKey, Unwrap
     keywrap::unwrap_key(&master.0, wrapped).map_err(|_| UnwrapError)
 }
 
+/// Wraps a link peer's key (its link key or network KEK) for storage.
+pub fn seal_peer_key<K: protocol::keys::Key128>(master: &MasterKey, key: &K) -> Vec<u8> {
+    keywrap::wrap_key(&master.0, key).to_vec()
+}
+
+/// Unwraps a stored link peer's key.
+pub fn open_peer_key<K: protocol::keys::Key128>(
+    master: &MasterKey,
+    wrapped: &[u8],
+) -> Result<K, UnwrapError> {
+    keywrap::unwrap_key(&master.0, wrapped).map_err(|_| UnwrapError)
+}
+
 /// The wrap of an all-zero block: identifies the master key without revealing it.
 pub fn check_value(master: &MasterKey) -> Vec<u8> {
     keywrap::wrap_key(&master.0, &Kek::new([0u8; 16])).to_vec()

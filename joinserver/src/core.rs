@@ -206,8 +206,9 @@ fn reset_in_store(memory: &NonceState, stored: &NonceState) -> bool {
 pub struct JoinContext {
     /// Wraps network session keys for a network server without a KEK of its own.
     pub ns_kek: LabeledKek,
-    /// Per network server (NetID): the KEK that wraps the network session keys of its JoinAns.
-    pub peer_ns_keks: std::collections::HashMap<NetId, LabeledKek>,
+    /// Per network server (NetID): the KEK that wraps the network session keys of its JoinAns
+    /// (replaced while the server runs when a peer is added).
+    pub peer_ns_keks: crate::live::Live<std::collections::HashMap<NetId, LabeledKek>>,
     /// Wraps the AppSKey of a device whose owner has no KEK of its own.
     pub as_kek: LabeledKek,
     /// Per owner tenant: the KEK that wraps the AppSKeys of its devices, so one tenant's
@@ -519,7 +520,8 @@ fn accept(
 ) -> Result<Accepted, JoinError> {
     let (version, keys) = (found.version, &*found.keys);
     let as_kek = app_kek(ctx, found.owner.as_deref());
-    let ns_kek = ctx.peer_ns_keks.get(&req.sender).unwrap_or(&ctx.ns_kek);
+    let peer_keks = ctx.peer_ns_keks.load();
+    let ns_kek = peer_keks.get(&req.sender).unwrap_or(&ctx.ns_kek);
     let RadioParams {
         dl_settings: ns,
         rx_delay,
@@ -749,7 +751,7 @@ mod tests {
                 key: Kek::new([0xB2; 16]),
             },
             app_keks: std::collections::HashMap::new(),
-            peer_ns_keks: std::collections::HashMap::new(),
+            peer_ns_keks: Default::default(),
             dev_nonce_history: 64,
             session_lifetime_s: 3600,
             js_id: 1,

@@ -31,6 +31,7 @@ pub mod core;
 pub mod devices;
 pub mod installer;
 pub mod link;
+pub mod live;
 pub mod manifest;
 pub mod metrics;
 pub mod nonces;

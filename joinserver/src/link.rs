@@ -107,8 +107,8 @@ pub struct Link {
     pub ctx: JoinContext,
     /// Devices in memory.
     pub devices: Arc<DeviceMap>,
-    /// Allowed network servers.
-    pub peers: Peers,
+    /// Allowed network servers (replaced while the server runs when a peer is added).
+    pub peers: crate::live::Live<Peers>,
     /// The join server's id on the link.
     pub js_id: PeerId,
     /// Freshness window.
@@ -203,13 +203,14 @@ impl Link {
         datagram: &'d [u8],
         sender: PeerId,
         now_ms: u64,
-    ) -> Result<(&LinkKey, &'d [u8]), LinkError> {
-        let keys = self.peers.keys_for(sender);
+    ) -> Result<(LinkKey, &'d [u8]), LinkError> {
+        let peers = self.peers.load();
+        let keys = peers.keys_for(sender);
         let opened = keys
             .iter()
             .find_map(|k| link::open(k, datagram).ok().map(|(h, b)| (k, h, b)));
         let Some((key, h, body)) = opened else {
-            if let Some(actual) = self.peers.actual_sender(datagram, sender) {
+            if let Some(actual) = peers.actual_sender(datagram, sender) {
                 return Err(LinkError::NotSender {
                     claimed: sender,
                     actual,
@@ -222,7 +223,7 @@ impl Link {
             });
         };
         link::check_fresh(&h, now_ms, self.window_ms)?;
-        Ok((key, body))
+        Ok((key.clone(), body))
     }
 
     /// Handles one received datagram: drops it (counted) or queues an answer.
@@ -707,6 +708,12 @@ mod tests {
         fn check_master(&mut self, v: &[u8]) -> Result<(), StoreError> {
             self.inner.check_master(v)
         }
+        fn add_link_peer(&mut self, p: &crate::store::StoredPeer) -> Result<bool, StoreError> {
+            self.inner.add_link_peer(p)
+        }
+        fn link_peers(&mut self) -> Result<Vec<crate::store::StoredPeer>, StoreError> {
+            self.inner.link_peers()
+        }
     }
 
     fn join_req(key: &LinkKey, tid: u32, dev_nonce: u16) -> Vec<u8> {
@@ -765,15 +772,15 @@ mod tests {
                 ns_kek: kek("ns"),
                 as_kek: kek("as"),
                 app_keks: HashMap::new(),
-                peer_ns_keks: HashMap::new(),
+                peer_ns_keks: Default::default(),
                 dev_nonce_history: 16,
                 session_lifetime_s: 0,
                 js_id: 1,
             },
             devices,
-            peers: Peers {
+            peers: crate::live::Live::new(Peers {
                 by_id: HashMap::from([(u64::from(NET), vec![link_key.clone()])]),
-            },
+            }),
             js_id: PeerId(1),
             window_ms: 30_000,
             cache: Mutex::new(AnswerCache::new(30_000, 100)),

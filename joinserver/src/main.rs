@@ -141,10 +141,11 @@ enum StoreCommand {
 #[derive(Subcommand)]
 enum PeersCommand {
     /// Adds the network server of a NetID: creates its link key and network KEK (0600) under
-    /// DATA_DIR/secrets/, adds it to DATA_DIR/joinserver.toml, and prints the paths of its
-    /// secrets (copy them to that network server). The first peer, NetID 000000 with
-    /// secrets/link.key and secrets/ns.kek, exists from `init` on; the first peer added lists
-    /// it in the file beside the new one.
+    /// DATA_DIR/secrets/, records both in the store wrapped under master.key, and prints the
+    /// paths of its secrets (copy them to that network server). Running join servers on the
+    /// store (on PostgreSQL: every instance) apply it within a second. The first peer, NetID
+    /// 000000 with secrets/link.key and secrets/ns.kek, exists from `init` on while
+    /// `[[link.peers]]` lists none.
     Add {
         #[command(flatten)]
         dir: DataDir,
@@ -296,7 +297,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => store_copy(&dir.data_dir, &to),
         Command::Peers {
             command: PeersCommand::Add { dir, net_id },
-        } => peers_add(&dir.data_dir, net_id),
+        } => peers_add(&dir, net_id),
         Command::Peers {
             command:
                 PeersCommand::Token {
@@ -337,26 +338,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn peers_add(data_dir: &Path, net_id: protocol::ids::NetId) -> Result<ExitCode> {
-    let added = joinserver::peers::add(data_dir, net_id)?;
-    if added.listed_first_peer {
-        eprintln!(
-            "joinserver: listed NetID {} (secrets/link.key, secrets/ns.kek) as the first peer",
-            joinserver::peers::FIRST_PEER
-        );
-    }
+fn peers_add(dir: &DataDir, net_id: protocol::ids::NetId) -> Result<ExitCode> {
+    let data_dir = dir.data_dir.as_path();
+    let config = load_config(data_dir, None)?;
+    let master = Secrets::load(data_dir)?.master;
+    let mut store: Box<dyn Store> = match dir.postgres_url(&config) {
+        Some(url) => Box::new(PgStore::connect(&url, 2)?),
+        None => Box::new(open_store(data_dir)?),
+    };
+    let added = joinserver::peers::add_to(data_dir, &config, &mut *store, &master, net_id)?;
     for c in &added.created {
         match c {
             Created::New(p) => println!("created {}", p.display()),
             Created::Kept(p) => println!("kept    {} (exists)", p.display()),
         }
     }
-    println!("added   NetID {net_id} to {}", added.config_file.display());
+    println!("added   NetID {net_id} to the store");
     println!();
     println!("The network server of NetID {net_id} needs (copy them with mode 0600):");
     println!("  {}  link key", added.link_key_file.display());
     println!("  {}  network KEK", added.ns_kek_file.display());
-    println!("Restart the join server to apply.");
+    println!("Running join servers on this store apply it within a second.");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -367,16 +369,11 @@ fn peers_token(
 ) -> Result<ExitCode> {
     let data_dir = dir.data_dir.as_path();
     let config = load_config(data_dir, config_file)?;
-    let is_peer = if config.link.peers.is_empty() {
-        net_id == joinserver::peers::FIRST_PEER
-    } else {
-        config
-            .link
-            .peers
-            .iter()
-            .any(|p| p.net_id.parse() == Ok(net_id))
+    let stored = match dir.postgres_url(&config) {
+        Some(url) => PgStore::connect(&url, 2)?.link_peers()?,
+        None => open_store(data_dir)?.link_peers()?,
     };
-    if !is_peer {
+    if !joinserver::peers::is_peer(&config, &stored, net_id) {
         anyhow::bail!(
             "NetID {net_id} is not a peer of the join server (add it first: joinserver peers add \
              --net-id {net_id})"
@@ -601,6 +598,16 @@ fn store_copy(data_dir: &Path, to: &str) -> Result<ExitCode> {
         bail!("verification failed: the onboarding copy differs from the source");
     }
     println!("verified: counts and checksum match");
+    // The link peers `peers add` recorded (wrapped under the same master key, checked above).
+    let peers = from.link_peers()?;
+    for p in &peers {
+        target.add_link_peer(p)?;
+    }
+    let copied = target.link_peers()?;
+    println!("copied {} link peers", peers.len());
+    if peers.iter().any(|p| !copied.contains(p)) {
+        bail!("verification failed: a link peer differs in the copy");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

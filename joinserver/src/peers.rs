@@ -1,46 +1,50 @@
-//! The network servers on the link (peers) as the data directory lists them: adding one gives it
-//! its own link key and network KEK (`joinserver peers add`), so no key passes for another NetID.
+//! The network servers on the link (peers): adding one gives it its own link key and network
+//! KEK (`joinserver peers add`), so no key passes for another NetID; the peers the store lists
+//! join those `[[link.peers]]` configures, and a running server picks up a new one within a
+//! second ([`PeerBook`]).
 
-use std::io::Write;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use protocol::ids::NetId;
+use protocol::keys::{Kek, LinkKey};
+use protocol::keywrap::LabeledKek;
 
+use crate::atrest;
 use crate::config::Config;
-use crate::secrets::{self, Created, SecretError};
+use crate::link::Peers;
+use crate::live::Live;
+use crate::secrets::{self, Created, MasterKey, SecretError};
+use crate::store::postgres::{is_postgres_url, PgStore};
+use crate::store::{SqliteStore, Store, StoreError, StoredPeer};
 
 /// The first peer, which `joinserver init` creates: the network server of NetID 000000, with
-/// `secrets/link.key` and `secrets/ns.kek`. It is the only peer while `[[link.peers]]` is empty.
+/// `secrets/link.key` and `secrets/ns.kek`. It is a peer while `[[link.peers]]` is empty.
 pub const FIRST_PEER: NetId = match NetId::new(0) {
     Some(n) => n,
     None => unreachable!(),
 };
 
-/// The configuration file that [`add`] extends, in the data directory.
+/// The configuration file of a data directory, where `[[link.peers]]` may list peers by hand.
 pub const CONFIG_FILE: &str = "joinserver.toml";
 
 /// Why a peer could not be added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
     /// The NetID is a peer already.
-    #[error("NetID {net_id} is already a peer in {}", path.display())]
+    #[error("NetID {net_id} is already a peer ({where_})")]
     Exists {
         /// The NetID.
         net_id: NetId,
-        /// The configuration file.
-        path: PathBuf,
+        /// Where it is listed.
+        where_: String,
     },
-    /// The configuration file could not be read, parsed or written.
-    #[error("{}: {what}", path.display())]
-    Config {
-        /// The configuration file.
-        path: PathBuf,
-        /// What went wrong.
-        what: String,
-    },
-    /// Its secrets could not be created.
+    /// Its secrets could not be created or read.
     #[error(transparent)]
     Secret(#[from] SecretError),
+    /// The store failed (or was made with another `master.key`).
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A peer [`add`] added.
@@ -52,63 +56,161 @@ pub struct Added {
     pub link_key_file: PathBuf,
     /// Its network KEK file (`netserver serve --ns-kek`).
     pub ns_kek_file: PathBuf,
-    /// This was the first peer listed: [`FIRST_PEER`] was listed with it, keeping
-    /// `secrets/link.key` and `secrets/ns.kek`.
-    pub listed_first_peer: bool,
-    /// The configuration file the peer was added to.
-    pub config_file: PathBuf,
 }
 
-/// Adds the network server of `net_id` as a peer: creates its link key and network KEK (0600)
-/// unless they exist, and appends it to `DATA_DIR/joinserver.toml` (with [`FIRST_PEER`] first
-/// when the file lists no peer yet, so that the network server of NetID 000000 keeps working).
-/// A running join server applies it at its next start.
+/// Adds the network server of `net_id` as a peer in the store of the data directory's
+/// configuration (`joinserver.toml`'s `[store] url`, else the embedded store); see [`add_to`].
 pub fn add(data_dir: &Path, net_id: NetId) -> Result<Added, AddError> {
-    let path = data_dir.join(CONFIG_FILE);
-    let config_err = |what: String| AddError::Config {
-        path: path.clone(),
-        what,
+    let config = match std::fs::read_to_string(data_dir.join(CONFIG_FILE)) {
+        Ok(text) => Config::from_toml(&text).map_err(|e| SecretError::Format {
+            path: data_dir.join(CONFIG_FILE),
+            what: e.to_string(),
+        })?,
+        Err(_) => Config::default(),
     };
-    let before = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(config_err(e.to_string())),
+    let master = secrets::Secrets::load(data_dir)?.master;
+    let mut store: Box<dyn Store> = if is_postgres_url(&config.store.url) {
+        Box::new(PgStore::connect(&config.store.url, 2)?)
+    } else {
+        Box::new(SqliteStore::open(data_dir)?)
     };
-    let config = Config::from_toml(&before).map_err(|e| config_err(e.to_string()))?;
-    let listed = |n: NetId| config.link.peers.iter().any(|p| p.net_id.parse() == Ok(n));
-    let listed_first_peer = config.link.peers.is_empty();
-    if listed(net_id) || (listed_first_peer && net_id == FIRST_PEER) {
-        return Err(AddError::Exists { net_id, path });
+    add_to(data_dir, &config, &mut *store, &master, net_id)
+}
+
+/// Adds the network server of `net_id` as a peer: creates its link key and network KEK files
+/// (0600, kept if they exist) for its network server, and records both in `store`, wrapped under
+/// `master.key`. Every join server on that store (on PostgreSQL, every instance) applies it
+/// within a second, without a restart. A NetID that `config` lists, or that the store holds,
+/// is refused.
+pub fn add_to(
+    data_dir: &Path,
+    config: &Config,
+    store: &mut dyn Store,
+    master: &MasterKey,
+    net_id: NetId,
+) -> Result<Added, AddError> {
+    let configured = config
+        .link
+        .peers
+        .iter()
+        .any(|p| p.net_id.parse() == Ok(net_id))
+        || (config.link.peers.is_empty() && net_id == FIRST_PEER);
+    if configured {
+        return Err(AddError::Exists {
+            net_id,
+            where_: "in the configuration's [[link.peers]], or the first peer".into(),
+        });
+    }
+    store.check_master(&atrest::check_value(master))?;
+    if store
+        .link_peers()?
+        .iter()
+        .any(|p| p.net_id == net_id.as_u32())
+    {
+        return Err(AddError::Exists {
+            net_id,
+            where_: "in the store".into(),
+        });
     }
     let created = secrets::init_peer(data_dir, net_id)?;
     let (link_key_file, ns_kek_file) = secrets::peer_files(data_dir, net_id);
-    let mut block = String::new();
-    if listed_first_peer {
-        block.push_str(&format!(
-            "\n# The network server of NetID {FIRST_PEER} (joinserver init).\n\
-             [[link.peers]]\nnet_id = \"{FIRST_PEER}\"\nkey_file = \"secrets/{}\"\n\
-             ns_kek_file = \"secrets/{}\"\n",
-            secrets::LINK_KEY,
-            secrets::NS_KEK
-        ));
+    let link: LinkKey = secrets::read_hex_key(&link_key_file)?;
+    let kek = secrets::read_kek(&ns_kek_file)?;
+    let peer = StoredPeer {
+        net_id: net_id.as_u32(),
+        link_key: atrest::seal_peer_key(master, &link),
+        ns_kek: atrest::seal_peer_key(master, &kek.key),
+        kek_label: kek.label.clone(),
+        created_ms: crate::link::now_ms(),
+    };
+    if !store.add_link_peer(&peer)? {
+        return Err(AddError::Exists {
+            net_id,
+            where_: "in the store (added at the same moment elsewhere)".into(),
+        });
     }
-    block.push_str(&format!(
-        "\n[[link.peers]]\nnet_id = \"{net_id}\"\nkey_file = \"secrets/link-{net_id}.key\"\n\
-         ns_kek_file = \"secrets/ns-{net_id}.kek\"\n"
-    ));
-    // Parsed with the block before it is written: a configuration it would break stays as is.
-    Config::from_toml(&format!("{before}{block}")).map_err(|e| config_err(e.to_string()))?;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| f.write_all(block.as_bytes()).and_then(|()| f.sync_all()))
-        .map_err(|e| config_err(e.to_string()))?;
     Ok(Added {
         created,
         link_key_file,
         ns_kek_file,
-        listed_first_peer,
-        config_file: path,
     })
+}
+
+/// Whether `net_id` is a peer: configured, the first peer, or in the store.
+pub fn is_peer(config: &Config, stored: &[StoredPeer], net_id: NetId) -> bool {
+    config
+        .link
+        .peers
+        .iter()
+        .any(|p| p.net_id.parse() == Ok(net_id))
+        || (config.link.peers.is_empty() && net_id == FIRST_PEER)
+        || stored.iter().any(|p| p.net_id == net_id.as_u32())
+}
+
+/// The link's peers and the network KEKs of their JoinAns, as the running server reads them:
+/// the configured ones, joined by those the store lists that the configuration does not name
+/// (the configuration wins for a NetID in both). [`PeerBook::apply`] replaces both views at
+/// once when the store's list changes.
+#[derive(Debug)]
+pub struct PeerBook {
+    configured: Peers,
+    configured_keks: HashMap<NetId, LabeledKek>,
+    seen: Vec<StoredPeer>,
+    /// What the link authenticates with.
+    pub link: Live<Peers>,
+    /// What join processing wraps network session keys with.
+    pub ns_keks: Live<HashMap<NetId, LabeledKek>>,
+}
+
+impl PeerBook {
+    /// The configured peers (and their KEKs), before any stored one.
+    pub fn new(configured: Peers, configured_keks: HashMap<NetId, LabeledKek>) -> Self {
+        Self {
+            link: Live::new(configured.clone()),
+            ns_keks: Live::new(configured_keks.clone()),
+            configured,
+            configured_keks,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Applies the store's list of peers; `false` when it is what was applied last. A stored
+    /// peer whose keys do not unwrap under `master` is left out, with an error logged.
+    pub fn apply(&mut self, stored: Vec<StoredPeer>, master: &MasterKey) -> bool {
+        if stored == self.seen {
+            return false;
+        }
+        let mut link = self.configured.clone();
+        let mut keks = self.configured_keks.clone();
+        for p in &stored {
+            let Some(net_id) = NetId::new(p.net_id) else {
+                continue;
+            };
+            let id = protocol::link::PeerId::from_net_id(net_id).0;
+            if link.by_id.contains_key(&id) {
+                continue;
+            }
+            let opened = atrest::open_peer_key::<LinkKey>(master, &p.link_key)
+                .and_then(|l| atrest::open_peer_key::<Kek>(master, &p.ns_kek).map(|k| (l, k)));
+            match opened {
+                Ok((link_key, kek)) => {
+                    link.by_id.insert(id, vec![link_key]);
+                    keks.insert(
+                        net_id,
+                        LabeledKek {
+                            label: p.kek_label.clone(),
+                            key: kek,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(net_id = %net_id, error = %e, "stored link peer not loaded")
+                }
+            }
+        }
+        self.link.replace(link);
+        self.ns_keks.replace(keks);
+        self.seen = stored;
+        true
+    }
 }

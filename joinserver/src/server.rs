@@ -16,7 +16,7 @@ use crate::config::{resolve, Config};
 use crate::core::{self, DeviceMap, JoinContext, Refresh};
 use crate::link::{self, Link, Peers};
 use crate::metrics::{self, Metrics};
-use crate::peers::FIRST_PEER;
+use crate::peers::{PeerBook, FIRST_PEER};
 use crate::queue::Queued;
 use crate::secrets::{self, Secrets};
 use crate::store::pg_onboard::PgOnboard;
@@ -271,6 +271,8 @@ struct Reload {
     devices: Arc<DeviceMap>,
     /// Held while a batch of devices goes from the store into the map.
     map_sync: Arc<Mutex<()>>,
+    /// The link's peers, with those the store lists.
+    peers: PeerBook,
     metrics: Metrics,
     stop: Arc<AtomicBool>,
 }
@@ -281,7 +283,7 @@ struct Reload {
 /// half a second, then reads only what changed.
 fn spawn_reloader(
     mut reload_store: Box<dyn Store>,
-    r: Reload,
+    mut r: Reload,
 ) -> Result<JoinHandle<()>, StartError> {
     std::thread::Builder::new()
         .name("js-reload".into())
@@ -293,6 +295,15 @@ fn spawn_reloader(
                 }
                 if let Err(e) = reload_store.maintain() {
                     tracing::warn!(error = %e, "store housekeeping");
+                }
+                match reload_store.link_peers() {
+                    Ok(stored) => {
+                        let n = stored.len();
+                        if r.peers.apply(stored, &r.master) {
+                            tracing::info!(stored = n, "link peers reloaded");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the link peers failed"),
                 }
                 let (g, changes) = match reload_store.changes_since(seen) {
                     Ok(c) => c,
@@ -475,9 +486,13 @@ impl Server {
     pub fn start(data_dir: &Path, config: &Config) -> Result<Self, StartError> {
         let secrets = Secrets::load(data_dir)?;
         let js_id = PeerId(config.js_id().map_err(StartError::Config)?);
-        let peers = peers_from_config(data_dir, config, &secrets)?;
+        let mut peers = PeerBook::new(
+            peers_from_config(data_dir, config, &secrets)?,
+            peer_ns_keks(data_dir, config)?,
+        );
 
         let (mut store, reload_store) = open_stores(data_dir, config, &secrets)?;
+        peers.apply(store.link_peers()?, &secrets.master);
         let devices: Arc<DeviceMap> = Arc::new(DeviceMap::default());
         // Read before the load: a change in between is picked up (again) by the reload thread.
         let loaded_generation = store.generation()?;
@@ -505,13 +520,13 @@ impl Server {
                 ns_kek: secrets.ns_kek.clone(),
                 as_kek: secrets.as_kek.clone(),
                 app_keks: app_keks(data_dir, config)?,
-                peer_ns_keks: peer_ns_keks(data_dir, config)?,
+                peer_ns_keks: peers.ns_keks.clone(),
                 dev_nonce_history: config.join.dev_nonce_history,
                 session_lifetime_s: config.join.session_lifetime_s,
                 js_id: js_id.0,
             },
             devices: devices.clone(),
-            peers,
+            peers: peers.link.clone(),
             js_id,
             window_ms: config.link.window_ms,
             cache: Mutex::new(AnswerCache::new(
@@ -538,6 +553,7 @@ impl Server {
                 master: secrets.master.clone(),
                 devices,
                 map_sync,
+                peers,
                 metrics: metrics.clone(),
                 stop: stop.clone(),
             },
@@ -797,6 +813,7 @@ fn start_bi(
     let addr: SocketAddr = c.listen.parse().map_err(|e| bad(format!("listen: {e}")))?;
     let mut options: std::collections::HashMap<NetId, auth::PeerOptions> = link
         .peers
+        .load()
         .by_id
         .keys()
         .filter_map(|id| PeerId(*id).net_id())
@@ -834,6 +851,7 @@ fn start_bi(
         devices: link.devices.clone(),
         writer,
         peers: auth::Peers {
+            link: link.peers.clone(),
             options,
             cas,
             tokens: Mutex::new(if is_postgres_url(&config.store.url) {

@@ -218,6 +218,33 @@ pub enum JoinCommitted {
     Gone,
 }
 
+/// A network server on the link (a peer) as the store keeps it: its NetID and its two secrets,
+/// each wrapped under `master.key` (RFC 3394), so the store never holds them in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredPeer {
+    /// The peer's NetID (24 bits).
+    pub net_id: u32,
+    /// Its link key, wrapped.
+    pub link_key: Vec<u8>,
+    /// Its network KEK, wrapped.
+    pub ns_kek: Vec<u8>,
+    /// The network KEK's `KEKLabel`.
+    pub kek_label: String,
+    /// When it was added (Unix ms).
+    pub created_ms: u64,
+}
+
+impl std::fmt::Debug for StoredPeer {
+    /// Without the wrapped keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredPeer")
+            .field("net_id", &format_args!("{:06X}", self.net_id))
+            .field("kek_label", &self.kek_label)
+            .field("created_ms", &self.created_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The durable state of a join server. Implemented by [`SqliteStore`] (one instance) and
 /// [`postgres::PgStore`] (several instances on one database); every method is one transaction,
 /// and one conformance suite (`tests/store_conformance.rs`) runs against both.
@@ -252,6 +279,11 @@ pub trait Store: Send + 'static {
     fn find_answers(&mut self, keys: &[AnswerKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         Ok(vec![None; keys.len()])
     }
+    /// Records a link peer; `false` (and nothing changed) when its NetID is stored already. A
+    /// shared store signals the change to every instance ([`Store::wait_for_change`]).
+    fn add_link_peer(&mut self, peer: &StoredPeer) -> Result<bool, StoreError>;
+    /// Every stored link peer, by NetID.
+    fn link_peers(&mut self) -> Result<Vec<StoredPeer>, StoreError>;
     /// Waits up to `timeout` for a change of the provisioned devices made elsewhere (another
     /// process or instance); returns early when one is signalled. The default just sleeps: the
     /// caller then asks [`Store::changes_since`].
@@ -296,6 +328,12 @@ impl<S: Store + ?Sized> Store for Box<S> {
     }
     fn find_answers(&mut self, keys: &[AnswerKey]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         (**self).find_answers(keys)
+    }
+    fn add_link_peer(&mut self, peer: &StoredPeer) -> Result<bool, StoreError> {
+        (**self).add_link_peer(peer)
+    }
+    fn link_peers(&mut self) -> Result<Vec<StoredPeer>, StoreError> {
+        (**self).link_peers()
     }
     fn wait_for_change(&mut self, timeout: Duration) -> Result<(), StoreError> {
         (**self).wait_for_change(timeout)
@@ -363,6 +401,15 @@ CREATE INDEX IF NOT EXISTS ownership_manufacturer ON ownership (manufacturer);
 CREATE TABLE IF NOT EXISTS retired_join_nonces (
     dev_eui         INTEGER PRIMARY KEY,
     last_join_nonce INTEGER NOT NULL
+) STRICT;
+-- The network servers on the link added by `joinserver peers add` (crate::peers): their link key
+-- and network KEK wrapped under master.key.
+CREATE TABLE IF NOT EXISTS link_peers (
+    net_id     INTEGER PRIMARY KEY,
+    link_key   BLOB NOT NULL,
+    ns_kek     BLOB NOT NULL,
+    kek_label  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
 ) STRICT;
 ";
 
@@ -898,6 +945,37 @@ impl Store for SqliteStore {
 
     fn maintain(&mut self) -> Result<(), StoreError> {
         self.checkpoint()
+    }
+
+    fn add_link_peer(&mut self, peer: &StoredPeer) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT INTO link_peers (net_id, link_key, ns_kek, kek_label, created_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (net_id) DO NOTHING",
+            params![
+                peer.net_id,
+                peer.link_key,
+                peer.ns_kek,
+                peer.kek_label,
+                peer.created_ms as i64
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn link_peers(&mut self) -> Result<Vec<StoredPeer>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT net_id, link_key, ns_kek, kek_label, created_ms FROM link_peers ORDER BY net_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(StoredPeer {
+                net_id: r.get(0)?,
+                link_key: r.get(1)?,
+                ns_kek: r.get(2)?,
+                kek_label: r.get(3)?,
+                created_ms: r.get::<_, i64>(4)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     fn check_master(&mut self, check_value: &[u8]) -> Result<(), StoreError> {

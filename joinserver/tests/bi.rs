@@ -39,7 +39,8 @@ fn start(dir: &Path, extra: &str) -> Server {
 }
 
 fn restart(dir: &Path, extra: &str) -> Server {
-    let text = std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap();
+    let text =
+        std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap_or_default();
     let mut c = joinserver::config::Config::from_toml(&format!("{text}\n{extra}")).unwrap();
     c.link.listen = "127.0.0.1:0".parse().unwrap();
     c.metrics.listen = "127.0.0.1:0".into();

@@ -74,9 +74,22 @@ fn setup(dir: &Path, url: &str, n: u64) -> LinkKey {
     let out = cli(&["init", "--data-dir", d, "--store-url", url]);
     assert!(out.contains("(PostgreSQL)"), "{out}");
     assert!(!out.contains("joinserver.db"), "{out}");
-    let peer = add_peer(dir, NET_ID);
+    let out = cli(&[
+        "peers",
+        "add",
+        "--data-dir",
+        d,
+        "--store-url",
+        url,
+        "--net-id",
+        &format!("{NET_ID:06X}"),
+    ]);
+    assert!(out.contains("added   NetID 000013 to the store"), "{out}");
     import(dir, url, FIRST..FIRST + n);
-    peer.link
+    joinserver::secrets::read_hex_key(
+        &joinserver::secrets::peer_files(dir, protocol::ids::NetId::new(NET_ID).unwrap()).0,
+    )
+    .unwrap()
 }
 
 fn serve(dir: &Path, url: &str) -> Running {
@@ -469,7 +482,8 @@ fn migrate_applies_the_schema_once() {
     assert!(first.contains("applied migration 2"), "{first}");
     assert!(first.contains("applied migration 3"), "{first}");
     assert!(first.contains("applied migration 4"), "{first}");
-    assert!(first.contains("schema version 4"), "{first}");
+    assert!(first.contains("applied migration 5"), "{first}");
+    assert!(first.contains("schema version 5"), "{first}");
     // The URL from the environment variable, this time.
     let out = Command::new(env!("CARGO_BIN_EXE_joinserver"))
         .args(["migrate", "--data-dir", d])
@@ -479,11 +493,11 @@ fn migrate_applies_the_schema_once() {
     let again = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(!again.contains("applied"), "{again}");
-    assert!(again.contains("schema version 4"), "{again}");
+    assert!(again.contains("schema version 5"), "{again}");
 }
 
 /// `joinserver store copy` moves an embedded store (devices, nonce states, last joins, owner
-/// token hashes, retired JoinNonces) into PostgreSQL and verifies it; a join server on the copy
+/// token hashes, retired JoinNonces, link peers) into PostgreSQL and verifies it; a join server on the copy
 /// refuses the DevNonces answered before and continues the JoinNonces; a second copy into the
 /// same (no longer empty) database is refused.
 #[test]
@@ -515,8 +529,12 @@ fn store_copy_moves_an_embedded_store_up() {
     ]);
     let net = format!("{NET_ID:06X}");
     let token = cli(&["peers", "token", "--data-dir", d, "--net-id", &net]);
+    // The link peers recorded in the embedded store (000013 by `provision`, 000042 here) move
+    // up, still wrapped.
+    cli(&["peers", "add", "--data-dir", d, "--net-id", "000042"]);
     let out = cli(&["store", "copy", "--data-dir", d, "--to", &url]);
     assert!(out.contains("copied 5 devices"), "{out}");
+    assert!(out.contains("copied 2 link peers"), "{out}");
     assert!(out.contains("1 api_keys"), "{out}");
     assert!(out.contains("1 bi_peer_tokens"), "{out}");
     assert_eq!(
@@ -565,6 +583,8 @@ fn store_copy_moves_an_embedded_store_up() {
     );
     assert_eq!(copy.fingerprint().unwrap(), embedded.fingerprint().unwrap());
     assert_eq!(copy.fingerprint().unwrap().retired, 1);
+    let peers = embedded.link_peers().unwrap();
+    assert_eq!((peers.len(), copy.link_peers().unwrap()), (2, peers));
     assert!(
         copy.fingerprint().unwrap().ownership >= 1,
         "owner token hashes copied"
@@ -648,7 +668,8 @@ fn changes_through_one_instances_api_are_seen_by_the_other() {
     let key = setup(dir, &url, 0);
     // The API takes signed manifests only.
     let signer = SigningKey::from_bytes(&[42; 32]);
-    let mut toml = std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap();
+    let mut toml =
+        std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap_or_default();
     toml.push_str(&format!(
         "\n[api]\ntrusted_manifest_keys = [\"{}\"]\n",
         hex::encode(signer.verifying_key().as_bytes())
@@ -842,3 +863,132 @@ fn changes_through_one_instances_api_are_seen_by_the_other() {
 
 /// An owner token of 32 characters, as a TR005 QR code carries it.
 const OWNER: &str = "00112233445566778899AABBCCDDEEFF";
+
+/// `peers add --store-url` while two instances run on the database: the new network server,
+/// under its own link key, is answered by both within seconds, without a restart, and its
+/// session keys come wrapped under its own network KEK; the database holds its keys only
+/// wrapped. `peers token` knows it, and adding it again is refused.
+#[test]
+fn a_peer_added_at_one_instance_is_served_by_every_instance() {
+    const NEW: u32 = 0x77;
+    let pg = testkit::postgres::Postgres::start();
+    let url = pg.create_database();
+    let tmp = tempfile::tempdir().unwrap();
+    setup(tmp.path(), &url, 0);
+    let d = tmp.path().to_str().unwrap();
+    // Two devices whose home is the new peer's network (a join server refuses a device's join
+    // through a network server of another NetID: ActivationDisallowed).
+    let manifest = tmp.path().join("home-000077.csv");
+    let mut text = String::from("dev_eui,join_eui,mac_version,app_key,nwk_key,home_net_id\n");
+    for dev in FIRST..FIRST + 2 {
+        text.push_str(&format!(
+            "{dev:016X},{JOIN_EUI:016X},1.0.4,{APP_KEY},,{NEW:06X}\n"
+        ));
+    }
+    std::fs::write(&manifest, text).unwrap();
+    cli(&[
+        "devices",
+        "import",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        manifest.to_str().unwrap(),
+    ]);
+    let (a, b) = (serve(tmp.path(), &url), serve(tmp.path(), &url));
+    let net = format!("{NEW:06X}");
+    let added = Instant::now();
+    let out = cli(&[
+        "peers",
+        "add",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        "--net-id",
+        &net,
+    ]);
+    assert!(out.contains("apply it within a second"), "{out}");
+    let (link_file, kek_file) =
+        joinserver::secrets::peer_files(tmp.path(), protocol::ids::NetId::new(NEW).unwrap());
+    let key: LinkKey = joinserver::secrets::read_hex_key(&link_file).unwrap();
+    let kek = joinserver::secrets::read_kek(&kek_file).unwrap();
+    for (i, r) in [&a, &b].into_iter().enumerate() {
+        let c = Client::new(r.link, key.clone());
+        let dev = FIRST + i as u64;
+        let mut tid = 100 * (i as u32 + 1);
+        let ans = loop {
+            tid += 1;
+            let d = datagram(
+                &key,
+                NEW,
+                now_ms(),
+                u64::from(tid),
+                &join_req_json(tid, NEW, dev, &phy(dev, tid as u16)),
+            );
+            if let Some(raw) = c.exchange_raw(&d, Duration::from_millis(300)) {
+                let (_, body) = link::open(&key, &raw).expect("sealed with the new peer's key");
+                break JoinAns::parse(body).unwrap();
+            }
+            assert!(
+                added.elapsed() < Duration::from_secs(10),
+                "instance {i} did not take the new peer"
+            );
+        };
+        assert_eq!(ans.result.result_code, ResultCode::Success, "instance {i}");
+        match ans.network_keys.expect("network keys") {
+            protocol::ts002::NetworkKeys::V1_0 { nwk_s_key } => {
+                assert_eq!(nwk_s_key.kek_label, kek.label, "its own network KEK");
+            }
+            other => panic!("a 1.0.4 device: {other:?}"),
+        }
+    }
+    eprintln!(
+        "new peer served by both instances {:?} after peers add",
+        added.elapsed()
+    );
+    // Only wrapped in the database: neither key's hex, nor its bytes, appears in the table.
+    let mut store = PgStore::connect(&url, 2).unwrap();
+    let stored = store.link_peers().unwrap();
+    let row = stored.iter().find(|p| p.net_id == NEW).expect("stored");
+    assert_eq!(row.link_key.len(), 24);
+    assert!(!row
+        .link_key
+        .windows(16)
+        .any(|w| w == key.expose().as_slice()));
+    assert!(!row
+        .ns_kek
+        .windows(16)
+        .any(|w| w == kek.key.expose().as_slice()));
+    // A token for it; the same NetID again is refused.
+    let token = cli(&[
+        "peers",
+        "token",
+        "--data-dir",
+        d,
+        "--store-url",
+        &url,
+        "--net-id",
+        &net,
+    ]);
+    assert!(!token.trim().is_empty());
+    let again = Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args([
+            "peers",
+            "add",
+            "--data-dir",
+            d,
+            "--store-url",
+            &url,
+            "--net-id",
+            &net,
+        ])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already a peer"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use joinserver::store::postgres::PgStore;
 use joinserver::store::{
     AnswerKey, DeviceChanges, JoinCommit, JoinCommitted, LastJoin, NonceState, NonceUpdate,
-    SqliteStore, Store, StoreError, StoredDevice,
+    SqliteStore, Store, StoreError, StoredDevice, StoredPeer,
 };
 use protocol::ids::{DevEui, JoinEui, NetId};
 use protocol::version::MacVersion;
@@ -76,6 +76,26 @@ fn suite(make: &mut Make<'_>) {
     a_reinserted_device_never_moves_its_join_nonce_backwards(&mut *make());
     master_check_detects_a_different_master_key(&mut *make());
     unconditional_nonce_commits_survive(&mut *make());
+    link_peers_are_added_once_and_listed_by_net_id(&mut *make());
+}
+
+fn link_peers_are_added_once_and_listed_by_net_id(s: &mut dyn Store) {
+    let peer = |net_id: u32, b: u8| StoredPeer {
+        net_id,
+        link_key: vec![b; 24],
+        ns_kek: vec![b + 1; 24],
+        kek_label: format!("ns-{net_id:06X}"),
+        created_ms: 1_700_000_000_000 + u64::from(b),
+    };
+    assert_eq!(s.link_peers().unwrap(), vec![]);
+    assert!(s.add_link_peer(&peer(0x13, 1)).unwrap());
+    assert!(s.add_link_peer(&peer(0x00_0A_00, 3)).unwrap());
+    // A NetID stored already keeps its keys.
+    assert!(!s.add_link_peer(&peer(0x13, 9)).unwrap());
+    assert_eq!(
+        s.link_peers().unwrap(),
+        vec![peer(0x13, 1), peer(0x00_0A_00, 3)]
+    );
 }
 
 fn insert_is_all_or_nothing_and_eui_bits_survive(s: &mut dyn Store) {

@@ -57,7 +57,10 @@ pub struct PeerOptions {
 /// The peers of the listener.
 #[derive(Debug)]
 pub struct Peers {
-    /// The NetIDs that are peers of the join server, with their options.
+    /// The join server's link peers, who alone may authenticate (replaced while the server runs
+    /// when a peer is added).
+    pub link: crate::live::Live<crate::link::Peers>,
+    /// The options `[[backend_interfaces.peers]]` gives peers (the others have the defaults).
     pub options: HashMap<NetId, PeerOptions>,
     /// Per peer with a CA: the CA.
     pub cas: Vec<(NetId, ClientCa)>,
@@ -97,7 +100,8 @@ impl Peers {
             (Some(a), Some(b)) if a != b => return Err(AuthError::Mismatch),
             (Some(n), _) | (None, Some(n)) => n,
         };
-        if !self.options.contains_key(&peer) {
+        let id = protocol::link::PeerId::from_net_id(peer);
+        if self.link.load().keys_for(id).is_empty() {
             return Err(AuthError::Mismatch);
         }
         Ok(peer)

@@ -28,7 +28,7 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::{
     dev_eui_sql, eui_to_sql, AnswerKey, DeviceChanges, JoinCommit, JoinCommitted, NonceState,
-    NonceUpdate, RawRow, Store, StoreError, StoredDevice, CHANGE_LOG_GENERATIONS,
+    NonceUpdate, RawRow, Store, StoreError, StoredDevice, StoredPeer, CHANGE_LOG_GENERATIONS,
     CHANGE_LOG_MAX_DEVICES,
 };
 
@@ -147,6 +147,18 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         4,
         "ALTER TABLE audit ADD COLUMN refers_to BIGINT; -- the record this one follows from
     CREATE INDEX audit_refers_to ON audit (refers_to);",
+    ),
+    (
+        5,
+        // The network servers on the link (crate::peers), shared by every instance: their
+        // link key and network KEK wrapped under master.key, never in clear.
+        "CREATE TABLE link_peers (
+        net_id     BIGINT PRIMARY KEY,
+        link_key   BYTEA NOT NULL,
+        ns_kek     BYTEA NOT NULL,
+        kek_label  TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );",
     ),
 ];
 
@@ -997,6 +1009,53 @@ impl Store for PgStore {
             } else {
                 Err(StoreError::MasterKeyMismatch)
             }
+        })
+    }
+
+    fn add_link_peer(&mut self, peer: &StoredPeer) -> Result<bool, StoreError> {
+        self.with(|h| {
+            let mut tx = h.client.transaction().map_err(pg)?;
+            let n = tx
+                .execute(
+                    "INSERT INTO link_peers (net_id, link_key, ns_kek, kek_label, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (net_id) DO NOTHING",
+                    &[
+                        &i64::from(peer.net_id),
+                        &peer.link_key,
+                        &peer.ns_kek,
+                        &peer.kek_label,
+                        &(peer.created_ms as i64),
+                    ],
+                )
+                .map_err(pg)?;
+            // Wakes every instance's reload thread (its payload is not read).
+            tx.execute("SELECT pg_notify($1, 'peers')", &[&CHANNEL])
+                .map_err(pg)?;
+            tx.commit().map_err(pg)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn link_peers(&mut self) -> Result<Vec<StoredPeer>, StoreError> {
+        self.with(|h| {
+            let rows = h
+                .client
+                .query(
+                    "SELECT net_id, link_key, ns_kek, kek_label, created_ms FROM link_peers \
+                     ORDER BY net_id",
+                    &[],
+                )
+                .map_err(pg)?;
+            Ok(rows
+                .iter()
+                .map(|r| StoredPeer {
+                    net_id: r.get::<_, i64>(0) as u32,
+                    link_key: r.get(1),
+                    ns_kek: r.get(2),
+                    kek_label: r.get(3),
+                    created_ms: r.get::<_, i64>(4) as u64,
+                })
+                .collect())
         })
     }
 
