@@ -78,20 +78,16 @@ fn options(
 /// These tests run the real servers and a real-time simulator on the machine's two cores. They
 /// run side by side (each holds this for reading), except the 10,000-device rekey, which runs
 /// alone (it holds it for writing): its join storm must not be starved by another's.
-static ALONE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+static ALONE: testkit::alone::Alone = testkit::alone::Alone::new();
 
-/// Waits for the tests that must run alone; a failed test does not stop the rest.
+/// Waits for the tests that must run alone.
 fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
-    ALONE
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    ALONE.beside_others()
 }
 
 /// Waits for every other test of this file to finish.
 fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    ALONE
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    ALONE.alone()
 }
 
 fn state(manifest_path: &Path, entries: &[Entry]) -> Vec<manifest::NonceState> {

@@ -11,8 +11,10 @@
 //! [`Stopped`] and [`wait_receive_drops`] wait for each of these, with a deadline.
 //!
 //! [`postgres`] starts a real PostgreSQL 15 on a temporary data directory for the tests of the
-//! PostgreSQL backends, and takes it away and brings it back.
+//! PostgreSQL backends, and takes it away and brings it back. [`alone::Alone`] lets a test of a
+//! file run with none of the file's other tests beside it.
 
+pub mod alone;
 pub mod postgres;
 
 use std::path::Path;

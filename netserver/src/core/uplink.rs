@@ -341,10 +341,7 @@ impl Device<'_> {
     }
 
     fn record(&self, st: &DataState) -> (DevEui, CounterRecord) {
-        (
-            self.session.dev_eui,
-            CounterRecord::of(self.session, st.counters, st.rekey_confirmed),
-        )
+        (self.session.dev_eui, CounterRecord::of(self.session, st))
     }
 
     /// Steps 2–5 for an authentic frame.

@@ -457,6 +457,7 @@ mod tests {
                     ..FrameCounters::default()
                 },
                 rekey_confirmed: false,
+                pending: None,
             };
             assert!(em.emit(Emit {
                 record: Some((s.dev_eui, rec)),

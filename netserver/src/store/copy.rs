@@ -54,7 +54,7 @@ pub fn inventory(
     let mut h = Sha256::new();
     let mut uplinks = 0u64;
     for s in &mut current {
-        let rekey = restore_counters(&records, s);
+        let (rekey, _) = restore_counters(&records, s);
         uplinks += u64::from(s.counters.f_cnt_up);
         h.update(serde_json::to_vec(s).map_err(backend_err)?);
         h.update([u8::from(rekey)]);

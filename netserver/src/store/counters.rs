@@ -8,7 +8,7 @@ use std::path::Path;
 
 use protocol::ids::{DevAddr, DevEui};
 
-use crate::core::device::FrameCounters;
+use crate::core::device::{FrameCounters, PendingConfirmed};
 use crate::store::backend::StoreError;
 use crate::store::embedded::{backend_err, open_redb, RecordTable};
 use crate::store::session::Session;
@@ -29,24 +29,33 @@ pub struct CounterRecord {
     pub counters: FrameCounters,
     /// LoRaWAN 1.1: RekeyInd received.
     pub rekey_confirmed: bool,
+    /// The confirmed downlink waiting for the device's ACK: kept with the counters so that
+    /// after a restart, or at another instance, the acknowledging uplink is recognised (its
+    /// `ack` event; LoRaWAN 1.1: its MIC covers the downlink's FCnt, ConfFCnt).
+    pub pending: Option<PendingConfirmed>,
 }
 
+/// A record without a pending confirmed downlink; with one, its FCnt and id follow
+/// ([`PENDING_RECORD_LEN`]).
 const RECORD_LEN: usize = 4 + 2 + 8 + 4 * 3 + 1;
+const PENDING_RECORD_LEN: usize = RECORD_LEN + 4 + 8;
 
 impl CounterRecord {
-    /// The record for `s` with `counters`.
-    pub fn of(s: &Session, counters: FrameCounters, rekey_confirmed: bool) -> Self {
+    /// The record of `s` with its live state's counters, rekey flag and pending downlink.
+    pub fn of(s: &Session, st: &crate::core::device::DataState) -> Self {
         Self {
             dev_addr: s.dev_addr,
             dev_nonce: s.dev_nonce.0,
             created_at_ms: s.created_at_ms,
-            counters,
-            rekey_confirmed,
+            counters: st.counters,
+            rekey_confirmed: st.rekey_confirmed,
+            pending: st.pending_confirmed,
         }
     }
 
-    fn encode(&self) -> [u8; RECORD_LEN] {
-        let mut b = [0u8; RECORD_LEN];
+    /// The encoded record and its length (without or with the pending downlink).
+    fn encode(&self) -> ([u8; PENDING_RECORD_LEN], usize) {
+        let mut b = [0u8; PENDING_RECORD_LEN];
         b[0..4].copy_from_slice(&self.dev_addr.as_u32().to_le_bytes());
         b[4..6].copy_from_slice(&self.dev_nonce.to_le_bytes());
         b[6..14].copy_from_slice(&self.created_at_ms.to_le_bytes());
@@ -54,11 +63,18 @@ impl CounterRecord {
         b[18..22].copy_from_slice(&self.counters.n_f_cnt_down.to_le_bytes());
         b[22..26].copy_from_slice(&self.counters.a_f_cnt_down.to_le_bytes());
         b[26] = u8::from(self.rekey_confirmed);
-        b
+        match self.pending {
+            None => (b, RECORD_LEN),
+            Some(p) => {
+                b[27..31].copy_from_slice(&p.f_cnt.to_le_bytes());
+                b[31..39].copy_from_slice(&p.id.get().to_le_bytes());
+                (b, PENDING_RECORD_LEN)
+            }
+        }
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        if b.len() != RECORD_LEN {
+        if b.len() != RECORD_LEN && b.len() != PENDING_RECORD_LEN {
             return None;
         }
         let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
@@ -74,6 +90,16 @@ impl CounterRecord {
                 a_f_cnt_down: u32_at(22),
             },
             rekey_confirmed: b[26] & 1 != 0,
+            pending: (b.len() == PENDING_RECORD_LEN)
+                .then(|| {
+                    let mut id = [0u8; 8];
+                    id.copy_from_slice(&b[31..39]);
+                    std::num::NonZeroU64::new(u64::from_le_bytes(id)).map(|id| PendingConfirmed {
+                        f_cnt: u32_at(27),
+                        id,
+                    })
+                })
+                .flatten(),
         })
     }
 
@@ -85,6 +111,7 @@ impl CounterRecord {
             created_at_ms: s.created_at_ms,
             counters: s.counters,
             rekey_confirmed: false,
+            pending: None,
         }
     }
 
@@ -136,7 +163,8 @@ impl Verdict {
 /// - The same session: the uplink is new only if its FCntUp (the next expected value) is above
 ///   the committed one; the downlink may leave only if its counters are above the committed
 ///   ones and none is below (else another instance used that FCntDown). The committed record
-///   becomes the maximum of both, counter by counter.
+///   becomes the maximum of both, counter by counter, with the pending confirmed downlink of
+///   `rec` if it moved a counter (else the committed one's).
 pub fn judge(
     committed: Option<&CounterRecord>,
     rec: &CounterRecord,
@@ -163,6 +191,13 @@ pub fn judge(
             a_f_cnt_down: r.a_f_cnt_down.max(k.a_f_cnt_down),
         },
         rekey_confirmed: rec.rekey_confirmed || c.rekey_confirmed,
+        // What the record's own frame left pending (a confirmed downlink it sent, or none once
+        // its uplink acknowledged it); a record that moved no counter changes nothing.
+        pending: if uplink || downlink {
+            rec.pending
+        } else {
+            c.pending
+        },
         ..*c
     };
     let verdict = Verdict {
@@ -306,8 +341,8 @@ impl CounterBackend for CounterLog {
         {
             let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;
             for (d, r) in batch {
-                t.insert(d.as_u64(), r.encode().as_slice())
-                    .map_err(backend_err)?;
+                let (b, len) = r.encode();
+                t.insert(d.as_u64(), &b[..len]).map_err(backend_err)?;
             }
         }
         tx.commit().map_err(backend_err)
@@ -319,13 +354,13 @@ impl CounterBackend for CounterLog {
 pub fn restore_counters(
     records: &HashMap<DevEui, CounterRecord>,
     stored: &mut StoredSession,
-) -> bool {
+) -> (bool, Option<PendingConfirmed>) {
     match records.get(&stored.dev_eui) {
         Some(r) if r.belongs_to(stored) => {
             stored.counters = r.counters;
-            r.rekey_confirmed
+            (r.rekey_confirmed, r.pending)
         }
-        _ => false,
+        _ => (false, None),
     }
 }
 
@@ -349,17 +384,29 @@ mod tests {
                 a_f_cnt_down: 9,
             },
             rekey_confirmed: true,
+            pending: Some(PendingConfirmed {
+                f_cnt: 4,
+                id: std::num::NonZeroU64::new(0x1_0000_0001).unwrap(),
+            }),
         };
-        log.commit(&[(s.dev_eui, rec)]).unwrap();
+        // A device without a pending downlink: the shorter record of earlier releases.
+        let other = stored(2, 0x2600_0002);
+        let plain = CounterRecord {
+            pending: None,
+            ..CounterRecord::of_stored(&other)
+        };
+        assert_eq!(plain.encode().1, RECORD_LEN);
+        log.commit(&[(s.dev_eui, rec), (other.dev_eui, plain)])
+            .unwrap();
         drop(log);
         let records = CounterLog::open(dir.path()).unwrap().load().unwrap();
-        assert_eq!(records[&s.dev_eui], rec);
-        assert!(restore_counters(&records, &mut s));
+        assert_eq!((records[&s.dev_eui], records[&other.dev_eui]), (rec, plain));
+        assert_eq!(restore_counters(&records, &mut s), (true, rec.pending));
         assert_eq!(s.counters.f_cnt_up, 77);
         // A new join (another DevNonce) starts from 0.
         let mut fresh = stored(1, 0x2600_0001);
         fresh.dev_nonce.0 += 1;
-        assert!(!restore_counters(&records, &mut fresh));
+        assert_eq!(restore_counters(&records, &mut fresh), (false, None));
         assert_eq!(fresh.counters, FrameCounters::default());
     }
 
@@ -374,7 +421,36 @@ mod tests {
                 a_f_cnt_down: a,
             },
             rekey_confirmed: false,
+            pending: None,
         }
+    }
+
+    /// `rec` with a confirmed downlink of FCnt `f_cnt` (id `f_cnt + 100`) waiting for its ACK.
+    fn pending(r: CounterRecord, f_cnt: u32) -> CounterRecord {
+        CounterRecord {
+            pending: Some(PendingConfirmed {
+                f_cnt,
+                id: std::num::NonZeroU64::new(u64::from(f_cnt) + 100).unwrap(),
+            }),
+            ..r
+        }
+    }
+
+    #[test]
+    fn a_pending_confirmed_downlink_is_kept_until_a_frame_of_its_session_moves_on() {
+        // A confirmed downlink (AFCntDown 3) sent with an uplink: committed with it.
+        let sent = pending(rec(1, 6, 4, 3), 2);
+        let (v, w) = judge(Some(&rec(1, 5, 4, 2)), &sent);
+        assert!(v.uplink && v.downlink);
+        assert_eq!(w, Some(sent));
+        // The same frame again from another instance that did not know it: nothing changes.
+        let (v, w) = judge(Some(&sent), &rec(1, 6, 4, 3));
+        assert!(!v.uplink && !v.downlink);
+        assert_eq!((w, v.committed.unwrap().pending), (None, sent.pending));
+        // The device's next uplink acknowledges it: no longer pending.
+        let (v, w) = judge(Some(&sent), &rec(1, 7, 4, 3));
+        assert!(v.uplink);
+        assert_eq!(w, Some(rec(1, 7, 4, 3)));
     }
 
     #[test]

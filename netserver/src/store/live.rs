@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, MutexGuard};
 
-use crate::core::device::{DataState, FrameCounters};
+use crate::core::device::{DataState, FrameCounters, PendingConfirmed};
 
 /// The live part of a [`crate::store::session::Session`]: its [`DataState`] behind the lock every
 /// uplink of the device takes once.
@@ -36,12 +36,24 @@ impl Live {
     }
 
     /// Raises the counters to `committed` (what a shared store holds: another instance went
-    /// further), each to the larger value. Skipped, returning false, if the lock is held: the
-    /// holder's next commit is judged against the store anyway.
-    pub fn catch_up(&self, committed: FrameCounters, rekey_confirmed: bool) -> bool {
+    /// further), each to the larger value, and takes its `pending` confirmed downlink unless this
+    /// state's down counters are ahead (it sent a downlink not committed yet). Skipped,
+    /// returning false, if the lock is held: the holder's next commit is judged against the
+    /// store anyway.
+    pub fn catch_up(
+        &self,
+        committed: FrameCounters,
+        rekey_confirmed: bool,
+        pending: Option<PendingConfirmed>,
+    ) -> bool {
         let Ok(mut st) = self.state.try_lock() else {
             return false;
         };
+        if committed.n_f_cnt_down >= st.counters.n_f_cnt_down
+            && committed.a_f_cnt_down >= st.counters.a_f_cnt_down
+        {
+            st.pending_confirmed = pending;
+        }
         let c = &mut st.counters;
         c.f_cnt_up = c.f_cnt_up.max(committed.f_cnt_up);
         c.n_f_cnt_down = c.n_f_cnt_down.max(committed.n_f_cnt_down);

@@ -27,7 +27,7 @@ use protocol::ids::{DevAddr, DevEui};
 use r2d2_postgres::postgres::{self, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 
-use crate::core::device::FrameCounters;
+use crate::core::device::{FrameCounters, PendingConfirmed};
 use crate::ops::config::StoreConfig;
 use crate::store::backend::{SessionBackend, StoreError, WriteOp};
 use crate::store::counters::{judge, CounterBackend, CounterRecord, QueueItems, Verdict};
@@ -97,6 +97,12 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         queued_at timestamptz NOT NULL DEFAULT now()
     );
     CREATE INDEX ns_downlink_queue_dev_eui ON ns_downlink_queue (dev_eui, id);",
+    ),
+    (
+        5,
+        // The confirmed downlink waiting for its ACK, shared so that the acknowledging uplink
+        // reaching another instance is recognised (crate::store::counters::CounterRecord).
+        "ALTER TABLE ns_counters ADD COLUMN pending_f_cnt bigint, ADD COLUMN pending_id bigint;",
     ),
 ];
 
@@ -301,7 +307,7 @@ impl PgStore {
 }
 
 const COUNTER_COLUMNS: &str = "SELECT dev_eui, dev_addr, dev_nonce, created_at_ms, f_cnt_up, \
-     n_f_cnt_down, a_f_cnt_down, rekey_confirmed FROM ns_counters";
+     n_f_cnt_down, a_f_cnt_down, rekey_confirmed, pending_f_cnt, pending_id FROM ns_counters";
 
 fn counter_row(r: &postgres::Row) -> (DevEui, CounterRecord) {
     let u32_at = |i: usize| r.get::<_, i64>(i) as u32;
@@ -317,6 +323,15 @@ fn counter_row(r: &postgres::Row) -> (DevEui, CounterRecord) {
                 a_f_cnt_down: u32_at(6),
             },
             rekey_confirmed: r.get(7),
+            pending: r
+                .get::<_, Option<i64>>(8)
+                .zip(r.get::<_, Option<i64>>(9))
+                .and_then(|(f_cnt, id)| {
+                    std::num::NonZeroU64::new(id as u64).map(|id| PendingConfirmed {
+                        f_cnt: f_cnt as u32,
+                        id,
+                    })
+                }),
         },
     )
 }
@@ -332,6 +347,8 @@ struct CounterColumns {
     n_f_cnt_down: Vec<i64>,
     a_f_cnt_down: Vec<i64>,
     rekey_confirmed: Vec<bool>,
+    pending_f_cnt: Vec<Option<i64>>,
+    pending_id: Vec<Option<i64>>,
 }
 
 impl CounterColumns {
@@ -344,6 +361,9 @@ impl CounterColumns {
         self.n_f_cnt_down.push(i64::from(r.counters.n_f_cnt_down));
         self.a_f_cnt_down.push(i64::from(r.counters.a_f_cnt_down));
         self.rekey_confirmed.push(r.rekey_confirmed);
+        self.pending_f_cnt
+            .push(r.pending.map(|p| i64::from(p.f_cnt)));
+        self.pending_id.push(r.pending.map(|p| p.id.get() as i64));
     }
 
     /// Inserts the rows; an existing row is replaced if `only_new_session` is false, or only
@@ -364,13 +384,14 @@ impl CounterColumns {
         };
         let sql = format!(
             "INSERT INTO ns_counters (dev_eui, dev_addr, dev_nonce, created_at_ms, f_cnt_up, \
-             n_f_cnt_down, a_f_cnt_down, rekey_confirmed) \
+             n_f_cnt_down, a_f_cnt_down, rekey_confirmed, pending_f_cnt, pending_id) \
              SELECT * FROM unnest($1::int8[], $2::int8[], $3::int4[], $4::int8[], $5::int8[], \
-             $6::int8[], $7::int8[], $8::bool[]) \
+             $6::int8[], $7::int8[], $8::bool[], $9::int8[], $10::int8[]) \
              ON CONFLICT (dev_eui) DO UPDATE SET dev_addr = excluded.dev_addr, \
              dev_nonce = excluded.dev_nonce, created_at_ms = excluded.created_at_ms, \
              f_cnt_up = excluded.f_cnt_up, n_f_cnt_down = excluded.n_f_cnt_down, \
-             a_f_cnt_down = excluded.a_f_cnt_down, rekey_confirmed = excluded.rekey_confirmed\
+             a_f_cnt_down = excluded.a_f_cnt_down, rekey_confirmed = excluded.rekey_confirmed, \
+             pending_f_cnt = excluded.pending_f_cnt, pending_id = excluded.pending_id\
              {condition}"
         );
         tx.execute(
@@ -384,6 +405,8 @@ impl CounterColumns {
                 &self.n_f_cnt_down,
                 &self.a_f_cnt_down,
                 &self.rekey_confirmed,
+                &self.pending_f_cnt,
+                &self.pending_id,
             ],
         )
         .map_err(backend_err)?;
@@ -536,6 +559,7 @@ impl CounterBackend for PgStore {
             )
             .map_err(backend_err)?;
         let mut current: BTreeMap<DevEui, CounterRecord> = rows.iter().map(counter_row).collect();
+        let before = current.clone();
         let mut written = BTreeMap::new();
         let verdicts: Vec<Verdict> = batch
             .iter()
@@ -553,6 +577,24 @@ impl CounterBackend for PgStore {
             columns.push(*d, r);
         }
         columns.upsert(&mut tx, false)?;
+        // A confirmed downlink sent, or acknowledged: the other instances load the device's
+        // record at once (crate::store::sync), so the acknowledging uplink is recognised
+        // wherever it arrives, and once only.
+        let confirmed: Vec<String> = written
+            .iter()
+            .filter(|(d, r)| before.get(d).and_then(|b| b.pending) != r.pending)
+            .map(|(d, _)| d.to_string())
+            .collect();
+        for chunk in confirmed.chunks(NOTIFY_CHUNK) {
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[
+                    &SESSIONS_CHANNEL,
+                    &format!("{:016X}:{}", self.writer, chunk.join(",")),
+                ],
+            )
+            .map_err(backend_err)?;
+        }
         if self.event_log {
             let lines: Vec<String> = events(&verdicts)
                 .into_iter()

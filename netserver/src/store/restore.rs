@@ -55,7 +55,7 @@ pub(crate) struct Reviver<'a> {
 impl Reviver<'_> {
     /// The live session of `stored`, its counters brought forward.
     pub(crate) fn revive(&self, mut stored: StoredSession) -> anyhow::Result<Session> {
-        let rekey_confirmed = restore_counters(&self.records, &mut stored);
+        let (rekey_confirmed, pending) = restore_counters(&self.records, &mut stored);
         apply_delivered(&self.delivered, &mut stored);
         let keys =
             NetworkKeys::open(&stored.network_keys, &self.secrets.ns_kek).with_context(|| {
@@ -67,7 +67,11 @@ impl Reviver<'_> {
         let as_kek = self.secrets.as_kek.as_ref();
         let session = Session::new(&stored, keys, self.sessions.labels(), as_kek)
             .with_context(|| format!("session of {}", stored.dev_eui))?;
-        session.live.lock().rekey_confirmed = rekey_confirmed;
+        {
+            let mut st = session.live.lock();
+            st.rekey_confirmed = rekey_confirmed;
+            st.pending_confirmed = pending;
+        }
         Ok(session)
     }
 }

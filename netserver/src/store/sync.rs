@@ -41,8 +41,11 @@ pub fn catch_up(sessions: Arc<Sessions>) -> CatchUp {
                 && s.dev_nonce.0 == committed.dev_nonce
                 && s.created_at_ms == committed.created_at_ms
             {
-                s.live
-                    .catch_up(committed.counters, committed.rekey_confirmed);
+                s.live.catch_up(
+                    committed.counters,
+                    committed.rekey_confirmed,
+                    committed.pending,
+                );
             }
         }
     })
@@ -96,7 +99,19 @@ pub fn install(
         let same = local.dev_addr == stored.dev_addr
             && local.dev_nonce == stored.dev_nonce
             && local.created_at_ms == stored.created_at_ms;
-        if same || local.created_at_ms > stored.created_at_ms {
+        if same {
+            // Its counters moved at another instance, which sent it a confirmed downlink: the
+            // acknowledging uplink may come here.
+            if let Some(r) = records.get(&stored.dev_eui) {
+                if r.belongs_to(&stored) {
+                    local
+                        .live
+                        .catch_up(r.counters, r.rekey_confirmed, r.pending);
+                }
+            }
+            return Ok(false);
+        }
+        if local.created_at_ms > stored.created_at_ms {
             return Ok(false);
         }
     }
