@@ -350,13 +350,12 @@ impl<'a> Connection<'a> {
         for e in self.read.drain(..) {
             let published = match chirpstack_event(&e.line, &self.sink.shape) {
                 Some(ev) => {
-                    let body = serde_json::to_vec(&ev.body).unwrap_or_default();
                     self.client
                         .try_publish(
                             ev.topic(&self.sink.config.event_topic),
                             self.sink.qos,
                             false,
-                            body,
+                            ev.body,
                         )
                         .map_err(|_| "client_queue")?;
                     true

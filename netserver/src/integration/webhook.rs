@@ -137,9 +137,8 @@ impl Webhook {
         backoff: &mut Backoff,
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let body = serde_json::to_vec(&ev.body).unwrap_or_default();
         loop {
-            match self.post(ev.event, &body) {
+            match self.post(ev.event, &ev.body) {
                 Ok(()) => {
                     backoff.reset();
                     return true;
