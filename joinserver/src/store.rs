@@ -402,7 +402,7 @@ CREATE TABLE IF NOT EXISTS retired_join_nonces (
     dev_eui         INTEGER PRIMARY KEY,
     last_join_nonce INTEGER NOT NULL
 ) STRICT;
--- The network servers on the link added by `joinserver peers add` (crate::peers): their link key
+-- The network servers on the link added by `joinserver peers add`: their link key
 -- and network KEK wrapped under master.key.
 CREATE TABLE IF NOT EXISTS link_peers (
     net_id     INTEGER PRIMARY KEY,

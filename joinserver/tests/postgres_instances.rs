@@ -74,22 +74,32 @@ fn setup(dir: &Path, url: &str, n: u64) -> LinkKey {
     let out = cli(&["init", "--data-dir", d, "--store-url", url]);
     assert!(out.contains("(PostgreSQL)"), "{out}");
     assert!(!out.contains("joinserver.db"), "{out}");
-    let out = cli(&[
-        "peers",
-        "add",
-        "--data-dir",
-        d,
-        "--store-url",
-        url,
-        "--net-id",
-        &format!("{NET_ID:06X}"),
-    ]);
+    let out = peers_add(d, url, &format!("{NET_ID:06X}"));
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("added   NetID 000013 to the store"), "{out}");
     import(dir, url, FIRST..FIRST + n);
     joinserver::secrets::read_hex_key(
         &joinserver::secrets::peer_files(dir, protocol::ids::NetId::new(NET_ID).unwrap()).0,
     )
     .unwrap()
+}
+
+/// `joinserver peers add --store-url URL --net-id NET` on the data directory `d`.
+fn peers_add(d: &str, url: &str, net: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_joinserver"))
+        .args([
+            "peers",
+            "add",
+            "--data-dir",
+            d,
+            "--store-url",
+            url,
+            "--net-id",
+            net,
+        ])
+        .output()
+        .unwrap()
 }
 
 fn serve(dir: &Path, url: &str) -> Running {
@@ -898,16 +908,9 @@ fn a_peer_added_at_one_instance_is_served_by_every_instance() {
     let (a, b) = (serve(tmp.path(), &url), serve(tmp.path(), &url));
     let net = format!("{NEW:06X}");
     let added = Instant::now();
-    let out = cli(&[
-        "peers",
-        "add",
-        "--data-dir",
-        d,
-        "--store-url",
-        &url,
-        "--net-id",
-        &net,
-    ]);
+    let out = peers_add(d, &url, &net);
+    assert!(out.status.success(), "{out:?}");
+    let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.contains("apply it within a second"), "{out}");
     let (link_file, kek_file) =
         joinserver::secrets::peer_files(tmp.path(), protocol::ids::NetId::new(NEW).unwrap());
@@ -972,19 +975,7 @@ fn a_peer_added_at_one_instance_is_served_by_every_instance() {
         &net,
     ]);
     assert!(!token.trim().is_empty());
-    let again = Command::new(env!("CARGO_BIN_EXE_joinserver"))
-        .args([
-            "peers",
-            "add",
-            "--data-dir",
-            d,
-            "--store-url",
-            &url,
-            "--net-id",
-            &net,
-        ])
-        .output()
-        .unwrap();
+    let again = peers_add(d, &url, &net);
     assert!(!again.status.success());
     assert!(
         String::from_utf8_lossy(&again.stderr).contains("already a peer"),

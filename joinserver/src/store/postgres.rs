@@ -150,8 +150,8 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (
         5,
-        // The network servers on the link (crate::peers), shared by every instance: their
-        // link key and network KEK wrapped under master.key, never in clear.
+        // The network servers on the link (`joinserver peers add`), shared by every instance:
+        // their link key and network KEK wrapped under master.key, never in clear.
         "CREATE TABLE link_peers (
         net_id     BIGINT PRIMARY KEY,
         link_key   BYTEA NOT NULL,

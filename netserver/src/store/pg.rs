@@ -336,6 +336,26 @@ fn counter_row(r: &postgres::Row) -> (DevEui, CounterRecord) {
     )
 }
 
+/// Sends `NOTIFY` on [`SESSIONS_CHANNEL`] naming `devices` (DevEUIs as text), from `writer`,
+/// in chunks, at `tx`'s commit: every other instance loads their sessions and counters.
+fn notify_sessions(
+    tx: &mut postgres::Transaction<'_>,
+    writer: u64,
+    devices: &[String],
+) -> Result<(), StoreError> {
+    for chunk in devices.chunks(NOTIFY_CHUNK) {
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[
+                &SESSIONS_CHANNEL,
+                &format!("{writer:016X}:{}", chunk.join(",")),
+            ],
+        )
+        .map_err(backend_err)?;
+    }
+    Ok(())
+}
+
 /// Column arrays of counter rows, for one multi-row `unnest` statement.
 #[derive(Default)]
 struct CounterColumns {
@@ -500,16 +520,7 @@ impl SessionBackend for PgStore {
         }
         counters.upsert(&mut tx, true)?;
         let changed: Vec<String> = net.current.keys().map(ToString::to_string).collect();
-        for chunk in changed.chunks(NOTIFY_CHUNK) {
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[
-                    &SESSIONS_CHANNEL,
-                    &format!("{:016X}:{}", self.writer, chunk.join(",")),
-                ],
-            )
-            .map_err(backend_err)?;
-        }
+        notify_sessions(&mut tx, self.writer, &changed)?;
         tx.commit().map_err(backend_err)
     }
 }
@@ -585,16 +596,7 @@ impl CounterBackend for PgStore {
             .filter(|(d, r)| before.get(d).and_then(|b| b.pending) != r.pending)
             .map(|(d, _)| d.to_string())
             .collect();
-        for chunk in confirmed.chunks(NOTIFY_CHUNK) {
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[
-                    &SESSIONS_CHANNEL,
-                    &format!("{:016X}:{}", self.writer, chunk.join(",")),
-                ],
-            )
-            .map_err(backend_err)?;
-        }
+        notify_sessions(&mut tx, self.writer, &confirmed)?;
         if self.event_log {
             let lines: Vec<String> = events(&verdicts)
                 .into_iter()
