@@ -85,6 +85,20 @@ fn setup(dir: &Path, url: &str, n: u64) -> LinkKey {
     .unwrap()
 }
 
+/// `joinserver peers token --store-url URL --net-id NET` on the data directory `d`: the token.
+fn peers_token(d: &str, url: &str, net: &str) -> String {
+    cli(&[
+        "peers",
+        "token",
+        "--data-dir",
+        d,
+        "--store-url",
+        url,
+        "--net-id",
+        net,
+    ])
+}
+
 /// `joinserver peers add --store-url URL --net-id NET` on the data directory `d`.
 fn peers_add(d: &str, url: &str, net: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_joinserver"))
@@ -710,16 +724,7 @@ fn changes_through_one_instances_api_are_seen_by_the_other() {
         String::from_utf8_lossy(&out.stderr)
     );
     let owner_key = String::from_utf8(out.stdout).unwrap();
-    let token = cli(&[
-        "peers",
-        "token",
-        "--data-dir",
-        d,
-        "--store-url",
-        &url,
-        "--net-id",
-        &format!("{NET_ID:06X}"),
-    ]);
+    let token = peers_token(d, &url, &format!("{NET_ID:06X}"));
     let extra = [
         "--store-url",
         &url,
@@ -964,16 +969,7 @@ fn a_peer_added_at_one_instance_is_served_by_every_instance() {
         .windows(16)
         .any(|w| w == kek.key.expose().as_slice()));
     // A token for it; the same NetID again is refused.
-    let token = cli(&[
-        "peers",
-        "token",
-        "--data-dir",
-        d,
-        "--store-url",
-        &url,
-        "--net-id",
-        &net,
-    ]);
+    let token = peers_token(d, &url, &net);
     assert!(!token.trim().is_empty());
     let again = peers_add(d, &url, &net);
     assert!(!again.status.success());
