@@ -34,7 +34,9 @@ fuzz_target!(|data: &[u8]| {
         region: protocol::region::Region::Eu868,
     };
     if let Some(e) = chirpstack_event(payload, &shape) {
-        if let Some(id) = e.body.get("deduplicationId") {
+        // The body is JSON; where it carries a deduplicationId, it is the line's.
+        let body: serde_json::Value = serde_json::from_slice(&e.body).expect("a JSON body");
+        if let Some(id) = body.get("deduplicationId") {
             assert_eq!(id.as_str(), Some(dedup_id(payload).as_str()));
         }
     }
