@@ -53,14 +53,16 @@ fn out(o: &Output) -> (String, String) {
 struct NetKeys([(u32, LinkKey); 2]);
 
 /// Adds the network servers of NetIDs X and Y as peers of the join server in `dir`, each with its
-/// own link key (the library call behind `joinserver peers add`). Returns their keys and the
-/// configuration that lists them (`DIR/joinserver.toml`).
+/// own link key (the library call behind `joinserver peers add`, which records them in the
+/// data directory's store). Returns their keys and the data directory's configuration (the
+/// default when it has no `joinserver.toml`).
 fn add_peers(dir: &Path) -> (NetKeys, Config) {
     let keys = [NET_X, NET_Y].map(|net| {
         let added = joinserver::peers::add(dir, NetId::new(net).unwrap()).unwrap();
         (net, secrets::read_hex_key(&added.link_key_file).unwrap())
     });
-    let text = std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap();
+    let text =
+        std::fs::read_to_string(dir.join(joinserver::peers::CONFIG_FILE)).unwrap_or_default();
     (NetKeys(keys), Config::from_toml(&text).unwrap())
 }
 
