@@ -89,13 +89,7 @@ pub fn add_to(
     master: &MasterKey,
     net_id: NetId,
 ) -> Result<Added, AddError> {
-    let configured = config
-        .link
-        .peers
-        .iter()
-        .any(|p| p.net_id.parse() == Ok(net_id))
-        || (config.link.peers.is_empty() && net_id == FIRST_PEER);
-    if configured {
+    if configured(config, net_id) {
         return Err(AddError::Exists {
             net_id,
             where_: "in the configuration's [[link.peers]], or the first peer".into(),
@@ -138,13 +132,15 @@ pub fn add_to(
 
 /// Whether `net_id` is a peer: configured, the first peer, or in the store.
 pub fn is_peer(config: &Config, stored: &[StoredPeer], net_id: NetId) -> bool {
-    config
-        .link
-        .peers
-        .iter()
-        .any(|p| p.net_id.parse() == Ok(net_id))
-        || (config.link.peers.is_empty() && net_id == FIRST_PEER)
-        || stored.iter().any(|p| p.net_id == net_id.as_u32())
+    configured(config, net_id) || stored.iter().any(|p| p.net_id == net_id.as_u32())
+}
+
+/// Whether `config` makes `net_id` a peer: listed in `[[link.peers]]`, or the first peer while
+/// none is listed.
+fn configured(config: &Config, net_id: NetId) -> bool {
+    let peers = &config.link.peers;
+    peers.iter().any(|p| p.net_id.parse() == Ok(net_id))
+        || (peers.is_empty() && net_id == FIRST_PEER)
 }
 
 /// The link's peers and the network KEKs of their JoinAns, as the running server reads them:
