@@ -27,7 +27,8 @@ NS_ARGS=()
 # MQTT=0 or MQTT=1: the events go through a local Mosquitto broker (anonymous, loopback) at that
 # QoS instead, in ChirpStack's shapes, and the simulator counts them with --delivery mqtt://.
 # The broker keeps any number of QoS 1 messages in flight to the simulator (its default of 20
-# would make the simulator's leg, not the network server, the limit).
+# would make the simulator's leg, not the network server, the limit). SUBQOS=0 makes the
+# simulator's subscription QoS 0 (default 1): the network server still publishes at MQTT's QoS.
 if [ -n "${MQTT:-}" ]; then
   BROKER=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\nmax_queued_messages 1000000\nmax_inflight_messages 0\n' "$BROKER" >"$D/mosquitto.conf"
@@ -36,7 +37,7 @@ if [ -n "${MQTT:-}" ]; then
   sleep 0.5
   start_servers "${NS_ARGS[@]}" --events "mqtt://127.0.0.1:$BROKER?qos=$MQTT"
   trap 'kill $JS ${NS:-} $MQ 2>/dev/null || true' EXIT
-  COUNT=(--delivery "mqtt://127.0.0.1:$BROKER")
+  COUNT=(--delivery "mqtt://127.0.0.1:$BROKER?qos=${SUBQOS:-1}")
 else
   start_servers "${NS_ARGS[@]}" --events "udp://$EVENTS$([ "$PACK" = 0 ] || echo "?pack=$PACK")"
   COUNT=(--event-listen "$EVENTS")

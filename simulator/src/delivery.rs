@@ -4,8 +4,9 @@
 //!
 //! URL: `mqtt://[USER@]HOST:PORT` or `mqtts://…` (TLS against `ca_file`), with the query
 //! parameters `topic` (the subscription, default `application/+/device/+/event/up`),
-//! `password_file` and `ca_file`. Each `up` event's `deviceInfo.devEui` and `fCnt` is one
-//! delivery.
+//! `qos` (the subscription's QoS, 1 by default; 0 spares the broker an acknowledgement per
+//! event, and a broker may then drop events for a subscriber that lags), `password_file`
+//! and `ca_file`. Each `up` event's `deviceInfo.devEui` and `fCnt` is one delivery.
 
 use std::time::Duration;
 
@@ -33,10 +34,12 @@ pub struct MqttDelivery {
     pub ca_file: Option<String>,
     /// The subscription's topic filter.
     pub topic: String,
+    /// The subscription's QoS.
+    pub qos: QoS,
 }
 
 impl MqttDelivery {
-    /// Parses `mqtt://[USER@]HOST:PORT[?topic=…&password_file=…&ca_file=…]`.
+    /// Parses `mqtt://[USER@]HOST:PORT[?topic=…&qos=0|1&password_file=…&ca_file=…]`.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         let (tls, rest) = match (url.strip_prefix("mqtts://"), url.strip_prefix("mqtt://")) {
             (Some(r), _) => (true, r),
@@ -66,14 +69,17 @@ impl MqttDelivery {
             password_file: None,
             ca_file: None,
             topic: DEFAULT_TOPIC.to_owned(),
+            qos: QoS::AtLeastOnce,
         };
         for p in query.split('&').filter(|p| !p.is_empty()) {
             match p.split_once('=') {
                 Some(("topic", v)) => d.topic = v.to_owned(),
+                Some(("qos", "0")) => d.qos = QoS::AtMostOnce,
+                Some(("qos", "1")) => d.qos = QoS::AtLeastOnce,
                 Some(("password_file", v)) => d.password_file = Some(v.to_owned()),
                 Some(("ca_file", v)) => d.ca_file = Some(v.to_owned()),
                 _ => anyhow::bail!(
-                    "--delivery {url:?}: unknown parameter {p:?} (known: topic, password_file, ca_file)"
+                    "--delivery {url:?}: unknown parameter {p:?} (known: topic, qos=0|1, password_file, ca_file)"
                 ),
             }
         }
@@ -116,7 +122,7 @@ impl MqttDelivery {
     ) -> anyhow::Result<()> {
         let id = format!("simulator-{}", std::process::id());
         let (client, mut conn) = Client::new(self.options(&id)?, 64);
-        client.subscribe(self.topic.clone(), QoS::AtLeastOnce)?;
+        client.subscribe(self.topic.clone(), self.qos)?;
         let (ready, subscribed) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("simulator-mqtt".into())
@@ -158,16 +164,18 @@ impl MqttDelivery {
 pub fn uplink_of(payload: &[u8]) -> Option<(DevEui, u32)> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct Info {
-        dev_eui: String,
+    struct Info<'a> {
+        #[serde(borrow)]
+        dev_eui: &'a str,
     }
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
-    struct Up {
-        device_info: Info,
+    struct Up<'a> {
+        #[serde(borrow)]
+        device_info: Info<'a>,
         f_cnt: u32,
     }
-    let up: Up = serde_json::from_slice(payload).ok()?;
+    let up: Up<'_> = serde_json::from_slice(payload).ok()?;
     Some((up.device_info.dev_eui.parse().ok()?, up.f_cnt))
 }
 
@@ -188,11 +196,19 @@ mod tests {
             ),
             (Some("app"), Some("/p"), "a/+/b")
         );
+        let d = MqttDelivery::parse("mqtt://h:1").unwrap();
+        assert_eq!((d.topic.as_str(), d.qos), (DEFAULT_TOPIC, QoS::AtLeastOnce));
         assert_eq!(
-            MqttDelivery::parse("mqtt://h:1").unwrap().topic,
-            DEFAULT_TOPIC
+            MqttDelivery::parse("mqtt://h:1?qos=0").unwrap().qos,
+            QoS::AtMostOnce
         );
-        for bad in ["udp://h:1", "mqtt://h", "mqtt://h:1?x=y", "mqtts://h:1"] {
+        for bad in [
+            "udp://h:1",
+            "mqtt://h",
+            "mqtt://h:1?x=y",
+            "mqtts://h:1",
+            "mqtt://h:1?qos=2",
+        ] {
             assert!(MqttDelivery::parse(bad).is_err(), "{bad}");
         }
     }

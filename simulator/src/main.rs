@@ -232,9 +232,9 @@ struct RunArgs {
     #[arg(long, conflicts_with = "delivery")]
     event_listen: Option<SocketAddr>,
     /// Count delivered uplinks from ChirpStack's MQTT events instead:
-    /// mqtt://[USER@]HOST:PORT[?topic=FILTER&password_file=PATH&ca_file=PEM] (or mqtts://),
-    /// subscribed to application/+/device/+/event/up by default; works against any network
-    /// server that publishes ChirpStack's MQTT integration events.
+    /// mqtt://[USER@]HOST:PORT[?topic=FILTER&qos=0|1&password_file=PATH&ca_file=PEM] (or
+    /// mqtts://), subscribed to application/+/device/+/event/up at QoS 1 by default; works
+    /// against any network server that publishes ChirpStack's MQTT integration events.
     #[arg(long)]
     delivery: Option<String>,
     /// Local address of the gateway sockets.

@@ -568,9 +568,13 @@ async fn run_async(
         m.subscribe(move |dev, fcnt| tx.send((dev, fcnt)).is_ok())?;
         let sh = shared.clone();
         tasks.push(tokio::task::spawn_local(async move {
-            while let Some((dev, fcnt)) = rx.recv().await {
+            let mut got = Vec::with_capacity(1024);
+            while rx.recv_many(&mut got, 1024).await > 0 {
                 let now = sh.now();
-                sh.engine.borrow_mut().on_app_event(now, dev, fcnt);
+                let mut engine = sh.engine.borrow_mut();
+                for (dev, fcnt) in got.drain(..) {
+                    engine.on_app_event(now, dev, fcnt);
+                }
             }
         }));
     }

@@ -62,10 +62,34 @@ impl ChirpEvent {
     /// The topic from a template with `{application_id}`, `{dev_eui}` (lower-case hex) and
     /// `{event}`.
     pub fn topic(&self, template: &str) -> String {
-        template
-            .replace("{application_id}", &self.application_id)
-            .replace("{dev_eui}", &hex_lower(self.dev_eui))
-            .replace("{event}", self.event)
+        use std::fmt::Write;
+        let mut topic = String::with_capacity(template.len() + 48);
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            topic.push_str(&rest[..open]);
+            rest = &rest[open..];
+            let placeholder = ["{application_id}", "{dev_eui}", "{event}"]
+                .into_iter()
+                .find(|p| rest.starts_with(p));
+            match placeholder {
+                Some(p) => {
+                    match p {
+                        "{application_id}" => topic.push_str(&self.application_id),
+                        "{dev_eui}" => {
+                            let _ = write!(topic, "{:016x}", self.dev_eui.as_u64());
+                        }
+                        _ => topic.push_str(self.event),
+                    }
+                    rest = &rest[p.len()..];
+                }
+                None => {
+                    topic.push('{');
+                    rest = &rest[1..];
+                }
+            }
+        }
+        topic.push_str(rest);
+        topic
     }
 }
 
@@ -79,8 +103,8 @@ pub const COMMAND_TOPIC: &str = "application/{application_id}/device/{dev_eui}/c
 struct Kind<'a> {
     #[serde(rename = "type", borrow)]
     kind: &'a str,
-    #[serde(default)]
-    tenant: Option<String>,
+    #[serde(default, borrow)]
+    tenant: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The ChirpStack event of one event-log line; `None` for a line of no known type.
@@ -95,7 +119,9 @@ pub fn chirpstack_event(line: &[u8], shape: &Shape) -> Option<ChirpEvent> {
             let u: UplinkEvent = serde_json::from_slice(line).ok()?;
             let eui = hex_lower(u.dev_eui);
             let info = DeviceInfo::new(tenant, &application_id, &eui);
-            let body = serde_json::to_vec(&Up::new(&u, shape, info, &dedup)).ok()?;
+            // One allocation: the body is about the line's size plus ChirpStack's names.
+            let mut body = Vec::with_capacity(line.len() + 768);
+            serde_json::to_writer(&mut body, &Up::new(&u, shape, info, &dedup)).ok()?;
             ("up", u.dev_eui, body)
         }
         "join" => {
@@ -486,6 +512,10 @@ mod tests {
         assert_eq!(
             e.topic(EVENT_TOPIC),
             "application/84c006ab-204f-418b-9896-075226b8a93d/device/70b3d5ff00000001/event/up"
+        );
+        assert_eq!(
+            e.topic("{event}/{dev_eui}/{unknown}/{application_id}{event}{"),
+            "up/70b3d5ff00000001/{unknown}/84c006ab-204f-418b-9896-075226b8a93dup{"
         );
         let b = &json_of(&e);
         assert_eq!(b["deviceInfo"]["devEui"], "70b3d5ff00000001");

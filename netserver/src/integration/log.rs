@@ -290,13 +290,23 @@ impl LogReader {
         self.pos = pos;
     }
 
-    /// Appends up to `max` complete events to `out`; returns how many, and whether segments
-    /// the reader was in were deleted (the backlog bound) so that it skipped to the oldest left.
-    pub fn read(&mut self, max: usize, out: &mut Vec<Entry>) -> std::io::Result<(usize, bool)> {
+    /// Appends up to `max` complete events before `end` to `out`; returns how many, and
+    /// whether segments the reader was in were deleted (the backlog bound) so that it skipped
+    /// to the oldest left.
+    ///
+    /// `end` is where the writer's last batch ended ([`EventLog::open`]'s receiver): nothing
+    /// at or past it is read, so a reader that caught up costs no system call, and a reader
+    /// at the end of a segment before `end`'s knows that segment is complete.
+    pub fn read(
+        &mut self,
+        max: usize,
+        end: Position,
+        out: &mut Vec<Entry>,
+    ) -> std::io::Result<(usize, bool)> {
         use std::os::unix::fs::FileExt;
         let mut n = 0;
         let mut skipped = false;
-        while n < max {
+        while n < max && self.pos < end {
             if self.file.as_ref().map(|f| f.0) != Some(self.pos.segment) {
                 match File::open(segment_path(&self.dir, self.pos.segment)) {
                     Ok(f) => self.file = Some((self.pos.segment, f)),
@@ -322,24 +332,33 @@ impl LogReader {
             let Some((_, f)) = &self.file else {
                 return Ok((n, skipped));
             };
-            self.chunk.resize(self.chunk_len, 0);
-            let got = f.read_at(&mut self.chunk, self.pos.offset)?;
+            // In the writer's segment, only what it wrote (whole lines) is read.
+            let want = if self.pos.segment == end.segment {
+                usize::try_from(end.offset - self.pos.offset)
+                    .unwrap_or(usize::MAX)
+                    .min(self.chunk_len)
+            } else {
+                self.chunk_len
+            };
+            if self.chunk.len() < self.chunk_len {
+                self.chunk.resize(self.chunk_len, 0);
+            }
+            let got = f.read_at(&mut self.chunk[..want], self.pos.offset)?;
             let complete = self.chunk[..got]
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |i| i + 1);
-            if complete == 0 && got == self.chunk.len() {
+            if complete == 0 && got == self.chunk_len {
                 // A line longer than the chunk: read it whole next time round.
                 self.chunk_len *= 2;
                 continue;
             }
             if complete == 0 {
-                // At the end of this segment: go on in the next one if it exists (then this
-                // one is complete), else wait for more.
-                let next = self.pos.segment + 1;
-                if got == 0 && segment_path(&self.dir, next).exists() {
+                // At the end of this segment: if the writer is in a later one, this one is
+                // complete and the next exists (or was deleted: the open above skips on).
+                if got == 0 && self.pos.segment < end.segment {
                     self.pos = Position {
-                        segment: next,
+                        segment: self.pos.segment + 1,
                         offset: 0,
                     };
                     continue;
@@ -386,7 +405,11 @@ impl LogReader {
 mod tests {
     use super::*;
 
-    fn open(dir: &Path, segment_bytes: u64, backlog_bytes: u64) -> EventLog {
+    fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        backlog_bytes: u64,
+    ) -> (EventLog, watch::Receiver<Position>) {
         let limits = LogLimits {
             segment_bytes,
             backlog_bytes,
@@ -398,7 +421,6 @@ mod tests {
             prometheus::IntCounter::new("d", "d").unwrap(),
         )
         .unwrap()
-        .0
     }
 
     fn write(log: &mut EventLog, from: u32, to: u32) {
@@ -409,9 +431,9 @@ mod tests {
         log.write_batch(&refs, &mut Vec::new()).unwrap();
     }
 
-    fn read_all(r: &mut LogReader) -> Vec<String> {
+    fn read_all(r: &mut LogReader, end: &watch::Receiver<Position>) -> Vec<String> {
         let mut out = Vec::new();
-        while r.read(7, &mut out).unwrap().0 > 0 {}
+        while r.read(7, *end.borrow(), &mut out).unwrap().0 > 0 {}
         out.into_iter()
             .map(|e| String::from_utf8(e.line).unwrap())
             .collect()
@@ -421,7 +443,7 @@ mod tests {
     fn a_reader_follows_the_log_across_segments_from_its_position() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join(LOG_DIR);
-        let mut log = open(&d, 40, 1 << 20);
+        let (mut log, end) = open(&d, 40, 1 << 20);
         // 11 bytes a line: 4 lines fill a segment past 40 bytes.
         write(&mut log, 0, 4);
         write(&mut log, 4, 8);
@@ -436,7 +458,7 @@ mod tests {
             }
         );
         let mut r = LogReader::new(&d, start);
-        let got = read_all(&mut r);
+        let got = read_all(&mut r, &end);
         assert_eq!(got.len(), 9);
         assert_eq!(got[8], "{\"n\":0008}");
         assert_eq!(
@@ -448,10 +470,12 @@ mod tests {
         );
         // Acknowledged up to the 5th event; a new reader there gets the rest again.
         let mut out = Vec::new();
-        LogReader::new(&d, start).read(5, &mut out).unwrap();
+        LogReader::new(&d, start)
+            .read(5, *end.borrow(), &mut out)
+            .unwrap();
         save_position(&d, "a", out[4].end).unwrap();
         let mut again = LogReader::new(&d, load_position(&d, "a").unwrap().unwrap());
-        assert_eq!(read_all(&mut again)[0], "{\"n\":0005}");
+        assert_eq!(read_all(&mut again, &end)[0], "{\"n\":0005}");
         // A partial line is not read until it is complete.
         std::fs::OpenOptions::new()
             .append(true)
@@ -459,7 +483,7 @@ mod tests {
             .unwrap()
             .write_all(b"{\"n\":")
             .unwrap();
-        assert!(read_all(&mut r).is_empty());
+        assert!(read_all(&mut r, &end).is_empty());
         assert_eq!(r.backlog_bytes(start, r.position()), 99);
     }
 
@@ -467,7 +491,7 @@ mod tests {
     fn acknowledged_segments_are_deleted_and_the_backlog_is_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join(LOG_DIR);
-        let mut log = open(&d, 40, 100);
+        let (mut log, end) = open(&d, 40, 100);
         for i in 0..3 {
             write(&mut log, i * 4, i * 4 + 4);
         }
@@ -498,7 +522,7 @@ mod tests {
             },
         );
         let mut out = Vec::new();
-        let (n, skipped) = r.read(1, &mut out).unwrap();
+        let (n, skipped) = r.read(1, *end.borrow(), &mut out).unwrap();
         assert_eq!((n, skipped), (1, true));
         assert_eq!(out[0].line, b"{\"n\":0020}");
     }

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{
+    ConnectionError, Event, EventLoop, MqttOptions, Packet, PingReq, Publish, QoS, Request,
+    StateError, Subscribe,
+};
 use tokio::sync::watch;
 
 use crate::integration::chirpstack::{chirpstack_event, Shape};
@@ -246,27 +249,40 @@ impl MqttSink {
 #[derive(Debug)]
 struct Sent {
     end: Position,
-    /// Published (else not an event type this sink publishes: acknowledged at once).
-    published: bool,
+    /// The publish's packet id (0 at QoS 0); `None` if not an event type this sink publishes
+    /// (acknowledged at once).
     pkid: Option<u16>,
     acked: bool,
 }
 
+/// What woke the connection's loop.
+enum Wake {
+    Read(Result<(), StateError>),
+    Written(bool),
+    Tick,
+    Ping,
+    Stop,
+}
+
 /// One connection to the broker, from the acknowledged position on.
+///
+/// rumqttc's [`EventLoop`] makes the connection (TCP or TLS, CONNECT, CONNACK); after that
+/// this loop drives the event loop's network and [`rumqttc::MqttState`] itself, because the
+/// event loop writes each request with a write of its own (one system call, and one wake-up
+/// of the broker, per event). Here the publishes of one read of the log are encoded into the
+/// connection's buffer and written together; packet ids, acknowledgements, incoming
+/// publishes and pings stay rumqttc's.
 struct Connection<'a> {
     sink: &'a MqttSink,
     progress: &'a mut Progress,
     commands: Option<&'a dyn CommandHandler>,
-    client: AsyncClient,
     events: EventLoop,
     reader: crate::integration::log::LogReader,
     inflight: VecDeque<Sent>,
-    /// Every event of `inflight` before this index is unpublished or has its packet id: where
-    /// the next outgoing publish's is looked for (a scan from the front would cost the whole
-    /// window per publish).
-    assigned: usize,
     connected: bool,
     read: Vec<Entry>,
+    /// How long a write may wait for the broker.
+    timeout: Duration,
 }
 
 impl<'a> Connection<'a> {
@@ -276,19 +292,19 @@ impl<'a> Connection<'a> {
         commands: Option<&'a dyn CommandHandler>,
     ) -> Self {
         let window = usize::from(sink.config.max_inflight.max(1));
-        let (client, events) = AsyncClient::new(sink.options(), window + 8);
         let reader = progress.reader();
+        let events = EventLoop::new(sink.options(), 1);
+        let timeout = Duration::from_secs(events.network_options().connection_timeout().max(1));
         Self {
             sink,
             progress,
             commands,
-            client,
             events,
             reader,
             inflight: VecDeque::with_capacity(window),
-            assigned: 0,
             connected: false,
             read: Vec::new(),
+            timeout,
         }
     }
 
@@ -298,120 +314,171 @@ impl<'a> Connection<'a> {
         written: &mut watch::Receiver<Position>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), &'static str> {
+        tokio::select! {
+            ev = self.events.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => self.connected = true,
+                Ok(_) => return Err("protocol"),
+                Err(e) => return Err(reason(&e)),
+            },
+            _ = stop.changed() => return Ok(()),
+        }
+        if let (Some(_), Some(filter)) = (self.commands, self.sink.command_filter()) {
+            self.write(Request::Subscribe(Subscribe::new(filter, QoS::AtLeastOnce)))
+                .await?;
+            self.flush().await?;
+        }
+        let keep_alive = self.events.mqtt_options.keep_alive();
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let mut log_open = true;
         let mut drain_until: Option<Instant> = None;
         loop {
-            if self.connected {
-                self.fill()?;
-            }
+            self.fill(*written.borrow()).await?;
             self.advance();
             if let Some(deadline) = drain_until {
                 let caught_up =
                     self.inflight.is_empty() && self.reader.position() >= *written.borrow();
-                if caught_up || Instant::now() >= deadline || !self.connected {
+                if caught_up || Instant::now() >= deadline {
                     return Ok(());
                 }
             }
-            tokio::select! {
-                ev = self.events.poll() => match ev {
-                    Ok(ev) => self.on_event(ev),
-                    Err(e) => return Err(reason(&e)),
-                },
-                r = written.changed(), if log_open => log_open = r.is_ok(),
-                _ = tick.tick() => {
+            let wake = {
+                let net = self.events.network.as_mut().ok_or("protocol")?;
+                let state = &mut self.events.state;
+                tokio::select! {
+                    r = net.readb(state) => Wake::Read(r),
+                    r = written.changed(), if log_open => Wake::Written(r.is_ok()),
+                    _ = tick.tick() => Wake::Tick,
+                    _ = ping.tick() => Wake::Ping,
+                    _ = stop.changed(), if drain_until.is_none() => Wake::Stop,
+                }
+            };
+            match wake {
+                Wake::Read(r) => {
+                    r.map_err(|e| state_reason(&e))?;
+                    // The acknowledgements of incoming publishes (commands).
+                    self.flush().await?;
+                    self.take_events();
+                }
+                Wake::Written(open) => log_open = open,
+                Wake::Tick => {
                     self.progress.save();
                     self.progress.report(&self.reader, *written.borrow());
                 }
-                _ = stop.changed(), if drain_until.is_none() => {
-                    drain_until = Some(Instant::now() + Duration::from_secs(2));
+                Wake::Ping => {
+                    self.write(Request::PingReq(PingReq)).await?;
+                    self.flush().await?;
                 }
+                Wake::Stop => drain_until = Some(Instant::now() + Duration::from_secs(2)),
             }
         }
     }
 
-    /// Publishes what the log holds beyond what is in flight, up to the window, once a
-    /// quarter of the window is free (or nothing is in flight): each read of the log costs a
-    /// chunk of it, so reading one event per PUBACK made QoS 1 read 64 KiB per event.
-    fn fill(&mut self) -> Result<(), &'static str> {
+    /// Hands `request` to rumqttc's state and encodes the packet it makes into the
+    /// connection's buffer; returns that packet's id (publishes).
+    async fn write(&mut self, request: Request) -> Result<Option<u16>, &'static str> {
+        let packet = self
+            .events
+            .state
+            .handle_outgoing_packet(request)
+            .map_err(|e| state_reason(&e))?
+            // No packet: a packet id still in flight ("collision"), which the window rules
+            // out; reconnecting publishes again from the acknowledged position.
+            .ok_or("protocol")?;
+        let pkid = match &packet {
+            Packet::Publish(p) => Some(p.pkid),
+            _ => None,
+        };
+        let net = self.events.network.as_mut().ok_or("protocol")?;
+        tokio::time::timeout(self.timeout, net.write(packet))
+            .await
+            .map_err(|_| "timeout")?
+            .map_err(|e| state_reason(&e))?;
+        Ok(pkid)
+    }
+
+    /// Writes what is buffered.
+    async fn flush(&mut self) -> Result<(), &'static str> {
+        let net = self.events.network.as_mut().ok_or("protocol")?;
+        tokio::time::timeout(self.timeout, net.flush())
+            .await
+            .map_err(|_| "timeout")?
+            .map_err(|e| state_reason(&e))
+    }
+
+    /// Publishes what the log holds up to `end` beyond what is in flight, up to the window,
+    /// once a quarter of the window is free (or nothing is in flight): each read of the log
+    /// costs a system call, so reading one event per PUBACK would cost one per event.
+    async fn fill(&mut self, end: Position) -> Result<(), &'static str> {
         let window = usize::from(self.sink.config.max_inflight.max(1));
         let room = window.saturating_sub(self.inflight.len());
-        if room == 0 || (room < (window / 4).max(1) && !self.inflight.is_empty()) {
+        if room == 0
+            || (room < (window / 4).max(1) && !self.inflight.is_empty())
+            || self.reader.position() >= end
+        {
             return Ok(());
         }
-        self.read.clear();
-        let (_, skipped) = self.reader.read(room, &mut self.read).map_err(|e| {
+        let mut read = std::mem::take(&mut self.read);
+        read.clear();
+        let (_, skipped) = self.reader.read(room, end, &mut read).map_err(|e| {
             tracing::error!(error = %e, "reading the event log failed");
             "log_read"
         })?;
         if skipped {
             self.progress.failure("log_trimmed");
         }
-        for e in self.read.drain(..) {
-            let published = match chirpstack_event(&e.line, &self.sink.shape) {
+        let mut wrote = false;
+        for e in read.drain(..) {
+            let pkid = match chirpstack_event(&e.line, &self.sink.shape) {
                 Some(ev) => {
-                    self.client
-                        .try_publish(
-                            ev.topic(&self.sink.config.event_topic),
-                            self.sink.qos,
-                            false,
-                            ev.body,
-                        )
-                        .map_err(|_| "client_queue")?;
-                    true
+                    let topic = ev.topic(&self.sink.config.event_topic);
+                    let publish = Publish::new(topic, self.sink.qos, ev.body);
+                    wrote = true;
+                    self.write(Request::Publish(publish)).await?
                 }
-                None => false,
+                None => None,
             };
             self.inflight.push_back(Sent {
                 end: e.end,
-                published,
-                pkid: None,
-                acked: !published,
+                pkid,
+                acked: pkid.is_none(),
             });
+        }
+        self.read = read;
+        if wrote {
+            self.flush().await?;
+            if self.sink.qos == QoS::AtMostOnce {
+                // QoS 0: delivered once written to the connection.
+                for s in self.inflight.iter_mut().filter(|s| !s.acked) {
+                    s.acked = true;
+                }
+            }
         }
         Ok(())
     }
 
-    fn on_event(&mut self, ev: Event) {
-        match ev {
-            Event::Incoming(Packet::ConnAck(_)) => {
-                self.connected = true;
-                if let (Some(_), Some(filter)) = (self.commands, self.sink.command_filter()) {
-                    let _ = self.client.try_subscribe(filter, QoS::AtLeastOnce);
-                }
-            }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
-                // Publishes leave in the order they were made: the first one without a
-                // packet id is this one.
-                let next = self
-                    .inflight
-                    .iter()
-                    .skip(self.assigned)
-                    .position(|s| s.published && s.pkid.is_none());
-                if let Some(i) = next.map(|n| self.assigned + n) {
-                    self.assigned = i + 1;
-                    let s = &mut self.inflight[i];
-                    s.pkid = Some(pkid);
-                    if self.sink.qos == QoS::AtMostOnce {
+    /// Takes what rumqttc's state collected from the broker: acknowledgements and commands.
+    fn take_events(&mut self) {
+        while let Some(ev) = self.events.state.events.pop_front() {
+            match ev {
+                Event::Incoming(Packet::PubAck(a)) => {
+                    if let Some(s) = self
+                        .inflight
+                        .iter_mut()
+                        .find(|s| s.pkid == Some(a.pkid) && !s.acked)
+                    {
                         s.acked = true;
                     }
                 }
-            }
-            Event::Incoming(Packet::PubAck(a)) => {
-                if let Some(s) = self
-                    .inflight
-                    .iter_mut()
-                    .find(|s| s.pkid == Some(a.pkid) && !s.acked)
-                {
-                    s.acked = true;
+                Event::Incoming(Packet::Publish(p)) => {
+                    if let Some(c) = self.commands {
+                        c.command(&p.topic, &p.payload);
+                    }
                 }
+                _ => {}
             }
-            Event::Incoming(Packet::Publish(p)) => {
-                if let Some(c) = self.commands {
-                    c.command(&p.topic, &p.payload);
-                }
-            }
-            _ => {}
         }
     }
 
@@ -420,8 +487,7 @@ impl<'a> Connection<'a> {
         let (mut delivered, mut skipped, mut to) = (0, 0, None);
         while self.inflight.front().is_some_and(|s| s.acked) {
             let s = self.inflight.pop_front().expect("front checked");
-            self.assigned = self.assigned.saturating_sub(1);
-            if s.published {
+            if s.pkid.is_some() {
                 delivered += 1;
             } else {
                 skipped += 1;
@@ -431,6 +497,15 @@ impl<'a> Connection<'a> {
         if let Some(to) = to {
             self.progress.ack(to, delivered, skipped);
         }
+    }
+}
+
+/// A bounded label for an error of the connection's state or network.
+fn state_reason(e: &StateError) -> &'static str {
+    match e {
+        StateError::Io(_) | StateError::ConnectionAborted => "io",
+        StateError::AwaitPingResp | StateError::CollisionTimeout => "timeout",
+        _ => "protocol",
     }
 }
 

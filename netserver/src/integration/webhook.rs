@@ -100,7 +100,7 @@ impl Webhook {
                 last_report = Instant::now();
             }
             batch.clear();
-            match reader.read(64, &mut batch) {
+            match reader.read(64, *written.borrow(), &mut batch) {
                 Ok((_, skipped)) if skipped => progress.failure("log_trimmed"),
                 Ok(_) => {}
                 Err(e) => {
