@@ -109,21 +109,20 @@ struct Kind<'a> {
 
 /// The ChirpStack event of one event-log line; `None` for a line of no known type.
 pub fn chirpstack_event(line: &[u8], shape: &Shape) -> Option<ChirpEvent> {
+    // The event log writes an event's type first: an uplink, nearly every line, is parsed
+    // once (the general path reads the type, then the event).
+    if line.starts_with(br#"{"type":"uplink","#) {
+        return up_event(line, &serde_json::from_slice(line).ok()?, shape);
+    }
     let k: Kind<'_> = serde_json::from_slice(line).ok()?;
+    if k.kind == "uplink" {
+        return up_event(line, &serde_json::from_slice(line).ok()?, shape);
+    }
     let application_id = shape.applications.of(k.tenant.as_deref()).to_owned();
     let tenant = k.tenant.as_deref().unwrap_or("");
     let info = |dev_eui: DevEui| device_info(dev_eui, k.tenant.as_deref(), &application_id);
     let dedup = dedup_id(line);
     let (event, dev_eui, body) = match k.kind {
-        "uplink" => {
-            let u: UplinkEvent = serde_json::from_slice(line).ok()?;
-            let eui = hex_lower(u.dev_eui);
-            let info = DeviceInfo::new(tenant, &application_id, &eui);
-            // One allocation: the body is about the line's size plus ChirpStack's names.
-            let mut body = Vec::with_capacity(line.len() + 768);
-            serde_json::to_writer(&mut body, &Up::new(&u, shape, info, &dedup)).ok()?;
-            ("up", u.dev_eui, body)
-        }
         "join" => {
             let j: JoinEvent = serde_json::from_slice(line).ok()?;
             let eui = hex_lower(j.dev_eui);
@@ -185,6 +184,23 @@ pub fn chirpstack_event(line: &[u8], shape: &Shape) -> Option<ChirpEvent> {
         event,
         dev_eui,
         application_id,
+        body,
+    })
+}
+
+/// ChirpStack's `up` event of an uplink line.
+fn up_event(line: &[u8], u: &UplinkEvent, shape: &Shape) -> Option<ChirpEvent> {
+    let application_id = shape.applications.of(u.tenant.as_deref());
+    let eui = hex_lower(u.dev_eui);
+    let dedup = dedup_id(line);
+    let info = DeviceInfo::new(u.tenant.as_deref().unwrap_or(""), application_id, &eui);
+    // One allocation: the body is about the line's size plus ChirpStack's names.
+    let mut body = Vec::with_capacity(line.len() + 768);
+    serde_json::to_writer(&mut body, &Up::new(u, shape, info, &dedup)).ok()?;
+    Some(ChirpEvent {
+        event: "up",
+        dev_eui: u.dev_eui,
+        application_id: application_id.to_owned(),
         body,
     })
 }
@@ -505,6 +521,25 @@ mod tests {
     }
 
     const UP: &str = r#"{"type":"uplink","dev_eui":"70B3D5FF00000001","dev_addr":"00600383","f_cnt":0,"f_port":10,"confirmed":false,"adr":false,"data":"AAECAwQFBgcICQoL","rx":[{"gateway":"AA555A0000000001","rssi":-60,"snr":7.5,"frequency":868300000,"data_rate":5,"tmst":20000000}],"received_at":"2026-12-06T07:44:53.801Z"}"#;
+
+    #[test]
+    fn an_uplink_line_whose_type_is_not_first_gives_the_same_event() {
+        // serde_json's map writes keys in order: "type" is no longer first.
+        let v: Value = serde_json::from_str(UP).unwrap();
+        let reordered = serde_json::to_vec(&v).unwrap();
+        assert!(!reordered.starts_with(b"{\"type\""));
+        let (a, b) = (
+            chirpstack_event(UP.as_bytes(), &shape()).unwrap(),
+            chirpstack_event(&reordered, &shape()).unwrap(),
+        );
+        let (mut ja, mut jb) = (json_of(&a), json_of(&b));
+        // The id is the line's hash: another line, another id.
+        assert_ne!(ja["deduplicationId"], jb["deduplicationId"]);
+        ja["deduplicationId"] = Value::Null;
+        jb["deduplicationId"] = Value::Null;
+        assert_eq!((a.event, a.dev_eui), (b.event, b.dev_eui));
+        assert_eq!(ja, jb);
+    }
 
     #[test]
     fn an_uplink_has_chirpstacks_topic_and_fields() {
