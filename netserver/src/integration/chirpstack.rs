@@ -65,28 +65,21 @@ impl ChirpEvent {
         use std::fmt::Write;
         let mut topic = String::with_capacity(template.len() + 48);
         let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            topic.push_str(&rest[..open]);
-            rest = &rest[open..];
-            let placeholder = ["{application_id}", "{dev_eui}", "{event}"]
-                .into_iter()
-                .find(|p| rest.starts_with(p));
-            match placeholder {
-                Some(p) => {
-                    match p {
-                        "{application_id}" => topic.push_str(&self.application_id),
-                        "{dev_eui}" => {
-                            let _ = write!(topic, "{:016x}", self.dev_eui.as_u64());
-                        }
-                        _ => topic.push_str(self.event),
-                    }
-                    rest = &rest[p.len()..];
+        // The earliest placeholder left, replaced in one pass.
+        while let Some((at, p)) = ["{application_id}", "{dev_eui}", "{event}"]
+            .into_iter()
+            .filter_map(|p| rest.find(p).map(|at| (at, p)))
+            .min()
+        {
+            topic.push_str(&rest[..at]);
+            match p {
+                "{application_id}" => topic.push_str(&self.application_id),
+                "{dev_eui}" => {
+                    let _ = write!(topic, "{:016x}", self.dev_eui.as_u64());
                 }
-                None => {
-                    topic.push('{');
-                    rest = &rest[1..];
-                }
+                _ => topic.push_str(self.event),
             }
+            rest = &rest[at + p.len()..];
         }
         topic.push_str(rest);
         topic
@@ -107,11 +100,15 @@ struct Kind<'a> {
     tenant: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// How the event log starts an uplink's line: its `type` field first (the opening brace
+/// written as `\x7b`).
+const UPLINK_LINE_START: &[u8] = b"\x7b\"type\":\"uplink\",";
+
 /// The ChirpStack event of one event-log line; `None` for a line of no known type.
 pub fn chirpstack_event(line: &[u8], shape: &Shape) -> Option<ChirpEvent> {
     // The event log writes an event's type first: an uplink, nearly every line, is parsed
     // once (the general path reads the type, then the event).
-    if line.starts_with(br#"{"type":"uplink","#) {
+    if line.starts_with(UPLINK_LINE_START) {
         return up_event(line, &serde_json::from_slice(line).ok()?, shape);
     }
     let k: Kind<'_> = serde_json::from_slice(line).ok()?;

@@ -258,6 +258,16 @@ pub struct Entry {
     pub end: Position,
 }
 
+/// What [`LogReader::open_segment`] found.
+enum Segment {
+    /// The reader's segment is open.
+    Open,
+    /// It was deleted: the reader moved to the oldest later one.
+    Skipped,
+    /// No segment to read.
+    None,
+}
+
 /// A sink's reader of the log, from a position on.
 #[derive(Debug)]
 pub struct LogReader {
@@ -307,27 +317,13 @@ impl LogReader {
         let mut n = 0;
         let mut skipped = false;
         while n < max && self.pos < end {
-            if self.file.as_ref().map(|f| f.0) != Some(self.pos.segment) {
-                match File::open(segment_path(&self.dir, self.pos.segment)) {
-                    Ok(f) => self.file = Some((self.pos.segment, f)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        match segments(&self.dir)?
-                            .into_iter()
-                            .find(|&s| s > self.pos.segment)
-                        {
-                            Some(s) => {
-                                skipped = true;
-                                self.pos = Position {
-                                    segment: s,
-                                    offset: 0,
-                                };
-                                continue;
-                            }
-                            None => return Ok((n, skipped)),
-                        }
-                    }
-                    Err(e) => return Err(e),
+            match self.open_segment()? {
+                Segment::Open => {}
+                Segment::Skipped => {
+                    skipped = true;
+                    continue;
                 }
+                Segment::None => return Ok((n, skipped)),
             }
             let Some((_, f)) = &self.file else {
                 return Ok((n, skipped));
@@ -385,6 +381,33 @@ impl LogReader {
             }
         }
         Ok((n, skipped))
+    }
+
+    /// Opens the segment at the reader's position unless it is open; if it was deleted (the
+    /// backlog bound), moves to the oldest later one left.
+    fn open_segment(&mut self) -> std::io::Result<Segment> {
+        if self.file.as_ref().map(|f| f.0) == Some(self.pos.segment) {
+            return Ok(Segment::Open);
+        }
+        match File::open(segment_path(&self.dir, self.pos.segment)) {
+            Ok(f) => {
+                self.file = Some((self.pos.segment, f));
+                Ok(Segment::Open)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let later = segments(&self.dir)?
+                    .into_iter()
+                    .find(|&s| s > self.pos.segment);
+                Ok(match later {
+                    Some(segment) => {
+                        self.pos = Position { segment, offset: 0 };
+                        Segment::Skipped
+                    }
+                    None => Segment::None,
+                })
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Bytes between `from` and the log's end `end` (the backlog of a sink at `from`).
