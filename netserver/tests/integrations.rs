@@ -672,6 +672,46 @@ fn a_broker_stopped_for_10_s_gets_every_uplink_in_order_when_it_returns() {
 }
 
 #[test]
+fn a_broker_that_stops_answering_is_left_by_keep_alive_and_gets_every_uplink_back() {
+    let s = setup(false, "keep_alive_s = 5\n");
+    let sub = Subscriber::connect(&s.broker, "app-freeze", "application/+/device/+/event/up");
+    let (ns, gw) = s.start();
+    stream(&ns, &gw, 0, 5, 0.0);
+    sub.wait("up", 10, 15);
+    // The broker's process stops: no connection breaks, the kernel still takes what is
+    // written; only the PINGREQ left without its PINGRESP tells the sink it is talking to
+    // nobody (two keep-alive periods at the most), and it connects again.
+    s.broker.freeze();
+    let frozen = Instant::now();
+    stream(&ns, &gw, 5, 15, 10.0);
+    wait_metric(
+        ns.addr("metrics"),
+        "netserver_integration_failures_total{reason=\"timeout\",sink=\"mqtt\"}",
+        1.0,
+    );
+    assert!(
+        frozen.elapsed() < Duration::from_secs(20),
+        "noticed after {:?}",
+        frozen.elapsed()
+    );
+    s.broker.thaw();
+    stream(&ns, &gw, 15, 20, 30.0);
+    sub.wait("up", 40, 60);
+    // Every uplink, in order; what was written to the frozen broker and published again
+    // came with the same deduplicationId (checked by `uplinks`).
+    let all: Vec<u32> = (0..20).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = sub.uplinks();
+        if [A, B].iter().all(|d| got.get(&d.eui_hex()) == Some(&all)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn after_kill_9_delivery_resumes_where_the_broker_acknowledged() {
     let s = setup(false, "");
     let sub = Subscriber::connect(&s.broker, "app-kill", "application/+/device/+/event/up");

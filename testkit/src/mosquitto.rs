@@ -131,6 +131,23 @@ impl Mosquitto {
         }
     }
 
+    /// Freezes the broker's process (SIGSTOP): its connections stay open and the kernel still
+    /// accepts new ones, but nothing is answered until [`thaw`](Self::thaw).
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen broker go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let c = self.child.as_ref().expect("the broker is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal)
+            .expect("signal to the broker");
+    }
+
     /// Starts the broker again on the same port, and waits until it accepts connections.
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "the broker is running");
