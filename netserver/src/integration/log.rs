@@ -507,6 +507,14 @@ mod tests {
             .write_all(b"{\"n\":")
             .unwrap();
         assert!(read_all(&mut r, &end).is_empty());
+        // Even told the log ends after those bytes, the reader leaves the partial line.
+        let past_partial = Position {
+            segment: 3,
+            offset: 11 + 5,
+        };
+        let mut out = Vec::new();
+        assert_eq!(r.read(7, past_partial, &mut out).unwrap(), (0, false));
+        assert!(out.is_empty());
         assert_eq!(r.backlog_bytes(start, r.position()), 99);
     }
 
