@@ -10,8 +10,9 @@ use r2d2_postgres::postgres::{self, NoTls};
 use crate::core::device::FrameCounters;
 use crate::store::backend::{SessionBackend, WriteOp};
 use crate::store::copy::{copy, inventory, CopyError};
-use crate::store::counters::{restore_counters, CounterBackend, CounterLog, CounterRecord};
+use crate::store::counters::{restore_counters, CounterBackend, CounterRecord};
 use crate::store::embedded::RedbBackend;
+use crate::store::journal::CounterJournal;
 use crate::store::pg::{PgStore, SESSIONS_CHANNEL};
 use crate::store::stored::tests::stored;
 use crate::store::stored::StoredSession;
@@ -21,13 +22,14 @@ trait Fixture {
     fn open(&self) -> (Box<dyn SessionBackend>, Box<dyn CounterBackend>);
 }
 
-struct Redb(tempfile::TempDir);
+/// The embedded store: redb sessions, the counter journal with segments of this many bytes.
+struct Redb(tempfile::TempDir, u64);
 
 impl Fixture for Redb {
     fn open(&self) -> (Box<dyn SessionBackend>, Box<dyn CounterBackend>) {
         (
             Box::new(RedbBackend::open(self.0.path()).unwrap()),
-            Box::new(CounterLog::open(self.0.path()).unwrap()),
+            Box::new(CounterJournal::open_with(self.0.path(), self.1).unwrap()),
         )
     }
 }
@@ -55,7 +57,18 @@ fn pg_store(url: &str) -> PgStore {
 
 fn fixtures() -> Vec<(&'static str, Box<dyn Fixture>)> {
     vec![
-        ("redb", Box::new(Redb(tempfile::tempdir().unwrap()))),
+        (
+            "redb",
+            Box::new(Redb(
+                tempfile::tempdir().unwrap(),
+                CounterJournal::SEGMENT_BYTES,
+            )),
+        ),
+        // Segments of one or two frames: every commit checkpoints.
+        (
+            "redb, small journal segments",
+            Box::new(Redb(tempfile::tempdir().unwrap(), 64)),
+        ),
         ("postgres", Box::new(Pg(server().create_database()))),
     ]
 }
@@ -152,7 +165,7 @@ fn counters_persist_and_apply_only_to_their_session() {
 
 #[test]
 fn copy_to_postgres_is_verified_by_counts_and_checksum() {
-    let src = Redb(tempfile::tempdir().unwrap());
+    let src = Redb(tempfile::tempdir().unwrap(), CounterJournal::SEGMENT_BYTES);
     let (mut s, c) = src.open();
     let mut ops = Vec::new();
     for i in 0..300u64 {

@@ -15,6 +15,10 @@ use crate::store::session::Session;
 use crate::store::stored::StoredSession;
 
 const COUNTERS: RecordTable = redb::TableDefinition::new("counters");
+/// The counter journal's checkpoint mark ([`crate::store::journal`]): under key 0, the first
+/// journal generation the table does not hold (LE u64). Absent from files written before the
+/// journal: created empty on open.
+const JOURNAL_MARK: RecordTable = redb::TableDefinition::new("counter_journal");
 
 /// The durable counters of one session, with the identity of that session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +58,7 @@ impl CounterRecord {
     }
 
     /// The encoded record and its length (without or with the pending downlink).
-    fn encode(&self) -> ([u8; PENDING_RECORD_LEN], usize) {
+    pub(crate) fn encode(&self) -> ([u8; PENDING_RECORD_LEN], usize) {
         let mut b = [0u8; PENDING_RECORD_LEN];
         b[0..4].copy_from_slice(&self.dev_addr.as_u32().to_le_bytes());
         b[4..6].copy_from_slice(&self.dev_nonce.to_le_bytes());
@@ -73,7 +77,8 @@ impl CounterRecord {
         }
     }
 
-    fn decode(b: &[u8]) -> Option<Self> {
+    /// The record `b` encodes ([`Self::encode`]), if it has a record's length.
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
         if b.len() != RECORD_LEN && b.len() != PENDING_RECORD_LEN {
             return None;
         }
@@ -313,8 +318,45 @@ impl CounterLog {
 
     /// Opens (creating if needed) `dir/uplinks.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_redb(dir, Self::FILE, Self::CACHE_BYTES, &[COUNTERS])?;
+        let db = open_redb(
+            dir,
+            Self::FILE,
+            Self::CACHE_BYTES,
+            &[COUNTERS, JOURNAL_MARK],
+        )?;
         Ok(Self { db })
+    }
+
+    /// The first counter journal generation this file does not hold: the segments before it
+    /// were checkpointed into it (0: none).
+    pub fn checkpointed_below(&self) -> Result<u64, StoreError> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read().map_err(backend_err)?;
+        let table = tx.open_table(JOURNAL_MARK).map_err(backend_err)?;
+        let mark = table.get(0).map_err(backend_err)?;
+        Ok(mark
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes))
+    }
+
+    /// Commits `batch` and the journal mark `below` ([`Self::checkpointed_below`]) in one
+    /// transaction.
+    pub fn commit_checkpoint(
+        &self,
+        batch: &[(DevEui, CounterRecord)],
+        below: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend_err)?;
+        {
+            let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;
+            for (d, r) in batch {
+                let (b, len) = r.encode();
+                t.insert(d.as_u64(), &b[..len]).map_err(backend_err)?;
+            }
+            let mut m = tx.open_table(JOURNAL_MARK).map_err(backend_err)?;
+            m.insert(0, &below.to_le_bytes()[..]).map_err(backend_err)?;
+        }
+        tx.commit().map_err(backend_err)
     }
 }
 

@@ -13,7 +13,9 @@
 //! - [`commit`]: the backend on its own thread with **group commit**: writes queued while a
 //!   commit is in progress go into the next transaction together, so durability costs one
 //!   flush per batch, not per join.
-//! - [`counters`]: the durable frame counters (`uplinks.redb`), written by the emitter.
+//! - [`counters`]: the durable frame counters (`uplinks.redb`), written by the emitter;
+//!   [`journal`]: the embedded store's counters as an append-only journal in front of it,
+//!   checkpointed into it in the background.
 //! - [`pg`]: the PostgreSQL backend of both seams, shared by several instances; [`sync`]: the
 //!   sessions other instances make, loaded as they are committed; [`url`]: which backend
 //!   `[store] url` names; [`copy`]: an embedded store moved into PostgreSQL, verified.
@@ -40,6 +42,7 @@ pub mod copy;
 pub mod counters;
 pub mod embedded;
 pub mod envelope;
+pub mod journal;
 pub mod labels;
 pub mod live;
 pub mod owners;

@@ -19,8 +19,9 @@ use crate::ops::metrics::Metrics;
 use crate::state::Secrets;
 use crate::store::backend::SessionBackend;
 use crate::store::commit::{SessionStore, StoreThread};
-use crate::store::counters::{restore_counters, CounterBackend, CounterLog, CounterRecord};
+use crate::store::counters::{restore_counters, CounterBackend, CounterRecord};
 use crate::store::embedded::RedbBackend;
+use crate::store::journal::CounterJournal;
 use crate::store::pg::PgStore;
 use crate::store::session::Session;
 use crate::store::stored::StoredSession;
@@ -186,8 +187,8 @@ pub fn open_backends(config: &Config) -> anyhow::Result<Backends> {
                     Box::new(RedbBackend::open(dir).with_context(|| {
                         format!("opening the session store in {}", dir.display())
                     })?),
-                    Box::new(CounterLog::open(dir).with_context(|| {
-                        format!("opening the counter log in {}", dir.display())
+                    Box::new(CounterJournal::open(dir).with_context(|| {
+                        format!("opening the counter journal in {}", dir.display())
                     })?),
                     None,
                 )
