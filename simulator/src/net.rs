@@ -318,7 +318,13 @@ impl Shared {
         }
     }
 
-    async fn send_out(&self, out: Vec<crate::engine::Outgoing>) {
+    async fn send_out(&self, mut out: Vec<crate::engine::Outgoing>) {
+        // One gateway's datagrams after another, each gateway's in their order (a stable
+        // sort): in the engine's queue consecutive datagrams are mostly of different gateways,
+        // which made `sendmmsg` batches of one or two datagrams, each with its two reads of the
+        // thread's CPU clock (10 % of the simulator's CPU at 50,000 uplinks a second). Datagrams
+        // of different gateways go on different sockets, whose order nothing relies on.
+        out.sort_by_key(|o| o.gateway);
         let (mut sent, mut errors) = (0u64, 0u64);
         let mut i = 0;
         while i < out.len() {
