@@ -14,9 +14,9 @@
 //!
 //! At open, the B-tree is read and every segment it does not hold replayed on top of it, in
 //! order (the checkpoint's transaction records the first generation it does not hold, so a
-//! segment whose checkpoint committed but which was not yet deleted is skipped). A frame that does not read whole with its checksum (a crash inside
-//! its write, before its commit returned) ends its segment's replay; writing always goes on in
-//! a new segment.
+//! segment whose checkpoint committed but which was not yet deleted is skipped). A frame that
+//! does not read whole with its checksum (a crash inside its write, before its commit
+//! returned) ends its segment's replay; writing always goes on in a new segment.
 //!
 //! Hand-written because no maintained crate does this seam's job: redb (the embedded store)
 //! has no append-only mode, and the write-ahead-log crates bring their own formats and
