@@ -676,13 +676,14 @@ fn kill_9_of_an_instance_mid_stream_its_gateway_moves_and_nothing_is_lost_or_rep
 /// through four gateways, two per network server, each transmission heard by one or two of them:
 /// every device joined, every uplink delivered once. The pace suits the debug build this test
 /// runs in, with none of this file's other tests beside it (in debug, the file's other
-/// deployments on the same two cores starve its storm): the storm offers 400 joins a second
-/// (50 s for 20,000 devices), then each device reports every 50 s, about 400 uplinks a second,
-/// until 55 s after the storm. At 800 joins a second the debug deployment answered with a p99 of
-/// 1.3 s on the development machine and, on a slower CI machine, past the 5 s receive window,
-/// where the repeated Join-requests kept it saturated (12,432 of 20,000 joined); at 400 a second
-/// the p99 is 0.2 s. This test is about the shared state, not speed: the release rates are
-/// benchmarks (docs/benchmarks.md, "Scale-out on PostgreSQL").
+/// deployments on the same two cores starve its storm): the storm offers 200 joins a second
+/// (100 s for 20,000 devices), then each device reports every 50 s, about 400 uplinks a second,
+/// until 55 s after the storm. A storm faster than the debug deployment answers is answered past
+/// the 5 s receive window, and the repeated Join-requests keep it saturated: at 800 a second
+/// 12,432 of 20,000 joined on a CI machine, at 400 a second 14,701 on the slower machine of
+/// 2026-12-07 (p99 4.9 s) where 200 a second is answered within the window. This test is about
+/// the shared state, not speed: the release rates are benchmarks (docs/benchmarks.md,
+/// "Scale-out on PostgreSQL").
 #[test]
 fn simulator_storm_then_steady_uplinks_through_two_by_two() {
     let _alone = ALONE.alone();
@@ -692,8 +693,9 @@ fn simulator_storm_then_steady_uplinks_through_two_by_two() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    // At least 10 s of storm and 7 s between a device's uplinks, at most 400 of each a second.
-    let window_s = (devices / 400).max(10);
+    // At least 10 s of storm and 7 s between a device's uplinks, at most 200 joins and 400
+    // uplinks a second.
+    let window_s = (devices / 200).max(10);
     let interval_s = (devices / 400).max(7);
     let out = std::process::Command::new("bash")
         .arg(common::workspace_root().join("netserver/scripts/pg-scaleout.sh"))
