@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::store::commit::SessionStore;
-use netserver::store::embedded::RedbBackend;
+use netserver::store::session_journal::SessionJournal;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink};
 use protocol::gwmp::{CodingRate, CrcStatus, DataRate, Packet, PushData, RxPk, Token};
@@ -78,7 +78,7 @@ fn provision(dir: &Path, n: u32) {
         .unwrap();
     rt.block_on(async {
         let (store, _, thread) = SessionStore::start(
-            RedbBackend::open(&dir.join("ns")).unwrap(),
+            SessionJournal::open(&dir.join("ns")).unwrap(),
             4096,
             netserver::ops::metrics::Metrics::new(),
         )
@@ -397,7 +397,7 @@ fn diff_histograms(a: &str, b: &str) -> String {
 
 fn count_sessions(dir: &Path) -> u32 {
     let (store, loaded, t) = SessionStore::start(
-        RedbBackend::open(&dir.join("ns")).unwrap(),
+        SessionJournal::open(&dir.join("ns")).unwrap(),
         8,
         netserver::ops::metrics::Metrics::new(),
     )

@@ -360,6 +360,19 @@ fn data_directory_store_files_and_event_file_are_private() {
     for file in ["sessions.redb", "uplinks.redb"] {
         assert_eq!(mode(&config.data_dir.join(file)), 0o600, "{file}");
     }
+    // The journals in front of them: their directories 0700, each segment 0600.
+    for journal in ["sessions-journal", "uplinks-journal"] {
+        let jdir = config.data_dir.join(journal);
+        assert_eq!(mode(&jdir), 0o700, "{journal}");
+        let segments: Vec<_> = std::fs::read_dir(&jdir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(!segments.is_empty(), "{journal} has its first segment");
+        for seg in segments {
+            assert_eq!(mode(&seg), 0o600, "{}", seg.display());
+        }
+    }
     assert_eq!(mode(&events), 0o600);
     stop_tx.send(true).unwrap();
     server.join().unwrap().unwrap();

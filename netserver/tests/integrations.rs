@@ -23,7 +23,7 @@ use common::{
 use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::store::commit::SessionStore;
-use netserver::store::embedded::RedbBackend;
+use netserver::store::session_journal::SessionJournal;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{DataFrame, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
@@ -318,7 +318,7 @@ fn setup(tls: bool, extra_config: &str) -> Setup {
         .unwrap();
     rt.block_on(async {
         let (store, _, thread) = SessionStore::start(
-            RedbBackend::open(&root.join("ns")).unwrap(),
+            SessionJournal::open(&root.join("ns")).unwrap(),
             8,
             netserver::ops::metrics::Metrics::new(),
         )

@@ -23,7 +23,7 @@ use common::{
 
 use netserver::keys::{read_labeled_kek, NetworkKeys};
 use netserver::store::commit::SessionStore;
-use netserver::store::embedded::RedbBackend;
+use netserver::store::session_journal::SessionJournal;
 use netserver::store::stored::StoredNetworkKeys;
 use protocol::derive;
 use protocol::gwmp::{
@@ -407,7 +407,7 @@ fn otaa_end_to_end() {
 
     // The store holds the new session, with the network key the device derived, wrapped.
     let (store, loaded, thread) = SessionStore::start(
-        RedbBackend::open(&s.ns_dir).unwrap(),
+        SessionJournal::open(&s.ns_dir).unwrap(),
         8,
         netserver::ops::metrics::Metrics::new(),
     )

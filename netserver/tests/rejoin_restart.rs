@@ -18,7 +18,7 @@ use common::{
 use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::store::commit::SessionStore;
-use netserver::store::embedded::RedbBackend;
+use netserver::store::session_journal::SessionJournal;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
@@ -120,7 +120,7 @@ fn provision() -> Files {
         .unwrap();
     rt.block_on(async {
         let (store, _, thread) = SessionStore::start(
-            RedbBackend::open(&root.join("ns")).unwrap(),
+            SessionJournal::open(&root.join("ns")).unwrap(),
             8,
             netserver::ops::metrics::Metrics::new(),
         )
@@ -146,7 +146,7 @@ fn put_previous(root: &Path) {
         .unwrap();
     rt.block_on(async {
         let (store, current, thread) = SessionStore::start(
-            RedbBackend::open(&root.join("ns")).unwrap(),
+            SessionJournal::open(&root.join("ns")).unwrap(),
             8,
             netserver::ops::metrics::Metrics::new(),
         )

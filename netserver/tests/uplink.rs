@@ -21,7 +21,7 @@ use common::{
 use netserver::core::device::FrameCounters;
 use netserver::keys::{LabeledKek, NetworkKeys};
 use netserver::store::commit::SessionStore;
-use netserver::store::embedded::RedbBackend;
+use netserver::store::session_journal::SessionJournal;
 use netserver::store::stored::{RxParams, StoredSession, STORED_SESSION_VERSION};
 use protocol::data::{
     DataFrame, Downlink, FramePayload, FrmPayload, NetworkSessionKeys, SessionCrypto, Uplink,
@@ -228,7 +228,7 @@ fn provision(devices: &[&Device], config: &str) -> Net {
         .unwrap();
     rt.block_on(async {
         let (store, _, thread) = SessionStore::start(
-            RedbBackend::open(&data_dir).unwrap(),
+            SessionJournal::open(&data_dir).unwrap(),
             64,
             netserver::ops::metrics::Metrics::new(),
         )

@@ -11,9 +11,9 @@ use crate::core::device::FrameCounters;
 use crate::store::backend::{SessionBackend, WriteOp};
 use crate::store::copy::{copy, inventory, CopyError};
 use crate::store::counters::{restore_counters, CounterBackend, CounterRecord};
-use crate::store::embedded::RedbBackend;
 use crate::store::journal::CounterJournal;
 use crate::store::pg::{PgStore, SESSIONS_CHANNEL};
+use crate::store::session_journal::SessionJournal;
 use crate::store::stored::tests::stored;
 use crate::store::stored::StoredSession;
 
@@ -22,13 +22,14 @@ trait Fixture {
     fn open(&self) -> (Box<dyn SessionBackend>, Box<dyn CounterBackend>);
 }
 
-/// The embedded store: redb sessions, the counter journal with segments of this many bytes.
+/// The embedded store: redb sessions and counters, their journals with segments of this many
+/// bytes.
 struct Redb(tempfile::TempDir, u64);
 
 impl Fixture for Redb {
     fn open(&self) -> (Box<dyn SessionBackend>, Box<dyn CounterBackend>) {
         (
-            Box::new(RedbBackend::open(self.0.path()).unwrap()),
+            Box::new(SessionJournal::open_with(self.0.path(), self.1).unwrap()),
             Box::new(CounterJournal::open_with(self.0.path(), self.1).unwrap()),
         )
     }

@@ -10,7 +10,7 @@ use protocol::ids::{DevAddr, DevEui};
 
 use crate::core::device::{FrameCounters, PendingConfirmed};
 use crate::store::backend::StoreError;
-use crate::store::embedded::{backend_err, open_redb, RecordTable};
+use crate::store::embedded::{backend_err, journal_mark, open_redb, set_journal_mark, RecordTable};
 use crate::store::session::Session;
 use crate::store::stored::StoredSession;
 
@@ -330,13 +330,7 @@ impl CounterLog {
     /// The first counter journal generation this file does not hold: the segments before it
     /// were checkpointed into it (0: none).
     pub fn checkpointed_below(&self) -> Result<u64, StoreError> {
-        use redb::ReadableDatabase;
-        let tx = self.db.begin_read().map_err(backend_err)?;
-        let table = tx.open_table(JOURNAL_MARK).map_err(backend_err)?;
-        let mark = table.get(0).map_err(backend_err)?;
-        Ok(mark
-            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-            .map_or(0, u64::from_le_bytes))
+        journal_mark(&self.db, JOURNAL_MARK)
     }
 
     /// Commits `batch` and the journal mark `below` ([`Self::checkpointed_below`]) in one
@@ -353,9 +347,8 @@ impl CounterLog {
                 let (b, len) = r.encode();
                 t.insert(d.as_u64(), &b[..len]).map_err(backend_err)?;
             }
-            let mut m = tx.open_table(JOURNAL_MARK).map_err(backend_err)?;
-            m.insert(0, &below.to_le_bytes()[..]).map_err(backend_err)?;
         }
+        set_journal_mark(&tx, JOURNAL_MARK, below)?;
         tx.commit().map_err(backend_err)
     }
 }

@@ -13,6 +13,18 @@ const SESSIONS: RecordTable = redb::TableDefinition::new("sessions");
 /// Replaced sessions, same keys and values as [`SESSIONS`]. Absent from files written before
 /// it existed: created on open.
 const PREVIOUS: RecordTable = redb::TableDefinition::new("previous_sessions");
+/// The session journal's checkpoint mark ([`crate::store::session_journal`]), as
+/// [`journal_mark`] reads it. Absent from files written before the journal: created on open.
+const JOURNAL_MARK: RecordTable = redb::TableDefinition::new("session_journal");
+
+/// Which of the session tables a record is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SessionTable {
+    /// The current sessions (`sessions`).
+    Current,
+    /// The replaced sessions still kept (`previous_sessions`).
+    Previous,
+}
 
 /// The embedded default backend: a redb file. Values are the JSON of [`StoredSession`], keys
 /// the DevEUI; current sessions in table `sessions`, replaced ones in `previous_sessions`.
@@ -31,8 +43,39 @@ pub(crate) fn backend_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// A session record's key: its table and DevEUI.
+pub type SessionKey = (SessionTable, DevEui);
+/// A session record to write: its key and the session's JSON (`None`: removed).
+pub type SessionRecord = (SessionKey, Option<Vec<u8>>);
+/// [`SessionRecord`] with the JSON borrowed.
+type SessionRecordRef<'a> = (SessionKey, Option<&'a [u8]>);
+
 /// A redb table keyed by DevEUI, holding encoded records.
 pub(crate) type RecordTable = redb::TableDefinition<'static, u64, &'static [u8]>;
+
+/// The first journal generation the file of `db` does not hold, from its mark table `mark`
+/// (under key 0, LE u64; absent: 0): the segments before it were checkpointed into the file
+/// ([`crate::store::journal`]).
+pub(crate) fn journal_mark(db: &redb::Database, mark: RecordTable) -> Result<u64, StoreError> {
+    use redb::ReadableDatabase;
+    let tx = db.begin_read().map_err(backend_err)?;
+    let table = tx.open_table(mark).map_err(backend_err)?;
+    let value = table.get(0).map_err(backend_err)?;
+    Ok(value
+        .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// Sets the journal mark [`journal_mark`] reads to `below`, in the transaction `tx`.
+pub(crate) fn set_journal_mark(
+    tx: &redb::WriteTransaction,
+    mark: RecordTable,
+    below: u64,
+) -> Result<(), StoreError> {
+    let mut m = tx.open_table(mark).map_err(backend_err)?;
+    m.insert(0, &below.to_le_bytes()[..]).map_err(backend_err)?;
+    Ok(())
+}
 
 /// Opens (creating if needed) the redb file `dir/file` with a page cache of `cache_bytes`
 /// (redb's default, 1 GiB, would keep a whole store in memory) and creates `tables`, so that a
@@ -69,23 +112,91 @@ impl RedbBackend {
 
     /// Opens (creating if needed) `dir/sessions.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_redb(dir, Self::FILE, Self::CACHE_BYTES, &[SESSIONS, PREVIOUS])?;
+        let db = open_redb(
+            dir,
+            Self::FILE,
+            Self::CACHE_BYTES,
+            &[SESSIONS, PREVIOUS, JOURNAL_MARK],
+        )?;
         Ok(Self { db })
     }
 
-    fn load_table(
-        &self,
-        def: redb::TableDefinition<'_, u64, &[u8]>,
-    ) -> Result<Vec<StoredSession>, StoreError> {
+    /// Every stored session of `table`, in DevEUI order.
+    pub(crate) fn load_table(&self, table: SessionTable) -> Result<Vec<StoredSession>, StoreError> {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().map_err(backend_err)?;
-        let table = tx.open_table(def).map_err(backend_err)?;
+        let table = tx.open_table(definition(table)).map_err(backend_err)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(backend_err)? {
             let (k, v) = row.map_err(backend_err)?;
             out.push(decode_session(DevEui::new(k.value()), v.value())?);
         }
         Ok(out)
+    }
+}
+
+/// The redb table of `table`.
+fn definition(table: SessionTable) -> RecordTable {
+    match table {
+        SessionTable::Current => SESSIONS,
+        SessionTable::Previous => PREVIOUS,
+    }
+}
+
+/// Writes `records` (a session's JSON, or `None`: removed) into their tables in `tx`.
+fn apply(tx: &redb::WriteTransaction, records: &[SessionRecordRef<'_>]) -> Result<(), StoreError> {
+    let mut current = tx.open_table(SESSIONS).map_err(backend_err)?;
+    let mut previous = tx.open_table(PREVIOUS).map_err(backend_err)?;
+    for ((table, dev_eui), value) in records {
+        let t = match table {
+            SessionTable::Current => &mut current,
+            SessionTable::Previous => &mut previous,
+        };
+        match value {
+            Some(bytes) => t.insert(dev_eui.as_u64(), *bytes).map(drop),
+            None => t.remove(dev_eui.as_u64()).map(drop),
+        }
+        .map_err(backend_err)?;
+    }
+    Ok(())
+}
+
+/// A batch of writes as records: the table and DevEUI each writes, and the session's JSON
+/// (`None`: removed).
+pub(crate) fn write_records(batch: &[WriteOp]) -> Result<Vec<SessionRecord>, StoreError> {
+    batch
+        .iter()
+        .map(|op| {
+            let (key, session) = match op {
+                WriteOp::Put(s) => ((SessionTable::Current, s.dev_eui), Some(s)),
+                WriteOp::Delete(d) => ((SessionTable::Current, *d), None),
+                WriteOp::PutPrevious(s) => ((SessionTable::Previous, s.dev_eui), Some(s)),
+                WriteOp::DeletePrevious(d) => ((SessionTable::Previous, *d), None),
+            };
+            let json = session
+                .map(|s| serde_json::to_vec(s).map_err(backend_err))
+                .transpose()?;
+            Ok((key, json))
+        })
+        .collect()
+}
+
+impl RedbBackend {
+    /// The first session journal generation this file does not hold (0: none).
+    pub(crate) fn checkpointed_below(&self) -> Result<u64, StoreError> {
+        journal_mark(&self.db, JOURNAL_MARK)
+    }
+
+    /// Writes `records` and the session journal's mark `below` in one transaction.
+    pub(crate) fn commit_checkpoint(
+        &self,
+        records: &[SessionRecordRef<'_>],
+        below: u64,
+    ) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(backend_err)?;
+        apply(&tx, records)?;
+        set_journal_mark(&tx, JOURNAL_MARK, below)?;
+        tx.commit().map_err(backend_err)
     }
 }
 
@@ -107,38 +218,18 @@ pub(crate) fn decode_session(dev_eui: DevEui, bytes: &[u8]) -> Result<StoredSess
 
 impl SessionBackend for RedbBackend {
     fn load_all(&mut self) -> Result<Vec<StoredSession>, StoreError> {
-        self.load_table(SESSIONS)
+        self.load_table(SessionTable::Current)
     }
 
     fn load_previous(&mut self) -> Result<Vec<StoredSession>, StoreError> {
-        self.load_table(PREVIOUS)
+        self.load_table(SessionTable::Previous)
     }
 
     fn commit(&mut self, batch: &[WriteOp]) -> Result<(), StoreError> {
+        let records = write_records(batch)?;
+        let borrowed: Vec<_> = records.iter().map(|(k, v)| (*k, v.as_deref())).collect();
         let tx = self.db.begin_write().map_err(backend_err)?;
-        {
-            let mut current = tx.open_table(SESSIONS).map_err(backend_err)?;
-            let mut previous = tx.open_table(PREVIOUS).map_err(backend_err)?;
-            for op in batch {
-                let (table, key, value) = match op {
-                    WriteOp::Put(s) => (&mut current, s.dev_eui, Some(s)),
-                    WriteOp::Delete(d) => (&mut current, *d, None),
-                    WriteOp::PutPrevious(s) => (&mut previous, s.dev_eui, Some(s)),
-                    WriteOp::DeletePrevious(d) => (&mut previous, *d, None),
-                };
-                match value {
-                    Some(s) => {
-                        let bytes = serde_json::to_vec(s).map_err(backend_err)?;
-                        table
-                            .insert(key.as_u64(), bytes.as_slice())
-                            .map_err(backend_err)?;
-                    }
-                    None => {
-                        table.remove(key.as_u64()).map_err(backend_err)?;
-                    }
-                }
-            }
-        }
+        apply(&tx, &borrowed)?;
         tx.commit().map_err(backend_err)
     }
 }

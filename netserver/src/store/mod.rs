@@ -8,14 +8,15 @@
 //! - [`table`]: the in-memory table, by DevEUI with the DevAddr index the data path reads.
 //! - [`backend`]: the storage seam, [`backend::SessionBackend`]: load everything at start,
 //!   commit a batch atomically and durably. [`embedded`] is its one implementation today
-//!   (redb, `sessions.redb` in the data directory, no setup); a networked backend
+//!   (redb, `sessions.redb` in the data directory, no setup; [`session_journal`]: an
+//!   append-only journal in front of it, checkpointed into it in the background); a networked backend
 //!   (PostgreSQL) implements the same three methods with one transaction per batch.
 //! - [`commit`]: the backend on its own thread with **group commit**: writes queued while a
 //!   commit is in progress go into the next transaction together, so durability costs one
 //!   flush per batch, not per join.
 //! - [`counters`]: the durable frame counters (`uplinks.redb`), written by the emitter;
-//!   [`journal`]: the embedded store's counters as an append-only journal in front of it,
-//!   checkpointed into it in the background.
+//!   [`journal`]: the append-only journal in front of a B-tree, checkpointed into it in the
+//!   background, and the embedded store's counters through it.
 //! - [`pg`]: the PostgreSQL backend of both seams, shared by several instances; [`sync`]: the
 //!   sessions other instances make, loaded as they are committed; [`url`]: which backend
 //!   `[store] url` names; [`copy`]: an embedded store moved into PostgreSQL, verified.
@@ -51,6 +52,7 @@ pub mod pg;
 pub mod queue;
 pub mod restore;
 pub mod session;
+pub mod session_journal;
 pub mod shared_queue;
 pub mod stored;
 pub mod sync;

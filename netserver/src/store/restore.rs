@@ -20,10 +20,10 @@ use crate::state::Secrets;
 use crate::store::backend::SessionBackend;
 use crate::store::commit::{SessionStore, StoreThread};
 use crate::store::counters::{restore_counters, CounterBackend, CounterRecord};
-use crate::store::embedded::RedbBackend;
 use crate::store::journal::CounterJournal;
 use crate::store::pg::PgStore;
 use crate::store::session::Session;
+use crate::store::session_journal::SessionJournal;
 use crate::store::stored::StoredSession;
 use crate::store::table::Sessions;
 use crate::store::url::StoreKind;
@@ -184,7 +184,7 @@ pub fn open_backends(config: &Config) -> anyhow::Result<Backends> {
         match StoreKind::of(&config.store.url).map_err(anyhow::Error::msg)? {
             StoreKind::Embedded => {
                 (
-                    Box::new(RedbBackend::open(dir).with_context(|| {
+                    Box::new(SessionJournal::open(dir).with_context(|| {
                         format!("opening the session store in {}", dir.display())
                     })?),
                     Box::new(CounterJournal::open(dir).with_context(|| {
