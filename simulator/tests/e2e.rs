@@ -566,7 +566,7 @@ fn fleet_1_1(dir: &Path, n: u32, seed: u64) -> PathBuf {
 }
 
 /// How a `rekey` run is timed: uplinks every `interval_s`, the forced rejoins spread over
-/// `window_s`, the run `duration_s` long (after a 10 s join window).
+/// `window_s`, the run `duration_s` long (after a join window of `join_window_s`).
 struct RekeyTiming {
     /// The join phase: every device sends its first Join-request within this many seconds.
     join_window_s: u64,

@@ -341,16 +341,23 @@ impl CounterLog {
         below: u64,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(backend_err)?;
-        {
-            let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;
-            for (d, r) in batch {
-                let (b, len) = r.encode();
-                t.insert(d.as_u64(), &b[..len]).map_err(backend_err)?;
-            }
-        }
+        insert_records(&tx, batch)?;
         set_journal_mark(&tx, JOURNAL_MARK, below)?;
         tx.commit().map_err(backend_err)
     }
+}
+
+/// Writes `batch` into the counters table in `tx`.
+fn insert_records(
+    tx: &redb::WriteTransaction,
+    batch: &[(DevEui, CounterRecord)],
+) -> Result<(), StoreError> {
+    let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;
+    for (d, r) in batch {
+        let (b, len) = r.encode();
+        t.insert(d.as_u64(), &b[..len]).map_err(backend_err)?;
+    }
+    Ok(())
 }
 
 impl CounterBackend for CounterLog {
@@ -373,13 +380,7 @@ impl CounterBackend for CounterLog {
 
     fn commit(&self, batch: &[(DevEui, CounterRecord)]) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(backend_err)?;
-        {
-            let mut t = tx.open_table(COUNTERS).map_err(backend_err)?;
-            for (d, r) in batch {
-                let (b, len) = r.encode();
-                t.insert(d.as_u64(), &b[..len]).map_err(backend_err)?;
-            }
-        }
+        insert_records(&tx, batch)?;
         tx.commit().map_err(backend_err)
     }
 }
