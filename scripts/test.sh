@@ -68,6 +68,9 @@ echo "== cargo test --workspace"
 cargo test --workspace --locked "$@"
 
 echo "== the installer app in headless Chromium (installer/tests/)"
-# The binaries the browser tests run (cargo test built them; this is a no-op then).
-cargo build --locked -p joinserver -p netserver -p simulator -p qr
+# The binaries the browser tests run: cargo test built them (a no-op then). Not `cargo build -p
+# ...`: with fewer packages than the workspace its dependencies' features differ (their
+# dev-dependencies are left out), so it rebuilt rustls, ring and everything above them, and the
+# binaries `cargo test` had left in target/debug.
+cargo test --workspace --locked --no-run
 (cd installer && npm run --silent check && node --test --test-concurrency=1 tests/)

@@ -1,5 +1,8 @@
 //! End to end against the real join server and network server, started in this process on
 //! 127.0.0.1 ([`simulator::demo::Servers`]): real sockets between all three parts.
+//!
+//! This file has its own harness ([`main`]): its tests run side by side, each when its share of
+//! the cores is free.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -16,6 +19,8 @@ use simulator::radio::{RadioModel, RadioPlan};
 use simulator::report::Report;
 use simulator::run::{self, RunOptions};
 use simulator::scenario::{Scenario, Traffic};
+use std::time::Duration;
+use testkit::cores::{Cores, Share};
 
 /// A mixed fleet (1.0.3, 1.0.4, 1.1) of `devices` in `dir/fleet.csv`, home NetID 000000.
 fn fleet(dir: &Path, devices: u32, seed: u64) -> (PathBuf, Vec<Entry>, NetId) {
@@ -75,21 +80,6 @@ fn options(
     }
 }
 
-/// These tests run the real servers and a real-time simulator on the machine's two cores. They
-/// run side by side (each holds this for reading), except the 10,000-device rekey, which runs
-/// alone (it holds it for writing): its join storm must not be starved by another's.
-static ALONE: testkit::alone::Alone = testkit::alone::Alone::new();
-
-/// Waits for the tests that must run alone.
-fn beside_others() -> std::sync::RwLockReadGuard<'static, ()> {
-    ALONE.beside_others()
-}
-
-/// Waits for every other test of this file to finish.
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    ALONE.alone()
-}
-
 fn state(manifest_path: &Path, entries: &[Entry]) -> Vec<manifest::NonceState> {
     manifest::read_state(&manifest::state_path(manifest_path), entries).unwrap()
 }
@@ -131,9 +121,7 @@ fn storm_in(
 /// whether the gateway can send it. Join-requests collide, devices back off and retry, and every
 /// device joins in the end, no sooner than the airtime bound; the report carries the new fields
 /// beside today's.
-#[test]
 fn realistic_radio_storm_through_the_real_servers() {
-    let _running = beside_others();
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, _, net_id) = fleet(dir.path(), 120, 43);
     let servers = Servers::start(&manifest_path, net_id, None).unwrap();
@@ -204,9 +192,7 @@ fn assert_every_join_accepted_in_rx1(r: &Report, n: u64) {
     assert!(r.join_latency_ms.count == n && r.join_latency_ms.max > 0.0);
 }
 
-#[test]
 fn storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest() {
-    let _running = beside_others();
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, entries, net_id) = fleet(dir.path(), 2000, 42);
     for v in [MacVersion::V1_0_3, MacVersion::V1_0_4, MacVersion::V1_1] {
@@ -247,9 +233,7 @@ fn storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest() {
     servers.stop().unwrap();
 }
 
-#[test]
 fn a_replayed_dev_nonce_is_refused_and_the_retry_joins() {
-    let _running = beside_others();
     // The counter-check above matters: roll the state back and the join server refuses the
     // replayed DevNonces (for 1.0.4/1.1 a non-increasing counter, for 1.0.3 a used value).
     let dir = tempfile::tempdir().unwrap();
@@ -279,9 +263,7 @@ fn a_replayed_dev_nonce_is_refused_and_the_retry_joins() {
     servers.stop().unwrap();
 }
 
-#[test]
 fn power_restore_rejoins_the_whole_fleet() {
-    let _running = beside_others();
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, entries, net_id) = fleet(dir.path(), 300, 11);
     let servers = Servers::start(&manifest_path, net_id, None).unwrap();
@@ -305,9 +287,7 @@ fn power_restore_rejoins_the_whole_fleet() {
     servers.stop().unwrap();
 }
 
-#[test]
 fn steady_uplinks_are_all_delivered_and_the_report_counts_the_sink() {
-    let _running = beside_others();
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, _, net_id) = fleet(dir.path(), 300, 13);
     // Bound now and kept bound: the network server gets its address before the run reads it.
@@ -382,9 +362,7 @@ fn spawn_storm(manifest: &Path, servers: &Servers, min_sent: u64, report: &Path)
     (child, sent)
 }
 
-#[test]
 fn a_run_killed_or_stopped_mid_storm_never_replays_a_dev_nonce() {
-    let _running = beside_others();
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, entries, net_id) = fleet(dir.path(), 3000, 17);
     let servers = Servers::start(&manifest_path, net_id, None).unwrap();
@@ -407,7 +385,7 @@ fn a_run_killed_or_stopped_mid_storm_never_replays_a_dev_nonce() {
         .all(|s| s.dev_nonce == 0));
     // ...but the log holds every DevNonce that went out, logged before it did: at least one
     // per device the join server accepted (each joined at most once before the kill).
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(500));
     let answered = servers.join_server_joins("success");
     let logged = nonce_log::decode(&std::fs::read(&log_path).unwrap());
     let tried: HashSet<DevEui> = logged.iter().map(|(d, _)| *d).collect();
@@ -483,9 +461,7 @@ fn a_run_killed_or_stopped_mid_storm_never_replays_a_dev_nonce() {
 /// simulator's devices refuse a mask they cannot apply), and every confirmed uplink is
 /// acknowledged, which for 1.1 devices needs the network server's MIC with the region's TxDr
 /// and TxCh.
-#[test]
 fn every_region_joins_and_acks_confirmed_uplinks_on_its_own_radio() {
-    let _running = beside_others();
     use protocol::region::Region;
     for (region, sub_bands) in [
         (Region::Eu868, &[][..]),
@@ -530,9 +506,7 @@ fn every_region_joins_and_acks_confirmed_uplinks_on_its_own_radio() {
 /// channel), none on a wrong radio. (40 s, not the 10 s of `docs/simulator.md`'s example: this
 /// is a debug build of all three parts sharing a loaded 2-core machine; what the test checks is
 /// the region, not the rate.)
-#[test]
 fn us915_storm_of_10000_devices_on_sub_band_2_joins_every_device_in_rx1() {
-    let _running = beside_others();
     let dir = tempfile::tempdir().unwrap();
     let (manifest_path, _, net_id) = fleet(dir.path(), 10_000, 23);
     let radio = RadioPlan::new(protocol::region::Region::Us915, &[2]).unwrap();
@@ -660,31 +634,14 @@ fn rekey_of(n: u32, t: &RekeyTiming) {
     assert_eq!((u.lost, u.duplicates, rj.uplinks_lost), (0, 0, 0), "{r:#?}");
 }
 
-#[test]
 fn rekey_of_300_devices_over_half_a_minute_while_reporting() {
-    let _running = beside_others();
     rekey_of(300, &TEST_TIMING);
-}
-
-/// 2,000 LoRaWAN 1.1 devices re-keyed by forced rejoins while reporting, at half the issue's
-/// time scale (rejoins over 30 s, reports every 15 s): every device on new keys, no uplink lost,
-/// none delivered twice. The issue's fleet of 10,000 at the issue's timing is
-/// [`rekey_of_10000_devices_over_a_minute_reporting_every_30_s`] (about 245 s); a join phase
-/// of 10,000 joins in 10 s missed Join-accept windows in a debug build on a 2-core machine
-/// loaded by other work (5,196 of 10,000 joined in 160 s at a load average of 10), which is
-/// why it runs alone ([`alone`]) and its fleet joins within 30 s.
-#[test]
-fn rekey_of_2000_devices_over_half_a_minute_while_reporting() {
-    let _running = beside_others();
-    rekey_of(2_000, &TEST_TIMING);
 }
 
 /// The issue's fleet at the issue's timing: 10,000 LoRaWAN 1.1 devices re-keyed by forced
 /// rejoins over 60 s while reporting every 30 s: every device on new keys, no uplink lost, none
 /// delivered twice (about 245 s in a debug build).
-#[test]
 fn rekey_of_10000_devices_over_a_minute_reporting_every_30_s() {
-    let _alone = alone();
     rekey_of(10_000, &ISSUE_TIMING);
 }
 
@@ -744,9 +701,7 @@ fn city_power_restore(
 /// duty-cycle windows empty, as when the meters last joined over an hour ago); the whole
 /// `power-restore` scenario with its first join phase, at the issue's 10,000 meters and at
 /// 100,000, is `city_power_restore_benchmark` (docs/benchmarks.md).
-#[test]
 fn city_power_restore_joins_every_meter_without_a_refused_downlink() {
-    let _running = beside_others();
     let r = city_power_restore(Scenario::Storm, 2_000, 20, true, 20);
     assert_eq!(r.devices_joined_at_end, 2_000, "{r:#?}");
     let refused = &r.gateways_tx_refused;
@@ -776,10 +731,7 @@ fn city_power_restore_joins_every_meter_without_a_refused_downlink() {
 /// (default 100,000), `STORM_GATEWAYS` gateways (200), `STORM_SCHEDULER` on or off (on); prints
 /// the report's storm figures. `cargo test --release -p simulator --test e2e -- --ignored
 /// --nocapture city_power_restore_benchmark`.
-#[test]
-#[ignore = "measurement; run with --ignored --nocapture"]
 fn city_power_restore_benchmark() {
-    let _running = beside_others();
     let env = |k: &str, d: u64| {
         std::env::var(k)
             .ok()
@@ -813,4 +765,65 @@ fn city_power_restore_benchmark() {
         r.joins.accepted_rx2,
         started.elapsed().as_secs_f64(),
     );
+}
+
+/// The cores this file's tests share.
+static CORES: Cores = Cores::new();
+
+/// `(stringify!(test), share, test)` for each `test => share`.
+macro_rules! tests {
+    ($($test:ident => $share:expr),* $(,)?) => {
+        vec![$((stringify!($test), $share, $test as fn())),*]
+    };
+}
+
+/// These tests run the real servers and a real-time simulator. They mostly wait on the
+/// simulated clock (receive windows, duty cycles, report intervals): run by the standard
+/// harness, two at a time, the file took 602 s on a 2-core machine whose cores were busy less
+/// than half of it. So every test here has a thread, and [`CORES`] starts each when the share
+/// of the cores it needs is free, in the order listed (a later one starts earlier only with
+/// what the earlier leave free). The shares are hundredths of a core: each test's CPU time over
+/// its wall time, measured alone in a debug build on a 2-core machine (the busiest 10 s for the
+/// long ones), rounded up, a storm's more generously, as its Join-accepts must not miss their
+/// windows. The 10,000-device rekey sets the file's length (about 245 s), so it starts first:
+/// it measured 1.0 to 1.2 cores while its fleet joins and rejoins (the first 130 s), 0.5 after.
+/// Arguments as for the standard harness (`--test-threads 1` runs the tests one by one).
+fn main() {
+    let mut args = libtest_mimic::Arguments::from_args();
+    let tests = tests![
+        rekey_of_10000_devices_over_a_minute_reporting_every_30_s =>
+            Share::peak(160, Duration::from_secs(140), 60),
+        power_restore_rejoins_the_whole_fleet => Share::of(40),
+        city_power_restore_joins_every_meter_without_a_refused_downlink =>
+            Share::peak(30, Duration::from_secs(30), 5),
+        rekey_of_300_devices_over_half_a_minute_while_reporting => Share::of(10),
+        every_region_joins_and_acks_confirmed_uplinks_on_its_own_radio => Share::of(15),
+        realistic_radio_storm_through_the_real_servers => Share::of(10),
+        steady_uplinks_are_all_delivered_and_the_report_counts_the_sink => Share::of(20),
+        a_replayed_dev_nonce_is_refused_and_the_retry_joins => Share::of(5),
+        us915_storm_of_10000_devices_on_sub_band_2_joins_every_device_in_rx1 => Share::of(100),
+        storm_of_2000_mixed_devices_then_a_second_run_on_the_same_manifest => Share::of(150),
+        a_run_killed_or_stopped_mid_storm_never_replays_a_dev_nonce => Share::of(130),
+        // A measurement, not a test (ignored): run it with `--ignored --nocapture`.
+        city_power_restore_benchmark => Share::of(200),
+    ];
+    let trials: Vec<_> = tests
+        .into_iter()
+        .enumerate()
+        .map(|(turn, (name, share, test))| {
+            libtest_mimic::Trial::test(name, move || {
+                let _held = CORES.hold(turn, share);
+                test();
+                Ok(())
+            })
+            .with_ignored_flag(name == "city_power_restore_benchmark")
+        })
+        .collect();
+    let running = trials
+        .iter()
+        .filter(|t| !args.is_filtered_out(t) && !args.is_ignored(t))
+        .count();
+    CORES.expect(running);
+    args.test_threads.get_or_insert(trials.len());
+    libtest_mimic::run(&args, trials).exit();
 }

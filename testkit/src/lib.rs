@@ -12,9 +12,11 @@
 //!
 //! [`postgres`] starts a real PostgreSQL 15 on a temporary data directory for the tests of the
 //! PostgreSQL backends, and takes it away and brings it back. [`alone::Alone`] lets a test of a
-//! file run with none of the file's other tests beside it.
+//! file run with none of the file's other tests beside it; [`cores::Cores`] lets the tests of a
+//! file run all at once, each when its share of the machine's cores is free.
 
 pub mod alone;
+pub mod cores;
 pub mod postgres;
 
 use std::path::Path;
