@@ -28,7 +28,7 @@ apt_install() {
 # Chromium from Debian, for the browser tests (CHROMIUM names another binary).
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$CHROMIUM" ]; then
-    echo "== installing chromium (Debian)"
+    echo "== [${SECONDS} s] installing chromium (Debian)"
     apt_install chromium
     [ -x "$CHROMIUM" ] || die "$CHROMIUM still missing after apt-get install chromium"
 fi
@@ -38,7 +38,7 @@ export CHROMIUM
 # binaries on a temporary data directory and a free port (no system cluster is used).
 PG_BIN=/usr/lib/postgresql/15/bin
 if [ ! -x "$PG_BIN/initdb" ] || [ ! -x "$PG_BIN/postgres" ]; then
-    echo "== installing postgresql-15 (Debian)"
+    echo "== [${SECONDS} s] installing postgresql-15 (Debian)"
     apt_install postgresql-15
     [ -x "$PG_BIN/initdb" ] || die "$PG_BIN/initdb still missing after apt-get install postgresql-15"
 fi
@@ -47,7 +47,7 @@ fi
 # test starts its own broker on a free loopback port: the package's service is not used).
 MOSQUITTO="${MOSQUITTO:-/usr/sbin/mosquitto}"
 if [ ! -x "$MOSQUITTO" ] || ! command -v mosquitto_passwd >/dev/null; then
-    echo "== installing mosquitto (Debian)"
+    echo "== [${SECONDS} s] installing mosquitto (Debian)"
     apt_install mosquitto
     [ -x "$MOSQUITTO" ] || die "$MOSQUITTO still missing after apt-get install mosquitto"
 fi
@@ -61,13 +61,13 @@ command -v node >/dev/null && command -v npm >/dev/null ||
     die "node and npm (Node.js 20.19 or later) are needed for the installer app's tests"
 node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' ||
     die "Node.js $(node --version) is too old: the installer app needs 20.19 or later"
-echo "== npm ci (installer/)"
+echo "== [${SECONDS} s] npm ci (installer/)"
 (cd installer && npm ci --no-audit --no-fund --loglevel=error)
 
-echo "== cargo test --workspace"
+echo "== [${SECONDS} s] cargo test --workspace"
 cargo test --workspace --locked "$@"
 
-echo "== the installer app in headless Chromium (installer/tests/)"
+echo "== [${SECONDS} s] the installer app in headless Chromium (installer/tests/)"
 # The binaries the browser tests run: cargo test built them (a no-op then). Not `cargo build -p
 # ...`: with fewer packages than the workspace its dependencies' features differ (their
 # dev-dependencies are left out), so it rebuilt rustls, ring and everything above them, and the
