@@ -8,8 +8,8 @@
 //! claims it for Y with `qr claim`; it now joins through Y and not through X; A can no longer see
 //! it.
 //!
-//! The other crates' binaries are built with a nested `cargo build` (same profile and target
-//! directory, [`common::workspace_bin`]), as `otaa.rs` does for the join server.
+//! The other crates' binaries are built by a nested Cargo (same profile and target directory,
+//! [`common::workspace_bin`]), as `otaa.rs` does for the join server.
 
 mod common;
 

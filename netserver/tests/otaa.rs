@@ -6,7 +6,7 @@
 //! to exercise the retry and records every JoinAns it relays.
 //!
 //! The `joinserver` binary lives in another crate of the workspace, so Cargo does not build it
-//! for this test: [`common::joinserver_bin`] runs `cargo build -p joinserver --bin joinserver`
+//! for this test: [`common::joinserver_bin`] runs a nested `cargo test --workspace --no-run`
 //! (same Cargo, same profile, same target directory) once per test run.
 
 mod common;

@@ -127,7 +127,11 @@ impl<B: JournalBase> Journal<B> {
         let below = base.checkpointed_below()?;
         let mut dirty = HashMap::new();
         for (_, path) in segments.iter().filter(|(g, _)| *g >= below) {
-            replay::<B>(path, &mut dirty)?;
+            if !replay::<B>(path, &mut dirty)? {
+                // No frame (a server that stopped before its first commit here): it holds
+                // nothing, so it goes, or every restart would leave one until a checkpoint.
+                std::fs::remove_file(path).map_err(backend_err)?;
+            }
         }
         let generation = segments
             .last()
@@ -360,15 +364,16 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Applies the whole frames of the segment at `path` to `out`, in order.
+/// Applies the whole frames of the segment at `path` to `out`, in order; false when the
+/// segment holds no bytes but its magic (or not even those).
 fn replay<B: JournalBase>(
     path: &Path,
     out: &mut HashMap<B::Key, B::Value>,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let bytes = std::fs::read(path).map_err(backend_err)?;
     if bytes.len() < B::MAGIC.len() {
         // Created, its magic not yet written: empty.
-        return Ok(());
+        return Ok(false);
     }
     if &bytes[..B::MAGIC.len()] != B::MAGIC {
         return Err(StoreError::Backend(format!(
@@ -393,7 +398,7 @@ fn replay<B: JournalBase>(
             "journal segment ends in an incomplete frame (a commit that did not return); ignored"
         );
     }
-    Ok(())
+    Ok(bytes.len() > B::MAGIC.len())
 }
 
 /// The payloads of the whole frames at the start of `bytes`, and where they end.
@@ -544,6 +549,29 @@ mod tests {
             .load()
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn restarts_without_a_commit_leave_one_empty_segment_not_one_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = CounterJournal::open(dir.path()).unwrap();
+        j.commit(&[rec(1, 1)]).unwrap();
+        drop(j);
+        for _ in 0..5 {
+            drop(CounterJournal::open(dir.path()).unwrap());
+        }
+        // The segment with the commit, and the one the last open started.
+        let files = segment_files(dir.path());
+        assert_eq!(files.len(), 2, "{files:?}");
+        let j = CounterJournal::open(dir.path()).unwrap();
+        assert_eq!(j.load().unwrap(), HashMap::from([rec(1, 1)]));
+        j.commit(&[rec(1, 2)]).unwrap();
+        drop(j);
+        let j = CounterJournal::open(dir.path()).unwrap();
+        assert_eq!(j.load().unwrap(), HashMap::from([rec(1, 2)]));
+        // Generations only grow: the newest segment is the last one started.
+        let files = segment_files(dir.path());
+        assert!(files.windows(2).all(|w| w[0].0 < w[1].0), "{files:?}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Helpers shared by the socket tests: child processes that print a `listening …` line, the
-//! workspace's other binaries (built with a nested `cargo build`), a virtual GWMP gateway built on
+//! workspace's other binaries (built by a nested Cargo), a virtual GWMP gateway built on
 //! `protocol::gwmp`, and HTTP/metrics probes.
 #![allow(dead_code)]
 
@@ -292,9 +292,14 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Builds (if needed, once per test process) and locates the real binary of another crate of
-/// the workspace, next to this crate's binary: a nested `cargo build -p <package>` with the same
-/// Cargo, profile and target directory. Cargo releases its build lock before it runs tests, so
-/// this does not deadlock; when the binary is up to date it costs well under a second.
+/// the workspace, next to this crate's binary: a nested `cargo test --workspace --no-run` with
+/// the same Cargo, profile and target directory. Cargo releases its build lock before it runs
+/// tests, so this does not deadlock. It is what `cargo test --workspace` has just built, so then
+/// it builds nothing: not `cargo build -p <package>`, whose dependencies' features differ from
+/// the workspace's test build (their dev-dependencies are left out), which built ring, rustls
+/// and the binary a second time while the tests ran; and without the variables Cargo sets for a
+/// test process (`CARGO_MANIFEST_DIR`, ...): ring's build script reruns when
+/// `CARGO_MANIFEST_DIR` changes, and the next outer build rebuilt everything above ring.
 pub fn workspace_bin(package: &str) -> PathBuf {
     static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
@@ -305,18 +310,35 @@ pub fn workspace_bin(package: &str) -> PathBuf {
     let dir = ours.parent().expect("binary directory");
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(workspace_root())
-        .args(["build", "-j2", "-p", package, "--bin", package]);
+        .args(["test", "--workspace", "--no-run", "--quiet", "-j2"]);
     if dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
+    }
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_for_tests = ["CARGO_PKG_", "CARGO_BIN_", "CARGO_MANIFEST_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref());
+        if set_for_tests {
+            cmd.env_remove(name.as_ref());
+        }
     }
     // Same target directory as this build (the binary's directory's parent).
     cmd.env("CARGO_TARGET_DIR", dir.parent().expect("target directory"));
     let status = cmd
         .status()
-        .unwrap_or_else(|e| panic!("running cargo build -p {package}: {e}"));
+        .unwrap_or_else(|e| panic!("running cargo test --workspace --no-run: {e}"));
     assert!(
         status.success(),
-        "cargo build -p {package} failed (the end-to-end tests need the {package} crate in this workspace)"
+        "cargo test --workspace --no-run failed (the end-to-end tests need the {package} crate in this workspace)"
     );
     let bin = dir.join(format!("{package}{}", std::env::consts::EXE_SUFFIX));
     assert!(bin.exists(), "{} missing after the build", bin.display());
