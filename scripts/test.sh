@@ -54,7 +54,7 @@ fi
 export MOSQUITTO
 
 # python3 (the browser tests withdraw an API key from the store with its sqlite3 module).
-command -v python3 >/dev/null || { echo "== installing python3 (Debian)"; apt_install python3; }
+command -v python3 >/dev/null || { echo "== [${SECONDS} s] installing python3 (Debian)"; apt_install python3; }
 
 # Node.js 20.19+ (Vite 8, playwright-core); npm packages pinned by installer/package-lock.json.
 command -v node >/dev/null && command -v npm >/dev/null ||

@@ -101,6 +101,12 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
         &RunInfo {
             scenario: o.traffic.scenario.to_string(),
             region: o.traffic.radio.region().to_string(),
+            radio: if o.radio_model.is_some() {
+                crate::report::REALISTIC_RADIO
+            } else {
+                crate::report::IDEAL_RADIO
+            }
+            .to_owned(),
             devices,
             gateways: u64::from(o.gateways),
             seed: o.seed,

@@ -80,7 +80,12 @@ fn demo(extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn demo_runs_with_nothing_set_up() {
-    assert_eq!(demo(&[])["region"], "EU868");
+    let r = demo(&[]);
+    assert_eq!(r["region"], "EU868");
+    assert_eq!(
+        r["radio"], "ideal",
+        "the demo's radio is the ideal one: {r}"
+    );
 }
 
 /// The demo in US915 (sub-band 2 by default): the network server answers on the 500 kHz RX1
