@@ -7,6 +7,7 @@ use protocol::ids::DevEui;
 
 use crate::ops::private;
 use crate::store::backend::{SessionBackend, StoreError, WriteOp};
+use crate::store::record;
 use crate::store::stored::{StoredSession, STORED_SESSION_VERSION};
 
 const SESSIONS: RecordTable = redb::TableDefinition::new("sessions");
@@ -26,8 +27,9 @@ pub enum SessionTable {
     Previous,
 }
 
-/// The embedded default backend: a redb file. Values are the JSON of [`StoredSession`], keys
-/// the DevEUI; current sessions in table `sessions`, replaced ones in `previous_sessions`.
+/// The embedded default backend: a redb file. Values are session records ([`record`]; the JSON
+/// of [`StoredSession`] where an earlier release wrote them), keys the DevEUI; current sessions
+/// in table `sessions`, replaced ones in `previous_sessions`.
 pub struct RedbBackend {
     db: redb::Database,
 }
@@ -45,9 +47,9 @@ pub(crate) fn backend_err(e: impl std::fmt::Display) -> StoreError {
 
 /// A session record's key: its table and DevEUI.
 pub type SessionKey = (SessionTable, DevEui);
-/// A session record to write: its key and the session's JSON (`None`: removed).
+/// A session record to write: its key and the session's record (`None`: removed).
 pub type SessionRecord = (SessionKey, Option<Vec<u8>>);
-/// [`SessionRecord`] with the JSON borrowed.
+/// [`SessionRecord`] with the record borrowed.
 type SessionRecordRef<'a> = (SessionKey, Option<&'a [u8]>);
 
 /// A redb table keyed by DevEUI, holding encoded records.
@@ -143,7 +145,7 @@ fn definition(table: SessionTable) -> RecordTable {
     }
 }
 
-/// Writes `records` (a session's JSON, or `None`: removed) into their tables in `tx`.
+/// Writes `records` (a session's record, or `None`: removed) into their tables in `tx`.
 fn apply(tx: &redb::WriteTransaction, records: &[SessionRecordRef<'_>]) -> Result<(), StoreError> {
     let mut current = tx.open_table(SESSIONS).map_err(backend_err)?;
     let mut previous = tx.open_table(PREVIOUS).map_err(backend_err)?;
@@ -161,8 +163,8 @@ fn apply(tx: &redb::WriteTransaction, records: &[SessionRecordRef<'_>]) -> Resul
     Ok(())
 }
 
-/// A batch of writes as records: the table and DevEUI each writes, and the session's JSON
-/// (`None`: removed).
+/// A batch of writes as records: the table and DevEUI each writes, and the session's binary
+/// record ([`record`]; `None`: removed).
 pub(crate) fn write_records(batch: &[WriteOp]) -> Result<Vec<SessionRecord>, StoreError> {
     batch
         .iter()
@@ -173,10 +175,14 @@ pub(crate) fn write_records(batch: &[WriteOp]) -> Result<Vec<SessionRecord>, Sto
                 WriteOp::PutPrevious(s) => ((SessionTable::Previous, s.dev_eui), Some(s)),
                 WriteOp::DeletePrevious(d) => ((SessionTable::Previous, *d), None),
             };
-            let json = session
-                .map(|s| serde_json::to_vec(s).map_err(backend_err))
+            let record = session
+                .map(|s| {
+                    let mut out = Vec::with_capacity(RECORD_CAPACITY);
+                    record::encode(s, &mut out).map_err(backend_err)?;
+                    Ok::<_, StoreError>(out)
+                })
                 .transpose()?;
-            Ok((key, json))
+            Ok((key, record))
         })
         .collect()
 }
@@ -200,13 +206,21 @@ impl RedbBackend {
     }
 }
 
-/// Decodes the stored record of `dev_eui` (the JSON of [`StoredSession`]), checking that it
-/// is that device's and of the current format version.
+/// Room for a session's binary record without a reallocation (a 1.1 session with a tenant
+/// takes about 170 bytes).
+const RECORD_CAPACITY: usize = 256;
+
+/// Decodes the stored record of `dev_eui`, checking that it is that device's and of the
+/// current format version: the binary [`record`] this release writes, or the JSON of
+/// [`StoredSession`] that earlier releases wrote (and PostgreSQL keeps), told apart by the
+/// first byte.
 pub(crate) fn decode_session(dev_eui: DevEui, bytes: &[u8]) -> Result<StoredSession, StoreError> {
-    let s: StoredSession = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        dev_eui,
-        reason: e.to_string(),
-    })?;
+    let corrupt = |reason: String| StoreError::Corrupt { dev_eui, reason };
+    let s: StoredSession = if bytes.first() == Some(&record::RECORD_TAG) {
+        record::decode(bytes).map_err(|e| corrupt(e.to_string()))?
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?
+    };
     if s.dev_eui != dev_eui || s.version != STORED_SESSION_VERSION {
         return Err(StoreError::Corrupt {
             dev_eui,
@@ -253,5 +267,40 @@ mod tests {
         let e = b.load_all().unwrap_err();
         assert_eq!(e.kind(), "corrupt");
         assert!(e.to_string().contains("0000000000000009"), "{e}");
+    }
+
+    /// A file an earlier release wrote (JSON records) reads as it was; a session written again
+    /// is stored as a binary record, and one filed under another DevEUI is refused.
+    #[test]
+    fn json_records_of_earlier_releases_read_and_new_ones_are_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = RedbBackend::open(dir.path()).unwrap();
+        let old = crate::store::stored::tests::stored(9, 0x2600_0009);
+        {
+            let tx = b.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(SESSIONS).unwrap();
+                let json = serde_json::to_vec(&old).unwrap();
+                t.insert(9u64, json.as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert_eq!(b.load_all().unwrap(), vec![old.clone()]);
+
+        let mut new = old.clone();
+        new.counters.f_cnt_up = 5;
+        b.commit(&[WriteOp::Put(Box::new(new.clone()))]).unwrap();
+        assert_eq!(b.load_all().unwrap(), vec![new.clone()]);
+        let raw = {
+            use redb::ReadableDatabase;
+            let tx = b.db.begin_read().unwrap();
+            let t = tx.open_table(SESSIONS).unwrap();
+            t.get(9u64).unwrap().unwrap().value().to_vec()
+        };
+        assert_eq!(raw[0], record::RECORD_TAG);
+        assert_eq!(record::decode(&raw).unwrap(), new);
+
+        let e = decode_session(DevEui::new(10), &raw).unwrap_err();
+        assert_eq!(e.kind(), "corrupt");
     }
 }

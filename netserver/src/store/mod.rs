@@ -50,6 +50,7 @@ pub mod owners;
 pub mod pending_mac;
 pub mod pg;
 pub mod queue;
+pub mod record;
 pub mod restore;
 pub mod session;
 pub mod session_journal;

@@ -2,15 +2,18 @@
 //! `sessions.redb` ([`RedbBackend`]), the same kind of journal as the frame counters'
 //! ([`crate::store::journal`]).
 //!
-//! Every join writes a session (about 600 bytes of JSON). Written straight into the B-tree, a
+//! Every join writes a session (a binary record of about 120–170 bytes, [`crate::store::record`];
+//! earlier releases wrote about 600 bytes of JSON). Written straight into the B-tree, a
 //! group commit of a hundred joins dirtied a hundred random leaves of the file, each copied,
 //! checksummed and written at every commit: about a third of the network server's CPU per
 //! join in a storm (docs/benchmarks.md, "The join path's CPU"). Through the journal a group
 //! commit is one appended frame and one `fdatasync`, and each checkpoint writes the sessions
-//! of a 16 MiB segment (about 25,000) into the B-tree in one transaction, in key order.
+//! of a 16 MiB segment (about 100,000; 25,000 as JSON) into the B-tree in one transaction, in
+//! key order.
 //!
 //! A record is `[table: u8, 0 current, 1 replaced][DevEUI: u64 LE][length: u32 LE,
-//! u32::MAX for a removal][the session's JSON]`, the JSON [`RedbBackend`] stores.
+//! u32::MAX for a removal][the session's record]`, the record [`RedbBackend`] stores (binary,
+//! or the JSON of segments an earlier release wrote).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -60,14 +63,14 @@ impl SessionJournal {
             .pending()
             .into_iter()
             .filter(|((t, _), _)| *t == table)
-            .map(|((_, dev_eui), json)| (dev_eui, json))
+            .map(|((_, dev_eui), record)| (dev_eui, record))
             .collect();
         if pending.is_empty() {
             return Ok(sessions);
         }
         sessions.retain(|s| !pending.contains_key(&s.dev_eui));
-        for (dev_eui, json) in pending {
-            if let Some(bytes) = json {
+        for (dev_eui, record) in pending {
+            if let Some(bytes) = record {
                 sessions.push(decode_session(dev_eui, &bytes)?);
             }
         }
@@ -104,10 +107,10 @@ impl JournalBase for RedbBackend {
         });
         out.extend_from_slice(&dev_eui.as_u64().to_le_bytes());
         match value {
-            // A session's JSON is far below 4 GiB (about 600 bytes).
-            Some(json) => {
-                out.extend_from_slice(&(json.len() as u32).to_le_bytes());
-                out.extend_from_slice(json);
+            // A session's record is far below 4 GiB (at most a few hundred bytes).
+            Some(record) => {
+                out.extend_from_slice(&(record.len() as u32).to_le_bytes());
+                out.extend_from_slice(record);
             }
             None => out.extend_from_slice(&REMOVED.to_le_bytes()),
         }
@@ -133,12 +136,12 @@ impl JournalBase for RedbBackend {
             return Ok(((table, dev_eui), None));
         }
         let end = 13 + len as usize;
-        let Some(json) = payload.get(13..end) else {
+        let Some(record) = payload.get(13..end) else {
             return Err(corrupt(dev_eui, "cut short"));
         };
-        let json = json.to_vec();
+        let record = record.to_vec();
         *payload = &payload[end..];
-        Ok(((table, dev_eui), Some(json)))
+        Ok(((table, dev_eui), Some(record)))
     }
 
     fn checkpointed_below(&self) -> Result<u64, StoreError> {
@@ -212,11 +215,11 @@ mod tests {
             let all = base.load_all().unwrap();
             all.iter().map(|s| s.dev_eui.as_u64()).collect()
         };
-        // A session's record is about 700 bytes, so each commit fills a segment of 512 and
+        // A session's record is 117 bytes, so each commit fills a segment of 100 and
         // starts a checkpoint of everything not yet in the B-tree; closing the journal waits
         // for the checkpoint.
         let commit = |ops: Vec<WriteOp>| {
-            let mut j = SessionJournal::open_with(dir.path(), 512).unwrap();
+            let mut j = SessionJournal::open_with(dir.path(), 100).unwrap();
             j.commit(&ops).unwrap();
         };
         for dev in 1..=4 {
@@ -276,7 +279,7 @@ mod tests {
         /// loaded is what was committed last for each device in each table.
         #[test]
         fn load_is_the_last_committed_write_of_each_device(
-            segment_bytes in 200u64..3000,
+            segment_bytes in 100u64..1500,
             steps in proptest::collection::vec(
                 (proptest::collection::vec((0u64..5, 0u8..4, 1u32..1000), 1..4), any::<bool>()),
                 1..24,

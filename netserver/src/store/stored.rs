@@ -1,5 +1,6 @@
-//! The stored format of a session: what the session store writes at a join (JSON, versioned),
-//! with every key in an envelope.
+//! The stored format of a session: what the session store writes at a join, with every key in
+//! an envelope. PostgreSQL keeps it as this type's JSON (versioned); the embedded store as a
+//! binary record ([`crate::store::record`]) and reads the JSON that earlier releases wrote.
 
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui};
 use protocol::keywrap::KeyEnvelope;
@@ -140,8 +141,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// The stored JSON of a session is a format that data directories keep across releases:
-    /// this is what releases wrote, and what this one must read and write byte for byte.
+    /// The stored JSON of a session is a format that data directories keep across releases
+    /// (PostgreSQL's, and the embedded store's before its binary records): this is what releases
+    /// wrote, and what this one must read and write byte for byte.
     #[test]
     fn the_stored_form_is_unchanged() {
         let mut v11 = stored(0x0A, 0x2600_0001);
