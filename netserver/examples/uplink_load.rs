@@ -461,6 +461,15 @@ fn restart(dir: &Path) {
         rss / 1024,
         rss as f64 * 1024.0 / f64::from(n.max(1))
     );
+    // What an idle server holds once the start's background work (the journals' checkpoint
+    // of what they replayed) is done.
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = rss_kb(srv.child.id());
+    println!(
+        "restart: RSS after 10 s idle {} MB = {:.0} bytes/session",
+        idle / 1024,
+        idle as f64 * 1024.0 / f64::from(n.max(1))
+    );
     let _ = srv.child.kill();
     let _ = srv.child.wait();
 }

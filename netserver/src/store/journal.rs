@@ -18,7 +18,9 @@
 //! kept in front of it (the checkpoint's transaction records the first generation it does not
 //! hold, so a segment whose checkpoint committed but which was not yet deleted is skipped). A
 //! frame that does not read whole with its checksum (a crash inside its write, before its
-//! commit returned) ends its segment's replay; writing always goes on in a new segment.
+//! commit returned) ends its segment's replay; writing always goes on in a new segment, and a
+//! checkpoint of the replayed records starts at once (kept in memory until the new segment
+//! filled, they were up to two segments' worth on a server that then stayed idle).
 //!
 //! Hand-written because no maintained crate does this seam's job: redb (the embedded store)
 //! has no append-only mode, and the write-ahead-log crates bring their own formats and
@@ -139,7 +141,8 @@ impl<B: JournalBase> Journal<B> {
             .max(below)
             .max(1);
         let file = create_segment::<B>(dir, generation).map_err(backend_err)?;
-        if !dirty.is_empty() {
+        let replayed = !dirty.is_empty();
+        if replayed {
             tracing::info!(
                 journal = B::WHAT,
                 segments = segments.len(),
@@ -147,7 +150,7 @@ impl<B: JournalBase> Journal<B> {
                 "journal replayed"
             );
         }
-        Ok(Self {
+        let journal = Self {
             base: Arc::new(base),
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(1),
@@ -160,7 +163,14 @@ impl<B: JournalBase> Journal<B> {
                 checkpoint: None,
                 buf: Vec::new(),
             }),
-        })
+        };
+        if replayed {
+            // The replayed segments are finished (writing goes on in a new one): checkpoint
+            // them now rather than keep their records in memory until the new segment fills,
+            // which an idle server never does.
+            journal.start_checkpoint(&mut journal.lock());
+        }
+        Ok(journal)
     }
 
     /// The B-tree the journal is in front of.
@@ -236,6 +246,12 @@ impl<B: JournalBase> Journal<B> {
             tracing::warn!(journal = B::WHAT, error = %e, "cannot start a journal segment; retrying at the next commit");
             return;
         }
+        self.start_checkpoint(g);
+    }
+
+    /// Hands the records of the segments before the current one to a new checkpoint thread
+    /// (none may be running).
+    fn start_checkpoint(&self, g: &mut Inner<B>) {
         let records = Arc::new(std::mem::take(&mut g.dirty));
         let work = {
             let (base, records, dir) = (
@@ -539,16 +555,23 @@ mod tests {
         j.commit(&[rec(1, 1), rec(2, 1)]).unwrap();
         j.commit(&[rec(1, 2), rec(1, 3)]).unwrap();
         drop(j);
-        let j = CounterJournal::open(dir.path()).unwrap();
-        let loaded = j.load().unwrap();
-        assert_eq!(loaded, HashMap::from([rec(1, 3), rec(2, 1)]));
         // Nothing was checkpointed: the B-tree is still empty, the journal holds it all.
-        drop(j);
         assert!(CounterLog::open(dir.path())
             .unwrap()
             .load()
             .unwrap()
             .is_empty());
+        let j = CounterJournal::open(dir.path()).unwrap();
+        let loaded = j.load().unwrap();
+        assert_eq!(loaded, HashMap::from([rec(1, 3), rec(2, 1)]));
+        // The open checkpointed the replayed segment (closing waits for it): the B-tree holds
+        // the same, and only the segment the open started is left.
+        drop(j);
+        assert_eq!(
+            CounterLog::open(dir.path()).unwrap().load().unwrap(),
+            loaded
+        );
+        assert_eq!(segment_files(dir.path()).len(), 1);
     }
 
     #[test]
@@ -560,9 +583,10 @@ mod tests {
         for _ in 0..5 {
             drop(CounterJournal::open(dir.path()).unwrap());
         }
-        // The segment with the commit, and the one the last open started.
+        // The one the last open started: the first open checkpointed the segment with the
+        // commit, and the later ones deleted the empty segments before them.
         let files = segment_files(dir.path());
-        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files.len(), 1, "{files:?}");
         let j = CounterJournal::open(dir.path()).unwrap();
         assert_eq!(j.load().unwrap(), HashMap::from([rec(1, 1)]));
         j.commit(&[rec(1, 2)]).unwrap();

@@ -194,6 +194,12 @@ mod tests {
         ])
         .unwrap();
         drop(j);
+        // Nothing was checkpointed: the B-tree is still empty.
+        assert!(RedbBackend::open(dir.path())
+            .unwrap()
+            .load_all()
+            .unwrap()
+            .is_empty());
         let mut j = SessionJournal::open(dir.path()).unwrap();
         assert_eq!(loaded(&mut j), (vec![(1, 0x11)], vec![(1, 0x10)]));
         j.commit(&[WriteOp::DeletePrevious(DevEui::new(1))])
@@ -201,10 +207,19 @@ mod tests {
         drop(j);
         let mut j = SessionJournal::open(dir.path()).unwrap();
         assert_eq!(loaded(&mut j), (vec![(1, 0x11)], vec![]));
-        // Nothing was checkpointed: the B-tree is still empty.
+        // Each open checkpointed what it replayed (closing waits for it): the B-tree holds it.
         drop(j);
         let mut base = RedbBackend::open(dir.path()).unwrap();
-        assert!(base.load_all().unwrap().is_empty());
+        let tree = |s: &StoredSession| (s.dev_eui.as_u64(), s.dev_addr.as_u32());
+        assert_eq!(
+            base.load_all()
+                .unwrap()
+                .iter()
+                .map(tree)
+                .collect::<Vec<_>>(),
+            vec![(1, 0x11)]
+        );
+        assert!(base.load_previous().unwrap().is_empty());
     }
 
     #[test]
