@@ -361,3 +361,63 @@ fn message_dispatch_and_rejoin() {
     let m = Message::JoinAns(Box::new(built));
     assert_eq!(Message::parse(&m.to_json().unwrap()).unwrap(), m);
 }
+
+/// A successful answer with every field present is written in one order, byte for byte: the
+/// header's fields, then `Result`, `PHYPayload`, `Lifetime`, the keys and `SessionKeyID` (the
+/// form both join servers of this repository have written; network servers read it).
+#[test]
+fn a_full_join_ans_is_written_exactly() {
+    let mut h = header(ProtocolVersion::V1_1, MessageType::JoinAns);
+    h.sender_token = Some(vec![0x01]);
+    h.receiver_token = Some(vec![0x0a, 0x0b]);
+    h.sender_ns_id = Some("ns-a".into());
+    h.receiver_ns_id = Some("ns-b".into());
+    h.vs_extension = Some(serde_json::json!({"MACVersion": "1.1", "Owner": "t"}));
+    let wrapped = "1fa68b0a8112b447aef34bd8fb5a7b829d3e862371d2cfe5";
+    let mut a = JoinAns {
+        header: h,
+        result: AnsResult {
+            result_code: ResultCode::Success,
+            description: Some(String::new()),
+        },
+        phy_payload: Some(vec![0x20, 0xa1]),
+        lifetime: Some(0),
+        network_keys: Some(NetworkKeys::V1_1 {
+            f_nwk_s_int_key: env("ns-kek", wrapped),
+            s_nwk_s_int_key: env("ns-kek", wrapped),
+            nwk_s_enc_key: env("", "000102030405060708090a0b0c0d0e0f"),
+        }),
+        app_s_key: Some(env("as", wrapped)),
+        session_key_id: Some(vec![0x01, 0xab]),
+    };
+    let json = serde_json::to_string(&a).unwrap();
+    assert_eq!(
+        json,
+        concat!(
+            r#"{"ProtocolVersion":"1.1","SenderID":"000001","ReceiverID":"0102030405060708","#,
+            r#""TransactionID":1234,"MessageType":"JoinAns","SenderToken":"01","ReceiverToken":"0a0b","#,
+            r#""SenderNSID":"ns-a","ReceiverNSID":"ns-b","VSExtension":{"MACVersion":"1.1","Owner":"t"},"#,
+            r#""Result":{"ResultCode":"Success","Description":""},"PHYPayload":"20a1","Lifetime":0,"#,
+            r#""FNwkSIntKey":{"KEKLabel":"ns-kek","AESKey":"1fa68b0a8112b447aef34bd8fb5a7b829d3e862371d2cfe5"},"#,
+            r#""SNwkSIntKey":{"KEKLabel":"ns-kek","AESKey":"1fa68b0a8112b447aef34bd8fb5a7b829d3e862371d2cfe5"},"#,
+            r#""NwkSEncKey":{"KEKLabel":"","AESKey":"000102030405060708090a0b0c0d0e0f"},"#,
+            r#""AppSKey":{"KEKLabel":"as","AESKey":"1fa68b0a8112b447aef34bd8fb5a7b829d3e862371d2cfe5"},"#,
+            r#""SessionKeyID":"01ab"}"#
+        )
+    );
+    assert_eq!(JoinAns::parse(json.as_bytes()).unwrap(), a);
+    // A 1.0 answer: NwkSKey in the keys' place.
+    a.network_keys = Some(NetworkKeys::V1_0 {
+        nwk_s_key: env("ns-kek", wrapped),
+    });
+    let json = serde_json::to_string(&a).unwrap();
+    assert!(
+        json.contains(r#""Lifetime":0,"NwkSKey":{"KEKLabel":"ns-kek","AESKey":"1fa6"#),
+        "{json}"
+    );
+    assert!(
+        json.contains(r#"},"AppSKey":"#) && !json.contains("FNwkSIntKey"),
+        "{json}"
+    );
+    assert_eq!(JoinAns::parse(json.as_bytes()).unwrap(), a);
+}
