@@ -28,6 +28,16 @@ pub enum MacVersion {
 pub struct UnknownMacVersion(pub String);
 
 impl MacVersion {
+    /// Every version, oldest first.
+    pub const ALL: [Self; 6] = [
+        Self::V1_0_0,
+        Self::V1_0_1,
+        Self::V1_0_2,
+        Self::V1_0_3,
+        Self::V1_0_4,
+        Self::V1_1,
+    ];
+
     /// The TS002 spelling: "1.0", "1.0.1", …, "1.1".
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -94,14 +104,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_rules() {
-        for v in [
-            MacVersion::V1_0_0,
-            MacVersion::V1_0_1,
-            MacVersion::V1_0_2,
-            MacVersion::V1_0_3,
-            MacVersion::V1_0_4,
-            MacVersion::V1_1,
-        ] {
+        for v in MacVersion::ALL {
             assert_eq!(v.as_str().parse::<MacVersion>().unwrap(), v);
         }
         assert!(!MacVersion::V1_0_3.dev_nonce_is_counter());

@@ -204,25 +204,18 @@ pub fn decode(bytes: &[u8]) -> Result<StoredSession, RecordError> {
     })
 }
 
-const MAC_VERSIONS: [MacVersion; 6] = [
-    MacVersion::V1_0_0,
-    MacVersion::V1_0_1,
-    MacVersion::V1_0_2,
-    MacVersion::V1_0_3,
-    MacVersion::V1_0_4,
-    MacVersion::V1_1,
-];
-
 fn mac_version_code(v: MacVersion) -> u8 {
-    // The position in MAC_VERSIONS, from 1 (0 is "none"); every variant is in the table.
-    MAC_VERSIONS
+    // The position in MacVersion::ALL, from 1 (0 is "none"); every variant is in it.
+    MacVersion::ALL
         .iter()
         .position(|m| *m == v)
         .map_or(0, |i| i as u8 + 1)
 }
 
 fn mac_version_of(code: u8) -> Option<MacVersion> {
-    MAC_VERSIONS.get(usize::from(code).checked_sub(1)?).copied()
+    MacVersion::ALL
+        .get(usize::from(code).checked_sub(1)?)
+        .copied()
 }
 
 fn sized(out: &mut Vec<u8>, bytes: &[u8], what: &'static str) -> Result<(), RecordError> {
@@ -315,30 +308,16 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::stored::tests::stored;
+    use crate::store::stored::tests::{stored, stored_1_1};
     use proptest::prelude::*;
 
-    fn v1_1(s: &mut StoredSession) {
-        s.mac_version = Some(MacVersion::V1_1);
-        s.network_keys = StoredNetworkKeys::V1_1 {
-            f_nwk_s_int_key: KeyEnvelope {
-                kek_label: "ns".into(),
-                aes_key: vec![3; 24],
-            },
-            s_nwk_s_int_key: KeyEnvelope {
-                kek_label: "ns".into(),
-                aes_key: vec![4; 24],
-            },
-            nwk_s_enc_key: KeyEnvelope {
-                kek_label: String::new(),
-                aes_key: vec![5; 16],
-            },
-        };
-        s.app_s_key = None;
-        s.session_key_id = Some(vec![0xab, 0xcd]);
+    /// A 1.1 session with every optional field set.
+    fn full_1_1() -> StoredSession {
+        let mut s = stored_1_1(0x0A, 0x2600_0001);
         s.lifetime_s = Some(86_400);
         s.last_rj_count0 = Some(3);
         s.owner = Some("tenant-ä".into());
+        s
     }
 
     /// The layout of the module's table, byte for byte, for a LoRaWAN 1.0.3 session.
@@ -372,8 +351,7 @@ mod tests {
 
     #[test]
     fn a_1_1_session_with_every_optional_field_reads_back() {
-        let mut s = stored(0x0A, 0x2600_0001);
-        v1_1(&mut s);
+        let s = full_1_1();
         let mut out = Vec::new();
         encode(&s, &mut out).unwrap();
         assert_eq!(decode(&out).unwrap(), s);
@@ -387,8 +365,7 @@ mod tests {
 
     #[test]
     fn damaged_records_are_refused_with_what_is_wrong() {
-        let mut s = stored(0x0A, 0x2600_0001);
-        v1_1(&mut s);
+        let s = full_1_1();
         let mut out = Vec::new();
         encode(&s, &mut out).unwrap();
         for cut in 0..out.len() {

@@ -141,14 +141,12 @@ pub(crate) mod tests {
         }
     }
 
-    /// The stored JSON of a session is a format that data directories keep across releases
-    /// (PostgreSQL's, and the embedded store's before its binary records): this is what releases
-    /// wrote, and what this one must read and write byte for byte.
-    #[test]
-    fn the_stored_form_is_unchanged() {
-        let mut v11 = stored(0x0A, 0x2600_0001);
-        v11.mac_version = Some(MacVersion::V1_1);
-        v11.network_keys = StoredNetworkKeys::V1_1 {
+    /// A LoRaWAN 1.1 session: three network keys (NwkSEncKey in clear), a SessionKeyID and
+    /// no AppSKey envelope.
+    pub(crate) fn stored_1_1(dev_eui: u64, dev_addr: u32) -> StoredSession {
+        let mut s = stored(dev_eui, dev_addr);
+        s.mac_version = Some(MacVersion::V1_1);
+        s.network_keys = StoredNetworkKeys::V1_1 {
             f_nwk_s_int_key: KeyEnvelope {
                 kek_label: "ns".into(),
                 aes_key: vec![3; 24],
@@ -162,8 +160,17 @@ pub(crate) mod tests {
                 aes_key: vec![5; 16],
             },
         };
-        v11.app_s_key = None;
-        v11.session_key_id = Some(vec![0xAB, 0xCD]);
+        s.app_s_key = None;
+        s.session_key_id = Some(vec![0xAB, 0xCD]);
+        s
+    }
+
+    /// The stored JSON of a session is a format that data directories keep across releases
+    /// (PostgreSQL's, and the embedded store's before its binary records): this is what releases
+    /// wrote, and what this one must read and write byte for byte.
+    #[test]
+    fn the_stored_form_is_unchanged() {
+        let v11 = stored_1_1(0x0A, 0x2600_0001);
         let cases = [
             (stored(0x0102, 0x2600_0002), STORED_V1_0),
             (v11, STORED_V1_1),
