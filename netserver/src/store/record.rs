@@ -54,6 +54,9 @@ pub enum RecordError {
     /// A field has a value no session has.
     #[error("invalid {0} in record")]
     Invalid(&'static str),
+    /// A text field is not UTF-8.
+    #[error("{0} in record is not UTF-8")]
+    NotUtf8(&'static str),
     /// Bytes follow the last field.
     #[error("{0} bytes after the record's end")]
     Trailing(usize),
@@ -127,81 +130,39 @@ pub fn decode(bytes: &[u8]) -> Result<StoredSession, RecordError> {
     if tag != RECORD_TAG {
         return Err(RecordError::Tag(tag));
     }
-    let dev_eui = DevEui::new(r.u64("DevEUI")?);
-    let join_eui = JoinEui::new(r.u64("JoinEUI")?);
-    let dev_addr = DevAddr::new(r.u32("DevAddr")?);
-    let mac_version = match r.u8("MAC version")? {
-        0 => None,
-        code => Some(mac_version_of(code).ok_or(RecordError::Invalid("MAC version"))?),
-    };
-    let dev_nonce = DevNonce(r.u16("DevNonce")?);
-    let network_keys = match r.u8("network keys")? {
-        1 => StoredNetworkKeys::V1_0 {
-            nwk_s_key: r.envelope()?,
+    let s = StoredSession {
+        version: STORED_SESSION_VERSION,
+        dev_eui: DevEui::new(r.u64("DevEUI")?),
+        join_eui: JoinEui::new(r.u64("JoinEUI")?),
+        dev_addr: DevAddr::new(r.u32("DevAddr")?),
+        mac_version: match r.u8("MAC version")? {
+            0 => None,
+            code => Some(mac_version_of(code).ok_or(RecordError::Invalid("MAC version"))?),
         },
-        2 => StoredNetworkKeys::V1_1 {
-            f_nwk_s_int_key: r.envelope()?,
-            s_nwk_s_int_key: r.envelope()?,
-            nwk_s_enc_key: r.envelope()?,
+        dev_nonce: DevNonce(r.u16("DevNonce")?),
+        network_keys: r.network_keys()?,
+        app_s_key: r.optional("AppSKey", Reader::envelope)?,
+        session_key_id: r.optional("SessionKeyID", |r| Ok(r.sized("SessionKeyID")?.to_vec()))?,
+        rx: RxParams {
+            rx1_dr_offset: r.u8("RX1DROffset")?,
+            rx2_data_rate: r.u8("RX2 data rate")?,
+            rx2_frequency_hz: r.u32("RX2 frequency")?,
+            rx_delay_s: r.u8("RX1 delay")?,
         },
-        _ => return Err(RecordError::Invalid("network keys kind")),
-    };
-    let app_s_key = match r.presence("AppSKey")? {
-        true => Some(r.envelope()?),
-        false => None,
-    };
-    let session_key_id = match r.presence("SessionKeyID")? {
-        true => Some(r.sized("SessionKeyID")?.to_vec()),
-        false => None,
-    };
-    let rx = RxParams {
-        rx1_dr_offset: r.u8("RX1DROffset")?,
-        rx2_data_rate: r.u8("RX2 data rate")?,
-        rx2_frequency_hz: r.u32("RX2 frequency")?,
-        rx_delay_s: r.u8("RX1 delay")?,
-    };
-    let counters = FrameCounters {
-        f_cnt_up: r.u32("FCntUp")?,
-        n_f_cnt_down: r.u32("NFCntDown")?,
-        a_f_cnt_down: r.u32("AFCntDown")?,
-    };
-    let created_at_ms = r.u64("created at")?;
-    let lifetime_s = match r.presence("lifetime")? {
-        true => Some(r.u32("lifetime")?),
-        false => None,
-    };
-    let last_rj_count0 = match r.presence("RJcount0")? {
-        true => Some(r.u16("RJcount0")?),
-        false => None,
-    };
-    let owner = match r.presence("owner")? {
-        true => Some(
-            std::str::from_utf8(r.sized("owner")?)
-                .map_err(|_| RecordError::Invalid("owner (not UTF-8)"))?
-                .to_owned(),
-        ),
-        false => None,
+        counters: FrameCounters {
+            f_cnt_up: r.u32("FCntUp")?,
+            n_f_cnt_down: r.u32("NFCntDown")?,
+            a_f_cnt_down: r.u32("AFCntDown")?,
+        },
+        created_at_ms: r.u64("created at")?,
+        lifetime_s: r.optional("lifetime", |r| r.u32("lifetime"))?,
+        last_rj_count0: r.optional("RJcount0", |r| r.u16("RJcount0"))?,
+        owner: r.optional("owner", |r| r.text("owner"))?,
     };
     if !r.0.is_empty() {
         return Err(RecordError::Trailing(r.0.len()));
     }
-    Ok(StoredSession {
-        version: STORED_SESSION_VERSION,
-        dev_eui,
-        join_eui,
-        dev_addr,
-        mac_version,
-        dev_nonce,
-        network_keys,
-        app_s_key,
-        session_key_id,
-        rx,
-        counters,
-        created_at_ms,
-        lifetime_s,
-        last_rj_count0,
-        owner,
-    })
+    Ok(s)
 }
 
 fn mac_version_code(v: MacVersion) -> u8 {
@@ -282,12 +243,39 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn presence(&mut self, what: &'static str) -> Result<bool, RecordError> {
+    /// A field behind its presence byte (0 absent, 1 present), read by `read`.
+    fn optional<T>(
+        &mut self,
+        what: &'static str,
+        read: impl FnOnce(&mut Self) -> Result<T, RecordError>,
+    ) -> Result<Option<T>, RecordError> {
         match self.u8(what)? {
-            0 => Ok(false),
-            1 => Ok(true),
+            0 => Ok(None),
+            1 => read(self).map(Some),
             _ => Err(RecordError::Invalid(what)),
         }
+    }
+
+    /// UTF-8 text behind its 2-byte length.
+    fn text(&mut self, what: &'static str) -> Result<String, RecordError> {
+        match std::str::from_utf8(self.sized(what)?) {
+            Ok(t) => Ok(t.to_owned()),
+            Err(_) => Err(RecordError::NotUtf8(what)),
+        }
+    }
+
+    fn network_keys(&mut self) -> Result<StoredNetworkKeys, RecordError> {
+        Ok(match self.u8("network keys")? {
+            1 => StoredNetworkKeys::V1_0 {
+                nwk_s_key: self.envelope()?,
+            },
+            2 => StoredNetworkKeys::V1_1 {
+                f_nwk_s_int_key: self.envelope()?,
+                s_nwk_s_int_key: self.envelope()?,
+                nwk_s_enc_key: self.envelope()?,
+            },
+            _ => return Err(RecordError::Invalid("network keys kind")),
+        })
     }
 
     fn sized(&mut self, what: &'static str) -> Result<&'a [u8], RecordError> {
@@ -296,10 +284,8 @@ impl<'a> Reader<'a> {
     }
 
     fn envelope(&mut self) -> Result<KeyEnvelope, RecordError> {
-        let label = std::str::from_utf8(self.sized("KEKLabel")?)
-            .map_err(|_| RecordError::Invalid("KEKLabel (not UTF-8)"))?;
         Ok(KeyEnvelope {
-            kek_label: label.to_owned(),
+            kek_label: self.text("KEKLabel")?,
             aes_key: self.sized("AESKey")?.to_vec(),
         })
     }
@@ -382,6 +368,9 @@ mod tests {
         let mut bad = out.clone();
         bad[24] = 3; // network keys kind
         assert_eq!(decode(&bad), Err(RecordError::Invalid("network keys kind")));
+        let mut bad = out.clone();
+        bad[27] = 0xff; // the first KEKLabel's first byte
+        assert_eq!(decode(&bad), Err(RecordError::NotUtf8("KEKLabel")));
     }
 
     #[test]
