@@ -37,8 +37,8 @@ const REMOVED: u32 = u32::MAX;
 pub struct SessionJournal(Journal<RedbBackend>);
 
 impl SessionJournal {
-    /// A segment's size before the next one starts and a checkpoint takes it: about 25,000
-    /// sessions; what is replayed at a start is at most about two segments.
+    /// A segment's size before the next one starts and a checkpoint takes it: about 100,000
+    /// sessions (25,000 as JSON); what is replayed at a start is at most about two segments.
     pub const SEGMENT_BYTES: u64 = 16 << 20;
 
     /// Opens (creating if needed) `sessions.redb` and its journal in `dir`, replaying the
@@ -259,6 +259,26 @@ mod tests {
         }
         let mut j = SessionJournal::open_with(dir.path(), 512).unwrap();
         assert_eq!(loaded(&mut j).0, vec![(1, 1), (2, 2), (4, 4), (5, 5)]);
+    }
+
+    /// Segments an earlier release wrote hold each session's JSON: they replay as they are,
+    /// and their checkpoint keeps the JSON until the session is written again.
+    #[test]
+    fn json_records_of_earlier_releases_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = stored(7, 0x70);
+        {
+            let j = SessionJournal::open(dir.path()).unwrap();
+            let json = serde_json::to_vec(&old).unwrap();
+            j.0.commit(&[((SessionTable::Current, old.dev_eui), Some(json))])
+                .unwrap();
+        }
+        let mut j = SessionJournal::open(dir.path()).unwrap();
+        assert_eq!(j.load_all().unwrap(), vec![old.clone()]);
+        drop(j);
+        // The start's checkpoint wrote it into the B-tree as it was.
+        let mut base = RedbBackend::open(dir.path()).unwrap();
+        assert_eq!(base.load_all().unwrap(), vec![old]);
     }
 
     #[test]
