@@ -184,6 +184,17 @@ fn quantile(text: &str, q: f64) -> f64 {
     lo
 }
 
+/// The kinds of resident memory (`RssAnon`, `RssFile`, `RssShmem` of /proc/PID/status).
+fn rss_parts(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("Rss"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -466,9 +477,10 @@ fn restart(dir: &Path) {
     std::thread::sleep(Duration::from_secs(10));
     let idle = rss_kb(srv.child.id());
     println!(
-        "restart: RSS after 10 s idle {} MB = {:.0} bytes/session",
+        "restart: RSS after 10 s idle {} MB = {:.0} bytes/session ({})",
         idle / 1024,
-        idle as f64 * 1024.0 / f64::from(n.max(1))
+        idle as f64 * 1024.0 / f64::from(n.max(1)),
+        rss_parts(srv.child.id())
     );
     let _ = srv.child.kill();
     let _ = srv.child.wait();
