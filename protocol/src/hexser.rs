@@ -62,7 +62,10 @@ pub mod opt_bytes {
     use super::*;
 
     /// Writes lowercase hex (`None` as `null`, normally skipped by the field attribute).
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, B: AsRef<[u8]>>(
+        v: &Option<B>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         match v {
             Some(v) => s.serialize_str(&hex::encode(v)),
             None => s.serialize_none(),

@@ -674,13 +674,13 @@ struct JoinAnsOut<'a> {
     #[serde(
         rename = "SenderToken",
         skip_serializing_if = "Option::is_none",
-        serialize_with = "hex_some"
+        serialize_with = "crate::hexser::opt_bytes::serialize"
     )]
     sender_token: Option<&'a [u8]>,
     #[serde(
         rename = "ReceiverToken",
         skip_serializing_if = "Option::is_none",
-        serialize_with = "hex_some"
+        serialize_with = "crate::hexser::opt_bytes::serialize"
     )]
     receiver_token: Option<&'a [u8]>,
     #[serde(rename = "SenderNSID", skip_serializing_if = "Option::is_none")]
@@ -694,7 +694,7 @@ struct JoinAnsOut<'a> {
     #[serde(
         rename = "PHYPayload",
         skip_serializing_if = "Option::is_none",
-        serialize_with = "hex_some"
+        serialize_with = "crate::hexser::opt_bytes::serialize"
     )]
     phy_payload: Option<&'a [u8]>,
     #[serde(rename = "Lifetime", skip_serializing_if = "Option::is_none")]
@@ -712,17 +712,9 @@ struct JoinAnsOut<'a> {
     #[serde(
         rename = "SessionKeyID",
         skip_serializing_if = "Option::is_none",
-        serialize_with = "hex_some"
+        serialize_with = "crate::hexser::opt_bytes::serialize"
     )]
     session_key_id: Option<&'a [u8]>,
-}
-
-/// Writes present bytes as lowercase hex (absent ones are skipped by the field attribute).
-fn hex_some<S: Serializer>(v: &Option<&[u8]>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(b) => s.serialize_str(&hex::encode(b)),
-        None => s.serialize_none(),
-    }
 }
 
 ts002_message! {
