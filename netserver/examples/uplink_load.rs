@@ -465,25 +465,26 @@ fn restart(dir: &Path) {
     let events = data.path().join("events.jsonl");
     let (mut srv, took) = start(dir, data.path(), &events);
     let rss = rss_kb(srv.child.id());
-    let n = count_sessions(dir);
+    // What an idle server holds once the start's background work is done.
+    std::thread::sleep(Duration::from_secs(10));
+    let idle = rss_kb(srv.child.id());
+    let parts = rss_parts(srv.child.id());
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+    // Counted in the copy, after the server: opening the store checkpoints its journals, so
+    // counting in `dir` would change what the next restart replays.
+    let n = count_sessions(data.path());
     println!(
         "restart: {n} sessions restored and serving in {:.2} s; RSS {} MB = {:.0} bytes/session",
         took.as_secs_f64(),
         rss / 1024,
         rss as f64 * 1024.0 / f64::from(n.max(1))
     );
-    // What an idle server holds once the start's background work (the journals' checkpoint
-    // of what they replayed) is done.
-    std::thread::sleep(Duration::from_secs(10));
-    let idle = rss_kb(srv.child.id());
     println!(
-        "restart: RSS after 10 s idle {} MB = {:.0} bytes/session ({})",
+        "restart: RSS after 10 s idle {} MB = {:.0} bytes/session ({parts})",
         idle / 1024,
         idle as f64 * 1024.0 / f64::from(n.max(1)),
-        rss_parts(srv.child.id())
     );
-    let _ = srv.child.kill();
-    let _ = srv.child.wait();
 }
 
 fn main() {

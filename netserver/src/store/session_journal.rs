@@ -207,7 +207,7 @@ mod tests {
         drop(j);
         let mut j = SessionJournal::open(dir.path()).unwrap();
         assert_eq!(loaded(&mut j), (vec![(1, 0x11)], vec![]));
-        // Each open checkpointed what it replayed (closing waits for it): the B-tree holds it.
+        // Each open checkpointed what it replayed before it returned: the B-tree holds it.
         drop(j);
         let mut base = RedbBackend::open(dir.path()).unwrap();
         let tree = |s: &StoredSession| (s.dev_eui.as_u64(), s.dev_addr.as_u32());
