@@ -6,10 +6,38 @@
 use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
 use aes::{Aes128, Aes128Dec, Aes128Enc};
 use cmac::{Cmac, Mac};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
-use crate::data::PayloadCipher;
-use crate::keys::Mic;
+/// A 4-byte message integrity code. Equality is constant-time.
+#[derive(Clone, Copy)]
+pub struct Mic(pub [u8; 4]);
+
+impl PartialEq for Mic {
+    /// Constant-time comparison.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for Mic {}
+
+impl std::fmt::Debug for Mic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mic({})", hex::encode(self.0))
+    }
+}
+
+/// An AES-128 key schedule for the FRMPayload / FOpts keystream, expanded once.
+///
+/// Build one per session, not per frame. `Debug` is redacted; the round keys are wiped on drop.
+#[derive(Clone)]
+pub struct PayloadCipher(pub(crate) Aes128Enc);
+
+impl std::fmt::Debug for PayloadCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PayloadCipher(<redacted>)")
+    }
+}
 
 /// `aes128_cmac(key, parts[0] | parts[1] | …)`: RFC 4493 over the concatenation of `parts`.
 pub(crate) fn aes128_cmac(key: &[u8; 16], parts: &[&[u8]]) -> [u8; 16] {

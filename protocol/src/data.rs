@@ -43,6 +43,7 @@
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::Aes128Enc;
 
+pub use crate::crypto::PayloadCipher;
 use crate::crypto::{mic_of, KeySchedule};
 use crate::ids::DevAddr;
 use crate::keys::{AppSKey, Mic, NwkSEncKey, NwkSKey};
@@ -90,12 +91,8 @@ impl Direction {
 /// MIC formulas: give it `V1_0` with its FNwkSIntKey value as the NwkSKey (protocol-notes A.5).
 pub use crate::derive::NetworkSessionKeys;
 
-/// An AES-128 key schedule for the FRMPayload / FOpts keystream, expanded once.
-///
-/// Build one per session, not per frame. `Debug` is redacted; the round keys are wiped on drop.
-#[derive(Clone)]
-pub struct PayloadCipher(pub(crate) Aes128Enc);
-
+/// The keystream ciphers of a session's keys (the type is with the AES primitives, which
+/// hold their round keys in one).
 impl PayloadCipher {
     /// For application payloads (FPort ≥ 1).
     pub fn from_app_s_key(key: &AppSKey) -> Self {
@@ -108,12 +105,6 @@ impl PayloadCipher {
     /// For FPort 0 payloads and FOpts of a 1.1 session.
     pub fn from_nwk_s_enc_key(key: &NwkSEncKey) -> Self {
         Self(Aes128Enc::new(key.expose().into()))
-    }
-}
-
-impl std::fmt::Debug for PayloadCipher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PayloadCipher(<redacted>)")
     }
 }
 

@@ -16,6 +16,8 @@ use std::str::FromStr;
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+pub use crate::crypto::Mic;
+
 /// Why a key could not be parsed from hex. Never contains key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyParseError {
@@ -216,24 +218,6 @@ impl<K> Clone for KeyCipher<K> {
 impl<K: Key128> fmt::Debug for KeyCipher<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyCipher<{}>(<redacted>)", K::ROLE)
-    }
-}
-
-/// A 4-byte message integrity code. Equality is constant-time.
-#[derive(Clone, Copy)]
-pub struct Mic(pub [u8; 4]);
-
-impl PartialEq for Mic {
-    /// Constant-time comparison.
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-impl Eq for Mic {}
-
-impl fmt::Debug for Mic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Mic({})", hex::encode(self.0))
     }
 }
 

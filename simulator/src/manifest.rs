@@ -311,9 +311,18 @@ fn write_atomic(
     tmp.persist(path)
         .with_context(|| format!("renaming into {}", path.display()))?;
     // The rename itself is durable only once the directory is.
-    crate::nonce_log::sync_dir(path)
-        .with_context(|| format!("syncing the directory of {}", path.display()))?;
+    sync_dir(path).with_context(|| format!("syncing the directory of {}", path.display()))?;
     Ok(())
+}
+
+/// fsync of the directory holding `path`, so that a file created or renamed there survives a
+/// power loss.
+pub fn sync_dir(path: &Path) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl NonceLog {
             file.set_len(0)?;
         }
         file.sync_all()?;
-        sync_dir(&path)?;
+        manifest::sync_dir(&path)?;
         Ok((
             states,
             Self {
@@ -205,16 +205,6 @@ pub fn compact(state_path: &Path, entries: &[Entry], states: &[NonceState]) -> a
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     }
     Ok(())
-}
-
-/// fsync of the directory holding `path`, so that a file created or renamed there survives a
-/// power loss.
-pub fn sync_dir(path: &Path) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
