@@ -113,63 +113,13 @@ pub fn run(
     radio_model: Option<RadioModel>,
 ) -> anyhow::Result<BenchReport> {
     let t0 = Instant::now();
-    let entries = manifest::generate(&Params {
-        devices,
-        seed,
-        versions: VersionMix::Mix,
-        join_eui: manifest::DEFAULT_JOIN_EUI,
-        home_net_id: NetId::new(0).expect("NetID 0"),
-    });
-    let fleet = Fleet::new(
-        entries,
-        &vec![NonceState::default(); devices as usize],
-        seed,
-        gateways,
-    );
+    let fleet = storm_fleet(devices, seed, gateways);
     let build_s = t0.elapsed().as_secs_f64();
     let rss_fleet_mib = proc_status_mib("VmRSS:");
 
-    let sink = UdpSocket::bind("127.0.0.1:0")?;
-    let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(8 << 20);
-    sink.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let sink_addr: SocketAddr = sink.local_addr()?;
-    let received = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let counter = {
-        let (received, stop) = (received.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("bench-sink".into())
-            .spawn(move || {
-                let mut bufs = vec![[0u8; 512]; 256];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(n) = recv_batch(&sink, &mut bufs) {
-                        received.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                }
-            })?
-    };
+    let sink = CountingSink::start()?;
     let window_us = window.as_micros() as u64;
-    let mut engine = Engine::new(
-        EngineConfig {
-            seed,
-            traffic: Traffic {
-                scenario: Scenario::Storm,
-                join_window_us: window_us,
-                duration_us: window_us + 6_000_000,
-                uplink_interval_us: 60_000_000,
-                confirmed_ratio: 0.0,
-                payload_size: 12,
-                loss: 0.0,
-                heard_by: 1,
-                data_rate: 5,
-                radio: Default::default(),
-            },
-            gateways,
-            event_sink: false,
-            duration_given: true,
-        },
-        fleet,
-    );
+    let mut engine = storm_engine(seed, window_us, gateways, fleet);
     let t_radio = Instant::now();
     if let Some(m) = radio_model {
         engine.enable_radio(m);
@@ -186,16 +136,14 @@ pub fn run(
     let log_dir = tempfile::Builder::new()
         .prefix("bench-nonce-log-")
         .tempdir()?;
-    let log = if nonce_log {
-        let state = log_dir.path().join("fleet.csv.state");
-        Some(crate::nonce_log::NonceLog::open(&state, &[])?.1)
-    } else {
-        None
-    };
+    let log = nonce_log
+        .then(|| crate::nonce_log::NonceLog::open(&log_dir.path().join("fleet.csv.state"), &[]))
+        .transpose()?
+        .map(|(_, log)| log);
     let (engine, _) = net::run_logged(
         engine,
         &NetConfig {
-            netserver: sink_addr,
+            netserver: sink.addr,
             more_netservers: Vec::new(),
             bind: "127.0.0.1".parse()?,
             event_listen: None,
@@ -207,8 +155,7 @@ pub fn run(
     )?;
     let cpu_s = thread_cpu_s() - cpu0;
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let _ = counter.join();
+    let sink_received = sink.stop();
     let datagrams = engine.stats.push_data + engine.stats.pull_data;
     let generate_s = engine.stats.generate_span_s();
     Ok(BenchReport {
@@ -228,25 +175,110 @@ pub fn run(
         rss_fleet_joined_estimate_mib,
         datagrams,
         generate_s,
-        datagrams_per_s: if generate_s > 0.0 {
-            datagrams as f64 / generate_s
-        } else {
-            0.0
-        },
+        datagrams_per_s: per_s(datagrams, generate_s),
         cpu_s,
-        datagrams_per_cpu_s: if cpu_s > 0.0 {
-            datagrams as f64 / cpu_s
-        } else {
-            0.0
-        },
+        datagrams_per_cpu_s: per_s(datagrams, cpu_s),
         send_cpu_s: engine.stats.send_cpu_s,
-        generated_per_engine_cpu_s: if cpu_s > engine.stats.send_cpu_s {
-            datagrams as f64 / (cpu_s - engine.stats.send_cpu_s)
-        } else {
-            0.0
-        },
-        sink_received: received.load(Ordering::Relaxed),
+        generated_per_engine_cpu_s: per_s(datagrams, cpu_s - engine.stats.send_cpu_s),
+        sink_received,
         nonce_log_syncs: engine.stats.nonce_log_syncs,
         nonce_log_wait_s: engine.stats.nonce_log_s,
     })
+}
+
+/// `devices` fresh devices of every MAC version (the manifest `simulator manifest` writes).
+fn storm_fleet(devices: u32, seed: u64, gateways: u16) -> Fleet {
+    let entries = manifest::generate(&Params {
+        devices,
+        seed,
+        versions: VersionMix::Mix,
+        join_eui: manifest::DEFAULT_JOIN_EUI,
+        home_net_id: NetId::new(0).expect("NetID 0"),
+    });
+    Fleet::new(
+        entries,
+        &vec![NonceState::default(); devices as usize],
+        seed,
+        gateways,
+    )
+}
+
+/// `n` per second of `s` seconds (0 when no time passed).
+fn per_s(n: u64, s: f64) -> f64 {
+    if s > 0.0 {
+        n as f64 / s
+    } else {
+        0.0
+    }
+}
+
+/// A UDP socket on loopback that only counts the datagrams it receives, on its own thread.
+struct CountingSink {
+    addr: SocketAddr,
+    received: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl CountingSink {
+    fn start() -> anyhow::Result<Self> {
+        let sink = UdpSocket::bind("127.0.0.1:0")?;
+        let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(8 << 20);
+        sink.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let addr = sink.local_addr()?;
+        let received = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (received, stop) = (received.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("bench-sink".into())
+                .spawn(move || {
+                    let mut bufs = vec![[0u8; 512]; 256];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(n) = recv_batch(&sink, &mut bufs) {
+                            received.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                    }
+                })?
+        };
+        Ok(Self {
+            addr,
+            received,
+            stop,
+            thread,
+        })
+    }
+
+    /// Stops the thread; the datagrams received.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// The storm the benchmark plays: every device joins within `window_us`, then sends
+/// uplinks every minute for 6 s more.
+fn storm_engine(seed: u64, window_us: u64, gateways: u16, fleet: Fleet) -> Engine {
+    Engine::new(
+        EngineConfig {
+            seed,
+            traffic: Traffic {
+                scenario: Scenario::Storm,
+                join_window_us: window_us,
+                duration_us: window_us + 6_000_000,
+                uplink_interval_us: 60_000_000,
+                confirmed_ratio: 0.0,
+                payload_size: 12,
+                loss: 0.0,
+                heard_by: 1,
+                data_rate: 5,
+                radio: Default::default(),
+            },
+            gateways,
+            event_sink: false,
+            duration_given: true,
+        },
+        fleet,
+    )
 }

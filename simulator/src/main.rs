@@ -263,151 +263,170 @@ fn check_ratio(name: &str, v: f64) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Manifest(a) => {
-            let entries = manifest::generate(&Params {
-                devices: a.devices,
-                seed: a.seed,
-                versions: a.mac_version,
-                join_eui: a.join_eui,
-                home_net_id: a.home_net_id,
-            });
-            manifest::write(&a.out, &entries)?;
-            let state = manifest::state_path(&a.out);
-            // A fresh fleet: fresh counters, and no DevNonce log of an earlier fleet to merge.
-            simulator::nonce_log::compact(
-                &state,
-                &entries,
-                &vec![Default::default(); entries.len()],
-            )?;
-            eprintln!(
-                "wrote {} devices to {} and their fleet state to {}",
-                entries.len(),
-                a.out.display(),
-                state.display()
-            );
-        }
-        Cmd::Run(a) => {
-            check_ratio("--confirmed-ratio", a.confirmed_ratio)?;
-            check_ratio("--loss", a.loss)?;
-            if !(0.0..=60.0).contains(&a.capture_margin) {
-                anyhow::bail!("--capture-margin must be between 0 and 60 dB");
-            }
-            if a.gateways == 0 {
-                anyhow::bail!("--gateways must be at least 1");
-            }
-            if a.heard_by == 0 || a.heard_by > a.gateways {
-                anyhow::bail!(
-                    "--heard-by must be between 1 and --gateways ({})",
-                    a.gateways
-                );
-            }
-            let radio = a.radio.plan()?;
-            let data_rate = a.data_rate.unwrap_or_else(|| radio.default_data_rate());
-            radio
-                .check(data_rate, a.payload_size)
-                .map_err(anyhow::Error::msg)?;
-            let rekey = match (a.scenario, a.rekey_http) {
-                (Scenario::Rekey, None) => {
-                    anyhow::bail!("--scenario rekey needs --rekey-http (the network server's --downlink-http)")
-                }
-                (Scenario::Rekey, Some(http)) => Some(simulator::net::Rekey {
-                    http,
-                    token: a
-                        .rekey_token_file
-                        .as_deref()
-                        .map(std::fs::read_to_string)
-                        .transpose()
-                        .context("reading --rekey-token-file")?,
-                    request: netserver::integration::rejoin::ForceRejoinRequest::all(
-                        0,
-                        a.rekey_window.0.as_secs(),
-                    ),
-                }),
-                _ => None,
-            };
-            let default_duration = match a.scenario {
-                Scenario::Steady | Scenario::Rekey => {
-                    "60s".parse::<Dur>().context("default duration")?
-                }
-                _ => Dur(std::time::Duration::from_secs(3600)),
-            };
-            let (netserver, more_netservers) = simulator::net::resolve_list(&a.netserver, a.bind)?;
-            let opts = RunOptions {
-                manifest: a.manifest,
-                netserver,
-                more_netservers,
-                bind: a.bind,
-                gateways: a.gateways,
-                traffic: Traffic {
-                    scenario: a.scenario,
-                    join_window_us: a.join_window.as_micros(),
-                    duration_us: a.duration.unwrap_or(default_duration).as_micros(),
-                    uplink_interval_us: a.uplink_interval.as_micros().max(1),
-                    confirmed_ratio: a.confirmed_ratio,
-                    payload_size: a.payload_size,
-                    loss: a.loss,
-                    heard_by: a.heard_by,
-                    data_rate,
-                    radio,
-                },
-                duration_given: a.duration.is_some(),
-                seed: a.seed,
-                event_listen: match a.delivery {
-                    Some(url) => Some(simulator::net::EventListen::Mqtt(
-                        simulator::delivery::MqttDelivery::parse(&url)?,
-                    )),
-                    None => a.event_listen.map(simulator::net::EventListen::Addr),
-                },
-                report_json: a.report_json,
-                timeseries_csv: a.timeseries_csv,
-                progress: !a.quiet,
-                print_table: true,
-                rekey,
-                radio_model: (a.city || a.radio_model == RadioMode::Realistic).then_some(
-                    simulator::radio::RadioModel {
-                        capture_db: a.capture_margin,
-                        city: a.city,
-                        ..Default::default()
-                    },
-                ),
-            };
-            run::run(&opts)?;
-        }
-        Cmd::Demo(a) => {
-            if a.gateways == 0 || a.heard_by == 0 || a.heard_by > a.gateways {
-                anyhow::bail!("--heard-by must be between 1 and --gateways");
-            }
-            simulator::demo::run(&simulator::demo::DemoOptions {
-                devices: a.devices,
-                seed: a.seed,
-                join_window: a.join_window.0,
-                steady: a.steady.0,
-                uplink_interval: a.uplink_interval.0,
-                gateways: a.gateways,
-                heard_by: a.heard_by,
-                radio: a.radio.plan()?,
-                report_json: a.report_json,
-                progress: !a.quiet,
-            })?;
-        }
-        Cmd::Bench(a) => {
-            let r = simulator::bench::run(
-                a.devices,
-                a.window.0,
-                a.gateways.max(1),
-                a.seed,
-                a.nonce_log,
-                (a.city || a.radio_model == RadioMode::Realistic).then_some(
-                    simulator::radio::RadioModel {
-                        city: a.city,
-                        ..Default::default()
-                    },
-                ),
-            )?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
-        }
+    match Cli::parse().cmd {
+        Cmd::Manifest(a) => manifest_cmd(a),
+        Cmd::Run(a) => run_cmd(*a),
+        Cmd::Demo(a) => demo_cmd(a),
+        Cmd::Bench(a) => bench_cmd(a),
     }
+}
+
+/// `simulator manifest`.
+fn manifest_cmd(a: ManifestArgs) -> anyhow::Result<()> {
+    let entries = manifest::generate(&Params {
+        devices: a.devices,
+        seed: a.seed,
+        versions: a.mac_version,
+        join_eui: a.join_eui,
+        home_net_id: a.home_net_id,
+    });
+    manifest::write(&a.out, &entries)?;
+    let state = manifest::state_path(&a.out);
+    // A fresh fleet: fresh counters, and no DevNonce log of an earlier fleet to merge.
+    simulator::nonce_log::compact(&state, &entries, &vec![Default::default(); entries.len()])?;
+    eprintln!(
+        "wrote {} devices to {} and their fleet state to {}",
+        entries.len(),
+        a.out.display(),
+        state.display()
+    );
+    Ok(())
+}
+
+/// `simulator run`.
+fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
+    check_run_args(&a)?;
+    let radio = a.radio.plan()?;
+    let data_rate = a.data_rate.unwrap_or_else(|| radio.default_data_rate());
+    radio
+        .check(data_rate, a.payload_size)
+        .map_err(anyhow::Error::msg)?;
+    let rekey = rekey_request(&a)?;
+    let default_duration = match a.scenario {
+        Scenario::Steady | Scenario::Rekey => "60s".parse::<Dur>().context("default duration")?,
+        _ => Dur(std::time::Duration::from_secs(3600)),
+    };
+    let (netserver, more_netservers) = simulator::net::resolve_list(&a.netserver, a.bind)?;
+    let opts = RunOptions {
+        manifest: a.manifest,
+        netserver,
+        more_netservers,
+        bind: a.bind,
+        gateways: a.gateways,
+        traffic: Traffic {
+            scenario: a.scenario,
+            join_window_us: a.join_window.as_micros(),
+            duration_us: a.duration.unwrap_or(default_duration).as_micros(),
+            uplink_interval_us: a.uplink_interval.as_micros().max(1),
+            confirmed_ratio: a.confirmed_ratio,
+            payload_size: a.payload_size,
+            loss: a.loss,
+            heard_by: a.heard_by,
+            data_rate,
+            radio,
+        },
+        duration_given: a.duration.is_some(),
+        seed: a.seed,
+        event_listen: match a.delivery {
+            Some(url) => Some(simulator::net::EventListen::Mqtt(
+                simulator::delivery::MqttDelivery::parse(&url)?,
+            )),
+            None => a.event_listen.map(simulator::net::EventListen::Addr),
+        },
+        report_json: a.report_json,
+        timeseries_csv: a.timeseries_csv,
+        progress: !a.quiet,
+        print_table: true,
+        rekey,
+        radio_model: (a.city || a.radio_model == RadioMode::Realistic).then_some(
+            simulator::radio::RadioModel {
+                capture_db: a.capture_margin,
+                city: a.city,
+                ..Default::default()
+            },
+        ),
+    };
+    run::run(&opts)?;
+    Ok(())
+}
+
+/// `simulator run`'s checks of its options against each other.
+fn check_run_args(a: &RunArgs) -> anyhow::Result<()> {
+    check_ratio("--confirmed-ratio", a.confirmed_ratio)?;
+    check_ratio("--loss", a.loss)?;
+    if !(0.0..=60.0).contains(&a.capture_margin) {
+        anyhow::bail!("--capture-margin must be between 0 and 60 dB");
+    }
+    if a.gateways == 0 {
+        anyhow::bail!("--gateways must be at least 1");
+    }
+    if a.heard_by == 0 || a.heard_by > a.gateways {
+        anyhow::bail!(
+            "--heard-by must be between 1 and --gateways ({})",
+            a.gateways
+        );
+    }
+    Ok(())
+}
+
+/// The forced rejoins `--scenario rekey` asks the network server for.
+fn rekey_request(a: &RunArgs) -> anyhow::Result<Option<simulator::net::Rekey>> {
+    Ok(match (a.scenario, a.rekey_http) {
+        (Scenario::Rekey, None) => {
+            anyhow::bail!(
+                "--scenario rekey needs --rekey-http (the network server's --downlink-http)"
+            )
+        }
+        (Scenario::Rekey, Some(http)) => Some(simulator::net::Rekey {
+            http,
+            token: a
+                .rekey_token_file
+                .as_deref()
+                .map(std::fs::read_to_string)
+                .transpose()
+                .context("reading --rekey-token-file")?,
+            request: netserver::integration::rejoin::ForceRejoinRequest::all(
+                0,
+                a.rekey_window.0.as_secs(),
+            ),
+        }),
+        _ => None,
+    })
+}
+
+/// `simulator demo`.
+fn demo_cmd(a: DemoArgs) -> anyhow::Result<()> {
+    if a.gateways == 0 || a.heard_by == 0 || a.heard_by > a.gateways {
+        anyhow::bail!("--heard-by must be between 1 and --gateways");
+    }
+    simulator::demo::run(&simulator::demo::DemoOptions {
+        devices: a.devices,
+        seed: a.seed,
+        join_window: a.join_window.0,
+        steady: a.steady.0,
+        uplink_interval: a.uplink_interval.0,
+        gateways: a.gateways,
+        heard_by: a.heard_by,
+        radio: a.radio.plan()?,
+        report_json: a.report_json,
+        progress: !a.quiet,
+    })?;
+    Ok(())
+}
+
+/// `simulator bench`.
+fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
+    let r = simulator::bench::run(
+        a.devices,
+        a.window.0,
+        a.gateways.max(1),
+        a.seed,
+        a.nonce_log,
+        (a.city || a.radio_model == RadioMode::Realistic).then_some(simulator::radio::RadioModel {
+            city: a.city,
+            ..Default::default()
+        }),
+    )?;
+    println!("{}", serde_json::to_string_pretty(&r)?);
     Ok(())
 }

@@ -473,18 +473,14 @@ async fn stop_signal() {
 
 async fn run_async(
     engine: Engine,
-    cfg: NetConfig,
+    mut cfg: NetConfig,
     nonce_log: Option<NonceLog>,
 ) -> anyhow::Result<(Engine, f64)> {
     let n = engine.gateways().len();
-    let mut sockets = Vec::with_capacity(n);
-    for i in 0..n {
-        sockets.push(udp_socket(
-            SocketAddr::new(cfg.bind, 0),
-            Some(cfg.netserver_of(i)),
-        )?);
-    }
-    let (sink, mqtt) = match cfg.event_listen {
+    let sockets = (0..n)
+        .map(|i| udp_socket(SocketAddr::new(cfg.bind, 0), Some(cfg.netserver_of(i))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (sink, mqtt) = match cfg.event_listen.take() {
         Some(EventListen::Mqtt(m)) => (None, Some(m)),
         Some(e) => (Some(e.into_socket()?), None),
         None => (None, None),
@@ -512,86 +508,128 @@ async fn run_async(
         }));
     }
     for g in 0..n {
-        let sh = shared.clone();
-        tasks.push(tokio::task::spawn_local(async move {
-            let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
-            loop {
-                if sh.sockets[g].readable().await.is_err() {
-                    return;
-                }
-                // Drain what is there (recvmmsg batches), then let the engine's output go out.
-                for _ in 0..8 {
-                    match recv_batch(&sh.sockets[g], &mut bufs) {
-                        Ok(lens) if !lens.is_empty() => {
-                            let now = sh.now();
-                            let mut e = sh.engine.borrow_mut();
-                            for (buf, &len) in bufs.iter().zip(&lens) {
-                                e.on_datagram(g as u16, now, &buf[..len.min(RECV_BUF)]);
-                            }
-                        }
-                        Ok(_) => break,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        // ICMP port unreachable on a connected socket: the server is not (yet) up.
-                        Err(_) => break,
-                    }
-                }
-                sh.flush().await;
-                sh.wake.notify_one();
-            }
-        }));
+        tasks.push(tokio::task::spawn_local(read_gateway(shared.clone(), g)));
     }
     if let Some(sink) = sink {
-        let sh = shared.clone();
-        tasks.push(tokio::task::spawn_local(async move {
-            let mut bufs = vec![[0u8; EVENT_BUF]; RECV_BATCH];
-            loop {
-                if sink.readable().await.is_err() {
-                    return;
-                }
-                for _ in 0..8 {
-                    match recv_batch(&sink, &mut bufs) {
-                        Ok(lens) if !lens.is_empty() => {
-                            let now = sh.now();
-                            let mut e = sh.engine.borrow_mut();
-                            for (buf, &len) in bufs.iter().zip(&lens) {
-                                for (dev, addr, fcnt) in
-                                    parse_app_uplinks(&buf[..len.min(EVENT_BUF)])
-                                {
-                                    e.on_app_uplink(now, dev, addr, fcnt);
-                                }
-                            }
-                        }
-                        _ => break,
-                    }
-                }
-                tokio::task::yield_now().await;
-            }
-        }));
+        tasks.push(tokio::task::spawn_local(read_event_sink(
+            shared.clone(),
+            sink,
+        )));
     }
     if let Some(m) = mqtt {
         // The subscriber's thread hands (DevEUI, FCnt) pairs to this task, which counts them.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         m.subscribe(move |dev, fcnt| tx.send((dev, fcnt)).is_ok())?;
-        let sh = shared.clone();
-        tasks.push(tokio::task::spawn_local(async move {
-            let mut got = Vec::with_capacity(1024);
-            while rx.recv_many(&mut got, 1024).await > 0 {
-                let now = sh.now();
-                let mut engine = sh.engine.borrow_mut();
-                for (dev, fcnt) in got.drain(..) {
-                    engine.on_app_event(now, dev, fcnt);
-                }
-            }
-        }));
+        tasks.push(tokio::task::spawn_local(count_mqtt_events(
+            shared.clone(),
+            rx,
+        )));
     }
     shared.engine.borrow_mut().start(0);
     shared.flush().await;
-    let mut next_progress = 1_000_000u64;
-    let mut last_uplinks = 0u64;
-    let mut warned_silent = false;
+    drive(&shared, &cfg).await;
+    let elapsed = wind_down(&shared, &cfg).await;
+    // Read while the sockets are open: a closed socket's line is gone.
+    let gateway_socket_drops = udpstat::receive_drops(&gateway_inodes);
+    let event_socket_drops = sink_inode.and_then(|i| udpstat::receive_drops(&[i]));
+    for t in &tasks {
+        t.abort();
+    }
+    drop(tasks);
+    for _ in 0..100 {
+        if Rc::strong_count(&shared) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let shared =
+        Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
+    let mut engine = shared.into_engine()?;
+    engine.stats.gateway_socket_drops = gateway_socket_drops;
+    engine.stats.event_socket_drops = event_socket_drops;
+    engine.finish();
+    Ok((engine, elapsed))
+}
+
+/// Gateway `g`'s socket: drains what arrived (`recvmmsg` batches) into the engine, then lets
+/// the engine's output go out, until the socket fails.
+async fn read_gateway(sh: Rc<Shared>, g: usize) {
+    let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+    loop {
+        if sh.sockets[g].readable().await.is_err() {
+            return;
+        }
+        for _ in 0..8 {
+            match recv_batch(&sh.sockets[g], &mut bufs) {
+                Ok(lens) if !lens.is_empty() => {
+                    let now = sh.now();
+                    let mut e = sh.engine.borrow_mut();
+                    for (buf, &len) in bufs.iter().zip(&lens) {
+                        e.on_datagram(g as u16, now, &buf[..len.min(RECV_BUF)]);
+                    }
+                }
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ICMP port unreachable on a connected socket: the server is not (yet) up.
+                Err(_) => break,
+            }
+        }
+        sh.flush().await;
+        sh.wake.notify_one();
+    }
+}
+
+/// The application event socket (`--event-listen`): counts the uplinks it reports delivered.
+async fn read_event_sink(sh: Rc<Shared>, sink: UdpSocket) {
+    let mut bufs = vec![[0u8; EVENT_BUF]; RECV_BATCH];
+    loop {
+        if sink.readable().await.is_err() {
+            return;
+        }
+        for _ in 0..8 {
+            match recv_batch(&sink, &mut bufs) {
+                Ok(lens) if !lens.is_empty() => {
+                    let now = sh.now();
+                    let mut e = sh.engine.borrow_mut();
+                    for (buf, &len) in bufs.iter().zip(&lens) {
+                        for (dev, addr, fcnt) in parse_app_uplinks(&buf[..len.min(EVENT_BUF)]) {
+                            e.on_app_uplink(now, dev, addr, fcnt);
+                        }
+                    }
+                }
+                _ => break,
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Counts the (DevEUI, FCnt) pairs the MQTT subscriber's thread hands over (`--delivery`).
+async fn count_mqtt_events(
+    sh: Rc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(DevEui, u32)>,
+) {
+    let mut got = Vec::with_capacity(1024);
+    while rx.recv_many(&mut got, 1024).await > 0 {
+        let now = sh.now();
+        let mut engine = sh.engine.borrow_mut();
+        for (dev, fcnt) in got.drain(..) {
+            engine.on_app_event(now, dev, fcnt);
+        }
+    }
+}
+
+/// Runs the engine's timers until its scenario is done, the DevNonce log fails, or SIGINT /
+/// SIGTERM; prints the progress line once a second.
+async fn drive(shared: &Shared, cfg: &NetConfig) {
+    let mut progress = Progress {
+        next: 1_000_000,
+        last_uplinks: 0,
+        warned_silent: false,
+    };
     let mut interrupted = std::pin::pin!(stop_signal());
     loop {
-        let wake = shared.engine.borrow().next_wakeup().min(next_progress);
+        let wake = shared.engine.borrow().next_wakeup().min(progress.next);
         let at = shared.start + Duration::from_micros(wake);
         tokio::select! {
             _ = tokio::time::sleep_until(at.into()) => {}
@@ -614,50 +652,69 @@ async fn run_async(
             }
             tokio::task::yield_now().await;
         }
-        if now >= next_progress {
-            let e = shared.engine.borrow();
-            if !warned_silent {
-                if let Some(w) = report::silence_warning(now as f64 / 1e6, cfg.netserver, &e.stats)
-                {
-                    eprintln!("warning: {w}");
-                    warned_silent = true;
-                }
-            }
-            let sent = e.stats.uplinks_sent;
-            if cfg.progress {
-                report::print_progress(&report::progress_line(
-                    now as f64 / 1e6,
-                    e.joined(),
-                    e.fleet.len() as u64,
-                    sent - last_uplinks,
-                    &e.stats,
-                ));
-            }
-            last_uplinks = sent;
-            next_progress = (now / 1_000_000 + 1) * 1_000_000;
+        if now >= progress.next {
+            progress.report(now, &shared.engine.borrow(), cfg);
         }
         if shared.engine.borrow_mut().rekey_due() {
             if let Some(r) = cfg.rekey.clone() {
-                // Off the socket loop: the answer takes a moment for a large fleet.
-                tokio::task::spawn_blocking(move || {
-                    match netserver::integration::rejoin::post(
-                        r.http,
-                        r.token.as_deref(),
-                        &r.request,
-                    ) {
-                        Ok(a) => eprintln!("rekey: forced rejoins asked for: {a}"),
-                        Err(e) => eprintln!(
-                            "warning: rekey: the network server refused the forced rejoins: {e}"
-                        ),
-                    }
-                });
+                ask_for_rekey(r);
             }
         }
         if shared.engine.borrow().stage() == Stage::Done {
             break;
         }
     }
-    // Join-requests queued before the end leave once their DevNonces are durable.
+}
+
+/// The once-a-second progress line, and the warning when the network server stays silent.
+struct Progress {
+    /// When the next line is due (µs since the start).
+    next: Micros,
+    /// Uplinks sent at the last line.
+    last_uplinks: u64,
+    warned_silent: bool,
+}
+
+impl Progress {
+    fn report(&mut self, now: Micros, e: &Engine, cfg: &NetConfig) {
+        if !self.warned_silent {
+            if let Some(w) = report::silence_warning(now as f64 / 1e6, cfg.netserver, &e.stats) {
+                eprintln!("warning: {w}");
+                self.warned_silent = true;
+            }
+        }
+        let sent = e.stats.uplinks_sent;
+        if cfg.progress {
+            report::print_progress(&report::progress_line(
+                now as f64 / 1e6,
+                e.joined(),
+                e.fleet.len() as u64,
+                sent - self.last_uplinks,
+                &e.stats,
+            ));
+        }
+        self.last_uplinks = sent;
+        self.next = (now / 1_000_000 + 1) * 1_000_000;
+    }
+}
+
+/// Asks the network server for the scenario's forced rejoins, off the socket loop (the answer
+/// takes a moment for a large fleet).
+fn ask_for_rekey(r: Rekey) {
+    tokio::task::spawn_blocking(move || {
+        match netserver::integration::rejoin::post(r.http, r.token.as_deref(), &r.request) {
+            Ok(a) => eprintln!("rekey: forced rejoins asked for: {a}"),
+            Err(e) => {
+                eprintln!("warning: rekey: the network server refused the forced rejoins: {e}")
+            }
+        }
+    });
+}
+
+/// After the scenario: lets the Join-requests still held for their DevNonce commit leave (up to
+/// 2 s), and the event sink catch up with what the network server is still delivering (up to
+/// `cfg.sink_grace`). Returns the run's length in seconds (without the sink's grace).
+async fn wind_down(shared: &Shared, cfg: &NetConfig) -> f64 {
     let until = Instant::now() + Duration::from_secs(2);
     while !shared.held.borrow().is_empty()
         && shared.failed.borrow().is_none()
@@ -666,7 +723,6 @@ async fn run_async(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = shared.start.elapsed().as_secs_f64();
-    // Let the event sink catch up with what the network server is still delivering.
     if shared.engine.borrow().has_event_sink() {
         let until = Instant::now() + cfg.sink_grace;
         while Instant::now() < until {
@@ -679,41 +735,29 @@ async fn run_async(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
-    // Read while the sockets are open: a closed socket's line is gone.
-    let gateway_socket_drops = udpstat::receive_drops(&gateway_inodes);
-    let event_socket_drops = sink_inode.and_then(|i| udpstat::receive_drops(&[i]));
-    for t in &tasks {
-        t.abort();
-    }
-    drop(tasks);
-    for _ in 0..100 {
-        if Rc::strong_count(&shared) == 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
-    let shared =
-        Rc::try_unwrap(shared).map_err(|_| anyhow::anyhow!("engine still shared after the run"))?;
-    if let Some(e) = shared.failed.into_inner() {
-        // The run stopped before sending what it could not log; the log keeps what was sent.
-        return Err(e.context("the DevNonce log failed: run stopped"));
-    }
+    elapsed
+}
 
-    let send_cpu = shared.send_cpu.get();
-    let mut engine = shared.engine.into_inner();
-    engine.stats.send_cpu_s = send_cpu;
-    engine.stats.gateway_socket_drops = gateway_socket_drops;
-    engine.stats.event_socket_drops = event_socket_drops;
-    if let Some(log) = &shared.nonce_log {
-        let log = log
-            .lock()
-            .map_err(|_| anyhow::anyhow!("DevNonce log poisoned"))?;
-        engine.stats.nonce_log_records = log.records();
-        engine.stats.nonce_log_syncs = log.commits();
-        engine.stats.nonce_log_s = shared.log_wait_s.get();
+impl Shared {
+    /// The engine with the run's socket and DevNonce log figures, or the log's failure.
+    fn into_engine(self) -> anyhow::Result<Engine> {
+        if let Some(e) = self.failed.into_inner() {
+            // The run stopped before sending what it could not log; the log keeps what was
+            // sent.
+            return Err(e.context("the DevNonce log failed: run stopped"));
+        }
+        let mut engine = self.engine.into_inner();
+        engine.stats.send_cpu_s = self.send_cpu.get();
+        if let Some(log) = &self.nonce_log {
+            let log = log
+                .lock()
+                .map_err(|_| anyhow::anyhow!("DevNonce log poisoned"))?;
+            engine.stats.nonce_log_records = log.records();
+            engine.stats.nonce_log_syncs = log.commits();
+            engine.stats.nonce_log_s = self.log_wait_s.get();
+        }
+        Ok(engine)
     }
-    engine.finish();
-    Ok((engine, elapsed))
 }
 
 #[cfg(test)]
