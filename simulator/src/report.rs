@@ -578,9 +578,6 @@ impl Report {
 
     /// The table's storm rows: times to join against the airtime bound, attempts, refusals.
     fn storm_rows(&self, t: &mut String) {
-        let row = |t: &mut String, k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<34}{v:>14}");
-        };
         let s = &self.storm;
         let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
         let _ = writeln!(t, "storm (last join phase)");
@@ -639,127 +636,136 @@ impl Report {
             "scenario {}  region {}  devices {}  gateways {}  seed {}  duration {:.1} s",
             self.scenario, self.region, self.devices, self.gateways, self.seed, self.duration_s
         );
+        self.join_rows(&mut t);
+        self.uplink_rows(&mut t);
+        self.downlink_rows(&mut t);
+        self.storm_rows(&mut t);
+        self.gwmp_rows(&mut t);
+        for w in &self.warnings {
+            let _ = writeln!(t, "warning: {w}");
+        }
+        t
+    }
+
+    fn join_rows(&self, t: &mut String) {
         let j = &self.joins;
-        let row = |t: &mut String, k: &str, v: String| {
-            let _ = writeln!(t, "  {k:<34}{v:>14}");
-        };
         let _ = writeln!(t, "joins");
-        row(&mut t, "attempted", j.attempted.to_string());
+        row(t, "attempted", j.attempted.to_string());
         row(
-            &mut t,
+            t,
             "accepted (RX1 / RX2)",
             format!("{} ({} / {})", j.accepted, j.accepted_rx1, j.accepted_rx2),
         );
-        row(&mut t, "failed", j.failed.to_string());
-        row(&mut t, "timed out", j.timed_out.to_string());
-        row(&mut t, "missed window", j.missed_window.to_string());
+        row(t, "failed", j.failed.to_string());
+        row(t, "timed out", j.timed_out.to_string());
+        row(t, "missed window", j.missed_window.to_string());
         if let Some(r) = &self.rejoins {
             let _ = writeln!(t, "rejoins");
-            row(&mut t, "devices on new keys", r.devices.to_string());
-            row(&mut t, "attempted", r.attempted.to_string());
+            row(t, "devices on new keys", r.devices.to_string());
+            row(t, "attempted", r.attempted.to_string());
             row(
-                &mut t,
+                t,
                 "accepted (RX1 / RX2)",
                 format!("{} ({} / {})", r.accepted, r.accepted_rx1, r.accepted_rx2),
             );
-            row(&mut t, "missed", r.missed.to_string());
-            row(&mut t, "uplinks lost", r.uplinks_lost.to_string());
+            row(t, "missed", r.missed.to_string());
+            row(t, "uplinks lost", r.uplinks_lost.to_string());
         }
         let l = &self.join_latency_ms;
         row(
-            &mut t,
+            t,
             "latency ms p50/p90/p99/p99.9/max",
             format!(
                 "{:.1}/{:.1}/{:.1}/{:.1}/{:.1}",
                 l.p50, l.p90, l.p99, l.p999, l.max
             ),
         );
+    }
+
+    fn uplink_rows(&self, t: &mut String) {
         let u = &self.uplinks;
         let _ = writeln!(t, "uplinks");
         row(
-            &mut t,
+            t,
             "sent (confirmed)",
             format!("{} ({})", u.sent, u.confirmed),
         );
-        row(&mut t, "transmissions", u.transmissions.to_string());
-        row(&mut t, "acked", u.acked.to_string());
-        row(&mut t, "lost", u.lost.to_string());
-        row(&mut t, "duplicates", u.duplicates.to_string());
+        row(t, "transmissions", u.transmissions.to_string());
+        row(t, "acked", u.acked.to_string());
+        row(t, "lost", u.lost.to_string());
+        row(t, "duplicates", u.duplicates.to_string());
         match u.delivered {
-            Some(d) => row(&mut t, "delivered to the event sink", d.to_string()),
-            None => row(
-                &mut t,
-                "delivered (needs --event-listen)",
-                "not measured".into(),
-            ),
+            Some(d) => row(t, "delivered to the event sink", d.to_string()),
+            None => row(t, "delivered (needs --event-listen)", "not measured".into()),
         }
-        row(&mut t, "per second", u.per_second.to_string());
+        row(t, "per second", u.per_second.to_string());
         row(
-            &mut t,
+            t,
             "deferred by the duty cycle",
             u.duty_cycle_deferred.to_string(),
         );
-        row(&mut t, "lost to collisions", u.collided.to_string());
+        row(t, "lost to collisions", u.collided.to_string());
         let a = &self.ack_latency_ms;
         row(
-            &mut t,
+            t,
             "ack latency ms p50/p99/max",
             format!("{:.1}/{:.1}/{:.1}", a.p50, a.p99, a.max),
         );
+    }
+
+    fn downlink_rows(&self, t: &mut String) {
         let d = &self.downlinks;
         let _ = writeln!(t, "downlinks");
-        row(&mut t, "received in a window", d.received.to_string());
-        row(&mut t, "missed window", d.missed_window.to_string());
+        row(t, "received in a window", d.received.to_string());
+        row(t, "missed window", d.missed_window.to_string());
         row(
-            &mut t,
+            t,
             "wrong frequency or data rate (incl. joins)",
             d.wrong_radio.to_string(),
         );
-        row(&mut t, "unmatched", d.unmatched.to_string());
+        row(t, "unmatched", d.unmatched.to_string());
         row(
-            &mut t,
+            t,
             "MAC commands answered",
             d.mac_commands_answered.to_string(),
         );
-        self.storm_rows(&mut t);
+    }
+
+    fn gwmp_rows(&self, t: &mut String) {
         let g = &self.gwmp;
         let _ = writeln!(t, "gwmp");
         row(
-            &mut t,
+            t,
             "PUSH_DATA / PUSH_ACK",
             format!("{} / {}", g.push_data, g.push_ack),
         );
         row(
-            &mut t,
+            t,
             "PULL_DATA / PULL_ACK",
             format!("{} / {}", g.pull_data, g.pull_ack),
         );
         row(
-            &mut t,
+            t,
             "PULL_RESP / TX_ACK errors",
             format!("{} / {}", g.pull_resp, g.tx_ack_errors),
         );
         row(
-            &mut t,
+            t,
             "bad datagrams / send errors",
             format!("{} / {}", g.bad_datagrams, g.send_errors),
         );
         let d = &self.simulator_socket_drops;
         let opt = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
         row(
-            &mut t,
+            t,
             "own socket drops: gateways / sink",
             format!("{} / {}", opt(d.gateways), opt(d.event_sink)),
         );
         row(
-            &mut t,
+            t,
             "devices joined at the end",
             self.devices_joined_at_end.to_string(),
         );
-        for w in &self.warnings {
-            let _ = writeln!(t, "warning: {w}");
-        }
-        t
     }
 }
 
@@ -829,6 +835,11 @@ pub fn drops_warning(s: &Stats) -> Option<String> {
 pub fn print_progress(line: &str) {
     let mut e = std::io::stderr().lock();
     let _ = writeln!(e, "{line}");
+}
+
+/// One line of [`Report::table`]: a label and its value, aligned.
+fn row(t: &mut String, k: &str, v: String) {
+    let _ = writeln!(t, "  {k:<34}{v:>14}");
 }
 
 #[cfg(test)]
