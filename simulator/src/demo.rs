@@ -180,15 +180,8 @@ impl Servers {
     }
 
     fn start_full(manifest: &Path, net_id: NetId, opts: ServerOptions) -> anyhow::Result<Self> {
-        let ServerOptions {
-            events,
-            integration,
-            radio,
-            rejoin_api,
-            scheduler,
-        } = opts;
         // A free loopback port for the HTTP downlink input (the server binds it at once).
-        let downlink_http = if rejoin_api {
+        let downlink_http = if opts.rejoin_api {
             Some(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?)
         } else {
             None
@@ -201,75 +194,12 @@ impl Servers {
         std::fs::create_dir_all(&js_dir)?;
         std::fs::create_dir_all(&ns_dir)?;
 
-        // The join server: fresh secrets, the fleet imported, listening on loopback.
-        joinserver::secrets::init(&js_dir).context("creating the join server's secrets")?;
-        let js_secrets = joinserver::secrets::Secrets::load(&js_dir)?;
-        {
-            use joinserver::store::Store as _;
-            let mut store = joinserver::store::SqliteStore::open(&js_dir)?;
-            store.check_master(&joinserver::atrest::check_value(&js_secrets.master))?;
-            let text = std::fs::read_to_string(manifest)
-                .with_context(|| format!("reading {}", manifest.display()))?;
-            joinserver::devices::import(
-                &mut store,
-                &js_secrets.master,
-                &text,
-                joinserver::devices::Format::Csv,
-            )
-            .map_err(|e| anyhow!("importing the manifest into the join server: {e:?}"))?;
-        }
-        let mut js_config = joinserver::config::Config::default();
-        js_config.link.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        js_config.metrics.listen = String::new();
-        let js = joinserver::server::Server::start(&js_dir, &js_config)
-            .context("starting the join server")?;
+        let js = start_join_server(&js_dir, manifest)?;
 
         // The network server, with the link key and network KEK read from the join server's
         // secret files, as an operator copies them.
-        let secrets_dir = joinserver::secrets::dir(&js_dir);
-        let ns_secrets = netserver::state::Secrets {
-            link_key: netserver::keys::read_secret(
-                &secrets_dir.join(joinserver::secrets::LINK_KEY),
-                str::parse::<protocol::keys::LinkKey>,
-            )?,
-            ns_kek: netserver::keys::read_labeled_kek(
-                &secrets_dir.join(joinserver::secrets::NS_KEK),
-            )?,
-            as_kek: None,
-        };
-        let defaults = netserver::ops::config::Config::default();
-        let ns_config = netserver::ops::config::Config {
-            data_dir: ns_dir,
-            network: netserver::ops::config::NetworkConfig {
-                net_id,
-                region: radio.region(),
-                enabled_sub_bands: radio.sub_bands(),
-                ..defaults.network
-            },
-            gwmp: netserver::ops::config::GwmpConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                ..defaults.gwmp
-            },
-            join_server: netserver::ops::config::JoinServerConfig {
-                address: js.link_addr().to_string(),
-                bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                ..defaults.join_server
-            },
-            metrics: netserver::ops::config::MetricsConfig {
-                listen: String::new(),
-            },
-            scheduler: netserver::ops::config::SchedulerConfig {
-                enabled: scheduler,
-                ..defaults.scheduler
-            },
-            data: netserver::ops::config::DataConfig {
-                events,
-                downlink_http: downlink_http.map_or_else(String::new, |a| a.to_string()),
-                ..defaults.data
-            },
-            integration,
-            ..defaults
-        };
+        let ns_secrets = netserver_secrets(&js_dir)?;
+        let ns_config = netserver_config(ns_dir, net_id, js.link_addr(), downlink_http, opts);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let (addr_tx, addr_rx) = mpsc::channel();
         let ns = std::thread::Builder::new()
@@ -417,4 +347,92 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
     let report = result?;
     stopped?;
     Ok(report)
+}
+/// The demo's join server: fresh secrets in `js_dir`, the fleet of `manifest` imported,
+/// listening on loopback.
+fn start_join_server(js_dir: &Path, manifest: &Path) -> anyhow::Result<joinserver::server::Server> {
+    joinserver::secrets::init(js_dir).context("creating the join server's secrets")?;
+    let js_secrets = joinserver::secrets::Secrets::load(js_dir)?;
+    {
+        use joinserver::store::Store as _;
+        let mut store = joinserver::store::SqliteStore::open(js_dir)?;
+        store.check_master(&joinserver::atrest::check_value(&js_secrets.master))?;
+        let text = std::fs::read_to_string(manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        joinserver::devices::import(
+            &mut store,
+            &js_secrets.master,
+            &text,
+            joinserver::devices::Format::Csv,
+        )
+        .map_err(|e| anyhow!("importing the manifest into the join server: {e:?}"))?;
+    }
+    let mut js_config = joinserver::config::Config::default();
+    js_config.link.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    js_config.metrics.listen = String::new();
+    joinserver::server::Server::start(js_dir, &js_config).context("starting the join server")
+}
+
+/// The network server's secrets, read from the join server's secret files in `js_dir`.
+fn netserver_secrets(js_dir: &Path) -> anyhow::Result<netserver::state::Secrets> {
+    let secrets_dir = joinserver::secrets::dir(js_dir);
+    Ok(netserver::state::Secrets {
+        link_key: netserver::keys::read_secret(
+            &secrets_dir.join(joinserver::secrets::LINK_KEY),
+            str::parse::<protocol::keys::LinkKey>,
+        )?,
+        ns_kek: netserver::keys::read_labeled_kek(&secrets_dir.join(joinserver::secrets::NS_KEK))?,
+        as_kek: None,
+    })
+}
+
+/// The demo network server's configuration: loopback listeners, the join server at
+/// `js_link`, the HTTP downlink input at `downlink_http` if any, and `opts`.
+fn netserver_config(
+    ns_dir: PathBuf,
+    net_id: NetId,
+    js_link: SocketAddr,
+    downlink_http: Option<SocketAddr>,
+    opts: ServerOptions,
+) -> netserver::ops::config::Config {
+    let ServerOptions {
+        events,
+        integration,
+        radio,
+        scheduler,
+        ..
+    } = opts;
+    let defaults = netserver::ops::config::Config::default();
+    netserver::ops::config::Config {
+        data_dir: ns_dir,
+        network: netserver::ops::config::NetworkConfig {
+            net_id,
+            region: radio.region(),
+            enabled_sub_bands: radio.sub_bands(),
+            ..defaults.network
+        },
+        gwmp: netserver::ops::config::GwmpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..defaults.gwmp
+        },
+        join_server: netserver::ops::config::JoinServerConfig {
+            address: js_link.to_string(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..defaults.join_server
+        },
+        metrics: netserver::ops::config::MetricsConfig {
+            listen: String::new(),
+        },
+        scheduler: netserver::ops::config::SchedulerConfig {
+            enabled: scheduler,
+            ..defaults.scheduler
+        },
+        data: netserver::ops::config::DataConfig {
+            events,
+            downlink_http: downlink_http.map_or_else(String::new, |a| a.to_string()),
+            ..defaults.data
+        },
+        integration,
+        ..defaults
+    }
 }
