@@ -233,6 +233,25 @@ type StorePair = (Box<dyn Store>, Box<dyn Store>);
 /// Opens the store: PostgreSQL when `[store] url` names it (migrations applied), else the
 /// embedded SQLite file, with the master key checked. SQLite's writer connection has automatic
 /// checkpoints off (the reload thread checkpoints) and `synchronous` as configured.
+/// What every join needs besides the device: the KEKs, the DevNonce rules, the join server's id.
+fn join_context(
+    data_dir: &Path,
+    config: &Config,
+    secrets: &Secrets,
+    peers: &PeerBook,
+    js_id: PeerId,
+) -> Result<JoinContext, StartError> {
+    Ok(JoinContext {
+        ns_kek: secrets.ns_kek.clone(),
+        as_kek: secrets.as_kek.clone(),
+        app_keks: app_keks(data_dir, config)?,
+        peer_ns_keks: peers.ns_keks.clone(),
+        dev_nonce_history: config.join.dev_nonce_history,
+        session_lifetime_s: config.join.session_lifetime_s,
+        js_id: js_id.0,
+    })
+}
+
 fn open_stores(
     data_dir: &Path,
     config: &Config,
@@ -516,15 +535,7 @@ impl Server {
         let link_inode = udpstat::socket_inode(&socket);
 
         let link = Arc::new(Link {
-            ctx: JoinContext {
-                ns_kek: secrets.ns_kek.clone(),
-                as_kek: secrets.as_kek.clone(),
-                app_keks: app_keks(data_dir, config)?,
-                peer_ns_keks: peers.ns_keks.clone(),
-                dev_nonce_history: config.join.dev_nonce_history,
-                session_lifetime_s: config.join.session_lifetime_s,
-                js_id: js_id.0,
-            },
+            ctx: join_context(data_dir, config, &secrets, &peers, js_id)?,
             devices: devices.clone(),
             peers: peers.link.clone(),
             js_id,

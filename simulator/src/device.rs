@@ -298,6 +298,48 @@ pub struct Session {
 }
 
 impl Session {
+    /// The next new frame (FCnt, payload, FOpts with the pending MAC answers and the device's
+    /// own requests), and when the periodic uplink after it is due.
+    fn new_frame(
+        &mut self,
+        now: Micros,
+        b: &Behaviour,
+        rng: &mut impl RngCore,
+    ) -> (Box<Frame>, Micros) {
+        let fcnt = self.fcnt_up;
+        self.fcnt_up = self.fcnt_up.wrapping_add(1);
+        self.plan_periodic_rejoin(now);
+        let confirmed = rng.gen_bool(b.confirmed_ratio.clamp(0.0, 1.0));
+        let mut payload = vec![0u8; b.payload_size];
+        rng.fill_bytes(&mut payload);
+        let jitter = rng.gen_range(0.9..1.1);
+        let next_periodic = now + (b.uplink_interval_us as f64 * jitter) as Micros;
+        // FOpts: pending MAC answers, then the device's own requests, within 15 bytes.
+        let mut fopts = std::mem::take(&mut self.answers);
+        fopts.truncate(15);
+        if self.rekey_pending && fopts.len() + 2 <= 15 {
+            let _ = MacCommand::RekeyInd {
+                dev_lorawan_minor: 1,
+            }
+            .encode_into(&mut fopts);
+        }
+        if self.device_time_tries > 0 && fopts.len() < 15 {
+            let _ = MacCommand::DeviceTimeReq.encode_into(&mut fopts);
+            self.device_time_tries -= 1;
+        }
+        let frame = Box::new(Frame {
+            fcnt,
+            confirmed,
+            transmissions: 1,
+            sent_at: now,
+            acked: false,
+            got_downlink: false,
+            payload,
+            fopts,
+        });
+        (frame, next_periodic)
+    }
+
     /// RX1 delay.
     pub fn rx1_delay_us(&self) -> Micros {
         self.rx1_delay_us
@@ -854,37 +896,9 @@ impl Device {
                 f
             }
             None => {
-                let fcnt = s.fcnt_up;
-                s.fcnt_up = s.fcnt_up.wrapping_add(1);
-                s.plan_periodic_rejoin(now);
-                let confirmed = rng.gen_bool(b.confirmed_ratio.clamp(0.0, 1.0));
-                let mut payload = vec![0u8; b.payload_size];
-                rng.fill_bytes(&mut payload);
-                let jitter = rng.gen_range(0.9..1.1);
-                self.next_periodic = now + (b.uplink_interval_us as f64 * jitter) as Micros;
-                // FOpts: pending MAC answers, then the device's own requests, within 15 bytes.
-                let mut fopts = std::mem::take(&mut s.answers);
-                fopts.truncate(15);
-                if s.rekey_pending && fopts.len() + 2 <= 15 {
-                    let _ = MacCommand::RekeyInd {
-                        dev_lorawan_minor: 1,
-                    }
-                    .encode_into(&mut fopts);
-                }
-                if s.device_time_tries > 0 && fopts.len() < 15 {
-                    let _ = MacCommand::DeviceTimeReq.encode_into(&mut fopts);
-                    s.device_time_tries -= 1;
-                }
-                Box::new(Frame {
-                    fcnt,
-                    confirmed,
-                    transmissions: 1,
-                    sent_at: now,
-                    acked: false,
-                    got_downlink: false,
-                    payload,
-                    fopts,
-                })
+                let (frame, next_periodic) = s.new_frame(now, b, rng);
+                self.next_periodic = next_periodic;
+                frame
             }
         };
         let Some((chan, freq_hz)) = pick_channel(s.channels(&b.radio.channels), s.dr, rng) else {
