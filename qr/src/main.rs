@@ -1,7 +1,7 @@
 //! `qr`: TR005 device-identification QR codes for installers.
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
@@ -160,55 +160,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             serial,
             proprietary,
             no_checksum,
-        } => {
-            let mut code = DeviceCode::new(join_eui, dev_eui, profile_id);
-            if let Some(t) = owner_token {
-                code = code.with_owner_token(&t)?;
-            }
-            if let Some(s) = serial {
-                code = code.with_serial_number(&s)?;
-            }
-            if let Some(p) = proprietary {
-                code = code.with_proprietary(&p)?;
-            }
-            let mode = if no_checksum {
-                ChecksumMode::Omit
-            } else {
-                ChecksumMode::Include
-            };
-            println!("{}", code.encode(mode));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => encode_cmd(
+            DeviceCode::new(join_eui, dev_eui, profile_id),
+            owner_token,
+            serial,
+            proprietary,
+            no_checksum,
+        ),
         Command::Render {
             text,
             format,
             out,
             size,
-        } => {
-            let text = read_text(&text)?;
-            if let Err(e) = qr::parse(&text) {
-                report_error(&text, &e);
-                return Ok(ExitCode::FAILURE);
-            }
-            let bytes = match format {
-                RenderFormat::Png => {
-                    if out.is_none() && std::io::stdout().is_terminal() {
-                        bail!("refusing to write PNG to a terminal: use --out FILE or redirect standard output");
-                    }
-                    qr::render::png(&text, size)?
-                }
-                RenderFormat::Svg => qr::render::svg(&text, size)?.into_bytes(),
-                RenderFormat::Ansi => qr::render::ansi(&text)?.into_bytes(),
-            };
-            match out {
-                Some(path) => std::fs::write(&path, &bytes)
-                    .with_context(|| format!("cannot write {}", path.display()))?,
-                None => std::io::stdout()
-                    .write_all(&bytes)
-                    .context("cannot write to standard output")?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => render_cmd(&text, format, out, size),
         Command::Decode { images, json } => Ok(decode_cmd(&images, json)),
         Command::Claim {
             input,
@@ -232,27 +196,94 @@ fn run(cli: Cli) -> Result<ExitCode> {
             format,
             profile_id,
             threads,
-        } => {
-            let text = std::fs::read_to_string(&manifest)
-                .with_context(|| format!("cannot read manifest {}", manifest.display()))?;
-            let devices = labels::read_manifest(&text)?;
-            let format = match format {
-                LabelFormatArg::Svg => LabelFormat::Svg,
-                LabelFormatArg::Png => LabelFormat::Png,
-            };
-            let threads = threads.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-            });
-            let index = labels::write_labels(&devices, profile_id, format, &out, threads)?;
-            eprintln!(
-                "wrote {} {} labels and {}",
-                devices.len(),
-                format.extension(),
-                index.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => labels_cmd(&manifest, &out, format, profile_id, threads),
     }
+}
+
+/// `qr encode`: `code` with the optional fields, printed.
+fn encode_cmd(
+    mut code: DeviceCode,
+    owner_token: Option<String>,
+    serial: Option<String>,
+    proprietary: Option<String>,
+    no_checksum: bool,
+) -> Result<ExitCode> {
+    if let Some(t) = owner_token {
+        code = code.with_owner_token(&t)?;
+    }
+    if let Some(s) = serial {
+        code = code.with_serial_number(&s)?;
+    }
+    if let Some(p) = proprietary {
+        code = code.with_proprietary(&p)?;
+    }
+    let mode = if no_checksum {
+        ChecksumMode::Omit
+    } else {
+        ChecksumMode::Include
+    };
+    println!("{}", code.encode(mode));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qr render`: the code as a PNG, SVG or terminal image, after checking it parses.
+fn render_cmd(
+    text: &str,
+    format: RenderFormat,
+    out: Option<PathBuf>,
+    size: Option<u32>,
+) -> Result<ExitCode> {
+    let text = read_text(text)?;
+    if let Err(e) = qr::parse(&text) {
+        report_error(&text, &e);
+        return Ok(ExitCode::FAILURE);
+    }
+    let bytes = match format {
+        RenderFormat::Png => {
+            if out.is_none() && std::io::stdout().is_terminal() {
+                bail!("refusing to write PNG to a terminal: use --out FILE or redirect standard output");
+            }
+            qr::render::png(&text, size)?
+        }
+        RenderFormat::Svg => qr::render::svg(&text, size)?.into_bytes(),
+        RenderFormat::Ansi => qr::render::ansi(&text)?.into_bytes(),
+    };
+    match out {
+        Some(path) => std::fs::write(&path, &bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => std::io::stdout()
+            .write_all(&bytes)
+            .context("cannot write to standard output")?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `qr labels`: one printable label per device of the manifest, and an index.
+fn labels_cmd(
+    manifest: &Path,
+    out: &Path,
+    format: LabelFormatArg,
+    profile_id: ProfileId,
+    threads: Option<usize>,
+) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("cannot read manifest {}", manifest.display()))?;
+    let devices = labels::read_manifest(&text)?;
+    let format = match format {
+        LabelFormatArg::Svg => LabelFormat::Svg,
+        LabelFormatArg::Png => LabelFormat::Png,
+    };
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let index = labels::write_labels(&devices, profile_id, format, out, threads)?;
+    eprintln!(
+        "wrote {} {} labels and {}",
+        devices.len(),
+        format.extension(),
+        index.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The argument itself, or standard input for `-` (one trailing newline removed).
@@ -420,7 +451,7 @@ fn decode_cmd(images: &[PathBuf], json: bool) -> ExitCode {
 fn claim_cmd(
     input: &str,
     join_server: &str,
-    api_key_file: &std::path::Path,
+    api_key_file: &Path,
     home: protocol::ids::NetId,
     trust: &qr::claim::Trust,
 ) -> ExitCode {
