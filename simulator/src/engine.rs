@@ -14,7 +14,7 @@
 //! in wall time from the Join-request (or confirmed uplink) sent to the PULL_RESP received, so a
 //! storm does not wait five seconds per device.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use protocol::ids::{DevAddr, DevEui, GatewayEui};
@@ -30,7 +30,7 @@ use crate::gateway::{self, Gateway, Reception};
 use crate::radio::bound::{self, Storm};
 use crate::radio::transmitter::Refusal;
 use crate::radio::RadioModel;
-use crate::report::{Stats, TimeSeries};
+use crate::report::{DataRateStorm, Stats, TimeSeries};
 use crate::scenario::{Scenario, Traffic};
 use crate::sched::{Micros, Scheduler, TimerKind};
 use protocol::gwmp::{Packet, TxPk, TxTiming};
@@ -204,6 +204,9 @@ pub struct Engine {
     air: Option<Box<Air>>,
     /// Join-requests per device in the current join phase.
     join_attempts: Vec<u16>,
+    /// When each device joined in the current join phase, µs from its start (`u64::MAX`: not
+    /// yet).
+    joined_after: Vec<u64>,
     /// When the last device of the current join phase boots, from the phase's start.
     last_boot: Micros,
     /// The longest Join-accept a gateway was asked to send (for the airtime bound).
@@ -305,6 +308,7 @@ impl Engine {
             nonce_log: None,
             air: None,
             join_attempts: Vec::new(),
+            joined_after: Vec::new(),
             last_boot: 0,
             accept_len: 0,
             prior_airtime: (Vec::new(), 0),
@@ -399,6 +403,7 @@ impl Engine {
         self.prior_airtime = self.airtime_spent(now);
         self.stage_started = now;
         self.join_attempts = vec![0; self.fleet.len()];
+        self.joined_after = vec![u64::MAX; self.fleet.len()];
         self.stats.joined_after_us.clear();
         self.last_boot = 0;
         for i in 0..self.fleet.len() {
@@ -950,9 +955,11 @@ impl Engine {
                 d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
                 self.apply(dev, now, &mut rng);
                 if self.fleet.devices[dev as usize].phase() == Phase::Joined {
-                    self.stats
-                        .joined_after_us
-                        .push(t.saturating_sub(self.stage_started));
+                    let after = t.saturating_sub(self.stage_started);
+                    self.stats.joined_after_us.push(after);
+                    if let Some(a) = self.joined_after.get_mut(dev as usize) {
+                        *a = after;
+                    }
                 }
                 return;
             }
@@ -1078,6 +1085,7 @@ impl Engine {
             .iter()
             .map(|d| d.join_data_rate(&self.behaviour))
             .collect();
+        self.stats.storm_by_data_rate = self.by_data_rate(&drs);
         let plan = self.traffic.radio;
         let join_freq_hz = self.join_freq_hz();
         let window_us = self
@@ -1103,6 +1111,26 @@ impl Engine {
                 leaves_us: self.prior_airtime.1,
             },
         }));
+    }
+
+    /// The current join phase of the devices at each of their join data rates `drs`, slowest
+    /// first.
+    fn by_data_rate(&self, drs: &[u8]) -> Vec<DataRateStorm> {
+        // (devices, join times, Join-requests) per data rate.
+        let mut per: BTreeMap<u8, (u64, Vec<u64>, u64)> = BTreeMap::new();
+        for (i, &dr) in drs.iter().enumerate() {
+            let e = per.entry(dr).or_default();
+            e.0 += 1;
+            if let Some(&after) = self.joined_after.get(i).filter(|&&a| a != u64::MAX) {
+                e.1.push(after);
+            }
+            e.2 += u64::from(self.join_attempts.get(i).copied().unwrap_or(0));
+        }
+        per.into_iter()
+            .map(|(dr, (devices, times, attempts))| {
+                DataRateStorm::new(dr, devices, times, attempts)
+            })
+            .collect()
     }
 
     /// Whether an event sink is counting deliveries.

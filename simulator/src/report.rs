@@ -59,6 +59,8 @@ pub struct Stats {
     pub join_attempts_mean: f64,
     /// The airtime lower bound of the last join phase ([`crate::radio::bound`]), µs.
     pub airtime_bound_us: Option<u64>,
+    /// The last join phase by the data rate the devices join at, slowest first.
+    pub storm_by_data_rate: Vec<DataRateStorm>,
     /// Downlinks gateways refused with `COLLISION_PACKET` (busy, or their queue full).
     pub tx_refused_collision: u64,
     /// Downlinks gateways refused with `TOO_LATE`.
@@ -296,6 +298,16 @@ pub struct StormReport {
     /// Join-requests per device: the most (table only).
     #[serde(skip)]
     pub attempts_max: u16,
+    /// The same phase for the devices of each data rate they join at (a city's meters join
+    /// at the rate their link allows), slowest rate first: which of them hold the storm back.
+    pub by_data_rate: Vec<DataRateStorm>,
+}
+
+/// The time, in seconds rounded to the millisecond, by which `share` of `devices` had joined,
+/// from their join times (`sorted`, µs from the phase's start); `None` if they never did.
+fn share_joined_s(sorted: &[u64], devices: u64, share: f64) -> Option<f64> {
+    let k = ((devices as f64 * share).ceil() as usize).max(1);
+    sorted.get(k - 1).map(|&us| (us as f64 / 1e3).round() / 1e3)
 }
 
 impl StormReport {
@@ -303,17 +315,151 @@ impl StormReport {
     pub fn new(s: &Stats, devices: u64) -> Self {
         let mut t = s.joined_after_us.clone();
         t.sort_unstable();
-        let at = |share: f64| {
-            let k = ((devices as f64 * share).ceil() as usize).max(1);
-            t.get(k - 1).map(|&us| (us as f64 / 1e3).round() / 1e3)
-        };
         Self {
-            joined_p50_s: at(0.5),
-            joined_p99_s: at(0.99),
-            joined_all_s: at(1.0),
+            joined_p50_s: share_joined_s(&t, devices, 0.5),
+            joined_p99_s: share_joined_s(&t, devices, 0.99),
+            joined_all_s: share_joined_s(&t, devices, 1.0),
             airtime_bound_s: s.airtime_bound_us.map(|us| (us as f64 / 1e3).round() / 1e3),
             attempts_mean: s.join_attempts_mean,
             attempts_max: s.join_attempts_max,
+            by_data_rate: s.storm_by_data_rate.clone(),
+        }
+    }
+}
+
+/// `storm.by_data_rate[]`: the last join phase of the devices that join at one data rate.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DataRateStorm {
+    /// The data rate their Join-requests start at.
+    pub data_rate: u8,
+    /// Devices of the fleet at this data rate.
+    pub devices: u64,
+    /// Of them, how many joined in the phase.
+    pub joined: u64,
+    /// Seconds until half of them held a session.
+    pub joined_p50_s: Option<f64>,
+    /// Seconds until 99 % of them held a session.
+    pub joined_p99_s: Option<f64>,
+    /// Seconds until all of them held a session.
+    pub joined_all_s: Option<f64>,
+    /// Join-requests per device, the mean.
+    pub attempts_mean: f64,
+}
+
+impl DataRateStorm {
+    /// From the join times (µs from the phase's start, any order) of those of the `devices` at
+    /// `data_rate` that joined, and the Join-requests they sent in all.
+    pub fn new(data_rate: u8, devices: u64, mut joined_after_us: Vec<u64>, attempts: u64) -> Self {
+        joined_after_us.sort_unstable();
+        let t = &joined_after_us;
+        Self {
+            data_rate,
+            devices,
+            joined: t.len() as u64,
+            joined_p50_s: share_joined_s(t, devices, 0.5),
+            joined_p99_s: share_joined_s(t, devices, 0.99),
+            joined_all_s: share_joined_s(t, devices, 1.0),
+            attempts_mean: (attempts as f64 / devices.max(1) as f64 * 100.0).round() / 100.0,
+        }
+    }
+}
+
+impl Joins {
+    fn new(s: &Stats) -> Self {
+        Self {
+            attempted: s.joins_attempted,
+            accepted: s.joins_accepted,
+            accepted_rx1: s.joins_rx1,
+            accepted_rx2: s.joins_rx2,
+            failed: s.joins_failed,
+            timed_out: s.joins_timed_out,
+            missed_window: s.joins_missed_window,
+        }
+    }
+}
+
+impl Percentiles {
+    fn new(j: &Latency) -> Self {
+        Self {
+            count: j.count(),
+            p50: j.quantile_ms(0.5),
+            p90: j.quantile_ms(0.9),
+            p99: j.quantile_ms(0.99),
+            p999: j.quantile_ms(0.999),
+            max: j.max_ms(),
+        }
+    }
+}
+
+impl AckPercentiles {
+    fn new(a: &Latency) -> Self {
+        Self {
+            count: a.count(),
+            p50: a.quantile_ms(0.5),
+            p99: a.quantile_ms(0.99),
+            max: a.max_ms(),
+        }
+    }
+}
+
+impl Uplinks {
+    fn new(info: &RunInfo, s: &Stats) -> Self {
+        Self {
+            sent: s.uplinks_sent,
+            confirmed: s.uplinks_confirmed,
+            transmissions: s.uplink_transmissions,
+            acked: s.uplinks_acked,
+            lost: s.uplinks_lost,
+            duplicates: s.uplinks_duplicates,
+            delivered: info.event_sink.then_some(s.uplinks_delivered),
+            per_second: if info.duration_s > 0.0 {
+                (s.uplinks_sent as f64 / info.duration_s).round() as u64
+            } else {
+                0
+            },
+            duty_cycle_deferred: s.uplinks_duty_cycle_deferred,
+            collided: s.uplinks_collided,
+        }
+    }
+}
+
+impl Downlinks {
+    fn new(s: &Stats) -> Self {
+        Self {
+            received: s.downlinks_received,
+            missed_window: s.downlinks_missed_window,
+            wrong_radio: s.wrong_radio,
+            unmatched: s.downlinks_unmatched,
+            mac_commands_answered: s.mac_commands_answered,
+        }
+    }
+}
+
+impl Gwmp {
+    fn new(s: &Stats) -> Self {
+        Self {
+            push_data: s.push_data,
+            push_ack: s.push_ack,
+            pull_data: s.pull_data,
+            pull_ack: s.pull_ack,
+            pull_resp: s.pull_resp,
+            tx_ack_errors: s.tx_ack_errors,
+            bad_datagrams: s.bad_datagrams,
+            send_errors: s.send_errors,
+        }
+    }
+}
+
+impl Rejoins {
+    fn new(s: &Stats) -> Self {
+        Self {
+            devices: s.devices_rejoined,
+            attempted: s.rejoins_attempted,
+            accepted: s.rejoins_accepted,
+            accepted_rx1: s.rejoins_rx1,
+            accepted_rx2: s.rejoins_accepted - s.rejoins_rx1,
+            missed: s.rejoins_missed,
+            uplinks_lost: s.uplinks_lost,
         }
     }
 }
@@ -480,8 +626,6 @@ pub struct RunInfo {
 impl Report {
     /// Builds the report from the counters.
     pub fn new(info: &RunInfo, s: &Stats) -> Self {
-        let j = &s.join_latency;
-        let a = &s.ack_latency;
         Self {
             scenario: info.scenario.clone(),
             region: info.region.clone(),
@@ -490,71 +634,13 @@ impl Report {
             gateways: info.gateways,
             seed: info.seed,
             duration_s: (info.duration_s * 1000.0).round() / 1000.0,
-            joins: Joins {
-                attempted: s.joins_attempted,
-                accepted: s.joins_accepted,
-                accepted_rx1: s.joins_rx1,
-                accepted_rx2: s.joins_rx2,
-                failed: s.joins_failed,
-                timed_out: s.joins_timed_out,
-                missed_window: s.joins_missed_window,
-            },
-            join_latency_ms: Percentiles {
-                count: j.count(),
-                p50: j.quantile_ms(0.5),
-                p90: j.quantile_ms(0.9),
-                p99: j.quantile_ms(0.99),
-                p999: j.quantile_ms(0.999),
-                max: j.max_ms(),
-            },
-            uplinks: Uplinks {
-                sent: s.uplinks_sent,
-                confirmed: s.uplinks_confirmed,
-                transmissions: s.uplink_transmissions,
-                acked: s.uplinks_acked,
-                lost: s.uplinks_lost,
-                duplicates: s.uplinks_duplicates,
-                delivered: info.event_sink.then_some(s.uplinks_delivered),
-                per_second: if info.duration_s > 0.0 {
-                    (s.uplinks_sent as f64 / info.duration_s).round() as u64
-                } else {
-                    0
-                },
-                duty_cycle_deferred: s.uplinks_duty_cycle_deferred,
-                collided: s.uplinks_collided,
-            },
-            ack_latency_ms: AckPercentiles {
-                count: a.count(),
-                p50: a.quantile_ms(0.5),
-                p99: a.quantile_ms(0.99),
-                max: a.max_ms(),
-            },
-            downlinks: Downlinks {
-                received: s.downlinks_received,
-                missed_window: s.downlinks_missed_window,
-                wrong_radio: s.wrong_radio,
-                unmatched: s.downlinks_unmatched,
-                mac_commands_answered: s.mac_commands_answered,
-            },
-            gwmp: Gwmp {
-                push_data: s.push_data,
-                push_ack: s.push_ack,
-                pull_data: s.pull_data,
-                pull_ack: s.pull_ack,
-                pull_resp: s.pull_resp,
-                tx_ack_errors: s.tx_ack_errors,
-                bad_datagrams: s.bad_datagrams,
-                send_errors: s.send_errors,
-            },
-            rejoins: (s.rejoins_attempted > 0).then(|| Rejoins {
-                devices: s.devices_rejoined,
-                attempted: s.rejoins_attempted,
-                accepted: s.rejoins_accepted,
-                accepted_rx1: s.rejoins_rx1,
-                accepted_rx2: s.rejoins_accepted - s.rejoins_rx1,
-                missed: s.rejoins_missed,
-                uplinks_lost: s.uplinks_lost,
-            }),
+            joins: Joins::new(s),
+            join_latency_ms: Percentiles::new(&s.join_latency),
+            uplinks: Uplinks::new(info, s),
+            ack_latency_ms: AckPercentiles::new(&s.ack_latency),
+            downlinks: Downlinks::new(s),
+            gwmp: Gwmp::new(s),
+            rejoins: (s.rejoins_attempted > 0).then(|| Rejoins::new(s)),
             devices_joined_at_end: info.joined_at_end,
             simulator_socket_drops: SocketDrops {
                 gateways: s.gateway_socket_drops,
@@ -620,6 +706,21 @@ impl Report {
             "join attempts per device mean / max",
             format!("{:.2} / {}", s.attempts_mean, s.attempts_max),
         );
+        if s.by_data_rate.len() > 1 {
+            for d in &s.by_data_rate {
+                row(
+                    t,
+                    &format!("  DR{} ({} devices) 50/99/100% s", d.data_rate, d.devices),
+                    format!(
+                        "{} / {} / {}, {:.2} attempts",
+                        secs(d.joined_p50_s),
+                        secs(d.joined_p99_s),
+                        secs(d.joined_all_s),
+                        d.attempts_mean
+                    ),
+                );
+            }
+        }
         let r = &self.gateways_tx_refused;
         row(
             t,
@@ -971,6 +1072,26 @@ mod tests {
         assert_eq!(
             bound_row(&r),
             "airtime bound s (not on an ideal radio) 10.0"
+        );
+        // By data rate: in the JSON always, in the table only when the fleet has several.
+        assert_eq!(v["storm"]["by_data_rate"], serde_json::json!([]));
+        r.storm.by_data_rate = vec![DataRateStorm::new(5, 4, vec![3_000_000, 1_000_000], 6)];
+        assert!(!r.table().contains("DR5"), "one data rate: no rows");
+        r.storm
+            .by_data_rate
+            .push(DataRateStorm::new(0, 2, vec![9_000_000, 4_000_000], 5));
+        assert!(
+            r.table().contains("DR0 (2 devices) 50/99/100% s")
+                && r.table().contains("4.0 / 9.0 / 9.0, 2.50 attempts"),
+            "{}",
+            r.table()
+        );
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            v["storm"]["by_data_rate"][0],
+            serde_json::json!({"data_rate": 5, "devices": 4, "joined": 2,
+                "joined_p50_s": 3.0, "joined_p99_s": null, "joined_all_s": null,
+                "attempts_mean": 1.5})
         );
         r.radio = REALISTIC_RADIO.into();
         assert_eq!(

@@ -770,6 +770,8 @@ fn city_power_restore_benchmark() {
         r.joins.accepted_rx2,
         started.elapsed().as_secs_f64(),
     );
+    // The whole table: the storm by data rate shows which meters hold it back.
+    println!("{}", r.table());
 }
 
 /// The cores this file's tests share.

@@ -756,6 +756,30 @@ fn a_city_spreads_data_rates_and_every_meter_joins() {
         datrs.insert(rx["datr"].as_str().unwrap().to_owned());
     }
     assert!(datrs.len() >= 2, "{datrs:?}");
+    // The storm by data rate: every meter in one class, each class's times its own.
+    let s = &e.stats;
+    let by = &s.storm_by_data_rate;
+    assert!(by.len() >= 2, "{by:?}");
+    assert!(
+        by.windows(2).all(|w| w[0].data_rate < w[1].data_rate),
+        "slowest first: {by:?}"
+    );
+    assert_eq!(by.iter().map(|d| d.devices).sum::<u64>(), 300);
+    assert_eq!(by.iter().map(|d| d.joined).sum::<u64>(), 300);
+    let last_s = *s.joined_after_us.iter().max().unwrap() as f64 / 1e6;
+    let latest = by.iter().filter_map(|d| d.joined_all_s).fold(0.0, f64::max);
+    assert!((latest - last_s).abs() < 0.001, "{latest} vs {last_s}");
+    for d in by {
+        assert_eq!(d.joined, d.devices, "{d:?}");
+        assert!(d.joined_p50_s <= d.joined_p99_s && d.joined_p99_s <= d.joined_all_s);
+        assert!(d.attempts_mean >= 1.0, "{d:?}");
+    }
+    let attempts: f64 = by.iter().map(|d| d.attempts_mean * d.devices as f64).sum();
+    assert!(
+        (attempts - s.joins_attempted as f64).abs() <= 0.005 * 300.0,
+        "{attempts} vs {}",
+        s.joins_attempted
+    );
 }
 
 /// `storm.*` measure the last join phase: after a power-restore, from the restore. Every device
