@@ -76,6 +76,11 @@ impl Peers {
     }
 }
 
+/// Makes the [`Outgoing`] answer to the datagram being handled from its body, the result
+/// label for the metrics, its answer cache key and its durability (`None`: nothing to wait for).
+type MakeOutgoing<'a> = dyn Fn(Arc<[u8]>, Option<&'static str>, Option<cache::Key>, Option<Arc<Durability>>) -> Outgoing
+    + 'a;
+
 /// An answer waiting for its batch's commit.
 pub struct Outgoing {
     addr: SocketAddr,
@@ -236,27 +241,12 @@ impl Link {
         writer: &GroupCommit<Q>,
     ) -> Result<(), crate::store::WriterStopped> {
         self.metrics.link_datagrams.inc();
-        let header = match link::peek_header(datagram) {
-            Ok(h) => h,
-            Err(e) => {
-                self.drop_datagram(&e, addr);
-                return Ok(());
-            }
-        };
-        if header.msg_type != MessageType::JoinReq {
-            self.drop_datagram(&LinkError::Unexpected(header.msg_type), addr);
-            return Ok(());
-        }
-        let (key, body) = match self.authenticate(datagram, header.sender, now_ms) {
+        let (header, key, body, sender_net_id) = match self.admit(datagram, now_ms) {
             Ok(v) => v,
             Err(e) => {
                 self.drop_datagram(&e, addr);
                 return Ok(());
             }
-        };
-        let Some(sender_net_id) = header.sender.net_id() else {
-            self.drop_datagram(&LinkError::UnknownSender(header.sender), addr);
-            return Ok(());
         };
         let span = tracing::debug_span!(
             "join_req",
@@ -309,9 +299,28 @@ impl Link {
                 now_ms,
                 &span,
                 writer,
-                out,
+                &out,
             ),
         }
+    }
+
+    /// A datagram's header, link key, body and sender NetID, if it is a JoinReq from a known
+    /// peer that authenticates.
+    fn admit<'d>(
+        &self,
+        datagram: &'d [u8],
+        now_ms: u64,
+    ) -> Result<(Header, LinkKey, &'d [u8], NetId), LinkError> {
+        let header = link::peek_header(datagram)?;
+        if header.msg_type != MessageType::JoinReq {
+            return Err(LinkError::Unexpected(header.msg_type));
+        }
+        let (key, body) = self.authenticate(datagram, header.sender, now_ms)?;
+        let sender_net_id = header
+            .sender
+            .net_id()
+            .ok_or(LinkError::UnknownSender(header.sender))?;
+        Ok((header, key, body, sender_net_id))
     }
 
     /// A well-formed JoinReq: answered from the cache (a retry or a replay), refused for a
@@ -324,12 +333,7 @@ impl Link {
         now_ms: u64,
         span: &tracing::Span,
         writer: &GroupCommit<Q>,
-        out: impl Fn(
-            Arc<[u8]>,
-            Option<&'static str>,
-            Option<cache::Key>,
-            Option<Arc<Durability>>,
-        ) -> Outgoing,
+        out: &MakeOutgoing<'_>,
     ) -> Result<(), crate::store::WriterStopped> {
         let tid = req.header.transaction_id;
         span.record("tid", tid);
@@ -357,53 +361,68 @@ impl Link {
                 )
             }
             Lookup::Miss => {
-                let fields = wire::fields(req, sender_net_id, now_ms);
-                let outcome = if wire::is_rejoin(req) {
-                    core::process_rejoin(&self.ctx, &self.devices, &fields)
-                } else {
-                    core::process(&self.ctx, &self.devices, &fields)
-                };
-                let result = outcome.kind();
-                span.record("result", result);
-                let rotation = rekey::rotation(self.rekey.as_deref(), &outcome);
-                let answer: Arc<[u8]> = wire::answer_json(req, &outcome, rotation).into();
-                let durability = Arc::new(Durability::default());
-                if let Ok(mut c) = self.cache.lock() {
-                    c.insert(
-                        now_ms,
-                        ck,
-                        &req.phy_payload,
-                        answer.clone(),
-                        durability.clone(),
-                    );
-                }
-                let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
-                o.settles = true;
-                o.rejoin = wire::rejoin_type(req);
-                o.rekey =
-                    rotation.map(|_| Box::new((req.dev_eui, sender_net_id, rekey::what(req))));
-                let key = || AnswerKey {
-                    sender: sender.0,
-                    transaction_id: tid,
-                    request: req.phy_payload.clone(),
-                };
-                let job = match (outcome.update, outcome.previous) {
-                    (Some(update), Some(previous)) => {
-                        o.refusal = Some(Box::new(req.header.clone()));
-                        Job::Join(JoinCommit {
-                            update,
-                            previous,
-                            answer: Some((key(), answer)),
-                        })
-                    }
-                    // Refused by the DevNonce rule: a retry that another instance sharing the
-                    // store may have answered.
-                    _ if matches!(outcome.result, Err(JoinError::Nonce(_))) => Job::Lookup(key()),
-                    _ => Job::Nothing,
-                };
+                let (job, o) = self.process(req, (sender, sender_net_id), now_ms, span, out);
                 writer.submit(job, o)
             }
         }
+    }
+
+    /// A JoinReq neither answered nor conflicting: processed by the core, its answer cached
+    /// (durable once its job is committed), and the job for the store writer.
+    fn process(
+        &self,
+        req: &JoinReq,
+        (sender, sender_net_id): (PeerId, NetId),
+        now_ms: u64,
+        span: &tracing::Span,
+        out: &MakeOutgoing<'_>,
+    ) -> (Job, Outgoing) {
+        let tid = req.header.transaction_id;
+        let ck = (sender.0, tid);
+        let fields = wire::fields(req, sender_net_id, now_ms);
+        let outcome = if wire::is_rejoin(req) {
+            core::process_rejoin(&self.ctx, &self.devices, &fields)
+        } else {
+            core::process(&self.ctx, &self.devices, &fields)
+        };
+        let result = outcome.kind();
+        span.record("result", result);
+        let rotation = rekey::rotation(self.rekey.as_deref(), &outcome);
+        let answer: Arc<[u8]> = wire::answer_json(req, &outcome, rotation).into();
+        let durability = Arc::new(Durability::default());
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(
+                now_ms,
+                ck,
+                &req.phy_payload,
+                answer.clone(),
+                durability.clone(),
+            );
+        }
+        let mut o = out(answer.clone(), Some(result), Some(ck), Some(durability));
+        o.settles = true;
+        o.rejoin = wire::rejoin_type(req);
+        o.rekey = rotation.map(|_| Box::new((req.dev_eui, sender_net_id, rekey::what(req))));
+        let key = || AnswerKey {
+            sender: sender.0,
+            transaction_id: tid,
+            request: req.phy_payload.clone(),
+        };
+        let job = match (outcome.update, outcome.previous) {
+            (Some(update), Some(previous)) => {
+                o.refusal = Some(Box::new(req.header.clone()));
+                Job::Join(JoinCommit {
+                    update,
+                    previous,
+                    answer: Some((key(), answer)),
+                })
+            }
+            // Refused by the DevNonce rule: a retry that another instance sharing the store
+            // may have answered.
+            _ if matches!(outcome.result, Err(JoinError::Nonce(_))) => Job::Lookup(key()),
+            _ => Job::Nothing,
+        };
+        (job, o)
     }
 
     /// A `SessionInUseReq` from the network server `sender`: its answer.

@@ -159,53 +159,22 @@ fn validate(
         .and_then(|t| t.parse::<DevEui>().map_err(|e| err(0, e.to_string())).ok());
     let join_eui = required(1, &mut err)
         .and_then(|t| t.parse::<JoinEui>().map_err(|e| err(1, e.to_string())).ok());
-    let mac_version = required(2, &mut err).and_then(|t| match t {
-        "1.0.2" | "1.0.3" | "1.0.4" | "1.1" => t.parse::<MacVersion>().ok(),
-        _ => {
-            err(
-                2,
-                format!("unsupported MAC version {t:?} (expected 1.0.2, 1.0.3, 1.0.4 or 1.1)"),
-            );
-            None
-        }
-    });
+    let mac_version =
+        required(2, &mut err).and_then(|t| mac_version_of(t).map_err(|e| err(2, e)).ok());
     let app_key = required(3, &mut err)
         .and_then(|t| t.parse::<AppKey>().map_err(|e| err(3, e.to_string())).ok());
-    let nwk_key = match (text(4), mac_version) {
-        ("", Some(MacVersion::V1_1)) => {
-            err(4, "nwk_key is required for LoRaWAN 1.1".into());
-            None
-        }
-        ("", _) => None,
-        (t, Some(v)) if !v.is_1_1() => {
-            err(
-                4,
-                format!("nwk_key must be empty for LoRaWAN {v} (1.0.x has no NwkKey)"),
-            );
-            let _ = t;
-            None
-        }
-        (t, _) => t.parse::<NwkKey>().map_err(|e| err(4, e.to_string())).ok(),
-    };
+    let nwk_key = nwk_key_of(text(4), mac_version).unwrap_or_else(|e| {
+        err(4, e);
+        None
+    });
     let home_net_id = match text(5) {
         "" => None,
         t => t.parse::<NetId>().map_err(|e| err(5, e.to_string())).ok(),
     };
-    let owner_token = match text(6) {
-        "" => None,
-        t if t.len() > MAX_OWNER_TOKEN => {
-            err(
-                6,
-                format!("owner_token is longer than {MAX_OWNER_TOKEN} characters"),
-            );
-            None
-        }
-        t if t.chars().any(|c| c.is_control() || c == ':') => {
-            err(6, "owner_token contains a control character or ':'".into());
-            None
-        }
-        t => Some(t.to_owned()),
-    };
+    let owner_token = owner_token_of(text(6)).unwrap_or_else(|e| {
+        err(6, e);
+        None
+    });
     if errors.len() != before {
         return None;
     }
@@ -219,6 +188,44 @@ fn validate(
         home_net_id,
         owner_token,
     })
+}
+
+/// The `mac_version` column: one of the versions a manifest may name.
+fn mac_version_of(t: &str) -> Result<MacVersion, String> {
+    match t {
+        "1.0.2" | "1.0.3" | "1.0.4" | "1.1" => t.parse::<MacVersion>().map_err(|e| e.to_string()),
+        _ => Err(format!(
+            "unsupported MAC version {t:?} (expected 1.0.2, 1.0.3, 1.0.4 or 1.1)"
+        )),
+    }
+}
+
+/// The `nwk_key` column `t` of a device of `mac_version` (`None` when that column was bad):
+/// required for 1.1, empty for 1.0.x.
+fn nwk_key_of(t: &str, mac_version: Option<MacVersion>) -> Result<Option<NwkKey>, String> {
+    match (t, mac_version) {
+        ("", Some(MacVersion::V1_1)) => Err("nwk_key is required for LoRaWAN 1.1".into()),
+        ("", _) => Ok(None),
+        (_, Some(v)) if !v.is_1_1() => Err(format!(
+            "nwk_key must be empty for LoRaWAN {v} (1.0.x has no NwkKey)"
+        )),
+        (t, _) => t.parse::<NwkKey>().map(Some).map_err(|e| e.to_string()),
+    }
+}
+
+/// The `owner_token` column: optional, at most [`MAX_OWNER_TOKEN`] characters, no control
+/// character and no ':'.
+fn owner_token_of(t: &str) -> Result<Option<String>, String> {
+    match t {
+        "" => Ok(None),
+        t if t.len() > MAX_OWNER_TOKEN => Err(format!(
+            "owner_token is longer than {MAX_OWNER_TOKEN} characters"
+        )),
+        t if t.chars().any(|c| c.is_control() || c == ':') => {
+            Err("owner_token contains a control character or ':'".into())
+        }
+        t => Ok(Some(t.to_owned())),
+    }
 }
 
 /// The longest manifest line accepted (a valid row is under 300 bytes). The bytes of a longer

@@ -447,26 +447,7 @@ fn store(code: &mut DeviceCode, tag: char, value: &str) {
 
 fn parse_d0(input: &str) -> Result<Parsed, QrError> {
     let parts = pieces(input, ':', 0);
-    let (_, preface) = parts[0];
-    if preface != "LW" {
-        return Err(QrError::Preface {
-            found: shorten(preface),
-        });
-    }
-    let end = input.chars().count();
-    let Some(&(o, schema)) = parts.get(1) else {
-        return Err(QrError::Missing {
-            field: Field::SchemaId,
-            position: end,
-            expected: "\"D0\"",
-        });
-    };
-    if schema != "D0" {
-        return Err(QrError::Schema {
-            position: char_pos(input, o),
-            found: shorten(schema),
-        });
-    }
+    check_d0_header(input, &parts)?;
     let (join_eui, dev_eui, profile_id) = parse_ids(
         input,
         parts.get(2).copied(),
@@ -479,46 +460,12 @@ fn parse_d0(input: &str) -> Result<Parsed, QrError> {
     let exts = parts.get(5..).unwrap_or(&[]);
     for (i, &(offset, ext)) in exts.iter().enumerate() {
         let pos = char_pos(input, offset);
-        let mut chars = ext.chars();
-        let Some(tag) = chars.next() else {
-            return Err(QrError::EmptyExtension { position: pos });
-        };
-        if !tag.is_ascii_uppercase() {
-            return Err(QrError::Tag {
-                position: pos,
-                found: tag,
-            });
-        }
+        let (tag, value) = extension_tag(ext, pos)?;
         let field = Field::from_tag(tag);
         note_tag(&mut seen, tag, field, pos)?;
-        let value = chars.as_str();
         if tag == 'C' {
-            if i + 1 != exts.len() {
-                // The byte before the next piece is its ':' separator.
-                let following = &input[offset + ext.len()..];
-                return Err(QrError::ChecksumNotLast {
-                    position: pos,
-                    following: shorten(following),
-                });
-            }
-            let value_pos = pos + 1;
-            if value.len() != 4 || !value.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(QrError::ChecksumFormat {
-                    position: value_pos,
-                    found: shorten(value),
-                });
-            }
-            let found = parse_hex(Field::CheckSum, value, value_pos, 4)? as u16;
-            // The CheckSum covers the bytes before ":C" (offset - 1 is that ':').
-            let expected = checksum(&input[..offset - 1]);
-            if found != expected {
-                return Err(QrError::ChecksumMismatch {
-                    position: value_pos,
-                    expected,
-                    found,
-                });
-            }
-            checksum_value = Some(found);
+            let last = i + 1 == exts.len();
+            checksum_value = Some(check_d0_checksum(input, (offset, ext), value, last)?);
             continue;
         }
         if value.is_empty() {
@@ -533,6 +480,83 @@ fn parse_d0(input: &str) -> Result<Parsed, QrError> {
         schema: Schema::D0,
         checksum: checksum_value,
     })
+}
+
+/// The D0 code's first two pieces (`parts`, from [`pieces`]): the preface `LW` and the
+/// SchemaID `D0`.
+fn check_d0_header(input: &str, parts: &[(usize, &str)]) -> Result<(), QrError> {
+    let (_, preface) = parts[0];
+    if preface != "LW" {
+        return Err(QrError::Preface {
+            found: shorten(preface),
+        });
+    }
+    let Some(&(o, schema)) = parts.get(1) else {
+        return Err(QrError::Missing {
+            field: Field::SchemaId,
+            position: input.chars().count(),
+            expected: "\"D0\"",
+        });
+    };
+    if schema != "D0" {
+        return Err(QrError::Schema {
+            position: char_pos(input, o),
+            found: shorten(schema),
+        });
+    }
+    Ok(())
+}
+
+/// An extension piece `ext` at character `pos`: its tag (an uppercase letter) and its value.
+fn extension_tag(ext: &str, pos: usize) -> Result<(char, &str), QrError> {
+    let mut chars = ext.chars();
+    let Some(tag) = chars.next() else {
+        return Err(QrError::EmptyExtension { position: pos });
+    };
+    if !tag.is_ascii_uppercase() {
+        return Err(QrError::Tag {
+            position: pos,
+            found: tag,
+        });
+    }
+    Ok((tag, chars.as_str()))
+}
+
+/// The CheckSum extension (`ext` at byte `offset` of `input`, its 4 hex digits `value`): it
+/// must be the `last` piece and match the CRC of everything before it.
+fn check_d0_checksum(
+    input: &str,
+    (offset, ext): (usize, &str),
+    value: &str,
+    last: bool,
+) -> Result<u16, QrError> {
+    let pos = char_pos(input, offset);
+    if !last {
+        // The byte before the next piece is its ':' separator.
+        let following = &input[offset + ext.len()..];
+        return Err(QrError::ChecksumNotLast {
+            position: pos,
+            following: shorten(following),
+        });
+    }
+    let value_pos = pos + 1;
+    if value.len() != 4 || !value.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(QrError::ChecksumFormat {
+            position: value_pos,
+            found: shorten(value),
+        });
+    }
+    let found = parse_hex(Field::CheckSum, value, value_pos, 4)? as u16;
+    // The CheckSum covers the bytes before ":C" (offset - 1 is that ':').
+    let expected = checksum(&input[..offset - 1]);
+    if found != expected {
+        return Err(QrError::ChecksumMismatch {
+            position: value_pos,
+            expected,
+            found,
+        });
+    }
+    Ok(found)
 }
 
 /// Parses the extensions of a draft: pieces separated by `sep`, each a tag (`V`, `S`, `P` or

@@ -12,8 +12,8 @@ use protocol::data::{
 use protocol::derive::{js_keys, session_keys_1_0, session_keys_1_1, session_keys_1_1_opt_neg_0};
 use protocol::ids::{DevAddr, DevEui, DevNonce, JoinEui, JoinNonce, NetId};
 use protocol::join::{
-    AnsweredRequest, EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinRequest,
-    JoinRootKey,
+    AnsweredRequest, EncryptedJoinAccept, JoinAcceptEncKey, JoinAcceptMicKey, JoinAcceptPayload,
+    JoinRequest, JoinRootKey,
 };
 use protocol::keys::{
     AppKey, AppSKey, FNwkSIntKey, KeyCipher, NwkKey, NwkSEncKey, NwkSKey, SNwkSIntKey,
@@ -163,67 +163,11 @@ pub fn open_join_accept(
 ) -> Result<Accepted, AcceptError> {
     let enc = EncryptedJoinAccept::from_bytes(phy).map_err(|_| AcceptError::Malformed)?;
     let app = KeyCipher::new(&id.app_key);
-    let (payload, keys, opt_neg) = match (&id.nwk_key, id.version.is_1_1()) {
-        (Some(nwk_key), true) => {
-            let nwk = KeyCipher::new(nwk_key);
-            let d = enc.decrypt(JoinAcceptEncKey::NwkKey(&nwk));
-            let p = d.payload;
-            if p.dl_settings.opt_neg() {
-                let js = js_keys(&nwk, id.dev_eui);
-                let js_int = KeyCipher::new(&js.js_int_key);
-                d.verify_mic(JoinAcceptMicKey::OptNeg {
-                    js_int_key: &js_int,
-                    join_eui: id.join_eui,
-                    answered: AnsweredRequest::JoinRequest(dev_nonce),
-                })
-                .map_err(|_| AcceptError::Mic)?;
-                let k = session_keys_1_1(
-                    &nwk,
-                    &app,
-                    p.join_nonce,
-                    id.join_eui,
-                    AnsweredRequest::JoinRequest(dev_nonce),
-                );
-                (
-                    p,
-                    Keys::V1_1 {
-                        f: k.f_nwk_s_int_key,
-                        s: k.s_nwk_s_int_key,
-                        e: k.nwk_s_enc_key,
-                        app_s_key: k.app_s_key,
-                    },
-                    true,
-                )
-            } else {
-                d.verify_mic(JoinAcceptMicKey::Legacy(JoinRootKey::NwkKey(&nwk)))
-                    .map_err(|_| AcceptError::Mic)?;
-                let k = session_keys_1_1_opt_neg_0(&nwk, p.join_nonce, p.net_id, dev_nonce);
-                (
-                    p,
-                    Keys::V1_0 {
-                        nwk_s_key: NwkSKey::new(*k.f_nwk_s_int_key.expose()),
-                        app_s_key: k.app_s_key,
-                    },
-                    false,
-                )
-            }
-        }
-        _ => {
-            let d = enc.decrypt(JoinAcceptEncKey::AppKey(&app));
-            d.verify_mic(JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(&app)))
-                .map_err(|_| AcceptError::Mic)?;
-            let p = d.payload;
-            let k = session_keys_1_0(&app, p.join_nonce, p.net_id, dev_nonce);
-            (
-                p,
-                Keys::V1_0 {
-                    nwk_s_key: k.nwk_s_key,
-                    app_s_key: k.app_s_key,
-                },
-                false,
-            )
-        }
+    let opened = match (&id.nwk_key, id.version.is_1_1()) {
+        (Some(nwk_key), true) => open_1_1(id, &enc, &KeyCipher::new(nwk_key), &app, dev_nonce)?,
+        _ => open_1_0(&enc, &app, dev_nonce)?,
     };
+    let (payload, keys, opt_neg) = opened;
     if id.version.is_1_1() {
         if let Some(last) = last_join_nonce {
             if p_join_nonce(&payload) <= last {
@@ -245,6 +189,69 @@ pub fn open_join_accept(
         cf_list: payload.cf_list,
         keys,
     })
+}
+
+/// A Join-accept's plaintext, the session keys derived from it, and its OptNeg bit.
+type Opened = (JoinAcceptPayload, Keys, bool);
+
+/// A LoRaWAN 1.0 device (or a 1.1 device without a NwkKey): decrypted and MIC-checked under
+/// AppKey, the 1.0 session keys.
+fn open_1_0(
+    enc: &EncryptedJoinAccept,
+    app: &KeyCipher<AppKey>,
+    dev_nonce: DevNonce,
+) -> Result<Opened, AcceptError> {
+    let d = enc.decrypt(JoinAcceptEncKey::AppKey(app));
+    d.verify_mic(JoinAcceptMicKey::Legacy(JoinRootKey::AppKey(app)))
+        .map_err(|_| AcceptError::Mic)?;
+    let p = d.payload;
+    let k = session_keys_1_0(app, p.join_nonce, p.net_id, dev_nonce);
+    let keys = Keys::V1_0 {
+        nwk_s_key: k.nwk_s_key,
+        app_s_key: k.app_s_key,
+    };
+    Ok((p, keys, false))
+}
+
+/// A LoRaWAN 1.1 device: decrypted under NwkKey; with OptNeg set, MIC-checked under JSIntKey
+/// and the 1.1 session keys, otherwise MIC-checked under NwkKey and the 1.0-style keys a 1.1
+/// device derives for a 1.0 network.
+fn open_1_1(
+    id: &Identity,
+    enc: &EncryptedJoinAccept,
+    nwk: &KeyCipher<NwkKey>,
+    app: &KeyCipher<AppKey>,
+    dev_nonce: DevNonce,
+) -> Result<Opened, AcceptError> {
+    let d = enc.decrypt(JoinAcceptEncKey::NwkKey(nwk));
+    let p = d.payload;
+    if !p.dl_settings.opt_neg() {
+        d.verify_mic(JoinAcceptMicKey::Legacy(JoinRootKey::NwkKey(nwk)))
+            .map_err(|_| AcceptError::Mic)?;
+        let k = session_keys_1_1_opt_neg_0(nwk, p.join_nonce, p.net_id, dev_nonce);
+        let keys = Keys::V1_0 {
+            nwk_s_key: NwkSKey::new(*k.f_nwk_s_int_key.expose()),
+            app_s_key: k.app_s_key,
+        };
+        return Ok((p, keys, false));
+    }
+    let js = js_keys(nwk, id.dev_eui);
+    let js_int = KeyCipher::new(&js.js_int_key);
+    let answered = AnsweredRequest::JoinRequest(dev_nonce);
+    d.verify_mic(JoinAcceptMicKey::OptNeg {
+        js_int_key: &js_int,
+        join_eui: id.join_eui,
+        answered,
+    })
+    .map_err(|_| AcceptError::Mic)?;
+    let k = session_keys_1_1(nwk, app, p.join_nonce, id.join_eui, answered);
+    let keys = Keys::V1_1 {
+        f: k.f_nwk_s_int_key,
+        s: k.s_nwk_s_int_key,
+        e: k.nwk_s_enc_key,
+        app_s_key: k.app_s_key,
+    };
+    Ok((p, keys, true))
 }
 
 /// Device side: a LoRaWAN 1.1 Rejoin-request of type 0 or 2 (`rejoin_type`) with `rj_count0`,
@@ -323,7 +330,7 @@ pub fn open_rejoin_accept(
     })
 }
 
-fn p_join_nonce(p: &protocol::join::JoinAcceptPayload) -> u32 {
+fn p_join_nonce(p: &JoinAcceptPayload) -> u32 {
     p.join_nonce.as_u32()
 }
 

@@ -196,16 +196,20 @@ pub async fn gwmp_loop(
             Wake::Shutdown => break,
         }
     }
-    // Frames still in their collection window are handled now rather than lost.
-    held.collecting.drain(&state);
-    // Let joins in flight finish (their answers still arrive here): none can outlive its RX2
-    // window.
+    wind_down(&state, &mut held, &own, &mut link_rx).await;
+}
+
+/// At shutdown: frames still in their collection window are handled now rather than lost, and
+/// the joins in flight finish (their answers still arrive on `own`'s socket); none can outlive
+/// its RX2 window.
+async fn wind_down(state: &State, held: &mut Held, own: &LoopLink, link_rx: &mut BatchReceiver) {
+    held.collecting.drain(state);
     let bound = state.join_timing().rx2_delay + Duration::from_secs(1);
     let _ = tokio::time::timeout(bound, async {
         loop {
             tokio::select! {
                 j = held.joins.join_next() => if j.is_none() { break },
-                r = own.socket.readable() => if r.is_ok() { own.drain(&mut link_rx) },
+                r = own.socket.readable() => if r.is_ok() { own.drain(link_rx) },
             }
         }
     })
