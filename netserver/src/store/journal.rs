@@ -22,6 +22,13 @@
 //! checkpoint of the replayed records starts at once (kept in memory until the new segment
 //! filled, they were up to two segments' worth on a server that then stayed idle).
 //!
+//! Once a segment is half full, the next one is prepared by a background thread, as a file
+//! written full of zeros (`next.spare`, renamed to the segment when its turn comes): a commit into it writes over
+//! allocated blocks and leaves the file's size alone, so its `fdatasync` has no metadata to
+//! write (on this machine's disk 160 instead of 290 µs a commit, and 48 instead of 85 µs of
+//! CPU, docs/benchmarks.md). The zeros after the last frame read as padding, the end of the
+//! segment. When no spare is ready the segment is created empty and grows, as before.
+//!
 //! Hand-written because no maintained crate does this seam's job: redb (the embedded store)
 //! has no append-only mode, and the write-ahead-log crates bring their own formats and
 //! threads for what is a few hundred lines here with one writer (the committing thread).
@@ -29,12 +36,15 @@
 //! Layout, in the journal's directory, one file per segment named by its generation (16 hex
 //! digits, `.seg`): an 8-byte magic ([`JournalBase::MAGIC`]), then frames `[payload length:
 //! u32 LE][CRC-32 of the payload: u32 LE][payload]`, the payload the batch's records in the
-//! base's encoding ([`JournalBase::encode`]).
+//! base's encoding ([`JournalBase::encode`]); after the last frame, zeros to the end of the file
+//! or nothing. (A header of zeros with more than zeros after it is an empty frame, which
+//! releases before the spare segments wrote for an empty batch.)
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::hash::Hash;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -46,6 +56,9 @@ use crate::ops::private;
 use crate::store::backend::StoreError;
 use crate::store::counters::{CounterBackend, CounterLog, CounterRecord};
 use crate::store::embedded::backend_err;
+
+/// The next segment prepared ahead, in the journal's directory.
+const SPARE: &str = "next.spare";
 
 /// The counter journal's directory inside the data directory.
 pub const JOURNAL_DIR: &str = "uplinks-journal";
@@ -109,6 +122,8 @@ struct Inner<B: JournalBase> {
     checkpoint: Option<Checkpoint<B>>,
     /// The frame being encoded.
     buf: Vec<u8>,
+    /// The thread preparing the next segment ([`SPARE`]), if one was started.
+    spare: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// A checkpoint in progress: the records it writes into the B-tree.
@@ -123,6 +138,11 @@ impl<B: JournalBase> Journal<B> {
     /// holds `segment_bytes`.
     pub fn open(base: B, dir: &Path, segment_bytes: u64) -> Result<Self, StoreError> {
         private::create_dir(dir).map_err(backend_err)?;
+        // A spare left by a process that stopped while preparing it may be incomplete.
+        match std::fs::remove_file(dir.join(SPARE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(backend_err(e)),
+            _ => {}
+        }
         let segments = segments(dir)?;
         // Segments a checkpoint committed but had not deleted when the process stopped are
         // not replayed: the table holds them, and newer values than theirs.
@@ -171,6 +191,7 @@ impl<B: JournalBase> Journal<B> {
                 dirty,
                 checkpoint: None,
                 buf: Vec::new(),
+                spare: None,
             }),
         };
         Ok(journal)
@@ -197,6 +218,10 @@ impl<B: JournalBase> Journal<B> {
     /// Appends `batch` as one frame and syncs it: durable when this returns `Ok`, all of it
     /// or (after a crash inside) none.
     pub fn commit(&self, batch: &[(B::Key, B::Value)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            // Nothing to make durable; and an empty frame would read as the segment's padding.
+            return Ok(());
+        }
         let mut g = self.lock();
         if g.broken {
             // The last frame may be partial: nothing more is written after it.
@@ -211,6 +236,10 @@ impl<B: JournalBase> Journal<B> {
         g.dirty.extend(batch.iter().cloned());
         if g.written >= self.segment_bytes {
             self.rotate(&mut g);
+        } else if g.written >= self.segment_bytes / 2 {
+            // Half full: the next segment is prepared now, so that it is ready when this one
+            // is (a server that stays idle, or stops soon, writes none).
+            self.prepare_spare(&mut g);
         }
         Ok(())
     }
@@ -221,14 +250,60 @@ impl<B: JournalBase> Journal<B> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts segment `generation + 1` for the next commits.
+    /// Starts segment `generation + 1` for the next commits: the spare, if it is ready, or
+    /// an empty file that grows.
     fn start_segment(&self, g: &mut Inner<B>) -> std::io::Result<()> {
         let next = g.generation + 1;
-        g.file = create_segment::<B>(&self.dir, next)?;
+        g.file = match self.take_spare(g, next) {
+            Some(file) => file,
+            None => create_segment::<B>(&self.dir, next)?,
+        };
         g.generation = next;
         g.written = B::MAGIC.len() as u64;
         g.broken = false;
         Ok(())
+    }
+
+    /// The spare, renamed to segment `generation`, if its thread has finished preparing it;
+    /// `None` (a new spare is then prepared) when it is not ready or its preparation failed.
+    fn take_spare(&self, g: &mut Inner<B>, generation: u64) -> Option<File> {
+        if !g.spare.as_ref()?.is_finished() {
+            return None;
+        }
+        let prepared = match g.spare.take()?.join() {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::other("the spare segment's thread panicked")),
+        };
+        let path = self.dir.join(format!("{generation:016x}.seg"));
+        let opened = prepared.and_then(|()| {
+            std::fs::rename(self.dir.join(SPARE), &path)?;
+            sync_dir(&self.dir)?;
+            std::fs::OpenOptions::new().write(true).open(&path)
+        });
+        match opened {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::warn!(journal = B::WHAT, error = %e, "spare journal segment unusable; the next segment grows as it is written");
+                None
+            }
+        }
+    }
+
+    /// Starts preparing the next segment in the background, unless that is under way.
+    fn prepare_spare(&self, g: &mut Inner<B>) {
+        if g.spare.is_some() {
+            return;
+        }
+        let (dir, bytes) = (self.dir.clone(), self.segment_bytes);
+        match std::thread::Builder::new()
+            .name("netserver-spare".into())
+            .spawn(move || write_spare::<B>(&dir, bytes))
+        {
+            Ok(thread) => g.spare = Some(thread),
+            Err(e) => {
+                tracing::warn!(journal = B::WHAT, error = %e, "cannot start preparing a spare journal segment");
+            }
+        }
     }
 
     /// Starts the next segment and, when no checkpoint is running, hands the finished
@@ -285,16 +360,24 @@ impl<B: JournalBase> Journal<B> {
 impl<B: JournalBase> Drop for Journal<B> {
     /// Waits for a running checkpoint (its thread holds the B-tree's file open).
     fn drop(&mut self) {
-        let c = self.lock().checkpoint.take();
+        let (c, spare) = {
+            let mut g = self.lock();
+            (g.checkpoint.take(), g.spare.take())
+        };
         if let Some(c) = c {
             let _ = c.thread.join();
+        }
+        if let Some(s) = spare {
+            let _ = s.join();
         }
     }
 }
 
 /// Appends `batch` to the segment as one frame and syncs it.
 fn append<B: JournalBase>(g: &mut Inner<B>, batch: &[(B::Key, B::Value)]) -> std::io::Result<()> {
-    let Inner { buf, file, .. } = g;
+    let Inner {
+        buf, file, written, ..
+    } = g;
     buf.clear();
     buf.extend_from_slice(&[0; FRAME_HEADER]);
     for (k, v) in batch {
@@ -305,7 +388,8 @@ fn append<B: JournalBase>(g: &mut Inner<B>, batch: &[(B::Key, B::Value)]) -> std
     let crc = crc32fast::hash(&buf[FRAME_HEADER..]);
     buf[0..4].copy_from_slice(&payload.to_le_bytes());
     buf[4..8].copy_from_slice(&crc.to_le_bytes());
-    file.write_all(buf)?;
+    // At the segment's end (over a spare's zeros; a segment created empty is appended to).
+    file.write_all_at(buf, *written)?;
     file.sync_data()
 }
 
@@ -381,12 +465,31 @@ fn create_segment<B: JournalBase>(dir: &Path, generation: u64) -> std::io::Resul
     Ok(f)
 }
 
+/// Writes the spare segment ([`SPARE`], 0600): the magic, then zeros to a little more than
+/// `segment_bytes` (the frame that fills a segment then still lands on allocated blocks),
+/// synced with its size.
+fn write_spare<B: JournalBase>(dir: &Path, segment_bytes: u64) -> std::io::Result<()> {
+    let path = dir.join(SPARE);
+    let mut f = private::open_append(&path)?;
+    f.set_len(0)?;
+    f.write_all(B::MAGIC)?;
+    let total = segment_bytes + segment_bytes / 16;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = total.saturating_sub(B::MAGIC.len() as u64);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 /// Applies the whole frames of the segment at `path` to `out`, in order; false when the
-/// segment holds no bytes but its magic (or not even those).
+/// segment holds nothing but its magic and padding (or not even those).
 fn replay<B: JournalBase>(
     path: &Path,
     out: &mut HashMap<B::Key, B::Value>,
@@ -404,6 +507,7 @@ fn replay<B: JournalBase>(
         )));
     }
     let (frames, end) = frames(&bytes[B::MAGIC.len()..]);
+    let held = !frames.is_empty();
     for mut payload in frames {
         while !payload.is_empty() {
             let (k, v) = B::decode(&mut payload)?;
@@ -419,14 +523,18 @@ fn replay<B: JournalBase>(
             "journal segment ends in an incomplete frame (a commit that did not return); ignored"
         );
     }
-    Ok(bytes.len() > B::MAGIC.len())
+    Ok(held || end < bytes.len())
 }
 
-/// The payloads of the whole frames at the start of `bytes`, and where they end.
+/// The payloads of the whole frames at the start of `bytes`, and where they end (the end of
+/// `bytes` when only padding, zeros, follows them).
 fn frames(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+        if header == [0; FRAME_HEADER] && bytes[at..].iter().all(|&b| b == 0) {
+            return (out, bytes.len());
+        }
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
@@ -767,6 +875,103 @@ mod tests {
         std::fs::write(&newest, &bytes).unwrap();
         let j = CounterJournal::open(dir.path()).unwrap();
         assert_eq!(j.load().unwrap(), HashMap::from([rec(1, 1)]));
+    }
+
+    /// Waits until the spare's thread has finished (the test's journal is idle).
+    fn spare_ready<B: JournalBase>(j: &Journal<B>) {
+        for _ in 0..500 {
+            if j.lock().spare.as_ref().is_some_and(|t| t.is_finished()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the spare segment was not prepared");
+    }
+
+    #[test]
+    fn segments_after_the_first_are_written_over_a_spare_of_zeros_and_replay_to_the_padding() {
+        let dir = tempfile::tempdir().unwrap();
+        let jdir = dir.path().join(JOURNAL_DIR);
+        // 36-byte records in 44-byte frames: a 400-byte segment is half full after 5 commits
+        // and full after 9.
+        let j = CounterJournal::open_with(dir.path(), 400).unwrap();
+        for n in 1..=4 {
+            j.commit(&[rec(n, 1)]).unwrap();
+        }
+        assert!(j.0.lock().spare.is_none(), "not half full yet: no spare");
+        assert!(!jdir.join(SPARE).exists());
+        j.commit(&[rec(5, 1)]).unwrap();
+        spare_ready(&j.0);
+        let spare = jdir.join(SPARE);
+        assert_eq!(std::fs::metadata(&spare).unwrap().len(), 400 + 400 / 16);
+        let first = segment_files(dir.path()).pop().unwrap();
+        for n in 6..=9 {
+            j.commit(&[rec(n, 1)]).unwrap();
+        }
+        // The ninth commit filled the segment: the spare is the next one, its zeros in place,
+        // and the commits after it write over them without changing its size.
+        assert!(!spare.exists());
+        let (generation, second) = segment_files(dir.path()).pop().unwrap();
+        assert_eq!(generation, first.0 + 1);
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), 425);
+        j.commit(&[rec(10, 1), rec(1, 2)]).unwrap();
+        j.commit(&[rec(11, 1)]).unwrap();
+        let bytes = std::fs::read(&second).unwrap();
+        assert_eq!(bytes.len(), 425);
+        assert_eq!(&bytes[..8], CounterLog::MAGIC);
+        let data_end = 8 + (8 + 72) + (8 + 36);
+        assert!(bytes[8..data_end].iter().any(|&b| b != 0));
+        assert!(bytes[data_end..].iter().all(|&b| b == 0));
+        // What the segment holds reads up to its padding, as a whole (no incomplete frame).
+        let (payloads, end) = frames(&bytes[8..]);
+        assert_eq!(payloads.len(), 2);
+        assert_eq!(end, bytes.len() - 8);
+        drop(j);
+        let mut expected: HashMap<_, _> = (2..=11).map(|n| rec(n, 1)).collect();
+        expected.extend([rec(1, 2)]);
+        let j = CounterJournal::open_with(dir.path(), 400).unwrap();
+        assert_eq!(j.load().unwrap(), expected);
+        drop(j);
+        // A spare that was never used (the server stopped before the segment filled) is
+        // removed at the next open, as an incomplete one would be.
+        std::fs::write(jdir.join(SPARE), b"half-written").unwrap();
+        drop(CounterJournal::open_with(dir.path(), 400).unwrap());
+        assert!(!jdir.join(SPARE).exists());
+    }
+
+    #[test]
+    fn zeros_after_the_frames_are_padding_and_a_zero_header_before_data_an_empty_frame() {
+        let frame = |payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_le_bytes().to_vec();
+            f.extend(crc32fast::hash(payload).to_le_bytes());
+            f.extend(payload);
+            f
+        };
+        let mut bytes = frame(b"abc");
+        bytes.extend([0; 100]);
+        assert_eq!(frames(&bytes), (vec![&b"abc"[..]], 111));
+        // A segment of padding only holds nothing.
+        assert_eq!(frames(&[0; 64]), (vec![], 64));
+        // An empty frame (an empty batch of an earlier release) with frames after it.
+        let mut bytes = frame(b"");
+        bytes.extend(frame(b"xy"));
+        assert_eq!(frames(&bytes), (vec![&b""[..], &b"xy"[..]], 8 + 10));
+        // A torn frame before the padding still ends the replay where it starts.
+        let mut bytes = frame(b"abc");
+        let mut torn = frame(b"defgh");
+        torn.truncate(10);
+        bytes.extend(torn);
+        bytes.extend([0; 20]);
+        assert_eq!(frames(&bytes), (vec![&b"abc"[..]], 11));
+    }
+
+    #[test]
+    fn an_empty_commit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = CounterJournal::open(dir.path()).unwrap();
+        let (_, seg) = segment_files(dir.path()).pop().unwrap();
+        j.commit(&[]).unwrap();
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), 8, "the magic alone");
     }
 
     #[test]
