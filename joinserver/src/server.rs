@@ -534,21 +534,8 @@ impl Server {
         let (socket, send_socket, link_addr) = bind_link(config)?;
         let link_inode = udpstat::socket_inode(&socket);
 
-        let link = Arc::new(Link {
-            ctx: join_context(data_dir, config, &secrets, &peers, js_id)?,
-            devices: devices.clone(),
-            peers: peers.link.clone(),
-            js_id,
-            window_ms: config.link.window_ms,
-            cache: Mutex::new(AnswerCache::new(
-                config.link.answer_cache_ttl_ms,
-                config.link.answer_cache_max_entries,
-            )),
-            metrics: metrics.clone(),
-            skew_warned_ms: Default::default(),
-            not_sender_warned_ms: Default::default(),
-            rekey,
-        });
+        let ctx = join_context(data_dir, config, &secrets, &peers, js_id)?;
+        let link = new_link(ctx, (&devices, &peers), js_id, config, &metrics, rekey);
 
         let stop = Arc::new(AtomicBool::new(false));
         let healthy = Arc::new(AtomicBool::new(true));
@@ -663,6 +650,33 @@ impl Server {
 }
 
 /// The root-key rotation trail: in the embedded store's audit log (none on PostgreSQL).
+/// The link's state: the join context, the devices and the peers it authenticates, its
+/// answer cache and metrics.
+fn new_link(
+    ctx: JoinContext,
+    (devices, peers): (&Arc<DeviceMap>, &PeerBook),
+    js_id: PeerId,
+    config: &Config,
+    metrics: &Metrics,
+    rekey: Option<Arc<crate::rekey::RekeyTrail>>,
+) -> Arc<Link> {
+    Arc::new(Link {
+        ctx,
+        devices: devices.clone(),
+        peers: peers.link.clone(),
+        js_id,
+        window_ms: config.link.window_ms,
+        cache: Mutex::new(AnswerCache::new(
+            config.link.answer_cache_ttl_ms,
+            config.link.answer_cache_max_entries,
+        )),
+        metrics: metrics.clone(),
+        skew_warned_ms: Default::default(),
+        not_sender_warned_ms: Default::default(),
+        rekey,
+    })
+}
+
 fn rekey_trail(
     data_dir: &Path,
     config: &Config,
@@ -809,30 +823,28 @@ impl HttpsListener<'_> {
 
 /// Starts the Backend Interfaces listener on `[backend_interfaces] listen` (if not empty): the
 /// link's peers, join context and devices, the same store writer.
-fn start_bi(
-    data_dir: &Path,
-    config: &Config,
-    link: &Arc<Link>,
-    writer: GroupCommit<Queued>,
-) -> Result<Option<crate::bi::listener::BiHandle>, StartError> {
-    use crate::bi::{auth, handle, listener, tokens};
-    let c = &config.backend_interfaces;
-    if c.listen.is_empty() {
-        return Ok(None);
-    }
+/// The Backend Interfaces options of the link's peers (`[[backend_interfaces.peers]]`): per
+/// NetID, its options and client CA, and the CA files the listener trusts.
+struct BiPeers {
+    options: std::collections::HashMap<NetId, crate::bi::auth::PeerOptions>,
+    cas: Vec<(NetId, httpsec::tls::ClientCa)>,
+    ca_files: Vec<PathBuf>,
+}
+
+/// [`BiPeers`] from the configuration: every link peer, with the options the configuration
+/// gives it; a configured NetID that is not a link peer is a configuration error.
+fn bi_peers(data_dir: &Path, config: &Config, link: &Link) -> Result<BiPeers, StartError> {
     let bad = |e: String| StartError::Config(format!("backend_interfaces: {e}"));
-    let addr: SocketAddr = c.listen.parse().map_err(|e| bad(format!("listen: {e}")))?;
-    let mut options: std::collections::HashMap<NetId, auth::PeerOptions> = link
+    let mut options: std::collections::HashMap<NetId, crate::bi::auth::PeerOptions> = link
         .peers
         .load()
         .by_id
         .keys()
         .filter_map(|id| PeerId(*id).net_id())
-        .map(|n| (n, auth::PeerOptions::default()))
+        .map(|n| (n, crate::bi::auth::PeerOptions::default()))
         .collect();
-    let mut cas = Vec::new();
-    let mut ca_files = Vec::new();
-    for p in &c.peers {
+    let (mut cas, mut ca_files) = (Vec::new(), Vec::new());
+    for p in &config.backend_interfaces.peers {
         let net_id: NetId = p.net_id.parse().map_err(|e| bad(format!("peers: {e}")))?;
         let o = options.get_mut(&net_id).ok_or_else(|| {
             bad(format!(
@@ -848,6 +860,31 @@ fn start_bi(
             ca_files.push(path);
         }
     }
+    Ok(BiPeers {
+        options,
+        cas,
+        ca_files,
+    })
+}
+
+fn start_bi(
+    data_dir: &Path,
+    config: &Config,
+    link: &Arc<Link>,
+    writer: GroupCommit<Queued>,
+) -> Result<Option<crate::bi::listener::BiHandle>, StartError> {
+    use crate::bi::{auth, handle, listener, tokens};
+    let c = &config.backend_interfaces;
+    if c.listen.is_empty() {
+        return Ok(None);
+    }
+    let bad = |e: String| StartError::Config(format!("backend_interfaces: {e}"));
+    let addr: SocketAddr = c.listen.parse().map_err(|e| bad(format!("listen: {e}")))?;
+    let BiPeers {
+        options,
+        cas,
+        ca_files,
+    } = bi_peers(data_dir, config, link)?;
     let transport = HttpsListener {
         what: "backend_interfaces",
         hint: "[backend_interfaces] tls_cert and tls_key; `joinserver init` writes a self-signed pair",

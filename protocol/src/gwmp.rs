@@ -1164,96 +1164,105 @@ impl Packet {
         if let Some(g) = self.gateway() {
             out.extend_from_slice(&g.to_be_bytes());
         }
-        let enc = |e: serde_json::Error| GwmpError::Encode(e.to_string());
         match self {
             Self::PushAck { .. } | Self::PullAck { .. } | Self::PullData { .. } => Ok(()),
-            Self::PushData(p) => {
-                let rxpk = p
-                    .rxpk
-                    .iter()
-                    .map(|r| {
-                        Ok(RxPkOut {
-                            tmst: r.tmst,
-                            time: r.time.as_deref(),
-                            tmms: r.tmms,
-                            chan: r.chan,
-                            rfch: r.rfch,
-                            freq: hz_to_mhz(r.freq_hz),
-                            stat: r.stat.to_wire(),
-                            modu: r.datr.modulation(),
-                            datr: r.datr,
-                            codr: r.codr,
-                            lsnr: r.lsnr,
-                            rssi: r.rssi,
-                            jver: r.jver,
-                            rsig: &r.rsig,
-                            brd: r.brd,
-                            aesk: r.aesk,
-                            size: r.data.len(),
-                            data: STANDARD.encode(&r.data),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, GwmpError>>()?;
-                let body = PushDataOut {
-                    rxpk,
-                    stat: p.stat.as_ref(),
-                };
-                serde_json::to_writer(&mut *out, &body).map_err(enc)
-            }
-            Self::PullResp(p) => {
-                let x = &p.txpk;
-                let (imme, tmst, tmms) = match x.timing {
-                    TxTiming::Immediate => (Some(true), None, None),
-                    TxTiming::Tmst(t) => (None, Some(t), None),
-                    TxTiming::Tmms(t) => (None, None, Some(t)),
-                };
-                let data = STANDARD.encode(&x.data);
-                let body = PullRespOut {
-                    txpk: TxPkOut {
-                        imme,
-                        tmst,
-                        tmms,
-                        freq: hz_to_mhz(x.freq_hz),
-                        rfch: x.rfch,
-                        powe: x.powe,
-                        modu: x.datr.modulation(),
-                        datr: x.datr,
-                        codr: x.codr,
-                        fdev: x.fdev,
-                        ipol: x.ipol,
-                        prea: x.prea,
-                        ncrc: x.ncrc,
-                        size: x.data.len(),
-                        data: &data,
-                    },
-                };
-                serde_json::to_writer(&mut *out, &body).map_err(enc)
-            }
-            Self::TxAck(a) => {
-                for code in a.error.iter().chain(a.warning.iter().map(|w| &w.code)) {
-                    if let TxAckCode::Other(s) = code {
-                        if TxAckCode::from_wire(s).as_ref() != Some(code) {
-                            return Err(GwmpError::Encode(format!(
-                                "TxAckCode::Other({s:?}) would read back as another code"
-                            )));
-                        }
-                    }
-                }
-                if a.error.is_none() && a.warning.is_none() {
-                    // lora_pkt_fwd sends no JSON at all on success.
-                    return Ok(());
-                }
-                let body = TxAckOut {
-                    txpk_ack: TxPkAckOut {
-                        error: a.error.as_ref().map(TxAckCode::as_str),
-                        warn: a.warning.as_ref().map(|w| w.code.as_str()),
-                        value: a.warning.as_ref().and_then(|w| w.value),
-                    },
-                };
-                serde_json::to_writer(&mut *out, &body).map_err(enc)
+            Self::PushData(p) => write_push_data(p, out),
+            Self::PullResp(p) => write_pull_resp(p, out),
+            Self::TxAck(a) => write_tx_ack(a, out),
+        }
+    }
+}
+
+fn encode_error(e: serde_json::Error) -> GwmpError {
+    GwmpError::Encode(e.to_string())
+}
+
+/// A PUSH_DATA's JSON body.
+fn write_push_data(p: &PushData, out: &mut Vec<u8>) -> Result<(), GwmpError> {
+    let rxpk = p
+        .rxpk
+        .iter()
+        .map(|r| RxPkOut {
+            tmst: r.tmst,
+            time: r.time.as_deref(),
+            tmms: r.tmms,
+            chan: r.chan,
+            rfch: r.rfch,
+            freq: hz_to_mhz(r.freq_hz),
+            stat: r.stat.to_wire(),
+            modu: r.datr.modulation(),
+            datr: r.datr,
+            codr: r.codr,
+            lsnr: r.lsnr,
+            rssi: r.rssi,
+            jver: r.jver,
+            rsig: &r.rsig,
+            brd: r.brd,
+            aesk: r.aesk,
+            size: r.data.len(),
+            data: STANDARD.encode(&r.data),
+        })
+        .collect();
+    let body = PushDataOut {
+        rxpk,
+        stat: p.stat.as_ref(),
+    };
+    serde_json::to_writer(&mut *out, &body).map_err(encode_error)
+}
+
+/// A PULL_RESP's JSON body.
+fn write_pull_resp(p: &PullResp, out: &mut Vec<u8>) -> Result<(), GwmpError> {
+    let x = &p.txpk;
+    let (imme, tmst, tmms) = match x.timing {
+        TxTiming::Immediate => (Some(true), None, None),
+        TxTiming::Tmst(t) => (None, Some(t), None),
+        TxTiming::Tmms(t) => (None, None, Some(t)),
+    };
+    let data = STANDARD.encode(&x.data);
+    let body = PullRespOut {
+        txpk: TxPkOut {
+            imme,
+            tmst,
+            tmms,
+            freq: hz_to_mhz(x.freq_hz),
+            rfch: x.rfch,
+            powe: x.powe,
+            modu: x.datr.modulation(),
+            datr: x.datr,
+            codr: x.codr,
+            fdev: x.fdev,
+            ipol: x.ipol,
+            prea: x.prea,
+            ncrc: x.ncrc,
+            size: x.data.len(),
+            data: &data,
+        },
+    };
+    serde_json::to_writer(&mut *out, &body).map_err(encode_error)
+}
+
+/// A TX_ACK's JSON body: none on success, as lora_pkt_fwd sends.
+fn write_tx_ack(a: &TxAck, out: &mut Vec<u8>) -> Result<(), GwmpError> {
+    for code in a.error.iter().chain(a.warning.iter().map(|w| &w.code)) {
+        if let TxAckCode::Other(s) = code {
+            if TxAckCode::from_wire(s).as_ref() != Some(code) {
+                return Err(GwmpError::Encode(format!(
+                    "TxAckCode::Other({s:?}) would read back as another code"
+                )));
             }
         }
     }
+    if a.error.is_none() && a.warning.is_none() {
+        return Ok(());
+    }
+    let body = TxAckOut {
+        txpk_ack: TxPkAckOut {
+            error: a.error.as_ref().map(TxAckCode::as_str),
+            warn: a.warning.as_ref().map(|w| w.code.as_str()),
+            value: a.warning.as_ref().and_then(|w| w.value),
+        },
+    };
+    serde_json::to_writer(&mut *out, &body).map_err(encode_error)
 }
 
 #[cfg(test)]
