@@ -204,8 +204,8 @@ pub struct Engine {
     air: Option<Box<Air>>,
     /// Join-requests per device in the current join phase.
     join_attempts: Vec<u16>,
-    /// When each device joined in the current join phase, µs from its start (`u64::MAX`: not
-    /// yet).
+    /// When each device first joined in the current join phase, µs from its start
+    /// (`u64::MAX`: not yet); [`Stats::joined_after_us`] is drawn from it.
     joined_after: Vec<u64>,
     /// When the last device of the current join phase boots, from the phase's start.
     last_boot: Micros,
@@ -404,7 +404,6 @@ impl Engine {
         self.stage_started = now;
         self.join_attempts = vec![0; self.fleet.len()];
         self.joined_after = vec![u64::MAX; self.fleet.len()];
-        self.stats.joined_after_us.clear();
         self.last_boot = 0;
         for i in 0..self.fleet.len() {
             let d = &mut self.fleet.devices[i];
@@ -955,10 +954,8 @@ impl Engine {
                 d.on_downlink(phy, window, t, &self.behaviour, &mut rng, &mut self.fx);
                 self.apply(dev, now, &mut rng);
                 if self.fleet.devices[dev as usize].phase() == Phase::Joined {
-                    let after = t.saturating_sub(self.stage_started);
-                    self.stats.joined_after_us.push(after);
                     if let Some(a) = self.joined_after.get_mut(dev as usize) {
-                        *a = after;
+                        *a = (*a).min(t.saturating_sub(self.stage_started));
                     }
                 }
                 return;
@@ -1085,6 +1082,7 @@ impl Engine {
             .iter()
             .map(|d| d.join_data_rate(&self.behaviour))
             .collect();
+        self.stats.joined_after_us = self.join_times().collect();
         self.stats.storm_by_data_rate = self.by_data_rate(&drs);
         let plan = self.traffic.radio;
         let join_freq_hz = self.join_freq_hz();
@@ -1111,6 +1109,11 @@ impl Engine {
                 leaves_us: self.prior_airtime.1,
             },
         }));
+    }
+
+    /// When each device that joined in the current join phase first did, µs from its start.
+    fn join_times(&self) -> impl Iterator<Item = u64> + '_ {
+        self.joined_after.iter().copied().filter(|&a| a != u64::MAX)
     }
 
     /// The current join phase of the devices at each of their join data rates `drs`, slowest

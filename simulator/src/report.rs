@@ -50,8 +50,9 @@ impl Latency {
 pub struct Stats {
     /// Join-requests sent (every attempt, retries included).
     pub joins_attempted: u64,
-    /// When each device of the last join phase joined (its Join-accept's window), µs from the
-    /// phase's start (the run's, or power-restore's).
+    /// When each device of the last join phase first joined (its Join-accept's window), µs
+    /// from the phase's start (the run's, or power-restore's), in device order; filled in when
+    /// the run finishes.
     pub joined_after_us: Vec<u64>,
     /// Join-requests per device in the last join phase: the most.
     pub join_attempts_max: u16,
