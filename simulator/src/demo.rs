@@ -10,6 +10,12 @@
 //! 4. Runs a join storm followed by steady uplinks against it over real UDP sockets, with the
 //!    network server's application events sent to the simulator, and prints the report. The
 //!    temporary directories are removed afterwards.
+//! 5. Then, unless switched off ([`DemoOptions::city`]), a city's power cut over the modelled
+//!    radio ([`crate::radio`]): a second fleet of meters placed among gateways on a plane, every
+//!    meter booting within the same second, gateways that transmit one downlink at a time within
+//!    their duty cycle, uplinks that collide; a fresh pair of servers with the network server's
+//!    downlink scheduler on. Its report shows how long the city took to come back against the
+//!    airtime lower bound, and that no gateway refused a downlink.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +55,30 @@ pub struct DemoOptions {
     pub report_json: Option<PathBuf>,
     /// Progress lines.
     pub progress: bool,
+    /// The power cut over the modelled radio that follows (`None`: none).
+    pub city: Option<CityDemo>,
+}
+
+/// The demo's second part: a city's meters rejoin at once after a power cut, over the modelled
+/// radio, through a network server whose downlink scheduler books every Join-accept where a
+/// gateway can transmit it.
+#[derive(Clone, Copy, Debug)]
+pub struct CityDemo {
+    /// Meters in the city.
+    pub meters: u32,
+    /// Gateways in the city.
+    pub gateways: u16,
+    /// The part ends when every meter has joined, or after this long.
+    pub limit: Duration,
+}
+
+/// What `simulator demo` reports: its two parts.
+#[derive(Debug)]
+pub struct DemoReport {
+    /// The join storm and steady uplinks over the ideal radio.
+    pub fleet: Report,
+    /// The power cut over the modelled radio, if it ran.
+    pub city: Option<Report>,
 }
 
 /// How [`Servers::start_full`] sets the network server up.
@@ -279,16 +309,25 @@ impl Drop for Servers {
     }
 }
 
-/// Runs the demo; returns the report (also printed).
-pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
-    let tmp = tempfile::Builder::new().prefix("lorawan-demo-").tempdir()?;
-    let net_id = NetId::new(0).expect("NetID 000000");
+/// Runs the demo; returns its reports (also printed).
+pub fn run(o: &DemoOptions) -> anyhow::Result<DemoReport> {
+    let fleet = run_fleet(o)?;
+    let city = match o.city {
+        Some(c) => {
+            eprintln!();
+            Some(run_city(o, &c)?)
+        }
+        None => None,
+    };
+    Ok(DemoReport { fleet, city })
+}
 
-    // 1. The fleet.
-    let manifest_path = tmp.path().join("fleet.csv");
+/// Writes a fleet of `devices` (1.0.3, 1.0.4 and 1.1) into `dir`; its manifest path.
+fn write_fleet(dir: &Path, devices: u32, seed: u64, net_id: NetId) -> anyhow::Result<PathBuf> {
+    let manifest_path = dir.join("fleet.csv");
     let entries = manifest::generate(&Params {
-        devices: o.devices,
-        seed: o.seed,
+        devices,
+        seed,
         versions: VersionMix::Mix,
         join_eui: manifest::DEFAULT_JOIN_EUI,
         home_net_id: net_id,
@@ -299,12 +338,11 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
         entries.len(),
         manifest_path.display()
     );
+    Ok(manifest_path)
+}
 
-    // 2, 3. The servers, the fleet provisioned; the network server's application events come to
-    // the simulator, which counts what was delivered.
-    // The event socket is bound now and stays bound until the run reads from it.
-    let events = EventListen::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let servers = Servers::start_in(&manifest_path, net_id, Some(events.local_addr()?), &o.radio)?;
+/// Logs where the servers listen.
+fn announce(servers: &Servers) {
     eprintln!(
         "demo: join server link on {}, network server GWMP on {}",
         servers
@@ -312,6 +350,22 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
             .map_or_else(|| "-".into(), |a| a.to_string()),
         servers.gwmp()
     );
+}
+
+/// The demo's first part: a join storm and steady uplinks over the ideal radio.
+fn run_fleet(o: &DemoOptions) -> anyhow::Result<Report> {
+    let tmp = tempfile::Builder::new().prefix("lorawan-demo-").tempdir()?;
+    let net_id = NetId::new(0).expect("NetID 000000");
+
+    // 1. The fleet.
+    let manifest_path = write_fleet(tmp.path(), o.devices, o.seed, net_id)?;
+
+    // 2, 3. The servers, the fleet provisioned; the network server's application events come to
+    // the simulator, which counts what was delivered.
+    // The event socket is bound now and stays bound until the run reads from it.
+    let events = EventListen::bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let servers = Servers::start_in(&manifest_path, net_id, Some(events.local_addr()?), &o.radio)?;
+    announce(&servers);
 
     // 4. Join storm, then steady uplinks.
     let join_window_us = o.join_window.as_micros() as u64;
@@ -348,6 +402,74 @@ pub fn run(o: &DemoOptions) -> anyhow::Result<Report> {
     stopped?;
     Ok(report)
 }
+
+/// The demo's second part ([`CityDemo`]): a power cut over the modelled radio, with a fleet and
+/// servers of its own.
+fn run_city(o: &DemoOptions, c: &CityDemo) -> anyhow::Result<Report> {
+    eprintln!(
+        "demo: a power cut in a city of {} meters and {} gateways, over the modelled radio \
+         (airtime, duty cycle, collisions); the network server's downlink scheduler on",
+        c.meters, c.gateways
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix("lorawan-demo-city-")
+        .tempdir()?;
+    let net_id = NetId::new(0).expect("NetID 000000");
+    let seed = o.seed.wrapping_add(1);
+    let manifest_path = write_fleet(tmp.path(), c.meters, seed, net_id)?;
+    let servers = Servers::start_with(&manifest_path, net_id, None, &o.radio, true)?;
+    announce(&servers);
+    let result = run::run(&RunOptions {
+        manifest: manifest_path,
+        netserver: servers.gwmp(),
+        more_netservers: Vec::new(),
+        bind: "127.0.0.1".parse()?,
+        gateways: c.gateways,
+        traffic: Traffic {
+            // Every meter boots within the same second, as when the power comes back.
+            scenario: Scenario::Storm,
+            join_window_us: 1_000_000,
+            duration_us: c.limit.as_micros() as u64,
+            uplink_interval_us: o.uplink_interval.as_micros() as u64,
+            confirmed_ratio: 0.0,
+            payload_size: 12,
+            loss: 0.0,
+            heard_by: 1,
+            data_rate: o.radio.default_data_rate(),
+            radio: o.radio,
+        },
+        duration_given: true,
+        seed,
+        event_listen: None,
+        report_json: o.report_json.as_deref().map(city_report_path),
+        timeseries_csv: None,
+        progress: o.progress,
+        print_table: true,
+        rekey: None,
+        radio_model: Some(crate::radio::RadioModel {
+            city: true,
+            ..Default::default()
+        }),
+    });
+    let stopped = servers.stop();
+    let report = result?;
+    stopped?;
+    Ok(report)
+}
+
+/// Where the city part's JSON report goes beside `--report-json PATH`: `PATH` with `-city`
+/// before its extension (`report.json` → `report-city.json`).
+pub fn city_report_path(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "report".into(), |s| s.to_string_lossy().into_owned());
+    let name = match path.extension() {
+        Some(e) => format!("{stem}-city.{}", e.to_string_lossy()),
+        None => format!("{stem}-city"),
+    };
+    path.with_file_name(name)
+}
+
 /// The demo's join server: fresh secrets in `js_dir`, the fleet of `manifest` imported,
 /// listening on loopback.
 fn start_join_server(js_dir: &Path, manifest: &Path) -> anyhow::Result<joinserver::server::Server> {
@@ -434,5 +556,23 @@ fn netserver_config(
         },
         integration,
         ..defaults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_city_report_goes_beside_the_fleet_report() {
+        assert_eq!(
+            city_report_path(Path::new("/tmp/r/report.json")),
+            Path::new("/tmp/r/report-city.json")
+        );
+        assert_eq!(city_report_path(Path::new("out")), Path::new("out-city"));
+        assert_eq!(
+            city_report_path(Path::new("a.b/r.tar.json")),
+            Path::new("a.b/r.tar-city.json")
+        );
     }
 }

@@ -67,12 +67,22 @@ struct DemoArgs {
     heard_by: u16,
     #[command(flatten)]
     radio: RadioArgs,
-    /// Write the JSON report here.
+    /// Write the JSON report here (the city's beside it, `-city` before the extension).
     #[arg(long)]
     report_json: Option<PathBuf>,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Meters in the second part, a city's power cut over the modelled radio (airtime, duty
+    /// cycle, collisions; the network server's downlink scheduler on); 0 skips it.
+    #[arg(long, default_value_t = 300)]
+    city_meters: u32,
+    /// Gateways of that city (a grid 3 km apart, the meters over the same area).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    city_gateways: u16,
+    /// The city's part ends when every meter has joined, or after this long.
+    #[arg(long, default_value = "240s")]
+    city_limit: Dur,
 }
 
 /// `--radio`.
@@ -410,6 +420,11 @@ fn demo_cmd(a: DemoArgs) -> anyhow::Result<()> {
         radio: a.radio.plan()?,
         report_json: a.report_json,
         progress: !a.quiet,
+        city: (a.city_meters > 0).then_some(simulator::demo::CityDemo {
+            meters: a.city_meters,
+            gateways: a.city_gateways,
+            limit: a.city_limit.0,
+        }),
     })?;
     Ok(())
 }
