@@ -287,6 +287,15 @@ impl Servers {
         self.shutdown()
     }
 
+    /// Stops both servers after a run against them: the run's result, or the first error of
+    /// the run and the stop.
+    fn stop_after<T>(self, result: anyhow::Result<T>) -> anyhow::Result<T> {
+        let stopped = self.stop();
+        let value = result?;
+        stopped?;
+        Ok(value)
+    }
+
     fn shutdown(&mut self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         let r = match self.ns.take() {
@@ -369,38 +378,26 @@ fn run_fleet(o: &DemoOptions) -> anyhow::Result<Report> {
 
     // 4. Join storm, then steady uplinks.
     let join_window_us = o.join_window.as_micros() as u64;
-    let result = run::run(&RunOptions {
-        manifest: manifest_path,
-        netserver: servers.gwmp(),
-        more_netservers: Vec::new(),
-        bind: "127.0.0.1".parse()?,
-        gateways: o.gateways,
-        traffic: Traffic {
-            scenario: Scenario::Steady,
-            join_window_us,
-            duration_us: join_window_us + o.steady.as_micros() as u64,
-            uplink_interval_us: o.uplink_interval.as_micros() as u64,
-            confirmed_ratio: 0.0,
-            payload_size: 12,
-            loss: 0.0,
-            heard_by: o.heard_by,
-            data_rate: o.radio.default_data_rate(),
-            radio: o.radio,
+    let result = run_against(
+        &servers,
+        RunOptions {
+            event_listen: Some(events),
+            report_json: o.report_json.clone(),
+            ..demo_run(
+                manifest_path,
+                o,
+                o.gateways,
+                Traffic {
+                    scenario: Scenario::Steady,
+                    join_window_us,
+                    duration_us: join_window_us + o.steady.as_micros() as u64,
+                    heard_by: o.heard_by,
+                    ..demo_traffic(o)
+                },
+            )
         },
-        duration_given: true,
-        seed: o.seed,
-        event_listen: Some(events),
-        report_json: o.report_json.clone(),
-        timeseries_csv: None,
-        progress: o.progress,
-        print_table: true,
-        rekey: None,
-        radio_model: None,
-    });
-    let stopped = servers.stop();
-    let report = result?;
-    stopped?;
-    Ok(report)
+    );
+    servers.stop_after(result)
 }
 
 /// The demo's second part ([`CityDemo`]): a power cut over the modelled radio, with a fleet and
@@ -419,42 +416,78 @@ fn run_city(o: &DemoOptions, c: &CityDemo) -> anyhow::Result<Report> {
     let manifest_path = write_fleet(tmp.path(), c.meters, seed, net_id)?;
     let servers = Servers::start_with(&manifest_path, net_id, None, &o.radio, true)?;
     announce(&servers);
-    let result = run::run(&RunOptions {
-        manifest: manifest_path,
-        netserver: servers.gwmp(),
-        more_netservers: Vec::new(),
-        bind: "127.0.0.1".parse()?,
-        gateways: c.gateways,
-        traffic: Traffic {
-            // Every meter boots within the same second, as when the power comes back.
-            scenario: Scenario::Storm,
-            join_window_us: 1_000_000,
-            duration_us: c.limit.as_micros() as u64,
-            uplink_interval_us: o.uplink_interval.as_micros() as u64,
-            confirmed_ratio: 0.0,
-            payload_size: 12,
-            loss: 0.0,
-            heard_by: 1,
-            data_rate: o.radio.default_data_rate(),
-            radio: o.radio,
+    let result = run_against(
+        &servers,
+        RunOptions {
+            seed,
+            report_json: o.report_json.as_deref().map(city_report_path),
+            radio_model: Some(crate::radio::RadioModel {
+                city: true,
+                ..Default::default()
+            }),
+            ..demo_run(
+                manifest_path,
+                o,
+                c.gateways,
+                Traffic {
+                    // Every meter boots within the same second, as when the power comes back.
+                    scenario: Scenario::Storm,
+                    join_window_us: 1_000_000,
+                    duration_us: c.limit.as_micros() as u64,
+                    ..demo_traffic(o)
+                },
+            )
         },
+    );
+    servers.stop_after(result)
+}
+
+/// A run of the demo's: `manifest` through `gateways` gateways with `traffic`, the table printed,
+/// for exactly the traffic's duration (a storm ends sooner once every device has joined); the
+/// network server's address is set by [`run_against`].
+fn demo_run(manifest: PathBuf, o: &DemoOptions, gateways: u16, traffic: Traffic) -> RunOptions {
+    RunOptions {
+        manifest,
+        netserver: SocketAddr::from(([127, 0, 0, 1], 0)),
+        more_netservers: Vec::new(),
+        bind: std::net::IpAddr::from([127, 0, 0, 1]),
+        gateways,
+        traffic,
         duration_given: true,
-        seed,
+        seed: o.seed,
         event_listen: None,
-        report_json: o.report_json.as_deref().map(city_report_path),
+        report_json: None,
         timeseries_csv: None,
         progress: o.progress,
         print_table: true,
         rekey: None,
-        radio_model: Some(crate::radio::RadioModel {
-            city: true,
-            ..Default::default()
-        }),
-    });
-    let stopped = servers.stop();
-    let report = result?;
-    stopped?;
-    Ok(report)
+        radio_model: None,
+    }
+}
+
+/// The demo's traffic defaults: unconfirmed 12-byte uplinks at the region's default data rate,
+/// every transmission heard by one gateway, nothing lost; the scenario and its times to be set.
+fn demo_traffic(o: &DemoOptions) -> Traffic {
+    Traffic {
+        scenario: Scenario::Storm,
+        join_window_us: 0,
+        duration_us: 0,
+        uplink_interval_us: o.uplink_interval.as_micros() as u64,
+        confirmed_ratio: 0.0,
+        payload_size: 12,
+        loss: 0.0,
+        heard_by: 1,
+        data_rate: o.radio.default_data_rate(),
+        radio: o.radio,
+    }
+}
+
+/// Runs `opts` against `servers`' network server.
+fn run_against(servers: &Servers, opts: RunOptions) -> anyhow::Result<Report> {
+    run::run(&RunOptions {
+        netserver: servers.gwmp(),
+        ..opts
+    })
 }
 
 /// Where the city part's JSON report goes beside `--report-json PATH`: `PATH` with `-city`

@@ -32,42 +32,52 @@ fn manifest(devices: u32) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, manifest)
 }
 
+/// Runs `simulator demo ARGS --quiet --report-json DIR/demo.json` to success; its standard
+/// output and the temporary directory holding the reports.
+fn run_demo(args: &[&str]) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = simulator()
+        .arg("demo")
+        .args(args)
+        .arg("--quiet")
+        .arg("--report-json")
+        .arg(dir.path().join("demo.json"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (stdout, dir)
+}
+
+/// A JSON report the demo wrote.
+fn read_report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// Runs `simulator demo` with 300 devices, without its city part, and `extra` options; its JSON
 /// report.
 fn demo(extra: &[&str]) -> serde_json::Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("demo.json");
     // Devices report from their Join-accept on (5 s after their Join-request).
-    let out = simulator()
-        .args([
-            "demo",
-            "--devices",
-            "300",
-            "--join-window",
-            "2s",
-            "--steady",
-            "8s",
-            "--uplink-interval",
-            "2s",
-            "--quiet",
-            "--city-meters",
-            "0",
-        ])
-        .args(extra)
-        .arg("--report-json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        stdout,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec![
+        "--devices",
+        "300",
+        "--join-window",
+        "2s",
+        "--steady",
+        "8s",
+        "--uplink-interval",
+        "2s",
+        "--city-meters",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    let (stdout, dir) = run_demo(&args);
     assert!(stdout.contains("accepted (RX1 / RX2)"), "{stdout}");
-    let r: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let r = read_report(&dir.path().join("demo.json"));
     assert_eq!(r["joins"]["accepted"], 300);
     assert_eq!(r["joins"]["missed_window"], 0);
     assert_eq!(r["downlinks"]["wrong_radio"], 0, "{r}");
@@ -96,44 +106,26 @@ fn demo_runs_with_nothing_set_up() {
 /// Its report goes beside the first part's, and no gateway refuses a downlink.
 #[test]
 fn demo_runs_a_city_over_the_modelled_radio() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("demo.json");
-    let out = simulator()
-        .args([
-            "demo",
-            "--devices",
-            "50",
-            "--join-window",
-            "1s",
-            "--steady",
-            "1s",
-            "--quiet",
-            "--city-meters",
-            "40",
-            "--city-gateways",
-            "4",
-            "--city-limit",
-            "60s",
-        ])
-        .arg("--report-json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read = |p: &std::path::Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    };
-    let fleet = read(&json);
+    let (stdout, dir) = run_demo(&[
+        "--devices",
+        "50",
+        "--join-window",
+        "1s",
+        "--steady",
+        "1s",
+        "--city-meters",
+        "40",
+        "--city-gateways",
+        "4",
+        "--city-limit",
+        "60s",
+    ]);
+    let fleet = read_report(&dir.path().join("demo.json"));
     assert_eq!(
         (fleet["radio"].as_str(), fleet["devices"].as_u64()),
         (Some("ideal"), Some(50))
     );
-    let r = read(&dir.path().join("demo-city.json"));
+    let r = read_report(&dir.path().join("demo-city.json"));
     assert_eq!(r["radio"], "realistic", "{r}");
     assert_eq!(r["scenario"], "storm", "{r}");
     assert_eq!(
