@@ -378,25 +378,23 @@ fn run_fleet(o: &DemoOptions) -> anyhow::Result<Report> {
 
     // 4. Join storm, then steady uplinks.
     let join_window_us = o.join_window.as_micros() as u64;
-    let result = run_against(
-        &servers,
-        RunOptions {
-            event_listen: Some(events),
-            report_json: o.report_json.clone(),
-            ..demo_run(
-                manifest_path,
-                o,
-                o.gateways,
-                Traffic {
-                    scenario: Scenario::Steady,
-                    join_window_us,
-                    duration_us: join_window_us + o.steady.as_micros() as u64,
-                    heard_by: o.heard_by,
-                    ..demo_traffic(o)
-                },
-            )
-        },
-    );
+    let result = run::run(&RunOptions {
+        event_listen: Some(events),
+        report_json: o.report_json.clone(),
+        ..demo_run(
+            &servers,
+            manifest_path,
+            o,
+            o.gateways,
+            Traffic {
+                scenario: Scenario::Steady,
+                join_window_us,
+                duration_us: join_window_us + o.steady.as_micros() as u64,
+                heard_by: o.heard_by,
+                ..demo_traffic(o)
+            },
+        )
+    });
     servers.stop_after(result)
 }
 
@@ -416,39 +414,43 @@ fn run_city(o: &DemoOptions, c: &CityDemo) -> anyhow::Result<Report> {
     let manifest_path = write_fleet(tmp.path(), c.meters, seed, net_id)?;
     let servers = Servers::start_with(&manifest_path, net_id, None, &o.radio, true)?;
     announce(&servers);
-    let result = run_against(
-        &servers,
-        RunOptions {
-            seed,
-            report_json: o.report_json.as_deref().map(city_report_path),
-            radio_model: Some(crate::radio::RadioModel {
-                city: true,
-                ..Default::default()
-            }),
-            ..demo_run(
-                manifest_path,
-                o,
-                c.gateways,
-                Traffic {
-                    // Every meter boots within the same second, as when the power comes back.
-                    scenario: Scenario::Storm,
-                    join_window_us: 1_000_000,
-                    duration_us: c.limit.as_micros() as u64,
-                    ..demo_traffic(o)
-                },
-            )
-        },
-    );
+    let result = run::run(&RunOptions {
+        seed,
+        report_json: o.report_json.as_deref().map(city_report_path),
+        radio_model: Some(crate::radio::RadioModel {
+            city: true,
+            ..Default::default()
+        }),
+        ..demo_run(
+            &servers,
+            manifest_path,
+            o,
+            c.gateways,
+            Traffic {
+                // Every meter boots within the same second, as when the power comes back.
+                scenario: Scenario::Storm,
+                join_window_us: 1_000_000,
+                duration_us: c.limit.as_micros() as u64,
+                ..demo_traffic(o)
+            },
+        )
+    });
     servers.stop_after(result)
 }
 
-/// A run of the demo's: `manifest` through `gateways` gateways with `traffic`, the table printed,
-/// for exactly the traffic's duration (a storm ends sooner once every device has joined); the
-/// network server's address is set by [`run_against`].
-fn demo_run(manifest: PathBuf, o: &DemoOptions, gateways: u16, traffic: Traffic) -> RunOptions {
+/// A run of the demo's against `servers`: `manifest` through `gateways` gateways with
+/// `traffic`, the table printed, for exactly the traffic's duration (a storm ends sooner once
+/// every device has joined).
+fn demo_run(
+    servers: &Servers,
+    manifest: PathBuf,
+    o: &DemoOptions,
+    gateways: u16,
+    traffic: Traffic,
+) -> RunOptions {
     RunOptions {
         manifest,
-        netserver: SocketAddr::from(([127, 0, 0, 1], 0)),
+        netserver: servers.gwmp(),
         more_netservers: Vec::new(),
         bind: std::net::IpAddr::from([127, 0, 0, 1]),
         gateways,
@@ -480,14 +482,6 @@ fn demo_traffic(o: &DemoOptions) -> Traffic {
         data_rate: o.radio.default_data_rate(),
         radio: o.radio,
     }
-}
-
-/// Runs `opts` against `servers`' network server.
-fn run_against(servers: &Servers, opts: RunOptions) -> anyhow::Result<Report> {
-    run::run(&RunOptions {
-        netserver: servers.gwmp(),
-        ..opts
-    })
 }
 
 /// Where the city part's JSON report goes beside `--report-json PATH`: `PATH` with `-city`
