@@ -89,6 +89,12 @@ struct Args {
     /// Join server instances on the one store (PostgreSQL only beyond 1).
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// `[store] commit_interval_ms` of the join server (default: the configuration's default).
+    #[arg(long)]
+    commit_interval_ms: Option<u64>,
+    /// `[store] commit_enough` of the join server (default: the configuration's default).
+    #[arg(long)]
+    commit_enough: Option<usize>,
 }
 
 /// `--synchronous` values.
@@ -370,6 +376,12 @@ fn main() {
     config.metrics.listen = String::new();
     config.store.synchronous = args.synchronous.into();
     config.store.url = url.clone().unwrap_or_default();
+    if let Some(ms) = args.commit_interval_ms {
+        config.store.commit_interval_ms = ms;
+    }
+    if let Some(n) = args.commit_enough {
+        config.store.commit_enough = n;
+    }
     let servers: Vec<Server> = (0..args.instances)
         .map(|_| Server::start(&dir, &config).unwrap())
         .collect();

@@ -102,6 +102,8 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// The least milliseconds from one nonce commit's start to the next's.
     pub commit_interval_ms: u64,
+    /// Nonce updates waiting that start a commit before `commit_interval_ms` is out.
+    pub commit_enough: usize,
     /// Pending answers allowed to wait for the writer before the link stops reading.
     pub queue_depth: usize,
     /// When a nonce commit counts as done: `full` (default) waits for the disk (fsync of the
@@ -159,7 +161,8 @@ impl Default for StoreConfig {
             url: String::new(),
             pool_size: 8,
             max_batch: 4096,
-            commit_interval_ms: 0,
+            commit_interval_ms: 2,
+            commit_enough: 16,
             queue_depth: 65_536,
             synchronous: Synchronous::Full,
         }
@@ -440,13 +443,15 @@ url = ""
 pool_size = 8
 # Most nonce updates committed in one transaction (group commit).
 max_batch = 4096
-# Least milliseconds from one nonce commit's start to the next's. 0 (the default): commit whenever
-# joins wait, which is what a client keeping a few requests in flight needs (it is limited to
-# its requests in flight per interval otherwise). A join server serving open-loop storms (many
-# network servers, or one with thousands of joins in flight) may set e.g. 10: the joins of an
-# interval then share one commit (one fsync), about a quarter less CPU per join at 5,000
-# joins/s (docs/benchmarks.md); a join after a quiet spell still commits at once.
-commit_interval_ms = 0
+# Least milliseconds from one nonce commit's start to the next's: the joins that arrive meanwhile
+# share one commit (one fsync of the WAL). 0: commit whenever joins wait (one fsync for every
+# one or two joins of a storm through a network server). A join after a quiet spell commits at
+# once; see commit_enough for a client that keeps few requests in flight.
+commit_interval_ms = 2
+# Nonce updates waiting that start a commit before that interval is out: a batch this large
+# already spreads the fsync thin, and a client whose whole window of requests is waiting is not
+# held to the interval (docs/benchmarks.md, "The join server's paced commits").
+commit_enough = 16
 # Answers allowed to wait for the writer before the link stops reading datagrams.
 queue_depth = 65536
 # SQLite (PostgreSQL follows its own synchronous_commit): when a commit is done: "full" fsyncs

@@ -21,7 +21,7 @@ use crate::queue::Queued;
 use crate::secrets::{self, Secrets};
 use crate::store::pg_onboard::PgOnboard;
 use crate::store::postgres::{is_postgres_url, PgStore};
-use crate::store::{DeviceChanges, GroupCommit, SqliteStore, Store, StoreError, StoredDevice};
+use crate::store::{DeviceChanges, GroupCommit, Pacing, SqliteStore, Store, StoreError, StoredDevice};
 use httpsec::serve::Transport;
 
 /// The server could not start.
@@ -396,10 +396,11 @@ fn spawn_link(
     let batch_sender = udpbatch::BatchSender::new(64);
     let (writer, writer_handle) = GroupCommit::<Queued>::spawn_paced(
         store,
-        (
-            config.store.max_batch,
-            Duration::from_millis(config.store.commit_interval_ms),
-        ),
+        Pacing {
+            max_batch: config.store.max_batch,
+            interval: Duration::from_millis(config.store.commit_interval_ms),
+            enough: config.store.commit_enough,
+        },
         config.store.queue_depth,
         move |released| {
             crate::queue::release(&release_link, &send_socket, &batch_sender, released);

@@ -1250,17 +1250,23 @@ impl<T: Send + 'static> GroupCommit<T> {
         S: Store,
         F: FnMut(Released<T>) + Send + 'static,
     {
-        Self::spawn_paced(store, (max_batch, Duration::ZERO), queue_depth, release)
+        let pacing = Pacing {
+            max_batch,
+            interval: Duration::ZERO,
+            enough: max_batch,
+        };
+        Self::spawn_paced(store, pacing, queue_depth, release)
     }
 
-    /// [`Self::spawn`] with commits paced: a batch that would begin sooner than `min_interval`
-    /// after the previous one began waits for the rest of the interval, gathering what arrives
-    /// meanwhile. In a join storm that turns hundreds of small commits a second (each an
-    /// `fsync` of the WAL, which the profile showed as half the join server's CPU) into a few
-    /// large ones; a join after a quiet spell commits at once.
+    /// [`Self::spawn`] with commits paced ([`Pacing`]): a batch that would begin sooner than
+    /// the interval after the previous one began waits for the rest of it, gathering what
+    /// arrives meanwhile, unless enough updates are already waiting. In a join storm that turns
+    /// hundreds of small commits a second (each an `fsync` of the WAL, which the profile showed
+    /// as half the join server's CPU) into a few large ones; a join after a quiet spell commits
+    /// at once, and a client with a full window of requests waiting is not held to the interval.
     pub fn spawn_paced<S, F>(
         mut store: S,
-        (max_batch, min_interval): (usize, Duration),
+        pacing: Pacing,
         queue_depth: usize,
         mut release: F,
     ) -> (Self, JoinHandle<S>)
@@ -1269,11 +1275,14 @@ impl<T: Send + 'static> GroupCommit<T> {
         F: FnMut(Released<T>) + Send + 'static,
     {
         let (tx, rx) = mpsc::sync_channel(queue_depth.max(1));
-        let max_batch = max_batch.max(1);
+        let pacing = Pacing {
+            max_batch: pacing.max_batch.max(1),
+            ..pacing
+        };
         let handle = std::thread::Builder::new()
             .name("js-store-writer".into())
             .spawn(move || {
-                writer_loop(&mut store, &rx, (max_batch, min_interval), &mut release);
+                writer_loop(&mut store, &rx, pacing, &mut release);
                 store
             })
             .expect("spawning the store writer thread");
@@ -1319,6 +1328,16 @@ impl<T> Batch<T> {
             }
         };
         self.items.push((item, slot));
+    }
+
+    /// Adds what is waiting in the queue, up to `max_batch` items in all.
+    fn take_waiting(&mut self, rx: &Receiver<(Job, T)>, max_batch: usize) {
+        while self.items.len() < max_batch {
+            match rx.try_recv() {
+                Ok((job, item)) => self.push(job, item),
+                Err(_) => return,
+            }
+        }
     }
 
     /// Commits the joins, then looks up the answers for the lookups and for the joins found
@@ -1387,10 +1406,27 @@ impl<T> Batch<T> {
     }
 }
 
+/// How the writer groups nonce updates into commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    /// The most updates committed in one transaction.
+    pub max_batch: usize,
+    /// The least time from one commit's start to the next's (zero: commit as soon as the
+    /// previous commit is done).
+    pub interval: Duration,
+    /// Updates waiting that end the wait for the interval early: a batch this large already
+    /// spreads the commit's fixed cost (its `fsync`) thin.
+    pub enough: usize,
+}
+
+/// While a paced batch waits, how often the writer looks for what arrived: a sleep, not a wait
+/// on the queue, so that the link thread does not have to wake the writer for each request.
+const PACING_POLL: Duration = Duration::from_micros(250);
+
 fn writer_loop<S: Store, T, F: FnMut(Released<T>)>(
     store: &mut S,
     rx: &Receiver<(Job, T)>,
-    (max_batch, min_interval): (usize, Duration),
+    pacing: Pacing,
     release: &mut F,
 ) {
     let mut last_commit: Option<std::time::Instant> = None;
@@ -1401,23 +1437,24 @@ fn writer_loop<S: Store, T, F: FnMut(Released<T>)>(
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        // Paced: too soon after the previous commit, the rest of the interval gathers more.
-        if let Some(due) = last_commit.map(|t| t + min_interval) {
-            let now = std::time::Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
         let mut batch = Batch {
-            joins: Vec::with_capacity(max_batch),
+            joins: Vec::with_capacity(pacing.max_batch),
             lookups: Vec::new(),
-            items: Vec::with_capacity(max_batch),
+            items: Vec::with_capacity(pacing.max_batch),
         };
-        let mut next = Some(first);
-        while let Some((job, t)) = next.take() {
-            batch.push(job, t);
-            if batch.items.len() < max_batch {
-                next = rx.try_recv().ok();
+        batch.push(first.0, first.1);
+        batch.take_waiting(rx, pacing.max_batch);
+        // Paced: too soon after the previous commit, the rest of the interval gathers more,
+        // unless enough are already waiting.
+        if let Some(due) = last_commit.map(|t| t + pacing.interval) {
+            let enough = pacing.enough.min(pacing.max_batch);
+            loop {
+                let now = std::time::Instant::now();
+                if due <= now || batch.items.len() >= enough {
+                    break;
+                }
+                std::thread::sleep((due - now).min(PACING_POLL));
+                batch.take_waiting(rx, pacing.max_batch);
             }
         }
         if !batch.joins.is_empty() {
@@ -1825,7 +1862,11 @@ mod tests {
         s.insert_devices(&(0..21).map(device).collect::<Vec<_>>())
             .unwrap();
         let (done_tx, done_rx) = mpsc::channel();
-        let pacing = (4096, Duration::from_millis(300));
+        let pacing = Pacing {
+            max_batch: 4096,
+            interval: Duration::from_millis(300),
+            enough: 32,
+        };
         let (gc, handle) = GroupCommit::<u32>::spawn_paced(s, pacing, 100, move |(r, n, _)| {
             r.unwrap();
             done_tx.send(n).unwrap();
@@ -1845,6 +1886,43 @@ mod tests {
         drop(gc);
         let mut store = handle.join().unwrap();
         for i in 0..21u64 {
+            let d = store.get_device(DevEui::new(i)).unwrap().unwrap();
+            assert_eq!(d.nonces.last_join_nonce, 1, "device {i} committed");
+        }
+    }
+
+    #[test]
+    fn paced_commits_go_ahead_once_enough_joins_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(tmp.path()).unwrap();
+        s.insert_devices(&(0..9).map(device).collect::<Vec<_>>())
+            .unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        let pacing = Pacing {
+            max_batch: 4096,
+            interval: Duration::from_secs(60),
+            enough: 8,
+        };
+        let (gc, handle) = GroupCommit::<u32>::spawn_paced(s, pacing, 100, move |(r, n, _)| {
+            r.unwrap();
+            done_tx.send(n).unwrap();
+        });
+        gc.submit(first_join(0), 0u32).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), 1);
+        // Eight joins right after it are enough: they do not wait out the minute.
+        for i in 1..9u32 {
+            gc.submit(first_join(i), i).unwrap();
+        }
+        let mut committed = 0;
+        while committed < 8 {
+            committed += done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the eight joins committed well before the interval is out");
+        }
+        assert_eq!(committed, 8);
+        drop(gc);
+        let mut store = handle.join().unwrap();
+        for i in 0..9u64 {
             let d = store.get_device(DevEui::new(i)).unwrap().unwrap();
             assert_eq!(d.nonces.last_join_nonce, 1, "device {i} committed");
         }
