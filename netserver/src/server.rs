@@ -34,7 +34,7 @@ use crate::gateway::allowed;
 use crate::gateway::handoff::HandoffKey;
 use crate::gateway::socket::{gwmp_loop, gwmp_socket, LoopLink};
 use crate::integration::auth::{self, DownlinkToken};
-use crate::integration::emitter::{CatchUp, Emitter, EmitterThread, Hooks, Requeue};
+use crate::integration::emitter::{Batching, CatchUp, Emitter, EmitterThread, Hooks, Requeue};
 use crate::integration::log::{Logged, Position};
 use crate::integration::mqtt::Broker;
 use crate::integration::sink::ConfiguredSink;
@@ -231,7 +231,10 @@ fn start_plane(
         counters,
         sink,
         downlinks,
-        data.max_batch,
+        Batching {
+            max: data.max_batch,
+            interval: Duration::from_millis(data.commit_interval_ms),
+        },
         metrics.clone(),
         hooks,
     )?;

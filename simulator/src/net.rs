@@ -14,6 +14,7 @@ use anyhow::Context;
 use protocol::ids::{DevAddr, DevEui};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
+use udpbatch::ReadPacing;
 
 use crate::engine::{Engine, Stage};
 use crate::manifest::NonceState;
@@ -164,6 +165,18 @@ fn udp_socket(bind: SocketAddr, connect: Option<SocketAddr>) -> anyhow::Result<U
     }
     Ok(UdpSocket::from_std(s.into())?)
 }
+
+/// Under load, the least time between two reads of a gateway's socket: a busy gateway wakes
+/// once per interval and takes what arrived meanwhile (PUSH_ACKs, PULL_RESPs) in a few system
+/// calls, as a packet forwarder's polling threads do, instead of waking for each datagram; the
+/// simulator then leaves more of the machine to the servers it measures. A datagram after a
+/// quiet spell is read at once; a Join-accept's latency as reported includes up to this much.
+const GATEWAY_READ_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The least time from one DevNonce log commit's start to the next's: in a storm the
+/// Join-requests of an interval share one `fdatasync` (a fifth of the simulator's CPU went to
+/// committing every few hundred µs); each waits at most this much longer to be sent.
+const NONCE_COMMIT_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Datagrams read by one `recvmmsg`.
 const RECV_BATCH: usize = 64;
@@ -350,9 +363,15 @@ impl Shared {
     /// datagrams; meanwhile the socket loop runs timers and queues the next group. If the log
     /// fails, nothing more is sent and the run stops.
     async fn committer(&self, log: Arc<Mutex<NonceLog>>) {
+        let mut last_start: Option<Instant> = None;
         loop {
             self.commit_wake.notified().await;
             loop {
+                // Paced: too soon after the previous commit began, the rest of the interval
+                // gathers more Join-requests for the same `fdatasync`.
+                if let Some(due) = last_start.map(|t| t + NONCE_COMMIT_INTERVAL) {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let out = std::mem::take(&mut *self.held.borrow_mut());
                 if out.is_empty() {
                     break;
@@ -360,6 +379,7 @@ impl Shared {
                 let batch = std::mem::take(&mut *self.log_pending.borrow_mut());
                 let log = log.clone();
                 let t0 = Instant::now();
+                last_start = Some(t0);
                 let r = tokio::task::spawn_blocking(move || {
                     let mut l = log
                         .lock()
@@ -555,10 +575,15 @@ async fn run_async(
 /// the engine's output go out, until the socket fails.
 async fn read_gateway(sh: Rc<Shared>, g: usize) {
     let mut bufs = vec![[0u8; RECV_BUF]; RECV_BATCH];
+    let mut pace = ReadPacing::new(GATEWAY_READ_INTERVAL);
     loop {
+        if let Some(until) = pace.hold() {
+            tokio::time::sleep_until(until.into()).await;
+        }
         if sh.sockets[g].readable().await.is_err() {
             return;
         }
+        let mut drained = false;
         for _ in 0..8 {
             match recv_batch(&sh.sockets[g], &mut bufs) {
                 Ok(lens) if !lens.is_empty() => {
@@ -568,12 +593,19 @@ async fn read_gateway(sh: Rc<Shared>, g: usize) {
                         e.on_datagram(g as u16, now, &buf[..len.min(RECV_BUF)]);
                     }
                 }
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Ok(_) => {
+                    drained = true;
+                    break;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
                 // ICMP port unreachable on a connected socket: the server is not (yet) up.
                 Err(_) => break,
             }
         }
+        pace.read(Instant::now(), !drained);
         sh.flush().await;
         sh.wake.notify_one();
     }

@@ -6,6 +6,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -72,6 +73,11 @@ impl BatchReceiver {
                 .push((r.bytes, r.address.as_ref().and_then(to_std)));
         }
         Ok(self.got.len())
+    }
+
+    /// The most datagrams one [`Self::recv`] takes.
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
     }
 
     /// Datagram `i` of the last [`Self::recv`] and its source, if it has one.
@@ -144,6 +150,44 @@ impl BatchSender {
     }
 }
 
+/// When a receiving loop next reads its sockets. Under load (a read soon after the previous
+/// one) the loop holds off until an interval after that read, so that one wake-up and a few
+/// `recvmmsg` calls take what arrived meanwhile: on loopback a wake-up per datagram (the wait,
+/// a context switch each) was a tenth of the network server's CPU in a join storm. A datagram
+/// after a quiet spell is read at once, and a read that filled its batch is followed at once by
+/// the next (more is waiting). The caller sleeps; this only decides.
+#[derive(Debug)]
+pub struct ReadPacing {
+    interval: Duration,
+    last: Option<Instant>,
+    hold_until: Option<Instant>,
+}
+
+impl ReadPacing {
+    /// Reads paced to at most one per `interval` under load (zero: never held).
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            hold_until: None,
+        }
+    }
+
+    /// A read at `now`; `full`: it filled its batch.
+    pub fn read(&mut self, now: Instant, full: bool) {
+        let busy = self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < self.interval);
+        self.hold_until = (busy && !full && !self.interval.is_zero()).then(|| now + self.interval);
+        self.last = Some(now);
+    }
+
+    /// Until when the loop should wait before reading again, if at all (taken once).
+    pub fn hold(&mut self) -> Option<Instant> {
+        self.hold_until.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +211,7 @@ mod tests {
                     got.push(d.to_vec());
                 }),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(std::time::Duration::from_millis(5))
+                    std::thread::sleep(Duration::from_millis(5))
                 }
                 Err(e) => panic!("{e}"),
             }
@@ -178,5 +222,36 @@ mod tests {
             std::io::ErrorKind::WouldBlock,
             "nothing more queued"
         );
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn reads_are_held_only_while_datagrams_keep_coming() {
+        let t0 = Instant::now();
+        let mut p = ReadPacing::new(MS);
+        // The first read, and one after a quiet spell, are not followed by a hold.
+        p.read(t0, false);
+        assert_eq!(p.hold(), None);
+        p.read(t0 + 10 * MS, false);
+        assert_eq!(p.hold(), None);
+        // A read soon after the previous one: the next waits an interval after it, once.
+        let t1 = t0 + 10 * MS + MS / 5;
+        p.read(t1, false);
+        assert_eq!(p.hold(), Some(t1 + MS));
+        assert_eq!(p.hold(), None);
+        // A read that filled its batch is followed at once by the next.
+        p.read(t1 + MS / 10, true);
+        assert_eq!(p.hold(), None);
+    }
+
+    #[test]
+    fn a_zero_interval_never_holds() {
+        let t0 = Instant::now();
+        let mut p = ReadPacing::new(Duration::ZERO);
+        for i in 0..5u32 {
+            p.read(t0 + Duration::from_nanos(u64::from(i)), false);
+            assert_eq!(p.hold(), None);
+        }
     }
 }

@@ -72,6 +72,13 @@ max_rxpk_per_datagram = 64
 # Most joins in flight (waiting for the join server and their RX window) per socket loop; further
 # Join-requests are dropped and counted (netserver_uplink_dropped_total{reason="joins_in_flight"}).
 max_joins_in_flight = 4096
+# Least time between two reads of a socket loop's sockets while datagrams keep coming, in µs:
+# under load a loop wakes once per interval and reads what arrived meanwhile in a few system
+# calls, instead of waking (a context switch) for each datagram; a datagram after a quiet spell
+# is read at once. Each datagram waits at most this much longer (a Join-accept is due seconds
+# later, a PUSH_ACK is informational). The socket's receive buffer must hold an interval's
+# datagrams. 0: read whenever a datagram is there.
+read_interval_us = 1000
 
 [join_server]
 # The join server's link address (host:port). Flag: --join-server. Required.
@@ -232,6 +239,10 @@ dev_status_interval = 100
 queue_per_device = 16
 # Most counter writes (with their events and downlinks) per group commit.
 max_batch = 4096
+# Least milliseconds from one such group commit's start to the next's: under load the events,
+# counters and downlinks of an interval share one commit and one wake-up of the thread that
+# makes them durable; after a quiet spell an uplink is delivered at once.
+commit_interval_ms = 1
 
 # Application integrations in ChirpStack v4's topics and JSON (docs/integration.md): MQTT and
 # HTTP webhooks, each delivering from the durable event log in DATA_DIR/event-log/ (kept only
@@ -421,6 +432,8 @@ pub struct GwmpConfig {
     pub max_rxpk_per_datagram: usize,
     /// Most joins in flight per socket loop.
     pub max_joins_in_flight: usize,
+    /// Least time between two reads of a socket loop's sockets under load, µs; 0: none.
+    pub read_interval_us: u64,
 }
 
 impl Default for GwmpConfig {
@@ -438,6 +451,7 @@ impl Default for GwmpConfig {
             max_datagram_bytes: 16 << 10,
             max_rxpk_per_datagram: 64,
             max_joins_in_flight: 4096,
+            read_interval_us: 1000,
         }
     }
 }
@@ -804,6 +818,8 @@ pub struct DataConfig {
     pub queue_per_device: usize,
     /// Most emits (counter writes with their events and downlinks) per group commit.
     pub max_batch: usize,
+    /// Least milliseconds from one counter group commit's start to the next's.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for DataConfig {
@@ -820,6 +836,7 @@ impl Default for DataConfig {
             dev_status_interval: 100,
             queue_per_device: 16,
             max_batch: 4096,
+            commit_interval_ms: 1,
         }
     }
 }
