@@ -46,8 +46,6 @@ pub struct LinkConfig {
     pub answer_cache_ttl_ms: u64,
     /// Upper bound on cached answers (about 1 KB each); the oldest go first.
     pub answer_cache_max_entries: usize,
-    /// Least time between two reads of the link socket while datagrams keep coming, µs; 0: none.
-    pub read_interval_us: u64,
     /// Network servers allowed on the link (peers), each with its own key file. When empty, the
     /// only peer is NetID 000000 with `secrets/link.key` (the one `joinserver init` creates).
     /// Listing one key for several NetIDs shares it, with a warning at start.
@@ -141,7 +139,6 @@ impl Default for LinkConfig {
             recv_buffer_bytes: 8 << 20,
             answer_cache_ttl_ms: 30_000,
             answer_cache_max_entries: 200_000,
-            read_interval_us: 1000,
             peers: Vec::new(),
             old_key_files: Vec::new(),
         }
@@ -416,11 +413,6 @@ recv_buffer_bytes = 8388608
 # JoinAns and never consumes a DevNonce twice. Lifetime (ms) and capacity (about 1 KB each):
 answer_cache_ttl_ms = 30000
 answer_cache_max_entries = 200000
-# Least time between two reads of the link socket while JoinReqs keep coming, in µs: under load
-# the link thread wakes once per interval and reads what arrived meanwhile in a few system calls
-# instead of waking for each datagram; a JoinReq after a quiet spell is read at once. Each
-# JoinReq waits at most this much longer. 0: read whenever a datagram is there.
-read_interval_us = 1000
 # Former default link keys still accepted while secrets/link.key rotates (no peers listed).
 old_key_files = []
 # Network servers allowed on the link (peers), each with its own key file; add one with

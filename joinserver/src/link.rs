@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::rekey::{self, RekeyTrail};
 use crate::store::{AnswerKey, GroupCommit, Job, JoinCommit, NonceState, Released, Verdict};
 use crate::wire::{self, Parsed};
-use udpbatch::{BatchReceiver, BatchSender, ReadPacing};
+use udpbatch::{BatchReceiver, BatchSender};
 
 /// At most one warning of each kind (clock skew, a NetID not its sender's) this often.
 const WARNING_EVERY_MS: u64 = 10_000;
@@ -631,18 +631,13 @@ impl Link {
         &self,
         socket: &UdpSocket,
         writer: &GroupCommit<Q>,
-        (stop, mut pacing): (&AtomicBool, ReadPacing),
+        stop: &AtomicBool,
     ) {
         let mut rx = BatchReceiver::new(32, link::MAX_DATAGRAM + 1);
         while !stop.load(Ordering::Relaxed) {
-            if let Some(until) = pacing.hold() {
-                // JoinReqs kept coming: let the next ones gather.
-                std::thread::sleep(until.saturating_duration_since(Instant::now()));
-            }
             match rx.recv(socket) {
                 Ok(n) => {
                     let received = Instant::now();
-                    pacing.read(received, n == rx.capacity());
                     let now = now_ms();
                     for i in 0..n {
                         let (d, addr) = rx.get(i);

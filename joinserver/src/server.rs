@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use protocol::ids::{DevEui, NetId};
 use protocol::link::PeerId;
-use udpbatch::ReadPacing;
 
 use crate::atrest;
 use crate::cache::AnswerCache;
@@ -22,9 +21,7 @@ use crate::queue::Queued;
 use crate::secrets::{self, Secrets};
 use crate::store::pg_onboard::PgOnboard;
 use crate::store::postgres::{is_postgres_url, PgStore};
-use crate::store::{
-    DeviceChanges, GroupCommit, Pacing, SqliteStore, Store, StoreError, StoredDevice,
-};
+use crate::store::{DeviceChanges, GroupCommit, Pacing, SqliteStore, Store, StoreError, StoredDevice};
 use httpsec::serve::Transport;
 
 /// The server could not start.
@@ -413,11 +410,10 @@ fn spawn_link(
     let recv_link = link.clone();
     let recv_stop = stop.clone();
     let recv_healthy = healthy.clone();
-    let pacing = ReadPacing::new(Duration::from_micros(config.link.read_interval_us));
     let receiver = std::thread::Builder::new()
         .name("js-link".into())
         .spawn(move || {
-            recv_link.run(&socket, &writer, (&recv_stop, pacing));
+            recv_link.run(&socket, &writer, &recv_stop);
             recv_healthy.store(false, Ordering::Relaxed);
             drop(writer);
         })

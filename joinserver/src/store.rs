@@ -1421,7 +1421,7 @@ pub struct Pacing {
 
 /// While a paced batch waits, how often the writer looks for what arrived: a sleep, not a wait
 /// on the queue, so that the link thread does not have to wake the writer for each request.
-const PACING_POLL: Duration = Duration::from_micros(250);
+const PACING_POLL: Duration = Duration::from_micros(100);
 
 fn writer_loop<S: Store, T, F: FnMut(Released<T>)>(
     store: &mut S,

@@ -75,11 +75,6 @@ impl BatchReceiver {
         Ok(self.got.len())
     }
 
-    /// The most datagrams one [`Self::recv`] takes.
-    pub fn capacity(&self) -> usize {
-        self.bufs.len()
-    }
-
     /// Datagram `i` of the last [`Self::recv`] and its source, if it has one.
     pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
         let (n, addr) = self.got[i];
