@@ -21,7 +21,9 @@ use crate::queue::Queued;
 use crate::secrets::{self, Secrets};
 use crate::store::pg_onboard::PgOnboard;
 use crate::store::postgres::{is_postgres_url, PgStore};
-use crate::store::{DeviceChanges, GroupCommit, Pacing, SqliteStore, Store, StoreError, StoredDevice};
+use crate::store::{
+    DeviceChanges, GroupCommit, Pacing, SqliteStore, Store, StoreError, StoredDevice,
+};
 use httpsec::serve::Transport;
 
 /// The server could not start.

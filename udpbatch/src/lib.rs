@@ -147,10 +147,10 @@ impl BatchSender {
 
 /// When a receiving loop next reads its sockets. Under load (a read soon after the previous
 /// one) the loop holds off until an interval after that read, so that one wake-up and a few
-/// `recvmmsg` calls take what arrived meanwhile: on loopback a wake-up per datagram (the wait,
-/// a context switch each) was a tenth of the network server's CPU in a join storm. A datagram
-/// after a quiet spell is read at once, and a read that filled its batch is followed at once by
-/// the next (more is waiting). The caller sleeps; this only decides.
+/// `recvmmsg` calls take what arrived meanwhile instead of a wake-up (a wait and a context
+/// switch) per datagram. A datagram after a quiet spell is read at once, and a read that filled
+/// its batch is followed at once by the next (more is waiting). The caller sleeps; this only
+/// decides.
 #[derive(Debug)]
 pub struct ReadPacing {
     interval: Duration,

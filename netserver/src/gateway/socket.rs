@@ -14,7 +14,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use udpbatch::{BatchReceiver, BatchSender, ReadPacing};
+use udpbatch::{BatchReceiver, BatchSender};
 
 use crate::core::airtime::TxOutcome;
 use crate::core::gateway::{
@@ -138,12 +138,7 @@ pub async fn gwmp_loop(
     let window_end = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(window_end);
     let mut armed: Option<Instant> = None;
-    let mut pace = ReadPacing::new(Duration::from_micros(state.config.gwmp.read_interval_us));
     loop {
-        if let Some(until) = pace.hold() {
-            // Datagrams kept coming: let the next ones gather (the join tasks run meanwhile).
-            tokio::time::sleep_until(until.into()).await;
-        }
         held.collecting.handle_due(&state, Instant::now());
         let due = held.collecting.next_due();
         if due != armed {
@@ -171,28 +166,21 @@ pub async fn gwmp_loop(
             _ = shutdown.changed() => Wake::Shutdown,
         };
         match wake {
-            Wake::Gwmp | Wake::Link => {
-                // Both sockets, whichever woke the loop: after a hold both have datagrams
-                // waiting (a socket not ready costs no system call).
-                own.drain(&mut link_rx);
+            Wake::Gwmp => {
                 let n = match socket.try_io(Interest::READABLE, || gwmp_rx.recv(&*socket)) {
                     Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                     Err(e) => {
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
-                            // ICMP errors surface here on some systems; the socket stays usable.
-                            tracing::debug!(error = %e, "GWMP receive error");
-                        }
-                        pace.read(Instant::now(), false);
+                        // ICMP errors surface here on some systems; the socket stays usable.
+                        tracing::debug!(error = %e, "GWMP receive error");
                         continue;
                     }
                 };
-                let now = Instant::now();
-                pace.read(now, n == RECV_BATCH);
                 let batch = Batch {
                     gwmp,
                     rx: &gwmp_rx,
                     n,
-                    now,
+                    now: Instant::now(),
                 };
                 handle_batch(&state, &link, (&socket, &acks), batch, &mut held);
                 while held.joins.try_join_next().is_some() {}
@@ -203,6 +191,7 @@ pub async fn gwmp_loop(
                     tokio::task::consume_budget().await;
                 }
             }
+            Wake::Link => own.drain(&mut link_rx),
             Wake::WindowEnd => armed = None,
             Wake::Shutdown => break,
         }

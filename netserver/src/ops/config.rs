@@ -72,13 +72,6 @@ max_rxpk_per_datagram = 64
 # Most joins in flight (waiting for the join server and their RX window) per socket loop; further
 # Join-requests are dropped and counted (netserver_uplink_dropped_total{reason="joins_in_flight"}).
 max_joins_in_flight = 4096
-# Least time between two reads of a socket loop's sockets while datagrams keep coming, in µs:
-# under load a loop wakes once per interval and reads what arrived meanwhile in a few system
-# calls, instead of waking (a context switch) for each datagram; a datagram after a quiet spell
-# is read at once. Each datagram waits at most this much longer (a Join-accept is due seconds
-# later, a PUSH_ACK is informational). The socket's receive buffer must hold an interval's
-# datagrams. 0: read whenever a datagram is there.
-read_interval_us = 1000
 
 [join_server]
 # The join server's link address (host:port). Flag: --join-server. Required.
@@ -432,8 +425,6 @@ pub struct GwmpConfig {
     pub max_rxpk_per_datagram: usize,
     /// Most joins in flight per socket loop.
     pub max_joins_in_flight: usize,
-    /// Least time between two reads of a socket loop's sockets under load, µs; 0: none.
-    pub read_interval_us: u64,
 }
 
 impl Default for GwmpConfig {
@@ -451,7 +442,6 @@ impl Default for GwmpConfig {
             max_datagram_bytes: 16 << 10,
             max_rxpk_per_datagram: 64,
             max_joins_in_flight: 4096,
-            read_interval_us: 1000,
         }
     }
 }
