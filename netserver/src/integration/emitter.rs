@@ -308,32 +308,16 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
     rx: Receiver<Emit>,
     batching: Batching,
 ) {
-    let max_batch = batching.max;
     let metrics = l.metrics.clone();
     let m = &metrics.data;
-    let mut batch: Vec<Emit> = Vec::with_capacity(max_batch);
-    let mut records = Vec::with_capacity(max_batch);
+    let mut batch: Vec<Emit> = Vec::with_capacity(batching.max);
+    let mut records = Vec::with_capacity(batching.max);
     let mut buf = Vec::with_capacity(1 << 16);
     // With other writers, a record may be refused: nothing leaves before its verdict.
     let events_first = l.sink.readable_back() && !l.log.shared();
     let mut last_start: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
-        // Too soon after the previous commit began: the rest of the interval gathers more
-        // (the socket loops' sends meanwhile find no sleeper to wake).
-        if let Some(due) = last_start.map(|t| t + batching.interval) {
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
-        }
-        last_start = Some(Instant::now());
-        batch.push(first);
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
+        gather(&rx, first, (batching, &mut last_start), &mut batch);
         records.clear();
         records.extend(batch.iter().filter_map(|e| e.record));
         if events_first {
@@ -392,6 +376,31 @@ fn emit_loop<L: CounterBackend, S: EventSink>(
             requeue(back);
         }
         batch.clear();
+    }
+}
+
+/// Fills `batch` from `first` and what is queued, up to the batch's limit. Too soon after the
+/// previous commit began (`last_start`), the rest of the interval gathers more first (the
+/// socket loops' sends meanwhile find no sleeper to wake).
+fn gather(
+    rx: &Receiver<Emit>,
+    first: Emit,
+    (batching, last_start): (Batching, &mut Option<Instant>),
+    batch: &mut Vec<Emit>,
+) {
+    if let Some(due) = last_start.map(|t| t + batching.interval) {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+    *last_start = Some(Instant::now());
+    batch.push(first);
+    while batch.len() < batching.max {
+        match rx.try_recv() {
+            Ok(e) => batch.push(e),
+            Err(_) => break,
+        }
     }
 }
 
