@@ -1855,22 +1855,37 @@ mod tests {
         join_job(i, NonceState::default())
     }
 
-    #[test]
-    fn paced_commits_gather_the_joins_of_an_interval() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// A paced writer over a new store with devices `0..devices`; each commit's join count
+    /// arrives on the receiver.
+    fn paced_writer(
+        tmp: &tempfile::TempDir,
+        devices: u64,
+        (interval, enough): (Duration, usize),
+    ) -> (
+        GroupCommit<u32>,
+        JoinHandle<SqliteStore>,
+        mpsc::Receiver<usize>,
+    ) {
         let mut s = SqliteStore::open(tmp.path()).unwrap();
-        s.insert_devices(&(0..21).map(device).collect::<Vec<_>>())
+        s.insert_devices(&(0..devices).map(device).collect::<Vec<_>>())
             .unwrap();
         let (done_tx, done_rx) = mpsc::channel();
         let pacing = Pacing {
             max_batch: 4096,
-            interval: Duration::from_millis(300),
-            enough: 32,
+            interval,
+            enough,
         };
         let (gc, handle) = GroupCommit::<u32>::spawn_paced(s, pacing, 100, move |(r, n, _)| {
             r.unwrap();
             done_tx.send(n).unwrap();
         });
+        (gc, handle, done_rx)
+    }
+
+    #[test]
+    fn paced_commits_gather_the_joins_of_an_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (gc, handle, done_rx) = paced_writer(&tmp, 21, (Duration::from_millis(300), 32));
         // After a quiet spell a join commits at once, alone.
         gc.submit(first_join(0), 0u32).unwrap();
         assert_eq!(done_rx.recv().unwrap(), 1);
@@ -1894,19 +1909,7 @@ mod tests {
     #[test]
     fn paced_commits_go_ahead_once_enough_joins_wait() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = SqliteStore::open(tmp.path()).unwrap();
-        s.insert_devices(&(0..9).map(device).collect::<Vec<_>>())
-            .unwrap();
-        let (done_tx, done_rx) = mpsc::channel();
-        let pacing = Pacing {
-            max_batch: 4096,
-            interval: Duration::from_secs(60),
-            enough: 8,
-        };
-        let (gc, handle) = GroupCommit::<u32>::spawn_paced(s, pacing, 100, move |(r, n, _)| {
-            r.unwrap();
-            done_tx.send(n).unwrap();
-        });
+        let (gc, handle, done_rx) = paced_writer(&tmp, 9, (Duration::from_secs(60), 8));
         gc.submit(first_join(0), 0u32).unwrap();
         assert_eq!(done_rx.recv().unwrap(), 1);
         // Eight joins right after it are enough: they do not wait out the minute.

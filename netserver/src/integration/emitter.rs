@@ -493,11 +493,17 @@ mod tests {
         }
     }
 
+    /// An event file in `dir` and its sink.
+    fn file_sink(dir: &tempfile::TempDir) -> (std::path::PathBuf, ConfiguredSink) {
+        let events = dir.path().join("events.jsonl");
+        let sink = ConfiguredSink::open(events.to_str().unwrap()).unwrap();
+        (events, sink)
+    }
+
     #[test]
     fn emits_within_the_interval_share_one_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let events = dir.path().join("events.jsonl");
-        let sink = ConfiguredSink::open(events.to_str().unwrap()).unwrap();
+        let (events, sink) = file_sink(&dir);
         let m = Metrics::new();
         let batching = Batching {
             max: 64,
@@ -540,8 +546,7 @@ mod tests {
     #[test]
     fn events_are_written_only_after_the_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let events = dir.path().join("events.jsonl");
-        let sink = ConfiguredSink::open(events.to_str().unwrap()).unwrap();
+        let (events, sink) = file_sink(&dir);
         let m = Metrics::new();
         let (em, t) = Emitter::start(
             CounterLog::open(dir.path()).unwrap(),
