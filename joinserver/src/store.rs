@@ -1861,11 +1861,7 @@ mod tests {
         tmp: &tempfile::TempDir,
         devices: u64,
         (interval, enough): (Duration, usize),
-    ) -> (
-        GroupCommit<u32>,
-        JoinHandle<SqliteStore>,
-        mpsc::Receiver<usize>,
-    ) {
+    ) -> (GroupCommit<u32>, JoinHandle<SqliteStore>, Receiver<usize>) {
         let mut s = SqliteStore::open(tmp.path()).unwrap();
         s.insert_devices(&(0..devices).map(device).collect::<Vec<_>>())
             .unwrap();
@@ -1882,40 +1878,46 @@ mod tests {
         (gc, handle, done_rx)
     }
 
-    #[test]
-    fn paced_commits_gather_the_joins_of_an_interval() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (gc, handle, done_rx) = paced_writer(&tmp, 21, (Duration::from_millis(300), 32));
-        // After a quiet spell a join commits at once, alone.
+    /// Submits device 0's join, which after a quiet spell commits at once and alone, then the
+    /// joins of devices `1..=more` right after it.
+    fn one_then(gc: &GroupCommit<u32>, done_rx: &Receiver<usize>, more: u32) {
         gc.submit(first_join(0), 0u32).unwrap();
-        assert_eq!(done_rx.recv().unwrap(), 1);
-        // Twenty joins right after it wait out the interval and share one commit.
-        for i in 1..21u32 {
+        assert_eq!(done_rx.recv().unwrap(), 1, "the first join alone, at once");
+        for i in 1..=more {
             gc.submit(first_join(i), i).unwrap();
         }
-        assert_eq!(
-            done_rx.recv().unwrap(),
-            20,
-            "the twenty joins in one commit"
-        );
+    }
+
+    /// Stops the writer and checks that devices `0..devices` each committed one join.
+    fn all_joined_once(gc: GroupCommit<u32>, handle: JoinHandle<SqliteStore>, devices: u64) {
         drop(gc);
         let mut store = handle.join().unwrap();
-        for i in 0..21u64 {
+        for i in 0..devices {
             let d = store.get_device(DevEui::new(i)).unwrap().unwrap();
             assert_eq!(d.nonces.last_join_nonce, 1, "device {i} committed");
         }
     }
 
     #[test]
+    fn paced_commits_gather_the_joins_of_an_interval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (gc, handle, done_rx) = paced_writer(&tmp, 21, (Duration::from_millis(300), 32));
+        // Twenty joins right after a lone one wait out the interval and share one commit.
+        one_then(&gc, &done_rx, 20);
+        assert_eq!(
+            done_rx.recv().unwrap(),
+            20,
+            "the twenty joins in one commit"
+        );
+        all_joined_once(gc, handle, 21);
+    }
+
+    #[test]
     fn paced_commits_go_ahead_once_enough_joins_wait() {
         let tmp = tempfile::tempdir().unwrap();
         let (gc, handle, done_rx) = paced_writer(&tmp, 9, (Duration::from_secs(60), 8));
-        gc.submit(first_join(0), 0u32).unwrap();
-        assert_eq!(done_rx.recv().unwrap(), 1);
-        // Eight joins right after it are enough: they do not wait out the minute.
-        for i in 1..9u32 {
-            gc.submit(first_join(i), i).unwrap();
-        }
+        // Eight joins right after a lone one are enough: they do not wait out the minute.
+        one_then(&gc, &done_rx, 8);
         let mut committed = 0;
         while committed < 8 {
             committed += done_rx
@@ -1923,12 +1925,7 @@ mod tests {
                 .expect("the eight joins committed well before the interval is out");
         }
         assert_eq!(committed, 8);
-        drop(gc);
-        let mut store = handle.join().unwrap();
-        for i in 0..9u64 {
-            let d = store.get_device(DevEui::new(i)).unwrap().unwrap();
-            assert_eq!(d.nonces.last_join_nonce, 1, "device {i} committed");
-        }
+        all_joined_once(gc, handle, 9);
     }
 
     #[test]
