@@ -450,7 +450,7 @@ max_batch = 4096
 commit_interval_ms = 2
 # Nonce updates waiting that start a commit before that interval is out: a batch this large
 # already spreads the fsync thin, and a client whose whole window of requests is waiting is not
-# held to the interval (docs/benchmarks.md, "The join server's paced commits").
+# held to the interval (docs/benchmarks.md, "Paced wake-ups and commits").
 commit_enough = 16
 # Answers allowed to wait for the writer before the link stops reading datagrams.
 queue_depth = 65536
