@@ -278,6 +278,8 @@ fn storm_engine(seed: u64, window_us: u64, gateways: u16, fleet: Fleet) -> Engin
             gateways,
             event_sink: false,
             duration_given: true,
+            // One PUSH_DATA per Join-request, as this benchmark has always counted datagrams.
+            forwarder: crate::gateway::Forwarder::IMMEDIATE,
         },
         fleet,
     )

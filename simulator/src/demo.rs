@@ -464,6 +464,7 @@ fn demo_run(
         print_table: true,
         rekey: None,
         radio_model: None,
+        forwarder: crate::gateway::Forwarder::default(),
     }
 }
 

@@ -26,7 +26,7 @@ use crate::device::{
     Behaviour, Effect, Note, Phase, TxKind, Window, JOIN_ACCEPT_DELAY1_US, JOIN_ACCEPT_DELAY2_US,
 };
 use crate::fleet::Fleet;
-use crate::gateway::{self, Gateway, Reception};
+use crate::gateway::{self, Forwarder, Gateway, Reception};
 use crate::radio::bound::{self, Storm};
 use crate::radio::transmitter::Refusal;
 use crate::radio::RadioModel;
@@ -202,6 +202,8 @@ pub struct Engine {
     nonce_log: Option<NonceRecords>,
     /// The modelled radio (`--radio realistic`), when enabled.
     air: Option<Box<Air>>,
+    /// How the gateways forward what they receive.
+    forwarder: Forwarder,
     /// Join-requests per device in the current join phase.
     join_attempts: Vec<u16>,
     /// When each device first joined in the current join phase, µs from its start
@@ -243,6 +245,8 @@ pub struct EngineConfig {
     pub event_sink: bool,
     /// Whether `--duration` was given (storm and power-restore otherwise run until done).
     pub duration_given: bool,
+    /// How the gateways' packet forwarders batch what they receive into PUSH_DATAs.
+    pub forwarder: Forwarder,
 }
 
 impl Engine {
@@ -307,6 +311,7 @@ impl Engine {
             stage_started: 0,
             nonce_log: None,
             air: None,
+            forwarder: cfg.forwarder,
             join_attempts: Vec::new(),
             joined_after: Vec::new(),
             last_boot: 0,
@@ -471,9 +476,16 @@ impl Engine {
                 break;
             }
             let i = t.device as usize;
-            if t.kind == TimerKind::UplinkEnd {
-                self.uplink_end(t.device);
-                continue;
+            match t.kind {
+                TimerKind::UplinkEnd => {
+                    self.uplink_end(t.device);
+                    continue;
+                }
+                TimerKind::GatewayFetch => {
+                    self.fetch(t.device as u16);
+                    continue;
+                }
+                _ => {}
             }
             let draining = matches!(self.stage, Stage::Draining { .. });
             if draining && t.kind != TimerKind::RxClosed {
@@ -685,8 +697,8 @@ impl Engine {
             .collect()
     }
 
-    /// Gateways `hearings` received `tx` of device `dev`, which ended at `end`: a PUSH_DATA from
-    /// each.
+    /// Gateways `hearings` received `tx` of device `dev`, which ended at `end`: each forwards it
+    /// in a PUSH_DATA, at once or at its forwarder's next read ([`Forwarder`]).
     fn received(&mut self, dev: u32, tx: &crate::device::Tx, end: Micros, hearings: &[Hearing]) {
         let link = &mut self.fleet.links[dev as usize];
         link.last_heard = hearings.len() as u8;
@@ -709,13 +721,32 @@ impl Engine {
                 lsnr_tenths: h.lsnr_tenths,
                 data: &tx.phy,
             };
-            let bytes = gw.push_data(&rx);
-            self.stats.push_data += 1;
-            self.out.push(Outgoing {
-                gateway: h.gateway,
-                bytes,
-            });
+            self.stats.rxpk += 1;
+            let interval = self.forwarder.fetch_interval_us;
+            if interval == 0 {
+                let bytes = gw.push_data(&rx);
+                self.stats.push_data += 1;
+                self.out.push(Outgoing {
+                    gateway: h.gateway,
+                    bytes,
+                });
+            } else if gw.receive(&rx) {
+                let at = gw.next_fetch(end, interval);
+                self.sched
+                    .push(at, u32::from(h.gateway), TimerKind::GatewayFetch);
+            }
         }
+    }
+
+    /// Gateway `g`'s forwarder reads its receive FIFO and sends what it holds.
+    fn fetch(&mut self, g: u16) {
+        let datagrams = self.gateways[usize::from(g)].fetch(self.forwarder.max_rxpk);
+        self.stats.push_data += datagrams.len() as u64;
+        self.out.extend(
+            datagrams
+                .into_iter()
+                .map(|bytes| Outgoing { gateway: g, bytes }),
+        );
     }
 
     /// Device `dev`'s frame has ended (radio modelled): the gateways that received it despite

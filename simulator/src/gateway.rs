@@ -14,6 +14,43 @@ use crate::sched::Micros;
 /// PULL_DATA keepalive interval (lora_pkt_fwd's default `keepalive_interval`).
 pub const KEEPALIVE_US: Micros = 5_000_000;
 
+/// How a gateway's packet forwarder forwards what it receives.
+///
+/// Semtech's `lora_pkt_fwd` reads the concentrator's receive FIFO in a loop: when a read finds
+/// nothing it sleeps `FETCH_SLEEP_MS` (10 ms), and every packet one read returns goes upstream in
+/// one PUSH_DATA, at most `NB_PKT_MAX` of them (8 in the SX1301 `packet_forwarder`, 255 in the
+/// SX1302 HAL's). Under load a gateway therefore sends one PUSH_DATA for every packet received in
+/// the last 10 ms, not one per packet. The model: each gateway reads its FIFO at fixed ticks
+/// `fetch_interval_us` apart (at a phase of its own), and sends what a read finds in PUSH_DATAs
+/// of at most `max_rxpk` entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Forwarder {
+    /// Time between two reads of the receive FIFO; 0 forwards each reception at once, alone in
+    /// its PUSH_DATA (the simulator's behaviour before this model).
+    pub fetch_interval_us: Micros,
+    /// Most `rxpk` entries in one PUSH_DATA (1..=255).
+    pub max_rxpk: usize,
+}
+
+impl Default for Forwarder {
+    /// `lora_pkt_fwd`'s: a read every 10 ms, 8 packets a PUSH_DATA (the SX1301 forwarder's
+    /// `NB_PKT_MAX`, well within the network server's default `max_rxpk_per_datagram`).
+    fn default() -> Self {
+        Self {
+            fetch_interval_us: 10_000,
+            max_rxpk: 8,
+        }
+    }
+}
+
+impl Forwarder {
+    /// Each reception forwarded at once in a PUSH_DATA of its own.
+    pub const IMMEDIATE: Self = Self {
+        fetch_interval_us: 0,
+        max_rxpk: 1,
+    };
+}
+
 /// One virtual gateway's identity and clock.
 #[derive(Clone, Debug)]
 pub struct Gateway {
@@ -22,6 +59,8 @@ pub struct Gateway {
     /// Added to the run clock to give this gateway's `tmst`.
     pub tmst_offset: u32,
     next_token: u16,
+    /// Received, waiting in the FIFO for the forwarder's next read.
+    fifo: Vec<RxPk>,
 }
 
 /// A reception to report in a PUSH_DATA `rxpk`.
@@ -43,6 +82,30 @@ pub struct Reception<'a> {
     pub data: &'a [u8],
 }
 
+impl Reception<'_> {
+    /// The `rxpk` entry reporting it.
+    fn rxpk(&self) -> RxPk {
+        RxPk {
+            tmst: self.tmst,
+            time: None,
+            tmms: None,
+            chan: Some(self.chan),
+            rfch: Some(0),
+            freq_hz: self.freq_hz,
+            stat: CrcStatus::Ok,
+            datr: self.datr,
+            codr: Some(CodingRate::Cr4_5),
+            rssi: Some(i32::from(self.rssi)),
+            lsnr: Some(f64::from(self.lsnr_tenths) / 10.0),
+            jver: None,
+            rsig: Vec::new(),
+            brd: None,
+            aesk: None,
+            data: self.data.to_vec(),
+        }
+    }
+}
+
 impl Gateway {
     /// A gateway with the given EUI, clock offset and first token.
     pub fn new(eui: GatewayEui, tmst_offset: u32, first_token: u16) -> Self {
@@ -50,6 +113,7 @@ impl Gateway {
             eui,
             tmst_offset,
             next_token: first_token,
+            fifo: Vec::new(),
         }
     }
 
@@ -93,30 +157,47 @@ impl Gateway {
 
     /// A PUSH_DATA carrying one rxpk.
     pub fn push_data(&mut self, rx: &Reception<'_>) -> Vec<u8> {
+        self.push_data_of(vec![rx.rxpk()])
+    }
+
+    /// A PUSH_DATA carrying these rxpk.
+    fn push_data_of(&mut self, rxpk: Vec<RxPk>) -> Vec<u8> {
         let token = self.token();
         Self::encode(&Packet::PushData(PushData {
             token,
             gateway: self.eui,
-            rxpk: vec![RxPk {
-                tmst: rx.tmst,
-                time: None,
-                tmms: None,
-                chan: Some(rx.chan),
-                rfch: Some(0),
-                freq_hz: rx.freq_hz,
-                stat: CrcStatus::Ok,
-                datr: rx.datr,
-                codr: Some(CodingRate::Cr4_5),
-                rssi: Some(i32::from(rx.rssi)),
-                lsnr: Some(f64::from(rx.lsnr_tenths) / 10.0),
-                jver: None,
-                rsig: Vec::new(),
-                brd: None,
-                aesk: None,
-                data: rx.data.to_vec(),
-            }],
+            rxpk,
             stat: None,
         }))
+    }
+
+    /// Puts a reception into the receive FIFO; `true` if it was empty, so that a read must be
+    /// scheduled ([`Gateway::next_fetch`]).
+    pub fn receive(&mut self, rx: &Reception<'_>) -> bool {
+        self.fifo.push(rx.rxpk());
+        self.fifo.len() == 1
+    }
+
+    /// The forwarder's first read of the FIFO at or after run time `t`: reads fall every
+    /// `interval` µs, at a phase of this gateway's own (from its clock offset), so that gateways do
+    /// not all send at the same instant.
+    pub fn next_fetch(&self, t: Micros, interval: Micros) -> Micros {
+        let phase = Micros::from(self.tmst_offset) % interval;
+        let k = t.saturating_sub(phase).div_ceil(interval);
+        (phase + k * interval).max(t)
+    }
+
+    /// The forwarder reads the FIFO: everything in it, in PUSH_DATAs of at most `max_rxpk` entries,
+    /// in the order received.
+    pub fn fetch(&mut self, max_rxpk: usize) -> Vec<Vec<u8>> {
+        let fifo = std::mem::take(&mut self.fifo);
+        let mut out = Vec::with_capacity(fifo.len().div_ceil(max_rxpk.max(1)));
+        let mut rest = fifo.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<RxPk> = rest.by_ref().take(max_rxpk.max(1)).collect();
+            out.push(self.push_data_of(chunk));
+        }
+        out
     }
 
     /// The TX_ACK answering a PULL_RESP: success, or the error code.
@@ -163,6 +244,64 @@ mod tests {
         assert_eq!(r["stat"], 1);
         // The next datagram takes the next token.
         assert_eq!(&g.pull_data()[..4], &[2, 0x12, 0x35, 0x02]);
+    }
+
+    fn reception(tmst: u32, data: &[u8]) -> Reception<'_> {
+        Reception {
+            tmst,
+            freq_hz: 868_300_000,
+            chan: 1,
+            datr: DataRate::lora(9, 125).unwrap(),
+            rssi: -100,
+            lsnr_tenths: 20,
+            data,
+        }
+    }
+
+    #[test]
+    fn reads_fall_on_the_gateways_own_ticks() {
+        let g = Gateway::new(GatewayEui::new(1), 1_234_567, 0);
+        // Phase 1_234_567 mod 10_000 = 4_567.
+        assert_eq!(g.next_fetch(0, 10_000), 4_567);
+        assert_eq!(g.next_fetch(4_567, 10_000), 4_567);
+        assert_eq!(g.next_fetch(4_568, 10_000), 14_567);
+        assert_eq!(g.next_fetch(14_566, 10_000), 14_567);
+        assert_eq!(g.next_fetch(1_000_000_000, 10_000), 1_000_004_567);
+        // Another gateway reads at another phase.
+        let h = Gateway::new(GatewayEui::new(2), 20_001, 0);
+        assert_eq!(h.next_fetch(4_568, 10_000), 10_001);
+    }
+
+    #[test]
+    fn a_read_sends_the_fifo_in_pushes_of_at_most_max_rxpk() {
+        let mut g = Gateway::new(GatewayEui::new(0x0102_0304_0506_0708), 0, 0x0100);
+        let frames: Vec<Vec<u8>> = (0..19u8).map(|i| vec![0x00, i, i, i]).collect();
+        for (i, f) in frames.iter().enumerate() {
+            // Only the first reception into an empty FIFO asks for a read.
+            assert_eq!(g.receive(&reception(1_000 + i as u32, f)), i == 0);
+        }
+        let pushes = g.fetch(8);
+        assert_eq!(pushes.len(), 3);
+        let mut seen = Vec::new();
+        for (k, d) in pushes.iter().enumerate() {
+            // One token each, in order, from this gateway.
+            assert_eq!(&d[..4], &[2, 0x01, k as u8, 0x00]);
+            assert_eq!(&d[4..12], &[1, 2, 3, 4, 5, 6, 7, 8]);
+            let v: serde_json::Value = serde_json::from_slice(&d[12..]).unwrap();
+            let rxpk = v["rxpk"].as_array().unwrap();
+            assert_eq!(rxpk.len(), [8, 8, 3][k]);
+            for r in rxpk {
+                assert_eq!(r["freq"].as_f64(), Some(868.3));
+                assert_eq!(r["datr"], "SF9BW125");
+                seen.push(r["tmst"].as_u64().unwrap());
+            }
+        }
+        // Every reception once, in the order received.
+        assert_eq!(seen, (1_000..1_019).collect::<Vec<u64>>());
+        // The FIFO is empty now: nothing more to send, and the next reception asks for a read.
+        assert!(g.fetch(8).is_empty());
+        assert!(g.receive(&reception(5, &frames[0])));
+        assert_eq!(g.fetch(1).len(), 1);
     }
 
     #[test]

@@ -228,6 +228,17 @@ struct RunArgs {
     /// (--heard-by, --loss and --data-rate no longer apply). Implies --radio realistic.
     #[arg(long)]
     city: bool,
+    /// How often each gateway's packet forwarder reads what it received, as lora_pkt_fwd does
+    /// (it sleeps 10 ms when its receive FIFO is empty): everything received since the last read
+    /// goes upstream together, in PUSH_DATAs of at most --gateway-max-rxpk entries. 0: each
+    /// reception at once, alone in its PUSH_DATA.
+    #[arg(long, default_value = "10ms")]
+    gateway_fetch_interval: Dur,
+    /// Most `rxpk` entries in one PUSH_DATA (lora_pkt_fwd's NB_PKT_MAX: 8 for the SX1301
+    /// forwarder, 255 for the SX1302 one; the network server drops a PUSH_DATA with more than its
+    /// `gwmp.max_rxpk_per_datagram`, 64 by default).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..))]
+    gateway_max_rxpk: u8,
     /// Traffic seed: same seed, same traffic in the same order.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -355,6 +366,10 @@ fn run_cmd(a: RunArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
         ),
+        forwarder: simulator::gateway::Forwarder {
+            fetch_interval_us: a.gateway_fetch_interval.as_micros(),
+            max_rxpk: usize::from(a.gateway_max_rxpk),
+        },
     };
     run::run(&opts)?;
     Ok(())

@@ -129,6 +129,8 @@ pub struct Stats {
     pub receptions: u64,
     /// PUSH_DATA datagrams sent.
     pub push_data: u64,
+    /// `rxpk` entries in them: receptions forwarded, one per gateway that heard a frame.
+    pub rxpk: u64,
     /// PUSH_ACKs received.
     pub push_ack: u64,
     /// PULL_DATA datagrams sent.
@@ -440,6 +442,7 @@ impl Gwmp {
     fn new(s: &Stats) -> Self {
         Self {
             push_data: s.push_data,
+            rxpk: s.rxpk,
             push_ack: s.push_ack,
             pull_data: s.pull_data,
             pull_ack: s.pull_ack,
@@ -574,6 +577,7 @@ pub struct Downlinks {
 #[allow(missing_docs)]
 pub struct Gwmp {
     pub push_data: u64,
+    pub rxpk: u64,
     pub push_ack: u64,
     pub pull_data: u64,
     pub pull_ack: u64,
@@ -841,6 +845,7 @@ impl Report {
             "PUSH_DATA / PUSH_ACK",
             format!("{} / {}", g.push_data, g.push_ack),
         );
+        row(t, "rxpk forwarded", g.rxpk.to_string());
         row(
             t,
             "PULL_DATA / PULL_ACK",

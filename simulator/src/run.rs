@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub rekey: Option<net::Rekey>,
     /// The radio model (`--radio realistic`, `--city`); `None`: ideal.
     pub radio_model: Option<crate::radio::RadioModel>,
+    /// How the gateways' packet forwarders batch what they receive into PUSH_DATAs.
+    pub forwarder: crate::gateway::Forwarder,
 }
 
 /// Runs a scenario; returns the report (also written where asked).
@@ -67,6 +69,7 @@ pub fn run(o: &RunOptions) -> anyhow::Result<Report> {
             gateways: o.gateways,
             event_sink: o.event_listen.is_some(),
             duration_given: o.duration_given,
+            forwarder: o.forwarder,
         },
         fleet,
     );

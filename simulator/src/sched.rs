@@ -24,6 +24,9 @@ pub enum TimerKind {
     /// The device's frame on air ends: the gateways judge whether they received it (only with
     /// the radio modelled, `--radio realistic`).
     UplinkEnd = 3,
+    /// A gateway's packet forwarder reads its receive FIFO (the timer's "device" is the gateway's
+    /// index).
+    GatewayFetch = 4,
 }
 
 impl TimerKind {
@@ -32,7 +35,8 @@ impl TimerKind {
             0 => Self::Join,
             1 => Self::Uplink,
             2 => Self::RxClosed,
-            _ => Self::UplinkEnd,
+            3 => Self::UplinkEnd,
+            _ => Self::GatewayFetch,
         }
     }
 }

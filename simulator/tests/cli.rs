@@ -296,6 +296,18 @@ fn bad_options_are_refused_with_a_reason() {
             run_with(&["--radio", "realistic", "--capture-margin", "99"]),
             "--capture-margin must be between 0 and 60 dB",
         ),
+        (
+            run_with(&["--gateway-max-rxpk", "0"]),
+            "invalid value '0' for '--gateway-max-rxpk <GATEWAY_MAX_RXPK>'",
+        ),
+        (
+            run_with(&["--gateway-max-rxpk", "256"]),
+            "invalid value '256' for '--gateway-max-rxpk <GATEWAY_MAX_RXPK>'",
+        ),
+        (
+            run_with(&["--gateway-fetch-interval", "10x"]),
+            "invalid value '10x' for '--gateway-fetch-interval <GATEWAY_FETCH_INTERVAL>'",
+        ),
     ] {
         let out = simulator().args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");

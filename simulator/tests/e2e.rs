@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use protocol::ids::{DevEui, NetId};
 use protocol::version::MacVersion;
 use simulator::demo::Servers;
+use simulator::gateway::Forwarder;
 use simulator::manifest::{self, Entry, Params, VersionMix};
 use simulator::net::EventListen;
 use simulator::nonce_log;
@@ -77,6 +78,7 @@ fn options(
         print_table: false,
         rekey: None,
         radio_model: None,
+        forwarder: Forwarder::default(),
     }
 }
 

@@ -23,6 +23,7 @@ use protocol::mac::MacCommand;
 use protocol::region::{ChannelPlan, Link, Region};
 use simulator::engine::{Engine, EngineConfig, Stage};
 use simulator::fleet::Fleet;
+use simulator::gateway::Forwarder;
 use simulator::manifest::{self, Entry, NonceState, Params, VersionMix};
 use simulator::radio::{RadioModel, RadioPlan};
 use simulator::scenario::{Scenario, Traffic};
@@ -415,6 +416,7 @@ fn storm_modelled(
             gateways: 3,
             event_sink: false,
             duration_given: true,
+            forwarder: Forwarder::IMMEDIATE,
         },
         fleet,
     );
@@ -538,6 +540,7 @@ fn rx2_counts_and_wrong_tmst_misses_the_window() {
             gateways: 3,
             event_sink: false,
             duration_given: true,
+            forwarder: Forwarder::IMMEDIATE,
         },
         fleet,
     );
@@ -580,6 +583,7 @@ fn late_pull_resp_is_too_late() {
             gateways: 3,
             event_sink: false,
             duration_given: true,
+            forwarder: Forwarder::IMMEDIATE,
         },
         fleet,
     );
@@ -865,6 +869,7 @@ fn confirmed_run(n: u32, seed: u64, radio: RadioPlan, data_rate: u8) -> (Vec<Ent
             gateways: 3,
             event_sink: true,
             duration_given: true,
+            forwarder: Forwarder::IMMEDIATE,
         },
         fleet,
     );
@@ -1072,6 +1077,7 @@ fn unacknowledged_confirmed_uplinks_are_retransmitted_nb_trans_times() {
             gateways: 3,
             event_sink: false,
             duration_given: true,
+            forwarder: Forwarder::IMMEDIATE,
         },
         fleet,
     );
@@ -1133,4 +1139,98 @@ fn unacknowledged_confirmed_uplinks_are_retransmitted_nb_trans_times() {
         s.uplinks_lost >= s.uplinks_sent - 10 && s.uplinks_lost <= s.uplinks_sent,
         "{s:?}"
     );
+}
+
+/// A PUSH_DATA sent: the run time it left, its gateway, its rxpk as (tmst, data).
+type Push = (u64, u16, Vec<(u32, String)>);
+
+/// The PUSH_DATAs a storm's gateways send in its first second, with `forwarder`, in the order
+/// sent.
+fn first_second_pushes(forwarder: Forwarder) -> (Engine, Vec<Push>) {
+    let (_, fleet) = fleet(2_000, 21);
+    let mut e = Engine::new(
+        EngineConfig {
+            seed: 4,
+            traffic: Traffic {
+                join_window_us: 500_000,
+                ..traffic(Scenario::Storm)
+            },
+            gateways: 2,
+            event_sink: false,
+            duration_given: true,
+            forwarder,
+        },
+        fleet,
+    );
+    e.start(0);
+    let mut now = 0;
+    let mut pushes = Vec::new();
+    loop {
+        for o in e.take_outgoing() {
+            if o.bytes[3] != 0 {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&o.bytes[12..]).unwrap();
+            let rxpk = v["rxpk"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let tmst = r["tmst"].as_u64().unwrap() as u32;
+                    (tmst, r["data"].as_str().unwrap().to_owned())
+                })
+                .collect();
+            pushes.push((now, o.gateway, rxpk));
+        }
+        if now > 1_000_000 {
+            break;
+        }
+        now = e.next_wakeup();
+        e.poll(now);
+    }
+    (e, pushes)
+}
+
+/// As lora_pkt_fwd does, each gateway sends what it received since its last read of the FIFO
+/// together, at its own 10 ms ticks, at most 8 rxpk a PUSH_DATA; the receptions forwarded are
+/// exactly those forwarded one by one, none lost, none twice, none delayed by more than a tick.
+#[test]
+fn gateways_forward_each_read_of_their_fifo_in_one_push_data() {
+    let (_, alone) = first_second_pushes(Forwarder::IMMEDIATE);
+    let (e, packed) = first_second_pushes(Forwarder::default());
+    assert!(alone.iter().all(|(_, _, r)| r.len() == 1));
+    let rxpk_of = |p: &[Push]| {
+        let mut v: Vec<(u16, u32, String)> = p
+            .iter()
+            .flat_map(|(_, g, r)| r.iter().map(move |(t, d)| (*g, *t, d.clone())))
+            .collect();
+        v.sort();
+        v
+    };
+    let forwarded = rxpk_of(&alone);
+    assert!(forwarded.len() > 2_000, "{} receptions", forwarded.len());
+    assert_eq!(rxpk_of(&packed), forwarded);
+    assert_eq!(e.stats.rxpk, forwarded.len() as u64);
+    assert_eq!(e.stats.push_data, packed.len() as u64);
+    // 2,000 Join-requests in 0.5 s heard by 1 or 2 of 2 gateways: about 30 a gateway in 10 ms.
+    assert!(packed.iter().all(|(_, _, r)| (1..=8).contains(&r.len())));
+    assert!(packed.iter().filter(|(_, _, r)| r.len() == 8).count() > 100);
+    assert!(
+        packed.len() * 4 < forwarded.len(),
+        "{} PUSH_DATA",
+        packed.len()
+    );
+    for (sent, g, rxpk) in &packed {
+        let gw = &e.gateways()[usize::from(*g)];
+        // Sent at the gateway's own tick...
+        assert_eq!(gw.next_fetch(*sent, 10_000), *sent);
+        let mut last = None;
+        for (tmst, _) in rxpk {
+            // ...holding what it received since the tick before, in the order received.
+            let at = gw.run_time_of(*tmst, *sent).unwrap();
+            assert!(at <= *sent && at + 10_000 > *sent, "{at} sent at {sent}");
+            assert!(last < Some(at));
+            last = Some(at);
+        }
+    }
 }

@@ -106,6 +106,7 @@ fn the_mqtt_delivery_count_equals_what_a_plain_subscriber_received() {
         print_table: false,
         rekey: None,
         radio_model: None,
+        forwarder: simulator::gateway::Forwarder::default(),
     })
     .unwrap();
     assert_eq!(r.joins.accepted, 40, "{r:#?}");
