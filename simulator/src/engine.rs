@@ -204,6 +204,8 @@ pub struct Engine {
     air: Option<Box<Air>>,
     /// How the gateways forward what they receive.
     forwarder: Forwarder,
+    /// Per gateway, whether its receive FIFO holds a Join-request.
+    join_in_fifo: Vec<bool>,
     /// Join-requests per device in the current join phase.
     join_attempts: Vec<u16>,
     /// When each device first joined in the current join phase, µs from its start
@@ -227,8 +229,10 @@ const DEFAULT_ACCEPT_LEN: usize = 33;
 pub struct NonceRecords {
     /// (DevEUI, the device's nonce state after the change), in order.
     pub records: Vec<(DevEui, crate::manifest::NonceState)>,
-    /// Whether a record announces a DevNonce that a queued Join-request carries: the records
-    /// must then be durable before [`Engine::take_outgoing`]'s datagrams are sent.
+    /// Whether a datagram queued for [`Engine::take_outgoing`] carries a Join-request, whose
+    /// DevNonce was recorded now or earlier: every record taken so far must then be durable
+    /// before those datagrams are sent. (A gateway may forward a Join-request well after the
+    /// device sent it: at the end of its time on air, or at its forwarder's next read.)
     pub before_send: bool,
 }
 
@@ -312,6 +316,7 @@ impl Engine {
             nonce_log: None,
             air: None,
             forwarder: cfg.forwarder,
+            join_in_fifo: vec![false; usize::from(cfg.gateways.max(1))],
             join_attempts: Vec::new(),
             joined_after: Vec::new(),
             last_boot: 0,
@@ -358,11 +363,17 @@ impl Engine {
         }
     }
 
-    fn log_nonces(&mut self, dev: u32, before_send: bool) {
+    fn log_nonces(&mut self, dev: u32) {
         if let Some(l) = &mut self.nonce_log {
             let d = &self.fleet.devices[dev as usize];
             l.records.push((d.id.dev_eui, d.nonces));
-            l.before_send |= before_send;
+        }
+    }
+
+    /// A datagram carrying a Join-request is queued: the records must be durable first.
+    fn join_request_queued(&mut self) {
+        if let Some(l) = &mut self.nonce_log {
+            l.before_send = true;
         }
     }
 
@@ -618,7 +629,7 @@ impl Engine {
         };
         match tx.kind {
             TxKind::Join { .. } => {
-                self.log_nonces(dev, true);
+                self.log_nonces(dev);
                 self.stats.joins_attempted += 1;
                 self.series.at(sec).joins_sent += 1;
                 self.pending_joins.insert(end, dev);
@@ -710,6 +721,7 @@ impl Engine {
         let Ok(datr) = self.traffic.radio.region().data_rate(tx.dr) else {
             return;
         };
+        let join = matches!(tx.kind, TxKind::Join { .. });
         for h in hearings {
             let gw = &mut self.gateways[usize::from(h.gateway)];
             let rx = Reception {
@@ -730,16 +742,25 @@ impl Engine {
                     gateway: h.gateway,
                     bytes,
                 });
-            } else if gw.receive(&rx) {
+                if join {
+                    self.join_request_queued();
+                }
+                continue;
+            }
+            if gw.receive(&rx) {
                 let at = gw.next_fetch(end, interval);
                 self.sched
                     .push(at, u32::from(h.gateway), TimerKind::GatewayFetch);
             }
+            self.join_in_fifo[usize::from(h.gateway)] |= join;
         }
     }
 
     /// Gateway `g`'s forwarder reads its receive FIFO and sends what it holds.
     fn fetch(&mut self, g: u16) {
+        if std::mem::take(&mut self.join_in_fifo[usize::from(g)]) {
+            self.join_request_queued();
+        }
         let datagrams = self.gateways[usize::from(g)].fetch(self.forwarder.max_rxpk);
         self.stats.push_data += datagrams.len() as u64;
         self.out.extend(
@@ -781,7 +802,7 @@ impl Engine {
                 self.pending_joins.remove(request_sent_at, dev);
                 self.by_addr.insert(dev_addr, dev);
                 self.joined += 1;
-                self.log_nonces(dev, false);
+                self.log_nonces(dev);
             }
             Note::JoinRejected(_) => self.stats.joins_failed += 1,
             Note::JoinAttemptOver { sent_at, timed_out } => {
@@ -832,7 +853,7 @@ impl Engine {
                     self.by_addr.remove(&old_addr);
                 }
                 self.by_addr.insert(dev_addr, dev);
-                self.log_nonces(dev, false);
+                self.log_nonces(dev);
             }
             Note::RejoinMissed { sent_at } => {
                 self.pending_joins.remove(sent_at, dev);
