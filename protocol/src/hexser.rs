@@ -25,19 +25,17 @@ pub fn decode(s: &str) -> Result<Vec<u8>, HexError> {
         .strip_prefix("0x")
         .or_else(|| s.strip_prefix("0X"))
         .unwrap_or(s);
-    let bytes = body.as_bytes();
-    if bytes.len() % 2 != 0 {
-        return Err(HexError::OddLength(bytes.len()));
+    // Decoded by the `hex` crate into a buffer of the final size: one allocation (collecting
+    // through a fallible iterator grew the vector from nothing, a copy at each doubling).
+    let mut out = vec![0; body.len() / 2];
+    match hex::decode_to_slice(body, &mut out) {
+        Ok(()) => Ok(out),
+        Err(hex::FromHexError::InvalidHexCharacter { c, index }) => Err(HexError::Digit {
+            position: index,
+            found: c,
+        }),
+        Err(_) => Err(HexError::OddLength(body.len())),
     }
-    let digit = |position: usize| -> Result<u8, HexError> {
-        let c = bytes[position] as char;
-        c.to_digit(16)
-            .map(|d| d as u8)
-            .ok_or(HexError::Digit { position, found: c })
-    };
-    (0..bytes.len() / 2)
-        .map(|i| Ok((digit(2 * i)? << 4) | digit(2 * i + 1)?))
-        .collect()
 }
 
 /// Serde `with` module for `Vec<u8>` fields carried as hex strings.
@@ -83,6 +81,39 @@ pub mod opt_bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Digit by digit, as `decode` read hex before it used the `hex` crate.
+    fn by_digit(s: &str) -> Result<Vec<u8>, HexError> {
+        let body = s
+            .strip_prefix("0x")
+            .or_else(|| s.strip_prefix("0X"))
+            .unwrap_or(s);
+        let bytes = body.as_bytes();
+        if bytes.len() % 2 != 0 {
+            return Err(HexError::OddLength(bytes.len()));
+        }
+        let digit = |position: usize| -> Result<u8, HexError> {
+            let c = bytes[position] as char;
+            c.to_digit(16)
+                .map(|d| d as u8)
+                .ok_or(HexError::Digit { position, found: c })
+        };
+        (0..bytes.len() / 2)
+            .map(|i| Ok((digit(2 * i)? << 4) | digit(2 * i + 1)?))
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_reads_any_text_as_digit_by_digit_reading_did(s in "(0[xX])?[0-9a-fA-FgG é]{0,40}") {
+            proptest::prop_assert_eq!(decode(&s), by_digit(&s));
+        }
+
+        #[test]
+        fn decode_reads_back_what_serialize_writes(v in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            proptest::prop_assert_eq!(decode(&hex::encode(&v)).unwrap(), v);
+        }
+    }
 
     #[test]
     fn decodes_both_cases_and_prefix() {
