@@ -1141,16 +1141,13 @@ fn unacknowledged_confirmed_uplinks_are_retransmitted_nb_trans_times() {
     );
 }
 
-/// A PUSH_DATA sent: the run time it left, its gateway, its rxpk as (tmst, data).
-type Push = (u64, u16, Vec<(u32, String)>);
-
-/// The PUSH_DATAs a storm's gateways send in its first second, with `forwarder`, in the order
-/// sent.
-fn first_second_pushes(forwarder: Forwarder) -> (Engine, Vec<Push>) {
-    let (_, fleet) = fleet(2_000, 21);
-    let mut e = Engine::new(
+/// `n` devices (fleet and traffic seeds `seeds`) joining within half a second through two
+/// gateways forwarding as `forwarder` says; not started.
+fn half_second_storm(n: u32, seeds: (u64, u64), forwarder: Forwarder) -> Engine {
+    let (_, fleet) = fleet(n, seeds.0);
+    Engine::new(
         EngineConfig {
-            seed: 4,
+            seed: seeds.1,
             traffic: Traffic {
                 join_window_us: 500_000,
                 ..traffic(Scenario::Storm)
@@ -1161,19 +1158,34 @@ fn first_second_pushes(forwarder: Forwarder) -> (Engine, Vec<Push>) {
             forwarder,
         },
         fleet,
-    );
+    )
+}
+
+/// The `rxpk` entries of a datagram if it is a PUSH_DATA.
+fn rxpk_entries(datagram: &[u8]) -> Vec<serde_json::Value> {
+    if datagram[3] != 0 {
+        return Vec::new();
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&datagram[12..]).unwrap();
+    match v["rxpk"].take() {
+        serde_json::Value::Array(a) => a,
+        other => panic!("rxpk is not an array: {other}"),
+    }
+}
+
+/// A PUSH_DATA sent: the run time it left, its gateway, its rxpk as (tmst, data).
+type Push = (u64, u16, Vec<(u32, String)>);
+
+/// The PUSH_DATAs a storm's gateways send in its first second, with `forwarder`, in the order
+/// sent.
+fn first_second_pushes(forwarder: Forwarder) -> (Engine, Vec<Push>) {
+    let mut e = half_second_storm(2_000, (21, 4), forwarder);
     e.start(0);
     let mut now = 0;
     let mut pushes = Vec::new();
     loop {
-        for o in e.take_outgoing() {
-            if o.bytes[3] != 0 {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_slice(&o.bytes[12..]).unwrap();
-            let rxpk = v["rxpk"]
-                .as_array()
-                .unwrap()
+        for o in e.take_outgoing().into_iter().filter(|o| o.bytes[3] == 0) {
+            let rxpk = rxpk_entries(&o.bytes)
                 .iter()
                 .map(|r| {
                     let tmst = r["tmst"].as_u64().unwrap() as u32;
@@ -1240,21 +1252,7 @@ fn gateways_forward_each_read_of_their_fifo_in_one_push_data() {
 /// `before_send` is held, and every record taken so far is made durable before it is sent.
 /// Returns the Join-requests sent; panics if one left before its DevNonce's record was durable.
 fn join_requests_sent_after_their_records(forwarder: Forwarder, model: Option<RadioModel>) -> u64 {
-    let (_, fleet) = fleet(500, 23);
-    let mut e = Engine::new(
-        EngineConfig {
-            seed: 6,
-            traffic: Traffic {
-                join_window_us: 500_000,
-                ..traffic(Scenario::Storm)
-            },
-            gateways: 2,
-            event_sink: false,
-            duration_given: true,
-            forwarder,
-        },
-        fleet,
-    );
+    let mut e = half_second_storm(500, (23, 6), forwarder);
     if let Some(m) = model {
         e.enable_radio(m);
     }
@@ -1276,9 +1274,8 @@ fn join_requests_sent_after_their_records(forwarder: Forwarder, model: Option<Ra
                 durable.insert(d.as_u64(), s.dev_nonce);
             }
         }
-        for o in out.iter().filter(|o| o.bytes[3] == 0) {
-            let v: serde_json::Value = serde_json::from_slice(&o.bytes[12..]).unwrap();
-            for r in v["rxpk"].as_array().unwrap() {
+        for o in &out {
+            for r in rxpk_entries(&o.bytes) {
                 let phy = base64::engine::general_purpose::STANDARD
                     .decode(r["data"].as_str().unwrap())
                     .unwrap();
