@@ -71,6 +71,8 @@ pub fn gwmp_socket(
 pub(crate) struct Held {
     joins: JoinSet<()>,
     collecting: Collecting,
+    /// The lists the last batch was read into, kept for the next.
+    batch: Scratch,
 }
 
 /// Datagrams taken per system call (`recvmmsg`) on a GWMP or link socket.
@@ -133,7 +135,6 @@ pub async fn gwmp_loop(
     let mut link_rx = BatchReceiver::new(RECV_BATCH, MAX_LINK_DATAGRAM);
     let acks = BatchSender::new(RECV_BATCH);
     let mut held = Held::default();
-    let mut scratch = Scratch::default();
     let gwmp = Gwmp::of(&state.config.gwmp);
     // One timer, re-armed only when the oldest held frame changes.
     let window_end = tokio::time::sleep(Duration::ZERO);
@@ -183,13 +184,7 @@ pub async fn gwmp_loop(
                     n,
                     now: Instant::now(),
                 };
-                handle_batch(
-                    &state,
-                    &link,
-                    (&socket, &acks),
-                    batch,
-                    (&mut held, &mut scratch),
-                );
+                handle_batch(&state, &link, (&socket, &acks), batch, &mut held);
                 while held.joins.try_join_next().is_some() {}
                 // Each datagram spends a unit of the task budget, as one `recv_from` did: under a
                 // flood the loop yields to the join tasks every 128 datagrams, not every 128
@@ -234,7 +229,7 @@ struct Batch<'a> {
 /// What one batch's datagrams were read into: kept by the socket loop from batch to batch, so
 /// that a batch allocates neither list (the messages' list was 1.7 % of the network server's CPU
 /// in malloc under a join storm, being too large for the allocator's per-thread cache).
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Scratch {
     received: Vec<(protocol::gwmp::Packet, SocketAddr)>,
     acks: Vec<(Vec<u8>, SocketAddr)>,
@@ -247,12 +242,15 @@ fn handle_batch(
     link: &Arc<JoinServers>,
     (socket, sender): (&Arc<UdpSocket>, &BatchSender),
     batch: Batch<'_>,
-    (held, scratch): (&mut Held, &mut Scratch),
+    held: &mut Held,
 ) {
     let Batch { gwmp, rx, n, now } = batch;
-    let Scratch { received, acks } = scratch;
-    received.clear();
-    acks.clear();
+    // Taken out of `held` (which the dispatch below needs) and put back at the end; neither
+    // move allocates.
+    let Scratch {
+        mut received,
+        mut acks,
+    } = std::mem::take(&mut held.batch);
     for i in 0..n {
         let (data, from) = rx.get(i);
         let Some(from) = from else { continue };
@@ -296,6 +294,8 @@ fn handle_batch(
         };
         gwmp.dispatch(now, from, message, &env, &mut shell);
     }
+    acks.clear();
+    held.batch = Scratch { received, acks };
 }
 
 /// Carries out the gateway core's actions for one datagram.
