@@ -19,8 +19,8 @@ pub const KEEPALIVE_US: Micros = 5_000_000;
 /// Semtech's `lora_pkt_fwd` reads the concentrator's receive FIFO in a loop: when a read finds
 /// nothing it sleeps `FETCH_SLEEP_MS` (10 ms), and every packet one read returns goes upstream in
 /// one PUSH_DATA, at most `NB_PKT_MAX` of them (8 in the SX1301 `packet_forwarder`, 255 in the
-/// SX1302 HAL's). Under load a gateway therefore sends one PUSH_DATA for every packet received in
-/// the last 10 ms, not one per packet. The model: each gateway reads its FIFO at fixed ticks
+/// SX1302 HAL's). Under load a gateway therefore sends a PUSH_DATA every 10 ms holding the packets
+/// it received in them, not one per packet. The model: each gateway reads its FIFO at fixed ticks
 /// `fetch_interval_us` apart (at a phase of its own), and sends what a read finds in PUSH_DATAs
 /// of at most `max_rxpk` entries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
