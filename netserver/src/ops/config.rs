@@ -234,7 +234,7 @@ queue_per_device = 16
 max_batch = 4096
 # Least milliseconds from one such group commit's start to the next's: under load the events,
 # counters and downlinks of an interval share one commit and one wake-up of the thread that
-# makes them durable; after a quiet spell an uplink is delivered at once.
+# makes them durable; after a quiet spell an uplink is delivered at once. At most 100.
 commit_interval_ms = 1
 
 # Application integrations in ChirpStack v4's topics and JSON (docs/integration.md): MQTT and
@@ -831,6 +831,10 @@ impl Default for DataConfig {
     }
 }
 
+/// The longest `data.commit_interval_ms` accepted: a tenth of the shortest RX1 delay (1 s), so
+/// that with the collection window a downlink still leaves in time.
+const MAX_DATA_COMMIT_INTERVAL_MS: u64 = 100;
+
 impl DataConfig {
     /// Checks the settings that depend on each other.
     pub fn validate(&self) -> Result<(), String> {
@@ -842,6 +846,11 @@ impl DataConfig {
         }
         if self.max_batch == 0 || self.queue_per_device == 0 {
             return Err("data.max_batch and data.queue_per_device must be at least 1".into());
+        }
+        if self.commit_interval_ms > MAX_DATA_COMMIT_INTERVAL_MS {
+            return Err(format!(
+                "data.commit_interval_ms must be at most {MAX_DATA_COMMIT_INTERVAL_MS} (an uplink's events and downlink wait up to that long for their commit, and the downlink must still meet RX1, 1 s after the uplink)"
+            ));
         }
         Ok(())
     }
@@ -1052,5 +1061,18 @@ mod tests {
             ..DataConfig::default()
         };
         assert!(c.validate().is_err());
+        let c = DataConfig {
+            commit_interval_ms: 100,
+            ..DataConfig::default()
+        };
+        assert_eq!(c.validate(), Ok(()));
+        let c = DataConfig {
+            commit_interval_ms: 101,
+            ..DataConfig::default()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .contains("data.commit_interval_ms"));
     }
 }
